@@ -1,0 +1,121 @@
+//! The backend side: what a database must offer to run storex operations.
+//!
+//! A [`StorageBackend`] executes validated operations. It must apply an
+//! [`crate::Operation::Batch`] atomically and offer [`Transaction`]s, in which a middleware
+//! reads and writes atomically (the sync logger resolves a where-clause's keys and logs them
+//! in the same transaction as the write). What a backend cannot do it refuses with
+//! [`crate::Error::Unsupported`], before doing anything.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::operation::{Operation, Outcome};
+use crate::registry::Registry;
+
+/// A boxed, sendable future: what object-safe async trait methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The optional abilities of a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackendFeatures {
+    /// [`StorageBackend::begin`] works.
+    pub transactions: bool,
+    /// `UpdateWhere` and `DeleteWhere` work.
+    pub where_writes: bool,
+    /// `Batch` works (atomically).
+    pub batches: bool,
+}
+
+impl BackendFeatures {
+    /// Every optional feature.
+    pub fn all() -> Self {
+        BackendFeatures {
+            transactions: true,
+            where_writes: true,
+            batches: true,
+        }
+    }
+
+    /// No optional feature.
+    pub fn none() -> Self {
+        BackendFeatures::default()
+    }
+
+    /// This set with transactions on or off.
+    pub fn with_transactions(mut self, on: bool) -> Self {
+        self.transactions = on;
+        self
+    }
+
+    /// This set with where-clause writes on or off.
+    pub fn with_where_writes(mut self, on: bool) -> Self {
+        self.where_writes = on;
+        self
+    }
+
+    /// This set with batches on or off.
+    pub fn with_batches(mut self, on: bool) -> Self {
+        self.batches = on;
+        self
+    }
+
+    /// The feature `op` needs that this set lacks, if any.
+    pub fn missing_for(&self, op: &Operation) -> Option<&'static str> {
+        match op {
+            Operation::UpdateWhere { .. } | Operation::DeleteWhere { .. } if !self.where_writes => {
+                Some("where-clause writes")
+            }
+            Operation::Batch { steps } => {
+                if !self.batches {
+                    return Some("batches");
+                }
+                steps.iter().find_map(|s| self.missing_for(&s.operation))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Executes operations against one database.
+///
+/// Operations arrive validated against the registry given to [`StorageBackend::prepare`].
+/// An [`Operation::Batch`] is applied atomically. Found objects carry every field of their
+/// collection (absent optional fields as `Null`), sorted as [`crate::Query::apply`] sorts.
+pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
+    /// Stable short name used in errors and logs, e.g. `"memory"` or `"seaorm-sqlite"`.
+    fn name(&self) -> &'static str;
+
+    /// What this backend supports beyond the basic operations.
+    fn features(&self) -> BackendFeatures {
+        BackendFeatures::default()
+    }
+
+    /// Makes the backend ready to store the registry's collections (creates tables,
+    /// idempotently). Called again with a larger registry when collections are added.
+    fn prepare<'a>(&'a self, registry: &'a Arc<Registry>) -> BoxFuture<'a, Result<()>>;
+
+    /// Executes one operation on its own (a batch in its own transaction).
+    fn execute(&self, op: Operation) -> BoxFuture<'_, Result<Outcome>>;
+
+    /// Starts a transaction; [`crate::Error::Unsupported`] if the backend has none.
+    fn begin(&self) -> BoxFuture<'_, Result<Box<dyn Transaction>>>;
+}
+
+/// An open transaction. Dropping it without [`Transaction::commit`] rolls it back.
+///
+/// A batch executed inside a transaction is atomic on its own: if a step fails, the batch's
+/// earlier steps are undone and the transaction stays usable.
+pub trait Transaction: Send + Sync + fmt::Debug {
+    /// Executes an operation inside the transaction; it sees the transaction's own writes.
+    fn execute(&self, op: Operation) -> BoxFuture<'_, Result<Outcome>>;
+
+    /// Makes every write of the transaction durable and visible.
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
+
+    /// Undoes every write of the transaction.
+    fn rollback(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
+}

@@ -1,0 +1,89 @@
+//! Running a batch's steps: filling placeholders from earlier steps' keys.
+//!
+//! Backends apply a batch inside their own transaction and call [`BatchResolver`] step by
+//! step, so every backend resolves placeholders the same way.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::operation::{BatchStep, Operation, Outcome, ReplaceTarget};
+use crate::registry::Registry;
+use crate::validate::validate_resolved_step;
+use crate::value::{Pk, Value};
+
+/// Remembers the keys created so far in a batch and fills later steps' replacements.
+#[derive(Debug, Default)]
+pub struct BatchResolver {
+    keys: HashMap<String, Value>,
+}
+
+impl BatchResolver {
+    /// A resolver for a new batch.
+    pub fn new() -> Self {
+        BatchResolver::default()
+    }
+
+    /// Turns `step` into the operation to run: replacements filled from earlier steps,
+    /// then checked against `registry` like any operation.
+    pub fn resolve(&self, registry: &Registry, step: &BatchStep) -> Result<Operation> {
+        let mut op = step.operation.clone();
+        for replacement in &step.replace {
+            let value = self
+                .keys
+                .get(&replacement.placeholder)
+                .cloned()
+                .ok_or_else(|| {
+                    Error::invalid_operation(
+                        op.collection().unwrap_or_default(),
+                        format!("placeholder `{}` has no value yet", replacement.placeholder),
+                    )
+                })?;
+            match (&replacement.target, &mut op) {
+                (
+                    ReplaceTarget::Pk,
+                    Operation::UpdateByPk { pk, .. } | Operation::DeleteByPk { pk, .. },
+                ) => {
+                    *pk = Pk(vec![value]);
+                }
+                (ReplaceTarget::Field(field), Operation::Create { object: fields, .. })
+                | (
+                    ReplaceTarget::Field(field),
+                    Operation::UpdateByPk {
+                        changes: fields, ..
+                    }
+                    | Operation::UpdateWhere {
+                        changes: fields, ..
+                    },
+                ) => {
+                    fields.insert(field.clone(), value);
+                }
+                (_, other) => {
+                    return Err(Error::invalid_operation(
+                        other.collection().unwrap_or_default(),
+                        format!("a {} step cannot take a replacement", other.kind()),
+                    ))
+                }
+            }
+        }
+        validate_resolved_step(registry, &mut op)?;
+        Ok(op)
+    }
+
+    /// Records what `step` produced, so later steps can use its placeholder.
+    pub fn record(&mut self, step: &BatchStep, outcome: &Outcome) -> Result<()> {
+        if let Some(name) = &step.placeholder {
+            let value = outcome
+                .created_pk()
+                .and_then(Pk::single)
+                .cloned()
+                .ok_or_else(|| {
+                    Error::invalid_operation(
+                        step.operation.collection().unwrap_or_default(),
+                        format!("placeholder `{name}` is on a step that created no one-field key"),
+                    )
+                })?;
+            self.keys.insert(name.clone(), value);
+        }
+        Ok(())
+    }
+}

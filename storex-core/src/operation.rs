@@ -1,0 +1,360 @@
+//! Storage operations and their outcomes, as plain serializable values.
+//!
+//! Because an [`Operation`] is data, a middleware can inspect it, rewrite it (turn a create
+//! into a [`Operation::Batch`]), log it, or send it elsewhere.
+//!
+//! A batch is a list of writes applied atomically. A step that creates an object can name
+//! its key with a `placeholder`; a later step refers to it through a [`Replacement`], so a
+//! parent and its children can be created in one batch before the parent's key is known.
+//!
+//! ```
+//! use storex_core::{object, BatchStep, Operation, Replacement};
+//! let batch = Operation::Batch {
+//!     steps: vec![
+//!         BatchStep::new(Operation::create("notebook", object! { "name" => "home" }))
+//!             .placeholder("book"),
+//!         BatchStep::new(Operation::create("note", object! { "body" => "milk" }))
+//!             .replace(Replacement::field("notebook_id", "book")),
+//!     ],
+//! };
+//! assert!(batch.is_write());
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::query::{Filter, Query};
+use crate::value::{Object, Pk};
+
+/// One storage operation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Operation {
+    /// Create one object. Fails with [`crate::Error::DuplicateKey`] if its key exists.
+    Create {
+        /// The collection.
+        collection: String,
+        /// The object's fields; optional fields may be left out.
+        object: Object,
+    },
+    /// Change some fields of the object with this key; 0 updated if there is none.
+    UpdateByPk {
+        /// The collection.
+        collection: String,
+        /// The key.
+        pk: Pk,
+        /// The fields to set (not the key's).
+        changes: Object,
+    },
+    /// Change some fields of every object the filter matches.
+    UpdateWhere {
+        /// The collection.
+        collection: String,
+        /// Which objects.
+        filter: Filter,
+        /// The fields to set (not the key's).
+        changes: Object,
+    },
+    /// Delete the object with this key; 0 deleted if there is none.
+    DeleteByPk {
+        /// The collection.
+        collection: String,
+        /// The key.
+        pk: Pk,
+    },
+    /// Delete every object the filter matches.
+    DeleteWhere {
+        /// The collection.
+        collection: String,
+        /// Which objects.
+        filter: Filter,
+    },
+    /// The first object the query finds, if any.
+    FindOne {
+        /// The collection.
+        collection: String,
+        /// Filter, order and skip (the limit is 1).
+        query: Query,
+    },
+    /// Every object the query finds.
+    FindMany {
+        /// The collection.
+        collection: String,
+        /// Filter, order, skip and limit.
+        query: Query,
+    },
+    /// How many objects the filter matches.
+    Count {
+        /// The collection.
+        collection: String,
+        /// Which objects.
+        filter: Filter,
+    },
+    /// Writes applied atomically: all of them, or none.
+    Batch {
+        /// The steps, applied in order.
+        steps: Vec<BatchStep>,
+    },
+}
+
+impl Operation {
+    /// A create.
+    pub fn create(collection: impl Into<String>, object: Object) -> Self {
+        Operation::Create {
+            collection: collection.into(),
+            object,
+        }
+    }
+
+    /// An update by primary key.
+    pub fn update_by_pk(collection: impl Into<String>, pk: impl Into<Pk>, changes: Object) -> Self {
+        Operation::UpdateByPk {
+            collection: collection.into(),
+            pk: pk.into(),
+            changes,
+        }
+    }
+
+    /// An update of every object `filter` matches.
+    pub fn update_where(collection: impl Into<String>, filter: Filter, changes: Object) -> Self {
+        Operation::UpdateWhere {
+            collection: collection.into(),
+            filter,
+            changes,
+        }
+    }
+
+    /// A delete by primary key.
+    pub fn delete_by_pk(collection: impl Into<String>, pk: impl Into<Pk>) -> Self {
+        Operation::DeleteByPk {
+            collection: collection.into(),
+            pk: pk.into(),
+        }
+    }
+
+    /// A delete of every object `filter` matches.
+    pub fn delete_where(collection: impl Into<String>, filter: Filter) -> Self {
+        Operation::DeleteWhere {
+            collection: collection.into(),
+            filter,
+        }
+    }
+
+    /// A find of the first object `query` matches.
+    pub fn find_one(collection: impl Into<String>, query: Query) -> Self {
+        Operation::FindOne {
+            collection: collection.into(),
+            query,
+        }
+    }
+
+    /// A find of every object `query` matches.
+    pub fn find_many(collection: impl Into<String>, query: Query) -> Self {
+        Operation::FindMany {
+            collection: collection.into(),
+            query,
+        }
+    }
+
+    /// A count of the objects `filter` matches.
+    pub fn count(collection: impl Into<String>, filter: Filter) -> Self {
+        Operation::Count {
+            collection: collection.into(),
+            filter,
+        }
+    }
+
+    /// The collection this operation is about; `None` for a batch.
+    pub fn collection(&self) -> Option<&str> {
+        match self {
+            Operation::Create { collection, .. }
+            | Operation::UpdateByPk { collection, .. }
+            | Operation::UpdateWhere { collection, .. }
+            | Operation::DeleteByPk { collection, .. }
+            | Operation::DeleteWhere { collection, .. }
+            | Operation::FindOne { collection, .. }
+            | Operation::FindMany { collection, .. }
+            | Operation::Count { collection, .. } => Some(collection),
+            Operation::Batch { .. } => None,
+        }
+    }
+
+    /// True for operations that change data (creates, updates, deletes, batches).
+    pub fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            Operation::FindOne { .. } | Operation::FindMany { .. } | Operation::Count { .. }
+        )
+    }
+
+    /// A short name for errors and logs, e.g. `"update_where"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Operation::Create { .. } => "create",
+            Operation::UpdateByPk { .. } => "update_by_pk",
+            Operation::UpdateWhere { .. } => "update_where",
+            Operation::DeleteByPk { .. } => "delete_by_pk",
+            Operation::DeleteWhere { .. } => "delete_where",
+            Operation::FindOne { .. } => "find_one",
+            Operation::FindMany { .. } => "find_many",
+            Operation::Count { .. } => "count",
+            Operation::Batch { .. } => "batch",
+        }
+    }
+}
+
+/// One write of a batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchStep {
+    /// The write (a create, update or delete; not a read, not a nested batch).
+    pub operation: Operation,
+    /// For a create: a name later steps use to refer to the key it produces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placeholder: Option<String>,
+    /// Values to fill in from earlier steps' keys before this step runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replace: Vec<Replacement>,
+}
+
+impl BatchStep {
+    /// A step with no placeholder and no replacements.
+    pub fn new(operation: Operation) -> Self {
+        BatchStep {
+            operation,
+            placeholder: None,
+            replace: Vec::new(),
+        }
+    }
+
+    /// Names the key this step's create produces.
+    pub fn placeholder(mut self, name: impl Into<String>) -> Self {
+        self.placeholder = Some(name.into());
+        self
+    }
+
+    /// Adds a replacement.
+    pub fn replace(mut self, replacement: Replacement) -> Self {
+        self.replace.push(replacement);
+        self
+    }
+}
+
+/// Fills a value of a step with the one-field key an earlier step's create produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replacement {
+    /// Where the value goes.
+    pub target: ReplaceTarget,
+    /// The earlier step's placeholder.
+    pub placeholder: String,
+}
+
+impl Replacement {
+    /// Sets field `field` of a create's object or an update's changes.
+    pub fn field(field: impl Into<String>, placeholder: impl Into<String>) -> Self {
+        Replacement {
+            target: ReplaceTarget::Field(field.into()),
+            placeholder: placeholder.into(),
+        }
+    }
+
+    /// Sets the key of an update or delete by primary key.
+    pub fn pk(placeholder: impl Into<String>) -> Self {
+        Replacement {
+            target: ReplaceTarget::Pk,
+            placeholder: placeholder.into(),
+        }
+    }
+}
+
+/// Where a [`Replacement`] puts its value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplaceTarget {
+    /// A field of the object (create) or of the changes (update).
+    Field(String),
+    /// The key of an update or delete by primary key.
+    Pk,
+}
+
+/// What an operation produced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The object was created with this key.
+    Created {
+        /// Its key.
+        pk: Pk,
+    },
+    /// This many objects were updated.
+    Updated {
+        /// How many.
+        count: u64,
+    },
+    /// This many objects were deleted.
+    Deleted {
+        /// How many.
+        count: u64,
+    },
+    /// The object found, if any (every field present; absent optional fields are `Null`).
+    Found(Option<Object>),
+    /// The objects found.
+    FoundMany(Vec<Object>),
+    /// How many objects matched.
+    Counted(u64),
+    /// One outcome per batch step.
+    Batch(Vec<Outcome>),
+}
+
+impl Outcome {
+    /// The key of a [`Outcome::Created`].
+    pub fn created_pk(&self) -> Option<&Pk> {
+        match self {
+            Outcome::Created { pk } => Some(pk),
+            _ => None,
+        }
+    }
+
+    /// The object of a [`Outcome::Found`].
+    pub fn into_found(self) -> Option<Object> {
+        match self {
+            Outcome::Found(o) => o,
+            _ => None,
+        }
+    }
+
+    /// The objects of a [`Outcome::FoundMany`] (or the one of a `Found`).
+    pub fn into_objects(self) -> Vec<Object> {
+        match self {
+            Outcome::FoundMany(v) => v,
+            Outcome::Found(o) => o.into_iter().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The number of objects updated, deleted or counted; 1 for a create; `None` otherwise.
+    pub fn count(&self) -> Option<u64> {
+        match self {
+            Outcome::Updated { count } | Outcome::Deleted { count } | Outcome::Counted(count) => {
+                Some(*count)
+            }
+            Outcome::Created { .. } => Some(1),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object;
+
+    #[test]
+    fn operations_serialize_as_tagged_json() {
+        let op = Operation::update_by_pk("note", 7, object! { "title" => "x" });
+        let json = serde_json::to_value(&op).expect("serialize");
+        assert_eq!(json["op"], "update_by_pk");
+        let back: Operation = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back, op);
+    }
+}

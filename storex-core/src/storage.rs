@@ -1,0 +1,330 @@
+//! [`Storage`]: the app's entry point, a registry plus a middleware chain over a backend.
+//!
+//! ```
+//! use storex_core::{object, CollectionDef, FieldType, MemoryBackend, Registry, Storage, UuidPkMiddleware};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> storex_core::Result<()> {
+//! let registry = Registry::builder()
+//!     .collection(
+//!         CollectionDef::new("note")
+//!             .field("id", FieldType::Uuid)
+//!             .field("title", FieldType::Text)
+//!             .primary_key(["id"]),
+//!     )
+//!     .build()?;
+//! // The first middleware added runs first (outermost).
+//! let storage = Storage::builder(registry, MemoryBackend::new())
+//!     .with(UuidPkMiddleware::new())
+//!     .build()
+//!     .await?;
+//! let pk = storage.create("note", object! { "title" => "hello" }).await?;
+//! let found = storage.find_by_pk("note", pk).await?.expect("just created");
+//! assert_eq!(found["title"].as_text(), Some("hello"));
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::backend::{StorageBackend, Transaction};
+use crate::error::{Error, Result};
+use crate::middleware::{Middleware, Next, Origin};
+use crate::operation::{BatchStep, Operation, Outcome};
+use crate::query::{Filter, Query};
+use crate::registry::Registry;
+use crate::validate::{validate, Stage};
+use crate::value::{Object, Pk};
+
+struct Inner {
+    registry: Arc<Registry>,
+    backend: Arc<dyn StorageBackend>,
+    chain: Vec<Arc<dyn Middleware>>,
+}
+
+/// A registry and a middleware chain over a backend. Cheap to clone; clones share all.
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Storage")
+            .field("backend", &self.inner.backend.name())
+            .field("chain", &self.inner.chain)
+            .finish()
+    }
+}
+
+/// Builds a [`Storage`]; see [`Storage::builder`].
+pub struct StorageBuilder {
+    registry: Arc<Registry>,
+    backend: Arc<dyn StorageBackend>,
+    chain: Vec<Arc<dyn Middleware>>,
+}
+
+impl fmt::Debug for StorageBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorageBuilder")
+            .field("backend", &self.backend.name())
+            .field("chain", &self.chain)
+            .finish()
+    }
+}
+
+impl StorageBuilder {
+    /// Appends a middleware; the first added runs first (outermost).
+    pub fn with(mut self, middleware: impl Middleware) -> Self {
+        self.chain.push(Arc::new(middleware));
+        self
+    }
+
+    /// Appends a shared middleware.
+    pub fn with_arc(mut self, middleware: Arc<dyn Middleware>) -> Self {
+        self.chain.push(middleware);
+        self
+    }
+
+    /// Prepares the backend for the registry (creating tables where needed) and returns
+    /// the storage.
+    pub async fn build(self) -> Result<Storage> {
+        self.backend.prepare(&self.registry).await?;
+        Ok(Storage {
+            inner: Arc::new(Inner {
+                registry: self.registry,
+                backend: self.backend,
+                chain: self.chain,
+            }),
+        })
+    }
+}
+
+impl Storage {
+    /// Starts building a storage for `registry` on `backend`.
+    pub fn builder(
+        registry: impl Into<Arc<Registry>>,
+        backend: impl StorageBackend,
+    ) -> StorageBuilder {
+        Self::builder_shared(registry, Arc::new(backend))
+    }
+
+    /// Like [`Storage::builder`], for a backend that is already shared.
+    pub fn builder_shared(
+        registry: impl Into<Arc<Registry>>,
+        backend: Arc<dyn StorageBackend>,
+    ) -> StorageBuilder {
+        StorageBuilder {
+            registry: registry.into(),
+            backend,
+            chain: Vec::new(),
+        }
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.inner.registry
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn StorageBackend> {
+        &self.inner.backend
+    }
+
+    /// Runs `op` through the chain as the app's own operation.
+    pub async fn execute(&self, op: Operation) -> Result<Outcome> {
+        self.execute_as(op, Origin::App).await
+    }
+
+    /// Runs `op` through the chain on behalf of `origin`.
+    pub async fn execute_as(&self, op: Operation, origin: Origin) -> Result<Outcome> {
+        self.run(op, origin, None).await
+    }
+
+    async fn run(
+        &self,
+        mut op: Operation,
+        origin: Origin,
+        tx: Option<&dyn Transaction>,
+    ) -> Result<Outcome> {
+        let inner = &*self.inner;
+        validate(&inner.registry, &mut op, Stage::Entry)?;
+        Next::new(&inner.chain, &*inner.backend, tx, &inner.registry, origin)
+            .run(op)
+            .await
+    }
+
+    /// Opens a transaction: operations run through it pass the whole chain and commit or
+    /// roll back together. Dropping it without commit rolls back.
+    pub async fn begin(&self) -> Result<StorageTransaction> {
+        let backend = &self.inner.backend;
+        if !backend.features().transactions {
+            return Err(Error::Unsupported {
+                backend: backend.name(),
+                what: "transactions".into(),
+            });
+        }
+        let tx = backend.begin().await?;
+        Ok(StorageTransaction {
+            storage: self.clone(),
+            tx,
+        })
+    }
+
+    /// Creates an object and returns its key.
+    pub async fn create(&self, collection: &str, object: Object) -> Result<Pk> {
+        created_pk(self.execute(Operation::create(collection, object)).await?)
+    }
+
+    /// The object with key `pk`, if any.
+    pub async fn find_by_pk(&self, collection: &str, pk: impl Into<Pk>) -> Result<Option<Object>> {
+        let filter = pk_filter(&self.inner.registry, collection, pk.into())?;
+        self.find_one(collection, Query::new(filter)).await
+    }
+
+    /// The first object `query` finds.
+    pub async fn find_one(&self, collection: &str, query: Query) -> Result<Option<Object>> {
+        Ok(self
+            .execute(Operation::find_one(collection, query))
+            .await?
+            .into_found())
+    }
+
+    /// Every object `query` finds.
+    pub async fn find_many(&self, collection: &str, query: Query) -> Result<Vec<Object>> {
+        Ok(self
+            .execute(Operation::find_many(collection, query))
+            .await?
+            .into_objects())
+    }
+
+    /// How many objects `filter` matches.
+    pub async fn count(&self, collection: &str, filter: Filter) -> Result<u64> {
+        count_of(self.execute(Operation::count(collection, filter)).await?)
+    }
+
+    /// Updates the object with key `pk`; returns how many were updated (0 or 1).
+    pub async fn update_by_pk(
+        &self,
+        collection: &str,
+        pk: impl Into<Pk>,
+        changes: Object,
+    ) -> Result<u64> {
+        count_of(
+            self.execute(Operation::update_by_pk(collection, pk, changes))
+                .await?,
+        )
+    }
+
+    /// Updates every object `filter` matches; returns how many.
+    pub async fn update_where(
+        &self,
+        collection: &str,
+        filter: Filter,
+        changes: Object,
+    ) -> Result<u64> {
+        count_of(
+            self.execute(Operation::update_where(collection, filter, changes))
+                .await?,
+        )
+    }
+
+    /// Deletes the object with key `pk`; returns how many were deleted (0 or 1).
+    pub async fn delete_by_pk(&self, collection: &str, pk: impl Into<Pk>) -> Result<u64> {
+        count_of(
+            self.execute(Operation::delete_by_pk(collection, pk))
+                .await?,
+        )
+    }
+
+    /// Deletes every object `filter` matches; returns how many.
+    pub async fn delete_where(&self, collection: &str, filter: Filter) -> Result<u64> {
+        count_of(
+            self.execute(Operation::delete_where(collection, filter))
+                .await?,
+        )
+    }
+
+    /// Applies `steps` atomically; returns one outcome per step.
+    pub async fn batch(&self, steps: Vec<BatchStep>) -> Result<Vec<Outcome>> {
+        match self.execute(Operation::Batch { steps }).await? {
+            Outcome::Batch(outcomes) => Ok(outcomes),
+            other => Err(unexpected("batch", &other)),
+        }
+    }
+}
+
+/// A filter selecting the object with key `pk` of `collection`.
+pub fn pk_filter(registry: &Registry, collection: &str, pk: Pk) -> Result<Filter> {
+    let def = registry.collection(collection)?;
+    if pk.0.len() != def.pk_fields().len() {
+        return Err(Error::invalid_operation(
+            collection,
+            format!(
+                "its primary key has {} field(s), the key given has {}",
+                def.pk_fields().len(),
+                pk.0.len()
+            ),
+        ));
+    }
+    Ok(def
+        .pk_fields()
+        .iter()
+        .zip(pk.0)
+        .fold(Filter::all(), |filter, (field, value)| {
+            filter.eq(field.clone(), value)
+        }))
+}
+
+fn unexpected(operation: &'static str, outcome: &Outcome) -> Error {
+    Error::UnexpectedOutcome {
+        operation,
+        outcome: format!("{outcome:?}"),
+    }
+}
+
+fn created_pk(outcome: Outcome) -> Result<Pk> {
+    match outcome {
+        Outcome::Created { pk } => Ok(pk),
+        other => Err(unexpected("create", &other)),
+    }
+}
+
+fn count_of(outcome: Outcome) -> Result<u64> {
+    outcome.count().ok_or_else(|| unexpected("count", &outcome))
+}
+
+/// An open transaction on a [`Storage`]; operations pass the whole chain.
+pub struct StorageTransaction {
+    storage: Storage,
+    tx: Box<dyn Transaction>,
+}
+
+impl fmt::Debug for StorageTransaction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorageTransaction")
+            .field("tx", &self.tx)
+            .finish()
+    }
+}
+
+impl StorageTransaction {
+    /// Runs `op` through the chain inside this transaction, as the app's own operation.
+    pub async fn execute(&self, op: Operation) -> Result<Outcome> {
+        self.execute_as(op, Origin::App).await
+    }
+
+    /// Runs `op` through the chain inside this transaction on behalf of `origin`.
+    pub async fn execute_as(&self, op: Operation, origin: Origin) -> Result<Outcome> {
+        self.storage.run(op, origin, Some(&*self.tx)).await
+    }
+
+    /// Makes every write durable and visible.
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await
+    }
+
+    /// Undoes every write.
+    pub async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await
+    }
+}

@@ -1,0 +1,320 @@
+//! Checks operations against the registry before they reach a backend.
+//!
+//! Validation runs twice: when an operation enters a [`crate::Storage`] (so middleware only
+//! ever sees well-formed operations) and once more at the end of the chain (so whatever the
+//! middleware produced is checked too). The first pass lets a create leave out a UUID key,
+//! which [`crate::UuidPkMiddleware`] fills in. Both passes normalize values to the precision
+//! storex keeps.
+
+use std::collections::HashSet;
+
+use crate::error::{Error, Result};
+use crate::operation::{BatchStep, Operation, ReplaceTarget};
+use crate::query::{Filter, Predicate, Query};
+use crate::registry::{CollectionDef, Registry};
+use crate::value::{FieldType, Object, Pk, Value};
+
+/// Which pass of validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// On entry to the chain: a create may leave out a UUID primary key.
+    Entry,
+    /// Before the backend: everything must be complete.
+    Backend,
+}
+
+/// Checks `op` against `registry` and normalizes its values.
+pub(crate) fn validate(registry: &Registry, op: &mut Operation, stage: Stage) -> Result<()> {
+    match op {
+        Operation::Batch { steps } => validate_batch(registry, steps, stage),
+        other => validate_single(registry, other, stage, &HashSet::new()),
+    }
+}
+
+/// Checks one batch step once its replacements have been filled in.
+pub(crate) fn validate_resolved_step(registry: &Registry, op: &mut Operation) -> Result<()> {
+    validate_single(registry, op, Stage::Backend, &HashSet::new())
+}
+
+fn validate_batch(registry: &Registry, steps: &mut [BatchStep], stage: Stage) -> Result<()> {
+    let mut placeholders = HashSet::new();
+    for (index, step) in steps.iter_mut().enumerate() {
+        validate_step(registry, step, stage, &mut placeholders).map_err(|source| {
+            Error::BatchStep {
+                step: index,
+                source: Box::new(source),
+            }
+        })?;
+    }
+    Ok(())
+}
+
+fn validate_step<'s>(
+    registry: &Registry,
+    step: &'s mut BatchStep,
+    stage: Stage,
+    placeholders: &mut HashSet<&'s str>,
+) -> Result<()> {
+    let collection = step.operation.collection().unwrap_or_default().to_owned();
+    let invalid = |problem: String| Error::invalid_operation(collection.clone(), problem);
+    if !step.operation.is_write() || matches!(step.operation, Operation::Batch { .. }) {
+        return Err(invalid(format!(
+            "a batch step must be a create, update or delete, not {}",
+            step.operation.kind()
+        )));
+    }
+    let mut filled = HashSet::new();
+    for replacement in &step.replace {
+        if !placeholders.contains(replacement.placeholder.as_str()) {
+            return Err(invalid(format!(
+                "placeholder `{}` is not produced by an earlier step",
+                replacement.placeholder
+            )));
+        }
+        match (&replacement.target, &step.operation) {
+            (ReplaceTarget::Pk, Operation::UpdateByPk { .. } | Operation::DeleteByPk { .. }) => {}
+            (ReplaceTarget::Pk, _) => {
+                return Err(invalid(
+                    "only an update or delete by key can take its key from a placeholder".into(),
+                ))
+            }
+            (
+                ReplaceTarget::Field(field),
+                Operation::Create { .. }
+                | Operation::UpdateByPk { .. }
+                | Operation::UpdateWhere { .. },
+            ) => {
+                filled.insert(field.clone());
+            }
+            (ReplaceTarget::Field(_), _) => {
+                return Err(invalid(
+                    "only a create or an update can take a field from a placeholder".into(),
+                ))
+            }
+        }
+    }
+    let pk_filled = step.replace.iter().any(|r| r.target == ReplaceTarget::Pk);
+    if !pk_filled {
+        validate_single(registry, &mut step.operation, stage, &filled)?;
+    } else {
+        // The key is unknown until the batch runs; check the rest now.
+        let def = registry.collection(&collection)?;
+        if let Operation::UpdateByPk { changes, .. } = &mut step.operation {
+            validate_changes(def, changes, &filled)?;
+        }
+    }
+    if let Some(name) = &step.placeholder {
+        if !matches!(step.operation, Operation::Create { .. }) {
+            return Err(invalid(format!(
+                "placeholder `{name}` is on a step that is not a create"
+            )));
+        }
+        let def = registry.collection(&collection)?;
+        if def.pk_fields().len() != 1 {
+            return Err(invalid(format!(
+                "placeholder `{name}` names the key of `{collection}`, which has a compound key"
+            )));
+        }
+        if !placeholders.insert(name.as_str()) {
+            return Err(invalid(format!("placeholder `{name}` is defined twice")));
+        }
+    }
+    Ok(())
+}
+
+fn validate_single(
+    registry: &Registry,
+    op: &mut Operation,
+    stage: Stage,
+    filled: &HashSet<String>,
+) -> Result<()> {
+    match op {
+        Operation::Create { collection, object } => {
+            let def = registry.collection(collection)?;
+            validate_object(def, object, stage, filled)
+        }
+        Operation::UpdateByPk {
+            collection,
+            pk,
+            changes,
+        } => {
+            let def = registry.collection(collection)?;
+            validate_pk(def, pk)?;
+            validate_changes(def, changes, filled)
+        }
+        Operation::UpdateWhere {
+            collection,
+            filter,
+            changes,
+        } => {
+            let def = registry.collection(collection)?;
+            validate_filter(def, filter)?;
+            validate_changes(def, changes, filled)
+        }
+        Operation::DeleteByPk { collection, pk } => {
+            validate_pk(registry.collection(collection)?, pk)
+        }
+        Operation::DeleteWhere { collection, filter } | Operation::Count { collection, filter } => {
+            validate_filter(registry.collection(collection)?, filter)
+        }
+        Operation::FindOne { collection, query } | Operation::FindMany { collection, query } => {
+            validate_query(registry.collection(collection)?, query)
+        }
+        Operation::Batch { .. } => Err(Error::invalid_operation(
+            "",
+            "a batch cannot contain another batch",
+        )),
+    }
+}
+
+fn field_type(def: &CollectionDef, field: &str) -> Result<(FieldType, bool)> {
+    def.field_def(field)
+        .map(|f| (f.ty, f.optional))
+        .ok_or_else(|| Error::UnknownField {
+            collection: def.name().to_owned(),
+            field: field.to_owned(),
+        })
+}
+
+fn check_value(def: &CollectionDef, field: &str, ty: FieldType, value: &mut Value) -> Result<()> {
+    value.normalize();
+    if let Value::Float(f) = value {
+        if !f.is_finite() {
+            return Err(Error::invalid_operation(
+                def.name(),
+                format!("field `{field}` must hold a finite float, got {f}"),
+            ));
+        }
+    }
+    match value.field_type() {
+        Some(found) if found != ty => Err(Error::TypeMismatch {
+            collection: def.name().to_owned(),
+            field: field.to_owned(),
+            expected: ty,
+            found: value.describe(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn validate_object(
+    def: &CollectionDef,
+    object: &mut Object,
+    stage: Stage,
+    filled: &HashSet<String>,
+) -> Result<()> {
+    for (field, value) in object.iter_mut() {
+        let (ty, optional) = field_type(def, field)?;
+        check_value(def, field, ty, value)?;
+        if value.is_null() && !optional && !filled.contains(field) {
+            return Err(missing(def, field));
+        }
+    }
+    for f in def.fields() {
+        let present = object.get(&f.name).is_some_and(|v| !v.is_null());
+        let auto_pk = stage == Stage::Entry && def.has_uuid_pk() && def.pk_fields()[0] == f.name;
+        if !f.optional && !present && !auto_pk && !filled.contains(&f.name) {
+            return Err(missing(def, &f.name));
+        }
+    }
+    Ok(())
+}
+
+fn missing(def: &CollectionDef, field: &str) -> Error {
+    Error::MissingField {
+        collection: def.name().to_owned(),
+        field: field.to_owned(),
+    }
+}
+
+fn validate_changes(
+    def: &CollectionDef,
+    changes: &mut Object,
+    filled: &HashSet<String>,
+) -> Result<()> {
+    if changes.is_empty() && filled.is_empty() {
+        return Err(Error::invalid_operation(
+            def.name(),
+            "an update needs at least one change",
+        ));
+    }
+    for (field, value) in changes.iter_mut() {
+        let (ty, optional) = field_type(def, field)?;
+        if def.pk_fields().contains(field) {
+            return Err(Error::invalid_operation(
+                def.name(),
+                format!("primary-key field `{field}` cannot be updated"),
+            ));
+        }
+        check_value(def, field, ty, value)?;
+        if value.is_null() && !optional {
+            return Err(missing(def, field));
+        }
+    }
+    for field in filled {
+        if def.pk_fields().contains(field) {
+            return Err(Error::invalid_operation(
+                def.name(),
+                format!("primary-key field `{field}` cannot be updated"),
+            ));
+        }
+        field_type(def, field)?;
+    }
+    Ok(())
+}
+
+fn validate_pk(def: &CollectionDef, pk: &mut Pk) -> Result<()> {
+    let fields = def.pk_fields();
+    if pk.0.len() != fields.len() {
+        return Err(Error::invalid_operation(
+            def.name(),
+            format!(
+                "its primary key has {} field(s), the key given has {}",
+                fields.len(),
+                pk.0.len()
+            ),
+        ));
+    }
+    for (field, value) in fields.iter().zip(pk.0.iter_mut()) {
+        let (ty, _) = field_type(def, field)?;
+        if value.is_null() {
+            return Err(missing(def, field));
+        }
+        check_value(def, field, ty, value)?;
+    }
+    Ok(())
+}
+
+fn validate_filter(def: &CollectionDef, filter: &mut Filter) -> Result<()> {
+    for condition in &mut filter.conditions {
+        let (ty, _) = field_type(def, &condition.field)?;
+        let null_allowed = matches!(condition.predicate, Predicate::Eq(_) | Predicate::Ne(_));
+        for value in condition.predicate.operands_mut() {
+            if value.is_null() && !null_allowed {
+                return Err(Error::invalid_operation(
+                    def.name(),
+                    format!(
+                        "field `{}` cannot be compared with null except by eq or ne",
+                        condition.field
+                    ),
+                ));
+            }
+            check_value(def, &condition.field, ty, value)?;
+        }
+    }
+    Ok(())
+}
+
+fn validate_query(def: &CollectionDef, query: &mut Query) -> Result<()> {
+    validate_filter(def, &mut query.filter)?;
+    for order in &query.order {
+        field_type(def, &order.field)?;
+    }
+    if query.limit.is_some_and(|l| l > i64::MAX as u64) || query.skip > i64::MAX as u64 {
+        return Err(Error::invalid_operation(
+            def.name(),
+            "limit and skip must fit in an i64",
+        ));
+    }
+    Ok(())
+}
