@@ -1,0 +1,327 @@
+//! Bad operations are refused with a message that says what is wrong, and nothing is written.
+
+use storex_core::chrono::{TimeZone, Utc};
+use storex_core::{
+    object, BatchStep, CollectionDef, FieldType, Filter, MemoryBackend, Operation, Pk, Predicate,
+    Query, Registry, Replacement, Storage, UuidPkMiddleware, Value,
+};
+
+async fn storage() -> Storage {
+    let registry = Registry::builder()
+        .collection(
+            CollectionDef::new("note")
+                .field("id", FieldType::Uuid)
+                .field("title", FieldType::Text)
+                .optional_field("stars", FieldType::Int)
+                .optional_field("weight", FieldType::Float)
+                .optional_field("due", FieldType::DateTime)
+                .primary_key(["id"]),
+        )
+        .collection(
+            CollectionDef::new("tag")
+                .field("note_id", FieldType::Uuid)
+                .field("name", FieldType::Text)
+                .primary_key(["note_id", "name"]),
+        )
+        .build()
+        .expect("valid registry");
+    let storage = Storage::builder(registry, MemoryBackend::new())
+        .with(UuidPkMiddleware::new())
+        .build()
+        .await
+        .expect("build");
+    storage
+        .create("note", object! { "title" => "keep" })
+        .await
+        .expect("seed");
+    storage
+}
+
+async fn refused(op: Operation) -> String {
+    let storage = storage().await;
+    let err = storage
+        .execute(op)
+        .await
+        .expect_err("bad operation accepted");
+    let notes = storage
+        .find_many("note", Query::default())
+        .await
+        .expect("find");
+    assert_eq!(notes.len(), 1, "a refused operation wrote something");
+    assert_eq!(
+        notes[0]["title"],
+        Value::from("keep"),
+        "a refused operation changed something"
+    );
+    err.to_string()
+}
+
+fn uuid() -> Value {
+    Value::Uuid(storex_core::uuid::Uuid::now_v7())
+}
+
+#[tokio::test]
+async fn unknown_collection() {
+    let msg = refused(Operation::create("notes", object! { "title" => "x" })).await;
+    assert_eq!(msg, "unknown collection `notes`");
+}
+
+#[tokio::test]
+async fn unknown_field() {
+    let msg = refused(Operation::create(
+        "note",
+        object! { "title" => "x", "colour" => "red" },
+    ))
+    .await;
+    assert_eq!(msg, "collection `note` has no field `colour`");
+}
+
+#[tokio::test]
+async fn wrong_type() {
+    let msg = refused(Operation::create("note", object! { "title" => 5 })).await;
+    assert_eq!(msg, "field `title` of `note` takes text, got int");
+}
+
+#[tokio::test]
+async fn int_for_a_float_field() {
+    let msg = refused(Operation::create(
+        "note",
+        object! { "title" => "x", "weight" => 1 },
+    ))
+    .await;
+    assert_eq!(msg, "field `weight` of `note` takes float, got int");
+}
+
+#[tokio::test]
+async fn missing_required_field() {
+    let msg = refused(Operation::create("note", object! { "stars" => 3 })).await;
+    assert_eq!(msg, "field `title` of `note` is required");
+}
+
+#[tokio::test]
+async fn null_in_a_required_field() {
+    let msg = refused(Operation::create(
+        "note",
+        object! { "title" => Value::Null },
+    ))
+    .await;
+    assert_eq!(msg, "field `title` of `note` is required");
+}
+
+#[tokio::test]
+async fn non_finite_float() {
+    let msg = refused(Operation::create(
+        "note",
+        object! { "title" => "x", "weight" => f64::NAN },
+    ))
+    .await;
+    assert_eq!(
+        msg,
+        "invalid operation on `note`: field `weight` must hold a finite float, got NaN"
+    );
+}
+
+#[tokio::test]
+async fn update_of_a_key_field() {
+    let msg = refused(Operation::update_where(
+        "note",
+        Filter::all(),
+        object! { "id" => uuid() },
+    ))
+    .await;
+    assert_eq!(
+        msg,
+        "invalid operation on `note`: primary-key field `id` cannot be updated"
+    );
+}
+
+#[tokio::test]
+async fn update_setting_a_required_field_to_null() {
+    let msg = refused(Operation::update_where(
+        "note",
+        Filter::all(),
+        object! { "title" => Value::Null },
+    ))
+    .await;
+    assert_eq!(msg, "field `title` of `note` is required");
+}
+
+#[tokio::test]
+async fn update_without_changes() {
+    let msg = refused(Operation::update_where("note", Filter::all(), object! {})).await;
+    assert_eq!(
+        msg,
+        "invalid operation on `note`: an update needs at least one change"
+    );
+}
+
+#[tokio::test]
+async fn key_with_the_wrong_number_of_fields() {
+    let msg = refused(Operation::delete_by_pk("tag", uuid())).await;
+    assert_eq!(
+        msg,
+        "invalid operation on `tag`: its primary key has 2 field(s), the key given has 1"
+    );
+}
+
+#[tokio::test]
+async fn key_of_the_wrong_type() {
+    let msg = refused(Operation::update_by_pk(
+        "note",
+        7,
+        object! { "title" => "x" },
+    ))
+    .await;
+    assert_eq!(msg, "field `id` of `note` takes uuid, got int");
+}
+
+#[tokio::test]
+async fn filter_on_an_unknown_field() {
+    let msg = refused(Operation::delete_where(
+        "note",
+        Filter::all().eq("titel", "keep"),
+    ))
+    .await;
+    assert_eq!(msg, "collection `note` has no field `titel`");
+}
+
+#[tokio::test]
+async fn filter_value_of_the_wrong_type() {
+    let msg = refused(Operation::delete_where(
+        "note",
+        Filter::all().gt("stars", "3"),
+    ))
+    .await;
+    assert_eq!(msg, "field `stars` of `note` takes int, got text");
+}
+
+#[tokio::test]
+async fn ordering_comparison_with_null() {
+    let msg = refused(Operation::delete_where(
+        "note",
+        Filter::all().lt("stars", Value::Null),
+    ))
+    .await;
+    assert_eq!(
+        msg,
+        "invalid operation on `note`: field `stars` cannot be compared with null except by eq or ne"
+    );
+}
+
+#[tokio::test]
+async fn null_inside_an_in_list() {
+    let filter = Filter::all().with("stars", Predicate::In(vec![Value::Int(1), Value::Null]));
+    let msg = refused(Operation::delete_where("note", filter)).await;
+    assert_eq!(
+        msg,
+        "invalid operation on `note`: field `stars` cannot be compared with null except by eq or ne"
+    );
+}
+
+#[tokio::test]
+async fn order_by_an_unknown_field() {
+    let storage = storage().await;
+    let err = storage
+        .find_many("note", Query::default().order_asc("rank"))
+        .await
+        .expect_err("accepted");
+    assert_eq!(err.to_string(), "collection `note` has no field `rank`");
+}
+
+#[tokio::test]
+async fn a_read_inside_a_batch() {
+    let op = Operation::Batch {
+        steps: vec![BatchStep::new(Operation::count("note", Filter::all()))],
+    };
+    let msg = refused(op).await;
+    assert_eq!(msg, "batch step 0 failed, nothing of the batch was applied");
+}
+
+async fn batch_cause(steps: Vec<BatchStep>) -> String {
+    let storage = storage().await;
+    let err = storage.batch(steps).await.expect_err("accepted");
+    assert_eq!(
+        storage.count("note", Filter::all()).await.expect("count"),
+        1,
+        "batch wrote something"
+    );
+    match err {
+        storex_core::Error::BatchStep { step, source } => format!("step {step}: {source}"),
+        other => panic!("not a batch error: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_placeholder_used_before_it_is_made() {
+    let cause = batch_cause(vec![
+        BatchStep::new(Operation::create("tag", object! { "name" => "x" }))
+            .replace(Replacement::field("note_id", "n")),
+        BatchStep::new(Operation::create("note", object! { "title" => "n" })).placeholder("n"),
+    ])
+    .await;
+    assert_eq!(
+        cause,
+        "step 0: invalid operation on `tag`: placeholder `n` is not produced by an earlier step"
+    );
+}
+
+#[tokio::test]
+async fn a_placeholder_on_a_compound_key() {
+    let cause = batch_cause(vec![BatchStep::new(Operation::create(
+        "tag",
+        object! { "note_id" => uuid(), "name" => "x" },
+    ))
+    .placeholder("t")])
+    .await;
+    assert_eq!(
+        cause,
+        "step 0: invalid operation on `tag`: placeholder `t` names the key of `tag`, which has a compound key"
+    );
+}
+
+#[tokio::test]
+async fn a_placeholder_defined_twice() {
+    let cause = batch_cause(vec![
+        BatchStep::new(Operation::create("note", object! { "title" => "a" })).placeholder("n"),
+        BatchStep::new(Operation::create("note", object! { "title" => "b" })).placeholder("n"),
+    ])
+    .await;
+    assert_eq!(
+        cause,
+        "step 1: invalid operation on `note`: placeholder `n` is defined twice"
+    );
+}
+
+#[tokio::test]
+async fn a_placeholder_of_the_wrong_type_for_its_field() {
+    // A note key (uuid) put into an int field is caught when the batch runs.
+    let cause = batch_cause(vec![
+        BatchStep::new(Operation::create("note", object! { "title" => "a" })).placeholder("n"),
+        BatchStep::new(Operation::update_where("note", Filter::all(), object! {}))
+            .replace(Replacement::field("stars", "n")),
+    ])
+    .await;
+    assert_eq!(cause, "step 1: field `stars` of `note` takes int, got uuid");
+}
+
+#[tokio::test]
+async fn datetimes_keep_microseconds_only() {
+    let storage = storage().await;
+    let due = Utc
+        .timestamp_opt(1_700_000_000, 987_654_321)
+        .single()
+        .expect("valid");
+    let pk: Pk = storage
+        .create("note", object! { "title" => "x", "due" => due })
+        .await
+        .expect("create");
+    let found = storage
+        .find_by_pk("note", pk)
+        .await
+        .expect("find")
+        .expect("found");
+    let Value::DateTime(stored) = found["due"] else {
+        panic!("not a datetime")
+    };
+    assert_eq!(stored.timestamp_subsec_nanos(), 987_654_000);
+}

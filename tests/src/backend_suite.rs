@@ -1,0 +1,1179 @@
+//! The backend conformance suite: every operation, filter, order, batch, transaction and
+//! validation rule of storex-core, checked against a real backend.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+
+use futures::future::{join_all, BoxFuture};
+use futures::FutureExt;
+use storex_core::chrono::{DateTime, TimeZone, Utc};
+use storex_core::serde_json::json;
+use storex_core::uuid::Uuid;
+use storex_core::{
+    object, BatchStep, Error, Filter, Object, Operation, Outcome, Pk, Query, Replacement, Storage,
+    StorageBackend, UuidPkMiddleware, Value,
+};
+
+use crate::fixtures::fixture_registry;
+
+type Check = fn(Storage) -> BoxFuture<'static, ()>;
+
+macro_rules! checks {
+    ($($name:ident),+ $(,)?) => {
+        vec![$((stringify!($name), (|s| $name(s).boxed()) as Check)),+]
+    };
+}
+
+/// What a suite run found.
+#[derive(Debug, Default)]
+pub struct SuiteReport {
+    /// Names of the checks that passed.
+    pub passed: Vec<&'static str>,
+    /// Names of the checks that failed, with the failure message.
+    pub failed: Vec<(&'static str, String)>,
+}
+
+/// Runs every check, each on a fresh backend made by `make`, and panics listing every
+/// failed check. Call it from a backend crate's `tests/conformance.rs`.
+pub async fn backend_suite<F, Fut, B>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = B>,
+    B: StorageBackend,
+{
+    let report = run_backend_suite(make).await;
+    assert!(
+        report.failed.is_empty(),
+        "{} of {} conformance checks failed:\n{}",
+        report.failed.len(),
+        report.failed.len() + report.passed.len(),
+        report
+            .failed
+            .iter()
+            .map(|(name, why)| format!("  {name}: {why}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Runs every check, each on a fresh backend made by `make`, and reports what passed and
+/// what failed without panicking.
+pub async fn run_backend_suite<F, Fut, B>(make: F) -> SuiteReport
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = B>,
+    B: StorageBackend,
+{
+    let mut report = SuiteReport::default();
+    for (name, check) in all_checks() {
+        let storage = Storage::builder(fixture_registry(), make().await)
+            .with(UuidPkMiddleware::new())
+            .build()
+            .await;
+        let outcome = match storage {
+            Ok(storage) => AssertUnwindSafe(check(storage))
+                .catch_unwind()
+                .await
+                .map_err(panic_text),
+            Err(e) => Err(format!("building the storage failed: {e}")),
+        };
+        match outcome {
+            Ok(()) => report.passed.push(name),
+            Err(why) => report.failed.push((name, why)),
+        }
+    }
+    report
+}
+
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "panicked".to_owned())
+}
+
+fn all_checks() -> Vec<(&'static str, Check)> {
+    checks![
+        create_returns_the_key,
+        create_then_find_by_pk_returns_every_field,
+        text_round_trips_unicode,
+        int_round_trips_extremes,
+        float_round_trips_exactly,
+        bool_round_trips,
+        datetime_round_trips_with_microseconds,
+        datetime_sub_microseconds_are_dropped,
+        json_round_trips_nested_documents,
+        blob_round_trips_every_byte,
+        uuid_round_trips,
+        null_and_missing_optional_fields_read_as_null,
+        large_text_and_blob_round_trip,
+        create_with_existing_key_is_refused,
+        refused_duplicate_leaves_the_original_unchanged,
+        unique_index_refuses_duplicate_values,
+        unique_index_allows_many_nulls,
+        update_refused_by_unique_index_changes_nothing,
+        compound_key_create_and_find,
+        compound_keys_may_share_a_prefix,
+        uuid_keys_are_filled_on_create,
+        update_by_pk_changes_only_given_fields,
+        update_by_pk_can_set_an_optional_field_to_null,
+        update_by_pk_of_a_missing_object_updates_nothing,
+        update_where_updates_only_matching_objects,
+        update_where_without_match_updates_nothing,
+        delete_by_pk_removes_only_that_object,
+        delete_by_pk_of_a_missing_object_deletes_nothing,
+        delete_where_removes_only_matching_objects,
+        where_writes_on_a_compound_key_collection,
+        find_one_of_a_missing_object_is_none,
+        find_one_honours_order_and_skip,
+        find_many_without_order_sorts_by_key,
+        filter_eq,
+        filter_ne_includes_null_fields,
+        filter_lt,
+        filter_lte,
+        filter_gt,
+        filter_gte,
+        filter_in,
+        filter_in_with_empty_list_matches_nothing,
+        filter_eq_null_matches_null_fields,
+        filter_ne_null_matches_set_fields,
+        filter_conditions_combine_with_and,
+        filter_on_a_datetime_range,
+        filter_on_uuid_and_bool,
+        filter_on_float,
+        text_compares_by_bytes,
+        order_ascending_puts_nulls_first,
+        order_descending_puts_nulls_last,
+        order_by_several_fields,
+        order_ties_break_by_key,
+        limit_and_skip_page_through_results,
+        skip_past_the_end_is_empty,
+        count_with_and_without_filter,
+        batch_applies_every_step,
+        batch_placeholder_fills_a_child_field,
+        batch_placeholder_fills_the_key_of_a_later_update,
+        batch_failing_last_step_leaves_nothing,
+        batch_error_names_the_failing_step,
+        batch_mixes_updates_and_deletes,
+        transaction_commit_makes_writes_visible,
+        transaction_rollback_discards_writes,
+        transaction_dropped_without_commit_rolls_back,
+        transaction_reads_its_own_writes,
+        transaction_failed_batch_undoes_only_the_batch,
+        validation_unknown_collection_writes_nothing,
+        validation_wrong_type_writes_nothing,
+        validation_missing_required_field_writes_nothing,
+        validation_unknown_field_writes_nothing,
+        validation_refuses_a_key_update,
+        concurrent_writers_all_land,
+        concurrent_transactions_both_commit,
+    ]
+}
+
+// ---- helpers -----------------------------------------------------------------------------
+
+fn item(id: i64, name: &str) -> Object {
+    object! { "id" => id, "name" => name }
+}
+
+async fn put(s: &Storage, object: Object) {
+    s.create("item", object).await.expect("create item");
+}
+
+async fn put_items(s: &Storage, items: &[(i64, &str, Option<i64>)]) {
+    for (id, name, n) in items {
+        put(s, object! { "id" => *id, "name" => *name, "n" => *n }).await;
+    }
+}
+
+async fn get(s: &Storage, id: i64) -> Option<Object> {
+    s.find_by_pk("item", id).await.expect("find item")
+}
+
+async fn ids(s: &Storage, query: Query) -> Vec<i64> {
+    s.find_many("item", query)
+        .await
+        .expect("find items")
+        .iter()
+        .map(|o| o["id"].as_int().expect("id is an int"))
+        .collect()
+}
+
+async fn ids_where(s: &Storage, filter: Filter) -> Vec<i64> {
+    ids(s, Query::new(filter)).await
+}
+
+async fn count(s: &Storage, collection: &str) -> u64 {
+    s.count(collection, Filter::all()).await.expect("count")
+}
+
+async fn round_trip(s: &Storage, field: &str, value: Value) {
+    let mut object = item(1, "x");
+    object.insert(field.to_owned(), value.clone());
+    put(s, object).await;
+    let found = get(s, 1).await.expect("object stored");
+    assert_eq!(found[field], value, "field `{field}` did not round-trip");
+}
+
+fn at(secs: i64, micros: u32) -> DateTime<Utc> {
+    Utc.timestamp_opt(secs, micros * 1000)
+        .single()
+        .expect("valid timestamp")
+}
+
+async fn seed_numbers(s: &Storage) {
+    put_items(
+        s,
+        &[
+            (1, "a", Some(10)),
+            (2, "b", Some(20)),
+            (3, "c", None),
+            (4, "d", Some(30)),
+            (5, "e", Some(20)),
+        ],
+    )
+    .await;
+}
+
+// ---- values ------------------------------------------------------------------------------
+
+async fn create_returns_the_key(s: Storage) {
+    let pk = s.create("item", item(42, "answer")).await.expect("create");
+    assert_eq!(pk, Pk::from(42));
+}
+
+async fn create_then_find_by_pk_returns_every_field(s: Storage) {
+    put(&s, item(1, "one")).await;
+    let found = get(&s, 1).await.expect("found");
+    let fields: Vec<&str> = found.keys().map(String::as_str).collect();
+    assert_eq!(
+        fields,
+        vec!["at", "data", "doc", "flag", "id", "n", "name", "ref_id", "score"],
+        "a found object carries every field of its collection"
+    );
+    assert_eq!(found["name"], Value::from("one"));
+}
+
+async fn text_round_trips_unicode(s: Storage) {
+    round_trip(
+        &s,
+        "name",
+        Value::from("Grüße, 世界! 🎉 e\u{301} ' \" \\ %_ \n\t"),
+    )
+    .await;
+}
+
+async fn int_round_trips_extremes(s: Storage) {
+    for (id, n) in [(1, i64::MIN), (2, i64::MAX), (3, 0), (4, -1)] {
+        put(&s, object! { "id" => id, "name" => "x", "n" => n }).await;
+        assert_eq!(get(&s, id).await.expect("found")["n"], Value::Int(n));
+    }
+    put(&s, item(i64::MIN, "min key")).await;
+    assert!(get(&s, i64::MIN).await.is_some(), "i64::MIN works as a key");
+}
+
+async fn float_round_trips_exactly(s: Storage) {
+    for (id, f) in [
+        (1, 0.1),
+        (2, f64::MAX),
+        (3, f64::MIN_POSITIVE),
+        (4, -2.5),
+        (5, 1.0 / 3.0),
+        (6, 5e-324),
+    ] {
+        put(&s, object! { "id" => id, "name" => "x", "score" => f }).await;
+        let found = get(&s, id).await.expect("found");
+        assert_eq!(
+            found["score"],
+            Value::Float(f),
+            "float {f:e} did not round-trip"
+        );
+    }
+}
+
+async fn bool_round_trips(s: Storage) {
+    for (id, b) in [(1, true), (2, false)] {
+        put(&s, object! { "id" => id, "name" => "x", "flag" => b }).await;
+        assert_eq!(get(&s, id).await.expect("found")["flag"], Value::Bool(b));
+    }
+}
+
+async fn datetime_round_trips_with_microseconds(s: Storage) {
+    round_trip(&s, "at", Value::DateTime(at(1_700_000_000, 123_456))).await;
+}
+
+async fn datetime_sub_microseconds_are_dropped(s: Storage) {
+    let precise = Utc
+        .timestamp_opt(1_700_000_000, 123_456_789)
+        .single()
+        .expect("valid");
+    put(&s, object! { "id" => 1, "name" => "x", "at" => precise }).await;
+    let found = get(&s, 1).await.expect("found");
+    assert_eq!(found["at"], Value::DateTime(at(1_700_000_000, 123_456)));
+}
+
+async fn json_round_trips_nested_documents(s: Storage) {
+    let doc = json!({"a": [1, 2.5, null, {"b": "ü"}], "big": 9_007_199_254_740_993_i64, "t": true, "e": {}});
+    round_trip(&s, "doc", Value::Json(doc)).await;
+}
+
+async fn blob_round_trips_every_byte(s: Storage) {
+    let bytes: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
+    round_trip(&s, "data", Value::Blob(bytes)).await;
+}
+
+async fn uuid_round_trips(s: Storage) {
+    round_trip(&s, "ref_id", Value::Uuid(Uuid::now_v7())).await;
+}
+
+async fn null_and_missing_optional_fields_read_as_null(s: Storage) {
+    put(
+        &s,
+        object! { "id" => 1, "name" => "explicit", "n" => Value::Null },
+    )
+    .await;
+    put(&s, item(2, "missing")).await;
+    for id in [1, 2] {
+        let found = get(&s, id).await.expect("found");
+        assert_eq!(found["n"], Value::Null, "object {id}");
+        assert_eq!(found["doc"], Value::Null, "object {id}");
+    }
+}
+
+async fn large_text_and_blob_round_trip(s: Storage) {
+    let text: String = "storex ✓ ".repeat(100_000);
+    let blob: Vec<u8> = (0..1_048_576u32).map(|i| (i % 251) as u8).collect();
+    put(
+        &s,
+        object! { "id" => 1, "name" => text.clone(), "data" => blob.clone() },
+    )
+    .await;
+    let found = get(&s, 1).await.expect("found");
+    assert!(found["name"] == Value::Text(text), "large text changed");
+    assert!(found["data"] == Value::Blob(blob), "large blob changed");
+}
+
+// ---- keys and uniqueness -----------------------------------------------------------------
+
+async fn create_with_existing_key_is_refused(s: Storage) {
+    put(&s, item(1, "first")).await;
+    let err = s
+        .create("item", item(1, "second"))
+        .await
+        .expect_err("duplicate accepted");
+    assert!(
+        matches!(err, Error::DuplicateKey { .. }),
+        "wrong error: {err}"
+    );
+}
+
+async fn refused_duplicate_leaves_the_original_unchanged(s: Storage) {
+    put(&s, item(1, "first")).await;
+    let _ = s.create("item", item(1, "second")).await;
+    assert_eq!(
+        get(&s, 1).await.expect("found")["name"],
+        Value::from("first")
+    );
+    assert_eq!(count(&s, "item").await, 1);
+}
+
+async fn unique_index_refuses_duplicate_values(s: Storage) {
+    s.create("account", object! { "email" => "a@x" })
+        .await
+        .expect("first");
+    let err = s
+        .create("account", object! { "email" => "a@x" })
+        .await
+        .expect_err("accepted");
+    assert!(
+        matches!(err, Error::DuplicateKey { .. }),
+        "wrong error: {err}"
+    );
+    assert_eq!(count(&s, "account").await, 1);
+}
+
+async fn unique_index_allows_many_nulls(s: Storage) {
+    for email in ["a@x", "b@x", "c@x"] {
+        s.create("account", object! { "email" => email })
+            .await
+            .expect("null nick never clashes");
+    }
+    assert_eq!(count(&s, "account").await, 3);
+}
+
+async fn update_refused_by_unique_index_changes_nothing(s: Storage) {
+    s.create("account", object! { "email" => "a@x", "nick" => "ann" })
+        .await
+        .expect("a");
+    let b = s
+        .create("account", object! { "email" => "b@x", "nick" => "bob" })
+        .await
+        .expect("b");
+    let err = s
+        .update_where(
+            "account",
+            Filter::all().eq("email", "b@x"),
+            object! { "email" => "a@x", "nick" => "bo" },
+        )
+        .await
+        .expect_err("clash accepted");
+    assert!(
+        matches!(err, Error::DuplicateKey { .. }),
+        "wrong error: {err}"
+    );
+    let found = s
+        .find_by_pk("account", b)
+        .await
+        .expect("find")
+        .expect("b exists");
+    assert_eq!(found["email"], Value::from("b@x"));
+    assert_eq!(found["nick"], Value::from("bob"));
+}
+
+async fn compound_key_create_and_find(s: Storage) {
+    let pk = s
+        .create(
+            "membership",
+            object! { "group" => "g1", "member" => 7, "role" => "admin" },
+        )
+        .await
+        .expect("create");
+    assert_eq!(pk, Pk(vec![Value::from("g1"), Value::from(7)]));
+    let found = s
+        .find_by_pk("membership", pk)
+        .await
+        .expect("find")
+        .expect("found");
+    assert_eq!(found["role"], Value::from("admin"));
+}
+
+async fn compound_keys_may_share_a_prefix(s: Storage) {
+    for (group, member) in [("g1", 1), ("g1", 2), ("g2", 1)] {
+        s.create(
+            "membership",
+            object! { "group" => group, "member" => member, "role" => "r" },
+        )
+        .await
+        .expect("distinct compound keys");
+    }
+    let err = s
+        .create(
+            "membership",
+            object! { "group" => "g1", "member" => 2, "role" => "r" },
+        )
+        .await
+        .expect_err("duplicate compound key accepted");
+    assert!(
+        matches!(err, Error::DuplicateKey { .. }),
+        "wrong error: {err}"
+    );
+    assert_eq!(count(&s, "membership").await, 3);
+}
+
+async fn uuid_keys_are_filled_on_create(s: Storage) {
+    let a = s
+        .create("notebook", object! { "name" => "a" })
+        .await
+        .expect("a");
+    let b = s
+        .create("notebook", object! { "name" => "b" })
+        .await
+        .expect("b");
+    let (Some(Value::Uuid(ua)), Some(Value::Uuid(ub))) = (a.single(), b.single()) else {
+        panic!("keys are not uuids: {a} {b}");
+    };
+    assert_ne!(ua, ub);
+    assert_eq!(ua.get_version_num(), 7);
+    let found = s
+        .find_by_pk("notebook", a)
+        .await
+        .expect("find")
+        .expect("found");
+    assert_eq!(found["name"], Value::from("a"));
+}
+
+// ---- updates and deletes -----------------------------------------------------------------
+
+async fn update_by_pk_changes_only_given_fields(s: Storage) {
+    put(
+        &s,
+        object! { "id" => 1, "name" => "old", "n" => 5, "flag" => true },
+    )
+    .await;
+    let updated = s
+        .update_by_pk("item", 1, object! { "name" => "new" })
+        .await
+        .expect("update");
+    assert_eq!(updated, 1);
+    let found = get(&s, 1).await.expect("found");
+    assert_eq!(found["name"], Value::from("new"));
+    assert_eq!(found["n"], Value::Int(5));
+    assert_eq!(found["flag"], Value::Bool(true));
+}
+
+async fn update_by_pk_can_set_an_optional_field_to_null(s: Storage) {
+    put(&s, object! { "id" => 1, "name" => "x", "n" => 5 }).await;
+    s.update_by_pk("item", 1, object! { "n" => Value::Null })
+        .await
+        .expect("update");
+    assert_eq!(get(&s, 1).await.expect("found")["n"], Value::Null);
+}
+
+async fn update_by_pk_of_a_missing_object_updates_nothing(s: Storage) {
+    put(&s, item(1, "x")).await;
+    let updated = s
+        .update_by_pk("item", 2, object! { "name" => "y" })
+        .await
+        .expect("update");
+    assert_eq!(updated, 0);
+    assert!(get(&s, 2).await.is_none(), "an update must not create");
+}
+
+async fn update_where_updates_only_matching_objects(s: Storage) {
+    seed_numbers(&s).await;
+    let updated = s
+        .update_where(
+            "item",
+            Filter::all().eq("n", 20),
+            object! { "name" => "twenty" },
+        )
+        .await
+        .expect("update");
+    assert_eq!(updated, 2);
+    assert_eq!(
+        ids_where(&s, Filter::all().eq("name", "twenty")).await,
+        vec![2, 5]
+    );
+    assert_eq!(get(&s, 1).await.expect("found")["name"], Value::from("a"));
+}
+
+async fn update_where_without_match_updates_nothing(s: Storage) {
+    seed_numbers(&s).await;
+    let updated = s
+        .update_where("item", Filter::all().eq("n", 99), object! { "name" => "z" })
+        .await
+        .expect("update");
+    assert_eq!(updated, 0);
+    assert!(ids_where(&s, Filter::all().eq("name", "z"))
+        .await
+        .is_empty());
+}
+
+async fn delete_by_pk_removes_only_that_object(s: Storage) {
+    seed_numbers(&s).await;
+    assert_eq!(s.delete_by_pk("item", 3).await.expect("delete"), 1);
+    assert_eq!(ids(&s, Query::default()).await, vec![1, 2, 4, 5]);
+}
+
+async fn delete_by_pk_of_a_missing_object_deletes_nothing(s: Storage) {
+    seed_numbers(&s).await;
+    assert_eq!(s.delete_by_pk("item", 9).await.expect("delete"), 0);
+    assert_eq!(count(&s, "item").await, 5);
+}
+
+async fn delete_where_removes_only_matching_objects(s: Storage) {
+    seed_numbers(&s).await;
+    let deleted = s
+        .delete_where("item", Filter::all().gte("n", 20))
+        .await
+        .expect("delete");
+    assert_eq!(deleted, 3);
+    assert_eq!(ids(&s, Query::default()).await, vec![1, 3]);
+}
+
+async fn where_writes_on_a_compound_key_collection(s: Storage) {
+    for (group, member) in [("g1", 1), ("g1", 2), ("g2", 1)] {
+        s.create(
+            "membership",
+            object! { "group" => group, "member" => member, "role" => "r" },
+        )
+        .await
+        .expect("create");
+    }
+    let updated = s
+        .update_where(
+            "membership",
+            Filter::all().eq("member", 1),
+            object! { "role" => "lead" },
+        )
+        .await
+        .expect("update");
+    assert_eq!(updated, 2);
+    let deleted = s
+        .delete_where("membership", Filter::all().eq("group", "g1"))
+        .await
+        .expect("delete");
+    assert_eq!(deleted, 2);
+    let left = s
+        .find_many("membership", Query::default())
+        .await
+        .expect("find");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["role"], Value::from("lead"));
+}
+
+// ---- finds, filters, order, paging -------------------------------------------------------
+
+async fn find_one_of_a_missing_object_is_none(s: Storage) {
+    put(&s, item(1, "x")).await;
+    assert!(get(&s, 2).await.is_none());
+    let found = s
+        .find_one("item", Query::new(Filter::all().eq("name", "y")))
+        .await
+        .expect("find");
+    assert!(found.is_none());
+}
+
+async fn find_one_honours_order_and_skip(s: Storage) {
+    seed_numbers(&s).await;
+    let found = s
+        .find_one("item", Query::default().order_desc("n").skip(1))
+        .await
+        .expect("find")
+        .expect("found");
+    assert_eq!(found["id"], Value::Int(2), "second-largest n, ties by key");
+}
+
+async fn find_many_without_order_sorts_by_key(s: Storage) {
+    for id in [5, -3, 2, 100, 0] {
+        put(&s, item(id, "x")).await;
+    }
+    assert_eq!(ids(&s, Query::default()).await, vec![-3, 0, 2, 5, 100]);
+}
+
+async fn filter_eq(s: Storage) {
+    seed_numbers(&s).await;
+    assert_eq!(ids_where(&s, Filter::all().eq("n", 20)).await, vec![2, 5]);
+    assert_eq!(ids_where(&s, Filter::all().eq("name", "c")).await, vec![3]);
+}
+
+async fn filter_ne_includes_null_fields(s: Storage) {
+    seed_numbers(&s).await;
+    assert_eq!(
+        ids_where(&s, Filter::all().ne("n", 20)).await,
+        vec![1, 3, 4]
+    );
+}
+
+async fn filter_lt(s: Storage) {
+    seed_numbers(&s).await;
+    assert_eq!(ids_where(&s, Filter::all().lt("n", 20)).await, vec![1]);
+}
+
+async fn filter_lte(s: Storage) {
+    seed_numbers(&s).await;
+    assert_eq!(
+        ids_where(&s, Filter::all().lte("n", 20)).await,
+        vec![1, 2, 5]
+    );
+}
+
+async fn filter_gt(s: Storage) {
+    seed_numbers(&s).await;
+    assert_eq!(ids_where(&s, Filter::all().gt("n", 20)).await, vec![4]);
+}
+
+async fn filter_gte(s: Storage) {
+    seed_numbers(&s).await;
+    assert_eq!(
+        ids_where(&s, Filter::all().gte("n", 20)).await,
+        vec![2, 4, 5]
+    );
+}
+
+async fn filter_in(s: Storage) {
+    seed_numbers(&s).await;
+    assert_eq!(
+        ids_where(&s, Filter::all().is_in("n", [10, 30, 99])).await,
+        vec![1, 4]
+    );
+    assert_eq!(
+        ids_where(&s, Filter::all().is_in("name", ["b", "e"])).await,
+        vec![2, 5]
+    );
+}
+
+async fn filter_in_with_empty_list_matches_nothing(s: Storage) {
+    seed_numbers(&s).await;
+    assert!(ids_where(&s, Filter::all().is_in("n", Vec::<i64>::new()))
+        .await
+        .is_empty());
+    let deleted = s
+        .delete_where("item", Filter::all().is_in("id", Vec::<i64>::new()))
+        .await
+        .expect("delete");
+    assert_eq!(deleted, 0);
+}
+
+async fn filter_eq_null_matches_null_fields(s: Storage) {
+    seed_numbers(&s).await;
+    assert_eq!(
+        ids_where(&s, Filter::all().eq("n", Value::Null)).await,
+        vec![3]
+    );
+}
+
+async fn filter_ne_null_matches_set_fields(s: Storage) {
+    seed_numbers(&s).await;
+    assert_eq!(
+        ids_where(&s, Filter::all().ne("n", Value::Null)).await,
+        vec![1, 2, 4, 5]
+    );
+}
+
+async fn filter_conditions_combine_with_and(s: Storage) {
+    seed_numbers(&s).await;
+    let filter = Filter::all().gte("n", 10).lt("n", 30).ne("name", "b");
+    assert_eq!(ids_where(&s, filter).await, vec![1, 5]);
+}
+
+async fn filter_on_a_datetime_range(s: Storage) {
+    for (id, secs) in [(1, 100), (2, 200), (3, 300)] {
+        put(
+            &s,
+            object! { "id" => id, "name" => "x", "at" => at(secs, 0) },
+        )
+        .await;
+    }
+    let filter = Filter::all().gt("at", at(100, 0)).lte("at", at(300, 0));
+    assert_eq!(ids_where(&s, filter).await, vec![2, 3]);
+    let filter = Filter::all().lt("at", at(200, 1));
+    assert_eq!(
+        ids_where(&s, filter).await,
+        vec![1, 2],
+        "microseconds count in comparisons"
+    );
+}
+
+async fn filter_on_uuid_and_bool(s: Storage) {
+    let target = Uuid::now_v7();
+    put(
+        &s,
+        object! { "id" => 1, "name" => "x", "ref_id" => target, "flag" => true },
+    )
+    .await;
+    put(
+        &s,
+        object! { "id" => 2, "name" => "x", "ref_id" => Uuid::now_v7(), "flag" => true },
+    )
+    .await;
+    put(
+        &s,
+        object! { "id" => 3, "name" => "x", "ref_id" => target, "flag" => false },
+    )
+    .await;
+    assert_eq!(
+        ids_where(&s, Filter::all().eq("ref_id", target)).await,
+        vec![1, 3]
+    );
+    assert_eq!(
+        ids_where(&s, Filter::all().eq("ref_id", target).eq("flag", true)).await,
+        vec![1]
+    );
+}
+
+async fn filter_on_float(s: Storage) {
+    for (id, f) in [(1, -1.5), (2, 0.25), (3, 2.0)] {
+        put(&s, object! { "id" => id, "name" => "x", "score" => f }).await;
+    }
+    assert_eq!(
+        ids_where(&s, Filter::all().gt("score", 0.0)).await,
+        vec![2, 3]
+    );
+    assert_eq!(
+        ids_where(&s, Filter::all().eq("score", 0.25)).await,
+        vec![2]
+    );
+}
+
+async fn text_compares_by_bytes(s: Storage) {
+    for (id, name) in [(1, "b"), (2, "B"), (3, "a"), (4, "é"), (5, "z")] {
+        put(&s, item(id, name)).await;
+    }
+    let sorted = ids(&s, Query::default().order_asc("name")).await;
+    assert_eq!(sorted, vec![2, 3, 1, 5, 4], "byte order: B < a < b < z < é");
+    assert_eq!(ids_where(&s, Filter::all().lt("name", "a")).await, vec![2]);
+}
+
+async fn order_ascending_puts_nulls_first(s: Storage) {
+    seed_numbers(&s).await;
+    assert_eq!(
+        ids(&s, Query::default().order_asc("n")).await,
+        vec![3, 1, 2, 5, 4]
+    );
+}
+
+async fn order_descending_puts_nulls_last(s: Storage) {
+    seed_numbers(&s).await;
+    assert_eq!(
+        ids(&s, Query::default().order_desc("n")).await,
+        vec![4, 2, 5, 1, 3]
+    );
+}
+
+async fn order_by_several_fields(s: Storage) {
+    put_items(
+        &s,
+        &[
+            (1, "b", Some(1)),
+            (2, "a", Some(2)),
+            (3, "b", Some(3)),
+            (4, "a", Some(1)),
+        ],
+    )
+    .await;
+    let sorted = ids(&s, Query::default().order_asc("name").order_desc("n")).await;
+    assert_eq!(sorted, vec![2, 4, 3, 1]);
+}
+
+async fn order_ties_break_by_key(s: Storage) {
+    put_items(
+        &s,
+        &[(9, "same", None), (3, "same", None), (6, "same", None)],
+    )
+    .await;
+    assert_eq!(
+        ids(&s, Query::default().order_desc("name")).await,
+        vec![3, 6, 9]
+    );
+}
+
+async fn limit_and_skip_page_through_results(s: Storage) {
+    for id in 1..=10 {
+        put(&s, item(id, "x")).await;
+    }
+    assert_eq!(ids(&s, Query::default().limit(3)).await, vec![1, 2, 3]);
+    assert_eq!(
+        ids(&s, Query::default().skip(3).limit(3)).await,
+        vec![4, 5, 6]
+    );
+    assert_eq!(ids(&s, Query::default().skip(8)).await, vec![9, 10]);
+    assert_eq!(
+        ids(&s, Query::default().order_desc("id").limit(2)).await,
+        vec![10, 9]
+    );
+    assert!(ids(&s, Query::default().limit(0)).await.is_empty());
+}
+
+async fn skip_past_the_end_is_empty(s: Storage) {
+    seed_numbers(&s).await;
+    assert!(ids(&s, Query::default().skip(50)).await.is_empty());
+}
+
+async fn count_with_and_without_filter(s: Storage) {
+    assert_eq!(count(&s, "item").await, 0);
+    seed_numbers(&s).await;
+    assert_eq!(count(&s, "item").await, 5);
+    assert_eq!(
+        s.count("item", Filter::all().eq("n", 20))
+            .await
+            .expect("count"),
+        2
+    );
+}
+
+// ---- batches -----------------------------------------------------------------------------
+
+async fn batch_applies_every_step(s: Storage) {
+    let steps = (1..=50)
+        .map(|id| BatchStep::new(Operation::create("item", item(id, "batch"))))
+        .collect();
+    let outcomes = s.batch(steps).await.expect("batch");
+    assert_eq!(outcomes.len(), 50);
+    assert_eq!(outcomes[49], Outcome::Created { pk: Pk::from(50) });
+    assert_eq!(count(&s, "item").await, 50);
+}
+
+async fn batch_placeholder_fills_a_child_field(s: Storage) {
+    let outcomes = s
+        .batch(vec![
+            BatchStep::new(Operation::create("notebook", object! { "name" => "home" }))
+                .placeholder("book"),
+            BatchStep::new(Operation::create("note", object! { "body" => "milk" }))
+                .replace(Replacement::field("notebook_id", "book")),
+            BatchStep::new(Operation::create("note", object! { "body" => "eggs" }))
+                .replace(Replacement::field("notebook_id", "book")),
+        ])
+        .await
+        .expect("batch");
+    let book = outcomes[0]
+        .created_pk()
+        .and_then(Pk::single)
+        .cloned()
+        .expect("notebook key");
+    let notes = s
+        .find_many("note", Query::new(Filter::all().eq("notebook_id", book)))
+        .await
+        .expect("find");
+    assert_eq!(notes.len(), 2);
+}
+
+async fn batch_placeholder_fills_the_key_of_a_later_update(s: Storage) {
+    let outcomes = s
+        .batch(vec![
+            BatchStep::new(Operation::create("notebook", object! { "name" => "draft" }))
+                .placeholder("nb"),
+            BatchStep::new(Operation::update_by_pk(
+                "notebook",
+                Value::Null,
+                object! { "name" => "final" },
+            ))
+            .replace(Replacement::pk("nb")),
+        ])
+        .await
+        .expect("batch");
+    assert_eq!(outcomes[1], Outcome::Updated { count: 1 });
+    let pk = outcomes[0].created_pk().cloned().expect("key");
+    let found = s
+        .find_by_pk("notebook", pk)
+        .await
+        .expect("find")
+        .expect("found");
+    assert_eq!(found["name"], Value::from("final"));
+}
+
+async fn batch_failing_last_step_leaves_nothing(s: Storage) {
+    put(&s, item(1, "existing")).await;
+    let result = s
+        .batch(vec![
+            BatchStep::new(Operation::create("item", item(2, "new"))),
+            BatchStep::new(Operation::update_by_pk(
+                "item",
+                1,
+                object! { "name" => "changed" },
+            )),
+            BatchStep::new(Operation::delete_by_pk("item", 1)),
+            BatchStep::new(Operation::create("item", item(2, "duplicate"))),
+        ])
+        .await;
+    assert!(result.is_err(), "a batch with a failing step succeeded");
+    assert_eq!(ids(&s, Query::default()).await, vec![1]);
+    assert_eq!(
+        get(&s, 1).await.expect("still there")["name"],
+        Value::from("existing")
+    );
+}
+
+async fn batch_error_names_the_failing_step(s: Storage) {
+    put(&s, item(1, "existing")).await;
+    let err = s
+        .batch(vec![
+            BatchStep::new(Operation::create("item", item(2, "ok"))),
+            BatchStep::new(Operation::create("item", item(1, "clash"))),
+            BatchStep::new(Operation::create("item", item(3, "never"))),
+        ])
+        .await
+        .expect_err("accepted");
+    match err {
+        Error::BatchStep { step, source } => {
+            assert_eq!(step, 1);
+            assert!(
+                matches!(*source, Error::DuplicateKey { .. }),
+                "wrong cause: {source}"
+            );
+        }
+        other => panic!("wrong error: {other}"),
+    }
+}
+
+async fn batch_mixes_updates_and_deletes(s: Storage) {
+    seed_numbers(&s).await;
+    let outcomes = s
+        .batch(vec![
+            BatchStep::new(Operation::update_where(
+                "item",
+                Filter::all().eq("n", 20),
+                object! { "n" => 21 },
+            )),
+            BatchStep::new(Operation::delete_where("item", Filter::all().lt("n", 21))),
+            BatchStep::new(Operation::delete_by_pk("item", 3)),
+        ])
+        .await
+        .expect("batch");
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Updated { count: 2 },
+            Outcome::Deleted { count: 1 },
+            Outcome::Deleted { count: 1 }
+        ]
+    );
+    assert_eq!(ids(&s, Query::default()).await, vec![2, 4, 5]);
+}
+
+// ---- transactions ------------------------------------------------------------------------
+
+async fn transaction_commit_makes_writes_visible(s: Storage) {
+    let tx = s.begin().await.expect("begin");
+    tx.execute(Operation::create("item", item(1, "a")))
+        .await
+        .expect("create");
+    tx.execute(Operation::create("item", item(2, "b")))
+        .await
+        .expect("create");
+    tx.commit().await.expect("commit");
+    assert_eq!(ids(&s, Query::default()).await, vec![1, 2]);
+}
+
+async fn transaction_rollback_discards_writes(s: Storage) {
+    put(&s, item(1, "kept")).await;
+    let tx = s.begin().await.expect("begin");
+    tx.execute(Operation::create("item", item(2, "b")))
+        .await
+        .expect("create");
+    tx.execute(Operation::update_by_pk(
+        "item",
+        1,
+        object! { "name" => "changed" },
+    ))
+    .await
+    .expect("update");
+    tx.rollback().await.expect("rollback");
+    assert_eq!(ids(&s, Query::default()).await, vec![1]);
+    assert_eq!(
+        get(&s, 1).await.expect("found")["name"],
+        Value::from("kept")
+    );
+}
+
+async fn transaction_dropped_without_commit_rolls_back(s: Storage) {
+    {
+        let tx = s.begin().await.expect("begin");
+        tx.execute(Operation::create("item", item(1, "a")))
+            .await
+            .expect("create");
+    }
+    // Give a backend that finishes the rollback in the background a moment.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(count(&s, "item").await, 0);
+}
+
+async fn transaction_reads_its_own_writes(s: Storage) {
+    let tx = s.begin().await.expect("begin");
+    tx.execute(Operation::create("item", item(1, "a")))
+        .await
+        .expect("create");
+    let found = tx
+        .execute(Operation::count("item", Filter::all().eq("name", "a")))
+        .await
+        .expect("count");
+    assert_eq!(found, Outcome::Counted(1));
+    tx.commit().await.expect("commit");
+}
+
+async fn transaction_failed_batch_undoes_only_the_batch(s: Storage) {
+    let tx = s.begin().await.expect("begin");
+    tx.execute(Operation::create("item", item(1, "before")))
+        .await
+        .expect("create");
+    let batch = Operation::Batch {
+        steps: vec![
+            BatchStep::new(Operation::create("item", item(2, "in batch"))),
+            BatchStep::new(Operation::create("item", item(1, "clash"))),
+        ],
+    };
+    assert!(tx.execute(batch).await.is_err(), "failing batch succeeded");
+    tx.execute(Operation::create("item", item(3, "after")))
+        .await
+        .expect("still usable");
+    tx.commit().await.expect("commit");
+    assert_eq!(ids(&s, Query::default()).await, vec![1, 3]);
+}
+
+// ---- validation --------------------------------------------------------------------------
+
+async fn validation_unknown_collection_writes_nothing(s: Storage) {
+    let err = s.create("items", item(1, "x")).await.expect_err("accepted");
+    assert!(
+        matches!(err, Error::UnknownCollection { .. }),
+        "wrong error: {err}"
+    );
+    assert_eq!(count(&s, "item").await, 0);
+}
+
+async fn validation_wrong_type_writes_nothing(s: Storage) {
+    let err = s
+        .create("item", object! { "id" => 1, "name" => "x", "n" => "five" })
+        .await
+        .expect_err("accepted");
+    assert!(
+        matches!(err, Error::TypeMismatch { .. }),
+        "wrong error: {err}"
+    );
+    assert_eq!(count(&s, "item").await, 0);
+}
+
+async fn validation_missing_required_field_writes_nothing(s: Storage) {
+    let err = s
+        .create("item", object! { "id" => 1 })
+        .await
+        .expect_err("accepted");
+    assert!(
+        matches!(err, Error::MissingField { .. }),
+        "wrong error: {err}"
+    );
+    assert_eq!(count(&s, "item").await, 0);
+}
+
+async fn validation_unknown_field_writes_nothing(s: Storage) {
+    let err = s
+        .create(
+            "item",
+            object! { "id" => 1, "name" => "x", "colour" => "red" },
+        )
+        .await
+        .expect_err("accepted");
+    assert!(
+        matches!(err, Error::UnknownField { .. }),
+        "wrong error: {err}"
+    );
+    assert_eq!(count(&s, "item").await, 0);
+}
+
+async fn validation_refuses_a_key_update(s: Storage) {
+    put(&s, item(1, "x")).await;
+    let err = s
+        .update_by_pk("item", 1, object! { "id" => 2 })
+        .await
+        .expect_err("accepted");
+    assert!(
+        matches!(err, Error::InvalidOperation { .. }),
+        "wrong error: {err}"
+    );
+    assert!(get(&s, 1).await.is_some() && get(&s, 2).await.is_none());
+}
+
+// ---- concurrency -------------------------------------------------------------------------
+
+async fn concurrent_writers_all_land(s: Storage) {
+    let writers = (0..8i64).map(|w| {
+        let s = s.clone();
+        async move {
+            for i in 0..25i64 {
+                s.create("item", item(w * 1000 + i, "w"))
+                    .await
+                    .expect("concurrent create");
+            }
+        }
+    });
+    join_all(writers).await;
+    assert_eq!(count(&s, "item").await, 200);
+}
+
+async fn concurrent_transactions_both_commit(s: Storage) {
+    let txs = (0..2i64).map(|t| {
+        let s = s.clone();
+        async move {
+            let tx = s.begin().await.expect("begin");
+            for i in 0..10i64 {
+                tx.execute(Operation::create("item", item(t * 100 + i, "tx")))
+                    .await
+                    .expect("create in transaction");
+            }
+            tx.commit().await.expect("commit");
+        }
+    });
+    join_all(txs).await;
+    assert_eq!(count(&s, "item").await, 20);
+}

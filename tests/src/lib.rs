@@ -1,0 +1,21 @@
+//! storex-test: conformance suites every backend runs, and shared fixtures.
+//!
+//! A backend crate proves itself by running the suite from its own `tests/conformance.rs`:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use storex_core::MemoryBackend;
+//! storex_test::backend_suite(|| async { MemoryBackend::new() }).await;
+//! # }
+//! ```
+//!
+//! Each check runs on a fresh backend from the factory, through a [`storex_core::Storage`]
+//! built on [`fixture_registry`] with [`storex_core::UuidPkMiddleware`]. A failing check
+//! does not stop the others: the suite reports every failure by name.
+
+mod backend_suite;
+mod fixtures;
+
+pub use backend_suite::{backend_suite, run_backend_suite, SuiteReport};
+pub use fixtures::fixture_registry;
