@@ -15,9 +15,9 @@ use crate::backend::{BackendFeatures, BoxFuture, StorageBackend, Transaction};
 use crate::batch::BatchResolver;
 use crate::error::{Error, Result};
 use crate::operation::{BatchStep, Operation, Outcome};
-use crate::query::{Filter, Query};
+use crate::query::{Filter, Predicate, Query};
 use crate::registry::{CollectionDef, Registry};
-use crate::value::{Object, PkKey, Value};
+use crate::value::{Object, Pk, PkKey, Value};
 
 const NAME: &str = "memory";
 
@@ -205,7 +205,7 @@ fn apply(
             changes,
         } => {
             let def = registry.collection(&collection)?;
-            let keys = matching_keys(state, &collection, &filter);
+            let keys = matching_keys(state, def, &filter);
             let count = update(state, def, keys, &changes, undo)?;
             Ok(Outcome::Updated { count })
         }
@@ -214,7 +214,8 @@ fn apply(
             Ok(Outcome::Deleted { count })
         }
         Operation::DeleteWhere { collection, filter } => {
-            let keys = matching_keys(state, &collection, &filter);
+            let def = registry.collection(&collection)?;
+            let keys = matching_keys(state, def, &filter);
             let count = delete(state, &collection, keys, undo);
             Ok(Outcome::Deleted { count })
         }
@@ -224,17 +225,23 @@ fn apply(
                 limit: Some(1),
                 ..query
             };
-            let found = query.apply(def, table(state, &collection).values());
+            let found = query.apply(
+                def,
+                candidates(table(state, &collection), def, &query.filter),
+            );
             Ok(Outcome::Found(found.into_iter().next().cloned()))
         }
         Operation::FindMany { collection, query } => {
             let def = registry.collection(&collection)?;
-            let found = query.apply(def, table(state, &collection).values());
+            let found = query.apply(
+                def,
+                candidates(table(state, &collection), def, &query.filter),
+            );
             Ok(Outcome::FoundMany(found.into_iter().cloned().collect()))
         }
         Operation::Count { collection, filter } => {
-            let count = table(state, &collection)
-                .values()
+            let def = registry.collection(&collection)?;
+            let count = candidates(table(state, &collection), def, &filter)
                 .filter(|o| filter.matches(o))
                 .count();
             Ok(Outcome::Counted(count as u64))
@@ -271,12 +278,34 @@ fn batch(
     Ok(Outcome::Batch(outcomes))
 }
 
-fn matching_keys(state: &mut State, collection: &str, filter: &Filter) -> Vec<PkKey> {
-    table(state, collection)
-        .iter()
-        .filter(|(_, o)| filter.matches(o))
-        .map(|(k, _)| k.clone())
+fn matching_keys(state: &mut State, def: &CollectionDef, filter: &Filter) -> Vec<PkKey> {
+    candidates(table(state, def.name()), def, filter)
+        .filter(|o| filter.matches(o))
+        .filter_map(|o| def.pk_of(o).map(PkKey))
         .collect()
+}
+
+/// The objects `filter` can match: the one object its key names when it pins every key
+/// field with `eq`, else the whole table. Callers still apply the filter.
+fn candidates<'t>(
+    table: &'t Table,
+    def: &CollectionDef,
+    filter: &Filter,
+) -> Box<dyn Iterator<Item = &'t Object> + 't> {
+    let pinned: Option<Vec<Value>> = def
+        .pk_fields()
+        .iter()
+        .map(|field| {
+            filter.conditions.iter().find_map(|c| match &c.predicate {
+                Predicate::Eq(v) if &c.field == field && !v.is_null() => Some(v.clone()),
+                _ => None,
+            })
+        })
+        .collect();
+    match pinned {
+        Some(values) => Box::new(table.get(&PkKey(Pk(values))).into_iter()),
+        None => Box::new(table.values()),
+    }
 }
 
 fn create(

@@ -26,12 +26,15 @@ fn fill(registry: &Registry, collection: &str, object: &mut Object) {
     let Ok(def) = registry.collection(collection) else {
         return; // validation reports the unknown collection
     };
-    if def.has_uuid_pk() {
-        let entry = object
-            .entry(def.pk_fields()[0].clone())
-            .or_insert(Value::Null);
-        if entry.is_null() {
-            *entry = Value::Uuid(Uuid::now_v7());
+    let [field] = def.pk_fields() else { return };
+    if !def.has_uuid_pk() {
+        return;
+    }
+    match object.get_mut(field) {
+        Some(value) if !value.is_null() => {}
+        Some(value) => *value = Value::Uuid(Uuid::now_v7()),
+        None => {
+            object.insert(field.clone(), Value::Uuid(Uuid::now_v7()));
         }
     }
 }

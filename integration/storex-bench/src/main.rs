@@ -1,0 +1,39 @@
+//! `storex-bench`: measures storex's real code paths and prints one line per figure,
+//! `bench: <name> <value> <unit>`. A comparison is measured against its baseline in the same
+//! run and printed as a ratio.
+//!
+//! Run with `cargo run --release -p storex-bench -- <suite>`.
+
+mod core_suite;
+mod report;
+
+use clap::{Parser, ValueEnum};
+
+/// Benchmarks for storex.
+#[derive(Debug, Parser)]
+#[command(name = "storex-bench", version)]
+struct Args {
+    /// Which suite to run.
+    suite: Suite,
+    /// Operations per measurement (each suite has a sensible default).
+    #[arg(long)]
+    ops: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Suite {
+    /// Operations per second through the middleware chain on MemoryBackend.
+    Core,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    if cfg!(debug_assertions) {
+        eprintln!("note: a debug build; run with --release for meaningful figures");
+    }
+    match args.suite {
+        Suite::Core => runtime.block_on(core_suite::run(args.ops.unwrap_or(100_000)))?,
+    }
+    Ok(())
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace: starts the services the tests need (scripts/services.sh,
+# once there are any), runs the test suites with cargo-nextest and the doc examples with
+# cargo test, and stops the services at the end whatever happens.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -x scripts/services.sh ]; then
+  # shellcheck source=/dev/null
+  source scripts/services.sh
+  services_up
+  trap services_down EXIT
+fi
+
+cargo nextest run --workspace --no-fail-fast
+cargo test --workspace --doc
