@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: starts the services the tests need (scripts/services.sh,
-# once there are any), runs the test suites with cargo-nextest and the doc examples with
-# cargo test, and stops the services at the end whatever happens.
+# once there are any), runs the doc examples with cargo test and the test suites with
+# cargo-nextest, and stops the services at the end whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,5 +12,5 @@ if [ -x scripts/services.sh ]; then
   trap services_down EXIT
 fi
 
-cargo nextest run --workspace --no-fail-fast
 cargo test --workspace --doc
+cargo nextest run --workspace --no-fail-fast

@@ -3,8 +3,8 @@
 //! refused operation. Run with `cargo run -p storex-core --example quickstart`.
 
 use storex_core::{
-    object, BatchStep, CollectionDef, FieldType, Filter, MemoryBackend, Operation, Query, Registry, Replacement,
-    Storage, UuidPkMiddleware,
+    object, BatchStep, CollectionDef, FieldType, Filter, MemoryBackend, Operation, Query, Registry,
+    Replacement, Storage, UuidPkMiddleware,
 };
 
 #[tokio::main(flavor = "current_thread")]
@@ -34,19 +34,28 @@ async fn main() -> storex_core::Result<()> {
         .await?;
 
     // A notebook and its notes in one atomic batch: the notes take the notebook's new key.
-    let mut steps =
-        vec![BatchStep::new(Operation::create("notebook", object! { "name" => "groceries" })).placeholder("book")];
+    let mut steps = vec![BatchStep::new(Operation::create(
+        "notebook",
+        object! { "name" => "groceries" },
+    ))
+    .placeholder("book")];
     for (title, stars) in [("milk", 3), ("eggs", 5), ("bread", 1)] {
         steps.push(
-            BatchStep::new(Operation::create("note", object! { "title" => title, "stars" => stars }))
-                .replace(Replacement::field("notebook_id", "book")),
+            BatchStep::new(Operation::create(
+                "note",
+                object! { "title" => title, "stars" => stars },
+            ))
+            .replace(Replacement::field("notebook_id", "book")),
         );
     }
     let outcomes = storage.batch(steps).await?;
     println!("batch applied {} steps atomically", outcomes.len());
 
     let starred = storage
-        .find_many("note", Query::new(Filter::all().gte("stars", 3)).order_desc("stars"))
+        .find_many(
+            "note",
+            Query::new(Filter::all().gte("stars", 3)).order_desc("stars"),
+        )
         .await?;
     for note in &starred {
         println!(
@@ -57,7 +66,11 @@ async fn main() -> storex_core::Result<()> {
     }
 
     let updated = storage
-        .update_where("note", Filter::all().lt("stars", 3), object! { "stars" => 3 })
+        .update_where(
+            "note",
+            Filter::all().lt("stars", 3),
+            object! { "stars" => 3 },
+        )
         .await?;
     println!("raised {updated} note(s) to 3 stars");
 
@@ -65,6 +78,9 @@ async fn main() -> storex_core::Result<()> {
         Ok(_) => println!("unexpected: a bad note was accepted"),
         Err(e) => println!("refused as expected: {e}"),
     }
-    println!("notes stored: {}", storage.count("note", Filter::all()).await?);
+    println!(
+        "notes stored: {}",
+        storage.count("note", Filter::all()).await?
+    );
     Ok(())
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use storex_core::uuid::Uuid;
 use storex_core::{
-    object, BoxFuture, CollectionDef, FieldType, MemoryBackend, Middleware, Next, Operation, Outcome, Query,
-    Registry, Result, Storage, StorageBackend, UuidPkMiddleware,
+    object, BoxFuture, CollectionDef, FieldType, MemoryBackend, Middleware, Next, Operation,
+    Outcome, Query, Registry, Result, Storage, StorageBackend, UuidPkMiddleware,
 };
 
 use crate::report::{rate, ratio};
@@ -136,16 +136,35 @@ pub(crate) async fn run(ops: u64) -> Result<()> {
         }
     }
     let mut rates = Vec::new();
-    for (best, label) in best.iter().zip(["backend_direct", "no_middleware", "uuid_pk_plus_3_links"]) {
-        let create = rate(&format!("core.create.{label}"), ops, best.create.unwrap_or_default());
-        let find = rate(&format!("core.find_by_pk.{label}"), ops, best.find.unwrap_or_default());
+    for (best, label) in
+        best.iter()
+            .zip(["backend_direct", "no_middleware", "uuid_pk_plus_3_links"])
+    {
+        let create = rate(
+            &format!("core.create.{label}"),
+            ops,
+            best.create.unwrap_or_default(),
+        );
+        let find = rate(
+            &format!("core.find_by_pk.{label}"),
+            ops,
+            best.find.unwrap_or_default(),
+        );
         rates.push((create, find));
     }
     let [(direct_c, direct_f), (bare_c, bare_f), (chain_c, chain_f)] = rates[..] else {
         unreachable!("three configurations")
     };
-    ratio("core.create.no_middleware_vs_backend_direct", bare_c, direct_c);
-    ratio("core.find_by_pk.no_middleware_vs_backend_direct", bare_f, direct_f);
+    ratio(
+        "core.create.no_middleware_vs_backend_direct",
+        bare_c,
+        direct_c,
+    );
+    ratio(
+        "core.find_by_pk.no_middleware_vs_backend_direct",
+        bare_f,
+        direct_f,
+    );
     ratio("core.create.chain_vs_no_middleware", chain_c, bare_c);
     ratio("core.find_by_pk.chain_vs_no_middleware", chain_f, bare_f);
     Ok(())

@@ -28,7 +28,9 @@ enum Suite {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     if cfg!(debug_assertions) {
         eprintln!("note: a debug build; run with --release for meaningful figures");
     }
