@@ -288,6 +288,7 @@ fn validate_pk(def: &CollectionDef, pk: &mut Pk) -> Result<()> {
 fn validate_filter(def: &CollectionDef, filter: &mut Filter) -> Result<()> {
     for condition in &mut filter.conditions {
         let (ty, _) = field_type(def, &condition.field)?;
+        refuse_json(def, &condition.field, ty, "filtered on")?;
         let null_allowed = matches!(condition.predicate, Predicate::Eq(_) | Predicate::Ne(_));
         for value in condition.predicate.operands_mut() {
             if value.is_null() && !null_allowed {
@@ -305,10 +306,22 @@ fn validate_filter(def: &CollectionDef, filter: &mut Filter) -> Result<()> {
     Ok(())
 }
 
+/// JSON documents have no order or equality that every database agrees on.
+fn refuse_json(def: &CollectionDef, field: &str, ty: FieldType, what: &str) -> Result<()> {
+    if ty == FieldType::Json {
+        return Err(Error::invalid_operation(
+            def.name(),
+            format!("json field `{field}` cannot be {what}"),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_query(def: &CollectionDef, query: &mut Query) -> Result<()> {
     validate_filter(def, &mut query.filter)?;
     for order in &query.order {
-        field_type(def, &order.field)?;
+        let (ty, _) = field_type(def, &order.field)?;
+        refuse_json(def, &order.field, ty, "ordered by")?;
     }
     if query.limit.is_some_and(|l| l > i64::MAX as u64) || query.skip > i64::MAX as u64 {
         return Err(Error::invalid_operation(

@@ -15,6 +15,7 @@ async fn storage() -> Storage {
                 .optional_field("stars", FieldType::Int)
                 .optional_field("weight", FieldType::Float)
                 .optional_field("due", FieldType::DateTime)
+                .optional_field("meta", FieldType::Json)
                 .primary_key(["id"]),
         )
         .collection(
@@ -215,6 +216,29 @@ async fn null_inside_an_in_list() {
     assert_eq!(
         msg,
         "invalid operation on `note`: field `stars` cannot be compared with null except by eq or ne"
+    );
+}
+
+#[tokio::test]
+async fn filter_on_a_json_field() {
+    let filter = Filter::all().eq("meta", storex_core::serde_json::json!({"a": 1}));
+    let msg = refused(Operation::delete_where("note", filter)).await;
+    assert_eq!(
+        msg,
+        "invalid operation on `note`: json field `meta` cannot be filtered on"
+    );
+}
+
+#[tokio::test]
+async fn order_by_a_json_field() {
+    let storage = storage().await;
+    let err = storage
+        .find_many("note", Query::default().order_asc("meta"))
+        .await
+        .expect_err("accepted");
+    assert_eq!(
+        err.to_string(),
+        "invalid operation on `note`: json field `meta` cannot be ordered by"
     );
 }
 
