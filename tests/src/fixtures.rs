@@ -5,7 +5,8 @@ use storex_core::{CollectionDef, FieldType, Registry};
 /// Collections covering every field type, unique indices, a compound key and a relation:
 ///
 /// - `item`: integer key `id`, required `name`, optional `n`, `score`, `flag`, `at`, `doc`,
-///   `data`, `ref_id` (one optional field per type), index on `name`.
+///   `data`, `ref_id` (one optional field per type) and `body` (unindexed text: PostgreSQL
+///   refuses index entries over 8 KiB), index on `name`.
 /// - `account`: UUID key, required unique `email`, optional unique `nick`.
 /// - `membership`: compound key (`group`, `member`), required `role`.
 /// - `notebook` / `note`: UUID keys; `note.notebook_id` is a child-of relation.
@@ -20,6 +21,7 @@ pub fn fixture_registry() -> Registry {
         .optional_field("doc", FieldType::Json)
         .optional_field("data", FieldType::Blob)
         .optional_field("ref_id", FieldType::Uuid)
+        .optional_field("body", FieldType::Text)
         .primary_key(["id"])
         .index(["name"]);
     let account = CollectionDef::new("account")

@@ -16,6 +16,8 @@
 
 mod backend_suite;
 mod fixtures;
+mod services;
 
 pub use backend_suite::{backend_suite, run_backend_suite, SuiteReport};
 pub use fixtures::fixture_registry;
+pub use services::{fresh_postgres_database, postgres_url};

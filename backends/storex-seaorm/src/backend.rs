@@ -1,0 +1,310 @@
+//! [`SeaOrmBackend`]: the storex `StorageBackend` over a SeaORM connection.
+//!
+//! SQLite transactions start with `BEGIN IMMEDIATE`, so two transactions that read before
+//! they write never deadlock on the upgrade to a write lock; other writers wait up to the
+//! busy timeout. On PostgreSQL every write inside a transaction runs in a savepoint, so a
+//! failed write leaves the transaction usable, as storex-core's contract says.
+
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+use storex_core::{
+    BackendFeatures, BoxFuture, Operation, Outcome, Registry, Result as CoreResult, StorageBackend,
+    Transaction,
+};
+
+use crate::error::{redact, Error, Result};
+use crate::exec::{run, run_batch, Ctx};
+use crate::schema;
+
+/// How long a SQLite writer waits for another one to finish.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The database behind a [`SeaOrmBackend`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Dialect {
+    /// SQLite (bundled), the embedded default.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+#[derive(Debug)]
+struct Shared {
+    db: DatabaseConnection,
+    dialect: Dialect,
+    registry: RwLock<Arc<Registry>>,
+}
+
+impl Shared {
+    fn name(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "seaorm-sqlite",
+            Dialect::Postgres => "seaorm-postgres",
+        }
+    }
+
+    fn registry(&self) -> Arc<Registry> {
+        self.registry
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn ctx<'r>(&self, registry: &'r Registry) -> Ctx<'r> {
+        Ctx {
+            backend: self.name(),
+            dialect: self.dialect,
+            registry,
+        }
+    }
+
+    fn db_err(&self, e: DbErr) -> storex_core::Error {
+        storex_core::Error::backend(self.name(), e)
+    }
+
+    async fn begin(&self) -> CoreResult<DatabaseTransaction> {
+        let options = TransactionOptions {
+            sqlite_transaction_mode: (self.dialect == Dialect::Sqlite)
+                .then_some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        };
+        self.db
+            .begin_with_options(options)
+            .await
+            .map_err(|e| self.db_err(e))
+    }
+}
+
+/// A storex backend on SQLite or PostgreSQL through SeaORM. Clones share one pool.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use storex_core::{object, CollectionDef, FieldType, Registry, Storage, UuidPkMiddleware};
+/// use storex_seaorm::SeaOrmBackend;
+///
+/// let registry = Registry::builder()
+///     .collection(CollectionDef::new("note").field("id", FieldType::Uuid).field("title", FieldType::Text).primary_key(["id"]))
+///     .build()?;
+/// let backend = SeaOrmBackend::connect("sqlite::memory:").await?;
+/// let storage = Storage::builder(registry, backend).with(UuidPkMiddleware::new()).build().await?;
+/// storage.create("note", object! { "title" => "stored in SQLite" }).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct SeaOrmBackend {
+    shared: Arc<Shared>,
+}
+
+impl SeaOrmBackend {
+    /// Connects to `url`: `sqlite::memory:`, `sqlite://path/to.db?mode=rwc`, or
+    /// `postgres://user@host:port/db`. SQLite files use WAL with `synchronous=NORMAL`; an
+    /// in-memory database uses a single connection (all pooled connections would otherwise
+    /// have to share it), so do not hold a transaction open while reading outside it.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(Error::UnsupportedUrl { url: redact(url) });
+        };
+        let mut options = ConnectOptions::new(url);
+        options
+            .sqlx_logging(false)
+            .acquire_timeout(Duration::from_secs(30));
+        match dialect {
+            Dialect::Sqlite if url.contains(":memory:") || url.contains("mode=memory") => {
+                options
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None::<Duration>)
+                    .max_lifetime(None::<Duration>);
+            }
+            Dialect::Sqlite => {
+                options.max_connections(4).map_sqlx_sqlite_opts(|o| {
+                    o.journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Normal)
+                        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                });
+            }
+            Dialect::Postgres => {
+                options.max_connections(10);
+            }
+        }
+        let db = Database::connect(options)
+            .await
+            .map_err(|source| Error::Connect {
+                url: redact(url),
+                source,
+            })?;
+        Self::new(db)
+    }
+
+    /// Opens (creating it if needed) the SQLite database file at `path`.
+    pub async fn open_sqlite_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        Self::connect(&format!("sqlite://{}?mode=rwc", path.as_ref().display())).await
+    }
+
+    /// Wraps a connection the app already has (for instance its SeaORM data layer's).
+    pub fn new(db: DatabaseConnection) -> Result<Self> {
+        let dialect = match db.get_database_backend() {
+            DbBackend::Sqlite => Dialect::Sqlite,
+            DbBackend::Postgres => Dialect::Postgres,
+            other => {
+                return Err(Error::UnsupportedDatabase {
+                    backend: format!("{other:?}"),
+                })
+            }
+        };
+        Ok(SeaOrmBackend {
+            shared: Arc::new(Shared {
+                db,
+                dialect,
+                registry: RwLock::new(Arc::new(Registry::default())),
+            }),
+        })
+    }
+
+    /// The SeaORM connection, for reading the same tables with plain SeaORM.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.shared.db
+    }
+
+    /// Which database this is.
+    pub fn dialect(&self) -> Dialect {
+        self.shared.dialect
+    }
+}
+
+impl StorageBackend for SeaOrmBackend {
+    fn name(&self) -> &'static str {
+        self.shared.name()
+    }
+
+    fn features(&self) -> BackendFeatures {
+        BackendFeatures::all()
+    }
+
+    fn prepare<'a>(&'a self, registry: &'a Arc<Registry>) -> BoxFuture<'a, CoreResult<()>> {
+        Box::pin(async move {
+            schema::prepare(&self.shared.db, self.shared.dialect, registry, self.name()).await?;
+            *self
+                .shared
+                .registry
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = registry.clone();
+            Ok(())
+        })
+    }
+
+    fn execute(&self, op: Operation) -> BoxFuture<'_, CoreResult<Outcome>> {
+        Box::pin(async move {
+            let registry = self.shared.registry();
+            let ctx = self.shared.ctx(&registry);
+            match op {
+                Operation::Batch { steps } => {
+                    let txn = self.shared.begin().await?;
+                    match run_batch(&txn, &ctx, steps).await {
+                        Ok(outcomes) => {
+                            txn.commit().await.map_err(|e| self.shared.db_err(e))?;
+                            Ok(Outcome::Batch(outcomes))
+                        }
+                        Err(e) => {
+                            txn.rollback().await.map_err(|e| self.shared.db_err(e))?;
+                            Err(e)
+                        }
+                    }
+                }
+                op => run(&self.shared.db, &ctx, op).await,
+            }
+        })
+    }
+
+    fn begin(&self) -> BoxFuture<'_, CoreResult<Box<dyn Transaction>>> {
+        Box::pin(async move {
+            let txn = self.shared.begin().await?;
+            let tx: Box<dyn Transaction> = Box::new(SeaOrmTransaction {
+                txn,
+                registry: self.shared.registry(),
+                shared: self.shared.clone(),
+            });
+            Ok(tx)
+        })
+    }
+}
+
+/// An open database transaction.
+#[derive(Debug)]
+struct SeaOrmTransaction {
+    txn: DatabaseTransaction,
+    registry: Arc<Registry>,
+    shared: Arc<Shared>,
+}
+
+impl SeaOrmTransaction {
+    /// Runs `op` in a savepoint: a failure undoes it and leaves the transaction usable.
+    async fn in_savepoint(&self, op: Operation) -> CoreResult<Outcome> {
+        let ctx = self.shared.ctx(&self.registry);
+        let savepoint = self.txn.begin().await.map_err(|e| self.shared.db_err(e))?;
+        let result = match op {
+            Operation::Batch { steps } => {
+                run_batch(&savepoint, &ctx, steps).await.map(Outcome::Batch)
+            }
+            op => run(&savepoint, &ctx, op).await,
+        };
+        match result {
+            Ok(outcome) => {
+                savepoint
+                    .commit()
+                    .await
+                    .map_err(|e| self.shared.db_err(e))?;
+                Ok(outcome)
+            }
+            Err(e) => {
+                savepoint
+                    .rollback()
+                    .await
+                    .map_err(|e| self.shared.db_err(e))?;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Transaction for SeaOrmTransaction {
+    fn execute(&self, op: Operation) -> BoxFuture<'_, CoreResult<Outcome>> {
+        Box::pin(async move {
+            // SQLite undoes just the failing statement by itself; PostgreSQL would abort the
+            // whole transaction, so writes there get a savepoint of their own.
+            let own_savepoint = matches!(op, Operation::Batch { .. })
+                || (op.is_write() && self.shared.dialect == Dialect::Postgres);
+            if own_savepoint {
+                self.in_savepoint(op).await
+            } else {
+                run(&self.txn, &self.shared.ctx(&self.registry), op).await
+            }
+        })
+    }
+
+    fn commit(self: Box<Self>) -> BoxFuture<'static, CoreResult<()>> {
+        Box::pin(async move {
+            let shared = self.shared.clone();
+            self.txn.commit().await.map_err(|e| shared.db_err(e))
+        })
+    }
+
+    fn rollback(self: Box<Self>) -> BoxFuture<'static, CoreResult<()>> {
+        Box::pin(async move {
+            let shared = self.shared.clone();
+            self.txn.rollback().await.map_err(|e| shared.db_err(e))
+        })
+    }
+}

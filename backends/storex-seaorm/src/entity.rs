@@ -1,0 +1,81 @@
+//! Deriving storex collection definitions from an app's existing SeaORM entities.
+//!
+//! An app that already has a SeaORM data layer registers its entities, not a second schema:
+//! columns, their types, nullability and the primary key come from the entity.
+//!
+//! | SeaORM column type | storex field type |
+//! |---|---|
+//! | `Char`, `String`, `Text` | text |
+//! | `TinyInteger` … `BigInteger`, `TinyUnsigned` … `Unsigned` | int |
+//! | `Float`, `Double` | float |
+//! | `Boolean` | bool |
+//! | `TimestampWithTimeZone` (`DateTimeUtc`) | datetime |
+//! | `Json`, `JsonBinary` | json |
+//! | `Blob`, `Binary`, `VarBinary` (`Vec<u8>`) | blob |
+//! | `Uuid` | uuid |
+//!
+//! Anything else (naive datetimes, decimals, enums, arrays, `u64`) is refused with a hint.
+
+use sea_orm::{ColumnTrait, ColumnType, EntityTrait, IdenStatic, Iterable, PrimaryKeyToColumn};
+use storex_core::{CollectionDef, FieldType};
+
+use crate::error::{Error, Result};
+
+/// The collection definition of SeaORM entity `E`, at schema version 1 (set another with
+/// [`CollectionDef::version`]; add indices and relations the same way).
+pub fn collection_from_entity<E: EntityTrait>(entity: E) -> Result<CollectionDef> {
+    let table = entity.table_name().to_owned();
+    let mut def = CollectionDef::new(table.clone());
+    for column in E::Column::iter() {
+        let column_def = column.def();
+        let name = column.as_str().to_owned();
+        let ty = field_type(&table, &name, column_def.get_column_type())?;
+        def = if column_def.is_null() {
+            def.optional_field(name, ty)
+        } else {
+            def.field(name, ty)
+        };
+    }
+    let pk: Vec<String> = E::PrimaryKey::iter()
+        .map(|key| key.into_column().as_str().to_owned())
+        .collect();
+    Ok(def.primary_key(pk))
+}
+
+fn field_type(table: &str, column: &str, ty: &ColumnType) -> Result<FieldType> {
+    let unsupported = |hint: &'static str| Error::UnsupportedColumn {
+        table: table.to_owned(),
+        column: column.to_owned(),
+        column_type: format!("{ty:?}"),
+        hint,
+    };
+    Ok(match ty {
+        ColumnType::Char(_) | ColumnType::String(_) | ColumnType::Text => FieldType::Text,
+        ColumnType::TinyInteger
+        | ColumnType::SmallInteger
+        | ColumnType::Integer
+        | ColumnType::BigInteger
+        | ColumnType::TinyUnsigned
+        | ColumnType::SmallUnsigned
+        | ColumnType::Unsigned => FieldType::Int,
+        ColumnType::BigUnsigned => {
+            return Err(unsupported("use i64: a u64 does not fit storex's int"))
+        }
+        ColumnType::Float | ColumnType::Double => FieldType::Float,
+        ColumnType::Boolean => FieldType::Bool,
+        ColumnType::TimestampWithTimeZone => FieldType::DateTime,
+        ColumnType::DateTime | ColumnType::Timestamp => {
+            return Err(unsupported(
+                "use DateTimeUtc: storex keeps datetimes with their time zone",
+            ))
+        }
+        ColumnType::Json | ColumnType::JsonBinary => FieldType::Json,
+        ColumnType::Blob | ColumnType::Binary(_) | ColumnType::VarBinary(_) => FieldType::Blob,
+        ColumnType::Uuid => FieldType::Uuid,
+        _ => {
+            return Err(unsupported(
+                "use text, an integer, f64, bool, DateTimeUtc, Json, Vec<u8> or Uuid",
+            ))
+        }
+    })
+}

@@ -1,0 +1,81 @@
+//! The error type of storex-seaorm: connecting, and entities storex cannot store.
+//!
+//! Errors of operations on a connected backend are `storex_core::Error`s: a database failure
+//! is wrapped as `storex_core::Error::Backend` with the SeaORM error as its source, a unique
+//! violation becomes `storex_core::Error::DuplicateKey`.
+
+use sea_orm::DbErr;
+
+/// Everything that can go wrong in storex-seaorm outside of running an operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database could not be reached or opened.
+    #[error("cannot connect to `{url}`")]
+    Connect {
+        /// The URL, with any password hidden.
+        url: String,
+        /// The driver's error.
+        #[source]
+        source: DbErr,
+    },
+    /// The URL names neither SQLite nor PostgreSQL.
+    #[error("`{url}` is not a SQLite (`sqlite:`) or PostgreSQL (`postgres:`) URL")]
+    UnsupportedUrl {
+        /// The URL, with any password hidden.
+        url: String,
+    },
+    /// A connection to a database other than SQLite or PostgreSQL was given.
+    #[error("storex-seaorm supports SQLite and PostgreSQL, not {backend}")]
+    UnsupportedDatabase {
+        /// The database kind SeaORM reported.
+        backend: String,
+    },
+    /// An entity has a column whose type storex cannot store.
+    #[error("column `{column}` of table `{table}` has type {column_type}, which storex cannot store: {hint}")]
+    UnsupportedColumn {
+        /// The entity's table.
+        table: String,
+        /// The column.
+        column: String,
+        /// Its SeaORM column type.
+        column_type: String,
+        /// What to use instead.
+        hint: &'static str,
+    },
+    /// A storage error (for instance a registry derived from entities that is not valid).
+    #[error(transparent)]
+    Storage(#[from] storex_core::Error),
+}
+
+/// The result type of storex-seaorm.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Hides the password of a database URL, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_hidden_in_urls() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite::memory:"), "sqlite::memory:");
+    }
+}

@@ -1,0 +1,25 @@
+//! storex-seaorm: the storex storage backend over SeaORM, for SQLite (bundled, the embedded
+//! default) and PostgreSQL.
+//!
+//! [`SeaOrmBackend`] runs every storex-core operation as SQL built with sea-query (values
+//! are always bound parameters), applies batches in one transaction with multi-row INSERTs,
+//! and creates the registry's tables when they are missing or adopts the app's existing ones.
+//! [`collection_from_entity`] derives collection definitions from an app's SeaORM entities,
+//! so storex writes the very tables the app reads with plain SeaORM.
+//!
+//! Features: `sqlite` (default) and `postgres` select the drivers compiled in.
+
+mod backend;
+mod entity;
+mod error;
+mod exec;
+mod schema;
+mod sql;
+mod values;
+
+pub use backend::{Dialect, SeaOrmBackend};
+pub use entity::collection_from_entity;
+pub use error::{Error, Result};
+
+/// Re-exported so apps name the same SeaORM version.
+pub use sea_orm;

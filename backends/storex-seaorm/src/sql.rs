@@ -1,0 +1,165 @@
+//! Building SQL statements for storex operations with sea-query: every user value is a bound
+//! parameter, every name a quoted identifier; no SQL is assembled from strings.
+//!
+//! The filter semantics are storex-core's: `ne` also matches NULL (`IS DISTINCT FROM`), an
+//! empty `in` matches nothing, ascending order puts NULLs first and descending last on both
+//! databases, and the primary key breaks ties.
+
+use sea_orm::sea_query::{
+    Alias, Asterisk, BinOper, Condition as SqlCondition, DeleteStatement, Expr, ExprTrait,
+    InsertStatement, NullOrdering, Order as SqlOrder, Query as SqlQuery, SelectStatement,
+    SimpleExpr, UpdateStatement,
+};
+use storex_core::{CollectionDef, Direction, Error, Filter, Object, Pk, Predicate, Query, Value};
+
+use crate::values::to_sql;
+
+/// The name of the count column in [`count`] statements.
+pub(crate) const COUNT_COLUMN: &str = "storex_count";
+
+fn ident(name: &str) -> Alias {
+    Alias::new(name)
+}
+
+fn field_type(def: &CollectionDef, field: &str) -> Result<storex_core::FieldType, Error> {
+    def.field_def(field)
+        .map(|f| f.ty)
+        .ok_or_else(|| Error::UnknownField {
+            collection: def.name().to_owned(),
+            field: field.to_owned(),
+        })
+}
+
+fn param(def: &CollectionDef, field: &str, value: &Value) -> Result<SimpleExpr, Error> {
+    let ty = field_type(def, field)?;
+    Ok(Expr::val(to_sql(def.name(), field, ty, value.clone())?))
+}
+
+/// The SQL condition for `filter` (all conditions must hold).
+pub(crate) fn condition(def: &CollectionDef, filter: &Filter) -> Result<SqlCondition, Error> {
+    let mut all = SqlCondition::all();
+    for c in &filter.conditions {
+        let column = Expr::col(ident(&c.field));
+        let expr = match &c.predicate {
+            Predicate::Eq(Value::Null) => column.is_null(),
+            Predicate::Ne(Value::Null) => column.is_not_null(),
+            Predicate::Eq(v) => column.eq(param(def, &c.field, v)?),
+            Predicate::Ne(v) => column.binary(
+                BinOper::Custom("IS DISTINCT FROM"),
+                param(def, &c.field, v)?,
+            ),
+            Predicate::Lt(v) => column.lt(param(def, &c.field, v)?),
+            Predicate::Lte(v) => column.lte(param(def, &c.field, v)?),
+            Predicate::Gt(v) => column.gt(param(def, &c.field, v)?),
+            Predicate::Gte(v) => column.gte(param(def, &c.field, v)?),
+            Predicate::In(values) if values.is_empty() => Expr::val(1).eq(0),
+            Predicate::In(values) => {
+                let params = values
+                    .iter()
+                    .map(|v| param(def, &c.field, v))
+                    .collect::<Result<Vec<_>, _>>()?;
+                column.is_in(params)
+            }
+        };
+        all = all.add(expr);
+    }
+    Ok(all)
+}
+
+/// The condition selecting the object with key `pk`.
+pub(crate) fn pk_condition(def: &CollectionDef, pk: &Pk) -> Result<SqlCondition, Error> {
+    let mut all = SqlCondition::all();
+    for (field, value) in def.pk_fields().iter().zip(pk.values()) {
+        all = all.add(Expr::col(ident(field)).eq(param(def, field, value)?));
+    }
+    Ok(all)
+}
+
+/// `SELECT <every field> FROM <collection> WHERE … ORDER BY … LIMIT … OFFSET …`.
+pub(crate) fn select(def: &CollectionDef, query: &Query) -> Result<SelectStatement, Error> {
+    let mut stmt = SqlQuery::select();
+    stmt.columns(def.fields().iter().map(|f| ident(&f.name)))
+        .from(ident(def.name()))
+        .cond_where(condition(def, &query.filter)?);
+    for order in &query.order {
+        let (direction, nulls) = match order.direction {
+            Direction::Asc => (SqlOrder::Asc, NullOrdering::First),
+            Direction::Desc => (SqlOrder::Desc, NullOrdering::Last),
+        };
+        stmt.order_by_with_nulls(ident(&order.field), direction, nulls);
+    }
+    for pk in def.pk_fields() {
+        stmt.order_by(ident(pk), SqlOrder::Asc);
+    }
+    match (query.limit, query.skip) {
+        (Some(limit), skip) => {
+            stmt.limit(limit);
+            if skip > 0 {
+                stmt.offset(skip);
+            }
+        }
+        // SQLite takes no OFFSET without a LIMIT.
+        (None, skip) if skip > 0 => {
+            stmt.limit(i64::MAX as u64).offset(skip);
+        }
+        (None, _) => {}
+    }
+    Ok(stmt)
+}
+
+/// `SELECT COUNT(*) AS storex_count FROM <collection> WHERE …`.
+pub(crate) fn count(def: &CollectionDef, filter: &Filter) -> Result<SelectStatement, Error> {
+    let mut stmt = SqlQuery::select();
+    stmt.expr_as(Expr::col(Asterisk).count(), ident(COUNT_COLUMN))
+        .from(ident(def.name()))
+        .cond_where(condition(def, filter)?);
+    Ok(stmt)
+}
+
+/// A multi-row `INSERT` of whole objects (absent fields as NULL).
+pub(crate) fn insert<'o>(
+    def: &CollectionDef,
+    objects: impl IntoIterator<Item = &'o Object>,
+) -> Result<InsertStatement, Error> {
+    let mut stmt = SqlQuery::insert();
+    stmt.into_table(ident(def.name()))
+        .columns(def.fields().iter().map(|f| ident(&f.name)));
+    for object in objects {
+        let row = def
+            .fields()
+            .iter()
+            .map(|f| {
+                let value = object.get(&f.name).cloned().unwrap_or(Value::Null);
+                to_sql(def.name(), &f.name, f.ty, value).map(Expr::val)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        stmt.values(row).map_err(|e| {
+            Error::invalid_operation(def.name(), format!("cannot build the insert: {e}"))
+        })?;
+    }
+    Ok(stmt)
+}
+
+/// `UPDATE <collection> SET … WHERE …`.
+pub(crate) fn update(
+    def: &CollectionDef,
+    condition: SqlCondition,
+    changes: Object,
+) -> Result<UpdateStatement, Error> {
+    let mut stmt = SqlQuery::update();
+    stmt.table(ident(def.name()));
+    for (field, value) in changes {
+        let ty = field_type(def, &field)?;
+        let value = to_sql(def.name(), &field, ty, value)?;
+        stmt.value(ident(&field), Expr::val(value));
+    }
+    stmt.cond_where(condition);
+    Ok(stmt)
+}
+
+/// `DELETE FROM <collection> WHERE …`.
+pub(crate) fn delete(def: &CollectionDef, condition: SqlCondition) -> DeleteStatement {
+    let mut stmt = SqlQuery::delete();
+    stmt.from_table(ident(def.name())).cond_where(condition);
+    stmt
+}

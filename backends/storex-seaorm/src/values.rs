@@ -1,0 +1,106 @@
+//! Converting storex values to SQL parameters and reading them back from result rows.
+//!
+//! Values are bound through sea-query exactly as SeaORM binds its own models, so rows that
+//! storex writes read back with plain SeaORM and the other way round: on SQLite a UUID is a
+//! 16-byte BLOB, JSON and datetimes are TEXT (RFC 3339, which sorts in time order for UTC),
+//! booleans are 0/1; on PostgreSQL each type has its native column type.
+
+use sea_orm::sea_query::Value as SqlValue;
+use sea_orm::{DbErr, QueryResult};
+use storex_core::chrono::{DateTime, Utc};
+use storex_core::uuid::Uuid;
+use storex_core::{serde_json, CollectionDef, Error, FieldDef, FieldType, Object, Value};
+
+/// The SQL parameter for `value` stored in a field of type `ty` (a typed NULL for `Null`).
+pub(crate) fn to_sql(
+    collection: &str,
+    field: &str,
+    ty: FieldType,
+    value: Value,
+) -> Result<SqlValue, Error> {
+    Ok(match (ty, value) {
+        (FieldType::Text, Value::Text(v)) => SqlValue::String(Some(v)),
+        (FieldType::Int, Value::Int(v)) => SqlValue::BigInt(Some(v)),
+        (FieldType::Float, Value::Float(v)) => SqlValue::Double(Some(v)),
+        (FieldType::Bool, Value::Bool(v)) => SqlValue::Bool(Some(v)),
+        (FieldType::DateTime, Value::DateTime(v)) => SqlValue::ChronoDateTimeUtc(Some(v)),
+        (FieldType::Json, Value::Json(v)) => SqlValue::Json(Some(Box::new(v))),
+        (FieldType::Blob, Value::Blob(v)) => SqlValue::Bytes(Some(v)),
+        (FieldType::Uuid, Value::Uuid(v)) => SqlValue::Uuid(Some(v)),
+        (ty, Value::Null) => null_of(ty),
+        (ty, other) => {
+            return Err(Error::TypeMismatch {
+                collection: collection.to_owned(),
+                field: field.to_owned(),
+                expected: ty,
+                found: other.describe(),
+            })
+        }
+    })
+}
+
+fn null_of(ty: FieldType) -> SqlValue {
+    match ty {
+        FieldType::Text => SqlValue::String(None),
+        FieldType::Int => SqlValue::BigInt(None),
+        FieldType::Float => SqlValue::Double(None),
+        FieldType::Bool => SqlValue::Bool(None),
+        FieldType::DateTime => SqlValue::ChronoDateTimeUtc(None),
+        FieldType::Json => SqlValue::Json(None),
+        FieldType::Blob => SqlValue::Bytes(None),
+        FieldType::Uuid => SqlValue::Uuid(None),
+    }
+}
+
+/// Reads one field of a row as the field's type.
+fn read_field(row: &QueryResult, field: &FieldDef) -> Result<Value, DbErr> {
+    let name = field.name.as_str();
+    let value = match field.ty {
+        FieldType::Text => row.try_get::<Option<String>>("", name)?.map(Value::Text),
+        FieldType::Int => read_int(row, name)?.map(Value::Int),
+        FieldType::Float => read_float(row, name)?.map(Value::Float),
+        FieldType::Bool => row.try_get::<Option<bool>>("", name)?.map(Value::Bool),
+        FieldType::DateTime => row
+            .try_get::<Option<DateTime<Utc>>>("", name)?
+            .map(Value::DateTime),
+        FieldType::Json => row
+            .try_get::<Option<serde_json::Value>>("", name)?
+            .map(Value::Json),
+        FieldType::Blob => row.try_get::<Option<Vec<u8>>>("", name)?.map(Value::Blob),
+        FieldType::Uuid => row.try_get::<Option<Uuid>>("", name)?.map(Value::Uuid),
+    };
+    Ok(value.unwrap_or(Value::Null))
+}
+
+/// PostgreSQL decodes only the exact width: an adopted table may use `integer` or `smallint`.
+fn read_int(row: &QueryResult, name: &str) -> Result<Option<i64>, DbErr> {
+    match row.try_get::<Option<i64>>("", name) {
+        Ok(v) => Ok(v),
+        Err(first) => match row.try_get::<Option<i32>>("", name) {
+            Ok(v) => Ok(v.map(i64::from)),
+            Err(_) => match row.try_get::<Option<i16>>("", name) {
+                Ok(v) => Ok(v.map(i64::from)),
+                Err(_) => Err(first),
+            },
+        },
+    }
+}
+
+/// Likewise for `real` (f32) columns of adopted tables.
+fn read_float(row: &QueryResult, name: &str) -> Result<Option<f64>, DbErr> {
+    match row.try_get::<Option<f64>>("", name) {
+        Ok(v) => Ok(v),
+        Err(first) => match row.try_get::<Option<f32>>("", name) {
+            Ok(v) => Ok(v.map(f64::from)),
+            Err(_) => Err(first),
+        },
+    }
+}
+
+/// Reads a whole object of collection `def` (every field, absent ones as `Null`).
+pub(crate) fn read_object(row: &QueryResult, def: &CollectionDef) -> Result<Object, DbErr> {
+    def.fields()
+        .iter()
+        .map(|field| Ok((field.name.clone(), read_field(row, field)?)))
+        .collect()
+}
