@@ -1,0 +1,228 @@
+//! An app with an ordinary SeaORM data layer: its entities give the registry, its own schema
+//! code creates the tables, storex writes to them, and plain SeaORM reads what storex wrote
+//! (and the other way round), value for value, on SQLite and PostgreSQL.
+
+#![allow(unreachable_pub)] // SeaORM entities must be `pub` inside their modules.
+
+use sea_orm::entity::prelude::*;
+use sea_orm::{ActiveValue::Set, ConnectionTrait, Database, DatabaseConnection, QueryOrder, Schema};
+use storex_core::chrono::{TimeZone, Utc};
+use storex_core::serde_json::json;
+use storex_core::{object, BatchStep, Filter, Operation, Registry, Replacement, Storage, UuidPkMiddleware, Value};
+use storex_seaorm::{collection_from_entity, SeaOrmBackend};
+
+mod notebook {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "notebook")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub name: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+mod note {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "note")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub notebook_id: Uuid,
+        pub title: String,
+        pub body: Option<String>,
+        pub stars: i32,
+        pub weight: f64,
+        pub pinned: bool,
+        pub created_at: DateTimeUtc,
+        pub meta: Json,
+        pub attachment: Option<Vec<u8>>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+async fn app_schema(db: &DatabaseConnection) {
+    let schema = Schema::new(db.get_database_backend());
+    for mut stmt in [
+        schema.create_table_from_entity(notebook::Entity),
+        schema.create_table_from_entity(note::Entity),
+    ] {
+        stmt.if_not_exists();
+        db.execute(&stmt).await.expect("the app creates its tables");
+    }
+}
+
+fn registry() -> Registry {
+    Registry::builder()
+        .collection(collection_from_entity(notebook::Entity).expect("notebook entity"))
+        .collection(
+            collection_from_entity(note::Entity)
+                .expect("note entity")
+                .child_of("notebook", "notebook_id"),
+        )
+        .build()
+        .expect("registry from entities")
+}
+
+async fn storex_and_app_share_tables(db: DatabaseConnection) {
+    app_schema(&db).await;
+    let backend = SeaOrmBackend::new(db.clone()).expect("wrap the app's connection");
+    let storage = Storage::builder(registry(), backend)
+        .with(UuidPkMiddleware::new())
+        .build()
+        .await
+        .expect("adopt the app's tables");
+
+    let created_at = Utc.timestamp_opt(1_700_000_000, 123_456_000).single().expect("valid");
+    let outcomes = storage
+        .batch(vec![
+            BatchStep::new(Operation::create("notebook", object! { "name" => "home" })).placeholder("book"),
+            BatchStep::new(Operation::create(
+                "note",
+                object! {
+                    "title" => "milk", "stars" => 3, "weight" => 0.5, "pinned" => true,
+                    "created_at" => created_at, "meta" => json!({"tags": ["shop"]}),
+                    "attachment" => vec![0u8, 1, 255],
+                },
+            ))
+            .replace(Replacement::field("notebook_id", "book")),
+        ])
+        .await
+        .expect("storex writes through the app's tables");
+    let note_id = outcomes[1]
+        .created_pk()
+        .and_then(|pk| pk.single())
+        .and_then(Value::as_uuid)
+        .expect("a uuid key");
+
+    // Plain SeaORM reads exactly what storex wrote.
+    let read = note::Entity::find_by_id(note_id)
+        .one(&db)
+        .await
+        .expect("query")
+        .expect("the app sees the note");
+    let book = notebook::Entity::find().one(&db).await.expect("query").expect("the notebook");
+    assert_eq!(read.notebook_id, book.id);
+    assert_eq!(read.title, "milk");
+    assert_eq!(read.body, None);
+    assert_eq!(read.stars, 3);
+    assert_eq!(read.weight, 0.5);
+    assert!(read.pinned);
+    assert_eq!(read.created_at, created_at);
+    assert_eq!(read.meta, json!({"tags": ["shop"]}));
+    assert_eq!(read.attachment, Some(vec![0u8, 1, 255]));
+
+    // The app writes with plain SeaORM; storex reads it and updates it.
+    let app_note = note::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        notebook_id: Set(book.id),
+        title: Set("eggs".into()),
+        body: Set(Some("a dozen".into())),
+        stars: Set(5),
+        weight: Set(1.25),
+        pinned: Set(false),
+        created_at: Set(created_at),
+        meta: Set(json!(null)),
+        attachment: Set(None),
+    };
+    note::Entity::insert(app_note).exec(&db).await.expect("the app inserts");
+    let found = storage
+        .find_one("note", storex_core::Query::new(Filter::all().eq("title", "eggs")))
+        .await
+        .expect("find")
+        .expect("storex sees the app's note");
+    assert_eq!(found["body"], Value::from("a dozen"));
+    assert_eq!(found["stars"], Value::Int(5));
+    let updated = storage
+        .update_where("note", Filter::all().gte("stars", 3), object! { "pinned" => true })
+        .await
+        .expect("update");
+    assert_eq!(updated, 2);
+    let pinned = note::Entity::find()
+        .filter(note::Column::Pinned.eq(true))
+        .order_by_asc(note::Column::Title)
+        .all(&db)
+        .await
+        .expect("query");
+    assert_eq!(pinned.iter().map(|n| n.title.as_str()).collect::<Vec<_>>(), vec!["eggs", "milk"]);
+}
+
+#[tokio::test]
+async fn sqlite_app_tables_are_shared_with_plain_seaorm() {
+    let db = Database::connect("sqlite::memory:").await.expect("connect");
+    storex_and_app_share_tables(db).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_app_tables_are_shared_with_plain_seaorm() {
+    let Some(server) = storex_test::postgres_url() else {
+        return;
+    };
+    let url = storex_test::fresh_postgres_database(&server).await;
+    let db = Database::connect(&url).await.expect("connect");
+    storex_and_app_share_tables(db).await;
+}
+
+#[test]
+fn unsupported_entity_columns_are_refused_with_a_hint() {
+    mod naive {
+        use sea_orm::entity::prelude::*;
+
+        #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+        #[sea_orm(table_name = "event")]
+        pub struct Model {
+            #[sea_orm(primary_key)]
+            pub id: i64,
+            pub at: DateTime,
+        }
+
+        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+        pub enum Relation {}
+
+        impl ActiveModelBehavior for ActiveModel {}
+    }
+    let err = collection_from_entity(naive::Entity).expect_err("naive datetime accepted");
+    assert_eq!(
+        err.to_string(),
+        "column `at` of table `event` has type DateTime, which storex cannot store: use DateTimeUtc: storex keeps datetimes with their time zone"
+    );
+}
+
+#[test]
+fn entity_columns_map_to_field_types() {
+    let def = collection_from_entity(note::Entity).expect("note");
+    let types: Vec<(String, storex_core::FieldType, bool)> = def
+        .fields()
+        .iter()
+        .map(|f| (f.name.clone(), f.ty, f.optional))
+        .collect();
+    use storex_core::FieldType::*;
+    let expected = [
+        ("id", Uuid, false),
+        ("notebook_id", Uuid, false),
+        ("title", Text, false),
+        ("body", Text, true),
+        ("stars", Int, false),
+        ("weight", Float, false),
+        ("pinned", Bool, false),
+        ("created_at", DateTime, false),
+        ("meta", Json, false),
+        ("attachment", Blob, true),
+    ];
+    let expected: Vec<_> = expected.iter().map(|(n, t, o)| (String::from(*n), *t, *o)).collect();
+    assert_eq!(types, expected);
+    assert_eq!(def.pk_fields(), ["id".to_owned()]);
+}
