@@ -23,22 +23,35 @@ impl BatchResolver {
         BatchResolver::default()
     }
 
-    /// Turns `step` into the operation to run: replacements filled from earlier steps,
-    /// then checked against `registry` like any operation.
-    pub fn resolve(&self, registry: &Registry, step: &BatchStep) -> Result<Operation> {
-        let mut op = step.operation.clone();
-        for replacement in &step.replace {
+    /// Turns `step` into the operation to run and the placeholder its outcome will fill.
+    /// Replacements are filled from earlier steps; a step that had any is then checked
+    /// against `registry` again (the others were checked before the batch reached the
+    /// backend).
+    pub fn resolve(
+        &self,
+        registry: &Registry,
+        step: BatchStep,
+    ) -> Result<(Operation, Option<String>)> {
+        let BatchStep {
+            mut operation,
+            placeholder,
+            replace,
+        } = step;
+        if replace.is_empty() {
+            return Ok((operation, placeholder));
+        }
+        for replacement in &replace {
             let value = self
                 .keys
                 .get(&replacement.placeholder)
                 .cloned()
                 .ok_or_else(|| {
                     Error::invalid_operation(
-                        op.collection().unwrap_or_default(),
+                        operation.collection().unwrap_or_default(),
                         format!("placeholder `{}` has no value yet", replacement.placeholder),
                     )
                 })?;
-            match (&replacement.target, &mut op) {
+            match (&replacement.target, &mut operation) {
                 (
                     ReplaceTarget::Pk,
                     Operation::UpdateByPk { pk, .. } | Operation::DeleteByPk { pk, .. },
@@ -65,24 +78,24 @@ impl BatchResolver {
                 }
             }
         }
-        validate_resolved_step(registry, &mut op)?;
-        Ok(op)
+        validate_resolved_step(registry, &mut operation)?;
+        Ok((operation, placeholder))
     }
 
-    /// Records what `step` produced, so later steps can use its placeholder.
-    pub fn record(&mut self, step: &BatchStep, outcome: &Outcome) -> Result<()> {
-        if let Some(name) = &step.placeholder {
+    /// Records what the step with `placeholder` produced, so later steps can use it.
+    pub fn record(&mut self, placeholder: Option<String>, outcome: &Outcome) -> Result<()> {
+        if let Some(name) = placeholder {
             let value = outcome
                 .created_pk()
                 .and_then(Pk::single)
                 .cloned()
                 .ok_or_else(|| {
                     Error::invalid_operation(
-                        step.operation.collection().unwrap_or_default(),
+                        "",
                         format!("placeholder `{name}` is on a step that created no one-field key"),
                     )
                 })?;
-            self.keys.insert(name.clone(), value);
+            self.keys.insert(name, value);
         }
         Ok(())
     }

@@ -259,11 +259,14 @@ fn batch(
     let mark = undo.len();
     let mut resolver = BatchResolver::new();
     let mut outcomes = Vec::with_capacity(steps.len());
-    for (index, step) in steps.iter().enumerate() {
+    for (index, step) in steps.into_iter().enumerate() {
         let result = resolver
             .resolve(registry, step)
-            .and_then(|op| apply(state, registry, op, undo))
-            .and_then(|outcome| resolver.record(step, &outcome).map(|()| outcome));
+            .and_then(|(op, placeholder)| {
+                let outcome = apply(state, registry, op, undo)?;
+                resolver.record(placeholder, &outcome)?;
+                Ok(outcome)
+            });
         match result {
             Ok(outcome) => outcomes.push(outcome),
             Err(source) => {

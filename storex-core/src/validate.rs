@@ -203,13 +203,22 @@ fn validate_object(
     stage: Stage,
     filled: &HashSet<String>,
 ) -> Result<()> {
+    let mut required_present = 0;
     for (field, value) in object.iter_mut() {
         let (ty, optional) = field_type(def, field)?;
         check_value(def, field, ty, value)?;
-        if value.is_null() && !optional && !filled.contains(field) {
-            return Err(missing(def, field));
+        if value.is_null() {
+            if !optional && !filled.contains(field) {
+                return Err(missing(def, field));
+            }
+        } else if !optional {
+            required_present += 1;
         }
     }
+    if required_present == def.fields().iter().filter(|f| !f.optional).count() {
+        return Ok(());
+    }
+    // Some required field is absent: fine only for a key still to be filled in.
     for f in def.fields() {
         let present = object.get(&f.name).is_some_and(|v| !v.is_null());
         let auto_pk = stage == Stage::Entry && def.has_uuid_pk() && def.pk_fields()[0] == f.name;

@@ -44,7 +44,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     db.execute(create.if_not_exists()).await?;
 
     // storex on the same connection, with a registry derived from the entity.
-    let registry = Registry::builder().collection(collection_from_entity(note::Entity)?).build()?;
+    let registry = Registry::builder()
+        .collection(collection_from_entity(note::Entity)?)
+        .build()?;
     let storage = Storage::builder(registry, SeaOrmBackend::new(db.clone())?)
         .with(UuidPkMiddleware::new())
         .build()
@@ -52,15 +54,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     for title in ["buy milk", "call mum", "water the plants"] {
         storage
-            .create("note", object! { "title" => title, "done" => false, "created_at" => Utc::now() })
+            .create(
+                "note",
+                object! { "title" => title, "done" => false, "created_at" => Utc::now() },
+            )
             .await?;
     }
     storage
-        .update_where("note", Filter::all().eq("title", "call mum"), object! { "done" => true })
+        .update_where(
+            "note",
+            Filter::all().eq("title", "call mum"),
+            object! { "done" => true },
+        )
         .await?;
 
     // The app reads what storex wrote with plain SeaORM.
-    for note in note::Entity::find().order_by_asc(note::Column::Title).all(&db).await? {
+    for note in note::Entity::find()
+        .order_by_asc(note::Column::Title)
+        .all(&db)
+        .await?
+    {
         println!("{} {}", if note.done { "[x]" } else { "[ ]" }, note.title);
     }
     std::fs::remove_dir_all(&dir)?;

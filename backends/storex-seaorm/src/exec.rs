@@ -2,8 +2,8 @@
 //!
 //! Batches run inside a transaction the caller opened; consecutive creates on one collection
 //! become multi-row INSERTs (up to 1,000 rows, within the database's parameter limit), which
-//! is several times faster than one statement per row. If such a group fails, it is undone
-//! with a savepoint and replayed row by row, so the error names the exact failing step.
+//! is several times faster than one statement per row. If such a statement fails, its rows
+//! are replayed one by one, so the error names the exact failing step.
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, SqlErr, TransactionTrait};
 use storex_core::{
@@ -150,23 +150,9 @@ fn step_error(step: usize) -> impl FnOnce(Error) -> Error {
     }
 }
 
-/// Where the run of plain creates on one collection that starts at `start` ends.
-fn create_run_end(steps: &[BatchStep], start: usize) -> usize {
-    let Some(Operation::Create { collection, .. }) = steps.get(start).map(|s| &s.operation) else {
-        return start;
-    };
-    let mut end = start;
-    while let Some(step) = steps.get(end) {
-        match &step.operation {
-            Operation::Create { collection: c, .. }
-                if c == collection && step.replace.is_empty() =>
-            {
-                end += 1
-            }
-            _ => break,
-        }
-    }
-    end
+fn is_plain_create_on(step: &BatchStep, collection: &str) -> bool {
+    matches!(&step.operation, Operation::Create { collection: c, .. } if c == collection)
+        && step.replace.is_empty()
 }
 
 /// Applies `steps` inside `txn`; the caller commits or rolls back.
@@ -177,100 +163,123 @@ pub(crate) async fn run_batch(
 ) -> Result<Vec<Outcome>, Error> {
     let mut resolver = BatchResolver::new();
     let mut outcomes = Vec::with_capacity(steps.len());
-    let mut start = 0;
-    while start < steps.len() {
-        let end = create_run_end(&steps, start);
-        if end - start >= 2 {
-            let created = create_group(txn, ctx, &steps[start..end], start, &resolver).await?;
-            for (offset, pk) in created.into_iter().enumerate() {
-                let outcome = Outcome::Created { pk };
-                resolver
-                    .record(&steps[start + offset], &outcome)
-                    .map_err(step_error(start + offset))?;
-                outcomes.push(outcome);
+    let mut steps = steps.into_iter().enumerate().peekable();
+    while let Some((index, step)) = steps.next() {
+        // A create followed by plain creates on the same collection starts a group.
+        let group_on = match &step.operation {
+            Operation::Create { collection, .. }
+                if step.replace.is_empty()
+                    && steps
+                        .peek()
+                        .is_some_and(|(_, next)| is_plain_create_on(next, collection)) =>
+            {
+                Some(collection.clone())
             }
-            start = end;
-        } else {
-            let step = &steps[start];
-            let op = resolver
-                .resolve(ctx.registry, step)
-                .map_err(step_error(start))?;
-            let outcome = run(txn, ctx, op).await.map_err(step_error(start))?;
-            resolver.record(step, &outcome).map_err(step_error(start))?;
+            _ => None,
+        };
+        let Some(collection) = group_on else {
+            outcomes.push(run_step(txn, ctx, &mut resolver, step, index).await?);
+            continue;
+        };
+        let mut group = vec![step];
+        while let Some((_, next)) = steps.next_if(|(_, next)| is_plain_create_on(next, &collection))
+        {
+            group.push(next);
+        }
+        let mut objects = Vec::with_capacity(group.len());
+        let mut placeholders = Vec::with_capacity(group.len());
+        for step in group {
+            if let Operation::Create { object, .. } = step.operation {
+                objects.push(object);
+                placeholders.push(step.placeholder);
+            }
+        }
+        let pks = create_group(txn, ctx, &collection, objects, index).await?;
+        for (offset, (pk, placeholder)) in pks.into_iter().zip(placeholders).enumerate() {
+            let outcome = Outcome::Created { pk };
+            resolver
+                .record(placeholder, &outcome)
+                .map_err(step_error(index + offset))?;
             outcomes.push(outcome);
-            start += 1;
         }
     }
     Ok(outcomes)
 }
 
-/// Inserts a run of creates with multi-row INSERTs; returns their keys in step order.
+async fn run_step(
+    txn: &DatabaseTransaction,
+    ctx: &Ctx<'_>,
+    resolver: &mut BatchResolver,
+    step: BatchStep,
+    index: usize,
+) -> Result<Outcome, Error> {
+    let (op, placeholder) = resolver
+        .resolve(ctx.registry, step)
+        .map_err(step_error(index))?;
+    let outcome = run(txn, ctx, op).await.map_err(step_error(index))?;
+    resolver
+        .record(placeholder, &outcome)
+        .map_err(step_error(index))?;
+    Ok(outcome)
+}
+
+/// Inserts a run of creates (steps from `first_index` on) with multi-row INSERTs; returns
+/// their keys in step order.
+///
+/// If a statement fails, its rows are replayed one at a time so that the error names the
+/// step at fault. SQLite undoes a failed statement by itself; PostgreSQL aborts the whole
+/// transaction on an error, so there the group runs in a savepoint that is undone first.
 async fn create_group(
     txn: &DatabaseTransaction,
     ctx: &Ctx<'_>,
-    steps: &[BatchStep],
+    collection: &str,
+    objects: Vec<Object>,
     first_index: usize,
-    resolver: &BatchResolver,
 ) -> Result<Vec<Pk>, Error> {
-    let mut collection = String::new();
-    let mut objects = Vec::with_capacity(steps.len());
-    for (offset, step) in steps.iter().enumerate() {
-        match resolver
-            .resolve(ctx.registry, step)
-            .map_err(step_error(first_index + offset))?
-        {
-            Operation::Create {
-                collection: c,
-                object,
-            } => {
-                collection = c;
-                objects.push(object);
-            }
-            other => {
-                return Err(step_error(first_index + offset)(Error::invalid_operation(
-                    other.collection().unwrap_or_default(),
-                    "expected a create",
-                )))
-            }
-        }
-    }
-    let def = ctx.registry.collection(&collection)?;
+    let def = ctx.registry.collection(collection)?;
     let pks = objects
         .iter()
         .enumerate()
         .map(|(offset, o)| pk_of(def, o).map_err(step_error(first_index + offset)))
         .collect::<Result<Vec<_>, _>>()?;
-    let savepoint = txn.begin().await.map_err(|e| ctx.db_err(&collection, e))?;
-    let mut result = Ok(());
+    let savepoint = match ctx.dialect {
+        Dialect::Postgres => Some(txn.begin().await.map_err(|e| ctx.db_err(collection, e))?),
+        Dialect::Sqlite => None,
+    };
+    let conn = savepoint.as_ref().unwrap_or(txn);
     let per_statement = ctx.max_rows_per_insert(def);
-    for chunk in objects.chunks(per_statement) {
-        if let Err(e) = savepoint.execute(&sql::insert(def, chunk)?).await {
-            result = Err(e);
+    let mut failed = None;
+    for (chunk_index, chunk) in objects.chunks(per_statement).enumerate() {
+        if let Err(e) = conn.execute(&sql::insert(def, chunk)?).await {
+            failed = Some((chunk_index * per_statement, e));
             break;
         }
     }
-    match result {
-        Ok(()) => {
+    let Some((replay_from, group_error)) = failed else {
+        if let Some(savepoint) = savepoint {
             savepoint
                 .commit()
                 .await
-                .map_err(|e| ctx.db_err(&collection, e))?;
-            Ok(pks)
+                .map_err(|e| ctx.db_err(collection, e))?;
         }
-        Err(group_error) => {
+        return Ok(pks);
+    };
+    let replay_from = match savepoint {
+        Some(savepoint) => {
             savepoint
                 .rollback()
                 .await
-                .map_err(|e| ctx.db_err(&collection, e))?;
-            // Replay one row at a time to name the step that fails.
-            for (offset, object) in objects.into_iter().enumerate() {
-                run(txn, ctx, Operation::create(collection.clone(), object))
-                    .await
-                    .map_err(step_error(first_index + offset))?;
-            }
-            Err(step_error(first_index)(
-                ctx.db_err(&collection, group_error),
-            ))
+                .map_err(|e| ctx.db_err(collection, e))?;
+            0
         }
+        None => replay_from,
+    };
+    for (offset, object) in objects.into_iter().enumerate().skip(replay_from) {
+        run(txn, ctx, Operation::create(collection, object))
+            .await
+            .map_err(step_error(first_index + offset))?;
     }
+    Err(step_error(first_index + replay_from)(
+        ctx.db_err(collection, group_error),
+    ))
 }

@@ -5,10 +5,14 @@
 #![allow(unreachable_pub)] // SeaORM entities must be `pub` inside their modules.
 
 use sea_orm::entity::prelude::*;
-use sea_orm::{ActiveValue::Set, ConnectionTrait, Database, DatabaseConnection, QueryOrder, Schema};
+use sea_orm::{
+    ActiveValue::Set, ConnectionTrait, Database, DatabaseConnection, QueryOrder, Schema,
+};
 use storex_core::chrono::{TimeZone, Utc};
 use storex_core::serde_json::json;
-use storex_core::{object, BatchStep, Filter, Operation, Registry, Replacement, Storage, UuidPkMiddleware, Value};
+use storex_core::{
+    object, BatchStep, Filter, Operation, Registry, Replacement, Storage, UuidPkMiddleware, Value,
+};
 use storex_seaorm::{collection_from_entity, SeaOrmBackend};
 
 mod notebook {
@@ -85,10 +89,14 @@ async fn storex_and_app_share_tables(db: DatabaseConnection) {
         .await
         .expect("adopt the app's tables");
 
-    let created_at = Utc.timestamp_opt(1_700_000_000, 123_456_000).single().expect("valid");
+    let created_at = Utc
+        .timestamp_opt(1_700_000_000, 123_456_000)
+        .single()
+        .expect("valid");
     let outcomes = storage
         .batch(vec![
-            BatchStep::new(Operation::create("notebook", object! { "name" => "home" })).placeholder("book"),
+            BatchStep::new(Operation::create("notebook", object! { "name" => "home" }))
+                .placeholder("book"),
             BatchStep::new(Operation::create(
                 "note",
                 object! {
@@ -113,7 +121,11 @@ async fn storex_and_app_share_tables(db: DatabaseConnection) {
         .await
         .expect("query")
         .expect("the app sees the note");
-    let book = notebook::Entity::find().one(&db).await.expect("query").expect("the notebook");
+    let book = notebook::Entity::find()
+        .one(&db)
+        .await
+        .expect("query")
+        .expect("the notebook");
     assert_eq!(read.notebook_id, book.id);
     assert_eq!(read.title, "milk");
     assert_eq!(read.body, None);
@@ -137,16 +149,26 @@ async fn storex_and_app_share_tables(db: DatabaseConnection) {
         meta: Set(json!(null)),
         attachment: Set(None),
     };
-    note::Entity::insert(app_note).exec(&db).await.expect("the app inserts");
+    note::Entity::insert(app_note)
+        .exec(&db)
+        .await
+        .expect("the app inserts");
     let found = storage
-        .find_one("note", storex_core::Query::new(Filter::all().eq("title", "eggs")))
+        .find_one(
+            "note",
+            storex_core::Query::new(Filter::all().eq("title", "eggs")),
+        )
         .await
         .expect("find")
         .expect("storex sees the app's note");
     assert_eq!(found["body"], Value::from("a dozen"));
     assert_eq!(found["stars"], Value::Int(5));
     let updated = storage
-        .update_where("note", Filter::all().gte("stars", 3), object! { "pinned" => true })
+        .update_where(
+            "note",
+            Filter::all().gte("stars", 3),
+            object! { "pinned" => true },
+        )
         .await
         .expect("update");
     assert_eq!(updated, 2);
@@ -156,7 +178,10 @@ async fn storex_and_app_share_tables(db: DatabaseConnection) {
         .all(&db)
         .await
         .expect("query");
-    assert_eq!(pinned.iter().map(|n| n.title.as_str()).collect::<Vec<_>>(), vec!["eggs", "milk"]);
+    assert_eq!(
+        pinned.iter().map(|n| n.title.as_str()).collect::<Vec<_>>(),
+        vec!["eggs", "milk"]
+    );
 }
 
 #[tokio::test]
@@ -222,7 +247,10 @@ fn entity_columns_map_to_field_types() {
         ("meta", Json, false),
         ("attachment", Blob, true),
     ];
-    let expected: Vec<_> = expected.iter().map(|(n, t, o)| (String::from(*n), *t, *o)).collect();
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|(n, t, o)| (String::from(*n), *t, *o))
+        .collect();
     assert_eq!(types, expected);
     assert_eq!(def.pk_fields(), ["id".to_owned()]);
 }

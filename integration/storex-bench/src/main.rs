@@ -6,6 +6,7 @@
 
 mod core_suite;
 mod report;
+mod seaorm_suite;
 
 use clap::{Parser, ValueEnum};
 
@@ -24,6 +25,8 @@ struct Args {
 enum Suite {
     /// Operations per second through the middleware chain on MemoryBackend.
     Core,
+    /// Rows per second through storex and through plain SeaORM on one SQLite file.
+    Seaorm,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -36,6 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     match args.suite {
         Suite::Core => runtime.block_on(core_suite::run(args.ops.unwrap_or(100_000)))?,
+        Suite::Seaorm => runtime.block_on(seaorm_suite::run(args.ops.unwrap_or(2_000)))?,
     }
     Ok(())
 }

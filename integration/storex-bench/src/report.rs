@@ -18,3 +18,9 @@ pub(crate) fn rate(name: &str, ops: u64, elapsed: Duration) -> f64 {
 pub(crate) fn ratio(name: &str, measured: f64, baseline: f64) {
     figure(name, measured / baseline, "ratio");
 }
+
+/// Prints how much time `measured` takes per operation compared with `baseline`, from their
+/// rates (above 1 is slower): `<name> <ratio> x`.
+pub(crate) fn cost(name: &str, measured_rate: f64, baseline_rate: f64) {
+    figure(name, baseline_rate / measured_rate, "x");
+}
