@@ -1,0 +1,330 @@
+//! [`SyncDevice`]: one device's storage with sync logging, and the integration of changes
+//! received from other devices.
+//!
+//! Integrating a batch is one transaction: find which entries are new, load everything known
+//! about the objects they touch, [`reconcile`](crate::reconcile()), then apply the resulting
+//! operations together with the received entries (and whatever the caller adds, such as the
+//! shared-log cursor). A crash at any point leaves the batch applied fully or not at all.
+//! Applied operations carry `Origin::Sync`, so they are not logged again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use storex_core::{
+    BatchStep, Filter, Object, Operation, Pk, Query, Registry, Storage, StorageBackend,
+    UuidPkMiddleware, Value,
+};
+
+use crate::client_log::{entries_for, known_ids, ClientSyncLog, Exec, LOOKUP_CHUNK};
+use crate::digest::collection_digest;
+use crate::entry::{log_collection, pk_text, LogEntry, StoredEntry, LOG_COLLECTION};
+use crate::error::Result;
+use crate::hlc::{Clock, DeviceId};
+use crate::logging::SyncLoggingMiddleware;
+use crate::reconcile::{object_key, reconcile, HeldEntry, HoldReason, KnownObject, ObjectKey};
+
+/// What integrating a batch of received entries did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IntegrationReport {
+    /// Entries received.
+    pub received: u64,
+    /// Entries this device already had.
+    pub duplicates: u64,
+    /// Entries applied.
+    pub integrated: u64,
+    /// Operations applied to the data.
+    pub operations: u64,
+    /// Entries whose values (some or all) lost to a later write.
+    pub conflicts: u64,
+    /// Entries kept but not applied, with the reason.
+    pub held: Vec<(storex_core::uuid::Uuid, HoldReason)>,
+    /// Fields of known collections that this device's schema lacks: (entry id, field).
+    pub ignored_fields: Vec<(storex_core::uuid::Uuid, String)>,
+}
+
+/// Options for [`SyncDevice::open`].
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct SyncOptions {
+    /// Collections whose writes are not synced (local-only data).
+    pub excluded: Vec<String>,
+}
+
+impl SyncOptions {
+    /// Leaves `collection` out of sync.
+    pub fn exclude(mut self, collection: impl Into<String>) -> Self {
+        self.excluded.push(collection.into());
+        self
+    }
+}
+
+/// One device: the app's storage with the UUID key and sync-logging middleware, its client
+/// sync log and clock.
+#[derive(Clone, Debug)]
+pub struct SyncDevice {
+    storage: Storage,
+    log: ClientSyncLog,
+    clock: Arc<Clock>,
+}
+
+impl SyncDevice {
+    /// Opens device `clock.device()` on `backend` for the app's `registry` (the sync log's
+    /// collection is added to it), and restores the clock from the log.
+    pub async fn open(
+        registry: Registry,
+        backend: Arc<dyn StorageBackend>,
+        clock: Clock,
+        options: SyncOptions,
+    ) -> Result<Self> {
+        let registry = registry.with_collection(log_collection())?;
+        let clock = Arc::new(clock);
+        let mut logger = SyncLoggingMiddleware::new(clock.clone());
+        for collection in options.excluded {
+            logger = logger.exclude(collection);
+        }
+        let storage = Storage::builder_shared(registry, backend)
+            .with(UuidPkMiddleware::new())
+            .with(logger)
+            .build()
+            .await?;
+        let log = ClientSyncLog::new(storage.clone());
+        if let Some(hlc) = log.max_hlc().await? {
+            clock.restore(hlc);
+        }
+        Ok(SyncDevice {
+            storage,
+            log,
+            clock,
+        })
+    }
+
+    /// The storage the app reads and writes through.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The client sync log.
+    pub fn log(&self) -> &ClientSyncLog {
+        &self.log
+    }
+
+    /// This device's id.
+    pub fn device(&self) -> DeviceId {
+        self.clock.device()
+    }
+
+    /// The device's clock.
+    pub fn clock(&self) -> &Arc<Clock> {
+        &self.clock
+    }
+
+    /// Digest of one collection's rows; equal on devices that agree.
+    pub async fn digest(&self, collection: &str) -> Result<String> {
+        collection_digest(&self.storage, collection).await
+    }
+
+    /// Applies entries received from other devices, in one transaction.
+    pub async fn integrate(&self, entries: Vec<LogEntry>) -> Result<IntegrationReport> {
+        self.integrate_with(entries, Vec::new()).await
+    }
+
+    /// Like [`SyncDevice::integrate`], also applying `extra` steps (for instance storing the
+    /// shared-log cursor) in the same transaction, unlogged.
+    pub async fn integrate_with(
+        &self,
+        entries: Vec<LogEntry>,
+        extra: Vec<BatchStep>,
+    ) -> Result<IntegrationReport> {
+        let tx = self.storage.begin().await?;
+        let exec = Exec::Transaction(&tx);
+        let received = entries.len() as u64;
+        let ids: Vec<_> = entries.iter().map(|e| e.id).collect();
+        let already = known_ids(exec, &ids).await?;
+        let mut fresh = Vec::with_capacity(entries.len());
+        let mut held = Vec::new();
+        for entry in entries {
+            if already.contains(&entry.id) {
+                continue;
+            }
+            match self.clock.observe(entry.hlc) {
+                Ok(()) => fresh.push(entry),
+                Err(e) => held.push(HeldEntry {
+                    entry,
+                    reason: HoldReason::ClockDrift {
+                        problem: e.to_string(),
+                    },
+                }),
+            }
+        }
+        let duplicates = received - fresh.len() as u64 - held.len() as u64;
+        let (report, steps) = self
+            .reconcile_in(exec, fresh, held, duplicates, received, false)
+            .await?;
+        let mut steps = steps;
+        steps.extend(extra);
+        if !steps.is_empty() {
+            exec.run(Operation::Batch { steps }).await?;
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    /// Tries the held entries again (after an app upgrade, say); returns what happened.
+    pub async fn retry_held(&self) -> Result<IntegrationReport> {
+        let tx = self.storage.begin().await?;
+        let exec = Exec::Transaction(&tx);
+        let query = Query::new(Filter::all().eq("integrated", false));
+        let held: Vec<LogEntry> = exec
+            .find(LOG_COLLECTION, query)
+            .await?
+            .iter()
+            .map(StoredEntry::from_object)
+            .map(|r| r.map(|s| s.entry))
+            .collect::<Result<_>>()?;
+        let mut fresh = Vec::new();
+        let mut still_held = Vec::new();
+        for entry in held {
+            match self.clock.observe(entry.hlc) {
+                Ok(()) => fresh.push(entry),
+                Err(e) => still_held.push(HeldEntry {
+                    entry,
+                    reason: HoldReason::ClockDrift {
+                        problem: e.to_string(),
+                    },
+                }),
+            }
+        }
+        let received = (fresh.len() + still_held.len()) as u64;
+        let (report, steps) = self
+            .reconcile_in(exec, fresh, still_held, 0, received, true)
+            .await?;
+        if !steps.is_empty() {
+            exec.run(Operation::Batch { steps }).await?;
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    /// Reconciles `fresh` entries inside the transaction behind `exec`; returns the report
+    /// and the steps that apply it. `stored` says the entries are already in the log (held
+    /// ones being retried), so they are marked integrated instead of inserted.
+    async fn reconcile_in(
+        &self,
+        exec: Exec<'_>,
+        fresh: Vec<LogEntry>,
+        mut held: Vec<HeldEntry>,
+        duplicates: u64,
+        received: u64,
+        stored: bool,
+    ) -> Result<(IntegrationReport, Vec<BatchStep>)> {
+        let registry = self.storage.registry().clone();
+        let mut objects: Vec<ObjectKey> = fresh.iter().map(object_key).collect();
+        objects.sort();
+        objects.dedup();
+        let mut known: HashMap<ObjectKey, KnownObject> = HashMap::new();
+        for (key, entries) in entries_for(exec, &objects).await? {
+            known.entry(key).or_default().entries = entries;
+        }
+        for (key, row) in current_rows(exec, &registry, &fresh).await? {
+            known.entry(key).or_default().current = Some(row);
+        }
+        let outcome = reconcile(&registry, &known, fresh);
+        held.extend(outcome.held);
+        let mut steps: Vec<BatchStep> = outcome
+            .operations
+            .iter()
+            .cloned()
+            .map(BatchStep::new)
+            .collect();
+        let entry_step = |entry: &LogEntry, integrated: bool| {
+            if stored {
+                BatchStep::new(Operation::update_by_pk(
+                    LOG_COLLECTION,
+                    entry.id,
+                    storex_core::object! { "integrated" => integrated },
+                ))
+            } else {
+                let stored = StoredEntry {
+                    entry: entry.clone(),
+                    shared: true,
+                    integrated,
+                };
+                BatchStep::new(Operation::create(LOG_COLLECTION, stored.to_object()))
+            }
+        };
+        steps.extend(outcome.integrated.iter().map(|e| entry_step(e, true)));
+        if !stored {
+            steps.extend(held.iter().map(|h| entry_step(&h.entry, false)));
+        }
+        let report = IntegrationReport {
+            received,
+            duplicates: duplicates + outcome.duplicates,
+            integrated: outcome.integrated.len() as u64,
+            operations: outcome.operations.len() as u64,
+            conflicts: outcome.conflicts,
+            held: held
+                .iter()
+                .map(|h| (h.entry.id, h.reason.clone()))
+                .collect(),
+            ignored_fields: outcome.ignored_fields,
+        };
+        Ok((report, steps))
+    }
+}
+
+/// The stored rows of the objects `entries` touch, by object.
+async fn current_rows(
+    exec: Exec<'_>,
+    registry: &Registry,
+    entries: &[LogEntry],
+) -> Result<HashMap<ObjectKey, Object>> {
+    let mut by_collection: HashMap<&str, Vec<&Pk>> = HashMap::new();
+    let mut seen = HashSet::new();
+    for entry in entries {
+        if seen.insert(object_key(entry)) {
+            by_collection
+                .entry(&entry.collection)
+                .or_default()
+                .push(&entry.pk);
+        }
+    }
+    let mut rows = HashMap::new();
+    for (collection, pks) in by_collection {
+        let Ok(def) = registry.collection(collection) else {
+            continue;
+        };
+        let mut found = Vec::new();
+        match def.pk_fields() {
+            [field] => {
+                for chunk in pks.chunks(LOOKUP_CHUNK) {
+                    let keys: Vec<Value> =
+                        chunk.iter().filter_map(|pk| pk.single().cloned()).collect();
+                    found.extend(
+                        exec.find(
+                            collection,
+                            Query::new(Filter::all().is_in(field.clone(), keys)),
+                        )
+                        .await?,
+                    );
+                }
+            }
+            fields => {
+                for pk in pks {
+                    let filter = fields
+                        .iter()
+                        .zip(pk.values())
+                        .fold(Filter::all(), |f, (field, value)| {
+                            f.eq(field.clone(), value.clone())
+                        });
+                    found.extend(exec.find(collection, Query::new(filter)).await?);
+                }
+            }
+        }
+        for row in found {
+            if let Some(pk) = def.pk_of(&row) {
+                rows.insert((collection.to_owned(), pk_text(&pk)), row);
+            }
+        }
+    }
+    Ok(rows)
+}

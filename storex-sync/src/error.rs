@@ -1,0 +1,49 @@
+//! The error type of storex-sync.
+
+use crate::hlc::Hlc;
+
+/// Everything that can go wrong while logging, reconciling and applying changes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A storage operation failed.
+    #[error("storage operation failed")]
+    Storage(#[from] storex_core::Error),
+    /// A timestamp from another device is further in the future than the allowed drift.
+    #[error("timestamp {remote} is {ahead_ms} ms ahead of this device's clock, more than the allowed {max_drift_ms} ms")]
+    ClockDrift {
+        /// The timestamp that was refused.
+        remote: Hlc,
+        /// How far ahead of the local wall clock it is.
+        ahead_ms: u64,
+        /// The allowed drift.
+        max_drift_ms: u64,
+    },
+    /// A stored sync-log entry cannot be read back.
+    #[error("sync log entry {id} is corrupt: {problem}")]
+    CorruptEntry {
+        /// The entry's id (or its position when the id itself is unreadable).
+        id: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A timestamp's text form cannot be parsed.
+    #[error("`{text}` is not a hybrid logical clock timestamp")]
+    BadTimestamp {
+        /// The text.
+        text: String,
+    },
+}
+
+impl Error {
+    /// True when retrying later may succeed (storage failures of the transient kind).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Storage(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// The result type of storex-sync.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

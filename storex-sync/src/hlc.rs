@@ -1,0 +1,355 @@
+//! Hybrid logical clock: timestamps that order changes causally and survive clock skew.
+//!
+//! An [`Hlc`] is (physical milliseconds, counter, device). [`Clock::now`] never goes
+//! backwards, even when the wall clock does: it keeps the largest time it has issued and
+//! counts up from it. [`Clock::observe`] moves the clock past a timestamp received from
+//! another device, so anything written after seeing a change orders after it; a timestamp
+//! further ahead of the local wall clock than the allowed drift is refused instead of
+//! dragging the clock into the future. The device id makes two timestamps from different
+//! devices always differ, so last-writer-wins never meets a tie.
+//!
+//! ```
+//! use storex_sync::{Clock, DeviceId};
+//! let clock = Clock::new(DeviceId::random());
+//! let a = clock.now();
+//! let b = clock.now();
+//! assert!(a < b);
+//! assert_eq!(b.to_string().parse::<storex_sync::Hlc>().unwrap(), b);
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use storex_core::uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+/// The identity of one device of a user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DeviceId(pub Uuid);
+
+impl DeviceId {
+    /// A new random device id.
+    pub fn random() -> Self {
+        DeviceId(Uuid::now_v7())
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A hybrid logical clock timestamp, ordered by milliseconds, then counter, then device.
+///
+/// Its text form (`Display`/`FromStr`) sorts like the timestamps themselves, so it can be
+/// stored in a text column and ordered by the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Hlc {
+    /// Physical time, milliseconds since the Unix epoch.
+    pub millis: u64,
+    /// Logical counter within one millisecond.
+    pub counter: u32,
+    /// The device that issued it.
+    pub device: DeviceId,
+}
+
+impl Hlc {
+    /// The smallest timestamp of `device`.
+    pub fn zero(device: DeviceId) -> Self {
+        Hlc {
+            millis: 0,
+            counter: 0,
+            device,
+        }
+    }
+}
+
+impl fmt::Display for Hlc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:015}-{:010}-{}",
+            self.millis,
+            self.counter,
+            self.device.0.simple()
+        )
+    }
+}
+
+impl FromStr for Hlc {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = || Error::BadTimestamp {
+            text: text.to_owned(),
+        };
+        let mut parts = text.splitn(3, '-');
+        let (Some(millis), Some(counter), Some(device)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        if millis.len() != 15 || counter.len() != 10 || device.len() != 32 {
+            return Err(bad());
+        }
+        Ok(Hlc {
+            millis: millis.parse().map_err(|_| bad())?,
+            counter: counter.parse().map_err(|_| bad())?,
+            device: DeviceId(Uuid::try_parse(device).map_err(|_| bad())?),
+        })
+    }
+}
+
+/// Where a [`Clock`] reads physical time.
+pub trait WallClock: Send + Sync + fmt::Debug {
+    /// Milliseconds since the Unix epoch.
+    fn now_millis(&self) -> u64;
+}
+
+/// The system's clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl WallClock for SystemClock {
+    fn now_millis(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// A wall clock set by hand, for tests and simulations. Clones share the time.
+#[derive(Clone, Debug, Default)]
+pub struct ManualClock {
+    millis: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock showing `millis`.
+    pub fn new(millis: u64) -> Self {
+        ManualClock {
+            millis: Arc::new(AtomicU64::new(millis)),
+        }
+    }
+
+    /// Sets the time (it may go backwards).
+    pub fn set(&self, millis: u64) {
+        self.millis.store(millis, Ordering::SeqCst);
+    }
+
+    /// Moves the time forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.millis.fetch_add(by, Ordering::SeqCst);
+    }
+}
+
+impl WallClock for ManualClock {
+    fn now_millis(&self) -> u64 {
+        self.millis.load(Ordering::SeqCst)
+    }
+}
+
+/// The default allowed drift of a remote timestamp ahead of the local wall clock.
+pub const DEFAULT_MAX_DRIFT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Issues [`Hlc`] timestamps for one device.
+#[derive(Debug)]
+pub struct Clock {
+    device: DeviceId,
+    wall: Box<dyn WallClock>,
+    max_drift_ms: u64,
+    last: Mutex<(u64, u32)>,
+}
+
+impl Clock {
+    /// A clock for `device` on the system clock, allowing [`DEFAULT_MAX_DRIFT`].
+    pub fn new(device: DeviceId) -> Self {
+        Self::with_wall_clock(device, SystemClock)
+    }
+
+    /// A clock for `device` reading `wall`.
+    pub fn with_wall_clock(device: DeviceId, wall: impl WallClock + 'static) -> Self {
+        Clock {
+            device,
+            wall: Box::new(wall),
+            max_drift_ms: u64::try_from(DEFAULT_MAX_DRIFT.as_millis()).unwrap_or(u64::MAX),
+            last: Mutex::new((0, 0)),
+        }
+    }
+
+    /// Sets how far ahead of the wall clock a remote timestamp may be.
+    pub fn with_max_drift(mut self, max_drift: Duration) -> Self {
+        self.max_drift_ms = u64::try_from(max_drift.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// The device this clock belongs to.
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+
+    /// A new timestamp, greater than every one issued or observed before.
+    pub fn now(&self) -> Hlc {
+        let wall = self.wall.now_millis();
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let (millis, counter) = *last;
+        *last = if wall > millis {
+            (wall, 0)
+        } else if counter == u32::MAX {
+            (millis + 1, 0)
+        } else {
+            (millis, counter + 1)
+        };
+        Hlc {
+            millis: last.0,
+            counter: last.1,
+            device: self.device,
+        }
+    }
+
+    /// Moves the clock past `remote`, so later timestamps order after it. Refuses (and
+    /// leaves the clock as it was) a timestamp further ahead of the wall clock than the
+    /// allowed drift.
+    pub fn observe(&self, remote: Hlc) -> Result<()> {
+        let wall = self.wall.now_millis();
+        if remote.millis > wall.saturating_add(self.max_drift_ms) {
+            return Err(Error::ClockDrift {
+                remote,
+                ahead_ms: remote.millis - wall,
+                max_drift_ms: self.max_drift_ms,
+            });
+        }
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if (remote.millis, remote.counter) > *last {
+            *last = (remote.millis, remote.counter);
+        }
+        Ok(())
+    }
+
+    /// Restores the clock after a restart from the largest timestamp the device stored,
+    /// without the drift check (the device wrote it itself).
+    pub fn restore(&self, stored: Hlc) {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if (stored.millis, stored.counter) > *last {
+            *last = (stored.millis, stored.counter);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(n: u128) -> DeviceId {
+        DeviceId(Uuid::from_u128(n))
+    }
+
+    #[test]
+    fn text_form_sorts_like_the_timestamps() {
+        let a = Hlc {
+            millis: 9,
+            counter: 10,
+            device: device(2),
+        };
+        let b = Hlc {
+            millis: 10,
+            counter: 0,
+            device: device(1),
+        };
+        let c = Hlc {
+            millis: 10,
+            counter: 0,
+            device: device(3),
+        };
+        assert!(a < b && b < c);
+        assert!(a.to_string() < b.to_string() && b.to_string() < c.to_string());
+        for hlc in [a, b, c] {
+            assert_eq!(hlc.to_string().parse::<Hlc>().expect("parse"), hlc);
+        }
+    }
+
+    #[test]
+    fn garbage_is_not_a_timestamp() {
+        for text in [
+            "",
+            "1-2-3",
+            "000000000000001-0000000000-zz",
+            "x00000000000001-0000000000-00000000000000000000000000000000",
+        ] {
+            assert!(text.parse::<Hlc>().is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn wall_clock_going_backwards_keeps_timestamps_increasing() {
+        let wall = ManualClock::new(1_000_000);
+        let clock = Clock::with_wall_clock(device(1), wall.clone());
+        let before = clock.now();
+        wall.set(500_000);
+        let after = clock.now();
+        assert!(after > before);
+        assert_eq!(after.millis, 1_000_000);
+        assert_eq!(after.counter, 1);
+        wall.set(2_000_000);
+        let later = clock.now();
+        assert_eq!((later.millis, later.counter), (2_000_000, 0));
+    }
+
+    #[test]
+    fn two_devices_ten_minutes_apart_order_causally() {
+        let wall_a = ManualClock::new(10 * 60 * 1000 + 5_000);
+        let wall_b = ManualClock::new(5_000); // ten minutes behind
+        let a = Clock::with_wall_clock(device(1), wall_a);
+        let b = Clock::with_wall_clock(device(2), wall_b);
+        let written_on_a = a.now();
+        b.observe(written_on_a)
+            .expect("ten minutes is within the drift");
+        let written_on_b_after_seeing_a = b.now();
+        assert!(
+            written_on_b_after_seeing_a > written_on_a,
+            "causality survives the skew"
+        );
+    }
+
+    #[test]
+    fn a_timestamp_beyond_the_max_drift_is_refused_and_does_not_move_the_clock() {
+        let wall = ManualClock::new(1_000);
+        let clock = Clock::with_wall_clock(device(1), wall).with_max_drift(Duration::from_secs(60));
+        let before = clock.now();
+        let remote = Hlc {
+            millis: 1_000 + 61_000,
+            counter: 0,
+            device: device(2),
+        };
+        let err = clock.observe(remote).expect_err("accepted");
+        assert_eq!(
+            err.to_string(),
+            format!("timestamp {remote} is 61000 ms ahead of this device's clock, more than the allowed 60000 ms")
+        );
+        let after = clock.now();
+        assert_eq!(
+            (after.millis, after.counter),
+            (before.millis, before.counter + 1)
+        );
+    }
+
+    #[test]
+    fn the_counter_overflows_into_the_next_millisecond() {
+        let clock = Clock::with_wall_clock(device(1), ManualClock::new(7));
+        clock.restore(Hlc {
+            millis: 7,
+            counter: u32::MAX,
+            device: device(1),
+        });
+        let next = clock.now();
+        assert_eq!((next.millis, next.counter), (8, 0));
+    }
+}

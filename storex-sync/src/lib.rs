@@ -1,0 +1,49 @@
+//! storex-sync: the storex sync engine.
+//!
+//! Every write an app makes through a [`SyncDevice`]'s storage is logged by the
+//! [`SyncLoggingMiddleware`] in the same atomic batch, stamped with a hybrid logical clock
+//! ([`Clock`], [`Hlc`]) into the [`ClientSyncLog`], a collection in the app's own database.
+//! Devices exchange [`LogEntry`] values; [`SyncDevice::integrate`] applies what others wrote
+//! through [`reconcile()`], a pure, convergent function: two devices that have seen the same
+//! entries, in any order and batching, hold the same data ([`collection_digest`] proves it).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> storex_sync::Result<()> {
+//! use std::sync::Arc;
+//! use storex_core::{object, CollectionDef, FieldType, MemoryBackend, Registry};
+//! use storex_sync::{Clock, DeviceId, SyncDevice, SyncOptions};
+//!
+//! let registry = Registry::builder()
+//!     .collection(CollectionDef::new("note").field("id", FieldType::Uuid).field("title", FieldType::Text).primary_key(["id"]))
+//!     .build()?;
+//! let open = |registry: Registry| async move {
+//!     SyncDevice::open(registry, Arc::new(MemoryBackend::new()), Clock::new(DeviceId::random()), SyncOptions::default()).await
+//! };
+//! let (phone, laptop) = (open(registry.clone()).await?, open(registry).await?);
+//! phone.storage().create("note", object! { "title" => "from the phone" }).await?;
+//! laptop.integrate(phone.log().unshared(100).await?).await?;
+//! assert_eq!(phone.digest("note").await?, laptop.digest("note").await?);
+//! # Ok(()) }
+//! ```
+
+mod client_log;
+mod device;
+mod digest;
+mod entry;
+mod error;
+mod hlc;
+mod logging;
+mod reconcile;
+
+pub use client_log::ClientSyncLog;
+pub use device::{IntegrationReport, SyncDevice, SyncOptions};
+pub use digest::collection_digest;
+pub use entry::{EntryOp, LogEntry, StoredEntry, LOG_COLLECTION};
+pub use error::{Error, Result};
+pub use hlc::{Clock, DeviceId, Hlc, ManualClock, SystemClock, WallClock, DEFAULT_MAX_DRIFT};
+pub use logging::SyncLoggingMiddleware;
+pub use reconcile::{
+    object_key, object_state, reconcile, HeldEntry, HoldReason, KnownObject, ObjectKey,
+    Reconciliation,
+};

@@ -1,0 +1,327 @@
+//! [`SyncLoggingMiddleware`]: every write is executed together with its log entries.
+//!
+//! A write without where-clauses is rewritten into one batch: the data steps, then one log
+//! entry per changed object (which the backend inserts with a multi-row INSERT), so the write
+//! and its entries land atomically or not at all. A where-clause write first resolves the keys
+//! it touches inside a transaction (the current one, or one it opens), then writes exactly
+//! those objects and their entries in the same transaction, so no concurrent write can slip
+//! between the lookup and the write.
+//!
+//! Placeholders of a batch are resolved here, before the batch runs: the UUID key middleware
+//! (which must come first in the chain) has filled every key, so each entry records the values
+//! actually written. Operations with [`Origin::Sync`] (changes applied by sync) and
+//! collections excluded from sync pass through unlogged.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use storex_core::uuid::Uuid;
+use storex_core::{
+    BatchStep, BoxFuture, Error as CoreError, Middleware, Next, Object, Operation, Origin, Outcome,
+    Pk, Query, ReplaceTarget, Result as CoreResult, Value,
+};
+
+use crate::entry::{EntryOp, LogEntry, StoredEntry, LOG_COLLECTION};
+use crate::hlc::Clock;
+
+/// Logs every write of the app into the client sync log, atomically with the write.
+#[derive(Debug)]
+pub struct SyncLoggingMiddleware {
+    clock: Arc<Clock>,
+    excluded: HashSet<String>,
+}
+
+impl SyncLoggingMiddleware {
+    /// A logger stamping entries with `clock`.
+    pub fn new(clock: Arc<Clock>) -> Self {
+        SyncLoggingMiddleware {
+            clock,
+            excluded: HashSet::from([LOG_COLLECTION.to_owned()]),
+        }
+    }
+
+    /// Leaves `collection` out of sync: its writes are not logged (local-only data).
+    pub fn exclude(mut self, collection: impl Into<String>) -> Self {
+        self.excluded.insert(collection.into());
+        self
+    }
+
+    fn logged(&self, collection: &str) -> bool {
+        !self.excluded.contains(collection)
+    }
+}
+
+fn is_where_write(op: &Operation) -> bool {
+    matches!(
+        op,
+        Operation::UpdateWhere { .. } | Operation::DeleteWhere { .. }
+    )
+}
+
+/// Fills replacements whose placeholders name keys already known from earlier creates.
+fn resolve_placeholders(next: &Next<'_>, steps: &mut [BatchStep]) {
+    let mut keys: HashMap<String, Value> = HashMap::new();
+    for step in steps.iter_mut() {
+        step.replace.retain(|replacement| {
+            let Some(value) = keys.get(&replacement.placeholder).cloned() else {
+                return true; // left for the backend, which reports it
+            };
+            match (&replacement.target, &mut step.operation) {
+                (
+                    ReplaceTarget::Pk,
+                    Operation::UpdateByPk { pk, .. } | Operation::DeleteByPk { pk, .. },
+                ) => {
+                    *pk = Pk(vec![value]);
+                    false
+                }
+                (ReplaceTarget::Field(field), Operation::Create { object: fields, .. })
+                | (
+                    ReplaceTarget::Field(field),
+                    Operation::UpdateByPk {
+                        changes: fields, ..
+                    }
+                    | Operation::UpdateWhere {
+                        changes: fields, ..
+                    },
+                ) => {
+                    fields.insert(field.clone(), value);
+                    false
+                }
+                _ => true,
+            }
+        });
+        if let (Some(name), Operation::Create { collection, object }) =
+            (&step.placeholder, &step.operation)
+        {
+            let key = next
+                .registry()
+                .collection(collection)
+                .ok()
+                .and_then(|def| def.pk_of(object))
+                .and_then(|pk| pk.single().cloned());
+            if let Some(key) = key {
+                keys.insert(name.clone(), key);
+            }
+        }
+    }
+}
+
+impl SyncLoggingMiddleware {
+    fn entry(
+        &self,
+        next: &Next<'_>,
+        collection: &str,
+        pk: Pk,
+        op: EntryOp,
+        fields: Object,
+    ) -> BatchStep {
+        let schema_version = next
+            .registry()
+            .collection(collection)
+            .map_or(1, |def| def.schema_version());
+        let stored = StoredEntry {
+            entry: LogEntry {
+                id: Uuid::now_v7(),
+                device: self.clock.device(),
+                hlc: self.clock.now(),
+                collection: collection.to_owned(),
+                pk,
+                op,
+                fields,
+                schema_version,
+            },
+            shared: false,
+            integrated: true,
+        };
+        BatchStep::new(Operation::create(LOG_COLLECTION, stored.to_object()))
+    }
+
+    /// The log entry for a write that names its object, if it is logged.
+    fn entry_for(&self, next: &Next<'_>, op: &Operation) -> Option<BatchStep> {
+        match op {
+            Operation::Create { collection, object } if self.logged(collection) => {
+                let pk = next.registry().collection(collection).ok()?.pk_of(object)?;
+                Some(self.entry(next, collection, pk, EntryOp::Create, object.clone()))
+            }
+            Operation::UpdateByPk {
+                collection,
+                pk,
+                changes,
+            } if self.logged(collection) => Some(self.entry(
+                next,
+                collection,
+                pk.clone(),
+                EntryOp::Update,
+                changes.clone(),
+            )),
+            Operation::DeleteByPk { collection, pk } if self.logged(collection) => {
+                Some(self.entry(next, collection, pk.clone(), EntryOp::Delete, Object::new()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Runs `steps` (no where-writes) with their entries as one batch; returns the
+    /// outcomes of `steps` only.
+    async fn run_logged_batch(
+        &self,
+        next: Next<'_>,
+        steps: Vec<BatchStep>,
+    ) -> CoreResult<Vec<Outcome>> {
+        let entries: Vec<BatchStep> = steps
+            .iter()
+            .filter_map(|s| self.entry_for(&next, &s.operation))
+            .collect();
+        let data_steps = steps.len();
+        if data_steps == 0 {
+            return Ok(Vec::new());
+        }
+        let mut all = steps;
+        all.extend(entries);
+        match next.run(Operation::Batch { steps: all }).await {
+            Ok(Outcome::Batch(mut outcomes)) => {
+                outcomes.truncate(data_steps);
+                Ok(outcomes)
+            }
+            Ok(other) => Err(CoreError::UnexpectedOutcome {
+                operation: "batch",
+                outcome: format!("{other:?}"),
+            }),
+            Err(CoreError::BatchStep { step, source }) if step >= data_steps => {
+                Err(CoreError::Transaction {
+                    problem: format!("writing the sync log failed, nothing was written: {source}"),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Turns a where-write into writes of the objects it matches now (inside the caller's
+    /// transaction) and runs them with their entries; returns the where-write's outcome.
+    async fn run_where_write(&self, next: Next<'_>, op: Operation) -> CoreResult<Outcome> {
+        let (collection, filter, changes) = match op {
+            Operation::UpdateWhere {
+                collection,
+                filter,
+                changes,
+            } => (collection, filter, Some(changes)),
+            Operation::DeleteWhere { collection, filter } => (collection, filter, None),
+            other => return next.run(other).await,
+        };
+        let def = next.registry().collection(&collection)?;
+        let matched = next
+            .run(Operation::find_many(collection.clone(), Query::new(filter)))
+            .await?
+            .into_objects();
+        let pks: Vec<Pk> = matched.iter().filter_map(|o| def.pk_of(o)).collect();
+        let count = pks.len() as u64;
+        let done = |count| match changes {
+            Some(_) => Outcome::Updated { count },
+            None => Outcome::Deleted { count },
+        };
+        if pks.is_empty() {
+            return Ok(done(0));
+        }
+        let steps: Vec<BatchStep> = pks
+            .into_iter()
+            .map(|pk| {
+                BatchStep::new(match &changes {
+                    Some(changes) => {
+                        Operation::update_by_pk(collection.clone(), pk, changes.clone())
+                    }
+                    None => Operation::delete_by_pk(collection.clone(), pk),
+                })
+            })
+            .collect();
+        self.run_logged_batch(next, steps).await?;
+        Ok(done(count))
+    }
+
+    /// Runs `steps` in order inside one transaction: plain steps in logged batches, where-writes
+    /// resolved in between. Returns one outcome per step.
+    async fn run_with_where_writes(
+        &self,
+        next: Next<'_>,
+        steps: Vec<BatchStep>,
+    ) -> CoreResult<Vec<Outcome>> {
+        let mut outcomes = Vec::with_capacity(steps.len());
+        let mut pending = Vec::new();
+        for step in steps {
+            if is_where_write(&step.operation)
+                && self.logged(step.operation.collection().unwrap_or_default())
+            {
+                outcomes.extend(
+                    self.run_logged_batch(next, std::mem::take(&mut pending))
+                        .await?,
+                );
+                outcomes.push(self.run_where_write(next, step.operation).await?);
+            } else {
+                pending.push(step);
+            }
+        }
+        outcomes.extend(self.run_logged_batch(next, pending).await?);
+        Ok(outcomes)
+    }
+
+    async fn in_transaction(
+        &self,
+        next: Next<'_>,
+        steps: Vec<BatchStep>,
+    ) -> CoreResult<Vec<Outcome>> {
+        if next.in_transaction() {
+            return self.run_with_where_writes(next, steps).await;
+        }
+        let tx = next.begin().await?;
+        match self.run_with_where_writes(next.within(&*tx), steps).await {
+            Ok(outcomes) => {
+                tx.commit().await?;
+                Ok(outcomes)
+            }
+            Err(e) => {
+                tx.rollback().await?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn process_write(&self, op: Operation, next: Next<'_>) -> CoreResult<Outcome> {
+        let (mut steps, single) = match op {
+            Operation::Batch { steps } => (steps, false),
+            other => (vec![BatchStep::new(other)], true),
+        };
+        resolve_placeholders(&next, &mut steps);
+        let has_where = steps.iter().any(|s| {
+            is_where_write(&s.operation)
+                && self.logged(s.operation.collection().unwrap_or_default())
+        });
+        let mut outcomes = if has_where {
+            self.in_transaction(next, steps).await?
+        } else {
+            self.run_logged_batch(next, steps).await?
+        };
+        if single {
+            outcomes.pop().ok_or_else(|| CoreError::UnexpectedOutcome {
+                operation: "write",
+                outcome: "no outcome".into(),
+            })
+        } else {
+            Ok(Outcome::Batch(outcomes))
+        }
+    }
+}
+
+impl Middleware for SyncLoggingMiddleware {
+    fn process<'a>(&'a self, op: Operation, next: Next<'a>) -> BoxFuture<'a, CoreResult<Outcome>> {
+        let needs_log = next.origin() == Origin::App
+            && match &op {
+                Operation::Batch { steps } => steps
+                    .iter()
+                    .any(|s| self.logged(s.operation.collection().unwrap_or_default())),
+                other => other.is_write() && self.logged(other.collection().unwrap_or_default()),
+            };
+        if !needs_log {
+            return next.run(op);
+        }
+        Box::pin(self.process_write(op, next))
+    }
+}

@@ -1,0 +1,313 @@
+//! Reconciliation: a pure function from what a device knows and what it receives to the
+//! operations that bring its data to the agreed state.
+//!
+//! The state of an object is a function of the set of log entries for it, whatever order
+//! they came in ([`object_state`]): let `D` be the greatest timestamp of its deletes. The
+//! object exists when some create is later than `D`; each field then holds the value of the
+//! latest create or update later than `D` that wrote it (last writer wins per field). So a
+//! delete wins over every update older than it, a create newer than a delete recreates the
+//! object, and updates older than a recreation do not leak into it. Timestamps never tie:
+//! they contain the device id.
+//!
+//! Because the state depends only on the set of entries, any two devices that have seen the
+//! same entries hold the same data. [`reconcile`] computes the state of every object an
+//! incoming batch touches from all entries known for it, and returns the operations that
+//! turn the stored rows into that state.
+//!
+//! Incoming entries that cannot be applied are never dropped: an entry for an unknown
+//! collection, from a newer schema than this device's, or with a value of the wrong type is
+//! held (stored, not applied, reported) and does not stop the others. Fields the local schema
+//! does not have in an entry of a known schema version are ignored and reported.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use storex_core::uuid::Uuid;
+use storex_core::{CollectionDef, FieldType, Object, Operation, Pk, Registry, Value};
+
+use crate::entry::{pk_text, EntryOp, LogEntry};
+use crate::hlc::{DeviceId, Hlc};
+
+/// Identifies an object: its collection and the canonical text of its key.
+pub type ObjectKey = (String, String);
+
+/// The key of the object `entry` changes.
+pub fn object_key(entry: &LogEntry) -> ObjectKey {
+    (entry.collection.clone(), pk_text(&entry.pk))
+}
+
+/// What a device knows about one object before reconciling.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KnownObject {
+    /// The stored row, if the object exists here.
+    pub current: Option<Object>,
+    /// Every integrated log entry for it (local changes and applied remote ones).
+    pub entries: Vec<LogEntry>,
+}
+
+/// Why an incoming entry is held back instead of applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HoldReason {
+    /// This device has no such collection.
+    UnknownCollection,
+    /// The entry was written by a newer schema than this device knows; it is applied after
+    /// the app upgrades.
+    NewerSchema {
+        /// The entry's schema version.
+        entry: u32,
+        /// This device's.
+        local: u32,
+    },
+    /// A value does not fit its field.
+    InvalidValue {
+        /// The field.
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Its timestamp is further in the future than the clock allows.
+    ClockDrift {
+        /// The clock's message.
+        problem: String,
+    },
+}
+
+impl std::fmt::Display for HoldReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HoldReason::UnknownCollection => write!(f, "unknown collection"),
+            HoldReason::NewerSchema { entry, local } => {
+                write!(
+                    f,
+                    "written by schema version {entry}, this device knows {local}"
+                )
+            }
+            HoldReason::InvalidValue { field, problem } => write!(f, "field `{field}`: {problem}"),
+            HoldReason::ClockDrift { problem } => write!(f, "{problem}"),
+        }
+    }
+}
+
+/// An entry that is kept but not applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeldEntry {
+    /// The entry.
+    pub entry: LogEntry,
+    /// Why it is held.
+    pub reason: HoldReason,
+}
+
+/// What [`reconcile`] decided.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Reconciliation {
+    /// Operations that bring the stored rows to the agreed state, at most one per object.
+    pub operations: Vec<Operation>,
+    /// Incoming entries that are now part of the state (to store as integrated).
+    pub integrated: Vec<LogEntry>,
+    /// Incoming entries kept but not applied.
+    pub held: Vec<HeldEntry>,
+    /// Fields of known collections that the local schema lacks: (entry id, field).
+    pub ignored_fields: Vec<(Uuid, String)>,
+    /// Incoming entries whose values (some or all) lost to a later write or delete.
+    pub conflicts: u64,
+    /// Incoming entries this device already had.
+    pub duplicates: u64,
+}
+
+/// Checks an incoming entry against the local schema.
+fn admit(registry: &Registry, entry: &LogEntry) -> Result<(), HoldReason> {
+    let Ok(def) = registry.collection(&entry.collection) else {
+        return Err(HoldReason::UnknownCollection);
+    };
+    if entry.schema_version > def.schema_version() {
+        return Err(HoldReason::NewerSchema {
+            entry: entry.schema_version,
+            local: def.schema_version(),
+        });
+    }
+    if entry.pk.values().len() != def.pk_fields().len() {
+        return Err(HoldReason::InvalidValue {
+            field: def.pk_fields().join(", "),
+            problem: "the key has the wrong number of fields".into(),
+        });
+    }
+    for (field, value) in def.pk_fields().iter().zip(entry.pk.values()) {
+        check_value(def, field, value, false)?;
+    }
+    for (field, value) in &entry.fields {
+        if def.field_def(field).is_some() {
+            check_value(def, field, value, true)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_value(
+    def: &CollectionDef,
+    field: &str,
+    value: &Value,
+    null_ok: bool,
+) -> Result<(), HoldReason> {
+    let Some(field_def) = def.field_def(field) else {
+        return Ok(());
+    };
+    let problem = match value.field_type() {
+        None if null_ok && field_def.optional => return Ok(()),
+        None => "null in a required field".to_owned(),
+        Some(FieldType::Float) if matches!(value, Value::Float(f) if !f.is_finite()) => {
+            "a float that is not finite".to_owned()
+        }
+        Some(ty) if ty == field_def.ty => return Ok(()),
+        Some(ty) => format!("{ty} in a {} field", field_def.ty),
+    };
+    Err(HoldReason::InvalidValue {
+        field: field.to_owned(),
+        problem,
+    })
+}
+
+/// The state of one object of collection `def` given all `entries` for it: `None` when it
+/// does not exist. Fields the collection lacks are ignored; fields no entry wrote are null.
+pub fn object_state<'e>(
+    def: &CollectionDef,
+    entries: impl IntoIterator<Item = &'e LogEntry> + Clone,
+) -> Option<Object> {
+    let deleted = entries
+        .clone()
+        .into_iter()
+        .filter(|e| e.op == EntryOp::Delete)
+        .map(|e| e.hlc)
+        .max();
+    let live = |e: &&LogEntry| deleted.is_none_or(|d| e.hlc > d);
+    let created = entries
+        .clone()
+        .into_iter()
+        .filter(live)
+        .any(|e| e.op == EntryOp::Create);
+    if !created {
+        return None;
+    }
+    let mut best: BTreeMap<&str, (Hlc, &Value)> = BTreeMap::new();
+    for entry in entries
+        .into_iter()
+        .filter(live)
+        .filter(|e| e.op != EntryOp::Delete)
+    {
+        for (field, value) in &entry.fields {
+            if def.field_def(field).is_none() {
+                continue;
+            }
+            match best.get(field.as_str()) {
+                Some((hlc, _)) if *hlc >= entry.hlc => {}
+                _ => {
+                    best.insert(field, (entry.hlc, value));
+                }
+            }
+        }
+    }
+    Some(
+        def.fields()
+            .iter()
+            .map(|f| {
+                let value = best
+                    .get(f.name.as_str())
+                    .map_or(Value::Null, |(_, v)| (*v).clone());
+                (f.name.clone(), value)
+            })
+            .collect(),
+    )
+}
+
+/// Did `entry` lose (some of) its values in the state computed from `all`?
+fn lost(entry: &LogEntry, all: &[&LogEntry]) -> bool {
+    all.iter().any(|other| {
+        other.hlc > entry.hlc
+            && (other.op == EntryOp::Delete
+                || (entry.op != EntryOp::Delete
+                    && other.fields.keys().any(|f| entry.fields.contains_key(f))))
+    })
+}
+
+/// Decides what to apply for `incoming` entries, given what is `known` about the objects
+/// they touch (objects missing from `known` are taken as never seen). Pure: no I/O.
+pub fn reconcile(
+    registry: &Registry,
+    known: &HashMap<ObjectKey, KnownObject>,
+    incoming: Vec<LogEntry>,
+) -> Reconciliation {
+    let mut out = Reconciliation::default();
+    let mut seen: HashSet<Uuid> = known
+        .values()
+        .flat_map(|k| k.entries.iter().map(|e| e.id))
+        .collect();
+    let mut by_object: BTreeMap<ObjectKey, Vec<LogEntry>> = BTreeMap::new();
+    for entry in incoming {
+        if !seen.insert(entry.id) {
+            out.duplicates += 1;
+            continue;
+        }
+        match admit(registry, &entry) {
+            Ok(()) => by_object.entry(object_key(&entry)).or_default().push(entry),
+            Err(reason) => out.held.push(HeldEntry { entry, reason }),
+        }
+    }
+    let empty = KnownObject::default();
+    for ((collection, _), new) in by_object {
+        let Ok(def) = registry.collection(&collection) else {
+            continue; // admit() held these already
+        };
+        for entry in &new {
+            for field in entry.fields.keys().filter(|f| def.field_def(f).is_none()) {
+                out.ignored_fields.push((entry.id, field.clone()));
+            }
+        }
+        let pk: Pk = new[0].pk.clone();
+        let known_object = known.get(&object_key(&new[0])).unwrap_or(&empty);
+        // Rows that exist without any logged create (data from before sync was enabled)
+        // count as created at the beginning of time, so they are never lost.
+        let base = match &known_object.current {
+            Some(row) if !known_object.entries.iter().any(|e| e.op == EntryOp::Create) => {
+                Some(LogEntry {
+                    id: Uuid::nil(),
+                    device: DeviceId(Uuid::nil()),
+                    hlc: Hlc::zero(DeviceId(Uuid::nil())),
+                    collection: collection.clone(),
+                    pk: pk.clone(),
+                    op: EntryOp::Create,
+                    fields: row.clone(),
+                    schema_version: def.schema_version(),
+                })
+            }
+            _ => None,
+        };
+        let all: Vec<&LogEntry> = known_object
+            .entries
+            .iter()
+            .chain(base.iter())
+            .chain(new.iter())
+            .collect();
+        out.conflicts += new.iter().filter(|e| lost(e, &all)).count() as u64;
+        let target = object_state(def, all.iter().copied());
+        match (target, &known_object.current) {
+            (Some(target), None) => out
+                .operations
+                .push(Operation::create(collection.clone(), target)),
+            (Some(target), Some(current)) => {
+                let changes: Object = target
+                    .into_iter()
+                    .filter(|(f, v)| !def.pk_fields().contains(f) && current.get(f) != Some(v))
+                    .collect();
+                if !changes.is_empty() {
+                    out.operations
+                        .push(Operation::update_by_pk(collection.clone(), pk, changes));
+                }
+            }
+            (None, Some(_)) => out
+                .operations
+                .push(Operation::delete_by_pk(collection.clone(), pk)),
+            (None, None) => {}
+        }
+        out.integrated.extend(new);
+    }
+    out
+}
