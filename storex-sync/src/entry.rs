@@ -91,6 +91,14 @@ pub(crate) fn log_collection() -> CollectionDef {
         .index(["shared"])
 }
 
+/// The app's `registry` with the sync log's collection added, for assembling a storage by
+/// hand (a [`crate::SyncDevice`] does it itself).
+pub fn with_sync_log(
+    registry: &storex_core::Registry,
+) -> storex_core::Result<storex_core::Registry> {
+    registry.with_collection(log_collection())
+}
+
 /// The key's canonical text, as stored in the log's `pk` column (equal keys, equal text).
 pub(crate) fn pk_text(pk: &Pk) -> String {
     serde_json::to_string(pk).unwrap_or_default()

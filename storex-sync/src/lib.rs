@@ -39,7 +39,7 @@ mod reconcile;
 pub use client_log::ClientSyncLog;
 pub use device::{IntegrationReport, SyncDevice, SyncOptions};
 pub use digest::collection_digest;
-pub use entry::{EntryOp, LogEntry, StoredEntry, LOG_COLLECTION};
+pub use entry::{with_sync_log, EntryOp, LogEntry, StoredEntry, LOG_COLLECTION};
 pub use error::{Error, Result};
 pub use hlc::{Clock, DeviceId, Hlc, ManualClock, SystemClock, WallClock, DEFAULT_MAX_DRIFT};
 pub use logging::SyncLoggingMiddleware;

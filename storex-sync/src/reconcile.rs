@@ -4,7 +4,8 @@
 //! The state of an object is a function of the set of log entries for it, whatever order
 //! they came in ([`object_state`]): let `D` be the greatest timestamp of its deletes. The
 //! object exists when some create is later than `D`; each field then holds the value of the
-//! latest create or update later than `D` that wrote it (last writer wins per field). So a
+//! latest create or update later than `D` that wrote it (last writer wins per field; a create
+//! writes every field, those it leaves out as null). So a
 //! delete wins over every update older than it, a create newer than a delete recreates the
 //! object, and updates older than a recreation do not leak into it. Timestamps never tie:
 //! they contain the device id.
@@ -187,32 +188,45 @@ pub fn object_state<'e>(
     if !created {
         return None;
     }
-    let mut best: BTreeMap<&str, (Hlc, &Value)> = BTreeMap::new();
-    for entry in entries
-        .into_iter()
-        .filter(live)
-        .filter(|e| e.op != EntryOp::Delete)
-    {
-        for (field, value) in &entry.fields {
-            if def.field_def(field).is_none() {
-                continue;
-            }
-            match best.get(field.as_str()) {
-                Some((hlc, _)) if *hlc >= entry.hlc => {}
-                _ => {
-                    best.insert(field, (entry.hlc, value));
+    // The newest value of each field of `def`, by field position.
+    static NULL: Value = Value::Null;
+    let mut best: Vec<Option<(Hlc, &Value)>> = vec![None; def.fields().len()];
+    let mut offer = |index: usize, hlc: Hlc, value: &'e Value| {
+        if best[index].is_none_or(|(newest, _)| hlc > newest) {
+            best[index] = Some((hlc, value));
+        }
+    };
+    for entry in entries.into_iter().filter(live) {
+        match entry.op {
+            // A create defines the whole object: a field it leaves out is null.
+            EntryOp::Create => {
+                for (index, field) in def.fields().iter().enumerate() {
+                    offer(
+                        index,
+                        entry.hlc,
+                        entry.fields.get(&field.name).unwrap_or(&NULL),
+                    );
                 }
             }
+            EntryOp::Update => {
+                for (field, value) in &entry.fields {
+                    if let Some(index) = def.fields().iter().position(|f| &f.name == field) {
+                        offer(index, entry.hlc, value);
+                    }
+                }
+            }
+            EntryOp::Delete => {}
         }
     }
     Some(
         def.fields()
             .iter()
-            .map(|f| {
-                let value = best
-                    .get(f.name.as_str())
-                    .map_or(Value::Null, |(_, v)| (*v).clone());
-                (f.name.clone(), value)
+            .zip(best)
+            .map(|(f, newest)| {
+                (
+                    f.name.clone(),
+                    newest.map_or(Value::Null, |(_, v)| v.clone()),
+                )
             })
             .collect(),
     )

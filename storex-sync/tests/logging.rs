@@ -1,0 +1,434 @@
+//! The sync-logging middleware: what each write logs, what it does not, and that a write and
+//! its entries land together or not at all (checked on a SQLite file, reopened).
+
+use std::sync::Arc;
+
+use storex_core::uuid::Uuid;
+use storex_core::{
+    object, BatchStep, BoxFuture, CollectionDef, FieldType, Filter, MemoryBackend, Middleware,
+    Next, Operation, Outcome, Pk, Query, Registry, Replacement, Result as CoreResult, Storage,
+    StorageBackend, UuidPkMiddleware, Value,
+};
+use storex_seaorm::SeaOrmBackend;
+use storex_sync::{
+    with_sync_log, ClientSyncLog, Clock, DeviceId, EntryOp, LogEntry, ManualClock, StoredEntry,
+    SyncDevice, SyncLoggingMiddleware, SyncOptions, LOG_COLLECTION,
+};
+
+fn registry() -> Registry {
+    Registry::builder()
+        .collection(
+            CollectionDef::new("notebook")
+                .field("id", FieldType::Uuid)
+                .field("name", FieldType::Text)
+                .primary_key(["id"]),
+        )
+        .collection(
+            CollectionDef::new("note")
+                .field("id", FieldType::Uuid)
+                .field("notebook_id", FieldType::Uuid)
+                .field("title", FieldType::Text)
+                .optional_field("stars", FieldType::Int)
+                .primary_key(["id"])
+                .child_of("notebook", "notebook_id")
+                .version(3),
+        )
+        .collection(
+            CollectionDef::new("draft")
+                .field("id", FieldType::Uuid)
+                .field("text", FieldType::Text)
+                .primary_key(["id"]),
+        )
+        .build()
+        .expect("valid registry")
+}
+
+async fn device() -> SyncDevice {
+    SyncDevice::open(
+        registry(),
+        Arc::new(MemoryBackend::new()),
+        Clock::new(DeviceId::random()),
+        SyncOptions::default().exclude("draft"),
+    )
+    .await
+    .expect("open")
+}
+
+async fn entries(d: &SyncDevice) -> Vec<LogEntry> {
+    d.log()
+        .all()
+        .await
+        .expect("log")
+        .into_iter()
+        .map(|s| s.entry)
+        .collect()
+}
+
+async fn notebook(d: &SyncDevice) -> Value {
+    let pk = d
+        .storage()
+        .create("notebook", object! { "name" => "home" })
+        .await
+        .expect("create");
+    pk.single().cloned().expect("one-field key")
+}
+
+#[tokio::test]
+async fn a_create_is_logged_with_every_field_it_wrote() {
+    let d = device().await;
+    let book = notebook(&d).await;
+    let log = d.log().all().await.expect("log");
+    assert_eq!(log.len(), 1);
+    let StoredEntry {
+        entry,
+        shared,
+        integrated,
+    } = &log[0];
+    assert_eq!(
+        (entry.op, entry.collection.as_str()),
+        (EntryOp::Create, "notebook")
+    );
+    assert_eq!(entry.pk, Pk(vec![book.clone()]));
+    assert_eq!(entry.fields, object! { "id" => book, "name" => "home" });
+    assert_eq!(entry.device, d.device());
+    assert_eq!(entry.schema_version, 1);
+    assert!(!shared && *integrated);
+}
+
+#[tokio::test]
+async fn updates_and_deletes_by_key_are_logged() {
+    let d = device().await;
+    let book = notebook(&d).await;
+    d.storage()
+        .update_by_pk("notebook", book.clone(), object! { "name" => "work" })
+        .await
+        .expect("update");
+    d.storage()
+        .delete_by_pk("notebook", book.clone())
+        .await
+        .expect("delete");
+    let log = entries(&d).await;
+    let ops: Vec<EntryOp> = log.iter().map(|e| e.op).collect();
+    assert_eq!(ops, vec![EntryOp::Create, EntryOp::Update, EntryOp::Delete]);
+    assert_eq!(log[1].fields, object! { "name" => "work" });
+    assert!(log[2].fields.is_empty());
+    assert!(
+        log[0].hlc < log[1].hlc && log[1].hlc < log[2].hlc,
+        "entries follow the order of the writes"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_logs_each_step_with_its_placeholders_resolved() {
+    let d = device().await;
+    let outcomes = d
+        .storage()
+        .batch(vec![
+            BatchStep::new(Operation::create("notebook", object! { "name" => "home" }))
+                .placeholder("book"),
+            BatchStep::new(Operation::create("note", object! { "title" => "milk" }))
+                .replace(Replacement::field("notebook_id", "book")),
+            BatchStep::new(Operation::create(
+                "draft",
+                object! { "text" => "local only" },
+            )),
+        ])
+        .await
+        .expect("batch");
+    assert_eq!(
+        outcomes.len(),
+        3,
+        "the app sees one outcome per step of its own"
+    );
+    let book = outcomes[0]
+        .created_pk()
+        .and_then(Pk::single)
+        .cloned()
+        .expect("key");
+    let log = entries(&d).await;
+    assert_eq!(log.len(), 2, "the draft is excluded");
+    assert_eq!(log[1].collection, "note");
+    assert_eq!(
+        log[1].fields["notebook_id"], book,
+        "the placeholder's value, not a reference"
+    );
+    assert_eq!(log[1].schema_version, 3);
+}
+
+#[tokio::test]
+async fn an_update_where_logs_exactly_the_objects_it_changed() {
+    let d = device().await;
+    let book = notebook(&d).await;
+    for (title, stars) in [("a", 1), ("b", 5), ("c", 5)] {
+        d.storage()
+            .create(
+                "note",
+                object! { "notebook_id" => book.clone(), "title" => title, "stars" => stars },
+            )
+            .await
+            .expect("create");
+    }
+    let updated = d
+        .storage()
+        .update_where(
+            "note",
+            Filter::all().eq("stars", 5),
+            object! { "title" => "starred" },
+        )
+        .await
+        .expect("update");
+    assert_eq!(updated, 2);
+    let starred: Vec<Pk> = d
+        .storage()
+        .find_many("note", Query::new(Filter::all().eq("stars", 5)))
+        .await
+        .expect("find")
+        .iter()
+        .map(|o| Pk(vec![o["id"].clone()]))
+        .collect();
+    let updates: Vec<LogEntry> = entries(&d)
+        .await
+        .into_iter()
+        .filter(|e| e.op == EntryOp::Update)
+        .collect();
+    assert_eq!(updates.len(), 2);
+    for e in &updates {
+        assert!(starred.contains(&e.pk));
+        assert_eq!(e.fields, object! { "title" => "starred" });
+    }
+}
+
+#[tokio::test]
+async fn a_delete_where_logs_each_deleted_object() {
+    let d = device().await;
+    let book = notebook(&d).await;
+    for title in ["a", "b", "c"] {
+        d.storage()
+            .create(
+                "note",
+                object! { "notebook_id" => book.clone(), "title" => title },
+            )
+            .await
+            .expect("create");
+    }
+    let deleted = d
+        .storage()
+        .delete_where("note", Filter::all().ne("title", "b"))
+        .await
+        .expect("delete");
+    assert_eq!(deleted, 2);
+    let deletes = entries(&d)
+        .await
+        .into_iter()
+        .filter(|e| e.op == EntryOp::Delete)
+        .count();
+    assert_eq!(deletes, 2);
+}
+
+#[tokio::test]
+async fn a_where_write_in_a_batch_sees_the_earlier_steps() {
+    let d = device().await;
+    let book = notebook(&d).await;
+    let outcomes = d
+        .storage()
+        .batch(vec![
+            BatchStep::new(Operation::create(
+                "note",
+                object! { "notebook_id" => book.clone(), "title" => "new" },
+            )),
+            BatchStep::new(Operation::update_where(
+                "note",
+                Filter::all().eq("title", "new"),
+                object! { "stars" => 3 },
+            )),
+            BatchStep::new(Operation::create("notebook", object! { "name" => "after" })),
+        ])
+        .await
+        .expect("batch");
+    assert_eq!(outcomes[1], Outcome::Updated { count: 1 });
+    let ops: Vec<(String, EntryOp)> = entries(&d)
+        .await
+        .into_iter()
+        .map(|e| (e.collection, e.op))
+        .collect();
+    assert_eq!(
+        ops,
+        vec![
+            ("notebook".into(), EntryOp::Create),
+            ("note".into(), EntryOp::Create),
+            ("note".into(), EntryOp::Update),
+            ("notebook".into(), EntryOp::Create),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn reads_and_excluded_collections_are_not_logged() {
+    let d = device().await;
+    d.storage()
+        .create("draft", object! { "text" => "x" })
+        .await
+        .expect("create");
+    d.storage()
+        .update_where("draft", Filter::all(), object! { "text" => "y" })
+        .await
+        .expect("update");
+    d.storage()
+        .count("draft", Filter::all())
+        .await
+        .expect("count");
+    assert!(d.log().is_empty().await.expect("len"));
+}
+
+#[tokio::test]
+async fn a_failed_write_logs_nothing() {
+    let d = device().await;
+    let book = notebook(&d).await;
+    let err = d
+        .storage()
+        .create("notebook", object! { "id" => book, "name" => "again" })
+        .await;
+    assert!(err.is_err());
+    assert_eq!(d.log().len().await.expect("len"), 1);
+}
+
+#[tokio::test]
+async fn changes_applied_by_sync_are_not_logged_again() {
+    let (a, b) = (device().await, device().await);
+    notebook(&a).await;
+    let report = b
+        .integrate(a.log().unshared(10).await.expect("unshared"))
+        .await
+        .expect("integrate");
+    assert_eq!((report.integrated, report.operations), (1, 1));
+    let log = b.log().all().await.expect("log");
+    assert_eq!(log.len(), 1, "only the received entry");
+    assert!(log[0].shared, "received entries count as shared");
+    assert!(
+        b.log().unshared(10).await.expect("unshared").is_empty(),
+        "nothing of b's own to push"
+    );
+}
+
+/// Makes the sync log's write fail: gives every new log entry the id of one already stored.
+#[derive(Debug)]
+struct BreakLogWrites {
+    taken_id: Uuid,
+}
+
+impl Middleware for BreakLogWrites {
+    fn process<'a>(
+        &'a self,
+        mut op: Operation,
+        next: Next<'a>,
+    ) -> BoxFuture<'a, CoreResult<Outcome>> {
+        if let Operation::Batch { steps } = &mut op {
+            for step in steps {
+                if let Operation::Create { collection, object } = &mut step.operation {
+                    if collection == LOG_COLLECTION {
+                        object.insert("id".into(), self.taken_id.into());
+                    }
+                }
+            }
+        }
+        next.run(op)
+    }
+}
+
+async fn sqlite_storage(path: &std::path::Path, saboteur: Option<BreakLogWrites>) -> Storage {
+    let backend = SeaOrmBackend::open_sqlite_file(path).await.expect("open");
+    let mut builder = Storage::builder(with_sync_log(&registry()).expect("registry"), backend)
+        .with(UuidPkMiddleware::new())
+        .with(SyncLoggingMiddleware::new(Arc::new(Clock::new(
+            DeviceId::random(),
+        ))));
+    if let Some(saboteur) = saboteur {
+        builder = builder.with(saboteur);
+    }
+    builder.build().await.expect("storage")
+}
+
+#[tokio::test]
+async fn on_sqlite_a_failing_log_write_leaves_neither_data_nor_entries() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("device.db");
+    let (book, taken_id) = {
+        let storage = sqlite_storage(&path, None).await;
+        let book = storage
+            .create("notebook", object! { "name" => "home" })
+            .await
+            .expect("seed");
+        let log = ClientSyncLog::new(storage.clone())
+            .all()
+            .await
+            .expect("log");
+        (book.single().cloned().expect("key"), log[0].entry.id)
+    };
+    {
+        let storage = sqlite_storage(&path, Some(BreakLogWrites { taken_id })).await;
+        let create = storage
+            .create(
+                "note",
+                object! { "notebook_id" => book.clone(), "title" => "lost" },
+            )
+            .await;
+        assert!(create.is_err(), "the log write must fail");
+        let update = storage
+            .update_where("notebook", Filter::all(), object! { "name" => "renamed" })
+            .await;
+        assert!(
+            update.is_err(),
+            "the log write of a where-write must fail too"
+        );
+        let delete = storage.delete_by_pk("notebook", book.clone()).await;
+        assert!(delete.is_err());
+    }
+    let reopened = sqlite_storage(&path, None).await;
+    assert_eq!(
+        reopened.count("note", Filter::all()).await.expect("count"),
+        0,
+        "no data without its entry"
+    );
+    let kept = reopened
+        .find_by_pk("notebook", book)
+        .await
+        .expect("find")
+        .expect("not deleted");
+    assert_eq!(kept["name"], Value::from("home"), "not renamed");
+    assert_eq!(
+        ClientSyncLog::new(reopened).len().await.expect("len"),
+        1,
+        "no entry without its data"
+    );
+}
+
+#[tokio::test]
+async fn the_clock_continues_after_a_restart_even_if_the_wall_clock_went_back() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("device.db");
+    let device_id = DeviceId::random();
+    let open = |millis: u64| {
+        let path = path.clone();
+        async move {
+            let backend = SeaOrmBackend::open_sqlite_file(&path).await.expect("open");
+            let clock = Clock::with_wall_clock(device_id, ManualClock::new(millis));
+            SyncDevice::open(
+                registry(),
+                Arc::new(backend) as Arc<dyn StorageBackend>,
+                clock,
+                SyncOptions::default(),
+            )
+            .await
+            .expect("device")
+        }
+    };
+    let before = {
+        let d = open(5_000_000).await;
+        notebook(&d).await;
+        d.log().max_hlc().await.expect("hlc").expect("an entry")
+    };
+    let d = open(1_000).await; // the wall clock is now far behind
+    notebook(&d).await;
+    let after = d.log().max_hlc().await.expect("hlc").expect("entries");
+    assert!(after > before, "{after} must follow {before}");
+}
