@@ -7,7 +7,7 @@
 //! shared-log cursor). A crash at any point leaves the batch applied fully or not at all.
 //! Applied operations carry `Origin::Sync`, so they are not logged again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use storex_core::{
@@ -230,10 +230,8 @@ impl SyncDevice {
         }
         let outcome = reconcile(&registry, &known, fresh);
         held.extend(outcome.held);
-        let mut steps: Vec<BatchStep> = outcome
-            .operations
-            .iter()
-            .cloned()
+        let mut steps: Vec<BatchStep> = batch_operations(&registry, outcome.operations.clone())
+            .into_iter()
             .map(BatchStep::new)
             .collect();
         let entry_step = |entry: &LogEntry, integrated: bool| {
@@ -270,6 +268,68 @@ impl SyncDevice {
         };
         Ok((report, steps))
     }
+}
+
+/// Turns updates that set the same values in many objects of a collection with a one-field
+/// key into one update of all those keys (a bulk sync often changes many objects alike).
+fn batch_operations(registry: &Registry, operations: Vec<Operation>) -> Vec<Operation> {
+    let mut out = Vec::with_capacity(operations.len());
+    let mut alike: BTreeMap<(String, String), (String, Object, Vec<Value>)> = BTreeMap::new();
+    for op in operations {
+        match op {
+            Operation::UpdateByPk {
+                collection,
+                pk,
+                changes,
+            } => {
+                let field =
+                    registry
+                        .collection(&collection)
+                        .ok()
+                        .and_then(|def| match def.pk_fields() {
+                            [field] => Some(field.clone()),
+                            _ => None,
+                        });
+                match (field, pk.single()) {
+                    (Some(field), Some(key)) => {
+                        let signature =
+                            storex_core::serde_json::to_string(&changes).unwrap_or_default();
+                        let key = key.clone();
+                        alike
+                            .entry((collection, signature))
+                            .or_insert_with(|| (field, changes, Vec::new()))
+                            .2
+                            .push(key);
+                    }
+                    _ => out.push(Operation::UpdateByPk {
+                        collection,
+                        pk,
+                        changes,
+                    }),
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    for ((collection, _), (field, changes, keys)) in alike {
+        for chunk in keys.chunks(LOOKUP_CHUNK) {
+            if let [key] = chunk {
+                out.push(Operation::update_by_pk(
+                    collection.clone(),
+                    key.clone(),
+                    changes.clone(),
+                ));
+            } else {
+                let filter = Filter::all().is_in(field.clone(), chunk.iter().cloned());
+                out.push(Operation::update_where(
+                    collection.clone(),
+                    filter,
+                    changes.clone(),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The stored rows of the objects `entries` touch, by object.

@@ -82,7 +82,7 @@ pub(crate) fn log_collection() -> CollectionDef {
         .field("collection", FieldType::Text)
         .field("pk", FieldType::Text)
         .field("op", FieldType::Text)
-        .field("fields", FieldType::Json)
+        .field("fields", FieldType::Text)
         .field("schema_version", FieldType::Int)
         .field("shared", FieldType::Bool)
         .field("integrated", FieldType::Bool)
@@ -115,7 +115,7 @@ impl StoredEntry {
             "collection" => e.collection.clone(),
             "pk" => pk_text(&e.pk),
             "op" => e.op.as_str(),
-            "fields" => serde_json::to_value(&e.fields).unwrap_or_default(),
+            "fields" => serde_json::to_string(&e.fields).unwrap_or_default(),
             "schema_version" => i64::from(e.schema_version),
             "shared" => self.shared,
             "integrated" => self.integrated,
@@ -154,12 +154,7 @@ impl StoredEntry {
         let hlc: Hlc = text("hlc")?.parse().map_err(|_| corrupt("hlc"))?;
         let pk: Pk = serde_json::from_str(text("pk")?).map_err(|_| corrupt("pk"))?;
         let op = EntryOp::parse(text("op")?).ok_or_else(|| corrupt("op"))?;
-        let fields = match row.get("fields") {
-            Some(Value::Json(json)) => {
-                serde_json::from_value(json.clone()).map_err(|_| corrupt("fields"))?
-            }
-            _ => return Err(corrupt("fields")),
-        };
+        let fields = serde_json::from_str(text("fields")?).map_err(|_| corrupt("fields"))?;
         let schema_version = row
             .get("schema_version")
             .and_then(Value::as_int)

@@ -7,6 +7,7 @@
 mod core_suite;
 mod report;
 mod seaorm_suite;
+mod synclog_suite;
 
 use clap::{Parser, ValueEnum};
 
@@ -27,6 +28,8 @@ enum Suite {
     Core,
     /// Rows per second through storex and through plain SeaORM on one SQLite file.
     Seaorm,
+    /// Logged writes against unlogged ones, and reconcile+apply throughput, on SQLite files.
+    Synclog,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -40,6 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     match args.suite {
         Suite::Core => runtime.block_on(core_suite::run(args.ops.unwrap_or(100_000)))?,
         Suite::Seaorm => runtime.block_on(seaorm_suite::run(args.ops.unwrap_or(2_000)))?,
+        Suite::Synclog => runtime.block_on(synclog_suite::run(args.ops.unwrap_or(2_000)))?,
     }
     Ok(())
 }

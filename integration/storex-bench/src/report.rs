@@ -1,6 +1,10 @@
 //! Printing figures in the one format every suite uses.
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// The error type of the suites.
+pub(crate) type BoxError = Box<dyn std::error::Error>;
 
 /// Prints `bench: <name> <value> <unit>`.
 pub(crate) fn figure(name: &str, value: f64, unit: &str) {
@@ -23,4 +27,60 @@ pub(crate) fn ratio(name: &str, measured: f64, baseline: f64) {
 /// rates (above 1 is slower): `<name> <ratio> x`.
 pub(crate) fn cost(name: &str, measured_rate: f64, baseline_rate: f64) {
     figure(name, baseline_rate / measured_rate, "x");
+}
+
+/// Accumulated time of a baseline path and the storex path, measured in turns.
+#[derive(Default)]
+pub(crate) struct Pair {
+    pub(crate) plain: Duration,
+    pub(crate) storex: Duration,
+}
+
+async fn timed<F: Future<Output = Result<(), BoxError>>>(
+    total: &mut Duration,
+    f: F,
+) -> Result<(), BoxError> {
+    let start = Instant::now();
+    f.await?;
+    *total += start.elapsed();
+    Ok(())
+}
+
+impl Pair {
+    /// Runs one plain and one storex operation, the order alternating with `turn`.
+    pub(crate) async fn turn<P, S>(
+        &mut self,
+        turn: u64,
+        plain: P,
+        storex: S,
+    ) -> Result<(), BoxError>
+    where
+        P: Future<Output = Result<(), BoxError>>,
+        S: Future<Output = Result<(), BoxError>>,
+    {
+        if turn % 2 == 0 {
+            timed(&mut self.plain, plain).await?;
+            timed(&mut self.storex, storex).await
+        } else {
+            timed(&mut self.storex, storex).await?;
+            timed(&mut self.plain, plain).await
+        }
+    }
+
+    /// Prints both rates and storex's time over the plain SeaORM path's.
+    pub(crate) fn report(&self, suite: &str, name: &str, rows: u64) {
+        self.report_as(
+            suite,
+            name,
+            rows,
+            ("plain_seaorm", "storex", "storex_time_vs_plain"),
+        );
+    }
+
+    /// Prints both rates under the given labels (baseline, measured, ratio).
+    pub(crate) fn report_as(&self, suite: &str, name: &str, rows: u64, labels: (&str, &str, &str)) {
+        let plain = rate(&format!("{suite}.{name}.{}", labels.0), rows, self.plain);
+        let storex = rate(&format!("{suite}.{name}.{}", labels.1), rows, self.storex);
+        cost(&format!("{suite}.{name}.{}", labels.2), storex, plain);
+    }
 }

@@ -10,9 +10,6 @@
 
 #![allow(unreachable_pub)] // SeaORM entities must be `pub` inside their modules.
 
-use std::future::Future;
-use std::time::{Duration, Instant};
-
 use sea_orm::{
     ActiveValue::Set, ConnectionTrait, DatabaseConnection, EntityTrait, QueryOrder, Schema,
     TransactionTrait,
@@ -22,7 +19,7 @@ use storex_core::uuid::Uuid;
 use storex_core::{object, BatchStep, Operation, Query, Registry, Storage, UuidPkMiddleware};
 use storex_seaorm::{collection_from_entity, SeaOrmBackend};
 
-use crate::report::{cost, rate};
+use crate::report::{BoxError, Pair};
 
 const BATCH_ROWS: u64 = 1_000;
 const BATCHES: u64 = 30;
@@ -48,8 +45,6 @@ mod note {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-type BoxError = Box<dyn std::error::Error>;
-
 fn plain_note(i: u64) -> note::ActiveModel {
     note::ActiveModel {
         id: Set(Uuid::now_v7()),
@@ -62,50 +57,6 @@ fn plain_note(i: u64) -> note::ActiveModel {
 
 fn storex_note(i: u64) -> storex_core::Object {
     object! { "title" => format!("note {i}"), "body" => "body", "stars" => (i % 5) as i64, "created_at" => Utc::now() }
-}
-
-/// Accumulated time of the two paths.
-#[derive(Default)]
-struct Pair {
-    plain: Duration,
-    storex: Duration,
-}
-
-async fn timed<F: Future<Output = Result<(), BoxError>>>(
-    total: &mut Duration,
-    f: F,
-) -> Result<(), BoxError> {
-    let start = Instant::now();
-    f.await?;
-    *total += start.elapsed();
-    Ok(())
-}
-
-impl Pair {
-    /// Runs one plain and one storex operation, the order alternating with `turn`.
-    async fn turn<P, S>(&mut self, turn: u64, plain: P, storex: S) -> Result<(), BoxError>
-    where
-        P: Future<Output = Result<(), BoxError>>,
-        S: Future<Output = Result<(), BoxError>>,
-    {
-        if turn % 2 == 0 {
-            timed(&mut self.plain, plain).await?;
-            timed(&mut self.storex, storex).await
-        } else {
-            timed(&mut self.storex, storex).await?;
-            timed(&mut self.plain, plain).await
-        }
-    }
-
-    fn report(&self, name: &str, rows: u64) {
-        let plain = rate(&format!("seaorm.{name}.plain_seaorm"), rows, self.plain);
-        let storex = rate(&format!("seaorm.{name}.storex"), rows, self.storex);
-        cost(
-            &format!("seaorm.{name}.storex_time_vs_plain"),
-            storex,
-            plain,
-        );
-    }
 }
 
 async fn plain_batch(db: &DatabaseConnection, first: u64) -> Result<(), BoxError> {
@@ -206,9 +157,9 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
         return Err(format!("the table holds {rows} rows, expected {expected}").into());
     }
 
-    single.report("create_single", ops);
-    batch.report("create_batch_1000", BATCHES * BATCH_ROWS);
-    find.report("find_by_pk", ops);
-    read_all.report("read_all", rows * READ_ALL_ROUNDS as u64);
+    single.report("seaorm", "create_single", ops);
+    batch.report("seaorm", "create_batch_1000", BATCHES * BATCH_ROWS);
+    find.report("seaorm", "find_by_pk", ops);
+    read_all.report("seaorm", "read_all", rows * READ_ALL_ROUNDS as u64);
     Ok(())
 }

@@ -1,0 +1,193 @@
+//! Suite `synclog`: what sync logging costs, and how fast received changes are applied.
+//!
+//! - Logged writes (a [`SyncDevice`]'s storage) against the same writes without logging, each
+//!   in its own transaction, on one SQLite file, taking turns: single creates, single updates,
+//!   and 1,000-row batches. Ratios are the logged time over the unlogged one (targets: 1.5
+//!   for single writes, 1.2 for batches).
+//! - Reconcile + apply: a second device on its own SQLite file integrates the first one's
+//!   entries in batches of 1,000, once as new objects (creates) and once as changes to
+//!   objects it already has (updates): entries per second (target: 100,000).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use storex_core::uuid::Uuid;
+use storex_core::{
+    object, BatchStep, CollectionDef, FieldType, Operation, Registry, Storage, StorageBackend,
+    UuidPkMiddleware,
+};
+use storex_seaorm::SeaOrmBackend;
+use storex_sync::{with_sync_log, Clock, DeviceId, LogEntry, SyncDevice, SyncOptions};
+
+use crate::report::{rate, BoxError, Pair};
+
+const BATCH_ROWS: u64 = 1_000;
+const BATCHES: u64 = 20;
+const APPLY_BATCH: usize = 1_000;
+
+/// `note` is synced; `plain_note`, the same table under another name, is the baseline.
+fn registry() -> Result<Registry, BoxError> {
+    let table = |name: &str| {
+        CollectionDef::new(name)
+            .field("id", FieldType::Uuid)
+            .field("title", FieldType::Text)
+            .optional_field("body", FieldType::Text)
+            .field("stars", FieldType::Int)
+            .primary_key(["id"])
+    };
+    Ok(Registry::builder()
+        .collection(table("note"))
+        .collection(table("plain_note"))
+        .build()?)
+}
+
+fn note(i: u64) -> storex_core::Object {
+    object! { "title" => format!("note {i}"), "body" => "body", "stars" => (i % 5) as i64 }
+}
+
+async fn sqlite(dir: &std::path::Path, name: &str) -> Result<Arc<dyn StorageBackend>, BoxError> {
+    Ok(Arc::new(
+        SeaOrmBackend::open_sqlite_file(dir.join(name)).await?,
+    ))
+}
+
+/// Runs the suite with `ops` single writes per path.
+pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
+    let dir = tempfile::tempdir()?;
+    let backend = sqlite(dir.path(), "a.db").await?;
+    let options = SyncOptions::default().exclude("plain_note");
+    let device = SyncDevice::open(
+        registry()?,
+        backend.clone(),
+        Clock::new(DeviceId::random()),
+        options.clone(),
+    )
+    .await?;
+    // The same tables without the logger: the baseline.
+    let plain = Storage::builder_shared(with_sync_log(&registry()?)?, backend)
+        .with(UuidPkMiddleware::new())
+        .build()
+        .await?;
+    let logged = device.storage().clone();
+
+    let in_own_transaction = |storage: Storage, op: Operation| async move {
+        storage.batch(vec![BatchStep::new(op)]).await?;
+        Ok::<(), BoxError>(())
+    };
+    let mut creates = Pair::default();
+    let mut keys = Vec::with_capacity(ops as usize);
+    for i in 0..ops {
+        let (plain_id, logged_id) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut plain_note = note(i);
+        plain_note.insert("id".into(), plain_id.into());
+        let mut logged_note = note(i);
+        logged_note.insert("id".into(), logged_id.into());
+        keys.push((plain_id, logged_id));
+        creates
+            .turn(
+                i,
+                in_own_transaction(plain.clone(), Operation::create("plain_note", plain_note)),
+                async {
+                    logged.create("note", logged_note).await?;
+                    Ok(())
+                },
+            )
+            .await?;
+    }
+    let mut updates = Pair::default();
+    for (i, (plain_id, logged_id)) in keys.iter().enumerate() {
+        let changes = object! { "stars" => 9 };
+        updates
+            .turn(
+                i as u64,
+                in_own_transaction(
+                    plain.clone(),
+                    Operation::update_by_pk("plain_note", *plain_id, changes.clone()),
+                ),
+                async {
+                    logged
+                        .update_by_pk("note", *logged_id, changes.clone())
+                        .await?;
+                    Ok(())
+                },
+            )
+            .await?;
+    }
+    let mut batches = Pair::default();
+    for b in 0..BATCHES {
+        let steps = |collection: &str| {
+            (0..BATCH_ROWS)
+                .map(|i| BatchStep::new(Operation::create(collection, note(b * BATCH_ROWS + i))))
+                .collect::<Vec<_>>()
+        };
+        let (plain_steps, logged_steps) = (steps("plain_note"), steps("note"));
+        batches
+            .turn(
+                b,
+                async {
+                    plain.batch(plain_steps).await?;
+                    Ok(())
+                },
+                async {
+                    logged.batch(logged_steps).await?;
+                    Ok(())
+                },
+            )
+            .await?;
+    }
+    let labels = ("unlogged", "logged", "logged_time_vs_unlogged");
+    creates.report_as("synclog", "create_single", ops, labels);
+    updates.report_as("synclog", "update_single", ops, labels);
+    batches.report_as("synclog", "create_batch_1000", BATCHES * BATCH_ROWS, labels);
+
+    // Reconcile + apply on a second device.
+    let entries: Vec<LogEntry> = device.log().unshared(u64::MAX >> 1).await?;
+    let creates: Vec<LogEntry> = entries
+        .iter()
+        .filter(|e| e.op == storex_sync::EntryOp::Create)
+        .cloned()
+        .collect();
+    let receiver = SyncDevice::open(
+        registry()?,
+        sqlite(dir.path(), "b.db").await?,
+        Clock::new(DeviceId::random()),
+        options,
+    )
+    .await?;
+    let start = Instant::now();
+    for chunk in creates.chunks(APPLY_BATCH) {
+        receiver.integrate(chunk.to_vec()).await?;
+    }
+    rate(
+        "synclog.apply_creates.entries",
+        creates.len() as u64,
+        start.elapsed(),
+    );
+
+    // Changes to objects the receiver has: new updates made on the first device.
+    logged
+        .update_where("note", storex_core::Filter::all(), object! { "stars" => 1 })
+        .await?;
+    let updates: Vec<LogEntry> = device
+        .log()
+        .unshared(u64::MAX >> 1)
+        .await?
+        .into_iter()
+        .filter(|e| {
+            e.op == storex_sync::EntryOp::Update && e.fields.get("stars") == Some(&1i64.into())
+        })
+        .collect();
+    let start = Instant::now();
+    for chunk in updates.chunks(APPLY_BATCH) {
+        receiver.integrate(chunk.to_vec()).await?;
+    }
+    rate(
+        "synclog.apply_updates.entries",
+        updates.len() as u64,
+        start.elapsed(),
+    );
+    if device.digest("note").await? != receiver.digest("note").await? {
+        return Err("the receiving device does not match the sender".into());
+    }
+    Ok(())
+}
