@@ -17,7 +17,7 @@ use storex_core::{
 
 use crate::client_log::{entries_for, known_ids, ClientSyncLog, Exec, LOOKUP_CHUNK};
 use crate::digest::collection_digest;
-use crate::entry::{log_collection, pk_text, LogEntry, StoredEntry, LOG_COLLECTION};
+use crate::entry::{pk_text, with_sync_log, LogEntry, StoredEntry, LOG_COLLECTION};
 use crate::error::Result;
 use crate::hlc::{Clock, DeviceId};
 use crate::logging::SyncLoggingMiddleware;
@@ -76,7 +76,7 @@ impl SyncDevice {
         clock: Clock,
         options: SyncOptions,
     ) -> Result<Self> {
-        let registry = registry.with_collection(log_collection())?;
+        let registry = with_sync_log(&registry)?;
         let clock = Arc::new(clock);
         let mut logger = SyncLoggingMiddleware::new(clock.clone());
         for collection in options.excluded {

@@ -91,12 +91,43 @@ pub(crate) fn log_collection() -> CollectionDef {
         .index(["shared"])
 }
 
-/// The app's `registry` with the sync log's collection added, for assembling a storage by
-/// hand (a [`crate::SyncDevice`] does it itself).
+/// The name of the collection holding sync state (the shared-log cursor).
+pub const STATE_COLLECTION: &str = "storex_sync_state";
+
+/// The name of the collection keeping pulled payloads that could not be decoded.
+pub const QUARANTINE_COLLECTION: &str = "storex_sync_quarantine";
+
+/// The collections sync keeps in the app's database; never logged themselves.
+pub const INTERNAL_COLLECTIONS: [&str; 3] =
+    [LOG_COLLECTION, STATE_COLLECTION, QUARANTINE_COLLECTION];
+
+fn state_collection() -> CollectionDef {
+    CollectionDef::new(STATE_COLLECTION)
+        .field("key", FieldType::Text)
+        .field("value", FieldType::Int)
+        .primary_key(["key"])
+}
+
+fn quarantine_collection() -> CollectionDef {
+    CollectionDef::new(QUARANTINE_COLLECTION)
+        .field("id", FieldType::Uuid)
+        .field("device", FieldType::Uuid)
+        .field("topic", FieldType::Text)
+        .field("cursor", FieldType::Int)
+        .field("payload", FieldType::Blob)
+        .field("reason", FieldType::Text)
+        .primary_key(["id"])
+}
+
+/// The app's `registry` with sync's own collections added (the log, sync state and the
+/// quarantine), for assembling a storage by hand (a [`crate::SyncDevice`] does it itself).
 pub fn with_sync_log(
     registry: &storex_core::Registry,
 ) -> storex_core::Result<storex_core::Registry> {
-    registry.with_collection(log_collection())
+    registry
+        .with_collection(log_collection())?
+        .with_collection(state_collection())?
+        .with_collection(quarantine_collection())
 }
 
 /// The key's canonical text, as stored in the log's `pk` column (equal keys, equal text).

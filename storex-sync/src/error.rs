@@ -27,6 +27,19 @@ pub enum Error {
         /// What is wrong with it.
         problem: String,
     },
+    /// The shared log refused or failed a call.
+    #[error("shared log call failed")]
+    SharedLog(#[from] crate::shared_log::SharedLogError),
+    /// An entry is larger than one push may carry; it stays unshared and is reported.
+    #[error("entry {id} is {size} bytes, more than the {limit} bytes one push may carry")]
+    EntryTooLarge {
+        /// The entry.
+        id: storex_core::uuid::Uuid,
+        /// Its encoded size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// A timestamp's text form cannot be parsed.
     #[error("`{text}` is not a hybrid logical clock timestamp")]
     BadTimestamp {
@@ -40,6 +53,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Storage(e) => e.is_transient(),
+            Error::SharedLog(e) => e.is_transient(),
             _ => false,
         }
     }

@@ -28,6 +28,8 @@
 //! ```
 
 mod client_log;
+mod codec;
+mod continuous;
 mod device;
 mod digest;
 mod entry;
@@ -35,15 +37,25 @@ mod error;
 mod hlc;
 mod logging;
 mod reconcile;
+mod shared_log;
 
 pub use client_log::ClientSyncLog;
+pub use codec::{DecodeError, EntryCodec};
+pub use continuous::{ContinuousOptions, ContinuousSync, SyncReport};
 pub use device::{IntegrationReport, SyncDevice, SyncOptions};
 pub use digest::collection_digest;
-pub use entry::{with_sync_log, EntryOp, LogEntry, StoredEntry, LOG_COLLECTION};
+pub use entry::{
+    with_sync_log, EntryOp, LogEntry, StoredEntry, INTERNAL_COLLECTIONS, LOG_COLLECTION,
+    QUARANTINE_COLLECTION, STATE_COLLECTION,
+};
 pub use error::{Error, Result};
 pub use hlc::{Clock, DeviceId, Hlc, ManualClock, SystemClock, WallClock, DEFAULT_MAX_DRIFT};
 pub use logging::SyncLoggingMiddleware;
 pub use reconcile::{
     object_key, object_state, reconcile, HeldEntry, HoldReason, KnownObject, ObjectKey,
     Reconciliation,
+};
+pub use shared_log::{
+    DeviceInfo, MemorySharedLog, Pull, PulledEntry, SharedEntry, SharedLogError, SharedResult,
+    SharedSyncLog,
 };

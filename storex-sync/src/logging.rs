@@ -21,7 +21,7 @@ use storex_core::{
     Pk, Query, ReplaceTarget, Result as CoreResult, Value,
 };
 
-use crate::entry::{EntryOp, LogEntry, StoredEntry, LOG_COLLECTION};
+use crate::entry::{EntryOp, LogEntry, StoredEntry, INTERNAL_COLLECTIONS, LOG_COLLECTION};
 use crate::hlc::Clock;
 
 /// Logs every write of the app into the client sync log, atomically with the write.
@@ -36,7 +36,10 @@ impl SyncLoggingMiddleware {
     pub fn new(clock: Arc<Clock>) -> Self {
         SyncLoggingMiddleware {
             clock,
-            excluded: HashSet::from([LOG_COLLECTION.to_owned()]),
+            excluded: INTERNAL_COLLECTIONS
+                .iter()
+                .map(|c| (*c).to_owned())
+                .collect(),
         }
     }
 

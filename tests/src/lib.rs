@@ -13,11 +13,15 @@
 //! Each check runs on a fresh backend from the factory, through a [`storex_core::Storage`]
 //! built on [`fixture_registry`] with [`storex_core::UuidPkMiddleware`]. A failing check
 //! does not stop the others: the suite reports every failure by name.
+//!
+//! Shared logs run [`shared_log_suite`] the same way.
 
 mod backend_suite;
 mod fixtures;
 mod services;
+mod shared_log_suite;
 
 pub use backend_suite::{backend_suite, run_backend_suite, SuiteReport};
 pub use fixtures::fixture_registry;
 pub use services::{fresh_postgres_database, postgres_url};
+pub use shared_log_suite::{run_shared_log_suite, shared_log_suite};

@@ -1,0 +1,323 @@
+//! [`ContinuousSync`]: push this device's changes, pull the others', apply them.
+//!
+//! [`ContinuousSync::sync_once`] pushes unshared entries in batches bounded by count and bytes
+//! and marks them shared once the shared log has stored them; then pulls page by page, and
+//! for each page integrates the entries and stores the new cursor in one local transaction.
+//! Whatever fails in between, nothing is lost or applied twice: a push whose reply is lost
+//! is sent again and the shared log ignores the ids it has; a page whose transaction did not
+//! commit is pulled again from the stored cursor, and entries already integrated are
+//! recognised by id. An entry too large for a push, or a pulled payload that does not decode
+//! (wrong key, tampering), is reported and does not block the others; the undecodable ones
+//! are kept in a quarantine collection.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use storex_core::{object, BatchStep, Filter, Operation, Origin, Query, Value};
+use tokio::sync::Mutex;
+
+use crate::codec::EntryCodec;
+use crate::device::SyncDevice;
+use crate::entry::{
+    LogEntry, StoredEntry, LOG_COLLECTION, QUARANTINE_COLLECTION, STATE_COLLECTION,
+};
+use crate::error::{Error, Result};
+use crate::hlc::Hlc;
+use crate::shared_log::{SharedEntry, SharedSyncLog};
+
+const CURSOR_KEY: &str = "shared_log_cursor";
+
+/// How [`ContinuousSync`] batches its work.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ContinuousOptions {
+    /// Entries per push at most.
+    pub push_batch: usize,
+    /// Payload bytes per push at most; a larger entry is reported and left unshared.
+    pub max_push_bytes: usize,
+    /// Entries per pull page at most.
+    pub pull_batch: usize,
+    /// Collections this device subscribes to (all when `None`): partial replication.
+    pub collections: Option<Vec<String>>,
+    /// How payloads are encoded (plain, or encrypted with the app's key).
+    pub codec: EntryCodec,
+}
+
+impl Default for ContinuousOptions {
+    fn default() -> Self {
+        ContinuousOptions {
+            push_batch: 1_000,
+            max_push_bytes: 4 * 1024 * 1024,
+            pull_batch: 1_000,
+            collections: None,
+            codec: EntryCodec::plain(),
+        }
+    }
+}
+
+impl ContinuousOptions {
+    /// Sets the entries per push and per pull page.
+    pub fn with_batch_size(mut self, entries: usize) -> Self {
+        self.push_batch = entries.max(1);
+        self.pull_batch = entries.max(1);
+        self
+    }
+
+    /// Sets the payload bytes per push.
+    pub fn with_max_push_bytes(mut self, bytes: usize) -> Self {
+        self.max_push_bytes = bytes;
+        self
+    }
+
+    /// Pulls only these collections.
+    pub fn with_collections<I, S>(mut self, collections: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.collections = Some(collections.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Encrypts payloads end to end with `key`.
+    pub fn with_encryption_key(mut self, key: [u8; 32]) -> Self {
+        self.codec = EntryCodec::encrypted(key);
+        self
+    }
+}
+
+/// What one [`ContinuousSync::sync_once`] did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SyncReport {
+    /// Entries pushed.
+    pub pushed: u64,
+    /// Entries pulled (of other devices).
+    pub pulled: u64,
+    /// Entries integrated into this device's data.
+    pub integrated: u64,
+    /// Operations applied to the data.
+    pub applied: u64,
+    /// Pulled entries whose values lost to a later write.
+    pub conflicts: u64,
+    /// Pulled entries this device already had.
+    pub duplicates: u64,
+    /// Pulled entries held back (unknown collection, newer schema, invalid, clock drift).
+    pub held: u64,
+    /// Pulled payloads that did not decode, kept in quarantine.
+    pub quarantined: u64,
+    /// Problems that did not stop the sync (an entry too large, a payload that did not decode).
+    pub problems: Vec<String>,
+    /// The shared-log cursor after the sync.
+    pub cursor: u64,
+    /// How long it took.
+    pub duration: Duration,
+}
+
+/// Keeps one device in sync with the others through a shared log.
+#[derive(Debug)]
+pub struct ContinuousSync {
+    device: SyncDevice,
+    shared: Arc<dyn SharedSyncLog>,
+    options: ContinuousOptions,
+    running: Mutex<()>,
+}
+
+impl ContinuousSync {
+    /// Syncs `device` (whose id must be registered with `shared`) through `shared`.
+    pub fn new(
+        device: SyncDevice,
+        shared: Arc<dyn SharedSyncLog>,
+        options: ContinuousOptions,
+    ) -> Self {
+        ContinuousSync {
+            device,
+            shared,
+            options,
+            running: Mutex::new(()),
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &SyncDevice {
+        &self.device
+    }
+
+    /// The shared log.
+    pub fn shared_log(&self) -> &Arc<dyn SharedSyncLog> {
+        &self.shared
+    }
+
+    /// The stored shared-log cursor (0 before the first pull).
+    pub async fn cursor(&self) -> Result<u64> {
+        let storage = self.device.storage();
+        let row = storage.find_by_pk(STATE_COLLECTION, CURSOR_KEY).await?;
+        Ok(row
+            .and_then(|r| r.get("value").and_then(Value::as_int))
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(0))
+    }
+
+    async fn ensure_cursor_row(&self) -> Result<()> {
+        let storage = self.device.storage();
+        if storage
+            .find_by_pk(STATE_COLLECTION, CURSOR_KEY)
+            .await?
+            .is_none()
+        {
+            let op = Operation::create(
+                STATE_COLLECTION,
+                object! { "key" => CURSOR_KEY, "value" => 0i64 },
+            );
+            // Two syncs of one device never run at once (see `running`), so this cannot race.
+            storage.execute_as(op, Origin::Sync).await?;
+        }
+        Ok(())
+    }
+
+    /// Pushes, pulls and applies until caught up; one call at a time per device.
+    pub async fn sync_once(&self) -> Result<SyncReport> {
+        let _running = self.running.lock().await;
+        let start = Instant::now();
+        let mut report = SyncReport::default();
+        self.ensure_cursor_row().await?;
+        self.push(&mut report).await?;
+        self.pull(&mut report).await?;
+        report.duration = start.elapsed();
+        Ok(report)
+    }
+
+    /// Unshared entries after `after` (in timestamp order), up to `limit`.
+    async fn unshared_after(&self, after: Option<Hlc>, limit: usize) -> Result<Vec<LogEntry>> {
+        let mut filter = Filter::all().eq("shared", false);
+        if let Some(after) = after {
+            filter = filter.gt("hlc", after.to_string());
+        }
+        let query = Query::new(filter).order_asc("hlc").limit(limit as u64);
+        let rows = self
+            .device
+            .storage()
+            .find_many(LOG_COLLECTION, query)
+            .await?;
+        rows.iter()
+            .map(|row| StoredEntry::from_object(row).map(|s| s.entry))
+            .collect()
+    }
+
+    async fn push(&self, report: &mut SyncReport) -> Result<()> {
+        let me = self.device.device();
+        let mut after = None;
+        loop {
+            let entries = self.unshared_after(after, self.options.push_batch).await?;
+            let Some(last) = entries.last() else { break };
+            after = Some(last.hlc);
+            let exhausted = entries.len() < self.options.push_batch;
+            let mut chunk: Vec<SharedEntry> = Vec::new();
+            let mut chunk_bytes = 0;
+            for entry in &entries {
+                let shared = self.options.codec.encode(entry);
+                let size = shared.payload.len();
+                if size > self.options.max_push_bytes {
+                    let problem = Error::EntryTooLarge {
+                        id: entry.id,
+                        size,
+                        limit: self.options.max_push_bytes,
+                    };
+                    report.problems.push(problem.to_string());
+                    continue;
+                }
+                if chunk_bytes + size > self.options.max_push_bytes {
+                    self.push_chunk(me, std::mem::take(&mut chunk), report)
+                        .await?;
+                    chunk_bytes = 0;
+                }
+                chunk_bytes += size;
+                chunk.push(shared);
+            }
+            self.push_chunk(me, chunk, report).await?;
+            if exhausted {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn push_chunk(
+        &self,
+        me: crate::hlc::DeviceId,
+        chunk: Vec<SharedEntry>,
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<_> = chunk.iter().map(|e| e.id).collect();
+        self.shared.push(me, chunk).await?;
+        // Stored remotely: a crash before this line only means the next push sends them again.
+        self.device.log().mark_shared(&ids).await?;
+        report.pushed += ids.len() as u64;
+        Ok(())
+    }
+
+    async fn pull(&self, report: &mut SyncReport) -> Result<()> {
+        let me = self.device.device();
+        let topics: Option<Vec<String>> = self
+            .options
+            .collections
+            .as_ref()
+            .map(|cs| cs.iter().map(|c| self.options.codec.topic(c)).collect());
+        let mut cursor = self.cursor().await?;
+        loop {
+            let page = self
+                .shared
+                .pull(me, cursor, self.options.pull_batch, topics.as_deref())
+                .await?;
+            let mut entries = Vec::with_capacity(page.entries.len());
+            let mut extra = Vec::new();
+            for pulled in &page.entries {
+                match self.options.codec.decode(&pulled.entry) {
+                    Ok(entry) => entries.push(entry),
+                    Err(problem) => {
+                        report.quarantined += 1;
+                        report
+                            .problems
+                            .push(format!("entry {}: {problem}", pulled.entry.id));
+                        extra.push(BatchStep::new(Operation::create(
+                            QUARANTINE_COLLECTION,
+                            object! {
+                                "id" => pulled.entry.id,
+                                "device" => pulled.entry.device.0,
+                                "topic" => pulled.entry.topic.clone(),
+                                "cursor" => i64::try_from(pulled.cursor).unwrap_or(i64::MAX),
+                                "payload" => pulled.entry.payload.clone(),
+                                "reason" => problem.to_string(),
+                            },
+                        )));
+                    }
+                }
+            }
+            report.pulled += page.entries.len() as u64;
+            if page.next_cursor != cursor {
+                extra.push(BatchStep::new(Operation::update_by_pk(
+                    STATE_COLLECTION,
+                    CURSOR_KEY,
+                    object! { "value" => i64::try_from(page.next_cursor).unwrap_or(i64::MAX) },
+                )));
+            }
+            let integrated = self.device.integrate_with(entries, extra).await?;
+            report.integrated += integrated.integrated;
+            report.applied += integrated.operations;
+            report.conflicts += integrated.conflicts;
+            report.duplicates += integrated.duplicates;
+            report.held += integrated.held.len() as u64;
+            cursor = page.next_cursor;
+            if !page.more {
+                break;
+            }
+        }
+        if cursor > 0 {
+            self.shared.ack(me, cursor).await?;
+        }
+        report.cursor = cursor;
+        Ok(())
+    }
+}

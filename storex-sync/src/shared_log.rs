@@ -1,0 +1,337 @@
+//! [`SharedSyncLog`]: where the devices of a user publish their changes and fetch the others'.
+//!
+//! Devices register with [`SharedSyncLog::create_device`], [`push`](SharedSyncLog::push)
+//! entries and [`pull`](SharedSyncLog::pull) what the others pushed. Positions are cursors
+//! the shared log assigns, strictly increasing per user in commit order, never device clocks:
+//! a reader that has seen cursor `c` has seen every entry at or below `c`, so nothing uploaded
+//! late is skipped. Push is idempotent by entry id, so a retry after a lost reply stores
+//! nothing twice. A device never receives its own entries. Once every device of a user has
+//! [`ack`](SharedSyncLog::ack)ed a cursor, [`compact`](SharedSyncLog::compact) may drop the
+//! entries up to it; a device whose cursor is older than that gets
+//! [`SharedLogError::CursorCompacted`] and must run an initial sync.
+//!
+//! Entries travel as [`SharedEntry`]: routing fields in the clear (id, device, topic) and an
+//! opaque payload, which the engine may encrypt; the topic (the collection, or a keyed hash of
+//! it) lets a device pull only the collections it subscribes to.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+
+use storex_core::uuid::Uuid;
+use storex_core::{BoxError, BoxFuture};
+
+use crate::hlc::DeviceId;
+
+/// An entry as the shared log stores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedEntry {
+    /// The entry's id; pushing the same id again stores nothing.
+    pub id: Uuid,
+    /// The device that pushed it.
+    pub device: DeviceId,
+    /// Routing tag for partial replication: the collection, or a keyed hash of it.
+    pub topic: String,
+    /// The serialized (possibly encrypted) entry.
+    pub payload: Vec<u8>,
+}
+
+/// An entry with the position the shared log gave it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PulledEntry {
+    /// Its cursor.
+    pub cursor: u64,
+    /// The entry.
+    pub entry: SharedEntry,
+}
+
+/// One page of a pull.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pull {
+    /// Entries of other devices, in cursor order.
+    pub entries: Vec<PulledEntry>,
+    /// Where the next pull starts (past every entry this page looked at, own ones too).
+    pub next_cursor: u64,
+    /// True when more entries may follow right away.
+    pub more: bool,
+}
+
+/// A device registered with a shared log, and how far it has acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The device.
+    pub device: DeviceId,
+    /// The last cursor it acknowledged (0: none).
+    pub acked: u64,
+}
+
+/// What a shared log refuses or fails with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SharedLogError {
+    /// The device is not registered (or was revoked).
+    #[error("device {device} is not registered with the shared log")]
+    UnknownDevice {
+        /// The device.
+        device: DeviceId,
+    },
+    /// The cursor is older than the last compaction: entries the device never saw are gone.
+    #[error("cursor {cursor} is older than the compaction up to {compacted_through}; run an initial sync")]
+    CursorCompacted {
+        /// The device's cursor.
+        cursor: u64,
+        /// Entries up to this cursor were dropped.
+        compacted_through: u64,
+    },
+    /// A device tried to push entries on behalf of another device.
+    #[error("device {device} cannot push entries of device {other}")]
+    WrongDevice {
+        /// The pushing device.
+        device: DeviceId,
+        /// The device named in an entry.
+        other: DeviceId,
+    },
+    /// The request was malformed or too large.
+    #[error("invalid request: {problem}")]
+    Invalid {
+        /// What is wrong.
+        problem: String,
+    },
+    /// The shared log could not be reached or failed; retrying later may work.
+    #[error("shared log `{log}` is unavailable")]
+    Unavailable {
+        /// The log's name.
+        log: &'static str,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl SharedLogError {
+    /// True when retrying the same call later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SharedLogError::Unavailable { .. })
+    }
+}
+
+/// The result of shared-log calls.
+pub type SharedResult<T> = std::result::Result<T, SharedLogError>;
+
+/// Where the devices of a user exchange sync entries. Object-safe; see the module docs for
+/// the contract every implementation keeps (and `storex_test::shared_log_suite` checks).
+pub trait SharedSyncLog: Send + Sync + fmt::Debug + 'static {
+    /// Stable short name for errors and logs, e.g. `"memory"` or `"sql-sqlite"`.
+    fn name(&self) -> &'static str;
+
+    /// Registers a new device of `user`.
+    fn create_device<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<DeviceId>>;
+
+    /// The devices of `device`'s user, with their positions.
+    fn devices(&self, device: DeviceId) -> BoxFuture<'_, SharedResult<Vec<DeviceInfo>>>;
+
+    /// Stores `entries` of `device` (all must name it), ignoring ids already stored, and
+    /// returns the greatest cursor assigned (0 when nothing was new).
+    fn push(&self, device: DeviceId, entries: Vec<SharedEntry>)
+        -> BoxFuture<'_, SharedResult<u64>>;
+
+    /// Up to `limit` entries of the other devices of `device`'s user with cursors above
+    /// `after`, in cursor order; only the given topics when `topics` is set.
+    fn pull<'a>(
+        &'a self,
+        device: DeviceId,
+        after: u64,
+        limit: usize,
+        topics: Option<&'a [String]>,
+    ) -> BoxFuture<'a, SharedResult<Pull>>;
+
+    /// Records that `device` has integrated everything up to `cursor`.
+    fn ack(&self, device: DeviceId, cursor: u64) -> BoxFuture<'_, SharedResult<()>>;
+
+    /// Drops the entries of `user` that every one of its devices has acknowledged; returns
+    /// how many were dropped.
+    fn compact<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<u64>>;
+}
+
+#[derive(Debug, Default)]
+struct UserLog {
+    next_cursor: u64,
+    compacted_through: u64,
+    entries: BTreeMap<u64, SharedEntry>,
+    ids: HashSet<Uuid>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
+    users: HashMap<String, UserLog>,
+    devices: HashMap<DeviceId, (String, u64)>,
+}
+
+/// A [`SharedSyncLog`] in memory, for tests and single-process setups.
+#[derive(Debug, Default)]
+pub struct MemorySharedLog {
+    state: Mutex<MemoryState>,
+}
+
+impl MemorySharedLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        MemorySharedLog::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut MemoryState) -> SharedResult<T>) -> SharedResult<T> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut state)
+    }
+}
+
+fn user_of(state: &MemoryState, device: DeviceId) -> SharedResult<String> {
+    state
+        .devices
+        .get(&device)
+        .map(|(user, _)| user.clone())
+        .ok_or(SharedLogError::UnknownDevice { device })
+}
+
+impl SharedSyncLog for MemorySharedLog {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn create_device<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<DeviceId>> {
+        Box::pin(async move {
+            self.with(|state| {
+                let device = DeviceId::random();
+                state.devices.insert(device, (user.to_owned(), 0));
+                state.users.entry(user.to_owned()).or_default();
+                Ok(device)
+            })
+        })
+    }
+
+    fn devices(&self, device: DeviceId) -> BoxFuture<'_, SharedResult<Vec<DeviceInfo>>> {
+        Box::pin(async move {
+            self.with(|state| {
+                let user = user_of(state, device)?;
+                let mut devices: Vec<DeviceInfo> = state
+                    .devices
+                    .iter()
+                    .filter(|(_, (u, _))| *u == user)
+                    .map(|(d, (_, acked))| DeviceInfo {
+                        device: *d,
+                        acked: *acked,
+                    })
+                    .collect();
+                devices.sort_by_key(|d| d.device);
+                Ok(devices)
+            })
+        })
+    }
+
+    fn push(
+        &self,
+        device: DeviceId,
+        entries: Vec<SharedEntry>,
+    ) -> BoxFuture<'_, SharedResult<u64>> {
+        Box::pin(async move {
+            self.with(|state| {
+                let user = user_of(state, device)?;
+                if let Some(other) = entries.iter().find(|e| e.device != device) {
+                    return Err(SharedLogError::WrongDevice {
+                        device,
+                        other: other.device,
+                    });
+                }
+                let log = state.users.entry(user).or_default();
+                let mut last = 0;
+                for entry in entries {
+                    if log.ids.insert(entry.id) {
+                        log.next_cursor += 1;
+                        last = log.next_cursor;
+                        log.entries.insert(last, entry);
+                    }
+                }
+                Ok(last)
+            })
+        })
+    }
+
+    fn pull<'a>(
+        &'a self,
+        device: DeviceId,
+        after: u64,
+        limit: usize,
+        topics: Option<&'a [String]>,
+    ) -> BoxFuture<'a, SharedResult<Pull>> {
+        Box::pin(async move {
+            self.with(|state| {
+                let user = user_of(state, device)?;
+                let log = state.users.entry(user).or_default();
+                if after < log.compacted_through {
+                    return Err(SharedLogError::CursorCompacted {
+                        cursor: after,
+                        compacted_through: log.compacted_through,
+                    });
+                }
+                let mut pull = Pull {
+                    next_cursor: after,
+                    ..Pull::default()
+                };
+                let wanted = |e: &SharedEntry| topics.is_none_or(|t| t.contains(&e.topic));
+                let mut scanned = 0;
+                for (cursor, entry) in log.entries.range(after + 1..) {
+                    if scanned == limit {
+                        pull.more = true;
+                        break;
+                    }
+                    scanned += 1;
+                    pull.next_cursor = *cursor;
+                    if entry.device != device && wanted(entry) {
+                        pull.entries.push(PulledEntry {
+                            cursor: *cursor,
+                            entry: entry.clone(),
+                        });
+                    }
+                }
+                Ok(pull)
+            })
+        })
+    }
+
+    fn ack(&self, device: DeviceId, cursor: u64) -> BoxFuture<'_, SharedResult<()>> {
+        Box::pin(async move {
+            self.with(|state| {
+                let (_, acked) = state
+                    .devices
+                    .get_mut(&device)
+                    .ok_or(SharedLogError::UnknownDevice { device })?;
+                *acked = (*acked).max(cursor);
+                Ok(())
+            })
+        })
+    }
+
+    fn compact<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<u64>> {
+        Box::pin(async move {
+            self.with(|state| {
+                let through = state
+                    .devices
+                    .values()
+                    .filter(|(u, _)| u == user)
+                    .map(|(_, acked)| *acked)
+                    .min()
+                    .unwrap_or(0);
+                let Some(log) = state.users.get_mut(user) else {
+                    return Ok(0);
+                };
+                let keep = log.entries.split_off(&(through + 1));
+                let dropped = std::mem::replace(&mut log.entries, keep);
+                for entry in dropped.values() {
+                    log.ids.remove(&entry.id);
+                }
+                log.compacted_through = log.compacted_through.max(through);
+                Ok(dropped.len() as u64)
+            })
+        })
+    }
+}

@@ -1,0 +1,420 @@
+//! The shared-log conformance suite: the contract of `storex_sync::SharedSyncLog`, checked
+//! against a real implementation.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures::future::{join_all, BoxFuture};
+use futures::FutureExt;
+use storex_core::uuid::Uuid;
+use storex_sync::{DeviceId, SharedEntry, SharedLogError, SharedSyncLog};
+
+use crate::backend_suite::SuiteReport;
+
+type Check = fn(Arc<dyn SharedSyncLog>) -> BoxFuture<'static, ()>;
+
+macro_rules! checks {
+    ($($name:ident),+ $(,)?) => {
+        vec![$((stringify!($name), (|log| $name(log).boxed()) as Check)),+]
+    };
+}
+
+/// Runs every check, each on a fresh log made by `make`, and panics listing every failure.
+pub async fn shared_log_suite<F, Fut, L>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = L>,
+    L: SharedSyncLog,
+{
+    let report = run_shared_log_suite(make).await;
+    assert!(
+        report.failed.is_empty(),
+        "{} of {} shared-log checks failed:\n{}",
+        report.failed.len(),
+        report.failed.len() + report.passed.len(),
+        report
+            .failed
+            .iter()
+            .map(|(name, why)| format!("  {name}: {why}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Runs every check and reports without panicking.
+pub async fn run_shared_log_suite<F, Fut, L>(make: F) -> SuiteReport
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = L>,
+    L: SharedSyncLog,
+{
+    let mut report = SuiteReport::default();
+    for (name, check) in all_checks() {
+        let log: Arc<dyn SharedSyncLog> = Arc::new(make().await);
+        match AssertUnwindSafe(check(log)).catch_unwind().await {
+            Ok(()) => report.passed.push(name),
+            Err(payload) => {
+                let why = payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "panicked".to_owned());
+                report.failed.push((name, why));
+            }
+        }
+    }
+    report
+}
+
+fn all_checks() -> Vec<(&'static str, Check)> {
+    checks![
+        devices_get_distinct_ids,
+        pushed_entries_reach_the_other_devices_in_order,
+        a_device_never_pulls_its_own_entries,
+        cursors_increase_strictly,
+        push_is_idempotent_by_entry_id,
+        a_retried_push_after_a_lost_reply_stores_nothing_twice,
+        pages_cover_every_entry_exactly_once,
+        an_empty_pull_keeps_the_cursor,
+        payload_bytes_round_trip_exactly,
+        topics_filter_a_pull,
+        users_never_see_each_others_entries,
+        devices_of_a_user_are_listed_with_their_positions,
+        ack_never_moves_backwards,
+        compaction_drops_only_what_every_device_acked,
+        a_cursor_behind_compaction_is_told_to_run_an_initial_sync,
+        an_unknown_device_is_refused,
+        a_device_cannot_push_as_another,
+        concurrent_pushers_are_seen_exactly_once_by_every_reader,
+    ]
+}
+
+fn entry(device: DeviceId, topic: &str, payload: &[u8]) -> SharedEntry {
+    SharedEntry {
+        id: Uuid::now_v7(),
+        device,
+        topic: topic.to_owned(),
+        payload: payload.to_vec(),
+    }
+}
+
+async fn device(log: &Arc<dyn SharedSyncLog>, user: &str) -> DeviceId {
+    log.create_device(user).await.expect("create device")
+}
+
+/// Pulls everything after `after`, page by page; returns the entries and the final cursor.
+async fn pull_all(
+    log: &Arc<dyn SharedSyncLog>,
+    device: DeviceId,
+    after: u64,
+    page: usize,
+) -> (Vec<SharedEntry>, u64) {
+    let mut cursor = after;
+    let mut all = Vec::new();
+    loop {
+        let pull = log.pull(device, cursor, page, None).await.expect("pull");
+        assert!(pull.next_cursor >= cursor, "the cursor went backwards");
+        all.extend(pull.entries.into_iter().map(|p| p.entry));
+        cursor = pull.next_cursor;
+        if !pull.more {
+            return (all, cursor);
+        }
+    }
+}
+
+async fn devices_get_distinct_ids(log: Arc<dyn SharedSyncLog>) {
+    let a = device(&log, "ann").await;
+    let b = device(&log, "ann").await;
+    assert_ne!(a, b);
+}
+
+async fn pushed_entries_reach_the_other_devices_in_order(log: Arc<dyn SharedSyncLog>) {
+    let (a, b) = (device(&log, "ann").await, device(&log, "ann").await);
+    let sent: Vec<SharedEntry> = (0..5).map(|i| entry(a, "note", &[i])).collect();
+    log.push(a, sent.clone()).await.expect("push");
+    let (got, _) = pull_all(&log, b, 0, 100).await;
+    assert_eq!(got, sent);
+}
+
+async fn a_device_never_pulls_its_own_entries(log: Arc<dyn SharedSyncLog>) {
+    let (a, b) = (device(&log, "ann").await, device(&log, "ann").await);
+    log.push(a, vec![entry(a, "note", b"a")])
+        .await
+        .expect("push");
+    log.push(b, vec![entry(b, "note", b"b")])
+        .await
+        .expect("push");
+    let (got, cursor) = pull_all(&log, a, 0, 100).await;
+    assert_eq!(got.iter().map(|e| e.device).collect::<Vec<_>>(), vec![b]);
+    assert!(
+        cursor >= 2,
+        "the cursor moves past the device's own entries too"
+    );
+}
+
+async fn cursors_increase_strictly(log: Arc<dyn SharedSyncLog>) {
+    let (a, b, c) = (
+        device(&log, "ann").await,
+        device(&log, "ann").await,
+        device(&log, "ann").await,
+    );
+    log.push(a, vec![entry(a, "x", b"1"), entry(a, "x", b"2")])
+        .await
+        .expect("push");
+    log.push(b, vec![entry(b, "x", b"3")]).await.expect("push");
+    let pull = log.pull(c, 0, 100, None).await.expect("pull");
+    let cursors: Vec<u64> = pull.entries.iter().map(|p| p.cursor).collect();
+    assert_eq!(cursors.len(), 3);
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "{cursors:?}");
+    assert!(cursors[0] > 0);
+}
+
+async fn push_is_idempotent_by_entry_id(log: Arc<dyn SharedSyncLog>) {
+    let (a, b) = (device(&log, "ann").await, device(&log, "ann").await);
+    let e = entry(a, "note", b"once");
+    log.push(a, vec![e.clone()]).await.expect("push");
+    log.push(a, vec![e.clone(), e.clone()])
+        .await
+        .expect("push again");
+    let (got, _) = pull_all(&log, b, 0, 100).await;
+    assert_eq!(got, vec![e]);
+}
+
+async fn a_retried_push_after_a_lost_reply_stores_nothing_twice(log: Arc<dyn SharedSyncLog>) {
+    let (a, b) = (device(&log, "ann").await, device(&log, "ann").await);
+    let first: Vec<SharedEntry> = (0..3).map(|i| entry(a, "note", &[i])).collect();
+    log.push(a, first.clone()).await.expect("push"); // the reply is "lost"
+    let mut retry = first.clone();
+    retry.push(entry(a, "note", b"new"));
+    log.push(a, retry.clone()).await.expect("retry");
+    let (got, _) = pull_all(&log, b, 0, 100).await;
+    assert_eq!(got, retry);
+}
+
+async fn pages_cover_every_entry_exactly_once(log: Arc<dyn SharedSyncLog>) {
+    let (a, b) = (device(&log, "ann").await, device(&log, "ann").await);
+    let sent: Vec<SharedEntry> = (0..23u8).map(|i| entry(a, "note", &[i])).collect();
+    log.push(a, sent[..10].to_vec()).await.expect("push");
+    log.push(b, vec![entry(b, "note", b"own")])
+        .await
+        .expect("push own");
+    log.push(a, sent[10..].to_vec()).await.expect("push");
+    let (got, _) = pull_all(&log, b, 0, 4).await;
+    assert_eq!(got, sent);
+}
+
+async fn an_empty_pull_keeps_the_cursor(log: Arc<dyn SharedSyncLog>) {
+    let (a, b) = (device(&log, "ann").await, device(&log, "ann").await);
+    log.push(a, vec![entry(a, "note", b"x")])
+        .await
+        .expect("push");
+    let (_, cursor) = pull_all(&log, b, 0, 10).await;
+    let again = log.pull(b, cursor, 10, None).await.expect("pull");
+    assert!(again.entries.is_empty() && !again.more);
+    assert_eq!(again.next_cursor, cursor);
+}
+
+async fn payload_bytes_round_trip_exactly(log: Arc<dyn SharedSyncLog>) {
+    let (a, b) = (device(&log, "ann").await, device(&log, "ann").await);
+    let mut payload: Vec<u8> = (0..=255u8).collect();
+    payload.extend(std::iter::repeat_n(0u8, 200_000));
+    let e = entry(a, "blob-topic/ü", &payload);
+    log.push(a, vec![e.clone()]).await.expect("push");
+    let (got, _) = pull_all(&log, b, 0, 10).await;
+    assert_eq!(got, vec![e]);
+}
+
+async fn topics_filter_a_pull(log: Arc<dyn SharedSyncLog>) {
+    let (a, b) = (device(&log, "ann").await, device(&log, "ann").await);
+    log.push(
+        a,
+        vec![
+            entry(a, "note", b"1"),
+            entry(a, "photo", b"2"),
+            entry(a, "tag", b"3"),
+        ],
+    )
+    .await
+    .expect("push");
+    let topics = vec!["note".to_owned(), "tag".to_owned()];
+    let pull = log.pull(b, 0, 100, Some(&topics)).await.expect("pull");
+    let got: Vec<&str> = pull
+        .entries
+        .iter()
+        .map(|p| p.entry.topic.as_str())
+        .collect();
+    assert_eq!(got, vec!["note", "tag"]);
+}
+
+async fn users_never_see_each_others_entries(log: Arc<dyn SharedSyncLog>) {
+    let (ann_1, ann_2) = (device(&log, "ann").await, device(&log, "ann").await);
+    let (bob_1, bob_2) = (device(&log, "bob").await, device(&log, "bob").await);
+    log.push(ann_1, vec![entry(ann_1, "note", b"ann")])
+        .await
+        .expect("push");
+    log.push(bob_1, vec![entry(bob_1, "note", b"bob")])
+        .await
+        .expect("push");
+    let (ann_sees, _) = pull_all(&log, ann_2, 0, 100).await;
+    let (bob_sees, _) = pull_all(&log, bob_2, 0, 100).await;
+    assert_eq!(
+        ann_sees
+            .iter()
+            .map(|e| e.payload.clone())
+            .collect::<Vec<_>>(),
+        vec![b"ann".to_vec()]
+    );
+    assert_eq!(
+        bob_sees
+            .iter()
+            .map(|e| e.payload.clone())
+            .collect::<Vec<_>>(),
+        vec![b"bob".to_vec()]
+    );
+    let ann_devices: BTreeSet<DeviceId> = log
+        .devices(ann_1)
+        .await
+        .expect("devices")
+        .iter()
+        .map(|d| d.device)
+        .collect();
+    assert_eq!(ann_devices, BTreeSet::from([ann_1, ann_2]));
+}
+
+async fn devices_of_a_user_are_listed_with_their_positions(log: Arc<dyn SharedSyncLog>) {
+    let (a, b) = (device(&log, "ann").await, device(&log, "ann").await);
+    log.push(a, vec![entry(a, "note", b"1"), entry(a, "note", b"2")])
+        .await
+        .expect("push");
+    let (_, cursor) = pull_all(&log, b, 0, 100).await;
+    log.ack(b, cursor).await.expect("ack");
+    let positions: HashMap<DeviceId, u64> = log
+        .devices(a)
+        .await
+        .expect("devices")
+        .iter()
+        .map(|d| (d.device, d.acked))
+        .collect();
+    assert_eq!(positions.get(&a), Some(&0));
+    assert_eq!(positions.get(&b), Some(&cursor));
+}
+
+async fn ack_never_moves_backwards(log: Arc<dyn SharedSyncLog>) {
+    let a = device(&log, "ann").await;
+    log.ack(a, 7).await.expect("ack");
+    log.ack(a, 3).await.expect("ack");
+    let acked = log.devices(a).await.expect("devices")[0].acked;
+    assert_eq!(acked, 7);
+}
+
+async fn compaction_drops_only_what_every_device_acked(log: Arc<dyn SharedSyncLog>) {
+    let (a, b, c) = (
+        device(&log, "ann").await,
+        device(&log, "ann").await,
+        device(&log, "ann").await,
+    );
+    log.push(a, (0..6u8).map(|i| entry(a, "note", &[i])).collect())
+        .await
+        .expect("push");
+    let (_, all) = pull_all(&log, b, 0, 100).await;
+    log.ack(a, all).await.expect("ack a");
+    log.ack(b, all).await.expect("ack b");
+    log.ack(c, 3).await.expect("ack c"); // c is behind
+    let dropped = log.compact("ann").await.expect("compact");
+    assert_eq!(dropped, 3, "entries up to c's position only");
+    let (rest, _) = pull_all(&log, c, 3, 100).await;
+    assert_eq!(rest.len(), 3, "c still gets what it has not seen");
+}
+
+async fn a_cursor_behind_compaction_is_told_to_run_an_initial_sync(log: Arc<dyn SharedSyncLog>) {
+    let (a, b) = (device(&log, "ann").await, device(&log, "ann").await);
+    log.push(a, (0..4u8).map(|i| entry(a, "note", &[i])).collect())
+        .await
+        .expect("push");
+    let (_, all) = pull_all(&log, b, 0, 100).await;
+    log.ack(a, all).await.expect("ack");
+    log.ack(b, all).await.expect("ack");
+    assert!(log.compact("ann").await.expect("compact") > 0);
+    let late = device(&log, "ann").await; // a new device starting from scratch
+    match log.pull(late, 0, 100, None).await {
+        Err(SharedLogError::CursorCompacted {
+            cursor: 0,
+            compacted_through,
+        }) => assert_eq!(compacted_through, all),
+        other => panic!("expected CursorCompacted, got {other:?}"),
+    }
+    // From the compaction point on, it works.
+    assert!(log.pull(late, all, 100, None).await.is_ok());
+}
+
+async fn an_unknown_device_is_refused(log: Arc<dyn SharedSyncLog>) {
+    let stranger = DeviceId::random();
+    let err = log
+        .pull(stranger, 0, 10, None)
+        .await
+        .expect_err("unknown device pulled");
+    assert!(matches!(err, SharedLogError::UnknownDevice { .. }), "{err}");
+    let err = log
+        .push(stranger, vec![entry(stranger, "x", b"x")])
+        .await
+        .expect_err("unknown device pushed");
+    assert!(matches!(err, SharedLogError::UnknownDevice { .. }), "{err}");
+}
+
+async fn a_device_cannot_push_as_another(log: Arc<dyn SharedSyncLog>) {
+    let (a, b) = (device(&log, "ann").await, device(&log, "ann").await);
+    let err = log
+        .push(a, vec![entry(b, "note", b"forged")])
+        .await
+        .expect_err("forged push accepted");
+    assert!(matches!(err, SharedLogError::WrongDevice { .. }), "{err}");
+    let (got, _) = pull_all(&log, a, 0, 100).await;
+    assert!(got.is_empty(), "nothing of the forged push was stored");
+}
+
+async fn concurrent_pushers_are_seen_exactly_once_by_every_reader(log: Arc<dyn SharedSyncLog>) {
+    let mut writers = Vec::new();
+    for _ in 0..4 {
+        writers.push(device(&log, "ann").await);
+    }
+    let reader = device(&log, "ann").await;
+    let pushes = writers.iter().map(|&w| {
+        let log = log.clone();
+        async move {
+            let mut sent = Vec::new();
+            for round in 0..10u8 {
+                let batch: Vec<SharedEntry> =
+                    (0..3u8).map(|i| entry(w, "note", &[round, i])).collect();
+                log.push(w, batch.clone()).await.expect("concurrent push");
+                sent.extend(batch.into_iter().map(|e| e.id));
+            }
+            sent
+        }
+    });
+    let reading = {
+        let log = log.clone();
+        async move {
+            let mut seen = Vec::new();
+            let mut cursor = 0;
+            for _ in 0..200 {
+                let pull = log
+                    .pull(reader, cursor, 7, None)
+                    .await
+                    .expect("concurrent pull");
+                seen.extend(pull.entries.iter().map(|p| p.entry.id));
+                cursor = pull.next_cursor;
+                tokio::task::yield_now().await;
+            }
+            (seen, cursor)
+        }
+    };
+    let (sent, (mut seen, cursor)) = futures::join!(join_all(pushes), reading);
+    let (rest, _) = pull_all(&log, reader, cursor, 7).await;
+    seen.extend(rest.iter().map(|e| e.id));
+    let sent: BTreeSet<Uuid> = sent.into_iter().flatten().collect();
+    let unique: BTreeSet<Uuid> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), seen.len(), "an entry was delivered twice");
+    assert_eq!(unique, sent, "an entry was skipped");
+}
