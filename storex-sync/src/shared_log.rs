@@ -278,13 +278,11 @@ impl SharedSyncLog for MemorySharedLog {
                     ..Pull::default()
                 };
                 let wanted = |e: &SharedEntry| topics.is_none_or(|t| t.contains(&e.topic));
-                let mut scanned = 0;
-                for (cursor, entry) in log.entries.range(after + 1..) {
+                for (scanned, (cursor, entry)) in log.entries.range(after + 1..).enumerate() {
                     if scanned == limit {
                         pull.more = true;
                         break;
                     }
-                    scanned += 1;
                     pull.next_cursor = *cursor;
                     if entry.device != device && wanted(entry) {
                         pull.entries.push(PulledEntry {
