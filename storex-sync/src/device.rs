@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use storex_core::{
-    BatchStep, Filter, Object, Operation, Pk, Query, Registry, Storage, StorageBackend,
+    BatchStep, Filter, Middleware, Object, Operation, Pk, Query, Registry, Storage, StorageBackend,
     UuidPkMiddleware, Value,
 };
 
@@ -48,12 +48,20 @@ pub struct IntegrationReport {
 pub struct SyncOptions {
     /// Collections whose writes are not synced (local-only data).
     pub excluded: Vec<String>,
+    /// Middleware of the app's, run after the sync logger (for instance a change watcher).
+    pub middleware: Vec<Arc<dyn Middleware>>,
 }
 
 impl SyncOptions {
     /// Leaves `collection` out of sync.
     pub fn exclude(mut self, collection: impl Into<String>) -> Self {
         self.excluded.push(collection.into());
+        self
+    }
+
+    /// Adds a middleware after the sync logger.
+    pub fn with_middleware(mut self, middleware: Arc<dyn Middleware>) -> Self {
+        self.middleware.push(middleware);
         self
     }
 }
@@ -82,11 +90,13 @@ impl SyncDevice {
         for collection in options.excluded {
             logger = logger.exclude(collection);
         }
-        let storage = Storage::builder_shared(registry, backend)
+        let mut builder = Storage::builder_shared(registry, backend)
             .with(UuidPkMiddleware::new())
-            .with(logger)
-            .build()
-            .await?;
+            .with(logger);
+        for middleware in options.middleware {
+            builder = builder.with_arc(middleware);
+        }
+        let storage = builder.build().await?;
         let log = ClientSyncLog::new(storage.clone());
         if let Some(hlc) = log.max_hlc().await? {
             clock.restore(hlc);

@@ -1,0 +1,151 @@
+//! A shared log that fails on purpose: at one chosen step of the next calls, once armed.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use storex_core::BoxFuture;
+use storex_sync::{
+    DeviceId, DeviceInfo, Pull, SharedEntry, SharedLogError, SharedResult, SharedSyncLog,
+};
+
+/// Where the failure happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The push never reaches the log.
+    PushLostBeforeStoring,
+    /// The log stores the push, but the reply is lost.
+    PushReplyLost,
+    /// The pull request never reaches the log.
+    PullLost,
+    /// The log answers the pull, but the reply is lost.
+    PullReplyLost,
+    /// The acknowledgement fails after everything was applied.
+    AckLost,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 5] = [
+        Fault::PushLostBeforeStoring,
+        Fault::PushReplyLost,
+        Fault::PullLost,
+        Fault::PullReplyLost,
+        Fault::AckLost,
+    ];
+
+    fn code(self) -> u8 {
+        self as u8 + 1
+    }
+}
+
+#[derive(Debug)]
+pub struct FlakySharedLog {
+    inner: Arc<dyn SharedSyncLog>,
+    armed: AtomicU8,
+    fired: AtomicBool,
+}
+
+fn lost() -> SharedLogError {
+    SharedLogError::Unavailable {
+        log: "flaky",
+        source: "injected network failure".into(),
+    }
+}
+
+impl FlakySharedLog {
+    pub fn new(inner: Arc<dyn SharedSyncLog>) -> Self {
+        FlakySharedLog {
+            inner,
+            armed: AtomicU8::new(0),
+            fired: AtomicBool::new(false),
+        }
+    }
+
+    /// Fails the next call that reaches `fault`'s step.
+    pub fn arm(&self, fault: Fault) {
+        self.fired.store(false, Ordering::SeqCst);
+        self.armed.store(fault.code(), Ordering::SeqCst);
+    }
+
+    pub fn disarm(&self) {
+        self.armed.store(0, Ordering::SeqCst);
+    }
+
+    /// Whether the armed fault fired since it was armed.
+    pub fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    fn trigger(&self, fault: Fault) -> bool {
+        let hit = self
+            .armed
+            .compare_exchange(fault.code(), 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if hit {
+            self.fired.store(true, Ordering::SeqCst);
+        }
+        hit
+    }
+}
+
+impl SharedSyncLog for FlakySharedLog {
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+
+    fn create_device<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<DeviceId>> {
+        self.inner.create_device(user)
+    }
+
+    fn devices(&self, device: DeviceId) -> BoxFuture<'_, SharedResult<Vec<DeviceInfo>>> {
+        self.inner.devices(device)
+    }
+
+    fn push(
+        &self,
+        device: DeviceId,
+        entries: Vec<SharedEntry>,
+    ) -> BoxFuture<'_, SharedResult<u64>> {
+        Box::pin(async move {
+            if self.trigger(Fault::PushLostBeforeStoring) {
+                return Err(lost());
+            }
+            let stored = self.inner.push(device, entries).await?;
+            if self.trigger(Fault::PushReplyLost) {
+                return Err(lost());
+            }
+            Ok(stored)
+        })
+    }
+
+    fn pull<'a>(
+        &'a self,
+        device: DeviceId,
+        after: u64,
+        limit: usize,
+        topics: Option<&'a [String]>,
+    ) -> BoxFuture<'a, SharedResult<Pull>> {
+        Box::pin(async move {
+            if self.trigger(Fault::PullLost) {
+                return Err(lost());
+            }
+            let pull = self.inner.pull(device, after, limit, topics).await?;
+            if self.trigger(Fault::PullReplyLost) {
+                return Err(lost());
+            }
+            Ok(pull)
+        })
+    }
+
+    fn ack(&self, device: DeviceId, cursor: u64) -> BoxFuture<'_, SharedResult<()>> {
+        Box::pin(async move {
+            if self.trigger(Fault::AckLost) {
+                return Err(lost());
+            }
+            self.inner.ack(device, cursor).await
+        })
+    }
+
+    fn compact<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<u64>> {
+        self.inner.compact(user)
+    }
+}
