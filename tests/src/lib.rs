@@ -17,9 +17,12 @@
 //! Shared logs run [`shared_log_suite`] the same way.
 
 mod backend_suite;
+pub mod devices;
 mod fixtures;
+pub mod flaky;
 mod services;
 mod shared_log_suite;
+pub mod sync_scenarios;
 
 pub use backend_suite::{backend_suite, run_backend_suite, SuiteReport};
 pub use fixtures::fixture_registry;

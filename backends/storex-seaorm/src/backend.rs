@@ -25,6 +25,73 @@ use crate::schema;
 /// How long a SQLite writer waits for another one to finish.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Opens a SeaORM connection to `url` with the settings storex uses: `sqlite::memory:` (one
+/// connection, so every query sees the same database), `sqlite://path.db?mode=rwc` (WAL,
+/// `synchronous=NORMAL`, a busy timeout so writers wait for each other), or
+/// `postgres://user@host:port/db`. Shared by every storex crate that talks SQL.
+pub async fn connect(url: &str) -> Result<DatabaseConnection> {
+    let dialect = if url.starts_with("sqlite:") {
+        Dialect::Sqlite
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Dialect::Postgres
+    } else {
+        return Err(Error::UnsupportedUrl { url: redact(url) });
+    };
+    let mut options = ConnectOptions::new(url);
+    options
+        .sqlx_logging(false)
+        .acquire_timeout(Duration::from_secs(30));
+    match dialect {
+        Dialect::Sqlite if url.contains(":memory:") || url.contains("mode=memory") => {
+            options
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None::<Duration>)
+                .max_lifetime(None::<Duration>);
+        }
+        Dialect::Sqlite => {
+            options.max_connections(4).map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(SQLITE_BUSY_TIMEOUT)
+            });
+        }
+        Dialect::Postgres => {
+            options.max_connections(10);
+        }
+    }
+    Database::connect(options)
+        .await
+        .map_err(|source| Error::Connect {
+            url: redact(url),
+            source,
+        })
+}
+
+/// The dialect of a connection, or an error for databases storex does not support.
+pub fn dialect_of(db: &DatabaseConnection) -> Result<Dialect> {
+    match db.get_database_backend() {
+        DbBackend::Sqlite => Ok(Dialect::Sqlite),
+        DbBackend::Postgres => Ok(Dialect::Postgres),
+        other => Err(Error::UnsupportedDatabase {
+            backend: format!("{other:?}"),
+        }),
+    }
+}
+
+/// Starts a transaction that writes: `BEGIN IMMEDIATE` on SQLite, so two transactions that
+/// read before writing never deadlock on the upgrade to the write lock.
+pub async fn begin_write(
+    db: &DatabaseConnection,
+) -> std::result::Result<DatabaseTransaction, DbErr> {
+    let sqlite = db.get_database_backend() == DbBackend::Sqlite;
+    let options = TransactionOptions {
+        sqlite_transaction_mode: sqlite.then_some(SqliteTransactionMode::Immediate),
+        ..TransactionOptions::default()
+    };
+    db.begin_with_options(options).await
+}
+
 /// The database behind a [`SeaOrmBackend`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -70,15 +137,7 @@ impl Shared {
     }
 
     async fn begin(&self) -> CoreResult<DatabaseTransaction> {
-        let options = TransactionOptions {
-            sqlite_transaction_mode: (self.dialect == Dialect::Sqlite)
-                .then_some(SqliteTransactionMode::Immediate),
-            ..TransactionOptions::default()
-        };
-        self.db
-            .begin_with_options(options)
-            .await
-            .map_err(|e| self.db_err(e))
+        begin_write(&self.db).await.map_err(|e| self.db_err(e))
     }
 }
 
@@ -109,43 +168,7 @@ impl SeaOrmBackend {
     /// in-memory database uses a single connection (all pooled connections would otherwise
     /// have to share it), so do not hold a transaction open while reading outside it.
     pub async fn connect(url: &str) -> Result<Self> {
-        let dialect = if url.starts_with("sqlite:") {
-            Dialect::Sqlite
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Dialect::Postgres
-        } else {
-            return Err(Error::UnsupportedUrl { url: redact(url) });
-        };
-        let mut options = ConnectOptions::new(url);
-        options
-            .sqlx_logging(false)
-            .acquire_timeout(Duration::from_secs(30));
-        match dialect {
-            Dialect::Sqlite if url.contains(":memory:") || url.contains("mode=memory") => {
-                options
-                    .max_connections(1)
-                    .min_connections(1)
-                    .idle_timeout(None::<Duration>)
-                    .max_lifetime(None::<Duration>);
-            }
-            Dialect::Sqlite => {
-                options.max_connections(4).map_sqlx_sqlite_opts(|o| {
-                    o.journal_mode(SqliteJournalMode::Wal)
-                        .synchronous(SqliteSynchronous::Normal)
-                        .busy_timeout(SQLITE_BUSY_TIMEOUT)
-                });
-            }
-            Dialect::Postgres => {
-                options.max_connections(10);
-            }
-        }
-        let db = Database::connect(options)
-            .await
-            .map_err(|source| Error::Connect {
-                url: redact(url),
-                source,
-            })?;
-        Self::new(db)
+        Self::new(connect(url).await?)
     }
 
     /// Opens (creating it if needed) the SQLite database file at `path`.
@@ -155,15 +178,7 @@ impl SeaOrmBackend {
 
     /// Wraps a connection the app already has (for instance its SeaORM data layer's).
     pub fn new(db: DatabaseConnection) -> Result<Self> {
-        let dialect = match db.get_database_backend() {
-            DbBackend::Sqlite => Dialect::Sqlite,
-            DbBackend::Postgres => Dialect::Postgres,
-            other => {
-                return Err(Error::UnsupportedDatabase {
-                    backend: format!("{other:?}"),
-                })
-            }
-        };
+        let dialect = dialect_of(&db)?;
         Ok(SeaOrmBackend {
             shared: Arc::new(Shared {
                 db,

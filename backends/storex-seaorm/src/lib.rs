@@ -17,7 +17,7 @@ mod schema;
 mod sql;
 mod values;
 
-pub use backend::{Dialect, SeaOrmBackend};
+pub use backend::{begin_write, connect, dialect_of, Dialect, SeaOrmBackend};
 pub use entity::collection_from_entity;
 pub use error::{Error, Result};
 

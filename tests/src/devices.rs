@@ -1,9 +1,5 @@
-//! Shared setup of the end-to-end sync tests: devices on SQLite files syncing through one
-//! shared log, and helpers to write, sync and compare them.
-
-#![allow(dead_code, unreachable_pub)] // each test file uses a different part of this
-
-pub mod flaky;
+//! Devices of one user on SQLite files, syncing through one shared log, with helpers to
+//! write, sync and compare them: the setup of the end-to-end sync scenarios.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,6 +15,7 @@ use storex_sync::{
 };
 
 /// `note` (text key, title) and `photo` (text key, caption).
+/// The registry of the scenarios.
 pub fn registry() -> Registry {
     Registry::builder()
         .collection(
@@ -59,6 +56,7 @@ impl Middleware for FailCursorStore {
 }
 
 /// Devices of one user, each on its own SQLite file, around one shared log.
+#[derive(Debug)]
 pub struct Devices {
     log: Arc<dyn SharedSyncLog>,
     dir: tempfile::TempDir,
@@ -67,6 +65,7 @@ pub struct Devices {
 }
 
 impl Devices {
+    /// No devices yet, around `log`.
     pub async fn new(log: Arc<dyn SharedSyncLog>) -> Self {
         Devices {
             log,
@@ -76,10 +75,12 @@ impl Devices {
         }
     }
 
+    /// Adds a device with default options; returns its index.
     pub async fn add(&mut self) -> usize {
         self.add_with(ContinuousOptions::default()).await
     }
 
+    /// Adds a device with `options`; returns its index.
     pub async fn add_with(&mut self, options: ContinuousOptions) -> usize {
         let index = self.syncs.len();
         let id = self
@@ -107,14 +108,17 @@ impl Devices {
         index
     }
 
+    /// The device at `index`.
     pub fn device(&self, index: usize) -> &SyncDevice {
         self.syncs[index].device()
     }
 
+    /// Makes the device's next cursor store fail (and with it the whole page).
     pub fn fail_next_cursor_store(&self, index: usize) {
         self.saboteurs[index].armed.store(true, Ordering::SeqCst);
     }
 
+    /// Creates a note.
     pub async fn note(&self, index: usize, id: &str, title: &str) {
         self.device(index)
             .storage()
@@ -123,6 +127,7 @@ impl Devices {
             .expect("create note");
     }
 
+    /// Creates a photo.
     pub async fn photo(&self, index: usize, id: &str) {
         self.device(index)
             .storage()
@@ -131,6 +136,7 @@ impl Devices {
             .expect("create photo");
     }
 
+    /// Changes a note's title.
     pub async fn set_title(&self, index: usize, id: &str, title: &str) {
         self.device(index)
             .storage()
@@ -139,6 +145,7 @@ impl Devices {
             .expect("update note");
     }
 
+    /// Deletes a note.
     pub async fn delete(&self, index: usize, id: &str) {
         self.device(index)
             .storage()
@@ -147,6 +154,7 @@ impl Devices {
             .expect("delete note");
     }
 
+    /// A note's title, if the note exists.
     pub async fn title(&self, index: usize, id: &str) -> Option<String> {
         self.device(index)
             .storage()
@@ -156,6 +164,7 @@ impl Devices {
             .and_then(|row| row.get("title").and_then(Value::as_text).map(str::to_owned))
     }
 
+    /// How many notes the device has.
     pub async fn count(&self, index: usize) -> u64 {
         self.device(index)
             .storage()
@@ -164,10 +173,12 @@ impl Devices {
             .expect("count")
     }
 
+    /// One sync of the device.
     pub async fn try_sync(&self, index: usize) -> storex_sync::Result<SyncReport> {
         self.syncs[index].sync_once().await
     }
 
+    /// One sync of the device, which must succeed.
     pub async fn sync(&self, index: usize) -> SyncReport {
         self.try_sync(index).await.expect("sync")
     }
@@ -181,6 +192,7 @@ impl Devices {
         }
     }
 
+    /// Panics unless every device holds the same notes.
     pub async fn assert_converged(&self, indices: &[usize]) {
         let first = self
             .device(indices[0])

@@ -1,4 +1,4 @@
-//! A shared log that fails on purpose: at one chosen step of the next calls, once armed.
+//! A shared log that fails on purpose, at one chosen step, once armed: for fault-injection tests.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -24,6 +24,7 @@ pub enum Fault {
 }
 
 impl Fault {
+    /// Every fault.
     pub const ALL: [Fault; 5] = [
         Fault::PushLostBeforeStoring,
         Fault::PushReplyLost,
@@ -37,6 +38,7 @@ impl Fault {
     }
 }
 
+/// Wraps a shared log and fails the armed step once.
 #[derive(Debug)]
 pub struct FlakySharedLog {
     inner: Arc<dyn SharedSyncLog>,
@@ -52,6 +54,7 @@ fn lost() -> SharedLogError {
 }
 
 impl FlakySharedLog {
+    /// Wraps `inner`.
     pub fn new(inner: Arc<dyn SharedSyncLog>) -> Self {
         FlakySharedLog {
             inner,
@@ -66,6 +69,7 @@ impl FlakySharedLog {
         self.armed.store(fault.code(), Ordering::SeqCst);
     }
 
+    /// Fails nothing.
     pub fn disarm(&self) {
         self.armed.store(0, Ordering::SeqCst);
     }

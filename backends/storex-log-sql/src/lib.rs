@@ -1,0 +1,23 @@
+//! storex-log-sql: [`SqlSharedLog`], the storex shared sync log in a SQL database through
+//! SeaORM: a SQLite file for devices on one machine, PostgreSQL for a server many devices share.
+//!
+//! ## Tables
+//! - `storex_shared_users (user_name PK, next_cursor, compacted_through)`: one row per user;
+//!   the cursor counter and how far the log was compacted.
+//! - `storex_shared_devices (device PK, user_name, acked)`: registered devices and the cursor
+//!   each acknowledged.
+//! - `storex_shared_entries (user_name, cursor, id UNIQUE, device, topic, payload)`, keyed by
+//!   `(user_name, cursor)`: the entries, opaque payloads with their routing fields.
+//!
+//! ## Why a reader never skips an entry
+//! A push locks its user's counter row (`UPDATE … SET next_cursor = next_cursor + n`, which
+//! PostgreSQL holds until commit and SQLite's single writer serializes anyway), takes its
+//! cursors from it, inserts the entries and commits. So pushes of one user commit in cursor
+//! order: once an entry with cursor `c` is visible, every entry below `c` is too. A pull first
+//! reads the committed counter `H`, then returns entries with cursors in `(after, H]`; an
+//! entry committing later gets a cursor above `H` and is found by the next pull. Cursors come
+//! from the log alone, never from device clocks.
+
+mod log;
+
+pub use log::SqlSharedLog;

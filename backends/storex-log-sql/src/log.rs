@@ -1,0 +1,501 @@
+//! [`SqlSharedLog`]: the shared-log operations as SQL statements built with sea-query.
+
+use std::collections::HashSet;
+
+use sea_orm::sea_query::{
+    Alias, ColumnDef, Expr, ExprTrait, Func, Index, OnConflict, Order, Query, SimpleExpr, Table,
+    Value as SqlValue,
+};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, QueryResult};
+use storex_core::uuid::Uuid;
+use storex_core::BoxFuture;
+use storex_seaorm::{begin_write, connect, dialect_of, Dialect};
+use storex_sync::{
+    DeviceId, DeviceInfo, Pull, PulledEntry, SharedEntry, SharedLogError, SharedResult,
+    SharedSyncLog,
+};
+
+const USERS: &str = "storex_shared_users";
+const DEVICES: &str = "storex_shared_devices";
+const ENTRIES: &str = "storex_shared_entries";
+/// Largest number of ids in one `IN (…)` lookup.
+const LOOKUP_CHUNK: usize = 500;
+/// Rows per multi-row INSERT (6 parameters each, within SQLite's 32,766).
+const INSERT_CHUNK: usize = 1_000;
+
+fn id(name: &str) -> Alias {
+    Alias::new(name)
+}
+
+fn col(name: &str) -> SimpleExpr {
+    Expr::col(Alias::new(name)).into()
+}
+
+fn cursor_value(cursor: u64) -> SqlValue {
+    SqlValue::BigInt(Some(i64::try_from(cursor).unwrap_or(i64::MAX)))
+}
+
+fn as_cursor(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// A shared sync log in a SQL database (SQLite or PostgreSQL).
+#[derive(Clone, Debug)]
+pub struct SqlSharedLog {
+    db: DatabaseConnection,
+    dialect: Dialect,
+}
+
+impl SqlSharedLog {
+    /// Connects to `url` (see [`storex_seaorm::connect`]) and creates the log's tables if they
+    /// are missing.
+    pub async fn connect(url: &str) -> Result<Self, storex_seaorm::Error> {
+        Self::new(connect(url).await?).await
+    }
+
+    /// Uses an open connection, creating the log's tables if they are missing.
+    pub async fn new(db: DatabaseConnection) -> Result<Self, storex_seaorm::Error> {
+        let dialect = dialect_of(&db)?;
+        let log = SqlSharedLog { db, dialect };
+        log.create_tables().await.map_err(|e| {
+            storex_seaorm::Error::Storage(storex_core::Error::backend(log.name(), e))
+        })?;
+        Ok(log)
+    }
+
+    /// The connection.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    async fn create_tables(&self) -> Result<(), DbErr> {
+        let users = Table::create()
+            .table(id(USERS))
+            .if_not_exists()
+            .col(
+                ColumnDef::new(id("user_name"))
+                    .text()
+                    .not_null()
+                    .primary_key(),
+            )
+            .col(ColumnDef::new(id("next_cursor")).big_integer().not_null())
+            .col(
+                ColumnDef::new(id("compacted_through"))
+                    .big_integer()
+                    .not_null(),
+            )
+            .to_owned();
+        let devices = Table::create()
+            .table(id(DEVICES))
+            .if_not_exists()
+            .col(ColumnDef::new(id("device")).uuid().not_null().primary_key())
+            .col(ColumnDef::new(id("user_name")).text().not_null())
+            .col(ColumnDef::new(id("acked")).big_integer().not_null())
+            .to_owned();
+        let entries = Table::create()
+            .table(id(ENTRIES))
+            .if_not_exists()
+            .col(ColumnDef::new(id("user_name")).text().not_null())
+            .col(ColumnDef::new(id("cursor")).big_integer().not_null())
+            .col(ColumnDef::new(id("id")).uuid().not_null())
+            .col(ColumnDef::new(id("device")).uuid().not_null())
+            .col(ColumnDef::new(id("topic")).text().not_null())
+            .col(ColumnDef::new(id("payload")).blob().not_null())
+            .primary_key(Index::create().col(id("user_name")).col(id("cursor")))
+            .to_owned();
+        let entry_ids = Index::create()
+            .if_not_exists()
+            .name("storex_shared_entries_id_key")
+            .table(id(ENTRIES))
+            .col(id("id"))
+            .unique()
+            .to_owned();
+        let device_users = Index::create()
+            .if_not_exists()
+            .name("storex_shared_devices_user_idx")
+            .table(id(DEVICES))
+            .col(id("user_name"))
+            .to_owned();
+        self.db.execute(&users).await?;
+        self.db.execute(&devices).await?;
+        self.db.execute(&entries).await?;
+        self.db.execute(&entry_ids).await?;
+        self.db.execute(&device_users).await?;
+        Ok(())
+    }
+
+    fn unavailable(&self, e: DbErr) -> SharedLogError {
+        SharedLogError::Unavailable {
+            log: self.name(),
+            source: Box::new(e),
+        }
+    }
+
+    fn corrupt(&self, what: &str) -> SharedLogError {
+        SharedLogError::Unavailable {
+            log: self.name(),
+            source: format!("the shared log's tables hold a bad {what}").into(),
+        }
+    }
+
+    /// The user a device belongs to.
+    async fn user_of<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        device: DeviceId,
+    ) -> SharedResult<String> {
+        let query = Query::select()
+            .column(id("user_name"))
+            .from(id(DEVICES))
+            .and_where(col("device").eq(device.0))
+            .to_owned();
+        let row = conn
+            .query_one(&query)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        match row {
+            Some(row) => row
+                .try_get::<String>("", "user_name")
+                .map_err(|e| self.unavailable(e)),
+            None => Err(SharedLogError::UnknownDevice { device }),
+        }
+    }
+
+    /// `(next_cursor, compacted_through)` of a user.
+    async fn counters<C: ConnectionTrait>(&self, conn: &C, user: &str) -> SharedResult<(u64, u64)> {
+        let query = Query::select()
+            .columns([id("next_cursor"), id("compacted_through")])
+            .from(id(USERS))
+            .and_where(col("user_name").eq(user))
+            .to_owned();
+        let Some(row) = conn
+            .query_one(&query)
+            .await
+            .map_err(|e| self.unavailable(e))?
+        else {
+            return Ok((0, 0));
+        };
+        let next: i64 = row
+            .try_get("", "next_cursor")
+            .map_err(|e| self.unavailable(e))?;
+        let compacted: i64 = row
+            .try_get("", "compacted_through")
+            .map_err(|e| self.unavailable(e))?;
+        Ok((as_cursor(next), as_cursor(compacted)))
+    }
+
+    fn read_pulled(&self, row: &QueryResult) -> SharedResult<PulledEntry> {
+        let get_err = |_| self.corrupt("entry");
+        let cursor: i64 = row.try_get("", "cursor").map_err(get_err)?;
+        Ok(PulledEntry {
+            cursor: as_cursor(cursor),
+            entry: SharedEntry {
+                id: row.try_get::<Uuid>("", "id").map_err(get_err)?,
+                device: DeviceId(row.try_get::<Uuid>("", "device").map_err(get_err)?),
+                topic: row.try_get("", "topic").map_err(get_err)?,
+                payload: row.try_get("", "payload").map_err(get_err)?,
+            },
+        })
+    }
+
+    async fn push_in(&self, device: DeviceId, entries: Vec<SharedEntry>) -> SharedResult<u64> {
+        let txn = begin_write(&self.db)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let user = self.user_of(&txn, device).await?;
+        // Lock the user's counter first: pushes of one user now run one after the other.
+        let lock = Query::update()
+            .table(id(USERS))
+            .value(id("next_cursor"), col("next_cursor"))
+            .and_where(col("user_name").eq(user.as_str()))
+            .to_owned();
+        txn.execute(&lock).await.map_err(|e| self.unavailable(e))?;
+        let mut stored = HashSet::new();
+        let ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
+        for chunk in ids.chunks(LOOKUP_CHUNK) {
+            let query = Query::select()
+                .column(id("id"))
+                .from(id(ENTRIES))
+                .and_where(col("id").is_in(chunk.iter().copied()))
+                .to_owned();
+            for row in txn
+                .query_all(&query)
+                .await
+                .map_err(|e| self.unavailable(e))?
+            {
+                stored.insert(
+                    row.try_get::<Uuid>("", "id")
+                        .map_err(|_| self.corrupt("entry id"))?,
+                );
+            }
+        }
+        let mut fresh = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if stored.insert(entry.id) {
+                fresh.push(entry);
+            }
+        }
+        if fresh.is_empty() {
+            txn.commit().await.map_err(|e| self.unavailable(e))?;
+            return Ok(0);
+        }
+        let count = i64::try_from(fresh.len()).unwrap_or(i64::MAX);
+        let allocate = Query::update()
+            .table(id(USERS))
+            .value(id("next_cursor"), col("next_cursor").add(count))
+            .and_where(col("user_name").eq(user.as_str()))
+            .to_owned();
+        txn.execute(&allocate)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let (last, _) = self.counters(&txn, &user).await?;
+        let first = last + 1 - fresh.len() as u64;
+        for (chunk_index, chunk) in fresh.chunks(INSERT_CHUNK).enumerate() {
+            let mut insert = Query::insert();
+            insert.into_table(id(ENTRIES)).columns([
+                id("user_name"),
+                id("cursor"),
+                id("id"),
+                id("device"),
+                id("topic"),
+                id("payload"),
+            ]);
+            for (offset, entry) in chunk.iter().enumerate() {
+                let cursor = first + (chunk_index * INSERT_CHUNK + offset) as u64;
+                insert.values_panic([
+                    Expr::val(user.as_str()),
+                    Expr::val(cursor_value(cursor)),
+                    Expr::val(entry.id),
+                    Expr::val(entry.device.0),
+                    Expr::val(entry.topic.as_str()),
+                    Expr::val(entry.payload.clone()),
+                ]);
+            }
+            txn.execute(&insert)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+        }
+        txn.commit().await.map_err(|e| self.unavailable(e))?;
+        Ok(last)
+    }
+}
+
+impl SharedSyncLog for SqlSharedLog {
+    fn name(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Postgres => "sql-postgres",
+            _ => "sql-sqlite",
+        }
+    }
+
+    fn create_device<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<DeviceId>> {
+        Box::pin(async move {
+            if user.is_empty() {
+                return Err(SharedLogError::Invalid {
+                    problem: "a user name cannot be empty".into(),
+                });
+            }
+            let device = DeviceId::random();
+            let txn = begin_write(&self.db)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            let new_user = Query::insert()
+                .into_table(id(USERS))
+                .columns([id("user_name"), id("next_cursor"), id("compacted_through")])
+                .values_panic([Expr::val(user), Expr::val(0i64), Expr::val(0i64)])
+                .on_conflict(OnConflict::column(id("user_name")).do_nothing().to_owned())
+                .to_owned();
+            txn.execute(&new_user)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            let new_device = Query::insert()
+                .into_table(id(DEVICES))
+                .columns([id("device"), id("user_name"), id("acked")])
+                .values_panic([Expr::val(device.0), Expr::val(user), Expr::val(0i64)])
+                .to_owned();
+            txn.execute(&new_device)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            txn.commit().await.map_err(|e| self.unavailable(e))?;
+            Ok(device)
+        })
+    }
+
+    fn devices(&self, device: DeviceId) -> BoxFuture<'_, SharedResult<Vec<DeviceInfo>>> {
+        Box::pin(async move {
+            let user = self.user_of(&self.db, device).await?;
+            let query = Query::select()
+                .columns([id("device"), id("acked")])
+                .from(id(DEVICES))
+                .and_where(col("user_name").eq(user.as_str()))
+                .order_by(id("device"), Order::Asc)
+                .to_owned();
+            let rows = self
+                .db
+                .query_all(&query)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            rows.iter()
+                .map(|row| {
+                    let device: Uuid = row
+                        .try_get("", "device")
+                        .map_err(|_| self.corrupt("device"))?;
+                    let acked: i64 = row
+                        .try_get("", "acked")
+                        .map_err(|_| self.corrupt("device"))?;
+                    Ok(DeviceInfo {
+                        device: DeviceId(device),
+                        acked: as_cursor(acked),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn push(
+        &self,
+        device: DeviceId,
+        entries: Vec<SharedEntry>,
+    ) -> BoxFuture<'_, SharedResult<u64>> {
+        Box::pin(async move {
+            if let Some(other) = entries.iter().find(|e| e.device != device) {
+                // Refuse before touching anything; an unknown device is reported as such.
+                self.user_of(&self.db, device).await?;
+                return Err(SharedLogError::WrongDevice {
+                    device,
+                    other: other.device,
+                });
+            }
+            self.push_in(device, entries).await
+        })
+    }
+
+    fn pull<'a>(
+        &'a self,
+        device: DeviceId,
+        after: u64,
+        limit: usize,
+        topics: Option<&'a [String]>,
+    ) -> BoxFuture<'a, SharedResult<Pull>> {
+        Box::pin(async move {
+            let user = self.user_of(&self.db, device).await?;
+            // Read the committed counter first: entries committing later get cursors above it.
+            let (high, compacted) = self.counters(&self.db, &user).await?;
+            if after < compacted {
+                return Err(SharedLogError::CursorCompacted {
+                    cursor: after,
+                    compacted_through: compacted,
+                });
+            }
+            let mut query = Query::select();
+            query
+                .columns([
+                    id("cursor"),
+                    id("id"),
+                    id("device"),
+                    id("topic"),
+                    id("payload"),
+                ])
+                .from(id(ENTRIES))
+                .and_where(col("user_name").eq(user.as_str()))
+                .and_where(col("cursor").gt(cursor_value(after)))
+                .and_where(col("cursor").lte(cursor_value(high)))
+                .and_where(col("device").ne(device.0))
+                .order_by(id("cursor"), Order::Asc)
+                .limit(limit as u64 + 1);
+            if let Some(topics) = topics {
+                if topics.is_empty() {
+                    return Ok(Pull {
+                        entries: Vec::new(),
+                        next_cursor: Ord::max(high, after),
+                        more: false,
+                    });
+                }
+                query.and_where(col("topic").is_in(topics.iter().map(String::as_str)));
+            }
+            let rows = self
+                .db
+                .query_all(&query)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            let more = rows.len() > limit;
+            let entries = rows
+                .iter()
+                .take(limit)
+                .map(|row| self.read_pulled(row))
+                .collect::<SharedResult<Vec<_>>>()?;
+            let next_cursor = match (more, entries.last()) {
+                (true, Some(last)) => last.cursor,
+                _ => Ord::max(high, after),
+            };
+            Ok(Pull {
+                entries,
+                next_cursor,
+                more,
+            })
+        })
+    }
+
+    fn ack(&self, device: DeviceId, cursor: u64) -> BoxFuture<'_, SharedResult<()>> {
+        Box::pin(async move {
+            self.user_of(&self.db, device).await?;
+            let update = Query::update()
+                .table(id(DEVICES))
+                .value(id("acked"), Expr::val(cursor_value(cursor)))
+                .and_where(col("device").eq(device.0))
+                .and_where(col("acked").lt(cursor_value(cursor)))
+                .to_owned();
+            self.db
+                .execute(&update)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            Ok(())
+        })
+    }
+
+    fn compact<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<u64>> {
+        Box::pin(async move {
+            let txn = begin_write(&self.db)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            let min_acked = Query::select()
+                .expr_as(Func::min(col("acked")), id("through"))
+                .from(id(DEVICES))
+                .and_where(col("user_name").eq(user))
+                .to_owned();
+            let through: Option<i64> = match txn
+                .query_one(&min_acked)
+                .await
+                .map_err(|e| self.unavailable(e))?
+            {
+                Some(row) => row
+                    .try_get("", "through")
+                    .map_err(|_| self.corrupt("position"))?,
+                None => None,
+            };
+            let Some(through) = through.filter(|t| *t > 0) else {
+                txn.commit().await.map_err(|e| self.unavailable(e))?;
+                return Ok(0);
+            };
+            let delete = Query::delete()
+                .from_table(id(ENTRIES))
+                .and_where(col("user_name").eq(user))
+                .and_where(col("cursor").lte(through))
+                .to_owned();
+            let dropped = txn
+                .execute(&delete)
+                .await
+                .map_err(|e| self.unavailable(e))?
+                .rows_affected();
+            let mark = Query::update()
+                .table(id(USERS))
+                .value(id("compacted_through"), Expr::val(through))
+                .and_where(col("user_name").eq(user))
+                .and_where(col("compacted_through").lt(through))
+                .to_owned();
+            txn.execute(&mark).await.map_err(|e| self.unavailable(e))?;
+            txn.commit().await.map_err(|e| self.unavailable(e))?;
+            Ok(dropped)
+        })
+    }
+}

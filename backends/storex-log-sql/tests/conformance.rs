@@ -1,0 +1,102 @@
+//! SqlSharedLog passes the shared-log conformance suite and every end-to-end sync scenario,
+//! on SQLite (in memory and in a file) and on PostgreSQL.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use storex_log_sql::SqlSharedLog;
+use storex_sync::SharedSyncLog;
+use storex_test::{shared_log_suite, sync_scenarios};
+
+static FILES: AtomicU32 = AtomicU32::new(0);
+
+fn sqlite_file(dir: &std::path::Path) -> String {
+    let n = FILES.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "sqlite://{}?mode=rwc",
+        dir.join(format!("shared-{n}.db")).display()
+    )
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_passes_the_shared_log_suite() {
+    shared_log_suite(|| async {
+        SqlSharedLog::connect("sqlite::memory:")
+            .await
+            .expect("connect")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_file_passes_the_shared_log_suite() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    shared_log_suite(|| {
+        let url = sqlite_file(dir.path());
+        async move { SqlSharedLog::connect(&url).await.expect("connect") }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_file_passes_every_sync_scenario() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().to_owned();
+    let make = move || -> BoxFuture<'static, Arc<dyn SharedSyncLog>> {
+        let url = sqlite_file(&path);
+        async move {
+            Arc::new(SqlSharedLog::connect(&url).await.expect("connect")) as Arc<dyn SharedSyncLog>
+        }
+        .boxed()
+    };
+    for (name, scenario) in sync_scenarios::all() {
+        eprintln!("scenario: {name}");
+        scenario(&make).await;
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+
+    fn factory(server: String) -> impl Fn() -> BoxFuture<'static, Arc<dyn SharedSyncLog>> + Sync {
+        move || {
+            let server = server.clone();
+            async move {
+                let url = storex_test::fresh_postgres_database(&server).await;
+                Arc::new(SqlSharedLog::connect(&url).await.expect("connect"))
+                    as Arc<dyn SharedSyncLog>
+            }
+            .boxed()
+        }
+    }
+
+    #[tokio::test]
+    async fn postgres_passes_the_shared_log_suite() {
+        let Some(server) = storex_test::postgres_url() else {
+            return;
+        };
+        shared_log_suite(|| {
+            let server = server.clone();
+            async move {
+                let url = storex_test::fresh_postgres_database(&server).await;
+                SqlSharedLog::connect(&url).await.expect("connect")
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn postgres_passes_every_sync_scenario() {
+        let Some(server) = storex_test::postgres_url() else {
+            return;
+        };
+        let make = factory(server);
+        for (name, scenario) in sync_scenarios::all() {
+            eprintln!("scenario: {name}");
+            scenario(&make).await;
+        }
+    }
+}
