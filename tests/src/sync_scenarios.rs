@@ -14,11 +14,11 @@ use crate::flaky::{Fault, FlakySharedLog};
 /// Makes a fresh, empty shared log.
 pub type LogFactory<'a> = &'a (dyn Fn() -> BoxFuture<'static, Arc<dyn SharedSyncLog>> + Sync);
 
+/// One scenario, run against the logs a factory makes.
+pub type Scenario = for<'a> fn(LogFactory<'a>) -> BoxFuture<'a, ()>;
+
 /// Every scenario, by name, for a crate to run them all.
-pub fn all() -> Vec<(
-    &'static str,
-    for<'a> fn(LogFactory<'a>) -> BoxFuture<'a, ()>,
-)> {
+pub fn all() -> Vec<(&'static str, Scenario)> {
     use futures::FutureExt;
     vec![
         ("a_write_on_one_device_reaches_the_other", |make| {

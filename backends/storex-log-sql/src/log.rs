@@ -28,7 +28,7 @@ fn id(name: &str) -> Alias {
 }
 
 fn col(name: &str) -> SimpleExpr {
-    Expr::col(Alias::new(name)).into()
+    Expr::col(Alias::new(name))
 }
 
 fn cursor_value(cursor: u64) -> SqlValue {
