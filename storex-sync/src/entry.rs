@@ -88,7 +88,7 @@ pub(crate) fn log_collection() -> CollectionDef {
         .field("integrated", FieldType::Bool)
         .primary_key(["id"])
         .index(["collection", "pk"])
-        .index(["shared"])
+        .index(["shared", "hlc"])
 }
 
 /// The name of the collection holding sync state (the shared-log cursor).

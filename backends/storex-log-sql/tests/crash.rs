@@ -7,10 +7,14 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use storex_core::{object, BatchStep, CollectionDef, FieldType, Filter, Operation, Registry, StorageBackend};
+use storex_core::{
+    object, BatchStep, CollectionDef, FieldType, Filter, Operation, Registry, StorageBackend,
+};
 use storex_log_sql::SqlSharedLog;
 use storex_seaorm::SeaOrmBackend;
-use storex_sync::{Clock, ContinuousOptions, ContinuousSync, DeviceId, SharedSyncLog, SyncDevice, SyncOptions};
+use storex_sync::{
+    Clock, ContinuousOptions, ContinuousSync, DeviceId, SharedSyncLog, SyncDevice, SyncOptions,
+};
 
 const CHILD_DIR: &str = "STOREX_CRASH_SYNC_DIR";
 const CHILD_DEVICE: &str = "STOREX_CRASH_SYNC_DEVICE";
@@ -34,8 +38,11 @@ fn shared_url(dir: &Path) -> String {
 }
 
 async fn open_device(dir: &Path, name: &str, id: DeviceId) -> SyncDevice {
-    let backend: Arc<dyn StorageBackend> =
-        Arc::new(SeaOrmBackend::open_sqlite_file(dir.join(name)).await.expect("open device file"));
+    let backend: Arc<dyn StorageBackend> = Arc::new(
+        SeaOrmBackend::open_sqlite_file(dir.join(name))
+            .await
+            .expect("open device file"),
+    );
     SyncDevice::open(registry(), backend, Clock::new(id), SyncOptions::default())
         .await
         .expect("device")
@@ -43,8 +50,16 @@ async fn open_device(dir: &Path, name: &str, id: DeviceId) -> SyncDevice {
 
 async fn syncer(dir: &Path, name: &str, id: DeviceId) -> ContinuousSync {
     let device = open_device(dir, name, id).await;
-    let log: Arc<dyn SharedSyncLog> = Arc::new(SqlSharedLog::connect(&shared_url(dir)).await.expect("shared log"));
-    ContinuousSync::new(device, log, ContinuousOptions::default().with_batch_size(PAGE))
+    let log: Arc<dyn SharedSyncLog> = Arc::new(
+        SqlSharedLog::connect(&shared_url(dir))
+            .await
+            .expect("shared log"),
+    );
+    ContinuousSync::new(
+        device,
+        log,
+        ContinuousOptions::default().with_batch_size(PAGE),
+    )
 }
 
 /// Run as a child process by the test below: syncs device B until killed.
@@ -64,7 +79,9 @@ async fn crash_child_syncing_device() {
 async fn a_device_killed_mid_sync_resumes_without_loss_or_duplicates() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let path: PathBuf = dir.path().to_owned();
-    let shared = SqlSharedLog::connect(&shared_url(&path)).await.expect("shared log");
+    let shared = SqlSharedLog::connect(&shared_url(&path))
+        .await
+        .expect("shared log");
     let (a_id, b_id) = (
         shared.create_device("ann").await.expect("register a"),
         shared.create_device("ann").await.expect("register b"),
@@ -72,7 +89,12 @@ async fn a_device_killed_mid_sync_resumes_without_loss_or_duplicates() {
     let a = syncer(&path, "a.db", a_id).await;
     for batch in 0..NOTES / 1_000 {
         let steps = (0..1_000)
-            .map(|i| BatchStep::new(Operation::create("note", object! { "title" => format!("note {batch}-{i}") })))
+            .map(|i| {
+                BatchStep::new(Operation::create(
+                    "note",
+                    object! { "title" => format!("note {batch}-{i}") },
+                ))
+            })
             .collect();
         a.device().storage().batch(steps).await.expect("write");
     }
@@ -90,11 +112,18 @@ async fn a_device_killed_mid_sync_resumes_without_loss_or_duplicates() {
     let watcher = open_device(&path, "b.db", b_id).await;
     let mut waited = Duration::ZERO;
     loop {
-        let count = watcher.storage().count("note", Filter::all()).await.expect("count");
+        let count = watcher
+            .storage()
+            .count("note", Filter::all())
+            .await
+            .expect("count");
         if count >= (2 * PAGE) as u64 {
             break;
         }
-        assert!(waited < Duration::from_secs(60), "the child made no progress");
+        assert!(
+            waited < Duration::from_secs(60),
+            "the child made no progress"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
         waited += Duration::from_millis(5);
     }
@@ -103,15 +132,27 @@ async fn a_device_killed_mid_sync_resumes_without_loss_or_duplicates() {
     drop(watcher);
 
     let b = syncer(&path, "b.db", b_id).await;
-    let applied = b.device().storage().count("note", Filter::all()).await.expect("count");
+    let applied = b
+        .device()
+        .storage()
+        .count("note", Filter::all())
+        .await
+        .expect("count");
     let cursor = b.cursor().await.expect("cursor");
     println!("killed after {applied} notes, cursor {cursor}");
-    assert_eq!(applied % PAGE as u64, 0, "a page was half applied: {applied} notes");
+    assert_eq!(
+        applied % PAGE as u64,
+        0,
+        "a page was half applied: {applied} notes"
+    );
     assert_eq!(cursor, applied, "the cursor and the applied pages disagree");
     let report = b.sync_once().await.expect("resume");
     assert_eq!(report.duplicates, 0, "entries applied twice");
     assert_eq!(report.integrated + applied, NOTES as u64);
-    assert_eq!(b.device().digest("note").await.expect("digest"), a.device().digest("note").await.expect("digest"));
+    assert_eq!(
+        b.device().digest("note").await.expect("digest"),
+        a.device().digest("note").await.expect("digest")
+    );
     let log = b.device().log().len().await.expect("log");
     assert_eq!(log, NOTES as u64, "every entry stored exactly once");
 }

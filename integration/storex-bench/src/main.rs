@@ -4,6 +4,7 @@
 //!
 //! Run with `cargo run --release -p storex-bench -- <suite>`.
 
+mod continuous_suite;
 mod core_suite;
 mod report;
 mod seaorm_suite;
@@ -30,6 +31,8 @@ enum Suite {
     Seaorm,
     /// Logged writes against unlogged ones, and reconcile+apply throughput, on SQLite files.
     Synclog,
+    /// Push and pull+apply through the SQL shared log on SQLite, and one write's travel time.
+    Continuous,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -44,6 +47,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Suite::Core => runtime.block_on(core_suite::run(args.ops.unwrap_or(100_000)))?,
         Suite::Seaorm => runtime.block_on(seaorm_suite::run(args.ops.unwrap_or(2_000)))?,
         Suite::Synclog => runtime.block_on(synclog_suite::run(args.ops.unwrap_or(2_000)))?,
+        Suite::Continuous => {
+            runtime.block_on(continuous_suite::run(args.ops.unwrap_or(100_000)))?
+        }
     }
     Ok(())
 }

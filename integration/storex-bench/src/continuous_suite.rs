@@ -1,0 +1,121 @@
+//! Suite `continuous`: entries through the SQL shared log on a SQLite file, end to end.
+//!
+//! Device A writes `ops` notes (not timed), then pushes them; device B pulls and applies
+//! them: entries per second for the push, for the pull+apply, and for both together
+//! (target: 50,000). Then one write's travel time from A to B: A writes one note, A syncs,
+//! B syncs; the median of 20 trips.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use storex_core::{
+    object, BatchStep, CollectionDef, FieldType, Operation, Registry, StorageBackend,
+};
+use storex_log_sql::SqlSharedLog;
+use storex_seaorm::SeaOrmBackend;
+use storex_sync::{
+    Clock, ContinuousOptions, ContinuousSync, SharedSyncLog, SyncDevice, SyncOptions,
+};
+
+use crate::report::{figure, rate, BoxError};
+
+const TRIPS: usize = 20;
+
+fn registry() -> Result<Registry, BoxError> {
+    Ok(Registry::builder()
+        .collection(
+            CollectionDef::new("note")
+                .field("id", FieldType::Uuid)
+                .field("title", FieldType::Text)
+                .field("stars", FieldType::Int)
+                .primary_key(["id"]),
+        )
+        .build()?)
+}
+
+async fn device(
+    dir: &Path,
+    name: &str,
+    log: &Arc<dyn SharedSyncLog>,
+) -> Result<ContinuousSync, BoxError> {
+    let id = log.create_device("bench").await?;
+    let backend: Arc<dyn StorageBackend> =
+        Arc::new(SeaOrmBackend::open_sqlite_file(dir.join(name)).await?);
+    let device =
+        SyncDevice::open(registry()?, backend, Clock::new(id), SyncOptions::default()).await?;
+    Ok(ContinuousSync::new(
+        device,
+        log.clone(),
+        ContinuousOptions::default(),
+    ))
+}
+
+/// Runs the suite with `ops` entries.
+pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
+    let dir = tempfile::tempdir()?;
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("shared.db").display()
+    );
+    let log: Arc<dyn SharedSyncLog> = Arc::new(SqlSharedLog::connect(&url).await?);
+    let a = device(dir.path(), "a.db", &log).await?;
+    let b = device(dir.path(), "b.db", &log).await?;
+
+    let mut written = 0;
+    while written < ops {
+        let n = (ops - written).min(1_000);
+        let steps = (written..written + n)
+            .map(|i| {
+                BatchStep::new(Operation::create(
+                    "note",
+                    object! { "title" => format!("note {i}"), "stars" => (i % 5) as i64 },
+                ))
+            })
+            .collect();
+        a.device().storage().batch(steps).await?;
+        written += n;
+    }
+
+    let start = Instant::now();
+    let pushed = a.sync_once().await?.pushed;
+    let push_time = start.elapsed();
+    let start = Instant::now();
+    let pulled = b.sync_once().await?;
+    let pull_time = start.elapsed();
+    if pushed != ops || pulled.integrated != ops {
+        return Err(format!("pushed {pushed}, integrated {} of {ops}", pulled.integrated).into());
+    }
+    rate("continuous.push.entries", ops, push_time);
+    rate("continuous.pull_apply.entries", ops, pull_time);
+    rate("continuous.end_to_end.entries", ops, push_time + pull_time);
+    if a.device().digest("note").await? != b.device().digest("note").await? {
+        return Err("the devices differ after the sync".into());
+    }
+
+    let mut trips: Vec<Duration> = Vec::with_capacity(TRIPS);
+    for i in 0..TRIPS {
+        let start = Instant::now();
+        let pk = a
+            .device()
+            .storage()
+            .create(
+                "note",
+                object! { "title" => format!("trip {i}"), "stars" => 1i64 },
+            )
+            .await?;
+        a.sync_once().await?;
+        b.sync_once().await?;
+        if b.device().storage().find_by_pk("note", pk).await?.is_none() {
+            return Err("the write did not arrive".into());
+        }
+        trips.push(start.elapsed());
+    }
+    trips.sort();
+    figure(
+        "continuous.one_write_a_to_b.median",
+        trips[TRIPS / 2].as_secs_f64() * 1000.0,
+        "ms",
+    );
+    Ok(())
+}
