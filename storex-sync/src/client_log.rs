@@ -17,7 +17,7 @@ use crate::hlc::Hlc;
 use crate::reconcile::{object_key, ObjectKey};
 
 /// Largest number of values in one `IN (…)` lookup.
-pub(crate) const LOOKUP_CHUNK: usize = 500;
+pub(crate) const LOOKUP_CHUNK: usize = 1_000;
 
 /// Runs sync's own operations on a storage or inside one of its transactions.
 #[derive(Clone, Copy, Debug)]
@@ -90,14 +90,19 @@ impl ClientSyncLog {
     pub async fn all(&self) -> Result<Vec<StoredEntry>> {
         let rows = self
             .exec()
-            .find(LOG_COLLECTION, Query::default().order_asc("hlc"))
+            .find(
+                LOG_COLLECTION,
+                Query::default().order_asc("hlc").order_asc("device"),
+            )
             .await?;
         read_entries(rows)
     }
 
     /// Entries received but held back (unknown collection, newer schema, invalid values).
     pub async fn held(&self) -> Result<Vec<LogEntry>> {
-        let query = Query::new(Filter::all().eq("integrated", false)).order_asc("hlc");
+        let query = Query::new(Filter::all().eq("integrated", false))
+            .order_asc("hlc")
+            .order_asc("device");
         let rows = self.exec().find(LOG_COLLECTION, query).await?;
         Ok(read_entries(rows)?.into_iter().map(|s| s.entry).collect())
     }
@@ -114,7 +119,10 @@ impl ClientSyncLog {
 
     /// The greatest timestamp in the log, to restore the clock after a restart.
     pub async fn max_hlc(&self) -> Result<Option<Hlc>> {
-        let query = Query::default().order_desc("hlc").limit(1);
+        let query = Query::default()
+            .order_desc("hlc")
+            .order_desc("device")
+            .limit(1);
         let rows = self.exec().find(LOG_COLLECTION, query).await?;
         Ok(read_entries(rows)?.into_iter().next().map(|s| s.entry.hlc))
     }

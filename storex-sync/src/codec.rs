@@ -141,7 +141,10 @@ impl EntryCodec {
         };
         let entry: LogEntry =
             serde_json::from_slice(&json).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        if entry.id != shared.id || entry.device != shared.device {
+        if entry.id != shared.id
+            || entry.device != shared.device
+            || entry.hlc.device != shared.device
+        {
             return Err(DecodeError::Mismatch);
         }
         Ok(entry)

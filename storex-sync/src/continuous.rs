@@ -190,7 +190,8 @@ impl ContinuousSync {
     async fn unshared_after(&self, after: Option<Hlc>, limit: usize) -> Result<Vec<LogEntry>> {
         let mut filter = Filter::all().eq("shared", false);
         if let Some(after) = after {
-            filter = filter.gt("hlc", after.to_string());
+            // Only this device's entries are unshared, so the clock part orders them.
+            filter = filter.gt("hlc", after.clock_text());
         }
         let query = Query::new(filter).order_asc("hlc").limit(limit as u64);
         let rows = self

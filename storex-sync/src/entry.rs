@@ -142,7 +142,7 @@ impl StoredEntry {
         object! {
             "id" => e.id,
             "device" => e.device.0,
-            "hlc" => e.hlc.to_string(),
+            "hlc" => e.hlc.clock_text(),
             "collection" => e.collection.clone(),
             "pk" => pk_text(&e.pk),
             "op" => e.op.as_str(),
@@ -182,7 +182,7 @@ impl StoredEntry {
                 .and_then(Value::as_uuid)
                 .ok_or_else(|| corrupt("device"))?,
         );
-        let hlc: Hlc = text("hlc")?.parse().map_err(|_| corrupt("hlc"))?;
+        let hlc = Hlc::from_clock_text(text("hlc")?, device).map_err(|_| corrupt("hlc"))?;
         let pk: Pk = serde_json::from_str(text("pk")?).map_err(|_| corrupt("pk"))?;
         let op = EntryOp::parse(text("op")?).ok_or_else(|| corrupt("op"))?;
         let fields = serde_json::from_str(text("fields")?).map_err(|_| corrupt("fields"))?;
@@ -214,14 +214,15 @@ mod tests {
 
     #[test]
     fn entries_round_trip_through_their_row() {
+        let device = DeviceId::random();
         let stored = StoredEntry {
             entry: LogEntry {
                 id: Uuid::now_v7(),
-                device: DeviceId::random(),
+                device,
                 hlc: Hlc {
                     millis: 42,
                     counter: 7,
-                    device: DeviceId::random(),
+                    device,
                 },
                 collection: "note".into(),
                 pk: Pk::from(Uuid::now_v7()),
