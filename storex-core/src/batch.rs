@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::operation::{BatchStep, Operation, Outcome, ReplaceTarget};
+use crate::operation::{BatchStep, Operation, Outcome};
 use crate::registry::Registry;
 use crate::validate::validate_resolved_step;
 use crate::value::{Pk, Value};
@@ -51,31 +51,11 @@ impl BatchResolver {
                         format!("placeholder `{}` has no value yet", replacement.placeholder),
                     )
                 })?;
-            match (&replacement.target, &mut operation) {
-                (
-                    ReplaceTarget::Pk,
-                    Operation::UpdateByPk { pk, .. } | Operation::DeleteByPk { pk, .. },
-                ) => {
-                    *pk = Pk(vec![value]);
-                }
-                (ReplaceTarget::Field(field), Operation::Create { object: fields, .. })
-                | (
-                    ReplaceTarget::Field(field),
-                    Operation::UpdateByPk {
-                        changes: fields, ..
-                    }
-                    | Operation::UpdateWhere {
-                        changes: fields, ..
-                    },
-                ) => {
-                    fields.insert(field.clone(), value);
-                }
-                (_, other) => {
-                    return Err(Error::invalid_operation(
-                        other.collection().unwrap_or_default(),
-                        format!("a {} step cannot take a replacement", other.kind()),
-                    ))
-                }
+            if !replacement.apply(&mut operation, value) {
+                return Err(Error::invalid_operation(
+                    operation.collection().unwrap_or_default(),
+                    format!("a {} step cannot take a replacement", operation.kind()),
+                ));
             }
         }
         validate_resolved_step(registry, &mut operation)?;

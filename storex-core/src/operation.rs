@@ -23,7 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::query::{Filter, Query};
-use crate::value::{Object, Pk};
+use crate::value::{Object, Pk, Value};
 
 /// One storage operation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -262,6 +262,34 @@ impl Replacement {
         Replacement {
             target: ReplaceTarget::Pk,
             placeholder: placeholder.into(),
+        }
+    }
+
+    /// Puts `value` (the placeholder's key) where this replacement points in `op`; false
+    /// when `op` has no such place.
+    pub fn apply(&self, op: &mut Operation, value: Value) -> bool {
+        match (&self.target, op) {
+            (
+                ReplaceTarget::Pk,
+                Operation::UpdateByPk { pk, .. } | Operation::DeleteByPk { pk, .. },
+            ) => {
+                *pk = Pk(vec![value]);
+                true
+            }
+            (ReplaceTarget::Field(field), Operation::Create { object: fields, .. })
+            | (
+                ReplaceTarget::Field(field),
+                Operation::UpdateByPk {
+                    changes: fields, ..
+                }
+                | Operation::UpdateWhere {
+                    changes: fields, ..
+                },
+            ) => {
+                fields.insert(field.clone(), value);
+                true
+            }
+            _ => false,
         }
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use storex_core::uuid::Uuid;
 use storex_core::{
     BatchStep, BoxFuture, Error as CoreError, Middleware, Next, Object, Operation, Origin, Outcome,
-    Pk, Query, ReplaceTarget, Result as CoreResult, Value,
+    Pk, Query, Result as CoreResult, Value,
 };
 
 use crate::entry::{EntryOp, LogEntry, StoredEntry, INTERNAL_COLLECTIONS, LOG_COLLECTION};
@@ -65,34 +65,12 @@ fn is_where_write(op: &Operation) -> bool {
 fn resolve_placeholders(next: &Next<'_>, steps: &mut [BatchStep]) {
     let mut keys: HashMap<String, Value> = HashMap::new();
     for step in steps.iter_mut() {
-        step.replace.retain(|replacement| {
-            let Some(value) = keys.get(&replacement.placeholder).cloned() else {
-                return true; // left for the backend, which reports it
-            };
-            match (&replacement.target, &mut step.operation) {
-                (
-                    ReplaceTarget::Pk,
-                    Operation::UpdateByPk { pk, .. } | Operation::DeleteByPk { pk, .. },
-                ) => {
-                    *pk = Pk(vec![value]);
-                    false
-                }
-                (ReplaceTarget::Field(field), Operation::Create { object: fields, .. })
-                | (
-                    ReplaceTarget::Field(field),
-                    Operation::UpdateByPk {
-                        changes: fields, ..
-                    }
-                    | Operation::UpdateWhere {
-                        changes: fields, ..
-                    },
-                ) => {
-                    fields.insert(field.clone(), value);
-                    false
-                }
-                _ => true,
-            }
-        });
+        // Filled here are done; the others are left for the backend, which reports them.
+        step.replace
+            .retain(|replacement| match keys.get(&replacement.placeholder) {
+                Some(value) => !replacement.apply(&mut step.operation, value.clone()),
+                None => true,
+            });
         if let (Some(name), Operation::Create { collection, object }) =
             (&step.placeholder, &step.operation)
         {

@@ -2,7 +2,6 @@
 //! validation rule of storex-core, checked against a real backend.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 
 use futures::future::{join_all, BoxFuture};
 use futures::FutureExt;
@@ -15,6 +14,7 @@ use storex_core::{
 };
 
 use crate::fixtures::fixture_registry;
+use crate::suite::SuiteReport;
 
 type Check = fn(Storage) -> BoxFuture<'static, ()>;
 
@@ -22,15 +22,6 @@ macro_rules! checks {
     ($($name:ident),+ $(,)?) => {
         vec![$((stringify!($name), (|s| $name(s).boxed()) as Check)),+]
     };
-}
-
-/// What a suite run found.
-#[derive(Debug, Default)]
-pub struct SuiteReport {
-    /// Names of the checks that passed.
-    pub passed: Vec<&'static str>,
-    /// Names of the checks that failed, with the failure message.
-    pub failed: Vec<(&'static str, String)>,
 }
 
 /// Runs every check, each on a fresh backend made by `make`, and panics listing every
@@ -41,19 +32,9 @@ where
     Fut: Future<Output = B>,
     B: StorageBackend,
 {
-    let report = run_backend_suite(make).await;
-    assert!(
-        report.failed.is_empty(),
-        "{} of {} conformance checks failed:\n{}",
-        report.failed.len(),
-        report.failed.len() + report.passed.len(),
-        report
-            .failed
-            .iter()
-            .map(|(name, why)| format!("  {name}: {why}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    run_backend_suite(make)
+        .await
+        .assert_all_passed("conformance");
 }
 
 /// Runs every check, each on a fresh backend made by `make`, and reports what passed and
@@ -70,27 +51,12 @@ where
             .with(UuidPkMiddleware::new())
             .build()
             .await;
-        let outcome = match storage {
-            Ok(storage) => AssertUnwindSafe(check(storage))
-                .catch_unwind()
-                .await
-                .map_err(panic_text),
-            Err(e) => Err(format!("building the storage failed: {e}")),
-        };
-        match outcome {
-            Ok(()) => report.passed.push(name),
-            Err(why) => report.failed.push((name, why)),
+        match storage {
+            Ok(storage) => report.run(name, check(storage)).await,
+            Err(e) => report.fail(name, format!("building the storage failed: {e}")),
         }
     }
     report
-}
-
-fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "panicked".to_owned())
 }
 
 fn all_checks() -> Vec<(&'static str, Check)> {

@@ -22,9 +22,11 @@ mod fixtures;
 pub mod flaky;
 mod services;
 mod shared_log_suite;
+mod suite;
 pub mod sync_scenarios;
 
-pub use backend_suite::{backend_suite, run_backend_suite, SuiteReport};
+pub use backend_suite::{backend_suite, run_backend_suite};
 pub use fixtures::fixture_registry;
 pub use services::{fresh_postgres_database, postgres_url};
 pub use shared_log_suite::{run_shared_log_suite, shared_log_suite};
+pub use suite::SuiteReport;

@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures::future::{join_all, BoxFuture};
@@ -11,7 +10,7 @@ use futures::FutureExt;
 use storex_core::uuid::Uuid;
 use storex_sync::{DeviceId, SharedEntry, SharedLogError, SharedSyncLog};
 
-use crate::backend_suite::SuiteReport;
+use crate::suite::SuiteReport;
 
 type Check = fn(Arc<dyn SharedSyncLog>) -> BoxFuture<'static, ()>;
 
@@ -28,19 +27,9 @@ where
     Fut: Future<Output = L>,
     L: SharedSyncLog,
 {
-    let report = run_shared_log_suite(make).await;
-    assert!(
-        report.failed.is_empty(),
-        "{} of {} shared-log checks failed:\n{}",
-        report.failed.len(),
-        report.failed.len() + report.passed.len(),
-        report
-            .failed
-            .iter()
-            .map(|(name, why)| format!("  {name}: {why}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    run_shared_log_suite(make)
+        .await
+        .assert_all_passed("shared-log");
 }
 
 /// Runs every check and reports without panicking.
@@ -53,17 +42,7 @@ where
     let mut report = SuiteReport::default();
     for (name, check) in all_checks() {
         let log: Arc<dyn SharedSyncLog> = Arc::new(make().await);
-        match AssertUnwindSafe(check(log)).catch_unwind().await {
-            Ok(()) => report.passed.push(name),
-            Err(payload) => {
-                let why = payload
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "panicked".to_owned());
-                report.failed.push((name, why));
-            }
-        }
+        report.run(name, check(log)).await;
     }
     report
 }
