@@ -1,0 +1,190 @@
+//! The client log over time: compaction keeps what decides the data, held entries are
+//! applied after an upgrade.
+
+use std::sync::Arc;
+
+use storex_core::{
+    object, CollectionDef, FieldType, MemoryBackend, Registry, StorageBackend, Value,
+};
+use storex_sync::{Clock, DeviceId, EntryOp, HoldReason, LogEntry, SyncDevice, SyncOptions};
+
+fn registry(version: u32) -> Registry {
+    let mut note = CollectionDef::new("note")
+        .field("id", FieldType::Int)
+        .field("title", FieldType::Text)
+        .optional_field("body", FieldType::Text)
+        .primary_key(["id"])
+        .version(version);
+    if version >= 2 {
+        note = note.optional_field("colour", FieldType::Text);
+    }
+    Registry::builder()
+        .collection(note)
+        .build()
+        .expect("registry")
+}
+
+async fn open(version: u32, backend: Arc<dyn StorageBackend>) -> SyncDevice {
+    SyncDevice::open(
+        registry(version),
+        backend,
+        Clock::new(DeviceId::random()),
+        SyncOptions::default(),
+    )
+    .await
+    .expect("device")
+}
+
+async fn share_everything(device: &SyncDevice) -> Vec<LogEntry> {
+    let entries = device.log().unshared(1_000).await.expect("unshared");
+    let ids: Vec<_> = entries.iter().map(|e| e.id).collect();
+    device.log().mark_shared(&ids).await.expect("mark shared");
+    entries
+}
+
+#[tokio::test]
+async fn compaction_drops_superseded_entries_and_keeps_the_outcome() {
+    let a = open(1, Arc::new(MemoryBackend::new())).await;
+    let s = a.storage();
+    s.create(
+        "note",
+        object! { "id" => 1, "title" => "t1", "body" => "b1" },
+    )
+    .await
+    .expect("create");
+    s.update_by_pk("note", 1, object! { "title" => "t2" })
+        .await
+        .expect("update");
+    s.update_by_pk("note", 1, object! { "title" => "t3" })
+        .await
+        .expect("update");
+    s.create("note", object! { "id" => 2, "title" => "gone" })
+        .await
+        .expect("create");
+    s.update_by_pk("note", 2, object! { "title" => "edited" })
+        .await
+        .expect("update");
+    s.delete_by_pk("note", 2).await.expect("delete");
+    let old_update = {
+        let all = a.log().all().await.expect("log");
+        all.iter()
+            .find(|e| e.entry.fields.get("title") == Some(&Value::from("t2")))
+            .map(|e| e.entry.clone())
+            .expect("t2 entry")
+    };
+    let before = share_everything(&a).await;
+    assert_eq!(before.len(), 6);
+    let dropped = a.log().compact().await.expect("compact");
+    // Kept: note 1's create (says it exists, holds body) and its t3 update; note 2's delete.
+    assert_eq!(
+        dropped, 3,
+        "the t2 update, and note 2's create and update before its delete"
+    );
+    let kept: Vec<EntryOp> = a
+        .log()
+        .all()
+        .await
+        .expect("log")
+        .iter()
+        .map(|e| e.entry.op)
+        .collect();
+    assert_eq!(
+        kept,
+        vec![EntryOp::Create, EntryOp::Update, EntryOp::Delete]
+    );
+
+    // A device that receives everything, and one that receives only what is left, agree.
+    let b = open(1, Arc::new(MemoryBackend::new())).await;
+    b.integrate(before).await.expect("integrate");
+    let c = open(1, Arc::new(MemoryBackend::new())).await;
+    c.integrate(
+        a.log()
+            .all()
+            .await
+            .expect("log")
+            .into_iter()
+            .map(|e| e.entry)
+            .collect(),
+    )
+    .await
+    .expect("integrate");
+    let digest = a.digest("note").await.expect("digest");
+    assert_eq!(b.digest("note").await.expect("digest"), digest);
+    assert_eq!(c.digest("note").await.expect("digest"), digest);
+
+    // An old update arriving again after compaction still loses.
+    let report = a
+        .integrate(vec![LogEntry {
+            id: storex_core::uuid::Uuid::now_v7(),
+            ..old_update
+        }])
+        .await;
+    let report = report.expect("integrate");
+    assert_eq!((report.operations, report.conflicts), (0, 1));
+    assert_eq!(a.digest("note").await.expect("digest"), digest);
+}
+
+#[tokio::test]
+async fn unshared_entries_are_never_compacted() {
+    let a = open(1, Arc::new(MemoryBackend::new())).await;
+    a.storage()
+        .create("note", object! { "id" => 1, "title" => "t1" })
+        .await
+        .expect("create");
+    a.storage()
+        .update_by_pk("note", 1, object! { "title" => "t2" })
+        .await
+        .expect("update");
+    assert_eq!(
+        a.log().compact().await.expect("compact"),
+        0,
+        "nothing was pushed yet"
+    );
+    assert_eq!(a.log().unshared(10).await.expect("unshared").len(), 2);
+}
+
+#[tokio::test]
+async fn entries_from_a_newer_schema_wait_for_the_upgrade() {
+    let newer = open(2, Arc::new(MemoryBackend::new())).await;
+    newer
+        .storage()
+        .create(
+            "note",
+            object! { "id" => 1, "title" => "t", "colour" => "red" },
+        )
+        .await
+        .expect("create");
+    let entries = share_everything(&newer).await;
+
+    let backend: Arc<dyn StorageBackend> = Arc::new(MemoryBackend::new());
+    let older = open(1, backend.clone()).await;
+    let report = older.integrate(entries).await.expect("integrate");
+    assert_eq!(report.held.len(), 1);
+    assert_eq!(
+        report.held[0].1,
+        HoldReason::NewerSchema { entry: 2, local: 1 }
+    );
+    assert_eq!(
+        older.log().held().await.expect("held").len(),
+        1,
+        "kept, not dropped"
+    );
+    assert_eq!(
+        older
+            .storage()
+            .count("note", storex_core::Filter::all())
+            .await
+            .expect("count"),
+        0
+    );
+
+    // The app upgrades: the same database, the new schema.
+    let upgraded = open(2, backend).await;
+    let report = upgraded.retry_held().await.expect("retry");
+    assert_eq!((report.integrated, report.operations), (1, 1));
+    assert!(upgraded.log().held().await.expect("held").is_empty());
+    assert_eq!(
+        upgraded.digest("note").await.expect("digest"),
+        newer.digest("note").await.expect("digest")
+    );
+}
