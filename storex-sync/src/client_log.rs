@@ -107,6 +107,14 @@ impl ClientSyncLog {
         Ok(read_entries(rows)?.into_iter().map(|s| s.entry).collect())
     }
 
+    /// How many of this device's changes are not yet sent to the shared log.
+    pub async fn unshared_count(&self) -> Result<u64> {
+        Ok(self
+            .storage
+            .count(LOG_COLLECTION, Filter::all().eq("shared", false))
+            .await?)
+    }
+
     /// How many entries the log holds.
     pub async fn len(&self) -> Result<u64> {
         Ok(self.storage.count(LOG_COLLECTION, Filter::all()).await?)

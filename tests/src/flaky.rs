@@ -44,6 +44,7 @@ pub struct FlakySharedLog {
     inner: Arc<dyn SharedSyncLog>,
     armed: AtomicU8,
     fired: AtomicBool,
+    down: AtomicBool,
 }
 
 fn lost() -> SharedLogError {
@@ -60,6 +61,7 @@ impl FlakySharedLog {
             inner,
             armed: AtomicU8::new(0),
             fired: AtomicBool::new(false),
+            down: AtomicBool::new(false),
         }
     }
 
@@ -74,12 +76,20 @@ impl FlakySharedLog {
         self.armed.store(0, Ordering::SeqCst);
     }
 
+    /// Makes every push, pull and ack fail while `down` (an outage), or work again.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
     /// Whether the armed fault fired since it was armed.
     pub fn fired(&self) -> bool {
         self.fired.load(Ordering::SeqCst)
     }
 
     fn trigger(&self, fault: Fault) -> bool {
+        if self.down.load(Ordering::SeqCst) {
+            return true;
+        }
         let hit = self
             .armed
             .compare_exchange(fault.code(), 0, Ordering::SeqCst, Ordering::SeqCst)

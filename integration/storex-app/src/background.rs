@@ -1,0 +1,314 @@
+//! [`BackgroundSync`]: a tokio task that keeps one device in sync.
+//!
+//! The task waits for the first of: the sync interval, a local write (then lets writes settle
+//! for the debounce time), [`BackgroundSync::sync_now`] (also what a live-update signal
+//! calls), or stop. Then it runs `ContinuousSync::sync_once`. After a failure the next wait
+//! is the next step of an exponential backoff with jitter instead of the interval, until a
+//! sync succeeds. While paused nothing runs; a trigger that came meanwhile runs on resume.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use storex_sync::{ContinuousSync, SyncReport};
+use tokio::sync::{broadcast, watch, Notify};
+use tokio::task::JoinHandle;
+
+/// Timing of a [`BackgroundSync`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct BackgroundOptions {
+    /// Sync at least this often.
+    pub interval: Duration,
+    /// After a local write, wait this long for more before syncing.
+    pub debounce: Duration,
+    /// First retry delay after a failure.
+    pub min_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+}
+
+impl Default for BackgroundOptions {
+    fn default() -> Self {
+        BackgroundOptions {
+            interval: Duration::from_secs(5 * 60),
+            debounce: Duration::from_secs(2),
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+impl BackgroundOptions {
+    /// Sets the interval.
+    pub fn with_interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// Sets the debounce after local writes.
+    pub fn with_debounce(mut self, debounce: Duration) -> Self {
+        self.debounce = debounce;
+        self
+    }
+
+    /// Sets the backoff range after failures.
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.min_backoff = min;
+        self.max_backoff = max.max(min);
+        self
+    }
+}
+
+/// What the task is doing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SyncState {
+    /// Waiting for the next trigger.
+    #[default]
+    Idle,
+    /// Running a sync.
+    Syncing,
+    /// Waiting to retry after a failure.
+    Backoff,
+    /// Paused by the app.
+    Paused,
+    /// Stopped; it will not sync again.
+    Stopped,
+}
+
+/// The state of a [`BackgroundSync`], for the app's UI.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SyncStatus {
+    /// What the task is doing.
+    pub state: SyncState,
+    /// When the last sync succeeded.
+    pub last_success: Option<chrono::DateTime<chrono::Utc>>,
+    /// What the last successful sync did.
+    pub last_report: Option<SyncReport>,
+    /// The last failure's message (cleared by a success).
+    pub last_error: Option<String>,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// This device's changes not yet pushed, as of the last sync.
+    pub pending_entries: u64,
+}
+
+/// What happened, for subscribers.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum SyncEvent {
+    /// A sync started.
+    Started,
+    /// A sync finished.
+    Finished(SyncReport),
+    /// A sync failed; the next try waits `retry_in`.
+    Failed {
+        /// The error's message, with its causes.
+        error: String,
+        /// When the next try comes.
+        retry_in: Duration,
+    },
+    /// Paused by the app.
+    Paused,
+    /// Resumed.
+    Resumed,
+    /// Stopped for good.
+    Stopped,
+}
+
+#[derive(Debug)]
+struct Shared {
+    status: Mutex<SyncStatus>,
+    now: Notify,
+    events: broadcast::Sender<SyncEvent>,
+}
+
+impl Shared {
+    fn update(&self, f: impl FnOnce(&mut SyncStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    fn emit(&self, event: SyncEvent) {
+        // No subscriber is fine: the status holds the same facts.
+        let _ = self.events.send(event);
+    }
+}
+
+/// Keeps a device in sync from a background task; see the module docs.
+#[derive(Debug)]
+pub struct BackgroundSync {
+    shared: Arc<Shared>,
+    paused: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+    task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl BackgroundSync {
+    /// Starts syncing `sync` in the background. `local_writes` is the signal of a
+    /// [`crate::ChangeNotifier`] installed on the device's storage (or any signal of changes).
+    pub fn start(
+        sync: Arc<ContinuousSync>,
+        local_writes: Arc<Notify>,
+        options: BackgroundOptions,
+    ) -> Self {
+        let (events, _) = broadcast::channel(64);
+        let shared = Arc::new(Shared {
+            status: Mutex::new(SyncStatus::default()),
+            now: Notify::new(),
+            events,
+        });
+        let (paused, paused_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(
+            sync,
+            shared.clone(),
+            local_writes,
+            options,
+            paused_rx,
+            stop_rx,
+        ));
+        BackgroundSync {
+            shared,
+            paused,
+            stop,
+            task: tokio::sync::Mutex::new(Some(task)),
+        }
+    }
+
+    /// Syncs as soon as possible (also the reaction to a live-update signal).
+    pub fn sync_now(&self) {
+        self.shared.now.notify_one();
+    }
+
+    /// Stops syncing until [`BackgroundSync::resume`]; a sync under way finishes.
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Syncs again after a pause.
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+
+    /// Stops the task and waits until it has ended (a sync under way finishes first).
+    pub async fn stop(&self) {
+        self.stop.send_replace(true);
+        if let Some(task) = self.task.lock().await.take() {
+            // A panic in the task has already been reported by the runtime; there is
+            // nothing left to stop either way.
+            let _ = task.await;
+        }
+    }
+
+    /// The current status.
+    pub fn status(&self) -> SyncStatus {
+        self.shared
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Subscribes to the events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<SyncEvent> {
+        self.shared.events.subscribe()
+    }
+}
+
+/// Waits until `flag` is true; returns false if the sender is gone.
+async fn until_true(flag: &mut watch::Receiver<bool>) {
+    if flag.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn run(
+    sync: Arc<ContinuousSync>,
+    shared: Arc<Shared>,
+    local_writes: Arc<Notify>,
+    options: BackgroundOptions,
+    mut paused: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let backoff_builder = ExponentialBuilder::default()
+        .with_min_delay(options.min_backoff)
+        .with_max_delay(options.max_backoff)
+        .with_jitter()
+        .without_max_times();
+    let mut backoff = backoff_builder.build();
+    let mut wait = Duration::ZERO; // sync once right away
+    loop {
+        tokio::select! {
+            _ = until_true(&mut stop) => break,
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.now.notified() => {}
+            _ = local_writes.notified() => {
+                tokio::select! {
+                    _ = until_true(&mut stop) => break,
+                    _ = tokio::time::sleep(options.debounce) => {}
+                }
+            }
+        }
+        if *paused.borrow() {
+            shared.update(|s| s.state = SyncState::Paused);
+            shared.emit(SyncEvent::Paused);
+            tokio::select! {
+                _ = until_true(&mut stop) => break,
+                _ = paused.wait_for(|p| !*p) => {}
+            }
+            shared.emit(SyncEvent::Resumed);
+        }
+        shared.update(|s| s.state = SyncState::Syncing);
+        shared.emit(SyncEvent::Started);
+        let result = sync.sync_once().await;
+        let pending = sync
+            .device()
+            .log()
+            .unshared_count()
+            .await
+            .unwrap_or_default();
+        match result {
+            Ok(report) => {
+                backoff = backoff_builder.build();
+                wait = options.interval;
+                shared.update(|s| {
+                    s.state = SyncState::Idle;
+                    s.last_success = Some(chrono::Utc::now());
+                    s.last_report = Some(report.clone());
+                    s.last_error = None;
+                    s.consecutive_failures = 0;
+                    s.pending_entries = pending;
+                });
+                shared.emit(SyncEvent::Finished(report));
+            }
+            Err(error) => {
+                wait = backoff.next().unwrap_or(options.max_backoff);
+                let message = error_chain(&error);
+                shared.update(|s| {
+                    s.state = SyncState::Backoff;
+                    s.last_error = Some(message.clone());
+                    s.consecutive_failures += 1;
+                    s.pending_entries = pending;
+                });
+                shared.emit(SyncEvent::Failed {
+                    error: message,
+                    retry_in: wait,
+                });
+            }
+        }
+    }
+    shared.update(|s| s.state = SyncState::Stopped);
+    shared.emit(SyncEvent::Stopped);
+}

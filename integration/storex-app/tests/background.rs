@@ -1,0 +1,217 @@
+//! Background sync: writes travel without a manual sync, an outage of the shared log is
+//! retried with backoff and caught up, pause holds syncs back, stop ends the task.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use storex_app::{BackgroundOptions, BackgroundSync, ChangeNotifier, SyncEvent, SyncState};
+use storex_core::{object, CollectionDef, FieldType, Filter, MemoryBackend, Registry};
+use storex_sync::{
+    Clock, ContinuousOptions, ContinuousSync, MemorySharedLog, SharedSyncLog, SyncDevice,
+    SyncOptions,
+};
+use storex_test::flaky::FlakySharedLog;
+
+fn registry() -> Registry {
+    Registry::builder()
+        .collection(
+            CollectionDef::new("note")
+                .field("id", FieldType::Uuid)
+                .field("title", FieldType::Text)
+                .primary_key(["id"]),
+        )
+        .build()
+        .expect("registry")
+}
+
+struct App {
+    sync: Arc<ContinuousSync>,
+    background: BackgroundSync,
+}
+
+async fn app(log: Arc<dyn SharedSyncLog>, options: BackgroundOptions) -> App {
+    let id = log.create_device("ann").await.expect("register");
+    let notifier = ChangeNotifier::new();
+    let device = SyncDevice::open(
+        registry(),
+        Arc::new(MemoryBackend::new()),
+        Clock::new(id),
+        SyncOptions::default().with_middleware(Arc::new(notifier.clone())),
+    )
+    .await
+    .expect("device");
+    let sync = Arc::new(ContinuousSync::new(
+        device,
+        log,
+        ContinuousOptions::default(),
+    ));
+    let background = BackgroundSync::start(sync.clone(), notifier.signal(), options);
+    App { sync, background }
+}
+
+fn fast() -> BackgroundOptions {
+    BackgroundOptions::default()
+        .with_interval(Duration::from_millis(100))
+        .with_debounce(Duration::from_millis(10))
+        .with_backoff(Duration::from_millis(10), Duration::from_millis(50))
+}
+
+impl App {
+    async fn write(&self, title: &str) {
+        self.sync
+            .device()
+            .storage()
+            .create("note", object! { "title" => title })
+            .await
+            .expect("write");
+    }
+
+    async fn notes(&self) -> u64 {
+        self.sync
+            .device()
+            .storage()
+            .count("note", Filter::all())
+            .await
+            .expect("count")
+    }
+}
+
+/// Polls `done` every 10 ms for up to 10 s.
+async fn eventually<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for _ in 0..1_000 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn writes_on_one_device_appear_on_the_other_without_a_manual_sync() {
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let (a, b) = (app(log.clone(), fast()).await, app(log, fast()).await);
+    a.write("from a").await;
+    b.write("from b").await;
+    eventually("both notes on both devices", || async {
+        a.notes().await == 2 && b.notes().await == 2
+    })
+    .await;
+    a.background.stop().await;
+    b.background.stop().await;
+}
+
+#[tokio::test]
+async fn a_local_write_triggers_a_push_long_before_the_interval() {
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let slow = fast().with_interval(Duration::from_secs(3600));
+    let a = app(log.clone(), slow.clone()).await;
+    let b = app(log, slow).await;
+    eventually("the first syncs", || async {
+        a.background.status().last_success.is_some() && b.background.status().last_success.is_some()
+    })
+    .await;
+    a.write("quick").await;
+    eventually("the push", || async {
+        a.sync.device().log().unshared_count().await.expect("count") == 0
+    })
+    .await;
+    b.background.sync_now(); // what a live-update signal does
+    eventually("the note on b", || async { b.notes().await == 1 }).await;
+}
+
+#[tokio::test]
+async fn an_outage_is_retried_with_backoff_and_caught_up() {
+    let flaky = Arc::new(FlakySharedLog::new(Arc::new(MemorySharedLog::new())));
+    let log: Arc<dyn SharedSyncLog> = flaky.clone();
+    let a = app(log.clone(), fast()).await;
+    let b = app(log, fast()).await;
+    let mut events = a.background.subscribe();
+    flaky.set_down(true);
+    a.write("written during the outage").await;
+    eventually("several failures", || async {
+        a.background.status().consecutive_failures >= 3
+    })
+    .await;
+    let status = a.background.status();
+    assert_eq!(status.state, SyncState::Backoff);
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("injected network failure"),
+        "{status:?}"
+    );
+    assert_eq!(status.pending_entries, 1, "the write waits to be pushed");
+    let mut saw_failure = false;
+    while let Ok(event) = events.try_recv() {
+        if let SyncEvent::Failed { retry_in, .. } = event {
+            assert!(
+                retry_in <= Duration::from_millis(50) * 2,
+                "retry delay {retry_in:?} beyond the backoff range"
+            );
+            saw_failure = true;
+        }
+    }
+    assert!(saw_failure, "failures are published as events");
+    flaky.set_down(false);
+    eventually("the note reaching b", || async { b.notes().await == 1 }).await;
+    eventually("a recovered", || async {
+        let s = a.background.status();
+        s.consecutive_failures == 0 && s.last_error.is_none() && s.pending_entries == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pause_holds_syncs_back_until_resume() {
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let a = app(log.clone(), fast()).await;
+    eventually("the first sync", || async {
+        a.background.status().last_success.is_some()
+    })
+    .await;
+    a.background.pause();
+    a.write("while paused").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        a.sync.device().log().unshared_count().await.expect("count"),
+        1,
+        "nothing pushed while paused"
+    );
+    assert_eq!(a.background.status().state, SyncState::Paused);
+    a.background.resume();
+    eventually("the push after resume", || async {
+        a.sync.device().log().unshared_count().await.expect("count") == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stop_ends_the_task_cleanly() {
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let a = app(log, fast()).await;
+    let mut events = a.background.subscribe();
+    a.background.stop().await;
+    assert_eq!(a.background.status().state, SyncState::Stopped);
+    let mut stopped = false;
+    while let Ok(event) = events.try_recv() {
+        stopped |= event == SyncEvent::Stopped;
+    }
+    assert!(stopped, "the stop is published");
+    a.write("after stop").await;
+    a.background.sync_now();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        a.sync.device().log().unshared_count().await.expect("count"),
+        1,
+        "no sync after stop"
+    );
+    a.background.stop().await; // stopping twice is harmless
+}
