@@ -97,9 +97,24 @@ pub const STATE_COLLECTION: &str = "storex_sync_state";
 /// The name of the collection keeping pulled payloads that could not be decoded.
 pub const QUARANTINE_COLLECTION: &str = "storex_sync_quarantine";
 
+/// The name of the collection where a receiving device keeps the progress of a fast sync.
+pub const TRANSFER_COLLECTION: &str = "storex_sync_transfer";
+
 /// The collections sync keeps in the app's database; never logged themselves.
-pub const INTERNAL_COLLECTIONS: [&str; 3] =
-    [LOG_COLLECTION, STATE_COLLECTION, QUARANTINE_COLLECTION];
+pub const INTERNAL_COLLECTIONS: [&str; 4] = [
+    LOG_COLLECTION,
+    STATE_COLLECTION,
+    QUARANTINE_COLLECTION,
+    TRANSFER_COLLECTION,
+];
+
+fn transfer_collection() -> CollectionDef {
+    CollectionDef::new(TRANSFER_COLLECTION)
+        .field("session", FieldType::Uuid)
+        .field("last_seq", FieldType::Int)
+        .field("progress", FieldType::Text)
+        .primary_key(["session"])
+}
 
 fn state_collection() -> CollectionDef {
     CollectionDef::new(STATE_COLLECTION)
@@ -127,7 +142,8 @@ pub fn with_sync_log(
     registry
         .with_collection(log_collection())?
         .with_collection(state_collection())?
-        .with_collection(quarantine_collection())
+        .with_collection(quarantine_collection())?
+        .with_collection(transfer_collection())
 }
 
 /// The key's canonical text, as stored in the log's `pk` column (equal keys, equal text).

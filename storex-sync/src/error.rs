@@ -30,6 +30,9 @@ pub enum Error {
     /// The shared log refused or failed a call.
     #[error("shared log call failed")]
     SharedLog(#[from] crate::shared_log::SharedLogError),
+    /// A fast-sync session failed.
+    #[error("fast sync failed")]
+    FastSync(#[from] crate::fast_sync::FastSyncError),
     /// An entry is larger than one push may carry; it stays unshared and is reported.
     #[error("entry {id} is {size} bytes, more than the {limit} bytes one push may carry")]
     EntryTooLarge {

@@ -34,6 +34,7 @@ mod device;
 mod digest;
 mod entry;
 mod error;
+pub mod fast_sync;
 mod hlc;
 mod logging;
 mod reconcile;
@@ -46,7 +47,7 @@ pub use device::{IntegrationReport, SyncDevice, SyncOptions};
 pub use digest::collection_digest;
 pub use entry::{
     with_sync_log, EntryOp, LogEntry, StoredEntry, INTERNAL_COLLECTIONS, LOG_COLLECTION,
-    QUARANTINE_COLLECTION, STATE_COLLECTION,
+    QUARANTINE_COLLECTION, STATE_COLLECTION, TRANSFER_COLLECTION,
 };
 pub use error::{Error, Result};
 pub use hlc::{Clock, DeviceId, Hlc, ManualClock, SystemClock, WallClock, DEFAULT_MAX_DRIFT};

@@ -1,0 +1,162 @@
+//! The fast-sync protocol's messages and their versioned binary encoding (MessagePack).
+//!
+//! A session: the sender says `Hello` (protocol version, session id, collections with their
+//! object counts, its shared-log cursor); the receiver answers `Ready` with the last batch it
+//! applied in this session, if any (so an interrupted session resumes); the sender streams
+//! `Batch`es, at most a window of them unacknowledged, each acknowledged with `Ack` once
+//! applied; after each collection a `CollectionDone` with its count and checksum; then
+//! `Finish`, answered by `Done`. Either side may send `Cancel`.
+
+use serde::{Deserialize, Serialize};
+use storex_core::uuid::Uuid;
+use storex_core::Object;
+
+use crate::fast_sync::channel::ChannelError;
+
+/// The version of the protocol this build speaks; the first byte of every frame.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// A collection the sender will send.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CollectionInfo {
+    /// Its name.
+    pub name: String,
+    /// Its schema version on the sender.
+    pub schema_version: u32,
+    /// How many objects it has.
+    pub objects: u64,
+}
+
+/// One fast-sync message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Package {
+    /// Sender → receiver: what is coming.
+    Hello {
+        /// Identifies the session, so a reconnect can resume it.
+        session: Uuid,
+        /// The collections, in the order they are sent.
+        collections: Vec<CollectionInfo>,
+        /// The sender's shared-log cursor at the snapshot, where the receiver's continuous
+        /// sync starts.
+        cursor: u64,
+    },
+    /// Receiver → sender: ready; `resume_after` is the last batch already applied.
+    Ready {
+        /// The last batch of this session the receiver applied, if any.
+        resume_after: Option<u64>,
+    },
+    /// Sender → receiver: objects of one collection.
+    Batch {
+        /// Sequence number, from 1.
+        seq: u64,
+        /// The collection.
+        collection: String,
+        /// The objects.
+        objects: Vec<Object>,
+    },
+    /// Receiver → sender: batch `seq` is applied and durable.
+    Ack {
+        /// The batch.
+        seq: u64,
+    },
+    /// Sender → receiver: a collection is complete.
+    CollectionDone {
+        /// The collection.
+        collection: String,
+        /// How many objects were sent in all.
+        objects: u64,
+        /// Checksum over the batches (see the receiver).
+        checksum: String,
+    },
+    /// Sender → receiver: everything was sent.
+    Finish,
+    /// Receiver → sender: everything is applied.
+    Done,
+    /// Either side: the session ends.
+    Cancel {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Package {
+    /// The frame for this package: the protocol version, then MessagePack.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut frame = vec![PROTOCOL_VERSION];
+        // Encoding plain data into a Vec cannot fail.
+        frame.extend(rmp_serde::to_vec_named(self).unwrap_or_default());
+        frame
+    }
+
+    /// Reads a frame back; refuses other versions, garbage and truncated frames.
+    pub fn decode(frame: &[u8]) -> Result<Package, ChannelError> {
+        let Some((&version, body)) = frame.split_first() else {
+            return Err(ChannelError::Malformed {
+                problem: "an empty frame".into(),
+            });
+        };
+        if version != PROTOCOL_VERSION {
+            return Err(ChannelError::WrongVersion {
+                found: version,
+                expected: PROTOCOL_VERSION,
+            });
+        }
+        rmp_serde::from_slice(body).map_err(|e| ChannelError::Malformed {
+            problem: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use storex_core::chrono::{TimeZone, Utc};
+    use storex_core::{object, serde_json, Value};
+
+    use super::*;
+
+    #[test]
+    fn packages_round_trip_with_every_value_type() {
+        let package = Package::Batch {
+            seq: 7,
+            collection: "note".into(),
+            objects: vec![object! {
+                "t" => "ünï", "i" => i64::MIN, "f" => 0.1, "b" => true, "n" => Value::Null,
+                "d" => Utc.timestamp_opt(1_700_000_000, 5_000).single().expect("valid"),
+                "j" => serde_json::json!({"a": [1, null, "x"]}), "x" => vec![0u8, 255], "u" => Uuid::now_v7(),
+            }],
+        };
+        assert_eq!(Package::decode(&package.encode()).expect("decode"), package);
+    }
+
+    #[test]
+    fn bad_frames_are_refused_with_a_reason() {
+        let frame = Package::Finish.encode();
+        assert!(matches!(
+            Package::decode(&[]),
+            Err(ChannelError::Malformed { .. })
+        ));
+        assert!(matches!(
+            Package::decode(&[9, 1, 2]),
+            Err(ChannelError::WrongVersion {
+                found: 9,
+                expected: 1
+            })
+        ));
+        assert!(matches!(
+            Package::decode(&[PROTOCOL_VERSION, 0xc1, 0xff]),
+            Err(ChannelError::Malformed { .. })
+        ));
+        let batch = Package::Batch {
+            seq: 1,
+            collection: "c".into(),
+            objects: vec![object! { "a" => "long enough" }],
+        }
+        .encode();
+        assert!(matches!(
+            Package::decode(&batch[..batch.len() - 3]),
+            Err(ChannelError::Malformed { .. })
+        ));
+        assert!(Package::decode(&frame).is_ok());
+    }
+}

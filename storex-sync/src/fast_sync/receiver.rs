@@ -1,0 +1,350 @@
+//! The receiving side: every batch validated and applied in one transaction with the
+//! session's progress, then acknowledged.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use storex_core::uuid::Uuid;
+use storex_core::{
+    object, serde_json, BatchStep, Filter, Object, Operation, Origin, Query, StorageTransaction,
+    Value,
+};
+
+use crate::device::SyncDevice;
+use crate::entry::{LOG_COLLECTION, STATE_COLLECTION, TRANSFER_COLLECTION};
+use crate::error::Result;
+use crate::fast_sync::package::Package;
+use crate::fast_sync::{
+    chain_checksum, next_package, FastSyncChannel, FastSyncError, FastSyncOptions, Progress,
+    TransferReport,
+};
+
+const CURSOR_KEY: &str = "shared_log_cursor";
+
+/// Count and running checksum of one collection, as received so far in a session.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Received {
+    objects: u64,
+    checksum: String,
+}
+
+/// The progress of a session, stored with every applied batch.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct SessionState {
+    last_seq: u64,
+    collections: BTreeMap<String, Received>,
+}
+
+async fn run(tx: &StorageTransaction, op: Operation) -> Result<storex_core::Outcome> {
+    Ok(tx.execute_as(op, Origin::Sync).await?)
+}
+
+async fn load_state(device: &SyncDevice, session: Uuid) -> Result<Option<SessionState>> {
+    let row = device
+        .storage()
+        .find_by_pk(TRANSFER_COLLECTION, session)
+        .await?;
+    Ok(row
+        .and_then(|r| {
+            r.get("progress")
+                .and_then(Value::as_text)
+                .map(str::to_owned)
+        })
+        .and_then(|text| serde_json::from_str(&text).ok()))
+}
+
+/// Receives a snapshot over `channel` into `device`; resumes a session the same sender
+/// started before.
+pub async fn receive_snapshot(
+    device: &SyncDevice,
+    channel: &mut dyn FastSyncChannel,
+    options: &FastSyncOptions,
+) -> Result<TransferReport> {
+    let start = Instant::now();
+    let timeout = options.stall_timeout;
+    let (session, collections, cursor) = match next_package(channel, timeout).await? {
+        Package::Hello {
+            session,
+            collections,
+            cursor,
+        } => (session, collections, cursor),
+        other => {
+            return Err(FastSyncError::Protocol(format!("expected Hello, got {other:?}")).into())
+        }
+    };
+    let registry = device.storage().registry().clone();
+    for info in &collections {
+        let known = match registry.collection(&info.name) {
+            Ok(def) if info.schema_version <= def.schema_version() => None,
+            Ok(def) => Some(format!(
+                "collection `{}` comes from schema version {}, this device knows {}",
+                info.name,
+                info.schema_version,
+                def.schema_version()
+            )),
+            Err(_) => Some(format!("this device has no collection `{}`", info.name)),
+        };
+        if let Some(reason) = known {
+            let _ = channel
+                .send(Package::Cancel {
+                    reason: reason.clone(),
+                })
+                .await;
+            return Err(FastSyncError::Verification {
+                collection: info.name.clone(),
+                problem: reason,
+            }
+            .into());
+        }
+    }
+    let stored = load_state(device, session).await?;
+    let resume_after = stored.as_ref().map(|s| s.last_seq);
+    let mut state = stored.unwrap_or_default();
+    let mut report = TransferReport {
+        resumed_after: resume_after,
+        cursor,
+        ..TransferReport::default()
+    };
+    channel
+        .send(Package::Ready { resume_after })
+        .await
+        .map_err(FastSyncError::Channel)?;
+    loop {
+        match next_package(channel, timeout).await? {
+            Package::Batch {
+                seq,
+                collection,
+                objects,
+            } => {
+                if seq != state.last_seq + 1 {
+                    return Err(FastSyncError::Protocol(format!(
+                        "batch {seq} arrived after batch {}",
+                        state.last_seq
+                    ))
+                    .into());
+                }
+                let Some(info) = collections.iter().find(|c| c.name == collection) else {
+                    return Err(FastSyncError::Protocol(format!(
+                        "batch of unannounced collection `{collection}`"
+                    ))
+                    .into());
+                };
+                let bytes = rmp_serde::to_vec_named(&objects).map_or(0, |v| v.len()) as u64;
+                let count = objects.len() as u64;
+                let mut next = state.clone();
+                next.last_seq = seq;
+                let received = next.collections.entry(collection.clone()).or_default();
+                received.checksum = chain_checksum(&received.checksum, &objects);
+                received.objects += count;
+                let done = received.objects;
+                apply_batch(
+                    device,
+                    session,
+                    &collection,
+                    objects,
+                    &next,
+                    state.last_seq == 0 && resume_after.is_none(),
+                )
+                .await?;
+                state = next;
+                channel
+                    .send(Package::Ack { seq })
+                    .await
+                    .map_err(FastSyncError::Channel)?;
+                report.batches += 1;
+                report.objects += count;
+                report.bytes += bytes;
+                if let Some(progress) = &options.progress {
+                    progress(&Progress {
+                        collection: collection.clone(),
+                        objects_done: done,
+                        objects_total: info.objects,
+                        bytes_done: report.bytes,
+                    });
+                }
+                if options.cancel.is_cancelled() {
+                    let reason = "cancelled on the receiving device".to_owned();
+                    let _ = channel
+                        .send(Package::Cancel {
+                            reason: reason.clone(),
+                        })
+                        .await;
+                    return Err(FastSyncError::Cancelled {
+                        by_peer: false,
+                        reason,
+                    }
+                    .into());
+                }
+            }
+            Package::CollectionDone {
+                collection,
+                objects,
+                checksum,
+            } => {
+                let received = state
+                    .collections
+                    .get(&collection)
+                    .cloned()
+                    .unwrap_or_default();
+                let problem = if received.objects != objects {
+                    Some(format!(
+                        "{objects} objects were sent, {} arrived",
+                        received.objects
+                    ))
+                } else if received.checksum != checksum {
+                    Some("the checksum does not match".to_owned())
+                } else {
+                    None
+                };
+                if let Some(problem) = problem {
+                    let _ = channel
+                        .send(Package::Cancel {
+                            reason: problem.clone(),
+                        })
+                        .await;
+                    return Err(FastSyncError::Verification {
+                        collection,
+                        problem,
+                    }
+                    .into());
+                }
+            }
+            Package::Finish => {
+                finish(device, session, cursor).await?;
+                channel
+                    .send(Package::Done)
+                    .await
+                    .map_err(FastSyncError::Channel)?;
+                break;
+            }
+            other => return Err(FastSyncError::Protocol(format!("unexpected {other:?}")).into()),
+        }
+    }
+    report.duration = start.elapsed();
+    Ok(report)
+}
+
+/// Writes one batch and the session's progress in one transaction: objects the device has
+/// are overwritten, the others created; log entries it has are kept.
+async fn apply_batch(
+    device: &SyncDevice,
+    session: Uuid,
+    collection: &str,
+    objects: Vec<Object>,
+    state: &SessionState,
+    first: bool,
+) -> Result<()> {
+    let storage = device.storage();
+    let def = storage.registry().collection(collection)?.clone();
+    let tx = storage.begin().await?;
+    let mut steps = Vec::with_capacity(objects.len() + 1);
+    let keys: Vec<Value> = objects
+        .iter()
+        .filter_map(|o| def.pk_of(o).and_then(|pk| pk.single().cloned()))
+        .collect();
+    let existing: HashSet<String> = match def.pk_fields() {
+        [field] if keys.len() == objects.len() => run(
+            &tx,
+            Operation::find_many(
+                collection,
+                Query::new(Filter::all().is_in(field.clone(), keys)),
+            ),
+        )
+        .await?
+        .into_objects()
+        .iter()
+        .filter_map(|o| {
+            o.get(field)
+                .map(|v| serde_json::to_string(v).unwrap_or_default())
+        })
+        .collect(),
+        _ => HashSet::new(),
+    };
+    let single_field = def.pk_fields().len() == 1;
+    for mut object in objects {
+        if collection == LOG_COLLECTION {
+            // The sender's entries: shared already, from this device's point of view.
+            object.insert("shared".into(), Value::Bool(true));
+        }
+        let pk = def.pk_of(&object).ok_or_else(|| {
+            FastSyncError::Protocol(format!("an object of `{collection}` without its key"))
+        })?;
+        let exists = if single_field {
+            pk.single()
+                .is_some_and(|k| existing.contains(&serde_json::to_string(k).unwrap_or_default()))
+        } else {
+            run(
+                &tx,
+                Operation::count(
+                    collection,
+                    storex_core::pk_filter(storage.registry(), collection, pk.clone())?,
+                ),
+            )
+            .await?
+            .count()
+            .unwrap_or(0)
+                > 0
+        };
+        if !exists {
+            steps.push(BatchStep::new(Operation::create(collection, object)));
+        } else if collection != LOG_COLLECTION {
+            let changes: Object = object
+                .into_iter()
+                .filter(|(f, _)| !def.pk_fields().contains(f))
+                .collect();
+            if !changes.is_empty() {
+                steps.push(BatchStep::new(Operation::update_by_pk(
+                    collection, pk, changes,
+                )));
+            }
+        }
+    }
+    let progress = serde_json::to_string(state).unwrap_or_default();
+    let last_seq = i64::try_from(state.last_seq).unwrap_or(i64::MAX);
+    steps.push(BatchStep::new(if first {
+        Operation::create(
+            TRANSFER_COLLECTION,
+            object! { "session" => session, "last_seq" => last_seq, "progress" => progress },
+        )
+    } else {
+        Operation::update_by_pk(
+            TRANSFER_COLLECTION,
+            session,
+            object! { "last_seq" => last_seq, "progress" => progress },
+        )
+    }));
+    run(&tx, Operation::Batch { steps }).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Hands over the shared-log cursor and forgets the session, in one transaction.
+async fn finish(device: &SyncDevice, session: Uuid, cursor: u64) -> Result<()> {
+    let storage = device.storage();
+    let tx = storage.begin().await?;
+    let value = i64::try_from(cursor).unwrap_or(i64::MAX);
+    let has_cursor = run(
+        &tx,
+        Operation::count(STATE_COLLECTION, Filter::all().eq("key", CURSOR_KEY)),
+    )
+    .await?
+    .count()
+    .unwrap_or(0)
+        > 0;
+    let cursor_step = if has_cursor {
+        Operation::update_by_pk(STATE_COLLECTION, CURSOR_KEY, object! { "value" => value })
+    } else {
+        Operation::create(
+            STATE_COLLECTION,
+            object! { "key" => CURSOR_KEY, "value" => value },
+        )
+    };
+    let steps = vec![
+        BatchStep::new(cursor_step),
+        BatchStep::new(Operation::delete_by_pk(TRANSFER_COLLECTION, session)),
+    ];
+    run(&tx, Operation::Batch { steps }).await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! The sending side: a consistent snapshot streamed in batches.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use storex_core::uuid::Uuid;
+use storex_core::{Filter, Object, Operation, Origin, Query, StorageTransaction, Value};
+
+use crate::device::SyncDevice;
+use crate::entry::{INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION};
+use crate::error::Result;
+use crate::fast_sync::package::{CollectionInfo, Package};
+use crate::fast_sync::{
+    chain_checksum, next_package, FastSyncChannel, FastSyncError, FastSyncOptions, Progress,
+    TransferReport,
+};
+
+/// Objects read from the snapshot at a time.
+const PAGE: u64 = 500;
+
+/// A snapshot of a device, held open so that a transfer interrupted by a dropped channel can
+/// resume on a new channel with the same data.
+#[derive(Debug)]
+pub struct SnapshotSender {
+    device: SyncDevice,
+    tx: StorageTransaction,
+    session: Uuid,
+    collections: Vec<CollectionInfo>,
+    cursor: u64,
+    options: FastSyncOptions,
+}
+
+/// Sends a snapshot of `device` over `channel` in one go.
+pub async fn send_snapshot(
+    device: &SyncDevice,
+    channel: &mut dyn FastSyncChannel,
+    options: &FastSyncOptions,
+) -> Result<TransferReport> {
+    let mut sender = SnapshotSender::open(device, options.clone()).await?;
+    let report = sender.send(channel).await;
+    sender.close().await?;
+    report
+}
+
+impl SnapshotSender {
+    /// Takes the snapshot: opens a transaction on the device and counts what it will send.
+    pub async fn open(device: &SyncDevice, options: FastSyncOptions) -> Result<Self> {
+        let storage = device.storage();
+        let tx = storage.begin().await?;
+        let wanted = |name: &str| {
+            !INTERNAL_COLLECTIONS.contains(&name)
+                && options
+                    .collections
+                    .as_ref()
+                    .is_none_or(|c| c.iter().any(|c| c == name))
+        };
+        let mut collections = Vec::new();
+        let mut names: Vec<&str> = storage
+            .registry()
+            .collections()
+            .map(|c| c.name())
+            .filter(|n| wanted(n))
+            .collect();
+        names.push(LOG_COLLECTION); // last: the timestamps of everything sent before it
+        for name in names {
+            let def = storage.registry().collection(name)?;
+            let objects = tx
+                .execute_as(Operation::count(name, Filter::all()), Origin::Sync)
+                .await?
+                .count()
+                .unwrap_or(0);
+            collections.push(CollectionInfo {
+                name: name.to_owned(),
+                schema_version: def.schema_version(),
+                objects,
+            });
+        }
+        let cursor = tx
+            .execute_as(
+                Operation::find_one(
+                    STATE_COLLECTION,
+                    Query::new(Filter::all().eq("key", "shared_log_cursor")),
+                ),
+                Origin::Sync,
+            )
+            .await?
+            .into_found()
+            .and_then(|row| row.get("value").and_then(Value::as_int))
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(0);
+        Ok(SnapshotSender {
+            device: device.clone(),
+            tx,
+            session: Uuid::now_v7(),
+            collections,
+            cursor,
+            options,
+        })
+    }
+
+    /// The collections and counts of the snapshot.
+    pub fn collections(&self) -> &[CollectionInfo] {
+        &self.collections
+    }
+
+    /// Ends the snapshot (it only read, so nothing is written).
+    pub async fn close(self) -> Result<()> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+
+    /// One page of `collection` after `after` (the last key sent), in key order.
+    async fn page(
+        &self,
+        collection: &str,
+        after: &Option<Object>,
+        skip: u64,
+    ) -> Result<Vec<Object>> {
+        let def = self.device.storage().registry().collection(collection)?;
+        let mut query = Query::default().limit(PAGE);
+        match (def.pk_fields(), after) {
+            // One-field keys page by key (cheap in any database); compound keys by offset.
+            ([field], Some(last)) => {
+                let last_key = last.get(field).cloned().unwrap_or(Value::Null);
+                query.filter = Filter::all().gt(field.clone(), last_key);
+            }
+            ([_], None) => {}
+            (_, _) => query.skip = skip,
+        }
+        Ok(self
+            .tx
+            .execute_as(Operation::find_many(collection, query), Origin::Sync)
+            .await?
+            .into_objects())
+    }
+
+    /// Streams the snapshot over `channel`. If the channel fails, call again with a new
+    /// channel to the same receiver: it resumes after the last batch the receiver applied.
+    pub async fn send(&mut self, channel: &mut dyn FastSyncChannel) -> Result<TransferReport> {
+        let start = Instant::now();
+        let timeout = self.options.stall_timeout;
+        send(
+            channel,
+            Package::Hello {
+                session: self.session,
+                collections: self.collections.clone(),
+                cursor: self.cursor,
+            },
+        )
+        .await?;
+        let resume_after = match next_package(channel, timeout).await? {
+            Package::Ready { resume_after } => resume_after,
+            other => {
+                return Err(
+                    FastSyncError::Protocol(format!("expected Ready, got {other:?}")).into(),
+                )
+            }
+        };
+        let mut run = Run {
+            seq: 0,
+            skip_until: resume_after.unwrap_or(0),
+            unacked: VecDeque::new(),
+            report: TransferReport {
+                resumed_after: resume_after,
+                cursor: self.cursor,
+                ..TransferReport::default()
+            },
+        };
+        for info in self.collections.clone() {
+            let mut collection = CollectionRun::default();
+            let mut batch: Vec<Object> = Vec::new();
+            let mut batch_bytes = 0usize;
+            let mut after: Option<Object> = None;
+            let mut offset = 0u64;
+            loop {
+                let page = self.page(&info.name, &after, offset).await?;
+                let last_page = (page.len() as u64) < PAGE;
+                offset += page.len() as u64;
+                after = page.last().cloned();
+                for object in page {
+                    if self
+                        .options
+                        .filter
+                        .as_ref()
+                        .is_some_and(|keep| !keep(&info.name, &object))
+                    {
+                        continue;
+                    }
+                    let size = rmp_serde::to_vec_named(&object).map_or(0, |v| v.len());
+                    if !batch.is_empty() && batch_bytes + size > self.options.batch_bytes {
+                        let objects = std::mem::take(&mut batch);
+                        self.emit(
+                            channel,
+                            &info,
+                            objects,
+                            batch_bytes,
+                            &mut collection,
+                            &mut run,
+                        )
+                        .await?;
+                        batch_bytes = 0;
+                    }
+                    batch_bytes += size;
+                    batch.push(object);
+                }
+                if last_page {
+                    break;
+                }
+            }
+            if !batch.is_empty() {
+                self.emit(
+                    channel,
+                    &info,
+                    batch,
+                    batch_bytes,
+                    &mut collection,
+                    &mut run,
+                )
+                .await?;
+            }
+            send(
+                channel,
+                Package::CollectionDone {
+                    collection: info.name.clone(),
+                    objects: collection.objects,
+                    checksum: collection.checksum,
+                },
+            )
+            .await?;
+        }
+        send(channel, Package::Finish).await?;
+        while !run.unacked.is_empty() {
+            self.await_ack(channel, &mut run.unacked).await?;
+        }
+        match next_package(channel, timeout).await? {
+            Package::Done => {}
+            other => {
+                return Err(FastSyncError::Protocol(format!("expected Done, got {other:?}")).into())
+            }
+        }
+        run.report.duration = start.elapsed();
+        Ok(run.report)
+    }
+
+    /// Accounts for one batch and sends it, unless the receiver applied it before.
+    async fn emit(
+        &self,
+        channel: &mut dyn FastSyncChannel,
+        info: &CollectionInfo,
+        objects: Vec<Object>,
+        bytes: usize,
+        collection: &mut CollectionRun,
+        run: &mut Run,
+    ) -> Result<()> {
+        run.seq += 1;
+        collection.checksum = chain_checksum(&collection.checksum, &objects);
+        collection.objects += objects.len() as u64;
+        if run.seq <= run.skip_until {
+            return Ok(()); // applied before the interruption
+        }
+        if self.options.cancel.is_cancelled() {
+            let reason = "cancelled on the sending device".to_owned();
+            send(
+                channel,
+                Package::Cancel {
+                    reason: reason.clone(),
+                },
+            )
+            .await?;
+            return Err(FastSyncError::Cancelled {
+                by_peer: false,
+                reason,
+            }
+            .into());
+        }
+        while run.unacked.len() >= self.options.window {
+            self.await_ack(channel, &mut run.unacked).await?;
+        }
+        let count = objects.len() as u64;
+        send(
+            channel,
+            Package::Batch {
+                seq: run.seq,
+                collection: info.name.clone(),
+                objects,
+            },
+        )
+        .await?;
+        run.unacked.push_back(run.seq);
+        run.report.batches += 1;
+        run.report.objects += count;
+        run.report.bytes += bytes as u64;
+        if let Some(progress) = &self.options.progress {
+            progress(&Progress {
+                collection: info.name.clone(),
+                objects_done: collection.objects,
+                objects_total: info.objects,
+                bytes_done: run.report.bytes,
+            });
+        }
+        Ok(())
+    }
+
+    async fn await_ack(
+        &self,
+        channel: &mut dyn FastSyncChannel,
+        unacked: &mut VecDeque<u64>,
+    ) -> Result<()> {
+        match next_package(channel, self.options.stall_timeout).await? {
+            Package::Ack { seq } if unacked.front() == Some(&seq) => {
+                unacked.pop_front();
+                Ok(())
+            }
+            other => Err(FastSyncError::Protocol(format!(
+                "expected the acknowledgement of batch {:?}, got {other:?}",
+                unacked.front()
+            ))
+            .into()),
+        }
+    }
+}
+
+/// The state of one run of [`SnapshotSender::send`].
+#[derive(Debug)]
+struct Run {
+    seq: u64,
+    skip_until: u64,
+    unacked: VecDeque<u64>,
+    report: TransferReport,
+}
+
+/// Count and running checksum of the collection being sent.
+#[derive(Debug, Default)]
+struct CollectionRun {
+    objects: u64,
+    checksum: String,
+}
+
+async fn send(channel: &mut dyn FastSyncChannel, package: Package) -> Result<()> {
+    channel
+        .send(package)
+        .await
+        .map_err(|e| FastSyncError::Channel(e).into())
+}
