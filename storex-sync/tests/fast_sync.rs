@@ -1,0 +1,590 @@
+//! Fast initial sync between devices on SQLite files: a whole database moves and matches, the
+//! handoff to continuous sync loses nothing, a dropped channel resumes, and bad frames, bad
+//! data, unknown collections, cancels and stalls end the session cleanly.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use storex_core::{
+    object, BatchStep, BoxFuture, CollectionDef, FieldType, Filter, Operation, Registry,
+    StorageBackend, Value,
+};
+use storex_seaorm::SeaOrmBackend;
+use storex_sync::fast_sync::{
+    memory_channel_pair, receive_snapshot, send_snapshot, CancelHandle, ChannelError,
+    FastSyncChannel, FastSyncError, FastSyncOptions, MemoryChannel, Package, Progress,
+    SnapshotSender,
+};
+use storex_sync::{
+    Clock, ContinuousOptions, ContinuousSync, DeviceId, Error, MemorySharedLog, SharedSyncLog,
+    SyncDevice, SyncOptions,
+};
+
+fn registry() -> Registry {
+    Registry::builder()
+        .collection(
+            CollectionDef::new("note")
+                .field("id", FieldType::Uuid)
+                .field("title", FieldType::Text)
+                .optional_field("body", FieldType::Text)
+                .primary_key(["id"]),
+        )
+        .collection(
+            CollectionDef::new("tag")
+                .field("note", FieldType::Text)
+                .field("name", FieldType::Text)
+                .primary_key(["note", "name"]),
+        )
+        .collection(
+            CollectionDef::new("draft")
+                .field("id", FieldType::Int)
+                .field("text", FieldType::Text)
+                .primary_key(["id"]),
+        )
+        .build()
+        .expect("registry")
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Fixture {
+            dir: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+
+    async fn device(&self, name: &str, id: DeviceId) -> SyncDevice {
+        let backend: Arc<dyn StorageBackend> = Arc::new(
+            SeaOrmBackend::open_sqlite_file(self.dir.path().join(format!("{name}.db")))
+                .await
+                .expect("open"),
+        );
+        SyncDevice::open(
+            registry(),
+            backend,
+            Clock::new(id),
+            SyncOptions::default().exclude("draft"),
+        )
+        .await
+        .expect("device")
+    }
+}
+
+async fn fill(device: &SyncDevice, notes: usize) {
+    for chunk in 0..notes.div_ceil(500) {
+        let steps = (chunk * 500..((chunk + 1) * 500).min(notes))
+            .map(|i| {
+                BatchStep::new(Operation::create(
+                    "note",
+                    object! { "title" => format!("note {i}"), "body" => "x".repeat(i % 300) },
+                ))
+            })
+            .collect();
+        device.storage().batch(steps).await.expect("notes");
+    }
+    for i in 0..300 {
+        device
+            .storage()
+            .create(
+                "tag",
+                object! { "note" => format!("n{}", i % 40), "name" => format!("t{i}") },
+            )
+            .await
+            .expect("tag");
+    }
+    device
+        .storage()
+        .create("draft", object! { "id" => 1, "text" => "local" })
+        .await
+        .expect("draft");
+}
+
+fn small_batches() -> FastSyncOptions {
+    FastSyncOptions::default()
+        .with_batch_bytes(16 * 1024)
+        .with_window(3)
+}
+
+async fn assert_same(a: &SyncDevice, b: &SyncDevice) {
+    for collection in ["note", "tag", "draft"] {
+        assert_eq!(
+            a.digest(collection).await.expect("digest"),
+            b.digest(collection).await.expect("digest"),
+            "collection {collection}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_whole_database_moves_and_matches() {
+    let fx = Fixture::new();
+    let (old, new) = (
+        fx.device("old", DeviceId::random()).await,
+        fx.device("new", DeviceId::random()).await,
+    );
+    fill(&old, 3_000).await;
+    let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
+    let recorder = seen.clone();
+    let options = small_batches().with_progress(Arc::new(move |p: &Progress| {
+        recorder.lock().expect("lock").push(p.clone())
+    }));
+    let (mut a, mut b) = memory_channel_pair(4);
+    let receiving = small_batches();
+    let (sent, received) = tokio::join!(
+        send_snapshot(&old, &mut a, &options),
+        receive_snapshot(&new, &mut b, &receiving)
+    );
+    let (sent, received) = (sent.expect("send"), received.expect("receive"));
+    assert_eq!(sent.objects, received.objects);
+    assert!(sent.batches > 10, "small batches: {}", sent.batches);
+    assert_same(&old, &new).await;
+    // The log came along, as the sender's (already shared) entries.
+    let log = new.log().all().await.expect("log");
+    assert_eq!(log.len() as u64, old.log().len().await.expect("len"));
+    assert!(log
+        .iter()
+        .all(|e| e.shared && e.entry.device == old.device()));
+    assert_eq!(
+        new.log().unshared_count().await.expect("count"),
+        0,
+        "nothing for the new device to push"
+    );
+    // Progress climbs to the totals.
+    let seen = seen.lock().expect("lock");
+    let notes: Vec<&Progress> = seen.iter().filter(|p| p.collection == "note").collect();
+    assert!(notes
+        .windows(2)
+        .all(|w| w[0].objects_done < w[1].objects_done));
+    assert_eq!(
+        notes.last().map(|p| (p.objects_done, p.objects_total)),
+        Some((3_000, 3_000))
+    );
+}
+
+#[tokio::test]
+async fn continuous_sync_takes_over_from_the_handed_over_cursor() {
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let (old_id, new_id) = (
+        log.create_device("ann").await.expect("old"),
+        log.create_device("ann").await.expect("new"),
+    );
+    let old = ContinuousSync::new(
+        fx.device("old", old_id).await,
+        log.clone(),
+        ContinuousOptions::default(),
+    );
+    fill(old.device(), 500).await;
+    old.sync_once().await.expect("push");
+    // A change the old device has not pushed yet travels in the snapshot.
+    old.device()
+        .storage()
+        .create("note", object! { "title" => "unpushed" })
+        .await
+        .expect("write");
+
+    let new_device = fx.device("new", new_id).await;
+    let (mut a, mut b) = memory_channel_pair(4);
+    let options = small_batches();
+    let (sent, received) = tokio::join!(
+        send_snapshot(old.device(), &mut a, &options),
+        receive_snapshot(&new_device, &mut b, &options)
+    );
+    sent.expect("send");
+    assert!(
+        received.expect("receive").cursor > 0,
+        "the cursor is handed over"
+    );
+    let new = ContinuousSync::new(new_device, log, ContinuousOptions::default());
+    assert_eq!(
+        new.cursor().await.expect("cursor"),
+        old.cursor().await.expect("cursor")
+    );
+
+    // Changes after the snapshot, and the unpushed one, reach the new device; none twice.
+    old.device()
+        .storage()
+        .create("note", object! { "title" => "after the move" })
+        .await
+        .expect("write");
+    old.sync_once().await.expect("push");
+    let report = new.sync_once().await.expect("sync");
+    assert_eq!(
+        report.pushed, 0,
+        "the new device re-pushes nothing of the old one's"
+    );
+    assert_eq!(
+        report.duplicates, 1,
+        "the unpushed entry came in the snapshot already"
+    );
+    assert_eq!(report.integrated, 1);
+    assert_eq!(
+        old.device().digest("note").await.expect("digest"),
+        new.device().digest("note").await.expect("digest")
+    );
+}
+
+/// A channel that fails after passing a number of packages, both ways.
+#[derive(Debug)]
+struct Dropping {
+    inner: MemoryChannel,
+    left: usize,
+}
+
+impl FastSyncChannel for Dropping {
+    fn send(&mut self, package: Package) -> BoxFuture<'_, Result<(), ChannelError>> {
+        Box::pin(async move {
+            if self.left == 0 {
+                return Err(ChannelError::Closed);
+            }
+            self.left -= 1;
+            self.inner.send(package).await
+        })
+    }
+
+    fn recv(&mut self) -> BoxFuture<'_, Result<Option<Package>, ChannelError>> {
+        Box::pin(async move {
+            if self.left == 0 {
+                return Err(ChannelError::Closed);
+            }
+            self.left -= 1;
+            self.inner.recv().await
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_channel_resumes_after_the_last_acknowledged_batch() {
+    let fx = Fixture::new();
+    let (old, new) = (
+        fx.device("old", DeviceId::random()).await,
+        fx.device("new", DeviceId::random()).await,
+    );
+    fill(&old, 2_000).await;
+    let options = small_batches().with_stall_timeout(Duration::from_secs(5));
+    let mut sender = SnapshotSender::open(&old, options.clone())
+        .await
+        .expect("snapshot");
+
+    let (a, mut b) = memory_channel_pair(4);
+    let mut a = Dropping { inner: a, left: 12 };
+    let (first_send, first_receive) = tokio::join!(
+        sender.send(&mut a),
+        receive_snapshot(&new, &mut b, &options)
+    );
+    assert!(
+        first_send.is_err() && first_receive.is_err(),
+        "the first run breaks off"
+    );
+    let partial = new
+        .storage()
+        .count("note", Filter::all())
+        .await
+        .expect("count");
+    assert!(
+        partial > 0 && partial < 2_000,
+        "{partial} notes after the first run"
+    );
+
+    let (mut a, mut b) = memory_channel_pair(4);
+    let (second_send, second_receive) = tokio::join!(
+        sender.send(&mut a),
+        receive_snapshot(&new, &mut b, &options)
+    );
+    let (sent, received) = (second_send.expect("send"), second_receive.expect("receive"));
+    sender.close().await.expect("close");
+    let resumed = received.resumed_after.expect("resumed");
+    assert!(resumed > 0);
+    assert_eq!(sent.resumed_after, Some(resumed));
+    assert_same(&old, &new).await;
+    assert_eq!(
+        new.storage()
+            .count("note", Filter::all())
+            .await
+            .expect("count"),
+        2_000,
+        "nothing twice"
+    );
+}
+
+/// Plays the sender by hand: a valid hello and first batch, then `bad`.
+async fn hand_made_sender(channel: &mut MemoryChannel, bad: Vec<u8>) {
+    channel
+        .send(Package::Hello {
+            session: storex_core::uuid::Uuid::now_v7(),
+            collections: vec![storex_sync::fast_sync::CollectionInfo {
+                name: "draft".into(),
+                schema_version: 1,
+                objects: 3,
+            }],
+            cursor: 0,
+        })
+        .await
+        .expect("hello");
+    assert!(matches!(
+        channel.recv().await,
+        Ok(Some(Package::Ready { resume_after: None }))
+    ));
+    channel
+        .send(Package::Batch {
+            seq: 1,
+            collection: "draft".into(),
+            objects: vec![object! { "id" => 1, "text" => "ok" }],
+        })
+        .await
+        .expect("batch 1");
+    assert!(matches!(
+        channel.recv().await,
+        Ok(Some(Package::Ack { seq: 1 }))
+    ));
+    channel.send_raw(bad).await.expect("bad frame");
+}
+
+async fn receive_bad(bad: Vec<u8>) -> (Error, u64) {
+    let fx = Fixture::new();
+    let new = fx.device("new", DeviceId::random()).await;
+    let (mut a, mut b) = memory_channel_pair(4);
+    let options = FastSyncOptions::default();
+    let (_, received) = tokio::join!(
+        hand_made_sender(&mut a, bad),
+        receive_snapshot(&new, &mut b, &options)
+    );
+    let count = new
+        .storage()
+        .count("draft", Filter::all())
+        .await
+        .expect("count");
+    (
+        received.expect_err("a bad frame must end the session"),
+        count,
+    )
+}
+
+#[tokio::test]
+async fn garbage_truncated_and_wrong_version_frames_end_the_session_cleanly() {
+    let good = Package::Batch {
+        seq: 2,
+        collection: "draft".into(),
+        objects: vec![object! { "id" => 2, "text" => "two" }],
+    }
+    .encode();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "garbage",
+            vec![storex_sync::fast_sync::PROTOCOL_VERSION, 0xc1, 0x00, 0xff],
+        ),
+        ("truncated", good[..good.len() - 4].to_vec()),
+        ("wrong version", {
+            let mut frame = good.clone();
+            frame[0] = 99;
+            frame
+        }),
+        ("empty", Vec::new()),
+    ];
+    for (what, frame) in cases {
+        let (err, count) = receive_bad(frame).await;
+        let Error::FastSync(FastSyncError::Channel(channel)) = &err else {
+            panic!("{what}: wrong error {err}")
+        };
+        assert!(
+            matches!(
+                channel,
+                ChannelError::Malformed { .. } | ChannelError::WrongVersion { found: 99, .. }
+            ),
+            "{what}: {channel}"
+        );
+        assert_eq!(
+            count, 1,
+            "{what}: the applied batch stays, nothing of the bad one"
+        );
+    }
+}
+
+#[tokio::test]
+async fn invalid_objects_are_refused_and_leave_the_receiver_as_it_was() {
+    let wrong_type = Package::Batch {
+        seq: 2,
+        collection: "draft".into(),
+        objects: vec![
+            object! { "id" => 2, "text" => 42 },
+            object! { "id" => 3, "text" => "fine" },
+        ],
+    };
+    let (err, count) = receive_bad(wrong_type.encode()).await;
+    assert!(
+        err.to_string().contains("storage") || err.to_string().contains("batch"),
+        "{err}"
+    );
+    assert_eq!(count, 1, "nothing of the invalid batch was applied");
+}
+
+#[tokio::test]
+async fn an_unknown_collection_is_refused_before_anything_moves() {
+    let fx = Fixture::new();
+    let old = fx.device("old", DeviceId::random()).await;
+    fill(&old, 10).await;
+    let other = Registry::builder()
+        .collection(
+            CollectionDef::new("draft")
+                .field("id", FieldType::Int)
+                .field("text", FieldType::Text)
+                .primary_key(["id"]),
+        )
+        .build()
+        .expect("registry");
+    let backend: Arc<dyn StorageBackend> = Arc::new(
+        SeaOrmBackend::connect("sqlite::memory:")
+            .await
+            .expect("open"),
+    );
+    let new = SyncDevice::open(
+        other,
+        backend,
+        Clock::new(DeviceId::random()),
+        SyncOptions::default(),
+    )
+    .await
+    .expect("device");
+    let (mut a, mut b) = memory_channel_pair(4);
+    let options = FastSyncOptions::default();
+    let (sent, received) = tokio::join!(
+        send_snapshot(&old, &mut a, &options),
+        receive_snapshot(&new, &mut b, &options)
+    );
+    let received = received.expect_err("refused");
+    assert!(
+        received.to_string().contains("fast sync failed"),
+        "{received}"
+    );
+    let Error::FastSync(FastSyncError::Verification { problem, .. }) = &received else {
+        panic!("{received}")
+    };
+    assert_eq!(problem, "this device has no collection `note`");
+    let Err(Error::FastSync(FastSyncError::Cancelled {
+        by_peer: true,
+        reason,
+    })) = sent
+    else {
+        panic!("sender: {sent:?}")
+    };
+    assert_eq!(reason, "this device has no collection `note`");
+    assert_eq!(
+        new.storage()
+            .count("draft", Filter::all())
+            .await
+            .expect("count"),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_on_the_sender_ends_both_sides() {
+    let fx = Fixture::new();
+    let (old, new) = (
+        fx.device("old", DeviceId::random()).await,
+        fx.device("new", DeviceId::random()).await,
+    );
+    fill(&old, 1_000).await;
+    let cancel = CancelHandle::new();
+    let trigger = cancel.clone();
+    let options =
+        small_batches()
+            .with_cancel(cancel)
+            .with_progress(Arc::new(move |p: &Progress| {
+                if p.objects_done > 100 {
+                    trigger.cancel();
+                }
+            }));
+    let (mut a, mut b) = memory_channel_pair(4);
+    let receiving = small_batches();
+    let (sent, received) = tokio::join!(
+        send_snapshot(&old, &mut a, &options),
+        receive_snapshot(&new, &mut b, &receiving)
+    );
+    assert!(
+        matches!(
+            sent,
+            Err(Error::FastSync(FastSyncError::Cancelled {
+                by_peer: false,
+                ..
+            }))
+        ),
+        "{sent:?}"
+    );
+    assert!(
+        matches!(
+            received,
+            Err(Error::FastSync(FastSyncError::Cancelled {
+                by_peer: true,
+                ..
+            }))
+        ),
+        "{received:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_reported_as_stalled() {
+    let fx = Fixture::new();
+    let new = fx.device("new", DeviceId::random()).await;
+    let (_quiet, mut b) = memory_channel_pair(4);
+    let options = FastSyncOptions::default().with_stall_timeout(Duration::from_millis(200));
+    let err = receive_snapshot(&new, &mut b, &options)
+        .await
+        .expect_err("stalled");
+    assert_eq!(err.to_string(), "fast sync failed");
+    assert!(
+        matches!(err, Error::FastSync(FastSyncError::Stalled(_))),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn collections_and_objects_can_be_left_out() {
+    let fx = Fixture::new();
+    let (old, new) = (
+        fx.device("old", DeviceId::random()).await,
+        fx.device("new", DeviceId::random()).await,
+    );
+    fill(&old, 100).await;
+    let options = FastSyncOptions::default()
+        .with_collections(["note", "draft"])
+        .with_filter(Arc::new(
+            |collection: &str, object: &storex_core::Object| {
+                collection != "note" || object.get("body") != Some(&Value::from(""))
+            },
+        ));
+    let (mut a, mut b) = memory_channel_pair(4);
+    let (sent, received) = tokio::join!(
+        send_snapshot(&old, &mut a, &options),
+        receive_snapshot(&new, &mut b, &options)
+    );
+    sent.expect("send");
+    received.expect("receive");
+    assert_eq!(
+        new.storage()
+            .count("tag", Filter::all())
+            .await
+            .expect("count"),
+        0,
+        "tags were not asked for"
+    );
+    assert_eq!(
+        new.storage()
+            .count("note", Filter::all())
+            .await
+            .expect("count"),
+        99,
+        "the note with an empty body stayed"
+    );
+    assert_eq!(
+        new.storage()
+            .count("draft", Filter::all())
+            .await
+            .expect("count"),
+        1
+    );
+}
