@@ -21,10 +21,8 @@ pub enum ChannelError {
     #[error("the channel closed")]
     Closed,
     /// A frame is larger than allowed.
-    #[error("a frame of {size} bytes is larger than the {limit} bytes allowed")]
+    #[error("a frame is larger than the {limit} bytes allowed")]
     TooLarge {
-        /// Its size.
-        size: usize,
         /// The limit.
         limit: usize,
     },
@@ -104,7 +102,6 @@ impl FastSyncChannel for MemoryChannel {
             match self.rx.recv().await {
                 None => Ok(None),
                 Some(frame) if frame.len() > self.max_frame => Err(ChannelError::TooLarge {
-                    size: frame.len(),
                     limit: self.max_frame,
                 }),
                 Some(frame) => Package::decode(&frame).map(Some),

@@ -1,0 +1,117 @@
+//! storex-channel-tcp: [`TcpChannel`], a fast-sync channel over a TCP connection.
+//!
+//! Each package travels as one frame: a 4-byte big-endian length, then the package's
+//! versioned encoding. A frame longer than the limit (64 MiB unless set otherwise) is
+//! refused on both sides: the sender does not send it, the receiver ends the session with
+//! `ChannelError::TooLarge` before reading it. Garbage and truncated frames end the session
+//! with `ChannelError::Malformed`; a peer that goes away mid-session with
+//! `ChannelError::Closed` or a transport error. Nothing from the network is trusted.
+//!
+//! ```no_run
+//! # async fn demo(device: &storex_sync::SyncDevice) -> storex_sync::Result<()> {
+//! use storex_channel_tcp::TcpChannel;
+//! use storex_sync::fast_sync::{send_snapshot, FastSyncOptions};
+//!
+//! let mut channel = TcpChannel::connect("127.0.0.1:7070").await?;
+//! send_snapshot(device, &mut channel, &FastSyncOptions::default()).await?;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+
+use futures::{SinkExt, StreamExt};
+use storex_core::BoxFuture;
+use storex_sync::fast_sync::{ChannelError, FastSyncChannel, FastSyncError, Package};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+/// The default largest frame: 64 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 64 * 1024 * 1024;
+
+/// A fast-sync channel over one TCP connection.
+pub struct TcpChannel {
+    framed: Framed<TcpStream, LengthDelimitedCodec>,
+    max_frame: usize,
+}
+
+impl fmt::Debug for TcpChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpChannel")
+            .field("peer", &self.framed.get_ref().peer_addr().ok())
+            .field("max_frame", &self.max_frame)
+            .finish()
+    }
+}
+
+fn transport(e: std::io::Error) -> storex_sync::Error {
+    FastSyncError::Channel(ChannelError::Transport(Box::new(e))).into()
+}
+
+impl TcpChannel {
+    /// Wraps a connected stream, with frames of at most [`DEFAULT_MAX_FRAME`] bytes.
+    pub fn new(stream: TcpStream) -> Self {
+        Self::with_max_frame(stream, DEFAULT_MAX_FRAME)
+    }
+
+    /// Wraps a connected stream, with frames of at most `max_frame` bytes.
+    pub fn with_max_frame(stream: TcpStream, max_frame: usize) -> Self {
+        // Small packages (acknowledgements) must not wait for more data.
+        let _ = stream.set_nodelay(true);
+        let codec = LengthDelimitedCodec::builder()
+            .length_field_length(4)
+            .max_frame_length(max_frame)
+            .new_codec();
+        TcpChannel {
+            framed: Framed::new(stream, codec),
+            max_frame,
+        }
+    }
+
+    /// Connects to a listening peer.
+    pub async fn connect(address: impl ToSocketAddrs) -> storex_sync::Result<Self> {
+        let stream = TcpStream::connect(address).await.map_err(transport)?;
+        Ok(Self::new(stream))
+    }
+
+    /// Waits for a peer on `listener` and returns the channel to it.
+    pub async fn accept(listener: &TcpListener) -> storex_sync::Result<Self> {
+        let (stream, _) = listener.accept().await.map_err(transport)?;
+        Ok(Self::new(stream))
+    }
+}
+
+impl FastSyncChannel for TcpChannel {
+    fn send(&mut self, package: Package) -> BoxFuture<'_, Result<(), ChannelError>> {
+        Box::pin(async move {
+            let frame = package.encode();
+            if frame.len() > self.max_frame {
+                return Err(ChannelError::TooLarge {
+                    limit: self.max_frame,
+                });
+            }
+            self.framed
+                .send(tokio_util::bytes::Bytes::from(frame))
+                .await
+                .map_err(|e| ChannelError::Transport(Box::new(e)))
+        })
+    }
+
+    fn recv(&mut self) -> BoxFuture<'_, Result<Option<Package>, ChannelError>> {
+        Box::pin(async move {
+            match self.framed.next().await {
+                None => Ok(None),
+                Some(Ok(frame)) => Package::decode(&frame).map(Some),
+                // The codec refuses an oversized frame before reading it.
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    Err(ChannelError::TooLarge {
+                        limit: self.max_frame,
+                    })
+                }
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    Err(ChannelError::Closed)
+                }
+                Some(Err(e)) => Err(ChannelError::Transport(Box::new(e))),
+            }
+        })
+    }
+}

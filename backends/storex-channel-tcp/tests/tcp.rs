@@ -1,0 +1,184 @@
+//! Fast sync over real TCP sockets on 127.0.0.1: a database moves, and oversized, garbage
+//! and cut-off frames from the network end the session with a clear error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use storex_channel_tcp::TcpChannel;
+use storex_core::{
+    object, BatchStep, CollectionDef, FieldType, Filter, Operation, Registry, StorageBackend,
+};
+use storex_seaorm::SeaOrmBackend;
+use storex_sync::fast_sync::{
+    receive_snapshot, send_snapshot, ChannelError, FastSyncError, FastSyncOptions, Package,
+};
+use storex_sync::{Clock, DeviceId, Error, SyncDevice, SyncOptions};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+fn registry() -> Registry {
+    Registry::builder()
+        .collection(
+            CollectionDef::new("note")
+                .field("id", FieldType::Uuid)
+                .field("title", FieldType::Text)
+                .field("body", FieldType::Blob)
+                .primary_key(["id"]),
+        )
+        .build()
+        .expect("registry")
+}
+
+async fn device(dir: &std::path::Path, name: &str) -> SyncDevice {
+    let backend: Arc<dyn StorageBackend> = Arc::new(
+        SeaOrmBackend::open_sqlite_file(dir.join(name))
+            .await
+            .expect("open"),
+    );
+    SyncDevice::open(
+        registry(),
+        backend,
+        Clock::new(DeviceId::random()),
+        SyncOptions::default(),
+    )
+    .await
+    .expect("device")
+}
+
+#[tokio::test]
+async fn a_database_moves_over_tcp_on_loopback() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (old, new) = (
+        device(dir.path(), "old.db").await,
+        device(dir.path(), "new.db").await,
+    );
+    for chunk in 0..5 {
+        let steps = (0..1_000)
+            .map(|i| {
+                BatchStep::new(Operation::create(
+                    "note",
+                    object! { "title" => format!("note {chunk}-{i}"), "body" => vec![(i % 256) as u8; 200] },
+                ))
+            })
+            .collect();
+        old.storage().batch(steps).await.expect("write");
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let options = FastSyncOptions::default().with_batch_bytes(64 * 1024);
+    let receiving = async {
+        let mut channel = TcpChannel::accept(&listener).await.expect("accept");
+        receive_snapshot(&new, &mut channel, &options).await
+    };
+    let sending = async {
+        let mut channel = TcpChannel::connect(address).await.expect("connect");
+        send_snapshot(&old, &mut channel, &options).await
+    };
+    let (received, sent) = tokio::join!(receiving, sending);
+    let (received, sent) = (received.expect("receive"), sent.expect("send"));
+    assert_eq!(received.objects, sent.objects);
+    assert!(sent.batches > 10);
+    assert_eq!(
+        new.storage()
+            .count("note", Filter::all())
+            .await
+            .expect("count"),
+        5_000
+    );
+    assert_eq!(
+        old.digest("note").await.expect("digest"),
+        new.digest("note").await.expect("digest")
+    );
+}
+
+/// Accepts one connection as a receiver, while `peer` writes raw bytes to it.
+async fn receive_from_raw_peer(bytes: Vec<u8>, close: bool) -> Error {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let new = device(dir.path(), "new.db").await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let options = FastSyncOptions::default().with_stall_timeout(Duration::from_secs(5));
+    let receiving = async {
+        let mut channel =
+            TcpChannel::with_max_frame(listener.accept().await.expect("accept").0, 1024 * 1024);
+        receive_snapshot(&new, &mut channel, &options).await
+    };
+    let peer = async {
+        let mut stream = TcpStream::connect(address).await.expect("connect");
+        stream.write_all(&bytes).await.expect("write");
+        if close {
+            drop(stream);
+        } else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let (received, ()) = tokio::join!(receiving, peer);
+    received.expect_err("the session must fail")
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+fn channel_error(err: &Error) -> &ChannelError {
+    match err {
+        Error::FastSync(FastSyncError::Channel(e)) => e,
+        other => panic!("not a channel error: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_frame_is_refused_before_it_is_read() {
+    let err = receive_from_raw_peer((200_000_000u32).to_be_bytes().to_vec(), false).await;
+    assert!(
+        matches!(
+            channel_error(&err),
+            ChannelError::TooLarge { limit: 1_048_576 }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_garbage_frame_is_reported_as_malformed() {
+    let err = receive_from_raw_peer(
+        frame(&[storex_sync::fast_sync::PROTOCOL_VERSION, 0xc1, 0xc1, 0xc1]),
+        false,
+    )
+    .await;
+    assert!(
+        matches!(channel_error(&err), ChannelError::Malformed { .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_frame_cut_off_by_a_closed_connection_is_reported() {
+    let hello = Package::Finish.encode();
+    let mut bytes = frame(&hello);
+    bytes.truncate(bytes.len() - 1);
+    let err = receive_from_raw_peer(bytes, true).await;
+    assert!(
+        matches!(
+            channel_error(&err),
+            ChannelError::Closed | ChannelError::Transport(_)
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_speaking_another_version_is_refused() {
+    let mut hello = Package::Finish.encode();
+    hello[0] = 7;
+    let err = receive_from_raw_peer(frame(&hello), false).await;
+    assert!(
+        matches!(
+            channel_error(&err),
+            ChannelError::WrongVersion { found: 7, .. }
+        ),
+        "{err:?}"
+    );
+}
