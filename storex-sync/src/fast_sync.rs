@@ -267,12 +267,21 @@ async fn next_package(
     }
 }
 
-/// Running SHA-256 over a collection's batches: `H' = sha256(H || sha256(batch))`.
-fn chain_checksum(previous: &str, objects: &[Object]) -> String {
+/// The canonical encoding of one object (fields in name order), for sizes and checksums.
+fn object_bytes(object: &Object) -> Vec<u8> {
+    rmp_serde::to_vec_named(object).unwrap_or_default()
+}
+
+/// Running SHA-256 over a collection's batches: `H' = sha256(H || sha256(batch))`, where a
+/// batch hashes the canonical encodings of its objects in order.
+fn chain_checksum(previous: &str, encoded: &[Vec<u8>]) -> String {
     use sha2::{Digest as _, Sha256};
-    let batch = Sha256::digest(rmp_serde::to_vec_named(objects).unwrap_or_default());
+    let mut batch = Sha256::new();
+    for object in encoded {
+        batch.update(object);
+    }
     let mut hash = Sha256::new();
     hash.update(previous.as_bytes());
-    hash.update(batch);
+    hash.update(batch.finalize());
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }

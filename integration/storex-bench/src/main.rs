@@ -6,6 +6,7 @@
 
 mod continuous_suite;
 mod core_suite;
+mod fastsync_suite;
 mod report;
 mod seaorm_suite;
 mod synclog_suite;
@@ -33,6 +34,8 @@ enum Suite {
     Synclog,
     /// Push and pull+apply through the SQL shared log on SQLite, and one write's travel time.
     Continuous,
+    /// A whole SQLite database to another over TCP on loopback, against plain `insert_many`.
+    Fastsync,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -50,6 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Suite::Continuous => {
             runtime.block_on(continuous_suite::run(args.ops.unwrap_or(100_000)))?
         }
+        Suite::Fastsync => runtime.block_on(fastsync_suite::run(args.ops))?,
     }
     Ok(())
 }

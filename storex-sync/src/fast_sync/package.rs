@@ -160,3 +160,43 @@ mod tests {
         assert!(Package::decode(&frame).is_ok());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4_000))]
+
+        /// The frame decoder sees bytes from the network: it may refuse them, never panic.
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Package::decode(&bytes);
+        }
+
+        /// Nor does decoding a valid frame with bytes flipped, cut or appended.
+        #[test]
+        fn decoding_damaged_frames_never_panics(
+            seq in any::<u64>(),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            cut in any::<usize>(),
+            tail in proptest::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let mut frame = Package::Batch {
+                seq,
+                collection: "note".into(),
+                objects: vec![storex_core::object! { "t" => "x", "n" => 1 }],
+            }
+            .encode();
+            for (at, value) in flips {
+                let len = frame.len();
+                frame[at % len] ^= value;
+            }
+            frame.truncate(cut % (frame.len() + 1));
+            frame.extend(tail);
+            let _ = Package::decode(&frame);
+        }
+    }
+}

@@ -16,8 +16,8 @@ use crate::entry::{LOG_COLLECTION, STATE_COLLECTION, TRANSFER_COLLECTION};
 use crate::error::Result;
 use crate::fast_sync::package::Package;
 use crate::fast_sync::{
-    chain_checksum, next_package, FastSyncChannel, FastSyncError, FastSyncOptions, Progress,
-    TransferReport,
+    chain_checksum, next_package, object_bytes, FastSyncChannel, FastSyncError, FastSyncOptions,
+    Progress, TransferReport,
 };
 
 const CURSOR_KEY: &str = "shared_log_cursor";
@@ -130,12 +130,13 @@ pub async fn receive_snapshot(
                     ))
                     .into());
                 };
-                let bytes = rmp_serde::to_vec_named(&objects).map_or(0, |v| v.len()) as u64;
+                let encoded: Vec<Vec<u8>> = objects.iter().map(object_bytes).collect();
+                let bytes = encoded.iter().map(Vec::len).sum::<usize>() as u64;
                 let count = objects.len() as u64;
                 let mut next = state.clone();
                 next.last_seq = seq;
                 let received = next.collections.entry(collection.clone()).or_default();
-                received.checksum = chain_checksum(&received.checksum, &objects);
+                received.checksum = chain_checksum(&received.checksum, &encoded);
                 received.objects += count;
                 let done = received.objects;
                 apply_batch(

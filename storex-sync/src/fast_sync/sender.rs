@@ -11,8 +11,8 @@ use crate::entry::{INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION};
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package};
 use crate::fast_sync::{
-    chain_checksum, next_package, FastSyncChannel, FastSyncError, FastSyncOptions, Progress,
-    TransferReport,
+    chain_checksum, next_package, object_bytes, FastSyncChannel, FastSyncError, FastSyncOptions,
+    Progress, TransferReport,
 };
 
 /// Objects read from the snapshot at a time.
@@ -168,8 +168,7 @@ impl SnapshotSender {
         };
         for info in self.collections.clone() {
             let mut collection = CollectionRun::default();
-            let mut batch: Vec<Object> = Vec::new();
-            let mut batch_bytes = 0usize;
+            let mut batch = Pending::default();
             let mut after: Option<Object> = None;
             let mut offset = 0u64;
             loop {
@@ -186,37 +185,25 @@ impl SnapshotSender {
                     {
                         continue;
                     }
-                    let size = rmp_serde::to_vec_named(&object).map_or(0, |v| v.len());
-                    if !batch.is_empty() && batch_bytes + size > self.options.batch_bytes {
-                        let objects = std::mem::take(&mut batch);
-                        self.emit(
-                            channel,
-                            &info,
-                            objects,
-                            batch_bytes,
-                            &mut collection,
-                            &mut run,
-                        )
-                        .await?;
-                        batch_bytes = 0;
+                    let encoded = object_bytes(&object);
+                    if !batch.objects.is_empty()
+                        && batch.bytes + encoded.len() > self.options.batch_bytes
+                    {
+                        let full = std::mem::take(&mut batch);
+                        self.emit(channel, &info, full, &mut collection, &mut run)
+                            .await?;
                     }
-                    batch_bytes += size;
-                    batch.push(object);
+                    batch.bytes += encoded.len();
+                    batch.encoded.push(encoded);
+                    batch.objects.push(object);
                 }
                 if last_page {
                     break;
                 }
             }
-            if !batch.is_empty() {
-                self.emit(
-                    channel,
-                    &info,
-                    batch,
-                    batch_bytes,
-                    &mut collection,
-                    &mut run,
-                )
-                .await?;
+            if !batch.objects.is_empty() {
+                self.emit(channel, &info, batch, &mut collection, &mut run)
+                    .await?;
             }
             send(
                 channel,
@@ -247,13 +234,17 @@ impl SnapshotSender {
         &self,
         channel: &mut dyn FastSyncChannel,
         info: &CollectionInfo,
-        objects: Vec<Object>,
-        bytes: usize,
+        batch: Pending,
         collection: &mut CollectionRun,
         run: &mut Run,
     ) -> Result<()> {
+        let Pending {
+            objects,
+            encoded,
+            bytes,
+        } = batch;
         run.seq += 1;
-        collection.checksum = chain_checksum(&collection.checksum, &objects);
+        collection.checksum = chain_checksum(&collection.checksum, &encoded);
         collection.objects += objects.len() as u64;
         if run.seq <= run.skip_until {
             return Ok(()); // applied before the interruption
@@ -327,6 +318,14 @@ struct Run {
     skip_until: u64,
     unacked: VecDeque<u64>,
     report: TransferReport,
+}
+
+/// A batch being filled: its objects, their encodings and their total size.
+#[derive(Debug, Default)]
+struct Pending {
+    objects: Vec<Object>,
+    encoded: Vec<Vec<u8>>,
+    bytes: usize,
 }
 
 /// Count and running checksum of the collection being sent.

@@ -1,0 +1,153 @@
+//! Suite `fastsync`: a whole SQLite database streamed to another over TCP on loopback, for
+//! 100k and 1M small rows (or `--ops` rows), next to the rate of inserting the same rows
+//! into a fresh SQLite file with plain SeaORM `insert_many` in the same run: our stack's
+//! limit. Rates count the app's rows; the sender's client sync log travels with them (one
+//! entry per row), which is part of the measured time.
+
+#![allow(unreachable_pub)] // SeaORM entities must be `pub` inside their modules.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, Schema, TransactionTrait};
+use storex_channel_tcp::TcpChannel;
+use storex_core::uuid::Uuid;
+use storex_core::{object, BatchStep, Operation, Registry, StorageBackend};
+use storex_seaorm::{collection_from_entity, SeaOrmBackend};
+use storex_sync::fast_sync::{receive_snapshot, send_snapshot, FastSyncOptions};
+use storex_sync::{Clock, DeviceId, SyncDevice, SyncOptions};
+use tokio::net::TcpListener;
+
+use crate::report::{figure, rate, ratio, BoxError};
+
+mod row {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "row")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub n: i64,
+        pub label: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+async fn device(dir: &std::path::Path, name: &str) -> Result<SyncDevice, BoxError> {
+    let registry = Registry::builder()
+        .collection(collection_from_entity(row::Entity)?)
+        .build()?;
+    let backend: Arc<dyn StorageBackend> =
+        Arc::new(SeaOrmBackend::open_sqlite_file(dir.join(name)).await?);
+    Ok(SyncDevice::open(
+        registry,
+        backend,
+        Clock::new(DeviceId::random()),
+        SyncOptions::default(),
+    )
+    .await?)
+}
+
+/// The same rows through plain SeaORM into a fresh file: rows/s.
+async fn insert_many_rate(dir: &std::path::Path, rows: u64) -> Result<f64, BoxError> {
+    let backend = SeaOrmBackend::open_sqlite_file(dir.join("plain.db")).await?;
+    let db = backend.connection();
+    let mut create = Schema::new(db.get_database_backend()).create_table_from_entity(row::Entity);
+    db.execute(create.if_not_exists()).await?;
+    let start = Instant::now();
+    let mut done = 0;
+    while done < rows {
+        let n = (rows - done).min(1_000);
+        let txn = db.begin().await?;
+        let models = (done..done + n).map(|i| row::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            n: Set(i as i64),
+            label: Set(format!("row {i}")),
+        });
+        row::Entity::insert_many(models)
+            .exec_without_returning(&txn)
+            .await?;
+        txn.commit().await?;
+        done += n;
+    }
+    Ok(rows as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn one_size(rows: u64) -> Result<(), BoxError> {
+    let dir = tempfile::tempdir()?;
+    let (old, new) = (
+        device(dir.path(), "old.db").await?,
+        device(dir.path(), "new.db").await?,
+    );
+    let mut written = 0;
+    while written < rows {
+        let n = (rows - written).min(1_000);
+        let steps = (written..written + n)
+            .map(|i| {
+                BatchStep::new(Operation::create(
+                    "row",
+                    object! { "n" => i as i64, "label" => format!("row {i}") },
+                ))
+            })
+            .collect();
+        old.storage().batch(steps).await?;
+        written += n;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let options = FastSyncOptions::default();
+    let start = Instant::now();
+    let receiving = async {
+        let mut channel = TcpChannel::accept(&listener).await?;
+        receive_snapshot(&new, &mut channel, &options).await
+    };
+    let sending = async {
+        let mut channel = TcpChannel::connect(address).await?;
+        send_snapshot(&old, &mut channel, &options).await
+    };
+    let (received, sent) = tokio::join!(receiving, sending);
+    let elapsed = start.elapsed();
+    let (received, sent) = (received?, sent?);
+    if old.digest("row").await? != new.digest("row").await? || received.objects != sent.objects {
+        return Err("the receiving database differs from the sender's".into());
+    }
+    let label = if rows >= 1_000_000 {
+        format!("{}m", rows / 1_000_000)
+    } else {
+        format!("{}k", rows / 1_000)
+    };
+    let transfer = rate(&format!("fastsync.tcp_{label}.rows"), rows, elapsed);
+    figure(
+        &format!("fastsync.tcp_{label}.payload"),
+        sent.bytes as f64 / 1_048_576.0 / elapsed.as_secs_f64(),
+        "MB/s",
+    );
+    let plain = insert_many_rate(dir.path(), rows).await?;
+    figure(
+        &format!("fastsync.tcp_{label}.seaorm_insert_many"),
+        plain,
+        "rows/s",
+    );
+    ratio(
+        &format!("fastsync.tcp_{label}.share_of_insert_many"),
+        transfer,
+        plain,
+    );
+    Ok(())
+}
+
+/// Runs the suite: `ops` rows, or 100k and 1M.
+pub(crate) async fn run(ops: Option<u64>) -> Result<(), BoxError> {
+    match ops {
+        Some(rows) => one_size(rows).await,
+        None => {
+            one_size(100_000).await?;
+            one_size(1_000_000).await
+        }
+    }
+}
