@@ -108,6 +108,23 @@ fn small_batches() -> FastSyncOptions {
         .with_window(3)
 }
 
+/// One transfer from `old` to `new` over a fresh in-memory channel: (sent, received).
+async fn transfer(
+    old: &SyncDevice,
+    new: &SyncDevice,
+    sending: &FastSyncOptions,
+    receiving: &FastSyncOptions,
+) -> (
+    storex_sync::Result<storex_sync::fast_sync::TransferReport>,
+    storex_sync::Result<storex_sync::fast_sync::TransferReport>,
+) {
+    let (mut a, mut b) = memory_channel_pair(4);
+    tokio::join!(
+        send_snapshot(old, &mut a, sending),
+        receive_snapshot(new, &mut b, receiving)
+    )
+}
+
 async fn assert_same(a: &SyncDevice, b: &SyncDevice) {
     for collection in ["note", "tag", "draft"] {
         assert_eq!(
@@ -131,12 +148,8 @@ async fn a_whole_database_moves_and_matches() {
     let options = small_batches().with_progress(Arc::new(move |p: &Progress| {
         recorder.lock().expect("lock").push(p.clone())
     }));
-    let (mut a, mut b) = memory_channel_pair(4);
     let receiving = small_batches();
-    let (sent, received) = tokio::join!(
-        send_snapshot(&old, &mut a, &options),
-        receive_snapshot(&new, &mut b, &receiving)
-    );
+    let (sent, received) = transfer(&old, &new, &options, &receiving).await;
     let (sent, received) = (sent.expect("send"), received.expect("receive"));
     assert_eq!(sent.objects, received.objects);
     assert!(sent.batches > 10, "small batches: {}", sent.batches);
@@ -498,12 +511,8 @@ async fn a_cancel_on_the_sender_ends_both_sides() {
                     trigger.cancel();
                 }
             }));
-    let (mut a, mut b) = memory_channel_pair(4);
     let receiving = small_batches();
-    let (sent, received) = tokio::join!(
-        send_snapshot(&old, &mut a, &options),
-        receive_snapshot(&new, &mut b, &receiving)
-    );
+    let (sent, received) = transfer(&old, &new, &options, &receiving).await;
     assert!(
         matches!(
             sent,
@@ -557,11 +566,7 @@ async fn collections_and_objects_can_be_left_out() {
                 collection != "note" || object.get("body") != Some(&Value::from(""))
             },
         ));
-    let (mut a, mut b) = memory_channel_pair(4);
-    let (sent, received) = tokio::join!(
-        send_snapshot(&old, &mut a, &options),
-        receive_snapshot(&new, &mut b, &options)
-    );
+    let (sent, received) = transfer(&old, &new, &options, &options).await;
     sent.expect("send");
     received.expect("receive");
     assert_eq!(
