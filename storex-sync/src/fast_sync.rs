@@ -52,7 +52,7 @@ use tokio::sync::watch;
 
 pub use channel::{memory_channel_pair, ChannelError, FastSyncChannel, MemoryChannel};
 pub use package::{CollectionInfo, Package, PROTOCOL_VERSION};
-pub use receiver::receive_snapshot;
+pub use receiver::{read_offer, receive_offer, receive_snapshot, Offer};
 pub use sender::{send_snapshot, SnapshotSender};
 
 /// What a fast-sync session can fail with.

@@ -333,6 +333,7 @@ async fn hand_made_sender(channel: &mut MemoryChannel, bad: Vec<u8>) {
                 schema_version: 1,
                 objects: 3,
             }],
+            definitions: Vec::new(),
             cursor: 0,
         })
         .await

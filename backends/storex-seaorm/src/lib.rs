@@ -13,6 +13,7 @@ mod backend;
 mod entity;
 mod error;
 mod exec;
+mod introspect;
 mod schema;
 mod sql;
 mod values;
@@ -20,6 +21,7 @@ mod values;
 pub use backend::{begin_write, connect, dialect_of, Dialect, SeaOrmBackend};
 pub use entity::collection_from_entity;
 pub use error::{Error, Result};
+pub use introspect::registry_of_sqlite;
 
 /// Re-exported so apps name the same SeaORM version.
 pub use sea_orm;

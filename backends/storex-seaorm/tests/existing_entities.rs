@@ -254,3 +254,21 @@ fn entity_columns_map_to_field_types() {
     assert_eq!(types, expected);
     assert_eq!(def.pk_fields(), ["id".to_owned()]);
 }
+
+#[tokio::test]
+async fn a_registry_is_read_back_from_a_sqlite_file() {
+    let db = Database::connect("sqlite::memory:").await.expect("connect");
+    app_schema(&db).await;
+    let read = storex_seaorm::registry_of_sqlite(&db)
+        .await
+        .expect("introspect");
+    let expected = registry();
+    for name in ["notebook", "note"] {
+        let (got, want) = (
+            read.collection(name).expect("read"),
+            expected.collection(name).expect("expected"),
+        );
+        assert_eq!(got.fields(), want.fields(), "{name}");
+        assert_eq!(got.pk_fields(), want.pk_fields(), "{name}");
+    }
+}

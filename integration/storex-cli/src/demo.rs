@@ -50,7 +50,7 @@ async fn show(name: &str, sync: &ContinuousSync) -> Result<String> {
         .find_many("note", Query::default().order_asc("title"))
         .await?;
     let digest = sync.device().digest("note").await?;
-    println!(
+    say!(
         "{name} holds {} notes (digest {}):",
         notes.len(),
         &digest[..12]
@@ -58,7 +58,7 @@ async fn show(name: &str, sync: &ContinuousSync) -> Result<String> {
     for note in notes {
         let done = note.get("done") == Some(&Value::Bool(true));
         let title = note.get("title").and_then(Value::as_text).unwrap_or("?");
-        println!("  [{}] {title}", if done { "x" } else { " " });
+        say!("  [{}] {title}", if done { "x" } else { " " });
     }
     Ok(digest)
 }
@@ -82,7 +82,7 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
 }
 
 async fn run_in(dir: PathBuf) -> Result<()> {
-    println!("devices and shared log in {}", dir.display());
+    say!("devices and shared log in {}", dir.display());
     let url = format!("sqlite://{}?mode=rwc", dir.join("shared-log.db").display());
     let log: Arc<dyn SharedSyncLog> = Arc::new(
         SqlSharedLog::connect(&url)
@@ -99,7 +99,7 @@ async fn run_in(dir: PathBuf) -> Result<()> {
         .await?;
     phone.sync_once().await?;
     laptop.sync_once().await?;
-    println!("both devices know \"buy milk\"; now they edit offline");
+    say!("both devices know \"buy milk\"; now they edit offline");
 
     phone
         .device()
@@ -129,15 +129,18 @@ async fn run_in(dir: PathBuf) -> Result<()> {
 
     for (name, sync) in [("phone", &phone), ("laptop", &laptop), ("phone", &phone)] {
         let r = sync.sync_once().await?;
-        println!(
+        say!(
             "{name} synced: pushed {}, pulled {}, applied {}, conflicts resolved {}",
-            r.pushed, r.pulled, r.applied, r.conflicts
+            r.pushed,
+            r.pulled,
+            r.applied,
+            r.conflicts
         );
     }
     let (a, b) = (show("phone", &phone).await?, show("laptop", &laptop).await?);
     if a != b {
         bail!("the devices did not converge");
     }
-    println!("converged: both devices hold the same notes");
+    say!("converged: both devices hold the same notes");
     Ok(())
 }

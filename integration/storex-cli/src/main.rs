@@ -2,8 +2,17 @@
 //!
 //! `storex demo` runs two devices on SQLite files and a shared log on SQLite (the embedded
 //! default), writes on both (one edit conflicts), syncs them, and shows what each holds.
+//! `storex migrate send|receive` moves a whole SQLite database to a new device over TCP.
+
+/// Prints a line to stdout; a closed stdout (`storex demo | head`) is not worth a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::say(format_args!($($arg)*))
+    };
+}
 
 mod demo;
+mod migrate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +36,37 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Moves a whole SQLite database from an old device to a new one, over TCP.
+    #[command(subcommand)]
+    Migrate(Migrate),
+}
+
+#[derive(Debug, Subcommand)]
+enum Migrate {
+    /// On the old device: offer the database and wait for the new device to connect.
+    Send {
+        /// The SQLite database to send.
+        #[arg(long)]
+        db: PathBuf,
+        /// Where to listen (the printed address is what the receiver connects to).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
+    /// On the new device: connect to the sender and write the database to a new file.
+    Receive {
+        /// The new SQLite database to create (it must not exist yet).
+        #[arg(long)]
+        db: PathBuf,
+        /// The sender's address, as it printed it.
+        #[arg(long)]
+        connect: String,
+    },
+}
+
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 fn main() -> ExitCode {
@@ -43,6 +83,12 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Demo { dir } => runtime.block_on(demo::run(dir)),
+        Command::Migrate(Migrate::Send { db, listen }) => {
+            runtime.block_on(migrate::send(&db, &listen))
+        }
+        Command::Migrate(Migrate::Receive { db, connect }) => {
+            runtime.block_on(migrate::receive(&db, &connect))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

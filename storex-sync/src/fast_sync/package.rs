@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 use storex_core::uuid::Uuid;
-use storex_core::Object;
+use storex_core::{CollectionDef, Object};
 
 use crate::fast_sync::channel::ChannelError;
 
@@ -37,6 +37,9 @@ pub enum Package {
         session: Uuid,
         /// The collections, in the order they are sent.
         collections: Vec<CollectionInfo>,
+        /// The definitions of the app's collections among them, so that a device without
+        /// a schema of its own (a fresh migration target) can create them.
+        definitions: Vec<CollectionDef>,
         /// The sender's shared-log cursor at the snapshot, where the receiver's continuous
         /// sync starts.
         cursor: u64,

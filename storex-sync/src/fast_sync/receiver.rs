@@ -7,14 +7,14 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use storex_core::uuid::Uuid;
 use storex_core::{
-    object, serde_json, BatchStep, Filter, Object, Operation, Origin, Query, StorageTransaction,
-    Value,
+    object, serde_json, BatchStep, CollectionDef, Filter, Object, Operation, Origin, Query,
+    Registry, StorageTransaction, Value,
 };
 
 use crate::device::SyncDevice;
 use crate::entry::{LOG_COLLECTION, STATE_COLLECTION, TRANSFER_COLLECTION};
 use crate::error::Result;
-use crate::fast_sync::package::Package;
+use crate::fast_sync::package::{CollectionInfo, Package};
 use crate::fast_sync::{
     chain_checksum, next_package, object_bytes, FastSyncChannel, FastSyncError, FastSyncOptions,
     Progress, TransferReport,
@@ -54,6 +54,53 @@ async fn load_state(device: &SyncDevice, session: Uuid) -> Result<Option<Session
         .and_then(|text| serde_json::from_str(&text).ok()))
 }
 
+/// What a sender offers, read from its `Hello`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Offer {
+    session: Uuid,
+    collections: Vec<CollectionInfo>,
+    definitions: Vec<CollectionDef>,
+    cursor: u64,
+}
+
+impl Offer {
+    /// The collections coming, with their object counts, in order.
+    pub fn collections(&self) -> &[CollectionInfo] {
+        &self.collections
+    }
+
+    /// The sender's registry of the app collections offered, for a device that has no schema
+    /// of its own yet (a fresh migration target).
+    pub fn registry(&self) -> storex_core::Result<Registry> {
+        self.definitions
+            .iter()
+            .cloned()
+            .fold(Registry::builder(), |builder, def| builder.collection(def))
+            .build()
+    }
+}
+
+/// Waits for a sender's offer on `channel`.
+pub async fn read_offer(
+    channel: &mut dyn FastSyncChannel,
+    options: &FastSyncOptions,
+) -> Result<Offer> {
+    match next_package(channel, options.stall_timeout).await? {
+        Package::Hello {
+            session,
+            collections,
+            definitions,
+            cursor,
+        } => Ok(Offer {
+            session,
+            collections,
+            definitions,
+            cursor,
+        }),
+        other => Err(FastSyncError::Protocol(format!("expected Hello, got {other:?}")).into()),
+    }
+}
+
 /// Receives a snapshot over `channel` into `device`; resumes a session the same sender
 /// started before.
 pub async fn receive_snapshot(
@@ -61,18 +108,25 @@ pub async fn receive_snapshot(
     channel: &mut dyn FastSyncChannel,
     options: &FastSyncOptions,
 ) -> Result<TransferReport> {
+    let offer = read_offer(channel, options).await?;
+    receive_offer(device, channel, offer, options).await
+}
+
+/// Receives what `offer` announced into `device` (see [`receive_snapshot`]).
+pub async fn receive_offer(
+    device: &SyncDevice,
+    channel: &mut dyn FastSyncChannel,
+    offer: Offer,
+    options: &FastSyncOptions,
+) -> Result<TransferReport> {
     let start = Instant::now();
     let timeout = options.stall_timeout;
-    let (session, collections, cursor) = match next_package(channel, timeout).await? {
-        Package::Hello {
-            session,
-            collections,
-            cursor,
-        } => (session, collections, cursor),
-        other => {
-            return Err(FastSyncError::Protocol(format!("expected Hello, got {other:?}")).into())
-        }
-    };
+    let Offer {
+        session,
+        collections,
+        cursor,
+        ..
+    } = offer;
     let registry = device.storage().registry().clone();
     for info in &collections {
         let known = match registry.collection(&info.name) {

@@ -98,6 +98,16 @@ impl SnapshotSender {
         })
     }
 
+    /// The definitions of the app collections sent (sync's own are known to every device).
+    fn definitions(&self) -> Vec<storex_core::CollectionDef> {
+        let registry = self.device.storage().registry();
+        self.collections
+            .iter()
+            .filter(|c| !INTERNAL_COLLECTIONS.contains(&c.name.as_str()))
+            .filter_map(|c| registry.collection(&c.name).ok().cloned())
+            .collect()
+    }
+
     /// The collections and counts of the snapshot.
     pub fn collections(&self) -> &[CollectionInfo] {
         &self.collections
@@ -144,6 +154,7 @@ impl SnapshotSender {
             Package::Hello {
                 session: self.session,
                 collections: self.collections.clone(),
+                definitions: self.definitions(),
                 cursor: self.cursor,
             },
         )

@@ -1,0 +1,181 @@
+//! `storex migrate send` and `storex migrate receive` in two processes move a SQLite database
+//! with 50k rows; the two files hold the same rows. Bad arguments and missing files get a
+//! clear message.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use storex_core::{
+    object, BatchStep, CollectionDef, FieldType, Operation, Query, Registry, Storage,
+};
+use storex_seaorm::SeaOrmBackend;
+
+fn storex() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_storex"))
+}
+
+fn registry() -> Registry {
+    Registry::builder()
+        .collection(
+            CollectionDef::new("item")
+                .field("id", FieldType::Int)
+                .field("name", FieldType::Text)
+                .optional_field("score", FieldType::Float)
+                .primary_key(["id"]),
+        )
+        .collection(
+            CollectionDef::new("label")
+                .field("item", FieldType::Int)
+                .field("text", FieldType::Text)
+                .primary_key(["item", "text"]),
+        )
+        .build()
+        .expect("registry")
+}
+
+async fn storage(path: &std::path::Path) -> Storage {
+    let backend = SeaOrmBackend::open_sqlite_file(path).await.expect("open");
+    Storage::builder(registry(), backend)
+        .build()
+        .await
+        .expect("storage")
+}
+
+#[tokio::test]
+async fn a_database_of_50k_rows_moves_between_two_processes() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (old_path, new_path) = (dir.path().join("old.db"), dir.path().join("new.db"));
+    {
+        let old = storage(&old_path).await;
+        for chunk in 0..45i64 {
+            let steps = (0..1_000i64)
+                .map(|i| {
+                    let id = chunk * 1_000 + i;
+                    BatchStep::new(Operation::create("item", object! { "id" => id, "name" => format!("item {id}"), "score" => id as f64 / 7.0 }))
+                })
+                .collect();
+            old.batch(steps).await.expect("items");
+        }
+        let steps = (0..5_000i64)
+            .map(|i| {
+                BatchStep::new(Operation::create(
+                    "label",
+                    object! { "item" => i, "text" => format!("l{}", i % 3) },
+                ))
+            })
+            .collect();
+        old.batch(steps).await.expect("labels");
+    }
+
+    let mut sender = storex()
+        .args(["migrate", "send", "--db"])
+        .arg(&old_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the sender");
+    let mut sender_out = BufReader::new(sender.stdout.take().expect("stdout"));
+    let mut first_line = String::new();
+    sender_out
+        .read_line(&mut first_line)
+        .expect("the sender's address");
+    let address = first_line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("an address")
+        .to_owned();
+    let receiver = storex()
+        .args(["migrate", "receive", "--db"])
+        .arg(&new_path)
+        .args(["--connect", &address])
+        .output()
+        .expect("run the receiver");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut sender_out, &mut rest).expect("the sender's summary");
+    let sent = sender.wait_with_output().expect("the sender ends");
+    assert!(rest.contains("sent 50000 objects"), "{rest}");
+    assert!(
+        receiver.status.success(),
+        "receiver: {}",
+        String::from_utf8_lossy(&receiver.stderr)
+    );
+    assert!(
+        sent.status.success(),
+        "sender: {}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    assert!(String::from_utf8_lossy(&receiver.stdout).contains("received 50000 objects"));
+
+    let (old, new) = (storage(&old_path).await, storage(&new_path).await);
+    for collection in ["item", "label"] {
+        let a = old
+            .find_many(collection, Query::default())
+            .await
+            .expect("old rows");
+        let b = new
+            .find_many(collection, Query::default())
+            .await
+            .expect("new rows");
+        assert_eq!(a.len(), b.len(), "{collection}");
+        assert!(a == b, "{collection}: the rows differ");
+    }
+}
+
+#[test]
+fn sending_a_missing_file_says_so() {
+    let output = storex()
+        .args(["migrate", "send", "--db", "/nonexistent/old.db"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).trim(),
+        "error: no database at /nonexistent/old.db"
+    );
+}
+
+#[test]
+fn receiving_into_an_existing_file_is_refused() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let existing = dir.path().join("taken.db");
+    std::fs::write(&existing, b"").expect("write");
+    let output = storex()
+        .args(["migrate", "receive", "--db"])
+        .arg(&existing)
+        .args(["--connect", "127.0.0.1:9"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("already exists; the migration writes a new database"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_receiver_without_a_sender_reports_the_connection() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let output = storex()
+        .args(["migrate", "receive", "--db"])
+        .arg(dir.path().join("new.db"))
+        .args(["--connect", "127.0.0.1:9"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("error: connecting to 127.0.0.1:9"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_argument_gets_clap_usage() {
+    let output = storex()
+        .args(["migrate", "receive", "--db", "x.db"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--connect <CONNECT>"));
+}
