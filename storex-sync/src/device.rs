@@ -73,6 +73,7 @@ pub struct SyncDevice {
     storage: Storage,
     log: ClientSyncLog,
     clock: Arc<Clock>,
+    excluded: Arc<[String]>,
 }
 
 impl SyncDevice {
@@ -87,9 +88,10 @@ impl SyncDevice {
         let registry = with_sync_log(&registry)?;
         let clock = Arc::new(clock);
         let mut logger = SyncLoggingMiddleware::new(clock.clone());
-        for collection in options.excluded {
-            logger = logger.exclude(collection);
+        for collection in &options.excluded {
+            logger = logger.exclude(collection.clone());
         }
+        let excluded: Arc<[String]> = options.excluded.into();
         let mut builder = Storage::builder_shared(registry, backend)
             .with(UuidPkMiddleware::new())
             .with(logger);
@@ -105,6 +107,7 @@ impl SyncDevice {
             storage,
             log,
             clock,
+            excluded,
         })
     }
 
@@ -126,6 +129,64 @@ impl SyncDevice {
     /// The device's clock.
     pub fn clock(&self) -> &Arc<Clock> {
         &self.clock
+    }
+
+    /// Logs, once, the rows that exist without any log entry (data written before sync was
+    /// enabled), as creates stamped now, so the other devices receive them. Idempotent: a
+    /// row that has an entry is left alone. Returns how many rows were logged.
+    pub async fn log_existing_rows(&self) -> Result<u64> {
+        let registry = self.storage.registry().clone();
+        let mut logged = 0;
+        for def in registry.collections() {
+            if crate::entry::INTERNAL_COLLECTIONS.contains(&def.name())
+                || self.excluded.iter().any(|c| c == def.name())
+            {
+                continue;
+            }
+            let rows = self.storage.find_many(def.name(), Query::default()).await?;
+            for chunk in rows.chunks(LOOKUP_CHUNK) {
+                let keys: Vec<ObjectKey> = chunk
+                    .iter()
+                    .filter_map(|row| {
+                        def.pk_of(row)
+                            .map(|pk| (def.name().to_owned(), pk_text(&pk)))
+                    })
+                    .collect();
+                let known = entries_for(Exec::Storage(&self.storage), &keys).await?;
+                let mut steps = Vec::new();
+                for row in chunk {
+                    let Some(pk) = def.pk_of(row) else { continue };
+                    if known.contains_key(&(def.name().to_owned(), pk_text(&pk))) {
+                        continue;
+                    }
+                    let stored = StoredEntry {
+                        entry: LogEntry {
+                            id: storex_core::uuid::Uuid::now_v7(),
+                            device: self.clock.device(),
+                            hlc: self.clock.now(),
+                            collection: def.name().to_owned(),
+                            pk,
+                            op: crate::entry::EntryOp::Create,
+                            fields: row.clone(),
+                            schema_version: def.schema_version(),
+                        },
+                        shared: false,
+                        integrated: true,
+                    };
+                    steps.push(BatchStep::new(Operation::create(
+                        LOG_COLLECTION,
+                        stored.to_object(),
+                    )));
+                }
+                logged += steps.len() as u64;
+                if !steps.is_empty() {
+                    self.storage
+                        .execute_as(Operation::Batch { steps }, storex_core::Origin::Sync)
+                        .await?;
+                }
+            }
+        }
+        Ok(logged)
     }
 
     /// Digest of one collection's rows; equal on devices that agree.

@@ -6,9 +6,18 @@
 //! signal, with exponential backoff and jitter while the shared log fails. It can be paused,
 //! resumed and stopped, reports its [`SyncStatus`], and publishes [`SyncEvent`]s for the UI.
 //! Errors are reported in the status and the events, never swallowed.
+//!
+//! [`SyncedStorage`] is the one-stop setup for an app with a SeaORM data layer: its
+//! connection and entities in, a storage with UUID keys and sync logging out, a device id
+//! registered once and kept, rows that existed before sync logged once, and continuous sync
+//! through the chosen shared log (optionally end-to-end encrypted).
 
 mod background;
 mod change_notifier;
+mod error;
+mod synced;
 
 pub use background::{BackgroundOptions, BackgroundSync, SyncEvent, SyncState, SyncStatus};
 pub use change_notifier::ChangeNotifier;
+pub use error::{Error, Result};
+pub use synced::{SyncedStorage, SyncedStorageBuilder, SETTINGS_COLLECTION};

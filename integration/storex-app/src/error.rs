@@ -1,0 +1,31 @@
+//! The error type of storex-app.
+
+/// What setting up sync for an app can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A storage operation failed.
+    #[error("storage operation failed")]
+    Storage(#[from] storex_core::Error),
+    /// The sync engine failed.
+    #[error("sync failed")]
+    Sync(#[from] storex_sync::Error),
+    /// An entity could not be turned into a collection, or the database is not supported.
+    #[error("the app's schema cannot be synced")]
+    Schema(#[from] storex_seaorm::Error),
+    /// Registering the device with the shared log failed.
+    #[error("registering this device with the shared log failed")]
+    SharedLog(#[from] storex_sync::SharedLogError),
+    /// The builder was not given a shared log.
+    #[error("no shared log was configured: call `shared_log(log, user)` on the builder")]
+    NoSharedLog,
+    /// A stored setting does not hold what it should.
+    #[error("the stored setting `{key}` is corrupt")]
+    CorruptSetting {
+        /// The setting.
+        key: &'static str,
+    },
+}
+
+/// The result type of storex-app.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

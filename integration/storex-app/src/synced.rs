@@ -1,0 +1,209 @@
+//! [`SyncedStorage`]: an app's SeaORM connection and entities, made to sync.
+
+use std::sync::Arc;
+
+use sea_orm::{DatabaseConnection, EntityTrait};
+use storex_core::{
+    object, CollectionDef, FieldType, Middleware, Registry, Storage, StorageBackend, Value,
+};
+use storex_seaorm::{collection_from_entity, SeaOrmBackend};
+use storex_sync::{
+    Clock, ContinuousOptions, ContinuousSync, DeviceId, SharedSyncLog, SyncDevice, SyncOptions,
+    SyncReport,
+};
+
+use crate::background::{BackgroundOptions, BackgroundSync};
+use crate::change_notifier::ChangeNotifier;
+use crate::error::{Error, Result};
+
+/// The collection where storex-app keeps its settings (the device id) in the app's database;
+/// never synced.
+pub const SETTINGS_COLLECTION: &str = "storex_app_settings";
+const DEVICE_KEY: &str = "device_id";
+const EXISTING_ROWS_KEY: &str = "existing_rows_logged";
+
+fn settings_collection() -> CollectionDef {
+    CollectionDef::new(SETTINGS_COLLECTION)
+        .field("key", FieldType::Text)
+        .field("value", FieldType::Text)
+        .primary_key(["key"])
+}
+
+/// Builds a [`SyncedStorage`]; see [`SyncedStorage::builder`].
+#[derive(Debug)]
+pub struct SyncedStorageBuilder {
+    db: DatabaseConnection,
+    collections: Vec<std::result::Result<CollectionDef, storex_seaorm::Error>>,
+    shared_log: Option<(Arc<dyn SharedSyncLog>, String)>,
+    options: ContinuousOptions,
+    excluded: Vec<String>,
+    middleware: Vec<Arc<dyn Middleware>>,
+}
+
+impl SyncedStorageBuilder {
+    /// Syncs the table of SeaORM entity `E` (its columns, types, nullability and key).
+    pub fn entity<E: EntityTrait>(mut self, entity: E) -> Self {
+        self.collections.push(collection_from_entity(entity));
+        self
+    }
+
+    /// Syncs a collection described by hand.
+    pub fn collection(mut self, def: CollectionDef) -> Self {
+        self.collections.push(Ok(def));
+        self
+    }
+
+    /// Exchanges changes through `log`, as a device of `user`.
+    pub fn shared_log(mut self, log: Arc<dyn SharedSyncLog>, user: impl Into<String>) -> Self {
+        self.shared_log = Some((log, user.into()));
+        self
+    }
+
+    /// Encrypts every change end to end with `key` (the same on every device of the user).
+    pub fn encryption_key(mut self, key: [u8; 32]) -> Self {
+        self.options = self.options.with_encryption_key(key);
+        self
+    }
+
+    /// Keeps `collection` local: its writes are not synced.
+    pub fn exclude(mut self, collection: impl Into<String>) -> Self {
+        self.excluded.push(collection.into());
+        self
+    }
+
+    /// Adds a middleware of the app's after the sync logger.
+    pub fn with_middleware(mut self, middleware: Arc<dyn Middleware>) -> Self {
+        self.middleware.push(middleware);
+        self
+    }
+
+    /// Opens the storage: adopts the app's tables, registers the device with the shared log
+    /// the first time (and remembers it), and logs the rows that existed before sync once.
+    pub async fn open(self) -> Result<SyncedStorage> {
+        let (log, user) = self.shared_log.ok_or(Error::NoSharedLog)?;
+        let mut registry = Registry::builder().collection(settings_collection());
+        for collection in self.collections {
+            registry = registry.collection(collection?);
+        }
+        let registry = registry.build()?;
+        let backend: Arc<dyn StorageBackend> = Arc::new(SeaOrmBackend::new(self.db)?);
+
+        // Settings first, on a plain storage: the device id is needed to open the device.
+        let settings = Storage::builder_shared(
+            Registry::builder()
+                .collection(settings_collection())
+                .build()?,
+            backend.clone(),
+        )
+        .build()
+        .await?;
+        let device_id = match read_setting(&settings, DEVICE_KEY).await? {
+            Some(text) => DeviceId(
+                text.parse()
+                    .map_err(|_| Error::CorruptSetting { key: DEVICE_KEY })?,
+            ),
+            None => {
+                let id = log.create_device(&user).await?;
+                write_setting(&settings, DEVICE_KEY, &id.0.to_string()).await?;
+                id
+            }
+        };
+
+        let notifier = ChangeNotifier::new();
+        let mut options = SyncOptions::default()
+            .exclude(SETTINGS_COLLECTION)
+            .with_middleware(Arc::new(notifier.clone()));
+        for collection in self.excluded {
+            options = options.exclude(collection);
+        }
+        for middleware in self.middleware {
+            options = options.with_middleware(middleware);
+        }
+        let device = SyncDevice::open(registry, backend, Clock::new(device_id), options).await?;
+        let existing_rows_logged = if read_setting(&settings, EXISTING_ROWS_KEY).await?.is_none() {
+            let logged = device.log_existing_rows().await?;
+            write_setting(&settings, EXISTING_ROWS_KEY, &logged.to_string()).await?;
+            logged
+        } else {
+            0
+        };
+        Ok(SyncedStorage {
+            sync: Arc::new(ContinuousSync::new(device, log, self.options)),
+            notifier,
+            existing_rows_logged,
+        })
+    }
+}
+
+async fn read_setting(settings: &Storage, key: &str) -> Result<Option<String>> {
+    let row = settings.find_by_pk(SETTINGS_COLLECTION, key).await?;
+    Ok(row.and_then(|r| r.get("value").and_then(Value::as_text).map(str::to_owned)))
+}
+
+async fn write_setting(settings: &Storage, key: &str, value: &str) -> Result<()> {
+    settings
+        .create(
+            SETTINGS_COLLECTION,
+            object! { "key" => key, "value" => value },
+        )
+        .await?;
+    Ok(())
+}
+
+/// An app's storage, synced: what [`SyncedStorageBuilder::open`] returns.
+#[derive(Debug)]
+pub struct SyncedStorage {
+    sync: Arc<ContinuousSync>,
+    notifier: ChangeNotifier,
+    existing_rows_logged: u64,
+}
+
+impl SyncedStorage {
+    /// Starts the setup for an app's SeaORM connection (SQLite or PostgreSQL).
+    pub fn builder(db: DatabaseConnection) -> SyncedStorageBuilder {
+        SyncedStorageBuilder {
+            db,
+            collections: Vec::new(),
+            shared_log: None,
+            options: ContinuousOptions::default(),
+            excluded: Vec::new(),
+            middleware: Vec::new(),
+        }
+    }
+
+    /// The storage the app writes through (UUID keys, sync logging).
+    pub fn storage(&self) -> &Storage {
+        self.sync.device().storage()
+    }
+
+    /// The sync device (log, clock, digests).
+    pub fn device(&self) -> &SyncDevice {
+        self.sync.device()
+    }
+
+    /// This device's id with the shared log.
+    pub fn device_id(&self) -> DeviceId {
+        self.sync.device().device()
+    }
+
+    /// How many rows that existed before sync were logged when this storage was opened
+    /// (only the first open logs any).
+    pub fn existing_rows_logged(&self) -> u64 {
+        self.existing_rows_logged
+    }
+
+    /// Pushes, pulls and applies once.
+    pub async fn sync_once(&self) -> Result<SyncReport> {
+        Ok(self.sync.sync_once().await?)
+    }
+
+    /// The continuous sync, to share with other tasks.
+    pub fn continuous(&self) -> &Arc<ContinuousSync> {
+        &self.sync
+    }
+
+    /// Starts syncing in the background, woken by local writes too.
+    pub fn start_background(&self, options: BackgroundOptions) -> BackgroundSync {
+        BackgroundSync::start(self.sync.clone(), self.notifier.signal(), options)
+    }
+}

@@ -1,0 +1,132 @@
+//! An app with a SeaORM data layer turns sync on: its existing rows reach the other device,
+//! the device id survives a restart, nothing is logged twice, and a missing shared log is
+//! reported.
+
+#![allow(unreachable_pub)] // SeaORM entities must be `pub` inside their modules.
+
+use std::sync::Arc;
+
+use sea_orm::{
+    ActiveValue::Set, ConnectionTrait, Database, DatabaseConnection, EntityTrait, QueryOrder,
+    Schema,
+};
+use storex_app::{Error, SyncedStorage};
+use storex_core::object;
+use storex_sync::{MemorySharedLog, SharedSyncLog};
+
+mod note {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "note")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub title: String,
+        pub pinned: bool,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The app's own data layer: a SQLite file and its table.
+async fn app_db(path: &std::path::Path) -> DatabaseConnection {
+    let db = Database::connect(format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .expect("connect");
+    let mut create = Schema::new(db.get_database_backend()).create_table_from_entity(note::Entity);
+    db.execute(create.if_not_exists())
+        .await
+        .expect("create table");
+    db
+}
+
+async fn open(db: DatabaseConnection, log: &Arc<dyn SharedSyncLog>) -> SyncedStorage {
+    SyncedStorage::builder(db)
+        .entity(note::Entity)
+        .shared_log(log.clone(), "ann")
+        .open()
+        .await
+        .expect("open synced storage")
+}
+
+async fn titles(db: &DatabaseConnection) -> Vec<String> {
+    note::Entity::find()
+        .order_by_asc(note::Column::Title)
+        .all(db)
+        .await
+        .expect("query")
+        .into_iter()
+        .map(|n| n.title)
+        .collect()
+}
+
+#[tokio::test]
+async fn existing_rows_reach_the_other_device_once() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let phone_db = app_db(&dir.path().join("phone.db")).await;
+    for title in ["a", "b", "c"] {
+        let row = note::ActiveModel {
+            id: Set(storex_core::uuid::Uuid::now_v7()),
+            title: Set(title.into()),
+            pinned: Set(false),
+        };
+        note::Entity::insert(row)
+            .exec_without_returning(&phone_db)
+            .await
+            .expect("the app writes");
+    }
+
+    let phone = open(phone_db.clone(), &log).await;
+    assert_eq!(phone.existing_rows_logged(), 3);
+    let id = phone.device_id();
+    drop(phone);
+    let phone = open(phone_db.clone(), &log).await; // the app restarts
+    assert_eq!(phone.device_id(), id, "the device id is kept");
+    assert_eq!(
+        phone.existing_rows_logged(),
+        0,
+        "existing rows are logged once"
+    );
+    phone
+        .storage()
+        .create("note", object! { "title" => "d", "pinned" => true })
+        .await
+        .expect("write");
+    assert_eq!(phone.sync_once().await.expect("sync").pushed, 4);
+
+    let laptop_db = app_db(&dir.path().join("laptop.db")).await;
+    let laptop = open(laptop_db.clone(), &log).await;
+    assert_ne!(laptop.device_id(), id);
+    laptop.sync_once().await.expect("sync");
+    assert_eq!(
+        titles(&laptop_db).await,
+        vec!["a", "b", "c", "d"],
+        "read with plain SeaORM"
+    );
+    assert_eq!(
+        log.devices(id).await.expect("devices").len(),
+        2,
+        "one registration per device"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_shared_log_is_reported() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db = app_db(&dir.path().join("app.db")).await;
+    let err = SyncedStorage::builder(db)
+        .entity(note::Entity)
+        .open()
+        .await
+        .expect_err("no log");
+    assert!(matches!(err, Error::NoSharedLog));
+    assert_eq!(
+        err.to_string(),
+        "no shared log was configured: call `shared_log(log, user)` on the builder"
+    );
+}
