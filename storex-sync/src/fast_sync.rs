@@ -136,6 +136,53 @@ impl CancelHandle {
     }
 }
 
+/// Pauses and resumes a transfer from outside. The side holding it stops between batches and
+/// tells the peer, which then waits without counting the pause as a stall.
+#[derive(Clone, Debug)]
+pub struct PauseHandle {
+    flag: Arc<watch::Sender<bool>>,
+}
+
+impl Default for PauseHandle {
+    fn default() -> Self {
+        PauseHandle {
+            flag: Arc::new(watch::channel(false).0),
+        }
+    }
+}
+
+impl PauseHandle {
+    /// A handle not paused.
+    pub fn new() -> Self {
+        PauseHandle::default()
+    }
+
+    /// Pauses the transfer at the next batch.
+    pub fn pause(&self) {
+        self.flag.send_replace(true);
+    }
+
+    /// Resumes it.
+    pub fn resume(&self) {
+        self.flag.send_replace(false);
+    }
+
+    /// True while paused.
+    pub fn is_paused(&self) -> bool {
+        *self.flag.borrow()
+    }
+
+    /// Waits until resumed, or until `cancel` is cancelled (then returns false).
+    async fn wait_resumed(&self, cancel: &CancelHandle) -> bool {
+        let mut paused = self.flag.subscribe();
+        let mut cancelled = cancel.flag.subscribe();
+        tokio::select! {
+            result = paused.wait_for(|p| !*p) => result.is_ok(),
+            _ = cancelled.wait_for(|c| *c) => false,
+        }
+    }
+}
+
 /// How a transfer runs.
 #[derive(Clone)]
 #[non_exhaustive]
@@ -154,6 +201,8 @@ pub struct FastSyncOptions {
     pub progress: Option<ProgressFn>,
     /// Cancels the transfer.
     pub cancel: CancelHandle,
+    /// Pauses and resumes the transfer.
+    pub pause: PauseHandle,
 }
 
 impl fmt::Debug for FastSyncOptions {
@@ -166,6 +215,7 @@ impl fmt::Debug for FastSyncOptions {
             .field("filter", &self.filter.is_some())
             .field("progress", &self.progress.is_some())
             .field("cancel", &self.cancel)
+            .field("pause", &self.pause)
             .finish()
     }
 }
@@ -180,6 +230,7 @@ impl Default for FastSyncOptions {
             filter: None,
             progress: None,
             cancel: CancelHandle::new(),
+            pause: PauseHandle::new(),
         }
     }
 }
@@ -230,6 +281,12 @@ impl FastSyncOptions {
         self.cancel = cancel;
         self
     }
+
+    /// Uses `pause` to pause and resume the transfer from outside.
+    pub fn with_pause(mut self, pause: PauseHandle) -> Self {
+        self.pause = pause;
+        self
+    }
 }
 
 /// What a transfer moved.
@@ -249,22 +306,68 @@ pub struct TransferReport {
     pub duration: Duration,
 }
 
-/// Waits for the next package, or fails after `timeout`.
+/// Waits for the next package, or fails after `timeout`. A peer's `Pause` suspends the
+/// timeout until its `Resume`; `Cancel` ends the session.
 async fn next_package(
     channel: &mut dyn FastSyncChannel,
     timeout: Duration,
 ) -> crate::Result<Package> {
-    match tokio::time::timeout(timeout, channel.recv()).await {
-        Err(_) => Err(FastSyncError::Stalled(timeout).into()),
-        Ok(Err(e)) => Err(FastSyncError::Channel(e).into()),
-        Ok(Ok(None)) => Err(FastSyncError::Channel(ChannelError::Closed).into()),
-        Ok(Ok(Some(Package::Cancel { reason }))) => Err(FastSyncError::Cancelled {
-            by_peer: true,
+    let mut paused = false;
+    loop {
+        let received = if paused {
+            Ok(channel.recv().await)
+        } else {
+            tokio::time::timeout(timeout, channel.recv()).await
+        };
+        match received {
+            Err(_) => return Err(FastSyncError::Stalled(timeout).into()),
+            Ok(Err(e)) => return Err(FastSyncError::Channel(e).into()),
+            Ok(Ok(None)) => return Err(FastSyncError::Channel(ChannelError::Closed).into()),
+            Ok(Ok(Some(Package::Cancel { reason }))) => {
+                return Err(FastSyncError::Cancelled {
+                    by_peer: true,
+                    reason,
+                }
+                .into())
+            }
+            Ok(Ok(Some(Package::Pause))) => paused = true,
+            Ok(Ok(Some(Package::Resume))) => paused = false,
+            Ok(Ok(Some(package))) => return Ok(package),
+        }
+    }
+}
+
+/// Holds the transfer while `options.pause` is set: tells the peer, waits, tells it again.
+async fn honour_pause(
+    channel: &mut dyn FastSyncChannel,
+    options: &FastSyncOptions,
+    side: &str,
+) -> crate::Result<()> {
+    if !options.pause.is_paused() {
+        return Ok(());
+    }
+    channel
+        .send(Package::Pause)
+        .await
+        .map_err(FastSyncError::Channel)?;
+    if !options.pause.wait_resumed(&options.cancel).await {
+        let reason = format!("cancelled on the {side} device");
+        let _ = channel
+            .send(Package::Cancel {
+                reason: reason.clone(),
+            })
+            .await;
+        return Err(FastSyncError::Cancelled {
+            by_peer: false,
             reason,
         }
-        .into()),
-        Ok(Ok(Some(package))) => Ok(package),
+        .into());
     }
+    channel
+        .send(Package::Resume)
+        .await
+        .map_err(FastSyncError::Channel)?;
+    Ok(())
 }
 
 /// The canonical encoding of one object (fields in name order), for sizes and checksums.

@@ -594,3 +594,57 @@ async fn collections_and_objects_can_be_left_out() {
         1
     );
 }
+
+async fn paused_transfer(pause_on_sender: bool) {
+    let fx = Fixture::new();
+    let (old, new) = (
+        fx.device("old", DeviceId::random()).await,
+        fx.device("new", DeviceId::random()).await,
+    );
+    fill(&old, 1_500).await;
+    let pause = storex_sync::fast_sync::PauseHandle::new();
+    let trigger = pause.clone();
+    let paused_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = paused_once.clone();
+    // A stall timeout far shorter than the pause: a pause must not count as a stall.
+    let base = small_batches().with_stall_timeout(Duration::from_secs(1));
+    let pausing = base
+        .clone()
+        .with_pause(pause.clone())
+        .with_progress(Arc::new(move |p: &Progress| {
+            if p.objects_done > 300 && !flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                trigger.pause();
+            }
+        }));
+    let (sending, receiving) = if pause_on_sender {
+        (pausing, base)
+    } else {
+        (base, pausing)
+    };
+    let resumer = tokio::spawn(async move {
+        while !pause.is_paused() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        pause.resume();
+    });
+    let (sent, received) = transfer(&old, &new, &sending, &receiving).await;
+    resumer.await.expect("resumer");
+    sent.expect("send");
+    received.expect("receive");
+    assert!(
+        paused_once.load(std::sync::atomic::Ordering::SeqCst),
+        "the transfer was paused"
+    );
+    assert_same(&old, &new).await;
+}
+
+#[tokio::test]
+async fn a_pause_on_the_sender_holds_the_transfer_without_a_stall() {
+    paused_transfer(true).await;
+}
+
+#[tokio::test]
+async fn a_pause_on_the_receiver_holds_the_transfer_without_a_stall() {
+    paused_transfer(false).await;
+}

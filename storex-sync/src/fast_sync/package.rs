@@ -5,7 +5,7 @@
 //! applied in this session, if any (so an interrupted session resumes); the sender streams
 //! `Batch`es, at most a window of them unacknowledged, each acknowledged with `Ack` once
 //! applied; after each collection a `CollectionDone` with its count and checksum; then
-//! `Finish`, answered by `Done`. Either side may send `Cancel`.
+//! `Finish`, answered by `Done`. Either side may send `Pause`/`Resume` and `Cancel`.
 
 use serde::{Deserialize, Serialize};
 use storex_core::uuid::Uuid;
@@ -76,6 +76,10 @@ pub enum Package {
     Finish,
     /// Receiver → sender: everything is applied.
     Done,
+    /// Either side: paused; the other waits without timing out.
+    Pause,
+    /// Either side: resumed after a pause.
+    Resume,
     /// Either side: the session ends.
     Cancel {
         /// Why.

@@ -16,8 +16,8 @@ use crate::entry::{LOG_COLLECTION, STATE_COLLECTION, TRANSFER_COLLECTION};
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package};
 use crate::fast_sync::{
-    chain_checksum, next_package, object_bytes, FastSyncChannel, FastSyncError, FastSyncOptions,
-    Progress, TransferReport,
+    chain_checksum, honour_pause, next_package, object_bytes, FastSyncChannel, FastSyncError,
+    FastSyncOptions, Progress, TransferReport,
 };
 
 const CURSOR_KEY: &str = "shared_log_cursor";
@@ -193,6 +193,7 @@ pub async fn receive_offer(
                 received.checksum = chain_checksum(&received.checksum, &encoded);
                 received.objects += count;
                 let done = received.objects;
+                honour_pause(channel, options, "receiving").await?;
                 apply_batch(
                     device,
                     session,

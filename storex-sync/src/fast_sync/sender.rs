@@ -11,8 +11,8 @@ use crate::entry::{INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION};
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package};
 use crate::fast_sync::{
-    chain_checksum, next_package, object_bytes, FastSyncChannel, FastSyncError, FastSyncOptions,
-    Progress, TransferReport,
+    chain_checksum, honour_pause, next_package, object_bytes, FastSyncChannel, FastSyncError,
+    FastSyncOptions, Progress, TransferReport,
 };
 
 /// Objects read from the snapshot at a time.
@@ -260,6 +260,7 @@ impl SnapshotSender {
         if run.seq <= run.skip_until {
             return Ok(()); // applied before the interruption
         }
+        honour_pause(channel, &self.options, "sending").await?;
         if self.options.cancel.is_cancelled() {
             let reason = "cancelled on the sending device".to_owned();
             send(
