@@ -240,87 +240,96 @@ async fn continuous_sync_takes_over_from_the_handed_over_cursor() {
     );
 }
 
-/// A channel that fails after passing a number of packages, both ways.
+/// A channel that fails after passing a number of packages, both ways, and then closes, as
+/// a dropped connection does.
 #[derive(Debug)]
 struct Dropping {
-    inner: MemoryChannel,
+    inner: Option<MemoryChannel>,
     left: usize,
+}
+
+impl Dropping {
+    fn pass(&mut self) -> Result<&mut MemoryChannel, ChannelError> {
+        if self.left == 0 {
+            self.inner = None;
+        }
+        self.left = self.left.saturating_sub(1);
+        self.inner.as_mut().ok_or(ChannelError::Closed)
+    }
 }
 
 impl FastSyncChannel for Dropping {
     fn send(&mut self, package: Package) -> BoxFuture<'_, Result<(), ChannelError>> {
-        Box::pin(async move {
-            if self.left == 0 {
-                return Err(ChannelError::Closed);
-            }
-            self.left -= 1;
-            self.inner.send(package).await
-        })
+        Box::pin(async move { self.pass()?.send(package).await })
     }
 
     fn recv(&mut self) -> BoxFuture<'_, Result<Option<Package>, ChannelError>> {
-        Box::pin(async move {
-            if self.left == 0 {
-                return Err(ChannelError::Closed);
-            }
-            self.left -= 1;
-            self.inner.recv().await
-        })
+        Box::pin(async move { self.pass()?.recv().await })
     }
 }
 
 #[tokio::test]
-async fn a_dropped_channel_resumes_after_the_last_acknowledged_batch() {
-    let fx = Fixture::new();
-    let (old, new) = (
-        fx.device("old", DeviceId::random()).await,
-        fx.device("new", DeviceId::random()).await,
-    );
-    fill(&old, 2_000).await;
-    let options = small_batches().with_stall_timeout(Duration::from_secs(5));
-    let mut sender = SnapshotSender::open(&old, options.clone())
-        .await
-        .expect("snapshot");
+async fn a_transfer_cut_at_any_point_resumes_and_completes() {
+    // Cuts counted in packages through the sender's channel: before any batch, early, late.
+    for cut in [2, 5, 12, 23, 37, 58] {
+        let fx = Fixture::new();
+        let (old, new) = (
+            fx.device("old", DeviceId::random()).await,
+            fx.device("new", DeviceId::random()).await,
+        );
+        fill(&old, 2_000).await;
+        let options = small_batches().with_stall_timeout(Duration::from_secs(5));
+        let mut sender = SnapshotSender::open(&old, options.clone())
+            .await
+            .expect("snapshot");
 
-    let (a, mut b) = memory_channel_pair(4);
-    let mut a = Dropping { inner: a, left: 12 };
-    let (first_send, first_receive) = tokio::join!(
-        sender.send(&mut a),
-        receive_snapshot(&new, &mut b, &options)
-    );
-    assert!(
-        first_send.is_err() && first_receive.is_err(),
-        "the first run breaks off"
-    );
-    let partial = new
-        .storage()
-        .count("note", Filter::all())
-        .await
-        .expect("count");
-    assert!(
-        partial > 0 && partial < 2_000,
-        "{partial} notes after the first run"
-    );
-
-    let (mut a, mut b) = memory_channel_pair(4);
-    let (second_send, second_receive) = tokio::join!(
-        sender.send(&mut a),
-        receive_snapshot(&new, &mut b, &options)
-    );
-    let (sent, received) = (second_send.expect("send"), second_receive.expect("receive"));
-    sender.close().await.expect("close");
-    let resumed = received.resumed_after.expect("resumed");
-    assert!(resumed > 0);
-    assert_eq!(sent.resumed_after, Some(resumed));
-    assert_same(&old, &new).await;
-    assert_eq!(
-        new.storage()
+        let (a, mut b) = memory_channel_pair(4);
+        let mut a = Dropping {
+            inner: Some(a),
+            left: cut,
+        };
+        let (first_send, first_receive) = tokio::join!(
+            sender.send(&mut a),
+            receive_snapshot(&new, &mut b, &options)
+        );
+        assert!(
+            first_send.is_err() && first_receive.is_err(),
+            "cut {cut}: the first run breaks off"
+        );
+        let partial = new
+            .storage()
             .count("note", Filter::all())
             .await
-            .expect("count"),
-        2_000,
-        "nothing twice"
-    );
+            .expect("count");
+        assert!(
+            partial < 2_000,
+            "cut {cut}: {partial} notes after the first run"
+        );
+
+        let (mut a, mut b) = memory_channel_pair(4);
+        let (second_send, second_receive) = tokio::join!(
+            sender.send(&mut a),
+            receive_snapshot(&new, &mut b, &options)
+        );
+        let (sent, received) = (second_send.expect("send"), second_receive.expect("receive"));
+        sender.close().await.expect("close");
+        assert_eq!(sent.resumed_after, received.resumed_after, "cut {cut}");
+        if partial > 0 {
+            assert!(
+                received.resumed_after.is_some_and(|r| r > 0),
+                "cut {cut}: applied batches are not sent again"
+            );
+        }
+        assert_same(&old, &new).await;
+        assert_eq!(
+            new.storage()
+                .count("note", Filter::all())
+                .await
+                .expect("count"),
+            2_000,
+            "cut {cut}: nothing twice"
+        );
+    }
 }
 
 /// Plays the sender by hand: a valid hello and first batch, then `bad`.
