@@ -12,9 +12,11 @@
 //! transaction together with its progress (session, last batch, running checksums), and
 //! acknowledges it only then. A dropped channel resumes after the last acknowledged batch
 //! when the same sender reconnects ([`SnapshotSender::send`] again); a failed batch leaves
-//! nothing of itself behind. Objects the receiver already has are overwritten with the
-//! sender's version. Each collection ends with its count and a running SHA-256 over the
-//! batches, which the receiver checks.
+//! nothing of itself behind. A receiver that had no data copies the sender's log as it is; one
+//! with data of its own keeps its objects and reconciles the sender's log entries with its own
+//! (as if pulled from a shared log), which is how [`exchange`] merges two devices in one
+//! session. Each collection ends with its count and a running SHA-256 over the batches, which
+//! the receiver checks.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -304,6 +306,48 @@ pub struct TransferReport {
     pub cursor: u64,
     /// How long it took.
     pub duration: Duration,
+}
+
+/// Which side of an [`exchange`] sends first (the two devices must choose opposite turns).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Turn {
+    /// Send this device's snapshot, then receive the other's.
+    SendFirst,
+    /// Receive the other's snapshot, then send this device's.
+    ReceiveFirst,
+}
+
+/// What an [`exchange`] moved each way.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ExchangeReport {
+    /// What this device sent.
+    pub sent: TransferReport,
+    /// What it received.
+    pub received: TransferReport,
+}
+
+/// Both directions in one session, so two devices merge their data: each sends its snapshot
+/// and receives the other's. A device that already has data reconciles the other's log with
+/// its own (objects both have end with the later writes, field by field), so both end
+/// identical.
+pub async fn exchange(
+    device: &crate::SyncDevice,
+    channel: &mut dyn FastSyncChannel,
+    options: &FastSyncOptions,
+    turn: Turn,
+) -> crate::Result<ExchangeReport> {
+    Ok(match turn {
+        Turn::SendFirst => {
+            let sent = send_snapshot(device, channel, options).await?;
+            let received = receive_snapshot(device, channel, options).await?;
+            ExchangeReport { sent, received }
+        }
+        Turn::ReceiveFirst => {
+            let received = receive_snapshot(device, channel, options).await?;
+            let sent = send_snapshot(device, channel, options).await?;
+            ExchangeReport { sent, received }
+        }
+    })
 }
 
 /// Waits for the next package, or fails after `timeout`. A peer's `Pause` suspends the

@@ -657,3 +657,92 @@ async fn a_pause_on_the_sender_holds_the_transfer_without_a_stall() {
 async fn a_pause_on_the_receiver_holds_the_transfer_without_a_stall() {
     paused_transfer(false).await;
 }
+
+#[tokio::test]
+async fn an_exchange_merges_two_devices_both_ways() {
+    use storex_sync::fast_sync::{exchange, Turn};
+    let fx = Fixture::new();
+    let (a, b) = (
+        fx.device("a", DeviceId::random()).await,
+        fx.device("b", DeviceId::random()).await,
+    );
+    let shared = a
+        .storage()
+        .create("note", object! { "title" => "shared", "body" => "v0" })
+        .await
+        .expect("write");
+    // b starts with a copy of a.
+    let (sent, received) = transfer(&a, &b, &small_batches(), &small_batches()).await;
+    sent.expect("send");
+    received.expect("receive");
+    // Both go their own way.
+    a.storage()
+        .create("note", object! { "title" => "only on a" })
+        .await
+        .expect("write");
+    b.storage()
+        .create("note", object! { "title" => "only on b" })
+        .await
+        .expect("write");
+    b.storage()
+        .create("tag", object! { "note" => "x", "name" => "from b" })
+        .await
+        .expect("write");
+    a.storage()
+        .update_by_pk(
+            "note",
+            shared.clone(),
+            object! { "title" => "edited on a", "body" => "a's body" },
+        )
+        .await
+        .expect("edit");
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    b.storage()
+        .update_by_pk(
+            "note",
+            shared.clone(),
+            object! { "title" => "edited on b, later" },
+        )
+        .await
+        .expect("edit");
+
+    let (mut ca, mut cb) = memory_channel_pair(4);
+    let options = small_batches();
+    let (ra, rb) = tokio::join!(
+        exchange(&a, &mut ca, &options, Turn::SendFirst),
+        exchange(&b, &mut cb, &options, Turn::ReceiveFirst)
+    );
+    ra.expect("a's side");
+    rb.expect("b's side");
+    assert_same(&a, &b).await;
+    let merged = a
+        .storage()
+        .find_by_pk("note", shared)
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(
+        merged["title"],
+        Value::from("edited on b, later"),
+        "the later edit of the field wins"
+    );
+    assert_eq!(
+        merged["body"],
+        Value::from("a's body"),
+        "fields only a edited keep a's value"
+    );
+    assert_eq!(
+        a.storage()
+            .count("note", Filter::all())
+            .await
+            .expect("count"),
+        3
+    );
+    assert_eq!(
+        a.storage()
+            .count("tag", Filter::all())
+            .await
+            .expect("count"),
+        1
+    );
+}

@@ -12,7 +12,7 @@ use storex_core::{
 };
 
 use crate::device::SyncDevice;
-use crate::entry::{LOG_COLLECTION, STATE_COLLECTION, TRANSFER_COLLECTION};
+use crate::entry::{StoredEntry, LOG_COLLECTION, STATE_COLLECTION, TRANSFER_COLLECTION};
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package};
 use crate::fast_sync::{
@@ -34,6 +34,10 @@ struct Received {
 struct SessionState {
     last_seq: u64,
     collections: BTreeMap<String, Received>,
+    /// The device had data of its own when the session began: the sender's log is
+    /// reconciled with it instead of copied.
+    #[serde(default)]
+    merge: bool,
 }
 
 async fn run(tx: &StorageTransaction, op: Operation) -> Result<storex_core::Outcome> {
@@ -154,7 +158,13 @@ pub async fn receive_offer(
     }
     let stored = load_state(device, session).await?;
     let resume_after = stored.as_ref().map(|s| s.last_seq);
-    let mut state = stored.unwrap_or_default();
+    let mut state = match stored {
+        Some(state) => state,
+        None => SessionState {
+            merge: has_data(device, &collections).await?,
+            ..SessionState::default()
+        },
+    };
     let mut report = TransferReport {
         resumed_after: resume_after,
         cursor,
@@ -194,15 +204,12 @@ pub async fn receive_offer(
                 received.objects += count;
                 let done = received.objects;
                 honour_pause(channel, options, "receiving").await?;
-                apply_batch(
-                    device,
-                    session,
-                    &collection,
-                    objects,
-                    &next,
-                    state.last_seq == 0 && resume_after.is_none(),
-                )
-                .await?;
+                let first = state.last_seq == 0 && resume_after.is_none();
+                if next.merge && collection == LOG_COLLECTION {
+                    merge_log_batch(device, session, objects, &next, first).await?;
+                } else {
+                    apply_batch(device, session, &collection, objects, &next, first).await?;
+                }
                 state = next;
                 channel
                     .send(Package::Ack { seq })
@@ -342,23 +349,24 @@ async fn apply_batch(
             .unwrap_or(0)
                 > 0
         };
+        // An object the device has stays as it is: either an earlier batch of this session
+        // wrote it, or it is the device's own, and the sender's log entries (sent last) are
+        // reconciled with it.
         if !exists {
             steps.push(BatchStep::new(Operation::create(collection, object)));
-        } else if collection != LOG_COLLECTION {
-            let changes: Object = object
-                .into_iter()
-                .filter(|(f, _)| !def.pk_fields().contains(f))
-                .collect();
-            if !changes.is_empty() {
-                steps.push(BatchStep::new(Operation::update_by_pk(
-                    collection, pk, changes,
-                )));
-            }
         }
     }
+    steps.push(progress_step(session, state, first));
+    run(&tx, Operation::Batch { steps }).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The step that stores the session's progress.
+fn progress_step(session: Uuid, state: &SessionState, first: bool) -> BatchStep {
     let progress = serde_json::to_string(state).unwrap_or_default();
     let last_seq = i64::try_from(state.last_seq).unwrap_or(i64::MAX);
-    steps.push(BatchStep::new(if first {
+    BatchStep::new(if first {
         Operation::create(
             TRANSFER_COLLECTION,
             object! { "session" => session, "last_seq" => last_seq, "progress" => progress },
@@ -369,9 +377,36 @@ async fn apply_batch(
             session,
             object! { "last_seq" => last_seq, "progress" => progress },
         )
-    }));
-    run(&tx, Operation::Batch { steps }).await?;
-    tx.commit().await?;
+    })
+}
+
+/// Whether the device holds any object of the offered app collections.
+async fn has_data(device: &SyncDevice, collections: &[CollectionInfo]) -> Result<bool> {
+    for info in collections.iter().filter(|c| c.name != LOG_COLLECTION) {
+        if device.storage().count(&info.name, Filter::all()).await? > 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Merges a batch of the sender's log entries into a device that has data of its own:
+/// reconciled like entries pulled from a shared log, with the session's progress in the
+/// same transaction.
+async fn merge_log_batch(
+    device: &SyncDevice,
+    session: Uuid,
+    objects: Vec<Object>,
+    state: &SessionState,
+    first: bool,
+) -> Result<()> {
+    let entries = objects
+        .iter()
+        .map(|row| StoredEntry::from_object(row).map(|stored| stored.entry))
+        .collect::<Result<Vec<_>>>()?;
+    device
+        .integrate_with(entries, vec![progress_step(session, state, first)])
+        .await?;
     Ok(())
 }
 
@@ -379,15 +414,21 @@ async fn apply_batch(
 async fn finish(device: &SyncDevice, session: Uuid, cursor: u64) -> Result<()> {
     let storage = device.storage();
     let tx = storage.begin().await?;
-    let value = i64::try_from(cursor).unwrap_or(i64::MAX);
-    let has_cursor = run(
+    let own = run(
         &tx,
-        Operation::count(STATE_COLLECTION, Filter::all().eq("key", CURSOR_KEY)),
+        Operation::find_one(
+            STATE_COLLECTION,
+            Query::new(Filter::all().eq("key", CURSOR_KEY)),
+        ),
     )
     .await?
-    .count()
-    .unwrap_or(0)
-        > 0;
+    .into_found()
+    .and_then(|row| row.get("value").and_then(Value::as_int));
+    let has_cursor = own.is_some();
+    // A device that synced on its own may be further along than the sender.
+    let value = i64::try_from(cursor)
+        .unwrap_or(i64::MAX)
+        .max(own.unwrap_or(0));
     let cursor_step = if has_cursor {
         Operation::update_by_pk(STATE_COLLECTION, CURSOR_KEY, object! { "value" => value })
     } else {
