@@ -301,10 +301,6 @@ async fn a_transfer_cut_at_any_point_resumes_and_completes() {
             .count("note", Filter::all())
             .await
             .expect("count");
-        assert!(
-            partial < 2_000,
-            "cut {cut}: {partial} notes after the first run"
-        );
 
         let (mut a, mut b) = memory_channel_pair(4);
         let (second_send, second_receive) = tokio::join!(
