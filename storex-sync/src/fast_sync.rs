@@ -381,6 +381,22 @@ async fn next_package(
     }
 }
 
+/// Ends the session from this side after a cancel: tells the peer (if it still listens) and
+/// returns the error to report.
+async fn cancel_here(channel: &mut dyn FastSyncChannel, side: &str) -> crate::Error {
+    let reason = format!("cancelled on the {side} device");
+    let _ = channel
+        .send(Package::Cancel {
+            reason: reason.clone(),
+        })
+        .await;
+    FastSyncError::Cancelled {
+        by_peer: false,
+        reason,
+    }
+    .into()
+}
+
 /// Holds the transfer while `options.pause` is set: tells the peer, waits, tells it again.
 async fn honour_pause(
     channel: &mut dyn FastSyncChannel,
@@ -395,17 +411,7 @@ async fn honour_pause(
         .await
         .map_err(FastSyncError::Channel)?;
     if !options.pause.wait_resumed(&options.cancel).await {
-        let reason = format!("cancelled on the {side} device");
-        let _ = channel
-            .send(Package::Cancel {
-                reason: reason.clone(),
-            })
-            .await;
-        return Err(FastSyncError::Cancelled {
-            by_peer: false,
-            reason,
-        }
-        .into());
+        return Err(cancel_here(channel, side).await);
     }
     channel
         .send(Package::Resume)

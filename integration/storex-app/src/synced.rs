@@ -36,8 +36,7 @@ pub struct SyncedStorageBuilder {
     collections: Vec<std::result::Result<CollectionDef, storex_seaorm::Error>>,
     shared_log: Option<(Arc<dyn SharedSyncLog>, String)>,
     options: ContinuousOptions,
-    excluded: Vec<String>,
-    middleware: Vec<Arc<dyn Middleware>>,
+    sync_options: SyncOptions,
 }
 
 impl SyncedStorageBuilder {
@@ -67,13 +66,13 @@ impl SyncedStorageBuilder {
 
     /// Keeps `collection` local: its writes are not synced.
     pub fn exclude(mut self, collection: impl Into<String>) -> Self {
-        self.excluded.push(collection.into());
+        self.sync_options = self.sync_options.exclude(collection);
         self
     }
 
     /// Adds a middleware of the app's after the sync logger.
     pub fn with_middleware(mut self, middleware: Arc<dyn Middleware>) -> Self {
-        self.middleware.push(middleware);
+        self.sync_options = self.sync_options.with_middleware(middleware);
         self
     }
 
@@ -110,15 +109,12 @@ impl SyncedStorageBuilder {
         };
 
         let notifier = ChangeNotifier::new();
+        // The notifier first, so the app's own middleware sees writes after it.
         let mut options = SyncOptions::default()
             .exclude(SETTINGS_COLLECTION)
             .with_middleware(Arc::new(notifier.clone()));
-        for collection in self.excluded {
-            options = options.exclude(collection);
-        }
-        for middleware in self.middleware {
-            options = options.with_middleware(middleware);
-        }
+        options.excluded.extend(self.sync_options.excluded);
+        options.middleware.extend(self.sync_options.middleware);
         let device = SyncDevice::open(registry, backend, Clock::new(device_id), options).await?;
         let existing_rows_logged = if read_setting(&settings, EXISTING_ROWS_KEY).await?.is_none() {
             let logged = device.log_existing_rows().await?;
@@ -166,8 +162,7 @@ impl SyncedStorage {
             collections: Vec::new(),
             shared_log: None,
             options: ContinuousOptions::default(),
-            excluded: Vec::new(),
-            middleware: Vec::new(),
+            sync_options: SyncOptions::default(),
         }
     }
 

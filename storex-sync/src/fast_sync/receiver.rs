@@ -16,8 +16,8 @@ use crate::entry::{StoredEntry, LOG_COLLECTION, STATE_COLLECTION, TRANSFER_COLLE
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package};
 use crate::fast_sync::{
-    chain_checksum, honour_pause, next_package, object_bytes, FastSyncChannel, FastSyncError,
-    FastSyncOptions, Progress, TransferReport,
+    cancel_here, chain_checksum, honour_pause, next_package, object_bytes, FastSyncChannel,
+    FastSyncError, FastSyncOptions, Progress, TransferReport,
 };
 
 const CURSOR_KEY: &str = "shared_log_cursor";
@@ -227,17 +227,7 @@ pub async fn receive_offer(
                     });
                 }
                 if options.cancel.is_cancelled() {
-                    let reason = "cancelled on the receiving device".to_owned();
-                    let _ = channel
-                        .send(Package::Cancel {
-                            reason: reason.clone(),
-                        })
-                        .await;
-                    return Err(FastSyncError::Cancelled {
-                        by_peer: false,
-                        reason,
-                    }
-                    .into());
+                    return Err(cancel_here(channel, "receiving").await);
                 }
             }
             Package::CollectionDone {

@@ -11,8 +11,8 @@ use crate::entry::{INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION};
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package};
 use crate::fast_sync::{
-    chain_checksum, honour_pause, next_package, object_bytes, FastSyncChannel, FastSyncError,
-    FastSyncOptions, Progress, TransferReport,
+    cancel_here, chain_checksum, honour_pause, next_package, object_bytes, FastSyncChannel,
+    FastSyncError, FastSyncOptions, Progress, TransferReport,
 };
 
 /// Objects read from the snapshot at a time.
@@ -262,19 +262,7 @@ impl SnapshotSender {
         }
         honour_pause(channel, &self.options, "sending").await?;
         if self.options.cancel.is_cancelled() {
-            let reason = "cancelled on the sending device".to_owned();
-            send(
-                channel,
-                Package::Cancel {
-                    reason: reason.clone(),
-                },
-            )
-            .await?;
-            return Err(FastSyncError::Cancelled {
-                by_peer: false,
-                reason,
-            }
-            .into());
+            return Err(cancel_here(channel, "sending").await);
         }
         while run.unacked.len() >= self.options.window {
             self.await_ack(channel, &mut run.unacked).await?;
