@@ -2,7 +2,8 @@
 //!
 //! `storex demo` runs two devices on SQLite files and a shared log on SQLite (the embedded
 //! default), writes on both (one edit conflicts), syncs them, and shows what each holds.
-//! `storex migrate send|receive` moves a whole SQLite database to a new device over TCP.
+//! `storex migrate send|receive` moves a whole SQLite database to a new device over TCP;
+//! `storex log` and `storex status` show what a device's client sync log holds.
 
 /// Prints a line to stdout; a closed stdout (`storex demo | head`) is not worth a panic.
 macro_rules! say {
@@ -12,6 +13,7 @@ macro_rules! say {
 }
 
 mod demo;
+mod inspect;
 mod migrate;
 
 use std::path::PathBuf;
@@ -39,6 +41,21 @@ enum Command {
     /// Moves a whole SQLite database from an old device to a new one, over TCP.
     #[command(subcommand)]
     Migrate(Migrate),
+    /// Shows the last entries of a device's client sync log.
+    Log {
+        /// The device's SQLite database.
+        #[arg(long)]
+        db: PathBuf,
+        /// How many entries to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Shows how far a device's sync is: log entries, unpushed, held, cursor.
+    Status {
+        /// The device's SQLite database.
+        #[arg(long)]
+        db: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +100,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Demo { dir } => runtime.block_on(demo::run(dir)),
+        Command::Log { db, limit } => runtime.block_on(inspect::log(&db, limit)),
+        Command::Status { db } => runtime.block_on(inspect::status(&db)),
         Command::Migrate(Migrate::Send { db, listen }) => {
             runtime.block_on(migrate::send(&db, &listen))
         }

@@ -57,3 +57,49 @@ fn an_unusable_folder_is_reported() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.starts_with("error: creating "), "{stderr}");
 }
+
+#[test]
+fn log_and_status_inspect_a_device() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let demo = storex()
+        .args(["demo", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run demo");
+    assert!(demo.status.success());
+    let phone = dir.path().join("phone.db");
+    let log = storex()
+        .args(["log", "--limit", "3", "--db"])
+        .arg(&phone)
+        .output()
+        .expect("run log");
+    let stdout = String::from_utf8_lossy(&log.stdout);
+    assert!(
+        log.status.success(),
+        "{}",
+        String::from_utf8_lossy(&log.stderr)
+    );
+    assert!(
+        stdout.starts_with("5 entries in the log, the last 3:"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.lines().count(), 4, "{stdout}");
+    assert!(stdout.contains(" note"), "{stdout}");
+    let status = storex()
+        .args(["status", "--db"])
+        .arg(&phone)
+        .output()
+        .expect("run status");
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(stdout.contains("not yet pushed:  0"), "{stdout}");
+    assert!(stdout.contains("log entries:     5"), "{stdout}");
+    let missing = storex()
+        .args(["status", "--db", "/nonexistent.db"])
+        .output()
+        .expect("run status");
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&missing.stderr).trim(),
+        "error: no database at /nonexistent.db"
+    );
+}

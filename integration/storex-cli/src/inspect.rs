@@ -1,0 +1,86 @@
+//! `storex log` and `storex status`: what a device's client sync log holds.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use storex_core::{Registry, Storage};
+use storex_seaorm::SeaOrmBackend;
+use storex_sync::{with_sync_log, ClientSyncLog, EntryOp, STATE_COLLECTION};
+
+/// A storage on the sync tables of the database at `db` (which must exist).
+async fn open(db: &Path) -> Result<Storage> {
+    if !db.is_file() {
+        bail!("no database at {}", db.display());
+    }
+    let backend = SeaOrmBackend::open_sqlite_file(db)
+        .await
+        .with_context(|| format!("opening {}", db.display()))?;
+    let registry = with_sync_log(&Registry::default())?;
+    Ok(Storage::builder_shared(registry, Arc::new(backend))
+        .build()
+        .await?)
+}
+
+/// Prints the last `limit` entries of the log, oldest first.
+pub(crate) async fn log(db: &Path, limit: usize) -> Result<()> {
+    let storage = open(db).await?;
+    let entries = ClientSyncLog::new(storage).all().await?;
+    let skip = entries.len().saturating_sub(limit);
+    say!(
+        "{} entries in the log{}",
+        entries.len(),
+        if skip > 0 {
+            format!(", the last {limit}:")
+        } else {
+            ":".into()
+        }
+    );
+    for stored in entries.iter().skip(skip) {
+        let e = &stored.entry;
+        let op = match e.op {
+            EntryOp::Create => "create",
+            EntryOp::Update => "update",
+            EntryOp::Delete => "delete",
+        };
+        let fields: Vec<&str> = e.fields.keys().map(String::as_str).collect();
+        let flags = match (stored.shared, stored.integrated) {
+            (false, _) => "unshared",
+            (true, true) => "shared",
+            (true, false) => "held",
+        };
+        say!(
+            "{} {:>8} {op:<6} {}{} [{}] {flags}",
+            e.hlc.clock_text(),
+            &e.device.to_string()[28..],
+            e.collection,
+            e.pk,
+            fields.join(","),
+        );
+    }
+    Ok(())
+}
+
+/// Prints counts of the log and the shared-log cursor.
+pub(crate) async fn status(db: &Path) -> Result<()> {
+    let storage = open(db).await?;
+    let log = ClientSyncLog::new(storage.clone());
+    let total = log.len().await?;
+    let unshared = log.unshared_count().await?;
+    let held = log.held().await?.len();
+    let cursor = storage
+        .find_by_pk(STATE_COLLECTION, "shared_log_cursor")
+        .await?
+        .and_then(|row| row.get("value").and_then(storex_core::Value::as_int))
+        .unwrap_or(0);
+    let newest = log
+        .max_hlc()
+        .await?
+        .map_or_else(|| "none".to_owned(), |h| h.clock_text());
+    say!("log entries:     {total}");
+    say!("not yet pushed:  {unshared}");
+    say!("held back:       {held}");
+    say!("shared cursor:   {cursor}");
+    say!("newest change:   {newest}");
+    Ok(())
+}
