@@ -56,6 +56,14 @@ impl Fixture {
         }
     }
 
+    /// Two fresh devices, the one moving out and the one moving in.
+    async fn old_and_new(&self) -> (SyncDevice, SyncDevice) {
+        (
+            self.device("old", DeviceId::random()).await,
+            self.device("new", DeviceId::random()).await,
+        )
+    }
+
     async fn device(&self, name: &str, id: DeviceId) -> SyncDevice {
         let backend: Arc<dyn StorageBackend> = Arc::new(
             SeaOrmBackend::open_sqlite_file(self.dir.path().join(format!("{name}.db")))
@@ -138,10 +146,7 @@ async fn assert_same(a: &SyncDevice, b: &SyncDevice) {
 #[tokio::test]
 async fn a_whole_database_moves_and_matches() {
     let fx = Fixture::new();
-    let (old, new) = (
-        fx.device("old", DeviceId::random()).await,
-        fx.device("new", DeviceId::random()).await,
-    );
+    let (old, new) = fx.old_and_new().await;
     fill(&old, 3_000).await;
     let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
     let recorder = seen.clone();
@@ -200,12 +205,8 @@ async fn continuous_sync_takes_over_from_the_handed_over_cursor() {
         .expect("write");
 
     let new_device = fx.device("new", new_id).await;
-    let (mut a, mut b) = memory_channel_pair(4);
     let options = small_batches();
-    let (sent, received) = tokio::join!(
-        send_snapshot(old.device(), &mut a, &options),
-        receive_snapshot(&new_device, &mut b, &options)
-    );
+    let (sent, received) = transfer(old.device(), &new_device, &options, &options).await;
     sent.expect("send");
     assert!(
         received.expect("receive").cursor > 0,
@@ -467,12 +468,8 @@ async fn an_unknown_collection_is_refused_before_anything_moves() {
     )
     .await
     .expect("device");
-    let (mut a, mut b) = memory_channel_pair(4);
     let options = FastSyncOptions::default();
-    let (sent, received) = tokio::join!(
-        send_snapshot(&old, &mut a, &options),
-        receive_snapshot(&new, &mut b, &options)
-    );
+    let (sent, received) = transfer(&old, &new, &options, &options).await;
     let received = received.expect_err("refused");
     assert!(
         received.to_string().contains("fast sync failed"),
@@ -502,10 +499,7 @@ async fn an_unknown_collection_is_refused_before_anything_moves() {
 #[tokio::test]
 async fn a_cancel_on_the_sender_ends_both_sides() {
     let fx = Fixture::new();
-    let (old, new) = (
-        fx.device("old", DeviceId::random()).await,
-        fx.device("new", DeviceId::random()).await,
-    );
+    let (old, new) = fx.old_and_new().await;
     fill(&old, 1_000).await;
     let cancel = CancelHandle::new();
     let trigger = cancel.clone();
@@ -560,10 +554,7 @@ async fn a_silent_peer_is_reported_as_stalled() {
 #[tokio::test]
 async fn collections_and_objects_can_be_left_out() {
     let fx = Fixture::new();
-    let (old, new) = (
-        fx.device("old", DeviceId::random()).await,
-        fx.device("new", DeviceId::random()).await,
-    );
+    let (old, new) = fx.old_and_new().await;
     fill(&old, 100).await;
     let options = FastSyncOptions::default()
         .with_collections(["note", "draft"])
@@ -602,10 +593,7 @@ async fn collections_and_objects_can_be_left_out() {
 
 async fn paused_transfer(pause_on_sender: bool) {
     let fx = Fixture::new();
-    let (old, new) = (
-        fx.device("old", DeviceId::random()).await,
-        fx.device("new", DeviceId::random()).await,
-    );
+    let (old, new) = fx.old_and_new().await;
     fill(&old, 1_500).await;
     let pause = storex_sync::fast_sync::PauseHandle::new();
     let trigger = pause.clone();
