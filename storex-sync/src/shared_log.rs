@@ -91,6 +91,12 @@ pub enum SharedLogError {
         /// The device named in an entry.
         other: DeviceId,
     },
+    /// The shared log refused the credentials (a wrong, missing or revoked user token).
+    #[error("the shared log refused the credentials: {problem}")]
+    Unauthorized {
+        /// Why.
+        problem: String,
+    },
     /// The request was malformed or too large.
     #[error("invalid request: {problem}")]
     Invalid {

@@ -20,4 +20,4 @@
 
 mod log;
 
-pub use log::SqlSharedLog;
+pub use log::{LogStats, SqlSharedLog};

@@ -6,7 +6,7 @@ use sea_orm::sea_query::{
     Alias, ColumnDef, Expr, ExprTrait, Func, Index, OnConflict, Order, Query, SimpleExpr, Table,
     Value as SqlValue,
 };
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, QueryResult};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, QueryResult, TransactionTrait};
 use storex_core::uuid::Uuid;
 use storex_core::BoxFuture;
 use storex_seaorm::{begin_write, connect, dialect_of, Dialect};
@@ -18,6 +18,8 @@ use storex_sync::{
 const USERS: &str = "storex_shared_users";
 const DEVICES: &str = "storex_shared_devices";
 const ENTRIES: &str = "storex_shared_entries";
+/// PostgreSQL advisory lock key held while the tables are created ("storex" in ASCII).
+const MIGRATION_LOCK: i64 = 0x73_74_6f_72_65_78;
 /// Largest number of ids in one `IN (…)` lookup.
 const LOOKUP_CHUNK: usize = 500;
 /// Rows per multi-row INSERT (6 parameters each, within SQLite's 32,766).
@@ -37,6 +39,17 @@ fn cursor_value(cursor: u64) -> SqlValue {
 
 fn as_cursor(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
+}
+
+/// Totals over every user of a [`SqlSharedLog`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Users.
+    pub users: u64,
+    /// Registered devices.
+    pub devices: u64,
+    /// Stored (not yet compacted) entries.
+    pub entries: u64,
 }
 
 /// A shared sync log in a SQL database (SQLite or PostgreSQL).
@@ -66,6 +79,76 @@ impl SqlSharedLog {
     /// The connection.
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// Removes a device (a revoked or lost one): its later calls get
+    /// [`SharedLogError::UnknownDevice`] and its position no longer holds back compaction.
+    /// Its entries stay. Returns false when the device was not registered.
+    pub async fn remove_device(&self, device: DeviceId) -> SharedResult<bool> {
+        let delete = Query::delete()
+            .from_table(id(DEVICES))
+            .and_where(col("device").eq(device.0))
+            .to_owned();
+        let removed = self
+            .db
+            .execute(&delete)
+            .await
+            .map_err(|e| self.unavailable(e))?
+            .rows_affected();
+        Ok(removed > 0)
+    }
+
+    /// The user a device belongs to, or [`SharedLogError::UnknownDevice`].
+    pub async fn user_of_device(&self, device: DeviceId) -> SharedResult<String> {
+        self.user_of(&self.db, device).await
+    }
+
+    /// Every user with at least one registered device or stored entry.
+    pub async fn users(&self) -> SharedResult<Vec<String>> {
+        let query = Query::select()
+            .column(id("user_name"))
+            .from(id(USERS))
+            .order_by(id("user_name"), Order::Asc)
+            .to_owned();
+        let rows = self
+            .db
+            .query_all(&query)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        rows.iter()
+            .map(|row| {
+                row.try_get::<String>("", "user_name")
+                    .map_err(|_| self.corrupt("user"))
+            })
+            .collect()
+    }
+
+    /// How much the log holds, over all users.
+    pub async fn stats(&self) -> SharedResult<LogStats> {
+        let count = |table: &str| {
+            Query::select()
+                .expr_as(Func::count(Expr::cust("*")), id("n"))
+                .from(id(table))
+                .to_owned()
+        };
+        let mut numbers = [0u64; 3];
+        for (slot, table) in numbers.iter_mut().zip([USERS, DEVICES, ENTRIES]) {
+            let row = self
+                .db
+                .query_one(&count(table))
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            let n: i64 = match row {
+                Some(row) => row.try_get("", "n").map_err(|_| self.corrupt("count"))?,
+                None => 0,
+            };
+            *slot = as_cursor(n);
+        }
+        Ok(LogStats {
+            users: numbers[0],
+            devices: numbers[1],
+            entries: numbers[2],
+        })
     }
 
     async fn create_tables(&self) -> Result<(), DbErr> {
@@ -116,12 +199,20 @@ impl SqlSharedLog {
             .table(id(DEVICES))
             .col(id("user_name"))
             .to_owned();
-        self.db.execute(&users).await?;
-        self.db.execute(&devices).await?;
-        self.db.execute(&entries).await?;
-        self.db.execute(&entry_ids).await?;
-        self.db.execute(&device_users).await?;
-        Ok(())
+        // One transaction, and on PostgreSQL one instance at a time: servers starting together
+        // on one database would otherwise race on the catalog (`CREATE … IF NOT EXISTS` is not
+        // safe against a concurrent creation of the same table).
+        let txn = self.db.begin().await?;
+        if matches!(self.dialect, Dialect::Postgres) {
+            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+                .await?;
+        }
+        txn.execute(&users).await?;
+        txn.execute(&devices).await?;
+        txn.execute(&entries).await?;
+        txn.execute(&entry_ids).await?;
+        txn.execute(&device_users).await?;
+        txn.commit().await
     }
 
     fn unavailable(&self, e: DbErr) -> SharedLogError {

@@ -1,0 +1,241 @@
+//! The wire format: the JSON bodies the sync server accepts and returns, shared by the server
+//! and [`HttpSharedLog`](crate::HttpSharedLog). Entry payloads travel as base64 text.
+//!
+//! Requests refuse unknown fields, so a typo or a wrong type gets a 4xx with the reason
+//! instead of being half understood.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use storex_core::uuid::Uuid;
+use storex_sync::{DeviceId, PulledEntry, SharedEntry};
+
+/// Routes, relative to the server's base URL.
+pub mod routes {
+    /// `POST` (admin token): create a user, returns [`UserCredentials`](super::UserCredentials).
+    pub const USERS: &str = "/v1/users";
+    /// `POST` (user token): register a device; `GET` (device token): list the user's devices.
+    pub const DEVICES: &str = "/v1/devices";
+    /// `DELETE /v1/devices/{device}` (user token): revoke a device.
+    pub const DEVICE: &str = "/v1/devices/{device}";
+    /// `POST` (device token): push entries.
+    pub const PUSH: &str = "/v1/push";
+    /// `POST` (device token): pull entries, optionally waiting for new ones (long poll).
+    pub const PULL: &str = "/v1/pull";
+    /// `POST` (device token): acknowledge a cursor.
+    pub const ACK: &str = "/v1/ack";
+    /// `POST` (user token): compact the user's log now.
+    pub const COMPACT: &str = "/v1/compact";
+    /// `GET`: liveness and totals, JSON.
+    pub const HEALTH: &str = "/health";
+    /// `GET`: totals and counters in the Prometheus text format.
+    pub const METRICS: &str = "/metrics";
+}
+
+/// `POST /v1/users`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    /// The user's name, unique on the server.
+    pub name: String,
+}
+
+/// A created user and its token (shown once; the server keeps only a hash).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UserCredentials {
+    /// The user's name.
+    pub user: String,
+    /// The user token: registers devices, revokes them, compacts.
+    pub token: String,
+}
+
+/// A registered device and its token (shown once; the server keeps only a hash).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceCredentials {
+    /// The device id.
+    pub device: Uuid,
+    /// The device token every push, pull and ack carries.
+    pub token: String,
+}
+
+/// One entry on the wire.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireEntry {
+    /// The entry id.
+    pub id: Uuid,
+    /// The device that wrote it.
+    pub device: Uuid,
+    /// Its routing topic.
+    pub topic: String,
+    /// The payload, base64 (standard alphabet, padded).
+    pub payload: String,
+}
+
+impl WireEntry {
+    /// The wire form of `entry`.
+    pub fn from_entry(entry: &SharedEntry) -> Self {
+        WireEntry {
+            id: entry.id,
+            device: entry.device.0,
+            topic: entry.topic.clone(),
+            payload: BASE64.encode(&entry.payload),
+        }
+    }
+
+    /// The entry, or why the payload is not base64.
+    pub fn into_entry(self) -> Result<SharedEntry, String> {
+        let payload = BASE64
+            .decode(self.payload.as_bytes())
+            .map_err(|e| format!("entry {}: payload is not base64: {e}", self.id))?;
+        Ok(SharedEntry {
+            id: self.id,
+            device: DeviceId(self.device),
+            topic: self.topic,
+            payload,
+        })
+    }
+}
+
+/// `POST /v1/push`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushRequest {
+    /// The entries, all of the calling device.
+    pub entries: Vec<WireEntry>,
+}
+
+/// The answer to a push.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PushResponse {
+    /// The greatest cursor assigned, 0 when nothing was new.
+    pub cursor: u64,
+}
+
+/// `POST /v1/pull`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequest {
+    /// Entries above this cursor.
+    pub after: u64,
+    /// At most this many (the server caps it).
+    pub limit: usize,
+    /// Only these topics, when set.
+    #[serde(default)]
+    pub topics: Option<Vec<String>>,
+    /// When nothing is there yet, wait up to this long for new entries (the server caps it).
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// One pulled entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WirePulled {
+    /// Its cursor.
+    pub cursor: u64,
+    /// The entry.
+    pub entry: WireEntry,
+}
+
+/// The answer to a pull.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PullResponse {
+    /// Entries of the other devices, in cursor order.
+    pub entries: Vec<WirePulled>,
+    /// Where the next pull starts.
+    pub next_cursor: u64,
+    /// True when more entries may follow right away.
+    pub more: bool,
+}
+
+impl PullResponse {
+    /// The wire form of pulled entries.
+    pub fn from_pulled(entries: &[PulledEntry], next_cursor: u64, more: bool) -> Self {
+        PullResponse {
+            entries: entries
+                .iter()
+                .map(|p| WirePulled {
+                    cursor: p.cursor,
+                    entry: WireEntry::from_entry(&p.entry),
+                })
+                .collect(),
+            next_cursor,
+            more,
+        }
+    }
+}
+
+/// `POST /v1/ack`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    /// The device has integrated everything up to here.
+    pub cursor: u64,
+}
+
+/// One device of the user.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireDevice {
+    /// The device.
+    pub device: Uuid,
+    /// The cursor it acknowledged.
+    pub acked: u64,
+}
+
+/// `GET /v1/devices`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DevicesResponse {
+    /// The user's devices.
+    pub devices: Vec<WireDevice>,
+}
+
+/// The answer to a compaction.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CompactResponse {
+    /// Entries dropped.
+    pub dropped: u64,
+}
+
+/// `GET /health`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Health {
+    /// `"ok"` when the database answers.
+    pub status: String,
+    /// Users.
+    pub users: u64,
+    /// Registered devices.
+    pub devices: u64,
+    /// Stored entries.
+    pub entries: u64,
+    /// When this instance last stored a push.
+    pub last_push: Option<DateTime<Utc>>,
+}
+
+/// Every error the server returns: `{"error": {"code": …, "message": …}}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// A server error: a stable machine-readable code, a message for people, and the numbers
+/// some codes carry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable code: `unauthorized`, `unknown_device`, `wrong_device`, `cursor_compacted`,
+    /// `invalid_request`, `payload_too_large`, `too_many_entries`, `not_found`,
+    /// `method_not_allowed`, `user_exists`, `rate_limited`, `unavailable`.
+    pub code: String,
+    /// What happened, for people.
+    pub message: String,
+    /// `cursor_compacted`: the device's cursor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<u64>,
+    /// `cursor_compacted`: entries up to here are gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compacted_through: Option<u64>,
+    /// `wrong_device`: the device an entry named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other: Option<Uuid>,
+}

@@ -1,0 +1,183 @@
+//! [`AuthStore`]: users, devices and the hashes of their tokens, in the server's database next
+//! to the shared log's tables.
+//!
+//! Tables:
+//! - `storex_http_users (user_name PK, token_hash UNIQUE)`
+//! - `storex_http_devices (device PK, user_name, token_hash UNIQUE, revoked)`
+//!
+//! Nothing here is cached: every instance of a scaled-out server reads the same rows, so a
+//! revocation takes effect everywhere at once.
+
+use sea_orm::sea_query::{Alias, ColumnDef, Expr, ExprTrait, Query, SimpleExpr, Table};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, TransactionTrait};
+use storex_core::uuid::Uuid;
+use storex_sync::DeviceId;
+
+use crate::token::hash_token;
+
+const USERS: &str = "storex_http_users";
+const DEVICES: &str = "storex_http_devices";
+/// PostgreSQL advisory lock key held while the tables are created ("stxhttp").
+const MIGRATION_LOCK: i64 = 0x73_74_78_68_74_74_70;
+
+fn id(name: &str) -> Alias {
+    Alias::new(name)
+}
+
+fn col(name: &str) -> SimpleExpr {
+    Expr::col(Alias::new(name))
+}
+
+/// A device found by its token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct DeviceRecord {
+    pub(crate) device: DeviceId,
+    pub(crate) user: String,
+    pub(crate) revoked: bool,
+}
+
+/// Users, devices and their token hashes.
+#[derive(Clone, Debug)]
+pub(crate) struct AuthStore {
+    db: DatabaseConnection,
+}
+
+impl AuthStore {
+    /// Uses `db`, creating the tables if they are missing.
+    pub(crate) async fn new(db: DatabaseConnection) -> Result<Self, DbErr> {
+        let users = Table::create()
+            .table(id(USERS))
+            .if_not_exists()
+            .col(
+                ColumnDef::new(id("user_name"))
+                    .text()
+                    .not_null()
+                    .primary_key(),
+            )
+            .col(
+                ColumnDef::new(id("token_hash"))
+                    .text()
+                    .not_null()
+                    .unique_key(),
+            )
+            .to_owned();
+        let devices = Table::create()
+            .table(id(DEVICES))
+            .if_not_exists()
+            .col(ColumnDef::new(id("device")).uuid().not_null().primary_key())
+            .col(ColumnDef::new(id("user_name")).text().not_null())
+            .col(
+                ColumnDef::new(id("token_hash"))
+                    .text()
+                    .not_null()
+                    .unique_key(),
+            )
+            .col(ColumnDef::new(id("revoked")).boolean().not_null())
+            .to_owned();
+        let txn = db.begin().await?;
+        if db.get_database_backend() == DbBackend::Postgres {
+            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+                .await?;
+        }
+        txn.execute(&users).await?;
+        txn.execute(&devices).await?;
+        txn.commit().await?;
+        Ok(AuthStore { db })
+    }
+
+    /// Creates `user` with a token hash; false when the user exists already.
+    pub(crate) async fn create_user(&self, user: &str, token: &str) -> Result<bool, DbErr> {
+        let exists = Query::select()
+            .column(id("user_name"))
+            .from(id(USERS))
+            .and_where(col("user_name").eq(user))
+            .to_owned();
+        if self.db.query_one(&exists).await?.is_some() {
+            return Ok(false);
+        }
+        let insert = Query::insert()
+            .into_table(id(USERS))
+            .columns([id("user_name"), id("token_hash")])
+            .values_panic([Expr::val(user), Expr::val(hash_token(token))])
+            .to_owned();
+        match self.db.execute(&insert).await {
+            Ok(_) => Ok(true),
+            // Two requests racing for one name: the loser sees the unique key.
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The user a user token belongs to.
+    pub(crate) async fn user_by_token(&self, token: &str) -> Result<Option<String>, DbErr> {
+        let query = Query::select()
+            .column(id("user_name"))
+            .from(id(USERS))
+            .and_where(col("token_hash").eq(hash_token(token)))
+            .to_owned();
+        match self.db.query_one(&query).await? {
+            Some(row) => Ok(Some(row.try_get("", "user_name")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a device's token hash.
+    pub(crate) async fn add_device(
+        &self,
+        device: DeviceId,
+        user: &str,
+        token: &str,
+    ) -> Result<(), DbErr> {
+        let insert = Query::insert()
+            .into_table(id(DEVICES))
+            .columns([
+                id("device"),
+                id("user_name"),
+                id("token_hash"),
+                id("revoked"),
+            ])
+            .values_panic([
+                Expr::val(device.0),
+                Expr::val(user),
+                Expr::val(hash_token(token)),
+                Expr::val(false),
+            ])
+            .to_owned();
+        self.db.execute(&insert).await.map(|_| ())
+    }
+
+    /// The device a device token belongs to.
+    pub(crate) async fn device_by_token(&self, token: &str) -> Result<Option<DeviceRecord>, DbErr> {
+        let query = Query::select()
+            .columns([id("device"), id("user_name"), id("revoked")])
+            .from(id(DEVICES))
+            .and_where(col("token_hash").eq(hash_token(token)))
+            .to_owned();
+        let Some(row) = self.db.query_one(&query).await? else {
+            return Ok(None);
+        };
+        Ok(Some(DeviceRecord {
+            device: DeviceId(row.try_get::<Uuid>("", "device")?),
+            user: row.try_get("", "user_name")?,
+            revoked: row.try_get("", "revoked")?,
+        }))
+    }
+
+    /// Marks a device of `user` revoked; false when `user` has no such device.
+    pub(crate) async fn revoke(&self, user: &str, device: DeviceId) -> Result<bool, DbErr> {
+        let update = Query::update()
+            .table(id(DEVICES))
+            .value(id("revoked"), Expr::val(true))
+            .and_where(col("device").eq(device.0))
+            .and_where(col("user_name").eq(user))
+            .to_owned();
+        Ok(self.db.execute(&update).await?.rows_affected() > 0)
+    }
+}
+
+fn is_unique_violation(e: &DbErr) -> bool {
+    matches!(
+        e.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}

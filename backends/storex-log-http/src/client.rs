@@ -1,0 +1,551 @@
+//! [`HttpSharedLog`]: the [`SharedSyncLog`] of a sync server, over HTTP, with timeouts and
+//! retries.
+//!
+//! Credentials: [`create_device`](SharedSyncLog::create_device) takes the *user token* (from
+//! the server's admin, see [`HttpSharedLog::create_user`]) where other logs take a user name,
+//! and keeps the device token it receives. An app stores that token
+//! ([`HttpSharedLog::device_token`]) and hands it back after a restart
+//! ([`HttpSharedLog::add_device`]); [`compact`](SharedSyncLog::compact) takes the user token
+//! too.
+//!
+//! Retries: push, pull, ack, list and compact are idempotent and are retried with exponential
+//! backoff and jitter on connection failures, timeouts, 429 and 5xx answers. Registering a
+//! device is retried only when the request surely did not reach the server (connection
+//! refused, 429, 503), so a lost reply cannot register two devices.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use storex_core::BoxFuture;
+use storex_sync::{
+    DeviceId, DeviceInfo, Pull, PulledEntry, SharedEntry, SharedLogError, SharedResult,
+    SharedSyncLog,
+};
+
+use crate::api::{
+    routes, AckRequest, CompactResponse, DeviceCredentials, DevicesResponse, ErrorBody, Health,
+    NewUser, PullRequest, PullResponse, PushRequest, PushResponse, UserCredentials, WireEntry,
+};
+use crate::error::Error;
+
+const LOG_NAME: &str = "http";
+
+/// Timeouts, retries and batch sizes of an [`HttpSharedLog`].
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Longest one request may take (a long poll gets its wait on top). Default 15 s.
+    pub timeout: Duration,
+    /// Retries after the first attempt of a retryable call. Default 6.
+    pub retries: usize,
+    /// First backoff delay. Default 50 ms.
+    pub min_backoff: Duration,
+    /// Longest backoff delay. Default 2 s.
+    pub max_backoff: Duration,
+    /// Entries per push request; larger pushes are split. Default 500 (servers accept 1,000
+    /// unless configured otherwise).
+    pub max_push_entries: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(15),
+            retries: 6,
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+            max_push_entries: 500,
+        }
+    }
+}
+
+/// Whether a call may be sent twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retry {
+    /// Idempotent: retry on any transient failure.
+    Always,
+    /// Not idempotent: retry only when the server surely did nothing.
+    IfUnsent,
+}
+
+/// Who the credentials of a call speak for: decides how a 401 is reported.
+#[derive(Clone, Copy, Debug)]
+enum Caller {
+    Device(DeviceId),
+    UserOrAdmin,
+}
+
+/// One failed attempt, and whether another may follow.
+#[derive(Debug)]
+struct Attempt {
+    error: SharedLogError,
+    retry: bool,
+}
+
+/// A shared sync log served by a storex sync server (`storex serve`).
+#[derive(Debug)]
+pub struct HttpSharedLog {
+    base: String,
+    http: reqwest::Client,
+    options: ClientOptions,
+    tokens: Mutex<HashMap<DeviceId, String>>,
+}
+
+impl HttpSharedLog {
+    /// A client of the server at `base_url` (e.g. `http://127.0.0.1:8787`) with default
+    /// options.
+    pub fn new(base_url: &str) -> Result<Self, Error> {
+        Self::with_options(base_url, ClientOptions::default())
+    }
+
+    /// A client with `options`.
+    pub fn with_options(base_url: &str, options: ClientOptions) -> Result<Self, Error> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::Config {
+                problem: format!("server URL `{base_url}` must start with http:// or https://"),
+            });
+        }
+        if options.max_push_entries == 0 {
+            return Err(Error::Config {
+                problem: "max_push_entries must be at least 1".into(),
+            });
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(Error::Client)?;
+        Ok(HttpSharedLog {
+            base,
+            http,
+            options,
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Uses `token` for `device` (credentials kept from an earlier registration).
+    pub fn add_device(&self, device: DeviceId, token: impl Into<String>) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(device, token.into());
+    }
+
+    /// The token of a device this client registered or was given.
+    pub fn device_token(&self, device: DeviceId) -> Option<String> {
+        self.tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&device)
+            .cloned()
+    }
+
+    fn token_of(&self, device: DeviceId) -> SharedResult<String> {
+        self.device_token(device)
+            .ok_or(SharedLogError::UnknownDevice { device })
+    }
+
+    /// Creates a user on the server (needs the server's admin token); returns its token.
+    pub async fn create_user(
+        &self,
+        admin_token: &str,
+        name: &str,
+    ) -> SharedResult<UserCredentials> {
+        let body = NewUser {
+            name: name.to_owned(),
+        };
+        self.call(
+            Method::POST,
+            routes::USERS,
+            admin_token,
+            Some(&body),
+            Duration::ZERO,
+            Retry::IfUnsent,
+            Caller::UserOrAdmin,
+        )
+        .await
+    }
+
+    /// Revokes `device` of the user whose token is `user_token`: the device's token stops
+    /// working at once, on every server instance.
+    pub async fn revoke_device(&self, user_token: &str, device: DeviceId) -> SharedResult<()> {
+        let path = routes::DEVICE.replace("{device}", &device.0.to_string());
+        self.call_empty(
+            Method::DELETE,
+            &path,
+            user_token,
+            None::<&()>,
+            Caller::UserOrAdmin,
+        )
+        .await
+    }
+
+    /// The server's health and totals.
+    pub async fn health(&self) -> SharedResult<Health> {
+        self.call(
+            Method::GET,
+            routes::HEALTH,
+            "",
+            None::<&()>,
+            Duration::ZERO,
+            Retry::Always,
+            Caller::UserOrAdmin,
+        )
+        .await
+    }
+
+    /// Waits up to `wait` (the server caps it, 30 s by default) until the other devices have
+    /// entries above `after` for `device`; true when there are some. Returns at once when
+    /// there are some already. For the live updates of a background sync.
+    pub async fn wait_for_entries(
+        &self,
+        device: DeviceId,
+        after: u64,
+        wait: Duration,
+        topics: Option<&[String]>,
+    ) -> SharedResult<bool> {
+        let pull = self.pull_page(device, after, 1, topics, wait).await?;
+        Ok(!pull.entries.is_empty() || pull.more)
+    }
+
+    async fn pull_page(
+        &self,
+        device: DeviceId,
+        after: u64,
+        limit: usize,
+        topics: Option<&[String]>,
+        wait: Duration,
+    ) -> SharedResult<Pull> {
+        let token = self.token_of(device)?;
+        let body = PullRequest {
+            after,
+            limit,
+            topics: topics.map(<[String]>::to_vec),
+            wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        };
+        let response: PullResponse = self
+            .call(
+                Method::POST,
+                routes::PULL,
+                &token,
+                Some(&body),
+                wait,
+                Retry::Always,
+                Caller::Device(device),
+            )
+            .await?;
+        let mut entries = Vec::with_capacity(response.entries.len());
+        for pulled in response.entries {
+            let entry = pulled
+                .entry
+                .into_entry()
+                .map_err(|problem| bad_reply(&problem))?;
+            entries.push(PulledEntry {
+                cursor: pulled.cursor,
+                entry,
+            });
+        }
+        Ok(Pull {
+            entries,
+            next_cursor: response.next_cursor,
+            more: response.more,
+        })
+    }
+
+    /// A call whose success has a JSON body.
+    #[allow(clippy::too_many_arguments)]
+    async fn call<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<&B>,
+        wait: Duration,
+        retry: Retry,
+        caller: Caller,
+    ) -> SharedResult<R> {
+        let bytes = self
+            .send(method, path, token, body, wait, retry, caller)
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| bad_reply(&e.to_string()))
+    }
+
+    /// An idempotent call whose success has no body.
+    async fn call_empty<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<&B>,
+        caller: Caller,
+    ) -> SharedResult<()> {
+        self.send(
+            method,
+            path,
+            token,
+            body,
+            Duration::ZERO,
+            Retry::Always,
+            caller,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<&B>,
+        wait: Duration,
+        retry: Retry,
+        caller: Caller,
+    ) -> SharedResult<Vec<u8>> {
+        let url = format!("{}{path}", self.base);
+        let body = match body {
+            Some(body) => Some(
+                serde_json::to_vec(body).map_err(|e| SharedLogError::Invalid {
+                    problem: format!("cannot encode the request: {e}"),
+                })?,
+            ),
+            None => None,
+        };
+        let attempt = || async {
+            let mut request = self
+                .http
+                .request(method.clone(), &url)
+                .timeout(self.options.timeout + wait);
+            if !token.is_empty() {
+                request = request.bearer_auth(token);
+            }
+            if let Some(body) = &body {
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+            }
+            let response = request.send().await.map_err(|e| Attempt {
+                retry: retry == Retry::Always || e.is_connect(),
+                error: unavailable(e),
+            })?;
+            let status = response.status();
+            let bytes = response.bytes().await.map_err(|e| Attempt {
+                retry: retry == Retry::Always,
+                error: unavailable(e),
+            })?;
+            if status.is_success() {
+                return Ok(bytes.to_vec());
+            }
+            Err(refusal(status, &bytes, retry, caller))
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.options.min_backoff)
+            .with_max_delay(self.options.max_backoff)
+            .with_max_times(self.options.retries)
+            .with_jitter();
+        attempt
+            .retry(backoff)
+            .when(|a: &Attempt| a.retry)
+            .await
+            .map_err(|a| a.error)
+    }
+}
+
+fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> SharedLogError {
+    SharedLogError::Unavailable {
+        log: LOG_NAME,
+        source: Box::new(error),
+    }
+}
+
+fn bad_reply(problem: &str) -> SharedLogError {
+    SharedLogError::Unavailable {
+        log: LOG_NAME,
+        source: format!("the server sent a reply this client cannot read: {problem}").into(),
+    }
+}
+
+/// The error of a non-2xx answer.
+fn refusal(status: StatusCode, body: &[u8], retry: Retry, caller: Caller) -> Attempt {
+    let detail = serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .map(|b| b.error);
+    let message = detail
+        .as_ref()
+        .map(|d| d.message.clone())
+        .unwrap_or_else(|| format!("HTTP {status}"));
+    let code = detail.as_ref().map(|d| d.code.as_str()).unwrap_or("");
+    let transient = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+    if transient {
+        let surely_unprocessed = matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        );
+        return Attempt {
+            retry: retry == Retry::Always || surely_unprocessed,
+            error: SharedLogError::Unavailable {
+                log: LOG_NAME,
+                source: format!("HTTP {status}: {message}").into(),
+            },
+        };
+    }
+    let error = match (code, caller) {
+        ("cursor_compacted", _) => SharedLogError::CursorCompacted {
+            cursor: detail.as_ref().and_then(|d| d.cursor).unwrap_or(0),
+            compacted_through: detail
+                .as_ref()
+                .and_then(|d| d.compacted_through)
+                .unwrap_or(0),
+        },
+        ("wrong_device", Caller::Device(device)) => SharedLogError::WrongDevice {
+            device,
+            other: DeviceId(detail.as_ref().and_then(|d| d.other).unwrap_or_default()),
+        },
+        (_, Caller::Device(device)) if status == StatusCode::UNAUTHORIZED => {
+            SharedLogError::UnknownDevice { device }
+        }
+        _ if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN => {
+            SharedLogError::Unauthorized { problem: message }
+        }
+        _ => SharedLogError::Invalid {
+            problem: format!("HTTP {status} {code}: {message}"),
+        },
+    };
+    Attempt {
+        retry: false,
+        error,
+    }
+}
+
+impl SharedSyncLog for HttpSharedLog {
+    fn name(&self) -> &'static str {
+        LOG_NAME
+    }
+
+    /// Registers a device of the user whose **token** is `user`.
+    fn create_device<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<DeviceId>> {
+        Box::pin(async move {
+            let credentials: DeviceCredentials = self
+                .call(
+                    Method::POST,
+                    routes::DEVICES,
+                    user,
+                    None::<&()>,
+                    Duration::ZERO,
+                    Retry::IfUnsent,
+                    Caller::UserOrAdmin,
+                )
+                .await?;
+            let device = DeviceId(credentials.device);
+            self.add_device(device, credentials.token);
+            Ok(device)
+        })
+    }
+
+    fn devices(&self, device: DeviceId) -> BoxFuture<'_, SharedResult<Vec<DeviceInfo>>> {
+        Box::pin(async move {
+            let token = self.token_of(device)?;
+            let response: DevicesResponse = self
+                .call(
+                    Method::GET,
+                    routes::DEVICES,
+                    &token,
+                    None::<&()>,
+                    Duration::ZERO,
+                    Retry::Always,
+                    Caller::Device(device),
+                )
+                .await?;
+            Ok(response
+                .devices
+                .into_iter()
+                .map(|d| DeviceInfo {
+                    device: DeviceId(d.device),
+                    acked: d.acked,
+                })
+                .collect())
+        })
+    }
+
+    fn push(
+        &self,
+        device: DeviceId,
+        entries: Vec<SharedEntry>,
+    ) -> BoxFuture<'_, SharedResult<u64>> {
+        Box::pin(async move {
+            let token = self.token_of(device)?;
+            if let Some(other) = entries.iter().find(|e| e.device != device) {
+                return Err(SharedLogError::WrongDevice {
+                    device,
+                    other: other.device,
+                });
+            }
+            let mut last = 0;
+            for chunk in entries.chunks(self.options.max_push_entries) {
+                let body = PushRequest {
+                    entries: chunk.iter().map(WireEntry::from_entry).collect(),
+                };
+                let response: PushResponse = self
+                    .call(
+                        Method::POST,
+                        routes::PUSH,
+                        &token,
+                        Some(&body),
+                        Duration::ZERO,
+                        Retry::Always,
+                        Caller::Device(device),
+                    )
+                    .await?;
+                last = last.max(response.cursor);
+            }
+            Ok(last)
+        })
+    }
+
+    fn pull<'a>(
+        &'a self,
+        device: DeviceId,
+        after: u64,
+        limit: usize,
+        topics: Option<&'a [String]>,
+    ) -> BoxFuture<'a, SharedResult<Pull>> {
+        Box::pin(self.pull_page(device, after, limit, topics, Duration::ZERO))
+    }
+
+    fn ack(&self, device: DeviceId, cursor: u64) -> BoxFuture<'_, SharedResult<()>> {
+        Box::pin(async move {
+            let token = self.token_of(device)?;
+            self.call_empty(
+                Method::POST,
+                routes::ACK,
+                &token,
+                Some(&AckRequest { cursor }),
+                Caller::Device(device),
+            )
+            .await
+        })
+    }
+
+    /// Compacts the log of the user whose **token** is `user`.
+    fn compact<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<u64>> {
+        Box::pin(async move {
+            let response: CompactResponse = self
+                .call(
+                    Method::POST,
+                    routes::COMPACT,
+                    user,
+                    None::<&()>,
+                    Duration::ZERO,
+                    Retry::Always,
+                    Caller::UserOrAdmin,
+                )
+                .await?;
+            Ok(response.dropped)
+        })
+    }
+}

@@ -1,0 +1,103 @@
+//! [`ServerConfig`]: where the sync server listens, where it keeps the log, and its limits.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How many requests one device (or one token) may make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    pub per_second: u32,
+    /// Requests allowed in a burst above the sustained rate.
+    pub burst: u32,
+}
+
+/// The sync server's settings. [`ServerConfig::new`] gives the defaults below.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where to listen (default `127.0.0.1:8787`; port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// The shared log's database: `sqlite://path?mode=rwc` or `postgres://…`.
+    pub database_url: String,
+    /// The token that may create users (`POST /v1/users`); none disables that route.
+    pub admin_token: Option<String>,
+    /// Largest request body (default 8 MiB).
+    pub max_body_bytes: usize,
+    /// Most entries one push may carry (default 1,000).
+    pub max_push_entries: usize,
+    /// Most entries one pull returns (default 1,000).
+    pub max_pull_entries: usize,
+    /// Longest a pull may wait for new entries (default 30 s).
+    pub max_wait: Duration,
+    /// Requests per token (default 200/s, bursts of 400); none: unlimited.
+    pub rate_limit: Option<RateLimit>,
+    /// How often every user's log is compacted (default every 10 minutes); none: never.
+    pub compact_every: Option<Duration>,
+    /// Wake pulls waiting on other instances through PostgreSQL LISTEN/NOTIFY (default on;
+    /// ignored on SQLite).
+    pub notify_instances: bool,
+}
+
+impl ServerConfig {
+    /// The defaults, with the log in `database_url`.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            database_url: database_url.into(),
+            admin_token: None,
+            max_body_bytes: 8 * 1024 * 1024,
+            max_push_entries: 1_000,
+            max_pull_entries: 1_000,
+            max_wait: Duration::from_secs(30),
+            rate_limit: Some(RateLimit {
+                per_second: 200,
+                burst: 400,
+            }),
+            compact_every: Some(Duration::from_secs(600)),
+            notify_instances: true,
+        }
+    }
+
+    /// Listens on `addr`.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Lets `token` create users.
+    pub fn admin_token(mut self, token: impl Into<String>) -> Self {
+        self.admin_token = Some(token.into());
+        self
+    }
+
+    /// Sets the request rate limit per token (none: unlimited).
+    pub fn rate_limit(mut self, limit: Option<RateLimit>) -> Self {
+        self.rate_limit = limit;
+        self
+    }
+
+    /// Refuses a setting the server cannot work with.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.max_body_bytes < 1024 {
+            return Err(format!(
+                "max_body_bytes is {}, below the 1 KiB a push needs",
+                self.max_body_bytes
+            ));
+        }
+        if self.max_push_entries == 0 || self.max_pull_entries == 0 {
+            return Err("max_push_entries and max_pull_entries must be at least 1".into());
+        }
+        if let Some(limit) = self.rate_limit {
+            if limit.per_second == 0 || limit.burst == 0 {
+                return Err("a rate limit needs per_second and burst above 0".into());
+            }
+        }
+        if self.compact_every == Some(Duration::ZERO) {
+            return Err("compact_every must be longer than zero".into());
+        }
+        if matches!(&self.admin_token, Some(t) if t.len() < 16) {
+            return Err("the admin token must be at least 16 characters".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! [`Metrics`]: counters of one server instance, shown by `/metrics` (Prometheus text format)
+//! next to the totals read from the database.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+use storex_log_sql::LogStats;
+
+/// Counters since this instance started.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    requests: AtomicU64,
+    client_errors: AtomicU64,
+    server_errors: AtomicU64,
+    entries_pushed: AtomicU64,
+    entries_pulled: AtomicU64,
+    compacted: AtomicU64,
+    compaction_failures: AtomicU64,
+    /// Milliseconds since the epoch of the last push that stored something; 0: none.
+    last_push_ms: AtomicI64,
+}
+
+impl Metrics {
+    pub(crate) fn request(&self, status: u16) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if (400..500).contains(&status) {
+            self.client_errors.fetch_add(1, Ordering::Relaxed);
+        } else if status >= 500 {
+            self.server_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn pushed(&self, entries: usize, stored_any: bool) {
+        self.entries_pushed
+            .fetch_add(entries as u64, Ordering::Relaxed);
+        if stored_any {
+            self.last_push_ms
+                .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn pulled(&self, entries: usize) {
+        self.entries_pulled
+            .fetch_add(entries as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn compacted(&self, dropped: u64) {
+        self.compacted.fetch_add(dropped, Ordering::Relaxed);
+    }
+
+    pub(crate) fn compaction_failed(&self) {
+        self.compaction_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// When this instance last stored a push.
+    pub(crate) fn last_push(&self) -> Option<DateTime<Utc>> {
+        match self.last_push_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => DateTime::from_timestamp_millis(ms),
+        }
+    }
+
+    /// The Prometheus text exposition of the counters and `stats`.
+    pub(crate) fn render(&self, stats: LogStats) -> String {
+        let mut out = String::new();
+        let mut line = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        line(
+            "storex_users",
+            "gauge",
+            "Users in the shared log.",
+            stats.users,
+        );
+        line(
+            "storex_devices",
+            "gauge",
+            "Registered devices.",
+            stats.devices,
+        );
+        line("storex_entries", "gauge", "Stored entries.", stats.entries);
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        line(
+            "storex_http_requests_total",
+            "counter",
+            "Requests answered by this instance.",
+            load(&self.requests),
+        );
+        line(
+            "storex_http_client_errors_total",
+            "counter",
+            "Requests answered with a 4xx status.",
+            load(&self.client_errors),
+        );
+        line(
+            "storex_http_server_errors_total",
+            "counter",
+            "Requests answered with a 5xx status.",
+            load(&self.server_errors),
+        );
+        line(
+            "storex_entries_pushed_total",
+            "counter",
+            "Entries received in pushes by this instance.",
+            load(&self.entries_pushed),
+        );
+        line(
+            "storex_entries_pulled_total",
+            "counter",
+            "Entries returned by pulls of this instance.",
+            load(&self.entries_pulled),
+        );
+        line(
+            "storex_entries_compacted_total",
+            "counter",
+            "Entries dropped by scheduled compaction.",
+            load(&self.compacted),
+        );
+        line(
+            "storex_compaction_failures_total",
+            "counter",
+            "Scheduled compactions that failed.",
+            load(&self.compaction_failures),
+        );
+        let last = self.last_push_ms.load(Ordering::Relaxed).max(0) as u64 / 1000;
+        line(
+            "storex_last_push_timestamp_seconds",
+            "gauge",
+            "Unix time of the last push this instance stored (0: none).",
+            last,
+        );
+        out
+    }
+}

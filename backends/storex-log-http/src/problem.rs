@@ -1,0 +1,157 @@
+//! [`ApiError`]: every failure the server answers with, as a status and a JSON
+//! [`ErrorBody`](crate::api::ErrorBody) with a stable code; and [`JsonBody`], a JSON extractor
+//! whose rejections (bad JSON, wrong types, oversized bodies) answer the same way.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use storex_core::uuid::Uuid;
+use storex_sync::SharedLogError;
+
+use crate::api::{ErrorBody, ErrorDetail};
+
+/// A failed request: status, stable code, message and the numbers some codes carry.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    detail: ErrorDetail,
+    retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            detail: ErrorDetail {
+                code: code.to_owned(),
+                message: message.into(),
+                cursor: None,
+                compacted_through: None,
+                other: None,
+            },
+            retry_after_secs: None,
+        }
+    }
+
+    pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub(crate) fn rate_limited(retry_after_secs: u64) -> Self {
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests; retry in {retry_after_secs} s"),
+        );
+        error.retry_after_secs = Some(retry_after_secs);
+        error
+    }
+
+    /// A database or other internal failure: logged in full, answered briefly.
+    pub(crate) fn unavailable(what: &str, error: &dyn std::error::Error) -> Self {
+        tracing::error!(error = %error, "{what}");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{what}; try again later"),
+        )
+    }
+}
+
+impl From<SharedLogError> for ApiError {
+    fn from(error: SharedLogError) -> Self {
+        let message = error.to_string();
+        match error {
+            SharedLogError::UnknownDevice { .. } => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unknown_device", message)
+            }
+            SharedLogError::CursorCompacted {
+                cursor,
+                compacted_through,
+            } => {
+                let mut e = ApiError::new(StatusCode::GONE, "cursor_compacted", message);
+                e.detail.cursor = Some(cursor);
+                e.detail.compacted_through = Some(compacted_through);
+                e
+            }
+            SharedLogError::WrongDevice { other, .. } => {
+                let mut e = ApiError::new(StatusCode::FORBIDDEN, "wrong_device", message);
+                e.detail.other = Some(other.0);
+                e
+            }
+            SharedLogError::Unauthorized { .. } => ApiError::unauthorized(message),
+            SharedLogError::Invalid { .. } => ApiError::invalid(message),
+            other => ApiError::unavailable("the shared log failed", &other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(ErrorBody { error: self.detail })).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"storex\""),
+            );
+        }
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// A JSON request body; bad JSON, wrong types, a wrong content type and oversized bodies
+/// become [`ApiError`]s.
+#[derive(Debug)]
+pub(crate) struct JsonBody<T>(pub(crate) T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let status = rejection.status();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        _ => "invalid_request",
+    };
+    let status = if status.is_client_error() {
+        status
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    ApiError::new(status, code, rejection.body_text())
+}
+
+/// Parses a device id from a path segment.
+pub(crate) fn parse_device(text: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(text)
+        .map_err(|e| ApiError::invalid(format!("`{text}` is not a device id: {e}")))
+}

@@ -1,0 +1,408 @@
+//! The HTTP routes of the sync server, the credentials each one demands, and the request rate
+//! limit.
+//!
+//! Every call carries `Authorization: Bearer <token>`: the admin token to create users, a
+//! user token to register, list or revoke devices and to compact, a device token to push,
+//! pull and ack. A device token speaks only for its own device and user: pushes naming
+//! another device are refused, pulls and acks act on the token's device. Unknown, missing and
+//! revoked tokens get 401.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use sha2::{Digest, Sha256};
+use storex_log_sql::SqlSharedLog;
+use storex_sync::{DeviceId, SharedEntry, SharedSyncLog};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{
+    routes, AckRequest, CompactResponse, DeviceCredentials, DevicesResponse, Health, NewUser,
+    PullRequest, PullResponse, PushRequest, PushResponse, UserCredentials, WireDevice,
+};
+use crate::auth::AuthStore;
+use crate::config::{RateLimit, ServerConfig};
+use crate::live::LiveUpdates;
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
+use crate::problem::{parse_device, ApiError, JsonBody};
+use crate::token::new_token;
+
+/// Longest user name accepted.
+const MAX_USER_NAME: usize = 200;
+
+/// What every handler shares.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    pub(crate) log: SqlSharedLog,
+    pub(crate) auth: AuthStore,
+    pub(crate) live: Arc<LiveUpdates>,
+    pub(crate) notifier: Notifier,
+    pub(crate) limiter: Option<Limiter>,
+    pub(crate) metrics: Metrics,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) config: ServerConfig,
+}
+
+type Shared = Arc<AppState>;
+
+/// Requests per token, in memory: a cache that is safe to lose.
+#[derive(Debug)]
+pub(crate) struct Limiter {
+    limiter: DefaultKeyedRateLimiter<[u8; 32]>,
+}
+
+impl Limiter {
+    pub(crate) fn new(limit: RateLimit) -> Self {
+        let per_second = NonZeroU32::new(limit.per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN);
+        Limiter {
+            limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
+        }
+    }
+
+    /// Counts one request for `token`.
+    fn check(&self, token: &str) -> Result<(), ApiError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.limiter.check_key(&key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            ApiError::rate_limited(wait.as_secs().max(1))
+        })
+    }
+
+    /// Forgets idle buckets.
+    pub(crate) fn trim(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
+/// The router of every route, with the request counter and JSON fallbacks.
+pub(crate) fn router(state: Shared) -> Router {
+    Router::new()
+        .route(routes::USERS, post(create_user))
+        .route(routes::DEVICES, post(create_device).get(list_devices))
+        .route(routes::DEVICE, delete(revoke_device))
+        .route(routes::PUSH, post(push))
+        .route(routes::PULL, post(pull))
+        .route(routes::ACK, post(ack))
+        .route(routes::COMPACT, post(compact))
+        .route(routes::HEALTH, get(health))
+        .route(routes::METRICS, get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+async fn count_requests(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    state.metrics.request(response.status().as_u16());
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+/// The bearer token of a request, after the rate limit.
+fn bearer(parts: &Parts, state: &AppState) -> Result<String, ApiError> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::unauthorized(
+            "missing `Authorization: Bearer <token>`",
+        ));
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::unauthorized("the Authorization header is not `Bearer <token>`")
+        })?;
+    if let Some(limiter) = &state.limiter {
+        limiter.check(token)?;
+    }
+    Ok(token.to_owned())
+}
+
+/// The caller holds the admin token.
+struct Admin;
+
+impl FromRequestParts<Shared> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        let token = bearer(parts, state)?;
+        let Some(admin) = &state.config.admin_token else {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this server has no admin token; users cannot be created over HTTP",
+            ));
+        };
+        // Compare digests: equal length, no early exit on the secret's bytes.
+        if Sha256::digest(token.as_bytes()) == Sha256::digest(admin.as_bytes()) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::unauthorized("wrong admin token"))
+        }
+    }
+}
+
+/// The caller holds a user token.
+struct User(String);
+
+impl FromRequestParts<Shared> for User {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        let token = bearer(parts, state)?;
+        match state.auth.user_by_token(&token).await {
+            Ok(Some(user)) => Ok(User(user)),
+            Ok(None) => Err(ApiError::unauthorized("unknown user token")),
+            Err(e) => Err(ApiError::unavailable("cannot check the token", &e)),
+        }
+    }
+}
+
+/// The caller holds a device token of a device that is not revoked.
+struct Device {
+    device: DeviceId,
+    user: String,
+}
+
+impl FromRequestParts<Shared> for Device {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        let token = bearer(parts, state)?;
+        match state.auth.device_by_token(&token).await {
+            Ok(Some(record)) if record.revoked => Err(ApiError::unauthorized(format!(
+                "device {} was revoked",
+                record.device
+            ))),
+            Ok(Some(record)) => Ok(Device {
+                device: record.device,
+                user: record.user,
+            }),
+            Ok(None) => Err(ApiError::unauthorized("unknown device token")),
+            Err(e) => Err(ApiError::unavailable("cannot check the token", &e)),
+        }
+    }
+}
+
+async fn create_user(
+    State(state): State<Shared>,
+    _: Admin,
+    JsonBody(body): JsonBody<NewUser>,
+) -> Result<(StatusCode, Json<UserCredentials>), ApiError> {
+    let name = body.name.trim();
+    if name.is_empty() || name.len() > MAX_USER_NAME || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "a user name has 1 to {MAX_USER_NAME} bytes and no control characters"
+        )));
+    }
+    let token = new_token().map_err(|e| ApiError::unavailable("cannot make a token", &e))?;
+    match state.auth.create_user(name, &token).await {
+        Ok(true) => Ok((
+            StatusCode::CREATED,
+            Json(UserCredentials {
+                user: name.to_owned(),
+                token,
+            }),
+        )),
+        Ok(false) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "user_exists",
+            format!("user `{name}` exists already"),
+        )),
+        Err(e) => Err(ApiError::unavailable("cannot create the user", &e)),
+    }
+}
+
+async fn create_device(
+    State(state): State<Shared>,
+    User(user): User,
+) -> Result<(StatusCode, Json<DeviceCredentials>), ApiError> {
+    let token = new_token().map_err(|e| ApiError::unavailable("cannot make a token", &e))?;
+    let device = state.log.create_device(&user).await?;
+    if let Err(e) = state.auth.add_device(device, &user, &token).await {
+        // Without a token nobody can use the device: do not let it hold back compaction.
+        if let Err(cleanup) = state.log.remove_device(device).await {
+            tracing::warn!(%cleanup, %device, "cannot remove a device whose token was not stored");
+        }
+        return Err(ApiError::unavailable("cannot store the device token", &e));
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(DeviceCredentials {
+            device: device.0,
+            token,
+        }),
+    ))
+}
+
+async fn revoke_device(
+    State(state): State<Shared>,
+    User(user): User,
+    Path(device): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let device = DeviceId(parse_device(&device)?);
+    match state.auth.revoke(&user, device).await {
+        Ok(true) => {}
+        Ok(false) => return Err(ApiError::not_found(format!("user has no device {device}"))),
+        Err(e) => return Err(ApiError::unavailable("cannot revoke the device", &e)),
+    }
+    state.log.remove_device(device).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_devices(
+    State(state): State<Shared>,
+    caller: Device,
+) -> Result<Json<DevicesResponse>, ApiError> {
+    let devices = state.log.devices(caller.device).await?;
+    Ok(Json(DevicesResponse {
+        devices: devices
+            .into_iter()
+            .map(|d| WireDevice {
+                device: d.device.0,
+                acked: d.acked,
+            })
+            .collect(),
+    }))
+}
+
+async fn push(
+    State(state): State<Shared>,
+    caller: Device,
+    JsonBody(body): JsonBody<PushRequest>,
+) -> Result<Json<PushResponse>, ApiError> {
+    let limit = state.config.max_push_entries;
+    if body.entries.len() > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_entries",
+            format!(
+                "a push carries at most {limit} entries, this one {}",
+                body.entries.len()
+            ),
+        ));
+    }
+    let entries = body
+        .entries
+        .into_iter()
+        .map(|wire| wire.into_entry().map_err(ApiError::invalid))
+        .collect::<Result<Vec<SharedEntry>, ApiError>>()?;
+    let count = entries.len();
+    let cursor = state.log.push(caller.device, entries).await?;
+    state.metrics.pushed(count, cursor > 0);
+    if cursor > 0 {
+        state
+            .notifier
+            .pushed(&state.live, &caller.user, cursor)
+            .await;
+    }
+    Ok(Json(PushResponse { cursor }))
+}
+
+async fn pull(
+    State(state): State<Shared>,
+    caller: Device,
+    JsonBody(body): JsonBody<PullRequest>,
+) -> Result<Json<PullResponse>, ApiError> {
+    let limit = body.limit.clamp(1, state.config.max_pull_entries);
+    let wait = Duration::from_millis(body.wait_ms).min(state.config.max_wait);
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribe before reading, so a push between the read and the wait still wakes us.
+    let mut woken = state.live.subscribe(&caller.user);
+    loop {
+        let pull = state
+            .log
+            .pull(caller.device, body.after, limit, body.topics.as_deref())
+            .await?;
+        let waited_out = tokio::time::Instant::now() >= deadline;
+        if !pull.entries.is_empty() || pull.more || waited_out || state.shutdown.is_cancelled() {
+            state.metrics.pulled(pull.entries.len());
+            return Ok(Json(PullResponse::from_pulled(
+                &pull.entries,
+                pull.next_cursor,
+                pull.more,
+            )));
+        }
+        tokio::select! {
+            changed = woken.changed() => {
+                if changed.is_err() {
+                    // The channel was dropped; fall back to the deadline.
+                    tokio::time::sleep_until(deadline).await;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = state.shutdown.cancelled() => {}
+        }
+    }
+}
+
+async fn ack(
+    State(state): State<Shared>,
+    caller: Device,
+    JsonBody(body): JsonBody<AckRequest>,
+) -> Result<StatusCode, ApiError> {
+    state.log.ack(caller.device, body.cursor).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn compact(
+    State(state): State<Shared>,
+    User(user): User,
+) -> Result<Json<CompactResponse>, ApiError> {
+    let dropped = state.log.compact(&user).await?;
+    Ok(Json(CompactResponse { dropped }))
+}
+
+async fn health(State(state): State<Shared>) -> Response {
+    match state.log.stats().await {
+        Ok(stats) => Json(Health {
+            status: "ok".into(),
+            users: stats.users,
+            devices: stats.devices,
+            entries: stats.entries,
+            last_push: state.metrics.last_push(),
+        })
+        .into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Shared>) -> Response {
+    match state.log.stats().await {
+        Ok(stats) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            state.metrics.render(stats),
+        )
+            .into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}

@@ -1,0 +1,189 @@
+//! [`SyncServer`]: the shared log over HTTP. Starting, stopping, and the background work of a
+//! running instance (scheduled compaction, cross-instance wake-ups).
+//!
+//! An instance keeps no state of its own beyond caches that are safe to lose (rate-limit
+//! buckets, wake-up channels): users, devices, tokens, entries and cursors live in the
+//! database, so any number of instances can serve one PostgreSQL database, and any instance
+//! can answer any device. A push on one instance wakes pulls waiting on the others through
+//! PostgreSQL `LISTEN`/`NOTIFY` (see [`crate::notify`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use storex_log_sql::SqlSharedLog;
+use storex_sync::SharedSyncLog;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::AuthStore;
+use crate::config::ServerConfig;
+use crate::error::Error;
+use crate::live::LiveUpdates;
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
+use crate::routes::{self, AppState, Limiter};
+
+/// The sync server. [`SyncServer::start`] opens the database, creates the tables it needs
+/// (once, even when several instances start together on PostgreSQL) and serves.
+#[derive(Debug)]
+pub struct SyncServer;
+
+impl SyncServer {
+    /// Opens `config.database_url` and serves on `config.listen`.
+    pub async fn start(config: ServerConfig) -> Result<RunningServer, Error> {
+        config
+            .check()
+            .map_err(|problem| Error::Config { problem })?;
+        let log = SqlSharedLog::connect(&config.database_url)
+            .await
+            .map_err(Error::Database)?;
+        Self::start_with_log(log, config).await
+    }
+
+    /// Serves `log` (an open [`SqlSharedLog`]); `config.database_url` is not used.
+    pub async fn start_with_log(
+        log: SqlSharedLog,
+        config: ServerConfig,
+    ) -> Result<RunningServer, Error> {
+        config
+            .check()
+            .map_err(|problem| Error::Config { problem })?;
+        let auth = AuthStore::new(log.connection().clone())
+            .await
+            .map_err(Error::Auth)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let shutdown = CancellationToken::new();
+        let live = Arc::new(LiveUpdates::default());
+        let notifier = if config.notify_instances {
+            Notifier::start(&log, live.clone(), shutdown.clone()).await?
+        } else {
+            Notifier::local()
+        };
+        let state = Arc::new(AppState {
+            log,
+            auth,
+            live,
+            notifier,
+            limiter: config.rate_limit.map(Limiter::new),
+            metrics: Metrics::default(),
+            shutdown: shutdown.clone(),
+            config,
+        });
+        let app =
+            routes::router(state.clone()).layer(DefaultBodyLimit::max(state.config.max_body_bytes));
+        let maintenance = tokio::spawn(maintain(state.clone()));
+        let stop = shutdown.clone();
+        let serve = tokio::spawn(async move {
+            let result = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            maintenance.abort();
+            result
+        });
+        Ok(RunningServer {
+            addr,
+            shutdown,
+            serve,
+        })
+    }
+}
+
+/// A running sync server instance.
+#[derive(Debug)]
+pub struct RunningServer {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    serve: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its base URL, e.g. `http://127.0.0.1:8787`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A token that stops the server gracefully when cancelled (e.g. on Ctrl-C).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, ends waiting pulls at once, lets running requests finish, and
+    /// returns when the server is down.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Returns when the server has stopped (after [`RunningServer::shutdown_token`] was
+    /// cancelled, or on an I/O error).
+    pub async fn wait(self) -> Result<(), Error> {
+        match self.serve.await {
+            Ok(result) => result.map_err(Error::Serve),
+            Err(join) => Err(Error::Serve(std::io::Error::other(join))),
+        }
+    }
+
+    /// Stops at once, like a crash: open connections are dropped mid-request.
+    pub fn abort(self) {
+        self.shutdown.cancel();
+        self.serve.abort();
+    }
+}
+
+/// Compacts every user's log on schedule and trims the caches.
+async fn maintain(state: Arc<AppState>) {
+    let every = state.config.compact_every;
+    let mut tick = tokio::time::interval(every.unwrap_or(Duration::from_secs(60)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(limiter) = &state.limiter {
+            limiter.trim();
+        }
+        state.live.forget_idle();
+        if every.is_some() {
+            compact_all(&state).await;
+        }
+    }
+}
+
+async fn compact_all(state: &AppState) {
+    let users = match state.log.users().await {
+        Ok(users) => users,
+        Err(error) => {
+            state.metrics.compaction_failed();
+            tracing::warn!(%error, "scheduled compaction: cannot list users");
+            return;
+        }
+    };
+    for user in users {
+        match state.log.compact(&user).await {
+            Ok(dropped) => state.metrics.compacted(dropped),
+            Err(error) => {
+                state.metrics.compaction_failed();
+                tracing::warn!(%error, user, "scheduled compaction failed");
+            }
+        }
+    }
+}

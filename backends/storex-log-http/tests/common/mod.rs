@@ -1,0 +1,154 @@
+//! Shared test setup: a sync server on 127.0.0.1 over a SQLite file or a fresh PostgreSQL
+//! database, and [`Provisioned`], an [`HttpSharedLog`] that creates server users on demand so
+//! the suites (which name users, not tokens) can drive it.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use storex_core::uuid::Uuid;
+use storex_core::BoxFuture;
+use storex_log_http::{HttpSharedLog, RunningServer, ServerConfig, SyncServer};
+use storex_sync::{DeviceId, DeviceInfo, Pull, SharedEntry, SharedResult, SharedSyncLog};
+
+/// The admin token of the test servers.
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
+/// Where a test server keeps its log.
+#[derive(Debug)]
+pub struct Store {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Store {
+    /// A fresh SQLite file.
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("server.db").display()
+        );
+        Store {
+            url,
+            _dir: Some(dir),
+        }
+    }
+
+    /// A fresh PostgreSQL database, or `None` outside CI without PostgreSQL.
+    pub async fn postgres() -> Option<Self> {
+        let server = storex_test::postgres_url()?;
+        Some(Store {
+            url: storex_test::fresh_postgres_database(&server).await,
+            _dir: None,
+        })
+    }
+}
+
+/// The test servers' configuration: admin token, no rate limit unless a test sets one.
+pub fn config(store: &Store) -> ServerConfig {
+    ServerConfig::new(&store.url)
+        .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .admin_token(ADMIN)
+        .rate_limit(None)
+}
+
+/// A server on a free port of 127.0.0.1.
+pub async fn start(store: &Store) -> RunningServer {
+    SyncServer::start(config(store))
+        .await
+        .expect("server starts")
+}
+
+/// An [`HttpSharedLog`] that turns the user names of the suites into server users (unique to
+/// this instance) and their tokens.
+#[derive(Debug)]
+pub struct Provisioned {
+    pub log: HttpSharedLog,
+    prefix: String,
+    tokens: Mutex<HashMap<String, String>>,
+}
+
+impl Provisioned {
+    pub fn new(url: &str) -> Self {
+        Provisioned {
+            log: HttpSharedLog::new(url).expect("client"),
+            prefix: Uuid::now_v7().simple().to_string(),
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The token of the user the suites call `name`, created on first use.
+    pub async fn user_token(&self, name: &str) -> SharedResult<String> {
+        if let Some(token) = self.tokens.lock().unwrap().get(name) {
+            return Ok(token.clone());
+        }
+        let created = self
+            .log
+            .create_user(ADMIN, &format!("{}-{name}", self.prefix))
+            .await?;
+        self.tokens
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), created.token.clone());
+        Ok(created.token)
+    }
+}
+
+impl SharedSyncLog for Provisioned {
+    fn name(&self) -> &'static str {
+        "http (provisioned)"
+    }
+
+    fn create_device<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<DeviceId>> {
+        Box::pin(async move {
+            let token = self.user_token(user).await?;
+            self.log.create_device(&token).await
+        })
+    }
+
+    fn devices(&self, device: DeviceId) -> BoxFuture<'_, SharedResult<Vec<DeviceInfo>>> {
+        self.log.devices(device)
+    }
+
+    fn push(
+        &self,
+        device: DeviceId,
+        entries: Vec<SharedEntry>,
+    ) -> BoxFuture<'_, SharedResult<u64>> {
+        self.log.push(device, entries)
+    }
+
+    fn pull<'a>(
+        &'a self,
+        device: DeviceId,
+        after: u64,
+        limit: usize,
+        topics: Option<&'a [String]>,
+    ) -> BoxFuture<'a, SharedResult<Pull>> {
+        self.log.pull(device, after, limit, topics)
+    }
+
+    fn ack(&self, device: DeviceId, cursor: u64) -> BoxFuture<'_, SharedResult<()>> {
+        self.log.ack(device, cursor)
+    }
+
+    fn compact<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<u64>> {
+        Box::pin(async move {
+            let token = self.user_token(user).await?;
+            self.log.compact(&token).await
+        })
+    }
+}
+
+/// A factory of [`Provisioned`] logs on one server, as the sync scenarios take it.
+pub fn factory(
+    url: String,
+) -> impl Fn() -> futures::future::BoxFuture<'static, Arc<dyn SharedSyncLog>> + Sync {
+    move || {
+        let url = url.clone();
+        Box::pin(async move { Arc::new(Provisioned::new(&url)) as Arc<dyn SharedSyncLog> })
+    }
+}
