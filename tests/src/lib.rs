@@ -27,6 +27,6 @@ pub mod sync_scenarios;
 
 pub use backend_suite::{backend_suite, run_backend_suite};
 pub use fixtures::fixture_registry;
-pub use services::{fresh_postgres_database, postgres_url};
+pub use services::{firestore_emulator, fresh_postgres_database, postgres_url};
 pub use shared_log_suite::{run_shared_log_suite, shared_log_suite};
 pub use suite::SuiteReport;

@@ -1,8 +1,10 @@
 //! Outside services for tests: where to find them, and fresh databases on them.
 //!
-//! `scripts/services.sh` starts PostgreSQL on 127.0.0.1 and exports `STOREX_PG_URL`. A test
-//! that needs it calls [`postgres_url`]: under `CI=true` a missing variable fails the test,
-//! so a missing service can never pass silently; elsewhere the test is skipped with a note.
+//! `scripts/services.sh` starts PostgreSQL on 127.0.0.1 and exports `STOREX_PG_URL`, and the
+//! Firestore emulator, exporting `FIRESTORE_EMULATOR_HOST` and `STOREX_FIRESTORE_PROJECT`. A
+//! test that needs one calls [`postgres_url`] or [`firestore_emulator`]: under `CI=true` a
+//! missing variable fails the test, so a missing service can never pass silently; elsewhere
+//! the test is skipped with a note.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,6 +27,37 @@ pub fn postgres_url() -> Option<String> {
         ),
         _ => {
             eprintln!("note: {POSTGRES_URL_VAR} is not set, skipping a PostgreSQL test (run scripts/test.sh)");
+            None
+        }
+    }
+}
+
+/// The variable `scripts/services.sh` sets to the Firestore emulator's `host:port`; the
+/// `firestore` crate reads it too and then talks to the emulator instead of Google.
+pub(crate) const FIRESTORE_EMULATOR_VAR: &str = "FIRESTORE_EMULATOR_HOST";
+
+/// The variable naming the project id tests use on the emulator.
+pub(crate) const FIRESTORE_PROJECT_VAR: &str = "STOREX_FIRESTORE_PROJECT";
+
+/// The project id used when [`FIRESTORE_PROJECT_VAR`] is not set.
+const DEFAULT_FIRESTORE_PROJECT: &str = "storex-test";
+
+/// The Firestore emulator's `(host:port, project id)`; `None` (with a note on stderr) when
+/// `FIRESTORE_EMULATOR_HOST` is not set outside CI. Panics under `CI=true` when it is missing.
+pub fn firestore_emulator() -> Option<(String, String)> {
+    match std::env::var(FIRESTORE_EMULATOR_VAR) {
+        Ok(host) if !host.is_empty() => {
+            let project = std::env::var(FIRESTORE_PROJECT_VAR)
+                .ok()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| DEFAULT_FIRESTORE_PROJECT.to_owned());
+            Some((host, project))
+        }
+        _ if under_ci() => panic!(
+            "{FIRESTORE_EMULATOR_VAR} is not set under CI=true: the Firestore emulator must be started by scripts/services.sh"
+        ),
+        _ => {
+            eprintln!("note: {FIRESTORE_EMULATOR_VAR} is not set, skipping a Firestore test (run scripts/test.sh)");
             None
         }
     }

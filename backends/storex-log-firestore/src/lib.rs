@@ -1,0 +1,60 @@
+//! storex-log-firestore: [`FirestoreSharedLog`], the storex shared sync log in Google Cloud
+//! Firestore, for apps that already live on Firebase.
+//!
+//! ## Layout
+//! Every collection name starts with a prefix chosen at [`FirestoreSharedLog::connect`], so
+//! several logs (or test runs) can share one database:
+//! - `{prefix}users/{user key}` `{user, next_cursor, compacted_through}`: one document per user,
+//!   its cursor counter and how far its log was compacted. The key is the user name with every
+//!   byte outside `[A-Za-z0-9@+-]` escaped as `%XX`.
+//! - `{prefix}users/{user key}/entries/{entry id}` `{cursor, device, topic, payload}`: the
+//!   entries, the document id being the entry id, so a push is idempotent per user; the
+//!   payload is an opaque (possibly encrypted) bytes value, the other fields route.
+//! - `{prefix}devices/{device id}` `{user, acked}`: registered devices and the cursor each
+//!   acknowledged.
+//!
+//! docs/firestore.md describes the fields and the indexes a production project needs.
+//!
+//! ## Why a reader never skips an entry
+//! Cursors come from the user's counter document, never from device clocks. A push runs one
+//! Firestore transaction per chunk of entries: it reads the counter (which locks it), reads
+//! which of the chunk's ids are stored already, writes the new entries with the next cursors
+//! and the raised counter, and commits. Concurrent pushes of one user therefore serialize on
+//! the counter (Firestore aborts and the log retries the loser), and a commit makes the
+//! counter and its entries visible at once. A pull first reads the committed counter `H`,
+//! then queries the entries with cursors in `(after, H]`: all of them committed together with
+//! a counter at or below `H`, so all are visible to the (strongly consistent) query, and an
+//! entry committing later gets a cursor above `H` and is found by the next pull. Compaction
+//! raises the user's `compacted_through` mark in a transaction *before* deleting entries, and
+//! a pull re-reads the mark after its query, so a page that a concurrent compaction thinned
+//! out is answered with [`storex_sync::SharedLogError::CursorCompacted`], never returned with
+//! a gap.
+//!
+//! ## Limits
+//! A commit holds at most 500 writes and a document at most 1 MiB, so a push is split into
+//! transactions of at most 499 entries (plus the counter) and 8 MiB; each is atomic, and a
+//! retry of a half-done push stores only what is missing. An entry whose payload exceeds
+//! [`FirestoreSharedLog::MAX_PAYLOAD_BYTES`] (or whose topic exceeds 1,500 bytes) is refused
+//! with [`storex_sync::SharedLogError::Invalid`] naming it, before anything is written; give
+//! the sync engine that limit (`ContinuousOptions::with_max_push_bytes`) and it reports such
+//! an entry and pushes the others. Pulls filter by topic in the query (Firestore's `in`, up to
+//! 30 topics; beyond that the topics are filtered after reading).
+//!
+//! ```no_run
+//! # async fn demo() -> storex_sync::SharedResult<()> {
+//! use storex_log_firestore::FirestoreSharedLog;
+//! use storex_sync::SharedSyncLog;
+//!
+//! // With FIRESTORE_EMULATOR_HOST set, this talks to the emulator.
+//! let log = FirestoreSharedLog::connect("my-project", "storex_").await?;
+//! let phone = log.create_device("ann@example.com").await?;
+//! let page = log.pull(phone, 0, 100, None).await?;
+//! assert!(page.entries.is_empty());
+//! # Ok(()) }
+//! ```
+
+mod documents;
+mod log;
+
+pub use firestore;
+pub use log::FirestoreSharedLog;

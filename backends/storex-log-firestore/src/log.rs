@@ -1,0 +1,789 @@
+//! [`FirestoreSharedLog`]: the shared-log operations as Firestore reads, queries and
+//! transactions, each retried with backoff while Firestore says a retry may succeed.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashSet;
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::time::Duration;
+
+use firestore::{
+    errors::FirestoreError, FirestoreConsistencySelector, FirestoreDb, FirestoreTransaction,
+    FirestoreWritePrecondition, ParentPathBuilder,
+};
+use futures::TryStreamExt;
+use storex_core::uuid::Uuid;
+use storex_core::BoxFuture;
+use storex_sync::{
+    DeviceId, DeviceInfo, Pull, PulledEntry, SharedEntry, SharedLogError, SharedResult,
+    SharedSyncLog,
+};
+
+use crate::documents::{
+    check_prefix, field, user_key, DeviceDoc, EntryDoc, Payload, UserDoc, MAX_PAYLOAD_BYTES,
+    MAX_TOPIC_BYTES,
+};
+
+/// The subcollection of a user document holding its entries.
+const ENTRIES: &str = "entries";
+/// Firestore's limit on the writes of one commit.
+const MAX_WRITES_PER_COMMIT: usize = 500;
+/// Entries per push transaction: the counter update takes the last write.
+const ENTRIES_PER_COMMIT: usize = MAX_WRITES_PER_COMMIT - 1;
+/// Bytes of entries per push transaction, below Firestore's 10 MiB per request.
+const BYTES_PER_COMMIT: usize = 8 * 1024 * 1024;
+/// Bytes an entry costs in a commit besides its payload and topic (names, ids, cursor).
+const ENTRY_COMMIT_OVERHEAD: usize = 4 * 1024;
+/// Firestore's limit on the values of an `in` filter; more topics are filtered here instead.
+const MAX_IN_VALUES: usize = 30;
+/// Entries deleted per compaction commit.
+const DELETES_PER_COMMIT: u32 = 500;
+/// Attempts of one operation while Firestore answers "aborted" or "unavailable".
+const MAX_ATTEMPTS: u32 = 12;
+
+/// Why one attempt of an operation failed.
+#[derive(Debug)]
+enum Failure {
+    /// A definite answer: return it as it is.
+    Log(SharedLogError),
+    /// Firestore failed; retried when it says a retry may succeed.
+    Store(FirestoreError),
+}
+
+impl From<FirestoreError> for Failure {
+    fn from(e: FirestoreError) -> Self {
+        Failure::Store(e)
+    }
+}
+
+impl From<SharedLogError> for Failure {
+    fn from(e: SharedLogError) -> Self {
+        Failure::Log(e)
+    }
+}
+
+fn retryable(e: &FirestoreError) -> bool {
+    matches!(e, FirestoreError::DatabaseError(db) if db.retry_possible)
+}
+
+/// Exponential backoff with full jitter, so contending pushers spread out.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling_ms = (10u64 << attempt.min(7)).min(1_500);
+    let jitter = RandomState::new().hash_one(attempt) % ceiling_ms;
+    Duration::from_millis(ceiling_ms / 2 + jitter / 2)
+}
+
+fn as_cursor(value: i64) -> Result<u64, Failure> {
+    u64::try_from(value).map_err(|_| Failure::Log(corrupt(format!("negative cursor {value}"))))
+}
+
+fn as_stored(cursor: u64) -> i64 {
+    i64::try_from(cursor).unwrap_or(i64::MAX)
+}
+
+fn corrupt(what: String) -> SharedLogError {
+    SharedLogError::Unavailable {
+        log: "firestore",
+        source: format!("the shared log's documents are damaged: {what}").into(),
+    }
+}
+
+/// Commits `tx` when `outcome` is a success, rolls it back otherwise (releasing the locks
+/// its reads took at once rather than when the transaction expires).
+async fn finish<T>(
+    tx: FirestoreTransaction<'_>,
+    outcome: Result<T, Failure>,
+) -> Result<T, Failure> {
+    match outcome {
+        Ok(value) => {
+            tx.commit().await?;
+            Ok(value)
+        }
+        Err(e) => {
+            // A failed rollback changes nothing: the transaction expires on its own.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// A [`SharedSyncLog`] in Google Cloud Firestore (or its emulator); see the crate docs for
+/// the layout and why a reader never skips an entry.
+#[derive(Clone, Debug)]
+pub struct FirestoreSharedLog {
+    db: FirestoreDb,
+    prefix: String,
+    users: String,
+    devices: String,
+}
+
+impl FirestoreSharedLog {
+    /// Largest payload of one entry, in bytes: Firestore's 1 MiB per document less 8 KiB kept
+    /// for the routing fields and the document's name. A larger entry is refused with
+    /// [`SharedLogError::Invalid`]; give the engine this limit
+    /// (`ContinuousOptions::with_max_push_bytes`) so that it reports such an entry and
+    /// pushes the others.
+    pub const MAX_PAYLOAD_BYTES: usize = MAX_PAYLOAD_BYTES;
+
+    /// Longest topic, in bytes (Firestore indexes at most 1,500 bytes of a string).
+    pub const MAX_TOPIC_BYTES: usize = MAX_TOPIC_BYTES;
+
+    /// Connects to the Firestore database of `project_id` and keeps the log in collections
+    /// whose names start with `collection_prefix` (letters, digits, `_`, `-`; may be empty).
+    ///
+    /// Talks to the emulator at `FIRESTORE_EMULATOR_HOST` when that variable is set, and to
+    /// Google with the Application Default Credentials otherwise.
+    pub async fn connect(project_id: &str, collection_prefix: &str) -> SharedResult<Self> {
+        check_prefix(collection_prefix)?;
+        if project_id.is_empty() {
+            return Err(SharedLogError::Invalid {
+                problem: "a Firestore project id cannot be empty".into(),
+            });
+        }
+        let db = FirestoreDb::new(project_id)
+            .await
+            .map_err(|e| SharedLogError::Unavailable {
+                log: "firestore",
+                source: Box::new(e),
+            })?;
+        Self::new(db, collection_prefix)
+    }
+
+    /// Uses an open client, keeping the log in collections whose names start with
+    /// `collection_prefix`.
+    pub fn new(db: FirestoreDb, collection_prefix: &str) -> SharedResult<Self> {
+        check_prefix(collection_prefix)?;
+        Ok(FirestoreSharedLog {
+            db,
+            prefix: collection_prefix.to_owned(),
+            users: format!("{collection_prefix}users"),
+            devices: format!("{collection_prefix}devices"),
+        })
+    }
+
+    /// The client.
+    pub fn db(&self) -> &FirestoreDb {
+        &self.db
+    }
+
+    /// The prefix of the log's collection names.
+    pub fn collection_prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn unavailable(&self, e: FirestoreError) -> SharedLogError {
+        SharedLogError::Unavailable {
+            log: self.name(),
+            source: Box::new(e),
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or Firestore stays busy.
+    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> SharedResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(Failure::Log(e)) => return Err(e),
+                Err(Failure::Store(e)) if retryable(&e) && attempts < MAX_ATTEMPTS => {
+                    tokio::time::sleep(backoff(attempts)).await;
+                }
+                Err(Failure::Store(e)) => return Err(self.unavailable(e)),
+            }
+        }
+    }
+
+    /// A client whose reads belong to `tx`.
+    fn reading_in(&self, tx: &FirestoreTransaction<'_>) -> FirestoreDb {
+        self.db
+            .clone_with_consistency_selector(FirestoreConsistencySelector::Transaction(
+                tx.transaction_id().clone(),
+            ))
+    }
+
+    fn entries_parent(&self, key: &str) -> Result<ParentPathBuilder, Failure> {
+        Ok(self.db.parent_path(&self.users, key)?)
+    }
+
+    async fn device_doc(&self, db: &FirestoreDb, device: DeviceId) -> Result<DeviceDoc, Failure> {
+        db.fluent()
+            .select()
+            .by_id_in(&self.devices)
+            .obj::<DeviceDoc>()
+            .one(device.0.to_string())
+            .await?
+            .ok_or(Failure::Log(SharedLogError::UnknownDevice { device }))
+    }
+
+    async fn user_doc(&self, db: &FirestoreDb, key: &str) -> Result<Option<UserDoc>, Failure> {
+        Ok(db
+            .fluent()
+            .select()
+            .by_id_in(&self.users)
+            .obj::<UserDoc>()
+            .one(key)
+            .await?)
+    }
+
+    /// `(greatest cursor handed out, compacted through)` of a user.
+    async fn counters(&self, key: &str) -> Result<(u64, u64), Failure> {
+        let user = self
+            .user_doc(&self.db, key)
+            .await?
+            .ok_or_else(|| Failure::Log(corrupt(format!("user document {key} is missing"))))?;
+        Ok((
+            as_cursor(user.next_cursor)?,
+            as_cursor(user.compacted_through)?,
+        ))
+    }
+
+    async fn create_device_once(
+        &self,
+        user: &str,
+        key: &str,
+        device: DeviceId,
+    ) -> Result<(), Failure> {
+        let mut tx = self.db.begin_transaction().await?;
+        let outcome = async {
+            let reader = self.reading_in(&tx);
+            if self.user_doc(&reader, key).await?.is_none() {
+                let doc = UserDoc {
+                    user: user.to_owned(),
+                    next_cursor: 0,
+                    compacted_through: 0,
+                };
+                self.db
+                    .fluent()
+                    .update()
+                    .in_col(&self.users)
+                    .precondition(FirestoreWritePrecondition::Exists(false))
+                    .document_id(key)
+                    .object(&doc)
+                    .add_to_transaction(&mut tx)?;
+            }
+            let doc = DeviceDoc {
+                user: user.to_owned(),
+                acked: 0,
+            };
+            // No precondition: a retry after a commit whose answer was lost writes the same.
+            self.db
+                .fluent()
+                .update()
+                .in_col(&self.devices)
+                .document_id(device.0.to_string())
+                .object(&doc)
+                .add_to_transaction(&mut tx)?;
+            Ok(())
+        }
+        .await;
+        finish(tx, outcome).await
+    }
+
+    /// Stores the entries of `chunk` not stored yet in one transaction with the counter
+    /// update; returns the greatest cursor assigned (0 when all were stored already).
+    async fn push_chunk_once(&self, key: &str, chunk: &[SharedEntry]) -> Result<u64, Failure> {
+        let parent = self.entries_parent(key)?;
+        let mut tx = self.db.begin_transaction().await?;
+        let outcome = async {
+            let reader = self.reading_in(&tx);
+            // Reading the counter locks it: pushes of one user commit one after the other.
+            let mut user = self
+                .user_doc(&reader, key)
+                .await?
+                .ok_or_else(|| Failure::Log(corrupt(format!("user document {key} is missing"))))?;
+            let ids: Vec<String> = chunk.iter().map(|e| e.id.to_string()).collect();
+            let stored: HashSet<String> = reader
+                .fluent()
+                .select()
+                .fields([field::CURSOR])
+                .by_id_in(ENTRIES)
+                .parent(&parent)
+                .batch_with_errors(ids.iter())
+                .await?
+                .try_filter_map(|(id, doc)| async move { Ok(doc.map(|_| id)) })
+                .try_collect()
+                .await?;
+            let mut cursor = as_cursor(user.next_cursor)?;
+            let first = cursor;
+            for (entry, id) in chunk.iter().zip(&ids) {
+                if stored.contains(id) {
+                    continue;
+                }
+                cursor += 1;
+                let doc = EntryDoc {
+                    id: None,
+                    cursor: as_stored(cursor),
+                    device: entry.device.0.to_string(),
+                    topic: entry.topic.clone(),
+                    payload: Payload(entry.payload.clone()),
+                };
+                self.db
+                    .fluent()
+                    .update()
+                    .in_col(ENTRIES)
+                    .precondition(FirestoreWritePrecondition::Exists(false))
+                    .document_id(id)
+                    .parent(&parent)
+                    .object(&doc)
+                    .add_to_transaction(&mut tx)?;
+            }
+            if cursor == first {
+                return Ok(0);
+            }
+            user.next_cursor = as_stored(cursor);
+            self.db
+                .fluent()
+                .update()
+                .fields([field::NEXT_CURSOR])
+                .in_col(&self.users)
+                .document_id(key)
+                .object(&user)
+                .add_to_transaction(&mut tx)?;
+            Ok(cursor)
+        }
+        .await;
+        finish(tx, outcome).await
+    }
+
+    async fn pull_once(
+        &self,
+        device: DeviceId,
+        after: u64,
+        limit: usize,
+        topics: Option<&[String]>,
+    ) -> Result<Pull, Failure> {
+        let key = user_key(&self.device_doc(&self.db, device).await?.user)?;
+        // Read the counter first: every entry up to it committed with it, and an entry
+        // committing later gets a greater cursor, found by the next pull.
+        let (high, compacted) = self.counters(&key).await?;
+        if after < compacted {
+            return Err(SharedLogError::CursorCompacted {
+                cursor: after,
+                compacted_through: compacted,
+            }
+            .into());
+        }
+        let nothing = Pull {
+            entries: Vec::new(),
+            next_cursor: Ord::max(high, after),
+            more: false,
+        };
+        if after >= high || topics.is_some_and(<[String]>::is_empty) {
+            return Ok(nothing);
+        }
+        let server_topics = topics.filter(|t| t.len() <= MAX_IN_VALUES);
+        let page = limit.clamp(1, u32::MAX as usize - 1);
+        let parent = self.entries_parent(&key)?;
+        let docs: Vec<EntryDoc> = self
+            .db
+            .fluent()
+            .select()
+            .from(ENTRIES)
+            .parent(&parent)
+            .filter(|q| {
+                q.for_all([
+                    q.field(field::CURSOR).greater_than(as_stored(after)),
+                    q.field(field::CURSOR).less_than_or_equal(as_stored(high)),
+                    server_topics.and_then(|t| q.field(field::TOPIC).is_in(t)),
+                ])
+            })
+            .order(|o| o.fields([o.field(field::CURSOR).asc()]))
+            .limit(u32::try_from(page + 1).unwrap_or(u32::MAX))
+            .obj::<EntryDoc>()
+            .query()
+            .await?;
+        let more = docs.len() > page;
+        let mut pull = Pull {
+            entries: Vec::with_capacity(docs.len().min(page)),
+            next_cursor: nothing.next_cursor,
+            more,
+        };
+        let me = device.0.to_string();
+        for doc in docs.into_iter().take(page) {
+            let cursor = as_cursor(doc.cursor)?;
+            if more {
+                pull.next_cursor = cursor;
+            }
+            let wanted = topics.is_none_or(|t| t.contains(&doc.topic));
+            if doc.device == me || !wanted {
+                continue;
+            }
+            pull.entries.push(PulledEntry {
+                cursor,
+                entry: read_entry(doc)?,
+            });
+        }
+        // A compaction that raised its mark meanwhile may have deleted part of this page.
+        let (_, compacted) = self.counters(&key).await?;
+        if after < compacted {
+            return Err(SharedLogError::CursorCompacted {
+                cursor: after,
+                compacted_through: compacted,
+            }
+            .into());
+        }
+        Ok(pull)
+    }
+
+    async fn ack_once(&self, device: DeviceId, cursor: u64) -> Result<(), Failure> {
+        let mut tx = self.db.begin_transaction().await?;
+        let outcome = async {
+            let mut doc = self.device_doc(&self.reading_in(&tx), device).await?;
+            if as_cursor(doc.acked)? < cursor {
+                doc.acked = as_stored(cursor);
+                self.db
+                    .fluent()
+                    .update()
+                    .fields([field::ACKED])
+                    .in_col(&self.devices)
+                    .document_id(device.0.to_string())
+                    .object(&doc)
+                    .add_to_transaction(&mut tx)?;
+            }
+            Ok(())
+        }
+        .await;
+        finish(tx, outcome).await
+    }
+
+    /// Raises the user's compaction mark to the smallest acknowledged cursor (never past the
+    /// counter) and returns the mark, or `None` when the user has no log.
+    async fn mark_compaction_once(&self, key: &str) -> Result<Option<u64>, Failure> {
+        let mut tx = self.db.begin_transaction().await?;
+        let outcome = async {
+            let reader = self.reading_in(&tx);
+            let Some(mut user) = self.user_doc(&reader, key).await? else {
+                return Ok(None);
+            };
+            let devices: Vec<DeviceDoc> = reader
+                .fluent()
+                .select()
+                .from(self.devices.as_str())
+                .filter(|q| q.field(field::USER).eq(user.user.as_str()))
+                .obj::<DeviceDoc>()
+                .query()
+                .await?;
+            let mut through = as_cursor(user.next_cursor)?;
+            for device in &devices {
+                through = through.min(as_cursor(device.acked)?);
+            }
+            let compacted = as_cursor(user.compacted_through)?;
+            if through > compacted {
+                user.compacted_through = as_stored(through);
+                self.db
+                    .fluent()
+                    .update()
+                    .fields([field::COMPACTED_THROUGH])
+                    .in_col(&self.users)
+                    .document_id(key)
+                    .object(&user)
+                    .add_to_transaction(&mut tx)?;
+            }
+            Ok(Some(through.max(compacted)))
+        }
+        .await;
+        finish(tx, outcome).await
+    }
+
+    /// Deletes one page of the entries up to `through`; returns how many.
+    async fn delete_page_once(&self, key: &str, through: u64) -> Result<u64, Failure> {
+        let parent = self.entries_parent(key)?;
+        let docs: Vec<ProjectedEntry> = self
+            .db
+            .fluent()
+            .select()
+            .fields([field::CURSOR])
+            .from(ENTRIES)
+            .parent(&parent)
+            .filter(|q| {
+                q.field(field::CURSOR)
+                    .less_than_or_equal(as_stored(through))
+            })
+            .order(|o| o.fields([o.field(field::CURSOR).asc()]))
+            .limit(DELETES_PER_COMMIT)
+            .obj::<ProjectedEntry>()
+            .query()
+            .await?;
+        if docs.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.db.begin_transaction().await?;
+        let mut outcome = Ok(docs.len() as u64);
+        for doc in &docs {
+            let Some(id) = doc.id.as_deref() else {
+                outcome = Err(Failure::Log(corrupt("an entry without an id".into())));
+                break;
+            };
+            let added = self
+                .db
+                .fluent()
+                .delete()
+                .from(ENTRIES)
+                .parent(&parent)
+                .document_id(id)
+                .add_to_transaction(&mut tx);
+            if let Err(e) = added {
+                outcome = Err(e.into());
+                break;
+            }
+        }
+        finish(tx, outcome).await
+    }
+}
+
+/// An entry read for compaction: its id only (the query projects the cursor alone).
+#[derive(Debug, serde::Deserialize)]
+struct ProjectedEntry {
+    #[serde(alias = "_firestore_id", default)]
+    id: Option<String>,
+}
+
+fn read_entry(doc: EntryDoc) -> Result<SharedEntry, Failure> {
+    let id = doc
+        .id
+        .as_deref()
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .ok_or_else(|| Failure::Log(corrupt(format!("entry id {:?}", doc.id))))?;
+    let device = Uuid::parse_str(&doc.device)
+        .map_err(|_| Failure::Log(corrupt(format!("device id {:?}", doc.device))))?;
+    Ok(SharedEntry {
+        id,
+        device: DeviceId(device),
+        topic: doc.topic,
+        payload: doc.payload.0,
+    })
+}
+
+/// Splits `entries` into the chunks one push transaction stores: at most
+/// [`ENTRIES_PER_COMMIT`] entries and [`BYTES_PER_COMMIT`] bytes each.
+fn commit_chunks(entries: &[SharedEntry]) -> Vec<&[SharedEntry]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, entry) in entries.iter().enumerate() {
+        let size = entry.payload.len() + entry.topic.len() + ENTRY_COMMIT_OVERHEAD;
+        if i > start && (i - start == ENTRIES_PER_COMMIT || bytes + size > BYTES_PER_COMMIT) {
+            chunks.push(&entries[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < entries.len() {
+        chunks.push(&entries[start..]);
+    }
+    chunks
+}
+
+/// Refuses an entry Firestore could not store, naming it.
+fn check_entry(entry: &SharedEntry) -> SharedResult<()> {
+    if entry.payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(SharedLogError::Invalid {
+            problem: format!(
+                "entry {} has a payload of {} bytes, more than the {MAX_PAYLOAD_BYTES} bytes a \
+                 Firestore document can hold; nothing of this push was stored",
+                entry.id,
+                entry.payload.len()
+            ),
+        });
+    }
+    if entry.topic.len() > MAX_TOPIC_BYTES {
+        return Err(SharedLogError::Invalid {
+            problem: format!(
+                "entry {} has a topic of {} bytes, more than {MAX_TOPIC_BYTES}; nothing of this \
+                 push was stored",
+                entry.id,
+                entry.topic.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl SharedSyncLog for FirestoreSharedLog {
+    fn name(&self) -> &'static str {
+        "firestore"
+    }
+
+    fn create_device<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<DeviceId>> {
+        Box::pin(async move {
+            let key = user_key(user)?;
+            let device = DeviceId::random();
+            self.retrying(|| self.create_device_once(user, &key, device))
+                .await?;
+            Ok(device)
+        })
+    }
+
+    fn devices(&self, device: DeviceId) -> BoxFuture<'_, SharedResult<Vec<DeviceInfo>>> {
+        Box::pin(async move {
+            self.retrying(|| async {
+                let user = self.device_doc(&self.db, device).await?.user;
+                let docs: Vec<DeviceListed> = self
+                    .db
+                    .fluent()
+                    .select()
+                    .from(self.devices.as_str())
+                    .filter(|q| q.field(field::USER).eq(user.as_str()))
+                    .obj::<DeviceListed>()
+                    .query()
+                    .await?;
+                let mut devices = docs
+                    .into_iter()
+                    .map(|doc| {
+                        let id = doc
+                            .id
+                            .as_deref()
+                            .and_then(|id| Uuid::parse_str(id).ok())
+                            .ok_or_else(|| {
+                                Failure::Log(corrupt(format!("device id {:?}", doc.id)))
+                            })?;
+                        Ok(DeviceInfo {
+                            device: DeviceId(id),
+                            acked: as_cursor(doc.acked)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, Failure>>()?;
+                devices.sort_by_key(|d| d.device);
+                Ok(devices)
+            })
+            .await
+        })
+    }
+
+    fn push(
+        &self,
+        device: DeviceId,
+        entries: Vec<SharedEntry>,
+    ) -> BoxFuture<'_, SharedResult<u64>> {
+        Box::pin(async move {
+            let user = self
+                .retrying(|| async { Ok(self.device_doc(&self.db, device).await?.user) })
+                .await?;
+            if let Some(other) = entries.iter().find(|e| e.device != device) {
+                return Err(SharedLogError::WrongDevice {
+                    device,
+                    other: other.device,
+                });
+            }
+            entries.iter().try_for_each(check_entry)?;
+            let key = user_key(&user)?;
+            let mut seen = HashSet::with_capacity(entries.len());
+            let entries: Vec<SharedEntry> =
+                entries.into_iter().filter(|e| seen.insert(e.id)).collect();
+            let mut last = 0;
+            for chunk in commit_chunks(&entries) {
+                let cursor = self.retrying(|| self.push_chunk_once(&key, chunk)).await?;
+                last = last.max(cursor);
+            }
+            Ok(last)
+        })
+    }
+
+    fn pull<'a>(
+        &'a self,
+        device: DeviceId,
+        after: u64,
+        limit: usize,
+        topics: Option<&'a [String]>,
+    ) -> BoxFuture<'a, SharedResult<Pull>> {
+        Box::pin(async move {
+            self.retrying(|| self.pull_once(device, after, limit, topics))
+                .await
+        })
+    }
+
+    fn ack(&self, device: DeviceId, cursor: u64) -> BoxFuture<'_, SharedResult<()>> {
+        Box::pin(async move { self.retrying(|| self.ack_once(device, cursor)).await })
+    }
+
+    fn compact<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<u64>> {
+        Box::pin(async move {
+            let key = user_key(user)?;
+            // The mark goes first: a pull that could miss a deleted entry sees it and answers
+            // CursorCompacted instead.
+            let Some(through) = self.retrying(|| self.mark_compaction_once(&key)).await? else {
+                return Ok(0);
+            };
+            let mut dropped = 0;
+            loop {
+                let deleted = self
+                    .retrying(|| self.delete_page_once(&key, through))
+                    .await?;
+                dropped += deleted;
+                if deleted < u64::from(DELETES_PER_COMMIT) {
+                    return Ok(dropped);
+                }
+            }
+        })
+    }
+}
+
+/// A device document with its id, as `devices` lists it.
+#[derive(Debug, serde::Deserialize)]
+struct DeviceListed {
+    #[serde(alias = "_firestore_id", default)]
+    id: Option<String>,
+    acked: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(payload: usize) -> SharedEntry {
+        SharedEntry {
+            id: Uuid::now_v7(),
+            device: DeviceId::random(),
+            topic: "t".into(),
+            payload: vec![0; payload],
+        }
+    }
+
+    #[test]
+    fn chunks_respect_the_write_and_byte_limits() {
+        let many: Vec<SharedEntry> = (0..1_200).map(|_| entry(10)).collect();
+        let sizes: Vec<usize> = commit_chunks(&many).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, vec![499, 499, 202]);
+
+        let big: Vec<SharedEntry> = (0..20).map(|_| entry(MAX_PAYLOAD_BYTES)).collect();
+        let chunks = commit_chunks(&big);
+        assert!(chunks.len() > 2);
+        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 20);
+        for chunk in chunks {
+            let bytes: usize = chunk.iter().map(|e| e.payload.len()).sum();
+            assert!(bytes <= BYTES_PER_COMMIT, "{bytes}");
+        }
+        assert!(commit_chunks(&[]).is_empty());
+    }
+
+    #[test]
+    fn oversized_entries_and_topics_are_refused_by_name() {
+        let fine = entry(MAX_PAYLOAD_BYTES);
+        assert!(check_entry(&fine).is_ok());
+        let big = entry(MAX_PAYLOAD_BYTES + 1);
+        match check_entry(&big) {
+            Err(SharedLogError::Invalid { problem }) => {
+                assert!(problem.contains(&big.id.to_string()), "{problem}")
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        let mut long_topic = entry(1);
+        long_topic.topic = "t".repeat(MAX_TOPIC_BYTES + 1);
+        assert!(matches!(
+            check_entry(&long_topic),
+            Err(SharedLogError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_bounded() {
+        assert!(backoff(1) <= Duration::from_millis(20));
+        for attempt in 1..MAX_ATTEMPTS {
+            assert!(backoff(attempt) <= Duration::from_millis(1_500));
+        }
+    }
+}
