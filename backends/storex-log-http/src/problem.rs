@@ -17,7 +17,7 @@ use crate::api::{ErrorBody, ErrorDetail};
 #[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,
-    detail: ErrorDetail,
+    detail: Box<ErrorDetail>,
     retry_after_secs: Option<u64>,
 }
 
@@ -25,13 +25,13 @@ impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         ApiError {
             status,
-            detail: ErrorDetail {
+            detail: Box::new(ErrorDetail {
                 code: code.to_owned(),
                 message: message.into(),
                 cursor: None,
                 compacted_through: None,
                 other: None,
-            },
+            }),
             retry_after_secs: None,
         }
     }
@@ -99,7 +99,13 @@ impl From<SharedLogError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(ErrorBody { error: self.detail })).into_response();
+        let mut response = (
+            self.status,
+            Json(ErrorBody {
+                error: *self.detail,
+            }),
+        )
+            .into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

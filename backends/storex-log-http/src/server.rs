@@ -139,12 +139,6 @@ impl RunningServer {
             Err(join) => Err(Error::Serve(std::io::Error::other(join))),
         }
     }
-
-    /// Stops at once, like a crash: open connections are dropped mid-request.
-    pub fn abort(self) {
-        self.shutdown.cancel();
-        self.serve.abort();
-    }
 }
 
 /// Compacts every user's log on schedule and trims the caches.

@@ -1,6 +1,8 @@
 //! HttpSharedLog against a real server on 127.0.0.1 passes the shared-log conformance suite
 //! and every end-to-end sync scenario, with the server's log on SQLite and on PostgreSQL.
 
+#![allow(clippy::unwrap_used)] // helpers of tests: a failed unwrap is a failed test
+
 mod common;
 
 use common::{factory, start, Provisioned, Store};

@@ -2,7 +2,7 @@
 //! database, and [`Provisioned`], an [`HttpSharedLog`] that creates server users on demand so
 //! the suites (which name users, not tokens) can drive it.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,0 +1,440 @@
+//! Security and input handling of the sync server, driven with raw HTTP requests: user
+//! isolation, device identity, revocation, tokens, malformed or oversized input and the rate
+//! limit. Every refusal is a 4xx with a JSON error code, and changes nothing.
+
+#![allow(clippy::unwrap_used)] // helpers of tests: a failed unwrap is a failed test
+
+mod common;
+
+use common::{config, start, Store, ADMIN};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use storex_core::uuid::Uuid;
+use storex_log_http::{HttpSharedLog, RateLimit, RunningServer, SyncServer};
+use storex_sync::{DeviceId, SharedEntry, SharedLogError, SharedSyncLog};
+
+struct Fixture {
+    server: RunningServer,
+    http: reqwest::Client,
+    log: HttpSharedLog,
+    _store: Store,
+}
+
+struct Account {
+    user_token: String,
+    device: DeviceId,
+    device_token: String,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let store = Store::sqlite();
+        let server = start(&store).await;
+        let log = HttpSharedLog::new(&server.url()).unwrap();
+        Fixture {
+            server,
+            http: reqwest::Client::new(),
+            log,
+            _store: store,
+        }
+    }
+
+    async fn account(&self, name: &str) -> Account {
+        let user = self.log.create_user(ADMIN, name).await.unwrap();
+        let device = self.log.create_device(&user.token).await.unwrap();
+        Account {
+            device_token: self.log.device_token(device).unwrap(),
+            user_token: user.token,
+            device,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server.url())
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: &str) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn entries_stored(&self) -> u64 {
+        self.log.health().await.unwrap().entries
+    }
+}
+
+fn entry(device: DeviceId, payload: &[u8]) -> SharedEntry {
+    SharedEntry {
+        id: Uuid::now_v7(),
+        device,
+        topic: "note".into(),
+        payload: payload.to_vec(),
+    }
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or("<no JSON error code>")
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_token_gets_401_and_changes_nothing() {
+    let f = Fixture::new().await;
+    let ann = f.account("ann").await;
+    let push = json!({"entries": [{"id": Uuid::now_v7(), "device": ann.device.0, "topic": "note", "payload": "aGk="}]}).to_string();
+    for token in [
+        None,
+        Some("stx_not-a-token"),
+        Some(""),
+        Some(ann.user_token.as_str()),
+    ] {
+        let (status, body) = f.post("/v1/push", token, &push).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "token {token:?}: {body}");
+        assert_eq!(code(&body), "unauthorized");
+        assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+    }
+    // A device token is no user token either.
+    let (status, body) = f.post("/v1/devices", Some(&ann.device_token), "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    // A non-Bearer scheme.
+    let response = f
+        .http
+        .post(f.url("/v1/pull"))
+        .header("authorization", format!("Basic {}", ann.device_token))
+        .json(&json!({"after": 0, "limit": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(f.entries_stored().await, 0);
+}
+
+#[tokio::test]
+async fn users_are_created_only_with_the_admin_token() {
+    let f = Fixture::new().await;
+    let (status, body) = f
+        .post(
+            "/v1/users",
+            Some("wrong-admin-token-xxxxxxx"),
+            r#"{"name":"eve"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, body) = f.post("/v1/users", Some(ADMIN), r#"{"name":"ann"}"#).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = f.post("/v1/users", Some(ADMIN), r#"{"name":"ann"}"#).await;
+    assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "user_exists"));
+    let (status, body) = f.post("/v1/users", Some(ADMIN), r#"{"name":"  "}"#).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+
+    // A server without an admin token creates no users over HTTP.
+    let store = Store::sqlite();
+    let mut no_admin = config(&store);
+    no_admin.admin_token = None;
+    let server = SyncServer::start(no_admin).await.unwrap();
+    let response = f
+        .http
+        .post(format!("{}/v1/users", server.url()))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "eve"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_device_of_one_user_never_reads_or_writes_another_users_entries() {
+    let f = Fixture::new().await;
+    let ann = f.account("ann").await;
+    let bob = f.account("bob").await;
+    f.log
+        .push(ann.device, vec![entry(ann.device, b"ann's secret")])
+        .await
+        .unwrap();
+    // Bob's device sees nothing of Ann's, whatever cursor or topic it asks for.
+    for after in [0, 1] {
+        let pull = f.log.pull(bob.device, after, 100, None).await.unwrap();
+        assert!(pull.entries.is_empty(), "bob pulled {:?}", pull.entries);
+    }
+    // Bob's device lists only Bob's devices.
+    let devices = f.log.devices(bob.device).await.unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].device, bob.device);
+    // Bob cannot revoke Ann's device, nor compact Ann's log.
+    let err = f
+        .log
+        .revoke_device(&bob.user_token, ann.device)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SharedLogError::Invalid { .. }), "{err:?}");
+    f.log.compact(&bob.user_token).await.unwrap();
+    // Ann's second device still gets the entry.
+    let ann2 = f.log.create_device(&ann.user_token).await.unwrap();
+    let pull = f.log.pull(ann2, 0, 100, None).await.unwrap();
+    assert_eq!(pull.entries.len(), 1);
+    assert_eq!(pull.entries[0].entry.payload, b"ann's secret");
+}
+
+#[tokio::test]
+async fn a_device_cannot_push_as_another_device() {
+    let f = Fixture::new().await;
+    let ann = f.account("ann").await;
+    let ann2 = f.log.create_device(&ann.user_token).await.unwrap();
+    let bob = f.account("bob").await;
+    for other in [ann2, bob.device, DeviceId(Uuid::now_v7())] {
+        let body = json!({"entries": [
+            {"id": Uuid::now_v7(), "device": ann.device.0, "topic": "note", "payload": "aGk="},
+            {"id": Uuid::now_v7(), "device": other.0, "topic": "note", "payload": "aGk="}
+        ]});
+        let (status, body) = f
+            .post("/v1/push", Some(&ann.device_token), &body.to_string())
+            .await;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::FORBIDDEN, "wrong_device"),
+            "{body}"
+        );
+        assert_eq!(body["error"]["other"], json!(other.0));
+    }
+    assert_eq!(
+        f.entries_stored().await,
+        0,
+        "a refused push stored something"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_device_is_refused_everywhere() {
+    let f = Fixture::new().await;
+    let ann = f.account("ann").await;
+    let phone = f.log.create_device(&ann.user_token).await.unwrap();
+    f.log
+        .revoke_device(&ann.user_token, ann.device)
+        .await
+        .unwrap();
+    let err = f
+        .log
+        .push(ann.device, vec![entry(ann.device, b"x")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SharedLogError::UnknownDevice { device } if device == ann.device),
+        "{err:?}"
+    );
+    let err = f.log.pull(ann.device, 0, 10, None).await.unwrap_err();
+    assert!(
+        matches!(err, SharedLogError::UnknownDevice { .. }),
+        "{err:?}"
+    );
+    let (status, body) = f
+        .post("/v1/ack", Some(&ann.device_token), r#"{"cursor": 1}"#)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("revoked"));
+    // The other device works on, and the revoked one is gone from the list.
+    let devices = f.log.devices(phone).await.unwrap();
+    assert_eq!(
+        devices.iter().map(|d| d.device).collect::<Vec<_>>(),
+        vec![phone]
+    );
+    // Revoking twice, or a device that never existed: 404.
+    let err = f
+        .log
+        .revoke_device(&ann.user_token, DeviceId(Uuid::now_v7()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SharedLogError::Invalid { ref problem } if problem.contains("not_found")),
+        "{err:?}"
+    );
+    assert_eq!(f.entries_stored().await, 0);
+}
+
+#[tokio::test]
+async fn malformed_requests_get_a_clear_4xx_and_change_nothing() {
+    let f = Fixture::new().await;
+    let ann = f.account("ann").await;
+    let token = Some(ann.device_token.as_str());
+    let id = Uuid::now_v7();
+    let dev = ann.device.0;
+    let cases: Vec<(&str, String, StatusCode, &str)> = vec![
+        ("/v1/push", "{not json".into(), StatusCode::BAD_REQUEST, "invalid_request"),
+        ("/v1/push", "".into(), StatusCode::BAD_REQUEST, "invalid_request"),
+        ("/v1/push", r#"{"entries": "many"}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        ("/v1/push", json!({"entries": [{"id": "nope", "device": dev, "topic": "t", "payload": ""}]}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        ("/v1/push", json!({"entries": [{"id": id, "device": dev, "topic": "t", "payload": "!!not base64!!"}]}).to_string(), StatusCode::BAD_REQUEST, "invalid_request"),
+        ("/v1/push", json!({"entries": [], "extra": 1}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        ("/v1/pull", r#"{"after": "zero", "limit": 10}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        ("/v1/pull", r#"{"after": -1, "limit": 10}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        ("/v1/ack", r#"{"cursor": 1.5}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+    ];
+    for (path, body, status, expected) in cases {
+        let (got, reply) = f.post(path, token, &body).await;
+        assert_eq!(
+            (got, code(&reply)),
+            (status, expected),
+            "{path} {body}: {reply}"
+        );
+        assert!(!reply["error"]["message"].as_str().unwrap().is_empty());
+    }
+    // Wrong content type.
+    let response = f
+        .http
+        .post(f.url("/v1/push"))
+        .bearer_auth(&ann.device_token)
+        .body(r#"{"entries": []}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // Unknown route, wrong method, bad path parameter.
+    let (status, body) = f.post("/v1/nothing", token, "{}").await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    let response = f.http.get(f.url("/v1/push")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let response = f
+        .http
+        .delete(f.url("/v1/devices/not-a-uuid"))
+        .bearer_auth(&ann.user_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(f.entries_stored().await, 0);
+    assert_eq!(f.log.devices(ann.device).await.unwrap()[0].acked, 0);
+}
+
+#[tokio::test]
+async fn oversized_bodies_and_pushes_are_refused_whole() {
+    let store = Store::sqlite();
+    let mut config = config(&store);
+    config.max_body_bytes = 64 * 1024;
+    config.max_push_entries = 10;
+    let server = SyncServer::start(config).await.unwrap();
+    let log = HttpSharedLog::new(&server.url()).unwrap();
+    let user = log.create_user(ADMIN, "ann").await.unwrap();
+    let device = log.create_device(&user.token).await.unwrap();
+    let token = log.device_token(device).unwrap();
+    let http = reqwest::Client::new();
+    let send = |body: String| {
+        http.post(format!("{}/v1/push", server.url()))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let big = "A".repeat(100 * 1024);
+    let body = json!({"entries": [{"id": Uuid::now_v7(), "device": device.0, "topic": "t", "payload": big}]});
+    let response = send(body.to_string()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let reply: Value = response.json().await.unwrap();
+    assert_eq!(code(&reply), "payload_too_large");
+    let many: Vec<Value> = (0..11)
+        .map(|_| json!({"id": Uuid::now_v7(), "device": device.0, "topic": "t", "payload": "aGk="}))
+        .collect();
+    let response = send(json!({ "entries": many }).to_string()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let reply: Value = response.json().await.unwrap();
+    assert_eq!(code(&reply), "too_many_entries");
+    assert!(reply["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("at most 10"));
+    assert_eq!(log.health().await.unwrap().entries, 0);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_token_over_its_rate_gets_429_with_retry_after() {
+    let store = Store::sqlite();
+    let config = config(&store).rate_limit(Some(RateLimit {
+        per_second: 1,
+        burst: 5,
+    }));
+    let server = SyncServer::start(config).await.unwrap();
+    let log = HttpSharedLog::new(&server.url()).unwrap();
+    let user = log.create_user(ADMIN, "ann").await.unwrap();
+    let device = log.create_device(&user.token).await.unwrap();
+    let token = log.device_token(device).unwrap();
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    let mut last = None;
+    for _ in 0..8 {
+        let response = http
+            .post(format!("{}/v1/pull", server.url()))
+            .bearer_auth(&token)
+            .json(&json!({"after": 0, "limit": 1}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status());
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(response.headers().contains_key("retry-after"));
+            last = Some(response.json::<Value>().await.unwrap());
+        }
+    }
+    assert!(
+        statuses[..5].iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[7], StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
+    assert_eq!(code(last.as_ref().unwrap()), "rate_limited");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_and_metrics_report_totals() {
+    let f = Fixture::new().await;
+    let ann = f.account("ann").await;
+    f.log
+        .push(
+            ann.device,
+            vec![entry(ann.device, b"a"), entry(ann.device, b"b")],
+        )
+        .await
+        .unwrap();
+    let health = f.log.health().await.unwrap();
+    assert_eq!(
+        (
+            health.status.as_str(),
+            health.users,
+            health.devices,
+            health.entries
+        ),
+        ("ok", 1, 1, 2)
+    );
+    assert!(health.last_push.is_some());
+    let metrics = f
+        .http
+        .get(f.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("\nstorex_entries 2\n"), "{metrics}");
+    assert!(
+        metrics.contains("\nstorex_entries_pushed_total 2\n"),
+        "{metrics}"
+    );
+}
