@@ -4,6 +4,7 @@
 //! default), writes on both (one edit conflicts), syncs them, and shows what each holds.
 //! `storex migrate send|receive` moves a whole SQLite database to a new device over TCP;
 //! `storex log` and `storex status` show what a device's client sync log holds.
+//! `storex serve` runs the sync server; `storex user` creates a user on it.
 
 /// Prints a line to stdout; a closed stdout (`storex demo | head`) is not worth a panic.
 macro_rules! say {
@@ -15,6 +16,7 @@ macro_rules! say {
 mod demo;
 mod inspect;
 mod migrate;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +58,20 @@ enum Command {
         #[arg(long)]
         db: PathBuf,
     },
+    /// Runs the sync server: the shared log over HTTP, in PostgreSQL or SQLite.
+    Serve(serve::ServeArgs),
+    /// Creates a user on a sync server and prints its token.
+    User {
+        /// The server's URL.
+        #[arg(long, env = "STOREX_SERVER")]
+        server: String,
+        /// The server's admin token.
+        #[arg(long, env = "STOREX_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: String,
+        /// The new user's name.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,10 +104,12 @@ fn say(line: std::fmt::Arguments<'_>) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // The server uses every core; the other commands are one conversation at a time.
+    let mut builder = match cli.command {
+        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -102,6 +120,12 @@ fn main() -> ExitCode {
         Command::Demo { dir } => runtime.block_on(demo::run(dir)),
         Command::Log { db, limit } => runtime.block_on(inspect::log(&db, limit)),
         Command::Status { db } => runtime.block_on(inspect::status(&db)),
+        Command::Serve(args) => runtime.block_on(serve::serve(args)),
+        Command::User {
+            server,
+            admin_token,
+            name,
+        } => runtime.block_on(serve::create_user(&server, &admin_token, &name)),
         Command::Migrate(Migrate::Send { db, listen }) => {
             runtime.block_on(migrate::send(&db, &listen))
         }

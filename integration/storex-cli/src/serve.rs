@@ -1,0 +1,97 @@
+//! `storex serve`: runs the sync server (storex-log-http) until Ctrl-C or SIGTERM, and
+//! `storex user`: creates a user on a running server and prints its token.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use storex_log_http::{HttpSharedLog, RateLimit, ServerConfig, SyncServer};
+
+/// The flags of `storex serve` (each also read from the environment).
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Where to listen.
+    #[arg(long, env = "STOREX_LISTEN", default_value = "127.0.0.1:8787")]
+    listen: SocketAddr,
+    /// The shared log's database: postgres://… or sqlite://path?mode=rwc.
+    #[arg(long, env = "STOREX_DATABASE_URL")]
+    database_url: String,
+    /// The token that may create users (at least 16 characters); without it users cannot be
+    /// created over HTTP.
+    #[arg(long, env = "STOREX_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "STOREX_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Most entries one push may carry.
+    #[arg(long, env = "STOREX_MAX_PUSH_ENTRIES", default_value_t = 1000)]
+    max_push_entries: usize,
+    /// Requests per second per token (0: unlimited); bursts of twice as many.
+    #[arg(long, env = "STOREX_RATE_LIMIT", default_value_t = 200)]
+    rate_limit: u32,
+    /// Seconds between scheduled compactions (0: never).
+    #[arg(long, env = "STOREX_COMPACT_EVERY", default_value_t = 600)]
+    compact_every: u64,
+}
+
+/// Serves until Ctrl-C or SIGTERM, then shuts down gracefully.
+pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = ServerConfig::new(&args.database_url).listen(args.listen);
+    config.admin_token = args.admin_token;
+    config.max_body_bytes = args.max_body_bytes;
+    config.max_push_entries = args.max_push_entries;
+    config.rate_limit = (args.rate_limit > 0).then(|| RateLimit {
+        per_second: args.rate_limit,
+        burst: args.rate_limit.saturating_mul(2),
+    });
+    config.compact_every =
+        (args.compact_every > 0).then(|| Duration::from_secs(args.compact_every));
+    let server = SyncServer::start(config)
+        .await
+        .context("cannot start the sync server")?;
+    say!("storex sync server listening on {}", server.url());
+    say!("press Ctrl-C to stop");
+    let stop = server.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.cancel();
+    });
+    server.wait().await.context("the sync server failed")?;
+    say!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Creates user `name` on the server at `server` and prints its token.
+pub(crate) async fn create_user(server: &str, admin_token: &str, name: &str) -> Result<()> {
+    let client = HttpSharedLog::new(server)?;
+    let user = client
+        .create_user(admin_token, name)
+        .await
+        .with_context(|| format!("cannot create user `{name}` on {server}"))?;
+    say!("user: {}", user.user);
+    say!("token: {}", user.token);
+    say!("(shown once: the server keeps only its hash)");
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! `storex serve` and `storex user` as an operator runs them: configuration from flags and
+//! the environment, a user created over HTTP, a clean stop on SIGTERM, clear errors.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+const ADMIN: &str = "cli-admin-token-0123456789";
+
+fn storex() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_storex"))
+}
+
+/// Starts `storex serve` on a free port; returns the child and its URL.
+fn serve(db: &std::path::Path) -> (Child, String) {
+    let mut child = storex()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env(
+            "STOREX_DATABASE_URL",
+            format!("sqlite://{}?mode=rwc", db.display()),
+        )
+        .env("STOREX_ADMIN_TOKEN", ADMIN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run storex serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut first = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("read the first line");
+    let url = first
+        .trim()
+        .strip_prefix("storex sync server listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
+        .to_owned();
+    (child, url)
+}
+
+#[test]
+fn serve_takes_its_settings_from_the_environment_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (mut child, url) = serve(&dir.path().join("server.db"));
+    let output = storex()
+        .args(["user", "--server", &url, "--name", "ann"])
+        .env("STOREX_ADMIN_TOKEN", ADMIN)
+        .output()
+        .expect("run storex user");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("user: ann"), "{stdout}");
+    assert!(stdout.contains("token: stx_"), "{stdout}");
+    // The same name twice is refused with the server's reason.
+    let output = storex()
+        .args([
+            "user",
+            "--server",
+            &url,
+            "--name",
+            "ann",
+            "--admin-token",
+            ADMIN,
+        ])
+        .output()
+        .expect("run storex user");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("exists already"), "{stderr}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "storex serve exited with {status}");
+    assert!(dir.path().join("server.db").exists());
+}
+
+#[test]
+fn serve_without_a_database_or_with_a_short_admin_token_says_why() {
+    let output = storex()
+        .arg("serve")
+        .env_remove("STOREX_DATABASE_URL")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--database-url"), "{stderr}");
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let output = storex()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-token",
+            "short",
+            "--database-url",
+        ])
+        .arg(format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("s.db").display()
+        ))
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("admin token must be at least 16 characters"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn user_against_no_server_says_it_cannot_reach_it() {
+    let output = storex()
+        .args([
+            "user",
+            "--server",
+            "http://127.0.0.1:9",
+            "--name",
+            "x",
+            "--admin-token",
+            ADMIN,
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot create user `x` on http://127.0.0.1:9"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unavailable"), "{stderr}");
+}
