@@ -12,8 +12,14 @@
 //! backoff and jitter on connection failures, timeouts, 429 and 5xx answers. Registering a
 //! device is retried only when the request surely did not reach the server (connection
 //! refused, 429, 503), so a lost reply cannot register two devices.
+//!
+//! Several instances: [`HttpSharedLog::with_servers`] takes the URLs of several instances of a
+//! scaled-out server. Calls go to one of them; after a connection failure, a timeout or a 5xx
+//! the next attempt goes to the next one, so a device whose instance died carries on against
+//! the others (the instances share one database, so any of them can answer).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -89,7 +95,10 @@ struct Attempt {
 /// A shared sync log served by a storex sync server (`storex serve`).
 #[derive(Debug)]
 pub struct HttpSharedLog {
-    base: String,
+    /// Base URLs of the server's instances, without a trailing slash.
+    bases: Vec<String>,
+    /// Index (modulo `bases.len()`) of the instance calls go to.
+    current: AtomicUsize,
     http: reqwest::Client,
     options: ClientOptions,
     tokens: Mutex<HashMap<DeviceId, String>>,
@@ -104,11 +113,26 @@ impl HttpSharedLog {
 
     /// A client with `options`.
     pub fn with_options(base_url: &str, options: ClientOptions) -> Result<Self, Error> {
-        let base = base_url.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
+        Self::with_servers(&[base_url], options)
+    }
+
+    /// A client of a server with several instances (see the module docs); the first URL is
+    /// tried first.
+    pub fn with_servers(base_urls: &[&str], options: ClientOptions) -> Result<Self, Error> {
+        if base_urls.is_empty() {
             return Err(Error::Config {
-                problem: format!("server URL `{base_url}` must start with http:// or https://"),
+                problem: "at least one server URL is needed".into(),
             });
+        }
+        let mut bases = Vec::with_capacity(base_urls.len());
+        for url in base_urls {
+            let base = url.trim_end_matches('/').to_owned();
+            if !(base.starts_with("http://") || base.starts_with("https://")) {
+                return Err(Error::Config {
+                    problem: format!("server URL `{url}` must start with http:// or https://"),
+                });
+            }
+            bases.push(base);
         }
         if options.max_push_entries == 0 {
             return Err(Error::Config {
@@ -120,11 +144,18 @@ impl HttpSharedLog {
             .build()
             .map_err(Error::Client)?;
         Ok(HttpSharedLog {
-            base,
+            bases,
+            current: AtomicUsize::new(0),
             http,
             options,
             tokens: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The base URL of the instance calls go to now (it changes after failures when the
+    /// client knows several instances).
+    pub fn current_server(&self) -> &str {
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
     }
 
     /// Uses `token` for `device` (credentials kept from an earlier registration).
@@ -307,7 +338,6 @@ impl HttpSharedLog {
         retry: Retry,
         caller: Caller,
     ) -> SharedResult<Vec<u8>> {
-        let url = format!("{}{path}", self.base);
         let body = match body {
             Some(body) => Some(
                 serde_json::to_vec(body).map_err(|e| SharedLogError::Invalid {
@@ -317,31 +347,29 @@ impl HttpSharedLog {
             None => None,
         };
         let attempt = || async {
-            let mut request = self
-                .http
-                .request(method.clone(), &url)
-                .timeout(self.options.timeout + wait);
-            if !token.is_empty() {
-                request = request.bearer_auth(token);
+            let instance = self.current.load(Ordering::Relaxed);
+            let result = self
+                .attempt(
+                    &method,
+                    instance,
+                    path,
+                    token,
+                    body.as_deref(),
+                    wait,
+                    retry,
+                    caller,
+                )
+                .await;
+            if matches!(&result, Err(a) if a.error.is_transient()) && self.bases.len() > 1 {
+                // Move on to the next instance, unless another call did already.
+                let _ = self.current.compare_exchange(
+                    instance,
+                    instance.wrapping_add(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
             }
-            if let Some(body) = &body {
-                request = request
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body.clone());
-            }
-            let response = request.send().await.map_err(|e| Attempt {
-                retry: retry == Retry::Always || e.is_connect(),
-                error: unavailable(e),
-            })?;
-            let status = response.status();
-            let bytes = response.bytes().await.map_err(|e| Attempt {
-                retry: retry == Retry::Always,
-                error: unavailable(e),
-            })?;
-            if status.is_success() {
-                return Ok(bytes.to_vec());
-            }
-            Err(refusal(status, &bytes, retry, caller))
+            result
         };
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.options.min_backoff)
@@ -353,6 +381,48 @@ impl HttpSharedLog {
             .when(|a: &Attempt| a.retry)
             .await
             .map_err(|a| a.error)
+    }
+
+    /// One attempt of a call against instance `instance`.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        method: &Method,
+        instance: usize,
+        path: &str,
+        token: &str,
+        body: Option<&[u8]>,
+        wait: Duration,
+        retry: Retry,
+        caller: Caller,
+    ) -> Result<Vec<u8>, Attempt> {
+        let base = &self.bases[instance % self.bases.len()];
+        let url = format!("{base}{path}");
+        let mut request = self
+            .http
+            .request(method.clone(), &url)
+            .timeout(self.options.timeout + wait);
+        if !token.is_empty() {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_vec());
+        }
+        let response = request.send().await.map_err(|e| Attempt {
+            retry: retry == Retry::Always || e.is_connect(),
+            error: unavailable(e),
+        })?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| Attempt {
+            retry: retry == Retry::Always,
+            error: unavailable(e),
+        })?;
+        if status.is_success() {
+            return Ok(bytes.to_vec());
+        }
+        Err(refusal(status, &bytes, retry, caller))
     }
 }
 
