@@ -32,7 +32,7 @@
 //!
 //! ## Limits
 //! A commit holds at most 500 writes and a document at most 1 MiB, so a push is split into
-//! transactions of at most 499 entries (plus the counter) and 8 MiB; each is atomic, and a
+//! transactions of at most 499 entries (plus the counter) and 3.5 MiB; each is atomic, and a
 //! retry of a half-done push stores only what is missing. An entry whose payload exceeds
 //! [`FirestoreSharedLog::MAX_PAYLOAD_BYTES`] (or whose topic exceeds 1,500 bytes) is refused
 //! with [`storex_sync::SharedLogError::Invalid`] naming it, before anything is written; give

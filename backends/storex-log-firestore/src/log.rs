@@ -7,9 +7,10 @@ use std::future::Future;
 use std::hash::BuildHasher;
 use std::time::Duration;
 
+use firestore::timestamp_utils::from_timestamp;
 use firestore::{
-    errors::FirestoreError, FirestoreConsistencySelector, FirestoreDb, FirestoreTransaction,
-    FirestoreWritePrecondition, ParentPathBuilder,
+    errors::FirestoreError, FirestoreConsistencySelector, FirestoreDb, FirestoreInstant,
+    FirestoreTransaction, FirestoreWritePrecondition, ParentPathBuilder,
 };
 use futures::TryStreamExt;
 use storex_core::uuid::Uuid;
@@ -30,8 +31,9 @@ const ENTRIES: &str = "entries";
 const MAX_WRITES_PER_COMMIT: usize = 500;
 /// Entries per push transaction: the counter update takes the last write.
 const ENTRIES_PER_COMMIT: usize = MAX_WRITES_PER_COMMIT - 1;
-/// Bytes of entries per push transaction, below Firestore's 10 MiB per request.
-const BYTES_PER_COMMIT: usize = 8 * 1024 * 1024;
+/// Bytes of entries per push transaction: Firestore takes 10 MiB per request, but its
+/// emulator (like any gRPC server left at the default) only 4 MiB.
+const BYTES_PER_COMMIT: usize = 3 * 1024 * 1024 + 512 * 1024;
 /// Bytes an entry costs in a commit besides its payload and topic (names, ids, cursor).
 const ENTRY_COMMIT_OVERHEAD: usize = 4 * 1024;
 /// Firestore's limit on the values of an `in` filter; more topics are filtered here instead.
@@ -40,6 +42,8 @@ const MAX_IN_VALUES: usize = 30;
 const DELETES_PER_COMMIT: u32 = 500;
 /// Attempts of one operation while Firestore answers "aborted" or "unavailable".
 const MAX_ATTEMPTS: u32 = 12;
+/// Attempts of one conditional commit that keeps losing races to other writers.
+const MAX_CONFLICT_ATTEMPTS: u32 = 60;
 
 /// Why one attempt of an operation failed.
 #[derive(Debug)]
@@ -48,6 +52,8 @@ enum Failure {
     Log(SharedLogError),
     /// Firestore failed; retried when it says a retry may succeed.
     Store(FirestoreError),
+    /// A conditional commit lost a race (another writer got there first): read again, retry.
+    Conflict(FirestoreError),
 }
 
 impl From<FirestoreError> for Failure {
@@ -64,6 +70,15 @@ impl From<SharedLogError> for Failure {
 
 fn retryable(e: &FirestoreError) -> bool {
     matches!(e, FirestoreError::DatabaseError(db) if db.retry_possible)
+}
+
+/// A precondition failed: the document changed, or an entry exists already.
+fn is_conflict(e: &FirestoreError) -> bool {
+    match e {
+        FirestoreError::DatabaseError(db) => db.public.code == "FailedPrecondition",
+        FirestoreError::DataConflictError(_) => true,
+        _ => false,
+    }
 }
 
 /// Exponential backoff with full jitter, so contending pushers spread out.
@@ -193,7 +208,10 @@ impl FirestoreSharedLog {
                 Err(Failure::Store(e)) if retryable(&e) && attempts < MAX_ATTEMPTS => {
                     tokio::time::sleep(backoff(attempts)).await;
                 }
-                Err(Failure::Store(e)) => return Err(self.unavailable(e)),
+                Err(Failure::Conflict(_)) if attempts < MAX_CONFLICT_ATTEMPTS => {
+                    tokio::time::sleep(backoff(attempts.min(5))).await;
+                }
+                Err(Failure::Store(e) | Failure::Conflict(e)) => return Err(self.unavailable(e)),
             }
         }
     }
@@ -230,6 +248,42 @@ impl FirestoreSharedLog {
             .await?)
     }
 
+    /// A user document and the time of its last write, for a conditional update.
+    async fn user_doc_versioned(
+        &self,
+        key: &str,
+    ) -> Result<Option<(UserDoc, FirestoreInstant)>, Failure> {
+        let Some(doc) = self
+            .db
+            .fluent()
+            .select()
+            .by_id_in(&self.users)
+            .one(key)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let version = doc
+            .update_time
+            .ok_or_else(|| Failure::Log(corrupt(format!("user document {key} has no version"))))?;
+        let user = FirestoreDb::deserialize_doc_to::<UserDoc>(&doc)?;
+        Ok(Some((user, from_timestamp(version)?)))
+    }
+
+    /// Commits the writes `add` queues as one atomic commit that reads nothing (so it holds
+    /// no lock before it commits). A failed precondition comes back as [`Failure::Conflict`].
+    async fn commit_writes<F>(&self, add: F) -> Result<(), Failure>
+    where
+        F: FnOnce(&mut FirestoreTransaction<'_>) -> Result<(), Failure>,
+    {
+        let mut tx = self.db.begin_transaction().await?;
+        let outcome = add(&mut tx);
+        finish(tx, outcome).await.map_err(|failure| match failure {
+            Failure::Store(e) if is_conflict(&e) => Failure::Conflict(e),
+            other => other,
+        })
+    }
+
     /// `(greatest cursor handed out, compacted through)` of a user.
     async fn counters(&self, key: &str) -> Result<(u64, u64), Failure> {
         let user = self
@@ -248,15 +302,16 @@ impl FirestoreSharedLog {
         key: &str,
         device: DeviceId,
     ) -> Result<(), Failure> {
-        let mut tx = self.db.begin_transaction().await?;
-        let outcome = async {
-            let reader = self.reading_in(&tx);
-            if self.user_doc(&reader, key).await?.is_none() {
+        let known = self.user_doc(&self.db, key).await?.is_some();
+        self.commit_writes(|tx| {
+            if !known {
                 let doc = UserDoc {
                     user: user.to_owned(),
                     next_cursor: 0,
                     compacted_through: 0,
                 };
+                // A concurrent first device of the same user makes this fail; the retry
+                // then finds the user.
                 self.db
                     .fluent()
                     .update()
@@ -264,7 +319,7 @@ impl FirestoreSharedLog {
                     .precondition(FirestoreWritePrecondition::Exists(false))
                     .document_id(key)
                     .object(&doc)
-                    .add_to_transaction(&mut tx)?;
+                    .add_to_transaction(tx)?;
             }
             let doc = DeviceDoc {
                 user: user.to_owned(),
@@ -277,44 +332,50 @@ impl FirestoreSharedLog {
                 .in_col(&self.devices)
                 .document_id(device.0.to_string())
                 .object(&doc)
-                .add_to_transaction(&mut tx)?;
+                .add_to_transaction(tx)?;
             Ok(())
-        }
-        .await;
-        finish(tx, outcome).await
+        })
+        .await
     }
 
-    /// Stores the entries of `chunk` not stored yet in one transaction with the counter
-    /// update; returns the greatest cursor assigned (0 when all were stored already).
+    /// Stores the entries of `chunk` not stored yet in one commit with the counter update;
+    /// returns the greatest cursor assigned (0 when all were stored already).
+    ///
+    /// Optimistic: the counter is read without a lock and written back only if its document
+    /// is still the version read (an `update_time` precondition), so two pushes can never
+    /// take the same cursors; the loser's commit fails whole and is retried.
     async fn push_chunk_once(&self, key: &str, chunk: &[SharedEntry]) -> Result<u64, Failure> {
         let parent = self.entries_parent(key)?;
-        let mut tx = self.db.begin_transaction().await?;
-        let outcome = async {
-            let reader = self.reading_in(&tx);
-            // Reading the counter locks it: pushes of one user commit one after the other.
-            let mut user = self
-                .user_doc(&reader, key)
-                .await?
-                .ok_or_else(|| Failure::Log(corrupt(format!("user document {key} is missing"))))?;
-            let ids: Vec<String> = chunk.iter().map(|e| e.id.to_string()).collect();
-            let stored: HashSet<String> = reader
-                .fluent()
-                .select()
-                .fields([field::CURSOR])
-                .by_id_in(ENTRIES)
-                .parent(&parent)
-                .batch_with_errors(ids.iter())
-                .await?
-                .try_filter_map(|(id, doc)| async move { Ok(doc.map(|_| id)) })
-                .try_collect()
-                .await?;
-            let mut cursor = as_cursor(user.next_cursor)?;
-            let first = cursor;
-            for (entry, id) in chunk.iter().zip(&ids) {
-                if stored.contains(id) {
-                    continue;
-                }
-                cursor += 1;
+        let (mut user, version) = self
+            .user_doc_versioned(key)
+            .await?
+            .ok_or_else(|| Failure::Log(corrupt(format!("user document {key} is missing"))))?;
+        let ids: Vec<String> = chunk.iter().map(|e| e.id.to_string()).collect();
+        let stored: HashSet<String> = self
+            .db
+            .fluent()
+            .select()
+            .fields([field::CURSOR])
+            .by_id_in(ENTRIES)
+            .parent(&parent)
+            .batch_with_errors(ids.iter())
+            .await?
+            .try_filter_map(|(id, doc)| async move { Ok(doc.map(|_| id)) })
+            .try_collect()
+            .await?;
+        let fresh: Vec<(&SharedEntry, &String)> = chunk
+            .iter()
+            .zip(&ids)
+            .filter(|(_, id)| !stored.contains(*id))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        let first = as_cursor(user.next_cursor)? + 1;
+        let last = first + (fresh.len() as u64 - 1);
+        user.next_cursor = as_stored(last);
+        self.commit_writes(|tx| {
+            for ((entry, id), cursor) in fresh.iter().zip(first..) {
                 let doc = EntryDoc {
                     id: None,
                     cursor: as_stored(cursor),
@@ -327,27 +388,24 @@ impl FirestoreSharedLog {
                     .update()
                     .in_col(ENTRIES)
                     .precondition(FirestoreWritePrecondition::Exists(false))
-                    .document_id(id)
+                    .document_id(id.as_str())
                     .parent(&parent)
                     .object(&doc)
-                    .add_to_transaction(&mut tx)?;
+                    .add_to_transaction(tx)?;
             }
-            if cursor == first {
-                return Ok(0);
-            }
-            user.next_cursor = as_stored(cursor);
             self.db
                 .fluent()
                 .update()
                 .fields([field::NEXT_CURSOR])
                 .in_col(&self.users)
+                .precondition(FirestoreWritePrecondition::UpdateTime(version))
                 .document_id(key)
                 .object(&user)
-                .add_to_transaction(&mut tx)?;
-            Ok(cursor)
-        }
-        .await;
-        finish(tx, outcome).await
+                .add_to_transaction(tx)?;
+            Ok(())
+        })
+        .await?;
+        Ok(last)
     }
 
     async fn pull_once(
@@ -452,42 +510,43 @@ impl FirestoreSharedLog {
     }
 
     /// Raises the user's compaction mark to the smallest acknowledged cursor (never past the
-    /// counter) and returns the mark, or `None` when the user has no log.
+    /// counter) and returns the mark, or `None` when the user has no log. Optimistic like a
+    /// push; acknowledgements only grow, so one landing meanwhile cannot make the mark too high.
     async fn mark_compaction_once(&self, key: &str) -> Result<Option<u64>, Failure> {
-        let mut tx = self.db.begin_transaction().await?;
-        let outcome = async {
-            let reader = self.reading_in(&tx);
-            let Some(mut user) = self.user_doc(&reader, key).await? else {
-                return Ok(None);
-            };
-            let devices: Vec<DeviceDoc> = reader
-                .fluent()
-                .select()
-                .from(self.devices.as_str())
-                .filter(|q| q.field(field::USER).eq(user.user.as_str()))
-                .obj::<DeviceDoc>()
-                .query()
-                .await?;
-            let mut through = as_cursor(user.next_cursor)?;
-            for device in &devices {
-                through = through.min(as_cursor(device.acked)?);
-            }
-            let compacted = as_cursor(user.compacted_through)?;
-            if through > compacted {
-                user.compacted_through = as_stored(through);
+        let Some((mut user, version)) = self.user_doc_versioned(key).await? else {
+            return Ok(None);
+        };
+        let devices: Vec<DeviceDoc> = self
+            .db
+            .fluent()
+            .select()
+            .from(self.devices.as_str())
+            .filter(|q| q.field(field::USER).eq(user.user.as_str()))
+            .obj::<DeviceDoc>()
+            .query()
+            .await?;
+        let mut through = as_cursor(user.next_cursor)?;
+        for device in &devices {
+            through = through.min(as_cursor(device.acked)?);
+        }
+        let compacted = as_cursor(user.compacted_through)?;
+        if through > compacted {
+            user.compacted_through = as_stored(through);
+            self.commit_writes(|tx| {
                 self.db
                     .fluent()
                     .update()
                     .fields([field::COMPACTED_THROUGH])
                     .in_col(&self.users)
+                    .precondition(FirestoreWritePrecondition::UpdateTime(version))
                     .document_id(key)
                     .object(&user)
-                    .add_to_transaction(&mut tx)?;
-            }
-            Ok(Some(through.max(compacted)))
+                    .add_to_transaction(tx)?;
+                Ok(())
+            })
+            .await?;
         }
-        .await;
-        finish(tx, outcome).await
+        Ok(Some(through.max(compacted)))
     }
 
     /// Deletes one page of the entries up to `through`; returns how many.
@@ -512,27 +571,24 @@ impl FirestoreSharedLog {
         if docs.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.db.begin_transaction().await?;
-        let mut outcome = Ok(docs.len() as u64);
-        for doc in &docs {
-            let Some(id) = doc.id.as_deref() else {
-                outcome = Err(Failure::Log(corrupt("an entry without an id".into())));
-                break;
-            };
-            let added = self
-                .db
-                .fluent()
-                .delete()
-                .from(ENTRIES)
-                .parent(&parent)
-                .document_id(id)
-                .add_to_transaction(&mut tx);
-            if let Err(e) = added {
-                outcome = Err(e.into());
-                break;
+        self.commit_writes(|tx| {
+            for doc in &docs {
+                let id = doc
+                    .id
+                    .as_deref()
+                    .ok_or_else(|| Failure::Log(corrupt("an entry without an id".into())))?;
+                self.db
+                    .fluent()
+                    .delete()
+                    .from(ENTRIES)
+                    .parent(&parent)
+                    .document_id(id)
+                    .add_to_transaction(tx)?;
             }
-        }
-        finish(tx, outcome).await
+            Ok(())
+        })
+        .await?;
+        Ok(docs.len() as u64)
     }
 }
 
