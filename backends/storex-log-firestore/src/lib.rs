@@ -16,19 +16,31 @@
 //! docs/firestore.md describes the fields and the indexes a production project needs.
 //!
 //! ## Why a reader never skips an entry
-//! Cursors come from the user's counter document, never from device clocks. A push runs one
-//! Firestore transaction per chunk of entries: it reads the counter (which locks it), reads
-//! which of the chunk's ids are stored already, writes the new entries with the next cursors
-//! and the raised counter, and commits. Concurrent pushes of one user therefore serialize on
-//! the counter (Firestore aborts and the log retries the loser), and a commit makes the
-//! counter and its entries visible at once. A pull first reads the committed counter `H`,
-//! then queries the entries with cursors in `(after, H]`: all of them committed together with
-//! a counter at or below `H`, so all are visible to the (strongly consistent) query, and an
-//! entry committing later gets a cursor above `H` and is found by the next pull. Compaction
-//! raises the user's `compacted_through` mark in a transaction *before* deleting entries, and
-//! a pull re-reads the mark after its query, so a page that a concurrent compaction thinned
-//! out is answered with [`storex_sync::SharedLogError::CursorCompacted`], never returned with
-//! a gap.
+//! Cursors come from the user's counter document, never from device clocks. A push allocates
+//! them optimistically, per chunk of entries: it reads the counter document (value `n` and
+//! the `update_time` of that version) and which of the chunk's ids are stored already, then
+//! sends one atomic commit holding the new entries with cursors `n+1..=n+k` (each with an
+//! `exists: false` precondition) and the counter set to `n+k`, under the precondition that
+//! the counter document still has the `update_time` read. If any other push (or compaction)
+//! wrote the counter meanwhile, the whole commit fails, nothing of it is stored, and the push
+//! reads again and retries. So every cursor is handed out exactly once, in commit order, and
+//! the counter and the entries it covers become visible in the same instant.
+//!
+//! A pull first reads the committed counter `H`, then queries the entries with cursors in
+//! `(after, H]`: each of them committed together with a counter at or below `H`, so all are
+//! visible to the strongly consistent query, while an entry committing later gets a cursor
+//! above `H` and is found by the next pull. Compaction raises the user's `compacted_through`
+//! mark (conditionally too) *before* deleting entries, and a pull re-reads the mark after its
+//! query, so a page that a concurrent compaction thinned out is answered with
+//! [`storex_sync::SharedLogError::CursorCompacted`], never returned with a gap.
+//!
+//! This is the counter-in-the-same-transaction scheme with optimistic instead of pessimistic
+//! concurrency control: a Firestore read-write transaction would lock the counter when it
+//! reads it, and two pushers holding the read lock then wait for each other until a lock
+//! timeout (the emulator needs seconds to break such a deadlock), while a conditional commit
+//! holds no lock before it commits and the loser retries at once. The `tests/limits.rs` test
+//! with four clients pushing and pulling at the same time checks that every reader sees
+//! every entry exactly once.
 //!
 //! ## Limits
 //! A commit holds at most 500 writes and a document at most 1 MiB, so a push is split into
