@@ -125,8 +125,10 @@ _storex_firestore_down() {
 services_up() {
   STOREX_SERVICES_DIR=$(mktemp -d /tmp/storex-services.XXXXXX)
   chmod 755 "$STOREX_SERVICES_DIR"
-  _storex_postgres_up || return 1
-  _storex_firestore_up || return 1
+  # A service that fails to start stops the ones already running: callers set their trap
+  # only after services_up returns.
+  _storex_postgres_up || { services_down; return 1; }
+  _storex_firestore_up || { services_down; return 1; }
 }
 
 services_down() {
