@@ -9,6 +9,7 @@ mod core_suite;
 mod fastsync_suite;
 mod report;
 mod seaorm_suite;
+mod server_suite;
 mod synclog_suite;
 
 use clap::{Parser, ValueEnum};
@@ -36,13 +37,18 @@ enum Suite {
     Continuous,
     /// A whole SQLite database to another over TCP on loopback, against plain `insert_many`.
     Fastsync,
+    /// Pushes and pulls per second through the HTTP sync server, 1 and 3 instances.
+    Server,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    // The server suite runs servers and clients together: it needs every core.
+    let mut builder = match args.suite {
+        Suite::Server => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = builder.enable_all().build()?;
     if cfg!(debug_assertions) {
         eprintln!("note: a debug build; run with --release for meaningful figures");
     }
@@ -54,6 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             runtime.block_on(continuous_suite::run(args.ops.unwrap_or(100_000)))?
         }
         Suite::Fastsync => runtime.block_on(fastsync_suite::run(args.ops))?,
+        Suite::Server => runtime.block_on(server_suite::run(args.ops.unwrap_or(50)))?,
     }
     Ok(())
 }
