@@ -214,14 +214,21 @@ impl ContinuousSync {
             let exhausted = entries.len() < self.options.push_batch;
             let mut chunk: Vec<SharedEntry> = Vec::new();
             let mut chunk_bytes = 0;
+            // The log's own limit (e.g. a document size) may be below the engine's.
+            let entry_limit = self
+                .shared
+                .max_entry_bytes()
+                .map_or(self.options.max_push_bytes, |log| {
+                    log.min(self.options.max_push_bytes)
+                });
             for entry in &entries {
                 let shared = self.options.codec.encode(entry);
                 let size = shared.payload.len();
-                if size > self.options.max_push_bytes {
+                if size > entry_limit {
                     let problem = Error::EntryTooLarge {
                         id: entry.id,
                         size,
-                        limit: self.options.max_push_bytes,
+                        limit: entry_limit,
                     };
                     report.problems.push(problem.to_string());
                     continue;

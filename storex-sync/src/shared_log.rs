@@ -130,6 +130,14 @@ pub trait SharedSyncLog: Send + Sync + fmt::Debug + 'static {
     /// Stable short name for errors and logs, e.g. `"memory"` or `"sql-sqlite"`.
     fn name(&self) -> &'static str;
 
+    /// The largest entry payload this log can store, if it has a limit of its own (e.g. a
+    /// document size limit). The sync engine refuses (and reports) larger entries before
+    /// pushing, so they never fail a whole push. `None` (the default): no limit beyond the
+    /// engine's own.
+    fn max_entry_bytes(&self) -> Option<usize> {
+        None
+    }
+
     /// Registers a new device of `user`.
     fn create_device<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<DeviceId>>;
 

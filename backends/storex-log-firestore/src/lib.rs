@@ -47,9 +47,9 @@
 //! transactions of at most 499 entries (plus the counter) and 3.5 MiB; each is atomic, and a
 //! retry of a half-done push stores only what is missing. An entry whose payload exceeds
 //! [`FirestoreSharedLog::MAX_PAYLOAD_BYTES`] (or whose topic exceeds 1,500 bytes) is refused
-//! with [`storex_sync::SharedLogError::Invalid`] naming it, before anything is written; give
-//! the sync engine that limit (`ContinuousOptions::with_max_push_bytes`) and it reports such
-//! an entry and pushes the others. Pulls filter by topic in the query (Firestore's `in`, up to
+//! with [`storex_sync::SharedLogError::Invalid`] naming it, before anything is written; the
+//! sync engine reads that limit from `SharedSyncLog::max_entry_bytes`, so it reports such an
+//! entry and pushes the others. Pulls filter by topic in the query (Firestore's `in`, up to
 //! 30 topics; beyond that the topics are filtered after reading).
 //!
 //! ```no_run

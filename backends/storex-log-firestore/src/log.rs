@@ -135,9 +135,8 @@ pub struct FirestoreSharedLog {
 impl FirestoreSharedLog {
     /// Largest payload of one entry, in bytes: Firestore's 1 MiB per document less 8 KiB kept
     /// for the routing fields and the document's name. A larger entry is refused with
-    /// [`SharedLogError::Invalid`]; give the engine this limit
-    /// (`ContinuousOptions::with_max_push_bytes`) so that it reports such an entry and
-    /// pushes the others.
+    /// [`SharedLogError::Invalid`]. The sync engine learns this limit from
+    /// [`SharedSyncLog::max_entry_bytes`]: it reports such an entry and pushes the others.
     pub const MAX_PAYLOAD_BYTES: usize = MAX_PAYLOAD_BYTES;
 
     /// Longest topic, in bytes (Firestore indexes at most 1,500 bytes of a string).
@@ -662,6 +661,10 @@ fn check_entry(entry: &SharedEntry) -> SharedResult<()> {
 impl SharedSyncLog for FirestoreSharedLog {
     fn name(&self) -> &'static str {
         "firestore"
+    }
+
+    fn max_entry_bytes(&self) -> Option<usize> {
+        Some(MAX_PAYLOAD_BYTES)
     }
 
     fn create_device<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<DeviceId>> {

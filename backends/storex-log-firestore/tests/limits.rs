@@ -11,7 +11,7 @@ use std::time::Instant;
 use futures::future::join_all;
 use storex_core::uuid::Uuid;
 use storex_log_firestore::FirestoreSharedLog;
-use storex_sync::{ContinuousOptions, DeviceId, SharedEntry, SharedLogError, SharedSyncLog};
+use storex_sync::{DeviceId, SharedEntry, SharedLogError, SharedSyncLog};
 use storex_test::devices::Devices;
 
 fn entry(device: DeviceId, topic: &str, payload: Vec<u8>) -> SharedEntry {
@@ -91,15 +91,14 @@ async fn an_oversized_entry_is_refused_by_name_and_stores_nothing() {
 }
 
 #[tokio::test]
-async fn the_engine_with_the_firestore_limit_reports_a_huge_entry_and_syncs_the_others() {
+async fn the_engine_knows_the_firestore_limit_reports_a_huge_entry_and_syncs_the_others() {
     let Some(project) = common::emulator_project() else {
         return;
     };
     let mut devices = Devices::new(Arc::new(common::fresh_log(&project).await)).await;
     let limit = FirestoreSharedLog::MAX_PAYLOAD_BYTES;
-    let a = devices
-        .add_with(ContinuousOptions::default().with_max_push_bytes(limit))
-        .await;
+    // Default options: the engine takes the limit from the log itself.
+    let a = devices.add().await;
     let b = devices.add().await;
     devices.note(a, "small-1", "fine").await;
     devices.note(a, "huge", &"x".repeat(limit + 10)).await;
