@@ -157,6 +157,29 @@ impl ContinuousSync {
             .unwrap_or(0))
     }
 
+    /// The topics this device pulls: its subscribed collections, or all (`None`).
+    fn topics(&self) -> Option<Vec<String>> {
+        self.options
+            .collections
+            .as_ref()
+            .map(|cs| cs.iter().map(|c| self.options.codec.topic(c)).collect())
+    }
+
+    /// Live updates: waits up to about `wait` until the shared log has entries this device has
+    /// not pulled yet; `Some(Ok(true))` when there are some. `None` when the shared log cannot
+    /// tell (see [`SharedSyncLog::live_wait`]).
+    pub async fn wait_for_remote_changes(&self, wait: Duration) -> Option<Result<bool>> {
+        let cursor = match self.cursor().await {
+            Ok(cursor) => cursor,
+            Err(e) => return Some(Err(e)),
+        };
+        let topics = self.topics();
+        let waiting =
+            self.shared
+                .live_wait(self.device.device(), cursor, wait, topics.as_deref())?;
+        Some(waiting.await.map_err(Error::from))
+    }
+
     async fn ensure_cursor_row(&self) -> Result<()> {
         let storage = self.device.storage();
         if storage
@@ -268,11 +291,7 @@ impl ContinuousSync {
 
     async fn pull(&self, report: &mut SyncReport) -> Result<()> {
         let me = self.device.device();
-        let topics: Option<Vec<String>> = self
-            .options
-            .collections
-            .as_ref()
-            .map(|cs| cs.iter().map(|c| self.options.codec.topic(c)).collect());
+        let topics = self.topics();
         let mut cursor = self.cursor().await?;
         loop {
             let page = self

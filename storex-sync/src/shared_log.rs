@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use storex_core::uuid::Uuid;
 use storex_core::{BoxError, BoxFuture};
@@ -135,6 +136,30 @@ pub trait SharedSyncLog: Send + Sync + fmt::Debug + 'static {
     /// pushing, so they never fail a whole push. `None` (the default): no limit beyond the
     /// engine's own.
     fn max_entry_bytes(&self) -> Option<usize> {
+        None
+    }
+
+    /// Credentials the log issued to `device` that the app must keep for later runs (e.g. a
+    /// sync server's device token), or `None` when this log has none.
+    fn device_credentials(&self, _device: DeviceId) -> Option<String> {
+        None
+    }
+
+    /// Gives back credentials of `device` kept from an earlier run (see
+    /// [`SharedSyncLog::device_credentials`]). Logs without credentials ignore it.
+    fn restore_device_credentials(&self, _device: DeviceId, _credentials: &str) {}
+
+    /// Live updates: a future that resolves once the other devices of `device`'s user have
+    /// entries above `after` (in `topics`, when set) — `Ok(true)` — or after about `wait` with
+    /// nothing new — `Ok(false)`. `None` when this log cannot tell (the default); the engine
+    /// then relies on its timer.
+    fn live_wait<'a>(
+        &'a self,
+        _device: DeviceId,
+        _after: u64,
+        _wait: Duration,
+        _topics: Option<&'a [String]>,
+    ) -> Option<BoxFuture<'a, SharedResult<bool>>> {
         None
     }
 

@@ -497,6 +497,24 @@ impl SharedSyncLog for HttpSharedLog {
         LOG_NAME
     }
 
+    fn device_credentials(&self, device: DeviceId) -> Option<String> {
+        self.device_token(device)
+    }
+
+    fn restore_device_credentials(&self, device: DeviceId, credentials: &str) {
+        self.add_device(device, credentials);
+    }
+
+    fn live_wait<'a>(
+        &'a self,
+        device: DeviceId,
+        after: u64,
+        wait: Duration,
+        topics: Option<&'a [String]>,
+    ) -> Option<BoxFuture<'a, SharedResult<bool>>> {
+        Some(Box::pin(self.wait_for_entries(device, after, wait, topics)))
+    }
+
     /// Registers a device of the user whose **token** is `user`.
     fn create_device<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<DeviceId>> {
         Box::pin(async move {

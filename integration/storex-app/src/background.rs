@@ -26,6 +26,9 @@ pub struct BackgroundOptions {
     pub min_backoff: Duration,
     /// Longest retry delay.
     pub max_backoff: Duration,
+    /// Sync at once when the shared log says other devices pushed (for logs that can tell,
+    /// like the sync server's long poll; see `SharedSyncLog::live_wait`). Default on.
+    pub live_updates: bool,
 }
 
 impl Default for BackgroundOptions {
@@ -35,6 +38,7 @@ impl Default for BackgroundOptions {
             debounce: Duration::from_secs(2),
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5 * 60),
+            live_updates: true,
         }
     }
 }
@@ -49,6 +53,12 @@ impl BackgroundOptions {
     /// Sets the debounce after local writes.
     pub fn with_debounce(mut self, debounce: Duration) -> Self {
         self.debounce = debounce;
+        self
+    }
+
+    /// Turns live updates on or off.
+    pub fn with_live_updates(mut self, on: bool) -> Self {
+        self.live_updates = on;
         self
     }
 
@@ -118,10 +128,10 @@ pub enum SyncEvent {
 }
 
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     status: Mutex<SyncStatus>,
-    now: Notify,
-    events: broadcast::Sender<SyncEvent>,
+    pub(crate) now: Notify,
+    pub(crate) events: broadcast::Sender<SyncEvent>,
 }
 
 impl Shared {
@@ -142,6 +152,7 @@ pub struct BackgroundSync {
     paused: watch::Sender<bool>,
     stop: watch::Sender<bool>,
     task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    live: Option<JoinHandle<()>>,
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -171,6 +182,13 @@ impl BackgroundSync {
         });
         let (paused, paused_rx) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
+        let live = options.live_updates.then(|| {
+            tokio::spawn(crate::live::watch(
+                sync.clone(),
+                shared.clone(),
+                stop_rx.clone(),
+            ))
+        });
         let task = tokio::spawn(run(
             sync,
             shared.clone(),
@@ -184,6 +202,7 @@ impl BackgroundSync {
             paused,
             stop,
             task: tokio::sync::Mutex::new(Some(task)),
+            live,
         }
     }
 
@@ -205,6 +224,10 @@ impl BackgroundSync {
     /// Stops the task and waits until it has ended (a sync under way finishes first).
     pub async fn stop(&self) {
         self.stop.send_replace(true);
+        if let Some(live) = &self.live {
+            // The watcher holds nothing that needs finishing: a pending long poll just ends.
+            live.abort();
+        }
         if let Some(task) = self.task.lock().await.take() {
             // A panic in the task has already been reported by the runtime; there is
             // nothing left to stop either way.
@@ -227,8 +250,8 @@ impl BackgroundSync {
     }
 }
 
-/// Waits until `flag` is true; returns false if the sender is gone.
-async fn until_true(flag: &mut watch::Receiver<bool>) {
+/// Waits until `flag` is true; never returns if the sender is gone.
+pub(crate) async fn until_true(flag: &mut watch::Receiver<bool>) {
     if flag.wait_for(|v| *v).await.is_err() {
         std::future::pending::<()>().await;
     }

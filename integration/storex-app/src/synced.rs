@@ -21,6 +21,9 @@ use crate::error::{Error, Result};
 pub const SETTINGS_COLLECTION: &str = "storex_app_settings";
 const DEVICE_KEY: &str = "device_id";
 const EXISTING_ROWS_KEY: &str = "existing_rows_logged";
+/// Credentials the shared log issued to this device (a sync server's device token). Kept in the
+/// settings collection, which is never synced.
+const CREDENTIALS_KEY: &str = "device_credentials";
 
 fn settings_collection() -> CollectionDef {
     CollectionDef::new(SETTINGS_COLLECTION)
@@ -52,7 +55,8 @@ impl SyncedStorageBuilder {
         self
     }
 
-    /// Exchanges changes through `log`, as a device of `user`.
+    /// Exchanges changes through `log`, as a device of `user` (for the sync server's
+    /// `HttpSharedLog`, the user's token; the device token it issues is kept in the settings).
     pub fn shared_log(mut self, log: Arc<dyn SharedSyncLog>, user: impl Into<String>) -> Self {
         self.shared_log = Some((log, user.into()));
         self
@@ -97,12 +101,22 @@ impl SyncedStorageBuilder {
         .build()
         .await?;
         let device_id = match read_setting(&settings, DEVICE_KEY).await? {
-            Some(text) => DeviceId(
-                text.parse()
-                    .map_err(|_| Error::CorruptSetting { key: DEVICE_KEY })?,
-            ),
+            Some(text) => {
+                let id = DeviceId(
+                    text.parse()
+                        .map_err(|_| Error::CorruptSetting { key: DEVICE_KEY })?,
+                );
+                if let Some(credentials) = read_setting(&settings, CREDENTIALS_KEY).await? {
+                    log.restore_device_credentials(id, &credentials);
+                }
+                id
+            }
             None => {
                 let id = log.create_device(&user).await?;
+                // Credentials first: a crash before the id is stored only costs a new device.
+                if let Some(credentials) = log.device_credentials(id) {
+                    write_setting(&settings, CREDENTIALS_KEY, &credentials).await?;
+                }
                 write_setting(&settings, DEVICE_KEY, &id.0.to_string()).await?;
                 id
             }
@@ -136,13 +150,24 @@ async fn read_setting(settings: &Storage, key: &str) -> Result<Option<String>> {
     Ok(row.and_then(|r| r.get("value").and_then(Value::as_text).map(str::to_owned)))
 }
 
+/// Stores a setting, replacing an older value.
 async fn write_setting(settings: &Storage, key: &str, value: &str) -> Result<()> {
-    settings
-        .create(
-            SETTINGS_COLLECTION,
-            object! { "key" => key, "value" => value },
-        )
-        .await?;
+    if settings
+        .find_by_pk(SETTINGS_COLLECTION, key)
+        .await?
+        .is_some()
+    {
+        settings
+            .update_by_pk(SETTINGS_COLLECTION, key, object! { "value" => value })
+            .await?;
+    } else {
+        settings
+            .create(
+                SETTINGS_COLLECTION,
+                object! { "key" => key, "value" => value },
+            )
+            .await?;
+    }
     Ok(())
 }
 

@@ -1,0 +1,63 @@
+//! The live-update watcher of a [`crate::BackgroundSync`]: waits on the shared log's live
+//! signal (`ContinuousSync::wait_for_remote_changes`, a long poll on the sync server) and
+//! triggers a sync as soon as other devices pushed, instead of waiting for the timer.
+//!
+//! It ends by itself when the shared log cannot tell (memory, SQL and Firestore logs), and on
+//! stop. While the log is unreachable it backs off (1 s doubling to 30 s); the sync task's own
+//! backoff reports the failure, so the watcher stays quiet about it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use storex_sync::ContinuousSync;
+use tokio::sync::watch;
+
+use crate::background::{until_true, Shared};
+use crate::SyncEvent;
+
+/// How long one long poll waits (the server caps it at its own maximum).
+const LIVE_WAIT: Duration = Duration::from_secs(25);
+/// Longest wait for the sync a signal triggered to finish before watching again.
+const SYNC_WAIT: Duration = Duration::from_secs(60);
+
+pub(crate) async fn watch(
+    sync: Arc<ContinuousSync>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let waited = tokio::select! {
+            _ = until_true(&mut stop) => return,
+            waited = sync.wait_for_remote_changes(LIVE_WAIT) => waited,
+        };
+        match waited {
+            None => return, // this shared log has no live signal
+            Some(Ok(false)) => {}
+            Some(Ok(true)) => {
+                backoff = Duration::from_secs(1);
+                // Subscribe first, so the end of the sync we trigger is not missed.
+                let mut events = shared.events.subscribe();
+                shared.now.notify_one();
+                let finished = async {
+                    while let Ok(event) = events.recv().await {
+                        if matches!(event, SyncEvent::Finished(_) | SyncEvent::Failed { .. }) {
+                            break;
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = until_true(&mut stop) => return,
+                    _ = tokio::time::timeout(SYNC_WAIT, finished) => {}
+                }
+            }
+            Some(Err(_)) => {
+                tokio::select! {
+                    _ = until_true(&mut stop) => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! An app syncing through the sync server: the device token is kept in the app's settings and
+//! survives a restart, and a write on one device reaches the other through the server's live
+//! updates although both background timers are an hour long.
+
+#![allow(unreachable_pub)] // SeaORM entities must be `pub` inside their modules.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Schema};
+use storex_app::{BackgroundOptions, SyncedStorage};
+use storex_core::{object, Filter};
+use storex_log_http::{HttpSharedLog, RunningServer, ServerConfig, SyncServer};
+use storex_sync::SharedSyncLog;
+
+const ADMIN: &str = "app-test-admin-token-0123";
+
+mod note {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "note")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub title: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+async fn app_db(path: &std::path::Path) -> DatabaseConnection {
+    let db = Database::connect(format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .expect("connect");
+    let mut create = Schema::new(db.get_database_backend()).create_table_from_entity(note::Entity);
+    db.execute(create.if_not_exists())
+        .await
+        .expect("create table");
+    db
+}
+
+async fn server(dir: &std::path::Path) -> (RunningServer, String) {
+    let config = ServerConfig::new(format!(
+        "sqlite://{}?mode=rwc",
+        dir.join("server.db").display()
+    ))
+    .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+    .admin_token(ADMIN);
+    let server = SyncServer::start(config).await.expect("server");
+    let user = HttpSharedLog::new(&server.url())
+        .expect("client")
+        .create_user(ADMIN, "ann")
+        .await
+        .expect("user");
+    (server, user.token)
+}
+
+async fn open(db: DatabaseConnection, url: &str, user_token: &str) -> SyncedStorage {
+    // A fresh client each time, as after an app restart: it knows no device token.
+    let log: Arc<dyn SharedSyncLog> = Arc::new(HttpSharedLog::new(url).expect("client"));
+    SyncedStorage::builder(db)
+        .entity(note::Entity)
+        .shared_log(log, user_token)
+        .open()
+        .await
+        .expect("open synced storage")
+}
+
+async fn notes(app: &SyncedStorage) -> u64 {
+    app.storage()
+        .count("note", Filter::all())
+        .await
+        .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_token_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (server, token) = server(dir.path()).await;
+    let path = dir.path().join("a.db");
+    let first = open(app_db(&path).await, &server.url(), &token).await;
+    let id = first.device_id();
+    first
+        .storage()
+        .create("note", object! { "title" => "before restart" })
+        .await
+        .expect("write");
+    first.sync_once().await.expect("sync");
+    drop(first);
+
+    let again = open(app_db(&path).await, &server.url(), &token).await;
+    assert_eq!(again.device_id(), id, "a restart registered a new device");
+    again
+        .storage()
+        .create("note", object! { "title" => "after restart" })
+        .await
+        .expect("write");
+    let report = again.sync_once().await.expect("sync with the kept token");
+    assert_eq!(report.pushed, 1);
+    server.shutdown().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_reaches_the_other_device_through_live_updates() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (server, token) = server(dir.path()).await;
+    let a = open(
+        app_db(&dir.path().join("a.db")).await,
+        &server.url(),
+        &token,
+    )
+    .await;
+    let b = open(
+        app_db(&dir.path().join("b.db")).await,
+        &server.url(),
+        &token,
+    )
+    .await;
+    let hourly = BackgroundOptions::default()
+        .with_interval(Duration::from_secs(3600))
+        .with_debounce(Duration::from_millis(20));
+    let a_bg = a.start_background(hourly.clone());
+    let b_bg = b.start_background(hourly);
+    // Both sync once at start; let that pass.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let start = Instant::now();
+    a.storage()
+        .create("note", object! { "title" => "live" })
+        .await
+        .expect("write");
+    while notes(&b).await == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the write did not reach B without its timer"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "live update: a write on A was on B after {:.0} ms (timers: 1 hour)",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    a_bg.stop().await;
+    b_bg.stop().await;
+    server.shutdown().await.expect("stop");
+}
