@@ -158,7 +158,10 @@ mod tests {
         let err = reassembler
             .push(&[START, 0, 0, 4, 0, 1])
             .expect_err("too large");
-        assert!(matches!(err, ChannelError::TooLarge { limit: 1000 }), "{err:?}");
+        assert!(
+            matches!(err, ChannelError::TooLarge { limit: 1000 }),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -180,7 +183,10 @@ mod tests {
                 assert!(reassembler.push(message).expect("fits").is_none());
             }
             let err = reassembler.push(last).expect_err("malformed");
-            assert!(matches!(err, ChannelError::Malformed { .. }), "{case:?}: {err:?}");
+            assert!(
+                matches!(err, ChannelError::Malformed { .. }),
+                "{case:?}: {err:?}"
+            );
         }
     }
 }

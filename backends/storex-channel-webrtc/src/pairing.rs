@@ -14,8 +14,8 @@ use std::time::Duration;
 use base64::Engine;
 use rtc::ice::mdns::MulticastDnsMode;
 use tokio::sync::{mpsc, watch};
-use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelMessage};
 use webrtc::data_channel::RTCDataChannelState;
+use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelMessage};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
     RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
@@ -122,13 +122,13 @@ impl Peer {
             .map_err(|_| Error::ConnectionFailed {
                 state: "closed".into(),
             })?;
-        let description = self
-            .pc
-            .local_description()
-            .await
-            .ok_or_else(|| Error::ConnectionFailed {
-                state: "lost its local description".into(),
-            })?;
+        let description =
+            self.pc
+                .local_description()
+                .await
+                .ok_or_else(|| Error::ConnectionFailed {
+                    state: "lost its local description".into(),
+                })?;
         Ok(base64::engine::general_purpose::STANDARD.encode(description.sdp))
     }
 
