@@ -4,7 +4,9 @@
 //! Declared column types map to field types the way storex and SeaORM declare them: `uuid…`
 //! → uuid, `timestamp…`/`datetime…` → datetime, `json…` → json, `…int…` → int, `bool…` →
 //! bool, `real`/`double`/`float` → float, `blob`/`…binary…` → blob, anything else → text.
-//! Sync's own tables (`storex_sync_…`) are left out: a sync device adds them itself.
+//! storex's own tables (`storex_…`: the client sync log, app settings such as the device id
+//! and its token, a shared log) are left out: they belong to the device, and a sync device adds
+//! them itself.
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use storex_core::{CollectionDef, FieldType, Registry};
@@ -39,7 +41,7 @@ fn unsupported(table: &str, problem: &str) -> Error {
     })
 }
 
-/// The registry of every table of a SQLite database (but sync's own).
+/// The registry of every table of a SQLite database (but storex's own, `storex_…`).
 pub async fn registry_of_sqlite(db: &DatabaseConnection) -> Result<Registry> {
     if db.get_database_backend() != DbBackend::Sqlite {
         return Err(Error::UnsupportedDatabase {
@@ -51,7 +53,7 @@ pub async fn registry_of_sqlite(db: &DatabaseConnection) -> Result<Registry> {
         .query_all_raw(Statement::from_string(
             DbBackend::Sqlite,
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
-             AND name NOT LIKE 'storex_sync_%' ORDER BY name",
+             AND name NOT GLOB 'storex_*' ORDER BY name",
         ))
         .await
         .map_err(backend_err)?;

@@ -4,7 +4,8 @@
 //! default), writes on both (one edit conflicts), syncs them, and shows what each holds.
 //! `storex migrate send|receive` moves a whole SQLite database to a new device over TCP;
 //! `storex log` and `storex status` show what a device's client sync log holds.
-//! `storex serve` runs the sync server; `storex user` creates a user on it.
+//! `storex serve` runs the sync server; `storex user` creates a user on it; `storex sync` syncs
+//! a device's database once with a server or a shared-log file.
 
 /// Prints a line to stdout; a closed stdout (`storex demo | head`) is not worth a panic.
 macro_rules! say {
@@ -17,6 +18,7 @@ mod demo;
 mod inspect;
 mod migrate;
 mod serve;
+mod sync;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +60,8 @@ enum Command {
         #[arg(long)]
         db: PathBuf,
     },
+    /// Syncs a device's SQLite database once with a sync server or a shared-log file.
+    Sync(sync::SyncArgs),
     /// Runs the sync server: the shared log over HTTP, in PostgreSQL or SQLite.
     Serve(serve::ServeArgs),
     /// Creates a user on a sync server and prints its token.
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
         Command::Log { db, limit } => runtime.block_on(inspect::log(&db, limit)),
         Command::Status { db } => runtime.block_on(inspect::status(&db)),
         Command::Serve(args) => runtime.block_on(serve::serve(args)),
+        Command::Sync(args) => runtime.block_on(sync::sync(args)),
         Command::User {
             server,
             admin_token,

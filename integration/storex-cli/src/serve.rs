@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use storex_log_http::{HttpSharedLog, RateLimit, ServerConfig, SyncServer};
+use storex_log_http::{ClientOptions, HttpSharedLog, RateLimit, ServerConfig, SyncServer};
 
 /// The flags of `storex serve` (each also read from the environment).
 #[derive(Debug, clap::Args)]
@@ -85,7 +85,12 @@ async fn shutdown_signal() {
 
 /// Creates user `name` on the server at `server` and prints its token.
 pub(crate) async fn create_user(server: &str, admin_token: &str, name: &str) -> Result<()> {
-    let client = HttpSharedLog::new(server)?;
+    // A person waits for the answer: two quick retries, not the background default.
+    let options = ClientOptions {
+        retries: 2,
+        ..ClientOptions::default()
+    };
+    let client = HttpSharedLog::with_options(server, options)?;
     let user = client
         .create_user(admin_token, name)
         .await

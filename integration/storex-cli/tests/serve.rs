@@ -137,3 +137,116 @@ fn user_against_no_server_says_it_cannot_reach_it() {
     );
     assert!(stderr.contains("unavailable"), "{stderr}");
 }
+
+/// A SQLite file with a `note` table, as an app would have; `rows` notes in it.
+async fn app_db(path: &std::path::Path, rows: &[(&str, &str)]) {
+    use sea_orm::{ConnectionTrait, Database};
+    let db = Database::connect(format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .expect("connect");
+    db.execute_unprepared("CREATE TABLE note (id TEXT NOT NULL PRIMARY KEY, title TEXT NOT NULL)")
+        .await
+        .expect("create");
+    for (id, title) in rows {
+        db.execute_unprepared(&format!("INSERT INTO note VALUES ('{id}', '{title}')"))
+            .await
+            .expect("insert");
+    }
+    db.close().await.expect("close");
+}
+
+async fn titles(path: &std::path::Path) -> Vec<String> {
+    use sea_orm::{ConnectionTrait, Database, Statement};
+    let db = Database::connect(format!("sqlite://{}?mode=ro", path.display()))
+        .await
+        .expect("connect");
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT title FROM note ORDER BY title",
+        ))
+        .await
+        .expect("query");
+    rows.iter()
+        .map(|r| r.try_get::<String>("", "title").expect("title"))
+        .collect()
+}
+
+fn run_sync(db: &std::path::Path, url: &str, token: &str) -> String {
+    let output = storex()
+        .args(["sync", "--server", url, "--db"])
+        .arg(db)
+        .env("STOREX_USER", token)
+        .output()
+        .expect("run storex sync");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_moves_an_apps_rows_between_two_databases_through_the_server() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (mut child, url) = serve(&dir.path().join("server.db"));
+    let output = storex()
+        .args([
+            "user",
+            "--server",
+            &url,
+            "--name",
+            "ann",
+            "--admin-token",
+            ADMIN,
+        ])
+        .output()
+        .expect("run storex user");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let token = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .expect("a token")
+        .to_owned();
+    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    app_db(&a, &[("n1", "from a"), ("n2", "also from a")]).await;
+    app_db(&b, &[("n3", "from b")]).await;
+
+    let first = run_sync(&a, &url, &token);
+    assert!(first.contains("2 existing rows logged"), "{first}");
+    assert!(first.contains("pushed 2"), "{first}");
+    let on_b = run_sync(&b, &url, &token);
+    assert!(on_b.contains("pushed 1, pulled 2, applied 2"), "{on_b}");
+    let again = run_sync(&a, &url, &token);
+    assert!(again.contains("pushed 0, pulled 1, applied 1"), "{again}");
+    let device = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("device "))
+            .and_then(|l| l.split(':').next())
+            .map(str::to_owned)
+    };
+    assert_eq!(device(&first), device(&again), "the same device both times");
+    assert_eq!(titles(&a).await, titles(&b).await);
+    assert_eq!(titles(&a).await.len(), 3);
+
+    // Clear messages for a missing file and a missing user.
+    let output = storex()
+        .args(["sync", "--server", &url, "--user", &token, "--db"])
+        .arg(dir.path().join("missing.db"))
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no database at"));
+    let output = storex()
+        .args(["sync", "--server", &url, "--db"])
+        .arg(&a)
+        .env_remove("STOREX_USER")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--user"));
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -1,0 +1,91 @@
+//! `storex sync`: one sync of a device's SQLite database with a shared log: a sync server
+//! (`--server URL --user TOKEN`) or a shared log in a SQLite file (`--shared-log FILE --user
+//! NAME`). The database's tables are read from the file; the device id (and the server's
+//! device token) are kept in the database's settings, so the next sync is the same device.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use storex_app::SyncedStorage;
+use storex_log_http::HttpSharedLog;
+use storex_log_sql::SqlSharedLog;
+use storex_seaorm::{connect, registry_of_sqlite};
+use storex_sync::SharedSyncLog;
+
+/// The flags of `storex sync`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SyncArgs {
+    /// The device's SQLite database.
+    #[arg(long)]
+    db: PathBuf,
+    /// A sync server's URL (`storex serve`).
+    #[arg(
+        long,
+        env = "STOREX_SERVER",
+        conflicts_with = "shared_log",
+        required_unless_present = "shared_log"
+    )]
+    server: Option<String>,
+    /// A shared log in a SQLite file, for devices on one machine.
+    #[arg(long)]
+    shared_log: Option<PathBuf>,
+    /// The user: its token for a sync server, its name for a shared-log file.
+    #[arg(long, env = "STOREX_USER", hide_env_values = true)]
+    user: String,
+}
+
+fn sqlite_url(path: &Path, create: bool) -> String {
+    let mode = if create { "rwc" } else { "rw" };
+    format!("sqlite://{}?mode={mode}", path.display())
+}
+
+/// Syncs the database once and prints what happened.
+pub(crate) async fn sync(args: SyncArgs) -> Result<()> {
+    if !args.db.is_file() {
+        bail!("no database at {}", args.db.display());
+    }
+    let log: Arc<dyn SharedSyncLog> = match (&args.server, &args.shared_log) {
+        (Some(server), _) => Arc::new(HttpSharedLog::new(server)?),
+        (None, Some(file)) => Arc::new(
+            SqlSharedLog::connect(&sqlite_url(file, true))
+                .await
+                .with_context(|| format!("opening the shared log {}", file.display()))?,
+        ),
+        (None, None) => bail!("give --server URL or --shared-log FILE"),
+    };
+    let db = connect(&sqlite_url(&args.db, false))
+        .await
+        .with_context(|| format!("opening {}", args.db.display()))?;
+    let registry = registry_of_sqlite(&db)
+        .await
+        .with_context(|| format!("reading the tables of {}", args.db.display()))?;
+    let mut builder = SyncedStorage::builder(db).shared_log(log, args.user);
+    for collection in registry.collections() {
+        builder = builder.collection(collection.clone());
+    }
+    let app = builder
+        .open()
+        .await
+        .context("preparing the database for sync")?;
+    if app.existing_rows_logged() > 0 {
+        say!(
+            "first sync of this database: {} existing rows logged for the other devices",
+            app.existing_rows_logged()
+        );
+    }
+    let report = app.sync_once().await.context("syncing")?;
+    say!(
+        "device {}: pushed {}, pulled {}, applied {}, conflicts {}, in {:.0} ms",
+        app.device_id(),
+        report.pushed,
+        report.pulled,
+        report.applied,
+        report.conflicts,
+        report.duration.as_secs_f64() * 1e3
+    );
+    for problem in &report.problems {
+        say!("problem: {problem}");
+    }
+    Ok(())
+}
