@@ -3,6 +3,10 @@
 //! into a fresh SQLite file with plain SeaORM `insert_many` in the same run: our stack's
 //! limit. Rates count the app's rows; the sender's client sync log travels with them (one
 //! entry per row), which is part of the measured time.
+//!
+//! Then the same over a WebRTC data channel on loopback (`fastsync.webrtc_*`): the channel's
+//! own throughput (MB/s of package frames, 1 MiB packages one way, no database), and the
+//! 100k-row (or `--ops`) SQLite-to-SQLite transfer in rows/s. Pairing is not timed.
 
 #![allow(unreachable_pub)] // SeaORM entities must be `pub` inside their modules.
 
@@ -11,10 +15,13 @@ use std::time::Instant;
 
 use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, Schema, TransactionTrait};
 use storex_channel_tcp::TcpChannel;
+use storex_channel_webrtc::WebRtcChannel;
 use storex_core::uuid::Uuid;
 use storex_core::{object, BatchStep, Operation, Registry, StorageBackend};
 use storex_seaorm::{collection_from_entity, SeaOrmBackend};
-use storex_sync::fast_sync::{receive_snapshot, send_snapshot, FastSyncOptions};
+use storex_sync::fast_sync::{
+    receive_snapshot, send_snapshot, FastSyncChannel, FastSyncOptions, Package,
+};
 use storex_sync::{Clock, DeviceId, SyncDevice, SyncOptions};
 use tokio::net::TcpListener;
 
@@ -78,12 +85,8 @@ async fn insert_many_rate(dir: &std::path::Path, rows: u64) -> Result<f64, BoxEr
     Ok(rows as f64 / start.elapsed().as_secs_f64())
 }
 
-async fn one_size(rows: u64) -> Result<(), BoxError> {
-    let dir = tempfile::tempdir()?;
-    let (old, new) = (
-        device(dir.path(), "old.db").await?,
-        device(dir.path(), "new.db").await?,
-    );
+/// `rows` rows written to `device` through storex, 1,000 a batch.
+async fn fill(old: &SyncDevice, rows: u64) -> Result<(), BoxError> {
     let mut written = 0;
     while written < rows {
         let n = (rows - written).min(1_000);
@@ -98,6 +101,24 @@ async fn one_size(rows: u64) -> Result<(), BoxError> {
         old.storage().batch(steps).await?;
         written += n;
     }
+    Ok(())
+}
+
+fn size_label(rows: u64) -> String {
+    if rows >= 1_000_000 {
+        format!("{}m", rows / 1_000_000)
+    } else {
+        format!("{}k", rows / 1_000)
+    }
+}
+
+async fn one_size(rows: u64) -> Result<(), BoxError> {
+    let dir = tempfile::tempdir()?;
+    let (old, new) = (
+        device(dir.path(), "old.db").await?,
+        device(dir.path(), "new.db").await?,
+    );
+    fill(&old, rows).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let options = FastSyncOptions::default();
@@ -116,11 +137,7 @@ async fn one_size(rows: u64) -> Result<(), BoxError> {
     if old.digest("row").await? != new.digest("row").await? || received.objects != sent.objects {
         return Err("the receiving database differs from the sender's".into());
     }
-    let label = if rows >= 1_000_000 {
-        format!("{}m", rows / 1_000_000)
-    } else {
-        format!("{}k", rows / 1_000)
-    };
+    let label = size_label(rows);
     let transfer = rate(&format!("fastsync.tcp_{label}.rows"), rows, elapsed);
     figure(
         &format!("fastsync.tcp_{label}.payload"),
@@ -141,13 +158,102 @@ async fn one_size(rows: u64) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Runs the suite: `ops` rows, or 100k and 1M.
+/// Two WebRTC channels on loopback, paired through their offer and answer strings.
+async fn webrtc_pair() -> Result<(WebRtcChannel, WebRtcChannel), BoxError> {
+    let (pending, offer) = WebRtcChannel::offer().await?;
+    let (waiting, answer) = WebRtcChannel::accept(&offer).await?;
+    let (a, b) = tokio::join!(pending.connect(&answer), waiting.open());
+    Ok((a?, b?))
+}
+
+/// The WebRTC channel alone: 1 MiB packages one way, MB/s of frames received.
+async fn webrtc_channel() -> Result<(), BoxError> {
+    const PACKAGES: u64 = 256;
+    let (mut a, mut b) = webrtc_pair().await?;
+    let package = Package::Batch {
+        seq: 1,
+        collection: "row".into(),
+        objects: vec![object! { "blob" => vec![7u8; 1024 * 1024] }],
+    };
+    let frame_bytes = package.encode().len() as u64;
+    let start = Instant::now();
+    let sending = async {
+        for _ in 0..PACKAGES {
+            a.send(package.clone()).await?;
+        }
+        Ok::<_, BoxError>(())
+    };
+    let receiving = async {
+        for _ in 0..PACKAGES {
+            if b.recv().await? != Some(package.clone()) {
+                return Err::<(), BoxError>("a package arrived changed".into());
+            }
+        }
+        Ok(())
+    };
+    let (sent, received) = tokio::join!(sending, receiving);
+    let elapsed = start.elapsed();
+    sent?;
+    received?;
+    figure(
+        "fastsync.webrtc_channel.payload",
+        (PACKAGES * frame_bytes) as f64 / 1_048_576.0 / elapsed.as_secs_f64(),
+        "MB/s",
+    );
+    a.close().await;
+    b.close().await;
+    Ok(())
+}
+
+/// `rows` rows SQLite-to-SQLite over WebRTC on loopback.
+async fn webrtc_rows(rows: u64) -> Result<(), BoxError> {
+    let dir = tempfile::tempdir()?;
+    let (old, new) = (
+        device(dir.path(), "old.db").await?,
+        device(dir.path(), "new.db").await?,
+    );
+    fill(&old, rows).await?;
+    let (mut a, mut b) = webrtc_pair().await?;
+    let options = FastSyncOptions::default();
+    let start = Instant::now();
+    let (received, sent) = tokio::join!(
+        receive_snapshot(&new, &mut b, &options),
+        send_snapshot(&old, &mut a, &options)
+    );
+    let elapsed = start.elapsed();
+    let (received, sent) = (received?, sent?);
+    if old.digest("row").await? != new.digest("row").await? || received.objects != sent.objects {
+        return Err("the receiving database differs from the sender's".into());
+    }
+    let label = size_label(rows);
+    figure(
+        &format!("fastsync.webrtc_{label}.rows"),
+        rows as f64 / elapsed.as_secs_f64(),
+        "rows/s",
+    );
+    figure(
+        &format!("fastsync.webrtc_{label}.payload"),
+        sent.bytes as f64 / 1_048_576.0 / elapsed.as_secs_f64(),
+        "MB/s",
+    );
+    a.close().await;
+    b.close().await;
+    Ok(())
+}
+
+/// Runs the suite: `ops` rows, or 100k and 1M over TCP and 100k over WebRTC.
 pub(crate) async fn run(ops: Option<u64>) -> Result<(), BoxError> {
     match ops {
-        Some(rows) => one_size(rows).await,
+        Some(rows) => {
+            one_size(rows).await?;
+            webrtc_channel().await?;
+            webrtc_rows(rows).await
+        }
         None => {
             one_size(100_000).await?;
-            one_size(1_000_000).await
+            one_size(1_000_000).await?;
+            webrtc_channel().await?;
+            webrtc_rows(100_000).await
         }
     }
 }
