@@ -12,12 +12,17 @@ fn the_notes_example_converges() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(stdout.matches("both devices agree").count(), 3, "{stdout}");
+    let last = stdout
+        .split("the laptop deleted one")
+        .nth(1)
+        .expect("the last step");
+    assert!(last.contains("laptop has 2 notes"), "{stdout}");
     assert!(
-        stdout.contains("- groceries for Sunday: milk, bread"),
+        last.contains("- groceries for Sunday: milk, bread"),
         "{stdout}"
     );
     assert!(
-        !stdout.contains("- ideas:"),
+        !last.contains("- ideas:"),
         "the deleted note is gone: {stdout}"
     );
 }
