@@ -35,7 +35,8 @@ enum Suite {
     Synclog,
     /// Push and pull+apply through the SQL shared log on SQLite, and one write's travel time.
     Continuous,
-    /// A whole SQLite database to another over TCP on loopback, against plain `insert_many`.
+    /// A whole SQLite database to another over TCP and WebRTC on loopback, against plain
+    /// `insert_many`.
     Fastsync,
     /// Pushes and pulls per second through the HTTP sync server, 1 and 3 instances.
     Server,
