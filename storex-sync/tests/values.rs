@@ -77,7 +77,7 @@ async fn values_reach_the_other_device_bit_for_bit() {
     }
     a.sync_once().await.expect("push");
     b.sync_once().await.expect("pull");
-    for n in 0..floats.len() {
+    for (n, expected) in floats.iter().enumerate() {
         let id = format!("s{n}");
         let on_a = a
             .device()
@@ -99,9 +99,8 @@ async fn values_reach_the_other_device_bit_for_bit() {
         };
         assert_eq!(
             float(&on_b),
-            floats[n].to_bits(),
-            "float {} changed on the way",
-            floats[n]
+            expected.to_bits(),
+            "float {expected} changed on the way"
         );
     }
     assert_eq!(
