@@ -121,6 +121,12 @@ impl SyncDevice {
         &self.log
     }
 
+    /// True when `collection` is local to this device (excluded from sync): it is neither
+    /// logged nor sent to another device.
+    pub fn is_excluded(&self, collection: &str) -> bool {
+        self.excluded.iter().any(|c| c == collection)
+    }
+
     /// This device's id.
     pub fn device(&self) -> DeviceId {
         self.clock.device()

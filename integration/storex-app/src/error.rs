@@ -16,6 +16,9 @@ pub enum Error {
     /// Registering the device with the shared log failed.
     #[error("registering this device with the shared log failed")]
     SharedLog(#[from] storex_sync::SharedLogError),
+    /// Pairing with another device failed (a bad code, a peer that cannot be reached).
+    #[error("pairing with the other device failed")]
+    Pairing(#[from] storex_channel_webrtc::Error),
     /// The builder was not given a shared log.
     #[error("no shared log was configured: call `shared_log(log, user)` on the builder")]
     NoSharedLog,

@@ -10,15 +10,20 @@
 //! [`SyncedStorage`] is the one-stop setup for an app with a SeaORM data layer: its
 //! connection and entities in, a storage with UUID keys and sync logging out, a device id
 //! registered once and kept, rows that existed before sync logged once, and continuous sync
-//! through the chosen shared log (optionally end-to-end encrypted).
+//! through the chosen shared log (optionally end-to-end encrypted). Device pairing
+//! ([`SyncedStorage::offer_pairing`], [`SyncedStorage::accept_pairing`]) moves a whole database
+//! to a new device over WebRTC by an offer code and an answer code, then hands over to
+//! continuous sync.
 
 mod background;
 mod change_notifier;
 mod error;
 mod live;
+mod pairing;
 mod synced;
 
 pub use background::{BackgroundOptions, BackgroundSync, SyncEvent, SyncState, SyncStatus};
 pub use change_notifier::ChangeNotifier;
 pub use error::{Error, Result};
+pub use pairing::{PairingAnswer, PairingOffer};
 pub use synced::{SyncedStorage, SyncedStorageBuilder, SETTINGS_COLLECTION};

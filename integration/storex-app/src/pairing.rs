@@ -1,0 +1,117 @@
+//! Device pairing for an initial sync: the device that has the data shows an offer code, the
+//! new device accepts it and shows an answer code back; then the whole database moves over a
+//! WebRTC data channel (fast sync) and the new device continues with continuous sync from the
+//! sender's shared-log cursor, so nothing written meanwhile is lost.
+//!
+//! The codes are base64 text (QR-code ready). The channel is peer to peer with host candidates
+//! only (no STUN server, no relay): both devices must reach each other directly, e.g. on the
+//! same network. Local-only collections (excluded from sync, such as the app settings with the
+//! device id) never leave the sender.
+//!
+//! ```no_run
+//! # async fn demo(old: storex_app::SyncedStorage, new: storex_app::SyncedStorage) -> storex_app::Result<()> {
+//! use storex_sync::fast_sync::FastSyncOptions;
+//!
+//! // Old device: show the offer.
+//! let offer = old.offer_pairing().await?;
+//! println!("{}", offer.code());
+//! // New device: accept it, show the answer, and wait for the data.
+//! let answer = storex_app::SyncedStorage::accept_pairing(offer.code()).await?;
+//! println!("{}", answer.code());
+//! let receiving = new.receive_from_paired(answer, &FastSyncOptions::default());
+//! // Old device: take the answer and send.
+//! let sending = old.send_to_paired(offer, /* the answer code */ "…", &FastSyncOptions::default());
+//! # let _ = (receiving, sending);
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+
+use storex_channel_webrtc::{PendingAnswer, PendingOffer, WebRtcChannel};
+use storex_sync::fast_sync::{receive_snapshot, send_snapshot, FastSyncOptions, TransferReport};
+
+use crate::error::Result;
+use crate::synced::SyncedStorage;
+
+/// The offer of the device that sends its data: show [`PairingOffer::code`] to the new
+/// device, then pass the answer to [`SyncedStorage::send_to_paired`].
+pub struct PairingOffer {
+    pending: PendingOffer,
+    code: String,
+}
+
+impl fmt::Debug for PairingOffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PairingOffer")
+            .field("code_len", &self.code.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PairingOffer {
+    /// The offer code to show (base64).
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+}
+
+/// The answer of the new device: show [`PairingAnswer::code`] to the sending device, then
+/// call [`SyncedStorage::receive_from_paired`].
+pub struct PairingAnswer {
+    pending: PendingAnswer,
+    code: String,
+}
+
+impl fmt::Debug for PairingAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PairingAnswer")
+            .field("code_len", &self.code.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PairingAnswer {
+    /// The answer code to show (base64).
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+}
+
+impl SyncedStorage {
+    /// On the device that has the data: starts a pairing and returns the offer to show.
+    pub async fn offer_pairing(&self) -> Result<PairingOffer> {
+        let (pending, code) = WebRtcChannel::offer().await?;
+        Ok(PairingOffer { pending, code })
+    }
+
+    /// On the new device: accepts an offer code and returns the answer to show back.
+    pub async fn accept_pairing(offer_code: &str) -> Result<PairingAnswer> {
+        let (pending, code) = WebRtcChannel::accept(offer_code.trim()).await?;
+        Ok(PairingAnswer { pending, code })
+    }
+
+    /// On the device that has the data: connects with the new device's answer and sends a
+    /// snapshot of every synced collection, with the shared-log cursor for the handoff.
+    pub async fn send_to_paired(
+        &self,
+        offer: PairingOffer,
+        answer_code: &str,
+        options: &FastSyncOptions,
+    ) -> Result<TransferReport> {
+        let mut channel = offer.pending.connect(answer_code.trim()).await?;
+        let report = send_snapshot(self.device(), &mut channel, options).await?;
+        channel.close().await;
+        Ok(report)
+    }
+
+    /// On the new device: waits for the sender and applies what it sends; afterwards this
+    /// device's continuous sync starts from the sender's cursor.
+    pub async fn receive_from_paired(
+        &self,
+        answer: PairingAnswer,
+        options: &FastSyncOptions,
+    ) -> Result<TransferReport> {
+        let mut channel = answer.pending.open().await?;
+        Ok(receive_snapshot(self.device(), &mut channel, options).await?)
+    }
+}

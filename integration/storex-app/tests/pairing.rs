@@ -1,0 +1,126 @@
+//! Device pairing: a new device accepts the old one's offer code, receives its whole database
+//! over WebRTC on loopback, keeps its own identity, and continues with continuous sync from the
+//! handoff, converging with the old device.
+
+#![allow(unreachable_pub)] // SeaORM entities must be `pub` inside their modules.
+
+use std::sync::Arc;
+
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Schema};
+use storex_app::{Error, SyncedStorage};
+use storex_core::{object, Filter};
+use storex_sync::fast_sync::FastSyncOptions;
+use storex_sync::{MemorySharedLog, SharedSyncLog};
+
+mod note {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "note")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub title: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+async fn app_db(path: &std::path::Path) -> DatabaseConnection {
+    let db = Database::connect(format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .expect("connect");
+    let mut create = Schema::new(db.get_database_backend()).create_table_from_entity(note::Entity);
+    db.execute(create.if_not_exists())
+        .await
+        .expect("create table");
+    db
+}
+
+async fn open(path: &std::path::Path, log: &Arc<dyn SharedSyncLog>) -> SyncedStorage {
+    SyncedStorage::builder(app_db(path).await)
+        .entity(note::Entity)
+        .shared_log(log.clone(), "ann")
+        .open()
+        .await
+        .expect("open synced storage")
+}
+
+async fn count(app: &SyncedStorage) -> u64 {
+    app.storage()
+        .count("note", Filter::all())
+        .await
+        .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paired_device_receives_everything_and_continues_with_continuous_sync() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let old = open(&dir.path().join("old.db"), &log).await;
+    for n in 0..500 {
+        old.storage()
+            .create("note", object! { "title" => format!("note {n}") })
+            .await
+            .expect("write");
+    }
+    old.sync_once().await.expect("push");
+    let new_path = dir.path().join("new.db");
+    let new = open(&new_path, &log).await;
+    let new_id = new.device_id();
+
+    let offer = old.offer_pairing().await.expect("offer");
+    let answer = SyncedStorage::accept_pairing(offer.code())
+        .await
+        .expect("accept");
+    let answer_code = answer.code().to_owned();
+    let options = FastSyncOptions::default();
+    let (sent, received) = tokio::join!(
+        old.send_to_paired(offer, &answer_code, &options),
+        new.receive_from_paired(answer, &options),
+    );
+    let (sent, received) = (sent.expect("send"), received.expect("receive"));
+    assert_eq!(count(&new).await, 500);
+    assert!(
+        sent.objects >= 500 && received.objects >= 500,
+        "{sent:?} {received:?}"
+    );
+
+    // Continuous sync takes over from the handoff: a later write arrives, nothing twice.
+    old.storage()
+        .create("note", object! { "title" => "after pairing" })
+        .await
+        .expect("write");
+    old.sync_once().await.expect("push");
+    let report = new.sync_once().await.expect("sync the new device");
+    assert_eq!(report.applied, 1, "{report:?}");
+    assert_eq!(count(&new).await, 501);
+    assert_eq!(
+        old.device().digest("note").await.expect("digest"),
+        new.device().digest("note").await.expect("digest")
+    );
+
+    // The new device kept its own identity: settings are local and were not sent.
+    drop(new);
+    let reopened = open(&new_path, &log).await;
+    assert_eq!(reopened.device_id(), new_id);
+    assert_ne!(reopened.device_id(), old.device_id());
+}
+
+#[tokio::test]
+async fn a_bad_offer_code_is_reported() {
+    let err = SyncedStorage::accept_pairing("not an offer")
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, Error::Pairing(_)), "{err:?}");
+    let chain = format!(
+        "{err}: {}",
+        std::error::Error::source(&err)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
+    assert!(chain.contains("offer"), "{chain}");
+}
