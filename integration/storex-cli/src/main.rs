@@ -2,7 +2,8 @@
 //!
 //! `storex demo` runs two devices on SQLite files and a shared log on SQLite (the embedded
 //! default), writes on both (one edit conflicts), syncs them, and shows what each holds.
-//! `storex migrate send|receive` moves a whole SQLite database to a new device over TCP;
+//! `storex migrate send|receive` moves a whole SQLite database to a new device over TCP or
+//! WebRTC;
 //! `storex log` and `storex status` show what a device's client sync log holds.
 //! `storex serve` runs the sync server; `storex user` creates a user on it; `storex sync` syncs
 //! a device's database once with a server or a shared-log file.
@@ -42,7 +43,7 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Moves a whole SQLite database from an old device to a new one, over TCP.
+    /// Moves a whole SQLite database from an old device to a new one, over TCP or WebRTC.
     #[command(subcommand)]
     Migrate(Migrate),
     /// Shows the last entries of a device's client sync log.
@@ -80,23 +81,30 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum Migrate {
-    /// On the old device: offer the database and wait for the new device to connect.
+    /// On the old device: offer the database and wait for the new device.
     Send {
         /// The SQLite database to send.
         #[arg(long)]
         db: PathBuf,
-        /// Where to listen (the printed address is what the receiver connects to).
-        #[arg(long, default_value = "127.0.0.1:0")]
+        /// Over TCP: where to listen (the printed address is what the receiver connects to).
+        #[arg(long, default_value = "127.0.0.1:0", conflicts_with = "webrtc")]
         listen: String,
+        /// Over a WebRTC data channel: print an offer code, then read the receiver's answer
+        /// code from standard input.
+        #[arg(long)]
+        webrtc: bool,
     },
-    /// On the new device: connect to the sender and write the database to a new file.
+    /// On the new device: reach the sender and write the database to a new file.
     Receive {
         /// The new SQLite database to create (it must not exist yet).
         #[arg(long)]
         db: PathBuf,
-        /// The sender's address, as it printed it.
+        /// Over TCP: the sender's address, as it printed it.
+        #[arg(long, required_unless_present = "offer", conflicts_with = "offer")]
+        connect: Option<String>,
+        /// Over WebRTC: the sender's offer code, as it printed it.
         #[arg(long)]
-        connect: String,
+        offer: Option<String>,
     },
 }
 
@@ -131,12 +139,23 @@ fn main() -> ExitCode {
             admin_token,
             name,
         } => runtime.block_on(serve::create_user(&server, &admin_token, &name)),
-        Command::Migrate(Migrate::Send { db, listen }) => {
-            runtime.block_on(migrate::send(&db, &listen))
+        Command::Migrate(Migrate::Send { db, listen, webrtc }) => {
+            let transport = if webrtc {
+                migrate::Transport::WebRtc
+            } else {
+                migrate::Transport::Tcp(listen)
+            };
+            runtime.block_on(migrate::send(&db, transport))
         }
-        Command::Migrate(Migrate::Receive { db, connect }) => {
-            runtime.block_on(migrate::receive(&db, &connect))
-        }
+        Command::Migrate(Migrate::Receive { db, connect, offer }) => match (connect, offer) {
+            (_, Some(offer)) => {
+                runtime.block_on(migrate::receive(&db, migrate::Source::WebRtc(offer)))
+            }
+            (Some(connect), None) => {
+                runtime.block_on(migrate::receive(&db, migrate::Source::Tcp(connect)))
+            }
+            (None, None) => Err(anyhow::anyhow!("give --connect ADDR or --offer CODE")),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,8 @@
-//! `storex migrate send|receive`: a whole SQLite database to a new device over TCP, with a
-//! progress bar; the fast-sync protocol does the work (verified, resumable batches).
+//! `storex migrate send|receive`: a whole SQLite database to a new device over TCP or a WebRTC
+//! data channel, with a progress bar; the fast-sync protocol does the work (verified,
+//! resumable batches). Over TCP the receiver connects to the address the sender prints; over
+//! WebRTC the sender prints an offer code, the receiver (given it) prints an answer code, and
+//! the sender reads that answer from its standard input.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -7,12 +10,15 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use storex_channel_tcp::TcpChannel;
+use storex_channel_webrtc::WebRtcChannel;
 use storex_core::{Registry, StorageBackend};
 use storex_seaorm::{registry_of_sqlite, SeaOrmBackend};
 use storex_sync::fast_sync::{
-    read_offer, receive_offer, send_snapshot, FastSyncOptions, Progress, TransferReport,
+    read_offer, receive_offer, send_snapshot, FastSyncChannel, FastSyncOptions, Progress,
+    TransferReport,
 };
 use storex_sync::{Clock, DeviceId, SyncDevice, SyncOptions};
+use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpListener;
 
 fn progress_bar() -> ProgressBar {
@@ -62,8 +68,17 @@ fn summary(report: &TransferReport, verb: &str) {
     );
 }
 
-/// Offers the database at `db` on `listen` and sends it to the first device that connects.
-pub(crate) async fn send(db: &Path, listen: &str) -> Result<()> {
+/// How the two devices meet.
+#[derive(Debug)]
+pub(crate) enum Transport {
+    /// The sender listens on this address; the receiver connects to it.
+    Tcp(String),
+    /// Offer and answer codes, exchanged by the person running both commands.
+    WebRtc,
+}
+
+/// Sends the database at `db` to the first device that connects.
+pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
     if !db.is_file() {
         bail!("no database at {}", db.display());
     }
@@ -80,36 +95,82 @@ pub(crate) async fn send(db: &Path, listen: &str) -> Result<()> {
         SyncOptions::default(),
     )
     .await?;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
-    say!("listening on {}", listener.local_addr()?);
-    let mut channel = TcpChannel::accept(&listener).await?;
+    let mut channel: Box<dyn FastSyncChannel> = match transport {
+        Transport::Tcp(listen) => {
+            let listener = TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            say!("listening on {}", listener.local_addr()?);
+            Box::new(TcpChannel::accept(&listener).await?)
+        }
+        Transport::WebRtc => {
+            let (pending, offer) = WebRtcChannel::offer()
+                .await
+                .context("preparing the WebRTC offer")?;
+            say!("offer: {offer}");
+            say!("run `storex migrate receive --db NEW.db --offer <the offer>` on the new device, then paste its answer here:");
+            let mut answer = String::new();
+            tokio::io::BufReader::new(tokio::io::stdin())
+                .read_line(&mut answer)
+                .await
+                .context("reading the answer")?;
+            if answer.trim().is_empty() {
+                bail!("no answer was given");
+            }
+            Box::new(
+                pending
+                    .connect(answer.trim())
+                    .await
+                    .context("connecting to the new device")?,
+            )
+        }
+    };
     let bar = progress_bar();
-    let report = send_snapshot(&device, &mut channel, &options(&bar)).await;
+    let report = send_snapshot(&device, channel.as_mut(), &options(&bar)).await;
     bar.finish_and_clear();
     let report = report?;
     summary(&report, "sent");
     Ok(())
 }
 
-/// Connects to a sender at `connect` and writes what it sends into a new database at `db`.
-pub(crate) async fn receive(db: &Path, connect: &str) -> Result<()> {
+/// How the receiver reaches the sender.
+#[derive(Debug)]
+pub(crate) enum Source {
+    /// The address the sender printed.
+    Tcp(String),
+    /// The offer code the sender printed.
+    WebRtc(String),
+}
+
+/// Receives from a sender and writes what it sends into a new database at `db`.
+pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
     if db.exists() {
         bail!(
             "{} already exists; the migration writes a new database",
             db.display()
         );
     }
-    let mut channel = TcpChannel::connect(connect)
-        .await
-        .with_context(|| format!("connecting to {connect}"))?;
+    let mut channel: Box<dyn FastSyncChannel> = match source {
+        Source::Tcp(connect) => Box::new(
+            TcpChannel::connect(&connect)
+                .await
+                .with_context(|| format!("connecting to {connect}"))?,
+        ),
+        Source::WebRtc(offer) => {
+            let (pending, answer) = WebRtcChannel::accept(offer.trim())
+                .await
+                .context("reading the offer")?;
+            say!("answer: {answer}");
+            say!("paste this answer into the sender; waiting for it to connect…");
+            Box::new(pending.open().await.context("waiting for the sender")?)
+        }
+    };
     let bar = progress_bar();
     let options = options(&bar);
-    let offer = read_offer(&mut channel, &options).await?;
+    let offer = read_offer(channel.as_mut(), &options).await?;
     let registry = offer.registry().context("the sender's schema")?;
     let device = open_device(db, registry).await?;
-    let report = receive_offer(&device, &mut channel, offer, &options).await;
+    let report = receive_offer(&device, channel.as_mut(), offer, &options).await;
     bar.finish_and_clear();
     let report = report?;
     summary(&report, "received");

@@ -179,3 +179,100 @@ fn a_missing_argument_gets_clap_usage() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--connect <CONNECT>"));
 }
+
+#[tokio::test]
+async fn a_database_moves_over_webrtc_by_offer_and_answer_codes() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (old_path, new_path) = (dir.path().join("old.db"), dir.path().join("new.db"));
+    {
+        let old = storage(&old_path).await;
+        let steps = (0..5_000i64)
+            .map(|id| {
+                BatchStep::new(Operation::create(
+                    "item",
+                    object! { "id" => id, "name" => format!("item {id}"), "score" => id as f64 / 3.0 },
+                ))
+            })
+            .collect();
+        old.batch(steps).await.expect("items");
+    }
+    let mut sender = storex()
+        .args(["migrate", "send", "--webrtc", "--db"])
+        .arg(&old_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the sender");
+    let mut sender_out = BufReader::new(sender.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    sender_out.read_line(&mut line).expect("the offer");
+    let offer = line
+        .trim()
+        .strip_prefix("offer: ")
+        .expect("an offer line")
+        .to_owned();
+
+    let mut receiver = storex()
+        .args(["migrate", "receive", "--db"])
+        .arg(&new_path)
+        .args(["--offer", &offer])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the receiver");
+    let mut receiver_out = BufReader::new(receiver.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    receiver_out.read_line(&mut line).expect("the answer");
+    let answer = line
+        .trim()
+        .strip_prefix("answer: ")
+        .expect("an answer line")
+        .to_owned();
+    let mut stdin = sender.stdin.take().expect("stdin");
+    writeln!(stdin, "{answer}").expect("paste the answer");
+    drop(stdin);
+
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut receiver_out, &mut rest).expect("the receiver's summary");
+    let received = receiver.wait_with_output().expect("the receiver ends");
+    assert!(
+        received.status.success(),
+        "receiver: {}",
+        String::from_utf8_lossy(&received.stderr)
+    );
+    assert!(rest.contains("received 5000 objects"), "{rest}");
+    let sent = sender.wait_with_output().expect("the sender ends");
+    assert!(
+        sent.status.success(),
+        "sender: {}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+
+    let (old, new) = (storage(&old_path).await, storage(&new_path).await);
+    let a = old
+        .find_many("item", Query::default())
+        .await
+        .expect("old rows");
+    let b = new
+        .find_many("item", Query::default())
+        .await
+        .expect("new rows");
+    assert_eq!(a.len(), 5_000);
+    assert!(a == b, "the rows differ");
+}
+
+#[test]
+fn a_bad_offer_code_gets_a_clear_message() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let output = storex()
+        .args(["migrate", "receive", "--db"])
+        .arg(dir.path().join("new.db"))
+        .args(["--offer", "definitely-not-an-offer"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("error: reading the offer"), "{stderr}");
+}
