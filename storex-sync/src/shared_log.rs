@@ -338,11 +338,13 @@ impl SharedSyncLog for MemorySharedLog {
     fn ack(&self, device: DeviceId, cursor: u64) -> BoxFuture<'_, SharedResult<()>> {
         Box::pin(async move {
             self.with(|state| {
-                let (_, acked) = state
-                    .devices
-                    .get_mut(&device)
-                    .ok_or(SharedLogError::UnknownDevice { device })?;
-                *acked = (*acked).max(cursor);
+                let user = user_of(state, device)?;
+                // An ack beyond the log's end is kept at the end: it cannot compact entries
+                // that are pushed later.
+                let end = state.users.get(&user).map_or(0, |log| log.next_cursor);
+                if let Some((_, acked)) = state.devices.get_mut(&device) {
+                    *acked = (*acked).max(cursor.min(end));
+                }
                 Ok(())
             })
         })
@@ -361,6 +363,7 @@ impl SharedSyncLog for MemorySharedLog {
                 let Some(log) = state.users.get_mut(user) else {
                     return Ok(0);
                 };
+                let through = through.min(log.next_cursor);
                 let keep = log.entries.split_off(&(through + 1));
                 let dropped = std::mem::replace(&mut log.entries, keep);
                 for entry in dropped.values() {

@@ -62,6 +62,8 @@ fn all_checks() -> Vec<(&'static str, Check)> {
         users_never_see_each_others_entries,
         devices_of_a_user_are_listed_with_their_positions,
         ack_never_moves_backwards,
+        an_ack_beyond_the_end_cannot_compact_entries_pushed_later,
+        big_entries_arrive_in_pages_each_exactly_once,
         compaction_drops_only_what_every_device_acked,
         a_cursor_behind_compaction_is_told_to_run_an_initial_sync,
         an_unknown_device_is_refused,
@@ -281,11 +283,56 @@ async fn devices_of_a_user_are_listed_with_their_positions(log: Arc<dyn SharedSy
 }
 
 async fn ack_never_moves_backwards(log: Arc<dyn SharedSyncLog>) {
-    let a = device(&log, "ann").await;
+    let (a, b) = (device(&log, "ann").await, device(&log, "ann").await);
+    log.push(b, (0..10u8).map(|i| entry(b, "note", &[i])).collect())
+        .await
+        .expect("push");
     log.ack(a, 7).await.expect("ack");
     log.ack(a, 3).await.expect("ack");
-    let acked = log.devices(a).await.expect("devices")[0].acked;
-    assert_eq!(acked, 7);
+    let acked = log
+        .devices(a)
+        .await
+        .expect("devices")
+        .iter()
+        .find(|d| d.device == a)
+        .map(|d| d.acked);
+    assert_eq!(acked, Some(7));
+}
+
+async fn big_entries_arrive_in_pages_each_exactly_once(log: Arc<dyn SharedSyncLog>) {
+    let (a, b) = (device(&log, "ann").await, device(&log, "ann").await);
+    // 12 entries of 900,000 bytes: more than a page of a log that bounds pages by bytes, and
+    // each within a document-size limit such as Firestore's.
+    let big: Vec<SharedEntry> = (0..12u8)
+        .map(|i| entry(a, "photo", &vec![i; 900_000]))
+        .collect();
+    let ids: Vec<Uuid> = big.iter().map(|e| e.id).collect();
+    for chunk in big.chunks(3) {
+        log.push(a, chunk.to_vec()).await.expect("push");
+    }
+    let (seen, _) = pull_all(&log, b, 0, 100).await;
+    assert_eq!(seen.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
+    assert!(seen
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.payload.len() == 900_000 && e.payload[0] == i as u8));
+}
+
+async fn an_ack_beyond_the_end_cannot_compact_entries_pushed_later(log: Arc<dyn SharedSyncLog>) {
+    let (a, b) = (device(&log, "ann").await, device(&log, "ann").await);
+    log.ack(a, 1_000).await.expect("ack");
+    log.ack(b, 1_000).await.expect("ack");
+    log.compact("ann").await.expect("compact");
+    log.push(a, (0..3u8).map(|i| entry(a, "note", &[i])).collect())
+        .await
+        .expect("push");
+    log.compact("ann").await.expect("compact");
+    let (seen, _) = pull_all(&log, b, 0, 100).await;
+    assert_eq!(
+        seen.len(),
+        3,
+        "entries pushed after an over-reaching ack were lost"
+    );
 }
 
 async fn compaction_drops_only_what_every_device_acked(log: Arc<dyn SharedSyncLog>) {

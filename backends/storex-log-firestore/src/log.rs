@@ -192,6 +192,32 @@ impl FirestoreSharedLog {
         }
     }
 
+    /// A failure that retrying cannot fix (bad credentials, a missing index, a request
+    /// Firestore refuses) as such, so it is reported instead of retried forever; anything else
+    /// as unavailable.
+    fn refusal_or_unavailable(&self, e: FirestoreError) -> SharedLogError {
+        let code = match &e {
+            FirestoreError::DatabaseError(db) => db.public.code.as_str(),
+            FirestoreError::InvalidParametersError(_) | FirestoreError::SerializeError(_) => {
+                "InvalidArgument"
+            }
+            _ => "",
+        };
+        match code {
+            "Unauthenticated" | "PermissionDenied" => SharedLogError::Unauthorized {
+                problem: format!("Firestore refused the credentials: {e}"),
+            },
+            // FailedPrecondition outside a commit: typically a composite index that the
+            // project lacks (see docs/firestore.md).
+            "InvalidArgument" | "FailedPrecondition" | "OutOfRange" | "Unimplemented" => {
+                SharedLogError::Invalid {
+                    problem: format!("Firestore refused the request: {e}"),
+                }
+            }
+            _ => self.unavailable(e),
+        }
+    }
+
     /// Runs `attempt` until it succeeds, fails for good, or Firestore stays busy.
     async fn retrying<T, F, Fut>(&self, mut attempt: F) -> SharedResult<T>
     where
@@ -210,7 +236,8 @@ impl FirestoreSharedLog {
                 Err(Failure::Conflict(_)) if attempts < MAX_CONFLICT_ATTEMPTS => {
                     tokio::time::sleep(backoff(attempts.min(5))).await;
                 }
-                Err(Failure::Store(e) | Failure::Conflict(e)) => return Err(self.unavailable(e)),
+                Err(Failure::Store(e)) => return Err(self.refusal_or_unavailable(e)),
+                Err(Failure::Conflict(e)) => return Err(self.unavailable(e)),
             }
         }
     }
@@ -491,6 +518,14 @@ impl FirestoreSharedLog {
         let mut tx = self.db.begin_transaction().await?;
         let outcome = async {
             let mut doc = self.device_doc(&self.reading_in(&tx), device).await?;
+            // An ack beyond the log's end is kept at the end, so it cannot let a compaction
+            // drop entries pushed later. (The counter only grows: a stale read is safe.)
+            let key = user_key(&doc.user).map_err(Failure::Log)?;
+            let end = match self.user_doc_versioned(&key).await? {
+                Some((user, _)) => as_cursor(user.next_cursor)?,
+                None => 0,
+            };
+            let cursor = cursor.min(end);
             if as_cursor(doc.acked)? < cursor {
                 doc.acked = as_stored(cursor);
                 self.db

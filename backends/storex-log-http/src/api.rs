@@ -27,7 +27,7 @@ pub mod routes {
     pub const ACK: &str = "/v1/ack";
     /// `POST` (user token): compact the user's log now.
     pub const COMPACT: &str = "/v1/compact";
-    /// `GET`: liveness and totals, JSON.
+    /// `GET`: liveness (the database answers) and the last push, JSON.
     pub const HEALTH: &str = "/health";
     /// `GET`: totals and counters in the Prometheus text format.
     pub const METRICS: &str = "/metrics";
@@ -200,14 +200,8 @@ pub struct CompactResponse {
 /// `GET /health`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Health {
-    /// `"ok"` when the database answers.
+    /// `"ok"` when the database answers (otherwise the answer is a 503 error).
     pub status: String,
-    /// Users.
-    pub users: u64,
-    /// Registered devices.
-    pub devices: u64,
-    /// Stored entries.
-    pub entries: u64,
     /// When this instance last stored a push.
     pub last_push: Option<DateTime<Utc>>,
 }

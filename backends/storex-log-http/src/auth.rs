@@ -121,9 +121,11 @@ impl AuthStore {
         }
     }
 
-    /// Stores a device's token hash.
-    pub(crate) async fn add_device(
+    /// Stores a device's token hash, through `conn` (the transaction that registers the
+    /// device in the log, so both exist or neither does).
+    pub(crate) async fn add_device<C: ConnectionTrait>(
         &self,
+        conn: &C,
         device: DeviceId,
         user: &str,
         token: &str,
@@ -143,7 +145,7 @@ impl AuthStore {
                 Expr::val(false),
             ])
             .to_owned();
-        self.db.execute(&insert).await.map(|_| ())
+        conn.execute(&insert).await.map(|_| ())
     }
 
     /// The device a device token belongs to.
@@ -161,6 +163,11 @@ impl AuthStore {
             user: row.try_get("", "user_name")?,
             revoked: row.try_get("", "revoked")?,
         }))
+    }
+
+    /// Checks that the database answers.
+    pub(crate) async fn ping(&self) -> Result<(), DbErr> {
+        self.db.execute_unprepared("SELECT 1").await.map(|_| ())
     }
 
     /// Marks a device of `user` revoked; false when `user` has no such device.

@@ -40,6 +40,19 @@ use crate::api::{
 use crate::error::Error;
 
 const LOG_NAME: &str = "http";
+/// Bytes of JSON around one entry's payload in a push (ids, topic up to a few hundred bytes,
+/// punctuation), with room to spare.
+const ENTRY_OVERHEAD: usize = 512;
+
+/// The size of an entry in a push request body, about (base64 makes 4 bytes of 3).
+fn wire_size(entry: &SharedEntry) -> usize {
+    entry.payload.len().div_ceil(3) * 4 + entry.topic.len() + ENTRY_OVERHEAD
+}
+
+/// True when the server refused a request as too large (413).
+fn too_large(error: &SharedLogError) -> bool {
+    matches!(error, SharedLogError::Invalid { problem } if problem.starts_with("HTTP 413"))
+}
 
 /// Timeouts, retries and batch sizes of an [`HttpSharedLog`].
 #[derive(Clone, Debug)]
@@ -55,6 +68,12 @@ pub struct ClientOptions {
     /// Entries per push request; larger pushes are split. Default 500 (servers accept 1,000
     /// unless configured otherwise).
     pub max_push_entries: usize,
+    /// Largest push request body, in bytes (JSON, payloads in base64); larger pushes are
+    /// split, and an entry that cannot fit alone is reported by the sync engine instead of
+    /// pushed (see `SharedSyncLog::max_entry_bytes`). Default 8 MiB, the server's default
+    /// limit; set it to the smallest body limit on the way (e.g. a proxy's 1 MiB). A push the
+    /// server still refuses as too large is split in halves and sent again.
+    pub max_request_bytes: usize,
 }
 
 impl Default for ClientOptions {
@@ -65,6 +84,7 @@ impl Default for ClientOptions {
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
             max_push_entries: 500,
+            max_request_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -139,6 +159,14 @@ impl HttpSharedLog {
                 problem: "max_push_entries must be at least 1".into(),
             });
         }
+        if options.max_request_bytes < 8 * ENTRY_OVERHEAD {
+            return Err(Error::Config {
+                problem: format!(
+                    "max_request_bytes must be at least {} bytes",
+                    8 * ENTRY_OVERHEAD
+                ),
+            });
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
@@ -173,6 +201,29 @@ impl HttpSharedLog {
             .unwrap_or_else(PoisonError::into_inner)
             .get(&device)
             .cloned()
+    }
+
+    /// `entries` cut into requests within the entry and byte limits.
+    fn chunks(&self, entries: Vec<SharedEntry>) -> Vec<Vec<SharedEntry>> {
+        let mut chunks = Vec::new();
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for entry in entries {
+            let size = wire_size(&entry);
+            if !chunk.is_empty()
+                && (chunk.len() == self.options.max_push_entries
+                    || bytes + size > self.options.max_request_bytes)
+            {
+                chunks.push(std::mem::take(&mut chunk));
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push(entry);
+        }
+        if !chunk.is_empty() {
+            chunks.push(chunk);
+        }
+        chunks
     }
 
     fn token_of(&self, device: DeviceId) -> SharedResult<String> {
@@ -497,6 +548,11 @@ impl SharedSyncLog for HttpSharedLog {
         LOG_NAME
     }
 
+    fn max_entry_bytes(&self) -> Option<usize> {
+        // The largest payload whose request (base64 and the JSON around it) fits the limit.
+        Some((self.options.max_request_bytes - ENTRY_OVERHEAD - 1024) / 4 * 3)
+    }
+
     fn device_credentials(&self, device: DeviceId) -> Option<String> {
         self.device_token(device)
     }
@@ -573,13 +629,17 @@ impl SharedSyncLog for HttpSharedLog {
                     other: other.device,
                 });
             }
+            // Requests bounded by count and bytes; one the server refuses as too large is
+            // split in halves and sent again (a proxy may allow less than we were told).
+            let mut pending: Vec<Vec<SharedEntry>> = self.chunks(entries);
+            pending.reverse();
             let mut last = 0;
-            for chunk in entries.chunks(self.options.max_push_entries) {
+            while let Some(chunk) = pending.pop() {
                 let body = PushRequest {
                     entries: chunk.iter().map(WireEntry::from_entry).collect(),
                 };
-                let response: PushResponse = self
-                    .call(
+                let sent = self
+                    .call::<_, PushResponse>(
                         Method::POST,
                         routes::PUSH,
                         &token,
@@ -588,8 +648,17 @@ impl SharedSyncLog for HttpSharedLog {
                         Retry::Always,
                         Caller::Device(device),
                     )
-                    .await?;
-                last = last.max(response.cursor);
+                    .await;
+                match sent {
+                    Ok(response) => last = last.max(response.cursor),
+                    Err(error) if too_large(&error) && chunk.len() > 1 => {
+                        let mut first = chunk;
+                        let second = first.split_off(first.len() / 2);
+                        pending.push(second);
+                        pending.push(first);
+                    }
+                    Err(error) => return Err(error),
+                }
             }
             Ok(last)
         })

@@ -29,8 +29,18 @@ pub struct ServerConfig {
     pub max_pull_entries: usize,
     /// Longest a pull may wait for new entries (default 30 s).
     pub max_wait: Duration,
-    /// Requests per token (default 200/s, bursts of 400); none: unlimited.
+    /// Requests per device, user or admin, counted after authentication (default 200/s,
+    /// bursts of 400); none: unlimited.
     pub rate_limit: Option<RateLimit>,
+    /// Requests per client IP address, counted before authentication, so a flood of made-up
+    /// tokens cannot reach the database (default 2,000/s, bursts of 4,000); none: unlimited.
+    /// Behind a reverse proxy every client has the proxy's address: raise it or turn it off.
+    pub ip_rate_limit: Option<RateLimit>,
+    /// Longest a request may take before the server answers 408 (default 60 s; a long poll
+    /// waits at most `max_wait` of it).
+    pub request_timeout: Duration,
+    /// Longest a graceful shutdown waits for requests in flight (default 10 s).
+    pub shutdown_grace: Duration,
     /// How often every user's log is compacted (default every 10 minutes); none: never.
     pub compact_every: Option<Duration>,
     /// Wake pulls waiting on other instances through PostgreSQL LISTEN/NOTIFY (default on;
@@ -53,6 +63,12 @@ impl ServerConfig {
                 per_second: 200,
                 burst: 400,
             }),
+            ip_rate_limit: Some(RateLimit {
+                per_second: 2_000,
+                burst: 4_000,
+            }),
+            request_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
             compact_every: Some(Duration::from_secs(600)),
             notify_instances: true,
         }
@@ -70,9 +86,15 @@ impl ServerConfig {
         self
     }
 
-    /// Sets the request rate limit per token (none: unlimited).
+    /// Sets the request rate limits per caller and per IP address (none: unlimited).
     pub fn rate_limit(mut self, limit: Option<RateLimit>) -> Self {
         self.rate_limit = limit;
+        self
+    }
+
+    /// Sets the request rate limit per client IP address (none: unlimited).
+    pub fn ip_rate_limit(mut self, limit: Option<RateLimit>) -> Self {
+        self.ip_rate_limit = limit;
         self
     }
 
@@ -87,10 +109,16 @@ impl ServerConfig {
         if self.max_push_entries == 0 || self.max_pull_entries == 0 {
             return Err("max_push_entries and max_pull_entries must be at least 1".into());
         }
-        if let Some(limit) = self.rate_limit {
+        for limit in [self.rate_limit, self.ip_rate_limit].into_iter().flatten() {
             if limit.per_second == 0 || limit.burst == 0 {
                 return Err("a rate limit needs per_second and burst above 0".into());
             }
+        }
+        if self.request_timeout <= self.max_wait {
+            return Err(format!(
+                "request_timeout ({:?}) must be longer than max_wait ({:?})",
+                self.request_timeout, self.max_wait
+            ));
         }
         if self.compact_every == Some(Duration::ZERO) {
             return Err("compact_every must be longer than zero".into());

@@ -5,7 +5,8 @@
 //! `pg_notify('storex_push', '<cursor> <user>')`. Every instance keeps one `LISTEN` connection
 //! and wakes its waiters for the user named. Notifications are hints, never data: a woken pull
 //! re-reads the log. When the listening connection drops (and notifications may have been
-//! missed), every waiter is woken to re-read, and the listener reconnects.
+//! missed), every waiter is woken to re-read, the listener reconnects, and the waiters are
+//! woken again shortly after, covering pushes made while it reconnected.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::live::LiveUpdates;
+
+/// After a lost `LISTEN` connection, waiters are woken again this long (and three times as
+/// long) after it dropped.
+const RECONNECT_WAKE: Duration = Duration::from_secs(1);
 
 /// The PostgreSQL notification channel.
 pub(crate) const CHANNEL: &str = "storex_push";
@@ -67,8 +72,20 @@ impl Notifier {
                             "ignoring a malformed push notification"
                         ),
                     },
-                    // The connection dropped: something may have been missed.
-                    Ok(None) => live.wake_all(),
+                    // The connection dropped: something may have been missed. The listener
+                    // reconnects and listens again on the next receive; wake the waiters now
+                    // and twice more, so a push during the reconnection is not left to their
+                    // timeout.
+                    Ok(None) => {
+                        live.wake_all();
+                        let live = live.clone();
+                        tokio::spawn(async move {
+                            for delay in [RECONNECT_WAKE, RECONNECT_WAKE * 3] {
+                                tokio::time::sleep(delay).await;
+                                live.wake_all();
+                            }
+                        });
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "LISTEN connection failed; retrying");
                         live.wake_all();

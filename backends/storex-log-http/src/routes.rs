@@ -7,11 +7,12 @@
 //! another device are refused, pulls and acks act on the token's device. Unknown, missing and
 //! revoked tokens get 401.
 
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -47,7 +48,7 @@ pub(crate) struct AppState {
     pub(crate) auth: AuthStore,
     pub(crate) live: Arc<LiveUpdates>,
     pub(crate) notifier: Notifier,
-    pub(crate) limiter: Option<Limiter>,
+    pub(crate) limiter: Limiter,
     pub(crate) metrics: Metrics,
     pub(crate) shutdown: CancellationToken,
     pub(crate) config: ServerConfig,
@@ -55,34 +56,60 @@ pub(crate) struct AppState {
 
 type Shared = Arc<AppState>;
 
-/// Requests per token, in memory: a cache that is safe to lose.
+/// Request rates, in memory: caches that are safe to lose. Before authentication requests
+/// are counted per client IP address (so made-up tokens cannot flood the database, and the
+/// buckets are bounded by the number of clients); after it, per device, user or admin.
 #[derive(Debug)]
 pub(crate) struct Limiter {
-    limiter: DefaultKeyedRateLimiter<[u8; 32]>,
+    per_caller: Option<DefaultKeyedRateLimiter<String>>,
+    per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+fn keyed<K: std::hash::Hash + Eq + Clone>(limit: RateLimit) -> DefaultKeyedRateLimiter<K> {
+    let per_second = NonZeroU32::new(limit.per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst))
+}
+
+fn refused(not_until: governor::NotUntil<governor::clock::QuantaInstant>) -> ApiError {
+    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    ApiError::rate_limited(wait.as_secs().max(1))
 }
 
 impl Limiter {
-    pub(crate) fn new(limit: RateLimit) -> Self {
-        let per_second = NonZeroU32::new(limit.per_second).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN);
+    pub(crate) fn new(per_caller: Option<RateLimit>, per_ip: Option<RateLimit>) -> Self {
         Limiter {
-            limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
+            per_caller: per_caller.map(keyed),
+            per_ip: per_ip.map(keyed),
         }
     }
 
-    /// Counts one request for `token`.
-    fn check(&self, token: &str) -> Result<(), ApiError> {
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.limiter.check_key(&key).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            ApiError::rate_limited(wait.as_secs().max(1))
-        })
+    /// Counts one request from `ip`, before authentication.
+    fn check_ip(&self, ip: Option<IpAddr>) -> Result<(), ApiError> {
+        match (&self.per_ip, ip) {
+            (Some(limiter), Some(ip)) => limiter.check_key(&ip).map_err(refused),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts one request of an authenticated caller.
+    fn check_caller(&self, caller: String) -> Result<(), ApiError> {
+        match &self.per_caller {
+            Some(limiter) => limiter.check_key(&caller).map_err(refused),
+            None => Ok(()),
+        }
     }
 
     /// Forgets idle buckets.
     pub(crate) fn trim(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
+        if let Some(limiter) = &self.per_caller {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        if let Some(limiter) = &self.per_ip {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
     }
 }
 
@@ -125,8 +152,13 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// The bearer token of a request, after the rate limit.
+/// The bearer token of a request, after the per-IP rate limit.
 fn bearer(parts: &Parts, state: &AppState) -> Result<String, ApiError> {
+    let ip = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
+    state.limiter.check_ip(ip)?;
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::unauthorized(
             "missing `Authorization: Bearer <token>`",
@@ -141,9 +173,6 @@ fn bearer(parts: &Parts, state: &AppState) -> Result<String, ApiError> {
         .ok_or_else(|| {
             ApiError::unauthorized("the Authorization header is not `Bearer <token>`")
         })?;
-    if let Some(limiter) = &state.limiter {
-        limiter.check(token)?;
-    }
     Ok(token.to_owned())
 }
 
@@ -164,6 +193,7 @@ impl FromRequestParts<Shared> for Admin {
         };
         // Compare digests: equal length, no early exit on the secret's bytes.
         if Sha256::digest(token.as_bytes()) == Sha256::digest(admin.as_bytes()) {
+            state.limiter.check_caller("admin".into())?;
             Ok(Admin)
         } else {
             Err(ApiError::unauthorized("wrong admin token"))
@@ -180,7 +210,10 @@ impl FromRequestParts<Shared> for User {
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
         let token = bearer(parts, state)?;
         match state.auth.user_by_token(&token).await {
-            Ok(Some(user)) => Ok(User(user)),
+            Ok(Some(user)) => {
+                state.limiter.check_caller(format!("user:{user}"))?;
+                Ok(User(user))
+            }
             Ok(None) => Err(ApiError::unauthorized("unknown user token")),
             Err(e) => Err(ApiError::unavailable("cannot check the token", &e)),
         }
@@ -203,10 +236,15 @@ impl FromRequestParts<Shared> for Device {
                 "device {} was revoked",
                 record.device
             ))),
-            Ok(Some(record)) => Ok(Device {
-                device: record.device,
-                user: record.user,
-            }),
+            Ok(Some(record)) => {
+                state
+                    .limiter
+                    .check_caller(format!("device:{}", record.device))?;
+                Ok(Device {
+                    device: record.device,
+                    user: record.user,
+                })
+            }
             Ok(None) => Err(ApiError::unauthorized("unknown device token")),
             Err(e) => Err(ApiError::unavailable("cannot check the token", &e)),
         }
@@ -247,14 +285,18 @@ async fn create_device(
     User(user): User,
 ) -> Result<(StatusCode, Json<DeviceCredentials>), ApiError> {
     let token = new_token().map_err(|e| ApiError::unavailable("cannot make a token", &e))?;
-    let device = state.log.create_device(&user).await?;
-    if let Err(e) = state.auth.add_device(device, &user, &token).await {
-        // Without a token nobody can use the device: do not let it hold back compaction.
-        if let Err(cleanup) = state.log.remove_device(device).await {
-            tracing::warn!(%cleanup, %device, "cannot remove a device whose token was not stored");
-        }
-        return Err(ApiError::unavailable("cannot store the device token", &e));
-    }
+    // The device and its token hash in one transaction: both exist or neither does, so no
+    // device without a token can hold back compaction.
+    let txn = state.log.begin().await?;
+    let device = state.log.register_device_in(&txn, &user).await?;
+    state
+        .auth
+        .add_device(&txn, device, &user, &token)
+        .await
+        .map_err(|e| ApiError::unavailable("cannot store the device token", &e))?;
+    txn.commit()
+        .await
+        .map_err(|e| ApiError::unavailable("cannot register the device", &e))?;
     Ok((
         StatusCode::CREATED,
         Json(DeviceCredentials {
@@ -272,7 +314,12 @@ async fn revoke_device(
     let device = DeviceId(parse_device(&device)?);
     match state.auth.revoke(&user, device).await {
         Ok(true) => {}
-        Ok(false) => return Err(ApiError::not_found(format!("user has no device {device}"))),
+        // A device of this user in the log without a token (none can be made any more, but a
+        // database may hold one from elsewhere): removing it is all revocation means.
+        Ok(false) => match state.log.user_of_device(device).await {
+            Ok(owner) if owner == user => {}
+            _ => return Err(ApiError::not_found(format!("user has no device {device}"))),
+        },
         Err(e) => return Err(ApiError::unavailable("cannot revoke the device", &e)),
     }
     state.log.remove_device(device).await?;
@@ -383,16 +430,14 @@ async fn compact(
 }
 
 async fn health(State(state): State<Shared>) -> Response {
-    match state.log.stats().await {
-        Ok(stats) => Json(Health {
+    // Cheap on purpose: load balancers call it often. Totals are in /metrics.
+    match state.auth.ping().await {
+        Ok(()) => Json(Health {
             status: "ok".into(),
-            users: stats.users,
-            devices: stats.devices,
-            entries: stats.entries,
             last_push: state.metrics.last_push(),
         })
         .into_response(),
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => ApiError::unavailable("the database does not answer", &e).into_response(),
     }
 }
 

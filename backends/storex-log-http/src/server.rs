@@ -28,12 +28,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::IntoFuture;
+
 use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
 use storex_log_sql::SqlSharedLog;
 use storex_sync::SharedSyncLog;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::TimeoutLayer;
 
 use crate::auth::AuthStore;
 use crate::config::ServerConfig;
@@ -93,19 +97,35 @@ impl SyncServer {
             auth,
             live,
             notifier,
-            limiter: config.rate_limit.map(Limiter::new),
+            limiter: Limiter::new(config.rate_limit, config.ip_rate_limit),
             metrics: Metrics::default(),
             shutdown: shutdown.clone(),
             config,
         });
-        let app =
-            routes::router(state.clone()).layer(DefaultBodyLimit::max(state.config.max_body_bytes));
+        let app = routes::router(state.clone())
+            .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                state.config.request_timeout,
+            ))
+            .into_make_service_with_connect_info::<SocketAddr>();
         let maintenance = tokio::spawn(maintain(state.clone()));
         let stop = shutdown.clone();
+        let shutdown_for_grace = shutdown.clone();
+        let grace = state.config.shutdown_grace;
         let serve = tokio::spawn(async move {
-            let result = axum::serve(listener, app)
+            let serving = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
+                .into_future();
+            tokio::pin!(serving);
+            let result = tokio::select! {
+                result = &mut serving => result,
+                // Once asked to stop, requests in flight get `grace` to finish.
+                () = async {
+                    shutdown_for_grace.cancelled().await;
+                    tokio::time::sleep(grace).await;
+                } => Ok(()),
+            };
             maintenance.abort();
             result
         });
@@ -158,23 +178,27 @@ impl RunningServer {
     }
 }
 
-/// Compacts every user's log on schedule and trims the caches.
+/// How often the caches are trimmed.
+const TRIM_EVERY: Duration = Duration::from_secs(60);
+
+/// Trims the caches every minute and compacts every user's log when it is due.
 async fn maintain(state: Arc<AppState>) {
-    let every = state.config.compact_every;
-    let mut tick = tokio::time::interval(every.unwrap_or(Duration::from_secs(60)));
+    let mut tick = tokio::time::interval(TRIM_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    let mut last_compaction = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Some(limiter) = &state.limiter {
-            limiter.trim();
-        }
+        state.limiter.trim();
         state.live.forget_idle();
-        if every.is_some() {
-            compact_all(&state).await;
+        if let Some(every) = state.config.compact_every {
+            if last_compaction.elapsed() >= every {
+                last_compaction = tokio::time::Instant::now();
+                compact_all(&state).await;
+            }
         }
     }
 }

@@ -37,7 +37,8 @@ async fn scale_out_child_instance() {
     let mut config = ServerConfig::new(database_url)
         .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
         .admin_token(ADMIN)
-        .rate_limit(None);
+        .rate_limit(None)
+        .ip_rate_limit(None);
     config.compact_every = None;
     let server = SyncServer::start(config).await.expect("instance starts");
     println!("listening {}", server.url());

@@ -17,6 +17,14 @@
 //! reads the committed counter `H`, then returns entries with cursors in `(after, H]`; an
 //! entry committing later gets a cursor above `H` and is found by the next pull. Cursors come
 //! from the log alone, never from device clocks.
+//!
+//! ## Bounds
+//! A pull page holds at most the entries asked for and about 8 MiB of payload (entries that
+//! start below the budget; a bigger single entry still comes alone), with `more` set when it
+//! was cut. An ack beyond the user's counter is kept at the counter, and compaction never goes
+//! past it, so a confused or hostile device cannot make later entries vanish. A pull re-reads
+//! the compaction mark after its query and answers `CursorCompacted` rather than a page with a
+//! hole. Entry ids are unique per user.
 
 mod log;
 

@@ -6,7 +6,9 @@ use sea_orm::sea_query::{
     Alias, ColumnDef, Expr, ExprTrait, Func, Index, OnConflict, Order, Query, SimpleExpr, Table,
     Value as SqlValue,
 };
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, QueryResult, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, QueryResult, TransactionTrait,
+};
 use storex_core::uuid::Uuid;
 use storex_core::BoxFuture;
 use storex_seaorm::{begin_write, connect, dialect_of, Dialect};
@@ -20,6 +22,8 @@ const DEVICES: &str = "storex_shared_devices";
 const ENTRIES: &str = "storex_shared_entries";
 /// PostgreSQL advisory lock key held while the tables are created ("storex" in ASCII).
 const MIGRATION_LOCK: i64 = 0x73_74_6f_72_65_78;
+/// Most payload bytes one pull returns (one larger entry still comes alone).
+const MAX_PULL_BYTES: usize = 8 * 1024 * 1024;
 /// Largest number of ids in one `IN (…)` lookup.
 const LOOKUP_CHUNK: usize = 500;
 /// Rows per multi-row INSERT (6 parameters each, within SQLite's 32,766).
@@ -79,6 +83,46 @@ impl SqlSharedLog {
     /// The connection.
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// Opens a write transaction on the log's database (on SQLite an immediate one), for
+    /// [`SqlSharedLog::register_device_in`] together with writes of the caller's own.
+    pub async fn begin(&self) -> SharedResult<DatabaseTransaction> {
+        begin_write(&self.db).await.map_err(|e| self.unavailable(e))
+    }
+
+    /// Registers a new device of `user` inside `txn`: it exists once `txn` commits, together
+    /// with whatever else the caller wrote in it (the sync server stores the device's token
+    /// hash in the same transaction).
+    pub async fn register_device_in(
+        &self,
+        txn: &DatabaseTransaction,
+        user: &str,
+    ) -> SharedResult<DeviceId> {
+        if user.is_empty() {
+            return Err(SharedLogError::Invalid {
+                problem: "a user name cannot be empty".into(),
+            });
+        }
+        let device = DeviceId::random();
+        let new_user = Query::insert()
+            .into_table(id(USERS))
+            .columns([id("user_name"), id("next_cursor"), id("compacted_through")])
+            .values_panic([Expr::val(user), Expr::val(0i64), Expr::val(0i64)])
+            .on_conflict(OnConflict::column(id("user_name")).do_nothing().to_owned())
+            .to_owned();
+        txn.execute(&new_user)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let new_device = Query::insert()
+            .into_table(id(DEVICES))
+            .columns([id("device"), id("user_name"), id("acked")])
+            .values_panic([Expr::val(device.0), Expr::val(user), Expr::val(0i64)])
+            .to_owned();
+        txn.execute(&new_device)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        Ok(device)
     }
 
     /// Removes a device (a revoked or lost one): its later calls get
@@ -186,10 +230,12 @@ impl SqlSharedLog {
             .col(ColumnDef::new(id("payload")).blob().not_null())
             .primary_key(Index::create().col(id("user_name")).col(id("cursor")))
             .to_owned();
+        // Entry ids are unique per user: one user's ids say nothing about another's.
         let entry_ids = Index::create()
             .if_not_exists()
-            .name("storex_shared_entries_id_key")
+            .name("storex_shared_entries_user_id_key")
             .table(id(ENTRIES))
+            .col(id("user_name"))
             .col(id("id"))
             .unique()
             .to_owned();
@@ -307,6 +353,7 @@ impl SqlSharedLog {
             let query = Query::select()
                 .column(id("id"))
                 .from(id(ENTRIES))
+                .and_where(col("user_name").eq(user.as_str()))
                 .and_where(col("id").is_in(chunk.iter().copied()))
                 .to_owned();
             for row in txn
@@ -381,32 +428,10 @@ impl SharedSyncLog for SqlSharedLog {
 
     fn create_device<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<DeviceId>> {
         Box::pin(async move {
-            if user.is_empty() {
-                return Err(SharedLogError::Invalid {
-                    problem: "a user name cannot be empty".into(),
-                });
-            }
-            let device = DeviceId::random();
             let txn = begin_write(&self.db)
                 .await
                 .map_err(|e| self.unavailable(e))?;
-            let new_user = Query::insert()
-                .into_table(id(USERS))
-                .columns([id("user_name"), id("next_cursor"), id("compacted_through")])
-                .values_panic([Expr::val(user), Expr::val(0i64), Expr::val(0i64)])
-                .on_conflict(OnConflict::column(id("user_name")).do_nothing().to_owned())
-                .to_owned();
-            txn.execute(&new_user)
-                .await
-                .map_err(|e| self.unavailable(e))?;
-            let new_device = Query::insert()
-                .into_table(id(DEVICES))
-                .columns([id("device"), id("user_name"), id("acked")])
-                .values_panic([Expr::val(device.0), Expr::val(user), Expr::val(0i64)])
-                .to_owned();
-            txn.execute(&new_device)
-                .await
-                .map_err(|e| self.unavailable(e))?;
+            let device = self.register_device_in(&txn, user).await?;
             txn.commit().await.map_err(|e| self.unavailable(e))?;
             Ok(device)
         })
@@ -478,47 +503,84 @@ impl SharedSyncLog for SqlSharedLog {
                     compacted_through: compacted,
                 });
             }
-            let mut query = Query::select();
-            query
+            if matches!(topics, Some(t) if t.is_empty()) {
+                return Ok(Pull {
+                    entries: Vec::new(),
+                    next_cursor: Ord::max(high, after),
+                    more: false,
+                });
+            }
+            // The page: entries in cursor order with the running total of their payload sizes,
+            // and only those that start below the byte budget, so a page of big entries stays
+            // bounded in memory (at least one entry always comes).
+            let mut page = Query::select();
+            page.columns([
+                id("cursor"),
+                id("id"),
+                id("device"),
+                id("topic"),
+                id("payload"),
+            ])
+            .expr_as(
+                Expr::cust(r#"SUM(LENGTH("payload")) OVER (ORDER BY "cursor")"#),
+                id("running"),
+            )
+            .expr_as(Expr::cust(r#"LENGTH("payload")"#), id("size"))
+            .from(id(ENTRIES))
+            .and_where(col("user_name").eq(user.as_str()))
+            .and_where(col("cursor").gt(cursor_value(after)))
+            .and_where(col("cursor").lte(cursor_value(high)))
+            .and_where(col("device").ne(device.0))
+            .order_by(id("cursor"), Order::Asc)
+            .limit(limit as u64 + 1);
+            if let Some(topics) = topics {
+                page.and_where(col("topic").is_in(topics.iter().map(String::as_str)));
+            }
+            let budget = i64::try_from(MAX_PULL_BYTES).unwrap_or(i64::MAX);
+            let query = Query::select()
                 .columns([
                     id("cursor"),
                     id("id"),
                     id("device"),
                     id("topic"),
                     id("payload"),
+                    id("running"),
                 ])
-                .from(id(ENTRIES))
-                .and_where(col("user_name").eq(user.as_str()))
-                .and_where(col("cursor").gt(cursor_value(after)))
-                .and_where(col("cursor").lte(cursor_value(high)))
-                .and_where(col("device").ne(device.0))
+                .from_subquery(page, id("page"))
+                // A constant of ours, not input: written into the SQL text.
+                .and_where(Expr::cust(format!(r#""running" - "size" < {budget}"#)))
                 .order_by(id("cursor"), Order::Asc)
-                .limit(limit as u64 + 1);
-            if let Some(topics) = topics {
-                if topics.is_empty() {
-                    return Ok(Pull {
-                        entries: Vec::new(),
-                        next_cursor: Ord::max(high, after),
-                        more: false,
-                    });
-                }
-                query.and_where(col("topic").is_in(topics.iter().map(String::as_str)));
-            }
+                .to_owned();
             let rows = self
                 .db
                 .query_all(&query)
                 .await
                 .map_err(|e| self.unavailable(e))?;
-            let more = rows.len() > limit;
-            let entries = rows
+            let taken = &rows[..rows.len().min(limit)];
+            let entries = taken
                 .iter()
-                .take(limit)
                 .map(|row| self.read_pulled(row))
                 .collect::<SharedResult<Vec<_>>>()?;
+            let last_running: i64 = match taken.last() {
+                Some(row) => row
+                    .try_get("", "running")
+                    .map_err(|_| self.corrupt("entry size"))?,
+                None => 0,
+            };
+            // More may follow when the page was cut by count, or by bytes.
+            let more = rows.len() > limit || last_running >= budget;
             let next_cursor = match (more, entries.last()) {
                 (true, Some(last)) => last.cursor,
                 _ => Ord::max(high, after),
             };
+            // A compaction that committed meanwhile may have removed part of this page.
+            let (_, compacted) = self.counters(&self.db, &user).await?;
+            if after < compacted {
+                return Err(SharedLogError::CursorCompacted {
+                    cursor: after,
+                    compacted_through: compacted,
+                });
+            }
             Ok(Pull {
                 entries,
                 next_cursor,
@@ -529,7 +591,11 @@ impl SharedSyncLog for SqlSharedLog {
 
     fn ack(&self, device: DeviceId, cursor: u64) -> BoxFuture<'_, SharedResult<()>> {
         Box::pin(async move {
-            self.user_of(&self.db, device).await?;
+            let user = self.user_of(&self.db, device).await?;
+            // Nobody can have integrated entries that do not exist yet: an ack beyond the
+            // counter is kept at the counter, so it cannot compact entries pushed later.
+            let (high, _) = self.counters(&self.db, &user).await?;
+            let cursor = Ord::min(cursor, high);
             let update = Query::update()
                 .table(id(DEVICES))
                 .value(id("acked"), Expr::val(cursor_value(cursor)))
@@ -564,6 +630,8 @@ impl SharedSyncLog for SqlSharedLog {
                     .map_err(|_| self.corrupt("position"))?,
                 None => None,
             };
+            let (high, _) = self.counters(&txn, user).await?;
+            let through = through.map(|t| Ord::min(t, i64::try_from(high).unwrap_or(i64::MAX)));
             let Some(through) = through.filter(|t| *t > 0) else {
                 txn.commit().await.map_err(|e| self.unavailable(e))?;
                 return Ok(0);

@@ -100,3 +100,36 @@ mod postgres {
         }
     }
 }
+
+#[tokio::test]
+async fn a_page_of_big_entries_is_cut_by_bytes() {
+    use storex_core::uuid::Uuid;
+    use storex_sync::SharedEntry;
+    let log = SqlSharedLog::connect("sqlite::memory:")
+        .await
+        .expect("connect");
+    let (a, b) = (
+        log.create_device("ann").await.expect("device"),
+        log.create_device("ann").await.expect("device"),
+    );
+    let big: Vec<SharedEntry> = (0..5u8)
+        .map(|i| SharedEntry {
+            id: Uuid::now_v7(),
+            device: a,
+            topic: "photo".into(),
+            payload: vec![i; 3 * 1024 * 1024],
+        })
+        .collect();
+    log.push(a, big).await.expect("push");
+    let page = log.pull(b, 0, 100, None).await.expect("pull");
+    // 8 MiB per page: entries starting at 0, 3 and 6 MiB come, the others wait.
+    assert_eq!(page.entries.len(), 3);
+    assert!(page.more);
+    assert_eq!(page.next_cursor, page.entries[2].cursor);
+    let rest = log
+        .pull(b, page.next_cursor, 100, None)
+        .await
+        .expect("pull");
+    assert_eq!(rest.entries.len(), 2);
+    assert!(!rest.more);
+}

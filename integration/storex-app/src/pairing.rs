@@ -5,8 +5,9 @@
 //!
 //! The codes are base64 text (QR-code ready). The channel is peer to peer with host candidates
 //! only (no STUN server, no relay): both devices must reach each other directly, e.g. on the
-//! same network. Local-only collections (excluded from sync, such as the app settings with the
-//! device id) never leave the sender.
+//! same network. The app's settings (the device id and its credentials) never leave the
+//! sender; other local-only collections travel (it is a move of the whole database) unless the
+//! options' collection list leaves them out.
 //!
 //! ```no_run
 //! # async fn demo(old: storex_app::SyncedStorage, new: storex_app::SyncedStorage) -> storex_app::Result<()> {
@@ -31,7 +32,7 @@ use storex_channel_webrtc::{PendingAnswer, PendingOffer, WebRtcChannel};
 use storex_sync::fast_sync::{receive_snapshot, send_snapshot, FastSyncOptions, TransferReport};
 
 use crate::error::Result;
-use crate::synced::SyncedStorage;
+use crate::synced::{SyncedStorage, SETTINGS_COLLECTION};
 
 /// The offer of the device that sends its data: show [`PairingOffer::code`] to the new
 /// device, then pass the answer to [`SyncedStorage::send_to_paired`].
@@ -99,9 +100,31 @@ impl SyncedStorage {
         options: &FastSyncOptions,
     ) -> Result<TransferReport> {
         let mut channel = offer.pending.connect(answer_code.trim()).await?;
-        let report = send_snapshot(self.device(), &mut channel, options).await?;
+        let report =
+            send_snapshot(self.device(), &mut channel, &self.pairing_options(options)).await?;
         channel.close().await;
         Ok(report)
+    }
+
+    /// `options` limited to what a paired device may receive: never this device's settings
+    /// (its id and credentials belong to it alone).
+    fn pairing_options(&self, options: &FastSyncOptions) -> FastSyncOptions {
+        let storage = self.device().storage();
+        let shareable: Vec<String> = storage
+            .registry()
+            .collections()
+            .map(|c| c.name().to_owned())
+            .filter(|name| name != SETTINGS_COLLECTION)
+            .filter(|name| {
+                options
+                    .collections
+                    .as_ref()
+                    .is_none_or(|wanted| wanted.contains(name))
+            })
+            .collect();
+        let mut options = options.clone();
+        options.collections = Some(shareable);
+        options
     }
 
     /// On the new device: waits for the sender and applies what it sends; afterwards this

@@ -58,7 +58,7 @@ impl Pair {
         P: Future<Output = Result<(), BoxError>>,
         S: Future<Output = Result<(), BoxError>>,
     {
-        if turn % 2 == 0 {
+        if turn.is_multiple_of(2) {
             timed(&mut self.plain, plain).await?;
             timed(&mut self.storex, storex).await
         } else {

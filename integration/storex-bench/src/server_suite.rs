@@ -67,7 +67,8 @@ async fn instances(store: &Store, n: usize) -> Result<Vec<RunningServer>, BoxErr
         let mut config = ServerConfig::new(&store.url)
             .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
             .admin_token(ADMIN)
-            .rate_limit(None);
+            .rate_limit(None)
+            .ip_rate_limit(None);
         config.compact_every = None;
         servers.push(SyncServer::start(config).await?);
     }

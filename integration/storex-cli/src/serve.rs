@@ -29,6 +29,10 @@ pub(crate) struct ServeArgs {
     /// Requests per second per token (0: unlimited); bursts of twice as many.
     #[arg(long, env = "STOREX_RATE_LIMIT", default_value_t = 200)]
     rate_limit: u32,
+    /// Requests per second per client IP address before authentication (0: unlimited); bursts
+    /// of twice as many. Behind a reverse proxy every client has the proxy's address.
+    #[arg(long, env = "STOREX_IP_RATE_LIMIT", default_value_t = 2000)]
+    ip_rate_limit: u32,
     /// Seconds between scheduled compactions (0: never).
     #[arg(long, env = "STOREX_COMPACT_EVERY", default_value_t = 600)]
     compact_every: u64,
@@ -43,6 +47,10 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
     config.rate_limit = (args.rate_limit > 0).then(|| RateLimit {
         per_second: args.rate_limit,
         burst: args.rate_limit.saturating_mul(2),
+    });
+    config.ip_rate_limit = (args.ip_rate_limit > 0).then(|| RateLimit {
+        per_second: args.ip_rate_limit,
+        burst: args.ip_rate_limit.saturating_mul(2),
     });
     config.compact_every =
         (args.compact_every > 0).then(|| Duration::from_secs(args.compact_every));

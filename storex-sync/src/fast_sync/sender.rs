@@ -49,7 +49,6 @@ impl SnapshotSender {
         let tx = storage.begin().await?;
         let wanted = |name: &str| {
             !INTERNAL_COLLECTIONS.contains(&name)
-                && !device.is_excluded(name)
                 && options
                     .collections
                     .as_ref()

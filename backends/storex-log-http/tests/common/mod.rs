@@ -53,6 +53,7 @@ pub fn config(store: &Store) -> ServerConfig {
         .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
         .admin_token(ADMIN)
         .rate_limit(None)
+        .ip_rate_limit(None)
 }
 
 /// A server on a free port of 127.0.0.1.
@@ -140,6 +141,28 @@ impl SharedSyncLog for Provisioned {
             let token = self.user_token(user).await?;
             self.log.compact(&token).await
         })
+    }
+
+    fn max_entry_bytes(&self) -> Option<usize> {
+        self.log.max_entry_bytes()
+    }
+
+    fn device_credentials(&self, device: DeviceId) -> Option<String> {
+        self.log.device_credentials(device)
+    }
+
+    fn restore_device_credentials(&self, device: DeviceId, credentials: &str) {
+        self.log.restore_device_credentials(device, credentials)
+    }
+
+    fn live_wait<'a>(
+        &'a self,
+        device: DeviceId,
+        after: u64,
+        wait: std::time::Duration,
+        topics: Option<&'a [String]>,
+    ) -> Option<BoxFuture<'a, SharedResult<bool>>> {
+        self.log.live_wait(device, after, wait, topics)
     }
 }
 
