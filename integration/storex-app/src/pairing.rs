@@ -11,18 +11,22 @@
 //!
 //! ```no_run
 //! # async fn demo(old: storex_app::SyncedStorage, new: storex_app::SyncedStorage) -> storex_app::Result<()> {
+//! use storex_app::SyncedStorage;
 //! use storex_sync::fast_sync::FastSyncOptions;
 //!
-//! // Old device: show the offer.
+//! let options = FastSyncOptions::default();
+//! // Old device: show the offer code.
 //! let offer = old.offer_pairing().await?;
 //! println!("{}", offer.code());
-//! // New device: accept it, show the answer, and wait for the data.
-//! let answer = storex_app::SyncedStorage::accept_pairing(offer.code()).await?;
-//! println!("{}", answer.code());
-//! let receiving = new.receive_from_paired(answer, &FastSyncOptions::default());
-//! // Old device: take the answer and send.
-//! let sending = old.send_to_paired(offer, /* the answer code */ "…", &FastSyncOptions::default());
-//! # let _ = (receiving, sending);
+//! // New device: accept it and show the answer code.
+//! let answer = SyncedStorage::accept_pairing(offer.code()).await?;
+//! let answer_code = answer.code().to_owned();
+//! // Then, each on its own device: the old one sends, the new one receives.
+//! let (sent, received) = tokio::join!(
+//!     old.send_to_paired(offer, &answer_code, &options),
+//!     new.receive_from_paired(answer, &options),
+//! );
+//! println!("sent {} objects, received {}", sent?.objects, received?.objects);
 //! # Ok(()) }
 //! ```
 
