@@ -24,6 +24,7 @@ mod services;
 mod shared_log_suite;
 mod suite;
 pub mod sync_scenarios;
+pub mod transfer;
 
 pub use backend_suite::{backend_suite, run_backend_suite};
 pub use fixtures::fixture_registry;

@@ -13,6 +13,7 @@ use storex_sync::fast_sync::{
     receive_snapshot, send_snapshot, ChannelError, FastSyncError, FastSyncOptions, Package,
 };
 use storex_sync::{Clock, DeviceId, Error, SyncDevice, SyncOptions};
+use storex_test::transfer::{assert_identical, count, fill, sqlite_device, three_collections};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -185,67 +186,12 @@ async fn a_peer_speaking_another_version_is_refused() {
 
 #[tokio::test]
 async fn a_hundred_thousand_rows_in_three_collections_arrive_identical() {
-    let registry = Registry::builder()
-        .collection(
-            CollectionDef::new("note")
-                .field("id", FieldType::Uuid)
-                .field("title", FieldType::Text)
-                .primary_key(["id"]),
-        )
-        .collection(
-            CollectionDef::new("tag")
-                .field("note", FieldType::Int)
-                .field("name", FieldType::Text)
-                .primary_key(["note", "name"]),
-        )
-        .collection(
-            CollectionDef::new("event")
-                .field("id", FieldType::Int)
-                .field("at", FieldType::DateTime)
-                .optional_field("weight", FieldType::Float)
-                .primary_key(["id"]),
-        )
-        .build()
-        .expect("registry");
     let dir = tempfile::tempdir().expect("temporary directory");
-    let open = |name: &str| {
-        let (path, registry) = (dir.path().join(name), registry.clone());
-        async move {
-            let backend: Arc<dyn StorageBackend> =
-                Arc::new(SeaOrmBackend::open_sqlite_file(path).await.expect("open"));
-            SyncDevice::open(
-                registry,
-                backend,
-                Clock::new(DeviceId::random()),
-                SyncOptions::default(),
-            )
-            .await
-            .expect("device")
-        }
-    };
-    let (old, new) = (open("old.db").await, open("new.db").await);
-    let at = storex_core::chrono::Utc::now();
-    for chunk in 0..40i64 {
-        let mut steps = Vec::with_capacity(2_500);
-        for i in 0..1_000i64 {
-            let n = chunk * 1_000 + i;
-            steps.push(BatchStep::new(Operation::create(
-                "note",
-                object! { "title" => format!("note {n}") },
-            )));
-            steps.push(BatchStep::new(Operation::create(
-                "tag",
-                object! { "note" => n, "name" => format!("t{}", n % 7) },
-            )));
-            if i % 2 == 0 {
-                steps.push(BatchStep::new(Operation::create(
-                    "event",
-                    object! { "id" => n, "at" => at + storex_core::chrono::Duration::seconds(n), "weight" => n as f64 / 3.0 },
-                )));
-            }
-        }
-        old.storage().batch(steps).await.expect("write");
-    }
+    let (old, new) = (
+        sqlite_device(dir.path(), "old.db", three_collections()).await,
+        sqlite_device(dir.path(), "new.db", three_collections()).await,
+    );
+    fill(&old, 0, 40_000, 3.0).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     let options = FastSyncOptions::default();
@@ -260,28 +206,8 @@ async fn a_hundred_thousand_rows_in_three_collections_arrive_identical() {
     let (received, sent) = tokio::join!(receiving, sending);
     received.expect("receive");
     sent.expect("send");
-    for collection in ["note", "tag", "event"] {
-        let rows = |d: &SyncDevice| {
-            let storage = d.storage().clone();
-            async move {
-                storage
-                    .find_many(collection, storex_core::Query::default())
-                    .await
-                    .expect("rows")
-            }
-        };
-        let (a, b) = (rows(&old).await, rows(&new).await);
-        assert_eq!(a.len(), b.len(), "{collection}");
-        assert!(a == b, "{collection}: rows differ");
-    }
+    assert_identical(&old, &new).await;
     for (collection, rows) in [("note", 40_000), ("tag", 40_000), ("event", 20_000)] {
-        assert_eq!(
-            new.storage()
-                .count(collection, Filter::all())
-                .await
-                .expect("count"),
-            rows,
-            "{collection}"
-        );
+        assert_eq!(count(&new, collection).await, rows, "{collection}");
     }
 }

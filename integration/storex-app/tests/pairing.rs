@@ -2,43 +2,16 @@
 //! over WebRTC on loopback, keeps its own identity, and continues with continuous sync from the
 //! handoff, converging with the old device.
 
-#![allow(unreachable_pub)] // SeaORM entities must be `pub` inside their modules.
-
 use std::sync::Arc;
 
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Schema};
 use storex_app::{Error, SyncedStorage};
 use storex_core::{object, Filter};
 use storex_sync::fast_sync::FastSyncOptions;
 use storex_sync::{MemorySharedLog, SharedSyncLog};
 
-mod note {
-    use sea_orm::entity::prelude::*;
+mod common;
 
-    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
-    #[sea_orm(table_name = "note")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub id: Uuid,
-        pub title: String,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
-}
-
-async fn app_db(path: &std::path::Path) -> DatabaseConnection {
-    let db = Database::connect(format!("sqlite://{}?mode=rwc", path.display()))
-        .await
-        .expect("connect");
-    let mut create = Schema::new(db.get_database_backend()).create_table_from_entity(note::Entity);
-    db.execute(create.if_not_exists())
-        .await
-        .expect("create table");
-    db
-}
+use common::{app_db, note};
 
 async fn open(path: &std::path::Path, log: &Arc<dyn SharedSyncLog>) -> SyncedStorage {
     SyncedStorage::builder(app_db(path).await)

@@ -2,13 +2,11 @@
 //! survives a restart, and a write on one device reaches the other through the server's live
 //! updates although both background timers are an hour long.
 
-#![allow(unreachable_pub)] // SeaORM entities must be `pub` inside their modules.
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Schema};
+use sea_orm::DatabaseConnection;
 use storex_app::{BackgroundOptions, SyncedStorage};
 use storex_core::{object, Filter};
 use storex_log_http::{HttpSharedLog, RunningServer, ServerConfig, SyncServer};
@@ -16,33 +14,9 @@ use storex_sync::SharedSyncLog;
 
 const ADMIN: &str = "app-test-admin-token-0123";
 
-mod note {
-    use sea_orm::entity::prelude::*;
+mod common;
 
-    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
-    #[sea_orm(table_name = "note")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub id: Uuid,
-        pub title: String,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
-}
-
-async fn app_db(path: &std::path::Path) -> DatabaseConnection {
-    let db = Database::connect(format!("sqlite://{}?mode=rwc", path.display()))
-        .await
-        .expect("connect");
-    let mut create = Schema::new(db.get_database_backend()).create_table_from_entity(note::Entity);
-    db.execute(create.if_not_exists())
-        .await
-        .expect("create table");
-    db
-}
+use common::{app_db, note};
 
 async fn server(dir: &std::path::Path) -> (RunningServer, String) {
     let config = ServerConfig::new(format!(
