@@ -3,7 +3,8 @@
 //! triggers a sync as soon as other devices pushed, instead of waiting for the timer.
 //!
 //! It ends by itself when the shared log cannot tell (memory, SQL and Firestore logs), and on
-//! stop. While the log is unreachable it backs off (1 s doubling to 30 s); the sync task's own
+//! stop. When the sync it triggered failed, it waits out the sync task's backoff before
+//! watching again, so live signals never cut a backoff short. While the log is unreachable it backs off (1 s doubling to 30 s); the sync task's own
 //! backoff reports the failure, so the watcher stays quiet about it.
 
 use std::sync::Arc;
@@ -41,14 +42,25 @@ pub(crate) async fn watch(
                 shared.now.notify_one();
                 let finished = async {
                     while let Ok(event) = events.recv().await {
-                        if matches!(event, SyncEvent::Finished(_) | SyncEvent::Failed { .. }) {
-                            break;
+                        match event {
+                            SyncEvent::Finished(_) => return Duration::ZERO,
+                            // The sync task backs off; so does the watcher, or its signals
+                            // would cut the backoff short.
+                            SyncEvent::Failed { retry_in, .. } => return retry_in,
+                            _ => {}
                         }
                     }
+                    Duration::ZERO
                 };
-                tokio::select! {
+                let pause = tokio::select! {
                     _ = until_true(&mut stop) => return,
-                    _ = tokio::time::timeout(SYNC_WAIT, finished) => {}
+                    waited = tokio::time::timeout(SYNC_WAIT, finished) => waited.unwrap_or(Duration::ZERO),
+                };
+                if !pause.is_zero() {
+                    tokio::select! {
+                        _ = until_true(&mut stop) => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
                 }
             }
             Some(Err(_)) => {

@@ -123,3 +123,67 @@ async fn a_write_reaches_the_other_device_through_live_updates() {
     b_bg.stop().await;
     server.shutdown().await.expect("stop");
 }
+
+/// Fails every write that applies other devices' changes (a full disk, say).
+#[derive(Debug)]
+struct FailingApply;
+
+impl storex_core::Middleware for FailingApply {
+    fn process<'a>(
+        &'a self,
+        op: storex_core::Operation,
+        next: storex_core::Next<'a>,
+    ) -> storex_core::BoxFuture<'a, storex_core::Result<storex_core::Outcome>> {
+        if next.origin() == storex_core::Origin::Sync
+            && matches!(op, storex_core::Operation::Batch { .. })
+        {
+            return Box::pin(async {
+                Err(storex_core::Error::Transaction {
+                    problem: "injected: the disk is full".into(),
+                })
+            });
+        }
+        next.run(op)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_updates_do_not_cut_the_backoff_after_a_failed_sync_short() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (server, token) = server(dir.path()).await;
+    let a = open(
+        app_db(&dir.path().join("a.db")).await,
+        &server.url(),
+        &token,
+    )
+    .await;
+    let log: Arc<dyn SharedSyncLog> = Arc::new(HttpSharedLog::new(&server.url()).expect("client"));
+    let b = SyncedStorage::builder(app_db(&dir.path().join("b.db")).await)
+        .entity(note::Entity)
+        .shared_log(log, token.as_str())
+        .with_middleware(Arc::new(FailingApply))
+        .open()
+        .await
+        .expect("open b");
+    a.storage()
+        .create("note", object! { "title" => "cannot be applied on b" })
+        .await
+        .expect("write");
+    a.sync_once().await.expect("push");
+
+    let background = b.start_background(
+        BackgroundOptions::default()
+            .with_interval(Duration::from_secs(3600))
+            .with_backoff(Duration::from_millis(250), Duration::from_millis(250)),
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let failures = background.status().consecutive_failures;
+    println!("in 1.5 s with a 250 ms backoff: {failures} failed syncs");
+    assert!(failures >= 2, "b never retried: {failures}");
+    assert!(
+        failures <= 12,
+        "live signals cut the backoff short: {failures} syncs in 1.5 s"
+    );
+    background.stop().await;
+    server.shutdown().await.expect("stop");
+}
