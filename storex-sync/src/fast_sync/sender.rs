@@ -16,7 +16,7 @@ use crate::fast_sync::{
 };
 
 /// Objects read from the snapshot at a time.
-const PAGE: u64 = 500;
+const PAGE: u64 = 2_000;
 
 /// A snapshot of a device, held open so that a transfer interrupted by a dropped channel can
 /// resume on a new channel with the same data.
