@@ -114,4 +114,11 @@ impl FastSyncChannel for TcpChannel {
             }
         })
     }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // Flushes what is buffered and shuts the write half down; the peer reads the end.
+            let _ = SinkExt::<tokio_util::bytes::Bytes>::close(&mut self.framed).await;
+        })
+    }
 }

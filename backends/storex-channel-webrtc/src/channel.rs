@@ -106,8 +106,14 @@ impl WebRtcChannel {
     /// Closes the channel: waits (a few seconds at most) until the peer has acknowledged
     /// everything sent, then closes the data channel and the connection.
     pub async fn close(mut self) {
-        self.closed = true;
-        shut_down(self.pc.clone(), self.dc.clone()).await;
+        self.shut_down_once().await;
+    }
+
+    async fn shut_down_once(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            shut_down(self.pc.clone(), self.dc.clone()).await;
+        }
     }
 
     /// The next message from the peer; `None` once the channel or connection is closed.
@@ -181,5 +187,9 @@ impl FastSyncChannel for WebRtcChannel {
                 }
             }
         })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.shut_down_once())
     }
 }

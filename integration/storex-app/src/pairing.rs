@@ -139,6 +139,9 @@ impl SyncedStorage {
         options: &FastSyncOptions,
     ) -> Result<TransferReport> {
         let mut channel = answer.pending.open().await?;
-        Ok(receive_snapshot(self.device(), &mut channel, options).await?)
+        let report = receive_snapshot(self.device(), &mut channel, options).await;
+        // The last acknowledgement must reach the sender even if the app exits next.
+        channel.close().await;
+        Ok(report?)
     }
 }

@@ -127,6 +127,8 @@ pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
     };
     let bar = progress_bar();
     let report = send_snapshot(&device, channel.as_mut(), &options(&bar)).await;
+    // Before the process ends: a WebRTC channel still delivers in the background.
+    channel.close().await;
     bar.finish_and_clear();
     let report = report?;
     summary(&report, "sent");
@@ -171,6 +173,8 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
     let registry = offer.registry().context("the sender's schema")?;
     let device = open_device(db, registry).await?;
     let report = receive_offer(&device, channel.as_mut(), offer, &options).await;
+    // The last acknowledgement must reach the sender before this process ends.
+    channel.close().await;
     bar.finish_and_clear();
     let report = report?;
     summary(&report, "received");

@@ -53,6 +53,14 @@ pub trait FastSyncChannel: Send + fmt::Debug {
 
     /// The next package; `None` once the peer closed the channel cleanly.
     fn recv(&mut self) -> BoxFuture<'_, Result<Option<Package>, ChannelError>>;
+
+    /// Closes the channel once what was sent has reached the peer (as far as the transport
+    /// can tell). Call it before the process ends: a transport that flushes in the background
+    /// (a WebRTC data channel) would otherwise lose the last packages. The default does
+    /// nothing, for channels that deliver as they send.
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// One end of an in-memory channel.
