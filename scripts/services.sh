@@ -147,5 +147,6 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   echo "export STOREX_PG_URL=$STOREX_PG_URL"
   echo "export FIRESTORE_EMULATOR_HOST=$FIRESTORE_EMULATOR_HOST STOREX_FIRESTORE_PROJECT=$STOREX_FIRESTORE_PROJECT"
   echo "services: running; press Ctrl-C to stop" >&2
-  while true; do sleep 3600; done
+  # `wait` returns at once on a signal, so SIGTERM stops the services without delay.
+  while true; do sleep 3600 & wait $!; done
 fi
