@@ -162,4 +162,26 @@ impl SharedSyncLog for FlakySharedLog {
     fn compact<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<u64>> {
         self.inner.compact(user)
     }
+
+    fn max_entry_bytes(&self) -> Option<usize> {
+        self.inner.max_entry_bytes()
+    }
+
+    fn device_credentials(&self, device: DeviceId) -> Option<String> {
+        self.inner.device_credentials(device)
+    }
+
+    fn restore_device_credentials(&self, device: DeviceId, credentials: &str) {
+        self.inner.restore_device_credentials(device, credentials)
+    }
+
+    fn live_wait<'a>(
+        &'a self,
+        device: DeviceId,
+        after: u64,
+        wait: std::time::Duration,
+        topics: Option<&'a [String]>,
+    ) -> Option<BoxFuture<'a, SharedResult<bool>>> {
+        self.inner.live_wait(device, after, wait, topics)
+    }
 }
