@@ -501,7 +501,10 @@ fn refusal(status: StatusCode, body: &[u8], retry: Retry, caller: Caller) -> Att
         .map(|d| d.message.clone())
         .unwrap_or_else(|| format!("HTTP {status}"));
     let code = detail.as_ref().map(|d| d.code.as_str()).unwrap_or("");
-    let transient = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+    let transient = matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT
+    ) || status.is_server_error();
     if transient {
         let surely_unprocessed = matches!(
             status,
