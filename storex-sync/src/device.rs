@@ -121,12 +121,6 @@ impl SyncDevice {
         &self.log
     }
 
-    /// True when `collection` is local to this device (excluded from sync): it is not logged
-    /// nor pushed (a fast-sync migration still moves it, unless told otherwise).
-    pub fn is_excluded(&self, collection: &str) -> bool {
-        self.excluded.iter().any(|c| c == collection)
-    }
-
     /// This device's id.
     pub fn device(&self) -> DeviceId {
         self.clock.device()
