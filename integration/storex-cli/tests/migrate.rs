@@ -14,6 +14,16 @@ fn storex() -> Command {
     Command::new(env!("CARGO_BIN_EXE_storex"))
 }
 
+/// The next line a child printed, which must start with `prefix`, without it.
+fn next_line_after(out: &mut impl BufRead, prefix: &str) -> String {
+    let mut line = String::new();
+    out.read_line(&mut line).expect("a line from the child");
+    line.trim()
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("expected `{prefix}…`, got {line:?}"))
+        .to_owned()
+}
+
 fn registry() -> Registry {
     Registry::builder()
         .collection(
@@ -75,15 +85,7 @@ async fn a_database_of_50k_rows_moves_between_two_processes() {
         .spawn()
         .expect("start the sender");
     let mut sender_out = BufReader::new(sender.stdout.take().expect("stdout"));
-    let mut first_line = String::new();
-    sender_out
-        .read_line(&mut first_line)
-        .expect("the sender's address");
-    let address = first_line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("an address")
-        .to_owned();
+    let address = next_line_after(&mut sender_out, "listening on ");
     let receiver = storex()
         .args(["migrate", "receive", "--db"])
         .arg(&new_path)
@@ -206,13 +208,7 @@ async fn a_database_moves_over_webrtc_by_offer_and_answer_codes() {
         .spawn()
         .expect("start the sender");
     let mut sender_out = BufReader::new(sender.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    sender_out.read_line(&mut line).expect("the offer");
-    let offer = line
-        .trim()
-        .strip_prefix("offer: ")
-        .expect("an offer line")
-        .to_owned();
+    let offer = next_line_after(&mut sender_out, "offer: ");
 
     let mut receiver = storex()
         .args(["migrate", "receive", "--db"])
@@ -223,13 +219,7 @@ async fn a_database_moves_over_webrtc_by_offer_and_answer_codes() {
         .spawn()
         .expect("start the receiver");
     let mut receiver_out = BufReader::new(receiver.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    receiver_out.read_line(&mut line).expect("the answer");
-    let answer = line
-        .trim()
-        .strip_prefix("answer: ")
-        .expect("an answer line")
-        .to_owned();
+    let answer = next_line_after(&mut receiver_out, "answer: ");
     let mut stdin = sender.stdin.take().expect("stdin");
     writeln!(stdin, "{answer}").expect("paste the answer");
     drop(stdin);

@@ -36,6 +36,22 @@ fn serve(db: &std::path::Path) -> (Child, String) {
     (child, url)
 }
 
+/// Runs `storex user --name NAME` against the server at `url` with the admin token.
+fn create_user(url: &str, name: &str) -> std::process::Output {
+    storex()
+        .args([
+            "user",
+            "--server",
+            url,
+            "--name",
+            name,
+            "--admin-token",
+            ADMIN,
+        ])
+        .output()
+        .expect("run storex user")
+}
+
 #[test]
 fn serve_takes_its_settings_from_the_environment_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -54,18 +70,7 @@ fn serve_takes_its_settings_from_the_environment_and_stops_on_sigterm() {
     assert!(stdout.contains("user: ann"), "{stdout}");
     assert!(stdout.contains("token: stx_"), "{stdout}");
     // The same name twice is refused with the server's reason.
-    let output = storex()
-        .args([
-            "user",
-            "--server",
-            &url,
-            "--name",
-            "ann",
-            "--admin-token",
-            ADMIN,
-        ])
-        .output()
-        .expect("run storex user");
+    let output = create_user(&url, "ann");
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("exists already"), "{stderr}");
@@ -192,18 +197,7 @@ fn run_sync(db: &std::path::Path, url: &str, token: &str) -> String {
 async fn sync_moves_an_apps_rows_between_two_databases_through_the_server() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let (mut child, url) = serve(&dir.path().join("server.db"));
-    let output = storex()
-        .args([
-            "user",
-            "--server",
-            &url,
-            "--name",
-            "ann",
-            "--admin-token",
-            ADMIN,
-        ])
-        .output()
-        .expect("run storex user");
+    let output = create_user(&url, "ann");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let token = stdout
         .lines()
