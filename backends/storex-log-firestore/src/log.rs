@@ -310,6 +310,29 @@ impl FirestoreSharedLog {
         })
     }
 
+    /// Adds to `tx` the update of `field` of the user document `key`, on condition that the
+    /// document is still at `version` (the optimistic check both the cursor counter and the
+    /// compaction mark rely on).
+    fn update_user_unchanged_since(
+        &self,
+        tx: &mut FirestoreTransaction<'_>,
+        key: &str,
+        user: &UserDoc,
+        version: FirestoreInstant,
+        field: &str,
+    ) -> Result<(), Failure> {
+        self.db
+            .fluent()
+            .update()
+            .fields([field])
+            .in_col(&self.users)
+            .precondition(FirestoreWritePrecondition::UpdateTime(version))
+            .document_id(key)
+            .object(user)
+            .add_to_transaction(tx)?;
+        Ok(())
+    }
+
     /// `(greatest cursor handed out, compacted through)` of a user.
     async fn counters(&self, key: &str) -> Result<(u64, u64), Failure> {
         let user = self
@@ -419,16 +442,7 @@ impl FirestoreSharedLog {
                     .object(&doc)
                     .add_to_transaction(tx)?;
             }
-            self.db
-                .fluent()
-                .update()
-                .fields([field::NEXT_CURSOR])
-                .in_col(&self.users)
-                .precondition(FirestoreWritePrecondition::UpdateTime(version))
-                .document_id(key)
-                .object(&user)
-                .add_to_transaction(tx)?;
-            Ok(())
+            self.update_user_unchanged_since(tx, key, &user, version, field::NEXT_CURSOR)
         })
         .await?;
         Ok(last)
@@ -567,16 +581,7 @@ impl FirestoreSharedLog {
         if through > compacted {
             user.compacted_through = as_stored(through);
             self.commit_writes(|tx| {
-                self.db
-                    .fluent()
-                    .update()
-                    .fields([field::COMPACTED_THROUGH])
-                    .in_col(&self.users)
-                    .precondition(FirestoreWritePrecondition::UpdateTime(version))
-                    .document_id(key)
-                    .object(&user)
-                    .add_to_transaction(tx)?;
-                Ok(())
+                self.update_user_unchanged_since(tx, key, &user, version, field::COMPACTED_THROUGH)
             })
             .await?;
         }
