@@ -151,22 +151,56 @@ pub(crate) fn pk_text(pk: &Pk) -> String {
     serde_json::to_string(pk).unwrap_or_default()
 }
 
+/// A log entry's parts, borrowed, for writing its row without copying the values first.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EntryRow<'a> {
+    pub(crate) id: Uuid,
+    pub(crate) device: DeviceId,
+    pub(crate) hlc: Hlc,
+    pub(crate) collection: &'a str,
+    pub(crate) pk: &'a Pk,
+    pub(crate) op: EntryOp,
+    pub(crate) fields: &'a Object,
+    pub(crate) schema_version: u32,
+    pub(crate) shared: bool,
+    pub(crate) integrated: bool,
+}
+
+impl EntryRow<'_> {
+    /// The row of the log collection holding this entry.
+    pub(crate) fn to_object(self) -> Object {
+        object! {
+            "id" => self.id,
+            "device" => self.device.0,
+            "hlc" => self.hlc.clock_text(),
+            "collection" => self.collection,
+            "pk" => pk_text(self.pk),
+            "op" => self.op.as_str(),
+            "fields" => serde_json::to_string(self.fields).unwrap_or_default(),
+            "schema_version" => i64::from(self.schema_version),
+            "shared" => self.shared,
+            "integrated" => self.integrated,
+        }
+    }
+}
+
 impl StoredEntry {
     /// The row of the log collection holding this entry.
     pub(crate) fn to_object(&self) -> Object {
         let e = &self.entry;
-        object! {
-            "id" => e.id,
-            "device" => e.device.0,
-            "hlc" => e.hlc.clock_text(),
-            "collection" => e.collection.clone(),
-            "pk" => pk_text(&e.pk),
-            "op" => e.op.as_str(),
-            "fields" => serde_json::to_string(&e.fields).unwrap_or_default(),
-            "schema_version" => i64::from(e.schema_version),
-            "shared" => self.shared,
-            "integrated" => self.integrated,
+        EntryRow {
+            id: e.id,
+            device: e.device,
+            hlc: e.hlc,
+            collection: &e.collection,
+            pk: &e.pk,
+            op: e.op,
+            fields: &e.fields,
+            schema_version: e.schema_version,
+            shared: self.shared,
+            integrated: self.integrated,
         }
+        .to_object()
     }
 
     /// Reads a row of the log collection back.

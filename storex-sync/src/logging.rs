@@ -21,7 +21,7 @@ use storex_core::{
     Pk, Query, Result as CoreResult, Value,
 };
 
-use crate::entry::{EntryOp, LogEntry, StoredEntry, INTERNAL_COLLECTIONS, LOG_COLLECTION};
+use crate::entry::{EntryOp, EntryRow, INTERNAL_COLLECTIONS, LOG_COLLECTION};
 use crate::hlc::Clock;
 
 /// Logs every write of the app into the client sync log, atomically with the write.
@@ -92,29 +92,27 @@ impl SyncLoggingMiddleware {
         &self,
         next: &Next<'_>,
         collection: &str,
-        pk: Pk,
+        pk: &Pk,
         op: EntryOp,
-        fields: Object,
+        fields: &Object,
     ) -> BatchStep {
         let schema_version = next
             .registry()
             .collection(collection)
             .map_or(1, |def| def.schema_version());
-        let stored = StoredEntry {
-            entry: LogEntry {
-                id: Uuid::now_v7(),
-                device: self.clock.device(),
-                hlc: self.clock.now(),
-                collection: collection.to_owned(),
-                pk,
-                op,
-                fields,
-                schema_version,
-            },
+        let row = EntryRow {
+            id: Uuid::now_v7(),
+            device: self.clock.device(),
+            hlc: self.clock.now(),
+            collection,
+            pk,
+            op,
+            fields,
+            schema_version,
             shared: false,
             integrated: true,
         };
-        BatchStep::new(Operation::create(LOG_COLLECTION, stored.to_object()))
+        BatchStep::new(Operation::create(LOG_COLLECTION, row.to_object()))
     }
 
     /// The log entry for a write that names its object, if it is logged.
@@ -122,21 +120,17 @@ impl SyncLoggingMiddleware {
         match op {
             Operation::Create { collection, object } if self.logged(collection) => {
                 let pk = next.registry().collection(collection).ok()?.pk_of(object)?;
-                Some(self.entry(next, collection, pk, EntryOp::Create, object.clone()))
+                Some(self.entry(next, collection, &pk, EntryOp::Create, object))
             }
             Operation::UpdateByPk {
                 collection,
                 pk,
                 changes,
-            } if self.logged(collection) => Some(self.entry(
-                next,
-                collection,
-                pk.clone(),
-                EntryOp::Update,
-                changes.clone(),
-            )),
+            } if self.logged(collection) => {
+                Some(self.entry(next, collection, pk, EntryOp::Update, changes))
+            }
             Operation::DeleteByPk { collection, pk } if self.logged(collection) => {
-                Some(self.entry(next, collection, pk.clone(), EntryOp::Delete, Object::new()))
+                Some(self.entry(next, collection, pk, EntryOp::Delete, &Object::new()))
             }
             _ => None,
         }
