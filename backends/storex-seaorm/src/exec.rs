@@ -71,7 +71,7 @@ pub(crate) async fn run<C: ConnectionTrait>(
     match op {
         Operation::Create { object, .. } => {
             let pk = pk_of(def, &object)?;
-            conn.execute(&sql::insert(def, [&object])?)
+            conn.execute_raw(sql::insert(def, ctx.dialect, [&object])?)
                 .await
                 .map_err(err)?;
             Ok(Outcome::Created { pk })
@@ -250,7 +250,10 @@ async fn create_group(
     let per_statement = ctx.max_rows_per_insert(def);
     let mut failed = None;
     for (chunk_index, chunk) in objects.chunks(per_statement).enumerate() {
-        if let Err(e) = conn.execute(&sql::insert(def, chunk)?).await {
+        if let Err(e) = conn
+            .execute_raw(sql::insert(def, ctx.dialect, chunk)?)
+            .await
+        {
             failed = Some((chunk_index * per_statement, e));
             break;
         }

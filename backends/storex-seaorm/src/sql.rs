@@ -1,5 +1,6 @@
-//! Building SQL statements for storex operations with sea-query: every user value is a bound
-//! parameter, every name a quoted identifier; no SQL is assembled from strings.
+//! Building SQL statements for storex operations, with sea-query except the multi-row INSERT
+//! of bulk writes (written out directly, see [`insert`]): every user value is a bound
+//! parameter, every name a quoted identifier; no value is ever part of the SQL text.
 //!
 //! The filter semantics are storex-core's: `ne` also matches NULL (`IS DISTINCT FROM`), an
 //! empty `in` matches nothing, ascending order puts NULLs first and descending last on both
@@ -7,11 +8,13 @@
 
 use sea_orm::sea_query::{
     Alias, Asterisk, BinOper, Condition as SqlCondition, DeleteStatement, Expr, ExprTrait,
-    InsertStatement, NullOrdering, Order as SqlOrder, Query as SqlQuery, SelectStatement,
-    SimpleExpr, UpdateStatement,
+    NullOrdering, Order as SqlOrder, Query as SqlQuery, SelectStatement, SimpleExpr,
+    UpdateStatement,
 };
+use sea_orm::{DbBackend, Statement};
 use storex_core::{CollectionDef, Direction, Error, Filter, Object, Pk, Predicate, Query, Value};
 
+use crate::backend::Dialect;
 use crate::values::to_sql;
 
 /// The name of the count column in [`count`] statements.
@@ -116,28 +119,59 @@ pub(crate) fn count(def: &CollectionDef, filter: &Filter) -> Result<SelectStatem
     Ok(stmt)
 }
 
+/// Quotes an identifier for both dialects (a double quote inside is doubled), as sea-query
+/// does.
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// A multi-row `INSERT` of whole objects (absent fields as NULL).
+///
+/// The hot path of bulk writes, so it is written out directly instead of through sea-query's
+/// expression tree: the text is only quoted identifiers and placeholders, every value is a
+/// bound parameter, converted once.
 pub(crate) fn insert<'o>(
     def: &CollectionDef,
+    dialect: Dialect,
     objects: impl IntoIterator<Item = &'o Object>,
-) -> Result<InsertStatement, Error> {
-    let mut stmt = SqlQuery::insert();
-    stmt.into_table(ident(def.name()))
-        .columns(def.fields().iter().map(|f| ident(&f.name)));
-    for object in objects {
-        let row = def
-            .fields()
-            .iter()
-            .map(|f| {
-                let value = object.get(&f.name).cloned().unwrap_or(Value::Null);
-                to_sql(def.name(), &f.name, f.ty, value).map(Expr::val)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        stmt.values(row).map_err(|e| {
-            Error::invalid_operation(def.name(), format!("cannot build the insert: {e}"))
-        })?;
+) -> Result<Statement, Error> {
+    let fields = def.fields();
+    let columns = fields
+        .iter()
+        .map(|f| quoted(&f.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut text = format!("INSERT INTO {} ({columns}) VALUES ", quoted(def.name()));
+    let mut values = Vec::new();
+    for (row, object) in objects.into_iter().enumerate() {
+        text.push_str(if row == 0 { "(" } else { ", (" });
+        for (column, f) in fields.iter().enumerate() {
+            let value = object.get(&f.name).cloned().unwrap_or(Value::Null);
+            values.push(to_sql(def.name(), &f.name, f.ty, value)?);
+            if column > 0 {
+                text.push_str(", ");
+            }
+            match dialect {
+                Dialect::Sqlite => text.push('?'),
+                Dialect::Postgres => {
+                    text.push('$');
+                    text.push_str(&values.len().to_string());
+                }
+            }
+        }
+        text.push(')');
     }
-    Ok(stmt)
+    if values.is_empty() {
+        return Err(Error::invalid_operation(
+            def.name(),
+            "cannot build an insert of no rows",
+        ));
+    }
+    let backend = match dialect {
+        Dialect::Sqlite => DbBackend::Sqlite,
+        Dialect::Postgres => DbBackend::Postgres,
+    };
+    Ok(Statement::from_sql_and_values(backend, text, values))
 }
 
 /// `UPDATE <collection> SET … WHERE …`.

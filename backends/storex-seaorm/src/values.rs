@@ -52,33 +52,40 @@ fn null_of(ty: FieldType) -> SqlValue {
     }
 }
 
-/// Reads one field of a row as the field's type.
-fn read_field(row: &QueryResult, field: &FieldDef) -> Result<Value, DbErr> {
-    let name = field.name.as_str();
+/// Reads column `index` of a row (which holds field `field`) as the field's type.
+fn read_field(row: &QueryResult, index: usize, field: &FieldDef) -> Result<Value, DbErr> {
     let value = match field.ty {
-        FieldType::Text => row.try_get::<Option<String>>("", name)?.map(Value::Text),
-        FieldType::Int => read_int(row, name)?.map(Value::Int),
-        FieldType::Float => read_float(row, name)?.map(Value::Float),
-        FieldType::Bool => row.try_get::<Option<bool>>("", name)?.map(Value::Bool),
+        FieldType::Text => row
+            .try_get_by_index::<Option<String>>(index)?
+            .map(Value::Text),
+        FieldType::Int => read_int(row, index)?.map(Value::Int),
+        FieldType::Float => read_float(row, index)?.map(Value::Float),
+        FieldType::Bool => row
+            .try_get_by_index::<Option<bool>>(index)?
+            .map(Value::Bool),
         FieldType::DateTime => row
-            .try_get::<Option<DateTime<Utc>>>("", name)?
+            .try_get_by_index::<Option<DateTime<Utc>>>(index)?
             .map(Value::DateTime),
         FieldType::Json => row
-            .try_get::<Option<serde_json::Value>>("", name)?
+            .try_get_by_index::<Option<serde_json::Value>>(index)?
             .map(Value::Json),
-        FieldType::Blob => row.try_get::<Option<Vec<u8>>>("", name)?.map(Value::Blob),
-        FieldType::Uuid => row.try_get::<Option<Uuid>>("", name)?.map(Value::Uuid),
+        FieldType::Blob => row
+            .try_get_by_index::<Option<Vec<u8>>>(index)?
+            .map(Value::Blob),
+        FieldType::Uuid => row
+            .try_get_by_index::<Option<Uuid>>(index)?
+            .map(Value::Uuid),
     };
     Ok(value.unwrap_or(Value::Null))
 }
 
 /// PostgreSQL decodes only the exact width: an adopted table may use `integer` or `smallint`.
-fn read_int(row: &QueryResult, name: &str) -> Result<Option<i64>, DbErr> {
-    match row.try_get::<Option<i64>>("", name) {
+fn read_int(row: &QueryResult, index: usize) -> Result<Option<i64>, DbErr> {
+    match row.try_get_by_index::<Option<i64>>(index) {
         Ok(v) => Ok(v),
-        Err(first) => match row.try_get::<Option<i32>>("", name) {
+        Err(first) => match row.try_get_by_index::<Option<i32>>(index) {
             Ok(v) => Ok(v.map(i64::from)),
-            Err(_) => match row.try_get::<Option<i16>>("", name) {
+            Err(_) => match row.try_get_by_index::<Option<i16>>(index) {
                 Ok(v) => Ok(v.map(i64::from)),
                 Err(_) => Err(first),
             },
@@ -87,20 +94,22 @@ fn read_int(row: &QueryResult, name: &str) -> Result<Option<i64>, DbErr> {
 }
 
 /// Likewise for `real` (f32) columns of adopted tables.
-fn read_float(row: &QueryResult, name: &str) -> Result<Option<f64>, DbErr> {
-    match row.try_get::<Option<f64>>("", name) {
+fn read_float(row: &QueryResult, index: usize) -> Result<Option<f64>, DbErr> {
+    match row.try_get_by_index::<Option<f64>>(index) {
         Ok(v) => Ok(v),
-        Err(first) => match row.try_get::<Option<f32>>("", name) {
+        Err(first) => match row.try_get_by_index::<Option<f32>>(index) {
             Ok(v) => Ok(v.map(f64::from)),
             Err(_) => Err(first),
         },
     }
 }
 
-/// Reads a whole object of collection `def` (every field, absent ones as `Null`).
+/// Reads a whole object of collection `def` from a row selecting every field in the order of
+/// `def.fields()` (as [`crate::sql::select`] does).
 pub(crate) fn read_object(row: &QueryResult, def: &CollectionDef) -> Result<Object, DbErr> {
     def.fields()
         .iter()
-        .map(|field| Ok((field.name.clone(), read_field(row, field)?)))
+        .enumerate()
+        .map(|(index, field)| Ok((field.name.clone(), read_field(row, index, field)?)))
         .collect()
 }
