@@ -25,6 +25,11 @@ use crate::schema;
 /// How long a SQLite writer waits for another one to finish.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many result rows SQLite's connection thread may read ahead of the caller. sqlx's
+/// default (50) makes it stop and wait for the caller every few rows of a large result,
+/// which costs a thread switch per row; a page of sync's lookups (1,000 keys) fits in this.
+const SQLITE_ROW_CHANNEL: usize = 2_048;
+
 /// Opens a SeaORM connection to `url` with the settings storex uses: `sqlite::memory:` (one
 /// connection, so every query sees the same database), `sqlite://path.db?mode=rwc` (WAL,
 /// `synchronous=NORMAL`, a busy timeout so writers wait for each other), or
@@ -47,13 +52,15 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection> {
                 .max_connections(1)
                 .min_connections(1)
                 .idle_timeout(None::<Duration>)
-                .max_lifetime(None::<Duration>);
+                .max_lifetime(None::<Duration>)
+                .map_sqlx_sqlite_opts(|o| o.row_buffer_size(SQLITE_ROW_CHANNEL));
         }
         Dialect::Sqlite => {
             options.max_connections(4).map_sqlx_sqlite_opts(|o| {
                 o.journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                    .row_buffer_size(SQLITE_ROW_CHANNEL)
             });
         }
         Dialect::Postgres => {

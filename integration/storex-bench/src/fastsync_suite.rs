@@ -4,6 +4,9 @@
 //! limit. Rates count the app's rows; the sender's client sync log travels with them (one
 //! entry per row), which is part of the measured time.
 //!
+//! The old device sends from a task of its own on a two-thread runtime, as it would from
+//! its own machine; the new device receives on another.
+//!
 //! Then the same over a WebRTC data channel on loopback (`fastsync.webrtc_*`): the channel's
 //! own throughput (MB/s of package frames, 1 MiB packages one way, no database), and the
 //! 100k-row (or `--ops`) SQLite-to-SQLite transfer in rows/s. Pairing is not timed.
@@ -127,11 +130,18 @@ async fn one_size(rows: u64) -> Result<(), BoxError> {
         let mut channel = TcpChannel::accept(&listener).await?;
         receive_snapshot(&new, &mut channel, &options).await
     };
-    let sending = async {
-        let mut channel = TcpChannel::connect(address).await?;
-        send_snapshot(&old, &mut channel, &options).await
-    };
-    let (received, sent) = tokio::join!(receiving, sending);
+    // The old device sends from a task of its own, as it would from its own machine.
+    let (sending_device, sending_options) = (old.clone(), options.clone());
+    let sending = tokio::spawn(async move {
+        let mut channel = TcpChannel::connect(address)
+            .await
+            .map_err(|e| e.to_string())?;
+        send_snapshot(&sending_device, &mut channel, &sending_options)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    let received = receiving.await;
+    let sent = sending.await?;
     let elapsed = start.elapsed();
     let (received, sent) = (received?, sent?);
     if old.digest("row").await? != new.digest("row").await? || received.objects != sent.objects {
@@ -215,11 +225,14 @@ async fn webrtc_rows(rows: u64) -> Result<(), BoxError> {
     fill(&old, rows).await?;
     let (mut a, mut b) = webrtc_pair().await?;
     let options = FastSyncOptions::default();
+    let (sending_device, sending_options) = (old.clone(), options.clone());
     let start = Instant::now();
-    let (received, sent) = tokio::join!(
-        receive_snapshot(&new, &mut b, &options),
-        send_snapshot(&old, &mut a, &options)
-    );
+    let sending = tokio::spawn(async move {
+        let sent = send_snapshot(&sending_device, &mut a, &sending_options).await;
+        (sent, a)
+    });
+    let received = receive_snapshot(&new, &mut b, &options).await;
+    let (sent, a) = sending.await?;
     let elapsed = start.elapsed();
     let (received, sent) = (received?, sent?);
     if old.digest("row").await? != new.digest("row").await? || received.objects != sent.objects {

@@ -44,10 +44,12 @@ enum Suite {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    // The server suite runs servers and clients together, the continuous suite two devices
-    // at once: they need every core.
+    // The server suite runs servers and clients together, the continuous and fastsync suites
+    // two devices at once: they need every core.
     let mut builder = match args.suite {
-        Suite::Server | Suite::Continuous => tokio::runtime::Builder::new_multi_thread(),
+        Suite::Server | Suite::Continuous | Suite::Fastsync => {
+            tokio::runtime::Builder::new_multi_thread()
+        }
         _ => tokio::runtime::Builder::new_current_thread(),
     };
     let runtime = builder.enable_all().build()?;
