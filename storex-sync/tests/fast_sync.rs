@@ -730,3 +730,74 @@ async fn an_exchange_merges_two_devices_both_ways() {
         1
     );
 }
+
+/// A fresh receiver skips looking up each key of a batch when nothing of its own lies in the
+/// batch's key range; an object the app wrote meanwhile inside that range is still found and
+/// kept as it is (no duplicate-key failure, no overwrite).
+#[tokio::test]
+async fn an_object_written_during_the_transfer_is_kept_by_a_fresh_receiver() {
+    let fx = Fixture::new();
+    let new = fx.device("new", DeviceId::random()).await;
+    let (mut a, mut b) = memory_channel_pair(4);
+    let options = FastSyncOptions::default();
+    let sender = async {
+        a.send(Package::Hello {
+            session: storex_core::uuid::Uuid::now_v7(),
+            collections: vec![storex_sync::fast_sync::CollectionInfo {
+                name: "draft".into(),
+                schema_version: 1,
+                objects: 6,
+            }],
+            definitions: Vec::new(),
+            cursor: 0,
+        })
+        .await
+        .expect("hello");
+        assert!(matches!(
+            a.recv().await,
+            Ok(Some(Package::Ready { resume_after: None }))
+        ));
+        let batch = |seq: u64, ids: [i64; 3]| Package::Batch {
+            seq,
+            collection: "draft".into(),
+            objects: ids
+                .iter()
+                .map(|id| object! { "id" => *id, "text" => "sent" })
+                .collect(),
+        };
+        a.send(batch(1, [1, 2, 3])).await.expect("batch 1");
+        assert!(matches!(a.recv().await, Ok(Some(Package::Ack { seq: 1 }))));
+        // The app on the new device writes key 20 while the transfer runs.
+        new.storage()
+            .create("draft", object! { "id" => 20, "text" => "local" })
+            .await
+            .expect("local write");
+        a.send(batch(2, [10, 20, 30])).await.expect("batch 2");
+        let ack = tokio::time::timeout(Duration::from_secs(10), a.recv()).await;
+        assert!(
+            matches!(ack, Ok(Ok(Some(Package::Ack { seq: 2 })))),
+            "batch 2 was not applied: {ack:?}"
+        );
+        drop(a); // the receiver sees the channel close
+    };
+    let (_, received) = tokio::join!(sender, receive_snapshot(&new, &mut b, &options));
+    assert!(received.is_err(), "the hand-made sender never finishes");
+    let texts: Vec<(i64, String)> = new
+        .storage()
+        .find_many("draft", storex_core::Query::default())
+        .await
+        .expect("drafts")
+        .iter()
+        .map(|o| {
+            (
+                o["id"].as_int().expect("id"),
+                o["text"].as_text().expect("text").to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(i64, String)> = [1, 2, 3, 10, 20, 30]
+        .iter()
+        .map(|id| (*id, if *id == 20 { "local" } else { "sent" }.to_owned()))
+        .collect();
+    assert_eq!(texts, expected);
+}
