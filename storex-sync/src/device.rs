@@ -17,7 +17,7 @@ use storex_core::{
 
 use crate::client_log::{entries_for, known_ids, ClientSyncLog, Exec, LOOKUP_CHUNK};
 use crate::digest::collection_digest;
-use crate::entry::{pk_text, with_sync_log, LogEntry, StoredEntry, LOG_COLLECTION};
+use crate::entry::{pk_text, with_sync_log, EntryRow, LogEntry, StoredEntry, LOG_COLLECTION};
 use crate::error::Result;
 use crate::hlc::{Clock, DeviceId};
 use crate::logging::SyncLoggingMiddleware;
@@ -313,12 +313,8 @@ impl SyncDevice {
                     storex_core::object! { "integrated" => integrated },
                 ))
             } else {
-                let stored = StoredEntry {
-                    entry: entry.clone(),
-                    shared: true,
-                    integrated,
-                };
-                BatchStep::new(Operation::create(LOG_COLLECTION, stored.to_object()))
+                let row = EntryRow::of(entry, true, integrated).to_object();
+                BatchStep::new(Operation::create(LOG_COLLECTION, row))
             }
         };
         steps.extend(outcome.integrated.iter().map(|e| entry_step(e, true)));

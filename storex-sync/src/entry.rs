@@ -166,7 +166,23 @@ pub(crate) struct EntryRow<'a> {
     pub(crate) integrated: bool,
 }
 
-impl EntryRow<'_> {
+impl<'a> EntryRow<'a> {
+    /// The row for `entry` with the given flags.
+    pub(crate) fn of(entry: &'a LogEntry, shared: bool, integrated: bool) -> Self {
+        EntryRow {
+            id: entry.id,
+            device: entry.device,
+            hlc: entry.hlc,
+            collection: &entry.collection,
+            pk: &entry.pk,
+            op: entry.op,
+            fields: &entry.fields,
+            schema_version: entry.schema_version,
+            shared,
+            integrated,
+        }
+    }
+
     /// The row of the log collection holding this entry.
     pub(crate) fn to_object(self) -> Object {
         object! {
@@ -187,20 +203,7 @@ impl EntryRow<'_> {
 impl StoredEntry {
     /// The row of the log collection holding this entry.
     pub(crate) fn to_object(&self) -> Object {
-        let e = &self.entry;
-        EntryRow {
-            id: e.id,
-            device: e.device,
-            hlc: e.hlc,
-            collection: &e.collection,
-            pk: &e.pk,
-            op: e.op,
-            fields: &e.fields,
-            schema_version: e.schema_version,
-            shared: self.shared,
-            integrated: self.integrated,
-        }
-        .to_object()
+        EntryRow::of(&self.entry, self.shared, self.integrated).to_object()
     }
 
     /// Reads a row of the log collection back.
