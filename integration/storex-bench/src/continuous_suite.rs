@@ -8,7 +8,7 @@
 //! timed) and pushes them while B, a separate device, keeps syncing as it would in the
 //! background (polling every millisecond when a sync brought nothing); the time from A's push
 //! starting to B holding every entry. The two devices run on their own tasks of a
-//! two-thread runtime, as two devices would on their own machines.
+//! multi-thread runtime (a thread per core), as two devices would on their own machines.
 //!
 //! Last, one write's travel time from A to B: A writes one note, A syncs, B syncs; the median
 //! of 20 trips.

@@ -4,8 +4,8 @@
 //! limit. Rates count the app's rows; the sender's client sync log travels with them (one
 //! entry per row), which is part of the measured time.
 //!
-//! The old device sends from a task of its own on a two-thread runtime, as it would from
-//! its own machine; the new device receives on another.
+//! The old device sends from a task of its own on a multi-thread runtime (a thread per core),
+//! as it would from its own machine; the new device receives on another.
 //!
 //! Then the same over a WebRTC data channel on loopback (`fastsync.webrtc_*`): the channel's
 //! own throughput (MB/s of package frames, 1 MiB packages one way, no database), and the
