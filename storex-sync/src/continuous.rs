@@ -229,47 +229,69 @@ impl ContinuousSync {
 
     async fn push(&self, report: &mut SyncReport) -> Result<()> {
         let me = self.device.device();
-        let mut after = None;
+        let batch = self.options.push_batch;
+        let mut entries = self.unshared_after(None, batch).await?;
         loop {
-            let entries = self.unshared_after(after, self.options.push_batch).await?;
             let Some(last) = entries.last() else { break };
-            after = Some(last.hlc);
-            let exhausted = entries.len() < self.options.push_batch;
-            let mut chunk: Vec<SharedEntry> = Vec::new();
-            let mut chunk_bytes = 0;
-            // The log's own limit (e.g. a document size) may be below the engine's.
-            let entry_limit = self
-                .shared
-                .max_entry_bytes()
-                .map_or(self.options.max_push_bytes, |log| {
-                    log.min(self.options.max_push_bytes)
-                });
-            for entry in &entries {
-                let shared = self.options.codec.encode(entry);
-                let size = shared.payload.len();
-                if size > entry_limit {
-                    let problem = Error::EntryTooLarge {
-                        id: entry.id,
-                        size,
-                        limit: entry_limit,
-                    };
-                    report.problems.push(problem.to_string());
-                    continue;
+            let after = Some(last.hlc);
+            let exhausted = entries.len() < batch;
+            let chunks = self.push_chunks(&entries, report);
+            let pushing = async {
+                for chunk in chunks {
+                    self.push_chunk(me, chunk, report).await?;
                 }
-                if chunk_bytes + size > self.options.max_push_bytes {
-                    self.push_chunk(me, std::mem::take(&mut chunk), report)
-                        .await?;
-                    chunk_bytes = 0;
-                }
-                chunk_bytes += size;
-                chunk.push(shared);
-            }
-            self.push_chunk(me, chunk, report).await?;
+                Ok::<(), Error>(())
+            };
             if exhausted {
+                pushing.await?;
                 break;
             }
+            // The next page is read (from the device's database) while this one travels to
+            // the shared log: it follows by timestamp, not by the `shared` flag, so it does
+            // not wait for this page to be marked.
+            let (pushed, next) = tokio::join!(pushing, self.unshared_after(after, batch));
+            pushed?;
+            entries = next?;
         }
         Ok(())
+    }
+
+    /// Encodes `entries` and splits them into pushes of at most `max_push_bytes`; an entry
+    /// larger than the log or the engine allows is reported and left out.
+    fn push_chunks(&self, entries: &[LogEntry], report: &mut SyncReport) -> Vec<Vec<SharedEntry>> {
+        // The log's own limit (e.g. a document size) may be below the engine's.
+        let entry_limit = self
+            .shared
+            .max_entry_bytes()
+            .map_or(self.options.max_push_bytes, |log| {
+                log.min(self.options.max_push_bytes)
+            });
+        let mut chunks = Vec::new();
+        let mut chunk: Vec<SharedEntry> = Vec::new();
+        let mut chunk_bytes = 0;
+        for entry in entries {
+            let shared = self.options.codec.encode(entry);
+            let size = shared.payload.len();
+            if size > entry_limit {
+                let problem = Error::EntryTooLarge {
+                    id: entry.id,
+                    size,
+                    limit: entry_limit,
+                };
+                report.problems.push(problem.to_string());
+                continue;
+            }
+            if chunk_bytes + size > self.options.max_push_bytes && !chunk.is_empty() {
+                chunks.push(std::mem::take(&mut chunk));
+                chunk_bytes = 0;
+            }
+            chunk_bytes += size;
+            chunk.push(shared);
+        }
+        if !chunk.is_empty() {
+            chunks.push(chunk);
+        }
+        chunks
     }
 
     async fn push_chunk(
