@@ -231,8 +231,7 @@ impl ContinuousSync {
         let me = self.device.device();
         let batch = self.options.push_batch;
         let mut entries = self.unshared_after(None, batch).await?;
-        loop {
-            let Some(last) = entries.last() else { break };
+        while let Some(last) = entries.last() {
             let after = Some(last.hlc);
             let exhausted = entries.len() < batch;
             let chunks = self.push_chunks(&entries, report);
