@@ -159,23 +159,17 @@ impl SyncDevice {
                     if known.contains_key(&(def.name().to_owned(), pk_text(&pk))) {
                         continue;
                     }
-                    let stored = StoredEntry {
-                        entry: LogEntry {
-                            id: storex_core::uuid::Uuid::now_v7(),
-                            device: self.clock.device(),
-                            hlc: self.clock.now(),
-                            collection: def.name().to_owned(),
-                            pk,
-                            op: crate::entry::EntryOp::Create,
-                            fields: row.clone(),
-                            schema_version: def.schema_version(),
-                        },
-                        shared: false,
-                        integrated: true,
-                    };
+                    let entry = EntryRow::local(
+                        &self.clock,
+                        def.name(),
+                        &pk,
+                        crate::entry::EntryOp::Create,
+                        row,
+                        def.schema_version(),
+                    );
                     steps.push(BatchStep::new(Operation::create(
                         LOG_COLLECTION,
-                        stored.to_object(),
+                        entry.to_object(),
                     )));
                 }
                 logged += steps.len() as u64;

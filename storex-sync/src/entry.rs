@@ -5,7 +5,7 @@ use storex_core::uuid::Uuid;
 use storex_core::{object, serde_json, CollectionDef, FieldType, Object, Pk, Value};
 
 use crate::error::{Error, Result};
-use crate::hlc::{DeviceId, Hlc};
+use crate::hlc::{Clock, DeviceId, Hlc};
 
 /// What a change did to its object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -183,6 +183,29 @@ impl<'a> EntryRow<'a> {
         }
     }
 
+    /// A new change of this device, stamped now by `clock`: not yet shared, integrated.
+    pub(crate) fn local(
+        clock: &Clock,
+        collection: &'a str,
+        pk: &'a Pk,
+        op: EntryOp,
+        fields: &'a Object,
+        schema_version: u32,
+    ) -> Self {
+        EntryRow {
+            id: Uuid::now_v7(),
+            device: clock.device(),
+            hlc: clock.now(),
+            collection,
+            pk,
+            op,
+            fields,
+            schema_version,
+            shared: false,
+            integrated: true,
+        }
+    }
+
     /// The row of the log collection holding this entry.
     pub(crate) fn to_object(self) -> Object {
         object! {
@@ -201,7 +224,9 @@ impl<'a> EntryRow<'a> {
 }
 
 impl StoredEntry {
-    /// The row of the log collection holding this entry.
+    /// The row of the log collection holding this entry (writers use [`EntryRow`], which
+    /// borrows; this is for the round-trip tests).
+    #[cfg(test)]
     pub(crate) fn to_object(&self) -> Object {
         EntryRow::of(&self.entry, self.shared, self.integrated).to_object()
     }

@@ -15,7 +15,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use storex_core::uuid::Uuid;
 use storex_core::{
     BatchStep, BoxFuture, Error as CoreError, Middleware, Next, Object, Operation, Origin, Outcome,
     Pk, Query, Result as CoreResult, Value,
@@ -100,18 +99,7 @@ impl SyncLoggingMiddleware {
             .registry()
             .collection(collection)
             .map_or(1, |def| def.schema_version());
-        let row = EntryRow {
-            id: Uuid::now_v7(),
-            device: self.clock.device(),
-            hlc: self.clock.now(),
-            collection,
-            pk,
-            op,
-            fields,
-            schema_version,
-            shared: false,
-            integrated: true,
-        };
+        let row = EntryRow::local(&self.clock, collection, pk, op, fields, schema_version);
         BatchStep::new(Operation::create(LOG_COLLECTION, row.to_object()))
     }
 
