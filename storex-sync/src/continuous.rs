@@ -23,7 +23,7 @@ use crate::entry::{
 };
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
-use crate::shared_log::{SharedEntry, SharedSyncLog};
+use crate::shared_log::{split_into_pushes, SharedEntry, SharedSyncLog};
 
 const CURSOR_KEY: &str = "shared_log_cursor";
 
@@ -265,9 +265,7 @@ impl ContinuousSync {
             .map_or(self.options.max_push_bytes, |log| {
                 log.min(self.options.max_push_bytes)
             });
-        let mut chunks = Vec::new();
-        let mut chunk: Vec<SharedEntry> = Vec::new();
-        let mut chunk_bytes = 0;
+        let mut fitting = Vec::with_capacity(entries.len());
         for entry in entries {
             let shared = self.options.codec.encode(entry);
             let size = shared.payload.len();
@@ -280,17 +278,11 @@ impl ContinuousSync {
                 report.problems.push(problem.to_string());
                 continue;
             }
-            if chunk_bytes + size > self.options.max_push_bytes && !chunk.is_empty() {
-                chunks.push(std::mem::take(&mut chunk));
-                chunk_bytes = 0;
-            }
-            chunk_bytes += size;
-            chunk.push(shared);
+            fitting.push(shared);
         }
-        if !chunk.is_empty() {
-            chunks.push(chunk);
-        }
-        chunks
+        split_into_pushes(fitting, usize::MAX, self.options.max_push_bytes, |e| {
+            e.payload.len()
+        })
     }
 
     async fn push_chunk(

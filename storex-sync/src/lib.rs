@@ -57,6 +57,6 @@ pub use reconcile::{
     Reconciliation,
 };
 pub use shared_log::{
-    DeviceInfo, MemorySharedLog, Pull, PulledEntry, SharedEntry, SharedLogError, SharedResult,
-    SharedSyncLog,
+    split_into_pushes, DeviceInfo, MemorySharedLog, Pull, PulledEntry, SharedEntry, SharedLogError,
+    SharedResult, SharedSyncLog,
 };

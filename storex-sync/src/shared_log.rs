@@ -37,6 +37,34 @@ pub struct SharedEntry {
     pub payload: Vec<u8>,
 }
 
+/// Cuts `items` into pushes, in order, each of at most `max_items` items and at most
+/// `max_bytes` bytes by `size` (an item larger than `max_bytes` travels alone). Shared by the
+/// engine, which cuts its pushes by payload size, and by shared-log clients with request
+/// limits of their own.
+pub fn split_into_pushes<T>(
+    items: impl IntoIterator<Item = T>,
+    max_items: usize,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+) -> Vec<Vec<T>> {
+    let mut pushes = Vec::new();
+    let mut push = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let item_bytes = size(&item);
+        if !push.is_empty() && (push.len() >= max_items || bytes + item_bytes > max_bytes) {
+            pushes.push(std::mem::take(&mut push));
+            bytes = 0;
+        }
+        bytes += item_bytes;
+        push.push(item);
+    }
+    if !push.is_empty() {
+        pushes.push(push);
+    }
+    pushes
+}
+
 /// An entry with the position the shared log gave it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PulledEntry {
@@ -373,5 +401,21 @@ impl SharedSyncLog for MemorySharedLog {
                 Ok(dropped.len() as u64)
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::split_into_pushes;
+
+    #[test]
+    fn pushes_keep_order_and_both_limits_and_an_oversized_item_goes_alone() {
+        let sizes = vec![3, 3, 3, 9, 1, 1, 1, 1];
+        let pushes = split_into_pushes(sizes, 3, 6, |s| *s);
+        assert_eq!(
+            pushes,
+            vec![vec![3, 3], vec![3], vec![9], vec![1, 1, 1], vec![1]]
+        );
+        assert!(split_into_pushes(Vec::<usize>::new(), 3, 6, |s| *s).is_empty());
     }
 }

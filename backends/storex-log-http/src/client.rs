@@ -29,8 +29,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use storex_core::BoxFuture;
 use storex_sync::{
-    DeviceId, DeviceInfo, Pull, PulledEntry, SharedEntry, SharedLogError, SharedResult,
-    SharedSyncLog,
+    split_into_pushes, DeviceId, DeviceInfo, Pull, PulledEntry, SharedEntry, SharedLogError,
+    SharedResult, SharedSyncLog,
 };
 
 use crate::api::{
@@ -205,25 +205,12 @@ impl HttpSharedLog {
 
     /// `entries` cut into requests within the entry and byte limits.
     fn chunks(&self, entries: Vec<SharedEntry>) -> Vec<Vec<SharedEntry>> {
-        let mut chunks = Vec::new();
-        let mut chunk = Vec::new();
-        let mut bytes = 0;
-        for entry in entries {
-            let size = wire_size(&entry);
-            if !chunk.is_empty()
-                && (chunk.len() == self.options.max_push_entries
-                    || bytes + size > self.options.max_request_bytes)
-            {
-                chunks.push(std::mem::take(&mut chunk));
-                bytes = 0;
-            }
-            bytes += size;
-            chunk.push(entry);
-        }
-        if !chunk.is_empty() {
-            chunks.push(chunk);
-        }
-        chunks
+        split_into_pushes(
+            entries,
+            self.options.max_push_entries,
+            self.options.max_request_bytes,
+            wire_size,
+        )
     }
 
     fn token_of(&self, device: DeviceId) -> SharedResult<String> {
