@@ -4,7 +4,8 @@
 //! entry per changed object (which the backend inserts with a multi-row INSERT), so the write
 //! and its entries land atomically or not at all. A where-clause write first resolves the keys
 //! it touches inside a transaction (the current one, or one it opens), then writes exactly
-//! those objects and their entries in the same transaction, so no concurrent write can slip
+//! those objects (one statement per 1,000 keys when the key is a single field) and their
+//! entries in the same transaction, so no concurrent write can slip
 //! between the lookup and the write.
 //!
 //! Placeholders of a batch are resolved here, before the batch runs: the UUID key middleware
@@ -16,10 +17,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use storex_core::{
-    BatchStep, BoxFuture, Error as CoreError, Middleware, Next, Object, Operation, Origin, Outcome,
-    Pk, Query, Result as CoreResult, Value,
+    BatchStep, BoxFuture, Error as CoreError, Filter, Middleware, Next, Object, Operation, Origin,
+    Outcome, Pk, Query, Result as CoreResult, Value,
 };
 
+use crate::client_log::LOOKUP_CHUNK;
 use crate::entry::{EntryOp, EntryRow, INTERNAL_COLLECTIONS, LOG_COLLECTION};
 use crate::hlc::Clock;
 
@@ -135,6 +137,17 @@ impl SyncLoggingMiddleware {
             .iter()
             .filter_map(|s| self.entry_for(&next, &s.operation))
             .collect();
+        self.run_with_entries(next, steps, entries).await
+    }
+
+    /// Runs the data `steps` and then the log `entries` as one batch; returns the outcomes
+    /// of the data steps.
+    async fn run_with_entries(
+        &self,
+        next: Next<'_>,
+        steps: Vec<BatchStep>,
+        entries: Vec<BatchStep>,
+    ) -> CoreResult<Vec<Outcome>> {
         let data_steps = steps.len();
         if data_steps == 0 {
             return Ok(Vec::new());
@@ -185,18 +198,42 @@ impl SyncLoggingMiddleware {
         if pks.is_empty() {
             return Ok(done(0));
         }
-        let steps: Vec<BatchStep> = pks
-            .into_iter()
-            .map(|pk| {
-                BatchStep::new(match &changes {
-                    Some(changes) => {
-                        Operation::update_by_pk(collection.clone(), pk, changes.clone())
-                    }
-                    None => Operation::delete_by_pk(collection.clone(), pk),
-                })
-            })
+        let no_fields = Object::new();
+        let (entry_op, fields) = match &changes {
+            Some(changes) => (EntryOp::Update, changes),
+            None => (EntryOp::Delete, &no_fields),
+        };
+        let entries: Vec<BatchStep> = pks
+            .iter()
+            .map(|pk| self.entry(&next, &collection, pk, entry_op, fields))
             .collect();
-        self.run_logged_batch(next, steps).await?;
+        let write = |filter: Filter| match &changes {
+            Some(changes) => Operation::update_where(collection.clone(), filter, changes.clone()),
+            None => Operation::delete_where(collection.clone(), filter),
+        };
+        // One statement per run of keys where the key is one field; one per object otherwise.
+        let steps: Vec<BatchStep> = match def.pk_fields() {
+            [field] => pks
+                .chunks(LOOKUP_CHUNK)
+                .map(|chunk| {
+                    let keys = chunk.iter().filter_map(|pk| pk.single().cloned());
+                    BatchStep::new(write(Filter::all().is_in(field.clone(), keys)))
+                })
+                .collect(),
+            fields => pks
+                .iter()
+                .map(|pk| {
+                    let filter = fields
+                        .iter()
+                        .zip(pk.values())
+                        .fold(Filter::all(), |f, (field, value)| {
+                            f.eq(field.clone(), value.clone())
+                        });
+                    BatchStep::new(write(filter))
+                })
+                .collect(),
+        };
+        self.run_with_entries(next, steps, entries).await?;
         Ok(done(count))
     }
 

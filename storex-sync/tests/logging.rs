@@ -432,3 +432,153 @@ async fn the_clock_continues_after_a_restart_even_if_the_wall_clock_went_back() 
     let after = d.log().max_hlc().await.expect("hlc").expect("entries");
     assert!(after > before, "{after} must follow {before}");
 }
+
+#[tokio::test]
+async fn a_where_write_on_more_than_a_thousand_objects_changes_and_logs_exactly_those() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let backend = SeaOrmBackend::open_sqlite_file(dir.path().join("device.db"))
+        .await
+        .expect("open");
+    let d = SyncDevice::open(
+        registry(),
+        Arc::new(backend) as Arc<dyn StorageBackend>,
+        Clock::new(DeviceId::random()),
+        SyncOptions::default(),
+    )
+    .await
+    .expect("device");
+    let book = notebook(&d).await;
+    let steps: Vec<BatchStep> = (0..2_500)
+        .map(|i| {
+            BatchStep::new(Operation::create(
+                "note",
+                object! { "notebook_id" => book.clone(), "title" => format!("n{i}"), "stars" => i % 2 },
+            ))
+        })
+        .collect();
+    d.storage().batch(steps).await.expect("batch");
+    let odd = Filter::all().eq("stars", 1);
+    let updated = d
+        .storage()
+        .update_where("note", odd.clone(), object! { "title" => "odd" })
+        .await
+        .expect("update");
+    assert_eq!(updated, 1_250);
+    let titled = |title: &'static str| Filter::all().eq("title", title);
+    assert_eq!(
+        d.storage()
+            .count("note", titled("odd"))
+            .await
+            .expect("count"),
+        1_250
+    );
+    assert_eq!(
+        d.storage()
+            .count("note", Filter::all().eq("stars", 1).eq("title", "odd"))
+            .await
+            .expect("count"),
+        1_250,
+        "only the matched notes changed"
+    );
+    let deleted = d
+        .storage()
+        .delete_where("note", titled("odd"))
+        .await
+        .expect("delete");
+    assert_eq!(deleted, 1_250);
+    assert_eq!(
+        d.storage()
+            .count("note", Filter::all())
+            .await
+            .expect("count"),
+        1_250
+    );
+    let log = entries(&d).await;
+    let count = |op: EntryOp| log.iter().filter(|e| e.op == op).count();
+    assert_eq!(count(EntryOp::Update), 1_250);
+    assert_eq!(count(EntryOp::Delete), 1_250);
+    let remaining: Vec<Pk> = d
+        .storage()
+        .find_many("note", Query::default())
+        .await
+        .expect("find")
+        .iter()
+        .map(|o| Pk(vec![o["id"].clone()]))
+        .collect();
+    for e in log.iter().filter(|e| e.op != EntryOp::Create) {
+        assert!(
+            !remaining.contains(&e.pk),
+            "a logged change names a note that was not matched"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_where_write_on_a_two_field_key_logs_each_object() {
+    let registry = Registry::builder()
+        .collection(
+            CollectionDef::new("tag")
+                .field("note", FieldType::Text)
+                .field("name", FieldType::Text)
+                .optional_field("color", FieldType::Text)
+                .primary_key(["note", "name"]),
+        )
+        .build()
+        .expect("registry");
+    let d = SyncDevice::open(
+        registry,
+        Arc::new(MemoryBackend::new()),
+        Clock::new(DeviceId::random()),
+        SyncOptions::default(),
+    )
+    .await
+    .expect("device");
+    for (note, name) in [("a", "x"), ("a", "y"), ("b", "x")] {
+        d.storage()
+            .create("tag", object! { "note" => note, "name" => name })
+            .await
+            .expect("create");
+    }
+    let updated = d
+        .storage()
+        .update_where(
+            "tag",
+            Filter::all().eq("name", "x"),
+            object! { "color" => "red" },
+        )
+        .await
+        .expect("update");
+    assert_eq!(updated, 2);
+    let red = d
+        .storage()
+        .count("tag", Filter::all().eq("color", "red"))
+        .await
+        .expect("count");
+    assert_eq!(red, 2);
+    let deleted = d
+        .storage()
+        .delete_where("tag", Filter::all().eq("note", "a"))
+        .await
+        .expect("delete");
+    assert_eq!(deleted, 2);
+    let log = entries(&d).await;
+    let pks = |op: EntryOp| {
+        let mut pks: Vec<Pk> = log
+            .iter()
+            .filter(|e| e.op == op)
+            .map(|e| e.pk.clone())
+            .collect();
+        pks.sort_by_key(|pk| format!("{pk:?}"));
+        pks
+    };
+    let pk = |note: &str, name: &str| Pk(vec![note.into(), name.into()]);
+    assert_eq!(pks(EntryOp::Update), vec![pk("a", "x"), pk("b", "x")]);
+    assert_eq!(pks(EntryOp::Delete), vec![pk("a", "x"), pk("a", "y")]);
+    let left = d
+        .storage()
+        .find_many("tag", Query::default())
+        .await
+        .expect("find");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["color"], Value::from("red"));
+}

@@ -2,8 +2,9 @@
 //!
 //! - Logged writes (a [`SyncDevice`]'s storage) against the same writes without logging, each
 //!   in its own transaction, on one SQLite file, taking turns: single creates, single updates,
-//!   and 1,000-row batches. Ratios are the logged time over the unlogged one (targets: 1.5
-//!   for single writes, 1.2 for batches).
+//!   1,000-row batches, and where-clause updates that edit a fifth of the notes each. Ratios
+//!   are the logged time over the unlogged one (targets: 1.5 for single writes, 1.2 for
+//!   batches).
 //! - Reconcile + apply: a second device on its own SQLite file integrates the first one's
 //!   entries in batches of 1,000, once as new objects (creates) and once as changes to
 //!   objects it already has (updates): entries per second (target: 100,000).
@@ -13,8 +14,8 @@ use std::time::Instant;
 
 use storex_core::uuid::Uuid;
 use storex_core::{
-    object, BatchStep, CollectionDef, FieldType, Operation, Registry, Storage, StorageBackend,
-    UuidPkMiddleware,
+    object, BatchStep, CollectionDef, FieldType, Filter, Operation, Registry, Storage,
+    StorageBackend, UuidPkMiddleware,
 };
 use storex_seaorm::SeaOrmBackend;
 use storex_sync::{with_sync_log, Clock, DeviceId, LogEntry, SyncDevice, SyncOptions};
@@ -24,6 +25,7 @@ use crate::report::{rate, BoxError, Pair};
 const BATCH_ROWS: u64 = 1_000;
 const BATCHES: u64 = 20;
 const APPLY_BATCH: usize = 1_000;
+const WHERE_ROUNDS: u64 = 10;
 
 /// `note` is synced; `plain_note`, the same table under another name, is the baseline.
 fn registry() -> Result<Registry, BoxError> {
@@ -135,10 +137,34 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
             )
             .await?;
     }
+    // Where-clause writes: each round edits the notes with one star count (a fifth of them).
+    let mut wheres = Pair::default();
+    let mut edited = 0;
+    for round in 0..WHERE_ROUNDS {
+        let filter = Filter::all().eq("stars", (round % 5) as i64);
+        let changes = object! { "body" => format!("edited {round}") };
+        edited += logged.count("note", filter.clone()).await?;
+        wheres
+            .turn(
+                round,
+                in_own_transaction(
+                    plain.clone(),
+                    Operation::update_where("plain_note", filter.clone(), changes.clone()),
+                ),
+                async {
+                    logged
+                        .update_where("note", filter.clone(), changes.clone())
+                        .await?;
+                    Ok(())
+                },
+            )
+            .await?;
+    }
     let labels = ("unlogged", "logged", "logged_time_vs_unlogged");
     creates.report_as("synclog", "create_single", ops, labels);
     updates.report_as("synclog", "update_single", ops, labels);
     batches.report_as("synclog", "create_batch_1000", BATCHES * BATCH_ROWS, labels);
+    wheres.report_as("synclog", "update_where", edited, labels);
 
     // Reconcile + apply on a second device.
     let entries: Vec<LogEntry> = device.log().unshared(u64::MAX >> 1).await?;
@@ -186,6 +212,17 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
         updates.len() as u64,
         start.elapsed(),
     );
+    // The where-clause edits, unmeasured, so that both devices can be compared.
+    let rest: Vec<LogEntry> = device
+        .log()
+        .unshared(u64::MAX >> 1)
+        .await?
+        .into_iter()
+        .filter(|e| e.op == storex_sync::EntryOp::Update && e.fields.contains_key("body"))
+        .collect();
+    for chunk in rest.chunks(APPLY_BATCH) {
+        receiver.integrate(chunk.to_vec()).await?;
+    }
     if device.digest("note").await? != receiver.digest("note").await? {
         return Err("the receiving device does not match the sender".into());
     }
