@@ -293,12 +293,15 @@ impl SyncDevice {
         for (key, row) in current_rows(exec, &registry, &fresh).await? {
             known.entry(key).or_default().current = Some(row);
         }
-        let outcome = reconcile(&registry, &known, fresh);
-        held.extend(outcome.held);
-        let mut steps: Vec<BatchStep> = batch_operations(&registry, outcome.operations.clone())
-            .into_iter()
-            .map(BatchStep::new)
-            .collect();
+        let mut outcome = reconcile(&registry, &known, fresh);
+        drop(known);
+        held.append(&mut outcome.held);
+        let operations = outcome.operations.len() as u64;
+        let mut steps: Vec<BatchStep> =
+            batch_operations(&registry, std::mem::take(&mut outcome.operations))
+                .into_iter()
+                .map(BatchStep::new)
+                .collect();
         let entry_step = |entry: &LogEntry, integrated: bool| {
             if stored {
                 BatchStep::new(Operation::update_by_pk(
@@ -319,7 +322,7 @@ impl SyncDevice {
             received,
             duplicates: duplicates + outcome.duplicates,
             integrated: outcome.integrated.len() as u64,
-            operations: outcome.operations.len() as u64,
+            operations,
             conflicts: outcome.conflicts,
             held: held
                 .iter()
