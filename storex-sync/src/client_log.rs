@@ -125,9 +125,12 @@ impl ClientSyncLog {
         Ok(self.len().await? == 0)
     }
 
-    /// The greatest timestamp in the log, to restore the clock after a restart.
+    /// The greatest timestamp of the applied entries (the device's own and the received
+    /// ones that passed the clock's drift check), to restore the clock after a restart.
+    /// Held entries do not count: one held for being too far in the future must not move
+    /// the clock there.
     pub async fn max_hlc(&self) -> Result<Option<Hlc>> {
-        let query = Query::default()
+        let query = Query::new(Filter::all().eq("integrated", true))
             .order_desc("hlc")
             .order_desc("device")
             .limit(1);

@@ -84,7 +84,9 @@ impl Hlc {
             text: text.to_owned(),
         };
         let (millis, counter) = text.split_once('-').ok_or_else(bad)?;
-        if millis.len() != 15 || counter.len() != 10 {
+        // More than 15 digits: a timestamp beyond the year 33,000, which the clock refuses
+        // and the log keeps as a held entry; it must still read back.
+        if millis.len() < 15 || counter.len() != 10 {
             return Err(bad());
         }
         Ok(Hlc {

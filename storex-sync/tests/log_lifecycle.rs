@@ -188,3 +188,54 @@ async fn entries_from_a_newer_schema_wait_for_the_upgrade() {
         newer.digest("note").await.expect("digest")
     );
 }
+
+#[tokio::test]
+async fn an_entry_held_for_clock_drift_does_not_move_the_clock_after_a_restart() {
+    let backend: Arc<dyn StorageBackend> = Arc::new(MemoryBackend::new());
+    let now_ms = || {
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_millis(),
+        )
+        .expect("fits")
+    };
+    let sender = DeviceId::random();
+    let future = |millis: u64, id: i64| LogEntry {
+        id: storex_core::uuid::Uuid::now_v7(),
+        device: sender,
+        hlc: storex_sync::Hlc {
+            millis,
+            counter: 0,
+            device: sender,
+        },
+        collection: "note".into(),
+        pk: storex_core::Pk::from(id),
+        op: EntryOp::Create,
+        fields: object! { "id" => id, "title" => "from the future" },
+        schema_version: 1,
+    };
+    let two_days = 48 * 3_600 * 1_000;
+    {
+        let b = open(1, backend.clone()).await;
+        let report = b
+            .integrate(vec![future(now_ms() + two_days, 1), future(u64::MAX, 2)])
+            .await
+            .expect("integrate");
+        assert_eq!(report.held.len(), 2, "{report:?}");
+        assert!(report
+            .held
+            .iter()
+            .all(|(_, reason)| matches!(reason, HoldReason::ClockDrift { .. })));
+    }
+    let b = open(1, backend).await;
+    let stamped = b.clock().now();
+    assert!(
+        stamped.millis < now_ms() + two_days / 2,
+        "the clock jumped to a held entry's time: {stamped}"
+    );
+    assert_eq!(b.log().held().await.expect("held").len(), 2);
+    let retried = b.retry_held().await.expect("retry");
+    assert_eq!(retried.held.len(), 2, "still too far ahead");
+}
