@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use storex_core::{
-    BatchStep, Filter, Middleware, Object, Operation, Pk, Query, Registry, Storage, StorageBackend,
-    UuidPkMiddleware, Value,
+    BatchStep, BoxFuture, Filter, Middleware, Object, Operation, Pk, Query, Registry, Storage,
+    StorageBackend, UuidPkMiddleware, Value,
 };
 
 use crate::client_log::{entries_for, known_ids, ClientSyncLog, Exec, LOOKUP_CHUNK};
@@ -21,7 +21,9 @@ use crate::entry::{pk_text, with_sync_log, EntryRow, LogEntry, StoredEntry, LOG_
 use crate::error::Result;
 use crate::hlc::{Clock, DeviceId};
 use crate::logging::SyncLoggingMiddleware;
-use crate::reconcile::{object_key, reconcile, HeldEntry, HoldReason, KnownObject, ObjectKey};
+use crate::reconcile::{
+    admit, object_key, reconcile, HeldEntry, HoldReason, KnownObject, ObjectKey,
+};
 
 /// What integrating a batch of received entries did.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -40,6 +42,38 @@ pub struct IntegrationReport {
     pub held: Vec<(storex_core::uuid::Uuid, HoldReason)>,
     /// Fields of known collections that this device's schema lacks: (entry id, field).
     pub ignored_fields: Vec<(storex_core::uuid::Uuid, String)>,
+}
+
+impl IntegrationReport {
+    /// Adds the counts of `other`, a report on another part of the same entries.
+    fn absorb(&mut self, other: IntegrationReport) {
+        self.received += other.received;
+        self.duplicates += other.duplicates;
+        self.integrated += other.integrated;
+        self.operations += other.operations;
+        self.conflicts += other.conflicts;
+        self.held.extend(other.held);
+        self.ignored_fields.extend(other.ignored_fields);
+    }
+}
+
+/// What reconciling a set of entries decided, before it is applied.
+struct Planned {
+    report: IntegrationReport,
+    steps: Vec<BatchStep>,
+    /// The entries applied or held by `steps` (duplicates left out).
+    entries: Vec<LogEntry>,
+}
+
+/// How one attempt to apply entries in one transaction ended.
+enum Attempt {
+    Applied(IntegrationReport),
+    /// The database refused the batch; the transaction was rolled back.
+    ApplyFailed {
+        entries: Vec<LogEntry>,
+        duplicates: u64,
+        error: crate::Error,
+    },
 }
 
 /// Options for [`SyncDevice::open`].
@@ -195,16 +229,90 @@ impl SyncDevice {
 
     /// Like [`SyncDevice::integrate`], also applying `extra` steps (for instance storing the
     /// shared-log cursor) in the same transaction, unlogged.
+    ///
+    /// If applying the batch fails (a row the database refuses, say a unique index two
+    /// devices both filled), the entries are applied again in halves, each in its own
+    /// transaction, down to the single entry at fault, which is held with
+    /// [`HoldReason::ApplyFailed`]; the others are applied and `extra` lands with the last
+    /// part. Entries are recognised by id, so a crash between two parts loses nothing.
     pub async fn integrate_with(
         &self,
         entries: Vec<LogEntry>,
         extra: Vec<BatchStep>,
     ) -> Result<IntegrationReport> {
+        self.integrate_parts(entries, extra, false).await
+    }
+
+    /// Tries the held entries again (after an app upgrade, say); returns what happened.
+    pub async fn retry_held(&self) -> Result<IntegrationReport> {
+        let query = Query::new(Filter::all().eq("integrated", false));
+        let held: Vec<LogEntry> = self
+            .storage
+            .find_many(LOG_COLLECTION, query)
+            .await?
+            .iter()
+            .map(StoredEntry::from_object)
+            .map(|r| r.map(|s| s.entry))
+            .collect::<Result<_>>()?;
+        self.integrate_parts(held, Vec::new(), true).await
+    }
+
+    /// Applies `entries` (with `extra`) in one transaction, or, if applying fails, in halves.
+    /// `stored` says the entries are held ones already in the log.
+    fn integrate_parts(
+        &self,
+        entries: Vec<LogEntry>,
+        extra: Vec<BatchStep>,
+        stored: bool,
+    ) -> BoxFuture<'_, Result<IntegrationReport>> {
+        Box::pin(async move {
+            let (mut entries, duplicates, error) =
+                match self.attempt(entries, extra.clone(), stored).await? {
+                    Attempt::Applied(report) => return Ok(report),
+                    Attempt::ApplyFailed {
+                        entries,
+                        duplicates,
+                        error,
+                    } => (entries, duplicates, error),
+                };
+            let mut report = IntegrationReport {
+                received: duplicates,
+                duplicates,
+                ..IntegrationReport::default()
+            };
+            match entries.len() {
+                0 => return Err(error),
+                1 => {
+                    let entry = entries.remove(0);
+                    report.absorb(self.hold_failed(entry, &error, extra, stored).await?);
+                }
+                n => {
+                    let second = entries.split_off(n / 2);
+                    report.absorb(self.integrate_parts(entries, Vec::new(), stored).await?);
+                    report.absorb(self.integrate_parts(second, extra, stored).await?);
+                }
+            }
+            Ok(report)
+        })
+    }
+
+    /// One transaction: leaves out the entries the log has (unless `stored`), reconciles the
+    /// rest and applies the result with `extra`.
+    async fn attempt(
+        &self,
+        entries: Vec<LogEntry>,
+        extra: Vec<BatchStep>,
+        stored: bool,
+    ) -> Result<Attempt> {
         let tx = self.storage.begin().await?;
         let exec = Exec::Transaction(&tx);
         let received = entries.len() as u64;
-        let ids: Vec<_> = entries.iter().map(|e| e.id).collect();
-        let already = known_ids(exec, &ids).await?;
+        let already = if stored {
+            HashSet::new()
+        } else {
+            let ids: Vec<_> = entries.iter().map(|e| e.id).collect();
+            known_ids(exec, &ids).await?
+        };
         let mut fresh = Vec::with_capacity(entries.len());
         let mut held = Vec::new();
         for entry in entries {
@@ -222,56 +330,68 @@ impl SyncDevice {
             }
         }
         let duplicates = received - fresh.len() as u64 - held.len() as u64;
-        let (report, steps) = self
-            .reconcile_in(exec, fresh, held, duplicates, received, false)
+        let mut planned = self
+            .reconcile_in(exec, fresh, held, duplicates, received, stored)
             .await?;
-        let mut steps = steps;
-        steps.extend(extra);
-        if !steps.is_empty() {
-            exec.run(Operation::Batch { steps }).await?;
-        }
-        tx.commit().await?;
-        Ok(report)
-    }
-
-    /// Tries the held entries again (after an app upgrade, say); returns what happened.
-    pub async fn retry_held(&self) -> Result<IntegrationReport> {
-        let tx = self.storage.begin().await?;
-        let exec = Exec::Transaction(&tx);
-        let query = Query::new(Filter::all().eq("integrated", false));
-        let held: Vec<LogEntry> = exec
-            .find(LOG_COLLECTION, query)
-            .await?
-            .iter()
-            .map(StoredEntry::from_object)
-            .map(|r| r.map(|s| s.entry))
-            .collect::<Result<_>>()?;
-        let mut fresh = Vec::new();
-        let mut still_held = Vec::new();
-        for entry in held {
-            match self.clock.observe(entry.hlc) {
-                Ok(()) => fresh.push(entry),
-                Err(e) => still_held.push(HeldEntry {
-                    entry,
-                    reason: HoldReason::ClockDrift {
-                        problem: e.to_string(),
-                    },
-                }),
+        let own_steps = planned.steps.len();
+        planned.steps.extend(extra);
+        if !planned.steps.is_empty() {
+            let steps = planned.steps;
+            match exec.run(Operation::Batch { steps }).await {
+                Ok(_) => {}
+                // A step of the entries' own failed: the database refuses one of them.
+                Err(error @ storex_core::Error::BatchStep { step, .. }) if step < own_steps => {
+                    tx.rollback().await?;
+                    return Ok(Attempt::ApplyFailed {
+                        entries: planned.entries,
+                        duplicates: planned.report.duplicates,
+                        error: error.into(),
+                    });
+                }
+                // The caller's steps or the database itself: not the entries' fault.
+                Err(error) => {
+                    tx.rollback().await?;
+                    return Err(error.into());
+                }
             }
         }
-        let received = (fresh.len() + still_held.len()) as u64;
-        let (report, steps) = self
-            .reconcile_in(exec, fresh, still_held, 0, received, true)
-            .await?;
-        if !steps.is_empty() {
-            exec.run(Operation::Batch { steps }).await?;
-        }
         tx.commit().await?;
-        Ok(report)
+        Ok(Attempt::Applied(planned.report))
     }
 
-    /// Reconciles `fresh` entries inside the transaction behind `exec`; returns the report
-    /// and the steps that apply it. `stored` says the entries are already in the log (held
+    /// Sets aside one entry that could not be applied: stored as held (unless it is stored
+    /// already), with `extra`, in one transaction.
+    async fn hold_failed(
+        &self,
+        entry: LogEntry,
+        error: &crate::Error,
+        extra: Vec<BatchStep>,
+        stored: bool,
+    ) -> Result<IntegrationReport> {
+        let mut steps = extra;
+        if !stored {
+            let row = EntryRow::of(&entry, true, false).to_object();
+            steps.insert(0, BatchStep::new(Operation::create(LOG_COLLECTION, row)));
+        }
+        if !steps.is_empty() {
+            self.storage
+                .execute_as(Operation::Batch { steps }, storex_core::Origin::Sync)
+                .await?;
+        }
+        Ok(IntegrationReport {
+            received: 1,
+            held: vec![(
+                entry.id,
+                HoldReason::ApplyFailed {
+                    problem: error.to_string(),
+                },
+            )],
+            ..IntegrationReport::default()
+        })
+    }
+
+    /// Reconciles `fresh` entries inside the transaction behind `exec`; returns the report,
+    /// the steps that apply it and the entries it covers. `stored` says the entries are already in the log (held
     /// ones being retried), so they are marked integrated instead of inserted.
     async fn reconcile_in(
         &self,
@@ -281,8 +401,17 @@ impl SyncDevice {
         duplicates: u64,
         received: u64,
         stored: bool,
-    ) -> Result<(IntegrationReport, Vec<BatchStep>)> {
+    ) -> Result<Planned> {
         let registry = self.storage.registry().clone();
+        // Entries the schema refuses are held before anything is looked up for them (a key of
+        // the wrong type would make the lookup fail).
+        let (fresh, refused): (Vec<LogEntry>, Vec<LogEntry>) =
+            fresh.into_iter().partition(|e| admit(&registry, e).is_ok());
+        for entry in refused {
+            if let Err(reason) = admit(&registry, &entry) {
+                held.push(HeldEntry { entry, reason });
+            }
+        }
         let mut objects: Vec<ObjectKey> = fresh.iter().map(object_key).collect();
         objects.sort();
         objects.dedup();
@@ -330,7 +459,13 @@ impl SyncDevice {
                 .collect(),
             ignored_fields: outcome.ignored_fields,
         };
-        Ok((report, steps))
+        let mut entries = outcome.integrated;
+        entries.extend(held.into_iter().map(|h| h.entry));
+        Ok(Planned {
+            report,
+            steps,
+            entries,
+        })
     }
 }
 

@@ -71,6 +71,11 @@ pub enum HoldReason {
         /// The clock's message.
         problem: String,
     },
+    /// The database refused the change (a unique index another object already fills, say).
+    ApplyFailed {
+        /// The database's message.
+        problem: String,
+    },
 }
 
 impl std::fmt::Display for HoldReason {
@@ -85,6 +90,7 @@ impl std::fmt::Display for HoldReason {
             }
             HoldReason::InvalidValue { field, problem } => write!(f, "field `{field}`: {problem}"),
             HoldReason::ClockDrift { problem } => write!(f, "{problem}"),
+            HoldReason::ApplyFailed { problem } => write!(f, "applying it failed: {problem}"),
         }
     }
 }
@@ -116,7 +122,7 @@ pub struct Reconciliation {
 }
 
 /// Checks an incoming entry against the local schema.
-fn admit(registry: &Registry, entry: &LogEntry) -> Result<(), HoldReason> {
+pub(crate) fn admit(registry: &Registry, entry: &LogEntry) -> Result<(), HoldReason> {
     let Ok(def) = registry.collection(&entry.collection) else {
         return Err(HoldReason::UnknownCollection);
     };
@@ -138,6 +144,27 @@ fn admit(registry: &Registry, entry: &LogEntry) -> Result<(), HoldReason> {
     for (field, value) in &entry.fields {
         if def.field_def(field).is_some() {
             check_value(def, field, value, true)?;
+        }
+    }
+    if entry.op == EntryOp::Create {
+        // A create defines the whole object: a required field it lacks would be null.
+        if let Some(field) = def
+            .fields()
+            .iter()
+            .find(|f| !f.optional && !entry.fields.contains_key(&f.name))
+        {
+            return Err(HoldReason::InvalidValue {
+                field: field.name.clone(),
+                problem: "a create without this required field".into(),
+            });
+        }
+        for (field, value) in def.pk_fields().iter().zip(entry.pk.values()) {
+            if entry.fields.get(field) != Some(value) {
+                return Err(HoldReason::InvalidValue {
+                    field: field.clone(),
+                    problem: "a create whose values differ from its key".into(),
+                });
+            }
         }
     }
     Ok(())

@@ -1,0 +1,167 @@
+//! Entries a device cannot apply are held and reported, and never stop the others: a create
+//! the database refuses (a unique index already filled here), a key of the wrong type, a
+//! create without a required field.
+
+use std::sync::Arc;
+
+use storex_core::uuid::Uuid;
+use storex_core::{
+    object, BatchStep, CollectionDef, FieldType, Filter, MemoryBackend, Object, Operation, Pk,
+    Registry,
+};
+use storex_sync::{
+    Clock, DeviceId, EntryOp, Hlc, HoldReason, LogEntry, SyncDevice, SyncOptions, STATE_COLLECTION,
+};
+
+fn registry() -> Registry {
+    Registry::builder()
+        .collection(
+            CollectionDef::new("account")
+                .field("id", FieldType::Uuid)
+                .field("email", FieldType::Text)
+                .primary_key(["id"])
+                .unique_index(["email"]),
+        )
+        .collection(
+            CollectionDef::new("note")
+                .field("id", FieldType::Int)
+                .field("title", FieldType::Text)
+                .primary_key(["id"]),
+        )
+        .build()
+        .expect("registry")
+}
+
+async fn device() -> SyncDevice {
+    SyncDevice::open(
+        registry(),
+        Arc::new(MemoryBackend::new()),
+        Clock::new(DeviceId::random()),
+        SyncOptions::default(),
+    )
+    .await
+    .expect("device")
+}
+
+fn remote(collection: &str, pk: Pk, fields: Object) -> LogEntry {
+    let device = DeviceId::random();
+    LogEntry {
+        id: Uuid::now_v7(),
+        device,
+        hlc: Hlc {
+            millis: 1_000,
+            counter: 0,
+            device,
+        },
+        collection: collection.into(),
+        pk,
+        op: EntryOp::Create,
+        fields,
+        schema_version: 1,
+    }
+}
+
+fn note(id: i64) -> LogEntry {
+    remote(
+        "note",
+        Pk::from(id),
+        object! { "id" => id, "title" => format!("n{id}") },
+    )
+}
+
+#[tokio::test]
+async fn a_create_the_database_refuses_is_held_and_the_rest_of_the_batch_applies() {
+    let here = device().await;
+    here.storage()
+        .create("account", object! { "email" => "a@x" })
+        .await
+        .expect("own account");
+    let theirs = Uuid::now_v7();
+    let mut batch: Vec<LogEntry> = (1..=6).map(note).collect();
+    batch.insert(
+        3,
+        remote(
+            "account",
+            Pk::from(theirs),
+            object! { "id" => theirs, "email" => "a@x" },
+        ),
+    );
+    let cursor = BatchStep::new(Operation::create(
+        STATE_COLLECTION,
+        object! { "key" => "test", "value" => 42 },
+    ));
+    let report = here
+        .integrate_with(batch.clone(), vec![cursor])
+        .await
+        .expect("the batch is not blocked");
+    assert_eq!(report.received, 7);
+    assert_eq!(report.integrated, 6, "{report:?}");
+    assert_eq!(report.held.len(), 1);
+    assert_eq!(report.held[0].0, batch[3].id);
+    assert!(
+        matches!(&report.held[0].1, HoldReason::ApplyFailed { problem } if !problem.is_empty()),
+        "{report:?}"
+    );
+    assert_eq!(
+        here.storage()
+            .count("note", Filter::all())
+            .await
+            .expect("count"),
+        6
+    );
+    assert_eq!(
+        here.storage()
+            .count(STATE_COLLECTION, Filter::all().eq("key", "test"))
+            .await
+            .expect("count"),
+        1,
+        "the caller's steps landed"
+    );
+    assert_eq!(
+        here.log().held().await.expect("held"),
+        vec![batch[3].clone()]
+    );
+
+    let again = here.integrate(batch).await.expect("again");
+    assert_eq!((again.duplicates, again.integrated), (7, 0), "{again:?}");
+    let retried = here.retry_held().await.expect("retry");
+    assert_eq!(retried.held.len(), 1, "still refused, and reported");
+}
+
+#[tokio::test]
+async fn entries_with_a_bad_key_or_without_a_required_field_are_held() {
+    let here = device().await;
+    let wrong_key = remote(
+        "note",
+        Pk::from("not a number"),
+        object! { "id" => "not a number", "title" => "t" },
+    );
+    let no_title = remote("note", Pk::from(7), object! { "id" => 7 });
+    let other_key = remote("note", Pk::from(8), object! { "id" => 9, "title" => "t" });
+    let report = here
+        .integrate(vec![
+            note(1),
+            wrong_key.clone(),
+            no_title.clone(),
+            other_key.clone(),
+        ])
+        .await
+        .expect("not blocked");
+    assert_eq!(report.integrated, 1, "{report:?}");
+    let held: Vec<Uuid> = report.held.iter().map(|(id, _)| *id).collect();
+    assert_eq!(held.len(), 3, "{report:?}");
+    for entry in [&wrong_key, &no_title, &other_key] {
+        assert!(held.contains(&entry.id), "{report:?}");
+    }
+    assert!(report
+        .held
+        .iter()
+        .all(|(_, reason)| matches!(reason, HoldReason::InvalidValue { .. })));
+    assert_eq!(
+        here.storage()
+            .count("note", Filter::all())
+            .await
+            .expect("count"),
+        1
+    );
+}
