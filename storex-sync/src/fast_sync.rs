@@ -12,10 +12,13 @@
 //! transaction together with its progress (session, last batch, running checksums), and
 //! acknowledges it only then. A dropped channel resumes after the last acknowledged batch
 //! when the same sender reconnects ([`SnapshotSender::send`] again); a failed batch leaves
-//! nothing of itself behind. A receiver that had no data copies the sender's log as it is; one
-//! with data of its own keeps its objects and reconciles the sender's log entries with its own
-//! (as if pulled from a shared log), which is how [`exchange`] merges two devices in one
-//! session. Each collection ends with its count and a running SHA-256 over the batches, which
+//! nothing of itself behind. A receiver that had no data copies the sender's log as it is
+//! (every entry must read back, and its timestamp moves the receiver's clock past it); one
+//! with data or log entries of its own keeps its objects, does not take back objects it
+//! deleted, and reconciles the sender's log entries with its own (as if pulled from a shared
+//! log), which is how [`exchange`] merges two devices in one session. The log carries only
+//! entries of the collections and objects sent, so what a filter leaves out does not travel
+//! in it either. Each collection ends with its count and a running SHA-256 over the batches, which
 //! the receiver checks.
 //!
 //! ```
@@ -350,18 +353,21 @@ pub async fn exchange(
     })
 }
 
-/// Waits for the next package, or fails after `timeout`. A peer's `Pause` suspends the
-/// timeout until its `Resume`; `Cancel` ends the session.
+/// Waits for the next package, or fails after `options.stall_timeout` without one. A peer
+/// that pauses repeats its `Pause` while paused (see [`honour_pause`]), so a pause is not a
+/// stall but a peer that vanished during one is. Cancelling `options.cancel` ends the wait
+/// (and tells the peer); the peer's `Cancel` ends the session.
 async fn next_package(
     channel: &mut dyn FastSyncChannel,
-    timeout: Duration,
+    options: &FastSyncOptions,
+    side: &str,
 ) -> crate::Result<Package> {
-    let mut paused = false;
+    let timeout = options.stall_timeout;
+    let mut cancelled = options.cancel.flag.subscribe();
     loop {
-        let received = if paused {
-            Ok(channel.recv().await)
-        } else {
-            tokio::time::timeout(timeout, channel.recv()).await
+        let received = tokio::select! {
+            received = tokio::time::timeout(timeout, channel.recv()) => received,
+            _ = cancelled.wait_for(|c| *c) => return Err(cancel_here(channel, side).await),
         };
         match received {
             Err(_) => return Err(FastSyncError::Stalled(timeout).into()),
@@ -374,8 +380,7 @@ async fn next_package(
                 }
                 .into())
             }
-            Ok(Ok(Some(Package::Pause))) => paused = true,
-            Ok(Ok(Some(Package::Resume))) => paused = false,
+            Ok(Ok(Some(Package::Pause | Package::Resume))) => {}
             Ok(Ok(Some(package))) => return Ok(package),
         }
     }
@@ -397,7 +402,8 @@ async fn cancel_here(channel: &mut dyn FastSyncChannel, side: &str) -> crate::Er
     .into()
 }
 
-/// Holds the transfer while `options.pause` is set: tells the peer, waits, tells it again.
+/// Holds the transfer while `options.pause` is set: tells the peer (again every third of the
+/// stall timeout, so it does not take the pause for a stall), waits, then tells it to go on.
 async fn honour_pause(
     channel: &mut dyn FastSyncChannel,
     options: &FastSyncOptions,
@@ -406,12 +412,22 @@ async fn honour_pause(
     if !options.pause.is_paused() {
         return Ok(());
     }
-    channel
-        .send(Package::Pause)
-        .await
-        .map_err(FastSyncError::Channel)?;
-    if !options.pause.wait_resumed(&options.cancel).await {
-        return Err(cancel_here(channel, side).await);
+    // Repeated while paused, so the peer tells a pause from a vanished device.
+    let heartbeat = options.stall_timeout / 3;
+    loop {
+        channel
+            .send(Package::Pause)
+            .await
+            .map_err(FastSyncError::Channel)?;
+        tokio::select! {
+            resumed = options.pause.wait_resumed(&options.cancel) => {
+                if !resumed {
+                    return Err(cancel_here(channel, side).await);
+                }
+                break;
+            }
+            () = tokio::time::sleep(heartbeat) => {}
+        }
     }
     channel
         .send(Package::Resume)

@@ -801,3 +801,314 @@ async fn an_object_written_during_the_transfer_is_kept_by_a_fresh_receiver() {
         .collect();
     assert_eq!(texts, expected);
 }
+
+async fn log_entries_of(device: &SyncDevice, collection: &str) -> Vec<storex_sync::LogEntry> {
+    device
+        .log()
+        .all()
+        .await
+        .expect("log")
+        .into_iter()
+        .map(|s| s.entry)
+        .filter(|e| e.collection == collection)
+        .collect()
+}
+
+#[tokio::test]
+async fn what_is_left_out_does_not_travel_in_the_log_either() {
+    let fx = Fixture::new();
+    let (old, new) = fx.old_and_new().await;
+    fill(&old, 100).await;
+    let empty_body = old
+        .storage()
+        .find_one(
+            "note",
+            storex_core::Query::new(Filter::all().eq("body", "")),
+        )
+        .await
+        .expect("find")
+        .expect("the note with an empty body");
+    let left_out_pk = storex_core::Pk(vec![empty_body["id"].clone()]);
+    let options = FastSyncOptions::default()
+        .with_collections(["note", "draft"])
+        .with_filter(Arc::new(
+            |collection: &str, object: &storex_core::Object| {
+                collection != "note" || object.get("body") != Some(&Value::from(""))
+            },
+        ));
+    // A receiver with data of its own merges the log: it must not create what was left out.
+    let merging = fx.device("merging", DeviceId::random()).await;
+    merging
+        .storage()
+        .create("note", object! { "title" => "its own" })
+        .await
+        .expect("own note");
+    for receiver in [&new, &merging] {
+        let (sent, received) = transfer(&old, receiver, &options, &options).await;
+        sent.expect("send");
+        received.expect("receive");
+        assert!(log_entries_of(receiver, "tag").await.is_empty(), "tags");
+        assert!(
+            log_entries_of(receiver, "note")
+                .await
+                .iter()
+                .all(|e| e.pk != left_out_pk),
+            "the left-out note's entry"
+        );
+        assert_eq!(
+            receiver
+                .storage()
+                .count("tag", Filter::all())
+                .await
+                .expect("count"),
+            0
+        );
+    }
+    assert_eq!(
+        merging
+            .storage()
+            .count("note", Filter::all())
+            .await
+            .expect("count"),
+        100,
+        "99 sent and its own"
+    );
+}
+
+/// A hand-driven sender: sends `hello`, expects `Ready`, then sends `packages` and returns
+/// what came back until the channel closed or went quiet.
+async fn scripted_sender(
+    channel: &mut MemoryChannel,
+    collections: Vec<storex_sync::fast_sync::CollectionInfo>,
+    packages: Vec<Package>,
+) -> Vec<Package> {
+    channel
+        .send(Package::Hello {
+            session: storex_core::uuid::Uuid::now_v7(),
+            collections,
+            definitions: Vec::new(),
+            cursor: 7,
+        })
+        .await
+        .expect("hello");
+    let mut replies = Vec::new();
+    for package in packages {
+        if channel.send(package).await.is_err() {
+            break;
+        }
+    }
+    while let Ok(Ok(Some(reply))) =
+        tokio::time::timeout(Duration::from_millis(300), channel.recv()).await
+    {
+        replies.push(reply);
+    }
+    replies
+}
+
+fn info(name: &str, objects: u64) -> storex_sync::fast_sync::CollectionInfo {
+    storex_sync::fast_sync::CollectionInfo {
+        name: name.into(),
+        schema_version: 1,
+        objects,
+    }
+}
+
+#[tokio::test]
+async fn a_sender_that_finishes_without_its_checksums_is_refused() {
+    let fx = Fixture::new();
+    let new = fx.device("new", DeviceId::random()).await;
+    let (mut a, mut b) = memory_channel_pair(8);
+    let options = FastSyncOptions::default();
+    let script = vec![
+        Package::Batch {
+            seq: 1,
+            collection: "draft".into(),
+            objects: vec![object! { "id" => 1, "text" => "one" }],
+        },
+        Package::Finish,
+    ];
+    let (replies, received) = tokio::join!(
+        scripted_sender(&mut a, vec![info("draft", 5)], script),
+        receive_snapshot(&new, &mut b, &options)
+    );
+    let err = received.expect_err("refused");
+    assert!(
+        matches!(&err, Error::FastSync(FastSyncError::Verification { collection, .. }) if collection == "draft"),
+        "{err:?}"
+    );
+    assert!(
+        replies.iter().any(|p| matches!(p, Package::Cancel { .. })),
+        "{replies:?}"
+    );
+    let cursor = new
+        .storage()
+        .count(
+            storex_sync::STATE_COLLECTION,
+            Filter::all().eq("key", "shared_log_cursor"),
+        )
+        .await
+        .expect("count");
+    assert_eq!(cursor, 0, "no cursor handed over");
+}
+
+#[tokio::test]
+async fn a_sender_cannot_write_the_receivers_sync_state() {
+    let fx = Fixture::new();
+    let new = fx.device("new", DeviceId::random()).await;
+    let (mut a, mut b) = memory_channel_pair(8);
+    let options = FastSyncOptions::default();
+    let (_, received) = tokio::join!(
+        scripted_sender(
+            &mut a,
+            vec![info(storex_sync::STATE_COLLECTION, 1)],
+            Vec::new()
+        ),
+        receive_snapshot(&new, &mut b, &options)
+    );
+    let err = received.expect_err("refused");
+    assert!(
+        matches!(&err, Error::FastSync(FastSyncError::Verification { problem, .. }) if problem.contains("own sync state")),
+        "{err:?}"
+    );
+}
+
+/// One row of a real device's log, as a sender would send it.
+async fn a_log_row(fx: &Fixture) -> storex_core::Object {
+    let donor = fx.device("donor", DeviceId::random()).await;
+    donor
+        .storage()
+        .create("note", object! { "title" => "t" })
+        .await
+        .expect("note");
+    donor
+        .storage()
+        .find_many(storex_sync::LOG_COLLECTION, storex_core::Query::default())
+        .await
+        .expect("log rows")
+        .remove(0)
+}
+
+#[tokio::test]
+async fn log_entries_that_do_not_read_back_or_come_from_far_ahead_end_the_session() {
+    let fx = Fixture::new();
+    let row = a_log_row(&fx).await;
+    let mut unreadable = row.clone();
+    unreadable.insert("hlc".into(), Value::from("zzzz"));
+    let mut far_ahead = row.clone();
+    far_ahead.insert("hlc".into(), Value::from("999999999999999-0000000000"));
+    for (what, bad) in [("unreadable", unreadable), ("far ahead", far_ahead)] {
+        let new = fx.device(&format!("new {what}"), DeviceId::random()).await;
+        let (mut a, mut b) = memory_channel_pair(8);
+        let options = FastSyncOptions::default();
+        let script = vec![Package::Batch {
+            seq: 1,
+            collection: storex_sync::LOG_COLLECTION.into(),
+            objects: vec![row.clone(), bad],
+        }];
+        let (_, received) = tokio::join!(
+            scripted_sender(&mut a, vec![info(storex_sync::LOG_COLLECTION, 2)], script),
+            receive_snapshot(&new, &mut b, &options)
+        );
+        let err = received.expect_err(what);
+        assert!(
+            matches!(
+                &err,
+                Error::FastSync(FastSyncError::Protocol(_) | FastSyncError::Verification { .. })
+            ),
+            "{what}: {err:?}"
+        );
+        assert!(
+            new.log().is_empty().await.expect("log"),
+            "{what}: nothing kept"
+        );
+        let later = new.clock().now();
+        assert!(
+            later.millis < 999_999_999_999_999,
+            "{what}: the clock did not jump"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_pauses_and_vanishes_is_reported_as_stalled_and_cancel_works_meanwhile() {
+    let fx = Fixture::new();
+    // Vanished: it paused, then said nothing more (the connection stays open).
+    let new = fx.device("new", DeviceId::random()).await;
+    let (mut a, mut b) = memory_channel_pair(8);
+    let options = FastSyncOptions::default().with_stall_timeout(Duration::from_millis(300));
+    let quiet = async {
+        scripted_sender(&mut a, vec![info("draft", 1)], vec![Package::Pause]).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    };
+    let received = tokio::select! {
+        received = receive_snapshot(&new, &mut b, &options) => received,
+        () = quiet => panic!("the receiver waited for ever"),
+    };
+    assert!(
+        matches!(received, Err(Error::FastSync(FastSyncError::Stalled(_)))),
+        "{received:?}"
+    );
+
+    // Cancelled here while the peer holds a pause (it keeps repeating it).
+    let new = fx.device("new 2", DeviceId::random()).await;
+    let (mut a, mut b) = memory_channel_pair(8);
+    let cancel = CancelHandle::new();
+    let options = FastSyncOptions::default()
+        .with_stall_timeout(Duration::from_secs(60))
+        .with_cancel(cancel.clone());
+    let pausing = async {
+        scripted_sender(&mut a, vec![info("draft", 1)], vec![Package::Pause]).await;
+        cancel.cancel();
+        let mut seen = Vec::new();
+        while let Ok(Ok(Some(p))) = tokio::time::timeout(Duration::from_secs(1), a.recv()).await {
+            seen.push(p);
+        }
+        seen
+    };
+    let (seen, received) = tokio::join!(pausing, receive_snapshot(&new, &mut b, &options));
+    assert!(
+        matches!(
+            received,
+            Err(Error::FastSync(FastSyncError::Cancelled {
+                by_peer: false,
+                ..
+            }))
+        ),
+        "{received:?}"
+    );
+    assert!(
+        seen.iter().any(|p| matches!(p, Package::Cancel { .. })),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_receiver_that_deleted_an_object_does_not_get_it_back() {
+    let fx = Fixture::new();
+    let (old, new) = fx.old_and_new().await;
+    fill(&old, 20).await;
+    let options = FastSyncOptions::default();
+    let (sent, received) = transfer(&old, &new, &options, &options).await;
+    sent.expect("send");
+    received.expect("receive");
+    // The new device deletes everything; its tables are empty, its log knows the deletes.
+    for collection in ["note", "tag"] {
+        new.storage()
+            .delete_where(collection, Filter::all())
+            .await
+            .expect("delete");
+    }
+    let (sent, received) = transfer(&old, &new, &options, &options).await;
+    sent.expect("send again");
+    received.expect("receive again");
+    for collection in ["note", "tag"] {
+        assert_eq!(
+            new.storage()
+                .count(collection, Filter::all())
+                .await
+                .expect("count"),
+            0,
+            "{collection}: the later deletes win"
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! The receiving side: every batch validated and applied in one transaction with the
 //! session's progress, then acknowledged.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -11,14 +11,19 @@ use storex_core::{
     Registry, StorageTransaction, Value,
 };
 
+use crate::client_log::{entries_for, Exec};
 use crate::device::SyncDevice;
-use crate::entry::{StoredEntry, LOG_COLLECTION, STATE_COLLECTION, TRANSFER_COLLECTION};
+use crate::entry::{
+    pk_text, StoredEntry, INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION,
+    TRANSFER_COLLECTION,
+};
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package};
 use crate::fast_sync::{
     cancel_here, chain_checksum, honour_pause, next_package, object_bytes, FastSyncChannel,
     FastSyncError, FastSyncOptions, Progress, TransferReport,
 };
+use crate::reconcile::ObjectKey;
 
 const CURSOR_KEY: &str = "shared_log_cursor";
 
@@ -89,7 +94,7 @@ pub async fn read_offer(
     channel: &mut dyn FastSyncChannel,
     options: &FastSyncOptions,
 ) -> Result<Offer> {
-    match next_package(channel, options.stall_timeout).await? {
+    match next_package(channel, options, "receiving").await? {
         Package::Hello {
             session,
             collections,
@@ -124,7 +129,6 @@ pub async fn receive_offer(
     options: &FastSyncOptions,
 ) -> Result<TransferReport> {
     let start = Instant::now();
-    let timeout = options.stall_timeout;
     let Offer {
         session,
         collections,
@@ -134,6 +138,13 @@ pub async fn receive_offer(
     let registry = device.storage().registry().clone();
     for info in &collections {
         let known = match registry.collection(&info.name) {
+            // Sync's own state (cursor, sessions, quarantine) is never the sender's to write.
+            Ok(_)
+                if info.name != LOG_COLLECTION
+                    && INTERNAL_COLLECTIONS.contains(&info.name.as_str()) =>
+            {
+                Some(format!("`{}` is this device's own sync state", info.name))
+            }
             Ok(def) if info.schema_version <= def.schema_version() => None,
             Ok(def) => Some(format!(
                 "collection `{}` comes from schema version {}, this device knows {}",
@@ -174,13 +185,22 @@ pub async fn receive_offer(
         .send(Package::Ready { resume_after })
         .await
         .map_err(FastSyncError::Channel)?;
+    // Collections whose count and checksum were verified in this run; the sender ends every
+    // collection so, also those it skipped on resume.
+    let mut verified: HashSet<String> = HashSet::new();
     loop {
-        match next_package(channel, timeout).await? {
+        match next_package(channel, options, "receiving").await? {
             Package::Batch {
                 seq,
                 collection,
                 objects,
             } => {
+                if verified.contains(&collection) {
+                    return Err(FastSyncError::Protocol(format!(
+                        "batch {seq} of `{collection}` after its count and checksum"
+                    ))
+                    .into());
+                }
                 if seq != state.last_seq + 1 {
                     return Err(FastSyncError::Protocol(format!(
                         "batch {seq} arrived after batch {}",
@@ -262,8 +282,22 @@ pub async fn receive_offer(
                     }
                     .into());
                 }
+                verified.insert(collection);
             }
             Package::Finish => {
+                if let Some(missing) = collections.iter().find(|c| !verified.contains(&c.name)) {
+                    let problem = "the sender finished without its count and checksum".to_owned();
+                    let _ = channel
+                        .send(Package::Cancel {
+                            reason: problem.clone(),
+                        })
+                        .await;
+                    return Err(FastSyncError::Verification {
+                        collection: missing.name.clone(),
+                        problem,
+                    }
+                    .into());
+                }
                 finish(device, session, cursor).await?;
                 channel
                     .send(Package::Done)
@@ -321,9 +355,23 @@ async fn apply_batch(
         _ => HashSet::new(),
     };
     let single_field = def.pk_fields().len() == 1;
+    let mut creates = Vec::with_capacity(objects.len());
     for mut object in objects {
         if collection == LOG_COLLECTION {
-            // The sender's entries: shared already, from this device's point of view.
+            // The sender's entries: each must read back, and its timestamp moves this device's
+            // clock past it (or, too far ahead, ends the session), so that what the app
+            // writes here next is later than everything received.
+            let entry = StoredEntry::from_object(&object).map_err(|e| {
+                FastSyncError::Protocol(format!("a log entry that does not read back: {e}"))
+            })?;
+            device
+                .clock()
+                .observe(entry.entry.hlc)
+                .map_err(|e| FastSyncError::Verification {
+                    collection: LOG_COLLECTION.to_owned(),
+                    problem: format!("the sender's log: {e}"),
+                })?;
+            // Shared already, from this device's point of view.
             object.insert("shared".into(), Value::Bool(true));
         }
         let pk = def.pk_of(&object).ok_or_else(|| {
@@ -349,6 +397,22 @@ async fn apply_batch(
         // wrote it, or it is the device's own, and the sender's log entries (sent last) are
         // reconciled with it.
         if !exists {
+            creates.push((pk_text(&pk), object));
+        }
+    }
+    // A device with data of its own may know an object it does not have: it deleted it.
+    // Then the logs decide (the sender's entries come last), not the sender's row.
+    let known = if state.merge && collection != LOG_COLLECTION {
+        let keys: Vec<ObjectKey> = creates
+            .iter()
+            .map(|(pk, _)| (collection.to_owned(), pk.clone()))
+            .collect();
+        entries_for(Exec::Transaction(&tx), &keys).await?
+    } else {
+        HashMap::new()
+    };
+    for (pk, object) in creates {
+        if !known.contains_key(&(collection.to_owned(), pk)) {
             steps.push(BatchStep::new(Operation::create(collection, object)));
         }
     }
@@ -414,8 +478,12 @@ fn progress_step(session: Uuid, state: &SessionState, first: bool) -> BatchStep 
     })
 }
 
-/// Whether the device holds any object of the offered app collections.
+/// Whether the device holds any object of the offered app collections, or any log entry
+/// (a device whose objects were all deleted still knows those deletes).
 async fn has_data(device: &SyncDevice, collections: &[CollectionInfo]) -> Result<bool> {
+    if !device.log().is_empty().await? {
+        return Ok(true);
+    }
     for info in collections.iter().filter(|c| c.name != LOG_COLLECTION) {
         if device.storage().count(&info.name, Filter::all()).await? > 0 {
             return Ok(true);

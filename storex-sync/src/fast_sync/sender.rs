@@ -1,13 +1,13 @@
 //! The sending side: a consistent snapshot streamed in batches.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
 
 use storex_core::uuid::Uuid;
 use storex_core::{Filter, Object, Operation, Origin, Query, StorageTransaction, Value};
 
 use crate::device::SyncDevice;
-use crate::entry::{INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION};
+use crate::entry::{pk_text, INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION};
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package};
 use crate::fast_sync::{
@@ -148,7 +148,6 @@ impl SnapshotSender {
     /// channel to the same receiver: it resumes after the last batch the receiver applied.
     pub async fn send(&mut self, channel: &mut dyn FastSyncChannel) -> Result<TransferReport> {
         let start = Instant::now();
-        let timeout = self.options.stall_timeout;
         send(
             channel,
             Package::Hello {
@@ -159,7 +158,7 @@ impl SnapshotSender {
             },
         )
         .await?;
-        let resume_after = match next_package(channel, timeout).await? {
+        let resume_after = match next_package(channel, &self.options, "sending").await? {
             Package::Ready { resume_after } => resume_after,
             other => {
                 return Err(
@@ -177,6 +176,10 @@ impl SnapshotSender {
                 ..TransferReport::default()
             },
         };
+        // What the log may carry: entries of the collections sent, but not of objects the
+        // pre-send hook left out (their values would travel in the entries).
+        let sent: HashSet<String> = self.collections.iter().map(|c| c.name.clone()).collect();
+        let mut left_out: HashSet<(String, String)> = HashSet::new();
         for info in self.collections.clone() {
             let mut collection = CollectionRun::default();
             let mut batch = Pending::default();
@@ -188,12 +191,18 @@ impl SnapshotSender {
                 offset += page.len() as u64;
                 after = page.last().cloned();
                 for object in page {
+                    if info.name == LOG_COLLECTION && !entry_is_sent(&object, &sent, &left_out) {
+                        continue;
+                    }
                     if self
                         .options
                         .filter
                         .as_ref()
                         .is_some_and(|keep| !keep(&info.name, &object))
                     {
+                        if let Some(pk) = pk_text_of(&self.device, &info.name, &object) {
+                            left_out.insert((info.name.clone(), pk));
+                        }
                         continue;
                     }
                     let encoded = object_bytes(&object);
@@ -230,7 +239,7 @@ impl SnapshotSender {
         while !run.unacked.is_empty() {
             self.await_ack(channel, &mut run.unacked).await?;
         }
-        match next_package(channel, timeout).await? {
+        match next_package(channel, &self.options, "sending").await? {
             Package::Done => {}
             other => {
                 return Err(FastSyncError::Protocol(format!("expected Done, got {other:?}")).into())
@@ -297,7 +306,7 @@ impl SnapshotSender {
         channel: &mut dyn FastSyncChannel,
         unacked: &mut VecDeque<u64>,
     ) -> Result<()> {
-        match next_package(channel, self.options.stall_timeout).await? {
+        match next_package(channel, &self.options, "sending").await? {
             Package::Ack { seq } if unacked.front() == Some(&seq) => {
                 unacked.pop_front();
                 Ok(())
@@ -309,6 +318,28 @@ impl SnapshotSender {
             .into()),
         }
     }
+}
+
+/// The key of `object` of `collection` as the log writes it.
+fn pk_text_of(device: &SyncDevice, collection: &str, object: &Object) -> Option<String> {
+    let def = device.storage().registry().collection(collection).ok()?;
+    def.pk_of(object).map(|pk| pk_text(&pk))
+}
+
+/// Whether a row of the sender's log goes with the snapshot: its collection is sent and its
+/// object was not left out.
+fn entry_is_sent(
+    row: &Object,
+    sent: &HashSet<String>,
+    left_out: &HashSet<(String, String)>,
+) -> bool {
+    let (Some(collection), Some(pk)) = (
+        row.get("collection").and_then(Value::as_text),
+        row.get("pk").and_then(Value::as_text),
+    ) else {
+        return false;
+    };
+    sent.contains(collection) && !left_out.contains(&(collection.to_owned(), pk.to_owned()))
 }
 
 /// The state of one run of [`SnapshotSender::send`].
