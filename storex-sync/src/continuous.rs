@@ -9,7 +9,14 @@
 //! recognised by id. An entry too large for a push, or a pulled payload that does not decode
 //! (wrong key, tampering), is reported and does not block the others; the undecodable ones
 //! are kept in a quarantine collection.
+//!
+//! A device that changes its subscription (the collections it pulls) pulls again from the
+//! start of the shared log at its next sync, so added collections bring their history (if
+//! the shared log was compacted since, that is the usual error asking for an initial sync).
+//! The first sync of each [`ContinuousSync`] also retries the held entries, so entries from a
+//! newer schema apply after the app's upgrade without the app asking.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +33,8 @@ use crate::hlc::Hlc;
 use crate::shared_log::{split_into_pushes, SharedEntry, SharedSyncLog};
 
 const CURSOR_KEY: &str = "shared_log_cursor";
+/// The state row holding a fingerprint of the topics the cursor was advanced for.
+const SUBSCRIPTION_KEY: &str = "subscription";
 
 /// How [`ContinuousSync`] batches its work.
 #[derive(Clone, Debug)]
@@ -120,6 +129,8 @@ pub struct ContinuousSync {
     shared: Arc<dyn SharedSyncLog>,
     options: ContinuousOptions,
     running: Mutex<()>,
+    /// Set once this instance has retried the held entries (at its first sync).
+    held_retried: AtomicBool,
 }
 
 impl ContinuousSync {
@@ -134,6 +145,7 @@ impl ContinuousSync {
             shared,
             options,
             running: Mutex::new(()),
+            held_retried: AtomicBool::new(false),
         }
     }
 
@@ -197,14 +209,74 @@ impl ContinuousSync {
         Ok(())
     }
 
+    /// A fingerprint of the topics this device pulls (0 for all of them).
+    fn subscription(&self) -> i64 {
+        use sha2::{Digest as _, Sha256};
+        let Some(mut topics) = self.topics() else {
+            return 0;
+        };
+        topics.sort();
+        let digest = Sha256::digest(topics.join("\n").as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        i64::from_le_bytes(first)
+    }
+
+    /// When the subscription changed since the cursor last moved, pulls again from the
+    /// start, so collections added to it bring their history (entries already here are
+    /// recognised by id). The first time, only records it.
+    async fn follow_subscription(&self) -> Result<()> {
+        let storage = self.device.storage();
+        let now = self.subscription();
+        let stored = storage
+            .find_by_pk(STATE_COLLECTION, SUBSCRIPTION_KEY)
+            .await?
+            .and_then(|row| row.get("value").and_then(Value::as_int));
+        let steps = match stored {
+            Some(before) if before == now => return Ok(()),
+            Some(_) => vec![
+                BatchStep::new(Operation::update_by_pk(
+                    STATE_COLLECTION,
+                    SUBSCRIPTION_KEY,
+                    object! { "value" => now },
+                )),
+                BatchStep::new(Operation::update_by_pk(
+                    STATE_COLLECTION,
+                    CURSOR_KEY,
+                    object! { "value" => 0i64 },
+                )),
+            ],
+            None => vec![BatchStep::new(Operation::create(
+                STATE_COLLECTION,
+                object! { "key" => SUBSCRIPTION_KEY, "value" => now },
+            ))],
+        };
+        storage
+            .execute_as(Operation::Batch { steps }, Origin::Sync)
+            .await?;
+        Ok(())
+    }
+
     /// Pushes, pulls and applies until caught up; one call at a time per device.
     pub async fn sync_once(&self) -> Result<SyncReport> {
         let _running = self.running.lock().await;
         let start = Instant::now();
         let mut report = SyncReport::default();
         self.ensure_cursor_row().await?;
+        self.follow_subscription().await?;
         self.push(&mut report).await?;
         self.pull(&mut report).await?;
+        if !self.held_retried.swap(true, Ordering::SeqCst) {
+            // Once per start: entries held for a newer schema apply after an app upgrade,
+            // those held for clock drift once the clock caught up.
+            match self.device.retry_held().await {
+                Ok(retried) => {
+                    report.integrated += retried.integrated;
+                    report.applied += retried.operations;
+                }
+                Err(e) => report.problems.push(format!("retrying held entries: {e}")),
+            }
+        }
         report.duration = start.elapsed();
         Ok(report)
     }

@@ -239,3 +239,55 @@ async fn an_entry_held_for_clock_drift_does_not_move_the_clock_after_a_restart()
     let retried = b.retry_held().await.expect("retry");
     assert_eq!(retried.held.len(), 2, "still too far ahead");
 }
+
+#[tokio::test]
+async fn continuous_sync_applies_entries_held_for_a_newer_schema_after_the_upgrade() {
+    use storex_sync::{ContinuousOptions, ContinuousSync, MemorySharedLog, SharedSyncLog};
+    let shared: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let open_on = |version: u32, backend: Arc<dyn StorageBackend>, id: DeviceId| {
+        let shared = shared.clone();
+        async move {
+            let device = SyncDevice::open(
+                registry(version),
+                backend,
+                Clock::new(id),
+                SyncOptions::default(),
+            )
+            .await
+            .expect("device");
+            ContinuousSync::new(device, shared, ContinuousOptions::default())
+        }
+    };
+    let a_id = shared.create_device("ann").await.expect("device a");
+    let b_id = shared.create_device("ann").await.expect("device b");
+    let a = open_on(2, Arc::new(MemoryBackend::new()), a_id).await;
+    a.device()
+        .storage()
+        .create(
+            "note",
+            object! { "id" => 1, "title" => "t", "colour" => "red" },
+        )
+        .await
+        .expect("create");
+    a.sync_once().await.expect("a syncs");
+
+    let b_backend: Arc<dyn StorageBackend> = Arc::new(MemoryBackend::new());
+    let b = open_on(1, b_backend.clone(), b_id).await;
+    let report = b.sync_once().await.expect("b syncs");
+    assert_eq!(report.held, 1, "{report:?}");
+    drop(b);
+
+    // The app is upgraded: the same database, schema version 2, a new sync engine.
+    let b = open_on(2, b_backend, b_id).await;
+    let report = b.sync_once().await.expect("b syncs after the upgrade");
+    assert_eq!(report.integrated, 1, "{report:?}");
+    let note = b
+        .device()
+        .storage()
+        .find_by_pk("note", 1)
+        .await
+        .expect("find")
+        .expect("the note");
+    assert_eq!(note["colour"], Value::from("red"));
+    assert!(b.device().log().held().await.expect("held").is_empty());
+}

@@ -108,6 +108,12 @@ impl Devices {
         index
     }
 
+    /// Syncs the device at `index` with other `options` from now on (as after a restart).
+    pub fn resubscribe(&mut self, index: usize, options: ContinuousOptions) {
+        let device = self.syncs[index].device().clone();
+        self.syncs[index] = ContinuousSync::new(device, self.log.clone(), options);
+    }
+
     /// The device at `index`.
     pub fn device(&self, index: usize) -> &SyncDevice {
         self.syncs[index].device()

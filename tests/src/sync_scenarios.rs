@@ -33,6 +33,10 @@ pub fn all() -> Vec<(&'static str, Scenario)> {
             |make| partial_replication_pulls_only_the_subscribed_collections(make).boxed(),
         ),
         (
+            "a_wider_subscription_brings_the_history_of_the_added_collections",
+            |make| a_wider_subscription_brings_the_history_of_the_added_collections(make).boxed(),
+        ),
+        (
             "encrypted_entries_reach_devices_with_the_key_and_are_quarantined_without_it",
             |make| {
                 encrypted_entries_reach_devices_with_the_key_and_are_quarantined_without_it(make)
@@ -151,6 +155,33 @@ pub async fn partial_replication_pulls_only_the_subscribed_collections(make: Log
         .await
         .expect("count");
     assert_eq!(photos, 1);
+}
+
+/// A device that adds a collection to its subscription gets what was written there before.
+pub async fn a_wider_subscription_brings_the_history_of_the_added_collections(
+    make: LogFactory<'_>,
+) {
+    let mut devices = Devices::new(make().await).await;
+    let a = devices.add().await;
+    let b = devices
+        .add_with(ContinuousOptions::default().with_collections(["photo"]))
+        .await;
+    devices.note(a, "n1", "a note").await;
+    devices.photo(a, "p1").await;
+    devices.sync(a).await;
+    devices.sync(b).await;
+    assert_eq!(devices.count(b).await, 0);
+    devices.resubscribe(b, ContinuousOptions::default());
+    let report = devices.sync(b).await;
+    assert_eq!(devices.count(b).await, 1, "the note written before arrived");
+    assert_eq!(
+        report.integrated, 1,
+        "the photo was not applied twice: {report:?}"
+    );
+    devices.note(a, "n2", "another").await;
+    devices.sync(a).await;
+    let report = devices.sync(b).await;
+    assert_eq!((report.pulled, report.integrated), (1, 1), "{report:?}");
 }
 
 /// Encrypted entries reach devices with the key and are quarantined without it.
