@@ -365,9 +365,16 @@ async fn next_package(
     let timeout = options.stall_timeout;
     let mut cancelled = options.cancel.flag.subscribe();
     loop {
+        let cancel = async {
+            // Only the outcome matters (the guard it returns must not live across an await).
+            let _ = cancelled.wait_for(|c| *c).await;
+        };
         let received = tokio::select! {
-            received = tokio::time::timeout(timeout, channel.recv()) => received,
-            _ = cancelled.wait_for(|c| *c) => return Err(cancel_here(channel, side).await),
+            received = tokio::time::timeout(timeout, channel.recv()) => Some(received),
+            () = cancel => None,
+        };
+        let Some(received) = received else {
+            return Err(cancel_here(channel, side).await);
         };
         match received {
             Err(_) => return Err(FastSyncError::Stalled(timeout).into()),
