@@ -108,6 +108,8 @@ pub struct SyncDevice {
     log: ClientSyncLog,
     clock: Arc<Clock>,
     excluded: Arc<[String]>,
+    /// Taken around each transaction that applies received entries (see the logger).
+    write_order: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SyncDevice {
@@ -122,6 +124,7 @@ impl SyncDevice {
         let registry = with_sync_log(&registry)?;
         let clock = Arc::new(clock);
         let mut logger = SyncLoggingMiddleware::new(clock.clone());
+        let write_order = logger.write_order();
         for collection in &options.excluded {
             logger = logger.exclude(collection.clone());
         }
@@ -142,6 +145,7 @@ impl SyncDevice {
             log,
             clock,
             excluded,
+            write_order,
         })
     }
 
@@ -304,6 +308,8 @@ impl SyncDevice {
         extra: Vec<BatchStep>,
         stored: bool,
     ) -> Result<Attempt> {
+        // Before the transaction: an app write holds this lock while it waits for its own.
+        let _order = self.write_order.lock().await;
         let tx = self.storage.begin().await?;
         let exec = Exec::Transaction(&tx);
         let received = entries.len() as u64;

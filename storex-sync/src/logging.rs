@@ -5,8 +5,10 @@
 //! and its entries land atomically or not at all. A where-clause write first resolves the keys
 //! it touches inside a transaction (the current one, or one it opens), then writes exactly
 //! those objects (one statement per 1,000 keys when the key is a single field) and their
-//! entries in the same transaction, so no concurrent write can slip
-//! between the lookup and the write.
+//! entries in the same transaction, so no concurrent write can slip between the lookup and
+//! the write. A write is stamped and run under the device's write-order lock, which the
+//! application of received changes also takes, so the device's timestamps follow the order
+//! in which its own writes and the changes it receives land.
 //!
 //! Placeholders of a batch are resolved here, before the batch runs: the UUID key middleware
 //! (which must come first in the chain) has filled every key, so each entry records the values
@@ -15,6 +17,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+use tokio::sync::Mutex;
 
 use storex_core::{
     BatchStep, BoxFuture, Error as CoreError, Filter, Middleware, Next, Object, Operation, Origin,
@@ -30,6 +34,7 @@ use crate::hlc::Clock;
 pub struct SyncLoggingMiddleware {
     clock: Arc<Clock>,
     excluded: HashSet<String>,
+    order: Arc<Mutex<()>>,
 }
 
 impl SyncLoggingMiddleware {
@@ -41,7 +46,15 @@ impl SyncLoggingMiddleware {
                 .iter()
                 .map(|c| (*c).to_owned())
                 .collect(),
+            order: Arc::new(Mutex::new(())),
         }
+    }
+
+    /// The lock that orders this device's writes with the application of received changes:
+    /// held while a write is stamped and runs, and by [`SyncDevice`](crate::SyncDevice)
+    /// around each transaction that applies received entries (which moves the clock).
+    pub(crate) fn write_order(&self) -> Arc<Mutex<()>> {
+        self.order.clone()
     }
 
     /// Leaves `collection` out of sync: its writes are not logged (local-only data).
@@ -290,6 +303,14 @@ impl SyncLoggingMiddleware {
             other => (vec![BatchStep::new(other)], true),
         };
         resolve_placeholders(&next, &mut steps);
+        // Stamped and run under the write-order lock (inside a caller's transaction, that
+        // transaction orders it already): received changes are applied either before, and the
+        // stamps are later than what they moved the clock to, or after this write.
+        let _order = if next.in_transaction() {
+            None
+        } else {
+            Some(self.order.lock().await)
+        };
         let has_where = steps.iter().any(|s| {
             is_where_write(&s.operation)
                 && self.logged(s.operation.collection().unwrap_or_default())

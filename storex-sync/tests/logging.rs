@@ -582,3 +582,92 @@ async fn a_where_write_on_a_two_field_key_logs_each_object() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["color"], Value::from("red"));
 }
+
+/// Holds the app's next logged write (after the logger stamped it) until released.
+#[derive(Debug, Default)]
+struct Gate {
+    armed: std::sync::atomic::AtomicBool,
+    reached: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+impl Middleware for Gate {
+    fn process<'a>(&'a self, op: Operation, next: Next<'a>) -> BoxFuture<'a, CoreResult<Outcome>> {
+        Box::pin(async move {
+            let app_write = next.origin() == storex_core::Origin::App && op.is_write();
+            if app_write && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                self.reached.notify_one();
+                self.release.notified().await;
+            }
+            next.run(op).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_write_stamped_before_a_received_change_is_applied_cannot_land_after_it() {
+    let gate = Arc::new(Gate::default());
+    let here = SyncDevice::open(
+        registry(),
+        Arc::new(MemoryBackend::new()),
+        Clock::new(DeviceId::random()),
+        SyncOptions::default().with_middleware(gate.clone()),
+    )
+    .await
+    .expect("device");
+    let book = notebook(&here).await;
+    let pk = here
+        .storage()
+        .create(
+            "note",
+            object! { "notebook_id" => book, "title" => "first" },
+        )
+        .await
+        .expect("note");
+    let Value::Uuid(id) = pk.0[0].clone() else {
+        panic!("a uuid key")
+    };
+    // A change from a device whose clock runs two seconds ahead (within the allowed drift).
+    let other = DeviceId::random();
+    let now = here.clock().now();
+    let remote = LogEntry {
+        id: Uuid::now_v7(),
+        device: other,
+        hlc: storex_sync::Hlc {
+            millis: now.millis + 2_000,
+            counter: 0,
+            device: other,
+        },
+        collection: "note".into(),
+        pk: Pk(vec![Value::Uuid(id)]),
+        op: EntryOp::Update,
+        fields: object! { "title" => "remote" },
+        schema_version: 3,
+    };
+    gate.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let writer = here.clone();
+    let app = tokio::spawn(async move {
+        writer
+            .storage()
+            .update_by_pk("note", id, object! { "title" => "app" })
+            .await
+    });
+    gate.reached.notified().await;
+    let receiver = here.clone();
+    let received = tokio::spawn(async move { receiver.integrate(vec![remote]).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    gate.release.notify_one();
+    app.await.expect("task").expect("app write");
+    received.await.expect("task").expect("integrate");
+
+    // What the log says must be what the device holds: a device that applies the same
+    // entries from scratch ends with the same note.
+    let fresh = device().await;
+    let everything: Vec<LogEntry> = entries(&here).await;
+    fresh.integrate(everything).await.expect("fresh device");
+    assert_eq!(
+        here.digest("note").await.expect("digest"),
+        fresh.digest("note").await.expect("digest"),
+        "the device disagrees with its own log"
+    );
+}
