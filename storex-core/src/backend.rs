@@ -103,6 +103,14 @@ pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
 
     /// Starts a transaction; [`crate::Error::Unsupported`] if the backend has none.
     fn begin(&self) -> BoxFuture<'_, Result<Box<dyn Transaction>>>;
+
+    /// Starts a transaction for reading a great deal at once (a fast-sync sender's): every
+    /// read in it sees the same snapshot of the data, whatever commits meanwhile. The default
+    /// is [`StorageBackend::begin`], right for backends whose transactions are serializable;
+    /// a backend with weaker transactions by default overrides it.
+    fn begin_snapshot(&self) -> BoxFuture<'_, Result<Box<dyn Transaction>>> {
+        self.begin()
+    }
 }
 
 /// An open transaction. Dropping it without [`Transaction::commit`] rolls it back.

@@ -156,18 +156,35 @@ impl Storage {
     /// Opens a transaction: operations run through it pass the whole chain and commit or
     /// roll back together. Dropping it without commit rolls back.
     pub async fn begin(&self) -> Result<StorageTransaction> {
-        let backend = &self.inner.backend;
-        if !backend.features().transactions {
-            return Err(Error::Unsupported {
-                backend: backend.name(),
-                what: "transactions".into(),
-            });
-        }
-        let tx = backend.begin().await?;
+        self.supports_transactions()?;
+        let tx = self.inner.backend.begin().await?;
         Ok(StorageTransaction {
             storage: self.clone(),
             tx,
         })
+    }
+
+    /// Opens a transaction whose reads all see one snapshot of the data (see
+    /// [`StorageBackend::begin_snapshot`]), for reading everything consistently.
+    pub async fn begin_snapshot(&self) -> Result<StorageTransaction> {
+        self.supports_transactions()?;
+        let tx = self.inner.backend.begin_snapshot().await?;
+        Ok(StorageTransaction {
+            storage: self.clone(),
+            tx,
+        })
+    }
+
+    fn supports_transactions(&self) -> Result<()> {
+        let backend = &self.inner.backend;
+        if backend.features().transactions {
+            Ok(())
+        } else {
+            Err(Error::Unsupported {
+                backend: backend.name(),
+                what: "transactions".into(),
+            })
+        }
     }
 
     /// Creates an object and returns its key.

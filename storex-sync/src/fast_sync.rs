@@ -1,9 +1,10 @@
 //! Fast initial sync: streaming a whole database from one device to another over any
 //! [`FastSyncChannel`], in batches, with progress, resumable and verified.
 //!
-//! The sender reads everything inside one storage transaction, so the snapshot is consistent
-//! (on SQLite that transaction holds the write lock: the old device's app waits until the
-//! transfer ends). It streams the app's collections and then its client sync log, so the
+//! The sender reads everything inside one snapshot transaction
+//! ([`Storage::begin_snapshot`](storex_core::Storage::begin_snapshot)), so what it sends is
+//! consistent (on SQLite that transaction holds the write lock: the old device's app waits
+//! until the transfer ends; on PostgreSQL it is a read-only REPEATABLE READ transaction). It streams the app's collections and then its client sync log, so the
 //! receiver knows the timestamp of every value, and hands over its shared-log cursor: the
 //! receiver's continuous sync starts there and gets every change made during or after the
 //! transfer, and reconciles it like any other device.

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    AccessMode, ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, IsolationLevel, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 use storex_core::{
     BackendFeatures, BoxFuture, Operation, Outcome, Registry, Result as CoreResult, StorageBackend,
@@ -146,6 +146,26 @@ impl Shared {
     async fn begin(&self) -> CoreResult<DatabaseTransaction> {
         begin_write(&self.db).await.map_err(|e| self.db_err(e))
     }
+
+    /// A transaction whose reads share one snapshot: on PostgreSQL read-only at REPEATABLE
+    /// READ (its default, READ COMMITTED, lets each statement see newer commits); on SQLite
+    /// the usual one, which holds the write lock, so nothing commits meanwhile.
+    async fn begin_snapshot(&self) -> CoreResult<DatabaseTransaction> {
+        match self.dialect {
+            Dialect::Postgres => {
+                let options = TransactionOptions {
+                    isolation_level: Some(IsolationLevel::RepeatableRead),
+                    access_mode: Some(AccessMode::ReadOnly),
+                    ..TransactionOptions::default()
+                };
+                self.db
+                    .begin_with_options(options)
+                    .await
+                    .map_err(|e| self.db_err(e))
+            }
+            Dialect::Sqlite => self.begin().await,
+        }
+    }
 }
 
 /// A storex backend on SQLite or PostgreSQL through SeaORM. Clones share one pool.
@@ -253,12 +273,24 @@ impl StorageBackend for SeaOrmBackend {
     fn begin(&self) -> BoxFuture<'_, CoreResult<Box<dyn Transaction>>> {
         Box::pin(async move {
             let txn = self.shared.begin().await?;
-            let tx: Box<dyn Transaction> = Box::new(SeaOrmTransaction {
-                txn,
-                registry: self.shared.registry(),
-                shared: self.shared.clone(),
-            });
-            Ok(tx)
+            Ok(self.transaction(txn))
+        })
+    }
+
+    fn begin_snapshot(&self) -> BoxFuture<'_, CoreResult<Box<dyn Transaction>>> {
+        Box::pin(async move {
+            let txn = self.shared.begin_snapshot().await?;
+            Ok(self.transaction(txn))
+        })
+    }
+}
+
+impl SeaOrmBackend {
+    fn transaction(&self, txn: DatabaseTransaction) -> Box<dyn Transaction> {
+        Box::new(SeaOrmTransaction {
+            txn,
+            registry: self.shared.registry(),
+            shared: self.shared.clone(),
         })
     }
 }

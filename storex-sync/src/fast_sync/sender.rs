@@ -46,7 +46,7 @@ impl SnapshotSender {
     /// Takes the snapshot: opens a transaction on the device and counts what it will send.
     pub async fn open(device: &SyncDevice, options: FastSyncOptions) -> Result<Self> {
         let storage = device.storage();
-        let tx = storage.begin().await?;
+        let tx = storage.begin_snapshot().await?;
         let wanted = |name: &str| {
             !INTERNAL_COLLECTIONS.contains(&name)
                 && options

@@ -1,0 +1,71 @@
+//! A snapshot transaction (what a fast-sync sender reads in) sees the data as it was when it
+//! began, whatever commits meanwhile, on SQLite and PostgreSQL.
+
+use std::time::Duration;
+
+use storex_core::{object, Filter, Storage, StorageTransaction};
+use storex_seaorm::SeaOrmBackend;
+use storex_test::fixture_registry;
+
+async fn count(tx: &StorageTransaction) -> Option<u64> {
+    let op = storex_core::Operation::count("item", Filter::all());
+    tx.execute(op).await.expect("count").count()
+}
+
+async fn a_snapshot_does_not_see_later_commits(backend: SeaOrmBackend) {
+    let storage = Storage::builder(fixture_registry(), backend)
+        .build()
+        .await
+        .expect("prepare");
+    for id in 1..=3 {
+        storage
+            .create(
+                "item",
+                object! { "id" => id, "name" => format!("item {id}") },
+            )
+            .await
+            .expect("seed");
+    }
+    let snapshot = storage.begin_snapshot().await.expect("snapshot");
+    assert_eq!(count(&snapshot).await, Some(3));
+    // Another writer: it commits at once on PostgreSQL; on SQLite it waits for the snapshot
+    // (which holds the write lock) to end.
+    let writer = storage.clone();
+    let write = tokio::spawn(async move {
+        writer
+            .create("item", object! { "id" => 4, "name" => "later" })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        count(&snapshot).await,
+        Some(3),
+        "the snapshot saw a later commit"
+    );
+    snapshot.rollback().await.expect("end");
+    write.await.expect("task").expect("the write");
+    assert_eq!(
+        storage.count("item", Filter::all()).await.expect("count"),
+        4
+    );
+}
+
+#[tokio::test]
+async fn sqlite_snapshot_sees_one_state() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let backend = SeaOrmBackend::open_sqlite_file(dir.path().join("snapshot.db"))
+        .await
+        .expect("open");
+    a_snapshot_does_not_see_later_commits(backend).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_snapshot_sees_one_state() {
+    let Some(server) = storex_test::postgres_url() else {
+        return;
+    };
+    let url = storex_test::fresh_postgres_database(&server).await;
+    let backend = SeaOrmBackend::connect(&url).await.expect("connect");
+    a_snapshot_does_not_see_later_commits(backend).await;
+}
