@@ -15,8 +15,13 @@ use crate::fast_sync::{
     FastSyncError, FastSyncOptions, Progress, TransferReport,
 };
 
-/// Objects read from the snapshot at a time.
+/// Objects read from the snapshot at a time, at most.
 const PAGE: u64 = 2_000;
+/// Objects in a collection's first page, before their size is known.
+const FIRST_PAGE: u64 = 64;
+/// About how many bytes of objects a page holds, so that large objects (photos, say) come a
+/// few at a time and memory stays bounded.
+const PAGE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A snapshot of a device, held open so that a transfer interrupted by a dropped channel can
 /// resume on a new channel with the same data.
@@ -125,9 +130,10 @@ impl SnapshotSender {
         collection: &str,
         after: &Option<Object>,
         skip: u64,
+        limit: u64,
     ) -> Result<Vec<Object>> {
         let def = self.device.storage().registry().collection(collection)?;
-        let mut query = Query::default().limit(PAGE);
+        let mut query = Query::default().limit(limit);
         match (def.pk_fields(), after) {
             // One-field keys page by key (cheap in any database); compound keys by offset.
             ([field], Some(last)) => {
@@ -185,11 +191,13 @@ impl SnapshotSender {
             let mut batch = Pending::default();
             let mut after: Option<Object> = None;
             let mut offset = 0u64;
+            let mut limit = FIRST_PAGE;
             loop {
-                let page = self.page(&info.name, &after, offset).await?;
-                let last_page = (page.len() as u64) < PAGE;
+                let page = self.page(&info.name, &after, offset, limit).await?;
+                let last_page = (page.len() as u64) < limit;
                 offset += page.len() as u64;
                 after = page.last().cloned();
+                let (mut page_objects, mut page_bytes) = (0u64, 0u64);
                 for object in page {
                     if info.name == LOG_COLLECTION && !entry_is_sent(&object, &sent, &left_out) {
                         continue;
@@ -213,12 +221,18 @@ impl SnapshotSender {
                         self.emit(channel, &info, full, &mut collection, &mut run)
                             .await?;
                     }
+                    page_objects += 1;
+                    page_bytes += encoded.len() as u64;
                     batch.bytes += encoded.len();
                     batch.encoded.push(encoded);
                     batch.objects.push(object);
                 }
                 if last_page {
                     break;
+                }
+                if page_objects > 0 {
+                    let average = (page_bytes / page_objects).max(1);
+                    limit = (PAGE_BYTES / average).clamp(1, PAGE);
                 }
             }
             if !batch.objects.is_empty() {
