@@ -230,9 +230,8 @@ impl SnapshotSender {
                 if last_page {
                     break;
                 }
-                if page_objects > 0 {
-                    let average = (page_bytes / page_objects).max(1);
-                    limit = (PAGE_BYTES / average).clamp(1, PAGE);
+                if let Some(average) = page_bytes.checked_div(page_objects) {
+                    limit = (PAGE_BYTES / average.max(1)).clamp(1, PAGE);
                 }
             }
             if !batch.objects.is_empty() {
