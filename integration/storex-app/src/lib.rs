@@ -25,5 +25,5 @@ mod synced;
 pub use background::{BackgroundOptions, BackgroundSync, SyncEvent, SyncState, SyncStatus};
 pub use change_notifier::ChangeNotifier;
 pub use error::{Error, Result};
-pub use pairing::{PairingAnswer, PairingOffer};
+pub use pairing::{PairingAnswer, PairingOffer, SYNC_BEFORE_PAIRING};
 pub use synced::{SyncedStorage, SyncedStorageBuilder, SETTINGS_COLLECTION};

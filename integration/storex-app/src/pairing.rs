@@ -82,6 +82,9 @@ impl PairingAnswer {
     }
 }
 
+/// How long [`SyncedStorage::send_to_paired`] tries to sync before it sends the snapshot.
+pub const SYNC_BEFORE_PAIRING: std::time::Duration = std::time::Duration::from_secs(15);
+
 impl SyncedStorage {
     /// On the device that has the data: starts a pairing and returns the offer to show.
     pub async fn offer_pairing(&self) -> Result<PairingOffer> {
@@ -97,12 +100,19 @@ impl SyncedStorage {
 
     /// On the device that has the data: connects with the new device's answer and sends a
     /// snapshot of every synced collection, with the shared-log cursor for the handoff.
+    ///
+    /// It first syncs once (for at most [`SYNC_BEFORE_PAIRING`]), so that changes this device
+    /// has not pushed yet reach the shared log: the new device receives them as already
+    /// shared, and the other devices must not depend on this one staying around (it is often
+    /// wiped next). When that sync fails (offline, say), the transfer goes ahead: the changes
+    /// reach the other devices when this device next syncs.
     pub async fn send_to_paired(
         &self,
         offer: PairingOffer,
         answer_code: &str,
         options: &FastSyncOptions,
     ) -> Result<TransferReport> {
+        let _ = tokio::time::timeout(SYNC_BEFORE_PAIRING, self.sync_once()).await;
         let mut channel = offer.pending.connect(answer_code.trim()).await?;
         let report =
             send_snapshot(self.device(), &mut channel, &self.pairing_options(options)).await?;

@@ -83,6 +83,41 @@ async fn a_paired_device_receives_everything_and_continues_with_continuous_sync(
     assert_ne!(reopened.device_id(), old.device_id());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_not_pushed_yet_reach_the_other_devices_although_the_old_device_is_wiped() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let old = open(&dir.path().join("old.db"), &log).await;
+    let laptop = open(&dir.path().join("laptop.db"), &log).await;
+    for n in 0..3 {
+        old.storage()
+            .create("note", object! { "title" => format!("offline {n}") })
+            .await
+            .expect("write, never synced");
+    }
+    let new = open(&dir.path().join("new.db"), &log).await;
+    let offer = old.offer_pairing().await.expect("offer");
+    let answer = SyncedStorage::accept_pairing(offer.code())
+        .await
+        .expect("accept");
+    let answer_code = answer.code().to_owned();
+    let options = FastSyncOptions::default();
+    let (sent, received) = tokio::join!(
+        old.send_to_paired(offer, &answer_code, &options),
+        new.receive_from_paired(answer, &options),
+    );
+    sent.expect("send");
+    received.expect("receive");
+    assert_eq!(count(&new).await, 3);
+    drop(old); // wiped
+    laptop.sync_once().await.expect("the laptop syncs");
+    assert_eq!(count(&laptop).await, 3, "the old device's last changes");
+    assert_eq!(
+        laptop.device().digest("note").await.expect("digest"),
+        new.device().digest("note").await.expect("digest")
+    );
+}
+
 #[tokio::test]
 async fn a_bad_offer_code_is_reported() {
     let err = SyncedStorage::accept_pairing("not an offer")
