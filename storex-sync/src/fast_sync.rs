@@ -57,7 +57,7 @@ use storex_core::Object;
 use tokio::sync::watch;
 
 pub use channel::{memory_channel_pair, ChannelError, FastSyncChannel, MemoryChannel};
-pub use package::{CollectionInfo, Package, PROTOCOL_VERSION};
+pub use package::{CollectionInfo, Package, MAX_BATCH_OBJECTS, PROTOCOL_VERSION};
 pub use receiver::{read_offer, receive_offer, receive_snapshot, Offer};
 pub use sender::{send_snapshot, SnapshotSender};
 

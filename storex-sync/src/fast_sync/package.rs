@@ -16,6 +16,45 @@ use crate::fast_sync::channel::ChannelError;
 /// The version of the protocol this build speaks; the first byte of every frame.
 pub const PROTOCOL_VERSION: u8 = 1;
 
+/// The most objects one batch may carry: a frame that claims more is refused while it is
+/// decoded, before its objects fill memory (a frame of empty objects decodes to far more
+/// memory than it takes on the wire).
+pub const MAX_BATCH_OBJECTS: usize = 100_000;
+
+/// Reads a batch's objects, refusing more than [`MAX_BATCH_OBJECTS`].
+fn bounded_objects<'de, D>(deserializer: D) -> Result<Vec<Object>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Bounded;
+
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<Object>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "at most {MAX_BATCH_OBJECTS} objects")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut objects = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1_024));
+            while let Some(object) = seq.next_element()? {
+                if objects.len() == MAX_BATCH_OBJECTS {
+                    return Err(serde::de::Error::custom(format!(
+                        "a batch of more than {MAX_BATCH_OBJECTS} objects"
+                    )));
+                }
+                objects.push(object);
+            }
+            Ok(objects)
+        }
+    }
+
+    deserializer.deserialize_seq(Bounded)
+}
+
 /// A collection the sender will send.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CollectionInfo {
@@ -55,7 +94,8 @@ pub enum Package {
         seq: u64,
         /// The collection.
         collection: String,
-        /// The objects.
+        /// The objects (at most [`MAX_BATCH_OBJECTS`]).
+        #[serde(deserialize_with = "bounded_objects")]
         objects: Vec<Object>,
     },
     /// Receiver → sender: batch `seq` is applied and durable.
@@ -134,6 +174,25 @@ mod tests {
             }],
         };
         assert_eq!(Package::decode(&package.encode()).expect("decode"), package);
+    }
+
+    #[test]
+    fn a_batch_of_too_many_objects_is_refused_while_decoding() {
+        let batch = |n: usize| Package::Batch {
+            seq: 1,
+            collection: "c".into(),
+            objects: vec![Object::new(); n],
+        };
+        let at_limit = batch(MAX_BATCH_OBJECTS).encode();
+        assert!(matches!(
+            Package::decode(&at_limit),
+            Ok(Package::Batch { objects, .. }) if objects.len() == MAX_BATCH_OBJECTS
+        ));
+        let over = batch(MAX_BATCH_OBJECTS + 1).encode();
+        let Err(ChannelError::Malformed { problem }) = Package::decode(&over) else {
+            panic!("accepted {} objects", MAX_BATCH_OBJECTS + 1)
+        };
+        assert!(problem.contains("more than"), "{problem}");
     }
 
     #[test]

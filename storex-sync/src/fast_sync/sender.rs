@@ -9,7 +9,7 @@ use storex_core::{Filter, Object, Operation, Origin, Query, StorageTransaction, 
 use crate::device::SyncDevice;
 use crate::entry::{pk_text, INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION};
 use crate::error::Result;
-use crate::fast_sync::package::{CollectionInfo, Package};
+use crate::fast_sync::package::{CollectionInfo, Package, MAX_BATCH_OBJECTS};
 use crate::fast_sync::{
     cancel_here, chain_checksum, honour_pause, next_package, object_bytes, FastSyncChannel,
     FastSyncError, FastSyncOptions, Progress, TransferReport,
@@ -215,7 +215,8 @@ impl SnapshotSender {
                     }
                     let encoded = object_bytes(&object);
                     if !batch.objects.is_empty()
-                        && batch.bytes + encoded.len() > self.options.batch_bytes
+                        && (batch.bytes + encoded.len() > self.options.batch_bytes
+                            || batch.objects.len() == MAX_BATCH_OBJECTS)
                     {
                         let full = std::mem::take(&mut batch);
                         self.emit(channel, &info, full, &mut collection, &mut run)
