@@ -57,6 +57,19 @@ impl IntegrationReport {
     }
 }
 
+/// An error's message followed by those of its causes (the database's own message is the
+/// last).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
+
 /// What reconciling a set of entries decided, before it is applied.
 struct Planned {
     report: IntegrationReport,
@@ -389,7 +402,7 @@ impl SyncDevice {
             held: vec![(
                 entry.id,
                 HoldReason::ApplyFailed {
-                    problem: error.to_string(),
+                    problem: with_causes(error),
                 },
             )],
             ..IntegrationReport::default()
@@ -397,8 +410,9 @@ impl SyncDevice {
     }
 
     /// Reconciles `fresh` entries inside the transaction behind `exec`; returns the report,
-    /// the steps that apply it and the entries it covers. `stored` says the entries are already in the log (held
-    /// ones being retried), so they are marked integrated instead of inserted.
+    /// the steps that apply it and the entries it covers. `stored` says the entries are
+    /// already in the log (held ones being retried), so they are marked integrated instead
+    /// of inserted.
     async fn reconcile_in(
         &self,
         exec: Exec<'_>,
