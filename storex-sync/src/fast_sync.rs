@@ -308,6 +308,10 @@ pub struct TransferReport {
     pub resumed_after: Option<u64>,
     /// The shared-log cursor handed over.
     pub cursor: u64,
+    /// On the sender: its changes not yet pushed to a shared log when the snapshot was taken.
+    /// The receiver takes them as shared, so they reach other devices only when the sender
+    /// syncs: sync it before wiping it. (0 on the receiver.)
+    pub unpushed: u64,
     /// How long it took.
     pub duration: Duration,
 }

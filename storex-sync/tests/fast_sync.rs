@@ -144,6 +144,19 @@ async fn assert_same(a: &SyncDevice, b: &SyncDevice) {
 }
 
 #[tokio::test]
+async fn the_sender_reports_its_changes_not_pushed_yet() {
+    let fx = Fixture::new();
+    let (old, new) = fx.old_and_new().await;
+    fill(&old, 10).await;
+    let unshared = old.log().unshared_count().await.expect("count");
+    assert!(unshared > 0);
+    let options = FastSyncOptions::default();
+    let (sent, received) = transfer(&old, &new, &options, &options).await;
+    assert_eq!(sent.expect("send").unpushed, unshared);
+    assert_eq!(received.expect("receive").unpushed, 0);
+}
+
+#[tokio::test]
 async fn a_whole_database_moves_and_matches() {
     let fx = Fixture::new();
     let (old, new) = fx.old_and_new().await;

@@ -104,8 +104,9 @@ impl SyncedStorage {
     /// It first syncs once (for at most [`SYNC_BEFORE_PAIRING`]), so that changes this device
     /// has not pushed yet reach the shared log: the new device receives them as already
     /// shared, and the other devices must not depend on this one staying around (it is often
-    /// wiped next). When that sync fails (offline, say), the transfer goes ahead: the changes
-    /// reach the other devices when this device next syncs.
+    /// wiped next). When that sync fails (offline, say), the transfer goes ahead and the
+    /// report's `unpushed` counts the changes that reach the other devices only when this
+    /// device next syncs: tell the user to sync it before wiping it.
     pub async fn send_to_paired(
         &self,
         offer: PairingOffer,

@@ -106,7 +106,11 @@ async fn changes_not_pushed_yet_reach_the_other_devices_although_the_old_device_
         old.send_to_paired(offer, &answer_code, &options),
         new.receive_from_paired(answer, &options),
     );
-    sent.expect("send");
+    assert_eq!(
+        sent.expect("send").unpushed,
+        0,
+        "pushed before the transfer"
+    );
     received.expect("receive");
     assert_eq!(count(&new).await, 3);
     drop(old); // wiped

@@ -132,6 +132,14 @@ pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
     bar.finish_and_clear();
     let report = report?;
     summary(&report, "sent");
+    if report.unpushed > 0 {
+        eprintln!(
+            "warning: {} changes of this device were never pushed to a shared log; the new \
+             device has them, other devices get them only when this one syncs: sync it before \
+             wiping it",
+            report.unpushed
+        );
+    }
     Ok(())
 }
 

@@ -32,6 +32,8 @@ pub struct SnapshotSender {
     session: Uuid,
     collections: Vec<CollectionInfo>,
     cursor: u64,
+    /// This device's log entries not pushed to a shared log at the snapshot.
+    unpushed: u64,
     options: FastSyncOptions,
 }
 
@@ -93,12 +95,21 @@ impl SnapshotSender {
             .and_then(|row| row.get("value").and_then(Value::as_int))
             .and_then(|v| u64::try_from(v).ok())
             .unwrap_or(0);
+        let unpushed = tx
+            .execute_as(
+                Operation::count(LOG_COLLECTION, Filter::all().eq("shared", false)),
+                Origin::Sync,
+            )
+            .await?
+            .count()
+            .unwrap_or(0);
         Ok(SnapshotSender {
             device: device.clone(),
             tx,
             session: Uuid::now_v7(),
             collections,
             cursor,
+            unpushed,
             options,
         })
     }
@@ -179,6 +190,7 @@ impl SnapshotSender {
             report: TransferReport {
                 resumed_after: resume_after,
                 cursor: self.cursor,
+                unpushed: self.unpushed,
                 ..TransferReport::default()
             },
         };
