@@ -250,11 +250,25 @@ impl BackgroundSync {
     }
 }
 
-/// Waits until `flag` is true; never returns if the sender is gone.
-pub(crate) async fn until_true(flag: &mut watch::Receiver<bool>) {
-    if flag.wait_for(|v| *v).await.is_err() {
-        std::future::pending::<()>().await;
+/// Dropping the handle stops the background sync (a sync under way finishes on its own);
+/// keep the handle for as long as the app should sync.
+impl Drop for BackgroundSync {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+        if let Some(live) = &self.live {
+            live.abort();
+        }
     }
+}
+
+/// Waits until `flag` is true, or its sender is gone (the handle was dropped: stop too).
+pub(crate) async fn until_true(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|v| *v).await;
+}
+
+/// Whether the task should end: stopped, or its handle dropped.
+fn stopped(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
 }
 
 async fn run(
@@ -273,23 +287,33 @@ async fn run(
     let mut backoff = backoff_builder.build();
     let mut wait = Duration::ZERO; // sync once right away
     loop {
+        // `biased`: a stop wins over a trigger that is ready at the same time.
         tokio::select! {
+            biased;
             _ = until_true(&mut stop) => break,
             _ = tokio::time::sleep(wait) => {}
             _ = shared.now.notified() => {}
             _ = local_writes.notified() => {
                 tokio::select! {
+                    biased;
                     _ = until_true(&mut stop) => break,
                     _ = tokio::time::sleep(options.debounce) => {}
                 }
             }
         }
+        if stopped(&stop) {
+            break;
+        }
         if *paused.borrow() {
             shared.update(|s| s.state = SyncState::Paused);
             shared.emit(SyncEvent::Paused);
             tokio::select! {
+                biased;
                 _ = until_true(&mut stop) => break,
                 _ = paused.wait_for(|p| !*p) => {}
+            }
+            if stopped(&stop) {
+                break;
             }
             shared.emit(SyncEvent::Resumed);
         }

@@ -215,3 +215,27 @@ async fn stop_ends_the_task_cleanly() {
     );
     a.background.stop().await; // stopping twice is harmless
 }
+
+#[tokio::test]
+async fn dropping_the_handle_stops_the_sync_even_when_paused() {
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let a = app(log, fast()).await;
+    eventually("the first sync", || async {
+        a.background.status().last_success.is_some()
+    })
+    .await;
+    a.background.pause();
+    let App { sync, background } = a;
+    drop(background);
+    sync.device()
+        .storage()
+        .create("note", object! { "title" => "after the drop" })
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        sync.device().log().unshared_count().await.expect("count"),
+        1,
+        "no sync after the handle was dropped"
+    );
+}
