@@ -186,6 +186,19 @@ fn check_value(def: &CollectionDef, field: &str, ty: FieldType, value: &mut Valu
             ));
         }
     }
+    // PostgreSQL stores no NUL character in text or JSON; refused everywhere, so that data
+    // written on one backend can be synced to any other.
+    let has_nul = match value {
+        Value::Text(text) => text.contains('\0'),
+        Value::Json(json) => json.to_string().contains("\\u0000"),
+        _ => false,
+    };
+    if has_nul {
+        return Err(Error::invalid_operation(
+            def.name(),
+            format!("field `{field}` holds a NUL character, which not every database can store"),
+        ));
+    }
     match value.field_type() {
         Some(found) if found != ty => Err(Error::TypeMismatch {
             collection: def.name().to_owned(),

@@ -159,10 +159,13 @@ impl Value {
         }
     }
 
-    /// Brings a value to the precision storex keeps (datetimes to whole microseconds).
+    /// Brings a value to the form storex keeps: datetimes to whole microseconds, and -0.0 to
+    /// 0.0 (SQL compares them equal; the total order would not).
     pub(crate) fn normalize(&mut self) {
-        if let Value::DateTime(dt) = self {
-            *dt = dt.trunc_subsecs(6);
+        match self {
+            Value::DateTime(dt) => *dt = dt.trunc_subsecs(6),
+            Value::Float(f) if *f == 0.0 => *f = 0.0,
+            _ => {}
         }
     }
 }

@@ -108,6 +108,8 @@ fn all_checks() -> Vec<(&'static str, Check)> {
         filter_on_a_datetime_range,
         filter_on_uuid_and_bool,
         filter_on_float,
+        negative_zero_is_zero,
+        nul_characters_are_refused,
         text_compares_by_bytes,
         order_ascending_puts_nulls_first,
         order_descending_puts_nulls_last,
@@ -751,6 +753,37 @@ async fn filter_on_float(s: Storage) {
         ids_where(&s, Filter::all().eq("score", 0.25)).await,
         vec![2]
     );
+}
+
+async fn negative_zero_is_zero(s: Storage) {
+    put(&s, object! { "id" => 1, "name" => "x", "score" => -0.0 }).await;
+    put(&s, object! { "id" => 2, "name" => "y", "score" => 1.0 }).await;
+    assert_eq!(ids_where(&s, Filter::all().eq("score", 0.0)).await, vec![1]);
+    assert_eq!(
+        ids_where(&s, Filter::all().eq("score", -0.0)).await,
+        vec![1]
+    );
+    assert_eq!(
+        ids_where(&s, Filter::all().lt("score", 0.0)).await,
+        Vec::<i64>::new()
+    );
+}
+
+async fn nul_characters_are_refused(s: Storage) {
+    let text = s
+        .create("item", object! { "id" => 1, "name" => "a\0b" })
+        .await
+        .expect_err("a NUL in text was stored");
+    assert!(text.to_string().contains("NUL"), "{text}");
+    let json = s
+        .create(
+            "item",
+            object! { "id" => 2, "name" => "x", "doc" => json!({ "k": "a\u{0}" }) },
+        )
+        .await
+        .expect_err("a NUL in JSON was stored");
+    assert!(json.to_string().contains("NUL"), "{json}");
+    assert_eq!(ids_where(&s, Filter::all()).await, Vec::<i64>::new());
 }
 
 async fn text_compares_by_bytes(s: Storage) {
