@@ -6,7 +6,9 @@
 
 use sea_orm::sea_query::{Alias, ColumnDef, Index, Query as SqlQuery, Table};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
-use storex_core::{CollectionDef, Error, FieldType, Registry};
+use std::collections::HashMap;
+
+use storex_core::{CollectionDef, Error, FieldType, IndexDef, Registry};
 
 use crate::backend::Dialect;
 
@@ -18,11 +20,16 @@ pub(crate) async fn prepare(
     backend: &'static str,
 ) -> Result<(), Error> {
     let db_err = |e: DbErr| Error::backend(backend, e);
+    let names = index_names(registry);
     for def in registry.collections() {
         db.execute(&create_table(def, dialect))
             .await
             .map_err(db_err)?;
-        for (name, index) in index_names(def) {
+        for (position, index) in def.indices().iter().enumerate() {
+            let name = names
+                .get(&(def.name(), position))
+                .cloned()
+                .unwrap_or_else(|| plain_index_name(def, index));
             let mut stmt = Index::create();
             stmt.if_not_exists()
                 .name(name)
@@ -74,14 +81,64 @@ fn create_table(def: &CollectionDef, dialect: Dialect) -> sea_orm::sea_query::Ta
     table
 }
 
-/// Index names: `<table>_<fields>_idx` (or `_key` for unique), within PostgreSQL's 63 bytes.
-fn index_names(def: &CollectionDef) -> impl Iterator<Item = (String, &storex_core::IndexDef)> {
-    def.indices().iter().map(move |index| {
-        let suffix = if index.unique { "key" } else { "idx" };
-        let mut name = format!("{}_{}", def.name(), index.fields.join("_"));
-        name.truncate(63 - suffix.len() - 1);
-        (format!("{name}_{suffix}"), index)
-    })
+/// An index's usual name: `<table>_<fields>_idx` (or `_key` for unique), within
+/// PostgreSQL's 63 bytes.
+fn plain_index_name(def: &CollectionDef, index: &IndexDef) -> String {
+    let suffix = if index.unique { "key" } else { "idx" };
+    let mut name = format!("{}_{}", def.name(), index.fields.join("_"));
+    name.truncate(63 - suffix.len() - 1);
+    format!("{name}_{suffix}")
+}
+
+/// The name of every index of `registry`. Names are one namespace per database, and the usual
+/// names can coincide (`user` + `org_email` and `user_org` + `email`, or names cut to 63
+/// bytes); then `CREATE INDEX IF NOT EXISTS` would silently skip the second index. Those get
+/// a hash of their table and fields in the name instead; the others keep the usual name, so
+/// existing databases keep their indexes.
+/// Keyed by table and the index's position among the table's indexes.
+fn index_names(registry: &Registry) -> HashMap<(&str, usize), String> {
+    let mut by_name: HashMap<String, Vec<(&str, usize, &IndexDef)>> = HashMap::new();
+    for def in registry.collections() {
+        for (position, index) in def.indices().iter().enumerate() {
+            by_name
+                .entry(plain_index_name(def, index))
+                .or_default()
+                .push((def.name(), position, index));
+        }
+    }
+    let mut names = HashMap::new();
+    for (plain, owners) in by_name {
+        let shared = owners.len() > 1;
+        for (table, position, index) in owners {
+            let name = if shared {
+                hashed_index_name(&plain, table, index)
+            } else {
+                plain.clone()
+            };
+            names.insert((table, position), name);
+        }
+    }
+    names
+}
+
+fn hashed_index_name(plain: &str, table: &str, index: &IndexDef) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(table.as_bytes());
+    for field in &index.fields {
+        hash.update([0]);
+        hash.update(field.as_bytes());
+    }
+    hash.update([u8::from(index.unique)]);
+    let digest: String = hash.finalize()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // `<plain without its suffix, cut>_<8 hex>_<suffix>`, within 63 bytes.
+    let (stem, suffix) = plain.rsplit_once('_').unwrap_or((plain, "idx"));
+    let mut stem = stem.to_owned();
+    stem.truncate(63 - suffix.len() - digest.len() - 2);
+    format!("{stem}_{digest}_{suffix}")
 }
 
 async fn check_columns(db: &DatabaseConnection, def: &CollectionDef) -> Result<(), Error> {
