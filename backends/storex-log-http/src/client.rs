@@ -113,7 +113,6 @@ struct Attempt {
 }
 
 /// A shared sync log served by a storex sync server (`storex serve`).
-#[derive(Debug)]
 pub struct HttpSharedLog {
     /// Base URLs of the server's instances, without a trailing slash.
     bases: Vec<String>,
@@ -122,6 +121,23 @@ pub struct HttpSharedLog {
     http: reqwest::Client,
     options: ClientOptions,
     tokens: Mutex<HashMap<DeviceId, String>>,
+}
+
+/// Device tokens are secrets: only their devices are shown.
+impl std::fmt::Debug for HttpSharedLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let devices: Vec<DeviceId> = self
+            .tokens
+            .lock()
+            .map(|tokens| tokens.keys().copied().collect())
+            .unwrap_or_default();
+        f.debug_struct("HttpSharedLog")
+            .field("bases", &self.bases)
+            .field("current", &self.current)
+            .field("options", &self.options)
+            .field("devices_with_tokens", &devices)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpSharedLog {

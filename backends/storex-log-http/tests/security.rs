@@ -548,3 +548,12 @@ async fn a_push_too_big_for_the_server_is_split_and_an_entry_too_big_for_the_cli
     assert!(report.problems[0].contains("bytes"), "{report:?}");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn debug_output_shows_no_device_token() {
+    let f = Fixture::new().await;
+    let ann = f.account("ann").await;
+    let shown = format!("{:?}", f.log);
+    assert!(!shown.contains(&ann.device_token), "{shown}");
+    assert!(shown.contains(&ann.device.0.to_string()), "{shown}");
+}

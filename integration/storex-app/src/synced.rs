@@ -33,13 +33,31 @@ fn settings_collection() -> CollectionDef {
 }
 
 /// Builds a [`SyncedStorage`]; see [`SyncedStorage::builder`].
-#[derive(Debug)]
 pub struct SyncedStorageBuilder {
     db: DatabaseConnection,
     collections: Vec<std::result::Result<CollectionDef, storex_seaorm::Error>>,
     shared_log: Option<(Arc<dyn SharedSyncLog>, String)>,
     options: ContinuousOptions,
     sync_options: SyncOptions,
+}
+
+/// The user (for the sync server, a user token) is a secret: not shown.
+impl std::fmt::Debug for SyncedStorageBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncedStorageBuilder")
+            .field("db", &self.db)
+            .field("collections", &self.collections)
+            .field(
+                "shared_log",
+                &self
+                    .shared_log
+                    .as_ref()
+                    .map(|(log, _)| (log, "<user redacted>")),
+            )
+            .field("options", &self.options)
+            .field("sync_options", &self.sync_options)
+            .finish()
+    }
 }
 
 impl SyncedStorageBuilder {
