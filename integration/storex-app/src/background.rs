@@ -1,10 +1,11 @@
 //! [`BackgroundSync`]: a tokio task that keeps one device in sync.
 //!
 //! The task waits for the first of: the sync interval, a local write (then lets writes settle
-//! for the debounce time), [`BackgroundSync::sync_now`] (also what a live-update signal
-//! calls), or stop. Then it runs `ContinuousSync::sync_once`. After a failure the next wait
-//! is the next step of an exponential backoff with jitter instead of the interval, until a
-//! sync succeeds. While paused nothing runs; a trigger that came meanwhile runs on resume.
+//! for the debounce time), a live-update signal, [`BackgroundSync::sync_now`], or stop. Then
+//! it runs `ContinuousSync::sync_once`. After a failure the next wait is the next step of an
+//! exponential backoff with jitter instead of the interval, until a sync succeeds; local
+//! writes and live signals do not cut it short (only `sync_now` does). While paused nothing
+//! runs; a trigger that came meanwhile runs on resume. Dropping the handle stops the task.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -130,7 +131,11 @@ pub enum SyncEvent {
 #[derive(Debug)]
 pub(crate) struct Shared {
     status: Mutex<SyncStatus>,
+    /// `sync_now`: syncs at once, also during a backoff.
     pub(crate) now: Notify,
+    /// The live watcher saw entries of other devices: syncs soon, but not before a backoff
+    /// ends.
+    pub(crate) remote: Notify,
     pub(crate) events: broadcast::Sender<SyncEvent>,
 }
 
@@ -178,6 +183,7 @@ impl BackgroundSync {
         let shared = Arc::new(Shared {
             status: Mutex::new(SyncStatus::default()),
             now: Notify::new(),
+            remote: Notify::new(),
             events,
         });
         let (paused, paused_rx) = watch::channel(false);
@@ -286,19 +292,30 @@ async fn run(
         .without_max_times();
     let mut backoff = backoff_builder.build();
     let mut wait = Duration::ZERO; // sync once right away
+                                   // After a failure: local writes and live signals do not cut the backoff short.
+    let mut not_before: Option<tokio::time::Instant> = None;
     loop {
         // `biased`: a stop wins over a trigger that is ready at the same time.
-        tokio::select! {
+        let asked = tokio::select! {
             biased;
             _ = until_true(&mut stop) => break,
-            _ = tokio::time::sleep(wait) => {}
-            _ = shared.now.notified() => {}
+            _ = tokio::time::sleep(wait) => false,
+            _ = shared.now.notified() => true,
+            _ = shared.remote.notified() => false,
             _ = local_writes.notified() => {
                 tokio::select! {
                     biased;
                     _ = until_true(&mut stop) => break,
-                    _ = tokio::time::sleep(options.debounce) => {}
+                    _ = tokio::time::sleep(options.debounce) => false,
                 }
+            }
+        };
+        if let Some(deadline) = not_before.filter(|_| !asked) {
+            tokio::select! {
+                biased;
+                _ = until_true(&mut stop) => break,
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = shared.now.notified() => {}
             }
         }
         if stopped(&stop) {
@@ -330,6 +347,7 @@ async fn run(
             Ok(report) => {
                 backoff = backoff_builder.build();
                 wait = options.interval;
+                not_before = None;
                 shared.update(|s| {
                     s.state = SyncState::Idle;
                     s.last_success = Some(chrono::Utc::now());
@@ -342,6 +360,7 @@ async fn run(
             }
             Err(error) => {
                 wait = backoff.next().unwrap_or(options.max_backoff);
+                not_before = Some(tokio::time::Instant::now() + wait);
                 let message = error_chain(&error);
                 shared.update(|s| {
                     s.state = SyncState::Backoff;

@@ -39,7 +39,7 @@ pub(crate) async fn watch(
                 backoff = Duration::from_secs(1);
                 // Subscribe first, so the end of the sync we trigger is not missed.
                 let mut events = shared.events.subscribe();
-                shared.now.notify_one();
+                shared.remote.notify_one();
                 let finished = async {
                     while let Ok(event) = events.recv().await {
                         match event {

@@ -239,3 +239,30 @@ async fn dropping_the_handle_stops_the_sync_even_when_paused() {
         "no sync after the handle was dropped"
     );
 }
+
+#[tokio::test]
+async fn local_writes_do_not_cut_a_backoff_short() {
+    let flaky = Arc::new(FlakySharedLog::new(Arc::new(MemorySharedLog::new())));
+    let log: Arc<dyn SharedSyncLog> = flaky.clone();
+    flaky.set_down(true);
+    let options = BackgroundOptions::default()
+        .with_interval(Duration::from_secs(60))
+        .with_debounce(Duration::from_millis(5))
+        .with_backoff(Duration::from_millis(300), Duration::from_millis(300));
+    let a = app(log, options).await;
+    let mut events = a.background.subscribe();
+    for n in 0..30 {
+        a.write(&format!("autosave {n}")).await;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let mut attempts = 0;
+    while let Ok(event) = events.try_recv() {
+        attempts += usize::from(event == SyncEvent::Started);
+    }
+    // 1.2 s of writes with a backoff of 300 ms (up to 600 ms with jitter): a handful of
+    // attempts, not one per write.
+    assert!(
+        (1..=6).contains(&attempts),
+        "{attempts} sync attempts in 1.2 s of writes"
+    );
+}
