@@ -4,7 +4,7 @@
 //! WebRTC the sender prints an offer code, the receiver (given it) prints an answer code, and
 //! the sender reads that answer from its standard input.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -43,12 +43,7 @@ fn options(bar: &ProgressBar) -> FastSyncOptions {
     }))
 }
 
-async fn open_device(db: &Path, registry: Registry) -> Result<SyncDevice> {
-    let backend: Arc<dyn StorageBackend> = Arc::new(
-        SeaOrmBackend::open_sqlite_file(db)
-            .await
-            .with_context(|| format!("opening {}", db.display()))?,
-    );
+async fn open_device(backend: Arc<dyn StorageBackend>, registry: Registry) -> Result<SyncDevice> {
     Ok(SyncDevice::open(
         registry,
         backend,
@@ -179,12 +174,62 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
     let options = options(&bar);
     let offer = read_offer(channel.as_mut(), &options).await?;
     let registry = offer.registry().context("the sender's schema")?;
-    let device = open_device(db, registry).await?;
+    // Written beside the target and renamed once complete, so that a failed or killed
+    // transfer leaves no half-written database under the target's name.
+    let partial = sqlite_files(&with_suffix(db, ".partial"));
+    remove_files(&partial); // what an earlier failed run left
+    let backend = Arc::new(
+        SeaOrmBackend::open_sqlite_file(&partial[0])
+            .await
+            .with_context(|| format!("opening {}", partial[0].display()))?,
+    );
+    let device = open_device(backend.clone() as Arc<dyn StorageBackend>, registry).await?;
     let report = receive_offer(&device, channel.as_mut(), offer, &options).await;
     // The last acknowledgement must reach the sender before this process ends.
     channel.close().await;
     bar.finish_and_clear();
-    let report = report?;
+    drop(device);
+    let closed = backend.connection().close_by_ref().await;
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            remove_files(&partial);
+            return Err(anyhow::Error::from(e).context(format!(
+                "the transfer failed; {} was not written",
+                db.display()
+            )));
+        }
+    };
+    closed.context("closing the received database")?;
+    for (from, to) in partial.iter().zip(sqlite_files(db)) {
+        if from.exists() {
+            std::fs::rename(from, &to)
+                .with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+        }
+    }
     summary(&report, "received");
     Ok(())
+}
+
+/// `path` with `suffix` added to its file name.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// A SQLite database's files: the database, its write-ahead log and its shared memory.
+fn sqlite_files(db: &Path) -> [PathBuf; 3] {
+    [
+        db.to_path_buf(),
+        with_suffix(db, "-wal"),
+        with_suffix(db, "-shm"),
+    ]
+}
+
+fn remove_files(files: &[PathBuf]) {
+    for file in files {
+        // Missing is fine: there is nothing to remove.
+        let _ = std::fs::remove_file(file);
+    }
 }

@@ -123,6 +123,65 @@ async fn a_database_of_50k_rows_moves_between_two_processes() {
     }
 }
 
+#[tokio::test]
+async fn a_transfer_cut_short_leaves_no_database_behind() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (old_path, new_path) = (dir.path().join("old.db"), dir.path().join("new.db"));
+    {
+        let old = storage(&old_path).await;
+        for chunk in 0..50i64 {
+            let steps = (0..1_000i64)
+                .map(|i| {
+                    let id = chunk * 1_000 + i;
+                    BatchStep::new(Operation::create(
+                        "item",
+                        object! { "id" => id, "name" => format!("item {id}") },
+                    ))
+                })
+                .collect();
+            old.batch(steps).await.expect("items");
+        }
+    }
+    let mut sender = storex()
+        .args(["migrate", "send", "--db"])
+        .arg(&old_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the sender");
+    let mut sender_out = BufReader::new(sender.stdout.take().expect("stdout"));
+    let address = next_line_after(&mut sender_out, "listening on ");
+    let receiver = storex()
+        .args(["migrate", "receive", "--db"])
+        .arg(&new_path)
+        .args(["--connect", &address])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the receiver");
+    // Once the receiver has started writing, the old device goes away.
+    let partial = dir.path().join("new.db.partial");
+    let started = std::time::Instant::now();
+    while !partial.exists() && started.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(partial.exists(), "the receiver never started writing");
+    sender.kill().expect("kill the sender");
+    let _ = sender.wait();
+    let received = receiver.wait_with_output().expect("the receiver ends");
+    let stderr = String::from_utf8_lossy(&received.stderr);
+    assert!(
+        !received.status.success(),
+        "a cut transfer succeeded: {stderr}"
+    );
+    assert!(stderr.contains("was not written"), "{stderr}");
+    assert!(
+        !new_path.exists(),
+        "a half-written database was left under the target's name"
+    );
+    assert!(!partial.exists(), "the partial database was left behind");
+}
+
 #[test]
 fn sending_a_missing_file_says_so() {
     let output = storex()
