@@ -267,15 +267,21 @@ async fn create_group(
         }
         return Ok(pks);
     };
-    let replay_from = match savepoint {
-        Some(savepoint) => {
-            savepoint
-                .rollback()
-                .await
-                .map_err(|e| ctx.db_err(collection, e))?;
-            0
-        }
-        None => replay_from,
+    let undone = match savepoint {
+        Some(savepoint) => savepoint.rollback().await,
+        None => Ok(()),
+    };
+    // Only a row the database refuses (a constraint) is worth finding by replaying the rows
+    // one at a time; after any other failure (I/O, a full disk), or if the savepoint could
+    // not be undone, the group's own error is the one to report.
+    if group_error.sql_err().is_none() || undone.is_err() {
+        return Err(step_error(first_index + replay_from)(
+            ctx.db_err(collection, group_error),
+        ));
+    }
+    let replay_from = match ctx.dialect {
+        Dialect::Postgres => 0,
+        Dialect::Sqlite => replay_from,
     };
     for (offset, object) in objects.into_iter().enumerate().skip(replay_from) {
         run(txn, ctx, Operation::create(collection, object))
