@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use sea_orm::{DatabaseConnection, EntityTrait};
 use storex_core::{
-    object, CollectionDef, FieldType, Middleware, Registry, Storage, StorageBackend, Value,
+    object, BatchStep, CollectionDef, FieldType, Middleware, Operation, Registry, Storage,
+    StorageBackend, Value,
 };
 use storex_seaorm::{collection_from_entity, SeaOrmBackend};
 use storex_sync::{
@@ -131,11 +132,13 @@ impl SyncedStorageBuilder {
             }
             None => {
                 let id = log.create_device(&user).await?;
-                // Credentials first: a crash before the id is stored only costs a new device.
+                // The id and its credentials in one transaction: both or neither.
+                let mut steps = Vec::new();
                 if let Some(credentials) = log.device_credentials(id) {
-                    write_setting(&settings, CREDENTIALS_KEY, &credentials).await?;
+                    steps.push(setting_step(&settings, CREDENTIALS_KEY, &credentials).await?);
                 }
-                write_setting(&settings, DEVICE_KEY, &id.0.to_string()).await?;
+                steps.push(setting_step(&settings, DEVICE_KEY, &id.0.to_string()).await?);
+                settings.batch(steps).await?;
                 id
             }
         };
@@ -170,23 +173,25 @@ async fn read_setting(settings: &Storage, key: &str) -> Result<Option<String>> {
 
 /// Stores a setting, replacing an older value.
 async fn write_setting(settings: &Storage, key: &str, value: &str) -> Result<()> {
-    if settings
+    let step = setting_step(settings, key, value).await?;
+    settings.batch(vec![step]).await?;
+    Ok(())
+}
+
+/// The write that sets `key` to `value`: an update if the setting exists, else a create.
+async fn setting_step(settings: &Storage, key: &str, value: &str) -> Result<BatchStep> {
+    let exists = settings
         .find_by_pk(SETTINGS_COLLECTION, key)
         .await?
-        .is_some()
-    {
-        settings
-            .update_by_pk(SETTINGS_COLLECTION, key, object! { "value" => value })
-            .await?;
+        .is_some();
+    Ok(BatchStep::new(if exists {
+        Operation::update_by_pk(SETTINGS_COLLECTION, key, object! { "value" => value })
     } else {
-        settings
-            .create(
-                SETTINGS_COLLECTION,
-                object! { "key" => key, "value" => value },
-            )
-            .await?;
-    }
-    Ok(())
+        Operation::create(
+            SETTINGS_COLLECTION,
+            object! { "key" => key, "value" => value },
+        )
+    }))
 }
 
 /// An app's storage, synced: what [`SyncedStorageBuilder::open`] returns.
