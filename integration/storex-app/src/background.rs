@@ -19,18 +19,22 @@ use tokio::task::JoinHandle;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct BackgroundOptions {
-    /// Sync at least this often.
+    /// Sync at least this often (at most every [`MIN_WAIT`]).
     pub interval: Duration,
     /// After a local write, wait this long for more before syncing.
     pub debounce: Duration,
-    /// First retry delay after a failure.
+    /// First retry delay after a failure (at least [`MIN_WAIT`]).
     pub min_backoff: Duration,
-    /// Longest retry delay.
+    /// Longest retry delay, before jitter (which adds up to as much again).
     pub max_backoff: Duration,
     /// Sync at once when the shared log says other devices pushed (for logs that can tell,
     /// like the sync server's long poll; see `SharedSyncLog::live_wait`). Default on.
     pub live_updates: bool,
 }
+
+/// The shortest interval and retry delay the task keeps, whatever the options say (a zero
+/// would make it spin).
+pub const MIN_WAIT: Duration = Duration::from_millis(10);
 
 impl Default for BackgroundOptions {
     fn default() -> Self {
@@ -285,9 +289,11 @@ async fn run(
     mut paused: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let interval = options.interval.max(MIN_WAIT);
+    let max_backoff = options.max_backoff.max(MIN_WAIT);
     let backoff_builder = ExponentialBuilder::default()
-        .with_min_delay(options.min_backoff)
-        .with_max_delay(options.max_backoff)
+        .with_min_delay(options.min_backoff.max(MIN_WAIT))
+        .with_max_delay(max_backoff)
         .with_jitter()
         .without_max_times();
     let mut backoff = backoff_builder.build();
@@ -337,16 +343,12 @@ async fn run(
         shared.update(|s| s.state = SyncState::Syncing);
         shared.emit(SyncEvent::Started);
         let result = sync.sync_once().await;
-        let pending = sync
-            .device()
-            .log()
-            .unshared_count()
-            .await
-            .unwrap_or_default();
+        // If the count cannot be read, the last one stands (not a made-up 0).
+        let pending = sync.device().log().unshared_count().await.ok();
         match result {
             Ok(report) => {
                 backoff = backoff_builder.build();
-                wait = options.interval;
+                wait = interval;
                 not_before = None;
                 shared.update(|s| {
                     s.state = SyncState::Idle;
@@ -354,19 +356,19 @@ async fn run(
                     s.last_report = Some(report.clone());
                     s.last_error = None;
                     s.consecutive_failures = 0;
-                    s.pending_entries = pending;
+                    s.pending_entries = pending.unwrap_or(s.pending_entries);
                 });
                 shared.emit(SyncEvent::Finished(report));
             }
             Err(error) => {
-                wait = backoff.next().unwrap_or(options.max_backoff);
+                wait = backoff.next().unwrap_or(max_backoff);
                 not_before = Some(tokio::time::Instant::now() + wait);
                 let message = error_chain(&error);
                 shared.update(|s| {
                     s.state = SyncState::Backoff;
                     s.last_error = Some(message.clone());
                     s.consecutive_failures += 1;
-                    s.pending_entries = pending;
+                    s.pending_entries = pending.unwrap_or(s.pending_entries);
                 });
                 shared.emit(SyncEvent::Failed {
                     error: message,

@@ -22,7 +22,9 @@ mod live;
 mod pairing;
 mod synced;
 
-pub use background::{BackgroundOptions, BackgroundSync, SyncEvent, SyncState, SyncStatus};
+pub use background::{
+    BackgroundOptions, BackgroundSync, SyncEvent, SyncState, SyncStatus, MIN_WAIT,
+};
 pub use change_notifier::ChangeNotifier;
 pub use error::{Error, Result};
 pub use pairing::{PairingAnswer, PairingOffer, SYNC_BEFORE_PAIRING};

@@ -266,3 +266,33 @@ async fn local_writes_do_not_cut_a_backoff_short() {
         "{attempts} sync attempts in 1.2 s of writes"
     );
 }
+
+#[tokio::test]
+async fn a_zero_interval_does_not_make_the_task_spin() {
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let options = BackgroundOptions::default()
+        .with_interval(Duration::ZERO)
+        .with_backoff(Duration::ZERO, Duration::ZERO);
+    let a = app(log, options).await;
+    let mut events = a.background.subscribe();
+    let counting = tokio::spawn(async move {
+        let mut syncs = 0usize;
+        loop {
+            match events.recv().await {
+                Ok(SyncEvent::Started) => syncs += 1,
+                Ok(SyncEvent::Stopped) => return syncs,
+                Ok(_) => {}
+                // Events lost because they came too fast: a spinning task.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    syncs += usize::try_from(missed).unwrap_or(usize::MAX);
+                }
+                Err(_) => return syncs,
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.background.stop().await;
+    let syncs = counting.await.expect("counting");
+    // At most one sync per MIN_WAIT (10 ms), plus the first.
+    assert!(syncs <= 32, "{syncs} syncs in 300 ms");
+}
