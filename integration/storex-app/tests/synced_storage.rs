@@ -130,3 +130,16 @@ async fn a_missing_shared_log_is_reported() {
         "no shared log was configured: call `shared_log(log, user)` on the builder"
     );
 }
+
+#[tokio::test]
+async fn the_builder_does_not_show_the_user_token_in_debug_output() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db = app_db(&dir.path().join("app.db")).await;
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let builder = SyncedStorage::builder(db)
+        .entity(note::Entity)
+        .shared_log(log, "stx_user_secret_token");
+    let shown = format!("{builder:?}");
+    assert!(!shown.contains("stx_user_secret_token"), "{shown}");
+    assert!(shown.contains("redacted"), "{shown}");
+}
