@@ -193,6 +193,15 @@ fn check_value(def: &CollectionDef, field: &str, ty: FieldType, value: &mut Valu
         Value::Json(json) => json.to_string().contains("\\u0000"),
         _ => false,
     };
+    if let Value::DateTime(at) = value {
+        // Stored as RFC 3339 text on SQLite, which sorts in time order only for 4-digit years.
+        if !(0..=9999).contains(&chrono::Datelike::year(at)) {
+            return Err(Error::invalid_operation(
+                def.name(),
+                format!("field `{field}` holds {at}, outside the years 0000 to 9999"),
+            ));
+        }
+    }
     if has_nul {
         return Err(Error::invalid_operation(
             def.name(),

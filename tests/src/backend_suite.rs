@@ -110,6 +110,7 @@ fn all_checks() -> Vec<(&'static str, Check)> {
         filter_on_float,
         negative_zero_is_zero,
         nul_characters_are_refused,
+        datetimes_beyond_year_9999_are_refused,
         text_compares_by_bytes,
         order_ascending_puts_nulls_first,
         order_descending_puts_nulls_last,
@@ -784,6 +785,24 @@ async fn nul_characters_are_refused(s: Storage) {
         .expect_err("a NUL in JSON was stored");
     assert!(json.to_string().contains("NUL"), "{json}");
     assert_eq!(ids_where(&s, Filter::all()).await, Vec::<i64>::new());
+}
+
+async fn datetimes_beyond_year_9999_are_refused(s: Storage) {
+    let far = Utc
+        .with_ymd_and_hms(10_000, 1, 1, 0, 0, 0)
+        .single()
+        .expect("a valid date");
+    let err = s
+        .create("item", object! { "id" => 1, "name" => "x", "at" => far })
+        .await
+        .expect_err("year 10000 was stored");
+    assert!(err.to_string().contains("9999"), "{err}");
+    let last = Utc
+        .with_ymd_and_hms(9_999, 12, 31, 23, 59, 59)
+        .single()
+        .expect("a valid date");
+    put(&s, object! { "id" => 2, "name" => "y", "at" => last }).await;
+    assert_eq!(ids_where(&s, Filter::all()).await, vec![2]);
 }
 
 async fn text_compares_by_bytes(s: Storage) {
