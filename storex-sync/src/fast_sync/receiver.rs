@@ -155,16 +155,7 @@ pub async fn receive_offer(
             Err(_) => Some(format!("this device has no collection `{}`", info.name)),
         };
         if let Some(reason) = known {
-            let _ = channel
-                .send(Package::Cancel {
-                    reason: reason.clone(),
-                })
-                .await;
-            return Err(FastSyncError::Verification {
-                collection: info.name.clone(),
-                problem: reason,
-            }
-            .into());
+            return Err(refuse(channel, &info.name, reason).await);
         }
     }
     let stored = load_state(device, session).await?;
@@ -271,32 +262,14 @@ pub async fn receive_offer(
                     None
                 };
                 if let Some(problem) = problem {
-                    let _ = channel
-                        .send(Package::Cancel {
-                            reason: problem.clone(),
-                        })
-                        .await;
-                    return Err(FastSyncError::Verification {
-                        collection,
-                        problem,
-                    }
-                    .into());
+                    return Err(refuse(channel, &collection, problem).await);
                 }
                 verified.insert(collection);
             }
             Package::Finish => {
                 if let Some(missing) = collections.iter().find(|c| !verified.contains(&c.name)) {
-                    let problem = "the sender finished without its count and checksum".to_owned();
-                    let _ = channel
-                        .send(Package::Cancel {
-                            reason: problem.clone(),
-                        })
-                        .await;
-                    return Err(FastSyncError::Verification {
-                        collection: missing.name.clone(),
-                        problem,
-                    }
-                    .into());
+                    let problem = "the sender finished without its count and checksum";
+                    return Err(refuse(channel, &missing.name, problem.to_owned()).await);
                 }
                 finish(device, session, cursor).await?;
                 channel
@@ -310,6 +283,25 @@ pub async fn receive_offer(
     }
     report.duration = start.elapsed();
     Ok(report)
+}
+
+/// Ends the session because `collection` did not verify: tells the sender why (if it still
+/// listens) and returns the error to report.
+async fn refuse(
+    channel: &mut dyn FastSyncChannel,
+    collection: &str,
+    problem: String,
+) -> crate::Error {
+    let _ = channel
+        .send(Package::Cancel {
+            reason: problem.clone(),
+        })
+        .await;
+    FastSyncError::Verification {
+        collection: collection.to_owned(),
+        problem,
+    }
+    .into()
 }
 
 /// Writes one batch and the session's progress in one transaction: objects the device has
