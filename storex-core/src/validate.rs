@@ -176,36 +176,38 @@ fn field_type(def: &CollectionDef, field: &str) -> Result<(FieldType, bool)> {
         })
 }
 
+const NUL_REFUSED: &str = "holds a NUL character, which not every database can store";
+
+/// Whether a string or key anywhere in `json` holds a NUL character.
+fn json_has_nul(json: &serde_json::Value) -> bool {
+    match json {
+        serde_json::Value::String(text) => text.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(json_has_nul),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .any(|(key, item)| key.contains('\0') || json_has_nul(item)),
+        _ => false,
+    }
+}
+
 fn check_value(def: &CollectionDef, field: &str, ty: FieldType, value: &mut Value) -> Result<()> {
     value.normalize();
-    if let Value::Float(f) = value {
-        if !f.is_finite() {
-            return Err(Error::invalid_operation(
-                def.name(),
-                format!("field `{field}` must hold a finite float, got {f}"),
-            ));
-        }
-    }
-    // PostgreSQL stores no NUL character in text or JSON; refused everywhere, so that data
-    // written on one backend can be synced to any other.
-    let has_nul = match value {
-        Value::Text(text) => text.contains('\0'),
-        Value::Json(json) => json.to_string().contains("\\u0000"),
-        _ => false,
-    };
-    if let Value::DateTime(at) = value {
+    let problem = match value {
+        Value::Float(f) if !f.is_finite() => Some(format!("must hold a finite float, got {f}")),
+        // PostgreSQL stores no NUL character in text or JSON; refused everywhere, so that
+        // data written on one backend can be synced to any other.
+        Value::Text(text) if text.contains('\0') => Some(NUL_REFUSED.to_owned()),
+        Value::Json(json) if json_has_nul(json) => Some(NUL_REFUSED.to_owned()),
         // Stored as RFC 3339 text on SQLite, which sorts in time order only for 4-digit years.
-        if !(0..=9999).contains(&chrono::Datelike::year(at)) {
-            return Err(Error::invalid_operation(
-                def.name(),
-                format!("field `{field}` holds {at}, outside the years 0000 to 9999"),
-            ));
+        Value::DateTime(at) if !(0..=9999).contains(&chrono::Datelike::year(at)) => {
+            Some(format!("holds {at}, outside the years 0000 to 9999"))
         }
-    }
-    if has_nul {
+        _ => None,
+    };
+    if let Some(problem) = problem {
         return Err(Error::invalid_operation(
             def.name(),
-            format!("field `{field}` holds a NUL character, which not every database can store"),
+            format!("field `{field}` {problem}"),
         ));
     }
     match value.field_type() {

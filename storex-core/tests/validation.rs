@@ -349,3 +349,27 @@ async fn datetimes_keep_microseconds_only() {
     };
     assert_eq!(stored.timestamp_subsec_nanos(), 987_654_000);
 }
+
+#[tokio::test]
+async fn a_nul_anywhere_in_json_is_refused_and_escaped_text_is_not() {
+    let nested = storex_core::serde_json::json!({ "a": [1, { "deep": "x\u{0}y" }] });
+    let in_a_key = storex_core::serde_json::json!({ "k\u{0}": 1 });
+    for meta in [nested, in_a_key] {
+        let problem = refused(Operation::create(
+            "note",
+            object! { "title" => "t", "meta" => Value::Json(meta) },
+        ))
+        .await;
+        assert!(problem.contains("NUL"), "{problem}");
+    }
+    // The six characters `\u0000` are text, not a NUL.
+    let storage = storage().await;
+    let escaped = storex_core::serde_json::json!({ "k": "\\u0000" });
+    storage
+        .create(
+            "note",
+            object! { "title" => "t", "meta" => Value::Json(escaped) },
+        )
+        .await
+        .expect("escaped text is no NUL");
+}
