@@ -148,5 +148,18 @@ impl Error {
     }
 }
 
+/// An error's message followed by those of its causes, joined by `: ` (a database's own
+/// message is usually the last), for reports and logs.
+pub fn error_chain(error: &dyn StdError) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
+
 /// The result type of storex-core.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -27,7 +27,7 @@ mod value;
 
 pub use backend::{BackendFeatures, BoxFuture, StorageBackend, Transaction};
 pub use batch::BatchResolver;
-pub use error::{BoxError, Error, Result};
+pub use error::{error_chain, BoxError, Error, Result};
 pub use memory::MemoryBackend;
 pub use middleware::{Middleware, Next, Origin};
 pub use operation::{BatchStep, Operation, Outcome, ReplaceTarget, Replacement};

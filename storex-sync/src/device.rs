@@ -57,19 +57,6 @@ impl IntegrationReport {
     }
 }
 
-/// An error's message followed by those of its causes (the database's own message is the
-/// last).
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
-}
-
 /// What reconciling a set of entries decided, before it is applied.
 struct Planned {
     report: IntegrationReport,
@@ -402,7 +389,7 @@ impl SyncDevice {
             held: vec![(
                 entry.id,
                 HoldReason::ApplyFailed {
-                    problem: with_causes(error),
+                    problem: storex_core::error_chain(error),
                 },
             )],
             ..IntegrationReport::default()

@@ -164,17 +164,6 @@ pub struct BackgroundSync {
     live: Option<JoinHandle<()>>,
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 impl BackgroundSync {
     /// Starts syncing `sync` in the background. `local_writes` is the signal of a
     /// [`crate::ChangeNotifier`] installed on the device's storage (or any signal of changes).
@@ -363,7 +352,7 @@ async fn run(
             Err(error) => {
                 wait = backoff.next().unwrap_or(max_backoff);
                 not_before = Some(tokio::time::Instant::now() + wait);
-                let message = error_chain(&error);
+                let message = storex_core::error_chain(&error);
                 shared.update(|s| {
                     s.state = SyncState::Backoff;
                     s.last_error = Some(message.clone());
