@@ -412,13 +412,14 @@ impl SyncDevice {
         let registry = self.storage.registry().clone();
         // Entries the schema refuses are held before anything is looked up for them (a key of
         // the wrong type would make the lookup fail).
-        let (fresh, refused): (Vec<LogEntry>, Vec<LogEntry>) =
-            fresh.into_iter().partition(|e| admit(&registry, e).is_ok());
-        for entry in refused {
-            if let Err(reason) = admit(&registry, &entry) {
-                held.push(HeldEntry { entry, reason });
+        let mut admitted = Vec::with_capacity(fresh.len());
+        for entry in fresh {
+            match admit(&registry, &entry) {
+                Ok(()) => admitted.push(entry),
+                Err(reason) => held.push(HeldEntry { entry, reason }),
             }
         }
+        let fresh = admitted;
         let mut objects: Vec<ObjectKey> = fresh.iter().map(object_key).collect();
         objects.sort();
         objects.dedup();
