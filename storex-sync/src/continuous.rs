@@ -129,8 +129,9 @@ pub struct ContinuousSync {
     shared: Arc<dyn SharedSyncLog>,
     options: ContinuousOptions,
     running: Mutex<()>,
-    /// Set once this instance has retried the held entries (at its first sync).
-    held_retried: AtomicBool,
+    /// Set once this instance's first sync went through: the subscription was checked and
+    /// the held entries were retried (both only change with a new instance, after a restart).
+    started: AtomicBool,
 }
 
 impl ContinuousSync {
@@ -145,7 +146,7 @@ impl ContinuousSync {
             shared,
             options,
             running: Mutex::new(()),
-            held_retried: AtomicBool::new(false),
+            started: AtomicBool::new(false),
         }
     }
 
@@ -263,10 +264,14 @@ impl ContinuousSync {
         let start = Instant::now();
         let mut report = SyncReport::default();
         self.ensure_cursor_row().await?;
-        self.follow_subscription().await?;
+        let first = !self.started.load(Ordering::SeqCst);
+        if first {
+            self.follow_subscription().await?;
+        }
         self.push(&mut report).await?;
         self.pull(&mut report).await?;
-        if !self.held_retried.swap(true, Ordering::SeqCst) {
+        if first {
+            self.started.store(true, Ordering::SeqCst);
             // Once per start: entries held for a newer schema apply after an app upgrade,
             // those held for clock drift once the clock caught up.
             match self.device.retry_held().await {
