@@ -4,10 +4,11 @@
 //! The sender reads everything inside one snapshot transaction
 //! ([`Storage::begin_snapshot`](storex_core::Storage::begin_snapshot)), so what it sends is
 //! consistent (on SQLite that transaction holds the write lock: the old device's app waits
-//! until the transfer ends; on PostgreSQL it is a read-only REPEATABLE READ transaction). It streams the app's collections and then its client sync log, so the
-//! receiver knows the timestamp of every value, and hands over its shared-log cursor: the
-//! receiver's continuous sync starts there and gets every change made during or after the
-//! transfer, and reconciles it like any other device.
+//! until the transfer ends; on PostgreSQL it is a read-only REPEATABLE READ transaction).
+//! It streams the app's collections and then its client sync log, so the receiver knows the
+//! timestamp of every value, and hands over its shared-log cursor: the receiver's continuous
+//! sync starts there and gets every change made during or after the transfer, and
+//! reconciles it like any other device.
 //!
 //! The receiver validates every object against its registry, applies each batch in one
 //! transaction together with its progress (session, last batch, running checksums), and
@@ -19,8 +20,8 @@
 //! deleted, and reconciles the sender's log entries with its own (as if pulled from a shared
 //! log), which is how [`exchange`] merges two devices in one session. The log carries only
 //! entries of the collections and objects sent, so what a filter leaves out does not travel
-//! in it either. Each collection ends with its count and a running SHA-256 over the batches, which
-//! the receiver checks.
+//! in it either. Each collection ends with its count and a running SHA-256 over the
+//! batches, which the receiver checks.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

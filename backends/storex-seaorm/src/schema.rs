@@ -95,6 +95,7 @@ fn plain_index_name(def: &CollectionDef, index: &IndexDef) -> String {
 /// bytes); then `CREATE INDEX IF NOT EXISTS` would silently skip the second index. Those get
 /// a hash of their table and fields in the name instead; the others keep the usual name, so
 /// existing databases keep their indexes.
+///
 /// Keyed by table and the index's position among the table's indexes.
 fn index_names(registry: &Registry) -> HashMap<(&str, usize), String> {
     let mut by_name: HashMap<String, Vec<(&str, usize, &IndexDef)>> = HashMap::new();
