@@ -3,7 +3,7 @@
 //! clear message.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 
 use storex_core::{
     object, BatchStep, CollectionDef, FieldType, Operation, Query, Registry, Storage,
@@ -51,21 +51,44 @@ async fn storage(path: &std::path::Path) -> Storage {
         .expect("storage")
 }
 
+/// Writes `thousands` × 1,000 items in batches.
+async fn write_items(storage: &Storage, thousands: i64) {
+    for chunk in 0..thousands {
+        let steps = (0..1_000i64)
+            .map(|i| {
+                let id = chunk * 1_000 + i;
+                BatchStep::new(Operation::create(
+                    "item",
+                    object! { "id" => id, "name" => format!("item {id}"), "score" => id as f64 / 7.0 },
+                ))
+            })
+            .collect();
+        storage.batch(steps).await.expect("items");
+    }
+}
+
+/// Starts `storex migrate send` on `db`: the child, its output after the address, and the
+/// address it listens on.
+fn start_sender(db: &std::path::Path) -> (Child, BufReader<ChildStdout>, String) {
+    let mut sender = storex()
+        .args(["migrate", "send", "--db"])
+        .arg(db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the sender");
+    let mut out = BufReader::new(sender.stdout.take().expect("stdout"));
+    let address = next_line_after(&mut out, "listening on ");
+    (sender, out, address)
+}
+
 #[tokio::test]
 async fn a_database_of_50k_rows_moves_between_two_processes() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let (old_path, new_path) = (dir.path().join("old.db"), dir.path().join("new.db"));
     {
         let old = storage(&old_path).await;
-        for chunk in 0..45i64 {
-            let steps = (0..1_000i64)
-                .map(|i| {
-                    let id = chunk * 1_000 + i;
-                    BatchStep::new(Operation::create("item", object! { "id" => id, "name" => format!("item {id}"), "score" => id as f64 / 7.0 }))
-                })
-                .collect();
-            old.batch(steps).await.expect("items");
-        }
+        write_items(&old, 45).await;
         let steps = (0..5_000i64)
             .map(|i| {
                 BatchStep::new(Operation::create(
@@ -77,15 +100,7 @@ async fn a_database_of_50k_rows_moves_between_two_processes() {
         old.batch(steps).await.expect("labels");
     }
 
-    let mut sender = storex()
-        .args(["migrate", "send", "--db"])
-        .arg(&old_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the sender");
-    let mut sender_out = BufReader::new(sender.stdout.take().expect("stdout"));
-    let address = next_line_after(&mut sender_out, "listening on ");
+    let (sender, mut sender_out, address) = start_sender(&old_path);
     let receiver = storex()
         .args(["migrate", "receive", "--db"])
         .arg(&new_path)
@@ -129,28 +144,9 @@ async fn a_transfer_cut_short_leaves_no_database_behind() {
     let (old_path, new_path) = (dir.path().join("old.db"), dir.path().join("new.db"));
     {
         let old = storage(&old_path).await;
-        for chunk in 0..50i64 {
-            let steps = (0..1_000i64)
-                .map(|i| {
-                    let id = chunk * 1_000 + i;
-                    BatchStep::new(Operation::create(
-                        "item",
-                        object! { "id" => id, "name" => format!("item {id}") },
-                    ))
-                })
-                .collect();
-            old.batch(steps).await.expect("items");
-        }
+        write_items(&old, 50).await;
     }
-    let mut sender = storex()
-        .args(["migrate", "send", "--db"])
-        .arg(&old_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the sender");
-    let mut sender_out = BufReader::new(sender.stdout.take().expect("stdout"));
-    let address = next_line_after(&mut sender_out, "listening on ");
+    let (mut sender, _sender_out, address) = start_sender(&old_path);
     let receiver = storex()
         .args(["migrate", "receive", "--db"])
         .arg(&new_path)
