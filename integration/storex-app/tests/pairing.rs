@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use storex_app::{Error, SyncedStorage};
 use storex_core::{object, Filter};
-use storex_sync::fast_sync::FastSyncOptions;
+use storex_sync::fast_sync::{FastSyncOptions, TransferReport};
 use storex_sync::{MemorySharedLog, SharedSyncLog};
 
 mod common;
@@ -29,6 +29,23 @@ async fn count(app: &SyncedStorage) -> u64 {
         .expect("count")
 }
 
+/// Pairs `old` with `new` over WebRTC on loopback and moves `old`'s data: (sent, received).
+async fn pair(
+    old: &SyncedStorage,
+    new: &SyncedStorage,
+) -> (Result<TransferReport, Error>, Result<TransferReport, Error>) {
+    let offer = old.offer_pairing().await.expect("offer");
+    let answer = SyncedStorage::accept_pairing(offer.code())
+        .await
+        .expect("accept");
+    let answer_code = answer.code().to_owned();
+    let options = FastSyncOptions::default();
+    tokio::join!(
+        old.send_to_paired(offer, &answer_code, &options),
+        new.receive_from_paired(answer, &options),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paired_device_receives_everything_and_continues_with_continuous_sync() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -45,16 +62,7 @@ async fn a_paired_device_receives_everything_and_continues_with_continuous_sync(
     let new = open(&new_path, &log).await;
     let new_id = new.device_id();
 
-    let offer = old.offer_pairing().await.expect("offer");
-    let answer = SyncedStorage::accept_pairing(offer.code())
-        .await
-        .expect("accept");
-    let answer_code = answer.code().to_owned();
-    let options = FastSyncOptions::default();
-    let (sent, received) = tokio::join!(
-        old.send_to_paired(offer, &answer_code, &options),
-        new.receive_from_paired(answer, &options),
-    );
+    let (sent, received) = pair(&old, &new).await;
     let (sent, received) = (sent.expect("send"), received.expect("receive"));
     assert_eq!(count(&new).await, 500);
     assert!(
@@ -96,16 +104,7 @@ async fn changes_not_pushed_yet_reach_the_other_devices_although_the_old_device_
             .expect("write, never synced");
     }
     let new = open(&dir.path().join("new.db"), &log).await;
-    let offer = old.offer_pairing().await.expect("offer");
-    let answer = SyncedStorage::accept_pairing(offer.code())
-        .await
-        .expect("accept");
-    let answer_code = answer.code().to_owned();
-    let options = FastSyncOptions::default();
-    let (sent, received) = tokio::join!(
-        old.send_to_paired(offer, &answer_code, &options),
-        new.receive_from_paired(answer, &options),
-    );
+    let (sent, received) = pair(&old, &new).await;
     assert_eq!(
         sent.expect("send").unpushed,
         0,
