@@ -58,7 +58,9 @@ use storex_core::Object;
 use tokio::sync::watch;
 
 pub use channel::{memory_channel_pair, ChannelError, FastSyncChannel, MemoryChannel};
-pub use package::{CollectionInfo, Package, MAX_BATCH_OBJECTS, PROTOCOL_VERSION};
+pub use package::{
+    encode_object, CollectionInfo, EncodedObjects, Package, MAX_BATCH_OBJECTS, PROTOCOL_VERSION,
+};
 pub use receiver::{read_offer, receive_offer, receive_snapshot, Offer};
 pub use sender::{send_snapshot, SnapshotSender};
 
@@ -449,17 +451,12 @@ async fn honour_pause(
     Ok(())
 }
 
-/// The canonical encoding of one object (fields in name order), for sizes and checksums.
-fn object_bytes(object: &Object) -> Vec<u8> {
-    rmp_serde::to_vec_named(object).unwrap_or_default()
-}
-
 /// Running SHA-256 over a collection's batches: `H' = sha256(H || sha256(batch))`, where a
 /// batch hashes the canonical encodings of its objects in order.
-fn chain_checksum(previous: &str, encoded: &[Vec<u8>]) -> String {
+fn chain_checksum(previous: &str, encoded: &EncodedObjects) -> String {
     use sha2::{Digest as _, Sha256};
     let mut batch = Sha256::new();
-    for object in encoded {
+    for object in encoded.iter() {
         batch.update(object);
     }
     let mut hash = Sha256::new();

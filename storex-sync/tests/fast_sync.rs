@@ -12,8 +12,8 @@ use storex_core::{
 use storex_seaorm::SeaOrmBackend;
 use storex_sync::fast_sync::{
     memory_channel_pair, receive_snapshot, send_snapshot, CancelHandle, ChannelError,
-    FastSyncChannel, FastSyncError, FastSyncOptions, MemoryChannel, Package, Progress,
-    SnapshotSender,
+    EncodedObjects, FastSyncChannel, FastSyncError, FastSyncOptions, MemoryChannel, Package,
+    Progress, SnapshotSender,
 };
 use storex_sync::{
     Clock, ContinuousOptions, ContinuousSync, DeviceId, Error, MemorySharedLog, SharedSyncLog,
@@ -365,7 +365,7 @@ async fn hand_made_sender(channel: &mut MemoryChannel, bad: Vec<u8>) {
         .send(Package::Batch {
             seq: 1,
             collection: "draft".into(),
-            objects: vec![object! { "id" => 1, "text" => "ok" }],
+            objects: EncodedObjects::encode(&[object! { "id" => 1, "text" => "ok" }]),
         })
         .await
         .expect("batch 1");
@@ -401,7 +401,7 @@ async fn garbage_truncated_and_wrong_version_frames_end_the_session_cleanly() {
     let good = Package::Batch {
         seq: 2,
         collection: "draft".into(),
-        objects: vec![object! { "id" => 2, "text" => "two" }],
+        objects: EncodedObjects::encode(&[object! { "id" => 2, "text" => "two" }]),
     }
     .encode();
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -437,14 +437,33 @@ async fn garbage_truncated_and_wrong_version_frames_end_the_session_cleanly() {
 }
 
 #[tokio::test]
+async fn a_well_formed_batch_whose_objects_do_not_decode_ends_the_session() {
+    let mut objects = EncodedObjects::encode(&[object! { "id" => 2, "text" => "two" }]);
+    objects.push(vec![0x92, 0xc1]); // an array holding a reserved byte: not an object
+    let frame = Package::Batch {
+        seq: 2,
+        collection: "draft".into(),
+        objects,
+    }
+    .encode();
+    let (err, count) = receive_bad(frame).await;
+    let Error::FastSync(FastSyncError::Verification { collection, problem }) = &err else {
+        panic!("wrong error {err}")
+    };
+    assert_eq!(collection, "draft");
+    assert!(problem.contains("object 2"), "{problem}");
+    assert_eq!(count, 1, "the applied batch stays, nothing of the bad one");
+}
+
+#[tokio::test]
 async fn invalid_objects_are_refused_and_leave_the_receiver_as_it_was() {
     let wrong_type = Package::Batch {
         seq: 2,
         collection: "draft".into(),
-        objects: vec![
+        objects: EncodedObjects::encode(&[
             object! { "id" => 2, "text" => 42 },
             object! { "id" => 3, "text" => "fine" },
-        ],
+        ]),
     };
     let (err, count) = receive_bad(wrong_type.encode()).await;
     assert!(
@@ -773,10 +792,11 @@ async fn an_object_written_during_the_transfer_is_kept_by_a_fresh_receiver() {
         let batch = |seq: u64, ids: [i64; 3]| Package::Batch {
             seq,
             collection: "draft".into(),
-            objects: ids
-                .iter()
-                .map(|id| object! { "id" => *id, "text" => "sent" })
-                .collect(),
+            objects: EncodedObjects::encode(
+                &ids.iter()
+                    .map(|id| object! { "id" => *id, "text" => "sent" })
+                    .collect::<Vec<_>>(),
+            ),
         };
         a.send(batch(1, [1, 2, 3])).await.expect("batch 1");
         assert!(matches!(a.recv().await, Ok(Some(Package::Ack { seq: 1 }))));
@@ -936,7 +956,7 @@ async fn a_sender_that_finishes_without_its_checksums_is_refused() {
         Package::Batch {
             seq: 1,
             collection: "draft".into(),
-            objects: vec![object! { "id" => 1, "text" => "one" }],
+            objects: EncodedObjects::encode(&[object! { "id" => 1, "text" => "one" }]),
         },
         Package::Finish,
     ];
@@ -1016,7 +1036,7 @@ async fn log_entries_that_do_not_read_back_or_come_from_far_ahead_end_the_sessio
         let script = vec![Package::Batch {
             seq: 1,
             collection: storex_sync::LOG_COLLECTION.into(),
-            objects: vec![row.clone(), bad],
+            objects: EncodedObjects::encode(&[row.clone(), bad]),
         }];
         let (_, received) = tokio::join!(
             scripted_sender(&mut a, vec![info(storex_sync::LOG_COLLECTION, 2)], script),

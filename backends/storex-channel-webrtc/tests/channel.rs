@@ -8,15 +8,15 @@ use std::time::Duration;
 use common::{pair, pair_with};
 use storex_channel_webrtc::{Error, WebRtcChannel, WebRtcOptions};
 use storex_core::object;
-use storex_sync::fast_sync::{ChannelError, FastSyncChannel, Package};
+use storex_sync::fast_sync::{ChannelError, EncodedObjects, FastSyncChannel, Package};
 
 fn batch(seq: u64, bytes: usize) -> Package {
     Package::Batch {
         seq,
         collection: "note".into(),
-        objects: vec![object! {
+        objects: EncodedObjects::encode(&[object! {
             "body" => (0..bytes).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>()
-        }],
+        }]),
     }
 }
 

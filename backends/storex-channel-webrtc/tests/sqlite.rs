@@ -11,8 +11,8 @@ use common::pair;
 use storex_channel_webrtc::WebRtcChannel;
 use storex_core::{object, BoxFuture};
 use storex_sync::fast_sync::{
-    exchange, receive_snapshot, send_snapshot, ChannelError, CollectionInfo, FastSyncChannel,
-    FastSyncError, FastSyncOptions, Package, SnapshotSender, Turn,
+    exchange, receive_snapshot, send_snapshot, ChannelError, CollectionInfo, EncodedObjects,
+    FastSyncChannel, FastSyncError, FastSyncOptions, Package, SnapshotSender, Turn,
 };
 use storex_sync::Error;
 use storex_test::transfer::{
@@ -189,7 +189,7 @@ async fn a_bad_frame_ends_the_session_and_leaves_applied_batches_as_they_were() 
         a.send(Package::Batch {
             seq: 1,
             collection: "tag".into(),
-            objects: vec![object! { "note" => 1, "name" => "ok" }],
+            objects: EncodedObjects::encode(&[object! { "note" => 1, "name" => "ok" }]),
         })
         .await
         .expect("batch 1");

@@ -23,7 +23,7 @@ use storex_core::uuid::Uuid;
 use storex_core::{object, BatchStep, Operation, Registry, StorageBackend};
 use storex_seaorm::{collection_from_entity, SeaOrmBackend};
 use storex_sync::fast_sync::{
-    receive_snapshot, send_snapshot, FastSyncChannel, FastSyncOptions, Package,
+    receive_snapshot, send_snapshot, EncodedObjects, FastSyncChannel, FastSyncOptions, Package,
 };
 use storex_sync::{Clock, DeviceId, SyncDevice, SyncOptions};
 use tokio::net::TcpListener;
@@ -183,7 +183,7 @@ async fn webrtc_channel() -> Result<(), BoxError> {
     let package = Package::Batch {
         seq: 1,
         collection: "row".into(),
-        objects: vec![object! { "blob" => vec![7u8; 1024 * 1024] }],
+        objects: EncodedObjects::encode(&[object! { "blob" => vec![7u8; 1024 * 1024] }]),
     };
     let frame_bytes = package.encode().len() as u64;
     let start = Instant::now();

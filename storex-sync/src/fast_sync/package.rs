@@ -14,45 +14,167 @@ use storex_core::{CollectionDef, Object};
 use crate::fast_sync::channel::ChannelError;
 
 /// The version of the protocol this build speaks; the first byte of every frame.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// The most objects one batch may carry: a frame that claims more is refused while it is
 /// decoded, before its objects fill memory (a frame of empty objects decodes to far more
 /// memory than it takes on the wire).
 pub const MAX_BATCH_OBJECTS: usize = 100_000;
 
-/// Reads a batch's objects, refusing more than [`MAX_BATCH_OBJECTS`].
-fn bounded_objects<'de, D>(deserializer: D) -> Result<Vec<Object>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    struct Bounded;
+/// A batch's objects, each in its canonical encoding (MessagePack, fields in name order).
+///
+/// The sender encodes each object once: for the frame, for its size and for the checksum.
+/// The receiver checks the checksum over the bytes it received and reads the objects back
+/// with [`EncodedObjects::decode`]. On the wire, a list of byte strings; decoding refuses
+/// more than [`MAX_BATCH_OBJECTS`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EncodedObjects {
+    objects: Vec<Vec<u8>>,
+    bytes: usize,
+}
 
-    impl<'de> serde::de::Visitor<'de> for Bounded {
-        type Value = Vec<Object>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "at most {MAX_BATCH_OBJECTS} objects")
-        }
-
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(
-            self,
-            mut seq: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut objects = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1_024));
-            while let Some(object) = seq.next_element()? {
-                if objects.len() == MAX_BATCH_OBJECTS {
-                    return Err(serde::de::Error::custom(format!(
-                        "a batch of more than {MAX_BATCH_OBJECTS} objects"
-                    )));
-                }
-                objects.push(object);
-            }
-            Ok(objects)
-        }
+impl EncodedObjects {
+    /// No object yet.
+    pub fn new() -> Self {
+        EncodedObjects::default()
     }
 
-    deserializer.deserialize_seq(Bounded)
+    /// The encodings of `objects`, in order.
+    pub fn encode<'a>(objects: impl IntoIterator<Item = &'a Object>) -> Self {
+        let mut encoded = EncodedObjects::new();
+        for object in objects {
+            encoded.push(encode_object(object));
+        }
+        encoded
+    }
+
+    /// Adds an object's encoding (from [`encode_object`]).
+    pub fn push(&mut self, encoded: Vec<u8>) {
+        self.bytes += encoded.len();
+        self.objects.push(encoded);
+    }
+
+    /// How many objects.
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// True when there is no object.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// The size of the encodings together, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Each object's encoding, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.objects.iter().map(Vec::as_slice)
+    }
+
+    /// Reads the objects back; refuses an encoding that is not an object.
+    pub fn decode(&self) -> Result<Vec<Object>, ChannelError> {
+        self.objects
+            .iter()
+            .enumerate()
+            .map(|(n, bytes)| {
+                rmp_serde::from_slice(bytes).map_err(|e| ChannelError::Malformed {
+                    problem: format!("object {} of the batch: {e}", n + 1),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The canonical encoding of one object (fields in name order), for frames, sizes and
+/// checksums.
+pub fn encode_object(object: &Object) -> Vec<u8> {
+    // Encoding plain data into a Vec cannot fail.
+    rmp_serde::to_vec_named(object).unwrap_or_default()
+}
+
+impl Serialize for EncodedObjects {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.objects.len()))?;
+        for object in &self.objects {
+            seq.serialize_element(&AsBytes(object))?;
+        }
+        seq.end()
+    }
+}
+
+/// One object's encoding, written as a byte string.
+struct AsBytes<'a>(&'a [u8]);
+
+impl Serialize for AsBytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
+/// One object's encoding, read from a byte string.
+struct ByteString(Vec<u8>);
+
+impl<'de> Deserialize<'de> for ByteString {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteString;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "an encoded object")
+            }
+
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<ByteString, E> {
+                Ok(ByteString(bytes.to_vec()))
+            }
+
+            fn visit_byte_buf<E: serde::de::Error>(self, bytes: Vec<u8>) -> Result<ByteString, E> {
+                Ok(ByteString(bytes))
+            }
+        }
+
+        deserializer.deserialize_byte_buf(Visitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for EncodedObjects {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Bounded;
+
+        impl<'de> serde::de::Visitor<'de> for Bounded {
+            type Value = EncodedObjects;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "at most {MAX_BATCH_OBJECTS} encoded objects")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut objects = EncodedObjects {
+                    objects: Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1_024)),
+                    bytes: 0,
+                };
+                while let Some(ByteString(object)) = seq.next_element()? {
+                    if objects.len() == MAX_BATCH_OBJECTS {
+                        return Err(serde::de::Error::custom(format!(
+                            "a batch of more than {MAX_BATCH_OBJECTS} objects"
+                        )));
+                    }
+                    objects.push(object);
+                }
+                Ok(objects)
+            }
+        }
+
+        deserializer.deserialize_seq(Bounded)
+    }
 }
 
 /// A collection the sender will send.
@@ -94,9 +216,8 @@ pub enum Package {
         seq: u64,
         /// The collection.
         collection: String,
-        /// The objects (at most [`MAX_BATCH_OBJECTS`]).
-        #[serde(deserialize_with = "bounded_objects")]
-        objects: Vec<Object>,
+        /// The objects, encoded (at most [`MAX_BATCH_OBJECTS`]).
+        objects: EncodedObjects,
     },
     /// Receiver → sender: batch `seq` is applied and durable.
     Ack {
@@ -130,9 +251,14 @@ pub enum Package {
 impl Package {
     /// The frame for this package: the protocol version, then MessagePack.
     pub fn encode(&self) -> Vec<u8> {
-        let mut frame = vec![PROTOCOL_VERSION];
-        // Encoding plain data into a Vec cannot fail.
-        frame.extend(rmp_serde::to_vec_named(self).unwrap_or_default());
+        let capacity = match self {
+            Package::Batch { objects, .. } => 64 + objects.bytes() + 5 * objects.len(),
+            _ => 64,
+        };
+        let mut frame = Vec::with_capacity(capacity);
+        frame.push(PROTOCOL_VERSION);
+        // Encoding plain data into a Vec cannot fail; if it did, the frame would not decode.
+        let _ = rmp_serde::encode::write_named(&mut frame, self);
         frame
     }
 
@@ -164,16 +290,21 @@ mod tests {
 
     #[test]
     fn packages_round_trip_with_every_value_type() {
+        let object = object! {
+            "t" => "ünï", "i" => i64::MIN, "f" => 0.1, "b" => true, "n" => Value::Null,
+            "d" => Utc.timestamp_opt(1_700_000_000, 5_000).single().expect("valid"),
+            "j" => serde_json::json!({"a": [1, null, "x"]}), "x" => vec![0u8, 255], "u" => Uuid::now_v7(),
+        };
         let package = Package::Batch {
             seq: 7,
             collection: "note".into(),
-            objects: vec![object! {
-                "t" => "ünï", "i" => i64::MIN, "f" => 0.1, "b" => true, "n" => Value::Null,
-                "d" => Utc.timestamp_opt(1_700_000_000, 5_000).single().expect("valid"),
-                "j" => serde_json::json!({"a": [1, null, "x"]}), "x" => vec![0u8, 255], "u" => Uuid::now_v7(),
-            }],
+            objects: EncodedObjects::encode(std::slice::from_ref(&object)),
         };
-        assert_eq!(Package::decode(&package.encode()).expect("decode"), package);
+        let Package::Batch { objects, .. } = Package::decode(&package.encode()).expect("decode")
+        else {
+            panic!("not a batch")
+        };
+        assert_eq!(objects.decode().expect("objects"), vec![object]);
     }
 
     #[test]
@@ -181,7 +312,7 @@ mod tests {
         let batch = |n: usize| Package::Batch {
             seq: 1,
             collection: "c".into(),
-            objects: vec![Object::new(); n],
+            objects: EncodedObjects::encode(&vec![Object::new(); n]),
         };
         let at_limit = batch(MAX_BATCH_OBJECTS).encode();
         assert!(matches!(
@@ -206,7 +337,7 @@ mod tests {
             Package::decode(&[9, 1, 2]),
             Err(ChannelError::WrongVersion {
                 found: 9,
-                expected: 1
+                expected: PROTOCOL_VERSION
             })
         ));
         assert!(matches!(
@@ -216,7 +347,7 @@ mod tests {
         let batch = Package::Batch {
             seq: 1,
             collection: "c".into(),
-            objects: vec![object! { "a" => "long enough" }],
+            objects: EncodedObjects::encode(&[object! { "a" => "long enough" }]),
         }
         .encode();
         assert!(matches!(
@@ -224,6 +355,23 @@ mod tests {
             Err(ChannelError::Malformed { .. })
         ));
         assert!(Package::decode(&frame).is_ok());
+        let not_an_object = Package::Batch {
+            seq: 1,
+            collection: "c".into(),
+            objects: {
+                let mut objects = EncodedObjects::new();
+                objects.push(vec![0xc1]);
+                objects
+            },
+        }
+        .encode();
+        let Ok(Package::Batch { objects, .. }) = Package::decode(&not_an_object) else {
+            panic!("the frame itself is well formed")
+        };
+        assert!(matches!(
+            objects.decode(),
+            Err(ChannelError::Malformed { problem }) if problem.contains("object 1")
+        ));
     }
 }
 
@@ -239,7 +387,9 @@ mod fuzz {
         /// The frame decoder sees bytes from the network: it may refuse them, never panic.
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = Package::decode(&bytes);
+            if let Ok(Package::Batch { objects, .. }) = Package::decode(&bytes) {
+                let _ = objects.decode();
+            }
         }
 
         /// Nor does decoding a valid frame with bytes flipped, cut or appended.
@@ -253,7 +403,7 @@ mod fuzz {
             let mut frame = Package::Batch {
                 seq,
                 collection: "note".into(),
-                objects: vec![storex_core::object! { "t" => "x", "n" => 1 }],
+                objects: EncodedObjects::encode(&[storex_core::object! { "t" => "x", "n" => 1 }]),
             }
             .encode();
             for (at, value) in flips {
@@ -262,7 +412,9 @@ mod fuzz {
             }
             frame.truncate(cut % (frame.len() + 1));
             frame.extend(tail);
-            let _ = Package::decode(&frame);
+            if let Ok(Package::Batch { objects, .. }) = Package::decode(&frame) {
+                let _ = objects.decode();
+            }
         }
     }
 }

@@ -20,8 +20,8 @@ use crate::entry::{
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package};
 use crate::fast_sync::{
-    cancel_here, chain_checksum, honour_pause, next_package, object_bytes, FastSyncChannel,
-    FastSyncError, FastSyncOptions, Progress, TransferReport,
+    cancel_here, chain_checksum, honour_pause, next_package, FastSyncChannel, FastSyncError,
+    FastSyncOptions, Progress, TransferReport,
 };
 use crate::reconcile::ObjectKey;
 
@@ -205,13 +205,15 @@ pub async fn receive_offer(
                     ))
                     .into());
                 };
-                let encoded: Vec<Vec<u8>> = objects.iter().map(object_bytes).collect();
-                let bytes = encoded.iter().map(Vec::len).sum::<usize>() as u64;
-                let count = objects.len() as u64;
+                let (bytes, count) = (objects.bytes() as u64, objects.len() as u64);
                 let mut next = state.clone();
                 next.last_seq = seq;
                 let received = next.collections.entry(collection.clone()).or_default();
-                received.checksum = chain_checksum(&received.checksum, &encoded);
+                received.checksum = chain_checksum(&received.checksum, &objects);
+                let objects = match objects.decode() {
+                    Ok(objects) => objects,
+                    Err(e) => return Err(refuse(channel, &collection, e.to_string()).await),
+                };
                 received.objects += count;
                 let done = received.objects;
                 honour_pause(channel, options, "receiving").await?;

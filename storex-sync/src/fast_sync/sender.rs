@@ -11,8 +11,8 @@ use crate::entry::{pk_text, INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTI
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package, MAX_BATCH_OBJECTS};
 use crate::fast_sync::{
-    cancel_here, chain_checksum, honour_pause, next_package, object_bytes, FastSyncChannel,
-    FastSyncError, FastSyncOptions, Progress, TransferReport,
+    cancel_here, chain_checksum, encode_object, honour_pause, next_package, EncodedObjects,
+    FastSyncChannel, FastSyncError, FastSyncOptions, Progress, TransferReport,
 };
 
 /// Objects read from the snapshot at a time, at most.
@@ -200,7 +200,7 @@ impl SnapshotSender {
         let mut left_out: HashSet<(String, String)> = HashSet::new();
         for info in self.collections.clone() {
             let mut collection = CollectionRun::default();
-            let mut batch = Pending::default();
+            let mut batch = EncodedObjects::new();
             let mut after: Option<Object> = None;
             let mut offset = 0u64;
             let mut limit = FIRST_PAGE;
@@ -225,10 +225,10 @@ impl SnapshotSender {
                         }
                         continue;
                     }
-                    let encoded = object_bytes(&object);
-                    if !batch.objects.is_empty()
-                        && (batch.bytes + encoded.len() > self.options.batch_bytes
-                            || batch.objects.len() == MAX_BATCH_OBJECTS)
+                    let encoded = encode_object(&object);
+                    if !batch.is_empty()
+                        && (batch.bytes() + encoded.len() > self.options.batch_bytes
+                            || batch.len() == MAX_BATCH_OBJECTS)
                     {
                         let full = std::mem::take(&mut batch);
                         self.emit(channel, &info, full, &mut collection, &mut run)
@@ -236,9 +236,7 @@ impl SnapshotSender {
                     }
                     page_objects += 1;
                     page_bytes += encoded.len() as u64;
-                    batch.bytes += encoded.len();
-                    batch.encoded.push(encoded);
-                    batch.objects.push(object);
+                    batch.push(encoded);
                 }
                 if last_page {
                     break;
@@ -247,7 +245,7 @@ impl SnapshotSender {
                     limit = (PAGE_BYTES / average.max(1)).clamp(1, PAGE);
                 }
             }
-            if !batch.objects.is_empty() {
+            if !batch.is_empty() {
                 self.emit(channel, &info, batch, &mut collection, &mut run)
                     .await?;
             }
@@ -280,17 +278,12 @@ impl SnapshotSender {
         &self,
         channel: &mut dyn FastSyncChannel,
         info: &CollectionInfo,
-        batch: Pending,
+        objects: EncodedObjects,
         collection: &mut CollectionRun,
         run: &mut Run,
     ) -> Result<()> {
-        let Pending {
-            objects,
-            encoded,
-            bytes,
-        } = batch;
         run.seq += 1;
-        collection.checksum = chain_checksum(&collection.checksum, &encoded);
+        collection.checksum = chain_checksum(&collection.checksum, &objects);
         collection.objects += objects.len() as u64;
         if run.seq <= run.skip_until {
             return Ok(()); // applied before the interruption
@@ -302,7 +295,7 @@ impl SnapshotSender {
         while run.unacked.len() >= self.options.window {
             self.await_ack(channel, &mut run.unacked).await?;
         }
-        let count = objects.len() as u64;
+        let (count, bytes) = (objects.len() as u64, objects.bytes() as u64);
         send(
             channel,
             Package::Batch {
@@ -315,7 +308,7 @@ impl SnapshotSender {
         run.unacked.push_back(run.seq);
         run.report.batches += 1;
         run.report.objects += count;
-        run.report.bytes += bytes as u64;
+        run.report.bytes += bytes;
         if let Some(progress) = &self.options.progress {
             progress(&Progress {
                 collection: info.name.clone(),
@@ -375,14 +368,6 @@ struct Run {
     skip_until: u64,
     unacked: VecDeque<u64>,
     report: TransferReport,
-}
-
-/// A batch being filled: its objects, their encodings and their total size.
-#[derive(Debug, Default)]
-struct Pending {
-    objects: Vec<Object>,
-    encoded: Vec<Vec<u8>>,
-    bytes: usize,
 }
 
 /// Count and running checksum of the collection being sent.
