@@ -87,6 +87,16 @@ pub enum Error {
         /// Which key, as far as the backend can tell.
         detail: String,
     },
+    /// A write breaks a constraint the database enforces beyond the registry's (a foreign
+    /// key, a check, a not-null column of an adopted table): the write is at fault, retrying
+    /// it unchanged fails again.
+    #[error("constraint violated in `{collection}`: {detail}")]
+    Constraint {
+        /// The collection.
+        collection: String,
+        /// The database's message.
+        detail: String,
+    },
     /// The backend does not support what was asked; nothing was done.
     #[error("backend `{backend}` does not support {what}")]
     Unsupported {

@@ -234,11 +234,13 @@ impl SyncDevice {
     /// Like [`SyncDevice::integrate`], also applying `extra` steps (for instance storing the
     /// shared-log cursor) in the same transaction, unlogged.
     ///
-    /// If applying the batch fails (a row the database refuses, say a unique index two
-    /// devices both filled), the entries are applied again in halves, each in its own
+    /// If the database refuses a row of the batch (a unique index two devices both filled,
+    /// a foreign key), the entries are applied again in halves, each in its own
     /// transaction, down to the single entry at fault, which is held with
     /// [`HoldReason::ApplyFailed`]; the others are applied and `extra` lands with the last
-    /// part. Entries are recognised by id, so a crash between two parts loses nothing.
+    /// part. Entries are recognised by id, so a crash between two parts loses nothing. A
+    /// failure that may pass ([`storex_core::Error::is_transient`]: a busy, full or lost
+    /// database) holds nothing: it is returned, and nothing of the batch is applied.
     pub async fn integrate_with(
         &self,
         entries: Vec<LogEntry>,
@@ -345,8 +347,11 @@ impl SyncDevice {
             let steps = planned.steps;
             match exec.run(Operation::Batch { steps }).await {
                 Ok(_) => {}
-                // A step of the entries' own failed: the database refuses one of them.
-                Err(error @ storex_core::Error::BatchStep { step, .. }) if step < own_steps => {
+                // A step of the entries' own failed and would fail again: the database
+                // refuses one of them.
+                Err(error @ storex_core::Error::BatchStep { step, .. })
+                    if step < own_steps && !error.is_transient() =>
+                {
                     tx.rollback().await?;
                     return Ok(Attempt::ApplyFailed {
                         entries: planned.entries,
@@ -354,7 +359,8 @@ impl SyncDevice {
                         error: error.into(),
                     });
                 }
-                // The caller's steps or the database itself: not the entries' fault.
+                // The caller's steps, or the database itself (busy, full, gone): not the
+                // entries' fault; the next sync tries them again.
                 Err(error) => {
                     tx.rollback().await?;
                     return Err(error.into());

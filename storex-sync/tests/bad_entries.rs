@@ -1,13 +1,15 @@
 //! Entries a device cannot apply are held and reported, and never stop the others: a create
 //! the database refuses (a unique index already filled here), a key of the wrong type, a
-//! create without a required field.
+//! create without a required field. A database failure that may pass holds nothing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use storex_core::uuid::Uuid;
 use storex_core::{
-    object, BatchStep, CollectionDef, FieldType, Filter, MemoryBackend, Object, Operation, Pk,
-    Registry,
+    object, BackendFeatures, BatchStep, BoxFuture, CollectionDef, Error as CoreError, FieldType,
+    Filter, MemoryBackend, Object, Operation, Outcome, Pk, Registry, Result as CoreResult,
+    StorageBackend, Transaction,
 };
 use storex_sync::{
     Clock, DeviceId, EntryOp, Hlc, HoldReason, LogEntry, SyncDevice, SyncOptions, STATE_COLLECTION,
@@ -163,5 +165,110 @@ async fn entries_with_a_bad_key_or_without_a_required_field_are_held() {
             .await
             .expect("count"),
         1
+    );
+}
+
+/// A memory backend whose disk fails while armed: every batch in a transaction fails as a
+/// database failure would (transient), at its first step.
+#[derive(Debug, Default)]
+struct FailingDisk {
+    inner: MemoryBackend,
+    failing: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+struct FailingTransaction {
+    inner: Box<dyn Transaction>,
+    failing: Arc<AtomicBool>,
+}
+
+impl StorageBackend for FailingDisk {
+    fn name(&self) -> &'static str {
+        "failing-disk"
+    }
+
+    fn features(&self) -> BackendFeatures {
+        self.inner.features()
+    }
+
+    fn prepare<'a>(&'a self, registry: &'a Arc<Registry>) -> BoxFuture<'a, CoreResult<()>> {
+        self.inner.prepare(registry)
+    }
+
+    fn execute(&self, op: Operation) -> BoxFuture<'_, CoreResult<Outcome>> {
+        self.inner.execute(op)
+    }
+
+    fn begin(&self) -> BoxFuture<'_, CoreResult<Box<dyn Transaction>>> {
+        Box::pin(async move {
+            let inner = self.inner.begin().await?;
+            Ok(Box::new(FailingTransaction {
+                inner,
+                failing: self.failing.clone(),
+            }) as Box<dyn Transaction>)
+        })
+    }
+}
+
+impl Transaction for FailingTransaction {
+    fn execute(&self, op: Operation) -> BoxFuture<'_, CoreResult<Outcome>> {
+        if matches!(op, Operation::Batch { .. }) && self.failing.load(Ordering::SeqCst) {
+            return Box::pin(async {
+                Err(CoreError::BatchStep {
+                    step: 0,
+                    source: Box::new(CoreError::backend("failing-disk", "disk I/O error")),
+                })
+            });
+        }
+        self.inner.execute(op)
+    }
+
+    fn commit(self: Box<Self>) -> BoxFuture<'static, CoreResult<()>> {
+        self.inner.commit()
+    }
+
+    fn rollback(self: Box<Self>) -> BoxFuture<'static, CoreResult<()>> {
+        self.inner.rollback()
+    }
+}
+
+#[tokio::test]
+async fn a_database_failure_that_may_pass_holds_nothing_and_the_next_attempt_applies() {
+    let failing = Arc::new(AtomicBool::new(true));
+    let disk = FailingDisk {
+        inner: MemoryBackend::new(),
+        failing: failing.clone(),
+    };
+    let here = SyncDevice::open(
+        registry(),
+        Arc::new(disk),
+        Clock::new(DeviceId::random()),
+        SyncOptions::default(),
+    )
+    .await
+    .expect("device");
+    let batch: Vec<LogEntry> = (1..=6).map(note).collect();
+    let err = here
+        .integrate(batch.clone())
+        .await
+        .expect_err("the disk failed");
+    assert!(
+        storex_core::error_chain(&err).contains("disk I/O error"),
+        "{err}"
+    );
+    assert!(
+        here.log().is_empty().await.expect("log"),
+        "nothing held, nothing applied"
+    );
+
+    failing.store(false, Ordering::SeqCst);
+    let report = here.integrate(batch).await.expect("the disk is back");
+    assert_eq!((report.integrated, report.held.len()), (6, 0), "{report:?}");
+    assert_eq!(
+        here.storage()
+            .count("note", Filter::all())
+            .await
+            .expect("count"),
+        6
     );
 }

@@ -447,7 +447,11 @@ async fn a_well_formed_batch_whose_objects_do_not_decode_ends_the_session() {
     }
     .encode();
     let (err, count) = receive_bad(frame).await;
-    let Error::FastSync(FastSyncError::Verification { collection, problem }) = &err else {
+    let Error::FastSync(FastSyncError::Verification {
+        collection,
+        problem,
+    }) = &err
+    else {
         panic!("wrong error {err}")
     };
     assert_eq!(collection, "draft");

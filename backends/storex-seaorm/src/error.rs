@@ -2,7 +2,8 @@
 //!
 //! Errors of operations on a connected backend are `storex_core::Error`s: a database failure
 //! is wrapped as `storex_core::Error::Backend` with the SeaORM error as its source, a unique
-//! violation becomes `storex_core::Error::DuplicateKey`.
+//! violation becomes `storex_core::Error::DuplicateKey`, another constraint violation
+//! `storex_core::Error::Constraint`.
 
 use sea_orm::DbErr;
 

@@ -27,14 +27,21 @@ pub(crate) struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Maps a database error: a unique violation is the caller's [`Error::DuplicateKey`],
-    /// anything else a backend failure.
+    /// another constraint violation (foreign key, check, not null) an [`Error::Constraint`],
+    /// anything else a backend failure (which may pass: a busy or full database, say).
     pub(crate) fn db_err(&self, collection: &str, e: DbErr) -> Error {
-        match e.sql_err() {
-            Some(SqlErr::UniqueConstraintViolation(detail)) => Error::DuplicateKey {
+        if let Some(SqlErr::UniqueConstraintViolation(detail)) = e.sql_err() {
+            return Error::DuplicateKey {
+                collection: collection.to_owned(),
+                detail,
+            };
+        }
+        match constraint_violation(&e) {
+            Some(detail) => Error::Constraint {
                 collection: collection.to_owned(),
                 detail,
             },
-            _ => Error::backend(self.backend, e),
+            None => Error::backend(self.backend, e),
         }
     }
 
@@ -44,6 +51,25 @@ impl Ctx<'_> {
             Dialect::Postgres => 65_535,
         };
         (max_params / def.fields().len().max(1)).clamp(1, MAX_ROWS_PER_INSERT)
+    }
+}
+
+/// The database's message when `e` is a violation of a constraint other than uniqueness.
+fn constraint_violation(e: &DbErr) -> Option<String> {
+    use sea_orm::sqlx::error::ErrorKind;
+    use sea_orm::RuntimeErr;
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = e else {
+        return None;
+    };
+    let sea_orm::sqlx::Error::Database(e) = e.as_ref() else {
+        return None;
+    };
+    match e.kind() {
+        ErrorKind::ForeignKeyViolation
+        | ErrorKind::NotNullViolation
+        | ErrorKind::CheckViolation
+        | ErrorKind::ExclusionViolation => Some(e.message().to_owned()),
+        _ => None,
     }
 }
 

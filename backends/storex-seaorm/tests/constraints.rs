@@ -1,0 +1,93 @@
+//! A write that breaks a constraint of an adopted table (a check, a foreign key) fails with
+//! `Error::Constraint`, which is not transient: sync holds such an entry instead of retrying
+//! it forever. On SQLite and PostgreSQL.
+
+use sea_orm::ConnectionTrait;
+use storex_core::{object, CollectionDef, Error, FieldType, Registry, Storage};
+use storex_seaorm::SeaOrmBackend;
+
+fn registry() -> Registry {
+    Registry::builder()
+        .collection(
+            CollectionDef::new("shelf")
+                .field("id", FieldType::Int)
+                .primary_key(["id"]),
+        )
+        .collection(
+            CollectionDef::new("book")
+                .field("id", FieldType::Int)
+                .field("shelf", FieldType::Int)
+                .field("pages", FieldType::Int)
+                .primary_key(["id"]),
+        )
+        .build()
+        .expect("registry")
+}
+
+/// The app's own tables, made before storex sees them, with constraints storex does not know.
+const TABLES: [&str; 2] = [
+    "CREATE TABLE shelf (id BIGINT PRIMARY KEY NOT NULL)",
+    "CREATE TABLE book (id BIGINT PRIMARY KEY NOT NULL, \
+     shelf BIGINT NOT NULL REFERENCES shelf (id), \
+     pages BIGINT NOT NULL CHECK (pages > 0))",
+];
+
+async fn constraint_violations_are_not_transient(backend: SeaOrmBackend) {
+    for table in TABLES {
+        backend
+            .connection()
+            .execute_unprepared(table)
+            .await
+            .expect("the app's table");
+    }
+    let storage = Storage::builder(registry(), backend)
+        .build()
+        .await
+        .expect("prepare");
+    storage
+        .create("shelf", object! { "id" => 1 })
+        .await
+        .expect("shelf");
+    storage
+        .create("book", object! { "id" => 1, "shelf" => 1, "pages" => 10 })
+        .await
+        .expect("a valid book");
+    let cases = [
+        ("check", object! { "id" => 2, "shelf" => 1, "pages" => 0 }),
+        (
+            "foreign key",
+            object! { "id" => 3, "shelf" => 9, "pages" => 10 },
+        ),
+    ];
+    for (what, book) in cases {
+        let err = storage
+            .create("book", book)
+            .await
+            .expect_err("the database must refuse it");
+        assert!(
+            matches!(&err, Error::Constraint { collection, .. } if collection == "book"),
+            "{what}: {err}"
+        );
+        assert!(!err.is_transient(), "{what}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_reports_constraint_violations_as_such() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let backend = SeaOrmBackend::open_sqlite_file(dir.path().join("constraints.db"))
+        .await
+        .expect("open");
+    constraint_violations_are_not_transient(backend).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_reports_constraint_violations_as_such() {
+    let Some(server) = storex_test::postgres_url() else {
+        return;
+    };
+    let url = storex_test::fresh_postgres_database(&server).await;
+    let backend = SeaOrmBackend::connect(&url).await.expect("connect");
+    constraint_violations_are_not_transient(backend).await;
+}
