@@ -5,6 +5,10 @@
 //!   1,000-row batches, and where-clause updates that edit a fifth of the notes each. Ratios
 //!   are the logged time over the unlogged one (targets: 1.5 for single writes, 1.2 for
 //!   batches).
+//! - The layout's floor: 1,000 rows of the notes' shape written with plain SQL (prepared
+//!   multi-row INSERTs, no storex code), alone and together with 1,000 rows of the sync log's
+//!   shape, in the log's own table with its indexes. Their ratio is what one log row per
+//!   changed object costs SQLite itself, below any code of ours.
 //! - Reconcile + apply: a second device on its own SQLite file integrates the first one's
 //!   entries in batches of 1,000, once as new objects (creates) and once as changes to
 //!   objects it already has (updates): entries per second (target: 100,000).
@@ -166,6 +170,8 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
     batches.report_as("synclog", "create_batch_1000", BATCHES * BATCH_ROWS, labels);
     wheres.report_as("synclog", "update_where", edited, labels);
 
+    layout_floor(dir.path()).await?;
+
     // Reconcile + apply on a second device.
     let entries: Vec<LogEntry> = device.log().unshared(u64::MAX >> 1).await?;
     let creates: Vec<LogEntry> = entries
@@ -226,5 +232,125 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
     if device.digest("note").await? != receiver.digest("note").await? {
         return Err("the receiving device does not match the sender".into());
     }
+    Ok(())
+}
+
+/// One multi-row `INSERT` of `rows` rows of `columns` into `table`, as a prepared statement.
+fn insert_statement(
+    table: &str,
+    columns: &[&str],
+    rows: Vec<Vec<sea_orm::Value>>,
+) -> sea_orm::Statement {
+    let row = format!("({})", vec!["?"; columns.len()].join(", "));
+    let sql = format!(
+        "INSERT INTO \"{table}\" ({}) VALUES {}",
+        columns
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        vec![row; rows.len()].join(", ")
+    );
+    sea_orm::Statement::from_sql_and_values(
+        sea_orm::DbBackend::Sqlite,
+        sql,
+        rows.into_iter().flatten(),
+    )
+}
+
+/// The notes' rows of one batch and the log rows that go with them, ready to bind.
+fn floor_rows(batch: u64) -> (Vec<Vec<sea_orm::Value>>, Vec<Vec<sea_orm::Value>>) {
+    let device = Uuid::now_v7();
+    let (mut notes, mut entries) = (Vec::new(), Vec::new());
+    for i in batch * BATCH_ROWS..(batch + 1) * BATCH_ROWS {
+        let id = Uuid::now_v7();
+        let mut fields = note(i);
+        fields.insert("id".into(), id.into());
+        notes.push(vec![
+            id.into(),
+            format!("note {i}").into(),
+            "body".into(),
+            ((i % 5) as i64).into(),
+        ]);
+        entries.push(vec![
+            Uuid::now_v7().into(),
+            device.into(),
+            format!("{:015}-{:05}-{device}", 1_700_000_000_000 + i, 0).into(),
+            "note".into(),
+            format!("\"{id}\"").into(),
+            "create".into(),
+            storex_core::serde_json::to_string(&fields)
+                .unwrap_or_default()
+                .into(),
+            1i64.into(),
+            false.into(),
+            true.into(),
+        ]);
+    }
+    (notes, entries)
+}
+
+/// Plain SQL, the notes alone against the notes with their log rows: the layout's floor.
+async fn layout_floor(dir: &std::path::Path) -> Result<(), BoxError> {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    const NOTE_COLUMNS: [&str; 4] = ["id", "title", "body", "stars"];
+    const LOG_COLUMNS: [&str; 10] = [
+        "id",
+        "device",
+        "hlc",
+        "collection",
+        "pk",
+        "op",
+        "fields",
+        "schema_version",
+        "shared",
+        "integrated",
+    ];
+    let backend = Arc::new(SeaOrmBackend::open_sqlite_file(dir.join("floor.db")).await?);
+    // The tables as a device makes them (the log's with its indexes).
+    let _tables = Storage::builder_shared(with_sync_log(&registry()?)?, backend.clone())
+        .build()
+        .await?;
+    let db = backend.connection();
+    let mut pair = Pair::default();
+    for b in 0..BATCHES {
+        let (plain_notes, _) = floor_rows(2 * b);
+        let (notes, entries) = floor_rows(2 * b + 1);
+        pair.turn(
+            b,
+            async {
+                let txn = db.begin().await?;
+                txn.execute_raw(insert_statement("plain_note", &NOTE_COLUMNS, plain_notes))
+                    .await?;
+                txn.commit().await?;
+                Ok(())
+            },
+            async {
+                let txn = db.begin().await?;
+                txn.execute_raw(insert_statement("note", &NOTE_COLUMNS, notes))
+                    .await?;
+                // 10,000 values: within SQLite's 32,766 per statement.
+                txn.execute_raw(insert_statement(
+                    storex_sync::LOG_COLLECTION,
+                    &LOG_COLUMNS,
+                    entries,
+                ))
+                .await?;
+                txn.commit().await?;
+                Ok(())
+            },
+        )
+        .await?;
+    }
+    pair.report_as(
+        "synclog",
+        "sql_floor_1000",
+        BATCHES * BATCH_ROWS,
+        (
+            "notes_only",
+            "notes_and_log_rows",
+            "log_rows_time_vs_notes_only",
+        ),
+    );
     Ok(())
 }
