@@ -87,11 +87,11 @@ pub enum Error {
         /// Which key, as far as the backend can tell.
         detail: String,
     },
-    /// A write breaks a constraint the database enforces beyond the registry's (a foreign
-    /// key, a check, a not-null column of an adopted table): the write is at fault, retrying
-    /// it unchanged fails again.
-    #[error("constraint violated in `{collection}`: {detail}")]
-    Constraint {
+    /// The database refused the write itself: a constraint beyond the registry's (a foreign
+    /// key, a check), or a value an adopted column cannot hold (too long, out of range).
+    /// Retrying the write unchanged fails again.
+    #[error("the database refused a write to `{collection}`: {detail}")]
+    Refused {
         /// The collection.
         collection: String,
         /// The database's message.

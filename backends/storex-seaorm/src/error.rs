@@ -2,8 +2,8 @@
 //!
 //! Errors of operations on a connected backend are `storex_core::Error`s: a database failure
 //! is wrapped as `storex_core::Error::Backend` with the SeaORM error as its source, a unique
-//! violation becomes `storex_core::Error::DuplicateKey`, another constraint violation
-//! `storex_core::Error::Constraint`.
+//! violation becomes `storex_core::Error::DuplicateKey`, a write the database refuses for
+//! what it writes (another constraint, a value too long) `storex_core::Error::Refused`.
 
 use sea_orm::DbErr;
 

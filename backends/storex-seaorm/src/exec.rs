@@ -26,9 +26,10 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Maps a database error: a unique violation is the caller's [`Error::DuplicateKey`],
-    /// another constraint violation (foreign key, check, not null) an [`Error::Constraint`],
-    /// anything else a backend failure (which may pass: a busy or full database, say).
+    /// Maps a database error: a unique violation is the caller's [`Error::DuplicateKey`];
+    /// an error the write itself causes (another constraint, a value the column cannot
+    /// hold) an [`Error::Refused`]; a failure of the database or the connection, which may
+    /// pass (busy, full, gone), an [`Error::Backend`].
     pub(crate) fn db_err(&self, collection: &str, e: DbErr) -> Error {
         if let Some(SqlErr::UniqueConstraintViolation(detail)) = e.sql_err() {
             return Error::DuplicateKey {
@@ -36,8 +37,8 @@ impl Ctx<'_> {
                 detail,
             };
         }
-        match constraint_violation(&e) {
-            Some(detail) => Error::Constraint {
+        match refusal(self.dialect, &e) {
+            Some(detail) => Error::Refused {
                 collection: collection.to_owned(),
                 detail,
             },
@@ -54,9 +55,10 @@ impl Ctx<'_> {
     }
 }
 
-/// The database's message when `e` is a violation of a constraint other than uniqueness.
-fn constraint_violation(e: &DbErr) -> Option<String> {
-    use sea_orm::sqlx::error::ErrorKind;
+/// The database's message when it refused the statement for what it writes, not for its
+/// own state: any error the database reports, except those [`may_pass`] says may pass.
+/// Errors that are not the database's (I/O, a closed pool) are not refusals.
+fn refusal(dialect: Dialect, e: &DbErr) -> Option<String> {
     use sea_orm::RuntimeErr;
     let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = e else {
         return None;
@@ -64,12 +66,28 @@ fn constraint_violation(e: &DbErr) -> Option<String> {
     let sea_orm::sqlx::Error::Database(e) = e.as_ref() else {
         return None;
     };
-    match e.kind() {
-        ErrorKind::ForeignKeyViolation
-        | ErrorKind::NotNullViolation
-        | ErrorKind::CheckViolation
-        | ErrorKind::ExclusionViolation => Some(e.message().to_owned()),
-        _ => None,
+    let code = e.code().unwrap_or_default();
+    (!may_pass(dialect, &code)).then(|| e.message().to_owned())
+}
+
+/// Whether a database error code means the database's state, which may pass: on SQLite
+/// busy, locked, out of memory, interrupted, I/O, corrupt, full, cannot open, read-only; on
+/// PostgreSQL the classes connection (08), transaction rollback (40: serialization failure,
+/// deadlock), insufficient resources (53), operator intervention (57), system (58) and
+/// internal (XX) errors. An unknown code counts as passing: nothing is set aside for it.
+fn may_pass(dialect: Dialect, code: &str) -> bool {
+    match dialect {
+        // SQLite reports extended codes; the primary code is the low byte.
+        Dialect::Sqlite => match code.parse::<i32>() {
+            Ok(code) => matches!(code & 0xff, 5..=11 | 13 | 14 | 26),
+            Err(_) => true,
+        },
+        Dialect::Postgres => match code.get(..2) {
+            Some(class) if code.len() == 5 => {
+                matches!(class, "08" | "40" | "53" | "57" | "58" | "XX")
+            }
+            _ => true,
+        },
     }
 }
 
@@ -317,4 +335,35 @@ async fn create_group(
     Err(step_error(first_index + replay_from)(
         ctx.db_err(collection, group_error),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_states_may_pass_and_refused_writes_do_not() {
+        for code in ["5", "517", "6", "10", "3850", "13", "14"] {
+            assert!(may_pass(Dialect::Sqlite, code), "SQLite {code}");
+        }
+        // constraint (check, foreign key, not null), too big, datatype mismatch, range, error
+        for code in ["275", "787", "1299", "18", "20", "25", "1"] {
+            assert!(!may_pass(Dialect::Sqlite, code), "SQLite {code}");
+        }
+        for code in [
+            "08006", "40001", "40P01", "53100", "57P01", "58030", "XX000",
+        ] {
+            assert!(may_pass(Dialect::Postgres, code), "PostgreSQL {code}");
+        }
+        // value too long, numeric out of range, check, foreign key, undefined column
+        for code in ["22001", "22003", "23514", "23503", "42703"] {
+            assert!(!may_pass(Dialect::Postgres, code), "PostgreSQL {code}");
+        }
+        assert!(
+            may_pass(Dialect::Postgres, ""),
+            "no code: nothing set aside"
+        );
+        assert!(may_pass(Dialect::Sqlite, "?"), "no code: nothing set aside");
+        assert!(may_pass(Dialect::Postgres, "é2001"), "not a SQLSTATE");
+    }
 }

@@ -1,9 +1,9 @@
-//! A write that breaks a constraint of an adopted table (a check, a foreign key) fails with
-//! `Error::Constraint`, which is not transient: sync holds such an entry instead of retrying
-//! it forever. On SQLite and PostgreSQL.
+//! A write an adopted table refuses for what it writes (a check, a foreign key, on PostgreSQL
+//! a value too long for its column) fails with `Error::Refused`, which is not transient: sync
+//! sets such an entry aside instead of retrying it forever. On SQLite and PostgreSQL.
 
 use sea_orm::ConnectionTrait;
-use storex_core::{object, CollectionDef, Error, FieldType, Registry, Storage};
+use storex_core::{object, CollectionDef, Error, FieldType, Object, Registry, Storage};
 use storex_seaorm::SeaOrmBackend;
 
 fn registry() -> Registry {
@@ -18,6 +18,7 @@ fn registry() -> Registry {
                 .field("id", FieldType::Int)
                 .field("shelf", FieldType::Int)
                 .field("pages", FieldType::Int)
+                .optional_field("code", FieldType::Text)
                 .primary_key(["id"]),
         )
         .build()
@@ -29,10 +30,11 @@ const TABLES: [&str; 2] = [
     "CREATE TABLE shelf (id BIGINT PRIMARY KEY NOT NULL)",
     "CREATE TABLE book (id BIGINT PRIMARY KEY NOT NULL, \
      shelf BIGINT NOT NULL REFERENCES shelf (id), \
-     pages BIGINT NOT NULL CHECK (pages > 0))",
+     pages BIGINT NOT NULL CHECK (pages > 0), \
+     code VARCHAR(3))",
 ];
 
-async fn constraint_violations_are_not_transient(backend: SeaOrmBackend) {
+async fn refused_writes_are_not_transient(backend: SeaOrmBackend, cases: &[(&str, Object)]) {
     for table in TABLES {
         backend
             .connection()
@@ -52,42 +54,57 @@ async fn constraint_violations_are_not_transient(backend: SeaOrmBackend) {
         .create("book", object! { "id" => 1, "shelf" => 1, "pages" => 10 })
         .await
         .expect("a valid book");
-    let cases = [
-        ("check", object! { "id" => 2, "shelf" => 1, "pages" => 0 }),
-        (
-            "foreign key",
-            object! { "id" => 3, "shelf" => 9, "pages" => 10 },
-        ),
-    ];
+    storage
+        .create(
+            "book",
+            object! { "id" => 5, "shelf" => 1, "pages" => 10, "code" => "abc" },
+        )
+        .await
+        .expect("a code that fits");
     for (what, book) in cases {
         let err = storage
-            .create("book", book)
+            .create("book", book.clone())
             .await
             .expect_err("the database must refuse it");
         assert!(
-            matches!(&err, Error::Constraint { collection, .. } if collection == "book"),
+            matches!(&err, Error::Refused { collection, .. } if collection == "book"),
             "{what}: {err}"
         );
         assert!(!err.is_transient(), "{what}: {err}");
     }
 }
 
+fn constraint_cases() -> Vec<(&'static str, Object)> {
+    vec![
+        ("check", object! { "id" => 2, "shelf" => 1, "pages" => 0 }),
+        (
+            "foreign key",
+            object! { "id" => 3, "shelf" => 9, "pages" => 10 },
+        ),
+    ]
+}
+
 #[tokio::test]
-async fn sqlite_reports_constraint_violations_as_such() {
+async fn sqlite_reports_refused_writes_as_such() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let backend = SeaOrmBackend::open_sqlite_file(dir.path().join("constraints.db"))
         .await
         .expect("open");
-    constraint_violations_are_not_transient(backend).await;
+    refused_writes_are_not_transient(backend, &constraint_cases()).await;
 }
 
 #[cfg(feature = "postgres")]
 #[tokio::test]
-async fn postgres_reports_constraint_violations_as_such() {
+async fn postgres_reports_refused_writes_as_such() {
     let Some(server) = storex_test::postgres_url() else {
         return;
     };
     let url = storex_test::fresh_postgres_database(&server).await;
     let backend = SeaOrmBackend::connect(&url).await.expect("connect");
-    constraint_violations_are_not_transient(backend).await;
+    let mut cases = constraint_cases();
+    cases.push((
+        "too long",
+        object! { "id" => 4, "shelf" => 1, "pages" => 10, "code" => "abcd" },
+    ));
+    refused_writes_are_not_transient(backend, &cases).await;
 }
