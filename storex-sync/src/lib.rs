@@ -57,6 +57,6 @@ pub use reconcile::{
     Reconciliation,
 };
 pub use shared_log::{
-    split_into_pushes, DeviceInfo, MemorySharedLog, Pull, PulledEntry, SharedEntry, SharedLogError,
-    SharedResult, SharedSyncLog,
+    check_user_name, device_of_another_user, split_into_pushes, DeviceInfo, MemorySharedLog, Pull,
+    PulledEntry, SharedEntry, SharedLogError, SharedResult, SharedSyncLog,
 };

@@ -191,8 +191,29 @@ pub trait SharedSyncLog: Send + Sync + fmt::Debug + 'static {
         None
     }
 
-    /// Registers a new device of `user`.
-    fn create_device<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<DeviceId>>;
+    /// Registers `device`, an id the app chose (and stored) first, as a device of `user`.
+    ///
+    /// Idempotent: registering the same device of the same user again succeeds and keeps its
+    /// position (a log that issues credentials issues new ones, which replace the old). An
+    /// app that lost the answer, or stopped before storing what came back, registers the
+    /// same id again, instead of leaving behind a device that never acknowledges anything
+    /// and so holds back compaction for good. A device of another user is refused with
+    /// [`SharedLogError::Invalid`].
+    fn register_device<'a>(
+        &'a self,
+        user: &'a str,
+        device: DeviceId,
+    ) -> BoxFuture<'a, SharedResult<()>>;
+
+    /// Registers a new device of `user` under a fresh id. If the answer can be lost, prefer
+    /// storing an id first and calling [`SharedSyncLog::register_device`].
+    fn create_device<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<DeviceId>> {
+        Box::pin(async move {
+            let device = DeviceId::random();
+            self.register_device(user, device).await?;
+            Ok(device)
+        })
+    }
 
     /// The devices of `device`'s user, with their positions.
     fn devices(&self, device: DeviceId) -> BoxFuture<'_, SharedResult<Vec<DeviceInfo>>>;
@@ -252,6 +273,23 @@ impl MemorySharedLog {
     }
 }
 
+/// Refuses an empty user name.
+pub fn check_user_name(user: &str) -> SharedResult<()> {
+    if user.is_empty() {
+        return Err(SharedLogError::Invalid {
+            problem: "a user name cannot be empty".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The error for registering `device`, which another user registered first.
+pub fn device_of_another_user(device: DeviceId) -> SharedLogError {
+    SharedLogError::Invalid {
+        problem: format!("device {device} is registered to another user"),
+    }
+}
+
 fn user_of(state: &MemoryState, device: DeviceId) -> SharedResult<String> {
     state
         .devices
@@ -265,13 +303,25 @@ impl SharedSyncLog for MemorySharedLog {
         "memory"
     }
 
-    fn create_device<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<DeviceId>> {
+    fn register_device<'a>(
+        &'a self,
+        user: &'a str,
+        device: DeviceId,
+    ) -> BoxFuture<'a, SharedResult<()>> {
         Box::pin(async move {
             self.with(|state| {
-                let device = DeviceId::random();
-                state.devices.insert(device, (user.to_owned(), 0));
+                check_user_name(user)?;
+                match state.devices.get(&device) {
+                    Some((owner, _)) if owner != user => {
+                        return Err(device_of_another_user(device));
+                    }
+                    Some(_) => {}
+                    None => {
+                        state.devices.insert(device, (user.to_owned(), 0));
+                    }
+                }
                 state.users.entry(user.to_owned()).or_default();
-                Ok(device)
+                Ok(())
             })
         })
     }

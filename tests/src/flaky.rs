@@ -21,10 +21,13 @@ pub enum Fault {
     PullReplyLost,
     /// The acknowledgement fails after everything was applied.
     AckLost,
+    /// The log registers the device, but the reply is lost (not in [`Fault::ALL`]: the
+    /// sync scenarios register before they arm a fault).
+    RegisterReplyLost,
 }
 
 impl Fault {
-    /// Every fault.
+    /// Every fault of a push, a pull or an acknowledgement.
     pub const ALL: [Fault; 5] = [
         Fault::PushLostBeforeStoring,
         Fault::PushReplyLost,
@@ -86,10 +89,13 @@ impl FlakySharedLog {
         self.fired.load(Ordering::SeqCst)
     }
 
+    /// Whether a push, pull or ack reaching `fault`'s step fails: always during an outage.
     fn trigger(&self, fault: Fault) -> bool {
-        if self.down.load(Ordering::SeqCst) {
-            return true;
-        }
+        self.down.load(Ordering::SeqCst) || self.hit(fault)
+    }
+
+    /// Whether `fault` is armed; disarms it.
+    fn hit(&self, fault: Fault) -> bool {
         let hit = self
             .armed
             .compare_exchange(fault.code(), 0, Ordering::SeqCst, Ordering::SeqCst)
@@ -106,8 +112,18 @@ impl SharedSyncLog for FlakySharedLog {
         "flaky"
     }
 
-    fn create_device<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<DeviceId>> {
-        self.inner.create_device(user)
+    fn register_device<'a>(
+        &'a self,
+        user: &'a str,
+        device: DeviceId,
+    ) -> BoxFuture<'a, SharedResult<()>> {
+        Box::pin(async move {
+            self.inner.register_device(user, device).await?;
+            if self.hit(Fault::RegisterReplyLost) {
+                return Err(lost());
+            }
+            Ok(())
+        })
     }
 
     fn devices(&self, device: DeviceId) -> BoxFuture<'_, SharedResult<Vec<DeviceInfo>>> {

@@ -50,6 +50,7 @@ where
 fn all_checks() -> Vec<(&'static str, Check)> {
     checks![
         devices_get_distinct_ids,
+        registering_a_device_again_keeps_it_and_its_position,
         pushed_entries_reach_the_other_devices_in_order,
         a_device_never_pulls_its_own_entries,
         cursors_increase_strictly,
@@ -109,6 +110,43 @@ async fn devices_get_distinct_ids(log: Arc<dyn SharedSyncLog>) {
     let a = device(&log, "ann").await;
     let b = device(&log, "ann").await;
     assert_ne!(a, b);
+}
+
+/// An app that lost the answer to a registration registers the same id again: one device,
+/// which keeps its position and works; another user cannot take it.
+async fn registering_a_device_again_keeps_it_and_its_position(log: Arc<dyn SharedSyncLog>) {
+    let a = DeviceId::random();
+    log.register_device("ann", a).await.expect("register");
+    log.register_device("ann", a).await.expect("register again");
+    let b = device(&log, "ann").await;
+    log.push(b, vec![entry(b, "note", b"1")])
+        .await
+        .expect("push");
+    let (got, cursor) = pull_all(&log, a, 0, 100).await;
+    assert_eq!(got.len(), 1);
+    log.ack(a, cursor).await.expect("ack");
+    log.register_device("ann", a)
+        .await
+        .expect("register after acking");
+    let listed: Vec<(DeviceId, u64)> = log
+        .devices(a)
+        .await
+        .expect("devices")
+        .iter()
+        .map(|d| (d.device, d.acked))
+        .filter(|(d, _)| *d == a)
+        .collect();
+    assert_eq!(listed, vec![(a, cursor)], "one device, its position kept");
+    log.push(a, vec![entry(a, "note", b"2")])
+        .await
+        .expect("the device still works");
+    assert!(
+        matches!(
+            log.register_device("bob", a).await,
+            Err(SharedLogError::Invalid { .. })
+        ),
+        "another user's device is refused"
+    );
 }
 
 async fn pushed_entries_reach_the_other_devices_in_order(log: Arc<dyn SharedSyncLog>) {

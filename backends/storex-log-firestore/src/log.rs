@@ -16,8 +16,8 @@ use futures::TryStreamExt;
 use storex_core::uuid::Uuid;
 use storex_core::BoxFuture;
 use storex_sync::{
-    DeviceId, DeviceInfo, Pull, PulledEntry, SharedEntry, SharedLogError, SharedResult,
-    SharedSyncLog,
+    device_of_another_user, DeviceId, DeviceInfo, Pull, PulledEntry, SharedEntry, SharedLogError,
+    SharedResult, SharedSyncLog,
 };
 
 use crate::documents::{
@@ -345,13 +345,22 @@ impl FirestoreSharedLog {
         ))
     }
 
-    async fn create_device_once(
+    async fn register_device_once(
         &self,
         user: &str,
         key: &str,
         device: DeviceId,
     ) -> Result<(), Failure> {
+        let registered = match self.device_doc(&self.db, device).await {
+            Ok(doc) if doc.user == user => true,
+            Ok(_) => return Err(Failure::Log(device_of_another_user(device))),
+            Err(Failure::Log(SharedLogError::UnknownDevice { .. })) => false,
+            Err(e) => return Err(e),
+        };
         let known = self.user_doc(&self.db, key).await?.is_some();
+        if known && registered {
+            return Ok(()); // registered before: it keeps its position
+        }
         self.commit_writes(|tx| {
             if !known {
                 let doc = UserDoc {
@@ -370,18 +379,22 @@ impl FirestoreSharedLog {
                     .object(&doc)
                     .add_to_transaction(tx)?;
             }
-            let doc = DeviceDoc {
-                user: user.to_owned(),
-                acked: 0,
-            };
-            // No precondition: a retry after a commit whose answer was lost writes the same.
-            self.db
-                .fluent()
-                .update()
-                .in_col(&self.devices)
-                .document_id(device.0.to_string())
-                .object(&doc)
-                .add_to_transaction(tx)?;
+            if !registered {
+                let doc = DeviceDoc {
+                    user: user.to_owned(),
+                    acked: 0,
+                };
+                // A concurrent registration of the same id makes this fail; the retry then
+                // finds the device.
+                self.db
+                    .fluent()
+                    .update()
+                    .in_col(&self.devices)
+                    .precondition(FirestoreWritePrecondition::Exists(false))
+                    .document_id(device.0.to_string())
+                    .object(&doc)
+                    .add_to_transaction(tx)?;
+            }
             Ok(())
         })
         .await
@@ -707,13 +720,15 @@ impl SharedSyncLog for FirestoreSharedLog {
         Some(MAX_PAYLOAD_BYTES)
     }
 
-    fn create_device<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<DeviceId>> {
+    fn register_device<'a>(
+        &'a self,
+        user: &'a str,
+        device: DeviceId,
+    ) -> BoxFuture<'a, SharedResult<()>> {
         Box::pin(async move {
             let key = user_key(user)?;
-            let device = DeviceId::random();
-            self.retrying(|| self.create_device_once(user, &key, device))
-                .await?;
-            Ok(device)
+            self.retrying(|| self.register_device_once(user, &key, device))
+                .await
         })
     }
 

@@ -50,6 +50,15 @@ pub struct UserCredentials {
     pub token: String,
 }
 
+/// `POST /v1/devices` (optional body): registers the device under an id the app chose and
+/// stored first, so that registering again after a lost answer registers the same device.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDevice {
+    /// The device id.
+    pub device: Uuid,
+}
+
 /// A registered device and its token (shown once; the server keeps only a hash).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeviceCredentials {

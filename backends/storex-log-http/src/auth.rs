@@ -36,6 +36,19 @@ pub(crate) struct DeviceRecord {
     pub(crate) revoked: bool,
 }
 
+/// What [`AuthStore::add_device`] did with a device's token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DeviceToken {
+    /// A new device, with its token.
+    Added,
+    /// A device of the same user registered again: the new token replaces the old.
+    Replaced,
+    /// The device was revoked; it stays revoked and gets no token.
+    Revoked,
+    /// The device belongs to another user; nothing changed.
+    OtherUser,
+}
+
 /// Users, devices and their token hashes.
 #[derive(Clone, Debug)]
 pub(crate) struct AuthStore {
@@ -129,7 +142,30 @@ impl AuthStore {
         device: DeviceId,
         user: &str,
         token: &str,
-    ) -> Result<(), DbErr> {
+    ) -> Result<DeviceToken, DbErr> {
+        let query = Query::select()
+            .columns([id("user_name"), id("revoked")])
+            .from(id(DEVICES))
+            .and_where(col("device").eq(device.0))
+            .to_owned();
+        if let Some(row) = conn.query_one(&query).await? {
+            let owner: String = row.try_get("", "user_name")?;
+            let revoked: bool = row.try_get("", "revoked")?;
+            if owner != user {
+                return Ok(DeviceToken::OtherUser);
+            }
+            if revoked {
+                return Ok(DeviceToken::Revoked);
+            }
+            // Registered again (its first answer was lost): a new token replaces the old.
+            let update = Query::update()
+                .table(id(DEVICES))
+                .value(id("token_hash"), Expr::val(hash_token(token)))
+                .and_where(col("device").eq(device.0))
+                .to_owned();
+            conn.execute(&update).await?;
+            return Ok(DeviceToken::Replaced);
+        }
         let insert = Query::insert()
             .into_table(id(DEVICES))
             .columns([
@@ -145,7 +181,8 @@ impl AuthStore {
                 Expr::val(false),
             ])
             .to_owned();
-        conn.execute(&insert).await.map(|_| ())
+        conn.execute(&insert).await?;
+        Ok(DeviceToken::Added)
     }
 
     /// The device a device token belongs to.

@@ -35,7 +35,8 @@ use storex_sync::{
 
 use crate::api::{
     routes, AckRequest, CompactResponse, DeviceCredentials, DevicesResponse, ErrorBody, Health,
-    NewUser, PullRequest, PullResponse, PushRequest, PushResponse, UserCredentials, WireEntry,
+    NewDevice, NewUser, PullRequest, PullResponse, PushRequest, PushResponse, UserCredentials,
+    WireEntry,
 };
 use crate::error::Error;
 
@@ -577,23 +578,35 @@ impl SharedSyncLog for HttpSharedLog {
         Some(Box::pin(self.wait_for_entries(device, after, wait, topics)))
     }
 
-    /// Registers a device of the user whose **token** is `user`.
-    fn create_device<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<DeviceId>> {
+    /// Registers `device` of the user whose **token** is `user`; registering it again (after
+    /// a lost answer) gives it a new token. A revoked device is refused.
+    fn register_device<'a>(
+        &'a self,
+        user: &'a str,
+        device: DeviceId,
+    ) -> BoxFuture<'a, SharedResult<()>> {
         Box::pin(async move {
             let credentials: DeviceCredentials = self
                 .call(
                     Method::POST,
                     routes::DEVICES,
                     user,
-                    None::<&()>,
+                    Some(&NewDevice { device: device.0 }),
                     Duration::ZERO,
-                    Retry::IfUnsent,
+                    Retry::Always,
                     Caller::UserOrAdmin,
                 )
                 .await?;
-            let device = DeviceId(credentials.device);
+            if credentials.device != device.0 {
+                return Err(SharedLogError::Invalid {
+                    problem: format!(
+                        "the server registered device {} instead of {device}",
+                        credentials.device
+                    ),
+                });
+            }
             self.add_device(device, credentials.token);
-            Ok(device)
+            Ok(())
         })
     }
 

@@ -27,10 +27,10 @@ use storex_sync::{DeviceId, SharedEntry, SharedSyncLog};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{
-    routes, AckRequest, CompactResponse, DeviceCredentials, DevicesResponse, Health, NewUser,
-    PullRequest, PullResponse, PushRequest, PushResponse, UserCredentials, WireDevice,
+    routes, AckRequest, CompactResponse, DeviceCredentials, DevicesResponse, Health, NewDevice,
+    NewUser, PullRequest, PullResponse, PushRequest, PushResponse, UserCredentials, WireDevice,
 };
-use crate::auth::AuthStore;
+use crate::auth::{AuthStore, DeviceToken};
 use crate::config::{RateLimit, ServerConfig};
 use crate::live::LiveUpdates;
 use crate::metrics::Metrics;
@@ -283,22 +283,40 @@ async fn create_user(
 async fn create_device(
     State(state): State<Shared>,
     User(user): User,
+    chosen: Option<Json<NewDevice>>,
 ) -> Result<(StatusCode, Json<DeviceCredentials>), ApiError> {
+    let device = chosen.map_or_else(DeviceId::random, |Json(new)| DeviceId(new.device));
     let token = new_token().map_err(|e| ApiError::unavailable("cannot make a token", &e))?;
     // The device and its token hash in one transaction: both exist or neither does, so no
     // device without a token can hold back compaction.
     let txn = state.log.begin().await?;
-    let device = state.log.register_device_in(&txn, &user).await?;
-    state
+    state.log.register_device_in(&txn, &user, device).await?;
+    let outcome = state
         .auth
         .add_device(&txn, device, &user, &token)
         .await
         .map_err(|e| ApiError::unavailable("cannot store the device token", &e))?;
+    let status = match outcome {
+        DeviceToken::Added => StatusCode::CREATED,
+        DeviceToken::Replaced => StatusCode::OK,
+        DeviceToken::Revoked => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "device_revoked",
+                format!("device {device} was revoked; register a new device"),
+            ))
+        }
+        DeviceToken::OtherUser => {
+            return Err(ApiError::invalid(format!(
+                "device {device} is registered to another user"
+            )))
+        }
+    };
     txn.commit()
         .await
         .map_err(|e| ApiError::unavailable("cannot register the device", &e))?;
     Ok((
-        StatusCode::CREATED,
+        status,
         Json(DeviceCredentials {
             device: device.0,
             token,

@@ -44,8 +44,12 @@ impl SharedSyncLog for Timed {
     fn name(&self) -> &'static str {
         "http (timed)"
     }
-    fn create_device<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<DeviceId>> {
-        self.time(self.inner.create_device(user))
+    fn register_device<'a>(
+        &'a self,
+        user: &'a str,
+        device: DeviceId,
+    ) -> BoxFuture<'a, SharedResult<()>> {
+        self.time(self.inner.register_device(user, device))
     }
     fn devices(&self, device: DeviceId) -> BoxFuture<'_, SharedResult<Vec<DeviceInfo>>> {
         self.time(self.inner.devices(device))

@@ -13,8 +13,8 @@ use storex_core::uuid::Uuid;
 use storex_core::BoxFuture;
 use storex_seaorm::{begin_write, connect, dialect_of, Dialect};
 use storex_sync::{
-    DeviceId, DeviceInfo, Pull, PulledEntry, SharedEntry, SharedLogError, SharedResult,
-    SharedSyncLog,
+    check_user_name, device_of_another_user, DeviceId, DeviceInfo, Pull, PulledEntry, SharedEntry,
+    SharedLogError, SharedResult, SharedSyncLog,
 };
 
 const USERS: &str = "storex_shared_users";
@@ -91,20 +91,17 @@ impl SqlSharedLog {
         begin_write(&self.db).await.map_err(|e| self.unavailable(e))
     }
 
-    /// Registers a new device of `user` inside `txn`: it exists once `txn` commits, together
+    /// Registers `device` of `user` inside `txn`: it exists once `txn` commits, together
     /// with whatever else the caller wrote in it (the sync server stores the device's token
-    /// hash in the same transaction).
+    /// hash in the same transaction). Idempotent for the same user (the device keeps its
+    /// position); a device of another user is refused.
     pub async fn register_device_in(
         &self,
         txn: &DatabaseTransaction,
         user: &str,
-    ) -> SharedResult<DeviceId> {
-        if user.is_empty() {
-            return Err(SharedLogError::Invalid {
-                problem: "a user name cannot be empty".into(),
-            });
-        }
-        let device = DeviceId::random();
+        device: DeviceId,
+    ) -> SharedResult<()> {
+        check_user_name(user)?;
         let new_user = Query::insert()
             .into_table(id(USERS))
             .columns([id("user_name"), id("next_cursor"), id("compacted_through")])
@@ -118,11 +115,15 @@ impl SqlSharedLog {
             .into_table(id(DEVICES))
             .columns([id("device"), id("user_name"), id("acked")])
             .values_panic([Expr::val(device.0), Expr::val(user), Expr::val(0i64)])
+            .on_conflict(OnConflict::column(id("device")).do_nothing().to_owned())
             .to_owned();
         txn.execute(&new_device)
             .await
             .map_err(|e| self.unavailable(e))?;
-        Ok(device)
+        if self.user_of(txn, device).await? != user {
+            return Err(device_of_another_user(device));
+        }
+        Ok(())
     }
 
     /// Removes a device (a revoked or lost one): its later calls get
@@ -426,14 +427,17 @@ impl SharedSyncLog for SqlSharedLog {
         }
     }
 
-    fn create_device<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<DeviceId>> {
+    fn register_device<'a>(
+        &'a self,
+        user: &'a str,
+        device: DeviceId,
+    ) -> BoxFuture<'a, SharedResult<()>> {
         Box::pin(async move {
             let txn = begin_write(&self.db)
                 .await
                 .map_err(|e| self.unavailable(e))?;
-            let device = self.register_device_in(&txn, user).await?;
-            txn.commit().await.map_err(|e| self.unavailable(e))?;
-            Ok(device)
+            self.register_device_in(&txn, user, device).await?;
+            txn.commit().await.map_err(|e| self.unavailable(e))
         })
     }
 

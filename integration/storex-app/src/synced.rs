@@ -21,6 +21,8 @@ use crate::error::{Error, Result};
 /// never synced.
 pub const SETTINGS_COLLECTION: &str = "storex_app_settings";
 const DEVICE_KEY: &str = "device_id";
+/// The id chosen for this device before it is registered (kept once it is).
+const PENDING_DEVICE_KEY: &str = "device_id_to_register";
 const EXISTING_ROWS_KEY: &str = "existing_rows_logged";
 /// Credentials the shared log issued to this device (a sync server's device token). Kept in the
 /// settings collection, which is never synced.
@@ -131,7 +133,21 @@ impl SyncedStorageBuilder {
                 id
             }
             None => {
-                let id = log.create_device(&user).await?;
+                // The id is stored before it is registered: if the answer is lost or the app
+                // stops before storing it, the next start registers the same id again
+                // (registration is idempotent) instead of leaving an orphan device behind,
+                // which would hold back the shared log's compaction for good.
+                let id = match read_setting(&settings, PENDING_DEVICE_KEY).await? {
+                    Some(text) => DeviceId(text.parse().map_err(|_| Error::CorruptSetting {
+                        key: PENDING_DEVICE_KEY,
+                    })?),
+                    None => {
+                        let id = DeviceId::random();
+                        write_setting(&settings, PENDING_DEVICE_KEY, &id.0.to_string()).await?;
+                        id
+                    }
+                };
+                log.register_device(&user, id).await?;
                 // The id and its credentials in one transaction: both or neither.
                 let mut steps = Vec::new();
                 if let Some(credentials) = log.device_credentials(id) {

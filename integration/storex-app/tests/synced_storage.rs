@@ -1,6 +1,6 @@
 //! An app with a SeaORM data layer turns sync on: its existing rows reach the other device,
-//! the device id survives a restart, nothing is logged twice, and a missing shared log is
-//! reported.
+//! the device id survives a restart, nothing is logged twice, a missing shared log is
+//! reported, and a registration whose answer was lost leaves no second device behind.
 
 #![allow(unreachable_pub)] // SeaORM entities must be `pub` inside their modules.
 
@@ -13,6 +13,7 @@ use sea_orm::{
 use storex_app::{Error, SyncedStorage};
 use storex_core::object;
 use storex_sync::{MemorySharedLog, SharedSyncLog};
+use storex_test::flaky::{Fault, FlakySharedLog};
 
 mod note {
     use sea_orm::entity::prelude::*;
@@ -142,4 +143,32 @@ async fn the_builder_does_not_show_the_user_token_in_debug_output() {
     let shown = format!("{builder:?}");
     assert!(!shown.contains("stx_user_secret_token"), "{shown}");
     assert!(shown.contains("redacted"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_registration_whose_answer_was_lost_is_completed_on_the_next_start() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("app.db");
+    let memory: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let flaky = Arc::new(FlakySharedLog::new(memory.clone()));
+    let log: Arc<dyn SharedSyncLog> = flaky.clone();
+    flaky.arm(Fault::RegisterReplyLost);
+    let first = SyncedStorage::builder(app_db(&path).await)
+        .entity(note::Entity)
+        .shared_log(log.clone(), "ann")
+        .open()
+        .await;
+    assert!(first.is_err(), "the answer was lost");
+    assert!(flaky.fired());
+
+    let app = open(app_db(&path).await, &log).await;
+    let devices = memory
+        .devices(app.device_id())
+        .await
+        .expect("the device is registered");
+    assert_eq!(
+        devices.iter().map(|d| d.device).collect::<Vec<_>>(),
+        vec![app.device_id()],
+        "one device: the one registered when the answer was lost"
+    );
 }

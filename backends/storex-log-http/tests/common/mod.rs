@@ -103,10 +103,14 @@ impl SharedSyncLog for Provisioned {
         "http (provisioned)"
     }
 
-    fn create_device<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<DeviceId>> {
+    fn register_device<'a>(
+        &'a self,
+        user: &'a str,
+        device: DeviceId,
+    ) -> BoxFuture<'a, SharedResult<()>> {
         Box::pin(async move {
             let token = self.user_token(user).await?;
-            self.log.create_device(&token).await
+            self.log.register_device(&token, device).await
         })
     }
 
