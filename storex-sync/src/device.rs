@@ -281,6 +281,9 @@ impl SyncDevice {
                         error,
                     } => (entries, duplicates, error),
                 };
+            // Halves in timestamp order, which follows causality: a part applies after the
+            // parts holding what it depends on (a parent row its foreign key names).
+            entries.sort_by_key(|e| e.hlc);
             let mut report = IntegrationReport {
                 received: duplicates,
                 duplicates,
@@ -367,8 +370,17 @@ impl SyncDevice {
                 }
             }
         }
-        tx.commit().await?;
-        Ok(Attempt::Applied(planned.report))
+        match tx.commit().await {
+            Ok(()) => Ok(Attempt::Applied(planned.report)),
+            // Refused at commit (a deferred constraint of an adopted table): one of the
+            // entries is at fault, as above.
+            Err(error) if !error.is_transient() => Ok(Attempt::ApplyFailed {
+                entries: planned.entries,
+                duplicates: planned.report.duplicates,
+                error: error.into(),
+            }),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Sets aside one entry that could not be applied: stored as held (unless it is stored

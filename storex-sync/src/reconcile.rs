@@ -107,7 +107,8 @@ pub struct HeldEntry {
 /// What [`reconcile`] decided.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Reconciliation {
-    /// Operations that bring the stored rows to the agreed state, at most one per object.
+    /// Operations that bring the stored rows to the agreed state, at most one per object, in
+    /// the timestamp order of the incoming changes that caused them.
     pub operations: Vec<Operation>,
     /// Incoming entries that are now part of the state (to store as integrated).
     pub integrated: Vec<LogEntry>,
@@ -293,6 +294,7 @@ pub fn reconcile(
         }
     }
     let empty = KnownObject::default();
+    let mut caused: Vec<(Hlc, Operation)> = Vec::new();
     for ((collection, _), new) in by_object {
         let Ok(def) = registry.collection(&collection) else {
             continue; // admit() held these already
@@ -329,26 +331,30 @@ pub fn reconcile(
             .collect();
         out.conflicts += new.iter().filter(|e| lost(e, &all)).count() as u64;
         let target = object_state(def, all.iter().copied());
-        match (target, &known_object.current) {
-            (Some(target), None) => out
-                .operations
-                .push(Operation::create(collection.clone(), target)),
+        // Operations go in the order of the changes that caused them (see below).
+        let first_change = new.iter().map(|e| e.hlc).min();
+        let operation = match (target, &known_object.current) {
+            (Some(target), None) => Some(Operation::create(collection.clone(), target)),
             (Some(target), Some(current)) => {
                 let changes: Object = target
                     .into_iter()
                     .filter(|(f, v)| !def.pk_fields().contains(f) && current.get(f) != Some(v))
                     .collect();
-                if !changes.is_empty() {
-                    out.operations
-                        .push(Operation::update_by_pk(collection.clone(), pk, changes));
-                }
+                (!changes.is_empty())
+                    .then(|| Operation::update_by_pk(collection.clone(), pk, changes))
             }
-            (None, Some(_)) => out
-                .operations
-                .push(Operation::delete_by_pk(collection.clone(), pk)),
-            (None, None) => {}
+            (None, Some(_)) => Some(Operation::delete_by_pk(collection.clone(), pk)),
+            (None, None) => None,
+        };
+        if let (Some(operation), Some(hlc)) = (operation, first_change) {
+            caused.push((hlc, operation));
         }
         out.integrated.extend(new);
     }
+    // In timestamp order, which follows causality: a parent created before its child is
+    // inserted before it, as a database with immediate foreign keys needs. Each operation
+    // touches another object, so the order does not change the result.
+    caused.sort_by_key(|(hlc, _)| *hlc);
+    out.operations = caused.into_iter().map(|(_, op)| op).collect();
     out
 }

@@ -272,3 +272,91 @@ async fn a_database_failure_that_may_pass_holds_nothing_and_the_next_attempt_app
         6
     );
 }
+
+#[tokio::test]
+async fn on_sqlite_an_entry_a_deferred_foreign_key_refuses_at_commit_is_held() {
+    an_entry_a_foreign_key_refuses_is_held("DEFERRABLE INITIALLY DEFERRED").await;
+}
+
+#[tokio::test]
+async fn on_sqlite_an_entry_an_immediate_foreign_key_refuses_is_held_and_parents_go_first() {
+    an_entry_a_foreign_key_refuses_is_held("").await;
+}
+
+/// Entries for an app table whose foreign key (checked as `timing` says) one of them breaks:
+/// that one is held, the others apply, children after their parents.
+async fn an_entry_a_foreign_key_refuses_is_held(timing: &str) {
+    use storex_seaorm::sea_orm::ConnectionTrait;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let backend = storex_seaorm::SeaOrmBackend::open_sqlite_file(dir.path().join("app.db"))
+        .await
+        .expect("open");
+    // The app's own tables, with a foreign key storex does not know of.
+    for table in [
+        "CREATE TABLE shelf (id BIGINT PRIMARY KEY NOT NULL)".to_owned(),
+        format!(
+            "CREATE TABLE book (id BIGINT PRIMARY KEY NOT NULL, \
+             shelf BIGINT NOT NULL REFERENCES shelf (id) {timing})"
+        ),
+    ] {
+        backend
+            .connection()
+            .execute_unprepared(&table)
+            .await
+            .expect("the app's table");
+    }
+    let registry = Registry::builder()
+        .collection(
+            CollectionDef::new("shelf")
+                .field("id", FieldType::Int)
+                .primary_key(["id"]),
+        )
+        .collection(
+            CollectionDef::new("book")
+                .field("id", FieldType::Int)
+                .field("shelf", FieldType::Int)
+                .primary_key(["id"]),
+        )
+        .build()
+        .expect("registry");
+    let here = SyncDevice::open(
+        registry,
+        Arc::new(backend),
+        Clock::new(DeviceId::random()),
+        SyncOptions::default(),
+    )
+    .await
+    .expect("device");
+    let book = |id: i64, shelf: i64| {
+        remote(
+            "book",
+            Pk::from(id),
+            object! { "id" => id, "shelf" => shelf },
+        )
+    };
+    // In the order the other devices made them (and sent them in): the shelf first.
+    let mut batch = vec![
+        remote("shelf", Pk::from(1), object! { "id" => 1 }),
+        book(1, 1),
+        book(2, 9), // no shelf 9, here or anywhere
+        book(3, 1),
+    ];
+    for (n, entry) in batch.iter_mut().enumerate() {
+        entry.hlc.millis += n as u64;
+    }
+    let report = here.integrate(batch.clone()).await.expect("not blocked");
+    assert_eq!(report.integrated, 3, "{report:?}");
+    assert_eq!(report.held.len(), 1, "{report:?}");
+    assert_eq!(report.held[0].0, batch[2].id);
+    assert!(
+        matches!(&report.held[0].1, HoldReason::ApplyFailed { .. }),
+        "{report:?}"
+    );
+    assert_eq!(
+        here.storage()
+            .count("book", Filter::all())
+            .await
+            .expect("count"),
+        2
+    );
+}

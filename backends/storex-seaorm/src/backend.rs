@@ -350,8 +350,13 @@ impl Transaction for SeaOrmTransaction {
 
     fn commit(self: Box<Self>) -> BoxFuture<'static, CoreResult<()>> {
         Box::pin(async move {
-            let shared = self.shared.clone();
-            self.txn.commit().await.map_err(|e| shared.db_err(e))
+            let (shared, registry) = (self.shared.clone(), self.registry.clone());
+            // A deferred constraint (a foreign key or check an adopted table declares
+            // DEFERRABLE) fails here: a refusal like any other, not a database failure.
+            self.txn
+                .commit()
+                .await
+                .map_err(|e| shared.ctx(&registry).db_err("", e))
         })
     }
 

@@ -70,21 +70,26 @@ fn refusal(dialect: Dialect, e: &DbErr) -> Option<String> {
     (!may_pass(dialect, &code)).then(|| e.message().to_owned())
 }
 
-/// Whether a database error code means the database's state, which may pass: on SQLite
-/// busy, locked, out of memory, interrupted, I/O, corrupt, full, cannot open, read-only; on
-/// PostgreSQL the classes connection (08), transaction rollback (40: serialization failure,
-/// deadlock), insufficient resources (53), operator intervention (57), system (58) and
-/// internal (XX) errors. An unknown code counts as passing: nothing is set aside for it.
+/// Whether a database error code means the database's state, which may pass, rather than
+/// what the statement writes. On SQLite: abort, busy, locked, out of memory, read-only,
+/// interrupted, I/O, corrupt, full, cannot open, protocol, schema changed, not a database. On
+/// PostgreSQL the classes invalid transaction state (25: a read-only standby after a
+/// failover), connection (08), transaction rollback (40: serialization failure, deadlock),
+/// insufficient resources (53), object not in prerequisite state (55: lock not available),
+/// operator intervention (57), system (58) and internal (XX) errors, and a missing
+/// privilege (42501), which an administrator mends. An unknown code counts as passing:
+/// nothing is set aside for it.
 fn may_pass(dialect: Dialect, code: &str) -> bool {
     match dialect {
         // SQLite reports extended codes; the primary code is the low byte.
         Dialect::Sqlite => match code.parse::<i32>() {
-            Ok(code) => matches!(code & 0xff, 5..=11 | 13 | 14 | 26),
+            Ok(code) => matches!(code & 0xff, 4..=11 | 13..=15 | 17 | 26),
             Err(_) => true,
         },
         Dialect::Postgres => match code.get(..2) {
             Some(class) if code.len() == 5 => {
-                matches!(class, "08" | "40" | "53" | "57" | "58" | "XX")
+                code == "42501"
+                    || matches!(class, "08" | "25" | "40" | "53" | "55" | "57" | "58" | "XX")
             }
             _ => true,
         },
@@ -315,10 +320,12 @@ async fn create_group(
         Some(savepoint) => savepoint.rollback().await,
         None => Ok(()),
     };
-    // Only a row the database refuses (a constraint) is worth finding by replaying the rows
-    // one at a time; after any other failure (I/O, a full disk), or if the savepoint could
-    // not be undone, the group's own error is the one to report.
-    if group_error.sql_err().is_none() || undone.is_err() {
+    // Only a row the database refuses (a constraint, a value its column cannot hold) is worth
+    // finding by replaying the rows one at a time; after a failure that may pass (I/O, a full
+    // disk), or if the savepoint could not be undone, the group's own error is the one to
+    // report.
+    let refused = group_error.sql_err().is_some() || refusal(ctx.dialect, &group_error).is_some();
+    if !refused || undone.is_err() {
         return Err(step_error(first_index + replay_from)(
             ctx.db_err(collection, group_error),
         ));
@@ -343,7 +350,7 @@ mod tests {
 
     #[test]
     fn database_states_may_pass_and_refused_writes_do_not() {
-        for code in ["5", "517", "6", "10", "3850", "13", "14"] {
+        for code in ["4", "5", "517", "6", "10", "3850", "13", "14", "15", "17"] {
             assert!(may_pass(Dialect::Sqlite, code), "SQLite {code}");
         }
         // constraint (check, foreign key, not null), too big, datatype mismatch, range, error
@@ -351,7 +358,8 @@ mod tests {
             assert!(!may_pass(Dialect::Sqlite, code), "SQLite {code}");
         }
         for code in [
-            "08006", "40001", "40P01", "53100", "57P01", "58030", "XX000",
+            "08006", "25006", "40001", "40P01", "53100", "55P03", "57P01", "58030", "XX000",
+            "42501",
         ] {
             assert!(may_pass(Dialect::Postgres, code), "PostgreSQL {code}");
         }

@@ -1,9 +1,10 @@
 //! A write an adopted table refuses for what it writes (a check, a foreign key, on PostgreSQL
-//! a value too long for its column) fails with `Error::Refused`, which is not transient: sync
-//! sets such an entry aside instead of retrying it forever. On SQLite and PostgreSQL.
+//! a value too long for its column, a deferred foreign key at commit) fails with
+//! `Error::Refused`, which is not transient: sync sets such an entry aside instead of
+//! retrying it forever. On SQLite and PostgreSQL.
 
 use sea_orm::ConnectionTrait;
-use storex_core::{object, CollectionDef, Error, FieldType, Object, Registry, Storage};
+use storex_core::{object, CollectionDef, Error, FieldType, Object, Operation, Registry, Storage};
 use storex_seaorm::SeaOrmBackend;
 
 fn registry() -> Registry {
@@ -21,17 +22,25 @@ fn registry() -> Registry {
                 .optional_field("code", FieldType::Text)
                 .primary_key(["id"]),
         )
+        .collection(
+            CollectionDef::new("loan")
+                .field("id", FieldType::Int)
+                .field("book", FieldType::Int)
+                .primary_key(["id"]),
+        )
         .build()
         .expect("registry")
 }
 
 /// The app's own tables, made before storex sees them, with constraints storex does not know.
-const TABLES: [&str; 2] = [
+const TABLES: [&str; 3] = [
     "CREATE TABLE shelf (id BIGINT PRIMARY KEY NOT NULL)",
     "CREATE TABLE book (id BIGINT PRIMARY KEY NOT NULL, \
      shelf BIGINT NOT NULL REFERENCES shelf (id), \
      pages BIGINT NOT NULL CHECK (pages > 0), \
      code VARCHAR(3))",
+    "CREATE TABLE loan (id BIGINT PRIMARY KEY NOT NULL, \
+     book BIGINT NOT NULL REFERENCES book (id) DEFERRABLE INITIALLY DEFERRED)",
 ];
 
 async fn refused_writes_are_not_transient(backend: SeaOrmBackend, cases: &[(&str, Object)]) {
@@ -72,6 +81,19 @@ async fn refused_writes_are_not_transient(backend: SeaOrmBackend, cases: &[(&str
         );
         assert!(!err.is_transient(), "{what}: {err}");
     }
+    // A deferred foreign key fails at commit: a refusal too.
+    let tx = storage.begin().await.expect("begin");
+    tx.execute(Operation::create(
+        "loan",
+        object! { "id" => 1, "book" => 99 },
+    ))
+    .await
+    .expect("accepted until the commit");
+    let err = tx.commit().await.expect_err("refused at commit");
+    assert!(
+        matches!(err, Error::Refused { .. }) && !err.is_transient(),
+        "deferred: {err}"
+    );
 }
 
 fn constraint_cases() -> Vec<(&'static str, Object)> {
