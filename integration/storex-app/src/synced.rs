@@ -9,8 +9,8 @@ use storex_core::{
 };
 use storex_seaorm::{collection_from_entity, SeaOrmBackend};
 use storex_sync::{
-    Clock, ContinuousOptions, ContinuousSync, DeviceId, SharedSyncLog, SyncDevice, SyncOptions,
-    SyncReport,
+    Clock, ContinuousOptions, ContinuousSync, DeviceId, SharedLogError, SharedSyncLog, SyncDevice,
+    SyncOptions, SyncReport,
 };
 
 use crate::background::{BackgroundOptions, BackgroundSync};
@@ -137,17 +137,26 @@ impl SyncedStorageBuilder {
                 // stops before storing it, the next start registers the same id again
                 // (registration is idempotent) instead of leaving an orphan device behind,
                 // which would hold back the shared log's compaction for good.
-                let id = match read_setting(&settings, PENDING_DEVICE_KEY).await? {
-                    Some(text) => DeviceId(text.parse().map_err(|_| Error::CorruptSetting {
-                        key: PENDING_DEVICE_KEY,
-                    })?),
-                    None => {
-                        let id = DeviceId::random();
-                        write_setting(&settings, PENDING_DEVICE_KEY, &id.0.to_string()).await?;
-                        id
-                    }
+                let pending = match read_setting(&settings, PENDING_DEVICE_KEY).await? {
+                    Some(text) => Some(DeviceId(text.parse().map_err(|_| {
+                        Error::CorruptSetting {
+                            key: PENDING_DEVICE_KEY,
+                        }
+                    })?)),
+                    None => None,
                 };
-                log.register_device(&user, id).await?;
+                let id = match pending {
+                    Some(id) => match log.register_device(&user, id).await {
+                        Ok(()) => id,
+                        // The id kept from an earlier start was revoked meanwhile (an orphan
+                        // someone cleaned up) or is another user's: start over with a new one.
+                        Err(
+                            SharedLogError::Unauthorized { .. } | SharedLogError::Invalid { .. },
+                        ) => register_new_id(&settings, log.as_ref(), &user).await?,
+                        Err(e) => return Err(e.into()),
+                    },
+                    None => register_new_id(&settings, log.as_ref(), &user).await?,
+                };
                 // The id and its credentials in one transaction: both or neither.
                 let mut steps = Vec::new();
                 if let Some(credentials) = log.device_credentials(id) {
@@ -180,6 +189,18 @@ impl SyncedStorageBuilder {
             existing_rows_logged,
         })
     }
+}
+
+/// Picks a device id, stores it, then registers it (see [`SyncedStorageBuilder::open`]).
+async fn register_new_id(
+    settings: &Storage,
+    log: &dyn SharedSyncLog,
+    user: &str,
+) -> Result<DeviceId> {
+    let id = DeviceId::random();
+    write_setting(settings, PENDING_DEVICE_KEY, &id.0.to_string()).await?;
+    log.register_device(user, id).await?;
+    Ok(id)
 }
 
 async fn read_setting(settings: &Storage, key: &str) -> Result<Option<String>> {

@@ -172,3 +172,28 @@ async fn a_registration_whose_answer_was_lost_is_completed_on_the_next_start() {
         "one device: the one registered when the answer was lost"
     );
 }
+
+#[tokio::test]
+async fn a_kept_id_the_log_refuses_is_replaced_by_a_new_one() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("app.db");
+    let memory: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let flaky = Arc::new(FlakySharedLog::new(memory.clone()));
+    let log: Arc<dyn SharedSyncLog> = flaky.clone();
+    flaky.arm(Fault::RegisterReplyLost);
+    let opened = |user: &'static str| {
+        let (path, log) = (path.clone(), log.clone());
+        async move {
+            SyncedStorage::builder(app_db(&path).await)
+                .entity(note::Entity)
+                .shared_log(log, user)
+                .open()
+                .await
+        }
+    };
+    assert!(opened("ann").await.is_err(), "the answer was lost");
+    // The kept id is ann's; the app now signs in as bob, whom the log refuses it to.
+    let app = opened("bob").await.expect("a new id for bob");
+    let devices = memory.devices(app.device_id()).await.expect("registered");
+    assert_eq!(devices.len(), 1, "bob's one device");
+}
