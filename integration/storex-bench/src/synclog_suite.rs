@@ -18,11 +18,11 @@ use std::time::Instant;
 
 use storex_core::uuid::Uuid;
 use storex_core::{
-    object, BatchStep, CollectionDef, FieldType, Filter, Operation, Registry, Storage,
+    object, BatchStep, CollectionDef, FieldType, Filter, Operation, Pk, Registry, Storage,
     StorageBackend, UuidPkMiddleware,
 };
 use storex_seaorm::SeaOrmBackend;
-use storex_sync::{with_sync_log, Clock, DeviceId, LogEntry, SyncDevice, SyncOptions};
+use storex_sync::{with_sync_log, Clock, DeviceId, Hlc, LogEntry, SyncDevice, SyncOptions};
 
 use crate::report::{rate, BoxError, Pair};
 
@@ -275,9 +275,18 @@ fn floor_rows(batch: u64) -> (Vec<Vec<sea_orm::Value>>, Vec<Vec<sea_orm::Value>>
         entries.push(vec![
             Uuid::now_v7().into(),
             device.into(),
-            format!("{:015}-{:05}-{device}", 1_700_000_000_000 + i, 0).into(),
+            // As the log writes them: `Hlc::clock_text`, and the key as canonical JSON.
+            Hlc {
+                millis: 1_700_000_000_000 + i,
+                counter: 0,
+                device: DeviceId(device),
+            }
+            .clock_text()
+            .into(),
             "note".into(),
-            format!("\"{id}\"").into(),
+            storex_core::serde_json::to_string(&Pk::from(id))
+                .unwrap_or_default()
+                .into(),
             "create".into(),
             storex_core::serde_json::to_string(&fields)
                 .unwrap_or_default()

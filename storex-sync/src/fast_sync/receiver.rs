@@ -210,7 +210,9 @@ pub async fn receive_offer(
                 next.last_seq = seq;
                 let received = next.collections.entry(collection.clone()).or_default();
                 received.checksum = chain_checksum(&received.checksum, &objects);
-                let objects = match objects.decode() {
+                let decoded = objects.decode();
+                drop(objects); // the encodings: not kept beside the objects
+                let objects = match decoded {
                     Ok(objects) => objects,
                     Err(e) => return Err(refuse(channel, &collection, e.to_string()).await),
                 };
