@@ -497,6 +497,7 @@ impl SyncDevice {
 
 /// Turns updates that set the same values in many objects of a collection with a one-field
 /// key into one update of all those keys (a bulk sync often changes many objects alike).
+/// These grouped updates run after the other operations, which keep their order.
 fn batch_operations(registry: &Registry, operations: Vec<Operation>) -> Vec<Operation> {
     let mut out = Vec::with_capacity(operations.len());
     let mut alike: BTreeMap<(String, String), (String, Object, Vec<Value>)> = BTreeMap::new();

@@ -107,8 +107,9 @@ pub struct HeldEntry {
 /// What [`reconcile`] decided.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Reconciliation {
-    /// Operations that bring the stored rows to the agreed state, at most one per object, in
-    /// the timestamp order of the incoming changes that caused them.
+    /// Operations that bring the stored rows to the agreed state, at most one per object,
+    /// ordered by the incoming changes that caused them (a create by its earliest, an update
+    /// or delete by its latest).
     pub operations: Vec<Operation>,
     /// Incoming entries that are now part of the state (to store as integrated).
     pub integrated: Vec<LogEntry>,
@@ -331,29 +332,43 @@ pub fn reconcile(
             .collect();
         out.conflicts += new.iter().filter(|e| lost(e, &all)).count() as u64;
         let target = object_state(def, all.iter().copied());
-        // Operations go in the order of the changes that caused them (see below).
-        let first_change = new.iter().map(|e| e.hlc).min();
-        let operation = match (target, &known_object.current) {
-            (Some(target), None) => Some(Operation::create(collection.clone(), target)),
+        // Operations go in the order of the changes that caused them (see below): a create
+        // at its earliest incoming change, an update or delete at its latest.
+        let (earliest, latest) = (
+            new.iter().map(|e| e.hlc).min(),
+            new.iter().map(|e| e.hlc).max(),
+        );
+        let (operation, at) = match (target, &known_object.current) {
+            (Some(target), None) => (
+                Some(Operation::create(collection.clone(), target)),
+                earliest,
+            ),
             (Some(target), Some(current)) => {
                 let changes: Object = target
                     .into_iter()
                     .filter(|(f, v)| !def.pk_fields().contains(f) && current.get(f) != Some(v))
                     .collect();
-                (!changes.is_empty())
-                    .then(|| Operation::update_by_pk(collection.clone(), pk, changes))
+                let update = (!changes.is_empty())
+                    .then(|| Operation::update_by_pk(collection.clone(), pk, changes));
+                (update, latest)
             }
-            (None, Some(_)) => Some(Operation::delete_by_pk(collection.clone(), pk)),
-            (None, None) => None,
+            (None, Some(_)) => (
+                Some(Operation::delete_by_pk(collection.clone(), pk)),
+                latest,
+            ),
+            (None, None) => (None, None),
         };
-        if let (Some(operation), Some(hlc)) = (operation, first_change) {
+        if let (Some(operation), Some(hlc)) = (operation, at) {
             caused.push((hlc, operation));
         }
         out.integrated.extend(new);
     }
-    // In timestamp order, which follows causality: a parent created before its child is
-    // inserted before it, as a database with immediate foreign keys needs. Each operation
-    // touches another object, so the order does not change the result.
+    // In timestamp order, which mostly follows causality: a parent created before its child
+    // is inserted before it, a child deleted before its parent goes first, as a database with
+    // immediate foreign keys needs. Not always (one object's operation sums up several
+    // changes); where the database still refuses, the entries are applied again in parts in
+    // timestamp order. Each operation touches another object, so the order does not change
+    // the result.
     caused.sort_by_key(|(hlc, _)| *hlc);
     out.operations = caused.into_iter().map(|(_, op)| op).collect();
     out

@@ -126,6 +126,15 @@ pub enum SharedLogError {
         /// Why.
         problem: String,
     },
+    /// This device id cannot be registered: another user's device has it, or it was
+    /// revoked. An app registering an id it kept should pick a new one.
+    #[error("device {device} cannot be registered: {problem}")]
+    DeviceRefused {
+        /// The device.
+        device: DeviceId,
+        /// Why.
+        problem: String,
+    },
     /// The request was malformed or too large.
     #[error("invalid request: {problem}")]
     Invalid {
@@ -197,8 +206,9 @@ pub trait SharedSyncLog: Send + Sync + fmt::Debug + 'static {
     /// position (a log that issues credentials issues new ones, which replace the old). An
     /// app that lost the answer, or stopped before storing what came back, registers the
     /// same id again, instead of leaving behind a device that never acknowledges anything
-    /// and so holds back compaction for good. A device of another user is refused with
-    /// [`SharedLogError::Invalid`].
+    /// and so holds back compaction for good. A device of another user, or a revoked one, is
+    /// refused with [`SharedLogError::DeviceRefused`]. A device removed from the log (by
+    /// `SqlSharedLog::remove_device`, say) comes back, at position 0, if registered again.
     fn register_device<'a>(
         &'a self,
         user: &'a str,
@@ -285,8 +295,9 @@ pub fn check_user_name(user: &str) -> SharedResult<()> {
 
 /// The error for registering `device`, which another user registered first.
 pub fn device_of_another_user(device: DeviceId) -> SharedLogError {
-    SharedLogError::Invalid {
-        problem: format!("device {device} is registered to another user"),
+    SharedLogError::DeviceRefused {
+        device,
+        problem: "another user registered it".into(),
     }
 }
 

@@ -143,7 +143,7 @@ async fn registering_a_device_again_keeps_it_and_its_position(log: Arc<dyn Share
     assert!(
         matches!(
             log.register_device("bob", a).await,
-            Err(SharedLogError::Invalid { .. })
+            Err(SharedLogError::DeviceRefused { device, .. }) if device == a
         ),
         "another user's device is refused"
     );

@@ -52,11 +52,28 @@ pub struct UserCredentials {
 
 /// `POST /v1/devices` (optional body): registers the device under an id the app chose and
 /// stored first, so that registering again after a lost answer registers the same device.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewDevice {
     /// The device id.
     pub device: Uuid,
+    /// The device token the client made (at least [`MIN_CLIENT_TOKEN_CHARS`] characters of
+    /// a strong random source), so that a retried request, even one the server finishes
+    /// after the retry, sets the same token. The server makes one when it is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// The shortest device token a client may choose.
+pub const MIN_CLIENT_TOKEN_CHARS: usize = 40;
+
+impl std::fmt::Debug for NewDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewDevice")
+            .field("device", &self.device)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// A registered device and its token (shown once; the server keeps only a hash).

@@ -39,6 +39,7 @@ use crate::api::{
     WireEntry,
 };
 use crate::error::Error;
+use crate::token::new_token;
 
 const LOG_NAME: &str = "http";
 /// Bytes of JSON around one entry's payload in a push (ids, topic up to a few hundred bytes,
@@ -104,6 +105,8 @@ enum Retry {
 enum Caller {
     Device(DeviceId),
     UserOrAdmin,
+    /// The user registering this device.
+    Registering(DeviceId),
 }
 
 /// One failed attempt, and whether another may follow.
@@ -530,6 +533,10 @@ fn refusal(status: StatusCode, body: &[u8], retry: Retry, caller: Caller) -> Att
                 .and_then(|d| d.compacted_through)
                 .unwrap_or(0),
         },
+        ("device_refused", Caller::Registering(device)) => SharedLogError::DeviceRefused {
+            device,
+            problem: message,
+        },
         ("wrong_device", Caller::Device(device)) => SharedLogError::WrongDevice {
             device,
             other: DeviceId(detail.as_ref().and_then(|d| d.other).unwrap_or_default()),
@@ -578,23 +585,33 @@ impl SharedSyncLog for HttpSharedLog {
         Some(Box::pin(self.wait_for_entries(device, after, wait, topics)))
     }
 
-    /// Registers `device` of the user whose **token** is `user`; registering it again (after
-    /// a lost answer) gives it a new token. A revoked device is refused.
+    /// Registers `device` of the user whose **token** is `user`, with a device token made
+    /// here, which every retry of the request carries: a retried request sets the same
+    /// token, whichever attempt the server finishes last. Registering it again later (after
+    /// a lost answer) replaces the token. A revoked device is refused.
     fn register_device<'a>(
         &'a self,
         user: &'a str,
         device: DeviceId,
     ) -> BoxFuture<'a, SharedResult<()>> {
         Box::pin(async move {
+            let token = new_token().map_err(|e| SharedLogError::Unavailable {
+                log: LOG_NAME,
+                source: Box::new(e),
+            })?;
+            let request = NewDevice {
+                device: device.0,
+                token: Some(token),
+            };
             let credentials: DeviceCredentials = self
                 .call(
                     Method::POST,
                     routes::DEVICES,
                     user,
-                    Some(&NewDevice { device: device.0 }),
+                    Some(&request),
                     Duration::ZERO,
                     Retry::Always,
-                    Caller::UserOrAdmin,
+                    Caller::Registering(device),
                 )
                 .await?;
             if credentials.device != device.0 {

@@ -92,6 +92,9 @@ impl From<SharedLogError> for ApiError {
             }
             SharedLogError::Unauthorized { .. } => ApiError::unauthorized(message),
             SharedLogError::Invalid { .. } => ApiError::invalid(message),
+            SharedLogError::DeviceRefused { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "device_refused", message)
+            }
             other => ApiError::unavailable("the shared log failed", &other),
         }
     }

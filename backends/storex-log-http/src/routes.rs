@@ -23,12 +23,13 @@ use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 use storex_log_sql::SqlSharedLog;
-use storex_sync::{DeviceId, SharedEntry, SharedSyncLog};
+use storex_sync::{device_of_another_user, DeviceId, SharedEntry, SharedLogError, SharedSyncLog};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{
     routes, AckRequest, CompactResponse, DeviceCredentials, DevicesResponse, Health, NewDevice,
     NewUser, PullRequest, PullResponse, PushRequest, PushResponse, UserCredentials, WireDevice,
+    MIN_CLIENT_TOKEN_CHARS,
 };
 use crate::auth::{AuthStore, DeviceToken};
 use crate::config::{RateLimit, ServerConfig};
@@ -285,8 +286,19 @@ async fn create_device(
     User(user): User,
     chosen: Option<Json<NewDevice>>,
 ) -> Result<(StatusCode, Json<DeviceCredentials>), ApiError> {
-    let device = chosen.map_or_else(DeviceId::random, |Json(new)| DeviceId(new.device));
-    let token = new_token().map_err(|e| ApiError::unavailable("cannot make a token", &e))?;
+    let (device, token) = match chosen {
+        Some(Json(new)) => (DeviceId(new.device), new.token),
+        None => (DeviceId::random(), None),
+    };
+    let token = match token {
+        Some(token) if token.chars().count() >= MIN_CLIENT_TOKEN_CHARS => token,
+        Some(_) => {
+            return Err(ApiError::invalid(format!(
+                "a device token needs at least {MIN_CLIENT_TOKEN_CHARS} characters"
+            )))
+        }
+        None => new_token().map_err(|e| ApiError::unavailable("cannot make a token", &e))?,
+    };
     // The device and its token hash in one transaction: both exist or neither does, so no
     // device without a token can hold back compaction.
     let txn = state.log.begin().await?;
@@ -300,17 +312,13 @@ async fn create_device(
         DeviceToken::Added => StatusCode::CREATED,
         DeviceToken::Replaced => StatusCode::OK,
         DeviceToken::Revoked => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "device_revoked",
-                format!("device {device} was revoked; register a new device"),
-            ))
+            return Err(SharedLogError::DeviceRefused {
+                device,
+                problem: "it was revoked; register a new device".into(),
+            }
+            .into())
         }
-        DeviceToken::OtherUser => {
-            return Err(ApiError::invalid(format!(
-                "device {device} is registered to another user"
-            )))
-        }
+        DeviceToken::OtherUser => return Err(device_of_another_user(device).into()),
     };
     txn.commit()
         .await

@@ -295,6 +295,64 @@ async fn a_revoked_device_is_refused_everywhere() {
 }
 
 #[tokio::test]
+async fn registering_a_device_again_is_idempotent_but_never_revives_or_takes_a_device() {
+    let f = Fixture::new().await;
+    let ann = f.account("ann").await;
+    let bob = f.account("bob").await;
+    let token = format!("stx_{}", "a".repeat(43));
+    let body = json!({ "device": ann.device.0, "token": token }).to_string();
+    // The same request twice (a retry, or a late duplicate): the same token either way.
+    for _ in 0..2 {
+        let (status, reply) = f.post("/v1/devices", Some(&ann.user_token), &body).await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        assert_eq!(reply["token"], json!(token));
+    }
+    let (status, _) = f.post("/v1/ack", Some(&token), r#"{"cursor": 0}"#).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "the chosen token works");
+    let (status, _) = f
+        .post("/v1/ack", Some(&ann.device_token), r#"{"cursor": 0}"#)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the old token was replaced"
+    );
+    // A token too short to be random is refused.
+    let short = json!({ "device": ann.device.0, "token": "stx_short" }).to_string();
+    let (status, _) = f.post("/v1/devices", Some(&ann.user_token), &short).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Bob cannot take ann's device, and a revoked device is not revived.
+    let err = f
+        .log
+        .register_device(&bob.user_token, ann.device)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SharedLogError::DeviceRefused { device, .. } if device == ann.device),
+        "{err:?}"
+    );
+    f.log
+        .revoke_device(&bob.user_token, bob.device)
+        .await
+        .unwrap();
+    let err = f
+        .log
+        .register_device(&bob.user_token, bob.device)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SharedLogError::DeviceRefused { device, .. } if device == bob.device),
+        "{err:?}"
+    );
+    let err = f.log.pull(bob.device, 0, 10, None).await.unwrap_err();
+    assert!(
+        matches!(err, SharedLogError::UnknownDevice { .. }),
+        "still revoked: {err:?}"
+    );
+    f.stop().await;
+}
+
+#[tokio::test]
 async fn malformed_requests_get_a_clear_4xx_and_change_nothing() {
     let f = Fixture::new().await;
     let ann = f.account("ann").await;

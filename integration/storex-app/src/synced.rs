@@ -150,9 +150,10 @@ impl SyncedStorageBuilder {
                         Ok(()) => id,
                         // The id kept from an earlier start was revoked meanwhile (an orphan
                         // someone cleaned up) or is another user's: start over with a new one.
-                        Err(
-                            SharedLogError::Unauthorized { .. } | SharedLogError::Invalid { .. },
-                        ) => register_new_id(&settings, log.as_ref(), &user).await?,
+                        // (Any other refusal, a wrong user token say, keeps it.)
+                        Err(SharedLogError::DeviceRefused { .. }) => {
+                            register_new_id(&settings, log.as_ref(), &user).await?
+                        }
                         Err(e) => return Err(e.into()),
                     },
                     None => register_new_id(&settings, log.as_ref(), &user).await?,
