@@ -145,24 +145,49 @@ async fn the_builder_does_not_show_the_user_token_in_debug_output() {
     assert!(shown.contains("redacted"), "{shown}");
 }
 
+/// An app on a fresh file whose first registration's answer is lost: the log registered the
+/// device, the app never heard back.
+struct LostAnswer {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    memory: Arc<dyn SharedSyncLog>,
+    log: Arc<dyn SharedSyncLog>,
+}
+
+impl LostAnswer {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("app.db");
+        let memory: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+        let flaky = Arc::new(FlakySharedLog::new(memory.clone()));
+        let log: Arc<dyn SharedSyncLog> = flaky.clone();
+        flaky.arm(Fault::RegisterReplyLost);
+        let lost = LostAnswer {
+            _dir: dir,
+            path,
+            memory,
+            log,
+        };
+        assert!(lost.open_as("ann").await.is_err(), "the answer was lost");
+        assert!(flaky.fired());
+        lost
+    }
+
+    async fn open_as(&self, user: &str) -> Result<SyncedStorage, Error> {
+        SyncedStorage::builder(app_db(&self.path).await)
+            .entity(note::Entity)
+            .shared_log(self.log.clone(), user)
+            .open()
+            .await
+    }
+}
+
 #[tokio::test]
 async fn a_registration_whose_answer_was_lost_is_completed_on_the_next_start() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let path = dir.path().join("app.db");
-    let memory: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
-    let flaky = Arc::new(FlakySharedLog::new(memory.clone()));
-    let log: Arc<dyn SharedSyncLog> = flaky.clone();
-    flaky.arm(Fault::RegisterReplyLost);
-    let first = SyncedStorage::builder(app_db(&path).await)
-        .entity(note::Entity)
-        .shared_log(log.clone(), "ann")
-        .open()
-        .await;
-    assert!(first.is_err(), "the answer was lost");
-    assert!(flaky.fired());
-
-    let app = open(app_db(&path).await, &log).await;
-    let devices = memory
+    let lost = LostAnswer::new().await;
+    let app = lost.open_as("ann").await.expect("open");
+    let devices = lost
+        .memory
         .devices(app.device_id())
         .await
         .expect("the device is registered");
@@ -175,25 +200,13 @@ async fn a_registration_whose_answer_was_lost_is_completed_on_the_next_start() {
 
 #[tokio::test]
 async fn a_kept_id_the_log_refuses_is_replaced_by_a_new_one() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let path = dir.path().join("app.db");
-    let memory: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
-    let flaky = Arc::new(FlakySharedLog::new(memory.clone()));
-    let log: Arc<dyn SharedSyncLog> = flaky.clone();
-    flaky.arm(Fault::RegisterReplyLost);
-    let opened = |user: &'static str| {
-        let (path, log) = (path.clone(), log.clone());
-        async move {
-            SyncedStorage::builder(app_db(&path).await)
-                .entity(note::Entity)
-                .shared_log(log, user)
-                .open()
-                .await
-        }
-    };
-    assert!(opened("ann").await.is_err(), "the answer was lost");
+    let lost = LostAnswer::new().await;
     // The kept id is ann's; the app now signs in as bob, whom the log refuses it to.
-    let app = opened("bob").await.expect("a new id for bob");
-    let devices = memory.devices(app.device_id()).await.expect("registered");
+    let app = lost.open_as("bob").await.expect("a new id for bob");
+    let devices = lost
+        .memory
+        .devices(app.device_id())
+        .await
+        .expect("registered");
     assert_eq!(devices.len(), 1, "bob's one device");
 }
