@@ -17,7 +17,7 @@ use storex_core::{
 
 use crate::client_log::{entries_for, known_ids, ClientSyncLog, Exec, LOOKUP_CHUNK};
 use crate::digest::collection_digest;
-use crate::entry::{pk_text, with_sync_log, EntryRow, LogEntry, StoredEntry, LOG_COLLECTION};
+use crate::entry::{pk_text, with_sync_log, EntryRow, LogEntry, LOG_COLLECTION};
 use crate::error::Result;
 use crate::hlc::{Clock, DeviceId};
 use crate::logging::SyncLoggingMiddleware;
@@ -251,15 +251,7 @@ impl SyncDevice {
 
     /// Tries the held entries again (after an app upgrade, say); returns what happened.
     pub async fn retry_held(&self) -> Result<IntegrationReport> {
-        let query = Query::new(Filter::all().eq("integrated", false));
-        let held: Vec<LogEntry> = self
-            .storage
-            .find_many(LOG_COLLECTION, query)
-            .await?
-            .iter()
-            .map(StoredEntry::from_object)
-            .map(|r| r.map(|s| s.entry))
-            .collect::<Result<_>>()?;
+        let held = self.log.held().await?;
         self.integrate_parts(held, Vec::new(), true).await
     }
 
