@@ -135,8 +135,11 @@ pub async fn offline_edits_on_three_devices_converge_in_every_sync_order(make: L
     }
 }
 
-/// Partial replication pulls only the subscribed collections.
-pub async fn partial_replication_pulls_only_the_subscribed_collections(make: LogFactory<'_>) {
+/// Two devices: `a` wrote a note and a photo and pushed them; `b`, which pulls only photos,
+/// has not synced yet. Returns them with `a` and `b`.
+async fn a_note_and_a_photo_for_a_photo_subscriber(
+    make: LogFactory<'_>,
+) -> (Devices, usize, usize) {
     let mut devices = Devices::new(make().await).await;
     let a = devices.add().await;
     let b = devices
@@ -145,6 +148,12 @@ pub async fn partial_replication_pulls_only_the_subscribed_collections(make: Log
     devices.note(a, "n1", "a note").await;
     devices.photo(a, "p1").await;
     devices.sync(a).await;
+    (devices, a, b)
+}
+
+/// Partial replication pulls only the subscribed collections.
+pub async fn partial_replication_pulls_only_the_subscribed_collections(make: LogFactory<'_>) {
+    let (devices, _, b) = a_note_and_a_photo_for_a_photo_subscriber(make).await;
     let report = devices.sync(b).await;
     assert_eq!(report.pulled, 1, "only the photo was downloaded");
     assert_eq!(devices.count(b).await, 0);
@@ -161,14 +170,7 @@ pub async fn partial_replication_pulls_only_the_subscribed_collections(make: Log
 pub async fn a_wider_subscription_brings_the_history_of_the_added_collections(
     make: LogFactory<'_>,
 ) {
-    let mut devices = Devices::new(make().await).await;
-    let a = devices.add().await;
-    let b = devices
-        .add_with(ContinuousOptions::default().with_collections(["photo"]))
-        .await;
-    devices.note(a, "n1", "a note").await;
-    devices.photo(a, "p1").await;
-    devices.sync(a).await;
+    let (mut devices, a, b) = a_note_and_a_photo_for_a_photo_subscriber(make).await;
     devices.sync(b).await;
     assert_eq!(devices.count(b).await, 0);
     devices.resubscribe(b, ContinuousOptions::default());
