@@ -287,7 +287,8 @@ async fn run(
         .without_max_times();
     let mut backoff = backoff_builder.build();
     let mut wait = Duration::ZERO; // sync once right away
-                                   // After a failure: local writes and live signals do not cut the backoff short.
+
+    // After a failure: local writes and live signals do not cut the backoff short.
     let mut not_before: Option<tokio::time::Instant> = None;
     loop {
         // `biased`: a stop wins over a trigger that is ready at the same time.
