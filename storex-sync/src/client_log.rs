@@ -1,19 +1,25 @@
 //! [`ClientSyncLog`]: the device's own record of changes, a collection in the app's database.
 //!
-//! It holds the device's changes (unshared until pushed) and the changes received from other
+//! It holds the device's changes (unshared until pushed; a write leaves them in the
+//! [journal](crate::journal) first, and readers index it) and the changes received from other
 //! devices (integrated once applied, or held). Reconciliation reads it to know every change
 //! to an object; compaction drops the entries that no longer decide any value.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
 
 use storex_core::uuid::Uuid;
 use storex_core::{
-    object, Filter, Object, Operation, Origin, Outcome, Query, Storage, StorageTransaction, Value,
+    object, Filter, Object, Operation, Origin, Outcome, Pk, Query, Registry, Storage,
+    StorageTransaction, Value,
 };
 
-use crate::entry::{EntryOp, LogEntry, StoredEntry, LOG_COLLECTION};
+use crate::entry::{pk_text, EntryOp, LogEntry, StoredEntry, LOG_COLLECTION};
 use crate::error::Result;
 use crate::hlc::Hlc;
+use crate::journal::index_journal;
 use crate::reconcile::{object_key, ObjectKey};
 
 /// Largest number of values in one `IN (…)` lookup.
@@ -51,23 +57,63 @@ fn read_entries(rows: Vec<Object>) -> Result<Vec<StoredEntry>> {
 }
 
 /// The client sync log of one device.
+///
+/// Writes leave their entries in the [journal](crate::JOURNAL_COLLECTION); every method that
+/// reads this device's own entries indexes the journal first, so it sees all of them.
 #[derive(Clone, Debug)]
 pub struct ClientSyncLog {
     storage: Storage,
+    /// The device's write-order lock, which also keeps two indexings of the journal apart.
+    order: Arc<Mutex<()>>,
 }
 
 impl ClientSyncLog {
     /// The log kept in `storage` (whose registry includes the log collection).
     pub fn new(storage: Storage) -> Self {
-        ClientSyncLog { storage }
+        Self::with_order(storage, Arc::default())
+    }
+
+    /// The log kept in `storage`, indexing under the device's write-order lock `order`.
+    pub(crate) fn with_order(storage: Storage, order: Arc<Mutex<()>>) -> Self {
+        ClientSyncLog { storage, order }
     }
 
     fn exec(&self) -> Exec<'_> {
         Exec::Storage(&self.storage)
     }
 
+    /// Turns the journal's records (the entries of the writes made since the last time)
+    /// into log entries, in one transaction; returns how many entries that made. Every
+    /// reader of the log does it first; an app may call it at a quiet moment.
+    pub async fn index_journal(&self) -> Result<u64> {
+        let _order = self.order.lock().await;
+        self.index_journal_holding_order().await
+    }
+
+    /// [`ClientSyncLog::index_journal`] for a caller holding the write-order lock.
+    pub(crate) async fn index_journal_holding_order(&self) -> Result<u64> {
+        let tx = self.storage.begin().await?;
+        match index_journal(Exec::Transaction(&tx), self.storage.registry()).await {
+            Ok(indexed) => {
+                tx.commit().await?;
+                Ok(indexed)
+            }
+            Err(e) => {
+                tx.rollback().await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// The write-order lock, for a caller that must index and then act before any other
+    /// write lands (the fast-sync sender starting its snapshot).
+    pub(crate) fn write_order(&self) -> &Arc<Mutex<()>> {
+        &self.order
+    }
+
     /// Up to `limit` of this device's changes not yet sent to the shared log, oldest first.
     pub async fn unshared(&self, limit: u64) -> Result<Vec<LogEntry>> {
+        self.index_journal().await?;
         let query = Query::new(Filter::all().eq("shared", false))
             .order_asc("hlc")
             .limit(limit);
@@ -88,6 +134,7 @@ impl ClientSyncLog {
 
     /// Every entry, in timestamp order (for inspection and tests).
     pub async fn all(&self) -> Result<Vec<StoredEntry>> {
+        self.index_journal().await?;
         let rows = self
             .exec()
             .find(
@@ -109,6 +156,7 @@ impl ClientSyncLog {
 
     /// How many of this device's changes are not yet sent to the shared log.
     pub async fn unshared_count(&self) -> Result<u64> {
+        self.index_journal().await?;
         Ok(self
             .storage
             .count(LOG_COLLECTION, Filter::all().eq("shared", false))
@@ -117,6 +165,7 @@ impl ClientSyncLog {
 
     /// How many entries the log holds.
     pub async fn len(&self) -> Result<u64> {
+        self.index_journal().await?;
         Ok(self.storage.count(LOG_COLLECTION, Filter::all()).await?)
     }
 
@@ -130,6 +179,7 @@ impl ClientSyncLog {
     /// Held entries do not count: one held for being too far in the future must not move
     /// the clock there.
     pub async fn max_hlc(&self) -> Result<Option<Hlc>> {
+        self.index_journal().await?;
         let query = Query::new(Filter::all().eq("integrated", true))
             .order_desc("hlc")
             .order_desc("device")
@@ -143,6 +193,7 @@ impl ClientSyncLog {
     /// fields were overwritten later (but the latest create after the delete, which says the
     /// object exists). Returns how many entries were dropped.
     pub async fn compact(&self) -> Result<u64> {
+        self.index_journal().await?;
         let rows = self
             .exec()
             .find(
@@ -248,11 +299,8 @@ pub(crate) async fn entries_for(
 }
 
 /// Which of `ids` the log already holds.
-pub(crate) async fn known_ids(
-    exec: Exec<'_>,
-    ids: &[Uuid],
-) -> Result<std::collections::HashSet<Uuid>> {
-    let mut known = std::collections::HashSet::new();
+pub(crate) async fn known_ids(exec: Exec<'_>, ids: &[Uuid]) -> Result<HashSet<Uuid>> {
+    let mut known = HashSet::new();
     for chunk in ids.chunks(LOOKUP_CHUNK) {
         let query = Query::new(Filter::all().is_in("id", chunk.iter().copied()));
         for row in exec.find(LOG_COLLECTION, query).await? {
@@ -262,4 +310,61 @@ pub(crate) async fn known_ids(
         }
     }
     Ok(known)
+}
+
+/// The stored rows of the objects `entries` touch, by object.
+pub(crate) async fn current_rows(
+    exec: Exec<'_>,
+    registry: &Registry,
+    entries: &[LogEntry],
+) -> Result<HashMap<ObjectKey, Object>> {
+    let mut by_collection: HashMap<&str, Vec<&Pk>> = HashMap::new();
+    let mut seen = HashSet::new();
+    for entry in entries {
+        if seen.insert(object_key(entry)) {
+            by_collection
+                .entry(&entry.collection)
+                .or_default()
+                .push(&entry.pk);
+        }
+    }
+    let mut rows = HashMap::new();
+    for (collection, pks) in by_collection {
+        let Ok(def) = registry.collection(collection) else {
+            continue;
+        };
+        let mut found = Vec::new();
+        match def.pk_fields() {
+            [field] => {
+                for chunk in pks.chunks(LOOKUP_CHUNK) {
+                    let keys: Vec<Value> =
+                        chunk.iter().filter_map(|pk| pk.single().cloned()).collect();
+                    found.extend(
+                        exec.find(
+                            collection,
+                            Query::new(Filter::all().is_in(field.clone(), keys)),
+                        )
+                        .await?,
+                    );
+                }
+            }
+            fields => {
+                for pk in pks {
+                    let filter = fields
+                        .iter()
+                        .zip(pk.values())
+                        .fold(Filter::all(), |f, (field, value)| {
+                            f.eq(field.clone(), value.clone())
+                        });
+                    found.extend(exec.find(collection, Query::new(filter)).await?);
+                }
+            }
+        }
+        for row in found {
+            if let Some(pk) = def.pk_of(&row) {
+                rows.insert((collection.to_owned(), pk_text(&pk)), row);
+            }
+        }
+    }
+    Ok(rows)
 }

@@ -307,6 +307,8 @@ impl ContinuousSync {
     async fn push(&self, report: &mut SyncReport) -> Result<()> {
         let me = self.device.device();
         let batch = self.options.push_batch;
+        // The writes made until now; later ones wait in the journal for the next sync.
+        self.device.log().index_journal().await?;
         let mut entries = self.unshared_after(None, batch).await?;
         while let Some(last) = entries.last() {
             let after = Some(last.hlc);

@@ -11,15 +11,16 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use storex_core::{
-    BatchStep, BoxFuture, Filter, Middleware, Object, Operation, Pk, Query, Registry, Storage,
+    BatchStep, BoxFuture, Filter, Middleware, Object, Operation, Query, Registry, Storage,
     StorageBackend, UuidPkMiddleware, Value,
 };
 
-use crate::client_log::{entries_for, known_ids, ClientSyncLog, Exec, LOOKUP_CHUNK};
+use crate::client_log::{current_rows, entries_for, known_ids, ClientSyncLog, Exec, LOOKUP_CHUNK};
 use crate::digest::collection_digest;
 use crate::entry::{pk_text, with_sync_log, EntryRow, LogEntry, LOG_COLLECTION};
 use crate::error::Result;
 use crate::hlc::{Clock, DeviceId};
+use crate::journal::index_journal;
 use crate::logging::SyncLoggingMiddleware;
 use crate::reconcile::{
     admit, object_key, reconcile, HeldEntry, HoldReason, KnownObject, ObjectKey,
@@ -136,7 +137,7 @@ impl SyncDevice {
             builder = builder.with_arc(middleware);
         }
         let storage = builder.build().await?;
-        let log = ClientSyncLog::new(storage.clone());
+        let log = ClientSyncLog::with_order(storage.clone(), write_order.clone());
         if let Some(hlc) = log.max_hlc().await? {
             clock.restore(hlc);
         }
@@ -174,6 +175,7 @@ impl SyncDevice {
     /// row that has an entry is left alone. Returns how many rows were logged.
     pub async fn log_existing_rows(&self) -> Result<u64> {
         let registry = self.storage.registry().clone();
+        self.log.index_journal().await?;
         let mut logged = 0;
         for def in registry.collections() {
             if crate::entry::INTERNAL_COLLECTIONS.contains(&def.name())
@@ -309,6 +311,8 @@ impl SyncDevice {
         let _order = self.write_order.lock().await;
         let tx = self.storage.begin().await?;
         let exec = Exec::Transaction(&tx);
+        // Reconciling compares with this device's own entries: all of them.
+        index_journal(exec, self.storage.registry()).await?;
         let received = entries.len() as u64;
         let already = if stored {
             HashSet::new()
@@ -548,61 +552,4 @@ fn batch_operations(registry: &Registry, operations: Vec<Operation>) -> Vec<Oper
         }
     }
     out
-}
-
-/// The stored rows of the objects `entries` touch, by object.
-async fn current_rows(
-    exec: Exec<'_>,
-    registry: &Registry,
-    entries: &[LogEntry],
-) -> Result<HashMap<ObjectKey, Object>> {
-    let mut by_collection: HashMap<&str, Vec<&Pk>> = HashMap::new();
-    let mut seen = HashSet::new();
-    for entry in entries {
-        if seen.insert(object_key(entry)) {
-            by_collection
-                .entry(&entry.collection)
-                .or_default()
-                .push(&entry.pk);
-        }
-    }
-    let mut rows = HashMap::new();
-    for (collection, pks) in by_collection {
-        let Ok(def) = registry.collection(collection) else {
-            continue;
-        };
-        let mut found = Vec::new();
-        match def.pk_fields() {
-            [field] => {
-                for chunk in pks.chunks(LOOKUP_CHUNK) {
-                    let keys: Vec<Value> =
-                        chunk.iter().filter_map(|pk| pk.single().cloned()).collect();
-                    found.extend(
-                        exec.find(
-                            collection,
-                            Query::new(Filter::all().is_in(field.clone(), keys)),
-                        )
-                        .await?,
-                    );
-                }
-            }
-            fields => {
-                for pk in pks {
-                    let filter = fields
-                        .iter()
-                        .zip(pk.values())
-                        .fold(Filter::all(), |f, (field, value)| {
-                            f.eq(field.clone(), value.clone())
-                        });
-                    found.extend(exec.find(collection, Query::new(filter)).await?);
-                }
-            }
-        }
-        for row in found {
-            if let Some(pk) = def.pk_of(&row) {
-                rows.insert((collection.to_owned(), pk_text(&pk)), row);
-            }
-        }
-    }
-    Ok(rows)
 }

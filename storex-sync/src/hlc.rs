@@ -241,6 +241,29 @@ impl Clock {
         }
     }
 
+    /// The first of `n` consecutive timestamps (same millisecond, counters `c` to
+    /// `c + n - 1`), all later than any issued before and earlier than any issued after:
+    /// one write stamps all of its changes at once. `n` of 0 counts as 1.
+    pub(crate) fn now_many(&self, n: u32) -> Hlc {
+        let n = n.max(1);
+        let wall = self.wall.now_millis();
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let (millis, counter) = *last;
+        let (millis, first) = if wall > millis {
+            (wall, 0)
+        } else if counter.checked_add(n).is_none() {
+            (millis + 1, 0)
+        } else {
+            (millis, counter + 1)
+        };
+        *last = (millis, first + (n - 1));
+        Hlc {
+            millis,
+            counter: first,
+            device: self.device,
+        }
+    }
+
     /// Moves the clock past `remote`, so later timestamps order after it. Refuses (and
     /// leaves the clock as it was) a timestamp further ahead of the wall clock than the
     /// allowed drift.
@@ -332,6 +355,38 @@ mod tests {
         wall.set(2_000_000);
         let later = clock.now();
         assert_eq!((later.millis, later.counter), (2_000_000, 0));
+    }
+
+    #[test]
+    fn a_run_of_timestamps_fits_between_the_ones_before_and_after() {
+        let wall = ManualClock::new(1_000);
+        let clock = Clock::with_wall_clock(device(1), wall.clone());
+        let before = clock.now();
+        let first = clock.now_many(3);
+        assert_eq!((first.millis, first.counter), (1_000, 1));
+        let after = clock.now();
+        assert_eq!(
+            (after.millis, after.counter),
+            (1_000, 4),
+            "after the run's last"
+        );
+        assert!(before < first);
+        // A run that would overflow the counter starts in the next millisecond.
+        clock.restore(Hlc {
+            millis: 1_000,
+            counter: u32::MAX - 1,
+            device: device(1),
+        });
+        let run = clock.now_many(5);
+        assert_eq!((run.millis, run.counter), (1_001, 0));
+        assert_eq!(clock.now().counter, 5);
+        wall.set(5_000);
+        assert_eq!(
+            clock.now_many(0).counter,
+            0,
+            "an empty run takes one timestamp"
+        );
+        assert_eq!(clock.now().counter, 1);
     }
 
     #[test]

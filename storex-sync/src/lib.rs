@@ -36,6 +36,7 @@ mod entry;
 mod error;
 pub mod fast_sync;
 mod hlc;
+mod journal;
 mod logging;
 mod reconcile;
 mod shared_log;
@@ -51,6 +52,7 @@ pub use entry::{
 };
 pub use error::{Error, Result};
 pub use hlc::{Clock, DeviceId, Hlc, ManualClock, SystemClock, WallClock, DEFAULT_MAX_DRIFT};
+pub use journal::JOURNAL_COLLECTION;
 pub use logging::SyncLoggingMiddleware;
 pub use reconcile::{
     object_key, object_state, reconcile, HeldEntry, HoldReason, KnownObject, ObjectKey,

@@ -1,8 +1,8 @@
 //! [`SyncLoggingMiddleware`]: every write is executed together with its log entries.
 //!
-//! A write without where-clauses is rewritten into one batch: the data steps, then one log
-//! entry per changed object (which the backend inserts with a multi-row INSERT), so the write
-//! and its entries land atomically or not at all. A where-clause write first resolves the keys
+//! A write without where-clauses is rewritten into one batch: the data steps, then one
+//! [journal](crate::journal) record holding an entry per changed object, so the write and its
+//! entries land atomically or not at all. A where-clause write first resolves the keys
 //! it touches inside a transaction (the current one, or one it opens), then writes exactly
 //! those objects (one statement per 1,000 keys when the key is a single field) and their
 //! entries in the same transaction, so no concurrent write can slip between the lookup and
@@ -15,6 +15,7 @@
 //! actually written. Operations with [`Origin::Sync`] (changes applied by sync) and
 //! collections excluded from sync pass through unlogged.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -26,8 +27,12 @@ use storex_core::{
 };
 
 use crate::client_log::LOOKUP_CHUNK;
-use crate::entry::{EntryOp, EntryRow, INTERNAL_COLLECTIONS, LOG_COLLECTION};
+use crate::entry::{EntryOp, INTERNAL_COLLECTIONS};
 use crate::hlc::Clock;
+use crate::journal::RecordBuilder;
+
+/// The fields of a delete's entry.
+static NO_FIELDS: Object = Object::new();
 
 /// Logs every write of the app into the client sync log, atomically with the write.
 #[derive(Debug)]
@@ -101,72 +106,74 @@ fn resolve_placeholders(next: &Next<'_>, steps: &mut [BatchStep]) {
     }
 }
 
+/// One logged change, borrowed from the operation that makes it.
+type Change<'a> = (&'a str, Cow<'a, Pk>, EntryOp, &'a Object);
+
 impl SyncLoggingMiddleware {
-    fn entry(
-        &self,
-        next: &Next<'_>,
-        collection: &str,
-        pk: &Pk,
-        op: EntryOp,
-        fields: &Object,
-    ) -> BatchStep {
-        let schema_version = next
-            .registry()
-            .collection(collection)
-            .map_or(1, |def| def.schema_version());
-        let row = EntryRow::local(&self.clock, collection, pk, op, fields, schema_version);
-        BatchStep::new(Operation::create(LOG_COLLECTION, row.to_object()))
+    /// The journal record of `changes`, stamped now (none if there are none).
+    fn record(&self, next: &Next<'_>, changes: Vec<Change<'_>>) -> Option<BatchStep> {
+        let mut record = RecordBuilder::default();
+        for (collection, pk, op, values) in changes {
+            let schema_version = next
+                .registry()
+                .collection(collection)
+                .map_or(1, |def| def.schema_version());
+            record.push(collection, schema_version, op, pk, values);
+        }
+        let first = self.clock.now_many(record.len());
+        record.into_step(first)
     }
 
-    /// The log entry for a write that names its object, if it is logged.
-    fn entry_for(&self, next: &Next<'_>, op: &Operation) -> Option<BatchStep> {
+    /// The change a write that names its object makes, if it is logged.
+    fn change_of<'a>(&self, next: &Next<'_>, op: &'a Operation) -> Option<Change<'a>> {
         match op {
             Operation::Create { collection, object } if self.logged(collection) => {
                 let pk = next.registry().collection(collection).ok()?.pk_of(object)?;
-                Some(self.entry(next, collection, &pk, EntryOp::Create, object))
+                Some((collection, Cow::Owned(pk), EntryOp::Create, object))
             }
             Operation::UpdateByPk {
                 collection,
                 pk,
                 changes,
             } if self.logged(collection) => {
-                Some(self.entry(next, collection, pk, EntryOp::Update, changes))
+                Some((collection, Cow::Borrowed(pk), EntryOp::Update, changes))
             }
             Operation::DeleteByPk { collection, pk } if self.logged(collection) => {
-                Some(self.entry(next, collection, pk, EntryOp::Delete, &Object::new()))
+                Some((collection, Cow::Borrowed(pk), EntryOp::Delete, &NO_FIELDS))
             }
             _ => None,
         }
     }
 
-    /// Runs `steps` (no where-writes) with their entries as one batch; returns the
-    /// outcomes of `steps` only.
+    /// Runs `steps` (no where-writes) with the journal record of their entries as one
+    /// batch; returns the outcomes of `steps` only.
     async fn run_logged_batch(
         &self,
         next: Next<'_>,
         steps: Vec<BatchStep>,
     ) -> CoreResult<Vec<Outcome>> {
-        let entries: Vec<BatchStep> = steps
+        let changes: Vec<Change<'_>> = steps
             .iter()
-            .filter_map(|s| self.entry_for(&next, &s.operation))
+            .filter_map(|s| self.change_of(&next, &s.operation))
             .collect();
-        self.run_with_entries(next, steps, entries).await
+        let record = self.record(&next, changes);
+        self.run_with_record(next, steps, record).await
     }
 
-    /// Runs the data `steps` and then the log `entries` as one batch; returns the outcomes
-    /// of the data steps.
-    async fn run_with_entries(
+    /// Runs the data `steps` and then the journal `record` of their entries as one batch;
+    /// returns the outcomes of the data steps.
+    async fn run_with_record(
         &self,
         next: Next<'_>,
         steps: Vec<BatchStep>,
-        entries: Vec<BatchStep>,
+        record: Option<BatchStep>,
     ) -> CoreResult<Vec<Outcome>> {
         let data_steps = steps.len();
         if data_steps == 0 {
             return Ok(Vec::new());
         }
         let mut all = steps;
-        all.extend(entries);
+        all.extend(record);
         match next.run(Operation::Batch { steps: all }).await {
             Ok(Outcome::Batch(mut outcomes)) => {
                 outcomes.truncate(data_steps);
@@ -211,15 +218,15 @@ impl SyncLoggingMiddleware {
         if pks.is_empty() {
             return Ok(done(0));
         }
-        let no_fields = Object::new();
         let (entry_op, fields) = match &changes {
             Some(changes) => (EntryOp::Update, changes),
-            None => (EntryOp::Delete, &no_fields),
+            None => (EntryOp::Delete, &NO_FIELDS),
         };
-        let entries: Vec<BatchStep> = pks
+        let logged: Vec<Change<'_>> = pks
             .iter()
-            .map(|pk| self.entry(&next, &collection, pk, entry_op, fields))
+            .map(|pk| (collection.as_str(), Cow::Borrowed(pk), entry_op, fields))
             .collect();
+        let record = self.record(&next, logged);
         let write = |filter: Filter| match &changes {
             Some(changes) => Operation::update_where(collection.clone(), filter, changes.clone()),
             None => Operation::delete_where(collection.clone(), filter),
@@ -246,7 +253,7 @@ impl SyncLoggingMiddleware {
                 })
                 .collect(),
         };
-        self.run_with_entries(next, steps, entries).await?;
+        self.run_with_record(next, steps, record).await?;
         Ok(done(count))
     }
 

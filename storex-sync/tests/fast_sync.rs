@@ -1017,6 +1017,7 @@ async fn a_log_row(fx: &Fixture) -> storex_core::Object {
         .create("note", object! { "title" => "t" })
         .await
         .expect("note");
+    donor.log().index_journal().await.expect("indexed");
     donor
         .storage()
         .find_many(storex_sync::LOG_COLLECTION, storex_core::Query::default())

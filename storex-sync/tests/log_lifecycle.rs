@@ -73,12 +73,14 @@ async fn compaction_drops_superseded_entries_and_keeps_the_outcome() {
             .expect("t2 entry")
     };
     let before = share_everything(&a).await;
-    assert_eq!(before.len(), 6);
+    // Note 2's create is not there: its row was gone when the journal was indexed, and the
+    // later delete decides without it.
+    assert_eq!(before.len(), 5);
     let dropped = a.log().compact().await.expect("compact");
     // Kept: note 1's create (says it exists, holds body) and its t3 update; note 2's delete.
     assert_eq!(
-        dropped, 3,
-        "the t2 update, and note 2's create and update before its delete"
+        dropped, 2,
+        "the t2 update, and note 2's update before its delete"
     );
     let kept: Vec<EntryOp> = a
         .log()

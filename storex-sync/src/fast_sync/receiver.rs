@@ -23,6 +23,7 @@ use crate::fast_sync::{
     cancel_here, chain_checksum, honour_pause, next_package, FastSyncChannel, FastSyncError,
     FastSyncOptions, Progress, TransferReport,
 };
+use crate::journal::index_journal;
 use crate::reconcile::ObjectKey;
 
 const CURSOR_KEY: &str = "shared_log_cursor";
@@ -320,7 +321,18 @@ async fn apply_batch(
 ) -> Result<()> {
     let storage = device.storage();
     let def = storage.registry().collection(collection)?.clone();
+    // Merging compares with this device's own entries (below): all of them, indexed under
+    // the write-order lock.
+    let order = device.log().write_order().clone();
+    let _order = if state.merge {
+        Some(order.lock().await)
+    } else {
+        None
+    };
     let tx = storage.begin().await?;
+    if state.merge {
+        index_journal(Exec::Transaction(&tx), storage.registry()).await?;
+    }
     let mut steps = Vec::with_capacity(objects.len() + 1);
     let keys: Vec<Value> = objects
         .iter()

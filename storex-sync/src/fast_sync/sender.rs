@@ -53,6 +53,12 @@ impl SnapshotSender {
     /// Takes the snapshot: opens a transaction on the device and counts what it will send.
     pub async fn open(device: &SyncDevice, options: FastSyncOptions) -> Result<Self> {
         let storage = device.storage();
+        // The snapshot starts right after the journal is indexed, before any other write of
+        // the app lands (they wait for the write-order lock): every row it holds has its
+        // entries in the log it sends.
+        let log = device.log();
+        let _order = log.write_order().lock().await;
+        log.index_journal_holding_order().await?;
         let tx = storage.begin_snapshot().await?;
         let wanted = |name: &str| {
             !INTERNAL_COLLECTIONS.contains(&name)

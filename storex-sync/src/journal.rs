@@ -1,0 +1,397 @@
+//! The sync journal: one small record per logged write, turned into log entries when sync
+//! needs them.
+//!
+//! An app write lands with **one** journal record instead of one indexed log row per changed
+//! object. The record says what the write did, compactly: runs of objects of one collection
+//! that the write created, updated with the same values, or deleted, by key, and the first
+//! of the consecutive timestamps the write took. It does not repeat what the write stored:
+//! a create's values are read back from its row when the record is indexed. So a 1,000-row
+//! batch writes its rows plus about 20 bytes an object, where a log row per object doubled
+//! what SQLite had to write.
+//!
+//! Whatever reads the log ([`ClientSyncLog`](crate::ClientSyncLog), pushing, reconciling,
+//! fast sync) first *indexes* the journal: in one transaction it turns the records into the
+//! log's rows and deletes them. Records are read in id order (UUIDv7: the order of the
+//! writes). Entry `i` of a record gets the record's first timestamp plus `i`, and the
+//! record's id with `i` in its last four bytes as its id, so indexing twice gives the same
+//! entries.
+//!
+//! Reading a create's values at indexing time is sound because, until its record is
+//! indexed, only this device's later writes can change the row: applying received changes
+//! (and a fast-sync merge) indexes the journal first. A field a later local write changed
+//! thus carries that later value, which wins over the create's anyway wherever both are
+//! known; a row a later local delete removed yields no entry, as the delete, later, decides
+//! the object's state without it. Updates keep their values in the record: the object they
+//! name may not exist here.
+//!
+//! Indexing is atomic (one transaction). Two indexers running at once would insert the same
+//! entries: in one process the device's write-order lock keeps them apart, and across
+//! processes the second notices that it deleted fewer records than it read and fails with a
+//! transient error, rolling back.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use storex_core::uuid::Uuid;
+use storex_core::{
+    BatchStep, CollectionDef, FieldType, Filter, Object, Operation, Pk, Query, Registry, Value,
+};
+
+use crate::client_log::{current_rows, Exec, LOOKUP_CHUNK};
+use crate::entry::{pk_text, EntryOp, EntryRow, LogEntry, LOG_COLLECTION};
+use crate::error::{Error, Result};
+use crate::hlc::Hlc;
+
+/// The name of the journal's collection in the app's database.
+pub const JOURNAL_COLLECTION: &str = "storex_sync_journal";
+
+/// The first byte of a record's `entries`: the version of its encoding.
+const FORMAT: u8 = 1;
+
+/// How many records one indexing round reads (a record holds one write's changes).
+const RECORDS_PER_ROUND: u64 = 64;
+
+/// The definition of the journal's collection.
+pub(crate) fn journal_collection() -> CollectionDef {
+    CollectionDef::new(JOURNAL_COLLECTION)
+        .field("id", FieldType::Uuid)
+        .field("entries", FieldType::Blob)
+        .primary_key(["id"])
+}
+
+/// What one write did, as its record stores it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Record<'a> {
+    /// The timestamp of the first change; the others follow it counter by counter.
+    first: Hlc,
+    /// The changes, in the order the write made them.
+    runs: Vec<Run<'a>>,
+}
+
+/// Changes of the same kind to objects of one collection.
+#[derive(Debug, Serialize, Deserialize)]
+struct Run<'a> {
+    collection: Cow<'a, str>,
+    op: EntryOp,
+    schema_version: u32,
+    /// What an update set, the same for every object of the run; empty otherwise.
+    values: Cow<'a, Object>,
+    pks: Vec<Cow<'a, Pk>>,
+}
+
+/// Collects the changes of one write into a [`Record`].
+#[derive(Debug, Default)]
+pub(crate) struct RecordBuilder<'a> {
+    runs: Vec<Run<'a>>,
+    changes: u32,
+}
+
+impl<'a> RecordBuilder<'a> {
+    /// Adds a change: `values` are what an update set (ignored for creates and deletes).
+    pub(crate) fn push(
+        &mut self,
+        collection: &'a str,
+        schema_version: u32,
+        op: EntryOp,
+        pk: Cow<'a, Pk>,
+        values: &'a Object,
+    ) {
+        static NONE: Object = Object::new();
+        let values = if op == EntryOp::Update { values } else { &NONE };
+        self.changes = self.changes.saturating_add(1);
+        match self.runs.last_mut() {
+            Some(run)
+                if run.collection == collection
+                    && run.op == op
+                    && run.schema_version == schema_version
+                    && *run.values == *values =>
+            {
+                run.pks.push(pk);
+            }
+            _ => self.runs.push(Run {
+                collection: Cow::Borrowed(collection),
+                op,
+                schema_version,
+                values: Cow::Borrowed(values),
+                pks: vec![pk],
+            }),
+        }
+    }
+
+    /// How many changes it holds.
+    pub(crate) fn len(&self) -> u32 {
+        self.changes
+    }
+
+    /// The step writing the record, its changes stamped from `first` on (none if it is
+    /// empty).
+    pub(crate) fn into_step(self, first: Hlc) -> Option<BatchStep> {
+        if self.runs.is_empty() {
+            return None;
+        }
+        let record = Record {
+            first,
+            runs: self.runs,
+        };
+        let mut bytes = vec![FORMAT];
+        // Writing into a Vec cannot fail, and every part of a record is serializable.
+        rmp_serde::encode::write(&mut bytes, &record).ok()?;
+        let mut row = Object::new();
+        row.insert("id".into(), Value::from(Uuid::now_v7()));
+        row.insert("entries".into(), Value::Blob(bytes));
+        Some(BatchStep::new(Operation::create(JOURNAL_COLLECTION, row)))
+    }
+}
+
+/// The id of the `ordinal`th entry of the record `record`: its id with the ordinal in the
+/// last four bytes (still a UUIDv7, ordered like the entries).
+fn entry_id(record: Uuid, ordinal: u32) -> Uuid {
+    let mut bytes = *record.as_bytes();
+    bytes[12..].copy_from_slice(&ordinal.to_be_bytes());
+    Uuid::from_bytes(bytes)
+}
+
+/// A record's id and what it says, or why it cannot be read.
+fn read_record(row: &Object) -> Result<(Uuid, Record<'static>)> {
+    let id = row.get("id").and_then(Value::as_uuid);
+    let corrupt = |problem: String| Error::CorruptEntry {
+        id: id.map_or_else(|| "a journal record".to_owned(), |id| id.to_string()),
+        problem,
+    };
+    let id = id.ok_or_else(|| corrupt("the journal record has no id".into()))?;
+    let bytes = match row.get("entries") {
+        Some(Value::Blob(bytes)) => bytes,
+        _ => return Err(corrupt("the journal record holds no entries".into())),
+    };
+    match bytes.split_first() {
+        Some((&FORMAT, body)) => {
+            let record = rmp_serde::from_slice(body)
+                .map_err(|e| corrupt(format!("the journal record does not decode: {e}")))?;
+            Ok((id, record))
+        }
+        Some((other, _)) => Err(corrupt(format!(
+            "the journal record has format {other}, this version reads {FORMAT}"
+        ))),
+        None => Err(corrupt("the journal record is empty".into())),
+    }
+}
+
+/// The entries of a record, a create's fields still empty (read from its row later).
+fn entries_of(id: Uuid, record: Record<'static>) -> Vec<LogEntry> {
+    let mut entries = Vec::new();
+    let mut ordinal: u32 = 0;
+    for run in record.runs {
+        let collection = run.collection.into_owned();
+        let values = run.values.into_owned();
+        for pk in run.pks {
+            entries.push(LogEntry {
+                id: entry_id(id, ordinal),
+                device: record.first.device,
+                hlc: Hlc {
+                    counter: record.first.counter.saturating_add(ordinal),
+                    ..record.first
+                },
+                collection: collection.clone(),
+                pk: pk.into_owned(),
+                op: run.op,
+                fields: values.clone(),
+                schema_version: run.schema_version,
+            });
+            ordinal = ordinal.saturating_add(1);
+        }
+    }
+    entries
+}
+
+/// Turns every journal record into log rows (unshared, integrated) and deletes it, inside
+/// the transaction behind `exec`. Returns how many entries were indexed.
+pub(crate) async fn index_journal(exec: Exec<'_>, registry: &Registry) -> Result<u64> {
+    let mut indexed = 0;
+    loop {
+        let query = Query::default().order_asc("id").limit(RECORDS_PER_ROUND);
+        let rows = exec.find(JOURNAL_COLLECTION, query).await?;
+        if rows.is_empty() {
+            return Ok(indexed);
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut entries = Vec::new();
+        for row in &rows {
+            let (id, record) = read_record(row)?;
+            ids.push(id);
+            entries.extend(entries_of(id, record));
+        }
+        let creates: Vec<LogEntry> = entries
+            .iter()
+            .filter(|e| e.op == EntryOp::Create)
+            .cloned()
+            .collect();
+        let stored = current_rows(exec, registry, &creates).await?;
+        let steps = fill_creates(entries, &stored)
+            .iter()
+            .map(|entry| {
+                let row = EntryRow::of(entry, false, true).to_object();
+                BatchStep::new(Operation::create(LOG_COLLECTION, row))
+            })
+            .collect::<Vec<_>>();
+        let mut deleted = 0;
+        for chunk in ids.chunks(LOOKUP_CHUNK) {
+            let filter = Filter::all().is_in("id", chunk.iter().copied());
+            let op = Operation::delete_where(JOURNAL_COLLECTION, filter);
+            deleted += exec.run(op).await?.count().unwrap_or(0);
+        }
+        if deleted != ids.len() as u64 {
+            return Err(storex_core::Error::Transaction {
+                problem: "another process indexed the sync journal at the same time; \
+                          try again"
+                    .into(),
+            }
+            .into());
+        }
+        indexed += steps.len() as u64;
+        if !steps.is_empty() {
+            exec.run(Operation::Batch { steps }).await?;
+        }
+    }
+}
+
+/// Gives each create the values of its stored row; leaves out creates whose row a later
+/// delete removed.
+fn fill_creates(
+    entries: Vec<LogEntry>,
+    stored: &HashMap<(String, String), Object>,
+) -> Vec<LogEntry> {
+    entries
+        .into_iter()
+        .filter_map(|mut entry| {
+            if entry.op == EntryOp::Create {
+                let key = (entry.collection.clone(), pk_text(&entry.pk));
+                entry.fields = stored.get(&key)?.clone();
+            }
+            Some(entry)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::{Clock, DeviceId};
+    use storex_core::object;
+
+    fn row_of(builder: RecordBuilder<'_>, first: Hlc) -> Object {
+        match builder.into_step(first).map(|s| s.operation) {
+            Some(Operation::Create { object, .. }) => object,
+            other => panic!("not a create: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_record_gives_back_its_changes_with_consecutive_timestamps_and_ids() {
+        let clock = Clock::new(DeviceId::random());
+        let (a, b, c) = (Pk::from(1), Pk::from(2), Pk::from(3));
+        let stars = object! { "stars" => 5 };
+        let other = object! { "stars" => 6 };
+        let mut builder = RecordBuilder::default();
+        builder.push("note", 3, EntryOp::Create, Cow::Borrowed(&a), &stars);
+        builder.push("note", 3, EntryOp::Update, Cow::Borrowed(&b), &stars);
+        builder.push("note", 3, EntryOp::Update, Cow::Borrowed(&c), &stars);
+        builder.push("note", 3, EntryOp::Update, Cow::Borrowed(&a), &other);
+        builder.push("tag", 1, EntryOp::Delete, Cow::Owned(Pk::from(4)), &stars);
+        assert_eq!(builder.len(), 5);
+        let first = clock.now_many(builder.len());
+        let row = row_of(builder, first);
+        let (id, record) = read_record(&row).expect("read back");
+        assert_eq!(record.runs.len(), 4, "the two equal updates share a run");
+        let entries = entries_of(id, record);
+        let summary: Vec<_> = entries
+            .iter()
+            .map(|e| (e.collection.as_str(), e.op, e.pk.clone(), e.fields.clone()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("note", EntryOp::Create, a.clone(), Object::new()),
+                ("note", EntryOp::Update, b, stars.clone()),
+                ("note", EntryOp::Update, c, stars),
+                ("note", EntryOp::Update, a, other),
+                ("tag", EntryOp::Delete, Pk::from(4), Object::new()),
+            ]
+        );
+        for (i, entry) in entries.iter().enumerate() {
+            assert_eq!(entry.hlc.counter, first.counter + i as u32);
+            assert_eq!(entry.hlc.millis, first.millis);
+            assert_eq!(entry.device, first.device);
+            assert_eq!(entry.schema_version, if i < 4 { 3 } else { 1 });
+            assert_eq!(entry.id.get_version_num(), 7);
+        }
+        let ids: std::collections::HashSet<_> = entries.iter().map(|e| e.id).collect();
+        assert_eq!(ids.len(), 5, "distinct ids");
+        assert!(entries.windows(2).all(|w| w[0].id < w[1].id), "ordered ids");
+        assert_eq!(entries_of(id, read_record(&row).expect("again").1), entries);
+    }
+
+    #[test]
+    fn a_create_takes_its_rows_values_or_goes_when_the_row_is_gone() {
+        let device = DeviceId::random();
+        let entry = |pk: i64, op| LogEntry {
+            id: Uuid::now_v7(),
+            device,
+            hlc: Hlc::zero(device),
+            collection: "note".into(),
+            pk: Pk::from(pk),
+            op,
+            fields: Object::new(),
+            schema_version: 1,
+        };
+        let row = object! { "id" => 1, "title" => "later title" };
+        let stored = HashMap::from([(("note".to_owned(), pk_text(&Pk::from(1))), row.clone())]);
+        let filled = fill_creates(
+            vec![
+                entry(1, EntryOp::Create),
+                entry(2, EntryOp::Create),
+                entry(2, EntryOp::Delete),
+            ],
+            &stored,
+        );
+        assert_eq!(filled.len(), 2);
+        assert_eq!(filled[0].fields, row);
+        assert_eq!(filled[1].op, EntryOp::Delete);
+    }
+
+    #[test]
+    fn no_changes_make_no_record() {
+        let clock = Clock::new(DeviceId::random());
+        assert!(RecordBuilder::default().into_step(clock.now()).is_none());
+    }
+
+    #[test]
+    fn a_damaged_record_is_reported_not_panicked_on() {
+        let clock = Clock::new(DeviceId::random());
+        let (pk, none) = (Pk::from(1), Object::new());
+        let mut builder = RecordBuilder::default();
+        builder.push("note", 1, EntryOp::Delete, Cow::Borrowed(&pk), &none);
+        let good = row_of(builder, clock.now());
+        let with_entries = |value: Value| {
+            let mut row = good.clone();
+            row.insert("entries".into(), value);
+            row
+        };
+        let Some(Value::Blob(bytes)) = good.get("entries") else {
+            panic!("no entries")
+        };
+        let cases = [
+            (with_entries(Value::Blob(Vec::new())), "is empty"),
+            (with_entries(Value::Blob(vec![9, 1, 2])), "has format 9"),
+            (
+                with_entries(Value::Blob(bytes[..bytes.len() / 2].to_vec())),
+                "does not decode",
+            ),
+            (with_entries(Value::from("text")), "holds no entries"),
+        ];
+        for (row, expected) in cases {
+            let err = read_record(&row).expect_err("accepted");
+            assert!(err.to_string().contains(expected), "{err} ({expected})");
+        }
+    }
+}
