@@ -122,6 +122,52 @@ async fn updates_and_deletes_by_key_are_logged() {
 }
 
 #[tokio::test]
+async fn a_create_changed_before_the_next_sync_sends_the_rows_values_and_converges() {
+    let a = device().await;
+    let book = notebook(&a).await;
+    let note = a
+        .storage()
+        .create(
+            "note",
+            object! { "notebook_id" => book.clone(), "title" => "first" },
+        )
+        .await
+        .expect("create");
+    a.storage()
+        .update_by_pk("note", note.clone(), object! { "title" => "second" })
+        .await
+        .expect("update");
+    a.storage()
+        .delete_by_pk("notebook", book)
+        .await
+        .expect("delete");
+    // Nothing read the log in between: every write is still in the journal.
+    let log = entries(&a).await;
+    let summary: Vec<(EntryOp, Option<&Value>)> =
+        log.iter().map(|e| (e.op, e.fields.get("title"))).collect();
+    let second = Value::from("second");
+    assert_eq!(
+        summary,
+        vec![
+            (EntryOp::Create, Some(&second)),
+            (EntryOp::Update, Some(&second)),
+            (EntryOp::Delete, None),
+        ],
+        "the note's create carries its row as indexed; the notebook's create, whose row \
+         a later delete removed, is left out"
+    );
+    let b = device().await;
+    b.integrate(log).await.expect("integrate");
+    for collection in ["note", "notebook"] {
+        assert_eq!(
+            a.digest(collection).await.expect("digest"),
+            b.digest(collection).await.expect("digest"),
+            "{collection}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_batch_logs_each_step_with_its_placeholders_resolved() {
     let d = device().await;
     let outcomes = d

@@ -88,8 +88,9 @@ async fn insert_many_rate(dir: &std::path::Path, rows: u64) -> Result<f64, BoxEr
     Ok(rows as f64 / start.elapsed().as_secs_f64())
 }
 
-/// `rows` rows written to `device` through storex, 1,000 a batch.
-async fn fill(old: &SyncDevice, rows: u64) -> Result<(), BoxError> {
+/// `rows` rows written to `device` through storex, 1,000 a batch, then their journal
+/// records indexed into the device's log, as its next sync would (timed apart, as `name`).
+async fn fill(old: &SyncDevice, rows: u64, name: &str) -> Result<(), BoxError> {
     let mut written = 0;
     while written < rows {
         let n = (rows - written).min(1_000);
@@ -104,6 +105,9 @@ async fn fill(old: &SyncDevice, rows: u64) -> Result<(), BoxError> {
         old.storage().batch(steps).await?;
         written += n;
     }
+    let start = Instant::now();
+    let indexed = old.log().index_journal().await?;
+    rate(name, indexed, start.elapsed());
     Ok(())
 }
 
@@ -121,7 +125,13 @@ async fn one_size(rows: u64) -> Result<(), BoxError> {
         device(dir.path(), "old.db").await?,
         device(dir.path(), "new.db").await?,
     );
-    fill(&old, rows).await?;
+    let label = size_label(rows);
+    fill(
+        &old,
+        rows,
+        &format!("fastsync.tcp_{label}.sender_journal_index"),
+    )
+    .await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let options = FastSyncOptions::default();
@@ -147,7 +157,6 @@ async fn one_size(rows: u64) -> Result<(), BoxError> {
     if old.digest("row").await? != new.digest("row").await? || received.objects != sent.objects {
         return Err("the receiving database differs from the sender's".into());
     }
-    let label = size_label(rows);
     let transfer = rate(&format!("fastsync.tcp_{label}.rows"), rows, elapsed);
     figure(
         &format!("fastsync.tcp_{label}.payload"),
@@ -222,7 +231,12 @@ async fn webrtc_rows(rows: u64) -> Result<(), BoxError> {
         device(dir.path(), "old.db").await?,
         device(dir.path(), "new.db").await?,
     );
-    fill(&old, rows).await?;
+    fill(
+        &old,
+        rows,
+        &format!("fastsync.webrtc_{}.sender_journal_index", size_label(rows)),
+    )
+    .await?;
     let (mut a, mut b) = webrtc_pair().await?;
     let options = FastSyncOptions::default();
     let (sending_device, sending_options) = (old.clone(), options.clone());
