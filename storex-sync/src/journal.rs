@@ -6,8 +6,8 @@
 //! that the write created, updated with the same values, or deleted, by key, and the first
 //! of the consecutive timestamps the write took. It does not repeat what the write stored:
 //! a create's values are read back from its row when the record is indexed. So a 1,000-row
-//! batch writes its rows plus about 20 bytes an object, where a log row per object doubled
-//! what SQLite had to write.
+//! batch writes its rows plus about 16 bytes an object (a run's UUID keys are one byte
+//! string), where a log row per object doubled what SQLite had to write.
 //!
 //! Whatever reads the log ([`ClientSyncLog`](crate::ClientSyncLog), pushing, reconciling,
 //! fast sync) first *indexes* the journal: in one transaction it turns the records into the
@@ -77,7 +77,91 @@ struct Run<'a> {
     schema_version: u32,
     /// What an update set, the same for every object of the run; empty otherwise.
     values: Cow<'a, Object>,
-    pks: Vec<Cow<'a, Pk>>,
+    keys: Keys<'a>,
+}
+
+/// The keys of a run's objects.
+#[derive(Debug, Serialize, Deserialize)]
+enum Keys<'a> {
+    /// Every key is one UUID (the UUID key middleware's): 16 bytes each.
+    Uuids(UuidBytes),
+    /// Keys of any shape.
+    Any(Vec<Cow<'a, Pk>>),
+}
+
+impl<'a> Keys<'a> {
+    fn of(pk: Cow<'a, Pk>) -> Self {
+        let mut keys = Keys::Uuids(UuidBytes(Vec::new()));
+        keys.push(pk);
+        keys
+    }
+
+    fn push(&mut self, pk: Cow<'a, Pk>) {
+        match (&mut *self, pk.single()) {
+            (Keys::Uuids(bytes), Some(Value::Uuid(id))) => bytes.0.extend_from_slice(id.as_bytes()),
+            (Keys::Uuids(bytes), _) => {
+                let mut all: Vec<Cow<'a, Pk>> = bytes
+                    .0
+                    .chunks_exact(16)
+                    .filter_map(|b| Uuid::from_slice(b).ok())
+                    .map(|id| Cow::Owned(Pk::from(id)))
+                    .collect();
+                all.push(pk);
+                *self = Keys::Any(all);
+            }
+            (Keys::Any(all), _) => all.push(pk),
+        }
+    }
+
+    /// The keys, or `None` when the UUIDs' bytes are not a whole number of UUIDs.
+    fn into_pks(self) -> Option<Vec<Pk>> {
+        match self {
+            Keys::Uuids(bytes) if bytes.0.len() % 16 == 0 => Some(
+                bytes
+                    .0
+                    .chunks_exact(16)
+                    .filter_map(|b| Uuid::from_slice(b).ok())
+                    .map(Pk::from)
+                    .collect(),
+            ),
+            Keys::Uuids(_) => None,
+            Keys::Any(all) => Some(all.into_iter().map(Cow::into_owned).collect()),
+        }
+    }
+}
+
+/// UUIDs back to back, serialized as one byte string.
+#[derive(Debug)]
+struct UuidBytes(Vec<u8>);
+
+impl Serialize for UuidBytes {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for UuidBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        struct Bytes;
+        impl serde::de::Visitor<'_> for Bytes {
+            type Value = UuidBytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string of UUIDs")
+            }
+            fn visit_bytes<E>(self, bytes: &[u8]) -> std::result::Result<UuidBytes, E> {
+                Ok(UuidBytes(bytes.to_vec()))
+            }
+            fn visit_byte_buf<E>(self, bytes: Vec<u8>) -> std::result::Result<UuidBytes, E> {
+                Ok(UuidBytes(bytes))
+            }
+        }
+        deserializer.deserialize_bytes(Bytes)
+    }
 }
 
 /// Collects the changes of one write into a [`Record`].
@@ -107,14 +191,14 @@ impl<'a> RecordBuilder<'a> {
                     && run.schema_version == schema_version
                     && *run.values == *values =>
             {
-                run.pks.push(pk);
+                run.keys.push(pk);
             }
             _ => self.runs.push(Run {
                 collection: Cow::Borrowed(collection),
                 op,
                 schema_version,
                 values: Cow::Borrowed(values),
-                pks: vec![pk],
+                keys: Keys::of(pk),
             }),
         }
     }
@@ -178,13 +262,17 @@ fn read_record(row: &Object) -> Result<(Uuid, Record<'static>)> {
 }
 
 /// The entries of a record, a create's fields still empty (read from its row later).
-fn entries_of(id: Uuid, record: Record<'static>) -> Vec<LogEntry> {
+fn entries_of(id: Uuid, record: Record<'static>) -> Result<Vec<LogEntry>> {
     let mut entries = Vec::new();
     let mut ordinal: u32 = 0;
     for run in record.runs {
         let collection = run.collection.into_owned();
         let values = run.values.into_owned();
-        for pk in run.pks {
+        let pks = run.keys.into_pks().ok_or_else(|| Error::CorruptEntry {
+            id: id.to_string(),
+            problem: "the journal record's keys are cut short".into(),
+        })?;
+        for pk in pks {
             entries.push(LogEntry {
                 id: entry_id(id, ordinal),
                 device: record.first.device,
@@ -193,7 +281,7 @@ fn entries_of(id: Uuid, record: Record<'static>) -> Vec<LogEntry> {
                     ..record.first
                 },
                 collection: collection.clone(),
-                pk: pk.into_owned(),
+                pk,
                 op: run.op,
                 fields: values.clone(),
                 schema_version: run.schema_version,
@@ -201,7 +289,7 @@ fn entries_of(id: Uuid, record: Record<'static>) -> Vec<LogEntry> {
             ordinal = ordinal.saturating_add(1);
         }
     }
-    entries
+    Ok(entries)
 }
 
 /// Turns every journal record into log rows (unshared, integrated) and deletes it, inside
@@ -219,7 +307,7 @@ pub(crate) async fn index_journal(exec: Exec<'_>, registry: &Registry) -> Result
         for row in &rows {
             let (id, record) = read_record(row)?;
             ids.push(id);
-            entries.extend(entries_of(id, record));
+            entries.extend(entries_of(id, record)?);
         }
         let creates: Vec<LogEntry> = entries
             .iter()
@@ -303,7 +391,7 @@ mod tests {
         let row = row_of(builder, first);
         let (id, record) = read_record(&row).expect("read back");
         assert_eq!(record.runs.len(), 4, "the two equal updates share a run");
-        let entries = entries_of(id, record);
+        let entries = entries_of(id, record).expect("entries");
         let summary: Vec<_> = entries
             .iter()
             .map(|e| (e.collection.as_str(), e.op, e.pk.clone(), e.fields.clone()))
@@ -328,7 +416,37 @@ mod tests {
         let ids: std::collections::HashSet<_> = entries.iter().map(|e| e.id).collect();
         assert_eq!(ids.len(), 5, "distinct ids");
         assert!(entries.windows(2).all(|w| w[0].id < w[1].id), "ordered ids");
-        assert_eq!(entries_of(id, read_record(&row).expect("again").1), entries);
+        let again = read_record(&row).expect("again").1;
+        assert_eq!(entries_of(id, again).expect("entries"), entries);
+    }
+
+    #[test]
+    fn uuid_keys_take_sixteen_bytes_each_and_other_keys_join_them() {
+        let clock = Clock::new(DeviceId::random());
+        let ids: Vec<Pk> = (0..3).map(|_| Pk::from(Uuid::now_v7())).collect();
+        let none = Object::new();
+        let mut builder = RecordBuilder::default();
+        for pk in &ids {
+            builder.push("note", 1, EntryOp::Create, Cow::Borrowed(pk), &none);
+        }
+        let row = row_of(builder, clock.now());
+        let (id, record) = read_record(&row).expect("read back");
+        assert!(matches!(&record.runs[0].keys, Keys::Uuids(b) if b.0.len() == 48));
+        let pks: Vec<Pk> = entries_of(id, record)
+            .expect("entries")
+            .into_iter()
+            .map(|e| e.pk)
+            .collect();
+        assert_eq!(pks, ids);
+
+        let mut mixed = Keys::of(Cow::Borrowed(&ids[0]));
+        mixed.push(Cow::Owned(Pk::from("text key")));
+        mixed.push(Cow::Borrowed(&ids[1]));
+        assert_eq!(
+            mixed.into_pks().expect("keys"),
+            vec![ids[0].clone(), Pk::from("text key"), ids[1].clone()]
+        );
+        assert!(Keys::Uuids(UuidBytes(vec![0; 17])).into_pks().is_none());
     }
 
     #[test]
