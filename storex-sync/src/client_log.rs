@@ -19,7 +19,7 @@ use storex_core::{
 use crate::entry::{pk_text, EntryOp, LogEntry, StoredEntry, LOG_COLLECTION};
 use crate::error::Result;
 use crate::hlc::Hlc;
-use crate::journal::index_journal;
+use crate::journal::{index_journal, JOURNAL_COLLECTION};
 use crate::reconcile::{object_key, ObjectKey};
 
 /// Largest number of values in one `IN (…)` lookup.
@@ -65,17 +65,50 @@ pub struct ClientSyncLog {
     storage: Storage,
     /// The device's write-order lock, which also keeps two indexings of the journal apart.
     order: Arc<Mutex<()>>,
+    /// Whether readers index the journal first.
+    indexing: bool,
 }
 
 impl ClientSyncLog {
-    /// The log kept in `storage` (whose registry includes the log collection).
+    /// The log kept in `storage`, whose registry must hold sync's collections and the app's
+    /// (indexing reads created rows back).
     pub fn new(storage: Storage) -> Self {
         Self::with_order(storage, Arc::default())
     }
 
+    /// A view of the log that never indexes the journal, for a tool opened on sync's tables
+    /// alone: its queries show what is indexed, and [`ClientSyncLog::journal_records`]
+    /// counts the writes still waiting in the journal.
+    pub fn inspect(storage: Storage) -> Self {
+        ClientSyncLog {
+            indexing: false,
+            ..Self::new(storage)
+        }
+    }
+
     /// The log kept in `storage`, indexing under the device's write-order lock `order`.
     pub(crate) fn with_order(storage: Storage, order: Arc<Mutex<()>>) -> Self {
-        ClientSyncLog { storage, order }
+        ClientSyncLog {
+            storage,
+            order,
+            indexing: true,
+        }
+    }
+
+    /// Indexes the journal unless this is an [inspecting](ClientSyncLog::inspect) view.
+    async fn index_first(&self) -> Result<()> {
+        if self.indexing {
+            self.index_journal().await?;
+        }
+        Ok(())
+    }
+
+    /// How many journal records (writes, each of one or more changes) wait to be indexed.
+    pub async fn journal_records(&self) -> Result<u64> {
+        Ok(self
+            .storage
+            .count(JOURNAL_COLLECTION, Filter::all())
+            .await?)
     }
 
     fn exec(&self) -> Exec<'_> {
@@ -85,6 +118,10 @@ impl ClientSyncLog {
     /// Turns the journal's records (the entries of the writes made since the last time)
     /// into log entries, in one transaction; returns how many entries that made. Every
     /// reader of the log does it first; an app may call it at a quiet moment.
+    ///
+    /// It takes the device's write-order lock and opens a write transaction: do not call a
+    /// reader of the log from a middleware while it handles a write, or while holding a
+    /// transaction of your own on a single-connection database.
     pub async fn index_journal(&self) -> Result<u64> {
         let _order = self.order.lock().await;
         self.index_journal_holding_order().await
@@ -113,7 +150,7 @@ impl ClientSyncLog {
 
     /// Up to `limit` of this device's changes not yet sent to the shared log, oldest first.
     pub async fn unshared(&self, limit: u64) -> Result<Vec<LogEntry>> {
-        self.index_journal().await?;
+        self.index_first().await?;
         let query = Query::new(Filter::all().eq("shared", false))
             .order_asc("hlc")
             .limit(limit);
@@ -134,7 +171,7 @@ impl ClientSyncLog {
 
     /// Every entry, in timestamp order (for inspection and tests).
     pub async fn all(&self) -> Result<Vec<StoredEntry>> {
-        self.index_journal().await?;
+        self.index_first().await?;
         let rows = self
             .exec()
             .find(
@@ -156,7 +193,7 @@ impl ClientSyncLog {
 
     /// How many of this device's changes are not yet sent to the shared log.
     pub async fn unshared_count(&self) -> Result<u64> {
-        self.index_journal().await?;
+        self.index_first().await?;
         Ok(self
             .storage
             .count(LOG_COLLECTION, Filter::all().eq("shared", false))
@@ -165,7 +202,7 @@ impl ClientSyncLog {
 
     /// How many entries the log holds.
     pub async fn len(&self) -> Result<u64> {
-        self.index_journal().await?;
+        self.index_first().await?;
         Ok(self.storage.count(LOG_COLLECTION, Filter::all()).await?)
     }
 
@@ -179,7 +216,7 @@ impl ClientSyncLog {
     /// Held entries do not count: one held for being too far in the future must not move
     /// the clock there.
     pub async fn max_hlc(&self) -> Result<Option<Hlc>> {
-        self.index_journal().await?;
+        self.index_first().await?;
         let query = Query::new(Filter::all().eq("integrated", true))
             .order_desc("hlc")
             .order_desc("device")
@@ -193,7 +230,7 @@ impl ClientSyncLog {
     /// fields were overwritten later (but the latest create after the delete, which says the
     /// object exists). Returns how many entries were dropped.
     pub async fn compact(&self) -> Result<u64> {
-        self.index_journal().await?;
+        self.index_first().await?;
         let rows = self
             .exec()
             .find(

@@ -175,7 +175,10 @@ impl SyncDevice {
     /// row that has an entry is left alone. Returns how many rows were logged.
     pub async fn log_existing_rows(&self) -> Result<u64> {
         let registry = self.storage.registry().clone();
-        self.log.index_journal().await?;
+        // Under the write-order lock throughout: an app write landing between the lookup of
+        // a row's entries and the logging of the row would be in the journal, unseen.
+        let _order = self.write_order.lock().await;
+        self.log.index_journal_holding_order().await?;
         let mut logged = 0;
         for def in registry.collections() {
             if crate::entry::INTERNAL_COLLECTIONS.contains(&def.name())

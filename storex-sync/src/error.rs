@@ -43,6 +43,13 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// The sync journal holds writes to a collection the storage reading it does not define,
+    /// so the values of its creates cannot be read back; nothing was indexed.
+    #[error("the sync journal holds writes to `{collection}`, which this storage's registry does not define: index it through the app's own storage (nothing was indexed)")]
+    JournalCollectionUnknown {
+        /// The collection.
+        collection: String,
+    },
     /// A timestamp's text form cannot be parsed.
     #[error("`{text}` is not a hybrid logical clock timestamp")]
     BadTimestamp {

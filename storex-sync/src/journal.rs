@@ -22,7 +22,10 @@
 //! thus carries that later value, which wins over the create's anyway wherever both are
 //! known; a row a later local delete removed yields no entry, as the delete, later, decides
 //! the object's state without it. Updates keep their values in the record: the object they
-//! name may not exist here.
+//! name may not exist here. This assumes storex is the row's only writer: a plain SQL write,
+//! a trigger or a cascade that changes the row before indexing rides along with the create.
+//! A registry that does not define a create's collection cannot tell a deleted row from an
+//! unknown table, so indexing through it fails and changes nothing.
 //!
 //! Indexing is atomic (one transaction). Two indexers running at once would insert the same
 //! entries: in one process the device's write-order lock keeps them apart, and across
@@ -210,21 +213,28 @@ impl<'a> RecordBuilder<'a> {
 
     /// The step writing the record, its changes stamped from `first` on (none if it is
     /// empty).
-    pub(crate) fn into_step(self, first: Hlc) -> Option<BatchStep> {
+    pub(crate) fn into_step(self, first: Hlc) -> storex_core::Result<Option<BatchStep>> {
         if self.runs.is_empty() {
-            return None;
+            return Ok(None);
         }
         let record = Record {
             first,
             runs: self.runs,
         };
         let mut bytes = vec![FORMAT];
-        // Writing into a Vec cannot fail, and every part of a record is serializable.
-        rmp_serde::encode::write(&mut bytes, &record).ok()?;
+        rmp_serde::encode::write(&mut bytes, &record).map_err(|e| {
+            storex_core::Error::InvalidOperation {
+                collection: String::new(),
+                problem: format!("the write's sync journal record cannot be encoded: {e}"),
+            }
+        })?;
         let mut row = Object::new();
         row.insert("id".into(), Value::from(Uuid::now_v7()));
         row.insert("entries".into(), Value::Blob(bytes));
-        Some(BatchStep::new(Operation::create(JOURNAL_COLLECTION, row)))
+        Ok(Some(BatchStep::new(Operation::create(
+            JOURNAL_COLLECTION,
+            row,
+        ))))
     }
 }
 
@@ -314,8 +324,19 @@ pub(crate) async fn index_journal(exec: Exec<'_>, registry: &Registry) -> Result
             .filter(|e| e.op == EntryOp::Create)
             .cloned()
             .collect();
+        // A create's values are read from its row: a storage that does not know the
+        // collection (a tool opened on the sync tables only) must not take the missing row
+        // for a deleted one.
+        if let Some(unknown) = creates
+            .iter()
+            .find(|e| registry.collection(&e.collection).is_err())
+        {
+            return Err(Error::JournalCollectionUnknown {
+                collection: unknown.collection.clone(),
+            });
+        }
         let stored = current_rows(exec, registry, &creates).await?;
-        let steps = fill_creates(entries, &stored)
+        let steps = fill_creates(entries, &stored, registry)
             .iter()
             .map(|entry| {
                 let row = EntryRow::of(entry, false, true).to_object();
@@ -343,11 +364,13 @@ pub(crate) async fn index_journal(exec: Exec<'_>, registry: &Registry) -> Result
     }
 }
 
-/// Gives each create the values of its stored row; leaves out creates whose row a later
-/// delete removed.
+/// Gives each create the values of its stored row, and the schema version of the app that
+/// holds it now if that is newer (the row has its shape); leaves out creates whose row a
+/// later delete removed.
 fn fill_creates(
     entries: Vec<LogEntry>,
     stored: &HashMap<(String, String), Object>,
+    registry: &Registry,
 ) -> Vec<LogEntry> {
     entries
         .into_iter()
@@ -355,6 +378,9 @@ fn fill_creates(
             if entry.op == EntryOp::Create {
                 let key = (entry.collection.clone(), pk_text(&entry.pk));
                 entry.fields = stored.get(&key)?.clone();
+                if let Ok(def) = registry.collection(&entry.collection) {
+                    entry.schema_version = entry.schema_version.max(def.schema_version());
+                }
             }
             Some(entry)
         })
@@ -368,7 +394,11 @@ mod tests {
     use storex_core::object;
 
     fn row_of(builder: RecordBuilder<'_>, first: Hlc) -> Object {
-        match builder.into_step(first).map(|s| s.operation) {
+        match builder
+            .into_step(first)
+            .expect("encoded")
+            .map(|s| s.operation)
+        {
             Some(Operation::Create { object, .. }) => object,
             other => panic!("not a create: {other:?}"),
         }
@@ -463,6 +493,16 @@ mod tests {
             schema_version: 1,
         };
         let row = object! { "id" => 1, "title" => "later title" };
+        let registry = Registry::builder()
+            .collection(
+                CollectionDef::new("note")
+                    .field("id", FieldType::Int)
+                    .field("title", FieldType::Text)
+                    .primary_key(["id"])
+                    .version(2),
+            )
+            .build()
+            .expect("registry");
         let stored = HashMap::from([(("note".to_owned(), pk_text(&Pk::from(1))), row.clone())]);
         let filled = fill_creates(
             vec![
@@ -471,16 +511,25 @@ mod tests {
                 entry(2, EntryOp::Delete),
             ],
             &stored,
+            &registry,
         );
         assert_eq!(filled.len(), 2);
         assert_eq!(filled[0].fields, row);
+        assert_eq!(
+            filled[0].schema_version, 2,
+            "the row has the upgraded app's shape"
+        );
+        assert_eq!(filled[1].schema_version, 1);
         assert_eq!(filled[1].op, EntryOp::Delete);
     }
 
     #[test]
     fn no_changes_make_no_record() {
         let clock = Clock::new(DeviceId::random());
-        assert!(RecordBuilder::default().into_step(clock.now()).is_none());
+        assert!(RecordBuilder::default()
+            .into_step(clock.now())
+            .expect("encoded")
+            .is_none());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Every write an app makes through a [`SyncDevice`]'s storage is logged by the
 //! [`SyncLoggingMiddleware`] in the same atomic batch, stamped with a hybrid logical clock
-//! ([`Clock`], [`Hlc`]) into the [`ClientSyncLog`], a collection in the app's own database.
+//! ([`Clock`], [`Hlc`]): a [journal record](JOURNAL_COLLECTION) that readers of the
+//! [`ClientSyncLog`] (a collection in the app's own database) index into entries first.
 //! Devices exchange [`LogEntry`] values; [`SyncDevice::integrate`] applies what others wrote
 //! through [`reconcile()`], a pure, convergent function: two devices that have seen the same
 //! entries, in any order and batching, hold the same data ([`collection_digest`] proves it).

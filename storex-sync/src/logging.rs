@@ -11,8 +11,8 @@
 //! in which its own writes and the changes it receives land.
 //!
 //! Placeholders of a batch are resolved here, before the batch runs: the UUID key middleware
-//! (which must come first in the chain) has filled every key, so each entry records the values
-//! actually written. Operations with [`Origin::Sync`] (changes applied by sync) and
+//! (which must come first in the chain) has filled every key, so each entry records the keys
+//! actually written (a create's values are read from its row when the journal is indexed). Operations with [`Origin::Sync`] (changes applied by sync) and
 //! collections excluded from sync pass through unlogged.
 
 use std::borrow::Cow;
@@ -34,7 +34,8 @@ use crate::journal::RecordBuilder;
 /// The fields of a delete's entry.
 static NO_FIELDS: Object = Object::new();
 
-/// Logs every write of the app into the client sync log, atomically with the write.
+/// Logs every write of the app, atomically with the write: one journal record holding its
+/// entries, which the log's readers index into the client sync log.
 #[derive(Debug)]
 pub struct SyncLoggingMiddleware {
     clock: Arc<Clock>,
@@ -111,7 +112,7 @@ type Change<'a> = (&'a str, Cow<'a, Pk>, EntryOp, &'a Object);
 
 impl SyncLoggingMiddleware {
     /// The journal record of `changes`, stamped now (none if there are none).
-    fn record(&self, next: &Next<'_>, changes: Vec<Change<'_>>) -> Option<BatchStep> {
+    fn record(&self, next: &Next<'_>, changes: Vec<Change<'_>>) -> CoreResult<Option<BatchStep>> {
         let mut record = RecordBuilder::default();
         for (collection, pk, op, values) in changes {
             let schema_version = next
@@ -156,7 +157,7 @@ impl SyncLoggingMiddleware {
             .iter()
             .filter_map(|s| self.change_of(&next, &s.operation))
             .collect();
-        let record = self.record(&next, changes);
+        let record = self.record(&next, changes)?;
         self.run_with_record(next, steps, record).await
     }
 
@@ -226,7 +227,7 @@ impl SyncLoggingMiddleware {
             .iter()
             .map(|pk| (collection.as_str(), Cow::Borrowed(pk), entry_op, fields))
             .collect();
-        let record = self.record(&next, logged);
+        let record = self.record(&next, logged)?;
         let write = |filter: Filter| match &changes {
             Some(changes) => Operation::update_where(collection.clone(), filter, changes.clone()),
             None => Operation::delete_where(collection.clone(), filter),

@@ -398,6 +398,40 @@ async fn sqlite_storage(path: &std::path::Path, saboteur: Option<BreakLogWrites>
 }
 
 #[tokio::test]
+async fn a_tool_without_the_apps_collections_neither_indexes_nor_loses_pending_creates() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("device.db");
+    let app = sqlite_storage(&path, None).await;
+    app.create("notebook", object! { "name" => "home" })
+        .await
+        .expect("create");
+    // A tool opened on sync's tables alone (like `storex log`).
+    let tool = Storage::builder(
+        with_sync_log(&Registry::default()).expect("registry"),
+        SeaOrmBackend::open_sqlite_file(&path).await.expect("open"),
+    )
+    .build()
+    .await
+    .expect("tool storage");
+    let err = ClientSyncLog::new(tool.clone())
+        .all()
+        .await
+        .expect_err("indexed without knowing the notebooks");
+    assert!(
+        matches!(&err, storex_sync::Error::JournalCollectionUnknown { collection } if collection == "notebook"),
+        "{err}"
+    );
+    let view = ClientSyncLog::inspect(tool);
+    assert!(view.all().await.expect("read").is_empty());
+    assert_eq!(view.journal_records().await.expect("count"), 1);
+    // The app's own storage indexes it, values and all.
+    let log = ClientSyncLog::new(app).all().await.expect("log");
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].entry.fields["name"], Value::from("home"));
+    assert_eq!(view.journal_records().await.expect("count"), 0);
+}
+
+#[tokio::test]
 async fn on_sqlite_a_failing_log_write_leaves_neither_data_nor_entries() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("device.db");

@@ -1,4 +1,7 @@
 //! `storex log` and `storex status`: what a device's client sync log holds.
+//!
+//! They read without indexing the journal (they do not know the app's collections, whose
+//! rows indexing reads): writes still in the journal are counted, not listed.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,7 +28,9 @@ async fn open(db: &Path) -> Result<Storage> {
 /// Prints the last `limit` entries of the log, oldest first.
 pub(crate) async fn log(db: &Path, limit: usize) -> Result<()> {
     let storage = open(db).await?;
-    let entries = ClientSyncLog::new(storage).all().await?;
+    let log = ClientSyncLog::inspect(storage);
+    let entries = log.all().await?;
+    let waiting = log.journal_records().await?;
     let skip = entries.len().saturating_sub(limit);
     say!(
         "{} entries in the log{}",
@@ -58,14 +63,18 @@ pub(crate) async fn log(db: &Path, limit: usize) -> Result<()> {
             fields.join(","),
         );
     }
+    if waiting > 0 {
+        say!("and {waiting} writes in the journal, logged at the app's next sync");
+    }
     Ok(())
 }
 
 /// Prints counts of the log and the shared-log cursor.
 pub(crate) async fn status(db: &Path) -> Result<()> {
     let storage = open(db).await?;
-    let log = ClientSyncLog::new(storage.clone());
+    let log = ClientSyncLog::inspect(storage.clone());
     let total = log.len().await?;
+    let waiting = log.journal_records().await?;
     let unshared = log.unshared_count().await?;
     let held = log.held().await?.len();
     let cursor = storage
@@ -78,6 +87,7 @@ pub(crate) async fn status(db: &Path) -> Result<()> {
         .await?
         .map_or_else(|| "none".to_owned(), |h| h.clock_text());
     say!("log entries:     {total}");
+    say!("journal records: {waiting} (writes not yet in the log)");
     say!("not yet pushed:  {unshared}");
     say!("held back:       {held}");
     say!("shared cursor:   {cursor}");

@@ -4,7 +4,8 @@
 //! default), writes on both (one edit conflicts), syncs them, and shows what each holds.
 //! `storex migrate send|receive` moves a whole SQLite database to a new device over TCP or
 //! WebRTC;
-//! `storex log` and `storex status` show what a device's client sync log holds.
+//! `storex log` and `storex status` show what a device's client sync log holds (writes still
+//! in its journal are counted, not indexed).
 //! `storex serve` runs the sync server; `storex user` creates a user on it; `storex sync` syncs
 //! a device's database once with a server or a shared-log file.
 

@@ -14,6 +14,7 @@ use crate::fast_sync::{
     cancel_here, chain_checksum, encode_object, honour_pause, next_package, EncodedObjects,
     FastSyncChannel, FastSyncError, FastSyncOptions, Progress, TransferReport,
 };
+use crate::journal::JOURNAL_COLLECTION;
 
 /// Objects read from the snapshot at a time, at most.
 const PAGE: u64 = 2_000;
@@ -49,17 +50,44 @@ pub async fn send_snapshot(
     report
 }
 
+/// A snapshot of `device` whose journal is empty: every row it holds has its entries in the
+/// log it sends. The journal is indexed under the write-order lock, which the app's writes
+/// wait for; a write inside an app's own transaction does not, so the snapshot checks, and
+/// is taken again if one landed in between.
+async fn snapshot_with_indexed_journal(device: &SyncDevice) -> Result<StorageTransaction> {
+    const TRIES: usize = 3;
+    let log = device.log();
+    for _ in 0..TRIES {
+        let _order = log.write_order().lock().await;
+        log.index_journal_holding_order().await?;
+        let tx = device.storage().begin_snapshot().await?;
+        // The first read fixes the snapshot.
+        let waiting = tx
+            .execute_as(
+                Operation::count(JOURNAL_COLLECTION, Filter::all()),
+                Origin::Sync,
+            )
+            .await?
+            .count()
+            .unwrap_or(0);
+        if waiting == 0 {
+            return Ok(tx);
+        }
+        tx.rollback().await?;
+    }
+    Err(storex_core::Error::Transaction {
+        problem: format!(
+            "writes kept landing while the snapshot was taken ({TRIES} tries); try again"
+        ),
+    }
+    .into())
+}
+
 impl SnapshotSender {
     /// Takes the snapshot: opens a transaction on the device and counts what it will send.
     pub async fn open(device: &SyncDevice, options: FastSyncOptions) -> Result<Self> {
         let storage = device.storage();
-        // The snapshot starts right after the journal is indexed, before any other write of
-        // the app lands (they wait for the write-order lock): every row it holds has its
-        // entries in the log it sends.
-        let log = device.log();
-        let _order = log.write_order().lock().await;
-        log.index_journal_holding_order().await?;
-        let tx = storage.begin_snapshot().await?;
+        let tx = snapshot_with_indexed_journal(device).await?;
         let wanted = |name: &str| {
             !INTERNAL_COLLECTIONS.contains(&name)
                 && options
