@@ -3,7 +3,8 @@
 //! table: single creates, 1,000-row batches, finds by key, and reading every row. Ratios are
 //! storex's time over plain SeaORM's (the target is at most 1.2).
 //!
-//! The two paths take turns operation by operation (who goes first alternates), so drift in
+//! The two paths take turns operation by operation (who goes first is a pseudo-random bit of
+//! the turn, not strict alternation, which let periodic costs fall on one side), so drift in
 //! the machine or the file (WAL checkpoints, a growing table) falls on both alike. Both do
 //! the same work: plain SeaORM makes the UUIDs itself and reads every row ordered by key, as
 //! storex does.

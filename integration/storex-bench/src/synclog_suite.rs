@@ -27,7 +27,7 @@ use storex_sync::{with_sync_log, Clock, DeviceId, Hlc, LogEntry, SyncDevice, Syn
 use crate::report::{rate, BoxError, Pair};
 
 const BATCH_ROWS: u64 = 1_000;
-const BATCHES: u64 = 20;
+const BATCHES: u64 = 100;
 const APPLY_BATCH: usize = 1_000;
 const WHERE_ROUNDS: u64 = 10;
 
@@ -119,6 +119,30 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
             )
             .await?;
     }
+    // The same harness with the unlogged batch on both sides: how far apart two identical
+    // paths read here (the resolution of the ratio below).
+    let mut twins = Pair::default();
+    for b in 0..BATCHES {
+        let steps = || {
+            (0..BATCH_ROWS)
+                .map(|i| BatchStep::new(Operation::create("plain_note", note(b * BATCH_ROWS + i))))
+                .collect::<Vec<_>>()
+        };
+        let (first, second) = (steps(), steps());
+        twins
+            .turn(
+                b,
+                async {
+                    plain.batch(first).await?;
+                    Ok(())
+                },
+                async {
+                    plain.batch(second).await?;
+                    Ok(())
+                },
+            )
+            .await?;
+    }
     let mut batches = Pair::default();
     for b in 0..BATCHES {
         let steps = |collection: &str| {
@@ -167,6 +191,12 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
     let labels = ("unlogged", "logged", "logged_time_vs_unlogged");
     creates.report_as("synclog", "create_single", ops, labels);
     updates.report_as("synclog", "update_single", ops, labels);
+    twins.report_as(
+        "synclog",
+        "unlogged_batch_twins",
+        BATCHES * BATCH_ROWS,
+        ("first", "second", "second_time_vs_first"),
+    );
     batches.report_as("synclog", "create_batch_1000", BATCHES * BATCH_ROWS, labels);
     wheres.report_as("synclog", "update_where", edited, labels);
 
