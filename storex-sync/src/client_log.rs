@@ -19,7 +19,7 @@ use storex_core::{
 use crate::entry::{pk_text, EntryOp, LogEntry, StoredEntry, LOG_COLLECTION};
 use crate::error::Result;
 use crate::hlc::Hlc;
-use crate::journal::{index_journal, JOURNAL_COLLECTION};
+use crate::journal::{index_journal, latest_stamp, JOURNAL_COLLECTION};
 use crate::reconcile::{object_key, ObjectKey};
 
 /// Largest number of values in one `IN (…)` lookup.
@@ -211,18 +211,19 @@ impl ClientSyncLog {
         Ok(self.len().await? == 0)
     }
 
-    /// The greatest timestamp of the applied entries (the device's own and the received
-    /// ones that passed the clock's drift check), to restore the clock after a restart.
-    /// Held entries do not count: one held for being too far in the future must not move
-    /// the clock there.
+    /// The greatest timestamp of the applied entries (the device's own, in the log or still
+    /// in the journal, and the received ones that passed the clock's drift check), to
+    /// restore the clock after a restart. Held entries do not count: one held for being too
+    /// far in the future must not move the clock there. It does not index the journal, so
+    /// opening a device writes nothing.
     pub async fn max_hlc(&self) -> Result<Option<Hlc>> {
-        self.index_first().await?;
         let query = Query::new(Filter::all().eq("integrated", true))
             .order_desc("hlc")
             .order_desc("device")
             .limit(1);
         let rows = self.exec().find(LOG_COLLECTION, query).await?;
-        Ok(read_entries(rows)?.into_iter().next().map(|s| s.entry.hlc))
+        let logged = read_entries(rows)?.into_iter().next().map(|s| s.entry.hlc);
+        Ok(logged.max(latest_stamp(self.exec()).await?))
     }
 
     /// Drops shared, integrated entries that no longer decide any value: everything older

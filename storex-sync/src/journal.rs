@@ -116,6 +116,13 @@ impl<'a> Keys<'a> {
         }
     }
 
+    fn len(&self) -> usize {
+        match self {
+            Keys::Uuids(bytes) => bytes.0.len() / 16,
+            Keys::Any(all) => all.len(),
+        }
+    }
+
     /// The keys, or `None` when the UUIDs' bytes are not a whole number of UUIDs.
     fn into_pks(self) -> Option<Vec<Pk>> {
         match self {
@@ -164,6 +171,18 @@ impl<'de> Deserialize<'de> for UuidBytes {
             }
         }
         deserializer.deserialize_bytes(Bytes)
+    }
+}
+
+impl Record<'_> {
+    /// The timestamp of the record's last change.
+    fn last_stamp(&self) -> Hlc {
+        let changes: usize = self.runs.iter().map(|run| run.keys.len()).sum();
+        let after_first = u32::try_from(changes.saturating_sub(1)).unwrap_or(u32::MAX);
+        Hlc {
+            counter: self.first.counter.saturating_add(after_first),
+            ..self.first
+        }
     }
 }
 
@@ -302,6 +321,17 @@ fn entries_of(id: Uuid, record: Record<'static>) -> Result<Vec<LogEntry>> {
     Ok(entries)
 }
 
+/// The latest timestamp the journal's records took, to restore the clock without indexing.
+/// Records that do not decode are passed over here; indexing reports them.
+pub(crate) async fn latest_stamp(exec: Exec<'_>) -> Result<Option<Hlc>> {
+    let rows = exec.find(JOURNAL_COLLECTION, Query::default()).await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| read_record(row).ok())
+        .map(|(_, record)| record.last_stamp())
+        .max())
+}
+
 /// Turns every journal record into log rows (unshared, integrated) and deletes it, inside
 /// the transaction behind `exec`. Returns how many entries were indexed.
 pub(crate) async fn index_journal(exec: Exec<'_>, registry: &Registry) -> Result<u64> {
@@ -421,6 +451,7 @@ mod tests {
         let row = row_of(builder, first);
         let (id, record) = read_record(&row).expect("read back");
         assert_eq!(record.runs.len(), 4, "the two equal updates share a run");
+        let last = record.last_stamp();
         let entries = entries_of(id, record).expect("entries");
         let summary: Vec<_> = entries
             .iter()
@@ -443,6 +474,7 @@ mod tests {
             assert_eq!(entry.schema_version, if i < 4 { 3 } else { 1 });
             assert_eq!(entry.id.get_version_num(), 7);
         }
+        assert_eq!(entries.last().map(|e| e.hlc), Some(last));
         let ids: std::collections::HashSet<_> = entries.iter().map(|e| e.id).collect();
         assert_eq!(ids.len(), 5, "distinct ids");
         assert!(entries.windows(2).all(|w| w[0].id < w[1].id), "ordered ids");
@@ -459,9 +491,11 @@ mod tests {
         for pk in &ids {
             builder.push("note", 1, EntryOp::Create, Cow::Borrowed(pk), &none);
         }
-        let row = row_of(builder, clock.now());
+        let first = clock.now_many(3);
+        let row = row_of(builder, first);
         let (id, record) = read_record(&row).expect("read back");
         assert!(matches!(&record.runs[0].keys, Keys::Uuids(b) if b.0.len() == 48));
+        assert_eq!(record.last_stamp().counter, first.counter + 2);
         let pks: Vec<Pk> = entries_of(id, record)
             .expect("entries")
             .into_iter()

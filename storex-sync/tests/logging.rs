@@ -432,6 +432,43 @@ async fn a_tool_without_the_apps_collections_neither_indexes_nor_loses_pending_c
 }
 
 #[tokio::test]
+async fn an_app_that_dropped_a_collection_with_unsynced_creates_still_opens_and_sync_says_why() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("device.db");
+    let old_app = sqlite_storage(&path, None).await;
+    old_app
+        .create("notebook", object! { "name" => "home" })
+        .await
+        .expect("create");
+    let without_notebooks = Registry::builder()
+        .collection(
+            CollectionDef::new("tag")
+                .field("id", FieldType::Uuid)
+                .primary_key(["id"]),
+        )
+        .build()
+        .expect("registry");
+    let device = SyncDevice::open(
+        without_notebooks,
+        Arc::new(SeaOrmBackend::open_sqlite_file(&path).await.expect("open")),
+        Clock::new(DeviceId::random()),
+        SyncOptions::default(),
+    )
+    .await
+    .expect("opening reads the journal's timestamps, it does not index");
+    let err = device.log().unshared(10).await.expect_err("indexed");
+    assert!(
+        matches!(&err, storex_sync::Error::JournalCollectionUnknown { collection } if collection == "notebook"),
+        "{err}"
+    );
+    assert_eq!(
+        device.log().journal_records().await.expect("count"),
+        1,
+        "kept"
+    );
+}
+
+#[tokio::test]
 async fn on_sqlite_a_failing_log_write_leaves_neither_data_nor_entries() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("device.db");
