@@ -137,7 +137,8 @@ fn quarantine_collection() -> CollectionDef {
 }
 
 /// The app's `registry` with sync's own collections added (the log, its journal, sync
-/// state, the quarantine and fast-sync progress), for assembling a storage by hand (a [`crate::SyncDevice`] does it itself).
+/// state, the quarantine and fast-sync progress), for assembling a storage by hand (a
+/// [`crate::SyncDevice`] does it itself).
 pub fn with_sync_log(
     registry: &storex_core::Registry,
 ) -> storex_core::Result<storex_core::Registry> {

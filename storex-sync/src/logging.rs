@@ -12,8 +12,9 @@
 //!
 //! Placeholders of a batch are resolved here, before the batch runs: the UUID key middleware
 //! (which must come first in the chain) has filled every key, so each entry records the keys
-//! actually written (a create's values are read from its row when the journal is indexed). Operations with [`Origin::Sync`] (changes applied by sync) and
-//! collections excluded from sync pass through unlogged.
+//! actually written (a create's values are read from its row when the journal is indexed).
+//! Operations with [`Origin::Sync`] (changes applied by sync) and collections excluded from
+//! sync pass through unlogged.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
