@@ -351,10 +351,10 @@ pub(crate) async fn known_ids(exec: Exec<'_>, ids: &[Uuid]) -> Result<HashSet<Uu
 }
 
 /// The stored rows of the objects `entries` touch, by object.
-pub(crate) async fn current_rows(
+pub(crate) async fn current_rows<'e>(
     exec: Exec<'_>,
     registry: &Registry,
-    entries: &[LogEntry],
+    entries: impl IntoIterator<Item = &'e LogEntry>,
 ) -> Result<HashMap<ObjectKey, Object>> {
     let mut by_collection: HashMap<&str, Vec<&Pk>> = HashMap::new();
     let mut seen = HashSet::new();

@@ -103,12 +103,7 @@ impl<'a> Keys<'a> {
         match (&mut *self, pk.single()) {
             (Keys::Uuids(bytes), Some(Value::Uuid(id))) => bytes.0.extend_from_slice(id.as_bytes()),
             (Keys::Uuids(bytes), _) => {
-                let mut all: Vec<Cow<'a, Pk>> = bytes
-                    .0
-                    .chunks_exact(16)
-                    .filter_map(|b| Uuid::from_slice(b).ok())
-                    .map(|id| Cow::Owned(Pk::from(id)))
-                    .collect();
+                let mut all: Vec<Cow<'a, Pk>> = bytes.pks().map(Cow::Owned).collect();
                 all.push(pk);
                 *self = Keys::Any(all);
             }
@@ -126,14 +121,7 @@ impl<'a> Keys<'a> {
     /// The keys, or `None` when the UUIDs' bytes are not a whole number of UUIDs.
     fn into_pks(self) -> Option<Vec<Pk>> {
         match self {
-            Keys::Uuids(bytes) if bytes.0.len() % 16 == 0 => Some(
-                bytes
-                    .0
-                    .chunks_exact(16)
-                    .filter_map(|b| Uuid::from_slice(b).ok())
-                    .map(Pk::from)
-                    .collect(),
-            ),
+            Keys::Uuids(bytes) if bytes.0.len() % 16 == 0 => Some(bytes.pks().collect()),
             Keys::Uuids(_) => None,
             Keys::Any(all) => Some(all.into_iter().map(Cow::into_owned).collect()),
         }
@@ -143,6 +131,16 @@ impl<'a> Keys<'a> {
 /// UUIDs back to back, serialized as one byte string.
 #[derive(Debug)]
 struct UuidBytes(Vec<u8>);
+
+impl UuidBytes {
+    /// The keys held (a trailing partial UUID is left out).
+    fn pks(&self) -> impl Iterator<Item = Pk> + '_ {
+        self.0
+            .chunks_exact(16)
+            .filter_map(|b| Uuid::from_slice(b).ok())
+            .map(Pk::from)
+    }
+}
 
 impl Serialize for UuidBytes {
     fn serialize<S: serde::Serializer>(
@@ -349,23 +347,16 @@ pub(crate) async fn index_journal(exec: Exec<'_>, registry: &Registry) -> Result
             ids.push(id);
             entries.extend(entries_of(id, record)?);
         }
-        let creates: Vec<LogEntry> = entries
-            .iter()
-            .filter(|e| e.op == EntryOp::Create)
-            .cloned()
-            .collect();
+        let creates = || entries.iter().filter(|e| e.op == EntryOp::Create);
         // A create's values are read from its row: a storage that does not know the
         // collection (a tool opened on the sync tables only) must not take the missing row
         // for a deleted one.
-        if let Some(unknown) = creates
-            .iter()
-            .find(|e| registry.collection(&e.collection).is_err())
-        {
+        if let Some(unknown) = creates().find(|e| registry.collection(&e.collection).is_err()) {
             return Err(Error::JournalCollectionUnknown {
                 collection: unknown.collection.clone(),
             });
         }
-        let stored = current_rows(exec, registry, &creates).await?;
+        let stored = current_rows(exec, registry, creates()).await?;
         let steps = fill_creates(entries, &stored, registry)
             .iter()
             .map(|entry| {
