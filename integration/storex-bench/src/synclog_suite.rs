@@ -57,6 +57,33 @@ async fn sqlite(dir: &std::path::Path, name: &str) -> Result<Arc<dyn StorageBack
     ))
 }
 
+/// `BATCHES` batches of `BATCH_ROWS` creates through each of two (storage, collection)
+/// paths, timed in turns.
+async fn batch_pair(first: (&Storage, &str), second: (&Storage, &str)) -> Result<Pair, BoxError> {
+    let mut pair = Pair::default();
+    for b in 0..BATCHES {
+        let steps = |collection: &str| {
+            (0..BATCH_ROWS)
+                .map(|i| BatchStep::new(Operation::create(collection, note(b * BATCH_ROWS + i))))
+                .collect::<Vec<_>>()
+        };
+        let (first_steps, second_steps) = (steps(first.1), steps(second.1));
+        pair.turn(
+            b,
+            async {
+                first.0.batch(first_steps).await?;
+                Ok(())
+            },
+            async {
+                second.0.batch(second_steps).await?;
+                Ok(())
+            },
+        )
+        .await?;
+    }
+    Ok(pair)
+}
+
 /// Runs the suite with `ops` single writes per path.
 pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
@@ -121,50 +148,8 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
     }
     // The same harness with the unlogged batch on both sides: how far apart two identical
     // paths read here (the resolution of the ratio below).
-    let mut twins = Pair::default();
-    for b in 0..BATCHES {
-        let steps = || {
-            (0..BATCH_ROWS)
-                .map(|i| BatchStep::new(Operation::create("plain_note", note(b * BATCH_ROWS + i))))
-                .collect::<Vec<_>>()
-        };
-        let (first, second) = (steps(), steps());
-        twins
-            .turn(
-                b,
-                async {
-                    plain.batch(first).await?;
-                    Ok(())
-                },
-                async {
-                    plain.batch(second).await?;
-                    Ok(())
-                },
-            )
-            .await?;
-    }
-    let mut batches = Pair::default();
-    for b in 0..BATCHES {
-        let steps = |collection: &str| {
-            (0..BATCH_ROWS)
-                .map(|i| BatchStep::new(Operation::create(collection, note(b * BATCH_ROWS + i))))
-                .collect::<Vec<_>>()
-        };
-        let (plain_steps, logged_steps) = (steps("plain_note"), steps("note"));
-        batches
-            .turn(
-                b,
-                async {
-                    plain.batch(plain_steps).await?;
-                    Ok(())
-                },
-                async {
-                    logged.batch(logged_steps).await?;
-                    Ok(())
-                },
-            )
-            .await?;
-    }
+    let twins = batch_pair((&plain, "plain_note"), (&plain, "plain_note")).await?;
+    let batches = batch_pair((&plain, "plain_note"), (&logged, "note")).await?;
     // Where-clause writes: each round edits the notes with one star count (a fifth of them).
     let mut wheres = Pair::default();
     let mut edited = 0;
