@@ -19,7 +19,9 @@ use storex_core::{
 use crate::entry::{pk_text, EntryOp, LogEntry, StoredEntry, LOG_COLLECTION};
 use crate::error::Result;
 use crate::hlc::Hlc;
-use crate::journal::{index_journal, latest_stamp, JOURNAL_COLLECTION};
+use crate::journal::{
+    index_journal, index_journal_part, latest_record, latest_stamp, JOURNAL_COLLECTION,
+};
 use crate::reconcile::{object_key, ObjectKey};
 
 /// Largest number of values in one `IN (…)` lookup.
@@ -134,6 +136,35 @@ impl ClientSyncLog {
             Ok(indexed) => {
                 tx.commit().await?;
                 Ok(indexed)
+            }
+            Err(e) => {
+                tx.rollback().await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// The id of the journal's latest record (`None` when the journal is empty): the end of
+    /// the writes made until now, for [`ClientSyncLog::index_journal_part`].
+    pub(crate) async fn journal_end(&self) -> Result<Option<Uuid>> {
+        latest_record(self.exec()).await
+    }
+
+    /// Indexes the journal's records up to `until`, in one transaction, until at least
+    /// `enough` entries are made or none is left; returns those entries (already stored as
+    /// unshared log rows), so that a pusher need not read them back.
+    pub(crate) async fn index_journal_part(
+        &self,
+        until: Option<Uuid>,
+        enough: usize,
+    ) -> Result<Vec<LogEntry>> {
+        let _order = self.order.lock().await;
+        let tx = self.storage.begin().await?;
+        let exec = Exec::Transaction(&tx);
+        match index_journal_part(exec, self.storage.registry(), until, enough).await {
+            Ok(entries) => {
+                tx.commit().await?;
+                Ok(entries)
             }
             Err(e) => {
                 tx.rollback().await?;

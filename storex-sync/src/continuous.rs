@@ -304,22 +304,19 @@ impl ContinuousSync {
             .collect()
     }
 
+    /// Pushes what was indexed before (a push that stopped midway, a reader of the log since
+    /// the last sync), then the writes waiting in the journal until now, a page at a time,
+    /// straight from the entries indexing makes. Later writes wait for the next sync.
     async fn push(&self, report: &mut SyncReport) -> Result<()> {
         let me = self.device.device();
         let batch = self.options.push_batch;
-        // The writes made until now; later ones wait in the journal for the next sync.
-        self.device.log().index_journal().await?;
+        let log = self.device.log();
+        let journal_end = log.journal_end().await?;
         let mut entries = self.unshared_after(None, batch).await?;
         while let Some(last) = entries.last() {
             let after = Some(last.hlc);
             let exhausted = entries.len() < batch;
-            let chunks = self.push_chunks(&entries, report);
-            let pushing = async {
-                for chunk in chunks {
-                    self.push_chunk(me, chunk, report).await?;
-                }
-                Ok::<(), Error>(())
-            };
+            let pushing = self.push_entries(me, &entries, report);
             if exhausted {
                 pushing.await?;
                 break;
@@ -330,6 +327,32 @@ impl ContinuousSync {
             let (pushed, next) = tokio::join!(pushing, self.unshared_after(after, batch));
             pushed?;
             entries = next?;
+        }
+        if journal_end.is_none() {
+            return Ok(());
+        }
+        let mut entries = log.index_journal_part(journal_end, batch).await?;
+        while !entries.is_empty() {
+            // The next part is indexed while this one travels.
+            let (pushed, next) = tokio::join!(
+                self.push_entries(me, &entries, report),
+                log.index_journal_part(journal_end, batch)
+            );
+            pushed?;
+            entries = next?;
+        }
+        Ok(())
+    }
+
+    /// Pushes `entries` in pushes of bounded size, marking each shared once stored.
+    async fn push_entries(
+        &self,
+        me: crate::hlc::DeviceId,
+        entries: &[LogEntry],
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        for chunk in self.push_chunks(entries, report) {
+            self.push_chunk(me, chunk, report).await?;
         }
         Ok(())
     }

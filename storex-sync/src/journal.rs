@@ -334,55 +334,98 @@ pub(crate) async fn latest_stamp(exec: Exec<'_>) -> Result<Option<Hlc>> {
 /// the transaction behind `exec`. Returns how many entries were indexed.
 pub(crate) async fn index_journal(exec: Exec<'_>, registry: &Registry) -> Result<u64> {
     let mut indexed = 0;
-    loop {
-        let query = Query::default().order_asc("id").limit(RECORDS_PER_ROUND);
-        let rows = exec.find(JOURNAL_COLLECTION, query).await?;
-        if rows.is_empty() {
-            return Ok(indexed);
-        }
-        let mut ids = Vec::with_capacity(rows.len());
-        let mut entries = Vec::new();
-        for row in &rows {
-            let (id, record) = read_record(row)?;
-            ids.push(id);
-            entries.extend(entries_of(id, record)?);
-        }
-        let creates = || entries.iter().filter(|e| e.op == EntryOp::Create);
-        // A create's values are read from its row: a storage that does not know the
-        // collection (a tool opened on the sync tables only) must not take the missing row
-        // for a deleted one.
-        if let Some(unknown) = creates().find(|e| registry.collection(&e.collection).is_err()) {
-            return Err(Error::JournalCollectionUnknown {
-                collection: unknown.collection.clone(),
-            });
-        }
-        let stored = current_rows(exec, registry, creates()).await?;
-        let steps = fill_creates(entries, &stored, registry)
-            .iter()
-            .map(|entry| {
-                let row = EntryRow::of(entry, false, true).to_object();
-                BatchStep::new(Operation::create(LOG_COLLECTION, row))
-            })
-            .collect::<Vec<_>>();
-        let mut deleted = 0;
-        for chunk in ids.chunks(LOOKUP_CHUNK) {
-            let filter = Filter::all().is_in("id", chunk.iter().copied());
-            let op = Operation::delete_where(JOURNAL_COLLECTION, filter);
-            deleted += exec.run(op).await?.count().unwrap_or(0);
-        }
-        if deleted != ids.len() as u64 {
-            return Err(storex_core::Error::Transaction {
-                problem: "another process indexed the sync journal at the same time; \
-                          try again"
-                    .into(),
-            }
-            .into());
-        }
-        indexed += steps.len() as u64;
-        if !steps.is_empty() {
-            exec.run(Operation::Batch { steps }).await?;
+    while let Some(entries) = index_round(exec, registry, None).await? {
+        indexed += entries.len() as u64;
+    }
+    Ok(indexed)
+}
+
+/// Indexes the records up to `until` (all of them if `None`), round after round, until the
+/// rounds made at least `enough` entries or no such record is left; returns the entries
+/// made, in the order the writes made them (empty when there was nothing to index).
+pub(crate) async fn index_journal_part(
+    exec: Exec<'_>,
+    registry: &Registry,
+    until: Option<Uuid>,
+    enough: usize,
+) -> Result<Vec<LogEntry>> {
+    let mut made = Vec::new();
+    while made.len() < enough {
+        match index_round(exec, registry, until).await? {
+            Some(entries) => made.extend(entries),
+            None => break,
         }
     }
+    Ok(made)
+}
+
+/// The id of the latest record, which bounds an [`index_journal_part`] to the writes made
+/// before it started.
+pub(crate) async fn latest_record(exec: Exec<'_>) -> Result<Option<Uuid>> {
+    let query = Query::default().order_desc("id").limit(1);
+    let rows = exec.find(JOURNAL_COLLECTION, query).await?;
+    rows.first().map(|row| Ok(read_record(row)?.0)).transpose()
+}
+
+/// One round: turns up to [`RECORDS_PER_ROUND`] records (up to `until`) into log rows and
+/// deletes them; returns the entries made, or `None` when no record was left.
+async fn index_round(
+    exec: Exec<'_>,
+    registry: &Registry,
+    until: Option<Uuid>,
+) -> Result<Option<Vec<LogEntry>>> {
+    let filter = match until {
+        Some(last) => Filter::all().lte("id", last),
+        None => Filter::all(),
+    };
+    let query = Query::new(filter).order_asc("id").limit(RECORDS_PER_ROUND);
+    let rows = exec.find(JOURNAL_COLLECTION, query).await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut entries = Vec::new();
+    for row in &rows {
+        let (id, record) = read_record(row)?;
+        ids.push(id);
+        entries.extend(entries_of(id, record)?);
+    }
+    let creates = || entries.iter().filter(|e| e.op == EntryOp::Create);
+    // A create's values are read from its row: a storage that does not know the
+    // collection (a tool opened on the sync tables only) must not take the missing row
+    // for a deleted one.
+    if let Some(unknown) = creates().find(|e| registry.collection(&e.collection).is_err()) {
+        return Err(Error::JournalCollectionUnknown {
+            collection: unknown.collection.clone(),
+        });
+    }
+    let stored = current_rows(exec, registry, creates()).await?;
+    let entries = fill_creates(entries, &stored, registry);
+    let steps = entries
+        .iter()
+        .map(|entry| {
+            let row = EntryRow::of(entry, false, true).to_object();
+            BatchStep::new(Operation::create(LOG_COLLECTION, row))
+        })
+        .collect::<Vec<_>>();
+    let mut deleted = 0;
+    for chunk in ids.chunks(LOOKUP_CHUNK) {
+        let filter = Filter::all().is_in("id", chunk.iter().copied());
+        let op = Operation::delete_where(JOURNAL_COLLECTION, filter);
+        deleted += exec.run(op).await?.count().unwrap_or(0);
+    }
+    if deleted != ids.len() as u64 {
+        return Err(storex_core::Error::Transaction {
+            problem: "another process indexed the sync journal at the same time; \
+                      try again"
+                .into(),
+        }
+        .into());
+    }
+    if !steps.is_empty() {
+        exec.run(Operation::Batch { steps }).await?;
+    }
+    Ok(Some(entries))
 }
 
 /// Gives each create the values of its stored row, and the schema version of the app that
