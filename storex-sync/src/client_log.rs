@@ -6,10 +6,6 @@
 //! to an object; compaction drops the entries that no longer decide any value.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
-
-use tokio::sync::Mutex;
-
 use storex_core::uuid::Uuid;
 use storex_core::{
     object, Filter, Object, Operation, Origin, Outcome, Pk, Query, Registry, Storage,
@@ -23,6 +19,7 @@ use crate::journal::{
     index_journal, index_journal_part, latest_record, latest_stamp, JOURNAL_COLLECTION,
 };
 use crate::reconcile::{object_key, ObjectKey};
+use crate::write_order::WriteOrder;
 
 /// Largest number of values in one `IN (…)` lookup.
 pub(crate) const LOOKUP_CHUNK: usize = 1_000;
@@ -66,7 +63,7 @@ fn read_entries(rows: Vec<Object>) -> Result<Vec<StoredEntry>> {
 pub struct ClientSyncLog {
     storage: Storage,
     /// The device's write-order lock, which also keeps two indexings of the journal apart.
-    order: Arc<Mutex<()>>,
+    order: WriteOrder,
     /// Whether readers index the journal first.
     indexing: bool,
 }
@@ -75,7 +72,7 @@ impl ClientSyncLog {
     /// The log kept in `storage`, whose registry must hold sync's collections and the app's
     /// (indexing reads created rows back).
     pub fn new(storage: Storage) -> Self {
-        Self::with_order(storage, Arc::default())
+        Self::with_order(storage, WriteOrder::default())
     }
 
     /// A view of the log that never indexes the journal, for a tool opened on sync's tables
@@ -89,7 +86,7 @@ impl ClientSyncLog {
     }
 
     /// The log kept in `storage`, indexing under the device's write-order lock `order`.
-    pub(crate) fn with_order(storage: Storage, order: Arc<Mutex<()>>) -> Self {
+    pub(crate) fn with_order(storage: Storage, order: WriteOrder) -> Self {
         ClientSyncLog {
             storage,
             order,
@@ -121,12 +118,12 @@ impl ClientSyncLog {
     /// into log entries, in one transaction; returns how many entries that made. Every
     /// reader of the log does it first; an app may call it at a quiet moment.
     ///
-    /// It takes the device's write-order lock and opens a write transaction: do not call a
-    /// reader of the log from a middleware while it handles a write, or while holding a
-    /// transaction of your own on a single-connection database.
+    /// It takes the device's write-order lock and opens a write transaction. Called by a
+    /// middleware while it handles a write (or sync applies received changes), it fails at
+    /// once instead of waiting for that write; do not call it while holding a transaction of
+    /// your own on a single-connection database either.
     pub async fn index_journal(&self) -> Result<u64> {
-        let _order = self.order.lock().await;
-        self.index_journal_holding_order().await
+        self.order.hold(self.index_journal_holding_order()).await?
     }
 
     /// [`ClientSyncLog::index_journal`] for a caller holding the write-order lock.
@@ -158,24 +155,26 @@ impl ClientSyncLog {
         until: Option<Uuid>,
         enough: usize,
     ) -> Result<Vec<LogEntry>> {
-        let _order = self.order.lock().await;
-        let tx = self.storage.begin().await?;
-        let exec = Exec::Transaction(&tx);
-        match index_journal_part(exec, self.storage.registry(), until, enough).await {
-            Ok(entries) => {
-                tx.commit().await?;
-                Ok(entries)
+        let indexing = async {
+            let tx = self.storage.begin().await?;
+            let exec = Exec::Transaction(&tx);
+            match index_journal_part(exec, self.storage.registry(), until, enough).await {
+                Ok(entries) => {
+                    tx.commit().await?;
+                    Ok(entries)
+                }
+                Err(e) => {
+                    tx.rollback().await?;
+                    Err(e)
+                }
             }
-            Err(e) => {
-                tx.rollback().await?;
-                Err(e)
-            }
-        }
+        };
+        self.order.hold(indexing).await?
     }
 
     /// The write-order lock, for a caller that must index and then act before any other
     /// write lands (the fast-sync sender starting its snapshot).
-    pub(crate) fn write_order(&self) -> &Arc<Mutex<()>> {
+    pub(crate) fn write_order(&self) -> &WriteOrder {
         &self.order
     }
 

@@ -25,6 +25,7 @@ use crate::logging::SyncLoggingMiddleware;
 use crate::reconcile::{
     admit, object_key, reconcile, HeldEntry, HoldReason, KnownObject, ObjectKey,
 };
+use crate::write_order::WriteOrder;
 
 /// What integrating a batch of received entries did.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -110,7 +111,7 @@ pub struct SyncDevice {
     clock: Arc<Clock>,
     excluded: Arc<[String]>,
     /// Taken around each transaction that applies received entries (see the logger).
-    write_order: Arc<tokio::sync::Mutex<()>>,
+    write_order: WriteOrder,
 }
 
 impl SyncDevice {
@@ -174,10 +175,15 @@ impl SyncDevice {
     /// enabled), as creates stamped now, so the other devices receive them. Idempotent: a
     /// row that has an entry is left alone. Returns how many rows were logged.
     pub async fn log_existing_rows(&self) -> Result<u64> {
-        let registry = self.storage.registry().clone();
         // Under the write-order lock throughout: an app write landing between the lookup of
         // a row's entries and the logging of the row would be in the journal, unseen.
-        let _order = self.write_order.lock().await;
+        self.write_order
+            .hold(self.log_existing_rows_holding_order())
+            .await?
+    }
+
+    async fn log_existing_rows_holding_order(&self) -> Result<u64> {
+        let registry = self.storage.registry().clone();
         self.log.index_journal_holding_order().await?;
         let mut logged = 0;
         for def in registry.collections() {
@@ -311,7 +317,17 @@ impl SyncDevice {
         stored: bool,
     ) -> Result<Attempt> {
         // Before the transaction: an app write holds this lock while it waits for its own.
-        let _order = self.write_order.lock().await;
+        self.write_order
+            .hold(self.attempt_holding_order(entries, extra, stored))
+            .await?
+    }
+
+    async fn attempt_holding_order(
+        &self,
+        entries: Vec<LogEntry>,
+        extra: Vec<BatchStep>,
+        stored: bool,
+    ) -> Result<Attempt> {
         let tx = self.storage.begin().await?;
         let exec = Exec::Transaction(&tx);
         // Reconciling compares with this device's own entries: all of them.

@@ -41,6 +41,7 @@ mod journal;
 mod logging;
 mod reconcile;
 mod shared_log;
+mod write_order;
 
 pub use client_log::ClientSyncLog;
 pub use codec::{DecodeError, EntryCodec};

@@ -20,8 +20,6 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use tokio::sync::Mutex;
-
 use storex_core::{
     BatchStep, BoxFuture, Error as CoreError, Filter, Middleware, Next, Object, Operation, Origin,
     Outcome, Pk, Query, Result as CoreResult, Value,
@@ -31,6 +29,7 @@ use crate::client_log::LOOKUP_CHUNK;
 use crate::entry::{EntryOp, INTERNAL_COLLECTIONS};
 use crate::hlc::Clock;
 use crate::journal::RecordBuilder;
+use crate::write_order::WriteOrder;
 
 /// The fields of a delete's entry.
 static NO_FIELDS: Object = Object::new();
@@ -41,7 +40,7 @@ static NO_FIELDS: Object = Object::new();
 pub struct SyncLoggingMiddleware {
     clock: Arc<Clock>,
     excluded: HashSet<String>,
-    order: Arc<Mutex<()>>,
+    order: WriteOrder,
 }
 
 impl SyncLoggingMiddleware {
@@ -53,14 +52,14 @@ impl SyncLoggingMiddleware {
                 .iter()
                 .map(|c| (*c).to_owned())
                 .collect(),
-            order: Arc::new(Mutex::new(())),
+            order: WriteOrder::default(),
         }
     }
 
     /// The lock that orders this device's writes with the application of received changes:
     /// held while a write is stamped and runs, and by [`SyncDevice`](crate::SyncDevice)
     /// around each transaction that applies received entries (which moves the clock).
-    pub(crate) fn write_order(&self) -> Arc<Mutex<()>> {
+    pub(crate) fn write_order(&self) -> WriteOrder {
         self.order.clone()
     }
 
@@ -315,19 +314,22 @@ impl SyncLoggingMiddleware {
         // Stamped and run under the write-order lock (inside a caller's transaction, that
         // transaction orders it already): received changes are applied either before, and the
         // stamps are later than what they moved the clock to, or after this write.
-        let _order = if next.in_transaction() {
-            None
-        } else {
-            Some(self.order.lock().await)
-        };
         let has_where = steps.iter().any(|s| {
             is_where_write(&s.operation)
                 && self.logged(s.operation.collection().unwrap_or_default())
         });
-        let mut outcomes = if has_where {
-            self.in_transaction(next, steps).await?
+        let in_transaction = next.in_transaction();
+        let run = async {
+            if has_where {
+                self.in_transaction(next, steps).await
+            } else {
+                self.run_logged_batch(next, steps).await
+            }
+        };
+        let mut outcomes = if in_transaction {
+            run.await?
         } else {
-            self.run_logged_batch(next, steps).await?
+            self.order.hold(run).await??
         };
         if single {
             outcomes.pop().ok_or_else(|| CoreError::UnexpectedOutcome {

@@ -793,3 +793,62 @@ async fn a_write_stamped_before_a_received_change_is_applied_cannot_land_after_i
         "the device disagrees with its own log"
     );
 }
+
+/// Reads the sync log while an app write passes through it.
+#[derive(Debug, Default)]
+struct ReadsTheLog {
+    log: std::sync::OnceLock<ClientSyncLog>,
+}
+
+impl Middleware for ReadsTheLog {
+    fn process<'a>(&'a self, op: Operation, next: Next<'a>) -> BoxFuture<'a, CoreResult<Outcome>> {
+        Box::pin(async move {
+            if let (true, Some(log)) = (op.is_write(), self.log.get()) {
+                if let Err(e) = log.unshared_count().await {
+                    return Err(storex_core::Error::invalid_operation(
+                        "",
+                        storex_core::error_chain(&e),
+                    ));
+                }
+            }
+            next.run(op).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_middleware_reading_the_log_during_a_write_gets_an_error_not_a_hang() {
+    let reader = Arc::new(ReadsTheLog::default());
+    let d = SyncDevice::open(
+        registry(),
+        Arc::new(MemoryBackend::new()),
+        Clock::new(DeviceId::random()),
+        SyncOptions::default()
+            .exclude("draft")
+            .with_middleware(reader.clone()),
+    )
+    .await
+    .expect("open");
+    reader.log.set(d.log().clone()).expect("set once");
+    // An excluded collection's write takes no lock: the read is fine.
+    d.storage()
+        .create("draft", object! { "text" => "local" })
+        .await
+        .expect("unlogged write");
+    let write = d.storage().create("notebook", object! { "name" => "n" });
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), write)
+        .await
+        .expect("the write must not wait for itself");
+    let problem = storex_core::error_chain(&outcome.expect_err("refused"));
+    assert!(problem.contains("from inside a sync write"), "{problem}");
+    assert_eq!(
+        d.storage()
+            .count("notebook", Filter::all())
+            .await
+            .expect("count"),
+        0
+    );
+    assert_eq!(d.log().journal_records().await.expect("records"), 0);
+    // Outside a write the same read works.
+    assert_eq!(d.log().unshared_count().await.expect("count"), 0);
+}

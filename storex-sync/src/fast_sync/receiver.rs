@@ -319,16 +319,27 @@ async fn apply_batch(
     state: &SessionState,
     first: bool,
 ) -> Result<()> {
+    let applying = apply_batch_in_order(device, session, collection, objects, state, first);
+    if state.merge {
+        // Merging compares with this device's own entries (below): all of them, indexed
+        // under the write-order lock.
+        device.log().write_order().hold(applying).await?
+    } else {
+        applying.await
+    }
+}
+
+/// [`apply_batch`], under the write-order lock when merging.
+async fn apply_batch_in_order(
+    device: &SyncDevice,
+    session: Uuid,
+    collection: &str,
+    objects: Vec<Object>,
+    state: &SessionState,
+    first: bool,
+) -> Result<()> {
     let storage = device.storage();
     let def = storage.registry().collection(collection)?.clone();
-    // Merging compares with this device's own entries (below): all of them, indexed under
-    // the write-order lock.
-    let order = device.log().write_order().clone();
-    let _order = if state.merge {
-        Some(order.lock().await)
-    } else {
-        None
-    };
     let tx = storage.begin().await?;
     if state.merge {
         index_journal(Exec::Transaction(&tx), storage.registry()).await?;

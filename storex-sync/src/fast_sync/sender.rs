@@ -58,22 +58,27 @@ async fn snapshot_with_indexed_journal(device: &SyncDevice) -> Result<StorageTra
     const TRIES: usize = 3;
     let log = device.log();
     for _ in 0..TRIES {
-        let _order = log.write_order().lock().await;
-        log.index_journal_holding_order().await?;
-        let tx = device.storage().begin_snapshot().await?;
-        // The first read fixes the snapshot.
-        let waiting = tx
-            .execute_as(
-                Operation::count(JOURNAL_COLLECTION, Filter::all()),
-                Origin::Sync,
-            )
-            .await?
-            .count()
-            .unwrap_or(0);
-        if waiting == 0 {
+        let attempt = async {
+            log.index_journal_holding_order().await?;
+            let tx = device.storage().begin_snapshot().await?;
+            // The first read fixes the snapshot.
+            let waiting = tx
+                .execute_as(
+                    Operation::count(JOURNAL_COLLECTION, Filter::all()),
+                    Origin::Sync,
+                )
+                .await?
+                .count()
+                .unwrap_or(0);
+            if waiting == 0 {
+                return Ok(Some(tx));
+            }
+            tx.rollback().await?;
+            Ok::<_, crate::Error>(None)
+        };
+        if let Some(tx) = log.write_order().hold(attempt).await?? {
             return Ok(tx);
         }
-        tx.rollback().await?;
     }
     Err(storex_core::Error::Transaction {
         problem: format!(
