@@ -8,17 +8,18 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use storex_core::uuid::Uuid;
 use storex_core::{
-    object, Filter, Object, Operation, Origin, Outcome, Pk, Query, Registry, Storage,
+    object, BatchStep, Filter, Object, Operation, Origin, Outcome, Pk, Query, Registry, Storage,
     StorageTransaction, Value,
 };
 
-use crate::entry::{pk_text, EntryOp, LogEntry, StoredEntry, LOG_COLLECTION};
+use crate::entry::{pk_text, LogEntry, StoredEntry, LOG_COLLECTION};
 use crate::error::Result;
 use crate::hlc::Hlc;
 use crate::journal::{
     index_journal, index_journal_part, latest_record, latest_stamp, JOURNAL_COLLECTION,
 };
 use crate::reconcile::{object_key, ObjectKey};
+use crate::versions;
 use crate::write_order::WriteOrder;
 
 /// Largest number of values in one `IN (…)` lookup.
@@ -253,90 +254,68 @@ impl ClientSyncLog {
             .limit(1);
         let rows = self.exec().find(LOG_COLLECTION, query).await?;
         let logged = read_entries(rows)?.into_iter().next().map(|s| s.entry.hlc);
-        Ok(logged.max(latest_stamp(self.exec()).await?))
+        let applied = versions::latest_applied(self.exec()).await?;
+        Ok(logged.max(latest_stamp(self.exec()).await?).max(applied))
     }
 
-    /// Drops shared, integrated entries that no longer decide any value: everything older
-    /// than an object's latest delete (but that delete), and creates and updates all of whose
-    /// fields were overwritten later (but the latest create after the delete, which says the
-    /// object exists). Returns how many entries were dropped.
+    /// Folds the shared, integrated entries (this device's changes once pushed, and those a
+    /// fast sync brought) into the [versions index](crate::VERSIONS_COLLECTION), which keeps
+    /// what convergence needs of them, and drops them from the log. Unshared and held
+    /// entries stay, as do those of collections this storage's registry does not define.
+    /// Returns how many entries were dropped.
     pub async fn compact(&self) -> Result<u64> {
         self.index_first().await?;
-        let rows = self
-            .exec()
-            .find(
-                LOG_COLLECTION,
-                Query::new(Filter::all().eq("integrated", true)),
-            )
-            .await?;
-        let mut by_object: BTreeMap<ObjectKey, Vec<StoredEntry>> = BTreeMap::new();
-        for stored in read_entries(rows)? {
-            by_object
-                .entry(object_key(&stored.entry))
-                .or_default()
-                .push(stored);
-        }
-        let mut drop_ids = Vec::new();
-        for entries in by_object.values() {
-            drop_ids.extend(superseded(entries));
-        }
-        let mut dropped = 0;
-        for chunk in drop_ids.chunks(LOOKUP_CHUNK) {
-            let op = Operation::delete_where(
-                LOG_COLLECTION,
-                Filter::all().is_in("id", chunk.iter().copied()),
-            );
-            dropped += self.exec().run(op).await?.count().unwrap_or(0);
-        }
-        Ok(dropped)
+        let compacting = async {
+            let tx = self.storage.begin().await?;
+            match compact_into_versions(Exec::Transaction(&tx), self.storage.registry()).await {
+                Ok(dropped) => {
+                    tx.commit().await?;
+                    Ok(dropped)
+                }
+                Err(e) => {
+                    tx.rollback().await?;
+                    Err(e)
+                }
+            }
+        };
+        self.order.hold(compacting).await?
     }
 }
 
-/// The shared entries of one object that no longer decide its state.
-fn superseded(entries: &[StoredEntry]) -> Vec<Uuid> {
-    let deleted = entries
-        .iter()
-        .filter(|s| s.entry.op == EntryOp::Delete)
-        .map(|s| s.entry.hlc)
-        .max();
-    let live = |s: &&StoredEntry| deleted.is_none_or(|d| s.entry.hlc > d);
-    let latest_create = entries
-        .iter()
-        .filter(live)
-        .filter(|s| s.entry.op == EntryOp::Create)
-        .map(|s| s.entry.hlc)
-        .max();
-    let mut newest_per_field: HashMap<&str, Hlc> = HashMap::new();
-    for s in entries
-        .iter()
-        .filter(live)
-        .filter(|s| s.entry.op != EntryOp::Delete)
-    {
-        for field in s.entry.fields.keys() {
-            let newest = newest_per_field.entry(field).or_insert(s.entry.hlc);
-            if s.entry.hlc > *newest {
-                *newest = s.entry.hlc;
-            }
-        }
+/// See [`ClientSyncLog::compact`]; inside the transaction behind `exec`.
+async fn compact_into_versions(exec: Exec<'_>, registry: &Registry) -> Result<u64> {
+    let filter = Filter::all().eq("integrated", true).eq("shared", true);
+    let rows = exec.find(LOG_COLLECTION, Query::new(filter)).await?;
+    let entries: Vec<LogEntry> = read_entries(rows)?
+        .into_iter()
+        .map(|s| s.entry)
+        .filter(|e| registry.collection(&e.collection).is_ok())
+        .collect();
+    if entries.is_empty() {
+        return Ok(0);
     }
-    entries
-        .iter()
-        .filter(|s| s.shared)
-        .filter(|s| {
-            let e = &s.entry;
-            let needed = match e.op {
-                EntryOp::Delete => Some(e.hlc) == deleted,
-                _ if deleted.is_some_and(|d| e.hlc < d) => false,
-                EntryOp::Create if Some(e.hlc) == latest_create => true,
-                _ => e
-                    .fields
-                    .keys()
-                    .any(|f| newest_per_field.get(f.as_str()) == Some(&e.hlc)),
-            };
-            !needed
-        })
-        .map(|s| s.entry.id)
-        .collect()
+    let mut by_object: BTreeMap<ObjectKey, Vec<&LogEntry>> = BTreeMap::new();
+    for entry in &entries {
+        by_object.entry(object_key(entry)).or_default().push(entry);
+    }
+    let objects: Vec<ObjectKey> = by_object.keys().cloned().collect();
+    let base = versions::load(exec, &objects).await?;
+    let current = current_rows(exec, registry, entries.iter().map(entry_object)).await?;
+    let exists: HashSet<ObjectKey> = current.keys().cloned().collect();
+    let rows: HashMap<ObjectKey, &Object> = current.iter().map(|(k, r)| (k.clone(), r)).collect();
+    let folded = versions::fold_objects(registry, &base, &rows, by_object, &exists);
+    let latest = entries.iter().map(|e| e.hlc).max();
+    let clock_before = versions::latest_applied(exec).await?;
+    let mut steps = versions::store_steps(folded, latest, clock_before)?;
+    let ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
+    for chunk in ids.chunks(LOOKUP_CHUNK) {
+        steps.push(BatchStep::new(Operation::delete_where(
+            LOG_COLLECTION,
+            Filter::all().is_in("id", chunk.iter().copied()),
+        )));
+    }
+    exec.run(Operation::Batch { steps }).await?;
+    Ok(ids.len() as u64)
 }
 
 /// Loads the integrated entries for the given objects, grouped by object.
@@ -380,20 +359,22 @@ pub(crate) async fn known_ids(exec: Exec<'_>, ids: &[Uuid]) -> Result<HashSet<Uu
     Ok(known)
 }
 
-/// The stored rows of the objects `entries` touch, by object.
+/// The object `entry` changes, as [`current_rows`] takes it.
+pub(crate) fn entry_object(entry: &LogEntry) -> (&str, &Pk) {
+    (&entry.collection, &entry.pk)
+}
+
+/// The stored rows of `objects` (collection and key), by object.
 pub(crate) async fn current_rows<'e>(
     exec: Exec<'_>,
     registry: &Registry,
-    entries: impl IntoIterator<Item = &'e LogEntry>,
+    objects: impl IntoIterator<Item = (&'e str, &'e Pk)>,
 ) -> Result<HashMap<ObjectKey, Object>> {
     let mut by_collection: HashMap<&str, Vec<&Pk>> = HashMap::new();
     let mut seen = HashSet::new();
-    for entry in entries {
-        if seen.insert(object_key(entry)) {
-            by_collection
-                .entry(&entry.collection)
-                .or_default()
-                .push(&entry.pk);
+    for (collection, pk) in objects {
+        if seen.insert((collection, pk_text(pk))) {
+            by_collection.entry(collection).or_default().push(pk);
         }
     }
     let mut rows = HashMap::new();

@@ -15,7 +15,9 @@ use storex_core::{
     StorageBackend, UuidPkMiddleware, Value,
 };
 
-use crate::client_log::{current_rows, entries_for, known_ids, ClientSyncLog, Exec, LOOKUP_CHUNK};
+use crate::client_log::{
+    current_rows, entries_for, entry_object, known_ids, ClientSyncLog, Exec, LOOKUP_CHUNK,
+};
 use crate::digest::collection_digest;
 use crate::entry::{pk_text, with_sync_log, EntryRow, LogEntry, LOG_COLLECTION};
 use crate::error::Result;
@@ -23,8 +25,9 @@ use crate::hlc::{Clock, DeviceId};
 use crate::journal::index_journal;
 use crate::logging::SyncLoggingMiddleware;
 use crate::reconcile::{
-    admit, object_key, reconcile, HeldEntry, HoldReason, KnownObject, ObjectKey,
+    admit, exists_after, object_key, reconcile, HeldEntry, HoldReason, KnownObject, ObjectKey,
 };
+use crate::versions;
 use crate::write_order::WriteOrder;
 
 /// What integrating a batch of received entries did.
@@ -460,11 +463,34 @@ impl SyncDevice {
         for (key, entries) in entries_for(exec, &objects).await? {
             known.entry(key).or_default().entries = entries;
         }
-        for (key, row) in current_rows(exec, &registry, &fresh).await? {
+        for (key, row) in current_rows(exec, &registry, fresh.iter().map(entry_object)).await? {
             known.entry(key).or_default().current = Some(row);
         }
-        let mut outcome = reconcile(&registry, &known, fresh);
-        drop(known);
+        // What the versions index holds: as the changes that leave it, and it tells the
+        // changes this device applied already.
+        let stored_versions = versions::load(exec, &objects).await?;
+        let mut fresh_entries = Vec::with_capacity(fresh.len());
+        let mut covered = 0;
+        for entry in fresh {
+            match stored_versions.get(&object_key(&entry)) {
+                Some(v) if v.covers(&entry) => covered += 1,
+                _ => fresh_entries.push(entry),
+            }
+        }
+        let keys: HashMap<ObjectKey, &storex_core::Pk> = fresh_entries
+            .iter()
+            .map(|e| (object_key(e), &e.pk))
+            .collect();
+        for (key, v) in &stored_versions {
+            let (Ok(def), Some(pk)) = (registry.collection(&key.0), keys.get(key)) else {
+                continue;
+            };
+            let object = known.entry(key.clone()).or_default();
+            let synthetic = v.synthesize(key, pk, object.current.as_ref(), def);
+            object.entries.extend(synthetic);
+        }
+        drop(keys);
+        let mut outcome = reconcile(&registry, &known, fresh_entries);
         held.append(&mut outcome.held);
         let operations = outcome.operations.len() as u64;
         let mut steps: Vec<BatchStep> =
@@ -472,6 +498,39 @@ impl SyncDevice {
                 .into_iter()
                 .map(BatchStep::new)
                 .collect();
+        // The applied entries go into the versions of their objects (with what was known of
+        // them), not into the log; held ones are kept in the log.
+        let mut by_object: BTreeMap<ObjectKey, Vec<&LogEntry>> = BTreeMap::new();
+        for entry in &outcome.integrated {
+            by_object.entry(object_key(entry)).or_default().push(entry);
+        }
+        let empty = KnownObject::default();
+        let mut exists = HashSet::new();
+        let mut rows = HashMap::new();
+        let mut all_entries = Vec::with_capacity(by_object.len());
+        for (key, new) in by_object {
+            let object = known.get(&key).unwrap_or(&empty);
+            if let Ok(def) = registry.collection(&key.0) {
+                if exists_after(def, object, &new) {
+                    exists.insert(key.clone());
+                }
+            }
+            if let Some(row) = &object.current {
+                rows.insert(key.clone(), row);
+            }
+            // Everything known (the synthetic entries fold to what is stored already) and
+            // the new entries.
+            all_entries.push((key, object.entries.iter().chain(new).collect::<Vec<_>>()));
+        }
+        let latest = outcome.integrated.iter().map(|e| e.hlc).max();
+        let folded =
+            versions::fold_objects(&registry, &stored_versions, &rows, all_entries, &exists);
+        let clock_before = match latest {
+            Some(_) => versions::latest_applied(exec).await?,
+            None => None,
+        };
+        steps.extend(versions::store_steps(folded, latest, clock_before)?);
+        drop(known);
         let entry_step = |entry: &LogEntry, integrated: bool| {
             if stored {
                 BatchStep::new(Operation::update_by_pk(
@@ -484,10 +543,18 @@ impl SyncDevice {
                 BatchStep::new(Operation::create(LOG_COLLECTION, row))
             }
         };
-        steps.extend(outcome.integrated.iter().map(|e| entry_step(e, true)));
-        if !stored {
+        if stored {
+            // Held entries applied now live in the versions index.
+            steps.extend(
+                outcome
+                    .integrated
+                    .iter()
+                    .map(|e| BatchStep::new(Operation::delete_by_pk(LOG_COLLECTION, e.id))),
+            );
+        } else {
             steps.extend(held.iter().map(|h| entry_step(&h.entry, false)));
         }
+        let duplicates = duplicates + covered;
         let report = IntegrationReport {
             received,
             duplicates: duplicates + outcome.duplicates,

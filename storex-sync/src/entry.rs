@@ -7,6 +7,7 @@ use storex_core::{object, serde_json, CollectionDef, FieldType, Object, Pk, Valu
 use crate::error::{Error, Result};
 use crate::hlc::{Clock, DeviceId, Hlc};
 use crate::journal::{journal_collection, JOURNAL_COLLECTION};
+use crate::versions::{versions_collection, VERSIONS_COLLECTION};
 
 /// What a change did to its object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -102,9 +103,10 @@ pub const QUARANTINE_COLLECTION: &str = "storex_sync_quarantine";
 pub const TRANSFER_COLLECTION: &str = "storex_sync_transfer";
 
 /// The collections sync keeps in the app's database; never logged themselves.
-pub const INTERNAL_COLLECTIONS: [&str; 5] = [
+pub const INTERNAL_COLLECTIONS: [&str; 6] = [
     LOG_COLLECTION,
     JOURNAL_COLLECTION,
+    VERSIONS_COLLECTION,
     STATE_COLLECTION,
     QUARANTINE_COLLECTION,
     TRANSFER_COLLECTION,
@@ -136,15 +138,16 @@ fn quarantine_collection() -> CollectionDef {
         .primary_key(["id"])
 }
 
-/// The app's `registry` with sync's own collections added (the log, its journal, sync
-/// state, the quarantine and fast-sync progress), for assembling a storage by hand (a
-/// [`crate::SyncDevice`] does it itself).
+/// The app's `registry` with sync's own collections added (the log, its journal, the
+/// versions index, sync state, the quarantine and fast-sync progress), for assembling a
+/// storage by hand (a [`crate::SyncDevice`] does it itself).
 pub fn with_sync_log(
     registry: &storex_core::Registry,
 ) -> storex_core::Result<storex_core::Registry> {
     registry
         .with_collection(log_collection())?
         .with_collection(journal_collection())?
+        .with_collection(versions_collection())?
         .with_collection(state_collection())?
         .with_collection(quarantine_collection())?
         .with_collection(transfer_collection())

@@ -41,7 +41,7 @@ use storex_core::{
     BatchStep, CollectionDef, FieldType, Filter, Object, Operation, Pk, Query, Registry, Value,
 };
 
-use crate::client_log::{current_rows, Exec, LOOKUP_CHUNK};
+use crate::client_log::{current_rows, entry_object, Exec, LOOKUP_CHUNK};
 use crate::entry::{pk_text, EntryOp, EntryRow, LogEntry, LOG_COLLECTION};
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
@@ -399,7 +399,7 @@ async fn index_round(
             collection: unknown.collection.clone(),
         });
     }
-    let stored = current_rows(exec, registry, creates()).await?;
+    let stored = current_rows(exec, registry, creates().map(entry_object)).await?;
     let entries = fill_creates(entries, &stored, registry);
     let steps = entries
         .iter()

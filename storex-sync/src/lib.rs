@@ -41,6 +41,7 @@ mod journal;
 mod logging;
 mod reconcile;
 mod shared_log;
+mod versions;
 mod write_order;
 
 pub use client_log::ClientSyncLog;
@@ -64,3 +65,4 @@ pub use shared_log::{
     check_user_name, device_of_another_user, split_into_pushes, DeviceInfo, MemorySharedLog, Pull,
     PulledEntry, SharedEntry, SharedLogError, SharedResult, SharedSyncLog,
 };
+pub use versions::VERSIONS_COLLECTION;

@@ -271,6 +271,39 @@ fn lost(entry: &LogEntry, all: &[&LogEntry]) -> bool {
     })
 }
 
+/// A row that exists without any logged create (data from before sync was enabled) counts
+/// as created at the beginning of time, so it is never lost.
+fn base_create(def: &CollectionDef, pk: &Pk, known: &KnownObject) -> Option<LogEntry> {
+    match &known.current {
+        Some(row) if !known.entries.iter().any(|e| e.op == EntryOp::Create) => Some(LogEntry {
+            id: Uuid::nil(),
+            device: DeviceId(Uuid::nil()),
+            hlc: Hlc::zero(DeviceId(Uuid::nil())),
+            collection: def.name().to_owned(),
+            pk: pk.clone(),
+            op: EntryOp::Create,
+            fields: row.clone(),
+            schema_version: def.schema_version(),
+        }),
+        _ => None,
+    }
+}
+
+/// Whether the object `known` describes exists once the `new` entries for it are applied,
+/// as [`reconcile`] decides it.
+pub(crate) fn exists_after(def: &CollectionDef, known: &KnownObject, new: &[&LogEntry]) -> bool {
+    let Some(pk) = new.first().map(|e| &e.pk) else {
+        return known.current.is_some();
+    };
+    let base = base_create(def, pk, known);
+    let all = known
+        .entries
+        .iter()
+        .chain(base.iter())
+        .chain(new.iter().copied());
+    object_state(def, all).is_some()
+}
+
 /// Decides what to apply for `incoming` entries, given what is `known` about the objects
 /// they touch (objects missing from `known` are taken as never seen). Pure: no I/O.
 pub fn reconcile(
@@ -307,23 +340,7 @@ pub fn reconcile(
         }
         let pk: Pk = new[0].pk.clone();
         let known_object = known.get(&object_key(&new[0])).unwrap_or(&empty);
-        // Rows that exist without any logged create (data from before sync was enabled)
-        // count as created at the beginning of time, so they are never lost.
-        let base = match &known_object.current {
-            Some(row) if !known_object.entries.iter().any(|e| e.op == EntryOp::Create) => {
-                Some(LogEntry {
-                    id: Uuid::nil(),
-                    device: DeviceId(Uuid::nil()),
-                    hlc: Hlc::zero(DeviceId(Uuid::nil())),
-                    collection: collection.clone(),
-                    pk: pk.clone(),
-                    op: EntryOp::Create,
-                    fields: row.clone(),
-                    schema_version: def.schema_version(),
-                })
-            }
-            _ => None,
-        };
+        let base = base_create(def, &pk, known_object);
         let all: Vec<&LogEntry> = known_object
             .entries
             .iter()

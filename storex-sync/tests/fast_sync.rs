@@ -1150,3 +1150,90 @@ async fn a_receiver_that_deleted_an_object_does_not_get_it_back() {
         );
     }
 }
+
+/// Changes of two devices to one note: X creates it, Y renames it, and X, having seen that,
+/// renames it again (a later change).
+async fn three_way_note(fx: &Fixture) -> (Vec<storex_sync::LogEntry>, storex_sync::LogEntry) {
+    let x = fx.device("x", DeviceId::random()).await;
+    let y = fx.device("y", DeviceId::random()).await;
+    let id = x
+        .storage()
+        .create("note", object! { "title" => "first" })
+        .await
+        .expect("note");
+    let x_create = x.log().unshared(10).await.expect("entries");
+    y.integrate(x_create.clone()).await.expect("y has it");
+    y.storage()
+        .update_by_pk("note", id.clone(), object! { "title" => "by y" })
+        .await
+        .expect("y renames");
+    let y_rename = y.log().unshared(10).await.expect("entries");
+    let y_rename = y_rename
+        .into_iter()
+        .find(|e| e.op == storex_sync::EntryOp::Update)
+        .expect("y's rename");
+    // X sees Y's rename, then renames the note itself: a later change.
+    x.integrate(vec![y_rename.clone()]).await.expect("x has it");
+    x.storage()
+        .update_by_pk("note", id, object! { "title" => "by x" })
+        .await
+        .expect("x renames");
+    let x_all = x.log().unshared(10).await.expect("entries");
+    assert_eq!(x_all.len(), 2, "x's create and rename");
+    assert!(x_all.iter().all(|e| e.device == x.device()));
+    assert!(x_all[1].hlc > y_rename.hlc);
+    (x_all, y_rename)
+}
+
+#[tokio::test]
+async fn the_versions_of_applied_changes_move_with_the_snapshot() {
+    let fx = Fixture::new();
+    let (x_entries, y_rename) = three_way_note(&fx).await;
+    // The old device applied X's changes (not Y's yet): they live in its versions index.
+    let (old, new) = fx.old_and_new().await;
+    old.integrate(x_entries).await.expect("old applies x");
+    assert!(old.log().all().await.expect("log").is_empty());
+    let (sent, received) = transfer(&old, &new, &small_batches(), &small_batches()).await;
+    sent.expect("send");
+    received.expect("receive");
+    assert_same(&old, &new).await;
+    // Y's rename arrives at both: it is older than X's, so both keep X's title. Without the
+    // versions, the new device would take the note for data from before sync and apply it.
+    for device in [&old, &new] {
+        let report = device.integrate(vec![y_rename.clone()]).await.expect("y");
+        assert_eq!((report.operations, report.conflicts), (0, 1), "{report:?}");
+    }
+    assert_same(&old, &new).await;
+}
+
+#[tokio::test]
+async fn a_merge_reconciles_the_senders_versions_with_the_receivers_data() {
+    let fx = Fixture::new();
+    let (x_entries, y_rename) = three_way_note(&fx).await;
+    let (old, new) = fx.old_and_new().await;
+    old.integrate(x_entries.clone())
+        .await
+        .expect("old applies x");
+    // The new device has data of its own, and the note with Y's older rename: a merge.
+    new.storage()
+        .create("note", object! { "title" => "mine" })
+        .await
+        .expect("own note");
+    new.integrate(vec![x_entries[0].clone(), y_rename])
+        .await
+        .expect("new applies x's create and y's rename");
+    let (sent, received) = transfer(&old, &new, &small_batches(), &small_batches()).await;
+    sent.expect("send");
+    received.expect("receive");
+    // X's rename is newer than Y's: the new device takes it from the sender's versions.
+    let titles: Vec<String> = new
+        .storage()
+        .find_many("note", storex_core::Query::default())
+        .await
+        .expect("notes")
+        .iter()
+        .filter_map(|n| n.get("title").and_then(Value::as_text).map(str::to_owned))
+        .collect();
+    assert!(titles.contains(&"by x".to_owned()), "{titles:?}");
+    assert!(!titles.contains(&"by y".to_owned()), "{titles:?}");
+}

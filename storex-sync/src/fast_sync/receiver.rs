@@ -1,7 +1,7 @@
 //! The receiving side: every batch validated and applied in one transaction with the
 //! session's progress, then acknowledged.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -11,7 +11,7 @@ use storex_core::{
     Registry, StorageTransaction, Value,
 };
 
-use crate::client_log::{entries_for, Exec};
+use crate::client_log::{current_rows, entries_for, Exec};
 use crate::device::SyncDevice;
 use crate::entry::{
     pk_text, StoredEntry, INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION,
@@ -25,6 +25,7 @@ use crate::fast_sync::{
 };
 use crate::journal::index_journal;
 use crate::reconcile::ObjectKey;
+use crate::versions::{self, object_of, pk_from_text, Versions, VERSIONS_COLLECTION};
 
 const CURSOR_KEY: &str = "shared_log_cursor";
 
@@ -139,9 +140,11 @@ pub async fn receive_offer(
     let registry = device.storage().registry().clone();
     for info in &collections {
         let known = match registry.collection(&info.name) {
-            // Sync's own state (cursor, sessions, quarantine) is never the sender's to write.
+            // Sync's own state (cursor, sessions, quarantine) is never the sender's to write;
+            // its log and versions are what the receiver learns from.
             Ok(_)
                 if info.name != LOG_COLLECTION
+                    && info.name != VERSIONS_COLLECTION
                     && INTERNAL_COLLECTIONS.contains(&info.name.as_str()) =>
             {
                 Some(format!("`{}` is this device's own sync state", info.name))
@@ -221,7 +224,9 @@ pub async fn receive_offer(
                 let done = received.objects;
                 honour_pause(channel, options, "receiving").await?;
                 let first = state.last_seq == 0 && resume_after.is_none();
-                if next.merge && collection == LOG_COLLECTION {
+                if collection == VERSIONS_COLLECTION {
+                    apply_versions_batch(device, session, objects, &next, first).await?;
+                } else if next.merge && collection == LOG_COLLECTION {
                     merge_log_batch(device, session, objects, &next, first).await?;
                 } else {
                     apply_batch(device, session, &collection, objects, &next, first).await?;
@@ -421,17 +426,21 @@ async fn apply_batch_in_order(
     }
     // A device with data of its own may know an object it does not have: it deleted it.
     // Then the logs decide (the sender's entries come last), not the sender's row.
-    let known = if state.merge && collection != LOG_COLLECTION {
+    let known: HashSet<ObjectKey> = if state.merge && collection != LOG_COLLECTION {
         let keys: Vec<ObjectKey> = creates
             .iter()
             .map(|(pk, _)| (collection.to_owned(), pk.clone()))
             .collect();
-        entries_for(Exec::Transaction(&tx), &keys).await?
+        let exec = Exec::Transaction(&tx);
+        let logged = entries_for(exec, &keys).await?.into_keys();
+        logged
+            .chain(versions::load(exec, &keys).await?.into_keys())
+            .collect()
     } else {
-        HashMap::new()
+        HashSet::new()
     };
     for (pk, object) in creates {
-        if !known.contains_key(&(collection.to_owned(), pk)) {
+        if !known.contains(&(collection.to_owned(), pk)) {
             steps.push(BatchStep::new(Operation::create(collection, object)));
         }
     }
@@ -500,7 +509,13 @@ fn progress_step(session: Uuid, state: &SessionState, first: bool) -> BatchStep 
 /// Whether the device holds any object of the offered app collections, or any log entry
 /// (a device whose objects were all deleted still knows those deletes).
 async fn has_data(device: &SyncDevice, collections: &[CollectionInfo]) -> Result<bool> {
-    if !device.log().is_empty().await? {
+    if !device.log().is_empty().await?
+        || device
+            .storage()
+            .count(VERSIONS_COLLECTION, Filter::all())
+            .await?
+            > 0
+    {
         return Ok(true);
     }
     for info in collections.iter().filter(|c| c.name != LOG_COLLECTION) {
@@ -509,6 +524,78 @@ async fn has_data(device: &SyncDevice, collections: &[CollectionInfo]) -> Result
         }
     }
     Ok(false)
+}
+
+/// Takes in a batch of the sender's versions (what it knows of the changes it applied to
+/// each object): on a device that had no data, stored as they are, without the values its
+/// rows (the sender's) hold; on one with data of its own, reconciled as the changes that
+/// leave them. The session's progress lands with them.
+async fn apply_versions_batch(
+    device: &SyncDevice,
+    session: Uuid,
+    objects: Vec<Object>,
+    state: &SessionState,
+    first: bool,
+) -> Result<()> {
+    let registry = device.storage().registry();
+    let bad = |problem: String| {
+        FastSyncError::Protocol(format!("versions that do not read back: {problem}"))
+    };
+    let mut received = Vec::with_capacity(objects.len());
+    for row in &objects {
+        let (id, versions) = Versions::from_row(row).map_err(|e| bad(e.to_string()))?;
+        let key = object_of(&id).ok_or_else(|| bad(format!("no object in {id:?}")))?;
+        if registry.collection(&key.0).is_err() {
+            return Err(bad(format!("an object of unknown collection `{}`", key.0)).into());
+        }
+        let pk = pk_from_text(&key.1).map_err(|e| bad(e.to_string()))?;
+        // Like the log's timestamps: the clock moves past them, or the session ends.
+        if let Some(latest) = versions.latest() {
+            device
+                .clock()
+                .observe(latest)
+                .map_err(|e| FastSyncError::Verification {
+                    collection: VERSIONS_COLLECTION.to_owned(),
+                    problem: format!("the sender's versions: {e}"),
+                })?;
+        }
+        received.push((key, pk, versions));
+    }
+    drop(objects);
+    if state.merge {
+        let mut entries = Vec::new();
+        for (key, pk, versions) in &received {
+            let def = registry.collection(&key.0)?;
+            entries.extend(versions.synthesize(key, pk, None, def));
+        }
+        device
+            .integrate_with(entries, vec![progress_step(session, state, first)])
+            .await?;
+        return Ok(());
+    }
+    let storage = device.storage();
+    let tx = storage.begin().await?;
+    let exec = Exec::Transaction(&tx);
+    let rows = current_rows(
+        exec,
+        registry,
+        received.iter().map(|(key, pk, _)| (key.0.as_str(), pk)),
+    )
+    .await?;
+    let latest = received.iter().filter_map(|(_, _, v)| v.latest()).max();
+    let clock_before = versions::latest_applied(exec).await?;
+    let pruned = received
+        .into_iter()
+        .map(|(key, _, mut versions)| {
+            versions.prune(rows.contains_key(&key));
+            (key, versions)
+        })
+        .collect();
+    let mut steps = versions::store_steps(pruned, latest, clock_before)?;
+    steps.push(progress_step(session, state, first));
+    run(&tx, Operation::Batch { steps }).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Merges a batch of the sender's log entries into a device that has data of its own:

@@ -6,6 +6,7 @@ use std::time::Instant;
 use storex_core::uuid::Uuid;
 use storex_core::{Filter, Object, Operation, Origin, Query, StorageTransaction, Value};
 
+use crate::client_log::{current_rows, Exec};
 use crate::device::SyncDevice;
 use crate::entry::{pk_text, INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION};
 use crate::error::Result;
@@ -15,6 +16,7 @@ use crate::fast_sync::{
     FastSyncChannel, FastSyncError, FastSyncOptions, Progress, TransferReport,
 };
 use crate::journal::JOURNAL_COLLECTION;
+use crate::versions::{object_of, pk_from_text, Versions, VERSIONS_COLLECTION};
 
 /// Objects read from the snapshot at a time, at most.
 const PAGE: u64 = 2_000;
@@ -107,7 +109,10 @@ impl SnapshotSender {
             .map(|c| c.name())
             .filter(|n| wanted(n))
             .collect();
-        names.push(LOG_COLLECTION); // last: the timestamps of everything sent before it
+        // Then what the sender knows of the objects: the versions of the changes it applied,
+        // and last its log (the timestamps of everything sent before it).
+        names.push(VERSIONS_COLLECTION);
+        names.push(LOG_COLLECTION);
         for name in names {
             let def = storage.registry().collection(name)?;
             let objects = tx
@@ -200,6 +205,43 @@ impl SnapshotSender {
             .into_objects())
     }
 
+    /// The rows of a page of the versions index that go with the snapshot (those of objects
+    /// of the collections sent, but not of objects left out), each with the values of its
+    /// object: the receiver may keep a row of its own for it.
+    async fn versions_to_send(
+        &self,
+        page: Vec<Object>,
+        sent: &HashSet<String>,
+        left_out: &HashSet<(String, String)>,
+    ) -> Result<Vec<Object>> {
+        let mut kept = Vec::with_capacity(page.len());
+        for row in &page {
+            let (id, versions) = Versions::from_row(row)?;
+            let Some(key) = object_of(&id) else {
+                continue; // the clock's row: the receiver keeps its own
+            };
+            if !sent.contains(&key.0) || left_out.contains(&key) {
+                continue;
+            }
+            let pk = pk_from_text(&key.1)?;
+            kept.push((key, pk, id, versions));
+        }
+        let rows = current_rows(
+            Exec::Transaction(&self.tx),
+            self.device.storage().registry(),
+            kept.iter().map(|(key, pk, _, _)| (key.0.as_str(), pk)),
+        )
+        .await?;
+        kept.into_iter()
+            .map(|(key, _, id, mut versions)| {
+                if let Some(row) = rows.get(&key) {
+                    versions.fill(row);
+                }
+                versions.to_row(id)
+            })
+            .collect()
+    }
+
     /// Streams the snapshot over `channel`. If the channel fails, call again with a new
     /// channel to the same receiver: it resumes after the last batch the receiver applied.
     pub async fn send(&mut self, channel: &mut dyn FastSyncChannel) -> Result<TransferReport> {
@@ -248,6 +290,11 @@ impl SnapshotSender {
                 let last_page = (page.len() as u64) < limit;
                 offset += page.len() as u64;
                 after = page.last().cloned();
+                let page = if info.name == VERSIONS_COLLECTION {
+                    self.versions_to_send(page, &sent, &left_out).await?
+                } else {
+                    page
+                };
                 let (mut page_objects, mut page_bytes) = (0u64, 0u64);
                 for object in page {
                     if info.name == LOG_COLLECTION && !entry_is_sent(&object, &sent, &left_out) {

@@ -1,0 +1,513 @@
+//! The versions index: what a device knows about each object from the changes it applied,
+//! one small row per object, in place of a log row (with all its values) per change.
+//!
+//! Reconciliation needs, for an object, every change applied to it ([`crate::reconcile`]).
+//! Its state depends only on the latest delete, the latest create and, per field, the latest
+//! write: so that is all a device keeps of the changes it received, the *versions* of the
+//! object. The values themselves are in the object's row; they are kept beside the versions
+//! only while the object does not exist (a write newer than its delete waits for a create
+//! that may still come). The changes this device made stay in the log until they are shared
+//! (the log is what push reads); compaction then folds them into the versions too.
+//!
+//! Before reconciling, the versions of an object are turned back into the changes that
+//! would have left them ([`Versions::synthesize`]): a delete, a create, and an update per
+//! timestamp, with the values of the row. The state those give is the state the real changes
+//! gave, so reconciliation is unchanged. An incoming change the versions already hold
+//! exactly (same timestamp: timestamps never tie between changes) is a duplicate.
+//!
+//! One more row, under [`CLOCK_OBJECT`], keeps the latest timestamp applied, for the clock
+//! to restart from.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use storex_core::uuid::Uuid;
+use storex_core::{
+    serde_json, BatchStep, CollectionDef, FieldType, Filter, Object, Operation, Pk, Query,
+    Registry, Value,
+};
+
+use crate::client_log::{Exec, LOOKUP_CHUNK};
+use crate::entry::{EntryOp, LogEntry};
+use crate::error::{Error, Result};
+use crate::hlc::Hlc;
+use crate::reconcile::ObjectKey;
+
+/// The name of the versions index's collection in the app's database.
+pub const VERSIONS_COLLECTION: &str = "storex_sync_versions";
+
+/// The first byte of a row's `state`: the version of its encoding.
+const FORMAT: u8 = 1;
+
+/// Between the collection and the key in an object's id.
+const SEPARATOR: char = '\u{1f}';
+
+/// The id of the row keeping the latest timestamp applied (no collection has this name).
+pub(crate) const CLOCK_OBJECT: &str = "\u{1f}clock";
+
+/// The definition of the versions index's collection.
+pub(crate) fn versions_collection() -> CollectionDef {
+    CollectionDef::new(VERSIONS_COLLECTION)
+        .field("object", FieldType::Text)
+        .field("state", FieldType::Blob)
+        .primary_key(["object"])
+}
+
+/// The id of an object's row: its collection and its key's text.
+pub(crate) fn object_id(key: &ObjectKey) -> String {
+    format!("{}{SEPARATOR}{}", key.0, key.1)
+}
+
+/// The object an id names (`None` for the clock's row or a malformed id).
+pub(crate) fn object_of(id: &str) -> Option<ObjectKey> {
+    let (collection, pk) = id.split_once(SEPARATOR)?;
+    (!collection.is_empty()).then(|| (collection.to_owned(), pk.to_owned()))
+}
+
+/// The latest write of one field: when, and the value while the row cannot give it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct FieldVersion {
+    hlc: Hlc,
+    value: Option<Value>,
+}
+
+/// What a device knows of one object.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Versions {
+    /// The latest delete.
+    deleted: Option<Hlc>,
+    /// The latest create.
+    created: Option<Hlc>,
+    /// Per field of the collection, the latest create or update that wrote it.
+    fields: BTreeMap<String, FieldVersion>,
+}
+
+impl Versions {
+    /// Takes in one change (creates and updates with their values).
+    pub(crate) fn fold(&mut self, def: &CollectionDef, entry: &LogEntry) {
+        let mut write = |field: &str, value: &Value| {
+            if self.fields.get(field).is_none_or(|v| entry.hlc > v.hlc) {
+                self.fields.insert(
+                    field.to_owned(),
+                    FieldVersion {
+                        hlc: entry.hlc,
+                        value: Some(value.clone()),
+                    },
+                );
+            }
+        };
+        match entry.op {
+            EntryOp::Delete => self.deleted = self.deleted.max(Some(entry.hlc)),
+            EntryOp::Create => {
+                self.created = self.created.max(Some(entry.hlc));
+                // A create writes every field; one it leaves out is null.
+                for field in def.fields() {
+                    write(
+                        &field.name,
+                        entry.fields.get(&field.name).unwrap_or(&Value::Null),
+                    );
+                }
+            }
+            EntryOp::Update => {
+                for (field, value) in &entry.fields {
+                    if def.field_def(field).is_some() {
+                        write(field, value);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops what the row holds or nothing can need: every value when the object exists;
+    /// when it does not, the fields written before its delete (any create that brings it
+    /// back is later than the delete, and writes them all).
+    pub(crate) fn prune(&mut self, exists: bool) {
+        if exists {
+            for version in self.fields.values_mut() {
+                version.value = None;
+            }
+        } else if let Some(deleted) = self.deleted {
+            self.fields.retain(|_, v| v.hlc > deleted);
+        }
+    }
+
+    /// The values of the object's fields from `row` (the object as it is now), for sending
+    /// the versions to a device that may not hold the same row.
+    pub(crate) fn fill(&mut self, row: &Object) {
+        for (field, version) in &mut self.fields {
+            if version.value.is_none() {
+                version.value = Some(row.get(field).cloned().unwrap_or(Value::Null));
+            }
+        }
+    }
+
+    /// Whether it holds `entry` already: the same timestamp as its latest delete, create,
+    /// or every field it writes.
+    pub(crate) fn covers(&self, entry: &LogEntry) -> bool {
+        match entry.op {
+            EntryOp::Delete => self.deleted == Some(entry.hlc),
+            EntryOp::Create => self.created == Some(entry.hlc),
+            EntryOp::Update => {
+                let mut known = entry
+                    .fields
+                    .keys()
+                    .filter_map(|f| self.fields.get(f))
+                    .peekable();
+                known.peek().is_some() && known.all(|v| v.hlc == entry.hlc)
+            }
+        }
+    }
+
+    /// The latest timestamp it holds.
+    pub(crate) fn latest(&self) -> Option<Hlc> {
+        let fields = self.fields.values().map(|v| v.hlc).max();
+        self.deleted.max(self.created).max(fields)
+    }
+
+    /// Changes that leave exactly these versions, for reconciling: a delete, a create and an
+    /// update per timestamp, with the values of `row` (or those kept, while there is no row).
+    /// Fields whose value is neither in a row nor kept are left out: nothing needs them.
+    pub(crate) fn synthesize(
+        &self,
+        key: &ObjectKey,
+        pk: &Pk,
+        row: Option<&Object>,
+        def: &CollectionDef,
+    ) -> Vec<LogEntry> {
+        let entry = |hlc: Hlc, op, fields| LogEntry {
+            id: Uuid::now_v7(),
+            device: hlc.device,
+            hlc,
+            collection: key.0.clone(),
+            pk: pk.clone(),
+            op,
+            fields,
+            schema_version: def.schema_version(),
+        };
+        let value_of = |field: &str, version: &FieldVersion| match row {
+            Some(row) => Some(row.get(field).cloned().unwrap_or(Value::Null)),
+            None => version.value.clone(),
+        };
+        let mut entries = Vec::new();
+        if let Some(deleted) = self.deleted {
+            entries.push(entry(deleted, EntryOp::Delete, Object::new()));
+        }
+        let mut by_stamp: BTreeMap<Hlc, Object> = BTreeMap::new();
+        for (field, version) in &self.fields {
+            if let Some(value) = value_of(field, version) {
+                by_stamp
+                    .entry(version.hlc)
+                    .or_default()
+                    .insert(field.clone(), value);
+            }
+        }
+        if let Some(created) = self.created {
+            let mut fields = by_stamp.remove(&created).unwrap_or_default();
+            // Its key, whatever was kept: a create names its object.
+            for (field, value) in def.pk_fields().iter().zip(pk.values()) {
+                fields.insert(field.clone(), value.clone());
+            }
+            entries.push(entry(created, EntryOp::Create, fields));
+        }
+        for (hlc, fields) in by_stamp {
+            entries.push(entry(hlc, EntryOp::Update, fields));
+        }
+        entries
+    }
+
+    fn encode(&self) -> Result<Vec<u8>> {
+        let mut bytes = vec![FORMAT];
+        rmp_serde::encode::write(&mut bytes, self).map_err(|e| Error::CorruptEntry {
+            id: "versions".into(),
+            problem: format!("the versions of an object cannot be encoded: {e}"),
+        })?;
+        Ok(bytes)
+    }
+
+    /// The versions a row of the index holds, or why they cannot be read.
+    pub(crate) fn decode(id: &str, bytes: &[u8]) -> Result<Self> {
+        let corrupt = |problem: String| Error::CorruptEntry {
+            id: format!("the versions of {id:?}"),
+            problem,
+        };
+        match bytes.split_first() {
+            Some((&FORMAT, body)) => {
+                rmp_serde::from_slice(body).map_err(|e| corrupt(format!("they do not decode: {e}")))
+            }
+            Some((other, _)) => Err(corrupt(format!(
+                "format {other}, this version reads {FORMAT}"
+            ))),
+            None => Err(corrupt("empty".into())),
+        }
+    }
+
+    /// The row storing these versions for object `id`.
+    pub(crate) fn to_row(&self, id: String) -> Result<Object> {
+        let mut row = Object::new();
+        row.insert("object".into(), Value::Text(id));
+        row.insert("state".into(), Value::Blob(self.encode()?));
+        Ok(row)
+    }
+
+    /// The id and versions a row of the index holds.
+    pub(crate) fn from_row(row: &Object) -> Result<(String, Self)> {
+        let id = row
+            .get("object")
+            .and_then(Value::as_text)
+            .ok_or_else(|| Error::CorruptEntry {
+                id: "versions".into(),
+                problem: "a row of the versions index without its object".into(),
+            })?;
+        let Some(Value::Blob(bytes)) = row.get("state") else {
+            return Err(Error::CorruptEntry {
+                id: format!("the versions of {id:?}"),
+                problem: "no state".into(),
+            });
+        };
+        Ok((id.to_owned(), Self::decode(id, bytes)?))
+    }
+}
+
+/// The key of an object from its text (as the log and the index store it).
+pub(crate) fn pk_from_text(text: &str) -> Result<Pk> {
+    serde_json::from_str(text).map_err(|e| Error::CorruptEntry {
+        id: text.to_owned(),
+        problem: format!("an object key that does not read back: {e}"),
+    })
+}
+
+/// The versions of the `objects` that have any.
+pub(crate) async fn load(
+    exec: Exec<'_>,
+    objects: &[ObjectKey],
+) -> Result<HashMap<ObjectKey, Versions>> {
+    let mut found = HashMap::new();
+    let ids: Vec<String> = objects.iter().map(object_id).collect();
+    for chunk in ids.chunks(LOOKUP_CHUNK) {
+        let filter = Filter::all().is_in("object", chunk.iter().map(|id| Value::from(id.as_str())));
+        for row in exec.find(VERSIONS_COLLECTION, Query::new(filter)).await? {
+            let (id, versions) = Versions::from_row(&row)?;
+            if let Some(key) = object_of(&id) {
+                found.insert(key, versions);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The steps replacing the versions of these objects (and, with `clock`, the latest
+/// timestamp applied, if later than `clock_before`).
+pub(crate) fn store_steps(
+    versions: Vec<(ObjectKey, Versions)>,
+    clock: Option<Hlc>,
+    clock_before: Option<Hlc>,
+) -> Result<Vec<BatchStep>> {
+    let mut rows: Vec<(String, Object)> = Vec::with_capacity(versions.len() + 1);
+    for (key, versions) in versions {
+        let id = object_id(&key);
+        rows.push((id.clone(), versions.to_row(id)?));
+    }
+    if let Some(latest) = clock.filter(|c| clock_before.is_none_or(|b| *c > b)) {
+        let marker = Versions {
+            created: Some(latest),
+            ..Versions::default()
+        };
+        rows.push((
+            CLOCK_OBJECT.to_owned(),
+            marker.to_row(CLOCK_OBJECT.to_owned())?,
+        ));
+    }
+    let mut steps = Vec::new();
+    let ids: Vec<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
+    for chunk in ids.chunks(LOOKUP_CHUNK) {
+        let filter = Filter::all().is_in("object", chunk.iter().map(|id| Value::from(*id)));
+        steps.push(BatchStep::new(Operation::delete_where(
+            VERSIONS_COLLECTION,
+            filter,
+        )));
+    }
+    steps.extend(
+        rows.into_iter()
+            .map(|(_, row)| BatchStep::new(Operation::create(VERSIONS_COLLECTION, row))),
+    );
+    Ok(steps)
+}
+
+/// The latest timestamp applied, as the index keeps it.
+pub(crate) async fn latest_applied(exec: Exec<'_>) -> Result<Option<Hlc>> {
+    let filter = Filter::all().eq("object", CLOCK_OBJECT);
+    let rows = exec.find(VERSIONS_COLLECTION, Query::new(filter)).await?;
+    match rows.first() {
+        Some(row) => Ok(Versions::from_row(row)?.1.created),
+        None => Ok(None),
+    }
+}
+
+/// Folds `entries` (by object) into the objects' versions as stored (`base`), each first
+/// given the values of its row as it was (`rows`: a delete among the entries may remove it)
+/// and then pruned for whether its object `exists` after them.
+pub(crate) fn fold_objects<'e>(
+    registry: &Registry,
+    base: &HashMap<ObjectKey, Versions>,
+    rows: &HashMap<ObjectKey, &Object>,
+    entries: impl IntoIterator<Item = (ObjectKey, Vec<&'e LogEntry>)>,
+    exists: &HashSet<ObjectKey>,
+) -> Vec<(ObjectKey, Versions)> {
+    let mut out = Vec::new();
+    for (key, entries) in entries {
+        let Ok(def) = registry.collection(&key.0) else {
+            continue;
+        };
+        let mut versions = base.get(&key).cloned().unwrap_or_default();
+        if let Some(row) = rows.get(&key) {
+            versions.fill(row);
+        }
+        for entry in entries {
+            versions.fold(def, entry);
+        }
+        versions.prune(exists.contains(&key));
+        out.push((key, versions));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::{Clock, DeviceId};
+    use crate::reconcile::object_state;
+    use storex_core::object;
+
+    fn note() -> CollectionDef {
+        CollectionDef::new("note")
+            .field("id", FieldType::Int)
+            .field("title", FieldType::Text)
+            .optional_field("body", FieldType::Text)
+            .primary_key(["id"])
+    }
+
+    fn change(clock: &Clock, op: EntryOp, fields: Object) -> LogEntry {
+        at(clock.now(), op, fields)
+    }
+
+    fn at(hlc: Hlc, op: EntryOp, fields: Object) -> LogEntry {
+        LogEntry {
+            id: Uuid::now_v7(),
+            device: hlc.device,
+            hlc,
+            collection: "note".into(),
+            pk: Pk::from(1),
+            op,
+            fields,
+            schema_version: 1,
+        }
+    }
+
+    /// The versions of `entries`, pruned for the state they give, and that state.
+    fn versions_of(def: &CollectionDef, entries: &[LogEntry]) -> (Versions, Option<Object>) {
+        let mut versions = Versions::default();
+        for entry in entries {
+            versions.fold(def, entry);
+        }
+        let state = object_state(def, entries.iter());
+        versions.prune(state.is_some());
+        (versions, state)
+    }
+
+    #[test]
+    fn the_synthesized_changes_give_the_state_the_real_ones_gave() {
+        let def = note();
+        let key: ObjectKey = ("note".into(), "[1]".into());
+        let (a, b) = (DeviceId::random(), DeviceId::random());
+        let stamp = |millis: u64, device| Hlc {
+            millis,
+            counter: 0,
+            device,
+        };
+        let create = at(
+            stamp(1_000, a),
+            EntryOp::Create,
+            object! { "id" => 1, "title" => "t1" },
+        );
+        let body = at(stamp(2_000, b), EntryOp::Update, object! { "body" => "b" });
+        let title = at(
+            stamp(3_000, a),
+            EntryOp::Update,
+            object! { "title" => "t2" },
+        );
+        let delete = at(stamp(4_000, b), EntryOp::Delete, Object::new());
+        let after_delete = at(
+            stamp(6_000, a),
+            EntryOp::Update,
+            object! { "title" => "t3" },
+        );
+        let histories = [
+            vec![create.clone(), body.clone(), title.clone()],
+            vec![create.clone(), body.clone(), delete.clone()],
+            vec![create.clone(), delete.clone(), after_delete.clone()],
+        ];
+        for history in histories {
+            let (versions, state) = versions_of(&def, &history);
+            let synthetic = versions.synthesize(&key, &Pk::from(1), state.as_ref(), &def);
+            assert_eq!(object_state(&def, synthetic.iter()), state, "{history:?}");
+            // Each real change is held exactly, or lost to a later one.
+            for entry in &history {
+                let later = history.iter().any(|e| e.hlc > entry.hlc);
+                assert!(versions.covers(entry) || later, "{entry:?}");
+            }
+        }
+        // Deleted, with a rename after the delete: a create that comes later (with an older
+        // timestamp than the rename) brings the object back with the kept title.
+        let history = [create.clone(), delete.clone(), after_delete.clone()];
+        let (versions, state) = versions_of(&def, &history);
+        assert_eq!(state, None);
+        let recreate = at(
+            stamp(5_000, b),
+            EntryOp::Create,
+            object! { "id" => 1, "title" => "new" },
+        );
+        let mut known = versions.synthesize(&key, &Pk::from(1), None, &def);
+        known.push(recreate.clone());
+        let mut real = history.to_vec();
+        real.push(recreate);
+        let expected = object_state(&def, real.iter());
+        assert_eq!(
+            expected.as_ref().and_then(|o| o.get("title")),
+            Some(&Value::from("t3"))
+        );
+        assert_eq!(object_state(&def, known.iter()), expected);
+    }
+
+    #[test]
+    fn rows_round_trip_and_damaged_ones_are_reported_not_panicked_on() {
+        let def = note();
+        let clock = Clock::new(DeviceId::random());
+        let mut versions = Versions::default();
+        versions.fold(
+            &def,
+            &change(
+                &clock,
+                EntryOp::Create,
+                object! { "id" => 1, "title" => "t" },
+            ),
+        );
+        let row = versions.to_row("note\u{1f}[1]".into()).expect("row");
+        let (id, back) = Versions::from_row(&row).expect("read back");
+        assert_eq!(
+            (object_of(&id), back),
+            (Some(("note".into(), "[1]".into())), versions)
+        );
+        assert_eq!(object_of(CLOCK_OBJECT), None);
+        for bytes in [
+            vec![],
+            vec![FORMAT],
+            vec![FORMAT, 0xc1, 0xff],
+            vec![9, 1, 2],
+        ] {
+            let mut damaged = row.clone();
+            damaged.insert("state".into(), Value::Blob(bytes));
+            assert!(Versions::from_row(&damaged).is_err());
+        }
+        assert!(Versions::from_row(&Object::new()).is_err());
+    }
+}
