@@ -231,6 +231,16 @@ impl ClientSyncLog {
             .await?)
     }
 
+    /// How many objects the [versions index](crate::VERSIONS_COLLECTION) describes: those
+    /// changes applied from other devices (and this device's, once compacted) touched.
+    pub async fn versioned_objects(&self) -> Result<u64> {
+        let filter = Filter::all().ne("object", versions::CLOCK_OBJECT);
+        Ok(self
+            .storage
+            .count(versions::VERSIONS_COLLECTION, filter)
+            .await?)
+    }
+
     /// How many entries the log holds.
     pub async fn len(&self) -> Result<u64> {
         self.index_first().await?;

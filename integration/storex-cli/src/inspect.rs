@@ -1,4 +1,5 @@
-//! `storex log` and `storex status`: what a device's client sync log holds.
+//! `storex log` and `storex status`: what a device's client sync log and versions index
+//! hold.
 //!
 //! They read without indexing the journal (they do not know the app's collections, whose
 //! rows indexing reads): writes still in the journal are counted, not listed.
@@ -66,6 +67,10 @@ pub(crate) async fn log(db: &Path, limit: usize) -> Result<()> {
     if waiting > 0 {
         say!("and {waiting} writes in the journal, logged at the app's next sync");
     }
+    let versioned = log.versioned_objects().await?;
+    if versioned > 0 {
+        say!("and the versions of {versioned} objects (applied changes, folded)");
+    }
     Ok(())
 }
 
@@ -88,6 +93,10 @@ pub(crate) async fn status(db: &Path) -> Result<()> {
         .map_or_else(|| "none".to_owned(), |h| h.clock_text());
     say!("log entries:     {total}");
     say!("journal records: {waiting} (writes not yet in the log)");
+    say!(
+        "versioned:       {} objects (applied changes, folded)",
+        log.versioned_objects().await?
+    );
     say!("not yet pushed:  {unshared}");
     say!("held back:       {held}");
     say!("shared cursor:   {cursor}");
