@@ -316,7 +316,7 @@ async fn compact_into_versions(exec: Exec<'_>, registry: &Registry) -> Result<u6
     let folded = versions::fold_objects(registry, &base, &rows, by_object, &exists);
     let latest = entries.iter().map(|e| e.hlc).max();
     let clock_before = versions::latest_applied(exec).await?;
-    let mut steps = versions::store_steps(folded, latest, clock_before)?;
+    let mut steps = versions::store_steps(folded, Some(&base), latest, clock_before)?;
     let ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
     for chunk in ids.chunks(LOOKUP_CHUNK) {
         steps.push(BatchStep::new(Operation::delete_where(

@@ -529,7 +529,12 @@ impl SyncDevice {
             Some(_) => versions::latest_applied(exec).await?,
             None => None,
         };
-        steps.extend(versions::store_steps(folded, latest, clock_before)?);
+        steps.extend(versions::store_steps(
+            folded,
+            Some(&stored_versions),
+            latest,
+            clock_before,
+        )?);
         drop(known);
         let entry_step = |entry: &LogEntry, integrated: bool| {
             if stored {

@@ -295,32 +295,35 @@ pub(crate) async fn load(
     Ok(found)
 }
 
-/// The steps replacing the versions of these objects (and, with `clock`, the latest
-/// timestamp applied, if later than `clock_before`).
+/// The steps replacing the versions of these objects (those in `stored` have a row to
+/// replace; `None`: any may have one), and, with `clock`, the latest timestamp applied, if
+/// later than `clock_before`.
 pub(crate) fn store_steps(
     versions: Vec<(ObjectKey, Versions)>,
+    stored: Option<&HashMap<ObjectKey, Versions>>,
     clock: Option<Hlc>,
     clock_before: Option<Hlc>,
 ) -> Result<Vec<BatchStep>> {
-    let mut rows: Vec<(String, Object)> = Vec::with_capacity(versions.len() + 1);
+    let mut replaced: Vec<String> = Vec::new();
+    let mut rows: Vec<Object> = Vec::with_capacity(versions.len() + 1);
     for (key, versions) in versions {
         let id = object_id(&key);
-        rows.push((id.clone(), versions.to_row(id)?));
+        if stored.is_none_or(|stored| stored.contains_key(&key)) {
+            replaced.push(id.clone());
+        }
+        rows.push(versions.to_row(id)?);
     }
     if let Some(latest) = clock.filter(|c| clock_before.is_none_or(|b| *c > b)) {
         let marker = Versions {
             created: Some(latest),
             ..Versions::default()
         };
-        rows.push((
-            CLOCK_OBJECT.to_owned(),
-            marker.to_row(CLOCK_OBJECT.to_owned())?,
-        ));
+        replaced.push(CLOCK_OBJECT.to_owned());
+        rows.push(marker.to_row(CLOCK_OBJECT.to_owned())?);
     }
     let mut steps = Vec::new();
-    let ids: Vec<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
-    for chunk in ids.chunks(LOOKUP_CHUNK) {
-        let filter = Filter::all().is_in("object", chunk.iter().map(|id| Value::from(*id)));
+    for chunk in replaced.chunks(LOOKUP_CHUNK) {
+        let filter = Filter::all().is_in("object", chunk.iter().map(|id| Value::from(id.as_str())));
         steps.push(BatchStep::new(Operation::delete_where(
             VERSIONS_COLLECTION,
             filter,
@@ -328,7 +331,7 @@ pub(crate) fn store_steps(
     }
     steps.extend(
         rows.into_iter()
-            .map(|(_, row)| BatchStep::new(Operation::create(VERSIONS_COLLECTION, row))),
+            .map(|row| BatchStep::new(Operation::create(VERSIONS_COLLECTION, row))),
     );
     Ok(steps)
 }

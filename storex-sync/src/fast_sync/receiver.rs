@@ -591,7 +591,7 @@ async fn apply_versions_batch(
             (key, versions)
         })
         .collect();
-    let mut steps = versions::store_steps(pruned, latest, clock_before)?;
+    let mut steps = versions::store_steps(pruned, None, latest, clock_before)?;
     steps.push(progress_step(session, state, first));
     run(&tx, Operation::Batch { steps }).await?;
     tx.commit().await?;
