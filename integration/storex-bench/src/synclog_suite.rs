@@ -11,7 +11,8 @@
 //!   changed object costs SQLite itself, below any code of ours.
 //! - Reconcile + apply: a second device on its own SQLite file integrates the first one's
 //!   entries in batches of 1,000, once as new objects (creates) and once as changes to
-//!   objects it already has (updates): entries per second (target: 100,000).
+//!   objects it already has (updates): entries per second (target: 100,000); then the size
+//!   of its database file per note it holds (the notes and what sync keeps of them).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,7 +25,7 @@ use storex_core::{
 use storex_seaorm::SeaOrmBackend;
 use storex_sync::{with_sync_log, Clock, DeviceId, Hlc, LogEntry, SyncDevice, SyncOptions};
 
-use crate::report::{rate, BoxError, Pair};
+use crate::report::{figure, rate, BoxError, Pair};
 
 const BATCH_ROWS: u64 = 1_000;
 const BATCHES: u64 = 100;
@@ -247,6 +248,21 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
     if device.digest("note").await? != receiver.digest("note").await? {
         return Err("the receiving device does not match the sender".into());
     }
+    // What the receiver keeps to reconcile later changes, beside the notes themselves: its
+    // database file (with its write-ahead log) per note received.
+    let notes = receiver.storage().count("note", Filter::all()).await?;
+    drop(receiver);
+    let bytes: u64 = std::fs::read_dir(dir.path())?
+        .filter_map(|f| f.ok())
+        .filter(|f| f.file_name().to_string_lossy().starts_with("b.db"))
+        .filter_map(|f| f.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    figure(
+        "synclog.receiver_database.bytes_per_note",
+        bytes as f64 / notes.max(1) as f64,
+        "bytes",
+    );
     Ok(())
 }
 
