@@ -470,10 +470,10 @@ impl SyncDevice {
         // changes this device applied already.
         let stored_versions = versions::load(exec, &objects).await?;
         let mut fresh_entries = Vec::with_capacity(fresh.len());
-        let mut covered = 0;
+        let mut covered = Vec::new();
         for entry in fresh {
             match stored_versions.get(&object_key(&entry)) {
-                Some(v) if v.covers(&entry) => covered += 1,
+                Some(v) if v.covers(&entry) => covered.push(entry.id),
                 _ => fresh_entries.push(entry),
             }
         }
@@ -549,17 +549,19 @@ impl SyncDevice {
             }
         };
         if stored {
-            // Held entries applied now live in the versions index.
-            steps.extend(
-                outcome
-                    .integrated
-                    .iter()
-                    .map(|e| BatchStep::new(Operation::delete_by_pk(LOG_COLLECTION, e.id))),
-            );
+            // Held entries applied now (or that the versions hold already) live in the
+            // versions index.
+            let done = outcome
+                .integrated
+                .iter()
+                .map(|e| e.id)
+                .chain(covered.iter().copied());
+            steps
+                .extend(done.map(|id| BatchStep::new(Operation::delete_by_pk(LOG_COLLECTION, id))));
         } else {
             steps.extend(held.iter().map(|h| entry_step(&h.entry, false)));
         }
-        let duplicates = duplicates + covered;
+        let duplicates = duplicates + covered.len() as u64;
         let report = IntegrationReport {
             received,
             duplicates: duplicates + outcome.duplicates,

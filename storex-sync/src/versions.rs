@@ -164,9 +164,10 @@ impl Versions {
         self.deleted.max(self.created).max(fields)
     }
 
-    /// Changes that leave exactly these versions, for reconciling: a delete, a create and an
-    /// update per timestamp, with the values of `row` (or those kept, while there is no row).
-    /// Fields whose value is neither in a row nor kept are left out: nothing needs them.
+    /// Changes that give the state these versions describe, for reconciling: a delete, a
+    /// create and an update per timestamp, with the values of `row` (or those kept, while
+    /// there is no row). Fields whose value is neither in a row nor kept are left out:
+    /// nothing needs them.
     pub(crate) fn synthesize(
         &self,
         key: &ObjectKey,
@@ -201,12 +202,20 @@ impl Versions {
                     .insert(field.clone(), value);
             }
         }
-        if let Some(created) = self.created {
-            let mut fields = by_stamp.remove(&created).unwrap_or_default();
+        // The create, unless a delete is later (then it decides nothing). It carries every
+        // field's latest value: a later write of a field says the same with its own
+        // timestamp, which wins, and a create that names all its fields passes any check.
+        if let Some(created) = self.created.filter(|c| self.deleted.is_none_or(|d| *c > d)) {
+            let mut fields: Object = by_stamp
+                .values()
+                .flatten()
+                .map(|(f, v)| (f.clone(), v.clone()))
+                .collect();
             // Its key, whatever was kept: a create names its object.
             for (field, value) in def.pk_fields().iter().zip(pk.values()) {
                 fields.insert(field.clone(), value.clone());
             }
+            by_stamp.remove(&created);
             entries.push(entry(created, EntryOp::Create, fields));
         }
         for (hlc, fields) in by_stamp {

@@ -1236,4 +1236,25 @@ async fn a_merge_reconciles_the_senders_versions_with_the_receivers_data() {
         .collect();
     assert!(titles.contains(&"by x".to_owned()), "{titles:?}");
     assert!(!titles.contains(&"by y".to_owned()), "{titles:?}");
+    assert!(new.log().held().await.expect("held").is_empty());
+    // A device with data of its own that never had the note takes it, and holds back
+    // nothing of what the sender's versions say.
+    let third = fx.device("third", DeviceId::random()).await;
+    third
+        .storage()
+        .create("note", object! { "title" => "its own" })
+        .await
+        .expect("own note");
+    let (sent, received) = transfer(&old, &third, &small_batches(), &small_batches()).await;
+    sent.expect("send");
+    received.expect("receive");
+    assert!(third.log().held().await.expect("held").is_empty());
+    assert_eq!(
+        third
+            .storage()
+            .count("note", Filter::all())
+            .await
+            .expect("count"),
+        2
+    );
 }
