@@ -1,9 +1,11 @@
 //! [`ClientSyncLog`]: the device's own record of changes, a collection in the app's database.
 //!
 //! It holds the device's changes (unshared until pushed; a write leaves them in the
-//! [journal](crate::journal) first, and readers index it) and the changes received from other
-//! devices (integrated once applied, or held). Reconciliation reads it to know every change
-//! to an object; compaction drops the entries that no longer decide any value.
+//! [journal](crate::journal) first, and readers index it), the changes received from other
+//! devices that are held back, and the copies a fast sync brought. Changes received and
+//! applied go into the [versions index](crate::versions) instead. Reconciliation reads both
+//! to know every change to an object; compaction folds the shared entries into the versions
+//! and drops them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use storex_core::uuid::Uuid;

@@ -7,6 +7,8 @@
 //! Devices exchange [`LogEntry`] values; [`SyncDevice::integrate`] applies what others wrote
 //! through [`reconcile()`], a pure, convergent function: two devices that have seen the same
 //! entries, in any order and batching, hold the same data ([`collection_digest`] proves it).
+//! What a device keeps of the changes it applied is one small row per object, its
+//! [versions](VERSIONS_COLLECTION), not the changes themselves.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
