@@ -204,11 +204,18 @@ impl SyncDevice {
                             .map(|pk| (def.name().to_owned(), pk_text(&pk)))
                     })
                     .collect();
-                let known = entries_for(Exec::Storage(&self.storage), &keys).await?;
+                // Known: logged here, or described by the versions index (received, or
+                // this device's own once compacted).
+                let exec = Exec::Storage(&self.storage);
+                let known: HashSet<ObjectKey> = entries_for(exec, &keys)
+                    .await?
+                    .into_keys()
+                    .chain(versions::load(exec, &keys).await?.into_keys())
+                    .collect();
                 let mut steps = Vec::new();
                 for row in chunk {
                     let Some(pk) = def.pk_of(row) else { continue };
-                    if known.contains_key(&(def.name().to_owned(), pk_text(&pk))) {
+                    if known.contains(&(def.name().to_owned(), pk_text(&pk))) {
                         continue;
                     }
                     let entry = EntryRow::local(

@@ -175,8 +175,9 @@ impl Versions {
         row: Option<&Object>,
         def: &CollectionDef,
     ) -> Vec<LogEntry> {
+        let object = object_id(key);
         let entry = |hlc: Hlc, op, fields| LogEntry {
-            id: Uuid::now_v7(),
+            id: synthetic_id(&object, op, hlc),
             device: hlc.device,
             hlc,
             collection: key.0.clone(),
@@ -205,7 +206,17 @@ impl Versions {
         // The create, unless a delete is later (then it decides nothing). It carries every
         // field's latest value: a later write of a field says the same with its own
         // timestamp, which wins, and a create that names all its fields passes any check.
-        if let Some(created) = self.created.filter(|c| self.deleted.is_none_or(|d| *c > d)) {
+        // Without a row to give a required field's value (a later local delete, in the log,
+        // removed it), it is left out too: that delete decides.
+        let complete = |fields: &BTreeMap<Hlc, Object>| {
+            row.is_some()
+                || def.fields().iter().filter(|f| !f.optional).all(|f| {
+                    def.pk_fields().contains(&f.name)
+                        || fields.values().any(|values| values.contains_key(&f.name))
+                })
+        };
+        let live = self.created.filter(|c| self.deleted.is_none_or(|d| *c > d));
+        if let Some(created) = live.filter(|_| complete(&by_stamp)) {
             let mut fields: Object = by_stamp
                 .values()
                 .flatten()
@@ -275,6 +286,27 @@ impl Versions {
         };
         Ok((id.to_owned(), Self::decode(id, bytes)?))
     }
+}
+
+/// The id of a synthesized change: the same for the same change of the same object, so a
+/// receiver that stored one (held, say) recognises it when it comes again.
+fn synthetic_id(object: &str, op: EntryOp, hlc: Hlc) -> Uuid {
+    use sha2::{Digest as _, Sha256};
+    let digest = Sha256::digest(format!(
+        "{object}\u{0}{op:?}\u{0}{}\u{0}{}",
+        hlc.clock_text(),
+        hlc.device.0
+    ));
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid_v8(bytes)
+}
+
+/// A UUID of version 8 (custom) and the RFC 4122 variant from 16 bytes.
+fn uuid_v8(mut bytes: [u8; 16]) -> Uuid {
+    bytes[6] = (bytes[6] & 0x0f) | 0x80;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    Uuid::from_bytes(bytes)
 }
 
 /// The key of an object from its text (as the log and the index store it).
@@ -521,5 +553,45 @@ mod tests {
             assert!(Versions::from_row(&damaged).is_err());
         }
         assert!(Versions::from_row(&Object::new()).is_err());
+    }
+
+    #[test]
+    fn synthesized_changes_keep_their_ids_and_a_create_without_its_values_is_left_out() {
+        let def = note();
+        let key: ObjectKey = ("note".into(), "[1]".into());
+        let device = DeviceId::random();
+        let stamp = |millis: u64| Hlc {
+            millis,
+            counter: 0,
+            device,
+        };
+        let mut versions = Versions::default();
+        versions.fold(
+            &def,
+            &at(
+                stamp(1),
+                EntryOp::Create,
+                object! { "id" => 1, "title" => "t" },
+            ),
+        );
+        versions.fold(
+            &def,
+            &at(stamp(2), EntryOp::Update, object! { "body" => "b" }),
+        );
+        let row = object! { "id" => 1, "title" => "t", "body" => "b" };
+        let once = versions.synthesize(&key, &Pk::from(1), Some(&row), &def);
+        let again = versions.synthesize(&key, &Pk::from(1), Some(&row), &def);
+        let ids = |entries: &[LogEntry]| entries.iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(ids(&once), ids(&again));
+        assert_eq!(once.len(), 2);
+        assert!(once.iter().all(|e| e.id.get_version_num() == 8));
+        // The row is gone (a local delete, still in the log, removed it) and the values went
+        // with it: no create that could not be applied.
+        versions.prune(true);
+        let without = versions.synthesize(&key, &Pk::from(1), None, &def);
+        assert!(
+            without.iter().all(|e| e.op != EntryOp::Create),
+            "{without:?}"
+        );
     }
 }
