@@ -573,28 +573,33 @@ async fn apply_versions_batch(
             .await?;
         return Ok(());
     }
-    let storage = device.storage();
-    let tx = storage.begin().await?;
-    let exec = Exec::Transaction(&tx);
-    let rows = current_rows(
-        exec,
-        registry,
-        received.iter().map(|(key, pk, _)| (key.0.as_str(), pk)),
-    )
-    .await?;
-    let latest = received.iter().filter_map(|(_, _, v)| v.latest()).max();
-    let clock_before = versions::latest_applied(exec).await?;
-    let pruned = received
-        .into_iter()
-        .map(|(key, _, mut versions)| {
-            versions.prune(rows.contains_key(&key));
-            (key, versions)
-        })
-        .collect();
-    let mut steps = versions::store_steps(pruned, None, latest, clock_before)?;
-    steps.push(progress_step(session, state, first));
-    run(&tx, Operation::Batch { steps }).await?;
-    tx.commit().await?;
+    // Under the write-order lock, as integration writes versions: the two never interleave.
+    let storing = async {
+        let storage = device.storage();
+        let tx = storage.begin().await?;
+        let exec = Exec::Transaction(&tx);
+        let rows = current_rows(
+            exec,
+            registry,
+            received.iter().map(|(key, pk, _)| (key.0.as_str(), pk)),
+        )
+        .await?;
+        let latest = received.iter().filter_map(|(_, _, v)| v.latest()).max();
+        let clock_before = versions::latest_applied(exec).await?;
+        let pruned = received
+            .into_iter()
+            .map(|(key, _, mut versions)| {
+                versions.prune(rows.contains_key(&key));
+                (key, versions)
+            })
+            .collect();
+        let mut steps = versions::store_steps(pruned, None, latest, clock_before)?;
+        steps.push(progress_step(session, state, first));
+        run(&tx, Operation::Batch { steps }).await?;
+        tx.commit().await?;
+        Ok::<(), crate::Error>(())
+    };
+    device.log().write_order().hold(storing).await??;
     Ok(())
 }
 
