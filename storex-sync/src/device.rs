@@ -25,7 +25,7 @@ use crate::hlc::{Clock, DeviceId};
 use crate::journal::index_journal;
 use crate::logging::SyncLoggingMiddleware;
 use crate::reconcile::{
-    admit, exists_after, object_key, reconcile, HeldEntry, HoldReason, KnownObject, ObjectKey,
+    admit, object_key, reconcile, HeldEntry, HoldReason, KnownObject, ObjectKey,
 };
 use crate::versions;
 use crate::write_order::WriteOrder;
@@ -512,16 +512,10 @@ impl SyncDevice {
             by_object.entry(object_key(entry)).or_default().push(entry);
         }
         let empty = KnownObject::default();
-        let mut exists = HashSet::new();
         let mut rows = HashMap::new();
         let mut all_entries = Vec::with_capacity(by_object.len());
         for (key, new) in by_object {
             let object = known.get(&key).unwrap_or(&empty);
-            if let Ok(def) = registry.collection(&key.0) {
-                if exists_after(def, object, &new) {
-                    exists.insert(key.clone());
-                }
-            }
             if let Some(row) = &object.current {
                 rows.insert(key.clone(), row);
             }
@@ -530,8 +524,13 @@ impl SyncDevice {
             all_entries.push((key, object.entries.iter().chain(new).collect::<Vec<_>>()));
         }
         let latest = outcome.integrated.iter().map(|e| e.hlc).max();
-        let folded =
-            versions::fold_objects(&registry, &stored_versions, &rows, all_entries, &exists);
+        let folded = versions::fold_objects(
+            &registry,
+            &stored_versions,
+            &rows,
+            all_entries,
+            &outcome.existing,
+        );
         let clock_before = match latest {
             Some(_) => versions::latest_applied(exec).await?,
             None => None,

@@ -121,6 +121,8 @@ pub struct Reconciliation {
     pub conflicts: u64,
     /// Incoming entries this device already had.
     pub duplicates: u64,
+    /// The objects the integrated entries touch that exist once the operations are applied.
+    pub existing: HashSet<ObjectKey>,
 }
 
 /// Checks an incoming entry against the local schema.
@@ -289,21 +291,6 @@ fn base_create(def: &CollectionDef, pk: &Pk, known: &KnownObject) -> Option<LogE
     }
 }
 
-/// Whether the object `known` describes exists once the `new` entries for it are applied,
-/// as [`reconcile`] decides it.
-pub(crate) fn exists_after(def: &CollectionDef, known: &KnownObject, new: &[&LogEntry]) -> bool {
-    let Some(pk) = new.first().map(|e| &e.pk) else {
-        return known.current.is_some();
-    };
-    let base = base_create(def, pk, known);
-    let all = known
-        .entries
-        .iter()
-        .chain(base.iter())
-        .chain(new.iter().copied());
-    object_state(def, all).is_some()
-}
-
 /// Decides what to apply for `incoming` entries, given what is `known` about the objects
 /// they touch (objects missing from `known` are taken as never seen). Pure: no I/O.
 pub fn reconcile(
@@ -349,6 +336,9 @@ pub fn reconcile(
             .collect();
         out.conflicts += new.iter().filter(|e| lost(e, &all)).count() as u64;
         let target = object_state(def, all.iter().copied());
+        if target.is_some() {
+            out.existing.insert(object_key(&new[0]));
+        }
         // Operations go in the order of the changes that caused them (see below): a create
         // at its earliest incoming change, an update or delete at its latest.
         let (earliest, latest) = (
