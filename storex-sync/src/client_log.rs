@@ -357,6 +357,18 @@ pub(crate) async fn entries_for(
     Ok(found)
 }
 
+/// Which of `objects` this device knows changes of: logged here, or described by the
+/// versions index (received, or this device's own once compacted).
+pub(crate) async fn known_objects(
+    exec: Exec<'_>,
+    objects: &[ObjectKey],
+) -> Result<HashSet<ObjectKey>> {
+    let logged = entries_for(exec, objects).await?.into_keys();
+    Ok(logged
+        .chain(versions::load(exec, objects).await?.into_keys())
+        .collect())
+}
+
 /// Which of `ids` the log already holds.
 pub(crate) async fn known_ids(exec: Exec<'_>, ids: &[Uuid]) -> Result<HashSet<Uuid>> {
     let mut known = HashSet::new();

@@ -16,7 +16,8 @@ use storex_core::{
 };
 
 use crate::client_log::{
-    current_rows, entries_for, entry_object, known_ids, ClientSyncLog, Exec, LOOKUP_CHUNK,
+    current_rows, entries_for, entry_object, known_ids, known_objects, ClientSyncLog, Exec,
+    LOOKUP_CHUNK,
 };
 use crate::digest::collection_digest;
 use crate::entry::{pk_text, with_sync_log, EntryRow, LogEntry, LOG_COLLECTION};
@@ -204,14 +205,7 @@ impl SyncDevice {
                             .map(|pk| (def.name().to_owned(), pk_text(&pk)))
                     })
                     .collect();
-                // Known: logged here, or described by the versions index (received, or
-                // this device's own once compacted).
-                let exec = Exec::Storage(&self.storage);
-                let known: HashSet<ObjectKey> = entries_for(exec, &keys)
-                    .await?
-                    .into_keys()
-                    .chain(versions::load(exec, &keys).await?.into_keys())
-                    .collect();
+                let known = known_objects(Exec::Storage(&self.storage), &keys).await?;
                 let mut steps = Vec::new();
                 for row in chunk {
                     let Some(pk) = def.pk_of(row) else { continue };
@@ -542,18 +536,6 @@ impl SyncDevice {
             clock_before,
         )?);
         drop(known);
-        let entry_step = |entry: &LogEntry, integrated: bool| {
-            if stored {
-                BatchStep::new(Operation::update_by_pk(
-                    LOG_COLLECTION,
-                    entry.id,
-                    storex_core::object! { "integrated" => integrated },
-                ))
-            } else {
-                let row = EntryRow::of(entry, true, integrated).to_object();
-                BatchStep::new(Operation::create(LOG_COLLECTION, row))
-            }
-        };
         if stored {
             // Held entries applied now (or that the versions hold already) live in the
             // versions index.
@@ -565,7 +547,10 @@ impl SyncDevice {
             steps
                 .extend(done.map(|id| BatchStep::new(Operation::delete_by_pk(LOG_COLLECTION, id))));
         } else {
-            steps.extend(held.iter().map(|h| entry_step(&h.entry, false)));
+            steps.extend(held.iter().map(|h| {
+                let row = EntryRow::of(&h.entry, true, false).to_object();
+                BatchStep::new(Operation::create(LOG_COLLECTION, row))
+            }));
         }
         let duplicates = duplicates + covered.len() as u64;
         let report = IntegrationReport {

@@ -11,7 +11,7 @@ use storex_core::{
     Registry, StorageTransaction, Value,
 };
 
-use crate::client_log::{current_rows, entries_for, Exec};
+use crate::client_log::{current_rows, known_objects, Exec};
 use crate::device::SyncDevice;
 use crate::entry::{
     pk_text, StoredEntry, INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION,
@@ -431,11 +431,7 @@ async fn apply_batch_in_order(
             .iter()
             .map(|(pk, _)| (collection.to_owned(), pk.clone()))
             .collect();
-        let exec = Exec::Transaction(&tx);
-        let logged = entries_for(exec, &keys).await?.into_keys();
-        logged
-            .chain(versions::load(exec, &keys).await?.into_keys())
-            .collect()
+        known_objects(Exec::Transaction(&tx), &keys).await?
     } else {
         HashSet::new()
     };
