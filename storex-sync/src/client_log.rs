@@ -54,6 +54,21 @@ impl Exec<'_> {
     }
 }
 
+/// Commits `tx` when the work done in it succeeded, rolls it back when it failed; returns the
+/// work's result.
+async fn settle<T>(tx: StorageTransaction, result: Result<T>) -> Result<T> {
+    match result {
+        Ok(value) => {
+            tx.commit().await?;
+            Ok(value)
+        }
+        Err(e) => {
+            tx.rollback().await?;
+            Err(e)
+        }
+    }
+}
+
 fn read_entries(rows: Vec<Object>) -> Result<Vec<StoredEntry>> {
     rows.iter().map(StoredEntry::from_object).collect()
 }
@@ -132,16 +147,8 @@ impl ClientSyncLog {
     /// [`ClientSyncLog::index_journal`] for a caller holding the write-order lock.
     pub(crate) async fn index_journal_holding_order(&self) -> Result<u64> {
         let tx = self.storage.begin().await?;
-        match index_journal(Exec::Transaction(&tx), self.storage.registry()).await {
-            Ok(indexed) => {
-                tx.commit().await?;
-                Ok(indexed)
-            }
-            Err(e) => {
-                tx.rollback().await?;
-                Err(e)
-            }
-        }
+        let indexed = index_journal(Exec::Transaction(&tx), self.storage.registry()).await;
+        settle(tx, indexed).await
     }
 
     /// The id of the journal's latest record (`None` when the journal is empty): the end of
@@ -161,16 +168,8 @@ impl ClientSyncLog {
         let indexing = async {
             let tx = self.storage.begin().await?;
             let exec = Exec::Transaction(&tx);
-            match index_journal_part(exec, self.storage.registry(), until, enough).await {
-                Ok(entries) => {
-                    tx.commit().await?;
-                    Ok(entries)
-                }
-                Err(e) => {
-                    tx.rollback().await?;
-                    Err(e)
-                }
-            }
+            let entries = index_journal_part(exec, self.storage.registry(), until, enough).await;
+            settle(tx, entries).await
         };
         self.order.hold(indexing).await?
     }
@@ -279,16 +278,9 @@ impl ClientSyncLog {
         self.index_first().await?;
         let compacting = async {
             let tx = self.storage.begin().await?;
-            match compact_into_versions(Exec::Transaction(&tx), self.storage.registry()).await {
-                Ok(dropped) => {
-                    tx.commit().await?;
-                    Ok(dropped)
-                }
-                Err(e) => {
-                    tx.rollback().await?;
-                    Err(e)
-                }
-            }
+            let dropped =
+                compact_into_versions(Exec::Transaction(&tx), self.storage.registry()).await;
+            settle(tx, dropped).await
         };
         self.order.hold(compacting).await?
     }
