@@ -6,8 +6,10 @@
 //! that the write created, updated with the same values, or deleted, by key, and the first
 //! of the consecutive timestamps the write took. It does not repeat what the write stored:
 //! a create's values are read back from its row when the record is indexed. So a 1,000-row
-//! batch writes its rows plus about 16 bytes an object (a run's UUID keys are one byte
-//! string), where a log row per object doubled what SQLite had to write.
+//! batch writes its rows plus a few bytes: the UUID key middleware gives one write
+//! consecutive keys, and a run of them is its first key and a count (other UUID keys take 16
+//! bytes each, as one byte string), where a log row per object doubled what SQLite had to
+//! write.
 //!
 //! Whatever reads the log ([`ClientSyncLog`](crate::ClientSyncLog), pushing, reconciling,
 //! fast sync) first *indexes* the journal: in one transaction it turns the records into the
@@ -49,8 +51,12 @@ use crate::hlc::Hlc;
 /// The name of the journal's collection in the app's database.
 pub const JOURNAL_COLLECTION: &str = "storex_sync_journal";
 
-/// The first byte of a record's `entries`: the version of its encoding.
-const FORMAT: u8 = 1;
+/// The first byte of a record's `entries`: the version of its encoding. Version 2 added
+/// runs of consecutive UUID keys; records of version 1 read the same.
+const FORMAT: u8 = 2;
+
+/// The oldest encoding this version still reads.
+const OLDEST_FORMAT: u8 = 1;
 
 /// How many records one indexing round reads (a record holds one write's changes).
 const RECORDS_PER_ROUND: u64 = 64;
@@ -90,19 +96,40 @@ enum Keys<'a> {
     Uuids(UuidBytes),
     /// Keys of any shape.
     Any(Vec<Cow<'a, Pk>>),
+    /// Consecutive UUIDs (the keys the UUID key middleware gives one write): the first, and
+    /// how many.
+    Consecutive(UuidBytes, u32),
 }
 
 impl<'a> Keys<'a> {
     fn of(pk: Cow<'a, Pk>) -> Self {
-        let mut keys = Keys::Uuids(UuidBytes(Vec::new()));
-        keys.push(pk);
-        keys
+        match pk.single() {
+            Some(Value::Uuid(id)) => Keys::Consecutive(UuidBytes(id.as_bytes().to_vec()), 1),
+            _ => Keys::Any(vec![pk]),
+        }
     }
 
     fn push(&mut self, pk: Cow<'a, Pk>) {
-        match (&mut *self, pk.single()) {
-            (Keys::Uuids(bytes), Some(Value::Uuid(id))) => bytes.0.extend_from_slice(id.as_bytes()),
-            (Keys::Uuids(bytes), _) => {
+        let id = pk.single().and_then(Value::as_uuid);
+        match (&mut *self, id) {
+            (Keys::Consecutive(first, count), Some(id))
+                if *count < u32::MAX && first.plus(*count) == Some(id) =>
+            {
+                *count += 1;
+            }
+            (Keys::Consecutive(..), _) => {
+                // Not the next one: the run is spelled out key by key from here on.
+                let mut bytes = Vec::with_capacity(self.len() * 16 + 16);
+                for key in self.pks().unwrap_or_default() {
+                    if let Some(id) = key.single().and_then(Value::as_uuid) {
+                        bytes.extend_from_slice(id.as_bytes());
+                    }
+                }
+                *self = Keys::Uuids(UuidBytes(bytes));
+                self.push(pk);
+            }
+            (Keys::Uuids(bytes), Some(id)) => bytes.0.extend_from_slice(id.as_bytes()),
+            (Keys::Uuids(bytes), None) => {
                 let mut all: Vec<Cow<'a, Pk>> = bytes.pks().map(Cow::Owned).collect();
                 all.push(pk);
                 *self = Keys::Any(all);
@@ -115,15 +142,30 @@ impl<'a> Keys<'a> {
         match self {
             Keys::Uuids(bytes) => bytes.0.len() / 16,
             Keys::Any(all) => all.len(),
+            Keys::Consecutive(_, count) => *count as usize,
         }
     }
 
-    /// The keys, or `None` when the UUIDs' bytes are not a whole number of UUIDs.
-    fn into_pks(self) -> Option<Vec<Pk>> {
+    /// The keys, or `None` when the UUIDs' bytes are not a whole number of UUIDs (or a
+    /// run of consecutive ones runs past the last UUID).
+    fn pks(&self) -> Option<Vec<Pk>> {
         match self {
             Keys::Uuids(bytes) if bytes.0.len() % 16 == 0 => Some(bytes.pks().collect()),
             Keys::Uuids(_) => None,
+            Keys::Any(all) => Some(all.iter().map(|pk| pk.as_ref().clone()).collect()),
+            Keys::Consecutive(first, count) => {
+                // The last key must exist; every key before it does then.
+                first.plus(count.saturating_sub(1))?;
+                (0..*count).map(|i| first.plus(i).map(Pk::from)).collect()
+            }
+        }
+    }
+
+    /// The keys, or `None` when they cannot be read (see [`Keys::pks`]).
+    fn into_pks(self) -> Option<Vec<Pk>> {
+        match self {
             Keys::Any(all) => Some(all.into_iter().map(Cow::into_owned).collect()),
+            other => other.pks(),
         }
     }
 }
@@ -133,6 +175,17 @@ impl<'a> Keys<'a> {
 struct UuidBytes(Vec<u8>);
 
 impl UuidBytes {
+    /// The one UUID held, if it holds exactly one.
+    fn first(&self) -> Option<Uuid> {
+        Uuid::from_slice(&self.0).ok()
+    }
+
+    /// The UUID `n` after the one held (`None` past the last UUID).
+    fn plus(&self, n: u32) -> Option<Uuid> {
+        let first = self.first()?.as_u128();
+        first.checked_add(u128::from(n)).map(Uuid::from_u128)
+    }
+
     /// The keys held (a trailing partial UUID is left out).
     fn pks(&self) -> impl Iterator<Item = Pk> + '_ {
         self.0
@@ -276,13 +329,13 @@ fn read_record(row: &Object) -> Result<(Uuid, Record<'static>)> {
         _ => return Err(corrupt("the journal record holds no entries".into())),
     };
     match bytes.split_first() {
-        Some((&FORMAT, body)) => {
+        Some((&format, body)) if (OLDEST_FORMAT..=FORMAT).contains(&format) => {
             let record = rmp_serde::from_slice(body)
                 .map_err(|e| corrupt(format!("the journal record does not decode: {e}")))?;
             Ok((id, record))
         }
         Some((other, _)) => Err(corrupt(format!(
-            "the journal record has format {other}, this version reads {FORMAT}"
+            "the journal record has format {other}, this version reads {OLDEST_FORMAT} to {FORMAT}"
         ))),
         None => Err(corrupt("the journal record is empty".into())),
     }
@@ -545,6 +598,69 @@ mod tests {
             vec![ids[0].clone(), Pk::from("text key"), ids[1].clone()]
         );
         assert!(Keys::Uuids(UuidBytes(vec![0; 17])).into_pks().is_none());
+    }
+
+    #[test]
+    fn consecutive_uuid_keys_are_stored_as_the_first_and_a_count() {
+        let clock = Clock::new(DeviceId::random());
+        let start = Uuid::now_v7().as_u128();
+        let run: Vec<Pk> = (0..1000)
+            .map(|i| Pk::from(Uuid::from_u128(start + i)))
+            .collect();
+        let none = Object::new();
+        let mut builder = RecordBuilder::default();
+        for pk in &run {
+            builder.push("note", 1, EntryOp::Create, Cow::Borrowed(pk), &none);
+        }
+        let row = row_of(builder, clock.now_many(1000));
+        let Some(Value::Blob(bytes)) = row.get("entries") else {
+            panic!("no entries")
+        };
+        assert!(
+            bytes.len() < 100,
+            "{} bytes for a run of 1,000",
+            bytes.len()
+        );
+        let (id, record) = read_record(&row).expect("read back");
+        let pks: Vec<Pk> = entries_of(id, record)
+            .expect("entries")
+            .into_iter()
+            .map(|e| e.pk)
+            .collect();
+        assert_eq!(pks, run);
+
+        // A key out of the run: the run is spelled out, in order.
+        let mut keys = Keys::of(Cow::Borrowed(&run[0]));
+        keys.push(Cow::Borrowed(&run[1]));
+        keys.push(Cow::Borrowed(&run[5]));
+        keys.push(Cow::Borrowed(&run[6]));
+        assert!(matches!(&keys, Keys::Uuids(b) if b.0.len() == 64));
+        assert_eq!(
+            keys.into_pks().expect("keys"),
+            vec![
+                run[0].clone(),
+                run[1].clone(),
+                run[5].clone(),
+                run[6].clone()
+            ]
+        );
+        // A run that would pass the last UUID is damaged, not wrapped around.
+        let near_end = UuidBytes(Uuid::from_u128(u128::MAX - 1).as_bytes().to_vec());
+        assert!(Keys::Consecutive(near_end, 5).into_pks().is_none());
+    }
+
+    #[test]
+    fn a_record_of_the_first_format_still_reads() {
+        let clock = Clock::new(DeviceId::random());
+        let (pk, none) = (Pk::from(1), Object::new());
+        let mut builder = RecordBuilder::default();
+        builder.push("note", 1, EntryOp::Delete, Cow::Borrowed(&pk), &none);
+        let mut row = row_of(builder, clock.now());
+        if let Some(Value::Blob(bytes)) = row.get_mut("entries") {
+            bytes[0] = 1;
+        }
+        let (id, record) = read_record(&row).expect("a format 1 record");
+        assert_eq!(entries_of(id, record).expect("entries")[0].pk, pk);
     }
 
     #[test]
