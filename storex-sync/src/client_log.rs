@@ -322,27 +322,37 @@ async fn compact_into_versions(exec: Exec<'_>, registry: &Registry) -> Result<u6
     Ok(ids.len() as u64)
 }
 
-/// Loads the integrated entries for the given objects, grouped by object.
-pub(crate) async fn entries_for(
-    exec: Exec<'_>,
-    objects: &[ObjectKey],
-) -> Result<HashMap<ObjectKey, Vec<LogEntry>>> {
+/// What the log holds for some objects: see [`logged_for`].
+#[derive(Debug, Default)]
+pub(crate) struct Logged {
+    /// The integrated entries, by object.
+    pub(crate) integrated: HashMap<ObjectKey, Vec<LogEntry>>,
+    /// The ids of every entry found, integrated or held.
+    pub(crate) ids: HashSet<Uuid>,
+}
+
+/// Loads the log's entries for the given objects: the integrated ones grouped by object,
+/// and the ids of all (a held entry received again is known by its id).
+pub(crate) async fn logged_for(exec: Exec<'_>, objects: &[ObjectKey]) -> Result<Logged> {
     let mut by_collection: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (collection, pk) in objects {
         by_collection.entry(collection).or_default().push(pk);
     }
-    let mut found: HashMap<ObjectKey, Vec<LogEntry>> = HashMap::new();
+    let mut found = Logged::default();
     for (collection, pks) in by_collection {
         for chunk in pks.chunks(LOOKUP_CHUNK) {
             let filter = Filter::all()
                 .eq("collection", collection)
-                .is_in("pk", chunk.iter().map(|pk| Value::from(*pk)))
-                .eq("integrated", true);
+                .is_in("pk", chunk.iter().map(|pk| Value::from(*pk)));
             for stored in read_entries(exec.find(LOG_COLLECTION, Query::new(filter)).await?)? {
-                found
-                    .entry(object_key(&stored.entry))
-                    .or_default()
-                    .push(stored.entry);
+                found.ids.insert(stored.entry.id);
+                if stored.integrated {
+                    found
+                        .integrated
+                        .entry(object_key(&stored.entry))
+                        .or_default()
+                        .push(stored.entry);
+                }
             }
         }
     }
@@ -355,24 +365,10 @@ pub(crate) async fn known_objects(
     exec: Exec<'_>,
     objects: &[ObjectKey],
 ) -> Result<HashSet<ObjectKey>> {
-    let logged = entries_for(exec, objects).await?.into_keys();
+    let logged = logged_for(exec, objects).await?.integrated.into_keys();
     Ok(logged
         .chain(versions::load(exec, objects).await?.into_keys())
         .collect())
-}
-
-/// Which of `ids` the log already holds.
-pub(crate) async fn known_ids(exec: Exec<'_>, ids: &[Uuid]) -> Result<HashSet<Uuid>> {
-    let mut known = HashSet::new();
-    for chunk in ids.chunks(LOOKUP_CHUNK) {
-        let query = Query::new(Filter::all().is_in("id", chunk.iter().copied()));
-        for row in exec.find(LOG_COLLECTION, query).await? {
-            if let Some(id) = row.get("id").and_then(Value::as_uuid) {
-                known.insert(id);
-            }
-        }
-    }
-    Ok(known)
 }
 
 /// The object `entry` changes, as [`current_rows`] takes it.

@@ -7,7 +7,7 @@
 //! shared-log cursor). A crash at any point leaves the batch applied fully or not at all.
 //! Applied operations carry `Origin::Sync`, so they are not logged again.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use storex_core::{
@@ -16,8 +16,7 @@ use storex_core::{
 };
 
 use crate::client_log::{
-    current_rows, entries_for, entry_object, known_ids, known_objects, ClientSyncLog, Exec,
-    LOOKUP_CHUNK,
+    current_rows, entry_object, known_objects, logged_for, ClientSyncLog, Exec, LOOKUP_CHUNK,
 };
 use crate::digest::collection_digest;
 use crate::entry::{pk_text, with_sync_log, EntryRow, LogEntry, LOG_COLLECTION};
@@ -26,7 +25,7 @@ use crate::hlc::{Clock, DeviceId};
 use crate::journal::index_journal;
 use crate::logging::SyncLoggingMiddleware;
 use crate::reconcile::{
-    admit, object_key, reconcile, HeldEntry, HoldReason, KnownObject, ObjectKey,
+    admit, object_key, reconcile_keyed, Admission, HeldEntry, HoldReason, KnownObject, ObjectKey,
 };
 use crate::versions;
 use crate::write_order::WriteOrder;
@@ -337,20 +336,23 @@ impl SyncDevice {
         // Reconciling compares with this device's own entries: all of them.
         index_journal(exec, self.storage.registry()).await?;
         let received = entries.len() as u64;
-        let already = if stored {
-            HashSet::new()
-        } else {
-            let ids: Vec<_> = entries.iter().map(|e| e.id).collect();
-            known_ids(exec, &ids).await?
-        };
-        let mut fresh = Vec::with_capacity(entries.len());
+        // Each entry's object, worked out once.
+        let keyed: Vec<(ObjectKey, LogEntry)> =
+            entries.into_iter().map(|e| (object_key(&e), e)).collect();
+        let mut objects: Vec<ObjectKey> = keyed.iter().map(|(key, _)| key.clone()).collect();
+        objects.sort();
+        objects.dedup();
+        // What the log holds for these objects: their integrated entries, and the ids of
+        // all (the entries it has already, unless these are its own held ones).
+        let logged = logged_for(exec, &objects).await?;
+        let mut fresh = Vec::with_capacity(keyed.len());
         let mut held = Vec::new();
-        for entry in entries {
-            if already.contains(&entry.id) {
+        for (key, entry) in keyed {
+            if !stored && logged.ids.contains(&entry.id) {
                 continue;
             }
             match self.clock.observe(entry.hlc) {
-                Ok(()) => fresh.push(entry),
+                Ok(()) => fresh.push((key, entry)),
                 Err(e) => held.push(HeldEntry {
                     entry,
                     reason: HoldReason::ClockDrift {
@@ -361,7 +363,17 @@ impl SyncDevice {
         }
         let duplicates = received - fresh.len() as u64 - held.len() as u64;
         let mut planned = self
-            .reconcile_in(exec, fresh, held, duplicates, received, stored)
+            .reconcile_in(
+                exec,
+                Received {
+                    fresh,
+                    held,
+                    logged: logged.integrated,
+                    duplicates,
+                    received,
+                },
+                stored,
+            )
             .await?;
         let own_steps = planned.steps.len();
         planned.steps.extend(extra);
@@ -433,38 +445,43 @@ impl SyncDevice {
         })
     }
 
-    /// Reconciles `fresh` entries inside the transaction behind `exec`; returns the report,
-    /// the steps that apply it and the entries it covers. `stored` says the entries are
-    /// already in the log (held ones being retried), so they are marked integrated instead
-    /// of inserted.
+    /// Reconciles the `received` entries inside the transaction behind `exec`; returns the
+    /// report, the steps that apply it and the entries it covers. `stored` says the entries
+    /// are already in the log (held ones being retried), so they are marked integrated
+    /// instead of inserted.
     async fn reconcile_in(
         &self,
         exec: Exec<'_>,
-        fresh: Vec<LogEntry>,
-        mut held: Vec<HeldEntry>,
-        duplicates: u64,
-        received: u64,
+        received: Received,
         stored: bool,
     ) -> Result<Planned> {
+        let Received {
+            fresh,
+            mut held,
+            logged,
+            duplicates,
+            received,
+        } = received;
         let registry = self.storage.registry().clone();
         // Entries the schema refuses are held before anything is looked up for them (a key of
         // the wrong type would make the lookup fail).
         let mut admitted = Vec::with_capacity(fresh.len());
-        for entry in fresh {
+        for (key, entry) in fresh {
             match admit(&registry, &entry) {
-                Ok(()) => admitted.push(entry),
+                Ok(()) => admitted.push((key, entry)),
                 Err(reason) => held.push(HeldEntry { entry, reason }),
             }
         }
         let fresh = admitted;
-        let mut objects: Vec<ObjectKey> = fresh.iter().map(object_key).collect();
+        let mut objects: Vec<ObjectKey> = fresh.iter().map(|(key, _)| key.clone()).collect();
         objects.sort();
         objects.dedup();
-        let mut known: HashMap<ObjectKey, KnownObject> = HashMap::new();
-        for (key, entries) in entries_for(exec, &objects).await? {
+        let mut known: HashMap<ObjectKey, KnownObject> = HashMap::with_capacity(objects.len());
+        for (key, entries) in logged {
             known.entry(key).or_default().entries = entries;
         }
-        for (key, row) in current_rows(exec, &registry, fresh.iter().map(entry_object)).await? {
+        let rows = current_rows(exec, &registry, fresh.iter().map(|(_, e)| entry_object(e)));
+        for (key, row) in rows.await? {
             known.entry(key).or_default().current = Some(row);
         }
         // What the versions index holds: as the changes that leave it, and it tells the
@@ -472,26 +489,29 @@ impl SyncDevice {
         let stored_versions = versions::load(exec, &objects).await?;
         let mut fresh_entries = Vec::with_capacity(fresh.len());
         let mut covered = Vec::new();
-        for entry in fresh {
-            match stored_versions.get(&object_key(&entry)) {
+        for (key, entry) in fresh {
+            match stored_versions.get(&key) {
                 Some(v) if v.covers(&entry) => covered.push(entry.id),
-                _ => fresh_entries.push(entry),
+                _ => fresh_entries.push((key, entry)),
             }
         }
-        let keys: HashMap<ObjectKey, &storex_core::Pk> = fresh_entries
-            .iter()
-            .map(|e| (object_key(e), &e.pk))
-            .collect();
-        for (key, v) in &stored_versions {
-            let (Ok(def), Some(pk)) = (registry.collection(&key.0), keys.get(key)) else {
-                continue;
-            };
-            let object = known.entry(key.clone()).or_default();
-            let synthetic = v.synthesize(key, pk, object.current.as_ref(), def);
-            object.entries.extend(synthetic);
+        // How many of each object's known entries are real (logged here): the synthesized
+        // ones after them fold back to what is stored already.
+        let mut logged_count: HashMap<ObjectKey, usize> = HashMap::new();
+        {
+            let keys: HashMap<&ObjectKey, &storex_core::Pk> =
+                fresh_entries.iter().map(|(key, e)| (key, &e.pk)).collect();
+            for (key, v) in &stored_versions {
+                let (Ok(def), Some(pk)) = (registry.collection(&key.0), keys.get(key)) else {
+                    continue;
+                };
+                let object = known.entry(key.clone()).or_default();
+                logged_count.insert(key.clone(), object.entries.len());
+                let synthetic = v.synthesize(key, pk, object.current.as_ref(), def);
+                object.entries.extend(synthetic);
+            }
         }
-        drop(keys);
-        let mut outcome = reconcile(&registry, &known, fresh_entries);
+        let mut outcome = reconcile_keyed(&registry, &known, fresh_entries, Admission::Done);
         held.append(&mut outcome.held);
         let operations = outcome.operations.len() as u64;
         let mut steps: Vec<BatchStep> =
@@ -513,9 +533,16 @@ impl SyncDevice {
             if let Some(row) = &object.current {
                 rows.insert(key.clone(), row);
             }
-            // Everything known (the synthetic entries fold to what is stored already) and
-            // the new entries.
-            all_entries.push((key, object.entries.iter().chain(new).collect::<Vec<_>>()));
+            // The entries logged here (the synthetic ones fold to what is stored already)
+            // and the new entries.
+            let logged = logged_count.get(&key).map_or(object.entries.len(), |n| *n);
+            all_entries.push((
+                key,
+                object.entries[..logged]
+                    .iter()
+                    .chain(new)
+                    .collect::<Vec<_>>(),
+            ));
         }
         let latest = outcome.integrated.iter().map(|e| e.hlc).max();
         let folded = versions::fold_objects(
@@ -573,6 +600,21 @@ impl SyncDevice {
             entries,
         })
     }
+}
+
+/// The entries of one attempt, sorted out before reconciling.
+#[derive(Debug)]
+struct Received {
+    /// New to this device, with their objects' keys.
+    fresh: Vec<(ObjectKey, LogEntry)>,
+    /// Held already (their timestamps are too far ahead).
+    held: Vec<HeldEntry>,
+    /// The integrated entries the log holds for their objects.
+    logged: HashMap<ObjectKey, Vec<LogEntry>>,
+    /// How many this device had already.
+    duplicates: u64,
+    /// How many came in.
+    received: u64,
 }
 
 /// Turns updates that set the same values in many objects of a collection with a one-field

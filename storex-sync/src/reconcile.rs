@@ -298,26 +298,51 @@ pub fn reconcile(
     known: &HashMap<ObjectKey, KnownObject>,
     incoming: Vec<LogEntry>,
 ) -> Reconciliation {
+    let keyed = incoming.into_iter().map(|e| (object_key(&e), e)).collect();
+    reconcile_keyed(registry, known, keyed, Admission::Check)
+}
+
+/// Whether [`reconcile_keyed`] checks the incoming entries against the schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Check each one ([`admit`]), holding those the schema refuses.
+    Check,
+    /// The caller admitted them already.
+    Done,
+}
+
+/// [`reconcile`] for entries given with their objects' keys.
+pub(crate) fn reconcile_keyed(
+    registry: &Registry,
+    known: &HashMap<ObjectKey, KnownObject>,
+    incoming: Vec<(ObjectKey, LogEntry)>,
+    admission: Admission,
+) -> Reconciliation {
     let mut out = Reconciliation::default();
     let mut seen: HashSet<Uuid> = known
         .values()
         .flat_map(|k| k.entries.iter().map(|e| e.id))
         .collect();
     let mut by_object: BTreeMap<ObjectKey, Vec<LogEntry>> = BTreeMap::new();
-    for entry in incoming {
+    for (key, entry) in incoming {
         if !seen.insert(entry.id) {
             out.duplicates += 1;
             continue;
         }
-        match admit(registry, &entry) {
-            Ok(()) => by_object.entry(object_key(&entry)).or_default().push(entry),
+        let admitted = match admission {
+            Admission::Check => admit(registry, &entry),
+            Admission::Done => Ok(()),
+        };
+        match admitted {
+            Ok(()) => by_object.entry(key).or_default().push(entry),
             Err(reason) => out.held.push(HeldEntry { entry, reason }),
         }
     }
     let empty = KnownObject::default();
     let mut caused: Vec<(Hlc, Operation)> = Vec::new();
-    for ((collection, _), new) in by_object {
-        let Ok(def) = registry.collection(&collection) else {
+    for (key, new) in by_object {
+        let collection = &key.0;
+        let Ok(def) = registry.collection(collection) else {
             continue; // admit() held these already
         };
         for entry in &new {
@@ -326,7 +351,7 @@ pub fn reconcile(
             }
         }
         let pk: Pk = new[0].pk.clone();
-        let known_object = known.get(&object_key(&new[0])).unwrap_or(&empty);
+        let known_object = known.get(&key).unwrap_or(&empty);
         let base = base_create(def, &pk, known_object);
         let all: Vec<&LogEntry> = known_object
             .entries
@@ -337,7 +362,7 @@ pub fn reconcile(
         out.conflicts += new.iter().filter(|e| lost(e, &all)).count() as u64;
         let target = object_state(def, all.iter().copied());
         if target.is_some() {
-            out.existing.insert(object_key(&new[0]));
+            out.existing.insert(key.clone());
         }
         // Operations go in the order of the changes that caused them (see below): a create
         // at its earliest incoming change, an update or delete at its latest.

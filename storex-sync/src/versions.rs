@@ -83,15 +83,21 @@ pub(crate) struct Versions {
 }
 
 impl Versions {
-    /// Takes in one change (creates and updates with their values).
-    pub(crate) fn fold(&mut self, def: &CollectionDef, entry: &LogEntry) {
-        let mut write = |field: &str, value: &Value| {
-            if self.fields.get(field).is_none_or(|v| entry.hlc > v.hlc) {
+    /// Takes in one change (creates and updates), keeping the values it wrote if `values`
+    /// (an object that exists afterwards has them in its row).
+    pub(crate) fn fold(&mut self, def: &CollectionDef, entry: &LogEntry, values: bool) {
+        let mut write = |field: &str, value: &Value| match self.fields.get_mut(field) {
+            Some(version) if entry.hlc <= version.hlc => {}
+            Some(version) => {
+                version.hlc = entry.hlc;
+                version.value = values.then(|| value.clone());
+            }
+            None => {
                 self.fields.insert(
                     field.to_owned(),
                     FieldVersion {
                         hlc: entry.hlc,
-                        value: Some(value.clone()),
+                        value: values.then(|| value.clone()),
                     },
                 );
             }
@@ -403,13 +409,15 @@ pub(crate) fn fold_objects<'e>(
             continue;
         };
         let mut versions = base.get(&key).cloned().unwrap_or_default();
-        if let Some(row) = rows.get(&key) {
+        // An object that exists afterwards keeps no values: its row has them.
+        let exists = exists.contains(&key);
+        if let Some(row) = rows.get(&key).filter(|_| !exists) {
             versions.fill(row);
         }
         for entry in entries {
-            versions.fold(def, entry);
+            versions.fold(def, entry, !exists);
         }
-        versions.prune(exists.contains(&key));
+        versions.prune(exists);
         out.push((key, versions));
     }
     out
@@ -451,7 +459,7 @@ mod tests {
     fn versions_of(def: &CollectionDef, entries: &[LogEntry]) -> (Versions, Option<Object>) {
         let mut versions = Versions::default();
         for entry in entries {
-            versions.fold(def, entry);
+            versions.fold(def, entry, true);
         }
         let state = object_state(def, entries.iter());
         versions.prune(state.is_some());
@@ -534,6 +542,7 @@ mod tests {
                 EntryOp::Create,
                 object! { "id" => 1, "title" => "t" },
             ),
+            true,
         );
         let row = versions.to_row("note\u{1f}[1]".into()).expect("row");
         let (id, back) = Versions::from_row(&row).expect("read back");
@@ -573,10 +582,12 @@ mod tests {
                 EntryOp::Create,
                 object! { "id" => 1, "title" => "t" },
             ),
+            true,
         );
         versions.fold(
             &def,
             &at(stamp(2), EntryOp::Update, object! { "body" => "b" }),
+            true,
         );
         let row = object! { "id" => 1, "title" => "t", "body" => "b" };
         let once = versions.synthesize(&key, &Pk::from(1), Some(&row), &def);
