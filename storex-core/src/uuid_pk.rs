@@ -15,11 +15,13 @@ use crate::value::{Object, Value};
 /// is missing or null, creates inside batches included. UUIDv7 keys sort by creation time,
 /// which keeps B-tree inserts local. Put it first in the chain, before the sync logger.
 ///
-/// The keys one operation gets are consecutive: the first is a new UUIDv7 (its time and 74
-/// random bits), each next one adds one to its last 62 bits, as RFC 9562's monotonic random
-/// method does. A run of consecutive keys is stored in a few bytes where the sync journal
-/// would otherwise keep 16 an object. Keys stay unique in the process (each run starts after
-/// the previous one) and across devices (a run starts at a random point of 2^74).
+/// The keys one operation gets are consecutive: the first is a new UUIDv7 whose last 62 bits
+/// are random, each next one adds one to those bits, as RFC 9562's monotonic random method
+/// does. A run of consecutive keys is stored in a few bytes where the sync journal would
+/// otherwise keep 16 an object. Keys stay unique in the process (each run starts after the
+/// previous one) and across devices (a run starts at a random point of 2^62 in its
+/// millisecond). So one key of a write tells the others: do not use these keys as secrets
+/// (in share links, say).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UuidPkMiddleware;
 
@@ -46,7 +48,9 @@ impl KeyRun {
     /// Reserves `count` (at least one) consecutive keys after every key given out before.
     fn reserve(count: usize) -> Self {
         let span = (count as u128).saturating_sub(1);
-        let fresh = Uuid::now_v7().as_u128();
+        // The time of a new UUIDv7 with 62 random bits of its own (`now_v7` counts in part
+        // of them within a millisecond, which a run would count into).
+        let fresh = (Uuid::now_v7().as_u128() & !RUN_BITS) | (Uuid::new_v4().as_u128() & RUN_BITS);
         let mut last = LAST_KEY.lock().unwrap_or_else(|e| e.into_inner());
         match run_start(fresh, *last, span) {
             Some(first) => {
@@ -155,7 +159,9 @@ mod tests {
 
     #[test]
     fn a_run_starts_where_its_keys_fit_after_the_last_one() {
-        let fresh = Uuid::now_v7().as_u128();
+        // The time of a new UUIDv7 with 62 random bits of its own (`now_v7` counts in part
+        // of them within a millisecond, which a run would count into).
+        let fresh = (Uuid::now_v7().as_u128() & !RUN_BITS) | (Uuid::new_v4().as_u128() & RUN_BITS);
         let top = fresh | RUN_BITS;
         // A fresh key after the last one, with room: the run starts there.
         assert_eq!(run_start(fresh, 0, 0), Some(fresh));

@@ -371,6 +371,20 @@ pub(crate) async fn known_objects(
         .collect())
 }
 
+/// Which of `ids` the log already holds.
+pub(crate) async fn known_ids(exec: Exec<'_>, ids: &[Uuid]) -> Result<HashSet<Uuid>> {
+    let mut known = HashSet::new();
+    for chunk in ids.chunks(LOOKUP_CHUNK) {
+        let query = Query::new(Filter::all().is_in("id", chunk.iter().copied()));
+        for row in exec.find(LOG_COLLECTION, query).await? {
+            if let Some(id) = row.get("id").and_then(Value::as_uuid) {
+                known.insert(id);
+            }
+        }
+    }
+    Ok(known)
+}
+
 /// The object `entry` changes, as [`current_rows`] takes it.
 pub(crate) fn entry_object(entry: &LogEntry) -> (&str, &Pk) {
     (&entry.collection, &entry.pk)

@@ -16,7 +16,8 @@ use storex_core::{
 };
 
 use crate::client_log::{
-    current_rows, entry_object, known_objects, logged_for, ClientSyncLog, Exec, LOOKUP_CHUNK,
+    current_rows, entry_object, known_ids, known_objects, logged_for, ClientSyncLog, Exec,
+    LOOKUP_CHUNK,
 };
 use crate::digest::collection_digest;
 use crate::entry::{pk_text, with_sync_log, EntryRow, LogEntry, LOG_COLLECTION};
@@ -425,6 +426,20 @@ impl SyncDevice {
     ) -> Result<IntegrationReport> {
         let mut steps = extra;
         if !stored {
+            let exec = Exec::Storage(&self.storage);
+            if known_ids(exec, &[entry.id]).await?.contains(&entry.id) {
+                // The log holds an entry with its id (under another object): not stored twice.
+                if !steps.is_empty() {
+                    self.storage
+                        .execute_as(Operation::Batch { steps }, storex_core::Origin::Sync)
+                        .await?;
+                }
+                return Ok(IntegrationReport {
+                    received: 1,
+                    duplicates: 1,
+                    ..IntegrationReport::default()
+                });
+            }
             let row = EntryRow::of(&entry, true, false).to_object();
             steps.insert(0, BatchStep::new(Operation::create(LOG_COLLECTION, row)));
         }
@@ -463,8 +478,8 @@ impl SyncDevice {
             received,
         } = received;
         let registry = self.storage.registry().clone();
-        // Entries the schema refuses are held before anything is looked up for them (a key of
-        // the wrong type would make the lookup fail).
+        // Entries the schema refuses are held before their rows or versions are looked up (a
+        // key of the wrong type would make the lookup fail; the log's was by text).
         let mut admitted = Vec::with_capacity(fresh.len());
         for (key, entry) in fresh {
             match admit(&registry, &entry) {
@@ -496,7 +511,10 @@ impl SyncDevice {
             }
         }
         // How many of each object's known entries are real (logged here): the synthesized
-        // ones after them fold back to what is stored already.
+        // ones after them fold back to what is stored already. (A field the versions lack,
+        // one a schema upgrade added, say, used to get a version at the create's timestamp
+        // from the synthesized create. Without one it reads as the create's null, as the
+        // first reconcile after the upgrade made it anyway.)
         let mut logged_count: HashMap<ObjectKey, usize> = HashMap::new();
         {
             let keys: HashMap<&ObjectKey, &storex_core::Pk> =
@@ -573,7 +591,13 @@ impl SyncDevice {
                 .chain(covered.iter().copied());
             steps
                 .extend(done.map(|id| BatchStep::new(Operation::delete_by_pk(LOG_COLLECTION, id))));
-        } else {
+        } else if !held.is_empty() {
+            // Received entries were recognised by object above; one the log holds under
+            // another object (an id a peer reused) is not stored twice.
+            let ids: Vec<_> = held.iter().map(|h| h.entry.id).collect();
+            let known = known_ids(exec, &ids).await?;
+            held.retain(|h| !known.contains(&h.entry.id));
+            covered.extend(known);
             steps.extend(held.iter().map(|h| {
                 let row = EntryRow::of(&h.entry, true, false).to_object();
                 BatchStep::new(Operation::create(LOG_COLLECTION, row))

@@ -55,8 +55,13 @@ pub const JOURNAL_COLLECTION: &str = "storex_sync_journal";
 /// runs of consecutive UUID keys; records of version 1 read the same.
 const FORMAT: u8 = 2;
 
-/// The oldest encoding this version still reads.
+/// The oldest encoding this version still reads (and writes, when a record has no run of
+/// consecutive keys).
 const OLDEST_FORMAT: u8 = 1;
+
+/// The most changes one write may make, and so a record hold: a damaged record claiming more
+/// is reported, not expanded.
+const MAX_CHANGES: u32 = 1 << 24;
 
 /// How many records one indexing round reads (a record holds one write's changes).
 const RECORDS_PER_ROUND: u64 = 64;
@@ -103,15 +108,18 @@ enum Keys<'a> {
 
 impl<'a> Keys<'a> {
     fn of(pk: Cow<'a, Pk>) -> Self {
-        match pk.single() {
-            Some(Value::Uuid(id)) => Keys::Consecutive(UuidBytes(id.as_bytes().to_vec()), 1),
-            _ => Keys::Any(vec![pk]),
-        }
+        let mut keys = Keys::Uuids(UuidBytes(Vec::new()));
+        keys.push(pk);
+        keys
     }
 
     fn push(&mut self, pk: Cow<'a, Pk>) {
         let id = pk.single().and_then(Value::as_uuid);
         match (&mut *self, id) {
+            // A second key right after the first: a run.
+            (Keys::Uuids(bytes), Some(id)) if bytes.0.len() == 16 && bytes.plus(1) == Some(id) => {
+                *self = Keys::Consecutive(UuidBytes(std::mem::take(&mut bytes.0)), 2);
+            }
             (Keys::Consecutive(first, count), Some(id))
                 if *count < u32::MAX && first.plus(*count) == Some(id) =>
             {
@@ -287,11 +295,31 @@ impl<'a> RecordBuilder<'a> {
         if self.runs.is_empty() {
             return Ok(None);
         }
+        if self.changes > MAX_CHANGES {
+            return Err(storex_core::Error::InvalidOperation {
+                collection: String::new(),
+                problem: format!(
+                    "a write of {} changes: sync logs at most {MAX_CHANGES} in one write; \
+                     split it into smaller batches",
+                    self.changes
+                ),
+            });
+        }
+        // The first format while no run needs the second: an older version reads it.
+        let format = if self
+            .runs
+            .iter()
+            .any(|run| matches!(run.keys, Keys::Consecutive(..)))
+        {
+            FORMAT
+        } else {
+            OLDEST_FORMAT
+        };
         let record = Record {
             first,
             runs: self.runs,
         };
-        let mut bytes = vec![FORMAT];
+        let mut bytes = vec![format];
         rmp_serde::encode::write(&mut bytes, &record).map_err(|e| {
             storex_core::Error::InvalidOperation {
                 collection: String::new(),
@@ -343,7 +371,17 @@ fn read_record(row: &Object) -> Result<(Uuid, Record<'static>)> {
 
 /// The entries of a record, a create's fields still empty (read from its row later).
 fn entries_of(id: Uuid, record: Record<'static>) -> Result<Vec<LogEntry>> {
-    let mut entries = Vec::new();
+    let changes: usize = record.runs.iter().map(|run| run.keys.len()).sum();
+    if changes > MAX_CHANGES as usize {
+        return Err(Error::CorruptEntry {
+            id: id.to_string(),
+            problem: format!(
+                "the journal record claims {changes} changes, more than a write makes \
+                 ({MAX_CHANGES})"
+            ),
+        });
+    }
+    let mut entries = Vec::with_capacity(changes);
     let mut ordinal: u32 = 0;
     for run in record.runs {
         let collection = run.collection.into_owned();
@@ -650,17 +688,76 @@ mod tests {
     }
 
     #[test]
-    fn a_record_of_the_first_format_still_reads() {
+    fn a_record_is_written_in_the_first_format_unless_it_has_a_run() {
+        let clock = Clock::new(DeviceId::random());
+        let none = Object::new();
+        let start = Uuid::now_v7().as_u128();
+        let format_of = |keys: &[u128]| {
+            let pks: Vec<Pk> = keys.iter().map(|k| Pk::from(Uuid::from_u128(*k))).collect();
+            let mut builder = RecordBuilder::default();
+            for pk in &pks {
+                builder.push("note", 1, EntryOp::Create, Cow::Owned(pk.clone()), &none);
+            }
+            match row_of(builder, clock.now_many(keys.len() as u32)).get("entries") {
+                Some(Value::Blob(bytes)) => bytes[0],
+                other => panic!("no entries: {other:?}"),
+            }
+        };
+        assert_eq!(format_of(&[start]), 1, "one key");
+        assert_eq!(format_of(&[start, start + 7]), 1, "keys apart");
+        assert_eq!(format_of(&[start, start + 1]), 2, "a run");
+    }
+
+    #[test]
+    fn a_record_claiming_more_changes_than_a_write_makes_is_reported_not_expanded() {
+        let clock = Clock::new(DeviceId::random());
+        let first = UuidBytes(Uuid::now_v7().as_bytes().to_vec());
+        let record = Record {
+            first: clock.now(),
+            runs: vec![Run {
+                collection: Cow::Borrowed("note"),
+                op: EntryOp::Delete,
+                schema_version: 1,
+                values: Cow::Owned(Object::new()),
+                keys: Keys::Consecutive(first, u32::MAX),
+            }],
+        };
+        let mut bytes = vec![FORMAT];
+        rmp_serde::encode::write(&mut bytes, &record).expect("encoded");
+        let row = object! { "id" => Uuid::now_v7(), "entries" => Value::Blob(bytes) };
+        let (id, record) = read_record(&row).expect("it decodes");
+        let err = entries_of(id, record).expect_err("expanded");
+        assert!(err.to_string().contains("more than a write makes"), "{err}");
+
+        // The writing side refuses such a write with a message that says what to do.
+        let too_many = RecordBuilder {
+            runs: vec![Run {
+                collection: Cow::Borrowed("note"),
+                op: EntryOp::Delete,
+                schema_version: 1,
+                values: Cow::Owned(Object::new()),
+                keys: Keys::Any(Vec::new()),
+            }],
+            changes: MAX_CHANGES + 1,
+        };
+        let err = too_many.into_step(clock.now()).expect_err("logged");
+        assert!(err.to_string().contains("split it"), "{err}");
+    }
+
+    #[test]
+    fn a_record_without_a_run_reads_in_either_format() {
         let clock = Clock::new(DeviceId::random());
         let (pk, none) = (Pk::from(1), Object::new());
         let mut builder = RecordBuilder::default();
         builder.push("note", 1, EntryOp::Delete, Cow::Borrowed(&pk), &none);
         let mut row = row_of(builder, clock.now());
-        if let Some(Value::Blob(bytes)) = row.get_mut("entries") {
-            bytes[0] = 1;
+        for format in [1, 2] {
+            if let Some(Value::Blob(bytes)) = row.get_mut("entries") {
+                bytes[0] = format;
+            }
+            let (id, record) = read_record(&row).expect("a record");
+            assert_eq!(entries_of(id, record).expect("entries")[0].pk, pk);
         }
-        let (id, record) = read_record(&row).expect("a format 1 record");
-        assert_eq!(entries_of(id, record).expect("entries")[0].pk, pk);
     }
 
     #[test]

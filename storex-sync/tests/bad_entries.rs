@@ -131,6 +131,48 @@ async fn a_create_the_database_refuses_is_held_and_the_rest_of_the_batch_applies
 }
 
 #[tokio::test]
+async fn an_entry_reusing_a_held_entrys_id_for_another_object_is_a_duplicate_not_a_failure() {
+    let here = device().await;
+    here.storage()
+        .create("account", object! { "email" => "a@x" })
+        .await
+        .expect("own account");
+    // Held for an unknown collection, and for a unique index this device already fills.
+    let unknown = remote("gadget", Pk::from(1), object! { "id" => 1 });
+    let theirs = Uuid::now_v7();
+    let refused = remote(
+        "account",
+        Pk::from(theirs),
+        object! { "id" => theirs, "email" => "a@x" },
+    );
+    let first = here
+        .integrate(vec![unknown.clone(), refused.clone()])
+        .await
+        .expect("held");
+    assert_eq!(first.held.len(), 2, "{first:?}");
+    // A peer sends the same ids again for other objects, which would be held too.
+    let again_unknown = LogEntry {
+        pk: Pk::from(2),
+        fields: object! { "id" => 2 },
+        ..unknown
+    };
+    let other = Uuid::now_v7();
+    let again_refused = LogEntry {
+        pk: Pk::from(other),
+        fields: object! { "id" => other, "email" => "a@x" },
+        ..refused
+    };
+    for entry in [again_unknown, again_refused] {
+        let report = here
+            .integrate(vec![entry])
+            .await
+            .expect("not blocked by the log's key");
+        assert_eq!((report.duplicates, report.held.len()), (1, 0), "{report:?}");
+    }
+    assert_eq!(here.log().held().await.expect("held").len(), 2);
+}
+
+#[tokio::test]
 async fn entries_with_a_bad_key_or_without_a_required_field_are_held() {
     let here = device().await;
     let wrong_key = remote(
