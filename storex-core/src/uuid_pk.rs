@@ -159,8 +159,7 @@ mod tests {
 
     #[test]
     fn a_run_starts_where_its_keys_fit_after_the_last_one() {
-        // The time of a new UUIDv7 with 62 random bits of its own (`now_v7` counts in part
-        // of them within a millisecond, which a run would count into).
+        // A new UUIDv7 with 62 random bits, as `KeyRun::reserve` makes one.
         let fresh = (Uuid::now_v7().as_u128() & !RUN_BITS) | (Uuid::new_v4().as_u128() & RUN_BITS);
         let top = fresh | RUN_BITS;
         // A fresh key after the last one, with room: the run starts there.

@@ -593,7 +593,8 @@ impl SyncDevice {
                 .extend(done.map(|id| BatchStep::new(Operation::delete_by_pk(LOG_COLLECTION, id))));
         } else if !held.is_empty() {
             // Received entries were recognised by object above; one the log holds under
-            // another object (an id a peer reused) is not stored twice.
+            // another object (an id a peer reused) is not stored twice. (One twice in this
+            // batch fails the insert, and the halves the batch is retried in tell it.)
             let ids: Vec<_> = held.iter().map(|h| h.entry.id).collect();
             let known = known_ids(exec, &ids).await?;
             held.retain(|h| !known.contains(&h.entry.id));

@@ -170,6 +170,14 @@ async fn an_entry_reusing_a_held_entrys_id_for_another_object_is_a_duplicate_not
         assert_eq!((report.duplicates, report.held.len()), (1, 0), "{report:?}");
     }
     assert_eq!(here.log().held().await.expect("held").len(), 2);
+    // One entry twice in a batch, held: stored once.
+    let twice = remote("gadget", Pk::from(3), object! { "id" => 3 });
+    let report = here
+        .integrate(vec![twice.clone(), twice])
+        .await
+        .expect("not blocked by the log's key");
+    assert_eq!((report.duplicates, report.held.len()), (1, 1), "{report:?}");
+    assert_eq!(here.log().held().await.expect("held").len(), 3);
 }
 
 #[tokio::test]
