@@ -369,6 +369,7 @@ impl SyncDevice {
                 Received {
                     fresh,
                     held,
+                    objects,
                     logged: logged.integrated,
                     duplicates,
                     received,
@@ -473,6 +474,7 @@ impl SyncDevice {
         let Received {
             fresh,
             mut held,
+            objects,
             logged,
             duplicates,
             received,
@@ -488,9 +490,6 @@ impl SyncDevice {
             }
         }
         let fresh = admitted;
-        let mut objects: Vec<ObjectKey> = fresh.iter().map(|(key, _)| key.clone()).collect();
-        objects.sort();
-        objects.dedup();
         let mut known: HashMap<ObjectKey, KnownObject> = HashMap::with_capacity(objects.len());
         for (key, entries) in logged {
             known.entry(key).or_default().entries = entries;
@@ -634,6 +633,9 @@ struct Received {
     fresh: Vec<(ObjectKey, LogEntry)>,
     /// Held already (their timestamps are too far ahead).
     held: Vec<HeldEntry>,
+    /// The objects of all the entries received, sorted, once each (versions are looked up
+    /// by text, so also those of entries the schema refuses).
+    objects: Vec<ObjectKey>,
     /// The integrated entries the log holds for their objects.
     logged: HashMap<ObjectKey, Vec<LogEntry>>,
     /// How many this device had already.
