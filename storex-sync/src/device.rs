@@ -20,7 +20,7 @@ use crate::client_log::{
     LOOKUP_CHUNK,
 };
 use crate::digest::collection_digest;
-use crate::entry::{pk_text, with_sync_log, EntryRow, LogEntry, LOG_COLLECTION};
+use crate::entry::{pk_text, with_sync_log, EntryOp, EntryRow, LogEntry, LOG_COLLECTION};
 use crate::error::Result;
 use crate::hlc::{Clock, DeviceId};
 use crate::journal::index_journal;
@@ -490,14 +490,6 @@ impl SyncDevice {
             }
         }
         let fresh = admitted;
-        let mut known: HashMap<ObjectKey, KnownObject> = HashMap::with_capacity(objects.len());
-        for (key, entries) in logged {
-            known.entry(key).or_default().entries = entries;
-        }
-        let rows = current_rows(exec, &registry, fresh.iter().map(|(_, e)| entry_object(e)));
-        for (key, row) in rows.await? {
-            known.entry(key).or_default().current = Some(row);
-        }
         // What the versions index holds: as the changes that leave it, and it tells the
         // changes this device applied already.
         let stored_versions = versions::load(exec, &objects).await?;
@@ -508,6 +500,35 @@ impl SyncDevice {
                 Some(v) if v.covers(&entry) => covered.push(entry.id),
                 _ => fresh_entries.push((key, entry)),
             }
+        }
+        // Objects that exist, have no change in the log and receive only updates are
+        // reconciled from their versions alone: their rows are not read.
+        let mut summed: HashMap<ObjectKey, &versions::Versions> = HashMap::new();
+        for (key, entry) in &fresh_entries {
+            if entry.op == EntryOp::Update && logged.get(key).is_none_or(|l| l.is_empty()) {
+                if let Some(v) = stored_versions
+                    .get(key)
+                    .filter(|v| v.live_since().is_some())
+                {
+                    summed.insert(key.clone(), v);
+                }
+            }
+        }
+        for (key, entry) in &fresh_entries {
+            if entry.op != EntryOp::Update {
+                summed.remove(key);
+            }
+        }
+        let mut known: HashMap<ObjectKey, KnownObject> = HashMap::with_capacity(objects.len());
+        for (key, entries) in logged {
+            known.entry(key).or_default().entries = entries;
+        }
+        let unsummed = fresh_entries
+            .iter()
+            .filter(|(key, _)| !summed.contains_key(key))
+            .map(|(_, e)| entry_object(e));
+        for (key, row) in current_rows(exec, &registry, unsummed).await? {
+            known.entry(key).or_default().current = Some(row);
         }
         // How many of each object's known entries are real (logged here): the synthesized
         // ones after them fold back to what is stored already. (A field the versions lack,
@@ -522,13 +543,17 @@ impl SyncDevice {
                 let (Ok(def), Some(pk)) = (registry.collection(&key.0), keys.get(key)) else {
                     continue;
                 };
+                if summed.contains_key(key) {
+                    continue;
+                }
                 let object = known.entry(key.clone()).or_default();
                 logged_count.insert(key.clone(), object.entries.len());
                 let synthetic = v.synthesize(key, pk, object.current.as_ref(), def);
                 object.entries.extend(synthetic);
             }
         }
-        let mut outcome = reconcile_keyed(&registry, &known, fresh_entries, Admission::Done);
+        let mut outcome =
+            reconcile_keyed(&registry, &known, &summed, fresh_entries, Admission::Done);
         held.append(&mut outcome.held);
         let operations = outcome.operations.len() as u64;
         let mut steps: Vec<BatchStep> =

@@ -27,6 +27,7 @@ use storex_core::{CollectionDef, FieldType, Object, Operation, Pk, Registry, Val
 
 use crate::entry::{pk_text, EntryOp, LogEntry};
 use crate::hlc::{DeviceId, Hlc};
+use crate::versions::Versions;
 
 /// Identifies an object: its collection and the canonical text of its key.
 pub type ObjectKey = (String, String);
@@ -291,6 +292,62 @@ fn base_create(def: &CollectionDef, pk: &Pk, known: &KnownObject) -> Option<LogE
     }
 }
 
+/// The update, and how many of `new` lost values, for an object that exists here (created
+/// at `created`, later than any delete) and whose history its `versions` sum up, receiving
+/// only the updates `new`.
+///
+/// The changes [`Versions::synthesize`] would make of the versions give the same result
+/// without reading the row: a field takes an update's value when the update is later than
+/// both the field's version and the create (which writes every field), and than the other
+/// updates writing it. The row is not compared, so a winning value equal to the stored one
+/// is written again; the state is the same.
+fn updates_over_versions(
+    def: &CollectionDef,
+    pk: Pk,
+    versions: &Versions,
+    created: Hlc,
+    new: &[LogEntry],
+) -> (Option<Operation>, u64) {
+    let mut winners: BTreeMap<&str, (Hlc, &Value)> = BTreeMap::new();
+    for entry in new {
+        for (field, value) in &entry.fields {
+            if def.field_def(field).is_none() {
+                continue;
+            }
+            // A field the create wrote has a version at least as late; one without a
+            // version (a field the schema added since) was written null by the create.
+            let version = versions.written(field).unwrap_or(created);
+            let best = winners.get(field.as_str()).map_or(version, |(w, _)| *w);
+            if entry.hlc > best {
+                winners.insert(field, (entry.hlc, value));
+            }
+        }
+    }
+    // What `lost` finds against the synthesized changes: a later delete, or a later write
+    // of a field the update writes (the create's writes are as late as the versions or
+    // earlier), or a later update among `new` writing one.
+    let new_refs: Vec<&LogEntry> = new.iter().collect();
+    let conflicts = new
+        .iter()
+        .filter(|entry| {
+            versions.deleted().is_some_and(|d| d > entry.hlc)
+                || entry
+                    .fields
+                    .keys()
+                    .any(|field| versions.written(field).is_some_and(|w| w > entry.hlc))
+                || lost(entry, &new_refs)
+        })
+        .count() as u64;
+    let changes: Object = winners
+        .into_iter()
+        .filter(|(field, _)| !def.pk_fields().iter().any(|pk| pk == field))
+        .map(|(field, (_, value))| (field.to_owned(), value.clone()))
+        .collect();
+    let update =
+        (!changes.is_empty()).then(|| Operation::update_by_pk(def.name().to_owned(), pk, changes));
+    (update, conflicts)
+}
+
 /// Decides what to apply for `incoming` entries, given what is `known` about the objects
 /// they touch (objects missing from `known` are taken as never seen). Pure: no I/O.
 pub fn reconcile(
@@ -299,7 +356,7 @@ pub fn reconcile(
     incoming: Vec<LogEntry>,
 ) -> Reconciliation {
     let keyed = incoming.into_iter().map(|e| (object_key(&e), e)).collect();
-    reconcile_keyed(registry, known, keyed, Admission::Check)
+    reconcile_keyed(registry, known, &HashMap::new(), keyed, Admission::Check)
 }
 
 /// Whether [`reconcile_keyed`] checks the incoming entries against the schema.
@@ -311,10 +368,13 @@ pub(crate) enum Admission {
     Done,
 }
 
-/// [`reconcile`] for entries given with their objects' keys.
+/// [`reconcile`] for entries given with their objects' keys. The objects in `summed` are
+/// known by their versions alone (see [`updates_over_versions`]): each exists, has no
+/// change in the log, and receives only updates.
 pub(crate) fn reconcile_keyed(
     registry: &Registry,
     known: &HashMap<ObjectKey, KnownObject>,
+    summed: &HashMap<ObjectKey, &Versions>,
     incoming: Vec<(ObjectKey, LogEntry)>,
     admission: Admission,
 ) -> Reconciliation {
@@ -351,6 +411,21 @@ pub(crate) fn reconcile_keyed(
             }
         }
         let pk: Pk = new[0].pk.clone();
+        let latest = new.iter().map(|e| e.hlc).max();
+        if let Some((versions, created)) = summed
+            .get(&key)
+            .and_then(|v| v.live_since().map(|created| (v, created)))
+        {
+            debug_assert!(new.iter().all(|e| e.op == EntryOp::Update));
+            let (update, conflicts) = updates_over_versions(def, pk, versions, created, &new);
+            out.conflicts += conflicts;
+            if let (Some(update), Some(hlc)) = (update, latest) {
+                caused.push((hlc, update));
+            }
+            out.existing.insert(key);
+            out.integrated.extend(new);
+            continue;
+        }
         let known_object = known.get(&key).unwrap_or(&empty);
         let base = base_create(def, &pk, known_object);
         let all: Vec<&LogEntry> = known_object
@@ -366,10 +441,7 @@ pub(crate) fn reconcile_keyed(
         }
         // Operations go in the order of the changes that caused them (see below): a create
         // at its earliest incoming change, an update or delete at its latest.
-        let (earliest, latest) = (
-            new.iter().map(|e| e.hlc).min(),
-            new.iter().map(|e| e.hlc).max(),
-        );
+        let earliest = new.iter().map(|e| e.hlc).min();
         let (operation, at) = match (target, &known_object.current) {
             (Some(target), None) => (
                 Some(Operation::create(collection.clone(), target)),

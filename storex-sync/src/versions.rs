@@ -164,6 +164,21 @@ impl Versions {
         }
     }
 
+    /// The latest create, if it is later than every delete: the object exists.
+    pub(crate) fn live_since(&self) -> Option<Hlc> {
+        self.created.filter(|c| self.deleted.is_none_or(|d| *c > d))
+    }
+
+    /// The latest delete.
+    pub(crate) fn deleted(&self) -> Option<Hlc> {
+        self.deleted
+    }
+
+    /// When `field` was last written, if it ever was.
+    pub(crate) fn written(&self, field: &str) -> Option<Hlc> {
+        self.fields.get(field).map(|v| v.hlc)
+    }
+
     /// The latest timestamp it holds.
     pub(crate) fn latest(&self) -> Option<Hlc> {
         let fields = self.fields.values().map(|v| v.hlc).max();
@@ -221,8 +236,7 @@ impl Versions {
                         || fields.values().any(|values| values.contains_key(&f.name))
                 })
         };
-        let live = self.created.filter(|c| self.deleted.is_none_or(|d| *c > d));
-        if let Some(created) = live.filter(|_| complete(&by_stamp)) {
+        if let Some(created) = self.live_since().filter(|_| complete(&by_stamp)) {
             let mut fields: Object = by_stamp
                 .values()
                 .flatten()
@@ -604,5 +618,135 @@ mod tests {
             without.iter().all(|e| e.op != EntryOp::Create),
             "{without:?}"
         );
+    }
+
+    /// One change of a generated history: (millis, op 0 create / 1 update / 2 delete,
+    /// title, body).
+    type Step = (u64, u8, Option<u8>, Option<Option<u8>>);
+
+    /// The entry a generated step makes, at a timestamp of its own (`counter`: its place).
+    fn step_entry(device: DeviceId, counter: u32, (millis, op, title, body): Step) -> LogEntry {
+        let hlc = Hlc {
+            millis,
+            counter,
+            device,
+        };
+        let mut fields = Object::new();
+        if let Some(title) = title {
+            fields.insert("title".into(), Value::from(format!("t{title}")));
+        }
+        if let Some(body) = body {
+            let body = body.map_or(Value::Null, |b| Value::from(format!("b{b}")));
+            fields.insert("body".into(), body);
+        }
+        match op {
+            0 => {
+                fields.insert("id".into(), Value::from(1));
+                fields
+                    .entry("title".into())
+                    .or_insert_with(|| Value::from("t"));
+                at(hlc, EntryOp::Create, fields)
+            }
+            1 => at(hlc, EntryOp::Update, fields),
+            _ => at(hlc, EntryOp::Delete, Object::new()),
+        }
+    }
+
+    /// `row` after the updates among `operations` (the only kind an existing object that
+    /// receives updates gets).
+    fn updated(mut row: Object, operations: &[Operation]) -> Object {
+        for operation in operations {
+            match operation {
+                Operation::UpdateByPk { changes, .. } => row.extend(changes.clone()),
+                other => panic!("an update was expected: {other:?}"),
+            }
+        }
+        row
+    }
+
+    proptest::proptest! {
+        /// Reconciling updates from an object's versions alone gives what reconciling them
+        /// with the synthesized changes and the row gives: the same row, conflicts, ignored
+        /// fields and held entries.
+        #[test]
+        fn updates_reconciled_from_versions_alone_match_the_synthesized_changes(
+            history in proptest::collection::vec(
+                (1u64..40, 0u8..3, proptest::option::of(0u8..3),
+                 proptest::option::of(proptest::option::of(0u8..3))),
+                1..6,
+            ),
+            updates in proptest::collection::vec(
+                (1u64..50, proptest::option::of(0u8..3),
+                 proptest::option::of(proptest::option::of(0u8..3)),
+                 proptest::option::of(1i64..3), proptest::bool::ANY, proptest::bool::ANY),
+                1..5,
+            ),
+        ) {
+            let def = note();
+            let registry = Registry::builder()
+                .collection(def.clone())
+                .build()
+                .expect("registry");
+            let (a, b) = (DeviceId::random(), DeviceId::random());
+            let mut history: Vec<LogEntry> = history
+                .into_iter()
+                .enumerate()
+                .map(|(i, step)| step_entry(a, i as u32, step))
+                .collect();
+            // Every object that exists was created once at least.
+            history.insert(0, step_entry(a, 99, (0, 0, Some(0), None)));
+            let (versions, state) = versions_of(&def, &history);
+            let Some(row) = state else { return Ok(()) };
+            let incoming: Vec<(ObjectKey, LogEntry)> = updates
+                .into_iter()
+                .enumerate()
+                .map(|(i, (millis, title, body, id, extra, bad))| {
+                    let mut entry = step_entry(b, i as u32, (millis, 1, title, body));
+                    if let Some(id) = id {
+                        entry.fields.insert("id".into(), Value::from(id));
+                    }
+                    if extra {
+                        entry.fields.insert("extra".into(), Value::from(1));
+                    }
+                    if bad {
+                        entry.fields.insert("title".into(), Value::Null);
+                    }
+                    (crate::reconcile::object_key(&entry), entry)
+                })
+                .collect();
+            let key = incoming[0].0.clone();
+            let mut known = HashMap::new();
+            known.insert(
+                key.clone(),
+                crate::reconcile::KnownObject {
+                    entries: versions.synthesize(&key, &Pk::from(1), Some(&row), &def),
+                    current: Some(row.clone()),
+                },
+            );
+            let general = crate::reconcile::reconcile_keyed(
+                &registry,
+                &known,
+                &HashMap::new(),
+                incoming.clone(),
+                crate::reconcile::Admission::Check,
+            );
+            let summed = HashMap::from([(key, &versions)]);
+            let alone = crate::reconcile::reconcile_keyed(
+                &registry,
+                &HashMap::new(),
+                &summed,
+                incoming,
+                crate::reconcile::Admission::Check,
+            );
+            proptest::prop_assert_eq!(
+                updated(row.clone(), &general.operations),
+                updated(row, &alone.operations)
+            );
+            proptest::prop_assert_eq!(general.conflicts, alone.conflicts);
+            proptest::prop_assert_eq!(general.existing, alone.existing);
+            proptest::prop_assert_eq!(general.integrated, alone.integrated);
+            proptest::prop_assert_eq!(general.held, alone.held);
+            proptest::prop_assert_eq!(general.ignored_fields, alone.ignored_fields);
+        }
     }
 }

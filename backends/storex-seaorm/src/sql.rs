@@ -57,10 +57,11 @@ pub(crate) fn condition(def: &CollectionDef, filter: &Filter) -> Result<SqlCondi
             Predicate::Gte(v) => column.gte(param(def, &c.field, v)?),
             Predicate::In(values) if values.is_empty() => Expr::val(1).eq(0),
             Predicate::In(values) => {
-                let params = values
-                    .iter()
-                    .map(|v| param(def, &c.field, v))
-                    .collect::<Result<Vec<_>, _>>()?;
+                // Sized up front: growing a long list step by step reallocates it.
+                let mut params = Vec::with_capacity(values.len());
+                for value in values {
+                    params.push(param(def, &c.field, value)?);
+                }
                 column.is_in(params)
             }
         };
