@@ -303,14 +303,14 @@ async fn compact_into_versions(exec: Exec<'_>, registry: &Registry) -> Result<u6
         by_object.entry(object_key(entry)).or_default().push(entry);
     }
     let objects: Vec<ObjectKey> = by_object.keys().cloned().collect();
-    let base = versions::load(exec, &objects).await?;
+    let mut base = versions::load(exec, &objects).await?;
     let current = current_rows(exec, registry, entries.iter().map(entry_object)).await?;
     let exists: HashSet<ObjectKey> = current.keys().cloned().collect();
     let rows: HashMap<ObjectKey, &Object> = current.iter().map(|(k, r)| (k.clone(), r)).collect();
-    let folded = versions::fold_objects(registry, &base, &rows, by_object, &exists);
+    let folded = versions::fold_objects(registry, &mut base, &rows, by_object, &exists);
     let latest = entries.iter().map(|e| e.hlc).max();
     let clock_before = versions::latest_applied(exec).await?;
-    let mut steps = versions::store_steps(folded, Some(&base), latest, clock_before)?;
+    let mut steps = versions::store_steps(folded, latest, clock_before)?;
     let ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
     for chunk in ids.chunks(LOOKUP_CHUNK) {
         steps.push(BatchStep::new(Operation::delete_where(

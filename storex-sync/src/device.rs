@@ -492,7 +492,7 @@ impl SyncDevice {
         let fresh = admitted;
         // What the versions index holds: as the changes that leave it, and it tells the
         // changes this device applied already.
-        let stored_versions = versions::load(exec, &objects).await?;
+        let mut stored_versions = versions::load(exec, &objects).await?;
         let mut fresh_entries = Vec::with_capacity(fresh.len());
         let mut covered = Vec::new();
         for (key, entry) in fresh {
@@ -552,7 +552,7 @@ impl SyncDevice {
                 object.entries.extend(synthetic);
             }
         }
-        let mut outcome =
+        let (mut outcome, integrated_objects) =
             reconcile_keyed(&registry, &known, &summed, fresh_entries, Admission::Done);
         held.append(&mut outcome.held);
         let operations = outcome.operations.len() as u64;
@@ -563,14 +563,16 @@ impl SyncDevice {
                 .collect();
         // The applied entries go into the versions of their objects (with what was known of
         // them), not into the log; held ones are kept in the log.
-        let mut by_object: BTreeMap<ObjectKey, Vec<&LogEntry>> = BTreeMap::new();
-        for entry in &outcome.integrated {
-            by_object.entry(object_key(entry)).or_default().push(entry);
-        }
         let empty = KnownObject::default();
         let mut rows = HashMap::new();
-        let mut all_entries = Vec::with_capacity(by_object.len());
-        for (key, new) in by_object {
+        let mut all_entries = Vec::with_capacity(integrated_objects.len());
+        let mut next = 0;
+        for (key, count) in integrated_objects {
+            let new = outcome
+                .integrated
+                .get(next..next + count)
+                .unwrap_or_default();
+            next += count;
             let object = known.get(&key).unwrap_or(&empty);
             if let Some(row) = &object.current {
                 rows.insert(key.clone(), row);
@@ -589,7 +591,7 @@ impl SyncDevice {
         let latest = outcome.integrated.iter().map(|e| e.hlc).max();
         let folded = versions::fold_objects(
             &registry,
-            &stored_versions,
+            &mut stored_versions,
             &rows,
             all_entries,
             &outcome.existing,
@@ -598,12 +600,7 @@ impl SyncDevice {
             Some(_) => versions::latest_applied(exec).await?,
             None => None,
         };
-        steps.extend(versions::store_steps(
-            folded,
-            Some(&stored_versions),
-            latest,
-            clock_before,
-        )?);
+        steps.extend(versions::store_steps(folded, latest, clock_before)?);
         drop(known);
         if stored {
             // Held entries applied now (or that the versions hold already) live in the

@@ -356,7 +356,7 @@ pub fn reconcile(
     incoming: Vec<LogEntry>,
 ) -> Reconciliation {
     let keyed = incoming.into_iter().map(|e| (object_key(&e), e)).collect();
-    reconcile_keyed(registry, known, &HashMap::new(), keyed, Admission::Check)
+    reconcile_keyed(registry, known, &HashMap::new(), keyed, Admission::Check).0
 }
 
 /// Whether [`reconcile_keyed`] checks the incoming entries against the schema.
@@ -368,17 +368,23 @@ pub(crate) enum Admission {
     Done,
 }
 
-/// [`reconcile`] for entries given with their objects' keys. The objects in `summed` are
-/// known by their versions alone (see [`updates_over_versions`]): each exists, has no
-/// change in the log, and receives only updates.
+/// The objects of a reconciliation's integrated entries, in their order: each object's key
+/// and how many entries after the previous object's are its.
+pub(crate) type IntegratedObjects = Vec<(ObjectKey, usize)>;
+
+/// [`reconcile`] for entries given with their objects' keys, also telling the objects of
+/// the integrated entries. The objects in `summed` are known by their versions alone (see
+/// [`updates_over_versions`]): each exists, has no change in the log, and receives only
+/// updates.
 pub(crate) fn reconcile_keyed(
     registry: &Registry,
     known: &HashMap<ObjectKey, KnownObject>,
     summed: &HashMap<ObjectKey, &Versions>,
     incoming: Vec<(ObjectKey, LogEntry)>,
     admission: Admission,
-) -> Reconciliation {
+) -> (Reconciliation, IntegratedObjects) {
     let mut out = Reconciliation::default();
+    let mut objects = IntegratedObjects::new();
     let mut seen: HashSet<Uuid> = known
         .values()
         .flat_map(|k| k.entries.iter().map(|e| e.id))
@@ -422,7 +428,8 @@ pub(crate) fn reconcile_keyed(
             if let (Some(update), Some(hlc)) = (update, latest) {
                 caused.push((hlc, update));
             }
-            out.existing.insert(key);
+            out.existing.insert(key.clone());
+            objects.push((key, new.len()));
             out.integrated.extend(new);
             continue;
         }
@@ -465,6 +472,7 @@ pub(crate) fn reconcile_keyed(
         if let (Some(operation), Some(hlc)) = (operation, at) {
             caused.push((hlc, operation));
         }
+        objects.push((key, new.len()));
         out.integrated.extend(new);
     }
     // In timestamp order, which mostly follows causality: a parent created before its child
@@ -475,5 +483,5 @@ pub(crate) fn reconcile_keyed(
     // the result.
     caused.sort_by_key(|(hlc, _)| *hlc);
     out.operations = caused.into_iter().map(|(_, op)| op).collect();
-    out
+    (out, objects)
 }

@@ -356,20 +356,22 @@ pub(crate) async fn load(
     Ok(found)
 }
 
-/// The steps replacing the versions of these objects (those in `stored` have a row to
-/// replace; `None`: any may have one), and, with `clock`, the latest timestamp applied, if
-/// later than `clock_before`.
+/// The versions of one object to store, and whether it may have a row of versions already
+/// (to replace).
+pub(crate) type ToStore = (ObjectKey, Versions, bool);
+
+/// The steps replacing the versions of these objects, and, with `clock`, the latest
+/// timestamp applied, if later than `clock_before`.
 pub(crate) fn store_steps(
-    versions: Vec<(ObjectKey, Versions)>,
-    stored: Option<&HashMap<ObjectKey, Versions>>,
+    versions: Vec<ToStore>,
     clock: Option<Hlc>,
     clock_before: Option<Hlc>,
 ) -> Result<Vec<BatchStep>> {
     let mut replaced: Vec<String> = Vec::new();
     let mut rows: Vec<Object> = Vec::with_capacity(versions.len() + 1);
-    for (key, versions) in versions {
+    for (key, versions, stored) in versions {
         let id = object_id(&key);
-        if stored.is_none_or(|stored| stored.contains_key(&key)) {
+        if stored {
             replaced.push(id.clone());
         }
         rows.push(versions.to_row(id)?);
@@ -407,22 +409,24 @@ pub(crate) async fn latest_applied(exec: Exec<'_>) -> Result<Option<Hlc>> {
     }
 }
 
-/// Folds `entries` (by object) into the objects' versions as stored (`base`), each first
-/// given the values of its row as it was (`rows`: a delete among the entries may remove it)
-/// and then pruned for whether its object `exists` after them.
+/// Folds `entries` (by object) into the objects' versions as stored (`base`, which gives
+/// them up), each first given the values of its row as it was (`rows`: a delete among the
+/// entries may remove it) and then pruned for whether its object `exists` after them.
 pub(crate) fn fold_objects<'e>(
     registry: &Registry,
-    base: &HashMap<ObjectKey, Versions>,
+    base: &mut HashMap<ObjectKey, Versions>,
     rows: &HashMap<ObjectKey, &Object>,
     entries: impl IntoIterator<Item = (ObjectKey, Vec<&'e LogEntry>)>,
     exists: &HashSet<ObjectKey>,
-) -> Vec<(ObjectKey, Versions)> {
+) -> Vec<ToStore> {
     let mut out = Vec::new();
     for (key, entries) in entries {
         let Ok(def) = registry.collection(&key.0) else {
             continue;
         };
-        let mut versions = base.get(&key).cloned().unwrap_or_default();
+        let stored = base.remove(&key);
+        let was_stored = stored.is_some();
+        let mut versions = stored.unwrap_or_default();
         // An object that exists afterwards keeps no values: its row has them.
         let exists = exists.contains(&key);
         if let Some(row) = rows.get(&key).filter(|_| !exists) {
@@ -432,7 +436,7 @@ pub(crate) fn fold_objects<'e>(
             versions.fold(def, entry, !exists);
         }
         versions.prune(exists);
-        out.push((key, versions));
+        out.push((key, versions, was_stored));
     }
     out
 }
@@ -729,7 +733,8 @@ mod tests {
                 &HashMap::new(),
                 incoming.clone(),
                 crate::reconcile::Admission::Check,
-            );
+            )
+            .0;
             let summed = HashMap::from([(key, &versions)]);
             let alone = crate::reconcile::reconcile_keyed(
                 &registry,
@@ -737,7 +742,8 @@ mod tests {
                 &summed,
                 incoming,
                 crate::reconcile::Admission::Check,
-            );
+            )
+            .0;
             proptest::prop_assert_eq!(
                 updated(row.clone(), &general.operations),
                 updated(row, &alone.operations)

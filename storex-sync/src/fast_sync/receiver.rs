@@ -586,10 +586,11 @@ async fn apply_versions_batch(
             .into_iter()
             .map(|(key, _, mut versions)| {
                 versions.prune(rows.contains_key(&key));
-                (key, versions)
+                // Any of them may have versions here already.
+                (key, versions, true)
             })
             .collect();
-        let mut steps = versions::store_steps(pruned, None, latest, clock_before)?;
+        let mut steps = versions::store_steps(pruned, latest, clock_before)?;
         steps.push(progress_step(session, state, first));
         run(&tx, Operation::Batch { steps }).await?;
         tx.commit().await?;
