@@ -501,21 +501,24 @@ impl SyncDevice {
                 _ => fresh_entries.push((key, entry)),
             }
         }
-        // Objects that exist, have no change in the log and receive only updates are
-        // reconciled from their versions alone: their rows are not read.
+        // Objects whose versions say they exist (and were stored beside their row: they
+        // keep no values), with no integrated entry in the log, that receive only updates
+        // are reconciled from their versions alone: their rows are not read. Not when an
+        // update has a synthesized id (a peer's versions sent as changes): the general path
+        // recognises those by id.
         let mut summed: HashMap<ObjectKey, &versions::Versions> = HashMap::new();
         for (key, entry) in &fresh_entries {
             if entry.op == EntryOp::Update && logged.get(key).is_none_or(|l| l.is_empty()) {
                 if let Some(v) = stored_versions
                     .get(key)
-                    .filter(|v| v.live_since().is_some())
+                    .filter(|v| v.live_since().is_some() && !v.keeps_values())
                 {
                     summed.insert(key.clone(), v);
                 }
             }
         }
         for (key, entry) in &fresh_entries {
-            if entry.op != EntryOp::Update {
+            if entry.op != EntryOp::Update || versions::is_synthetic(entry.id) {
                 summed.remove(key);
             }
         }
@@ -573,6 +576,7 @@ impl SyncDevice {
                 .get(next..next + count)
                 .unwrap_or_default();
             next += count;
+            debug_assert!(next <= outcome.integrated.len());
             let object = known.get(&key).unwrap_or(&empty);
             if let Some(row) = &object.current {
                 rows.insert(key.clone(), row);

@@ -298,9 +298,11 @@ fn base_create(def: &CollectionDef, pk: &Pk, known: &KnownObject) -> Option<LogE
 ///
 /// The changes [`Versions::synthesize`] would make of the versions give the same result
 /// without reading the row: a field takes an update's value when the update is later than
-/// both the field's version and the create (which writes every field), and than the other
-/// updates writing it. The row is not compared, so a winning value equal to the stored one
-/// is written again; the state is the same.
+/// the create (which writes every field), than the field's version, and than the other
+/// updates writing it. (A field's version can be older than the create: a field the schema
+/// added after the create was folded, then written by an older update.) The row is not
+/// compared, so a winning value equal to the stored one is written again; the state is the
+/// same.
 fn updates_over_versions(
     def: &CollectionDef,
     pk: Pk,
@@ -314,27 +316,27 @@ fn updates_over_versions(
             if def.field_def(field).is_none() {
                 continue;
             }
-            // A field the create wrote has a version at least as late; one without a
-            // version (a field the schema added since) was written null by the create.
-            let version = versions.written(field).unwrap_or(created);
+            let version = versions.written(field).map_or(created, |w| w.max(created));
             let best = winners.get(field.as_str()).map_or(version, |(w, _)| *w);
             if entry.hlc > best {
                 winners.insert(field, (entry.hlc, value));
             }
         }
     }
-    // What `lost` finds against the synthesized changes: a later delete, or a later write
-    // of a field the update writes (the create's writes are as late as the versions or
-    // earlier), or a later update among `new` writing one.
+    // What `lost` finds against the synthesized changes: a later delete; a later write of a
+    // field the update writes, by the create (which names the key and every field with a
+    // version) or by the update at that field's version; or a later update among `new`.
     let new_refs: Vec<&LogEntry> = new.iter().collect();
     let conflicts = new
         .iter()
         .filter(|entry| {
-            versions.deleted().is_some_and(|d| d > entry.hlc)
-                || entry
-                    .fields
-                    .keys()
-                    .any(|field| versions.written(field).is_some_and(|w| w > entry.hlc))
+            let u = entry.hlc;
+            versions.deleted().is_some_and(|d| d > u)
+                || entry.fields.keys().any(|field| {
+                    let written = versions.written(field);
+                    written.is_some_and(|w| w > u)
+                        || ((written.is_some() || def.pk_fields().contains(field)) && created > u)
+                })
                 || lost(entry, &new_refs)
         })
         .count() as u64;
