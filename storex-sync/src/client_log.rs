@@ -18,7 +18,8 @@ use crate::entry::{pk_text, LogEntry, StoredEntry, LOG_COLLECTION};
 use crate::error::Result;
 use crate::hlc::Hlc;
 use crate::journal::{
-    index_journal, index_journal_part, latest_record, latest_stamp, JOURNAL_COLLECTION,
+    index_journal, latest_record, latest_stamp, read_journal_part, settle_part, JournalPart,
+    JOURNAL_COLLECTION,
 };
 use crate::reconcile::{object_key, ObjectKey};
 use crate::versions;
@@ -152,26 +153,38 @@ impl ClientSyncLog {
     }
 
     /// The id of the journal's latest record (`None` when the journal is empty): the end of
-    /// the writes made until now, for [`ClientSyncLog::index_journal_part`].
+    /// the writes made until now, for [`ClientSyncLog::read_journal_part`].
     pub(crate) async fn journal_end(&self) -> Result<Option<Uuid>> {
         latest_record(self.exec()).await
     }
 
-    /// Indexes the journal's records up to `until`, in one transaction, until at least
-    /// `enough` entries are made or none is left; returns those entries (already stored as
-    /// unshared log rows), so that a pusher need not read them back.
-    pub(crate) async fn index_journal_part(
+    /// Reads the journal's records after `after` and up to `until` until at least `enough`
+    /// entries are made or none is left, without indexing them: a pusher sends them first,
+    /// then stores them already shared ([`ClientSyncLog::settle_pushed`]). Until then they
+    /// stay records (a crash before only means they are read and pushed again, under the
+    /// same ids).
+    pub(crate) async fn read_journal_part(
         &self,
+        after: Option<Uuid>,
         until: Option<Uuid>,
         enough: usize,
-    ) -> Result<Vec<LogEntry>> {
-        let indexing = async {
+    ) -> Result<JournalPart> {
+        read_journal_part(self.exec(), self.storage.registry(), after, until, enough).await
+    }
+
+    /// Indexes a part read by [`ClientSyncLog::read_journal_part`], in one transaction under
+    /// the write-order lock: the entries in `pushed` are stored shared.
+    pub(crate) async fn settle_pushed(
+        &self,
+        part: JournalPart,
+        pushed: &HashSet<Uuid>,
+    ) -> Result<()> {
+        let settling = async {
             let tx = self.storage.begin().await?;
-            let exec = Exec::Transaction(&tx);
-            let entries = index_journal_part(exec, self.storage.registry(), until, enough).await;
-            settle(tx, entries).await
+            let settled = settle_part(Exec::Transaction(&tx), part, pushed).await;
+            settle(tx, settled).await
         };
-        self.order.hold(indexing).await?
+        self.order.hold(settling).await?
     }
 
     /// The write-order lock, for a caller that must index and then act before any other

@@ -16,10 +16,12 @@
 //! The first sync of each [`ContinuousSync`] also retries the held entries, so entries from a
 //! newer schema apply after the app's upgrade without the app asking.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use storex_core::uuid::Uuid;
 use storex_core::{object, BatchStep, Filter, Operation, Origin, Query, Value};
 use tokio::sync::Mutex;
 
@@ -331,15 +333,17 @@ impl ContinuousSync {
         if journal_end.is_none() {
             return Ok(());
         }
-        let mut entries = log.index_journal_part(journal_end, batch).await?;
-        while !entries.is_empty() {
-            // The next part is indexed while this one travels.
+        // The writes since: read from the journal, pushed, and only then indexed, already
+        // marked shared (one write of each log row instead of two).
+        let mut part = log.read_journal_part(None, journal_end, batch).await?;
+        while !part.is_empty() {
+            // The next part is read while this one travels.
             let (pushed, next) = tokio::join!(
-                self.push_entries(me, &entries, report),
-                log.index_journal_part(journal_end, batch)
+                self.push_unindexed(me, part.entries(), report),
+                log.read_journal_part(part.last_record(), journal_end, batch)
             );
-            pushed?;
-            entries = next?;
+            log.settle_pushed(part, &pushed?).await?;
+            part = next?;
         }
         Ok(())
     }
@@ -352,14 +356,36 @@ impl ContinuousSync {
         report: &mut SyncReport,
     ) -> Result<()> {
         for chunk in self.push_chunks(entries, report) {
-            self.push_chunk(me, chunk, report).await?;
+            let ids = self.push_chunk(me, chunk, report).await?;
+            // Stored remotely: a crash before this line only means the next push sends them
+            // again.
+            self.device.log().mark_shared(&ids).await?;
         }
         Ok(())
     }
 
+    /// Pushes entries not stored in the log yet, in pushes of bounded size; returns the ids
+    /// stored remotely (for the caller to store as shared).
+    async fn push_unindexed(
+        &self,
+        me: crate::hlc::DeviceId,
+        entries: impl Iterator<Item = &LogEntry>,
+        report: &mut SyncReport,
+    ) -> Result<HashSet<Uuid>> {
+        let mut pushed = HashSet::new();
+        for chunk in self.push_chunks(entries, report) {
+            pushed.extend(self.push_chunk(me, chunk, report).await?);
+        }
+        Ok(pushed)
+    }
+
     /// Encodes `entries` and splits them into pushes of at most `max_push_bytes`; an entry
     /// larger than the log or the engine allows is reported and left out.
-    fn push_chunks(&self, entries: &[LogEntry], report: &mut SyncReport) -> Vec<Vec<SharedEntry>> {
+    fn push_chunks<'e>(
+        &self,
+        entries: impl IntoIterator<Item = &'e LogEntry>,
+        report: &mut SyncReport,
+    ) -> Vec<Vec<SharedEntry>> {
         // The log's own limit (e.g. a document size) may be below the engine's.
         let entry_limit = self
             .shared
@@ -367,7 +393,7 @@ impl ContinuousSync {
             .map_or(self.options.max_push_bytes, |log| {
                 log.min(self.options.max_push_bytes)
             });
-        let mut fitting = Vec::with_capacity(entries.len());
+        let mut fitting = Vec::new();
         for entry in entries {
             let shared = self.options.codec.encode(entry);
             let size = shared.payload.len();
@@ -387,21 +413,20 @@ impl ContinuousSync {
         })
     }
 
+    /// Pushes one chunk; returns the ids stored remotely.
     async fn push_chunk(
         &self,
         me: crate::hlc::DeviceId,
         chunk: Vec<SharedEntry>,
         report: &mut SyncReport,
-    ) -> Result<()> {
+    ) -> Result<Vec<Uuid>> {
         if chunk.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let ids: Vec<_> = chunk.iter().map(|e| e.id).collect();
         self.shared.push(me, chunk).await?;
-        // Stored remotely: a crash before this line only means the next push sends them again.
-        self.device.log().mark_shared(&ids).await?;
         report.pushed += ids.len() as u64;
-        Ok(())
+        Ok(ids)
     }
 
     async fn pull(&self, report: &mut SyncReport) -> Result<()> {

@@ -35,7 +35,7 @@
 //! transient error, rolling back.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use storex_core::uuid::Uuid;
@@ -431,74 +431,108 @@ pub(crate) async fn index_journal(exec: Exec<'_>, registry: &Registry) -> Result
     Ok(indexed)
 }
 
-/// Indexes the records up to `until` (all of them if `None`), round after round, until the
-/// rounds made at least `enough` entries or no such record is left; returns the entries
-/// made, in the order the writes made them (empty when there was nothing to index).
-pub(crate) async fn index_journal_part(
+/// Journal records read but not indexed: what a pusher sends before it stores them as log
+/// rows ([`settle_part`]), so that they are written once, already marked shared.
+#[derive(Debug, Default)]
+pub(crate) struct JournalPart {
+    /// The records read, in order.
+    records: Vec<Uuid>,
+    /// Their entries, each with its record, in the order the writes made them.
+    entries: Vec<(Uuid, LogEntry)>,
+}
+
+impl JournalPart {
+    /// Whether no record was left to read.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The last record read, after which the next part starts.
+    pub(crate) fn last_record(&self) -> Option<Uuid> {
+        self.records.last().copied()
+    }
+
+    /// The entries read.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = &LogEntry> {
+        self.entries.iter().map(|(_, entry)| entry)
+    }
+}
+
+/// Reads the records after `after` and up to `until` (all of them if `None`), round after
+/// round, until the rounds made at least `enough` entries or no such record is left. Nothing
+/// is written: [`settle_part`] stores the entries once they are pushed.
+pub(crate) async fn read_journal_part(
     exec: Exec<'_>,
     registry: &Registry,
+    after: Option<Uuid>,
     until: Option<Uuid>,
     enough: usize,
-) -> Result<Vec<LogEntry>> {
-    let mut made = Vec::new();
-    while made.len() < enough {
-        match index_round(exec, registry, until).await? {
-            Some(entries) => made.extend(entries),
-            None => break,
+) -> Result<JournalPart> {
+    let mut part = JournalPart::default();
+    while part.entries.len() < enough {
+        let Some((ids, entries)) =
+            read_round(exec, registry, part.last_record().or(after), until).await?
+        else {
+            break;
+        };
+        part.records.extend(ids);
+        part.entries.extend(entries);
+    }
+    Ok(part)
+}
+
+/// Stores a part's entries as log rows, inside the transaction behind `exec`: those in
+/// `pushed` marked shared, the others not (a push left them out). Deletes the part's records.
+/// A record indexed meanwhile by another reader of the log is gone already: its entries are
+/// log rows, and those pushed are marked shared.
+pub(crate) async fn settle_part(
+    exec: Exec<'_>,
+    part: JournalPart,
+    pushed: &HashSet<Uuid>,
+) -> Result<()> {
+    let mut present = HashSet::new();
+    for chunk in part.records.chunks(LOOKUP_CHUNK) {
+        let filter = Filter::all().is_in("id", chunk.iter().copied());
+        for row in exec.find(JOURNAL_COLLECTION, Query::new(filter)).await? {
+            if let Some(id) = row.get("id").and_then(Value::as_uuid) {
+                present.insert(id);
+            }
         }
     }
-    Ok(made)
+    let mut steps = Vec::with_capacity(part.entries.len());
+    let mut indexed_since = Vec::new();
+    for (record, entry) in &part.entries {
+        let shared = pushed.contains(&entry.id);
+        if present.contains(record) {
+            let row = EntryRow::of(entry, shared, true).to_object();
+            steps.push(BatchStep::new(Operation::create(LOG_COLLECTION, row)));
+        } else if shared {
+            indexed_since.push(entry.id);
+        }
+    }
+    let present: Vec<Uuid> = part
+        .records
+        .into_iter()
+        .filter(|id| present.contains(id))
+        .collect();
+    delete_records(exec, &present).await?;
+    for chunk in indexed_since.chunks(LOOKUP_CHUNK) {
+        let filter = Filter::all().is_in("id", chunk.iter().copied());
+        steps.push(BatchStep::new(Operation::update_where(
+            LOG_COLLECTION,
+            filter,
+            storex_core::object! { "shared" => true },
+        )));
+    }
+    if !steps.is_empty() {
+        exec.run(Operation::Batch { steps }).await?;
+    }
+    Ok(())
 }
 
-/// The id of the latest record, which bounds an [`index_journal_part`] to the writes made
-/// before it started.
-pub(crate) async fn latest_record(exec: Exec<'_>) -> Result<Option<Uuid>> {
-    let query = Query::default().order_desc("id").limit(1);
-    let rows = exec.find(JOURNAL_COLLECTION, query).await?;
-    rows.first().map(|row| Ok(read_record(row)?.0)).transpose()
-}
-
-/// One round: turns up to [`RECORDS_PER_ROUND`] records (up to `until`) into log rows and
-/// deletes them; returns the entries made, or `None` when no record was left.
-async fn index_round(
-    exec: Exec<'_>,
-    registry: &Registry,
-    until: Option<Uuid>,
-) -> Result<Option<Vec<LogEntry>>> {
-    let filter = match until {
-        Some(last) => Filter::all().lte("id", last),
-        None => Filter::all(),
-    };
-    let query = Query::new(filter).order_asc("id").limit(RECORDS_PER_ROUND);
-    let rows = exec.find(JOURNAL_COLLECTION, query).await?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    let mut ids = Vec::with_capacity(rows.len());
-    let mut entries = Vec::new();
-    for row in &rows {
-        let (id, record) = read_record(row)?;
-        ids.push(id);
-        entries.extend(entries_of(id, record)?);
-    }
-    let creates = || entries.iter().filter(|e| e.op == EntryOp::Create);
-    // A create's values are read from its row: a storage that does not know the
-    // collection (a tool opened on the sync tables only) must not take the missing row
-    // for a deleted one.
-    if let Some(unknown) = creates().find(|e| registry.collection(&e.collection).is_err()) {
-        return Err(Error::JournalCollectionUnknown {
-            collection: unknown.collection.clone(),
-        });
-    }
-    let stored = current_rows(exec, registry, creates().map(entry_object)).await?;
-    let entries = fill_creates(entries, &stored, registry);
-    let steps = entries
-        .iter()
-        .map(|entry| {
-            let row = EntryRow::of(entry, false, true).to_object();
-            BatchStep::new(Operation::create(LOG_COLLECTION, row))
-        })
-        .collect::<Vec<_>>();
+/// Deletes the records `ids`, all of which must be there: fewer means another process
+/// indexed them at the same time.
+async fn delete_records(exec: Exec<'_>, ids: &[Uuid]) -> Result<()> {
     let mut deleted = 0;
     for chunk in ids.chunks(LOOKUP_CHUNK) {
         let filter = Filter::all().is_in("id", chunk.iter().copied());
@@ -513,23 +547,99 @@ async fn index_round(
         }
         .into());
     }
+    Ok(())
+}
+
+/// The id of the latest record, which bounds a [`read_journal_part`] to the writes made
+/// before it started.
+pub(crate) async fn latest_record(exec: Exec<'_>) -> Result<Option<Uuid>> {
+    let query = Query::default().order_desc("id").limit(1);
+    let rows = exec.find(JOURNAL_COLLECTION, query).await?;
+    rows.first().map(|row| Ok(read_record(row)?.0)).transpose()
+}
+
+/// One round: turns up to [`RECORDS_PER_ROUND`] records (up to `until`) into log rows and
+/// deletes them; returns the entries made, or `None` when no record was left.
+async fn index_round(
+    exec: Exec<'_>,
+    registry: &Registry,
+    until: Option<Uuid>,
+) -> Result<Option<Vec<LogEntry>>> {
+    let Some((ids, entries)) = read_round(exec, registry, None, until).await? else {
+        return Ok(None);
+    };
+    let entries: Vec<LogEntry> = entries.into_iter().map(|(_, entry)| entry).collect();
+    let steps = entries
+        .iter()
+        .map(|entry| {
+            let row = EntryRow::of(entry, false, true).to_object();
+            BatchStep::new(Operation::create(LOG_COLLECTION, row))
+        })
+        .collect::<Vec<_>>();
+    delete_records(exec, &ids).await?;
     if !steps.is_empty() {
         exec.run(Operation::Batch { steps }).await?;
     }
     Ok(Some(entries))
 }
 
+/// Reads up to [`RECORDS_PER_ROUND`] records after `after` and up to `until`; returns their
+/// ids and their entries (each with its record), creates filled from their rows, or `None`
+/// when no record was left.
+async fn read_round(
+    exec: Exec<'_>,
+    registry: &Registry,
+    after: Option<Uuid>,
+    until: Option<Uuid>,
+) -> Result<Option<(Vec<Uuid>, Vec<(Uuid, LogEntry)>)>> {
+    let mut filter = Filter::all();
+    if let Some(after) = after {
+        filter = filter.gt("id", after);
+    }
+    if let Some(last) = until {
+        filter = filter.lte("id", last);
+    }
+    let query = Query::new(filter).order_asc("id").limit(RECORDS_PER_ROUND);
+    let rows = exec.find(JOURNAL_COLLECTION, query).await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut entries = Vec::new();
+    for row in &rows {
+        let (id, record) = read_record(row)?;
+        ids.push(id);
+        entries.extend(entries_of(id, record)?.into_iter().map(|entry| (id, entry)));
+    }
+    let creates = || {
+        entries
+            .iter()
+            .map(|(_, e)| e)
+            .filter(|e| e.op == EntryOp::Create)
+    };
+    // A create's values are read from its row: a storage that does not know the
+    // collection (a tool opened on the sync tables only) must not take the missing row
+    // for a deleted one.
+    if let Some(unknown) = creates().find(|e| registry.collection(&e.collection).is_err()) {
+        return Err(Error::JournalCollectionUnknown {
+            collection: unknown.collection.clone(),
+        });
+    }
+    let stored = current_rows(exec, registry, creates().map(entry_object)).await?;
+    Ok(Some((ids, fill_creates(entries, &stored, registry))))
+}
+
 /// Gives each create the values of its stored row, and the schema version of the app that
 /// holds it now if that is newer (the row has its shape); leaves out creates whose row a
 /// later delete removed.
 fn fill_creates(
-    entries: Vec<LogEntry>,
+    entries: Vec<(Uuid, LogEntry)>,
     stored: &HashMap<(String, String), Object>,
     registry: &Registry,
-) -> Vec<LogEntry> {
+) -> Vec<(Uuid, LogEntry)> {
     entries
         .into_iter()
-        .filter_map(|mut entry| {
+        .filter_map(|(record, mut entry)| {
             if entry.op == EntryOp::Create {
                 let key = (entry.collection.clone(), pk_text(&entry.pk));
                 entry.fields = stored.get(&key)?.clone();
@@ -537,7 +647,7 @@ fn fill_creates(
                     entry.schema_version = entry.schema_version.max(def.schema_version());
                 }
             }
-            Some(entry)
+            Some((record, entry))
         })
         .collect()
 }
@@ -785,15 +895,19 @@ mod tests {
             .build()
             .expect("registry");
         let stored = HashMap::from([(("note".to_owned(), pk_text(&Pk::from(1))), row.clone())]);
-        let filled = fill_creates(
+        let record = Uuid::now_v7();
+        let filled: Vec<LogEntry> = fill_creates(
             vec![
-                entry(1, EntryOp::Create),
-                entry(2, EntryOp::Create),
-                entry(2, EntryOp::Delete),
+                (record, entry(1, EntryOp::Create)),
+                (record, entry(2, EntryOp::Create)),
+                (record, entry(2, EntryOp::Delete)),
             ],
             &stored,
             &registry,
-        );
+        )
+        .into_iter()
+        .map(|(_, entry)| entry)
+        .collect();
         assert_eq!(filled.len(), 2);
         assert_eq!(filled[0].fields, row);
         assert_eq!(

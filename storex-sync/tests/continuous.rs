@@ -46,3 +46,90 @@ async fn a_push_sends_what_a_reader_indexed_and_then_the_journal_page_by_page() 
     assert_eq!(devices.count(b).await, 74);
     devices.assert_converged(&[a, b]).await;
 }
+
+/// A memory shared log that, when a push arrives, first has the pushing device's log indexed
+/// (another reader of the log getting there while the push travels).
+#[derive(Debug, Default)]
+struct IndexingOnPush {
+    inner: MemorySharedLog,
+    pusher: std::sync::OnceLock<storex_sync::ClientSyncLog>,
+}
+
+impl SharedSyncLog for IndexingOnPush {
+    fn name(&self) -> &'static str {
+        "indexing-on-push"
+    }
+
+    fn register_device<'a>(
+        &'a self,
+        user: &'a str,
+        device: storex_sync::DeviceId,
+    ) -> BoxFuture<'a, storex_sync::SharedResult<()>> {
+        self.inner.register_device(user, device)
+    }
+
+    fn devices(
+        &self,
+        device: storex_sync::DeviceId,
+    ) -> BoxFuture<'_, storex_sync::SharedResult<Vec<storex_sync::DeviceInfo>>> {
+        self.inner.devices(device)
+    }
+
+    fn push(
+        &self,
+        device: storex_sync::DeviceId,
+        entries: Vec<storex_sync::SharedEntry>,
+    ) -> BoxFuture<'_, storex_sync::SharedResult<u64>> {
+        async move {
+            if let Some(log) = self.pusher.get() {
+                log.index_journal().await.expect("indexed meanwhile");
+            }
+            self.inner.push(device, entries).await
+        }
+        .boxed()
+    }
+
+    fn pull<'a>(
+        &'a self,
+        device: storex_sync::DeviceId,
+        after: u64,
+        limit: usize,
+        topics: Option<&'a [String]>,
+    ) -> BoxFuture<'a, storex_sync::SharedResult<storex_sync::Pull>> {
+        self.inner.pull(device, after, limit, topics)
+    }
+
+    fn ack(
+        &self,
+        device: storex_sync::DeviceId,
+        cursor: u64,
+    ) -> BoxFuture<'_, storex_sync::SharedResult<()>> {
+        self.inner.ack(device, cursor)
+    }
+
+    fn compact<'a>(&'a self, user: &'a str) -> BoxFuture<'a, storex_sync::SharedResult<u64>> {
+        self.inner.compact(user)
+    }
+}
+
+#[tokio::test]
+async fn writes_a_reader_indexes_while_their_push_travels_end_up_shared() {
+    let shared = Arc::new(IndexingOnPush::default());
+    let mut devices = storex_test::devices::Devices::new(shared.clone()).await;
+    let a = devices.add().await;
+    let b = devices.add().await;
+    for n in 0..5 {
+        devices.note(a, &format!("note-{n}"), "v").await;
+    }
+    let log = devices.device(a).log().clone();
+    shared.pusher.set(log.clone()).expect("set once");
+    let report = devices.sync(a).await;
+    assert_eq!(report.pushed, 5, "{report:?}");
+    // The reader made the log rows; the push's own indexing found the records gone and
+    // marked those rows shared.
+    assert_eq!(log.journal_records().await.expect("records"), 0);
+    assert_eq!(log.unshared_count().await.expect("count"), 0);
+    devices.sync(b).await;
+    assert_eq!(devices.count(b).await, 5);
+    devices.assert_converged(&[a, b]).await;
+}
