@@ -161,15 +161,21 @@ impl ClientSyncLog {
     /// Reads the journal's records after `after` and up to `until` until at least `enough`
     /// entries are made or none is left, without indexing them: a pusher sends them first,
     /// then stores them already shared ([`ClientSyncLog::settle_pushed`]). Until then they
-    /// stay records (a crash before only means they are read and pushed again, under the
-    /// same ids).
+    /// stay records: a crash before only means they are read and pushed again, under the
+    /// same ids (a create then with the values its row has by that time, which later entries
+    /// of this device's also carry). The records and the rows of their creates are read in
+    /// one snapshot, as indexing reads them.
     pub(crate) async fn read_journal_part(
         &self,
         after: Option<Uuid>,
         until: Option<Uuid>,
         enough: usize,
     ) -> Result<JournalPart> {
-        read_journal_part(self.exec(), self.storage.registry(), after, until, enough).await
+        let tx = self.storage.begin_snapshot().await?;
+        let registry = self.storage.registry();
+        let part = read_journal_part(Exec::Transaction(&tx), registry, after, until, enough);
+        let part = part.await;
+        settle(tx, part).await
     }
 
     /// Indexes a part read by [`ClientSyncLog::read_journal_part`], in one transaction under

@@ -308,7 +308,7 @@ impl ContinuousSync {
 
     /// Pushes what was indexed before (a push that stopped midway, a reader of the log since
     /// the last sync), then the writes waiting in the journal until now, a page at a time,
-    /// straight from the entries indexing makes. Later writes wait for the next sync.
+    /// read from the journal and indexed once pushed. Later writes wait for the next sync.
     async fn push(&self, report: &mut SyncReport) -> Result<()> {
         let me = self.device.device();
         let batch = self.options.push_batch;
@@ -338,11 +338,14 @@ impl ContinuousSync {
         let mut part = log.read_journal_part(None, journal_end, batch).await?;
         while !part.is_empty() {
             // The next part is read while this one travels.
-            let (pushed, next) = tokio::join!(
+            let ((pushed, outcome), next) = tokio::join!(
                 self.push_unindexed(me, part.entries(), report),
                 log.read_journal_part(part.last_record(), journal_end, batch)
             );
-            log.settle_pushed(part, &pushed?).await?;
+            // What was stored remotely is indexed as shared even if a later push failed;
+            // the rest waits as unshared log rows.
+            log.settle_pushed(part, &pushed).await?;
+            outcome?;
             part = next?;
         }
         Ok(())
@@ -365,18 +368,22 @@ impl ContinuousSync {
     }
 
     /// Pushes entries not stored in the log yet, in pushes of bounded size; returns the ids
-    /// stored remotely (for the caller to store as shared).
+    /// stored remotely (for the caller to store as shared), and how the pushes ended (at
+    /// the first that failed).
     async fn push_unindexed(
         &self,
         me: crate::hlc::DeviceId,
         entries: impl Iterator<Item = &LogEntry>,
         report: &mut SyncReport,
-    ) -> Result<HashSet<Uuid>> {
+    ) -> (HashSet<Uuid>, Result<()>) {
         let mut pushed = HashSet::new();
         for chunk in self.push_chunks(entries, report) {
-            pushed.extend(self.push_chunk(me, chunk, report).await?);
+            match self.push_chunk(me, chunk, report).await {
+                Ok(ids) => pushed.extend(ids),
+                Err(e) => return (pushed, Err(e)),
+            }
         }
-        Ok(pushed)
+        (pushed, Ok(()))
     }
 
     /// Encodes `entries` and splits them into pushes of at most `max_push_bytes`; an entry

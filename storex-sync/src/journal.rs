@@ -11,8 +11,8 @@
 //! bytes each, as one byte string), where a log row per object doubled what SQLite had to
 //! write.
 //!
-//! Whatever reads the log ([`ClientSyncLog`](crate::ClientSyncLog), pushing, reconciling,
-//! fast sync) first *indexes* the journal: in one transaction it turns the records into the
+//! Whatever reads the log ([`ClientSyncLog`](crate::ClientSyncLog), reconciling, fast sync)
+//! first *indexes* the journal: in one transaction it turns the records into the
 //! log's rows and deletes them. Records are read in id order (UUIDv7: the order of the
 //! writes). Entry `i` of a record gets the record's first timestamp plus `i`, and the
 //! record's id with `i` in its last four bytes as its id, so indexing twice gives the same
@@ -28,6 +28,13 @@
 //! a trigger or a cascade that changes the row before indexing rides along with the create.
 //! A registry that does not define a create's collection cannot tell a deleted row from an
 //! unknown table, so indexing through it fails and changes nothing.
+//!
+//! Push reads records before it indexes them ([`read_journal_part`], the records and their
+//! creates' rows in one snapshot): it sends their entries, then indexes them with those it
+//! sent already marked shared ([`settle_part`]), so each log row is written once. A record
+//! another reader indexed in between is gone by then, and its entries, log rows already, are
+//! marked shared. Read again after a crash, a create carries its row's values of that time:
+//! later writes of this device's, whose own entries carry them too.
 //!
 //! Indexing is atomic (one transaction). Two indexers running at once would insert the same
 //! entries: in one process the device's write-order lock keeps them apart, and across
@@ -425,7 +432,7 @@ pub(crate) async fn latest_stamp(exec: Exec<'_>) -> Result<Option<Hlc>> {
 /// the transaction behind `exec`. Returns how many entries were indexed.
 pub(crate) async fn index_journal(exec: Exec<'_>, registry: &Registry) -> Result<u64> {
     let mut indexed = 0;
-    while let Some(entries) = index_round(exec, registry, None).await? {
+    while let Some(entries) = index_round(exec, registry).await? {
         indexed += entries.len() as u64;
     }
     Ok(indexed)
@@ -493,6 +500,12 @@ pub(crate) async fn settle_part(
     let mut present = HashSet::new();
     for chunk in part.records.chunks(LOOKUP_CHUNK) {
         let filter = Filter::all().is_in("id", chunk.iter().copied());
+        let count = Operation::count(JOURNAL_COLLECTION, filter.clone());
+        if exec.run(count).await?.count() == Some(chunk.len() as u64) {
+            // All there (no other reader got to them): their rows need not be read.
+            present.extend(chunk.iter().copied());
+            continue;
+        }
         for row in exec.find(JOURNAL_COLLECTION, Query::new(filter)).await? {
             if let Some(id) = row.get("id").and_then(Value::as_uuid) {
                 present.insert(id);
@@ -558,14 +571,10 @@ pub(crate) async fn latest_record(exec: Exec<'_>) -> Result<Option<Uuid>> {
     rows.first().map(|row| Ok(read_record(row)?.0)).transpose()
 }
 
-/// One round: turns up to [`RECORDS_PER_ROUND`] records (up to `until`) into log rows and
-/// deletes them; returns the entries made, or `None` when no record was left.
-async fn index_round(
-    exec: Exec<'_>,
-    registry: &Registry,
-    until: Option<Uuid>,
-) -> Result<Option<Vec<LogEntry>>> {
-    let Some((ids, entries)) = read_round(exec, registry, None, until).await? else {
+/// One round: turns up to [`RECORDS_PER_ROUND`] records into log rows and deletes them;
+/// returns the entries made, or `None` when no record was left.
+async fn index_round(exec: Exec<'_>, registry: &Registry) -> Result<Option<Vec<LogEntry>>> {
+    let Some((ids, entries)) = read_round(exec, registry, None, None).await? else {
         return Ok(None);
     };
     let entries: Vec<LogEntry> = entries.into_iter().map(|(_, entry)| entry).collect();

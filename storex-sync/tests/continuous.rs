@@ -48,11 +48,14 @@ async fn a_push_sends_what_a_reader_indexed_and_then_the_journal_page_by_page() 
 }
 
 /// A memory shared log that, when a push arrives, first has the pushing device's log indexed
-/// (another reader of the log getting there while the push travels).
+/// (another reader of the log getting there while the push travels), or, once told to, fails
+/// every push after the first.
 #[derive(Debug, Default)]
 struct IndexingOnPush {
     inner: MemorySharedLog,
     pusher: std::sync::OnceLock<storex_sync::ClientSyncLog>,
+    fail_after_one: std::sync::atomic::AtomicBool,
+    pushes: std::sync::atomic::AtomicUsize,
 }
 
 impl SharedSyncLog for IndexingOnPush {
@@ -81,6 +84,14 @@ impl SharedSyncLog for IndexingOnPush {
         entries: Vec<storex_sync::SharedEntry>,
     ) -> BoxFuture<'_, storex_sync::SharedResult<u64>> {
         async move {
+            use std::sync::atomic::Ordering;
+            let earlier = self.pushes.fetch_add(1, Ordering::SeqCst);
+            if self.fail_after_one.load(Ordering::SeqCst) && earlier > 0 {
+                return Err(storex_sync::SharedLogError::Unavailable {
+                    log: "indexing-on-push",
+                    source: "the second push fails".into(),
+                });
+            }
             if let Some(log) = self.pusher.get() {
                 log.index_journal().await.expect("indexed meanwhile");
             }
@@ -131,5 +142,35 @@ async fn writes_a_reader_indexes_while_their_push_travels_end_up_shared() {
     assert_eq!(log.unshared_count().await.expect("count"), 0);
     devices.sync(b).await;
     assert_eq!(devices.count(b).await, 5);
+    devices.assert_converged(&[a, b]).await;
+}
+
+#[tokio::test]
+async fn what_a_push_stored_before_a_later_one_failed_is_indexed_as_shared() {
+    use std::sync::atomic::Ordering;
+    use storex_sync::ContinuousOptions;
+    let shared = Arc::new(IndexingOnPush::default());
+    let mut devices = storex_test::devices::Devices::new(shared.clone()).await;
+    // Pushes small enough that the writes take several.
+    let a = devices
+        .add_with(ContinuousOptions::default().with_max_push_bytes(1_000))
+        .await;
+    let b = devices.add().await;
+    for n in 0..20 {
+        devices.note(a, &format!("note-{n}"), "v").await;
+    }
+    shared.fail_after_one.store(true, Ordering::SeqCst);
+    let failed = devices.try_sync(a).await;
+    assert!(failed.is_err(), "{failed:?}");
+    let log = devices.device(a).log();
+    // Indexed all the same: the first push's entries shared, the others waiting.
+    assert_eq!(log.journal_records().await.expect("records"), 0);
+    let unshared = log.unshared_count().await.expect("count");
+    assert!(unshared > 0 && unshared < 20, "{unshared} unshared");
+    shared.fail_after_one.store(false, Ordering::SeqCst);
+    let report = devices.sync(a).await;
+    assert_eq!(report.pushed, unshared, "{report:?}");
+    devices.sync(b).await;
+    assert_eq!(devices.count(b).await, 20);
     devices.assert_converged(&[a, b]).await;
 }
