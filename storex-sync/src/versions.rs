@@ -635,25 +635,30 @@ mod tests {
         );
     }
 
-    /// A peer that never saw an object's create sends what it knows of it as synthesized
-    /// changes (a fast-sync merge does); one this device holds (same id) is a duplicate, even
-    /// where the object would otherwise be reconciled from its versions alone.
-    #[tokio::test]
-    async fn a_synthesized_update_this_device_holds_is_a_duplicate() {
+    /// A device on MemoryBackend with the `note` collection.
+    async fn device_with_notes() -> crate::SyncDevice {
         let registry = Registry::builder()
             .collection(note())
             .build()
             .expect("registry");
         let backend: std::sync::Arc<dyn storex_core::StorageBackend> =
             std::sync::Arc::new(storex_core::MemoryBackend::new());
-        let device = crate::SyncDevice::open(
+        crate::SyncDevice::open(
             registry,
             backend,
             Clock::new(DeviceId::random()),
             crate::SyncOptions::default(),
         )
         .await
-        .expect("device");
+        .expect("device")
+    }
+
+    /// A peer that never saw an object's create sends what it knows of it as synthesized
+    /// changes (a fast-sync merge does); one this device holds (same id) is a duplicate, even
+    /// where the object would otherwise be reconciled from its versions alone.
+    #[tokio::test]
+    async fn a_synthesized_update_this_device_holds_is_a_duplicate() {
+        let device = device_with_notes().await;
         let (a, b) = (
             Clock::new(DeviceId::random()),
             Clock::new(DeviceId::random()),
@@ -684,20 +689,7 @@ mod tests {
     /// row from the kept values, instead of updating a row that is not there.
     #[tokio::test]
     async fn an_update_for_an_object_whose_versions_keep_values_brings_back_its_row() {
-        let registry = Registry::builder()
-            .collection(note())
-            .build()
-            .expect("registry");
-        let backend: std::sync::Arc<dyn storex_core::StorageBackend> =
-            std::sync::Arc::new(storex_core::MemoryBackend::new());
-        let device = crate::SyncDevice::open(
-            registry,
-            backend,
-            Clock::new(DeviceId::random()),
-            crate::SyncOptions::default(),
-        )
-        .await
-        .expect("device");
+        let device = device_with_notes().await;
         let peer = Clock::new(DeviceId::random());
         let create = change(
             &peer,
