@@ -440,36 +440,12 @@ impl ContinuousSync {
         let me = self.device.device();
         let topics = self.topics();
         let mut cursor = self.cursor().await?;
+        let mut page = self.pull_page(me, cursor, topics.as_deref()).await?;
         loop {
-            let page = self
-                .shared
-                .pull(me, cursor, self.options.pull_batch, topics.as_deref())
-                .await?;
-            let mut entries = Vec::with_capacity(page.entries.len());
-            let mut extra = Vec::new();
-            for pulled in &page.entries {
-                match self.options.codec.decode(&pulled.entry) {
-                    Ok(entry) => entries.push(entry),
-                    Err(problem) => {
-                        report.quarantined += 1;
-                        report
-                            .problems
-                            .push(format!("entry {}: {problem}", pulled.entry.id));
-                        extra.push(BatchStep::new(Operation::create(
-                            QUARANTINE_COLLECTION,
-                            object! {
-                                "id" => pulled.entry.id,
-                                "device" => pulled.entry.device.0,
-                                "topic" => pulled.entry.topic.clone(),
-                                "cursor" => i64::try_from(pulled.cursor).unwrap_or(i64::MAX),
-                                "payload" => pulled.entry.payload.clone(),
-                                "reason" => problem.to_string(),
-                            },
-                        )));
-                    }
-                }
-            }
-            report.pulled += page.entries.len() as u64;
+            report.pulled += page.pulled;
+            report.quarantined += page.quarantined.len() as u64;
+            report.problems.append(&mut page.problems);
+            let mut extra = std::mem::take(&mut page.quarantined);
             if page.next_cursor != cursor {
                 extra.push(BatchStep::new(Operation::update_by_pk(
                     STATE_COLLECTION,
@@ -477,15 +453,27 @@ impl ContinuousSync {
                     object! { "value" => i64::try_from(page.next_cursor).unwrap_or(i64::MAX) },
                 )));
             }
-            let integrated = self.device.integrate_with(entries, extra).await?;
+            let entries = std::mem::take(&mut page.entries);
+            let integrating = self.device.integrate_with(entries, extra);
+            // The next page is pulled (and decoded) while this one is applied: pulling only
+            // reads, so a page applied or not, the next starts at this one's end.
+            let (integrated, next) = if page.more {
+                let next = self.pull_page(me, page.next_cursor, topics.as_deref());
+                let (integrated, next) = tokio::join!(integrating, next);
+                (integrated, Some(next))
+            } else {
+                (integrating.await, None)
+            };
+            let integrated = integrated?;
             report.integrated += integrated.integrated;
             report.applied += integrated.operations;
             report.conflicts += integrated.conflicts;
             report.duplicates += integrated.duplicates;
             report.held += integrated.held.len() as u64;
             cursor = page.next_cursor;
-            if !page.more {
-                break;
+            match next {
+                Some(next) => page = next?,
+                None => break,
             }
         }
         if cursor > 0 {
@@ -494,4 +482,64 @@ impl ContinuousSync {
         report.cursor = cursor;
         Ok(())
     }
+
+    /// One page of the shared log after `cursor`, decoded: payloads that do not decode are
+    /// set aside for the quarantine, with the reason.
+    async fn pull_page(
+        &self,
+        me: crate::hlc::DeviceId,
+        cursor: u64,
+        topics: Option<&[String]>,
+    ) -> Result<PulledPage> {
+        let page = self
+            .shared
+            .pull(me, cursor, self.options.pull_batch, topics)
+            .await?;
+        let mut decoded = PulledPage {
+            entries: Vec::with_capacity(page.entries.len()),
+            pulled: page.entries.len() as u64,
+            next_cursor: page.next_cursor,
+            more: page.more,
+            ..PulledPage::default()
+        };
+        for pulled in &page.entries {
+            match self.options.codec.decode(&pulled.entry) {
+                Ok(entry) => decoded.entries.push(entry),
+                Err(problem) => {
+                    decoded
+                        .problems
+                        .push(format!("entry {}: {problem}", pulled.entry.id));
+                    decoded.quarantined.push(BatchStep::new(Operation::create(
+                        QUARANTINE_COLLECTION,
+                        object! {
+                            "id" => pulled.entry.id,
+                            "device" => pulled.entry.device.0,
+                            "topic" => pulled.entry.topic.clone(),
+                            "cursor" => i64::try_from(pulled.cursor).unwrap_or(i64::MAX),
+                            "payload" => pulled.entry.payload.clone(),
+                            "reason" => problem.to_string(),
+                        },
+                    )));
+                }
+            }
+        }
+        Ok(decoded)
+    }
+}
+
+/// A page pulled from the shared log, decoded.
+#[derive(Debug, Default)]
+struct PulledPage {
+    /// The entries that decoded.
+    entries: Vec<LogEntry>,
+    /// Steps storing those that did not in the quarantine.
+    quarantined: Vec<BatchStep>,
+    /// Why they did not.
+    problems: Vec<String>,
+    /// How many entries the page had.
+    pulled: u64,
+    /// Where the next page starts.
+    next_cursor: u64,
+    /// Whether more may follow right away.
+    more: bool,
 }
