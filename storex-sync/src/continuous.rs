@@ -124,6 +124,17 @@ pub struct SyncReport {
     pub duration: Duration,
 }
 
+impl SyncReport {
+    /// Counts what integrating one page did.
+    fn absorb_integration(&mut self, integrated: &crate::IntegrationReport) {
+        self.integrated += integrated.integrated;
+        self.applied += integrated.operations;
+        self.conflicts += integrated.conflicts;
+        self.duplicates += integrated.duplicates;
+        self.held += integrated.held.len() as u64;
+    }
+}
+
 /// Keeps one device in sync with the others through a shared log.
 #[derive(Debug)]
 pub struct ContinuousSync {
@@ -456,20 +467,27 @@ impl ContinuousSync {
             let entries = std::mem::take(&mut page.entries);
             let integrating = self.device.integrate_with(entries, extra);
             // The next page is pulled (and decoded) while this one is applied: pulling only
-            // reads, so a page applied or not, the next starts at this one's end.
-            let (integrated, next) = if page.more {
-                let next = self.pull_page(me, page.next_cursor, topics.as_deref());
-                let (integrated, next) = tokio::join!(integrating, next);
-                (integrated, Some(next))
+            // reads, so a page applied or not, the next starts at this one's end. If applying
+            // fails, the sync ends at once and the read is dropped.
+            let next = if page.more {
+                let pulling = self.pull_page(me, page.next_cursor, topics.as_deref());
+                tokio::pin!(integrating, pulling);
+                let mut pulled = None;
+                let integrated = loop {
+                    tokio::select! {
+                        integrated = &mut integrating => break integrated,
+                        next = &mut pulling, if pulled.is_none() => pulled = Some(next),
+                    }
+                };
+                report.absorb_integration(&integrated?);
+                Some(match pulled {
+                    Some(next) => next,
+                    None => pulling.await,
+                })
             } else {
-                (integrating.await, None)
+                report.absorb_integration(&integrating.await?);
+                None
             };
-            let integrated = integrated?;
-            report.integrated += integrated.integrated;
-            report.applied += integrated.operations;
-            report.conflicts += integrated.conflicts;
-            report.duplicates += integrated.duplicates;
-            report.held += integrated.held.len() as u64;
             cursor = page.next_cursor;
             match next {
                 Some(next) => page = next?,

@@ -56,6 +56,9 @@ struct IndexingOnPush {
     pusher: std::sync::OnceLock<storex_sync::ClientSyncLog>,
     fail_after_one: std::sync::atomic::AtomicBool,
     pushes: std::sync::atomic::AtomicUsize,
+    /// Once set, every pull after the next one never answers.
+    hang_later_pulls: std::sync::atomic::AtomicBool,
+    pulls: std::sync::atomic::AtomicUsize,
 }
 
 impl SharedSyncLog for IndexingOnPush {
@@ -107,7 +110,16 @@ impl SharedSyncLog for IndexingOnPush {
         limit: usize,
         topics: Option<&'a [String]>,
     ) -> BoxFuture<'a, storex_sync::SharedResult<storex_sync::Pull>> {
-        self.inner.pull(device, after, limit, topics)
+        async move {
+            use std::sync::atomic::Ordering;
+            if self.hang_later_pulls.load(Ordering::SeqCst)
+                && self.pulls.fetch_add(1, Ordering::SeqCst) > 0
+            {
+                std::future::pending::<()>().await;
+            }
+            self.inner.pull(device, after, limit, topics).await
+        }
+        .boxed()
     }
 
     fn ack(
@@ -172,5 +184,33 @@ async fn what_a_push_stored_before_a_later_one_failed_is_indexed_as_shared() {
     assert_eq!(report.pushed, unshared, "{report:?}");
     devices.sync(b).await;
     assert_eq!(devices.count(b).await, 20);
+    devices.assert_converged(&[a, b]).await;
+}
+
+#[tokio::test]
+async fn a_page_that_fails_to_apply_ends_the_sync_without_waiting_for_the_next_page() {
+    use std::sync::atomic::Ordering;
+    use storex_sync::ContinuousOptions;
+    let shared = Arc::new(IndexingOnPush::default());
+    let mut devices = storex_test::devices::Devices::new(shared.clone()).await;
+    let a = devices.add().await;
+    let b = devices
+        .add_with(ContinuousOptions::default().with_batch_size(5))
+        .await;
+    for n in 0..12 {
+        devices.note(a, &format!("note-{n}"), "v").await;
+    }
+    devices.sync(a).await;
+    // B's first page fails to apply (its cursor cannot be stored) while the next page,
+    // pulled meanwhile, never comes: the sync reports the failure instead of waiting.
+    devices.fail_next_cursor_store(b);
+    shared.hang_later_pulls.store(true, Ordering::SeqCst);
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(30), devices.try_sync(b))
+        .await
+        .expect("the sync ended");
+    assert!(outcome.is_err(), "{outcome:?}");
+    shared.hang_later_pulls.store(false, Ordering::SeqCst);
+    devices.sync(b).await;
+    assert_eq!(devices.count(b).await, 12);
     devices.assert_converged(&[a, b]).await;
 }
