@@ -48,9 +48,7 @@ impl KeyRun {
     /// Reserves `count` (at least one) consecutive keys after every key given out before.
     fn reserve(count: usize) -> Self {
         let span = (count as u128).saturating_sub(1);
-        // The time of a new UUIDv7 with 62 random bits of its own (`now_v7` counts in part
-        // of them within a millisecond, which a run would count into).
-        let fresh = (Uuid::now_v7().as_u128() & !RUN_BITS) | (Uuid::new_v4().as_u128() & RUN_BITS);
+        let fresh = fresh_key();
         let mut last = LAST_KEY.lock().unwrap_or_else(|e| e.into_inner());
         match run_start(fresh, *last, span) {
             Some(first) => {
@@ -75,6 +73,12 @@ impl KeyRun {
         self.left -= 1;
         Uuid::from_u128(key)
     }
+}
+
+/// A new UUIDv7's time with 62 random bits of its own (`now_v7` counts in part of them
+/// within a millisecond, which a run would count into).
+fn fresh_key() -> u128 {
+    (Uuid::now_v7().as_u128() & !RUN_BITS) | (Uuid::new_v4().as_u128() & RUN_BITS)
 }
 
 /// Where a run of `span + 1` keys starts, given a `fresh` UUIDv7 and the `last` key given
@@ -159,8 +163,7 @@ mod tests {
 
     #[test]
     fn a_run_starts_where_its_keys_fit_after_the_last_one() {
-        // A new UUIDv7 with 62 random bits, as `KeyRun::reserve` makes one.
-        let fresh = (Uuid::now_v7().as_u128() & !RUN_BITS) | (Uuid::new_v4().as_u128() & RUN_BITS);
+        let fresh = fresh_key();
         let top = fresh | RUN_BITS;
         // A fresh key after the last one, with room: the run starts there.
         assert_eq!(run_start(fresh, 0, 0), Some(fresh));
