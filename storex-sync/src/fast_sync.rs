@@ -49,6 +49,7 @@ mod channel;
 mod package;
 mod receiver;
 mod sender;
+mod sent_versions;
 
 use std::fmt;
 use std::sync::Arc;

@@ -16,8 +16,8 @@ use storex_sync::fast_sync::{
     Progress, SnapshotSender,
 };
 use storex_sync::{
-    Clock, ContinuousOptions, ContinuousSync, DeviceId, Error, MemorySharedLog, SharedSyncLog,
-    SyncDevice, SyncOptions,
+    Clock, ContinuousOptions, ContinuousSync, DeviceId, EntryOp, Error, MemorySharedLog,
+    SharedSyncLog, SyncDevice, SyncOptions,
 };
 
 fn registry() -> Registry {
@@ -172,17 +172,26 @@ async fn a_whole_database_moves_and_matches() {
     assert_eq!(sent.objects, received.objects);
     assert!(sent.batches > 10, "small batches: {}", sent.batches);
     assert_same(&old, &new).await;
-    // The log came along, as the sender's (already shared) entries.
-    let log = new.log().all().await.expect("log");
-    assert_eq!(log.len() as u64, old.log().len().await.expect("len"));
-    assert!(log
-        .iter()
-        .all(|e| e.shared && e.entry.device == old.device()));
+    // The sender's log came along folded into the versions: no log row to push, and when
+    // the sender's entries arrive again (pushed by it, pulled here), each is a duplicate.
+    assert!(new.log().all().await.expect("log").is_empty());
+    let entries: Vec<_> = old
+        .log()
+        .all()
+        .await
+        .expect("log")
+        .into_iter()
+        .map(|e| e.entry)
+        .collect();
+    let count = entries.len() as u64;
+    assert_eq!(count, 3_300, "the notes and the tags");
+    let report = new.integrate(entries).await.expect("again");
     assert_eq!(
-        new.log().unshared_count().await.expect("count"),
-        0,
-        "nothing for the new device to push"
+        (report.duplicates, report.operations),
+        (count, 0),
+        "{report:?}"
     );
+    assert_same(&old, &new).await;
     // Progress climbs to the totals.
     let seen = seen.lock().expect("lock");
     let notes: Vec<&Progress> = seen.iter().filter(|p| p.collection == "note").collect();
@@ -851,6 +860,43 @@ async fn log_entries_of(device: &SyncDevice, collection: &str) -> Vec<storex_syn
         .collect()
 }
 
+/// The objects the versions index of `device` describes, as `collection` and key text.
+async fn versions_of(device: &SyncDevice) -> Vec<(String, String)> {
+    device
+        .storage()
+        .find_many(
+            storex_sync::VERSIONS_COLLECTION,
+            storex_core::Query::default(),
+        )
+        .await
+        .expect("versions")
+        .iter()
+        .filter_map(|row| row.get("object").and_then(Value::as_text))
+        .filter_map(|id| id.split_once('\u{1f}'))
+        .filter(|(collection, _)| !collection.is_empty())
+        .map(|(collection, pk)| (collection.to_owned(), pk.to_owned()))
+        .collect()
+}
+
+/// The rows of the versions index of `device`, by object id, without the clock's.
+async fn versions_rows(device: &SyncDevice) -> std::collections::BTreeMap<String, Value> {
+    device
+        .storage()
+        .find_many(
+            storex_sync::VERSIONS_COLLECTION,
+            storex_core::Query::default(),
+        )
+        .await
+        .expect("versions")
+        .into_iter()
+        .filter_map(|row| {
+            let id = row.get("object").and_then(Value::as_text)?.to_owned();
+            let state = row.get("state").cloned()?;
+            (!id.starts_with('\u{1f}')).then_some((id, state))
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn what_is_left_out_does_not_travel_in_the_log_either() {
     let fx = Fixture::new();
@@ -891,6 +937,13 @@ async fn what_is_left_out_does_not_travel_in_the_log_either() {
                 .iter()
                 .all(|e| e.pk != left_out_pk),
             "the left-out note's entry"
+        );
+        let versions = versions_of(receiver).await;
+        assert!(versions.iter().all(|(c, _)| c == "note"), "tags' versions");
+        let left_out_text = storex_core::serde_json::to_string(&left_out_pk).expect("key");
+        assert!(
+            versions.iter().all(|(_, pk)| *pk != left_out_text),
+            "the left-out note's versions"
         );
         assert_eq!(
             receiver
@@ -1257,4 +1310,149 @@ async fn a_merge_reconciles_the_senders_versions_with_the_receivers_data() {
             .expect("count"),
         2
     );
+}
+
+#[tokio::test]
+async fn a_log_with_many_changes_per_object_arrives_folded_into_versions() {
+    let fx = Fixture::new();
+    let (old, new) = fx.old_and_new().await;
+    fill(&old, 150).await;
+    let notes = old
+        .storage()
+        .find_many("note", storex_core::Query::default().skip(40).limit(4))
+        .await
+        .expect("notes");
+    let ids: Vec<Value> = notes.iter().map(|n| n["id"].clone()).collect();
+    // In key order after 40 notes (the sender's first page of the log holds 64 entries), one
+    // note changed more often than a page holds, two a few times, one deleted and created
+    // again.
+    for i in 0..300 {
+        old.storage()
+            .update_by_pk(
+                "note",
+                ids[0].clone(),
+                object! { "title" => format!("v{i}") },
+            )
+            .await
+            .expect("update");
+    }
+    for i in 0..5 {
+        old.storage()
+            .update_by_pk(
+                "note",
+                ids[1].clone(),
+                object! { "body" => format!("b{i}") },
+            )
+            .await
+            .expect("update");
+    }
+    old.storage()
+        .update_by_pk("note", ids[2].clone(), object! { "title" => "once" })
+        .await
+        .expect("update");
+    old.storage()
+        .delete_by_pk("note", ids[3].clone())
+        .await
+        .expect("delete");
+    old.storage()
+        .create(
+            "note",
+            object! { "id" => ids[3].clone(), "title" => "again" },
+        )
+        .await
+        .expect("create again");
+    // A note made elsewhere (the sender knows it by its versions) and then edited here (an
+    // entry in the sender's log): both go into its one row of versions.
+    let elsewhere = fx.device("elsewhere", DeviceId::random()).await;
+    let made = elsewhere
+        .storage()
+        .create("note", object! { "title" => "from elsewhere" })
+        .await
+        .expect("create elsewhere");
+    let from_elsewhere = log_entries_of(&elsewhere, "note").await;
+    old.integrate(from_elsewhere.clone())
+        .await
+        .expect("taken in");
+    old.storage()
+        .update_by_pk("note", made.clone(), object! { "body" => "edited here" })
+        .await
+        .expect("edited");
+    let (sent, received) = transfer(&old, &new, &small_batches(), &small_batches()).await;
+    assert_eq!(
+        sent.expect("send").objects,
+        151 + 300 + 1 + (151 + 300),
+        "the rows (and the draft, not synced), then the versions of each once"
+    );
+    received.expect("receive");
+    assert_same(&old, &new).await;
+    assert!(new.log().all().await.expect("log").is_empty());
+    assert_eq!(
+        versions_of(&new).await.len(),
+        151 + 300,
+        "one row per object"
+    );
+    // Every entry of the sender's, and the one it took in, is known to the receiver:
+    let entries: Vec<_> = old
+        .log()
+        .all()
+        .await
+        .expect("log")
+        .into_iter()
+        .map(|e| e.entry)
+        .collect();
+    let everything: Vec<_> = entries.iter().cloned().chain(from_elsewhere).collect();
+    // The receiver's versions are those of a device that received every one of them.
+    let third = fx.device("third", DeviceId::random()).await;
+    third
+        .integrate(everything.clone())
+        .await
+        .expect("every change");
+    assert_eq!(versions_rows(&new).await, versions_rows(&third).await);
+    let report = new.integrate(everything).await.expect("again");
+    assert_eq!(report.operations, 0, "{report:?}");
+    assert_same(&old, &new).await;
+    // A change made elsewhere before the last rename loses to it on both devices.
+    let last_rename = entries
+        .iter()
+        .filter(|e| e.pk.single() == Some(&ids[0]) && e.fields.contains_key("title"))
+        .map(|e| e.hlc)
+        .max()
+        .expect("the renames");
+    let older = |pk: &Value, hlc: storex_sync::Hlc| storex_sync::LogEntry {
+        id: storex_core::uuid::Uuid::now_v7(),
+        device: elsewhere.device(),
+        hlc: storex_sync::Hlc {
+            millis: hlc.millis - 1,
+            counter: 0,
+            device: elsewhere.device(),
+        },
+        collection: "note".into(),
+        pk: storex_core::Pk(vec![pk.clone()]),
+        op: EntryOp::Update,
+        fields: object! { "title" => "older", "body" => "older body" },
+        schema_version: 1,
+    };
+    let made_at = log_entries_of(&elsewhere, "note").await[0].hlc;
+    let made_id = made.single().cloned().expect("a one-field key");
+    let late = vec![older(&ids[0], last_rename), older(&made_id, made_at)];
+    let mut reports = Vec::new();
+    for device in [&old, &new] {
+        let report = device.integrate(late.clone()).await.expect("older");
+        reports.push((report.operations, report.conflicts));
+        for (id, title) in [(&ids[0], "v299"), (&made_id, "from elsewhere")] {
+            let note = device
+                .storage()
+                .find_by_pk("note", id.clone())
+                .await
+                .expect("find")
+                .expect("the note");
+            assert_eq!(note["title"], Value::from(title), "the later title stays");
+        }
+    }
+    assert_eq!(reports[0], reports[1]);
+    assert!(
+        reports[0].1 > 0,
+        "the older titles are conflicts: {reports:?}"
+    );
+    assert_same(&old, &new).await;
 }

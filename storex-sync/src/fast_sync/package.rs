@@ -184,7 +184,8 @@ pub struct CollectionInfo {
     pub name: String,
     /// Its schema version on the sender.
     pub schema_version: u32,
-    /// How many objects it has.
+    /// How many objects it has (for sync's versions index, at most this many: the sender's
+    /// log entries are folded into it, several into one object's row).
     pub objects: u64,
 }
 

@@ -6,17 +6,18 @@ use std::time::Instant;
 use storex_core::uuid::Uuid;
 use storex_core::{Filter, Object, Operation, Origin, Query, StorageTransaction, Value};
 
-use crate::client_log::{current_rows, Exec};
+use crate::client_log::Exec;
 use crate::device::SyncDevice;
 use crate::entry::{pk_text, INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION};
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package, MAX_BATCH_OBJECTS};
+use crate::fast_sync::sent_versions::VersionsPager;
 use crate::fast_sync::{
     cancel_here, chain_checksum, encode_object, honour_pause, next_package, EncodedObjects,
     FastSyncChannel, FastSyncError, FastSyncOptions, Progress, TransferReport,
 };
 use crate::journal::JOURNAL_COLLECTION;
-use crate::versions::{object_of, pk_from_text, Versions, VERSIONS_COLLECTION};
+use crate::versions::VERSIONS_COLLECTION;
 
 /// Objects read from the snapshot at a time, at most.
 const PAGE: u64 = 2_000;
@@ -115,11 +116,14 @@ impl SnapshotSender {
         names.push(LOG_COLLECTION);
         for name in names {
             let def = storage.registry().collection(name)?;
-            let objects = tx
-                .execute_as(Operation::count(name, Filter::all()), Origin::Sync)
-                .await?
-                .count()
-                .unwrap_or(0);
+            let mut objects = 0;
+            for (counted, filter) in counted_for(name) {
+                objects += tx
+                    .execute_as(Operation::count(counted, filter), Origin::Sync)
+                    .await?
+                    .count()
+                    .unwrap_or(0);
+            }
             collections.push(CollectionInfo {
                 name: name.to_owned(),
                 schema_version: def.schema_version(),
@@ -179,7 +183,8 @@ impl SnapshotSender {
         Ok(())
     }
 
-    /// One page of `collection` after `after` (the last key sent), in key order.
+    /// One page of `collection` after `after` (the last key sent), in key order. Of the
+    /// log, only the entries held back: the applied ones travel folded into the versions.
     async fn page(
         &self,
         collection: &str,
@@ -189,11 +194,14 @@ impl SnapshotSender {
     ) -> Result<Vec<Object>> {
         let def = self.device.storage().registry().collection(collection)?;
         let mut query = Query::default().limit(limit);
+        if collection == LOG_COLLECTION {
+            query.filter = Filter::all().eq("integrated", false);
+        }
         match (def.pk_fields(), after) {
             // One-field keys page by key (cheap in any database); compound keys by offset.
             ([field], Some(last)) => {
                 let last_key = last.get(field).cloned().unwrap_or(Value::Null);
-                query.filter = Filter::all().gt(field.clone(), last_key);
+                query.filter = query.filter.gt(field.clone(), last_key);
             }
             ([_], None) => {}
             (_, _) => query.skip = skip,
@@ -203,43 +211,6 @@ impl SnapshotSender {
             .execute_as(Operation::find_many(collection, query), Origin::Sync)
             .await?
             .into_objects())
-    }
-
-    /// The rows of a page of the versions index that go with the snapshot (those of objects
-    /// of the collections sent, but not of objects left out), each with the values of its
-    /// object: the receiver may keep a row of its own for it.
-    async fn versions_to_send(
-        &self,
-        page: Vec<Object>,
-        sent: &HashSet<String>,
-        left_out: &HashSet<(String, String)>,
-    ) -> Result<Vec<Object>> {
-        let mut kept = Vec::with_capacity(page.len());
-        for row in &page {
-            let (id, versions) = Versions::from_row(row)?;
-            let Some(key) = object_of(&id) else {
-                continue; // the clock's row: the receiver keeps its own
-            };
-            if !sent.contains(&key.0) || left_out.contains(&key) {
-                continue;
-            }
-            let pk = pk_from_text(&key.1)?;
-            kept.push((key, pk, id, versions));
-        }
-        let rows = current_rows(
-            Exec::Transaction(&self.tx),
-            self.device.storage().registry(),
-            kept.iter().map(|(key, pk, _, _)| (key.0.as_str(), pk)),
-        )
-        .await?;
-        kept.into_iter()
-            .map(|(key, _, id, mut versions)| {
-                if let Some(row) = rows.get(&key) {
-                    versions.fill(row);
-                }
-                versions.to_row(id)
-            })
-            .collect()
     }
 
     /// Streams the snapshot over `channel`. If the channel fails, call again with a new
@@ -279,6 +250,13 @@ impl SnapshotSender {
         // pre-send hook left out (their values would travel in the entries).
         let sent: HashSet<String> = self.collections.iter().map(|c| c.name.clone()).collect();
         let mut left_out: HashSet<(String, String)> = HashSet::new();
+        let app_collections = self
+            .collections
+            .iter()
+            .filter(|c| !INTERNAL_COLLECTIONS.contains(&c.name.as_str()))
+            .map(|c| c.name.clone())
+            .collect();
+        let mut versions = VersionsPager::new(app_collections);
         for info in self.collections.clone() {
             let mut collection = CollectionRun::default();
             let mut batch = EncodedObjects::new();
@@ -286,14 +264,16 @@ impl SnapshotSender {
             let mut offset = 0u64;
             let mut limit = FIRST_PAGE;
             loop {
-                let page = self.page(&info.name, &after, offset, limit).await?;
-                let last_page = (page.len() as u64) < limit;
-                offset += page.len() as u64;
-                after = page.last().cloned();
-                let page = if info.name == VERSIONS_COLLECTION {
-                    self.versions_to_send(page, &sent, &left_out).await?
+                let (page, last_page) = if info.name == VERSIONS_COLLECTION {
+                    let registry = self.device.storage().registry();
+                    let exec = Exec::Transaction(&self.tx);
+                    versions.next(exec, registry, limit, &left_out).await?
                 } else {
-                    page
+                    let page = self.page(&info.name, &after, offset, limit).await?;
+                    offset += page.len() as u64;
+                    after = page.last().cloned();
+                    let last_page = (page.len() as u64) < limit;
+                    (page, last_page)
                 };
                 let (mut page_objects, mut page_bytes) = (0u64, 0u64);
                 for object in page {
@@ -422,6 +402,20 @@ impl SnapshotSender {
             ))
             .into()),
         }
+    }
+}
+
+/// What a collection's count in `Hello` counts: for the versions, at most as many objects
+/// as the index has rows and the log has applied entries (they are folded together); for
+/// the log, the entries held back (the others travel in the versions).
+fn counted_for(name: &str) -> Vec<(&str, Filter)> {
+    match name {
+        VERSIONS_COLLECTION => vec![
+            (VERSIONS_COLLECTION, Filter::all()),
+            (LOG_COLLECTION, Filter::all().eq("integrated", true)),
+        ],
+        LOG_COLLECTION => vec![(LOG_COLLECTION, Filter::all().eq("integrated", false))],
+        _ => vec![(name, Filter::all())],
     }
 }
 
