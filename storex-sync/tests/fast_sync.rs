@@ -368,7 +368,10 @@ async fn hand_made_sender(channel: &mut MemoryChannel, bad: Vec<u8>) {
         .expect("hello");
     assert!(matches!(
         channel.recv().await,
-        Ok(Some(Package::Ready { resume_after: None }))
+        Ok(Some(Package::Ready {
+            resume_after: None,
+            merge: false,
+        }))
     ));
     channel
         .send(Package::Batch {
@@ -800,7 +803,10 @@ async fn an_object_written_during_the_transfer_is_kept_by_a_fresh_receiver() {
         .expect("hello");
         assert!(matches!(
             a.recv().await,
-            Ok(Some(Package::Ready { resume_after: None }))
+            Ok(Some(Package::Ready {
+                resume_after: None,
+                merge: false,
+            }))
         ));
         let batch = |seq: u64, ids: [i64; 3]| Package::Batch {
             seq,

@@ -184,7 +184,10 @@ async fn a_bad_frame_ends_the_session_and_leaves_applied_batches_as_they_were() 
         .expect("hello");
         assert!(matches!(
             a.recv().await,
-            Ok(Some(Package::Ready { resume_after: None }))
+            Ok(Some(Package::Ready {
+                resume_after: None,
+                merge: false,
+            }))
         ));
         a.send(Package::Batch {
             seq: 1,

@@ -14,7 +14,7 @@ use storex_core::{CollectionDef, Object};
 use crate::fast_sync::channel::ChannelError;
 
 /// The version of the protocol this build speaks; the first byte of every frame.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// The most objects one batch may carry: a frame that claims more is refused while it is
 /// decoded, before its objects fill memory (a frame of empty objects decodes to far more
@@ -210,6 +210,10 @@ pub enum Package {
     Ready {
         /// The last batch of this session the receiver applied, if any.
         resume_after: Option<u64>,
+        /// The receiver has data of its own and merges: the versions the sender sends carry
+        /// the values of the objects' rows, which the receiver may not take as they are.
+        #[serde(default)]
+        merge: bool,
     },
     /// Sender → receiver: objects of one collection.
     Batch {

@@ -11,7 +11,7 @@ use storex_core::{
     Registry, StorageTransaction, Value,
 };
 
-use crate::client_log::{current_rows, known_objects, Exec};
+use crate::client_log::{known_objects, Exec};
 use crate::device::SyncDevice;
 use crate::entry::{
     pk_text, StoredEntry, INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION,
@@ -177,7 +177,10 @@ pub async fn receive_offer(
         ..TransferReport::default()
     };
     channel
-        .send(Package::Ready { resume_after })
+        .send(Package::Ready {
+            resume_after,
+            merge: state.merge,
+        })
         .await
         .map_err(FastSyncError::Channel)?;
     // Collections whose count and checksum were verified in this run; the sender ends every
@@ -574,23 +577,15 @@ async fn apply_versions_batch(
         let storage = device.storage();
         let tx = storage.begin().await?;
         let exec = Exec::Transaction(&tx);
-        let rows = current_rows(
-            exec,
-            registry,
-            received.iter().map(|(key, pk, _)| (key.0.as_str(), pk)),
-        )
-        .await?;
         let latest = received.iter().filter_map(|(_, _, v)| v.latest()).max();
         let clock_before = versions::latest_applied(exec).await?;
-        let pruned = received
+        // As the sender pruned them for its rows, which are this device's now: values only
+        // for objects that do not exist. Any of them may have versions here already.
+        let stored = received
             .into_iter()
-            .map(|(key, _, mut versions)| {
-                versions.prune(rows.contains_key(&key));
-                // Any of them may have versions here already.
-                (key, versions, true)
-            })
+            .map(|(key, _, versions)| (key, versions, true))
             .collect();
-        let mut steps = versions::store_steps(pruned, latest, clock_before)?;
+        let mut steps = versions::store_steps(stored, latest, clock_before)?;
         steps.push(progress_step(session, state, first));
         run(&tx, Operation::Batch { steps }).await?;
         tx.commit().await?;

@@ -227,8 +227,11 @@ impl SnapshotSender {
             },
         )
         .await?;
-        let resume_after = match next_package(channel, &self.options, "sending").await? {
-            Package::Ready { resume_after } => resume_after,
+        let (resume_after, merge) = match next_package(channel, &self.options, "sending").await? {
+            Package::Ready {
+                resume_after,
+                merge,
+            } => (resume_after, merge),
             other => {
                 return Err(
                     FastSyncError::Protocol(format!("expected Ready, got {other:?}")).into(),
@@ -256,7 +259,7 @@ impl SnapshotSender {
             .filter(|c| !INTERNAL_COLLECTIONS.contains(&c.name.as_str()))
             .map(|c| c.name.clone())
             .collect();
-        let mut versions = VersionsPager::new(app_collections);
+        let mut versions = VersionsPager::new(app_collections, merge);
         for info in self.collections.clone() {
             let mut collection = CollectionRun::default();
             let mut batch = EncodedObjects::new();

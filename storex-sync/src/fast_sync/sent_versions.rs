@@ -41,6 +41,9 @@ enum Stage {
 pub(crate) struct VersionsPager {
     /// The app collections sent, in order.
     collections: Vec<String>,
+    /// Send the values of the objects' rows with their versions, for a receiver that merges
+    /// (it keeps rows of its own). A receiver that copies has the sender's rows.
+    with_values: bool,
     stage: Stage,
 }
 
@@ -48,10 +51,12 @@ pub(crate) struct VersionsPager {
 type Page = (Vec<Object>, bool);
 
 impl VersionsPager {
-    /// Versions of the objects of `collections` (app collections only).
-    pub(crate) fn new(collections: Vec<String>) -> Self {
+    /// Versions of the objects of `collections` (app collections only), `with_values` of
+    /// their rows or not.
+    pub(crate) fn new(collections: Vec<String>, with_values: bool) -> Self {
         VersionsPager {
             collections,
+            with_values,
             stage: Stage::Logged {
                 collection: 0,
                 from: None,
@@ -89,7 +94,8 @@ impl VersionsPager {
                             from: None,
                         },
                     };
-                    let rows = fold_logged(exec, registry, &entries, left_out).await?;
+                    let with_values = self.with_values;
+                    let rows = fold_logged(exec, registry, &entries, left_out, with_values).await?;
                     return Ok((rows, false));
                 }
                 Stage::Stored { after } => {
@@ -141,11 +147,15 @@ impl VersionsPager {
         let keys: Vec<ObjectKey> = kept.iter().map(|(key, _)| key.clone()).collect();
         let logged = logged_for(exec, &keys).await?.integrated;
         kept.retain(|(key, _)| !logged.contains_key(key));
-        let pks = kept
-            .iter()
-            .map(|(key, _)| Ok((key.0.as_str(), versions::pk_from_text(&key.1)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let rows = current_rows(exec, registry, pks.iter().map(|(c, pk)| (*c, pk))).await?;
+        let rows = if self.with_values {
+            let pks = kept
+                .iter()
+                .map(|(key, _)| Ok((key.0.as_str(), versions::pk_from_text(&key.1)?)))
+                .collect::<Result<Vec<_>>>()?;
+            current_rows(exec, registry, pks.iter().map(|(c, pk)| (*c, pk))).await?
+        } else {
+            HashMap::new()
+        };
         let out = kept
             .into_iter()
             .map(|(key, mut versions)| {
@@ -210,13 +220,14 @@ async fn logged_page(
 }
 
 /// The versions rows of the objects of `entries` (in key order, each object's together):
-/// their stored versions with the entries folded in, pruned for whether the object has a
-/// row, then given its values.
+/// their stored versions with the entries folded in, pruned for whether the object exists,
+/// and, `with_values`, given the values of its row.
 async fn fold_logged(
     exec: Exec<'_>,
     registry: &Registry,
     entries: &[(String, LogEntry)],
     left_out: &HashSet<ObjectKey>,
+    with_values: bool,
 ) -> Result<Vec<Object>> {
     let mut groups: Vec<(ObjectKey, Vec<&LogEntry>)> = Vec::new();
     let mut group_pk: Option<&str> = None;
@@ -230,6 +241,22 @@ async fn fold_logged(
     groups.retain(|(key, _)| !left_out.contains(key));
     let keys: Vec<ObjectKey> = groups.iter().map(|(key, _)| key.clone()).collect();
     let mut base = versions::load(exec, &keys).await?;
+    if !with_values {
+        // Whether the object exists is what its versions say, once everything is folded.
+        let mut out = Vec::with_capacity(groups.len());
+        for (key, entries) in groups {
+            let Ok(def) = registry.collection(&key.0) else {
+                continue;
+            };
+            let mut versions = base.remove(&key).unwrap_or_default();
+            for entry in entries {
+                versions.fold(def, entry, true);
+            }
+            versions.prune(versions.live_since().is_some());
+            out.push(versions.to_row(object_id(&key))?);
+        }
+        return Ok(out);
+    }
     let firsts = groups
         .iter()
         .filter_map(|(_, group)| group.first().copied());
