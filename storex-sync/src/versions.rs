@@ -36,8 +36,13 @@ use crate::reconcile::ObjectKey;
 /// The name of the versions index's collection in the app's database.
 pub const VERSIONS_COLLECTION: &str = "storex_sync_versions";
 
-/// The first byte of a row's `state`: the version of its encoding.
-const FORMAT: u8 = 1;
+/// The first byte of a row's `state`: the version of its encoding. Format 1 wrote every
+/// timestamp in full where it was used; format 2 writes each distinct timestamp once (a
+/// create stamps every field with its own), and the rest refer to it.
+const FORMAT: u8 = 2;
+
+/// The encoding of format 1, which this version still reads.
+const FIRST_FORMAT: u8 = 1;
 
 /// Between the collection and the key in an object's id.
 const SEPARATOR: char = '\u{1f}';
@@ -69,6 +74,18 @@ pub(crate) fn object_of(id: &str) -> Option<ObjectKey> {
 struct FieldVersion {
     hlc: Hlc,
     value: Option<Value>,
+}
+
+/// [`Versions`] as format 2 stores them: each distinct timestamp once, in `stamps`, and
+/// the delete, the create and every field's latest write by their index there. `V` is a
+/// value: borrowed to write, owned when read.
+#[derive(Serialize, Deserialize)]
+struct Compact<'a, V> {
+    stamps: Vec<Hlc>,
+    deleted: Option<usize>,
+    created: Option<usize>,
+    #[serde(borrow)]
+    fields: Vec<(std::borrow::Cow<'a, str>, usize, Option<V>)>,
 }
 
 /// What a device knows of one object.
@@ -261,8 +278,32 @@ impl Versions {
     }
 
     fn encode(&self) -> Result<Vec<u8>> {
+        let mut stamps: Vec<Hlc> = Vec::new();
+        let mut stamp = |hlc: Hlc| match stamps.iter().position(|s| *s == hlc) {
+            Some(index) => index,
+            None => {
+                stamps.push(hlc);
+                stamps.len() - 1
+            }
+        };
+        let deleted = self.deleted.map(&mut stamp);
+        let created = self.created.map(&mut stamp);
+        let fields = self
+            .fields
+            .iter()
+            .map(|(name, version)| {
+                let name = std::borrow::Cow::Borrowed(name.as_str());
+                (name, stamp(version.hlc), version.value.as_ref())
+            })
+            .collect();
+        let compact = Compact {
+            stamps,
+            deleted,
+            created,
+            fields,
+        };
         let mut bytes = vec![FORMAT];
-        rmp_serde::encode::write(&mut bytes, self).map_err(|e| Error::CorruptEntry {
+        rmp_serde::encode::write(&mut bytes, &compact).map_err(|e| Error::CorruptEntry {
             id: "versions".into(),
             problem: format!("the versions of an object cannot be encoded: {e}"),
         })?;
@@ -275,12 +316,33 @@ impl Versions {
             id: format!("the versions of {id:?}"),
             problem,
         };
+        let undecodable = |e: rmp_serde::decode::Error| corrupt(format!("they do not decode: {e}"));
         match bytes.split_first() {
             Some((&FORMAT, body)) => {
-                rmp_serde::from_slice(body).map_err(|e| corrupt(format!("they do not decode: {e}")))
+                let compact: Compact<'_, Value> =
+                    rmp_serde::from_slice(body).map_err(undecodable)?;
+                let stamp = |index: usize| {
+                    compact.stamps.get(index).copied().ok_or_else(|| {
+                        corrupt(format!(
+                            "timestamp {index} of {} is named",
+                            compact.stamps.len()
+                        ))
+                    })
+                };
+                let mut fields = BTreeMap::new();
+                for (name, index, value) in compact.fields {
+                    let hlc = stamp(index)?;
+                    fields.insert(name.into_owned(), FieldVersion { hlc, value });
+                }
+                Ok(Versions {
+                    deleted: compact.deleted.map(stamp).transpose()?,
+                    created: compact.created.map(stamp).transpose()?,
+                    fields,
+                })
             }
+            Some((&FIRST_FORMAT, body)) => rmp_serde::from_slice(body).map_err(undecodable),
             Some((other, _)) => Err(corrupt(format!(
-                "format {other}, this version reads {FORMAT}"
+                "format {other}, this version reads {FIRST_FORMAT} and {FORMAT}"
             ))),
             None => Err(corrupt("empty".into())),
         }
@@ -591,6 +653,47 @@ mod tests {
             assert!(Versions::from_row(&damaged).is_err());
         }
         assert!(Versions::from_row(&Object::new()).is_err());
+        // A timestamp named by an index past the ones stored.
+        let mut dangling = vec![FORMAT];
+        let compact: Compact<'_, Value> = Compact {
+            stamps: vec![clock.now()],
+            deleted: None,
+            created: Some(1),
+            fields: Vec::new(),
+        };
+        rmp_serde::encode::write(&mut dangling, &compact).expect("encoded");
+        assert!(Versions::decode("x", &dangling).is_err());
+    }
+
+    #[test]
+    fn versions_are_stored_with_each_timestamp_once_and_the_first_format_still_reads() {
+        let def = note();
+        let clock = Clock::new(DeviceId::random());
+        let mut versions = Versions::default();
+        let create = change(
+            &clock,
+            EntryOp::Create,
+            object! { "id" => 1, "title" => "t", "body" => "b" },
+        );
+        versions.fold(&def, &create, false);
+        let update = change(&clock, EntryOp::Update, object! { "title" => "t2" });
+        versions.fold(&def, &update, true);
+        let delete = change(&clock, EntryOp::Delete, Object::new());
+        versions.fold(&def, &delete, true);
+        let mut first = vec![FIRST_FORMAT];
+        rmp_serde::encode::write(&mut first, &versions).expect("encoded");
+        let now = versions.encode().expect("encoded");
+        assert_eq!(now[0], FORMAT);
+        assert_eq!(Versions::decode("x", &first).expect("format 1"), versions);
+        assert_eq!(Versions::decode("x", &now).expect("format 2"), versions);
+        // Three timestamps, stored once each (about 29 bytes a timestamp): the create's
+        // stamps the create and two fields.
+        assert!(
+            now.len() + 50 <= first.len(),
+            "{} bytes against {}",
+            now.len(),
+            first.len()
+        );
     }
 
     #[test]
