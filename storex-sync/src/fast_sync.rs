@@ -5,7 +5,8 @@
 //! ([`Storage::begin_snapshot`](storex_core::Storage::begin_snapshot)), so what it sends is
 //! consistent (on SQLite that transaction holds the write lock: the old device's app waits
 //! until the transfer ends; on PostgreSQL it is a read-only REPEATABLE READ transaction).
-//! It streams the app's collections and then its client sync log, so the receiver knows the
+//! It streams the app's collections and then the *versions* of their objects (its client
+//! sync log folded into its versions index, one row per object), so the receiver knows the
 //! timestamp of every value, and hands over its shared-log cursor: the receiver's continuous
 //! sync starts there and gets every change made during or after the transfer, and
 //! reconciles it like any other device.
@@ -14,14 +15,17 @@
 //! transaction together with its progress (session, last batch, running checksums), and
 //! acknowledges it only then. A dropped channel resumes after the last acknowledged batch
 //! when the same sender reconnects ([`SnapshotSender::send`] again); a failed batch leaves
-//! nothing of itself behind. A receiver that had no data copies the sender's log as it is
-//! (every entry must read back, and its timestamp moves the receiver's clock past it); one
-//! with data or log entries of its own keeps its objects, does not take back objects it
-//! deleted, and reconciles the sender's log entries with its own (as if pulled from a shared
-//! log), which is how [`exchange`] merges two devices in one session. The log carries only
-//! entries of the collections and objects sent, so what a filter leaves out does not travel
-//! in it either. Each collection ends with its count and a running SHA-256 over the
-//! batches, which the receiver checks.
+//! nothing of itself behind. A receiver that had no data stores the sender's versions as
+//! they are (every row must read back, and its timestamps move the receiver's clock past
+//! them), and keeps no log row of the sender's changes; one with data or log entries of its
+//! own keeps its objects, does not take back objects it deleted, and reconciles the sender's
+//! versions (as the changes that give them, with the values of the sender's rows, which it
+//! asks for in `Ready`) with its own, as if pulled from a shared log, which is how
+//! [`exchange`] merges two devices in one session. Entries the sender holds back (from a
+//! newer schema) travel as log rows, and the receiver holds them too. The versions cover only
+//! the collections and objects sent, so what a filter leaves out does not travel in them
+//! either. Each collection ends with its count and a running SHA-256 over the batches, which
+//! the receiver checks.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

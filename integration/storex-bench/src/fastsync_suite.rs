@@ -28,7 +28,7 @@ use storex_sync::fast_sync::{
 use storex_sync::{Clock, DeviceId, SyncDevice, SyncOptions};
 use tokio::net::TcpListener;
 
-use crate::report::{figure, rate, ratio, BoxError};
+use crate::report::{database_bytes, figure, rate, ratio, BoxError};
 
 mod row {
     use sea_orm::entity::prelude::*;
@@ -169,6 +169,16 @@ async fn one_size(rows: u64) -> Result<(), BoxError> {
         plain,
         "rows/s",
     );
+    // What the new device keeps besides the rows: its database (with its write-ahead log)
+    // per row, next to the rows alone inserted with `insert_many`.
+    drop(new);
+    for (file, name) in [("new.db", "receiver"), ("plain.db", "insert_many")] {
+        figure(
+            &format!("fastsync.tcp_{label}.{name}_database.bytes_per_row"),
+            database_bytes(dir.path(), file)? as f64 / rows as f64,
+            "bytes",
+        );
+    }
     ratio(
         &format!("fastsync.tcp_{label}.share_of_insert_many"),
         transfer,

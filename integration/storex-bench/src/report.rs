@@ -7,6 +7,16 @@ use std::time::{Duration, Instant};
 pub(crate) type BoxError = Box<dyn std::error::Error>;
 
 /// Prints `bench: <name> <value> <unit>`.
+/// The size of the SQLite database `name` in `dir` with its write-ahead log, in bytes.
+pub(crate) fn database_bytes(dir: &std::path::Path, name: &str) -> std::io::Result<u64> {
+    Ok(std::fs::read_dir(dir)?
+        .filter_map(|f| f.ok())
+        .filter(|f| f.file_name().to_string_lossy().starts_with(name))
+        .filter_map(|f| f.metadata().ok())
+        .map(|m| m.len())
+        .sum())
+}
+
 pub(crate) fn figure(name: &str, value: f64, unit: &str) {
     println!("bench: {name} {value:.2} {unit}");
 }

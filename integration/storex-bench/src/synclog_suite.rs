@@ -25,7 +25,7 @@ use storex_core::{
 use storex_seaorm::SeaOrmBackend;
 use storex_sync::{with_sync_log, Clock, DeviceId, Hlc, LogEntry, SyncDevice, SyncOptions};
 
-use crate::report::{figure, rate, BoxError, Pair};
+use crate::report::{database_bytes, figure, rate, BoxError, Pair};
 
 const BATCH_ROWS: u64 = 1_000;
 const BATCHES: u64 = 100;
@@ -252,12 +252,7 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
     // database file (with its write-ahead log) per note received.
     let notes = receiver.storage().count("note", Filter::all()).await?;
     drop(receiver);
-    let bytes: u64 = std::fs::read_dir(dir.path())?
-        .filter_map(|f| f.ok())
-        .filter(|f| f.file_name().to_string_lossy().starts_with("b.db"))
-        .filter_map(|f| f.metadata().ok())
-        .map(|m| m.len())
-        .sum();
+    let bytes = database_bytes(dir.path(), "b.db")?;
     figure(
         "synclog.receiver_database.bytes_per_note",
         bytes as f64 / notes.max(1) as f64,

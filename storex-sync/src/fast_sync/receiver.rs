@@ -41,8 +41,8 @@ struct Received {
 struct SessionState {
     last_seq: u64,
     collections: BTreeMap<String, Received>,
-    /// The device had data of its own when the session began: the sender's log is
-    /// reconciled with it instead of copied.
+    /// The device had data of its own when the session began: the sender's versions (and
+    /// log) are reconciled with it instead of copied.
     #[serde(default)]
     merge: bool,
 }
@@ -421,14 +421,15 @@ async fn apply_batch_in_order(
                 > 0
         };
         // An object the device has stays as it is: either an earlier batch of this session
-        // wrote it, or it is the device's own, and the sender's log entries (sent last) are
-        // reconciled with it.
+        // wrote it, or it is the device's own, and the sender's versions (sent after the
+        // rows) are reconciled with it.
         if !exists {
             creates.push((pk_text(&pk), object));
         }
     }
     // A device with data of its own may know an object it does not have: it deleted it.
-    // Then the logs decide (the sender's entries come last), not the sender's row.
+    // Then what both know of its changes decides (the sender's versions come later), not
+    // the sender's row.
     let known: HashSet<ObjectKey> = if state.merge && collection != LOG_COLLECTION {
         let keys: Vec<ObjectKey> = creates
             .iter()

@@ -64,9 +64,9 @@ impl VersionsPager {
         }
     }
 
-    /// The next page of rows of the versions collection, each with the values of its object
-    /// (the receiver may keep a row of its own for it): about `limit` log entries or versions
-    /// rows read, leaving out the objects in `left_out`.
+    /// The next page of rows of the versions collection (with the values of each object's
+    /// row, if asked): about `limit` log entries or versions rows read, leaving out the
+    /// objects in `left_out`.
     pub(crate) async fn next(
         &mut self,
         exec: Exec<'_>,
