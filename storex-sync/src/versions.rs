@@ -457,19 +457,23 @@ pub(crate) fn store_steps(
         replaced.push(CLOCK_OBJECT.to_owned());
         rows.push(marker.to_row(CLOCK_OBJECT.to_owned())?);
     }
-    let mut steps = Vec::new();
-    for chunk in replaced.chunks(LOOKUP_CHUNK) {
-        let filter = Filter::all().is_in("object", chunk.iter().map(|id| Value::from(id.as_str())));
-        steps.push(BatchStep::new(Operation::delete_where(
-            VERSIONS_COLLECTION,
-            filter,
-        )));
-    }
+    let mut steps = replace_steps(&replaced);
     steps.extend(
         rows.into_iter()
             .map(|row| BatchStep::new(Operation::create(VERSIONS_COLLECTION, row))),
     );
     Ok(steps)
+}
+
+/// The steps deleting the rows of these ids, if any, before new ones are written.
+pub(crate) fn replace_steps(ids: &[String]) -> Vec<BatchStep> {
+    ids.chunks(LOOKUP_CHUNK)
+        .map(|chunk| {
+            let filter =
+                Filter::all().is_in("object", chunk.iter().map(|id| Value::from(id.as_str())));
+            BatchStep::new(Operation::delete_where(VERSIONS_COLLECTION, filter))
+        })
+        .collect()
 }
 
 /// The latest timestamp applied, as the index keeps it.

@@ -25,7 +25,7 @@ use crate::fast_sync::{
 };
 use crate::journal::index_journal;
 use crate::reconcile::ObjectKey;
-use crate::versions::{self, object_of, pk_from_text, Versions, VERSIONS_COLLECTION};
+use crate::versions::{self, object_id, object_of, pk_from_text, Versions, VERSIONS_COLLECTION};
 
 const CURSOR_KEY: &str = "shared_log_cursor";
 
@@ -548,7 +548,6 @@ async fn apply_versions_batch(
         if registry.collection(&key.0).is_err() {
             return Err(bad(format!("an object of unknown collection `{}`", key.0)).into());
         }
-        let pk = pk_from_text(&key.1).map_err(|e| bad(e.to_string()))?;
         // Like the log's timestamps: the clock moves past them, or the session ends.
         if let Some(latest) = versions.latest() {
             device
@@ -559,34 +558,52 @@ async fn apply_versions_batch(
                     problem: format!("the sender's versions: {e}"),
                 })?;
         }
-        received.push((key, pk, versions));
+        received.push((key, versions));
     }
-    drop(objects);
     if state.merge {
+        drop(objects);
         let mut entries = Vec::new();
-        for (key, pk, versions) in &received {
+        for (key, versions) in &received {
             let def = registry.collection(&key.0)?;
-            entries.extend(versions.synthesize(key, pk, None, def));
+            let pk = pk_from_text(&key.1).map_err(|e| bad(e.to_string()))?;
+            entries.extend(versions.synthesize(key, &pk, None, def));
         }
         device
             .integrate_with(entries, vec![progress_step(session, state, first)])
             .await?;
         return Ok(());
     }
+    // Stored as they came (they read back), as the sender pruned them for its rows, which
+    // are this device's now: values only for objects that do not exist.
+    let latest = received.iter().filter_map(|(_, v)| v.latest()).max();
+    let ids: Vec<String> = received
+        .into_iter()
+        .map(|(key, _)| object_id(&key))
+        .collect();
+    let rows: Vec<Object> = objects
+        .into_iter()
+        .zip(&ids)
+        .map(|(mut row, id)| {
+            let mut stored = Object::new();
+            stored.insert("object".into(), Value::from(id.as_str()));
+            if let Some(state) = row.remove("state") {
+                stored.insert("state".into(), state);
+            }
+            stored
+        })
+        .collect();
     // Under the write-order lock, as integration writes versions: the two never interleave.
     let storing = async {
         let storage = device.storage();
         let tx = storage.begin().await?;
-        let exec = Exec::Transaction(&tx);
-        let latest = received.iter().filter_map(|(_, _, v)| v.latest()).max();
-        let clock_before = versions::latest_applied(exec).await?;
-        // As the sender pruned them for its rows, which are this device's now: values only
-        // for objects that do not exist. Any of them may have versions here already.
-        let stored = received
-            .into_iter()
-            .map(|(key, _, versions)| (key, versions, true))
-            .collect();
-        let mut steps = versions::store_steps(stored, latest, clock_before)?;
+        let clock_before = versions::latest_applied(Exec::Transaction(&tx)).await?;
+        // Any of them may have versions here already (integration may have run meanwhile).
+        let mut steps = versions::replace_steps(&ids);
+        steps.extend(
+            rows.into_iter()
+                .map(|row| BatchStep::new(Operation::create(VERSIONS_COLLECTION, row))),
+        );
+        steps.extend(versions::store_steps(Vec::new(), latest, clock_before)?);
         steps.push(progress_step(session, state, first));
         run(&tx, Operation::Batch { steps }).await?;
         tx.commit().await?;
