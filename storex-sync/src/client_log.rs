@@ -2,7 +2,8 @@
 //!
 //! It holds the device's changes (unshared until pushed; a write leaves them in the
 //! [journal](crate::journal) first, and readers index it), the changes received from other
-//! devices that are held back, and the copies a fast sync brought. Changes received and
+//! devices that are held back, and the copies a fast sync of an earlier version brought
+//! (fast sync now sends versions). Changes received and
 //! applied go into the [versions index](crate::versions) instead. Reconciliation reads both
 //! to know every change to an object; compaction folds the shared entries into the versions
 //! and drops them.
@@ -289,7 +290,7 @@ impl ClientSyncLog {
     }
 
     /// Folds the shared, integrated entries (this device's changes once pushed, and those a
-    /// fast sync brought) into the [versions index](crate::VERSIONS_COLLECTION), which keeps
+    /// fast sync of an earlier version brought) into the [versions index](crate::VERSIONS_COLLECTION), which keeps
     /// what convergence needs of them, and drops them from the log. Unshared and held
     /// entries stay, as do those of collections this storage's registry does not define.
     /// Returns how many entries were dropped.

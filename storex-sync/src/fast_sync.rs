@@ -107,7 +107,8 @@ pub struct Progress {
     pub collection: String,
     /// Objects of it transferred so far.
     pub objects_done: u64,
-    /// Objects it has in all (as counted at the start).
+    /// Objects it has in all (as counted at the start; for sync's versions index, at most
+    /// this many: the sender's log entries are folded into its objects' versions).
     pub objects_total: u64,
     /// Bytes transferred so far in the whole session.
     pub bytes_done: u64,
@@ -317,7 +318,8 @@ pub struct TransferReport {
     /// The shared-log cursor handed over.
     pub cursor: u64,
     /// On the sender: its changes not yet pushed to a shared log when the snapshot was taken.
-    /// The receiver takes them as shared, so they reach other devices only when the sender
+    /// The receiver takes them in (folded into its versions) as shared, so they reach other
+    /// devices only when the sender
     /// syncs: sync it before wiping it. (0 on the receiver.)
     pub unpushed: u64,
     /// How long it took.

@@ -191,6 +191,27 @@ impl Versions {
         self.fields.values().any(|v| v.value.is_some())
     }
 
+    /// Takes in what `other` knows of the same object, as if its changes had been folded
+    /// here too: the later delete, create and write of each field (with its value, if kept).
+    pub(crate) fn merge(&mut self, other: Versions) {
+        self.deleted = self.deleted.max(other.deleted);
+        self.created = self.created.max(other.created);
+        for (field, version) in other.fields {
+            match self.fields.get_mut(&field) {
+                Some(mine) if version.hlc <= mine.hlc => {}
+                Some(mine) => *mine = version,
+                None => {
+                    self.fields.insert(field, version);
+                }
+            }
+        }
+    }
+
+    /// The latest create.
+    pub(crate) fn created(&self) -> Option<Hlc> {
+        self.created
+    }
+
     /// The latest delete.
     pub(crate) fn deleted(&self) -> Option<Hlc> {
         self.deleted

@@ -173,7 +173,9 @@ async fn a_whole_database_moves_and_matches() {
     assert!(sent.batches > 10, "small batches: {}", sent.batches);
     assert_same(&old, &new).await;
     // The sender's log came along folded into the versions: no log row to push, and when
-    // the sender's entries arrive again (pushed by it, pulled here), each is a duplicate.
+    // the sender's entries arrive again (pushed by it, pulled here), each is a duplicate
+    // (each object has one entry here: one overwritten later would lose to what overwrote
+    // it, a conflict that changes nothing).
     assert!(new.log().all().await.expect("log").is_empty());
     let entries: Vec<_> = old
         .log()
@@ -1330,18 +1332,18 @@ async fn a_log_with_many_changes_per_object_arrives_folded_into_versions() {
         .expect("notes");
     let ids: Vec<Value> = notes.iter().map(|n| n["id"].clone()).collect();
     // In key order after 40 notes (the sender's first page of the log holds 64 entries), one
-    // note changed more often than a page holds, two a few times, one deleted and created
-    // again.
-    for i in 0..300 {
-        old.storage()
-            .update_by_pk(
+    // note changed more often than any page holds (2,000 entries at most), two a few times,
+    // one deleted and created again.
+    let renames = (0..2_100)
+        .map(|i| {
+            BatchStep::new(Operation::update_by_pk(
                 "note",
                 ids[0].clone(),
                 object! { "title" => format!("v{i}") },
-            )
-            .await
-            .expect("update");
-    }
+            ))
+        })
+        .collect();
+    old.storage().batch(renames).await.expect("renames");
     for i in 0..5 {
         old.storage()
             .update_by_pk(
@@ -1445,7 +1447,7 @@ async fn a_log_with_many_changes_per_object_arrives_folded_into_versions() {
     for device in [&old, &new] {
         let report = device.integrate(late.clone()).await.expect("older");
         reports.push((report.operations, report.conflicts));
-        for (id, title) in [(&ids[0], "v299"), (&made_id, "from elsewhere")] {
+        for (id, title) in [(&ids[0], "v2099"), (&made_id, "from elsewhere")] {
             let note = device
                 .storage()
                 .find_by_pk("note", id.clone())
@@ -1461,4 +1463,94 @@ async fn a_log_with_many_changes_per_object_arrives_folded_into_versions() {
         "the older titles are conflicts: {reports:?}"
     );
     assert_same(&old, &new).await;
+}
+
+#[tokio::test]
+async fn a_row_from_before_sync_arrives_with_versions_that_keep_no_values() {
+    let fx = Fixture::new();
+    let backend: Arc<dyn StorageBackend> = Arc::new(
+        SeaOrmBackend::open_sqlite_file(fx.dir.path().join("adopted.db"))
+            .await
+            .expect("open"),
+    );
+    let old = SyncDevice::open(
+        registry(),
+        backend.clone(),
+        Clock::new(DeviceId::random()),
+        SyncOptions::default().exclude("draft"),
+    )
+    .await
+    .expect("device");
+    // A note written before sync was added (straight to the database, no log), then edited.
+    let id = storex_core::uuid::Uuid::now_v7();
+    backend
+        .execute(Operation::create(
+            "note",
+            object! { "id" => id, "title" => "from before", "body" => "old body" },
+        ))
+        .await
+        .expect("unlogged row");
+    old.storage()
+        .update_by_pk("note", id, object! { "body" => "a distinctive body" })
+        .await
+        .expect("edit");
+    let new = fx.device("new", DeviceId::random()).await;
+    let (sent, received) = transfer(&old, &new, &small_batches(), &small_batches()).await;
+    sent.expect("send");
+    received.expect("receive");
+    assert_same(&old, &new).await;
+    // The versions know no create of it, but it has a row: they keep no value of it.
+    let rows = versions_rows(&new).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let Some(Value::Blob(state)) = rows.values().next() else {
+        panic!("a state: {rows:?}");
+    };
+    assert!(
+        !state
+            .windows(b"distinctive".len())
+            .any(|w| w == b"distinctive"),
+        "the row's value is kept beside it"
+    );
+}
+
+#[tokio::test]
+async fn the_same_object_twice_in_a_batch_of_versions_ends_the_session() {
+    let fx = Fixture::new();
+    let (x_entries, _) = three_way_note(&fx).await;
+    let donor = fx.device("donor", DeviceId::random()).await;
+    donor.integrate(x_entries).await.expect("applied");
+    let row = donor
+        .storage()
+        .find_many(
+            storex_sync::VERSIONS_COLLECTION,
+            storex_core::Query::default(),
+        )
+        .await
+        .expect("versions")
+        .into_iter()
+        .find(|row| {
+            row.get("object")
+                .and_then(Value::as_text)
+                .is_some_and(|id| id.starts_with("note"))
+        })
+        .expect("the note's versions");
+    let new = fx.device("new", DeviceId::random()).await;
+    let (mut a, mut b) = memory_channel_pair(8);
+    let script = vec![Package::Batch {
+        seq: 1,
+        collection: storex_sync::VERSIONS_COLLECTION.into(),
+        objects: EncodedObjects::encode(&[row.clone(), row]),
+    }];
+    let options = FastSyncOptions::default();
+    let collections = vec![info(storex_sync::VERSIONS_COLLECTION, 2)];
+    let (_, received) = tokio::join!(
+        scripted_sender(&mut a, collections, script),
+        receive_snapshot(&new, &mut b, &options)
+    );
+    let err = received.expect_err("refused");
+    assert!(
+        matches!(&err, Error::FastSync(FastSyncError::Protocol(p)) if p.contains("twice")),
+        "{err:?}"
+    );
+    assert!(versions_rows(&new).await.is_empty(), "nothing kept");
 }

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 /// The error type of the suites.
 pub(crate) type BoxError = Box<dyn std::error::Error>;
 
-/// Prints `bench: <name> <value> <unit>`.
 /// The size of the SQLite database `name` in `dir` with its write-ahead log, in bytes.
 pub(crate) fn database_bytes(dir: &std::path::Path, name: &str) -> std::io::Result<u64> {
     Ok(std::fs::read_dir(dir)?
@@ -17,6 +16,7 @@ pub(crate) fn database_bytes(dir: &std::path::Path, name: &str) -> std::io::Resu
         .sum())
 }
 
+/// Prints `bench: <name> <value> <unit>`.
 pub(crate) fn figure(name: &str, value: f64, unit: &str) {
     println!("bench: {name} {value:.2} {unit}");
 }

@@ -110,14 +110,19 @@ impl SnapshotSender {
             .map(|c| c.name())
             .filter(|n| wanted(n))
             .collect();
-        // Then what the sender knows of the objects: the versions of the changes it applied,
-        // and last its log (the timestamps of everything sent before it).
+        // Then what the sender knows of the objects: their versions, its log's applied
+        // entries folded in, and last the entries it holds back.
         names.push(VERSIONS_COLLECTION);
         names.push(LOG_COLLECTION);
+        let app_collections: Vec<String> = names
+            .iter()
+            .filter(|n| !INTERNAL_COLLECTIONS.contains(n))
+            .map(|n| (*n).to_owned())
+            .collect();
         for name in names {
             let def = storage.registry().collection(name)?;
             let mut objects = 0;
-            for (counted, filter) in counted_for(name) {
+            for (counted, filter) in counted_for(name, &app_collections) {
                 objects += tx
                     .execute_as(Operation::count(counted, filter), Origin::Sync)
                     .await?
@@ -409,15 +414,16 @@ impl SnapshotSender {
 }
 
 /// What a collection's count in `Hello` counts: for the versions, at most as many objects
-/// as the index has rows and the log has applied entries (they are folded together); for
-/// the log, the entries held back (the others travel in the versions).
-fn counted_for(name: &str) -> Vec<(&str, Filter)> {
+/// as the index has rows and the log has applied entries of the collections sent (they are
+/// folded together); for the log, the entries held back (the others travel in the versions).
+fn counted_for<'n>(name: &'n str, sent: &[String]) -> Vec<(&'n str, Filter)> {
+    let of_sent = || Filter::all().is_in("collection", sent.iter().map(String::as_str));
     match name {
         VERSIONS_COLLECTION => vec![
             (VERSIONS_COLLECTION, Filter::all()),
-            (LOG_COLLECTION, Filter::all().eq("integrated", true)),
+            (LOG_COLLECTION, of_sent().eq("integrated", true)),
         ],
-        LOG_COLLECTION => vec![(LOG_COLLECTION, Filter::all().eq("integrated", false))],
+        LOG_COLLECTION => vec![(LOG_COLLECTION, of_sent().eq("integrated", false))],
         _ => vec![(name, Filter::all())],
     }
 }

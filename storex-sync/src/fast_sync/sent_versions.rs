@@ -5,30 +5,53 @@
 //! the channel would carry.
 //!
 //! Objects come in two passes inside the snapshot: first those with applied entries in the
-//! log, collection by collection in key order (an object's entries all in one page), their
-//! stored versions folded with the entries; then those known only through the versions
-//! index. Entries held back (from a newer schema, not applied here) are not folded: they
-//! still travel as log rows, and the receiver holds them too.
+//! log, collection by collection in key order, their stored versions folded with the
+//! entries (an object with more entries than a page holds is folded over several pages, and
+//! sent once); then those known only through the versions index. Entries held back (from a
+//! newer schema, not applied here) are not folded: they still travel as log rows, and the
+//! receiver holds them too. Pages of the log are sized by the bytes of the rows read, so
+//! large values come a few at a time.
 
 use std::collections::{HashMap, HashSet};
 
+use storex_core::uuid::Uuid;
 use storex_core::{Filter, Object, Query, Registry, Value};
 
-use crate::client_log::{current_rows, entry_object, logged_for, Exec};
+use crate::client_log::{current_rows, logged_for, Exec};
 use crate::entry::{LogEntry, StoredEntry, LOG_COLLECTION};
 use crate::error::Result;
 use crate::fast_sync::FastSyncError;
 use crate::reconcile::{object_key, ObjectKey};
-use crate::versions::{self, object_id, object_of, Versions, VERSIONS_COLLECTION};
+use crate::versions::{self, object_id, object_of, pk_from_text, Versions, VERSIONS_COLLECTION};
+
+/// Log entries read at a time, at most.
+const LOG_PAGE: u64 = 2_000;
+/// Log entries in a collection's first page, before their size is known.
+const FIRST_LOG_PAGE: u64 = 64;
+/// About how many bytes of log rows a page holds.
+const LOG_PAGE_BYTES: u64 = 8 * 1024 * 1024;
+/// What a log row takes besides its values' text, about.
+const LOG_ROW_BYTES: u64 = 160;
+
+/// An object whose entries are being folded: its key's text as the log stores it, where the
+/// next page goes on, and its versions so far.
+#[derive(Debug)]
+struct OpenObject {
+    pk: String,
+    key: ObjectKey,
+    last_id: Uuid,
+    versions: Versions,
+}
 
 /// Where the sender is in its objects' versions.
 #[derive(Debug)]
 enum Stage {
     /// Objects with applied entries in the log: the collection at this index of the ones
-    /// sent, from this key's text on (inclusive: the first page has none).
+    /// sent, after the object whose key's text is `after`, or going on with `open`.
     Logged {
         collection: usize,
-        from: Option<String>,
+        after: Option<String>,
+        open: Option<OpenObject>,
     },
     /// Objects known only through the versions index, after this row id.
     Stored { after: Option<String> },
@@ -44,11 +67,20 @@ pub(crate) struct VersionsPager {
     /// Send the values of the objects' rows with their versions, for a receiver that merges
     /// (it keeps rows of its own). A receiver that copies has the sender's rows.
     with_values: bool,
+    /// Log entries to read in the next page.
+    log_limit: u64,
     stage: Stage,
 }
 
 /// A page of rows and whether it is the last.
 type Page = (Vec<Object>, bool);
+
+/// One page of the log: each entry with its key's text as stored, and whether the page was
+/// full (more may follow).
+struct LogPage {
+    entries: Vec<(String, LogEntry)>,
+    full: bool,
+}
 
 impl VersionsPager {
     /// Versions of the objects of `collections` (app collections only), `with_values` of
@@ -57,16 +89,18 @@ impl VersionsPager {
         VersionsPager {
             collections,
             with_values,
+            log_limit: FIRST_LOG_PAGE,
             stage: Stage::Logged {
                 collection: 0,
-                from: None,
+                after: None,
+                open: None,
             },
         }
     }
 
     /// The next page of rows of the versions collection (with the values of each object's
-    /// row, if asked): about `limit` log entries or versions rows read, leaving out the
-    /// objects in `left_out`.
+    /// row, if asked), leaving out the objects in `left_out`: about a page of log entries
+    /// read, or `limit` rows of the versions index.
     pub(crate) async fn next(
         &mut self,
         exec: Exec<'_>,
@@ -75,43 +109,149 @@ impl VersionsPager {
         left_out: &HashSet<ObjectKey>,
     ) -> Result<Page> {
         loop {
-            match &self.stage {
-                Stage::Logged { collection, from } => {
-                    let index = *collection;
-                    let Some(name) = self.collections.get(index) else {
+            match std::mem::replace(&mut self.stage, Stage::Done) {
+                Stage::Logged {
+                    collection,
+                    after,
+                    open,
+                } => {
+                    let Some(name) = self.collections.get(collection).cloned() else {
                         self.stage = Stage::Stored { after: None };
                         continue;
                     };
-                    let (entries, next_from) =
-                        logged_page(exec, name, from.as_deref(), limit).await?;
-                    self.stage = match next_from {
-                        Some(from) => Stage::Logged {
-                            collection: index,
-                            from: Some(from),
-                        },
-                        None => Stage::Logged {
-                            collection: index + 1,
-                            from: None,
-                        },
-                    };
-                    let with_values = self.with_values;
-                    let rows = fold_logged(exec, registry, &entries, left_out, with_values).await?;
+                    let rows = self
+                        .logged(exec, registry, (collection, &name), after, open, left_out)
+                        .await?;
                     return Ok((rows, false));
                 }
                 Stage::Stored { after } => {
                     let (rows, last, after) = self
-                        .stored_page(exec, registry, after.clone(), limit, left_out)
+                        .stored_page(exec, registry, after, limit, left_out)
                         .await?;
-                    self.stage = if last {
-                        Stage::Done
-                    } else {
-                        Stage::Stored { after }
-                    };
+                    if !last {
+                        self.stage = Stage::Stored { after };
+                    }
                     return Ok((rows, last));
                 }
                 Stage::Done => return Ok((Vec::new(), true)),
             }
         }
+    }
+
+    /// Reads one page of the log of the collection `name` (at `index`): the rest of `open`'s
+    /// entries, or the objects after `after`. Folds them into their objects' stored versions,
+    /// sets the next stage, and returns the rows of the objects whose entries are all read.
+    async fn logged(
+        &mut self,
+        exec: Exec<'_>,
+        registry: &Registry,
+        (index, name): (usize, &str),
+        after: Option<String>,
+        mut open: Option<OpenObject>,
+        left_out: &HashSet<ObjectKey>,
+    ) -> Result<Vec<Object>> {
+        let mut filter = Filter::all().eq("collection", name).eq("integrated", true);
+        let going_on = open.as_ref().map(|o| o.pk.clone());
+        let query = match &open {
+            Some(open) => {
+                filter = filter.eq("pk", open.pk.as_str()).gt("id", open.last_id);
+                Query::new(filter).order_asc("id")
+            }
+            None => {
+                if let Some(after) = &after {
+                    filter = filter.gt("pk", after.as_str());
+                }
+                Query::new(filter).order_asc("pk")
+            }
+        };
+        let page = self.log_page(exec, query).await?;
+        // The objects this page starts, with their stored versions.
+        let mut starting = Vec::new();
+        let mut previous = going_on.as_deref();
+        for (pk, entry) in &page.entries {
+            if previous != Some(pk.as_str()) {
+                starting.push(object_key(entry));
+                previous = Some(pk);
+            }
+        }
+        let mut stored = versions::load(exec, &starting).await?;
+        let mut done: Vec<(ObjectKey, Versions)> = Vec::new();
+        for (pk, entry) in page.entries {
+            let mut current = match open.take() {
+                Some(o) if o.pk == pk => o,
+                other => {
+                    done.extend(other.map(|o| (o.key, o.versions)));
+                    let key = object_key(&entry);
+                    let versions = stored.remove(&key).unwrap_or_default();
+                    OpenObject {
+                        pk,
+                        key,
+                        last_id: entry.id,
+                        versions,
+                    }
+                }
+            };
+            current.last_id = entry.id;
+            // Folded with their values: whether the object exists is known at the end.
+            if let Ok(def) = registry.collection(&entry.collection) {
+                current.versions.fold(def, &entry, true);
+            }
+            open = Some(current);
+        }
+        self.stage = if page.full {
+            // The last object's entries may go on in the next page.
+            Stage::Logged {
+                collection: index,
+                after: None,
+                open,
+            }
+        } else {
+            done.extend(open.map(|o| (o.key, o.versions)));
+            match going_on {
+                Some(pk) => Stage::Logged {
+                    collection: index,
+                    after: Some(pk),
+                    open: None,
+                },
+                None => Stage::Logged {
+                    collection: index + 1,
+                    after: None,
+                    open: None,
+                },
+            }
+        };
+        done.retain(|(key, _)| !left_out.contains(key));
+        finish(exec, registry, done, self.with_values).await
+    }
+
+    /// Reads a page of log entries with `query` (limited here), and sizes the next page by
+    /// the bytes of this one's rows.
+    async fn log_page(&mut self, exec: Exec<'_>, query: Query) -> Result<LogPage> {
+        let limit = self.log_limit;
+        let rows = exec.find(LOG_COLLECTION, query.limit(limit)).await?;
+        let full = rows.len() as u64 == limit;
+        let mut bytes = 0u64;
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let pk = row
+                .get("pk")
+                .and_then(Value::as_text)
+                .map(str::to_owned)
+                .unwrap_or_default();
+            let fields = row
+                .get("fields")
+                .and_then(Value::as_text)
+                .map_or(0, str::len);
+            bytes += LOG_ROW_BYTES + fields as u64;
+            let stored = StoredEntry::from_object(row).map_err(|e| {
+                FastSyncError::Protocol(format!("a log entry that does not read back: {e}"))
+            })?;
+            entries.push((pk, stored.entry));
+        }
+        if let Some(average) = bytes.checked_div(rows.len() as u64) {
+            self.log_limit = (LOG_PAGE_BYTES / average.max(1)).clamp(1, LOG_PAGE);
+        }
+        Ok(LogPage { entries, full })
     }
 
     /// A page of the versions index after `after`: the rows of objects of the collections
@@ -150,7 +290,7 @@ impl VersionsPager {
         let rows = if self.with_values {
             let pks = kept
                 .iter()
-                .map(|(key, _)| Ok((key.0.as_str(), versions::pk_from_text(&key.1)?)))
+                .map(|(key, _)| Ok((key.0.as_str(), pk_from_text(&key.1)?)))
                 .collect::<Result<Vec<_>>>()?;
             current_rows(exec, registry, pks.iter().map(|(c, pk)| (*c, pk))).await?
         } else {
@@ -169,104 +309,49 @@ impl VersionsPager {
     }
 }
 
-/// Up to about `limit` applied log entries of `collection` from the key `from` on, in key
-/// order, each object's entries all in the page; with the key to read on from, or `None`
-/// when the collection's entries ended.
-async fn logged_page(
-    exec: Exec<'_>,
-    collection: &str,
-    from: Option<&str>,
-    limit: u64,
-) -> Result<(Vec<(String, LogEntry)>, Option<String>)> {
-    let mut limit = limit.max(1);
-    loop {
-        let mut filter = Filter::all()
-            .eq("collection", collection)
-            .eq("integrated", true);
-        if let Some(from) = from {
-            filter = filter.gte("pk", from);
-        }
-        let query = Query::new(filter).order_asc("pk").limit(limit);
-        let rows = exec.find(LOG_COLLECTION, query).await?;
-        let full = rows.len() as u64 == limit;
-        let mut entries = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let pk = row
-                .get("pk")
-                .and_then(Value::as_text)
-                .map(str::to_owned)
-                .unwrap_or_default();
-            let stored = StoredEntry::from_object(row).map_err(|e| {
-                FastSyncError::Protocol(format!("a log entry that does not read back: {e}"))
-            })?;
-            entries.push((pk, stored.entry));
-        }
-        if !full {
-            return Ok((entries, None));
-        }
-        // The last object's entries may go on past the page: they start the next one.
-        let last = entries.last().map(|(pk, _)| pk.clone()).unwrap_or_default();
-        let cut = entries
-            .iter()
-            .position(|(pk, _)| *pk == last)
-            .unwrap_or_default();
-        if cut > 0 {
-            entries.truncate(cut);
-            return Ok((entries, Some(last)));
-        }
-        // One object has more entries than the page holds: read a larger page.
-        limit = limit.saturating_mul(2);
-    }
-}
-
-/// The versions rows of the objects of `entries` (in key order, each object's together):
-/// their stored versions with the entries folded in, pruned for whether the object exists,
-/// and, `with_values`, given the values of its row.
-async fn fold_logged(
+/// The rows of these objects' versions, folded with their values: one per object (a key
+/// stored under two texts is merged), pruned for whether the object exists, with the values
+/// of its row if `with_values`. An object exists if it has a row when its row is read (to
+/// send its values, or when its versions know no create: a row from before sync has none
+/// logged), otherwise if its versions say so.
+async fn finish(
     exec: Exec<'_>,
     registry: &Registry,
-    entries: &[(String, LogEntry)],
-    left_out: &HashSet<ObjectKey>,
+    objects: Vec<(ObjectKey, Versions)>,
     with_values: bool,
 ) -> Result<Vec<Object>> {
-    let mut groups: Vec<(ObjectKey, Vec<&LogEntry>)> = Vec::new();
-    let mut group_pk: Option<&str> = None;
-    for (pk, entry) in entries {
-        match groups.last_mut() {
-            Some((_, group)) if group_pk == Some(pk.as_str()) => group.push(entry),
-            _ => groups.push((object_key(entry), vec![entry])),
-        }
-        group_pk = Some(pk);
-    }
-    groups.retain(|(key, _)| !left_out.contains(key));
-    let keys: Vec<ObjectKey> = groups.iter().map(|(key, _)| key.clone()).collect();
-    let mut base = versions::load(exec, &keys).await?;
-    if !with_values {
-        // Whether the object exists is what its versions say, once everything is folded.
-        let mut out = Vec::with_capacity(groups.len());
-        for (key, entries) in groups {
-            let Ok(def) = registry.collection(&key.0) else {
-                continue;
-            };
-            let mut versions = base.remove(&key).unwrap_or_default();
-            for entry in entries {
-                versions.fold(def, entry, true);
+    let mut index: HashMap<ObjectKey, usize> = HashMap::with_capacity(objects.len());
+    let mut unique: Vec<(ObjectKey, Versions)> = Vec::with_capacity(objects.len());
+    for (key, versions) in objects {
+        match index.get(&key) {
+            Some(&i) => unique[i].1.merge(versions),
+            None => {
+                index.insert(key.clone(), unique.len());
+                unique.push((key, versions));
             }
-            versions.prune(versions.live_since().is_some());
-            out.push(versions.to_row(object_id(&key))?);
         }
-        return Ok(out);
     }
-    let firsts = groups
+    let read_row = |versions: &Versions| with_values || versions.created().is_none();
+    let look_up = unique
         .iter()
-        .filter_map(|(_, group)| group.first().copied());
-    let rows = current_rows(exec, registry, firsts.map(entry_object)).await?;
-    let exists: HashSet<ObjectKey> = rows.keys().cloned().collect();
-    let folded = versions::fold_objects(registry, &mut base, &HashMap::new(), groups, &exists);
-    folded
+        .filter(|(_, versions)| read_row(versions))
+        .map(|(key, _)| Ok((key.0.as_str(), pk_from_text(&key.1)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let rows = if look_up.is_empty() {
+        HashMap::new()
+    } else {
+        current_rows(exec, registry, look_up.iter().map(|(c, pk)| (*c, pk))).await?
+    };
+    unique
         .into_iter()
-        .map(|(key, mut versions, _)| {
-            if let Some(row) = rows.get(&key) {
+        .map(|(key, mut versions)| {
+            let exists = if read_row(&versions) {
+                rows.contains_key(&key)
+            } else {
+                versions.live_since().is_some()
+            };
+            versions.prune(exists);
+            if let Some(row) = rows.get(&key).filter(|_| with_values) {
                 versions.fill(row);
             }
             versions.to_row(object_id(&key))
