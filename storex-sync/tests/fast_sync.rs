@@ -870,19 +870,13 @@ async fn log_entries_of(device: &SyncDevice, collection: &str) -> Vec<storex_syn
 
 /// The objects the versions index of `device` describes, as `collection` and key text.
 async fn versions_of(device: &SyncDevice) -> Vec<(String, String)> {
-    device
-        .storage()
-        .find_many(
-            storex_sync::VERSIONS_COLLECTION,
-            storex_core::Query::default(),
-        )
+    versions_rows(device)
         .await
-        .expect("versions")
-        .iter()
-        .filter_map(|row| row.get("object").and_then(Value::as_text))
-        .filter_map(|id| id.split_once('\u{1f}'))
-        .filter(|(collection, _)| !collection.is_empty())
-        .map(|(collection, pk)| (collection.to_owned(), pk.to_owned()))
+        .into_keys()
+        .filter_map(|id| {
+            let (collection, pk) = id.split_once('\u{1f}')?;
+            Some((collection.to_owned(), pk.to_owned()))
+        })
         .collect()
 }
 

@@ -542,11 +542,11 @@ async fn apply_versions_batch(
         FastSyncError::Protocol(format!("versions that do not read back: {problem}"))
     };
     let mut received = Vec::with_capacity(objects.len());
-    let mut ids = HashSet::with_capacity(objects.len());
+    let mut seen = HashSet::with_capacity(objects.len());
     for row in &objects {
         let (id, versions) = Versions::from_row(row).map_err(|e| bad(e.to_string()))?;
         let key = object_of(&id).ok_or_else(|| bad(format!("no object in {id:?}")))?;
-        if !ids.insert(key.clone()) {
+        if !seen.insert(key.clone()) {
             return Err(bad(format!("the object {id:?} twice in one batch")).into());
         }
         if registry.collection(&key.0).is_err() {
