@@ -1457,6 +1457,35 @@ async fn a_log_with_many_changes_per_object_arrives_folded_into_versions() {
         "the older titles are conflicts: {reports:?}"
     );
     assert_same(&old, &new).await;
+    // A device with a note of its own, that took in the note made elsewhere before it was
+    // edited on the sender, merges: it gets the versions with the values of the sender's
+    // rows, and ends with every note the sender has, as the sender has it.
+    let merging = fx.device("merging", DeviceId::random()).await;
+    merging
+        .storage()
+        .create("note", object! { "title" => "its own" })
+        .await
+        .expect("own note");
+    let made_elsewhere = log_entries_of(&elsewhere, "note").await;
+    merging.integrate(made_elsewhere).await.expect("taken in");
+    let (sent, received) = transfer(&old, &merging, &small_batches(), &small_batches()).await;
+    sent.expect("send");
+    received.expect("receive");
+    let notes = old
+        .storage()
+        .find_many("note", storex_core::Query::default())
+        .await
+        .expect("notes");
+    for note in &notes {
+        let there = merging
+            .storage()
+            .find_by_pk("note", note["id"].clone())
+            .await
+            .expect("find");
+        assert_eq!(there.as_ref(), Some(note));
+    }
+    let count = merging.storage().count("note", Filter::all()).await;
+    assert_eq!(count.expect("count"), notes.len() as u64 + 1, "and its own");
 }
 
 #[tokio::test]
