@@ -177,14 +177,7 @@ async fn a_whole_database_moves_and_matches() {
     // (each object has one entry here: one overwritten later would lose to what overwrote
     // it, a conflict that changes nothing).
     assert!(new.log().all().await.expect("log").is_empty());
-    let entries: Vec<_> = old
-        .log()
-        .all()
-        .await
-        .expect("log")
-        .into_iter()
-        .map(|e| e.entry)
-        .collect();
+    let entries = log_entries(&old).await;
     let count = entries.len() as u64;
     assert_eq!(count, 3_300, "the notes and the tags");
     let report = new.integrate(entries).await.expect("again");
@@ -856,7 +849,8 @@ async fn an_object_written_during_the_transfer_is_kept_by_a_fresh_receiver() {
     assert_eq!(texts, expected);
 }
 
-async fn log_entries_of(device: &SyncDevice, collection: &str) -> Vec<storex_sync::LogEntry> {
+/// Every entry of the log of `device`.
+async fn log_entries(device: &SyncDevice) -> Vec<storex_sync::LogEntry> {
     device
         .log()
         .all()
@@ -864,8 +858,14 @@ async fn log_entries_of(device: &SyncDevice, collection: &str) -> Vec<storex_syn
         .expect("log")
         .into_iter()
         .map(|s| s.entry)
-        .filter(|e| e.collection == collection)
         .collect()
+}
+
+/// The entries of `collection` in the log of `device`.
+async fn log_entries_of(device: &SyncDevice, collection: &str) -> Vec<storex_sync::LogEntry> {
+    let mut entries = log_entries(device).await;
+    entries.retain(|e| e.collection == collection);
+    entries
 }
 
 /// The objects the versions index of `device` describes, as `collection` and key text.
@@ -880,8 +880,8 @@ async fn versions_of(device: &SyncDevice) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The rows of the versions index of `device`, by object id, without the clock's.
-async fn versions_rows(device: &SyncDevice) -> std::collections::BTreeMap<String, Value> {
+/// Every row of the versions index of `device`, as stored.
+async fn versions_table(device: &SyncDevice) -> Vec<storex_core::Object> {
     device
         .storage()
         .find_many(
@@ -890,6 +890,12 @@ async fn versions_rows(device: &SyncDevice) -> std::collections::BTreeMap<String
         )
         .await
         .expect("versions")
+}
+
+/// The rows of the versions index of `device`, by object id, without the clock's.
+async fn versions_rows(device: &SyncDevice) -> std::collections::BTreeMap<String, Value> {
+    versions_table(device)
+        .await
         .into_iter()
         .filter_map(|row| {
             let id = row.get("object").and_then(Value::as_text)?.to_owned();
@@ -1394,14 +1400,7 @@ async fn a_log_with_many_changes_per_object_arrives_folded_into_versions() {
         "one row per object"
     );
     // Every entry of the sender's, and the one it took in, is known to the receiver:
-    let entries: Vec<_> = old
-        .log()
-        .all()
-        .await
-        .expect("log")
-        .into_iter()
-        .map(|e| e.entry)
-        .collect();
+    let entries = log_entries(&old).await;
     let everything: Vec<_> = entries.iter().cloned().chain(from_elsewhere).collect();
     // The receiver's versions are those of a device that received every one of them.
     let third = fx.device("third", DeviceId::random()).await;
@@ -1542,14 +1541,8 @@ async fn the_same_object_twice_in_a_batch_of_versions_ends_the_session() {
     let (x_entries, _) = three_way_note(&fx).await;
     let donor = fx.device("donor", DeviceId::random()).await;
     donor.integrate(x_entries).await.expect("applied");
-    let row = donor
-        .storage()
-        .find_many(
-            storex_sync::VERSIONS_COLLECTION,
-            storex_core::Query::default(),
-        )
+    let row = versions_table(&donor)
         .await
-        .expect("versions")
         .into_iter()
         .find(|row| {
             row.get("object")
