@@ -345,7 +345,7 @@ impl Versions {
                 let stamp = |index: usize| {
                     compact.stamps.get(index).copied().ok_or_else(|| {
                         corrupt(format!(
-                            "timestamp {index} of {} is named",
+                            "they name timestamp {index} (from 0), and {} are stored",
                             compact.stamps.len()
                         ))
                     })
