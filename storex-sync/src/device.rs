@@ -441,8 +441,7 @@ impl SyncDevice {
                     ..IntegrationReport::default()
                 });
             }
-            let row = EntryRow::of(&entry, true, false).to_object();
-            steps.insert(0, BatchStep::new(Operation::create(LOG_COLLECTION, row)));
+            steps.insert(0, EntryRow::of(&entry, true, false).create_step());
         }
         if !steps.is_empty() {
             self.storage
@@ -624,10 +623,10 @@ impl SyncDevice {
             let known = known_ids(exec, &ids).await?;
             held.retain(|h| !known.contains(&h.entry.id));
             covered.extend(known);
-            steps.extend(held.iter().map(|h| {
-                let row = EntryRow::of(&h.entry, true, false).to_object();
-                BatchStep::new(Operation::create(LOG_COLLECTION, row))
-            }));
+            steps.extend(
+                held.iter()
+                    .map(|h| EntryRow::of(&h.entry, true, false).create_step()),
+            );
         }
         let duplicates = duplicates + covered.len() as u64;
         let report = IntegrationReport {

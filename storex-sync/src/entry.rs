@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 use storex_core::uuid::Uuid;
-use storex_core::{object, serde_json, CollectionDef, FieldType, Object, Pk, Value};
+use storex_core::{
+    object, serde_json, BatchStep, CollectionDef, FieldType, Object, Operation, Pk, Value,
+};
 
 use crate::error::{Error, Result};
 use crate::hlc::{Clock, DeviceId, Hlc};
@@ -227,6 +229,11 @@ impl<'a> EntryRow<'a> {
             "shared" => self.shared,
             "integrated" => self.integrated,
         }
+    }
+
+    /// The batch step storing this entry as a row of the log collection.
+    pub(crate) fn create_step(self) -> BatchStep {
+        BatchStep::new(Operation::create(LOG_COLLECTION, self.to_object()))
     }
 }
 

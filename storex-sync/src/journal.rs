@@ -517,8 +517,7 @@ pub(crate) async fn settle_part(
     for (record, entry) in &part.entries {
         let shared = pushed.contains(&entry.id);
         if present.contains(record) {
-            let row = EntryRow::of(entry, shared, true).to_object();
-            steps.push(BatchStep::new(Operation::create(LOG_COLLECTION, row)));
+            steps.push(EntryRow::of(entry, shared, true).create_step());
         } else if shared {
             indexed_since.push(entry.id);
         }
@@ -580,10 +579,7 @@ async fn index_round(exec: Exec<'_>, registry: &Registry) -> Result<Option<Vec<L
     let entries: Vec<LogEntry> = entries.into_iter().map(|(_, entry)| entry).collect();
     let steps = entries
         .iter()
-        .map(|entry| {
-            let row = EntryRow::of(entry, false, true).to_object();
-            BatchStep::new(Operation::create(LOG_COLLECTION, row))
-        })
+        .map(|entry| EntryRow::of(entry, false, true).create_step())
         .collect::<Vec<_>>();
     delete_records(exec, &ids).await?;
     if !steps.is_empty() {
