@@ -25,7 +25,7 @@ use crate::fast_sync::{
 };
 use crate::journal::index_journal;
 use crate::reconcile::ObjectKey;
-use crate::versions::{self, object_id, object_of, pk_from_text, Versions, VERSIONS_COLLECTION};
+use crate::versions::{self, object_of, pk_from_text, Versions, VERSIONS_COLLECTION};
 
 const CURSOR_KEY: &str = "shared_log_cursor";
 
@@ -562,12 +562,12 @@ async fn apply_versions_batch(
                     problem: format!("the sender's versions: {e}"),
                 })?;
         }
-        received.push((key, versions));
+        received.push((id, key, versions));
     }
     if state.merge {
         drop(objects);
         let mut entries = Vec::new();
-        for (key, versions) in &received {
+        for (_, key, versions) in &received {
             let def = registry.collection(&key.0)?;
             let pk = pk_from_text(&key.1).map_err(|e| bad(e.to_string()))?;
             entries.extend(versions.synthesize(key, &pk, None, def));
@@ -579,11 +579,8 @@ async fn apply_versions_batch(
     }
     // Stored as they came (they read back), as the sender pruned them for its rows, which
     // are this device's now: values only for objects that do not exist.
-    let latest = received.iter().filter_map(|(_, v)| v.latest()).max();
-    let ids: Vec<String> = received
-        .into_iter()
-        .map(|(key, _)| object_id(&key))
-        .collect();
+    let latest = received.iter().filter_map(|(_, _, v)| v.latest()).max();
+    let ids: Vec<String> = received.into_iter().map(|(id, _, _)| id).collect();
     let rows: Vec<Object> = objects
         .into_iter()
         .zip(&ids)

@@ -288,11 +288,7 @@ impl VersionsPager {
         let logged = logged_for(exec, &keys).await?.integrated;
         kept.retain(|(key, _)| !logged.contains_key(key));
         let rows = if self.with_values {
-            let pks = kept
-                .iter()
-                .map(|(key, _)| Ok((key.0.as_str(), pk_from_text(&key.1)?)))
-                .collect::<Result<Vec<_>>>()?;
-            current_rows(exec, registry, pks.iter().map(|(c, pk)| (*c, pk))).await?
+            rows_of(exec, registry, kept.iter().map(|(key, _)| key)).await?
         } else {
             HashMap::new()
         };
@@ -332,16 +328,8 @@ async fn finish(
         }
     }
     let read_row = |versions: &Versions| with_values || versions.created().is_none();
-    let look_up = unique
-        .iter()
-        .filter(|(_, versions)| read_row(versions))
-        .map(|(key, _)| Ok((key.0.as_str(), pk_from_text(&key.1)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let rows = if look_up.is_empty() {
-        HashMap::new()
-    } else {
-        current_rows(exec, registry, look_up.iter().map(|(c, pk)| (*c, pk))).await?
-    };
+    let look_up = unique.iter().filter(|(_, versions)| read_row(versions));
+    let rows = rows_of(exec, registry, look_up.map(|(key, _)| key)).await?;
     unique
         .into_iter()
         .map(|(key, mut versions)| {
@@ -357,4 +345,24 @@ async fn finish(
             versions.to_row(object_id(&key))
         })
         .collect()
+}
+
+/// The stored rows of the objects `keys` (none read when there is none).
+async fn rows_of<'k>(
+    exec: Exec<'_>,
+    registry: &Registry,
+    keys: impl Iterator<Item = &'k ObjectKey>,
+) -> Result<HashMap<ObjectKey, Object>> {
+    let pks = keys
+        .map(|key| Ok((key.0.as_str(), pk_from_text(&key.1)?)))
+        .collect::<Result<Vec<_>>>()?;
+    if pks.is_empty() {
+        return Ok(HashMap::new());
+    }
+    current_rows(
+        exec,
+        registry,
+        pks.iter().map(|(collection, pk)| (*collection, pk)),
+    )
+    .await
 }
