@@ -477,8 +477,9 @@ pub(crate) async fn read_journal_part(
 ) -> Result<JournalPart> {
     let mut part = JournalPart::default();
     while part.entries.len() < enough {
+        let wanted = enough - part.entries.len();
         let Some((ids, entries)) =
-            read_round(exec, registry, part.last_record().or(after), until).await?
+            read_round(exec, registry, part.last_record().or(after), until, wanted).await?
         else {
             break;
         };
@@ -573,7 +574,7 @@ pub(crate) async fn latest_record(exec: Exec<'_>) -> Result<Option<Uuid>> {
 /// One round: turns up to [`RECORDS_PER_ROUND`] records into log rows and deletes them;
 /// returns the entries made, or `None` when no record was left.
 async fn index_round(exec: Exec<'_>, registry: &Registry) -> Result<Option<Vec<LogEntry>>> {
-    let Some((ids, entries)) = read_round(exec, registry, None, None).await? else {
+    let Some((ids, entries)) = read_round(exec, registry, None, None, usize::MAX).await? else {
         return Ok(None);
     };
     let entries: Vec<LogEntry> = entries.into_iter().map(|(_, entry)| entry).collect();
@@ -588,7 +589,8 @@ async fn index_round(exec: Exec<'_>, registry: &Registry) -> Result<Option<Vec<L
     Ok(Some(entries))
 }
 
-/// Reads up to [`RECORDS_PER_ROUND`] records after `after` and up to `until`; returns their
+/// Reads up to [`RECORDS_PER_ROUND`] records after `after` and up to `until`, stopping at
+/// the record that brings the entries to `wanted` (a record is never split); returns their
 /// ids and their entries (each with its record), creates filled from their rows, or `None`
 /// when no record was left.
 async fn read_round(
@@ -596,6 +598,7 @@ async fn read_round(
     registry: &Registry,
     after: Option<Uuid>,
     until: Option<Uuid>,
+    wanted: usize,
 ) -> Result<Option<(Vec<Uuid>, Vec<(Uuid, LogEntry)>)>> {
     let mut filter = Filter::all();
     if let Some(after) = after {
@@ -612,6 +615,9 @@ async fn read_round(
     let mut ids = Vec::with_capacity(rows.len());
     let mut entries = Vec::new();
     for row in &rows {
+        if entries.len() >= wanted {
+            break;
+        }
         let (id, record) = read_record(row)?;
         ids.push(id);
         entries.extend(entries_of(id, record)?.into_iter().map(|entry| (id, entry)));

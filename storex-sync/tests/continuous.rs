@@ -56,6 +56,8 @@ struct IndexingOnPush {
     pusher: std::sync::OnceLock<storex_sync::ClientSyncLog>,
     fail_after_one: std::sync::atomic::AtomicBool,
     pushes: std::sync::atomic::AtomicUsize,
+    /// The most entries one push carried.
+    largest_push: std::sync::atomic::AtomicUsize,
     /// Once set, every pull after the next one never answers.
     hang_later_pulls: std::sync::atomic::AtomicBool,
     pulls: std::sync::atomic::AtomicUsize,
@@ -89,6 +91,7 @@ impl SharedSyncLog for IndexingOnPush {
         async move {
             use std::sync::atomic::Ordering;
             let earlier = self.pushes.fetch_add(1, Ordering::SeqCst);
+            self.largest_push.fetch_max(entries.len(), Ordering::SeqCst);
             if self.fail_after_one.load(Ordering::SeqCst) && earlier > 0 {
                 return Err(storex_sync::SharedLogError::Unavailable {
                     log: "indexing-on-push",
@@ -133,6 +136,42 @@ impl SharedSyncLog for IndexingOnPush {
     fn compact<'a>(&'a self, user: &'a str) -> BoxFuture<'a, storex_sync::SharedResult<u64>> {
         self.inner.compact(user)
     }
+}
+
+#[tokio::test]
+async fn a_push_reads_the_journal_in_parts_of_the_batch_size_never_splitting_a_write() {
+    use std::sync::atomic::Ordering;
+    use storex_core::{object, BatchStep, Operation};
+    use storex_sync::ContinuousOptions;
+    let shared = Arc::new(IndexingOnPush::default());
+    let mut devices = storex_test::devices::Devices::new(shared.clone()).await;
+    let a = devices
+        .add_with(ContinuousOptions::default().with_batch_size(10))
+        .await;
+    let b = devices.add().await;
+    // Writes of 25 notes each (one journal record each), then single notes.
+    for write in 0..4 {
+        let steps = (0..25)
+            .map(|n| {
+                let note = object! { "id" => format!("w{write}-{n}"), "title" => "v" };
+                BatchStep::new(Operation::create("note", note))
+            })
+            .collect();
+        let storage = devices.device(a).storage();
+        storage.batch(steps).await.expect("a write of 25 notes");
+    }
+    for n in 0..30 {
+        devices.note(a, &format!("single-{n}"), "v").await;
+    }
+    let report = devices.sync(a).await;
+    assert_eq!(report.pushed, 130, "{report:?}");
+    // A part holds whole writes up to the batch size: a write of 25 travels alone, the
+    // single notes ten at a time (all 34 writes fit one indexing round).
+    assert_eq!(shared.largest_push.load(Ordering::SeqCst), 25);
+    assert_eq!(shared.pushes.load(Ordering::SeqCst), 4 + 3);
+    devices.sync(b).await;
+    assert_eq!(devices.count(b).await, 130);
+    devices.assert_converged(&[a, b]).await;
 }
 
 #[tokio::test]
