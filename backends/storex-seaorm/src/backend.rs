@@ -149,7 +149,8 @@ impl Shared {
 
     /// A transaction whose reads share one snapshot: on PostgreSQL read-only at REPEATABLE
     /// READ (its default, READ COMMITTED, lets each statement see newer commits); on SQLite
-    /// the usual one, which holds the write lock, so nothing commits meanwhile.
+    /// a deferred one, whose reads see the database as it was at the first of them (a file
+    /// is in WAL mode), while writers go on.
     async fn begin_snapshot(&self) -> CoreResult<DatabaseTransaction> {
         match self.dialect {
             Dialect::Postgres => {
@@ -163,7 +164,7 @@ impl Shared {
                     .await
                     .map_err(|e| self.db_err(e))
             }
-            Dialect::Sqlite => self.begin().await,
+            Dialect::Sqlite => self.db.begin().await.map_err(|e| self.db_err(e)),
         }
     }
 }
