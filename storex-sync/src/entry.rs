@@ -247,13 +247,18 @@ impl StoredEntry {
 
     /// Reads a row of the log collection back.
     pub(crate) fn from_object(row: &Object) -> Result<Self> {
-        let id_text = row
-            .get("id")
-            .and_then(Value::as_uuid)
-            .map(|u| u.to_string())
-            .unwrap_or_default();
+        Self::read(row, true)
+    }
+
+    /// Reads a row of the log collection back, a create's values only if `create_values`
+    /// (left empty otherwise: a reader that needs only what a create stamps).
+    pub(crate) fn read(row: &Object, create_values: bool) -> Result<Self> {
         let corrupt = |problem: &str| Error::CorruptEntry {
-            id: id_text.clone(),
+            id: row
+                .get("id")
+                .and_then(Value::as_uuid)
+                .map(|u| u.to_string())
+                .unwrap_or_default(),
             problem: problem.to_owned(),
         };
         let text = |name: &str| {
@@ -277,7 +282,11 @@ impl StoredEntry {
         let hlc = Hlc::from_clock_text(text("hlc")?, device).map_err(|_| corrupt("hlc"))?;
         let pk: Pk = serde_json::from_str(text("pk")?).map_err(|_| corrupt("pk"))?;
         let op = EntryOp::parse(text("op")?).ok_or_else(|| corrupt("op"))?;
-        let fields = serde_json::from_str(text("fields")?).map_err(|_| corrupt("fields"))?;
+        let fields = if op == EntryOp::Create && !create_values {
+            Object::new()
+        } else {
+            serde_json::from_str(text("fields")?).map_err(|_| corrupt("fields"))?
+        };
         let schema_version = row
             .get("schema_version")
             .and_then(Value::as_int)

@@ -243,7 +243,10 @@ impl VersionsPager {
                 .and_then(Value::as_text)
                 .map_or(0, str::len);
             bytes += LOG_ROW_BYTES + fields as u64;
-            let stored = StoredEntry::from_object(row).map_err(|e| {
+            // A create's values are kept only for a merging receiver: for any other, the
+            // versions of an object that exists keep none, and one that does not exist was
+            // deleted after all its creates.
+            let stored = StoredEntry::read(row, self.with_values).map_err(|e| {
                 FastSyncError::Protocol(format!("a log entry that does not read back: {e}"))
             })?;
             entries.push((pk, stored.entry));
