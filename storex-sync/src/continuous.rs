@@ -25,6 +25,7 @@ use storex_core::uuid::Uuid;
 use storex_core::{object, BatchStep, Filter, Operation, Origin, Query, Value};
 use tokio::sync::Mutex;
 
+use crate::client_log::LOOKUP_CHUNK;
 use crate::codec::EntryCodec;
 use crate::device::SyncDevice;
 use crate::entry::{
@@ -116,6 +117,9 @@ pub struct SyncReport {
     pub held: u64,
     /// Pulled payloads that did not decode, kept in quarantine.
     pub quarantined: u64,
+    /// Quarantined payloads that decoded when tried again (the first sync of an engine, say
+    /// with the right key now) and were integrated.
+    pub released: u64,
     /// Problems that did not stop the sync (an entry too large, a payload that did not decode).
     pub problems: Vec<String>,
     /// The shared-log cursor after the sync.
@@ -294,9 +298,58 @@ impl ContinuousSync {
                 }
                 Err(e) => report.problems.push(format!("retrying held entries: {e}")),
             }
+            // Payloads set aside because they did not decode, with this engine's codec.
+            if let Err(e) = self.retry_quarantined(&mut report).await {
+                report
+                    .problems
+                    .push(format!("retrying quarantined payloads: {e}"));
+            }
         }
         report.duration = start.elapsed();
         Ok(report)
+    }
+
+    /// Decodes the quarantined payloads again, a page at a time: those that decode now (the
+    /// app gave the right key, or reads their format after an upgrade) are integrated and
+    /// leave the quarantine in the same transaction; the others stay.
+    async fn retry_quarantined(&self, report: &mut SyncReport) -> Result<()> {
+        let limit = self.options.pull_batch;
+        let mut after: Option<Uuid> = None;
+        loop {
+            let mut filter = Filter::all();
+            if let Some(after) = after {
+                filter = filter.gt("id", after);
+            }
+            let query = Query::new(filter).order_asc("id").limit(limit as u64);
+            let storage = self.device.storage();
+            let rows = storage.find_many(QUARANTINE_COLLECTION, query).await?;
+            let mut entries = Vec::new();
+            let mut released = Vec::new();
+            for row in &rows {
+                let decoded = quarantined_entry(row)
+                    .and_then(|shared| self.options.codec.decode(&shared).ok());
+                if let Some(entry) = decoded {
+                    released.push(entry.id);
+                    entries.push(entry);
+                }
+            }
+            if !entries.is_empty() {
+                let leave = released
+                    .chunks(LOOKUP_CHUNK)
+                    .map(|chunk| {
+                        let filter = Filter::all().is_in("id", chunk.iter().copied());
+                        BatchStep::new(Operation::delete_where(QUARANTINE_COLLECTION, filter))
+                    })
+                    .collect();
+                let integrated = self.device.integrate_with(entries, leave).await?;
+                report.absorb_integration(&integrated);
+                report.released += released.len() as u64;
+            }
+            after = match rows.last().and_then(|row| row.get("id")?.as_uuid()) {
+                Some(last) if rows.len() == limit => Some(last),
+                _ => return Ok(()),
+            };
+        }
     }
 
     /// Unshared entries after `after` (in timestamp order), up to `limit`.
@@ -543,6 +596,19 @@ impl ContinuousSync {
         }
         Ok(decoded)
     }
+}
+
+/// The shared-log entry a quarantine row keeps (`None` if the row is damaged).
+fn quarantined_entry(row: &storex_core::Object) -> Option<SharedEntry> {
+    Some(SharedEntry {
+        id: row.get("id")?.as_uuid()?,
+        device: crate::hlc::DeviceId(row.get("device")?.as_uuid()?),
+        topic: row.get("topic")?.as_text()?.to_owned(),
+        payload: match row.get("payload")? {
+            Value::Blob(bytes) => bytes.clone(),
+            _ => return None,
+        },
+    })
 }
 
 /// A page pulled from the shared log, decoded.

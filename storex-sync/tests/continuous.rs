@@ -253,3 +253,34 @@ async fn a_page_that_fails_to_apply_ends_the_sync_without_waiting_for_the_next_p
     assert_eq!(devices.count(b).await, 12);
     devices.assert_converged(&[a, b]).await;
 }
+
+#[tokio::test]
+async fn quarantined_payloads_are_opened_page_by_page_once_the_key_is_right() {
+    use storex_sync::ContinuousOptions;
+    let key = [42u8; 32];
+    let mut devices = storex_test::devices::Devices::new(memory().await).await;
+    let a = devices
+        .add_with(ContinuousOptions::default().with_encryption_key(key))
+        .await;
+    let wrong = ContinuousOptions::default()
+        .with_encryption_key([1u8; 32])
+        .with_batch_size(2);
+    let b = devices.add_with(wrong).await;
+    for n in 0..5 {
+        devices.note(a, &format!("note-{n}"), "v").await;
+    }
+    devices.sync(a).await;
+    assert_eq!(devices.sync(b).await.quarantined, 5);
+    assert_eq!(devices.count(b).await, 0);
+    let right = ContinuousOptions::default()
+        .with_encryption_key(key)
+        .with_batch_size(2);
+    devices.resubscribe(b, right);
+    let report = devices.sync(b).await;
+    assert_eq!((report.released, report.integrated), (5, 5), "{report:?}");
+    assert_eq!(devices.count(b).await, 5);
+    // Released once: the next engine finds nothing left.
+    devices.resubscribe(b, ContinuousOptions::default().with_encryption_key(key));
+    assert_eq!(devices.sync(b).await.released, 0);
+    devices.assert_converged(&[a, b]).await;
+}

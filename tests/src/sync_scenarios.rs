@@ -186,7 +186,8 @@ pub async fn a_wider_subscription_brings_the_history_of_the_added_collections(
     assert_eq!((report.pulled, report.integrated), (1, 1), "{report:?}");
 }
 
-/// Encrypted entries reach devices with the key and are quarantined without it.
+/// Encrypted entries reach devices with the key and are quarantined without it, until the
+/// device has the key.
 pub async fn encrypted_entries_reach_devices_with_the_key_and_are_quarantined_without_it(
     make: LogFactory<'_>,
 ) {
@@ -239,6 +240,25 @@ pub async fn encrypted_entries_reach_devices_with_the_key_and_are_quarantined_wi
     assert_eq!(kept, 1, "the undecodable entry is kept, not dropped");
     // Later entries still flow to the stranger's cursor: it is not blocked.
     assert!(devices.sync(stranger).await.problems.is_empty());
+    // Given the right key, its next engine's first sync opens what it kept.
+    devices.resubscribe(
+        stranger,
+        ContinuousOptions::default().with_encryption_key(key),
+    );
+    let report = devices.sync(stranger).await;
+    assert_eq!((report.released, report.integrated), (1, 1), "{report:?}");
+    assert_eq!(
+        devices.title(stranger, "secret").await.as_deref(),
+        Some("the plans")
+    );
+    let kept = devices
+        .device(stranger)
+        .storage()
+        .count(storex_sync::QUARANTINE_COLLECTION, Filter::all())
+        .await
+        .expect("count");
+    assert_eq!(kept, 0, "what opened left the quarantine");
+    devices.assert_converged(&[a, b, stranger]).await;
 }
 
 /// An entry too large to push is reported and does not block the others.
