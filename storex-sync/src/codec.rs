@@ -1,8 +1,10 @@
 //! Turning log entries into shared-log payloads and back, optionally end-to-end encrypted.
 //!
-//! Without a key, a payload is the entry as JSON and its topic is the collection's name.
-//! With a key (32 bytes, provided by the app and never sent anywhere), the payload is the
-//! JSON sealed with XChaCha20-Poly1305, and the topic a keyed hash of the collection, so the
+//! Without a key, a payload is the entry encoded (format 2: a byte `2`, then the entry as
+//! MessagePack with field names; format 1, the entry as JSON, still decodes) and its topic is
+//! the collection's name. With a key (32 bytes, provided by the app and never sent anywhere),
+//! the payload is the encoded entry sealed with XChaCha20-Poly1305, and the topic a keyed
+//! hash of the collection, so the
 //! shared log sees only routing fields: entry id, device, an opaque topic and the cursor it
 //! assigns. The routing fields are bound to the ciphertext as associated data, so a payload
 //! moved to another id or device fails to open. The nonce is derived from the entry's unique
@@ -17,6 +19,33 @@ use storex_core::serde_json;
 
 use crate::entry::LogEntry;
 use crate::shared_log::SharedEntry;
+
+/// The first byte of a payload in the current format (MessagePack). A payload of format 1
+/// (JSON, written by earlier versions) starts with `{`.
+const PAYLOAD_FORMAT: u8 = 2;
+
+/// An entry in the current payload format.
+fn encode_entry(entry: &LogEntry) -> Vec<u8> {
+    let mut bytes = vec![PAYLOAD_FORMAT];
+    // Encoding plain data into a Vec cannot fail.
+    let _ = rmp_serde::encode::write_named(&mut bytes, entry);
+    bytes
+}
+
+/// An entry from a payload of either format.
+fn decode_entry(bytes: &[u8]) -> Result<LogEntry, DecodeError> {
+    let malformed = |e: String| DecodeError::Malformed(e);
+    match bytes.split_first() {
+        Some((&PAYLOAD_FORMAT, body)) => {
+            rmp_serde::from_slice(body).map_err(|e| malformed(e.to_string()))
+        }
+        Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string())),
+        Some((other, _)) => Err(malformed(format!(
+            "format {other}, this version reads 1 (JSON) and {PAYLOAD_FORMAT}"
+        ))),
+        None => Err(malformed("the payload is empty".into())),
+    }
+}
 
 /// Encodes entries for a shared log, encrypting them when given a key.
 #[derive(Clone, Default)]
@@ -95,7 +124,7 @@ impl EntryCodec {
 
     /// The shared-log form of `entry`.
     pub fn encode(&self, entry: &LogEntry) -> SharedEntry {
-        let json = serde_json::to_vec(entry).unwrap_or_default();
+        let encoded = encode_entry(entry);
         let mut shared = SharedEntry {
             id: entry.id,
             device: entry.device,
@@ -103,7 +132,7 @@ impl EntryCodec {
             payload: Vec::new(),
         };
         shared.payload = match &self.key {
-            None => json,
+            None => encoded,
             Some(key) => {
                 let cipher = XChaCha20Poly1305::new(key.into());
                 let aad = Self::aad(&shared);
@@ -111,7 +140,7 @@ impl EntryCodec {
                     .encrypt(
                         &Self::nonce(&shared),
                         Payload {
-                            msg: &json,
+                            msg: &encoded,
                             aad: &aad,
                         },
                     )
@@ -123,12 +152,13 @@ impl EntryCodec {
 
     /// The entry inside a pulled payload.
     pub fn decode(&self, shared: &SharedEntry) -> Result<LogEntry, DecodeError> {
-        let json = match &self.key {
-            None => shared.payload.clone(),
+        let opened;
+        let encoded = match &self.key {
+            None => &shared.payload,
             Some(key) => {
                 let cipher = XChaCha20Poly1305::new(key.into());
                 let aad = Self::aad(shared);
-                cipher
+                opened = cipher
                     .decrypt(
                         &Self::nonce(shared),
                         Payload {
@@ -136,11 +166,11 @@ impl EntryCodec {
                             aad: &aad,
                         },
                     )
-                    .map_err(|_| DecodeError::Decrypt)?
+                    .map_err(|_| DecodeError::Decrypt)?;
+                &opened
             }
         };
-        let entry: LogEntry =
-            serde_json::from_slice(&json).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let entry = decode_entry(encoded)?;
         if entry.id != shared.id
             || entry.device != shared.device
             || entry.hlc.device != shared.device
@@ -154,7 +184,7 @@ impl EntryCodec {
 #[cfg(test)]
 mod tests {
     use storex_core::uuid::Uuid;
-    use storex_core::{object, Pk};
+    use storex_core::{object, Pk, Value};
 
     use super::*;
     use crate::entry::EntryOp;
@@ -184,7 +214,45 @@ mod tests {
         let e = entry();
         let shared = codec.encode(&e);
         assert_eq!(shared.topic, "diary");
+        assert_eq!(shared.payload[0], PAYLOAD_FORMAT);
         assert_eq!(codec.decode(&shared), Ok(e));
+    }
+
+    #[test]
+    fn every_kind_of_value_round_trips_exactly() {
+        let codec = EntryCodec::plain();
+        let mut e = entry();
+        e.pk = Pk::from(Uuid::now_v7());
+        e.fields = object! {
+            "null" => Value::Null,
+            "text" => "a \"quoted\" text",
+            "int" => i64::MIN,
+            "float" => 0.1f64 + 0.2,
+            "bool" => true,
+            "when" => Value::DateTime(storex_core::chrono::Utc::now()),
+            "json" => Value::Json(storex_core::serde_json::json!({"a": [1, 2.5, null]})),
+            "blob" => Value::Blob(vec![0, 255, 7]),
+            "uuid" => Uuid::now_v7(),
+        };
+        assert_eq!(codec.decode(&codec.encode(&e)), Ok(e.clone()));
+        let sealed = EntryCodec::encrypted([3; 32]);
+        assert_eq!(sealed.decode(&sealed.encode(&e)), Ok(e));
+    }
+
+    #[test]
+    fn payloads_of_the_first_format_still_decode_and_are_larger() {
+        let codec = EntryCodec::plain();
+        let e = entry();
+        let mut first = codec.encode(&e);
+        first.payload = serde_json::to_vec(&e).expect("json");
+        assert_eq!(codec.decode(&first), Ok(e.clone()));
+        let current = codec.encode(&e);
+        assert!(
+            current.payload.len() < first.payload.len(),
+            "{} bytes against {} as JSON",
+            current.payload.len(),
+            first.payload.len()
+        );
     }
 
     #[test]
@@ -229,11 +297,18 @@ mod tests {
     fn garbage_is_reported_not_panicked_on() {
         let codec = EntryCodec::plain();
         let mut shared = codec.encode(&entry());
-        shared.payload = b"\xff\x00 not json".to_vec();
-        assert!(matches!(
-            codec.decode(&shared),
-            Err(DecodeError::Malformed(_))
-        ));
+        for garbage in [
+            b"\xff\x00 not json".to_vec(),
+            b"\x02\xc1 not msgpack".to_vec(),
+            b"{ not json".to_vec(),
+            Vec::new(),
+        ] {
+            shared.payload = garbage;
+            assert!(matches!(
+                codec.decode(&shared),
+                Err(DecodeError::Malformed(_))
+            ));
+        }
         let mut other = codec.encode(&entry());
         other.device = DeviceId::random();
         assert_eq!(codec.decode(&other), Err(DecodeError::Mismatch));

@@ -2,7 +2,7 @@
 //!
 //! Device A writes `ops` notes (not timed), then pushes them; device B pulls and applies
 //! them afterwards: entries per second for the push, for the pull+apply, and for the two one
-//! after the other (`push_then_pull`).
+//! after the other (`push_then_pull`); then the shared log's database size per entry.
 //!
 //! Then end to end as devices run (target: 50,000 entries/s): A writes `ops` more notes (not
 //! timed) and pushes them while B, a separate device, keeps syncing as it would in the
@@ -26,7 +26,7 @@ use storex_sync::{
     Clock, ContinuousOptions, ContinuousSync, SharedSyncLog, SyncDevice, SyncOptions,
 };
 
-use crate::report::{figure, rate, BoxError};
+use crate::report::{database_bytes, figure, rate, BoxError};
 
 const TRIPS: usize = 20;
 
@@ -112,6 +112,12 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
         "continuous.push_then_pull.entries",
         ops,
         push_time + pull_time,
+    );
+    // What the shared log keeps of an entry (its payload, routing fields and indexes).
+    figure(
+        "continuous.shared_log_database.bytes_per_entry",
+        database_bytes(dir.path(), "shared.db")? as f64 / ops as f64,
+        "bytes",
     );
     same_notes(&a, &b).await?;
 
