@@ -118,7 +118,8 @@ pub struct SyncReport {
     /// Pulled payloads that did not decode, kept in quarantine.
     pub quarantined: u64,
     /// Quarantined payloads that decoded when tried again (the first sync of an engine, say
-    /// with the right key now) and were integrated.
+    /// with the right key now) and left the quarantine, integrated like pulled entries (so
+    /// also counted as applied, duplicates or held).
     pub released: u64,
     /// Problems that did not stop the sync (an entry too large, a payload that did not decode).
     pub problems: Vec<String>,
@@ -311,9 +312,11 @@ impl ContinuousSync {
 
     /// Decodes the quarantined payloads again, a page at a time: those that decode now (the
     /// app gave the right key, or reads their format after an upgrade) are integrated and
-    /// leave the quarantine in the same transaction; the others stay.
+    /// leave the quarantine in the same transaction; the others stay, and so do those of
+    /// collections this device no longer subscribes to.
     async fn retry_quarantined(&self, report: &mut SyncReport) -> Result<()> {
         let limit = self.options.pull_batch;
+        let topics = self.topics();
         let mut after: Option<Uuid> = None;
         loop {
             let mut filter = Filter::all();
@@ -327,6 +330,7 @@ impl ContinuousSync {
             let mut released = Vec::new();
             for row in &rows {
                 let decoded = quarantined_entry(row)
+                    .filter(|shared| topics.as_ref().is_none_or(|t| t.contains(&shared.topic)))
                     .and_then(|shared| self.options.codec.decode(&shared).ok());
                 if let Some(entry) = decoded {
                     released.push(entry.id);
@@ -507,7 +511,7 @@ impl ContinuousSync {
         let mut page = self.pull_page(me, cursor, topics.as_deref()).await?;
         loop {
             report.pulled += page.pulled;
-            report.quarantined += page.quarantined.len() as u64;
+            report.quarantined += page.set_aside;
             report.problems.append(&mut page.problems);
             let mut extra = std::mem::take(&mut page.quarantined);
             if page.next_cursor != cursor {
@@ -573,6 +577,7 @@ impl ContinuousSync {
             more: page.more,
             ..PulledPage::default()
         };
+        let mut undecodable = Vec::new();
         for pulled in &page.entries {
             match self.options.codec.decode(&pulled.entry) {
                 Ok(entry) => decoded.entries.push(entry),
@@ -580,21 +585,50 @@ impl ContinuousSync {
                     decoded
                         .problems
                         .push(format!("entry {}: {problem}", pulled.entry.id));
-                    decoded.quarantined.push(BatchStep::new(Operation::create(
-                        QUARANTINE_COLLECTION,
-                        object! {
-                            "id" => pulled.entry.id,
-                            "device" => pulled.entry.device.0,
-                            "topic" => pulled.entry.topic.clone(),
-                            "cursor" => i64::try_from(pulled.cursor).unwrap_or(i64::MAX),
-                            "payload" => pulled.entry.payload.clone(),
-                            "reason" => problem.to_string(),
-                        },
-                    )));
+                    undecodable.push((pulled, problem));
                 }
             }
         }
+        decoded.set_aside = undecodable.len() as u64;
+        // A payload pulled again (the subscription changed and pulling started over) is
+        // in the quarantine already.
+        let kept = self
+            .quarantined_ids(undecodable.iter().map(|(p, _)| p.entry.id))
+            .await?;
+        for (pulled, problem) in undecodable {
+            if kept.contains(&pulled.entry.id) {
+                continue;
+            }
+            decoded.quarantined.push(BatchStep::new(Operation::create(
+                QUARANTINE_COLLECTION,
+                object! {
+                    "id" => pulled.entry.id,
+                    "device" => pulled.entry.device.0,
+                    "topic" => pulled.entry.topic.clone(),
+                    "cursor" => i64::try_from(pulled.cursor).unwrap_or(i64::MAX),
+                    "payload" => pulled.entry.payload.clone(),
+                    "reason" => problem.to_string(),
+                },
+            )));
+        }
         Ok(decoded)
+    }
+
+    /// Which of `ids` the quarantine holds.
+    async fn quarantined_ids(&self, ids: impl Iterator<Item = Uuid>) -> Result<HashSet<Uuid>> {
+        let ids: Vec<Uuid> = ids.collect();
+        let mut kept = HashSet::new();
+        for chunk in ids.chunks(LOOKUP_CHUNK) {
+            let filter = Filter::all().is_in("id", chunk.iter().copied());
+            let storage = self.device.storage();
+            for row in storage
+                .find_many(QUARANTINE_COLLECTION, Query::new(filter))
+                .await?
+            {
+                kept.extend(row.get("id").and_then(Value::as_uuid));
+            }
+        }
+        Ok(kept)
     }
 }
 
@@ -616,8 +650,10 @@ fn quarantined_entry(row: &storex_core::Object) -> Option<SharedEntry> {
 struct PulledPage {
     /// The entries that decoded.
     entries: Vec<LogEntry>,
-    /// Steps storing those that did not in the quarantine.
+    /// Steps storing those that did not in the quarantine (unless it holds them already).
     quarantined: Vec<BatchStep>,
+    /// How many did not decode.
+    set_aside: u64,
     /// Why they did not.
     problems: Vec<String>,
     /// How many entries the page had.

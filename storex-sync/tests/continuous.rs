@@ -279,8 +279,65 @@ async fn quarantined_payloads_are_opened_page_by_page_once_the_key_is_right() {
     let report = devices.sync(b).await;
     assert_eq!((report.released, report.integrated), (5, 5), "{report:?}");
     assert_eq!(devices.count(b).await, 5);
+    assert_eq!(devices.quarantined(b).await, 0);
     // Released once: the next engine finds nothing left.
     devices.resubscribe(b, ContinuousOptions::default().with_encryption_key(key));
     assert_eq!(devices.sync(b).await.released, 0);
     devices.assert_converged(&[a, b]).await;
+}
+
+#[tokio::test]
+async fn a_payload_pulled_again_is_kept_once_and_released_only_inside_the_subscription() {
+    use storex_core::uuid::Uuid;
+    use storex_core::{object, Pk};
+    use storex_sync::{ContinuousOptions, EntryCodec, EntryOp, LogEntry, SharedEntry};
+    let log = memory().await;
+    let mut devices = storex_test::devices::Devices::new(log.clone()).await;
+    let a = devices.add().await;
+    let b = devices.add().await;
+    let from_a = devices.device(a).device();
+    let garbage = SharedEntry {
+        id: Uuid::now_v7(),
+        device: from_a,
+        topic: "note".into(),
+        payload: b"\xff not an entry".to_vec(),
+    };
+    log.push(from_a, vec![garbage]).await.expect("push garbage");
+    assert_eq!(devices.sync(b).await.quarantined, 1);
+    // A photo that reads well, kept in the quarantine (as a device of an earlier version
+    // would keep a payload it could not read).
+    let hlc = devices.device(a).clock().now();
+    let photo = LogEntry {
+        id: Uuid::now_v7(),
+        device: from_a,
+        hlc,
+        collection: "photo".into(),
+        pk: Pk::from("p1"),
+        op: EntryOp::Create,
+        fields: object! { "id" => "p1", "caption" => "kept" },
+        schema_version: 1,
+    };
+    let sealed = EntryCodec::plain().encode(&photo);
+    let row = object! {
+        "id" => sealed.id, "device" => from_a.0, "topic" => sealed.topic.clone(),
+        "cursor" => 0i64, "payload" => sealed.payload.clone(), "reason" => "an earlier version",
+    };
+    let storage = devices.device(b).storage().clone();
+    storage
+        .create(storex_sync::QUARANTINE_COLLECTION, row)
+        .await
+        .expect("keep the photo");
+    // Notes only: pulling starts over, the garbage comes again and is kept once; the photo
+    // stays where it is.
+    devices.resubscribe(b, ContinuousOptions::default().with_collections(["note"]));
+    let report = devices.sync(b).await;
+    assert_eq!((report.quarantined, report.released), (1, 0), "{report:?}");
+    assert_eq!(devices.quarantined(b).await, 2);
+    // Everything again: the photo is released, the garbage stays.
+    devices.resubscribe(b, ContinuousOptions::default());
+    let report = devices.sync(b).await;
+    assert_eq!(report.released, 1, "{report:?}");
+    assert_eq!(devices.quarantined(b).await, 1);
+    let photo = storage.find_by_pk("photo", "p1").await.expect("find");
+    assert!(photo.is_some(), "the released photo was applied");
 }

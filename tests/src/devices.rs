@@ -179,6 +179,15 @@ impl Devices {
             .expect("count")
     }
 
+    /// How many payloads the device keeps in its quarantine.
+    pub async fn quarantined(&self, index: usize) -> u64 {
+        self.device(index)
+            .storage()
+            .count(storex_sync::QUARANTINE_COLLECTION, Filter::all())
+            .await
+            .expect("count the quarantine")
+    }
+
     /// One sync of the device.
     pub async fn try_sync(&self, index: usize) -> storex_sync::Result<SyncReport> {
         self.syncs[index].sync_once().await

@@ -231,13 +231,11 @@ pub async fn encrypted_entries_reach_devices_with_the_key_and_are_quarantined_wi
         report.problems
     );
     assert_eq!(devices.count(stranger).await, 0);
-    let kept = devices
-        .device(stranger)
-        .storage()
-        .count(storex_sync::QUARANTINE_COLLECTION, Filter::all())
-        .await
-        .expect("count");
-    assert_eq!(kept, 1, "the undecodable entry is kept, not dropped");
+    assert_eq!(
+        devices.quarantined(stranger).await,
+        1,
+        "the undecodable entry is kept, not dropped"
+    );
     // Later entries still flow to the stranger's cursor: it is not blocked.
     assert!(devices.sync(stranger).await.problems.is_empty());
     // Given the right key, its next engine's first sync opens what it kept.
@@ -251,13 +249,11 @@ pub async fn encrypted_entries_reach_devices_with_the_key_and_are_quarantined_wi
         devices.title(stranger, "secret").await.as_deref(),
         Some("the plans")
     );
-    let kept = devices
-        .device(stranger)
-        .storage()
-        .count(storex_sync::QUARANTINE_COLLECTION, Filter::all())
-        .await
-        .expect("count");
-    assert_eq!(kept, 0, "what opened left the quarantine");
+    assert_eq!(
+        devices.quarantined(stranger).await,
+        0,
+        "what opened left the quarantine"
+    );
     devices.assert_converged(&[a, b, stranger]).await;
 }
 
