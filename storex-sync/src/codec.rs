@@ -37,7 +37,12 @@ fn decode_entry(bytes: &[u8]) -> Result<LogEntry, DecodeError> {
     let malformed = |e: String| DecodeError::Malformed(e);
     match bytes.split_first() {
         Some((&PAYLOAD_FORMAT, body)) => {
-            rmp_serde::from_slice(body).map_err(|e| malformed(e.to_string()))
+            let mut reader = std::io::Cursor::new(body);
+            let entry = rmp_serde::from_read(&mut reader).map_err(|e| malformed(e.to_string()))?;
+            if reader.position() != body.len() as u64 {
+                return Err(malformed("bytes follow the entry".into()));
+            }
+            Ok(entry)
         }
         Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string())),
         Some((other, _)) => Err(malformed(format!(
@@ -300,6 +305,7 @@ mod tests {
         for garbage in [
             b"\xff\x00 not json".to_vec(),
             b"\x02\xc1 not msgpack".to_vec(),
+            [codec.encode(&entry()).payload, b"more".to_vec()].concat(),
             b"{ not json".to_vec(),
             Vec::new(),
         ] {

@@ -607,7 +607,9 @@ async fn read_round(
     if let Some(last) = until {
         filter = filter.lte("id", last);
     }
-    let query = Query::new(filter).order_asc("id").limit(RECORDS_PER_ROUND);
+    // Each record holds at least one change: more than `wanted` records are never needed.
+    let records = RECORDS_PER_ROUND.min(u64::try_from(wanted).unwrap_or(u64::MAX));
+    let query = Query::new(filter).order_asc("id").limit(records);
     let rows = exec.find(JOURNAL_COLLECTION, query).await?;
     if rows.is_empty() {
         return Ok(None);
