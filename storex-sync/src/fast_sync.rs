@@ -3,9 +3,10 @@
 //!
 //! The sender reads everything inside one snapshot transaction
 //! ([`Storage::begin_snapshot`](storex_core::Storage::begin_snapshot)), so what it sends is
-//! consistent while the old device's app goes on writing (on SQLite a deferred transaction,
-//! which sees the file as it was at its first read; on PostgreSQL a read-only REPEATABLE
-//! READ transaction).
+//! consistent while the old device's app goes on writing (on a SQLite file a deferred
+//! transaction, which sees the file as it was at its first read; on PostgreSQL a read-only
+//! REPEATABLE READ transaction; an in-memory SQLite database has one connection, so its
+//! writes wait for the transfer).
 //! It streams the app's collections and then the *versions* of their objects (its client
 //! sync log folded into its versions index, one row per object), so the receiver knows the
 //! timestamp of every value, and hands over its shared-log cursor: the receiver's continuous

@@ -2,7 +2,8 @@
 //!
 //! SQLite transactions start with `BEGIN IMMEDIATE`, so two transactions that read before
 //! they write never deadlock on the upgrade to a write lock; other writers wait up to the
-//! busy timeout. On PostgreSQL every write inside a transaction runs in a savepoint, so a
+//! busy timeout. Snapshot transactions (reads only) are deferred: on a file in WAL mode they
+//! hold no lock writers wait for. On PostgreSQL every write inside a transaction runs in a savepoint, so a
 //! failed write leaves the transaction usable, as storex-core's contract says.
 
 use std::sync::{Arc, PoisonError, RwLock};
@@ -150,7 +151,9 @@ impl Shared {
     /// A transaction whose reads share one snapshot: on PostgreSQL read-only at REPEATABLE
     /// READ (its default, READ COMMITTED, lets each statement see newer commits); on SQLite
     /// a deferred one, whose reads see the database as it was at the first of them (a file
-    /// is in WAL mode), while writers go on.
+    /// is in WAL mode), while writers go on. (An in-memory database has one connection,
+    /// which the snapshot holds until it ends; the WAL cannot be checkpointed past an open
+    /// snapshot, so it grows while one lasts.)
     async fn begin_snapshot(&self) -> CoreResult<DatabaseTransaction> {
         match self.dialect {
             Dialect::Postgres => {
