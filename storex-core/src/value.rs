@@ -68,8 +68,9 @@ pub enum Value {
     DateTime(DateTime<Utc>),
     /// A JSON document.
     Json(serde_json::Value),
-    /// Bytes.
-    Blob(Vec<u8>),
+    /// Bytes (a byte string in binary formats such as MessagePack; an array of numbers in
+    /// JSON, as before).
+    Blob(#[serde(with = "blob_bytes")] Vec<u8>),
     /// A UUID.
     Uuid(Uuid),
 }
@@ -327,9 +328,65 @@ impl Ord for PkKey {
     }
 }
 
+/// `Value::Blob` as a byte string: formats with one (MessagePack) store the bytes as they are
+/// instead of one number each; it reads back from a byte string or a sequence of numbers (JSON,
+/// and what earlier versions wrote).
+mod blob_bytes {
+    use std::fmt;
+
+    use serde::de::{SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
+        struct Bytes;
+
+        impl<'de> Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("bytes")
+            }
+
+            fn visit_bytes<E>(self, bytes: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(bytes.to_vec())
+            }
+
+            fn visit_byte_buf<E>(self, bytes: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(bytes)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(byte) = seq.next_element::<u8>()? {
+                    bytes.push(byte);
+                }
+                Ok(bytes)
+            }
+        }
+
+        deserializer.deserialize_bytes(Bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blobs_stay_arrays_of_numbers_in_json() {
+        let blob = Value::Blob(vec![0, 255, 7]);
+        let json = serde_json::to_string(&blob).expect("encode");
+        assert_eq!(json, r#"{"blob":[0,255,7]}"#);
+        assert_eq!(serde_json::from_str::<Value>(&json).expect("decode"), blob);
+        let wrong = serde_json::from_str::<Value>(r#"{"blob":[0,256]}"#);
+        assert!(wrong.is_err(), "a number past a byte is refused");
+    }
 
     #[test]
     fn null_sorts_before_every_value() {

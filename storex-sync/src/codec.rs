@@ -245,6 +245,25 @@ mod tests {
     }
 
     #[test]
+    fn blobs_travel_as_byte_strings_and_arrays_of_numbers_still_read() {
+        let blob = Value::Blob(vec![200; 100]);
+        let packed = rmp_serde::to_vec_named(&blob).expect("encode");
+        assert!(packed.len() < 110, "{} bytes", packed.len());
+        // As earlier versions wrote it: a number a byte (two bytes each past 127).
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Earlier {
+            Blob(Vec<u8>),
+        }
+        let earlier = rmp_serde::to_vec_named(&Earlier::Blob(vec![200; 100])).expect("encode");
+        assert!(earlier.len() > 200, "{} bytes", earlier.len());
+        assert_eq!(
+            rmp_serde::from_slice::<Value>(&earlier).expect("decode"),
+            blob
+        );
+    }
+
+    #[test]
     fn payloads_of_the_first_format_still_decode_and_are_larger() {
         let codec = EntryCodec::plain();
         let e = entry();
