@@ -14,7 +14,7 @@ use storex_core::{CollectionDef, Object};
 use crate::fast_sync::channel::ChannelError;
 
 /// The version of the protocol this build speaks; the first byte of every frame.
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 5;
 
 /// The most objects one batch may carry: a frame that claims more is refused while it is
 /// decoded, before its objects fill memory (a frame of empty objects decodes to far more
