@@ -3,8 +3,9 @@
 //! SQLite transactions start with `BEGIN IMMEDIATE`, so two transactions that read before
 //! they write never deadlock on the upgrade to a write lock; other writers wait up to the
 //! busy timeout. Snapshot transactions (reads only) are deferred: on a file in WAL mode they
-//! hold no lock writers wait for. On PostgreSQL every write inside a transaction runs in a savepoint, so a
-//! failed write leaves the transaction usable, as storex-core's contract says.
+//! hold no lock writers wait for. On PostgreSQL every write inside a transaction runs in a
+//! savepoint, so a failed write leaves the transaction usable, as storex-core's contract
+//! says.
 
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
