@@ -4,11 +4,11 @@
 //! MessagePack with field names; format 1, the entry as JSON, still decodes) and its topic is
 //! the collection's name. With a key (32 bytes, provided by the app and never sent anywhere),
 //! the payload is the encoded entry sealed with XChaCha20-Poly1305, and the topic a keyed
-//! hash of the collection, so the
-//! shared log sees only routing fields: entry id, device, an opaque topic and the cursor it
-//! assigns. The routing fields are bound to the ciphertext as associated data, so a payload
-//! moved to another id or device fails to open. The nonce is derived from the entry's unique
-//! id: an entry is always sealed the same way, and no two entries share a nonce.
+//! hash of the collection, so the shared log sees only routing fields: entry id, device, an
+//! opaque topic and the cursor it assigns. The routing fields are bound to the ciphertext as
+//! associated data, so a payload moved to another id or device fails to open. The nonce is
+//! derived from the entry's unique id: an entry is always sealed the same way, and no two
+//! entries share a nonce.
 
 use std::fmt;
 
