@@ -393,10 +393,19 @@ pub(crate) async fn known_objects(
 
 /// Which of `ids` the log already holds.
 pub(crate) async fn known_ids(exec: Exec<'_>, ids: &[Uuid]) -> Result<HashSet<Uuid>> {
+    ids_in(exec, LOG_COLLECTION, ids).await
+}
+
+/// Which of `ids` `collection` (one of sync's own, keyed by `id`) holds.
+pub(crate) async fn ids_in(
+    exec: Exec<'_>,
+    collection: &str,
+    ids: &[Uuid],
+) -> Result<HashSet<Uuid>> {
     let mut known = HashSet::new();
     for chunk in ids.chunks(LOOKUP_CHUNK) {
         let query = Query::new(Filter::all().is_in("id", chunk.iter().copied()));
-        for row in exec.find(LOG_COLLECTION, query).await? {
+        for row in exec.find(collection, query).await? {
             if let Some(id) = row.get("id").and_then(Value::as_uuid) {
                 known.insert(id);
             }

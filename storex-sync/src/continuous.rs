@@ -25,7 +25,7 @@ use storex_core::uuid::Uuid;
 use storex_core::{object, BatchStep, Filter, Operation, Origin, Query, Value};
 use tokio::sync::Mutex;
 
-use crate::client_log::LOOKUP_CHUNK;
+use crate::client_log::{ids_in, Exec, LOOKUP_CHUNK};
 use crate::codec::EntryCodec;
 use crate::device::SyncDevice;
 use crate::entry::{
@@ -592,9 +592,9 @@ impl ContinuousSync {
         decoded.set_aside = undecodable.len() as u64;
         // A payload pulled again (the subscription changed and pulling started over) is
         // in the quarantine already.
-        let kept = self
-            .quarantined_ids(undecodable.iter().map(|(p, _)| p.entry.id))
-            .await?;
+        let ids: Vec<Uuid> = undecodable.iter().map(|(p, _)| p.entry.id).collect();
+        let storage = self.device.storage();
+        let kept = ids_in(Exec::Storage(storage), QUARANTINE_COLLECTION, &ids).await?;
         for (pulled, problem) in undecodable {
             if kept.contains(&pulled.entry.id) {
                 continue;
@@ -612,23 +612,6 @@ impl ContinuousSync {
             )));
         }
         Ok(decoded)
-    }
-
-    /// Which of `ids` the quarantine holds.
-    async fn quarantined_ids(&self, ids: impl Iterator<Item = Uuid>) -> Result<HashSet<Uuid>> {
-        let ids: Vec<Uuid> = ids.collect();
-        let mut kept = HashSet::new();
-        for chunk in ids.chunks(LOOKUP_CHUNK) {
-            let filter = Filter::all().is_in("id", chunk.iter().copied());
-            let storage = self.device.storage();
-            for row in storage
-                .find_many(QUARANTINE_COLLECTION, Query::new(filter))
-                .await?
-            {
-                kept.extend(row.get("id").and_then(Value::as_uuid));
-            }
-        }
-        Ok(kept)
     }
 }
 
