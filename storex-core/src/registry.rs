@@ -75,6 +75,9 @@ pub struct CollectionDef {
     primary_key: Vec<String>,
     indices: Vec<IndexDef>,
     relations: Vec<RelationDef>,
+    /// See [`CollectionDef::clustered`]; absent from definitions of earlier versions.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    clustered: bool,
 }
 
 impl CollectionDef {
@@ -87,6 +90,7 @@ impl CollectionDef {
             primary_key: Vec::new(),
             indices: Vec::new(),
             relations: Vec::new(),
+            clustered: false,
         }
     }
 
@@ -161,6 +165,18 @@ impl CollectionDef {
         self
     }
 
+    /// A storage hint: keep the rows ordered by their primary key in one structure, with
+    /// no separate index for the key. On SQLite the table is created `WITHOUT ROWID`, which
+    /// saves the key's second copy and a B-tree to update when rows are small and the key
+    /// is not one integer (sync's versions index, for one). Rows of more than a few hundred
+    /// bytes are better off without it. Backends without such a layout (PostgreSQL,
+    /// [`crate::MemoryBackend`]) ignore it, and a table that exists already keeps the layout
+    /// it was created with.
+    pub fn clustered(mut self) -> Self {
+        self.clustered = true;
+        self
+    }
+
     /// The collection's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -189,6 +205,11 @@ impl CollectionDef {
     /// Its child-of relations.
     pub fn relations(&self) -> &[RelationDef] {
         &self.relations
+    }
+
+    /// True when [`CollectionDef::clustered`] asked for rows kept in key order.
+    pub fn is_clustered(&self) -> bool {
+        self.clustered
     }
 
     /// Its schema version (set with [`CollectionDef::version`]).
@@ -387,6 +408,19 @@ mod tests {
             .field("id", FieldType::Uuid)
             .field("title", FieldType::Text)
             .primary_key(["id"])
+    }
+
+    #[test]
+    fn the_clustered_hint_travels_with_a_definition_and_defaults_to_off() {
+        let plain = serde_json::to_value(note()).expect("encode");
+        assert!(plain.get("clustered").is_none(), "{plain}");
+        let decoded: CollectionDef = serde_json::from_value(plain).expect("decode");
+        assert!(!decoded.is_clustered());
+        let clustered = note().clustered();
+        let json = serde_json::to_string(&clustered).expect("encode");
+        let decoded: CollectionDef = serde_json::from_str(&json).expect("decode");
+        assert!(decoded.is_clustered());
+        assert_eq!(decoded, clustered);
     }
 
     fn refused(def: CollectionDef) -> String {

@@ -56,6 +56,7 @@ pub(crate) fn versions_collection() -> CollectionDef {
         .field("object", FieldType::Text)
         .field("state", FieldType::Blob)
         .primary_key(["object"])
+        .clustered()
 }
 
 /// The id of an object's row: its collection and its key's text.

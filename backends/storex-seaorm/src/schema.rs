@@ -78,6 +78,9 @@ fn create_table(def: &CollectionDef, dialect: Dialect) -> sea_orm::sea_query::Ta
         pk.col(Alias::new(field));
     }
     table.primary_key(&mut pk);
+    if def.is_clustered() && dialect == Dialect::Sqlite {
+        table.extra("WITHOUT ROWID");
+    }
     table
 }
 
