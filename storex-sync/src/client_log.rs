@@ -29,6 +29,9 @@ use crate::write_order::WriteOrder;
 /// Largest number of values in one `IN (…)` lookup.
 pub(crate) const LOOKUP_CHUNK: usize = 1_000;
 
+/// Entries a round of compaction folds at most, in one transaction.
+const COMPACT_ROUND: u64 = 2_000;
+
 /// Runs sync's own operations on a storage or inside one of its transactions.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Exec<'a> {
@@ -293,28 +296,49 @@ impl ClientSyncLog {
     /// fast sync of an earlier version brought) into the [versions index](crate::VERSIONS_COLLECTION), which keeps
     /// what convergence needs of them, and drops them from the log. Unshared and held
     /// entries stay, as do those of collections this storage's registry does not define.
-    /// Returns how many entries were dropped.
+    /// Works in rounds of 2,000 entries, oldest first, each its own transaction, so memory
+    /// stays bounded and the app's writes wait for one round at most. Returns how many
+    /// entries were dropped.
     pub async fn compact(&self) -> Result<u64> {
+        self.compact_up_to(u64::MAX).await
+    }
+
+    /// Like [`ClientSyncLog::compact`], but drops at most `limit` entries, the oldest first:
+    /// what a sync does after it pushed, so that a device that syncs in the background keeps its log
+    /// small without one sync doing all of a large backlog at once.
+    pub async fn compact_up_to(&self, limit: u64) -> Result<u64> {
         self.index_first().await?;
-        let compacting = async {
-            let tx = self.storage.begin().await?;
-            let dropped =
-                compact_into_versions(Exec::Transaction(&tx), self.storage.registry()).await;
-            settle(tx, dropped).await
-        };
-        self.order.hold(compacting).await?
+        let mut dropped = 0u64;
+        while dropped < limit {
+            let size = (limit - dropped).min(COMPACT_ROUND);
+            let round = async {
+                let tx = self.storage.begin().await?;
+                let registry = self.storage.registry();
+                let folded = compact_into_versions(Exec::Transaction(&tx), registry, size).await;
+                settle(tx, folded).await
+            };
+            let folded = self.order.hold(round).await??;
+            dropped += folded;
+            if folded < size {
+                break;
+            }
+        }
+        Ok(dropped)
     }
 }
 
-/// See [`ClientSyncLog::compact`]; inside the transaction behind `exec`.
-async fn compact_into_versions(exec: Exec<'_>, registry: &Registry) -> Result<u64> {
-    let filter = Filter::all().eq("integrated", true).eq("shared", true);
-    let rows = exec.find(LOG_COLLECTION, Query::new(filter)).await?;
-    let entries: Vec<LogEntry> = read_entries(rows)?
-        .into_iter()
-        .map(|s| s.entry)
-        .filter(|e| registry.collection(&e.collection).is_ok())
-        .collect();
+/// One round of [`ClientSyncLog::compact`]: folds up to `size` of the shared, integrated
+/// entries of the registry's collections, the oldest first, inside the transaction behind
+/// `exec`. Returns how many were dropped.
+async fn compact_into_versions(exec: Exec<'_>, registry: &Registry, size: u64) -> Result<u64> {
+    let collections = registry.collections().map(|def| Value::from(def.name()));
+    let filter = Filter::all()
+        .eq("shared", true)
+        .eq("integrated", true)
+        .is_in("collection", collections);
+    let query = Query::new(filter).order_asc("hlc").limit(size);
+    let rows = exec.find(LOG_COLLECTION, query).await?;
+    let entries: Vec<LogEntry> = read_entries(rows)?.into_iter().map(|s| s.entry).collect();
     if entries.is_empty() {
         return Ok(0);
     }

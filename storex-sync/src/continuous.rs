@@ -15,6 +15,10 @@
 //! the shared log was compacted since, that is the usual error asking for an initial sync).
 //! The first sync of each [`ContinuousSync`] also retries the held entries, so entries from a
 //! newer schema apply after the app's upgrade without the app asking.
+//!
+//! Last, a sync compacts up to [`ContinuousOptions::compact_per_sync`] of the entries it
+//! (or an earlier sync) pushed into the versions index, so the client log of a device that
+//! syncs in the background does not grow with every write it ever made.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,6 +57,11 @@ pub struct ContinuousOptions {
     pub collections: Option<Vec<String>>,
     /// How payloads are encoded (plain, or encrypted with the app's key).
     pub codec: EntryCodec,
+    /// Entries of the client log each sync compacts at most, the oldest first, once they
+    /// are pushed (see [`crate::ClientSyncLog::compact`]): a device that syncs in the
+    /// background keeps its log small without one sync taking on a large backlog at once.
+    /// 0: never (the app calls `compact` itself).
+    pub compact_per_sync: u64,
 }
 
 impl Default for ContinuousOptions {
@@ -63,6 +72,7 @@ impl Default for ContinuousOptions {
             pull_batch: 1_000,
             collections: None,
             codec: EntryCodec::plain(),
+            compact_per_sync: 10_000,
         }
     }
 }
@@ -72,6 +82,12 @@ impl ContinuousOptions {
     pub fn with_batch_size(mut self, entries: usize) -> Self {
         self.push_batch = entries.max(1);
         self.pull_batch = entries.max(1);
+        self
+    }
+
+    /// Sets how many entries of the client log each sync compacts at most (0: never).
+    pub fn with_compact_per_sync(mut self, entries: u64) -> Self {
+        self.compact_per_sync = entries;
         self
     }
 
@@ -121,6 +137,9 @@ pub struct SyncReport {
     /// with the right key now) and left the quarantine, integrated like pulled entries (so
     /// also counted as applied, duplicates or held).
     pub released: u64,
+    /// Entries of this device's client log compacted into its versions index after the
+    /// push (see [`ContinuousOptions::compact_per_sync`]).
+    pub compacted: u64,
     /// Problems that did not stop the sync (an entry too large, a payload that did not decode).
     pub problems: Vec<String>,
     /// The shared-log cursor after the sync.
@@ -276,7 +295,8 @@ impl ContinuousSync {
         Ok(())
     }
 
-    /// Pushes, pulls and applies until caught up; one call at a time per device.
+    /// Pushes, pulls and applies until caught up, then compacts the client log (up to
+    /// [`ContinuousOptions::compact_per_sync`] entries); one call at a time per device.
     pub async fn sync_once(&self) -> Result<SyncReport> {
         let _running = self.running.lock().await;
         let start = Instant::now();
@@ -304,6 +324,19 @@ impl ContinuousSync {
                 report
                     .problems
                     .push(format!("retrying quarantined payloads: {e}"));
+            }
+        }
+        if self.options.compact_per_sync > 0 {
+            match self
+                .device
+                .log()
+                .compact_up_to(self.options.compact_per_sync)
+                .await
+            {
+                Ok(compacted) => report.compacted = compacted,
+                Err(e) => report
+                    .problems
+                    .push(format!("compacting the client log: {e}")),
             }
         }
         report.duration = start.elapsed();

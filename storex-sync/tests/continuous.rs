@@ -341,3 +341,61 @@ async fn a_payload_pulled_again_is_kept_once_and_released_only_inside_the_subscr
     let photo = storage.find_by_pk("photo", "p1").await.expect("find");
     assert!(photo.is_some(), "the released photo was applied");
 }
+
+#[tokio::test]
+async fn a_sync_compacts_what_was_pushed_oldest_first_up_to_its_limit() {
+    use storex_sync::ContinuousOptions;
+    let mut devices = storex_test::devices::Devices::new(memory().await).await;
+    let a = devices
+        .add_with(ContinuousOptions::default().with_compact_per_sync(3))
+        .await;
+    let b = devices.add().await;
+    devices.sync_all(&[a, b]).await;
+    // B changes note-0 before A does: A's later title must win, also once compacted.
+    devices.note(a, "note-0", "first").await;
+    devices.sync_all(&[a, b]).await;
+    devices.set_title(b, "note-0", "b-earlier").await;
+    devices.set_title(a, "note-0", "a-later").await;
+    for n in 1..5 {
+        devices.note(a, &format!("note-{n}"), "v").await;
+    }
+    let log = devices.device(a).log();
+    let report = devices.sync(a).await;
+    assert_eq!((report.pushed, report.compacted), (5, 3), "{report:?}");
+    // The oldest went first; what is left waits for the next sync.
+    let left: Vec<storex_core::Pk> = log
+        .all()
+        .await
+        .expect("log")
+        .into_iter()
+        .map(|stored| stored.entry.pk)
+        .collect();
+    assert_eq!(left, vec!["note-3".into(), "note-4".into()]);
+    let report = devices.sync(a).await;
+    assert_eq!((report.pushed, report.compacted), (0, 2), "{report:?}");
+    assert!(log.all().await.expect("log").is_empty());
+
+    // B pushes its earlier change and takes A's; A takes B's against its compacted log.
+    devices.sync(b).await;
+    let report = devices.sync(a).await;
+    assert_eq!(report.conflicts, 1, "{report:?}");
+    devices.assert_converged(&[a, b]).await;
+    assert_eq!(devices.title(b, "note-0").await.as_deref(), Some("a-later"));
+}
+
+#[tokio::test]
+async fn a_sync_set_not_to_compact_keeps_the_pushed_entries() {
+    use storex_sync::ContinuousOptions;
+    let mut devices = storex_test::devices::Devices::new(memory().await).await;
+    let a = devices
+        .add_with(ContinuousOptions::default().with_compact_per_sync(0))
+        .await;
+    for n in 0..3 {
+        devices.note(a, &format!("note-{n}"), "v").await;
+    }
+    let report = devices.sync(a).await;
+    assert_eq!((report.pushed, report.compacted), (3, 0), "{report:?}");
+    let log = devices.device(a).log();
+    assert_eq!(log.len().await.expect("len"), 3);
+    assert_eq!(log.compact().await.expect("compact"), 3);
+}

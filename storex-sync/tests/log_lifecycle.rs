@@ -293,3 +293,42 @@ async fn rows_known_from_received_or_compacted_changes_are_not_logged_again() {
     assert_eq!(b.log_existing_rows().await.expect("existing"), 0);
     assert!(b.log().all().await.expect("log").is_empty());
 }
+
+#[tokio::test]
+async fn compaction_works_in_rounds_and_stops_at_its_limit() {
+    use storex_core::{BatchStep, Operation};
+    let a = open(1, Arc::new(MemoryBackend::new())).await;
+    let steps = (0..2_500)
+        .map(|id| {
+            let note = object! { "id" => id, "title" => format!("note {id}") };
+            BatchStep::new(Operation::create("note", note))
+        })
+        .collect();
+    a.storage()
+        .batch(steps)
+        .await
+        .expect("a write of 2,500 notes");
+    let mut shared = Vec::new();
+    loop {
+        let part = share_everything(&a).await;
+        if part.is_empty() {
+            break;
+        }
+        shared.extend(part);
+    }
+    assert_eq!(shared.len(), 2_500);
+    // More than one round (2,000 entries each), cut at the limit.
+    assert_eq!(a.log().compact_up_to(2_100).await.expect("compact"), 2_100);
+    assert_eq!(a.log().len().await.expect("len"), 400);
+    assert_eq!(a.log().compact().await.expect("compact"), 400);
+    assert!(a.log().is_empty().await.expect("empty"));
+
+    let b = open(1, Arc::new(MemoryBackend::new())).await;
+    b.integrate(shared.clone()).await.expect("integrate");
+    assert_eq!(
+        b.digest("note").await.expect("digest"),
+        a.digest("note").await.expect("digest")
+    );
+    let again = a.integrate(shared).await.expect("integrate again");
+    assert_eq!(again.operations, 0, "{again:?}");
+}

@@ -2,13 +2,16 @@
 //!
 //! Device A writes `ops` notes (not timed), then pushes them; device B pulls and applies
 //! them afterwards: entries per second for the push, for the pull+apply, and for the two one
-//! after the other (`push_then_pull`); then the shared log's database size per entry.
+//! after the other (`push_then_pull`); then the shared log's database size per entry. These
+//! syncs do not compact A's client log; compacting it afterwards is timed apart
+//! (`continuous.compact`).
 //!
-//! Then end to end as devices run (target: 50,000 entries/s): A writes `ops` more notes (not
-//! timed) and pushes them while B, a separate device, keeps syncing as it would in the
-//! background (polling every millisecond when a sync brought nothing); the time from A's push
-//! starting to B holding every entry. The two devices run on their own tasks of a
-//! multi-thread runtime (a thread per core), as two devices would on their own machines.
+//! Then end to end as devices run (target: 50,000 entries/s), with the default options (a
+//! sync compacts up to 10,000 pushed entries): A writes `ops` more notes (not timed) and
+//! pushes them while B, a separate device, keeps syncing as it would in the background
+//! (polling every millisecond when a sync brought nothing); the time from A's push starting
+//! to B holding every entry. The two devices run on their own tasks of a multi-thread runtime
+//! (a thread per core), as two devices would on their own machines.
 //!
 //! Last, one write's travel time from A to B: A writes one note, A syncs, B syncs; the median
 //! of 20 trips.
@@ -42,21 +45,28 @@ fn registry() -> Result<Registry, BoxError> {
         .build()?)
 }
 
+/// A device on its own SQLite file, syncing through `log` with `options`.
 async fn device(
     dir: &Path,
     name: &str,
     log: &Arc<dyn SharedSyncLog>,
+    options: ContinuousOptions,
 ) -> Result<ContinuousSync, BoxError> {
     let id = log.create_device("bench").await?;
     let backend: Arc<dyn StorageBackend> =
         Arc::new(SeaOrmBackend::open_sqlite_file(dir.join(name)).await?);
     let device =
         SyncDevice::open(registry()?, backend, Clock::new(id), SyncOptions::default()).await?;
-    Ok(ContinuousSync::new(
-        device,
+    Ok(ContinuousSync::new(device, log.clone(), options))
+}
+
+/// Another engine for `engine`'s device, with the default options.
+fn with_default_options(engine: ContinuousSync, log: &Arc<dyn SharedSyncLog>) -> ContinuousSync {
+    ContinuousSync::new(
+        engine.device().clone(),
         log.clone(),
         ContinuousOptions::default(),
-    ))
+    )
 }
 
 /// Writes notes `from..from + count` on `device`, in batches of 1,000.
@@ -93,8 +103,9 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
         dir.path().join("shared.db").display()
     );
     let log: Arc<dyn SharedSyncLog> = Arc::new(SqlSharedLog::connect(&url).await?);
-    let a = device(dir.path(), "a.db", &log).await?;
-    let b = device(dir.path(), "b.db", &log).await?;
+    let no_compaction = ContinuousOptions::default().with_compact_per_sync(0);
+    let a = device(dir.path(), "a.db", &log, no_compaction.clone()).await?;
+    let b = device(dir.path(), "b.db", &log, no_compaction).await?;
 
     write_notes(&a, 0, ops).await?;
     let start = Instant::now();
@@ -120,7 +131,14 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
         "bytes",
     );
     same_notes(&a, &b).await?;
+    let start = Instant::now();
+    let compacted = a.device().log().compact().await?;
+    if compacted != ops {
+        return Err(format!("compacted {compacted} of {ops}").into());
+    }
+    rate("continuous.compact.entries", ops, start.elapsed());
 
+    let (a, b) = (with_default_options(a, &log), with_default_options(b, &log));
     write_notes(&a, ops, ops).await?;
     let (a, b) = (Arc::new(a), Arc::new(b));
     let start = Instant::now();

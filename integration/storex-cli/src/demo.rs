@@ -130,11 +130,13 @@ async fn run_in(dir: PathBuf) -> Result<()> {
     for (name, sync) in [("phone", &phone), ("laptop", &laptop), ("phone", &phone)] {
         let r = sync.sync_once().await?;
         say!(
-            "{name} synced: pushed {}, pulled {}, applied {}, conflicts resolved {}",
+            "{name} synced: pushed {}, pulled {}, applied {}, conflicts resolved {}, \
+             log entries compacted {}",
             r.pushed,
             r.pulled,
             r.applied,
-            r.conflicts
+            r.conflicts,
+            r.compacted
         );
     }
     let (a, b) = (show("phone", &phone).await?, show("laptop", &laptop).await?);

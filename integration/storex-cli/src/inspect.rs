@@ -38,6 +38,8 @@ pub(crate) async fn log(db: &Path, limit: usize) -> Result<()> {
         entries.len(),
         if skip > 0 {
             format!(", the last {limit}:")
+        } else if entries.is_empty() {
+            String::new()
         } else {
             ":".into()
         }
