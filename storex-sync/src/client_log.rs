@@ -30,7 +30,7 @@ use crate::write_order::WriteOrder;
 pub(crate) const LOOKUP_CHUNK: usize = 1_000;
 
 /// Entries a round of compaction folds at most, in one transaction.
-const COMPACT_ROUND: u64 = 2_000;
+pub(crate) const COMPACT_ROUND: u64 = 2_000;
 
 /// Runs sync's own operations on a storage or inside one of its transactions.
 #[derive(Clone, Copy, Debug)]
@@ -253,6 +253,13 @@ impl ClientSyncLog {
             .storage
             .count(LOG_COLLECTION, Filter::all().eq("shared", false))
             .await?)
+    }
+
+    /// How many entries [`ClientSyncLog::compact`] would fold: the shared, integrated ones.
+    pub async fn compactable_count(&self) -> Result<u64> {
+        self.index_first().await?;
+        let filter = Filter::all().eq("shared", true).eq("integrated", true);
+        Ok(self.storage.count(LOG_COLLECTION, filter).await?)
     }
 
     /// How many objects the [versions index](crate::VERSIONS_COLLECTION) describes: those

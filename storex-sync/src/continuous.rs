@@ -16,9 +16,10 @@
 //! The first sync of each [`ContinuousSync`] also retries the held entries, so entries from a
 //! newer schema apply after the app's upgrade without the app asking.
 //!
-//! Last, a sync compacts up to [`ContinuousOptions::compact_per_sync`] of the entries it
-//! (or an earlier sync) pushed into the versions index, so the client log of a device that
-//! syncs in the background does not grow with every write it ever made.
+//! Last, a sync that found nothing to push or pull, or that finds 2,000 pushed entries
+//! waiting, compacts up to [`ContinuousOptions::compact_per_sync`] of them into the versions
+//! index, so the client log of a device that syncs in the background does not grow with
+//! every write it ever made.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +30,7 @@ use storex_core::uuid::Uuid;
 use storex_core::{object, BatchStep, Filter, Operation, Origin, Query, Value};
 use tokio::sync::Mutex;
 
-use crate::client_log::{ids_in, Exec, LOOKUP_CHUNK};
+use crate::client_log::{ids_in, Exec, COMPACT_ROUND, LOOKUP_CHUNK};
 use crate::codec::EntryCodec;
 use crate::device::SyncDevice;
 use crate::entry::{
@@ -57,9 +58,10 @@ pub struct ContinuousOptions {
     pub collections: Option<Vec<String>>,
     /// How payloads are encoded (plain, or encrypted with the app's key).
     pub codec: EntryCodec,
-    /// Entries of the client log each sync compacts at most, the oldest first, once they
-    /// are pushed (see [`crate::ClientSyncLog::compact`]): a device that syncs in the
-    /// background keeps its log small without one sync taking on a large backlog at once.
+    /// Entries of the client log a sync compacts at most, the oldest first, once they are
+    /// pushed (see [`crate::ClientSyncLog::compact`]): a device that syncs in the background
+    /// keeps its log small without one sync taking on a large backlog at once. A sync
+    /// compacts when it found nothing to push or pull, or when 2,000 pushed entries wait.
     /// 0: never (the app calls `compact` itself).
     pub compact_per_sync: u64,
 }
@@ -296,7 +298,8 @@ impl ContinuousSync {
     }
 
     /// Pushes, pulls and applies until caught up, then compacts the client log (up to
-    /// [`ContinuousOptions::compact_per_sync`] entries); one call at a time per device.
+    /// [`ContinuousOptions::compact_per_sync`] entries, when the sync found nothing to push
+    /// or pull or 2,000 pushed entries wait); one call at a time per device.
     pub async fn sync_once(&self) -> Result<SyncReport> {
         let _running = self.running.lock().await;
         let start = Instant::now();
@@ -327,12 +330,7 @@ impl ContinuousSync {
             }
         }
         if self.options.compact_per_sync > 0 {
-            match self
-                .device
-                .log()
-                .compact_up_to(self.options.compact_per_sync)
-                .await
-            {
+            match self.compact(&report).await {
                 Ok(compacted) => report.compacted = compacted,
                 Err(e) => report
                     .problems
@@ -341,6 +339,19 @@ impl ContinuousSync {
         }
         report.duration = start.elapsed();
         Ok(report)
+    }
+
+    /// Compacts up to [`ContinuousOptions::compact_per_sync`] entries of the client log, when
+    /// the sync found nothing to push or pull (an idle moment) or a full round of them waits;
+    /// a sync that carried a few changes leaves them for later, so as not to add a round's
+    /// fixed cost to every change's trip. Returns how many were compacted.
+    async fn compact(&self, report: &SyncReport) -> Result<u64> {
+        let log = self.device.log();
+        let idle = report.pushed == 0 && report.pulled == 0;
+        if !idle && log.compactable_count().await? < COMPACT_ROUND {
+            return Ok(0);
+        }
+        log.compact_up_to(self.options.compact_per_sync).await
     }
 
     /// Decodes the quarantined payloads again, a page at a time: those that decode now (the

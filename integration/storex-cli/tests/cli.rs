@@ -59,7 +59,7 @@ fn an_unusable_folder_is_reported() {
 }
 
 /// Writes one note on the demo's phone after its syncs, and has the log index it: an
-/// unshared entry for `storex log` to list.
+/// unshared entry for `storex log` and `storex status` to show.
 fn write_after_the_sync(phone: &std::path::Path) {
     use std::sync::Arc;
     use storex_core::{object, CollectionDef, FieldType, Registry, StorageBackend};
@@ -91,7 +91,7 @@ fn write_after_the_sync(phone: &std::path::Path) {
             .create("note", object! { "title" => "written after the sync" })
             .await
             .expect("write");
-        assert_eq!(device.log().len().await.expect("indexed"), 1);
+        assert_eq!(device.log().len().await.expect("indexed"), 4);
     });
 }
 
@@ -120,25 +120,27 @@ fn log_and_status_inspect_a_device() {
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
-    // The syncs compacted the phone's pushed changes: everything it knows is in the
-    // versions index, the laptop's two notes and its own one.
+    // The phone's own three changes; the laptop's two went into the versions index.
     let stdout = inspect("log", &["--limit", "3"]);
-    assert!(stdout.starts_with("0 entries in the log\n"), "{stdout}");
-    assert!(stdout.contains("and the versions of 3 objects"), "{stdout}");
+    assert!(stdout.starts_with("3 entries in the log:\n"), "{stdout}");
+    assert_eq!(stdout.lines().count(), 5, "{stdout}");
+    assert!(stdout.contains("and the versions of 2 objects"), "{stdout}");
+    assert!(stdout.contains(" note"), "{stdout}");
     let stdout = inspect("status", &[]);
     assert!(stdout.contains("not yet pushed:  0"), "{stdout}");
-    assert!(stdout.contains("log entries:     0"), "{stdout}");
-    assert!(stdout.contains("versioned:       3 objects"), "{stdout}");
+    assert!(stdout.contains("log entries:     3"), "{stdout}");
+    assert!(stdout.contains("versioned:       2 objects"), "{stdout}");
 
     write_after_the_sync(&phone);
     let stdout = inspect("log", &["--limit", "3"]);
-    assert!(stdout.starts_with("1 entries in the log:\n"), "{stdout}");
-    assert_eq!(stdout.lines().count(), 3, "{stdout}");
-    assert!(stdout.contains(" note"), "{stdout}");
-    assert!(stdout.contains("unshared"), "{stdout}");
+    assert!(
+        stdout.starts_with("4 entries in the log, the last 3:\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("] unshared\n"), "{stdout}");
     let stdout = inspect("status", &[]);
     assert!(stdout.contains("not yet pushed:  1"), "{stdout}");
-    assert!(stdout.contains("log entries:     1"), "{stdout}");
+    assert!(stdout.contains("log entries:     4"), "{stdout}");
     let missing = storex()
         .args(["status", "--db", "/nonexistent.db"])
         .output()
