@@ -255,10 +255,11 @@ impl ClientSyncLog {
             .await?)
     }
 
-    /// How many entries [`ClientSyncLog::compact`] would fold: the shared, integrated ones.
+    /// How many entries [`ClientSyncLog::compact`] would fold: the shared, integrated ones
+    /// of the registry's collections. (The journal holds none: its records become unshared
+    /// entries, so it is not indexed first.)
     pub async fn compactable_count(&self) -> Result<u64> {
-        self.index_first().await?;
-        let filter = Filter::all().eq("shared", true).eq("integrated", true);
+        let filter = compactable(self.storage.registry());
         Ok(self.storage.count(LOG_COLLECTION, filter).await?)
     }
 
@@ -314,9 +315,14 @@ impl ClientSyncLog {
     /// what a sync does after it pushed, so that a device that syncs in the background keeps its log
     /// small without one sync doing all of a large backlog at once.
     pub async fn compact_up_to(&self, limit: u64) -> Result<u64> {
-        self.index_first().await?;
         let mut dropped = 0u64;
         while dropped < limit {
+            // No transaction (nor the write-order lock) when there is nothing to fold: the
+            // usual case for an idle sync. The journal holds nothing compactable either.
+            let probe = Query::new(compactable(self.storage.registry())).limit(1);
+            if self.exec().find(LOG_COLLECTION, probe).await?.is_empty() {
+                break;
+            }
             let size = (limit - dropped).min(COMPACT_ROUND);
             let round = async {
                 let tx = self.storage.begin().await?;
@@ -334,16 +340,22 @@ impl ClientSyncLog {
     }
 }
 
+/// The log entries compaction folds: shared, integrated, of a collection of `registry`.
+fn compactable(registry: &Registry) -> Filter {
+    let collections = registry.collections().map(|def| Value::from(def.name()));
+    Filter::all()
+        .eq("shared", true)
+        .eq("integrated", true)
+        .is_in("collection", collections)
+}
+
 /// One round of [`ClientSyncLog::compact`]: folds up to `size` of the shared, integrated
 /// entries of the registry's collections, the oldest first, inside the transaction behind
 /// `exec`. Returns how many were dropped.
 async fn compact_into_versions(exec: Exec<'_>, registry: &Registry, size: u64) -> Result<u64> {
-    let collections = registry.collections().map(|def| Value::from(def.name()));
-    let filter = Filter::all()
-        .eq("shared", true)
-        .eq("integrated", true)
-        .is_in("collection", collections);
-    let query = Query::new(filter).order_asc("hlc").limit(size);
+    let query = Query::new(compactable(registry))
+        .order_asc("hlc")
+        .limit(size);
     let rows = exec.find(LOG_COLLECTION, query).await?;
     let entries: Vec<LogEntry> = read_entries(rows)?.into_iter().map(|s| s.entry).collect();
     if entries.is_empty() {
