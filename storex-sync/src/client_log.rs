@@ -312,8 +312,8 @@ impl ClientSyncLog {
     }
 
     /// Like [`ClientSyncLog::compact`], but drops at most `limit` entries, the oldest first:
-    /// what a sync does after it pushed, so that a device that syncs in the background keeps its log
-    /// small without one sync doing all of a large backlog at once.
+    /// what [`crate::ContinuousSync::sync_once`] does, so that a device that syncs in the
+    /// background keeps its log small without one sync doing all of a large backlog at once.
     pub async fn compact_up_to(&self, limit: u64) -> Result<u64> {
         let mut dropped = 0u64;
         while dropped < limit {

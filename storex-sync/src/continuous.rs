@@ -139,8 +139,8 @@ pub struct SyncReport {
     /// with the right key now) and left the quarantine, integrated like pulled entries (so
     /// also counted as applied, duplicates or held).
     pub released: u64,
-    /// Entries of this device's client log compacted into its versions index after the
-    /// push (see [`ContinuousOptions::compact_per_sync`]).
+    /// Entries of this device's client log compacted into its versions index at the end of
+    /// the sync (see [`ContinuousOptions::compact_per_sync`]).
     pub compacted: u64,
     /// Problems that did not stop the sync (an entry too large, a payload that did not decode).
     pub problems: Vec<String>,

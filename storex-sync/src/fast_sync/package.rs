@@ -313,6 +313,31 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_carries_the_clustered_hint_only_where_it_is_set() {
+        use storex_core::FieldType;
+        let plain = CollectionDef::new("note")
+            .field("id", FieldType::Int)
+            .primary_key(["id"]);
+        let clustered = plain.clone().clustered();
+        let hello = |definitions: Vec<CollectionDef>| Package::Hello {
+            session: Uuid::nil(),
+            collections: Vec::new(),
+            definitions,
+            cursor: 0,
+        };
+        // A definition without the hint is encoded as before it existed (no such key), and
+        // decodes with the hint off.
+        let frame = hello(vec![plain.clone()]).encode();
+        let needle = b"clustered";
+        assert!(!frame.windows(needle.len()).any(|w| w == needle));
+        assert_eq!(Package::decode(&frame).expect("decode"), hello(vec![plain]));
+        let frame = hello(vec![clustered.clone()]).encode();
+        assert!(frame.windows(needle.len()).any(|w| w == needle));
+        let decoded = Package::decode(&frame).expect("decode");
+        assert_eq!(decoded, hello(vec![clustered]));
+    }
+
+    #[test]
     fn a_batch_of_too_many_objects_is_refused_while_decoding() {
         let batch = |n: usize| Package::Batch {
             seq: 1,
