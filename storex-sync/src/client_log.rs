@@ -22,6 +22,7 @@ use crate::journal::{
     index_journal, latest_record, latest_stamp, read_journal_part, settle_part, JournalPart,
     JOURNAL_COLLECTION,
 };
+use crate::key_runs;
 use crate::reconcile::{object_key, ObjectKey};
 use crate::versions;
 use crate::write_order::WriteOrder;
@@ -403,21 +404,38 @@ pub(crate) async fn logged_for(exec: Exec<'_>, objects: &[ObjectKey]) -> Result<
     for (collection, pk) in objects {
         by_collection.entry(collection).or_default().push(pk);
     }
-    let mut found = Logged::default();
+    let mut filters = Vec::new();
     for (collection, pks) in by_collection {
-        for chunk in pks.chunks(LOOKUP_CHUNK) {
+        // Runs of consecutive keys as key ranges (see `key_runs`), the rest by `IN` lists.
+        let split = key_runs::split(pks, |pk| key_runs::uuid_of_pk_text(pk));
+        for (first, last) in split.runs {
+            let filter = Filter::all()
+                .eq("collection", collection)
+                .gte("pk", key_runs::text_of(first))
+                .lte("pk", key_runs::text_of(last));
+            filters.push(filter);
+        }
+        for chunk in split.rest.chunks(LOOKUP_CHUNK) {
             let filter = Filter::all()
                 .eq("collection", collection)
                 .is_in("pk", chunk.iter().map(|pk| Value::from(*pk)));
-            for stored in read_entries(exec.find(LOG_COLLECTION, Query::new(filter)).await?)? {
-                found.ids.insert(stored.entry.id);
-                if stored.integrated {
-                    found
-                        .integrated
-                        .entry(object_key(&stored.entry))
-                        .or_default()
-                        .push(stored.entry);
-                }
+            filters.push(filter);
+        }
+    }
+    let asked: HashSet<(&str, &str)> = objects
+        .iter()
+        .map(|(collection, pk)| (collection.as_str(), pk.as_str()))
+        .collect();
+    let mut found = Logged::default();
+    for filter in filters {
+        for stored in read_entries(exec.find(LOG_COLLECTION, Query::new(filter)).await?)? {
+            let key = object_key(&stored.entry);
+            if !asked.contains(&(key.0.as_str(), key.1.as_str())) {
+                continue;
+            }
+            found.ids.insert(stored.entry.id);
+            if stored.integrated {
+                found.integrated.entry(key).or_default().push(stored.entry);
             }
         }
     }
@@ -485,6 +503,15 @@ pub(crate) async fn current_rows<'e>(
         let mut found = Vec::new();
         match def.pk_fields() {
             [field] => {
+                // Runs of consecutive keys as key ranges (see `key_runs`), the rest by `IN`.
+                let split = key_runs::split(pks, |pk| key_runs::uuid_of_pk(pk));
+                for (first, last) in split.runs {
+                    let filter = Filter::all()
+                        .gte(field.clone(), first)
+                        .lte(field.clone(), last);
+                    found.extend(exec.find(collection, Query::new(filter)).await?);
+                }
+                let pks = split.rest;
                 for chunk in pks.chunks(LOOKUP_CHUNK) {
                     let keys: Vec<Value> =
                         chunk.iter().filter_map(|pk| pk.single().cloned()).collect();
@@ -511,7 +538,10 @@ pub(crate) async fn current_rows<'e>(
         }
         for row in found {
             if let Some(pk) = def.pk_of(&row) {
-                rows.insert((collection.to_owned(), pk_text(&pk)), row);
+                let key = (collection, pk_text(&pk));
+                if seen.contains(&key) {
+                    rows.insert((collection.to_owned(), key.1), row);
+                }
             }
         }
     }

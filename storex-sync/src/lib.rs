@@ -40,6 +40,7 @@ mod error;
 pub mod fast_sync;
 mod hlc;
 mod journal;
+mod key_runs;
 mod logging;
 mod reconcile;
 mod shared_log;

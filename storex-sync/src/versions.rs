@@ -31,6 +31,7 @@ use crate::client_log::{Exec, LOOKUP_CHUNK};
 use crate::entry::{EntryOp, LogEntry};
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
+use crate::key_runs;
 use crate::reconcile::ObjectKey;
 
 /// The name of the versions index's collection in the app's database.
@@ -438,12 +439,33 @@ pub(crate) async fn load(
     objects: &[ObjectKey],
 ) -> Result<HashMap<ObjectKey, Versions>> {
     let mut found = HashMap::new();
-    let ids: Vec<String> = objects.iter().map(object_id).collect();
+    let mut by_collection: HashMap<&str, Vec<&ObjectKey>> = HashMap::new();
+    for key in objects {
+        by_collection.entry(&key.0).or_default().push(key);
+    }
+    let mut filters = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
+    for (collection, keys) in by_collection {
+        let split = key_runs::split(keys, |key| key_runs::uuid_of_pk_text(&key.1));
+        for (first, last) in split.runs {
+            let id = |uuid| object_id(&(collection.to_owned(), key_runs::text_of(uuid)));
+            filters.push(
+                Filter::all()
+                    .gte("object", id(first))
+                    .lte("object", id(last)),
+            );
+        }
+        ids.extend(split.rest.into_iter().map(object_id));
+    }
     for chunk in ids.chunks(LOOKUP_CHUNK) {
-        let filter = Filter::all().is_in("object", chunk.iter().map(|id| Value::from(id.as_str())));
+        let ids = chunk.iter().map(|id| Value::from(id.as_str()));
+        filters.push(Filter::all().is_in("object", ids));
+    }
+    let asked: HashSet<&ObjectKey> = objects.iter().collect();
+    for filter in filters {
         for row in exec.find(VERSIONS_COLLECTION, Query::new(filter)).await? {
             let (id, versions) = Versions::from_row(&row)?;
-            if let Some(key) = object_of(&id) {
+            if let Some(key) = object_of(&id).filter(|key| asked.contains(key)) {
                 found.insert(key, versions);
             }
         }
