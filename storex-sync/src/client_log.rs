@@ -264,6 +264,17 @@ impl ClientSyncLog {
         Ok(self.storage.count(LOG_COLLECTION, filter).await?)
     }
 
+    /// Whether at least `count` entries wait for compaction, without counting them all.
+    pub(crate) async fn compactable_at_least(&self, count: u64) -> Result<bool> {
+        let Some(skip) = count.checked_sub(1) else {
+            return Ok(true);
+        };
+        let query = Query::new(compactable(self.storage.registry()))
+            .skip(skip)
+            .limit(1);
+        Ok(!self.exec().find(LOG_COLLECTION, query).await?.is_empty())
+    }
+
     /// How many objects the [versions index](crate::VERSIONS_COLLECTION) describes: those
     /// changes applied from other devices (and this device's, once compacted) touched.
     pub async fn versioned_objects(&self) -> Result<u64> {

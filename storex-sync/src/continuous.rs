@@ -348,7 +348,7 @@ impl ContinuousSync {
     async fn compact(&self, report: &SyncReport) -> Result<u64> {
         let log = self.device.log();
         let idle = report.pushed == 0 && report.pulled == 0;
-        if !idle && log.compactable_count().await? < COMPACT_ROUND {
+        if !idle && !log.compactable_at_least(COMPACT_ROUND).await? {
             return Ok(0);
         }
         log.compact_up_to(self.options.compact_per_sync).await

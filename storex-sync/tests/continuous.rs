@@ -408,3 +408,29 @@ async fn a_sync_set_not_to_compact_keeps_the_pushed_entries() {
     assert_eq!(log.len().await.expect("len"), 3);
     assert_eq!(log.compact().await.expect("compact"), 3);
 }
+
+#[tokio::test]
+async fn a_sync_that_leaves_a_full_round_waiting_compacts_it_at_once() {
+    use storex_core::{object, BatchStep, Operation};
+    let mut devices = storex_test::devices::Devices::new(memory().await).await;
+    let a = devices.add().await;
+    let write = |prefix: &'static str, count: usize| {
+        let steps: Vec<BatchStep> = (0..count)
+            .map(|n| {
+                let note = object! { "id" => format!("{prefix}-{n}"), "title" => "v" };
+                BatchStep::new(Operation::create("note", note))
+            })
+            .collect();
+        steps
+    };
+    let storage = devices.device(a).storage().clone();
+    // One short of a round (2,000): left for an idle sync.
+    storage.batch(write("short", 1_999)).await.expect("a write");
+    let report = devices.sync(a).await;
+    assert_eq!((report.pushed, report.compacted), (1_999, 0), "{report:?}");
+    // One more write fills the round: compacted in the same sync as its push.
+    storage.batch(write("more", 1)).await.expect("a write");
+    let report = devices.sync(a).await;
+    assert_eq!((report.pushed, report.compacted), (1, 2_000), "{report:?}");
+    assert!(devices.device(a).log().is_empty().await.expect("empty"));
+}
