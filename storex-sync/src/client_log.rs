@@ -269,7 +269,9 @@ impl ClientSyncLog {
         let Some(skip) = count.checked_sub(1) else {
             return Ok(true);
         };
+        // In timestamp order, which the (shared, hlc) index gives without sorting.
         let query = Query::new(compactable(self.storage.registry()))
+            .order_asc("hlc")
             .skip(skip)
             .limit(1);
         Ok(!self.exec().find(LOG_COLLECTION, query).await?.is_empty())
@@ -331,7 +333,9 @@ impl ClientSyncLog {
         // case for an idle sync. The journal holds nothing compactable either. Asked once,
         // not before every round: a read on another of the pool's connections between two
         // rounds costs SQLite its page cache (20% of a large compaction's time).
-        let probe = Query::new(compactable(self.storage.registry())).limit(1);
+        let probe = Query::new(compactable(self.storage.registry()))
+            .order_asc("hlc")
+            .limit(1);
         if self.exec().find(LOG_COLLECTION, probe).await?.is_empty() {
             return Ok(0);
         }
@@ -441,10 +445,13 @@ pub(crate) async fn logged_for(exec: Exec<'_>, objects: &[ObjectKey]) -> Result<
     for filter in filters {
         for stored in read_entries(exec.find(LOG_COLLECTION, Query::new(filter)).await?)? {
             let key = object_key(&stored.entry);
-            if !asked.contains(&(key.0.as_str(), key.1.as_str())) {
+            // An entry of a key asked for, found by a range and by an `IN` list too (a key
+            // of another shape between a run's ends), is kept once.
+            if !asked.contains(&(key.0.as_str(), key.1.as_str()))
+                || !found.ids.insert(stored.entry.id)
+            {
                 continue;
             }
-            found.ids.insert(stored.entry.id);
             if stored.integrated {
                 found.integrated.entry(key).or_default().push(stored.entry);
             }

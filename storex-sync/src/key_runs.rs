@@ -4,16 +4,19 @@
 //! batch of changes received from another device (or read back from this one's journal)
 //! often names whole runs of objects. A lookup of such a run asks for one key range, which
 //! the database answers with one index seek, instead of an `IN` list that binds and probes
-//! every key. A range of exactly consecutive keys holds no other key of the collection, and
-//! callers still keep only the objects they asked for.
+//! every key. A range of exactly consecutive keys holds no other key of one UUID in the
+//! collection; what makes the lookups exact is that callers keep only the objects they
+//! asked for (a key of another shape could sort between the ends).
 
 use storex_core::uuid::Uuid;
 use storex_core::{Pk, Value};
 
 use crate::entry::pk_text;
 
-/// Fewer consecutive keys than this are looked up one by one (an `IN` list).
-const MIN_RUN: usize = 16;
+/// Fewer consecutive keys than this are looked up one by one (an `IN` list): each run is a
+/// query of its own (on PostgreSQL a round trip), so a run must save many keys' binds and
+/// probes to be worth one.
+const MIN_RUN: usize = 64;
 
 /// Keys split into runs of consecutive UUIDs and the rest.
 #[derive(Debug, PartialEq)]
@@ -91,20 +94,21 @@ mod tests {
     use super::*;
 
     fn uuids(from: u128, count: u128) -> Vec<Uuid> {
-        (from..from + count).map(Uuid::from_u128).collect()
+        (from..=from + (count - 1)).map(Uuid::from_u128).collect()
     }
 
     #[test]
     fn consecutive_keys_make_a_run_and_scattered_ones_stay_apart() {
-        let mut keys = uuids(1_000, 40);
+        let mut keys = uuids(1_000, MIN_RUN as u128 + 20);
         keys.extend(uuids(5_000, 3));
         keys.push(Uuid::from_u128(9));
         keys.reverse(); // any order
         keys.push(Uuid::from_u128(1_010)); // a key twice
         let split = split(keys, |u| Some(*u));
+        let last = 1_000 + MIN_RUN as u128 + 19;
         assert_eq!(
             split.runs,
-            vec![(Uuid::from_u128(1_000), Uuid::from_u128(1_039))]
+            vec![(Uuid::from_u128(1_000), Uuid::from_u128(last))]
         );
         let mut rest = split.rest;
         rest.sort();
@@ -125,9 +129,28 @@ mod tests {
     }
 
     #[test]
+    fn a_run_of_exactly_the_minimum_and_the_ends_of_the_range_count() {
+        let mut keys = uuids(0, MIN_RUN as u128);
+        keys.extend(uuids(u128::MAX - MIN_RUN as u128 + 1, MIN_RUN as u128));
+        let split = split(keys, |u| Some(*u));
+        assert_eq!(
+            split.runs,
+            vec![
+                (Uuid::nil(), Uuid::from_u128(MIN_RUN as u128 - 1)),
+                (
+                    Uuid::from_u128(u128::MAX - MIN_RUN as u128 + 1),
+                    Uuid::max()
+                ),
+            ]
+        );
+        assert!(split.rest.is_empty());
+    }
+
+    #[test]
     fn two_runs_side_by_side_with_a_gap_are_two_runs() {
-        let mut keys = uuids(100, 20);
-        keys.extend(uuids(121, 20));
+        let run = MIN_RUN as u128;
+        let mut keys = uuids(100, run);
+        keys.extend(uuids(100 + run + 1, run));
         let split = split(keys, |u| Some(*u));
         assert_eq!(split.runs.len(), 2);
         assert!(split.rest.is_empty());

@@ -804,6 +804,52 @@ mod tests {
         .expect("device")
     }
 
+    /// A run of consecutive keys is looked up as a key range: it finds exactly the versions
+    /// asked for, none of the stored ones just outside the run, none of another collection.
+    #[tokio::test]
+    async fn versions_of_a_run_of_keys_are_found_exactly() {
+        let device = device_with_notes().await;
+        let storage = device.storage();
+        let exec = Exec::Storage(storage);
+        let clock = Clock::new(DeviceId::random());
+        let key = |collection: &str, n: u128| -> ObjectKey {
+            (
+                collection.to_owned(),
+                crate::entry::pk_text(&Pk::from(Uuid::from_u128(n))),
+            )
+        };
+        let stored: Vec<ToStore> = (100..300)
+            .map(|n| key("note", n))
+            .chain([key("other", 150)])
+            .map(|k| {
+                let mut versions = Versions::default();
+                versions.created = Some(clock.now());
+                (k, versions, false)
+            })
+            .collect();
+        let steps = store_steps(stored, None, None).expect("steps");
+        exec.run(Operation::Batch { steps }).await.expect("stored");
+        // A run inside the stored keys, one reaching past their end, and single keys.
+        let asked: Vec<ObjectKey> = (120..220)
+            .chain(250..350)
+            .chain([90, 299, 400])
+            .map(|n| key("note", n))
+            .collect();
+        let found = load(exec, &asked).await.expect("load");
+        let mut got: Vec<u128> = found
+            .keys()
+            .map(|(collection, pk)| {
+                assert_eq!(collection, "note");
+                crate::key_runs::uuid_of_pk_text(pk)
+                    .expect("a key")
+                    .as_u128()
+            })
+            .collect();
+        got.sort_unstable();
+        let want: Vec<u128> = (120..220).chain(250..300).collect();
+        assert_eq!(got, want);
+    }
+
     /// A peer that never saw an object's create sends what it knows of it as synthesized
     /// changes (a fast-sync merge does); one this device holds (same id) is a duplicate, even
     /// where the object would otherwise be reconciled from its versions alone.

@@ -60,6 +60,22 @@ async fn set_all(device: &SyncDevice, n: i64) {
         .expect("update all");
 }
 
+/// Panics unless the items' keys come in runs of consecutive UUIDs, one per write (what
+/// makes the lookups use key ranges): numbers 0.. and 1,000.. are runs of 100.
+async fn assert_runs_of_keys(device: &SyncDevice) {
+    let items = device
+        .storage()
+        .find_many("item", Query::new(Filter::all()).order_asc("n"))
+        .await
+        .expect("items");
+    let key = |i: usize| items[i]["id"].as_uuid().expect("a uuid").as_u128();
+    for run in [0..100, 100..200] {
+        for i in run.start + 1..run.end {
+            assert_eq!(key(i), key(i - 1) + 1, "keys of one write are consecutive");
+        }
+    }
+}
+
 async fn same(a: &SyncDevice, b: &SyncDevice) {
     assert_eq!(
         a.digest("item").await.expect("digest"),
@@ -72,22 +88,23 @@ async fn runs_of_keys_are_found_like_single_keys(
     b_backend: Arc<dyn StorageBackend>,
 ) {
     let (a, b) = (device(a_backend).await, device(b_backend).await);
-    // Two runs of 40 and one short one.
-    write_items(&a, 0, 40).await;
-    write_items(&a, 100, 40).await;
-    write_items(&a, 200, 5).await;
+    // Two runs of 100 and one short one.
+    write_items(&a, 0, 100).await;
+    write_items(&a, 1_000, 100).await;
+    write_items(&a, 2_000, 5).await;
+    assert_runs_of_keys(&a).await;
     let first = take_entries(&a).await;
-    assert_eq!(first.len(), 85);
+    assert_eq!(first.len(), 205);
     let report = b.integrate(first.clone()).await.expect("integrate");
-    assert_eq!(report.operations, 85, "{report:?}");
+    assert_eq!(report.operations, 205, "{report:?}");
     same(&a, &b).await;
 
     // Received again: every entry is known (the log and the versions found by range).
     let again = b.integrate(first.clone()).await.expect("integrate again");
-    assert_eq!((again.operations, again.duplicates), (0, 85), "{again:?}");
+    assert_eq!((again.operations, again.duplicates), (0, 205), "{again:?}");
     // B compacts nothing of A's (received entries are not in its log), A compacts its own,
     // and receiving them again still changes nothing on either.
-    assert_eq!(a.log().compact().await.expect("compact"), 85);
+    assert_eq!(a.log().compact().await.expect("compact"), 205);
     let again = a.integrate(first.clone()).await.expect("integrate on a");
     assert_eq!(again.operations, 0, "{again:?}");
 
@@ -108,11 +125,11 @@ async fn runs_of_keys_are_found_like_single_keys(
         a.storage().delete_by_pk("item", pk).await.expect("delete");
     }
     let second = take_entries(&a).await;
-    assert_eq!(second.len(), 85 + 10);
+    assert_eq!(second.len(), 205 + 10);
     let report = b.integrate(second).await.expect("integrate");
-    assert_eq!(report.integrated, 95, "{report:?}");
+    assert_eq!(report.integrated, 215, "{report:?}");
     same(&a, &b).await;
-    assert_eq!(b.storage().count("item", all).await.expect("count"), 75);
+    assert_eq!(b.storage().count("item", all).await.expect("count"), 195);
 
     // The first entries once more, after the updates and deletes: they lose everywhere.
     let stale = b.integrate(first).await.expect("stale");
@@ -143,7 +160,7 @@ async fn runs_of_keys_are_found_like_single_keys(
         .expect("b's change");
     same(&a, &b).await;
     let fives = Filter::all().eq("n", -5i64);
-    assert_eq!(b.storage().count("item", fives).await.expect("count"), 75);
+    assert_eq!(b.storage().count("item", fives).await.expect("count"), 195);
 }
 
 #[tokio::test]
