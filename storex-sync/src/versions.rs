@@ -822,8 +822,10 @@ mod tests {
             .map(|n| key("note", n))
             .chain([key("other", 150)])
             .map(|k| {
-                let mut versions = Versions::default();
-                versions.created = Some(clock.now());
+                let versions = Versions {
+                    created: Some(clock.now()),
+                    ..Versions::default()
+                };
                 (k, versions, false)
             })
             .collect();
