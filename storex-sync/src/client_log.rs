@@ -256,15 +256,9 @@ impl ClientSyncLog {
             .await?)
     }
 
-    /// How many entries [`ClientSyncLog::compact`] would fold: the shared, integrated ones
-    /// of the registry's collections. (The journal holds none: its records become unshared
-    /// entries, so it is not indexed first.)
-    pub async fn compactable_count(&self) -> Result<u64> {
-        let filter = compactable(self.storage.registry());
-        Ok(self.storage.count(LOG_COLLECTION, filter).await?)
-    }
-
-    /// Whether at least `count` entries wait for compaction, without counting them all.
+    /// Whether at least `count` entries wait for compaction (the shared, integrated ones of
+    /// the registry's collections), without counting them all. The journal holds none (its
+    /// records become unshared entries), so it is not indexed first.
     pub(crate) async fn compactable_at_least(&self, count: u64) -> Result<bool> {
         let Some(skip) = count.checked_sub(1) else {
             return Ok(true);
@@ -330,13 +324,10 @@ impl ClientSyncLog {
     /// background keeps its log small without one sync doing all of a large backlog at once.
     pub async fn compact_up_to(&self, limit: u64) -> Result<u64> {
         // No transaction (nor the write-order lock) when there is nothing to fold: the usual
-        // case for an idle sync. The journal holds nothing compactable either. Asked once,
-        // not before every round: a read on another of the pool's connections between two
-        // rounds costs SQLite its page cache (20% of a large compaction's time).
-        let probe = Query::new(compactable(self.storage.registry()))
-            .order_asc("hlc")
-            .limit(1);
-        if self.exec().find(LOG_COLLECTION, probe).await?.is_empty() {
+        // case for an idle sync. Asked once, not before every round: a read on another of
+        // the pool's connections between two rounds costs SQLite its page cache (20% of a
+        // large compaction's time).
+        if !self.compactable_at_least(1).await? {
             return Ok(0);
         }
         let mut dropped = 0u64;
@@ -393,12 +384,7 @@ async fn compact_into_versions(exec: Exec<'_>, registry: &Registry, size: u64) -
     let clock_before = versions::latest_applied(exec).await?;
     let mut steps = versions::store_steps(folded, latest, clock_before)?;
     let ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
-    for chunk in ids.chunks(LOOKUP_CHUNK) {
-        steps.push(BatchStep::new(Operation::delete_where(
-            LOG_COLLECTION,
-            Filter::all().is_in("id", chunk.iter().copied()),
-        )));
-    }
+    steps.extend(delete_ids_steps(LOG_COLLECTION, &ids));
     exec.run(Operation::Batch { steps }).await?;
     Ok(ids.len() as u64)
 }
@@ -493,6 +479,16 @@ pub(crate) async fn ids_in(
         }
     }
     Ok(known)
+}
+
+/// The steps deleting the rows `ids` from `collection` (one of sync's own, keyed by `id`).
+pub(crate) fn delete_ids_steps(collection: &str, ids: &[Uuid]) -> Vec<BatchStep> {
+    ids.chunks(LOOKUP_CHUNK)
+        .map(|chunk| {
+            let filter = Filter::all().is_in("id", chunk.iter().copied());
+            BatchStep::new(Operation::delete_where(collection, filter))
+        })
+        .collect()
 }
 
 /// The object `entry` changes, as [`current_rows`] takes it.

@@ -30,7 +30,7 @@ use storex_core::uuid::Uuid;
 use storex_core::{object, BatchStep, Filter, Operation, Origin, Query, Value};
 use tokio::sync::Mutex;
 
-use crate::client_log::{ids_in, Exec, COMPACT_ROUND, LOOKUP_CHUNK};
+use crate::client_log::{delete_ids_steps, ids_in, Exec, COMPACT_ROUND};
 use crate::codec::EntryCodec;
 use crate::device::SyncDevice;
 use crate::entry::{
@@ -382,13 +382,7 @@ impl ContinuousSync {
                 }
             }
             if !entries.is_empty() {
-                let leave = released
-                    .chunks(LOOKUP_CHUNK)
-                    .map(|chunk| {
-                        let filter = Filter::all().is_in("id", chunk.iter().copied());
-                        BatchStep::new(Operation::delete_where(QUARANTINE_COLLECTION, filter))
-                    })
-                    .collect();
+                let leave = delete_ids_steps(QUARANTINE_COLLECTION, &released);
                 let integrated = self.device.integrate_with(entries, leave).await?;
                 report.absorb_integration(&integrated);
                 report.released += released.len() as u64;

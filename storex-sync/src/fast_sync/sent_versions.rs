@@ -350,7 +350,7 @@ async fn finish(
         .collect()
 }
 
-/// The stored rows of the objects `keys` (none read when there is none).
+/// The stored rows of the objects `keys`.
 async fn rows_of<'k>(
     exec: Exec<'_>,
     registry: &Registry,
@@ -359,9 +359,6 @@ async fn rows_of<'k>(
     let pks = keys
         .map(|key| Ok((key.0.as_str(), pk_from_text(&key.1)?)))
         .collect::<Result<Vec<_>>>()?;
-    if pks.is_empty() {
-        return Ok(HashMap::new());
-    }
     current_rows(
         exec,
         registry,
