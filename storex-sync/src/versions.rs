@@ -371,6 +371,36 @@ impl Versions {
         }
     }
 
+    /// The latest timestamp of the versions `bytes` hold for object `id`, checked as
+    /// [`Versions::decode`] checks them but without building them (for versions that are
+    /// stored as they came).
+    pub(crate) fn latest_of(id: &str, bytes: &[u8]) -> Result<Option<Hlc>> {
+        let Some((&FORMAT, body)) = bytes.split_first() else {
+            return Ok(Self::decode(id, bytes)?.latest());
+        };
+        let compact: Compact<'_, Value> =
+            rmp_serde::from_slice(body).map_err(|e| Error::CorruptEntry {
+                id: format!("the versions of {id:?}"),
+                problem: format!("they do not decode: {e}"),
+            })?;
+        let named = compact.deleted.into_iter().chain(compact.created);
+        let mut latest = None;
+        for index in named.chain(compact.fields.iter().map(|(_, index, _)| *index)) {
+            let stamp = compact
+                .stamps
+                .get(index)
+                .ok_or_else(|| Error::CorruptEntry {
+                    id: format!("the versions of {id:?}"),
+                    problem: format!(
+                        "they name timestamp {index} (from 0), and {} are stored",
+                        compact.stamps.len()
+                    ),
+                })?;
+            latest = latest.max(Some(*stamp));
+        }
+        Ok(latest)
+    }
+
     /// The row storing these versions for object `id`.
     pub(crate) fn to_row(&self, id: String) -> Result<Object> {
         let mut row = Object::new();
@@ -381,6 +411,19 @@ impl Versions {
 
     /// The id and versions a row of the index holds.
     pub(crate) fn from_row(row: &Object) -> Result<(String, Self)> {
+        let (id, bytes) = Self::parts_of(row)?;
+        Ok((id.to_owned(), Self::decode(id, bytes)?))
+    }
+
+    /// The id and the latest timestamp of the versions a row of the index holds, checked
+    /// (see [`Versions::latest_of`]).
+    pub(crate) fn latest_of_row(row: &Object) -> Result<(String, Option<Hlc>)> {
+        let (id, bytes) = Self::parts_of(row)?;
+        Ok((id.to_owned(), Self::latest_of(id, bytes)?))
+    }
+
+    /// The id and the encoded versions of a row of the index.
+    fn parts_of(row: &Object) -> Result<(&str, &[u8])> {
         let id = row
             .get("object")
             .and_then(Value::as_text)
@@ -394,7 +437,7 @@ impl Versions {
                 problem: "no state".into(),
             });
         };
-        Ok((id.to_owned(), Self::decode(id, bytes)?))
+        Ok((id, bytes))
     }
 }
 
@@ -518,6 +561,18 @@ pub(crate) fn replace_steps(ids: &[String]) -> Vec<BatchStep> {
             BatchStep::new(Operation::delete_where(VERSIONS_COLLECTION, filter))
         })
         .collect()
+}
+
+/// Whether the index holds a row whose id lies between `low` and `high` (both included):
+/// one range count. A batch of ids in an empty range has none stored, so storing it needs no
+/// delete of each id first. Ids compare by their bytes, as sync's own table orders its text.
+pub(crate) async fn any_between(exec: Exec<'_>, low: &str, high: &str) -> Result<bool> {
+    let filter = Filter::all().gte("object", low).lte("object", high);
+    let count = exec
+        .run(Operation::count(VERSIONS_COLLECTION, filter))
+        .await?
+        .count();
+    Ok(count != Some(0))
 }
 
 /// The latest timestamp applied, as the index keeps it.
@@ -699,8 +754,10 @@ mod tests {
             let mut damaged = row.clone();
             damaged.insert("state".into(), Value::Blob(bytes));
             assert!(Versions::from_row(&damaged).is_err());
+            assert!(Versions::latest_of_row(&damaged).is_err());
         }
         assert!(Versions::from_row(&Object::new()).is_err());
+        assert!(Versions::latest_of_row(&Object::new()).is_err());
         // A timestamp named by an index past the ones stored.
         let mut dangling = vec![FORMAT];
         let compact: Compact<'_, Value> = Compact {
@@ -711,6 +768,18 @@ mod tests {
         };
         rmp_serde::encode::write(&mut dangling, &compact).expect("encoded");
         assert!(Versions::decode("x", &dangling).is_err());
+        assert!(Versions::latest_of("x", &dangling).is_err());
+        // A field's timestamp past the ones stored: read by the check too.
+        let mut dangling = vec![FORMAT];
+        let compact: Compact<'_, Value> = Compact {
+            stamps: vec![clock.now()],
+            deleted: Some(0),
+            created: Some(0),
+            fields: vec![("title".into(), 1, None)],
+        };
+        rmp_serde::encode::write(&mut dangling, &compact).expect("encoded");
+        assert!(Versions::decode("x", &dangling).is_err());
+        assert!(Versions::latest_of("x", &dangling).is_err());
     }
 
     #[test]
@@ -734,6 +803,23 @@ mod tests {
         assert_eq!(now[0], FORMAT);
         assert_eq!(Versions::decode("x", &first).expect("format 1"), versions);
         assert_eq!(Versions::decode("x", &now).expect("format 2"), versions);
+        // The check finds the latest timestamp of either format without building them:
+        // the delete's here, and an update's when it is the latest.
+        for bytes in [&first, &now] {
+            assert_eq!(
+                Versions::latest_of("x", bytes).expect("checked"),
+                Some(delete.hlc)
+            );
+        }
+        let mut renamed = Versions::default();
+        renamed.fold(&def, &create, false);
+        renamed.fold(&def, &update, false);
+        let bytes = renamed.encode().expect("encoded");
+        assert_eq!(
+            Versions::latest_of("x", &bytes).expect("checked"),
+            Some(update.hlc)
+        );
+        assert_eq!(renamed.latest(), Some(update.hlc));
         // Three timestamps, stored once each (about 29 bytes a timestamp): the create's
         // stamps the create and two fields.
         assert!(

@@ -1570,3 +1570,64 @@ async fn the_same_object_twice_in_a_batch_of_versions_ends_the_session() {
     );
     assert!(versions_rows(&new).await.is_empty(), "nothing kept");
 }
+
+/// A fresh receiver stores a batch of versions without deleting each id first when none of
+/// its own lies in the batch's range; versions integration stored meanwhile (here: a peer's
+/// update received while the transfer runs) are still found and replaced by the sender's.
+#[tokio::test]
+async fn a_batch_of_versions_replaces_what_integration_stored_during_the_transfer() {
+    let fx = Fixture::new();
+    let (x_entries, y_rename) = three_way_note(&fx).await;
+    let donor = fx.device("donor", DeviceId::random()).await;
+    donor.integrate(x_entries).await.expect("applied");
+    let sent = versions_rows(&donor).await;
+    let (id, _) = sent.iter().next().expect("the note's versions");
+    let row = versions_table(&donor)
+        .await
+        .into_iter()
+        .find(|row| row.get("object").and_then(Value::as_text) == Some(id.as_str()))
+        .expect("the note's row of versions");
+    let new = fx.device("new", DeviceId::random()).await;
+    let (mut a, mut b) = memory_channel_pair(8);
+    let options = FastSyncOptions::default();
+    let sender = async {
+        a.send(Package::Hello {
+            session: storex_core::uuid::Uuid::now_v7(),
+            collections: vec![info(storex_sync::VERSIONS_COLLECTION, 1)],
+            definitions: Vec::new(),
+            cursor: 0,
+        })
+        .await
+        .expect("hello");
+        assert!(matches!(
+            a.recv().await,
+            Ok(Some(Package::Ready {
+                resume_after: None,
+                merge: false,
+            }))
+        ));
+        // While the transfer runs, the new device integrates a peer's rename of the note:
+        // it stores versions of its own for it.
+        new.integrate(vec![y_rename.clone()])
+            .await
+            .expect("integrated");
+        assert_eq!(versions_of(&new).await.len(), 1, "the rename's versions");
+        assert_ne!(versions_rows(&new).await, sent);
+        a.send(Package::Batch {
+            seq: 1,
+            collection: storex_sync::VERSIONS_COLLECTION.into(),
+            objects: EncodedObjects::encode(&[row]),
+        })
+        .await
+        .expect("batch");
+        let ack = tokio::time::timeout(Duration::from_secs(10), a.recv()).await;
+        assert!(
+            matches!(ack, Ok(Ok(Some(Package::Ack { seq: 1 })))),
+            "the versions were not stored: {ack:?}"
+        );
+        drop(a); // the receiver sees the channel close
+    };
+    let (_, received) = tokio::join!(sender, receive_snapshot(&new, &mut b, &options));
+    assert!(received.is_err(), "the hand-made sender never finishes");
+    assert_eq!(versions_rows(&new).await, sent, "the sender's versions");
+}

@@ -543,8 +543,18 @@ async fn apply_versions_batch(
     };
     let mut received = Vec::with_capacity(objects.len());
     let mut seen = HashSet::with_capacity(objects.len());
+    let mut newest = None;
     for row in &objects {
-        let (id, versions) = Versions::from_row(row).map_err(|e| bad(e.to_string()))?;
+        // Merging reconciles them; otherwise they are stored as they came, once they are
+        // known to read back.
+        let (id, versions, latest) = if state.merge {
+            let (id, versions) = Versions::from_row(row).map_err(|e| bad(e.to_string()))?;
+            let latest = versions.latest();
+            (id, Some(versions), latest)
+        } else {
+            let (id, latest) = Versions::latest_of_row(row).map_err(|e| bad(e.to_string()))?;
+            (id, None, latest)
+        };
         let key = object_of(&id).ok_or_else(|| bad(format!("no object in {id:?}")))?;
         if !seen.insert(key.clone()) {
             return Err(bad(format!("the object {id:?} twice in one batch")).into());
@@ -553,7 +563,7 @@ async fn apply_versions_batch(
             return Err(bad(format!("an object of unknown collection `{}`", key.0)).into());
         }
         // Like the log's timestamps: the clock moves past them, or the session ends.
-        if let Some(latest) = versions.latest() {
+        if let Some(latest) = latest {
             device
                 .clock()
                 .observe(latest)
@@ -562,12 +572,14 @@ async fn apply_versions_batch(
                     problem: format!("the sender's versions: {e}"),
                 })?;
         }
+        newest = newest.max(latest);
         received.push((id, key, versions));
     }
     if state.merge {
         drop(objects);
         let mut entries = Vec::new();
         for (_, key, versions) in &received {
+            let Some(versions) = versions else { continue };
             let def = registry.collection(&key.0)?;
             let pk = pk_from_text(&key.1).map_err(|e| bad(e.to_string()))?;
             entries.extend(versions.synthesize(key, &pk, None, def));
@@ -579,7 +591,7 @@ async fn apply_versions_batch(
     }
     // Stored as they came (they read back), as the sender pruned them for its rows, which
     // are this device's now: values only for objects that do not exist.
-    let latest = received.iter().filter_map(|(_, _, v)| v.latest()).max();
+    let latest = newest;
     let ids: Vec<String> = received.into_iter().map(|(id, _, _)| id).collect();
     let rows: Vec<Object> = objects
         .into_iter()
@@ -598,8 +610,17 @@ async fn apply_versions_batch(
         let storage = device.storage();
         let tx = storage.begin().await?;
         let clock_before = versions::latest_applied(Exec::Transaction(&tx)).await?;
-        // Any of them may have versions here already (integration may have run meanwhile).
-        let mut steps = versions::replace_steps(&ids);
+        // Any of them may have versions here already (integration may have run meanwhile),
+        // unless none lies in their range of ids: a fresh device's batches (sent in key
+        // order) need one count, not a delete of each id.
+        let mut steps = match (ids.iter().min(), ids.iter().max()) {
+            (Some(low), Some(high))
+                if versions::any_between(Exec::Transaction(&tx), low, high).await? =>
+            {
+                versions::replace_steps(&ids)
+            }
+            _ => Vec::new(),
+        };
         steps.extend(
             rows.into_iter()
                 .map(|row| BatchStep::new(Operation::create(VERSIONS_COLLECTION, row))),

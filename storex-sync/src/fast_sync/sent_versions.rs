@@ -175,13 +175,15 @@ impl VersionsPager {
             }
         }
         let mut stored = versions::load(exec, &starting).await?;
+        // The loop below starts the same objects in the same order: their keys are these.
+        let mut starting = starting.into_iter();
         let mut done: Vec<(ObjectKey, Versions)> = Vec::new();
         for (pk, entry) in page.entries {
             let mut current = match open.take() {
                 Some(o) if o.pk == pk => o,
                 other => {
                     done.extend(other.map(|o| (o.key, o.versions)));
-                    let key = object_key(&entry);
+                    let key = starting.next().unwrap_or_else(|| object_key(&entry));
                     let versions = stored.remove(&key).unwrap_or_default();
                     OpenObject {
                         pk,
