@@ -190,6 +190,10 @@ fn apply(
             let def = registry.collection(&collection)?;
             create(state, def, object, undo)
         }
+        Operation::Put { collection, object } => {
+            let def = registry.collection(&collection)?;
+            put(state, def, object, undo)
+        }
         Operation::UpdateByPk {
             collection,
             pk,
@@ -394,6 +398,32 @@ fn delete(state: &mut State, collection: &str, keys: Vec<PkKey>, undo: &mut Vec<
 }
 
 /// Refuses `object` if a unique index of `def` already holds its values (nulls never clash).
+/// Creates `object`, or replaces the object with its key (every field; absent ones `Null`).
+fn put(
+    state: &mut State,
+    def: &CollectionDef,
+    mut object: Object,
+    undo: &mut Vec<Undo>,
+) -> Result<Outcome> {
+    for field in def.fields() {
+        object.entry(field.name.clone()).or_insert(Value::Null);
+    }
+    let pk = def.pk_of(&object).ok_or_else(|| Error::MissingField {
+        collection: def.name().to_owned(),
+        field: def.pk_fields().join(", "),
+    })?;
+    let key = PkKey(pk.clone());
+    let table = table(state, def.name());
+    check_unique(def, table, &object, Some(&key))?;
+    let before = table.insert(key.clone(), object);
+    undo.push(Undo {
+        collection: def.name().to_owned(),
+        key,
+        before,
+    });
+    Ok(Outcome::Put { pk })
+}
+
 fn check_unique(
     def: &CollectionDef,
     table: &Table,

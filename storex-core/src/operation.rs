@@ -37,6 +37,16 @@ pub enum Operation {
         /// The object's fields; optional fields may be left out.
         object: Object,
     },
+    /// Create one object, or replace the object with its key: every field but the key takes
+    /// the given value (an optional field left out becomes `Null`). The key must be given.
+    /// Writes to collections that sync logs cannot be puts (the log needs to know whether
+    /// the object existed): [`crate::Error::InvalidOperation`] there.
+    Put {
+        /// The collection.
+        collection: String,
+        /// The object's fields, its key included; optional fields may be left out.
+        object: Object,
+    },
     /// Change some fields of the object with this key; 0 updated if there is none.
     UpdateByPk {
         /// The collection.
@@ -106,6 +116,14 @@ impl Operation {
         }
     }
 
+    /// A put: create `object`, or replace the object with its key.
+    pub fn put(collection: impl Into<String>, object: Object) -> Self {
+        Operation::Put {
+            collection: collection.into(),
+            object,
+        }
+    }
+
     /// An update by primary key.
     pub fn update_by_pk(collection: impl Into<String>, pk: impl Into<Pk>, changes: Object) -> Self {
         Operation::UpdateByPk {
@@ -168,6 +186,7 @@ impl Operation {
     pub fn collection(&self) -> Option<&str> {
         match self {
             Operation::Create { collection, .. }
+            | Operation::Put { collection, .. }
             | Operation::UpdateByPk { collection, .. }
             | Operation::UpdateWhere { collection, .. }
             | Operation::DeleteByPk { collection, .. }
@@ -191,6 +210,7 @@ impl Operation {
     pub fn kind(&self) -> &'static str {
         match self {
             Operation::Create { .. } => "create",
+            Operation::Put { .. } => "put",
             Operation::UpdateByPk { .. } => "update_by_pk",
             Operation::UpdateWhere { .. } => "update_where",
             Operation::DeleteByPk { .. } => "delete_by_pk",
@@ -276,7 +296,10 @@ impl Replacement {
                 *pk = Pk(vec![value]);
                 true
             }
-            (ReplaceTarget::Field(field), Operation::Create { object: fields, .. })
+            (
+                ReplaceTarget::Field(field),
+                Operation::Create { object: fields, .. } | Operation::Put { object: fields, .. },
+            )
             | (
                 ReplaceTarget::Field(field),
                 Operation::UpdateByPk {
@@ -311,6 +334,11 @@ pub enum ReplaceTarget {
 pub enum Outcome {
     /// The object was created with this key.
     Created {
+        /// Its key.
+        pk: Pk,
+    },
+    /// The object with this key was created or replaced (a [`Operation::Put`]).
+    Put {
         /// Its key.
         pk: Pk,
     },
@@ -360,13 +388,14 @@ impl Outcome {
         }
     }
 
-    /// The number of objects updated, deleted or counted; 1 for a create; `None` otherwise.
+    /// The number of objects updated, deleted or counted; 1 for a create or a put; `None`
+    /// otherwise.
     pub fn count(&self) -> Option<u64> {
         match self {
             Outcome::Updated { count } | Outcome::Deleted { count } | Outcome::Counted(count) => {
                 Some(*count)
             }
-            Outcome::Created { .. } => Some(1),
+            Outcome::Created { .. } | Outcome::Put { .. } => Some(1),
             _ => None,
         }
     }

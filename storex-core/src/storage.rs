@@ -192,6 +192,15 @@ impl Storage {
         created_pk(self.execute(Operation::create(collection, object)).await?)
     }
 
+    /// Creates the object, or replaces the object with its key (see [`Operation::Put`]);
+    /// returns its key.
+    pub async fn put(&self, collection: &str, object: Object) -> Result<Pk> {
+        match self.execute(Operation::put(collection, object)).await? {
+            Outcome::Put { pk } => Ok(pk),
+            other => Err(unexpected("put", &other)),
+        }
+    }
+
     /// The object with key `pk`, if any.
     pub async fn find_by_pk(&self, collection: &str, pk: impl Into<Pk>) -> Result<Option<Object>> {
         let filter = pk_filter(&self.inner.registry, collection, pk.into())?;

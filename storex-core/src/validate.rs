@@ -81,6 +81,7 @@ fn validate_step<'s>(
             (
                 ReplaceTarget::Field(field),
                 Operation::Create { .. }
+                | Operation::Put { .. }
                 | Operation::UpdateByPk { .. }
                 | Operation::UpdateWhere { .. },
             ) => {
@@ -132,6 +133,11 @@ fn validate_single(
         Operation::Create { collection, object } => {
             let def = registry.collection(collection)?;
             validate_object(def, object, stage, filled)
+        }
+        // A put names its object: its key is never filled in by a middleware.
+        Operation::Put { collection, object } => {
+            let def = registry.collection(collection)?;
+            validate_object(def, object, Stage::Backend, filled)
         }
         Operation::UpdateByPk {
             collection,

@@ -310,6 +310,17 @@ impl SyncLoggingMiddleware {
             Operation::Batch { steps } => (steps, false),
             other => (vec![BatchStep::new(other)], true),
         };
+        // The log records a create or an update; a put is either, which is known only once
+        // it ran.
+        if let Some(collection) = steps.iter().find_map(|s| match &s.operation {
+            Operation::Put { collection, .. } if self.logged(collection) => Some(collection),
+            _ => None,
+        }) {
+            return Err(CoreError::invalid_operation(
+                collection.clone(),
+                "a put cannot be logged for sync: create or update the object instead",
+            ));
+        }
         resolve_placeholders(&next, &mut steps);
         // Stamped and run under the write-order lock (inside a caller's transaction, that
         // transaction orders it already): received changes are applied either before, and the

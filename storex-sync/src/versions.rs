@@ -516,63 +516,34 @@ pub(crate) async fn load(
     Ok(found)
 }
 
-/// The versions of one object to store, and whether it may have a row of versions already
-/// (to replace).
-pub(crate) type ToStore = (ObjectKey, Versions, bool);
+/// The versions of one object to store.
+pub(crate) type ToStore = (ObjectKey, Versions);
 
-/// The steps replacing the versions of these objects, and, with `clock`, the latest
-/// timestamp applied, if later than `clock_before`.
+/// The steps storing the versions of these objects (each replaces the object's row of
+/// versions, if it has one), and, with `clock`, the latest timestamp applied, if later than
+/// `clock_before`.
 pub(crate) fn store_steps(
     versions: Vec<ToStore>,
     clock: Option<Hlc>,
     clock_before: Option<Hlc>,
 ) -> Result<Vec<BatchStep>> {
-    let mut replaced: Vec<String> = Vec::new();
     let mut rows: Vec<Object> = Vec::with_capacity(versions.len() + 1);
-    for (key, versions, stored) in versions {
-        let id = object_id(&key);
-        if stored {
-            replaced.push(id.clone());
-        }
-        rows.push(versions.to_row(id)?);
+    for (key, versions) in versions {
+        rows.push(versions.to_row(object_id(&key))?);
     }
     if let Some(latest) = clock.filter(|c| clock_before.is_none_or(|b| *c > b)) {
         let marker = Versions {
             created: Some(latest),
             ..Versions::default()
         };
-        replaced.push(CLOCK_OBJECT.to_owned());
         rows.push(marker.to_row(CLOCK_OBJECT.to_owned())?);
     }
-    let mut steps = replace_steps(&replaced);
-    steps.extend(
-        rows.into_iter()
-            .map(|row| BatchStep::new(Operation::create(VERSIONS_COLLECTION, row))),
-    );
-    Ok(steps)
+    Ok(rows.into_iter().map(put_step).collect())
 }
 
-/// The steps deleting the rows of these ids, if any, before new ones are written.
-pub(crate) fn replace_steps(ids: &[String]) -> Vec<BatchStep> {
-    ids.chunks(LOOKUP_CHUNK)
-        .map(|chunk| {
-            let filter =
-                Filter::all().is_in("object", chunk.iter().map(|id| Value::from(id.as_str())));
-            BatchStep::new(Operation::delete_where(VERSIONS_COLLECTION, filter))
-        })
-        .collect()
-}
-
-/// Whether the index holds a row whose id lies between `low` and `high` (both included):
-/// one range count. A batch of ids in an empty range has none stored, so storing it needs no
-/// delete of each id first. Ids compare by their bytes, as sync's own table orders its text.
-pub(crate) async fn any_between(exec: Exec<'_>, low: &str, high: &str) -> Result<bool> {
-    let filter = Filter::all().gte("object", low).lte("object", high);
-    let count = exec
-        .run(Operation::count(VERSIONS_COLLECTION, filter))
-        .await?
-        .count();
-    Ok(count != Some(0))
+/// The step storing a row of the index: a put, which replaces the row of the same object.
+pub(crate) fn put_step(row: Object) -> BatchStep {
+    BatchStep::new(Operation::put(VERSIONS_COLLECTION, row))
 }
 
 /// The latest timestamp applied, as the index keeps it.
@@ -600,9 +571,7 @@ pub(crate) fn fold_objects<'e>(
         let Ok(def) = registry.collection(&key.0) else {
             continue;
         };
-        let stored = base.remove(&key);
-        let was_stored = stored.is_some();
-        let mut versions = stored.unwrap_or_default();
+        let mut versions = base.remove(&key).unwrap_or_default();
         // An object that exists afterwards keeps no values: its row has them.
         let exists = exists.contains(&key);
         if let Some(row) = rows.get(&key).filter(|_| !exists) {
@@ -612,7 +581,7 @@ pub(crate) fn fold_objects<'e>(
             versions.fold(def, entry, !exists);
         }
         versions.prune(exists);
-        out.push((key, versions, was_stored));
+        out.push((key, versions));
     }
     out
 }
@@ -912,7 +881,7 @@ mod tests {
                     created: Some(clock.now()),
                     ..Versions::default()
                 };
-                (k, versions, false)
+                (k, versions)
             })
             .collect();
         let steps = store_steps(stored, None, None).expect("steps");

@@ -329,6 +329,86 @@ async fn reads_and_excluded_collections_are_not_logged() {
     assert!(d.log().is_empty().await.expect("len"));
 }
 
+/// A put is a create or an update, which the log must say: on a synced collection it is
+/// refused (alone or in a batch), and nothing of its batch is written; on an excluded one it
+/// runs.
+#[tokio::test]
+async fn a_put_on_a_synced_collection_is_refused_and_writes_nothing() {
+    let d = device().await;
+    let book = notebook(&d).await;
+    let err = d
+        .storage()
+        .put(
+            "notebook",
+            object! { "id" => book.clone(), "name" => "renamed" },
+        )
+        .await
+        .expect_err("a put was logged");
+    assert!(
+        matches!(&err, storex_core::Error::InvalidOperation { collection, .. } if collection == "notebook"),
+        "{err}"
+    );
+    let draft = Uuid::now_v7();
+    let err = d
+        .storage()
+        .batch(vec![
+            BatchStep::new(Operation::create("draft", object! { "text" => "x" })),
+            BatchStep::new(Operation::put(
+                "note",
+                object! { "id" => Uuid::now_v7(), "notebook_id" => book.clone(), "title" => "t" },
+            )),
+        ])
+        .await
+        .expect_err("a batch with a put was logged");
+    assert!(
+        matches!(err, storex_core::Error::InvalidOperation { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        d.storage()
+            .count("draft", Filter::all())
+            .await
+            .expect("count"),
+        0
+    );
+    assert_eq!(
+        d.storage()
+            .count("note", Filter::all())
+            .await
+            .expect("count"),
+        0
+    );
+    let found = d
+        .storage()
+        .find_by_pk("notebook", book)
+        .await
+        .expect("find")
+        .expect("the notebook");
+    assert_eq!(found["name"], Value::from("home"));
+    assert_eq!(
+        d.log().len().await.expect("len"),
+        1,
+        "the notebook's create only"
+    );
+    // Local-only data may be put.
+    d.storage()
+        .put("draft", object! { "id" => draft, "text" => "x" })
+        .await
+        .expect("put on an excluded collection");
+    d.storage()
+        .put("draft", object! { "id" => draft, "text" => "y" })
+        .await
+        .expect("put again");
+    let found = d
+        .storage()
+        .find_by_pk("draft", draft)
+        .await
+        .expect("find")
+        .expect("the draft");
+    assert_eq!(found["text"], Value::from("y"));
+    assert_eq!(d.log().len().await.expect("len"), 1);
+}
+
 #[tokio::test]
 async fn a_failed_write_logs_nothing() {
     let d = device().await;

@@ -79,6 +79,10 @@ fn all_checks() -> Vec<(&'static str, Check)> {
         unique_index_refuses_duplicate_values,
         unique_index_allows_many_nulls,
         update_refused_by_unique_index_changes_nothing,
+        put_creates_an_object_or_replaces_the_one_with_its_key,
+        puts_in_a_batch_create_and_replace_and_the_last_of_a_key_wins,
+        put_refused_by_unique_index_changes_nothing,
+        put_without_its_key_is_refused,
         compound_key_create_and_find,
         compound_keys_may_share_a_prefix,
         uuid_keys_are_filled_on_create,
@@ -892,6 +896,114 @@ async fn count_with_and_without_filter(s: Storage) {
 }
 
 // ---- batches -----------------------------------------------------------------------------
+
+async fn put_creates_an_object_or_replaces_the_one_with_its_key(s: Storage) {
+    let pk = s
+        .put("item", object! { "id" => 1, "name" => "first", "n" => 7 })
+        .await
+        .expect("put creates");
+    assert_eq!(pk, Pk::from(1));
+    assert_eq!(get(&s, 1).await.expect("created")["n"], Value::from(7));
+    let outcome = s
+        .execute(Operation::put("item", item(1, "second")))
+        .await
+        .expect("put replaces");
+    assert_eq!(outcome, Outcome::Put { pk: Pk::from(1) });
+    let found = get(&s, 1).await.expect("still there");
+    assert_eq!(found["name"], Value::from("second"));
+    // Every field is replaced: one left out is null now.
+    assert_eq!(found["n"], Value::Null);
+    assert_eq!(count(&s, "item").await, 1);
+}
+
+async fn puts_in_a_batch_create_and_replace_and_the_last_of_a_key_wins(s: Storage) {
+    put_items(&s, &[(1, "kept", Some(1)), (2, "old", Some(2))]).await;
+    // More puts than one statement of the SQL backend holds, a key twice among them.
+    let mut steps: Vec<BatchStep> = (2..=1_501)
+        .map(|id| BatchStep::new(Operation::put("item", item(id, "put"))))
+        .collect();
+    steps.push(BatchStep::new(Operation::put("item", item(5, "again"))));
+    let outcomes = s.batch(steps).await.expect("batch");
+    assert_eq!(outcomes.len(), 1_501);
+    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Put { .. })));
+    assert_eq!(outcomes[1_500], Outcome::Put { pk: Pk::from(5) });
+    assert_eq!(count(&s, "item").await, 1_501);
+    let name = |o: Option<Object>| o.expect("found")["name"].clone();
+    assert_eq!(name(get(&s, 1).await), Value::from("kept"));
+    assert_eq!(name(get(&s, 2).await), Value::from("put"));
+    assert_eq!(get(&s, 2).await.expect("found")["n"], Value::Null);
+    assert_eq!(name(get(&s, 5).await), Value::from("again"));
+    assert_eq!(name(get(&s, 1_501).await), Value::from("put"));
+    // A key twice in a few puts (one statement on the SQL backends).
+    let outcomes = s
+        .batch(vec![
+            BatchStep::new(Operation::put("item", item(9, "first"))),
+            BatchStep::new(Operation::put("item", item(10, "other"))),
+            BatchStep::new(Operation::put("item", item(9, "last"))),
+        ])
+        .await
+        .expect("a key twice");
+    assert_eq!(outcomes.len(), 3);
+    assert_eq!(name(get(&s, 9).await), Value::from("last"));
+    assert_eq!(count(&s, "item").await, 1_501);
+}
+
+async fn put_refused_by_unique_index_changes_nothing(s: Storage) {
+    let a = s
+        .create("account", object! { "email" => "a@x" })
+        .await
+        .expect("a");
+    let b = s
+        .create("account", object! { "email" => "b@x" })
+        .await
+        .expect("b");
+    let key = |pk: &Pk| pk.single().cloned().expect("one field");
+    let err = s
+        .batch(vec![
+            BatchStep::new(Operation::put(
+                "account",
+                object! { "id" => key(&a), "email" => "a2@x" },
+            )),
+            BatchStep::new(Operation::put(
+                "account",
+                object! { "id" => key(&b), "email" => "a2@x" },
+            )),
+        ])
+        .await
+        .expect_err("clash accepted");
+    match err {
+        Error::BatchStep { step, source } => {
+            assert_eq!(step, 1);
+            assert!(
+                matches!(*source, Error::DuplicateKey { .. }),
+                "wrong cause: {source}"
+            );
+        }
+        other => panic!("wrong error: {other}"),
+    }
+    let email = |o: Option<Object>| o.expect("found")["email"].clone();
+    assert_eq!(
+        email(s.find_by_pk("account", a).await.expect("a")),
+        Value::from("a@x")
+    );
+    assert_eq!(
+        email(s.find_by_pk("account", b).await.expect("b")),
+        Value::from("b@x")
+    );
+}
+
+async fn put_without_its_key_is_refused(s: Storage) {
+    // A put names its object: no key is made up for it, not even a UUID.
+    let err = s
+        .put("account", object! { "email" => "a@x" })
+        .await
+        .expect_err("accepted");
+    assert!(
+        matches!(err, Error::MissingField { ref field, .. } if field == "id"),
+        "wrong error: {err}"
+    );
+    assert_eq!(count(&s, "account").await, 0);
+}
 
 async fn batch_applies_every_step(s: Storage) {
     let steps = (1..=50)

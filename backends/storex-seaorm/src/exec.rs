@@ -1,9 +1,10 @@
 //! Running storex operations on a SeaORM connection or transaction.
 //!
-//! Batches run inside a transaction the caller opened; consecutive creates on one collection
-//! become multi-row INSERTs (up to 1,000 rows, within the database's parameter limit), which
-//! is several times faster than one statement per row. If such a statement fails, its rows
-//! are replayed one by one, so the error names the exact failing step.
+//! Batches run inside a transaction the caller opened; consecutive creates (or puts) on one
+//! collection become multi-row INSERTs (up to 1,000 rows, within the database's parameter
+//! limit; puts as `INSERT … ON CONFLICT … DO UPDATE`), which is several times faster than one
+//! statement per row. If such a statement fails, its rows are replayed one by one, so the
+//! error names the exact failing step.
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, SqlErr, TransactionTrait};
 use storex_core::{
@@ -11,7 +12,7 @@ use storex_core::{
 };
 
 use crate::backend::Dialect;
-use crate::sql;
+use crate::sql::{self, OnExisting};
 use crate::values::read_object;
 
 /// Rows per multi-row INSERT at most.
@@ -120,10 +121,22 @@ pub(crate) async fn run<C: ConnectionTrait>(
     match op {
         Operation::Create { object, .. } => {
             let pk = pk_of(def, &object)?;
-            conn.execute_raw(sql::insert(def, ctx.dialect, [&object])?)
+            conn.execute_raw(sql::insert(def, ctx.dialect, [&object], OnExisting::Fail)?)
                 .await
                 .map_err(err)?;
             Ok(Outcome::Created { pk })
+        }
+        Operation::Put { object, .. } => {
+            let pk = pk_of(def, &object)?;
+            conn.execute_raw(sql::insert(
+                def,
+                ctx.dialect,
+                [&object],
+                OnExisting::Replace,
+            )?)
+            .await
+            .map_err(err)?;
+            Ok(Outcome::Put { pk })
         }
         Operation::UpdateByPk { pk, changes, .. } => {
             let stmt = sql::update(def, sql::pk_condition(def, &pk)?, changes)?;
@@ -199,9 +212,17 @@ fn step_error(step: usize) -> impl FnOnce(Error) -> Error {
     }
 }
 
-fn is_plain_create_on(step: &BatchStep, collection: &str) -> bool {
-    matches!(&step.operation, Operation::Create { collection: c, .. } if c == collection)
-        && step.replace.is_empty()
+/// The collection of a create or put with nothing to fill in, and what it does with an
+/// existing key: such steps in a row on one collection are inserted together.
+fn plain_insert(step: &BatchStep) -> Option<(&str, OnExisting)> {
+    if !step.replace.is_empty() {
+        return None;
+    }
+    match &step.operation {
+        Operation::Create { collection, .. } => Some((collection, OnExisting::Fail)),
+        Operation::Put { collection, .. } => Some((collection, OnExisting::Replace)),
+        _ => None,
+    }
 }
 
 /// Applies `steps` inside `txn`; the caller commits or rolls back.
@@ -214,38 +235,39 @@ pub(crate) async fn run_batch(
     let mut outcomes = Vec::with_capacity(steps.len());
     let mut steps = steps.into_iter().enumerate().peekable();
     while let Some((index, step)) = steps.next() {
-        // A create followed by plain creates on the same collection starts a group.
-        let group_on = match &step.operation {
-            Operation::Create { collection, .. }
-                if step.replace.is_empty()
-                    && steps
-                        .peek()
-                        .is_some_and(|(_, next)| is_plain_create_on(next, collection)) =>
-            {
-                Some(collection.clone())
-            }
-            _ => None,
-        };
-        let Some(collection) = group_on else {
+        // A create (or put) followed by the same on the same collection starts a group.
+        let group_on = plain_insert(&step)
+            .filter(|kind| {
+                steps
+                    .peek()
+                    .is_some_and(|(_, next)| plain_insert(next) == Some(*kind))
+            })
+            .map(|(collection, existing)| (collection.to_owned(), existing));
+        let Some((collection, existing)) = group_on else {
             outcomes.push(run_step(txn, ctx, &mut resolver, step, index).await?);
             continue;
         };
         let mut group = vec![step];
-        while let Some((_, next)) = steps.next_if(|(_, next)| is_plain_create_on(next, &collection))
+        while let Some((_, next)) =
+            steps.next_if(|(_, next)| plain_insert(next) == Some((collection.as_str(), existing)))
         {
             group.push(next);
         }
         let mut objects = Vec::with_capacity(group.len());
         let mut placeholders = Vec::with_capacity(group.len());
         for step in group {
-            if let Operation::Create { object, .. } = step.operation {
+            if let Operation::Create { object, .. } | Operation::Put { object, .. } = step.operation
+            {
                 objects.push(object);
                 placeholders.push(step.placeholder);
             }
         }
-        let pks = create_group(txn, ctx, &collection, objects, index).await?;
+        let pks = insert_group(txn, ctx, (&collection, existing), objects, index).await?;
         for (offset, (pk, placeholder)) in pks.into_iter().zip(placeholders).enumerate() {
-            let outcome = Outcome::Created { pk };
+            let outcome = match existing {
+                OnExisting::Fail => Outcome::Created { pk },
+                OnExisting::Replace => Outcome::Put { pk },
+            };
             resolver
                 .record(placeholder, &outcome)
                 .map_err(step_error(index + offset))?;
@@ -272,16 +294,18 @@ async fn run_step(
     Ok(outcome)
 }
 
-/// Inserts a run of creates (steps from `first_index` on) with multi-row INSERTs; returns
-/// their keys in step order.
+/// Inserts a run of creates or puts (steps from `first_index` on) with multi-row INSERTs;
+/// returns their keys in step order.
 ///
 /// If a statement fails, its rows are replayed one at a time so that the error names the
 /// step at fault. SQLite undoes a failed statement by itself; PostgreSQL aborts the whole
 /// transaction on an error, so there the group runs in a savepoint that is undone first.
-async fn create_group(
+/// A replay in which every row succeeds (PostgreSQL refuses a put of one key twice in one
+/// statement, which one row at a time is not) is the group's success.
+async fn insert_group(
     txn: &DatabaseTransaction,
     ctx: &Ctx<'_>,
-    collection: &str,
+    (collection, existing): (&str, OnExisting),
     objects: Vec<Object>,
     first_index: usize,
 ) -> Result<Vec<Pk>, Error> {
@@ -300,7 +324,7 @@ async fn create_group(
     let mut failed = None;
     for (chunk_index, chunk) in objects.chunks(per_statement).enumerate() {
         if let Err(e) = conn
-            .execute_raw(sql::insert(def, ctx.dialect, chunk)?)
+            .execute_raw(sql::insert(def, ctx.dialect, chunk, existing)?)
             .await
         {
             failed = Some((chunk_index * per_statement, e));
@@ -335,13 +359,15 @@ async fn create_group(
         Dialect::Sqlite => replay_from,
     };
     for (offset, object) in objects.into_iter().enumerate().skip(replay_from) {
-        run(txn, ctx, Operation::create(collection, object))
+        let op = match existing {
+            OnExisting::Fail => Operation::create(collection, object),
+            OnExisting::Replace => Operation::put(collection, object),
+        };
+        run(txn, ctx, op)
             .await
             .map_err(step_error(first_index + offset))?;
     }
-    Err(step_error(first_index + replay_from)(
-        ctx.db_err(collection, group_error),
-    ))
+    Ok(pks)
 }
 
 #[cfg(test)]

@@ -126,6 +126,15 @@ fn quoted(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// What a multi-row `INSERT` does with a row whose key exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OnExisting {
+    /// Fails (a create).
+    Fail,
+    /// Replaces every other field of the stored row (a put): `ON CONFLICT … DO UPDATE`.
+    Replace,
+}
+
 /// A multi-row `INSERT` of whole objects (absent fields as NULL).
 ///
 /// The hot path of bulk writes, so it is written out directly instead of through sea-query's
@@ -135,6 +144,7 @@ pub(crate) fn insert<'o>(
     def: &CollectionDef,
     dialect: Dialect,
     objects: impl IntoIterator<Item = &'o Object>,
+    existing: OnExisting,
 ) -> Result<Statement, Error> {
     let fields = def.fields();
     let columns = fields
@@ -167,6 +177,23 @@ pub(crate) fn insert<'o>(
             def.name(),
             "cannot build an insert of no rows",
         ));
+    }
+    if existing == OnExisting::Replace {
+        // The same words on SQLite (3.24 and later) and PostgreSQL.
+        let key = def.pk_fields();
+        let key_columns = key.iter().map(|f| quoted(f)).collect::<Vec<_>>().join(", ");
+        let set = fields
+            .iter()
+            .filter(|f| !key.contains(&f.name))
+            .map(|f| format!("{0} = excluded.{0}", quoted(&f.name)))
+            .collect::<Vec<_>>();
+        text.push_str(&format!(" ON CONFLICT ({key_columns}) DO "));
+        if set.is_empty() {
+            text.push_str("NOTHING");
+        } else {
+            text.push_str("UPDATE SET ");
+            text.push_str(&set.join(", "));
+        }
     }
     let backend = match dialect {
         Dialect::Sqlite => DbBackend::Sqlite,

@@ -610,21 +610,9 @@ async fn apply_versions_batch(
         let storage = device.storage();
         let tx = storage.begin().await?;
         let clock_before = versions::latest_applied(Exec::Transaction(&tx)).await?;
-        // Any of them may have versions here already (integration may have run meanwhile),
-        // unless none lies in their range of ids: a fresh device's batches (sent in key
-        // order) need one count, not a delete of each id.
-        let mut steps = match (ids.iter().min(), ids.iter().max()) {
-            (Some(low), Some(high))
-                if versions::any_between(Exec::Transaction(&tx), low, high).await? =>
-            {
-                versions::replace_steps(&ids)
-            }
-            _ => Vec::new(),
-        };
-        steps.extend(
-            rows.into_iter()
-                .map(|row| BatchStep::new(Operation::create(VERSIONS_COLLECTION, row))),
-        );
+        // Any of them may have versions here already (integration may have run meanwhile):
+        // puts replace them.
+        let mut steps: Vec<BatchStep> = rows.into_iter().map(versions::put_step).collect();
         steps.extend(versions::store_steps(Vec::new(), latest, clock_before)?);
         steps.push(progress_step(session, state, first));
         run(&tx, Operation::Batch { steps }).await?;
