@@ -397,7 +397,6 @@ fn delete(state: &mut State, collection: &str, keys: Vec<PkKey>, undo: &mut Vec<
     count
 }
 
-/// Refuses `object` if a unique index of `def` already holds its values (nulls never clash).
 /// Creates `object`, or replaces the object with its key (every field; absent ones `Null`).
 fn put(
     state: &mut State,
@@ -424,6 +423,7 @@ fn put(
     Ok(Outcome::Put { pk })
 }
 
+/// Refuses `object` if a unique index of `def` already holds its values (nulls never clash).
 fn check_unique(
     def: &CollectionDef,
     table: &Table,

@@ -59,7 +59,7 @@ fn validate_step<'s>(
     let invalid = |problem: String| Error::invalid_operation(collection.clone(), problem);
     if !step.operation.is_write() || matches!(step.operation, Operation::Batch { .. }) {
         return Err(invalid(format!(
-            "a batch step must be a create, update or delete, not {}",
+            "a batch step must be a create, put, update or delete, not {}",
             step.operation.kind()
         )));
     }
@@ -89,7 +89,7 @@ fn validate_step<'s>(
             }
             (ReplaceTarget::Field(_), _) => {
                 return Err(invalid(
-                    "only a create or an update can take a field from a placeholder".into(),
+                    "only a create, a put or an update can take a field from a placeholder".into(),
                 ))
             }
         }

@@ -352,6 +352,7 @@ impl Versions {
                         ))
                     })
                 };
+                ascending(id, &compact.fields)?;
                 let mut fields = BTreeMap::new();
                 for (name, index, value) in compact.fields {
                     let hlc = stamp(index)?;
@@ -383,6 +384,7 @@ impl Versions {
                 id: format!("the versions of {id:?}"),
                 problem: format!("they do not decode: {e}"),
             })?;
+        ascending(id, &compact.fields)?;
         let named = compact.deleted.into_iter().chain(compact.created);
         let mut latest = None;
         for index in named.chain(compact.fields.iter().map(|(_, index, _)| *index)) {
@@ -439,6 +441,23 @@ impl Versions {
         };
         Ok((id, bytes))
     }
+}
+
+/// Checks that the fields of stored versions come in ascending order of their names, each
+/// once, as [`Versions::encode`] writes them (a field twice would leave it unclear which
+/// version holds).
+fn ascending<V>(id: &str, fields: &[(std::borrow::Cow<'_, str>, usize, Option<V>)]) -> Result<()> {
+    for pair in fields.windows(2) {
+        if let [(before, ..), (name, ..)] = pair {
+            if name <= before {
+                return Err(Error::CorruptEntry {
+                    id: format!("the versions of {id:?}"),
+                    problem: format!("field `{name}` after `{before}`: out of order or twice"),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The id of a synthesized change: the same for the same change of the same object, so a
@@ -738,6 +757,19 @@ mod tests {
         rmp_serde::encode::write(&mut dangling, &compact).expect("encoded");
         assert!(Versions::decode("x", &dangling).is_err());
         assert!(Versions::latest_of("x", &dangling).is_err());
+        // A field twice (or out of order): which version holds would be unclear.
+        for names in [["title", "title"], ["title", "body"]] {
+            let mut repeated = vec![FORMAT];
+            let compact: Compact<'_, Value> = Compact {
+                stamps: vec![clock.now(), clock.now()],
+                deleted: None,
+                created: Some(0),
+                fields: vec![(names[0].into(), 1, None), (names[1].into(), 0, None)],
+            };
+            rmp_serde::encode::write(&mut repeated, &compact).expect("encoded");
+            assert!(Versions::decode("x", &repeated).is_err(), "{names:?}");
+            assert!(Versions::latest_of("x", &repeated).is_err(), "{names:?}");
+        }
         // A field's timestamp past the ones stored: read by the check too.
         let mut dangling = vec![FORMAT];
         let compact: Compact<'_, Value> = Compact {

@@ -1571,9 +1571,9 @@ async fn the_same_object_twice_in_a_batch_of_versions_ends_the_session() {
     assert!(versions_rows(&new).await.is_empty(), "nothing kept");
 }
 
-/// A fresh receiver stores a batch of versions without deleting each id first when none of
-/// its own lies in the batch's range; versions integration stored meanwhile (here: a peer's
-/// update received while the transfer runs) are still found and replaced by the sender's.
+/// A fresh receiver stores a batch of versions with puts: versions integration stored
+/// meanwhile (here: a peer's update received while the transfer runs) are replaced by the
+/// sender's, with no duplicate-key failure.
 #[tokio::test]
 async fn a_batch_of_versions_replaces_what_integration_stored_during_the_transfer() {
     let fx = Fixture::new();

@@ -83,6 +83,7 @@ fn all_checks() -> Vec<(&'static str, Check)> {
         puts_in_a_batch_create_and_replace_and_the_last_of_a_key_wins,
         put_refused_by_unique_index_changes_nothing,
         put_without_its_key_is_refused,
+        puts_on_compound_keys_and_on_all_key_collections,
         compound_key_create_and_find,
         compound_keys_may_share_a_prefix,
         uuid_keys_are_filled_on_create,
@@ -150,13 +151,13 @@ fn item(id: i64, name: &str) -> Object {
     object! { "id" => id, "name" => name }
 }
 
-async fn put(s: &Storage, object: Object) {
+async fn create_item(s: &Storage, object: Object) {
     s.create("item", object).await.expect("create item");
 }
 
 async fn put_items(s: &Storage, items: &[(i64, &str, Option<i64>)]) {
     for (id, name, n) in items {
-        put(s, object! { "id" => *id, "name" => *name, "n" => *n }).await;
+        create_item(s, object! { "id" => *id, "name" => *name, "n" => *n }).await;
     }
 }
 
@@ -184,7 +185,7 @@ async fn count(s: &Storage, collection: &str) -> u64 {
 async fn round_trip(s: &Storage, field: &str, value: Value) {
     let mut object = item(1, "x");
     object.insert(field.to_owned(), value.clone());
-    put(s, object).await;
+    create_item(s, object).await;
     let found = get(s, 1).await.expect("object stored");
     assert_eq!(found[field], value, "field `{field}` did not round-trip");
 }
@@ -217,7 +218,7 @@ async fn create_returns_the_key(s: Storage) {
 }
 
 async fn create_then_find_by_pk_returns_every_field(s: Storage) {
-    put(&s, item(1, "one")).await;
+    create_item(&s, item(1, "one")).await;
     let found = get(&s, 1).await.expect("found");
     let fields: Vec<&str> = found.keys().map(String::as_str).collect();
     assert_eq!(
@@ -239,10 +240,10 @@ async fn text_round_trips_unicode(s: Storage) {
 
 async fn int_round_trips_extremes(s: Storage) {
     for (id, n) in [(1, i64::MIN), (2, i64::MAX), (3, 0), (4, -1)] {
-        put(&s, object! { "id" => id, "name" => "x", "n" => n }).await;
+        create_item(&s, object! { "id" => id, "name" => "x", "n" => n }).await;
         assert_eq!(get(&s, id).await.expect("found")["n"], Value::Int(n));
     }
-    put(&s, item(i64::MIN, "min key")).await;
+    create_item(&s, item(i64::MIN, "min key")).await;
     assert!(get(&s, i64::MIN).await.is_some(), "i64::MIN works as a key");
 }
 
@@ -255,7 +256,7 @@ async fn float_round_trips_exactly(s: Storage) {
         (5, 1.0 / 3.0),
         (6, 5e-324),
     ] {
-        put(&s, object! { "id" => id, "name" => "x", "score" => f }).await;
+        create_item(&s, object! { "id" => id, "name" => "x", "score" => f }).await;
         let found = get(&s, id).await.expect("found");
         assert_eq!(
             found["score"],
@@ -267,7 +268,7 @@ async fn float_round_trips_exactly(s: Storage) {
 
 async fn bool_round_trips(s: Storage) {
     for (id, b) in [(1, true), (2, false)] {
-        put(&s, object! { "id" => id, "name" => "x", "flag" => b }).await;
+        create_item(&s, object! { "id" => id, "name" => "x", "flag" => b }).await;
         assert_eq!(get(&s, id).await.expect("found")["flag"], Value::Bool(b));
     }
 }
@@ -281,7 +282,7 @@ async fn datetime_sub_microseconds_are_dropped(s: Storage) {
         .timestamp_opt(1_700_000_000, 123_456_789)
         .single()
         .expect("valid");
-    put(&s, object! { "id" => 1, "name" => "x", "at" => precise }).await;
+    create_item(&s, object! { "id" => 1, "name" => "x", "at" => precise }).await;
     let found = get(&s, 1).await.expect("found");
     assert_eq!(found["at"], Value::DateTime(at(1_700_000_000, 123_456)));
 }
@@ -301,12 +302,12 @@ async fn uuid_round_trips(s: Storage) {
 }
 
 async fn null_and_missing_optional_fields_read_as_null(s: Storage) {
-    put(
+    create_item(
         &s,
         object! { "id" => 1, "name" => "explicit", "n" => Value::Null },
     )
     .await;
-    put(&s, item(2, "missing")).await;
+    create_item(&s, item(2, "missing")).await;
     for id in [1, 2] {
         let found = get(&s, id).await.expect("found");
         assert_eq!(found["n"], Value::Null, "object {id}");
@@ -317,7 +318,7 @@ async fn null_and_missing_optional_fields_read_as_null(s: Storage) {
 async fn large_text_and_blob_round_trip(s: Storage) {
     let text: String = "storex ✓ ".repeat(100_000);
     let blob: Vec<u8> = (0..1_048_576u32).map(|i| (i % 251) as u8).collect();
-    put(
+    create_item(
         &s,
         object! { "id" => 1, "name" => "large", "body" => text.clone(), "data" => blob.clone() },
     )
@@ -330,7 +331,7 @@ async fn large_text_and_blob_round_trip(s: Storage) {
 // ---- keys and uniqueness -----------------------------------------------------------------
 
 async fn create_with_existing_key_is_refused(s: Storage) {
-    put(&s, item(1, "first")).await;
+    create_item(&s, item(1, "first")).await;
     let err = s
         .create("item", item(1, "second"))
         .await
@@ -342,7 +343,7 @@ async fn create_with_existing_key_is_refused(s: Storage) {
 }
 
 async fn refused_duplicate_leaves_the_original_unchanged(s: Storage) {
-    put(&s, item(1, "first")).await;
+    create_item(&s, item(1, "first")).await;
     let _ = s.create("item", item(1, "second")).await;
     assert_eq!(
         get(&s, 1).await.expect("found")["name"],
@@ -469,7 +470,7 @@ async fn uuid_keys_are_filled_on_create(s: Storage) {
 // ---- updates and deletes -----------------------------------------------------------------
 
 async fn update_by_pk_changes_only_given_fields(s: Storage) {
-    put(
+    create_item(
         &s,
         object! { "id" => 1, "name" => "old", "n" => 5, "flag" => true },
     )
@@ -486,7 +487,7 @@ async fn update_by_pk_changes_only_given_fields(s: Storage) {
 }
 
 async fn update_by_pk_can_set_an_optional_field_to_null(s: Storage) {
-    put(&s, object! { "id" => 1, "name" => "x", "n" => 5 }).await;
+    create_item(&s, object! { "id" => 1, "name" => "x", "n" => 5 }).await;
     s.update_by_pk("item", 1, object! { "n" => Value::Null })
         .await
         .expect("update");
@@ -494,7 +495,7 @@ async fn update_by_pk_can_set_an_optional_field_to_null(s: Storage) {
 }
 
 async fn update_by_pk_of_a_missing_object_updates_nothing(s: Storage) {
-    put(&s, item(1, "x")).await;
+    create_item(&s, item(1, "x")).await;
     let updated = s
         .update_by_pk("item", 2, object! { "name" => "y" })
         .await
@@ -589,7 +590,7 @@ async fn where_writes_on_a_compound_key_collection(s: Storage) {
 // ---- finds, filters, order, paging -------------------------------------------------------
 
 async fn find_one_of_a_missing_object_is_none(s: Storage) {
-    put(&s, item(1, "x")).await;
+    create_item(&s, item(1, "x")).await;
     assert!(get(&s, 2).await.is_none());
     let found = s
         .find_one("item", Query::new(Filter::all().eq("name", "y")))
@@ -610,7 +611,7 @@ async fn find_one_honours_order_and_skip(s: Storage) {
 
 async fn find_many_without_order_sorts_by_key(s: Storage) {
     for id in [5, -3, 2, 100, 0] {
-        put(&s, item(id, "x")).await;
+        create_item(&s, item(id, "x")).await;
     }
     assert_eq!(ids(&s, Query::default()).await, vec![-3, 0, 2, 5, 100]);
 }
@@ -703,7 +704,7 @@ async fn filter_conditions_combine_with_and(s: Storage) {
 
 async fn filter_on_a_datetime_range(s: Storage) {
     for (id, secs) in [(1, 100), (2, 200), (3, 300)] {
-        put(
+        create_item(
             &s,
             object! { "id" => id, "name" => "x", "at" => at(secs, 0) },
         )
@@ -721,17 +722,17 @@ async fn filter_on_a_datetime_range(s: Storage) {
 
 async fn filter_on_uuid_and_bool(s: Storage) {
     let target = Uuid::now_v7();
-    put(
+    create_item(
         &s,
         object! { "id" => 1, "name" => "x", "ref_id" => target, "flag" => true },
     )
     .await;
-    put(
+    create_item(
         &s,
         object! { "id" => 2, "name" => "x", "ref_id" => Uuid::now_v7(), "flag" => true },
     )
     .await;
-    put(
+    create_item(
         &s,
         object! { "id" => 3, "name" => "x", "ref_id" => target, "flag" => false },
     )
@@ -748,7 +749,7 @@ async fn filter_on_uuid_and_bool(s: Storage) {
 
 async fn filter_on_float(s: Storage) {
     for (id, f) in [(1, -1.5), (2, 0.25), (3, 2.0)] {
-        put(&s, object! { "id" => id, "name" => "x", "score" => f }).await;
+        create_item(&s, object! { "id" => id, "name" => "x", "score" => f }).await;
     }
     assert_eq!(
         ids_where(&s, Filter::all().gt("score", 0.0)).await,
@@ -761,8 +762,8 @@ async fn filter_on_float(s: Storage) {
 }
 
 async fn negative_zero_is_zero(s: Storage) {
-    put(&s, object! { "id" => 1, "name" => "x", "score" => -0.0 }).await;
-    put(&s, object! { "id" => 2, "name" => "y", "score" => 1.0 }).await;
+    create_item(&s, object! { "id" => 1, "name" => "x", "score" => -0.0 }).await;
+    create_item(&s, object! { "id" => 2, "name" => "y", "score" => 1.0 }).await;
     assert_eq!(ids_where(&s, Filter::all().eq("score", 0.0)).await, vec![1]);
     assert_eq!(
         ids_where(&s, Filter::all().eq("score", -0.0)).await,
@@ -805,13 +806,13 @@ async fn datetimes_beyond_year_9999_are_refused(s: Storage) {
         .with_ymd_and_hms(9_999, 12, 31, 23, 59, 59)
         .single()
         .expect("a valid date");
-    put(&s, object! { "id" => 2, "name" => "y", "at" => last }).await;
+    create_item(&s, object! { "id" => 2, "name" => "y", "at" => last }).await;
     assert_eq!(ids_where(&s, Filter::all()).await, vec![2]);
 }
 
 async fn text_compares_by_bytes(s: Storage) {
     for (id, name) in [(1, "b"), (2, "B"), (3, "a"), (4, "é"), (5, "z")] {
-        put(&s, item(id, name)).await;
+        create_item(&s, item(id, name)).await;
     }
     let sorted = ids(&s, Query::default().order_asc("name")).await;
     assert_eq!(sorted, vec![2, 3, 1, 5, 4], "byte order: B < a < b < z < é");
@@ -863,7 +864,7 @@ async fn order_ties_break_by_key(s: Storage) {
 
 async fn limit_and_skip_page_through_results(s: Storage) {
     for id in 1..=10 {
-        put(&s, item(id, "x")).await;
+        create_item(&s, item(id, "x")).await;
     }
     assert_eq!(ids(&s, Query::default().limit(3)).await, vec![1, 2, 3]);
     assert_eq!(
@@ -1005,6 +1006,46 @@ async fn put_without_its_key_is_refused(s: Storage) {
     assert_eq!(count(&s, "account").await, 0);
 }
 
+async fn puts_on_compound_keys_and_on_all_key_collections(s: Storage) {
+    // A compound key, one of whose fields has a reserved word for its name.
+    for role in ["member", "owner"] {
+        s.put(
+            "membership",
+            object! { "group" => "g", "member" => 1, "role" => role },
+        )
+        .await
+        .expect("put");
+    }
+    s.put(
+        "membership",
+        object! { "group" => "g", "member" => 2, "role" => "member" },
+    )
+    .await
+    .expect("another");
+    let first = s
+        .find_by_pk("membership", Pk(vec![Value::from("g"), Value::from(1)]))
+        .await
+        .expect("find")
+        .expect("found");
+    assert_eq!(first["role"], Value::from("owner"));
+    assert_eq!(count(&s, "membership").await, 2);
+    // Nothing but the key: the second put of an object leaves it as it is.
+    let steps = (0..2)
+        .map(|_| {
+            BatchStep::new(Operation::put(
+                "tagging",
+                object! { "tag" => "red", "item_id" => 1 },
+            ))
+        })
+        .collect();
+    let outcomes = s.batch(steps).await.expect("puts");
+    assert_eq!(outcomes.len(), 2);
+    s.put("tagging", object! { "tag" => "red", "item_id" => 1 })
+        .await
+        .expect("once more");
+    assert_eq!(count(&s, "tagging").await, 1);
+}
+
 async fn batch_applies_every_step(s: Storage) {
     let steps = (1..=50)
         .map(|id| BatchStep::new(Operation::create("item", item(id, "batch"))))
@@ -1064,7 +1105,7 @@ async fn batch_placeholder_fills_the_key_of_a_later_update(s: Storage) {
 }
 
 async fn batch_failing_last_step_leaves_nothing(s: Storage) {
-    put(&s, item(1, "existing")).await;
+    create_item(&s, item(1, "existing")).await;
     let result = s
         .batch(vec![
             BatchStep::new(Operation::create("item", item(2, "new"))),
@@ -1086,7 +1127,7 @@ async fn batch_failing_last_step_leaves_nothing(s: Storage) {
 }
 
 async fn batch_error_names_the_failing_step(s: Storage) {
-    put(&s, item(1, "existing")).await;
+    create_item(&s, item(1, "existing")).await;
     let err = s
         .batch(vec![
             BatchStep::new(Operation::create("item", item(2, "ok"))),
@@ -1147,7 +1188,7 @@ async fn transaction_commit_makes_writes_visible(s: Storage) {
 }
 
 async fn transaction_rollback_discards_writes(s: Storage) {
-    put(&s, item(1, "kept")).await;
+    create_item(&s, item(1, "kept")).await;
     let tx = s.begin().await.expect("begin");
     tx.execute(Operation::create("item", item(2, "b")))
         .await
@@ -1262,7 +1303,7 @@ async fn validation_unknown_field_writes_nothing(s: Storage) {
 }
 
 async fn validation_refuses_a_key_update(s: Storage) {
-    put(&s, item(1, "x")).await;
+    create_item(&s, item(1, "x")).await;
     let err = s
         .update_by_pk("item", 1, object! { "id" => 2 })
         .await

@@ -47,10 +47,16 @@ pub fn fixture_registry() -> Registry {
         .primary_key(["id"])
         .index(["notebook_id"])
         .child_of("notebook", "notebook_id");
+    // Every field is in the key: a put of an existing object has nothing to replace.
+    let tagging = CollectionDef::new("tagging")
+        .field("tag", FieldType::Text)
+        .field("item_id", FieldType::Int)
+        .primary_key(["tag", "item_id"]);
     Registry::builder()
         .collection(item)
         .collection(account)
         .collection(membership)
+        .collection(tagging)
         .collection(notebook)
         .collection(note)
         .build()

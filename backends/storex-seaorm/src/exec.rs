@@ -300,8 +300,8 @@ async fn run_step(
 /// If a statement fails, its rows are replayed one at a time so that the error names the
 /// step at fault. SQLite undoes a failed statement by itself; PostgreSQL aborts the whole
 /// transaction on an error, so there the group runs in a savepoint that is undone first.
-/// A replay in which every row succeeds (PostgreSQL refuses a put of one key twice in one
-/// statement, which one row at a time is not) is the group's success.
+/// A replay of puts in which every row succeeds is the group's success: PostgreSQL refuses
+/// one statement that puts a key twice, and one row at a time does not.
 async fn insert_group(
     txn: &DatabaseTransaction,
     ctx: &Ctx<'_>,
@@ -367,7 +367,14 @@ async fn insert_group(
             .await
             .map_err(step_error(first_index + offset))?;
     }
-    Ok(pks)
+    match existing {
+        OnExisting::Replace => Ok(pks),
+        // A row of the group must have failed alone too; if none did, the group's error
+        // stands.
+        OnExisting::Fail => Err(step_error(first_index + replay_from)(
+            ctx.db_err(collection, group_error),
+        )),
+    }
 }
 
 #[cfg(test)]
