@@ -315,12 +315,8 @@ fn candidates<'t>(
     }
 }
 
-fn create(
-    state: &mut State,
-    def: &CollectionDef,
-    mut object: Object,
-    undo: &mut Vec<Undo>,
-) -> Result<Outcome> {
+/// `object` with every field of `def` (absent ones `Null`), and its key.
+fn complete(def: &CollectionDef, mut object: Object) -> Result<(Object, Pk)> {
     for field in def.fields() {
         object.entry(field.name.clone()).or_insert(Value::Null);
     }
@@ -328,6 +324,16 @@ fn create(
         collection: def.name().to_owned(),
         field: def.pk_fields().join(", "),
     })?;
+    Ok((object, pk))
+}
+
+fn create(
+    state: &mut State,
+    def: &CollectionDef,
+    object: Object,
+    undo: &mut Vec<Undo>,
+) -> Result<Outcome> {
+    let (object, pk) = complete(def, object)?;
     let key = PkKey(pk.clone());
     let table = table(state, def.name());
     if table.contains_key(&key) {
@@ -401,16 +407,10 @@ fn delete(state: &mut State, collection: &str, keys: Vec<PkKey>, undo: &mut Vec<
 fn put(
     state: &mut State,
     def: &CollectionDef,
-    mut object: Object,
+    object: Object,
     undo: &mut Vec<Undo>,
 ) -> Result<Outcome> {
-    for field in def.fields() {
-        object.entry(field.name.clone()).or_insert(Value::Null);
-    }
-    let pk = def.pk_of(&object).ok_or_else(|| Error::MissingField {
-        collection: def.name().to_owned(),
-        field: def.pk_fields().join(", "),
-    })?;
+    let (object, pk) = complete(def, object)?;
     let key = PkKey(pk.clone());
     let table = table(state, def.name());
     check_unique(def, table, &object, Some(&key))?;

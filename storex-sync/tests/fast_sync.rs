@@ -346,16 +346,16 @@ async fn a_transfer_cut_at_any_point_resumes_and_completes() {
     }
 }
 
-/// Plays the sender by hand: a valid hello and first batch, then `bad`.
-async fn hand_made_sender(channel: &mut MemoryChannel, bad: Vec<u8>) {
+/// Plays the sender's opening by hand: a hello offering `collections`, and the receiver's
+/// `Ready` to copy them from the start.
+async fn begin_copy(
+    channel: &mut MemoryChannel,
+    collections: Vec<storex_sync::fast_sync::CollectionInfo>,
+) {
     channel
         .send(Package::Hello {
             session: storex_core::uuid::Uuid::now_v7(),
-            collections: vec![storex_sync::fast_sync::CollectionInfo {
-                name: "draft".into(),
-                schema_version: 1,
-                objects: 3,
-            }],
+            collections,
             definitions: Vec::new(),
             cursor: 0,
         })
@@ -368,6 +368,11 @@ async fn hand_made_sender(channel: &mut MemoryChannel, bad: Vec<u8>) {
             merge: false,
         }))
     ));
+}
+
+/// Plays the sender by hand: a valid hello and first batch, then `bad`.
+async fn hand_made_sender(channel: &mut MemoryChannel, bad: Vec<u8>) {
+    begin_copy(channel, vec![info("draft", 3)]).await;
     channel
         .send(Package::Batch {
             seq: 1,
@@ -784,25 +789,7 @@ async fn an_object_written_during_the_transfer_is_kept_by_a_fresh_receiver() {
     let (mut a, mut b) = memory_channel_pair(4);
     let options = FastSyncOptions::default();
     let sender = async {
-        a.send(Package::Hello {
-            session: storex_core::uuid::Uuid::now_v7(),
-            collections: vec![storex_sync::fast_sync::CollectionInfo {
-                name: "draft".into(),
-                schema_version: 1,
-                objects: 6,
-            }],
-            definitions: Vec::new(),
-            cursor: 0,
-        })
-        .await
-        .expect("hello");
-        assert!(matches!(
-            a.recv().await,
-            Ok(Some(Package::Ready {
-                resume_after: None,
-                merge: false,
-            }))
-        ));
+        begin_copy(&mut a, vec![info("draft", 6)]).await;
         let batch = |seq: u64, ids: [i64; 3]| Package::Batch {
             seq,
             collection: "draft".into(),
@@ -1591,21 +1578,7 @@ async fn a_batch_of_versions_replaces_what_integration_stored_during_the_transfe
     let (mut a, mut b) = memory_channel_pair(8);
     let options = FastSyncOptions::default();
     let sender = async {
-        a.send(Package::Hello {
-            session: storex_core::uuid::Uuid::now_v7(),
-            collections: vec![info(storex_sync::VERSIONS_COLLECTION, 1)],
-            definitions: Vec::new(),
-            cursor: 0,
-        })
-        .await
-        .expect("hello");
-        assert!(matches!(
-            a.recv().await,
-            Ok(Some(Package::Ready {
-                resume_after: None,
-                merge: false,
-            }))
-        ));
+        begin_copy(&mut a, vec![info(storex_sync::VERSIONS_COLLECTION, 1)]).await;
         // While the transfer runs, the new device integrates a peer's rename of the note:
         // it stores versions of its own for it.
         new.integrate(vec![y_rename.clone()])
