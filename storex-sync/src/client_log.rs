@@ -330,6 +330,12 @@ impl ClientSyncLog {
         if !self.compactable_at_least(1).await? {
             return Ok(0);
         }
+        self.compact_rounds(limit).await
+    }
+
+    /// [`ClientSyncLog::compact_up_to`] for a caller that knows entries wait: without asking
+    /// first.
+    pub(crate) async fn compact_rounds(&self, limit: u64) -> Result<u64> {
         let mut dropped = 0u64;
         while dropped < limit {
             let size = (limit - dropped).min(COMPACT_ROUND);

@@ -347,11 +347,15 @@ impl ContinuousSync {
     /// fixed cost to every change's trip. Returns how many were compacted.
     async fn compact(&self, report: &SyncReport) -> Result<u64> {
         let log = self.device.log();
-        let idle = report.pushed == 0 && report.pulled == 0;
-        if !idle && !log.compactable_at_least(COMPACT_ROUND).await? {
-            return Ok(0);
+        let limit = self.options.compact_per_sync;
+        if report.pushed == 0 && report.pulled == 0 {
+            log.compact_up_to(limit).await
+        } else if log.compactable_at_least(COMPACT_ROUND).await? {
+            // A full round waits: no need to ask again whether anything does.
+            log.compact_rounds(limit).await
+        } else {
+            Ok(0)
         }
-        log.compact_up_to(self.options.compact_per_sync).await
     }
 
     /// Decodes the quarantined payloads again, a page at a time: those that decode now (the
