@@ -407,14 +407,9 @@ pub(crate) struct Logged {
 /// Loads the log's entries for the given objects: the integrated ones grouped by object,
 /// and the ids of all (a held entry received again is known by its id).
 pub(crate) async fn logged_for(exec: Exec<'_>, objects: &[ObjectKey]) -> Result<Logged> {
-    let mut by_collection: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (collection, pk) in objects {
-        by_collection.entry(collection).or_default().push(pk);
-    }
     let mut filters = Vec::new();
-    for (collection, pks) in by_collection {
-        // Runs of consecutive keys as key ranges (see `key_runs`), the rest by `IN` lists.
-        let split = key_runs::split(pks, |pk| key_runs::uuid_of_pk_text(pk));
+    // Runs of consecutive keys as key ranges (see `key_runs`), the rest by `IN` lists.
+    for (collection, split) in key_runs::split_by_collection(objects) {
         for (first, last) in split.runs {
             let filter = Filter::all()
                 .eq("collection", collection)
@@ -425,7 +420,7 @@ pub(crate) async fn logged_for(exec: Exec<'_>, objects: &[ObjectKey]) -> Result<
         for chunk in split.rest.chunks(LOOKUP_CHUNK) {
             let filter = Filter::all()
                 .eq("collection", collection)
-                .is_in("pk", chunk.iter().map(|pk| Value::from(*pk)));
+                .is_in("pk", chunk.iter().map(|key| Value::from(key.1.as_str())));
             filters.push(filter);
         }
     }

@@ -8,10 +8,13 @@
 //! collection; what makes the lookups exact is that callers keep only the objects they
 //! asked for (a key of another shape could sort between the ends).
 
+use std::collections::BTreeMap;
+
 use storex_core::uuid::Uuid;
 use storex_core::{Pk, Value};
 
 use crate::entry::pk_text;
+use crate::reconcile::ObjectKey;
 
 /// Fewer consecutive keys than this are looked up one by one (an `IN` list): each run is a
 /// query of its own (on PostgreSQL a round trip), so a run must save many keys' binds and
@@ -65,6 +68,19 @@ pub(crate) fn split<T>(keys: Vec<T>, uuid_of: impl Fn(&T) -> Option<Uuid>) -> Sp
     }
     close(&mut group, &mut rest);
     Split { runs, rest }
+}
+
+/// The objects `objects` by collection, in collection order, the keys of each split into
+/// runs of consecutive UUIDs (read from their text) and the rest.
+pub(crate) fn split_by_collection(objects: &[ObjectKey]) -> Vec<(&str, Split<&ObjectKey>)> {
+    let mut by_collection: BTreeMap<&str, Vec<&ObjectKey>> = BTreeMap::new();
+    for key in objects {
+        by_collection.entry(&key.0).or_default().push(key);
+    }
+    by_collection
+        .into_iter()
+        .map(|(collection, keys)| (collection, split(keys, |key| uuid_of_pk_text(&key.1))))
+        .collect()
 }
 
 /// The UUID of a key's text (as [`pk_text`] writes a key of one UUID), if it is one.

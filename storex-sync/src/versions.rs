@@ -501,14 +501,9 @@ pub(crate) async fn load(
     objects: &[ObjectKey],
 ) -> Result<HashMap<ObjectKey, Versions>> {
     let mut found = HashMap::new();
-    let mut by_collection: HashMap<&str, Vec<&ObjectKey>> = HashMap::new();
-    for key in objects {
-        by_collection.entry(&key.0).or_default().push(key);
-    }
     let mut filters = Vec::new();
     let mut ids: Vec<String> = Vec::new();
-    for (collection, keys) in by_collection {
-        let split = key_runs::split(keys, |key| key_runs::uuid_of_pk_text(&key.1));
+    for (collection, split) in key_runs::split_by_collection(objects) {
         for (first, last) in split.runs {
             let id = |uuid| object_id(&(collection.to_owned(), key_runs::text_of(uuid)));
             filters.push(
