@@ -62,26 +62,20 @@ fn an_unusable_folder_is_reported() {
 /// unshared entry for `storex log` and `storex status` to show.
 fn write_after_the_sync(phone: &std::path::Path) {
     use std::sync::Arc;
-    use storex_core::{object, CollectionDef, FieldType, Registry, StorageBackend};
-    use storex_seaorm::SeaOrmBackend;
+    use storex_core::{object, StorageBackend};
+    use storex_seaorm::{registry_of_sqlite, SeaOrmBackend};
     use storex_sync::{Clock, DeviceId, SyncDevice, SyncOptions};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let registry = Registry::builder()
-            .collection(
-                CollectionDef::new("note")
-                    .field("id", FieldType::Uuid)
-                    .field("title", FieldType::Text)
-                    .optional_field("done", FieldType::Bool)
-                    .primary_key(["id"]),
-            )
-            .build()
+        // The demo's schema, read from its file as the CLI's own commands read it.
+        let sqlite = SeaOrmBackend::open_sqlite_file(phone).await.expect("open");
+        let registry = registry_of_sqlite(sqlite.connection())
+            .await
             .expect("registry");
-        let backend: Arc<dyn StorageBackend> =
-            Arc::new(SeaOrmBackend::open_sqlite_file(phone).await.expect("open"));
+        let backend: Arc<dyn StorageBackend> = Arc::new(sqlite);
         let clock = Clock::new(DeviceId::random());
         let device = SyncDevice::open(registry, backend, clock, SyncOptions::default())
             .await
