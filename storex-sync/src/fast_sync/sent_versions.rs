@@ -70,6 +70,8 @@ pub(crate) struct VersionsPager {
     /// Log entries to read in the next page.
     log_limit: u64,
     stage: Stage,
+    /// The page of the log the next stage reads, read ahead, with its query.
+    ahead: Option<(Query, LogPage)>,
 }
 
 /// A page of rows and whether it is the last.
@@ -77,6 +79,7 @@ type Page = (Vec<Object>, bool);
 
 /// One page of the log: each entry with its key's text as stored, and whether the page was
 /// full (more may follow).
+#[derive(Debug)]
 struct LogPage {
     entries: Vec<(String, LogEntry)>,
     full: bool,
@@ -90,6 +93,7 @@ impl VersionsPager {
             collections,
             with_values,
             log_limit: FIRST_LOG_PAGE,
+            ahead: None,
             stage: Stage::Logged {
                 collection: 0,
                 after: None,
@@ -141,6 +145,7 @@ impl VersionsPager {
     /// Reads one page of the log of the collection `name` (at `index`): the rest of `open`'s
     /// entries, or the objects after `after`. Folds them into their objects' stored versions,
     /// sets the next stage, and returns the rows of the objects whose entries are all read.
+    /// The next stage's page is read while this one is folded, and kept for the next call.
     async fn logged(
         &mut self,
         exec: Exec<'_>,
@@ -150,21 +155,30 @@ impl VersionsPager {
         mut open: Option<OpenObject>,
         left_out: &HashSet<ObjectKey>,
     ) -> Result<Vec<Object>> {
-        let mut filter = Filter::all().eq("collection", name).eq("integrated", true);
         let going_on = open.as_ref().map(|o| o.pk.clone());
-        let query = match &open {
-            Some(open) => {
-                filter = filter.eq("pk", open.pk.as_str()).gt("id", open.last_id);
-                Query::new(filter).order_asc("id")
-            }
-            None => {
-                if let Some(after) = &after {
-                    filter = filter.gt("pk", after.as_str());
-                }
-                Query::new(filter).order_asc("pk")
+        let query = log_query(
+            name,
+            after.as_deref(),
+            open.as_ref().map(|o| (o.pk.as_str(), o.last_id)),
+        );
+        let page = match self.ahead.take() {
+            Some((asked, page)) if asked == query => page,
+            _ => {
+                let (page, limit) = read_log(exec, query, self.log_limit, self.with_values).await?;
+                self.log_limit = limit;
+                page
             }
         };
-        let page = self.log_page(exec, query).await?;
+        // What the next call reads, known from this page's last entry.
+        let next = match (page.full, page.entries.last(), going_on.as_deref()) {
+            (true, Some((pk, entry)), _) => Some(log_query(name, None, Some((pk, entry.id)))),
+            (false, _, Some(pk)) => Some(log_query(name, Some(pk), None)),
+            (false, _, None) => self
+                .collections
+                .get(index + 1)
+                .map(|next| log_query(next, None, None)),
+            (true, None, _) => None,
+        };
         // The objects this page starts, with their stored versions.
         let mut starting = Vec::new();
         let mut previous = going_on.as_deref();
@@ -175,88 +189,74 @@ impl VersionsPager {
             }
         }
         let mut stored = versions::load(exec, &starting).await?;
-        // The loop below starts the same objects in the same order: their keys are these.
-        let mut starting = starting.into_iter();
-        let mut done: Vec<(ObjectKey, Versions)> = Vec::new();
-        for (pk, entry) in page.entries {
-            let mut current = match open.take() {
-                Some(o) if o.pk == pk => o,
-                other => {
-                    done.extend(other.map(|o| (o.key, o.versions)));
-                    let key = starting.next().unwrap_or_else(|| object_key(&entry));
-                    let versions = stored.remove(&key).unwrap_or_default();
-                    OpenObject {
-                        pk,
-                        key,
-                        last_id: entry.id,
-                        versions,
-                    }
-                }
-            };
-            current.last_id = entry.id;
-            // Folded with their values: whether the object exists is known at the end.
-            if let Ok(def) = registry.collection(&entry.collection) {
-                current.versions.fold(def, &entry, true);
-            }
-            open = Some(current);
-        }
-        self.stage = if page.full {
-            // The last object's entries may go on in the next page.
-            Stage::Logged {
-                collection: index,
-                after: None,
-                open,
-            }
-        } else {
-            done.extend(open.map(|o| (o.key, o.versions)));
-            match going_on {
-                Some(pk) => Stage::Logged {
-                    collection: index,
-                    after: Some(pk),
-                    open: None,
-                },
-                None => Stage::Logged {
-                    collection: index + 1,
-                    after: None,
-                    open: None,
-                },
+        let (limit, with_values) = (self.log_limit, self.with_values);
+        let reading = async {
+            match next {
+                Some(query) => read_log(exec, query.clone(), limit, with_values)
+                    .await
+                    .map(|(page, limit)| Some((query, page, limit))),
+                None => Ok(None),
             }
         };
-        done.retain(|(key, _)| !left_out.contains(key));
-        finish(exec, registry, done, self.with_values).await
-    }
-
-    /// Reads a page of log entries with `query` (limited here), and sizes the next page by
-    /// the bytes of this one's rows.
-    async fn log_page(&mut self, exec: Exec<'_>, query: Query) -> Result<LogPage> {
-        let limit = self.log_limit;
-        let rows = exec.find(LOG_COLLECTION, query.limit(limit)).await?;
-        let full = rows.len() as u64 == limit;
-        let mut bytes = 0u64;
-        let mut entries = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let pk = row
-                .get("pk")
-                .and_then(Value::as_text)
-                .map(str::to_owned)
-                .unwrap_or_default();
-            let fields = row
-                .get("fields")
-                .and_then(Value::as_text)
-                .map_or(0, str::len);
-            bytes += LOG_ROW_BYTES + fields as u64;
-            // A create's values are kept only for a merging receiver: for any other, the
-            // versions of an object that exists keep none, and one that does not exist was
-            // deleted after all its creates.
-            let stored = StoredEntry::read(row, self.with_values).map_err(|e| {
-                FastSyncError::Protocol(format!("a log entry that does not read back: {e}"))
-            })?;
-            entries.push((pk, stored.entry));
+        let folding = async {
+            // The loop below starts the same objects in the same order: their keys are these.
+            let mut starting = starting.into_iter();
+            let mut done: Vec<(ObjectKey, Versions)> = Vec::new();
+            for (pk, entry) in page.entries {
+                let mut current = match open.take() {
+                    Some(o) if o.pk == pk => o,
+                    other => {
+                        done.extend(other.map(|o| (o.key, o.versions)));
+                        let key = starting.next().unwrap_or_else(|| object_key(&entry));
+                        let versions = stored.remove(&key).unwrap_or_default();
+                        OpenObject {
+                            pk,
+                            key,
+                            last_id: entry.id,
+                            versions,
+                        }
+                    }
+                };
+                current.last_id = entry.id;
+                // Folded with their values: whether the object exists is known at the end.
+                if let Ok(def) = registry.collection(&entry.collection) {
+                    current.versions.fold(def, &entry, true);
+                }
+                open = Some(current);
+            }
+            let stage = if page.full {
+                // The last object's entries may go on in the next page.
+                Stage::Logged {
+                    collection: index,
+                    after: None,
+                    open,
+                }
+            } else {
+                done.extend(open.map(|o| (o.key, o.versions)));
+                match going_on {
+                    Some(pk) => Stage::Logged {
+                        collection: index,
+                        after: Some(pk),
+                        open: None,
+                    },
+                    None => Stage::Logged {
+                        collection: index + 1,
+                        after: None,
+                        open: None,
+                    },
+                }
+            };
+            done.retain(|(key, _)| !left_out.contains(key));
+            let rows = finish(exec, registry, done, with_values).await;
+            (stage, rows)
+        };
+        let (read, (stage, rows)) = tokio::join!(reading, folding);
+        self.stage = stage;
+        if let Some((query, page, limit)) = read? {
+            self.ahead = Some((query, page));
+            self.log_limit = limit;
         }
-        if let Some(average) = bytes.checked_div(rows.len() as u64) {
-            self.log_limit = (LOG_PAGE_BYTES / average.max(1)).clamp(1, LOG_PAGE);
-        }
-        Ok(LogPage { entries, full })
+        rows
     }
 
     /// A page of the versions index after `after`: the rows of objects of the collections
@@ -367,4 +367,58 @@ async fn rows_of<'k>(
         pks.iter().map(|(collection, pk)| (*collection, pk)),
     )
     .await
+}
+
+/// The query of a page of the log's applied entries of `collection`: the rest of an open
+/// object's entries (its key's text and the last entry read), or the objects after `after`.
+fn log_query(collection: &str, after: Option<&str>, open: Option<(&str, Uuid)>) -> Query {
+    let filter = Filter::all()
+        .eq("collection", collection)
+        .eq("integrated", true);
+    match (open, after) {
+        (Some((pk, last_id)), _) => {
+            Query::new(filter.eq("pk", pk).gt("id", last_id)).order_asc("id")
+        }
+        (None, Some(after)) => Query::new(filter.gt("pk", after)).order_asc("pk"),
+        (None, None) => Query::new(filter).order_asc("pk"),
+    }
+}
+
+/// Reads a page of at most `limit` log entries with `query`; returns it and the size of the
+/// next page, from the bytes of this one's rows.
+async fn read_log(
+    exec: Exec<'_>,
+    query: Query,
+    limit: u64,
+    with_values: bool,
+) -> Result<(LogPage, u64)> {
+    let rows = exec.find(LOG_COLLECTION, query.limit(limit)).await?;
+    let full = rows.len() as u64 == limit;
+    let mut bytes = 0u64;
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let pk = row
+            .get("pk")
+            .and_then(Value::as_text)
+            .map(str::to_owned)
+            .unwrap_or_default();
+        let fields = row
+            .get("fields")
+            .and_then(Value::as_text)
+            .map_or(0, str::len);
+        bytes += LOG_ROW_BYTES + fields as u64;
+        // A create's values are kept only for a merging receiver: for any other, the
+        // versions of an object that exists keep none, and one that does not exist was
+        // deleted after all its creates.
+        let stored = StoredEntry::read(row, with_values).map_err(|e| {
+            FastSyncError::Protocol(format!("a log entry that does not read back: {e}"))
+        })?;
+        entries.push((pk, stored.entry));
+    }
+    let next_limit = bytes
+        .checked_div(rows.len() as u64)
+        .map_or(limit, |average| {
+            (LOG_PAGE_BYTES / average.max(1)).clamp(1, LOG_PAGE)
+        });
+    Ok((LogPage { entries, full }, next_limit))
 }
