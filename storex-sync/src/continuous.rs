@@ -38,6 +38,7 @@ use crate::entry::{
 };
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
+use crate::journal::JournalPart;
 use crate::shared_log::{split_into_pushes, SharedEntry, SharedSyncLog};
 
 const CURSOR_KEY: &str = "shared_log_cursor";
@@ -446,19 +447,38 @@ impl ContinuousSync {
         // The writes since: read from the journal, pushed, and only then indexed, already
         // marked shared (one write of each log row instead of two).
         let mut part = log.read_journal_part(None, journal_end, batch).await?;
+        // The part pushed before this one, and which of its entries were stored remotely.
+        let mut before: Option<(JournalPart, HashSet<Uuid>)> = None;
         while !part.is_empty() {
-            // The next part is read while this one travels.
-            let ((pushed, outcome), next) = tokio::join!(
+            // While this part travels, the next is read and the one before is indexed (a
+            // crash in between leaves both in the journal, pushed again under the same ids).
+            let settling = async {
+                match before.take() {
+                    Some((part, pushed)) => log.settle_pushed(part, &pushed).await,
+                    None => Ok(()),
+                }
+            };
+            let ((pushed, outcome), next, settled) = tokio::join!(
                 self.push_unindexed(me, part.entries(), report),
-                log.read_journal_part(part.last_record(), journal_end, batch)
+                log.read_journal_part(part.last_record(), journal_end, batch),
+                settling,
             );
+            if let (Ok(()), Ok(()), Ok(_)) = (&outcome, &settled, &next) {
+                before = Some((part, pushed));
+                part = next?;
+                continue;
+            }
             // What was stored remotely is indexed as shared even if a later push failed;
             // the rest waits as unshared log rows.
+            settled?;
             log.settle_pushed(part, &pushed).await?;
             outcome?;
-            part = next?;
+            return next.map(drop);
         }
-        Ok(())
+        match before {
+            Some((part, pushed)) => log.settle_pushed(part, &pushed).await,
+            None => Ok(()),
+        }
     }
 
     /// Pushes `entries` in pushes of bounded size, marking each shared once stored.
