@@ -495,6 +495,21 @@ pub(crate) fn pk_from_text(text: &str) -> Result<Pk> {
     })
 }
 
+/// Whether the versions index holds any object of `collection`.
+pub(crate) async fn any_of(exec: Exec<'_>, collection: &str) -> Result<bool> {
+    // The ids of its objects, and only those, start with its name and the separator; the
+    // character after the separator ends them.
+    let after_ids = char::from_u32(SEPARATOR as u32 + 1).unwrap_or(SEPARATOR);
+    let filter = Filter::all()
+        .gte("object", format!("{collection}{SEPARATOR}"))
+        .lt("object", format!("{collection}{after_ids}"));
+    let found = exec
+        .run(Operation::find_one(VERSIONS_COLLECTION, Query::new(filter)))
+        .await?
+        .into_found();
+    Ok(found.is_some())
+}
+
 /// The versions of the `objects` that have any.
 pub(crate) async fn load(
     exec: Exec<'_>,
@@ -932,6 +947,43 @@ mod tests {
         got.sort_unstable();
         let want: Vec<u128> = (120..220).chain(250..300).collect();
         assert_eq!(got, want);
+    }
+
+    /// Whether the index holds objects of a collection is told by its own ids only: not by
+    /// a collection whose name starts with its name (`note` and `notes`), nor by the
+    /// clock's row.
+    #[tokio::test]
+    async fn the_index_knows_which_collections_it_holds_objects_of() {
+        let device = device_with_notes().await;
+        let exec = Exec::Storage(device.storage());
+        let clock = Clock::new(DeviceId::random());
+        let keys = [("notes", 1u128), ("not", 2), ("other", 3)];
+        let stored: Vec<ToStore> = keys
+            .iter()
+            .map(|(collection, n)| {
+                let key = (
+                    (*collection).to_owned(),
+                    key_runs::text_of(Uuid::from_u128(*n)),
+                );
+                let versions = Versions {
+                    created: Some(clock.now()),
+                    ..Versions::default()
+                };
+                (key, versions)
+            })
+            .collect();
+        let steps = store_steps(stored, Some(clock.now()), None).expect("steps");
+        exec.run(Operation::Batch { steps }).await.expect("stored");
+        for (collection, held) in [
+            ("note", false),
+            ("notes", true),
+            ("not", true),
+            ("no", false),
+            ("other", true),
+        ] {
+            let any = any_of(exec, collection).await.expect("asked");
+            assert_eq!(any, held, "{collection:?}");
+        }
     }
 
     /// A peer that never saw an object's create sends what it knows of it as synthesized

@@ -72,6 +72,9 @@ pub(crate) struct VersionsPager {
     stage: Stage,
     /// The page of the log the next stage reads, read ahead, with its query.
     ahead: Option<(Query, LogPage)>,
+    /// The collection (by index) whose log is being read, and whether the versions index
+    /// holds any object of it: if not, its objects' stored versions need no lookup.
+    indexed: Option<(usize, bool)>,
 }
 
 /// A page of rows and whether it is the last.
@@ -94,6 +97,7 @@ impl VersionsPager {
             with_values,
             log_limit: FIRST_LOG_PAGE,
             ahead: None,
+            indexed: None,
             stage: Stage::Logged {
                 collection: 0,
                 after: None,
@@ -188,7 +192,20 @@ impl VersionsPager {
                 previous = Some(pk);
             }
         }
-        let mut stored = versions::load(exec, &starting).await?;
+        let indexed = match self.indexed {
+            Some((collection, any)) if collection == index => any,
+            _ => {
+                // The snapshot does not change: asked once per collection.
+                let any = versions::any_of(exec, name).await?;
+                self.indexed = Some((index, any));
+                any
+            }
+        };
+        let mut stored = if indexed {
+            versions::load(exec, &starting).await?
+        } else {
+            HashMap::new()
+        };
         let (limit, with_values) = (self.log_limit, self.with_values);
         let reading = async {
             match next {
