@@ -468,10 +468,11 @@ impl ContinuousSync {
                 part = next?;
                 continue;
             }
-            // What was stored remotely is indexed as shared even if a later push failed;
-            // the rest waits as unshared log rows.
+            // What was stored remotely is indexed as shared even if a later push (or the
+            // indexing of the part before) failed; the rest waits as unshared log rows.
+            let current = log.settle_pushed(part, &pushed).await;
             settled?;
-            log.settle_pushed(part, &pushed).await?;
+            current?;
             outcome?;
             return next.map(drop);
         }

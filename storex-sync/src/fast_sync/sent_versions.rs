@@ -10,7 +10,8 @@
 //! sent once); then those known only through the versions index. Entries held back (from a
 //! newer schema, not applied here) are not folded: they still travel as log rows, and the
 //! receiver holds them too. Pages of the log are sized by the bytes of the rows read, so
-//! large values come a few at a time.
+//! large values come a few at a time; the next page is read while one is folded, so two are
+//! held at most.
 
 use std::collections::{HashMap, HashSet};
 
@@ -26,7 +27,7 @@ use crate::versions::{self, object_id, object_of, pk_from_text, Versions, VERSIO
 
 /// Log entries read at a time, at most.
 const LOG_PAGE: u64 = 2_000;
-/// Log entries in a collection's first page, before their size is known.
+/// Log entries in the pass's first page, before their size is known.
 const FIRST_LOG_PAGE: u64 = 64;
 /// About how many bytes of log rows a page holds.
 const LOG_PAGE_BYTES: u64 = 8 * 1024 * 1024;
@@ -67,7 +68,7 @@ pub(crate) struct VersionsPager {
     /// Send the values of the objects' rows with their versions, for a receiver that merges
     /// (it keeps rows of its own). A receiver that copies has the sender's rows.
     with_values: bool,
-    /// Log entries to read in the next page.
+    /// Log entries in the next page read (sized by the last page read).
     log_limit: u64,
     stage: Stage,
     /// The page of the log the next stage reads, read ahead, with its query.
@@ -193,6 +194,7 @@ impl VersionsPager {
             }
         }
         let indexed = match self.indexed {
+            _ if starting.is_empty() => false,
             Some((collection, any)) if collection == index => any,
             _ => {
                 // The snapshot does not change: asked once per collection.
@@ -269,7 +271,8 @@ impl VersionsPager {
         };
         let (read, (stage, rows)) = tokio::join!(reading, folding);
         self.stage = stage;
-        if let Some((query, page, limit)) = read? {
+        // A read ahead that failed is dropped: the next call reads again, and reports it.
+        if let Ok(Some((query, page, limit))) = read {
             self.ahead = Some((query, page));
             self.log_limit = limit;
         }
