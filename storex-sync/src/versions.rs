@@ -335,24 +335,10 @@ impl Versions {
 
     /// The versions a row of the index holds, or why they cannot be read.
     pub(crate) fn decode(id: &str, bytes: &[u8]) -> Result<Self> {
-        let corrupt = |problem: String| Error::CorruptEntry {
-            id: format!("the versions of {id:?}"),
-            problem,
-        };
-        let undecodable = |e: rmp_serde::decode::Error| corrupt(format!("they do not decode: {e}"));
         match bytes.split_first() {
             Some((&FORMAT, body)) => {
-                let compact: Compact<'_, Value> =
-                    rmp_serde::from_slice(body).map_err(undecodable)?;
-                let stamp = |index: usize| {
-                    compact.stamps.get(index).copied().ok_or_else(|| {
-                        corrupt(format!(
-                            "they name timestamp {index} (from 0), and {} are stored",
-                            compact.stamps.len()
-                        ))
-                    })
-                };
-                ascending(id, &compact.fields)?;
+                let compact = Compact::read(id, body)?;
+                let stamp = |index: usize| stamp_at(id, &compact.stamps, index);
                 let mut fields = BTreeMap::new();
                 for (name, index, value) in compact.fields {
                     let hlc = stamp(index)?;
@@ -364,11 +350,13 @@ impl Versions {
                     fields,
                 })
             }
-            Some((&FIRST_FORMAT, body)) => rmp_serde::from_slice(body).map_err(undecodable),
-            Some((other, _)) => Err(corrupt(format!(
-                "format {other}, this version reads {FIRST_FORMAT} and {FORMAT}"
-            ))),
-            None => Err(corrupt("empty".into())),
+            Some((&FIRST_FORMAT, body)) => rmp_serde::from_slice(body)
+                .map_err(|e| corrupt(id, format!("they do not decode: {e}"))),
+            Some((other, _)) => Err(corrupt(
+                id,
+                format!("format {other}, this version reads {FIRST_FORMAT} and {FORMAT}"),
+            )),
+            None => Err(corrupt(id, "empty".into())),
         }
     }
 
@@ -379,26 +367,11 @@ impl Versions {
         let Some((&FORMAT, body)) = bytes.split_first() else {
             return Ok(Self::decode(id, bytes)?.latest());
         };
-        let compact: Compact<'_, Value> =
-            rmp_serde::from_slice(body).map_err(|e| Error::CorruptEntry {
-                id: format!("the versions of {id:?}"),
-                problem: format!("they do not decode: {e}"),
-            })?;
-        ascending(id, &compact.fields)?;
+        let compact = Compact::read(id, body)?;
         let named = compact.deleted.into_iter().chain(compact.created);
         let mut latest = None;
         for index in named.chain(compact.fields.iter().map(|(_, index, _)| *index)) {
-            let stamp = compact
-                .stamps
-                .get(index)
-                .ok_or_else(|| Error::CorruptEntry {
-                    id: format!("the versions of {id:?}"),
-                    problem: format!(
-                        "they name timestamp {index} (from 0), and {} are stored",
-                        compact.stamps.len()
-                    ),
-                })?;
-            latest = latest.max(Some(*stamp));
+            latest = latest.max(Some(stamp_at(id, &compact.stamps, index)?));
         }
         Ok(latest)
     }
@@ -434,30 +407,50 @@ impl Versions {
                 problem: "a row of the versions index without its object".into(),
             })?;
         let Some(Value::Blob(bytes)) = row.get("state") else {
-            return Err(Error::CorruptEntry {
-                id: format!("the versions of {id:?}"),
-                problem: "no state".into(),
-            });
+            return Err(corrupt(id, "no state".into()));
         };
         Ok((id, bytes))
     }
 }
 
-/// Checks that the fields of stored versions come in ascending order of their names, each
-/// once, as [`Versions::encode`] writes them (a field twice would leave it unclear which
-/// version holds).
-fn ascending<V>(id: &str, fields: &[(std::borrow::Cow<'_, str>, usize, Option<V>)]) -> Result<()> {
-    for pair in fields.windows(2) {
-        if let [(before, ..), (name, ..)] = pair {
-            if name <= before {
-                return Err(Error::CorruptEntry {
-                    id: format!("the versions of {id:?}"),
-                    problem: format!("field `{name}` after `{before}`: out of order or twice"),
-                });
+/// The error for the versions of object `id` that cannot be read.
+fn corrupt(id: &str, problem: String) -> Error {
+    Error::CorruptEntry {
+        id: format!("the versions of {id:?}"),
+        problem,
+    }
+}
+
+impl<'a> Compact<'a, Value> {
+    /// Reads the stored form of the versions of object `id`, checked: its fields come in
+    /// ascending order of their names, each once, as [`Versions::encode`] writes them (a
+    /// field twice would leave it unclear which version holds).
+    fn read(id: &str, body: &'a [u8]) -> Result<Self> {
+        let compact: Self = rmp_serde::from_slice(body)
+            .map_err(|e| corrupt(id, format!("they do not decode: {e}")))?;
+        for pair in compact.fields.windows(2) {
+            if let [(before, ..), (name, ..)] = pair {
+                if name <= before {
+                    let problem = format!("field `{name}` after `{before}`: out of order or twice");
+                    return Err(corrupt(id, problem));
+                }
             }
         }
+        Ok(compact)
     }
-    Ok(())
+}
+
+/// The timestamp at `index` of the `stamps` stored for object `id`.
+fn stamp_at(id: &str, stamps: &[Hlc], index: usize) -> Result<Hlc> {
+    stamps.get(index).copied().ok_or_else(|| {
+        corrupt(
+            id,
+            format!(
+                "they name timestamp {index} (from 0), and {} are stored",
+                stamps.len()
+            ),
+        )
+    })
 }
 
 /// The id of a synthesized change: the same for the same change of the same object, so a

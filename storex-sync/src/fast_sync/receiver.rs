@@ -591,7 +591,6 @@ async fn apply_versions_batch(
     }
     // Stored as they came (they read back), as the sender pruned them for its rows, which
     // are this device's now: values only for objects that do not exist.
-    let latest = newest;
     let ids: Vec<String> = received.into_iter().map(|(id, _, _)| id).collect();
     let rows: Vec<Object> = objects
         .into_iter()
@@ -613,7 +612,7 @@ async fn apply_versions_batch(
         // Any of them may have versions here already (integration may have run meanwhile):
         // puts replace them.
         let mut steps: Vec<BatchStep> = rows.into_iter().map(versions::put_step).collect();
-        steps.extend(versions::store_steps(Vec::new(), latest, clock_before)?);
+        steps.extend(versions::store_steps(Vec::new(), newest, clock_before)?);
         steps.push(progress_step(session, state, first));
         run(&tx, Operation::Batch { steps }).await?;
         tx.commit().await?;
