@@ -184,15 +184,19 @@ impl ClientSyncLog {
     }
 
     /// Indexes a part read by [`ClientSyncLog::read_journal_part`], in one transaction under
-    /// the write-order lock: the entries in `pushed` are stored shared.
+    /// the write-order lock: the entries in `pushed` are folded into the versions index with
+    /// `fold`, stored as shared log rows without.
     pub(crate) async fn settle_pushed(
         &self,
         part: JournalPart,
         pushed: &HashSet<Uuid>,
+        fold: bool,
     ) -> Result<()> {
         let settling = async {
             let tx = self.storage.begin().await?;
-            let settled = settle_part(Exec::Transaction(&tx), part, pushed).await;
+            let registry = self.storage.registry();
+            let exec = Exec::Transaction(&tx);
+            let settled = settle_part(exec, registry, part, pushed, fold).await;
             settle(tx, settled).await
         };
         self.order.hold(settling).await?
@@ -376,23 +380,33 @@ async fn compact_into_versions(exec: Exec<'_>, registry: &Registry, size: u64) -
     if entries.is_empty() {
         return Ok(0);
     }
-    let mut by_object: BTreeMap<ObjectKey, Vec<&LogEntry>> = BTreeMap::new();
-    for entry in &entries {
-        by_object.entry(object_key(entry)).or_default().push(entry);
-    }
-    let objects: Vec<ObjectKey> = by_object.keys().cloned().collect();
-    let mut base = versions::load(exec, &objects).await?;
-    let current = current_rows(exec, registry, entries.iter().map(entry_object)).await?;
-    let exists: HashSet<ObjectKey> = current.keys().cloned().collect();
-    let rows: HashMap<ObjectKey, &Object> = current.iter().map(|(k, r)| (k.clone(), r)).collect();
-    let folded = versions::fold_objects(registry, &mut base, &rows, by_object, &exists);
-    let latest = entries.iter().map(|e| e.hlc).max();
-    let clock_before = versions::latest_applied(exec).await?;
-    let mut steps = versions::store_steps(folded, latest, clock_before)?;
+    let mut steps = fold_steps(exec, registry, &entries).await?;
     let ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
     steps.extend(delete_ids_steps(LOG_COLLECTION, &ids));
     exec.run(Operation::Batch { steps }).await?;
     Ok(ids.len() as u64)
+}
+
+/// The steps that fold `entries` (shared and integrated, of collections of `registry`) into
+/// their objects' versions, inside the transaction behind `exec`: what compaction does with
+/// them, and what a push does with the entries it sent.
+pub(crate) async fn fold_steps(
+    exec: Exec<'_>,
+    registry: &Registry,
+    entries: &[LogEntry],
+) -> Result<Vec<BatchStep>> {
+    let mut by_object: BTreeMap<ObjectKey, Vec<&LogEntry>> = BTreeMap::new();
+    for entry in entries {
+        by_object.entry(object_key(entry)).or_default().push(entry);
+    }
+    let objects: Vec<ObjectKey> = by_object.keys().cloned().collect();
+    let mut base = versions::load(exec, &objects).await?;
+    let exists = existing_objects(exec, registry, entries.iter().map(entry_object)).await?;
+    // The rows matter only for objects that do not exist: none.
+    let folded = versions::fold_objects(registry, &mut base, &HashMap::new(), by_object, &exists);
+    let latest = entries.iter().map(|e| e.hlc).max();
+    let clock_before = versions::latest_applied(exec).await?;
+    versions::store_steps(folded, latest, clock_before)
 }
 
 /// What the log holds for some objects: see [`logged_for`].
@@ -497,6 +511,87 @@ pub(crate) fn entry_object(entry: &LogEntry) -> (&str, &Pk) {
     (&entry.collection, &entry.pk)
 }
 
+/// Which of `objects` (collection and key) have a row. Counted where that can tell: a run of
+/// consecutive UUID keys (see `key_runs`) whose range counts all of them exists whole (the
+/// range of a UUID field holds no other value), and so does a list of keys that counts all
+/// of them. Only the rows of a run or a list with some missing are read.
+pub(crate) async fn existing_objects<'e>(
+    exec: Exec<'_>,
+    registry: &Registry,
+    objects: impl IntoIterator<Item = (&'e str, &'e Pk)>,
+) -> Result<HashSet<ObjectKey>> {
+    let mut by_collection: HashMap<&str, HashMap<String, &Pk>> = HashMap::new();
+    for (collection, pk) in objects {
+        by_collection
+            .entry(collection)
+            .or_default()
+            .entry(pk_text(pk))
+            .or_insert(pk);
+    }
+    let mut exists = HashSet::new();
+    let mut unsure: Vec<(&str, &Pk)> = Vec::new();
+    for (collection, keys) in by_collection {
+        let Ok(def) = registry.collection(collection) else {
+            continue;
+        };
+        let [field] = def.pk_fields() else {
+            unsure.extend(keys.into_values().map(|pk| (collection, pk)));
+            continue;
+        };
+        let uuid_field = def
+            .field_def(field)
+            .is_some_and(|f| f.ty == storex_core::FieldType::Uuid);
+        let keys: Vec<(String, &Pk)> = keys.into_iter().collect();
+        let split = if uuid_field {
+            key_runs::split(keys, |(_, pk)| key_runs::uuid_of_pk(pk))
+        } else {
+            key_runs::Split {
+                runs: Vec::new(),
+                rest: keys,
+            }
+        };
+        for (first, last) in split.runs {
+            let filter = Filter::all()
+                .gte(field.clone(), first)
+                .lte(field.clone(), last);
+            let count = exec
+                .run(Operation::count(collection, filter))
+                .await?
+                .count();
+            let uuids = (first.as_u128()..=last.as_u128()).map(Uuid::from_u128);
+            if count == Some(last.as_u128().abs_diff(first.as_u128()) as u64 + 1) {
+                exists.extend(uuids.map(|u| (collection.to_owned(), key_runs::text_of(u))));
+            } else {
+                // Some are missing: read which (the keys are the run's UUIDs).
+                let pks: Vec<Pk> = uuids.map(Pk::from).collect();
+                let rows = current_rows(exec, registry, pks.iter().map(|pk| (collection, pk)));
+                exists.extend(rows.await?.into_keys());
+            }
+        }
+        for chunk in split.rest.chunks(LOOKUP_CHUNK) {
+            let values = chunk.iter().filter_map(|(_, pk)| pk.single().cloned());
+            let filter = Filter::all().is_in(field.clone(), values);
+            let count = exec
+                .run(Operation::count(collection, filter))
+                .await?
+                .count();
+            if count == Some(chunk.len() as u64) {
+                exists.extend(
+                    chunk
+                        .iter()
+                        .map(|(text, _)| (collection.to_owned(), text.clone())),
+                );
+            } else {
+                unsure.extend(chunk.iter().map(|(_, pk)| (collection, *pk)));
+            }
+        }
+    }
+    if !unsure.is_empty() {
+        exists.extend(current_rows(exec, registry, unsure).await?.into_keys());
+    }
+    Ok(exists)
+}
+
 /// The stored rows of `objects` (collection and key), by object.
 pub(crate) async fn current_rows<'e>(
     exec: Exec<'_>,
@@ -561,4 +656,104 @@ pub(crate) async fn current_rows<'e>(
         }
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::{Clock, DeviceId};
+    use storex_core::{object, CollectionDef, FieldType};
+
+    /// Which objects exist is counted by key ranges and key lists, and read only where a
+    /// count says some are missing: the answer is the same either way.
+    #[tokio::test]
+    async fn existing_objects_are_told_by_counts_and_by_rows_where_some_are_missing() {
+        let registry = Registry::builder()
+            .collection(
+                CollectionDef::new("item")
+                    .field("id", FieldType::Uuid)
+                    .primary_key(["id"]),
+            )
+            .collection(
+                CollectionDef::new("tag")
+                    .field("name", FieldType::Text)
+                    .primary_key(["name"]),
+            )
+            .collection(
+                CollectionDef::new("pair")
+                    .field("a", FieldType::Int)
+                    .field("b", FieldType::Int)
+                    .primary_key(["a", "b"]),
+            )
+            .build()
+            .expect("registry");
+        let backend: std::sync::Arc<dyn storex_core::StorageBackend> =
+            std::sync::Arc::new(storex_core::MemoryBackend::new());
+        let device = crate::SyncDevice::open(
+            registry.clone(),
+            backend,
+            Clock::new(DeviceId::random()),
+            crate::SyncOptions::default(),
+        )
+        .await
+        .expect("device");
+        let storage = device.storage();
+        // Two runs of 100 consecutive keys, the second missing one; scattered keys, one
+        // missing; text keys, one missing; composite keys, one missing.
+        let full: Vec<Uuid> = (1_000..1_100).map(Uuid::from_u128).collect();
+        let holed: Vec<Uuid> = (5_000..5_100).map(Uuid::from_u128).collect();
+        let scattered: Vec<Uuid> = [10u128, 20, 30].map(Uuid::from_u128).to_vec();
+        let mut steps = Vec::new();
+        for id in full.iter().chain(&holed).chain(&scattered) {
+            if *id != holed[42] && *id != scattered[1] {
+                steps.push(BatchStep::new(Operation::create(
+                    "item",
+                    object! { "id" => *id },
+                )));
+            }
+        }
+        steps.push(BatchStep::new(Operation::create(
+            "tag",
+            object! { "name" => "x" },
+        )));
+        steps.push(BatchStep::new(Operation::create(
+            "pair",
+            object! { "a" => 1, "b" => 2 },
+        )));
+        storage.batch(steps).await.expect("rows");
+        let mut asked: Vec<(String, Pk)> = full
+            .iter()
+            .chain(&holed)
+            .chain(&scattered)
+            .map(|id| ("item".to_owned(), Pk::from(*id)))
+            .collect();
+        asked.push(("item".into(), Pk::from(full[0]))); // twice
+        asked.extend([("tag", "x"), ("tag", "y")].map(|(c, n)| (c.to_owned(), Pk::from(n))));
+        for (a, b) in [(1i64, 2i64), (1, 3)] {
+            asked.push(("pair".into(), Pk(vec![a.into(), b.into()])));
+        }
+        asked.push(("gone".into(), Pk::from(1))); // a collection the registry lacks
+        let exists = existing_objects(
+            Exec::Storage(storage),
+            &registry,
+            asked.iter().map(|(c, pk)| (c.as_str(), pk)),
+        )
+        .await
+        .expect("asked");
+        let expected: HashSet<ObjectKey> = asked
+            .iter()
+            .filter(|(c, pk)| {
+                let missing = [
+                    Pk::from(holed[42]),
+                    Pk::from(scattered[1]),
+                    Pk::from("y"),
+                    Pk(vec![1i64.into(), 3i64.into()]),
+                ];
+                c != "gone" && !missing.contains(pk)
+            })
+            .map(|(c, pk)| (c.clone(), pk_text(pk)))
+            .collect();
+        assert_eq!(exists.len(), 100 + 99 + 2 + 1 + 1);
+        assert_eq!(exists, expected);
+    }
 }

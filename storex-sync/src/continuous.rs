@@ -16,10 +16,13 @@
 //! The first sync of each [`ContinuousSync`] also retries the held entries, so entries from a
 //! newer schema apply after the app's upgrade without the app asking.
 //!
+//! The writes still in the journal are pushed before they are indexed; a device that
+//! compacts ([`ContinuousOptions::compact_per_sync`] above 0) then folds them straight into
+//! its versions index, where compaction would have put them, instead of writing log rows.
 //! Last, a sync that found nothing to push or pull, or that finds 2,000 pushed entries
-//! waiting, compacts up to [`ContinuousOptions::compact_per_sync`] of them into the versions
-//! index, so the client log of a device that syncs in the background does not grow with
-//! every write it ever made.
+//! waiting (entries indexed as log rows before their push), compacts up to
+//! [`ContinuousOptions::compact_per_sync`] of them into the versions index, so the client log
+//! of a device that syncs in the background does not grow with every write it ever made.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,7 +66,11 @@ pub struct ContinuousOptions {
     /// pushed (see [`crate::ClientSyncLog::compact`]): a device that syncs in the background
     /// keeps its log small without one sync taking on a large backlog at once. A sync
     /// compacts when it found nothing to push or pull, or when 2,000 pushed entries wait.
-    /// 0: never (the app calls `compact` itself).
+    /// Above 0, the writes a push takes from the journal go into the versions index as soon
+    /// as they are pushed (compacted at once: no log row is written for them), and only
+    /// entries that were indexed as log rows before their push wait for these rounds.
+    /// 0: never; pushed entries stay in the log as shared rows until the app calls
+    /// `compact` itself.
     pub compact_per_sync: u64,
 }
 
@@ -447,6 +454,9 @@ impl ContinuousSync {
         // The writes since: read from the journal, pushed, and only then indexed, already
         // marked shared (one write of each log row instead of two).
         let mut part = log.read_journal_part(None, journal_end, batch).await?;
+        // Compacting devices fold what they pushed into the versions at once, instead of
+        // writing log rows that compaction would read, fold and delete later.
+        let fold = self.options.compact_per_sync > 0;
         // The part pushed before this one, and which of its entries were stored remotely.
         let mut before: Option<(JournalPart, HashSet<Uuid>)> = None;
         while !part.is_empty() {
@@ -454,7 +464,7 @@ impl ContinuousSync {
             // crash in between leaves both in the journal, pushed again under the same ids).
             let settling = async {
                 match before.take() {
-                    Some((part, pushed)) => log.settle_pushed(part, &pushed).await,
+                    Some((part, pushed)) => log.settle_pushed(part, &pushed, fold).await,
                     None => Ok(()),
                 }
             };
@@ -470,14 +480,14 @@ impl ContinuousSync {
             }
             // What was stored remotely is indexed as shared even if a later push (or the
             // indexing of the part before) failed; the rest waits as unshared log rows.
-            let current = log.settle_pushed(part, &pushed).await;
+            let current = log.settle_pushed(part, &pushed, fold).await;
             settled?;
             current?;
             outcome?;
             return next.map(drop);
         }
         match before {
-            Some((part, pushed)) => log.settle_pushed(part, &pushed).await,
+            Some((part, pushed)) => log.settle_pushed(part, &pushed, fold).await,
             None => Ok(()),
         }
     }

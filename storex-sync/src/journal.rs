@@ -30,8 +30,9 @@
 //! unknown table, so indexing through it fails and changes nothing.
 //!
 //! Push reads records before it indexes them ([`read_journal_part`], the records and their
-//! creates' rows in one snapshot): it sends their entries, then indexes them with those it
-//! sent already marked shared ([`settle_part`]), so each log row is written once. A record
+//! creates' rows in one snapshot): it sends their entries, then settles them
+//! ([`settle_part`]): those it sent go into the versions index on a device that compacts, and
+//! are log rows already marked shared on one that does not, so each is written once. A record
 //! another reader indexed in between is gone by then, and its entries, log rows already, are
 //! marked shared. Read again after a crash, a create carries its row's values of that time:
 //! later writes of this device's, whose own entries carry them too.
@@ -50,7 +51,7 @@ use storex_core::{
     BatchStep, CollectionDef, FieldType, Filter, Object, Operation, Pk, Query, Registry, Value,
 };
 
-use crate::client_log::{current_rows, entry_object, Exec, LOOKUP_CHUNK};
+use crate::client_log::{current_rows, entry_object, fold_steps, Exec, LOOKUP_CHUNK};
 use crate::entry::{pk_text, EntryOp, EntryRow, LogEntry, LOG_COLLECTION};
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
@@ -489,14 +490,18 @@ pub(crate) async fn read_journal_part(
     Ok(part)
 }
 
-/// Stores a part's entries as log rows, inside the transaction behind `exec`: those in
-/// `pushed` marked shared, the others not (a push left them out). Deletes the part's records.
-/// A record indexed meanwhile by another reader of the log is gone already: its entries are
-/// log rows, and those pushed are marked shared.
+/// Stores a part's entries inside the transaction behind `exec` and deletes the part's
+/// records. With `fold`, those in `pushed` go straight into their objects' versions (what
+/// compaction would do with them once shared: they are this device's, so integrated);
+/// without, they are log rows marked shared. The others (a push left them out) are log rows,
+/// unshared. A record indexed meanwhile by another reader of the log is gone already: its
+/// entries are log rows, and those pushed are marked shared (compaction folds them later).
 pub(crate) async fn settle_part(
     exec: Exec<'_>,
+    registry: &Registry,
     part: JournalPart,
     pushed: &HashSet<Uuid>,
+    fold: bool,
 ) -> Result<()> {
     let mut present = HashSet::new();
     for chunk in part.records.chunks(LOOKUP_CHUNK) {
@@ -515,13 +520,23 @@ pub(crate) async fn settle_part(
     }
     let mut steps = Vec::with_capacity(part.entries.len());
     let mut indexed_since = Vec::new();
-    for (record, entry) in &part.entries {
+    let mut folded = Vec::new();
+    for (record, entry) in part.entries {
         let shared = pushed.contains(&entry.id);
-        if present.contains(record) {
-            steps.push(EntryRow::of(entry, shared, true).create_step());
+        if present.contains(&record) {
+            // (A part holds entries of the registry's collections only: reading it fails
+            // on any other.)
+            if shared && fold && registry.collection(&entry.collection).is_ok() {
+                folded.push(entry);
+            } else {
+                steps.push(EntryRow::of(&entry, shared, true).create_step());
+            }
         } else if shared {
             indexed_since.push(entry.id);
         }
+    }
+    if !folded.is_empty() {
+        steps.extend(fold_steps(exec, registry, &folded).await?);
     }
     let present: Vec<Uuid> = part
         .records

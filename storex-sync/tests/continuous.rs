@@ -362,6 +362,9 @@ async fn a_sync_compacts_what_was_pushed_oldest_first_up_to_its_limit() {
         devices.note(a, &format!("note-{n}"), "v").await;
     }
     let log = devices.device(a).log();
+    // Entries indexed as log rows before their push (a pull or a reader of the log can do
+    // that) wait for compaction; those pushed from the journal are folded as they go.
+    log.index_journal().await.expect("index");
     // A sync that carried changes leaves a few pushed entries for an idle one.
     let report = devices.sync(a).await;
     assert_eq!((report.pushed, report.compacted), (5, 0), "{report:?}");
@@ -424,13 +427,52 @@ async fn a_sync_that_leaves_a_full_round_waiting_compacts_it_at_once() {
         steps
     };
     let storage = devices.device(a).storage().clone();
+    let log = devices.device(a).log();
+    // Entries indexed before their push (else the push folds them, see below).
     // One short of a round (2,000): left for an idle sync.
     storage.batch(write("short", 1_999)).await.expect("a write");
+    log.index_journal().await.expect("index");
     let report = devices.sync(a).await;
     assert_eq!((report.pushed, report.compacted), (1_999, 0), "{report:?}");
     // One more write fills the round: compacted in the same sync as its push.
     storage.batch(write("more", 1)).await.expect("a write");
+    log.index_journal().await.expect("index");
     let report = devices.sync(a).await;
     assert_eq!((report.pushed, report.compacted), (1, 2_000), "{report:?}");
-    assert!(devices.device(a).log().is_empty().await.expect("empty"));
+    assert!(log.is_empty().await.expect("empty"));
+}
+
+#[tokio::test]
+async fn a_compacting_device_folds_what_it_pushes_from_the_journal_into_its_versions() {
+    let mut devices = storex_test::devices::Devices::new(memory().await).await;
+    let (a, b) = (devices.add().await, devices.add().await);
+    devices.note(a, "note-0", "first").await;
+    devices.note(a, "note-1", "v").await;
+    let log = devices.device(a).log().clone();
+    let report = devices.sync(a).await;
+    // Pushed, and no log row written for them: their versions hold them.
+    assert_eq!((report.pushed, report.compacted), (2, 0), "{report:?}");
+    assert!(log.is_empty().await.expect("empty"));
+    assert_eq!(log.versioned_objects().await.expect("versions"), 2);
+    // B changes note-0 before A does; A's later change must win on both, and A reconciles
+    // B's against the versions alone.
+    devices.sync(b).await;
+    devices.set_title(b, "note-0", "b-earlier").await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    devices.set_title(a, "note-0", "a-later").await;
+    devices.delete(a, "note-1").await;
+    let report = devices.sync(a).await;
+    assert_eq!(report.pushed, 2, "{report:?}");
+    assert!(log.is_empty().await.expect("empty"));
+    devices.sync(b).await;
+    let report = devices.sync(a).await;
+    assert_eq!(report.conflicts, 1, "{report:?}");
+    devices.assert_converged(&[a, b]).await;
+    assert_eq!(devices.title(a, "note-0").await.as_deref(), Some("a-later"));
+    assert_eq!(devices.title(b, "note-0").await.as_deref(), Some("a-later"));
+    assert_eq!(
+        devices.count(b).await,
+        1,
+        "the delete folded at A reached B"
+    );
 }

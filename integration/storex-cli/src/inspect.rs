@@ -34,8 +34,13 @@ pub(crate) async fn log(db: &Path, limit: usize) -> Result<()> {
     let waiting = log.journal_records().await?;
     let skip = entries.len().saturating_sub(limit);
     say!(
-        "{} entries in the log{}",
+        "{} {} in the log{}",
         entries.len(),
+        if entries.len() == 1 {
+            "entry"
+        } else {
+            "entries"
+        },
         if skip > 0 {
             format!(", the last {limit}:")
         } else if entries.is_empty() {
@@ -71,7 +76,7 @@ pub(crate) async fn log(db: &Path, limit: usize) -> Result<()> {
     }
     let versioned = log.versioned_objects().await?;
     if versioned > 0 {
-        say!("and the versions of {versioned} objects (applied changes, folded)");
+        say!("and the versions of {versioned} objects (changes applied or pushed, folded)");
     }
     Ok(())
 }
@@ -96,7 +101,7 @@ pub(crate) async fn status(db: &Path) -> Result<()> {
     say!("log entries:     {total}");
     say!("journal records: {waiting} (writes not yet in the log)");
     say!(
-        "versioned:       {} objects (applied changes, folded)",
+        "versioned:       {} objects (changes applied or pushed, folded)",
         log.versioned_objects().await?
     );
     say!("not yet pushed:  {unshared}");
