@@ -165,7 +165,7 @@ impl ClientSyncLog {
 
     /// Reads the journal's records after `after` and up to `until` until at least `enough`
     /// entries are made or none is left, without indexing them: a pusher sends them first,
-    /// then stores them already shared ([`ClientSyncLog::settle_pushed`]). Until then they
+    /// then settles them ([`ClientSyncLog::settle_pushed`]). Until then they
     /// stay records: a crash before only means they are read and pushed again, under the
     /// same ids (a create then with the values its row has by that time, which later entries
     /// of this device's also carry). The records and the rows of their creates are read in
@@ -183,21 +183,30 @@ impl ClientSyncLog {
         settle(tx, part).await
     }
 
-    /// Indexes a part read by [`ClientSyncLog::read_journal_part`], in one transaction under
+    /// Settles a part read by [`ClientSyncLog::read_journal_part`], in one transaction under
     /// the write-order lock: the entries in `pushed` are folded into the versions index with
-    /// `fold`, stored as shared log rows without.
+    /// `fold`, stored as shared log rows without. A fold that fails (the stored versions of
+    /// one of the objects do not read, say) leaves the part as shared log rows instead, so
+    /// that push goes on; compaction meets the problem later and reports it.
     pub(crate) async fn settle_pushed(
         &self,
         part: JournalPart,
         pushed: &HashSet<Uuid>,
         fold: bool,
     ) -> Result<()> {
-        let settling = async {
+        let part = &part;
+        let attempt = |fold: bool| async move {
             let tx = self.storage.begin().await?;
             let registry = self.storage.registry();
             let exec = Exec::Transaction(&tx);
             let settled = settle_part(exec, registry, part, pushed, fold).await;
             settle(tx, settled).await
+        };
+        let settling = async {
+            match attempt(fold).await {
+                Err(_) if fold => attempt(false).await,
+                settled => settled,
+            }
         };
         self.order.hold(settling).await?
     }
@@ -380,7 +389,7 @@ async fn compact_into_versions(exec: Exec<'_>, registry: &Registry, size: u64) -
     if entries.is_empty() {
         return Ok(0);
     }
-    let mut steps = fold_steps(exec, registry, &entries).await?;
+    let mut steps = fold_steps(exec, registry, entries.iter()).await?;
     let ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
     steps.extend(delete_ids_steps(LOG_COLLECTION, &ids));
     exec.run(Operation::Batch { steps }).await?;
@@ -390,21 +399,23 @@ async fn compact_into_versions(exec: Exec<'_>, registry: &Registry, size: u64) -
 /// The steps that fold `entries` (shared and integrated, of collections of `registry`) into
 /// their objects' versions, inside the transaction behind `exec`: what compaction does with
 /// them, and what a push does with the entries it sent.
-pub(crate) async fn fold_steps(
+pub(crate) async fn fold_steps<'e>(
     exec: Exec<'_>,
     registry: &Registry,
-    entries: &[LogEntry],
+    entries: impl IntoIterator<Item = &'e LogEntry>,
 ) -> Result<Vec<BatchStep>> {
     let mut by_object: BTreeMap<ObjectKey, Vec<&LogEntry>> = BTreeMap::new();
+    let mut latest = None;
     for entry in entries {
+        latest = latest.max(Some(entry.hlc));
         by_object.entry(object_key(entry)).or_default().push(entry);
     }
     let objects: Vec<ObjectKey> = by_object.keys().cloned().collect();
     let mut base = versions::load(exec, &objects).await?;
-    let exists = existing_objects(exec, registry, entries.iter().map(entry_object)).await?;
+    let each = by_object.values().flat_map(|entries| entries.first());
+    let exists = existing_objects(exec, registry, each.map(|e| entry_object(e))).await?;
     // The rows matter only for objects that do not exist: none.
     let folded = versions::fold_objects(registry, &mut base, &HashMap::new(), by_object, &exists);
-    let latest = entries.iter().map(|e| e.hlc).max();
     let clock_before = versions::latest_applied(exec).await?;
     versions::store_steps(folded, latest, clock_before)
 }
@@ -754,6 +765,25 @@ mod tests {
             .map(|(c, pk)| (c.clone(), pk_text(pk)))
             .collect();
         assert_eq!(exists.len(), 100 + 99 + 2 + 1 + 1);
+        assert_eq!(exists, expected);
+        // Lists whose keys all exist are counted whole (no row read to tell).
+        let present = [
+            Pk::from(scattered[0]),
+            Pk::from(scattered[2]),
+            Pk::from("x"),
+        ];
+        let asked = present
+            .iter()
+            .zip(["item", "item", "tag"])
+            .map(|(pk, c)| (c, pk));
+        let exists = existing_objects(Exec::Storage(storage), &registry, asked)
+            .await
+            .expect("asked");
+        let expected: HashSet<ObjectKey> = [("item", &present[0]), ("item", &present[1])]
+            .into_iter()
+            .chain([("tag", &present[2])])
+            .map(|(c, pk)| (c.to_owned(), pk_text(pk)))
+            .collect();
         assert_eq!(exists, expected);
     }
 }

@@ -66,9 +66,10 @@ pub struct ContinuousOptions {
     /// pushed (see [`crate::ClientSyncLog::compact`]): a device that syncs in the background
     /// keeps its log small without one sync taking on a large backlog at once. A sync
     /// compacts when it found nothing to push or pull, or when 2,000 pushed entries wait.
-    /// Above 0, the writes a push takes from the journal go into the versions index as soon
-    /// as they are pushed (compacted at once: no log row is written for them), and only
-    /// entries that were indexed as log rows before their push wait for these rounds.
+    /// Above 0, the writes a push takes from the journal go into the versions index when
+    /// their part is settled, right after it is pushed (compacted at once, with no limit:
+    /// no log row is written for them), and only entries that were indexed as log rows
+    /// before their push wait for these rounds.
     /// 0: never; pushed entries stay in the log as shared rows until the app calls
     /// `compact` itself.
     pub compact_per_sync: u64,
@@ -426,7 +427,7 @@ impl ContinuousSync {
 
     /// Pushes what was indexed before (a push that stopped midway, a reader of the log since
     /// the last sync), then the writes waiting in the journal until now, a page at a time,
-    /// read from the journal and indexed once pushed. Later writes wait for the next sync.
+    /// read from the journal and settled once pushed. Later writes wait for the next sync.
     async fn push(&self, report: &mut SyncReport) -> Result<()> {
         let me = self.device.device();
         let batch = self.options.push_batch;
@@ -451,8 +452,8 @@ impl ContinuousSync {
         if journal_end.is_none() {
             return Ok(());
         }
-        // The writes since: read from the journal, pushed, and only then indexed, already
-        // marked shared (one write of each log row instead of two).
+        // The writes since: read from the journal, pushed, and only then settled (folded
+        // into the versions, or log rows already marked shared: one write, not two).
         let mut part = log.read_journal_part(None, journal_end, batch).await?;
         // Compacting devices fold what they pushed into the versions at once, instead of
         // writing log rows that compaction would read, fold and delete later.
@@ -478,8 +479,8 @@ impl ContinuousSync {
                 part = next?;
                 continue;
             }
-            // What was stored remotely is indexed as shared even if a later push (or the
-            // indexing of the part before) failed; the rest waits as unshared log rows.
+            // What was stored remotely is settled as shared even if a later push (or the
+            // settling of the part before) failed; the rest waits as unshared log rows.
             let current = log.settle_pushed(part, &pushed, fold).await;
             settled?;
             current?;

@@ -439,8 +439,8 @@ pub(crate) async fn index_journal(exec: Exec<'_>, registry: &Registry) -> Result
     Ok(indexed)
 }
 
-/// Journal records read but not indexed: what a pusher sends before it stores them as log
-/// rows ([`settle_part`]), so that they are written once, already marked shared.
+/// Journal records read but not indexed: what a pusher sends before it settles them
+/// ([`settle_part`]), so that they are written once, already shared (or folded).
 #[derive(Debug, Default)]
 pub(crate) struct JournalPart {
     /// The records read, in order.
@@ -499,7 +499,7 @@ pub(crate) async fn read_journal_part(
 pub(crate) async fn settle_part(
     exec: Exec<'_>,
     registry: &Registry,
-    part: JournalPart,
+    part: &JournalPart,
     pushed: &HashSet<Uuid>,
     fold: bool,
 ) -> Result<()> {
@@ -521,27 +521,27 @@ pub(crate) async fn settle_part(
     let mut steps = Vec::with_capacity(part.entries.len());
     let mut indexed_since = Vec::new();
     let mut folded = Vec::new();
-    for (record, entry) in part.entries {
+    for (record, entry) in &part.entries {
         let shared = pushed.contains(&entry.id);
-        if present.contains(&record) {
-            // (A part holds entries of the registry's collections only: reading it fails
-            // on any other.)
+        if present.contains(record) {
+            // (Folding skips a collection the registry lacks: its entries stay log rows.)
             if shared && fold && registry.collection(&entry.collection).is_ok() {
                 folded.push(entry);
             } else {
-                steps.push(EntryRow::of(&entry, shared, true).create_step());
+                steps.push(EntryRow::of(entry, shared, true).create_step());
             }
         } else if shared {
             indexed_since.push(entry.id);
         }
     }
     if !folded.is_empty() {
-        steps.extend(fold_steps(exec, registry, &folded).await?);
+        steps.extend(fold_steps(exec, registry, folded).await?);
     }
     let present: Vec<Uuid> = part
         .records
-        .into_iter()
+        .iter()
         .filter(|id| present.contains(id))
+        .copied()
         .collect();
     delete_records(exec, &present).await?;
     for chunk in indexed_since.chunks(LOOKUP_CHUNK) {

@@ -6,8 +6,8 @@
 //! write: so that is all a device keeps of the changes it received, the *versions* of the
 //! object. The values themselves are in the object's row; they are kept beside the versions
 //! only while the object does not exist (a write newer than its delete waits for a create
-//! that may still come). The changes this device made stay in the log until they are shared
-//! (the log is what push reads); compaction then folds them into the versions too.
+//! that may still come). The changes this device made are folded into the versions too once
+//! pushed: as push settles them, or by compaction for those indexed as log rows before.
 //!
 //! Before reconciling, the versions of an object are turned back into the changes that
 //! would have left them ([`Versions::synthesize`]): a delete, a create, and an update per

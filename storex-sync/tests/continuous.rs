@@ -197,7 +197,7 @@ async fn writes_a_reader_indexes_while_their_push_travels_end_up_shared() {
 }
 
 #[tokio::test]
-async fn what_a_push_stored_before_a_later_one_failed_is_indexed_as_shared() {
+async fn what_a_push_stored_before_a_later_one_failed_is_settled_and_the_rest_waits_unshared() {
     use std::sync::atomic::Ordering;
     use storex_sync::ContinuousOptions;
     let shared = Arc::new(IndexingOnPush::default());
@@ -214,7 +214,7 @@ async fn what_a_push_stored_before_a_later_one_failed_is_indexed_as_shared() {
     let failed = devices.try_sync(a).await;
     assert!(failed.is_err(), "{failed:?}");
     let log = devices.device(a).log();
-    // Indexed all the same: the first push's entries shared, the others waiting.
+    // Settled all the same: the first push's entries folded, the others waiting unshared.
     assert_eq!(log.journal_records().await.expect("records"), 0);
     let unshared = log.unshared_count().await.expect("count");
     assert!(unshared > 0 && unshared < 20, "{unshared} unshared");
@@ -449,11 +449,16 @@ async fn a_compacting_device_folds_what_it_pushes_from_the_journal_into_its_vers
     devices.note(a, "note-0", "first").await;
     devices.note(a, "note-1", "v").await;
     let log = devices.device(a).log().clone();
+    // The latest timestamp, read from the journal (which this does not index).
+    let latest = log.max_hlc().await.expect("latest");
+    assert!(latest.is_some());
     let report = devices.sync(a).await;
-    // Pushed, and no log row written for them: their versions hold them.
+    // Pushed, and no log row written for them: their versions hold them, and the clock
+    // still restarts from their latest timestamp.
     assert_eq!((report.pushed, report.compacted), (2, 0), "{report:?}");
     assert!(log.is_empty().await.expect("empty"));
     assert_eq!(log.versioned_objects().await.expect("versions"), 2);
+    assert_eq!(log.max_hlc().await.expect("latest"), latest);
     // B changes note-0 before A does; A's later change must win on both, and A reconciles
     // B's against the versions alone.
     devices.sync(b).await;
@@ -475,4 +480,48 @@ async fn a_compacting_device_folds_what_it_pushes_from_the_journal_into_its_vers
         1,
         "the delete folded at A reached B"
     );
+}
+
+#[tokio::test]
+async fn a_push_whose_fold_fails_leaves_its_entries_as_shared_log_rows_and_the_sync_goes_on() {
+    use storex_core::{object, Filter, Value};
+    use storex_sync::VERSIONS_COLLECTION;
+    let mut devices = storex_test::devices::Devices::new(memory().await).await;
+    let (a, b) = (devices.add().await, devices.add().await);
+    devices.note(a, "note-0", "first").await;
+    devices.sync(a).await;
+    // note-0's stored versions no longer read.
+    let storage = devices.device(a).storage().clone();
+    let rows = storage
+        .find_many(VERSIONS_COLLECTION, storex_core::Query::default())
+        .await
+        .expect("versions");
+    let object = rows
+        .iter()
+        .filter_map(|row| row.get("object").and_then(Value::as_text))
+        .find(|id| id.starts_with("note"))
+        .expect("note-0's versions")
+        .to_owned();
+    let garbage = object! { "state" => Value::Blob(vec![0xff, 0x00, 0x13]) };
+    storage
+        .update_where(
+            VERSIONS_COLLECTION,
+            Filter::all().eq("object", object),
+            garbage,
+        )
+        .await
+        .expect("corrupted");
+    devices.set_title(a, "note-0", "second").await;
+    devices.note(b, "note-1", "from b").await;
+    devices.sync(b).await;
+    // The push cannot fold note-0's change: it keeps it as a shared log row, and pulls.
+    let report = devices.sync(a).await;
+    assert_eq!(report.pushed, 1, "{report:?}");
+    let log = devices.device(a).log();
+    let kept = log.all().await.expect("log");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].shared, "{kept:?}");
+    assert_eq!(devices.title(a, "note-1").await.as_deref(), Some("from b"));
+    devices.sync(b).await;
+    assert_eq!(devices.title(b, "note-0").await.as_deref(), Some("second"));
 }

