@@ -412,8 +412,10 @@ pub(crate) async fn fold_steps<'e>(
     }
     let objects: Vec<ObjectKey> = by_object.keys().cloned().collect();
     let mut base = versions::load(exec, &objects).await?;
-    let each = by_object.values().flat_map(|entries| entries.first());
-    let exists = existing_objects(exec, registry, each.map(|e| entry_object(e))).await?;
+    let each = by_object
+        .iter()
+        .flat_map(|(key, entries)| Some((key, &entries.first()?.pk)));
+    let exists = existing_objects(exec, registry, each).await?;
     // The rows matter only for objects that do not exist: none.
     let folded = versions::fold_objects(registry, &mut base, &HashMap::new(), by_object, &exists);
     let clock_before = versions::latest_applied(exec).await?;
@@ -522,22 +524,19 @@ pub(crate) fn entry_object(entry: &LogEntry) -> (&str, &Pk) {
     (&entry.collection, &entry.pk)
 }
 
-/// Which of `objects` (collection and key) have a row. Counted where that can tell: a run of
-/// consecutive UUID keys (see `key_runs`) whose range counts all of them exists whole (the
-/// range of a UUID field holds no other value), and so does a list of keys that counts all
-/// of them. Only the rows of a run or a list with some missing are read.
-pub(crate) async fn existing_objects<'e>(
+/// Which of `objects` (each key with its object's key) have a row. Counted where that can
+/// tell: a run of consecutive UUID keys (see `key_runs`) whose range counts all of them
+/// exists whole (the range of a UUID field holds no other value), and so does a list of keys
+/// that counts all of them. Only the rows of a run or a list with some missing are read (as
+/// are those of a list naming a key twice).
+pub(crate) async fn existing_objects<'k>(
     exec: Exec<'_>,
     registry: &Registry,
-    objects: impl IntoIterator<Item = (&'e str, &'e Pk)>,
+    objects: impl IntoIterator<Item = (&'k ObjectKey, &'k Pk)>,
 ) -> Result<HashSet<ObjectKey>> {
-    let mut by_collection: HashMap<&str, HashMap<String, &Pk>> = HashMap::new();
-    for (collection, pk) in objects {
-        by_collection
-            .entry(collection)
-            .or_default()
-            .entry(pk_text(pk))
-            .or_insert(pk);
+    let mut by_collection: HashMap<&str, Vec<(&ObjectKey, &Pk)>> = HashMap::new();
+    for (key, pk) in objects {
+        by_collection.entry(&key.0).or_default().push((key, pk));
     }
     let mut exists = HashSet::new();
     let mut unsure: Vec<(&str, &Pk)> = Vec::new();
@@ -546,21 +545,16 @@ pub(crate) async fn existing_objects<'e>(
             continue;
         };
         let [field] = def.pk_fields() else {
-            unsure.extend(keys.into_values().map(|pk| (collection, pk)));
+            unsure.extend(keys.into_iter().map(|(_, pk)| (collection, pk)));
             continue;
         };
         let uuid_field = def
             .field_def(field)
             .is_some_and(|f| f.ty == storex_core::FieldType::Uuid);
-        let keys: Vec<(String, &Pk)> = keys.into_iter().collect();
-        let split = if uuid_field {
-            key_runs::split(keys, |(_, pk)| key_runs::uuid_of_pk(pk))
-        } else {
-            key_runs::Split {
-                runs: Vec::new(),
-                rest: keys,
-            }
-        };
+        let uuid_of = |pk: &Pk| key_runs::uuid_of_pk(pk).filter(|_| uuid_field);
+        let split = key_runs::split(keys.clone(), |(_, pk)| uuid_of(pk));
+        // The runs (as numbers, in order) that count all their keys, and the others.
+        let (mut whole, mut short) = (Vec::new(), Vec::new());
         for (first, last) in split.runs {
             let filter = Filter::all()
                 .gte(field.clone(), first)
@@ -569,14 +563,24 @@ pub(crate) async fn existing_objects<'e>(
                 .run(Operation::count(collection, filter))
                 .await?
                 .count();
-            let uuids = (first.as_u128()..=last.as_u128()).map(Uuid::from_u128);
-            if count == Some(last.as_u128().abs_diff(first.as_u128()) as u64 + 1) {
-                exists.extend(uuids.map(|u| (collection.to_owned(), key_runs::text_of(u))));
-            } else {
-                // Some are missing: read which (the keys are the run's UUIDs).
-                let pks: Vec<Pk> = uuids.map(Pk::from).collect();
-                let rows = current_rows(exec, registry, pks.iter().map(|pk| (collection, pk)));
-                exists.extend(rows.await?.into_keys());
+            let (first, last) = (first.as_u128(), last.as_u128());
+            match count == Some(last.abs_diff(first) as u64 + 1) {
+                true => whole.push((first, last)),
+                false => short.push((first, last)),
+            }
+        }
+        let within = |runs: &[(u128, u128)], n: u128| {
+            let next = runs.partition_point(|(first, _)| *first <= n);
+            next > 0 && n <= runs[next - 1].1
+        };
+        for (key, pk) in &keys {
+            let Some(n) = uuid_of(pk).map(|u| u.as_u128()) else {
+                continue;
+            };
+            if within(&whole, n) {
+                exists.insert((*key).clone());
+            } else if within(&short, n) {
+                unsure.push((collection, pk));
             }
         }
         for chunk in split.rest.chunks(LOOKUP_CHUNK) {
@@ -587,11 +591,7 @@ pub(crate) async fn existing_objects<'e>(
                 .await?
                 .count();
             if count == Some(chunk.len() as u64) {
-                exists.extend(
-                    chunk
-                        .iter()
-                        .map(|(text, _)| (collection.to_owned(), text.clone())),
-                );
+                exists.extend(chunk.iter().map(|(key, _)| (*key).clone()));
             } else {
                 unsure.extend(chunk.iter().map(|(_, pk)| (collection, *pk)));
             }
@@ -744,10 +744,14 @@ mod tests {
             asked.push(("pair".into(), Pk(vec![a.into(), b.into()])));
         }
         asked.push(("gone".into(), Pk::from(1))); // a collection the registry lacks
+        let keys: Vec<ObjectKey> = asked
+            .iter()
+            .map(|(c, pk)| (c.clone(), pk_text(pk)))
+            .collect();
         let exists = existing_objects(
             Exec::Storage(storage),
             &registry,
-            asked.iter().map(|(c, pk)| (c.as_str(), pk)),
+            keys.iter().zip(asked.iter().map(|(_, pk)| pk)),
         )
         .await
         .expect("asked");
@@ -772,11 +776,12 @@ mod tests {
             Pk::from(scattered[2]),
             Pk::from("x"),
         ];
-        let asked = present
+        let keys: Vec<ObjectKey> = present
             .iter()
             .zip(["item", "item", "tag"])
-            .map(|(pk, c)| (c, pk));
-        let exists = existing_objects(Exec::Storage(storage), &registry, asked)
+            .map(|(pk, c)| (c.to_owned(), pk_text(pk)))
+            .collect();
+        let exists = existing_objects(Exec::Storage(storage), &registry, keys.iter().zip(&present))
             .await
             .expect("asked");
         let expected: HashSet<ObjectKey> = [("item", &present[0]), ("item", &present[1])]
