@@ -461,7 +461,7 @@ impl ContinuousSync {
         // The part pushed before this one, and which of its entries were stored remotely.
         let mut before: Option<(JournalPart, HashSet<Uuid>)> = None;
         while !part.is_empty() {
-            // While this part travels, the next is read and the one before is indexed (a
+            // While this part travels, the next is read and the one before is settled (a
             // crash in between leaves both in the journal, pushed again under the same ids).
             let settling = async {
                 match before.take() {
