@@ -19,8 +19,8 @@ use crate::entry::{pk_text, LogEntry, StoredEntry, LOG_COLLECTION};
 use crate::error::Result;
 use crate::hlc::Hlc;
 use crate::journal::{
-    index_journal, latest_record, latest_stamp, read_journal_part, settle_part, JournalPart,
-    JOURNAL_COLLECTION,
+    index_journal, latest_record, latest_stamp, read_journal_part, settle_part, Indexed,
+    JournalPart, JOURNAL_COLLECTION,
 };
 use crate::key_runs;
 use crate::reconcile::{object_key, ObjectKey};
@@ -140,18 +140,26 @@ impl ClientSyncLog {
 
     /// Turns the journal's records (the entries of the writes made since the last time)
     /// into log entries, in one transaction; returns how many entries that made. Every
-    /// reader of the log does it first; an app may call it at a quiet moment.
+    /// reader of the log does it first; an app may call it at a quiet moment. A record that
+    /// does not read (damaged, or in a newer version's format) is passed over and stays in
+    /// the journal: the writes after it still sync, and each sync's push reports it in
+    /// [`SyncReport::problems`](crate::SyncReport::problems).
     ///
     /// It takes the device's write-order lock and opens a write transaction. Called by a
     /// middleware while it handles a write (or sync applies received changes), it fails at
     /// once instead of waiting for that write; do not call it while holding a transaction of
     /// your own on a single-connection database either.
     pub async fn index_journal(&self) -> Result<u64> {
-        self.order.hold(self.index_journal_holding_order()).await?
+        let indexed = self
+            .order
+            .hold(self.index_journal_holding_order())
+            .await??;
+        Ok(indexed.entries)
     }
 
-    /// [`ClientSyncLog::index_journal`] for a caller holding the write-order lock.
-    pub(crate) async fn index_journal_holding_order(&self) -> Result<u64> {
+    /// [`ClientSyncLog::index_journal`] for a caller holding the write-order lock; also
+    /// tells the records passed over.
+    pub(crate) async fn index_journal_holding_order(&self) -> Result<Indexed> {
         let tx = self.storage.begin().await?;
         let indexed = index_journal(Exec::Transaction(&tx), self.storage.registry()).await;
         settle(tx, indexed).await

@@ -151,7 +151,8 @@ pub struct SyncReport {
     /// Entries of this device's client log compacted into its versions index at the end of
     /// the sync (see [`ContinuousOptions::compact_per_sync`]).
     pub compacted: u64,
-    /// Problems that did not stop the sync (an entry too large, a payload that did not decode).
+    /// Problems that did not stop the sync (an entry too large, a payload that did not
+    /// decode, a journal record that does not read).
     pub problems: Vec<String>,
     /// The shared-log cursor after the sync.
     pub cursor: u64,
@@ -461,6 +462,10 @@ impl ContinuousSync {
         // The part pushed before this one, and which of its entries were stored remotely.
         let mut before: Option<(JournalPart, HashSet<Uuid>)> = None;
         while !part.is_empty() {
+            // Records that do not read stay in the journal; the writes after them go on.
+            report
+                .problems
+                .extend(part.damaged().iter().map(ToString::to_string));
             // While this part travels, the next is read and the one before is settled (a
             // crash in between leaves both in the journal, pushed again under the same ids).
             let settling = async {

@@ -37,6 +37,11 @@
 //! marked shared. Read again after a crash, a create carries its row's values of that time:
 //! later writes of this device's, whose own entries carry them too.
 //!
+//! A record that does not read (damaged, or written by a newer version in a format this one
+//! does not know) is passed over by indexing and by push and stays in the journal: the
+//! writes after it still sync, each push reports it, and a version that reads it indexes it
+//! then. Its own writes are not synced meanwhile.
+//!
 //! Indexing is atomic (one transaction). Two indexers running at once would insert the same
 //! entries: in one process the device's write-order lock keeps them apart, and across
 //! processes the second notices that it deleted fewer records than it read and fails with a
@@ -429,12 +434,45 @@ pub(crate) async fn latest_stamp(exec: Exec<'_>) -> Result<Option<Hlc>> {
         .max())
 }
 
+/// A journal record that does not read: damaged, or written by a newer version in a format
+/// this one does not know. Indexing and push pass over it and leave it in the journal, so
+/// that the writes after it still sync and a version that reads it indexes it then; each
+/// push reports it (the writes it records are not synced meanwhile).
+#[derive(Debug)]
+pub(crate) struct DamagedRecord {
+    /// Why it does not read (naming the record).
+    problem: Error,
+}
+
+impl std::fmt::Display for DamagedRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}; the writes it records are not synced, and it stays in the journal for a \
+             version that reads it",
+            self.problem
+        )
+    }
+}
+
+/// What indexing the journal did.
+#[derive(Debug, Default)]
+pub(crate) struct Indexed {
+    /// How many entries the records made.
+    pub(crate) entries: u64,
+    /// The records passed over, left in the journal.
+    pub(crate) damaged: Vec<DamagedRecord>,
+}
+
 /// Turns every journal record into log rows (unshared, integrated) and deletes it, inside
-/// the transaction behind `exec`. Returns how many entries were indexed.
-pub(crate) async fn index_journal(exec: Exec<'_>, registry: &Registry) -> Result<u64> {
-    let mut indexed = 0;
-    while let Some(entries) = index_round(exec, registry).await? {
-        indexed += entries.len() as u64;
+/// the transaction behind `exec`; records that do not read are passed over and stay.
+pub(crate) async fn index_journal(exec: Exec<'_>, registry: &Registry) -> Result<Indexed> {
+    let mut indexed = Indexed::default();
+    let mut after = None;
+    while let Some(round) = index_round(exec, registry, after).await? {
+        indexed.entries += round.entries.len() as u64;
+        indexed.damaged.extend(round.damaged);
+        after = Some(round.last);
     }
     Ok(indexed)
 }
@@ -443,26 +481,35 @@ pub(crate) async fn index_journal(exec: Exec<'_>, registry: &Registry) -> Result
 /// ([`settle_part`]), so that they are written once, already shared (or folded).
 #[derive(Debug, Default)]
 pub(crate) struct JournalPart {
-    /// The records read, in order.
+    /// The records read, in order (not those that do not read).
     records: Vec<Uuid>,
     /// Their entries, each with its record, in the order the writes made them.
     entries: Vec<(Uuid, LogEntry)>,
+    /// The records that do not read, passed over.
+    damaged: Vec<DamagedRecord>,
+    /// The last record read, damaged or not.
+    last: Option<Uuid>,
 }
 
 impl JournalPart {
     /// Whether no record was left to read.
     pub(crate) fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.last.is_none()
     }
 
     /// The last record read, after which the next part starts.
     pub(crate) fn last_record(&self) -> Option<Uuid> {
-        self.records.last().copied()
+        self.last
     }
 
     /// The entries read.
     pub(crate) fn entries(&self) -> impl Iterator<Item = &LogEntry> {
         self.entries.iter().map(|(_, entry)| entry)
+    }
+
+    /// The records passed over because they do not read; they stay in the journal.
+    pub(crate) fn damaged(&self) -> &[DamagedRecord] {
+        &self.damaged
     }
 }
 
@@ -479,13 +526,15 @@ pub(crate) async fn read_journal_part(
     let mut part = JournalPart::default();
     while part.entries.len() < enough {
         let wanted = enough - part.entries.len();
-        let Some((ids, entries)) =
+        let Some(round) =
             read_round(exec, registry, part.last_record().or(after), until, wanted).await?
         else {
             break;
         };
-        part.records.extend(ids);
-        part.entries.extend(entries);
+        part.records.extend(round.ids);
+        part.entries.extend(round.entries);
+        part.damaged.extend(round.damaged);
+        part.last = Some(round.last);
     }
     Ok(part)
 }
@@ -583,38 +632,65 @@ async fn delete_records(exec: Exec<'_>, ids: &[Uuid]) -> Result<()> {
 pub(crate) async fn latest_record(exec: Exec<'_>) -> Result<Option<Uuid>> {
     let query = Query::default().order_desc("id").limit(1);
     let rows = exec.find(JOURNAL_COLLECTION, query).await?;
-    rows.first().map(|row| Ok(read_record(row)?.0)).transpose()
+    // Only its id: a record that does not read still bounds the part (it is passed over).
+    rows.first()
+        .map(|row| {
+            row.get("id")
+                .and_then(Value::as_uuid)
+                .ok_or_else(|| Error::CorruptEntry {
+                    id: "a journal record".into(),
+                    problem: "the journal record has no id".into(),
+                })
+        })
+        .transpose()
 }
 
-/// One round: turns up to [`RECORDS_PER_ROUND`] records into log rows and deletes them;
-/// returns the entries made, or `None` when no record was left.
-async fn index_round(exec: Exec<'_>, registry: &Registry) -> Result<Option<Vec<LogEntry>>> {
-    let Some((ids, entries)) = read_round(exec, registry, None, None, usize::MAX).await? else {
+/// One round: turns up to [`RECORDS_PER_ROUND`] records after `after` into log rows and
+/// deletes them (those that do not read stay); returns what it read, or `None` when no
+/// record was left.
+async fn index_round(
+    exec: Exec<'_>,
+    registry: &Registry,
+    after: Option<Uuid>,
+) -> Result<Option<Round>> {
+    let Some(round) = read_round(exec, registry, after, None, usize::MAX).await? else {
         return Ok(None);
     };
-    let entries: Vec<LogEntry> = entries.into_iter().map(|(_, entry)| entry).collect();
-    let steps = entries
+    let steps = round
+        .entries
         .iter()
-        .map(|entry| EntryRow::of(entry, false, true).create_step())
+        .map(|(_, entry)| EntryRow::of(entry, false, true).create_step())
         .collect::<Vec<_>>();
-    delete_records(exec, &ids).await?;
+    delete_records(exec, &round.ids).await?;
     if !steps.is_empty() {
         exec.run(Operation::Batch { steps }).await?;
     }
-    Ok(Some(entries))
+    Ok(Some(round))
+}
+
+/// The records one round read.
+#[derive(Debug)]
+struct Round {
+    /// The records that read, in order.
+    ids: Vec<Uuid>,
+    /// Their entries, each with its record, creates filled from their rows.
+    entries: Vec<(Uuid, LogEntry)>,
+    /// The records that do not read.
+    damaged: Vec<DamagedRecord>,
+    /// The last record read, damaged or not: the next round starts after it.
+    last: Uuid,
 }
 
 /// Reads up to [`RECORDS_PER_ROUND`] records after `after` and up to `until`, stopping at
-/// the record that brings the entries to `wanted` (a record is never split); returns their
-/// ids and their entries (each with its record), creates filled from their rows, or `None`
-/// when no record was left.
+/// the record that brings the entries to `wanted` (a record is never split); returns them,
+/// or `None` when no record was left. Records that do not read are passed over.
 async fn read_round(
     exec: Exec<'_>,
     registry: &Registry,
     after: Option<Uuid>,
     until: Option<Uuid>,
     wanted: usize,
-) -> Result<Option<(Vec<Uuid>, Vec<(Uuid, LogEntry)>)>> {
+) -> Result<Option<Round>> {
     let mut filter = Filter::all();
     if let Some(after) = after {
         filter = filter.gt("id", after);
@@ -631,14 +707,32 @@ async fn read_round(
     }
     let mut ids = Vec::with_capacity(rows.len());
     let mut entries = Vec::new();
+    let mut damaged = Vec::new();
+    let mut last = None;
     for row in &rows {
         if entries.len() >= wanted {
             break;
         }
-        let (id, record) = read_record(row)?;
-        ids.push(id);
-        entries.extend(entries_of(id, record)?.into_iter().map(|entry| (id, entry)));
+        // The id is the collection's key: a row without one is not passed over (the next
+        // round could not start after it).
+        let Some(id) = row.get("id").and_then(Value::as_uuid) else {
+            return Err(Error::CorruptEntry {
+                id: "a journal record".into(),
+                problem: "the journal record has no id".into(),
+            });
+        };
+        last = Some(id);
+        match read_record(row).and_then(|(id, record)| entries_of(id, record)) {
+            Ok(made) => {
+                ids.push(id);
+                entries.extend(made.into_iter().map(|entry| (id, entry)));
+            }
+            Err(problem) => damaged.push(DamagedRecord { problem }),
+        }
     }
+    let Some(last) = last else {
+        return Ok(None);
+    };
     let creates = || {
         entries
             .iter()
@@ -654,7 +748,12 @@ async fn read_round(
         });
     }
     let stored = current_rows(exec, registry, creates().map(entry_object)).await?;
-    Ok(Some((ids, fill_creates(entries, &stored, registry))))
+    Ok(Some(Round {
+        ids,
+        entries: fill_creates(entries, &stored, registry),
+        damaged,
+        last,
+    }))
 }
 
 /// Gives each create the values of its stored row, and the schema version of the app that

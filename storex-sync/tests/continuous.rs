@@ -525,3 +525,80 @@ async fn a_push_whose_fold_fails_leaves_its_entries_as_shared_log_rows_and_the_s
     devices.sync(b).await;
     assert_eq!(devices.title(b, "note-0").await.as_deref(), Some("second"));
 }
+
+#[tokio::test]
+async fn a_journal_record_that_does_not_read_is_passed_over_kept_and_reported_each_sync() {
+    use storex_core::{object, uuid::Uuid, Operation, Origin, Value};
+    use storex_sync::fast_sync::{
+        memory_channel_pair, receive_snapshot, send_snapshot, FastSyncOptions,
+    };
+    use storex_sync::{ContinuousOptions, JOURNAL_COLLECTION};
+    let mut devices = storex_test::devices::Devices::new(memory().await).await;
+    let a = devices
+        .add_with(ContinuousOptions::default().with_batch_size(10))
+        .await;
+    let b = devices.add().await;
+    let damage = |entries: Vec<u8>| {
+        Operation::create(
+            JOURNAL_COLLECTION,
+            object! { "id" => Uuid::now_v7(), "entries" => Value::Blob(entries) },
+        )
+    };
+    let storage = devices.device(a).storage().clone();
+    devices.note(a, "before", "v").await;
+    // A record in a format this version does not know (a newer one's, say), between writes.
+    storage
+        .execute_as(damage(vec![9, 1, 2]), Origin::Sync)
+        .await
+        .expect("stored");
+    // Three push parts of 10 entries; then a record cut short, the journal's last, alone in
+    // a fourth part.
+    for n in 0..29 {
+        devices.note(a, &format!("after-{n}"), "v").await;
+    }
+    storage
+        .execute_as(damage(vec![2, 0x92]), Origin::Sync)
+        .await
+        .expect("stored");
+    let log = devices.device(a).log();
+    assert_eq!(log.journal_records().await.expect("records"), 32);
+
+    let report = devices.sync(a).await;
+    assert_eq!(report.pushed, 30, "{report:?}");
+    assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+    assert!(
+        report.problems[0].contains("has format 9")
+            && report.problems[1].contains("does not decode"),
+        "{:?}",
+        report.problems
+    );
+    assert!(report.problems[0].contains("stays in the journal"));
+    // Kept where they were, for a version that reads them.
+    assert_eq!(log.journal_records().await.expect("records"), 2);
+    devices.sync(b).await;
+    assert_eq!(devices.count(b).await, 30);
+    devices.assert_converged(&[a, b]).await;
+
+    // Applying received changes and reading the log pass over them too; every sync still
+    // reports them.
+    devices.note(b, "from-b", "v").await;
+    devices.sync(b).await;
+    let report = devices.sync(a).await;
+    assert_eq!(report.integrated, 1, "{report:?}");
+    assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+    assert_eq!(log.index_journal().await.expect("indexed"), 0);
+    assert_eq!(log.journal_records().await.expect("records"), 2);
+
+    // A fast sync from the device takes its snapshot with them in the journal.
+    let c = devices.add().await;
+    let (mut to, mut from) = memory_channel_pair(4);
+    let options = FastSyncOptions::default();
+    let (sent, received) = tokio::join!(
+        send_snapshot(devices.device(a), &mut to, &options),
+        receive_snapshot(devices.device(c), &mut from, &options)
+    );
+    sent.expect("sent");
+    received.expect("received");
+    assert_eq!(devices.count(c).await, 31);
+    devices.assert_converged(&[a, b, c]).await;
+}

@@ -53,16 +53,17 @@ pub async fn send_snapshot(
     report
 }
 
-/// A snapshot of `device` whose journal is empty: every row it holds has its entries in the
-/// log it sends. The journal is indexed under the write-order lock, which the app's writes
-/// wait for; a write inside an app's own transaction does not, so the snapshot checks, and
-/// is taken again if one landed in between.
+/// A snapshot of `device` whose journal is empty (but for records that do not read, which
+/// indexing leaves there): every row it holds has its entries in the log it sends. The
+/// journal is indexed under the write-order lock, which the app's writes wait for; a write
+/// inside an app's own transaction does not, so the snapshot checks, and is taken again if
+/// one landed in between.
 async fn snapshot_with_indexed_journal(device: &SyncDevice) -> Result<StorageTransaction> {
     const TRIES: usize = 3;
     let log = device.log();
     for _ in 0..TRIES {
         let attempt = async {
-            log.index_journal_holding_order().await?;
+            let left = log.index_journal_holding_order().await?.damaged.len() as u64;
             let tx = device.storage().begin_snapshot().await?;
             // The first read fixes the snapshot.
             let waiting = tx
@@ -73,7 +74,7 @@ async fn snapshot_with_indexed_journal(device: &SyncDevice) -> Result<StorageTra
                 .await?
                 .count()
                 .unwrap_or(0);
-            if waiting == 0 {
+            if waiting == left {
                 return Ok(Some(tx));
             }
             tx.rollback().await?;
