@@ -55,26 +55,35 @@ fn validate_step<'s>(
     stage: Stage,
     placeholders: &mut HashSet<&'s str>,
 ) -> Result<()> {
-    let collection = step.operation.collection().unwrap_or_default().to_owned();
-    let invalid = |problem: String| Error::invalid_operation(collection.clone(), problem);
+    // The collection's name is copied only into an error (a batch step is checked per row).
+    let invalid = |op: &Operation, problem: String| {
+        Error::invalid_operation(op.collection().unwrap_or_default(), problem)
+    };
     if !step.operation.is_write() || matches!(step.operation, Operation::Batch { .. }) {
-        return Err(invalid(format!(
-            "a batch step must be a create, put, update or delete, not {}",
-            step.operation.kind()
-        )));
+        return Err(invalid(
+            &step.operation,
+            format!(
+                "a batch step must be a create, put, update or delete, not {}",
+                step.operation.kind()
+            ),
+        ));
     }
     let mut filled = HashSet::new();
     for replacement in &step.replace {
         if !placeholders.contains(replacement.placeholder.as_str()) {
-            return Err(invalid(format!(
-                "placeholder `{}` is not produced by an earlier step",
-                replacement.placeholder
-            )));
+            return Err(invalid(
+                &step.operation,
+                format!(
+                    "placeholder `{}` is not produced by an earlier step",
+                    replacement.placeholder
+                ),
+            ));
         }
         match (&replacement.target, &step.operation) {
             (ReplaceTarget::Pk, Operation::UpdateByPk { .. } | Operation::DeleteByPk { .. }) => {}
             (ReplaceTarget::Pk, _) => {
                 return Err(invalid(
+                    &step.operation,
                     "only an update or delete by key can take its key from a placeholder".into(),
                 ))
             }
@@ -89,6 +98,7 @@ fn validate_step<'s>(
             }
             (ReplaceTarget::Field(_), _) => {
                 return Err(invalid(
+                    &step.operation,
                     "only a create, a put or an update can take a field from a placeholder".into(),
                 ))
             }
@@ -99,25 +109,33 @@ fn validate_step<'s>(
         validate_single(registry, &mut step.operation, stage, &filled)?;
     } else {
         // The key is unknown until the batch runs; check the rest now.
-        let def = registry.collection(&collection)?;
+        let def = registry.collection(step.operation.collection().unwrap_or_default())?;
         if let Operation::UpdateByPk { changes, .. } = &mut step.operation {
             validate_changes(def, changes, &filled)?;
         }
     }
     if let Some(name) = &step.placeholder {
         if !matches!(step.operation, Operation::Create { .. }) {
-            return Err(invalid(format!(
-                "placeholder `{name}` is on a step that is not a create"
-            )));
+            return Err(invalid(
+                &step.operation,
+                format!("placeholder `{name}` is on a step that is not a create"),
+            ));
         }
-        let def = registry.collection(&collection)?;
+        let collection = step.operation.collection().unwrap_or_default();
+        let def = registry.collection(collection)?;
         if def.pk_fields().len() != 1 {
-            return Err(invalid(format!(
+            return Err(invalid(
+                &step.operation,
+                format!(
                 "placeholder `{name}` names the key of `{collection}`, which has a compound key"
-            )));
+            ),
+            ));
         }
         if !placeholders.insert(name.as_str()) {
-            return Err(invalid(format!("placeholder `{name}` is defined twice")));
+            return Err(invalid(
+                &step.operation,
+                format!("placeholder `{name}` is defined twice"),
+            ));
         }
     }
     Ok(())

@@ -569,7 +569,7 @@ pub(crate) async fn settle_part(
     }
     let mut steps = Vec::with_capacity(part.entries.len());
     let mut indexed_since = Vec::new();
-    let mut folded = Vec::new();
+    let mut folded = Vec::with_capacity(if fold { part.entries.len() } else { 0 });
     for (record, entry) in &part.entries {
         let shared = pushed.contains(&entry.id);
         if present.contains(record) {

@@ -385,8 +385,11 @@ pub(crate) fn reconcile_keyed(
     incoming: Vec<(ObjectKey, LogEntry)>,
     admission: Admission,
 ) -> (Reconciliation, IntegratedObjects) {
-    let mut out = Reconciliation::default();
-    let mut objects = IntegratedObjects::new();
+    let mut out = Reconciliation {
+        integrated: Vec::with_capacity(incoming.len()),
+        ..Reconciliation::default()
+    };
+    let mut objects = IntegratedObjects::with_capacity(incoming.len());
     let mut seen: HashSet<Uuid> = known
         .values()
         .flat_map(|k| k.entries.iter().map(|e| e.id))
@@ -407,7 +410,7 @@ pub(crate) fn reconcile_keyed(
         }
     }
     let empty = KnownObject::default();
-    let mut caused: Vec<(Hlc, Operation)> = Vec::new();
+    let mut caused: Vec<(Hlc, Operation)> = Vec::with_capacity(by_object.len());
     for (key, new) in by_object {
         let collection = &key.0;
         let Ok(def) = registry.collection(collection) else {

@@ -325,7 +325,10 @@ impl Versions {
             created,
             fields,
         };
-        let mut bytes = vec![FORMAT];
+        // Room for the usual size (a timestamp takes about 30 bytes, a field its name and a
+        // few more), so that encoding rarely grows the buffer.
+        let mut bytes = Vec::with_capacity(64 + 32 * compact.fields.len());
+        bytes.push(FORMAT);
         rmp_serde::encode::write(&mut bytes, &compact).map_err(|e| Error::CorruptEntry {
             id: "versions".into(),
             problem: format!("the versions of an object cannot be encoded: {e}"),
@@ -588,7 +591,8 @@ pub(crate) fn fold_objects<'e>(
     entries: impl IntoIterator<Item = (ObjectKey, Vec<&'e LogEntry>)>,
     exists: &HashSet<ObjectKey>,
 ) -> Vec<ToStore> {
-    let mut out = Vec::new();
+    let entries = entries.into_iter();
+    let mut out = Vec::with_capacity(entries.size_hint().0);
     for (key, entries) in entries {
         let Ok(def) = registry.collection(&key.0) else {
             continue;

@@ -247,20 +247,21 @@ pub(crate) async fn run_batch(
             outcomes.push(run_step(txn, ctx, &mut resolver, step, index).await?);
             continue;
         };
-        let mut group = vec![step];
-        while let Some((_, next)) =
-            steps.next_if(|(_, next)| plain_insert(next) == Some((collection.as_str(), existing)))
-        {
-            group.push(next);
-        }
-        let mut objects = Vec::with_capacity(group.len());
-        let mut placeholders = Vec::with_capacity(group.len());
-        for step in group {
+        // At most every step left joins the group: sized once for a batch of thousands.
+        let mut objects = Vec::with_capacity(1 + steps.len());
+        let mut placeholders = Vec::with_capacity(1 + steps.len());
+        let mut join = |step: BatchStep| {
             if let Operation::Create { object, .. } | Operation::Put { object, .. } = step.operation
             {
                 objects.push(object);
                 placeholders.push(step.placeholder);
             }
+        };
+        join(step);
+        while let Some((_, next)) =
+            steps.next_if(|(_, next)| plain_insert(next) == Some((collection.as_str(), existing)))
+        {
+            join(next);
         }
         let pks = insert_group(txn, ctx, (&collection, existing), objects, index).await?;
         for (offset, (pk, placeholder)) in pks.into_iter().zip(placeholders).enumerate() {

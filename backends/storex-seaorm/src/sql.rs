@@ -152,9 +152,13 @@ pub(crate) fn insert<'o>(
         .map(|f| quoted(&f.name))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut text = format!("INSERT INTO {} ({columns}) VALUES ", quoted(def.name()));
-    let mut values = Vec::new();
-    for (row, object) in objects.into_iter().enumerate() {
+    let objects = objects.into_iter();
+    // Sized for the rows at once: a statement holds up to thousands of values.
+    let cells = objects.size_hint().0 * fields.len();
+    let mut text = String::with_capacity(64 + columns.len() + 4 * cells);
+    text.push_str(&format!("INSERT INTO {} ({columns}) VALUES ", quoted(def.name())));
+    let mut values = Vec::with_capacity(cells);
+    for (row, object) in objects.enumerate() {
         text.push_str(if row == 0 { "(" } else { ", (" });
         for (column, f) in fields.iter().enumerate() {
             let value = object.get(&f.name).cloned().unwrap_or(Value::Null);
