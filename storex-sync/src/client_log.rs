@@ -618,13 +618,19 @@ pub(crate) async fn current_rows<'e>(
     objects: impl IntoIterator<Item = (&'e str, &'e Pk)>,
 ) -> Result<HashMap<ObjectKey, Object>> {
     let mut by_collection: HashMap<&str, Vec<&Pk>> = HashMap::new();
-    let mut seen = HashSet::new();
-    for (collection, pk) in objects {
-        if seen.insert((collection, pk_text(pk))) {
-            by_collection.entry(collection).or_default().push(pk);
+    // (In a block: the iterator is not held across the awaits below.)
+    let seen = {
+        let objects = objects.into_iter();
+        let (fewest, most) = objects.size_hint();
+        let mut seen = HashSet::with_capacity(most.unwrap_or(fewest));
+        for (collection, pk) in objects {
+            if seen.insert((collection, pk_text(pk))) {
+                by_collection.entry(collection).or_default().push(pk);
+            }
         }
-    }
-    let mut rows = HashMap::new();
+        seen
+    };
+    let mut rows = HashMap::with_capacity(seen.len());
     for (collection, pks) in by_collection {
         let Ok(def) = registry.collection(collection) else {
             continue;

@@ -552,7 +552,7 @@ pub(crate) async fn settle_part(
     pushed: &HashSet<Uuid>,
     fold: bool,
 ) -> Result<()> {
-    let mut present = HashSet::new();
+    let mut present = HashSet::with_capacity(part.records.len());
     for chunk in part.records.chunks(LOOKUP_CHUNK) {
         let filter = Filter::all().is_in("id", chunk.iter().copied());
         let count = Operation::count(JOURNAL_COLLECTION, filter.clone());

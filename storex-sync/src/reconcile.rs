@@ -387,6 +387,7 @@ pub(crate) fn reconcile_keyed(
 ) -> (Reconciliation, IntegratedObjects) {
     let mut out = Reconciliation {
         integrated: Vec::with_capacity(incoming.len()),
+        existing: HashSet::with_capacity(incoming.len()),
         ..Reconciliation::default()
     };
     let mut objects = IntegratedObjects::with_capacity(incoming.len());
@@ -394,6 +395,7 @@ pub(crate) fn reconcile_keyed(
         .values()
         .flat_map(|k| k.entries.iter().map(|e| e.id))
         .collect();
+    seen.reserve(incoming.len());
     let mut by_object: BTreeMap<ObjectKey, Vec<LogEntry>> = BTreeMap::new();
     for (key, entry) in incoming {
         if !seen.insert(entry.id) {

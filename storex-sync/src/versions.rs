@@ -511,7 +511,7 @@ pub(crate) async fn load(
     exec: Exec<'_>,
     objects: &[ObjectKey],
 ) -> Result<HashMap<ObjectKey, Versions>> {
-    let mut found = HashMap::new();
+    let mut found = HashMap::with_capacity(objects.len());
     let mut filters = Vec::new();
     let mut ids: Vec<String> = Vec::new();
     for (collection, split) in key_runs::split_by_collection(objects) {

@@ -348,7 +348,7 @@ impl SqlSharedLog {
             .and_where(col("user_name").eq(user.as_str()))
             .to_owned();
         txn.execute(&lock).await.map_err(|e| self.unavailable(e))?;
-        let mut stored = HashSet::new();
+        let mut stored = HashSet::with_capacity(entries.len());
         let ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
         for chunk in ids.chunks(LOOKUP_CHUNK) {
             let query = Query::select()
@@ -389,7 +389,10 @@ impl SqlSharedLog {
             .map_err(|e| self.unavailable(e))?;
         let (last, _) = self.counters(&txn, &user).await?;
         let first = last + 1 - fresh.len() as u64;
-        for (chunk_index, chunk) in fresh.chunks(INSERT_CHUNK).enumerate() {
+        // The entries are moved into the statements (payloads are not copied on the way).
+        let mut cursor = first;
+        let mut fresh = fresh.into_iter().peekable();
+        while fresh.peek().is_some() {
             let mut insert = Query::insert();
             insert.into_table(id(ENTRIES)).columns([
                 id("user_name"),
@@ -399,16 +402,16 @@ impl SqlSharedLog {
                 id("topic"),
                 id("payload"),
             ]);
-            for (offset, entry) in chunk.iter().enumerate() {
-                let cursor = first + (chunk_index * INSERT_CHUNK + offset) as u64;
+            for entry in fresh.by_ref().take(INSERT_CHUNK) {
                 insert.values_panic([
                     Expr::val(user.as_str()),
                     Expr::val(cursor_value(cursor)),
                     Expr::val(entry.id),
                     Expr::val(entry.device.0),
-                    Expr::val(entry.topic.as_str()),
-                    Expr::val(entry.payload.clone()),
+                    Expr::val(entry.topic),
+                    Expr::val(entry.payload),
                 ]);
+                cursor += 1;
             }
             txn.execute(&insert)
                 .await
