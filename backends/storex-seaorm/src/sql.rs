@@ -156,7 +156,11 @@ pub(crate) fn insert<'o>(
     // Sized for the rows at once: a statement holds up to thousands of values.
     let cells = objects.size_hint().0 * fields.len();
     let mut text = String::with_capacity(64 + columns.len() + 4 * cells);
-    text.push_str(&format!("INSERT INTO {} ({columns}) VALUES ", quoted(def.name())));
+    text.push_str("INSERT INTO ");
+    text.push_str(&quoted(def.name()));
+    text.push_str(" (");
+    text.push_str(&columns);
+    text.push_str(") VALUES ");
     let mut values = Vec::with_capacity(cells);
     for (row, object) in objects.enumerate() {
         text.push_str(if row == 0 { "(" } else { ", (" });
