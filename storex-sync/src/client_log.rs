@@ -8,7 +8,9 @@
 //! to know every change to an object; compaction folds the shared entries into the versions
 //! and drops them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use storex_core::uuid::Uuid;
 use storex_core::{
     object, BatchStep, Filter, Object, Operation, Origin, Outcome, Pk, Query, Registry, Storage,

@@ -7,7 +7,9 @@
 //! shared-log cursor). A crash at any point leaves the batch applied fully or not at all.
 //! Applied operations carry `Origin::Sync`, so they are not logged again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use storex_core::{

@@ -47,8 +47,8 @@
 //! processes the second notices that it deleted fewer records than it read and fails with a
 //! transient error, rolling back.
 
+use foldhash::{HashMap, HashSet, HashSetExt};
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use storex_core::uuid::Uuid;
@@ -1021,7 +1021,8 @@ mod tests {
             )
             .build()
             .expect("registry");
-        let stored = HashMap::from([(("note".to_owned(), pk_text(&Pk::from(1))), row.clone())]);
+        let stored =
+            HashMap::from_iter([(("note".to_owned(), pk_text(&Pk::from(1))), row.clone())]);
         let record = Uuid::now_v7();
         let filled: Vec<LogEntry> = fill_creates(
             vec![

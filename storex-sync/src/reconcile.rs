@@ -21,6 +21,7 @@
 //! does not have in an entry of a known schema version are ignored and reported.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasher;
 
 use storex_core::uuid::Uuid;
 use storex_core::{CollectionDef, FieldType, Object, Operation, Pk, Registry, Value};
@@ -378,10 +379,10 @@ pub(crate) type IntegratedObjects = Vec<(ObjectKey, usize)>;
 /// the integrated entries. The objects in `summed` are known by their versions alone (see
 /// [`updates_over_versions`]): each exists, has no change in the log, and receives only
 /// updates.
-pub(crate) fn reconcile_keyed(
+pub(crate) fn reconcile_keyed<S: BuildHasher, T: BuildHasher>(
     registry: &Registry,
-    known: &HashMap<ObjectKey, KnownObject>,
-    summed: &HashMap<ObjectKey, &Versions>,
+    known: &HashMap<ObjectKey, KnownObject, S>,
+    summed: &HashMap<ObjectKey, &Versions, T>,
     incoming: Vec<(ObjectKey, LogEntry)>,
     admission: Admission,
 ) -> (Reconciliation, IntegratedObjects) {
@@ -391,7 +392,7 @@ pub(crate) fn reconcile_keyed(
         ..Reconciliation::default()
     };
     let mut objects = IntegratedObjects::with_capacity(incoming.len());
-    let mut seen: HashSet<Uuid> = known
+    let mut seen: foldhash::HashSet<Uuid> = known
         .values()
         .flat_map(|k| k.entries.iter().map(|e| e.id))
         .collect();

@@ -18,7 +18,9 @@
 //! One more row, under [`CLOCK_OBJECT`], keeps the latest timestamp applied, for the clock
 //! to restart from.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use serde::{Deserialize, Serialize};
 use storex_core::uuid::Uuid;
@@ -584,12 +586,12 @@ pub(crate) async fn latest_applied(exec: Exec<'_>) -> Result<Option<Hlc>> {
 /// Folds `entries` (by object) into the objects' versions as stored (`base`, which gives
 /// them up), each first given the values of its row as it was (`rows`: a delete among the
 /// entries may remove it) and then pruned for whether its object `exists` after them.
-pub(crate) fn fold_objects<'e>(
+pub(crate) fn fold_objects<'e, S: std::hash::BuildHasher>(
     registry: &Registry,
     base: &mut HashMap<ObjectKey, Versions>,
     rows: &HashMap<ObjectKey, &Object>,
     entries: impl IntoIterator<Item = (ObjectKey, Vec<&'e LogEntry>)>,
-    exists: &HashSet<ObjectKey>,
+    exists: &std::collections::HashSet<ObjectKey, S>,
 ) -> Vec<ToStore> {
     let entries = entries.into_iter();
     let mut out = Vec::with_capacity(entries.size_hint().0);
@@ -1186,7 +1188,7 @@ mod tests {
                 crate::reconcile::Admission::Check,
             )
             .0;
-            let summed = HashMap::from([(key, &versions)]);
+            let summed = HashMap::from_iter([(key, &versions)]);
             let alone = crate::reconcile::reconcile_keyed(
                 &registry,
                 &HashMap::new(),

@@ -1,7 +1,9 @@
 //! The receiving side: every batch validated and applied in one transaction with the
 //! session's progress, then acknowledged.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashSet, HashSetExt};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};

@@ -1,6 +1,8 @@
 //! The sending side: a consistent snapshot streamed in batches.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashSet, HashSetExt};
 use std::time::Instant;
 
 use storex_core::uuid::Uuid;

@@ -13,7 +13,7 @@
 //! large values come a few at a time; the next page is read while one is folded, so two are
 //! held at most.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use storex_core::uuid::Uuid;
 use storex_core::{Filter, Object, Query, Registry, Value};
