@@ -124,12 +124,10 @@ fn validate_step<'s>(
         let collection = step.operation.collection().unwrap_or_default();
         let def = registry.collection(collection)?;
         if def.pk_fields().len() != 1 {
-            return Err(invalid(
-                &step.operation,
-                format!(
+            let problem = format!(
                 "placeholder `{name}` names the key of `{collection}`, which has a compound key"
-            ),
-            ));
+            );
+            return Err(invalid(&step.operation, problem));
         }
         if !placeholders.insert(name.as_str()) {
             return Err(invalid(

@@ -204,6 +204,10 @@ impl ClientSyncLog {
         pushed: &HashSet<Uuid>,
         fold: bool,
     ) -> Result<()> {
+        if part.settles_nothing() {
+            // Only records that do not read (they stay): no transaction, no lock.
+            return Ok(());
+        }
         let part = &part;
         let attempt = |fold: bool| async move {
             let tx = self.storage.begin().await?;

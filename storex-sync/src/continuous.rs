@@ -24,10 +24,11 @@
 //! [`ContinuousOptions::compact_per_sync`] of them into the versions index, so the client log
 //! of a device that syncs in the background does not grow with every write it ever made.
 
-use foldhash::{HashSet, HashSetExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use foldhash::{HashSet, HashSetExt};
 
 use storex_core::uuid::Uuid;
 use storex_core::{object, BatchStep, Filter, Operation, Origin, Query, Value};

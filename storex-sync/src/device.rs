@@ -8,9 +8,9 @@
 //! Applied operations carry `Origin::Sync`, so they are not logged again.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt};
-use std::sync::Arc;
 
 use storex_core::{
     BatchStep, BoxFuture, Filter, Middleware, Object, Operation, Query, Registry, Storage,

@@ -40,16 +40,19 @@
 //! A record that does not read (damaged, or written by a newer version in a format this one
 //! does not know) is passed over by indexing and by push and stays in the journal: the
 //! writes after it still sync, each push reports it, and a version that reads it indexes it
-//! then. Its own writes are not synced meanwhile.
+//! then. Its own writes wait meanwhile; their rows may take received changes in between
+//! (which its creates then carry, under their older timestamps: the received ones, later,
+//! still win where both are known), and [`SyncDevice::log_existing_rows`](crate::SyncDevice::log_existing_rows)
+//! logs a row of one of its creates as a create of its own.
 //!
 //! Indexing is atomic (one transaction). Two indexers running at once would insert the same
 //! entries: in one process the device's write-order lock keeps them apart, and across
 //! processes the second notices that it deleted fewer records than it read and fails with a
 //! transient error, rolling back.
 
-use foldhash::{HashMap, HashSet, HashSetExt};
 use std::borrow::Cow;
 
+use foldhash::{HashMap, HashSet, HashSetExt};
 use serde::{Deserialize, Serialize};
 use storex_core::uuid::Uuid;
 use storex_core::{
@@ -440,6 +443,8 @@ pub(crate) async fn latest_stamp(exec: Exec<'_>) -> Result<Option<Hlc>> {
 /// push reports it (the writes it records are not synced meanwhile).
 #[derive(Debug)]
 pub(crate) struct DamagedRecord {
+    /// The record's id.
+    pub(crate) id: Uuid,
     /// Why it does not read (naming the record).
     problem: Error,
 }
@@ -505,6 +510,11 @@ impl JournalPart {
     /// The entries read.
     pub(crate) fn entries(&self) -> impl Iterator<Item = &LogEntry> {
         self.entries.iter().map(|(_, entry)| entry)
+    }
+
+    /// Whether settling it would change nothing: it holds no record that reads.
+    pub(crate) fn settles_nothing(&self) -> bool {
+        self.records.is_empty()
     }
 
     /// The records passed over because they do not read; they stay in the journal.
@@ -698,9 +708,9 @@ async fn read_round(
     if let Some(last) = until {
         filter = filter.lte("id", last);
     }
-    // Each record holds at least one change: more than `wanted` records are never needed.
-    let records = RECORDS_PER_ROUND.min(u64::try_from(wanted).unwrap_or(u64::MAX));
-    let query = Query::new(filter).order_asc("id").limit(records);
+    // A whole round's records, even when fewer entries are wanted: records that do not read
+    // make none (the loop below stops at `wanted` entries, and the next round starts there).
+    let query = Query::new(filter).order_asc("id").limit(RECORDS_PER_ROUND);
     let rows = exec.find(JOURNAL_COLLECTION, query).await?;
     if rows.is_empty() {
         return Ok(None);
@@ -727,7 +737,7 @@ async fn read_round(
                 ids.push(id);
                 entries.extend(made.into_iter().map(|entry| (id, entry)));
             }
-            Err(problem) => damaged.push(DamagedRecord { problem }),
+            Err(problem) => damaged.push(DamagedRecord { id, problem }),
         }
     }
     let Some(last) = last else {

@@ -21,7 +21,6 @@
 use std::collections::BTreeMap;
 
 use foldhash::{HashMap, HashMapExt, HashSet};
-
 use serde::{Deserialize, Serialize};
 use storex_core::uuid::Uuid;
 use storex_core::{

@@ -2,10 +2,9 @@
 //! session's progress, then acknowledged.
 
 use std::collections::BTreeMap;
-
-use foldhash::{HashSet, HashSetExt};
 use std::time::Instant;
 
+use foldhash::{HashSet, HashSetExt};
 use serde::{Deserialize, Serialize};
 use storex_core::uuid::Uuid;
 use storex_core::{

@@ -1,10 +1,9 @@
 //! The sending side: a consistent snapshot streamed in batches.
 
 use std::collections::VecDeque;
-
-use foldhash::{HashSet, HashSetExt};
 use std::time::Instant;
 
+use foldhash::{HashSet, HashSetExt};
 use storex_core::uuid::Uuid;
 use storex_core::{Filter, Object, Operation, Origin, Query, StorageTransaction, Value};
 
@@ -60,23 +59,37 @@ pub async fn send_snapshot(
 /// journal is indexed under the write-order lock, which the app's writes wait for; a write
 /// inside an app's own transaction does not, so the snapshot checks, and is taken again if
 /// one landed in between.
+/// Whether the journal rows a snapshot holds are only records indexing passed over
+/// (`left`, records that do not read): otherwise a write landed between indexing and the
+/// snapshot. Compared by id, not by count: another process may have indexed one of them
+/// meanwhile (a newer version that reads it) while a new write landed.
+fn only_passed_over(rows: &[Object], left: &HashSet<Uuid>) -> bool {
+    rows.iter().all(|row| {
+        row.get("id")
+            .and_then(Value::as_uuid)
+            .is_some_and(|id| left.contains(&id))
+    })
+}
+
 async fn snapshot_with_indexed_journal(device: &SyncDevice) -> Result<StorageTransaction> {
     const TRIES: usize = 3;
     let log = device.log();
     for _ in 0..TRIES {
         let attempt = async {
-            let left = log.index_journal_holding_order().await?.damaged.len() as u64;
+            let indexed = log.index_journal_holding_order().await?;
+            let left: HashSet<Uuid> = indexed.damaged.iter().map(|d| d.id).collect();
             let tx = device.storage().begin_snapshot().await?;
-            // The first read fixes the snapshot.
+            // The first read fixes the snapshot: the journal must hold only the records
+            // indexing passed over (one more row read is enough to tell a write landed).
+            let query = Query::default().limit(left.len() as u64 + 1);
             let waiting = tx
                 .execute_as(
-                    Operation::count(JOURNAL_COLLECTION, Filter::all()),
+                    Operation::find_many(JOURNAL_COLLECTION, query),
                     Origin::Sync,
                 )
                 .await?
-                .count()
-                .unwrap_or(0);
-            if waiting == left {
+                .into_objects();
+            if only_passed_over(&waiting, &left) {
                 return Ok(Some(tx));
             }
             tx.rollback().await?;
@@ -474,4 +487,24 @@ async fn send(channel: &mut dyn FastSyncChannel, package: Package) -> Result<()>
         .send(package)
         .await
         .map_err(|e| FastSyncError::Channel(e).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storex_core::object;
+
+    #[test]
+    fn a_snapshot_is_taken_only_when_its_journal_holds_just_the_records_passed_over() {
+        let (passed, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let row = |id: Uuid| object! { "id" => id };
+        let left = HashSet::from_iter([passed]);
+        assert!(only_passed_over(&[], &HashSet::new()));
+        assert!(only_passed_over(&[row(passed)], &left));
+        // As many rows as records passed over, but one is a new write.
+        assert!(!only_passed_over(&[row(other)], &left));
+        assert!(!only_passed_over(&[row(passed), row(other)], &left));
+        assert!(!only_passed_over(&[row(other)], &HashSet::new()));
+        assert!(!only_passed_over(&[object! { "entries" => 1i64 }], &left));
+    }
 }

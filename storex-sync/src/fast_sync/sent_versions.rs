@@ -14,7 +14,6 @@
 //! held at most.
 
 use foldhash::{HashMap, HashMapExt, HashSet};
-
 use storex_core::uuid::Uuid;
 use storex_core::{Filter, Object, Query, Registry, Value};
 
