@@ -643,16 +643,17 @@ pub(crate) async fn latest_record(exec: Exec<'_>) -> Result<Option<Uuid>> {
     let query = Query::default().order_desc("id").limit(1);
     let rows = exec.find(JOURNAL_COLLECTION, query).await?;
     // Only its id: a record that does not read still bounds the part (it is passed over).
-    rows.first()
-        .map(|row| {
-            row.get("id")
-                .and_then(Value::as_uuid)
-                .ok_or_else(|| Error::CorruptEntry {
-                    id: "a journal record".into(),
-                    problem: "the journal record has no id".into(),
-                })
+    rows.first().map(record_id).transpose()
+}
+
+/// The id of a journal record's row (its collection's key).
+fn record_id(row: &Object) -> Result<Uuid> {
+    row.get("id")
+        .and_then(Value::as_uuid)
+        .ok_or_else(|| Error::CorruptEntry {
+            id: "a journal record".into(),
+            problem: "the journal record has no id".into(),
         })
-        .transpose()
 }
 
 /// One round: turns up to [`RECORDS_PER_ROUND`] records after `after` into log rows and
@@ -723,14 +724,8 @@ async fn read_round(
         if entries.len() >= wanted {
             break;
         }
-        // The id is the collection's key: a row without one is not passed over (the next
-        // round could not start after it).
-        let Some(id) = row.get("id").and_then(Value::as_uuid) else {
-            return Err(Error::CorruptEntry {
-                id: "a journal record".into(),
-                problem: "the journal record has no id".into(),
-            });
-        };
+        // A row without its id is not passed over: the next round could not start after it.
+        let id = record_id(row)?;
         last = Some(id);
         match read_record(row).and_then(|(id, record)| entries_of(id, record)) {
             Ok(made) => {
