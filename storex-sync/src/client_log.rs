@@ -552,7 +552,8 @@ pub(crate) async fn existing_objects<'k>(
     for (key, pk) in objects {
         by_collection.entry(&key.0).or_default().push((key, pk));
     }
-    let mut exists = HashSet::new();
+    let asked = by_collection.values().map(Vec::len).sum();
+    let mut exists = HashSet::with_capacity(asked);
     let mut unsure: Vec<(&str, &Pk)> = Vec::new();
     for (collection, keys) in by_collection {
         let Ok(def) = registry.collection(collection) else {

@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use foldhash::{HashSet, HashSetExt};
-
 use storex_core::uuid::Uuid;
 use storex_core::{object, BatchStep, Filter, Operation, Origin, Query, Value};
 use tokio::sync::Mutex;

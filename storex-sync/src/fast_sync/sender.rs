@@ -54,11 +54,6 @@ pub async fn send_snapshot(
     report
 }
 
-/// A snapshot of `device` whose journal is empty (but for records that do not read, which
-/// indexing leaves there): every row it holds has its entries in the log it sends. The
-/// journal is indexed under the write-order lock, which the app's writes wait for; a write
-/// inside an app's own transaction does not, so the snapshot checks, and is taken again if
-/// one landed in between.
 /// Whether the journal rows a snapshot holds are only records indexing passed over
 /// (`left`, records that do not read): otherwise a write landed between indexing and the
 /// snapshot. Compared by id, not by count: another process may have indexed one of them
@@ -71,6 +66,11 @@ fn only_passed_over(rows: &[Object], left: &HashSet<Uuid>) -> bool {
     })
 }
 
+/// A snapshot of `device` whose journal is empty (but for records that do not read, which
+/// indexing leaves there): every row it holds has its entries in the log it sends. The
+/// journal is indexed under the write-order lock, which the app's writes wait for; a write
+/// inside an app's own transaction does not, so the snapshot checks, and is taken again if
+/// one landed in between.
 async fn snapshot_with_indexed_journal(device: &SyncDevice) -> Result<StorageTransaction> {
     const TRIES: usize = 3;
     let log = device.log();
