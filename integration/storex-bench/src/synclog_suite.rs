@@ -45,6 +45,7 @@ fn registry() -> Result<Registry, BoxError> {
     Ok(Registry::builder()
         .collection(table("note"))
         .collection(table("plain_note"))
+        .collection(table("twin_note"))
         .build()?)
 }
 
@@ -89,7 +90,9 @@ async fn batch_pair(first: (&Storage, &str), second: (&Storage, &str)) -> Result
 pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let backend = sqlite(dir.path(), "a.db").await?;
-    let options = SyncOptions::default().exclude("plain_note");
+    let options = SyncOptions::default()
+        .exclude("plain_note")
+        .exclude("twin_note");
     let device = SyncDevice::open(
         registry()?,
         backend.clone(),
@@ -149,7 +152,9 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
     }
     // The same harness with the unlogged batch on both sides: how far apart two identical
     // paths read here (the resolution of the ratio below).
-    let twins = batch_pair((&plain, "plain_note"), (&plain, "plain_note")).await?;
+    // (In a table of their own: the where-writes below compare `plain_note` and `note`,
+    // which must hold the same rows.)
+    let twins = batch_pair((&plain, "twin_note"), (&plain, "twin_note")).await?;
     let batches = batch_pair((&plain, "plain_note"), (&logged, "note")).await?;
     // Where-clause writes: each round edits the notes with one star count (a fifth of them).
     let mut wheres = Pair::default();
@@ -157,7 +162,15 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
     for round in 0..WHERE_ROUNDS {
         let filter = Filter::all().eq("stars", (round % 5) as i64);
         let changes = object! { "body" => format!("edited {round}") };
-        edited += logged.count("note", filter.clone()).await?;
+        let matched = logged.count("note", filter.clone()).await?;
+        let plain_matched = plain.count("plain_note", filter.clone()).await?;
+        if matched != plain_matched {
+            return Err(format!(
+                "the where-writes compared would change {plain_matched} and {matched} rows"
+            )
+            .into());
+        }
+        edited += matched;
         wheres
             .turn(
                 round,
