@@ -24,7 +24,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct BackendFeatures {
     /// [`StorageBackend::begin`] works.
     pub transactions: bool,
-    /// `UpdateWhere` and `DeleteWhere` work.
+    /// `UpdateWhere` and `DeleteWhere` work, and so do `UpdateWhereReturningPks` and
+    /// `DeleteWhereReturningPks`.
     pub where_writes: bool,
     /// `Batch` works (atomically).
     pub batches: bool,
@@ -66,7 +67,12 @@ impl BackendFeatures {
     /// The feature `op` needs that this set lacks, if any.
     pub fn missing_for(&self, op: &Operation) -> Option<&'static str> {
         match op {
-            Operation::UpdateWhere { .. } | Operation::DeleteWhere { .. } if !self.where_writes => {
+            Operation::UpdateWhere { .. }
+            | Operation::DeleteWhere { .. }
+            | Operation::UpdateWhereReturningPks { .. }
+            | Operation::DeleteWhereReturningPks { .. }
+                if !self.where_writes =>
+            {
                 Some("where-clause writes")
             }
             Operation::Batch { steps } => {

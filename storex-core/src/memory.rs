@@ -213,6 +213,24 @@ fn apply(
             let count = update(state, def, keys, &changes, undo)?;
             Ok(Outcome::Updated { count })
         }
+        Operation::UpdateWhereReturningPks {
+            collection,
+            filter,
+            changes,
+        } => {
+            let def = registry.collection(&collection)?;
+            let keys = matching_keys(state, def, &filter);
+            let pks = keys.iter().map(|key| key.0.clone()).collect();
+            update(state, def, keys, &changes, undo)?;
+            Ok(Outcome::UpdatedPks { pks })
+        }
+        Operation::DeleteWhereReturningPks { collection, filter } => {
+            let def = registry.collection(&collection)?;
+            let keys = matching_keys(state, def, &filter);
+            let pks = keys.iter().map(|key| key.0.clone()).collect();
+            delete(state, &collection, keys, undo);
+            Ok(Outcome::DeletedPks { pks })
+        }
         Operation::DeleteByPk { collection, pk } => {
             let count = delete(state, &collection, vec![PkKey(pk)], undo);
             Ok(Outcome::Deleted { count })

@@ -81,6 +81,25 @@ pub enum Operation {
         /// Which objects.
         filter: Filter,
     },
+    /// Like [`Operation::UpdateWhere`], answered with the keys of the objects it changed
+    /// ([`Outcome::UpdatedPks`]), found by the same statement that changes them: a sync
+    /// logger learns what it has to log without reading the objects first.
+    UpdateWhereReturningPks {
+        /// The collection.
+        collection: String,
+        /// Which objects.
+        filter: Filter,
+        /// The fields to set (not the key's).
+        changes: Object,
+    },
+    /// Like [`Operation::DeleteWhere`], answered with the keys of the objects it deleted
+    /// ([`Outcome::DeletedPks`]).
+    DeleteWhereReturningPks {
+        /// The collection.
+        collection: String,
+        /// Which objects.
+        filter: Filter,
+    },
     /// The first object the query finds, if any.
     FindOne {
         /// The collection.
@@ -160,6 +179,27 @@ impl Operation {
         }
     }
 
+    /// An update of every object `filter` matches that answers with their keys.
+    pub fn update_where_returning_pks(
+        collection: impl Into<String>,
+        filter: Filter,
+        changes: Object,
+    ) -> Self {
+        Operation::UpdateWhereReturningPks {
+            collection: collection.into(),
+            filter,
+            changes,
+        }
+    }
+
+    /// A delete of every object `filter` matches that answers with their keys.
+    pub fn delete_where_returning_pks(collection: impl Into<String>, filter: Filter) -> Self {
+        Operation::DeleteWhereReturningPks {
+            collection: collection.into(),
+            filter,
+        }
+    }
+
     /// A find of the first object `query` matches.
     pub fn find_one(collection: impl Into<String>, query: Query) -> Self {
         Operation::FindOne {
@@ -193,6 +233,8 @@ impl Operation {
             | Operation::UpdateWhere { collection, .. }
             | Operation::DeleteByPk { collection, .. }
             | Operation::DeleteWhere { collection, .. }
+            | Operation::UpdateWhereReturningPks { collection, .. }
+            | Operation::DeleteWhereReturningPks { collection, .. }
             | Operation::FindOne { collection, .. }
             | Operation::FindMany { collection, .. }
             | Operation::Count { collection, .. } => Some(collection),
@@ -217,6 +259,8 @@ impl Operation {
             Operation::UpdateWhere { .. } => "update_where",
             Operation::DeleteByPk { .. } => "delete_by_pk",
             Operation::DeleteWhere { .. } => "delete_where",
+            Operation::UpdateWhereReturningPks { .. } => "update_where_returning_pks",
+            Operation::DeleteWhereReturningPks { .. } => "delete_where_returning_pks",
             Operation::FindOne { .. } => "find_one",
             Operation::FindMany { .. } => "find_many",
             Operation::Count { .. } => "count",
@@ -309,6 +353,9 @@ impl Replacement {
                 }
                 | Operation::UpdateWhere {
                     changes: fields, ..
+                }
+                | Operation::UpdateWhereReturningPks {
+                    changes: fields, ..
                 },
             ) => {
                 fields.insert(field.clone(), value);
@@ -354,6 +401,16 @@ pub enum Outcome {
         /// How many.
         count: u64,
     },
+    /// The objects with these keys were updated (a [`Operation::UpdateWhereReturningPks`]).
+    UpdatedPks {
+        /// Their keys, in no particular order.
+        pks: Vec<Pk>,
+    },
+    /// The objects with these keys were deleted (a [`Operation::DeleteWhereReturningPks`]).
+    DeletedPks {
+        /// Their keys, in no particular order.
+        pks: Vec<Pk>,
+    },
     /// The object found, if any (every field present; absent optional fields are `Null`).
     Found(Option<Object>),
     /// The objects found.
@@ -381,6 +438,14 @@ impl Outcome {
         }
     }
 
+    /// The keys of a [`Outcome::UpdatedPks`] or [`Outcome::DeletedPks`].
+    pub fn into_pks(self) -> Option<Vec<Pk>> {
+        match self {
+            Outcome::UpdatedPks { pks } | Outcome::DeletedPks { pks } => Some(pks),
+            _ => None,
+        }
+    }
+
     /// The objects of a [`Outcome::FoundMany`] (or the one of a `Found`).
     pub fn into_objects(self) -> Vec<Object> {
         match self {
@@ -397,6 +462,7 @@ impl Outcome {
             Outcome::Updated { count } | Outcome::Deleted { count } | Outcome::Counted(count) => {
                 Some(*count)
             }
+            Outcome::UpdatedPks { pks } | Outcome::DeletedPks { pks } => Some(pks.len() as u64),
             Outcome::Created { .. } | Outcome::Put { .. } => Some(1),
             _ => None,
         }

@@ -270,6 +270,35 @@ impl Storage {
         )
     }
 
+    /// Updates every object `filter` matches; returns their keys, in no particular order.
+    pub async fn update_where_returning_pks(
+        &self,
+        collection: &str,
+        filter: Filter,
+        changes: Object,
+    ) -> Result<Vec<Pk>> {
+        pks_of(
+            "update_where_returning_pks",
+            self.execute(Operation::update_where_returning_pks(
+                collection, filter, changes,
+            ))
+            .await?,
+        )
+    }
+
+    /// Deletes every object `filter` matches; returns their keys, in no particular order.
+    pub async fn delete_where_returning_pks(
+        &self,
+        collection: &str,
+        filter: Filter,
+    ) -> Result<Vec<Pk>> {
+        pks_of(
+            "delete_where_returning_pks",
+            self.execute(Operation::delete_where_returning_pks(collection, filter))
+                .await?,
+        )
+    }
+
     /// Applies `steps` atomically; returns one outcome per step.
     pub async fn batch(&self, steps: Vec<BatchStep>) -> Result<Vec<Outcome>> {
         match self.execute(Operation::Batch { steps }).await? {
@@ -317,6 +346,13 @@ fn created_pk(outcome: Outcome) -> Result<Pk> {
 
 fn count_of(outcome: Outcome) -> Result<u64> {
     outcome.count().ok_or_else(|| unexpected("count", &outcome))
+}
+
+fn pks_of(operation: &'static str, outcome: Outcome) -> Result<Vec<Pk>> {
+    match outcome {
+        Outcome::UpdatedPks { pks } | Outcome::DeletedPks { pks } => Ok(pks),
+        other => Err(unexpected(operation, &other)),
+    }
 }
 
 /// An open transaction on a [`Storage`]; operations pass the whole chain.

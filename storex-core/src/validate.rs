@@ -92,7 +92,8 @@ fn validate_step<'s>(
                 Operation::Create { .. }
                 | Operation::Put { .. }
                 | Operation::UpdateByPk { .. }
-                | Operation::UpdateWhere { .. },
+                | Operation::UpdateWhere { .. }
+                | Operation::UpdateWhereReturningPks { .. },
             ) => {
                 filled.insert(field.clone());
             }
@@ -168,6 +169,11 @@ fn validate_single(
             collection,
             filter,
             changes,
+        }
+        | Operation::UpdateWhereReturningPks {
+            collection,
+            filter,
+            changes,
         } => {
             let def = registry.collection(collection)?;
             validate_filter(def, filter)?;
@@ -176,7 +182,9 @@ fn validate_single(
         Operation::DeleteByPk { collection, pk } => {
             validate_pk(registry.collection(collection)?, pk)
         }
-        Operation::DeleteWhere { collection, filter } | Operation::Count { collection, filter } => {
+        Operation::DeleteWhere { collection, filter }
+        | Operation::DeleteWhereReturningPks { collection, filter }
+        | Operation::Count { collection, filter } => {
             validate_filter(registry.collection(collection)?, filter)
         }
         Operation::FindOne { collection, query } | Operation::FindMany { collection, query } => {

@@ -2,11 +2,15 @@
 //!
 //! A write without where-clauses is rewritten into one batch: the data steps, then one
 //! [journal](crate::journal) record holding an entry per changed object, so the write and its
-//! entries land atomically or not at all. A where-clause write first resolves the keys
-//! it touches inside a transaction (the current one, or one it opens), then writes exactly
-//! those objects (one statement per 1,000 keys when the key is a single field) and their
-//! entries in the same transaction, so no concurrent write can slip between the lookup and
-//! the write. A write is stamped and run under the device's write-order lock, which the
+//! entries land atomically or not at all. A where-clause write runs in a transaction and logs
+//! exactly the objects it changed. In a transaction the logger opens (the app's where-write
+//! or batch), the write runs as [`Operation::UpdateWhereReturningPks`] (or the delete), one
+//! statement that changes the objects and reports their keys, and their record follows; any
+//! failure rolls the whole transaction back. In the caller's own transaction, which the
+//! caller may commit after a failed write, the logger first resolves the keys the filter
+//! matches, then writes exactly those objects (one statement per 1,000 keys when the key is
+//! a single field) and their record as one batch, which the backend undoes whole if either
+//! fails. A write is stamped and run under the device's write-order lock, which the
 //! application of received changes also takes, so the device's timestamps follow the order
 //! in which its own writes and the changes it receives land.
 //!
@@ -77,8 +81,19 @@ impl SyncLoggingMiddleware {
 fn is_where_write(op: &Operation) -> bool {
     matches!(
         op,
-        Operation::UpdateWhere { .. } | Operation::DeleteWhere { .. }
+        Operation::UpdateWhere { .. }
+            | Operation::DeleteWhere { .. }
+            | Operation::UpdateWhereReturningPks { .. }
+            | Operation::DeleteWhereReturningPks { .. }
     )
+}
+
+/// A where-write without its filter: what its entries record.
+#[derive(Debug)]
+struct WhereWrite {
+    collection: String,
+    /// The fields an update sets; `None` for a delete.
+    changes: Option<Object>,
 }
 
 /// Fills replacements whose placeholders name keys already known from earlier creates.
@@ -193,52 +208,143 @@ impl SyncLoggingMiddleware {
         }
     }
 
-    /// Turns a where-write into writes of the objects it matches now (inside the caller's
-    /// transaction) and runs them with their entries; returns the where-write's outcome.
-    async fn run_where_write(&self, next: Next<'_>, op: Operation) -> CoreResult<Outcome> {
-        let (collection, filter, changes) = match op {
+    /// Runs a where-write with the entries of the objects it changes; returns its outcome
+    /// (their keys if it asked for them, else how many). In a transaction this logger opened
+    /// (`own_transaction`), which any error rolls back, the write reports the keys it changed
+    /// and the journal record follows it. In the caller's transaction the keys are resolved
+    /// first and the write of exactly those objects and its record run as one batch, which
+    /// the backend undoes whole if either fails.
+    async fn run_where_write(
+        &self,
+        next: Next<'_>,
+        op: Operation,
+        own_transaction: bool,
+    ) -> CoreResult<Outcome> {
+        let (collection, filter, changes, wants_pks) = match op {
             Operation::UpdateWhere {
                 collection,
                 filter,
                 changes,
-            } => (collection, filter, Some(changes)),
-            Operation::DeleteWhere { collection, filter } => (collection, filter, None),
+            } => (collection, filter, Some(changes), false),
+            Operation::DeleteWhere { collection, filter } => (collection, filter, None, false),
+            Operation::UpdateWhereReturningPks {
+                collection,
+                filter,
+                changes,
+            } => (collection, filter, Some(changes), true),
+            Operation::DeleteWhereReturningPks { collection, filter } => {
+                (collection, filter, None, true)
+            }
             other => return next.run(other).await,
         };
-        let def = next.registry().collection(&collection)?;
-        let matched = next
-            .run(Operation::find_many(collection.clone(), Query::new(filter)))
-            .await?
-            .into_objects();
-        let pks: Vec<Pk> = matched.iter().filter_map(|o| def.pk_of(o)).collect();
-        let count = pks.len() as u64;
-        let done = |count| match changes {
-            Some(_) => Outcome::Updated { count },
-            None => Outcome::Deleted { count },
+        let write = WhereWrite {
+            collection,
+            changes,
         };
-        if pks.is_empty() {
-            return Ok(done(0));
-        }
-        let (entry_op, fields) = match &changes {
+        let pks = if own_transaction {
+            self.write_then_log(next, &write, filter).await?
+        } else {
+            self.resolve_then_write(next, &write, filter).await?
+        };
+        Ok(match (write.changes.is_some(), wants_pks) {
+            (true, true) => Outcome::UpdatedPks { pks },
+            (false, true) => Outcome::DeletedPks { pks },
+            (true, false) => Outcome::Updated {
+                count: pks.len() as u64,
+            },
+            (false, false) => Outcome::Deleted {
+                count: pks.len() as u64,
+            },
+        })
+    }
+
+    /// The journal record of `write` on the objects with keys `pks` (none if there are none).
+    fn where_record(
+        &self,
+        next: &Next<'_>,
+        write: &WhereWrite,
+        pks: &[Pk],
+    ) -> CoreResult<Option<BatchStep>> {
+        let (entry_op, fields) = match &write.changes {
             Some(changes) => (EntryOp::Update, changes),
             None => (EntryOp::Delete, &NO_FIELDS),
         };
         let logged: Vec<Change<'_>> = pks
             .iter()
-            .map(|pk| (collection.as_str(), Cow::Borrowed(pk), entry_op, fields))
+            .map(|pk| {
+                (
+                    write.collection.as_str(),
+                    Cow::Borrowed(pk),
+                    entry_op,
+                    fields,
+                )
+            })
             .collect();
-        let record = self.record(&next, logged)?;
-        let write = |filter: Filter| match &changes {
+        self.record(next, logged)
+    }
+
+    /// One statement changes the objects and reports their keys; their record follows in the
+    /// same transaction. Returns the keys.
+    async fn write_then_log(
+        &self,
+        next: Next<'_>,
+        write: &WhereWrite,
+        filter: Filter,
+    ) -> CoreResult<Vec<Pk>> {
+        let collection = write.collection.clone();
+        let op = match &write.changes {
+            Some(changes) => {
+                Operation::update_where_returning_pks(collection, filter, changes.clone())
+            }
+            None => Operation::delete_where_returning_pks(collection, filter),
+        };
+        let outcome = next.run(op).await?;
+        let Some(pks) = outcome.clone().into_pks() else {
+            return Err(CoreError::UnexpectedOutcome {
+                operation: "where-write returning keys",
+                outcome: format!("{outcome:?}"),
+            });
+        };
+        if let Some(record) = self.where_record(&next, write, &pks)? {
+            next.run(record.operation)
+                .await
+                .map_err(|source| CoreError::Transaction {
+                    problem: format!("writing the sync log failed, nothing was written: {source}"),
+                })?;
+        }
+        Ok(pks)
+    }
+
+    /// Resolves the keys `filter` matches now, then writes exactly those objects (one
+    /// statement per run of keys where the key is one field; one per object otherwise) and
+    /// their record as one batch. Returns the keys.
+    async fn resolve_then_write(
+        &self,
+        next: Next<'_>,
+        write: &WhereWrite,
+        filter: Filter,
+    ) -> CoreResult<Vec<Pk>> {
+        let collection = &write.collection;
+        let def = next.registry().collection(collection)?;
+        let matched = next
+            .run(Operation::find_many(collection.clone(), Query::new(filter)))
+            .await?
+            .into_objects();
+        let pks: Vec<Pk> = matched.iter().filter_map(|o| def.pk_of(o)).collect();
+        if pks.is_empty() {
+            return Ok(pks);
+        }
+        let record = self.where_record(&next, write, &pks)?;
+        let write_where = |filter: Filter| match &write.changes {
             Some(changes) => Operation::update_where(collection.clone(), filter, changes.clone()),
             None => Operation::delete_where(collection.clone(), filter),
         };
-        // One statement per run of keys where the key is one field; one per object otherwise.
         let steps: Vec<BatchStep> = match def.pk_fields() {
             [field] => pks
                 .chunks(LOOKUP_CHUNK)
                 .map(|chunk| {
                     let keys = chunk.iter().filter_map(|pk| pk.single().cloned());
-                    BatchStep::new(write(Filter::all().is_in(field.clone(), keys)))
+                    BatchStep::new(write_where(Filter::all().is_in(field.clone(), keys)))
                 })
                 .collect(),
             fields => pks
@@ -250,20 +356,22 @@ impl SyncLoggingMiddleware {
                         .fold(Filter::all(), |f, (field, value)| {
                             f.eq(field.clone(), value.clone())
                         });
-                    BatchStep::new(write(filter))
+                    BatchStep::new(write_where(filter))
                 })
                 .collect(),
         };
         self.run_with_record(next, steps, record).await?;
-        Ok(done(count))
+        Ok(pks)
     }
 
     /// Runs `steps` in order inside one transaction: plain steps in logged batches, where-writes
-    /// resolved in between. Returns one outcome per step.
+    /// in between. `own_transaction` says this logger opened the transaction (and rolls it
+    /// back on any error). Returns one outcome per step.
     async fn run_with_where_writes(
         &self,
         next: Next<'_>,
         steps: Vec<BatchStep>,
+        own_transaction: bool,
     ) -> CoreResult<Vec<Outcome>> {
         let mut outcomes = Vec::with_capacity(steps.len());
         let mut pending = Vec::new();
@@ -275,7 +383,10 @@ impl SyncLoggingMiddleware {
                     self.run_logged_batch(next, std::mem::take(&mut pending))
                         .await?,
                 );
-                outcomes.push(self.run_where_write(next, step.operation).await?);
+                outcomes.push(
+                    self.run_where_write(next, step.operation, own_transaction)
+                        .await?,
+                );
             } else {
                 pending.push(step);
             }
@@ -290,10 +401,13 @@ impl SyncLoggingMiddleware {
         steps: Vec<BatchStep>,
     ) -> CoreResult<Vec<Outcome>> {
         if next.in_transaction() {
-            return self.run_with_where_writes(next, steps).await;
+            return self.run_with_where_writes(next, steps, false).await;
         }
         let tx = next.begin().await?;
-        match self.run_with_where_writes(next.within(&*tx), steps).await {
+        match self
+            .run_with_where_writes(next.within(&*tx), steps, true)
+            .await
+        {
             Ok(outcomes) => {
                 tx.commit().await?;
                 Ok(outcomes)

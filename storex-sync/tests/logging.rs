@@ -438,10 +438,21 @@ async fn changes_applied_by_sync_are_not_logged_again() {
     );
 }
 
-/// Makes the sync log's write fail: gives every new log entry the id of one already stored.
+/// Makes the sync log's write fail: gives every new journal record (alone or in a batch) the
+/// id of one already stored.
 #[derive(Debug)]
 struct BreakLogWrites {
     taken_id: Uuid,
+}
+
+impl BreakLogWrites {
+    fn break_record(&self, op: &mut Operation) {
+        if let Operation::Create { collection, object } = op {
+            if collection == JOURNAL_COLLECTION {
+                object.insert("id".into(), self.taken_id.into());
+            }
+        }
+    }
 }
 
 impl Middleware for BreakLogWrites {
@@ -450,14 +461,13 @@ impl Middleware for BreakLogWrites {
         mut op: Operation,
         next: Next<'a>,
     ) -> BoxFuture<'a, CoreResult<Outcome>> {
-        if let Operation::Batch { steps } = &mut op {
-            for step in steps {
-                if let Operation::Create { collection, object } = &mut step.operation {
-                    if collection == JOURNAL_COLLECTION {
-                        object.insert("id".into(), self.taken_id.into());
-                    }
+        match &mut op {
+            Operation::Batch { steps } => {
+                for step in steps {
+                    self.break_record(&mut step.operation);
                 }
             }
+            single => self.break_record(single),
         }
         next.run(op)
     }
@@ -601,6 +611,120 @@ async fn on_sqlite_a_failing_log_write_leaves_neither_data_nor_entries() {
         1,
         "no entry without its data"
     );
+}
+
+#[tokio::test]
+async fn in_the_callers_transaction_a_failing_log_write_undoes_the_where_write() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("device.db");
+    let taken_id = {
+        let storage = sqlite_storage(&path, None).await;
+        storage
+            .create("notebook", object! { "name" => "home" })
+            .await
+            .expect("seed");
+        let records = storage
+            .find_many(JOURNAL_COLLECTION, Query::default())
+            .await
+            .expect("journal");
+        records[0]["id"].as_uuid().expect("record id")
+    };
+    {
+        let storage = sqlite_storage(&path, Some(BreakLogWrites { taken_id })).await;
+        let tx = storage.begin().await.expect("begin");
+        for op in [
+            Operation::update_where("notebook", Filter::all(), object! { "name" => "renamed" }),
+            Operation::update_where_returning_pks(
+                "notebook",
+                Filter::all(),
+                object! { "name" => "renamed" },
+            ),
+            Operation::delete_where("notebook", Filter::all()),
+        ] {
+            let kind = op.kind();
+            assert!(tx.execute(op).await.is_err(), "{kind}: the log write fails");
+        }
+        // The caller commits what it has: none of the failed writes is part of it.
+        tx.commit().await.expect("commit");
+    }
+    let reopened = sqlite_storage(&path, None).await;
+    let kept = reopened
+        .find_many("notebook", Query::default())
+        .await
+        .expect("find");
+    assert_eq!(kept.len(), 1, "not deleted");
+    assert_eq!(kept[0]["name"], Value::from("home"), "not renamed");
+    assert_eq!(
+        ClientSyncLog::new(reopened).len().await.expect("len"),
+        1,
+        "the seed's entry only"
+    );
+}
+
+#[tokio::test]
+async fn where_writes_returning_keys_answer_with_and_log_exactly_those_objects() {
+    let d = device().await;
+    let book = notebook(&d).await;
+    let mut notes = Vec::new();
+    for stars in [1, 2, 1, 3] {
+        let pk = d
+            .storage()
+            .create(
+                "note",
+                object! { "notebook_id" => book.clone(), "title" => "t", "stars" => stars },
+            )
+            .await
+            .expect("create");
+        notes.push(pk);
+    }
+    let sorted = |mut pks: Vec<Pk>| {
+        pks.sort_by_key(|pk| format!("{pk}"));
+        pks
+    };
+    let updated = d
+        .storage()
+        .update_where_returning_pks(
+            "note",
+            Filter::all().eq("stars", 1),
+            object! { "title" => "one" },
+        )
+        .await
+        .expect("update");
+    assert_eq!(
+        sorted(updated),
+        sorted(vec![notes[0].clone(), notes[2].clone()])
+    );
+    let deleted = d
+        .storage()
+        .delete_where_returning_pks("note", Filter::all().gte("stars", 2))
+        .await
+        .expect("delete");
+    assert_eq!(
+        sorted(deleted),
+        sorted(vec![notes[1].clone(), notes[3].clone()])
+    );
+    let log = entries(&d).await;
+    let logged = |op: EntryOp| {
+        sorted(
+            log.iter()
+                .filter(|e| e.op == op && e.collection == "note")
+                .map(|e| e.pk.clone())
+                .collect(),
+        )
+    };
+    assert_eq!(
+        logged(EntryOp::Update),
+        sorted(vec![notes[0].clone(), notes[2].clone()])
+    );
+    assert_eq!(
+        logged(EntryOp::Delete),
+        sorted(vec![notes[1].clone(), notes[3].clone()])
+    );
+    let update = log
+        .iter()
+        .find(|e| e.op == EntryOp::Update)
+        .expect("an update");
+    assert_eq!(update.fields, object! { "title" => "one" });
 }
 
 #[tokio::test]

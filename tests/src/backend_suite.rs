@@ -96,6 +96,10 @@ fn all_checks() -> Vec<(&'static str, Check)> {
         delete_by_pk_of_a_missing_object_deletes_nothing,
         delete_where_removes_only_matching_objects,
         where_writes_on_a_compound_key_collection,
+        update_where_returning_pks_answers_the_keys_it_changed,
+        delete_where_returning_pks_answers_the_keys_it_deleted,
+        where_writes_returning_pks_on_a_compound_key_collection,
+        where_writes_returning_pks_in_a_batch_and_a_transaction,
         find_one_of_a_missing_object_is_none,
         find_one_honours_order_and_skip,
         find_many_without_order_sorts_by_key,
@@ -585,6 +589,127 @@ async fn where_writes_on_a_compound_key_collection(s: Storage) {
         .expect("find");
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["role"], Value::from("lead"));
+}
+
+/// Keys of the one-field `item` collection, sorted (a backend answers in no set order).
+fn sorted_ids(pks: Vec<Pk>) -> Vec<i64> {
+    let mut ids: Vec<i64> = pks
+        .iter()
+        .map(|pk| {
+            pk.single()
+                .and_then(Value::as_int)
+                .expect("a one-field int key")
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+async fn update_where_returning_pks_answers_the_keys_it_changed(s: Storage) {
+    seed_numbers(&s).await;
+    let pks = s
+        .update_where_returning_pks(
+            "item",
+            Filter::all().eq("n", 20),
+            object! { "name" => "twenty" },
+        )
+        .await
+        .expect("update");
+    assert_eq!(sorted_ids(pks), vec![2, 5]);
+    assert_eq!(
+        ids_where(&s, Filter::all().eq("name", "twenty")).await,
+        vec![2, 5]
+    );
+    assert_eq!(get(&s, 1).await.expect("found")["name"], Value::from("a"));
+    let none = s
+        .update_where_returning_pks("item", Filter::all().eq("n", 99), object! { "name" => "z" })
+        .await
+        .expect("update nothing");
+    assert!(none.is_empty(), "no match, no keys: {none:?}");
+}
+
+async fn delete_where_returning_pks_answers_the_keys_it_deleted(s: Storage) {
+    seed_numbers(&s).await;
+    let pks = s
+        .delete_where_returning_pks("item", Filter::all().gte("n", 20))
+        .await
+        .expect("delete");
+    assert_eq!(sorted_ids(pks), vec![2, 4, 5]);
+    assert_eq!(ids(&s, Query::default()).await, vec![1, 3]);
+    let none = s
+        .delete_where_returning_pks("item", Filter::all().gte("n", 20))
+        .await
+        .expect("delete nothing");
+    assert!(none.is_empty(), "no match, no keys: {none:?}");
+}
+
+async fn where_writes_returning_pks_on_a_compound_key_collection(s: Storage) {
+    for (group, member) in [("g1", 1), ("g1", 2), ("g2", 1)] {
+        s.create(
+            "membership",
+            object! { "group" => group, "member" => member, "role" => "r" },
+        )
+        .await
+        .expect("create");
+    }
+    let key = |group: &str, member: i64| Pk(vec![group.into(), member.into()]);
+    let sorted = |mut pks: Vec<Pk>| {
+        pks.sort_by_key(|pk| format!("{pk}"));
+        pks
+    };
+    let updated = s
+        .update_where_returning_pks(
+            "membership",
+            Filter::all().eq("member", 1),
+            object! { "role" => "lead" },
+        )
+        .await
+        .expect("update");
+    assert_eq!(sorted(updated), vec![key("g1", 1), key("g2", 1)]);
+    let deleted = s
+        .delete_where_returning_pks("membership", Filter::all().eq("group", "g1"))
+        .await
+        .expect("delete");
+    assert_eq!(sorted(deleted), vec![key("g1", 1), key("g1", 2)]);
+}
+
+async fn where_writes_returning_pks_in_a_batch_and_a_transaction(s: Storage) {
+    seed_numbers(&s).await;
+    let outcomes = s
+        .batch(vec![
+            BatchStep::new(Operation::update_where_returning_pks(
+                "item",
+                Filter::all().eq("n", 10),
+                object! { "n" => 20 },
+            )),
+            BatchStep::new(Operation::delete_where_returning_pks(
+                "item",
+                Filter::all().eq("n", 20),
+            )),
+        ])
+        .await
+        .expect("batch");
+    let [updated, deleted] = outcomes.as_slice() else {
+        panic!("one outcome per step: {outcomes:?}");
+    };
+    assert!(matches!(updated, Outcome::UpdatedPks { .. }), "{updated:?}");
+    assert_eq!(updated.count(), Some(1));
+    assert!(matches!(deleted, Outcome::DeletedPks { .. }), "{deleted:?}");
+    let deleted = deleted.clone().into_pks().expect("keys");
+    assert_eq!(
+        sorted_ids(deleted),
+        vec![1, 2, 5],
+        "the update's object too"
+    );
+    // Rolled back: the keys were reported, the objects stay.
+    let tx = s.begin().await.expect("begin");
+    let outcome = tx
+        .execute(Operation::delete_where_returning_pks("item", Filter::all()))
+        .await
+        .expect("delete");
+    assert_eq!(sorted_ids(outcome.into_pks().expect("keys")), vec![3, 4]);
+    tx.rollback().await.expect("rollback");
+    assert_eq!(ids(&s, Query::default()).await, vec![3, 4]);
 }
 
 // ---- finds, filters, order, paging -------------------------------------------------------

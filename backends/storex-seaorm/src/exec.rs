@@ -6,14 +6,14 @@
 //! statement per row. If such a statement fails, its rows are replayed one by one, so the
 //! error names the exact failing step.
 
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, SqlErr, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, QueryResult, SqlErr, TransactionTrait};
 use storex_core::{
     BatchResolver, BatchStep, CollectionDef, Error, Object, Operation, Outcome, Pk, Query, Registry,
 };
 
 use crate::backend::Dialect;
 use crate::sql::{self, OnExisting};
-use crate::values::read_object;
+use crate::values::{read_object, read_pk};
 
 /// Rows per multi-row INSERT at most.
 const MAX_ROWS_PER_INSERT: usize = 1_000;
@@ -150,6 +150,22 @@ pub(crate) async fn run<C: ConnectionTrait>(
             let count = conn.execute(&stmt).await.map_err(err)?.rows_affected();
             Ok(Outcome::Updated { count })
         }
+        Operation::UpdateWhereReturningPks {
+            filter, changes, ..
+        } => {
+            let mut stmt = sql::update(def, sql::condition(def, &filter)?, changes)?;
+            stmt.returning(sql::returning_pk(def));
+            let rows = conn.query_all(&stmt).await.map_err(err)?;
+            let pks = read_pks(&rows, def).map_err(err)?;
+            Ok(Outcome::UpdatedPks { pks })
+        }
+        Operation::DeleteWhereReturningPks { filter, .. } => {
+            let mut stmt = sql::delete(def, sql::condition(def, &filter)?);
+            stmt.returning(sql::returning_pk(def));
+            let rows = conn.query_all(&stmt).await.map_err(err)?;
+            let pks = read_pks(&rows, def).map_err(err)?;
+            Ok(Outcome::DeletedPks { pks })
+        }
         Operation::DeleteByPk { pk, .. } => {
             let stmt = sql::delete(def, sql::pk_condition(def, &pk)?);
             let count = conn.execute(&stmt).await.map_err(err)?.rows_affected();
@@ -203,6 +219,10 @@ pub(crate) async fn run<C: ConnectionTrait>(
             format!("{} is not handled by this backend", other.kind()),
         )),
     }
+}
+
+fn read_pks(rows: &[QueryResult], def: &CollectionDef) -> Result<Vec<Pk>, DbErr> {
+    rows.iter().map(|row| read_pk(row, def)).collect()
 }
 
 fn step_error(step: usize) -> impl FnOnce(Error) -> Error {

@@ -8,8 +8,8 @@
 
 use sea_orm::sea_query::{
     Alias, Asterisk, BinOper, Condition as SqlCondition, DeleteStatement, Expr, ExprTrait,
-    NullOrdering, Order as SqlOrder, Query as SqlQuery, SelectStatement, SimpleExpr,
-    UpdateStatement,
+    NullOrdering, Order as SqlOrder, Query as SqlQuery, ReturningClause, SelectStatement,
+    SimpleExpr, UpdateStatement,
 };
 use sea_orm::{DbBackend, Statement};
 use storex_core::{CollectionDef, Direction, Error, Filter, Object, Pk, Predicate, Query, Value};
@@ -225,6 +225,11 @@ pub(crate) fn update(
     }
     stmt.cond_where(condition);
     Ok(stmt)
+}
+
+/// `RETURNING <key fields>`, in key order (as [`crate::values::read_pk`] reads them).
+pub(crate) fn returning_pk(def: &CollectionDef) -> ReturningClause {
+    SqlQuery::returning().columns(def.pk_fields().iter().map(|field| ident(field)))
 }
 
 /// `DELETE FROM <collection> WHERE …`.

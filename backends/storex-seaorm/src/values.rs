@@ -9,7 +9,7 @@ use sea_orm::sea_query::Value as SqlValue;
 use sea_orm::{DbErr, QueryResult};
 use storex_core::chrono::{DateTime, Utc};
 use storex_core::uuid::Uuid;
-use storex_core::{serde_json, CollectionDef, Error, FieldDef, FieldType, Object, Value};
+use storex_core::{serde_json, CollectionDef, Error, FieldDef, FieldType, Object, Pk, Value};
 
 /// The SQL parameter for `value` stored in a field of type `ty` (a typed NULL for `Null`).
 pub(crate) fn to_sql(
@@ -112,4 +112,20 @@ pub(crate) fn read_object(row: &QueryResult, def: &CollectionDef) -> Result<Obje
         .enumerate()
         .map(|(index, field)| Ok((field.name.clone(), read_field(row, index, field)?)))
         .collect()
+}
+
+/// Reads the key of an object of collection `def` from a row selecting its key fields in key
+/// order (as [`crate::sql::returning_pk`] does).
+pub(crate) fn read_pk(row: &QueryResult, def: &CollectionDef) -> Result<Pk, DbErr> {
+    def.pk_fields()
+        .iter()
+        .enumerate()
+        .map(|(index, name)| {
+            let field = def.field_def(name).ok_or_else(|| {
+                DbErr::Custom(format!("`{}` has no key field `{name}`", def.name()))
+            })?;
+            read_field(row, index, field)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Pk)
 }
