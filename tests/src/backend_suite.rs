@@ -134,6 +134,9 @@ fn all_checks() -> Vec<(&'static str, Check)> {
         batch_failing_last_step_leaves_nothing,
         batch_error_names_the_failing_step,
         batch_mixes_updates_and_deletes,
+        updates_by_key_in_a_batch_each_set_their_own_values,
+        many_updates_by_key_in_a_batch_on_a_compound_key,
+        a_refused_update_among_updates_alike_names_its_step_and_changes_nothing,
         transaction_commit_makes_writes_visible,
         transaction_rollback_discards_writes,
         transaction_dropped_without_commit_rolls_back,
@@ -1296,6 +1299,142 @@ async fn batch_mixes_updates_and_deletes(s: Storage) {
         ]
     );
     assert_eq!(ids(&s, Query::default()).await, vec![2, 4, 5]);
+}
+
+async fn updates_by_key_in_a_batch_each_set_their_own_values(s: Storage) {
+    seed_numbers(&s).await;
+    let update = |id: i64, name: &str, n: Option<i64>| {
+        BatchStep::new(Operation::update_by_pk(
+            "item",
+            id,
+            object! { "name" => name, "n" => n },
+        ))
+    };
+    let outcomes = s
+        .batch(vec![
+            update(1, "one", Some(11)),
+            update(2, "two", None),
+            update(9, "missing", Some(99)),
+            update(4, "four", Some(44)),
+            // The same key again: applied after the first, so it wins.
+            update(1, "uno", Some(111)),
+            update(5, "five", Some(55)),
+        ])
+        .await
+        .expect("batch");
+    let counts: Vec<_> = outcomes.iter().map(Outcome::count).collect();
+    assert_eq!(
+        counts,
+        [1, 1, 0, 1, 1, 1].map(Some),
+        "each step's own count"
+    );
+    for (id, name, n) in [
+        (1, "uno", Value::from(111)),
+        (2, "two", Value::Null),
+        (3, "c", Value::Null),
+        (4, "four", Value::from(44)),
+        (5, "five", Value::from(55)),
+    ] {
+        let object = get(&s, id).await.expect("found");
+        assert_eq!(object["name"], Value::from(name), "item {id}");
+        assert_eq!(object["n"], n, "item {id}");
+    }
+    assert!(get(&s, 9).await.is_none(), "an update must not create");
+    // Every object there, one of them twice: the later update still wins.
+    let outcomes = s
+        .batch(vec![
+            update(2, "dos", Some(2)),
+            update(3, "tres", Some(3)),
+            update(2, "two again", Some(22)),
+        ])
+        .await
+        .expect("batch");
+    assert!(
+        outcomes.iter().all(|o| o.count() == Some(1)),
+        "{outcomes:?}"
+    );
+    let object = get(&s, 2).await.expect("found");
+    assert_eq!(object["name"], Value::from("two again"));
+    assert_eq!(object["n"], Value::from(22));
+}
+
+async fn many_updates_by_key_in_a_batch_on_a_compound_key(s: Storage) {
+    // More than one statement's worth of rows.
+    let members = 2_500_i64;
+    let creates = (0..members)
+        .map(|member| {
+            BatchStep::new(Operation::create(
+                "membership",
+                object! { "group" => "g", "member" => member, "role" => "r" },
+            ))
+        })
+        .collect();
+    s.batch(creates).await.expect("creates");
+    let updates = (0..members)
+        .map(|member| {
+            BatchStep::new(Operation::update_by_pk(
+                "membership",
+                Pk(vec!["g".into(), member.into()]),
+                object! { "role" => format!("role {member}") },
+            ))
+        })
+        .collect();
+    let outcomes = s.batch(updates).await.expect("updates");
+    assert!(outcomes.iter().all(|o| o.count() == Some(1)));
+    let found = s
+        .find_many("membership", Query::default())
+        .await
+        .expect("find");
+    assert_eq!(found.len(), members as usize);
+    for object in found {
+        let member = object["member"].as_int().expect("member");
+        assert_eq!(object["role"], Value::from(format!("role {member}")));
+    }
+}
+
+async fn a_refused_update_among_updates_alike_names_its_step_and_changes_nothing(s: Storage) {
+    let mut keys = Vec::new();
+    for (email, nick) in [("a@x", "ann"), ("b@x", "bob"), ("c@x", "cat")] {
+        keys.push(
+            s.create("account", object! { "email" => email, "nick" => nick })
+                .await
+                .expect("create"),
+        );
+    }
+    let rename = |key: &Pk, nick: &str| {
+        BatchStep::new(Operation::update_by_pk(
+            "account",
+            key.clone(),
+            object! { "nick" => nick },
+        ))
+    };
+    // The third takes the nick the first gave up, the second one still held.
+    let err = s
+        .batch(vec![
+            rename(&keys[0], "anna"),
+            rename(&keys[1], "bobby"),
+            rename(&keys[2], "bobby"),
+        ])
+        .await
+        .expect_err("a clash accepted");
+    match err {
+        Error::BatchStep { step, source } => {
+            assert_eq!(step, 2, "the clashing step");
+            assert!(
+                matches!(*source, Error::DuplicateKey { .. }),
+                "wrong cause: {source}"
+            );
+        }
+        other => panic!("wrong error: {other}"),
+    }
+    for (key, nick) in keys.iter().zip(["ann", "bob", "cat"]) {
+        let found = s
+            .find_by_pk("account", key.clone())
+            .await
+            .expect("find")
+            .expect("exists");
+        assert_eq!(found["nick"], Value::from(nick), "nothing changed");
+    }
 }
 
 // ---- transactions ------------------------------------------------------------------------

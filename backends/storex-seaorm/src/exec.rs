@@ -2,21 +2,25 @@
 //!
 //! Batches run inside a transaction the caller opened; consecutive creates (or puts) on one
 //! collection become multi-row INSERTs (up to 1,000 rows, within the database's parameter
-//! limit; puts as `INSERT … ON CONFLICT … DO UPDATE`), which is several times faster than one
-//! statement per row. If such a statement fails, its rows are replayed one by one, so the
-//! error names the exact failing step.
+//! limit; puts as `INSERT … ON CONFLICT … DO UPDATE`), and consecutive updates by key of
+//! distinct objects that set the same fields become multi-row UPDATEs (each row its own
+//! values), several times faster than one statement per row. If such a statement fails, its
+//! rows are replayed one by one, so the error names the exact failing step.
+
+use std::collections::BTreeSet;
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, QueryResult, SqlErr, TransactionTrait};
 use storex_core::{
-    BatchResolver, BatchStep, CollectionDef, Error, Object, Operation, Outcome, Pk, Query, Registry,
+    BatchResolver, BatchStep, CollectionDef, Error, Object, Operation, Outcome, Pk, PkKey, Query,
+    Registry,
 };
 
 use crate::backend::Dialect;
 use crate::sql::{self, OnExisting};
 use crate::values::{read_object, read_pk};
 
-/// Rows per multi-row INSERT at most.
-const MAX_ROWS_PER_INSERT: usize = 1_000;
+/// Rows per multi-row INSERT or UPDATE at most.
+const MAX_ROWS_PER_STATEMENT: usize = 1_000;
 
 /// What an operation runs against besides the connection.
 #[derive(Debug)]
@@ -47,12 +51,13 @@ impl Ctx<'_> {
         }
     }
 
-    fn max_rows_per_insert(&self, def: &CollectionDef) -> usize {
+    /// Rows per multi-row statement at most, with `columns` parameters a row.
+    fn max_rows_per_statement(&self, columns: usize) -> usize {
         let max_params = match self.dialect {
             Dialect::Sqlite => 32_766,
             Dialect::Postgres => 65_535,
         };
-        (max_params / def.fields().len().max(1)).clamp(1, MAX_ROWS_PER_INSERT)
+        (max_params / columns.max(1)).clamp(1, MAX_ROWS_PER_STATEMENT)
     }
 }
 
@@ -245,6 +250,31 @@ fn plain_insert(step: &BatchStep) -> Option<(&str, OnExisting)> {
     }
 }
 
+/// The collection and changes of an update by key with nothing to fill in: such steps in a
+/// row on one collection that set the same fields (of distinct objects) are written by one
+/// statement.
+fn plain_update(step: &BatchStep) -> Option<(&str, &Pk, &Object)> {
+    if !step.replace.is_empty() {
+        return None;
+    }
+    match &step.operation {
+        Operation::UpdateByPk {
+            collection,
+            pk,
+            changes,
+        } if !changes.is_empty() => Some((collection, pk, changes)),
+        _ => None,
+    }
+}
+
+/// Whether `next` updates the fields `fields` of `collection` (in the order of a
+/// [`Object`]'s keys), in an object other than `pk`.
+fn updates_alike(collection: &str, fields: &[String], pk: &Pk, next: &BatchStep) -> bool {
+    plain_update(next).is_some_and(|(next_collection, next_pk, changes)| {
+        next_collection == collection && changes.keys().eq(fields.iter()) && next_pk != pk
+    })
+}
+
 /// Applies `steps` inside `txn`; the caller commits or rolls back.
 pub(crate) async fn run_batch(
     txn: &DatabaseTransaction,
@@ -255,6 +285,39 @@ pub(crate) async fn run_batch(
     let mut outcomes = Vec::with_capacity(steps.len());
     let mut steps = steps.into_iter().enumerate().peekable();
     while let Some((index, step)) = steps.next() {
+        // An update by key followed by one alike starts a group of updates, which ends before
+        // a key already in it (applied one after the other, the later update of a key wins).
+        let update_group = plain_update(&step).and_then(|(collection, pk, changes)| {
+            let fields: Vec<String> = changes.keys().cloned().collect();
+            steps
+                .peek()
+                .is_some_and(|(_, next)| updates_alike(collection, &fields, pk, next))
+                .then(|| (collection.to_owned(), fields))
+        });
+        if let Some((collection, fields)) = update_group {
+            let mut keys = BTreeSet::new();
+            let mut group = Vec::with_capacity(1 + steps.len());
+            let mut step = step;
+            loop {
+                if let Operation::UpdateByPk { pk, changes, .. } = step.operation {
+                    keys.insert(PkKey(pk.clone()));
+                    group.push((pk, changes));
+                }
+                let next = steps.next_if(|(_, next)| {
+                    plain_update(next).is_some_and(|(_, pk, _)| !keys.contains(&PkKey(pk.clone())))
+                        && group
+                            .last()
+                            .is_some_and(|(pk, _)| updates_alike(&collection, &fields, pk, next))
+                });
+                match next {
+                    Some((_, next)) => step = next,
+                    None => break,
+                }
+            }
+            outcomes
+                .extend(update_group_rows(txn, ctx, (&collection, &fields), group, index).await?);
+            continue;
+        }
         // A create (or put) followed by the same on the same collection starts a group.
         let group_on = plain_insert(&step)
             .filter(|kind| {
@@ -315,6 +378,86 @@ async fn run_step(
     Ok(outcome)
 }
 
+/// Applies a run of updates by key of distinct objects that set the same `fields` (steps
+/// from `first_index` on) with multi-row `UPDATE`s (see [`sql::update_rows`]); returns their
+/// outcomes in step order.
+///
+/// When every object was there (the statements changed as many rows as there are updates),
+/// each step updated one. Otherwise, or if a statement fails for a row the database refuses,
+/// the updates are applied again one at a time, from the first, which tells each step's
+/// count and the step at fault: an update by key applied again sets the same values. On
+/// PostgreSQL the group runs in a savepoint, undone before a replay after a failure.
+async fn update_group_rows(
+    txn: &DatabaseTransaction,
+    ctx: &Ctx<'_>,
+    (collection, fields): (&str, &[String]),
+    updates: Vec<(Pk, Object)>,
+    first_index: usize,
+) -> Result<Vec<Outcome>, Error> {
+    let def = ctx.registry.collection(collection)?;
+    let savepoint = match ctx.dialect {
+        Dialect::Postgres => Some(txn.begin().await.map_err(|e| ctx.db_err(collection, e))?),
+        Dialect::Sqlite => None,
+    };
+    let conn = savepoint.as_ref().unwrap_or(txn);
+    let per_statement = ctx.max_rows_per_statement(def.pk_fields().len() + fields.len());
+    let mut changed = 0;
+    let mut failed = None;
+    for (chunk_index, chunk) in updates.chunks(per_statement).enumerate() {
+        match conn
+            .execute_raw(sql::update_rows(def, ctx.dialect, fields, chunk)?)
+            .await
+        {
+            Ok(done) => changed += done.rows_affected(),
+            Err(e) => {
+                failed = Some((chunk_index * per_statement, e));
+                break;
+            }
+        }
+    }
+    match failed {
+        None => {
+            if let Some(savepoint) = savepoint {
+                savepoint
+                    .commit()
+                    .await
+                    .map_err(|e| ctx.db_err(collection, e))?;
+            }
+            if changed == updates.len() as u64 {
+                return Ok(vec![Outcome::Updated { count: 1 }; updates.len()]);
+            }
+        }
+        Some((failed_from, group_error)) => {
+            let undone = match savepoint {
+                Some(savepoint) => savepoint.rollback().await,
+                None => Ok(()),
+            };
+            // As for inserts: only a row the database refuses is worth finding one at a time.
+            let refused =
+                group_error.sql_err().is_some() || refusal(ctx.dialect, &group_error).is_some();
+            if !refused || undone.is_err() {
+                return Err(step_error(first_index + failed_from)(
+                    ctx.db_err(collection, group_error),
+                ));
+            }
+        }
+    }
+    let mut outcomes = Vec::with_capacity(updates.len());
+    for (offset, (pk, changes)) in updates.into_iter().enumerate() {
+        let op = Operation::UpdateByPk {
+            collection: collection.to_owned(),
+            pk,
+            changes,
+        };
+        outcomes.push(
+            run(txn, ctx, op)
+                .await
+                .map_err(step_error(first_index + offset))?,
+        );
+    }
+    Ok(outcomes)
+}
+
 /// Inserts a run of creates or puts (steps from `first_index` on) with multi-row INSERTs;
 /// returns their keys in step order.
 ///
@@ -341,7 +484,7 @@ async fn insert_group(
         Dialect::Sqlite => None,
     };
     let conn = savepoint.as_ref().unwrap_or(txn);
-    let per_statement = ctx.max_rows_per_insert(def);
+    let per_statement = ctx.max_rows_per_statement(def.fields().len());
     let mut failed = None;
     for (chunk_index, chunk) in objects.chunks(per_statement).enumerate() {
         if let Err(e) = conn

@@ -11,15 +11,17 @@
 //!   changed object costs SQLite itself, below any code of ours.
 //! - Reconcile + apply: a second device on its own SQLite file integrates the first one's
 //!   entries in batches of 1,000, once as new objects (creates) and once as changes to
-//!   objects it already has (updates): entries per second (target: 100,000); then the size
-//!   of its database file per note it holds (the notes and what sync keeps of them).
+//!   objects it already has (updates, all setting the same value), and once as edits that
+//!   differ from object to object (`apply_edits`: each note a title of its own): entries per
+//!   second (target: 100,000); then the size of its database file per note it holds (the
+//!   notes and what sync keeps of them).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use storex_core::uuid::Uuid;
 use storex_core::{
-    object, BatchStep, CollectionDef, FieldType, Filter, Operation, Pk, Registry, Storage,
+    object, BatchStep, CollectionDef, FieldType, Filter, Operation, Pk, Query, Registry, Storage,
     StorageBackend, UuidPkMiddleware,
 };
 use storex_seaorm::SeaOrmBackend;
@@ -245,6 +247,40 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
     rate(
         "synclog.apply_updates.entries",
         updates.len() as u64,
+        start.elapsed(),
+    );
+    // Edits that differ from object to object (each note a title of its own), as a user's
+    // edits do: no two set the same values.
+    let notes = logged.find_many("note", Query::default()).await?;
+    for (round, chunk) in notes.chunks(BATCH_ROWS as usize).enumerate() {
+        let steps = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, note)| {
+                let title = format!("edit {round}.{i}");
+                BatchStep::new(Operation::update_by_pk(
+                    "note",
+                    Pk(vec![note["id"].clone()]),
+                    object! { "title" => title },
+                ))
+            })
+            .collect();
+        logged.batch(steps).await?;
+    }
+    let edits: Vec<LogEntry> = device
+        .log()
+        .unshared(u64::MAX >> 1)
+        .await?
+        .into_iter()
+        .filter(|e| e.op == storex_sync::EntryOp::Update && e.fields.contains_key("title"))
+        .collect();
+    let start = Instant::now();
+    for chunk in edits.chunks(APPLY_BATCH) {
+        receiver.integrate(chunk.to_vec()).await?;
+    }
+    rate(
+        "synclog.apply_edits.entries",
+        edits.len() as u64,
         start.elapsed(),
     );
     // The where-clause edits, unmeasured, so that both devices can be compared.
