@@ -83,7 +83,9 @@ pub enum Operation {
     },
     /// Like [`Operation::UpdateWhere`], answered with the keys of the objects it changed
     /// ([`Outcome::UpdatedPks`]), found by the same statement that changes them: a sync
-    /// logger learns what it has to log without reading the objects first.
+    /// logger learns what it has to log without reading the objects first. (A middleware
+    /// after the sync logger sees an app's `UpdateWhere` in this form when the logger opened
+    /// the transaction: [`Operation::is_where_write`] tells all where-writes.)
     UpdateWhereReturningPks {
         /// The collection.
         collection: String,
@@ -248,6 +250,32 @@ impl Operation {
             self,
             Operation::FindOne { .. } | Operation::FindMany { .. } | Operation::Count { .. }
         )
+    }
+
+    /// True for the writes that pick their objects with a filter: `UpdateWhere`,
+    /// `DeleteWhere` and their `…ReturningPks` forms (a middleware that watches where-writes
+    /// should match all four: the sync logger runs an app's where-write as the returning form
+    /// when it opens the transaction itself).
+    pub fn is_where_write(&self) -> bool {
+        matches!(
+            self,
+            Operation::UpdateWhere { .. }
+                | Operation::DeleteWhere { .. }
+                | Operation::UpdateWhereReturningPks { .. }
+                | Operation::DeleteWhereReturningPks { .. }
+        )
+    }
+
+    /// The filter of a where-write (see [`Operation::is_where_write`]) or a count.
+    pub fn filter(&self) -> Option<&Filter> {
+        match self {
+            Operation::UpdateWhere { filter, .. }
+            | Operation::DeleteWhere { filter, .. }
+            | Operation::UpdateWhereReturningPks { filter, .. }
+            | Operation::DeleteWhereReturningPks { filter, .. }
+            | Operation::Count { filter, .. } => Some(filter),
+            _ => None,
+        }
     }
 
     /// A short name for errors and logs, e.g. `"update_where"`.

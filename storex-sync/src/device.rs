@@ -7,7 +7,7 @@
 //! shared-log cursor). A crash at any point leaves the batch applied fully or not at all.
 //! Applied operations carry `Origin::Sync`, so they are not logged again.
 
-use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt};
@@ -101,7 +101,10 @@ impl SyncOptions {
         self
     }
 
-    /// Adds a middleware after the sync logger.
+    /// Adds a middleware after the sync logger. It sees the writes as the logger passes them
+    /// on: an app's `UpdateWhere` or `DeleteWhere` outside a transaction arrives as its
+    /// `…ReturningPks` form ([`Operation::is_where_write`] tells all four), and a write with
+    /// its journal record as one batch.
     pub fn with_middleware(mut self, middleware: Arc<dyn Middleware>) -> Self {
         self.middleware.push(middleware);
         self
@@ -671,12 +674,47 @@ struct Received {
     received: u64,
 }
 
+/// Updates setting the same values in objects of one collection with a one-field key.
+#[derive(Debug)]
+struct AlikeUpdates {
+    collection: String,
+    /// The key field.
+    field: String,
+    changes: Object,
+    keys: Vec<Value>,
+}
+
+/// A hash of what an update sets in `collection`: equal updates hash alike (updates that hash
+/// alike are compared before they are grouped).
+fn hash_update(collection: &str, changes: &Object) -> u64 {
+    let mut hasher = foldhash::fast::FixedState::default().build_hasher();
+    collection.hash(&mut hasher);
+    for (field, value) in changes {
+        field.hash(&mut hasher);
+        std::mem::discriminant(value).hash(&mut hasher);
+        match value {
+            Value::Text(text) => text.hash(&mut hasher),
+            Value::Int(int) => int.hash(&mut hasher),
+            Value::Float(float) => float.to_bits().hash(&mut hasher),
+            Value::Bool(flag) => flag.hash(&mut hasher),
+            Value::DateTime(at) => at.hash(&mut hasher),
+            Value::Blob(bytes) => bytes.hash(&mut hasher),
+            Value::Uuid(uuid) => uuid.hash(&mut hasher),
+            // Rare in bulk edits: compared when they meet.
+            Value::Null | Value::Json(_) => {}
+        }
+    }
+    hasher.finish()
+}
+
 /// Turns updates that set the same values in many objects of a collection with a one-field
 /// key into one update of all those keys (a bulk sync often changes many objects alike).
 /// These grouped updates run after the other operations, which keep their order.
 fn batch_operations(registry: &Registry, operations: Vec<Operation>) -> Vec<Operation> {
     let mut out = Vec::with_capacity(operations.len());
-    let mut alike: BTreeMap<(String, String), (String, Object, Vec<Value>)> = BTreeMap::new();
+    let mut groups: Vec<AlikeUpdates> = Vec::new();
+    // Groups by the hash of their update, in the order they started.
+    let mut by_hash: HashMap<u64, Vec<usize>> = HashMap::new();
     for op in operations {
         match op {
             Operation::UpdateByPk {
@@ -694,14 +732,26 @@ fn batch_operations(registry: &Registry, operations: Vec<Operation>) -> Vec<Oper
                         });
                 match (field, pk.single()) {
                     (Some(field), Some(key)) => {
-                        let signature =
-                            storex_core::serde_json::to_string(&changes).unwrap_or_default();
                         let key = key.clone();
-                        alike
-                            .entry((collection, signature))
-                            .or_insert_with(|| (field, changes, Vec::new()))
-                            .2
-                            .push(key);
+                        let started = by_hash
+                            .entry(hash_update(&collection, &changes))
+                            .or_default();
+                        let group = started.iter().copied().find(|&index| {
+                            let group = &groups[index];
+                            group.collection == collection && group.changes == changes
+                        });
+                        match group {
+                            Some(index) => groups[index].keys.push(key),
+                            None => {
+                                started.push(groups.len());
+                                groups.push(AlikeUpdates {
+                                    collection,
+                                    field,
+                                    changes,
+                                    keys: vec![key],
+                                });
+                            }
+                        }
                     }
                     _ => out.push(Operation::UpdateByPk {
                         collection,
@@ -713,7 +763,20 @@ fn batch_operations(registry: &Registry, operations: Vec<Operation>) -> Vec<Oper
             other => out.push(other),
         }
     }
-    for ((collection, _), (field, changes, keys)) in alike {
+    for AlikeUpdates {
+        collection,
+        field,
+        changes,
+        mut keys,
+    } in groups
+    {
+        if let [_] = keys.as_slice() {
+            // Alone: the update as it came, moved rather than copied.
+            if let Some(key) = keys.pop() {
+                out.push(Operation::update_by_pk(collection, key, changes));
+            }
+            continue;
+        }
         for chunk in keys.chunks(LOOKUP_CHUNK) {
             if let [key] = chunk {
                 out.push(Operation::update_by_pk(
@@ -732,4 +795,60 @@ fn batch_operations(registry: &Registry, operations: Vec<Operation>) -> Vec<Oper
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use storex_core::{object, CollectionDef, FieldType, Pk};
+
+    use super::*;
+
+    fn registry() -> Registry {
+        Registry::builder()
+            .collection(
+                CollectionDef::new("note")
+                    .field("id", FieldType::Int)
+                    .optional_field("stars", FieldType::Int)
+                    .optional_field("title", FieldType::Text)
+                    .primary_key(["id"]),
+            )
+            .collection(
+                CollectionDef::new("tag")
+                    .field("note", FieldType::Int)
+                    .field("name", FieldType::Text)
+                    .optional_field("stars", FieldType::Int)
+                    .primary_key(["note", "name"]),
+            )
+            .build()
+            .expect("registry")
+    }
+
+    #[test]
+    fn updates_setting_the_same_values_are_grouped_and_the_others_kept_as_they_came() {
+        let stars = |n: i64| object! { "stars" => n };
+        let operations = vec![
+            Operation::update_by_pk("note", 1, stars(5)),
+            Operation::create("note", object! { "id" => 9 }),
+            Operation::update_by_pk("note", 2, object! { "title" => "two" }),
+            Operation::update_by_pk("note", 3, stars(5)),
+            Operation::update_by_pk("tag", Pk(vec![1.into(), "x".into()]), stars(5)),
+            Operation::update_by_pk("note", 4, stars(-1)),
+            Operation::delete_by_pk("note", 8),
+            Operation::update_by_pk("note", 5, stars(5)),
+        ];
+        let batched = batch_operations(&registry(), operations);
+        assert_eq!(
+            batched,
+            vec![
+                // Other operations first, in their order; a compound key's update among them.
+                Operation::create("note", object! { "id" => 9 }),
+                Operation::update_by_pk("tag", Pk(vec![1.into(), "x".into()]), stars(5),),
+                Operation::delete_by_pk("note", 8),
+                // Then the groups, in the order they started.
+                Operation::update_where("note", Filter::all().is_in("id", [1, 3, 5]), stars(5)),
+                Operation::update_by_pk("note", 2, object! { "title" => "two" }),
+                Operation::update_by_pk("note", 4, stars(-1)),
+            ]
+        );
+    }
 }

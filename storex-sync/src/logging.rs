@@ -78,16 +78,6 @@ impl SyncLoggingMiddleware {
     }
 }
 
-fn is_where_write(op: &Operation) -> bool {
-    matches!(
-        op,
-        Operation::UpdateWhere { .. }
-            | Operation::DeleteWhere { .. }
-            | Operation::UpdateWhereReturningPks { .. }
-            | Operation::DeleteWhereReturningPks { .. }
-    )
-}
-
 /// A where-write without its filter: what its entries record.
 #[derive(Debug)]
 struct WhereWrite {
@@ -298,12 +288,14 @@ impl SyncLoggingMiddleware {
             }
             None => Operation::delete_where_returning_pks(collection, filter),
         };
-        let outcome = next.run(op).await?;
-        let Some(pks) = outcome.clone().into_pks() else {
-            return Err(CoreError::UnexpectedOutcome {
-                operation: "where-write returning keys",
-                outcome: format!("{outcome:?}"),
-            });
+        let pks = match next.run(op).await? {
+            Outcome::UpdatedPks { pks } | Outcome::DeletedPks { pks } => pks,
+            other => {
+                return Err(CoreError::UnexpectedOutcome {
+                    operation: "where-write returning keys",
+                    outcome: format!("{other:?}"),
+                })
+            }
         };
         if let Some(record) = self.where_record(&next, write, &pks)? {
             next.run(record.operation)
@@ -376,7 +368,7 @@ impl SyncLoggingMiddleware {
         let mut outcomes = Vec::with_capacity(steps.len());
         let mut pending = Vec::new();
         for step in steps {
-            if is_where_write(&step.operation)
+            if step.operation.is_where_write()
                 && self.logged(step.operation.collection().unwrap_or_default())
             {
                 outcomes.extend(
@@ -440,7 +432,7 @@ impl SyncLoggingMiddleware {
         // transaction orders it already): received changes are applied either before, and the
         // stamps are later than what they moved the clock to, or after this write.
         let has_where = steps.iter().any(|s| {
-            is_where_write(&s.operation)
+            s.operation.is_where_write()
                 && self.logged(s.operation.collection().unwrap_or_default())
         });
         let in_transaction = next.in_transaction();

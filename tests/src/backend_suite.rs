@@ -1408,7 +1408,7 @@ async fn a_refused_update_among_updates_alike_names_its_step_and_changes_nothing
             object! { "nick" => nick },
         ))
     };
-    // The third takes the nick the first gave up, the second one still held.
+    // The third takes the nick the second has just taken.
     let err = s
         .batch(vec![
             rename(&keys[0], "anna"),
@@ -1427,6 +1427,16 @@ async fn a_refused_update_among_updates_alike_names_its_step_and_changes_nothing
         }
         other => panic!("wrong error: {other}"),
     }
+    // Two objects trading a value: one after the other, the first step clashes (one
+    // statement for both could accept it, depending on the order it visits the rows).
+    let err = s
+        .batch(vec![rename(&keys[0], "bob"), rename(&keys[1], "ann")])
+        .await
+        .expect_err("a clash accepted");
+    assert!(
+        matches!(&err, Error::BatchStep { step: 0, source } if matches!(**source, Error::DuplicateKey { .. })),
+        "wrong error: {err}"
+    );
     for (key, nick) in keys.iter().zip(["ann", "bob", "cat"]) {
         let found = s
             .find_by_pk("account", key.clone())

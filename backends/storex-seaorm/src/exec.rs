@@ -3,9 +3,11 @@
 //! Batches run inside a transaction the caller opened; consecutive creates (or puts) on one
 //! collection become multi-row INSERTs (up to 1,000 rows, within the database's parameter
 //! limit; puts as `INSERT … ON CONFLICT … DO UPDATE`), and consecutive updates by key of
-//! distinct objects that set the same fields become multi-row UPDATEs (each row its own
-//! values), several times faster than one statement per row. If such a statement fails, its
-//! rows are replayed one by one, so the error names the exact failing step.
+//! distinct objects that set the same fields (none of them in a unique index) become
+//! multi-row UPDATEs (each row its own values), several times faster than one statement per
+//! row. If such a statement fails, its rows are replayed one by one, so the error names the
+//! exact failing step; a group of updates is also replayed one by one when some of its
+//! objects were missing, which tells each step's count.
 
 use std::collections::BTreeSet;
 
@@ -268,10 +270,21 @@ fn plain_update(step: &BatchStep) -> Option<(&str, &Pk, &Object)> {
 }
 
 /// Whether `next` updates the fields `fields` of `collection` (in the order of a
-/// [`Object`]'s keys), in an object other than `pk`.
-fn updates_alike(collection: &str, fields: &[String], pk: &Pk, next: &BatchStep) -> bool {
-    plain_update(next).is_some_and(|(next_collection, next_pk, changes)| {
-        next_collection == collection && changes.keys().eq(fields.iter()) && next_pk != pk
+/// [`Object`]'s keys).
+fn updates_alike(collection: &str, fields: &[String], next: &BatchStep) -> bool {
+    plain_update(next).is_some_and(|(next_collection, _, changes)| {
+        next_collection == collection && changes.keys().eq(fields.iter())
+    })
+}
+
+/// Whether updates of `fields` in `collection` may be written together: not if one of them
+/// is in a unique index, where one statement could accept what the same updates one after
+/// the other refuse (two objects trading a value).
+fn may_group_updates(ctx: &Ctx<'_>, collection: &str, fields: &[String]) -> bool {
+    ctx.registry.collection(collection).is_ok_and(|def| {
+        !def.indices()
+            .iter()
+            .any(|index| index.unique && index.fields.iter().any(|f| fields.contains(f)))
     })
 }
 
@@ -287,11 +300,12 @@ pub(crate) async fn run_batch(
     while let Some((index, step)) = steps.next() {
         // An update by key followed by one alike starts a group of updates, which ends before
         // a key already in it (applied one after the other, the later update of a key wins).
-        let update_group = plain_update(&step).and_then(|(collection, pk, changes)| {
+        let update_group = plain_update(&step).and_then(|(collection, _, changes)| {
             let fields: Vec<String> = changes.keys().cloned().collect();
-            steps
+            let alike = steps
                 .peek()
-                .is_some_and(|(_, next)| updates_alike(collection, &fields, pk, next))
+                .is_some_and(|(_, next)| updates_alike(collection, &fields, next));
+            (alike && may_group_updates(ctx, collection, &fields))
                 .then(|| (collection.to_owned(), fields))
         });
         if let Some((collection, fields)) = update_group {
@@ -304,10 +318,9 @@ pub(crate) async fn run_batch(
                     group.push((pk, changes));
                 }
                 let next = steps.next_if(|(_, next)| {
-                    plain_update(next).is_some_and(|(_, pk, _)| !keys.contains(&PkKey(pk.clone())))
-                        && group
-                            .last()
-                            .is_some_and(|(pk, _)| updates_alike(&collection, &fields, pk, next))
+                    updates_alike(&collection, &fields, next)
+                        && plain_update(next)
+                            .is_some_and(|(_, pk, _)| !keys.contains(&PkKey(pk.clone())))
                 });
                 match next {
                     Some((_, next)) => step = next,
@@ -382,11 +395,10 @@ async fn run_step(
 /// from `first_index` on) with multi-row `UPDATE`s (see [`sql::update_rows`]); returns their
 /// outcomes in step order.
 ///
-/// When every object was there (the statements changed as many rows as there are updates),
-/// each step updated one. Otherwise, or if a statement fails for a row the database refuses,
-/// the updates are applied again one at a time, from the first, which tells each step's
-/// count and the step at fault: an update by key applied again sets the same values. On
-/// PostgreSQL the group runs in a savepoint, undone before a replay after a failure.
+/// The group runs in a savepoint. When every object was there (the statements changed as
+/// many rows as there are updates), each step updated one. Otherwise, or if a statement
+/// fails for a row the database refuses, the savepoint is undone and the updates are applied
+/// one at a time, which tells each step's count and the step at fault.
 async fn update_group_rows(
     txn: &DatabaseTransaction,
     ctx: &Ctx<'_>,
@@ -395,19 +407,14 @@ async fn update_group_rows(
     first_index: usize,
 ) -> Result<Vec<Outcome>, Error> {
     let def = ctx.registry.collection(collection)?;
-    let savepoint = match ctx.dialect {
-        Dialect::Postgres => Some(txn.begin().await.map_err(|e| ctx.db_err(collection, e))?),
-        Dialect::Sqlite => None,
-    };
-    let conn = savepoint.as_ref().unwrap_or(txn);
+    let savepoint = txn.begin().await.map_err(|e| ctx.db_err(collection, e))?;
     let per_statement = ctx.max_rows_per_statement(def.pk_fields().len() + fields.len());
     let mut changed = 0;
     let mut failed = None;
     for (chunk_index, chunk) in updates.chunks(per_statement).enumerate() {
-        match conn
-            .execute_raw(sql::update_rows(def, ctx.dialect, fields, chunk)?)
-            .await
-        {
+        let statement = sql::update_rows(def, ctx.dialect, fields, chunk)
+            .map_err(step_error(first_index + chunk_index * per_statement))?;
+        match savepoint.execute_raw(statement).await {
             Ok(done) => changed += done.rows_affected(),
             Err(e) => {
                 failed = Some((chunk_index * per_statement, e));
@@ -415,32 +422,22 @@ async fn update_group_rows(
             }
         }
     }
-    match failed {
-        None => {
-            if let Some(savepoint) = savepoint {
-                savepoint
-                    .commit()
-                    .await
-                    .map_err(|e| ctx.db_err(collection, e))?;
-            }
-            if changed == updates.len() as u64 {
-                return Ok(vec![Outcome::Updated { count: 1 }; updates.len()]);
-            }
+    if failed.is_none() && changed == updates.len() as u64 {
+        savepoint
+            .commit()
+            .await
+            .map_err(|e| ctx.db_err(collection, e))?;
+        return Ok(vec![Outcome::Updated { count: 1 }; updates.len()]);
+    }
+    let undone = savepoint.rollback().await;
+    if let Some((failed_from, group_error)) = failed {
+        if !worth_replaying(ctx, &group_error) || undone.is_err() {
+            return Err(step_error(first_index + failed_from)(
+                ctx.db_err(collection, group_error),
+            ));
         }
-        Some((failed_from, group_error)) => {
-            let undone = match savepoint {
-                Some(savepoint) => savepoint.rollback().await,
-                None => Ok(()),
-            };
-            // As for inserts: only a row the database refuses is worth finding one at a time.
-            let refused =
-                group_error.sql_err().is_some() || refusal(ctx.dialect, &group_error).is_some();
-            if !refused || undone.is_err() {
-                return Err(step_error(first_index + failed_from)(
-                    ctx.db_err(collection, group_error),
-                ));
-            }
-        }
+    } else {
+        undone.map_err(|e| ctx.db_err(collection, e))?;
     }
     let mut outcomes = Vec::with_capacity(updates.len());
     for (offset, (pk, changes)) in updates.into_iter().enumerate() {
@@ -456,6 +453,13 @@ async fn update_group_rows(
         );
     }
     Ok(outcomes)
+}
+
+/// Whether a group's statement failed for a row the database refuses (a constraint, a value
+/// its column cannot hold), which replaying the rows one at a time finds. After a failure
+/// that may pass (I/O, a full disk) the group's own error is the one to report.
+fn worth_replaying(ctx: &Ctx<'_>, e: &DbErr) -> bool {
+    e.sql_err().is_some() || refusal(ctx.dialect, e).is_some()
 }
 
 /// Inserts a run of creates or puts (steps from `first_index` on) with multi-row INSERTs;
@@ -508,12 +512,8 @@ async fn insert_group(
         Some(savepoint) => savepoint.rollback().await,
         None => Ok(()),
     };
-    // Only a row the database refuses (a constraint, a value its column cannot hold) is worth
-    // finding by replaying the rows one at a time; after a failure that may pass (I/O, a full
-    // disk), or if the savepoint could not be undone, the group's own error is the one to
-    // report.
-    let refused = group_error.sql_err().is_some() || refusal(ctx.dialect, &group_error).is_some();
-    if !refused || undone.is_err() {
+    // Unless the savepoint could not be undone.
+    if !worth_replaying(ctx, &group_error) || undone.is_err() {
         return Err(step_error(first_index + replay_from)(
             ctx.db_err(collection, group_error),
         ));

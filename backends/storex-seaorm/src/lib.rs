@@ -2,8 +2,9 @@
 //! default) and PostgreSQL.
 //!
 //! [`SeaOrmBackend`] runs every storex-core operation as SQL built with sea-query (values
-//! are always bound parameters), applies batches in one transaction with multi-row INSERTs,
-//! and creates the registry's tables when they are missing or adopts the app's existing ones.
+//! are always bound parameters), applies batches in one transaction with multi-row INSERTs
+//! and UPDATEs, and creates the registry's tables when they are missing or adopts the app's
+//! existing ones.
 //! [`collection_from_entity`] derives collection definitions from an app's SeaORM entities,
 //! so storex writes the very tables the app reads with plain SeaORM.
 //!

@@ -17,6 +17,10 @@ use storex_core::{CollectionDef, Direction, Error, Filter, Object, Pk, Predicate
 use crate::backend::Dialect;
 use crate::values::to_sql;
 
+/// The name of the rows of values in [`update_rows`] statements (a collection of that name
+/// would clash).
+const VALUES_TABLE: &str = "\"storex_values\"";
+
 /// The name of the count column in [`count`] statements.
 pub(crate) const COUNT_COLUMN: &str = "storex_count";
 
@@ -221,8 +225,9 @@ pub(crate) fn insert<'o>(
 /// `fields`:
 ///
 /// ```sql
-/// WITH "v"("k0", …, "f0", …) AS (VALUES (…), …)
-/// UPDATE <collection> SET <field> = "v"."f0", … FROM "v" WHERE <key> = "v"."k0" AND …
+/// WITH "storex_values"("k0", …, "f0", …) AS (VALUES (…), …)
+/// UPDATE <collection> SET <field> = "storex_values"."f0", … FROM "storex_values"
+/// WHERE <collection>.<key> = "storex_values"."k0" AND …
 /// ```
 ///
 /// The same words on SQLite (3.33 and later) and PostgreSQL. Each key must appear once: a
@@ -256,7 +261,9 @@ pub(crate) fn update_rows(
         .chain((0..fields.len()).map(|i| format!("\"f{i}\"")))
         .collect::<Vec<_>>()
         .join(", ");
-    text.push_str("WITH \"v\"(");
+    text.push_str("WITH ");
+    text.push_str(VALUES_TABLE);
+    text.push('(');
     text.push_str(&names);
     text.push_str(") AS (VALUES ");
     let mut values = Vec::with_capacity(cells);
@@ -298,15 +305,17 @@ pub(crate) fn update_rows(
     let set = fields
         .iter()
         .enumerate()
-        .map(|(i, field)| format!("{} = \"v\".\"f{i}\"", quoted(field)))
+        .map(|(i, field)| format!("{} = {VALUES_TABLE}.\"f{i}\"", quoted(field)))
         .collect::<Vec<_>>()
         .join(", ");
     text.push_str(&set);
-    text.push_str(" FROM \"v\" WHERE ");
+    text.push_str(" FROM ");
+    text.push_str(VALUES_TABLE);
+    text.push_str(" WHERE ");
     let on = key
         .iter()
         .enumerate()
-        .map(|(i, field)| format!("{table}.{} = \"v\".\"k{i}\"", quoted(field)))
+        .map(|(i, field)| format!("{table}.{} = {VALUES_TABLE}.\"k{i}\"", quoted(field)))
         .collect::<Vec<_>>()
         .join(" AND ");
     text.push_str(&on);

@@ -4,7 +4,10 @@
 //! retrying it forever. On SQLite and PostgreSQL.
 
 use sea_orm::ConnectionTrait;
-use storex_core::{object, CollectionDef, Error, FieldType, Object, Operation, Registry, Storage};
+use storex_core::{
+    object, BatchStep, CollectionDef, Error, FieldType, Filter, Object, Operation, Registry,
+    Storage,
+};
 use storex_seaorm::SeaOrmBackend;
 
 fn registry() -> Registry {
@@ -94,6 +97,81 @@ async fn refused_writes_are_not_transient(backend: SeaOrmBackend, cases: &[(&str
         matches!(err, Error::Refused { .. }) && !err.is_transient(),
         "deferred: {err}"
     );
+}
+
+/// 2,500 updates by key alike (more than one statement's rows), one of them refused by the
+/// table's check: the error names that step and no update of the batch stays.
+async fn a_refused_update_in_a_later_statement_names_its_step(backend: SeaOrmBackend) {
+    for table in &TABLES[..2] {
+        backend
+            .connection()
+            .execute_unprepared(table)
+            .await
+            .expect("the app's table");
+    }
+    let storage = Storage::builder(registry(), backend)
+        .build()
+        .await
+        .expect("prepare");
+    storage
+        .create("shelf", object! { "id" => 1 })
+        .await
+        .expect("shelf");
+    let books = (0..2_500)
+        .map(|id| {
+            BatchStep::new(Operation::create(
+                "book",
+                object! { "id" => id, "shelf" => 1, "pages" => 10 },
+            ))
+        })
+        .collect();
+    storage.batch(books).await.expect("books");
+    let updates: Vec<BatchStep> = (0..2_500)
+        .map(|id| {
+            let pages = if id == 1_700 { 0 } else { 20 + id };
+            BatchStep::new(Operation::update_by_pk(
+                "book",
+                id,
+                object! { "pages" => pages },
+            ))
+        })
+        .collect();
+    let err = storage
+        .batch(updates)
+        .await
+        .expect_err("the check must refuse it");
+    match err {
+        Error::BatchStep { step, source } => {
+            assert_eq!(step, 1_700, "the step setting no pages");
+            assert!(matches!(*source, Error::Refused { .. }), "{source}");
+        }
+        other => panic!("wrong error: {other}"),
+    }
+    let changed = storage
+        .count("book", Filter::all().ne("pages", 10))
+        .await
+        .expect("count");
+    assert_eq!(changed, 0, "no update of the batch stays");
+}
+
+#[tokio::test]
+async fn sqlite_names_the_refused_update_of_a_large_batch() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let backend = SeaOrmBackend::open_sqlite_file(dir.path().join("updates.db"))
+        .await
+        .expect("open");
+    a_refused_update_in_a_later_statement_names_its_step(backend).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_names_the_refused_update_of_a_large_batch() {
+    let Some(server) = storex_test::postgres_url() else {
+        return;
+    };
+    let url = storex_test::fresh_postgres_database(&server).await;
+    let backend = SeaOrmBackend::connect(&url).await.expect("connect");
+    a_refused_update_in_a_later_statement_names_its_step(backend).await;
 }
 
 fn constraint_cases() -> Vec<(&'static str, Object)> {
