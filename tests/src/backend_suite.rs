@@ -135,6 +135,7 @@ fn all_checks() -> Vec<(&'static str, Check)> {
         batch_error_names_the_failing_step,
         batch_mixes_updates_and_deletes,
         updates_by_key_in_a_batch_each_set_their_own_values,
+        updates_by_key_in_a_batch_set_every_type_and_null,
         many_updates_by_key_in_a_batch_on_a_compound_key,
         a_refused_update_among_updates_alike_names_its_step_and_changes_nothing,
         transaction_commit_makes_writes_visible,
@@ -1356,6 +1357,51 @@ async fn updates_by_key_in_a_batch_each_set_their_own_values(s: Storage) {
     let object = get(&s, 2).await.expect("found");
     assert_eq!(object["name"], Value::from("two again"));
     assert_eq!(object["n"], Value::from(22));
+}
+
+async fn updates_by_key_in_a_batch_set_every_type_and_null(s: Storage) {
+    seed_numbers(&s).await;
+    let every_type = |n: i64| {
+        object! {
+            "n" => n,
+            "score" => n as f64 + 0.5,
+            "flag" => n % 2 == 0,
+            "at" => Value::DateTime(at(1_700_000_000 + n, 123_456)),
+            "doc" => Value::Json(json!({"n": n, "list": [n, null]})),
+            "data" => Value::Blob(vec![0, n as u8, 255]),
+            "ref_id" => Value::Uuid(Uuid::from_u128(n as u128)),
+        }
+    };
+    let all_null = || {
+        let mut changes = every_type(0);
+        for value in changes.values_mut() {
+            *value = Value::Null;
+        }
+        changes
+    };
+    // Nulls first: a database that takes the values' types from the first row must still
+    // take every type the columns hold.
+    let rows = [
+        (1, all_null()),
+        (2, every_type(2)),
+        (4, all_null()),
+        (5, every_type(5)),
+    ];
+    let steps = rows
+        .iter()
+        .map(|(id, changes)| BatchStep::new(Operation::update_by_pk("item", *id, changes.clone())))
+        .collect();
+    let outcomes = s.batch(steps).await.expect("batch");
+    assert!(
+        outcomes.iter().all(|o| o.count() == Some(1)),
+        "{outcomes:?}"
+    );
+    for (id, changes) in rows {
+        let found = get(&s, id).await.expect("found");
+        for (field, value) in changes {
+            assert_eq!(found[&field], value, "item {id}, field `{field}`");
+        }
+    }
 }
 
 async fn many_updates_by_key_in_a_batch_on_a_compound_key(s: Storage) {

@@ -9,10 +9,12 @@
 use sea_orm::sea_query::{
     Alias, Asterisk, BinOper, Condition as SqlCondition, DeleteStatement, Expr, ExprTrait,
     NullOrdering, Order as SqlOrder, Query as SqlQuery, ReturningClause, SelectStatement,
-    SimpleExpr, UpdateStatement,
+    SimpleExpr, UpdateStatement, Value as SqlValue,
 };
 use sea_orm::{DbBackend, Statement};
-use storex_core::{CollectionDef, Direction, Error, Filter, Object, Pk, Predicate, Query, Value};
+use storex_core::{
+    CollectionDef, Direction, Error, FieldType, Filter, Object, Pk, Predicate, Query, Value,
+};
 
 use crate::backend::Dialect;
 use crate::values::to_sql;
@@ -28,7 +30,7 @@ fn ident(name: &str) -> Alias {
     Alias::new(name)
 }
 
-fn field_type(def: &CollectionDef, field: &str) -> Result<storex_core::FieldType, Error> {
+fn field_type(def: &CollectionDef, field: &str) -> Result<FieldType, Error> {
     def.field_def(field)
         .map(|f| f.ty)
         .ok_or_else(|| Error::UnknownField {
@@ -137,6 +139,32 @@ fn db_backend(dialect: Dialect) -> DbBackend {
     }
 }
 
+/// Appends one row of placeholders, `(?, ?, …)` or `($n, …)`, to `text`, and the cells'
+/// values (field, its type, the value) to `values`.
+fn push_row<'f>(
+    text: &mut String,
+    values: &mut Vec<SqlValue>,
+    (collection, dialect): (&str, Dialect),
+    cells: impl Iterator<Item = (&'f str, FieldType, Value)>,
+) -> Result<(), Error> {
+    text.push('(');
+    for (column, (field, ty, value)) in cells.enumerate() {
+        values.push(to_sql(collection, field, ty, value)?);
+        if column > 0 {
+            text.push_str(", ");
+        }
+        match dialect {
+            Dialect::Sqlite => text.push('?'),
+            Dialect::Postgres => {
+                text.push('$');
+                text.push_str(&values.len().to_string());
+            }
+        }
+    }
+    text.push(')');
+    Ok(())
+}
+
 /// What a multi-row `INSERT` does with a row whose key exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum OnExisting {
@@ -174,22 +202,14 @@ pub(crate) fn insert<'o>(
     text.push_str(") VALUES ");
     let mut values = Vec::with_capacity(cells);
     for (row, object) in objects.enumerate() {
-        text.push_str(if row == 0 { "(" } else { ", (" });
-        for (column, f) in fields.iter().enumerate() {
-            let value = object.get(&f.name).cloned().unwrap_or(Value::Null);
-            values.push(to_sql(def.name(), &f.name, f.ty, value)?);
-            if column > 0 {
-                text.push_str(", ");
-            }
-            match dialect {
-                Dialect::Sqlite => text.push('?'),
-                Dialect::Postgres => {
-                    text.push('$');
-                    text.push_str(&values.len().to_string());
-                }
-            }
+        if row > 0 {
+            text.push_str(", ");
         }
-        text.push(')');
+        let cells = fields.iter().map(|f| {
+            let value = object.get(&f.name).cloned().unwrap_or(Value::Null);
+            (f.name.as_str(), f.ty, value)
+        });
+        push_row(&mut text, &mut values, (def.name(), dialect), cells)?;
     }
     if values.is_empty() {
         return Err(Error::invalid_operation(
@@ -274,29 +294,24 @@ pub(crate) fn update_rows(
                 format!("the key {pk} does not have {} values", key.len()),
             ));
         }
-        text.push_str(if row == 0 { "(" } else { ", (" });
-        let keyed = key.iter().zip(&key_types).zip(pk.values());
+        if row > 0 {
+            text.push_str(", ");
+        }
+        let keyed = key
+            .iter()
+            .zip(&key_types)
+            .zip(pk.values())
+            .map(|((field, ty), value)| (field.as_str(), *ty, value.clone()));
         let changed = fields.iter().zip(&field_types).map(|(field, ty)| {
             let value = changes.get(field).cloned().unwrap_or(Value::Null);
-            ((field, ty), value)
+            (field.as_str(), *ty, value)
         });
-        let cells = keyed
-            .map(|((field, ty), value)| ((field, ty), value.clone()))
-            .chain(changed);
-        for (column, ((field, ty), value)) in cells.enumerate() {
-            values.push(to_sql(def.name(), field, *ty, value)?);
-            if column > 0 {
-                text.push_str(", ");
-            }
-            match dialect {
-                Dialect::Sqlite => text.push('?'),
-                Dialect::Postgres => {
-                    text.push('$');
-                    text.push_str(&values.len().to_string());
-                }
-            }
-        }
-        text.push(')');
+        push_row(
+            &mut text,
+            &mut values,
+            (def.name(), dialect),
+            keyed.chain(changed),
+        )?;
     }
     text.push_str(") UPDATE ");
     let table = quoted(def.name());

@@ -46,8 +46,9 @@ const TABLES: [&str; 3] = [
      book BIGINT NOT NULL REFERENCES book (id) DEFERRABLE INITIALLY DEFERRED)",
 ];
 
-async fn refused_writes_are_not_transient(backend: SeaOrmBackend, cases: &[(&str, Object)]) {
-    for table in TABLES {
+/// Storage over the app's `tables`, made first, with shelf 1.
+async fn adopted(backend: SeaOrmBackend, tables: &[&str]) -> Storage {
+    for table in tables {
         backend
             .connection()
             .execute_unprepared(table)
@@ -62,6 +63,11 @@ async fn refused_writes_are_not_transient(backend: SeaOrmBackend, cases: &[(&str
         .create("shelf", object! { "id" => 1 })
         .await
         .expect("shelf");
+    storage
+}
+
+async fn refused_writes_are_not_transient(backend: SeaOrmBackend, cases: &[(&str, Object)]) {
+    let storage = adopted(backend, &TABLES).await;
     storage
         .create("book", object! { "id" => 1, "shelf" => 1, "pages" => 10 })
         .await
@@ -102,21 +108,7 @@ async fn refused_writes_are_not_transient(backend: SeaOrmBackend, cases: &[(&str
 /// 2,500 updates by key alike (more than one statement's rows), one of them refused by the
 /// table's check: the error names that step and no update of the batch stays.
 async fn a_refused_update_in_a_later_statement_names_its_step(backend: SeaOrmBackend) {
-    for table in &TABLES[..2] {
-        backend
-            .connection()
-            .execute_unprepared(table)
-            .await
-            .expect("the app's table");
-    }
-    let storage = Storage::builder(registry(), backend)
-        .build()
-        .await
-        .expect("prepare");
-    storage
-        .create("shelf", object! { "id" => 1 })
-        .await
-        .expect("shelf");
+    let storage = adopted(backend, &TABLES[..2]).await;
     let books = (0..2_500)
         .map(|id| {
             BatchStep::new(Operation::create(
