@@ -512,7 +512,8 @@ async fn insert_group(
         Some(savepoint) => savepoint.rollback().await,
         None => Ok(()),
     };
-    // Unless the savepoint could not be undone.
+    // A refused row is found by replaying the rows one at a time, once the savepoint is
+    // undone; otherwise the group's own error is the one to report.
     if !worth_replaying(ctx, &group_error) || undone.is_err() {
         return Err(step_error(first_index + replay_from)(
             ctx.db_err(collection, group_error),
