@@ -510,4 +510,42 @@ mod tests {
         let back: Operation = serde_json::from_value(json).expect("deserialize");
         assert_eq!(back, op);
     }
+
+    #[test]
+    fn the_four_where_writes_are_told_apart_from_the_rest_and_give_their_filter() {
+        let filter = Filter::all().eq("n", 1);
+        let changes = object! { "name" => "x" };
+        let where_writes = [
+            Operation::update_where("item", filter.clone(), changes.clone()),
+            Operation::delete_where("item", filter.clone()),
+            Operation::update_where_returning_pks("item", filter.clone(), changes.clone()),
+            Operation::delete_where_returning_pks("item", filter.clone()),
+        ];
+        for op in &where_writes {
+            assert!(op.is_where_write(), "{}", op.kind());
+            assert!(op.is_write(), "{}", op.kind());
+            assert_eq!(op.filter(), Some(&filter), "{}", op.kind());
+            assert_eq!(op.collection(), Some("item"));
+            let json = serde_json::to_value(op).expect("serialize");
+            assert_eq!(json["op"], op.kind());
+            let back: Operation = serde_json::from_value(json).expect("deserialize");
+            assert_eq!(&back, op);
+        }
+        let others = [
+            Operation::update_by_pk("item", 1, changes.clone()),
+            Operation::delete_by_pk("item", 1),
+            Operation::count("item", filter.clone()),
+            Operation::find_many("item", Query::new(filter.clone())),
+        ];
+        for op in &others {
+            assert!(!op.is_where_write(), "{}", op.kind());
+        }
+        assert_eq!(others[2].filter(), Some(&filter), "a count has one too");
+        assert_eq!(others[0].filter(), None);
+        let pks = vec![Pk::from(1), Pk::from(2)];
+        let outcome = Outcome::UpdatedPks { pks: pks.clone() };
+        assert_eq!(outcome.count(), Some(2));
+        assert_eq!(outcome.into_pks(), Some(pks));
+        assert_eq!(Outcome::Updated { count: 2 }.into_pks(), None);
+    }
 }
