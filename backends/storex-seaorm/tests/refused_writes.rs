@@ -144,6 +144,67 @@ async fn a_refused_update_in_a_later_statement_names_its_step(backend: SeaOrmBac
         .await
         .expect("count");
     assert_eq!(changed, 0, "no update of the batch stays");
+    // Inside the app's transaction: the refused batch is undone alone, and the transaction
+    // goes on (PostgreSQL would abort a whole transaction on an error).
+    let refused_batch = || {
+        (0..10)
+            .map(|id| {
+                let pages = if id == 7 { 0 } else { 30 };
+                BatchStep::new(Operation::update_by_pk(
+                    "book",
+                    id,
+                    object! { "pages" => pages },
+                ))
+            })
+            .collect()
+    };
+    let tx = storage.begin().await.expect("begin");
+    tx.execute(Operation::update_by_pk(
+        "book",
+        100,
+        object! { "pages" => 40 },
+    ))
+    .await
+    .expect("an update before");
+    let err = tx
+        .execute(Operation::Batch {
+            steps: refused_batch(),
+        })
+        .await
+        .expect_err("the check must refuse it");
+    assert!(
+        matches!(&err, Error::BatchStep { step: 7, .. }),
+        "wrong error: {err}"
+    );
+    tx.execute(Operation::update_by_pk(
+        "book",
+        101,
+        object! { "pages" => 41 },
+    ))
+    .await
+    .expect("the transaction goes on");
+    tx.commit().await.expect("commit");
+    let pages = |id: i64| {
+        let storage = storage.clone();
+        async move {
+            storage
+                .find_by_pk("book", id)
+                .await
+                .expect("find")
+                .expect("the book")["pages"]
+                .clone()
+        }
+    };
+    assert_eq!(pages(100).await, 40.into());
+    assert_eq!(pages(101).await, 41.into());
+    assert_eq!(
+        storage
+            .count("book", Filter::all().eq("pages", 30))
+            .await
+            .expect("count"),
+        0,
+        "nothing of the refused batch"
+    );
 }
 
 #[tokio::test]
