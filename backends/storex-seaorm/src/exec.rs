@@ -271,20 +271,24 @@ fn plain_update(step: &BatchStep) -> Option<(&str, &Pk, &Object)> {
 
 /// Whether `next` updates the fields `fields` of `collection` (in the order of a
 /// [`Object`]'s keys).
-fn updates_alike(collection: &str, fields: &[String], next: &BatchStep) -> bool {
+fn updates_alike<'f>(
+    collection: &str,
+    fields: impl IntoIterator<Item = &'f String>,
+    next: &BatchStep,
+) -> bool {
     plain_update(next).is_some_and(|(next_collection, _, changes)| {
-        next_collection == collection && changes.keys().eq(fields.iter())
+        next_collection == collection && changes.keys().eq(fields)
     })
 }
 
-/// Whether updates of `fields` in `collection` may be written together: not if one of them
-/// is in a unique index, where one statement could accept what the same updates one after
-/// the other refuse (two objects trading a value).
-fn may_group_updates(ctx: &Ctx<'_>, collection: &str, fields: &[String]) -> bool {
+/// Whether updates setting `changes`' fields in `collection` may be written together: not if
+/// one of them is in a unique index, where one statement could accept what the same updates
+/// one after the other refuse (two objects trading a value).
+fn may_group_updates(ctx: &Ctx<'_>, collection: &str, changes: &Object) -> bool {
     ctx.registry.collection(collection).is_ok_and(|def| {
         !def.indices()
             .iter()
-            .any(|index| index.unique && index.fields.iter().any(|f| fields.contains(f)))
+            .any(|index| index.unique && index.fields.iter().any(|f| changes.contains_key(f)))
     })
 }
 
@@ -300,13 +304,15 @@ pub(crate) async fn run_batch(
     while let Some((index, step)) = steps.next() {
         // An update by key followed by one alike starts a group of updates, which ends before
         // a key already in it (applied one after the other, the later update of a key wins).
+        // (The fields are copied only once a group starts: most updates come alone.)
         let update_group = plain_update(&step).and_then(|(collection, _, changes)| {
-            let fields: Vec<String> = changes.keys().cloned().collect();
             let alike = steps
                 .peek()
-                .is_some_and(|(_, next)| updates_alike(collection, &fields, next));
-            (alike && may_group_updates(ctx, collection, &fields))
-                .then(|| (collection.to_owned(), fields))
+                .is_some_and(|(_, next)| updates_alike(collection, changes.keys(), next));
+            (alike && may_group_updates(ctx, collection, changes)).then(|| {
+                let fields: Vec<String> = changes.keys().cloned().collect();
+                (collection.to_owned(), fields)
+            })
         });
         if let Some((collection, fields)) = update_group {
             let mut keys = BTreeSet::new();
