@@ -17,7 +17,7 @@
 //!   notes and what sync keeps of them).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use storex_core::uuid::Uuid;
 use storex_core::{
@@ -86,6 +86,27 @@ async fn batch_pair(first: (&Storage, &str), second: (&Storage, &str)) -> Result
         .await?;
     }
     Ok(pair)
+}
+
+/// The entries of `device` not shared yet that `wanted` picks.
+async fn unshared(
+    device: &SyncDevice,
+    wanted: impl Fn(&LogEntry) -> bool,
+) -> Result<Vec<LogEntry>, BoxError> {
+    let entries = device.log().unshared(u64::MAX >> 1).await?;
+    Ok(entries.into_iter().filter(|e| wanted(e)).collect())
+}
+
+/// Integrates `entries` on `receiver` in batches of `APPLY_BATCH`; returns how long it took.
+async fn integrate_in_batches(
+    receiver: &SyncDevice,
+    entries: &[LogEntry],
+) -> Result<Duration, BoxError> {
+    let start = Instant::now();
+    for chunk in entries.chunks(APPLY_BATCH) {
+        receiver.integrate(chunk.to_vec()).await?;
+    }
+    Ok(start.elapsed())
 }
 
 /// Runs the suite with `ops` single writes per path.
@@ -204,12 +225,7 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
     layout_floor(dir.path()).await?;
 
     // Reconcile + apply on a second device.
-    let entries: Vec<LogEntry> = device.log().unshared(u64::MAX >> 1).await?;
-    let creates: Vec<LogEntry> = entries
-        .iter()
-        .filter(|e| e.op == storex_sync::EntryOp::Create)
-        .cloned()
-        .collect();
+    let creates = unshared(&device, |e| e.op == storex_sync::EntryOp::Create).await?;
     let receiver = SyncDevice::open(
         registry()?,
         sqlite(dir.path(), "b.db").await?,
@@ -217,38 +233,19 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
         options,
     )
     .await?;
-    let start = Instant::now();
-    for chunk in creates.chunks(APPLY_BATCH) {
-        receiver.integrate(chunk.to_vec()).await?;
-    }
-    rate(
-        "synclog.apply_creates.entries",
-        creates.len() as u64,
-        start.elapsed(),
-    );
+    let took = integrate_in_batches(&receiver, &creates).await?;
+    rate("synclog.apply_creates.entries", creates.len() as u64, took);
 
     // Changes to objects the receiver has: new updates made on the first device.
     logged
         .update_where("note", storex_core::Filter::all(), object! { "stars" => 1 })
         .await?;
-    let updates: Vec<LogEntry> = device
-        .log()
-        .unshared(u64::MAX >> 1)
-        .await?
-        .into_iter()
-        .filter(|e| {
-            e.op == storex_sync::EntryOp::Update && e.fields.get("stars") == Some(&1i64.into())
-        })
-        .collect();
-    let start = Instant::now();
-    for chunk in updates.chunks(APPLY_BATCH) {
-        receiver.integrate(chunk.to_vec()).await?;
-    }
-    rate(
-        "synclog.apply_updates.entries",
-        updates.len() as u64,
-        start.elapsed(),
-    );
+    let updates = unshared(&device, |e| {
+        e.op == storex_sync::EntryOp::Update && e.fields.get("stars") == Some(&1i64.into())
+    })
+    .await?;
+    let took = integrate_in_batches(&receiver, &updates).await?;
+    rate("synclog.apply_updates.entries", updates.len() as u64, took);
     // Edits that differ from object to object (each note a title of its own), as a user's
     // edits do: no two set the same values.
     let notes = logged.find_many("note", Query::default()).await?;
@@ -267,33 +264,18 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
             .collect();
         logged.batch(steps).await?;
     }
-    let edits: Vec<LogEntry> = device
-        .log()
-        .unshared(u64::MAX >> 1)
-        .await?
-        .into_iter()
-        .filter(|e| e.op == storex_sync::EntryOp::Update && e.fields.contains_key("title"))
-        .collect();
-    let start = Instant::now();
-    for chunk in edits.chunks(APPLY_BATCH) {
-        receiver.integrate(chunk.to_vec()).await?;
-    }
-    rate(
-        "synclog.apply_edits.entries",
-        edits.len() as u64,
-        start.elapsed(),
-    );
+    let edits = unshared(&device, |e| {
+        e.op == storex_sync::EntryOp::Update && e.fields.contains_key("title")
+    })
+    .await?;
+    let took = integrate_in_batches(&receiver, &edits).await?;
+    rate("synclog.apply_edits.entries", edits.len() as u64, took);
     // The where-clause edits, unmeasured, so that both devices can be compared.
-    let rest: Vec<LogEntry> = device
-        .log()
-        .unshared(u64::MAX >> 1)
-        .await?
-        .into_iter()
-        .filter(|e| e.op == storex_sync::EntryOp::Update && e.fields.contains_key("body"))
-        .collect();
-    for chunk in rest.chunks(APPLY_BATCH) {
-        receiver.integrate(chunk.to_vec()).await?;
-    }
+    let rest = unshared(&device, |e| {
+        e.op == storex_sync::EntryOp::Update && e.fields.contains_key("body")
+    })
+    .await?;
+    integrate_in_batches(&receiver, &rest).await?;
     if device.digest("note").await? != receiver.digest("note").await? {
         return Err("the receiving device does not match the sender".into());
     }
