@@ -1006,6 +1006,17 @@ async fn limit_and_skip_page_through_results(s: Storage) {
         vec![10, 9]
     );
     assert!(ids(&s, Query::default().limit(0)).await.is_empty());
+    // The largest counts validation lets through are taken.
+    let most = i64::MAX as u64;
+    assert_eq!(
+        ids(&s, Query::default().skip(9).limit(most)).await,
+        vec![10]
+    );
+    assert!(ids(&s, Query::default().skip(most)).await.is_empty());
+    // The same query again with other counts answers by each (nothing kept from the last).
+    for n in [1, 4, 2, 4] {
+        assert_eq!(ids(&s, Query::default().limit(n)).await.len() as u64, n);
+    }
 }
 
 async fn skip_past_the_end_is_empty(s: Storage) {

@@ -189,7 +189,7 @@ pub(crate) async fn run<C: ConnectionTrait>(
                 ..query
             };
             let row = conn
-                .query_one(&sql::select(def, &query)?)
+                .query_one_raw(sql::select(def, ctx.dialect, &query)?)
                 .await
                 .map_err(err)?;
             let object = row
@@ -200,7 +200,7 @@ pub(crate) async fn run<C: ConnectionTrait>(
         }
         Operation::FindMany { query, .. } => {
             let rows = conn
-                .query_all(&sql::select(def, &query)?)
+                .query_all_raw(sql::select(def, ctx.dialect, &query)?)
                 .await
                 .map_err(err)?;
             let objects = rows

@@ -1,6 +1,7 @@
 //! Building SQL statements for storex operations, with sea-query except the multi-row INSERT
 //! of bulk writes (written out directly, see [`insert`]): every user value is a bound
-//! parameter, every name a quoted identifier; no value is ever part of the SQL text.
+//! parameter, every name a quoted identifier; no value is ever part of the SQL text (a
+//! query's limit and offset, integers, are: see [`select`]).
 //!
 //! The filter semantics are storex-core's: `ne` also matches NULL (`IS DISTINCT FROM`), an
 //! empty `in` matches nothing, ascending order puts NULLs first and descending last on both
@@ -85,8 +86,19 @@ pub(crate) fn pk_condition(def: &CollectionDef, pk: &Pk) -> Result<SqlCondition,
     Ok(all)
 }
 
-/// `SELECT <every field> FROM <collection> WHERE … ORDER BY … LIMIT … OFFSET …`.
-pub(crate) fn select(def: &CollectionDef, query: &Query) -> Result<SelectStatement, Error> {
+/// `SELECT <every field> FROM <collection> WHERE … ORDER BY … LIMIT n OFFSET m`.
+///
+/// The limit and the offset are numbers in the text, not bound parameters: SQLite (3.51)
+/// marks a prepared statement whose `LIMIT` is a parameter as expired whenever that
+/// parameter is bound again, so a cached `LIMIT ?` statement was parsed and planned anew on
+/// every run (every keyed lookup runs with `LIMIT 1`). They are integers from the
+/// [`Query`], never text, so the rule that no value is part of the SQL text is kept for
+/// every value that comes from an object or a filter.
+pub(crate) fn select(
+    def: &CollectionDef,
+    dialect: Dialect,
+    query: &Query,
+) -> Result<Statement, Error> {
     let mut stmt = SqlQuery::select();
     stmt.columns(def.fields().iter().map(|f| ident(&f.name)))
         .from(ident(def.name()))
@@ -101,20 +113,18 @@ pub(crate) fn select(def: &CollectionDef, query: &Query) -> Result<SelectStateme
     for pk in def.pk_fields() {
         stmt.order_by(ident(pk), SqlOrder::Asc);
     }
+    let mut statement = db_backend(dialect).build(&stmt);
+    // Validation keeps both counts within an i64, as both databases take them; SQLite takes
+    // no OFFSET without a LIMIT.
     match (query.limit, query.skip) {
-        (Some(limit), skip) => {
-            stmt.limit(limit);
-            if skip > 0 {
-                stmt.offset(skip);
-            }
-        }
-        // SQLite takes no OFFSET without a LIMIT.
-        (None, skip) if skip > 0 => {
-            stmt.limit(i64::MAX as u64).offset(skip);
-        }
-        (None, _) => {}
+        (None, 0) => {}
+        (Some(limit), 0) => statement.sql.push_str(&format!(" LIMIT {limit}")),
+        (limit, skip) => statement.sql.push_str(&format!(
+            " LIMIT {} OFFSET {skip}",
+            limit.unwrap_or(i64::MAX as u64)
+        )),
     }
-    Ok(stmt)
+    Ok(statement)
 }
 
 /// `SELECT COUNT(*) AS storex_count FROM <collection> WHERE …`.
