@@ -261,6 +261,27 @@ fn apply(
             );
             Ok(Outcome::FoundMany(found.into_iter().cloned().collect()))
         }
+        Operation::FindValues {
+            collection,
+            query,
+            fields,
+        } => {
+            let def = registry.collection(&collection)?;
+            let found = query.apply(
+                def,
+                candidates(table(state, &collection), def, &query.filter),
+            );
+            let rows = found
+                .into_iter()
+                .map(|object| {
+                    fields
+                        .iter()
+                        .map(|field| object.get(field).cloned().unwrap_or(Value::Null))
+                        .collect()
+                })
+                .collect();
+            Ok(Outcome::FoundValues(rows))
+        }
         Operation::Count { collection, filter } => {
             let def = registry.collection(&collection)?;
             let count = candidates(table(state, &collection), def, &filter)

@@ -116,6 +116,18 @@ pub enum Operation {
         /// Filter, order, skip and limit.
         query: Query,
     },
+    /// The values of `fields` of every object the query finds: per object, one value per
+    /// field named, in that order (`Null` for an optional field left empty). A reader that
+    /// knows which fields it wants gets them without a map of field names per object, as
+    /// [`Operation::FindMany`] builds.
+    FindValues {
+        /// The collection.
+        collection: String,
+        /// Filter, order, skip and limit.
+        query: Query,
+        /// The fields read, in the order of each object's values (at least one).
+        fields: Vec<String>,
+    },
     /// How many objects the filter matches.
     Count {
         /// The collection.
@@ -218,6 +230,20 @@ impl Operation {
         }
     }
 
+    /// A find of the values of `fields` of every object `query` matches (see
+    /// [`Operation::FindValues`]).
+    pub fn find_values<F: Into<String>>(
+        collection: impl Into<String>,
+        query: Query,
+        fields: impl IntoIterator<Item = F>,
+    ) -> Self {
+        Operation::FindValues {
+            collection: collection.into(),
+            query,
+            fields: fields.into_iter().map(Into::into).collect(),
+        }
+    }
+
     /// A count of the objects `filter` matches.
     pub fn count(collection: impl Into<String>, filter: Filter) -> Self {
         Operation::Count {
@@ -239,6 +265,7 @@ impl Operation {
             | Operation::DeleteWhereReturningPks { collection, .. }
             | Operation::FindOne { collection, .. }
             | Operation::FindMany { collection, .. }
+            | Operation::FindValues { collection, .. }
             | Operation::Count { collection, .. } => Some(collection),
             Operation::Batch { .. } => None,
         }
@@ -248,7 +275,10 @@ impl Operation {
     pub fn is_write(&self) -> bool {
         !matches!(
             self,
-            Operation::FindOne { .. } | Operation::FindMany { .. } | Operation::Count { .. }
+            Operation::FindOne { .. }
+                | Operation::FindMany { .. }
+                | Operation::FindValues { .. }
+                | Operation::Count { .. }
         )
     }
 
@@ -291,6 +321,7 @@ impl Operation {
             Operation::DeleteWhereReturningPks { .. } => "delete_where_returning_pks",
             Operation::FindOne { .. } => "find_one",
             Operation::FindMany { .. } => "find_many",
+            Operation::FindValues { .. } => "find_values",
             Operation::Count { .. } => "count",
             Operation::Batch { .. } => "batch",
         }
@@ -443,6 +474,8 @@ pub enum Outcome {
     Found(Option<Object>),
     /// The objects found.
     FoundMany(Vec<Object>),
+    /// The values found by an [`Operation::FindValues`]: per object, one per field asked.
+    FoundValues(Vec<Vec<Value>>),
     /// How many objects matched.
     Counted(u64),
     /// One outcome per batch step.
@@ -471,6 +504,14 @@ impl Outcome {
         match self {
             Outcome::UpdatedPks { pks } | Outcome::DeletedPks { pks } => Some(pks),
             _ => None,
+        }
+    }
+
+    /// The values of a [`Outcome::FoundValues`], one row per object found.
+    pub fn into_values(self) -> Vec<Vec<Value>> {
+        match self {
+            Outcome::FoundValues(rows) => rows,
+            _ => Vec::new(),
         }
     }
 

@@ -33,7 +33,7 @@ use crate::operation::{BatchStep, Operation, Outcome};
 use crate::query::{Filter, Query};
 use crate::registry::Registry;
 use crate::validate::{validate, Stage};
-use crate::value::{Object, Pk};
+use crate::value::{Object, Pk, Value};
 
 struct Inner {
     registry: Arc<Registry>,
@@ -221,6 +221,24 @@ impl Storage {
             .execute(Operation::find_many(collection, query))
             .await?
             .into_objects())
+    }
+
+    /// The values of `fields` of every object `query` finds: per object, one value per field,
+    /// in the order of `fields` (see [`Operation::FindValues`]).
+    pub async fn find_values(
+        &self,
+        collection: &str,
+        query: Query,
+        fields: &[&str],
+    ) -> Result<Vec<Vec<Value>>> {
+        Ok(self
+            .execute(Operation::find_values(
+                collection,
+                query,
+                fields.iter().copied(),
+            ))
+            .await?
+            .into_values())
     }
 
     /// How many objects `filter` matches.

@@ -190,6 +190,23 @@ fn validate_single(
         Operation::FindOne { collection, query } | Operation::FindMany { collection, query } => {
             validate_query(registry.collection(collection)?, query)
         }
+        Operation::FindValues {
+            collection,
+            query,
+            fields,
+        } => {
+            let def = registry.collection(collection)?;
+            if fields.is_empty() {
+                return Err(Error::invalid_operation(
+                    collection.as_str(),
+                    "a find of values names at least one field",
+                ));
+            }
+            for field in fields {
+                field_type(def, field)?;
+            }
+            validate_query(def, query)
+        }
         Operation::Batch { .. } => Err(Error::invalid_operation(
             "",
             "a batch cannot contain another batch",

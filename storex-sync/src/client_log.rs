@@ -60,6 +60,18 @@ impl Exec<'_> {
             .await?
             .into_objects())
     }
+
+    /// The values of `fields` of every object `query` finds (see
+    /// [`Operation::FindValues`]).
+    pub(crate) async fn find_values(
+        self,
+        collection: &str,
+        query: Query,
+        fields: &[&str],
+    ) -> storex_core::Result<Vec<Vec<Value>>> {
+        let op = Operation::find_values(collection, query, fields.iter().copied());
+        Ok(self.run(op).await?.into_values())
+    }
 }
 
 /// Commits `tx` when the work done in it succeeded, rolls it back when it failed; returns the

@@ -249,6 +249,47 @@ impl<'a> EntryRow<'a> {
     }
 }
 
+/// Every field of a log row, in the order [`StoredEntry::read_values`] reads them.
+pub(crate) const LOG_FIELDS: [&str; 10] = [
+    "id",
+    "device",
+    "hlc",
+    "collection",
+    "pk",
+    "op",
+    "fields",
+    "schema_version",
+    "shared",
+    "integrated",
+];
+
+/// A row of the log as read: a whole object, or the values of [`LOG_FIELDS`].
+trait LogRow {
+    /// The value of field `name`, if the row has it.
+    fn get(&self, name: &str) -> Option<&Value>;
+}
+
+impl LogRow for Object {
+    fn get(&self, name: &str) -> Option<&Value> {
+        Object::get(self, name)
+    }
+}
+
+/// The values of [`LOG_FIELDS`], in that order.
+struct LogValues<'v>(&'v [Value]);
+
+impl LogRow for LogValues<'_> {
+    fn get(&self, name: &str) -> Option<&Value> {
+        log_value(self.0, name)
+    }
+}
+
+/// The value of field `name` in a log row read as the values of [`LOG_FIELDS`].
+pub(crate) fn log_value<'v>(values: &'v [Value], name: &str) -> Option<&'v Value> {
+    let index = LOG_FIELDS.iter().position(|field| *field == name)?;
+    values.get(index)
+}
+
 impl StoredEntry {
     /// The row of the log collection holding this entry (writers use [`EntryRow`], which
     /// borrows; this is for the round-trip tests).
@@ -265,6 +306,15 @@ impl StoredEntry {
     /// Reads a row of the log collection back, a create's values only if `create_values`
     /// (left empty otherwise: a reader that needs only what a create stamps).
     pub(crate) fn read(row: &Object, create_values: bool) -> Result<Self> {
+        Self::read_row(row, create_values)
+    }
+
+    /// [`StoredEntry::read`] of a row read as the values of [`LOG_FIELDS`], in that order.
+    pub(crate) fn read_values(values: &[Value], create_values: bool) -> Result<Self> {
+        Self::read_row(&LogValues(values), create_values)
+    }
+
+    fn read_row(row: &impl LogRow, create_values: bool) -> Result<Self> {
         let corrupt = |problem: &str| Error::CorruptEntry {
             id: row
                 .get("id")

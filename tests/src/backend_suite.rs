@@ -127,6 +127,9 @@ fn all_checks() -> Vec<(&'static str, Check)> {
         order_ties_break_by_key,
         limit_and_skip_page_through_results,
         skip_past_the_end_is_empty,
+        find_values_reads_the_fields_asked_in_their_order,
+        find_values_reads_every_type_and_null,
+        find_values_refuses_unknown_or_no_fields,
         count_with_and_without_filter,
         batch_applies_every_step,
         batch_placeholder_fills_a_child_field,
@@ -1022,6 +1025,100 @@ async fn limit_and_skip_page_through_results(s: Storage) {
 async fn skip_past_the_end_is_empty(s: Storage) {
     seed_numbers(&s).await;
     assert!(ids(&s, Query::default().skip(50)).await.is_empty());
+}
+
+async fn find_values_reads_the_fields_asked_in_their_order(s: Storage) {
+    seed_numbers(&s).await;
+    let query = Query::new(Filter::all().gte("id", 2))
+        .order_desc("n")
+        .skip(1)
+        .limit(3);
+    let rows = s
+        .find_values("item", query.clone(), &["n", "id", "name", "n"])
+        .await
+        .expect("find values");
+    // The same objects, in the same order, as a find of whole objects.
+    let objects = s.find_many("item", query).await.expect("find many");
+    let expected: Vec<Vec<Value>> = objects
+        .iter()
+        .map(|o| {
+            vec![
+                o["n"].clone(),
+                o["id"].clone(),
+                o["name"].clone(),
+                o["n"].clone(),
+            ]
+        })
+        .collect();
+    assert_eq!(rows, expected);
+    // n desc puts NULLs last: 30 (4) is skipped, then 20 (2), 20 (5), NULL (3).
+    let ids: Vec<Value> = rows.iter().map(|row| row[1].clone()).collect();
+    assert_eq!(ids, vec![Value::Int(2), Value::Int(5), Value::Int(3)]);
+    assert_eq!(rows[2][0], Value::Null);
+    // Nothing found: no rows.
+    let none = s
+        .find_values("item", Query::new(Filter::all().eq("id", 99)), &["id"])
+        .await
+        .expect("find values");
+    assert!(none.is_empty());
+}
+
+async fn find_values_reads_every_type_and_null(s: Storage) {
+    let fields = [
+        "id", "name", "n", "score", "flag", "at", "doc", "data", "ref_id", "body",
+    ];
+    let full = object! {
+        "id" => 1,
+        "name" => "full",
+        "n" => -7,
+        "score" => 2.5,
+        "flag" => true,
+        "at" => Value::DateTime(at(1_700_000_000, 123_456)),
+        "doc" => Value::Json(json!({"a": [1, null, "x"]})),
+        "data" => Value::Blob(vec![0, 1, 255]),
+        "ref_id" => Value::Uuid(Uuid::from_u128(42)),
+        "body" => "text",
+    };
+    create_item(&s, full.clone()).await;
+    create_item(&s, item(2, "empty")).await;
+    let rows = s
+        .find_values("item", Query::default(), &fields)
+        .await
+        .expect("find values");
+    let whole = s
+        .find_many("item", Query::default())
+        .await
+        .expect("find many");
+    assert_eq!(rows.len(), 2);
+    for (row, object) in rows.iter().zip(&whole) {
+        for (value, field) in row.iter().zip(fields) {
+            assert_eq!(value, &object[field], "field `{field}`");
+        }
+    }
+    for (value, field) in rows[0].iter().zip(fields) {
+        assert_eq!(value, &full[field], "field `{field}`");
+    }
+    assert!(rows[1][2..].iter().all(Value::is_null), "{:?}", rows[1]);
+}
+
+async fn find_values_refuses_unknown_or_no_fields(s: Storage) {
+    create_item(&s, item(1, "x")).await;
+    let err = s
+        .find_values("item", Query::default(), &["id", "colour"])
+        .await
+        .expect_err("accepted an unknown field");
+    assert!(
+        matches!(err, Error::UnknownField { ref field, .. } if field == "colour"),
+        "wrong error: {err}"
+    );
+    let err = s
+        .find_values("item", Query::default(), &[])
+        .await
+        .expect_err("accepted no field");
+    assert!(
+        matches!(err, Error::InvalidOperation { .. }),
+        "wrong error: {err}"
+    );
 }
 
 async fn count_with_and_without_filter(s: Storage) {

@@ -19,7 +19,7 @@ use storex_core::{
 
 use crate::backend::Dialect;
 use crate::sql::{self, OnExisting};
-use crate::values::{read_object, read_pk};
+use crate::values::{read_object, read_pk, read_values};
 
 /// Rows per multi-row INSERT or UPDATE at most.
 const MAX_ROWS_PER_STATEMENT: usize = 1_000;
@@ -209,6 +209,26 @@ pub(crate) async fn run<C: ConnectionTrait>(
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(err)?;
             Ok(Outcome::FoundMany(objects))
+        }
+        Operation::FindValues { query, fields, .. } => {
+            let defs = fields
+                .iter()
+                .map(|name| {
+                    def.field_def(name).ok_or_else(|| Error::UnknownField {
+                        collection: def.name().to_owned(),
+                        field: name.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let statement =
+                sql::select_fields(def, fields.iter().map(String::as_str), ctx.dialect, &query)?;
+            let rows = conn.query_all_raw(statement).await.map_err(err)?;
+            let values = rows
+                .iter()
+                .map(|row| read_values(row, &defs))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err)?;
+            Ok(Outcome::FoundValues(values))
         }
         Operation::Count { filter, .. } => {
             let row = conn

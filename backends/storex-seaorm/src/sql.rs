@@ -99,8 +99,23 @@ pub(crate) fn select(
     dialect: Dialect,
     query: &Query,
 ) -> Result<Statement, Error> {
+    select_fields(
+        def,
+        def.fields().iter().map(|f| f.name.as_str()),
+        dialect,
+        query,
+    )
+}
+
+/// [`select`] of only `fields`, in that order.
+pub(crate) fn select_fields<'f>(
+    def: &CollectionDef,
+    fields: impl IntoIterator<Item = &'f str>,
+    dialect: Dialect,
+    query: &Query,
+) -> Result<Statement, Error> {
     let mut stmt = SqlQuery::select();
-    stmt.columns(def.fields().iter().map(|f| ident(&f.name)))
+    stmt.columns(fields.into_iter().map(ident))
         .from(ident(def.name()))
         .cond_where(condition(def, &query.filter)?);
     for order in &query.order {

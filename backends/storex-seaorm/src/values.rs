@@ -114,6 +114,16 @@ pub(crate) fn read_object(row: &QueryResult, def: &CollectionDef) -> Result<Obje
         .collect()
 }
 
+/// Reads the values of `fields` from a row selecting them in that order (as
+/// [`crate::sql::select_fields`] does).
+pub(crate) fn read_values(row: &QueryResult, fields: &[&FieldDef]) -> Result<Vec<Value>, DbErr> {
+    fields
+        .iter()
+        .enumerate()
+        .map(|(index, field)| read_field(row, index, field))
+        .collect()
+}
+
 /// Reads the key of an object of collection `def` from a row selecting its key fields in key
 /// order (as [`crate::sql::returning_pk`] does).
 pub(crate) fn read_pk(row: &QueryResult, def: &CollectionDef) -> Result<Pk, DbErr> {

@@ -18,7 +18,7 @@ use storex_core::uuid::Uuid;
 use storex_core::{Filter, Object, Query, Registry, Value};
 
 use crate::client_log::{current_rows, logged_for, Exec};
-use crate::entry::{LogEntry, StoredEntry, LOG_COLLECTION};
+use crate::entry::{log_value, LogEntry, StoredEntry, LOG_COLLECTION, LOG_FIELDS};
 use crate::error::Result;
 use crate::fast_sync::FastSyncError;
 use crate::reconcile::{object_key, ObjectKey};
@@ -411,25 +411,21 @@ async fn read_log(
     limit: u64,
     with_values: bool,
 ) -> Result<(LogPage, u64)> {
-    let rows = exec.find(LOG_COLLECTION, query.limit(limit)).await?;
+    let rows = exec
+        .find_values(LOG_COLLECTION, query.limit(limit), &LOG_FIELDS)
+        .await?;
     let full = rows.len() as u64 == limit;
     let mut bytes = 0u64;
     let mut entries = Vec::with_capacity(rows.len());
+    let text = |row, field| log_value(row, field).and_then(Value::as_text);
     for row in &rows {
-        let pk = row
-            .get("pk")
-            .and_then(Value::as_text)
-            .map(str::to_owned)
-            .unwrap_or_default();
-        let fields = row
-            .get("fields")
-            .and_then(Value::as_text)
-            .map_or(0, str::len);
+        let pk = text(row, "pk").map(str::to_owned).unwrap_or_default();
+        let fields = text(row, "fields").map_or(0, str::len);
         bytes += LOG_ROW_BYTES + fields as u64;
         // A create's values are kept only for a merging receiver: for any other, the
         // versions of an object that exists keep none, and one that does not exist was
         // deleted after all its creates.
-        let stored = StoredEntry::read(row, with_values).map_err(|e| {
+        let stored = StoredEntry::read_values(row, with_values).map_err(|e| {
             FastSyncError::Protocol(format!("a log entry that does not read back: {e}"))
         })?;
         entries.push((pk, stored.entry));
