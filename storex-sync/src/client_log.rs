@@ -17,7 +17,7 @@ use storex_core::{
     StorageTransaction, Value,
 };
 
-use crate::entry::{pk_text, LogEntry, StoredEntry, LOG_COLLECTION};
+use crate::entry::{pk_text, LogEntry, StoredEntry, LOG_COLLECTION, LOG_FIELDS};
 use crate::error::Result;
 use crate::hlc::Hlc;
 use crate::journal::{
@@ -483,7 +483,11 @@ pub(crate) async fn logged_for(exec: Exec<'_>, objects: &[ObjectKey]) -> Result<
         .collect();
     let mut found = Logged::default();
     for filter in filters {
-        for stored in read_entries(exec.find(LOG_COLLECTION, Query::new(filter)).await?)? {
+        let rows = exec
+            .find_values(LOG_COLLECTION, Query::new(filter), &LOG_FIELDS)
+            .await?;
+        for row in rows {
+            let stored = StoredEntry::read_values(&row, true)?;
             let key = object_key(&stored.entry);
             // An entry of a key asked for, found by a range and by an `IN` list too (a key
             // of another shape between a run's ends), is kept once.
@@ -526,8 +530,8 @@ pub(crate) async fn ids_in(
     let mut known = HashSet::new();
     for chunk in ids.chunks(LOOKUP_CHUNK) {
         let query = Query::new(Filter::all().is_in("id", chunk.iter().copied()));
-        for row in exec.find(collection, query).await? {
-            if let Some(id) = row.get("id").and_then(Value::as_uuid) {
+        for row in exec.find_values(collection, query, &["id"]).await? {
+            if let Some(id) = row.first().and_then(Value::as_uuid) {
                 known.insert(id);
             }
         }

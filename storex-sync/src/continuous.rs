@@ -37,7 +37,7 @@ use crate::client_log::{delete_ids_steps, ids_in, Exec, COMPACT_ROUND};
 use crate::codec::EntryCodec;
 use crate::device::SyncDevice;
 use crate::entry::{
-    LogEntry, StoredEntry, LOG_COLLECTION, QUARANTINE_COLLECTION, STATE_COLLECTION,
+    LogEntry, StoredEntry, LOG_COLLECTION, LOG_FIELDS, QUARANTINE_COLLECTION, STATE_COLLECTION,
 };
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
@@ -419,10 +419,10 @@ impl ContinuousSync {
         let rows = self
             .device
             .storage()
-            .find_many(LOG_COLLECTION, query)
+            .find_values(LOG_COLLECTION, query, &LOG_FIELDS)
             .await?;
         rows.iter()
-            .map(|row| StoredEntry::from_object(row).map(|s| s.entry))
+            .map(|row| StoredEntry::read_values(row, true).map(|s| s.entry))
             .collect()
     }
 

@@ -53,6 +53,10 @@ const SEPARATOR: char = '\u{1f}';
 pub(crate) const CLOCK_OBJECT: &str = "\u{1f}clock";
 
 /// The definition of the versions index's collection.
+/// The fields of a row of the versions index, in the order [`Versions::from_values`] reads
+/// them.
+pub(crate) const ROW_FIELDS: [&str; 2] = ["object", "state"];
+
 pub(crate) fn versions_collection() -> CollectionDef {
     CollectionDef::new(VERSIONS_COLLECTION)
         .field("object", FieldType::Text)
@@ -394,6 +398,22 @@ impl Versions {
         Ok((id.to_owned(), Self::decode(id, bytes)?))
     }
 
+    /// [`Versions::from_row`] of a row read as the values of [`ROW_FIELDS`], in that order.
+    pub(crate) fn from_values(values: Vec<Value>) -> Result<(String, Self)> {
+        let mut values = values.into_iter();
+        let (Some(Value::Text(id)), state) = (values.next(), values.next()) else {
+            return Err(Error::CorruptEntry {
+                id: "versions".into(),
+                problem: "a row of the versions index without its object".into(),
+            });
+        };
+        let Some(Value::Blob(bytes)) = state else {
+            return Err(corrupt(&id, "no state".into()));
+        };
+        let versions = Self::decode(&id, &bytes)?;
+        Ok((id, versions))
+    }
+
     /// The id and the latest timestamp of the versions a row of the index holds, checked
     /// (see [`Versions::latest_of`]).
     pub(crate) fn latest_of_row(row: &Object) -> Result<(String, Option<Hlc>)> {
@@ -532,8 +552,12 @@ pub(crate) async fn load(
     }
     let asked: HashSet<&ObjectKey> = objects.iter().collect();
     for filter in filters {
-        for row in exec.find(VERSIONS_COLLECTION, Query::new(filter)).await? {
-            let (id, versions) = Versions::from_row(&row)?;
+        let query = Query::new(filter);
+        for row in exec
+            .find_values(VERSIONS_COLLECTION, query, &ROW_FIELDS)
+            .await?
+        {
+            let (id, versions) = Versions::from_values(row)?;
             if let Some(key) = object_of(&id).filter(|key| asked.contains(key)) {
                 found.insert(key, versions);
             }
@@ -738,7 +762,13 @@ mod tests {
         let (id, back) = Versions::from_row(&row).expect("read back");
         assert_eq!(
             (object_of(&id), back),
-            (Some(("note".into(), "[1]".into())), versions)
+            (Some(("note".into(), "[1]".into())), versions.clone())
+        );
+        // Read as values: the same.
+        let values = ROW_FIELDS.iter().map(|f| row[*f].clone()).collect();
+        assert_eq!(
+            Versions::from_values(values).expect("read back"),
+            (id.clone(), versions)
         );
         assert_eq!(object_of(CLOCK_OBJECT), None);
         for bytes in [
@@ -751,9 +781,14 @@ mod tests {
             damaged.insert("state".into(), Value::Blob(bytes));
             assert!(Versions::from_row(&damaged).is_err());
             assert!(Versions::latest_of_row(&damaged).is_err());
+            let values = ROW_FIELDS.iter().map(|f| damaged[*f].clone()).collect();
+            assert!(Versions::from_values(values).is_err());
         }
         assert!(Versions::from_row(&Object::new()).is_err());
         assert!(Versions::latest_of_row(&Object::new()).is_err());
+        assert!(Versions::from_values(Vec::new()).is_err());
+        assert!(Versions::from_values(vec![Value::from("x")]).is_err());
+        assert!(Versions::from_values(vec![Value::Null, Value::Blob(vec![FORMAT])]).is_err());
         // A timestamp named by an index past the ones stored.
         let mut dangling = vec![FORMAT];
         let compact: Compact<'_, Value> = Compact {
