@@ -363,21 +363,14 @@ async fn apply_batch_in_order(
             if key_range_is_empty(&tx, collection, field, &keys).await? {
                 HashSet::new()
             } else {
-                run(
-                    &tx,
-                    Operation::find_many(
-                        collection,
-                        Query::new(Filter::all().is_in(field.clone(), keys)),
-                    ),
-                )
-                .await?
-                .into_objects()
-                .iter()
-                .filter_map(|o| {
-                    o.get(field)
-                        .map(|v| serde_json::to_string(v).unwrap_or_default())
-                })
-                .collect()
+                let query = Query::new(Filter::all().is_in(field.clone(), keys));
+                run(&tx, Operation::find_values(collection, query, [field]))
+                    .await?
+                    .into_values()
+                    .iter()
+                    .filter_map(|row| row.first())
+                    .map(|key| serde_json::to_string(key).unwrap_or_default())
+                    .collect()
             }
         }
         _ => HashSet::new(),
@@ -425,25 +418,27 @@ async fn apply_batch_in_order(
         // wrote it, or it is the device's own, and the sender's versions (sent after the
         // rows) are reconciled with it.
         if !exists {
-            creates.push((pk_text(&pk), object));
+            creates.push((pk, object));
         }
     }
     // A device with data of its own may know an object it does not have: it deleted it.
     // Then what both know of its changes decides (the sender's versions come later), not
     // the sender's row.
-    let known: HashSet<ObjectKey> = if state.merge && collection != LOG_COLLECTION {
+    if state.merge && collection != LOG_COLLECTION {
         let keys: Vec<ObjectKey> = creates
             .iter()
-            .map(|(pk, _)| (collection.to_owned(), pk.clone()))
+            .map(|(pk, _)| (collection.to_owned(), pk_text(pk)))
             .collect();
-        known_objects(Exec::Transaction(&tx), &keys).await?
-    } else {
-        HashSet::new()
-    };
-    for (pk, object) in creates {
-        if !known.contains(&(collection.to_owned(), pk)) {
-            steps.push(BatchStep::new(Operation::create(collection, object)));
-        }
+        let known = known_objects(Exec::Transaction(&tx), &keys).await?;
+        creates = creates
+            .into_iter()
+            .zip(keys)
+            .filter(|(_, key)| !known.contains(key))
+            .map(|(create, _)| create)
+            .collect();
+    }
+    for (_, object) in creates {
+        steps.push(BatchStep::new(Operation::create(collection, object)));
     }
     steps.push(progress_step(session, state, first));
     run(&tx, Operation::Batch { steps }).await?;
@@ -592,17 +587,14 @@ async fn apply_versions_batch(
     }
     // Stored as they came (they read back), as the sender pruned them for its rows, which
     // are this device's now: values only for objects that do not exist.
-    let ids: Vec<String> = received.into_iter().map(|(id, _, _)| id).collect();
+    // Each row is stored as it came: its `object` is the id read above, and any other field
+    // but its `state` is dropped.
+    drop(received);
     let rows: Vec<Object> = objects
         .into_iter()
-        .zip(&ids)
-        .map(|(mut row, id)| {
-            let mut stored = Object::new();
-            stored.insert("object".into(), Value::from(id.as_str()));
-            if let Some(state) = row.remove("state") {
-                stored.insert("state".into(), state);
-            }
-            stored
+        .map(|mut row| {
+            row.retain(|field, _| field == "object" || field == "state");
+            row
         })
         .collect();
     // Under the write-order lock, as integration writes versions: the two never interleave.
