@@ -29,6 +29,10 @@ pub struct BackendFeatures {
     pub where_writes: bool,
     /// `Batch` works (atomically).
     pub batches: bool,
+    /// `FindValues` is read by the backend itself. Without it, [`crate::Storage`] asks the
+    /// backend for the objects (`FindMany`) and takes the values from them, so every backend
+    /// answers it.
+    pub find_values: bool,
 }
 
 impl BackendFeatures {
@@ -38,6 +42,7 @@ impl BackendFeatures {
             transactions: true,
             where_writes: true,
             batches: true,
+            find_values: true,
         }
     }
 
@@ -55,6 +60,12 @@ impl BackendFeatures {
     /// This set with where-clause writes on or off.
     pub fn with_where_writes(mut self, on: bool) -> Self {
         self.where_writes = on;
+        self
+    }
+
+    /// This set with `FindValues` read by the backend or not.
+    pub fn with_find_values(mut self, on: bool) -> Self {
+        self.find_values = on;
         self
     }
 
@@ -90,7 +101,9 @@ impl BackendFeatures {
 ///
 /// Operations arrive validated against the registry given to [`StorageBackend::prepare`].
 /// An [`Operation::Batch`] is applied atomically. Found objects carry every field of their
-/// collection (absent optional fields as `Null`), sorted as [`crate::Query::apply`] sorts.
+/// collection (absent optional fields as `Null`), sorted as [`crate::Query::apply`] sorts;
+/// found values ([`Operation::FindValues`], with [`BackendFeatures::find_values`]) are those
+/// objects' values of the fields asked, in the order asked.
 pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
     /// Stable short name used in errors and logs, e.g. `"memory"` or `"seaorm-sqlite"`.
     fn name(&self) -> &'static str;

@@ -14,6 +14,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use crate::backend::{BackendFeatures, BoxFuture, StorageBackend, Transaction};
 use crate::batch::BatchResolver;
 use crate::error::{Error, Result};
+use crate::middleware::field_values;
 use crate::operation::{BatchStep, Operation, Outcome};
 use crate::query::{Filter, Predicate, Query};
 use crate::registry::{CollectionDef, Registry};
@@ -273,12 +274,7 @@ fn apply(
             );
             let rows = found
                 .into_iter()
-                .map(|object| {
-                    fields
-                        .iter()
-                        .map(|field| object.get(field).cloned().unwrap_or(Value::Null))
-                        .collect()
-                })
+                .map(|object| field_values(object, &fields))
                 .collect();
             Ok(Outcome::FoundValues(rows))
         }

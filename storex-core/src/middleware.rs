@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::operation::{Operation, Outcome};
 use crate::registry::Registry;
 use crate::validate::{validate, Stage};
+use crate::value::{Object, Value};
 
 /// Who asked for an operation; middleware can treat them differently.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -90,16 +91,32 @@ impl<'a> Next<'a> {
             None => Box::pin(async move {
                 let mut op = op;
                 validate(self.registry, &mut op, Stage::Backend)?;
-                if let Some(what) = self.backend.features().missing_for(&op) {
+                let features = self.backend.features();
+                if let Some(what) = features.missing_for(&op) {
                     return Err(Error::Unsupported {
                         backend: self.backend.name(),
                         what: what.to_owned(),
                     });
                 }
-                match self.target {
+                // A backend that does not read values itself is asked for the objects.
+                let (op, fields) = match op {
+                    Operation::FindValues {
+                        collection,
+                        query,
+                        fields,
+                    } if !features.find_values => {
+                        (Operation::FindMany { collection, query }, Some(fields))
+                    }
+                    op => (op, None),
+                };
+                let outcome = match self.target {
                     Target::Backend(backend) => backend.execute(op).await,
                     Target::Transaction(tx) => tx.execute(op).await,
-                }
+                }?;
+                Ok(match fields {
+                    Some(fields) => values_of(outcome, &fields)?,
+                    None => outcome,
+                })
             }),
         }
     }
@@ -151,4 +168,28 @@ impl<'a> Next<'a> {
             ..*self
         }
     }
+}
+
+/// The values of `fields` of the objects a `FindMany` found, for a `FindValues` its backend
+/// does not read itself.
+fn values_of(found: Outcome, fields: &[String]) -> Result<Outcome> {
+    let Outcome::FoundMany(objects) = found else {
+        return Err(Error::UnexpectedOutcome {
+            operation: "find_many",
+            outcome: format!("{found:?}"),
+        });
+    };
+    let rows = objects
+        .iter()
+        .map(|object| field_values(object, fields))
+        .collect();
+    Ok(Outcome::FoundValues(rows))
+}
+
+/// The values of `fields` of `object`, in that order (`Null` for a field it lacks).
+pub(crate) fn field_values(object: &Object, fields: &[String]) -> Vec<Value> {
+    fields
+        .iter()
+        .map(|field| object.get(field).cloned().unwrap_or(Value::Null))
+        .collect()
 }

@@ -589,4 +589,21 @@ mod tests {
         assert_eq!(outcome.into_pks(), Some(pks));
         assert_eq!(Outcome::Updated { count: 2 }.into_pks(), None);
     }
+
+    #[test]
+    fn a_find_of_values_is_a_read_with_its_fields_in_order() {
+        let op = Operation::find_values("item", Query::default().limit(2), ["name", "id"]);
+        assert!(!op.is_write());
+        assert!(!op.is_where_write());
+        assert_eq!(op.kind(), "find_values");
+        assert_eq!(op.collection(), Some("item"));
+        let json = serde_json::to_value(&op).expect("serialize");
+        assert_eq!(json["op"], "find_values");
+        assert_eq!(json["fields"], serde_json::json!(["name", "id"]));
+        let back: Operation = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back, op);
+        let rows = vec![vec![Value::from("a"), Value::from(1)]];
+        assert_eq!(Outcome::FoundValues(rows.clone()).into_values(), rows);
+        assert!(Outcome::FoundMany(Vec::new()).into_values().is_empty());
+    }
 }

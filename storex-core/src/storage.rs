@@ -231,14 +231,11 @@ impl Storage {
         query: Query,
         fields: &[&str],
     ) -> Result<Vec<Vec<Value>>> {
-        Ok(self
-            .execute(Operation::find_values(
-                collection,
-                query,
-                fields.iter().copied(),
-            ))
-            .await?
-            .into_values())
+        let op = Operation::find_values(collection, query, fields.iter().copied());
+        match self.execute(op).await? {
+            Outcome::FoundValues(rows) => Ok(rows),
+            other => Err(unexpected("find_values", &other)),
+        }
     }
 
     /// How many objects `filter` matches.

@@ -383,11 +383,50 @@ impl StorageBackend for Plain {
         self.0.prepare(registry)
     }
     fn execute(&self, op: Operation) -> BoxFuture<'_, Result<Outcome>> {
+        if matches!(op, Operation::FindValues { .. }) {
+            // Not read by this backend: storage must not ask it.
+            return Box::pin(async {
+                Err(Error::Unsupported {
+                    backend: "plain",
+                    what: "reading values".into(),
+                })
+            });
+        }
         self.0.execute(op)
     }
     fn begin(&self) -> BoxFuture<'_, Result<Box<dyn Transaction>>> {
         self.0.begin()
     }
+}
+
+#[tokio::test]
+async fn a_backend_that_reads_no_values_is_asked_for_objects_instead() {
+    let storage = Storage::builder(registry(), Plain::default())
+        .with(UuidPkMiddleware::new())
+        .build()
+        .await
+        .expect("build");
+    for title in ["b", "a", "c"] {
+        storage
+            .create("note", object! { "title" => title })
+            .await
+            .expect("create");
+    }
+    let rows = storage
+        .find_values(
+            "note",
+            Query::default().order_asc("title").limit(2),
+            &["title", "title"],
+        )
+        .await
+        .expect("values from the objects found");
+    assert_eq!(
+        rows,
+        vec![
+            vec![Value::from("a"), Value::from("a")],
+            vec![Value::from("b"), Value::from("b")],
+        ]
+    );
 }
 
 #[tokio::test]

@@ -416,6 +416,21 @@ mod tests {
         };
         let back = StoredEntry::from_object(&stored.to_object()).expect("read back");
         assert_eq!(back, stored);
+        // Read as the values of the log's fields, in their order: the same.
+        let row = stored.to_object();
+        let values: Vec<Value> = LOG_FIELDS.iter().map(|f| row[*f].clone()).collect();
+        assert_eq!(
+            StoredEntry::read_values(&values, true).expect("read"),
+            stored
+        );
+        assert!(StoredEntry::read_values(&values[..9], true).is_err());
+    }
+
+    #[test]
+    fn the_log_fields_are_the_log_collections() {
+        let def = log_collection();
+        let names: Vec<&str> = def.fields().iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, LOG_FIELDS);
     }
 
     #[test]

@@ -460,6 +460,19 @@ async fn honour_pause(
     Ok(())
 }
 
+/// How many rows the next page reads: about `budget` bytes of rows of `average` bytes, at
+/// least one and at most `most`. Below `most` it is rounded down to a power of two, so that
+/// pages of rows of about the same size ask with the same limit: a statement the database
+/// has prepared already (on SQLite a limit is part of the statement's text).
+fn page_limit(budget: u64, average: u64, most: u64) -> u64 {
+    let rows = (budget / average.max(1)).clamp(1, most.max(1));
+    if rows == most {
+        rows
+    } else {
+        1 << rows.ilog2()
+    }
+}
+
 /// Running SHA-256 over a collection's batches: `H' = sha256(H || sha256(batch))`, where a
 /// batch hashes the canonical encodings of its objects in order.
 fn chain_checksum(previous: &str, encoded: &EncodedObjects) -> String {
@@ -472,4 +485,22 @@ fn chain_checksum(previous: &str, encoded: &EncodedObjects) -> String {
     hash.update(previous.as_bytes());
     hash.update(batch.finalize());
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_limit;
+
+    #[test]
+    fn page_limits_are_powers_of_two_below_the_most() {
+        // Small rows: the most.
+        assert_eq!(page_limit(8 << 20, 100, 2_000), 2_000);
+        // About the same size: the same limit.
+        assert_eq!(page_limit(8 << 20, 5_000, 2_000), 1_024);
+        assert_eq!(page_limit(8 << 20, 5_200, 2_000), 1_024);
+        assert_eq!(page_limit(8 << 20, 9_000, 2_000), 512);
+        // Rows bigger than the budget: one at a time; an empty average counts as a byte.
+        assert_eq!(page_limit(8 << 20, 64 << 20, 2_000), 1);
+        assert_eq!(page_limit(8 << 20, 0, 2_000), 2_000);
+    }
 }

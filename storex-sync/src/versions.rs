@@ -52,11 +52,11 @@ const SEPARATOR: char = '\u{1f}';
 /// The id of the row keeping the latest timestamp applied (no collection has this name).
 pub(crate) const CLOCK_OBJECT: &str = "\u{1f}clock";
 
-/// The definition of the versions index's collection.
 /// The fields of a row of the versions index, in the order [`Versions::from_values`] reads
 /// them.
 pub(crate) const ROW_FIELDS: [&str; 2] = ["object", "state"];
 
+/// The definition of the versions index's collection.
 pub(crate) fn versions_collection() -> CollectionDef {
     CollectionDef::new(VERSIONS_COLLECTION)
         .field("object", FieldType::Text)

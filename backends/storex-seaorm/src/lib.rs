@@ -2,7 +2,8 @@
 //! default) and PostgreSQL.
 //!
 //! [`SeaOrmBackend`] runs every storex-core operation as SQL built with sea-query (values
-//! are always bound parameters), applies batches in one transaction with multi-row INSERTs
+//! are always bound parameters; on SQLite a find's limit is a number in the text, see
+//! `sql::select`), applies batches in one transaction with multi-row INSERTs
 //! and UPDATEs, and creates the registry's tables when they are missing or adopts the app's
 //! existing ones.
 //! [`collection_from_entity`] derives collection definitions from an app's SeaORM entities,

@@ -1,7 +1,7 @@
 //! Building SQL statements for storex operations, with sea-query except the multi-row INSERT
 //! of bulk writes (written out directly, see [`insert`]): every user value is a bound
-//! parameter, every name a quoted identifier; no value is ever part of the SQL text (a
-//! query's limit and offset, integers, are: see [`select`]).
+//! parameter, every name a quoted identifier; no value is ever part of the SQL text (on
+//! SQLite a query's limit, an integer, is: see [`select`]).
 //!
 //! The filter semantics are storex-core's: `ne` also matches NULL (`IS DISTINCT FROM`), an
 //! empty `in` matches nothing, ascending order puts NULLs first and descending last on both
@@ -10,7 +10,7 @@
 use sea_orm::sea_query::{
     Alias, Asterisk, BinOper, Condition as SqlCondition, DeleteStatement, Expr, ExprTrait,
     NullOrdering, Order as SqlOrder, Query as SqlQuery, ReturningClause, SelectStatement,
-    SimpleExpr, UpdateStatement, Value as SqlValue,
+    SimpleExpr, UpdateStatement, Value as SqlValue, Values,
 };
 use sea_orm::{DbBackend, Statement};
 use storex_core::{
@@ -86,14 +86,15 @@ pub(crate) fn pk_condition(def: &CollectionDef, pk: &Pk) -> Result<SqlCondition,
     Ok(all)
 }
 
-/// `SELECT <every field> FROM <collection> WHERE … ORDER BY … LIMIT n OFFSET m`.
+/// `SELECT <every field> FROM <collection> WHERE … ORDER BY … LIMIT … OFFSET …`.
 ///
-/// The limit and the offset are numbers in the text, not bound parameters: SQLite (3.51)
-/// marks a prepared statement whose `LIMIT` is a parameter as expired whenever that
-/// parameter is bound again, so a cached `LIMIT ?` statement was parsed and planned anew on
-/// every run (every keyed lookup runs with `LIMIT 1`). They are integers from the
-/// [`Query`], never text, so the rule that no value is part of the SQL text is kept for
-/// every value that comes from an object or a filter.
+/// On SQLite the limit is a number in the text, not a bound parameter: SQLite (3.51) reads
+/// a bound `LIMIT`'s value while planning, so it marks the prepared statement as expired
+/// whenever that parameter is bound again, and a cached `LIMIT ?` statement was parsed and
+/// planned anew on every run (every keyed lookup runs with `LIMIT 1`). The limit is an
+/// integer of the [`Query`], never text, so no value of an object or a filter is ever part
+/// of the SQL text. The offset stays bound (SQLite does not plan with it, and paging by
+/// offset would make every page a statement of its own), and so do both on PostgreSQL.
 pub(crate) fn select(
     def: &CollectionDef,
     dialect: Dialect,
@@ -128,16 +129,33 @@ pub(crate) fn select_fields<'f>(
     for pk in def.pk_fields() {
         stmt.order_by(ident(pk), SqlOrder::Asc);
     }
-    let mut statement = db_backend(dialect).build(&stmt);
-    // Validation keeps both counts within an i64, as both databases take them; SQLite takes
+    // Validation keeps both counts within an i64, as both databases take them. SQLite takes
     // no OFFSET without a LIMIT.
-    match (query.limit, query.skip) {
-        (None, 0) => {}
-        (Some(limit), 0) => statement.sql.push_str(&format!(" LIMIT {limit}")),
-        (limit, skip) => statement.sql.push_str(&format!(
-            " LIMIT {} OFFSET {skip}",
-            limit.unwrap_or(i64::MAX as u64)
-        )),
+    let (limit, skip) = match (query.limit, query.skip) {
+        (None, 0) => (None, 0),
+        (limit, skip) => (Some(limit.unwrap_or(i64::MAX as u64)), skip),
+    };
+    if dialect == Dialect::Postgres {
+        if let Some(limit) = limit {
+            stmt.limit(limit);
+        }
+        if skip > 0 {
+            stmt.offset(skip);
+        }
+        return Ok(db_backend(dialect).build(&stmt));
+    }
+    let mut statement = db_backend(dialect).build(&stmt);
+    if let Some(limit) = limit {
+        statement.sql.push_str(&format!(" LIMIT {limit}"));
+    }
+    if skip > 0 {
+        // The offset's placeholder is the statement's last.
+        statement.sql.push_str(" OFFSET ?");
+        let offset = SqlValue::BigInt(Some(i64::try_from(skip).unwrap_or(i64::MAX)));
+        match &mut statement.values {
+            Some(values) => values.0.push(offset),
+            None => statement.values = Some(Values(vec![offset])),
+        }
     }
     Ok(statement)
 }

@@ -364,9 +364,9 @@ async fn apply_batch_in_order(
                 HashSet::new()
             } else {
                 let query = Query::new(Filter::all().is_in(field.clone(), keys));
-                run(&tx, Operation::find_values(collection, query, [field]))
+                Exec::Transaction(&tx)
+                    .find_values(collection, query, &[field.as_str()])
                     .await?
-                    .into_values()
                     .iter()
                     .filter_map(|row| row.first())
                     .map(|key| serde_json::to_string(key).unwrap_or_default())
@@ -586,9 +586,8 @@ async fn apply_versions_batch(
         return Ok(());
     }
     // Stored as they came (they read back), as the sender pruned them for its rows, which
-    // are this device's now: values only for objects that do not exist.
-    // Each row is stored as it came: its `object` is the id read above, and any other field
-    // but its `state` is dropped.
+    // are this device's now: values only for objects that do not exist. A row's `object` is
+    // the id read above; any field but it and `state` is dropped.
     drop(received);
     let rows: Vec<Object> = objects
         .into_iter()

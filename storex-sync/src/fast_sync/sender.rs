@@ -14,8 +14,8 @@ use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package, MAX_BATCH_OBJECTS};
 use crate::fast_sync::sent_versions::VersionsPager;
 use crate::fast_sync::{
-    cancel_here, chain_checksum, encode_object, honour_pause, next_package, EncodedObjects,
-    FastSyncChannel, FastSyncError, FastSyncOptions, Progress, TransferReport,
+    cancel_here, chain_checksum, encode_object, honour_pause, next_package, page_limit,
+    EncodedObjects, FastSyncChannel, FastSyncError, FastSyncOptions, Progress, TransferReport,
 };
 use crate::journal::JOURNAL_COLLECTION;
 use crate::versions::VERSIONS_COLLECTION;
@@ -332,7 +332,7 @@ impl SnapshotSender {
                     break;
                 }
                 if let Some(average) = page_bytes.checked_div(page_objects) {
-                    limit = (PAGE_BYTES / average.max(1)).clamp(1, PAGE);
+                    limit = page_limit(PAGE_BYTES, average, PAGE);
                 }
             }
             if !batch.is_empty() {

@@ -20,7 +20,7 @@ use storex_core::{Filter, Object, Query, Registry, Value};
 use crate::client_log::{current_rows, logged_for, Exec};
 use crate::entry::{log_value, LogEntry, StoredEntry, LOG_COLLECTION, LOG_FIELDS};
 use crate::error::Result;
-use crate::fast_sync::FastSyncError;
+use crate::fast_sync::{page_limit, FastSyncError};
 use crate::reconcile::{object_key, ObjectKey};
 use crate::versions::{self, object_id, object_of, pk_from_text, Versions, VERSIONS_COLLECTION};
 
@@ -433,7 +433,7 @@ async fn read_log(
     let next_limit = bytes
         .checked_div(rows.len() as u64)
         .map_or(limit, |average| {
-            (LOG_PAGE_BYTES / average.max(1)).clamp(1, LOG_PAGE)
+            page_limit(LOG_PAGE_BYTES, average, LOG_PAGE)
         });
     Ok((LogPage { entries, full }, next_limit))
 }
