@@ -402,10 +402,7 @@ impl Versions {
     pub(crate) fn from_values(values: Vec<Value>) -> Result<(String, Self)> {
         let mut values = values.into_iter();
         let (Some(Value::Text(id)), state) = (values.next(), values.next()) else {
-            return Err(Error::CorruptEntry {
-                id: "versions".into(),
-                problem: "a row of the versions index without its object".into(),
-            });
+            return Err(without_object());
         };
         let Some(Value::Blob(bytes)) = state else {
             return Err(corrupt(&id, "no state".into()));
@@ -416,9 +413,9 @@ impl Versions {
 
     /// The id and the latest timestamp of the versions a row of the index holds, checked
     /// (see [`Versions::latest_of`]).
-    pub(crate) fn latest_of_row(row: &Object) -> Result<(String, Option<Hlc>)> {
+    pub(crate) fn latest_of_row(row: &Object) -> Result<(&str, Option<Hlc>)> {
         let (id, bytes) = Self::parts_of(row)?;
-        Ok((id.to_owned(), Self::latest_of(id, bytes)?))
+        Ok((id, Self::latest_of(id, bytes)?))
     }
 
     /// The id and the encoded versions of a row of the index.
@@ -426,14 +423,19 @@ impl Versions {
         let id = row
             .get("object")
             .and_then(Value::as_text)
-            .ok_or_else(|| Error::CorruptEntry {
-                id: "versions".into(),
-                problem: "a row of the versions index without its object".into(),
-            })?;
+            .ok_or_else(without_object)?;
         let Some(Value::Blob(bytes)) = row.get("state") else {
             return Err(corrupt(id, "no state".into()));
         };
         Ok((id, bytes))
+    }
+}
+
+/// The error for a row of the versions index that names no object.
+fn without_object() -> Error {
+    Error::CorruptEntry {
+        id: "versions".into(),
+        problem: "a row of the versions index without its object".into(),
     }
 }
 

@@ -537,24 +537,29 @@ async fn apply_versions_batch(
     let bad = |problem: String| {
         FastSyncError::Protocol(format!("versions that do not read back: {problem}"))
     };
-    let mut received = Vec::with_capacity(objects.len());
+    // Merging reconciles them (kept here); otherwise they are stored as they came, once they
+    // are known to read back.
+    let mut merged = Vec::new();
     let mut seen = HashSet::with_capacity(objects.len());
     let mut newest = None;
     for row in &objects {
-        // Merging reconciles them; otherwise they are stored as they came, once they are
-        // known to read back.
-        let (id, versions, latest) = if state.merge {
+        let checked = |id: &str| {
+            let key = object_of(id).ok_or_else(|| bad(format!("no object in {id:?}")))?;
+            if seen.contains(&key) {
+                return Err(bad(format!("the object {id:?} twice in one batch")));
+            }
+            Ok(key)
+        };
+        let (key, latest) = if state.merge {
             let (id, versions) = Versions::from_row(row).map_err(|e| bad(e.to_string()))?;
+            let key = checked(&id)?;
             let latest = versions.latest();
-            (id, Some(versions), latest)
+            merged.push((key.clone(), versions));
+            (key, latest)
         } else {
             let (id, latest) = Versions::latest_of_row(row).map_err(|e| bad(e.to_string()))?;
-            (id, None, latest)
+            (checked(id)?, latest)
         };
-        let key = object_of(&id).ok_or_else(|| bad(format!("no object in {id:?}")))?;
-        if !seen.insert(key.clone()) {
-            return Err(bad(format!("the object {id:?} twice in one batch")).into());
-        }
         if registry.collection(&key.0).is_err() {
             return Err(bad(format!("an object of unknown collection `{}`", key.0)).into());
         }
@@ -569,13 +574,12 @@ async fn apply_versions_batch(
                 })?;
         }
         newest = newest.max(latest);
-        received.push((id, key, versions));
+        seen.insert(key);
     }
     if state.merge {
         drop(objects);
         let mut entries = Vec::new();
-        for (_, key, versions) in &received {
-            let Some(versions) = versions else { continue };
+        for (key, versions) in &merged {
             let def = registry.collection(&key.0)?;
             let pk = pk_from_text(&key.1).map_err(|e| bad(e.to_string()))?;
             entries.extend(versions.synthesize(key, &pk, None, def));
@@ -588,7 +592,6 @@ async fn apply_versions_batch(
     // Stored as they came (they read back), as the sender pruned them for its rows, which
     // are this device's now: values only for objects that do not exist. A row's `object` is
     // the id read above; any field but it and `state` is dropped.
-    drop(received);
     let rows: Vec<Object> = objects
         .into_iter()
         .map(|mut row| {
