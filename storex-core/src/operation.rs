@@ -507,11 +507,15 @@ impl Outcome {
         }
     }
 
-    /// The values of a [`Outcome::FoundValues`], one row per object found.
-    pub fn into_values(self) -> Vec<Vec<Value>> {
+    /// The values of a [`Outcome::FoundValues`], one row per object found; any other
+    /// outcome is [`crate::Error::UnexpectedOutcome`] (not read as nothing found).
+    pub fn into_values(self) -> crate::Result<Vec<Vec<Value>>> {
         match self {
-            Outcome::FoundValues(rows) => rows,
-            _ => Vec::new(),
+            Outcome::FoundValues(rows) => Ok(rows),
+            other => Err(crate::Error::UnexpectedOutcome {
+                operation: "find_values",
+                outcome: format!("{other:?}"),
+            }),
         }
     }
 
@@ -603,7 +607,12 @@ mod tests {
         let back: Operation = serde_json::from_value(json).expect("deserialize");
         assert_eq!(back, op);
         let rows = vec![vec![Value::from("a"), Value::from(1)]];
-        assert_eq!(Outcome::FoundValues(rows.clone()).into_values(), rows);
-        assert!(Outcome::FoundMany(Vec::new()).into_values().is_empty());
+        assert_eq!(
+            Outcome::FoundValues(rows.clone())
+                .into_values()
+                .expect("values"),
+            rows
+        );
+        assert!(Outcome::FoundMany(Vec::new()).into_values().is_err());
     }
 }

@@ -232,10 +232,7 @@ impl Storage {
         fields: &[&str],
     ) -> Result<Vec<Vec<Value>>> {
         let op = Operation::find_values(collection, query, fields.iter().copied());
-        match self.execute(op).await? {
-            Outcome::FoundValues(rows) => Ok(rows),
-            other => Err(unexpected("find_values", &other)),
-        }
+        self.execute(op).await?.into_values()
     }
 
     /// How many objects `filter` matches.

@@ -70,13 +70,7 @@ impl Exec<'_> {
         fields: &[&str],
     ) -> storex_core::Result<Vec<Vec<Value>>> {
         let op = Operation::find_values(collection, query, fields.iter().copied());
-        match self.run(op).await? {
-            Outcome::FoundValues(rows) => Ok(rows),
-            other => Err(storex_core::Error::UnexpectedOutcome {
-                operation: "find_values",
-                outcome: format!("{other:?}"),
-            }),
-        }
+        self.run(op).await?.into_values()
     }
 }
 
