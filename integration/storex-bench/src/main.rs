@@ -14,6 +14,20 @@ mod synclog_suite;
 
 use clap::{Parser, ValueEnum};
 
+/// With the `mimalloc` feature, the figures are measured with mimalloc as the allocator, as
+/// the `storex` command runs; by default with the system's, as an app that sets none runs
+/// (storex allocates through whatever allocator the app sets).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The allocator in use, as the notes on stderr name it.
+const ALLOCATOR_NAME: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else {
+    "the system allocator"
+};
+
 /// Benchmarks for storex.
 #[derive(Debug, Parser)]
 #[command(name = "storex-bench", version)]
@@ -56,6 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if cfg!(debug_assertions) {
         eprintln!("note: a debug build; run with --release for meaningful figures");
     }
+    eprintln!("note: allocating with {ALLOCATOR_NAME}");
     match args.suite {
         Suite::Core => runtime.block_on(core_suite::run(args.ops.unwrap_or(100_000)))?,
         Suite::Seaorm => runtime.block_on(seaorm_suite::run(args.ops.unwrap_or(2_000)))?,
