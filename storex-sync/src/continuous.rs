@@ -37,10 +37,10 @@ use crate::client_log::{delete_ids_steps, ids_in, Exec, COMPACT_ROUND};
 use crate::codec::EntryCodec;
 use crate::device::SyncDevice;
 use crate::entry::{
-    LogEntry, StoredEntry, LOG_COLLECTION, LOG_FIELDS, QUARANTINE_COLLECTION, STATE_COLLECTION,
+    log_value, LogEntry, StoredEntry, LOG_COLLECTION, LOG_FIELDS, QUARANTINE_COLLECTION,
+    STATE_COLLECTION,
 };
 use crate::error::{Error, Result};
-use crate::hlc::Hlc;
 use crate::journal::JournalPart;
 use crate::shared_log::{split_into_pushes, SharedEntry, SharedSyncLog};
 
@@ -408,12 +408,14 @@ impl ContinuousSync {
         }
     }
 
-    /// Unshared entries after `after` (in timestamp order), up to `limit`.
-    async fn unshared_after(&self, after: Option<Hlc>, limit: usize) -> Result<Vec<LogEntry>> {
+    /// Up to `limit` of this device's log entries not yet shared, oldest first, after the
+    /// row whose timestamp text is `after`. A row that does not read is reported in the
+    /// page's problems and stays unshared; the rows after it are pushed.
+    async fn unshared_after(&self, after: Option<&str>, limit: usize) -> Result<UnsharedPage> {
         let mut filter = Filter::all().eq("shared", false);
         if let Some(after) = after {
             // Only this device's entries are unshared, so the clock part orders them.
-            filter = filter.gt("hlc", after.clock_text());
+            filter = filter.gt("hlc", after);
         }
         let query = Query::new(filter).order_asc("hlc").limit(limit as u64);
         let rows = self
@@ -421,9 +423,26 @@ impl ContinuousSync {
             .storage()
             .find_values(LOG_COLLECTION, query, &LOG_FIELDS)
             .await?;
-        rows.iter()
-            .map(|row| StoredEntry::read_values(row, true).map(|s| s.entry))
-            .collect()
+        let mut page = UnsharedPage {
+            entries: Vec::with_capacity(rows.len()),
+            problems: Vec::new(),
+            // A full page's last row, read or not, is where the next page starts (a row
+            // without its timestamp text sorts first and cannot be passed: the pages stop).
+            next_after: (rows.len() >= limit)
+                .then(|| rows.last().and_then(|row| log_value(row, "hlc")))
+                .flatten()
+                .and_then(Value::as_text)
+                .map(str::to_owned),
+        };
+        for row in &rows {
+            match StoredEntry::read_values(row, true) {
+                Ok(stored) => page.entries.push(stored.entry),
+                Err(e) => page.problems.push(format!(
+                    "an unshared row of the client log does not read ({e}); it stays unshared"
+                )),
+            }
+        }
+        Ok(page)
     }
 
     /// Pushes what was indexed before (a push that stopped midway, a reader of the log since
@@ -434,21 +453,20 @@ impl ContinuousSync {
         let batch = self.options.push_batch;
         let log = self.device.log();
         let journal_end = log.journal_end().await?;
-        let mut entries = self.unshared_after(None, batch).await?;
-        while let Some(last) = entries.last() {
-            let after = Some(last.hlc);
-            let exhausted = entries.len() < batch;
-            let pushing = self.push_entries(me, &entries, report);
-            if exhausted {
+        let mut page = self.unshared_after(None, batch).await?;
+        loop {
+            report.problems.append(&mut page.problems);
+            let pushing = self.push_entries(me, &page.entries, report);
+            let Some(after) = page.next_after.as_deref() else {
                 pushing.await?;
                 break;
-            }
+            };
             // The next page is read (from the device's database) while this one travels to
             // the shared log: it follows by timestamp, not by the `shared` flag, so it does
             // not wait for this page to be marked.
-            let (pushed, next) = tokio::join!(pushing, self.unshared_after(after, batch));
+            let (pushed, next) = tokio::join!(pushing, self.unshared_after(Some(after), batch));
             pushed?;
-            entries = next?;
+            page = next?;
         }
         if journal_end.is_none() {
             return Ok(());
@@ -705,6 +723,17 @@ fn quarantined_entry(row: &storex_core::Object) -> Option<SharedEntry> {
             _ => return None,
         },
     })
+}
+
+/// A page of the client log's unshared entries, read to be pushed.
+#[derive(Debug)]
+struct UnsharedPage {
+    /// The entries that read.
+    entries: Vec<LogEntry>,
+    /// Why the others did not (they stay unshared).
+    problems: Vec<String>,
+    /// Where the next page starts: the timestamp text of a full page's last row.
+    next_after: Option<String>,
 }
 
 /// A page pulled from the shared log, decoded.

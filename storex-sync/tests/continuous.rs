@@ -627,3 +627,52 @@ async fn a_journal_record_that_does_not_read_is_passed_over_kept_and_reported_ea
     assert_eq!(devices.count(c).await, 34);
     devices.assert_converged(&[a, b, c]).await;
 }
+
+#[tokio::test]
+async fn an_unshared_log_row_that_does_not_read_is_passed_over_kept_and_reported_each_sync() {
+    use storex_core::{object, Filter};
+    use storex_sync::{ContinuousOptions, LOG_COLLECTION};
+    let mut devices = storex_test::devices::Devices::new(memory().await).await;
+    // Pages of 10: the damaged row is the last of the first page, where the second starts.
+    let a = devices
+        .add_with(ContinuousOptions::default().with_batch_size(10))
+        .await;
+    let b = devices.add().await;
+    for n in 0..25 {
+        devices.note(a, &format!("note-{n}"), "v").await;
+    }
+    // Indexed before the sync (a reader of the log, say): the writes wait as log rows.
+    let log = devices.device(a).log();
+    assert_eq!(log.index_journal().await.expect("indexed"), 25);
+    let rows = log.all().await.expect("log");
+    let damaged = rows[9].entry.id;
+    devices
+        .device(a)
+        .storage()
+        .update_where(
+            LOG_COLLECTION,
+            Filter::all().eq("id", damaged),
+            object! { "op" => "rewrite" },
+        )
+        .await
+        .expect("damaged");
+
+    let report = devices.sync(a).await;
+    assert_eq!(report.pushed, 24, "{report:?}");
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(
+        report.problems[0].contains(&damaged.to_string())
+            && report.problems[0].contains("stays unshared"),
+        "{:?}",
+        report.problems
+    );
+    assert_eq!(log.unshared_count().await.expect("count"), 1);
+    devices.sync(b).await;
+    assert_eq!(devices.count(b).await, 24);
+
+    // Kept for a version that reads it, and reported again by every sync.
+    let report = devices.sync(a).await;
+    assert_eq!(report.pushed, 0, "{report:?}");
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert_eq!(log.unshared_count().await.expect("count"), 1);
+}
