@@ -17,7 +17,7 @@ use storex_core::{
     StorageTransaction, Value,
 };
 
-use crate::entry::{pk_text, LogEntry, StoredEntry, LOG_COLLECTION, LOG_FIELDS};
+use crate::entry::{log_value, pk_text, LogEntry, StoredEntry, LOG_COLLECTION, LOG_FIELDS};
 use crate::error::Result;
 use crate::hlc::Hlc;
 use crate::journal::{
@@ -455,6 +455,22 @@ pub(crate) struct Logged {
     pub(crate) integrated: HashMap<ObjectKey, Vec<LogEntry>>,
     /// The ids of every entry found, integrated or held.
     pub(crate) ids: HashSet<Uuid>,
+    /// The objects with a row that does not read, and why (the first such row's problem):
+    /// what this device changed of them is not known.
+    pub(crate) damaged: HashMap<ObjectKey, String>,
+    /// The error of the first row that did not read.
+    unread: Option<crate::error::Error>,
+}
+
+impl Logged {
+    /// The integrated entries by object, or the first row's error if a row did not read
+    /// (for a caller that cannot do without an object's entries).
+    pub(crate) fn all_read(self) -> Result<HashMap<ObjectKey, Vec<LogEntry>>> {
+        match self.unread {
+            Some(error) => Err(error),
+            None => Ok(self.integrated),
+        }
+    }
 }
 
 /// Loads the log's entries for the given objects: the integrated ones grouped by object,
@@ -487,7 +503,22 @@ pub(crate) async fn logged_for(exec: Exec<'_>, objects: &[ObjectKey]) -> Result<
             .find_values(LOG_COLLECTION, Query::new(filter), &LOG_FIELDS)
             .await?;
         for row in rows {
-            let stored = StoredEntry::read_values(&row, true)?;
+            let stored = match StoredEntry::read_values(&row, true) {
+                Ok(stored) => stored,
+                Err(e) => {
+                    // Found by its object's collection and key, which therefore read.
+                    let text = |name| log_value(&row, name).and_then(Value::as_text);
+                    let (Some(collection), Some(pk)) = (text("collection"), text("pk")) else {
+                        return Err(e);
+                    };
+                    let key = (collection.to_owned(), pk.to_owned());
+                    if asked.contains(&(collection, pk)) {
+                        found.damaged.entry(key).or_insert_with(|| e.to_string());
+                        found.unread.get_or_insert(e);
+                    }
+                    continue;
+                }
+            };
             let key = object_key(&stored.entry);
             // An entry of a key asked for, found by a range and by an `IN` list too (a key
             // of another shape between a run's ends), is kept once.
@@ -510,7 +541,7 @@ pub(crate) async fn known_objects(
     exec: Exec<'_>,
     objects: &[ObjectKey],
 ) -> Result<HashSet<ObjectKey>> {
-    let logged = logged_for(exec, objects).await?.integrated.into_keys();
+    let logged = logged_for(exec, objects).await?.all_read()?.into_keys();
     Ok(logged
         .chain(versions::load(exec, objects).await?.into_keys())
         .collect())

@@ -140,7 +140,8 @@ pub struct SyncReport {
     pub conflicts: u64,
     /// Pulled entries this device already had.
     pub duplicates: u64,
-    /// Pulled entries held back (unknown collection, newer schema, invalid, clock drift).
+    /// Pulled entries held back (unknown collection, newer schema, invalid, clock drift, a
+    /// log row of their object that does not read).
     pub held: u64,
     /// Pulled payloads that did not decode, kept in quarantine.
     pub quarantined: u64,
@@ -152,7 +153,7 @@ pub struct SyncReport {
     /// the sync (see [`ContinuousOptions::compact_per_sync`]).
     pub compacted: u64,
     /// Problems that did not stop the sync (an entry too large, a payload that did not
-    /// decode, a journal record that does not read).
+    /// decode, a journal record or an unshared log row that does not read).
     pub problems: Vec<String>,
     /// The shared-log cursor after the sync.
     pub cursor: u64,

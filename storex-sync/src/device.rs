@@ -357,6 +357,15 @@ impl SyncDevice {
             if !stored && logged.ids.contains(&entry.id) {
                 continue;
             }
+            if let Some(problem) = logged.damaged.get(&key) {
+                held.push(HeldEntry {
+                    entry,
+                    reason: HoldReason::DamagedLog {
+                        problem: problem.clone(),
+                    },
+                });
+                continue;
+            }
             match self.clock.observe(entry.hlc) {
                 Ok(()) => fresh.push((key, entry)),
                 Err(e) => held.push(HeldEntry {

@@ -78,6 +78,12 @@ pub enum HoldReason {
         /// The database's message.
         problem: String,
     },
+    /// A row of this device's log for the same object does not read (damaged), so what
+    /// this device changed of the object is not known; the entry waits for the row to read.
+    DamagedLog {
+        /// Why the row does not read.
+        problem: String,
+    },
 }
 
 impl std::fmt::Display for HoldReason {
@@ -93,6 +99,9 @@ impl std::fmt::Display for HoldReason {
             HoldReason::InvalidValue { field, problem } => write!(f, "field `{field}`: {problem}"),
             HoldReason::ClockDrift { problem } => write!(f, "{problem}"),
             HoldReason::ApplyFailed { problem } => write!(f, "applying it failed: {problem}"),
+            HoldReason::DamagedLog { problem } => {
+                write!(f, "a log row of its object does not read: {problem}")
+            }
         }
     }
 }

@@ -676,3 +676,49 @@ async fn an_unshared_log_row_that_does_not_read_is_passed_over_kept_and_reported
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
     assert_eq!(log.unshared_count().await.expect("count"), 1);
 }
+
+#[tokio::test]
+async fn changes_to_an_object_whose_log_row_does_not_read_are_held_and_the_others_apply() {
+    use storex_core::{object, Filter};
+    use storex_sync::LOG_COLLECTION;
+    let mut devices = storex_test::devices::Devices::new(memory().await).await;
+    let a = devices.add().await;
+    let b = devices.add().await;
+    devices.note(b, "x", "from b").await;
+    devices.note(b, "y", "from b").await;
+    devices.sync(b).await;
+    devices.sync(a).await;
+    // An edit of x on a, indexed as a log row before its push, then damaged.
+    devices.set_title(a, "x", "edited on a").await;
+    let log = devices.device(a).log();
+    assert_eq!(log.index_journal().await.expect("indexed"), 1);
+    let damaged = log.all().await.expect("log")[0].entry.id;
+    devices
+        .device(a)
+        .storage()
+        .update_where(
+            LOG_COLLECTION,
+            Filter::all().eq("id", damaged),
+            object! { "fields" => "{not json" },
+        )
+        .await
+        .expect("damaged");
+    devices.set_title(b, "x", "edited on b").await;
+    devices.set_title(b, "y", "edited on b").await;
+    devices.sync(b).await;
+
+    let report = devices.sync(a).await;
+    assert_eq!((report.integrated, report.held), (1, 1), "{report:?}");
+    assert_eq!(devices.title(a, "y").await.as_deref(), Some("edited on b"));
+    // What a did to x is not known: b's change to it waits, x stays as a has it.
+    assert_eq!(devices.title(a, "x").await.as_deref(), Some("edited on a"));
+    let held = log.held().await.expect("held");
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].pk, storex_core::Pk::from("x"));
+    // Held again by the next sync (the row still does not read), nothing else stops.
+    devices.note(b, "z", "from b").await;
+    devices.sync(b).await;
+    let report = devices.sync(a).await;
+    assert_eq!(report.integrated, 1, "{report:?}");
+    assert_eq!(log.held().await.expect("held").len(), 1);
+}

@@ -309,7 +309,7 @@ impl VersionsPager {
             kept.push((key, versions));
         }
         let keys: Vec<ObjectKey> = kept.iter().map(|(key, _)| key.clone()).collect();
-        let logged = logged_for(exec, &keys).await?.integrated;
+        let logged = logged_for(exec, &keys).await?.all_read()?;
         kept.retain(|(key, _)| !logged.contains_key(key));
         let rows = if self.with_values {
             rows_of(exec, registry, kept.iter().map(|(key, _)| key)).await?
