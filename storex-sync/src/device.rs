@@ -357,7 +357,11 @@ impl SyncDevice {
             if !stored && logged.ids.contains(&entry.id) {
                 continue;
             }
-            if let Some(problem) = logged.damaged.get(&key) {
+            // (Most often there is none: no key is hashed then.)
+            let damaged = (!logged.damaged.is_empty())
+                .then(|| logged.damaged.get(&key))
+                .flatten();
+            if let Some(problem) = damaged {
                 held.push(HeldEntry {
                     entry,
                     reason: HoldReason::DamagedLog {
