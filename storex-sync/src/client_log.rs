@@ -277,7 +277,8 @@ impl ClientSyncLog {
         read_entries(rows)
     }
 
-    /// Entries received but held back (unknown collection, newer schema, invalid values).
+    /// Entries received but held back (unknown collection, newer schema, invalid values,
+    /// clock drift, a refused write, a log row of their object that does not read).
     pub async fn held(&self) -> Result<Vec<LogEntry>> {
         let query = Query::new(Filter::all().eq("integrated", false))
             .order_asc("hlc")
@@ -453,10 +454,11 @@ pub(crate) async fn fold_steps<'e>(
 pub(crate) struct Logged {
     /// The integrated entries, by object.
     pub(crate) integrated: HashMap<ObjectKey, Vec<LogEntry>>,
-    /// The ids of every entry found, integrated or held.
+    /// The ids of every entry found that reads, integrated or held.
     pub(crate) ids: HashSet<Uuid>,
-    /// The objects with a row that does not read, and why (the first such row's problem):
-    /// what this device changed of them is not known.
+    /// The objects with a row that does not read (integrated or held), and why (the first
+    /// such row's problem): what the log holds of them is not known. (A row whose collection
+    /// or key is what does not read is not found by its object at all.)
     pub(crate) damaged: HashMap<ObjectKey, String>,
     /// The error of the first row that did not read.
     unread: Option<crate::error::Error>,
@@ -474,7 +476,8 @@ impl Logged {
 }
 
 /// Loads the log's entries for the given objects: the integrated ones grouped by object,
-/// and the ids of all (a held entry received again is known by its id).
+/// the ids of all (a held entry received again is known by its id), and the objects with a
+/// row that does not read (see [`Logged::damaged`]).
 pub(crate) async fn logged_for(exec: Exec<'_>, objects: &[ObjectKey]) -> Result<Logged> {
     let mut filters = Vec::new();
     // Runs of consecutive keys as key ranges (see `key_runs`), the rest by `IN` lists.

@@ -357,11 +357,7 @@ impl SyncDevice {
             if !stored && logged.ids.contains(&entry.id) {
                 continue;
             }
-            // (Most often there is none: no key is hashed then.)
-            let damaged = (!logged.damaged.is_empty())
-                .then(|| logged.damaged.get(&key))
-                .flatten();
-            if let Some(problem) = damaged {
+            if let Some(problem) = logged.damaged.get(&key) {
                 held.push(HeldEntry {
                     entry,
                     reason: HoldReason::DamagedLog {

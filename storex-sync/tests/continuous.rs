@@ -680,7 +680,7 @@ async fn an_unshared_log_row_that_does_not_read_is_passed_over_kept_and_reported
 #[tokio::test]
 async fn changes_to_an_object_whose_log_row_does_not_read_are_held_and_the_others_apply() {
     use storex_core::{object, Filter};
-    use storex_sync::LOG_COLLECTION;
+    use storex_sync::{HoldReason, LOG_COLLECTION};
     let mut devices = storex_test::devices::Devices::new(memory().await).await;
     let a = devices.add().await;
     let b = devices.add().await;
@@ -715,10 +715,21 @@ async fn changes_to_an_object_whose_log_row_does_not_read_are_held_and_the_other
     let held = log.held().await.expect("held");
     assert_eq!(held.len(), 1, "{held:?}");
     assert_eq!(held[0].pk, storex_core::Pk::from("x"));
-    // Held again by the next sync (the row still does not read), nothing else stops.
+    // Later syncs go on past it.
     devices.note(b, "z", "from b").await;
     devices.sync(b).await;
     let report = devices.sync(a).await;
     assert_eq!(report.integrated, 1, "{report:?}");
     assert_eq!(log.held().await.expect("held").len(), 1);
+    // Retried (as the first sync after a start does), it is held again while the row does
+    // not read, and stays in the log once.
+    let retried = devices.device(a).retry_held().await.expect("retried");
+    assert_eq!(retried.integrated, 0, "{retried:?}");
+    assert_eq!(retried.held.len(), 1, "{retried:?}");
+    let HoldReason::DamagedLog { problem } = &retried.held[0].1 else {
+        panic!("held for another reason: {retried:?}");
+    };
+    assert!(problem.contains(&damaged.to_string()), "{problem}");
+    assert_eq!(log.held().await.expect("held").len(), 1);
+    assert_eq!(devices.title(a, "x").await.as_deref(), Some("edited on a"));
 }
