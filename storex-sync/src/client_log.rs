@@ -351,7 +351,8 @@ impl ClientSyncLog {
     /// Folds the shared, integrated entries (this device's changes once pushed, and those a
     /// fast sync of an earlier version brought) into the [versions index](crate::VERSIONS_COLLECTION), which keeps
     /// what convergence needs of them, and drops them from the log. Unshared and held
-    /// entries stay, as do those of collections this storage's registry does not define.
+    /// entries stay, as do those of collections this storage's registry does not define,
+    /// and rows that do not read (damaged: what they recorded is not known).
     /// Works in rounds of 2,000 entries, oldest first, each its own transaction, so memory
     /// stays bounded and the app's writes wait for one round at most. Returns how many
     /// entries were dropped.
@@ -377,18 +378,21 @@ impl ClientSyncLog {
     /// first.
     pub(crate) async fn compact_rounds(&self, limit: u64) -> Result<u64> {
         let mut dropped = 0u64;
+        let mut after: Option<String> = None;
         while dropped < limit {
             let size = (limit - dropped).min(COMPACT_ROUND);
             let round = async {
                 let tx = self.storage.begin().await?;
                 let registry = self.storage.registry();
-                let folded = compact_into_versions(Exec::Transaction(&tx), registry, size).await;
+                let exec = Exec::Transaction(&tx);
+                let folded = compact_into_versions(exec, registry, size, after.as_deref()).await;
                 settle(tx, folded).await
             };
-            let folded = self.order.hold(round).await??;
-            dropped += folded;
-            if folded < size {
-                break;
+            let round = self.order.hold(round).await??;
+            dropped += round.folded;
+            match round.next_after {
+                Some(next) => after = Some(next),
+                None => break,
             }
         }
         Ok(dropped)
@@ -404,23 +408,55 @@ fn compactable(registry: &Registry) -> Filter {
         .is_in("collection", collections)
 }
 
+/// What one round of compaction did.
+#[derive(Debug)]
+struct CompactRound {
+    /// The entries folded into the versions and dropped from the log.
+    folded: u64,
+    /// Where the next round starts: the timestamp text of a full round's last row.
+    next_after: Option<String>,
+}
+
 /// One round of [`ClientSyncLog::compact`]: folds up to `size` of the shared, integrated
-/// entries of the registry's collections, the oldest first, inside the transaction behind
-/// `exec`. Returns how many were dropped.
-async fn compact_into_versions(exec: Exec<'_>, registry: &Registry, size: u64) -> Result<u64> {
-    let query = Query::new(compactable(registry))
-        .order_asc("hlc")
-        .limit(size);
-    let rows = exec.find(LOG_COLLECTION, query).await?;
-    let entries: Vec<LogEntry> = read_entries(rows)?.into_iter().map(|s| s.entry).collect();
+/// entries of the registry's collections, the oldest first after the row whose timestamp
+/// text is `after`, inside the transaction behind `exec`. A row that does not read stays in
+/// the log (what it recorded is not known) and the rounds go on past it.
+async fn compact_into_versions(
+    exec: Exec<'_>,
+    registry: &Registry,
+    size: u64,
+    after: Option<&str>,
+) -> Result<CompactRound> {
+    let mut filter = compactable(registry);
+    if let Some(after) = after {
+        filter = filter.gt("hlc", after);
+    }
+    let query = Query::new(filter).order_asc("hlc").limit(size);
+    let rows = exec.find_values(LOG_COLLECTION, query, &LOG_FIELDS).await?;
+    let next_after = (rows.len() as u64 >= size)
+        .then(|| rows.last().and_then(|row| log_value(row, "hlc")))
+        .flatten()
+        .and_then(Value::as_text)
+        .map(str::to_owned);
+    let entries: Vec<LogEntry> = rows
+        .iter()
+        .filter_map(|row| StoredEntry::read_values(row, true).ok())
+        .map(|s| s.entry)
+        .collect();
     if entries.is_empty() {
-        return Ok(0);
+        return Ok(CompactRound {
+            folded: 0,
+            next_after,
+        });
     }
     let mut steps = fold_steps(exec, registry, entries.iter()).await?;
     let ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
     steps.extend(delete_ids_steps(LOG_COLLECTION, &ids));
     exec.run(Operation::Batch { steps }).await?;
-    Ok(ids.len() as u64)
+    Ok(CompactRound {
+        folded: ids.len() as u64,
+        next_after,
+    })
 }
 
 /// The steps that fold `entries` (shared and integrated, of collections of `registry`) into

@@ -733,3 +733,43 @@ async fn changes_to_an_object_whose_log_row_does_not_read_are_held_and_the_other
     assert_eq!(log.held().await.expect("held").len(), 1);
     assert_eq!(devices.title(a, "x").await.as_deref(), Some("edited on a"));
 }
+
+#[tokio::test]
+async fn compaction_passes_over_a_shared_log_row_that_does_not_read_and_keeps_it() {
+    use storex_core::{object, Filter};
+    use storex_sync::LOG_COLLECTION;
+    let mut devices = storex_test::devices::Devices::new(memory().await).await;
+    let a = devices.add().await;
+    let b = devices.add().await;
+    for n in 0..5 {
+        devices.note(a, &format!("note-{n}"), "v").await;
+    }
+    // Indexed before the push: the entries stay as shared log rows for compaction.
+    let log = devices.device(a).log();
+    assert_eq!(log.index_journal().await.expect("indexed"), 5);
+    assert_eq!(devices.sync(a).await.pushed, 5);
+    let oldest = log.all().await.expect("log")[0].entry.id;
+    let storage = devices.device(a).storage().clone();
+    storage
+        .update_where(
+            LOG_COLLECTION,
+            Filter::all().eq("id", oldest),
+            object! { "pk" => "[not a key" },
+        )
+        .await
+        .expect("damaged");
+    // Rounds of two: the first holds the damaged row and one that folds, the next goes on
+    // after them.
+    assert_eq!(log.compact_up_to(2).await.expect("compacted"), 2);
+    assert_eq!(log.compact().await.expect("compacted"), 2);
+    let left = storage
+        .find_many(LOG_COLLECTION, storex_core::Query::default())
+        .await
+        .expect("log rows");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["id"], oldest.into());
+    let report = devices.sync(a).await;
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    devices.sync(b).await;
+    devices.assert_converged(&[a, b]).await;
+}
