@@ -630,8 +630,7 @@ async fn a_journal_record_that_does_not_read_is_passed_over_kept_and_reported_ea
 
 #[tokio::test]
 async fn an_unshared_log_row_that_does_not_read_is_passed_over_kept_and_reported_each_sync() {
-    use storex_core::{object, Filter};
-    use storex_sync::{ContinuousOptions, LOG_COLLECTION};
+    use storex_sync::ContinuousOptions;
     let mut devices = storex_test::devices::Devices::new(memory().await).await;
     // Pages of 10: the damaged row is the last of the first page, where the second starts.
     let a = devices
@@ -646,16 +645,7 @@ async fn an_unshared_log_row_that_does_not_read_is_passed_over_kept_and_reported
     assert_eq!(log.index_journal().await.expect("indexed"), 25);
     let rows = log.all().await.expect("log");
     let damaged = rows[9].entry.id;
-    devices
-        .device(a)
-        .storage()
-        .update_where(
-            LOG_COLLECTION,
-            Filter::all().eq("id", damaged),
-            object! { "op" => "rewrite" },
-        )
-        .await
-        .expect("damaged");
+    damage_log_row(&devices, a, damaged, "op", "rewrite").await;
 
     let report = devices.sync(a).await;
     assert_eq!(report.pushed, 24, "{report:?}");
@@ -679,8 +669,7 @@ async fn an_unshared_log_row_that_does_not_read_is_passed_over_kept_and_reported
 
 #[tokio::test]
 async fn changes_to_an_object_whose_log_row_does_not_read_are_held_and_the_others_apply() {
-    use storex_core::{object, Filter};
-    use storex_sync::{HoldReason, LOG_COLLECTION};
+    use storex_sync::HoldReason;
     let mut devices = storex_test::devices::Devices::new(memory().await).await;
     let a = devices.add().await;
     let b = devices.add().await;
@@ -693,16 +682,7 @@ async fn changes_to_an_object_whose_log_row_does_not_read_are_held_and_the_other
     let log = devices.device(a).log();
     assert_eq!(log.index_journal().await.expect("indexed"), 1);
     let damaged = log.all().await.expect("log")[0].entry.id;
-    devices
-        .device(a)
-        .storage()
-        .update_where(
-            LOG_COLLECTION,
-            Filter::all().eq("id", damaged),
-            object! { "fields" => "{not json" },
-        )
-        .await
-        .expect("damaged");
+    damage_log_row(&devices, a, damaged, "fields", "{not json").await;
     devices.set_title(b, "x", "edited on b").await;
     devices.set_title(b, "y", "edited on b").await;
     devices.sync(b).await;
@@ -736,7 +716,6 @@ async fn changes_to_an_object_whose_log_row_does_not_read_are_held_and_the_other
 
 #[tokio::test]
 async fn compaction_passes_over_a_shared_log_row_that_does_not_read_and_keeps_it() {
-    use storex_core::{object, Filter};
     use storex_sync::LOG_COLLECTION;
     let mut devices = storex_test::devices::Devices::new(memory().await).await;
     let a = devices.add().await;
@@ -750,14 +729,7 @@ async fn compaction_passes_over_a_shared_log_row_that_does_not_read_and_keeps_it
     assert_eq!(devices.sync(a).await.pushed, 5);
     let oldest = log.all().await.expect("log")[0].entry.id;
     let storage = devices.device(a).storage().clone();
-    storage
-        .update_where(
-            LOG_COLLECTION,
-            Filter::all().eq("id", oldest),
-            object! { "pk" => "[not a key" },
-        )
-        .await
-        .expect("damaged");
+    damage_log_row(&devices, a, oldest, "pk", "[not a key").await;
     // Rounds of two: the first holds the damaged row and one that folds, the next goes on
     // after them.
     assert_eq!(log.compact_up_to(2).await.expect("compacted"), 2);
@@ -772,4 +744,27 @@ async fn compaction_passes_over_a_shared_log_row_that_does_not_read_and_keeps_it
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     devices.sync(b).await;
     devices.assert_converged(&[a, b]).await;
+}
+
+/// Damages the log row `id` of device `index`: sets its `field` (a text column) to `text`,
+/// which does not read as that field.
+async fn damage_log_row(
+    devices: &storex_test::devices::Devices,
+    index: usize,
+    id: storex_core::uuid::Uuid,
+    field: &str,
+    text: &str,
+) {
+    let mut changes = storex_core::Object::new();
+    changes.insert(field.to_owned(), text.into());
+    devices
+        .device(index)
+        .storage()
+        .update_where(
+            storex_sync::LOG_COLLECTION,
+            storex_core::Filter::all().eq("id", id),
+            changes,
+        )
+        .await
+        .expect("damaged");
 }
