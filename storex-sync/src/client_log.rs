@@ -413,7 +413,10 @@ fn compactable(registry: &Registry) -> Filter {
 struct CompactRound {
     /// The entries folded into the versions and dropped from the log.
     folded: u64,
-    /// Where the next round starts: the timestamp text of a full round's last row.
+    /// Where the next round starts: the timestamp text of a full round's last row. (The
+    /// text leaves out the device, so rows of other devices' entries that share it with
+    /// that row and did not fit the round wait for the next compaction; this device's
+    /// own entries never share one.)
     next_after: Option<String>,
 }
 
