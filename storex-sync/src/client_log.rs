@@ -17,7 +17,9 @@ use storex_core::{
     StorageTransaction, Value,
 };
 
-use crate::entry::{log_value, pk_text, LogEntry, StoredEntry, LOG_COLLECTION, LOG_FIELDS};
+use crate::entry::{
+    log_value, next_page_after, pk_text, LogEntry, StoredEntry, LOG_COLLECTION, LOG_FIELDS,
+};
 use crate::error::Result;
 use crate::hlc::Hlc;
 use crate::journal::{
@@ -436,11 +438,7 @@ async fn compact_into_versions(
     }
     let query = Query::new(filter).order_asc("hlc").limit(size);
     let rows = exec.find_values(LOG_COLLECTION, query, &LOG_FIELDS).await?;
-    let next_after = (rows.len() as u64 >= size)
-        .then(|| rows.last().and_then(|row| log_value(row, "hlc")))
-        .flatten()
-        .and_then(Value::as_text)
-        .map(str::to_owned);
+    let next_after = next_page_after(&rows, size);
     let entries: Vec<LogEntry> = rows
         .iter()
         .filter_map(|row| StoredEntry::read_values(row, true).ok())
@@ -553,8 +551,8 @@ pub(crate) async fn logged_for(exec: Exec<'_>, objects: &[ObjectKey]) -> Result<
                     let (Some(collection), Some(pk)) = (text("collection"), text("pk")) else {
                         return Err(e);
                     };
-                    let key = (collection.to_owned(), pk.to_owned());
                     if asked.contains(&(collection, pk)) {
+                        let key = (collection.to_owned(), pk.to_owned());
                         found.damaged.entry(key).or_insert_with(|| e.to_string());
                         found.unread.get_or_insert(e);
                     }

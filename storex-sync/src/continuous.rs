@@ -37,7 +37,7 @@ use crate::client_log::{delete_ids_steps, ids_in, Exec, COMPACT_ROUND};
 use crate::codec::EntryCodec;
 use crate::device::SyncDevice;
 use crate::entry::{
-    log_value, LogEntry, StoredEntry, LOG_COLLECTION, LOG_FIELDS, QUARANTINE_COLLECTION,
+    next_page_after, LogEntry, StoredEntry, LOG_COLLECTION, LOG_FIELDS, QUARANTINE_COLLECTION,
     STATE_COLLECTION,
 };
 use crate::error::{Error, Result};
@@ -427,13 +427,7 @@ impl ContinuousSync {
         let mut page = UnsharedPage {
             entries: Vec::with_capacity(rows.len()),
             problems: Vec::new(),
-            // A full page's last row, read or not, is where the next page starts (a row
-            // without its timestamp text sorts first and cannot be passed: the pages stop).
-            next_after: (rows.len() >= limit)
-                .then(|| rows.last().and_then(|row| log_value(row, "hlc")))
-                .flatten()
-                .and_then(Value::as_text)
-                .map(str::to_owned),
+            next_after: next_page_after(&rows, limit as u64),
         };
         for row in &rows {
             match StoredEntry::read_values(row, true) {

@@ -290,6 +290,21 @@ pub(crate) fn log_value<'v>(values: &'v [Value], name: &str) -> Option<&'v Value
     values.get(index)
 }
 
+/// Where the page after `rows` starts, for rows of the log read in timestamp order as the
+/// values of [`LOG_FIELDS`]: the timestamp text of a full page's last row (`limit` rows),
+/// whether that row reads or not, so that a row that does not read is passed. `None` when
+/// the page is not full, or its last row has no timestamp text (it sorts first: the pages
+/// stop there).
+pub(crate) fn next_page_after(rows: &[Vec<Value>], limit: u64) -> Option<String> {
+    if (rows.len() as u64) < limit {
+        return None;
+    }
+    let last = rows.last()?;
+    log_value(last, "hlc")
+        .and_then(Value::as_text)
+        .map(str::to_owned)
+}
+
 impl StoredEntry {
     /// The row of the log collection holding this entry (writers use [`EntryRow`], which
     /// borrows; this is for the round-trip tests).
