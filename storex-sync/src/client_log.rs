@@ -21,7 +21,7 @@ use crate::entry::{
     log_value, next_page_after, pk_text, LogEntry, StoredEntry, LOG_COLLECTION, LOG_FIELDS,
 };
 use crate::error::Result;
-use crate::hlc::Hlc;
+use crate::hlc::{DeviceId, Hlc};
 use crate::journal::{
     index_journal, latest_record, latest_stamp, read_journal_part, settle_part, Indexed,
     JournalPart, JOURNAL_COLLECTION,
@@ -93,6 +93,34 @@ async fn settle<T>(tx: StorageTransaction, result: Result<T>) -> Result<T> {
 
 fn read_entries(rows: Vec<Object>) -> Result<Vec<StoredEntry>> {
     rows.iter().map(StoredEntry::from_object).collect()
+}
+
+/// Rows of the client log read for a caller that lists them ([`ClientSyncLog::all`],
+/// [`ClientSyncLog::held`]): the entries of the rows that read, and why the others do not.
+/// A row that does not read (damaged) is passed over, not a reason to fail the whole read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LogRows<T> {
+    /// The entries of the rows that read, in timestamp order.
+    pub entries: Vec<T>,
+    /// One message per row that does not read, naming the row by its id when that reads.
+    pub damaged: Vec<String>,
+}
+
+impl LogRows<StoredEntry> {
+    /// Reads `rows` of the log collection, passing over those that do not read.
+    fn read(rows: Vec<Vec<Value>>) -> Self {
+        let mut read = LogRows {
+            entries: Vec::with_capacity(rows.len()),
+            damaged: Vec::new(),
+        };
+        for row in &rows {
+            match StoredEntry::read_values(row, true) {
+                Ok(stored) => read.entries.push(stored),
+                Err(e) => read.damaged.push(e.to_string()),
+            }
+        }
+        read
+    }
 }
 
 /// The client sync log of one device.
@@ -266,27 +294,34 @@ impl ClientSyncLog {
         Ok(marked)
     }
 
-    /// Every entry, in timestamp order (for inspection and tests).
-    pub async fn all(&self) -> Result<Vec<StoredEntry>> {
+    /// Every entry, in timestamp order (for inspection and tests), and the rows that do not
+    /// read.
+    pub async fn all(&self) -> Result<LogRows<StoredEntry>> {
         self.index_first().await?;
+        let query = Query::default().order_asc("hlc").order_asc("device");
         let rows = self
             .exec()
-            .find(
-                LOG_COLLECTION,
-                Query::default().order_asc("hlc").order_asc("device"),
-            )
+            .find_values(LOG_COLLECTION, query, &LOG_FIELDS)
             .await?;
-        read_entries(rows)
+        Ok(LogRows::read(rows))
     }
 
     /// Entries received but held back (unknown collection, newer schema, invalid values,
-    /// clock drift, a refused write, a log row of their object that does not read).
-    pub async fn held(&self) -> Result<Vec<LogEntry>> {
+    /// clock drift, a refused write, a log row of their object that does not read), and the
+    /// held rows that do not read themselves (they stay held).
+    pub async fn held(&self) -> Result<LogRows<LogEntry>> {
         let query = Query::new(Filter::all().eq("integrated", false))
             .order_asc("hlc")
             .order_asc("device");
-        let rows = self.exec().find(LOG_COLLECTION, query).await?;
-        Ok(read_entries(rows)?.into_iter().map(|s| s.entry).collect())
+        let rows = self
+            .exec()
+            .find_values(LOG_COLLECTION, query, &LOG_FIELDS)
+            .await?;
+        let read = LogRows::read(rows);
+        Ok(LogRows {
+            entries: read.entries.into_iter().map(|s| s.entry).collect(),
+            damaged: read.damaged,
+        })
     }
 
     /// How many of this device's changes are not yet sent to the shared log.
@@ -338,14 +373,10 @@ impl ClientSyncLog {
     /// in the journal, and the received ones that passed the clock's drift check), to
     /// restore the clock after a restart. Held entries do not count: one held for being too
     /// far in the future must not move the clock there. It does not index the journal, so
-    /// opening a device writes nothing.
+    /// opening a device writes nothing. It reads only the rows' timestamps, and passes over a
+    /// row whose timestamp does not read: a damaged row must not keep the device from opening.
     pub async fn max_hlc(&self) -> Result<Option<Hlc>> {
-        let query = Query::new(Filter::all().eq("integrated", true))
-            .order_desc("hlc")
-            .order_desc("device")
-            .limit(1);
-        let rows = self.exec().find(LOG_COLLECTION, query).await?;
-        let logged = read_entries(rows)?.into_iter().next().map(|s| s.entry.hlc);
+        let logged = newest_logged_stamp(self.exec()).await?;
         let applied = versions::latest_applied(self.exec()).await?;
         Ok(logged.max(latest_stamp(self.exec()).await?).max(applied))
     }
@@ -484,6 +515,35 @@ pub(crate) async fn fold_steps<'e>(
     let folded = versions::fold_objects(registry, &mut base, &HashMap::new(), by_object, &exists);
     let clock_before = versions::latest_applied(exec).await?;
     versions::store_steps(folded, latest, clock_before)
+}
+
+/// The greatest timestamp of the log's integrated rows, of those whose timestamp reads
+/// (see [`ClientSyncLog::max_hlc`]).
+async fn newest_logged_stamp(exec: Exec<'_>) -> Result<Option<Hlc>> {
+    // One row is read unless the newest ones are damaged.
+    const PAGE: u64 = 16;
+    let mut skip = 0;
+    loop {
+        let query = Query::new(Filter::all().eq("integrated", true))
+            .order_desc("hlc")
+            .order_desc("device")
+            .skip(skip)
+            .limit(if skip == 0 { 1 } else { PAGE });
+        let rows = exec
+            .find_values(LOG_COLLECTION, query, &["hlc", "device"])
+            .await?;
+        let stamp = rows.iter().find_map(|row| match row.as_slice() {
+            [Value::Text(text), device] => {
+                let device = DeviceId(device.as_uuid()?);
+                Hlc::from_clock_text(text, device).ok()
+            }
+            _ => None,
+        });
+        if stamp.is_some() || rows.is_empty() {
+            return Ok(stamp);
+        }
+        skip += rows.len() as u64;
+    }
 }
 
 /// What the log holds for some objects: see [`logged_for`].

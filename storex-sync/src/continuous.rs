@@ -330,6 +330,13 @@ impl ContinuousSync {
                 Ok(retried) => {
                     report.integrated += retried.integrated;
                     report.applied += retried.operations;
+                    report
+                        .problems
+                        .extend(retried.damaged.into_iter().map(|problem| {
+                            format!(
+                            "a held row of the client log does not read ({problem}); it stays held"
+                        )
+                        }));
                 }
                 Err(e) => report.problems.push(format!("retrying held entries: {e}")),
             }

@@ -50,6 +50,9 @@ pub struct IntegrationReport {
     pub held: Vec<(storex_core::uuid::Uuid, HoldReason)>,
     /// Fields of known collections that this device's schema lacks: (entry id, field).
     pub ignored_fields: Vec<(storex_core::uuid::Uuid, String)>,
+    /// Held rows of the client log that do not read, which [`SyncDevice::retry_held`]
+    /// passed over (they stay held): why each does not read.
+    pub damaged: Vec<String>,
 }
 
 impl IntegrationReport {
@@ -62,6 +65,7 @@ impl IntegrationReport {
         self.conflicts += other.conflicts;
         self.held.extend(other.held);
         self.ignored_fields.extend(other.ignored_fields);
+        self.damaged.extend(other.damaged);
     }
 }
 
@@ -269,10 +273,13 @@ impl SyncDevice {
         self.integrate_parts(entries, extra, false).await
     }
 
-    /// Tries the held entries again (after an app upgrade, say); returns what happened.
+    /// Tries the held entries again (after an app upgrade, say); returns what happened. A
+    /// held row that does not read is passed over and named in the report's `damaged`.
     pub async fn retry_held(&self) -> Result<IntegrationReport> {
         let held = self.log.held().await?;
-        self.integrate_parts(held, Vec::new(), true).await
+        let mut report = self.integrate_parts(held.entries, Vec::new(), true).await?;
+        report.damaged = held.damaged;
+        Ok(report)
     }
 
     /// Applies `entries` (with `extra`) in one transaction, or, if applying fails, in halves.
@@ -654,6 +661,7 @@ impl SyncDevice {
                 .map(|h| (h.entry.id, h.reason.clone()))
                 .collect(),
             ignored_fields: outcome.ignored_fields,
+            damaged: Vec::new(),
         };
         let mut entries = outcome.integrated;
         entries.extend(held.into_iter().map(|h| h.entry));

@@ -47,7 +47,7 @@ mod shared_log;
 mod versions;
 mod write_order;
 
-pub use client_log::ClientSyncLog;
+pub use client_log::{ClientSyncLog, LogRows};
 pub use codec::{DecodeError, EntryCodec};
 pub use continuous::{ContinuousOptions, ContinuousSync, SyncReport};
 pub use device::{IntegrationReport, SyncDevice, SyncOptions};

@@ -120,7 +120,7 @@ async fn a_create_the_database_refuses_is_held_and_the_rest_of_the_batch_applies
         "the caller's steps landed"
     );
     assert_eq!(
-        here.log().held().await.expect("held"),
+        here.log().held().await.expect("held").entries,
         vec![batch[3].clone()]
     );
 
@@ -169,7 +169,7 @@ async fn an_entry_reusing_a_held_entrys_id_for_another_object_is_a_duplicate_not
             .expect("not blocked by the log's key");
         assert_eq!((report.duplicates, report.held.len()), (1, 0), "{report:?}");
     }
-    assert_eq!(here.log().held().await.expect("held").len(), 2);
+    assert_eq!(here.log().held().await.expect("held").entries.len(), 2);
     // One entry twice in a batch, held: stored once.
     let twice = remote("gadget", Pk::from(3), object! { "id" => 3 });
     let report = here
@@ -177,7 +177,7 @@ async fn an_entry_reusing_a_held_entrys_id_for_another_object_is_a_duplicate_not
         .await
         .expect("not blocked by the log's key");
     assert_eq!((report.duplicates, report.held.len()), (1, 1), "{report:?}");
-    assert_eq!(here.log().held().await.expect("held").len(), 3);
+    assert_eq!(here.log().held().await.expect("held").entries.len(), 3);
 }
 
 #[tokio::test]

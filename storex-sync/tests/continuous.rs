@@ -377,13 +377,14 @@ async fn a_sync_compacts_what_was_pushed_oldest_first_up_to_its_limit() {
         .all()
         .await
         .expect("log")
+        .entries
         .into_iter()
         .map(|stored| stored.entry.pk)
         .collect();
     assert_eq!(left, vec!["note-3".into(), "note-4".into()]);
     let report = devices.sync(a).await;
     assert_eq!((report.pushed, report.compacted), (0, 2), "{report:?}");
-    assert!(log.all().await.expect("log").is_empty());
+    assert!(log.all().await.expect("log").entries.is_empty());
 
     // B pushes its earlier change and takes A's; A takes B's against its compacted log.
     devices.sync(b).await;
@@ -518,7 +519,7 @@ async fn a_push_whose_fold_fails_leaves_its_entries_as_shared_log_rows_and_the_s
     let report = devices.sync(a).await;
     assert_eq!(report.pushed, 1, "{report:?}");
     let log = devices.device(a).log();
-    let kept = log.all().await.expect("log");
+    let kept = log.all().await.expect("log").entries;
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert!(kept[0].shared, "{kept:?}");
     assert_eq!(devices.title(a, "note-1").await.as_deref(), Some("from b"));
@@ -643,7 +644,7 @@ async fn an_unshared_log_row_that_does_not_read_is_passed_over_kept_and_reported
     // Indexed before the sync (a reader of the log, say): the writes wait as log rows.
     let log = devices.device(a).log();
     assert_eq!(log.index_journal().await.expect("indexed"), 25);
-    let rows = log.all().await.expect("log");
+    let rows = log.all().await.expect("log").entries;
     let damaged = rows[9].entry.id;
     damage_log_row(&devices, a, damaged, "op", "rewrite").await;
 
@@ -681,7 +682,7 @@ async fn changes_to_an_object_whose_log_row_does_not_read_are_held_and_the_other
     devices.set_title(a, "x", "edited on a").await;
     let log = devices.device(a).log();
     assert_eq!(log.index_journal().await.expect("indexed"), 1);
-    let damaged = log.all().await.expect("log")[0].entry.id;
+    let damaged = log.all().await.expect("log").entries[0].entry.id;
     damage_log_row(&devices, a, damaged, "fields", "{not json").await;
     devices.set_title(b, "x", "edited on b").await;
     devices.set_title(b, "y", "edited on b").await;
@@ -692,7 +693,7 @@ async fn changes_to_an_object_whose_log_row_does_not_read_are_held_and_the_other
     assert_eq!(devices.title(a, "y").await.as_deref(), Some("edited on b"));
     // What a did to x is not known: b's change to it waits, x stays as a has it.
     assert_eq!(devices.title(a, "x").await.as_deref(), Some("edited on a"));
-    let held = log.held().await.expect("held");
+    let held = log.held().await.expect("held").entries;
     assert_eq!(held.len(), 1, "{held:?}");
     assert_eq!(held[0].pk, storex_core::Pk::from("x"));
     // Later syncs go on past it.
@@ -700,7 +701,7 @@ async fn changes_to_an_object_whose_log_row_does_not_read_are_held_and_the_other
     devices.sync(b).await;
     let report = devices.sync(a).await;
     assert_eq!(report.integrated, 1, "{report:?}");
-    assert_eq!(log.held().await.expect("held").len(), 1);
+    assert_eq!(log.held().await.expect("held").entries.len(), 1);
     // Retried (as the first sync after a start does), it is held again while the row does
     // not read, and stays in the log once.
     let retried = devices.device(a).retry_held().await.expect("retried");
@@ -710,7 +711,7 @@ async fn changes_to_an_object_whose_log_row_does_not_read_are_held_and_the_other
         panic!("held for another reason: {retried:?}");
     };
     assert!(problem.contains(&damaged.to_string()), "{problem}");
-    assert_eq!(log.held().await.expect("held").len(), 1);
+    assert_eq!(log.held().await.expect("held").entries.len(), 1);
     assert_eq!(devices.title(a, "x").await.as_deref(), Some("edited on a"));
 }
 
@@ -727,7 +728,7 @@ async fn compaction_passes_over_a_shared_log_row_that_does_not_read_and_keeps_it
     let log = devices.device(a).log();
     assert_eq!(log.index_journal().await.expect("indexed"), 5);
     assert_eq!(devices.sync(a).await.pushed, 5);
-    let oldest = log.all().await.expect("log")[0].entry.id;
+    let oldest = log.all().await.expect("log").entries[0].entry.id;
     let storage = devices.device(a).storage().clone();
     damage_log_row(&devices, a, oldest, "pk", "[not a key").await;
     // Rounds of two: the first holds the damaged row and one that folds, the next goes on

@@ -163,6 +163,7 @@ async fn known_entries(device: &SyncDevice) -> Vec<LogEntry> {
         .all()
         .await
         .expect("log")
+        .entries
         .into_iter()
         .filter(|s| s.integrated)
         .map(|s| s.entry)

@@ -66,7 +66,7 @@ async fn compaction_drops_superseded_entries_and_keeps_the_outcome() {
         .expect("update");
     s.delete_by_pk("note", 2).await.expect("delete");
     let old_update = {
-        let all = a.log().all().await.expect("log");
+        let all = a.log().all().await.expect("log").entries;
         all.iter()
             .find(|e| e.entry.fields.get("title") == Some(&Value::from("t2")))
             .map(|e| e.entry.clone())
@@ -79,7 +79,7 @@ async fn compaction_drops_superseded_entries_and_keeps_the_outcome() {
     let dropped = a.log().compact().await.expect("compact");
     // Every shared entry goes: the versions index keeps what decides the notes.
     assert_eq!(dropped, 5);
-    assert!(a.log().all().await.expect("log").is_empty());
+    assert!(a.log().all().await.expect("log").entries.is_empty());
 
     // A device that receives everything agrees, and the compacted device, receiving it all
     // again, changes nothing.
@@ -144,7 +144,7 @@ async fn entries_from_a_newer_schema_wait_for_the_upgrade() {
         HoldReason::NewerSchema { entry: 2, local: 1 }
     );
     assert_eq!(
-        older.log().held().await.expect("held").len(),
+        older.log().held().await.expect("held").entries.len(),
         1,
         "kept, not dropped"
     );
@@ -161,7 +161,13 @@ async fn entries_from_a_newer_schema_wait_for_the_upgrade() {
     let upgraded = open(2, backend).await;
     let report = upgraded.retry_held().await.expect("retry");
     assert_eq!((report.integrated, report.operations), (1, 1));
-    assert!(upgraded.log().held().await.expect("held").is_empty());
+    assert!(upgraded
+        .log()
+        .held()
+        .await
+        .expect("held")
+        .entries
+        .is_empty());
     assert_eq!(
         upgraded.digest("note").await.expect("digest"),
         newer.digest("note").await.expect("digest")
@@ -214,7 +220,7 @@ async fn an_entry_held_for_clock_drift_does_not_move_the_clock_after_a_restart()
         stamped.millis < now_ms() + two_days / 2,
         "the clock jumped to a held entry's time: {stamped}"
     );
-    assert_eq!(b.log().held().await.expect("held").len(), 2);
+    assert_eq!(b.log().held().await.expect("held").entries.len(), 2);
     let retried = b.retry_held().await.expect("retry");
     assert_eq!(retried.held.len(), 2, "still too far ahead");
 }
@@ -268,7 +274,14 @@ async fn continuous_sync_applies_entries_held_for_a_newer_schema_after_the_upgra
         .expect("find")
         .expect("the note");
     assert_eq!(note["colour"], Value::from("red"));
-    assert!(b.device().log().held().await.expect("held").is_empty());
+    assert!(b
+        .device()
+        .log()
+        .held()
+        .await
+        .expect("held")
+        .entries
+        .is_empty());
 }
 
 #[tokio::test]
@@ -291,7 +304,7 @@ async fn rows_known_from_received_or_compacted_changes_are_not_logged_again() {
     // Note 1 is in b's versions index (received), note 2 too (compacted): neither is data
     // from before sync, and logging it again would stamp a create later than any delete.
     assert_eq!(b.log_existing_rows().await.expect("existing"), 0);
-    assert!(b.log().all().await.expect("log").is_empty());
+    assert!(b.log().all().await.expect("log").entries.is_empty());
 }
 
 #[tokio::test]
@@ -331,4 +344,101 @@ async fn compaction_works_in_rounds_and_stops_at_its_limit() {
     );
     let again = a.integrate(shared).await.expect("integrate again");
     assert_eq!(again.operations, 0, "{again:?}");
+}
+
+/// Overwrites `field` of the client log's row `id` with `text`.
+async fn damage_log_row(device: &SyncDevice, id: storex_core::uuid::Uuid, field: &str, text: &str) {
+    let mut changes = storex_core::Object::new();
+    changes.insert(field.to_owned(), text.into());
+    device
+        .storage()
+        .update_where(
+            storex_sync::LOG_COLLECTION,
+            storex_core::Filter::all().eq("id", id),
+            changes,
+        )
+        .await
+        .expect("damaged");
+}
+
+#[tokio::test]
+async fn a_device_whose_newest_log_rows_do_not_read_opens_with_its_clock_ahead_of_the_rest() {
+    use storex_sync::ManualClock;
+    let backend: Arc<dyn StorageBackend> = Arc::new(MemoryBackend::new());
+    let id = DeviceId::random();
+    let wall = ManualClock::new(10_000_000);
+    let open_at = |wall: ManualClock| {
+        SyncDevice::open(
+            registry(1),
+            backend.clone(),
+            Clock::with_wall_clock(id, wall),
+            SyncOptions::default(),
+        )
+    };
+    let device = open_at(wall.clone()).await.expect("device");
+    for n in 1..=2 {
+        let note = object! { "id" => n, "title" => "t" };
+        device.storage().create("note", note).await.expect("create");
+        wall.advance(std::time::Duration::from_secs(60));
+    }
+    let rows = device.log().all().await.expect("log").entries;
+    assert_eq!(rows.len(), 2);
+    let (older, newest) = (rows[0].entry.hlc, rows[1].entry.hlc);
+    // The newest row's values do not read; its timestamp does.
+    damage_log_row(&device, rows[1].entry.id, "fields", "{not json").await;
+    drop(device);
+
+    // The wall clock went back: the clock restores from the log, as far as it reads.
+    wall.set(1_000);
+    let device = open_at(wall.clone()).await.expect("opens");
+    assert!(device.clock().now() > newest, "ahead of the damaged row");
+    let read = device.log().all().await.expect("log");
+    assert_eq!(read.entries.len(), 1, "{read:?}");
+    assert_eq!(read.damaged.len(), 1, "{read:?}");
+    assert!(
+        read.damaged[0].contains(&rows[1].entry.id.to_string()),
+        "{read:?}"
+    );
+
+    // Its timestamp does not read either (and sorts first): the next row's counts.
+    damage_log_row(&device, rows[1].entry.id, "hlc", "zz-not-a-time").await;
+    drop(device);
+    let device = open_at(wall).await.expect("opens");
+    assert!(device.clock().now() > older, "ahead of the row that reads");
+}
+
+#[tokio::test]
+async fn held_rows_that_do_not_read_are_reported_and_the_others_apply_after_the_upgrade() {
+    let newer = open(2, Arc::new(MemoryBackend::new())).await;
+    for n in 1..=3 {
+        let note = object! { "id" => n, "title" => "t", "colour" => "red" };
+        newer.storage().create("note", note).await.expect("create");
+    }
+    let entries = share_everything(&newer).await;
+
+    let backend: Arc<dyn StorageBackend> = Arc::new(MemoryBackend::new());
+    let older = open(1, backend.clone()).await;
+    let report = older.integrate(entries.clone()).await.expect("integrate");
+    assert_eq!(report.held.len(), 3, "{report:?}");
+    damage_log_row(&older, entries[1].id, "op", "rewrite").await;
+    let held = older.log().held().await.expect("held");
+    assert_eq!((held.entries.len(), held.damaged.len()), (2, 1), "{held:?}");
+
+    // The app upgrades: the two that read apply, the third is named and stays held.
+    let upgraded = open(2, backend).await;
+    let report = upgraded.retry_held().await.expect("retry");
+    assert_eq!((report.integrated, report.operations), (2, 2), "{report:?}");
+    assert_eq!(report.damaged.len(), 1, "{report:?}");
+    assert!(
+        report.damaged[0].contains(&entries[1].id.to_string()),
+        "{report:?}"
+    );
+    let held = upgraded.log().held().await.expect("held");
+    assert_eq!((held.entries.len(), held.damaged.len()), (0, 1), "{held:?}");
+    let stored = upgraded
+        .storage()
+        .count("note", storex_core::Filter::all())
+        .await
+        .expect("count");
+    assert_eq!(stored, 2);
 }

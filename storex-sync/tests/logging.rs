@@ -59,6 +59,7 @@ async fn entries(d: &SyncDevice) -> Vec<LogEntry> {
         .all()
         .await
         .expect("log")
+        .entries
         .into_iter()
         .map(|s| s.entry)
         .collect()
@@ -77,7 +78,7 @@ async fn notebook(d: &SyncDevice) -> Value {
 async fn a_create_is_logged_with_every_field_it_wrote() {
     let d = device().await;
     let book = notebook(&d).await;
-    let log = d.log().all().await.expect("log");
+    let log = d.log().all().await.expect("log").entries;
     assert_eq!(log.len(), 1);
     let StoredEntry {
         entry,
@@ -431,7 +432,7 @@ async fn changes_applied_by_sync_are_not_logged_again() {
         .expect("integrate");
     assert_eq!((report.integrated, report.operations), (1, 1));
     // The received entry went into the versions index, not the log.
-    assert!(b.log().all().await.expect("log").is_empty());
+    assert!(b.log().all().await.expect("log").entries.is_empty());
     assert!(
         b.log().unshared(10).await.expect("unshared").is_empty(),
         "nothing of b's own to push"
@@ -511,10 +512,10 @@ async fn a_tool_without_the_apps_collections_neither_indexes_nor_loses_pending_c
         "{err}"
     );
     let view = ClientSyncLog::inspect(tool);
-    assert!(view.all().await.expect("read").is_empty());
+    assert!(view.all().await.expect("read").entries.is_empty());
     assert_eq!(view.journal_records().await.expect("count"), 1);
     // The app's own storage indexes it, values and all.
-    let log = ClientSyncLog::new(app).all().await.expect("log");
+    let log = ClientSyncLog::new(app).all().await.expect("log").entries;
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].entry.fields["name"], Value::from("home"));
     assert_eq!(view.journal_records().await.expect("count"), 0);

@@ -342,7 +342,7 @@ pub async fn a_shared_log_failing_at_every_step_loses_and_duplicates_nothing(mak
             Some("changed by 0")
         );
         for &d in &ids {
-            let log = devices.device(d).log().all().await.expect("log");
+            let log = devices.device(d).log().all().await.expect("log").entries;
             let unique: std::collections::HashSet<_> = log.iter().map(|e| e.entry.id).collect();
             assert_eq!(
                 unique.len(),

@@ -30,7 +30,8 @@ async fn open(db: &Path) -> Result<Storage> {
 pub(crate) async fn log(db: &Path, limit: usize) -> Result<()> {
     let storage = open(db).await?;
     let log = ClientSyncLog::inspect(storage);
-    let entries = log.all().await?;
+    let read = log.all().await?;
+    let entries = read.entries;
     let waiting = log.journal_records().await?;
     let skip = entries.len().saturating_sub(limit);
     say!(
@@ -71,6 +72,12 @@ pub(crate) async fn log(db: &Path, limit: usize) -> Result<()> {
             fields.join(","),
         );
     }
+    if !read.damaged.is_empty() {
+        say!("and {} (damaged):", unreadable(read.damaged.len()));
+        for problem in &read.damaged {
+            say!("  {problem}");
+        }
+    }
     if waiting > 0 {
         say!("and {waiting} writes in the journal, logged at the app's next sync");
     }
@@ -88,7 +95,7 @@ pub(crate) async fn status(db: &Path) -> Result<()> {
     let total = log.len().await?;
     let waiting = log.journal_records().await?;
     let unshared = log.unshared_count().await?;
-    let held = log.held().await?.len();
+    let held = log.held().await?;
     let cursor = storage
         .find_by_pk(STATE_COLLECTION, "shared_log_cursor")
         .await?
@@ -105,8 +112,25 @@ pub(crate) async fn status(db: &Path) -> Result<()> {
         log.versioned_objects().await?
     );
     say!("not yet pushed:  {unshared}");
-    say!("held back:       {held}");
+    if held.damaged.is_empty() {
+        say!("held back:       {}", held.entries.len());
+    } else {
+        say!(
+            "held back:       {} and {} (see storex log)",
+            held.entries.len(),
+            unreadable(held.damaged.len())
+        );
+    }
     say!("shared cursor:   {cursor}");
     say!("newest change:   {newest}");
     Ok(())
+}
+
+/// "1 row that does not read", "2 rows that do not read".
+fn unreadable(count: usize) -> String {
+    if count == 1 {
+        "1 row that does not read".into()
+    } else {
+        format!("{count} rows that do not read")
+    }
 }

@@ -89,6 +89,25 @@ fn write_after_the_sync(phone: &std::path::Path) {
     });
 }
 
+/// Overwrites the `fields` of every row of the client log at `db` with text that is not JSON.
+fn damage_the_log(db: &std::path::Path) {
+    use sea_orm::ConnectionTrait;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let sqlite = storex_seaorm::SeaOrmBackend::open_sqlite_file(db)
+            .await
+            .expect("open");
+        sqlite
+            .connection()
+            .execute_unprepared("UPDATE storex_sync_log SET fields = '{not json'")
+            .await
+            .expect("damaged");
+    });
+}
+
 #[test]
 fn log_and_status_inspect_a_device() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -134,6 +153,17 @@ fn log_and_status_inspect_a_device() {
     assert!(stdout.contains("] unshared\n"), "{stdout}");
     let stdout = inspect("status", &[]);
     assert!(stdout.contains("not yet pushed:  1"), "{stdout}");
+    assert!(stdout.contains("log entries:     1"), "{stdout}");
+
+    // A row that does not read is listed as such, not a reason to fail.
+    damage_the_log(&phone);
+    let stdout = inspect("log", &[]);
+    assert!(
+        stdout.starts_with("0 entries in the log\nand 1 row that does not read (damaged):\n  "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("fields"), "{stdout}");
+    let stdout = inspect("status", &[]);
     assert!(stdout.contains("log entries:     1"), "{stdout}");
     let missing = storex()
         .args(["status", "--db", "/nonexistent.db"])
