@@ -377,7 +377,7 @@ impl ClientSyncLog {
     /// row whose timestamp does not read: a damaged row must not keep the device from opening.
     pub async fn max_hlc(&self) -> Result<Option<Hlc>> {
         let logged = newest_logged_stamp(self.exec()).await?;
-        let applied = versions::latest_applied(self.exec()).await?;
+        let applied = versions::latest_applied_to_restore(self.exec()).await?;
         Ok(logged.max(latest_stamp(self.exec()).await?).max(applied))
     }
 
@@ -385,7 +385,8 @@ impl ClientSyncLog {
     /// fast sync of an earlier version brought) into the [versions index](crate::VERSIONS_COLLECTION), which keeps
     /// what convergence needs of them, and drops them from the log. Unshared and held
     /// entries stay, as do those of collections this storage's registry does not define,
-    /// and rows that do not read (damaged: what they recorded is not known).
+    /// rows that do not read (damaged: what they recorded is not known), and the entries of
+    /// an object whose row of versions does not read.
     /// Works in rounds of 2,000 entries, oldest first, each its own transaction, so memory
     /// stays bounded and the app's writes wait for one round at most. Returns how many
     /// entries were dropped.
@@ -481,8 +482,13 @@ async fn compact_into_versions(
             next_after,
         });
     }
-    let mut steps = fold_steps(exec, registry, entries.iter()).await?;
-    let ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
+    let Folding { mut steps, kept } = fold_steps(exec, registry, entries.iter()).await?;
+    let kept: HashSet<Uuid> = kept.iter().map(|e| e.id).collect();
+    let ids: Vec<Uuid> = entries
+        .iter()
+        .map(|e| e.id)
+        .filter(|id| !kept.contains(id))
+        .collect();
     steps.extend(delete_ids_steps(LOG_COLLECTION, &ids));
     exec.run(Operation::Batch { steps }).await?;
     Ok(CompactRound {
@@ -491,14 +497,25 @@ async fn compact_into_versions(
     })
 }
 
+/// What [`fold_steps`] makes of some entries.
+#[derive(Debug)]
+pub(crate) struct Folding<'e> {
+    /// The steps storing the versions the entries fold into.
+    pub(crate) steps: Vec<BatchStep>,
+    /// The entries left out: their object's row of versions does not read, so they stay
+    /// log rows (what they record is kept, and reconciling reads it there).
+    pub(crate) kept: Vec<&'e LogEntry>,
+}
+
 /// The steps that fold `entries` (shared and integrated, of collections of `registry`) into
 /// their objects' versions, inside the transaction behind `exec`: what compaction does with
-/// them, and what a push does with the entries it sent.
+/// them, and what a push does with the entries it sent. The entries of an object whose
+/// versions do not read are left out ([`Folding::kept`]).
 pub(crate) async fn fold_steps<'e>(
     exec: Exec<'_>,
     registry: &Registry,
     entries: impl IntoIterator<Item = &'e LogEntry>,
-) -> Result<Vec<BatchStep>> {
+) -> Result<Folding<'e>> {
     let mut by_object: BTreeMap<ObjectKey, Vec<&LogEntry>> = BTreeMap::new();
     let mut latest = None;
     for entry in entries {
@@ -506,7 +523,12 @@ pub(crate) async fn fold_steps<'e>(
         by_object.entry(object_key(entry)).or_default().push(entry);
     }
     let objects: Vec<ObjectKey> = by_object.keys().cloned().collect();
-    let mut base = versions::load(exec, &objects).await?;
+    let loaded = versions::load(exec, &objects).await?;
+    let mut kept = Vec::new();
+    for key in loaded.damaged.keys() {
+        kept.extend(by_object.remove(key).unwrap_or_default());
+    }
+    let mut base = loaded.versions;
     let each = by_object
         .iter()
         .flat_map(|(key, entries)| Some((key, &entries.first()?.pk)));
@@ -514,7 +536,10 @@ pub(crate) async fn fold_steps<'e>(
     // The rows matter only for objects that do not exist: none.
     let folded = versions::fold_objects(registry, &mut base, &HashMap::new(), by_object, &exists);
     let clock_before = versions::latest_applied(exec).await?;
-    versions::store_steps(folded, latest, clock_before)
+    Ok(Folding {
+        steps: versions::store_steps(folded, latest, clock_before)?,
+        kept,
+    })
 }
 
 /// The greatest timestamp of the log's integrated rows, of those whose timestamp reads
@@ -642,8 +667,11 @@ pub(crate) async fn known_objects(
     objects: &[ObjectKey],
 ) -> Result<HashSet<ObjectKey>> {
     let logged = logged_for(exec, objects).await?.all_read()?.into_keys();
+    // An object whose versions do not read is known too: it has a row.
+    let loaded = versions::load(exec, objects).await?;
     Ok(logged
-        .chain(versions::load(exec, objects).await?.into_keys())
+        .chain(loaded.versions.into_keys())
+        .chain(loaded.damaged.into_keys())
         .collect())
 }
 

@@ -512,10 +512,18 @@ impl SyncDevice {
         let fresh = admitted;
         // What the versions index holds: as the changes that leave it, and it tells the
         // changes this device applied already.
-        let mut stored_versions = versions::load(exec, &objects).await?;
+        let loaded = versions::load(exec, &objects).await?;
+        let mut stored_versions = loaded.versions;
         let mut fresh_entries = Vec::with_capacity(fresh.len());
         let mut covered = Vec::new();
         for (key, entry) in fresh {
+            // What this device knows of the object is not known: its changes wait.
+            if let Some(problem) = loaded.damaged.get(&key) {
+                let problem = problem.clone();
+                let reason = HoldReason::DamagedLog { problem };
+                held.push(HeldEntry { entry, reason });
+                continue;
+            }
             match stored_versions.get(&key) {
                 Some(v) if v.covers(&entry) => covered.push(entry.id),
                 _ => fresh_entries.push((key, entry)),

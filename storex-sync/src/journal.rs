@@ -594,7 +594,11 @@ pub(crate) async fn settle_part(
         }
     }
     if !folded.is_empty() {
-        steps.extend(fold_steps(exec, registry, folded).await?);
+        let folding = fold_steps(exec, registry, folded).await?;
+        steps.extend(folding.steps);
+        // Those of objects whose versions do not read stay log rows, shared.
+        let kept = folding.kept.into_iter();
+        steps.extend(kept.map(|entry| EntryRow::of(entry, true, true).create_step()));
     }
     let present: Vec<Uuid> = part
         .records

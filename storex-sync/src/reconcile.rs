@@ -78,8 +78,9 @@ pub enum HoldReason {
         /// The database's message.
         problem: String,
     },
-    /// A row of this device's log for the same object does not read (damaged), so what
-    /// this device changed of the object is not known; the entry waits for the row to read.
+    /// A row of this device's log for the same object, or the object's row of the versions
+    /// index, does not read (damaged, or in the format of a newer version), so what this
+    /// device knows of the object is not known; the entry waits for the row to read.
     DamagedLog {
         /// Why the row does not read.
         problem: String,
@@ -100,7 +101,10 @@ impl std::fmt::Display for HoldReason {
             HoldReason::ClockDrift { problem } => write!(f, "{problem}"),
             HoldReason::ApplyFailed { problem } => write!(f, "applying it failed: {problem}"),
             HoldReason::DamagedLog { problem } => {
-                write!(f, "a log row of its object does not read: {problem}")
+                write!(
+                    f,
+                    "what this device recorded of its object does not read: {problem}"
+                )
             }
         }
     }

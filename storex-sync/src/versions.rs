@@ -529,12 +529,36 @@ pub(crate) async fn any_of(exec: Exec<'_>, collection: &str) -> Result<bool> {
     Ok(found.is_some())
 }
 
-/// The versions of the `objects` that have any.
-pub(crate) async fn load(
-    exec: Exec<'_>,
-    objects: &[ObjectKey],
-) -> Result<HashMap<ObjectKey, Versions>> {
-    let mut found = HashMap::with_capacity(objects.len());
+/// What [`load`] found: the versions of objects, and the objects whose row does not read.
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    /// The versions of the objects that have a row that reads.
+    pub(crate) versions: HashMap<ObjectKey, Versions>,
+    /// The objects whose row does not read (damaged, or in the format of a newer version),
+    /// and why: what this device knows of them is not known.
+    pub(crate) damaged: HashMap<ObjectKey, String>,
+    /// The error of the first row that did not read.
+    unread: Option<Error>,
+}
+
+impl Loaded {
+    /// The versions by object, or the first row's error if a row did not read (for a caller
+    /// that cannot do without an object's versions).
+    pub(crate) fn all_read(self) -> Result<HashMap<ObjectKey, Versions>> {
+        match self.unread {
+            Some(error) => Err(error),
+            None => Ok(self.versions),
+        }
+    }
+}
+
+/// The versions of the `objects` that have any; a row that does not read is passed over and
+/// its object named in [`Loaded::damaged`].
+pub(crate) async fn load(exec: Exec<'_>, objects: &[ObjectKey]) -> Result<Loaded> {
+    let mut found = Loaded {
+        versions: HashMap::with_capacity(objects.len()),
+        ..Loaded::default()
+    };
     let mut filters = Vec::new();
     let mut ids: Vec<String> = Vec::new();
     for (collection, split) in key_runs::split_by_collection(objects) {
@@ -559,9 +583,21 @@ pub(crate) async fn load(
             .find_values(VERSIONS_COLLECTION, query, &ROW_FIELDS)
             .await?
         {
-            let (id, versions) = Versions::from_values(row)?;
-            if let Some(key) = object_of(&id).filter(|key| asked.contains(key)) {
-                found.insert(key, versions);
+            // Found by its id, which therefore reads.
+            let Some(key) = row.first().and_then(Value::as_text).and_then(object_of) else {
+                continue;
+            };
+            if !asked.contains(&key) {
+                continue;
+            }
+            match Versions::from_values(row) {
+                Ok((_, versions)) => {
+                    found.versions.insert(key, versions);
+                }
+                Err(e) => {
+                    found.damaged.insert(key, e.to_string());
+                    found.unread.get_or_insert(e);
+                }
             }
         }
     }
@@ -598,14 +634,39 @@ pub(crate) fn put_step(row: Object) -> BatchStep {
     BatchStep::new(Operation::put(VERSIONS_COLLECTION, row))
 }
 
-/// The latest timestamp applied, as the index keeps it.
+/// The latest timestamp applied, as the index keeps it; `None` if its row does not read
+/// either (the next change applied replaces that row).
 pub(crate) async fn latest_applied(exec: Exec<'_>) -> Result<Option<Hlc>> {
+    Ok(clock_row(exec).await?.ok().flatten())
+}
+
+/// The latest timestamp applied, to restore the clock from: as the index keeps it, or, if
+/// that row does not read, the latest timestamp of the objects' versions that read (the
+/// whole index is read then, once per start until a change applied replaces the row).
+pub(crate) async fn latest_applied_to_restore(exec: Exec<'_>) -> Result<Option<Hlc>> {
+    if let Ok(kept) = clock_row(exec).await? {
+        return Ok(kept);
+    }
+    let rows = exec
+        .find_values(VERSIONS_COLLECTION, Query::default(), &ROW_FIELDS)
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| match row.as_slice() {
+            [Value::Text(id), Value::Blob(bytes)] => Versions::latest_of(id, bytes).ok()?,
+            _ => None,
+        })
+        .max())
+}
+
+/// What the clock's row of the index says: `Err` with why it does not read.
+async fn clock_row(exec: Exec<'_>) -> Result<std::result::Result<Option<Hlc>, Error>> {
     let filter = Filter::all().eq("object", CLOCK_OBJECT);
     let rows = exec.find(VERSIONS_COLLECTION, Query::new(filter)).await?;
-    match rows.first() {
-        Some(row) => Ok(Versions::from_row(row)?.1.created),
+    Ok(match rows.first() {
+        Some(row) => Versions::from_row(row).map(|(_, v)| v.created),
         None => Ok(None),
-    }
+    })
 }
 
 /// Folds `entries` (by object) into the objects' versions as stored (`base`, which gives
@@ -970,7 +1031,9 @@ mod tests {
             .map(|n| key("note", n))
             .collect();
         let found = load(exec, &asked).await.expect("load");
+        assert!(found.damaged.is_empty());
         let mut got: Vec<u128> = found
+            .versions
             .keys()
             .map(|(collection, pk)| {
                 assert_eq!(collection, "note");

@@ -769,3 +769,70 @@ async fn damage_log_row(
         .await
         .expect("damaged");
 }
+
+/// Overwrites the state of the row of the versions index of note `id` on device `index`
+/// with a byte no version writes.
+async fn damage_versions_row(devices: &storex_test::devices::Devices, index: usize, id: &str) {
+    use storex_core::{Filter, Query, Value};
+    use storex_sync::VERSIONS_COLLECTION;
+    let storage = devices.device(index).storage();
+    let rows = storage
+        .find_many(VERSIONS_COLLECTION, Query::default())
+        .await
+        .expect("versions");
+    let object = rows
+        .iter()
+        .filter_map(|row| row.get("object")?.as_text())
+        .find(|object| object.starts_with("note\u{1f}") && object.contains(&format!("\"{id}\"")))
+        .expect("the note's versions")
+        .to_owned();
+    let mut changes = storex_core::Object::new();
+    changes.insert("state".into(), Value::Blob(vec![0xff]));
+    let filter = Filter::all().eq("object", object);
+    storage
+        .update_where(VERSIONS_COLLECTION, filter, changes)
+        .await
+        .expect("damaged");
+}
+
+#[tokio::test]
+async fn an_object_whose_versions_do_not_read_holds_its_changes_and_keeps_its_own_as_log_rows() {
+    use storex_sync::HoldReason;
+    let mut devices = storex_test::devices::Devices::new(memory().await).await;
+    let a = devices.add().await;
+    let b = devices.add().await;
+    devices.note(a, "x", "from a").await;
+    devices.note(a, "y", "from a").await;
+    devices.sync(a).await;
+    devices.sync(b).await;
+    damage_versions_row(&devices, b, "x").await;
+
+    // Received changes of x wait (what b knows of it is not known); y's apply.
+    devices.set_title(a, "x", "edited on a").await;
+    devices.set_title(a, "y", "edited on a").await;
+    devices.sync(a).await;
+    let report = devices.sync(b).await;
+    assert_eq!((report.integrated, report.held), (1, 1), "{report:?}");
+    assert_eq!(devices.title(b, "y").await.as_deref(), Some("edited on a"));
+    assert_eq!(devices.title(b, "x").await.as_deref(), Some("from a"));
+    let retried = devices.device(b).retry_held().await.expect("retried");
+    let HoldReason::DamagedLog { problem } = &retried.held[0].1 else {
+        panic!("held for another reason: {retried:?}");
+    };
+    assert!(problem.contains("versions"), "{problem}");
+
+    // b's own change to x is pushed, and stays a log row instead of being folded into
+    // versions that do not read; compaction leaves it too.
+    devices.set_title(b, "x", "edited on b").await;
+    let report = devices.sync(b).await;
+    assert_eq!(report.pushed, 1, "{report:?}");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let log = devices.device(b).log();
+    let kept = log.all().await.expect("log").entries;
+    assert_eq!(kept.len(), 2, "the held change and b's own: {kept:?}");
+    assert!(kept.iter().any(|s| s.shared && s.integrated), "{kept:?}");
+    assert_eq!(log.compact().await.expect("compacted"), 0);
+    assert_eq!(log.all().await.expect("log").entries.len(), 2);
+    devices.sync(a).await;
+    assert_eq!(devices.title(a, "x").await.as_deref(), Some("edited on b"));
+}

@@ -442,3 +442,45 @@ async fn held_rows_that_do_not_read_are_reported_and_the_others_apply_after_the_
         .expect("count");
     assert_eq!(stored, 2);
 }
+
+#[tokio::test]
+async fn a_device_whose_clock_row_does_not_read_opens_with_its_clock_ahead_of_what_it_applied() {
+    use storex_core::{Filter, Value};
+    use storex_sync::{ManualClock, VERSIONS_COLLECTION};
+    let sender = open(1, Arc::new(MemoryBackend::new())).await;
+    let note = object! { "id" => 1, "title" => "t" };
+    sender.storage().create("note", note).await.expect("create");
+    let entries = share_everything(&sender).await;
+    let sent = entries[0].hlc;
+
+    // This device's wall clock is an hour behind the sender's.
+    let behind = u64::try_from(storex_core::chrono::Utc::now().timestamp_millis()).expect("time")
+        - 3_600_000;
+    let backend: Arc<dyn StorageBackend> = Arc::new(MemoryBackend::new());
+    let id = DeviceId::random();
+    let open_at = || {
+        SyncDevice::open(
+            registry(1),
+            backend.clone(),
+            Clock::with_wall_clock(id, ManualClock::new(behind)),
+            SyncOptions::default(),
+        )
+    };
+    let device = open_at().await.expect("device");
+    let report = device.integrate(entries).await.expect("integrated");
+    assert_eq!(report.integrated, 1, "{report:?}");
+    let mut changes = storex_core::Object::new();
+    changes.insert("state".into(), Value::Blob(vec![0xff]));
+    let clock_row = Filter::all().eq("object", "\u{1f}clock");
+    let damaged = device
+        .storage()
+        .update_where(VERSIONS_COLLECTION, clock_row, changes)
+        .await
+        .expect("damaged");
+    assert_eq!(damaged, 1);
+    drop(device);
+
+    // The clock restores from the objects' versions instead.
+    let device = open_at().await.expect("opens");
+    assert!(device.clock().now() > sent, "ahead of the change applied");
+}

@@ -203,7 +203,7 @@ impl VersionsPager {
             }
         };
         let mut stored = if indexed {
-            versions::load(exec, &starting).await?
+            versions::load(exec, &starting).await?.all_read()?
         } else {
             HashMap::new()
         };
