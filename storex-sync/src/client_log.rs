@@ -98,12 +98,21 @@ fn read_entries(rows: Vec<Object>) -> Result<Vec<StoredEntry>> {
 /// Rows of the client log read for a caller that lists them ([`ClientSyncLog::all`],
 /// [`ClientSyncLog::held`]): the entries of the rows that read, and why the others do not.
 /// A row that does not read (damaged) is passed over, not a reason to fail the whole read.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LogRows<T> {
     /// The entries of the rows that read, in timestamp order.
     pub entries: Vec<T>,
     /// One message per row that does not read, naming the row by its id when that reads.
     pub damaged: Vec<String>,
+}
+
+impl<T> Default for LogRows<T> {
+    fn default() -> Self {
+        LogRows {
+            entries: Vec::new(),
+            damaged: Vec::new(),
+        }
+    }
 }
 
 impl LogRows<StoredEntry> {
@@ -237,9 +246,10 @@ impl ClientSyncLog {
 
     /// Settles a part read by [`ClientSyncLog::read_journal_part`], in one transaction under
     /// the write-order lock: the entries in `pushed` are folded into the versions index with
-    /// `fold`, stored as shared log rows without. A fold that fails (the stored versions of
-    /// one of the objects do not read, say) leaves the part as shared log rows instead, so
-    /// that push goes on; compaction meets the problem later and reports it.
+    /// `fold` (but those of an object whose versions do not read: see [`Folding::kept`]),
+    /// stored as shared log rows without. A fold that fails (the database refuses the
+    /// versions, say) leaves the part as shared log rows instead, so that push goes on;
+    /// compaction tries them again later and reports what fails.
     pub(crate) async fn settle_pushed(
         &self,
         part: JournalPart,
@@ -307,8 +317,8 @@ impl ClientSyncLog {
     }
 
     /// Entries received but held back (unknown collection, newer schema, invalid values,
-    /// clock drift, a refused write, a log row of their object that does not read), and the
-    /// held rows that do not read themselves (they stay held).
+    /// clock drift, a refused write, a log row or the versions of their object that do not
+    /// read), and the held rows that do not read themselves (they stay held).
     pub async fn held(&self) -> Result<LogRows<LogEntry>> {
         let query = Query::new(Filter::all().eq("integrated", false))
             .order_asc("hlc")
@@ -377,7 +387,7 @@ impl ClientSyncLog {
     /// row whose timestamp does not read: a damaged row must not keep the device from opening.
     pub async fn max_hlc(&self) -> Result<Option<Hlc>> {
         let logged = newest_logged_stamp(self.exec()).await?;
-        let applied = versions::latest_applied_to_restore(self.exec()).await?;
+        let applied = versions::latest_applied(self.exec()).await?.latest;
         Ok(logged.max(latest_stamp(self.exec()).await?).max(applied))
     }
 
@@ -558,8 +568,9 @@ async fn newest_logged_stamp(exec: Exec<'_>) -> Result<Option<Hlc>> {
             .find_values(LOG_COLLECTION, query, &["hlc", "device"])
             .await?;
         let stamp = rows.iter().find_map(|row| match row.as_slice() {
+            // (Restoring the clock needs its time, not its device.)
             [Value::Text(text), device] => {
-                let device = DeviceId(device.as_uuid()?);
+                let device = DeviceId(device.as_uuid().unwrap_or_default());
                 Hlc::from_clock_text(text, device).ok()
             }
             _ => None,

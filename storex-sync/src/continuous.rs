@@ -141,7 +141,7 @@ pub struct SyncReport {
     /// Pulled entries this device already had.
     pub duplicates: u64,
     /// Pulled entries held back (unknown collection, newer schema, invalid, clock drift, a
-    /// log row of their object that does not read).
+    /// log row or the versions of their object that do not read).
     pub held: u64,
     /// Pulled payloads that did not decode, kept in quarantine.
     pub quarantined: u64,
@@ -153,7 +153,7 @@ pub struct SyncReport {
     /// the sync (see [`ContinuousOptions::compact_per_sync`]).
     pub compacted: u64,
     /// Problems that did not stop the sync (an entry too large, a payload that did not
-    /// decode, a journal record or an unshared log row that does not read).
+    /// decode, a journal record, an unshared log row or a held one that does not read).
     pub problems: Vec<String>,
     /// The shared-log cursor after the sync.
     pub cursor: u64,
@@ -330,13 +330,12 @@ impl ContinuousSync {
                 Ok(retried) => {
                     report.integrated += retried.integrated;
                     report.applied += retried.operations;
-                    report
-                        .problems
-                        .extend(retried.damaged.into_iter().map(|problem| {
-                            format!(
-                            "a held row of the client log does not read ({problem}); it stays held"
+                    let unread = retried.damaged.into_iter();
+                    report.problems.extend(unread.map(|problem| {
+                        format!(
+                            "a held row of the client log does not read, and stays held: {problem}"
                         )
-                        }));
+                    }));
                 }
                 Err(e) => report.problems.push(format!("retrying held entries: {e}")),
             }

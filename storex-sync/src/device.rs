@@ -630,7 +630,7 @@ impl SyncDevice {
         );
         let clock_before = match latest {
             Some(_) => versions::latest_applied(exec).await?,
-            None => None,
+            None => versions::AppliedClock::default(),
         };
         steps.extend(versions::store_steps(folded, latest, clock_before)?);
         drop(known);

@@ -551,7 +551,8 @@ pub(crate) async fn read_journal_part(
 
 /// Stores a part's entries inside the transaction behind `exec` and deletes the part's
 /// records. With `fold`, those in `pushed` go straight into their objects' versions (what
-/// compaction would do with them once shared: they are this device's, so integrated);
+/// compaction would do with them once shared: they are this device's, so integrated), but
+/// those of an object whose versions do not read, which stay log rows marked shared;
 /// without, they are log rows marked shared. The others (a push left them out) are log rows,
 /// unshared. A record indexed meanwhile by another reader of the log is gone already: its
 /// entries are log rows, and those pushed are marked shared (compaction folds them later).

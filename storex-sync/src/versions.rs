@@ -609,17 +609,22 @@ pub(crate) type ToStore = (ObjectKey, Versions);
 
 /// The steps storing the versions of these objects (each replaces the object's row of
 /// versions, if it has one), and, with `clock`, the latest timestamp applied, if later than
-/// `clock_before`.
+/// what `before` knows (or `before`'s row does not read: then the later of the two).
 pub(crate) fn store_steps(
     versions: Vec<ToStore>,
     clock: Option<Hlc>,
-    clock_before: Option<Hlc>,
+    before: AppliedClock,
 ) -> Result<Vec<BatchStep>> {
     let mut rows: Vec<Object> = Vec::with_capacity(versions.len() + 1);
     for (key, versions) in versions {
         rows.push(versions.to_row(object_id(&key))?);
     }
-    if let Some(latest) = clock.filter(|c| clock_before.is_none_or(|b| *c > b)) {
+    let latest = if before.replace {
+        clock.max(before.latest)
+    } else {
+        clock.filter(|c| before.latest.is_none_or(|b| *c > b))
+    };
+    if let Some(latest) = latest {
         let marker = Versions {
             created: Some(latest),
             ..Versions::default()
@@ -634,29 +639,41 @@ pub(crate) fn put_step(row: Object) -> BatchStep {
     BatchStep::new(Operation::put(VERSIONS_COLLECTION, row))
 }
 
-/// The latest timestamp applied, as the index keeps it; `None` if its row does not read
-/// either (the next change applied replaces that row).
-pub(crate) async fn latest_applied(exec: Exec<'_>) -> Result<Option<Hlc>> {
-    Ok(clock_row(exec).await?.ok().flatten())
+/// The latest timestamp applied, as the index keeps it, for a writer of versions to compare
+/// with ([`store_steps`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct AppliedClock {
+    /// The latest timestamp applied.
+    pub(crate) latest: Option<Hlc>,
+    /// The index's row for it does not read: `latest` is the latest timestamp of the objects'
+    /// versions that read, and the next writer replaces the row.
+    replace: bool,
 }
 
-/// The latest timestamp applied, to restore the clock from: as the index keeps it, or, if
-/// that row does not read, the latest timestamp of the objects' versions that read (the
-/// whole index is read then, once per start until a change applied replaces the row).
-pub(crate) async fn latest_applied_to_restore(exec: Exec<'_>) -> Result<Option<Hlc>> {
-    if let Ok(kept) = clock_row(exec).await? {
-        return Ok(kept);
+/// The latest timestamp applied: as the index keeps it, or, if that row does not read, the
+/// latest timestamp of the objects' versions that read (the whole index is read then, until
+/// a writer replaces the row).
+pub(crate) async fn latest_applied(exec: Exec<'_>) -> Result<AppliedClock> {
+    if let Ok(latest) = clock_row(exec).await? {
+        return Ok(AppliedClock {
+            latest,
+            replace: false,
+        });
     }
     let rows = exec
         .find_values(VERSIONS_COLLECTION, Query::default(), &ROW_FIELDS)
         .await?;
-    Ok(rows
+    let latest = rows
         .iter()
         .filter_map(|row| match row.as_slice() {
             [Value::Text(id), Value::Blob(bytes)] => Versions::latest_of(id, bytes).ok()?,
             _ => None,
         })
-        .max())
+        .max();
+    Ok(AppliedClock {
+        latest,
+        replace: true,
+    })
 }
 
 /// What the clock's row of the index says: `Err` with why it does not read.
@@ -1022,7 +1039,7 @@ mod tests {
                 (k, versions)
             })
             .collect();
-        let steps = store_steps(stored, None, None).expect("steps");
+        let steps = store_steps(stored, None, AppliedClock::default()).expect("steps");
         exec.run(Operation::Batch { steps }).await.expect("stored");
         // A run inside the stored keys, one reaching past their end, and single keys.
         let asked: Vec<ObjectKey> = (120..220)
@@ -1070,7 +1087,7 @@ mod tests {
                 (key, versions)
             })
             .collect();
-        let steps = store_steps(stored, Some(clock.now()), None).expect("steps");
+        let steps = store_steps(stored, Some(clock.now()), AppliedClock::default()).expect("steps");
         exec.run(Operation::Batch { steps }).await.expect("stored");
         for (collection, held) in [
             ("note", false),

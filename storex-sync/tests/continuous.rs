@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use storex_core::Value;
 use storex_sync::{MemorySharedLog, SharedSyncLog};
 
 fn memory() -> BoxFuture<'static, Arc<dyn SharedSyncLog>> {
@@ -484,7 +485,7 @@ async fn a_compacting_device_folds_what_it_pushes_from_the_journal_into_its_vers
 }
 
 #[tokio::test]
-async fn a_push_whose_fold_fails_leaves_its_entries_as_shared_log_rows_and_the_sync_goes_on() {
+async fn a_push_keeps_the_changes_of_an_object_whose_versions_do_not_read_as_shared_log_rows() {
     use storex_core::{object, Filter, Value};
     use storex_sync::VERSIONS_COLLECTION;
     let mut devices = storex_test::devices::Devices::new(memory().await).await;
@@ -515,7 +516,7 @@ async fn a_push_whose_fold_fails_leaves_its_entries_as_shared_log_rows_and_the_s
     devices.set_title(a, "note-0", "second").await;
     devices.note(b, "note-1", "from b").await;
     devices.sync(b).await;
-    // The push cannot fold note-0's change: it keeps it as a shared log row, and pulls.
+    // The push does not fold note-0's change: it keeps it as a shared log row, and pulls.
     let report = devices.sync(a).await;
     assert_eq!(report.pushed, 1, "{report:?}");
     let log = devices.device(a).log();
@@ -713,6 +714,17 @@ async fn changes_to_an_object_whose_log_row_does_not_read_are_held_and_the_other
     assert!(problem.contains(&damaged.to_string()), "{problem}");
     assert_eq!(log.held().await.expect("held").entries.len(), 1);
     assert_eq!(devices.title(a, "x").await.as_deref(), Some("edited on a"));
+
+    // The held row itself damaged: the first sync after a start names it, and goes on.
+    let held = held[0].id;
+    damage_log_row(&devices, a, held, "op", "rewrite").await;
+    devices.resubscribe(a, storex_sync::ContinuousOptions::default());
+    let report = devices.sync(a).await;
+    let named = report.problems.iter().filter(|problem| {
+        problem.contains("a held row of the client log does not read")
+            && problem.contains(&held.to_string())
+    });
+    assert_eq!(named.count(), 1, "{report:?}");
 }
 
 #[tokio::test]
@@ -771,28 +783,51 @@ async fn damage_log_row(
 }
 
 /// Overwrites the state of the row of the versions index of note `id` on device `index`
-/// with a byte no version writes.
-async fn damage_versions_row(devices: &storex_test::devices::Devices, index: usize, id: &str) {
-    use storex_core::{Filter, Query, Value};
+/// with a byte no version writes; returns the row's id and its state before.
+async fn damage_versions_row(
+    devices: &storex_test::devices::Devices,
+    index: usize,
+    id: &str,
+) -> (String, Value) {
+    use storex_core::Query;
     use storex_sync::VERSIONS_COLLECTION;
     let storage = devices.device(index).storage();
     let rows = storage
         .find_many(VERSIONS_COLLECTION, Query::default())
         .await
         .expect("versions");
-    let object = rows
+    let row = rows
         .iter()
-        .filter_map(|row| row.get("object")?.as_text())
-        .find(|object| object.starts_with("note\u{1f}") && object.contains(&format!("\"{id}\"")))
-        .expect("the note's versions")
-        .to_owned();
+        .find(|row| {
+            row.get("object")
+                .and_then(Value::as_text)
+                .is_some_and(|object| {
+                    object.starts_with("note\u{1f}") && object.contains(&format!("\"{id}\""))
+                })
+        })
+        .expect("the note's versions");
+    let object = row.get("object").and_then(Value::as_text).expect("id");
+    let before = row.get("state").cloned().expect("state");
+    set_versions_state(devices, index, object, Value::Blob(vec![0xff])).await;
+    (object.to_owned(), before)
+}
+
+/// Sets the state of the row `object` of the versions index on device `index`.
+async fn set_versions_state(
+    devices: &storex_test::devices::Devices,
+    index: usize,
+    object: &str,
+    state: Value,
+) {
     let mut changes = storex_core::Object::new();
-    changes.insert("state".into(), Value::Blob(vec![0xff]));
-    let filter = Filter::all().eq("object", object);
-    storage
-        .update_where(VERSIONS_COLLECTION, filter, changes)
+    changes.insert("state".into(), state);
+    let filter = storex_core::Filter::all().eq("object", object);
+    devices
+        .device(index)
+        .storage()
+        .update_where(storex_sync::VERSIONS_COLLECTION, filter, changes)
         .await
-        .expect("damaged");
+        .expect("stored");
 }
 
 #[tokio::test]
@@ -805,7 +840,7 @@ async fn an_object_whose_versions_do_not_read_holds_its_changes_and_keeps_its_ow
     devices.note(a, "y", "from a").await;
     devices.sync(a).await;
     devices.sync(b).await;
-    damage_versions_row(&devices, b, "x").await;
+    let (object, state) = damage_versions_row(&devices, b, "x").await;
 
     // Received changes of x wait (what b knows of it is not known); y's apply.
     devices.set_title(a, "x", "edited on a").await;
@@ -835,4 +870,38 @@ async fn an_object_whose_versions_do_not_read_holds_its_changes_and_keeps_its_ow
     assert_eq!(log.all().await.expect("log").entries.len(), 2);
     devices.sync(a).await;
     assert_eq!(devices.title(a, "x").await.as_deref(), Some("edited on b"));
+
+    // The row reads again (a version that reads it, say): the held change is applied (and
+    // loses to b's later one), compaction folds b's own, and the devices agree.
+    set_versions_state(&devices, b, &object, state).await;
+    let retried = devices.device(b).retry_held().await.expect("retried");
+    assert_eq!(
+        (retried.integrated, retried.held.len()),
+        (1, 0),
+        "{retried:?}"
+    );
+    assert_eq!(log.compact().await.expect("compacted"), 1);
+    assert!(log.all().await.expect("log").entries.is_empty());
+    devices.assert_converged(&[a, b]).await;
+    assert_eq!(devices.title(b, "x").await.as_deref(), Some("edited on b"));
+}
+
+#[tokio::test]
+async fn a_push_whose_fold_fails_settles_its_part_as_shared_log_rows_and_the_sync_goes_on() {
+    let mut devices = storex_test::devices::Devices::new(memory().await).await;
+    let (a, b) = (devices.add().await, devices.add().await);
+    devices.note(a, "note-0", "first").await;
+    devices.note(a, "note-1", "first").await;
+    // Storing the folded versions fails once (the database refuses it, say).
+    devices.fail_next_versions_store(a);
+    let report = devices.sync(a).await;
+    assert_eq!(report.pushed, 2, "{report:?}");
+    let log = devices.device(a).log();
+    let kept = log.all().await.expect("log").entries;
+    assert_eq!(kept.len(), 2, "settled as log rows: {kept:?}");
+    assert!(kept.iter().all(|s| s.shared && s.integrated), "{kept:?}");
+    // Compaction folds them later.
+    assert_eq!(log.compact().await.expect("compacted"), 2);
+    devices.sync(b).await;
+    devices.assert_converged(&[a, b]).await;
 }

@@ -483,4 +483,27 @@ async fn a_device_whose_clock_row_does_not_read_opens_with_its_clock_ahead_of_wh
     // The clock restores from the objects' versions instead.
     let device = open_at().await.expect("opens");
     assert!(device.clock().now() > sent, "ahead of the change applied");
+
+    // A change older than that one, applied next, replaces the row with the later of the
+    // two: the clock still restores ahead of the newest.
+    let late = SyncDevice::open(
+        registry(1),
+        Arc::new(MemoryBackend::new()),
+        Clock::with_wall_clock(DeviceId::random(), ManualClock::new(behind - 60_000)),
+        SyncOptions::default(),
+    )
+    .await
+    .expect("device");
+    let note = object! { "id" => 2, "title" => "t" };
+    late.storage().create("note", note).await.expect("create");
+    let older = share_everything(&late).await;
+    assert!(older[0].hlc < sent);
+    let report = device.integrate(older).await.expect("integrated");
+    assert_eq!(report.integrated, 1, "{report:?}");
+    drop(device);
+    let device = open_at().await.expect("opens");
+    assert!(
+        device.clock().now() > sent,
+        "ahead of the newest change applied"
+    );
 }

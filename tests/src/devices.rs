@@ -11,7 +11,7 @@ use storex_core::{
 use storex_seaorm::SeaOrmBackend;
 use storex_sync::{
     Clock, ContinuousOptions, ContinuousSync, SharedSyncLog, SyncDevice, SyncOptions, SyncReport,
-    STATE_COLLECTION,
+    STATE_COLLECTION, VERSIONS_COLLECTION,
 };
 
 /// `note` (text key, title) and `photo` (text key, caption).
@@ -34,20 +34,36 @@ pub fn registry() -> Registry {
         .expect("valid registry")
 }
 
-/// Fails the next batch that stores the shared-log cursor, once armed.
+/// Fails the next batch that stores the shared-log cursor, or the next that stores rows of
+/// the versions index, once armed.
 #[derive(Debug, Default)]
-pub struct FailCursorStore {
-    armed: AtomicBool,
+pub struct Saboteur {
+    cursor_store: AtomicBool,
+    versions_store: AtomicBool,
 }
 
-impl Middleware for FailCursorStore {
+impl Middleware for Saboteur {
     fn process<'a>(&'a self, op: Operation, next: Next<'a>) -> BoxFuture<'a, CoreResult<Outcome>> {
-        let stores_cursor = matches!(&op, Operation::Batch { steps }
-            if steps.iter().any(|s| s.operation.collection() == Some(STATE_COLLECTION) && matches!(s.operation, Operation::UpdateByPk { .. })));
-        if stores_cursor && self.armed.swap(false, Ordering::SeqCst) {
+        let Operation::Batch { steps } = &op else {
+            return next.run(op);
+        };
+        let stores = |collection: &str| {
+            steps
+                .iter()
+                .filter(|s| s.operation.collection() == Some(collection))
+                .map(|s| &s.operation)
+                .collect::<Vec<_>>()
+        };
+        let stores_cursor = stores(STATE_COLLECTION)
+            .iter()
+            .any(|op| matches!(op, Operation::UpdateByPk { .. }));
+        let stores_versions = !stores(VERSIONS_COLLECTION).is_empty();
+        let failing = (stores_cursor && self.cursor_store.swap(false, Ordering::SeqCst))
+            || (stores_versions && self.versions_store.swap(false, Ordering::SeqCst));
+        if failing {
             return Box::pin(async {
                 Err(storex_core::Error::Transaction {
-                    problem: "injected failure before the cursor store".into(),
+                    problem: "injected failure of a sync store".into(),
                 })
             });
         }
@@ -61,7 +77,7 @@ pub struct Devices {
     log: Arc<dyn SharedSyncLog>,
     dir: tempfile::TempDir,
     syncs: Vec<ContinuousSync>,
-    saboteurs: Vec<Arc<FailCursorStore>>,
+    saboteurs: Vec<Arc<Saboteur>>,
 }
 
 impl Devices {
@@ -93,7 +109,7 @@ impl Devices {
                 .await
                 .expect("open"),
         );
-        let saboteur = Arc::new(FailCursorStore::default());
+        let saboteur = Arc::new(Saboteur::default());
         let device = SyncDevice::open(
             registry(),
             backend,
@@ -121,7 +137,17 @@ impl Devices {
 
     /// Makes the device's next cursor store fail (and with it the whole page).
     pub fn fail_next_cursor_store(&self, index: usize) {
-        self.saboteurs[index].armed.store(true, Ordering::SeqCst);
+        self.saboteurs[index]
+            .cursor_store
+            .store(true, Ordering::SeqCst);
+    }
+
+    /// Makes the device's next write of rows of the versions index fail (and with it the
+    /// whole batch).
+    pub fn fail_next_versions_store(&self, index: usize) {
+        self.saboteurs[index]
+            .versions_store
+            .store(true, Ordering::SeqCst);
     }
 
     /// Creates a note.
