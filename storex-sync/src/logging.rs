@@ -133,7 +133,11 @@ impl SyncLoggingMiddleware {
     /// The change a write that names its object makes, if it is logged.
     fn change_of<'a>(&self, next: &Next<'_>, op: &'a Operation) -> Option<Change<'a>> {
         match op {
-            Operation::Create { collection, object } if self.logged(collection) => {
+            // A put is logged as a create: a create of an object that exists replaces every
+            // field (one it leaves out is null) wherever its timestamp wins, as a put does.
+            Operation::Create { collection, object } | Operation::Put { collection, object }
+                if self.logged(collection) =>
+            {
                 let pk = next.registry().collection(collection).ok()?.pk_of(object)?;
                 Some((collection, Cow::Owned(pk), EntryOp::Create, object))
             }
@@ -416,17 +420,6 @@ impl SyncLoggingMiddleware {
             Operation::Batch { steps } => (steps, false),
             other => (vec![BatchStep::new(other)], true),
         };
-        // The log records a create or an update; a put is either, which is known only once
-        // it ran.
-        if let Some(collection) = steps.iter().find_map(|s| match &s.operation {
-            Operation::Put { collection, .. } if self.logged(collection) => Some(collection),
-            _ => None,
-        }) {
-            return Err(CoreError::invalid_operation(
-                collection.clone(),
-                "a put cannot be logged for sync: create or update the object instead",
-            ));
-        }
         resolve_placeholders(&next, &mut steps);
         // Stamped and run under the write-order lock (inside a caller's transaction, that
         // transaction orders it already): received changes are applied either before, and the

@@ -905,3 +905,43 @@ async fn a_push_whose_fold_fails_settles_its_part_as_shared_log_rows_and_the_syn
     devices.sync(b).await;
     devices.assert_converged(&[a, b]).await;
 }
+
+#[tokio::test]
+async fn puts_sync_as_creates_and_converge_with_concurrent_updates() {
+    use storex_core::object;
+    let mut devices = storex_test::devices::Devices::new(memory().await).await;
+    let (a, b) = (devices.add().await, devices.add().await);
+    let put = |index: usize, photo: storex_core::Object| {
+        let storage = devices.device(index).storage().clone();
+        async move { storage.put("photo", photo).await.expect("put") }
+    };
+    let caption = |index: usize| {
+        let storage = devices.device(index).storage().clone();
+        async move {
+            let photo = storage.find_by_pk("photo", "p").await.expect("find");
+            photo.expect("the photo")["caption"].clone()
+        }
+    };
+    // A put that creates, then one that replaces (its caption left out: null).
+    put(a, object! { "id" => "p", "caption" => "one" }).await;
+    devices.sync(a).await;
+    devices.sync(b).await;
+    assert_eq!(caption(b).await, Value::from("one"));
+    put(b, object! { "id" => "p" }).await;
+    devices.sync(b).await;
+    devices.sync(a).await;
+    assert_eq!(caption(a).await, Value::Null);
+
+    // A put on a, then a later update on b before either synced: the update wins its field.
+    put(a, object! { "id" => "p", "caption" => "put on a" }).await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let update = object! { "caption" => "updated on b" };
+    let storage = devices.device(b).storage().clone();
+    storage
+        .update_by_pk("photo", "p", update)
+        .await
+        .expect("update");
+    devices.sync_all(&[a, b, a]).await;
+    assert_eq!(caption(a).await, Value::from("updated on b"));
+    assert_eq!(caption(b).await, Value::from("updated on b"));
+}

@@ -3,9 +3,9 @@
 //! timestamp order gives (so no write that should win is lost).
 //!
 //! Each case runs 3 to 5 devices on MemoryBackend with skewed manual clocks, random writes
-//! (creates that may collide on a key, updates and deletes by key and by filter) and random
-//! deliveries of entries between devices (subsets, shuffled, split into batches, repeated),
-//! then delivers everything everywhere and compares.
+//! (creates that may collide on a key, puts, updates and deletes by key and by filter) and
+//! random deliveries of entries between devices (subsets, shuffled, split into batches,
+//! repeated), then delivers everything everywhere and compares.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -37,6 +37,12 @@ fn registry() -> Registry {
 #[derive(Clone, Debug)]
 enum Write {
     Create {
+        id: i64,
+        a: u8,
+        b: Option<i64>,
+    },
+    /// Create, or replace every field (`c` becomes null).
+    Put {
         id: i64,
         a: u8,
         b: Option<i64>,
@@ -80,6 +86,7 @@ fn write() -> impl Strategy<Value = Write> {
     let id = 0i64..6;
     prop_oneof![
         3 => (id.clone(), any::<u8>(), proptest::option::of(0i64..3)).prop_map(|(id, a, b)| Write::Create { id, a, b }),
+        2 => (id.clone(), any::<u8>(), proptest::option::of(0i64..3)).prop_map(|(id, a, b)| Write::Put { id, a, b }),
         3 => (id.clone(), proptest::option::of(any::<u8>()), proptest::option::of(proptest::option::of(0i64..3)), proptest::option::of(any::<bool>()))
             .prop_map(|(id, a, b, c)| Write::Update { id, a, b, c }),
         1 => id.prop_map(|id| Write::Delete { id }),
@@ -125,6 +132,13 @@ async fn apply_write(device: &SyncDevice, write: &Write) {
             .create(
                 "item",
                 object! { "id" => *id, "a" => format!("a{a}"), "b" => *b },
+            )
+            .await
+            .map(|_| 1),
+        Write::Put { id, a, b } => s
+            .put(
+                "item",
+                object! { "id" => *id, "a" => format!("p{a}"), "b" => *b },
             )
             .await
             .map(|_| 1),

@@ -330,68 +330,57 @@ async fn reads_and_excluded_collections_are_not_logged() {
     assert!(d.log().is_empty().await.expect("len"));
 }
 
-/// A put is a create or an update, which the log must say: on a synced collection it is
-/// refused (alone or in a batch), and nothing of its batch is written; on an excluded one it
-/// runs.
+/// A put (create, or replace every field) is logged as a create, alone or in a batch: a
+/// create of an object that exists replaces it wherever its timestamp wins. On an excluded
+/// collection it runs and logs nothing.
 #[tokio::test]
-async fn a_put_on_a_synced_collection_is_refused_and_writes_nothing() {
+async fn a_put_on_a_synced_collection_is_logged_as_a_create_of_every_field() {
     let d = device().await;
     let book = notebook(&d).await;
-    let err = d
-        .storage()
+    d.storage()
         .put(
             "notebook",
             object! { "id" => book.clone(), "name" => "renamed" },
         )
         .await
-        .expect_err("a put was logged");
-    assert!(
-        matches!(&err, storex_core::Error::InvalidOperation { collection, .. } if collection == "notebook"),
-        "{err}"
-    );
-    let draft = Uuid::now_v7();
-    let err = d
-        .storage()
+        .expect("put over the notebook");
+    let note = Uuid::now_v7();
+    let put_note = object! {
+        "id" => note, "notebook_id" => book.clone(), "title" => "t", "stars" => 2
+    };
+    d.storage()
         .batch(vec![
             BatchStep::new(Operation::create("draft", object! { "text" => "x" })),
-            BatchStep::new(Operation::put(
-                "note",
-                object! { "id" => Uuid::now_v7(), "notebook_id" => book.clone(), "title" => "t" },
-            )),
+            BatchStep::new(Operation::put("note", put_note)),
         ])
         .await
-        .expect_err("a batch with a put was logged");
-    assert!(
-        matches!(err, storex_core::Error::InvalidOperation { .. }),
-        "{err}"
-    );
-    assert_eq!(
-        d.storage()
-            .count("draft", Filter::all())
-            .await
-            .expect("count"),
-        0
-    );
-    assert_eq!(
-        d.storage()
-            .count("note", Filter::all())
-            .await
-            .expect("count"),
-        0
-    );
+        .expect("a batch with a put");
+    // Put again without its optional field: it is null now, here and in the entry.
+    let again = object! { "id" => note, "notebook_id" => book.clone(), "title" => "u" };
+    d.storage().put("note", again).await.expect("put again");
     let found = d
         .storage()
-        .find_by_pk("notebook", book)
+        .find_by_pk("note", note)
         .await
         .expect("find")
-        .expect("the notebook");
-    assert_eq!(found["name"], Value::from("home"));
+        .expect("the note");
+    assert_eq!(found["stars"], Value::Null);
+    let log = entries(&d).await;
+    let ops: Vec<(&str, EntryOp)> = log.iter().map(|e| (e.collection.as_str(), e.op)).collect();
     assert_eq!(
-        d.log().len().await.expect("len"),
-        1,
-        "the notebook's create only"
+        ops,
+        vec![
+            ("notebook", EntryOp::Create),
+            ("notebook", EntryOp::Create),
+            ("note", EntryOp::Create),
+            ("note", EntryOp::Create),
+        ]
     );
-    // Local-only data may be put.
+    assert_eq!(log[1].fields["name"], Value::from("renamed"));
+    assert_eq!(log[3].fields["title"], Value::from("u"));
+    assert_eq!(log[3].fields.get("stars"), Some(&Value::Null));
+    // Local-only data may be put, and logs nothing.
+    let draft = Uuid::now_v7();
     d.storage()
         .put("draft", object! { "id" => draft, "text" => "x" })
         .await
@@ -407,7 +396,7 @@ async fn a_put_on_a_synced_collection_is_refused_and_writes_nothing() {
         .expect("find")
         .expect("the draft");
     assert_eq!(found["text"], Value::from("y"));
-    assert_eq!(d.log().len().await.expect("len"), 1);
+    assert_eq!(d.log().len().await.expect("len"), 4);
 }
 
 #[tokio::test]
