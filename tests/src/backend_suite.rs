@@ -100,6 +100,7 @@ fn all_checks() -> Vec<(&'static str, Check)> {
         delete_where_returning_pks_answers_the_keys_it_deleted,
         where_writes_returning_pks_on_a_compound_key_collection,
         where_writes_returning_pks_in_a_batch_and_a_transaction,
+        where_writes_returning_pks_on_a_uuid_key_collection,
         find_one_of_a_missing_object_is_none,
         find_one_honours_order_and_skip,
         find_many_without_order_sorts_by_key,
@@ -1775,4 +1776,59 @@ async fn concurrent_transactions_both_commit(s: Storage) {
     });
     join_all(txs).await;
     assert_eq!(count(&s, "item").await, 20);
+}
+
+/// (SQLite reads such keys in one row before the write, instead of `RETURNING` them.)
+async fn where_writes_returning_pks_on_a_uuid_key_collection(s: Storage) {
+    let mut keys = std::collections::BTreeMap::new();
+    for name in ["a", "b", "b", "c", "b"] {
+        let pk = s
+            .create("notebook", object! { "name" => name })
+            .await
+            .expect("create");
+        keys.entry(name).or_insert_with(Vec::new).push(pk);
+    }
+    let sorted = |mut pks: Vec<Pk>| {
+        pks.sort_by_key(|pk| format!("{pk}"));
+        pks
+    };
+    let expected = |name: &str| sorted(keys[name].clone());
+    let updated = s
+        .update_where_returning_pks(
+            "notebook",
+            Filter::all().eq("name", "b"),
+            object! { "name" => "bee" },
+        )
+        .await
+        .expect("update");
+    assert_eq!(sorted(updated), expected("b"));
+    let none = s
+        .update_where_returning_pks(
+            "notebook",
+            Filter::all().eq("name", "b"),
+            object! { "name" => "x" },
+        )
+        .await
+        .expect("update nothing");
+    assert!(none.is_empty(), "{none:?}");
+    // In a transaction, rolled back: the keys were answered, nothing changed.
+    let tx = s.begin().await.expect("begin");
+    let outcome = tx
+        .execute(Operation::delete_where_returning_pks(
+            "notebook",
+            Filter::all().ne("name", "bee"),
+        ))
+        .await
+        .expect("delete");
+    let mut others = expected("a");
+    others.extend(expected("c"));
+    assert_eq!(sorted(outcome.into_pks().expect("keys")), sorted(others));
+    tx.rollback().await.expect("rollback");
+    assert_eq!(count(&s, "notebook").await, 5);
+    let deleted = s
+        .delete_where_returning_pks("notebook", Filter::all().eq("name", "bee"))
+        .await
+        .expect("delete");
+    assert_eq!(sorted(deleted), expected("b"));
+    assert_eq!(count(&s, "notebook").await, 2);
 }

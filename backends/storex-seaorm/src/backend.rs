@@ -256,21 +256,29 @@ impl StorageBackend for SeaOrmBackend {
         Box::pin(async move {
             let registry = self.shared.registry();
             let ctx = self.shared.ctx(&registry);
-            match op {
+            // A batch, and a where-write that answers with its keys (on SQLite it may read
+            // them and then write), run in a transaction of their own.
+            let txn = match op {
+                Operation::Batch { .. }
+                | Operation::UpdateWhereReturningPks { .. }
+                | Operation::DeleteWhereReturningPks { .. } => self.shared.begin().await?,
+                op => return run(&self.shared.db, &ctx, op).await,
+            };
+            let ran = match op {
                 Operation::Batch { steps } => {
-                    let txn = self.shared.begin().await?;
-                    match run_batch(&txn, &ctx, steps).await {
-                        Ok(outcomes) => {
-                            txn.commit().await.map_err(|e| self.shared.db_err(e))?;
-                            Ok(Outcome::Batch(outcomes))
-                        }
-                        Err(e) => {
-                            txn.rollback().await.map_err(|e| self.shared.db_err(e))?;
-                            Err(e)
-                        }
-                    }
+                    run_batch(&txn, &ctx, steps).await.map(Outcome::Batch)
                 }
-                op => run(&self.shared.db, &ctx, op).await,
+                op => run(&txn, &ctx, op).await,
+            };
+            match ran {
+                Ok(outcome) => {
+                    txn.commit().await.map_err(|e| self.shared.db_err(e))?;
+                    Ok(outcome)
+                }
+                Err(e) => {
+                    txn.rollback().await.map_err(|e| self.shared.db_err(e))?;
+                    Err(e)
+                }
             }
         })
     }

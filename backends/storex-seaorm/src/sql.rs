@@ -160,6 +160,30 @@ pub(crate) fn select_fields<'f>(
     Ok(statement)
 }
 
+/// On SQLite, for a collection keyed by one UUID field: `SELECT group_concat(hex(<key>), ',')
+/// FROM <collection> WHERE …`, the keys of the objects `filter` matches as one text (see
+/// [`crate::values::uuid_keys`]): one row instead of a row per object. `None` otherwise.
+pub(crate) fn uuid_keys_at_once(
+    def: &CollectionDef,
+    dialect: Dialect,
+    filter: &Filter,
+) -> Result<Option<SelectStatement>, Error> {
+    let [key] = def.pk_fields() else {
+        return Ok(None);
+    };
+    if dialect != Dialect::Sqlite || field_type(def, key)? != FieldType::Uuid {
+        return Ok(None);
+    }
+    let mut stmt = SqlQuery::select();
+    stmt.expr(Expr::cust(format!(
+        "group_concat(hex({}), ',')",
+        quoted(key)
+    )))
+    .from(ident(def.name()))
+    .cond_where(condition(def, filter)?);
+    Ok(Some(stmt))
+}
+
 /// `SELECT COUNT(*) AS storex_count FROM <collection> WHERE …`.
 pub(crate) fn count(def: &CollectionDef, filter: &Filter) -> Result<SelectStatement, Error> {
     let mut stmt = SqlQuery::select();

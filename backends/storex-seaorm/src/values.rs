@@ -139,3 +139,44 @@ pub(crate) fn read_pk(row: &QueryResult, def: &CollectionDef) -> Result<Pk, DbEr
         .collect::<Result<Vec<_>, _>>()
         .map(Pk)
 }
+
+/// The keys [`crate::sql::uuid_keys_at_once`] reads: the hex text of each UUID, separated by
+/// commas (no row or a null: none).
+pub(crate) fn uuid_keys(row: Option<&QueryResult>) -> Result<Vec<Pk>, DbErr> {
+    let text = row
+        .map(|row| row.try_get_by_index::<Option<String>>(0))
+        .transpose()?
+        .flatten();
+    parse_uuid_keys(text.as_deref())
+}
+
+/// [`uuid_keys`] of the text read; a part that is not a UUID is an error.
+fn parse_uuid_keys(text: Option<&str>) -> Result<Vec<Pk>, DbErr> {
+    let Some(text) = text else {
+        return Ok(Vec::new());
+    };
+    text.split(',')
+        .map(|hex| {
+            let uuid = Uuid::try_parse(hex)
+                .map_err(|e| DbErr::Custom(format!("a key that is not a UUID ({hex:?}): {e}")))?;
+            Ok(Pk::from(uuid))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_keys_read_as_one_text_are_checked_not_trusted() {
+        assert!(parse_uuid_keys(None).expect("none").is_empty());
+        let (a, b) = (Uuid::now_v7(), Uuid::new_v4());
+        let text = format!("{},{}", a.simple(), b.simple()).to_uppercase();
+        let keys = parse_uuid_keys(Some(&text)).expect("keys");
+        assert_eq!(keys, vec![Pk::from(a), Pk::from(b)]);
+        for bad in ["", "zz", "0123", &format!("{},", a.simple())] {
+            assert!(parse_uuid_keys(Some(bad)).is_err(), "{bad:?}");
+        }
+    }
+}
