@@ -40,8 +40,9 @@ pub enum Operation {
     /// Create one object, or replace the object with its key: every field but the key takes
     /// the given value (an optional field left out becomes `Null`). The key must be given.
     /// The sync logger records a put as a create, which replaces an object that exists
-    /// wherever its timestamp wins. On a SQL backend the table's primary key (or a unique
-    /// constraint) must be the collection's key, as in every table storex creates.
+    /// wherever its timestamp wins (on a device with a newer schema, the fields only that
+    /// schema has too). On a SQL backend the table's primary key (or a unique constraint)
+    /// must be the collection's key, as in every table storex creates.
     Put {
         /// The collection.
         collection: String,

@@ -256,14 +256,17 @@ impl StorageBackend for SeaOrmBackend {
         Box::pin(async move {
             let registry = self.shared.registry();
             let ctx = self.shared.ctx(&registry);
-            // A batch, and a where-write that answers with its keys (on SQLite it may read
-            // them and then write), run in a transaction of their own.
-            let txn = match op {
-                Operation::Batch { .. }
-                | Operation::UpdateWhereReturningPks { .. }
-                | Operation::DeleteWhereReturningPks { .. } => self.shared.begin().await?,
-                op => return run(&self.shared.db, &ctx, op).await,
+            // A batch, and on SQLite an update by filter that answers with its keys (it may
+            // read them and then write), run in a transaction of their own.
+            let own_transaction = match op {
+                Operation::Batch { .. } => true,
+                Operation::UpdateWhereReturningPks { .. } => ctx.dialect == Dialect::Sqlite,
+                _ => false,
             };
+            if !own_transaction {
+                return run(&self.shared.db, &ctx, op).await;
+            }
+            let txn = self.shared.begin().await?;
             let ran = match op {
                 Operation::Batch { steps } => {
                     run_batch(&txn, &ctx, steps).await.map(Outcome::Batch)

@@ -7,8 +7,8 @@
 //! multi-row UPDATEs (each row its own values), several times faster than one statement per
 //! row. If such a statement fails, its rows are replayed one by one, so the error names the
 //! exact failing step; a group of updates is also replayed one by one when some of its
-//! objects were missing, which tells each step's count. A where-write that answers with its
-//! keys reads them in one row first on SQLite (see [`keys_then_write`]).
+//! objects were missing, which tells each step's count. An update by filter that answers with
+//! its keys reads them in one row first on SQLite (see [`keys_then_update`]).
 
 use std::collections::BTreeSet;
 
@@ -167,8 +167,9 @@ pub(crate) async fn run<C: ConnectionTrait>(
         } => {
             let mut stmt = sql::update(def, sql::condition(def, &filter)?, changes)?;
             if let Some(keys) = sql::uuid_keys_at_once(def, ctx.dialect, &filter)? {
-                let pks = keys_then_write(conn, &collection, &keys, &stmt, err).await?;
-                return Ok(Outcome::UpdatedPks { pks });
+                if let Some(pks) = keys_then_update(conn, &collection, &keys, &stmt, err).await? {
+                    return Ok(Outcome::UpdatedPks { pks });
+                }
             }
             stmt.returning(sql::returning_pk(def));
             let rows = conn.query_all(&stmt).await.map_err(err)?;
@@ -177,10 +178,6 @@ pub(crate) async fn run<C: ConnectionTrait>(
         }
         Operation::DeleteWhereReturningPks { filter, .. } => {
             let mut stmt = sql::delete(def, sql::condition(def, &filter)?);
-            if let Some(keys) = sql::uuid_keys_at_once(def, ctx.dialect, &filter)? {
-                let pks = keys_then_write(conn, &collection, &keys, &stmt, err).await?;
-                return Ok(Outcome::DeletedPks { pks });
-            }
             stmt.returning(sql::returning_pk(def));
             let rows = conn.query_all(&stmt).await.map_err(err)?;
             let pks = read_pks(&rows, def).map_err(err)?;
@@ -261,37 +258,38 @@ pub(crate) async fn run<C: ConnectionTrait>(
     }
 }
 
-/// A where-write that answers with its keys, on SQLite for a collection keyed by one UUID:
-/// reads the keys of the objects its filter matches in one row (`keys`, see
-/// [`sql::uuid_keys_at_once`]), then runs the `write` of that filter. `UPDATE … RETURNING`
-/// hands back a row per object, which costs about as much again as the write itself; this
-/// way the logged where-write costs about 1.4x the plain one instead of 2x. Both statements
-/// must run in one transaction (the backend opens one for an operation run alone, see
-/// `SeaOrmBackend::execute`), so the write changes exactly the objects read. A count that
-/// differs all the same (a trigger of an adopted table that skips rows with
-/// `RAISE(IGNORE)`) is an error, not a wrong answer; the write is made by then, so the
-/// transaction must be rolled back, as the sync logger and the backend's own transaction
-/// do on any error.
-async fn keys_then_write<C: ConnectionTrait, S: StatementBuilder>(
+/// An update by filter that answers with its keys, on SQLite for a collection keyed by one
+/// UUID: reads the keys of the objects the filter matches in one row (`keys`, see
+/// [`sql::uuid_keys_at_once`]), then runs the `update` of that filter. `UPDATE … RETURNING`
+/// hands back a row per object, which costs about as much again as the update itself; this
+/// way a logged where-write costs about 1.4x the plain one instead of 2x. `None` (nothing
+/// written) when the table has triggers, which may keep rows from the update: the caller
+/// uses `RETURNING` then. Both statements run in one transaction (the backend opens one for
+/// the operation run alone, see `SeaOrmBackend::execute`), so the update changes exactly the
+/// objects read; a count that differs all the same is an error, never keys of objects left
+/// unchanged. (Deletes keep `RETURNING`: a cascade may delete rows a delete matched.)
+async fn keys_then_update<C: ConnectionTrait, S: StatementBuilder>(
     conn: &C,
     collection: &str,
     keys: &SelectStatement,
-    write: &S,
+    update: &S,
     err: impl Fn(DbErr) -> Error,
-) -> Result<Vec<Pk>, Error> {
+) -> Result<Option<Vec<Pk>>, Error> {
     let row = conn.query_one(keys).await.map_err(&err)?;
-    let pks = uuid_keys(row.as_ref()).map_err(&err)?;
-    let count = conn.execute(write).await.map_err(&err)?.rows_affected();
+    let Some(pks) = uuid_keys(row.as_ref()).map_err(&err)? else {
+        return Ok(None);
+    };
+    let count = conn.execute(update).await.map_err(&err)?.rows_affected();
     if count != pks.len() as u64 {
-        return Err(Error::Transaction {
-            problem: format!(
-                "`{collection}` changed between reading the {} keys a where-write matched and \
-                 writing them ({count} written)",
+        return Err(Error::Refused {
+            collection: collection.to_owned(),
+            detail: format!(
+                "a where-update matched {} objects and updated {count}",
                 pks.len()
             ),
         });
     }
-    Ok(pks)
+    Ok(Some(pks))
 }
 
 fn read_pks(rows: &[QueryResult], def: &CollectionDef) -> Result<Vec<Pk>, DbErr> {

@@ -160,9 +160,11 @@ pub(crate) fn select_fields<'f>(
     Ok(statement)
 }
 
-/// On SQLite, for a collection keyed by one UUID field: `SELECT group_concat(hex(<key>), ',')
-/// FROM <collection> WHERE …`, the keys of the objects `filter` matches as one text (see
-/// [`crate::values::uuid_keys`]): one row instead of a row per object. `None` otherwise.
+/// On SQLite, for a collection keyed by one UUID field: the keys of the objects `filter`
+/// matches as one text, `group_concat(hex(<key>), ',')` (see [`crate::values::uuid_keys`]),
+/// one row instead of a row per object, and how many triggers the table has (a trigger may
+/// keep a row from a write: then the keys read are not the keys written). `None` for other
+/// keys and on PostgreSQL.
 pub(crate) fn uuid_keys_at_once(
     def: &CollectionDef,
     dialect: Dialect,
@@ -179,6 +181,10 @@ pub(crate) fn uuid_keys_at_once(
         "group_concat(hex({}), ',')",
         quoted(key)
     )))
+    .expr(Expr::cust_with_values(
+        "(SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?)",
+        [def.name()],
+    ))
     .from(ident(def.name()))
     .cond_where(condition(def, filter)?);
     Ok(Some(stmt))

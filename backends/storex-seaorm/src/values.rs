@@ -141,13 +141,16 @@ pub(crate) fn read_pk(row: &QueryResult, def: &CollectionDef) -> Result<Pk, DbEr
 }
 
 /// The keys [`crate::sql::uuid_keys_at_once`] reads: the hex text of each UUID, separated by
-/// commas (no row or a null: none).
-pub(crate) fn uuid_keys(row: Option<&QueryResult>) -> Result<Vec<Pk>, DbErr> {
-    let text = row
-        .map(|row| row.try_get_by_index::<Option<String>>(0))
-        .transpose()?
-        .flatten();
-    parse_uuid_keys(text.as_deref())
+/// commas (no row or a null: none); `None` if the table has triggers.
+pub(crate) fn uuid_keys(row: Option<&QueryResult>) -> Result<Option<Vec<Pk>>, DbErr> {
+    let Some(row) = row else {
+        return Ok(Some(Vec::new()));
+    };
+    if row.try_get_by_index::<i64>(1)? > 0 {
+        return Ok(None);
+    }
+    let text = row.try_get_by_index::<Option<String>>(0)?;
+    parse_uuid_keys(text.as_deref()).map(Some)
 }
 
 /// [`uuid_keys`] of the text read; a part that is not a UUID is an error.
