@@ -266,8 +266,12 @@ pub(crate) async fn run<C: ConnectionTrait>(
 /// written) when the table has triggers, which may keep rows from the update: the caller
 /// uses `RETURNING` then. Both statements run in one transaction (the backend opens one for
 /// the operation run alone, see `SeaOrmBackend::execute`), so the update changes exactly the
-/// objects read; a count that differs all the same is an error, never keys of objects left
-/// unchanged. (Deletes keep `RETURNING`: a cascade may delete rows a delete matched.)
+/// objects read; a count that differs all the same (a unique constraint the table declares
+/// `ON CONFLICT IGNORE`) is an error, never keys of objects left unchanged. In a deferred
+/// (snapshot) transaction a commit of another connection between the two statements fails
+/// the update (`SQLITE_BUSY_SNAPSHOT`); more than about 30 million keys exceed SQLite's
+/// longest text. Both are errors too. (Deletes keep `RETURNING`: a cascade may delete rows a
+/// delete matched.)
 async fn keys_then_update<C: ConnectionTrait, S: StatementBuilder>(
     conn: &C,
     collection: &str,
