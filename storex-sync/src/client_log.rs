@@ -368,6 +368,39 @@ impl ClientSyncLog {
             .await?)
     }
 
+    /// The rows of the [versions index](crate::VERSIONS_COLLECTION) that do not read
+    /// (damaged, or in the format of a newer version), one message each: the received
+    /// changes of their objects are held, and this device's own stay log rows, until they
+    /// read. Reads the whole index, in pages (for inspection: `storex status`).
+    pub async fn versions_that_do_not_read(&self) -> Result<Vec<String>> {
+        const PAGE: u64 = 5_000;
+        let mut problems = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut filter = Filter::all();
+            if let Some(after) = &after {
+                filter = filter.gt("object", after.as_str());
+            }
+            let query = Query::new(filter).order_asc("object").limit(PAGE);
+            let rows = self
+                .exec()
+                .find_values(versions::VERSIONS_COLLECTION, query, &versions::ROW_FIELDS)
+                .await?;
+            let full = rows.len() as u64 == PAGE;
+            after = rows
+                .last()
+                .and_then(|row| row.first()?.as_text().map(str::to_owned));
+            for row in rows {
+                if let Err(e) = versions::Versions::from_values(row) {
+                    problems.push(e.to_string());
+                }
+            }
+            if !full || after.is_none() {
+                return Ok(problems);
+            }
+        }
+    }
+
     /// How many entries the log holds.
     pub async fn len(&self) -> Result<u64> {
         self.index_first().await?;

@@ -85,6 +85,13 @@ pub(crate) async fn log(db: &Path, limit: usize) -> Result<()> {
     if versioned > 0 {
         say!("and the versions of {versioned} objects (changes applied or pushed, folded)");
     }
+    let unread = log.versions_that_do_not_read().await?;
+    if !unread.is_empty() {
+        say!("of which {} (damaged):", unreadable(unread.len()));
+        for problem in &unread {
+            say!("  {problem}");
+        }
+    }
     Ok(())
 }
 
@@ -111,6 +118,10 @@ pub(crate) async fn status(db: &Path) -> Result<()> {
         "versioned:       {} objects (changes applied or pushed, folded)",
         log.versioned_objects().await?
     );
+    let unread = log.versions_that_do_not_read().await?.len();
+    if unread > 0 {
+        say!("                 {} (see storex log)", unreadable(unread));
+    }
     say!("not yet pushed:  {unshared}");
     if held.damaged.is_empty() {
         say!("held back:       {}", held.entries.len());

@@ -108,6 +108,30 @@ fn damage_the_log(db: &std::path::Path) {
     });
 }
 
+/// Overwrites the state of one object's row of the versions index at `db` with a byte no
+/// version writes.
+fn damage_one_version(db: &std::path::Path) {
+    use sea_orm::ConnectionTrait;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let sqlite = storex_seaorm::SeaOrmBackend::open_sqlite_file(db)
+            .await
+            .expect("open");
+        let damaged = sqlite
+            .connection()
+            .execute_unprepared(
+                "UPDATE storex_sync_versions SET state = x'ff' WHERE object = \
+                 (SELECT min(object) FROM storex_sync_versions WHERE object LIKE 'note%')",
+            )
+            .await
+            .expect("damaged");
+        assert_eq!(damaged.rows_affected(), 1);
+    });
+}
+
 #[test]
 fn log_and_status_inspect_a_device() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -165,6 +189,19 @@ fn log_and_status_inspect_a_device() {
     assert!(stdout.contains("fields"), "{stdout}");
     let stdout = inspect("status", &[]);
     assert!(stdout.contains("log entries:     1"), "{stdout}");
+
+    // So is a row of the versions index that does not read.
+    damage_one_version(&phone);
+    let stdout = inspect("log", &[]);
+    assert!(
+        stdout.contains("of which 1 row that does not read (damaged):\n  "),
+        "{stdout}"
+    );
+    let stdout = inspect("status", &[]);
+    assert!(
+        stdout.contains("versioned:       3 objects (changes applied or pushed, folded)\n                 1 row that does not read"),
+        "{stdout}"
+    );
     let missing = storex()
         .args(["status", "--db", "/nonexistent.db"])
         .output()
