@@ -768,18 +768,8 @@ async fn damage_log_row(
     field: &str,
     text: &str,
 ) {
-    let mut changes = storex_core::Object::new();
-    changes.insert(field.to_owned(), text.into());
-    devices
-        .device(index)
-        .storage()
-        .update_where(
-            storex_sync::LOG_COLLECTION,
-            storex_core::Filter::all().eq("id", id),
-            changes,
-        )
-        .await
-        .expect("damaged");
+    let storage = devices.device(index).storage();
+    storex_test::damage::overwrite_log_row(storage, id, field, text.into()).await;
 }
 
 /// Overwrites the state of the row of the versions index of note `id` on device `index`
@@ -819,15 +809,8 @@ async fn set_versions_state(
     object: &str,
     state: Value,
 ) {
-    let mut changes = storex_core::Object::new();
-    changes.insert("state".into(), state);
-    let filter = storex_core::Filter::all().eq("object", object);
-    devices
-        .device(index)
-        .storage()
-        .update_where(storex_sync::VERSIONS_COLLECTION, filter, changes)
-        .await
-        .expect("stored");
+    let storage = devices.device(index).storage();
+    storex_test::damage::overwrite_versions_row(storage, object, state).await;
 }
 
 #[tokio::test]

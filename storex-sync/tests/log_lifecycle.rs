@@ -348,17 +348,7 @@ async fn compaction_works_in_rounds_and_stops_at_its_limit() {
 
 /// Overwrites `field` of the client log's row `id` with `text`.
 async fn damage_log_row(device: &SyncDevice, id: storex_core::uuid::Uuid, field: &str, text: &str) {
-    let mut changes = storex_core::Object::new();
-    changes.insert(field.to_owned(), text.into());
-    device
-        .storage()
-        .update_where(
-            storex_sync::LOG_COLLECTION,
-            storex_core::Filter::all().eq("id", id),
-            changes,
-        )
-        .await
-        .expect("damaged");
+    storex_test::damage::overwrite_log_row(device.storage(), id, field, text.into()).await;
 }
 
 #[tokio::test]

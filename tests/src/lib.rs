@@ -17,6 +17,7 @@
 //! Shared logs run [`shared_log_suite`] the same way.
 
 mod backend_suite;
+pub mod damage;
 pub mod devices;
 mod fixtures;
 pub mod flaky;

@@ -89,8 +89,9 @@ fn write_after_the_sync(phone: &std::path::Path) {
     });
 }
 
-/// Overwrites the `fields` of every row of the client log at `db` with text that is not JSON.
-fn damage_the_log(db: &std::path::Path) {
+/// Runs `sql` on the SQLite database at `db`, as a fault or another program would; returns
+/// how many rows it changed.
+fn run_sql(db: &std::path::Path, sql: &str) -> u64 {
     use sea_orm::ConnectionTrait;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -100,36 +101,9 @@ fn damage_the_log(db: &std::path::Path) {
         let sqlite = storex_seaorm::SeaOrmBackend::open_sqlite_file(db)
             .await
             .expect("open");
-        sqlite
-            .connection()
-            .execute_unprepared("UPDATE storex_sync_log SET fields = '{not json'")
-            .await
-            .expect("damaged");
-    });
-}
-
-/// Overwrites the state of one object's row of the versions index at `db` with a byte no
-/// version writes.
-fn damage_one_version(db: &std::path::Path) {
-    use sea_orm::ConnectionTrait;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let sqlite = storex_seaorm::SeaOrmBackend::open_sqlite_file(db)
-            .await
-            .expect("open");
-        let damaged = sqlite
-            .connection()
-            .execute_unprepared(
-                "UPDATE storex_sync_versions SET state = x'ff' WHERE object = \
-                 (SELECT min(object) FROM storex_sync_versions WHERE object LIKE 'note%')",
-            )
-            .await
-            .expect("damaged");
-        assert_eq!(damaged.rows_affected(), 1);
-    });
+        let done = sqlite.connection().execute_unprepared(sql).await;
+        done.expect("ran").rows_affected()
+    })
 }
 
 #[test]
@@ -180,7 +154,8 @@ fn log_and_status_inspect_a_device() {
     assert!(stdout.contains("log entries:     1"), "{stdout}");
 
     // A row that does not read is listed as such, not a reason to fail.
-    damage_the_log(&phone);
+    // (Every row's `fields` overwritten with text that is not JSON.)
+    run_sql(&phone, "UPDATE storex_sync_log SET fields = '{not json'");
     let stdout = inspect("log", &[]);
     assert!(
         stdout.starts_with("0 entries in the log\nand 1 row that does not read (damaged):\n  "),
@@ -191,7 +166,9 @@ fn log_and_status_inspect_a_device() {
     assert!(stdout.contains("log entries:     1"), "{stdout}");
 
     // So is a row of the versions index that does not read.
-    damage_one_version(&phone);
+    let one = "UPDATE storex_sync_versions SET state = x'ff' WHERE object = \
+               (SELECT min(object) FROM storex_sync_versions WHERE object LIKE 'note%')";
+    assert_eq!(run_sql(&phone, one), 1);
     let stdout = inspect("log", &[]);
     assert!(
         stdout.contains("of which 1 row that does not read (damaged):\n  "),
