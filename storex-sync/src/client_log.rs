@@ -116,19 +116,28 @@ impl<T> Default for LogRows<T> {
 }
 
 impl LogRows<StoredEntry> {
-    /// Reads `rows` of the log collection, passing over those that do not read.
-    fn read(rows: Vec<Vec<Value>>) -> Self {
+    /// Reads `rows` of the log collection (the values of [`LOG_FIELDS`]), passing over those
+    /// that do not read.
+    pub(crate) fn read(rows: &[Vec<Value>]) -> Self {
         let mut read = LogRows {
             entries: Vec::with_capacity(rows.len()),
             damaged: Vec::new(),
         };
-        for row in &rows {
+        for row in rows {
             match StoredEntry::read_values(row, true) {
                 Ok(stored) => read.entries.push(stored),
                 Err(e) => read.damaged.push(e.to_string()),
             }
         }
         read
+    }
+
+    /// The changes alone, without their local flags.
+    pub(crate) fn into_log_entries(self) -> LogRows<LogEntry> {
+        LogRows {
+            entries: self.entries.into_iter().map(|s| s.entry).collect(),
+            damaged: self.damaged,
+        }
     }
 }
 
@@ -313,7 +322,7 @@ impl ClientSyncLog {
             .exec()
             .find_values(LOG_COLLECTION, query, &LOG_FIELDS)
             .await?;
-        Ok(LogRows::read(rows))
+        Ok(LogRows::read(&rows))
     }
 
     /// Entries received but held back (unknown collection, newer schema, invalid values,
@@ -327,11 +336,7 @@ impl ClientSyncLog {
             .exec()
             .find_values(LOG_COLLECTION, query, &LOG_FIELDS)
             .await?;
-        let read = LogRows::read(rows);
-        Ok(LogRows {
-            entries: read.entries.into_iter().map(|s| s.entry).collect(),
-            damaged: read.damaged,
-        })
+        Ok(LogRows::read(&rows).into_log_entries())
     }
 
     /// How many of this device's changes are not yet sent to the shared log.
@@ -373,32 +378,14 @@ impl ClientSyncLog {
     /// changes of their objects are held, and this device's own stay log rows, until they
     /// read. Reads the whole index, in pages (for inspection: `storex status`).
     pub async fn versions_that_do_not_read(&self) -> Result<Vec<String>> {
-        const PAGE: u64 = 5_000;
         let mut problems = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let mut filter = Filter::all();
-            if let Some(after) = &after {
-                filter = filter.gt("object", after.as_str());
+        versions::each_row(self.exec(), |row| {
+            if let Err(e) = versions::Versions::from_values(row) {
+                problems.push(e.to_string());
             }
-            let query = Query::new(filter).order_asc("object").limit(PAGE);
-            let rows = self
-                .exec()
-                .find_values(versions::VERSIONS_COLLECTION, query, &versions::ROW_FIELDS)
-                .await?;
-            let full = rows.len() as u64 == PAGE;
-            after = rows
-                .last()
-                .and_then(|row| row.first()?.as_text().map(str::to_owned));
-            for row in rows {
-                if let Err(e) = versions::Versions::from_values(row) {
-                    problems.push(e.to_string());
-                }
-            }
-            if !full || after.is_none() {
-                return Ok(problems);
-            }
-        }
+        })
+        .await?;
+        Ok(problems)
     }
 
     /// How many entries the log holds.
@@ -568,7 +555,7 @@ pub(crate) async fn fold_steps<'e>(
     let objects: Vec<ObjectKey> = by_object.keys().cloned().collect();
     let loaded = versions::load(exec, &objects).await?;
     let mut kept = Vec::new();
-    for key in loaded.damaged.keys() {
+    for key in loaded.damaged.objects.keys() {
         kept.extend(by_object.remove(key).unwrap_or_default());
     }
     let mut base = loaded.versions;
@@ -615,6 +602,34 @@ async fn newest_logged_stamp(exec: Exec<'_>) -> Result<Option<Hlc>> {
     }
 }
 
+/// The objects with a row of sync's own tables that does not read (damaged, or in the
+/// format of a newer version), found by a lookup by object ([`logged_for`],
+/// [`versions::load`]): what this device recorded of them is not known.
+#[derive(Debug, Default)]
+pub(crate) struct Unread {
+    /// The objects, and why (the first such row's problem).
+    pub(crate) objects: HashMap<ObjectKey, String>,
+    /// The error of the first row that did not read.
+    first: Option<crate::error::Error>,
+}
+
+impl Unread {
+    /// Notes that a row of `key` does not read, for `error`.
+    pub(crate) fn note(&mut self, key: ObjectKey, error: crate::error::Error) {
+        self.objects.entry(key).or_insert_with(|| error.to_string());
+        self.first.get_or_insert(error);
+    }
+
+    /// `found`, or the first row's error if a row did not read (for a caller that cannot do
+    /// without every object's rows).
+    pub(crate) fn or_first_error<T>(self, found: T) -> Result<T> {
+        match self.first {
+            Some(error) => Err(error),
+            None => Ok(found),
+        }
+    }
+}
+
 /// What the log holds for some objects: see [`logged_for`].
 #[derive(Debug, Default)]
 pub(crate) struct Logged {
@@ -622,22 +637,17 @@ pub(crate) struct Logged {
     pub(crate) integrated: HashMap<ObjectKey, Vec<LogEntry>>,
     /// The ids of every entry found that reads, integrated or held.
     pub(crate) ids: HashSet<Uuid>,
-    /// The objects with a row that does not read (integrated or held), and why (the first
-    /// such row's problem): what the log holds of them is not known. (A row whose collection
-    /// or key is what does not read is not found by its object at all.)
-    pub(crate) damaged: HashMap<ObjectKey, String>,
-    /// The error of the first row that did not read.
-    unread: Option<crate::error::Error>,
+    /// The objects with a row that does not read (integrated or held): what the log holds
+    /// of them is not known. (A row whose collection or key is what does not read is not
+    /// found by its object at all.)
+    pub(crate) damaged: Unread,
 }
 
 impl Logged {
     /// The integrated entries by object, or the first row's error if a row did not read
     /// (for a caller that cannot do without an object's entries).
     pub(crate) fn all_read(self) -> Result<HashMap<ObjectKey, Vec<LogEntry>>> {
-        match self.unread {
-            Some(error) => Err(error),
-            None => Ok(self.integrated),
-        }
+        self.damaged.or_first_error(self.integrated)
     }
 }
 
@@ -681,9 +691,9 @@ pub(crate) async fn logged_for(exec: Exec<'_>, objects: &[ObjectKey]) -> Result<
                         return Err(e);
                     };
                     if asked.contains(&(collection, pk)) {
-                        let key = (collection.to_owned(), pk.to_owned());
-                        found.damaged.entry(key).or_insert_with(|| e.to_string());
-                        found.unread.get_or_insert(e);
+                        found
+                            .damaged
+                            .note((collection.to_owned(), pk.to_owned()), e);
                     }
                     continue;
                 }
@@ -715,7 +725,7 @@ pub(crate) async fn known_objects(
     let loaded = versions::load(exec, objects).await?;
     Ok(logged
         .chain(loaded.versions.into_keys())
-        .chain(loaded.damaged.into_keys())
+        .chain(loaded.damaged.objects.into_keys())
         .collect())
 }
 

@@ -33,12 +33,11 @@ use storex_core::uuid::Uuid;
 use storex_core::{object, BatchStep, Filter, Operation, Origin, Query, Value};
 use tokio::sync::Mutex;
 
-use crate::client_log::{delete_ids_steps, ids_in, Exec, COMPACT_ROUND};
+use crate::client_log::{delete_ids_steps, ids_in, Exec, LogRows, COMPACT_ROUND};
 use crate::codec::EntryCodec;
 use crate::device::SyncDevice;
 use crate::entry::{
-    next_page_after, LogEntry, StoredEntry, LOG_COLLECTION, LOG_FIELDS, QUARANTINE_COLLECTION,
-    STATE_COLLECTION,
+    next_page_after, LogEntry, LOG_COLLECTION, LOG_FIELDS, QUARANTINE_COLLECTION, STATE_COLLECTION,
 };
 use crate::error::{Error, Result};
 use crate::journal::JournalPart;
@@ -430,20 +429,19 @@ impl ContinuousSync {
             .storage()
             .find_values(LOG_COLLECTION, query, &LOG_FIELDS)
             .await?;
-        let mut page = UnsharedPage {
-            entries: Vec::with_capacity(rows.len()),
-            problems: Vec::new(),
+        let read = LogRows::read(&rows).into_log_entries();
+        let unread = read.damaged.into_iter();
+        Ok(UnsharedPage {
+            entries: read.entries,
+            problems: unread
+                .map(|e| {
+                    format!(
+                        "an unshared row of the client log does not read ({e}); it stays unshared"
+                    )
+                })
+                .collect(),
             next_after: next_page_after(&rows, limit as u64),
-        };
-        for row in &rows {
-            match StoredEntry::read_values(row, true) {
-                Ok(stored) => page.entries.push(stored.entry),
-                Err(e) => page.problems.push(format!(
-                    "an unshared row of the client log does not read ({e}); it stays unshared"
-                )),
-            }
-        }
-        Ok(page)
+        })
     }
 
     /// Pushes what was indexed before (a push that stopped midway, a reader of the log since

@@ -364,7 +364,7 @@ impl SyncDevice {
             if !stored && logged.ids.contains(&entry.id) {
                 continue;
             }
-            if let Some(problem) = logged.damaged.get(&key) {
+            if let Some(problem) = logged.damaged.objects.get(&key) {
                 held.push(HeldEntry {
                     entry,
                     reason: HoldReason::DamagedLog {
@@ -518,7 +518,7 @@ impl SyncDevice {
         let mut covered = Vec::new();
         for (key, entry) in fresh {
             // What this device knows of the object is not known: its changes wait.
-            if let Some(problem) = loaded.damaged.get(&key) {
+            if let Some(problem) = loaded.damaged.objects.get(&key) {
                 let problem = problem.clone();
                 let reason = HoldReason::DamagedLog { problem };
                 held.push(HeldEntry { entry, reason });

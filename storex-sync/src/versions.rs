@@ -28,7 +28,7 @@ use storex_core::{
     Registry, Value,
 };
 
-use crate::client_log::{Exec, LOOKUP_CHUNK};
+use crate::client_log::{Exec, Unread, LOOKUP_CHUNK};
 use crate::entry::{EntryOp, LogEntry};
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
@@ -534,21 +534,15 @@ pub(crate) async fn any_of(exec: Exec<'_>, collection: &str) -> Result<bool> {
 pub(crate) struct Loaded {
     /// The versions of the objects that have a row that reads.
     pub(crate) versions: HashMap<ObjectKey, Versions>,
-    /// The objects whose row does not read (damaged, or in the format of a newer version),
-    /// and why: what this device knows of them is not known.
-    pub(crate) damaged: HashMap<ObjectKey, String>,
-    /// The error of the first row that did not read.
-    unread: Option<Error>,
+    /// The objects whose row does not read: what this device knows of them is not known.
+    pub(crate) damaged: Unread,
 }
 
 impl Loaded {
     /// The versions by object, or the first row's error if a row did not read (for a caller
     /// that cannot do without an object's versions).
     pub(crate) fn all_read(self) -> Result<HashMap<ObjectKey, Versions>> {
-        match self.unread {
-            Some(error) => Err(error),
-            None => Ok(self.versions),
-        }
+        self.damaged.or_first_error(self.versions)
     }
 }
 
@@ -594,10 +588,7 @@ pub(crate) async fn load(exec: Exec<'_>, objects: &[ObjectKey]) -> Result<Loaded
                 Ok((_, versions)) => {
                     found.versions.insert(key, versions);
                 }
-                Err(e) => {
-                    found.damaged.insert(key, e.to_string());
-                    found.unread.get_or_insert(e);
-                }
+                Err(e) => found.damaged.note(key, e),
             }
         }
     }
@@ -651,8 +642,8 @@ pub(crate) struct AppliedClock {
 }
 
 /// The latest timestamp applied: as the index keeps it, or, if that row does not read, the
-/// latest timestamp of the objects' versions that read (the whole index is read then, until
-/// a writer replaces the row).
+/// latest timestamp of the objects' versions that read (the whole index is read then, a
+/// page at a time, until a writer replaces the row).
 pub(crate) async fn latest_applied(exec: Exec<'_>) -> Result<AppliedClock> {
     if let Ok(latest) = clock_row(exec).await? {
         return Ok(AppliedClock {
@@ -660,20 +651,42 @@ pub(crate) async fn latest_applied(exec: Exec<'_>) -> Result<AppliedClock> {
             replace: false,
         });
     }
-    let rows = exec
-        .find_values(VERSIONS_COLLECTION, Query::default(), &ROW_FIELDS)
-        .await?;
-    let latest = rows
-        .iter()
-        .filter_map(|row| match row.as_slice() {
-            [Value::Text(id), Value::Blob(bytes)] => Versions::latest_of(id, bytes).ok()?,
-            _ => None,
-        })
-        .max();
+    let mut latest = None;
+    each_row(exec, |row| {
+        if let [Value::Text(id), Value::Blob(bytes)] = row.as_slice() {
+            latest = latest.max(Versions::latest_of(id, bytes).ok().flatten());
+        }
+    })
+    .await?;
     Ok(AppliedClock {
         latest,
         replace: true,
     })
+}
+
+/// Hands every row of the index (the clock's too), as the values of [`ROW_FIELDS`], to
+/// `each`, reading them a page at a time in the order of their ids.
+pub(crate) async fn each_row(exec: Exec<'_>, mut each: impl FnMut(Vec<Value>)) -> Result<()> {
+    const PAGE: u64 = 5_000;
+    let mut after: Option<String> = None;
+    loop {
+        let mut filter = Filter::all();
+        if let Some(after) = &after {
+            filter = filter.gt("object", after.as_str());
+        }
+        let query = Query::new(filter).order_asc("object").limit(PAGE);
+        let rows = exec
+            .find_values(VERSIONS_COLLECTION, query, &ROW_FIELDS)
+            .await?;
+        let full = rows.len() as u64 == PAGE;
+        after = rows
+            .last()
+            .and_then(|row| row.first()?.as_text().map(str::to_owned));
+        rows.into_iter().for_each(&mut each);
+        if !full || after.is_none() {
+            return Ok(());
+        }
+    }
 }
 
 /// What the clock's row of the index says: `Err` with why it does not read.
@@ -1048,7 +1061,7 @@ mod tests {
             .map(|n| key("note", n))
             .collect();
         let found = load(exec, &asked).await.expect("load");
-        assert!(found.damaged.is_empty());
+        assert!(found.damaged.objects.is_empty());
         let mut got: Vec<u128> = found
             .versions
             .keys()

@@ -72,12 +72,7 @@ pub(crate) async fn log(db: &Path, limit: usize) -> Result<()> {
             fields.join(","),
         );
     }
-    if !read.damaged.is_empty() {
-        say!("and {} (damaged):", unreadable(read.damaged.len()));
-        for problem in &read.damaged {
-            say!("  {problem}");
-        }
-    }
+    say_damaged("and", &read.damaged);
     if waiting > 0 {
         say!("and {waiting} writes in the journal, logged at the app's next sync");
     }
@@ -85,13 +80,7 @@ pub(crate) async fn log(db: &Path, limit: usize) -> Result<()> {
     if versioned > 0 {
         say!("and the versions of {versioned} objects (changes applied or pushed, folded)");
     }
-    let unread = log.versions_that_do_not_read().await?;
-    if !unread.is_empty() {
-        say!("of which {} (damaged):", unreadable(unread.len()));
-        for problem in &unread {
-            say!("  {problem}");
-        }
-    }
+    say_damaged("of which", &log.versions_that_do_not_read().await?);
     Ok(())
 }
 
@@ -135,6 +124,17 @@ pub(crate) async fn status(db: &Path) -> Result<()> {
     say!("shared cursor:   {cursor}");
     say!("newest change:   {newest}");
     Ok(())
+}
+
+/// Lists the `problems` of rows that do not read, if any, after a line starting `lead`.
+fn say_damaged(lead: &str, problems: &[String]) {
+    if problems.is_empty() {
+        return;
+    }
+    say!("{lead} {} (damaged):", unreadable(problems.len()));
+    for problem in problems {
+        say!("  {problem}");
+    }
 }
 
 /// "1 row that does not read", "2 rows that do not read".
