@@ -25,7 +25,7 @@ macro_rules! checks {
 }
 
 /// Runs every check, each on a fresh backend made by `make`, and panics listing every
-/// failed check. Call it from a backend crate's `tests/conformance.rs`.
+/// failed check. Call it from a backend crate's `tests/integration/conformance.rs`.
 pub async fn backend_suite<F, Fut, B>(make: F)
 where
     F: Fn() -> Fut,

@@ -1,6 +1,7 @@
 //! storex-test: conformance suites every backend runs, and shared fixtures.
 //!
-//! A backend crate proves itself by running the suite from its own `tests/conformance.rs`:
+//! A backend crate proves itself by running the suite from its own
+//! `tests/integration/conformance.rs`:
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

@@ -38,9 +38,9 @@
 //! concurrency control: a Firestore read-write transaction would lock the counter when it
 //! reads it, and two pushers holding the read lock then wait for each other until a lock
 //! timeout (the emulator needs seconds to break such a deadlock), while a conditional commit
-//! holds no lock before it commits and the loser retries at once. The `tests/limits.rs` test
-//! with four clients pushing and pulling at the same time checks that every reader sees
-//! every entry exactly once.
+//! holds no lock before it commits and the loser retries at once. A test of
+//! `tests/integration/limits.rs` with four clients pushing and pulling at the same time checks
+//! that every reader sees every entry exactly once.
 //!
 //! ## Limits
 //! A commit holds at most 500 writes and a document at most 1 MiB, so a push is split into

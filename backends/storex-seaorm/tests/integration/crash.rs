@@ -103,7 +103,7 @@ async fn a_killed_writer_leaves_whole_batches_only() {
     drop(open(&path).await); // create the tables first
 
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["crash_child_writer", "--exact", "--nocapture"])
+        .args(["crash::crash_child_writer", "--exact", "--nocapture"])
         .env(CHILD_VAR, &path)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

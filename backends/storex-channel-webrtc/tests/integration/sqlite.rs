@@ -3,7 +3,7 @@
 //! mid-transfer leaves the receiver consistent (and the transfer resumes), and a bad frame
 //! from the network ends the session without touching what was applied.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -102,7 +102,11 @@ async fn a_device_killed_mid_sync_resumes_without_loss_or_duplicates() {
     drop(open_device(&path, "b.db", b_id).await); // create b's tables before the child starts
 
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["crash_child_syncing_device", "--exact", "--nocapture"])
+        .args([
+            "crash::crash_child_syncing_device",
+            "--exact",
+            "--nocapture",
+        ])
         .env(CHILD_DIR, &path)
         .env(CHILD_DEVICE, b_id.0.to_string())
         .stdout(Stdio::null())

@@ -333,7 +333,7 @@ proptest! {
     // Seeds that once failed are kept in tests/convergence.proptest-regressions and run first.
     #![proptest_config(ProptestConfig {
         cases: CASES,
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("tests/convergence.proptest-regressions"))),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("tests/integration/convergence.proptest-regressions"))),
         ..ProptestConfig::default()
     })]
 

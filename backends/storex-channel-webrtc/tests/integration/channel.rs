@@ -1,7 +1,7 @@
 //! The channel itself on loopback: pairing, packages of every size both ways, limits, bad
 //! input from the peer, a peer that goes away, and bad offer and answer strings.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -14,7 +14,7 @@ use storex_sync::SharedSyncLog;
 
 const ADMIN: &str = "app-test-admin-token-0123";
 
-mod common;
+use crate::common;
 
 use common::{app_db, note};
 

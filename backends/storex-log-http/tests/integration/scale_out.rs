@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used)] // helpers of tests: a failed unwrap is a failed test
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -63,7 +63,11 @@ fn start_instances(database_url: &str, n: usize) -> Vec<Instance> {
     let children: Vec<Child> = (0..n)
         .map(|_| {
             Command::new(std::env::current_exe().unwrap())
-                .args(["scale_out_child_instance", "--exact", "--nocapture"])
+                .args([
+                    "scale_out::scale_out_child_instance",
+                    "--exact",
+                    "--nocapture",
+                ])
                 .env(CHILD_DB, database_url)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())

@@ -1,7 +1,7 @@
 //! FirestoreSharedLog passes the shared-log conformance suite and every end-to-end sync
 //! scenario against the Firestore emulator started by scripts/services.sh.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

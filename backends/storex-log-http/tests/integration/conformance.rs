@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // helpers of tests: a failed unwrap is a failed test
 
-mod common;
+use crate::common;
 
 use common::{factory, start, Provisioned, Store};
 use storex_test::{shared_log_suite, sync_scenarios};

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // helpers of tests: a failed unwrap is a failed test
 
-mod common;
+use crate::common;
 
 use common::{config, start, Store, ADMIN};
 use reqwest::StatusCode;

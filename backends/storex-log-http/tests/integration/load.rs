@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // helpers of tests: a failed unwrap is a failed test
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

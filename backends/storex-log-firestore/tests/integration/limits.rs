@@ -2,7 +2,7 @@
 //! larger than one commit, compaction over many pages, many topics, odd user names, separate
 //! namespaces, and several clients pushing and pulling at once.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

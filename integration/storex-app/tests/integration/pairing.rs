@@ -9,7 +9,7 @@ use storex_core::{object, Filter};
 use storex_sync::fast_sync::{FastSyncOptions, TransferReport};
 use storex_sync::{MemorySharedLog, SharedSyncLog};
 
-mod common;
+use crate::common;
 
 use common::{app_db, note};
 

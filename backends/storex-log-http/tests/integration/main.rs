@@ -1,0 +1,10 @@
+//! The integration tests of storex-log-http.
+//!
+//! One test binary for the crate (linking one per file cost disk and build time); each
+//! module is one subject.
+
+mod common;
+mod conformance;
+mod load;
+mod scale_out;
+mod security;

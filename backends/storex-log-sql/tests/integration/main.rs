@@ -1,0 +1,7 @@
+//! The integration tests of storex-log-sql.
+//!
+//! One test binary for the crate (linking one per file cost disk and build time); each
+//! module is one subject.
+
+mod conformance;
+mod crash;

@@ -1,0 +1,14 @@
+//! The integration tests of storex-seaorm.
+//!
+//! One test binary for the crate (linking one per file cost disk and build time); each
+//! module is one subject.
+
+mod batches;
+mod clustered;
+mod conformance;
+mod crash;
+mod existing_entities;
+mod indexes;
+mod refused_writes;
+mod snapshot;
+mod where_keys;

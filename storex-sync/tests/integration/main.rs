@@ -1,0 +1,15 @@
+//! The integration tests of storex-sync.
+//!
+//! One test binary for the crate (linking one per file cost disk and build time); each
+//! module is one subject.
+
+mod bad_entries;
+mod continuous;
+mod convergence;
+mod fast_sync;
+mod key_runs;
+mod log_lifecycle;
+mod logging;
+mod memory_shared_log;
+mod reconcile_rules;
+mod values;
