@@ -324,6 +324,12 @@ pub struct TransferReport {
     /// devices only when the sender
     /// syncs: sync it before wiping it. (0 on the receiver.)
     pub unpushed: u64,
+    /// On the sender: rows of its log (of applied changes) or of its versions index that do
+    /// not read (damaged, or in a newer version's format), one message each naming the row.
+    /// They were passed over: their objects' rows were sent, with the history that reads, so
+    /// the receiver may take a later write to such an object for a newer one than it is.
+    /// (Empty on the receiver.)
+    pub damaged: Vec<String>,
     /// How long it took.
     pub duration: Duration,
 }

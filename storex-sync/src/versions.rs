@@ -538,14 +538,6 @@ pub(crate) struct Loaded {
     pub(crate) damaged: Unread,
 }
 
-impl Loaded {
-    /// The versions by object, or the first row's error if a row did not read (for a caller
-    /// that cannot do without an object's versions).
-    pub(crate) fn all_read(self) -> Result<HashMap<ObjectKey, Versions>> {
-        self.damaged.or_first_error(self.versions)
-    }
-}
-
 /// The versions of the `objects` that have any; a row that does not read is passed over and
 /// its object named in [`Loaded::damaged`].
 pub(crate) async fn load(exec: Exec<'_>, objects: &[ObjectKey]) -> Result<Loaded> {

@@ -135,6 +135,16 @@ pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
             report.unpushed
         );
     }
+    if !report.damaged.is_empty() {
+        eprintln!(
+            "warning: {} rows of this device's sync log or versions did not read and were \
+             passed over; their objects were sent with the history that reads:",
+            report.damaged.len()
+        );
+        for problem in &report.damaged {
+            eprintln!("  {problem}");
+        }
+    }
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use storex_core::{Filter, Object, Operation, Origin, Query, StorageTransaction, 
 
 use crate::client_log::Exec;
 use crate::device::SyncDevice;
-use crate::entry::{pk_text, INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION};
+use crate::entry::{pk_text, StoredEntry, INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION};
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package, MAX_BATCH_OBJECTS};
 use crate::fast_sync::sent_versions::VersionsPager;
@@ -281,6 +281,7 @@ impl SnapshotSender {
             .map(|c| c.name.clone())
             .collect();
         let mut versions = VersionsPager::new(app_collections, merge);
+        let mut unread_held = Vec::new();
         for info in self.collections.clone() {
             let mut collection = CollectionRun::default();
             let mut batch = EncodedObjects::new();
@@ -301,8 +302,16 @@ impl SnapshotSender {
                 };
                 let (mut page_objects, mut page_bytes) = (0u64, 0u64);
                 for object in page {
-                    if info.name == LOG_COLLECTION && !entry_is_sent(&object, &sent, &left_out) {
-                        continue;
+                    if info.name == LOG_COLLECTION {
+                        if !entry_is_sent(&object, &sent, &left_out) {
+                            continue;
+                        }
+                        // A held entry that does not read would end the session on the
+                        // receiver: passed over, and reported.
+                        if let Err(e) = StoredEntry::from_object(&object) {
+                            unread_held.push(e.to_string());
+                            continue;
+                        }
                     }
                     if self
                         .options
@@ -359,6 +368,8 @@ impl SnapshotSender {
                 return Err(FastSyncError::Protocol(format!("expected Done, got {other:?}")).into())
             }
         }
+        run.report.damaged = unread_held;
+        run.report.damaged.extend_from_slice(versions.damaged());
         run.report.duration = start.elapsed();
         Ok(run.report)
     }

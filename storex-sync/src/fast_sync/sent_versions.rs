@@ -12,6 +12,10 @@
 //! receiver holds them too. Pages of the log are sized by the bytes of the rows read, so
 //! large values come a few at a time; the next page is read while one is folded, so two are
 //! held at most.
+//!
+//! A row of the log or of the versions index that does not read (damaged, or in a newer
+//! version's format) is passed over and named in [`VersionsPager::damaged`]: its object goes
+//! with what does read (the object's row itself travels in its collection's pass).
 
 use foldhash::{HashMap, HashMapExt, HashSet};
 use storex_core::uuid::Uuid;
@@ -20,7 +24,7 @@ use storex_core::{Filter, Object, Query, Registry, Value};
 use crate::client_log::{current_rows, logged_for, Exec};
 use crate::entry::{log_value, LogEntry, StoredEntry, LOG_COLLECTION, LOG_FIELDS};
 use crate::error::Result;
-use crate::fast_sync::{page_limit, FastSyncError};
+use crate::fast_sync::page_limit;
 use crate::reconcile::{object_key, ObjectKey};
 use crate::versions::{self, object_id, object_of, pk_from_text, Versions, VERSIONS_COLLECTION};
 
@@ -34,17 +38,20 @@ const LOG_PAGE_BYTES: u64 = 8 * 1024 * 1024;
 const LOG_ROW_BYTES: u64 = 160;
 
 /// An object whose entries are being folded: its key's text as the log stores it, where the
-/// next page goes on, and its versions so far.
+/// next page goes on, its versions so far, and whether any of its entries read (one whose
+/// rows all fail to read goes with the versions index's pass, if it has a row there).
 #[derive(Debug)]
 struct OpenObject {
     pk: String,
     key: ObjectKey,
     last_id: Uuid,
     versions: Versions,
+    read_any: bool,
 }
 
 /// Where the sender is in its objects' versions.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per pager: boxing the open object saves nothing
 enum Stage {
     /// Objects with applied entries in the log: the collection at this index of the ones
     /// sent, after the object whose key's text is `after`, or going on with `open`.
@@ -75,17 +82,27 @@ pub(crate) struct VersionsPager {
     /// The collection (by index) whose log is being read, and whether the versions index
     /// holds any object of it: if not, its objects' stored versions need no lookup.
     indexed: Option<(usize, bool)>,
+    /// Rows passed over because they do not read, one message each.
+    damaged: Vec<String>,
 }
 
 /// A page of rows and whether it is the last.
 type Page = (Vec<Object>, bool);
 
-/// One page of the log: each entry with its key's text as stored, and whether the page was
-/// full (more may follow).
+/// One page of the log: each row's key's text as stored, its id and its entry (or why it
+/// does not read), and whether the page was full (more may follow).
 #[derive(Debug)]
 struct LogPage {
-    entries: Vec<(String, LogEntry)>,
+    rows: Vec<LogPageRow>,
     full: bool,
+}
+
+/// A row of a [`LogPage`].
+#[derive(Debug)]
+struct LogPageRow {
+    pk: String,
+    id: Uuid,
+    entry: std::result::Result<LogEntry, String>,
 }
 
 impl VersionsPager {
@@ -98,12 +115,19 @@ impl VersionsPager {
             log_limit: FIRST_LOG_PAGE,
             ahead: None,
             indexed: None,
+            damaged: Vec::new(),
             stage: Stage::Logged {
                 collection: 0,
                 after: None,
                 open: None,
             },
         }
+    }
+
+    /// The rows passed over so far because they do not read (of the log's applied entries,
+    /// and of the versions index), one message each naming the row.
+    pub(crate) fn damaged(&self) -> &[String] {
+        &self.damaged
     }
 
     /// The next page of rows of the versions collection (with the values of each object's
@@ -173,9 +197,9 @@ impl VersionsPager {
                 page
             }
         };
-        // What the next call reads, known from this page's last entry.
-        let next = match (page.full, page.entries.last(), going_on.as_deref()) {
-            (true, Some((pk, entry)), _) => Some(log_query(name, None, Some((pk, entry.id)))),
+        // What the next call reads, known from this page's last row (whether it reads or not).
+        let next = match (page.full, page.rows.last(), going_on.as_deref()) {
+            (true, Some(row), _) => Some(log_query(name, None, Some((&row.pk, row.id)))),
             (false, _, Some(pk)) => Some(log_query(name, Some(pk), None)),
             (false, _, None) => self
                 .collections
@@ -183,13 +207,17 @@ impl VersionsPager {
                 .map(|next| log_query(next, None, None)),
             (true, None, _) => None,
         };
-        // The objects this page starts, with their stored versions.
+        // The objects this page starts, with their stored versions. (The key of a row that
+        // does not read is its collection and its key's text, as for one that reads.)
         let mut starting = Vec::new();
         let mut previous = going_on.as_deref();
-        for (pk, entry) in &page.entries {
-            if previous != Some(pk.as_str()) {
-                starting.push(object_key(entry));
-                previous = Some(pk);
+        for row in &page.rows {
+            if previous != Some(row.pk.as_str()) {
+                starting.push(match &row.entry {
+                    Ok(entry) => object_key(entry),
+                    Err(_) => (name.to_owned(), row.pk.clone()),
+                });
+                previous = Some(&row.pk);
             }
         }
         let indexed = match self.indexed {
@@ -203,7 +231,11 @@ impl VersionsPager {
             }
         };
         let mut stored = if indexed {
-            versions::load(exec, &starting).await?.all_read()?
+            let loaded = versions::load(exec, &starting).await?;
+            let unread = loaded.damaged.objects.into_iter();
+            self.damaged
+                .extend(unread.map(|(key, e)| versions_row_problem(&key, &e)));
+            loaded.versions
         } else {
             HashMap::new()
         };
@@ -220,25 +252,38 @@ impl VersionsPager {
             // The loop below starts the same objects in the same order: their keys are these.
             let mut starting = starting.into_iter();
             let mut done: Vec<(ObjectKey, Versions)> = Vec::new();
-            for (pk, entry) in page.entries {
+            let mut unread = Vec::new();
+            let close = |o: OpenObject| o.read_any.then_some((o.key, o.versions));
+            for LogPageRow { pk, id, entry } in page.rows {
                 let mut current = match open.take() {
                     Some(o) if o.pk == pk => o,
                     other => {
-                        done.extend(other.map(|o| (o.key, o.versions)));
-                        let key = starting.next().unwrap_or_else(|| object_key(&entry));
+                        done.extend(other.and_then(close));
+                        let key = starting.next().unwrap_or_else(|| match &entry {
+                            Ok(entry) => object_key(entry),
+                            Err(_) => (name.to_owned(), pk.clone()),
+                        });
                         let versions = stored.remove(&key).unwrap_or_default();
                         OpenObject {
                             pk,
                             key,
-                            last_id: entry.id,
+                            last_id: id,
                             versions,
+                            read_any: false,
                         }
                     }
                 };
-                current.last_id = entry.id;
-                // Folded with their values: whether the object exists is known at the end.
-                if let Ok(def) = registry.collection(&entry.collection) {
-                    current.versions.fold(def, &entry, true);
+                current.last_id = id;
+                match entry {
+                    // Folded with their values: whether the object exists is known at the
+                    // end.
+                    Ok(entry) => {
+                        if let Ok(def) = registry.collection(&entry.collection) {
+                            current.versions.fold(def, &entry, true);
+                        }
+                        current.read_any = true;
+                    }
+                    Err(problem) => unread.push(problem),
                 }
                 open = Some(current);
             }
@@ -250,7 +295,7 @@ impl VersionsPager {
                     open,
                 }
             } else {
-                done.extend(open.map(|o| (o.key, o.versions)));
+                done.extend(open.and_then(close));
                 match going_on {
                     Some(pk) => Stage::Logged {
                         collection: index,
@@ -266,10 +311,11 @@ impl VersionsPager {
             };
             done.retain(|(key, _)| !left_out.contains(key));
             let rows = finish(exec, registry, done, with_values).await;
-            (stage, rows)
+            (stage, rows, unread)
         };
-        let (read, (stage, rows)) = tokio::join!(reading, folding);
+        let (read, (stage, rows, unread)) = tokio::join!(reading, folding);
         self.stage = stage;
+        self.damaged.extend(unread);
         // A read ahead that failed is dropped: the next call reads again, and reports it.
         if let Ok(Some((query, page, limit))) = read {
             self.ahead = Some((query, page));
@@ -279,10 +325,11 @@ impl VersionsPager {
     }
 
     /// A page of the versions index after `after`: the rows of objects of the collections
-    /// sent, not left out, with no applied entry in the log (those went with the log's
-    /// pass). Returns them, whether the index ended, and the last id read.
+    /// sent, not left out, with no applied entry in the log that reads (those went with the
+    /// log's pass). Returns them, whether the index ended, and the last id read. A row that
+    /// does not read is passed over and named in `damaged` (unless the log's pass did).
     async fn stored_page(
-        &self,
+        &mut self,
         exec: Exec<'_>,
         registry: &Registry,
         after: Option<String>,
@@ -297,20 +344,36 @@ impl VersionsPager {
         let last = (page.len() as u64) < limit;
         let mut after = after;
         let mut kept = Vec::with_capacity(page.len());
+        let mut unread = Vec::new();
         for row in &page {
-            let (id, versions) = Versions::from_row(row)?;
-            after = Some(id.clone());
-            let Some(key) = object_of(&id) else {
+            // The row's id is its key, which reads if the row was found by it.
+            let Some(id) = row.get("object").and_then(Value::as_text) else {
+                continue;
+            };
+            after = Some(id.to_owned());
+            let Some(key) = object_of(id) else {
                 continue; // the clock's row: the receiver keeps its own
             };
             if !self.collections.contains(&key.0) || left_out.contains(&key) {
                 continue;
             }
-            kept.push((key, versions));
+            match Versions::from_row(row) {
+                Ok((_, versions)) => kept.push((key, versions)),
+                Err(e) => unread.push((key, e)),
+            }
         }
-        let keys: Vec<ObjectKey> = kept.iter().map(|(key, _)| key.clone()).collect();
-        let logged = logged_for(exec, &keys).await?.all_read()?;
+        let keys: Vec<ObjectKey> = kept
+            .iter()
+            .map(|(key, _)| key)
+            .chain(unread.iter().map(|(key, _)| key))
+            .cloned()
+            .collect();
+        // Objects whose log rows all fail to read went with no entry: their versions go here.
+        let logged = logged_for(exec, &keys).await?.integrated;
         kept.retain(|(key, _)| !logged.contains_key(key));
+        unread.retain(|(key, _)| !logged.contains_key(key));
+        self.damaged
+            .extend(unread.iter().map(|(key, e)| versions_row_problem(key, e)));
         let rows = if self.with_values {
             rows_of(exec, registry, kept.iter().map(|(key, _)| key)).await?
         } else {
@@ -327,6 +390,11 @@ impl VersionsPager {
             .collect::<Result<Vec<_>>>()?;
         Ok((out, last, after))
     }
+}
+
+/// The message naming a row of the versions index that does not read.
+fn versions_row_problem(key: &ObjectKey, problem: &impl std::fmt::Display) -> String {
+    format!("the versions of {} {} do not read: {problem}", key.0, key.1)
 }
 
 /// The rows of these objects' versions, folded with their values: one per object (a key
@@ -416,24 +484,34 @@ async fn read_log(
         .await?;
     let full = rows.len() as u64 == limit;
     let mut bytes = 0u64;
-    let mut entries = Vec::with_capacity(rows.len());
+    let mut page_rows = Vec::with_capacity(rows.len());
     let text = |row, field| log_value(row, field).and_then(Value::as_text);
     for row in &rows {
         let pk = text(row, "pk").map(str::to_owned).unwrap_or_default();
         let fields = text(row, "fields").map_or(0, str::len);
         bytes += LOG_ROW_BYTES + fields as u64;
+        // The row's id is its key, which reads if the row was found by it.
+        let Some(id) = log_value(row, "id").and_then(Value::as_uuid) else {
+            continue;
+        };
         // A create's values are kept only for a merging receiver: for any other, the
         // versions of an object that exists keep none, and one that does not exist was
         // deleted after all its creates.
-        let stored = StoredEntry::read_values(row, with_values).map_err(|e| {
-            FastSyncError::Protocol(format!("a log entry that does not read back: {e}"))
-        })?;
-        entries.push((pk, stored.entry));
+        let entry = StoredEntry::read_values(row, with_values)
+            .map(|stored| stored.entry)
+            .map_err(|e| e.to_string());
+        page_rows.push(LogPageRow { pk, id, entry });
     }
     let next_limit = bytes
         .checked_div(rows.len() as u64)
         .map_or(limit, |average| {
             page_limit(LOG_PAGE_BYTES, average, LOG_PAGE)
         });
-    Ok((LogPage { entries, full }, next_limit))
+    Ok((
+        LogPage {
+            rows: page_rows,
+            full,
+        },
+        next_limit,
+    ))
 }

@@ -1605,3 +1605,80 @@ async fn a_batch_of_versions_replaces_what_integration_stored_during_the_transfe
     assert!(received.is_err(), "the hand-made sender never finishes");
     assert_eq!(versions_rows(&new).await, sent, "the sender's versions");
 }
+
+/// The key text of the note `entry` writes, as its rows are ordered in the log.
+fn note_key(entry: &storex_sync::LogEntry) -> String {
+    storex_sync::object_key(entry).1
+}
+
+#[tokio::test]
+async fn rows_of_the_senders_sync_tables_that_do_not_read_are_passed_over_and_reported() {
+    use storex_test::damage::{overwrite_log_row, overwrite_versions_row};
+    let fx = Fixture::new();
+    let (old, new) = fx.old_and_new().await;
+    let peer = fx.device("peer", DeviceId::random()).await;
+    fill(&old, 100).await;
+    for i in 0..10 {
+        let note = object! { "title" => format!("peer {i}"), "body" => "" };
+        peer.storage().create("note", note).await.expect("note");
+    }
+    // The peer's notes go into the old device's versions index; one entry from a newer
+    // schema is held in its log.
+    let mut received = log_entries(&peer).await;
+    let mut newer = received[0].clone();
+    newer.id = storex_core::uuid::Uuid::now_v7();
+    newer.schema_version += 1;
+    received.push(newer.clone());
+    let report = old.integrate(received.clone()).await.expect("integrate");
+    assert_eq!(report.held.len(), 1);
+
+    // Damaged: two of the old device's own entries (the first page of the log reads 64 rows:
+    // one in its middle, its last), the held entry, and one peer note's versions. (The
+    // values of an applied create are not read: the receiver has the row.)
+    let mut own = log_entries_of(&old, "note").await;
+    own.retain(|e| e.device == old.device());
+    own.sort_by_key(note_key);
+    assert_eq!(own.len(), 100);
+    let storage = old.storage();
+    overwrite_log_row(storage, own[10].id, "op", "not an operation".into()).await;
+    overwrite_log_row(storage, own[63].id, "hlc", "not a timestamp".into()).await;
+    overwrite_log_row(storage, newer.id, "fields", "{not json".into()).await;
+    let peer_note = &received[3];
+    let damaged_versions = versions_rows(&old)
+        .await
+        .into_keys()
+        .find(|id| id.ends_with(&note_key(peer_note)))
+        .expect("the peer note's versions");
+    overwrite_versions_row(storage, &damaged_versions, Value::Blob(vec![0xff])).await;
+
+    let options = FastSyncOptions::default();
+    let (sent, got) = transfer(&old, &new, &options, &options).await;
+    let sent = sent.expect("the sender passes over what does not read");
+    got.expect("receive");
+    assert_eq!(sent.damaged.len(), 4, "{:#?}", sent.damaged);
+    for id in [own[10].id, own[63].id, newer.id] {
+        let named = sent.damaged.iter().any(|m| m.contains(&id.to_string()));
+        assert!(named, "{id} is named in {:#?}", sent.damaged);
+    }
+    let named = sent
+        .damaged
+        .iter()
+        .any(|m| m.contains(&note_key(peer_note)));
+    assert!(named, "the peer note is named in {:#?}", sent.damaged);
+    // Every row arrived; the history that reads too, and nothing of what does not.
+    assert_same(&old, &new).await;
+    let arrived = versions_of(&new).await;
+    let has = |entry: &storex_sync::LogEntry| {
+        arrived
+            .iter()
+            .any(|(collection, key)| collection == "note" && *key == note_key(entry))
+    };
+    assert!(!has(&own[10]) && !has(&own[63]) && !has(peer_note));
+    let others = own
+        .iter()
+        .chain(&received[..10])
+        .filter(|e| ![own[10].id, own[63].id, peer_note.id].contains(&e.id));
+    assert!(others.clone().all(has), "the others' versions arrived");
+    assert_eq!(others.count(), 107);
+    assert!(!log_entries(&new).await.iter().any(|e| e.id == newer.id));
+}
