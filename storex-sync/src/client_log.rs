@@ -609,24 +609,12 @@ async fn newest_logged_stamp(exec: Exec<'_>) -> Result<Option<Hlc>> {
 pub(crate) struct Unread {
     /// The objects, and why (the first such row's problem).
     pub(crate) objects: HashMap<ObjectKey, String>,
-    /// The error of the first row that did not read.
-    first: Option<crate::error::Error>,
 }
 
 impl Unread {
     /// Notes that a row of `key` does not read, for `error`.
     pub(crate) fn note(&mut self, key: ObjectKey, error: crate::error::Error) {
         self.objects.entry(key).or_insert_with(|| error.to_string());
-        self.first.get_or_insert(error);
-    }
-
-    /// `found`, or the first row's error if a row did not read (for a caller that cannot do
-    /// without every object's rows).
-    pub(crate) fn or_first_error<T>(self, found: T) -> Result<T> {
-        match self.first {
-            Some(error) => Err(error),
-            None => Ok(found),
-        }
     }
 }
 
@@ -641,14 +629,6 @@ pub(crate) struct Logged {
     /// of them is not known. (A row whose collection or key is what does not read is not
     /// found by its object at all.)
     pub(crate) damaged: Unread,
-}
-
-impl Logged {
-    /// The integrated entries by object, or the first row's error if a row did not read
-    /// (for a caller that cannot do without an object's entries).
-    pub(crate) fn all_read(self) -> Result<HashMap<ObjectKey, Vec<LogEntry>>> {
-        self.damaged.or_first_error(self.integrated)
-    }
 }
 
 /// Loads the log's entries for the given objects: the integrated ones grouped by object,
@@ -720,10 +700,14 @@ pub(crate) async fn known_objects(
     exec: Exec<'_>,
     objects: &[ObjectKey],
 ) -> Result<HashSet<ObjectKey>> {
-    let logged = logged_for(exec, objects).await?.all_read()?.into_keys();
-    // An object whose versions do not read is known too: it has a row.
+    // An object with a log row or versions that do not read is known too: this device
+    // recorded changes of it.
+    let logged = logged_for(exec, objects).await?;
     let loaded = versions::load(exec, objects).await?;
     Ok(logged
+        .integrated
+        .into_keys()
+        .chain(logged.damaged.objects.into_keys())
         .chain(loaded.versions.into_keys())
         .chain(loaded.damaged.objects.into_keys())
         .collect())

@@ -81,8 +81,9 @@ pub enum FastSyncError {
     /// The peer sent something the protocol does not allow here.
     #[error("the peer broke the fast-sync protocol: {0}")]
     Protocol(String),
-    /// The peer sent nothing for too long.
-    #[error("the peer sent nothing for {0:?}")]
+    /// The peer sent nothing, or took nothing this side sent (it stopped reading), for too
+    /// long.
+    #[error("the peer sent or took nothing for {0:?}")]
     Stalled(Duration),
     /// One side cancelled.
     #[error("the transfer was cancelled{}: {reason}", if *by_peer { " by the peer" } else { "" })]
@@ -208,7 +209,8 @@ pub struct FastSyncOptions {
     pub batch_bytes: usize,
     /// Batches sent before waiting for acknowledgements.
     pub window: usize,
-    /// How long to wait for the peer before giving up.
+    /// How long to wait for the peer (to send, or to take what this side sends) before giving
+    /// up.
     pub stall_timeout: Duration,
     /// The collections to send (all when `None`).
     pub collections: Option<Vec<String>>,
@@ -397,7 +399,7 @@ async fn next_package(
             () = cancel => None,
         };
         let Some(received) = received else {
-            return Err(cancel_here(channel, side).await);
+            return Err(cancel_here(channel, options, side).await);
         };
         match received {
             Err(_) => return Err(FastSyncError::Stalled(timeout).into()),
@@ -416,15 +418,31 @@ async fn next_package(
     }
 }
 
+/// Sends `package`, or fails after `options.stall_timeout` if the peer takes nothing in that
+/// time (a peer that stopped reading leaves a full channel, which holds the send).
+async fn send_package(
+    channel: &mut dyn FastSyncChannel,
+    options: &FastSyncOptions,
+    package: Package,
+) -> crate::Result<()> {
+    match tokio::time::timeout(options.stall_timeout, channel.send(package)).await {
+        Ok(sent) => sent.map_err(|e| FastSyncError::Channel(e).into()),
+        Err(_) => Err(FastSyncError::Stalled(options.stall_timeout).into()),
+    }
+}
+
 /// Ends the session from this side after a cancel: tells the peer (if it still listens) and
 /// returns the error to report.
-async fn cancel_here(channel: &mut dyn FastSyncChannel, side: &str) -> crate::Error {
+async fn cancel_here(
+    channel: &mut dyn FastSyncChannel,
+    options: &FastSyncOptions,
+    side: &str,
+) -> crate::Error {
     let reason = format!("cancelled on the {side} device");
-    let _ = channel
-        .send(Package::Cancel {
-            reason: reason.clone(),
-        })
-        .await;
+    let cancel = Package::Cancel {
+        reason: reason.clone(),
+    };
+    let _ = send_package(channel, options, cancel).await;
     FastSyncError::Cancelled {
         by_peer: false,
         reason,
@@ -445,25 +463,18 @@ async fn honour_pause(
     // Repeated while paused, so the peer tells a pause from a vanished device.
     let heartbeat = options.stall_timeout / 3;
     loop {
-        channel
-            .send(Package::Pause)
-            .await
-            .map_err(FastSyncError::Channel)?;
+        send_package(channel, options, Package::Pause).await?;
         tokio::select! {
             resumed = options.pause.wait_resumed(&options.cancel) => {
                 if !resumed {
-                    return Err(cancel_here(channel, side).await);
+                    return Err(cancel_here(channel, options, side).await);
                 }
                 break;
             }
             () = tokio::time::sleep(heartbeat) => {}
         }
     }
-    channel
-        .send(Package::Resume)
-        .await
-        .map_err(FastSyncError::Channel)?;
-    Ok(())
+    send_package(channel, options, Package::Resume).await
 }
 
 /// How many rows the next page reads: about `budget` bytes of rows of `average` bytes, at

@@ -21,8 +21,8 @@ use crate::entry::{
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package};
 use crate::fast_sync::{
-    cancel_here, chain_checksum, honour_pause, next_package, FastSyncChannel, FastSyncError,
-    FastSyncOptions, Progress, TransferReport,
+    cancel_here, chain_checksum, honour_pause, next_package, send_package, FastSyncChannel,
+    FastSyncError, FastSyncOptions, Progress, TransferReport,
 };
 use crate::journal::index_journal;
 use crate::reconcile::ObjectKey;
@@ -160,7 +160,7 @@ pub async fn receive_offer(
             Err(_) => Some(format!("this device has no collection `{}`", info.name)),
         };
         if let Some(reason) = known {
-            return Err(refuse(channel, &info.name, reason).await);
+            return Err(refuse(channel, options, &info.name, reason).await);
         }
     }
     let stored = load_state(device, session).await?;
@@ -177,13 +177,11 @@ pub async fn receive_offer(
         cursor,
         ..TransferReport::default()
     };
-    channel
-        .send(Package::Ready {
-            resume_after,
-            merge: state.merge,
-        })
-        .await
-        .map_err(FastSyncError::Channel)?;
+    let ready = Package::Ready {
+        resume_after,
+        merge: state.merge,
+    };
+    send_package(channel, options, ready).await?;
     // Collections whose count and checksum were verified in this run; the sender ends every
     // collection so, also those it skipped on resume.
     let mut verified: HashSet<String> = HashSet::new();
@@ -222,7 +220,9 @@ pub async fn receive_offer(
                 drop(objects); // the encodings: not kept beside the objects
                 let objects = match decoded {
                     Ok(objects) => objects,
-                    Err(e) => return Err(refuse(channel, &collection, e.to_string()).await),
+                    Err(e) => {
+                        return Err(refuse(channel, options, &collection, e.to_string()).await)
+                    }
                 };
                 received.objects += count;
                 let done = received.objects;
@@ -236,10 +236,7 @@ pub async fn receive_offer(
                     apply_batch(device, session, &collection, objects, &next, first).await?;
                 }
                 state = next;
-                channel
-                    .send(Package::Ack { seq })
-                    .await
-                    .map_err(FastSyncError::Channel)?;
+                send_package(channel, options, Package::Ack { seq }).await?;
                 report.batches += 1;
                 report.objects += count;
                 report.bytes += bytes;
@@ -252,7 +249,7 @@ pub async fn receive_offer(
                     });
                 }
                 if options.cancel.is_cancelled() {
-                    return Err(cancel_here(channel, "receiving").await);
+                    return Err(cancel_here(channel, options, "receiving").await);
                 }
             }
             Package::CollectionDone {
@@ -276,20 +273,17 @@ pub async fn receive_offer(
                     None
                 };
                 if let Some(problem) = problem {
-                    return Err(refuse(channel, &collection, problem).await);
+                    return Err(refuse(channel, options, &collection, problem).await);
                 }
                 verified.insert(collection);
             }
             Package::Finish => {
                 if let Some(missing) = collections.iter().find(|c| !verified.contains(&c.name)) {
                     let problem = "the sender finished without its count and checksum";
-                    return Err(refuse(channel, &missing.name, problem.to_owned()).await);
+                    return Err(refuse(channel, options, &missing.name, problem.to_owned()).await);
                 }
                 finish(device, session, cursor).await?;
-                channel
-                    .send(Package::Done)
-                    .await
-                    .map_err(FastSyncError::Channel)?;
+                send_package(channel, options, Package::Done).await?;
                 break;
             }
             other => return Err(FastSyncError::Protocol(format!("unexpected {other:?}")).into()),
@@ -303,14 +297,14 @@ pub async fn receive_offer(
 /// listens) and returns the error to report.
 async fn refuse(
     channel: &mut dyn FastSyncChannel,
+    options: &FastSyncOptions,
     collection: &str,
     problem: String,
 ) -> crate::Error {
-    let _ = channel
-        .send(Package::Cancel {
-            reason: problem.clone(),
-        })
-        .await;
+    let cancel = Package::Cancel {
+        reason: problem.clone(),
+    };
+    let _ = send_package(channel, options, cancel).await;
     FastSyncError::Verification {
         collection: collection.to_owned(),
         problem,

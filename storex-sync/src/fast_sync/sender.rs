@@ -15,7 +15,8 @@ use crate::fast_sync::package::{CollectionInfo, Package, MAX_BATCH_OBJECTS};
 use crate::fast_sync::sent_versions::VersionsPager;
 use crate::fast_sync::{
     cancel_here, chain_checksum, encode_object, honour_pause, next_package, page_limit,
-    EncodedObjects, FastSyncChannel, FastSyncError, FastSyncOptions, Progress, TransferReport,
+    send_package, EncodedObjects, FastSyncChannel, FastSyncError, FastSyncOptions, Progress,
+    TransferReport,
 };
 use crate::journal::JOURNAL_COLLECTION;
 use crate::versions::VERSIONS_COLLECTION;
@@ -238,8 +239,9 @@ impl SnapshotSender {
     /// channel to the same receiver: it resumes after the last batch the receiver applied.
     pub async fn send(&mut self, channel: &mut dyn FastSyncChannel) -> Result<TransferReport> {
         let start = Instant::now();
-        send(
+        send_package(
             channel,
+            &self.options,
             Package::Hello {
                 session: self.session,
                 collections: self.collections.clone(),
@@ -348,8 +350,9 @@ impl SnapshotSender {
                 self.emit(channel, &info, batch, &mut collection, &mut run)
                     .await?;
             }
-            send(
+            send_package(
                 channel,
+                &self.options,
                 Package::CollectionDone {
                     collection: info.name.clone(),
                     objects: collection.objects,
@@ -358,7 +361,7 @@ impl SnapshotSender {
             )
             .await?;
         }
-        send(channel, Package::Finish).await?;
+        send_package(channel, &self.options, Package::Finish).await?;
         while !run.unacked.is_empty() {
             self.await_ack(channel, &mut run.unacked).await?;
         }
@@ -391,14 +394,15 @@ impl SnapshotSender {
         }
         honour_pause(channel, &self.options, "sending").await?;
         if self.options.cancel.is_cancelled() {
-            return Err(cancel_here(channel, "sending").await);
+            return Err(cancel_here(channel, &self.options, "sending").await);
         }
         while run.unacked.len() >= self.options.window {
             self.await_ack(channel, &mut run.unacked).await?;
         }
         let (count, bytes) = (objects.len() as u64, objects.bytes() as u64);
-        send(
+        send_package(
             channel,
+            &self.options,
             Package::Batch {
                 seq: run.seq,
                 collection: info.name.clone(),
@@ -491,13 +495,6 @@ struct Run {
 struct CollectionRun {
     objects: u64,
     checksum: String,
-}
-
-async fn send(channel: &mut dyn FastSyncChannel, package: Package) -> Result<()> {
-    channel
-        .send(package)
-        .await
-        .map_err(|e| FastSyncError::Channel(e).into())
 }
 
 #[cfg(test)]

@@ -599,6 +599,36 @@ async fn a_silent_peer_is_reported_as_stalled() {
     );
 }
 
+/// A peer that answers and then stops reading (alive, but stuck) leaves the channel full:
+/// the sender's next send waits, and is reported as a stall rather than waiting for ever.
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_reported_as_stalled() {
+    let fx = Fixture::new();
+    let old = fx.device("old", DeviceId::random()).await;
+    fill(&old, 200).await;
+    let (mut a, mut stuck) = memory_channel_pair(1);
+    let peer = async {
+        let hello = stuck.recv().await.expect("hello");
+        assert!(matches!(hello, Some(Package::Hello { .. })), "{hello:?}");
+        let ready = Package::Ready {
+            resume_after: None,
+            merge: false,
+        };
+        stuck.send(ready).await.expect("ready");
+        stuck // kept open, never read again
+    };
+    let options = small_batches().with_stall_timeout(Duration::from_millis(200));
+    let both = async { tokio::join!(send_snapshot(&old, &mut a, &options), peer) };
+    let (sent, _stuck) = tokio::time::timeout(Duration::from_secs(20), both)
+        .await
+        .expect("the sender does not wait for ever");
+    let err = sent.expect_err("stalled");
+    assert!(
+        matches!(err, Error::FastSync(FastSyncError::Stalled(_))),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn collections_and_objects_can_be_left_out() {
     let fx = Fixture::new();
@@ -1681,4 +1711,59 @@ async fn rows_of_the_senders_sync_tables_that_do_not_read_are_passed_over_and_re
     assert!(others.clone().all(has), "the others' versions arrived");
     assert_eq!(others.count(), 107);
     assert!(!log_entries(&new).await.iter().any(|e| e.id == newer.id));
+}
+
+#[tokio::test]
+async fn a_merging_receiver_with_a_log_row_that_does_not_read_passes_over_it() {
+    use storex_sync::fast_sync::{exchange, Turn};
+    let fx = Fixture::new();
+    let (a, b) = (
+        fx.device("a", DeviceId::random()).await,
+        fx.device("b", DeviceId::random()).await,
+    );
+    let gone = a
+        .storage()
+        .create("note", object! { "title" => "deleted on b" })
+        .await
+        .expect("write");
+    let (sent, received) = transfer(&a, &b, &small_batches(), &small_batches()).await;
+    sent.expect("send");
+    received.expect("receive");
+    // b deletes the note, and the row logging that is damaged since.
+    b.storage()
+        .delete_by_pk("note", gone.clone())
+        .await
+        .expect("delete");
+    let delete = log_entries_of(&b, "note")
+        .await
+        .into_iter()
+        .find(|e| e.op == EntryOp::Delete)
+        .expect("the delete");
+    let storage = b.storage();
+    storex_test::damage::overwrite_log_row(storage, delete.id, "hlc", "not a timestamp".into())
+        .await;
+
+    let (mut ca, mut cb) = memory_channel_pair(4);
+    let options = small_batches();
+    let (ra, rb) = tokio::join!(
+        exchange(&a, &mut ca, &options, Turn::SendFirst),
+        exchange(&b, &mut cb, &options, Turn::ReceiveFirst)
+    );
+    ra.expect("a's side");
+    let rb = rb.expect("b's side: the row is passed over");
+    let named = rb
+        .sent
+        .damaged
+        .iter()
+        .any(|m| m.contains(&delete.id.to_string()));
+    assert!(named, "b's sender names the row: {:#?}", rb.sent.damaged);
+    // b knows it changed the note: a's row does not bring it back.
+    let found = b
+        .storage()
+        .find_by_pk("note", gone.clone())
+        .await
+        .expect("find");
+    assert_eq!(found, None);
+    let kept = a.storage().find_by_pk("note", gone).await.expect("find");
+    assert!(kept.is_some(), "a never received the delete");
 }
