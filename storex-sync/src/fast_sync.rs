@@ -401,20 +401,26 @@ async fn next_package(
         let Some(received) = received else {
             return Err(cancel_here(channel, options, side).await);
         };
-        match received {
-            Err(_) => return Err(FastSyncError::Stalled(timeout).into()),
-            Ok(Err(e)) => return Err(FastSyncError::Channel(e).into()),
-            Ok(Ok(None)) => return Err(FastSyncError::Channel(ChannelError::Closed).into()),
-            Ok(Ok(Some(Package::Cancel { reason }))) => {
-                return Err(FastSyncError::Cancelled {
-                    by_peer: true,
-                    reason,
-                }
-                .into())
-            }
-            Ok(Ok(Some(Package::Pause | Package::Resume))) => {}
-            Ok(Ok(Some(package))) => return Ok(package),
+        let received = received.map_err(|_| FastSyncError::Stalled(timeout))?;
+        if let Some(package) = from_peer(received)? {
+            return Ok(package);
         }
+    }
+}
+
+/// What the peer sent, as the session takes it: `None` for its `Pause` and `Resume` (which
+/// only keep the session alive), an error for its `Cancel` or a closed channel.
+fn from_peer(received: Result<Option<Package>, ChannelError>) -> crate::Result<Option<Package>> {
+    match received {
+        Err(e) => Err(FastSyncError::Channel(e).into()),
+        Ok(None) => Err(FastSyncError::Channel(ChannelError::Closed).into()),
+        Ok(Some(Package::Cancel { reason })) => Err(FastSyncError::Cancelled {
+            by_peer: true,
+            reason,
+        }
+        .into()),
+        Ok(Some(Package::Pause | Package::Resume)) => Ok(None),
+        Ok(Some(package)) => Ok(Some(package)),
     }
 }
 
@@ -452,29 +458,49 @@ async fn cancel_here(
 
 /// Holds the transfer while `options.pause` is set: tells the peer (again every third of the
 /// stall timeout, so it does not take the pause for a stall), waits, then tells it to go on.
+///
+/// What the peer sends meanwhile is read and kept in `kept`, in order, for after the pause: a
+/// side that stopped reading would leave the peer's send waiting on a full channel, which
+/// the peer would take for a stall. (A sender goes on until its window of unacknowledged
+/// batches is full, then waits for acknowledgements, where it sees the pause.)
 async fn honour_pause(
     channel: &mut dyn FastSyncChannel,
     options: &FastSyncOptions,
     side: &str,
+    kept: &mut std::collections::VecDeque<Package>,
 ) -> crate::Result<()> {
     if !options.pause.is_paused() {
         return Ok(());
+    }
+    /// What ended a wait during the pause.
+    enum Woken {
+        Resumed,
+        Cancelled,
+        Heartbeat,
+        Received(Result<Option<Package>, ChannelError>),
     }
     // Repeated while paused, so the peer tells a pause from a vanished device.
     let heartbeat = options.stall_timeout / 3;
     loop {
         send_package(channel, options, Package::Pause).await?;
-        tokio::select! {
-            resumed = options.pause.wait_resumed(&options.cancel) => {
-                if !resumed {
-                    return Err(cancel_here(channel, options, side).await);
+        let next_heartbeat = tokio::time::sleep(heartbeat);
+        tokio::pin!(next_heartbeat);
+        loop {
+            let woken = tokio::select! {
+                resumed = options.pause.wait_resumed(&options.cancel) => {
+                    if resumed { Woken::Resumed } else { Woken::Cancelled }
                 }
-                break;
+                () = &mut next_heartbeat => Woken::Heartbeat,
+                received = channel.recv() => Woken::Received(received),
+            };
+            match woken {
+                Woken::Resumed => return send_package(channel, options, Package::Resume).await,
+                Woken::Cancelled => return Err(cancel_here(channel, options, side).await),
+                Woken::Heartbeat => break,
+                Woken::Received(received) => kept.extend(from_peer(received)?),
             }
-            () = tokio::time::sleep(heartbeat) => {}
         }
     }
-    send_package(channel, options, Package::Resume).await
 }
 
 /// How many rows the next page reads: about `budget` bytes of rows of `average` bytes, at

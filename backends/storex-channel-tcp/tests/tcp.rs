@@ -211,3 +211,65 @@ async fn a_hundred_thousand_rows_in_three_collections_arrive_identical() {
         assert_eq!(count(&new, collection).await, rows, "{collection}");
     }
 }
+
+/// A receiver paused longer than the stall timeout, while the sender's window of batches is
+/// more than the sockets buffer: the receiver goes on reading during the pause (and keeps
+/// what it reads), so the sender's sends do not wait on a full socket and take the pause
+/// for a stall; the transfer completes after the pause.
+#[tokio::test]
+async fn a_receiver_paused_longer_than_the_stall_timeout_does_not_stall_large_batches() {
+    use storex_sync::fast_sync::{PauseHandle, Progress};
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (old, new) = (
+        device(dir.path(), "old.db").await,
+        device(dir.path(), "new.db").await,
+    );
+    let steps = (0..800)
+        .map(|i| {
+            let body = vec![(i % 256) as u8; 20 * 1024];
+            let note = object! { "title" => format!("note {i}"), "body" => body };
+            BatchStep::new(Operation::create("note", note))
+        })
+        .collect();
+    old.storage().batch(steps).await.expect("write");
+    let pause = PauseHandle::new();
+    let trigger = pause.clone();
+    let once = std::sync::atomic::AtomicBool::new(false);
+    let base = FastSyncOptions::default()
+        .with_batch_bytes(4 * 1024 * 1024)
+        .with_window(4)
+        .with_stall_timeout(Duration::from_secs(1));
+    let receiving_options = base
+        .clone()
+        .with_pause(pause.clone())
+        .with_progress(Arc::new(move |_: &Progress| {
+            if !once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                trigger.pause();
+            }
+        }));
+    let resumer = tokio::spawn(async move {
+        while !pause.is_paused() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        pause.resume();
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let receiving = async {
+        let mut channel = TcpChannel::accept(&listener).await.expect("accept");
+        receive_snapshot(&new, &mut channel, &receiving_options).await
+    };
+    let sending = async {
+        let mut channel = TcpChannel::connect(address).await.expect("connect");
+        send_snapshot(&old, &mut channel, &base).await
+    };
+    let (received, sent) = tokio::join!(receiving, sending);
+    resumer.await.expect("resumer");
+    sent.expect("send");
+    received.expect("receive");
+    assert_eq!(
+        old.digest("note").await.expect("digest"),
+        new.digest("note").await.expect("digest")
+    );
+}

@@ -1,7 +1,7 @@
 //! The receiving side: every batch validated and applied in one transaction with the
 //! session's progress, then acknowledged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
 use foldhash::{HashSet, HashSetExt};
@@ -185,8 +185,14 @@ pub async fn receive_offer(
     // Collections whose count and checksum were verified in this run; the sender ends every
     // collection so, also those it skipped on resume.
     let mut verified: HashSet<String> = HashSet::new();
+    // What the sender sent while this side paused, in order.
+    let mut kept = VecDeque::new();
     loop {
-        match next_package(channel, options, "receiving").await? {
+        let package = match kept.pop_front() {
+            Some(package) => package,
+            None => next_package(channel, options, "receiving").await?,
+        };
+        match package {
             Package::Batch {
                 seq,
                 collection,
@@ -226,7 +232,7 @@ pub async fn receive_offer(
                 };
                 received.objects += count;
                 let done = received.objects;
-                honour_pause(channel, options, "receiving").await?;
+                honour_pause(channel, options, "receiving", &mut kept).await?;
                 let first = state.last_seq == 0 && resume_after.is_none();
                 if collection == VERSIONS_COLLECTION {
                     apply_versions_batch(device, session, objects, &next, first).await?;

@@ -265,6 +265,7 @@ impl SnapshotSender {
             seq: 0,
             skip_until: resume_after.unwrap_or(0),
             unacked: VecDeque::new(),
+            kept: VecDeque::new(),
             report: TransferReport {
                 resumed_after: resume_after,
                 cursor: self.cursor,
@@ -363,7 +364,8 @@ impl SnapshotSender {
         }
         send_package(channel, &self.options, Package::Finish).await?;
         while !run.unacked.is_empty() {
-            self.await_ack(channel, &mut run.unacked).await?;
+            self.await_ack(channel, &mut run.unacked, &mut run.kept)
+                .await?;
         }
         match next_package(channel, &self.options, "sending").await? {
             Package::Done => {}
@@ -392,12 +394,13 @@ impl SnapshotSender {
         if run.seq <= run.skip_until {
             return Ok(()); // applied before the interruption
         }
-        honour_pause(channel, &self.options, "sending").await?;
+        honour_pause(channel, &self.options, "sending", &mut run.kept).await?;
         if self.options.cancel.is_cancelled() {
             return Err(cancel_here(channel, &self.options, "sending").await);
         }
         while run.unacked.len() >= self.options.window {
-            self.await_ack(channel, &mut run.unacked).await?;
+            self.await_ack(channel, &mut run.unacked, &mut run.kept)
+                .await?;
         }
         let (count, bytes) = (objects.len() as u64, objects.bytes() as u64);
         send_package(
@@ -425,12 +428,19 @@ impl SnapshotSender {
         Ok(())
     }
 
+    /// Waits for the acknowledgement of the oldest batch sent (it may have come during a
+    /// pause: then it is among the `kept` packages).
     async fn await_ack(
         &self,
         channel: &mut dyn FastSyncChannel,
         unacked: &mut VecDeque<u64>,
+        kept: &mut VecDeque<Package>,
     ) -> Result<()> {
-        match next_package(channel, &self.options, "sending").await? {
+        let package = match kept.pop_front() {
+            Some(package) => package,
+            None => next_package(channel, &self.options, "sending").await?,
+        };
+        match package {
             Package::Ack { seq } if unacked.front() == Some(&seq) => {
                 unacked.pop_front();
                 Ok(())
@@ -487,6 +497,8 @@ struct Run {
     seq: u64,
     skip_until: u64,
     unacked: VecDeque<u64>,
+    /// What the receiver sent while this side paused, in order.
+    kept: VecDeque<Package>,
     report: TransferReport,
 }
 
