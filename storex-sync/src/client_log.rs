@@ -635,6 +635,16 @@ pub(crate) struct Logged {
 /// the ids of all (a held entry received again is known by its id), and the objects with a
 /// row that does not read (see [`Logged::damaged`]).
 pub(crate) async fn logged_for(exec: Exec<'_>, objects: &[ObjectKey]) -> Result<Logged> {
+    logged_reading(exec, objects, true).await
+}
+
+/// [`logged_for`], reading a create's values only if `create_values` (a row whose values do
+/// not read then reads: see [`StoredEntry::read`]).
+pub(crate) async fn logged_reading(
+    exec: Exec<'_>,
+    objects: &[ObjectKey],
+    create_values: bool,
+) -> Result<Logged> {
     let mut filters = Vec::new();
     // Runs of consecutive keys as key ranges (see `key_runs`), the rest by `IN` lists.
     for (collection, split) in key_runs::split_by_collection(objects) {
@@ -662,7 +672,7 @@ pub(crate) async fn logged_for(exec: Exec<'_>, objects: &[ObjectKey]) -> Result<
             .find_values(LOG_COLLECTION, Query::new(filter), &LOG_FIELDS)
             .await?;
         for row in rows {
-            let stored = match StoredEntry::read_values(&row, true) {
+            let stored = match StoredEntry::read_values(&row, create_values) {
                 Ok(stored) => stored,
                 Err(e) => {
                     // Found by its object's collection and key, which therefore read.

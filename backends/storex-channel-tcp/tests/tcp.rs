@@ -264,7 +264,10 @@ async fn a_receiver_paused_longer_than_the_stall_timeout_does_not_stall_large_ba
         let mut channel = TcpChannel::connect(address).await.expect("connect");
         send_snapshot(&old, &mut channel, &base).await
     };
-    let (received, sent) = tokio::join!(receiving, sending);
+    let both = async { tokio::join!(receiving, sending) };
+    let (received, sent) = tokio::time::timeout(Duration::from_secs(60), both)
+        .await
+        .expect("the transfer ends");
     resumer.await.expect("resumer");
     sent.expect("send");
     received.expect("receive");

@@ -17,11 +17,11 @@
 //! version's format) is passed over and named in [`VersionsPager::damaged`]: its object goes
 //! with what does read (the object's row itself travels in its collection's pass).
 
-use foldhash::{HashMap, HashMapExt, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use storex_core::uuid::Uuid;
 use storex_core::{Filter, Object, Query, Registry, Value};
 
-use crate::client_log::{current_rows, logged_for, Exec};
+use crate::client_log::{current_rows, logged_reading, Exec};
 use crate::entry::{log_value, LogEntry, StoredEntry, LOG_COLLECTION, LOG_FIELDS};
 use crate::error::Result;
 use crate::fast_sync::page_limit;
@@ -84,16 +84,22 @@ pub(crate) struct VersionsPager {
     indexed: Option<(usize, bool)>,
     /// Rows passed over because they do not read, one message each.
     damaged: Vec<String>,
+    /// The objects whose row of the versions index is among `damaged` (both passes may
+    /// look it up).
+    unread_versions: HashSet<ObjectKey>,
 }
 
 /// A page of rows and whether it is the last.
 type Page = (Vec<Object>, bool);
 
 /// One page of the log: each row's key's text as stored, its id and its entry (or why it
-/// does not read), and whether the page was full (more may follow).
+/// does not read), the rows left out because they have no place in the log's order, and
+/// whether the page was full (more may follow).
 #[derive(Debug)]
 struct LogPage {
     rows: Vec<LogPageRow>,
+    /// Why rows were left out of `rows` (see [`read_log`]).
+    unplaced: Vec<String>,
     full: bool,
 }
 
@@ -116,6 +122,7 @@ impl VersionsPager {
             ahead: None,
             indexed: None,
             damaged: Vec::new(),
+            unread_versions: HashSet::new(),
             stage: Stage::Logged {
                 collection: 0,
                 after: None,
@@ -128,6 +135,14 @@ impl VersionsPager {
     /// and of the versions index), one message each naming the row.
     pub(crate) fn damaged(&self) -> &[String] {
         &self.damaged
+    }
+
+    /// Names the row of the versions index of `key` among the rows passed over, once.
+    fn note_unread_versions(&mut self, key: ObjectKey, problem: &impl std::fmt::Display) {
+        let message = format!("the versions of {} {} do not read: {problem}", key.0, key.1);
+        if self.unread_versions.insert(key) {
+            self.damaged.push(message);
+        }
     }
 
     /// The next page of rows of the versions collection (with the values of each object's
@@ -189,7 +204,7 @@ impl VersionsPager {
             after.as_deref(),
             open.as_ref().map(|o| (o.pk.as_str(), o.last_id)),
         );
-        let page = match self.ahead.take() {
+        let mut page = match self.ahead.take() {
             Some((asked, page)) if asked == query => page,
             _ => {
                 let (page, limit) = read_log(exec, query, self.log_limit, self.with_values).await?;
@@ -197,6 +212,7 @@ impl VersionsPager {
                 page
             }
         };
+        self.damaged.append(&mut page.unplaced);
         // What the next call reads, known from this page's last row (whether it reads or not).
         let next = match (page.full, page.rows.last(), going_on.as_deref()) {
             (true, Some(row), _) => Some(log_query(name, None, Some((&row.pk, row.id)))),
@@ -233,8 +249,9 @@ impl VersionsPager {
         let mut stored = if indexed {
             let loaded = versions::load(exec, &starting).await?;
             let unread = loaded.damaged.objects.into_iter();
-            self.damaged
-                .extend(unread.map(|(key, e)| versions_row_problem(&key, &e)));
+            for (key, problem) in unread.filter(|(key, _)| !left_out.contains(key)) {
+                self.note_unread_versions(key, &problem);
+            }
             loaded.versions
         } else {
             HashMap::new()
@@ -327,7 +344,8 @@ impl VersionsPager {
     /// A page of the versions index after `after`: the rows of objects of the collections
     /// sent, not left out, with no applied entry in the log that reads (those went with the
     /// log's pass). Returns them, whether the index ended, and the last id read. A row that
-    /// does not read is passed over and named in `damaged` (unless the log's pass did).
+    /// does not read is passed over and named in `damaged` (once, if the log's pass looked
+    /// it up too).
     async fn stored_page(
         &mut self,
         exec: Exec<'_>,
@@ -369,11 +387,15 @@ impl VersionsPager {
             .cloned()
             .collect();
         // Objects whose log rows all fail to read went with no entry: their versions go here.
-        let logged = logged_for(exec, &keys).await?.integrated;
+        // (Read as the log's pass reads them, so both passes agree on which rows read.)
+        let logged = logged_reading(exec, &keys, self.with_values)
+            .await?
+            .integrated;
         kept.retain(|(key, _)| !logged.contains_key(key));
         unread.retain(|(key, _)| !logged.contains_key(key));
-        self.damaged
-            .extend(unread.iter().map(|(key, e)| versions_row_problem(key, e)));
+        for (key, problem) in unread {
+            self.note_unread_versions(key, &problem);
+        }
         let rows = if self.with_values {
             rows_of(exec, registry, kept.iter().map(|(key, _)| key)).await?
         } else {
@@ -390,11 +412,6 @@ impl VersionsPager {
             .collect::<Result<Vec<_>>>()?;
         Ok((out, last, after))
     }
-}
-
-/// The message naming a row of the versions index that does not read.
-fn versions_row_problem(key: &ObjectKey, problem: &impl std::fmt::Display) -> String {
-    format!("the versions of {} {} do not read: {problem}", key.0, key.1)
 }
 
 /// The rows of these objects' versions, folded with their values: one per object (a key
@@ -482,16 +499,32 @@ async fn read_log(
     let rows = exec
         .find_values(LOG_COLLECTION, query.limit(limit), &LOG_FIELDS)
         .await?;
-    let full = rows.len() as u64 == limit;
+    let mut full = rows.len() as u64 == limit;
     let mut bytes = 0u64;
     let mut page_rows = Vec::with_capacity(rows.len());
+    let mut unplaced = Vec::new();
     let text = |row, field| log_value(row, field).and_then(Value::as_text);
-    for row in &rows {
-        let pk = text(row, "pk").map(str::to_owned).unwrap_or_default();
+    for (index, row) in rows.iter().enumerate() {
         let fields = text(row, "fields").map_or(0, str::len);
         bytes += LOG_ROW_BYTES + fields as u64;
-        // The row's id is its key, which reads if the row was found by it.
-        let Some(id) = log_value(row, "id").and_then(Value::as_uuid) else {
+        // Pages go on from the last row's key text and id: a row without them (its id is
+        // its key, which reads if the row was found at all) has no place in that order.
+        let (Some(pk), Some(id)) = (
+            text(row, "pk").map(str::to_owned),
+            log_value(row, "id").and_then(Value::as_uuid),
+        ) else {
+            let id = log_value(row, "id").and_then(Value::as_uuid);
+            let mut problem = format!(
+                "the log row {} has a key that does not read",
+                id.map(|id| id.to_string()).unwrap_or_default()
+            );
+            if full && index + 1 == rows.len() {
+                // The next page cannot start after it: the rest of the log of this
+                // collection is not read.
+                problem.push_str("; the log of its collection after it was not read");
+                full = false;
+            }
+            unplaced.push(problem);
             continue;
         };
         // A create's values are kept only for a merging receiver: for any other, the
@@ -510,6 +543,7 @@ async fn read_log(
     Ok((
         LogPage {
             rows: page_rows,
+            unplaced,
             full,
         },
         next_limit,

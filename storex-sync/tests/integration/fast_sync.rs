@@ -1669,7 +1669,28 @@ async fn rows_of_the_senders_sync_tables_that_do_not_read_are_passed_over_and_re
     own.retain(|e| e.device == old.device());
     own.sort_by_key(note_key);
     assert_eq!(own.len(), 100);
+    // One more own note gets a row in the versions index besides its create in the log (a
+    // change from elsewhere), and the create's values are damaged: they are not read (the
+    // receiver has the row), and its versions travel once.
+    let elsewhere = DeviceId::random();
+    let edited = &own[20];
+    let edit = storex_sync::LogEntry {
+        id: storex_core::uuid::Uuid::now_v7(),
+        device: elsewhere,
+        hlc: storex_sync::Hlc {
+            millis: edited.hlc.millis + 1,
+            counter: 0,
+            device: elsewhere,
+        },
+        collection: "note".into(),
+        pk: edited.pk.clone(),
+        op: EntryOp::Update,
+        fields: object! { "title" => "edited elsewhere" },
+        schema_version: 1,
+    };
+    old.integrate(vec![edit]).await.expect("edit");
     let storage = old.storage();
+    overwrite_log_row(storage, edited.id, "fields", "{not json".into()).await;
     overwrite_log_row(storage, own[10].id, "op", "not an operation".into()).await;
     overwrite_log_row(storage, own[63].id, "hlc", "not a timestamp".into()).await;
     overwrite_log_row(storage, newer.id, "fields", "{not json".into()).await;
@@ -1704,6 +1725,16 @@ async fn rows_of_the_senders_sync_tables_that_do_not_read_are_passed_over_and_re
             .any(|(collection, key)| collection == "note" && *key == note_key(entry))
     };
     assert!(!has(&own[10]) && !has(&own[63]) && !has(peer_note));
+    let edited_versions = versions_table(&new).await.into_iter().filter(|row| {
+        row.get("object")
+            .and_then(Value::as_text)
+            .is_some_and(|id| id.ends_with(&note_key(edited)))
+    });
+    assert_eq!(
+        edited_versions.count(),
+        1,
+        "the edited note's versions, once"
+    );
     let others = own
         .iter()
         .chain(&received[..10])
