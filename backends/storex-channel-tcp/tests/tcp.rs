@@ -235,10 +235,12 @@ async fn a_receiver_paused_longer_than_the_stall_timeout_does_not_stall_large_ba
     let pause = PauseHandle::new();
     let trigger = pause.clone();
     let once = std::sync::atomic::AtomicBool::new(false);
+    // A stall timeout well above the time one batch takes to apply (a send may wait for the
+    // receiver to apply the batch before), far below the pause.
     let base = FastSyncOptions::default()
-        .with_batch_bytes(4 * 1024 * 1024)
-        .with_window(4)
-        .with_stall_timeout(Duration::from_secs(1));
+        .with_batch_bytes(2 * 1024 * 1024)
+        .with_window(8)
+        .with_stall_timeout(Duration::from_secs(3));
     let receiving_options = base
         .clone()
         .with_pause(pause.clone())
@@ -251,7 +253,7 @@ async fn a_receiver_paused_longer_than_the_stall_timeout_does_not_stall_large_ba
         while !pause.is_paused() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(Duration::from_secs(8)).await;
         pause.resume();
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -268,9 +270,9 @@ async fn a_receiver_paused_longer_than_the_stall_timeout_does_not_stall_large_ba
     let (received, sent) = tokio::time::timeout(Duration::from_secs(60), both)
         .await
         .expect("the transfer ends");
-    resumer.await.expect("resumer");
     sent.expect("send");
     received.expect("receive");
+    resumer.await.expect("the receiver paused once");
     assert_eq!(
         old.digest("note").await.expect("digest"),
         new.digest("note").await.expect("digest")
