@@ -235,12 +235,13 @@ async fn a_receiver_paused_longer_than_the_stall_timeout_does_not_stall_large_ba
     let pause = PauseHandle::new();
     let trigger = pause.clone();
     let once = std::sync::atomic::AtomicBool::new(false);
-    // A stall timeout well above the time one batch takes to apply (a send may wait for the
-    // receiver to apply the batch before), far below the pause.
+    // A stall timeout well above the time one batch takes to read, encode or apply, even
+    // with the other tests running beside it (a send may wait for the receiver to apply the
+    // batch before), and below the pause.
     let base = FastSyncOptions::default()
         .with_batch_bytes(2 * 1024 * 1024)
         .with_window(8)
-        .with_stall_timeout(Duration::from_secs(3));
+        .with_stall_timeout(Duration::from_secs(10));
     let receiving_options = base
         .clone()
         .with_pause(pause.clone())
@@ -253,7 +254,7 @@ async fn a_receiver_paused_longer_than_the_stall_timeout_does_not_stall_large_ba
         while !pause.is_paused() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        tokio::time::sleep(Duration::from_secs(8)).await;
+        tokio::time::sleep(Duration::from_secs(15)).await;
         pause.resume();
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -267,7 +268,7 @@ async fn a_receiver_paused_longer_than_the_stall_timeout_does_not_stall_large_ba
         send_snapshot(&old, &mut channel, &base).await
     };
     let both = async { tokio::join!(receiving, sending) };
-    let (received, sent) = tokio::time::timeout(Duration::from_secs(60), both)
+    let (received, sent) = tokio::time::timeout(Duration::from_secs(120), both)
         .await
         .expect("the transfer ends");
     sent.expect("send");

@@ -364,9 +364,14 @@ impl VersionsPager {
         let mut kept = Vec::with_capacity(page.len());
         let mut unread = Vec::new();
         for row in &page {
-            // The row's id is its key, which reads if the row was found by it.
+            // Pages go on from the last row's id (text, as sync writes it): without one the
+            // index cannot be read further.
             let Some(id) = row.get("object").and_then(Value::as_text) else {
-                continue;
+                return Err(crate::Error::CorruptEntry {
+                    id: after.unwrap_or_default(),
+                    problem: "the next row of the versions index has an id that is not text"
+                        .to_owned(),
+                });
             };
             after = Some(id.to_owned());
             let Some(key) = object_of(id) else {
