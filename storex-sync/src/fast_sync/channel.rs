@@ -52,6 +52,9 @@ pub trait FastSyncChannel: Send + fmt::Debug {
     fn send(&mut self, package: Package) -> BoxFuture<'_, Result<(), ChannelError>>;
 
     /// The next package; `None` once the peer closed the channel cleanly.
+    ///
+    /// Must be cancel-safe: the session drops a pending `recv` when it is cancelled and at
+    /// every heartbeat of a pause (a package half read is kept for the next call).
     fn recv(&mut self) -> BoxFuture<'_, Result<Option<Package>, ChannelError>>;
 
     /// Closes the channel once what was sent has reached the peer (as far as the transport
