@@ -711,8 +711,8 @@ pub(crate) async fn known_objects(
     objects: &[ObjectKey],
 ) -> Result<HashSet<ObjectKey>> {
     // An object with a log row or versions that do not read is known too: this device
-    // recorded changes of it.
-    let logged = logged_for(exec, objects).await?;
+    // recorded changes of it. Only the objects count, so a create's values are not read.
+    let logged = logged_reading(exec, objects, false).await?;
     let loaded = versions::load(exec, objects).await?;
     Ok(logged
         .integrated

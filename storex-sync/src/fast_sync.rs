@@ -408,6 +408,20 @@ async fn next_package(
     }
 }
 
+/// The next package: the first of those kept during a pause (see [`honour_pause`]), or else
+/// the next the peer sends ([`next_package`]).
+async fn next_kept_or_package(
+    channel: &mut dyn FastSyncChannel,
+    options: &FastSyncOptions,
+    side: &str,
+    kept: &mut std::collections::VecDeque<Package>,
+) -> crate::Result<Package> {
+    match kept.pop_front() {
+        Some(package) => Ok(package),
+        None => next_package(channel, options, side).await,
+    }
+}
+
 /// What the peer sent, as the session takes it: `None` for its `Pause` and `Resume` (which
 /// only keep the session alive), an error for its `Cancel` or a closed channel.
 fn from_peer(received: Result<Option<Package>, ChannelError>) -> crate::Result<Option<Package>> {

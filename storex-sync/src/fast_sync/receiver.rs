@@ -21,8 +21,8 @@ use crate::entry::{
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package};
 use crate::fast_sync::{
-    cancel_here, chain_checksum, honour_pause, next_package, send_package, FastSyncChannel,
-    FastSyncError, FastSyncOptions, Progress, TransferReport,
+    cancel_here, chain_checksum, honour_pause, next_kept_or_package, next_package, send_package,
+    FastSyncChannel, FastSyncError, FastSyncOptions, Progress, TransferReport,
 };
 use crate::journal::index_journal;
 use crate::reconcile::ObjectKey;
@@ -188,11 +188,7 @@ pub async fn receive_offer(
     // What the sender sent while this side paused, in order.
     let mut kept = VecDeque::new();
     loop {
-        let package = match kept.pop_front() {
-            Some(package) => package,
-            None => next_package(channel, options, "receiving").await?,
-        };
-        match package {
+        match next_kept_or_package(channel, options, "receiving", &mut kept).await? {
             Package::Batch {
                 seq,
                 collection,

@@ -14,9 +14,9 @@ use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package, MAX_BATCH_OBJECTS};
 use crate::fast_sync::sent_versions::VersionsPager;
 use crate::fast_sync::{
-    cancel_here, chain_checksum, encode_object, honour_pause, next_package, page_limit,
-    send_package, EncodedObjects, FastSyncChannel, FastSyncError, FastSyncOptions, Progress,
-    TransferReport,
+    cancel_here, chain_checksum, encode_object, honour_pause, next_kept_or_package, next_package,
+    page_limit, send_package, EncodedObjects, FastSyncChannel, FastSyncError, FastSyncOptions,
+    Progress, TransferReport,
 };
 use crate::journal::JOURNAL_COLLECTION;
 use crate::versions::VERSIONS_COLLECTION;
@@ -436,11 +436,7 @@ impl SnapshotSender {
         unacked: &mut VecDeque<u64>,
         kept: &mut VecDeque<Package>,
     ) -> Result<()> {
-        let package = match kept.pop_front() {
-            Some(package) => package,
-            None => next_package(channel, &self.options, "sending").await?,
-        };
-        match package {
+        match next_kept_or_package(channel, &self.options, "sending", kept).await? {
             Package::Ack { seq } if unacked.front() == Some(&seq) => {
                 unacked.pop_front();
                 Ok(())

@@ -229,10 +229,7 @@ impl VersionsPager {
         let mut previous = going_on.as_deref();
         for row in &page.rows {
             if previous != Some(row.pk.as_str()) {
-                starting.push(match &row.entry {
-                    Ok(entry) => object_key(entry),
-                    Err(_) => (name.to_owned(), row.pk.clone()),
-                });
+                starting.push(row_key(name, &row.pk, &row.entry));
                 previous = Some(&row.pk);
             }
         }
@@ -276,10 +273,9 @@ impl VersionsPager {
                     Some(o) if o.pk == pk => o,
                     other => {
                         done.extend(other.and_then(close));
-                        let key = starting.next().unwrap_or_else(|| match &entry {
-                            Ok(entry) => object_key(entry),
-                            Err(_) => (name.to_owned(), pk.clone()),
-                        });
+                        let key = starting
+                            .next()
+                            .unwrap_or_else(|| row_key(name, &pk, &entry));
                         let versions = stored.remove(&key).unwrap_or_default();
                         OpenObject {
                             pk,
@@ -416,6 +412,15 @@ impl VersionsPager {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok((out, last, after))
+    }
+}
+
+/// The object of a row of `collection`'s log with the key text `pk`: its entry's, or, if the
+/// row does not read, the collection and the key text.
+fn row_key(collection: &str, pk: &str, entry: &std::result::Result<LogEntry, String>) -> ObjectKey {
+    match entry {
+        Ok(entry) => object_key(entry),
+        Err(_) => (collection.to_owned(), pk.to_owned()),
     }
 }
 
