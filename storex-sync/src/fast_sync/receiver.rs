@@ -22,7 +22,7 @@ use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package};
 use crate::fast_sync::{
     cancel_here, chain_checksum, honour_pause, next_kept_or_package, next_package, send_package,
-    FastSyncChannel, FastSyncError, FastSyncOptions, Progress, TransferReport,
+    tell_peer, FastSyncChannel, FastSyncError, FastSyncOptions, Progress, TransferReport,
 };
 use crate::journal::index_journal;
 use crate::reconcile::ObjectKey;
@@ -92,11 +92,20 @@ impl Offer {
     }
 }
 
-/// Waits for a sender's offer on `channel`.
+/// Waits for a sender's offer on `channel`. If anything but an offer comes, the sender is
+/// told why the session ends.
 pub async fn read_offer(
     channel: &mut dyn FastSyncChannel,
     options: &FastSyncOptions,
 ) -> Result<Offer> {
+    match read_hello(channel, options).await {
+        Ok(offer) => Ok(offer),
+        Err(error) => Err(tell_peer(channel, options, "receiving", error).await),
+    }
+}
+
+/// [`read_offer`] without telling the sender of a failure.
+async fn read_hello(channel: &mut dyn FastSyncChannel, options: &FastSyncOptions) -> Result<Offer> {
     match next_package(channel, options, "receiving").await? {
         Package::Hello {
             session,
@@ -124,8 +133,23 @@ pub async fn receive_snapshot(
     receive_offer(device, channel, offer, options).await
 }
 
-/// Receives what `offer` announced into `device` (see [`receive_snapshot`]).
+/// Receives what `offer` announced into `device` (see [`receive_snapshot`]). If this side
+/// fails (its database refuses a batch, say, or the sender breaks the protocol), the sender
+/// is told why before the error is returned.
 pub async fn receive_offer(
+    device: &SyncDevice,
+    channel: &mut dyn FastSyncChannel,
+    offer: Offer,
+    options: &FastSyncOptions,
+) -> Result<TransferReport> {
+    match receive_offered(device, channel, offer, options).await {
+        Ok(report) => Ok(report),
+        Err(error) => Err(tell_peer(channel, options, "receiving", error).await),
+    }
+}
+
+/// [`receive_offer`] without telling the sender of a failure.
+async fn receive_offered(
     device: &SyncDevice,
     channel: &mut dyn FastSyncChannel,
     offer: Offer,

@@ -15,8 +15,8 @@ use crate::fast_sync::package::{CollectionInfo, Package, MAX_BATCH_OBJECTS};
 use crate::fast_sync::sent_versions::VersionsPager;
 use crate::fast_sync::{
     cancel_here, chain_checksum, encode_object, honour_pause, next_kept_or_package, next_package,
-    page_limit, send_package, EncodedObjects, FastSyncChannel, FastSyncError, FastSyncOptions,
-    Progress, TransferReport,
+    page_limit, send_package, tell_peer, EncodedObjects, FastSyncChannel, FastSyncError,
+    FastSyncOptions, Progress, TransferReport,
 };
 use crate::journal::JOURNAL_COLLECTION;
 use crate::versions::VERSIONS_COLLECTION;
@@ -43,13 +43,17 @@ pub struct SnapshotSender {
     options: FastSyncOptions,
 }
 
-/// Sends a snapshot of `device` over `channel` in one go.
+/// Sends a snapshot of `device` over `channel` in one go. If taking the snapshot fails, the
+/// receiver (waiting for the offer) is told why.
 pub async fn send_snapshot(
     device: &SyncDevice,
     channel: &mut dyn FastSyncChannel,
     options: &FastSyncOptions,
 ) -> Result<TransferReport> {
-    let mut sender = SnapshotSender::open(device, options.clone()).await?;
+    let mut sender = match SnapshotSender::open(device, options.clone()).await {
+        Ok(sender) => sender,
+        Err(error) => return Err(tell_peer(channel, options, "sending", error).await),
+    };
     let report = sender.send(channel).await;
     sender.close().await?;
     report
@@ -237,7 +241,17 @@ impl SnapshotSender {
 
     /// Streams the snapshot over `channel`. If the channel fails, call again with a new
     /// channel to the same receiver: it resumes after the last batch the receiver applied.
+    /// If this side fails (its database, say, or the receiver breaks the protocol), the
+    /// receiver is told why before the error is returned.
     pub async fn send(&mut self, channel: &mut dyn FastSyncChannel) -> Result<TransferReport> {
+        match self.stream(channel).await {
+            Ok(report) => Ok(report),
+            Err(error) => Err(tell_peer(channel, &self.options, "sending", error).await),
+        }
+    }
+
+    /// [`SnapshotSender::send`] without telling the receiver of a failure.
+    async fn stream(&mut self, channel: &mut dyn FastSyncChannel) -> Result<TransferReport> {
         let start = Instant::now();
         send_package(
             channel,

@@ -1798,3 +1798,137 @@ async fn a_merging_receiver_with_a_log_row_that_does_not_read_passes_over_it() {
     let kept = a.storage().find_by_pk("note", gone).await.expect("find");
     assert!(kept.is_some(), "a never received the delete");
 }
+
+/// Which operations a [`FailsOnce`] fails.
+type Picks = fn(&Operation) -> bool;
+
+/// Fails, once, the first sync operation on `collection` that `fails` picks: a device's own
+/// database failing in the middle of a transfer.
+#[derive(Debug)]
+struct FailsOnce {
+    collection: &'static str,
+    fails: Picks,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl FailsOnce {
+    fn new(collection: &'static str, fails: Picks) -> Arc<Self> {
+        Arc::new(FailsOnce {
+            collection,
+            fails,
+            armed: std::sync::atomic::AtomicBool::new(true),
+        })
+    }
+}
+
+impl storex_core::Middleware for FailsOnce {
+    fn process<'a>(
+        &'a self,
+        op: Operation,
+        next: storex_core::Next<'a>,
+    ) -> BoxFuture<'a, storex_core::Result<storex_core::Outcome>> {
+        let touches = |op: &Operation| op.collection() == Some(self.collection) && (self.fails)(op);
+        let hit = match &op {
+            Operation::Batch { steps } => steps.iter().any(|s| touches(&s.operation)),
+            other => touches(other),
+        };
+        if next.origin() == storex_core::Origin::Sync
+            && hit
+            && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Box::pin(async {
+                Err(storex_core::Error::Transaction {
+                    problem: "injected failure of the disk".into(),
+                })
+            });
+        }
+        next.run(op)
+    }
+}
+
+impl Fixture {
+    /// A device whose database runs `middleware` on every operation.
+    async fn device_with(&self, name: &str, middleware: Arc<FailsOnce>) -> SyncDevice {
+        let backend: Arc<dyn StorageBackend> = Arc::new(
+            SeaOrmBackend::open_sqlite_file(self.dir.path().join(format!("{name}.db")))
+                .await
+                .expect("open"),
+        );
+        let options = SyncOptions::default()
+            .exclude("draft")
+            .with_middleware(middleware);
+        SyncDevice::open(registry(), backend, Clock::new(DeviceId::random()), options)
+            .await
+            .expect("device")
+    }
+}
+
+/// The peer's error, told over the channel: a cancel by the peer whose reason names what
+/// failed there.
+fn told_by_peer(result: &storex_sync::Result<storex_sync::fast_sync::TransferReport>, side: &str) {
+    match result {
+        Err(Error::FastSync(FastSyncError::Cancelled {
+            by_peer: true,
+            reason,
+        })) => assert!(
+            reason.contains(&format!("the {side} device failed"))
+                && reason.contains("injected failure of the disk"),
+            "{reason}"
+        ),
+        other => panic!("expected the peer's cancel, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_receiver_whose_database_fails_tells_the_sender_why() {
+    let fx = Fixture::new();
+    let old = fx.device("old", DeviceId::random()).await;
+    let new = fx
+        .device_with("new", FailsOnce::new("note", Operation::is_write))
+        .await;
+    fill(&old, 1_000).await;
+    // A stall timeout far beyond the test's own bound: without the receiver's word, the
+    // sender would wait for acknowledgements that never come.
+    let options = small_batches().with_stall_timeout(Duration::from_secs(600));
+    let both = async { transfer(&old, &new, &options, &options).await };
+    let (sent, received) = tokio::time::timeout(Duration::from_secs(30), both)
+        .await
+        .expect("the sender learns of the failure at once");
+    let err = received.expect_err("the receiver's database failed");
+    assert!(matches!(err, Error::Storage(_)), "{err:?}");
+    told_by_peer(&sent, "receiving");
+}
+
+/// Fails the sender's first page of tags (pages have a limit; indexing the journal before the
+/// snapshot reads rows by key, without one).
+fn page_of_tags(op: &Operation) -> bool {
+    matches!(op, Operation::FindMany { query, .. } if query.limit.is_some())
+}
+
+/// Fails the sender's first read of tags: indexing its journal, which reads the rows the
+/// journal's creates made, before the snapshot is taken.
+fn first_read_of_tags(op: &Operation) -> bool {
+    matches!(op, Operation::FindMany { .. })
+}
+
+#[tokio::test]
+async fn a_sender_whose_database_fails_tells_the_receiver_why() {
+    let cases: [(Picks, &str); 2] = [
+        (page_of_tags, "sending a page"),
+        (first_read_of_tags, "taking the snapshot"),
+    ];
+    for (fails, when) in cases {
+        let fx = Fixture::new();
+        let old = fx.device_with("old", FailsOnce::new("tag", fails)).await;
+        let new = fx.device("new", DeviceId::random()).await;
+        fill(&old, 1_000).await;
+        let options = small_batches().with_stall_timeout(Duration::from_secs(600));
+        let both = async { transfer(&old, &new, &options, &options).await };
+        let (sent, received) = tokio::time::timeout(Duration::from_secs(30), both)
+            .await
+            .unwrap_or_else(|_| panic!("{when}: the receiver learns of the failure at once"));
+        let err = sent.expect_err("the sender's database failed");
+        assert!(matches!(err, Error::Storage(_)), "{when}: {err:?}");
+        told_by_peer(&received, "sending");
+    }
+}
