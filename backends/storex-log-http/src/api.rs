@@ -67,6 +67,11 @@ pub struct NewDevice {
 /// The shortest device token a client may choose.
 pub const MIN_CLIENT_TOKEN_CHARS: usize = 40;
 
+/// The longest topic an entry may carry, in bytes. Topics are routing fields (a collection's
+/// name, or a keyed hash of it), which the server reads back with every page it serves and
+/// does not count against a page's byte budget: a push with a longer one is refused (400).
+pub const MAX_TOPIC_BYTES: usize = 1_024;
+
 impl std::fmt::Debug for NewDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NewDevice")

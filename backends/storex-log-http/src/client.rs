@@ -9,9 +9,12 @@
 //! too.
 //!
 //! Retries: push, pull, ack, list and compact are idempotent and are retried with exponential
-//! backoff and jitter on connection failures, timeouts, 429 and 5xx answers. Registering a
-//! device is retried only when the request surely did not reach the server (connection
-//! refused, 429, 503), so a lost reply cannot register two devices.
+//! backoff and jitter on connection failures, timeouts, 429 and 5xx answers. So is
+//! registering a device: the client chooses the device's id and token, so a retry after a
+//! lost reply registers the same device again, not a second one. Creating a user is retried
+//! only when the request surely did not reach the server (connection refused, 429, 503). A
+//! request that cannot be made at all (a token that is not a valid header value) fails at
+//! once, as [`SharedLogError::Invalid`].
 //!
 //! Several instances: [`HttpSharedLog::with_servers`] takes the URLs of several instances of a
 //! scaled-out server. Calls go to one of them; after a connection failure, a timeout or a 5xx
@@ -27,7 +30,7 @@ use backon::{ExponentialBuilder, Retryable};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use storex_core::BoxFuture;
+use storex_core::{error_chain, BoxFuture};
 use storex_sync::{
     split_into_pushes, DeviceId, DeviceInfo, Pull, PulledEntry, SharedEntry, SharedLogError,
     SharedResult, SharedSyncLog,
@@ -170,6 +173,11 @@ impl HttpSharedLog {
             if !(base.starts_with("http://") || base.starts_with("https://")) {
                 return Err(Error::Config {
                     problem: format!("server URL `{url}` must start with http:// or https://"),
+                });
+            }
+            if let Err(e) = reqwest::Url::parse(&base) {
+                return Err(Error::Config {
+                    problem: format!("server URL `{url}` is not a URL: {e}"),
                 });
             }
             bases.push(base);
@@ -459,7 +467,7 @@ impl HttpSharedLog {
         let mut request = self
             .http
             .request(method.clone(), &url)
-            .timeout(self.options.timeout + wait);
+            .timeout(self.options.timeout.saturating_add(wait));
         if !token.is_empty() {
             request = request.bearer_auth(token);
         }
@@ -468,9 +476,19 @@ impl HttpSharedLog {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.to_vec());
         }
-        let response = request.send().await.map_err(|e| Attempt {
-            retry: retry == Retry::Always || e.is_connect(),
-            error: unavailable(e),
+        let response = request.send().await.map_err(|e| match e.is_builder() {
+            // The request cannot be made at all (a token that is no header value, say):
+            // retrying, now or later, makes the same one.
+            true => Attempt {
+                retry: false,
+                error: SharedLogError::Invalid {
+                    problem: format!("the request cannot be made: {}", error_chain(&e)),
+                },
+            },
+            false => Attempt {
+                retry: retry == Retry::Always || e.is_connect(),
+                error: unavailable(e),
+            },
         })?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| Attempt {

@@ -41,7 +41,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Longest a graceful shutdown waits for requests in flight (default 10 s).
     pub shutdown_grace: Duration,
-    /// How often every user's log is compacted (default every 10 minutes); none: never.
+    /// How often every user's log is compacted (default every 10 minutes); none: never. It is
+    /// checked on the server's minute tick, so anything under a minute means every minute.
     pub compact_every: Option<Duration>,
     /// Wake pulls waiting on other instances through PostgreSQL LISTEN/NOTIFY (default on;
     /// ignored on SQLite).
@@ -86,7 +87,8 @@ impl ServerConfig {
         self
     }
 
-    /// Sets the request rate limits per caller and per IP address (none: unlimited).
+    /// Sets the request rate limit per caller (none: unlimited); see
+    /// [`ServerConfig::ip_rate_limit()`] for the one per IP address.
     pub fn rate_limit(mut self, limit: Option<RateLimit>) -> Self {
         self.rate_limit = limit;
         self

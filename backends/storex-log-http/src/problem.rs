@@ -2,6 +2,7 @@
 //! [`ErrorBody`](crate::api::ErrorBody) with a stable code; and [`JsonBody`], a JSON extractor
 //! whose rejections (bad JSON, wrong types, oversized bodies) answer the same way.
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -141,6 +142,41 @@ where
             Ok(Json(value)) => Ok(JsonBody(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
+    }
+}
+
+/// An optional JSON request body: none when the body is empty; otherwise a [`JsonBody`],
+/// whose content type must say JSON (a body without it is refused, not taken for none).
+#[derive(Debug)]
+pub(crate) struct OptionalJsonBody<T>(pub(crate) Option<T>);
+
+impl<S, T> FromRequest<S> for OptionalJsonBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let bytes = match Bytes::from_request(Request::from_parts(parts.clone(), body), state).await
+        {
+            Ok(bytes) => bytes,
+            Err(rejection) => {
+                let status = rejection.status();
+                let code = match status {
+                    StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+                    _ => "invalid_request",
+                };
+                return Err(ApiError::new(status, code, rejection.body_text()));
+            }
+        };
+        if bytes.is_empty() {
+            return Ok(OptionalJsonBody(None));
+        }
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+        let JsonBody(value) = JsonBody::from_request(req, state).await?;
+        Ok(OptionalJsonBody(Some(value)))
     }
 }
 

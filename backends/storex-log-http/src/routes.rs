@@ -29,14 +29,14 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{
     routes, AckRequest, CompactResponse, DeviceCredentials, DevicesResponse, Health, NewDevice,
     NewUser, PullRequest, PullResponse, PushRequest, PushResponse, UserCredentials, WireDevice,
-    MIN_CLIENT_TOKEN_CHARS,
+    MAX_TOPIC_BYTES, MIN_CLIENT_TOKEN_CHARS,
 };
 use crate::auth::{AuthStore, DeviceToken};
 use crate::config::{RateLimit, ServerConfig};
 use crate::live::LiveUpdates;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::problem::{parse_device, ApiError, JsonBody};
+use crate::problem::{parse_device, ApiError, JsonBody, OptionalJsonBody};
 use crate::token::new_token;
 
 /// Longest user name accepted.
@@ -153,13 +153,31 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// The bearer token of a request, after the per-IP rate limit.
-fn bearer(parts: &Parts, state: &AppState) -> Result<String, ApiError> {
+/// Applies the per-IP rate limit to a request.
+fn limit_ip(parts: &Parts, state: &AppState) -> Result<(), ApiError> {
     let ip = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0.ip());
-    state.limiter.check_ip(ip)?;
+    state.limiter.check_ip(ip)
+}
+
+/// A request within the per-IP rate limit, for routes that take no token but reach the
+/// database (`/metrics` counts whole tables).
+struct WithinIpLimit;
+
+impl FromRequestParts<Shared> for WithinIpLimit {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        limit_ip(parts, state)?;
+        Ok(WithinIpLimit)
+    }
+}
+
+/// The bearer token of a request, after the per-IP rate limit.
+fn bearer(parts: &Parts, state: &AppState) -> Result<String, ApiError> {
+    limit_ip(parts, state)?;
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::unauthorized(
             "missing `Authorization: Bearer <token>`",
@@ -284,10 +302,10 @@ async fn create_user(
 async fn create_device(
     State(state): State<Shared>,
     User(user): User,
-    chosen: Option<Json<NewDevice>>,
+    OptionalJsonBody(chosen): OptionalJsonBody<NewDevice>,
 ) -> Result<(StatusCode, Json<DeviceCredentials>), ApiError> {
     let (device, token) = match chosen {
-        Some(Json(new)) => (DeviceId(new.device), new.token),
+        Some(new) => (DeviceId(new.device), new.token),
         None => (DeviceId::random(), None),
     };
     let token = match token {
@@ -384,6 +402,17 @@ async fn push(
             ),
         ));
     }
+    if let Some(long) = body
+        .entries
+        .iter()
+        .find(|e| e.topic.len() > MAX_TOPIC_BYTES)
+    {
+        return Err(ApiError::invalid(format!(
+            "entry {}: its topic has {} bytes, at most {MAX_TOPIC_BYTES} are taken",
+            long.id,
+            long.topic.len()
+        )));
+    }
     let entries = body
         .entries
         .into_iter()
@@ -467,7 +496,7 @@ async fn health(State(state): State<Shared>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<Shared>) -> Response {
+async fn metrics(_: WithinIpLimit, State(state): State<Shared>) -> Response {
     match state.log.stats().await {
         Ok(stats) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -369,6 +369,8 @@ async fn malformed_requests_get_a_clear_4xx_and_change_nothing() {
         ("/v1/pull", r#"{"after": "zero", "limit": 10}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
         ("/v1/pull", r#"{"after": -1, "limit": 10}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
         ("/v1/ack", r#"{"cursor": 1.5}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        // A topic over `MAX_TOPIC_BYTES`: the server would read it back with every page.
+        ("/v1/push", json!({"entries": [{"id": id, "device": dev, "topic": "t".repeat(storex_log_http::api::MAX_TOPIC_BYTES + 1), "payload": ""}]}).to_string(), StatusCode::BAD_REQUEST, "invalid_request"),
     ];
     for (path, body, status, expected) in cases {
         let (got, reply) = f.post(path, token, &body).await;
@@ -402,8 +404,85 @@ async fn malformed_requests_get_a_clear_4xx_and_change_nothing() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // A device's registration with a body but no content type: refused, not taken for a
+    // request without one (which registers a device of the server's choosing).
+    let chosen = Uuid::now_v7();
+    let response = f
+        .http
+        .post(f.url("/v1/devices"))
+        .bearer_auth(&ann.user_token)
+        .body(json!({ "device": chosen }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(f.entries_stored().await, 0);
-    assert_eq!(f.log.devices(ann.device).await.unwrap()[0].acked, 0);
+    let devices = f.log.devices(ann.device).await.unwrap();
+    assert_eq!(devices.len(), 1, "no device registered: {devices:?}");
+    assert_eq!(devices[0].acked, 0);
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_against_the_limit_per_address() {
+    let store = Store::sqlite();
+    let config = config(&store).ip_rate_limit(Some(RateLimit {
+        per_second: 1,
+        burst: 2,
+    }));
+    let server = SyncServer::start(config).await.unwrap();
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let response = http
+            .get(format!("{}/metrics", server.url()))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status());
+    }
+    assert_eq!(&statuses[..2], &[StatusCode::OK; 2], "{statuses:?}");
+    assert_eq!(statuses[3], StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_request_the_client_cannot_make_fails_at_once_and_for_good() {
+    let f = Fixture::new().await;
+    let ann = f.account("ann").await;
+    // A token restored with its line break: no valid header value.
+    let log = HttpSharedLog::new(&f.server.url()).unwrap();
+    log.add_device(ann.device, format!("{}\n", ann.device_token));
+    let started = std::time::Instant::now();
+    let err = log.pull(ann.device, 0, 10, None).await.unwrap_err();
+    assert!(
+        matches!(err, SharedLogError::Invalid { .. }) && !err.is_transient(),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "not retried: {:?}",
+        started.elapsed()
+    );
+    // A server URL that is none.
+    let err = HttpSharedLog::new("http://exa mple").unwrap_err();
+    assert!(err.to_string().contains("not a URL"), "{err}");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn waiting_as_long_as_there_is_does_not_overflow() {
+    let f = Fixture::new().await;
+    let ann = f.account("ann").await;
+    let other = f.log.create_device(&ann.user_token).await.unwrap();
+    f.log.push(other, vec![entry(other, b"x")]).await.unwrap();
+    // Entries are there: the wait ends at once, whatever its bound.
+    let more = f
+        .log
+        .wait_for_entries(ann.device, 0, std::time::Duration::MAX, None)
+        .await
+        .unwrap();
+    assert!(more);
     f.stop().await;
 }
 
