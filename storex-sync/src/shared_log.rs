@@ -234,7 +234,8 @@ pub trait SharedSyncLog: Send + Sync + fmt::Debug + 'static {
         -> BoxFuture<'_, SharedResult<u64>>;
 
     /// Up to `limit` entries of the other devices of `device`'s user with cursors above
-    /// `after`, in cursor order; only the given topics when `topics` is set.
+    /// `after`, in cursor order; only the given topics when `topics` is set. A limit of 0
+    /// takes nothing: no entries, and `next_cursor` stays `after`.
     fn pull<'a>(
         &'a self,
         device: DeviceId,

@@ -58,6 +58,7 @@ fn all_checks() -> Vec<(&'static str, Check)> {
         a_retried_push_after_a_lost_reply_stores_nothing_twice,
         pages_cover_every_entry_exactly_once,
         an_empty_pull_keeps_the_cursor,
+        a_limit_of_zero_takes_nothing_and_the_largest_takes_everything,
         payload_bytes_round_trip_exactly,
         topics_filter_a_pull,
         users_never_see_each_others_entries,
@@ -233,6 +234,19 @@ async fn an_empty_pull_keeps_the_cursor(log: Arc<dyn SharedSyncLog>) {
     let again = log.pull(b, cursor, 10, None).await.expect("pull");
     assert!(again.entries.is_empty() && !again.more);
     assert_eq!(again.next_cursor, cursor);
+}
+
+async fn a_limit_of_zero_takes_nothing_and_the_largest_takes_everything(
+    log: Arc<dyn SharedSyncLog>,
+) {
+    let (a, b) = (device(&log, "ann").await, device(&log, "ann").await);
+    let sent: Vec<SharedEntry> = (0..3u8).map(|i| entry(a, "note", &[i])).collect();
+    log.push(a, sent.clone()).await.expect("push");
+    let none = log.pull(b, 0, 0, None).await.expect("pull of none");
+    assert!(none.entries.is_empty(), "{:?}", none.entries);
+    assert_eq!(none.next_cursor, 0, "nothing taken, nothing skipped");
+    let (got, _) = pull_all(&log, b, 0, usize::MAX).await;
+    assert_eq!(got, sent);
 }
 
 async fn payload_bytes_round_trip_exactly(log: Arc<dyn SharedSyncLog>) {

@@ -50,7 +50,11 @@
 //! with [`storex_sync::SharedLogError::Invalid`] naming it, before anything is written; the
 //! sync engine reads that limit from `SharedSyncLog::max_entry_bytes`, so it reports such an
 //! entry and pushes the others. Pulls filter by topic in the query (Firestore's `in`, up to
-//! 30 topics; beyond that the topics are filtered after reading).
+//! 30 topics; beyond that the topics are filtered after reading). A pull returns at most
+//! 1,000 entries and about 8 MiB of payload, as the SQL log does (a bigger entry still comes
+//! alone): it reads in parts, sized by the payloads seen so far, and stops when the page is
+//! full. Compaction with no registered device (their documents deleted by hand) drops
+//! nothing more.
 //!
 //! ```no_run
 //! # async fn demo() -> storex_sync::SharedResult<()> {

@@ -38,6 +38,12 @@ const BYTES_PER_COMMIT: usize = 3 * 1024 * 1024 + 512 * 1024;
 const ENTRY_COMMIT_OVERHEAD: usize = 4 * 1024;
 /// Firestore's limit on the values of an `in` filter; more topics are filtered here instead.
 const MAX_IN_VALUES: usize = 30;
+/// Most entries one pull returns (Firestore takes a query's limit as a 32-bit number).
+const MAX_PULL_ENTRIES: usize = 1_000;
+/// Payload bytes after which a pull stops (one larger entry still comes alone), as the SQL log.
+const MAX_PULL_BYTES: usize = 8 * 1024 * 1024;
+/// Entries a pull reads first; later reads are sized by the payloads seen.
+const FIRST_PULL_PART: usize = 64;
 /// Entries deleted per compaction commit.
 const DELETES_PER_COMMIT: u32 = 500;
 /// Attempts of one operation while Firestore answers "aborted" or "unavailable".
@@ -487,47 +493,76 @@ impl FirestoreSharedLog {
         if after >= high || topics.is_some_and(<[String]>::is_empty) {
             return Ok(nothing);
         }
-        let server_topics = topics.filter(|t| t.len() <= MAX_IN_VALUES);
-        let page = limit.clamp(1, u32::MAX as usize - 1);
-        let parent = self.entries_parent(&key)?;
-        let docs: Vec<EntryDoc> = self
-            .db
-            .fluent()
-            .select()
-            .from(ENTRIES)
-            .parent(&parent)
-            .filter(|q| {
-                q.for_all([
-                    q.field(field::CURSOR).greater_than(as_stored(after)),
-                    q.field(field::CURSOR).less_than_or_equal(as_stored(high)),
-                    server_topics.and_then(|t| q.field(field::TOPIC).is_in(t)),
-                ])
-            })
-            .order(|o| o.fields([o.field(field::CURSOR).asc()]))
-            .limit(u32::try_from(page + 1).unwrap_or(u32::MAX))
-            .obj::<EntryDoc>()
-            .query()
-            .await?;
-        let more = docs.len() > page;
-        let mut pull = Pull {
-            entries: Vec::with_capacity(docs.len().min(page)),
-            next_cursor: nothing.next_cursor,
-            more,
-        };
-        let me = device.0.to_string();
-        for doc in docs.into_iter().take(page) {
-            let cursor = as_cursor(doc.cursor)?;
-            if more {
-                pull.next_cursor = cursor;
-            }
-            let wanted = topics.is_none_or(|t| t.contains(&doc.topic));
-            if doc.device == me || !wanted {
-                continue;
-            }
-            pull.entries.push(PulledEntry {
-                cursor,
-                entry: read_entry(doc)?,
+        if limit == 0 {
+            // Nothing taken: the cursor stays, and entries remain above it.
+            return Ok(Pull {
+                entries: Vec::new(),
+                next_cursor: after,
+                more: true,
             });
+        }
+        let server_topics = topics.filter(|t| t.len() <= MAX_IN_VALUES);
+        let page = limit.min(MAX_PULL_ENTRIES);
+        let parent = self.entries_parent(&key)?;
+        let me = device.0.to_string();
+        let mut pull = Pull {
+            entries: Vec::new(),
+            next_cursor: nothing.next_cursor,
+            more: false,
+        };
+        // Read in parts, each sized by the payloads seen so far, until the page is full by
+        // count or by bytes: a page of big entries stays bounded in memory (at least one
+        // entry always comes), and a page of small ones takes one or two reads.
+        let (mut scanned, mut bytes, mut scan_after) = (0usize, 0usize, after);
+        let mut part = page.min(FIRST_PULL_PART);
+        loop {
+            let docs: Vec<EntryDoc> = self
+                .db
+                .fluent()
+                .select()
+                .from(ENTRIES)
+                .parent(&parent)
+                .filter(|q| {
+                    q.for_all([
+                        q.field(field::CURSOR).greater_than(as_stored(scan_after)),
+                        q.field(field::CURSOR).less_than_or_equal(as_stored(high)),
+                        server_topics.and_then(|t| q.field(field::TOPIC).is_in(t)),
+                    ])
+                })
+                .order(|o| o.fields([o.field(field::CURSOR).asc()]))
+                .limit(u32::try_from(part).unwrap_or(u32::MAX))
+                .obj::<EntryDoc>()
+                .query()
+                .await?;
+            let last_part = docs.len() < part;
+            let mut docs = docs.into_iter().peekable();
+            while let Some(doc) = docs.next() {
+                let cursor = as_cursor(doc.cursor)?;
+                scanned += 1;
+                bytes += doc.payload.0.len();
+                scan_after = cursor;
+                let wanted = topics.is_none_or(|t| t.contains(&doc.topic));
+                if doc.device != me && wanted {
+                    pull.entries.push(PulledEntry {
+                        cursor,
+                        entry: read_entry(doc)?,
+                    });
+                }
+                if scanned == page || bytes >= MAX_PULL_BYTES {
+                    // Full: more may follow this entry (a false "more" costs one empty pull).
+                    let rest_read = docs.peek().is_none() && last_part;
+                    if !rest_read {
+                        pull.more = true;
+                        pull.next_cursor = cursor;
+                    }
+                    break;
+                }
+            }
+            if pull.more || last_part || scanned == page || bytes >= MAX_PULL_BYTES {
+                break;
+            }
+            let average = bytes / scanned.max(1);
+            part = ((MAX_PULL_BYTES - bytes) / average.max(1)).clamp(1, page - scanned);
         }
         // A compaction that raised its mark meanwhile may have deleted part of this page.
         let (_, compacted) = self.counters(&key).await?;
@@ -586,6 +621,11 @@ impl FirestoreSharedLog {
             .obj::<DeviceDoc>()
             .query()
             .await?;
+        if devices.is_empty() {
+            // No device left to hold compaction back (their documents were deleted by hand,
+            // say): nothing new was acknowledged, so the mark stays where it is.
+            return Ok(Some(as_cursor(user.compacted_through)?));
+        }
         let mut through = as_cursor(user.next_cursor)?;
         for device in &devices {
             through = through.min(as_cursor(device.acked)?);

@@ -435,7 +435,7 @@ async fn pull(
     caller: Device,
     JsonBody(body): JsonBody<PullRequest>,
 ) -> Result<Json<PullResponse>, ApiError> {
-    let limit = body.limit.clamp(1, state.config.max_pull_entries);
+    let limit = body.limit.min(state.config.max_pull_entries);
     let wait = Duration::from_millis(body.wait_ms).min(state.config.max_wait);
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribe before reading, so a push between the read and the wait still wakes us.

@@ -6,8 +6,10 @@
 //!   the cursor counter and how far the log was compacted.
 //! - `storex_shared_devices (device PK, user_name, acked)`: registered devices and the cursor
 //!   each acknowledged.
-//! - `storex_shared_entries (user_name, cursor, id UNIQUE, device, topic, payload)`, keyed by
-//!   `(user_name, cursor)`: the entries, opaque payloads with their routing fields.
+//! - `storex_shared_entries (user_name, cursor, id, device, topic, payload)`, keyed by
+//!   `(user_name, cursor)`, with `(user_name, id)` unique: the entries, opaque payloads with
+//!   their routing fields. (A log from before ids were unique per user had `id` unique alone;
+//!   that index is dropped when the log opens.)
 //!
 //! ## Why a reader never skips an entry
 //! A push locks its user's counter row (`UPDATE … SET next_cursor = next_cursor + n`, which
@@ -19,9 +21,10 @@
 //! from the log alone, never from device clocks.
 //!
 //! ## Bounds
-//! A pull page holds at most the entries asked for and about 8 MiB of payload (entries that
-//! start below the budget; a bigger single entry still comes alone), with `more` set when it
-//! was cut. An ack beyond the user's counter is kept at the counter, and compaction never goes
+//! A pull page holds at most the entries asked for (and at most 100,000) and about 8 MiB of
+//! payload (entries that start below the budget; a bigger single entry still comes alone),
+//! with `more` set when it was cut. A stored counter, position or cursor that is negative
+//! (damaged tables) is reported as an error, never taken for 0. An ack beyond the user's counter is kept at the counter, and compaction never goes
 //! past it, so a confused or hostile device cannot make later entries vanish. A pull re-reads
 //! the compaction mark after its query and answers `CursorCompacted` rather than a page with a
 //! hole. Entry ids are unique per user.

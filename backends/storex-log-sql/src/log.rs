@@ -41,9 +41,13 @@ fn cursor_value(cursor: u64) -> SqlValue {
     SqlValue::BigInt(Some(i64::try_from(cursor).unwrap_or(i64::MAX)))
 }
 
-fn as_cursor(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
+/// Most entries one pull returns, whatever the limit asked: a page is cut by bytes anyway,
+/// and the `LIMIT` bound on PostgreSQL must fit its 64-bit integers.
+const MAX_PULL_ENTRIES: usize = 100_000;
+
+/// Entry ids were once unique across all users, under this index, which a log created then
+/// still has: dropped when the log opens (ids are unique per user now).
+const OLD_ENTRY_IDS_INDEX: &str = "storex_shared_entries_id_key";
 
 /// Totals over every user of a [`SqlSharedLog`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -187,7 +191,7 @@ impl SqlSharedLog {
                 Some(row) => row.try_get("", "n").map_err(|_| self.corrupt("count"))?,
                 None => 0,
             };
-            *slot = as_cursor(n);
+            *slot = self.as_cursor(n, "count")?;
         }
         Ok(LogStats {
             users: numbers[0],
@@ -258,6 +262,12 @@ impl SqlSharedLog {
         txn.execute(&devices).await?;
         txn.execute(&entries).await?;
         txn.execute(&entry_ids).await?;
+        let old_entry_ids = Index::drop()
+            .if_exists()
+            .name(OLD_ENTRY_IDS_INDEX)
+            .table(id(ENTRIES))
+            .to_owned();
+        txn.execute(&old_entry_ids).await?;
         txn.execute(&device_users).await?;
         txn.commit().await
     }
@@ -267,6 +277,11 @@ impl SqlSharedLog {
             log: self.name(),
             source: Box::new(e),
         }
+    }
+
+    /// A cursor, position or count as stored: never negative unless the tables were damaged.
+    fn as_cursor(&self, value: i64, what: &str) -> SharedResult<u64> {
+        u64::try_from(value).map_err(|_| self.corrupt(what))
     }
 
     fn corrupt(&self, what: &str) -> SharedLogError {
@@ -319,14 +334,17 @@ impl SqlSharedLog {
         let compacted: i64 = row
             .try_get("", "compacted_through")
             .map_err(|e| self.unavailable(e))?;
-        Ok((as_cursor(next), as_cursor(compacted)))
+        Ok((
+            self.as_cursor(next, "cursor counter")?,
+            self.as_cursor(compacted, "compaction mark")?,
+        ))
     }
 
     fn read_pulled(&self, row: &QueryResult) -> SharedResult<PulledEntry> {
         let get_err = |_| self.corrupt("entry");
         let cursor: i64 = row.try_get("", "cursor").map_err(get_err)?;
         Ok(PulledEntry {
-            cursor: as_cursor(cursor),
+            cursor: self.as_cursor(cursor, "entry cursor")?,
             entry: SharedEntry {
                 id: row.try_get::<Uuid>("", "id").map_err(get_err)?,
                 device: DeviceId(row.try_get::<Uuid>("", "device").map_err(get_err)?),
@@ -388,7 +406,10 @@ impl SqlSharedLog {
             .await
             .map_err(|e| self.unavailable(e))?;
         let (last, _) = self.counters(&txn, &user).await?;
-        let first = last + 1 - fresh.len() as u64;
+        // The counter was just raised by as many: less than that means damaged tables.
+        let first = (last + 1)
+            .checked_sub(fresh.len() as u64)
+            .ok_or_else(|| self.corrupt("cursor counter"))?;
         // The entries are moved into the statements (payloads are not copied on the way).
         let mut cursor = first;
         let mut fresh = fresh.into_iter().peekable();
@@ -468,7 +489,7 @@ impl SharedSyncLog for SqlSharedLog {
                         .map_err(|_| self.corrupt("device"))?;
                     Ok(DeviceInfo {
                         device: DeviceId(device),
-                        acked: as_cursor(acked),
+                        acked: self.as_cursor(acked, "device position")?,
                     })
                 })
                 .collect()
@@ -501,6 +522,7 @@ impl SharedSyncLog for SqlSharedLog {
         topics: Option<&'a [String]>,
     ) -> BoxFuture<'a, SharedResult<Pull>> {
         Box::pin(async move {
+            let limit = limit.min(MAX_PULL_ENTRIES);
             let user = self.user_of(&self.db, device).await?;
             // Read the committed counter first: entries committing later get cursors above it.
             let (high, compacted) = self.counters(&self.db, &user).await?;
@@ -578,7 +600,9 @@ impl SharedSyncLog for SqlSharedLog {
             let more = rows.len() > limit || last_running >= budget;
             let next_cursor = match (more, entries.last()) {
                 (true, Some(last)) => last.cursor,
-                _ => Ord::max(high, after),
+                // Nothing taken (a limit of 0): the cursor stays.
+                (true, None) => after,
+                (false, _) => Ord::max(high, after),
             };
             // A compaction that committed meanwhile may have removed part of this page.
             let (_, compacted) = self.counters(&self.db, &user).await?;

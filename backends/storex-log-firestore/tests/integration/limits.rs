@@ -331,3 +331,31 @@ async fn interleaved_pushes_and_pulls_on_separate_clients_skip_and_repeat_nothin
         assert_eq!(got, expected, "an entry was skipped");
     }
 }
+
+#[tokio::test]
+async fn a_page_of_big_entries_is_cut_by_bytes() {
+    let Some(project) = common::emulator_project() else {
+        return;
+    };
+    let log = common::fresh_log(&project).await;
+    let (a, b) = (
+        log.create_device("ann").await.expect("device"),
+        log.create_device("ann").await.expect("device"),
+    );
+    let big = FirestoreSharedLog::MAX_PAYLOAD_BYTES;
+    let sent: Vec<SharedEntry> = (0..12u8).map(|i| entry(a, "photo", vec![i; big])).collect();
+    log.push(a, sent.clone()).await.expect("push");
+    let page = log.pull(b, 0, 100, None).await.expect("pull");
+    let bytes: usize = page.entries.iter().map(|p| p.entry.payload.len()).sum();
+    // 8 MiB a page (the entry that crosses it still comes).
+    assert!(bytes < 8 * 1024 * 1024 + big, "{bytes} bytes in one page");
+    assert!(page.more && page.entries.len() < sent.len());
+    let (rest, _) = pull_all(&log, b, page.next_cursor, 100, None).await;
+    let got: Vec<SharedEntry> = page
+        .entries
+        .into_iter()
+        .map(|p| p.entry)
+        .chain(rest.into_iter().map(|(_, e)| e))
+        .collect();
+    assert_eq!(got, sent, "every entry once, in order");
+}

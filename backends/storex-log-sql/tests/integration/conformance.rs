@@ -133,3 +133,62 @@ async fn a_page_of_big_entries_is_cut_by_bytes() {
     assert_eq!(rest.entries.len(), 2);
     assert!(!rest.more);
 }
+
+fn small_entry(device: storex_sync::DeviceId) -> storex_sync::SharedEntry {
+    storex_sync::SharedEntry {
+        id: storex_core::uuid::Uuid::now_v7(),
+        device,
+        topic: "note".into(),
+        payload: b"x".to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn a_log_created_when_entry_ids_were_unique_across_users_takes_one_id_from_two_users() {
+    use sea_orm::ConnectionTrait;
+    let dir = tempfile::tempdir().expect("dir");
+    let url = sqlite_file(dir.path());
+    let log = SqlSharedLog::connect(&url).await.expect("connect");
+    // The index of the first versions, unique on the id alone.
+    log.connection()
+        .execute_unprepared(
+            r#"CREATE UNIQUE INDEX "storex_shared_entries_id_key" ON "storex_shared_entries" ("id")"#,
+        )
+        .await
+        .expect("the old index");
+    drop(log);
+    let log = SqlSharedLog::connect(&url).await.expect("reopen");
+    let (ann, bob) = (
+        log.create_device("ann").await.expect("device"),
+        log.create_device("bob").await.expect("device"),
+    );
+    let mut entry = small_entry(ann);
+    log.push(ann, vec![entry.clone()])
+        .await
+        .expect("ann's push");
+    entry.device = bob;
+    log.push(bob, vec![entry])
+        .await
+        .expect("bob's entry with the same id is his own");
+}
+
+#[tokio::test]
+async fn damaged_counters_are_reported_not_wrapped() {
+    use sea_orm::ConnectionTrait;
+    let log = SqlSharedLog::connect("sqlite::memory:")
+        .await
+        .expect("connect");
+    let (a, b) = (
+        log.create_device("ann").await.expect("device"),
+        log.create_device("ann").await.expect("device"),
+    );
+    log.push(a, vec![small_entry(a)]).await.expect("push");
+    log.connection()
+        .execute_unprepared(r#"UPDATE "storex_shared_users" SET "next_cursor" = -5"#)
+        .await
+        .expect("damage");
+    let pushed = log.push(a, vec![small_entry(a), small_entry(a)]).await;
+    assert!(pushed.is_err(), "{pushed:?}");
+    let pulled = log.pull(b, 0, 10, None).await;
+    assert!(pulled.is_err(), "{pulled:?}");
+}
