@@ -60,6 +60,16 @@ pub(crate) async fn sync(args: SyncArgs) -> Result<()> {
     let registry = registry_of_sqlite(&db)
         .await
         .with_context(|| format!("reading the tables of {}", args.db.display()))?;
+    for def in registry.collections() {
+        if integer_keyed(def) {
+            eprintln!(
+                "warning: table `{}` is keyed by an integer: rows made on two devices with the \
+                 same key are taken for one row, and the later write wins (give rows made on \
+                 several devices UUID or text keys)",
+                def.name()
+            );
+        }
+    }
     let mut builder = SyncedStorage::builder(db).shared_log(log, args.user);
     for collection in registry.collections() {
         builder = builder.collection(collection.clone());
@@ -88,4 +98,13 @@ pub(crate) async fn sync(args: SyncArgs) -> Result<()> {
         say!("problem: {problem}");
     }
     Ok(())
+}
+
+/// Whether `def`'s key has an integer field: an auto-incremented one gives rows made on two
+/// devices the same keys.
+fn integer_keyed(def: &storex_core::CollectionDef) -> bool {
+    def.pk_fields().iter().any(|f| {
+        def.field_def(f)
+            .is_some_and(|d| d.ty == storex_core::FieldType::Int)
+    })
 }

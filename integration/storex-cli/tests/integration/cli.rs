@@ -189,3 +189,29 @@ fn log_and_status_inspect_a_device() {
         "error: no database at /nonexistent.db"
     );
 }
+
+#[test]
+fn sync_warns_of_tables_keyed_by_integers() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db = dir.path().join("device.db");
+    run_sql(
+        &db,
+        "CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT NOT NULL); \
+         CREATE TABLE tag (name TEXT PRIMARY KEY)",
+    );
+    let output = storex()
+        .args(["sync", "--db"])
+        .arg(&db)
+        .arg("--shared-log")
+        .arg(dir.path().join("shared.db"))
+        .args(["--user", "ann"])
+        .output()
+        .expect("run storex");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: table `item` is keyed by an integer"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("`tag`"), "a text key is fine: {stderr}");
+}
