@@ -48,6 +48,7 @@ pub struct FlakySharedLog {
     armed: AtomicU8,
     fired: AtomicBool,
     down: AtomicBool,
+    hanging: AtomicBool,
 }
 
 fn lost() -> SharedLogError {
@@ -65,6 +66,7 @@ impl FlakySharedLog {
             armed: AtomicU8::new(0),
             fired: AtomicBool::new(false),
             down: AtomicBool::new(false),
+            hanging: AtomicBool::new(false),
         }
     }
 
@@ -82,6 +84,12 @@ impl FlakySharedLog {
     /// Makes every push, pull and ack fail while `down` (an outage), or work again.
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Makes every pull started while `hanging` never answer (a half-open connection), or
+    /// answer again.
+    pub fn set_hanging(&self, hanging: bool) {
+        self.hanging.store(hanging, Ordering::SeqCst);
     }
 
     /// Whether the armed fault fired since it was armed.
@@ -155,6 +163,9 @@ impl SharedSyncLog for FlakySharedLog {
         topics: Option<&'a [String]>,
     ) -> BoxFuture<'a, SharedResult<Pull>> {
         Box::pin(async move {
+            if self.hanging.load(Ordering::SeqCst) {
+                return std::future::pending().await;
+            }
             if self.trigger(Fault::PullLost) {
                 return Err(lost());
             }

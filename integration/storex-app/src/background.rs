@@ -30,6 +30,12 @@ pub struct BackgroundOptions {
     /// Sync at once when the shared log says other devices pushed (for logs that can tell,
     /// like the sync server's long poll; see `SharedSyncLog::live_wait`). Default on.
     pub live_updates: bool,
+    /// Longest one sync may take (default 10 minutes): a sync still running then is
+    /// abandoned and counts as failed (retried with backoff). A shared log that never
+    /// answers (a connection left half-open when a laptop slept) would otherwise hold the
+    /// task, and [`BackgroundSync::stop`], for ever. Abandoning is safe: a sync resumes where
+    /// the last one left off, like after a crash.
+    pub sync_timeout: Duration,
 }
 
 /// The shortest interval and retry delay the task keeps, whatever the options say (a zero
@@ -44,6 +50,7 @@ impl Default for BackgroundOptions {
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5 * 60),
             live_updates: true,
+            sync_timeout: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -64,6 +71,12 @@ impl BackgroundOptions {
     /// Turns live updates on or off.
     pub fn with_live_updates(mut self, on: bool) -> Self {
         self.live_updates = on;
+        self
+    }
+
+    /// Sets the longest one sync may take (at least [`MIN_WAIT`]).
+    pub fn with_sync_timeout(mut self, timeout: Duration) -> Self {
+        self.sync_timeout = timeout;
         self
     }
 
@@ -220,7 +233,8 @@ impl BackgroundSync {
         self.paused.send_replace(false);
     }
 
-    /// Stops the task and waits until it has ended (a sync under way finishes first).
+    /// Stops the task and waits until it has ended (a sync under way finishes first, or is
+    /// abandoned after [`BackgroundOptions::sync_timeout`]).
     pub async fn stop(&self) {
         self.stop.send_replace(true);
         if let Some(live) = &self.live {
@@ -279,6 +293,7 @@ async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let interval = options.interval.max(MIN_WAIT);
+    let sync_timeout = options.sync_timeout.max(MIN_WAIT);
     let max_backoff = options.max_backoff.max(MIN_WAIT);
     let backoff_builder = ExponentialBuilder::default()
         .with_min_delay(options.min_backoff.max(MIN_WAIT))
@@ -332,7 +347,13 @@ async fn run(
         }
         shared.update(|s| s.state = SyncState::Syncing);
         shared.emit(SyncEvent::Started);
-        let result = sync.sync_once().await;
+        let result = match tokio::time::timeout(sync_timeout, sync.sync_once()).await {
+            Ok(result) => result.map_err(|e| storex_core::error_chain(&e)),
+            Err(_) => Err(format!(
+                "the sync took longer than {sync_timeout:?} and was abandoned (the next one \
+                 resumes where it left off)"
+            )),
+        };
         // If the count cannot be read, the last one stands (not a made-up 0).
         let pending = sync.device().log().unshared_count().await.ok();
         match result {
@@ -350,10 +371,9 @@ async fn run(
                 });
                 shared.emit(SyncEvent::Finished(report));
             }
-            Err(error) => {
+            Err(message) => {
                 wait = backoff.next().unwrap_or(max_backoff);
                 not_before = Some(tokio::time::Instant::now() + wait);
-                let message = storex_core::error_chain(&error);
                 shared.update(|s| {
                     s.state = SyncState::Backoff;
                     s.last_error = Some(message.clone());

@@ -296,3 +296,35 @@ async fn a_zero_interval_does_not_make_the_task_spin() {
     // At most one sync per MIN_WAIT (10 ms), plus the first.
     assert!(syncs <= 32, "{syncs} syncs in 300 ms");
 }
+
+#[tokio::test]
+async fn a_sync_that_never_ends_is_abandoned_and_stop_does_not_wait_for_it() {
+    let flaky = Arc::new(FlakySharedLog::new(Arc::new(MemorySharedLog::new())));
+    let log: Arc<dyn SharedSyncLog> = flaky.clone();
+    // Hanging before the first sync: every pull waits for ever.
+    flaky.set_hanging(true);
+    let a = app(log, fast().with_sync_timeout(Duration::from_millis(200))).await;
+    eventually("a failure from the timeout", || async {
+        a.background.status().consecutive_failures >= 1
+    })
+    .await;
+    let status = a.background.status();
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("took longer than"),
+        "{status:?}"
+    );
+    // Stopping while the next sync hangs: bounded by the timeout.
+    a.background.sync_now();
+    tokio::time::timeout(Duration::from_secs(5), a.background.stop())
+        .await
+        .expect("stop does not wait for ever");
+    assert_eq!(a.background.status().state, SyncState::Stopped);
+    // The log answers again: a new task syncs as if nothing happened.
+    flaky.set_hanging(false);
+    a.write("after the hang").await;
+    a.sync.sync_once().await.expect("a sync after the hang");
+}
