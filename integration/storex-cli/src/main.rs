@@ -101,6 +101,10 @@ enum Migrate {
         /// code from standard input.
         #[arg(long)]
         webrtc: bool,
+        /// Over WebRTC: the local address to offer (this device's address on the network
+        /// the two devices share, e.g. 192.168.1.20; the default works on one machine only).
+        #[arg(long, default_value = "127.0.0.1", requires = "webrtc")]
+        webrtc_bind: std::net::IpAddr,
     },
     /// On the new device: reach the sender and write the database to a new file.
     Receive {
@@ -113,6 +117,10 @@ enum Migrate {
         /// Over WebRTC: the sender's offer code, as it printed it.
         #[arg(long)]
         offer: Option<String>,
+        /// Over WebRTC: the local address to answer with (this device's address on the
+        /// network the two devices share; the default works on one machine only).
+        #[arg(long, default_value = "127.0.0.1", requires = "offer")]
+        webrtc_bind: std::net::IpAddr,
     },
 }
 
@@ -147,18 +155,29 @@ fn main() -> ExitCode {
             admin_token,
             name,
         } => runtime.block_on(serve::create_user(&server, &admin_token, &name)),
-        Command::Migrate(Migrate::Send { db, listen, webrtc }) => {
+        Command::Migrate(Migrate::Send {
+            db,
+            listen,
+            webrtc,
+            webrtc_bind,
+        }) => {
             let transport = if webrtc {
-                migrate::Transport::WebRtc
+                migrate::Transport::WebRtc(webrtc_bind)
             } else {
                 migrate::Transport::Tcp(listen)
             };
             runtime.block_on(migrate::send(&db, transport))
         }
-        Command::Migrate(Migrate::Receive { db, connect, offer }) => match (connect, offer) {
-            (_, Some(offer)) => {
-                runtime.block_on(migrate::receive(&db, migrate::Source::WebRtc(offer)))
-            }
+        Command::Migrate(Migrate::Receive {
+            db,
+            connect,
+            offer,
+            webrtc_bind,
+        }) => match (connect, offer) {
+            (_, Some(offer)) => runtime.block_on(migrate::receive(
+                &db,
+                migrate::Source::WebRtc(offer, webrtc_bind),
+            )),
             (Some(connect), None) => {
                 runtime.block_on(migrate::receive(&db, migrate::Source::Tcp(connect)))
             }

@@ -4,13 +4,15 @@
 //! WebRTC the sender prints an offer code, the receiver (given it) prints an answer code, and
 //! the sender reads that answer from its standard input.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use storex_channel_tcp::TcpChannel;
-use storex_channel_webrtc::WebRtcChannel;
+use storex_channel_webrtc::{WebRtcChannel, WebRtcOptions};
 use storex_core::{Registry, StorageBackend};
 use storex_seaorm::{registry_of_sqlite, SeaOrmBackend};
 use storex_sync::fast_sync::{
@@ -68,8 +70,20 @@ fn summary(report: &TransferReport, verb: &str) {
 pub(crate) enum Transport {
     /// The sender listens on this address; the receiver connects to it.
     Tcp(String),
-    /// Offer and answer codes, exchanged by the person running both commands.
-    WebRtc,
+    /// Offer and answer codes, exchanged by the person running both commands; the local
+    /// address offered.
+    WebRtc(IpAddr),
+}
+
+/// How long a WebRTC peer waits for the data channel to open: the person running both
+/// commands copies a code from one device to the other meanwhile.
+const WEBRTC_WAIT: Duration = Duration::from_secs(5 * 60);
+
+/// The WebRTC options of the command: `bind` (any port) and a wait long enough for a person.
+fn webrtc_options(bind: IpAddr) -> WebRtcOptions {
+    WebRtcOptions::default()
+        .with_bind(SocketAddr::new(bind, 0))
+        .with_connect_timeout(WEBRTC_WAIT)
 }
 
 /// Sends the database at `db` to the first device that connects.
@@ -98,8 +112,8 @@ pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
             say!("listening on {}", listener.local_addr()?);
             Box::new(TcpChannel::accept(&listener).await?)
         }
-        Transport::WebRtc => {
-            let (pending, offer) = WebRtcChannel::offer()
+        Transport::WebRtc(bind) => {
+            let (pending, offer) = WebRtcChannel::offer_with(&webrtc_options(bind))
                 .await
                 .context("preparing the WebRTC offer")?;
             say!("offer: {offer}");
@@ -153,8 +167,8 @@ pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
 pub(crate) enum Source {
     /// The address the sender printed.
     Tcp(String),
-    /// The offer code the sender printed.
-    WebRtc(String),
+    /// The offer code the sender printed, and the local address to answer with.
+    WebRtc(String, IpAddr),
 }
 
 /// Receives from a sender and writes what it sends into a new database at `db`.
@@ -171,8 +185,8 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
                 .await
                 .with_context(|| format!("connecting to {connect}"))?,
         ),
-        Source::WebRtc(offer) => {
-            let (pending, answer) = WebRtcChannel::accept(offer.trim())
+        Source::WebRtc(offer, bind) => {
+            let (pending, answer) = WebRtcChannel::accept_with(offer.trim(), &webrtc_options(bind))
                 .await
                 .context("reading the offer")?;
             say!("answer: {answer}");

@@ -254,8 +254,17 @@ async fn a_database_moves_over_webrtc_by_offer_and_answer_codes() {
             .collect();
         old.batch(steps).await.expect("items");
     }
+    // Each side offers the address it is given: other loopback addresses here, where two
+    // devices would give their addresses on the network they share.
     let mut sender = storex()
-        .args(["migrate", "send", "--webrtc", "--db"])
+        .args([
+            "migrate",
+            "send",
+            "--webrtc",
+            "--webrtc-bind",
+            "127.0.0.2",
+            "--db",
+        ])
         .arg(&old_path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -264,17 +273,23 @@ async fn a_database_moves_over_webrtc_by_offer_and_answer_codes() {
         .expect("start the sender");
     let mut sender_out = BufReader::new(sender.stdout.take().expect("stdout"));
     let offer = next_line_after(&mut sender_out, "offer: ");
+    assert!(sdp_of(&offer).contains(" 127.0.0.2 "), "{}", sdp_of(&offer));
 
     let mut receiver = storex()
         .args(["migrate", "receive", "--db"])
         .arg(&new_path)
-        .args(["--offer", &offer])
+        .args(["--offer", &offer, "--webrtc-bind", "127.0.0.3"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the receiver");
     let mut receiver_out = BufReader::new(receiver.stdout.take().expect("stdout"));
     let answer = next_line_after(&mut receiver_out, "answer: ");
+    assert!(
+        sdp_of(&answer).contains(" 127.0.0.3 "),
+        "{}",
+        sdp_of(&answer)
+    );
     let mut stdin = sender.stdin.take().expect("stdin");
     writeln!(stdin, "{answer}").expect("paste the answer");
     drop(stdin);
@@ -306,6 +321,15 @@ async fn a_database_moves_over_webrtc_by_offer_and_answer_codes() {
         .expect("new rows");
     assert_eq!(a.len(), 5_000);
     assert!(a == b, "the rows differ");
+}
+
+/// The session description an offer or answer code carries.
+fn sdp_of(code: &str) -> String {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(code.trim())
+        .expect("a code is base64");
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 #[test]
