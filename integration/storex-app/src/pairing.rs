@@ -5,7 +5,10 @@
 //!
 //! The codes are base64 text (QR-code ready). The channel is peer to peer with host candidates
 //! only (no STUN server, no relay): both devices must reach each other directly, e.g. on the
-//! same network. The app's settings (the device id and its credentials) never leave the
+//! same network. Each code carries the one local address its device offers: 127.0.0.1 by
+//! default, which pairs two apps on one machine only; between devices, give each its address
+//! on the network they share ([`SyncedStorage::offer_pairing_with`],
+//! [`SyncedStorage::accept_pairing_with`], [`WebRtcOptions::with_bind`]). The app's settings (the device id and its credentials) never leave the
 //! sender; other local-only collections travel (it is a move of the whole database) unless the
 //! options' collection list leaves them out.
 //!
@@ -32,7 +35,7 @@
 
 use std::fmt;
 
-use storex_channel_webrtc::{PendingAnswer, PendingOffer, WebRtcChannel};
+use storex_channel_webrtc::{PendingAnswer, PendingOffer, WebRtcChannel, WebRtcOptions};
 use storex_sync::fast_sync::{receive_snapshot, send_snapshot, FastSyncOptions, TransferReport};
 
 use crate::error::Result;
@@ -86,15 +89,33 @@ impl PairingAnswer {
 pub const SYNC_BEFORE_PAIRING: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl SyncedStorage {
-    /// On the device that has the data: starts a pairing and returns the offer to show.
+    /// On the device that has the data: starts a pairing and returns the offer to show. It
+    /// offers 127.0.0.1 (two apps on one machine); see [`SyncedStorage::offer_pairing_with`].
     pub async fn offer_pairing(&self) -> Result<PairingOffer> {
-        let (pending, code) = WebRtcChannel::offer().await?;
+        self.offer_pairing_with(&WebRtcOptions::default()).await
+    }
+
+    /// [`SyncedStorage::offer_pairing`] with `options`: the local address to offer (this
+    /// device's address on the network it shares with the new one), how long to wait for the
+    /// new device to connect.
+    pub async fn offer_pairing_with(&self, options: &WebRtcOptions) -> Result<PairingOffer> {
+        let (pending, code) = WebRtcChannel::offer_with(options).await?;
         Ok(PairingOffer { pending, code })
     }
 
-    /// On the new device: accepts an offer code and returns the answer to show back.
+    /// On the new device: accepts an offer code and returns the answer to show back. It
+    /// answers with 127.0.0.1; see [`SyncedStorage::accept_pairing_with`].
     pub async fn accept_pairing(offer_code: &str) -> Result<PairingAnswer> {
-        let (pending, code) = WebRtcChannel::accept(offer_code.trim()).await?;
+        Self::accept_pairing_with(offer_code, &WebRtcOptions::default()).await
+    }
+
+    /// [`SyncedStorage::accept_pairing`] with `options`: the local address to answer with,
+    /// how long to wait for the sender to connect.
+    pub async fn accept_pairing_with(
+        offer_code: &str,
+        options: &WebRtcOptions,
+    ) -> Result<PairingAnswer> {
+        let (pending, code) = WebRtcChannel::accept_with(offer_code.trim(), options).await?;
         Ok(PairingAnswer { pending, code })
     }
 

@@ -135,3 +135,46 @@ async fn a_bad_offer_code_is_reported() {
     );
     assert!(chain.contains("offer"), "{chain}");
 }
+
+/// The session description a pairing code carries.
+fn sdp_of(code: &str) -> String {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(code)
+        .expect("a code is base64");
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_device_offers_the_address_it_is_given() {
+    use storex_app::WebRtcOptions;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let old = open(&dir.path().join("old.db"), &log).await;
+    old.storage()
+        .create("note", object! { "title" => "moved" })
+        .await
+        .expect("write");
+    let new = open(&dir.path().join("new.db"), &log).await;
+    // Other loopback addresses here, where two devices give their addresses on the network
+    // they share.
+    let at = |ip: [u8; 4]| WebRtcOptions::default().with_bind((ip, 0).into());
+    let offer = old
+        .offer_pairing_with(&at([127, 0, 0, 2]))
+        .await
+        .expect("offer");
+    assert!(sdp_of(offer.code()).contains(" 127.0.0.2 "));
+    let answer = SyncedStorage::accept_pairing_with(offer.code(), &at([127, 0, 0, 3]))
+        .await
+        .expect("accept");
+    assert!(sdp_of(answer.code()).contains(" 127.0.0.3 "));
+    let answer_code = answer.code().to_owned();
+    let options = FastSyncOptions::default();
+    let (sent, received) = tokio::join!(
+        old.send_to_paired(offer, &answer_code, &options),
+        new.receive_from_paired(answer, &options),
+    );
+    sent.expect("send");
+    received.expect("receive");
+    assert_eq!(count(&new).await, 1);
+}
