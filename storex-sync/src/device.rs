@@ -188,21 +188,45 @@ impl SyncDevice {
     /// enabled), as creates stamped now, so the other devices receive them. Idempotent: a
     /// row that has an entry is left alone. Returns how many rows were logged.
     pub async fn log_existing_rows(&self) -> Result<u64> {
+        self.log_existing_rows_where(|_| true).await
+    }
+
+    /// [`SyncDevice::log_existing_rows`] for the collections named in `collections` only
+    /// (a collection an app update adds to sync, say, whose table had rows already).
+    pub async fn log_existing_rows_in(&self, collections: &[&str]) -> Result<u64> {
+        self.log_existing_rows_where(|name| collections.contains(&name))
+            .await
+    }
+
+    async fn log_existing_rows_where(&self, wanted: impl Fn(&str) -> bool) -> Result<u64> {
         // Under the write-order lock throughout: an app write landing between the lookup of
         // a row's entries and the logging of the row would be in the journal, unseen.
         self.write_order
-            .hold(self.log_existing_rows_holding_order())
+            .hold(self.log_existing_rows_holding_order(wanted))
             .await?
     }
 
-    async fn log_existing_rows_holding_order(&self) -> Result<u64> {
+    /// The names of the collections this device syncs: the registry's, but for those left
+    /// out ([`SyncOptions::exclude`]) and sync's own.
+    pub fn synced_collections(&self) -> Vec<&str> {
+        self.storage
+            .registry()
+            .collections()
+            .map(|def| def.name())
+            .filter(|name| {
+                !crate::entry::INTERNAL_COLLECTIONS.contains(name)
+                    && !self.excluded.iter().any(|c| c == name)
+            })
+            .collect()
+    }
+
+    async fn log_existing_rows_holding_order(&self, wanted: impl Fn(&str) -> bool) -> Result<u64> {
         let registry = self.storage.registry().clone();
         self.log.index_journal_holding_order().await?;
         let mut logged = 0;
+        let synced = self.synced_collections();
         for def in registry.collections() {
-            if crate::entry::INTERNAL_COLLECTIONS.contains(&def.name())
-                || self.excluded.iter().any(|c| c == def.name())
-            {
+            if !synced.contains(&def.name()) || !wanted(def.name()) {
                 continue;
             }
             let rows = self.storage.find_many(def.name(), Query::default()).await?;

@@ -177,19 +177,47 @@ impl SyncedStorageBuilder {
         options.excluded.extend(self.sync_options.excluded);
         options.middleware.extend(self.sync_options.middleware);
         let device = SyncDevice::open(registry, backend, Clock::new(device_id), options).await?;
-        let existing_rows_logged = if read_setting(&settings, EXISTING_ROWS_KEY).await?.is_none() {
-            let logged = device.log_existing_rows().await?;
-            write_setting(&settings, EXISTING_ROWS_KEY, &logged.to_string()).await?;
-            logged
-        } else {
-            0
-        };
+        let existing_rows_logged = log_existing_rows(&device, &settings).await?;
         Ok(SyncedStorage {
             sync: Arc::new(ContinuousSync::new(device, log, self.options)),
             notifier,
             existing_rows_logged,
         })
     }
+}
+
+/// Logs the rows that exist without log entries in each synced collection whose rows were
+/// never logged so (all of them on a database's first open; later, a collection an app update
+/// brought into sync), and notes each as done; returns how many rows were logged. The note is
+/// per collection: a table that had rows before it was synced gets them logged whenever it
+/// joins. (The first versions kept one note for the whole database, which names no
+/// collection: the collections are checked once more then, and rows with entries are left
+/// alone.)
+async fn log_existing_rows(device: &SyncDevice, settings: &Storage) -> Result<u64> {
+    let mut pending: Vec<&str> = Vec::new();
+    for name in device.synced_collections() {
+        if read_setting(settings, &existing_rows_key(name))
+            .await?
+            .is_none()
+        {
+            pending.push(name);
+        }
+    }
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let logged = device.log_existing_rows_in(&pending).await?;
+    let mut steps = Vec::with_capacity(pending.len());
+    for name in &pending {
+        steps.push(setting_step(settings, &existing_rows_key(name), "logged").await?);
+    }
+    settings.batch(steps).await?;
+    Ok(logged)
+}
+
+/// The setting noting that `collection`'s existing rows were logged.
+fn existing_rows_key(collection: &str) -> String {
+    format!("{EXISTING_ROWS_KEY}:{collection}")
 }
 
 /// Picks a device id, stores it, then registers it (see [`SyncedStorageBuilder::open`]).

@@ -78,11 +78,17 @@ pub(crate) async fn sync(args: SyncArgs) -> Result<()> {
         .open()
         .await
         .context("preparing the database for sync")?;
-    if app.existing_rows_logged() > 0 {
-        say!(
-            "first sync of this database: {} existing rows logged for the other devices",
-            app.existing_rows_logged()
-        );
+    // The database is another program's: rows it wrote since the last run (with plain SQL,
+    // unseen by storex) are logged now. (Changes to rows already logged, and deletes, made
+    // outside storex are not seen.)
+    let since = app
+        .device()
+        .log_existing_rows()
+        .await
+        .context("logging the rows written since the last sync")?;
+    let logged = app.existing_rows_logged() + since;
+    if logged > 0 {
+        say!("{logged} rows written outside storex logged for the other devices");
     }
     let report = app.sync_once().await.context("syncing")?;
     say!(

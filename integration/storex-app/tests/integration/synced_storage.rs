@@ -210,3 +210,38 @@ async fn a_kept_id_the_log_refuses_is_replaced_by_a_new_one() {
         .expect("registered");
     assert_eq!(devices.len(), 1, "bob's one device");
 }
+
+#[tokio::test]
+async fn a_table_that_joins_sync_later_gets_its_existing_rows_logged() {
+    use storex_core::{CollectionDef, FieldType};
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let db = app_db(&dir.path().join("phone.db")).await;
+    let phone = open(db.clone(), &log).await;
+    assert_eq!(phone.existing_rows_logged(), 0);
+    drop(phone);
+    // The app keeps tags in a table of its own, then an update brings them into sync.
+    db.execute_unprepared(
+        "CREATE TABLE tag (name TEXT NOT NULL PRIMARY KEY); \
+         INSERT INTO tag (name) VALUES ('home'), ('work')",
+    )
+    .await
+    .expect("the app's tags");
+    let tag = CollectionDef::new("tag")
+        .field("name", FieldType::Text)
+        .primary_key(["name"]);
+    let reopen = || async {
+        SyncedStorage::builder(db.clone())
+            .entity(note::Entity)
+            .collection(tag.clone())
+            .shared_log(log.clone(), "ann")
+            .open()
+            .await
+            .expect("open with tags")
+    };
+    let phone = reopen().await;
+    assert_eq!(phone.existing_rows_logged(), 2, "the tags that were there");
+    assert_eq!(phone.sync_once().await.expect("sync").pushed, 2);
+    drop(phone);
+    assert_eq!(reopen().await.existing_rows_logged(), 0, "once");
+}

@@ -152,6 +152,16 @@ async fn app_db(path: &std::path::Path, rows: &[(&str, &str)]) {
     db.execute_unprepared("CREATE TABLE note (id TEXT NOT NULL PRIMARY KEY, title TEXT NOT NULL)")
         .await
         .expect("create");
+    db.close().await.expect("close");
+    insert_notes(path, rows).await;
+}
+
+/// Writes `rows` notes into the file with plain SQL, as the app does.
+async fn insert_notes(path: &std::path::Path, rows: &[(&str, &str)]) {
+    use sea_orm::{ConnectionTrait, Database};
+    let db = Database::connect(format!("sqlite://{}?mode=rw", path.display()))
+        .await
+        .expect("connect");
     for (id, title) in rows {
         db.execute_unprepared(&format!("INSERT INTO note VALUES ('{id}', '{title}')"))
             .await
@@ -209,7 +219,10 @@ async fn sync_moves_an_apps_rows_between_two_databases_through_the_server() {
     app_db(&b, &[("n3", "from b")]).await;
 
     let first = run_sync(&a, &url, &token);
-    assert!(first.contains("2 existing rows logged"), "{first}");
+    assert!(
+        first.contains("2 rows written outside storex logged"),
+        "{first}"
+    );
     assert!(first.contains("pushed 2"), "{first}");
     let on_b = run_sync(&b, &url, &token);
     assert!(on_b.contains("pushed 1, pulled 2, applied 2"), "{on_b}");
@@ -224,6 +237,16 @@ async fn sync_moves_an_apps_rows_between_two_databases_through_the_server() {
     assert_eq!(device(&first), device(&again), "the same device both times");
     assert_eq!(titles(&a).await, titles(&b).await);
     assert_eq!(titles(&a).await.len(), 3);
+    // The app goes on writing with plain SQL between two runs: the new row travels too.
+    insert_notes(&a, &[("n4", "written by the app later")]).await;
+    let later = run_sync(&a, &url, &token);
+    assert!(
+        later.contains("1 rows written outside storex logged") && later.contains("pushed 1"),
+        "{later}"
+    );
+    run_sync(&b, &url, &token);
+    assert_eq!(titles(&a).await, titles(&b).await);
+    assert_eq!(titles(&a).await.len(), 4);
 
     // Clear messages for a missing file and a missing user.
     let output = storex()
