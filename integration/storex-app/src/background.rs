@@ -218,12 +218,14 @@ impl BackgroundSync {
         }
     }
 
-    /// Syncs as soon as possible (also the reaction to a live-update signal).
+    /// Syncs as soon as possible, also during a backoff after a failure (a live-update
+    /// signal triggers a sync too, but waits out a backoff).
     pub fn sync_now(&self) {
         self.shared.now.notify_one();
     }
 
-    /// Stops syncing until [`BackgroundSync::resume`]; a sync under way finishes.
+    /// Stops syncing until [`BackgroundSync::resume`]; a sync under way finishes. The state
+    /// shows [`SyncState::Paused`] at once (or once that sync is done).
     pub fn pause(&self) {
         self.paused.send_replace(true);
     }
@@ -284,6 +286,27 @@ fn stopped(stop: &watch::Receiver<bool>) -> bool {
     *stop.borrow() || stop.has_changed().is_err()
 }
 
+/// Holds the task while paused, telling the app (state and events); false when it was
+/// stopped meanwhile.
+async fn hold_while_paused(
+    shared: &Shared,
+    paused: &mut watch::Receiver<bool>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    shared.update(|s| s.state = SyncState::Paused);
+    shared.emit(SyncEvent::Paused);
+    tokio::select! {
+        biased;
+        _ = until_true(stop) => return false,
+        _ = paused.wait_for(|p| !*p) => {}
+    }
+    if stopped(stop) {
+        return false;
+    }
+    shared.emit(SyncEvent::Resumed);
+    true
+}
+
 async fn run(
     sync: Arc<ContinuousSync>,
     shared: Arc<Shared>,
@@ -307,19 +330,35 @@ async fn run(
     let mut not_before: Option<tokio::time::Instant> = None;
     loop {
         // `biased`: a stop wins over a trigger that is ready at the same time.
-        let asked = tokio::select! {
+        let woken = tokio::select! {
             biased;
             _ = until_true(&mut stop) => break,
-            _ = tokio::time::sleep(wait) => false,
-            _ = shared.now.notified() => true,
-            _ = shared.remote.notified() => false,
+            // A pause shows at once (its state and event), not at the next trigger.
+            _ = paused.changed() => None,
+            _ = tokio::time::sleep(wait) => Some(false),
+            _ = shared.now.notified() => Some(true),
+            _ = shared.remote.notified() => Some(false),
             _ = local_writes.notified() => {
                 tokio::select! {
                     biased;
                     _ = until_true(&mut stop) => break,
-                    _ = tokio::time::sleep(options.debounce) => false,
+                    _ = tokio::time::sleep(options.debounce) => Some(false),
                 }
             }
+        };
+        let Some(asked) = woken else {
+            if *paused.borrow_and_update() {
+                if !hold_while_paused(&shared, &mut paused, &mut stop).await {
+                    break;
+                }
+                // Back to waiting (a trigger that came meanwhile is ready at once).
+                let state = match not_before {
+                    Some(_) => SyncState::Backoff,
+                    None => SyncState::Idle,
+                };
+                shared.update(|s| s.state = state);
+            }
+            continue;
         };
         if let Some(deadline) = not_before.filter(|_| !asked) {
             tokio::select! {
@@ -332,18 +371,9 @@ async fn run(
         if stopped(&stop) {
             break;
         }
-        if *paused.borrow() {
-            shared.update(|s| s.state = SyncState::Paused);
-            shared.emit(SyncEvent::Paused);
-            tokio::select! {
-                biased;
-                _ = until_true(&mut stop) => break,
-                _ = paused.wait_for(|p| !*p) => {}
-            }
-            if stopped(&stop) {
-                break;
-            }
-            shared.emit(SyncEvent::Resumed);
+        if *paused.borrow_and_update() && !hold_while_paused(&shared, &mut paused, &mut stop).await
+        {
+            break;
         }
         shared.update(|s| s.state = SyncState::Syncing);
         shared.emit(SyncEvent::Started);

@@ -173,10 +173,13 @@ pub(crate) enum Source {
 
 /// Receives from a sender and writes what it sends into a new database at `db`.
 pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
-    if db.exists() {
+    // Its write-ahead log too: SQLite would replay an earlier database's log left beside
+    // the target into the new file.
+    if let Some(found) = sqlite_files(db).into_iter().find(|file| file.exists()) {
         bail!(
-            "{} already exists; the migration writes a new database",
-            db.display()
+            "{} already exists; the migration writes a new database (remove the old one's \
+             files first)",
+            found.display()
         );
     }
     let mut channel: Box<dyn FastSyncChannel> = match source {

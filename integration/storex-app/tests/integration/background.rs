@@ -328,3 +328,33 @@ async fn a_sync_that_never_ends_is_abandoned_and_stop_does_not_wait_for_it() {
     a.write("after the hang").await;
     a.sync.sync_once().await.expect("a sync after the hang");
 }
+
+#[tokio::test]
+async fn a_pause_shows_at_once_without_waiting_for_the_next_sync() {
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    // Nothing would wake the task for an hour after its first sync.
+    let a = app(log, fast().with_interval(Duration::from_secs(3_600))).await;
+    eventually("the first sync", || async {
+        a.background.status().last_success.is_some()
+    })
+    .await;
+    let mut events = a.background.subscribe();
+    a.background.pause();
+    eventually("the paused state", || async {
+        a.background.status().state == SyncState::Paused
+    })
+    .await;
+    assert_eq!(events.recv().await.expect("an event"), SyncEvent::Paused);
+    a.background.resume();
+    assert_eq!(events.recv().await.expect("an event"), SyncEvent::Resumed);
+    eventually("idle again", || async {
+        a.background.status().state == SyncState::Idle
+    })
+    .await;
+    // Writes still sync after the pause.
+    a.write("after the pause").await;
+    eventually("the push", || async {
+        a.sync.device().log().unshared_count().await.expect("count") == 0
+    })
+    .await;
+}

@@ -193,21 +193,26 @@ fn sending_a_missing_file_says_so() {
 
 #[test]
 fn receiving_into_an_existing_file_is_refused() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let existing = dir.path().join("taken.db");
-    std::fs::write(&existing, b"").expect("write");
-    let output = storex()
-        .args(["migrate", "receive", "--db"])
-        .arg(&existing)
-        .args(["--connect", "127.0.0.1:9"])
-        .output()
-        .expect("run");
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("already exists; the migration writes a new database"),
-        "{stderr}"
-    );
+    // The database itself, or the write-ahead log an earlier database left beside it (SQLite
+    // would replay it into the new file).
+    for left in ["taken.db", "taken.db-wal"] {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        std::fs::write(dir.path().join(left), b"").expect("write");
+        let output = storex()
+            .args(["migrate", "receive", "--db"])
+            .arg(dir.path().join("taken.db"))
+            .args(["--connect", "127.0.0.1:9"])
+            .output()
+            .expect("run");
+        assert_eq!(output.status.code(), Some(1), "{left}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "{left} already exists; the migration writes a new database"
+            )),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]
