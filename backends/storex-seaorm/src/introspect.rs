@@ -6,7 +6,9 @@
 //! bool, `real`/`double`/`float` → float, `blob`/`…binary…` → blob, anything else → text.
 //! storex's own tables (`storex_…`: the client sync log, app settings such as the device id
 //! and its token, a shared log) are left out: they belong to the device, and a sync device adds
-//! them itself.
+//! them itself. So are virtual tables (full-text indexes, say) and their shadow tables, which
+//! SQLite builds from the rows of other tables, and, with [`sqlite_tables`], tables without a
+//! primary key, whose rows cannot be told apart: each is named with why.
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use storex_core::{CollectionDef, FieldType, Registry};
@@ -41,25 +43,96 @@ fn unsupported(table: &str, problem: &str) -> Error {
     })
 }
 
-/// The registry of every table of a SQLite database (but storex's own, `storex_…`).
+/// The tables of a SQLite database that storex can move and sync, and those it leaves out.
+#[derive(Clone, Debug)]
+pub struct SqliteTables {
+    /// The registry of the tables taken.
+    pub registry: Registry,
+    /// The tables left out (but storex's own), each with why.
+    pub left_out: Vec<(String, String)>,
+}
+
+/// The registry of every table of a SQLite database (but storex's own, `storex_…`, and virtual
+/// tables with their shadow tables); a table without a primary key is an error (see
+/// [`sqlite_tables`] to leave such tables out instead).
 pub async fn registry_of_sqlite(db: &DatabaseConnection) -> Result<Registry> {
+    let tables = read_tables(db).await?;
+    if let Some(Table::Unkeyed(table)) = tables.iter().find(|t| matches!(t, Table::Unkeyed(_))) {
+        return Err(unsupported(table, UNKEYED));
+    }
+    build(tables)
+}
+
+/// The tables of a SQLite database storex can take, as [`registry_of_sqlite`] reads them, and
+/// those it leaves out (virtual tables, their shadow tables, and tables without a primary
+/// key), for a tool to tell its user.
+pub async fn sqlite_tables(db: &DatabaseConnection) -> Result<SqliteTables> {
+    let tables = read_tables(db).await?;
+    let mut left_out = Vec::new();
+    let mut taken = Vec::with_capacity(tables.len());
+    for table in tables {
+        match table {
+            Table::Unkeyed(name) => left_out.push((name, UNKEYED.to_owned())),
+            Table::Derived(name, kind) => left_out.push((
+                name,
+                format!("it is a {kind} table, which SQLite builds from other tables"),
+            )),
+            keyed @ Table::Keyed(_) => taken.push(keyed),
+        }
+    }
+    Ok(SqliteTables {
+        registry: build(taken)?,
+        left_out,
+    })
+}
+
+const UNKEYED: &str = "it has no primary key, so its rows cannot be told apart";
+
+/// One table as read.
+enum Table {
+    /// A table with a primary key.
+    Keyed(CollectionDef),
+    /// A table without one.
+    Unkeyed(String),
+    /// A virtual table or a shadow table of one, and which.
+    Derived(String, String),
+}
+
+fn build(tables: Vec<Table>) -> Result<Registry> {
+    let mut builder = Registry::builder();
+    for table in tables {
+        if let Table::Keyed(def) = table {
+            builder = builder.collection(def);
+        }
+    }
+    Ok(builder.build()?)
+}
+
+async fn read_tables(db: &DatabaseConnection) -> Result<Vec<Table>> {
     if db.get_database_backend() != DbBackend::Sqlite {
         return Err(Error::UnsupportedDatabase {
             backend: format!("{:?}", db.get_database_backend()),
         });
     }
     let backend_err = |e| Error::Storage(storex_core::Error::backend("seaorm-sqlite", e));
+    // `type` tells ordinary tables from virtual ones and their shadow tables.
     let tables = db
         .query_all_raw(Statement::from_string(
             DbBackend::Sqlite,
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+            "SELECT name, type FROM pragma_table_list WHERE schema = 'main' \
+             AND type IN ('table', 'virtual', 'shadow') AND name NOT LIKE 'sqlite_%' \
              AND name NOT GLOB 'storex_*' ORDER BY name",
         ))
         .await
         .map_err(backend_err)?;
-    let mut builder = Registry::builder();
+    let mut read = Vec::with_capacity(tables.len());
     for row in tables {
         let table: String = row.try_get("", "name").map_err(backend_err)?;
+        let kind: String = row.try_get("", "type").map_err(backend_err)?;
+        if kind != "table" {
+            read.push(Table::Derived(table, kind));
+            continue;
+        }
         let columns = db
             .query_all_raw(Statement::from_sql_and_values(
                 DbBackend::Sqlite,
@@ -86,13 +159,13 @@ pub async fn registry_of_sqlite(db: &DatabaseConnection) -> Result<Registry> {
             }
         }
         if pk.is_empty() {
-            return Err(unsupported(
-                &table,
-                "it has no primary key, so its rows cannot be told apart",
-            ));
+            read.push(Table::Unkeyed(table));
+            continue;
         }
         pk.sort();
-        builder = builder.collection(def.primary_key(pk.into_iter().map(|(_, name)| name)));
+        read.push(Table::Keyed(
+            def.primary_key(pk.into_iter().map(|(_, name)| name)),
+        ));
     }
-    Ok(builder.build()?)
+    Ok(read)
 }

@@ -23,7 +23,7 @@ mod values;
 pub use backend::{begin_write, connect, dialect_of, Dialect, SeaOrmBackend};
 pub use entity::collection_from_entity;
 pub use error::{Error, Result};
-pub use introspect::registry_of_sqlite;
+pub use introspect::{registry_of_sqlite, sqlite_tables, SqliteTables};
 
 /// Re-exported so apps name the same SeaORM version.
 pub use sea_orm;

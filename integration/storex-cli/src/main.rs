@@ -21,6 +21,7 @@ mod inspect;
 mod migrate;
 mod serve;
 mod sync;
+mod tables;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use storex_channel_tcp::TcpChannel;
 use storex_channel_webrtc::{WebRtcChannel, WebRtcOptions};
 use storex_core::{Registry, StorageBackend};
-use storex_seaorm::{registry_of_sqlite, SeaOrmBackend};
+use storex_seaorm::SeaOrmBackend;
 use storex_sync::fast_sync::{
     read_offer, receive_offer, send_snapshot, FastSyncChannel, FastSyncOptions, Progress,
     TransferReport,
@@ -22,6 +22,8 @@ use storex_sync::fast_sync::{
 use storex_sync::{Clock, DeviceId, SyncDevice, SyncOptions};
 use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpListener;
+
+use crate::tables::tables_of;
 
 fn progress_bar() -> ProgressBar {
     let bar = ProgressBar::new(0);
@@ -94,9 +96,7 @@ pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
     let backend = SeaOrmBackend::open_sqlite_file(db)
         .await
         .with_context(|| format!("opening {}", db.display()))?;
-    let registry = registry_of_sqlite(backend.connection())
-        .await
-        .with_context(|| format!("reading the tables of {}", db.display()))?;
+    let registry = tables_of(backend.connection(), db).await?;
     let device = SyncDevice::open(
         registry,
         Arc::new(backend),

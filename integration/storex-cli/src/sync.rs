@@ -10,7 +10,9 @@ use anyhow::{bail, Context, Result};
 use storex_app::SyncedStorage;
 use storex_log_http::HttpSharedLog;
 use storex_log_sql::SqlSharedLog;
-use storex_seaorm::{connect, registry_of_sqlite};
+use storex_seaorm::connect;
+
+use crate::tables::tables_of;
 use storex_sync::SharedSyncLog;
 
 /// The flags of `storex sync`.
@@ -57,9 +59,7 @@ pub(crate) async fn sync(args: SyncArgs) -> Result<()> {
     let db = connect(&sqlite_url(&args.db, false))
         .await
         .with_context(|| format!("opening {}", args.db.display()))?;
-    let registry = registry_of_sqlite(&db)
-        .await
-        .with_context(|| format!("reading the tables of {}", args.db.display()))?;
+    let registry = tables_of(&db, &args.db).await?;
     for def in registry.collections() {
         if integer_keyed(def) {
             eprintln!(

@@ -272,3 +272,43 @@ async fn a_registry_is_read_back_from_a_sqlite_file() {
         assert_eq!(got.pk_fields(), want.pk_fields(), "{name}");
     }
 }
+
+#[tokio::test]
+async fn virtual_tables_and_tables_without_a_key_are_left_out_by_name() {
+    use sea_orm::ConnectionTrait;
+    let db = Database::connect("sqlite::memory:").await.expect("connect");
+    app_schema(&db).await;
+    db.execute_unprepared(
+        "CREATE VIRTUAL TABLE note_search USING fts5(title); \
+         CREATE TABLE audit (message TEXT)",
+    )
+    .await
+    .expect("a full-text index and a table without a key");
+    let tables = storex_seaorm::sqlite_tables(&db).await.expect("introspect");
+    let names: Vec<&str> = tables.registry.collections().map(|c| c.name()).collect();
+    assert_eq!(names, ["note", "notebook"], "only the keyed tables");
+    let left: Vec<&str> = tables.left_out.iter().map(|(t, _)| t.as_str()).collect();
+    assert!(
+        left.contains(&"audit") && left.contains(&"note_search"),
+        "{left:?}"
+    );
+    assert!(
+        left.iter().any(|t| t.starts_with("note_search_")),
+        "its shadow tables: {left:?}"
+    );
+    // The strict reading names the table without a key; virtual tables are no error.
+    let err = storex_seaorm::registry_of_sqlite(&db)
+        .await
+        .expect_err("a table without a key");
+    assert!(
+        err.to_string().contains("audit") || format!("{err:?}").contains("audit"),
+        "{err:?}"
+    );
+    db.execute_unprepared("DROP TABLE audit")
+        .await
+        .expect("drop");
+    let read = storex_seaorm::registry_of_sqlite(&db)
+        .await
+        .expect("virtual tables are left out");
+    assert!(read.collection("note_search").is_err());
+}

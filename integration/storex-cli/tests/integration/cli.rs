@@ -191,13 +191,15 @@ fn log_and_status_inspect_a_device() {
 }
 
 #[test]
-fn sync_warns_of_tables_keyed_by_integers() {
+fn sync_warns_of_tables_keyed_by_integers_and_of_those_it_leaves_out() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let db = dir.path().join("device.db");
     run_sql(
         &db,
         "CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT NOT NULL); \
-         CREATE TABLE tag (name TEXT PRIMARY KEY)",
+         CREATE TABLE tag (name TEXT PRIMARY KEY); \
+         CREATE TABLE audit (message TEXT); \
+         CREATE VIRTUAL TABLE item_search USING fts5(name)",
     );
     let output = storex()
         .args(["sync", "--db"])
@@ -214,4 +216,12 @@ fn sync_warns_of_tables_keyed_by_integers() {
         "{stderr}"
     );
     assert!(!stderr.contains("`tag`"), "a text key is fine: {stderr}");
+    assert!(
+        stderr.contains("warning: table `audit` is left out: it has no primary key"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: table `item_search` is left out: it is a virtual table"),
+        "{stderr}"
+    );
 }
