@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use storex_core::{Registry, Storage};
+use storex_seaorm::sea_orm::{ConnectionTrait, DbBackend, Statement};
 use storex_seaorm::SeaOrmBackend;
-use storex_sync::{with_sync_log, ClientSyncLog, EntryOp, STATE_COLLECTION};
+use storex_sync::{with_sync_log, ClientSyncLog, EntryOp, LOG_COLLECTION, STATE_COLLECTION};
 
 /// A storage on the sync tables of the database at `db` (which must exist).
 async fn open(db: &Path) -> Result<Storage> {
@@ -20,6 +21,19 @@ async fn open(db: &Path) -> Result<Storage> {
     let backend = SeaOrmBackend::open_sqlite_file(db)
         .await
         .with_context(|| format!("opening {}", db.display()))?;
+    // Looking creates nothing: a file without a sync log is told so, not given one.
+    let found = backend
+        .connection()
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+            [LOG_COLLECTION.into()],
+        ))
+        .await
+        .with_context(|| format!("reading the tables of {}", db.display()))?;
+    if found.is_none() {
+        bail!("{} holds no storex sync log", db.display());
+    }
     let registry = with_sync_log(&Registry::default())?;
     Ok(Storage::builder_shared(registry, Arc::new(backend))
         .build()

@@ -225,3 +225,49 @@ fn sync_warns_of_tables_keyed_by_integers_and_of_those_it_leaves_out() {
         "{stderr}"
     );
 }
+
+#[test]
+fn inspecting_a_database_without_a_sync_log_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db = dir.path().join("plain.db");
+    run_sql(&db, "CREATE TABLE item (id TEXT PRIMARY KEY)");
+    for command in ["log", "status"] {
+        let output = storex()
+            .args([command, "--db"])
+            .arg(&db)
+            .output()
+            .expect("run storex");
+        assert_eq!(output.status.code(), Some(1), "{command}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("holds no storex sync log"), "{stderr}");
+    }
+    let tables = run_sql_count(
+        &db,
+        "SELECT count(*) FROM sqlite_master WHERE name GLOB 'storex_*'",
+    );
+    assert_eq!(tables, 0, "no table of storex's was added");
+}
+
+/// The number `sql` (one row, one integer column) gives on the database at `db`.
+fn run_sql_count(db: &std::path::Path, sql: &str) -> i64 {
+    use sea_orm::ConnectionTrait;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let sqlite = storex_seaorm::SeaOrmBackend::open_sqlite_file(db)
+            .await
+            .expect("open");
+        let row = sqlite
+            .connection()
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Sqlite,
+                sql,
+            ))
+            .await
+            .expect("ran")
+            .expect("a row");
+        row.try_get_by_index::<i64>(0).expect("a count")
+    })
+}
