@@ -107,7 +107,10 @@ impl ContinuousOptions {
         self
     }
 
-    /// Pulls only these collections.
+    /// Pulls only these collections. When the list changes, the next sync pulls again from
+    /// the start of the shared log, so added collections bring their history; once the log
+    /// was compacted, that fails with [`crate::SharedLogError::CursorCompacted`] until the
+    /// device runs an initial sync ([`crate::fast_sync`]) from another device.
     pub fn with_collections<I, S>(mut self, collections: I) -> Self
     where
         I: IntoIterator<Item = S>,
