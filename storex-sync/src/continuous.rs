@@ -55,7 +55,7 @@ pub struct ContinuousOptions {
     pub push_batch: usize,
     /// Payload bytes per push at most; a larger entry is reported and left unshared.
     pub max_push_bytes: usize,
-    /// Entries per pull page at most.
+    /// Entries per pull page at most (0 counts as 1).
     pub pull_batch: usize,
     /// Collections this device subscribes to (all when `None`): partial replication.
     pub collections: Option<Vec<String>>,
@@ -382,7 +382,7 @@ impl ContinuousSync {
     /// leave the quarantine in the same transaction; the others stay, and so do those of
     /// collections this device no longer subscribes to.
     async fn retry_quarantined(&self, report: &mut SyncReport) -> Result<()> {
-        let limit = self.options.pull_batch;
+        let limit = self.options.pull_batch.max(1);
         let topics = self.topics();
         let mut after: Option<Uuid> = None;
         loop {
@@ -667,7 +667,7 @@ impl ContinuousSync {
     ) -> Result<PulledPage> {
         let page = self
             .shared
-            .pull(me, cursor, self.options.pull_batch, topics)
+            .pull(me, cursor, self.options.pull_batch.max(1), topics)
             .await?;
         let mut decoded = PulledPage {
             entries: Vec::with_capacity(page.entries.len()),

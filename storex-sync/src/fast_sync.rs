@@ -470,30 +470,27 @@ async fn cancel_here(
     .into()
 }
 
-/// Ends the session after a failure of this side's own (its database, or a package of the
-/// peer's it cannot take): tells the peer why, if it still listens, so that the other device
-/// reports the cause rather than a closed channel or a stall; returns `error`. Not for
-/// failures the peer knows of already or that leave nothing to tell it through: a broken
-/// channel, a stall, a cancel, a refusal (told with its own reason).
+/// Ends the session after a failure of this side's own (its database, data of the peer's it
+/// refuses, or a package it cannot take): tells the peer why, if it still listens, so that
+/// the other device reports the cause rather than a closed channel or a stall; returns
+/// `error`. A refusal is told as its problem. Not for failures the peer knows of already or
+/// that leave nothing to tell it through: a broken channel, a stall, a cancel.
 async fn tell_peer(
     channel: &mut dyn FastSyncChannel,
     options: &FastSyncOptions,
     side: &str,
     error: crate::Error,
 ) -> crate::Error {
-    if let crate::Error::FastSync(
-        FastSyncError::Channel(_)
-        | FastSyncError::Stalled(_)
-        | FastSyncError::Cancelled { .. }
-        | FastSyncError::Verification { .. },
-    ) = error
-    {
-        return error;
-    }
-    let reason = format!(
-        "the {side} device failed: {}",
-        storex_core::error_chain(&error)
-    );
+    let reason = match &error {
+        crate::Error::FastSync(
+            FastSyncError::Channel(_) | FastSyncError::Stalled(_) | FastSyncError::Cancelled { .. },
+        ) => return error,
+        crate::Error::FastSync(FastSyncError::Verification { problem, .. }) => problem.clone(),
+        other => format!(
+            "the {side} device failed: {}",
+            storex_core::error_chain(other)
+        ),
+    };
     let _ = send_package(channel, options, Package::Cancel { reason }).await;
     error
 }

@@ -42,8 +42,6 @@ const MAX_IN_VALUES: usize = 30;
 const MAX_PULL_ENTRIES: usize = 1_000;
 /// Payload bytes after which a pull stops (one larger entry still comes alone), as the SQL log.
 const MAX_PULL_BYTES: usize = 8 * 1024 * 1024;
-/// Entries a pull reads first; later reads are sized by the payloads seen.
-const FIRST_PULL_PART: usize = 64;
 /// Entries deleted per compaction commit.
 const DELETES_PER_COMMIT: u32 = 500;
 /// Attempts of one operation while Firestore answers "aborted" or "unavailable".
@@ -510,60 +508,47 @@ impl FirestoreSharedLog {
             next_cursor: nothing.next_cursor,
             more: false,
         };
-        // Read in parts, each sized by the payloads seen so far, until the page is full by
-        // count or by bytes: a page of big entries stays bounded in memory (at least one
-        // entry always comes), and a page of small ones takes one or two reads.
-        let (mut scanned, mut bytes, mut scan_after) = (0usize, 0usize, after);
-        let mut part = page.min(FIRST_PULL_PART);
-        loop {
-            let docs: Vec<EntryDoc> = self
-                .db
-                .fluent()
-                .select()
-                .from(ENTRIES)
-                .parent(&parent)
-                .filter(|q| {
-                    q.for_all([
-                        q.field(field::CURSOR).greater_than(as_stored(scan_after)),
-                        q.field(field::CURSOR).less_than_or_equal(as_stored(high)),
-                        server_topics.and_then(|t| q.field(field::TOPIC).is_in(t)),
-                    ])
-                })
-                .order(|o| o.fields([o.field(field::CURSOR).asc()]))
-                .limit(u32::try_from(part).unwrap_or(u32::MAX))
-                .obj::<EntryDoc>()
-                .query()
-                .await?;
-            let last_part = docs.len() < part;
-            let mut docs = docs.into_iter().peekable();
-            while let Some(doc) = docs.next() {
-                let cursor = as_cursor(doc.cursor)?;
-                scanned += 1;
-                bytes += doc.payload.0.len();
-                scan_after = cursor;
-                let wanted = topics.is_none_or(|t| t.contains(&doc.topic));
-                if doc.device != me && wanted {
-                    pull.entries.push(PulledEntry {
-                        cursor,
-                        entry: read_entry(doc)?,
-                    });
-                }
-                if scanned == page || bytes >= MAX_PULL_BYTES {
-                    // Full: more may follow this entry (a false "more" costs one empty pull).
-                    let rest_read = docs.peek().is_none() && last_part;
-                    if !rest_read {
-                        pull.more = true;
-                        pull.next_cursor = cursor;
-                    }
-                    break;
-                }
-            }
-            if pull.more || last_part || scanned == page || bytes >= MAX_PULL_BYTES {
+        // Read as a stream and left once the page is full by count or by bytes: a page of
+        // big entries stays bounded in memory (at least one entry always comes). One entry
+        // past the page tells that more follow.
+        let mut docs = self
+            .db
+            .fluent()
+            .select()
+            .from(ENTRIES)
+            .parent(&parent)
+            .filter(|q| {
+                q.for_all([
+                    q.field(field::CURSOR).greater_than(as_stored(after)),
+                    q.field(field::CURSOR).less_than_or_equal(as_stored(high)),
+                    server_topics.and_then(|t| q.field(field::TOPIC).is_in(t)),
+                ])
+            })
+            .order(|o| o.fields([o.field(field::CURSOR).asc()]))
+            .limit(u32::try_from(page + 1).unwrap_or(u32::MAX))
+            .obj::<EntryDoc>()
+            .stream_query_with_errors()
+            .await?;
+        let (mut scanned, mut bytes, mut last) = (0usize, 0usize, after);
+        while let Some(doc) = docs.try_next().await? {
+            if scanned == page || bytes >= MAX_PULL_BYTES {
+                pull.more = true;
+                pull.next_cursor = last;
                 break;
             }
-            let average = bytes / scanned.max(1);
-            part = ((MAX_PULL_BYTES - bytes) / average.max(1)).clamp(1, page - scanned);
+            let cursor = as_cursor(doc.cursor)?;
+            scanned += 1;
+            bytes += doc.payload.0.len();
+            last = cursor;
+            let wanted = topics.is_none_or(|t| t.contains(&doc.topic));
+            if doc.device != me && wanted {
+                pull.entries.push(PulledEntry {
+                    cursor,
+                    entry: read_entry(doc)?,
+                });
+            }
         }
+        drop(docs);
         // A compaction that raised its mark meanwhile may have deleted part of this page.
         let (_, compacted) = self.counters(&key).await?;
         if after < compacted {

@@ -532,6 +532,14 @@ impl SharedSyncLog for SqlSharedLog {
                     compacted_through: compacted,
                 });
             }
+            if limit == 0 {
+                // Nothing taken: the cursor stays.
+                return Ok(Pull {
+                    entries: Vec::new(),
+                    next_cursor: after,
+                    more: after < high,
+                });
+            }
             if matches!(topics, Some(t) if t.is_empty()) {
                 return Ok(Pull {
                     entries: Vec::new(),

@@ -286,6 +286,24 @@ fn stopped(stop: &watch::Receiver<bool>) -> bool {
     *stop.borrow() || stop.has_changed().is_err()
 }
 
+/// After the pause flag changed while the task waited: holds the task if it is paused now,
+/// then shows it `waiting` again; false when it was stopped meanwhile.
+async fn on_pause_change(
+    shared: &Shared,
+    paused: &mut watch::Receiver<bool>,
+    stop: &mut watch::Receiver<bool>,
+    waiting: SyncState,
+) -> bool {
+    if !*paused.borrow_and_update() {
+        return true;
+    }
+    if !hold_while_paused(shared, paused, stop).await {
+        return false;
+    }
+    shared.update(|s| s.state = waiting);
+    true
+}
+
 /// Holds the task while paused, telling the app (state and events); false when it was
 /// stopped meanwhile.
 async fn hold_while_paused(
@@ -324,18 +342,24 @@ async fn run(
         .with_jitter()
         .without_max_times();
     let mut backoff = backoff_builder.build();
-    let mut wait = Duration::ZERO; // sync once right away
+    // When the timer next triggers a sync: pausing and resuming do not move it, so a sync
+    // that came due during a pause runs on resume.
+    let mut next_at = tokio::time::Instant::now(); // sync once right away
 
     // After a failure: local writes and live signals do not cut the backoff short.
     let mut not_before: Option<tokio::time::Instant> = None;
     loop {
+        let waiting = match not_before {
+            Some(_) => SyncState::Backoff,
+            None => SyncState::Idle,
+        };
         // `biased`: a stop wins over a trigger that is ready at the same time.
         let woken = tokio::select! {
             biased;
             _ = until_true(&mut stop) => break,
             // A pause shows at once (its state and event), not at the next trigger.
             _ = paused.changed() => None,
-            _ = tokio::time::sleep(wait) => Some(false),
+            _ = tokio::time::sleep_until(next_at) => Some(false),
             _ = shared.now.notified() => Some(true),
             _ = shared.remote.notified() => Some(false),
             _ = local_writes.notified() => {
@@ -347,25 +371,25 @@ async fn run(
             }
         };
         let Some(asked) = woken else {
-            if *paused.borrow_and_update() {
-                if !hold_while_paused(&shared, &mut paused, &mut stop).await {
-                    break;
-                }
-                // Back to waiting (a trigger that came meanwhile is ready at once).
-                let state = match not_before {
-                    Some(_) => SyncState::Backoff,
-                    None => SyncState::Idle,
-                };
-                shared.update(|s| s.state = state);
+            if !on_pause_change(&shared, &mut paused, &mut stop, waiting).await {
+                break;
             }
             continue;
         };
         if let Some(deadline) = not_before.filter(|_| !asked) {
-            tokio::select! {
+            let pause_changed = tokio::select! {
                 biased;
                 _ = until_true(&mut stop) => break,
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = shared.now.notified() => {}
+                _ = paused.changed() => true,
+                _ = tokio::time::sleep_until(deadline) => false,
+                _ = shared.now.notified() => false,
+            };
+            if pause_changed {
+                // The timer triggers at the end of the backoff anyway.
+                if !on_pause_change(&shared, &mut paused, &mut stop, waiting).await {
+                    break;
+                }
+                continue;
             }
         }
         if stopped(&stop) {
@@ -389,7 +413,7 @@ async fn run(
         match result {
             Ok(report) => {
                 backoff = backoff_builder.build();
-                wait = interval;
+                next_at = tokio::time::Instant::now() + interval;
                 not_before = None;
                 shared.update(|s| {
                     s.state = SyncState::Idle;
@@ -402,8 +426,9 @@ async fn run(
                 shared.emit(SyncEvent::Finished(report));
             }
             Err(message) => {
-                wait = backoff.next().unwrap_or(max_backoff);
-                not_before = Some(tokio::time::Instant::now() + wait);
+                let wait = backoff.next().unwrap_or(max_backoff);
+                next_at = tokio::time::Instant::now() + wait;
+                not_before = Some(next_at);
                 shared.update(|s| {
                     s.state = SyncState::Backoff;
                     s.last_error = Some(message.clone());

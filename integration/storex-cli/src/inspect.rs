@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use storex_core::{Registry, Storage};
 use storex_seaorm::sea_orm::{ConnectionTrait, DbBackend, Statement};
-use storex_seaorm::SeaOrmBackend;
+use storex_seaorm::{connect, SeaOrmBackend};
 use storex_sync::{with_sync_log, ClientSyncLog, EntryOp, LOG_COLLECTION, STATE_COLLECTION};
 
 /// A storage on the sync tables of the database at `db` (which must exist).
@@ -18,12 +18,12 @@ async fn open(db: &Path) -> Result<Storage> {
     if !db.is_file() {
         bail!("no database at {}", db.display());
     }
-    let backend = SeaOrmBackend::open_sqlite_file(db)
+    // Looking changes nothing: a file without a sync log is told so, read only, before it
+    // is opened as a device's (which would give it storex's tables and a write-ahead log).
+    let reading = connect(&format!("sqlite://{}?mode=ro", db.display()))
         .await
         .with_context(|| format!("opening {}", db.display()))?;
-    // Looking creates nothing: a file without a sync log is told so, not given one.
-    let found = backend
-        .connection()
+    let found = reading
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Sqlite,
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
@@ -31,9 +31,13 @@ async fn open(db: &Path) -> Result<Storage> {
         ))
         .await
         .with_context(|| format!("reading the tables of {}", db.display()))?;
+    let _ = reading.close().await;
     if found.is_none() {
         bail!("{} holds no storex sync log", db.display());
     }
+    let backend = SeaOrmBackend::open_sqlite_file(db)
+        .await
+        .with_context(|| format!("opening {}", db.display()))?;
     let registry = with_sync_log(&Registry::default())?;
     Ok(Storage::builder_shared(registry, Arc::new(backend))
         .build()

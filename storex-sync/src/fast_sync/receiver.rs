@@ -184,7 +184,7 @@ async fn receive_offered(
             Err(_) => Some(format!("this device has no collection `{}`", info.name)),
         };
         if let Some(reason) = known {
-            return Err(refuse(channel, options, &info.name, reason).await);
+            return Err(refused(&info.name, reason));
         }
     }
     let stored = load_state(device, session).await?;
@@ -246,9 +246,7 @@ async fn receive_offered(
                 drop(objects); // the encodings: not kept beside the objects
                 let objects = match decoded {
                     Ok(objects) => objects,
-                    Err(e) => {
-                        return Err(refuse(channel, options, &collection, e.to_string()).await)
-                    }
+                    Err(e) => return Err(refused(&collection, e.to_string())),
                 };
                 received.objects += count;
                 let done = received.objects;
@@ -299,14 +297,14 @@ async fn receive_offered(
                     None
                 };
                 if let Some(problem) = problem {
-                    return Err(refuse(channel, options, &collection, problem).await);
+                    return Err(refused(&collection, problem));
                 }
                 verified.insert(collection);
             }
             Package::Finish => {
                 if let Some(missing) = collections.iter().find(|c| !verified.contains(&c.name)) {
                     let problem = "the sender finished without its count and checksum";
-                    return Err(refuse(channel, options, &missing.name, problem.to_owned()).await);
+                    return Err(refused(&missing.name, problem.to_owned()));
                 }
                 finish(device, session, cursor).await?;
                 send_package(channel, options, Package::Done).await?;
@@ -319,18 +317,9 @@ async fn receive_offered(
     Ok(report)
 }
 
-/// Ends the session because `collection` did not verify: tells the sender why (if it still
-/// listens) and returns the error to report.
-async fn refuse(
-    channel: &mut dyn FastSyncChannel,
-    options: &FastSyncOptions,
-    collection: &str,
-    problem: String,
-) -> crate::Error {
-    let cancel = Package::Cancel {
-        reason: problem.clone(),
-    };
-    let _ = send_package(channel, options, cancel).await;
+/// The error ending the session because `collection` did not verify (the sender is told
+/// why by [`receive_offer`]).
+fn refused(collection: &str, problem: String) -> crate::Error {
     FastSyncError::Verification {
         collection: collection.to_owned(),
         problem,

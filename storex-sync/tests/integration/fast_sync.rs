@@ -1122,11 +1122,18 @@ async fn log_entries_that_do_not_read_back_or_come_from_far_ahead_end_the_sessio
             collection: storex_sync::LOG_COLLECTION.into(),
             objects: EncodedObjects::encode(&[row.clone(), bad]),
         }];
-        let (_, received) = tokio::join!(
+        let (replies, received) = tokio::join!(
             scripted_sender(&mut a, vec![info(storex_sync::LOG_COLLECTION, 2)], script),
             receive_snapshot(&new, &mut b, &options)
         );
         let err = received.expect_err(what);
+        // The sender is told why, not left with a closed channel.
+        assert!(
+            replies
+                .iter()
+                .any(|p| matches!(p, Package::Cancel { reason } if !reason.is_empty())),
+            "{what}: {replies:?}"
+        );
         assert!(
             matches!(
                 &err,

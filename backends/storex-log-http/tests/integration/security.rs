@@ -442,7 +442,11 @@ async fn metrics_count_against_the_limit_per_address() {
         statuses.push(response.status());
     }
     assert_eq!(&statuses[..2], &[StatusCode::OK; 2], "{statuses:?}");
-    assert_eq!(statuses[3], StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
+    // (A slow machine may refill one request's worth meanwhile: a 429 among the rest.)
+    assert!(
+        statuses[2..].contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
     server.shutdown().await.unwrap();
 }
 

@@ -358,3 +358,57 @@ async fn a_pause_shows_at_once_without_waiting_for_the_next_sync() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn resuming_often_does_not_hold_back_the_timer() {
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let a = app(log, fast().with_interval(Duration::from_millis(300))).await;
+    eventually("the first sync", || async {
+        a.background.status().last_success.is_some()
+    })
+    .await;
+    let mut events = a.background.subscribe();
+    // An app that resumes on every network event, more often than the interval.
+    let mut started = false;
+    for _ in 0..30 {
+        a.background.resume();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while let Ok(event) = events.try_recv() {
+            started |= event == SyncEvent::Started;
+        }
+    }
+    assert!(
+        started,
+        "the timer's sync ran although resume() kept coming"
+    );
+}
+
+#[tokio::test]
+async fn a_pause_during_a_backoff_shows_at_once() {
+    let flaky = Arc::new(FlakySharedLog::new(Arc::new(MemorySharedLog::new())));
+    let log: Arc<dyn SharedSyncLog> = flaky.clone();
+    flaky.set_down(true);
+    let slow_retry = fast().with_backoff(Duration::from_secs(30), Duration::from_secs(30));
+    let a = app(log, slow_retry).await;
+    eventually("a failure", || async {
+        a.background.status().state == SyncState::Backoff
+    })
+    .await;
+    // A local write waits for the backoff's end; a pause meanwhile shows at once.
+    a.write("during the backoff").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.background.pause();
+    let paused = async {
+        while a.background.status().state != SyncState::Paused {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), paused)
+        .await
+        .expect("the pause shows long before the backoff ends");
+    a.background.resume();
+    eventually("back in the backoff", || async {
+        a.background.status().state == SyncState::Backoff
+    })
+    .await;
+}
