@@ -79,7 +79,7 @@ pub enum DecodeError {
     /// The payload is not a serialized entry.
     #[error("the payload is not a sync entry: {0}")]
     Malformed(String),
-    /// The entry inside names another id or device than its routing fields.
+    /// The entry inside names another id, device or topic than its routing fields.
     #[error("the entry does not match its routing fields")]
     Mismatch,
 }
@@ -179,9 +179,12 @@ impl EntryCodec {
             }
         };
         let entry = decode_entry(encoded)?;
+        // The routing fields must be the entry's own: a log that re-filed a payload under
+        // another topic (or device) would route it to devices that did not subscribe to it.
         if entry.id != shared.id
             || entry.device != shared.device
             || entry.hlc.device != shared.device
+            || self.topic(&entry.collection) != shared.topic
         {
             return Err(DecodeError::Mismatch);
         }
@@ -340,5 +343,15 @@ mod tests {
         let mut other = codec.encode(&entry());
         other.device = DeviceId::random();
         assert_eq!(codec.decode(&other), Err(DecodeError::Mismatch));
+    }
+
+    #[test]
+    fn a_payload_filed_under_another_topic_is_refused() {
+        for codec in [EntryCodec::plain(), EntryCodec::encrypted([7; 32])] {
+            let mut refiled = codec.encode(&entry());
+            assert!(codec.decode(&refiled).is_ok());
+            refiled.topic = codec.topic("another");
+            assert_eq!(codec.decode(&refiled), Err(DecodeError::Mismatch));
+        }
     }
 }

@@ -41,7 +41,7 @@ use crate::entry::{
 };
 use crate::error::{Error, Result};
 use crate::journal::JournalPart;
-use crate::shared_log::{split_into_pushes, SharedEntry, SharedSyncLog};
+use crate::shared_log::{split_into_pushes, SharedEntry, SharedLogError, SharedSyncLog};
 
 const CURSOR_KEY: &str = "shared_log_cursor";
 /// The state row holding a fingerprint of the topics the cursor was advanced for.
@@ -51,7 +51,7 @@ const SUBSCRIPTION_KEY: &str = "subscription";
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ContinuousOptions {
-    /// Entries per push at most.
+    /// Entries per push at most (0 counts as 1).
     pub push_batch: usize,
     /// Payload bytes per push at most; a larger entry is reported and left unshared.
     pub max_push_bytes: usize,
@@ -452,7 +452,7 @@ impl ContinuousSync {
     /// read from the journal and settled once pushed. Later writes wait for the next sync.
     async fn push(&self, report: &mut SyncReport) -> Result<()> {
         let me = self.device.device();
-        let batch = self.options.push_batch;
+        let batch = self.options.push_batch.max(1);
         let log = self.device.log();
         let journal_end = log.journal_end().await?;
         let mut page = self.unshared_after(None, batch).await?;
@@ -669,6 +669,18 @@ impl ContinuousSync {
             .shared
             .pull(me, cursor, self.options.pull_batch.max(1), topics)
             .await?;
+        // A log that would send this device back, or say more follow without moving on,
+        // would make it pull the same entries again, or for ever.
+        if page.next_cursor < cursor || (page.more && page.next_cursor == cursor) {
+            return Err(SharedLogError::Invalid {
+                problem: format!(
+                    "the shared log answered a pull after cursor {cursor} with next cursor {} \
+                     and more {}",
+                    page.next_cursor, page.more
+                ),
+            }
+            .into());
+        }
         let mut decoded = PulledPage {
             entries: Vec::with_capacity(page.entries.len()),
             pulled: page.entries.len() as u64,

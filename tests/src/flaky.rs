@@ -49,6 +49,7 @@ pub struct FlakySharedLog {
     fired: AtomicBool,
     down: AtomicBool,
     hanging: AtomicBool,
+    stuck: AtomicBool,
 }
 
 fn lost() -> SharedLogError {
@@ -67,6 +68,7 @@ impl FlakySharedLog {
             fired: AtomicBool::new(false),
             down: AtomicBool::new(false),
             hanging: AtomicBool::new(false),
+            stuck: AtomicBool::new(false),
         }
     }
 
@@ -90,6 +92,12 @@ impl FlakySharedLog {
     /// answer again.
     pub fn set_hanging(&self, hanging: bool) {
         self.hanging.store(hanging, Ordering::SeqCst);
+    }
+
+    /// Makes every pull answer, while `stuck`, that more entries follow without moving past
+    /// the cursor asked for (a broken log), or answer truly again.
+    pub fn set_stuck(&self, stuck: bool) {
+        self.stuck.store(stuck, Ordering::SeqCst);
     }
 
     /// Whether the armed fault fired since it was armed.
@@ -165,6 +173,13 @@ impl SharedSyncLog for FlakySharedLog {
         Box::pin(async move {
             if self.hanging.load(Ordering::SeqCst) {
                 return std::future::pending().await;
+            }
+            if self.stuck.load(Ordering::SeqCst) {
+                return Ok(Pull {
+                    entries: Vec::new(),
+                    next_cursor: after,
+                    more: true,
+                });
             }
             if self.trigger(Fault::PullLost) {
                 return Err(lost());

@@ -275,7 +275,9 @@ impl StorageBackend for SeaOrmBackend {
             };
             match ran {
                 Ok(outcome) => {
-                    txn.commit().await.map_err(|e| self.shared.db_err(e))?;
+                    // A deferred constraint fails here: a refusal, as at a transaction's
+                    // commit (below), not a database failure.
+                    txn.commit().await.map_err(|e| ctx.db_err("", e))?;
                     Ok(outcome)
                 }
                 Err(e) => {

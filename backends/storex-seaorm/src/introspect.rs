@@ -120,7 +120,7 @@ async fn read_tables(db: &DatabaseConnection) -> Result<Vec<Table>> {
         .query_all_raw(Statement::from_string(
             DbBackend::Sqlite,
             "SELECT name, type FROM pragma_table_list WHERE schema = 'main' \
-             AND type IN ('table', 'virtual', 'shadow') AND name NOT LIKE 'sqlite_%' \
+             AND type IN ('table', 'virtual', 'shadow') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
              AND name NOT GLOB 'storex_*' ORDER BY name",
         ))
         .await

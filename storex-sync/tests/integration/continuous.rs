@@ -928,3 +928,35 @@ async fn puts_sync_as_creates_and_converge_with_concurrent_updates() {
     assert_eq!(caption(a).await, Value::from("updated on b"));
     assert_eq!(caption(b).await, Value::from("updated on b"));
 }
+
+#[tokio::test]
+async fn a_log_that_says_more_follow_without_moving_on_is_an_error_not_a_loop() {
+    use storex_test::flaky::FlakySharedLog;
+    let flaky = Arc::new(FlakySharedLog::new(Arc::new(MemorySharedLog::new())));
+    let mut devices = storex_test::devices::Devices::new(flaky.clone()).await;
+    let a = devices.add().await;
+    flaky.set_stuck(true);
+    let synced = tokio::time::timeout(std::time::Duration::from_secs(20), devices.try_sync(a))
+        .await
+        .expect("the sync ends");
+    let err = synced.expect_err("a broken log");
+    assert!(
+        storex_core::error_chain(&err).contains("next cursor 0 and more true"),
+        "{err:?}"
+    );
+    flaky.set_stuck(false);
+    devices.sync(a).await;
+}
+
+#[tokio::test]
+async fn a_push_batch_of_zero_pushes_one_at_a_time() {
+    use storex_sync::ContinuousOptions;
+    let mut devices = storex_test::devices::Devices::new(memory().await).await;
+    let mut options = ContinuousOptions::default();
+    options.push_batch = 0;
+    let a = devices.add_with(options).await;
+    devices.note(a, "one", "v").await;
+    devices.note(a, "two", "v").await;
+    let report = devices.sync(a).await;
+    assert_eq!(report.pushed, 2, "{report:?}");
+}

@@ -103,6 +103,18 @@ async fn refused_writes_are_not_transient(backend: SeaOrmBackend, cases: &[(&str
         matches!(err, Error::Refused { .. }) && !err.is_transient(),
         "deferred: {err}"
     );
+    // So at the commit of a batch's own transaction.
+    let err = storage
+        .batch(vec![BatchStep::new(Operation::create(
+            "loan",
+            object! { "id" => 2, "book" => 99 },
+        ))])
+        .await
+        .expect_err("refused at the batch's commit");
+    assert!(
+        matches!(err, Error::Refused { .. }) && !err.is_transient(),
+        "deferred, in a batch: {err}"
+    );
 }
 
 /// 2,500 updates by key alike (more than one statement's rows), one of them refused by the
