@@ -223,6 +223,10 @@ fn field_type(def: &CollectionDef, field: &str) -> Result<(FieldType, bool)> {
         })
 }
 
+/// The most values a filter's `in` lists hold together: each is a parameter of one
+/// statement, and SQLite takes 32,766 (PostgreSQL 65,535), with room left for the others.
+pub const MAX_IN_VALUES: usize = 30_000;
+
 const NUL_REFUSED: &str = "holds a NUL character, which not every database can store";
 
 /// Whether a string or key anywhere in `json` holds a NUL character.
@@ -366,9 +370,22 @@ fn validate_pk(def: &CollectionDef, pk: &mut Pk) -> Result<()> {
 }
 
 fn validate_filter(def: &CollectionDef, filter: &mut Filter) -> Result<()> {
+    let mut in_values = 0;
     for condition in &mut filter.conditions {
         let (ty, _) = field_type(def, &condition.field)?;
         refuse_json(def, &condition.field, ty, "filtered on")?;
+        if let Predicate::In(values) = &condition.predicate {
+            in_values += values.len();
+            if in_values > MAX_IN_VALUES {
+                return Err(Error::invalid_operation(
+                    def.name(),
+                    format!(
+                        "a filter's `in` lists take at most {MAX_IN_VALUES} values in all \
+                         (each is one parameter of the statement): split the query"
+                    ),
+                ));
+            }
+        }
         let null_allowed = matches!(condition.predicate, Predicate::Eq(_) | Predicate::Ne(_));
         for value in condition.predicate.operands_mut() {
             if value.is_null() && !null_allowed {

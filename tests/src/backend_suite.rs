@@ -112,6 +112,7 @@ fn all_checks() -> Vec<(&'static str, Check)> {
         filter_gte,
         filter_in,
         filter_in_with_empty_list_matches_nothing,
+        filter_in_takes_up_to_its_limit_of_values,
         filter_eq_null_matches_null_fields,
         filter_ne_null_matches_set_fields,
         filter_conditions_combine_with_and,
@@ -811,6 +812,25 @@ async fn filter_in_with_empty_list_matches_nothing(s: Storage) {
         .await
         .expect("delete");
     assert_eq!(deleted, 0);
+}
+
+async fn filter_in_takes_up_to_its_limit_of_values(s: Storage) {
+    seed_numbers(&s).await;
+    // The most one statement takes (with the rest of the query), and one more.
+    let many: Vec<i64> = (1..=storex_core::MAX_IN_VALUES as i64).collect();
+    assert_eq!(
+        ids_where(&s, Filter::all().is_in("id", many.clone())).await,
+        vec![1, 2, 3, 4, 5]
+    );
+    let too_many = Filter::all().is_in("id", many).is_in("n", [10]);
+    let err = s
+        .find_many("item", Query::new(too_many))
+        .await
+        .expect_err("more than the limit");
+    assert!(
+        matches!(err, Error::InvalidOperation { .. }) && !err.is_transient(),
+        "{err}"
+    );
 }
 
 async fn filter_eq_null_matches_null_fields(s: Storage) {
