@@ -159,18 +159,9 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let (parts, body) = req.into_parts();
-        let bytes = match Bytes::from_request(Request::from_parts(parts.clone(), body), state).await
-        {
-            Ok(bytes) => bytes,
-            Err(rejection) => {
-                let status = rejection.status();
-                let code = match status {
-                    StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-                    _ => "invalid_request",
-                };
-                return Err(ApiError::new(status, code, rejection.body_text()));
-            }
-        };
+        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+            .await
+            .map_err(|r| body_rejection(r.status(), r.body_text()))?;
         if bytes.is_empty() {
             return Ok(OptionalJsonBody(None));
         }
@@ -181,7 +172,11 @@ where
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
-    let status = rejection.status();
+    body_rejection(rejection.status(), rejection.body_text())
+}
+
+/// The error for a request body axum refused with `status`, saying `text`.
+fn body_rejection(status: StatusCode, text: String) -> ApiError {
     let code = match status {
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
@@ -192,7 +187,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     } else {
         StatusCode::BAD_REQUEST
     };
-    ApiError::new(status, code, rejection.body_text())
+    ApiError::new(status, code, text)
 }
 
 /// Parses a device id from a path segment.
