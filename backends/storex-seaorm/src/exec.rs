@@ -130,6 +130,7 @@ pub(crate) async fn run<C: ConnectionTrait>(
     };
     let def = ctx.registry.collection(&collection)?;
     let err = |e: DbErr| ctx.db_err(&collection, e);
+    let unreadable = |e: DbErr| unreadable(&collection, e);
     match op {
         Operation::Create { object, .. } => {
             let pk = pk_of(def, &object)?;
@@ -173,14 +174,14 @@ pub(crate) async fn run<C: ConnectionTrait>(
             }
             stmt.returning(sql::returning_pk(def));
             let rows = conn.query_all(&stmt).await.map_err(err)?;
-            let pks = read_pks(&rows, def).map_err(err)?;
+            let pks = read_pks(&rows, def).map_err(unreadable)?;
             Ok(Outcome::UpdatedPks { pks })
         }
         Operation::DeleteWhereReturningPks { filter, .. } => {
             let mut stmt = sql::delete(def, sql::condition(def, &filter)?);
             stmt.returning(sql::returning_pk(def));
             let rows = conn.query_all(&stmt).await.map_err(err)?;
-            let pks = read_pks(&rows, def).map_err(err)?;
+            let pks = read_pks(&rows, def).map_err(unreadable)?;
             Ok(Outcome::DeletedPks { pks })
         }
         Operation::DeleteByPk { pk, .. } => {
@@ -205,7 +206,7 @@ pub(crate) async fn run<C: ConnectionTrait>(
             let object = row
                 .map(|row| read_object(&row, def))
                 .transpose()
-                .map_err(err)?;
+                .map_err(unreadable)?;
             Ok(Outcome::Found(object))
         }
         Operation::FindMany { query, .. } => {
@@ -217,7 +218,7 @@ pub(crate) async fn run<C: ConnectionTrait>(
                 .iter()
                 .map(|row| read_object(row, def))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(err)?;
+                .map_err(unreadable)?;
             Ok(Outcome::FoundMany(objects))
         }
         Operation::FindValues { query, fields, .. } => {
@@ -237,7 +238,7 @@ pub(crate) async fn run<C: ConnectionTrait>(
                 .iter()
                 .map(|row| read_values(row, &defs))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(err)?;
+                .map_err(unreadable)?;
             Ok(Outcome::FoundValues(values))
         }
         Operation::Count { filter, .. } => {
@@ -294,6 +295,16 @@ async fn keys_then_update<C: ConnectionTrait, S: StatementBuilder>(
         });
     }
     Ok(Some(pks))
+}
+
+/// The error for a row fetched from `collection` whose values do not read as its fields (an
+/// adopted table holding text in an integer column, say): the data, not the database, is at
+/// fault, so trying again does not help.
+fn unreadable(collection: &str, e: DbErr) -> Error {
+    Error::InvalidDefinition {
+        collection: collection.to_owned(),
+        problem: format!("a row of the table does not read as the collection's fields: {e}"),
+    }
 }
 
 fn read_pks(rows: &[QueryResult], def: &CollectionDef) -> Result<Vec<Pk>, DbErr> {

@@ -273,3 +273,42 @@ async fn postgres_reports_refused_writes_as_such() {
     ));
     refused_writes_are_not_transient(backend, &cases).await;
 }
+
+#[tokio::test]
+async fn a_row_that_does_not_read_as_its_fields_is_not_transient() {
+    use storex_core::Query;
+    let backend = SeaOrmBackend::connect("sqlite::memory:")
+        .await
+        .expect("connect");
+    // SQLite keeps what it is given: text in an adopted table's integer column.
+    backend
+        .connection()
+        .execute_unprepared(
+            "CREATE TABLE tally (id TEXT NOT NULL PRIMARY KEY, n INTEGER NOT NULL); \
+             INSERT INTO tally VALUES ('a', 'not a number')",
+        )
+        .await
+        .expect("the app's table");
+    let registry = Registry::builder()
+        .collection(
+            CollectionDef::new("tally")
+                .field("id", FieldType::Text)
+                .field("n", FieldType::Int)
+                .primary_key(["id"]),
+        )
+        .build()
+        .expect("registry");
+    let storage = Storage::builder(registry, backend)
+        .build()
+        .await
+        .expect("adopt");
+    let err = storage
+        .find_many("tally", Query::default())
+        .await
+        .expect_err("the row does not read");
+    assert!(
+        matches!(&err, Error::InvalidDefinition { collection, .. } if collection == "tally")
+            && !err.is_transient(),
+        "{err}"
+    );
+}
