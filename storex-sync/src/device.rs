@@ -224,11 +224,8 @@ impl SyncDevice {
         let registry = self.storage.registry().clone();
         self.log.index_journal_holding_order().await?;
         let mut logged = 0;
-        let synced = self.synced_collections();
-        for def in registry.collections() {
-            if !synced.contains(&def.name()) || !wanted(def.name()) {
-                continue;
-            }
+        for name in self.synced_collections().into_iter().filter(|n| wanted(n)) {
+            let def = registry.collection(name)?;
             let rows = self.storage.find_many(def.name(), Query::default()).await?;
             for chunk in rows.chunks(LOOKUP_CHUNK) {
                 let keys: Vec<ObjectKey> = chunk

@@ -24,10 +24,11 @@
 //! A pull page holds at most the entries asked for (and at most 100,000) and about 8 MiB of
 //! payload (entries that start below the budget; a bigger single entry still comes alone),
 //! with `more` set when it was cut. A stored counter, position or cursor that is negative
-//! (damaged tables) is reported as an error, never taken for 0. An ack beyond the user's counter is kept at the counter, and compaction never goes
-//! past it, so a confused or hostile device cannot make later entries vanish. A pull re-reads
-//! the compaction mark after its query and answers `CursorCompacted` rather than a page with a
-//! hole. Entry ids are unique per user.
+//! (damaged tables) is reported as an error, never taken for 0. An ack beyond the user's
+//! counter is kept at the counter, and compaction never goes past it, so a confused or
+//! hostile device cannot make later entries vanish. A pull re-reads the compaction mark
+//! after its query and answers `CursorCompacted` rather than a page with a hole. Entry ids
+//! are unique per user.
 
 mod log;
 

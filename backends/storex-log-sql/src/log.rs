@@ -608,9 +608,7 @@ impl SharedSyncLog for SqlSharedLog {
             let more = rows.len() > limit || last_running >= budget;
             let next_cursor = match (more, entries.last()) {
                 (true, Some(last)) => last.cursor,
-                // Nothing taken (a limit of 0): the cursor stays.
-                (true, None) => after,
-                (false, _) => Ord::max(high, after),
+                _ => Ord::max(high, after),
             };
             // A compaction that committed meanwhile may have removed part of this page.
             let (_, compacted) = self.counters(&self.db, &user).await?;

@@ -3,14 +3,15 @@
 //! WebRTC data channel (fast sync) and the new device continues with continuous sync from the
 //! sender's shared-log cursor, so nothing written meanwhile is lost.
 //!
-//! The codes are base64 text (QR-code ready). The channel is peer to peer with host candidates
-//! only (no STUN server, no relay): both devices must reach each other directly, e.g. on the
-//! same network. Each code carries the one local address its device offers: 127.0.0.1 by
-//! default, which pairs two apps on one machine only; between devices, give each its address
-//! on the network they share ([`SyncedStorage::offer_pairing_with`],
-//! [`SyncedStorage::accept_pairing_with`], [`WebRtcOptions::with_bind`]). The app's settings (the device id and its credentials) never leave the
-//! sender; other local-only collections travel (it is a move of the whole database) unless the
-//! options' collection list leaves them out.
+//! The codes are base64 text (QR-code ready). The channel is peer to peer with host
+//! candidates only (no STUN server, no relay): both devices must reach each other directly,
+//! e.g. on the same network. Each code carries the one local address its device offers:
+//! 127.0.0.1 by default, which pairs two apps on one machine only; between devices, give
+//! each its address on the network they share ([`SyncedStorage::offer_pairing_with`],
+//! [`SyncedStorage::accept_pairing_with`], [`WebRtcOptions::with_bind`]). The app's
+//! settings (the device id and its credentials) never leave the sender; other local-only
+//! collections travel (it is a move of the whole database) unless the options' collection
+//! list leaves them out.
 //!
 //! ```no_run
 //! # async fn demo(old: storex_app::SyncedStorage, new: storex_app::SyncedStorage) -> storex_app::Result<()> {

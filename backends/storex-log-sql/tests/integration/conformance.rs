@@ -101,10 +101,8 @@ mod postgres {
     }
 }
 
-#[tokio::test]
-async fn a_page_of_big_entries_is_cut_by_bytes() {
-    use storex_core::uuid::Uuid;
-    use storex_sync::SharedEntry;
+/// A log in memory with two devices of one user.
+async fn log_with_two_devices() -> (SqlSharedLog, storex_sync::DeviceId, storex_sync::DeviceId) {
     let log = SqlSharedLog::connect("sqlite::memory:")
         .await
         .expect("connect");
@@ -112,6 +110,14 @@ async fn a_page_of_big_entries_is_cut_by_bytes() {
         log.create_device("ann").await.expect("device"),
         log.create_device("ann").await.expect("device"),
     );
+    (log, a, b)
+}
+
+#[tokio::test]
+async fn a_page_of_big_entries_is_cut_by_bytes() {
+    use storex_core::uuid::Uuid;
+    use storex_sync::SharedEntry;
+    let (log, a, b) = log_with_two_devices().await;
     let big: Vec<SharedEntry> = (0..5u8)
         .map(|i| SharedEntry {
             id: Uuid::now_v7(),
@@ -175,13 +181,7 @@ async fn a_log_created_when_entry_ids_were_unique_across_users_takes_one_id_from
 #[tokio::test]
 async fn damaged_counters_are_reported_not_wrapped() {
     use sea_orm::ConnectionTrait;
-    let log = SqlSharedLog::connect("sqlite::memory:")
-        .await
-        .expect("connect");
-    let (a, b) = (
-        log.create_device("ann").await.expect("device"),
-        log.create_device("ann").await.expect("device"),
-    );
+    let (log, a, b) = log_with_two_devices().await;
     log.push(a, vec![small_entry(a)]).await.expect("push");
     log.connection()
         .execute_unprepared(r#"UPDATE "storex_shared_users" SET "next_cursor" = -5"#)
