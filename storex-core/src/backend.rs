@@ -130,6 +130,16 @@ pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
     fn begin_snapshot(&self) -> BoxFuture<'_, Result<Box<dyn Transaction>>> {
         self.begin()
     }
+
+    /// Starts a transaction that applies changes other devices made (a sync engine's) while
+    /// the app may have transactions of its own open: a write of it that meets data such a
+    /// transaction changed fails with a transient error (the work is tried again later)
+    /// rather than overwrite that change, which it could not see, once it commits; and a
+    /// wait for another transaction's lock is bounded. The default is
+    /// [`StorageBackend::begin`], right for backends whose writers take turns.
+    fn begin_isolated(&self) -> BoxFuture<'_, Result<Box<dyn Transaction>>> {
+        self.begin()
+    }
 }
 
 /// An open transaction. Dropping it without [`Transaction::commit`] rolls it back.

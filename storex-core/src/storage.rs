@@ -175,6 +175,17 @@ impl Storage {
         })
     }
 
+    /// Opens a transaction for applying other devices' changes while the app's own
+    /// transactions may be open (see [`StorageBackend::begin_isolated`]).
+    pub async fn begin_isolated(&self) -> Result<StorageTransaction> {
+        self.supports_transactions()?;
+        let tx = self.inner.backend.begin_isolated().await?;
+        Ok(StorageTransaction {
+            storage: self.clone(),
+            tx,
+        })
+    }
+
     fn supports_transactions(&self) -> Result<()> {
         let backend = &self.inner.backend;
         if backend.features().transactions {

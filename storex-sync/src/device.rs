@@ -365,7 +365,10 @@ impl SyncDevice {
         extra: Vec<BatchStep>,
         stored: bool,
     ) -> Result<Attempt> {
-        let tx = self.storage.begin().await?;
+        // Isolated from the app's transactions still open: a write of one that this
+        // transaction cannot see is not overwritten (on PostgreSQL this attempt fails instead,
+        // and the entries are tried again on the next sync).
+        let tx = self.storage.begin_isolated().await?;
         let exec = Exec::Transaction(&tx);
         // Reconciling compares with this device's own entries: all of them.
         index_journal(exec, self.storage.registry()).await?;

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    AccessMode, ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, IsolationLevel, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    AccessMode, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
+    DbBackend, DbErr, IsolationLevel, SqliteTransactionMode, Statement, TransactionOptions,
+    TransactionTrait,
 };
 use storex_core::{
     BackendFeatures, BoxFuture, Operation, Outcome, Registry, Result as CoreResult, StorageBackend,
@@ -26,6 +27,10 @@ use crate::schema;
 
 /// How long a SQLite writer waits for another one to finish.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a PostgreSQL transaction applying other devices' changes waits for a row lock
+/// (as long as a SQLite writer waits for its turn).
+const LOCK_TIMEOUT: Duration = SQLITE_BUSY_TIMEOUT;
 
 /// How many result rows SQLite's connection thread may read ahead of the caller. sqlx's
 /// default (50) makes it stop and wait for the caller every few rows of a large result,
@@ -171,6 +176,34 @@ impl Shared {
             Dialect::Sqlite => self.db.begin().await.map_err(|e| self.db_err(e)),
         }
     }
+
+    /// A transaction that applies other devices' changes: on PostgreSQL at REPEATABLE READ,
+    /// so that a write to a row another transaction changed and committed after this one's
+    /// first read fails (a serialization failure, transient) instead of overwriting a change
+    /// it did not see; and with a lock timeout, so that it does not wait without end for a
+    /// transaction that waits for it in turn (an app's, whose next write waits for sync to
+    /// finish). On SQLite writers take turns: a write transaction, as [`Shared::begin`].
+    async fn begin_isolated(&self) -> CoreResult<DatabaseTransaction> {
+        match self.dialect {
+            Dialect::Postgres => {
+                let options = TransactionOptions {
+                    isolation_level: Some(IsolationLevel::RepeatableRead),
+                    ..TransactionOptions::default()
+                };
+                let txn = self
+                    .db
+                    .begin_with_options(options)
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                let timeout = format!("SET LOCAL lock_timeout = {}", LOCK_TIMEOUT.as_millis());
+                txn.execute_raw(Statement::from_string(DbBackend::Postgres, timeout))
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                Ok(txn)
+            }
+            Dialect::Sqlite => self.begin().await,
+        }
+    }
 }
 
 /// A storex backend on SQLite or PostgreSQL through SeaORM. Clones share one pool.
@@ -298,6 +331,13 @@ impl StorageBackend for SeaOrmBackend {
     fn begin_snapshot(&self) -> BoxFuture<'_, CoreResult<Box<dyn Transaction>>> {
         Box::pin(async move {
             let txn = self.shared.begin_snapshot().await?;
+            Ok(self.transaction(txn))
+        })
+    }
+
+    fn begin_isolated(&self) -> BoxFuture<'_, CoreResult<Box<dyn Transaction>>> {
+        Box::pin(async move {
+            let txn = self.shared.begin_isolated().await?;
             Ok(self.transaction(txn))
         })
     }

@@ -358,7 +358,8 @@ async fn apply_batch_in_order(
 ) -> Result<()> {
     let storage = device.storage();
     let def = storage.registry().collection(collection)?.clone();
-    let tx = storage.begin().await?;
+    // Isolated from the app's transactions still open (see `SyncDevice::integrate`).
+    let tx = storage.begin_isolated().await?;
     if state.merge {
         index_journal(Exec::Transaction(&tx), storage.registry()).await?;
     }

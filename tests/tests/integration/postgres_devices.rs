@@ -137,3 +137,113 @@ async fn devices_on_postgresql_sync_runs_of_keys_and_fold_what_they_push() {
         assert!(log.is_empty().await.expect("log"), "folded as pushed");
     }
 }
+
+/// The title of item `pk` on `device`.
+async fn title(device: &ContinuousSync, pk: &Pk) -> Option<storex_core::Value> {
+    let storage = device.device().storage();
+    let item = storage.find_by_pk("item", pk.clone()).await.expect("find");
+    item.and_then(|item| item.get("title").cloned())
+}
+
+#[tokio::test]
+async fn a_received_change_does_not_overwrite_a_later_write_of_a_transaction_still_open() {
+    let Some(server) = storex_test::postgres_url() else {
+        return;
+    };
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let a = Arc::new(device(&server, &log).await);
+    let b = device(&server, &log).await;
+    let pk = create_items(&a, "shared", 1).await.remove(0);
+    a.sync_once().await.expect("a syncs");
+    b.sync_once().await.expect("b syncs");
+
+    // B renames the item first and publishes it.
+    let storage = b.device().storage();
+    let earlier = object! { "title" => "b's earlier" };
+    storage
+        .update_by_pk("item", pk.clone(), earlier)
+        .await
+        .expect("b renames");
+    b.sync_once().await.expect("b pushes");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    // Later, the app on A renames it too, in a transaction of its own it has not committed
+    // yet; meanwhile A's sync receives B's older change, and must wait for the row.
+    let tx = a.device().storage().begin().await.expect("begin");
+    let later = Operation::update_by_pk("item", pk.clone(), object! { "title" => "a's later" });
+    tx.execute(later).await.expect("a renames");
+    let syncing = tokio::spawn({
+        let a = a.clone();
+        async move { a.sync_once().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    tx.commit().await.expect("a commits");
+    // The sync that met the open transaction may fail (it is tried again); none may apply
+    // B's change over A's later one.
+    let first = syncing.await.expect("task");
+    if let Err(e) = &first {
+        assert!(e.is_transient(), "{e}");
+    }
+    for _ in 0..2 {
+        a.sync_once().await.expect("a syncs");
+        b.sync_once().await.expect("b syncs");
+    }
+    let expected = Some("a's later".into());
+    assert_eq!(
+        title(&a, &pk).await,
+        expected,
+        "on a (the first sync: {first:?})"
+    );
+    assert_eq!(title(&b, &pk).await, expected, "on b");
+    same(&a, &b).await;
+}
+
+#[tokio::test]
+async fn a_sync_waiting_for_an_open_transaction_gives_up_rather_than_hold_back_other_writes() {
+    let Some(server) = storex_test::postgres_url() else {
+        return;
+    };
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let a = Arc::new(device(&server, &log).await);
+    let b = device(&server, &log).await;
+    let pks = create_items(&a, "shared", 2).await;
+    a.sync_once().await.expect("a syncs");
+    b.sync_once().await.expect("b syncs");
+    let storage = b.device().storage();
+    let earlier = object! { "title" => "b's earlier" };
+    storage
+        .update_by_pk("item", pks[0].clone(), earlier)
+        .await
+        .expect("b renames");
+    b.sync_once().await.expect("b pushes");
+    // The app's transaction changes the item and sync waits for its row, holding the
+    // device's other writes back; the app commits only once a write of its own outside the
+    // transaction is done. Sync must give up waiting (as a SQLite writer waits at most its
+    // busy timeout), or neither would ever finish.
+    let tx = a.device().storage().begin().await.expect("begin");
+    let later = object! { "title" => "a's later" };
+    let rename = Operation::update_by_pk("item", pks[0].clone(), later.clone());
+    tx.execute(rename).await.expect("a renames");
+    let syncing = tokio::spawn({
+        let a = a.clone();
+        async move { a.sync_once().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let storage = a.device().storage();
+    let other = storage.update_by_pk("item", pks[1].clone(), later);
+    let other = tokio::time::timeout(std::time::Duration::from_secs(60), other).await;
+    other
+        .expect("the other write is not stuck")
+        .expect("a renames another");
+    tx.commit().await.expect("a commits");
+    let first = syncing.await.expect("task");
+    let problem = first.expect_err("the sync that waited gave up");
+    assert!(problem.is_transient(), "{problem}");
+    for _ in 0..2 {
+        a.sync_once().await.expect("a syncs");
+        b.sync_once().await.expect("b syncs");
+    }
+    for pk in &pks {
+        assert_eq!(title(&a, pk).await, Some("a's later".into()));
+    }
+    same(&a, &b).await;
+}
