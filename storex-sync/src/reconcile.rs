@@ -26,7 +26,7 @@ use std::hash::BuildHasher;
 use storex_core::uuid::Uuid;
 use storex_core::{CollectionDef, FieldType, Object, Operation, Pk, Registry, Value};
 
-use crate::entry::{pk_text, EntryOp, LogEntry};
+use crate::entry::{pk_text, EntryOp, LogEntry, INTERNAL_COLLECTIONS};
 use crate::hlc::{DeviceId, Hlc};
 use crate::versions::Versions;
 
@@ -53,6 +53,9 @@ pub struct KnownObject {
 pub enum HoldReason {
     /// This device has no such collection.
     UnknownCollection,
+    /// The collection is sync's own bookkeeping (its log, versions, state), which no change
+    /// from another device may write.
+    SyncCollection,
     /// The entry was written by a newer schema than this device knows; it is applied after
     /// the app upgrades.
     NewerSchema {
@@ -91,6 +94,12 @@ impl std::fmt::Display for HoldReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             HoldReason::UnknownCollection => write!(f, "unknown collection"),
+            HoldReason::SyncCollection => {
+                write!(
+                    f,
+                    "a collection of sync's own, which other devices do not write"
+                )
+            }
             HoldReason::NewerSchema { entry, local } => {
                 write!(
                     f,
@@ -142,6 +151,9 @@ pub struct Reconciliation {
 
 /// Checks an incoming entry against the local schema.
 pub(crate) fn admit(registry: &Registry, entry: &LogEntry) -> Result<(), HoldReason> {
+    if INTERNAL_COLLECTIONS.contains(&entry.collection.as_str()) {
+        return Err(HoldReason::SyncCollection);
+    }
     let Ok(def) = registry.collection(&entry.collection) else {
         return Err(HoldReason::UnknownCollection);
     };

@@ -15,7 +15,7 @@ use storex_core::{
 use crate::client_log::{known_objects, Exec};
 use crate::device::SyncDevice;
 use crate::entry::{
-    pk_text, StoredEntry, INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION,
+    pk_text, LogEntry, StoredEntry, INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION,
     TRANSFER_COLLECTION,
 };
 use crate::error::Result;
@@ -395,6 +395,7 @@ async fn apply_batch_in_order(
             let entry = StoredEntry::from_object(&object).map_err(|e| {
                 FastSyncError::Protocol(format!("a log entry that does not read back: {e}"))
             })?;
+            not_sync_own(&entry.entry)?;
             device
                 .clock()
                 .observe(entry.entry.hlc)
@@ -573,6 +574,9 @@ async fn apply_versions_batch(
         if registry.collection(&key.0).is_err() {
             return Err(bad(format!("an object of unknown collection `{}`", key.0)).into());
         }
+        if INTERNAL_COLLECTIONS.contains(&key.0.as_str()) {
+            return Err(bad(format!("an object of sync's own collection `{}`", key.0)).into());
+        }
         // Like the log's timestamps: the clock moves past them, or the session ends.
         if let Some(latest) = latest {
             device
@@ -641,9 +645,27 @@ async fn merge_log_batch(
         .iter()
         .map(|row| StoredEntry::from_object(row).map(|stored| stored.entry))
         .collect::<Result<Vec<_>>>()?;
+    for entry in &entries {
+        not_sync_own(entry)?;
+    }
     device
         .integrate_with(entries, vec![progress_step(session, state, first)])
         .await?;
+    Ok(())
+}
+
+/// Refuses a log entry of the sender's that changes sync's own collections: no device's
+/// entries do, so the sender is broken (or hostile); its state is this device's own.
+fn not_sync_own(entry: &LogEntry) -> std::result::Result<(), FastSyncError> {
+    if INTERNAL_COLLECTIONS.contains(&entry.collection.as_str()) {
+        return Err(FastSyncError::Verification {
+            collection: LOG_COLLECTION.to_owned(),
+            problem: format!(
+                "an entry for sync's own collection `{}`, which no device logs",
+                entry.collection
+            ),
+        });
+    }
     Ok(())
 }
 

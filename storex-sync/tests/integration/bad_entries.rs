@@ -218,6 +218,29 @@ async fn entries_with_a_bad_key_or_without_a_required_field_are_held() {
     );
 }
 
+#[tokio::test]
+async fn an_entry_for_syncs_own_collections_is_held_and_changes_nothing() {
+    let here = device().await;
+    let cursor = object! { "key" => "cursor", "value" => 1_000_000 };
+    let theirs = remote(STATE_COLLECTION, Pk::from("cursor"), cursor);
+    let report = here
+        .integrate(vec![theirs.clone(), note(1)])
+        .await
+        .expect("not blocked");
+    assert_eq!(report.integrated, 1, "{report:?}");
+    assert_eq!(
+        report.held,
+        vec![(theirs.id, HoldReason::SyncCollection)],
+        "{report:?}"
+    );
+    let state = here
+        .storage()
+        .count(STATE_COLLECTION, Filter::all().eq("key", "cursor"))
+        .await
+        .expect("count");
+    assert_eq!(state, 0, "sync's state is this device's own");
+}
+
 /// A memory backend whose disk fails while armed: every batch in a transaction fails as a
 /// database failure would (transient), at its first step.
 #[derive(Debug, Default)]

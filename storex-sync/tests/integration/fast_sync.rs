@@ -1113,7 +1113,17 @@ async fn log_entries_that_do_not_read_back_or_come_from_far_ahead_end_the_sessio
     unreadable.insert("hlc".into(), Value::from("zzzz"));
     let mut far_ahead = row.clone();
     far_ahead.insert("hlc".into(), Value::from("999999999999999-0000000000"));
-    for (what, bad) in [("unreadable", unreadable), ("far ahead", far_ahead)] {
+    let mut sync_own = row.clone();
+    sync_own.insert(
+        "collection".into(),
+        Value::from(storex_sync::STATE_COLLECTION),
+    );
+    let cases = [
+        ("unreadable", unreadable),
+        ("far ahead", far_ahead),
+        ("of sync's own", sync_own),
+    ];
+    for (what, bad) in cases {
         let new = fx.device(&format!("new {what}"), DeviceId::random()).await;
         let (mut a, mut b) = memory_channel_pair(8);
         let options = FastSyncOptions::default();
@@ -1575,25 +1585,39 @@ async fn the_same_object_twice_in_a_batch_of_versions_ends_the_session() {
                 .is_some_and(|id| id.starts_with("note"))
         })
         .expect("the note's versions");
-    let new = fx.device("new", DeviceId::random()).await;
-    let (mut a, mut b) = memory_channel_pair(8);
-    let script = vec![Package::Batch {
-        seq: 1,
-        collection: storex_sync::VERSIONS_COLLECTION.into(),
-        objects: EncodedObjects::encode(&[row.clone(), row]),
-    }];
-    let options = FastSyncOptions::default();
-    let collections = vec![info(storex_sync::VERSIONS_COLLECTION, 2)];
-    let (_, received) = tokio::join!(
-        scripted_sender(&mut a, collections, script),
-        receive_snapshot(&new, &mut b, &options)
-    );
-    let err = received.expect_err("refused");
-    assert!(
-        matches!(&err, Error::FastSync(FastSyncError::Protocol(p)) if p.contains("twice")),
-        "{err:?}"
-    );
-    assert!(versions_rows(&new).await.is_empty(), "nothing kept");
+    // The same row under an object of sync's own state: no device has versions of those.
+    let mut sync_own = row.clone();
+    let id = row
+        .get("object")
+        .and_then(Value::as_text)
+        .unwrap_or_default();
+    let renamed = id.replacen("note", storex_sync::STATE_COLLECTION, 1);
+    sync_own.insert("object".into(), Value::from(renamed));
+    let cases = [
+        ("twice", vec![row.clone(), row]),
+        ("sync's own", vec![sync_own]),
+    ];
+    for (problem, rows) in cases {
+        let new = fx.device(problem, DeviceId::random()).await;
+        let (mut a, mut b) = memory_channel_pair(8);
+        let script = vec![Package::Batch {
+            seq: 1,
+            collection: storex_sync::VERSIONS_COLLECTION.into(),
+            objects: EncodedObjects::encode(&rows),
+        }];
+        let options = FastSyncOptions::default();
+        let collections = vec![info(storex_sync::VERSIONS_COLLECTION, rows.len() as u64)];
+        let (_, received) = tokio::join!(
+            scripted_sender(&mut a, collections, script),
+            receive_snapshot(&new, &mut b, &options)
+        );
+        let err = received.expect_err("refused");
+        assert!(
+            matches!(&err, Error::FastSync(FastSyncError::Protocol(p)) if p.contains(problem)),
+            "{err:?}"
+        );
+        assert!(versions_rows(&new).await.is_empty(), "nothing kept");
+    }
 }
 
 /// A fresh receiver stores a batch of versions with puts: versions integration stored
