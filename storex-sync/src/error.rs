@@ -59,11 +59,18 @@ pub enum Error {
 }
 
 impl Error {
-    /// True when retrying later may succeed (storage failures of the transient kind).
+    /// True when retrying later may succeed: storage and shared-log failures of the transient
+    /// kind, and a fast-sync session whose channel closed, failed or stalled (it resumes
+    /// where it broke off: `SnapshotSender::send` again, on a new channel).
     pub fn is_transient(&self) -> bool {
+        use crate::fast_sync::{ChannelError, FastSyncError};
         match self {
             Error::Storage(e) => e.is_transient(),
             Error::SharedLog(e) => e.is_transient(),
+            Error::FastSync(
+                FastSyncError::Channel(ChannelError::Closed | ChannelError::Transport(_))
+                | FastSyncError::Stalled(_),
+            ) => true,
             _ => false,
         }
     }

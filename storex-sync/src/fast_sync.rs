@@ -110,8 +110,9 @@ pub struct Progress {
     pub collection: String,
     /// Objects of it transferred so far.
     pub objects_done: u64,
-    /// Objects it has in all (as counted at the start; for sync's versions index, at most
-    /// this many: the sender's log entries are folded into its objects' versions).
+    /// Objects it has in all, as counted at the start. Fewer may travel (a filter leaves
+    /// some out; the sender's log entries are folded into its objects' versions): then the
+    /// collection's last event gives the number that did as both done and total.
     pub objects_total: u64,
     /// Bytes transferred so far in the whole session.
     pub bytes_done: u64,
@@ -474,7 +475,7 @@ async fn cancel_here(
 /// refuses, or a package it cannot take): tells the peer why, if it still listens, so that
 /// the other device reports the cause rather than a closed channel or a stall; returns
 /// `error`. A refusal is told as its problem. Not for failures the peer knows of already or
-/// that leave nothing to tell it through: a broken channel, a stall, a cancel.
+/// that leave nothing to tell it through: a closed or failed channel, a stall, a cancel.
 async fn tell_peer(
     channel: &mut dyn FastSyncChannel,
     options: &FastSyncOptions,
@@ -482,8 +483,13 @@ async fn tell_peer(
     error: crate::Error,
 ) -> crate::Error {
     let reason = match &error {
+        // A frame this side cannot take (garbage, too large, another protocol version)
+        // leaves a channel the reason can still go through: a peer of another version
+        // cannot read it either, and reports the versions.
         crate::Error::FastSync(
-            FastSyncError::Channel(_) | FastSyncError::Stalled(_) | FastSyncError::Cancelled { .. },
+            FastSyncError::Channel(ChannelError::Closed | ChannelError::Transport(_))
+            | FastSyncError::Stalled(_)
+            | FastSyncError::Cancelled { .. },
         ) => return error,
         crate::Error::FastSync(FastSyncError::Verification { problem, .. }) => problem.clone(),
         other => format!(
@@ -495,8 +501,16 @@ async fn tell_peer(
     error
 }
 
-/// Holds the transfer while `options.pause` is set: tells the peer (again every third of the
-/// stall timeout, so it does not take the pause for a stall), waits, then tells it to go on.
+/// How often a side that sends nothing for a while (paused, or reading past what it need
+/// not send) shows the peer it is still there: every third of its stall timeout, and at
+/// least every second, since the peer's own timeout may be the shorter.
+pub(crate) fn sign_of_life_interval(options: &FastSyncOptions) -> Duration {
+    (options.stall_timeout / 3).min(Duration::from_secs(1))
+}
+
+/// Holds the transfer while `options.pause` is set: tells the peer (again at every
+/// [`sign_of_life_interval`], so it does not take the pause for a stall), waits, then tells
+/// it to go on.
 ///
 /// What the peer sends meanwhile is read and kept in `kept`, in order, for after the pause: a
 /// side that stopped reading would leave the peer's send waiting on a full channel, which
@@ -519,7 +533,7 @@ async fn honour_pause(
         Received(Result<Option<Package>, ChannelError>),
     }
     // Repeated while paused, so the peer tells a pause from a vanished device.
-    let heartbeat = options.stall_timeout / 3;
+    let heartbeat = sign_of_life_interval(options);
     loop {
         send_package(channel, options, Package::Pause).await?;
         let next_heartbeat = tokio::time::sleep(heartbeat);

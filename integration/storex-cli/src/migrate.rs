@@ -41,6 +41,8 @@ fn options(bar: &ProgressBar) -> FastSyncOptions {
     FastSyncOptions::default().with_progress(Arc::new(move |p: &Progress| {
         if bar.message() != p.collection {
             bar.set_message(p.collection.clone());
+        }
+        if bar.length() != Some(p.objects_total) {
             bar.set_length(p.objects_total);
         }
         bar.set_position(p.objects_done);

@@ -75,6 +75,13 @@ pub struct MemoryChannel {
 }
 
 /// Two connected in-memory channel ends, each buffering up to `capacity` frames.
+///
+/// A sender reads acknowledgements only once its window of batches is full, so `capacity`
+/// must be at least the window of the sessions run over it ([`FastSyncOptions::window`], 4
+/// by default): with less, the receiver can wait to send an acknowledgement while the sender
+/// waits to send a batch, and both end as stalled.
+///
+/// [`FastSyncOptions::window`]: crate::fast_sync::FastSyncOptions::window
 pub fn memory_channel_pair(capacity: usize) -> (MemoryChannel, MemoryChannel) {
     let (a_tx, b_rx) = mpsc::channel(capacity.max(1));
     let (b_tx, a_rx) = mpsc::channel(capacity.max(1));

@@ -299,6 +299,21 @@ async fn receive_offered(
                 if let Some(problem) = problem {
                     return Err(refused(&collection, problem));
                 }
+                // Fewer than the sender counted at the start (its filter left some out, or
+                // its log entries were folded into versions): a bar ends full.
+                let counted = collections.iter().find(|c| c.name == collection);
+                if let Some(progress) = options
+                    .progress
+                    .as_ref()
+                    .filter(|_| counted.is_some_and(|c| c.objects != objects))
+                {
+                    progress(&Progress {
+                        collection: collection.clone(),
+                        objects_done: objects,
+                        objects_total: objects,
+                        bytes_done: report.bytes,
+                    });
+                }
                 verified.insert(collection);
             }
             Package::Finish => {

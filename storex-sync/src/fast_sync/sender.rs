@@ -15,8 +15,8 @@ use crate::fast_sync::package::{CollectionInfo, Package, MAX_BATCH_OBJECTS};
 use crate::fast_sync::sent_versions::VersionsPager;
 use crate::fast_sync::{
     cancel_here, chain_checksum, encode_object, honour_pause, next_kept_or_package, next_package,
-    page_limit, send_package, tell_peer, EncodedObjects, FastSyncChannel, FastSyncError,
-    FastSyncOptions, Progress, TransferReport,
+    page_limit, send_package, sign_of_life_interval, tell_peer, EncodedObjects, FastSyncChannel,
+    FastSyncError, FastSyncOptions, Progress, TransferReport,
 };
 use crate::journal::JOURNAL_COLLECTION;
 use crate::versions::VERSIONS_COLLECTION;
@@ -280,6 +280,7 @@ impl SnapshotSender {
             skip_until: resume_after.unwrap_or(0),
             unacked: VecDeque::new(),
             kept: VecDeque::new(),
+            last_sent: Instant::now(),
             report: TransferReport {
                 resumed_after: resume_after,
                 cursor: self.cursor,
@@ -357,6 +358,7 @@ impl SnapshotSender {
                 if last_page {
                     break;
                 }
+                self.show_life(channel, &mut run).await?;
                 if let Some(average) = page_bytes.checked_div(page_objects) {
                     limit = page_limit(PAGE_BYTES, average, PAGE);
                 }
@@ -365,16 +367,32 @@ impl SnapshotSender {
                 self.emit(channel, &info, batch, &mut collection, &mut run)
                     .await?;
             }
+            let sent = collection.objects;
             send_package(
                 channel,
                 &self.options,
                 Package::CollectionDone {
                     collection: info.name.clone(),
-                    objects: collection.objects,
+                    objects: sent,
                     checksum: collection.checksum,
                 },
             )
             .await?;
+            // Fewer than counted at the start (the filter left some out, or log entries
+            // were folded into versions): the total is what was sent, so a bar ends full.
+            if let Some(progress) = self
+                .options
+                .progress
+                .as_ref()
+                .filter(|_| sent != info.objects)
+            {
+                progress(&Progress {
+                    collection: info.name.clone(),
+                    objects_done: sent,
+                    objects_total: sent,
+                    bytes_done: run.report.bytes,
+                });
+            }
         }
         send_package(channel, &self.options, Package::Finish).await?;
         while !run.unacked.is_empty() {
@@ -406,7 +424,8 @@ impl SnapshotSender {
         collection.checksum = chain_checksum(&collection.checksum, &objects);
         collection.objects += objects.len() as u64;
         if run.seq <= run.skip_until {
-            return Ok(()); // applied before the interruption
+            // Applied before the interruption: read again for the checksum, not sent.
+            return self.show_life(channel, run).await;
         }
         honour_pause(channel, &self.options, "sending", &mut run.kept).await?;
         if self.options.cancel.is_cancelled() {
@@ -428,6 +447,7 @@ impl SnapshotSender {
         )
         .await?;
         run.unacked.push_back(run.seq);
+        run.last_sent = Instant::now();
         run.report.batches += 1;
         run.report.objects += count;
         run.report.bytes += bytes;
@@ -438,6 +458,17 @@ impl SnapshotSender {
                 objects_total: info.objects,
                 bytes_done: run.report.bytes,
             });
+        }
+        Ok(())
+    }
+
+    /// Sends the peer a sign of life (a `Resume`, which it takes as nothing more) when this
+    /// side has sent nothing for a while: reading again what a resumed session skips, or
+    /// objects the filter leaves out, may take longer than the peer waits for a package.
+    async fn show_life(&self, channel: &mut dyn FastSyncChannel, run: &mut Run) -> Result<()> {
+        if run.last_sent.elapsed() >= sign_of_life_interval(&self.options) {
+            send_package(channel, &self.options, Package::Resume).await?;
+            run.last_sent = Instant::now();
         }
         Ok(())
     }
@@ -509,6 +540,8 @@ struct Run {
     unacked: VecDeque<u64>,
     /// What the receiver sent while this side paused, in order.
     kept: VecDeque<Package>,
+    /// When this side last sent a batch or a sign of life.
+    last_sent: Instant,
     report: TransferReport,
 }
 

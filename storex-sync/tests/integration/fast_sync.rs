@@ -314,6 +314,12 @@ async fn a_transfer_cut_at_any_point_resumes_and_completes() {
             first_send.is_err() && first_receive.is_err(),
             "cut {cut}: the first run breaks off"
         );
+        for error in [first_send.err(), first_receive.err()]
+            .into_iter()
+            .flatten()
+        {
+            assert!(error.is_transient(), "cut {cut}: resumable, {error:?}");
+        }
         let partial = new
             .storage()
             .count("note", Filter::all())
@@ -346,6 +352,54 @@ async fn a_transfer_cut_at_any_point_resumes_and_completes() {
     }
 }
 
+// Two threads: the sender's filter blocks its thread, the receiver's clock runs on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_sender_reading_long_before_it_sends_again_is_not_taken_for_stalled() {
+    let fx = Fixture::new();
+    let (old, new) = (
+        fx.device("old", DeviceId::random()).await,
+        fx.device("new", DeviceId::random()).await,
+    );
+    fill(&old, 2_000).await;
+    // A slow filter: reading the notes again, past the batches applied before the cut, takes
+    // over 2 s without a batch to send, longer than the receiver waits for a package.
+    let slow = |_: &str, _: &storex_core::Object| {
+        std::thread::sleep(Duration::from_millis(2));
+        true
+    };
+    let sending = small_batches().with_filter(Arc::new(slow));
+    let receiving = small_batches().with_stall_timeout(Duration::from_millis(1_500));
+    let mut sender = SnapshotSender::open(&old, sending).await.expect("snapshot");
+    let new = Arc::new(new);
+    let receive = |mut channel: MemoryChannel| {
+        let (new, receiving) = (new.clone(), receiving.clone());
+        tokio::spawn(async move { receive_snapshot(&new, &mut channel, &receiving).await })
+    };
+    let (a, b) = memory_channel_pair(4);
+    let mut a = Dropping {
+        inner: Some(a),
+        left: 58,
+    };
+    let receiving_first = receive(b);
+    let first_send = sender.send(&mut a).await;
+    let first_receive = receiving_first.await.expect("task");
+    assert!(first_send.is_err() && first_receive.is_err(), "cut");
+    let (mut a, b) = memory_channel_pair(4);
+    let receiving_again = receive(b);
+    let second_send = sender.send(&mut a).await;
+    let received = receiving_again
+        .await
+        .expect("task")
+        .expect("the receiver waited");
+    second_send.expect("send");
+    sender.close().await.expect("close");
+    assert!(
+        received.resumed_after.is_some_and(|r| r > 20),
+        "{received:?}"
+    );
+    assert_same(&old, &new).await;
+}
+
 /// Plays the sender's opening by hand: a hello offering `collections`, and the receiver's
 /// `Ready` to copy them from the start.
 async fn begin_copy(
@@ -370,8 +424,9 @@ async fn begin_copy(
     ));
 }
 
-/// Plays the sender by hand: a valid hello and first batch, then `bad`.
-async fn hand_made_sender(channel: &mut MemoryChannel, bad: Vec<u8>) {
+/// Plays the sender by hand: a valid hello and first batch, then `bad`; returns the
+/// receiver's answer to it, if any comes within a second.
+async fn hand_made_sender(channel: &mut MemoryChannel, bad: Vec<u8>) -> Option<Package> {
     begin_copy(channel, vec![info("draft", 3)]).await;
     channel
         .send(Package::Batch {
@@ -386,6 +441,8 @@ async fn hand_made_sender(channel: &mut MemoryChannel, bad: Vec<u8>) {
         Ok(Some(Package::Ack { seq: 1 }))
     ));
     channel.send_raw(bad).await.expect("bad frame");
+    let answer = tokio::time::timeout(Duration::from_secs(1), channel.recv()).await;
+    answer.ok().and_then(Result::ok).flatten()
 }
 
 async fn receive_bad(bad: Vec<u8>) -> (Error, u64) {
@@ -393,9 +450,14 @@ async fn receive_bad(bad: Vec<u8>) -> (Error, u64) {
     let new = fx.device("new", DeviceId::random()).await;
     let (mut a, mut b) = memory_channel_pair(4);
     let options = FastSyncOptions::default();
-    let (_, received) = tokio::join!(
+    let (answer, received) = tokio::join!(
         hand_made_sender(&mut a, bad),
         receive_snapshot(&new, &mut b, &options)
+    );
+    // The sender is told why (the channel still works), not left to wait for a stall.
+    assert!(
+        matches!(&answer, Some(Package::Cancel { reason }) if !reason.is_empty()),
+        "{answer:?}"
     );
     let count = new
         .storage()
@@ -938,8 +1000,13 @@ async fn what_is_left_out_does_not_travel_in_the_log_either() {
         .expect("find")
         .expect("the note with an empty body");
     let left_out_pk = storex_core::Pk(vec![empty_body["id"].clone()]);
+    let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
+    let recorder = seen.clone();
     let options = FastSyncOptions::default()
         .with_collections(["note", "draft"])
+        .with_progress(Arc::new(move |p: &Progress| {
+            recorder.lock().expect("lock").push(p.clone())
+        }))
         .with_filter(Arc::new(
             |collection: &str, object: &storex_core::Object| {
                 collection != "note" || object.get("body") != Some(&Value::from(""))
@@ -953,9 +1020,25 @@ async fn what_is_left_out_does_not_travel_in_the_log_either() {
         .await
         .expect("own note");
     for receiver in [&new, &merging] {
+        seen.lock().expect("lock").clear();
         let (sent, received) = transfer(&old, receiver, &options, &options).await;
         sent.expect("send");
         received.expect("receive");
+        // Both sides' bars end full: 99 of the 100 notes travelled.
+        let last_of_notes: Vec<(u64, u64)> = seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|p| p.collection == "note")
+            .map(|p| (p.objects_done, p.objects_total))
+            .filter(|(done, _)| *done == 99)
+            .collect();
+        assert_eq!(last_of_notes.last(), Some(&(99, 99)), "{last_of_notes:?}");
+        assert_eq!(
+            last_of_notes.iter().filter(|p| **p == (99, 99)).count(),
+            2,
+            "the sender's and the receiver's"
+        );
         assert!(log_entries_of(receiver, "tag").await.is_empty(), "tags");
         assert!(
             log_entries_of(receiver, "note")
