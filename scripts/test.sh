@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: starts the services the tests need (scripts/services.sh,
-# once there are any), runs the doc examples with cargo test and the test suites with
+# Runs every test of the workspace: starts the services the tests need (scripts/services.sh:
+# PostgreSQL and the Firestore emulator), runs the doc examples with cargo test and the test suites with
 # cargo-nextest, and stops the services at the end whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."

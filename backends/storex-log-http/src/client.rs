@@ -180,6 +180,14 @@ impl HttpSharedLog {
                     problem: format!("server URL `{url}` is not a URL: {e}"),
                 });
             }
+            if base.starts_with("https://") && !cfg!(feature = "tls") {
+                return Err(Error::Config {
+                    problem: format!(
+                        "server URL `{url}` is HTTPS, and storex-log-http was built without \
+                         TLS: enable its `tls` feature (the `storex` command's `tls` feature)"
+                    ),
+                });
+            }
             bases.push(base);
         }
         if options.max_push_entries == 0 {

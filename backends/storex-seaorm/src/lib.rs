@@ -9,7 +9,7 @@
 //! [`collection_from_entity`] derives collection definitions from an app's SeaORM entities,
 //! so storex writes the very tables the app reads with plain SeaORM.
 //!
-//! Features: `sqlite` (default) and `postgres` select the drivers compiled in.
+//! Features: `sqlite` and `postgres` (both on by default) select the drivers compiled in.
 
 mod backend;
 mod entity;

@@ -471,6 +471,11 @@ async fn a_request_the_client_cannot_make_fails_at_once_and_for_good() {
     // A server URL that is none.
     let err = HttpSharedLog::new("http://exa mple").unwrap_err();
     assert!(err.to_string().contains("not a URL"), "{err}");
+    // HTTPS without TLS built in: said at once, not at the first request.
+    if !cfg!(feature = "tls") {
+        let err = HttpSharedLog::new("https://sync.example.com").unwrap_err();
+        assert!(err.to_string().contains("`tls` feature"), "{err}");
+    }
     f.stop().await;
 }
 
