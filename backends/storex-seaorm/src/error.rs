@@ -57,9 +57,17 @@ pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let Some((userinfo, host)) = rest.split_once('@') else {
+    // The user information ends at the last `@` before the host's end (the first `/`, `?`
+    // or `#` after an `@`): a password typed with an unescaped `@` or `/` must not leave any
+    // of itself in view.
+    let Some(first_at) = rest.find('@') else {
         return url.to_owned();
     };
+    let end = rest[first_at..]
+        .find(['/', '?', '#'])
+        .map_or(rest.len(), |i| first_at + i);
+    let at = rest[..end].rfind('@').unwrap_or(first_at);
+    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
     match userinfo.split_once(':') {
         Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_owned(),
@@ -77,6 +85,20 @@ mod tests {
             "postgres://u:***@h:5432/db"
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        // A password with an unescaped `@`, and an `@` after the host: neither shows it.
+        assert_eq!(
+            redact("postgres://u:p@ss@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u:pa/ss@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            redact("postgres://u:secret@h/db?application_name=a@b"),
+            "postgres://u:***@h/db?application_name=a@b"
+        );
+        assert_eq!(
+            redact("postgres://h/db?application_name=a@b"),
+            "postgres://h/db?application_name=a@b"
+        );
         assert_eq!(redact("sqlite::memory:"), "sqlite::memory:");
     }
 }
