@@ -339,6 +339,57 @@ impl ClientSyncLog {
         Ok(LogRows::read(&rows).into_log_entries())
     }
 
+    /// A page of the held entries in timestamp order, after timestamp `after` (text, as
+    /// stored): about `limit` of them, and with the last timestamp's entries all (the
+    /// entries of one write share a timestamp, so a page does not end inside them), with the
+    /// timestamp to read on after, `None` when none are left.
+    pub(crate) async fn held_page(
+        &self,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<(LogRows<LogEntry>, Option<String>)> {
+        let held = || {
+            let filter = Filter::all().eq("integrated", false);
+            match after {
+                Some(after) => filter.gt("hlc", after),
+                None => filter,
+            }
+        };
+        let in_order = |query: Query| query.order_asc("hlc").order_asc("device").order_asc("id");
+        let limit = limit.max(1);
+        let query = in_order(Query::new(held())).limit(limit);
+        let mut rows = self
+            .exec()
+            .find_values(LOG_COLLECTION, query, &LOG_FIELDS)
+            .await?;
+        let at = LOG_FIELDS.iter().position(|f| *f == "hlc").unwrap_or(2);
+        let hlc_of = |row: &Vec<Value>| row.get(at).and_then(Value::as_text).map(str::to_owned);
+        // A full page ends at its last timestamp, read whole; one whose rows hold no
+        // timestamp that reads (damaged) is read to the end at once.
+        let next = if (rows.len() as u64) < limit {
+            None
+        } else if let Some(last) = rows.iter().rev().find_map(hlc_of) {
+            // (A row whose timestamp does not read stays, to be reported.)
+            rows.retain(|row| hlc_of(row).is_none_or(|hlc| hlc < last));
+            let query = in_order(Query::new(held().eq("hlc", last.as_str())));
+            rows.extend(
+                self.exec()
+                    .find_values(LOG_COLLECTION, query, &LOG_FIELDS)
+                    .await?,
+            );
+            Some(last)
+        } else {
+            let rest = in_order(Query::new(held())).skip(limit);
+            rows.extend(
+                self.exec()
+                    .find_values(LOG_COLLECTION, rest, &LOG_FIELDS)
+                    .await?,
+            );
+            None
+        };
+        Ok((LogRows::read(&rows).into_log_entries(), next))
+    }
+
     /// How many of this device's changes are not yet sent to the shared log.
     pub async fn unshared_count(&self) -> Result<u64> {
         self.index_first().await?;

@@ -296,11 +296,28 @@ impl SyncDevice {
 
     /// Tries the held entries again (after an app upgrade, say); returns what happened. A
     /// held row that does not read is passed over and named in the report's `damaged`.
+    ///
+    /// They are read and applied a page at a time in timestamp order (which follows
+    /// causality), so that a device holding many (an app left on an old version while the
+    /// others wrote with a newer schema) does not read them all at once.
     pub async fn retry_held(&self) -> Result<IntegrationReport> {
-        let held = self.log.held().await?;
-        let mut report = self.integrate_parts(held.entries, Vec::new(), true).await?;
-        report.damaged = held.damaged;
-        Ok(report)
+        self.retry_held_in_pages(RETRY_PAGE).await
+    }
+
+    /// [`SyncDevice::retry_held`] in pages of about `page` entries.
+    pub(crate) async fn retry_held_in_pages(&self, page: u64) -> Result<IntegrationReport> {
+        let mut report = IntegrationReport::default();
+        let mut after: Option<String> = None;
+        loop {
+            let (held, next) = self.log.held_page(after.as_deref(), page).await?;
+            let done = self.integrate_parts(held.entries, Vec::new(), true).await?;
+            report.absorb(done);
+            report.damaged.extend(held.damaged);
+            match next {
+                Some(next) => after = Some(next),
+                None => return Ok(report),
+            }
+        }
     }
 
     /// Applies `entries` (with `extra`) in one transaction, or, if applying fails, in halves.
@@ -704,6 +721,9 @@ impl SyncDevice {
         })
     }
 }
+
+/// Held entries [`SyncDevice::retry_held`] reads and applies at a time (about).
+const RETRY_PAGE: u64 = 1_000;
 
 /// The entries of one attempt, sorted out before reconciling.
 #[derive(Debug)]

@@ -497,3 +497,49 @@ async fn a_device_whose_clock_row_does_not_read_opens_with_its_clock_ahead_of_wh
         "ahead of the newest change applied"
     );
 }
+
+#[tokio::test]
+async fn many_held_entries_are_retried_in_pages_none_skipped_or_twice() {
+    let newer = open(2, Arc::new(MemoryBackend::new())).await;
+    let create = |id: i64| {
+        let note = object! { "id" => id, "title" => format!("t{id}"), "colour" => "red" };
+        storex_core::BatchStep::new(storex_core::Operation::create("note", note))
+    };
+    // Single writes, then one write of 1,200 (its entries share one timestamp, across a
+    // page's end), then single writes again.
+    for id in 0..700 {
+        newer.storage().batch(vec![create(id)]).await.expect("one");
+    }
+    let group = (700..1_900).map(create).collect();
+    newer.storage().batch(group).await.expect("a group");
+    for id in 1_900..2_500 {
+        newer.storage().batch(vec![create(id)]).await.expect("one");
+    }
+    let entries = newer.log().unshared(10_000).await.expect("unshared");
+    assert_eq!(entries.len(), 2_500);
+
+    let backend: Arc<dyn StorageBackend> = Arc::new(MemoryBackend::new());
+    let older = open(1, backend.clone()).await;
+    let report = older.integrate(entries).await.expect("integrate");
+    assert_eq!(report.held.len(), 2_500, "all from the newer schema");
+
+    let upgraded = open(2, backend).await;
+    let report = upgraded.retry_held().await.expect("retry");
+    assert_eq!(
+        (report.received, report.integrated, report.duplicates),
+        (2_500, 2_500, 0),
+        "{:?}",
+        (report.received, report.integrated, report.held.len())
+    );
+    assert!(upgraded
+        .log()
+        .held()
+        .await
+        .expect("held")
+        .entries
+        .is_empty());
+    assert_eq!(
+        upgraded.digest("note").await.expect("digest"),
+        newer.digest("note").await.expect("digest")
+    );
+}
