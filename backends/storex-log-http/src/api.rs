@@ -158,6 +158,10 @@ pub struct PullRequest {
     /// When nothing is there yet, wait up to this long for new entries (the server caps it).
     #[serde(default)]
     pub wait_ms: u64,
+    /// At most about this many payload bytes, when set (the first entry comes whatever its
+    /// size): a client on a slow link asks for what it can fetch within its timeout.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
 }
 
 /// One pulled entry.

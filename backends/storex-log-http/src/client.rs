@@ -54,6 +54,22 @@ fn wire_size(entry: &SharedEntry) -> usize {
     entry.payload.len().div_ceil(3) * 4 + entry.topic.len() + ENTRY_OVERHEAD
 }
 
+/// How long a push may take at [`ClientOptions::min_bytes_per_second`].
+pub const SLOW_PUSH: Duration = Duration::from_secs(30);
+
+/// True when a request timed out, here or at the server (408): smaller ones may not.
+fn timed_out(error: &SharedLogError) -> bool {
+    match error {
+        SharedLogError::Unavailable { source, .. } => {
+            source
+                .downcast_ref::<reqwest::Error>()
+                .is_some_and(reqwest::Error::is_timeout)
+                || source.to_string().starts_with("HTTP 408")
+        }
+        _ => false,
+    }
+}
+
 /// True when the server refused a request as too large (413).
 fn too_large(error: &SharedLogError) -> bool {
     matches!(error, SharedLogError::Invalid { problem } if problem.starts_with("HTTP 413"))
@@ -62,7 +78,8 @@ fn too_large(error: &SharedLogError) -> bool {
 /// Timeouts, retries and batch sizes of an [`HttpSharedLog`].
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
-    /// Longest one request may take (a long poll gets its wait on top). Default 15 s.
+    /// Longest one request may take (a long poll gets its wait on top, and a large body
+    /// or reply the time it takes at `min_bytes_per_second`). Default 15 s.
     pub timeout: Duration,
     /// Retries after the first attempt of a retryable call. Default 6.
     pub retries: usize,
@@ -79,6 +96,15 @@ pub struct ClientOptions {
     /// limit; set it to the smallest body limit on the way (e.g. a proxy's 1 MiB). A push the
     /// server still refuses as too large is split in halves and sent again.
     pub max_request_bytes: usize,
+    /// The slowest link the client must work over, in bytes per second: a request's timeout
+    /// grows by the time its body, and the largest reply it may get, take at this rate, so
+    /// that a large push or pull on a slow link is not cut off (and retried) for ever; and a
+    /// push carries at most what takes [`SLOW_PUSH`] at this rate (an entry larger still
+    /// goes alone), well within the minute after which servers answer 408. Default 64 KiB/s.
+    pub min_bytes_per_second: u64,
+    /// Payload bytes one pull asks the server for at most (the first entry comes whatever
+    /// its size). Default 1 MiB: at `min_bytes_per_second`, about 20 s of reply.
+    pub max_pull_bytes: usize,
 }
 
 impl Default for ClientOptions {
@@ -90,6 +116,8 @@ impl Default for ClientOptions {
             max_backoff: Duration::from_secs(2),
             max_push_entries: 500,
             max_request_bytes: 8 * 1024 * 1024,
+            min_bytes_per_second: 64 * 1024,
+            max_pull_bytes: 1024 * 1024,
         }
     }
 }
@@ -195,6 +223,11 @@ impl HttpSharedLog {
                 problem: "max_push_entries must be at least 1".into(),
             });
         }
+        if options.min_bytes_per_second == 0 || options.max_pull_bytes == 0 {
+            return Err(Error::Config {
+                problem: "min_bytes_per_second and max_pull_bytes must be at least 1".into(),
+            });
+        }
         if options.max_request_bytes < 8 * ENTRY_OVERHEAD {
             return Err(Error::Config {
                 problem: format!(
@@ -241,12 +274,15 @@ impl HttpSharedLog {
 
     /// `entries` cut into requests within the entry and byte limits.
     fn chunks(&self, entries: Vec<SharedEntry>) -> Vec<Vec<SharedEntry>> {
-        split_into_pushes(
-            entries,
-            self.options.max_push_entries,
-            self.options.max_request_bytes,
-            wire_size,
-        )
+        let in_time = self
+            .options
+            .min_bytes_per_second
+            .saturating_mul(SLOW_PUSH.as_secs());
+        let max_bytes = self
+            .options
+            .max_request_bytes
+            .min(usize::try_from(in_time).unwrap_or(usize::MAX));
+        split_into_pushes(entries, self.options.max_push_entries, max_bytes, wire_size)
     }
 
     fn token_of(&self, device: DeviceId) -> SharedResult<String> {
@@ -331,14 +367,23 @@ impl HttpSharedLog {
             limit,
             topics: topics.map(<[String]>::to_vec),
             wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            max_bytes: Some(self.options.max_pull_bytes as u64),
         };
+        // A reply of that many payload bytes in base64, with each entry's fields (servers
+        // send 1,000 entries at most unless configured otherwise).
+        let reply = self
+            .options
+            .max_pull_bytes
+            .saturating_mul(4)
+            .div_ceil(3)
+            .saturating_add(limit.min(1_000) * ENTRY_OVERHEAD);
         let response: PullResponse = self
-            .call(
+            .call_with_reply(
                 Method::POST,
                 routes::PULL,
                 &token,
                 Some(&body),
-                wait,
+                (wait, reply),
                 Retry::Always,
                 Caller::Device(device),
             )
@@ -373,8 +418,33 @@ impl HttpSharedLog {
         retry: Retry,
         caller: Caller,
     ) -> SharedResult<R> {
+        self.call_with_reply(method, path, token, body, (wait, 0), retry, caller)
+            .await
+    }
+
+    /// [`HttpSharedLog::call`] for a reply of up to `reply_bytes` bytes (`wait` and
+    /// `reply_bytes` as a pair): its timeout allows for them.
+    #[allow(clippy::too_many_arguments)]
+    async fn call_with_reply<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<&B>,
+        (wait, reply_bytes): (Duration, usize),
+        retry: Retry,
+        caller: Caller,
+    ) -> SharedResult<R> {
         let bytes = self
-            .send(method, path, token, body, wait, retry, caller)
+            .send(
+                method,
+                path,
+                token,
+                body,
+                (wait, reply_bytes),
+                retry,
+                caller,
+            )
             .await?;
         serde_json::from_slice(&bytes).map_err(|e| bad_reply(&e.to_string()))
     }
@@ -393,7 +463,7 @@ impl HttpSharedLog {
             path,
             token,
             body,
-            Duration::ZERO,
+            (Duration::ZERO, 0),
             Retry::Always,
             caller,
         )
@@ -408,7 +478,7 @@ impl HttpSharedLog {
         path: &str,
         token: &str,
         body: Option<&B>,
-        wait: Duration,
+        (wait, reply_bytes): (Duration, usize),
         retry: Retry,
         caller: Caller,
     ) -> SharedResult<Vec<u8>> {
@@ -420,6 +490,12 @@ impl HttpSharedLog {
             ),
             None => None,
         };
+        // The body and the reply, at the slowest rate the link may have, on top of the wait.
+        let bytes = body
+            .as_ref()
+            .map_or(0, Vec::len)
+            .saturating_add(reply_bytes);
+        let wait = wait.saturating_add(transfer_time(bytes, self.options.min_bytes_per_second));
         let attempt = || async {
             let instance = self.current.load(Ordering::Relaxed);
             let result = self
@@ -508,6 +584,12 @@ impl HttpSharedLog {
         }
         Err(refusal(status, &bytes, retry, caller))
     }
+}
+
+/// How long `bytes` take at `bytes_per_second` (at most a day: a longer wait is no bound).
+fn transfer_time(bytes: usize, bytes_per_second: u64) -> Duration {
+    let seconds = bytes as f64 / bytes_per_second.max(1) as f64;
+    Duration::from_secs_f64(seconds.min(86_400.0))
 }
 
 fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> SharedLogError {
@@ -691,8 +773,9 @@ impl SharedSyncLog for HttpSharedLog {
                     other: other.device,
                 });
             }
-            // Requests bounded by count and bytes; one the server refuses as too large is
-            // split in halves and sent again (a proxy may allow less than we were told).
+            // Requests bounded by count and bytes; one the server refuses as too large, or
+            // that times out, is split in halves and sent again (a proxy may allow less than
+            // we were told, a link may be slower than the slowest we were told of).
             let mut pending: Vec<Vec<SharedEntry>> = self.chunks(entries);
             pending.reverse();
             let mut last = 0;
@@ -713,7 +796,8 @@ impl SharedSyncLog for HttpSharedLog {
                     .await;
                 match sent {
                     Ok(response) => last = last.max(response.cursor),
-                    Err(error) if too_large(&error) && chunk.len() > 1 => {
+                    // Too large for a proxy, or too slow for the link: in halves.
+                    Err(error) if (too_large(&error) || timed_out(&error)) && chunk.len() > 1 => {
                         let mut first = chunk;
                         let second = first.split_off(first.len() / 2);
                         pending.push(second);

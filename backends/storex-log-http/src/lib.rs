@@ -52,7 +52,7 @@ mod routes;
 mod server;
 mod token;
 
-pub use client::{ClientOptions, HttpSharedLog};
+pub use client::{ClientOptions, HttpSharedLog, SLOW_PUSH};
 pub use config::{RateLimit, ServerConfig};
 pub use error::Error;
 pub use server::{RunningServer, SyncServer};

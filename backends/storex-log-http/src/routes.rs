@@ -23,7 +23,9 @@ use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 use storex_log_sql::SqlSharedLog;
-use storex_sync::{device_of_another_user, DeviceId, SharedEntry, SharedLogError, SharedSyncLog};
+use storex_sync::{
+    device_of_another_user, DeviceId, Pull, PulledEntry, SharedEntry, SharedLogError, SharedSyncLog,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{
@@ -447,12 +449,9 @@ async fn pull(
             .await?;
         let waited_out = tokio::time::Instant::now() >= deadline;
         if !pull.entries.is_empty() || pull.more || waited_out || state.shutdown.is_cancelled() {
-            state.metrics.pulled(pull.entries.len());
-            return Ok(Json(PullResponse::from_pulled(
-                &pull.entries,
-                pull.next_cursor,
-                pull.more,
-            )));
+            let (entries, next_cursor, more) = within_bytes(&pull, body.max_bytes);
+            state.metrics.pulled(entries.len());
+            return Ok(Json(PullResponse::from_pulled(entries, next_cursor, more)));
         }
         tokio::select! {
             changed = woken.changed() => {
@@ -464,6 +463,32 @@ async fn pull(
             _ = tokio::time::sleep_until(deadline) => {}
             _ = state.shutdown.cancelled() => {}
         }
+    }
+}
+
+/// The entries of `pull` whose payloads come to at most `max_bytes` (at least the first),
+/// with the cursor to go on from and whether more follow.
+fn within_bytes(pull: &Pull, max_bytes: Option<u64>) -> (&[PulledEntry], u64, bool) {
+    let Some(max_bytes) = max_bytes else {
+        return (&pull.entries, pull.next_cursor, pull.more);
+    };
+    let mut bytes = 0u64;
+    let kept = pull
+        .entries
+        .iter()
+        .take_while(|pulled| {
+            bytes = bytes.saturating_add(pulled.entry.payload.len() as u64);
+            bytes <= max_bytes
+        })
+        .count()
+        .max(1)
+        .min(pull.entries.len());
+    match pull.entries.get(..kept) {
+        Some(entries) if kept < pull.entries.len() => {
+            let next = entries.last().map_or(pull.next_cursor, |last| last.cursor);
+            (entries, next, true)
+        }
+        _ => (&pull.entries, pull.next_cursor, pull.more),
     }
 }
 

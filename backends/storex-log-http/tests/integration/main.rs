@@ -8,3 +8,4 @@ mod conformance;
 mod load;
 mod scale_out;
 mod security;
+mod slow_link;

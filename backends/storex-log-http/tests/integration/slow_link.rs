@@ -1,0 +1,144 @@
+//! A slow link: pushes and pulls larger than the client's timeout allows at full speed go
+//! through, as each request's timeout allows for its size at the slowest rate configured,
+//! and pulls ask the server for no more than the client can fetch in that time.
+
+#![allow(clippy::unwrap_used)] // helpers of tests: a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use storex_core::uuid::Uuid;
+use storex_log_http::{ClientOptions, HttpSharedLog};
+use storex_sync::{DeviceId, SharedEntry, SharedSyncLog};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::common::{start, Store, ADMIN};
+
+/// A TCP proxy on 127.0.0.1 to `target` that forwards at most `rate` bytes a second each way.
+async fn throttled_proxy(target: SocketAddr, rate: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = TcpStream::connect(target).await else {
+                continue;
+            };
+            let (from_client, to_client) = inbound.into_split();
+            let (from_server, to_server) = outbound.into_split();
+            tokio::spawn(pump(from_client, to_server, rate));
+            tokio::spawn(pump(from_server, to_client, rate));
+        }
+    });
+    address
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    rate: usize,
+) {
+    let mut buffer = vec![0; rate / 20];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        if to.write_all(&buffer[..read]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs_f64(read as f64 / rate as f64)).await;
+    }
+    let _ = to.shutdown().await;
+}
+
+fn entry(device: DeviceId, size: usize) -> SharedEntry {
+    SharedEntry {
+        id: Uuid::now_v7(),
+        device,
+        topic: "note".into(),
+        payload: vec![7; size],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_pushes_and_pulls_on_a_slow_link_go_through() {
+    let store = Store::sqlite();
+    let server = start(&store).await;
+    // 200 kB/s each way; the client works down to 100 kB/s, with a 1 s timeout that a
+    // request of a megabyte exceeds many times over at this speed.
+    let proxy = throttled_proxy(server.local_addr(), 200_000).await;
+    let options = ClientOptions {
+        timeout: Duration::from_secs(1),
+        retries: 1,
+        min_bytes_per_second: 100_000,
+        ..ClientOptions::default()
+    };
+    let slow = HttpSharedLog::with_options(&format!("http://{proxy}"), options).unwrap();
+    let user = slow.create_user(ADMIN, "ann").await.unwrap();
+    let (a, b) = (
+        slow.create_device(&user.token).await.unwrap(),
+        slow.create_device(&user.token).await.unwrap(),
+    );
+
+    // About 1.2 MB of request: 6 s at the link's speed.
+    let entries: Vec<SharedEntry> = (0..3).map(|_| entry(a, 300_000)).collect();
+    slow.push(a, entries).await.expect("the push goes through");
+    // The same back: a reply of about 1.2 MB.
+    let pulled = slow
+        .pull(b, 0, 100, None)
+        .await
+        .expect("the pull goes through");
+    assert_eq!(pulled.entries.len(), 3, "{:?}", pulled.next_cursor);
+    assert!(!pulled.more);
+
+    // A client that asks for less gets pages of that many payload bytes (at least an entry).
+    let options = ClientOptions {
+        max_pull_bytes: 400_000,
+        ..ClientOptions::default()
+    };
+    let small_pages = HttpSharedLog::with_options(&server.url(), options).unwrap();
+    small_pages.add_device(b, slow.device_token(b).unwrap());
+    let mut after = 0;
+    let mut pages = Vec::new();
+    loop {
+        let pull = small_pages.pull(b, after, 100, None).await.unwrap();
+        pages.push(pull.entries.len());
+        after = pull.next_cursor;
+        if !pull.more {
+            break;
+        }
+    }
+    assert_eq!(pages, vec![1, 1, 1], "one entry of 300 kB a page");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_that_times_out_on_a_link_slower_than_told_goes_in_halves() {
+    let store = Store::sqlite();
+    let server = start(&store).await;
+    let proxy = throttled_proxy(server.local_addr(), 200_000).await;
+    // The client is told of a fast link: its requests get no time for their size.
+    let options = ClientOptions {
+        timeout: Duration::from_millis(300),
+        retries: 1,
+        min_bytes_per_second: 100_000_000,
+        ..ClientOptions::default()
+    };
+    let slow = HttpSharedLog::with_options(&format!("http://{proxy}"), options).unwrap();
+    let user = slow.create_user(ADMIN, "ann").await.unwrap();
+    let (a, b) = (
+        slow.create_device(&user.token).await.unwrap(),
+        slow.create_device(&user.token).await.unwrap(),
+    );
+    // About 160 kB of request, 0.8 s at the link's speed.
+    let entries: Vec<SharedEntry> = (0..12).map(|_| entry(a, 10_000)).collect();
+    slow.push(a, entries)
+        .await
+        .expect("the push goes through in parts");
+    let direct = HttpSharedLog::new(&server.url()).unwrap();
+    direct.add_device(b, slow.device_token(b).unwrap());
+    let pulled = direct.pull(b, 0, 100, None).await.unwrap();
+    assert_eq!(pulled.entries.len(), 12, "each once");
+    server.shutdown().await.unwrap();
+}
