@@ -159,8 +159,9 @@ pub struct PullRequest {
     #[serde(default)]
     pub wait_ms: u64,
     /// At most about this many payload bytes, when set (the first entry comes whatever its
-    /// size): a client on a slow link asks for what it can fetch within its timeout.
-    #[serde(default)]
+    /// size): a client on a slow link asks for what it can fetch within its timeout. Left
+    /// out when not set, so that servers from before it take the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<u64>,
 }
 

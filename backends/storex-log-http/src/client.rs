@@ -22,7 +22,7 @@
 //! the others (the instances share one database, so any of them can answer).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -57,13 +57,14 @@ fn wire_size(entry: &SharedEntry) -> usize {
 /// How long a push may take at [`ClientOptions::min_bytes_per_second`].
 pub const SLOW_PUSH: Duration = Duration::from_secs(30);
 
-/// True when a request timed out, here or at the server (408): smaller ones may not.
+/// True when a request timed out on the way, here or at the server (408): smaller ones may
+/// not. (Not a connection that timed out: a smaller request meets the same.)
 fn timed_out(error: &SharedLogError) -> bool {
     match error {
         SharedLogError::Unavailable { source, .. } => {
             source
                 .downcast_ref::<reqwest::Error>()
-                .is_some_and(reqwest::Error::is_timeout)
+                .is_some_and(|e| e.is_timeout() && !e.is_connect())
                 || source.to_string().starts_with("HTTP 408")
         }
         _ => false,
@@ -156,6 +157,8 @@ pub struct HttpSharedLog {
     http: reqwest::Client,
     options: ClientOptions,
     tokens: Mutex<HashMap<DeviceId, String>>,
+    /// The server refused a pull's `max_bytes` (a server from before it): pulls go without.
+    no_max_bytes: AtomicBool,
 }
 
 /// Device tokens are secrets: only their devices are shown.
@@ -246,6 +249,7 @@ impl HttpSharedLog {
             http,
             options,
             tokens: Mutex::new(HashMap::new()),
+            no_max_bytes: AtomicBool::new(false),
         })
     }
 
@@ -362,32 +366,51 @@ impl HttpSharedLog {
         wait: Duration,
     ) -> SharedResult<Pull> {
         let token = self.token_of(device)?;
-        let body = PullRequest {
+        let mut body = PullRequest {
             after,
             limit,
             topics: topics.map(<[String]>::to_vec),
             wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-            max_bytes: Some(self.options.max_pull_bytes as u64),
+            max_bytes: (!self.no_max_bytes.load(Ordering::Relaxed))
+                .then_some(self.options.max_pull_bytes as u64),
         };
-        // A reply of that many payload bytes in base64, with each entry's fields (servers
-        // send 1,000 entries at most unless configured otherwise).
-        let reply = self
+        // A reply of that many payload bytes in base64 (or of the largest entry, which comes
+        // whatever its size), with each entry's fields (servers send 1,000 entries at most
+        // unless configured otherwise).
+        let largest = self
             .options
             .max_pull_bytes
+            .max(self.max_entry_bytes().unwrap_or(0));
+        let reply = largest
             .saturating_mul(4)
             .div_ceil(3)
             .saturating_add(limit.min(1_000) * ENTRY_OVERHEAD);
-        let response: PullResponse = self
-            .call_with_reply(
+        let token = token.as_str();
+        let pull = |body: PullRequest| async move {
+            self.call_with_reply::<_, PullResponse>(
                 Method::POST,
                 routes::PULL,
-                &token,
+                token,
                 Some(&body),
                 (wait, reply),
                 Retry::Always,
                 Caller::Device(device),
             )
-            .await?;
+            .await
+        };
+        let asked_for_bytes = body.max_bytes.is_some();
+        let response = match pull(body.clone()).await {
+            // A server from before `max_bytes` refuses the field: asked again without it,
+            // and from now on.
+            Err(SharedLogError::Invalid { problem })
+                if asked_for_bytes && problem.contains("max_bytes") =>
+            {
+                self.no_max_bytes.store(true, Ordering::Relaxed);
+                body.max_bytes = None;
+                pull(body).await?
+            }
+            other => other?,
+        };
         let mut entries = Vec::with_capacity(response.entries.len());
         for pulled in response.entries {
             let entry = pulled

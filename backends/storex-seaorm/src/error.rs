@@ -57,16 +57,12 @@ pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    // The user information ends at the last `@` before the host's end (the first `/`, `?`
-    // or `#` after an `@`): a password typed with an unescaped `@` or `/` must not leave any
-    // of itself in view.
-    let Some(first_at) = rest.find('@') else {
+    // The user information ends at the URL's last `@`: a password typed with an unescaped
+    // `@`, `/` or `?` must not leave any of itself in view. (An `@` in the query hides the
+    // host and database too: more than needed, never the password.)
+    let Some(at) = rest.rfind('@') else {
         return url.to_owned();
     };
-    let end = rest[first_at..]
-        .find(['/', '?', '#'])
-        .map_or(rest.len(), |i| first_at + i);
-    let at = rest[..end].rfind('@').unwrap_or(first_at);
     let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
     match userinfo.split_once(':') {
         Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
@@ -85,15 +81,16 @@ mod tests {
             "postgres://u:***@h:5432/db"
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        // A password with an unescaped `@`, and an `@` after the host: neither shows it.
+        // A password with an unescaped `@` or `/`, and an `@` after the host: none shows it.
         assert_eq!(
             redact("postgres://u:p@ss@h:5432/db"),
             "postgres://u:***@h:5432/db"
         );
         assert_eq!(redact("postgres://u:pa/ss@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u:p@a/ss@h/db"), "postgres://u:***@h/db");
         assert_eq!(
             redact("postgres://u:secret@h/db?application_name=a@b"),
-            "postgres://u:***@h/db?application_name=a@b"
+            "postgres://u:***@b"
         );
         assert_eq!(
             redact("postgres://h/db?application_name=a@b"),

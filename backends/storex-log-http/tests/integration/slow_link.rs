@@ -1,10 +1,12 @@
 //! A slow link: pushes and pulls larger than the client's timeout allows at full speed go
 //! through, as each request's timeout allows for its size at the slowest rate configured,
-//! and pulls ask the server for no more than the client can fetch in that time.
+//! and pulls ask the server for no more than the client can fetch in that time (a server
+//! from before they could is asked without).
 
 #![allow(clippy::unwrap_used)] // helpers of tests: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use storex_core::uuid::Uuid;
@@ -141,4 +143,91 @@ async fn a_push_that_times_out_on_a_link_slower_than_told_goes_in_halves() {
     let pulled = direct.pull(b, 0, 100, None).await.unwrap();
     assert_eq!(pulled.entries.len(), 12, "each once");
     server.shutdown().await.unwrap();
+}
+
+/// A server from before pulls could name `max_bytes`: it refuses unknown fields, as the
+/// server does, and otherwise answers every pull with an empty page. Counts the pulls.
+async fn server_without_max_bytes() -> (SocketAddr, std::sync::Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let pulls = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = pulls.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                let mut buffer = [0u8; 4096];
+                loop {
+                    // One request: its head, then as many body bytes as it announces.
+                    let Some(head_end) = read.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => read.extend_from_slice(&buffer[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&read[..head_end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|n| n.trim().parse().ok())
+                        .unwrap_or(0);
+                    let end = head_end + 4 + length;
+                    if read.len() < end {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => read.extend_from_slice(&buffer[..n]),
+                        }
+                        continue;
+                    }
+                    let body = String::from_utf8_lossy(&read[head_end + 4..end]).into_owned();
+                    read.drain(..end);
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let (status, reply) = if body.contains("max_bytes") {
+                        let message = "unknown field `max_bytes`, expected one of `after`, \
+                                       `limit`, `topics`, `wait_ms`";
+                        let error = serde_json::json!({
+                            "error": { "code": "invalid_request", "message": message }
+                        });
+                        ("400 Bad Request", error.to_string())
+                    } else {
+                        let page = serde_json::json!({
+                            "entries": [], "next_cursor": 0, "more": false
+                        });
+                        ("200 OK", page.to_string())
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\n\r\n{reply}",
+                        reply.len()
+                    );
+                    if stream.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (address, pulls)
+}
+
+#[tokio::test]
+async fn a_server_from_before_max_bytes_is_asked_without_it() {
+    let (address, pulls) = server_without_max_bytes().await;
+    let log = HttpSharedLog::new(&format!("http://{address}")).unwrap();
+    let device = DeviceId::random();
+    log.add_device(device, "a-device-token");
+    let pull = log
+        .pull(device, 0, 100, None)
+        .await
+        .expect("pulled without it");
+    assert!(pull.entries.is_empty() && !pull.more);
+    assert_eq!(
+        pulls.load(Ordering::SeqCst),
+        2,
+        "refused once, then without"
+    );
+    log.pull(device, 0, 100, None).await.expect("again");
+    assert_eq!(pulls.load(Ordering::SeqCst), 3, "not asked with it again");
 }
