@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use storex_core::uuid::Uuid;
-use storex_log_http::{ClientOptions, HttpSharedLog};
+use storex_log_http::{ClientOptions, HttpSharedLog, RunningServer};
 use storex_sync::{DeviceId, SharedEntry, SharedSyncLog};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -63,25 +63,52 @@ fn entry(device: DeviceId, size: usize) -> SharedEntry {
     }
 }
 
+/// A server, a client of it through a link of 200 kB/s each way with `options`, and two
+/// devices of one user made through that client.
+struct SlowLink {
+    server: RunningServer,
+    client: HttpSharedLog,
+    a: DeviceId,
+    b: DeviceId,
+    _store: Store,
+}
+
+impl SlowLink {
+    async fn new(options: ClientOptions) -> Self {
+        let store = Store::sqlite();
+        let server = start(&store).await;
+        let proxy = throttled_proxy(server.local_addr(), 200_000).await;
+        let client = HttpSharedLog::with_options(&format!("http://{proxy}"), options).unwrap();
+        let user = client.create_user(ADMIN, "ann").await.unwrap();
+        let a = client.create_device(&user.token).await.unwrap();
+        let b = client.create_device(&user.token).await.unwrap();
+        SlowLink {
+            server,
+            client,
+            a,
+            b,
+            _store: store,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_pushes_and_pulls_on_a_slow_link_go_through() {
-    let store = Store::sqlite();
-    let server = start(&store).await;
-    // 200 kB/s each way; the client works down to 100 kB/s, with a 1 s timeout that a
-    // request of a megabyte exceeds many times over at this speed.
-    let proxy = throttled_proxy(server.local_addr(), 200_000).await;
-    let options = ClientOptions {
+    // The client works down to 100 kB/s, with a 1 s timeout that a request of a megabyte
+    // exceeds many times over at the link's speed.
+    let SlowLink {
+        server,
+        client: slow,
+        a,
+        b,
+        _store,
+    } = SlowLink::new(ClientOptions {
         timeout: Duration::from_secs(1),
         retries: 1,
         min_bytes_per_second: 100_000,
         ..ClientOptions::default()
-    };
-    let slow = HttpSharedLog::with_options(&format!("http://{proxy}"), options).unwrap();
-    let user = slow.create_user(ADMIN, "ann").await.unwrap();
-    let (a, b) = (
-        slow.create_device(&user.token).await.unwrap(),
-        slow.create_device(&user.token).await.unwrap(),
-    );
+    })
+    .await;
 
     // About 1.2 MB of request: 6 s at the link's speed.
     let entries: Vec<SharedEntry> = (0..3).map(|_| entry(a, 300_000)).collect();
@@ -117,22 +144,20 @@ async fn large_pushes_and_pulls_on_a_slow_link_go_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_that_times_out_on_a_link_slower_than_told_goes_in_halves() {
-    let store = Store::sqlite();
-    let server = start(&store).await;
-    let proxy = throttled_proxy(server.local_addr(), 200_000).await;
     // The client is told of a fast link: its requests get no time for their size.
-    let options = ClientOptions {
+    let SlowLink {
+        server,
+        client: slow,
+        a,
+        b,
+        _store,
+    } = SlowLink::new(ClientOptions {
         timeout: Duration::from_millis(300),
         retries: 1,
         min_bytes_per_second: 100_000_000,
         ..ClientOptions::default()
-    };
-    let slow = HttpSharedLog::with_options(&format!("http://{proxy}"), options).unwrap();
-    let user = slow.create_user(ADMIN, "ann").await.unwrap();
-    let (a, b) = (
-        slow.create_device(&user.token).await.unwrap(),
-        slow.create_device(&user.token).await.unwrap(),
-    );
+    })
+    .await;
     // About 160 kB of request, 0.8 s at the link's speed.
     let entries: Vec<SharedEntry> = (0..12).map(|_| entry(a, 10_000)).collect();
     slow.push(a, entries)
