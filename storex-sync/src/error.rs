@@ -60,8 +60,9 @@ pub enum Error {
 
 impl Error {
     /// True when retrying later may succeed: storage and shared-log failures of the transient
-    /// kind, and a fast-sync session whose channel closed, failed or stalled (it resumes
-    /// where it broke off: `SnapshotSender::send` again, on a new channel).
+    /// kind, and a fast-sync session whose channel closed, failed or stalled, or that the
+    /// peer ended over a failure of the kind (it resumes where it broke off:
+    /// `SnapshotSender::send` again, on a new channel).
     pub fn is_transient(&self) -> bool {
         use crate::fast_sync::{ChannelError, FastSyncError};
         match self {
@@ -69,7 +70,10 @@ impl Error {
             Error::SharedLog(e) => e.is_transient(),
             Error::FastSync(
                 FastSyncError::Channel(ChannelError::Closed | ChannelError::Transport(_))
-                | FastSyncError::Stalled(_),
+                | FastSyncError::Stalled(_)
+                | FastSyncError::Cancelled {
+                    resumable: true, ..
+                },
             ) => true,
             _ => false,
         }

@@ -92,6 +92,9 @@ pub enum FastSyncError {
         by_peer: bool,
         /// Why.
         reason: String,
+        /// The peer ended it over a failure that may pass (its database busy or gone for a
+        /// moment): the session can be resumed.
+        resumable: bool,
     },
     /// A collection arrived incomplete or changed on the way.
     #[error("collection `{collection}` failed verification: {problem}")]
@@ -429,9 +432,10 @@ fn from_peer(received: Result<Option<Package>, ChannelError>) -> crate::Result<O
     match received {
         Err(e) => Err(FastSyncError::Channel(e).into()),
         Ok(None) => Err(FastSyncError::Channel(ChannelError::Closed).into()),
-        Ok(Some(Package::Cancel { reason })) => Err(FastSyncError::Cancelled {
+        Ok(Some(Package::Cancel { reason, resumable })) => Err(FastSyncError::Cancelled {
             by_peer: true,
             reason,
+            resumable,
         }
         .into()),
         Ok(Some(Package::Pause | Package::Resume)) => Ok(None),
@@ -462,11 +466,13 @@ async fn cancel_here(
     let reason = format!("cancelled on the {side} device");
     let cancel = Package::Cancel {
         reason: reason.clone(),
+        resumable: false,
     };
     let _ = send_package(channel, options, cancel).await;
     FastSyncError::Cancelled {
         by_peer: false,
         reason,
+        resumable: false,
     }
     .into()
 }
@@ -497,7 +503,10 @@ async fn tell_peer(
             storex_core::error_chain(other)
         ),
     };
-    let _ = send_package(channel, options, Package::Cancel { reason }).await;
+    // A failure that may pass here (a busy database) leaves a session the peer may resume.
+    let resumable = error.is_transient();
+    let cancel = Package::Cancel { reason, resumable };
+    let _ = send_package(channel, options, cancel).await;
     error
 }
 

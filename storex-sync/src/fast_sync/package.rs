@@ -250,6 +250,10 @@ pub enum Package {
     Cancel {
         /// Why.
         reason: String,
+        /// The sender's failure may pass (its database was busy or gone for a moment): the
+        /// session can be resumed. (Absent from peers from before it: false.)
+        #[serde(default)]
+        resumable: bool,
     },
 }
 

@@ -456,7 +456,7 @@ async fn receive_bad(bad: Vec<u8>) -> (Error, u64) {
     );
     // The sender is told why (the channel still works), not left to wait for a stall.
     assert!(
-        matches!(&answer, Some(Package::Cancel { reason }) if !reason.is_empty()),
+        matches!(&answer, Some(Package::Cancel { reason, .. }) if !reason.is_empty()),
         "{answer:?}"
     );
     let count = new
@@ -592,11 +592,13 @@ async fn an_unknown_collection_is_refused_before_anything_moves() {
     let Err(Error::FastSync(FastSyncError::Cancelled {
         by_peer: true,
         reason,
+        resumable,
     })) = sent
     else {
         panic!("sender: {sent:?}")
     };
     assert_eq!(reason, "this device has no collection `note`");
+    assert!(!resumable, "a refusal does not pass");
     assert_eq!(
         new.storage()
             .count("draft", Filter::all())
@@ -1224,7 +1226,7 @@ async fn log_entries_that_do_not_read_back_or_come_from_far_ahead_end_the_sessio
         assert!(
             replies
                 .iter()
-                .any(|p| matches!(p, Package::Cancel { reason } if !reason.is_empty())),
+                .any(|p| matches!(p, Package::Cancel { reason, .. } if !reason.is_empty())),
             "{what}: {replies:?}"
         );
         assert!(
@@ -1984,11 +1986,18 @@ fn told_by_peer(result: &storex_sync::Result<storex_sync::fast_sync::TransferRep
         Err(Error::FastSync(FastSyncError::Cancelled {
             by_peer: true,
             reason,
-        })) => assert!(
-            reason.contains(&format!("the {side} device failed"))
-                && reason.contains("injected failure of the disk"),
-            "{reason}"
-        ),
+            resumable,
+        })) => {
+            assert!(
+                reason.contains(&format!("the {side} device failed"))
+                    && reason.contains("injected failure of the disk"),
+                "{reason}"
+            );
+            // The peer's disk failed for a moment: the session may be resumed.
+            assert!(*resumable, "{reason}");
+            let error = result.as_ref().err();
+            assert!(error.is_some_and(storex_sync::Error::is_transient));
+        }
         other => panic!("expected the peer's cancel, got {other:?}"),
     }
 }
