@@ -559,10 +559,41 @@ async fn honour_pause(
                 Woken::Resumed => return send_package(channel, options, Package::Resume).await,
                 Woken::Cancelled => return Err(cancel_here(channel, options, side).await),
                 Woken::Heartbeat => break,
-                Woken::Received(received) => kept.extend(from_peer(received)?),
+                Woken::Received(received) => {
+                    kept.extend(from_peer(received)?);
+                    check_kept(kept)?;
+                }
             }
         }
     }
+}
+
+/// Packages a paused side keeps of what its peer sends meanwhile, at most: a sender stops at
+/// its window of unacknowledged batches, and a receiver's acknowledgements stop with them.
+const MAX_KEPT_PACKAGES: usize = 1_024;
+
+/// Bytes of batches a paused side keeps, at most.
+const MAX_KEPT_BYTES: usize = 256 * 1024 * 1024;
+
+/// Ends the session when the peer sent more during a pause than a peer that honours the
+/// protocol can (so that a broken or hostile one cannot fill this side's memory).
+fn check_kept(kept: &std::collections::VecDeque<Package>) -> crate::Result<()> {
+    let bytes: usize = kept
+        .iter()
+        .map(|package| match package {
+            Package::Batch { objects, .. } => objects.bytes(),
+            _ => 0,
+        })
+        .sum();
+    if kept.len() > MAX_KEPT_PACKAGES || bytes > MAX_KEPT_BYTES {
+        return Err(FastSyncError::Protocol(format!(
+            "the peer sent {} packages ({bytes} bytes of batches) during a pause, more than \
+             its window allows",
+            kept.len()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// How many rows the next page reads: about `budget` bytes of rows of `average` bytes, at

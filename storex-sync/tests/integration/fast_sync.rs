@@ -1249,6 +1249,40 @@ async fn log_entries_that_do_not_read_back_or_come_from_far_ahead_end_the_sessio
 }
 
 #[tokio::test]
+async fn a_peer_that_sends_without_end_during_a_pause_ends_the_session() {
+    let fx = Fixture::new();
+    let new = fx.device("new", DeviceId::random()).await;
+    let pause = storex_sync::fast_sync::PauseHandle::new();
+    pause.pause();
+    let options = FastSyncOptions::default().with_pause(pause);
+    // Room for everything the script sends, so that it never waits on the channel.
+    let (mut a, mut b) = memory_channel_pair(2_048);
+    // Far more batches than any window: a receiver that kept them all could be made to
+    // hold any amount of memory.
+    let batches = (1..=1_100)
+        .map(|seq| Package::Batch {
+            seq,
+            collection: "draft".into(),
+            objects: EncodedObjects::encode(&[object! { "id" => seq as i64, "text" => "x" }]),
+        })
+        .collect();
+    let both = async {
+        tokio::join!(
+            scripted_sender(&mut a, vec![info("draft", 1_100)], batches),
+            receive_snapshot(&new, &mut b, &options)
+        )
+    };
+    let (_, received) = tokio::time::timeout(Duration::from_secs(30), both)
+        .await
+        .expect("the receiver does not wait for ever");
+    let err = received.expect_err("ended");
+    assert!(
+        matches!(&err, Error::FastSync(FastSyncError::Protocol(p)) if p.contains("during a pause")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_peer_that_pauses_and_vanishes_is_reported_as_stalled_and_cancel_works_meanwhile() {
     let fx = Fixture::new();
     // Vanished: it paused, then said nothing more (the connection stays open).
