@@ -371,23 +371,44 @@ impl SyncLoggingMiddleware {
     ) -> CoreResult<Vec<Outcome>> {
         let mut outcomes = Vec::with_capacity(steps.len());
         let mut pending = Vec::new();
+        // A failing step is named by its place in the caller's batch, not in its part.
+        let at = |first: usize| {
+            move |e: CoreError| match e {
+                CoreError::BatchStep { step, source } => CoreError::BatchStep {
+                    step: first + step,
+                    source,
+                },
+                other => other,
+            }
+        };
         for step in steps {
             if step.operation.is_where_write()
                 && self.logged(step.operation.collection().unwrap_or_default())
             {
-                outcomes.extend(
-                    self.run_logged_batch(next, std::mem::take(&mut pending))
-                        .await?,
-                );
-                outcomes.push(
-                    self.run_where_write(next, step.operation, own_transaction)
-                        .await?,
-                );
+                let first = outcomes.len();
+                let part = std::mem::take(&mut pending);
+                outcomes.extend(self.run_logged_batch(next, part).await.map_err(at(first))?);
+                // (A step of the where-write's own, a part of its keys or its record, is
+                // named as the where-write.)
+                let first = outcomes.len();
+                let outcome = self.run_where_write(next, step.operation, own_transaction);
+                outcomes.push(outcome.await.map_err(|e| match e {
+                    CoreError::BatchStep { source, .. } => CoreError::BatchStep {
+                        step: first,
+                        source,
+                    },
+                    other => other,
+                })?);
             } else {
                 pending.push(step);
             }
         }
-        outcomes.extend(self.run_logged_batch(next, pending).await?);
+        let first = outcomes.len();
+        outcomes.extend(
+            self.run_logged_batch(next, pending)
+                .await
+                .map_err(at(first))?,
+        );
         Ok(outcomes)
     }
 
@@ -397,6 +418,17 @@ impl SyncLoggingMiddleware {
         steps: Vec<BatchStep>,
     ) -> CoreResult<Vec<Outcome>> {
         if next.in_transaction() {
+            // Its parts would run one after another in the caller's transaction, which a
+            // failing part leaves open with the parts before it applied: a batch is undone
+            // whole, so such a batch is refused rather than applied in part.
+            if steps.len() > 1 {
+                return Err(CoreError::invalid_operation(
+                    "",
+                    "a batch with a where-clause write of a synced collection cannot run in \
+                     the app's own transaction: run the where-write as an operation of its \
+                     own in the transaction, or the batch outside it",
+                ));
+            }
             return self.run_with_where_writes(next, steps, false).await;
         }
         let tx = next.begin().await?;

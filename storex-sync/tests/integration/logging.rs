@@ -1050,3 +1050,46 @@ async fn a_middleware_reading_the_log_during_a_write_gets_an_error_not_a_hang() 
     // Outside a write the same read works.
     assert_eq!(d.log().unshared_count().await.expect("count"), 0);
 }
+
+#[tokio::test]
+async fn a_batch_with_a_where_write_is_whole_or_nothing_and_names_its_failing_step() {
+    let d = device().await;
+    let book = notebook(&d).await;
+    let batch = || Operation::Batch {
+        steps: vec![
+            BatchStep::new(Operation::create("notebook", object! { "name" => "first" })),
+            BatchStep::new(Operation::update_where(
+                "note",
+                Filter::all(),
+                object! { "stars" => 1 },
+            )),
+            BatchStep::new(Operation::create(
+                "notebook",
+                object! { "id" => book.clone(), "name" => "taken" },
+            )),
+        ],
+    };
+    let first = || Filter::all().eq("name", "first");
+    let logged = entries(&d).await.len();
+    // On its own: the third step fails, and is named so; nothing of the batch stays.
+    let err = d.storage().execute(batch()).await.expect_err("a taken key");
+    assert!(
+        matches!(err, storex_core::Error::BatchStep { step: 2, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        d.storage().count("notebook", first()).await.expect("count"),
+        0
+    );
+    // In the app's own transaction, which its parts would leave half applied: refused
+    // before anything runs.
+    let tx = d.storage().begin().await.expect("begin");
+    let err = tx.execute(batch()).await.expect_err("refused");
+    assert!(err.to_string().contains("own transaction"), "{err}");
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        d.storage().count("notebook", first()).await.expect("count"),
+        0
+    );
+    assert_eq!(entries(&d).await.len(), logged, "nothing logged");
+}
