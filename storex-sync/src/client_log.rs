@@ -271,7 +271,10 @@ impl ClientSyncLog {
         }
         let part = &part;
         let attempt = |fold: bool| async move {
-            let tx = self.storage.begin().await?;
+            // Isolated: another process on the same database that folds into the same
+            // object's versions meanwhile makes this attempt fail (transient) instead of
+            // having its fold overwritten (the write-order lock is per process).
+            let tx = self.storage.begin_isolated().await?;
             let registry = self.storage.registry();
             let exec = Exec::Transaction(&tx);
             let settled = settle_part(exec, registry, part, pushed, fold).await;
@@ -497,7 +500,8 @@ impl ClientSyncLog {
         while dropped < limit {
             let size = (limit - dropped).min(COMPACT_ROUND);
             let round = async {
-                let tx = self.storage.begin().await?;
+                // Isolated, as settling a push is (see there).
+                let tx = self.storage.begin_isolated().await?;
                 let registry = self.storage.registry();
                 let exec = Exec::Transaction(&tx);
                 let folded = compact_into_versions(exec, registry, size, after.as_deref()).await;

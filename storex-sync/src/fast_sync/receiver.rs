@@ -631,7 +631,8 @@ async fn apply_versions_batch(
     // Under the write-order lock, as integration writes versions: the two never interleave.
     let storing = async {
         let storage = device.storage();
-        let tx = storage.begin().await?;
+        // Isolated, as integration is: versions are read, then replaced.
+        let tx = storage.begin_isolated().await?;
         let clock_before = versions::latest_applied(Exec::Transaction(&tx)).await?;
         // Any of them may have versions here already (integration may have run meanwhile):
         // puts replace them.
