@@ -323,6 +323,18 @@ impl ContinuousSync {
             self.follow_subscription().await?;
         }
         self.push(&mut report).await?;
+        if crate::fast_sync::receiver::unfinished_copy(&self.device).await? {
+            // Changes applied now could keep values whose timestamps the copy's versions
+            // then replace: the device would disagree with the others. It pulls once the
+            // copy finished (or was abandoned: `SyncDevice::abandon_transfers`).
+            report.problems.push(
+                "a fast-sync copy into this device has not finished: nothing is pulled until \
+                 it has (or `SyncDevice::abandon_transfers` gives it up)"
+                    .to_owned(),
+            );
+            report.duration = start.elapsed();
+            return Ok(report);
+        }
         self.pull(&mut report).await?;
         if first {
             self.started.store(true, Ordering::SeqCst);

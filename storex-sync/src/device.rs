@@ -294,6 +294,22 @@ impl SyncDevice {
         self.integrate_parts(entries, extra, false).await
     }
 
+    /// Gives up the fast-sync transfers into this device that did not finish (the sender is
+    /// gone for good): their progress is forgotten, so continuous sync pulls again (it does
+    /// not while a copy is unfinished), and a transfer started later begins afresh. Returns
+    /// how many were given up. What a copy applied stays, as rows without versions, which
+    /// reconcile as rows from before sync.
+    pub async fn abandon_transfers(&self) -> Result<u64> {
+        let outcome = self
+            .storage
+            .execute_as(
+                Operation::delete_where(crate::entry::TRANSFER_COLLECTION, Filter::all()),
+                storex_core::Origin::Sync,
+            )
+            .await?;
+        Ok(outcome.count().unwrap_or(0))
+    }
+
     /// Tries the held entries again (after an app upgrade, say); returns what happened. A
     /// held row that does not read is passed over and named in the report's `damaged`.
     ///

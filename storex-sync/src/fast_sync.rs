@@ -53,7 +53,7 @@
 
 mod channel;
 mod package;
-mod receiver;
+pub(crate) mod receiver;
 mod sender;
 mod sent_versions;
 

@@ -66,6 +66,23 @@ async fn load_state(device: &SyncDevice, session: Uuid) -> Result<Option<Session
         .and_then(|text| serde_json::from_str(&text).ok()))
 }
 
+/// Whether a copy into `device` (a fast sync into a device that had no data of its own) has
+/// begun and not finished: applying other changes meanwhile could leave the device with a
+/// value whose timestamp the copy's versions then replace (see `ContinuousSync::sync_once`).
+pub(crate) async fn unfinished_copy(device: &SyncDevice) -> Result<bool> {
+    let rows = device
+        .storage()
+        .find_many(TRANSFER_COLLECTION, Query::default())
+        .await?;
+    Ok(rows.iter().any(|row| {
+        let state = row
+            .get("progress")
+            .and_then(Value::as_text)
+            .and_then(|text| serde_json::from_str::<SessionState>(text).ok());
+        state.is_some_and(|state| !state.merge)
+    }))
+}
+
 /// What a sender offers, read from its `Hello`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Offer {
@@ -321,7 +338,7 @@ async fn receive_offered(
                     let problem = "the sender finished without its count and checksum";
                     return Err(refused(&missing.name, problem.to_owned()));
                 }
-                finish(device, session, cursor).await?;
+                finish(device, cursor).await?;
                 send_package(channel, options, Package::Done).await?;
                 break;
             }
@@ -685,8 +702,9 @@ fn not_sync_own(entry: &LogEntry) -> std::result::Result<(), FastSyncError> {
     Ok(())
 }
 
-/// Hands over the shared-log cursor and forgets the session, in one transaction.
-async fn finish(device: &SyncDevice, session: Uuid, cursor: u64) -> Result<()> {
+/// Hands over the shared-log cursor and forgets the session (and any abandoned before it),
+/// in one transaction.
+async fn finish(device: &SyncDevice, cursor: u64) -> Result<()> {
     let storage = device.storage();
     let tx = storage.begin().await?;
     let own = run(
@@ -712,9 +730,10 @@ async fn finish(device: &SyncDevice, session: Uuid, cursor: u64) -> Result<()> {
             object! { "key" => CURSOR_KEY, "value" => value },
         )
     };
+    // This session's progress, and that of any abandoned before it: moot now.
     let steps = vec![
         BatchStep::new(cursor_step),
-        BatchStep::new(Operation::delete_by_pk(TRANSFER_COLLECTION, session)),
+        BatchStep::new(Operation::delete_where(TRANSFER_COLLECTION, Filter::all())),
     ];
     run(&tx, Operation::Batch { steps }).await?;
     tx.commit().await?;

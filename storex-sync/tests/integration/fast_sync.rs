@@ -258,6 +258,97 @@ async fn continuous_sync_takes_over_from_the_handed_over_cursor() {
     );
 }
 
+#[tokio::test]
+async fn a_device_receiving_a_copy_pulls_nothing_until_the_copy_is_done_or_given_up() {
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let (old_id, new_id, other_id) = (
+        log.create_device("ann").await.expect("old"),
+        log.create_device("ann").await.expect("new"),
+        log.create_device("ann").await.expect("other"),
+    );
+    let old = fx.device("old", old_id).await;
+    fill(&old, 2_000).await;
+    let other = ContinuousSync::new(
+        fx.device("other", other_id).await,
+        log.clone(),
+        ContinuousOptions::default(),
+    );
+    let new = ContinuousSync::new(
+        fx.device("new", new_id).await,
+        log,
+        ContinuousOptions::default(),
+    );
+    // Another device's change waits in the shared log.
+    other
+        .device()
+        .storage()
+        .create("note", object! { "title" => "elsewhere" })
+        .await
+        .expect("write");
+    other.sync_once().await.expect("push");
+
+    // The copy breaks off after some batches.
+    let options = small_batches().with_stall_timeout(Duration::from_secs(5));
+    let mut sender = SnapshotSender::open(&old, options.clone())
+        .await
+        .expect("snapshot");
+    let (a, mut b) = memory_channel_pair(4);
+    let mut a = Dropping {
+        inner: Some(a),
+        left: 20,
+    };
+    let (sent, received) = tokio::join!(
+        sender.send(&mut a),
+        receive_snapshot(new.device(), &mut b, &options)
+    );
+    assert!(sent.is_err() && received.is_err(), "cut");
+    let report = new.sync_once().await.expect("sync");
+    assert_eq!(
+        report.pulled, 0,
+        "nothing applied beside an unfinished copy"
+    );
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("has not finished")),
+        "{report:?}"
+    );
+
+    // Resumed and done: it pulls again.
+    let (mut a, mut b) = memory_channel_pair(4);
+    let (sent, received) = tokio::join!(
+        sender.send(&mut a),
+        receive_snapshot(new.device(), &mut b, &options)
+    );
+    sent.expect("send");
+    received.expect("receive");
+    sender.close().await.expect("close");
+    let report = new.sync_once().await.expect("sync");
+    assert_eq!(report.integrated, 1, "{report:?}");
+    assert!(report.problems.is_empty(), "{report:?}");
+
+    // Another copy given up: it pulls again too.
+    let newer = fx.device("newer", DeviceId::random()).await;
+    let mut sender = SnapshotSender::open(&old, options.clone())
+        .await
+        .expect("snapshot");
+    let (a, mut b) = memory_channel_pair(4);
+    let mut a = Dropping {
+        inner: Some(a),
+        left: 20,
+    };
+    let (_, received) = tokio::join!(
+        sender.send(&mut a),
+        receive_snapshot(&newer, &mut b, &options)
+    );
+    assert!(received.is_err(), "cut");
+    assert_eq!(newer.abandon_transfers().await.expect("given up"), 1);
+    assert_eq!(newer.abandon_transfers().await.expect("none left"), 0);
+    sender.close().await.expect("close");
+}
+
 /// A channel that fails after passing a number of packages, both ways, and then closes, as
 /// a dropped connection does.
 #[derive(Debug)]
