@@ -12,6 +12,7 @@ use storex_core::uuid::Uuid;
 use storex_core::{CollectionDef, Object};
 
 use crate::fast_sync::channel::ChannelError;
+use crate::hlc::Hlc;
 
 /// The version of the protocol this build speaks; the first byte of every frame.
 pub const PROTOCOL_VERSION: u8 = 5;
@@ -205,6 +206,12 @@ pub enum Package {
         /// The sender's shared-log cursor at the snapshot, where the receiver's continuous
         /// sync starts.
         cursor: u64,
+        /// The sender's clock when it began: at least every timestamp it sends. The
+        /// receiver's clock moves past it first, so that what the app writes there while
+        /// the transfer runs is later than everything sent. (Absent from senders from before
+        /// it: the receiver's clock then learns the timestamps as they come.)
+        #[serde(default)]
+        latest: Option<Hlc>,
     },
     /// Receiver → sender: ready; `resume_after` is the last batch already applied.
     Ready {
@@ -328,6 +335,7 @@ mod tests {
             collections: Vec::new(),
             definitions,
             cursor: 0,
+            latest: None,
         };
         // A definition without the hint is encoded as before it existed (no such key), and
         // decodes with the hint off.

@@ -90,6 +90,7 @@ pub struct Offer {
     collections: Vec<CollectionInfo>,
     definitions: Vec<CollectionDef>,
     cursor: u64,
+    latest: Option<crate::hlc::Hlc>,
 }
 
 impl Offer {
@@ -129,11 +130,13 @@ async fn read_hello(channel: &mut dyn FastSyncChannel, options: &FastSyncOptions
             collections,
             definitions,
             cursor,
+            latest,
         } => Ok(Offer {
             session,
             collections,
             definitions,
             cursor,
+            latest,
         }),
         other => Err(FastSyncError::Protocol(format!("expected Hello, got {other:?}")).into()),
     }
@@ -177,8 +180,20 @@ async fn receive_offered(
         session,
         collections,
         cursor,
+        latest,
         ..
     } = offer;
+    // The sender's clock first: what the app writes here while the transfer runs is later
+    // than everything the sender sends (or the session ends, if it is too far ahead).
+    if let Some(latest) = latest {
+        device
+            .clock()
+            .observe(latest)
+            .map_err(|e| FastSyncError::Verification {
+                collection: String::new(),
+                problem: format!("the sender's clock: {e}"),
+            })?;
+    }
     let registry = device.storage().registry().clone();
     for info in &collections {
         let known = match registry.collection(&info.name) {

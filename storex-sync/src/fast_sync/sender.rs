@@ -261,6 +261,7 @@ impl SnapshotSender {
                 collections: self.collections.clone(),
                 definitions: self.definitions(),
                 cursor: self.cursor,
+                latest: Some(self.device.clock().now()),
             },
         )
         .await?;

@@ -16,7 +16,7 @@ use storex_sync::fast_sync::{
     Progress, SnapshotSender,
 };
 use storex_sync::{
-    Clock, ContinuousOptions, ContinuousSync, DeviceId, EntryOp, Error, MemorySharedLog,
+    Clock, ContinuousOptions, ContinuousSync, DeviceId, EntryOp, Error, Hlc, MemorySharedLog,
     SharedSyncLog, SyncDevice, SyncOptions,
 };
 
@@ -503,6 +503,7 @@ async fn begin_copy(
             collections,
             definitions: Vec::new(),
             cursor: 0,
+            latest: None,
         })
         .await
         .expect("hello");
@@ -513,6 +514,42 @@ async fn begin_copy(
             merge: false,
         }))
     ));
+}
+
+#[tokio::test]
+async fn the_receivers_clock_moves_past_the_senders_before_anything_is_sent() {
+    let fx = Fixture::new();
+    let new = fx.device("new", DeviceId::random()).await;
+    // A sender whose clock is an hour ahead of this device's.
+    let ahead = Hlc {
+        millis: new.clock().now().millis + 3_600_000,
+        counter: 0,
+        device: DeviceId::random(),
+    };
+    let (mut a, mut b) = memory_channel_pair(8);
+    let options = FastSyncOptions::default();
+    let sender = async {
+        a.send(Package::Hello {
+            session: storex_core::uuid::Uuid::now_v7(),
+            collections: vec![info("draft", 1)],
+            definitions: Vec::new(),
+            cursor: 0,
+            latest: Some(ahead),
+        })
+        .await
+        .expect("hello");
+        let ready = a.recv().await;
+        assert!(
+            matches!(ready, Ok(Some(Package::Ready { .. }))),
+            "{ready:?}"
+        );
+        // A write the app makes now, before any batch, is later than all the sender has.
+        let written = new.clock().now();
+        assert!(written > ahead, "{written:?} after {ahead:?}");
+        drop(a);
+    };
+    let (_, received) = tokio::join!(sender, receive_snapshot(&new, &mut b, &options));
+    assert!(received.is_err(), "the hand-made sender never finishes");
 }
 
 /// Plays the sender by hand: a valid hello and first batch, then `bad`; returns the
@@ -1180,6 +1217,7 @@ async fn scripted_sender(
             collections,
             definitions: Vec::new(),
             cursor: 7,
+            latest: None,
         })
         .await
         .expect("hello");
