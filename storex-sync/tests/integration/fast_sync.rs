@@ -258,6 +258,23 @@ async fn continuous_sync_takes_over_from_the_handed_over_cursor() {
     );
 }
 
+/// A copy from `old` into `new` that breaks off after some packages; returns its sender,
+/// which resumes it on a new channel.
+async fn cut_copy(old: &SyncDevice, new: &SyncDevice, options: &FastSyncOptions) -> SnapshotSender {
+    let mut sender = SnapshotSender::open(old, options.clone())
+        .await
+        .expect("snapshot");
+    let (a, mut b) = memory_channel_pair(4);
+    let mut a = Dropping {
+        inner: Some(a),
+        left: 20,
+    };
+    let (sent, received) =
+        tokio::join!(sender.send(&mut a), receive_snapshot(new, &mut b, options));
+    assert!(sent.is_err() && received.is_err(), "cut");
+    sender
+}
+
 #[tokio::test]
 async fn a_device_receiving_a_copy_pulls_nothing_until_the_copy_is_done_or_given_up() {
     let fx = Fixture::new();
@@ -290,19 +307,7 @@ async fn a_device_receiving_a_copy_pulls_nothing_until_the_copy_is_done_or_given
 
     // The copy breaks off after some batches.
     let options = small_batches().with_stall_timeout(Duration::from_secs(5));
-    let mut sender = SnapshotSender::open(&old, options.clone())
-        .await
-        .expect("snapshot");
-    let (a, mut b) = memory_channel_pair(4);
-    let mut a = Dropping {
-        inner: Some(a),
-        left: 20,
-    };
-    let (sent, received) = tokio::join!(
-        sender.send(&mut a),
-        receive_snapshot(new.device(), &mut b, &options)
-    );
-    assert!(sent.is_err() && received.is_err(), "cut");
+    let mut sender = cut_copy(&old, new.device(), &options).await;
     let report = new.sync_once().await.expect("sync");
     assert_eq!(
         report.pulled, 0,
@@ -331,19 +336,7 @@ async fn a_device_receiving_a_copy_pulls_nothing_until_the_copy_is_done_or_given
 
     // Another copy given up: it pulls again too.
     let newer = fx.device("newer", DeviceId::random()).await;
-    let mut sender = SnapshotSender::open(&old, options.clone())
-        .await
-        .expect("snapshot");
-    let (a, mut b) = memory_channel_pair(4);
-    let mut a = Dropping {
-        inner: Some(a),
-        left: 20,
-    };
-    let (_, received) = tokio::join!(
-        sender.send(&mut a),
-        receive_snapshot(&newer, &mut b, &options)
-    );
-    assert!(received.is_err(), "cut");
+    let sender = cut_copy(&old, &newer, &options).await;
     assert_eq!(newer.abandon_transfers().await.expect("given up"), 1);
     assert_eq!(newer.abandon_transfers().await.expect("none left"), 0);
     sender.close().await.expect("close");
