@@ -365,8 +365,11 @@ impl ClientSyncLog {
             .exec()
             .find_values(LOG_COLLECTION, query, &LOG_FIELDS)
             .await?;
-        let at = LOG_FIELDS.iter().position(|f| *f == "hlc").unwrap_or(2);
-        let hlc_of = |row: &Vec<Value>| row.get(at).and_then(Value::as_text).map(str::to_owned);
+        let hlc_of = |row: &Vec<Value>| {
+            log_value(row, "hlc")
+                .and_then(Value::as_text)
+                .map(str::to_owned)
+        };
         // A full page ends at its last timestamp, read whole; one whose rows hold no
         // timestamp that reads (damaged) is read to the end at once.
         let next = if (rows.len() as u64) < limit {

@@ -44,16 +44,20 @@ async fn pull_all(
     }
 }
 
+/// A fresh log with two devices of one user.
+async fn log_with_two_devices(project: &str) -> (FirestoreSharedLog, DeviceId, DeviceId) {
+    let log = common::fresh_log(project).await;
+    let a = log.create_device("ann").await.expect("device");
+    let b = log.create_device("ann").await.expect("device");
+    (log, a, b)
+}
+
 #[tokio::test]
 async fn an_oversized_entry_is_refused_by_name_and_stores_nothing() {
     let Some(project) = common::emulator_project() else {
         return;
     };
-    let log = common::fresh_log(&project).await;
-    let (a, b) = (
-        log.create_device("ann").await.expect("device"),
-        log.create_device("ann").await.expect("device"),
-    );
+    let (log, a, b) = log_with_two_devices(&project).await;
     let small = entry(a, "note", b"small".to_vec());
     let fits = entry(a, "note", vec![7; FirestoreSharedLog::MAX_PAYLOAD_BYTES]);
     let huge = entry(
@@ -124,11 +128,7 @@ async fn a_push_larger_than_one_commit_is_stored_whole_and_in_order() {
     let Some(project) = common::emulator_project() else {
         return;
     };
-    let log = common::fresh_log(&project).await;
-    let (a, b) = (
-        log.create_device("ann").await.expect("device"),
-        log.create_device("ann").await.expect("device"),
-    );
+    let (log, a, b) = log_with_two_devices(&project).await;
     // More entries than one commit may write (500 writes).
     let many: Vec<SharedEntry> = (0..1_234u32)
         .map(|i| entry(a, "note", i.to_be_bytes().to_vec()))
@@ -165,11 +165,7 @@ async fn compaction_deletes_more_entries_than_one_commit_and_keeps_the_rest() {
     let Some(project) = common::emulator_project() else {
         return;
     };
-    let log = common::fresh_log(&project).await;
-    let (a, b) = (
-        log.create_device("ann").await.expect("device"),
-        log.create_device("ann").await.expect("device"),
-    );
+    let (log, a, b) = log_with_two_devices(&project).await;
     let sent: Vec<SharedEntry> = (0..1_100u32)
         .map(|i| entry(a, "note", i.to_be_bytes().to_vec()))
         .collect();
@@ -205,11 +201,7 @@ async fn pulls_filter_by_topic_in_the_query_and_beyond_thirty_topics() {
     let Some(project) = common::emulator_project() else {
         return;
     };
-    let log = common::fresh_log(&project).await;
-    let (a, b) = (
-        log.create_device("ann").await.expect("device"),
-        log.create_device("ann").await.expect("device"),
-    );
+    let (log, a, b) = log_with_two_devices(&project).await;
     let sent: Vec<SharedEntry> = (0..80u8)
         .map(|i| entry(a, &format!("topic-{}", i % 40), vec![i]))
         .collect();
@@ -337,11 +329,7 @@ async fn a_page_of_big_entries_is_cut_by_bytes() {
     let Some(project) = common::emulator_project() else {
         return;
     };
-    let log = common::fresh_log(&project).await;
-    let (a, b) = (
-        log.create_device("ann").await.expect("device"),
-        log.create_device("ann").await.expect("device"),
-    );
+    let (log, a, b) = log_with_two_devices(&project).await;
     let big = FirestoreSharedLog::MAX_PAYLOAD_BYTES;
     let sent: Vec<SharedEntry> = (0..12u8).map(|i| entry(a, "photo", vec![i; big])).collect();
     log.push(a, sent.clone()).await.expect("push");
