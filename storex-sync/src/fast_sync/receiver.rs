@@ -57,13 +57,13 @@ async fn load_state(device: &SyncDevice, session: Uuid) -> Result<Option<Session
         .storage()
         .find_by_pk(TRANSFER_COLLECTION, session)
         .await?;
-    Ok(row
-        .and_then(|r| {
-            r.get("progress")
-                .and_then(Value::as_text)
-                .map(str::to_owned)
-        })
-        .and_then(|text| serde_json::from_str(&text).ok()))
+    Ok(row.as_ref().and_then(state_of))
+}
+
+/// The progress a row of the transfer collection stores (`None` if it does not read).
+fn state_of(row: &Object) -> Option<SessionState> {
+    let text = row.get("progress").and_then(Value::as_text)?;
+    serde_json::from_str(text).ok()
 }
 
 /// Whether a copy into `device` (a fast sync into a device that had no data of its own) has
@@ -74,13 +74,9 @@ pub(crate) async fn unfinished_copy(device: &SyncDevice) -> Result<bool> {
         .storage()
         .find_many(TRANSFER_COLLECTION, Query::default())
         .await?;
-    Ok(rows.iter().any(|row| {
-        let state = row
-            .get("progress")
-            .and_then(Value::as_text)
-            .and_then(|text| serde_json::from_str::<SessionState>(text).ok());
-        state.is_some_and(|state| !state.merge)
-    }))
+    Ok(rows
+        .iter()
+        .any(|row| state_of(row).is_some_and(|state| !state.merge)))
 }
 
 /// What a sender offers, read from its `Hello`.
