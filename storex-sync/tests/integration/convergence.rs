@@ -20,7 +20,7 @@ use storex_sync::{Clock, DeviceId, EntryOp, LogEntry, ManualClock, SyncDevice, S
 
 const CASES: u32 = 1_000;
 
-fn registry() -> Registry {
+pub(super) fn registry() -> Registry {
     Registry::builder()
         .collection(
             CollectionDef::new("item")
@@ -35,7 +35,7 @@ fn registry() -> Registry {
 }
 
 #[derive(Clone, Debug)]
-enum Write {
+pub(super) enum Write {
     Create {
         id: i64,
         a: u8,
@@ -82,7 +82,7 @@ enum Action {
     },
 }
 
-fn write() -> impl Strategy<Value = Write> {
+pub(super) fn write() -> impl Strategy<Value = Write> {
     let id = 0i64..6;
     prop_oneof![
         3 => (id.clone(), any::<u8>(), proptest::option::of(0i64..3)).prop_map(|(id, a, b)| Write::Create { id, a, b }),
@@ -114,7 +114,7 @@ fn scenario() -> impl Strategy<Value = (Vec<u64>, Vec<Action>, u64)> {
 }
 
 /// A small deterministic shuffle, so a failing case replays exactly.
-fn shuffle<T>(items: &mut [T], mut seed: u64) {
+pub(super) fn shuffle<T>(items: &mut [T], mut seed: u64) {
     for i in (1..items.len()).rev() {
         seed = seed
             .wrapping_mul(6364136223846793005)
@@ -124,7 +124,7 @@ fn shuffle<T>(items: &mut [T], mut seed: u64) {
     }
 }
 
-async fn apply_write(device: &SyncDevice, write: &Write) {
+pub(super) async fn apply_write(device: &SyncDevice, write: &Write) {
     let s = device.storage();
     // Writes may fail (a create of a key that exists here); a failed write logs nothing.
     let _ = match write {
@@ -171,7 +171,7 @@ async fn apply_write(device: &SyncDevice, write: &Write) {
     };
 }
 
-async fn known_entries(device: &SyncDevice) -> Vec<LogEntry> {
+pub(super) async fn known_entries(device: &SyncDevice) -> Vec<LogEntry> {
     device
         .log()
         .all()
@@ -184,7 +184,7 @@ async fn known_entries(device: &SyncDevice) -> Vec<LogEntry> {
         .collect()
 }
 
-async fn deliver(to: &SyncDevice, mut entries: Vec<LogEntry>, batch: usize, seed: u64) {
+pub(super) async fn deliver(to: &SyncDevice, mut entries: Vec<LogEntry>, batch: usize, seed: u64) {
     shuffle(&mut entries, seed);
     for chunk in entries.chunks(batch.max(1)) {
         let report = to.integrate(chunk.to_vec()).await.expect("integrate");
@@ -197,7 +197,7 @@ async fn deliver(to: &SyncDevice, mut entries: Vec<LogEntry>, batch: usize, seed
 }
 
 /// The reference: every entry applied in timestamp order, one at a time.
-fn sequential_model(mut entries: Vec<LogEntry>) -> BTreeMap<i64, Object> {
+pub(super) fn sequential_model(mut entries: Vec<LogEntry>) -> BTreeMap<i64, Object> {
     let registry = registry();
     let def = registry.collection("item").expect("item");
     entries.sort_by_key(|e| e.hlc);
@@ -231,7 +231,7 @@ fn sequential_model(mut entries: Vec<LogEntry>) -> BTreeMap<i64, Object> {
     state
 }
 
-async fn rows(device: &SyncDevice) -> BTreeMap<i64, Object> {
+pub(super) async fn rows(device: &SyncDevice) -> BTreeMap<i64, Object> {
     device
         .storage()
         .find_many("item", Query::default())

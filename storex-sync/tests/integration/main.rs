@@ -6,6 +6,7 @@
 mod bad_entries;
 mod continuous;
 mod convergence;
+mod convergence_through_sync;
 mod fast_sync;
 mod key_runs;
 mod log_lifecycle;
