@@ -182,7 +182,8 @@ pub struct ContinuousSync {
     options: ContinuousOptions,
     running: Mutex<()>,
     /// Set once this instance's first sync went through: the subscription was checked and
-    /// the held entries were retried (both only change with a new instance, after a restart).
+    /// the held entries were retried (both only change with a new instance, after a restart;
+    /// entries held for clock drift are also retried once the clock caught up with them).
     started: AtomicBool,
 }
 
@@ -336,10 +337,11 @@ impl ContinuousSync {
             return Ok(report);
         }
         self.pull(&mut report).await?;
-        if first {
-            self.started.store(true, Ordering::SeqCst);
-            // Once per start: entries held for a newer schema apply after an app upgrade,
-            // those held for clock drift once the clock caught up.
+        // Held entries are tried again once per start (entries held for a newer schema apply
+        // after an app upgrade), and when the clock has caught up with one it refused as too
+        // far ahead (without a restart: a desktop app may run for weeks).
+        let drift_due = self.device.clock().take_refusal_due();
+        if first || drift_due {
             match self.device.retry_held().await {
                 Ok(retried) => {
                     report.integrated += retried.integrated;
@@ -351,8 +353,16 @@ impl ContinuousSync {
                         )
                     }));
                 }
-                Err(e) => report.problems.push(format!("retrying held entries: {e}")),
+                Err(e) => {
+                    if drift_due {
+                        self.device.clock().refusal_due_again();
+                    }
+                    report.problems.push(format!("retrying held entries: {e}"));
+                }
             }
+        }
+        if first {
+            self.started.store(true, Ordering::SeqCst);
             // Payloads set aside because they did not decode, with this engine's codec.
             if let Err(e) = self.retry_quarantined(&mut report).await {
                 report

@@ -193,6 +193,9 @@ pub struct Clock {
     wall: Box<dyn WallClock>,
     max_drift_ms: u64,
     last: Mutex<(u64, u32)>,
+    /// The wall-clock time (ms) from which the earliest timestamp [`Clock::observe`] refused
+    /// (since [`Clock::take_refusal_due`] last said so) is within the allowed drift.
+    refused_due: Mutex<Option<u64>>,
 }
 
 impl Clock {
@@ -208,6 +211,7 @@ impl Clock {
             wall: Box::new(wall),
             max_drift_ms: u64::try_from(DEFAULT_MAX_DRIFT.as_millis()).unwrap_or(u64::MAX),
             last: Mutex::new((0, 0)),
+            refused_due: Mutex::new(None),
         }
     }
 
@@ -270,6 +274,12 @@ impl Clock {
     pub fn observe(&self, remote: Hlc) -> Result<()> {
         let wall = self.wall.now_millis();
         if remote.millis > wall.saturating_add(self.max_drift_ms) {
+            let due = remote.millis - self.max_drift_ms;
+            let mut refused = self
+                .refused_due
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            *refused = Some(refused.map_or(due, |earlier| earlier.min(due)));
             return Err(Error::ClockDrift {
                 remote,
                 ahead_ms: remote.millis - wall,
@@ -281,6 +291,34 @@ impl Clock {
             *last = (remote.millis, remote.counter);
         }
         Ok(())
+    }
+
+    /// True once the wall clock has come within the allowed drift of the earliest timestamp
+    /// [`Clock::observe`] refused since the last time this said so (an entry held for clock
+    /// drift may apply now); it then forgets every refusal, so the caller retries them all
+    /// (and those still too far ahead are refused, and remembered, again).
+    pub(crate) fn take_refusal_due(&self) -> bool {
+        let wall = self.wall.now_millis();
+        let mut refused = self
+            .refused_due
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match *refused {
+            Some(due) if wall >= due => {
+                *refused = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Says a refusal is due again at once ([`Clock::take_refusal_due`] said so, but the
+    /// retry it called for failed).
+    pub(crate) fn refusal_due_again(&self) {
+        *self
+            .refused_due
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(0);
     }
 
     /// Restores the clock after a restart from the largest timestamp the device stored,
@@ -425,6 +463,34 @@ mod tests {
             (after.millis, after.counter),
             (before.millis, before.counter + 1)
         );
+    }
+
+    #[test]
+    fn a_refused_timestamp_is_due_once_the_wall_clock_comes_within_the_drift_of_the_earliest() {
+        let wall = ManualClock::new(1_000);
+        let clock =
+            Clock::with_wall_clock(device(1), wall.clone()).with_max_drift(Duration::from_secs(60));
+        let at = |millis| Hlc {
+            millis,
+            counter: 0,
+            device: device(2),
+        };
+        assert!(!clock.take_refusal_due(), "nothing refused yet");
+        clock.observe(at(1_000 + 90_000)).expect_err("accepted");
+        clock.observe(at(1_000 + 70_000)).expect_err("accepted");
+        // Due at 10,000 + 1,000 (the earlier one), not at 30,000 + 1,000.
+        wall.advance(Duration::from_millis(9_999));
+        assert!(!clock.take_refusal_due());
+        wall.advance(Duration::from_millis(1));
+        assert!(clock.take_refusal_due());
+        assert!(!clock.take_refusal_due(), "said once, then forgotten");
+        // The retry it calls for refuses the later one again, which is due in its turn.
+        clock.observe(at(1_000 + 90_000)).expect_err("accepted");
+        assert!(!clock.take_refusal_due());
+        wall.advance(Duration::from_millis(20_000));
+        assert!(clock.take_refusal_due());
+        clock.refusal_due_again();
+        assert!(clock.take_refusal_due(), "due again after a failed retry");
     }
 
     #[test]

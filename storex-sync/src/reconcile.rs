@@ -71,7 +71,8 @@ pub enum HoldReason {
         /// What is wrong.
         problem: String,
     },
-    /// Its timestamp is further in the future than the clock allows.
+    /// Its timestamp is further in the future than the clock allows. Continuous sync
+    /// tries it again once the wall clock has come within the allowed drift of it.
     ClockDrift {
         /// The clock's message.
         problem: String,

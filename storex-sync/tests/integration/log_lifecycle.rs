@@ -226,6 +226,76 @@ async fn an_entry_held_for_clock_drift_does_not_move_the_clock_after_a_restart()
 }
 
 #[tokio::test]
+async fn continuous_sync_applies_an_entry_held_for_clock_drift_once_the_clock_caught_up() {
+    use std::time::Duration;
+    use storex_sync::{
+        ContinuousOptions, ContinuousSync, ManualClock, MemorySharedLog, SharedSyncLog,
+    };
+    let shared: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let hour = Duration::from_secs(3_600);
+    let base = 1_700_000_000_000u64;
+    let open_at = |wall: ManualClock, id: DeviceId| {
+        let shared = shared.clone();
+        async move {
+            let clock = Clock::with_wall_clock(id, wall).with_max_drift(hour);
+            let device = SyncDevice::open(
+                registry(1),
+                Arc::new(MemoryBackend::new()),
+                clock,
+                SyncOptions::default(),
+            )
+            .await
+            .expect("device");
+            ContinuousSync::new(device, shared, ContinuousOptions::default())
+        }
+    };
+    let a_id = shared.create_device("ann").await.expect("device a");
+    let b_id = shared.create_device("ann").await.expect("device b");
+    // a's clock is two hours ahead; b allows one.
+    let a = open_at(ManualClock::new(base + 2 * 3_600_000), a_id).await;
+    let b_wall = ManualClock::new(base);
+    let b = open_at(b_wall.clone(), b_id).await;
+    a.device()
+        .storage()
+        .create("note", object! { "id" => 1, "title" => "from ahead" })
+        .await
+        .expect("create");
+    a.sync_once().await.expect("a syncs");
+    let notes = |device: &ContinuousSync| {
+        let storage = device.device().storage().clone();
+        async move {
+            storage
+                .count("note", storex_core::Filter::all())
+                .await
+                .expect("count")
+        }
+    };
+    let report = b.sync_once().await.expect("b syncs");
+    assert_eq!(report.held, 1, "{report:?}");
+    // Half an hour later it is still too far ahead; an hour and a minute later it is not,
+    // and the same engine, never restarted, applies it.
+    b_wall.advance(hour / 2);
+    b.sync_once().await.expect("b syncs");
+    assert_eq!(notes(&b).await, 0);
+    b_wall.advance(hour / 2 + Duration::from_secs(60));
+    let report = b.sync_once().await.expect("b syncs");
+    assert_eq!(report.integrated, 1, "{report:?}");
+    assert_eq!(notes(&b).await, 1);
+    assert!(b
+        .device()
+        .log()
+        .held()
+        .await
+        .expect("held")
+        .entries
+        .is_empty());
+    assert_eq!(
+        a.device().digest("note").await.expect("digest"),
+        b.device().digest("note").await.expect("digest")
+    );
+}
+
+#[tokio::test]
 async fn continuous_sync_applies_entries_held_for_a_newer_schema_after_the_upgrade() {
     use storex_sync::{ContinuousOptions, ContinuousSync, MemorySharedLog, SharedSyncLog};
     let shared: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
