@@ -37,15 +37,12 @@ use crate::client_log::{delete_ids_steps, ids_in, Exec, LogRows, COMPACT_ROUND};
 use crate::codec::EntryCodec;
 use crate::device::SyncDevice;
 use crate::entry::{
-    next_page_after, LogEntry, LOG_COLLECTION, LOG_FIELDS, QUARANTINE_COLLECTION, STATE_COLLECTION,
+    next_page_after, LogEntry, CURSOR_KEY, LOG_COLLECTION, LOG_FIELDS, QUARANTINE_COLLECTION,
+    STATE_COLLECTION, SUBSCRIPTION_KEY,
 };
 use crate::error::{Error, Result};
 use crate::journal::JournalPart;
 use crate::shared_log::{split_into_pushes, SharedEntry, SharedLogError, SharedSyncLog};
-
-const CURSOR_KEY: &str = "shared_log_cursor";
-/// The state row holding a fingerprint of the topics the cursor was advanced for.
-const SUBSCRIPTION_KEY: &str = "subscription";
 
 /// How [`ContinuousSync`] batches its work.
 #[derive(Clone, Debug)]
@@ -278,7 +275,8 @@ impl ContinuousSync {
 
     /// When the subscription changed since the cursor last moved, pulls again from the
     /// start, so collections added to it bring their history (entries already here are
-    /// recognised by id). The first time, only records it.
+    /// recognised by id); not when it was all topics before. The first time, only records
+    /// it. (A fast-sync copy hands over the sender's, with its cursor.)
     async fn follow_subscription(&self) -> Result<()> {
         let storage = self.device.storage();
         let now = self.subscription();
@@ -288,6 +286,12 @@ impl ContinuousSync {
             .and_then(|row| row.get("value").and_then(Value::as_int));
         let steps = match stored {
             Some(before) if before == now => return Ok(()),
+            // From all topics to some: everything before the cursor is here already.
+            Some(0) => vec![BatchStep::new(Operation::update_by_pk(
+                STATE_COLLECTION,
+                SUBSCRIPTION_KEY,
+                object! { "value" => now },
+            ))],
             Some(_) => vec![
                 BatchStep::new(Operation::update_by_pk(
                     STATE_COLLECTION,

@@ -98,6 +98,12 @@ pub(crate) fn log_collection() -> CollectionDef {
 /// The name of the collection holding sync state (the shared-log cursor).
 pub const STATE_COLLECTION: &str = "storex_sync_state";
 
+/// The state row holding the shared-log cursor: how far this device pulled.
+pub(crate) const CURSOR_KEY: &str = "shared_log_cursor";
+
+/// The state row holding a fingerprint of the topics the cursor was advanced for (0: all).
+pub(crate) const SUBSCRIPTION_KEY: &str = "subscription";
+
 /// The name of the collection keeping pulled payloads that could not be decoded.
 pub const QUARANTINE_COLLECTION: &str = "storex_sync_quarantine";
 

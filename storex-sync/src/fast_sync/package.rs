@@ -212,6 +212,12 @@ pub enum Package {
         /// it: the receiver's clock then learns the timestamps as they come.)
         #[serde(default)]
         latest: Option<Hlc>,
+        /// The fingerprint of the topics the sender's continuous sync pulls, for which its
+        /// `cursor` holds (0: all of them): a receiver whose own subscription differs pulls
+        /// again from the start. `None` when the sender has never synced (or is from before
+        /// this field).
+        #[serde(default)]
+        subscription: Option<i64>,
     },
     /// Receiver → sender: ready; `resume_after` is the last batch already applied.
     Ready {
@@ -336,6 +342,7 @@ mod tests {
             definitions,
             cursor: 0,
             latest: None,
+            subscription: None,
         };
         // A definition without the hint is encoded as before it existed (no such key), and
         // decodes with the hint off.

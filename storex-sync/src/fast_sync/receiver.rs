@@ -15,8 +15,8 @@ use storex_core::{
 use crate::client_log::{known_objects, Exec};
 use crate::device::SyncDevice;
 use crate::entry::{
-    pk_text, LogEntry, StoredEntry, INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION,
-    TRANSFER_COLLECTION,
+    pk_text, LogEntry, StoredEntry, CURSOR_KEY, INTERNAL_COLLECTIONS, LOG_COLLECTION,
+    STATE_COLLECTION, SUBSCRIPTION_KEY, TRANSFER_COLLECTION,
 };
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package};
@@ -27,8 +27,6 @@ use crate::fast_sync::{
 use crate::journal::index_journal;
 use crate::reconcile::ObjectKey;
 use crate::versions::{self, object_of, pk_from_text, Versions, VERSIONS_COLLECTION};
-
-const CURSOR_KEY: &str = "shared_log_cursor";
 
 /// Count and running checksum of one collection, as received so far in a session.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -87,6 +85,7 @@ pub struct Offer {
     definitions: Vec<CollectionDef>,
     cursor: u64,
     latest: Option<crate::hlc::Hlc>,
+    subscription: Option<i64>,
 }
 
 impl Offer {
@@ -127,12 +126,14 @@ async fn read_hello(channel: &mut dyn FastSyncChannel, options: &FastSyncOptions
             definitions,
             cursor,
             latest,
+            subscription,
         } => Ok(Offer {
             session,
             collections,
             definitions,
             cursor,
             latest,
+            subscription,
         }),
         other => Err(FastSyncError::Protocol(format!("expected Hello, got {other:?}")).into()),
     }
@@ -177,6 +178,7 @@ async fn receive_offered(
         collections,
         cursor,
         latest,
+        subscription,
         ..
     } = offer;
     // The sender's clock first: what the app writes here while the transfer runs is later
@@ -349,7 +351,7 @@ async fn receive_offered(
                     let problem = "the sender finished without its count and checksum";
                     return Err(refused(&missing.name, problem.to_owned()));
                 }
-                finish(device, cursor).await?;
+                finish(device, cursor, subscription).await?;
                 send_package(channel, options, Package::Done).await?;
                 break;
             }
@@ -713,9 +715,10 @@ fn not_sync_own(entry: &LogEntry) -> std::result::Result<(), FastSyncError> {
     Ok(())
 }
 
-/// Hands over the shared-log cursor and forgets the session (and any abandoned before it),
-/// in one transaction.
-async fn finish(device: &SyncDevice, cursor: u64) -> Result<()> {
+/// Hands over the shared-log cursor (with the fingerprint of the topics it holds for, when
+/// the sender told it) and forgets the session (and any abandoned before it), in one
+/// transaction.
+async fn finish(device: &SyncDevice, cursor: u64, subscription: Option<i64>) -> Result<()> {
     let storage = device.storage();
     let tx = storage.begin().await?;
     let own = run(
@@ -728,25 +731,45 @@ async fn finish(device: &SyncDevice, cursor: u64) -> Result<()> {
     .await?
     .into_found()
     .and_then(|row| row.get("value").and_then(Value::as_int));
-    let has_cursor = own.is_some();
-    // A device that synced on its own may be further along than the sender.
-    let value = i64::try_from(cursor)
-        .unwrap_or(i64::MAX)
-        .max(own.unwrap_or(0));
-    let cursor_step = if has_cursor {
-        Operation::update_by_pk(STATE_COLLECTION, CURSOR_KEY, object! { "value" => value })
-    } else {
-        Operation::create(
-            STATE_COLLECTION,
-            object! { "key" => CURSOR_KEY, "value" => value },
+    // A device that synced on its own may be further along than the sender: it keeps its
+    // cursor, and the subscription that cursor holds for.
+    let handed = i64::try_from(cursor).unwrap_or(i64::MAX);
+    let takes_handed = handed >= own.unwrap_or(0);
+    let mut steps = vec![state_step(
+        own.is_some(),
+        CURSOR_KEY,
+        handed.max(own.unwrap_or(0)),
+    )];
+    if let Some(subscription) = subscription.filter(|_| takes_handed) {
+        // The receiver's continuous sync compares it with its own and, if they differ,
+        // pulls again from the start.
+        let stored = run(
+            &tx,
+            Operation::find_one(
+                STATE_COLLECTION,
+                Query::new(Filter::all().eq("key", SUBSCRIPTION_KEY)),
+            ),
         )
-    };
+        .await?
+        .into_found()
+        .is_some();
+        steps.push(state_step(stored, SUBSCRIPTION_KEY, subscription));
+    }
     // This session's progress, and that of any abandoned before it: moot now.
-    let steps = vec![
-        BatchStep::new(cursor_step),
-        BatchStep::new(Operation::delete_where(TRANSFER_COLLECTION, Filter::all())),
-    ];
+    steps.push(BatchStep::new(Operation::delete_where(
+        TRANSFER_COLLECTION,
+        Filter::all(),
+    )));
     run(&tx, Operation::Batch { steps }).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// The step setting sync's state row `key` to `value` (`stored`: the row exists).
+fn state_step(stored: bool, key: &str, value: i64) -> BatchStep {
+    BatchStep::new(if stored {
+        Operation::update_by_pk(STATE_COLLECTION, key, object! { "value" => value })
+    } else {
+        Operation::create(STATE_COLLECTION, object! { "key" => key, "value" => value })
+    })
 }

@@ -9,7 +9,10 @@ use storex_core::{Filter, Object, Operation, Origin, Query, StorageTransaction, 
 
 use crate::client_log::Exec;
 use crate::device::SyncDevice;
-use crate::entry::{pk_text, StoredEntry, INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION};
+use crate::entry::{
+    pk_text, StoredEntry, CURSOR_KEY, INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION,
+    SUBSCRIPTION_KEY,
+};
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package, MAX_BATCH_OBJECTS};
 use crate::fast_sync::sent_versions::VersionsPager;
@@ -37,7 +40,10 @@ pub struct SnapshotSender {
     tx: StorageTransaction,
     session: Uuid,
     collections: Vec<CollectionInfo>,
+    /// The shared-log cursor handed over (0 when the copy leaves out a synced collection).
     cursor: u64,
+    /// The fingerprint of the topics the cursor holds for (see `Package::Hello`).
+    subscription: Option<i64>,
     /// This device's log entries not pushed to a shared log at the snapshot.
     unpushed: u64,
     options: FastSyncOptions,
@@ -112,6 +118,16 @@ async fn snapshot_with_indexed_journal(device: &SyncDevice) -> Result<StorageTra
     .into())
 }
 
+/// The value of sync's state row `key` in the snapshot, if there is one.
+async fn state_value(tx: &StorageTransaction, key: &str) -> Result<Option<i64>> {
+    let query = Query::new(Filter::all().eq("key", key));
+    Ok(tx
+        .execute_as(Operation::find_one(STATE_COLLECTION, query), Origin::Sync)
+        .await?
+        .into_found()
+        .and_then(|row| row.get("value").and_then(Value::as_int)))
+}
+
 impl SnapshotSender {
     /// Takes the snapshot: opens a transaction on the device and counts what it will send.
     pub async fn open(device: &SyncDevice, options: FastSyncOptions) -> Result<Self> {
@@ -156,19 +172,21 @@ impl SnapshotSender {
                 objects,
             });
         }
-        let cursor = tx
-            .execute_as(
-                Operation::find_one(
-                    STATE_COLLECTION,
-                    Query::new(Filter::all().eq("key", "shared_log_cursor")),
-                ),
-                Origin::Sync,
+        // The cursor says the receiver has every change before it: only when the copy
+        // carries every synced collection. Otherwise nothing is handed over, and the
+        // receiver's continuous sync pulls from the start (the changes of the collections
+        // left out included).
+        let whole = device.synced_collections().into_iter().all(&wanted);
+        let (cursor, subscription) = if whole {
+            let cursor = state_value(&tx, CURSOR_KEY).await?;
+            let subscription = state_value(&tx, SUBSCRIPTION_KEY).await?;
+            (
+                cursor.and_then(|v| u64::try_from(v).ok()).unwrap_or(0),
+                subscription,
             )
-            .await?
-            .into_found()
-            .and_then(|row| row.get("value").and_then(Value::as_int))
-            .and_then(|v| u64::try_from(v).ok())
-            .unwrap_or(0);
+        } else {
+            (0, None)
+        };
         let unpushed = tx
             .execute_as(
                 Operation::count(LOG_COLLECTION, Filter::all().eq("shared", false)),
@@ -183,6 +201,7 @@ impl SnapshotSender {
             session: Uuid::now_v7(),
             collections,
             cursor,
+            subscription,
             unpushed,
             options,
         })
@@ -262,6 +281,7 @@ impl SnapshotSender {
                 definitions: self.definitions(),
                 cursor: self.cursor,
                 latest: Some(self.device.clock().now()),
+                subscription: self.subscription,
             },
         )
         .await?;

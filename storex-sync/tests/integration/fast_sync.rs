@@ -258,6 +258,208 @@ async fn continuous_sync_takes_over_from_the_handed_over_cursor() {
     );
 }
 
+#[tokio::test]
+async fn a_device_joining_after_the_shared_log_was_compacted_recovers_by_a_copy() {
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let engine =
+        |device: SyncDevice| ContinuousSync::new(device, log.clone(), ContinuousOptions::default());
+    let a = engine(
+        fx.device("a", log.create_device("ann").await.expect("a"))
+            .await,
+    );
+    let b = engine(
+        fx.device("b", log.create_device("ann").await.expect("b"))
+            .await,
+    );
+    fill(a.device(), 200).await;
+    a.sync_once().await.expect("a pushes");
+    b.sync_once().await.expect("b pulls");
+    a.sync_once().await.expect("a acknowledges");
+    assert!(log.compact("ann").await.expect("compact") > 0);
+
+    // A device added now starts before the compacted entries: it pushes its own writes, then
+    // cannot pull, and is told to copy from a device instead.
+    let c = engine(
+        fx.device("c", log.create_device("ann").await.expect("c"))
+            .await,
+    );
+    c.device()
+        .storage()
+        .create("note", object! { "title" => "written on c first" })
+        .await
+        .expect("write");
+    let error = c.sync_once().await.expect_err("pulls over a compacted log");
+    assert!(
+        matches!(
+            error,
+            Error::SharedLog(storex_sync::SharedLogError::CursorCompacted { .. })
+        ),
+        "{error:?}"
+    );
+    assert!(!error.is_transient(), "retrying alone never gets past it");
+    assert!(
+        c.sync_once().await.is_err(),
+        "it does not pass by itself either"
+    );
+
+    // The copy from b hands b's cursor over, and sync goes on from there.
+    let options = small_batches();
+    let (sent, received) = transfer(b.device(), c.device(), &options, &options).await;
+    sent.expect("send");
+    received.expect("receive");
+    let report = c.sync_once().await.expect("c syncs after the copy");
+    assert!(report.problems.is_empty(), "{report:?}");
+    for (device, title) in [(&a, "from a"), (&b, "from b"), (&c, "from c")] {
+        device
+            .device()
+            .storage()
+            .create("note", object! { "title" => title })
+            .await
+            .expect("write");
+    }
+    for _ in 0..2 {
+        for device in [&a, &b, &c] {
+            device.sync_once().await.expect("sync");
+        }
+    }
+    for collection in ["note", "tag"] {
+        let digest = a.device().digest(collection).await.expect("digest");
+        for device in [&b, &c] {
+            assert_eq!(
+                device.device().digest(collection).await.expect("digest"),
+                digest,
+                "{collection}"
+            );
+        }
+    }
+    let notes = |device: &ContinuousSync| {
+        let storage = device.device().storage().clone();
+        async move { storage.count("note", Filter::all()).await.expect("count") }
+    };
+    assert_eq!(
+        notes(&c).await,
+        200 + 1 + 3,
+        "a's notes, c's first one, and one each"
+    );
+}
+
+/// Devices of user ann on `log`, each with its engine.
+async fn engine(
+    fx: &Fixture,
+    log: &Arc<dyn SharedSyncLog>,
+    name: &str,
+    options: ContinuousOptions,
+) -> ContinuousSync {
+    let id = log.create_device("ann").await.expect("device");
+    ContinuousSync::new(fx.device(name, id).await, log.clone(), options)
+}
+
+/// The tags of `device`'s database.
+async fn tags(device: &ContinuousSync) -> u64 {
+    device
+        .device()
+        .storage()
+        .count("tag", Filter::all())
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn a_copy_from_a_device_that_pulls_some_collections_leaves_the_others_to_be_pulled() {
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let all = ContinuousOptions::default();
+    let writer = engine(&fx, &log, "writer", all.clone()).await;
+    let notes_only = all.clone().with_collections(["note"]);
+    let old = engine(&fx, &log, "old", notes_only).await;
+    fill(writer.device(), 50).await;
+    writer.sync_once().await.expect("push");
+    old.sync_once().await.expect("pull");
+    assert_eq!(tags(&old).await, 0, "old pulls notes only");
+
+    // The copy carries old's cursor, which holds for notes only: the new device, which pulls
+    // everything, pulls the tags from before it too.
+    let new = engine(&fx, &log, "new", all).await;
+    let options = small_batches();
+    let (sent, received) = transfer(old.device(), new.device(), &options, &options).await;
+    sent.expect("send");
+    received.expect("receive");
+    new.sync_once().await.expect("sync");
+    assert_eq!(tags(&new).await, 300);
+    for collection in ["note", "tag"] {
+        assert_eq!(
+            new.device().digest(collection).await.expect("digest"),
+            writer.device().digest(collection).await.expect("digest"),
+            "{collection}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_copy_that_leaves_out_a_collection_hands_over_no_cursor() {
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let all = ContinuousOptions::default();
+    let writer = engine(&fx, &log, "writer", all.clone()).await;
+    let old = engine(&fx, &log, "old", all.clone()).await;
+    fill(writer.device(), 50).await;
+    writer.sync_once().await.expect("push");
+    old.sync_once().await.expect("pull");
+
+    let new = engine(&fx, &log, "new", all).await;
+    let options = small_batches().with_collections(["note"]);
+    let (sent, received) = transfer(old.device(), new.device(), &options, &options).await;
+    sent.expect("send");
+    assert_eq!(received.expect("receive").cursor, 0);
+    assert_eq!(tags(&new).await, 0, "left out of the copy");
+    new.sync_once().await.expect("sync");
+    assert_eq!(tags(&new).await, 300, "pulled from the start instead");
+    assert_eq!(
+        new.device().digest("tag").await.expect("digest"),
+        writer.device().digest("tag").await.expect("digest")
+    );
+}
+
+#[tokio::test]
+async fn a_device_pulling_some_collections_goes_on_from_a_copy_of_everything() {
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let all = ContinuousOptions::default();
+    let writer = engine(&fx, &log, "writer", all.clone()).await;
+    let old = engine(&fx, &log, "old", all.clone()).await;
+    fill(writer.device(), 50).await;
+    writer.sync_once().await.expect("push");
+    old.sync_once().await.expect("pull");
+    writer.sync_once().await.expect("acknowledge");
+    assert!(log.compact("ann").await.expect("compact") > 0);
+
+    // The new device joins after the compaction and pulls notes only: the copy of
+    // everything holds for that too, so it goes on from the cursor rather than from the
+    // compacted start.
+    let new = engine(&fx, &log, "new", all.with_collections(["note"])).await;
+    let options = small_batches();
+    let (sent, received) = transfer(old.device(), new.device(), &options, &options).await;
+    sent.expect("send");
+    received.expect("receive");
+    writer
+        .device()
+        .storage()
+        .create("note", object! { "title" => "after the copy" })
+        .await
+        .expect("write");
+    writer.sync_once().await.expect("push");
+    let report = new
+        .sync_once()
+        .await
+        .expect("sync from the handed-over cursor");
+    assert_eq!(report.integrated, 1, "{report:?}");
+    assert_eq!(
+        new.device().digest("note").await.expect("digest"),
+        writer.device().digest("note").await.expect("digest")
+    );
+}
+
 /// A copy from `old` into `new` that breaks off after some packages; returns its sender,
 /// which resumes it on a new channel.
 async fn cut_copy(old: &SyncDevice, new: &SyncDevice, options: &FastSyncOptions) -> SnapshotSender {
@@ -497,6 +699,7 @@ async fn begin_copy(
             definitions: Vec::new(),
             cursor: 0,
             latest: None,
+            subscription: None,
         })
         .await
         .expect("hello");
@@ -528,6 +731,7 @@ async fn the_receivers_clock_moves_past_the_senders_before_anything_is_sent() {
             definitions: Vec::new(),
             cursor: 0,
             latest: Some(ahead),
+            subscription: None,
         })
         .await
         .expect("hello");
@@ -1211,6 +1415,7 @@ async fn scripted_sender(
             definitions: Vec::new(),
             cursor: 7,
             latest: None,
+            subscription: None,
         })
         .await
         .expect("hello");
