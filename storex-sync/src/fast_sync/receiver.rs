@@ -16,7 +16,7 @@ use crate::client_log::{known_objects, Exec};
 use crate::device::SyncDevice;
 use crate::entry::{
     pk_text, LogEntry, StoredEntry, CURSOR_KEY, INTERNAL_COLLECTIONS, LOG_COLLECTION,
-    STATE_COLLECTION, SUBSCRIPTION_KEY, TRANSFER_COLLECTION,
+    QUARANTINE_COLLECTION, STATE_COLLECTION, SUBSCRIPTION_KEY, TRANSFER_COLLECTION,
 };
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package};
@@ -195,11 +195,13 @@ async fn receive_offered(
     let registry = device.storage().registry().clone();
     for info in &collections {
         let known = match registry.collection(&info.name) {
-            // Sync's own state (cursor, sessions, quarantine) is never the sender's to write;
-            // its log and versions are what the receiver learns from.
+            // Sync's own state (cursor, sessions) is never the sender's to write; its log,
+            // versions and quarantine (payloads behind the cursor it hands over, which this
+            // device's continuous sync opens if it can) are what the receiver learns from.
             Ok(_)
                 if info.name != LOG_COLLECTION
                     && info.name != VERSIONS_COLLECTION
+                    && info.name != QUARANTINE_COLLECTION
                     && INTERNAL_COLLECTIONS.contains(&info.name.as_str()) =>
             {
                 Some(format!("`{}` is this device's own sync state", info.name))

@@ -10,8 +10,8 @@ use storex_core::{Filter, Object, Operation, Origin, Query, StorageTransaction, 
 use crate::client_log::Exec;
 use crate::device::SyncDevice;
 use crate::entry::{
-    pk_text, StoredEntry, CURSOR_KEY, INTERNAL_COLLECTIONS, LOG_COLLECTION, STATE_COLLECTION,
-    SUBSCRIPTION_KEY,
+    pk_text, StoredEntry, CURSOR_KEY, INTERNAL_COLLECTIONS, LOG_COLLECTION, QUARANTINE_COLLECTION,
+    STATE_COLLECTION, SUBSCRIPTION_KEY,
 };
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package, MAX_BATCH_OBJECTS};
@@ -118,6 +118,14 @@ async fn snapshot_with_indexed_journal(device: &SyncDevice) -> Result<StorageTra
     .into())
 }
 
+/// How many rows `collection` has in the snapshot.
+async fn count(tx: &StorageTransaction, collection: &str) -> Result<u64> {
+    let counted = tx
+        .execute_as(Operation::count(collection, Filter::all()), Origin::Sync)
+        .await?;
+    Ok(counted.count().unwrap_or(0))
+}
+
 /// The value of sync's state row `key` in the snapshot, if there is one.
 async fn state_value(tx: &StorageTransaction, key: &str) -> Result<Option<i64>> {
     let query = Query::new(Filter::all().eq("key", key));
@@ -147,10 +155,21 @@ impl SnapshotSender {
             .map(|c| c.name())
             .filter(|n| wanted(n))
             .collect();
+        // The cursor says the receiver has every change before it: only when the copy
+        // carries every synced collection. Otherwise nothing is handed over, and the
+        // receiver's continuous sync pulls from the start (the changes of the collections
+        // left out included).
+        let whole = device.synced_collections().into_iter().all(&wanted);
         // Then what the sender knows of the objects: their versions, its log's applied
-        // entries folded in, and last the entries it holds back.
+        // entries folded in, and the entries it holds back.
         names.push(VERSIONS_COLLECTION);
         names.push(LOG_COLLECTION);
+        // Last the payloads it pulled but could not read (another key, a newer format): they
+        // lie behind the cursor it hands over, so they go with it. Only when there are some,
+        // so that a receiver from before this, which refuses them, still takes a copy.
+        if whole && count(&tx, QUARANTINE_COLLECTION).await? > 0 {
+            names.push(QUARANTINE_COLLECTION);
+        }
         let app_collections: Vec<String> = names
             .iter()
             .filter(|n| !INTERNAL_COLLECTIONS.contains(n))
@@ -172,11 +191,6 @@ impl SnapshotSender {
                 objects,
             });
         }
-        // The cursor says the receiver has every change before it: only when the copy
-        // carries every synced collection. Otherwise nothing is handed over, and the
-        // receiver's continuous sync pulls from the start (the changes of the collections
-        // left out included).
-        let whole = device.synced_collections().into_iter().all(&wanted);
         let (cursor, subscription) = if whole {
             let cursor = state_value(&tx, CURSOR_KEY).await?;
             let subscription = state_value(&tx, SUBSCRIPTION_KEY).await?;

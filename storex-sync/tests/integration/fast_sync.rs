@@ -460,6 +460,46 @@ async fn a_device_pulling_some_collections_goes_on_from_a_copy_of_everything() {
     );
 }
 
+#[tokio::test]
+async fn payloads_the_sender_could_not_open_go_with_its_cursor() {
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let key = [7u8; 32];
+    let sealed = ContinuousOptions::default().with_encryption_key(key);
+    let writer = engine(&fx, &log, "writer", sealed.clone()).await;
+    // The old device has not got the key: it keeps what it pulls in its quarantine.
+    let old = engine(&fx, &log, "old", ContinuousOptions::default()).await;
+    writer
+        .device()
+        .storage()
+        .create("note", object! { "title" => "sealed" })
+        .await
+        .expect("write");
+    writer.sync_once().await.expect("push");
+    assert_eq!(old.sync_once().await.expect("pull").quarantined, 1);
+
+    // The new device has the key. The copy hands over old's cursor, past the payload: the
+    // payload comes along, and the new device's sync opens it.
+    let new = engine(&fx, &log, "new", sealed).await;
+    let options = small_batches();
+    let (sent, received) = transfer(old.device(), new.device(), &options, &options).await;
+    sent.expect("send");
+    received.expect("receive");
+    let report = new.sync_once().await.expect("sync");
+    assert_eq!((report.released, report.integrated), (1, 1), "{report:?}");
+    assert_eq!(
+        new.device().digest("note").await.expect("digest"),
+        writer.device().digest("note").await.expect("digest")
+    );
+    let quarantined = new
+        .device()
+        .storage()
+        .count(storex_sync::QUARANTINE_COLLECTION, Filter::all())
+        .await
+        .expect("count");
+    assert_eq!(quarantined, 0, "what opened left the quarantine");
+}
+
 /// A copy from `old` into `new` that breaks off after some packages; returns its sender,
 /// which resumes it on a new channel.
 async fn cut_copy(old: &SyncDevice, new: &SyncDevice, options: &FastSyncOptions) -> SnapshotSender {
