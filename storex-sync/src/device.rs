@@ -283,7 +283,9 @@ impl SyncDevice {
     /// a foreign key), the entries are applied again in halves, each in its own
     /// transaction, down to the single entry at fault, which is held with
     /// [`HoldReason::ApplyFailed`]; the others are applied and `extra` lands with the last
-    /// part. Entries are recognised by id, so a crash between two parts loses nothing. A
+    /// part (an entry that came alone is tried once more before it is held: a write committed
+    /// since the first attempt read may be what refused it). Entries are recognised by id,
+    /// so a crash between two parts loses nothing. A
     /// failure that may pass ([`storex_core::Error::is_transient`]: a busy, full or lost
     /// database) holds nothing: it is returned, and nothing of the batch is applied.
     pub async fn integrate_with(
@@ -291,7 +293,7 @@ impl SyncDevice {
         entries: Vec<LogEntry>,
         extra: Vec<BatchStep>,
     ) -> Result<IntegrationReport> {
-        self.integrate_parts(entries, extra, false).await
+        self.integrate_parts(entries, extra, false, false).await
     }
 
     /// Gives up the fast-sync transfers into this device that did not finish (the sender is
@@ -326,7 +328,9 @@ impl SyncDevice {
         let mut after: Option<String> = None;
         loop {
             let (held, next) = self.log.held_page(after.as_deref(), page).await?;
-            let done = self.integrate_parts(held.entries, Vec::new(), true).await?;
+            let done = self
+                .integrate_parts(held.entries, Vec::new(), true, false)
+                .await?;
             report.absorb(done);
             report.damaged.extend(held.damaged);
             match next {
@@ -337,12 +341,14 @@ impl SyncDevice {
     }
 
     /// Applies `entries` (with `extra`) in one transaction, or, if applying fails, in halves.
-    /// `stored` says the entries are held ones already in the log.
+    /// `stored` says the entries are held ones already in the log; `halved`, that they are a
+    /// part of a batch that failed (so their attempt read after that batch's).
     fn integrate_parts(
         &self,
         entries: Vec<LogEntry>,
         extra: Vec<BatchStep>,
         stored: bool,
+        halved: bool,
     ) -> BoxFuture<'_, Result<IntegrationReport>> {
         Box::pin(async move {
             let (mut entries, duplicates, error) =
@@ -364,14 +370,23 @@ impl SyncDevice {
             };
             match entries.len() {
                 0 => return Err(error),
+                // One entry that came alone: its attempt may have read before a transaction
+                // committed what then refused it (on PostgreSQL, the app's own insert of the
+                // same key, which the attempt's snapshot did not show, so it was not
+                // reconciled with). Once more, as the halves of a larger batch are tried: a
+                // fresh attempt sees it.
+                1 if !halved => {
+                    report.absorb(self.integrate_parts(entries, extra, stored, true).await?);
+                }
                 1 => {
                     let entry = entries.remove(0);
                     report.absorb(self.hold_failed(entry, &error, extra, stored).await?);
                 }
                 n => {
                     let second = entries.split_off(n / 2);
-                    report.absorb(self.integrate_parts(entries, Vec::new(), stored).await?);
-                    report.absorb(self.integrate_parts(second, extra, stored).await?);
+                    let first = self.integrate_parts(entries, Vec::new(), stored, true);
+                    report.absorb(first.await?);
+                    report.absorb(self.integrate_parts(second, extra, stored, true).await?);
                 }
             }
             Ok(report)

@@ -247,3 +247,57 @@ async fn a_sync_waiting_for_an_open_transaction_gives_up_rather_than_hold_back_o
     }
     same(&a, &b).await;
 }
+
+#[tokio::test]
+async fn a_received_create_that_meets_the_apps_insert_of_the_same_key_is_reconciled_not_held() {
+    let Some(server) = storex_test::postgres_url() else {
+        return;
+    };
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let a = Arc::new(device(&server, &log).await);
+    let b = device(&server, &log).await;
+    let id = storex_core::uuid::Uuid::now_v7();
+    let pk = Pk::from(id);
+    let item = |title: &str| object! { "id" => id, "title" => title, "stars" => 0 };
+    // A's engine has synced once: the first sync of an engine retries what it holds.
+    a.sync_once().await.expect("a syncs");
+    // The app on A creates the item in a transaction it has not committed yet; then B creates
+    // the same key, later, and publishes it.
+    let tx = a.device().storage().begin().await.expect("begin");
+    tx.execute(Operation::create("item", item("a's earlier")))
+        .await
+        .expect("a creates");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let storage = b.device().storage();
+    storage
+        .create("item", item("b's later"))
+        .await
+        .expect("b creates");
+    b.sync_once().await.expect("b pushes");
+    // A's sync inserts B's create and waits for the app's row; the app commits; the insert
+    // is refused as a duplicate. The sync's snapshot did not show the app's row, so B's create
+    // was not reconciled with it: it must be, not held until A restarts.
+    let syncing = tokio::spawn({
+        let a = a.clone();
+        async move { a.sync_once().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    tx.commit().await.expect("a commits");
+    let first = syncing.await.expect("task");
+    if let Err(e) = &first {
+        assert!(e.is_transient(), "{e}");
+    }
+    for _ in 0..2 {
+        a.sync_once().await.expect("a syncs");
+        b.sync_once().await.expect("b syncs");
+    }
+    let held = a.device().log().held().await.expect("held").entries;
+    assert!(
+        held.is_empty(),
+        "held on a: {held:?} (the first sync: {first:?})"
+    );
+    let expected = Some("b's later".into());
+    assert_eq!(title(&a, &pk).await, expected, "on a");
+    assert_eq!(title(&b, &pk).await, expected, "on b");
+    same(&a, &b).await;
+}

@@ -180,6 +180,7 @@ async fn a_bad_frame_ends_the_session_and_leaves_applied_batches_as_they_were() 
             definitions: Vec::new(),
             cursor: 0,
             latest: None,
+            subscription: None,
         })
         .await
         .expect("hello");
