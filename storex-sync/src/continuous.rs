@@ -324,9 +324,8 @@ impl ContinuousSync {
         let mut report = SyncReport::default();
         self.ensure_cursor_row().await?;
         let first = !self.started.load(Ordering::SeqCst);
-        if first {
-            self.follow_subscription().await?;
-        }
+        // Every sync: a fast-sync copy may have handed over a cursor for other topics since.
+        self.follow_subscription().await?;
         self.push(&mut report).await?;
         if crate::fast_sync::receiver::unfinished_copy(&self.device).await? {
             // Changes applied now could keep values whose timestamps the copy's versions
@@ -632,6 +631,7 @@ impl ContinuousSync {
     async fn pull(&self, report: &mut SyncReport) -> Result<()> {
         let me = self.device.device();
         let topics = self.topics();
+        let subscription = self.subscription();
         let mut cursor = self.cursor().await?;
         let mut page = self.pull_page(me, cursor, topics.as_deref()).await?;
         loop {
@@ -644,6 +644,13 @@ impl ContinuousSync {
                     STATE_COLLECTION,
                     CURSOR_KEY,
                     object! { "value" => i64::try_from(page.next_cursor).unwrap_or(i64::MAX) },
+                )));
+                // With the topics it holds for: a copy that handed over another cursor while
+                // this sync pulled is overwritten by both, or overwrites both.
+                extra.push(BatchStep::new(Operation::update_by_pk(
+                    STATE_COLLECTION,
+                    SUBSCRIPTION_KEY,
+                    object! { "value" => subscription },
                 )));
             }
             let entries = std::mem::take(&mut page.entries);

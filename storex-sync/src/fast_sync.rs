@@ -623,6 +623,34 @@ fn chain_checksum(previous: &str, encoded: &EncodedObjects) -> String {
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The quarantine (payloads pulled but not opened) as a collection sent last, with `objects`
+/// rows (see `Package::Hello`'s `quarantined`).
+fn quarantine_info(device: &crate::SyncDevice, objects: u64) -> crate::Result<CollectionInfo> {
+    let name = crate::entry::QUARANTINE_COLLECTION;
+    let def = device.storage().registry().collection(name)?;
+    Ok(CollectionInfo {
+        name: name.to_owned(),
+        schema_version: def.schema_version(),
+        objects,
+    })
+}
+
+/// The value of sync's state row `key` (the shared-log cursor, the subscription's
+/// fingerprint) as `tx` sees it, if there is one.
+async fn state_value(
+    tx: &storex_core::StorageTransaction,
+    key: &str,
+) -> crate::Result<Option<i64>> {
+    use storex_core::{Filter, Operation, Origin, Query, Value};
+    let query = Query::new(Filter::all().eq("key", key));
+    let op = Operation::find_one(crate::entry::STATE_COLLECTION, query);
+    Ok(tx
+        .execute_as(op, Origin::Sync)
+        .await?
+        .into_found()
+        .and_then(|row| row.get("value").and_then(Value::as_int)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::page_limit;

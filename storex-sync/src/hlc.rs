@@ -17,6 +17,7 @@
 //! assert_eq!(b.to_string().parse::<storex_sync::Hlc>().unwrap(), b);
 //! ```
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -193,9 +194,9 @@ pub struct Clock {
     wall: Box<dyn WallClock>,
     max_drift_ms: u64,
     last: Mutex<(u64, u32)>,
-    /// The wall-clock time (ms) from which the earliest timestamp [`Clock::observe`] refused
-    /// (since [`Clock::take_refusal_due`] last said so) is within the allowed drift.
-    refused_due: Mutex<Option<u64>>,
+    /// The wall-clock times (ms) from which the timestamps [`Clock::observe`] refused are
+    /// within the allowed drift, until [`Clock::take_refusal_due`] says they are due.
+    refused_due: Mutex<BTreeSet<u64>>,
 }
 
 impl Clock {
@@ -211,7 +212,7 @@ impl Clock {
             wall: Box::new(wall),
             max_drift_ms: u64::try_from(DEFAULT_MAX_DRIFT.as_millis()).unwrap_or(u64::MAX),
             last: Mutex::new((0, 0)),
-            refused_due: Mutex::new(None),
+            refused_due: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -274,12 +275,10 @@ impl Clock {
     pub fn observe(&self, remote: Hlc) -> Result<()> {
         let wall = self.wall.now_millis();
         if remote.millis > wall.saturating_add(self.max_drift_ms) {
-            let due = remote.millis - self.max_drift_ms;
-            let mut refused = self
-                .refused_due
+            self.refused_due
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            *refused = Some(refused.map_or(due, |earlier| earlier.min(due)));
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(remote.millis - self.max_drift_ms);
             return Err(Error::ClockDrift {
                 remote,
                 ahead_ms: remote.millis - wall,
@@ -293,32 +292,31 @@ impl Clock {
         Ok(())
     }
 
-    /// True once the wall clock has come within the allowed drift of the earliest timestamp
-    /// [`Clock::observe`] refused since the last time this said so (an entry held for clock
-    /// drift may apply now); it then forgets every refusal, so the caller retries them all
-    /// (and those still too far ahead are refused, and remembered, again).
+    /// True once the wall clock has come within the allowed drift of a timestamp
+    /// [`Clock::observe`] refused (an entry held for clock drift may apply now); the refusals
+    /// that are due are then forgotten, so the caller retries the held entries (those still
+    /// too far ahead are refused, and remembered, again). Refusals not yet due are kept: one
+    /// made while the retry reads (by an attempt that has not stored its held entry yet) is
+    /// not lost.
     pub(crate) fn take_refusal_due(&self) -> bool {
         let wall = self.wall.now_millis();
         let mut refused = self
             .refused_due
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match *refused {
-            Some(due) if wall >= due => {
-                *refused = None;
-                true
-            }
-            _ => false,
-        }
+        let later = refused.split_off(&wall.saturating_add(1));
+        let due = !refused.is_empty();
+        *refused = later;
+        due
     }
 
     /// Says a refusal is due again at once ([`Clock::take_refusal_due`] said so, but the
     /// retry it called for failed).
     pub(crate) fn refusal_due_again(&self) {
-        *self
-            .refused_due
+        self.refused_due
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(0);
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(0);
     }
 
     /// Restores the clock after a restart from the largest timestamp the device stored,
@@ -484,9 +482,7 @@ mod tests {
         wall.advance(Duration::from_millis(1));
         assert!(clock.take_refusal_due());
         assert!(!clock.take_refusal_due(), "said once, then forgotten");
-        // The retry it calls for refuses the later one again, which is due in its turn.
-        clock.observe(at(1_000 + 90_000)).expect_err("accepted");
-        assert!(!clock.take_refusal_due());
+        // The later one is kept until it is due in its turn.
         wall.advance(Duration::from_millis(20_000));
         assert!(clock.take_refusal_due());
         clock.refusal_due_again();

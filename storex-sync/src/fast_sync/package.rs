@@ -218,6 +218,11 @@ pub enum Package {
         /// this field).
         #[serde(default)]
         subscription: Option<i64>,
+        /// Payloads the sender pulled but could not open (its quarantine), which lie behind
+        /// the cursor it hands over: sent after everything else to a receiver that asks for
+        /// them in `Ready` (one from before this field does not ask, and gets the rest).
+        #[serde(default)]
+        quarantined: u64,
     },
     /// Receiver → sender: ready; `resume_after` is the last batch already applied.
     Ready {
@@ -227,6 +232,9 @@ pub enum Package {
         /// the values of the objects' rows, which the receiver may not take as they are.
         #[serde(default)]
         merge: bool,
+        /// The receiver takes the sender's quarantine (see `Hello::quarantined`).
+        #[serde(default)]
+        quarantine: bool,
     },
     /// Sender → receiver: objects of one collection.
     Batch {
@@ -343,6 +351,7 @@ mod tests {
             cursor: 0,
             latest: None,
             subscription: None,
+            quarantined: 0,
         };
         // A definition without the hint is encoded as before it existed (no such key), and
         // decodes with the hint off.

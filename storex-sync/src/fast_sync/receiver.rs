@@ -16,13 +16,14 @@ use crate::client_log::{known_objects, Exec};
 use crate::device::SyncDevice;
 use crate::entry::{
     pk_text, LogEntry, StoredEntry, CURSOR_KEY, INTERNAL_COLLECTIONS, LOG_COLLECTION,
-    QUARANTINE_COLLECTION, STATE_COLLECTION, SUBSCRIPTION_KEY, TRANSFER_COLLECTION,
+    STATE_COLLECTION, SUBSCRIPTION_KEY, TRANSFER_COLLECTION,
 };
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package};
 use crate::fast_sync::{
-    cancel_here, chain_checksum, honour_pause, next_kept_or_package, next_package, send_package,
-    tell_peer, FastSyncChannel, FastSyncError, FastSyncOptions, Progress, TransferReport,
+    cancel_here, chain_checksum, honour_pause, next_kept_or_package, next_package, quarantine_info,
+    send_package, state_value, tell_peer, FastSyncChannel, FastSyncError, FastSyncOptions,
+    Progress, TransferReport,
 };
 use crate::journal::index_journal;
 use crate::reconcile::ObjectKey;
@@ -86,6 +87,7 @@ pub struct Offer {
     cursor: u64,
     latest: Option<crate::hlc::Hlc>,
     subscription: Option<i64>,
+    quarantined: u64,
 }
 
 impl Offer {
@@ -127,6 +129,7 @@ async fn read_hello(channel: &mut dyn FastSyncChannel, options: &FastSyncOptions
             cursor,
             latest,
             subscription,
+            quarantined,
         } => Ok(Offer {
             session,
             collections,
@@ -134,6 +137,7 @@ async fn read_hello(channel: &mut dyn FastSyncChannel, options: &FastSyncOptions
             cursor,
             latest,
             subscription,
+            quarantined,
         }),
         other => Err(FastSyncError::Protocol(format!("expected Hello, got {other:?}")).into()),
     }
@@ -175,10 +179,11 @@ async fn receive_offered(
     let start = Instant::now();
     let Offer {
         session,
-        collections,
+        mut collections,
         cursor,
         latest,
         subscription,
+        quarantined,
         ..
     } = offer;
     // The sender's clock first: what the app writes here while the transfer runs is later
@@ -195,13 +200,12 @@ async fn receive_offered(
     let registry = device.storage().registry().clone();
     for info in &collections {
         let known = match registry.collection(&info.name) {
-            // Sync's own state (cursor, sessions) is never the sender's to write; its log,
-            // versions and quarantine (payloads behind the cursor it hands over, which this
-            // device's continuous sync opens if it can) are what the receiver learns from.
+            // Sync's own state (cursor, sessions, quarantine) is never the sender's to write;
+            // its log and versions are what the receiver learns from. (Its quarantine comes
+            // only when asked for, after everything else.)
             Ok(_)
                 if info.name != LOG_COLLECTION
                     && info.name != VERSIONS_COLLECTION
-                    && info.name != QUARANTINE_COLLECTION
                     && INTERNAL_COLLECTIONS.contains(&info.name.as_str()) =>
             {
                 Some(format!("`{}` is this device's own sync state", info.name))
@@ -236,8 +240,13 @@ async fn receive_offered(
     let ready = Package::Ready {
         resume_after,
         merge: state.merge,
+        quarantine: quarantined > 0,
     };
     send_package(channel, options, ready).await?;
+    // The sender's quarantine, asked for: it comes last.
+    if quarantined > 0 {
+        collections.push(quarantine_info(device, quarantined)?);
+    }
     // Collections whose count and checksum were verified in this run; the sender ends every
     // collection so, also those it skipped on resume.
     let mut verified: HashSet<String> = HashSet::new();
@@ -723,39 +732,29 @@ fn not_sync_own(entry: &LogEntry) -> std::result::Result<(), FastSyncError> {
 async fn finish(device: &SyncDevice, cursor: u64, subscription: Option<i64>) -> Result<()> {
     let storage = device.storage();
     let tx = storage.begin().await?;
-    let own = run(
-        &tx,
-        Operation::find_one(
-            STATE_COLLECTION,
-            Query::new(Filter::all().eq("key", CURSOR_KEY)),
-        ),
-    )
-    .await?
-    .into_found()
-    .and_then(|row| row.get("value").and_then(Value::as_int));
-    // A device that synced on its own may be further along than the sender: it keeps its
-    // cursor, and the subscription that cursor holds for.
+    let own_cursor = state_value(&tx, CURSOR_KEY).await?;
+    let own_subscription = state_value(&tx, SUBSCRIPTION_KEY).await?;
     let handed = i64::try_from(cursor).unwrap_or(i64::MAX);
-    let takes_handed = handed >= own.unwrap_or(0);
-    let mut steps = vec![state_step(
-        own.is_some(),
-        CURSOR_KEY,
-        handed.max(own.unwrap_or(0)),
-    )];
-    if let Some(subscription) = subscription.filter(|_| takes_handed) {
-        // The receiver's continuous sync compares it with its own and, if they differ,
-        // pulls again from the start.
-        let stored = run(
-            &tx,
-            Operation::find_one(
-                STATE_COLLECTION,
-                Query::new(Filter::all().eq("key", SUBSCRIPTION_KEY)),
-            ),
-        )
-        .await?
-        .into_found()
-        .is_some();
-        steps.push(state_step(stored, SUBSCRIPTION_KEY, subscription));
+    // The sender's cursor (with the topics it holds for) replaces this device's own only
+    // when it is further along and holds for what this device's cursor held for: for every
+    // topic, or the same ones, or this device has no subscription yet. Otherwise this device
+    // keeps its own, which pulling from goes on from safely (entries are recognised by id),
+    // where the sender's could make it start over from the beginning of the shared log.
+    let holds = match (subscription, own_subscription) {
+        (Some(0) | None, _) | (Some(_), None) => true,
+        (Some(theirs), Some(ours)) => theirs == ours,
+    };
+    let mut steps = Vec::new();
+    if handed > own_cursor.unwrap_or(0) && holds {
+        steps.push(state_step(own_cursor.is_some(), CURSOR_KEY, handed));
+        if let Some(subscription) = subscription {
+            // The receiver's continuous sync compares it with its own and, if they differ,
+            // pulls again from the start.
+            let stored = own_subscription.is_some();
+            steps.push(state_step(stored, SUBSCRIPTION_KEY, subscription));
+        }
+    } else if own_cursor.is_none() {
+        steps.push(state_step(false, CURSOR_KEY, 0));
     }
     // This session's progress, and that of any abandoned before it: moot now.
     steps.push(BatchStep::new(Operation::delete_where(

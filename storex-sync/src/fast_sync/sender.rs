@@ -11,15 +11,15 @@ use crate::client_log::Exec;
 use crate::device::SyncDevice;
 use crate::entry::{
     pk_text, StoredEntry, CURSOR_KEY, INTERNAL_COLLECTIONS, LOG_COLLECTION, QUARANTINE_COLLECTION,
-    STATE_COLLECTION, SUBSCRIPTION_KEY,
+    SUBSCRIPTION_KEY,
 };
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package, MAX_BATCH_OBJECTS};
 use crate::fast_sync::sent_versions::VersionsPager;
 use crate::fast_sync::{
     cancel_here, chain_checksum, encode_object, honour_pause, next_kept_or_package, next_package,
-    page_limit, send_package, sign_of_life_interval, tell_peer, EncodedObjects, FastSyncChannel,
-    FastSyncError, FastSyncOptions, Progress, TransferReport,
+    page_limit, quarantine_info, send_package, sign_of_life_interval, state_value, tell_peer,
+    EncodedObjects, FastSyncChannel, FastSyncError, FastSyncOptions, Progress, TransferReport,
 };
 use crate::journal::JOURNAL_COLLECTION;
 use crate::versions::VERSIONS_COLLECTION;
@@ -44,6 +44,8 @@ pub struct SnapshotSender {
     cursor: u64,
     /// The fingerprint of the topics the cursor holds for (see `Package::Hello`).
     subscription: Option<i64>,
+    /// Rows of the quarantine, sent last to a receiver that asks.
+    quarantined: u64,
     /// This device's log entries not pushed to a shared log at the snapshot.
     unpushed: u64,
     options: FastSyncOptions,
@@ -126,16 +128,6 @@ async fn count(tx: &StorageTransaction, collection: &str) -> Result<u64> {
     Ok(counted.count().unwrap_or(0))
 }
 
-/// The value of sync's state row `key` in the snapshot, if there is one.
-async fn state_value(tx: &StorageTransaction, key: &str) -> Result<Option<i64>> {
-    let query = Query::new(Filter::all().eq("key", key));
-    Ok(tx
-        .execute_as(Operation::find_one(STATE_COLLECTION, query), Origin::Sync)
-        .await?
-        .into_found()
-        .and_then(|row| row.get("value").and_then(Value::as_int)))
-}
-
 impl SnapshotSender {
     /// Takes the snapshot: opens a transaction on the device and counts what it will send.
     pub async fn open(device: &SyncDevice, options: FastSyncOptions) -> Result<Self> {
@@ -164,12 +156,6 @@ impl SnapshotSender {
         // entries folded in, and the entries it holds back.
         names.push(VERSIONS_COLLECTION);
         names.push(LOG_COLLECTION);
-        // Last the payloads it pulled but could not read (another key, a newer format): they
-        // lie behind the cursor it hands over, so they go with it. Only when there are some,
-        // so that a receiver from before this, which refuses them, still takes a copy.
-        if whole && count(&tx, QUARANTINE_COLLECTION).await? > 0 {
-            names.push(QUARANTINE_COLLECTION);
-        }
         let app_collections: Vec<String> = names
             .iter()
             .filter(|n| !INTERNAL_COLLECTIONS.contains(n))
@@ -191,6 +177,14 @@ impl SnapshotSender {
                 objects,
             });
         }
+        // The payloads it pulled but could not open (another key, a newer format) lie behind
+        // the cursor it hands over, so they go with it, to a receiver that asks. Not when the
+        // pre-send hook leaves objects out: which object a payload changes is not known.
+        let quarantined = if whole && options.filter.is_none() {
+            count(&tx, QUARANTINE_COLLECTION).await?
+        } else {
+            0
+        };
         let (cursor, subscription) = if whole {
             let cursor = state_value(&tx, CURSOR_KEY).await?;
             let subscription = state_value(&tx, SUBSCRIPTION_KEY).await?;
@@ -216,6 +210,7 @@ impl SnapshotSender {
             collections,
             cursor,
             subscription,
+            quarantined,
             unpushed,
             options,
         })
@@ -296,14 +291,17 @@ impl SnapshotSender {
                 cursor: self.cursor,
                 latest: Some(self.device.clock().now()),
                 subscription: self.subscription,
+                quarantined: self.quarantined,
             },
         )
         .await?;
-        let (resume_after, merge) = match next_package(channel, &self.options, "sending").await? {
+        let ready = next_package(channel, &self.options, "sending").await?;
+        let (resume_after, merge, quarantine) = match ready {
             Package::Ready {
                 resume_after,
                 merge,
-            } => (resume_after, merge),
+                quarantine,
+            } => (resume_after, merge, quarantine),
             other => {
                 return Err(
                     FastSyncError::Protocol(format!("expected Ready, got {other:?}")).into(),
@@ -335,7 +333,11 @@ impl SnapshotSender {
             .collect();
         let mut versions = VersionsPager::new(app_collections, merge);
         let mut unread_held = Vec::new();
-        for info in self.collections.clone() {
+        let mut streamed = self.collections.clone();
+        if quarantine && self.quarantined > 0 {
+            streamed.push(quarantine_info(&self.device, self.quarantined)?);
+        }
+        for info in streamed {
             let mut collection = CollectionRun::default();
             let mut batch = EncodedObjects::new();
             let mut after: Option<Object> = None;

@@ -461,6 +461,76 @@ async fn a_device_pulling_some_collections_goes_on_from_a_copy_of_everything() {
 }
 
 #[tokio::test]
+async fn a_device_keeps_its_own_cursor_when_the_senders_holds_for_other_collections() {
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let all = ContinuousOptions::default();
+    let writer = engine(&fx, &log, "writer", all.clone()).await;
+    let notes_only = engine(&fx, &log, "notes", all.clone().with_collections(["note"])).await;
+    let everything = engine(&fx, &log, "all", all).await;
+    fill(writer.device(), 50).await;
+    writer.sync_once().await.expect("push");
+    for device in [&notes_only, &everything, &writer] {
+        device.sync_once().await.expect("sync");
+    }
+    assert!(log.compact("ann").await.expect("compact") > 0);
+    // A copy from the device that pulls notes only, as far along: the receiver, which pulls
+    // everything, keeps its own cursor rather than start over on a compacted log.
+    let options = small_batches();
+    let (sent, received) =
+        transfer(notes_only.device(), everything.device(), &options, &options).await;
+    sent.expect("send");
+    received.expect("receive");
+    let report = everything.sync_once().await.expect("sync after the copy");
+    assert!(report.problems.is_empty(), "{report:?}");
+    assert_eq!(tags(&everything).await, 300);
+}
+
+#[tokio::test]
+async fn a_copy_into_a_running_device_does_not_mislabel_what_it_pulls_next() {
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let all = ContinuousOptions::default();
+    let writer = engine(&fx, &log, "writer", all.clone()).await;
+    let full = engine(&fx, &log, "full", all.clone()).await;
+    let notes_only = engine(&fx, &log, "notes", all.clone().with_collections(["note"])).await;
+    fill(writer.device(), 20).await;
+    writer.sync_once().await.expect("push");
+    notes_only.sync_once().await.expect("pull notes");
+    writer
+        .device()
+        .storage()
+        .create("note", object! { "title" => "one more" })
+        .await
+        .expect("a note");
+    writer.sync_once().await.expect("push");
+    full.sync_once().await.expect("pull");
+    // The device pulling notes takes a copy from one that pulls everything and is further
+    // along (its own engine keeps running), then pulls notes again while a tag is written.
+    let options = small_batches();
+    let (sent, received) = transfer(full.device(), notes_only.device(), &options, &options).await;
+    sent.expect("send");
+    received.expect("receive");
+    let tag = object! { "note" => "n1", "name" => "later" };
+    writer
+        .device()
+        .storage()
+        .create("tag", tag)
+        .await
+        .expect("a tag");
+    writer.sync_once().await.expect("push");
+    notes_only.sync_once().await.expect("pull notes");
+    // Its cursor now holds for notes only: a device pulling everything that copies from it
+    // pulls the tag too.
+    let new = engine(&fx, &log, "new", all).await;
+    let (sent, received) = transfer(notes_only.device(), new.device(), &options, &options).await;
+    sent.expect("send");
+    received.expect("receive");
+    new.sync_once().await.expect("sync");
+    assert_eq!(tags(&new).await, tags(&writer).await);
+}
+
+#[tokio::test]
 async fn payloads_the_sender_could_not_open_go_with_its_cursor() {
     let fx = Fixture::new();
     let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
@@ -740,6 +810,7 @@ async fn begin_copy(
             cursor: 0,
             latest: None,
             subscription: None,
+            quarantined: 0,
         })
         .await
         .expect("hello");
@@ -748,6 +819,7 @@ async fn begin_copy(
         Ok(Some(Package::Ready {
             resume_after: None,
             merge: false,
+            quarantine: false,
         }))
     ));
 }
@@ -772,6 +844,7 @@ async fn the_receivers_clock_moves_past_the_senders_before_anything_is_sent() {
             cursor: 0,
             latest: Some(ahead),
             subscription: None,
+            quarantined: 0,
         })
         .await
         .expect("hello");
@@ -1042,6 +1115,7 @@ async fn a_peer_that_stops_reading_is_reported_as_stalled() {
         let ready = Package::Ready {
             resume_after: None,
             merge: false,
+            quarantine: false,
         };
         stuck.send(ready).await.expect("ready");
         stuck // kept open, never read again
@@ -1456,6 +1530,7 @@ async fn scripted_sender(
             cursor: 7,
             latest: None,
             subscription: None,
+            quarantined: 0,
         })
         .await
         .expect("hello");

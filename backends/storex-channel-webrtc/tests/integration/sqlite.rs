@@ -181,6 +181,7 @@ async fn a_bad_frame_ends_the_session_and_leaves_applied_batches_as_they_were() 
             cursor: 0,
             latest: None,
             subscription: None,
+            quarantined: 0,
         })
         .await
         .expect("hello");
@@ -189,6 +190,7 @@ async fn a_bad_frame_ends_the_session_and_leaves_applied_batches_as_they_were() 
             Ok(Some(Package::Ready {
                 resume_after: None,
                 merge: false,
+                quarantine: false,
             }))
         ));
         a.send(Package::Batch {
