@@ -178,9 +178,9 @@ pub struct ContinuousSync {
     shared: Arc<dyn SharedSyncLog>,
     options: ContinuousOptions,
     running: Mutex<()>,
-    /// Set once this instance's first sync went through: the subscription was checked and
-    /// the held entries were retried (both only change with a new instance, after a restart;
-    /// entries held for clock drift are also retried once the clock caught up with them).
+    /// Set once this instance's first sync went through: the held entries and the
+    /// quarantine were retried (entries held for clock drift are also retried once the clock
+    /// caught up with them, and the quarantine once a fast-sync copy brought one).
     started: AtomicBool,
 }
 
@@ -366,7 +366,11 @@ impl ContinuousSync {
         }
         if first {
             self.started.store(true, Ordering::SeqCst);
-            // Payloads set aside because they did not decode, with this engine's codec.
+        }
+        // Payloads set aside because they did not decode, with this engine's codec: once per
+        // start, and after a fast-sync copy brought the sender's.
+        let copied = self.device.take_quarantine_received();
+        if first || copied {
             if let Err(e) = self.retry_quarantined(&mut report).await {
                 report
                     .problems

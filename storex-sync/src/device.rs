@@ -8,6 +8,7 @@
 //! Applied operations carry `Origin::Sync`, so they are not logged again.
 
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt};
@@ -125,6 +126,9 @@ pub struct SyncDevice {
     excluded: Arc<[String]>,
     /// Taken around each transaction that applies received entries (see the logger).
     write_order: WriteOrder,
+    /// Set when a fast-sync copy brought the sender's quarantine: continuous sync opens it at
+    /// its next sync.
+    quarantine_received: Arc<AtomicBool>,
 }
 
 impl SyncDevice {
@@ -161,7 +165,18 @@ impl SyncDevice {
             clock,
             excluded,
             write_order,
+            quarantine_received: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Notes that a fast-sync copy brought quarantined payloads.
+    pub(crate) fn note_quarantine_received(&self) {
+        self.quarantine_received.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a fast-sync copy brought quarantined payloads since the last time this said so.
+    pub(crate) fn take_quarantine_received(&self) -> bool {
+        self.quarantine_received.swap(false, Ordering::SeqCst)
     }
 
     /// The storage the app reads and writes through.

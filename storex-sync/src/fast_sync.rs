@@ -336,6 +336,12 @@ pub struct TransferReport {
     /// the receiver may take a later write to such an object for a newer one than it is.
     /// (Empty on the receiver.)
     pub damaged: Vec<String>,
+    /// On the sender: payloads it pulled but could not open (its quarantine) that did not
+    /// travel, because the receiver did not ask for them (a version from before) or a filter
+    /// hook left objects out. They lie behind the cursor handed over, so the receiver does
+    /// not pull them either: the changes they carry reach it only through a copy from a
+    /// device that opened them. (0 on the receiver.)
+    pub quarantine_left: u64,
     /// How long it took.
     pub duration: Duration,
 }

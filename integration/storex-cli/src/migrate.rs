@@ -151,6 +151,14 @@ pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
             report.unpushed
         );
     }
+    if report.quarantine_left > 0 {
+        eprintln!(
+            "warning: {} changes this device pulled but could not open stayed behind (the \
+             receiving storex is older and did not ask for them); the new device gets them \
+             only through a copy from a device that opened them",
+            report.quarantine_left
+        );
+    }
     if !report.damaged.is_empty() {
         eprintln!(
             "warning: {} rows of this device's sync log or versions did not read and were \

@@ -91,9 +91,16 @@ pub struct Offer {
 }
 
 impl Offer {
-    /// The collections coming, with their object counts, in order.
+    /// The collections coming, with their object counts, in order (the sender's quarantine,
+    /// which comes last when this side asks for it, is counted in
+    /// [`Offer::quarantined`]).
     pub fn collections(&self) -> &[CollectionInfo] {
         &self.collections
+    }
+
+    /// Payloads the sender pulled but could not open, which come after the collections.
+    pub fn quarantined(&self) -> u64 {
+        self.quarantined
     }
 
     /// The sender's registry of the app collections offered, for a device that has no schema
@@ -237,16 +244,16 @@ async fn receive_offered(
         cursor,
         ..TransferReport::default()
     };
+    // The sender's quarantine, asked for: it comes last.
+    if quarantined > 0 {
+        collections.push(quarantine_info(device, quarantined)?);
+    }
     let ready = Package::Ready {
         resume_after,
         merge: state.merge,
         quarantine: quarantined > 0,
     };
     send_package(channel, options, ready).await?;
-    // The sender's quarantine, asked for: it comes last.
-    if quarantined > 0 {
-        collections.push(quarantine_info(device, quarantined)?);
-    }
     // Collections whose count and checksum were verified in this run; the sender ends every
     // collection so, also those it skipped on resume.
     let mut verified: HashSet<String> = HashSet::new();
@@ -363,6 +370,11 @@ async fn receive_offered(
                     return Err(refused(&missing.name, problem.to_owned()));
                 }
                 finish(device, cursor, subscription).await?;
+                if quarantined > 0 {
+                    // Its continuous sync opens them at its next sync, not only after a
+                    // restart.
+                    device.note_quarantine_received();
+                }
                 send_package(channel, options, Package::Done).await?;
                 break;
             }
@@ -746,15 +758,14 @@ async fn finish(device: &SyncDevice, cursor: u64, subscription: Option<i64>) -> 
     };
     let mut steps = Vec::new();
     if handed > own_cursor.unwrap_or(0) && holds {
-        steps.push(state_step(own_cursor.is_some(), CURSOR_KEY, handed));
+        steps.push(state_step(CURSOR_KEY, handed));
         if let Some(subscription) = subscription {
             // The receiver's continuous sync compares it with its own and, if they differ,
             // pulls again from the start.
-            let stored = own_subscription.is_some();
-            steps.push(state_step(stored, SUBSCRIPTION_KEY, subscription));
+            steps.push(state_step(SUBSCRIPTION_KEY, subscription));
         }
     } else if own_cursor.is_none() {
-        steps.push(state_step(false, CURSOR_KEY, 0));
+        steps.push(state_step(CURSOR_KEY, 0));
     }
     // This session's progress, and that of any abandoned before it: moot now.
     steps.push(BatchStep::new(Operation::delete_where(
@@ -766,11 +777,9 @@ async fn finish(device: &SyncDevice, cursor: u64, subscription: Option<i64>) -> 
     Ok(())
 }
 
-/// The step setting sync's state row `key` to `value` (`stored`: the row exists).
-fn state_step(stored: bool, key: &str, value: i64) -> BatchStep {
-    BatchStep::new(if stored {
-        Operation::update_by_pk(STATE_COLLECTION, key, object! { "value" => value })
-    } else {
-        Operation::create(STATE_COLLECTION, object! { "key" => key, "value" => value })
-    })
+/// The step setting sync's state row `key` to `value`, whether the row exists or not (a
+/// first continuous sync running meanwhile may create it).
+fn state_step(key: &str, value: i64) -> BatchStep {
+    let row = object! { "key" => key, "value" => value };
+    BatchStep::new(Operation::put(STATE_COLLECTION, row))
 }

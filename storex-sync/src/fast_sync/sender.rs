@@ -46,6 +46,8 @@ pub struct SnapshotSender {
     subscription: Option<i64>,
     /// Rows of the quarantine, sent last to a receiver that asks.
     quarantined: u64,
+    /// Rows of the quarantine behind the cursor handed over (sent or not).
+    quarantine_rows: u64,
     /// This device's log entries not pushed to a shared log at the snapshot.
     unpushed: u64,
     options: FastSyncOptions,
@@ -180,8 +182,13 @@ impl SnapshotSender {
         // The payloads it pulled but could not open (another key, a newer format) lie behind
         // the cursor it hands over, so they go with it, to a receiver that asks. Not when the
         // pre-send hook leaves objects out: which object a payload changes is not known.
-        let quarantined = if whole && options.filter.is_none() {
+        let quarantine_rows = if whole {
             count(&tx, QUARANTINE_COLLECTION).await?
+        } else {
+            0
+        };
+        let quarantined = if options.filter.is_none() {
+            quarantine_rows
         } else {
             0
         };
@@ -211,6 +218,7 @@ impl SnapshotSender {
             cursor,
             subscription,
             quarantined,
+            quarantine_rows,
             unpushed,
             options,
         })
@@ -336,6 +344,8 @@ impl SnapshotSender {
         let mut streamed = self.collections.clone();
         if quarantine && self.quarantined > 0 {
             streamed.push(quarantine_info(&self.device, self.quarantined)?);
+        } else {
+            run.report.quarantine_left = self.quarantine_rows;
         }
         for info in streamed {
             let mut collection = CollectionRun::default();

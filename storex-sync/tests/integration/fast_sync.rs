@@ -539,6 +539,9 @@ async fn payloads_the_sender_could_not_open_go_with_its_cursor() {
     let writer = engine(&fx, &log, "writer", sealed.clone()).await;
     // The old device has not got the key: it keeps what it pulls in its quarantine.
     let old = engine(&fx, &log, "old", ContinuousOptions::default()).await;
+    // The new device has the key, and its sync runs already (nothing to pull yet).
+    let new = engine(&fx, &log, "new", sealed).await;
+    new.sync_once().await.expect("first sync");
     writer
         .device()
         .storage()
@@ -548,12 +551,18 @@ async fn payloads_the_sender_could_not_open_go_with_its_cursor() {
     writer.sync_once().await.expect("push");
     assert_eq!(old.sync_once().await.expect("pull").quarantined, 1);
 
-    // The new device has the key. The copy hands over old's cursor, past the payload: the
-    // payload comes along, and the new device's sync opens it.
-    let new = engine(&fx, &log, "new", sealed).await;
+    // A copy that leaves objects out leaves the quarantine behind, and says so.
+    let other = engine(&fx, &log, "other", ContinuousOptions::default()).await;
+    let keep_all = small_batches().with_filter(Arc::new(|_: &str, _: &storex_core::Object| true));
+    let (sent, received) = transfer(old.device(), other.device(), &keep_all, &keep_all).await;
+    assert_eq!(sent.expect("send").quarantine_left, 1);
+    received.expect("receive");
+
+    // The copy hands over old's cursor, past the payload: the payload comes along, and the
+    // new device's next sync (not only its next start) opens it.
     let options = small_batches();
     let (sent, received) = transfer(old.device(), new.device(), &options, &options).await;
-    sent.expect("send");
+    assert_eq!(sent.expect("send").quarantine_left, 0);
     received.expect("receive");
     let report = new.sync_once().await.expect("sync");
     assert_eq!((report.released, report.integrated), (1, 1), "{report:?}");
@@ -692,6 +701,19 @@ async fn a_transfer_cut_at_any_point_resumes_and_completes() {
             fx.device("new", DeviceId::random()).await,
         );
         fill(&old, 2_000).await;
+        // Payloads it could not open, which travel last.
+        for n in 0..3u8 {
+            let row = storex_core::object! {
+                "id" => storex_core::uuid::Uuid::now_v7(), "device" => DeviceId::random().0,
+                "topic" => "note", "cursor" => i64::from(n) + 1, "payload" => vec![n; 40],
+                "reason" => "another key",
+            };
+            let quarantine = storex_sync::QUARANTINE_COLLECTION;
+            old.storage()
+                .create(quarantine, row)
+                .await
+                .expect("quarantined");
+        }
         let options = small_batches().with_stall_timeout(Duration::from_secs(5));
         let mut sender = SnapshotSender::open(&old, options.clone())
             .await
@@ -745,6 +767,9 @@ async fn a_transfer_cut_at_any_point_resumes_and_completes() {
             2_000,
             "cut {cut}: nothing twice"
         );
+        let quarantine = storex_sync::QUARANTINE_COLLECTION;
+        let kept = new.storage().count(quarantine, Filter::all()).await;
+        assert_eq!(kept.expect("count"), 3, "cut {cut}: the quarantine, once");
     }
 }
 
