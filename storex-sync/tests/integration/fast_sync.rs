@@ -305,9 +305,7 @@ async fn a_device_joining_after_the_shared_log_was_compacted_recovers_by_a_copy(
 
     // The copy from b hands b's cursor over, and sync goes on from there.
     let options = small_batches();
-    let (sent, received) = transfer(b.device(), c.device(), &options, &options).await;
-    sent.expect("send");
-    received.expect("receive");
+    copy_with(&b, &c, &options).await;
     let report = c.sync_once().await.expect("c syncs after the copy");
     assert!(report.problems.is_empty(), "{report:?}");
     for (device, title) in [(&a, "from a"), (&b, "from b"), (&c, "from c")] {
@@ -355,6 +353,37 @@ async fn engine(
     ContinuousSync::new(fx.device(name, id).await, log.clone(), options)
 }
 
+/// A copy from `from` into `to` with `options` on both sides, which both must finish:
+/// (sent, received).
+async fn copy_with(
+    from: &ContinuousSync,
+    to: &ContinuousSync,
+    options: &FastSyncOptions,
+) -> (
+    storex_sync::fast_sync::TransferReport,
+    storex_sync::fast_sync::TransferReport,
+) {
+    let (sent, received) = transfer(from.device(), to.device(), options, options).await;
+    (sent.expect("send"), received.expect("receive"))
+}
+
+/// Writes a note titled `title` on `device` and pushes it.
+async fn push_note(device: &ContinuousSync, title: &str) {
+    let note = object! { "title" => title };
+    let storage = device.device().storage();
+    storage.create("note", note).await.expect("write");
+    device.sync_once().await.expect("push");
+}
+
+/// Asserts that `a` and `b` hold the same `collection`.
+async fn assert_agree(a: &ContinuousSync, b: &ContinuousSync, collection: &str) {
+    assert_eq!(
+        a.device().digest(collection).await.expect("digest"),
+        b.device().digest(collection).await.expect("digest"),
+        "{collection}"
+    );
+}
+
 /// The tags of `device`'s database.
 async fn tags(device: &ContinuousSync) -> u64 {
     device
@@ -365,72 +394,83 @@ async fn tags(device: &ContinuousSync) -> u64 {
         .expect("count")
 }
 
-#[tokio::test]
-async fn a_copy_from_a_device_that_pulls_some_collections_leaves_the_others_to_be_pulled() {
+/// A writer (pulling everything) whose notes and tags are pushed, and a device `old` that
+/// pulled them with its options, on a fresh shared log of user ann.
+struct Written {
+    fx: Fixture,
+    log: Arc<dyn SharedSyncLog>,
+    writer: ContinuousSync,
+    old: ContinuousSync,
+}
+
+async fn written(old_options: ContinuousOptions) -> Written {
     let fx = Fixture::new();
     let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
-    let all = ContinuousOptions::default();
-    let writer = engine(&fx, &log, "writer", all.clone()).await;
-    let notes_only = all.clone().with_collections(["note"]);
-    let old = engine(&fx, &log, "old", notes_only).await;
+    let writer = engine(&fx, &log, "writer", ContinuousOptions::default()).await;
+    let old = engine(&fx, &log, "old", old_options).await;
     fill(writer.device(), 50).await;
     writer.sync_once().await.expect("push");
     old.sync_once().await.expect("pull");
+    Written {
+        fx,
+        log,
+        writer,
+        old,
+    }
+}
+
+#[tokio::test]
+async fn a_copy_from_a_device_that_pulls_some_collections_leaves_the_others_to_be_pulled() {
+    let all = ContinuousOptions::default();
+    let Written {
+        fx,
+        log,
+        writer,
+        old,
+    } = written(all.clone().with_collections(["note"])).await;
     assert_eq!(tags(&old).await, 0, "old pulls notes only");
 
     // The copy carries old's cursor, which holds for notes only: the new device, which pulls
     // everything, pulls the tags from before it too.
     let new = engine(&fx, &log, "new", all).await;
     let options = small_batches();
-    let (sent, received) = transfer(old.device(), new.device(), &options, &options).await;
-    sent.expect("send");
-    received.expect("receive");
+    copy_with(&old, &new, &options).await;
     new.sync_once().await.expect("sync");
     assert_eq!(tags(&new).await, 300);
     for collection in ["note", "tag"] {
-        assert_eq!(
-            new.device().digest(collection).await.expect("digest"),
-            writer.device().digest(collection).await.expect("digest"),
-            "{collection}"
-        );
+        assert_agree(&new, &writer, collection).await;
     }
 }
 
 #[tokio::test]
 async fn a_copy_that_leaves_out_a_collection_hands_over_no_cursor() {
-    let fx = Fixture::new();
-    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
     let all = ContinuousOptions::default();
-    let writer = engine(&fx, &log, "writer", all.clone()).await;
-    let old = engine(&fx, &log, "old", all.clone()).await;
-    fill(writer.device(), 50).await;
-    writer.sync_once().await.expect("push");
-    old.sync_once().await.expect("pull");
+    let Written {
+        fx,
+        log,
+        writer,
+        old,
+    } = written(all.clone()).await;
 
     let new = engine(&fx, &log, "new", all).await;
     let options = small_batches().with_collections(["note"]);
-    let (sent, received) = transfer(old.device(), new.device(), &options, &options).await;
-    sent.expect("send");
-    assert_eq!(received.expect("receive").cursor, 0);
+    let (_, received) = copy_with(&old, &new, &options).await;
+    assert_eq!(received.cursor, 0);
     assert_eq!(tags(&new).await, 0, "left out of the copy");
     new.sync_once().await.expect("sync");
     assert_eq!(tags(&new).await, 300, "pulled from the start instead");
-    assert_eq!(
-        new.device().digest("tag").await.expect("digest"),
-        writer.device().digest("tag").await.expect("digest")
-    );
+    assert_agree(&new, &writer, "tag").await;
 }
 
 #[tokio::test]
 async fn a_device_pulling_some_collections_goes_on_from_a_copy_of_everything() {
-    let fx = Fixture::new();
-    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
     let all = ContinuousOptions::default();
-    let writer = engine(&fx, &log, "writer", all.clone()).await;
-    let old = engine(&fx, &log, "old", all.clone()).await;
-    fill(writer.device(), 50).await;
-    writer.sync_once().await.expect("push");
-    old.sync_once().await.expect("pull");
+    let Written {
+        fx,
+        log,
+        writer,
+        old,
+    } = written(all.clone()).await;
     writer.sync_once().await.expect("acknowledge");
     assert!(log.compact("ann").await.expect("compact") > 0);
 
@@ -439,25 +479,14 @@ async fn a_device_pulling_some_collections_goes_on_from_a_copy_of_everything() {
     // compacted start.
     let new = engine(&fx, &log, "new", all.with_collections(["note"])).await;
     let options = small_batches();
-    let (sent, received) = transfer(old.device(), new.device(), &options, &options).await;
-    sent.expect("send");
-    received.expect("receive");
-    writer
-        .device()
-        .storage()
-        .create("note", object! { "title" => "after the copy" })
-        .await
-        .expect("write");
-    writer.sync_once().await.expect("push");
+    copy_with(&old, &new, &options).await;
+    push_note(&writer, "after the copy").await;
     let report = new
         .sync_once()
         .await
         .expect("sync from the handed-over cursor");
     assert_eq!(report.integrated, 1, "{report:?}");
-    assert_eq!(
-        new.device().digest("note").await.expect("digest"),
-        writer.device().digest("note").await.expect("digest")
-    );
+    assert_agree(&new, &writer, "note").await;
 }
 
 #[tokio::test]
@@ -477,10 +506,7 @@ async fn a_device_keeps_its_own_cursor_when_the_senders_holds_for_other_collecti
     // A copy from the device that pulls notes only, as far along: the receiver, which pulls
     // everything, keeps its own cursor rather than start over on a compacted log.
     let options = small_batches();
-    let (sent, received) =
-        transfer(notes_only.device(), everything.device(), &options, &options).await;
-    sent.expect("send");
-    received.expect("receive");
+    copy_with(&notes_only, &everything, &options).await;
     let report = everything.sync_once().await.expect("sync after the copy");
     assert!(report.problems.is_empty(), "{report:?}");
     assert_eq!(tags(&everything).await, 300);
@@ -497,20 +523,12 @@ async fn a_copy_into_a_running_device_does_not_mislabel_what_it_pulls_next() {
     fill(writer.device(), 20).await;
     writer.sync_once().await.expect("push");
     notes_only.sync_once().await.expect("pull notes");
-    writer
-        .device()
-        .storage()
-        .create("note", object! { "title" => "one more" })
-        .await
-        .expect("a note");
-    writer.sync_once().await.expect("push");
+    push_note(&writer, "one more").await;
     full.sync_once().await.expect("pull");
     // The device pulling notes takes a copy from one that pulls everything and is further
     // along (its own engine keeps running), then pulls notes again while a tag is written.
     let options = small_batches();
-    let (sent, received) = transfer(full.device(), notes_only.device(), &options, &options).await;
-    sent.expect("send");
-    received.expect("receive");
+    copy_with(&full, &notes_only, &options).await;
     let tag = object! { "note" => "n1", "name" => "later" };
     writer
         .device()
@@ -523,9 +541,7 @@ async fn a_copy_into_a_running_device_does_not_mislabel_what_it_pulls_next() {
     // Its cursor now holds for notes only: a device pulling everything that copies from it
     // pulls the tag too.
     let new = engine(&fx, &log, "new", all).await;
-    let (sent, received) = transfer(notes_only.device(), new.device(), &options, &options).await;
-    sent.expect("send");
-    received.expect("receive");
+    copy_with(&notes_only, &new, &options).await;
     new.sync_once().await.expect("sync");
     assert_eq!(tags(&new).await, tags(&writer).await);
 }
@@ -542,34 +558,23 @@ async fn payloads_the_sender_could_not_open_go_with_its_cursor() {
     // The new device has the key, and its sync runs already (nothing to pull yet).
     let new = engine(&fx, &log, "new", sealed).await;
     new.sync_once().await.expect("first sync");
-    writer
-        .device()
-        .storage()
-        .create("note", object! { "title" => "sealed" })
-        .await
-        .expect("write");
-    writer.sync_once().await.expect("push");
+    push_note(&writer, "sealed").await;
     assert_eq!(old.sync_once().await.expect("pull").quarantined, 1);
 
     // A copy that leaves objects out leaves the quarantine behind, and says so.
     let other = engine(&fx, &log, "other", ContinuousOptions::default()).await;
     let keep_all = small_batches().with_filter(Arc::new(|_: &str, _: &storex_core::Object| true));
-    let (sent, received) = transfer(old.device(), other.device(), &keep_all, &keep_all).await;
-    assert_eq!(sent.expect("send").quarantine_left, 1);
-    received.expect("receive");
+    let (sent, _) = copy_with(&old, &other, &keep_all).await;
+    assert_eq!(sent.quarantine_left, 1);
 
     // The copy hands over old's cursor, past the payload: the payload comes along, and the
     // new device's next sync (not only its next start) opens it.
     let options = small_batches();
-    let (sent, received) = transfer(old.device(), new.device(), &options, &options).await;
-    assert_eq!(sent.expect("send").quarantine_left, 0);
-    received.expect("receive");
+    let (sent, _) = copy_with(&old, &new, &options).await;
+    assert_eq!(sent.quarantine_left, 0);
     let report = new.sync_once().await.expect("sync");
     assert_eq!((report.released, report.integrated), (1, 1), "{report:?}");
-    assert_eq!(
-        new.device().digest("note").await.expect("digest"),
-        writer.device().digest("note").await.expect("digest")
-    );
+    assert_agree(&new, &writer, "note").await;
     let quarantined = new
         .device()
         .storage()

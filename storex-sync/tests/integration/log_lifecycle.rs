@@ -35,6 +35,20 @@ async fn open(version: u32, backend: Arc<dyn StorageBackend>) -> SyncDevice {
     .expect("device")
 }
 
+/// A device of schema `version` on `backend` with `clock`, syncing through `shared`.
+async fn engine_on(
+    shared: &Arc<dyn storex_sync::SharedSyncLog>,
+    version: u32,
+    backend: Arc<dyn StorageBackend>,
+    clock: Clock,
+) -> storex_sync::ContinuousSync {
+    let device = SyncDevice::open(registry(version), backend, clock, SyncOptions::default())
+        .await
+        .expect("device");
+    let options = storex_sync::ContinuousOptions::default();
+    storex_sync::ContinuousSync::new(device, shared.clone(), options)
+}
+
 async fn share_everything(device: &SyncDevice) -> Vec<LogEntry> {
     let entries = device.log().unshared(1_000).await.expect("unshared");
     let ids: Vec<_> = entries.iter().map(|e| e.id).collect();
@@ -228,26 +242,13 @@ async fn an_entry_held_for_clock_drift_does_not_move_the_clock_after_a_restart()
 #[tokio::test]
 async fn continuous_sync_applies_an_entry_held_for_clock_drift_once_the_clock_caught_up() {
     use std::time::Duration;
-    use storex_sync::{
-        ContinuousOptions, ContinuousSync, ManualClock, MemorySharedLog, SharedSyncLog,
-    };
+    use storex_sync::{ContinuousSync, ManualClock, MemorySharedLog, SharedSyncLog};
     let shared: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
     let hour = Duration::from_secs(3_600);
     let base = 1_700_000_000_000u64;
     let open_at = |wall: ManualClock, id: DeviceId| {
-        let shared = shared.clone();
-        async move {
-            let clock = Clock::with_wall_clock(id, wall).with_max_drift(hour);
-            let device = SyncDevice::open(
-                registry(1),
-                Arc::new(MemoryBackend::new()),
-                clock,
-                SyncOptions::default(),
-            )
-            .await
-            .expect("device");
-            ContinuousSync::new(device, shared, ContinuousOptions::default())
-        }
+        let clock = Clock::with_wall_clock(id, wall).with_max_drift(hour);
+        engine_on(&shared, 1, Arc::new(MemoryBackend::new()), clock)
     };
     let a_id = shared.create_device("ann").await.expect("device a");
     let b_id = shared.create_device("ann").await.expect("device b");
@@ -297,21 +298,10 @@ async fn continuous_sync_applies_an_entry_held_for_clock_drift_once_the_clock_ca
 
 #[tokio::test]
 async fn continuous_sync_applies_entries_held_for_a_newer_schema_after_the_upgrade() {
-    use storex_sync::{ContinuousOptions, ContinuousSync, MemorySharedLog, SharedSyncLog};
+    use storex_sync::{MemorySharedLog, SharedSyncLog};
     let shared: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
     let open_on = |version: u32, backend: Arc<dyn StorageBackend>, id: DeviceId| {
-        let shared = shared.clone();
-        async move {
-            let device = SyncDevice::open(
-                registry(version),
-                backend,
-                Clock::new(id),
-                SyncOptions::default(),
-            )
-            .await
-            .expect("device");
-            ContinuousSync::new(device, shared, ContinuousOptions::default())
-        }
+        engine_on(&shared, version, backend, Clock::new(id))
     };
     let a_id = shared.create_device("ann").await.expect("device a");
     let b_id = shared.create_device("ann").await.expect("device b");

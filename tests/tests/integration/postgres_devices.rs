@@ -145,6 +145,31 @@ async fn title(device: &ContinuousSync, pk: &Pk) -> Option<storex_core::Value> {
     item.and_then(|item| item.get("title").cloned())
 }
 
+/// A sync of `a` that starts while the app's transaction `tx` is open and meets it, `tx`
+/// committed half a second later, then two more rounds of both devices. The first sync may
+/// fail, transiently only (it is tried again); returns what it did.
+async fn sync_meeting(
+    a: &Arc<ContinuousSync>,
+    b: &ContinuousSync,
+    tx: storex_core::StorageTransaction,
+) -> storex_sync::Result<storex_sync::SyncReport> {
+    let syncing = tokio::spawn({
+        let a = a.clone();
+        async move { a.sync_once().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    tx.commit().await.expect("a commits");
+    let first = syncing.await.expect("task");
+    if let Err(e) = &first {
+        assert!(e.is_transient(), "{e}");
+    }
+    for _ in 0..2 {
+        a.sync_once().await.expect("a syncs");
+        b.sync_once().await.expect("b syncs");
+    }
+    first
+}
+
 #[tokio::test]
 async fn a_received_change_does_not_overwrite_a_later_write_of_a_transaction_still_open() {
     let Some(server) = storex_test::postgres_url() else {
@@ -171,22 +196,9 @@ async fn a_received_change_does_not_overwrite_a_later_write_of_a_transaction_sti
     let tx = a.device().storage().begin().await.expect("begin");
     let later = Operation::update_by_pk("item", pk.clone(), object! { "title" => "a's later" });
     tx.execute(later).await.expect("a renames");
-    let syncing = tokio::spawn({
-        let a = a.clone();
-        async move { a.sync_once().await }
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    tx.commit().await.expect("a commits");
     // The sync that met the open transaction may fail (it is tried again); none may apply
     // B's change over A's later one.
-    let first = syncing.await.expect("task");
-    if let Err(e) = &first {
-        assert!(e.is_transient(), "{e}");
-    }
-    for _ in 0..2 {
-        a.sync_once().await.expect("a syncs");
-        b.sync_once().await.expect("b syncs");
-    }
+    let first = sync_meeting(&a, &b, tx).await;
     let expected = Some("a's later".into());
     assert_eq!(
         title(&a, &pk).await,
@@ -277,20 +289,7 @@ async fn a_received_create_that_meets_the_apps_insert_of_the_same_key_is_reconci
     // A's sync inserts B's create and waits for the app's row; the app commits; the insert
     // is refused as a duplicate. The sync's snapshot did not show the app's row, so B's create
     // was not reconciled with it: it must be, not held until A restarts.
-    let syncing = tokio::spawn({
-        let a = a.clone();
-        async move { a.sync_once().await }
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    tx.commit().await.expect("a commits");
-    let first = syncing.await.expect("task");
-    if let Err(e) = &first {
-        assert!(e.is_transient(), "{e}");
-    }
-    for _ in 0..2 {
-        a.sync_once().await.expect("a syncs");
-        b.sync_once().await.expect("b syncs");
-    }
+    let first = sync_meeting(&a, &b, tx).await;
     let held = a.device().log().held().await.expect("held").entries;
     assert!(
         held.is_empty(),
