@@ -323,7 +323,8 @@ pub struct TransferReport {
     pub batches: u64,
     /// The batch this run resumed after, if it resumed.
     pub resumed_after: Option<u64>,
-    /// The shared-log cursor handed over.
+    /// The shared-log cursor the sender offered (the receiver keeps its own when it is as far
+    /// along, or when the sender's holds for other collections than it pulled).
     pub cursor: u64,
     /// On the sender: its changes not yet pushed to a shared log when the snapshot was taken.
     /// The receiver takes them in (folded into its versions) as shared, so they reach other

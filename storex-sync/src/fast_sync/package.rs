@@ -204,7 +204,8 @@ pub enum Package {
         /// a schema of its own (a fresh migration target) can create them.
         definitions: Vec<CollectionDef>,
         /// The sender's shared-log cursor at the snapshot, where the receiver's continuous
-        /// sync starts.
+        /// sync goes on from when it holds for what the receiver pulls (0 when the copy
+        /// leaves out a synced collection).
         cursor: u64,
         /// The sender's clock when it began: at least every timestamp it sends. The
         /// receiver's clock moves past it first, so that what the app writes there while
@@ -213,14 +214,16 @@ pub enum Package {
         #[serde(default)]
         latest: Option<Hlc>,
         /// The fingerprint of the topics the sender's continuous sync pulls, for which its
-        /// `cursor` holds (0: all of them): a receiver whose own subscription differs pulls
-        /// again from the start. `None` when the sender has never synced (or is from before
-        /// this field).
+        /// `cursor` holds (0: all of them): a receiver whose own subscription differs from a
+        /// fingerprint other than 0 pulls again from the start. `None` when the sender has
+        /// never synced, when the copy leaves out a synced collection (the cursor is 0 then),
+        /// or from a sender from before this field.
         #[serde(default)]
         subscription: Option<i64>,
         /// Payloads the sender pulled but could not open (its quarantine), which lie behind
         /// the cursor it hands over: sent after everything else to a receiver that asks for
-        /// them in `Ready` (one from before this field does not ask, and gets the rest).
+        /// them in `Ready` (one from before this field does not ask, and gets the rest). 0
+        /// when a filter hook leaves objects out or no cursor is handed over.
         #[serde(default)]
         quarantined: u64,
     },
