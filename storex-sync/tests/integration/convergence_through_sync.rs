@@ -2,7 +2,8 @@
 //! pull through a MemorySharedLog with [`ContinuousSync`] (pushes from the journal or from
 //! the log, in small batches, folded into the versions index at once or left to compaction),
 //! compact their client logs, and the shared log compacts what every device acknowledged,
-//! while entries also travel directly between devices as in `convergence`. Entries a device
+//! fast-sync copies merge one device into another, while entries also travel directly
+//! between devices as in `convergence`. Entries a device
 //! compacted away still arrive again from the others and from the shared log. At the end
 //! every device holds what applying every entry in timestamp order gives.
 
@@ -14,6 +15,9 @@ use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use storex_core::uuid::Uuid;
 use storex_core::MemoryBackend;
+use storex_sync::fast_sync::{
+    memory_channel_pair, receive_snapshot, send_snapshot, FastSyncOptions,
+};
 use storex_sync::{
     Clock, ContinuousOptions, ContinuousSync, DeviceId, EntryCodec, LogEntry, ManualClock,
     MemorySharedLog, SharedSyncLog, SyncDevice, SyncOptions,
@@ -59,6 +63,8 @@ enum Step {
     Compact { device: usize },
     /// The shared log drops what every device (the onlooker too) acknowledged.
     CompactShared,
+    /// A fast-sync copy of `from` into `to`, which merges it with what it has.
+    Copy { from: usize, to: usize },
 }
 
 fn step(devices: usize) -> impl Strategy<Value = Step> {
@@ -69,6 +75,7 @@ fn step(devices: usize) -> impl Strategy<Value = Step> {
         3 => (0..devices).prop_map(|device| Step::Sync { device }),
         1 => (0..devices).prop_map(|device| Step::Compact { device }),
         1 => Just(Step::CompactShared),
+        1 => (0..devices, 0..devices).prop_map(|(from, to)| Step::Copy { from, to }),
     ]
 }
 
@@ -133,6 +140,18 @@ impl Ledger {
         }
         shared.ack(onlooker, self.cursor).await.expect("ack");
     }
+}
+
+/// A fast-sync copy of `from` into `to` over an in-memory channel.
+async fn copy(from: &SyncDevice, to: &SyncDevice) {
+    let options = FastSyncOptions::default().with_batch_bytes(256);
+    let (mut a, mut b) = memory_channel_pair(options.window * 2);
+    let (sent, received) = tokio::join!(
+        send_snapshot(from, &mut a, &options),
+        receive_snapshot(to, &mut b, &options)
+    );
+    sent.expect("send");
+    received.expect("receive");
 }
 
 async fn sync(device: &ContinuousSync) {
@@ -220,6 +239,11 @@ async fn run(setups: Vec<DeviceSetup>, steps: Vec<Step>, final_seed: u64) {
             Step::CompactShared => {
                 shared.compact(USER).await.expect("compact shared");
             }
+            Step::Copy { from, to } => {
+                if from != to {
+                    copy(devices[*from].device(), devices[*to].device()).await;
+                }
+            }
         }
     }
     // What no sync pushed yet, then everything everywhere: twice through the shared log (the
@@ -276,7 +300,7 @@ proptest! {
 
     #[test]
     fn devices_that_push_pull_and_compact_hold_the_same_data((setups, steps, seed) in scenario()) {
-        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(run(setups, steps, seed));
     }
 }
