@@ -150,9 +150,9 @@ impl SnapshotSender {
             .filter(|n| wanted(n))
             .collect();
         // The cursor says the receiver has every change before it: only when the copy
-        // carries every synced collection. Otherwise nothing is handed over, and the
-        // receiver's continuous sync pulls from the start (the changes of the collections
-        // left out included).
+        // carries every synced collection. Otherwise nothing is handed over (0): a receiver
+        // without a cursor of its own pulls from the start (the changes of the collections
+        // left out included), one with a cursor goes on from it.
         let whole = device.synced_collections().into_iter().all(&wanted);
         // Then what the sender knows of the objects: their versions, its log's applied
         // entries folded in, and the entries it holds back.
