@@ -21,15 +21,23 @@ use storex_sync::{Clock, DeviceId, EntryOp, LogEntry, ManualClock, SyncDevice, S
 const CASES: u32 = 1_000;
 
 pub(super) fn registry() -> Registry {
-    Registry::builder()
-        .collection(
-            CollectionDef::new("item")
-                .field("id", FieldType::Int)
-                .field("a", FieldType::Text)
-                .optional_field("b", FieldType::Int)
-                .optional_field("c", FieldType::Bool)
-                .primary_key(["id"]),
-        )
+    registry_of(&["item"])
+}
+
+/// Collections named `names`, each of the shape of `item`.
+pub(super) fn registry_of(names: &[&str]) -> Registry {
+    names
+        .iter()
+        .fold(Registry::builder(), |builder, name| {
+            builder.collection(
+                CollectionDef::new(*name)
+                    .field("id", FieldType::Int)
+                    .field("a", FieldType::Text)
+                    .optional_field("b", FieldType::Int)
+                    .optional_field("c", FieldType::Bool)
+                    .primary_key(["id"]),
+            )
+        })
         .build()
         .expect("valid registry")
 }
@@ -125,19 +133,24 @@ pub(super) fn shuffle<T>(items: &mut [T], mut seed: u64) {
 }
 
 pub(super) async fn apply_write(device: &SyncDevice, write: &Write) {
+    apply_write_in(device, "item", write).await;
+}
+
+/// [`apply_write`] to `collection`.
+pub(super) async fn apply_write_in(device: &SyncDevice, collection: &str, write: &Write) {
     let s = device.storage();
     // Writes may fail (a create of a key that exists here); a failed write logs nothing.
     let _ = match write {
         Write::Create { id, a, b } => s
             .create(
-                "item",
+                collection,
                 object! { "id" => *id, "a" => format!("a{a}"), "b" => *b },
             )
             .await
             .map(|_| 1),
         Write::Put { id, a, b } => s
             .put(
-                "item",
+                collection,
                 object! { "id" => *id, "a" => format!("p{a}"), "b" => *b },
             )
             .await
@@ -156,18 +169,18 @@ pub(super) async fn apply_write(device: &SyncDevice, write: &Write) {
             if changes.is_empty() {
                 return;
             }
-            s.update_by_pk("item", *id, changes).await
+            s.update_by_pk(collection, *id, changes).await
         }
-        Write::Delete { id } => s.delete_by_pk("item", *id).await,
+        Write::Delete { id } => s.delete_by_pk(collection, *id).await,
         Write::UpdateWhereB { b, a } => {
             s.update_where(
-                "item",
+                collection,
                 Filter::all().eq("b", *b),
                 object! { "a" => format!("w{a}") },
             )
             .await
         }
-        Write::DeleteWhereC { c } => s.delete_where("item", Filter::all().eq("c", *c)).await,
+        Write::DeleteWhereC { c } => s.delete_where(collection, Filter::all().eq("c", *c)).await,
     };
 }
 
@@ -197,9 +210,18 @@ pub(super) async fn deliver(to: &SyncDevice, mut entries: Vec<LogEntry>, batch: 
 }
 
 /// The reference: every entry applied in timestamp order, one at a time.
-pub(super) fn sequential_model(mut entries: Vec<LogEntry>) -> BTreeMap<i64, Object> {
-    let registry = registry();
-    let def = registry.collection("item").expect("item");
+pub(super) fn sequential_model(entries: Vec<LogEntry>) -> BTreeMap<i64, Object> {
+    sequential_model_in(entries, "item")
+}
+
+/// [`sequential_model`] of the entries of `collection`.
+pub(super) fn sequential_model_in(
+    mut entries: Vec<LogEntry>,
+    collection: &str,
+) -> BTreeMap<i64, Object> {
+    let registry = registry_of(&[collection]);
+    let def = registry.collection(collection).expect("collection");
+    entries.retain(|e| e.collection == collection);
     entries.sort_by_key(|e| e.hlc);
     let mut state: BTreeMap<i64, Object> = BTreeMap::new();
     for e in entries {
@@ -232,9 +254,14 @@ pub(super) fn sequential_model(mut entries: Vec<LogEntry>) -> BTreeMap<i64, Obje
 }
 
 pub(super) async fn rows(device: &SyncDevice) -> BTreeMap<i64, Object> {
+    rows_in(device, "item").await
+}
+
+/// [`rows`] of `collection`.
+pub(super) async fn rows_in(device: &SyncDevice, collection: &str) -> BTreeMap<i64, Object> {
     device
         .storage()
-        .find_many("item", Query::default())
+        .find_many(collection, Query::default())
         .await
         .expect("rows")
         .into_iter()

@@ -4,8 +4,11 @@
 //! compact their client logs, and the shared log compacts what every device acknowledged,
 //! fast-sync copies merge one device into another, while entries also travel directly
 //! between devices as in `convergence`. Entries a device
-//! compacted away still arrive again from the others and from the shared log. At the end
-//! every device holds what applying every entry in timestamp order gives.
+//! compacted away still arrive again from the others and from the shared log. Devices but
+//! the first may pull one of the two collections only (so copies hand over cursors that hold
+//! for fewer collections than the receiver pulls, or more). After the last syncs every device
+//! holds, of what it pulls, what applying every entry in timestamp order gives, and so do all
+//! of everything once the others' entries are delivered.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,15 +23,17 @@ use storex_sync::fast_sync::{
 };
 use storex_sync::{
     Clock, ContinuousOptions, ContinuousSync, DeviceId, EntryCodec, LogEntry, ManualClock,
-    MemorySharedLog, SharedSyncLog, SyncDevice, SyncOptions,
+    MemorySharedLog, SharedSyncLog, SyncDevice, SyncOptions, SyncReport,
 };
 
 use crate::convergence::{
-    apply_write, deliver, known_entries, registry, rows, sequential_model, write, Write,
+    apply_write_in, deliver, known_entries, registry_of, rows_in, sequential_model_in, write, Write,
 };
 
 const CASES: u32 = 1_000;
 const USER: &str = "user";
+/// The collections; a device may pull the first only.
+const COLLECTIONS: [&str; 2] = ["item", "memo"];
 
 /// How one device syncs.
 #[derive(Clone, Debug)]
@@ -39,6 +44,8 @@ struct DeviceSetup {
     batch: usize,
     /// Whether its syncs compact its log (and fold what they push at once).
     compacts: bool,
+    /// Whether it pulls items only (not for the first device, which pulls everything).
+    items_only: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -47,6 +54,8 @@ enum Step {
         device: usize,
         write: Write,
         tick: u64,
+        /// A memo, not an item.
+        memo: bool,
     },
     /// The entries of `from` known so far (its log, indexed now, and what it pushed), a
     /// subset, straight to `to`.
@@ -69,7 +78,7 @@ enum Step {
 
 fn step(devices: usize) -> impl Strategy<Value = Step> {
     prop_oneof![
-        4 => (0..devices, write(), 0u64..3).prop_map(|(device, write, tick)| Step::Write { device, write, tick }),
+        4 => (0..devices, write(), 0u64..3, any::<bool>()).prop_map(|(device, write, tick, memo)| Step::Write { device, write, tick, memo }),
         1 => (0..devices, 0..devices, any::<u64>(), 1usize..6, any::<u64>())
             .prop_map(|(from, to, mask, batch, seed)| Step::Deliver { from, to, mask, batch, seed }),
         3 => (0..devices).prop_map(|device| Step::Sync { device }),
@@ -81,14 +90,14 @@ fn step(devices: usize) -> impl Strategy<Value = Step> {
 
 fn scenario() -> impl Strategy<Value = (Vec<DeviceSetup>, Vec<Step>, u64)> {
     (3usize..=4).prop_flat_map(|devices| {
-        let setup =
-            (0u64..600_000, 1usize..5, any::<bool>()).prop_map(|(skew, batch, compacts)| {
-                DeviceSetup {
-                    skew,
-                    batch,
-                    compacts,
-                }
-            });
+        let setup = (0u64..600_000, 1usize..5, any::<bool>(), any::<bool>()).prop_map(
+            |(skew, batch, compacts, items_only)| DeviceSetup {
+                skew,
+                batch,
+                compacts,
+                items_only,
+            },
+        );
         (
             proptest::collection::vec(setup, devices),
             proptest::collection::vec(step(devices), 5..40),
@@ -154,10 +163,17 @@ async fn copy(from: &SyncDevice, to: &SyncDevice) {
     received.expect("receive");
 }
 
-async fn sync(device: &ContinuousSync) {
-    let report = device.sync_once().await.expect("sync");
+fn check(report: SyncReport) {
     assert_eq!(report.held, 0, "nothing is held here: {report:?}");
     assert!(report.problems.is_empty(), "{report:?}");
+}
+
+/// One `sync_once` of device `d`. (It never meets a compacted cursor: the shared log drops
+/// only what every device acknowledged, and a device starts over from the beginning only
+/// when it took a copy before its first sync, whose acknowledgement the log still waits
+/// for.)
+async fn sync(devices: &[ContinuousSync], d: usize) {
+    check(devices[d].sync_once().await.expect("sync"));
 }
 
 async fn run(setups: Vec<DeviceSetup>, steps: Vec<Step>, final_seed: u64) {
@@ -170,12 +186,12 @@ async fn run(setups: Vec<DeviceSetup>, steps: Vec<Step>, final_seed: u64) {
         .expect("register");
     let mut walls = Vec::new();
     let mut devices = Vec::new();
-    for setup in &setups {
+    for (i, setup) in setups.iter().enumerate() {
         let wall = ManualClock::new(base + setup.skew);
         let clock = Clock::with_wall_clock(DeviceId::random(), wall.clone())
             .with_max_drift(Duration::from_secs(3600));
         let device = SyncDevice::open(
-            registry(),
+            registry_of(&COLLECTIONS),
             Arc::new(MemoryBackend::new()),
             clock,
             SyncOptions::default(),
@@ -186,9 +202,12 @@ async fn run(setups: Vec<DeviceSetup>, steps: Vec<Step>, final_seed: u64) {
             .register_device(USER, device.device())
             .await
             .expect("register");
-        let options = ContinuousOptions::default()
+        let mut options = ContinuousOptions::default()
             .with_batch_size(setup.batch)
             .with_compact_per_sync(if setup.compacts { 10_000 } else { 0 });
+        if i > 0 && setup.items_only {
+            options = options.with_collections([COLLECTIONS[0]]);
+        }
         walls.push(wall);
         devices.push(ContinuousSync::new(device, shared.clone(), options));
     }
@@ -199,9 +218,11 @@ async fn run(setups: Vec<DeviceSetup>, steps: Vec<Step>, final_seed: u64) {
                 device,
                 write,
                 tick,
+                memo,
             } => {
                 walls[*device].advance(Duration::from_millis(*tick));
-                apply_write(devices[*device].device(), write).await;
+                let collection = COLLECTIONS[usize::from(*memo)];
+                apply_write_in(devices[*device].device(), collection, write).await;
             }
             Step::Deliver {
                 from,
@@ -225,7 +246,7 @@ async fn run(setups: Vec<DeviceSetup>, steps: Vec<Step>, final_seed: u64) {
                 deliver(devices[*to].device(), entries, *batch, *seed).await;
             }
             Step::Sync { device } => {
-                sync(&devices[*device]).await;
+                sync(&devices, *device).await;
                 ledger.read_shared(&shared, onlooker).await;
             }
             Step::Compact { device } => {
@@ -255,12 +276,27 @@ async fn run(setups: Vec<DeviceSetup>, steps: Vec<Step>, final_seed: u64) {
         ledger.add(known_entries(device.device()).await);
     }
     for _ in 0..2 {
-        for device in &devices {
-            sync(device).await;
+        for d in 0..devices.len() {
+            sync(&devices, d).await;
         }
     }
     ledger.read_shared(&shared, onlooker).await;
     let all: Vec<LogEntry> = ledger.entries.into_values().collect();
+    // Through the shared log alone, each device has all of what it pulls.
+    for (i, (device, setup)) in devices.iter().zip(&setups).enumerate() {
+        let pulled = if i > 0 && setup.items_only {
+            &COLLECTIONS[..1]
+        } else {
+            &COLLECTIONS[..]
+        };
+        for collection in pulled {
+            assert_eq!(
+                rows_in(device.device(), collection).await,
+                sequential_model_in(all.clone(), collection),
+                "device {i}'s {collection} after syncing"
+            );
+        }
+    }
     for (i, device) in devices.iter().enumerate() {
         let me = device.device().device();
         let others = all.iter().filter(|e| e.device != me).cloned().collect();
@@ -272,19 +308,19 @@ async fn run(setups: Vec<DeviceSetup>, steps: Vec<Step>, final_seed: u64) {
         )
         .await;
     }
-    let expected = sequential_model(all);
-    let digest = devices[0].device().digest("item").await.expect("digest");
-    for (i, device) in devices.iter().enumerate() {
-        assert_eq!(
-            rows(device.device()).await,
-            expected,
-            "device {i} differs from the sequential model"
-        );
-        assert_eq!(
-            device.device().digest("item").await.expect("digest"),
-            digest,
-            "device {i} digest"
-        );
+    for collection in COLLECTIONS {
+        let expected = sequential_model_in(all.clone(), collection);
+        let digest = devices[0].device().digest(collection).await;
+        let digest = digest.expect("digest");
+        for (i, device) in devices.iter().enumerate() {
+            assert_eq!(
+                rows_in(device.device(), collection).await,
+                expected,
+                "device {i}'s {collection} differs from the sequential model"
+            );
+            let theirs = device.device().digest(collection).await;
+            assert_eq!(theirs.expect("digest"), digest, "device {i}'s {collection}");
+        }
     }
 }
 
@@ -313,6 +349,7 @@ async fn a_pushed_and_folded_write_still_beats_an_older_concurrent_one() {
         skew: 0,
         batch: 2,
         compacts,
+        items_only: false,
     };
     let all = u64::MAX;
     let steps = vec![
@@ -324,6 +361,7 @@ async fn a_pushed_and_folded_write_still_beats_an_older_concurrent_one() {
                 b: None,
             },
             tick: 1,
+            memo: false,
         },
         Step::Deliver {
             from: 0,
@@ -342,6 +380,7 @@ async fn a_pushed_and_folded_write_still_beats_an_older_concurrent_one() {
                 c: None,
             },
             tick: 0,
+            memo: false,
         },
         // ...and a's update after it.
         Step::Write {
@@ -353,6 +392,7 @@ async fn a_pushed_and_folded_write_still_beats_an_older_concurrent_one() {
                 c: None,
             },
             tick: 5,
+            memo: false,
         },
         Step::Sync { device: 0 },
         Step::Compact { device: 0 },
