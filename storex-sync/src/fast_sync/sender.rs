@@ -44,8 +44,6 @@ pub struct SnapshotSender {
     cursor: u64,
     /// The fingerprint of the topics the cursor holds for (see `Package::Hello`).
     subscription: Option<i64>,
-    /// Rows of the quarantine, sent last to a receiver that asks.
-    quarantined: u64,
     /// Rows of the quarantine behind the cursor handed over (sent or not).
     quarantine_rows: u64,
     /// This device's log entries not pushed to a shared log at the snapshot.
@@ -122,10 +120,10 @@ async fn snapshot_with_indexed_journal(device: &SyncDevice) -> Result<StorageTra
     .into())
 }
 
-/// How many rows `collection` has in the snapshot.
-async fn count(tx: &StorageTransaction, collection: &str) -> Result<u64> {
+/// How many rows of `collection` match `filter` in the snapshot.
+async fn count(tx: &StorageTransaction, collection: &str, filter: Filter) -> Result<u64> {
     let counted = tx
-        .execute_as(Operation::count(collection, Filter::all()), Origin::Sync)
+        .execute_as(Operation::count(collection, filter), Origin::Sync)
         .await?;
     Ok(counted.count().unwrap_or(0))
 }
@@ -167,11 +165,7 @@ impl SnapshotSender {
             let def = storage.registry().collection(name)?;
             let mut objects = 0;
             for (counted, filter) in counted_for(name, &app_collections) {
-                objects += tx
-                    .execute_as(Operation::count(counted, filter), Origin::Sync)
-                    .await?
-                    .count()
-                    .unwrap_or(0);
+                objects += count(&tx, counted, filter).await?;
             }
             collections.push(CollectionInfo {
                 name: name.to_owned(),
@@ -180,15 +174,9 @@ impl SnapshotSender {
             });
         }
         // The payloads it pulled but could not open (another key, a newer format) lie behind
-        // the cursor it hands over, so they go with it, to a receiver that asks. Not when the
-        // pre-send hook leaves objects out: which object a payload changes is not known.
+        // the cursor it hands over, so they go with it (see `quarantine_offered`).
         let quarantine_rows = if whole {
-            count(&tx, QUARANTINE_COLLECTION).await?
-        } else {
-            0
-        };
-        let quarantined = if options.filter.is_none() {
-            quarantine_rows
+            count(&tx, QUARANTINE_COLLECTION, Filter::all()).await?
         } else {
             0
         };
@@ -202,14 +190,7 @@ impl SnapshotSender {
         } else {
             (0, None)
         };
-        let unpushed = tx
-            .execute_as(
-                Operation::count(LOG_COLLECTION, Filter::all().eq("shared", false)),
-                Origin::Sync,
-            )
-            .await?
-            .count()
-            .unwrap_or(0);
+        let unpushed = count(&tx, LOG_COLLECTION, Filter::all().eq("shared", false)).await?;
         Ok(SnapshotSender {
             device: device.clone(),
             tx,
@@ -217,11 +198,20 @@ impl SnapshotSender {
             collections,
             cursor,
             subscription,
-            quarantined,
             quarantine_rows,
             unpushed,
             options,
         })
+    }
+
+    /// The rows of the quarantine offered to a receiver that asks: not when the pre-send hook
+    /// leaves objects out (which object a payload changes is not known).
+    fn quarantine_offered(&self) -> u64 {
+        if self.options.filter.is_none() {
+            self.quarantine_rows
+        } else {
+            0
+        }
     }
 
     /// The definitions of the app collections sent (sync's own are known to every device).
@@ -299,7 +289,7 @@ impl SnapshotSender {
                 cursor: self.cursor,
                 latest: Some(self.device.clock().now()),
                 subscription: self.subscription,
-                quarantined: self.quarantined,
+                quarantined: self.quarantine_offered(),
             },
         )
         .await?;
@@ -342,8 +332,9 @@ impl SnapshotSender {
         let mut versions = VersionsPager::new(app_collections, merge);
         let mut unread_held = Vec::new();
         let mut streamed = self.collections.clone();
-        if quarantine && self.quarantined > 0 {
-            streamed.push(quarantine_info(&self.device, self.quarantined)?);
+        let offered = self.quarantine_offered();
+        if quarantine && offered > 0 {
+            streamed.push(quarantine_info(&self.device, offered)?);
         } else {
             run.report.quarantine_left = self.quarantine_rows;
         }
