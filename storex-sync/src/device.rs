@@ -674,11 +674,18 @@ impl SyncDevice {
             reconcile_keyed(&registry, &known, &summed, fresh_entries, Admission::Done);
         held.append(&mut outcome.held);
         let operations = outcome.operations.len() as u64;
+        let operations_batched =
+            batch_operations(&registry, std::mem::take(&mut outcome.operations));
+        // Sized for the whole batch (the writes, a row of versions per object and the clock's,
+        // the log's rows of held or applied entries), so that it is not copied as it grows.
+        let log_steps = if stored {
+            outcome.integrated.len() + covered.len()
+        } else {
+            held.len()
+        };
         let mut steps: Vec<BatchStep> =
-            batch_operations(&registry, std::mem::take(&mut outcome.operations))
-                .into_iter()
-                .map(BatchStep::new)
-                .collect();
+            Vec::with_capacity(operations_batched.len() + integrated_objects.len() + 1 + log_steps);
+        steps.extend(operations_batched.into_iter().map(BatchStep::new));
         // The applied entries go into the versions of their objects (with what was known of
         // them), not into the log; held ones are kept in the log.
         let empty = KnownObject::default();
@@ -719,7 +726,7 @@ impl SyncDevice {
             Some(_) => versions::latest_applied(exec).await?,
             None => versions::AppliedClock::default(),
         };
-        steps.extend(versions::store_steps(folded, latest, clock_before)?);
+        versions::push_store_steps(folded, latest, clock_before, &mut steps)?;
         drop(known);
         if stored {
             // Held entries applied now (or that the versions hold already) live in the

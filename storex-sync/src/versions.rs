@@ -598,9 +598,22 @@ pub(crate) fn store_steps(
     clock: Option<Hlc>,
     before: AppliedClock,
 ) -> Result<Vec<BatchStep>> {
-    let mut rows: Vec<Object> = Vec::with_capacity(versions.len() + 1);
+    let mut steps = Vec::with_capacity(versions.len() + 1);
+    push_store_steps(versions, clock, before, &mut steps)?;
+    Ok(steps)
+}
+
+/// [`store_steps`], appending to `steps` (which a caller sizes for the whole batch, so that a
+/// batch of thousands of steps is not copied again as it grows).
+pub(crate) fn push_store_steps(
+    versions: Vec<ToStore>,
+    clock: Option<Hlc>,
+    before: AppliedClock,
+    steps: &mut Vec<BatchStep>,
+) -> Result<()> {
+    steps.reserve(versions.len() + 1);
     for (key, versions) in versions {
-        rows.push(versions.to_row(object_id(&key))?);
+        steps.push(put_step(versions.to_row(object_id(&key))?));
     }
     let latest = if before.replace {
         clock.max(before.latest)
@@ -612,9 +625,9 @@ pub(crate) fn store_steps(
             created: Some(latest),
             ..Versions::default()
         };
-        rows.push(marker.to_row(CLOCK_OBJECT.to_owned())?);
+        steps.push(put_step(marker.to_row(CLOCK_OBJECT.to_owned())?));
     }
-    Ok(rows.into_iter().map(put_step).collect())
+    Ok(())
 }
 
 /// The step storing a row of the index: a put, which replaces the row of the same object.

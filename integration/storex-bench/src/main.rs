@@ -4,6 +4,7 @@
 //!
 //! Run with `cargo run --release -p storex-bench -- <suite>`.
 
+mod allocations;
 mod continuous_suite;
 mod core_suite;
 mod fastsync_suite;
@@ -21,9 +22,20 @@ use clap::{Parser, ValueEnum};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// With the `allocations` feature, the system allocator, counting what is allocated
+/// (`allocations.rs` reads the counts).
+#[cfg(all(feature = "allocations", not(feature = "mimalloc")))]
+#[global_allocator]
+static ALLOCATOR: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
+#[cfg(all(feature = "allocations", feature = "mimalloc"))]
+compile_error!("the features `allocations` and `mimalloc` each set the allocator: pick one");
+
 /// The allocator in use, as the notes on stderr name it.
 const ALLOCATOR_NAME: &str = if cfg!(feature = "mimalloc") {
     "mimalloc"
+} else if cfg!(feature = "allocations") {
+    "the system allocator, counting allocations"
 } else {
     "the system allocator"
 };

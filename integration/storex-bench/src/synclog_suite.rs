@@ -27,6 +27,7 @@ use storex_core::{
 use storex_seaorm::SeaOrmBackend;
 use storex_sync::{with_sync_log, Clock, DeviceId, Hlc, LogEntry, SyncDevice, SyncOptions};
 
+use crate::allocations::AllocationCount;
 use crate::report::{database_bytes, figure, rate, BoxError, Pair};
 
 const BATCH_ROWS: u64 = 1_000;
@@ -99,17 +100,24 @@ async fn unshared(
 
 /// Integrates `entries` on `receiver` in batches of `APPLY_BATCH`; returns how long it took.
 /// The batches are made before the clock starts: a device hands `integrate` the entries it
-/// pulled, it does not copy them (copying them was 4% of the time measured).
+/// pulled, it does not copy them (copying them was 4% of the time measured). With `name`
+/// (and the bench's `allocations` feature), prints the allocations made per entry as that.
 async fn integrate_in_batches(
     receiver: &SyncDevice,
     entries: &[LogEntry],
+    name: Option<&str>,
 ) -> Result<Duration, BoxError> {
     let batches: Vec<Vec<LogEntry>> = entries.chunks(APPLY_BATCH).map(<[_]>::to_vec).collect();
+    let allocations = AllocationCount::start();
     let start = Instant::now();
     for batch in batches {
         receiver.integrate(batch).await?;
     }
-    Ok(start.elapsed())
+    let took = start.elapsed();
+    if let Some(name) = name {
+        allocations.report(name, entries.len() as u64);
+    }
+    Ok(took)
 }
 
 /// Runs the suite with `ops` single writes per path.
@@ -236,7 +244,12 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
         options,
     )
     .await?;
-    let took = integrate_in_batches(&receiver, &creates).await?;
+    let took = integrate_in_batches(
+        &receiver,
+        &creates,
+        Some("synclog.apply_creates.allocations_per_entry"),
+    )
+    .await?;
     rate("synclog.apply_creates.entries", creates.len() as u64, took);
 
     // Changes to objects the receiver has: new updates made on the first device.
@@ -247,7 +260,12 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
         e.op == storex_sync::EntryOp::Update && e.fields.get("stars") == Some(&1i64.into())
     })
     .await?;
-    let took = integrate_in_batches(&receiver, &updates).await?;
+    let took = integrate_in_batches(
+        &receiver,
+        &updates,
+        Some("synclog.apply_updates.allocations_per_entry"),
+    )
+    .await?;
     rate("synclog.apply_updates.entries", updates.len() as u64, took);
     // Edits that differ from object to object (each note a title of its own), as a user's
     // edits do: no two set the same values.
@@ -271,14 +289,19 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
         e.op == storex_sync::EntryOp::Update && e.fields.contains_key("title")
     })
     .await?;
-    let took = integrate_in_batches(&receiver, &edits).await?;
+    let took = integrate_in_batches(
+        &receiver,
+        &edits,
+        Some("synclog.apply_edits.allocations_per_entry"),
+    )
+    .await?;
     rate("synclog.apply_edits.entries", edits.len() as u64, took);
     // The where-clause edits, unmeasured, so that both devices can be compared.
     let rest = unshared(&device, |e| {
         e.op == storex_sync::EntryOp::Update && e.fields.contains_key("body")
     })
     .await?;
-    integrate_in_batches(&receiver, &rest).await?;
+    integrate_in_batches(&receiver, &rest, None).await?;
     if device.digest("note").await? != receiver.digest("note").await? {
         return Err("the receiving device does not match the sender".into());
     }
