@@ -39,6 +39,12 @@ pub mod routes {
 pub struct NewUser {
     /// The user's name, unique on the server.
     pub name: String,
+    /// The user token the client made (at least [`MIN_CLIENT_TOKEN_CHARS`] characters of a
+    /// strong random source), so that a retried request whose first answer was lost gets the
+    /// same user and token back (200) instead of a conflict. The server makes one when it is
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// A created user and its token (shown once; the server keeps only a hash).

@@ -28,6 +28,17 @@ fn col(name: &str) -> SimpleExpr {
     Expr::col(Alias::new(name))
 }
 
+/// What [`AuthStore::create_user`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UserCreation {
+    /// The user is new.
+    Created,
+    /// The user existed already with this very token: a repeated request.
+    Repeated,
+    /// The user existed already with another token.
+    Taken,
+}
+
 /// A device found by its token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct DeviceRecord {
@@ -98,27 +109,51 @@ impl AuthStore {
         Ok(AuthStore { db })
     }
 
-    /// Creates `user` with a token hash; false when the user exists already.
-    pub(crate) async fn create_user(&self, user: &str, token: &str) -> Result<bool, DbErr> {
-        let exists = Query::select()
-            .column(id("user_name"))
-            .from(id(USERS))
-            .and_where(col("user_name").eq(user))
-            .to_owned();
-        if self.db.query_one(&exists).await?.is_some() {
-            return Ok(false);
+    /// Creates `user` with a token hash. A user of that name with the same token is
+    /// reported as [`UserCreation::Repeated`] (a retried request whose first answer was lost),
+    /// one with another token as [`UserCreation::Taken`].
+    pub(crate) async fn create_user(&self, user: &str, token: &str) -> Result<UserCreation, DbErr> {
+        let token_hash = hash_token(token);
+        if let Some(outcome) = self.existing_user(user, &token_hash).await? {
+            return Ok(outcome);
         }
         let insert = Query::insert()
             .into_table(id(USERS))
             .columns([id("user_name"), id("token_hash")])
-            .values_panic([Expr::val(user), Expr::val(hash_token(token))])
+            .values_panic([Expr::val(user), Expr::val(token_hash.clone())])
             .to_owned();
         match self.db.execute(&insert).await {
-            Ok(_) => Ok(true),
-            // Two requests racing for one name: the loser sees the unique key.
-            Err(e) if is_unique_violation(&e) => Ok(false),
+            Ok(_) => Ok(UserCreation::Created),
+            // Two requests racing for one name (or one request and its retry): the loser
+            // sees the unique key, and the row that won says which it is.
+            Err(e) if is_unique_violation(&e) => Ok(self
+                .existing_user(user, &token_hash)
+                .await?
+                .unwrap_or(UserCreation::Taken)),
             Err(e) => Err(e),
         }
+    }
+
+    /// What creating `user` with `token_hash` meets if the user exists (`None` if not).
+    async fn existing_user(
+        &self,
+        user: &str,
+        token_hash: &str,
+    ) -> Result<Option<UserCreation>, DbErr> {
+        let exists = Query::select()
+            .column(id("token_hash"))
+            .from(id(USERS))
+            .and_where(col("user_name").eq(user))
+            .to_owned();
+        let Some(row) = self.db.query_one(&exists).await? else {
+            return Ok(None);
+        };
+        let stored: String = row.try_get("", "token_hash")?;
+        Ok(Some(if stored == token_hash {
+            UserCreation::Repeated
+        } else {
+            UserCreation::Taken
+        }))
     }
 
     /// The user a user token belongs to.

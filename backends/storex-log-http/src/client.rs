@@ -9,10 +9,10 @@
 //! too.
 //!
 //! Retries: push, pull, ack, list and compact are idempotent and are retried with exponential
-//! backoff and jitter on connection failures, timeouts, 429 and 5xx answers. So is
-//! registering a device: the client chooses the device's id and token, so a retry after a
-//! lost reply registers the same device again, not a second one. Creating a user is retried
-//! only when the request surely did not reach the server (connection refused, 429, 503). A
+//! backoff and jitter on connection failures, timeouts, 429 and 5xx answers. So are
+//! registering a device and creating a user: the client chooses the device's id and token,
+//! and the user's token, so a retry after a lost reply registers the same device again, not
+//! a second one, and gets the user it created back, not "exists already". A
 //! request that cannot be made at all (a token that is not a valid header value) fails at
 //! once, as [`SharedLogError::Invalid`].
 //!
@@ -121,15 +121,6 @@ impl Default for ClientOptions {
             max_pull_bytes: 1024 * 1024,
         }
     }
-}
-
-/// Whether a call may be sent twice.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Retry {
-    /// Idempotent: retry on any transient failure.
-    Always,
-    /// Not idempotent: retry only when the server surely did nothing.
-    IfUnsent,
 }
 
 /// Who the credentials of a call speak for: decides how a 401 is reported.
@@ -295,13 +286,23 @@ impl HttpSharedLog {
     }
 
     /// Creates a user on the server (needs the server's admin token); returns its token.
+    ///
+    /// The token is made here and every retry of the request carries it, so a retry after a
+    /// lost answer (the user was created, the reply never came) gets the same user and
+    /// token back rather than "exists already". A user of that name created earlier, with
+    /// another token, is refused ([`SharedLogError::Invalid`], naming `user_exists`).
     pub async fn create_user(
         &self,
         admin_token: &str,
         name: &str,
     ) -> SharedResult<UserCredentials> {
+        let token = new_token().map_err(|e| SharedLogError::Unavailable {
+            log: LOG_NAME,
+            source: Box::new(e),
+        })?;
         let body = NewUser {
             name: name.to_owned(),
+            token: Some(token),
         };
         self.call(
             Method::POST,
@@ -309,7 +310,6 @@ impl HttpSharedLog {
             admin_token,
             Some(&body),
             Duration::ZERO,
-            Retry::IfUnsent,
             Caller::UserOrAdmin,
         )
         .await
@@ -337,7 +337,6 @@ impl HttpSharedLog {
             "",
             None::<&()>,
             Duration::ZERO,
-            Retry::Always,
             Caller::UserOrAdmin,
         )
         .await
@@ -393,7 +392,6 @@ impl HttpSharedLog {
                 token,
                 Some(&body),
                 (wait, reply),
-                Retry::Always,
                 Caller::Device(device),
             )
             .await
@@ -438,10 +436,9 @@ impl HttpSharedLog {
         token: &str,
         body: Option<&B>,
         wait: Duration,
-        retry: Retry,
         caller: Caller,
     ) -> SharedResult<R> {
-        self.call_with_reply(method, path, token, body, (wait, 0), retry, caller)
+        self.call_with_reply(method, path, token, body, (wait, 0), caller)
             .await
     }
 
@@ -455,19 +452,10 @@ impl HttpSharedLog {
         token: &str,
         body: Option<&B>,
         (wait, reply_bytes): (Duration, usize),
-        retry: Retry,
         caller: Caller,
     ) -> SharedResult<R> {
         let bytes = self
-            .send(
-                method,
-                path,
-                token,
-                body,
-                (wait, reply_bytes),
-                retry,
-                caller,
-            )
+            .send(method, path, token, body, (wait, reply_bytes), caller)
             .await?;
         serde_json::from_slice(&bytes).map_err(|e| bad_reply(&e.to_string()))
     }
@@ -481,17 +469,9 @@ impl HttpSharedLog {
         body: Option<&B>,
         caller: Caller,
     ) -> SharedResult<()> {
-        self.send(
-            method,
-            path,
-            token,
-            body,
-            (Duration::ZERO, 0),
-            Retry::Always,
-            caller,
-        )
-        .await
-        .map(|_| ())
+        self.send(method, path, token, body, (Duration::ZERO, 0), caller)
+            .await
+            .map(|_| ())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -502,7 +482,6 @@ impl HttpSharedLog {
         token: &str,
         body: Option<&B>,
         (wait, reply_bytes): (Duration, usize),
-        retry: Retry,
         caller: Caller,
     ) -> SharedResult<Vec<u8>> {
         let body = match body {
@@ -529,7 +508,6 @@ impl HttpSharedLog {
                     token,
                     body.as_deref(),
                     wait,
-                    retry,
                     caller,
                 )
                 .await;
@@ -566,7 +544,6 @@ impl HttpSharedLog {
         token: &str,
         body: Option<&[u8]>,
         wait: Duration,
-        retry: Retry,
         caller: Caller,
     ) -> Result<Vec<u8>, Attempt> {
         let base = &self.bases[instance % self.bases.len()];
@@ -593,19 +570,19 @@ impl HttpSharedLog {
                 },
             },
             false => Attempt {
-                retry: retry == Retry::Always || e.is_connect(),
+                retry: true,
                 error: unavailable(e),
             },
         })?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| Attempt {
-            retry: retry == Retry::Always,
+            retry: true,
             error: unavailable(e),
         })?;
         if status.is_success() {
             return Ok(bytes.to_vec());
         }
-        Err(refusal(status, &bytes, retry, caller))
+        Err(refusal(status, &bytes, caller))
     }
 }
 
@@ -630,7 +607,7 @@ fn bad_reply(problem: &str) -> SharedLogError {
 }
 
 /// The error of a non-2xx answer.
-fn refusal(status: StatusCode, body: &[u8], retry: Retry, caller: Caller) -> Attempt {
+fn refusal(status: StatusCode, body: &[u8], caller: Caller) -> Attempt {
     let detail = serde_json::from_slice::<ErrorBody>(body)
         .ok()
         .map(|b| b.error);
@@ -644,12 +621,8 @@ fn refusal(status: StatusCode, body: &[u8], retry: Retry, caller: Caller) -> Att
         StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT
     ) || status.is_server_error();
     if transient {
-        let surely_unprocessed = matches!(
-            status,
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-        );
         return Attempt {
-            retry: retry == Retry::Always || surely_unprocessed,
+            retry: true,
             error: SharedLogError::Unavailable {
                 log: LOG_NAME,
                 source: format!("HTTP {status}: {message}").into(),
@@ -741,7 +714,6 @@ impl SharedSyncLog for HttpSharedLog {
                     user,
                     Some(&request),
                     Duration::ZERO,
-                    Retry::Always,
                     Caller::Registering(device),
                 )
                 .await?;
@@ -768,7 +740,6 @@ impl SharedSyncLog for HttpSharedLog {
                     &token,
                     None::<&()>,
                     Duration::ZERO,
-                    Retry::Always,
                     Caller::Device(device),
                 )
                 .await?;
@@ -813,7 +784,6 @@ impl SharedSyncLog for HttpSharedLog {
                         &token,
                         Some(&body),
                         Duration::ZERO,
-                        Retry::Always,
                         Caller::Device(device),
                     )
                     .await;
@@ -867,7 +837,6 @@ impl SharedSyncLog for HttpSharedLog {
                     user,
                     None::<&()>,
                     Duration::ZERO,
-                    Retry::Always,
                     Caller::UserOrAdmin,
                 )
                 .await?;

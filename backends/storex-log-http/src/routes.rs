@@ -33,7 +33,7 @@ use crate::api::{
     NewUser, PullRequest, PullResponse, PushRequest, PushResponse, UserCredentials, WireDevice,
     MAX_TOPIC_BYTES, MIN_CLIENT_TOKEN_CHARS,
 };
-use crate::auth::{AuthStore, DeviceToken};
+use crate::auth::{AuthStore, DeviceToken, UserCreation};
 use crate::config::{RateLimit, ServerConfig};
 use crate::live::LiveUpdates;
 use crate::metrics::Metrics;
@@ -283,21 +283,41 @@ async fn create_user(
             "a user name has 1 to {MAX_USER_NAME} bytes and no control characters"
         )));
     }
-    let token = new_token().map_err(|e| ApiError::unavailable("cannot make a token", &e))?;
-    match state.auth.create_user(name, &token).await {
-        Ok(true) => Ok((
-            StatusCode::CREATED,
+    let token = match body.token {
+        Some(token) => client_token(token)?,
+        None => new_token().map_err(|e| ApiError::unavailable("cannot make a token", &e))?,
+    };
+    let credentials = |status| {
+        let user = name.to_owned();
+        Ok((
+            status,
             Json(UserCredentials {
-                user: name.to_owned(),
-                token,
+                user,
+                token: token.clone(),
             }),
-        )),
-        Ok(false) => Err(ApiError::new(
+        ))
+    };
+    match state.auth.create_user(name, &token).await {
+        Ok(UserCreation::Created) => credentials(StatusCode::CREATED),
+        // The same request again (its first answer was lost): the same user and token.
+        Ok(UserCreation::Repeated) => credentials(StatusCode::OK),
+        Ok(UserCreation::Taken) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "user_exists",
             format!("user `{name}` exists already"),
         )),
         Err(e) => Err(ApiError::unavailable("cannot create the user", &e)),
+    }
+}
+
+/// A token a client chose, if long enough ([`MIN_CLIENT_TOKEN_CHARS`]).
+fn client_token(token: String) -> Result<String, ApiError> {
+    if token.chars().count() >= MIN_CLIENT_TOKEN_CHARS {
+        Ok(token)
+    } else {
+        Err(ApiError::invalid(format!(
+            "a token a client chooses needs at least {MIN_CLIENT_TOKEN_CHARS} characters"
+        )))
     }
 }
 
@@ -311,12 +331,7 @@ async fn create_device(
         None => (DeviceId::random(), None),
     };
     let token = match token {
-        Some(token) if token.chars().count() >= MIN_CLIENT_TOKEN_CHARS => token,
-        Some(_) => {
-            return Err(ApiError::invalid(format!(
-                "a device token needs at least {MIN_CLIENT_TOKEN_CHARS} characters"
-            )))
-        }
+        Some(token) => client_token(token)?,
         None => new_token().map_err(|e| ApiError::unavailable("cannot make a token", &e))?,
     };
     // The device and its token hash in one transaction: both exist or neither does, so no

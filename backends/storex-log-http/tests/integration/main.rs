@@ -6,6 +6,7 @@
 mod common;
 mod conformance;
 mod load;
+mod lost_reply;
 mod scale_out;
 mod security;
 mod slow_link;

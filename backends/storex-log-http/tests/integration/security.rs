@@ -161,6 +161,29 @@ async fn users_are_created_only_with_the_admin_token() {
         (status, code(&body)),
         (StatusCode::BAD_REQUEST, "invalid_request")
     );
+    // A token the client chose: the same request again gets the same user back (its first
+    // answer may have been lost); another token for that name is refused; a short one too.
+    let chosen = r#"{"name":"bob","token":"stx_a-token-the-client-made-0123456789abcdef"}"#;
+    for expected in [StatusCode::CREATED, StatusCode::OK] {
+        let (status, body) = f.post("/v1/users", Some(ADMIN), chosen).await;
+        assert_eq!(status, expected, "{body}");
+        assert_eq!(
+            (body["user"].as_str(), body["token"].as_str()),
+            (
+                Some("bob"),
+                Some("stx_a-token-the-client-made-0123456789abcdef")
+            )
+        );
+    }
+    let other = r#"{"name":"bob","token":"stx_another-token-the-client-made-0123456789"}"#;
+    let (status, body) = f.post("/v1/users", Some(ADMIN), other).await;
+    assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "user_exists"));
+    let short = r#"{"name":"cid","token":"short"}"#;
+    let (status, body) = f.post("/v1/users", Some(ADMIN), short).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
 
     // A server without an admin token creates no users over HTTP.
     let store = Store::sqlite();

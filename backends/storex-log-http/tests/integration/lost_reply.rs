@@ -1,0 +1,94 @@
+//! Replies lost on the way back: the server did what was asked, the client never heard.
+//! Creating a user and registering a device are retried with the token the client made,
+//! so the retry gets the same user or device back instead of a conflict or a second one.
+
+#![allow(clippy::unwrap_used)] // helpers of tests: a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use storex_log_http::{ClientOptions, HttpSharedLog};
+use storex_sync::{SharedLogError, SharedSyncLog};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::common::{start, Store, ADMIN};
+
+/// A TCP proxy on 127.0.0.1 to `target`. While `to_lose` is above zero, a connection's
+/// request reaches the server, and the first bytes of the server's reply are read and
+/// dropped with the connection (taking one off `to_lose`); other connections pass through.
+async fn reply_losing_proxy(target: SocketAddr, to_lose: Arc<AtomicUsize>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = TcpStream::connect(target).await else {
+                continue;
+            };
+            let to_lose = to_lose.clone();
+            tokio::spawn(async move {
+                let (mut from_client, mut to_client) = inbound.into_split();
+                let (mut from_server, mut to_server) = outbound.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+                });
+                let mut reply = vec![0; 64 * 1024];
+                loop {
+                    let read = match from_server.read(&mut reply).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(read) => read,
+                    };
+                    let lose = to_lose
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    // Dropping both halves closes the client's connection with no answer.
+                    if lose || to_client.write_all(&reply[..read]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_whose_creation_reply_was_lost_is_given_back_on_retry() {
+    let store = Store::sqlite();
+    let server = start(&store).await;
+    let to_lose = Arc::new(AtomicUsize::new(1));
+    let proxy = reply_losing_proxy(server.local_addr(), to_lose.clone()).await;
+    let options = ClientOptions {
+        retries: 3,
+        ..ClientOptions::default()
+    };
+    let client = HttpSharedLog::with_options(&format!("http://{proxy}"), options).unwrap();
+
+    let user = client
+        .create_user(ADMIN, "ann")
+        .await
+        .expect("the retry after the lost reply gets the user");
+    assert_eq!(to_lose.load(Ordering::SeqCst), 0, "a reply was lost");
+    assert_eq!(user.user, "ann");
+    // The token given back is the one the server keeps: it registers devices. (A lost reply
+    // there too: the retry registers the same device, with the token the client holds.)
+    to_lose.store(1, Ordering::SeqCst);
+    let device = client.create_device(&user.token).await.unwrap();
+    assert_eq!(to_lose.load(Ordering::SeqCst), 0, "a reply was lost");
+    let listed = client.devices(device).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|d| d.device).collect::<Vec<_>>(),
+        [device]
+    );
+
+    // A user of that name made by another request (another token) is refused as before.
+    let direct = HttpSharedLog::new(&server.url()).unwrap();
+    match direct.create_user(ADMIN, "ann").await {
+        Err(SharedLogError::Invalid { problem }) => {
+            assert!(problem.contains("user_exists"), "{problem}")
+        }
+        other => panic!("a second user `ann` was not refused: {other:?}"),
+    }
+    server.shutdown().await.unwrap();
+}
