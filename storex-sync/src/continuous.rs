@@ -327,15 +327,7 @@ impl ContinuousSync {
         // Every sync: a fast-sync copy may have handed over a cursor for other topics since.
         self.follow_subscription().await?;
         self.push(&mut report).await?;
-        if crate::fast_sync::receiver::unfinished_copy(&self.device).await? {
-            // Changes applied now could keep values whose timestamps the copy's versions
-            // then replace: the device would disagree with the others. It pulls once the
-            // copy finished (or was abandoned: `SyncDevice::abandon_transfers`).
-            report.problems.push(
-                "a fast-sync copy into this device has not finished: nothing is pulled until \
-                 it has (or `SyncDevice::abandon_transfers` gives it up)"
-                    .to_owned(),
-            );
+        if self.copy_unfinished(&mut report).await? {
             report.duration = start.elapsed();
             return Ok(report);
         }
@@ -632,6 +624,22 @@ impl ContinuousSync {
         Ok(ids)
     }
 
+    /// Whether a fast-sync copy into this device has begun and not finished (then it is
+    /// said in `report`). Changes applied meanwhile could keep values whose timestamps the
+    /// copy's versions then replace: the device would disagree with the others. It pulls
+    /// once the copy finished (or was abandoned: `SyncDevice::abandon_transfers`).
+    async fn copy_unfinished(&self, report: &mut SyncReport) -> Result<bool> {
+        let unfinished = crate::fast_sync::receiver::unfinished_copy(&self.device).await?;
+        if unfinished {
+            report.problems.push(
+                "a fast-sync copy into this device has not finished: nothing is pulled until \
+                 it has (or `SyncDevice::abandon_transfers` gives it up)"
+                    .to_owned(),
+            );
+        }
+        Ok(unfinished)
+    }
+
     async fn pull(&self, report: &mut SyncReport) -> Result<()> {
         let me = self.device.device();
         let topics = self.topics();
@@ -639,6 +647,10 @@ impl ContinuousSync {
         let mut cursor = self.cursor().await?;
         let mut page = self.pull_page(me, cursor, topics.as_deref()).await?;
         loop {
+            // A copy may have begun while the page travelled: the page waits until it is done.
+            if self.copy_unfinished(report).await? {
+                break;
+            }
             report.pulled += page.pulled;
             report.quarantined += page.set_aside;
             report.problems.append(&mut page.problems);

@@ -51,6 +51,11 @@ async fn run(tx: &StorageTransaction, op: Operation) -> Result<storex_core::Outc
     Ok(tx.execute_as(op, Origin::Sync).await?)
 }
 
+/// Runs `op` on `device` on its own, as sync's (unlogged).
+async fn run_alone(device: &SyncDevice, op: Operation) -> Result<storex_core::Outcome> {
+    Ok(device.storage().execute_as(op, Origin::Sync).await?)
+}
+
 async fn load_state(device: &SyncDevice, session: Uuid) -> Result<Option<SessionState>> {
     let row = device
         .storage()
@@ -231,7 +236,10 @@ async fn receive_offered(
         }
     }
     let stored = load_state(device, session).await?;
-    let resume_after = stored.as_ref().map(|s| s.last_seq);
+    // Whether the session's row of progress exists (the first batch applied creates it, or
+    // the start of a copy into a fresh device, below).
+    let mut row_stored = stored.is_some();
+    let resume_after = stored.as_ref().map(|s| s.last_seq).filter(|seq| *seq > 0);
     let mut state = match stored {
         Some(state) => state,
         None => SessionState {
@@ -247,6 +255,14 @@ async fn receive_offered(
     // The sender's quarantine, asked for: it comes last.
     if quarantined > 0 {
         collections.push(quarantine_info(device, quarantined)?);
+    }
+    if !row_stored && !state.merge {
+        // A copy into a fresh device has begun: from now until it is done (or given up), its
+        // continuous sync pulls nothing (`unfinished_copy`), as changes applied before the
+        // copy's batches could keep values whose timestamps the copy's versions replace.
+        let step = progress_step(session, &state, true);
+        run_alone(device, step.operation).await?;
+        row_stored = true;
     }
     let ready = Package::Ready {
         resume_after,
@@ -299,7 +315,7 @@ async fn receive_offered(
                 received.objects += count;
                 let done = received.objects;
                 honour_pause(channel, options, "receiving", &mut kept).await?;
-                let first = state.last_seq == 0 && resume_after.is_none();
+                let first = !row_stored;
                 if collection == VERSIONS_COLLECTION {
                     apply_versions_batch(device, session, objects, &next, first).await?;
                 } else if next.merge && collection == LOG_COLLECTION {
@@ -308,6 +324,7 @@ async fn receive_offered(
                     apply_batch(device, session, &collection, objects, &next, first).await?;
                 }
                 state = next;
+                row_stored = true;
                 send_package(channel, options, Package::Ack { seq }).await?;
                 report.batches += 1;
                 report.objects += count;

@@ -668,6 +668,271 @@ async fn a_device_receiving_a_copy_pulls_nothing_until_the_copy_is_done_or_given
     sender.close().await.expect("close");
 }
 
+/// A memory shared log whose pulls, once `gated`, tell `pulling` and wait for a permit of
+/// `gate` (which starts with none).
+#[derive(Debug)]
+struct GatedPulls {
+    inner: MemorySharedLog,
+    gated: std::sync::atomic::AtomicBool,
+    pulling: tokio::sync::Notify,
+    gate: tokio::sync::Semaphore,
+}
+
+impl SharedSyncLog for GatedPulls {
+    fn name(&self) -> &'static str {
+        "gated-pulls"
+    }
+
+    fn register_device<'a>(
+        &'a self,
+        user: &'a str,
+        device: DeviceId,
+    ) -> BoxFuture<'a, storex_sync::SharedResult<()>> {
+        self.inner.register_device(user, device)
+    }
+
+    fn devices(
+        &self,
+        device: DeviceId,
+    ) -> BoxFuture<'_, storex_sync::SharedResult<Vec<storex_sync::DeviceInfo>>> {
+        self.inner.devices(device)
+    }
+
+    fn push(
+        &self,
+        device: DeviceId,
+        entries: Vec<storex_sync::SharedEntry>,
+    ) -> BoxFuture<'_, storex_sync::SharedResult<u64>> {
+        self.inner.push(device, entries)
+    }
+
+    fn pull<'a>(
+        &'a self,
+        device: DeviceId,
+        after: u64,
+        limit: usize,
+        topics: Option<&'a [String]>,
+    ) -> BoxFuture<'a, storex_sync::SharedResult<storex_sync::Pull>> {
+        Box::pin(async move {
+            if self.gated.load(std::sync::atomic::Ordering::SeqCst) {
+                self.pulling.notify_one();
+                let _permit = self.gate.acquire().await.expect("gate open");
+            }
+            self.inner.pull(device, after, limit, topics).await
+        })
+    }
+
+    fn ack(&self, device: DeviceId, cursor: u64) -> BoxFuture<'_, storex_sync::SharedResult<()>> {
+        self.inner.ack(device, cursor)
+    }
+
+    fn compact<'a>(&'a self, user: &'a str) -> BoxFuture<'a, storex_sync::SharedResult<u64>> {
+        self.inner.compact(user)
+    }
+}
+
+/// A copy into a fresh device that begins while its sync's pull travels: the pulled page is
+/// not applied beside the unfinished copy (the sync saw no copy when it began).
+#[tokio::test]
+async fn a_page_pulled_as_a_copy_begins_waits_for_the_copy() {
+    let fx = Fixture::new();
+    let gated = Arc::new(GatedPulls {
+        inner: MemorySharedLog::new(),
+        gated: std::sync::atomic::AtomicBool::new(false),
+        pulling: tokio::sync::Notify::new(),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let log: Arc<dyn SharedSyncLog> = gated.clone();
+    let old = engine(&fx, &log, "old", ContinuousOptions::default()).await;
+    let new = engine(&fx, &log, "new", ContinuousOptions::default()).await;
+    fill(old.device(), 2_000).await;
+    old.sync_once().await.expect("push");
+
+    gated.gated.store(true, std::sync::atomic::Ordering::SeqCst);
+    let copy_meanwhile = async {
+        gated.pulling.notified().await;
+        // The copy begins (and breaks off, unfinished) while the pull waits.
+        let sender = cut_copy(old.device(), new.device(), &small_batches()).await;
+        gated.gate.add_permits(1);
+        sender
+    };
+    let (report, sender) = tokio::join!(new.sync_once(), copy_meanwhile);
+    let report = report.expect("sync");
+    assert_eq!(report.integrated, 0, "applied beside the copy: {report:?}");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("has not finished")),
+        "{report:?}"
+    );
+    sender.close().await.expect("close");
+}
+
+/// The receiver's end of a copy that, after each batch it receives, lets a round of the
+/// devices' writes and syncs run (`round` asks for one, `done` says it ran), so they fall
+/// between the copy's batches, as a copy running beside the apps does.
+#[derive(Debug)]
+struct Interleaved {
+    inner: MemoryChannel,
+    round: tokio::sync::mpsc::Sender<()>,
+    done: tokio::sync::mpsc::Receiver<()>,
+}
+
+impl FastSyncChannel for Interleaved {
+    fn send(&mut self, package: Package) -> BoxFuture<'_, Result<(), ChannelError>> {
+        self.inner.send(package)
+    }
+
+    fn recv(&mut self) -> BoxFuture<'_, Result<Option<Package>, ChannelError>> {
+        Box::pin(async move {
+            let package = self.inner.recv().await?;
+            if matches!(package, Some(Package::Batch { .. })) && self.round.send(()).await.is_ok() {
+                // The rounds stop once the copy is done; until then each one answers.
+                let _ = self.done.recv().await;
+            }
+            Ok(package)
+        })
+    }
+}
+
+/// Every device, the receiver included, writes and syncs between the batches of a copy; two
+/// of them edit the same notes. A fresh receiver pushes its own writes and pulls nothing
+/// while the copy is unfinished; one with data of its own merges, and pulls meanwhile. Then
+/// all converge, and no write is lost.
+async fn copy_beside_writes_and_syncs(receiver_has_data: bool) {
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let old = engine(&fx, &log, "old", ContinuousOptions::default()).await;
+    let other = engine(&fx, &log, "other", ContinuousOptions::default()).await;
+    let new = engine(&fx, &log, "new", ContinuousOptions::default()).await;
+    fill(old.device(), 1_000).await;
+    old.sync_once().await.expect("push");
+    other.sync_once().await.expect("pull");
+    if receiver_has_data {
+        push_note(&new, "new, before the copy").await;
+    }
+    let edited: Vec<Value> = old
+        .device()
+        .storage()
+        .find_many("note", storex_core::Query::default().limit(20))
+        .await
+        .expect("notes")
+        .iter()
+        .map(|note| note["id"].clone())
+        .collect();
+
+    let (round_tx, mut round_rx) = tokio::sync::mpsc::channel(1);
+    let (done_tx, done_rx) = tokio::sync::mpsc::channel(1);
+    let (mut sending, receiving) = memory_channel_pair(4);
+    let mut receiving = Interleaved {
+        inner: receiving,
+        round: round_tx,
+        done: done_rx,
+    };
+    let options = small_batches();
+    let copy = async {
+        let (sent, received) = tokio::join!(
+            send_snapshot(old.device(), &mut sending, &options),
+            receive_snapshot(new.device(), &mut receiving, &options)
+        );
+        drop(receiving); // no more rounds
+        (sent.expect("send"), received.expect("receive"))
+    };
+    let rounds = async {
+        let mut rounds = 0;
+        while round_rx.recv().await.is_some() {
+            let title = |who: &str| Value::from(format!("{who} {rounds}"));
+            let id = &edited[rounds % edited.len()];
+            for (device, who) in [(&old, "old"), (&other, "other")] {
+                let storage = device.device().storage();
+                let changes = object! { "title" => title(who) };
+                storage
+                    .update_by_pk("note", id.clone(), changes)
+                    .await
+                    .expect("edit");
+            }
+            push_note(&old, &format!("old, during the copy {rounds}")).await;
+            push_note(&other, &format!("other, during the copy {rounds}")).await;
+            new.device()
+                .storage()
+                .create(
+                    "note",
+                    object! { "title" => format!("new, during the copy {rounds}") },
+                )
+                .await
+                .expect("write");
+            let report = new.sync_once().await.expect("sync");
+            if !receiver_has_data {
+                let pulled = report.pulled;
+                assert_eq!(pulled, 0, "pulled beside an unfinished copy: {report:?}");
+            }
+            rounds += 1;
+            let _ = done_tx.send(()).await;
+        }
+        rounds
+    };
+    let ((sent, received), rounds) = tokio::time::timeout(Duration::from_secs(120), async {
+        tokio::join!(copy, rounds)
+    })
+    .await
+    .expect("the copy and the rounds beside it end");
+    assert!(rounds >= 3, "only {rounds} rounds ran beside the copy");
+    assert!(sent.objects > 0 && received.objects > 0);
+
+    for _ in 0..3 {
+        for device in [&old, &other, &new] {
+            let report = device.sync_once().await.expect("sync");
+            assert!(report.problems.is_empty(), "{report:?}");
+        }
+    }
+    for collection in ["note", "tag"] {
+        assert_agree(&old, &new, collection).await;
+        assert_agree(&other, &new, collection).await;
+    }
+    let notes = new
+        .device()
+        .storage()
+        .count("note", Filter::all())
+        .await
+        .expect("count");
+    let before = u64::from(receiver_has_data);
+    assert_eq!(
+        notes,
+        1_000 + before + 3 * rounds as u64,
+        "every note written, once"
+    );
+    // Each edited note holds one of the two edits of its last round (which of the two is
+    // up to their timestamps).
+    let last_round = |i: usize| (0..rounds).filter(|r| r % edited.len() == i).max();
+    for (i, id) in edited.iter().enumerate() {
+        let Some(round) = last_round(i) else { continue };
+        let note = new
+            .device()
+            .storage()
+            .find_by_pk("note", id.clone())
+            .await
+            .expect("find")
+            .expect("the edited note");
+        let last = [format!("old {round}"), format!("other {round}")].map(Value::from);
+        assert!(
+            last.contains(&note["title"]),
+            "note {i}: {:?}",
+            note["title"]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_device_writing_and_syncing_while_it_receives_a_copy_converges_with_all() {
+    copy_beside_writes_and_syncs(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_merging_a_copy_while_all_write_and_sync_converges_with_all() {
+    copy_beside_writes_and_syncs(true).await;
+}
+
 /// A channel that fails after passing a number of packages, both ways, and then closes, as
 /// a dropped connection does.
 #[derive(Debug)]
