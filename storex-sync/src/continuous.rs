@@ -331,7 +331,11 @@ impl ContinuousSync {
             report.duration = start.elapsed();
             return Ok(report);
         }
-        self.pull(&mut report).await?;
+        if !self.pull(&mut report).await? {
+            // A copy began while the pull travelled: nothing more is applied beside it.
+            report.duration = start.elapsed();
+            return Ok(report);
+        }
         // Held entries are tried again once per start (entries held for a newer schema apply
         // after an app upgrade), and when the clock has caught up with one it refused as too
         // far ahead (without a restart: a desktop app may run for weeks).
@@ -640,15 +644,19 @@ impl ContinuousSync {
         Ok(unfinished)
     }
 
-    async fn pull(&self, report: &mut SyncReport) -> Result<()> {
+    /// Pulls and applies until caught up; false if it stopped because a fast-sync copy into
+    /// this device began meanwhile.
+    async fn pull(&self, report: &mut SyncReport) -> Result<bool> {
         let me = self.device.device();
         let topics = self.topics();
         let subscription = self.subscription();
         let mut cursor = self.cursor().await?;
         let mut page = self.pull_page(me, cursor, topics.as_deref()).await?;
+        let mut held_back = false;
         loop {
             // A copy may have begun while the page travelled: the page waits until it is done.
             if self.copy_unfinished(report).await? {
+                held_back = true;
                 break;
             }
             report.pulled += page.pulled;
@@ -703,7 +711,7 @@ impl ContinuousSync {
             self.shared.ack(me, cursor).await?;
         }
         report.cursor = cursor;
-        Ok(())
+        Ok(!held_back)
     }
 
     /// One page of the shared log after `cursor`, decoded: payloads that do not decode are

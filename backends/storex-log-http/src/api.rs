@@ -39,8 +39,8 @@ pub mod routes {
 pub struct NewUser {
     /// The user's name, unique on the server.
     pub name: String,
-    /// The user token the client made (at least [`MIN_CLIENT_TOKEN_CHARS`] characters of a
-    /// strong random source), so that a retried request whose first answer was lost gets the
+    /// The user token the client made (at least [`MIN_CLIENT_TOKEN_CHARS`] visible ASCII
+    /// characters from a strong random source), so that a retried request whose first answer was lost gets the
     /// same user and token back (200) instead of a conflict. The server makes one when it is
     /// absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -63,8 +63,8 @@ pub struct UserCredentials {
 pub struct NewDevice {
     /// The device id.
     pub device: Uuid,
-    /// The device token the client made (at least [`MIN_CLIENT_TOKEN_CHARS`] characters of
-    /// a strong random source), so that a retried request, even one the server finishes
+    /// The device token the client made (at least [`MIN_CLIENT_TOKEN_CHARS`] visible ASCII
+    /// characters from a strong random source), so that a retried request, even one the server finishes
     /// after the retry, sets the same token. The server makes one when it is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,

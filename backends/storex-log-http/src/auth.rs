@@ -37,6 +37,8 @@ pub(crate) enum UserCreation {
     Repeated,
     /// The user existed already with another token.
     Taken,
+    /// The token is another user's.
+    TokenTaken,
 }
 
 /// A device found by its token.
@@ -126,10 +128,11 @@ impl AuthStore {
             Ok(_) => Ok(UserCreation::Created),
             // Two requests racing for one name (or one request and its retry): the loser
             // sees the unique key, and the row that won says which it is.
+            // No row of that name: the unique token hash is what refused it.
             Err(e) if is_unique_violation(&e) => Ok(self
                 .existing_user(user, &token_hash)
                 .await?
-                .unwrap_or(UserCreation::Taken)),
+                .unwrap_or(UserCreation::TokenTaken)),
             Err(e) => Err(e),
         }
     }

@@ -300,19 +300,32 @@ impl HttpSharedLog {
             log: LOG_NAME,
             source: Box::new(e),
         })?;
-        let body = NewUser {
-            name: name.to_owned(),
-            token: Some(token),
+        let create = |token: Option<String>| {
+            let body = NewUser {
+                name: name.to_owned(),
+                token,
+            };
+            async move {
+                self.call(
+                    Method::POST,
+                    routes::USERS,
+                    admin_token,
+                    Some(&body),
+                    Duration::ZERO,
+                    Caller::UserOrAdmin,
+                )
+                .await
+            }
         };
-        self.call(
-            Method::POST,
-            routes::USERS,
-            admin_token,
-            Some(&body),
-            Duration::ZERO,
-            Caller::UserOrAdmin,
-        )
-        .await
+        match create(Some(token)).await {
+            // A server from before clients chose user tokens refuses the field: asked again
+            // without it (that server makes the token, and a retry after a lost answer meets
+            // "exists already", as it did).
+            Err(SharedLogError::Invalid { problem }) if problem.contains("`token`") => {
+                create(None).await
+            }
+            other => other,
+        }
     }
 
     /// Revokes `device` of the user whose token is `user_token`: the device's token stops

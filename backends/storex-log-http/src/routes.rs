@@ -306,17 +306,22 @@ async fn create_user(
             "user_exists",
             format!("user `{name}` exists already"),
         )),
+        Ok(UserCreation::TokenTaken) => Err(ApiError::invalid(
+            "the token is another user's: make a new one",
+        )),
         Err(e) => Err(ApiError::unavailable("cannot create the user", &e)),
     }
 }
 
-/// A token a client chose, if long enough ([`MIN_CLIENT_TOKEN_CHARS`]).
+/// A token a client chose, if long enough ([`MIN_CLIENT_TOKEN_CHARS`]) and made of visible
+/// ASCII characters (it travels in an `Authorization` header).
 fn client_token(token: String) -> Result<String, ApiError> {
-    if token.chars().count() >= MIN_CLIENT_TOKEN_CHARS {
+    if token.len() >= MIN_CLIENT_TOKEN_CHARS && token.chars().all(|c| c.is_ascii_graphic()) {
         Ok(token)
     } else {
         Err(ApiError::invalid(format!(
-            "a token a client chooses needs at least {MIN_CLIENT_TOKEN_CHARS} characters"
+            "a token a client chooses has at least {MIN_CLIENT_TOKEN_CHARS} characters, all \
+             visible ASCII"
         )))
     }
 }

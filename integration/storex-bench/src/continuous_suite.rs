@@ -31,6 +31,7 @@ use storex_sync::{
     Clock, ContinuousOptions, ContinuousSync, SharedSyncLog, SyncDevice, SyncOptions,
 };
 
+use crate::allocations::AllocationCount;
 use crate::report::{database_bytes, figure, rate, BoxError};
 
 const TRIPS: usize = 20;
@@ -100,12 +101,16 @@ pub(crate) async fn run(ops: u64) -> Result<(), BoxError> {
     let b = device(dir.path(), "b.db", &log, ContinuousOptions::default()).await?;
 
     write_notes(&a, 0, ops).await?;
+    let allocations = AllocationCount::start();
     let start = Instant::now();
     let pushed = a.sync_once().await?.pushed;
     let push_time = start.elapsed();
+    allocations.report("continuous.push.allocations_per_entry", ops);
+    let allocations = AllocationCount::start();
     let start = Instant::now();
     let pulled = b.sync_once().await?;
     let pull_time = start.elapsed();
+    allocations.report("continuous.pull_apply.allocations_per_entry", ops);
     if pushed != ops || pulled.integrated != ops {
         return Err(format!("pushed {pushed}, integrated {} of {ops}", pulled.integrated).into());
     }

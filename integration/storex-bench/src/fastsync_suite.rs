@@ -29,6 +29,7 @@ use storex_sync::fast_sync::{
 use storex_sync::{Clock, DeviceId, SyncDevice, SyncOptions};
 use tokio::net::TcpListener;
 
+use crate::allocations::AllocationCount;
 use crate::report::{database_bytes, figure, rate, ratio, BoxError};
 
 mod row {
@@ -136,6 +137,7 @@ async fn one_size(rows: u64) -> Result<(), BoxError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let options = FastSyncOptions::default();
+    let allocations = AllocationCount::start();
     let start = Instant::now();
     let receiving = async {
         let mut channel = TcpChannel::accept(&listener).await?;
@@ -154,6 +156,8 @@ async fn one_size(rows: u64) -> Result<(), BoxError> {
     let received = receiving.await;
     let sent = sending.await?;
     let elapsed = start.elapsed();
+    // Both devices' (they run in this one process).
+    allocations.report(&format!("fastsync.tcp_{label}.allocations_per_row"), rows);
     let (received, sent) = (received?, sent?);
     if old.digest("row").await? != new.digest("row").await? || received.objects != sent.objects {
         return Err("the receiving database differs from the sender's".into());

@@ -18,24 +18,21 @@ use clap::{Parser, ValueEnum};
 /// With the `mimalloc` feature, the figures are measured with mimalloc as the allocator, as
 /// the `storex` command runs; by default with the system's, as an app that sets none runs
 /// (storex allocates through whatever allocator the app sets).
-#[cfg(feature = "mimalloc")]
+#[cfg(all(feature = "mimalloc", not(feature = "allocations")))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// With the `allocations` feature, the system allocator, counting what is allocated
-/// (`allocations.rs` reads the counts).
-#[cfg(all(feature = "allocations", not(feature = "mimalloc")))]
+/// (`allocations.rs` reads the counts); it takes the place of mimalloc if both are on.
+#[cfg(feature = "allocations")]
 #[global_allocator]
 static ALLOCATOR: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
 
-#[cfg(all(feature = "allocations", feature = "mimalloc"))]
-compile_error!("the features `allocations` and `mimalloc` each set the allocator: pick one");
-
 /// The allocator in use, as the notes on stderr name it.
-const ALLOCATOR_NAME: &str = if cfg!(feature = "mimalloc") {
-    "mimalloc"
-} else if cfg!(feature = "allocations") {
+const ALLOCATOR_NAME: &str = if cfg!(feature = "allocations") {
     "the system allocator, counting allocations"
+} else if cfg!(feature = "mimalloc") {
+    "mimalloc"
 } else {
     "the system allocator"
 };

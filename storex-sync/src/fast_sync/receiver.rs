@@ -36,7 +36,8 @@ struct Received {
     checksum: String,
 }
 
-/// The progress of a session, stored with every applied batch.
+/// The progress of a session, stored with every applied batch (and, for a copy into a
+/// fresh device, as the session begins).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct SessionState {
     last_seq: u64,
@@ -175,9 +176,26 @@ pub async fn receive_offer(
     offer: Offer,
     options: &FastSyncOptions,
 ) -> Result<TransferReport> {
+    let session = offer.session;
     match receive_offered(device, channel, offer, options).await {
         Ok(report) => Ok(report),
-        Err(error) => Err(tell_peer(channel, options, "receiving", error).await),
+        Err(error) => {
+            forget_if_nothing_applied(device, session).await;
+            Err(tell_peer(channel, options, "receiving", error).await)
+        }
+    }
+}
+
+/// Deletes the progress of `session` if no batch of it was applied: a copy into a fresh
+/// device stores it as it begins (so that continuous sync waits), and one that fails before
+/// its first batch leaves the device as it was, pulling again. (Best effort: if the row
+/// stays, the device waits for the copy as after any other cut.)
+async fn forget_if_nothing_applied(device: &SyncDevice, session: Uuid) {
+    if let Ok(Some(state)) = load_state(device, session).await {
+        if state.last_seq == 0 {
+            let forget = Operation::delete_by_pk(TRANSFER_COLLECTION, session);
+            let _ = run_alone(device, forget).await;
+        }
     }
 }
 

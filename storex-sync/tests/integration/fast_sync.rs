@@ -769,6 +769,32 @@ async fn a_page_pulled_as_a_copy_begins_waits_for_the_copy() {
     sender.close().await.expect("close");
 }
 
+/// A copy into a fresh device holds its pulls back from the start, and one that fails before
+/// its first batch (which applied nothing) lets them go again.
+#[tokio::test]
+async fn a_copy_failing_before_its_first_batch_leaves_the_device_pulling() {
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let other = engine(&fx, &log, "other", ContinuousOptions::default()).await;
+    let new = engine(&fx, &log, "new", ContinuousOptions::default()).await;
+    push_note(&other, "elsewhere").await;
+
+    let (mut a, mut b) = memory_channel_pair(4);
+    let options = FastSyncOptions::default();
+    let sender = async {
+        begin_copy(&mut a, vec![info("note", 1)]).await;
+        // Begun: the device waits for the copy.
+        let report = new.sync_once().await.expect("sync");
+        assert_eq!(report.integrated, 0, "{report:?}");
+        drop(a); // the sender goes away before its first batch
+    };
+    let (_, received) = tokio::join!(sender, receive_snapshot(new.device(), &mut b, &options));
+    assert!(received.is_err(), "the copy was cut");
+    let report = new.sync_once().await.expect("sync");
+    assert_eq!(report.integrated, 1, "{report:?}");
+    assert!(report.problems.is_empty(), "{report:?}");
+}
+
 /// The receiver's end of a copy that, after each batch it receives, lets a round of the
 /// devices' writes and syncs run (`round` asks for one, `done` says it ran), so they fall
 /// between the copy's batches, as a copy running beside the apps does.

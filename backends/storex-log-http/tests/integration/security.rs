@@ -178,12 +178,18 @@ async fn users_are_created_only_with_the_admin_token() {
     let other = r#"{"name":"bob","token":"stx_another-token-the-client-made-0123456789"}"#;
     let (status, body) = f.post("/v1/users", Some(ADMIN), other).await;
     assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "user_exists"));
+    // Refused: a short token, one that is no header value, another user's.
     let short = r#"{"name":"cid","token":"short"}"#;
-    let (status, body) = f.post("/v1/users", Some(ADMIN), short).await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::BAD_REQUEST, "invalid_request")
-    );
+    let spaced = r#"{"name":"cid","token":"stx_a token with spaces in it 0123456789abc"}"#;
+    let bobs = r#"{"name":"cid","token":"stx_a-token-the-client-made-0123456789abcdef"}"#;
+    for refused in [short, spaced, bobs] {
+        let (status, body) = f.post("/v1/users", Some(ADMIN), refused).await;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::BAD_REQUEST, "invalid_request"),
+            "{refused}"
+        );
+    }
 
     // A server without an admin token creates no users over HTTP.
     let store = Store::sqlite();

@@ -173,13 +173,27 @@ async fn a_push_that_times_out_on_a_link_slower_than_told_goes_in_halves() {
 /// A server from before pulls could name `max_bytes`: it refuses unknown fields, as the
 /// server does, and otherwise answers every pull with an empty page. Counts the pulls.
 async fn server_without_max_bytes() -> (SocketAddr, std::sync::Arc<AtomicUsize>) {
+    let page = serde_json::json!({ "entries": [], "next_cursor": 0, "more": false });
+    let refusal = "unknown field `max_bytes`, expected one of `after`, `limit`, `topics`, \
+                   `wait_ms`";
+    server_without("max_bytes", refusal, ("200 OK", page)).await
+}
+
+/// A server from before requests could carry `field`: it refuses a request naming it with
+/// `refusal` (400 `invalid_request`, as the server refuses unknown fields), and answers any
+/// other with `answer` (status line and body). Counts the requests.
+async fn server_without(
+    field: &'static str,
+    refusal: &'static str,
+    answer: (&'static str, serde_json::Value),
+) -> (SocketAddr, std::sync::Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let pulls = std::sync::Arc::new(AtomicUsize::new(0));
     let counted = pulls.clone();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let counted = counted.clone();
+            let (counted, answer) = (counted.clone(), answer.clone());
             tokio::spawn(async move {
                 let mut read = Vec::new();
                 let mut buffer = [0u8; 4096];
@@ -209,18 +223,13 @@ async fn server_without_max_bytes() -> (SocketAddr, std::sync::Arc<AtomicUsize>)
                     let body = String::from_utf8_lossy(&read[head_end + 4..end]).into_owned();
                     read.drain(..end);
                     counted.fetch_add(1, Ordering::SeqCst);
-                    let (status, reply) = if body.contains("max_bytes") {
-                        let message = "unknown field `max_bytes`, expected one of `after`, \
-                                       `limit`, `topics`, `wait_ms`";
+                    let (status, reply) = if body.contains(&format!("\"{field}\"")) {
                         let error = serde_json::json!({
-                            "error": { "code": "invalid_request", "message": message }
+                            "error": { "code": "invalid_request", "message": refusal }
                         });
                         ("400 Bad Request", error.to_string())
                     } else {
-                        let page = serde_json::json!({
-                            "entries": [], "next_cursor": 0, "more": false
-                        });
-                        ("200 OK", page.to_string())
+                        (answer.0, answer.1.to_string())
                     };
                     let response = format!(
                         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
@@ -255,4 +264,22 @@ async fn a_server_from_before_max_bytes_is_asked_without_it() {
     );
     log.pull(device, 0, 100, None).await.expect("again");
     assert_eq!(pulls.load(Ordering::SeqCst), 3, "not asked with it again");
+}
+
+#[tokio::test]
+async fn a_server_from_before_clients_chose_user_tokens_is_asked_without_one() {
+    let credentials = serde_json::json!({ "user": "ann", "token": "made-by-the-server" });
+    let refusal = "unknown field `token`, expected `name`";
+    let (address, requests) = server_without("token", refusal, ("201 Created", credentials)).await;
+    let log = HttpSharedLog::new(&format!("http://{address}")).unwrap();
+    let user = log
+        .create_user(ADMIN, "ann")
+        .await
+        .expect("created without");
+    assert_eq!(user.token, "made-by-the-server");
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        2,
+        "refused once, then without"
+    );
 }
