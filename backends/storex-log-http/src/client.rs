@@ -321,7 +321,9 @@ impl HttpSharedLog {
             // A server from before clients chose user tokens refuses the field: asked again
             // without it (that server makes the token, and a retry after a lost answer meets
             // "exists already", as it did).
-            Err(SharedLogError::Invalid { problem }) if problem.contains("`token`") => {
+            Err(SharedLogError::Invalid { problem })
+                if problem.contains("unknown field `token`") =>
+            {
                 create(None).await
             }
             other => other,

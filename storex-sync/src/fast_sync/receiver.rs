@@ -191,12 +191,13 @@ pub async fn receive_offer(
 /// its first batch leaves the device as it was, pulling again. (Best effort: if the row
 /// stays, the device waits for the copy as after any other cut.)
 async fn forget_if_nothing_applied(device: &SyncDevice, session: Uuid) {
-    if let Ok(Some(state)) = load_state(device, session).await {
-        if state.last_seq == 0 {
-            let forget = Operation::delete_by_pk(TRANSFER_COLLECTION, session);
-            let _ = run_alone(device, forget).await;
-        }
-    }
+    // One statement: a batch of another attempt at the session, applied meanwhile, stays.
+    let unbegun = Filter::all().eq("session", session).eq("last_seq", 0i64);
+    let _ = run_alone(
+        device,
+        Operation::delete_where(TRANSFER_COLLECTION, unbegun),
+    )
+    .await;
 }
 
 /// [`receive_offer`] without telling the sender of a failure.

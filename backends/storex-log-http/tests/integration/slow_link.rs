@@ -180,7 +180,7 @@ async fn server_without_max_bytes() -> (SocketAddr, std::sync::Arc<AtomicUsize>)
 }
 
 /// A server from before requests could carry `field`: it refuses a request naming it with
-/// `refusal` (400 `invalid_request`, as the server refuses unknown fields), and answers any
+/// `refusal` (422 `invalid_request`, as the server refuses unknown fields), and answers any
 /// other with `answer` (status line and body). Counts the requests.
 async fn server_without(
     field: &'static str,
@@ -227,7 +227,7 @@ async fn server_without(
                         let error = serde_json::json!({
                             "error": { "code": "invalid_request", "message": refusal }
                         });
-                        ("400 Bad Request", error.to_string())
+                        ("422 Unprocessable Entity", error.to_string())
                     } else {
                         (answer.0, answer.1.to_string())
                     };
