@@ -11,46 +11,38 @@ use std::sync::Arc;
 use storex_log_http::{ClientOptions, HttpSharedLog};
 use storex_sync::{SharedLogError, SharedSyncLog};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
-use crate::common::{start, Store, ADMIN};
+use crate::common::{proxy, start, Store, ADMIN};
 
 /// A TCP proxy on 127.0.0.1 to `target`. While `to_lose` is above zero, a connection's
 /// request reaches the server, and the first bytes of the server's reply are read and
 /// dropped with the connection (taking one off `to_lose`); other connections pass through.
 async fn reply_losing_proxy(target: SocketAddr, to_lose: Arc<AtomicUsize>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((inbound, _)) = listener.accept().await {
-            let Ok(outbound) = TcpStream::connect(target).await else {
-                continue;
-            };
-            let to_lose = to_lose.clone();
+    proxy(target, move |inbound, outbound| {
+        let to_lose = to_lose.clone();
+        async move {
+            let (mut from_client, mut to_client) = inbound.into_split();
+            let (mut from_server, mut to_server) = outbound.into_split();
             tokio::spawn(async move {
-                let (mut from_client, mut to_client) = inbound.into_split();
-                let (mut from_server, mut to_server) = outbound.into_split();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
-                });
-                let mut reply = vec![0; 64 * 1024];
-                loop {
-                    let read = match from_server.read(&mut reply).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(read) => read,
-                    };
-                    let lose = to_lose
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                        .is_ok();
-                    // Dropping both halves closes the client's connection with no answer.
-                    if lose || to_client.write_all(&reply[..read]).await.is_err() {
-                        break;
-                    }
-                }
+                let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
             });
+            let mut reply = vec![0; 64 * 1024];
+            loop {
+                let read = match from_server.read(&mut reply).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => read,
+                };
+                let lose = to_lose
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                // Dropping both halves closes the client's connection with no answer.
+                if lose || to_client.write_all(&reply[..read]).await.is_err() {
+                    break;
+                }
+            }
         }
-    });
-    address
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

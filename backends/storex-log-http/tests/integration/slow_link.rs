@@ -13,26 +13,19 @@ use storex_core::uuid::Uuid;
 use storex_log_http::{ClientOptions, HttpSharedLog, RunningServer};
 use storex_sync::{DeviceId, SharedEntry, SharedSyncLog};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-use crate::common::{start, Store, ADMIN};
+use crate::common::{proxy, start, Store, ADMIN};
 
 /// A TCP proxy on 127.0.0.1 to `target` that forwards at most `rate` bytes a second each way.
 async fn throttled_proxy(target: SocketAddr, rate: usize) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((inbound, _)) = listener.accept().await {
-            let Ok(outbound) = TcpStream::connect(target).await else {
-                continue;
-            };
-            let (from_client, to_client) = inbound.into_split();
-            let (from_server, to_server) = outbound.into_split();
-            tokio::spawn(pump(from_client, to_server, rate));
-            tokio::spawn(pump(from_server, to_client, rate));
-        }
-    });
-    address
+    proxy(target, move |inbound, outbound| async move {
+        let (from_client, to_client) = inbound.into_split();
+        let (from_server, to_server) = outbound.into_split();
+        tokio::spawn(pump(from_client, to_server, rate));
+        pump(from_server, to_client, rate).await;
+    })
+    .await
 }
 
 async fn pump(

@@ -179,3 +179,23 @@ pub fn factory(
         Box::pin(async move { Arc::new(Provisioned::new(&url)) as Arc<dyn SharedSyncLog> })
     }
 }
+
+/// A TCP proxy on 127.0.0.1 to `target`: every connection it accepts, with one it opened to
+/// `target`, goes to `relay` (which runs in a task of its own). Returns its address.
+pub async fn proxy<F, R>(target: SocketAddr, relay: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream, tokio::net::TcpStream) -> R + Send + 'static,
+    R: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            tokio::spawn(relay(inbound, outbound));
+        }
+    });
+    address
+}
