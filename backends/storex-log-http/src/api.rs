@@ -40,9 +40,9 @@ pub struct NewUser {
     /// The user's name, unique on the server.
     pub name: String,
     /// The user token the client made (at least [`MIN_CLIENT_TOKEN_CHARS`] visible ASCII
-    /// characters from a strong random source), so that a retried request whose first answer was lost gets the
-    /// same user and token back (200) instead of a conflict. The server makes one when it is
-    /// absent.
+    /// characters from a strong random source), so that a retried request whose first
+    /// answer was lost gets the same user and token back (200) instead of a conflict. The
+    /// server makes one when it is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
 }
@@ -64,8 +64,9 @@ pub struct NewDevice {
     /// The device id.
     pub device: Uuid,
     /// The device token the client made (at least [`MIN_CLIENT_TOKEN_CHARS`] visible ASCII
-    /// characters from a strong random source), so that a retried request, even one the server finishes
-    /// after the retry, sets the same token. The server makes one when it is absent.
+    /// characters from a strong random source), so that a retried request, even one the
+    /// server finishes after the retry, sets the same token. The server makes one when it is
+    /// absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
 }

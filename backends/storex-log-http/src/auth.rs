@@ -113,7 +113,8 @@ impl AuthStore {
 
     /// Creates `user` with a token hash. A user of that name with the same token is
     /// reported as [`UserCreation::Repeated`] (a retried request whose first answer was lost),
-    /// one with another token as [`UserCreation::Taken`].
+    /// one with another token as [`UserCreation::Taken`], a token another user has as
+    /// [`UserCreation::TokenTaken`].
     pub(crate) async fn create_user(&self, user: &str, token: &str) -> Result<UserCreation, DbErr> {
         let token_hash = hash_token(token);
         if let Some(outcome) = self.existing_user(user, &token_hash).await? {
@@ -127,8 +128,8 @@ impl AuthStore {
         match self.db.execute(&insert).await {
             Ok(_) => Ok(UserCreation::Created),
             // Two requests racing for one name (or one request and its retry): the loser
-            // sees the unique key, and the row that won says which it is.
-            // No row of that name: the unique token hash is what refused it.
+            // sees the unique key, and the row that won says which it is. With no row of
+            // that name, the token's hash, also unique, is what refused it.
             Err(e) if is_unique_violation(&e) => Ok(self
                 .existing_user(user, &token_hash)
                 .await?
