@@ -292,8 +292,8 @@ pub fn object_state<'e>(
 }
 
 /// Did `entry` lose (some of) its values in the state computed from `all`?
-fn lost(entry: &LogEntry, all: &[&LogEntry]) -> bool {
-    all.iter().any(|other| {
+fn lost<'a>(entry: &LogEntry, all: impl IntoIterator<Item = &'a LogEntry>) -> bool {
+    all.into_iter().any(|other| {
         other.hlc > entry.hlc
             && (other.op == EntryOp::Delete
                 || (entry.op != EntryOp::Delete
@@ -353,7 +353,6 @@ fn updates_over_versions(
     // What `lost` finds against the synthesized changes: a later delete; a later write of a
     // field the update writes, by the create (which names the key and every field with a
     // version) or by the update at that field's version; or a later update among `new`.
-    let new_refs: Vec<&LogEntry> = new.iter().collect();
     let conflicts = new
         .iter()
         .filter(|entry| {
@@ -364,7 +363,7 @@ fn updates_over_versions(
                     written.is_some_and(|w| w > u)
                         || ((written.is_some() || def.pk_fields().contains(field)) && created > u)
                 })
-                || lost(entry, &new_refs)
+                || lost(entry, new)
         })
         .count() as u64;
     let changes: Object = winners
@@ -475,7 +474,7 @@ pub(crate) fn reconcile_keyed<S: BuildHasher, T: BuildHasher>(
             .chain(base.iter())
             .chain(new.iter())
             .collect();
-        out.conflicts += new.iter().filter(|e| lost(e, &all)).count() as u64;
+        out.conflicts += new.iter().filter(|e| lost(e, all.iter().copied())).count() as u64;
         let target = object_state(def, all.iter().copied());
         if target.is_some() {
             out.existing.insert(key.clone());

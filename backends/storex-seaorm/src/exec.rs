@@ -10,16 +10,17 @@
 //! objects were missing, which tells each step's count. An update by filter that answers with
 //! its keys reads them in one row first on SQLite (see [`keys_then_update`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use sea_orm::sea_query::SelectStatement;
 use sea_orm::{
     ConnectionTrait, DatabaseTransaction, DbErr, QueryResult, SqlErr, StatementBuilder,
     TransactionTrait,
 };
+use storex_core::uuid::Uuid;
 use storex_core::{
     BatchResolver, BatchStep, CollectionDef, Error, Object, Operation, Outcome, Pk, PkKey, Query,
-    Registry,
+    Registry, Value,
 };
 
 use crate::backend::Dialect;
@@ -114,6 +115,34 @@ fn pk_of(def: &CollectionDef, object: &Object) -> Result<Pk, Error> {
         collection: def.name().to_owned(),
         field: def.pk_fields().join(", "),
     })
+}
+
+/// The keys of a group of updates, to find a key twice: single UUID keys (what
+/// `UuidPkMiddleware` gives) in a hash set, without copying them; others copied, in order.
+#[derive(Default)]
+struct GroupKeys {
+    uuids: HashSet<Uuid>,
+    others: BTreeSet<PkKey>,
+}
+
+impl GroupKeys {
+    fn insert(&mut self, pk: &Pk) {
+        match pk.single() {
+            Some(Value::Uuid(uuid)) => {
+                self.uuids.insert(*uuid);
+            }
+            _ => {
+                self.others.insert(PkKey(pk.clone()));
+            }
+        }
+    }
+
+    fn contains(&self, pk: &Pk) -> bool {
+        match pk.single() {
+            Some(Value::Uuid(uuid)) => self.uuids.contains(uuid),
+            _ => self.others.contains(&PkKey(pk.clone())),
+        }
+    }
 }
 
 /// Runs one operation other than a batch.
@@ -394,18 +423,17 @@ pub(crate) async fn run_batch(
             })
         });
         if let Some((collection, fields)) = update_group {
-            let mut keys = BTreeSet::new();
+            let mut keys = GroupKeys::default();
             let mut group = Vec::with_capacity(1 + steps.len());
             let mut step = step;
             loop {
                 if let Operation::UpdateByPk { pk, changes, .. } = step.operation {
-                    keys.insert(PkKey(pk.clone()));
+                    keys.insert(&pk);
                     group.push((pk, changes));
                 }
                 let next = steps.next_if(|(_, next)| {
                     updates_alike(&collection, &fields, next)
-                        && plain_update(next)
-                            .is_some_and(|(_, pk, _)| !keys.contains(&PkKey(pk.clone())))
+                        && plain_update(next).is_some_and(|(_, pk, _)| !keys.contains(pk))
                 });
                 match next {
                     Some((_, next)) => step = next,
