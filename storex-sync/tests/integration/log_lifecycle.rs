@@ -49,6 +49,11 @@ async fn engine_on(
     storex_sync::ContinuousSync::new(device, shared.clone(), options)
 }
 
+/// How many entries `device` holds.
+async fn held_count(device: &SyncDevice) -> usize {
+    device.log().held().await.expect("held").entries.len()
+}
+
 async fn share_everything(device: &SyncDevice) -> Vec<LogEntry> {
     let entries = device.log().unshared(1_000).await.expect("unshared");
     let ids: Vec<_> = entries.iter().map(|e| e.id).collect();
@@ -157,11 +162,7 @@ async fn entries_from_a_newer_schema_wait_for_the_upgrade() {
         report.held[0].1,
         HoldReason::NewerSchema { entry: 2, local: 1 }
     );
-    assert_eq!(
-        older.log().held().await.expect("held").entries.len(),
-        1,
-        "kept, not dropped"
-    );
+    assert_eq!(held_count(&older).await, 1, "kept, not dropped");
     assert_eq!(
         older
             .storage()
@@ -175,13 +176,7 @@ async fn entries_from_a_newer_schema_wait_for_the_upgrade() {
     let upgraded = open(2, backend).await;
     let report = upgraded.retry_held().await.expect("retry");
     assert_eq!((report.integrated, report.operations), (1, 1));
-    assert!(upgraded
-        .log()
-        .held()
-        .await
-        .expect("held")
-        .entries
-        .is_empty());
+    assert_eq!(held_count(&upgraded).await, 0);
     assert_eq!(
         upgraded.digest("note").await.expect("digest"),
         newer.digest("note").await.expect("digest")
@@ -234,7 +229,7 @@ async fn an_entry_held_for_clock_drift_does_not_move_the_clock_after_a_restart()
         stamped.millis < now_ms() + two_days / 2,
         "the clock jumped to a held entry's time: {stamped}"
     );
-    assert_eq!(b.log().held().await.expect("held").entries.len(), 2);
+    assert_eq!(held_count(&b).await, 2);
     let retried = b.retry_held().await.expect("retry");
     assert_eq!(retried.held.len(), 2, "still too far ahead");
 }
@@ -282,14 +277,7 @@ async fn continuous_sync_applies_an_entry_held_for_clock_drift_once_the_clock_ca
     let report = b.sync_once().await.expect("b syncs");
     assert_eq!(report.integrated, 1, "{report:?}");
     assert_eq!(notes(&b).await, 1);
-    assert!(b
-        .device()
-        .log()
-        .held()
-        .await
-        .expect("held")
-        .entries
-        .is_empty());
+    assert_eq!(held_count(b.device()).await, 0);
     assert_eq!(
         a.device().digest("note").await.expect("digest"),
         b.device().digest("note").await.expect("digest")
@@ -334,14 +322,7 @@ async fn continuous_sync_applies_entries_held_for_a_newer_schema_after_the_upgra
         .expect("find")
         .expect("the note");
     assert_eq!(note["colour"], Value::from("red"));
-    assert!(b
-        .device()
-        .log()
-        .held()
-        .await
-        .expect("held")
-        .entries
-        .is_empty());
+    assert_eq!(held_count(b.device()).await, 0);
 }
 
 #[tokio::test]
@@ -591,13 +572,7 @@ async fn many_held_entries_are_retried_in_pages_none_skipped_or_twice() {
         "{:?}",
         (report.received, report.integrated, report.held.len())
     );
-    assert!(upgraded
-        .log()
-        .held()
-        .await
-        .expect("held")
-        .entries
-        .is_empty());
+    assert_eq!(held_count(&upgraded).await, 0);
     assert_eq!(
         upgraded.digest("note").await.expect("digest"),
         newer.digest("note").await.expect("digest")
