@@ -327,12 +327,8 @@ impl ContinuousSync {
         // Every sync: a fast-sync copy may have handed over a cursor for other topics since.
         self.follow_subscription().await?;
         self.push(&mut report).await?;
-        if self.copy_unfinished(&mut report).await? {
-            report.duration = start.elapsed();
-            return Ok(report);
-        }
         if !self.pull(&mut report).await? {
-            // A copy began while the pull travelled: nothing more is applied beside it.
+            // A fast-sync copy into this device is unfinished: nothing is applied beside it.
             report.duration = start.elapsed();
             return Ok(report);
         }
@@ -644,9 +640,12 @@ impl ContinuousSync {
         Ok(unfinished)
     }
 
-    /// Pulls and applies until caught up; false if it stopped because a fast-sync copy into
-    /// this device began meanwhile.
+    /// Pulls and applies until caught up; false if a fast-sync copy into this device is
+    /// unfinished, before the first page is pulled or after one travelled.
     async fn pull(&self, report: &mut SyncReport) -> Result<bool> {
+        if self.copy_unfinished(report).await? {
+            return Ok(false);
+        }
         let me = self.device.device();
         let topics = self.topics();
         let subscription = self.subscription();
