@@ -25,6 +25,7 @@ mod tables;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -106,6 +107,10 @@ enum Migrate {
         /// the two devices share, e.g. 192.168.1.20; the default works on one machine only).
         #[arg(long, default_value = "127.0.0.1", requires = "webrtc")]
         webrtc_bind: std::net::IpAddr,
+        /// Over TCP: how long to wait, in seconds, for the receiver to come back after the
+        /// connection drops; the transfer then resumes after the last batch it applied.
+        #[arg(long, default_value_t = 120, conflicts_with = "webrtc")]
+        reconnect_secs: u64,
     },
     /// On the new device: reach the sender and write the database to a new file.
     Receive {
@@ -122,6 +127,10 @@ enum Migrate {
         /// network the two devices share; the default works on one machine only).
         #[arg(long, default_value = "127.0.0.1", requires = "offer")]
         webrtc_bind: std::net::IpAddr,
+        /// Over TCP: how long to try, in seconds, to reach the sender again after the
+        /// connection drops; the transfer then resumes after the last batch applied.
+        #[arg(long, default_value_t = 120, conflicts_with = "offer")]
+        reconnect_secs: u64,
     },
 }
 
@@ -161,11 +170,15 @@ fn main() -> ExitCode {
             listen,
             webrtc,
             webrtc_bind,
+            reconnect_secs,
         }) => {
             let transport = if webrtc {
                 migrate::Transport::WebRtc(webrtc_bind)
             } else {
-                migrate::Transport::Tcp(listen)
+                migrate::Transport::Tcp {
+                    listen,
+                    reconnect: Duration::from_secs(reconnect_secs),
+                }
             };
             runtime.block_on(migrate::send(&db, transport))
         }
@@ -174,14 +187,19 @@ fn main() -> ExitCode {
             connect,
             offer,
             webrtc_bind,
+            reconnect_secs,
         }) => match (connect, offer) {
             (_, Some(offer)) => runtime.block_on(migrate::receive(
                 &db,
                 migrate::Source::WebRtc(offer, webrtc_bind),
             )),
-            (Some(connect), None) => {
-                runtime.block_on(migrate::receive(&db, migrate::Source::Tcp(connect)))
-            }
+            (Some(connect), None) => runtime.block_on(migrate::receive(
+                &db,
+                migrate::Source::Tcp {
+                    connect,
+                    reconnect: Duration::from_secs(reconnect_secs),
+                },
+            )),
             (None, None) => Err(anyhow::anyhow!("give --connect ADDR or --offer CODE")),
         },
     };

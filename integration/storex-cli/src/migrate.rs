@@ -2,7 +2,9 @@
 //! data channel, with a progress bar; the fast-sync protocol does the work (verified,
 //! resumable batches). Over TCP the receiver connects to the address the sender prints; over
 //! WebRTC the sender prints an offer code, the receiver (given it) prints an answer code, and
-//! the sender reads that answer from its standard input.
+//! the sender reads that answer from its standard input. Over TCP a dropped connection is
+//! survived: the sender keeps its snapshot and waits for the receiver, which reconnects and
+//! resumes after the last batch it applied.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -10,14 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use backon::{ExponentialBuilder, Retryable};
 use indicatif::{ProgressBar, ProgressStyle};
 use storex_channel_tcp::TcpChannel;
 use storex_channel_webrtc::{WebRtcChannel, WebRtcOptions};
-use storex_core::{Registry, StorageBackend};
+use storex_core::uuid::Uuid;
+use storex_core::{error_chain, Registry, StorageBackend};
 use storex_seaorm::SeaOrmBackend;
 use storex_sync::fast_sync::{
-    read_offer, receive_offer, send_snapshot, FastSyncChannel, FastSyncOptions, Progress,
-    TransferReport,
+    read_offer, receive_offer, send_snapshot, FastSyncChannel, FastSyncOptions, Offer, Progress,
+    SnapshotSender, TransferReport,
 };
 use storex_sync::{Clock, DeviceId, SyncDevice, SyncOptions};
 use tokio::io::AsyncBufReadExt;
@@ -60,8 +64,12 @@ async fn open_device(backend: Arc<dyn StorageBackend>, registry: Registry) -> Re
 }
 
 fn summary(report: &TransferReport, verb: &str) {
+    let resumed = match report.resumed_after {
+        Some(batch) => format!(" (the last connection, resuming after batch {batch})"),
+        None => String::new(),
+    };
     say!(
-        "{verb} {} objects ({:.1} MB) in {} batches in {:.1} s",
+        "{verb} {} objects ({:.1} MB) in {} batches in {:.1} s{resumed}",
         report.objects,
         report.bytes as f64 / 1_048_576.0,
         report.batches,
@@ -72,8 +80,14 @@ fn summary(report: &TransferReport, verb: &str) {
 /// How the two devices meet.
 #[derive(Debug)]
 pub(crate) enum Transport {
-    /// The sender listens on this address; the receiver connects to it.
-    Tcp(String),
+    /// The sender listens on `listen`; the receiver connects to it, and again within
+    /// `reconnect` after the connection drops.
+    Tcp {
+        /// Where to listen.
+        listen: String,
+        /// How long to wait for the receiver after the connection drops.
+        reconnect: Duration,
+    },
     /// Offer and answer codes, exchanged by the person running both commands; the local
     /// address offered.
     WebRtc(IpAddr),
@@ -106,42 +120,10 @@ pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
         SyncOptions::default(),
     )
     .await?;
-    let mut channel: Box<dyn FastSyncChannel> = match transport {
-        Transport::Tcp(listen) => {
-            let listener = TcpListener::bind(&listen)
-                .await
-                .with_context(|| format!("listening on {listen}"))?;
-            say!("listening on {}", listener.local_addr()?);
-            Box::new(TcpChannel::accept(&listener).await?)
-        }
-        Transport::WebRtc(bind) => {
-            let (pending, offer) = WebRtcChannel::offer_with(&webrtc_options(bind))
-                .await
-                .context("preparing the WebRTC offer")?;
-            say!("offer: {offer}");
-            say!("run `storex migrate receive --db NEW.db --offer <the offer>` on the new device, then paste its answer here:");
-            let mut answer = String::new();
-            tokio::io::BufReader::new(tokio::io::stdin())
-                .read_line(&mut answer)
-                .await
-                .context("reading the answer")?;
-            if answer.trim().is_empty() {
-                bail!("no answer was given");
-            }
-            Box::new(
-                pending
-                    .connect(answer.trim())
-                    .await
-                    .context("connecting to the new device")?,
-            )
-        }
+    let report = match transport {
+        Transport::Tcp { listen, reconnect } => send_over_tcp(&device, &listen, reconnect).await?,
+        Transport::WebRtc(bind) => send_over_webrtc(&device, bind).await?,
     };
-    let bar = progress_bar();
-    let report = send_snapshot(&device, channel.as_mut(), &options(&bar)).await;
-    // Before the process ends: a WebRTC channel still delivers in the background.
-    channel.close().await;
-    bar.finish_and_clear();
-    let report = report?;
     summary(&report, "sent");
     if report.unpushed > 0 {
         eprintln!(
@@ -172,11 +154,94 @@ pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
     Ok(())
 }
 
+/// Sends `device` to the first receiver that connects on `listen`. The snapshot stays open
+/// while the connection is down: a receiver that reconnects within `reconnect` resumes after
+/// the last batch it applied.
+async fn send_over_tcp(
+    device: &SyncDevice,
+    listen: &str,
+    reconnect: Duration,
+) -> Result<TransferReport> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    say!("listening on {}", listener.local_addr()?);
+    let mut channel = TcpChannel::accept(&listener).await?;
+    let bar = progress_bar();
+    let mut sender = SnapshotSender::open_for(device, &mut channel, options(&bar)).await?;
+    let report = loop {
+        let sent = sender.send(&mut channel).await;
+        channel.close().await;
+        match sent {
+            Err(dropped) if dropped.is_transient() && !reconnect.is_zero() => {
+                bar.suspend(|| {
+                    say!(
+                        "the connection dropped ({}); waiting up to {} s for the receiver to \
+                         reconnect",
+                        error_chain(&dropped),
+                        reconnect.as_secs()
+                    )
+                });
+                match tokio::time::timeout(reconnect, TcpChannel::accept(&listener)).await {
+                    Ok(accepted) => channel = accepted?,
+                    Err(_) => {
+                        break Err(anyhow::Error::from(dropped).context(format!(
+                            "the receiver did not reconnect within {} s",
+                            reconnect.as_secs()
+                        )))
+                    }
+                }
+            }
+            sent => break sent.map_err(anyhow::Error::from),
+        }
+    };
+    bar.finish_and_clear();
+    // The snapshot's transaction ends either way; the transfer's outcome comes first.
+    let closed = sender.close().await;
+    let report = report?;
+    closed?;
+    Ok(report)
+}
+
+/// Sends `device` over a WebRTC data channel: prints the offer, reads the answer from
+/// standard input. A dropped channel ends the transfer (a new one needs new codes).
+async fn send_over_webrtc(device: &SyncDevice, bind: IpAddr) -> Result<TransferReport> {
+    let (pending, offer) = WebRtcChannel::offer_with(&webrtc_options(bind))
+        .await
+        .context("preparing the WebRTC offer")?;
+    say!("offer: {offer}");
+    say!("run `storex migrate receive --db NEW.db --offer <the offer>` on the new device, then paste its answer here:");
+    let mut answer = String::new();
+    tokio::io::BufReader::new(tokio::io::stdin())
+        .read_line(&mut answer)
+        .await
+        .context("reading the answer")?;
+    if answer.trim().is_empty() {
+        bail!("no answer was given");
+    }
+    let mut channel = pending
+        .connect(answer.trim())
+        .await
+        .context("connecting to the new device")?;
+    let bar = progress_bar();
+    let report = send_snapshot(device, &mut channel, &options(&bar)).await;
+    // Before the process ends: a WebRTC channel still delivers in the background.
+    channel.close().await;
+    bar.finish_and_clear();
+    Ok(report?)
+}
+
 /// How the receiver reaches the sender.
 #[derive(Debug)]
 pub(crate) enum Source {
-    /// The address the sender printed.
-    Tcp(String),
+    /// The address the sender printed, reached again within `reconnect` after the connection
+    /// drops.
+    Tcp {
+        /// The sender's address.
+        connect: String,
+        /// How long to try to reach the sender again after the connection drops.
+        reconnect: Duration,
+    },
     /// The offer code the sender printed, and the local address to answer with.
     WebRtc(String, IpAddr),
 }
@@ -192,16 +257,17 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
             found.display()
         );
     }
-    let mut channel: Box<dyn FastSyncChannel> = match source {
-        Source::Tcp(connect) => Box::new(
-            TcpChannel::connect(&connect)
+    let mut channel: Box<dyn FastSyncChannel> = match &source {
+        Source::Tcp { connect, .. } => Box::new(
+            TcpChannel::connect(connect)
                 .await
                 .with_context(|| format!("connecting to {connect}"))?,
         ),
         Source::WebRtc(offer, bind) => {
-            let (pending, answer) = WebRtcChannel::accept_with(offer.trim(), &webrtc_options(bind))
-                .await
-                .context("reading the offer")?;
+            let (pending, answer) =
+                WebRtcChannel::accept_with(offer.trim(), &webrtc_options(*bind))
+                    .await
+                    .context("reading the offer")?;
             say!("answer: {answer}");
             say!("paste this answer into the sender; waiting for it to connect…");
             Box::new(pending.open().await.context("waiting for the sender")?)
@@ -209,8 +275,9 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
     };
     let bar = progress_bar();
     let options = options(&bar);
-    let offer = read_offer(channel.as_mut(), &options).await?;
+    let mut offer = read_offer(channel.as_mut(), &options).await?;
     let registry = offer.registry().context("the sender's schema")?;
+    let session = offer.session();
     // Written beside the target and renamed once complete, so that a failed or killed
     // transfer leaves no half-written database under the target's name.
     let partial = sqlite_files(&with_suffix(db, ".partial"));
@@ -221,9 +288,34 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
             .with_context(|| format!("opening {}", partial[0].display()))?,
     );
     let device = open_device(backend.clone() as Arc<dyn StorageBackend>, registry).await?;
-    let report = receive_offer(&device, channel.as_mut(), offer, &options).await;
-    // The last acknowledgement must reach the sender before this process ends.
-    channel.close().await;
+    let report = loop {
+        let received = receive_offer(&device, channel.as_mut(), offer, &options).await;
+        // The last acknowledgement must reach the sender before this process ends.
+        channel.close().await;
+        match (received, &source) {
+            (Err(dropped), Source::Tcp { connect, reconnect })
+                if dropped.is_transient() && !reconnect.is_zero() =>
+            {
+                bar.suspend(|| {
+                    say!(
+                        "the connection dropped ({}); reaching {connect} again for up to {} s",
+                        error_chain(&dropped),
+                        reconnect.as_secs()
+                    )
+                });
+                match reconnect_to(connect, *reconnect, session, &options).await {
+                    Ok((again, resumed)) => (channel, offer) = (Box::new(again), resumed),
+                    Err(e) => {
+                        break Err(e.context(format!(
+                            "the connection dropped ({})",
+                            error_chain(&dropped)
+                        )))
+                    }
+                }
+            }
+            (received, _) => break received.map_err(anyhow::Error::from),
+        }
+    };
     bar.finish_and_clear();
     drop(device);
     let closed = backend.connection().close_by_ref().await;
@@ -231,7 +323,7 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
         Ok(report) => report,
         Err(e) => {
             remove_files(&partial);
-            return Err(anyhow::Error::from(e).context(format!(
+            return Err(e.context(format!(
                 "the transfer failed; {} was not written",
                 db.display()
             )));
@@ -246,6 +338,53 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
     }
     summary(&report, "received");
     Ok(())
+}
+
+/// How long one attempt to reach the sender again may take (a host that is gone does not
+/// refuse, it never answers).
+const RECONNECT_ATTEMPT: Duration = Duration::from_secs(10);
+
+/// Reaches the sender at `address` again, trying for up to `window`, and reads its offer,
+/// which must continue `session` (a restarted sender took a new snapshot: the transfer has to
+/// start over).
+async fn reconnect_to(
+    address: &str,
+    window: Duration,
+    session: Uuid,
+    options: &FastSyncOptions,
+) -> Result<(TcpChannel, Offer)> {
+    let attempt = || async {
+        let reaching = async {
+            let mut channel = TcpChannel::connect(address).await?;
+            let offer = read_offer(&mut channel, options).await?;
+            Ok::<_, anyhow::Error>((channel, offer))
+        };
+        tokio::time::timeout(RECONNECT_ATTEMPT, reaching)
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer in {} s", RECONNECT_ATTEMPT.as_secs()))?
+    };
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times()
+        .with_total_delay(Some(window));
+    let (channel, offer) = attempt
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .await
+        .with_context(|| {
+            format!(
+                "the sender at {address} could not be reached again within {} s",
+                window.as_secs()
+            )
+        })?;
+    if offer.session() != session {
+        bail!(
+            "the sender at {address} took a new snapshot (was it restarted?); run `storex \
+             migrate receive` again to start over"
+        );
+    }
+    Ok((channel, offer))
 }
 
 /// `path` with `suffix` added to its file name.

@@ -97,6 +97,12 @@ pub struct Offer {
 }
 
 impl Offer {
+    /// The sender's session: the same on every channel of one transfer (a receiver that
+    /// reconnects resumes it), another once the sender took a new snapshot.
+    pub fn session(&self) -> Uuid {
+        self.session
+    }
+
     /// The collections coming, with their object counts, in order (the sender's quarantine,
     /// which comes last when this side asks for it, is counted in
     /// [`Offer::quarantined`]).

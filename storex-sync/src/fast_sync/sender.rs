@@ -58,10 +58,7 @@ pub async fn send_snapshot(
     channel: &mut dyn FastSyncChannel,
     options: &FastSyncOptions,
 ) -> Result<TransferReport> {
-    let mut sender = match SnapshotSender::open(device, options.clone()).await {
-        Ok(sender) => sender,
-        Err(error) => return Err(tell_peer(channel, options, "sending", error).await),
-    };
+    let mut sender = SnapshotSender::open_for(device, channel, options.clone()).await?;
     let report = sender.send(channel).await;
     sender.close().await?;
     report
@@ -129,6 +126,19 @@ async fn count(tx: &StorageTransaction, collection: &str, filter: Filter) -> Res
 }
 
 impl SnapshotSender {
+    /// [`SnapshotSender::open`] for a receiver already waiting on `channel`: if taking the
+    /// snapshot fails, the receiver is told why (as by [`send_snapshot`]).
+    pub async fn open_for(
+        device: &SyncDevice,
+        channel: &mut dyn FastSyncChannel,
+        options: FastSyncOptions,
+    ) -> Result<Self> {
+        match SnapshotSender::open(device, options.clone()).await {
+            Ok(sender) => Ok(sender),
+            Err(error) => Err(tell_peer(channel, &options, "sending", error).await),
+        }
+    }
+
     /// Takes the snapshot: opens a transaction on the device and counts what it will send.
     pub async fn open(device: &SyncDevice, options: FastSyncOptions) -> Result<Self> {
         let storage = device.storage();

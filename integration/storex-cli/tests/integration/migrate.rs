@@ -1,9 +1,14 @@
 //! `storex migrate send` and `storex migrate receive` in two processes move a SQLite database
-//! with 50k rows; the two files hold the same rows. Bad arguments and missing files get a
-//! clear message.
+//! with 50k rows; the two files hold the same rows, also when the connection drops midway
+//! (the receiver reconnects and resumes). Bad arguments and missing files get a clear message.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use storex_core::{
     object, BatchStep, CollectionDef, FieldType, Operation, Query, Registry, Storage,
@@ -122,9 +127,13 @@ async fn a_database_of_50k_rows_moves_between_two_processes() {
         String::from_utf8_lossy(&sent.stderr)
     );
     assert!(String::from_utf8_lossy(&receiver.stdout).contains("received 50000 objects"));
+    assert_same_rows(&old_path, &new_path, &["item", "label"]).await;
+}
 
-    let (old, new) = (storage(&old_path).await, storage(&new_path).await);
-    for collection in ["item", "label"] {
+/// The two databases hold the same rows of `collections`.
+async fn assert_same_rows(old: &Path, new: &Path, collections: &[&str]) {
+    let (old, new) = (storage(old).await, storage(new).await);
+    for collection in collections {
         let a = old
             .find_many(collection, Query::default())
             .await
@@ -136,6 +145,97 @@ async fn a_database_of_50k_rows_moves_between_two_processes() {
         assert_eq!(a.len(), b.len(), "{collection}");
         assert!(a == b, "{collection}: the rows differ");
     }
+}
+
+/// A relay on 127.0.0.1 that cuts its first connection once `cut_after` bytes came from the
+/// target, and relays the later ones whole. Connection `i` goes to `targets[i]` (the last
+/// target for the rest). Returns its address and how many connections it took.
+async fn cutting_relay(targets: Vec<String>, cut_after: usize) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("relay listens");
+    let address = listener.local_addr().expect("relay address").to_string();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let index = counted.fetch_add(1, Ordering::SeqCst);
+            let (first, target) = (index == 0, &targets[index.min(targets.len() - 1)]);
+            let Ok(upstream) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let (mut client_in, mut client_out) = client.into_split();
+                let (mut upstream_in, mut upstream_out) = upstream.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_in, &mut upstream_out).await;
+                });
+                let mut buffer = vec![0u8; 16 * 1024];
+                let mut passed = 0;
+                loop {
+                    let read = match upstream_in.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(read) => read,
+                    };
+                    if client_out.write_all(&buffer[..read]).await.is_err() {
+                        break;
+                    }
+                    passed += read;
+                    if first && passed >= cut_after {
+                        break;
+                    }
+                }
+                // Both directions end: each side sees its connection closed.
+                up.abort();
+            });
+        }
+    });
+    (address, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_resumes_where_it_broke_off() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (old_path, new_path) = (dir.path().join("old.db"), dir.path().join("new.db"));
+    {
+        let old = storage(&old_path).await;
+        write_items(&old, 50).await;
+    }
+    let (sender, mut sender_out, address) = start_sender(&old_path);
+    // Cut once some batches have arrived (of about half a megabyte each), well before the
+    // end (the items take nearly 3 MB).
+    let (relay, connections) = cutting_relay(vec![address], 3 * 512 * 1024).await;
+    let receiving = tokio::task::spawn_blocking({
+        let new_path = new_path.clone();
+        move || {
+            storex()
+                .args(["migrate", "receive", "--db"])
+                .arg(&new_path)
+                .args(["--connect", &relay, "--reconnect-secs", "30"])
+                .output()
+                .expect("run the receiver")
+        }
+    });
+    let received = receiving.await.expect("the receiver's thread");
+    let sent = tokio::task::spawn_blocking(move || {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut sender_out, &mut rest).expect("the sender's output");
+        (rest, sender.wait_with_output().expect("the sender ends"))
+    })
+    .await
+    .expect("the sender's thread");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&received.stdout),
+        String::from_utf8_lossy(&received.stderr),
+    );
+    assert!(received.status.success(), "receiver: {stdout}{stderr}");
+    assert!(sent.1.status.success(), "sender: {}", sent.0);
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "{stdout}");
+    assert!(stdout.contains("the connection dropped"), "{stdout}");
+    assert!(stdout.contains("resuming after batch"), "{stdout}");
+    assert!(sent.0.contains("waiting up to 120 s"), "{}", sent.0);
+    assert!(!dir.path().join("new.db.partial").exists());
+    assert_same_rows(&old_path, &new_path, &["item"]).await;
 }
 
 #[tokio::test]
@@ -150,7 +250,7 @@ async fn a_transfer_cut_short_leaves_no_database_behind() {
     let receiver = storex()
         .args(["migrate", "receive", "--db"])
         .arg(&new_path)
-        .args(["--connect", &address])
+        .args(["--connect", &address, "--reconnect-secs", "1"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -176,6 +276,45 @@ async fn a_transfer_cut_short_leaves_no_database_behind() {
         "a half-written database was left under the target's name"
     );
     assert!(!partial.exists(), "the partial database was left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_reaching_a_restarted_sender_starts_over() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (old_path, new_path) = (dir.path().join("old.db"), dir.path().join("new.db"));
+    {
+        let old = storage(&old_path).await;
+        write_items(&old, 50).await;
+    }
+    // After the cut the receiver reaches another sender of the same database: a new
+    // snapshot, which cannot continue the first one's batches.
+    let (mut first, _first_out, first_address) = start_sender(&old_path);
+    let (mut second, _second_out, second_address) = start_sender(&old_path);
+    let (relay, connections) =
+        cutting_relay(vec![first_address, second_address], 3 * 512 * 1024).await;
+    let new = new_path.clone();
+    let received = tokio::task::spawn_blocking(move || {
+        storex()
+            .args(["migrate", "receive", "--db"])
+            .arg(&new)
+            .args(["--connect", &relay, "--reconnect-secs", "30"])
+            .output()
+            .expect("run the receiver")
+    })
+    .await
+    .expect("the receiver's thread");
+    for sender in [&mut first, &mut second] {
+        // Each waits for the receiver to come back.
+        sender.kill().expect("kill a sender");
+        let _ = sender.wait();
+    }
+    let stderr = String::from_utf8_lossy(&received.stderr);
+    assert!(!received.status.success(), "{stderr}");
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "{stderr}");
+    assert!(stderr.contains("took a new snapshot"), "{stderr}");
+    assert!(stderr.contains("was not written"), "{stderr}");
+    assert!(!new_path.exists());
+    assert!(!dir.path().join("new.db.partial").exists());
 }
 
 #[test]
