@@ -3,8 +3,8 @@
 //! (the receiver reconnects and resumes). Bad arguments and missing files get a clear message.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -70,6 +70,31 @@ async fn write_items(storage: &Storage, thousands: i64) {
             .collect();
         storage.batch(steps).await.expect("items");
     }
+}
+
+/// A temporary directory holding `old.db` with `thousands` × 1,000 items, and the path of a
+/// `new.db` to receive into.
+async fn old_database(thousands: i64) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (old_path, new_path) = (dir.path().join("old.db"), dir.path().join("new.db"));
+    write_items(&storage(&old_path).await, thousands).await;
+    (dir, old_path, new_path)
+}
+
+/// Runs `storex migrate receive` into `db` from `address`, trying to reconnect for 30 s after
+/// a dropped connection, off the runtime's threads (a relay may run on them); its output.
+async fn receive_from(address: String, db: &Path) -> Output {
+    let db = db.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        storex()
+            .args(["migrate", "receive", "--db"])
+            .arg(&db)
+            .args(["--connect", &address, "--reconnect-secs", "30"])
+            .output()
+            .expect("run the receiver")
+    })
+    .await
+    .expect("the receiver's thread")
 }
 
 /// Starts `storex migrate send` on `db`: the child, its output after the address, and the
@@ -195,28 +220,12 @@ async fn cutting_relay(targets: Vec<String>, cut_after: usize) -> (String, Arc<A
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_connection_resumes_where_it_broke_off() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let (old_path, new_path) = (dir.path().join("old.db"), dir.path().join("new.db"));
-    {
-        let old = storage(&old_path).await;
-        write_items(&old, 50).await;
-    }
+    let (dir, old_path, new_path) = old_database(50).await;
     let (sender, mut sender_out, address) = start_sender(&old_path);
     // Cut once some batches have arrived (of about half a megabyte each), well before the
     // end (the items take nearly 3 MB).
     let (relay, connections) = cutting_relay(vec![address], 3 * 512 * 1024).await;
-    let receiving = tokio::task::spawn_blocking({
-        let new_path = new_path.clone();
-        move || {
-            storex()
-                .args(["migrate", "receive", "--db"])
-                .arg(&new_path)
-                .args(["--connect", &relay, "--reconnect-secs", "30"])
-                .output()
-                .expect("run the receiver")
-        }
-    });
-    let received = receiving.await.expect("the receiver's thread");
+    let received = receive_from(relay, &new_path).await;
     let sent = tokio::task::spawn_blocking(move || {
         let mut rest = String::new();
         std::io::Read::read_to_string(&mut sender_out, &mut rest).expect("the sender's output");
@@ -240,12 +249,7 @@ async fn a_dropped_connection_resumes_where_it_broke_off() {
 
 #[tokio::test]
 async fn a_transfer_cut_short_leaves_no_database_behind() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let (old_path, new_path) = (dir.path().join("old.db"), dir.path().join("new.db"));
-    {
-        let old = storage(&old_path).await;
-        write_items(&old, 50).await;
-    }
+    let (dir, old_path, new_path) = old_database(50).await;
     let (mut sender, _sender_out, address) = start_sender(&old_path);
     let receiver = storex()
         .args(["migrate", "receive", "--db"])
@@ -280,29 +284,14 @@ async fn a_transfer_cut_short_leaves_no_database_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_reaching_a_restarted_sender_starts_over() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let (old_path, new_path) = (dir.path().join("old.db"), dir.path().join("new.db"));
-    {
-        let old = storage(&old_path).await;
-        write_items(&old, 50).await;
-    }
+    let (dir, old_path, new_path) = old_database(50).await;
     // After the cut the receiver reaches another sender of the same database: a new
     // snapshot, which cannot continue the first one's batches.
     let (mut first, _first_out, first_address) = start_sender(&old_path);
     let (mut second, _second_out, second_address) = start_sender(&old_path);
     let (relay, connections) =
         cutting_relay(vec![first_address, second_address], 3 * 512 * 1024).await;
-    let new = new_path.clone();
-    let received = tokio::task::spawn_blocking(move || {
-        storex()
-            .args(["migrate", "receive", "--db"])
-            .arg(&new)
-            .args(["--connect", &relay, "--reconnect-secs", "30"])
-            .output()
-            .expect("run the receiver")
-    })
-    .await
-    .expect("the receiver's thread");
+    let received = receive_from(relay, &new_path).await;
     for sender in [&mut first, &mut second] {
         // Each waits for the receiver to come back.
         sender.kill().expect("kill a sender");
