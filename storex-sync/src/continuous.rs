@@ -158,6 +158,11 @@ pub struct SyncReport {
     pub cursor: u64,
     /// How long it took.
     pub duration: Duration,
+    /// True when this sync pulled nothing (or stopped pulling) because a fast-sync copy into
+    /// this device has begun and not finished ([`SyncDevice::unfinished_copy`]). The device
+    /// pulls again once the copy finishes, or once it is given up with
+    /// [`SyncDevice::abandon_transfers`]; until then other devices' changes do not arrive.
+    pub waiting_for_copy: bool,
 }
 
 impl SyncReport {
@@ -629,8 +634,9 @@ impl ContinuousSync {
     /// copy's versions then replace: the device would disagree with the others. It pulls
     /// once the copy finished (or was abandoned: `SyncDevice::abandon_transfers`).
     async fn copy_unfinished(&self, report: &mut SyncReport) -> Result<bool> {
-        let unfinished = crate::fast_sync::receiver::unfinished_copy(&self.device).await?;
+        let unfinished = self.device.unfinished_copy().await?;
         if unfinished {
+            report.waiting_for_copy = true;
             report.problems.push(
                 "a fast-sync copy into this device has not finished: nothing is pulled until \
                  it has (or `SyncDevice::abandon_transfers` gives it up)"

@@ -311,6 +311,16 @@ impl SyncDevice {
         self.integrate_parts(entries, extra, false, false).await
     }
 
+    /// Whether a fast-sync copy into this device (one that had no data of its own) has begun
+    /// and not finished. While it has not, continuous sync pushes but pulls nothing
+    /// ([`crate::SyncReport::waiting_for_copy`]): changes applied before the copy's batches
+    /// could keep values whose timestamps the copy's versions then replace. The copy is
+    /// finished by resuming it from the same sender (or by a later copy that completes), or
+    /// given up with [`SyncDevice::abandon_transfers`].
+    pub async fn unfinished_copy(&self) -> Result<bool> {
+        crate::fast_sync::receiver::unfinished_copy(self).await
+    }
+
     /// Gives up the fast-sync transfers into this device that did not finish (the sender is
     /// gone for good): their progress is forgotten, so continuous sync pulls again (it does
     /// not while a copy is unfinished), and a transfer started later begins afresh. Returns

@@ -1,6 +1,6 @@
 //! A shared log that fails on purpose, at one chosen step, once armed: for fault-injection tests.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use storex_core::BoxFuture;
@@ -50,6 +50,9 @@ pub struct FlakySharedLog {
     down: AtomicBool,
     hanging: AtomicBool,
     stuck: AtomicBool,
+    /// The live signal's answer: 0 the wrapped log's, 1 news at once, 2 nothing new soon.
+    live_signal: AtomicU8,
+    live_waits: AtomicUsize,
 }
 
 fn lost() -> SharedLogError {
@@ -69,7 +72,27 @@ impl FlakySharedLog {
             down: AtomicBool::new(false),
             hanging: AtomicBool::new(false),
             stuck: AtomicBool::new(false),
+            live_signal: AtomicU8::new(0),
+            live_waits: AtomicUsize::new(0),
         }
+    }
+
+    /// Makes the live signal answer `Some(true)`: at once that other devices pushed,
+    /// whatever the log holds (a signal that does not settle); `Some(false)`: after 10 ms
+    /// that nothing is new (a log with a live signal and quiet devices); `None`: as the
+    /// wrapped log does.
+    pub fn set_live_signal(&self, answer: Option<bool>) {
+        let code = match answer {
+            None => 0,
+            Some(true) => 1,
+            Some(false) => 2,
+        };
+        self.live_signal.store(code, Ordering::SeqCst);
+    }
+
+    /// How many times the live signal was asked for.
+    pub fn live_waits(&self) -> usize {
+        self.live_waits.load(Ordering::SeqCst)
     }
 
     /// Fails the next call that reaches `fault`'s step.
@@ -224,6 +247,14 @@ impl SharedSyncLog for FlakySharedLog {
         wait: std::time::Duration,
         topics: Option<&'a [String]>,
     ) -> Option<BoxFuture<'a, SharedResult<bool>>> {
-        self.inner.live_wait(device, after, wait, topics)
+        self.live_waits.fetch_add(1, Ordering::SeqCst);
+        match self.live_signal.load(Ordering::SeqCst) {
+            1 => Some(Box::pin(async { Ok(true) })),
+            2 => Some(Box::pin(async {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                Ok(false)
+            })),
+            _ => self.inner.live_wait(device, after, wait, topics),
+        }
     }
 }

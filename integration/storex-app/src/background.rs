@@ -7,6 +7,7 @@
 //! writes and live signals do not cut it short (only `sync_now` does). While paused nothing
 //! runs; a trigger that came meanwhile runs on resume. Dropping the handle stops the task.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -19,13 +20,14 @@ use tokio::task::JoinHandle;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct BackgroundOptions {
-    /// Sync at least this often (at most every [`MIN_WAIT`]).
+    /// Sync at least this often (kept within [`MIN_WAIT`] and [`MAX_WAIT`]).
     pub interval: Duration,
     /// After a local write, wait this long for more before syncing.
     pub debounce: Duration,
-    /// First retry delay after a failure (at least [`MIN_WAIT`]).
+    /// First retry delay after a failure (kept within [`MIN_WAIT`] and [`MAX_WAIT`]).
     pub min_backoff: Duration,
-    /// Longest retry delay, before jitter (which adds up to as much again).
+    /// Longest retry delay, before jitter (which adds up to as much again; kept within
+    /// [`MIN_WAIT`] and [`MAX_WAIT`]).
     pub max_backoff: Duration,
     /// Sync at once when the shared log says other devices pushed (for logs that can tell,
     /// like the sync server's long poll; see `SharedSyncLog::live_wait`). Default on.
@@ -41,6 +43,15 @@ pub struct BackgroundOptions {
 /// The shortest interval and retry delay the task keeps, whatever the options say (a zero
 /// would make it spin).
 pub const MIN_WAIT: Duration = Duration::from_millis(10);
+
+/// The longest interval, debounce, retry delay and sync timeout the task keeps, whatever the
+/// options say: a year (`Duration::MAX`, say, for "no timer", would overflow the clock).
+pub const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// `wait` within [`MIN_WAIT`] and [`MAX_WAIT`].
+fn bounded(wait: Duration) -> Duration {
+    wait.clamp(MIN_WAIT, MAX_WAIT)
+}
 
 impl Default for BackgroundOptions {
     fn default() -> Self {
@@ -74,7 +85,7 @@ impl BackgroundOptions {
         self
     }
 
-    /// Sets the longest one sync may take (at least [`MIN_WAIT`]).
+    /// Sets the longest one sync may take (kept within [`MIN_WAIT`] and [`MAX_WAIT`]).
     pub fn with_sync_timeout(mut self, timeout: Duration) -> Self {
         self.sync_timeout = timeout;
         self
@@ -120,6 +131,18 @@ pub struct SyncStatus {
     pub consecutive_failures: u32,
     /// This device's changes not yet pushed, as of the last sync.
     pub pending_entries: u64,
+}
+
+impl SyncStatus {
+    /// True when the last sync pulled nothing because a fast-sync copy into this device (a
+    /// pairing, say) has begun and not finished: other devices' changes do not arrive until
+    /// it is resumed and finishes, or is given up (`SyncDevice::abandon_transfers`; see
+    /// [`crate::SyncedStorage::receive_from_paired`]).
+    pub fn waiting_for_copy(&self) -> bool {
+        self.last_report
+            .as_ref()
+            .is_some_and(|report| report.waiting_for_copy)
+    }
 }
 
 /// What happened, for subscribers.
@@ -198,16 +221,20 @@ impl BackgroundSync {
             tokio::spawn(crate::live::watch(
                 sync.clone(),
                 shared.clone(),
+                paused_rx.clone(),
                 stop_rx.clone(),
             ))
         });
-        let task = tokio::spawn(run(
-            sync,
+        let task = tokio::spawn(supervise(
             shared.clone(),
-            local_writes,
-            options,
-            paused_rx,
-            stop_rx,
+            run(
+                sync,
+                shared.clone(),
+                local_writes,
+                options,
+                paused_rx,
+                stop_rx,
+            ),
         ));
         BackgroundSync {
             shared,
@@ -225,7 +252,8 @@ impl BackgroundSync {
     }
 
     /// Stops syncing until [`BackgroundSync::resume`]; a sync under way finishes. The state
-    /// shows [`SyncState::Paused`] at once (or once that sync is done).
+    /// shows [`SyncState::Paused`] at once (or once that sync is done). The live-update
+    /// watcher stops asking the shared log too (a long poll under way ends on its own).
     pub fn pause(&self) {
         self.paused.send_replace(true);
     }
@@ -244,8 +272,7 @@ impl BackgroundSync {
             live.abort();
         }
         if let Some(task) = self.task.lock().await.take() {
-            // A panic in the task has already been reported by the runtime; there is
-            // nothing left to stop either way.
+            // It ends by itself (a panic of the sync is caught and reported in it).
             let _ = task.await;
         }
     }
@@ -325,6 +352,20 @@ async fn hold_while_paused(
     true
 }
 
+/// Runs the task `running`; if it panics (a bug), the status says so and shows the task
+/// stopped, instead of a sync that never ends.
+async fn supervise(shared: Arc<Shared>, running: impl Future<Output = ()> + Send + 'static) {
+    if let Err(failure) = tokio::spawn(running).await {
+        if failure.is_panic() {
+            shared.update(|s| {
+                s.state = SyncState::Stopped;
+                s.last_error = Some(format!("the background sync stopped on a bug: {failure}"));
+            });
+            shared.emit(SyncEvent::Stopped);
+        }
+    }
+}
+
 async fn run(
     sync: Arc<ContinuousSync>,
     shared: Arc<Shared>,
@@ -333,11 +374,12 @@ async fn run(
     mut paused: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let interval = options.interval.max(MIN_WAIT);
-    let sync_timeout = options.sync_timeout.max(MIN_WAIT);
-    let max_backoff = options.max_backoff.max(MIN_WAIT);
+    let interval = bounded(options.interval);
+    let sync_timeout = bounded(options.sync_timeout);
+    let debounce = options.debounce.min(MAX_WAIT);
+    let max_backoff = bounded(options.max_backoff);
     let backoff_builder = ExponentialBuilder::default()
-        .with_min_delay(options.min_backoff.max(MIN_WAIT))
+        .with_min_delay(bounded(options.min_backoff))
         .with_max_delay(max_backoff)
         .with_jitter()
         .without_max_times();
@@ -366,7 +408,7 @@ async fn run(
                 tokio::select! {
                     biased;
                     _ = until_true(&mut stop) => break,
-                    _ = tokio::time::sleep(options.debounce) => Some(false),
+                    _ = tokio::time::sleep(debounce) => Some(false),
                 }
             }
         };

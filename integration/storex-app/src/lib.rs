@@ -23,7 +23,7 @@ mod pairing;
 mod synced;
 
 pub use background::{
-    BackgroundOptions, BackgroundSync, SyncEvent, SyncState, SyncStatus, MIN_WAIT,
+    BackgroundOptions, BackgroundSync, SyncEvent, SyncState, SyncStatus, MAX_WAIT, MIN_WAIT,
 };
 pub use change_notifier::ChangeNotifier;
 pub use error::{Error, Result};

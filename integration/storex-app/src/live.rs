@@ -3,14 +3,20 @@
 //! triggers a sync as soon as other devices pushed, instead of waiting for the timer.
 //!
 //! It ends by itself when the shared log cannot tell (memory, SQL and Firestore logs), and on
-//! stop. When the sync it triggered failed, it waits out the sync task's backoff before
-//! watching again, so live signals never cut a backoff short. While the log is unreachable it backs off (1 s doubling to 30 s); the sync task's own
-//! backoff reports the failure, so the watcher stays quiet about it.
+//! stop; while the background sync is paused it does not watch. When the sync it triggered
+//! failed, it waits out the sync task's backoff before watching again, so live signals never
+//! cut a backoff short. When that sync pulled nothing although the log said there was
+//! something (a fast-sync copy into the device has not finished, so nothing is pulled; or a
+//! log whose signal does not settle), it waits before watching again (1 s doubling to
+//! [`LIVE_WAIT`]), so the signal cannot make it sync in a loop. While the log is unreachable
+//! it backs off (1 s doubling to 30 s); the sync task's own backoff reports the failure, so the
+//! watcher stays quiet about it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use storex_sync::ContinuousSync;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
 use crate::background::{until_true, Shared};
@@ -20,55 +26,94 @@ use crate::SyncEvent;
 const LIVE_WAIT: Duration = Duration::from_secs(25);
 /// Longest wait for the sync a signal triggered to finish before watching again.
 const SYNC_WAIT: Duration = Duration::from_secs(60);
+/// The first wait after a signal that brought nothing, and after the log was unreachable.
+const FIRST_WAIT: Duration = Duration::from_secs(1);
+/// The longest wait after the log was unreachable.
+const UNREACHABLE_WAIT: Duration = Duration::from_secs(30);
+
+/// How the sync a signal triggered ended.
+enum Triggered {
+    /// It pulled something (or the watcher could not tell).
+    Pulled,
+    /// It pulled nothing.
+    Nothing,
+    /// It failed; the sync task retries after this long.
+    Failed(Duration),
+}
 
 pub(crate) async fn watch(
     sync: Arc<ContinuousSync>,
     shared: Arc<Shared>,
+    mut paused: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_secs(1);
+    let mut unreachable = FIRST_WAIT;
+    let mut quiet = FIRST_WAIT;
     loop {
+        // Paused: no long poll either (a metered connection, say) until resumed.
+        tokio::select! {
+            biased;
+            _ = until_true(&mut stop) => return,
+            _ = paused.wait_for(|p| !*p) => {}
+        }
         let waited = tokio::select! {
             _ = until_true(&mut stop) => return,
             waited = sync.wait_for_remote_changes(LIVE_WAIT) => waited,
         };
-        match waited {
+        let pause = match waited {
             None => return, // this shared log has no live signal
-            Some(Ok(false)) => {}
+            Some(Ok(false)) => Duration::ZERO,
             Some(Ok(true)) => {
-                backoff = Duration::from_secs(1);
+                unreachable = FIRST_WAIT;
                 // Subscribe first, so the end of the sync we trigger is not missed.
                 let mut events = shared.events.subscribe();
                 shared.remote.notify_one();
                 let finished = async {
-                    while let Ok(event) = events.recv().await {
-                        match event {
-                            SyncEvent::Finished(_) => return Duration::ZERO,
+                    loop {
+                        match events.recv().await {
+                            Ok(SyncEvent::Finished(report)) if report.pulled == 0 => {
+                                return Triggered::Nothing
+                            }
+                            Ok(SyncEvent::Finished(_)) => return Triggered::Pulled,
                             // The sync task backs off; so does the watcher, or its signals
                             // would cut the backoff short.
-                            SyncEvent::Failed { retry_in, .. } => return retry_in,
-                            _ => {}
+                            Ok(SyncEvent::Failed { retry_in, .. }) => {
+                                return Triggered::Failed(retry_in)
+                            }
+                            Ok(_) | Err(RecvError::Lagged(_)) => {}
+                            Err(RecvError::Closed) => return Triggered::Pulled,
                         }
                     }
-                    Duration::ZERO
                 };
-                let pause = tokio::select! {
+                let triggered = tokio::select! {
                     _ = until_true(&mut stop) => return,
-                    waited = tokio::time::timeout(SYNC_WAIT, finished) => waited.unwrap_or(Duration::ZERO),
-                };
-                if !pause.is_zero() {
-                    tokio::select! {
-                        _ = until_true(&mut stop) => return,
-                        _ = tokio::time::sleep(pause) => {}
+                    triggered = tokio::time::timeout(SYNC_WAIT, finished) => {
+                        triggered.unwrap_or(Triggered::Pulled)
                     }
+                };
+                match triggered {
+                    Triggered::Pulled => {
+                        quiet = FIRST_WAIT;
+                        Duration::ZERO
+                    }
+                    Triggered::Nothing => {
+                        let pause = quiet;
+                        quiet = (quiet * 2).min(LIVE_WAIT);
+                        pause
+                    }
+                    Triggered::Failed(retry_in) => retry_in,
                 }
             }
             Some(Err(_)) => {
-                tokio::select! {
-                    _ = until_true(&mut stop) => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                let pause = unreachable;
+                unreachable = (unreachable * 2).min(UNREACHABLE_WAIT);
+                pause
+            }
+        };
+        if !pause.is_zero() {
+            tokio::select! {
+                _ = until_true(&mut stop) => return,
+                _ = tokio::time::sleep(pause) => {}
             }
         }
     }

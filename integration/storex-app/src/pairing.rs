@@ -166,6 +166,13 @@ impl SyncedStorage {
 
     /// On the new device: waits for the sender and applies what it sends; afterwards this
     /// device's continuous sync starts from the sender's cursor.
+    ///
+    /// From the moment the copy begins until it finishes, this device's syncs pull nothing
+    /// (`SyncReport::waiting_for_copy`). If it fails midway (the channel dropped), or the app
+    /// is killed or drops this future, the device stays so: pair again with a device that
+    /// has the data (that copy completes and the device pulls again), or give the copy up
+    /// with `self.device().abandon_transfers()`. `self.device().unfinished_copy()` tells
+    /// whether one is pending, say when the app starts.
     pub async fn receive_from_paired(
         &self,
         answer: PairingAnswer,

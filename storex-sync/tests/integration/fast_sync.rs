@@ -646,6 +646,8 @@ async fn a_device_receiving_a_copy_pulls_nothing_until_the_copy_is_done_or_given
             .any(|p| p.contains("has not finished")),
         "{report:?}"
     );
+    assert!(report.waiting_for_copy, "{report:?}");
+    assert!(new.device().unfinished_copy().await.expect("read"));
 
     // Resumed and done: it pulls again.
     let (mut a, mut b) = memory_channel_pair(4);
@@ -659,11 +661,15 @@ async fn a_device_receiving_a_copy_pulls_nothing_until_the_copy_is_done_or_given
     let report = new.sync_once().await.expect("sync");
     assert_eq!(report.integrated, 1, "{report:?}");
     assert!(report.problems.is_empty(), "{report:?}");
+    assert!(!report.waiting_for_copy, "{report:?}");
+    assert!(!new.device().unfinished_copy().await.expect("read"));
 
     // Another copy given up: it pulls again too.
     let newer = fx.device("newer", DeviceId::random()).await;
     let sender = cut_copy(&old, &newer, &options).await;
+    assert!(newer.unfinished_copy().await.expect("read"));
     assert_eq!(newer.abandon_transfers().await.expect("given up"), 1);
+    assert!(!newer.unfinished_copy().await.expect("read"));
     assert_eq!(newer.abandon_transfers().await.expect("none left"), 0);
     sender.close().await.expect("close");
 }
@@ -766,6 +772,7 @@ async fn a_page_pulled_as_a_copy_begins_waits_for_the_copy() {
             .any(|p| p.contains("has not finished")),
         "{report:?}"
     );
+    assert!(report.waiting_for_copy, "{report:?}");
     sender.close().await.expect("close");
 }
 

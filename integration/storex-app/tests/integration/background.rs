@@ -12,6 +12,7 @@ use storex_sync::{
     SyncOptions,
 };
 use storex_test::flaky::FlakySharedLog;
+use tokio::sync::broadcast::error::RecvError;
 
 fn registry() -> Registry {
     Registry::builder()
@@ -411,4 +412,103 @@ async fn a_pause_during_a_backoff_shows_at_once() {
         a.background.status().state == SyncState::Backoff
     })
     .await;
+}
+
+/// Counts the syncs `background` starts until it stops (events lost because they came too
+/// fast count as syncs: a spinning task).
+fn count_syncs(background: &BackgroundSync) -> tokio::task::JoinHandle<usize> {
+    let mut events = background.subscribe();
+    tokio::spawn(async move {
+        let mut syncs = 0usize;
+        loop {
+            match events.recv().await {
+                Ok(SyncEvent::Started) => syncs += 1,
+                Ok(SyncEvent::Stopped) | Err(RecvError::Closed) => return syncs,
+                Ok(_) => {}
+                Err(RecvError::Lagged(missed)) => {
+                    syncs += usize::try_from(missed).unwrap_or(usize::MAX);
+                }
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_live_signal_that_brings_nothing_does_not_make_the_task_sync_in_a_loop() {
+    let flaky = Arc::new(FlakySharedLog::new(Arc::new(MemorySharedLog::new())));
+    // The log keeps saying other devices pushed, but there is nothing to pull (as for a
+    // device whose copy has not finished: it pulls nothing).
+    flaky.set_live_signal(Some(true));
+    let hour = Duration::from_secs(3600);
+    let a = app(
+        flaky.clone(),
+        BackgroundOptions::default().with_interval(hour),
+    )
+    .await;
+    let counting = count_syncs(&a.background);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    a.background.stop().await;
+    let syncs = counting.await.expect("counting");
+    // The first sync, then one per signal, 1 s and then 2 s apart.
+    assert!(syncs <= 4, "{syncs} syncs in 1.5 s");
+    assert!(flaky.live_waits() <= 4, "{} long polls", flaky.live_waits());
+}
+
+#[tokio::test]
+async fn a_paused_background_sync_does_not_ask_the_live_signal() {
+    let flaky = Arc::new(FlakySharedLog::new(Arc::new(MemorySharedLog::new())));
+    // A log with a live signal and nothing new: each long poll ends after 10 ms.
+    flaky.set_live_signal(Some(false));
+    let a = app(
+        flaky.clone(),
+        fast().with_interval(Duration::from_secs(3600)),
+    )
+    .await;
+    eventually("the live signal watched", || async {
+        flaky.live_waits() > 2
+    })
+    .await;
+    a.background.pause();
+    eventually("the pause", || async {
+        a.background.status().state == SyncState::Paused
+    })
+    .await;
+    // A long poll under way when the pause came may still end and not be asked again.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = flaky.live_waits();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(flaky.live_waits(), before, "long polls while paused");
+    a.background.resume();
+    eventually("the live signal watched again", || async {
+        flaky.live_waits() > before
+    })
+    .await;
+    a.background.stop().await;
+}
+
+#[tokio::test]
+async fn waits_too_long_for_the_clock_are_kept_within_a_year() {
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    // `Duration::MAX` for "no timer" (and no retry): the next sync's time would overflow.
+    let options = BackgroundOptions::default()
+        .with_interval(Duration::MAX)
+        .with_debounce(Duration::MAX)
+        .with_backoff(Duration::MAX, Duration::MAX)
+        .with_sync_timeout(Duration::MAX);
+    let a = app(log, options).await;
+    eventually("the first sync", || async {
+        a.background.status().last_success.is_some()
+    })
+    .await;
+    // Still alive: a sync asked for runs.
+    a.write("asked for").await;
+    a.background.sync_now();
+    eventually("the sync asked for", || async {
+        a.background.status().pending_entries == 0 && a.background.status().state == SyncState::Idle
+    })
+    .await;
+    let status = a.background.status();
+    assert_eq!(status.last_error, None, "{status:?}");
+    a.background.stop().await;
+    assert_eq!(a.background.status().state, SyncState::Stopped);
 }
