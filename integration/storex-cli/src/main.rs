@@ -108,7 +108,8 @@ enum Migrate {
         #[arg(long, default_value = "127.0.0.1", requires = "webrtc")]
         webrtc_bind: std::net::IpAddr,
         /// Over TCP: how long to wait, in seconds, for the receiver to come back after the
-        /// connection drops; the transfer then resumes after the last batch it applied.
+        /// connection drops; the transfer then resumes after the last batch it applied (0:
+        /// no second connection; give both sides the same).
         #[arg(long, default_value_t = 120, conflicts_with = "webrtc")]
         reconnect_secs: u64,
     },
@@ -128,7 +129,8 @@ enum Migrate {
         #[arg(long, default_value = "127.0.0.1", requires = "offer")]
         webrtc_bind: std::net::IpAddr,
         /// Over TCP: how long to try, in seconds, to reach the sender again after the
-        /// connection drops; the transfer then resumes after the last batch applied.
+        /// connection drops; the transfer then resumes after the last batch applied (0: no
+        /// second connection; give both sides the same).
         #[arg(long, default_value_t = 120, conflicts_with = "offer")]
         reconnect_secs: u64,
     },

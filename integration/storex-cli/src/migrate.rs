@@ -20,8 +20,8 @@ use storex_core::uuid::Uuid;
 use storex_core::{error_chain, Registry, StorageBackend};
 use storex_seaorm::SeaOrmBackend;
 use storex_sync::fast_sync::{
-    read_offer, receive_offer, send_snapshot, FastSyncChannel, FastSyncOptions, Offer, Progress,
-    SnapshotSender, TransferReport,
+    read_offer, receive_offer, send_snapshot, ChannelError, FastSyncChannel, FastSyncError,
+    FastSyncOptions, Offer, Progress, SnapshotSender, TransferReport,
 };
 use storex_sync::{Clock, DeviceId, SyncDevice, SyncOptions};
 use tokio::io::AsyncBufReadExt;
@@ -64,17 +64,43 @@ async fn open_device(backend: Arc<dyn StorageBackend>, registry: Registry) -> Re
 }
 
 fn summary(report: &TransferReport, verb: &str) {
-    let resumed = match report.resumed_after {
-        Some(batch) => format!(" (the last connection, resuming after batch {batch})"),
-        None => String::new(),
+    // After a reconnection the report counts what its last connection moved.
+    let (what, connection) = match report.resumed_after {
+        Some(batch) => (
+            " the rest:",
+            format!(" on a connection that resumed after batch {batch}"),
+        ),
+        None => ("", String::new()),
     };
     say!(
-        "{verb} {} objects ({:.1} MB) in {} batches in {:.1} s{resumed}",
+        "{verb}{what} {} objects ({:.1} MB) in {} batches in {:.1} s{connection}",
         report.objects,
         report.bytes as f64 / 1_048_576.0,
         report.batches,
         report.duration.as_secs_f64()
-    );
+    )
+}
+
+/// Whether `error` is the connection lost (closed, failed, or silent for the stall
+/// timeout): the transfer resumes on a new one. Other failures (a database, a refusal, a
+/// cancel) would only happen again.
+fn connection_lost(error: &storex_sync::Error) -> bool {
+    matches!(
+        error,
+        storex_sync::Error::FastSync(
+            FastSyncError::Channel(ChannelError::Closed | ChannelError::Transport(_))
+                | FastSyncError::Stalled(_)
+        )
+    )
+}
+
+/// How long closing a channel may take: a peer that vanished leaves a frame unsent, which
+/// the system would otherwise keep trying to deliver for many minutes.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// Closes `channel`, waiting at most [`CLOSE_WAIT`] for what it still has to deliver.
+async fn close(channel: &mut dyn FastSyncChannel) {
+    let _ = tokio::time::timeout(CLOSE_WAIT, channel.close()).await;
 }
 
 /// How the two devices meet.
@@ -171,9 +197,9 @@ async fn send_over_tcp(
     let mut sender = SnapshotSender::open_for(device, &mut channel, options(&bar)).await?;
     let report = loop {
         let sent = sender.send(&mut channel).await;
-        channel.close().await;
+        close(&mut channel).await;
         match sent {
-            Err(dropped) if dropped.is_transient() && !reconnect.is_zero() => {
+            Err(dropped) if connection_lost(&dropped) && !reconnect.is_zero() => {
                 bar.suspend(|| {
                     say!(
                         "the connection dropped ({}); waiting up to {} s for the receiver to \
@@ -186,7 +212,9 @@ async fn send_over_tcp(
                     Ok(accepted) => channel = accepted?,
                     Err(_) => {
                         break Err(anyhow::Error::from(dropped).context(format!(
-                            "the receiver did not reconnect within {} s",
+                            "the receiver did not reconnect within {} s (if it printed \
+                             `received …`, the transfer is complete: only the last \
+                             acknowledgement was lost)",
                             reconnect.as_secs()
                         )))
                     }
@@ -226,7 +254,7 @@ async fn send_over_webrtc(device: &SyncDevice, bind: IpAddr) -> Result<TransferR
     let bar = progress_bar();
     let report = send_snapshot(device, &mut channel, &options(&bar)).await;
     // Before the process ends: a WebRTC channel still delivers in the background.
-    channel.close().await;
+    close(&mut channel).await;
     bar.finish_and_clear();
     Ok(report?)
 }
@@ -291,10 +319,10 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
     let report = loop {
         let received = receive_offer(&device, channel.as_mut(), offer, &options).await;
         // The last acknowledgement must reach the sender before this process ends.
-        channel.close().await;
+        close(channel.as_mut()).await;
         match (received, &source) {
             (Err(dropped), Source::Tcp { connect, reconnect })
-                if dropped.is_transient() && !reconnect.is_zero() =>
+                if connection_lost(&dropped) && !reconnect.is_zero() =>
             {
                 bar.suspend(|| {
                     say!(
@@ -340,13 +368,9 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
     Ok(())
 }
 
-/// How long one attempt to reach the sender again may take (a host that is gone does not
-/// refuse, it never answers).
-const RECONNECT_ATTEMPT: Duration = Duration::from_secs(10);
-
-/// Reaches the sender at `address` again, trying for up to `window`, and reads its offer,
-/// which must continue `session` (a restarted sender took a new snapshot: the transfer has to
-/// start over).
+/// Reaches the sender at `address` again, trying for up to `window` in all (0.1 s to 5 s
+/// apart), and reads its offer, which must continue `session` (a restarted sender took a new
+/// snapshot: the transfer has to start over).
 async fn reconnect_to(
     address: &str,
     window: Duration,
@@ -354,34 +378,31 @@ async fn reconnect_to(
     options: &FastSyncOptions,
 ) -> Result<(TcpChannel, Offer)> {
     let attempt = || async {
-        let reaching = async {
-            let mut channel = TcpChannel::connect(address).await?;
-            let offer = read_offer(&mut channel, options).await?;
-            Ok::<_, anyhow::Error>((channel, offer))
-        };
-        tokio::time::timeout(RECONNECT_ATTEMPT, reaching)
-            .await
-            .map_err(|_| anyhow::anyhow!("no answer in {} s", RECONNECT_ATTEMPT.as_secs()))?
+        let mut channel = TcpChannel::connect(address).await?;
+        let offer = read_offer(&mut channel, options).await?;
+        Ok::<_, anyhow::Error>((channel, offer))
     };
     let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(5))
-        .without_max_times()
-        .with_total_delay(Some(window));
-    let (channel, offer) = attempt
-        .retry(backoff)
-        .sleep(tokio::time::sleep)
-        .await
-        .with_context(|| {
-            format!(
-                "the sender at {address} could not be reached again within {} s",
-                window.as_secs()
-            )
-        })?;
+        .without_max_times();
+    // The window bounds the attempts too: a host that is gone never answers them.
+    let retrying = attempt.retry(backoff).sleep(tokio::time::sleep);
+    let unreachable = || {
+        format!(
+            "the sender at {address} could not be reached again within {} s",
+            window.as_secs()
+        )
+    };
+    let (channel, offer) = match tokio::time::timeout(window, retrying).await {
+        Ok(reached) => reached.with_context(unreachable)?,
+        Err(_) => bail!(unreachable()),
+    };
     if offer.session() != session {
         bail!(
-            "the sender at {address} took a new snapshot (was it restarted?); run `storex \
-             migrate receive` again to start over"
+            "the sender at {address} took a new snapshot (was it restarted?); the transfer \
+             starts over when you run `storex migrate receive` again (and `storex migrate \
+             send`, if it is no longer waiting)"
         );
     }
     Ok((channel, offer))

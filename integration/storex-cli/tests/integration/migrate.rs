@@ -81,15 +81,16 @@ async fn old_database(thousands: i64) -> (tempfile::TempDir, PathBuf, PathBuf) {
     (dir, old_path, new_path)
 }
 
-/// Runs `storex migrate receive` into `db` from `address`, trying to reconnect for 30 s after
-/// a dropped connection, off the runtime's threads (a relay may run on them); its output.
-async fn receive_from(address: String, db: &Path) -> Output {
+/// Runs `storex migrate receive` into `db` from `address`, trying to reconnect for
+/// `reconnect_secs` after a dropped connection, off the runtime's threads (a relay may run on
+/// them); its output.
+async fn receive_from(address: String, db: &Path, reconnect_secs: &'static str) -> Output {
     let db = db.to_path_buf();
     tokio::task::spawn_blocking(move || {
         storex()
             .args(["migrate", "receive", "--db"])
             .arg(&db)
-            .args(["--connect", &address, "--reconnect-secs", "30"])
+            .args(["--connect", &address, "--reconnect-secs", reconnect_secs])
             .output()
             .expect("run the receiver")
     })
@@ -100,9 +101,15 @@ async fn receive_from(address: String, db: &Path) -> Output {
 /// Starts `storex migrate send` on `db`: the child, its output after the address, and the
 /// address it listens on.
 fn start_sender(db: &std::path::Path) -> (Child, BufReader<ChildStdout>, String) {
+    start_sender_with(db, &[])
+}
+
+/// [`start_sender`] with `more` arguments.
+fn start_sender_with(db: &Path, more: &[&str]) -> (Child, BufReader<ChildStdout>, String) {
     let mut sender = storex()
         .args(["migrate", "send", "--db"])
         .arg(db)
+        .args(more)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -221,11 +228,12 @@ async fn cutting_relay(targets: Vec<String>, cut_after: usize) -> (String, Arc<A
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_connection_resumes_where_it_broke_off() {
     let (dir, old_path, new_path) = old_database(50).await;
-    let (sender, mut sender_out, address) = start_sender(&old_path);
+    let (sender, mut sender_out, address) =
+        start_sender_with(&old_path, &["--reconnect-secs", "30"]);
     // Cut once some batches have arrived (of about half a megabyte each), well before the
     // end (the items take nearly 3 MB).
     let (relay, connections) = cutting_relay(vec![address], 3 * 512 * 1024).await;
-    let received = receive_from(relay, &new_path).await;
+    let received = receive_from(relay, &new_path, "30").await;
     let sent = tokio::task::spawn_blocking(move || {
         let mut rest = String::new();
         std::io::Read::read_to_string(&mut sender_out, &mut rest).expect("the sender's output");
@@ -241,10 +249,32 @@ async fn a_dropped_connection_resumes_where_it_broke_off() {
     assert!(sent.1.status.success(), "sender: {}", sent.0);
     assert_eq!(connections.load(Ordering::SeqCst), 2, "{stdout}");
     assert!(stdout.contains("the connection dropped"), "{stdout}");
-    assert!(stdout.contains("resuming after batch"), "{stdout}");
-    assert!(sent.0.contains("waiting up to 120 s"), "{}", sent.0);
+    assert!(stdout.contains("resumed after batch"), "{stdout}");
+    assert!(sent.0.contains("waiting up to 30 s"), "{}", sent.0);
+    assert!(sent.0.contains("resumed after batch"), "{}", sent.0);
     assert!(!dir.path().join("new.db.partial").exists());
     assert_same_rows(&old_path, &new_path, &["item"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_told_not_to_reconnect_fails_at_the_first_drop() {
+    let (dir, old_path, new_path) = old_database(50).await;
+    let (mut sender, _sender_out, address) =
+        start_sender_with(&old_path, &["--reconnect-secs", "30"]);
+    let (relay, connections) = cutting_relay(vec![address], 3 * 512 * 1024).await;
+    let received = receive_from(relay, &new_path, "0").await;
+    sender.kill().expect("kill the sender"); // it waits for the receiver to come back
+    let _ = sender.wait();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&received.stdout),
+        String::from_utf8_lossy(&received.stderr),
+    );
+    assert!(!received.status.success(), "{stdout}");
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "{stdout}");
+    assert!(!stdout.contains("the connection dropped"), "{stdout}");
+    assert!(stderr.contains("was not written"), "{stderr}");
+    assert!(!new_path.exists());
+    assert!(!dir.path().join("new.db.partial").exists());
 }
 
 #[tokio::test]
@@ -287,11 +317,13 @@ async fn a_receiver_reaching_a_restarted_sender_starts_over() {
     let (dir, old_path, new_path) = old_database(50).await;
     // After the cut the receiver reaches another sender of the same database: a new
     // snapshot, which cannot continue the first one's batches.
-    let (mut first, _first_out, first_address) = start_sender(&old_path);
-    let (mut second, _second_out, second_address) = start_sender(&old_path);
+    let (mut first, _first_out, first_address) =
+        start_sender_with(&old_path, &["--reconnect-secs", "30"]);
+    let (mut second, _second_out, second_address) =
+        start_sender_with(&old_path, &["--reconnect-secs", "30"]);
     let (relay, connections) =
         cutting_relay(vec![first_address, second_address], 3 * 512 * 1024).await;
-    let received = receive_from(relay, &new_path).await;
+    let received = receive_from(relay, &new_path, "30").await;
     for sender in [&mut first, &mut second] {
         // Each waits for the receiver to come back.
         sender.kill().expect("kill a sender");
