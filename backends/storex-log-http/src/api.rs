@@ -79,6 +79,9 @@ pub const MIN_CLIENT_TOKEN_CHARS: usize = 40;
 /// does not count against a page's byte budget: a push with a longer one is refused (400).
 pub const MAX_TOPIC_BYTES: usize = 1_024;
 
+/// Most topics one pull may name (a device subscribes to a few collections' topics).
+pub const MAX_PULL_TOPICS: usize = 1_024;
+
 impl std::fmt::Debug for NewDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NewDevice")

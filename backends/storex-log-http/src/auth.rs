@@ -60,6 +60,9 @@ pub(crate) enum DeviceToken {
     Revoked,
     /// The device belongs to another user; nothing changed.
     OtherUser,
+    /// Another device has this token already (a client that chose it twice); nothing
+    /// changed.
+    TokenTaken,
 }
 
 /// Users, devices and their token hashes.
@@ -182,6 +185,17 @@ impl AuthStore {
         user: &str,
         token: &str,
     ) -> Result<DeviceToken, DbErr> {
+        // A token is unique to its device: a clash would otherwise fail the write as the
+        // database refusing it (a 503 a client retries for ever).
+        let holder = Query::select()
+            .column(id("device"))
+            .from(id(DEVICES))
+            .and_where(col("token_hash").eq(hash_token(token)))
+            .and_where(col("device").ne(device.0))
+            .to_owned();
+        if conn.query_one(&holder).await?.is_some() {
+            return Ok(DeviceToken::TokenTaken);
+        }
         let query = Query::select()
             .columns([id("user_name"), id("revoked")])
             .from(id(DEVICES))

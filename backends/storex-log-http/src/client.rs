@@ -137,7 +137,13 @@ enum Caller {
 struct Attempt {
     error: SharedLogError,
     retry: bool,
+    /// How long the server asked to wait before the next try (`Retry-After` of a 429 or a
+    /// 503), when it said.
+    retry_after: Option<Duration>,
 }
+
+/// The longest `Retry-After` a client waits for between two tries; a longer one is cut to it.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// A shared sync log served by a storex sync server (`storex serve`).
 pub struct HttpSharedLog {
@@ -545,6 +551,10 @@ impl HttpSharedLog {
         attempt
             .retry(backoff)
             .when(|a: &Attempt| a.retry)
+            // Not sooner than the server asked (a 429 says when its rate limit lets it in).
+            .adjust(|a: &Attempt, next| {
+                next.map(|next| next.max(a.retry_after.unwrap_or_default()))
+            })
             .await
             .map_err(|a| a.error)
     }
@@ -583,21 +593,33 @@ impl HttpSharedLog {
                 error: SharedLogError::Invalid {
                     problem: format!("the request cannot be made: {}", error_chain(&e)),
                 },
+                retry_after: None,
             },
             false => Attempt {
                 retry: true,
                 error: unavailable(e),
+                retry_after: None,
             },
         })?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER));
         let bytes = response.bytes().await.map_err(|e| Attempt {
             retry: true,
             error: unavailable(e),
+            retry_after: None,
         })?;
         if status.is_success() {
             return Ok(bytes.to_vec());
         }
-        Err(refusal(status, &bytes, caller))
+        Err(Attempt {
+            retry_after,
+            ..refusal(status, &bytes, caller)
+        })
     }
 }
 
@@ -642,6 +664,7 @@ fn refusal(status: StatusCode, body: &[u8], caller: Caller) -> Attempt {
                 log: LOG_NAME,
                 source: format!("HTTP {status}: {message}").into(),
             },
+            retry_after: None,
         };
     }
     let error = match (code, caller) {
@@ -673,6 +696,7 @@ fn refusal(status: StatusCode, body: &[u8], caller: Caller) -> Attempt {
     Attempt {
         retry: false,
         error,
+        retry_after: None,
     }
 }
 

@@ -47,6 +47,9 @@ pub struct ServerConfig {
     /// Wake pulls waiting on other instances through PostgreSQL LISTEN/NOTIFY (default on;
     /// ignored on SQLite).
     pub notify_instances: bool,
+    /// How long `/metrics` reuses the totals it counted (default 15 s): counting whole tables
+    /// is slow on a large log, and the route takes no token.
+    pub stats_max_age: Duration,
 }
 
 impl ServerConfig {
@@ -72,6 +75,7 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             compact_every: Some(Duration::from_secs(600)),
             notify_instances: true,
+            stats_max_age: Duration::from_secs(15),
         }
     }
 
@@ -97,6 +101,12 @@ impl ServerConfig {
     /// Sets the request rate limit per client IP address (none: unlimited).
     pub fn ip_rate_limit(mut self, limit: Option<RateLimit>) -> Self {
         self.ip_rate_limit = limit;
+        self
+    }
+
+    /// Sets how long `/metrics` reuses the totals it counted (zero: counts for every request).
+    pub fn stats_max_age(mut self, age: Duration) -> Self {
+        self.stats_max_age = age;
         self
     }
 

@@ -8,15 +8,55 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
+use storex_sync::DeviceId;
 use tokio::sync::watch;
 
-/// Per-user wake-up channels.
+/// Pulls of one device that may wait for new entries at once.
+pub(crate) const WAITING_PER_DEVICE: usize = 4;
+
+/// Per-user wake-up channels, and the waiting pulls of each device.
 #[derive(Debug, Default)]
 pub(crate) struct LiveUpdates {
     users: Mutex<HashMap<String, watch::Sender<u64>>>,
+    waiting: Mutex<HashMap<DeviceId, usize>>,
+}
+
+/// A waiting pull of a device, counted until dropped.
+#[derive(Debug)]
+pub(crate) struct WaitSlot<'a> {
+    live: &'a LiveUpdates,
+    device: DeviceId,
+}
+
+impl Drop for WaitSlot<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self
+            .live
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = waiting.get_mut(&self.device) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                waiting.remove(&self.device);
+            }
+        }
+    }
 }
 
 impl LiveUpdates {
+    /// A slot for one more waiting pull of `device`, or `None` when it holds
+    /// [`WAITING_PER_DEVICE`] already (that pull then does not wait).
+    pub(crate) fn wait_slot(&self, device: DeviceId) -> Option<WaitSlot<'_>> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = waiting.entry(device).or_insert(0);
+        if *count >= WAITING_PER_DEVICE {
+            return None;
+        }
+        *count += 1;
+        Some(WaitSlot { live: self, device })
+    }
+
     fn with_sender<T>(&self, user: &str, f: impl FnOnce(&watch::Sender<u64>) -> T) -> T {
         let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
         let sender = users
@@ -83,5 +123,19 @@ mod tests {
         drop((ann, bob));
         live.forget_idle();
         assert!(live.users.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_device_holds_a_few_waiting_pulls_at_once() {
+        let live = LiveUpdates::default();
+        let (ann, bob) = (DeviceId::random(), DeviceId::random());
+        let slots: Vec<_> = (0..WAITING_PER_DEVICE)
+            .map(|_| live.wait_slot(ann).expect("a slot"))
+            .collect();
+        assert!(live.wait_slot(ann).is_none(), "one too many");
+        assert!(live.wait_slot(bob).is_some(), "another device's own");
+        drop(slots);
+        assert!(live.wait_slot(ann).is_some(), "freed");
+        assert!(live.waiting.lock().unwrap().is_empty());
     }
 }

@@ -15,14 +15,14 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
-use storex_log_sql::SqlSharedLog;
+use storex_log_sql::{LogStats, SqlSharedLog};
 use storex_sync::{
     device_of_another_user, DeviceId, Pull, PulledEntry, SharedEntry, SharedLogError, SharedSyncLog,
 };
@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{
     routes, AckRequest, CompactResponse, DeviceCredentials, DevicesResponse, Health, NewDevice,
     NewUser, PullRequest, PullResponse, PushRequest, PushResponse, UserCredentials, WireDevice,
-    MAX_TOPIC_BYTES, MIN_CLIENT_TOKEN_CHARS,
+    MAX_PULL_TOPICS, MAX_TOPIC_BYTES, MIN_CLIENT_TOKEN_CHARS,
 };
 use crate::auth::{AuthStore, DeviceToken, UserCreation};
 use crate::config::{RateLimit, ServerConfig};
@@ -55,6 +55,8 @@ pub(crate) struct AppState {
     pub(crate) metrics: Metrics,
     pub(crate) shutdown: CancellationToken,
     pub(crate) config: ServerConfig,
+    /// The last totals `/metrics` counted, and when.
+    pub(crate) stats: tokio::sync::Mutex<Option<(tokio::time::Instant, LogStats)>>,
 }
 
 type Shared = Arc<AppState>;
@@ -130,14 +132,15 @@ pub(crate) fn router(state: Shared) -> Router {
         .route(routes::METRICS, get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            count_requests,
-        ))
         .with_state(state)
 }
 
-async fn count_requests(State(state): State<Shared>, request: Request, next: Next) -> Response {
+/// Counts every answer by status (outside the request timeout, so 408s count too).
+pub(crate) async fn count_requests(
+    State(state): State<Shared>,
+    request: Request,
+    next: Next,
+) -> Response {
     let response = next.run(request).await;
     state.metrics.request(response.status().as_u16());
     response
@@ -359,6 +362,11 @@ async fn create_device(
             .into())
         }
         DeviceToken::OtherUser => return Err(device_of_another_user(device).into()),
+        DeviceToken::TokenTaken => {
+            return Err(ApiError::invalid(
+                "the token is another device's: make a new one",
+            ))
+        }
     };
     txn.commit()
         .await
@@ -457,8 +465,28 @@ async fn pull(
     caller: Device,
     JsonBody(body): JsonBody<PullRequest>,
 ) -> Result<Json<PullResponse>, ApiError> {
+    if let Some(topics) = &body.topics {
+        if topics.len() > MAX_PULL_TOPICS {
+            return Err(ApiError::invalid(format!(
+                "{} topics asked for, at most {MAX_PULL_TOPICS} are taken",
+                topics.len()
+            )));
+        }
+        if let Some(topic) = topics.iter().find(|t| t.len() > MAX_TOPIC_BYTES) {
+            return Err(ApiError::invalid(format!(
+                "a topic of {} bytes asked for, at most {MAX_TOPIC_BYTES} are taken",
+                topic.len()
+            )));
+        }
+    }
     let limit = body.limit.min(state.config.max_pull_entries);
-    let wait = Duration::from_millis(body.wait_ms).min(state.config.max_wait);
+    // A device may hold a few waiting pulls at once (one per sync, and one left over from a
+    // connection that broke); more are answered at once, as if their wait had run out.
+    let slot = state.live.wait_slot(caller.device);
+    let wait = match &slot {
+        Some(_) => Duration::from_millis(body.wait_ms).min(state.config.max_wait),
+        None => Duration::ZERO,
+    };
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribe before reading, so a push between the read and the wait still wakes us.
     let mut woken = state.live.subscribe(&caller.user);
@@ -529,7 +557,7 @@ async fn compact(
     Ok(Json(CompactResponse { dropped }))
 }
 
-async fn health(State(state): State<Shared>) -> Response {
+async fn health(_: WithinIpLimit, State(state): State<Shared>) -> Response {
     // Cheap on purpose: load balancers call it often. Totals are in /metrics.
     match state.auth.ping().await {
         Ok(()) => Json(Health {
@@ -542,7 +570,7 @@ async fn health(State(state): State<Shared>) -> Response {
 }
 
 async fn metrics(_: WithinIpLimit, State(state): State<Shared>) -> Response {
-    match state.log.stats().await {
+    match cached_stats(&state).await {
         Ok(stats) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
             state.metrics.render(stats),
@@ -550,4 +578,19 @@ async fn metrics(_: WithinIpLimit, State(state): State<Shared>) -> Response {
             .into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
+}
+
+/// The log's totals for `/metrics`, counted at most once every `stats_max_age` (counting
+/// whole tables is slow on a large log, and the route takes no token); requests meanwhile
+/// get the last count, and concurrent ones wait for one count.
+async fn cached_stats(state: &AppState) -> Result<LogStats, storex_sync::SharedLogError> {
+    let mut cached = state.stats.lock().await;
+    if let Some((at, stats)) = &*cached {
+        if at.elapsed() < state.config.stats_max_age {
+            return Ok(*stats);
+        }
+    }
+    let stats = state.log.stats().await?;
+    *cached = Some((tokio::time::Instant::now(), stats));
+    Ok(stats)
 }

@@ -101,12 +101,17 @@ impl SyncServer {
             metrics: Metrics::default(),
             shutdown: shutdown.clone(),
             config,
+            stats: tokio::sync::Mutex::new(None),
         });
         let app = routes::router(state.clone())
             .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
                 state.config.request_timeout,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                routes::count_requests,
             ))
             .into_make_service_with_connect_info::<SocketAddr>();
         let maintenance = tokio::spawn(maintain(state.clone()));

@@ -378,7 +378,127 @@ async fn registering_a_device_again_is_idempotent_but_never_revives_or_takes_a_d
         matches!(err, SharedLogError::UnknownDevice { .. }),
         "still revoked: {err:?}"
     );
+    // Ann's token chosen again for another device: refused for good (not a 503 retried for
+    // ever), and ann's device keeps it.
+    let another = json!({ "device": Uuid::now_v7(), "token": token }).to_string();
+    let (status, reply) = f.post("/v1/devices", Some(&ann.user_token), &another).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("another device's"),
+        "{reply}"
+    );
+    let (status, _) = f.post("/v1/ack", Some(&token), r#"{"cursor": 0}"#).await;
+    assert_eq!(
+        status,
+        StatusCode::NO_CONTENT,
+        "ann's device keeps its token"
+    );
     f.stop().await;
+}
+
+#[tokio::test]
+async fn a_pull_naming_too_many_or_too_long_topics_is_refused() {
+    let f = Fixture::new().await;
+    let ann = f.account("ann").await;
+    let many: Vec<String> = (0..1_025).map(|i| format!("t{i}")).collect();
+    let long = vec!["x".repeat(1_025)];
+    for topics in [many, long] {
+        let body = json!({ "after": 0, "limit": 10, "topics": topics }).to_string();
+        let (status, reply) = f.post("/v1/pull", Some(&ann.device_token), &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
+        assert_eq!(code(&reply), "invalid_request", "{reply}");
+    }
+    let fine: Vec<String> = (0..1_024).map(|i| format!("t{i}")).collect();
+    let body = json!({ "after": 0, "limit": 10, "topics": fine }).to_string();
+    let (status, reply) = f.post("/v1/pull", Some(&ann.device_token), &body).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn a_device_holds_only_a_few_waiting_pulls() {
+    let f = Fixture::new().await;
+    let ann = f.account("ann").await;
+    let waiting = json!({ "after": 0, "limit": 10, "wait_ms": 3_000 }).to_string();
+    // Four pulls wait (nothing is there); a fifth is answered at once.
+    let holders: Vec<_> = (0..4)
+        .map(|_| {
+            let (http, url, token, body) = (
+                f.http.clone(),
+                f.url("/v1/pull"),
+                ann.device_token.clone(),
+                waiting.clone(),
+            );
+            tokio::spawn(async move {
+                http.post(url)
+                    .bearer_auth(token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let (status, reply) = f.post("/v1/pull", Some(&ann.device_token), &waiting).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1_500),
+        "the fifth pull waited {:?}",
+        started.elapsed()
+    );
+    for holder in holders {
+        assert_eq!(holder.await.unwrap(), StatusCode::OK);
+    }
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_the_log_at_most_once_per_max_age() {
+    let store = Store::sqlite();
+    let config = config(&store).stats_max_age(std::time::Duration::from_secs(3_600));
+    let server = SyncServer::start(config).await.unwrap();
+    let http = reqwest::Client::new();
+    let log = HttpSharedLog::new(&server.url()).unwrap();
+    let user = log.create_user(ADMIN, "ann").await.unwrap();
+    let device = log.create_device(&user.token).await.unwrap();
+    assert_eq!(entries_in_metrics(&http, &server.url()).await, 0);
+    log.push(device, vec![entry(device, b"a")]).await.unwrap();
+    // Counted an hour ago, as far as this server is concerned: the same totals.
+    assert_eq!(entries_in_metrics(&http, &server.url()).await, 0);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_waits_as_long_as_the_server_asks() {
+    let store = Store::sqlite();
+    let config = config(&store).rate_limit(Some(RateLimit {
+        per_second: 1,
+        burst: 1,
+    }));
+    let server = SyncServer::start(config).await.unwrap();
+    // Retries 10 ms to 40 ms apart would all come too soon for one request a second.
+    let options = storex_log_http::ClientOptions {
+        retries: 3,
+        min_backoff: std::time::Duration::from_millis(10),
+        max_backoff: std::time::Duration::from_millis(40),
+        ..Default::default()
+    };
+    let log = HttpSharedLog::with_options(&server.url(), options).unwrap();
+    let user = log.create_user(ADMIN, "ann").await.unwrap();
+    let device = log.create_device(&user.token).await.unwrap();
+    for round in 0..3 {
+        log.pull(device, 0, 10, None)
+            .await
+            .unwrap_or_else(|e| panic!("pull {round}: {e}"));
+    }
+    server.shutdown().await.unwrap();
 }
 
 #[tokio::test]

@@ -47,13 +47,15 @@ impl Store {
     }
 }
 
-/// The test servers' configuration: admin token, no rate limit unless a test sets one.
+/// The test servers' configuration: admin token, no rate limit unless a test sets one,
+/// `/metrics` counting afresh for every request (the tests read totals from it).
 pub fn config(store: &Store) -> ServerConfig {
     ServerConfig::new(&store.url)
         .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
         .admin_token(ADMIN)
         .rate_limit(None)
         .ip_rate_limit(None)
+        .stats_max_age(std::time::Duration::ZERO)
 }
 
 /// A server on a free port of 127.0.0.1.
