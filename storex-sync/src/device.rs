@@ -24,7 +24,7 @@ use crate::client_log::{
 };
 use crate::digest::collection_digest;
 use crate::entry::{pk_text, with_sync_log, EntryOp, EntryRow, LogEntry, LOG_COLLECTION};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::hlc::{Clock, DeviceId};
 use crate::journal::index_journal;
 use crate::logging::SyncLoggingMiddleware;
@@ -100,7 +100,8 @@ pub struct SyncOptions {
 }
 
 impl SyncOptions {
-    /// Leaves `collection` out of sync.
+    /// Leaves `collection` out of sync. It must be a collection of the registry:
+    /// [`SyncDevice::open`] refuses a name it does not define ([`Error::ExcludedUnknown`]).
     pub fn exclude(mut self, collection: impl Into<String>) -> Self {
         self.excluded.push(collection.into());
         self
@@ -145,6 +146,11 @@ impl SyncDevice {
         let mut logger = SyncLoggingMiddleware::new(clock.clone());
         let write_order = logger.write_order();
         for collection in &options.excluded {
+            if registry.collection(collection).is_err() {
+                return Err(Error::ExcludedUnknown {
+                    collection: collection.clone(),
+                });
+            }
             logger = logger.exclude(collection.clone());
         }
         let excluded: Arc<[String]> = options.excluded.into();

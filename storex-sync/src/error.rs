@@ -50,6 +50,13 @@ pub enum Error {
         /// The collection.
         collection: String,
     },
+    /// A collection excluded from sync that the registry does not define (a typo would
+    /// otherwise leave the collection meant to stay local synced).
+    #[error("collection `{collection}` is excluded from sync, but the registry does not define it (a misspelt name?)")]
+    ExcludedUnknown {
+        /// The name excluded.
+        collection: String,
+    },
     /// A timestamp's text form cannot be parsed.
     #[error("`{text}` is not a hybrid logical clock timestamp")]
     BadTimestamp {

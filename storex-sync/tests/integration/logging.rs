@@ -330,6 +330,23 @@ async fn reads_and_excluded_collections_are_not_logged() {
     assert!(d.log().is_empty().await.expect("len"));
 }
 
+#[tokio::test]
+async fn excluding_a_collection_the_registry_does_not_define_is_refused() {
+    let opened = SyncDevice::open(
+        registry(),
+        Arc::new(MemoryBackend::new()),
+        Clock::new(DeviceId::random()),
+        SyncOptions::default().exclude("drafts"),
+    )
+    .await;
+    let err = opened.expect_err("a misspelt exclusion");
+    assert!(
+        matches!(&err, storex_sync::Error::ExcludedUnknown { collection } if collection == "drafts"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("misspelt"), "{err}");
+}
+
 /// A put (create, or replace every field) is logged as a create, alone or in a batch: a
 /// create of an object that exists replaces it wherever its timestamp wins. On an excluded
 /// collection it runs and logs nothing.
