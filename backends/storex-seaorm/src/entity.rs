@@ -14,7 +14,8 @@
 //! | `Blob`, `Binary`, `VarBinary` (`Vec<u8>`) | blob |
 //! | `Uuid` | uuid |
 //!
-//! Anything else (naive datetimes, decimals, enums, arrays, `u64`) is refused with a hint.
+//! Anything else (naive datetimes, decimals, enums, arrays, `u64`) is refused with a hint, and
+//! so is an entity whose table is in a schema of its own (`schema_name`).
 
 use sea_orm::{ColumnTrait, ColumnType, EntityTrait, IdenStatic, Iterable, PrimaryKeyToColumn};
 use storex_core::{CollectionDef, FieldType};
@@ -25,6 +26,12 @@ use crate::error::{Error, Result};
 /// [`CollectionDef::version`]; add indices and relations the same way).
 pub fn collection_from_entity<E: EntityTrait>(entity: E) -> Result<CollectionDef> {
     let table = entity.table_name().to_owned();
+    if let Some(schema) = entity.schema_name() {
+        return Err(Error::UnsupportedSchema {
+            table,
+            schema: schema.to_owned(),
+        });
+    }
     let mut def = CollectionDef::new(table.clone());
     for column in E::Column::iter() {
         let column_def = column.def();

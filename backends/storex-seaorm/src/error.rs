@@ -44,6 +44,15 @@ pub enum Error {
         /// What to use instead.
         hint: &'static str,
     },
+    /// An entity's table lives in a schema of its own (PostgreSQL): storex names tables
+    /// without a schema, so it would write another table than the app reads.
+    #[error("table `{table}` is in schema `{schema}`: storex writes tables of the connection's default schema only (set the connection's search_path instead)")]
+    UnsupportedSchema {
+        /// The entity's table.
+        table: String,
+        /// Its schema.
+        schema: String,
+    },
     /// A storage error (for instance a registry derived from entities that is not valid).
     #[error(transparent)]
     Storage(#[from] storex_core::Error),

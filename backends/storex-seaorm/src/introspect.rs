@@ -2,8 +2,12 @@
 //! whose app they do not know (`storex migrate`).
 //!
 //! Declared column types map to field types the way storex and SeaORM declare them: `uuid…`
-//! → uuid, `timestamp…`/`datetime…` → datetime, `json…` → json, `…int…` → int, `bool…` →
-//! bool, `real`/`double`/`float` → float, `blob`/`…binary…` → blob, anything else → text.
+//! → uuid, a timestamp with its time zone (`timestamp_with_timezone_text`, what they declare
+//! for a UTC datetime) → datetime, `json…` → json, `…int…` → int, `bool…` → bool,
+//! `real`/`double`/`float` → float, `blob`/`…binary…` → blob, anything else → text. A naive
+//! `datetime` or `timestamp` column (another program's, holding `2024-01-01 10:00:00` or
+//! seconds since 1970) is text: its values travel as they are, where reading them as UTC
+//! datetimes would rewrite them in another form on the other devices.
 //! storex's own tables (`storex_…`: the client sync log, app settings such as the device id
 //! and its token, a shared log) are left out: they belong to the device, and a sync device adds
 //! them itself. So are virtual tables (full-text indexes, say) and their shadow tables, which
@@ -19,7 +23,10 @@ fn field_type(declared: &str) -> FieldType {
     let t = declared.to_ascii_lowercase();
     if t.contains("uuid") {
         FieldType::Uuid
-    } else if t.contains("timestamp") || t.contains("datetime") {
+    } else if t.contains("with_timezone")
+        || t.contains("with time zone")
+        || t.contains("timestamptz")
+    {
         FieldType::DateTime
     } else if t.contains("json") {
         FieldType::Json

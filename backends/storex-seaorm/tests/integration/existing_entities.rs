@@ -227,6 +227,30 @@ fn unsupported_entity_columns_are_refused_with_a_hint() {
 }
 
 #[test]
+fn an_entity_in_a_schema_of_its_own_is_refused() {
+    mod scoped {
+        use sea_orm::entity::prelude::*;
+
+        #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+        #[sea_orm(schema_name = "app", table_name = "event")]
+        pub struct Model {
+            #[sea_orm(primary_key, auto_increment = false)]
+            pub id: Uuid,
+        }
+
+        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+        pub enum Relation {}
+
+        impl ActiveModelBehavior for ActiveModel {}
+    }
+    let err = collection_from_entity(scoped::Entity).expect_err("a schema-qualified table");
+    assert!(
+        err.to_string().contains("table `event` is in schema `app`"),
+        "{err}"
+    );
+}
+
+#[test]
 fn entity_columns_map_to_field_types() {
     let def = collection_from_entity(note::Entity).expect("note");
     let types: Vec<(String, storex_core::FieldType, bool)> = def
@@ -271,6 +295,40 @@ async fn a_registry_is_read_back_from_a_sqlite_file() {
         assert_eq!(got.fields(), want.fields(), "{name}");
         assert_eq!(got.pk_fields(), want.pk_fields(), "{name}");
     }
+}
+
+#[tokio::test]
+async fn naive_datetime_columns_of_another_program_are_read_as_text() {
+    use sea_orm::ConnectionTrait;
+    let db = Database::connect("sqlite::memory:").await.expect("connect");
+    db.execute_unprepared(
+        "CREATE TABLE event (id TEXT NOT NULL PRIMARY KEY, at DATETIME, stamp TIMESTAMP, \
+         utc timestamp_with_timezone_text)",
+    )
+    .await
+    .expect("another program's table");
+    let read = storex_seaorm::registry_of_sqlite(&db)
+        .await
+        .expect("introspect");
+    let types: Vec<(String, storex_core::FieldType)> = read
+        .collection("event")
+        .expect("event")
+        .fields()
+        .iter()
+        .map(|f| (f.name.clone(), f.ty))
+        .collect();
+    use storex_core::FieldType::{DateTime, Text};
+    let expected = [
+        ("id", Text),
+        ("at", Text),
+        ("stamp", Text),
+        ("utc", DateTime),
+    ];
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|(n, t)| (String::from(*n), *t))
+        .collect();
+    assert_eq!(types, expected);
 }
 
 #[tokio::test]
