@@ -13,6 +13,9 @@ pub enum Error {
     /// An entity could not be turned into a collection, or the database is not supported.
     #[error("the app's schema cannot be synced")]
     Schema(#[from] storex_seaorm::Error),
+    /// The app's database failed while it was set up for sync (its journal mode).
+    #[error("the app's database failed")]
+    Database(#[from] sea_orm::DbErr),
     /// Registering the device with the shared log failed.
     #[error("registering this device with the shared log failed")]
     SharedLog(#[from] storex_sync::SharedLogError),
@@ -22,6 +25,15 @@ pub enum Error {
     /// The builder was not given a shared log.
     #[error("no shared log was configured: call `shared_log(log, user)` on the builder")]
     NoSharedLog,
+    /// The fields of a synced collection changed since this database was last opened, but
+    /// its schema version did not.
+    #[error("the fields of `{collection}` changed since this database was last opened, but its schema version is still {version}: raise it (`SyncedStorageBuilder::entity_version`), so that devices still running the older app hold the changes of the new fields until they upgrade, instead of dropping them")]
+    SchemaChangedWithoutVersion {
+        /// The collection.
+        collection: String,
+        /// Its schema version, the same as before.
+        version: u32,
+    },
     /// A stored setting does not hold what it should.
     #[error("the stored setting `{key}` is corrupt")]
     CorruptSetting {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use sea_orm::{DatabaseConnection, EntityTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Statement};
 use storex_core::{
     object, BatchStep, CollectionDef, FieldType, Middleware, Operation, Registry, Storage,
     StorageBackend, Value,
@@ -24,6 +24,9 @@ const DEVICE_KEY: &str = "device_id";
 /// The id chosen for this device before it is registered (kept once it is).
 const PENDING_DEVICE_KEY: &str = "device_id_to_register";
 const EXISTING_ROWS_KEY: &str = "existing_rows_logged";
+/// The prefix of the settings that keep each synced collection's schema version and fields
+/// as of the last open (see [`check_schemas`]).
+const SCHEMA_KEY: &str = "schema";
 /// Credentials the shared log issued to this device (a sync server's device token). Kept in the
 /// settings collection, which is never synced.
 const CREDENTIALS_KEY: &str = "device_credentials";
@@ -70,6 +73,18 @@ impl SyncedStorageBuilder {
         self
     }
 
+    /// Syncs the table of SeaORM entity `E` at schema version `version` (1 for
+    /// [`SyncedStorageBuilder::entity`]). Raise it in the app release that adds, removes or
+    /// retypes a column: a device still on the older release then holds the changes written
+    /// with the new schema until it upgrades, instead of dropping what it does not know.
+    /// [`SyncedStorageBuilder::open`] refuses a collection whose fields changed since the
+    /// last open under the same version.
+    pub fn entity_version<E: EntityTrait>(mut self, entity: E, version: u32) -> Self {
+        self.collections
+            .push(collection_from_entity(entity).map(|def| def.version(version)));
+        self
+    }
+
     /// Syncs a collection described by hand.
     pub fn collection(mut self, def: CollectionDef) -> Self {
         self.collections.push(Ok(def));
@@ -110,6 +125,7 @@ impl SyncedStorageBuilder {
             registry = registry.collection(collection?);
         }
         let registry = registry.build()?;
+        write_ahead_log(&self.db).await?;
         let backend: Arc<dyn StorageBackend> = Arc::new(SeaOrmBackend::new(self.db)?);
 
         // Settings first, on a plain storage: the device id is needed to open the device.
@@ -121,6 +137,7 @@ impl SyncedStorageBuilder {
         )
         .build()
         .await?;
+        let schemas = check_schemas(&registry, &self.sync_options.excluded, &settings).await?;
         let device_id = match read_setting(&settings, DEVICE_KEY).await? {
             Some(text) => {
                 let id = DeviceId(
@@ -177,6 +194,13 @@ impl SyncedStorageBuilder {
         options.excluded.extend(self.sync_options.excluded);
         options.middleware.extend(self.sync_options.middleware);
         let device = SyncDevice::open(registry, backend, Clock::new(device_id), options).await?;
+        let mut steps = Vec::with_capacity(schemas.len());
+        for (key, value) in &schemas {
+            steps.push(setting_step(&settings, key, value).await?);
+        }
+        if !steps.is_empty() {
+            settings.batch(steps).await?;
+        }
         let existing_rows_logged = log_existing_rows(&device, &settings).await?;
         Ok(SyncedStorage {
             sync: Arc::new(ContinuousSync::new(device, log, self.options)),
@@ -213,6 +237,73 @@ async fn log_existing_rows(device: &SyncDevice, settings: &Storage) -> Result<u6
     }
     settings.batch(steps).await?;
     Ok(logged)
+}
+
+/// Switches a SQLite file kept with a rollback journal (SQLite's default, and what a plain
+/// `Database::connect` leaves) to write-ahead logging: with a rollback journal a reader blocks
+/// writers, so a device sending a copy of itself (a pairing, which reads one snapshot for the
+/// whole transfer) would make the app's writes fail as "database is locked" meanwhile. The
+/// mode stays with the file. In-memory databases and PostgreSQL are left as they are.
+async fn write_ahead_log(db: &DatabaseConnection) -> Result<()> {
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return Ok(());
+    }
+    let mode = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "PRAGMA journal_mode",
+        ))
+        .await?
+        .and_then(|row| row.try_get_by_index::<String>(0).ok())
+        .unwrap_or_default();
+    if matches!(
+        mode.to_ascii_lowercase().as_str(),
+        "delete" | "truncate" | "persist"
+    ) {
+        db.execute_unprepared("PRAGMA journal_mode = WAL").await?;
+    }
+    Ok(())
+}
+
+/// Compares each synced collection's schema version and fields with those of the last open
+/// (kept in the settings): fields that changed under the same version are refused
+/// ([`Error::SchemaChangedWithoutVersion`]). Returns the settings to store once the device
+/// opened (those that are new or changed), as (key, value).
+async fn check_schemas(
+    registry: &Registry,
+    excluded: &[String],
+    settings: &Storage,
+) -> Result<Vec<(String, String)>> {
+    let mut changed = Vec::new();
+    let synced = registry
+        .collections()
+        .filter(|def| def.name() != SETTINGS_COLLECTION)
+        .filter(|def| !excluded.iter().any(|name| name == def.name()));
+    for def in synced {
+        let key = format!("{SCHEMA_KEY}:{}", def.name());
+        let fields: Vec<String> = def
+            .fields()
+            .iter()
+            .map(|f| format!("{} {}{}", f.name, f.ty, if f.optional { "?" } else { "" }))
+            .collect();
+        let now = format!("{} {}", def.schema_version(), fields.join(","));
+        let before = read_setting(settings, &key).await?;
+        if before.as_deref() == Some(now.as_str()) {
+            continue;
+        }
+        let same_version = before
+            .as_deref()
+            .and_then(|text| text.split_once(' '))
+            .is_some_and(|(version, _)| version == def.schema_version().to_string());
+        if same_version {
+            return Err(Error::SchemaChangedWithoutVersion {
+                collection: def.name().to_owned(),
+                version: def.schema_version(),
+            });
+        }
+        changed.push((key, now));
+    }
+    Ok(changed)
 }
 
 /// The setting noting that `collection`'s existing rows were logged.

@@ -245,3 +245,93 @@ async fn a_table_that_joins_sync_later_gets_its_existing_rows_logged() {
     drop(phone);
     assert_eq!(reopen().await.existing_rows_logged(), 0, "once");
 }
+
+/// The `note` table of a later app release: one more column.
+mod note_v2 {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "note")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub title: String,
+        pub pinned: bool,
+        pub color: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+#[tokio::test]
+async fn a_column_added_without_a_new_schema_version_is_refused() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("app.db");
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    drop(open(app_db(&path).await, &log).await);
+    // The next release adds a column to its table and entity.
+    let db = app_db(&path).await;
+    db.execute_unprepared("ALTER TABLE note ADD COLUMN color TEXT")
+        .await
+        .expect("add the column");
+    let err = SyncedStorage::builder(db.clone())
+        .entity(note_v2::Entity)
+        .shared_log(log.clone(), "ann")
+        .open()
+        .await
+        .expect_err("fields changed under the same version");
+    assert!(
+        matches!(&err, Error::SchemaChangedWithoutVersion { collection, version: 1 } if collection == "note"),
+        "{err:?}"
+    );
+    // At version 2 it opens, and then again (the new fields are remembered).
+    for _ in 0..2 {
+        let synced = SyncedStorage::builder(db.clone())
+            .entity_version(note_v2::Entity, 2)
+            .shared_log(log.clone(), "ann")
+            .open()
+            .await
+            .expect("a new version");
+        drop(synced);
+    }
+    // Going back to the first release's fields under version 2 is a change too.
+    let err = SyncedStorage::builder(db)
+        .entity_version(note::Entity, 2)
+        .shared_log(log, "ann")
+        .open()
+        .await
+        .expect_err("fields changed back under the same version");
+    assert!(
+        matches!(&err, Error::SchemaChangedWithoutVersion { version: 2, .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_app_database_with_a_rollback_journal_is_switched_to_write_ahead_logging() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db = app_db(&dir.path().join("app.db")).await;
+    let mode = |db: DatabaseConnection| async move {
+        db.query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Sqlite,
+            "PRAGMA journal_mode",
+        ))
+        .await
+        .expect("read the mode")
+        .expect("a row")
+        .try_get_by_index::<String>(0)
+        .expect("text")
+    };
+    assert_eq!(
+        mode(db.clone()).await,
+        "delete",
+        "a plain connection's default"
+    );
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let synced = open(db.clone(), &log).await;
+    assert_eq!(mode(db).await, "wal");
+    drop(synced);
+}
