@@ -727,10 +727,34 @@ impl ContinuousSync {
         cursor: u64,
         topics: Option<&[String]>,
     ) -> Result<PulledPage> {
-        let page = self
+        let pulled = self
             .shared
             .pull(me, cursor, self.options.pull_batch.max(1), topics)
-            .await?;
+            .await;
+        let page = match pulled {
+            Ok(page) => page,
+            // The log lost entries this device had pulled (restored from a backup, say):
+            // entries pushed since get cursors this device has passed. It pulls again from
+            // the compaction mark (it saw everything the log kept up to its end before; what
+            // it has is recognised by id), rather than skip them.
+            Err(SharedLogError::CursorAhead {
+                log_end,
+                compacted_through,
+                ..
+            }) if compacted_through < cursor => {
+                return Ok(PulledPage {
+                    problems: vec![format!(
+                        "the shared log ends at cursor {log_end}, before this device's cursor \
+                         {cursor} (was it restored from a backup?): pulling again from cursor \
+                         {compacted_through}"
+                    )],
+                    next_cursor: compacted_through,
+                    more: true,
+                    ..PulledPage::default()
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         // A log that would send this device back, or say more follow without moving on,
         // would make it pull the same entries again, or for ever.
         if page.next_cursor < cursor || (page.more && page.next_cursor == cursor) {

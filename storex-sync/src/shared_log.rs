@@ -8,7 +8,10 @@
 //! nothing twice. A device never receives its own entries. Once every device of a user has
 //! [`ack`](SharedSyncLog::ack)ed a cursor, [`compact`](SharedSyncLog::compact) may drop the
 //! entries up to it; a device whose cursor is older than that gets
-//! [`SharedLogError::CursorCompacted`] and must run an initial sync.
+//! [`SharedLogError::CursorCompacted`] and must run an initial sync. A cursor past the log's
+//! end (the log's database was restored from a backup, say) gets
+//! [`SharedLogError::CursorAhead`]: continuous sync then pulls again from the compaction
+//! mark, so entries pushed since the restore are not skipped.
 //!
 //! Entries travel as [`SharedEntry`]: routing fields in the clear (id, device, topic) and an
 //! opaque payload, which the engine may encrypt; the topic (the collection, or a keyed hash of
@@ -110,6 +113,19 @@ pub enum SharedLogError {
         /// The device's cursor.
         cursor: u64,
         /// Entries up to this cursor were dropped.
+        compacted_through: u64,
+    },
+    /// The cursor is past the end of the log: the log lost entries this device had pulled
+    /// (its database restored from a backup, say), and entries pushed from now on get
+    /// cursors this device has passed. The device pulls again from `compacted_through`
+    /// (everything up to the log's end it had seen already; entries are recognised by id).
+    #[error("cursor {cursor} is past the end of the shared log ({log_end}); the log lost entries (restored from a backup?): pull again from {compacted_through}")]
+    CursorAhead {
+        /// The device's cursor.
+        cursor: u64,
+        /// The greatest cursor the log has given.
+        log_end: u64,
+        /// Entries up to this cursor were compacted away (0: none).
         compacted_through: u64,
     },
     /// A device tried to push entries on behalf of another device.
@@ -399,6 +415,13 @@ impl SharedSyncLog for MemorySharedLog {
                 if after < log.compacted_through {
                     return Err(SharedLogError::CursorCompacted {
                         cursor: after,
+                        compacted_through: log.compacted_through,
+                    });
+                }
+                if after > log.next_cursor {
+                    return Err(SharedLogError::CursorAhead {
+                        cursor: after,
+                        log_end: log.next_cursor,
                         compacted_through: log.compacted_through,
                     });
                 }

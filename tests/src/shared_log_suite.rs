@@ -68,6 +68,7 @@ fn all_checks() -> Vec<(&'static str, Check)> {
         big_entries_arrive_in_pages_each_exactly_once,
         compaction_drops_only_what_every_device_acked,
         a_cursor_behind_compaction_is_told_to_run_an_initial_sync,
+        a_cursor_past_the_end_is_told_where_the_log_ends,
         an_unknown_device_is_refused,
         a_device_cannot_push_as_another,
         concurrent_pushers_are_seen_exactly_once_by_every_reader,
@@ -425,6 +426,25 @@ async fn a_cursor_behind_compaction_is_told_to_run_an_initial_sync(log: Arc<dyn 
     }
     // From the compaction point on, it works.
     assert!(log.pull(late, all, 100, None).await.is_ok());
+}
+
+async fn a_cursor_past_the_end_is_told_where_the_log_ends(log: Arc<dyn SharedSyncLog>) {
+    let (a, b) = (device(&log, "ann").await, device(&log, "ann").await);
+    log.push(a, (0..3u8).map(|i| entry(a, "note", &[i])).collect())
+        .await
+        .expect("push");
+    let (_, end) = pull_all(&log, b, 0, 100).await;
+    match log.pull(b, end + 5, 100, None).await {
+        Err(SharedLogError::CursorAhead {
+            cursor,
+            log_end,
+            compacted_through: 0,
+        }) => assert_eq!((cursor, log_end), (end + 5, end)),
+        other => panic!("expected CursorAhead, got {other:?}"),
+    }
+    // At the end itself: nothing, and no error.
+    let page = log.pull(b, end, 100, None).await.expect("at the end");
+    assert!(page.entries.is_empty() && !page.more, "{page:?}");
 }
 
 async fn an_unknown_device_is_refused(log: Arc<dyn SharedSyncLog>) {

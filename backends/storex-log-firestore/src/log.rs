@@ -483,6 +483,14 @@ impl FirestoreSharedLog {
             }
             .into());
         }
+        if after > high {
+            return Err(SharedLogError::CursorAhead {
+                cursor: after,
+                log_end: high,
+                compacted_through: compacted,
+            }
+            .into());
+        }
         let nothing = Pull {
             entries: Vec::new(),
             next_cursor: Ord::max(high, after),

@@ -264,15 +264,18 @@ pub struct ErrorBody {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorDetail {
     /// Stable code: `unauthorized`, `unknown_device`, `wrong_device`, `cursor_compacted`,
-    /// `invalid_request`, `payload_too_large`, `too_many_entries`, `not_found`,
-    /// `method_not_allowed`, `user_exists`, `rate_limited`, `unavailable`.
+    /// `cursor_ahead`, `invalid_request`, `payload_too_large`, `too_many_entries`,
+    /// `not_found`, `method_not_allowed`, `user_exists`, `rate_limited`, `unavailable`.
     pub code: String,
     /// What happened, for people.
     pub message: String,
-    /// `cursor_compacted`: the device's cursor.
+    /// `cursor_compacted`, `cursor_ahead`: the device's cursor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<u64>,
-    /// `cursor_compacted`: entries up to here are gone.
+    /// `cursor_ahead`: the greatest cursor the log has given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_end: Option<u64>,
+    /// `cursor_compacted`, `cursor_ahead`: entries up to here are gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compacted_through: Option<u64>,
     /// `wrong_device`: the device an entry named.

@@ -675,6 +675,14 @@ fn refusal(status: StatusCode, body: &[u8], caller: Caller) -> Attempt {
                 .and_then(|d| d.compacted_through)
                 .unwrap_or(0),
         },
+        ("cursor_ahead", _) => SharedLogError::CursorAhead {
+            cursor: detail.as_ref().and_then(|d| d.cursor).unwrap_or(0),
+            log_end: detail.as_ref().and_then(|d| d.log_end).unwrap_or(0),
+            compacted_through: detail
+                .as_ref()
+                .and_then(|d| d.compacted_through)
+                .unwrap_or(0),
+        },
         ("device_refused", Caller::Registering(device)) => SharedLogError::DeviceRefused {
             device,
             problem: message,

@@ -31,6 +31,7 @@ impl ApiError {
                 message: message.into(),
                 cursor: None,
                 compacted_through: None,
+                log_end: None,
                 other: None,
             }),
             retry_after_secs: None,
@@ -83,6 +84,17 @@ impl From<SharedLogError> for ApiError {
             } => {
                 let mut e = ApiError::new(StatusCode::GONE, "cursor_compacted", message);
                 e.detail.cursor = Some(cursor);
+                e.detail.compacted_through = Some(compacted_through);
+                e
+            }
+            SharedLogError::CursorAhead {
+                cursor,
+                log_end,
+                compacted_through,
+            } => {
+                let mut e = ApiError::new(StatusCode::CONFLICT, "cursor_ahead", message);
+                e.detail.cursor = Some(cursor);
+                e.detail.log_end = Some(log_end);
                 e.detail.compacted_through = Some(compacted_through);
                 e
             }

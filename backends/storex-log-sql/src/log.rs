@@ -532,6 +532,13 @@ impl SharedSyncLog for SqlSharedLog {
                     compacted_through: compacted,
                 });
             }
+            if after > high {
+                return Err(SharedLogError::CursorAhead {
+                    cursor: after,
+                    log_end: high,
+                    compacted_through: compacted,
+                });
+            }
             if limit == 0 {
                 // Nothing taken: the cursor stays.
                 return Ok(Pull {

@@ -48,6 +48,50 @@ async fn a_push_sends_what_a_reader_indexed_and_then_the_journal_page_by_page() 
     devices.assert_converged(&[a, b]).await;
 }
 
+#[tokio::test]
+async fn a_log_restored_from_a_backup_is_pulled_again_not_skipped() {
+    use storex_sync::{ContinuousOptions, ContinuousSync};
+    let mut devices = storex_test::devices::Devices::new(memory().await).await;
+    let (a, b) = (devices.add().await, devices.add().await);
+    for n in 0..5 {
+        devices.note(a, &format!("before-{n}"), "v").await;
+    }
+    devices.sync_all(&[a, b]).await;
+    assert_eq!(devices.count(b).await, 5);
+    // The log's database comes back from a backup taken before any of that: empty. The
+    // devices' cursors are past its end.
+    let restored: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let engine = |index: usize| {
+        let device = devices.device(index).clone();
+        let log = restored.clone();
+        async move {
+            log.register_device("ann", device.device())
+                .await
+                .expect("register");
+            ContinuousSync::new(device, log, ContinuousOptions::default())
+        }
+    };
+    let (on_a, on_b) = (engine(a).await, engine(b).await);
+    // Written after the restore: in the log they get cursors b has passed.
+    devices.note(a, "after-0", "v").await;
+    devices.note(a, "after-1", "v").await;
+    assert_eq!(on_a.sync_once().await.expect("a pushes").pushed, 2);
+    let report = on_b.sync_once().await.expect("b syncs");
+    assert_eq!(report.integrated, 2, "{report:?}");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("restored from a backup")),
+        "{report:?}"
+    );
+    assert_eq!(devices.count(b).await, 7);
+    // Back in step: the next sync pulls nothing and says nothing.
+    let report = on_b.sync_once().await.expect("b syncs again");
+    assert_eq!(report.pulled, 0, "{report:?}");
+    assert!(report.problems.is_empty(), "{report:?}");
+}
+
 /// A memory shared log that, when a push arrives, first has the pushing device's log indexed
 /// (another reader of the log getting there while the push travels), or, once told to, fails
 /// every push after the first.
