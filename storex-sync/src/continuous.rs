@@ -124,6 +124,14 @@ impl ContinuousOptions {
     }
 }
 
+/// The problem a sync reports when the shared log ends before the device's cursor.
+fn rewind_problem(log_end: u64, cursor: u64, compacted_through: u64) -> String {
+    format!(
+        "the shared log ends at cursor {log_end}, before this device's cursor {cursor} (was it \
+         restored from a backup?): pulling again from cursor {compacted_through}"
+    )
+}
+
 /// What one [`ContinuousSync::sync_once`] did.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SyncReport {
@@ -245,7 +253,11 @@ impl ContinuousSync {
         let waiting =
             self.shared
                 .live_wait(self.device.device(), cursor, wait, topics.as_deref())?;
-        Some(waiting.await.map_err(Error::from))
+        Some(match waiting.await {
+            // The cursor is past the log's end: a sync pulls again from where it should.
+            Err(SharedLogError::CursorAhead { .. }) => Ok(true),
+            waited => waited.map_err(Error::from),
+        })
     }
 
     async fn ensure_cursor_row(&self) -> Result<()> {
@@ -482,6 +494,11 @@ impl ContinuousSync {
         let log = self.device.log();
         let journal_end = log.journal_end().await?;
         let mut page = self.unshared_after(None, batch).await?;
+        if !page.entries.is_empty() || journal_end.is_some() {
+            // Before this push moves the log's end past a cursor it is behind (see
+            // `rewind_if_ahead`).
+            self.rewind_if_ahead(report).await?;
+        }
         loop {
             report.problems.append(&mut page.problems);
             let pushing = self.push_entries(me, &page.entries, report);
@@ -712,11 +729,54 @@ impl ContinuousSync {
                 None => break,
             }
         }
-        if cursor > 0 {
+        // Held back, the page in hand was not applied: its cursor may even be one the log
+        // told this device to leave (past its end), which the log would take as everything.
+        if cursor > 0 && !held_back {
             self.shared.ack(me, cursor).await?;
         }
         report.cursor = cursor;
         Ok(!held_back)
+    }
+
+    /// When this device's cursor is past the shared log's end (its database was restored from
+    /// a backup, say), moves it back to the log's compaction mark, so that what was pushed
+    /// since is pulled, not skipped. Asked before a push: once the push has moved the log's
+    /// end past the cursor, the log could not tell any more. (A pull asks anyway.)
+    async fn rewind_if_ahead(&self, report: &mut SyncReport) -> Result<()> {
+        let cursor = self.cursor().await?;
+        let topics = self.topics();
+        let probe = self
+            .shared
+            .pull(self.device.device(), cursor, 0, topics.as_deref())
+            .await;
+        match probe {
+            Err(SharedLogError::CursorAhead {
+                log_end,
+                compacted_through,
+                ..
+            }) if compacted_through < cursor => {
+                report
+                    .problems
+                    .push(rewind_problem(log_end, cursor, compacted_through));
+                let back = i64::try_from(compacted_through).unwrap_or(i64::MAX);
+                self.device
+                    .storage()
+                    .execute_as(
+                        Operation::update_by_pk(
+                            STATE_COLLECTION,
+                            CURSOR_KEY,
+                            object! { "value" => back },
+                        ),
+                        Origin::Sync,
+                    )
+                    .await?;
+                Ok(())
+            }
+            // Behind a compaction, the device still pushes its changes; the pull after says
+            // it must run an initial sync.
+            Ok(_) | Err(SharedLogError::CursorCompacted { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// One page of the shared log after `cursor`, decoded: payloads that do not decode are
@@ -743,11 +803,7 @@ impl ContinuousSync {
                 ..
             }) if compacted_through < cursor => {
                 return Ok(PulledPage {
-                    problems: vec![format!(
-                        "the shared log ends at cursor {log_end}, before this device's cursor \
-                         {cursor} (was it restored from a backup?): pulling again from cursor \
-                         {compacted_through}"
-                    )],
+                    problems: vec![rewind_problem(log_end, cursor, compacted_through)],
                     next_cursor: compacted_through,
                     more: true,
                     ..PulledPage::default()

@@ -11,7 +11,9 @@
 //! [`SharedLogError::CursorCompacted`] and must run an initial sync. A cursor past the log's
 //! end (the log's database was restored from a backup, say) gets
 //! [`SharedLogError::CursorAhead`]: continuous sync then pulls again from the compaction
-//! mark, so entries pushed since the restore are not skipped.
+//! mark, so entries pushed since the restore are not skipped (it asks before it pushes too;
+//! a log whose end has passed the device's cursor again, through others' pushes, cannot
+//! tell).
 //!
 //! Entries travel as [`SharedEntry`]: routing fields in the clear (id, device, topic) and an
 //! opaque payload, which the engine may encrypt; the topic (the collection, or a keyed hash of

@@ -227,6 +227,7 @@ impl BackgroundSync {
         });
         let task = tokio::spawn(supervise(
             shared.clone(),
+            stop.clone(),
             run(
                 sync,
                 shared.clone(),
@@ -353,10 +354,15 @@ async fn hold_while_paused(
 }
 
 /// Runs the task `running`; if it panics (a bug), the status says so and shows the task
-/// stopped, instead of a sync that never ends.
-async fn supervise(shared: Arc<Shared>, running: impl Future<Output = ()> + Send + 'static) {
+/// stopped, instead of a sync that never ends, and the live watcher is stopped too.
+async fn supervise(
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    running: impl Future<Output = ()> + Send + 'static,
+) {
     if let Err(failure) = tokio::spawn(running).await {
         if failure.is_panic() {
+            stop.send_replace(true);
             shared.update(|s| {
                 s.state = SyncState::Stopped;
                 s.last_error = Some(format!("the background sync stopped on a bug: {failure}"));

@@ -8,7 +8,8 @@
 //! cut a backoff short. When that sync pulled nothing although the log said there was
 //! something (a fast-sync copy into the device has not finished, so nothing is pulled; or a
 //! log whose signal does not settle), it waits before watching again (1 s doubling to
-//! [`LIVE_WAIT`]), so the signal cannot make it sync in a loop. While the log is unreachable
+//! [`LIVE_WAIT`]), so the signal cannot make it sync in a loop; so it does when the log says
+//! at once that nothing is new, instead of holding the wait. While the log is unreachable
 //! it backs off (1 s doubling to 30 s); the sync task's own backoff reports the failure, so the
 //! watcher stays quiet about it.
 
@@ -56,13 +57,22 @@ pub(crate) async fn watch(
             _ = until_true(&mut stop) => return,
             _ = paused.wait_for(|p| !*p) => {}
         }
+        let asked = tokio::time::Instant::now();
         let waited = tokio::select! {
             _ = until_true(&mut stop) => return,
             waited = sync.wait_for_remote_changes(LIVE_WAIT) => waited,
         };
         let pause = match waited {
             None => return, // this shared log has no live signal
-            Some(Ok(false)) => Duration::ZERO,
+            // Nothing new after the whole wait: watch again at once.
+            Some(Ok(false)) if asked.elapsed() >= LIVE_WAIT / 2 => Duration::ZERO,
+            // Nothing new, said at once (a log that does not hold the wait, a server that
+            // holds enough waits of this device already): not at once again.
+            Some(Ok(false)) => {
+                let pause = quiet;
+                quiet = (quiet * 2).min(LIVE_WAIT);
+                pause
+            }
             Some(Ok(true)) => {
                 unreachable = FIRST_WAIT;
                 // Subscribe first, so the end of the sync we trigger is not missed.

@@ -260,7 +260,10 @@ async fn write_ahead_log(db: &DatabaseConnection) -> Result<()> {
         mode.to_ascii_lowercase().as_str(),
         "delete" | "truncate" | "persist"
     ) {
-        db.execute_unprepared("PRAGMA journal_mode = WAL").await?;
+        // Best effort: the switch needs the file to itself (another connection of the app in
+        // a transaction refuses it), and sync works without it, only with a pairing blocking
+        // writes meanwhile. The next open tries again.
+        let _ = db.execute_unprepared("PRAGMA journal_mode = WAL").await;
     }
     Ok(())
 }
@@ -281,11 +284,13 @@ async fn check_schemas(
         .filter(|def| !excluded.iter().any(|name| name == def.name()));
     for def in synced {
         let key = format!("{SCHEMA_KEY}:{}", def.name());
-        let fields: Vec<String> = def
+        // In name order: moving a field in the entity changes nothing that syncs.
+        let mut fields: Vec<String> = def
             .fields()
             .iter()
             .map(|f| format!("{} {}{}", f.name, f.ty, if f.optional { "?" } else { "" }))
             .collect();
+        fields.sort();
         let now = format!("{} {}", def.schema_version(), fields.join(","));
         let before = read_setting(settings, &key).await?;
         if before.as_deref() == Some(now.as_str()) {

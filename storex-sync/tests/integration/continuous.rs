@@ -76,7 +76,13 @@ async fn a_log_restored_from_a_backup_is_pulled_again_not_skipped() {
     devices.note(a, "after-0", "v").await;
     devices.note(a, "after-1", "v").await;
     assert_eq!(on_a.sync_once().await.expect("a pushes").pushed, 2);
+    // b's own writes, pushed first, take the log's end past b's cursor: it must rewind
+    // before that push, when the log can still tell.
+    for n in 0..4 {
+        devices.note(b, &format!("b-after-{n}"), "v").await;
+    }
     let report = on_b.sync_once().await.expect("b syncs");
+    assert_eq!(report.pushed, 4, "{report:?}");
     assert_eq!(report.integrated, 2, "{report:?}");
     assert!(
         report
@@ -85,7 +91,7 @@ async fn a_log_restored_from_a_backup_is_pulled_again_not_skipped() {
             .any(|p| p.contains("restored from a backup")),
         "{report:?}"
     );
-    assert_eq!(devices.count(b).await, 7);
+    assert_eq!(devices.count(b).await, 11);
     // Back in step: the next sync pulls nothing and says nothing.
     let report = on_b.sync_once().await.expect("b syncs again");
     assert_eq!(report.pulled, 0, "{report:?}");

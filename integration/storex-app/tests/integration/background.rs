@@ -457,7 +457,8 @@ async fn a_live_signal_that_brings_nothing_does_not_make_the_task_sync_in_a_loop
 #[tokio::test]
 async fn a_paused_background_sync_does_not_ask_the_live_signal() {
     let flaky = Arc::new(FlakySharedLog::new(Arc::new(MemorySharedLog::new())));
-    // A log with a live signal and nothing new: each long poll ends after 10 ms.
+    // A log with a live signal and nothing new, said after 10 ms: the watcher asks again
+    // after a second, then two.
     flaky.set_live_signal(Some(false));
     let a = app(
         flaky.clone(),
@@ -465,7 +466,7 @@ async fn a_paused_background_sync_does_not_ask_the_live_signal() {
     )
     .await;
     eventually("the live signal watched", || async {
-        flaky.live_waits() > 2
+        flaky.live_waits() >= 1
     })
     .await;
     a.background.pause();
@@ -476,7 +477,7 @@ async fn a_paused_background_sync_does_not_ask_the_live_signal() {
     // A long poll under way when the pause came may still end and not be asked again.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let before = flaky.live_waits();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert_eq!(flaky.live_waits(), before, "long polls while paused");
     a.background.resume();
     eventually("the live signal watched again", || async {
