@@ -14,8 +14,8 @@ use std::sync::Arc;
 use foldhash::{HashMap, HashMapExt};
 
 use storex_core::{
-    BatchStep, BoxFuture, Filter, Middleware, Object, Operation, Query, Registry, Storage,
-    StorageBackend, UuidPkMiddleware, Value,
+    BatchStep, BoxFuture, CollectionDef, Filter, Middleware, Object, Operation, Query, Registry,
+    Storage, StorageBackend, UuidPkMiddleware, Value,
 };
 
 use crate::client_log::{
@@ -247,41 +247,69 @@ impl SyncDevice {
         let mut logged = 0;
         for name in self.synced_collections().into_iter().filter(|n| wanted(n)) {
             let def = registry.collection(name)?;
-            let rows = self.storage.find_many(def.name(), Query::default()).await?;
-            for chunk in rows.chunks(LOOKUP_CHUNK) {
-                let keys: Vec<ObjectKey> = chunk
-                    .iter()
-                    .filter_map(|row| {
-                        def.pk_of(row)
-                            .map(|pk| (def.name().to_owned(), pk_text(&pk)))
-                    })
-                    .collect();
-                let known = known_objects(Exec::Storage(&self.storage), &keys).await?;
-                let mut steps = Vec::new();
-                for row in chunk {
-                    let Some(pk) = def.pk_of(row) else { continue };
-                    if known.contains(&(def.name().to_owned(), pk_text(&pk))) {
-                        continue;
-                    }
-                    let entry = EntryRow::local(
-                        &self.clock,
-                        def.name(),
-                        &pk,
-                        crate::entry::EntryOp::Create,
-                        row,
-                        def.schema_version(),
-                    );
-                    steps.push(BatchStep::new(Operation::create(
-                        LOG_COLLECTION,
-                        entry.to_object(),
-                    )));
+            // A page of rows at a time, so a large table is not read into memory at once:
+            // after the last key for a one-field key, by position for a compound one.
+            let mut last_key: Option<Value> = None;
+            let mut skip = 0u64;
+            loop {
+                let mut query = Query::default().limit(EXISTING_ROWS_PAGE);
+                match (def.pk_fields(), last_key.take()) {
+                    ([field], Some(key)) => query.filter = Filter::all().gt(field.clone(), key),
+                    ([_], None) => {}
+                    _ => query.skip = skip,
                 }
-                logged += steps.len() as u64;
-                if !steps.is_empty() {
-                    self.storage
-                        .execute_as(Operation::Batch { steps }, storex_core::Origin::Sync)
-                        .await?;
+                let rows = self.storage.find_many(def.name(), query).await?;
+                skip += rows.len() as u64;
+                last_key = rows
+                    .last()
+                    .and_then(|row| def.pk_of(row))
+                    .and_then(|pk| pk.single().cloned());
+                logged += self.log_rows_without_changes(def, &rows).await?;
+                if (rows.len() as u64) < EXISTING_ROWS_PAGE {
+                    break;
                 }
+            }
+        }
+        Ok(logged)
+    }
+
+    /// Logs a create of each of `rows` (of collection `def`) that has no changes logged or
+    /// versions recorded; returns how many it logged.
+    async fn log_rows_without_changes(&self, def: &CollectionDef, rows: &[Object]) -> Result<u64> {
+        let mut logged = 0;
+        for chunk in rows.chunks(LOOKUP_CHUNK) {
+            let keys: Vec<ObjectKey> = chunk
+                .iter()
+                .filter_map(|row| {
+                    def.pk_of(row)
+                        .map(|pk| (def.name().to_owned(), pk_text(&pk)))
+                })
+                .collect();
+            let known = known_objects(Exec::Storage(&self.storage), &keys).await?;
+            let mut steps = Vec::new();
+            for row in chunk {
+                let Some(pk) = def.pk_of(row) else { continue };
+                if known.contains(&(def.name().to_owned(), pk_text(&pk))) {
+                    continue;
+                }
+                let entry = EntryRow::local(
+                    &self.clock,
+                    def.name(),
+                    &pk,
+                    EntryOp::Create,
+                    row,
+                    def.schema_version(),
+                );
+                steps.push(BatchStep::new(Operation::create(
+                    LOG_COLLECTION,
+                    entry.to_object(),
+                )));
+            }
+            logged += steps.len() as u64;
+            if !steps.is_empty() {
+                self.storage
+                    .execute_as(Operation::Batch { steps }, storex_core::Origin::Sync)
+                    .await?;
             }
         }
         Ok(logged)
@@ -793,6 +821,9 @@ impl SyncDevice {
 
 /// Held entries [`SyncDevice::retry_held`] reads and applies at a time (about).
 const RETRY_PAGE: u64 = 1_000;
+
+/// Rows of a collection [`SyncDevice::log_existing_rows`] reads at a time.
+const EXISTING_ROWS_PAGE: u64 = 5_000;
 
 /// The entries of one attempt, sorted out before reconciling.
 #[derive(Debug)]

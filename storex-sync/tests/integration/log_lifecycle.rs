@@ -578,3 +578,65 @@ async fn many_held_entries_are_retried_in_pages_none_skipped_or_twice() {
         newer.digest("note").await.expect("digest")
     );
 }
+
+#[tokio::test]
+async fn existing_rows_are_logged_page_by_page_once_each_whatever_their_key() {
+    let registry = Registry::builder()
+        .collection(
+            CollectionDef::new("note")
+                .field("id", FieldType::Int)
+                .field("title", FieldType::Text)
+                .primary_key(["id"]),
+        )
+        .collection(
+            CollectionDef::new("label")
+                .field("note", FieldType::Int)
+                .field("text", FieldType::Text)
+                .primary_key(["note", "text"]),
+        )
+        .build()
+        .expect("registry");
+    let backend: Arc<dyn StorageBackend> = Arc::new(MemoryBackend::new());
+    // Rows from before sync, more than one page of each (5,000 rows): written unlogged.
+    let plain = storex_core::Storage::builder_shared(registry.clone(), backend.clone())
+        .build()
+        .await
+        .expect("plain storage");
+    for start in (0..6_000i64).step_by(3_000) {
+        let steps = (start..start + 3_000)
+            .flat_map(|i| {
+                [
+                    storex_core::BatchStep::new(storex_core::Operation::create(
+                        "note",
+                        object! { "id" => i, "title" => format!("n{i}") },
+                    )),
+                    storex_core::BatchStep::new(storex_core::Operation::create(
+                        "label",
+                        object! { "note" => i % 7, "text" => format!("l{i}") },
+                    )),
+                ]
+            })
+            .collect();
+        plain.batch(steps).await.expect("rows");
+    }
+    let device = SyncDevice::open(
+        registry,
+        backend,
+        Clock::new(DeviceId::random()),
+        SyncOptions::default(),
+    )
+    .await
+    .expect("device");
+    assert_eq!(
+        device.log_existing_rows().await.expect("existing"),
+        12_000,
+        "every row once"
+    );
+    assert_eq!(device.log_existing_rows().await.expect("again"), 0);
+    let logged = device.log().all().await.expect("log").entries;
+    let keys: std::collections::HashSet<(String, String)> = logged
+        .iter()
+        .map(|stored| (stored.entry.collection.clone(), format!("{:?}", stored.entry.pk)))
+        .collect();
+    assert_eq!(keys.len(), 12_000, "no row twice");
+}
