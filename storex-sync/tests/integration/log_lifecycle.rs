@@ -636,7 +636,12 @@ async fn existing_rows_are_logged_page_by_page_once_each_whatever_their_key() {
     let logged = device.log().all().await.expect("log").entries;
     let keys: std::collections::HashSet<(String, String)> = logged
         .iter()
-        .map(|stored| (stored.entry.collection.clone(), format!("{:?}", stored.entry.pk)))
+        .map(|stored| {
+            (
+                stored.entry.collection.clone(),
+                format!("{:?}", stored.entry.pk),
+            )
+        })
         .collect();
     assert_eq!(keys.len(), 12_000, "no row twice");
 }
