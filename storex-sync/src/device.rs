@@ -265,7 +265,10 @@ impl SyncDevice {
                     .and_then(|row| def.pk_of(row))
                     .and_then(|pk| pk.single().cloned());
                 logged += self.log_rows_without_changes(def, &rows).await?;
-                if (rows.len() as u64) < EXISTING_ROWS_PAGE {
+                // A full page whose last row has no key to go on from (a null key, which a
+                // SQLite table allows) would start over: the pass ends there.
+                let stuck = def.pk_fields().len() == 1 && last_key.is_none();
+                if (rows.len() as u64) < EXISTING_ROWS_PAGE || stuck {
                     break;
                 }
             }

@@ -41,6 +41,9 @@ use crate::notify::Notifier;
 use crate::problem::{parse_device, ApiError, JsonBody, OptionalJsonBody};
 use crate::token::new_token;
 
+/// How long `/health` reuses its last ping of the database.
+const HEALTH_MAX_AGE: Duration = Duration::from_secs(1);
+
 /// Longest user name accepted.
 const MAX_USER_NAME: usize = 200;
 
@@ -55,6 +58,8 @@ pub(crate) struct AppState {
     pub(crate) metrics: Metrics,
     pub(crate) shutdown: CancellationToken,
     pub(crate) config: ServerConfig,
+    /// When `/health` last asked the database, and whether it answered.
+    pub(crate) health: tokio::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
     /// The last totals `/metrics` counted, and when.
     pub(crate) stats: tokio::sync::Mutex<Option<(tokio::time::Instant, LogStats)>>,
 }
@@ -562,14 +567,28 @@ async fn compact(
 }
 
 async fn health(State(state): State<Shared>) -> Response {
-    // Cheap on purpose: load balancers call it often. Totals are in /metrics.
-    match state.auth.ping().await {
+    // Cheap on purpose: load balancers call it often. Totals are in /metrics. The database
+    // is asked at most once a second (the route takes no token and no rate limit): requests
+    // meanwhile get that answer, and concurrent ones wait for one ping.
+    let pinged = {
+        let mut last = state.health.lock().await;
+        match &*last {
+            Some((at, answer)) if at.elapsed() < HEALTH_MAX_AGE => answer.clone(),
+            _ => {
+                let answer = state.auth.ping().await.map_err(|e| e.to_string());
+                *last = Some((tokio::time::Instant::now(), answer.clone()));
+                answer
+            }
+        }
+    };
+    match pinged {
         Ok(()) => Json(Health {
             status: "ok".into(),
             last_push: state.metrics.last_push(),
         })
         .into_response(),
-        Err(e) => ApiError::unavailable("the database does not answer", &e).into_response(),
+        Err(e) => ApiError::unavailable("the database does not answer", &std::io::Error::other(e))
+            .into_response(),
     }
 }
 

@@ -101,6 +101,7 @@ impl SyncServer {
             metrics: Metrics::default(),
             shutdown: shutdown.clone(),
             config,
+            health: tokio::sync::Mutex::new(None),
             stats: tokio::sync::Mutex::new(None),
         });
         let app = routes::router(state.clone())

@@ -29,6 +29,9 @@ const LIVE_WAIT: Duration = Duration::from_secs(25);
 const SYNC_WAIT: Duration = Duration::from_secs(60);
 /// The first wait after a signal that brought nothing, and after the log was unreachable.
 const FIRST_WAIT: Duration = Duration::from_secs(1);
+/// An answer of "nothing new" sooner than this did not hold the wait (a log that cannot, a
+/// server holding enough waits of this device).
+const QUICK: Duration = Duration::from_secs(1);
 /// The longest wait after the log was unreachable.
 const UNREACHABLE_WAIT: Duration = Duration::from_secs(30);
 
@@ -64,8 +67,12 @@ pub(crate) async fn watch(
         };
         let pause = match waited {
             None => return, // this shared log has no live signal
-            // Nothing new after the whole wait: watch again at once.
-            Some(Ok(false)) if asked.elapsed() >= LIVE_WAIT / 2 => Duration::ZERO,
+            // Nothing new after a wait the log held: watch again at once (a healthy log).
+            Some(Ok(false)) if asked.elapsed() >= QUICK => {
+                quiet = FIRST_WAIT;
+                unreachable = FIRST_WAIT;
+                Duration::ZERO
+            }
             // Nothing new, said at once (a log that does not hold the wait, a server that
             // holds enough waits of this device already): not at once again.
             Some(Ok(false)) => {
