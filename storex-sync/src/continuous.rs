@@ -124,6 +124,15 @@ impl ContinuousOptions {
     }
 }
 
+/// The write storing `cursor` as this device's position in the shared log.
+fn cursor_update(cursor: u64) -> Operation {
+    Operation::update_by_pk(
+        STATE_COLLECTION,
+        CURSOR_KEY,
+        object! { "value" => i64::try_from(cursor).unwrap_or(i64::MAX) },
+    )
+}
+
 /// The problem a sync reports when the shared log ends before the device's cursor.
 fn rewind_problem(log_end: u64, cursor: u64, compacted_through: u64) -> String {
     format!(
@@ -315,11 +324,7 @@ impl ContinuousSync {
                     SUBSCRIPTION_KEY,
                     object! { "value" => now },
                 )),
-                BatchStep::new(Operation::update_by_pk(
-                    STATE_COLLECTION,
-                    CURSOR_KEY,
-                    object! { "value" => 0i64 },
-                )),
+                BatchStep::new(cursor_update(0)),
             ],
             None => vec![BatchStep::new(Operation::create(
                 STATE_COLLECTION,
@@ -686,11 +691,7 @@ impl ContinuousSync {
             report.problems.append(&mut page.problems);
             let mut extra = std::mem::take(&mut page.quarantined);
             if page.next_cursor != cursor {
-                extra.push(BatchStep::new(Operation::update_by_pk(
-                    STATE_COLLECTION,
-                    CURSOR_KEY,
-                    object! { "value" => i64::try_from(page.next_cursor).unwrap_or(i64::MAX) },
-                )));
+                extra.push(BatchStep::new(cursor_update(page.next_cursor)));
                 // With the topics it holds for: a copy that handed over another cursor while
                 // this sync pulled is overwritten by both, or overwrites both.
                 extra.push(BatchStep::new(Operation::update_by_pk(
@@ -758,17 +759,9 @@ impl ContinuousSync {
                 report
                     .problems
                     .push(rewind_problem(log_end, cursor, compacted_through));
-                let back = i64::try_from(compacted_through).unwrap_or(i64::MAX);
                 self.device
                     .storage()
-                    .execute_as(
-                        Operation::update_by_pk(
-                            STATE_COLLECTION,
-                            CURSOR_KEY,
-                            object! { "value" => back },
-                        ),
-                        Origin::Sync,
-                    )
+                    .execute_as(cursor_update(compacted_through), Origin::Sync)
                     .await?;
                 Ok(())
             }

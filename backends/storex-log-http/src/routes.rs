@@ -7,6 +7,7 @@
 //! another device are refused, pulls and acks act on the token's device. Unknown, missing and
 //! revoked tokens get 401.
 
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -58,10 +59,39 @@ pub(crate) struct AppState {
     pub(crate) metrics: Metrics,
     pub(crate) shutdown: CancellationToken,
     pub(crate) config: ServerConfig,
-    /// When `/health` last asked the database, and whether it answered.
-    pub(crate) health: tokio::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
-    /// The last totals `/metrics` counted, and when.
-    pub(crate) stats: tokio::sync::Mutex<Option<(tokio::time::Instant, LogStats)>>,
+    /// Whether the database answered `/health`'s last ping.
+    pub(crate) health: Recent<Result<(), String>>,
+    /// The last totals `/metrics` counted.
+    pub(crate) stats: Recent<LogStats>,
+}
+
+/// A value worked out at most once per maximum age (for routes that take no token): requests
+/// meanwhile get the last one, and concurrent ones wait for one to be worked out.
+#[derive(Debug)]
+pub(crate) struct Recent<T>(tokio::sync::Mutex<Option<(tokio::time::Instant, T)>>);
+
+impl<T> Default for Recent<T> {
+    fn default() -> Self {
+        Recent(tokio::sync::Mutex::new(None))
+    }
+}
+
+impl<T: Clone> Recent<T> {
+    /// The last value, if younger than `max_age`; else `work`'s, kept when it succeeds.
+    async fn get<E, F>(&self, max_age: Duration, work: impl FnOnce() -> F) -> Result<T, E>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut last = self.0.lock().await;
+        if let Some((at, value)) = &*last {
+            if at.elapsed() < max_age {
+                return Ok(value.clone());
+            }
+        }
+        let value = work().await?;
+        *last = Some((tokio::time::Instant::now(), value.clone()));
+        Ok(value)
+    }
 }
 
 type Shared = Arc<AppState>;
@@ -570,17 +600,13 @@ async fn health(State(state): State<Shared>) -> Response {
     // Cheap on purpose: load balancers call it often. Totals are in /metrics. The database
     // is asked at most once a second (the route takes no token and no rate limit): requests
     // meanwhile get that answer, and concurrent ones wait for one ping.
-    let pinged = {
-        let mut last = state.health.lock().await;
-        match &*last {
-            Some((at, answer)) if at.elapsed() < HEALTH_MAX_AGE => answer.clone(),
-            _ => {
-                let answer = state.auth.ping().await.map_err(|e| e.to_string());
-                *last = Some((tokio::time::Instant::now(), answer.clone()));
-                answer
-            }
-        }
-    };
+    let pinged = state
+        .health
+        .get(HEALTH_MAX_AGE, || async {
+            Ok::<_, Infallible>(state.auth.ping().await.map_err(|e| e.to_string()))
+        })
+        .await
+        .unwrap_or_else(|never| match never {});
     match pinged {
         Ok(()) => Json(Health {
             status: "ok".into(),
@@ -593,7 +619,12 @@ async fn health(State(state): State<Shared>) -> Response {
 }
 
 async fn metrics(_: WithinIpLimit, State(state): State<Shared>) -> Response {
-    match cached_stats(&state).await {
+    // Counting whole tables is slow on a large log.
+    let counted = state
+        .stats
+        .get(state.config.stats_max_age, || state.log.stats())
+        .await;
+    match counted {
         Ok(stats) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
             state.metrics.render(stats),
@@ -601,19 +632,4 @@ async fn metrics(_: WithinIpLimit, State(state): State<Shared>) -> Response {
             .into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
-}
-
-/// The log's totals for `/metrics`, counted at most once every `stats_max_age` (counting
-/// whole tables is slow on a large log, and the route takes no token); requests meanwhile
-/// get the last count, and concurrent ones wait for one count.
-async fn cached_stats(state: &AppState) -> Result<LogStats, storex_sync::SharedLogError> {
-    let mut cached = state.stats.lock().await;
-    if let Some((at, stats)) = &*cached {
-        if at.elapsed() < state.config.stats_max_age {
-            return Ok(*stats);
-        }
-    }
-    let stats = state.log.stats().await?;
-    *cached = Some((tokio::time::Instant::now(), stats));
-    Ok(stats)
 }

@@ -101,8 +101,8 @@ impl SyncServer {
             metrics: Metrics::default(),
             shutdown: shutdown.clone(),
             config,
-            health: tokio::sync::Mutex::new(None),
-            stats: tokio::sync::Mutex::new(None),
+            health: Default::default(),
+            stats: Default::default(),
         });
         let app = routes::router(state.clone())
             .layer(DefaultBodyLimit::max(state.config.max_body_bytes))

@@ -45,6 +45,13 @@ enum Triggered {
     Failed(Duration),
 }
 
+/// The wait `backoff` holds now; it doubles, up to `longest`, for the next time.
+fn next_wait(backoff: &mut Duration, longest: Duration) -> Duration {
+    let wait = *backoff;
+    *backoff = (wait * 2).min(longest);
+    wait
+}
+
 pub(crate) async fn watch(
     sync: Arc<ContinuousSync>,
     shared: Arc<Shared>,
@@ -75,11 +82,7 @@ pub(crate) async fn watch(
             }
             // Nothing new, said at once (a log that does not hold the wait, a server that
             // holds enough waits of this device already): not at once again.
-            Some(Ok(false)) => {
-                let pause = quiet;
-                quiet = (quiet * 2).min(LIVE_WAIT);
-                pause
-            }
+            Some(Ok(false)) => next_wait(&mut quiet, LIVE_WAIT),
             Some(Ok(true)) => {
                 unreachable = FIRST_WAIT;
                 // Subscribe first, so the end of the sync we trigger is not missed.
@@ -113,19 +116,11 @@ pub(crate) async fn watch(
                         quiet = FIRST_WAIT;
                         Duration::ZERO
                     }
-                    Triggered::Nothing => {
-                        let pause = quiet;
-                        quiet = (quiet * 2).min(LIVE_WAIT);
-                        pause
-                    }
+                    Triggered::Nothing => next_wait(&mut quiet, LIVE_WAIT),
                     Triggered::Failed(retry_in) => retry_in,
                 }
             }
-            Some(Err(_)) => {
-                let pause = unreachable;
-                unreachable = (unreachable * 2).min(UNREACHABLE_WAIT);
-                pause
-            }
+            Some(Err(_)) => next_wait(&mut unreachable, UNREACHABLE_WAIT),
         };
         if !pause.is_zero() {
             tokio::select! {
