@@ -367,6 +367,19 @@ async fn copy_with(
     (sent.expect("send"), received.expect("receive"))
 }
 
+/// `report` is of a sync that pulled nothing because a copy into its device is unfinished,
+/// and says so.
+fn assert_waiting_for_copy(report: &storex_sync::SyncReport) {
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("has not finished")),
+        "{report:?}"
+    );
+    assert!(report.waiting_for_copy, "{report:?}");
+}
+
 /// Writes a note titled `title` on `device` and pushes it.
 async fn push_note(device: &ContinuousSync, title: &str) {
     let note = object! { "title" => title };
@@ -639,14 +652,7 @@ async fn a_device_receiving_a_copy_pulls_nothing_until_the_copy_is_done_or_given
         report.pulled, 0,
         "nothing applied beside an unfinished copy"
     );
-    assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.contains("has not finished")),
-        "{report:?}"
-    );
-    assert!(report.waiting_for_copy, "{report:?}");
+    assert_waiting_for_copy(&report);
     assert!(new.device().unfinished_copy().await.expect("read"));
 
     // Resumed and done: it pulls again.
@@ -765,14 +771,7 @@ async fn a_page_pulled_as_a_copy_begins_waits_for_the_copy() {
     let (report, sender) = tokio::join!(new.sync_once(), copy_meanwhile);
     let report = report.expect("sync");
     assert_eq!(report.integrated, 0, "applied beside the copy: {report:?}");
-    assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.contains("has not finished")),
-        "{report:?}"
-    );
-    assert!(report.waiting_for_copy, "{report:?}");
+    assert_waiting_for_copy(&report);
     sender.close().await.expect("close");
 }
 
