@@ -358,6 +358,17 @@ impl SyncDevice {
         crate::fast_sync::receiver::unfinished_copy(self).await
     }
 
+    /// Where a fast-sync transfer of `session` ([`crate::fast_sync::Offer::session`]) into
+    /// this device resumes: after the batch returned, or `None` if no batch of it was applied
+    /// here (or it finished). A program that keeps a half-received database to resume later,
+    /// as `storex migrate receive` does, tells by it whether a sender's offer continues it.
+    pub async fn transfer_resumes_after(
+        &self,
+        session: storex_core::uuid::Uuid,
+    ) -> Result<Option<u64>> {
+        crate::fast_sync::receiver::resumes_after(self, session).await
+    }
+
     /// Gives up the fast-sync transfers into this device that did not finish (the sender is
     /// gone for good): their progress is forgotten, so continuous sync pulls again (it does
     /// not while a copy is unfinished), and a transfer started later begins afresh. Returns

@@ -115,7 +115,9 @@ enum Migrate {
     },
     /// On the new device: reach the sender and write the database to a new file.
     Receive {
-        /// The new SQLite database to create (it must not exist yet).
+        /// The new SQLite database to create (it must not exist yet). It is written as
+        /// `<db>.partial` until complete; a transfer cut short keeps that file, and the same
+        /// command run again while the sender waits resumes it.
         #[arg(long)]
         db: PathBuf,
         /// Over TCP: the sender's address, as it printed it.

@@ -4,7 +4,8 @@
 //! WebRTC the sender prints an offer code, the receiver (given it) prints an answer code, and
 //! the sender reads that answer from its standard input. Over TCP a dropped connection is
 //! survived: the sender keeps its snapshot and waits for the receiver, which reconnects and
-//! resumes after the last batch it applied.
+//! resumes after the last batch it applied; a receiver killed or given up meanwhile keeps
+//! what it applied, and run again resumes it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -307,15 +308,10 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
     let registry = offer.registry().context("the sender's schema")?;
     let session = offer.session();
     // Written beside the target and renamed once complete, so that a failed or killed
-    // transfer leaves no half-written database under the target's name.
+    // transfer leaves no half-written database under the target's name. What a transfer cut
+    // short left there is resumed if this offer continues it.
     let partial = sqlite_files(&with_suffix(db, ".partial"));
-    remove_files(&partial); // what an earlier failed run left
-    let backend = Arc::new(
-        SeaOrmBackend::open_sqlite_file(&partial[0])
-            .await
-            .with_context(|| format!("opening {}", partial[0].display()))?,
-    );
-    let device = open_device(backend.clone() as Arc<dyn StorageBackend>, registry).await?;
+    let (backend, device) = open_partial(&partial, &registry, session).await?;
     let report = loop {
         let received = receive_offer(&device, channel.as_mut(), offer, &options).await;
         // The last acknowledgement must reach the sender before this process ends.
@@ -334,29 +330,53 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
                 match reconnect_to(connect, *reconnect, session, &options).await {
                     Ok((again, resumed)) => (channel, offer) = (Box::new(again), resumed),
                     Err(e) => {
-                        break Err(e.context(format!(
+                        let resumable = e.downcast_ref::<NewSnapshot>().is_none();
+                        let e = e.context(format!(
                             "the connection dropped ({})",
                             error_chain(&dropped)
-                        )))
+                        ));
+                        break Err((e, resumable));
                     }
                 }
             }
-            (received, _) => break received.map_err(anyhow::Error::from),
+            (received, _) => {
+                break received.map_err(|e| {
+                    let resumable = connection_lost(&e);
+                    (anyhow::Error::from(e), resumable)
+                })
+            }
         }
     };
     bar.finish_and_clear();
-    drop(device);
-    let closed = backend.connection().close_by_ref().await;
     let report = match report {
         Ok(report) => report,
-        Err(e) => {
-            remove_files(&partial);
+        Err((e, resumable)) => {
+            // Kept when the sender may still wait for it: the same command run again resumes.
+            let kept = if resumable {
+                device.transfer_resumes_after(session).await.ok().flatten()
+            } else {
+                None
+            };
+            drop(device);
+            let _ = backend.connection().close_by_ref().await;
+            let Some(batch) = kept else {
+                remove_files(&partial);
+                return Err(e.context(format!(
+                    "the transfer failed; {} was not written",
+                    db.display()
+                )));
+            };
             return Err(e.context(format!(
-                "the transfer failed; {} was not written",
-                db.display()
+                "the transfer broke off after batch {batch}; {} was not written, what arrived \
+                 is kept in {}: run the same command again while the sender still waits, and \
+                 it resumes (from a new sender it starts over)",
+                db.display(),
+                partial[0].display()
             )));
         }
     };
+    drop(device);
+    let closed = backend.connection().close_by_ref().await;
     closed.context("closing the received database")?;
     for (from, to) in partial.iter().zip(sqlite_files(db)) {
         if from.exists() {
@@ -367,6 +387,87 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
     summary(&report, "received");
     Ok(())
 }
+
+/// Opens the database the transfer writes into, at `partial[0]`: the one an earlier
+/// transfer of `session` left there, to resume, or else a new one (anything else found there
+/// is removed).
+async fn open_partial(
+    partial: &[PathBuf; 3],
+    registry: &Registry,
+    session: Uuid,
+) -> Result<(Arc<SeaOrmBackend>, SyncDevice)> {
+    if partial[0].exists() {
+        match resumable_partial(&partial[0], registry, session).await {
+            Ok(Some((backend, device, batch))) => {
+                say!(
+                    "resuming the transfer kept in {} after batch {batch}",
+                    partial[0].display()
+                );
+                return Ok((backend, device));
+            }
+            Ok(None) => say!(
+                "{} holds no transfer this sender continues; starting over",
+                partial[0].display()
+            ),
+            Err(e) => say!(
+                "{} does not open ({}); starting over",
+                partial[0].display(),
+                error_chain(e.as_ref())
+            ),
+        }
+    }
+    remove_files(partial);
+    let backend = Arc::new(
+        SeaOrmBackend::open_sqlite_file(&partial[0])
+            .await
+            .with_context(|| format!("opening {}", partial[0].display()))?,
+    );
+    let device = open_device(backend.clone() as Arc<dyn StorageBackend>, registry.clone()).await?;
+    Ok((backend, device))
+}
+
+/// The database at `path`, if a transfer of `session` into it broke off after applying a
+/// batch: it, its device and that batch.
+async fn resumable_partial(
+    path: &Path,
+    registry: &Registry,
+    session: Uuid,
+) -> Result<Option<(Arc<SeaOrmBackend>, SyncDevice, u64)>> {
+    let backend = Arc::new(SeaOrmBackend::open_sqlite_file(path).await?);
+    let opened = async {
+        let device =
+            open_device(backend.clone() as Arc<dyn StorageBackend>, registry.clone()).await?;
+        let batch = device.transfer_resumes_after(session).await?;
+        Ok::<_, anyhow::Error>(batch.map(|batch| (device, batch)))
+    }
+    .await;
+    match opened {
+        Ok(Some((device, batch))) => Ok(Some((backend, device, batch))),
+        other => {
+            // Closed before its files are removed.
+            let _ = backend.connection().close_by_ref().await;
+            other.map(|_| None)
+        }
+    }
+}
+
+/// The sender reached again took a new snapshot: the transfer cannot resume.
+#[derive(Debug)]
+struct NewSnapshot(String);
+
+impl std::fmt::Display for NewSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the sender at {} took a new snapshot (was it restarted?); the transfer starts \
+             over when you run `storex migrate receive` again (and `storex migrate send`, if \
+             it is no longer waiting)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for NewSnapshot {}
 
 /// Reaches the sender at `address` again, trying for up to `window` in all (0.1 s to 5 s
 /// apart), and reads its offer, which must continue `session` (a restarted sender took a new
@@ -399,11 +500,7 @@ async fn reconnect_to(
         Err(_) => bail!(unreachable()),
     };
     if offer.session() != session {
-        bail!(
-            "the sender at {address} took a new snapshot (was it restarted?); the transfer \
-             starts over when you run `storex migrate receive` again (and `storex migrate \
-             send`, if it is no longer waiting)"
-        );
+        return Err(NewSnapshot(address.to_owned()).into());
     }
     Ok((channel, offer))
 }

@@ -84,6 +84,13 @@ pub(crate) async fn unfinished_copy(device: &SyncDevice) -> Result<bool> {
         .any(|row| state_of(row).is_some_and(|state| !state.merge)))
 }
 
+/// The last batch of `session` applied on `device`, if any (see
+/// [`SyncDevice::transfer_resumes_after`]).
+pub(crate) async fn resumes_after(device: &SyncDevice, session: Uuid) -> Result<Option<u64>> {
+    let state = load_state(device, session).await?;
+    Ok(state.map(|s| s.last_seq).filter(|seq| *seq > 0))
+}
+
 /// What a sender offers, read from its `Hello`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Offer {

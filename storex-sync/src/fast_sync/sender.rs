@@ -234,6 +234,11 @@ impl SnapshotSender {
             .collect()
     }
 
+    /// The session of this snapshot, which its offers carry ([`super::Offer::session`]).
+    pub fn session(&self) -> Uuid {
+        self.session
+    }
+
     /// The collections and counts of the snapshot.
     pub fn collections(&self) -> &[CollectionInfo] {
         &self.collections

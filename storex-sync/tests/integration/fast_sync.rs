@@ -654,6 +654,15 @@ async fn a_device_receiving_a_copy_pulls_nothing_until_the_copy_is_done_or_given
     );
     assert_waiting_for_copy(&report);
     assert!(new.device().unfinished_copy().await.expect("read"));
+    let applied = new
+        .device()
+        .transfer_resumes_after(sender.session())
+        .await
+        .expect("read");
+    assert!(applied.is_some_and(|batch| batch >= 1), "{applied:?}");
+    let other_session = storex_core::uuid::Uuid::now_v7();
+    let none = new.device().transfer_resumes_after(other_session).await;
+    assert_eq!(none.expect("read"), None);
 
     // Resumed and done: it pulls again.
     let (mut a, mut b) = memory_channel_pair(4);
@@ -663,12 +672,19 @@ async fn a_device_receiving_a_copy_pulls_nothing_until_the_copy_is_done_or_given
     );
     sent.expect("send");
     received.expect("receive");
+    let sender_session = sender.session();
     sender.close().await.expect("close");
     let report = new.sync_once().await.expect("sync");
     assert_eq!(report.integrated, 1, "{report:?}");
     assert!(report.problems.is_empty(), "{report:?}");
     assert!(!report.waiting_for_copy, "{report:?}");
     assert!(!new.device().unfinished_copy().await.expect("read"));
+    let done = new.device().transfer_resumes_after(sender_session).await;
+    assert_eq!(
+        done.expect("read"),
+        None,
+        "a finished transfer does not resume"
+    );
 
     // Another copy given up: it pulls again too.
     let newer = fx.device("newer", DeviceId::random()).await;

@@ -1,6 +1,7 @@
 //! `storex migrate send` and `storex migrate receive` in two processes move a SQLite database
 //! with 50k rows; the two files hold the same rows, also when the connection drops midway
-//! (the receiver reconnects and resumes). Bad arguments and missing files get a clear message.
+//! (the receiver reconnects and resumes) and when the receiver is killed and run again. Bad
+//! arguments and missing files get a clear message.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use sea_orm::ConnectionTrait;
 use storex_core::{
     object, BatchStep, CollectionDef, FieldType, Operation, Query, Registry, Storage,
 };
@@ -179,10 +181,25 @@ async fn assert_same_rows(old: &Path, new: &Path, collections: &[&str]) {
     }
 }
 
+/// What a relay does to its first connection once enough came from the target.
+#[derive(Clone, Copy, PartialEq)]
+enum Cut {
+    /// Closes it both ways.
+    Close,
+    /// Stops passing on what the target sends (the client waits), until either side closes;
+    /// then closes it both ways.
+    Hold,
+}
+
 /// A relay on 127.0.0.1 that cuts its first connection once `cut_after` bytes came from the
 /// target, and relays the later ones whole. Connection `i` goes to `targets[i]` (the last
 /// target for the rest). Returns its address and how many connections it took.
 async fn cutting_relay(targets: Vec<String>, cut_after: usize) -> (String, Arc<AtomicUsize>) {
+    relay(targets, cut_after, Cut::Close).await
+}
+
+/// [`cutting_relay`] with the `cut` of its choice.
+async fn relay(targets: Vec<String>, cut_after: usize, cut: Cut) -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("relay listens");
@@ -199,22 +216,34 @@ async fn cutting_relay(targets: Vec<String>, cut_after: usize) -> (String, Arc<A
             tokio::spawn(async move {
                 let (mut client_in, mut client_out) = client.into_split();
                 let (mut upstream_in, mut upstream_out) = upstream.into_split();
-                let up = tokio::spawn(async move {
+                let mut up = tokio::spawn(async move {
                     let _ = tokio::io::copy(&mut client_in, &mut upstream_out).await;
                 });
                 let mut buffer = vec![0u8; 16 * 1024];
                 let mut passed = 0;
+                let mut held = false;
                 loop {
-                    let read = match upstream_in.read(&mut buffer).await {
+                    let read = tokio::select! {
+                        read = upstream_in.read(&mut buffer) => read,
+                        // A held connection ends when the client closes it.
+                        _ = &mut up, if held => break,
+                    };
+                    let read = match read {
                         Ok(0) | Err(_) => break,
                         Ok(read) => read,
                     };
+                    if held {
+                        continue; // dropped: the client waits for it
+                    }
                     if client_out.write_all(&buffer[..read]).await.is_err() {
                         break;
                     }
                     passed += read;
                     if first && passed >= cut_after {
-                        break;
+                        match cut {
+                            Cut::Close => break,
+                            Cut::Hold => held = true,
+                        }
                     }
                 }
                 // Both directions end: each side sees its connection closed.
@@ -223,6 +252,58 @@ async fn cutting_relay(targets: Vec<String>, cut_after: usize) -> (String, Arc<A
         }
     });
     (address, connections)
+}
+
+/// Waits until the receiver writing `partial` applied a batch of its transfer.
+async fn wait_for_applied_batch(partial: &Path) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(60) {
+        if partial.exists() {
+            let backend = SeaOrmBackend::open_sqlite_file(partial)
+                .await
+                .expect("open");
+            let applied = backend
+                .connection()
+                .query_one_raw(sea_orm::Statement::from_string(
+                    sea_orm::DbBackend::Sqlite,
+                    "SELECT max(last_seq) AS n FROM storex_sync_transfer",
+                ))
+                .await
+                .ok()
+                .flatten()
+                .and_then(|row| row.try_get::<Option<i64>>("", "n").ok().flatten());
+            let _ = backend.connection().close_by_ref().await;
+            if applied.is_some_and(|n| n >= 1) {
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the receiver applied no batch within a minute");
+}
+
+/// Starts `storex migrate receive` into `db` from `address` (reconnecting for 30 s) as a
+/// child, its output piped.
+fn start_receiver(address: &str, db: &Path) -> Child {
+    storex()
+        .args(["migrate", "receive", "--db"])
+        .arg(db)
+        .args(["--connect", address, "--reconnect-secs", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the receiver")
+}
+
+/// The rest of a sender's output and how it ended, off the runtime's threads.
+async fn sender_end(sender: Child, mut out: BufReader<ChildStdout>) -> (String, Output) {
+    tokio::task::spawn_blocking(move || {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).expect("the sender's output");
+        (rest, sender.wait_with_output().expect("the sender ends"))
+    })
+    .await
+    .expect("the sender's thread")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,14 +338,11 @@ async fn a_dropped_connection_resumes_where_it_broke_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_told_not_to_reconnect_fails_at_the_first_drop() {
+async fn a_receiver_told_not_to_reconnect_stops_at_the_first_drop_and_resumes_when_run_again() {
     let (dir, old_path, new_path) = old_database(50).await;
-    let (mut sender, _sender_out, address) =
-        start_sender_with(&old_path, &["--reconnect-secs", "30"]);
+    let (sender, sender_out, address) = start_sender_with(&old_path, &["--reconnect-secs", "30"]);
     let (relay, connections) = cutting_relay(vec![address], 3 * 512 * 1024).await;
-    let received = receive_from(relay, &new_path, "0").await;
-    sender.kill().expect("kill the sender"); // it waits for the receiver to come back
-    let _ = sender.wait();
+    let received = receive_from(relay.clone(), &new_path, "0").await;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&received.stdout),
         String::from_utf8_lossy(&received.stderr),
@@ -273,32 +351,82 @@ async fn a_receiver_told_not_to_reconnect_fails_at_the_first_drop() {
     assert_eq!(connections.load(Ordering::SeqCst), 1, "{stdout}");
     assert!(!stdout.contains("the connection dropped"), "{stdout}");
     assert!(stderr.contains("was not written"), "{stderr}");
+    assert!(stderr.contains("is kept in"), "{stderr}");
     assert!(!new_path.exists());
-    assert!(!dir.path().join("new.db.partial").exists());
+    let partial = dir.path().join("new.db.partial");
+    assert!(partial.exists(), "what arrived was not kept");
+
+    // Run again while the sender waits: it goes on after the last batch applied.
+    let again = receive_from(relay, &new_path, "0").await;
+    let (sent_out, sent) = sender_end(sender, sender_out).await;
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(stdout.contains("resuming the transfer kept in"), "{stdout}");
+    assert!(stdout.contains("resumed after batch"), "{stdout}");
+    assert!(sent.status.success(), "sender: {sent_out}");
+    assert!(sent_out.contains("resumed after batch"), "{sent_out}");
+    assert!(!partial.exists());
+    assert_same_rows(&old_path, &new_path, &["item"]).await;
 }
 
-#[tokio::test]
-async fn a_transfer_cut_short_leaves_no_database_behind() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_receiver_resumes_when_run_again() {
+    let (dir, old_path, new_path) = old_database(50).await;
+    let (sender, sender_out, address) = start_sender_with(&old_path, &["--reconnect-secs", "30"]);
+    // The first connection stops passing batches on after some arrived, so that the
+    // receiver is killed in the middle, whatever the machine's speed.
+    let (relay, connections) = relay(vec![address], 3 * 512 * 1024, Cut::Hold).await;
+    let mut receiver = start_receiver(&relay, &new_path);
+    let partial = dir.path().join("new.db.partial");
+    wait_for_applied_batch(&partial).await;
+    receiver.kill().expect("kill the receiver");
+    let killed = receiver.wait().expect("the receiver ends");
+    assert!(!killed.success());
+    assert!(!new_path.exists());
+
+    let again = receive_from(relay, &new_path, "30").await;
+    let (sent_out, sent) = sender_end(sender, sender_out).await;
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "{stdout}");
+    assert!(stdout.contains("resuming the transfer kept in"), "{stdout}");
+    assert!(stdout.contains("resumed after batch"), "{stdout}");
+    assert!(sent.status.success(), "sender: {sent_out}");
+    assert!(sent_out.contains("resumed after batch"), "{sent_out}");
+    assert!(!partial.exists());
+    assert_same_rows(&old_path, &new_path, &["item"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_cut_short_leaves_no_database_and_a_new_sender_starts_over() {
     let (dir, old_path, new_path) = old_database(50).await;
     let (mut sender, _sender_out, address) = start_sender(&old_path);
+    let (relay, _) = relay(vec![address], 3 * 512 * 1024, Cut::Hold).await;
     let receiver = storex()
         .args(["migrate", "receive", "--db"])
         .arg(&new_path)
-        .args(["--connect", &address, "--reconnect-secs", "1"])
+        .args(["--connect", &relay, "--reconnect-secs", "1"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the receiver");
-    // Once the receiver has started writing, the old device goes away.
+    // Once the receiver has applied a batch, the old device goes away.
     let partial = dir.path().join("new.db.partial");
-    let started = std::time::Instant::now();
-    while !partial.exists() && started.elapsed() < std::time::Duration::from_secs(30) {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    assert!(partial.exists(), "the receiver never started writing");
+    wait_for_applied_batch(&partial).await;
     sender.kill().expect("kill the sender");
     let _ = sender.wait();
-    let received = receiver.wait_with_output().expect("the receiver ends");
+    let received = tokio::task::spawn_blocking(move || receiver.wait_with_output())
+        .await
+        .expect("the receiver's thread")
+        .expect("the receiver ends");
     let stderr = String::from_utf8_lossy(&received.stderr);
     assert!(
         !received.status.success(),
@@ -309,7 +437,23 @@ async fn a_transfer_cut_short_leaves_no_database_behind() {
         !new_path.exists(),
         "a half-written database was left under the target's name"
     );
-    assert!(!partial.exists(), "the partial database was left behind");
+    assert!(partial.exists(), "what arrived was not kept: {stderr}");
+
+    // A new sender takes a new snapshot: what was kept is discarded, and it starts over.
+    let (sender, sender_out, address) = start_sender(&old_path);
+    let again = receive_from(address, &new_path, "1").await;
+    let (sent_out, sent) = sender_end(sender, sender_out).await;
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(stdout.contains("starting over"), "{stdout}");
+    assert!(!stdout.contains("resumed after batch"), "{stdout}");
+    assert!(sent.status.success(), "sender: {sent_out}");
+    assert!(!partial.exists());
+    assert_same_rows(&old_path, &new_path, &["item"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
