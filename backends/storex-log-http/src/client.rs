@@ -154,6 +154,10 @@ pub struct HttpSharedLog {
     http: reqwest::Client,
     options: ClientOptions,
     tokens: Mutex<HashMap<DeviceId, String>>,
+    /// Tokens made to register devices, kept until a registration is answered: registering
+    /// the device again reuses its token, so that an earlier request the server finishes
+    /// late sets the same token instead of replacing the one the device goes on with.
+    registering: Mutex<HashMap<DeviceId, String>>,
     /// The server refused a pull's `max_bytes` (a server from before it): pulls go without.
     no_max_bytes: AtomicBool,
 }
@@ -246,6 +250,7 @@ impl HttpSharedLog {
             http,
             options,
             tokens: Mutex::new(HashMap::new()),
+            registering: Mutex::new(HashMap::new()),
             no_max_bytes: AtomicBool::new(false),
         })
     }
@@ -271,6 +276,32 @@ impl HttpSharedLog {
             .unwrap_or_else(PoisonError::into_inner)
             .get(&device)
             .cloned()
+    }
+
+    /// The token to register `device` with: the one made for an earlier registration of it
+    /// that was not answered (it may still reach the server), or a new one.
+    fn registration_token(&self, device: DeviceId) -> SharedResult<String> {
+        let mut registering = self
+            .registering
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(token) = registering.get(&device) {
+            return Ok(token.clone());
+        }
+        let token = new_token().map_err(|e| SharedLogError::Unavailable {
+            log: LOG_NAME,
+            source: Box::new(e),
+        })?;
+        registering.insert(device, token.clone());
+        Ok(token)
+    }
+
+    /// Forgets the token made to register `device` (answered, or refused as it is).
+    fn forget_registration(&self, device: DeviceId) {
+        self.registering
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&device);
     }
 
     /// `entries` cut into requests within the entry and byte limits.
@@ -737,19 +768,17 @@ impl SharedSyncLog for HttpSharedLog {
     }
 
     /// Registers `device` of the user whose **token** is `user`, with a device token made
-    /// here, which every retry of the request carries: a retried request sets the same
-    /// token, whichever attempt the server finishes last. Registering it again later (after
-    /// a lost answer) replaces the token. A revoked device is refused.
+    /// here, which every retry of the request carries, and so does a later registration of
+    /// the device by this client until one is answered: a retried request sets the same
+    /// token, whichever attempt the server finishes last. Registering it again after an
+    /// answer replaces the token. A revoked device is refused.
     fn register_device<'a>(
         &'a self,
         user: &'a str,
         device: DeviceId,
     ) -> BoxFuture<'a, SharedResult<()>> {
         Box::pin(async move {
-            let token = new_token().map_err(|e| SharedLogError::Unavailable {
-                log: LOG_NAME,
-                source: Box::new(e),
-            })?;
+            let token = self.registration_token(device)?;
             let request = NewDevice {
                 device: device.0,
                 token: Some(token),
@@ -763,7 +792,13 @@ impl SharedSyncLog for HttpSharedLog {
                     Duration::ZERO,
                     Caller::Registering(device),
                 )
-                .await?;
+                .await
+                .inspect_err(|e| {
+                    if matches!(e, SharedLogError::Invalid { .. }) {
+                        // Refused as it is (a token another device has, say): a new one next.
+                        self.forget_registration(device);
+                    }
+                })?;
             if credentials.device != device.0 {
                 return Err(SharedLogError::Invalid {
                     problem: format!(
@@ -772,6 +807,7 @@ impl SharedSyncLog for HttpSharedLog {
                     ),
                 });
             }
+            self.forget_registration(device);
             self.add_device(device, credentials.token);
             Ok(())
         })

@@ -84,3 +84,91 @@ async fn a_user_whose_creation_reply_was_lost_is_given_back_on_retry() {
     }
     server.shutdown().await.unwrap();
 }
+
+/// A TCP proxy on 127.0.0.1 to `target` that keeps what the client sends on its first
+/// connection until `release` is notified, then passes it on and notifies `answered` when the
+/// server's reply comes (and drops it: the client gave up on it long before). Other
+/// connections pass through.
+async fn late_request_proxy(
+    target: SocketAddr,
+    release: Arc<tokio::sync::Notify>,
+    answered: Arc<tokio::sync::Notify>,
+) -> SocketAddr {
+    let connections = Arc::new(AtomicUsize::new(0));
+    proxy(target, move |inbound, outbound| {
+        let first = connections.fetch_add(1, Ordering::SeqCst) == 0;
+        let (release, answered) = (release.clone(), answered.clone());
+        async move {
+            let (mut from_client, mut to_client) = inbound.into_split();
+            let (mut from_server, mut to_server) = outbound.into_split();
+            if !first {
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+                });
+                let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                return;
+            }
+            let mut request = Vec::new();
+            let mut buffer = vec![0; 64 * 1024];
+            let mut client_open = true;
+            loop {
+                tokio::select! {
+                    _ = release.notified() => break,
+                    read = from_client.read(&mut buffer), if client_open => match read {
+                        Ok(0) | Err(_) => client_open = false,
+                        Ok(read) => request.extend_from_slice(&buffer[..read]),
+                    },
+                }
+            }
+            to_server.write_all(&request).await.unwrap();
+            let _ = from_server.read(&mut buffer).await;
+            answered.notify_one();
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_the_server_finishes_late_does_not_lock_the_device_out() {
+    let store = Store::sqlite();
+    let server = start(&store).await;
+    let admin = HttpSharedLog::new(&server.url()).unwrap();
+    let user = admin.create_user(ADMIN, "ann").await.unwrap();
+    let (release, answered) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let proxy = late_request_proxy(server.local_addr(), release.clone(), answered.clone()).await;
+    let options = ClientOptions {
+        retries: 0,
+        timeout: std::time::Duration::from_millis(500),
+        ..ClientOptions::default()
+    };
+    let client = HttpSharedLog::with_options(&format!("http://{proxy}"), options).unwrap();
+    let device = storex_sync::DeviceId::random();
+
+    // The first request is held on the way: the client gives up on it, and the app registers
+    // the device again, which is answered.
+    let first = client.register_device(&user.token, device).await;
+    assert!(
+        first.is_err(),
+        "the held registration was answered: {first:?}"
+    );
+    client
+        .register_device(&user.token, device)
+        .await
+        .expect("the second registration");
+    // Now the first request reaches the server.
+    release.notify_one();
+    answered.notified().await;
+
+    let listed = client
+        .devices(device)
+        .await
+        .expect("the device's token still works");
+    assert_eq!(
+        listed.iter().map(|d| d.device).collect::<Vec<_>>(),
+        [device]
+    );
+    server.shutdown().await.unwrap();
+}
