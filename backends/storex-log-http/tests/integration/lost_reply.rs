@@ -1,6 +1,8 @@
 //! Replies lost on the way back: the server did what was asked, the client never heard.
 //! Creating a user and registering a device are retried with the token the client made,
-//! so the retry gets the same user or device back instead of a conflict or a second one.
+//! so the retry gets the same user or device back instead of a conflict or a second one; a
+//! registration request the server finishes after the client gave up does not replace the
+//! token of a later one.
 
 #![allow(clippy::unwrap_used)] // helpers of tests: a failed unwrap is a failed test
 
