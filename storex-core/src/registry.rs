@@ -78,6 +78,9 @@ pub struct CollectionDef {
     /// See [`CollectionDef::clustered`]; absent from definitions of earlier versions.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     clustered: bool,
+    /// See [`CollectionDef::int_range`]: field name to its smallest and largest value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    int_ranges: BTreeMap<String, (i64, i64)>,
 }
 
 impl CollectionDef {
@@ -91,6 +94,7 @@ impl CollectionDef {
             indices: Vec::new(),
             relations: Vec::new(),
             clustered: false,
+            int_ranges: BTreeMap::new(),
         }
     }
 
@@ -175,6 +179,26 @@ impl CollectionDef {
     pub fn clustered(mut self) -> Self {
         self.clustered = true;
         self
+    }
+
+    /// Limits int field `field` to `min..=max`, for a column narrower than 64 bits (an
+    /// `i32` of a SeaORM entity, say): a write outside the range is refused, as is a synced
+    /// change carrying one, instead of storing a value the app cannot read back.
+    pub fn int_range(mut self, field: impl Into<String>, min: i64, max: i64) -> Self {
+        self.int_ranges.insert(field.into(), (min, max));
+        self
+    }
+
+    /// The range [`CollectionDef::int_range`] set for `field`, as (smallest, largest).
+    pub fn int_range_of(&self, field: &str) -> Option<(i64, i64)> {
+        self.int_ranges.get(field).copied()
+    }
+
+    /// Why `value` does not fit field `field`'s range, if it is an int outside it.
+    pub fn out_of_range(&self, field: &str, value: &Value) -> Option<String> {
+        let Value::Int(n) = value else { return None };
+        let (min, max) = self.int_range_of(field)?;
+        (!(min..=max).contains(n)).then(|| format!("holds {n}, outside {min}..={max}"))
     }
 
     /// The collection's name.
@@ -281,6 +305,23 @@ impl CollectionDef {
             }
             if !pk_seen.insert(name) {
                 return fail(format!("primary key names `{name}` twice"));
+            }
+        }
+        for (name, (min, max)) in &self.int_ranges {
+            match self.field_def(name) {
+                Some(field) if field.ty == FieldType::Int => {}
+                Some(field) => {
+                    return fail(format!(
+                        "an int range on field `{name}`, which is {}",
+                        field.ty
+                    ))
+                }
+                None => return fail(format!("an int range on unknown field `{name}`")),
+            }
+            if min > max {
+                return fail(format!(
+                    "the int range of `{name}` is empty ({min}..={max})"
+                ));
             }
         }
         for index in &self.indices {

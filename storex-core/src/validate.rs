@@ -241,6 +241,18 @@ fn json_has_nul(json: &serde_json::Value) -> bool {
     }
 }
 
+/// A value written to an int field must fit its [`CollectionDef::int_range`] (filters may
+/// compare with any int).
+fn check_range(def: &CollectionDef, field: &str, value: &Value) -> Result<()> {
+    match def.out_of_range(field, value) {
+        Some(problem) => Err(Error::invalid_operation(
+            def.name(),
+            format!("field `{field}` {problem}"),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn check_value(def: &CollectionDef, field: &str, ty: FieldType, value: &mut Value) -> Result<()> {
     value.normalize();
     let problem = match value {
@@ -282,6 +294,7 @@ fn validate_object(
     for (field, value) in object.iter_mut() {
         let (ty, optional) = field_type(def, field)?;
         check_value(def, field, ty, value)?;
+        check_range(def, field, value)?;
         if value.is_null() {
             if !optional && !filled.contains(field) {
                 return Err(missing(def, field));
@@ -331,6 +344,7 @@ fn validate_changes(
             ));
         }
         check_value(def, field, ty, value)?;
+        check_range(def, field, value)?;
         if value.is_null() && !optional {
             return Err(missing(def, field));
         }

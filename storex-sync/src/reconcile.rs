@@ -212,6 +212,12 @@ fn check_value(
         return Ok(());
     };
     let problem = match value.field_type() {
+        Some(FieldType::Int) if field_def.ty == FieldType::Int => {
+            match def.out_of_range(field, value) {
+                Some(problem) => problem,
+                None => return Ok(()),
+            }
+        }
         None if null_ok && field_def.optional => return Ok(()),
         None => "null in a required field".to_owned(),
         Some(FieldType::Float) if matches!(value, Value::Float(f) if !f.is_finite()) => {

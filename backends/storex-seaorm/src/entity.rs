@@ -6,7 +6,7 @@
 //! | SeaORM column type | storex field type |
 //! |---|---|
 //! | `Char`, `String`, `Text` | text |
-//! | `TinyInteger` … `BigInteger`, `TinyUnsigned` … `Unsigned` | int |
+//! | `TinyInteger` … `BigInteger`, `TinyUnsigned` … `Unsigned` | int (in the Rust type's range, see [`CollectionDef::int_range`]) |
 //! | `Float`, `Double` | float |
 //! | `Boolean` | bool |
 //! | `TimestampWithTimeZone` (`DateTimeUtc`) | datetime |
@@ -36,17 +36,36 @@ pub fn collection_from_entity<E: EntityTrait>(entity: E) -> Result<CollectionDef
     for column in E::Column::iter() {
         let column_def = column.def();
         let name = column.as_str().to_owned();
-        let ty = field_type(&table, &name, column_def.get_column_type())?;
+        let column_type = column_def.get_column_type();
+        let ty = field_type(&table, &name, column_type)?;
+        let range = int_range(column_type);
         def = if column_def.is_null() {
-            def.optional_field(name, ty)
+            def.optional_field(name.clone(), ty)
         } else {
-            def.field(name, ty)
+            def.field(name.clone(), ty)
         };
+        if let Some((min, max)) = range {
+            def = def.int_range(name, min, max);
+        }
     }
     let pk: Vec<String> = E::PrimaryKey::iter()
         .map(|key| key.into_column().as_str().to_owned())
         .collect();
     Ok(def.primary_key(pk))
+}
+
+/// The values an integer column narrower than 64 bits holds (its Rust type's), as
+/// (smallest, largest): storex refuses to write others, which the app could not read back.
+fn int_range(ty: &ColumnType) -> Option<(i64, i64)> {
+    Some(match ty {
+        ColumnType::TinyInteger => (i8::MIN.into(), i8::MAX.into()),
+        ColumnType::SmallInteger => (i16::MIN.into(), i16::MAX.into()),
+        ColumnType::Integer => (i32::MIN.into(), i32::MAX.into()),
+        ColumnType::TinyUnsigned => (0, u8::MAX.into()),
+        ColumnType::SmallUnsigned => (0, u16::MAX.into()),
+        ColumnType::Unsigned => (0, u32::MAX.into()),
+        _ => return None,
+    })
 }
 
 fn field_type(table: &str, column: &str, ty: &ColumnType) -> Result<FieldType> {

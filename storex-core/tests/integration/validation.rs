@@ -13,6 +13,7 @@ async fn storage() -> Storage {
                 .field("id", FieldType::Uuid)
                 .field("title", FieldType::Text)
                 .optional_field("stars", FieldType::Int)
+                .int_range("stars", 0, 5)
                 .optional_field("weight", FieldType::Float)
                 .optional_field("due", FieldType::DateTime)
                 .optional_field("meta", FieldType::Json)
@@ -372,4 +373,45 @@ async fn a_nul_anywhere_in_json_is_refused_and_escaped_text_is_not() {
         )
         .await
         .expect("escaped text is no NUL");
+}
+
+#[tokio::test]
+async fn int_outside_its_range() {
+    let expected = "invalid operation on `note`: field `stars` holds 6, outside 0..=5";
+    let create = Operation::create("note", object! { "title" => "x", "stars" => 6 });
+    assert_eq!(refused(create).await, expected);
+    let update = Operation::update_where("note", Filter::all(), object! { "stars" => 6 });
+    assert_eq!(refused(update).await, expected);
+    let below = Operation::create("note", object! { "title" => "x", "stars" => -1 });
+    assert!(refused(below).await.contains("holds -1, outside 0..=5"));
+}
+
+#[tokio::test]
+async fn an_int_range_bounds_writes_not_filters() {
+    let storage = storage().await;
+    storage
+        .create("note", object! { "title" => "five", "stars" => 5 })
+        .await
+        .expect("the range's edge is inside it");
+    let found = storage
+        .find_many("note", Query::new(Filter::all().lt("stars", 1_000_000)))
+        .await
+        .expect("a filter compares with any int");
+    assert_eq!(found.len(), 1);
+}
+
+#[test]
+fn an_int_range_on_a_field_that_is_no_int_or_is_empty_is_refused() {
+    let build = |def: CollectionDef| Registry::builder().collection(def).build();
+    let note = || {
+        CollectionDef::new("note")
+            .field("id", FieldType::Int)
+            .field("title", FieldType::Text)
+            .primary_key(["id"])
+    };
+    let refused = |def| build(def).expect_err("refused").to_string();
+    assert!(refused(note().int_range("title", 0, 1)).contains("which is text"));
+    assert!(refused(note().int_range("missing", 0, 1)).contains("unknown field `missing`"));
+    assert!(refused(note().int_range("id", 2, 1)).contains("is empty (2..=1)"));
+    build(note().int_range("id", 1, 1)).expect("a range of one value");
 }

@@ -18,6 +18,7 @@ fn registry() -> Registry {
                 .field("title", FieldType::Text)
                 .optional_field("body", FieldType::Text)
                 .optional_field("stars", FieldType::Int)
+                .int_range("stars", 0, 5)
                 .primary_key(["id"])
                 .version(2),
         )
@@ -402,6 +403,25 @@ fn a_value_of_the_wrong_type_is_held() {
         }
     );
     assert!(r.row(1).is_none() && r.row(2).is_some());
+}
+
+#[test]
+fn an_int_outside_its_fields_range_is_held() {
+    let mut r = Replica::default();
+    r.receive(vec![create(hlc(1, 0, 1), 1, "a")]);
+    let out = r.receive(vec![
+        update(hlc(2, 0, 1), 1, object! { "stars" => 1_i64 << 40 }),
+        update(hlc(2, 0, 2), 1, object! { "title" => "b" }),
+    ]);
+    assert_eq!(
+        out.held[0].reason,
+        HoldReason::InvalidValue {
+            field: "stars".into(),
+            problem: format!("holds {}, outside 0..=5", 1_i64 << 40)
+        }
+    );
+    let row = r.row(1).expect("row");
+    assert_eq!((title(&row), row["stars"].clone()), ("b", Value::Null));
 }
 
 #[test]

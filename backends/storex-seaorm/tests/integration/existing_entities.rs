@@ -182,6 +182,24 @@ async fn storex_and_app_share_tables(db: DatabaseConnection) {
         pinned.iter().map(|n| n.title.as_str()).collect::<Vec<_>>(),
         vec!["eggs", "milk"]
     );
+
+    // An `i32` column takes no value the app could not read back.
+    let too_large = storage
+        .update_by_pk("note", note_id, object! { "stars" => 1_i64 << 40 })
+        .await
+        .expect_err("a value beyond the column's i32");
+    assert!(
+        too_large
+            .to_string()
+            .contains("outside -2147483648..=2147483647"),
+        "{too_large}"
+    );
+    let read = note::Entity::find_by_id(note_id)
+        .one(&db)
+        .await
+        .expect("the app still reads the note")
+        .expect("the note");
+    assert_eq!(read.stars, 3);
 }
 
 #[tokio::test]
@@ -277,6 +295,10 @@ fn entity_columns_map_to_field_types() {
         .collect();
     assert_eq!(types, expected);
     assert_eq!(def.pk_fields(), ["id".to_owned()]);
+    assert_eq!(
+        def.int_range_of("stars"),
+        Some((i32::MIN.into(), i32::MAX.into()))
+    );
 }
 
 #[tokio::test]
