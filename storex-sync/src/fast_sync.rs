@@ -513,8 +513,26 @@ async fn tell_peer(
     // A failure that may pass here (a busy database) leaves a session the peer may resume.
     let resumable = error.is_transient();
     let cancel = Package::Cancel { reason, resumable };
-    let _ = send_package(channel, options, cancel).await;
+    if send_package(channel, options, cancel).await.is_ok() {
+        drain_until_quiet(channel).await;
+    }
     error
+}
+
+/// How long [`drain_until_quiet`] waits for the peer's next package before taking it as
+/// quiet, and how long it drains at most.
+const DRAIN_QUIET: Duration = Duration::from_millis(200);
+const DRAIN_MAX: Duration = Duration::from_secs(5);
+
+/// Reads and drops what the peer still sends, until it closes the channel or sends nothing
+/// for [`DRAIN_QUIET`] (at most [`DRAIN_MAX`]): a peer blocked sending into a full channel
+/// (this side stopped reading when it failed) gets to read the cancel just sent, instead of
+/// taking this side for stalled.
+async fn drain_until_quiet(channel: &mut dyn FastSyncChannel) {
+    let draining = async {
+        while let Ok(Ok(Some(_))) = tokio::time::timeout(DRAIN_QUIET, channel.recv()).await {}
+    };
+    let _ = tokio::time::timeout(DRAIN_MAX, draining).await;
 }
 
 /// How often a side that sends nothing for a while (paused, or reading past what it need

@@ -2874,3 +2874,59 @@ async fn a_sender_whose_database_fails_tells_the_receiver_why() {
         told_by_peer(&received, "sending");
     }
 }
+
+#[tokio::test]
+async fn an_int_outside_the_receivers_range_ends_the_copy_naming_it() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let device = |name: &str, ranged: bool| {
+        let path = dir.path().join(format!("{name}.db"));
+        async move {
+            let mut counter = CollectionDef::new("counter")
+                .field("id", FieldType::Uuid)
+                .field("n", FieldType::Int)
+                .primary_key(["id"]);
+            if ranged {
+                counter = counter.int_range("n", 0, 10);
+            }
+            let registry = Registry::builder()
+                .collection(counter)
+                .build()
+                .expect("registry");
+            let backend = SeaOrmBackend::open_sqlite_file(path).await.expect("open");
+            SyncDevice::open(
+                registry,
+                Arc::new(backend),
+                Clock::new(DeviceId::random()),
+                SyncOptions::default(),
+            )
+            .await
+            .expect("device")
+        }
+    };
+    // The old device's app had no range yet when it wrote the value.
+    let (old, new) = (device("old", false).await, device("new", true).await);
+    for n in [3, 1_i64 << 40] {
+        let row = storex_core::object! { "n" => n };
+        old.storage().create("counter", row).await.expect("write");
+    }
+    // A stall timeout far beyond the test's own bound: the sender must learn why at once.
+    let options = FastSyncOptions::default().with_stall_timeout(Duration::from_secs(600));
+    let both = async { transfer(&old, &new, &options, &options).await };
+    let (sent, received) = tokio::time::timeout(Duration::from_secs(30), both)
+        .await
+        .expect("the sender learns of the refusal at once");
+    let error = received.expect_err("the out-of-range value is refused");
+    let message = storex_core::error_chain(&error);
+    assert!(
+        message.contains("field `n` holds 1099511627776, outside 0..=10"),
+        "{message}"
+    );
+    let sent = sent.expect_err("the sender is told");
+    let told = storex_core::error_chain(&sent);
+    assert!(
+        told.contains("outside 0..=10"),
+        "the sender is told why: {told}"
+    );
+    let rows = new.storage().count("counter", Filter::all()).await;
+    assert_eq!(rows.expect("count"), 0, "nothing of the refused batch");
+}
