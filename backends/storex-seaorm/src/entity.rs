@@ -54,8 +54,9 @@ pub fn collection_from_entity<E: EntityTrait>(entity: E) -> Result<CollectionDef
     Ok(def.primary_key(pk))
 }
 
-/// The values an integer column narrower than 64 bits holds (its Rust type's), as
-/// (smallest, largest): storex refuses to write others, which the app could not read back.
+/// The values an integer column declared narrower than 64 bits holds (those of the Rust type
+/// SeaORM gives it), as (smallest, largest): storex refuses to write others, which the app
+/// could not read back.
 fn int_range(ty: &ColumnType) -> Option<(i64, i64)> {
     Some(match ty {
         ColumnType::TinyInteger => (i8::MIN.into(), i8::MAX.into()),

@@ -339,11 +339,12 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
                     }
                 }
             }
-            (received, _) => {
+            (received, source) => {
                 break received.map_err(|e| {
-                    let resumable = connection_lost(&e);
+                    // Over WebRTC the sender ends with its channel: nothing to resume from.
+                    let resumable = matches!(source, Source::Tcp { .. }) && connection_lost(&e);
                     (anyhow::Error::from(e), resumable)
-                })
+                });
             }
         }
     };

@@ -87,10 +87,10 @@ async fn a_user_whose_creation_reply_was_lost_is_given_back_on_retry() {
     server.shutdown().await.unwrap();
 }
 
-/// A TCP proxy on 127.0.0.1 to `target` that keeps what the client sends on its first
-/// connection until `release` is notified, then passes it on and notifies `answered` when the
-/// server's reply comes (and drops it: the client gave up on it long before). Other
-/// connections pass through.
+/// A TCP proxy on 127.0.0.1 to `target` that takes the request of its first connection and
+/// closes that connection unanswered (the client gives up on it at once), then, once
+/// `release` is notified, passes the request on and notifies `answered` when the server's
+/// reply comes. Other connections pass through.
 async fn late_request_proxy(
     target: SocketAddr,
     release: Arc<tokio::sync::Notify>,
@@ -110,18 +110,21 @@ async fn late_request_proxy(
                 let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
                 return;
             }
+            // The request: what comes until the client pauses (it sends a small one at once).
             let mut request = Vec::new();
             let mut buffer = vec![0; 64 * 1024];
-            let mut client_open = true;
-            loop {
-                tokio::select! {
-                    _ = release.notified() => break,
-                    read = from_client.read(&mut buffer), if client_open => match read {
-                        Ok(0) | Err(_) => client_open = false,
-                        Ok(read) => request.extend_from_slice(&buffer[..read]),
-                    },
+            let quiet = std::time::Duration::from_millis(300);
+            while let Ok(Ok(read)) =
+                tokio::time::timeout(quiet, from_client.read(&mut buffer)).await
+            {
+                if read == 0 {
+                    break;
                 }
+                request.extend_from_slice(&buffer[..read]);
             }
+            assert!(!request.is_empty(), "the client sent its request");
+            drop((from_client, to_client));
+            release.notified().await;
             to_server.write_all(&request).await.unwrap();
             let _ = from_server.read(&mut buffer).await;
             answered.notify_one();
@@ -141,16 +144,16 @@ async fn a_registration_the_server_finishes_late_does_not_lock_the_device_out() 
         Arc::new(tokio::sync::Notify::new()),
     );
     let proxy = late_request_proxy(server.local_addr(), release.clone(), answered.clone()).await;
+    // No retry: the app's second registration, not the client's retry, must reuse the token.
     let options = ClientOptions {
         retries: 0,
-        timeout: std::time::Duration::from_millis(500),
         ..ClientOptions::default()
     };
     let client = HttpSharedLog::with_options(&format!("http://{proxy}"), options).unwrap();
     let device = storex_sync::DeviceId::random();
 
-    // The first request is held on the way: the client gives up on it, and the app registers
-    // the device again, which is answered.
+    // The first request is held on the way and its connection closed: the client gives up on
+    // it, and the app registers the device again, which is answered.
     let first = client.register_device(&user.token, device).await;
     assert!(
         first.is_err(),
