@@ -424,7 +424,10 @@ async fn receive_offered(
                     // restart.
                     device.note_quarantine_received();
                 }
-                send_package(channel, options, Package::Done).await?;
+                // The copy is complete and committed: a `Done` that does not reach the sender
+                // leaves only the sender unsure (a receiver that resumed would find nothing
+                // left to resume), not this side.
+                let _ = send_package(channel, options, Package::Done).await;
                 break;
             }
             other => return Err(FastSyncError::Protocol(format!("unexpected {other:?}")).into()),

@@ -2930,3 +2930,43 @@ async fn an_int_outside_the_receivers_range_ends_the_copy_naming_it() {
     let rows = new.storage().count("counter", Filter::all()).await;
     assert_eq!(rows.expect("count"), 0, "nothing of the refused batch");
 }
+
+/// A receiver's channel whose `Done` never leaves: the connection drops as the copy ends.
+#[derive(Debug)]
+struct LosesDone {
+    inner: MemoryChannel,
+}
+
+impl FastSyncChannel for LosesDone {
+    fn send(&mut self, package: Package) -> BoxFuture<'_, Result<(), ChannelError>> {
+        Box::pin(async move {
+            match package {
+                Package::Done => Err(ChannelError::Closed),
+                other => self.inner.send(other).await,
+            }
+        })
+    }
+
+    fn recv(&mut self) -> BoxFuture<'_, Result<Option<Package>, ChannelError>> {
+        Box::pin(async move { self.inner.recv().await })
+    }
+}
+
+#[tokio::test]
+async fn a_copy_whose_last_acknowledgement_is_lost_is_complete_on_the_receiver() {
+    let fx = Fixture::new();
+    let (old, new) = fx.old_and_new().await;
+    fill(&old, 500).await;
+    let options = small_batches().with_stall_timeout(Duration::from_secs(2));
+    let (mut a, b) = memory_channel_pair(4);
+    let mut b = LosesDone { inner: b };
+    let (sent, received) = tokio::join!(
+        send_snapshot(&old, &mut a, &options),
+        receive_snapshot(&new, &mut b, &options)
+    );
+    let received = received.expect("the copy is complete and committed");
+    assert!(received.objects > 0, "{received:?}");
+    assert!(sent.is_err(), "the sender never heard that it was done");
+    assert_same(&old, &new).await;
+    assert!(!new.unfinished_copy().await.expect("read"));
+}
