@@ -56,6 +56,7 @@ mod package;
 pub(crate) mod receiver;
 mod sender;
 mod sent_versions;
+mod shape;
 
 use std::fmt;
 use std::sync::Arc;

@@ -12,6 +12,7 @@ use storex_core::uuid::Uuid;
 use storex_core::{CollectionDef, Object};
 
 use crate::fast_sync::channel::ChannelError;
+use crate::fast_sync::shape;
 use crate::hlc::Hlc;
 
 /// The version of the protocol this build speaks; the first byte of every frame.
@@ -75,15 +76,20 @@ impl EncodedObjects {
         self.objects.iter().map(Vec::as_slice)
     }
 
-    /// Reads the objects back; refuses an encoding that is not an object.
+    /// Reads the objects back; refuses an encoding that is not an object, and objects that
+    /// nest more than 64 levels deep or hold more than 4 million values together (a bound
+    /// on the memory they take once decoded).
     pub fn decode(&self) -> Result<Vec<Object>, ChannelError> {
+        let mut budget = shape::MAX_VALUES;
         self.objects
             .iter()
             .enumerate()
             .map(|(n, bytes)| {
-                rmp_serde::from_slice(bytes).map_err(|e| ChannelError::Malformed {
-                    problem: format!("object {} of the batch: {e}", n + 1),
-                })
+                let malformed = |problem| ChannelError::Malformed {
+                    problem: format!("object {} of the batch: {problem}", n + 1),
+                };
+                shape::check(bytes, &mut budget).map_err(malformed)?;
+                rmp_serde::from_slice(bytes).map_err(|e| malformed(e.to_string()))
             })
             .collect()
     }
@@ -295,7 +301,9 @@ impl Package {
         frame
     }
 
-    /// Reads a frame back; refuses other versions, garbage and truncated frames.
+    /// Reads a frame back; refuses other versions, garbage, truncated frames, bytes after the
+    /// package, and packages that nest more than 64 levels deep or hold more than 4 million
+    /// values, before decoding them.
     pub fn decode(frame: &[u8]) -> Result<Package, ChannelError> {
         let Some((&version, body)) = frame.split_first() else {
             return Err(ChannelError::Malformed {
@@ -308,6 +316,8 @@ impl Package {
                 expected: PROTOCOL_VERSION,
             });
         }
+        let mut budget = shape::MAX_VALUES;
+        shape::check(body, &mut budget).map_err(|problem| ChannelError::Malformed { problem })?;
         rmp_serde::from_slice(body).map_err(|e| ChannelError::Malformed {
             problem: e.to_string(),
         })
@@ -432,6 +442,38 @@ mod tests {
         assert!(matches!(
             objects.decode(),
             Err(ChannelError::Malformed { problem }) if problem.contains("object 1")
+        ));
+    }
+
+    #[test]
+    fn a_batch_that_would_decode_to_millions_of_values_is_refused_before_it_is_built() {
+        // Five million nulls in a JSON field: about 5 MB on the wire, far more decoded.
+        let nulls = serde_json::Value::Array(vec![serde_json::Value::Null; 5_000_000]);
+        let objects = EncodedObjects::encode(&[object! { "j" => nulls }]);
+        let frame = Package::Batch {
+            seq: 1,
+            collection: "note".into(),
+            objects,
+        }
+        .encode();
+        let Ok(Package::Batch { objects, .. }) = Package::decode(&frame) else {
+            panic!("the frame itself holds one byte string per object");
+        };
+        match objects.decode() {
+            Err(ChannelError::Malformed { problem }) => {
+                assert!(problem.contains("more than 4000000 values"), "{problem}")
+            }
+            other => panic!("decoded: {}", other.is_ok()),
+        }
+    }
+
+    #[test]
+    fn a_frame_with_bytes_after_its_package_is_refused() {
+        let mut frame = Package::Finish.encode();
+        frame.push(0xc0);
+        assert!(matches!(
+            Package::decode(&frame),
+            Err(ChannelError::Malformed { problem }) if problem.contains("after the value")
         ));
     }
 }
