@@ -6,6 +6,7 @@
 //! `ChannelError::TooLarge` before reading it. Garbage and truncated frames end the session
 //! with `ChannelError::Malformed`; a peer that goes away mid-session with
 //! `ChannelError::Closed` or a transport error. Nothing from the network is trusted.
+//! Closing waits at most [`CLOSE_WAIT`] for what is still buffered to reach the peer.
 //!
 //! ```no_run
 //! # async fn demo(device: &storex_sync::SyncDevice) -> storex_sync::Result<()> {
@@ -27,6 +28,9 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 /// The default largest frame: 64 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024 * 1024;
+
+/// How long [`FastSyncChannel::close`] waits for what is still buffered to reach the peer.
+pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A fast-sync channel over one TCP connection.
 pub struct TcpChannel {
@@ -118,7 +122,9 @@ impl FastSyncChannel for TcpChannel {
     fn close(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             // Flushes what is buffered and shuts the write half down; the peer reads the end.
-            let _ = SinkExt::<tokio_util::bytes::Bytes>::close(&mut self.framed).await;
+            // A peer that stopped reading would hold the flush for ever: it gets a while.
+            let closing = SinkExt::<tokio_util::bytes::Bytes>::close(&mut self.framed);
+            let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
         })
     }
 }

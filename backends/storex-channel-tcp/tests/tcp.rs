@@ -1,5 +1,6 @@
-//! Fast sync over real TCP sockets on 127.0.0.1: a database moves, and oversized, garbage
-//! and cut-off frames from the network end the session with a clear error.
+//! Fast sync over real TCP sockets on 127.0.0.1: a database moves, oversized, garbage and
+//! cut-off frames from the network end the session with a clear error, and closing towards
+//! a peer that stopped reading ends.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,8 @@ use storex_core::{
 };
 use storex_seaorm::SeaOrmBackend;
 use storex_sync::fast_sync::{
-    receive_snapshot, send_snapshot, ChannelError, FastSyncError, FastSyncOptions, Package,
+    receive_snapshot, send_snapshot, ChannelError, FastSyncChannel, FastSyncError, FastSyncOptions,
+    Package,
 };
 use storex_sync::{Clock, DeviceId, Error, SyncDevice, SyncOptions};
 use storex_test::transfer::{assert_identical, count, fill, sqlite_device, three_collections};
@@ -277,5 +279,32 @@ async fn a_receiver_paused_longer_than_the_stall_timeout_does_not_stall_large_ba
     assert_eq!(
         old.digest("note").await.expect("digest"),
         new.digest("note").await.expect("digest")
+    );
+}
+
+#[tokio::test]
+async fn closing_towards_a_peer_that_stopped_reading_gives_up_after_a_while() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let mut channel = TcpChannel::connect(address).await.expect("connect");
+    // The peer accepts and never reads.
+    let (_peer, _) = listener.accept().await.expect("accept");
+    let package = Package::Batch {
+        seq: 1,
+        collection: "blob".into(),
+        objects: storex_sync::fast_sync::EncodedObjects::encode(&[
+            object! { "b" => vec![7u8; 32 * 1024 * 1024] },
+        ]),
+    };
+    // Far more than the sockets hold: the send gives up halfway, its rest still buffered.
+    let sending = tokio::time::timeout(Duration::from_millis(500), channel.send(package)).await;
+    assert!(sending.is_err(), "the send cannot finish");
+    let started = std::time::Instant::now();
+    let closing = tokio::time::timeout(Duration::from_secs(60), channel.close()).await;
+    assert!(closing.is_ok(), "close hung");
+    let waited = started.elapsed();
+    assert!(
+        waited >= storex_channel_tcp::CLOSE_WAIT - Duration::from_secs(1),
+        "{waited:?}"
     );
 }
