@@ -116,10 +116,10 @@ impl WebRtcChannel {
         }
     }
 
-    /// The next message from the peer; `None` once the channel or connection is closed.
-    async fn next_message(&mut self) -> Option<RTCDataChannelMessage> {
+    /// The next message from the peer, or how the conversation ended.
+    async fn next_message(&mut self) -> Next {
         if let Some(message) = self.early.pop_front() {
-            return Some(message);
+            return Next::Message(message);
         }
         let WebRtcChannel { dc, state, .. } = self;
         loop {
@@ -127,14 +127,25 @@ impl WebRtcChannel {
                 // Whatever arrived before a close is still read.
                 biased;
                 event = dc.poll() => match event {
-                    Some(DataChannelEvent::OnMessage(message)) => return Some(message),
-                    Some(DataChannelEvent::OnClose) | None => return None,
+                    Some(DataChannelEvent::OnMessage(message)) => return Next::Message(message),
+                    Some(DataChannelEvent::OnClose) => return Next::Closed,
+                    None => return Next::Failed,
                     Some(_) => {}
                 },
-                _ = state.wait_for(is_gone) => return None,
+                _ = state.wait_for(is_gone) => return Next::Failed,
             }
         }
     }
+}
+
+/// What the data channel gives next.
+enum Next {
+    /// A message.
+    Message(RTCDataChannelMessage),
+    /// The peer closed the data channel.
+    Closed,
+    /// The connection failed, or its driver ended.
+    Failed,
 }
 
 impl Drop for WebRtcChannel {
@@ -168,14 +179,13 @@ impl FastSyncChannel for WebRtcChannel {
     fn recv(&mut self) -> BoxFuture<'_, Result<Option<Package>, ChannelError>> {
         Box::pin(async move {
             loop {
-                let Some(message) = self.next_message().await else {
+                let message = match self.next_message().await {
+                    Next::Message(message) => message,
                     // A close between frames is the end of the conversation; within one,
                     // the peer went away mid-package.
-                    return if self.reassembler.in_frame() {
-                        Err(ChannelError::Closed)
-                    } else {
-                        Ok(None)
-                    };
+                    Next::Closed if !self.reassembler.in_frame() => return Ok(None),
+                    // The connection failed: the peer did not end the conversation.
+                    Next::Closed | Next::Failed => return Err(ChannelError::Closed),
                 };
                 if message.is_string {
                     return Err(ChannelError::Malformed {

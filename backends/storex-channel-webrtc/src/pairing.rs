@@ -147,11 +147,20 @@ impl Peer {
                     let Peer {
                         channels, state, ..
                     } = &mut self;
-                    tokio::select! {
-                        dc = channels.recv() => dc.ok_or_else(|| Error::ConnectionFailed {
-                            state: "closed".into(),
-                        })?,
-                        gone = state.wait_for(is_gone) => return Err(gone_error(gone.ok().map(|s| *s))),
+                    loop {
+                        tokio::select! {
+                            dc = channels.recv() => match dc {
+                                Some(dc) if suits(&dc).await => break dc,
+                                // Not the channel the protocol needs: refused, and waited past.
+                                Some(other) => {
+                                    let _ = other.close().await;
+                                }
+                                None => return Err(Error::ConnectionFailed {
+                                    state: "closed".into(),
+                                }),
+                            },
+                            gone = state.wait_for(is_gone) => return Err(gone_error(gone.ok().map(|s| *s))),
+                        }
                     }
                 }
             };
@@ -180,6 +189,15 @@ impl Peer {
         let (dc, early) = tokio::time::timeout_at(deadline, opening)
             .await
             .map_err(|_| Error::Timeout { waited })??;
+        // Data channels the peer opens later are closed: each would hold events in the
+        // connection's driver for as long as it runs. (The task ends with the connection.)
+        let (_, none) = mpsc::unbounded_channel();
+        let mut later = std::mem::replace(&mut self.channels, none);
+        tokio::spawn(async move {
+            while let Some(extra) = later.recv().await {
+                let _ = extra.close().await;
+            }
+        });
         Ok(WebRtcChannel::new(self, dc, early))
     }
 
@@ -193,6 +211,15 @@ fn gone_error(state: Option<RTCPeerConnectionState>) -> Error {
     Error::ConnectionFailed {
         state: state.map_or_else(|| "closed".into(), |s| s.to_string()),
     }
+}
+
+/// Whether a data channel the peer opened is the one the protocol runs on: its label, and
+/// ordered and reliable (every message delivered, in order).
+async fn suits(dc: &Arc<dyn DataChannel>) -> bool {
+    dc.label().await.is_ok_and(|label| label == LABEL)
+        && dc.ordered().await.unwrap_or(false)
+        && dc.max_retransmits().await.is_ok_and(|n| n.is_none())
+        && dc.max_packet_life_time().await.is_ok_and(|t| t.is_none())
 }
 
 /// Which side wrote a description.
