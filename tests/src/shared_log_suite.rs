@@ -246,6 +246,12 @@ async fn a_limit_of_zero_takes_nothing_and_the_largest_takes_everything(
     let none = log.pull(b, 0, 0, None).await.expect("pull of none");
     assert!(none.entries.is_empty(), "{:?}", none.entries);
     assert_eq!(none.next_cursor, 0, "nothing taken, nothing skipped");
+    // Whatever the topics, even none at all.
+    let none = log.pull(b, 0, 0, Some(&[])).await.expect("pull of none");
+    assert_eq!(
+        none.next_cursor, 0,
+        "a limit of 0 keeps the cursor, with no topics too"
+    );
     let (got, _) = pull_all(&log, b, 0, usize::MAX).await;
     assert_eq!(got, sent);
 }

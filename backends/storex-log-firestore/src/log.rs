@@ -496,7 +496,7 @@ impl FirestoreSharedLog {
             next_cursor: Ord::max(high, after),
             more: false,
         };
-        if after >= high || topics.is_some_and(<[String]>::is_empty) {
+        if after >= high {
             return Ok(nothing);
         }
         if limit == 0 {
@@ -506,6 +506,9 @@ impl FirestoreSharedLog {
                 next_cursor: after,
                 more: true,
             });
+        }
+        if topics.is_some_and(<[String]>::is_empty) {
+            return Ok(nothing);
         }
         let server_topics = topics.filter(|t| t.len() <= MAX_IN_VALUES);
         let page = limit.min(MAX_PULL_ENTRIES);
