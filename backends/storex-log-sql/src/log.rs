@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 
 use sea_orm::sea_query::{
-    Alias, ColumnDef, Expr, ExprTrait, Func, Index, OnConflict, Order, Query, SimpleExpr, Table,
-    Value as SqlValue,
+    Alias, ColumnDef, Condition, Expr, ExprTrait, Func, Index, JoinType, OnConflict, Order, Query,
+    SimpleExpr, Table, Value as SqlValue,
 };
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, QueryResult, TransactionTrait,
@@ -556,44 +556,51 @@ impl SharedSyncLog for SqlSharedLog {
             }
             // The page: entries in cursor order with the running total of their payload sizes,
             // and only those that start below the byte budget, so a page of big entries stays
-            // bounded in memory (at least one entry always comes).
+            // bounded in memory (at least one entry always comes). The sizes are counted
+            // without the payloads (SQLite reads a blob's length from its row's header); only
+            // the entries within the budget are then read whole.
             let mut page = Query::select();
-            page.columns([
-                id("cursor"),
-                id("id"),
-                id("device"),
-                id("topic"),
-                id("payload"),
-            ])
-            .expr_as(
-                Expr::cust(r#"SUM(LENGTH("payload")) OVER (ORDER BY "cursor")"#),
-                id("running"),
-            )
-            .expr_as(Expr::cust(r#"LENGTH("payload")"#), id("size"))
-            .from(id(ENTRIES))
-            .and_where(col("user_name").eq(user.as_str()))
-            .and_where(col("cursor").gt(cursor_value(after)))
-            .and_where(col("cursor").lte(cursor_value(high)))
-            .and_where(col("device").ne(device.0))
-            .order_by(id("cursor"), Order::Asc)
-            .limit(limit as u64 + 1);
+            page.column(id("cursor"))
+                .expr_as(
+                    Expr::cust(r#"SUM(LENGTH("payload")) OVER (ORDER BY "cursor")"#),
+                    id("running"),
+                )
+                .expr_as(Expr::cust(r#"LENGTH("payload")"#), id("size"))
+                .from(id(ENTRIES))
+                .and_where(col("user_name").eq(user.as_str()))
+                .and_where(col("cursor").gt(cursor_value(after)))
+                .and_where(col("cursor").lte(cursor_value(high)))
+                .and_where(col("device").ne(device.0))
+                .order_by(id("cursor"), Order::Asc)
+                .limit(limit as u64 + 1);
             if let Some(topics) = topics {
                 page.and_where(col("topic").is_in(topics.iter().map(String::as_str)));
             }
             let budget = i64::try_from(MAX_PULL_BYTES).unwrap_or(i64::MAX);
+            let entry = |name: &str| (id("entry"), id(name));
             let query = Query::select()
                 .columns([
-                    id("cursor"),
-                    id("id"),
-                    id("device"),
-                    id("topic"),
-                    id("payload"),
-                    id("running"),
+                    entry("cursor"),
+                    entry("id"),
+                    entry("device"),
+                    entry("topic"),
+                    entry("payload"),
                 ])
+                .column((id("page"), id("running")))
                 .from_subquery(page, id("page"))
+                .join_as(
+                    JoinType::InnerJoin,
+                    id(ENTRIES),
+                    id("entry"),
+                    Condition::all()
+                        .add(Expr::col(entry("user_name")).eq(user.as_str()))
+                        .add(Expr::col(entry("cursor")).equals((id("page"), id("cursor")))),
+                )
                 // A constant of ours, not input: written into the SQL text.
-                .and_where(Expr::cust(format!(r#""running" - "size" < {budget}"#)))
-                .order_by(id("cursor"), Order::Asc)
+                .and_where(Expr::cust(format!(
+                    r#""page"."running" - "page"."size" < {budget}"#
+                )))
+                .order_by((id("page"), id("cursor")), Order::Asc)
                 .to_owned();
             let rows = self
                 .db
