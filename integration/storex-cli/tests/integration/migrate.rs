@@ -358,7 +358,13 @@ async fn a_receiver_told_not_to_reconnect_stops_at_the_first_drop_and_resumes_wh
 
     // Run again while the sender waits: it goes on after the last batch applied.
     let again = receive_from(relay, &new_path, "0").await;
-    let (sent_out, sent) = sender_end(sender, sender_out).await;
+    assert_resumed(&again, &sender_end(sender, sender_out).await, &partial);
+    assert_same_rows(&old_path, &new_path, &["item"]).await;
+}
+
+/// A receiver run `again` resumed the transfer it kept in `partial` and completed it, and so
+/// did the sender (`sent`: its output and how it ended).
+fn assert_resumed(again: &Output, sent: &(String, Output), partial: &Path) {
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(
         again.status.success(),
@@ -367,10 +373,10 @@ async fn a_receiver_told_not_to_reconnect_stops_at_the_first_drop_and_resumes_wh
     );
     assert!(stdout.contains("resuming the transfer kept in"), "{stdout}");
     assert!(stdout.contains("resumed after batch"), "{stdout}");
+    let (sent_out, sent) = sent;
     assert!(sent.status.success(), "sender: {sent_out}");
     assert!(sent_out.contains("resumed after batch"), "{sent_out}");
     assert!(!partial.exists());
-    assert_same_rows(&old_path, &new_path, &["item"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,19 +395,8 @@ async fn a_killed_receiver_resumes_when_run_again() {
     assert!(!new_path.exists());
 
     let again = receive_from(relay, &new_path, "30").await;
-    let (sent_out, sent) = sender_end(sender, sender_out).await;
-    let stdout = String::from_utf8_lossy(&again.stdout);
-    assert!(
-        again.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
-    assert_eq!(connections.load(Ordering::SeqCst), 2, "{stdout}");
-    assert!(stdout.contains("resuming the transfer kept in"), "{stdout}");
-    assert!(stdout.contains("resumed after batch"), "{stdout}");
-    assert!(sent.status.success(), "sender: {sent_out}");
-    assert!(sent_out.contains("resumed after batch"), "{sent_out}");
-    assert!(!partial.exists());
+    assert_resumed(&again, &sender_end(sender, sender_out).await, &partial);
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
     assert_same_rows(&old_path, &new_path, &["item"]).await;
 }
 
