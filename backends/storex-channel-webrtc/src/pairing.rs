@@ -214,7 +214,8 @@ fn gone_error(state: Option<RTCPeerConnectionState>) -> Error {
 }
 
 /// Whether a data channel the peer opened is the one the protocol runs on: its label, and
-/// ordered and reliable (every message delivered, in order).
+/// ordered. (It must be reliable too, but webrtc 0.21 reports no retransmission limits for a
+/// channel the peer opened: those checks pass until it does.)
 async fn suits(dc: &Arc<dyn DataChannel>) -> bool {
     dc.label().await.is_ok_and(|label| label == LABEL)
         && dc.ordered().await.unwrap_or(false)

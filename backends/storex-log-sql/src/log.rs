@@ -556,15 +556,13 @@ impl SharedSyncLog for SqlSharedLog {
             }
             // The page: entries in cursor order with the running total of their payload sizes,
             // and only those that start below the byte budget, so a page of big entries stays
-            // bounded in memory (at least one entry always comes). The sizes are counted
-            // without the payloads (SQLite reads a blob's length from its row's header); only
-            // the entries within the budget are then read whole.
-            let mut page = Query::select();
-            page.column(id("cursor"))
-                .expr_as(
-                    Expr::cust(r#"SUM(LENGTH("payload")) OVER (ORDER BY "cursor")"#),
-                    id("running"),
-                )
+            // bounded in memory (at least one entry always comes). The sizes are read first,
+            // alone: SQLite takes a blob's `LENGTH` from its row's header when it is selected
+            // as it is (not inside a window function, which would copy every payload). Only the
+            // entries within the budget are then read whole.
+            let mut sizes = Query::select();
+            sizes
+                .column(id("cursor"))
                 .expr_as(Expr::cust(r#"LENGTH("payload")"#), id("size"))
                 .from(id(ENTRIES))
                 .and_where(col("user_name").eq(user.as_str()))
@@ -574,8 +572,20 @@ impl SharedSyncLog for SqlSharedLog {
                 .order_by(id("cursor"), Order::Asc)
                 .limit(limit as u64 + 1);
             if let Some(topics) = topics {
-                page.and_where(col("topic").is_in(topics.iter().map(String::as_str)));
+                sizes.and_where(col("topic").is_in(topics.iter().map(String::as_str)));
             }
+            let page = Query::select()
+                .column(id("cursor"))
+                .expr_as(
+                    Expr::cust(r#"SUM("size") OVER (ORDER BY "cursor")"#),
+                    id("running"),
+                )
+                .expr_as(
+                    Expr::cust(r#"SUM("size") OVER (ORDER BY "cursor") - "size""#),
+                    id("before"),
+                )
+                .from_subquery(sizes, id("sizes"))
+                .to_owned();
             let budget = i64::try_from(MAX_PULL_BYTES).unwrap_or(i64::MAX);
             let entry = |name: &str| (id("entry"), id(name));
             let query = Query::select()
@@ -597,9 +607,7 @@ impl SharedSyncLog for SqlSharedLog {
                         .add(Expr::col(entry("cursor")).equals((id("page"), id("cursor")))),
                 )
                 // A constant of ours, not input: written into the SQL text.
-                .and_where(Expr::cust(format!(
-                    r#""page"."running" - "page"."size" < {budget}"#
-                )))
+                .and_where(Expr::cust(format!(r#""page"."before" < {budget}"#)))
                 .order_by((id("page"), id("cursor")), Order::Asc)
                 .to_owned();
             let rows = self

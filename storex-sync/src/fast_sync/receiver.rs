@@ -20,6 +20,7 @@ use crate::entry::{
 };
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package};
+use crate::fast_sync::shape;
 use crate::fast_sync::{
     cancel_here, chain_checksum, honour_pause, next_kept_or_package, next_package, quarantine_info,
     send_package, state_value, tell_peer, FastSyncChannel, FastSyncError, FastSyncOptions,
@@ -673,7 +674,15 @@ async fn apply_versions_batch(
     let mut merged = Vec::new();
     let mut seen = HashSet::with_capacity(objects.len());
     let mut newest = None;
+    // The versions come in blobs of the peer's: walked before they are decoded (or stored
+    // as they came, to be decoded later), as the objects around them were.
+    let mut budget = shape::MAX_VALUES;
     for row in &objects {
+        if let Some(Value::Blob(state)) = row.get("state") {
+            if let Some((_, body)) = state.split_first() {
+                shape::check(body, &mut budget).map_err(|e| bad(format!("versions: {e}")))?;
+            }
+        }
         let checked = |id: &str| {
             let key = object_of(id).ok_or_else(|| bad(format!("no object in {id:?}")))?;
             if seen.contains(&key) {

@@ -16,6 +16,7 @@ use crate::entry::{
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package, MAX_BATCH_OBJECTS};
 use crate::fast_sync::sent_versions::VersionsPager;
+use crate::fast_sync::shape;
 use crate::fast_sync::{
     cancel_here, chain_checksum, encode_object, honour_pause, next_kept_or_package, next_package,
     page_limit, quarantine_info, send_package, sign_of_life_interval, state_value, tell_peer,
@@ -49,6 +50,19 @@ pub struct SnapshotSender {
     /// This device's log entries not pushed to a shared log at the snapshot.
     unpushed: u64,
     options: FastSyncOptions,
+}
+
+/// Refuses an object of `collection` whose encoding holds more values than a receiver
+/// decodes in one batch.
+fn refuse_oversized(collection: &str, encoded: &[u8]) -> Result<()> {
+    let mut budget = shape::MAX_VALUES;
+    shape::check(encoded, &mut budget).map_err(|problem| {
+        FastSyncError::Verification {
+            collection: collection.to_owned(),
+            problem: format!("an object cannot be sent: it holds {problem}"),
+        }
+        .into()
+    })
 }
 
 /// Sends a snapshot of `device` over `channel` in one go. If taking the snapshot fails, the
@@ -396,8 +410,16 @@ impl SnapshotSender {
                         continue;
                     }
                     let encoded = encode_object(&object);
+                    if encoded.len() as u64 > shape::MAX_VALUES {
+                        // Only an object this large can hold more values than a receiver
+                        // decodes in one batch: refused here, by name, not there as garbage.
+                        refuse_oversized(&info.name, &encoded)?;
+                    }
+                    // Every value takes a byte at least: a batch within `MAX_VALUES` bytes
+                    // holds no more values than the receiver decodes.
+                    let batch_bytes = self.options.batch_bytes.min(shape::MAX_VALUES as usize);
                     if !batch.is_empty()
-                        && (batch.bytes() + encoded.len() > self.options.batch_bytes
+                        && (batch.bytes() + encoded.len() > batch_bytes
                             || batch.len() == MAX_BATCH_OBJECTS)
                     {
                         let full = std::mem::take(&mut batch);
@@ -622,5 +644,26 @@ mod tests {
         assert!(!only_passed_over(&[row(passed), row(other)], &left));
         assert!(!only_passed_over(&[row(other)], &HashSet::new()));
         assert!(!only_passed_over(&[object! { "entries" => 1i64 }], &left));
+    }
+
+    #[test]
+    fn an_object_of_more_values_than_a_batch_decodes_is_refused_by_name() {
+        let nulls = storex_core::serde_json::Value::Array(vec![
+            storex_core::serde_json::Value::Null;
+            shape::MAX_VALUES as usize
+        ]);
+        let encoded = encode_object(&object! { "j" => nulls });
+        match refuse_oversized("note", &encoded) {
+            Err(crate::Error::FastSync(FastSyncError::Verification {
+                collection,
+                problem,
+            })) => {
+                assert_eq!(collection, "note");
+                assert!(problem.contains("more than 4000000 values"), "{problem}");
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        let fits = encode_object(&object! { "j" => vec![0u8; 8 * 1024 * 1024] });
+        refuse_oversized("note", &fits).expect("a large blob is one value");
     }
 }

@@ -6,13 +6,14 @@
 //! level of nesting a call of the decoder. Walking the encoding first, without allocating,
 //! bounds both before anything is built.
 
-/// How deeply a value from a peer may nest (an object's field holding JSON counts two).
-pub(crate) const MAX_DEPTH: usize = 64;
+/// How deeply a value from a peer may nest: JSON as deep as storex stores it (128 levels, as
+/// serde_json parses), inside an object's map and a value's variant.
+pub(crate) const MAX_DEPTH: usize = 130;
 
-/// How many values (each scalar, string, array and map counts one) the packages of one frame
-/// may decode to, objects of a batch included: enough for a batch of
-/// [`super::package::MAX_BATCH_OBJECTS`] objects of a dozen fields, and a bound on the
-/// memory a frame takes once decoded (a few hundred megabytes at most).
+/// How many values (each scalar, string, array and map counts one) a frame, or the objects
+/// of one batch, may decode to: a bound on the memory they take once decoded (a few hundred
+/// megabytes at most). Every value takes at least a byte, so a batch of at most this many
+/// bytes never holds more; the sender cuts its batches there.
 pub(crate) const MAX_VALUES: u64 = 4_000_000;
 
 /// Checks that `bytes` hold exactly one MessagePack value, nesting at most [`MAX_DEPTH`]
