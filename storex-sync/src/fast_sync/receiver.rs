@@ -426,8 +426,8 @@ async fn receive_offered(
                     device.note_quarantine_received();
                 }
                 // The copy is complete and committed: a `Done` that does not reach the sender
-                // leaves only the sender unsure (a receiver that resumed would find nothing
-                // left to resume), not this side.
+                // leaves only the sender unsure, not this side (its progress is gone: a
+                // session resumed now would copy everything again, as a merge).
                 let _ = send_package(channel, options, Package::Done).await;
                 break;
             }
