@@ -49,6 +49,13 @@ struct SessionState {
     merge: bool,
 }
 
+impl SessionState {
+    /// The batch the session resumes after: the last applied, if any was.
+    fn resumes_after(&self) -> Option<u64> {
+        Some(self.last_seq).filter(|seq| *seq > 0)
+    }
+}
+
 async fn run(tx: &StorageTransaction, op: Operation) -> Result<storex_core::Outcome> {
     Ok(tx.execute_as(op, Origin::Sync).await?)
 }
@@ -89,7 +96,7 @@ pub(crate) async fn unfinished_copy(device: &SyncDevice) -> Result<bool> {
 /// [`SyncDevice::transfer_resumes_after`]).
 pub(crate) async fn resumes_after(device: &SyncDevice, session: Uuid) -> Result<Option<u64>> {
     let state = load_state(device, session).await?;
-    Ok(state.map(|s| s.last_seq).filter(|seq| *seq > 0))
+    Ok(state.as_ref().and_then(SessionState::resumes_after))
 }
 
 /// What a sender offers, read from its `Hello`.
@@ -272,7 +279,7 @@ async fn receive_offered(
     // Whether the session's row of progress exists (the first batch applied creates it, or
     // the start of a copy into a fresh device, below).
     let mut row_stored = stored.is_some();
-    let resume_after = stored.as_ref().map(|s| s.last_seq).filter(|seq| *seq > 0);
+    let resume_after = stored.as_ref().and_then(SessionState::resumes_after);
     let mut state = match stored {
         Some(state) => state,
         None => SessionState {
