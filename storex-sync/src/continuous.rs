@@ -161,6 +161,9 @@ pub struct SyncReport {
     pub held: u64,
     /// Pulled payloads that did not decode, kept in quarantine.
     pub quarantined: u64,
+    /// Entries the shared log holds but could not read back (a damaged row or document; see
+    /// [`crate::UnreadableEntry`]): passed over, each named in `problems`.
+    pub unreadable: u64,
     /// Quarantined payloads that decoded when tried again (the first sync of an engine, say
     /// with the right key now) and left the quarantine, integrated like pulled entries (so
     /// also counted as applied, duplicates or held).
@@ -688,6 +691,7 @@ impl ContinuousSync {
             }
             report.pulled += page.pulled;
             report.quarantined += page.set_aside;
+            report.unreadable += page.unreadable;
             report.problems.append(&mut page.problems);
             let mut extra = std::mem::take(&mut page.quarantined);
             if page.next_cursor != cursor {
@@ -836,6 +840,13 @@ impl ContinuousSync {
             }
         }
         decoded.set_aside = undecodable.len() as u64;
+        decoded.unreadable = page.unreadable.len() as u64;
+        for damaged in &page.unreadable {
+            decoded.problems.push(format!(
+                "the shared log's entry at cursor {} does not read, passed over: {}",
+                damaged.cursor, damaged.problem
+            ));
+        }
         // A payload pulled again (the subscription changed and pulling started over) is
         // in the quarantine already.
         let ids: Vec<Uuid> = undecodable.iter().map(|(p, _)| p.entry.id).collect();
@@ -894,6 +905,8 @@ struct PulledPage {
     quarantined: Vec<BatchStep>,
     /// How many did not decode.
     set_aside: u64,
+    /// How many entries of the page the shared log could not read back.
+    unreadable: u64,
     /// Why they did not.
     problems: Vec<String>,
     /// How many entries the page had.

@@ -66,6 +66,6 @@ pub use reconcile::{
 };
 pub use shared_log::{
     check_user_name, device_of_another_user, split_into_pushes, DeviceInfo, MemorySharedLog, Pull,
-    PulledEntry, SharedEntry, SharedLogError, SharedResult, SharedSyncLog,
+    PulledEntry, SharedEntry, SharedLogError, SharedResult, SharedSyncLog, UnreadableEntry,
 };
 pub use versions::VERSIONS_COLLECTION;

@@ -79,11 +79,27 @@ pub struct PulledEntry {
     pub entry: SharedEntry,
 }
 
+/// An entry the shared log holds but cannot read back: its row or document is damaged (an id
+/// or device that is not a UUID, a payload that is not bytes). A pull passes over it, so that
+/// it does not stop every later pull, and names it in [`Pull::unreadable`]; continuous sync
+/// reports it ([`crate::SyncReport::unreadable`]). Nobody can read it, so every device passes
+/// over it alike; the device that pushed it still has the change it carried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnreadableEntry {
+    /// Its position in the log.
+    pub cursor: u64,
+    /// What does not read.
+    pub problem: String,
+}
+
 /// One page of a pull.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Pull {
     /// Entries of other devices, in cursor order.
     pub entries: Vec<PulledEntry>,
+    /// Entries within the page that the log could not read back, passed over (in cursor
+    /// order; usually none).
+    pub unreadable: Vec<UnreadableEntry>,
     /// Where the next pull starts (past every entry this page looked at, own ones too).
     pub next_cursor: u64,
     /// True when more entries may follow right away.

@@ -199,9 +199,9 @@ impl SharedSyncLog for FlakySharedLog {
             }
             if self.stuck.load(Ordering::SeqCst) {
                 return Ok(Pull {
-                    entries: Vec::new(),
                     next_cursor: after,
                     more: true,
+                    ..Pull::default()
                 });
             }
             if self.trigger(Fault::PullLost) {

@@ -64,6 +64,13 @@ pub(crate) struct EntryDoc {
     pub(crate) payload: Payload,
 }
 
+/// The cursor of an entry document, read alone when its other fields do not read.
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct CursorDoc {
+    /// Its position in the user's log.
+    pub(crate) cursor: i64,
+}
+
 /// Bytes that serialize as one Firestore bytes value rather than an array of numbers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Payload(pub(crate) Vec<u8>);

@@ -17,12 +17,12 @@ use storex_core::uuid::Uuid;
 use storex_core::BoxFuture;
 use storex_sync::{
     device_of_another_user, DeviceId, DeviceInfo, Pull, PulledEntry, SharedEntry, SharedLogError,
-    SharedResult, SharedSyncLog,
+    SharedResult, SharedSyncLog, UnreadableEntry,
 };
 
 use crate::documents::{
-    check_prefix, field, user_key, DeviceDoc, EntryDoc, Payload, UserDoc, MAX_PAYLOAD_BYTES,
-    MAX_TOPIC_BYTES,
+    check_prefix, field, user_key, CursorDoc, DeviceDoc, EntryDoc, Payload, UserDoc,
+    MAX_PAYLOAD_BYTES, MAX_TOPIC_BYTES,
 };
 
 /// The subcollection of a user document holding its entries.
@@ -492,9 +492,8 @@ impl FirestoreSharedLog {
             .into());
         }
         let nothing = Pull {
-            entries: Vec::new(),
             next_cursor: Ord::max(high, after),
-            more: false,
+            ..Pull::default()
         };
         if after >= high {
             return Ok(nothing);
@@ -502,9 +501,9 @@ impl FirestoreSharedLog {
         if limit == 0 {
             // Nothing taken: the cursor stays, and entries remain above it.
             return Ok(Pull {
-                entries: Vec::new(),
                 next_cursor: after,
                 more: true,
+                ..Pull::default()
             });
         }
         if topics.is_some_and(<[String]>::is_empty) {
@@ -515,13 +514,13 @@ impl FirestoreSharedLog {
         let parent = self.entries_parent(&key)?;
         let me = device.0.to_string();
         let mut pull = Pull {
-            entries: Vec::new(),
             next_cursor: nothing.next_cursor,
-            more: false,
+            ..Pull::default()
         };
         // Read as a stream and left once the page is full by count or by bytes: a page of
         // big entries stays bounded in memory (at least one entry always comes). One entry
-        // past the page tells that more follow.
+        // past the page tells that more follow. Documents are read one by one: one that does
+        // not read is passed over and named, so that it does not stop every later pull.
         let mut docs = self
             .db
             .fluent()
@@ -537,7 +536,6 @@ impl FirestoreSharedLog {
             })
             .order(|o| o.fields([o.field(field::CURSOR).asc()]))
             .limit(u32::try_from(page + 1).unwrap_or(u32::MAX))
-            .obj::<EntryDoc>()
             .stream_query_with_errors()
             .await?;
         let (mut scanned, mut bytes, mut last) = (0usize, 0usize, after);
@@ -547,16 +545,23 @@ impl FirestoreSharedLog {
                 pull.next_cursor = last;
                 break;
             }
-            let cursor = as_cursor(doc.cursor)?;
+            let (cursor, read) = read_entry_doc(&doc)?;
             scanned += 1;
-            bytes += doc.payload.0.len();
             last = cursor;
+            let doc = match read {
+                Ok(doc) => doc,
+                Err(problem) => {
+                    pull.unreadable.push(UnreadableEntry { cursor, problem });
+                    continue;
+                }
+            };
+            bytes += doc.payload.0.len();
             let wanted = topics.is_none_or(|t| t.contains(&doc.topic));
             if doc.device != me && wanted {
-                pull.entries.push(PulledEntry {
-                    cursor,
-                    entry: read_entry(doc)?,
-                });
+                match read_entry(doc) {
+                    Ok(entry) => pull.entries.push(PulledEntry { cursor, entry }),
+                    Err(problem) => pull.unreadable.push(UnreadableEntry { cursor, problem }),
+                }
             }
         }
         drop(docs);
@@ -687,14 +692,34 @@ struct ProjectedEntry {
     id: Option<String>,
 }
 
-fn read_entry(doc: EntryDoc) -> Result<SharedEntry, Failure> {
+/// A pulled document's cursor, and its fields or why they do not read. A document whose
+/// cursor does not read cannot be passed over: the pull fails.
+fn read_entry_doc(
+    doc: &firestore::FirestoreDocument,
+) -> Result<(u64, Result<EntryDoc, String>), Failure> {
+    match FirestoreDb::deserialize_doc_to::<EntryDoc>(doc) {
+        Ok(entry) => Ok((as_cursor(entry.cursor)?, Ok(entry))),
+        Err(e) => {
+            let position = FirestoreDb::deserialize_doc_to::<CursorDoc>(doc).map_err(|_| {
+                Failure::Log(corrupt(format!("entry {:?} has no cursor", doc.name)))
+            })?;
+            Ok((
+                as_cursor(position.cursor)?,
+                Err(format!("its fields do not read: {e}")),
+            ))
+        }
+    }
+}
+
+/// A pulled document's entry, or which of its ids does not read.
+fn read_entry(doc: EntryDoc) -> Result<SharedEntry, String> {
     let id = doc
         .id
         .as_deref()
         .and_then(|id| Uuid::parse_str(id).ok())
-        .ok_or_else(|| Failure::Log(corrupt(format!("entry id {:?}", doc.id))))?;
+        .ok_or_else(|| format!("its id {:?} is not a UUID", doc.id))?;
     let device = Uuid::parse_str(&doc.device)
-        .map_err(|_| Failure::Log(corrupt(format!("device id {:?}", doc.device))))?;
+        .map_err(|_| format!("its device {:?} is not a UUID", doc.device))?;
     Ok(SharedEntry {
         id,
         device: DeviceId(device),

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use storex_core::uuid::Uuid;
-use storex_sync::{DeviceId, PulledEntry, SharedEntry};
+use storex_sync::{DeviceId, PulledEntry, SharedEntry, UnreadableEntry};
 
 /// Routes, relative to the server's base URL.
 pub mod routes {
@@ -184,11 +184,25 @@ pub struct WirePulled {
     pub entry: WireEntry,
 }
 
+/// An entry the server's log could not read back, passed over
+/// ([`storex_sync::UnreadableEntry`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireUnreadable {
+    /// Its cursor.
+    pub cursor: u64,
+    /// What does not read.
+    pub problem: String,
+}
+
 /// The answer to a pull.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PullResponse {
     /// Entries of the other devices, in cursor order.
     pub entries: Vec<WirePulled>,
+    /// Entries within the page the log could not read back, passed over. Left out when
+    /// there are none, as servers from before it did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<WireUnreadable>,
     /// Where the next pull starts.
     pub next_cursor: u64,
     /// True when more entries may follow right away.
@@ -196,14 +210,27 @@ pub struct PullResponse {
 }
 
 impl PullResponse {
-    /// The wire form of pulled entries.
-    pub fn from_pulled(entries: &[PulledEntry], next_cursor: u64, more: bool) -> Self {
+    /// The wire form of a page: its entries, those that did not read, where the next starts
+    /// and whether more follow.
+    pub fn from_pulled(
+        entries: &[PulledEntry],
+        unreadable: &[UnreadableEntry],
+        next_cursor: u64,
+        more: bool,
+    ) -> Self {
         PullResponse {
             entries: entries
                 .iter()
                 .map(|p| WirePulled {
                     cursor: p.cursor,
                     entry: WireEntry::from_entry(&p.entry),
+                })
+                .collect(),
+            unreadable: unreadable
+                .iter()
+                .map(|u| WireUnreadable {
+                    cursor: u.cursor,
+                    problem: u.problem.clone(),
                 })
                 .collect(),
             next_cursor,

@@ -33,7 +33,7 @@ use serde::Serialize;
 use storex_core::{error_chain, BoxFuture};
 use storex_sync::{
     split_into_pushes, DeviceId, DeviceInfo, Pull, PulledEntry, SharedEntry, SharedLogError,
-    SharedResult, SharedSyncLog,
+    SharedResult, SharedSyncLog, UnreadableEntry,
 };
 
 use crate::api::{
@@ -462,18 +462,32 @@ impl HttpSharedLog {
             other => other?,
         };
         let mut entries = Vec::with_capacity(response.entries.len());
+        let mut unreadable: Vec<UnreadableEntry> = response
+            .unreadable
+            .into_iter()
+            .map(|u| UnreadableEntry {
+                cursor: u.cursor,
+                problem: u.problem,
+            })
+            .collect();
+        // An entry that does not read is passed over like one the server could not read,
+        // so that it does not stop every later pull.
         for pulled in response.entries {
-            let entry = pulled
-                .entry
-                .into_entry()
-                .map_err(|problem| bad_reply(&problem))?;
-            entries.push(PulledEntry {
-                cursor: pulled.cursor,
-                entry,
-            });
+            match pulled.entry.into_entry() {
+                Ok(entry) => entries.push(PulledEntry {
+                    cursor: pulled.cursor,
+                    entry,
+                }),
+                Err(problem) => unreadable.push(UnreadableEntry {
+                    cursor: pulled.cursor,
+                    problem: format!("the server sent it damaged: {problem}"),
+                }),
+            }
         }
+        unreadable.sort_by_key(|u| u.cursor);
         Ok(Pull {
             entries,
+            unreadable,
             next_cursor: response.next_cursor,
             more: response.more,
         })

@@ -535,10 +535,18 @@ async fn pull(
             .pull(caller.device, body.after, limit, body.topics.as_deref())
             .await?;
         let waited_out = tokio::time::Instant::now() >= deadline;
-        if !pull.entries.is_empty() || pull.more || waited_out || state.shutdown.is_cancelled() {
+        let found = !pull.entries.is_empty() || !pull.unreadable.is_empty();
+        if found || pull.more || waited_out || state.shutdown.is_cancelled() {
             let (entries, next_cursor, more) = within_bytes(&pull, body.max_bytes);
+            // Those passed over within the part of the page sent.
+            let unreadable = pull.unreadable.partition_point(|u| u.cursor <= next_cursor);
             state.metrics.pulled(entries.len());
-            return Ok(Json(PullResponse::from_pulled(entries, next_cursor, more)));
+            return Ok(Json(PullResponse::from_pulled(
+                entries,
+                &pull.unreadable[..unreadable],
+                next_cursor,
+                more,
+            )));
         }
         tokio::select! {
             changed = woken.changed() => {

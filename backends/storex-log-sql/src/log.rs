@@ -14,7 +14,7 @@ use storex_core::BoxFuture;
 use storex_seaorm::{begin_write, connect, dialect_of, Dialect};
 use storex_sync::{
     check_user_name, device_of_another_user, DeviceId, DeviceInfo, Pull, PulledEntry, SharedEntry,
-    SharedLogError, SharedResult, SharedSyncLog,
+    SharedLogError, SharedResult, SharedSyncLog, UnreadableEntry,
 };
 
 const USERS: &str = "storex_shared_users";
@@ -39,6 +39,20 @@ fn col(name: &str) -> SimpleExpr {
 
 fn cursor_value(cursor: u64) -> SqlValue {
     SqlValue::BigInt(Some(i64::try_from(cursor).unwrap_or(i64::MAX)))
+}
+
+/// A pulled row's entry, or which of its columns does not read.
+fn read_entry(row: &QueryResult) -> Result<SharedEntry, String> {
+    let bad = |column: &str, e: DbErr| format!("its {column} does not read: {e}");
+    Ok(SharedEntry {
+        id: row.try_get::<Uuid>("", "id").map_err(|e| bad("id", e))?,
+        device: DeviceId(
+            row.try_get::<Uuid>("", "device")
+                .map_err(|e| bad("device", e))?,
+        ),
+        topic: row.try_get("", "topic").map_err(|e| bad("topic", e))?,
+        payload: row.try_get("", "payload").map_err(|e| bad("payload", e))?,
+    })
 }
 
 /// Most entries one pull returns, whatever the limit asked: a page is cut by bytes anyway,
@@ -340,20 +354,6 @@ impl SqlSharedLog {
         ))
     }
 
-    fn read_pulled(&self, row: &QueryResult) -> SharedResult<PulledEntry> {
-        let get_err = |_| self.corrupt("entry");
-        let cursor: i64 = row.try_get("", "cursor").map_err(get_err)?;
-        Ok(PulledEntry {
-            cursor: self.as_cursor(cursor, "entry cursor")?,
-            entry: SharedEntry {
-                id: row.try_get::<Uuid>("", "id").map_err(get_err)?,
-                device: DeviceId(row.try_get::<Uuid>("", "device").map_err(get_err)?),
-                topic: row.try_get("", "topic").map_err(get_err)?,
-                payload: row.try_get("", "payload").map_err(get_err)?,
-            },
-        })
-    }
-
     async fn push_in(&self, device: DeviceId, entries: Vec<SharedEntry>) -> SharedResult<u64> {
         let txn = begin_write(&self.db)
             .await
@@ -542,16 +542,15 @@ impl SharedSyncLog for SqlSharedLog {
             if limit == 0 {
                 // Nothing taken: the cursor stays.
                 return Ok(Pull {
-                    entries: Vec::new(),
                     next_cursor: after,
                     more: after < high,
+                    ..Pull::default()
                 });
             }
             if matches!(topics, Some(t) if t.is_empty()) {
                 return Ok(Pull {
-                    entries: Vec::new(),
                     next_cursor: Ord::max(high, after),
-                    more: false,
+                    ..Pull::default()
                 });
             }
             // The page: entries in cursor order with the running total of their payload sizes,
@@ -616,10 +615,22 @@ impl SharedSyncLog for SqlSharedLog {
                 .await
                 .map_err(|e| self.unavailable(e))?;
             let taken = &rows[..rows.len().min(limit)];
-            let entries = taken
-                .iter()
-                .map(|row| self.read_pulled(row))
-                .collect::<SharedResult<Vec<_>>>()?;
+            // A row that does not read is passed over and named, so that it does not stop
+            // every pull of the user's devices; one whose cursor does not read cannot be.
+            let mut entries = Vec::with_capacity(taken.len());
+            let mut unreadable = Vec::new();
+            let mut last_cursor = None;
+            for row in taken {
+                let cursor: i64 = row
+                    .try_get("", "cursor")
+                    .map_err(|_| self.corrupt("entry cursor"))?;
+                let cursor = self.as_cursor(cursor, "entry cursor")?;
+                last_cursor = Some(cursor);
+                match read_entry(row) {
+                    Ok(entry) => entries.push(PulledEntry { cursor, entry }),
+                    Err(problem) => unreadable.push(UnreadableEntry { cursor, problem }),
+                }
+            }
             let last_running: i64 = match taken.last() {
                 Some(row) => row
                     .try_get("", "running")
@@ -628,8 +639,8 @@ impl SharedSyncLog for SqlSharedLog {
             };
             // More may follow when the page was cut by count, or by bytes.
             let more = rows.len() > limit || last_running >= budget;
-            let next_cursor = match (more, entries.last()) {
-                (true, Some(last)) => last.cursor,
+            let next_cursor = match (more, last_cursor) {
+                (true, Some(last)) => last,
                 _ => Ord::max(high, after),
             };
             // A compaction that committed meanwhile may have removed part of this page.
@@ -642,6 +653,7 @@ impl SharedSyncLog for SqlSharedLog {
             }
             Ok(Pull {
                 entries,
+                unreadable,
                 next_cursor,
                 more,
             })

@@ -192,3 +192,69 @@ async fn damaged_counters_are_reported_not_wrapped() {
     let pulled = log.pull(b, 0, 10, None).await;
     assert!(pulled.is_err(), "{pulled:?}");
 }
+
+fn cursors(pull: &storex_sync::Pull) -> (Vec<u64>, Vec<u64>) {
+    (
+        pull.entries.iter().map(|p| p.cursor).collect(),
+        pull.unreadable.iter().map(|u| u.cursor).collect(),
+    )
+}
+
+#[tokio::test]
+async fn an_entry_row_that_does_not_read_is_passed_over_and_named() {
+    use sea_orm::ConnectionTrait;
+    let (log, a, b) = log_with_two_devices().await;
+    let entries = vec![small_entry(a), small_entry(a), small_entry(a)];
+    log.push(a, entries).await.expect("push");
+    log.connection()
+        .execute_unprepared(
+            r#"UPDATE "storex_shared_entries" SET "device" = 'not a device' WHERE "cursor" = 2"#,
+        )
+        .await
+        .expect("damage");
+    let page = log.pull(b, 0, 10, None).await.expect("pull");
+    assert_eq!(cursors(&page), (vec![1, 3], vec![2]));
+    assert!(page.unreadable[0].problem.contains("device"), "{page:?}");
+    assert_eq!((page.next_cursor, page.more), (3, false));
+    // A page cut right after it goes on after it.
+    let page = log.pull(b, 0, 2, None).await.expect("pull");
+    assert_eq!(cursors(&page), (vec![1], vec![2]));
+    assert_eq!((page.next_cursor, page.more), (2, true));
+    let page = log.pull(b, 2, 2, None).await.expect("pull");
+    assert_eq!(cursors(&page), (vec![3], vec![]));
+}
+
+#[tokio::test]
+async fn a_sync_passes_over_an_entry_the_log_cannot_read_reports_it_once_and_applies_the_rest() {
+    use sea_orm::ConnectionTrait;
+    let log = Arc::new(
+        SqlSharedLog::connect("sqlite::memory:")
+            .await
+            .expect("connect"),
+    );
+    let mut devices = storex_test::devices::Devices::new(log.clone()).await;
+    let (a, b) = (devices.add().await, devices.add().await);
+    for n in 0..3 {
+        devices.note(a, &format!("note-{n}"), "v").await;
+    }
+    devices.sync(a).await;
+    log.connection()
+        .execute_unprepared(
+            r#"UPDATE "storex_shared_entries" SET "id" = 'not an id' WHERE "cursor" = 2"#,
+        )
+        .await
+        .expect("damage");
+    let report = devices.sync(b).await;
+    assert_eq!((report.unreadable, report.integrated), (1, 2), "{report:?}");
+    assert!(
+        report.problems.iter().any(|p| p.contains("cursor 2")),
+        "{report:?}"
+    );
+    assert_eq!(devices.count(b).await, 2);
+    // Passed over for good: the next sync neither stops at it nor names it again.
+    devices.note(a, "note-3", "v").await;
+    devices.sync(a).await;
+    let report = devices.sync(b).await;
+    assert_eq!((report.unreadable, report.integrated), (0, 1), "{report:?}");
+    assert!(report.problems.is_empty(), "{report:?}");
+}
