@@ -1,6 +1,6 @@
 //! FirestoreSharedLog within Firestore's limits, on the emulator: oversized entries, pushes
 //! larger than one commit, compaction over many pages, many topics, odd user names, separate
-//! namespaces, and several clients pushing and pulling at once.
+//! namespaces, several clients pushing and pulling at once, and documents that do not read.
 
 use crate::common;
 
@@ -346,4 +346,55 @@ async fn a_page_of_big_entries_is_cut_by_bytes() {
         .chain(rest.into_iter().map(|(_, e)| e))
         .collect();
     assert_eq!(got, sent, "every entry once, in order");
+}
+
+/// Overwrites one field of the stored entry `id` of user `ann` with the string `value`.
+async fn damage_entry(log: &FirestoreSharedLog, id: Uuid, field: &str, value: &str) {
+    /// The updated document, not looked at.
+    #[derive(serde::Deserialize)]
+    struct Updated {}
+
+    let parent = log
+        .db()
+        .parent_path(format!("{}users", log.collection_prefix()), "ann")
+        .expect("parent path");
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert(field.to_owned(), value.to_owned());
+    log.db()
+        .fluent()
+        .update()
+        .fields([field])
+        .in_col("entries")
+        .document_id(id.to_string())
+        .parent(&parent)
+        .object(&fields)
+        .execute::<Updated>()
+        .await
+        .expect("damage");
+}
+
+#[tokio::test]
+async fn a_document_that_does_not_read_is_passed_over_and_named() {
+    let Some(project) = common::emulator_project() else {
+        return;
+    };
+    let (log, a, b) = log_with_two_devices(&project).await;
+    let entries: Vec<SharedEntry> = (0..4).map(|_| entry(a, "note", b"x".to_vec())).collect();
+    log.push(a, entries.clone()).await.expect("push");
+    damage_entry(&log, entries[1].id, "device", "not a device").await;
+    damage_entry(&log, entries[2].id, "payload", "text, not bytes").await;
+    let cursors = |pull: &storex_sync::Pull| {
+        (
+            pull.entries.iter().map(|p| p.cursor).collect::<Vec<_>>(),
+            pull.unreadable.iter().map(|u| u.cursor).collect::<Vec<_>>(),
+        )
+    };
+    let page = log.pull(b, 0, 10, None).await.expect("pull");
+    assert_eq!(cursors(&page), (vec![1, 4], vec![2, 3]));
+    assert!(page.unreadable[0].problem.contains("device"), "{page:?}");
+    assert_eq!((page.next_cursor, page.more), (4, false));
+    // A page cut right after them goes on after them.
+    let page = log.pull(b, 0, 3, None).await.expect("pull");
+    assert_eq!(cursors(&page), (vec![1], vec![2, 3]));
+    assert_eq!((page.next_cursor, page.more), (3, true));
 }

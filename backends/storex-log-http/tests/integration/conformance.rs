@@ -1,5 +1,6 @@
 //! HttpSharedLog against a real server on 127.0.0.1 passes the shared-log conformance suite
-//! and every end-to-end sync scenario, with the server's log on SQLite and on PostgreSQL.
+//! and every end-to-end sync scenario, with the server's log on SQLite and on PostgreSQL; an
+//! entry the server's log cannot read reaches the client as passed over.
 
 #![allow(clippy::unwrap_used)] // helpers of tests: a failed unwrap is a failed test
 
@@ -51,4 +52,49 @@ async fn postgres_server_passes_every_sync_scenario() {
     if let Some(store) = Store::postgres().await {
         scenarios_on(store).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_the_servers_log_cannot_read_is_passed_over_and_named_to_the_client() {
+    use sea_orm::ConnectionTrait;
+    use storex_sync::{SharedEntry, SharedSyncLog};
+    let store = Store::sqlite();
+    let server = start(&store).await;
+    let client = Provisioned::new(&server.url());
+    let (a, b) = (
+        client.create_device("ann").await.unwrap(),
+        client.create_device("ann").await.unwrap(),
+    );
+    let entry = || SharedEntry {
+        id: storex_core::uuid::Uuid::now_v7(),
+        device: a,
+        topic: "note".into(),
+        payload: b"x".to_vec(),
+    };
+    client
+        .push(a, vec![entry(), entry(), entry()])
+        .await
+        .unwrap();
+    let db = sea_orm::Database::connect(store.url.as_str())
+        .await
+        .unwrap();
+    db.execute_unprepared(
+        r#"UPDATE "storex_shared_entries" SET "device" = 'not a device' WHERE "cursor" = 2"#,
+    )
+    .await
+    .unwrap();
+    let cursors = |pull: &storex_sync::Pull| {
+        (
+            pull.entries.iter().map(|p| p.cursor).collect::<Vec<_>>(),
+            pull.unreadable.iter().map(|u| u.cursor).collect::<Vec<_>>(),
+        )
+    };
+    let page = client.pull(b, 0, 10, None).await.unwrap();
+    assert_eq!(cursors(&page), (vec![1, 3], vec![2]));
+    assert!(page.unreadable[0].problem.contains("device"), "{page:?}");
+    assert_eq!((page.next_cursor, page.more), (3, false));
+    let page = client.pull(b, 0, 2, None).await.unwrap();
+    assert_eq!(cursors(&page), (vec![1], vec![2]));
+    assert_eq!((page.next_cursor, page.more), (2, true));
+    server.shutdown().await.expect("clean shutdown");
 }
