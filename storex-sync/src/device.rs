@@ -14,8 +14,8 @@ use std::sync::Arc;
 use foldhash::{HashMap, HashMapExt};
 
 use storex_core::{
-    BatchStep, BoxFuture, CollectionDef, Filter, Middleware, Object, Operation, Query, Registry,
-    Storage, StorageBackend, UuidPkMiddleware, Value,
+    BatchStep, BoxFuture, CollectionDef, Filter, Middleware, Object, Operation, Pk, Query,
+    Registry, Storage, StorageBackend, UuidPkMiddleware, Value,
 };
 
 use crate::client_log::{
@@ -247,33 +247,54 @@ impl SyncDevice {
         let mut logged = 0;
         for name in self.synced_collections().into_iter().filter(|n| wanted(n)) {
             let def = registry.collection(name)?;
-            // A page of rows at a time, so a large table is not read into memory at once:
-            // after the last key for a one-field key, by position for a compound one.
-            let mut last_key: Option<Value> = None;
-            let mut skip = 0u64;
+            // A page of rows at a time, in key order, so a large table is not read into
+            // memory at once: each page after the last key of the one before (no row is
+            // skipped over again, as paging by position would for every page).
+            let mut after: Option<Pk> = None;
             loop {
-                let mut query = Query::default().limit(EXISTING_ROWS_PAGE);
-                match (def.pk_fields(), last_key.take()) {
-                    ([field], Some(key)) => query.filter = Filter::all().gt(field.clone(), key),
-                    ([_], None) => {}
-                    _ => query.skip = skip,
-                }
-                let rows = self.storage.find_many(def.name(), query).await?;
-                skip += rows.len() as u64;
-                last_key = rows
-                    .last()
-                    .and_then(|row| def.pk_of(row))
-                    .and_then(|pk| pk.single().cloned());
+                let rows = self.rows_after(def, after.as_ref()).await?;
                 logged += self.log_rows_without_changes(def, &rows).await?;
-                // A full page whose last row has no key to go on from (a null key, which a
-                // SQLite table allows) would start over: the pass ends there.
-                let stuck = def.pk_fields().len() == 1 && last_key.is_none();
-                if (rows.len() as u64) < EXISTING_ROWS_PAGE || stuck {
+                if (rows.len() as u64) < EXISTING_ROWS_PAGE {
                     break;
+                }
+                // A full page holding no row past the last key (rows with a null in their
+                // key, which a SQLite table allows, and which are not logged) would come
+                // again: the pass ends there.
+                let last = rows.iter().rev().find_map(|row| def.pk_of(row));
+                match last {
+                    Some(last) if after.as_ref() != Some(&last) => after = Some(last),
+                    _ => break,
                 }
             }
         }
         Ok(logged)
+    }
+
+    /// Up to [`EXISTING_ROWS_PAGE`] rows of `def` in key order, after the row whose key is
+    /// `after` (from the first with `None`). For a key of fields `k1, …, kn` those are the
+    /// rows whose first `i - 1` fields equal the key's and whose `ki` is greater, for `i` from
+    /// `n` down to 1: each a range of the key's index.
+    async fn rows_after(&self, def: &CollectionDef, after: Option<&Pk>) -> Result<Vec<Object>> {
+        let Some(Pk(after)) = after else {
+            let query = Query::default().limit(EXISTING_ROWS_PAGE);
+            return Ok(self.storage.find_many(def.name(), query).await?);
+        };
+        let fields = def.pk_fields();
+        let mut rows = Vec::new();
+        for depth in (0..fields.len().min(after.len())).rev() {
+            let mut filter = Filter::all();
+            for (field, value) in fields.iter().zip(after).take(depth) {
+                filter = filter.eq(field.clone(), value.clone());
+            }
+            filter = filter.gt(fields[depth].clone(), after[depth].clone());
+            let left = EXISTING_ROWS_PAGE - rows.len() as u64;
+            let query = Query::new(filter).limit(left);
+            rows.extend(self.storage.find_many(def.name(), query).await?);
+            if rows.len() as u64 >= EXISTING_ROWS_PAGE {
+                break;
+            }
+        }
+        Ok(rows)
     }
 
     /// Logs a create of each of `rows` (of collection `def`) that has no changes logged or
