@@ -343,6 +343,12 @@ impl ContinuousSync {
     /// Pushes, pulls and applies until caught up, then compacts the client log (up to
     /// [`ContinuousOptions::compact_per_sync`] entries, when the sync found nothing to push
     /// or pull or 2,000 pushed entries wait); one call at a time per device.
+    ///
+    /// Entries the shared log cannot read back ([`crate::UnreadableEntry`]) are passed over
+    /// and reported. A page in which more entries do not read than do, two or more, is
+    /// taken for a failure to read (a format or driver the log does not expect), not damage:
+    /// passed over, they would be lost for good, so the sync fails with
+    /// [`SharedLogError::Unavailable`] and the page is pulled again by the next one.
     pub async fn sync_once(&self) -> Result<SyncReport> {
         let _running = self.running.lock().await;
         let start = Instant::now();
@@ -817,6 +823,22 @@ impl ContinuousSync {
                      and more {}",
                     page.next_cursor, page.more
                 ),
+            }
+            .into());
+        }
+        if page.unreadable.len() > 1 && page.unreadable.len() > page.entries.len() {
+            let first = &page.unreadable[0];
+            return Err(SharedLogError::Unavailable {
+                log: self.shared.name(),
+                source: format!(
+                    "{} of the {} entries after cursor {cursor} do not read (the first, at \
+                     cursor {}: {}): too many to be damage, so none is passed over",
+                    page.unreadable.len(),
+                    page.unreadable.len() + page.entries.len(),
+                    first.cursor,
+                    first.problem
+                )
+                .into(),
             }
             .into());
         }

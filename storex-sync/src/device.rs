@@ -251,19 +251,26 @@ impl SyncDevice {
             // memory at once: each page after the last key of the one before (no row is
             // skipped over again, as paging by position would for every page).
             let mut after: Option<Pk> = None;
+            let (mut seen, mut by_position) = (0, false);
             loop {
-                let rows = self.rows_after(def, after.as_ref()).await?;
+                let rows = match by_position {
+                    false => self.rows_after(def, after.as_ref()).await?,
+                    true => {
+                        let query = Query::default().skip(seen).limit(EXISTING_ROWS_PAGE);
+                        self.storage.find_many(def.name(), query).await?
+                    }
+                };
+                seen += rows.len() as u64;
                 logged += self.log_rows_without_changes(def, &rows).await?;
                 if (rows.len() as u64) < EXISTING_ROWS_PAGE {
                     break;
                 }
-                // A full page holding no row past the last key (rows with a null in their
-                // key, which a SQLite table allows, and which are not logged) would come
-                // again: the pass ends there.
-                let last = rows.iter().rev().find_map(|row| def.pk_of(row));
-                match last {
+                // A full page of rows with a null in their key (which a SQLite table allows,
+                // and which are not logged) gives no key to go on from: the rest of the
+                // pass goes by position, the pages so far being the first `seen` rows.
+                match rows.iter().rev().find_map(|row| def.pk_of(row)) {
                     Some(last) if after.as_ref() != Some(&last) => after = Some(last),
-                    _ => break,
+                    _ => by_position = true,
                 }
             }
         }

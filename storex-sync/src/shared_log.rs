@@ -82,14 +82,35 @@ pub struct PulledEntry {
 /// An entry the shared log holds but cannot read back: its row or document is damaged (an id
 /// or device that is not a UUID, a payload that is not bytes). A pull passes over it, so that
 /// it does not stop every later pull, and names it in [`Pull::unreadable`]; continuous sync
-/// reports it ([`crate::SyncReport::unreadable`]). Nobody can read it, so every device passes
-/// over it alike; the device that pushed it still has the change it carried.
+/// reports it ([`crate::SyncReport::unreadable`]) and goes on past it, unless most of a page
+/// does not read (see [`crate::ContinuousSync::sync_once`]). Nobody can read it, so every
+/// device passes over it alike: the change it carried reaches no other device (the device
+/// that pushed it keeps it), and once every device has passed it, compaction drops it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnreadableEntry {
     /// Its position in the log.
     pub cursor: u64,
-    /// What does not read.
+    /// What does not read (at most [`UnreadableEntry::MAX_PROBLEM_BYTES`] bytes).
     pub problem: String,
+}
+
+impl UnreadableEntry {
+    /// Longest `problem` kept, in bytes: a damaged value quoted in it is cut there.
+    pub const MAX_PROBLEM_BYTES: usize = 300;
+
+    /// The entry at `cursor`, with `problem` cut to [`UnreadableEntry::MAX_PROBLEM_BYTES`].
+    pub fn new(cursor: u64, problem: impl Into<String>) -> Self {
+        let mut problem = problem.into();
+        if problem.len() > Self::MAX_PROBLEM_BYTES {
+            let mut end = Self::MAX_PROBLEM_BYTES - '…'.len_utf8();
+            while !problem.is_char_boundary(end) {
+                end -= 1;
+            }
+            problem.truncate(end);
+            problem.push('…');
+        }
+        UnreadableEntry { cursor, problem }
+    }
 }
 
 /// One page of a pull.
@@ -269,7 +290,10 @@ pub trait SharedSyncLog: Send + Sync + fmt::Debug + 'static {
 
     /// Up to `limit` entries of the other devices of `device`'s user with cursors above
     /// `after`, in cursor order; only the given topics when `topics` is set. A limit of 0
-    /// takes nothing: no entries, and `next_cursor` stays `after`.
+    /// takes nothing: no entries, and `next_cursor` stays `after`. An entry of the page that
+    /// the log holds but cannot read back (a damaged row) is named in [`Pull::unreadable`]
+    /// instead, and `next_cursor` goes past it like past the others; one whose cursor does
+    /// not read fails the pull.
     fn pull<'a>(
         &'a self,
         device: DeviceId,
@@ -508,8 +532,18 @@ impl SharedSyncLog for MemorySharedLog {
 }
 
 #[cfg(test)]
-mod split_tests {
-    use super::split_into_pushes;
+mod tests {
+    use super::{split_into_pushes, UnreadableEntry};
+
+    #[test]
+    fn an_unreadable_entrys_problem_is_cut_at_a_character() {
+        let short = UnreadableEntry::new(4, "its id does not read");
+        assert_eq!(short.problem, "its id does not read");
+        let long = UnreadableEntry::new(4, "é".repeat(1_000));
+        assert!(long.problem.len() <= UnreadableEntry::MAX_PROBLEM_BYTES);
+        assert!(long.problem.ends_with('…'), "{}", long.problem);
+        assert!(long.problem.len() > UnreadableEntry::MAX_PROBLEM_BYTES - 8);
+    }
 
     #[test]
     fn pushes_keep_order_and_both_limits_and_an_oversized_item_goes_alone() {

@@ -71,6 +71,15 @@ pub(crate) struct CursorDoc {
     pub(crate) cursor: i64,
 }
 
+/// The routing fields of an entry document, read alone when its other fields do not read.
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct RoutingDoc {
+    /// The pushing device.
+    pub(crate) device: String,
+    /// Routing tag for partial replication.
+    pub(crate) topic: String,
+}
+
 /// Bytes that serialize as one Firestore bytes value rather than an array of numbers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Payload(pub(crate) Vec<u8>);

@@ -21,7 +21,7 @@ use storex_sync::{
 };
 
 use crate::documents::{
-    check_prefix, field, user_key, CursorDoc, DeviceDoc, EntryDoc, Payload, UserDoc,
+    check_prefix, field, user_key, CursorDoc, DeviceDoc, EntryDoc, Payload, RoutingDoc, UserDoc,
     MAX_PAYLOAD_BYTES, MAX_TOPIC_BYTES,
 };
 
@@ -550,8 +550,16 @@ impl FirestoreSharedLog {
             last = cursor;
             let doc = match read {
                 Ok(doc) => doc,
-                Err(problem) => {
-                    pull.unreadable.push(UnreadableEntry { cursor, problem });
+                Err(unread) => {
+                    // Left out like a readable one when it is this device's own, or of a
+                    // topic not asked for; named when that cannot be told.
+                    let theirs = unread.routing.as_ref().is_none_or(|routing| {
+                        routing.device != me && topics.is_none_or(|t| t.contains(&routing.topic))
+                    });
+                    if theirs {
+                        pull.unreadable
+                            .push(UnreadableEntry::new(cursor, unread.problem));
+                    }
                     continue;
                 }
             };
@@ -560,7 +568,7 @@ impl FirestoreSharedLog {
             if doc.device != me && wanted {
                 match read_entry(doc) {
                     Ok(entry) => pull.entries.push(PulledEntry { cursor, entry }),
-                    Err(problem) => pull.unreadable.push(UnreadableEntry { cursor, problem }),
+                    Err(problem) => pull.unreadable.push(UnreadableEntry::new(cursor, problem)),
                 }
             }
         }
@@ -692,21 +700,30 @@ struct ProjectedEntry {
     id: Option<String>,
 }
 
-/// A pulled document's cursor, and its fields or why they do not read. A document whose
-/// cursor does not read cannot be passed over: the pull fails.
+/// A pulled document whose fields do not read.
+struct Unread {
+    /// Its device and topic, when those read.
+    routing: Option<RoutingDoc>,
+    /// What does not read.
+    problem: String,
+}
+
+/// A pulled document's cursor, and its fields or what of them does not read. A document
+/// whose cursor does not read cannot be passed over: the pull fails.
 fn read_entry_doc(
     doc: &firestore::FirestoreDocument,
-) -> Result<(u64, Result<EntryDoc, String>), Failure> {
+) -> Result<(u64, Result<EntryDoc, Unread>), Failure> {
     match FirestoreDb::deserialize_doc_to::<EntryDoc>(doc) {
         Ok(entry) => Ok((as_cursor(entry.cursor)?, Ok(entry))),
         Err(e) => {
             let position = FirestoreDb::deserialize_doc_to::<CursorDoc>(doc).map_err(|_| {
                 Failure::Log(corrupt(format!("entry {:?} has no cursor", doc.name)))
             })?;
-            Ok((
-                as_cursor(position.cursor)?,
-                Err(format!("its fields do not read: {e}")),
-            ))
+            let unread = Unread {
+                routing: FirestoreDb::deserialize_doc_to::<RoutingDoc>(doc).ok(),
+                problem: format!("its fields do not read: {e}"),
+            };
+            Ok((as_cursor(position.cursor)?, Err(unread)))
         }
     }
 }

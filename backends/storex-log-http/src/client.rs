@@ -405,7 +405,7 @@ impl HttpSharedLog {
         topics: Option<&[String]>,
     ) -> SharedResult<bool> {
         let pull = self.pull_page(device, after, 1, topics, wait).await?;
-        Ok(!pull.entries.is_empty() || pull.more)
+        Ok(!pull.entries.is_empty() || !pull.unreadable.is_empty() || pull.more)
     }
 
     async fn pull_page(
@@ -462,29 +462,23 @@ impl HttpSharedLog {
             other => other?,
         };
         let mut entries = Vec::with_capacity(response.entries.len());
-        let mut unreadable: Vec<UnreadableEntry> = response
+        // The server encodes entries it has read: one that does not decode was damaged on
+        // the way (or by the server), not in the log, so the pull fails and is tried again.
+        for pulled in response.entries {
+            let entry = pulled
+                .entry
+                .into_entry()
+                .map_err(|problem| bad_reply(&problem))?;
+            entries.push(PulledEntry {
+                cursor: pulled.cursor,
+                entry,
+            });
+        }
+        let unreadable = response
             .unreadable
             .into_iter()
-            .map(|u| UnreadableEntry {
-                cursor: u.cursor,
-                problem: u.problem,
-            })
+            .map(|u| UnreadableEntry::new(u.cursor, u.problem))
             .collect();
-        // An entry that does not read is passed over like one the server could not read,
-        // so that it does not stop every later pull.
-        for pulled in response.entries {
-            match pulled.entry.into_entry() {
-                Ok(entry) => entries.push(PulledEntry {
-                    cursor: pulled.cursor,
-                    entry,
-                }),
-                Err(problem) => unreadable.push(UnreadableEntry {
-                    cursor: pulled.cursor,
-                    problem: format!("the server sent it damaged: {problem}"),
-                }),
-            }
-        }
-        unreadable.sort_by_key(|u| u.cursor);
         Ok(Pull {
             entries,
             unreadable,

@@ -628,7 +628,7 @@ impl SharedSyncLog for SqlSharedLog {
                 last_cursor = Some(cursor);
                 match read_entry(row) {
                     Ok(entry) => entries.push(PulledEntry { cursor, entry }),
-                    Err(problem) => unreadable.push(UnreadableEntry { cursor, problem }),
+                    Err(problem) => unreadable.push(UnreadableEntry::new(cursor, problem)),
                 }
             }
             let last_running: i64 = match taken.last() {

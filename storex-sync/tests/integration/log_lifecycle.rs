@@ -645,3 +645,48 @@ async fn existing_rows_are_logged_page_by_page_once_each_whatever_their_key() {
         .collect();
     assert_eq!(keys.len(), 12_000, "no row twice");
 }
+
+#[tokio::test]
+async fn existing_rows_after_a_full_page_of_null_keys_are_logged_too() {
+    use storex_seaorm::sea_orm::ConnectionTrait;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let backend = storex_seaorm::SeaOrmBackend::open_sqlite_file(dir.path().join("app.db"))
+        .await
+        .expect("open");
+    // The app's own table, in which SQLite lets a key hold nulls: more than a page (5,000
+    // rows) of them come first in key order, then rows with whole keys.
+    for statement in [
+        "CREATE TABLE label (note BIGINT NOT NULL, text TEXT, PRIMARY KEY (note, text))",
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5001) \
+         INSERT INTO label (note, text) SELECT 1, NULL FROM n",
+        "INSERT INTO label (note, text) VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+    ] {
+        backend
+            .connection()
+            .execute_unprepared(statement)
+            .await
+            .expect("the app's rows");
+    }
+    let registry = Registry::builder()
+        .collection(
+            CollectionDef::new("label")
+                .field("note", FieldType::Int)
+                .field("text", FieldType::Text)
+                .primary_key(["note", "text"]),
+        )
+        .build()
+        .expect("registry");
+    let device = SyncDevice::open(
+        registry,
+        Arc::new(backend),
+        Clock::new(DeviceId::random()),
+        SyncOptions::default(),
+    )
+    .await
+    .expect("device");
+    assert_eq!(
+        device.log_existing_rows().await.expect("existing"),
+        3,
+        "the rows with whole keys"
+    );
+}

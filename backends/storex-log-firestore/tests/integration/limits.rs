@@ -397,4 +397,8 @@ async fn a_document_that_does_not_read_is_passed_over_and_named() {
     let page = log.pull(b, 0, 3, None).await.expect("pull");
     assert_eq!(cursors(&page), (vec![1], vec![2, 3]));
     assert_eq!((page.next_cursor, page.more), (3, true));
+    // The pushing device's own pull leaves out the one whose routing fields read as its own,
+    // as it leaves out its readable entries; the one whose device does not read is named.
+    let own = log.pull(a, 0, 10, None).await.expect("pull");
+    assert_eq!(cursors(&own), (vec![], vec![2]));
 }

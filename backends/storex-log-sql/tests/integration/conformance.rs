@@ -258,3 +258,33 @@ async fn a_sync_passes_over_an_entry_the_log_cannot_read_reports_it_once_and_app
     assert_eq!((report.unreadable, report.integrated), (0, 1), "{report:?}");
     assert!(report.problems.is_empty(), "{report:?}");
 }
+
+#[tokio::test]
+async fn a_page_mostly_unreadable_fails_the_sync_instead_of_being_passed_over() {
+    use sea_orm::ConnectionTrait;
+    let log = Arc::new(
+        SqlSharedLog::connect("sqlite::memory:")
+            .await
+            .expect("connect"),
+    );
+    let mut devices = storex_test::devices::Devices::new(log.clone()).await;
+    let (a, b) = (devices.add().await, devices.add().await);
+    for n in 0..3 {
+        devices.note(a, &format!("note-{n}"), "v").await;
+    }
+    devices.sync(a).await;
+    // As if the log's ids were all written in a form this version does not read.
+    log.connection()
+        .execute_unprepared(
+            r#"UPDATE "storex_shared_entries" SET "id" = 'x' || "cursor" WHERE "cursor" >= 2"#,
+        )
+        .await
+        .expect("damage");
+    let failed = devices
+        .try_sync(b)
+        .await
+        .expect_err("two of three do not read");
+    assert!(failed.is_transient(), "{failed}");
+    assert!(format!("{failed:?}").contains("too many"), "{failed:?}");
+    assert_eq!(devices.count(b).await, 0, "nothing of the page applied");
+}
