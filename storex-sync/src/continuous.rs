@@ -172,7 +172,8 @@ pub struct SyncReport {
     /// the sync (see [`ContinuousOptions::compact_per_sync`]).
     pub compacted: u64,
     /// Problems that did not stop the sync (an entry too large, a payload that did not
-    /// decode, a journal record, an unshared log row or a held one that does not read).
+    /// decode, an entry the shared log could not read back, a journal record, an unshared
+    /// log row or a held one that does not read).
     pub problems: Vec<String>,
     /// The shared-log cursor after the sync.
     pub cursor: u64,
