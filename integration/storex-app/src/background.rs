@@ -272,9 +272,12 @@ impl BackgroundSync {
             // The watcher holds nothing that needs finishing: a pending long poll just ends.
             live.abort();
         }
-        if let Some(task) = self.task.lock().await.take() {
-            // It ends by itself (a panic of the sync is caught and reported in it).
-            let _ = task.await;
+        let mut task = self.task.lock().await;
+        if let Some(running) = task.as_mut() {
+            // It ends by itself (a panic of the sync is caught and reported in it). Kept
+            // until it has ended, so that a later `stop` still waits if this one is dropped.
+            let _ = running.await;
+            *task = None;
         }
     }
 
@@ -382,7 +385,8 @@ async fn run(
 ) {
     let interval = bounded(options.interval);
     let sync_timeout = bounded(options.sync_timeout);
-    let debounce = options.debounce.min(MAX_WAIT);
+    // A debounce of `MAX_WAIT` or more is "never": local writes do not trigger syncs.
+    let debounce = (options.debounce < MAX_WAIT).then_some(options.debounce);
     let max_backoff = bounded(options.max_backoff);
     let backoff_builder = ExponentialBuilder::default()
         .with_min_delay(bounded(options.min_backoff))
@@ -396,6 +400,10 @@ async fn run(
 
     // After a failure: local writes and live signals do not cut the backoff short.
     let mut not_before: Option<tokio::time::Instant> = None;
+    // When local writes trigger a sync: the debounce after the first write not yet synced.
+    // Waiting for it is one more trigger, so a sync asked for, the timer, a live signal or
+    // a pause are heard meanwhile.
+    let mut write_due: Option<tokio::time::Instant> = None;
     loop {
         let waiting = match not_before {
             Some(_) => SyncState::Backoff,
@@ -411,11 +419,13 @@ async fn run(
             _ = shared.now.notified() => Some(true),
             _ = shared.remote.notified() => Some(false),
             _ = local_writes.notified() => {
-                tokio::select! {
-                    biased;
-                    _ = until_true(&mut stop) => break,
-                    _ = tokio::time::sleep(debounce) => Some(false),
+                if let (None, Some(debounce)) = (write_due, debounce) {
+                    write_due = tokio::time::Instant::now().checked_add(debounce);
                 }
+                continue;
+            }
+            _ = tokio::time::sleep_until(write_due.unwrap_or(next_at)), if write_due.is_some() => {
+                Some(false)
             }
         };
         let Some(asked) = woken else {
@@ -447,6 +457,8 @@ async fn run(
         {
             break;
         }
+        // The sync takes every write made so far; one made while it runs signals again.
+        write_due = None;
         shared.update(|s| s.state = SyncState::Syncing);
         shared.emit(SyncEvent::Started);
         let result = match tokio::time::timeout(sync_timeout, sync.sync_once()).await {

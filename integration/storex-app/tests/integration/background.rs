@@ -127,6 +127,32 @@ async fn a_local_write_triggers_a_push_long_before_the_interval() {
 }
 
 #[tokio::test]
+async fn a_sync_asked_for_during_a_long_debounce_runs_at_once() {
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let options = fast()
+        .with_interval(Duration::from_secs(3600))
+        .with_debounce(Duration::from_secs(3600));
+    let a = app(log, options).await;
+    eventually("the first sync", || async {
+        a.background.status().last_success.is_some()
+    })
+    .await;
+    a.write("waits for the debounce").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        a.sync.device().log().unshared_count().await.expect("count"),
+        1,
+        "the debounce holds the write back"
+    );
+    a.background.sync_now();
+    eventually("the sync asked for", || async {
+        a.sync.device().log().unshared_count().await.expect("count") == 0
+    })
+    .await;
+    a.background.stop().await;
+}
+
+#[tokio::test]
 async fn an_outage_is_retried_with_backoff_and_caught_up() {
     let flaky = Arc::new(FlakySharedLog::new(Arc::new(MemorySharedLog::new())));
     let log: Arc<dyn SharedSyncLog> = flaky.clone();
