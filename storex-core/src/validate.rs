@@ -291,12 +291,15 @@ fn validate_object(
     filled: &HashSet<String>,
 ) -> Result<()> {
     let mut required_present = 0;
+    // A one-field UUID key may be left out of an entering create, or null: the UUID key
+    // middleware fills it.
+    let auto_pk = (stage == Stage::Entry && def.has_uuid_pk()).then(|| def.pk_fields()[0].as_str());
     for (field, value) in object.iter_mut() {
         let (ty, optional) = field_type(def, field)?;
         check_value(def, field, ty, value)?;
         check_range(def, field, value)?;
         if value.is_null() {
-            if !optional && !filled.contains(field) {
+            if !optional && !filled.contains(field) && auto_pk != Some(field.as_str()) {
                 return Err(missing(def, field));
             }
         } else if !optional {
@@ -309,8 +312,8 @@ fn validate_object(
     // Some required field is absent: fine only for a key still to be filled in.
     for f in def.fields() {
         let present = object.get(&f.name).is_some_and(|v| !v.is_null());
-        let auto_pk = stage == Stage::Entry && def.has_uuid_pk() && def.pk_fields()[0] == f.name;
-        if !f.optional && !present && !auto_pk && !filled.contains(&f.name) {
+        if !f.optional && !present && auto_pk != Some(f.name.as_str()) && !filled.contains(&f.name)
+        {
             return Err(missing(def, &f.name));
         }
     }

@@ -320,6 +320,10 @@ async fn uuid_keys_are_filled_inside_batches_and_kept_when_given() {
                 "note",
                 object! { "id" => given, "title" => "given" },
             )),
+            BatchStep::new(Operation::create(
+                "note",
+                object! { "id" => Value::Null, "title" => "null" },
+            )),
         ])
         .await
         .expect("batch");
@@ -331,6 +335,15 @@ async fn uuid_keys_are_filled_inside_batches_and_kept_when_given() {
     assert_eq!(
         outcomes[1].created_pk().and_then(|pk| pk.single()),
         Some(&Value::Uuid(given))
+    );
+    let from_null = outcomes[2]
+        .created_pk()
+        .and_then(|pk| pk.single())
+        .and_then(Value::as_uuid);
+    assert_eq!(
+        from_null.map(|u| u.get_version_num()),
+        Some(7),
+        "a null key is filled too"
     );
 }
 
