@@ -277,13 +277,21 @@ impl CollectionDef {
         if self.fields.is_empty() {
             return fail("it has no fields".into());
         }
-        let mut seen = HashSet::new();
+        // By name ignoring case: SQLite takes `Title` and `title` for one column.
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
         for field in &self.fields {
             if !is_identifier(&field.name) {
                 return fail(format!("field name `{}` must be letters, digits and `_`, starting with a letter or `_`", field.name));
             }
-            if !seen.insert(field.name.as_str()) {
-                return fail(format!("field `{}` is defined twice", field.name));
+            if let Some(other) = seen.insert(field.name.to_ascii_lowercase(), &field.name) {
+                return fail(match other == field.name {
+                    true => format!("field `{}` is defined twice", field.name),
+                    false => format!(
+                        "fields `{other}` and `{}` differ only in case (SQLite takes them for \
+                         one column)",
+                        field.name
+                    ),
+                });
             }
         }
         if self.primary_key.is_empty() {
@@ -425,10 +433,21 @@ impl RegistryBuilder {
     /// Checks every definition and returns the registry, or the first problem found.
     pub fn build(self) -> Result<Registry> {
         let mut collections = BTreeMap::new();
+        // By name ignoring case: SQLite takes `Note` and `note` for one table.
+        let mut names: BTreeMap<String, String> = BTreeMap::new();
         for def in self.defs {
             if collections.contains_key(&def.name) {
                 return Err(Error::DuplicateCollection {
                     collection: def.name,
+                });
+            }
+            if let Some(other) = names.insert(def.name.to_ascii_lowercase(), def.name.clone()) {
+                return Err(Error::InvalidDefinition {
+                    collection: def.name,
+                    problem: format!(
+                        "its name differs only in case from collection `{other}` (SQLite takes \
+                         them for one table)"
+                    ),
                 });
             }
             collections.insert(def.name.clone(), def);
@@ -566,6 +585,28 @@ mod tests {
         assert_eq!(
             msg,
             "invalid definition of collection `note`: field `title` is defined twice"
+        );
+        let msg = refused(note().field("Title", FieldType::Text));
+        assert_eq!(
+            msg,
+            "invalid definition of collection `note`: fields `title` and `Title` differ only \
+             in case (SQLite takes them for one column)"
+        );
+    }
+
+    #[test]
+    fn collections_whose_names_differ_only_in_case_are_refused() {
+        let other = CollectionDef::new("Note")
+            .field("id", FieldType::Int)
+            .primary_key(["id"]);
+        let err = Registry::builder()
+            .collection(note())
+            .collection(other)
+            .build();
+        assert_eq!(
+            err.expect_err("accepted").to_string(),
+            "invalid definition of collection `Note`: its name differs only in case from \
+             collection `note` (SQLite takes them for one table)"
         );
     }
 
