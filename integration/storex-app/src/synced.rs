@@ -93,6 +93,12 @@ impl SyncedStorageBuilder {
 
     /// Exchanges changes through `log`, as a device of `user` (for the sync server's
     /// `HttpSharedLog`, the user's token; the device token it issues is kept in the settings).
+    ///
+    /// The first open registers this database's device for `user`; later opens keep that
+    /// device, and so its account, whatever `user` they are given: a database syncs with one
+    /// account. An app that lets a person switch accounts keeps one database per account.
+    /// The first open also needs the shared log to answer (to register the device): offline,
+    /// it fails, and the app opens again later.
     pub fn shared_log(mut self, log: Arc<dyn SharedSyncLog>, user: impl Into<String>) -> Self {
         self.shared_log = Some((log, user.into()));
         self
