@@ -93,13 +93,19 @@ fn read_int(row: &QueryResult, index: usize) -> Result<Option<i64>, DbErr> {
     }
 }
 
-/// Likewise for `real` (f32) columns of adopted tables.
+/// Likewise for `real` (f32) columns of adopted tables, and for the integers SQLite keeps in
+/// a `numeric` column (it stores `1.0` written there as `1`).
 fn read_float(row: &QueryResult, index: usize) -> Result<Option<f64>, DbErr> {
     match row.try_get_by_index::<Option<f64>>(index) {
         Ok(v) => Ok(v),
         Err(first) => match row.try_get_by_index::<Option<f32>>(index) {
             Ok(v) => Ok(v.map(f64::from)),
-            Err(_) => Err(first),
+            Err(_) => match row.try_get_by_index::<Option<i64>>(index) {
+                // As SQLite itself turns it back into a real (exact up to 2^53).
+                #[allow(clippy::cast_precision_loss)]
+                Ok(v) => Ok(v.map(|i| i as f64)),
+                Err(_) => Err(first),
+            },
         },
     }
 }

@@ -398,3 +398,64 @@ async fn virtual_tables_and_tables_without_a_key_are_left_out_by_name() {
         .expect("virtual tables are left out");
     assert!(read.collection("note_search").is_err());
 }
+
+#[tokio::test]
+async fn columns_without_text_affinity_are_taken_by_the_values_they_hold() {
+    use sea_orm::ConnectionTrait;
+    use storex_core::FieldType::{Float, Int, Text};
+    let db = Database::connect("sqlite::memory:").await.expect("connect");
+    db.execute_unprepared(
+        "CREATE TABLE reading (id INTEGER PRIMARY KEY, at DATETIME, amount NUMERIC, \
+         memo, label VARCHAR(10), empty DECIMAL); \
+         INSERT INTO reading (id, at, amount, memo, label) VALUES \
+         (1, 1704103200, 1, 'first', 'a'), (2, 1704103260, 1.5, NULL, 7); \
+         CREATE TABLE odd (id INTEGER PRIMARY KEY, value); \
+         INSERT INTO odd VALUES (1, 'one'), (2, 2)",
+    )
+    .await
+    .expect("another program's tables");
+    let tables = storex_seaorm::sqlite_tables(&db).await.expect("introspect");
+    let reading = tables.registry.collection("reading").expect("reading");
+    let types: Vec<(&str, storex_core::FieldType)> = reading
+        .fields()
+        .iter()
+        .map(|f| (f.name.as_str(), f.ty))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("id", Int),
+            ("at", Int),
+            ("amount", Float),
+            ("memo", Text),
+            ("label", Text),
+            ("empty", Text)
+        ]
+    );
+    let (left, why) = &tables.left_out[0];
+    assert_eq!(left, "odd");
+    assert!(
+        why.contains("`value`") && why.contains("several kinds"),
+        "{why}"
+    );
+    // The rows read as those types.
+    let storage = Storage::builder(
+        tables.registry.clone(),
+        SeaOrmBackend::new(db.clone()).expect("backend"),
+    )
+    .build()
+    .await
+    .expect("storage");
+    let rows = storage
+        .find_many("reading", storex_core::Query::default())
+        .await
+        .expect("the rows read");
+    assert_eq!(rows[0]["at"], Value::Int(1_704_103_200));
+    assert_eq!(rows[0]["amount"], Value::Float(1.0));
+    assert_eq!(rows[1]["amount"], Value::Float(1.5));
+    assert_eq!(rows[1]["label"], Value::Text("7".into()));
+    let err = storex_seaorm::registry_of_sqlite(&db)
+        .await
+        .expect_err("the strict reading refuses `odd`");
+    assert!(format!("{err}").contains("several kinds"), "{err}");
+}
