@@ -6,18 +6,16 @@
 //! for a UTC datetime) → datetime, `json…` → json, `…int…` → int, `bool…` → bool,
 //! `real`/`double`/`float` → float, `blob`/`…binary…` → blob, anything else → text. A naive
 //! `datetime` or `timestamp` column (another program's, holding `2024-01-01 10:00:00` or
-//! seconds since 1970) is not a datetime: its values travel as they are, where reading them as
-//! UTC datetimes would rewrite them in another form on the other devices. SQLite keeps numbers
-//! as numbers in such a column (and in `numeric`, `decimal` or untyped ones), so those are
-//! taken by what they hold: text when their values are text (or none), int when they are
-//! integers, float when there are reals, blob when blobs. One that holds both text and numbers
-//! is refused by name: a storex field holds one type.
+//! seconds since 1970) is text: its values travel as they are, where reading them as UTC
+//! datetimes would rewrite them in another form on the other devices. (A number SQLite keeps in
+//! such a column, or a `numeric` or untyped one, reads as its text, which a receiving column of
+//! the same declared type stores as a number again. The type is the declared one, never the
+//! data's, so it is the same on every device and every run.)
 //! storex's own tables (`storex_…`: the client sync log, app settings such as the device id
 //! and its token, a shared log) are left out: they belong to the device, and a sync device adds
 //! them itself. So are virtual tables (full-text indexes, say) and their shadow tables, which
 //! SQLite builds from the rows of other tables, and, with [`sqlite_tables`], tables without a
-//! primary key, whose rows cannot be told apart, and tables with a column of mixed kinds:
-//! each is named with why.
+//! primary key, whose rows cannot be told apart: each is named with why.
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use storex_core::{CollectionDef, FieldType, Registry};
@@ -48,55 +46,6 @@ fn field_type(declared: &str) -> FieldType {
     }
 }
 
-/// Whether SQLite turns numbers into text in a column declared `declared` (its rule for TEXT
-/// affinity): such a column holds only text (or blobs).
-fn text_affinity(declared: &str) -> bool {
-    let t = declared.to_ascii_lowercase();
-    ["char", "clob", "text"].iter().any(|k| t.contains(k))
-}
-
-/// The field type of column `column` of `table` (one without TEXT affinity, taken for text
-/// by its declared type) by the storage classes its values have, or why it has none.
-async fn held_type(
-    db: &DatabaseConnection,
-    table: &str,
-    column: &str,
-) -> Result<std::result::Result<FieldType, String>> {
-    let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
-    let classes = db
-        .query_all_raw(Statement::from_string(
-            DbBackend::Sqlite,
-            format!(
-                "SELECT DISTINCT typeof({}) AS class FROM {}",
-                quote(column),
-                quote(table)
-            ),
-        ))
-        .await
-        .map_err(|e| Error::Storage(storex_core::Error::backend("seaorm-sqlite", e)))?;
-    let mut held = Vec::with_capacity(classes.len());
-    for row in classes {
-        let class: String = row
-            .try_get("", "class")
-            .map_err(|e| Error::Storage(storex_core::Error::backend("seaorm-sqlite", e)))?;
-        if class != "null" {
-            held.push(class);
-        }
-    }
-    held.sort();
-    let held: Vec<&str> = held.iter().map(String::as_str).collect();
-    Ok(match held.as_slice() {
-        [] | ["text"] => Ok(FieldType::Text),
-        ["integer"] => Ok(FieldType::Int),
-        ["real"] | ["integer", "real"] => Ok(FieldType::Float),
-        ["blob"] => Ok(FieldType::Blob),
-        mixed => Err(format!(
-            "its column `{column}` holds values of several kinds ({}), and a field holds one",
-            mixed.join(", ")
-        )),
-    })
-}
-
 fn unsupported(table: &str, problem: &str) -> Error {
     Error::Storage(storex_core::Error::InvalidDefinition {
         collection: table.to_owned(),
@@ -118,19 +67,15 @@ pub struct SqliteTables {
 /// [`sqlite_tables`] to leave such tables out instead).
 pub async fn registry_of_sqlite(db: &DatabaseConnection) -> Result<Registry> {
     let tables = read_tables(db).await?;
-    for table in &tables {
-        match table {
-            Table::Unkeyed(table) => return Err(unsupported(table, UNKEYED)),
-            Table::Refused(table, why) => return Err(unsupported(table, why)),
-            Table::Keyed(_) | Table::Derived(..) => {}
-        }
+    if let Some(Table::Unkeyed(table)) = tables.iter().find(|t| matches!(t, Table::Unkeyed(_))) {
+        return Err(unsupported(table, UNKEYED));
     }
     build(tables)
 }
 
 /// The tables of a SQLite database storex can take, as [`registry_of_sqlite`] reads them, and
-/// those it leaves out (virtual tables, their shadow tables, tables without a primary key,
-/// and tables with a column holding both text and numbers), for a tool to tell its user.
+/// those it leaves out (virtual tables, their shadow tables, and tables without a primary
+/// key), for a tool to tell its user.
 pub async fn sqlite_tables(db: &DatabaseConnection) -> Result<SqliteTables> {
     let tables = read_tables(db).await?;
     let mut left_out = Vec::new();
@@ -138,7 +83,6 @@ pub async fn sqlite_tables(db: &DatabaseConnection) -> Result<SqliteTables> {
     for table in tables {
         match table {
             Table::Unkeyed(name) => left_out.push((name, UNKEYED.to_owned())),
-            Table::Refused(name, why) => left_out.push((name, why)),
             Table::Derived(name, kind) => left_out.push((
                 name,
                 format!("it is a {kind} table, which SQLite builds from other tables"),
@@ -162,8 +106,6 @@ enum Table {
     Unkeyed(String),
     /// A virtual table or a shadow table of one, and which.
     Derived(String, String),
-    /// A table storex cannot take as it is, and why.
-    Refused(String, String),
 }
 
 fn build(tables: Vec<Table>) -> Result<Registry> {
@@ -211,22 +153,12 @@ async fn read_tables(db: &DatabaseConnection) -> Result<Vec<Table>> {
             .map_err(backend_err)?;
         let mut def = CollectionDef::new(table.clone());
         let mut pk: Vec<(i64, String)> = Vec::new();
-        let mut refused = None;
         for column in columns {
             let name: String = column.try_get("", "name").map_err(backend_err)?;
             let declared: String = column.try_get("", "type").map_err(backend_err)?;
             let not_null: i64 = column.try_get("", "notnull").map_err(backend_err)?;
             let pk_position: i64 = column.try_get("", "pk").map_err(backend_err)?;
-            let mut ty = field_type(&declared);
-            if ty == FieldType::Text && !text_affinity(&declared) {
-                match held_type(db, &table, &name).await? {
-                    Ok(held) => ty = held,
-                    Err(why) => {
-                        refused = Some(why);
-                        break;
-                    }
-                }
-            }
+            let ty = field_type(&declared);
             def = if not_null != 0 || pk_position > 0 {
                 def.field(name.clone(), ty)
             } else {
@@ -235,10 +167,6 @@ async fn read_tables(db: &DatabaseConnection) -> Result<Vec<Table>> {
             if pk_position > 0 {
                 pk.push((pk_position, name));
             }
-        }
-        if let Some(why) = refused {
-            read.push(Table::Refused(table, why));
-            continue;
         }
         if pk.is_empty() {
             read.push(Table::Unkeyed(table));

@@ -55,9 +55,7 @@ fn null_of(ty: FieldType) -> SqlValue {
 /// Reads column `index` of a row (which holds field `field`) as the field's type.
 fn read_field(row: &QueryResult, index: usize, field: &FieldDef) -> Result<Value, DbErr> {
     let value = match field.ty {
-        FieldType::Text => row
-            .try_get_by_index::<Option<String>>(index)?
-            .map(Value::Text),
+        FieldType::Text => read_text(row, index)?.map(Value::Text),
         FieldType::Int => read_int(row, index)?.map(Value::Int),
         FieldType::Float => read_float(row, index)?.map(Value::Float),
         FieldType::Bool => row
@@ -87,6 +85,22 @@ fn read_int(row: &QueryResult, index: usize) -> Result<Option<i64>, DbErr> {
             Ok(v) => Ok(v.map(i64::from)),
             Err(_) => match row.try_get_by_index::<Option<i16>>(index) {
                 Ok(v) => Ok(v.map(i64::from)),
+                Err(_) => Err(first),
+            },
+        },
+    }
+}
+
+/// A text field; on SQLite a number kept in a column without text affinity (another
+/// program's `datetime`, `numeric` or untyped column, which SQLite stores numbers in as
+/// numbers) reads as its text.
+fn read_text(row: &QueryResult, index: usize) -> Result<Option<String>, DbErr> {
+    match row.try_get_by_index::<Option<String>>(index) {
+        Ok(v) => Ok(v),
+        Err(first) => match row.try_get_by_index::<Option<i64>>(index) {
+            Ok(v) => Ok(v.map(|i| i.to_string())),
+            Err(_) => match row.try_get_by_index::<Option<f64>>(index) {
+                Ok(v) => Ok(v.map(|f| f.to_string())),
                 Err(_) => Err(first),
             },
         },
