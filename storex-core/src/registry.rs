@@ -287,8 +287,8 @@ impl CollectionDef {
                 return fail(match other == field.name {
                     true => format!("field `{}` is defined twice", field.name),
                     false => format!(
-                        "fields `{other}` and `{}` differ only in case (SQLite takes them for \
-                         one column)",
+                        "fields `{other}` and `{}` differ only in case (SQLite, and MySQL \
+                         on some systems, take them for one column)",
                         field.name
                     ),
                 });
@@ -430,7 +430,8 @@ impl RegistryBuilder {
         self
     }
 
-    /// Checks every definition and returns the registry, or the first problem found.
+    /// Checks every definition and returns the registry, or the first problem found. Names of
+    /// collections, and of the fields of one collection, must differ in more than case.
     pub fn build(self) -> Result<Registry> {
         let mut collections = BTreeMap::new();
         // By name ignoring case: SQLite takes `Note` and `note` for one table.
@@ -445,8 +446,8 @@ impl RegistryBuilder {
                 return Err(Error::InvalidDefinition {
                     collection: def.name,
                     problem: format!(
-                        "its name differs only in case from collection `{other}` (SQLite takes \
-                         them for one table)"
+                        "its name differs only in case from collection `{other}` (SQLite, and \
+                         MySQL on some systems, take them for one table)"
                     ),
                 });
             }
@@ -590,7 +591,7 @@ mod tests {
         assert_eq!(
             msg,
             "invalid definition of collection `note`: fields `title` and `Title` differ only \
-             in case (SQLite takes them for one column)"
+             in case (SQLite, and MySQL on some systems, take them for one column)"
         );
     }
 
@@ -606,7 +607,7 @@ mod tests {
         assert_eq!(
             err.expect_err("accepted").to_string(),
             "invalid definition of collection `Note`: its name differs only in case from \
-             collection `note` (SQLite takes them for one table)"
+             collection `note` (SQLite, and MySQL on some systems, take them for one table)"
         );
     }
 

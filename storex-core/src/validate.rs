@@ -2,7 +2,7 @@
 //!
 //! Validation runs twice: when an operation enters a [`crate::Storage`] (so middleware only
 //! ever sees well-formed operations) and once more at the end of the chain (so whatever the
-//! middleware produced is checked too). The first pass lets a create leave out a UUID key,
+//! middleware produced is checked too). The first pass lets a create leave out (or null) a UUID key,
 //! which [`crate::UuidPkMiddleware`] fills in. Both passes normalize values to the precision
 //! storex keeps.
 
@@ -17,7 +17,7 @@ use crate::value::{FieldType, Object, Pk, Value};
 /// Which pass of validation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Stage {
-    /// On entry to the chain: a create may leave out a UUID primary key.
+    /// On entry to the chain: a create may leave out a UUID primary key, or set it to null.
     Entry,
     /// Before the backend: everything must be complete.
     Backend,

@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 pub struct BackgroundOptions {
     /// Sync at least this often (kept within [`MIN_WAIT`] and [`MAX_WAIT`]).
     pub interval: Duration,
-    /// After a local write, wait this long for more before syncing.
+    /// After a local write, wait this long for more before syncing (from the first write not
+    /// yet synced). [`MAX_WAIT`] or more: local writes do not trigger syncs.
     pub debounce: Duration,
     /// First retry delay after a failure (kept within [`MIN_WAIT`] and [`MAX_WAIT`]).
     pub min_backoff: Duration,
@@ -418,14 +419,14 @@ async fn run(
             _ = tokio::time::sleep_until(next_at) => Some(false),
             _ = shared.now.notified() => Some(true),
             _ = shared.remote.notified() => Some(false),
+            _ = tokio::time::sleep_until(write_due.unwrap_or(next_at)), if write_due.is_some() => {
+                Some(false)
+            }
             _ = local_writes.notified() => {
                 if let (None, Some(debounce)) = (write_due, debounce) {
                     write_due = tokio::time::Instant::now().checked_add(debounce);
                 }
                 continue;
-            }
-            _ = tokio::time::sleep_until(write_due.unwrap_or(next_at)), if write_due.is_some() => {
-                Some(false)
             }
         };
         let Some(asked) = woken else {
