@@ -224,8 +224,9 @@ async fn an_entry_row_that_does_not_read_is_passed_over_and_named() {
     assert_eq!(cursors(&page), (vec![3], vec![]));
 }
 
-#[tokio::test]
-async fn a_sync_passes_over_an_entry_the_log_cannot_read_reports_it_once_and_applies_the_rest() {
+/// Devices `a` (index 0) and `b` (1) on a SQL log, `a` having pushed three notes; then
+/// `damage`, a statement run on the log's tables.
+async fn three_pushed_then(damage: &str) -> storex_test::devices::Devices {
     use sea_orm::ConnectionTrait;
     let log = Arc::new(
         SqlSharedLog::connect("sqlite::memory:")
@@ -233,17 +234,26 @@ async fn a_sync_passes_over_an_entry_the_log_cannot_read_reports_it_once_and_app
             .expect("connect"),
     );
     let mut devices = storex_test::devices::Devices::new(log.clone()).await;
-    let (a, b) = (devices.add().await, devices.add().await);
+    let a = devices.add().await;
+    devices.add().await;
     for n in 0..3 {
         devices.note(a, &format!("note-{n}"), "v").await;
     }
     devices.sync(a).await;
     log.connection()
-        .execute_unprepared(
-            r#"UPDATE "storex_shared_entries" SET "id" = 'not an id' WHERE "cursor" = 2"#,
-        )
+        .execute_unprepared(damage)
         .await
         .expect("damage");
+    devices
+}
+
+#[tokio::test]
+async fn a_sync_passes_over_an_entry_the_log_cannot_read_reports_it_once_and_applies_the_rest() {
+    let devices = three_pushed_then(
+        r#"UPDATE "storex_shared_entries" SET "id" = 'not an id' WHERE "cursor" = 2"#,
+    )
+    .await;
+    let (a, b) = (0, 1);
     let report = devices.sync(b).await;
     assert_eq!((report.unreadable, report.integrated), (1, 2), "{report:?}");
     assert!(
@@ -261,25 +271,12 @@ async fn a_sync_passes_over_an_entry_the_log_cannot_read_reports_it_once_and_app
 
 #[tokio::test]
 async fn a_page_mostly_unreadable_fails_the_sync_instead_of_being_passed_over() {
-    use sea_orm::ConnectionTrait;
-    let log = Arc::new(
-        SqlSharedLog::connect("sqlite::memory:")
-            .await
-            .expect("connect"),
-    );
-    let mut devices = storex_test::devices::Devices::new(log.clone()).await;
-    let (a, b) = (devices.add().await, devices.add().await);
-    for n in 0..3 {
-        devices.note(a, &format!("note-{n}"), "v").await;
-    }
-    devices.sync(a).await;
     // As if the log's ids were all written in a form this version does not read.
-    log.connection()
-        .execute_unprepared(
-            r#"UPDATE "storex_shared_entries" SET "id" = 'x' || "cursor" WHERE "cursor" >= 2"#,
-        )
-        .await
-        .expect("damage");
+    let devices = three_pushed_then(
+        r#"UPDATE "storex_shared_entries" SET "id" = 'x' || "cursor" WHERE "cursor" >= 2"#,
+    )
+    .await;
+    let b = 1;
     let failed = devices
         .try_sync(b)
         .await
