@@ -15,7 +15,8 @@
 //! and its token, a shared log) are left out: they belong to the device, and a sync device adds
 //! them itself. So are virtual tables (full-text indexes, say) and their shadow tables, which
 //! SQLite builds from the rows of other tables, and, with [`sqlite_tables`], tables without a
-//! primary key, whose rows cannot be told apart: each is named with why.
+//! primary key, whose rows cannot be told apart, and tables whose name or a column's name is
+//! not an identifier storex takes: each is named with why.
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use storex_core::{CollectionDef, FieldType, Registry};
@@ -74,8 +75,9 @@ pub async fn registry_of_sqlite(db: &DatabaseConnection) -> Result<Registry> {
 }
 
 /// The tables of a SQLite database storex can take, as [`registry_of_sqlite`] reads them, and
-/// those it leaves out (virtual tables, their shadow tables, and tables without a primary
-/// key), for a tool to tell its user.
+/// those it leaves out (virtual tables, their shadow tables, tables without a primary key, and
+/// tables whose name or a column's name storex does not take as an identifier), for a tool to
+/// tell its user.
 pub async fn sqlite_tables(db: &DatabaseConnection) -> Result<SqliteTables> {
     let tables = read_tables(db).await?;
     let mut left_out = Vec::new();
@@ -87,7 +89,12 @@ pub async fn sqlite_tables(db: &DatabaseConnection) -> Result<SqliteTables> {
                 name,
                 format!("it is a {kind} table, which SQLite builds from other tables"),
             )),
-            keyed @ Table::Keyed(_) => taken.push(keyed),
+            Table::Keyed(def) => match Registry::builder().collection(def.clone()).build() {
+                Ok(_) => taken.push(Table::Keyed(def)),
+                // A name storex does not take (`first name`, `größe`): the table is left out
+                // with the registry's reason, and the others still move.
+                Err(problem) => left_out.push((def.name().to_owned(), problem.to_string())),
+            },
         }
     }
     Ok(SqliteTables {
