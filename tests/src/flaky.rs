@@ -53,6 +53,7 @@ pub struct FlakySharedLog {
     /// The live signal's answer: 0 the wrapped log's, 1 news at once, 2 nothing new soon.
     live_signal: AtomicU8,
     live_waits: AtomicUsize,
+    live_panic: AtomicBool,
 }
 
 fn lost() -> SharedLogError {
@@ -74,6 +75,7 @@ impl FlakySharedLog {
             stuck: AtomicBool::new(false),
             live_signal: AtomicU8::new(0),
             live_waits: AtomicUsize::new(0),
+            live_panic: AtomicBool::new(false),
         }
     }
 
@@ -88,6 +90,12 @@ impl FlakySharedLog {
             Some(false) => 2,
         };
         self.live_signal.store(code, Ordering::SeqCst);
+    }
+
+    /// Makes the next call for the live signal panic (a bug in a log), then answer as
+    /// before.
+    pub fn panic_on_next_live_wait(&self) {
+        self.live_panic.store(true, Ordering::SeqCst);
     }
 
     /// How many times the live signal was asked for.
@@ -248,6 +256,9 @@ impl SharedSyncLog for FlakySharedLog {
         topics: Option<&'a [String]>,
     ) -> Option<BoxFuture<'a, SharedResult<bool>>> {
         self.live_waits.fetch_add(1, Ordering::SeqCst);
+        if self.live_panic.swap(false, Ordering::SeqCst) {
+            panic!("injected: a bug in the live signal");
+        }
         match self.live_signal.load(Ordering::SeqCst) {
             1 => Some(Box::pin(async { Ok(true) })),
             2 => Some(Box::pin(async {

@@ -181,7 +181,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn update(&self, f: impl FnOnce(&mut SyncStatus)) {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut SyncStatus)) {
         f(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
@@ -219,7 +219,7 @@ impl BackgroundSync {
         let (paused, paused_rx) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
         let live = options.live_updates.then(|| {
-            tokio::spawn(crate::live::watch(
+            tokio::spawn(crate::live::watch_supervised(
                 sync.clone(),
                 shared.clone(),
                 paused_rx.clone(),

@@ -11,7 +11,8 @@
 //! [`LIVE_WAIT`]), so the signal cannot make it sync in a loop; so it does when the log says
 //! at once that nothing is new, instead of holding the wait. While the log is unreachable
 //! it backs off (1 s doubling to 30 s); the sync task's own backoff reports the failure, so the
-//! watcher stays quiet about it.
+//! watcher stays quiet about it. A panic of the watcher is reported in the status and the
+//! watcher starts again ([`watch_supervised`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,7 +53,44 @@ fn next_wait(backoff: &mut Duration, longest: Duration) -> Duration {
     wait
 }
 
-pub(crate) async fn watch(
+/// Runs the watcher; if it panics (a bug, in storex or in a shared log), says so in the
+/// status's `last_error` and starts it again after a wait (1 s doubling to
+/// [`UNREACHABLE_WAIT`]), so live updates do not end silently while timer syncs go on.
+pub(crate) async fn watch_supervised(
+    sync: Arc<ContinuousSync>,
+    shared: Arc<Shared>,
+    paused: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut restart = FIRST_WAIT;
+    loop {
+        let running = tokio::spawn(watch(
+            sync.clone(),
+            shared.clone(),
+            paused.clone(),
+            stop.clone(),
+        ));
+        match running.await {
+            Err(failure) if failure.is_panic() => {
+                let wait = next_wait(&mut restart, UNREACHABLE_WAIT);
+                shared.update(|s| {
+                    s.last_error = Some(format!(
+                        "live updates stopped on a bug ({failure}); they start again in {} s",
+                        wait.as_secs()
+                    ));
+                });
+                tokio::select! {
+                    _ = until_true(&mut stop) => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            // Ended (stopped, or the log has no live signal), or cancelled.
+            _ => return,
+        }
+    }
+}
+
+async fn watch(
     sync: Arc<ContinuousSync>,
     shared: Arc<Shared>,
     mut paused: watch::Receiver<bool>,

@@ -514,6 +514,29 @@ async fn a_paused_background_sync_does_not_ask_the_live_signal() {
 }
 
 #[tokio::test]
+async fn live_updates_start_again_after_the_watcher_panicked() {
+    let flaky = Arc::new(FlakySharedLog::new(Arc::new(MemorySharedLog::new())));
+    // A log with a live signal and nothing new, whose first answer is a panic (a bug).
+    flaky.set_live_signal(Some(false));
+    flaky.panic_on_next_live_wait();
+    let a = app(
+        flaky.clone(),
+        fast().with_interval(Duration::from_secs(3600)),
+    )
+    .await;
+    eventually("the live signal watched once", || async {
+        flaky.live_waits() >= 1
+    })
+    .await;
+    // Started again after a second, not ended for good.
+    eventually("the live signal watched again after the panic", || async {
+        flaky.live_waits() >= 2
+    })
+    .await;
+    a.background.stop().await;
+}
+
+#[tokio::test]
 async fn waits_too_long_for_the_clock_are_kept_within_a_year() {
     let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
     // `Duration::MAX` for "no timer" (and no retry): the next sync's time would overflow.
