@@ -54,6 +54,7 @@ pub struct FlakySharedLog {
     live_signal: AtomicU8,
     live_waits: AtomicUsize,
     live_panic: AtomicBool,
+    offline: AtomicBool,
 }
 
 fn lost() -> SharedLogError {
@@ -76,6 +77,7 @@ impl FlakySharedLog {
             live_signal: AtomicU8::new(0),
             live_waits: AtomicUsize::new(0),
             live_panic: AtomicBool::new(false),
+            offline: AtomicBool::new(false),
         }
     }
 
@@ -117,6 +119,13 @@ impl FlakySharedLog {
     /// Makes every push, pull and ack fail while `down` (an outage), or work again.
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Makes every registration fail too while `offline`, besides every push, pull and ack
+    /// (no network at all), or work again.
+    pub fn set_offline(&self, offline: bool) {
+        self.offline.store(offline, Ordering::SeqCst);
+        self.set_down(offline);
     }
 
     /// Makes every pull started while `hanging` never answer (a half-open connection), or
@@ -165,6 +174,9 @@ impl SharedSyncLog for FlakySharedLog {
         device: DeviceId,
     ) -> BoxFuture<'a, SharedResult<()>> {
         Box::pin(async move {
+            if self.offline.load(Ordering::SeqCst) {
+                return Err(lost());
+            }
             self.inner.register_device(user, device).await?;
             if self.hit(Fault::RegisterReplyLost) {
                 return Err(lost());

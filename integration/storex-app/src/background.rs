@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::registration::Registration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use storex_sync::{ContinuousSync, SyncReport};
 use tokio::sync::{broadcast, watch, Notify};
@@ -209,6 +210,16 @@ impl BackgroundSync {
         local_writes: Arc<Notify>,
         options: BackgroundOptions,
     ) -> Self {
+        Self::start_registering(sync, local_writes, options, None)
+    }
+
+    /// [`BackgroundSync::start`], each sync first making `registration` if it still waits.
+    pub(crate) fn start_registering(
+        sync: Arc<ContinuousSync>,
+        local_writes: Arc<Notify>,
+        options: BackgroundOptions,
+        registration: Option<Arc<Registration>>,
+    ) -> Self {
         let (events, _) = broadcast::channel(64);
         let shared = Arc::new(Shared {
             status: Mutex::new(SyncStatus::default()),
@@ -230,7 +241,7 @@ impl BackgroundSync {
             shared.clone(),
             stop.clone(),
             run(
-                sync,
+                Syncing { sync, registration },
                 shared.clone(),
                 local_writes,
                 options,
@@ -376,8 +387,30 @@ async fn supervise(
     }
 }
 
-async fn run(
+/// What the task syncs: the device, registered first if it is not yet.
+struct Syncing {
     sync: Arc<ContinuousSync>,
+    registration: Option<Arc<Registration>>,
+}
+
+impl Syncing {
+    /// Registers the device if it still waits, then syncs once; a failure as its message.
+    async fn once(&self) -> Result<SyncReport, String> {
+        if let Some(registration) = &self.registration {
+            registration
+                .ensure()
+                .await
+                .map_err(|e| storex_core::error_chain(&e))?;
+        }
+        self.sync
+            .sync_once()
+            .await
+            .map_err(|e| storex_core::error_chain(&e))
+    }
+}
+
+async fn run(
+    syncing: Syncing,
     shared: Arc<Shared>,
     local_writes: Arc<Notify>,
     options: BackgroundOptions,
@@ -462,15 +495,15 @@ async fn run(
         write_due = None;
         shared.update(|s| s.state = SyncState::Syncing);
         shared.emit(SyncEvent::Started);
-        let result = match tokio::time::timeout(sync_timeout, sync.sync_once()).await {
-            Ok(result) => result.map_err(|e| storex_core::error_chain(&e)),
+        let result = match tokio::time::timeout(sync_timeout, syncing.once()).await {
+            Ok(result) => result,
             Err(_) => Err(format!(
                 "the sync took longer than {sync_timeout:?} and was abandoned (the next one \
                  resumes where it left off)"
             )),
         };
         // If the count cannot be read, the last one stands (not a made-up 0).
-        let pending = sync.device().log().unshared_count().await.ok();
+        let pending = syncing.sync.device().log().unshared_count().await.ok();
         match result {
             Ok(report) => {
                 backoff = backoff_builder.build();

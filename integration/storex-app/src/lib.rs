@@ -20,6 +20,7 @@ mod change_notifier;
 mod error;
 mod live;
 mod pairing;
+mod registration;
 mod synced;
 
 pub use background::{

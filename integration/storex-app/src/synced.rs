@@ -16,6 +16,7 @@ use storex_sync::{
 use crate::background::{BackgroundOptions, BackgroundSync};
 use crate::change_notifier::ChangeNotifier;
 use crate::error::{Error, Result};
+use crate::registration::{self, Registration};
 
 /// The collection where storex-app keeps its settings (the device id) in the app's database;
 /// never synced.
@@ -29,7 +30,10 @@ const EXISTING_ROWS_KEY: &str = "existing_rows_logged";
 const SCHEMA_KEY: &str = "schema";
 /// Credentials the shared log issued to this device (a sync server's device token). Kept in the
 /// settings collection, which is never synced.
-const CREDENTIALS_KEY: &str = "device_credentials";
+pub(crate) const CREDENTIALS_KEY: &str = "device_credentials";
+/// Set while this database's device is not registered with the shared log yet (its first
+/// open could not reach the log); removed once it is.
+pub(crate) const UNREGISTERED_KEY: &str = "device_not_registered";
 
 fn settings_collection() -> CollectionDef {
     CollectionDef::new(SETTINGS_COLLECTION)
@@ -97,8 +101,10 @@ impl SyncedStorageBuilder {
     /// The first open registers this database's device for `user`; later opens keep that
     /// device, and so its account, whatever `user` they are given: a database syncs with one
     /// account. An app that lets a person switch accounts keeps one database per account.
-    /// The first open also needs the shared log to answer (to register the device): offline,
-    /// it fails, and the app opens again later.
+    /// When the first open cannot reach the shared log (the app's first start is offline), the
+    /// storage opens all the same and works locally; the device is registered by the first
+    /// sync that reaches the log ([`SyncedStorage::is_registered`]). A log that answers and
+    /// refuses (a wrong user token, say) fails the open.
     pub fn shared_log(mut self, log: Arc<dyn SharedSyncLog>, user: impl Into<String>) -> Self {
         self.shared_log = Some((log, user.into()));
         self
@@ -144,7 +150,7 @@ impl SyncedStorageBuilder {
         .build()
         .await?;
         let schemas = check_schemas(&registry, &self.sync_options.excluded, &settings).await?;
-        let device_id = match read_setting(&settings, DEVICE_KEY).await? {
+        let (device_id, registration) = match read_setting(&settings, DEVICE_KEY).await? {
             Some(text) => {
                 let id = DeviceId(
                     text.parse()
@@ -153,7 +159,22 @@ impl SyncedStorageBuilder {
                 if let Some(credentials) = read_setting(&settings, CREDENTIALS_KEY).await? {
                     log.restore_device_credentials(id, &credentials);
                 }
-                id
+                let registration = if read_setting(&settings, UNREGISTERED_KEY).await?.is_some() {
+                    // Opened offline before, and in use since: registered now if the log
+                    // takes it, else by the first sync that reaches the log, whose error says
+                    // why not. (Its id does not change any more: its writes are logged under
+                    // it. The app keeps working meanwhile.)
+                    match registration::complete(log.as_ref(), &settings, &user, id).await {
+                        Ok(()) => Registration::done(log.clone()),
+                        Err(Error::SharedLog(_)) => {
+                            Registration::pending(log.clone(), settings.clone(), user, id)
+                        }
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    Registration::done(log.clone())
+                };
+                (id, registration)
             }
             None => {
                 // The id is stored before it is registered: if the answer is lost or the app
@@ -168,27 +189,38 @@ impl SyncedStorageBuilder {
                     })?)),
                     None => None,
                 };
-                let id = match pending {
+                let (id, registered) = match pending {
                     Some(id) => match log.register_device(&user, id).await {
-                        Ok(()) => id,
-                        // The id kept from an earlier start was revoked meanwhile (an orphan
-                        // someone cleaned up) or is another user's: start over with a new one.
-                        // (Any other refusal, a wrong user token say, keeps it.)
+                        Ok(()) => (id, true),
+                        // The id kept from an earlier start that stopped before storing it
+                        // (never used: a device opened offline keeps its id under
+                        // `DEVICE_KEY`) was revoked meanwhile (an orphan someone cleaned up)
+                        // or is another user's: start over with a new one. (Any other
+                        // refusal, a wrong user token say, keeps it.)
                         Err(SharedLogError::DeviceRefused { .. }) => {
                             register_new_id(&settings, log.as_ref(), &user).await?
                         }
+                        Err(e) if registration::unreachable(&e) => (id, false),
                         Err(e) => return Err(e.into()),
                     },
                     None => register_new_id(&settings, log.as_ref(), &user).await?,
                 };
-                // The id and its credentials in one transaction: both or neither.
+                // The id with its credentials, or with the mark of a registration still to
+                // make, in one transaction: both or neither.
                 let mut steps = Vec::new();
-                if let Some(credentials) = log.device_credentials(id) {
+                if !registered {
+                    steps.push(setting_step(&settings, UNREGISTERED_KEY, "1").await?);
+                } else if let Some(credentials) = log.device_credentials(id) {
                     steps.push(setting_step(&settings, CREDENTIALS_KEY, &credentials).await?);
                 }
                 steps.push(setting_step(&settings, DEVICE_KEY, &id.0.to_string()).await?);
                 settings.batch(steps).await?;
-                id
+                let registration = if registered {
+                    Registration::done(log.clone())
+                } else {
+                    Registration::pending(log.clone(), settings.clone(), user, id)
+                };
+                (id, registration)
             }
         };
 
@@ -212,6 +244,7 @@ impl SyncedStorageBuilder {
             sync: Arc::new(ContinuousSync::new(device, log, self.options)),
             notifier,
             existing_rows_logged,
+            registration: Arc::new(registration),
         })
     }
 }
@@ -322,16 +355,20 @@ fn existing_rows_key(collection: &str) -> String {
     format!("{EXISTING_ROWS_KEY}:{collection}")
 }
 
-/// Picks a device id, stores it, then registers it (see [`SyncedStorageBuilder::open`]).
+/// Picks a device id, stores it, then registers it (see [`SyncedStorageBuilder::open`]); with
+/// whether it is registered (not when the log cannot be reached).
 async fn register_new_id(
     settings: &Storage,
     log: &dyn SharedSyncLog,
     user: &str,
-) -> Result<DeviceId> {
+) -> Result<(DeviceId, bool)> {
     let id = DeviceId::random();
     write_setting(settings, PENDING_DEVICE_KEY, &id.0.to_string()).await?;
-    log.register_device(user, id).await?;
-    Ok(id)
+    match log.register_device(user, id).await {
+        Ok(()) => Ok((id, true)),
+        Err(e) if registration::unreachable(&e) => Ok((id, false)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn read_setting(settings: &Storage, key: &str) -> Result<Option<String>> {
@@ -347,7 +384,7 @@ async fn write_setting(settings: &Storage, key: &str, value: &str) -> Result<()>
 }
 
 /// The write that sets `key` to `value`: an update if the setting exists, else a create.
-async fn setting_step(settings: &Storage, key: &str, value: &str) -> Result<BatchStep> {
+pub(crate) async fn setting_step(settings: &Storage, key: &str, value: &str) -> Result<BatchStep> {
     let exists = settings
         .find_by_pk(SETTINGS_COLLECTION, key)
         .await?
@@ -368,6 +405,7 @@ pub struct SyncedStorage {
     sync: Arc<ContinuousSync>,
     notifier: ChangeNotifier,
     existing_rows_logged: u64,
+    registration: Arc<Registration>,
 }
 
 impl SyncedStorage {
@@ -403,18 +441,36 @@ impl SyncedStorage {
         self.existing_rows_logged
     }
 
-    /// Pushes, pulls and applies once.
+    /// Pushes, pulls and applies once; first registers the device if its first open could
+    /// not reach the shared log.
     pub async fn sync_once(&self) -> Result<SyncReport> {
+        self.registration.ensure().await?;
         Ok(self.sync.sync_once().await?)
     }
 
-    /// The continuous sync, to share with other tasks.
+    /// Whether this device is registered with the shared log. It is not when its first open
+    /// could not reach the log (the app's first start was offline): the storage works, and
+    /// the device is registered by the next [`SyncedStorage::sync_once`] or background sync
+    /// that reaches the log.
+    pub async fn is_registered(&self) -> bool {
+        !self.registration.is_pending().await
+    }
+
+    /// The continuous sync, to share with other tasks. (A device not registered yet, see
+    /// [`SyncedStorage::is_registered`], is registered by [`SyncedStorage::sync_once`] and
+    /// the background sync, not by syncing through this directly.)
     pub fn continuous(&self) -> &Arc<ContinuousSync> {
         &self.sync
     }
 
-    /// Starts syncing in the background, woken by local writes too.
+    /// Starts syncing in the background, woken by local writes too (it registers the device
+    /// first if it is not yet, see [`SyncedStorage::is_registered`]).
     pub fn start_background(&self, options: BackgroundOptions) -> BackgroundSync {
-        BackgroundSync::start(self.sync.clone(), self.notifier.signal(), options)
+        BackgroundSync::start_registering(
+            self.sync.clone(),
+            self.notifier.signal(),
+            options,
+            Some(self.registration.clone()),
+        )
     }
 }

@@ -1,6 +1,7 @@
 //! An app with a SeaORM data layer turns sync on: its existing rows reach the other device,
 //! the device id survives a restart, nothing is logged twice, a missing shared log is
-//! reported, and a registration whose answer was lost leaves no second device behind.
+//! reported, a registration whose answer was lost leaves no second device behind, and a first
+//! start offline works locally until a sync registers the device.
 
 #![allow(unreachable_pub)] // SeaORM entities must be `pub` inside their modules.
 
@@ -152,6 +153,8 @@ struct LostAnswer {
     path: std::path::PathBuf,
     memory: Arc<dyn SharedSyncLog>,
     log: Arc<dyn SharedSyncLog>,
+    /// The id the first open chose.
+    first_id: Option<storex_sync::DeviceId>,
 }
 
 impl LostAnswer {
@@ -162,14 +165,18 @@ impl LostAnswer {
         let flaky = Arc::new(FlakySharedLog::new(memory.clone()));
         let log: Arc<dyn SharedSyncLog> = flaky.clone();
         flaky.arm(Fault::RegisterReplyLost);
-        let lost = LostAnswer {
+        let mut lost = LostAnswer {
             _dir: dir,
             path,
             memory,
             log,
+            first_id: None,
         };
-        assert!(lost.open_as("ann").await.is_err(), "the answer was lost");
+        // The app opens all the same (as offline), its device to be registered later.
+        let first = lost.open_as("ann").await.expect("opens without the answer");
         assert!(flaky.fired());
+        assert!(!first.is_registered().await);
+        lost.first_id = Some(first.device_id());
         lost
     }
 
@@ -186,6 +193,8 @@ impl LostAnswer {
 async fn a_registration_whose_answer_was_lost_is_completed_on_the_next_start() {
     let lost = LostAnswer::new().await;
     let app = lost.open_as("ann").await.expect("open");
+    assert!(app.is_registered().await);
+    assert_eq!(Some(app.device_id()), lost.first_id);
     let devices = lost
         .memory
         .devices(app.device_id())
@@ -199,16 +208,128 @@ async fn a_registration_whose_answer_was_lost_is_completed_on_the_next_start() {
 }
 
 #[tokio::test]
-async fn a_kept_id_the_log_refuses_is_replaced_by_a_new_one() {
+async fn a_device_in_use_that_the_log_refuses_keeps_its_id_and_its_sync_says_why() {
     let lost = LostAnswer::new().await;
-    // The kept id is ann's; the app now signs in as bob, whom the log refuses it to.
-    let app = lost.open_as("bob").await.expect("a new id for bob");
-    let devices = lost
-        .memory
-        .devices(app.device_id())
+    // The id is ann's (the log registered it); the app now signs in as bob. It opened once
+    // already, so its writes may be logged under that id: it keeps it, and works locally.
+    let app = lost.open_as("bob").await.expect("opens");
+    assert_eq!(Some(app.device_id()), lost.first_id);
+    assert!(!app.is_registered().await);
+    let err = app
+        .sync_once()
         .await
-        .expect("registered");
+        .expect_err("the log refuses bob the id");
+    let chain = storex_core::error_chain(&err);
+    assert!(chain.contains("cannot be registered"), "{chain}");
+}
+
+#[tokio::test]
+async fn a_kept_id_never_used_that_the_log_refuses_is_replaced_by_a_new_one() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("app.db");
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    // An earlier start chose an id and stopped before storing that it was registered (to
+    // ann); the app now signs in as bob, whom the log refuses that id to.
+    let kept = storex_sync::DeviceId::random();
+    log.register_device("ann", kept)
+        .await
+        .expect("ann's device");
+    let db = app_db(&path).await;
+    db.execute_unprepared(&format!(
+        "CREATE TABLE storex_app_settings (key TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL); \
+         INSERT INTO storex_app_settings VALUES ('device_id_to_register', '{}')",
+        kept.0
+    ))
+    .await
+    .expect("the kept id");
+    let app = SyncedStorage::builder(db)
+        .entity(note::Entity)
+        .shared_log(log.clone(), "bob")
+        .open()
+        .await
+        .expect("a new id for bob");
+    assert_ne!(app.device_id(), kept);
+    assert!(app.is_registered().await);
+    let devices = log.devices(app.device_id()).await.expect("registered");
     assert_eq!(devices.len(), 1, "bob's one device");
+}
+
+#[tokio::test]
+async fn a_first_start_offline_works_locally_and_the_first_sync_online_registers() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let memory: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let flaky = Arc::new(FlakySharedLog::new(memory.clone()));
+    let log: Arc<dyn SharedSyncLog> = flaky.clone();
+    flaky.set_offline(true);
+    let phone_db = app_db(&dir.path().join("phone.db")).await;
+    let phone = open(phone_db.clone(), &log).await;
+    assert!(!phone.is_registered().await);
+    let id = phone.device_id();
+    phone
+        .storage()
+        .create("note", object! { "title" => "offline", "pinned" => false })
+        .await
+        .expect("the app works offline");
+    assert!(phone.sync_once().await.is_err(), "still offline");
+    drop(phone);
+    // Restarted, still offline: the same device, still to be registered.
+    let phone = open(phone_db.clone(), &log).await;
+    assert_eq!(phone.device_id(), id);
+    assert!(!phone.is_registered().await);
+
+    flaky.set_offline(false);
+    let report = phone.sync_once().await.expect("online");
+    assert_eq!(report.pushed, 1);
+    assert!(phone.is_registered().await);
+    assert_eq!(memory.devices(id).await.expect("registered").len(), 1);
+    drop(phone);
+    let phone = open(phone_db, &log).await;
+    assert_eq!(phone.device_id(), id, "kept once registered");
+    assert!(phone.is_registered().await);
+
+    let laptop_db = app_db(&dir.path().join("laptop.db")).await;
+    let laptop = open(laptop_db.clone(), &log).await;
+    laptop.sync_once().await.expect("sync");
+    assert_eq!(titles(&laptop_db).await, vec!["offline"]);
+}
+
+#[tokio::test]
+async fn the_background_sync_registers_a_device_opened_offline() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let memory: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let flaky = Arc::new(FlakySharedLog::new(memory.clone()));
+    let log: Arc<dyn SharedSyncLog> = flaky.clone();
+    flaky.set_offline(true);
+    let phone = open(app_db(&dir.path().join("phone.db")).await, &log).await;
+    phone
+        .storage()
+        .create("note", object! { "title" => "offline", "pinned" => false })
+        .await
+        .expect("write");
+    let background = phone.start_background(
+        storex_app::BackgroundOptions::default()
+            .with_interval(std::time::Duration::from_millis(50))
+            .with_backoff(
+                std::time::Duration::from_millis(10),
+                std::time::Duration::from_millis(50),
+            ),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!phone.is_registered().await);
+    assert!(background.status().last_error.is_some(), "offline, said so");
+    flaky.set_offline(false);
+    for _ in 0..500 {
+        if background.status().last_success.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    background.stop().await;
+    assert!(phone.is_registered().await);
+    let laptop_db = app_db(&dir.path().join("laptop.db")).await;
+    let laptop = open(laptop_db.clone(), &log).await;
+    laptop.sync_once().await.expect("sync");
+    assert_eq!(titles(&laptop_db).await, vec!["offline"]);
 }
 
 #[tokio::test]
