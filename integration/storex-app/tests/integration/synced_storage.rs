@@ -254,82 +254,92 @@ async fn a_kept_id_never_used_that_the_log_refuses_is_replaced_by_a_new_one() {
     assert_eq!(devices.len(), 1, "bob's one device");
 }
 
+/// A phone whose app starts for the first time offline and writes a note.
+struct OfflinePhone {
+    dir: tempfile::TempDir,
+    memory: Arc<dyn SharedSyncLog>,
+    flaky: Arc<FlakySharedLog>,
+    log: Arc<dyn SharedSyncLog>,
+    db: DatabaseConnection,
+    app: SyncedStorage,
+}
+
+impl OfflinePhone {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let memory: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+        let flaky = Arc::new(FlakySharedLog::new(memory.clone()));
+        let log: Arc<dyn SharedSyncLog> = flaky.clone();
+        flaky.set_offline(true);
+        let db = app_db(&dir.path().join("phone.db")).await;
+        let app = open(db.clone(), &log).await;
+        assert!(!app.is_registered().await);
+        app.storage()
+            .create("note", object! { "title" => "offline", "pinned" => false })
+            .await
+            .expect("the app works offline");
+        OfflinePhone {
+            dir,
+            memory,
+            flaky,
+            log,
+            db,
+            app,
+        }
+    }
+
+    /// Asserts that a laptop joining now gets the phone's note.
+    async fn laptop_gets_the_note(&self) {
+        let laptop_db = app_db(&self.dir.path().join("laptop.db")).await;
+        let laptop = open(laptop_db.clone(), &self.log).await;
+        laptop.sync_once().await.expect("sync");
+        assert_eq!(titles(&laptop_db).await, vec!["offline"]);
+    }
+}
+
 #[tokio::test]
 async fn a_first_start_offline_works_locally_and_the_first_sync_online_registers() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let memory: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
-    let flaky = Arc::new(FlakySharedLog::new(memory.clone()));
-    let log: Arc<dyn SharedSyncLog> = flaky.clone();
-    flaky.set_offline(true);
-    let phone_db = app_db(&dir.path().join("phone.db")).await;
-    let phone = open(phone_db.clone(), &log).await;
-    assert!(!phone.is_registered().await);
-    let id = phone.device_id();
-    phone
-        .storage()
-        .create("note", object! { "title" => "offline", "pinned" => false })
-        .await
-        .expect("the app works offline");
-    assert!(phone.sync_once().await.is_err(), "still offline");
-    drop(phone);
+    let mut phone = OfflinePhone::new().await;
+    let id = phone.app.device_id();
+    assert!(phone.app.sync_once().await.is_err(), "still offline");
     // Restarted, still offline: the same device, still to be registered.
-    let phone = open(phone_db.clone(), &log).await;
-    assert_eq!(phone.device_id(), id);
-    assert!(!phone.is_registered().await);
+    phone.app = open(phone.db.clone(), &phone.log).await;
+    assert_eq!(phone.app.device_id(), id);
+    assert!(!phone.app.is_registered().await);
 
-    flaky.set_offline(false);
-    let report = phone.sync_once().await.expect("online");
+    phone.flaky.set_offline(false);
+    let report = phone.app.sync_once().await.expect("online");
     assert_eq!(report.pushed, 1);
-    assert!(phone.is_registered().await);
-    assert_eq!(memory.devices(id).await.expect("registered").len(), 1);
-    drop(phone);
-    let phone = open(phone_db, &log).await;
-    assert_eq!(phone.device_id(), id, "kept once registered");
-    assert!(phone.is_registered().await);
-
-    let laptop_db = app_db(&dir.path().join("laptop.db")).await;
-    let laptop = open(laptop_db.clone(), &log).await;
-    laptop.sync_once().await.expect("sync");
-    assert_eq!(titles(&laptop_db).await, vec!["offline"]);
+    assert!(phone.app.is_registered().await);
+    assert_eq!(phone.memory.devices(id).await.expect("registered").len(), 1);
+    phone.app = open(phone.db.clone(), &phone.log).await;
+    assert_eq!(phone.app.device_id(), id, "kept once registered");
+    assert!(phone.app.is_registered().await);
+    phone.laptop_gets_the_note().await;
 }
 
 #[tokio::test]
 async fn the_background_sync_registers_a_device_opened_offline() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let memory: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
-    let flaky = Arc::new(FlakySharedLog::new(memory.clone()));
-    let log: Arc<dyn SharedSyncLog> = flaky.clone();
-    flaky.set_offline(true);
-    let phone = open(app_db(&dir.path().join("phone.db")).await, &log).await;
-    phone
-        .storage()
-        .create("note", object! { "title" => "offline", "pinned" => false })
-        .await
-        .expect("write");
-    let background = phone.start_background(
+    use std::time::Duration;
+    let phone = OfflinePhone::new().await;
+    let background = phone.app.start_background(
         storex_app::BackgroundOptions::default()
-            .with_interval(std::time::Duration::from_millis(50))
-            .with_backoff(
-                std::time::Duration::from_millis(10),
-                std::time::Duration::from_millis(50),
-            ),
+            .with_interval(Duration::from_millis(50))
+            .with_backoff(Duration::from_millis(10), Duration::from_millis(50)),
     );
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert!(!phone.is_registered().await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!phone.app.is_registered().await);
     assert!(background.status().last_error.is_some(), "offline, said so");
-    flaky.set_offline(false);
+    phone.flaky.set_offline(false);
     for _ in 0..500 {
         if background.status().last_success.is_some() {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     background.stop().await;
-    assert!(phone.is_registered().await);
-    let laptop_db = app_db(&dir.path().join("laptop.db")).await;
-    let laptop = open(laptop_db.clone(), &log).await;
-    laptop.sync_once().await.expect("sync");
-    assert_eq!(titles(&laptop_db).await, vec!["offline"]);
+    assert!(phone.app.is_registered().await);
+    phone.laptop_gets_the_note().await;
 }
 
 #[tokio::test]
