@@ -203,7 +203,9 @@ pub struct BackgroundSync {
 }
 
 impl BackgroundSync {
-    /// Starts syncing `sync` in the background. `local_writes` is the signal of a
+    /// Starts syncing `sync` in the background. (For a [`crate::SyncedStorage`], use its
+    /// `start_background`, which also registers a device whose first open was offline; `sync`
+    /// given here must be registered.) `local_writes` is the signal of a
     /// [`crate::ChangeNotifier`] installed on the device's storage (or any signal of changes).
     pub fn start(
         sync: Arc<ContinuousSync>,

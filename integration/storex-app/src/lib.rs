@@ -29,5 +29,6 @@ pub use background::{
 pub use change_notifier::ChangeNotifier;
 pub use error::{Error, Result};
 pub use pairing::{PairingAnswer, PairingOffer, SYNC_BEFORE_PAIRING};
+pub use registration::FIRST_REGISTRATION_WAIT;
 pub use storex_channel_webrtc::WebRtcOptions;
 pub use synced::{SyncedStorage, SyncedStorageBuilder, SETTINGS_COLLECTION};

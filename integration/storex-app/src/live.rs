@@ -64,13 +64,14 @@ pub(crate) async fn watch_supervised(
 ) {
     let mut restart = FIRST_WAIT;
     loop {
-        let running = tokio::spawn(watch(
+        // Aborted with this task (the handle's stop), not left to end on the stop flag.
+        let mut running = AbortOnDrop(tokio::spawn(watch(
             sync.clone(),
             shared.clone(),
             paused.clone(),
             stop.clone(),
-        ));
-        match running.await {
+        )));
+        match (&mut running.0).await {
             Err(failure) if failure.is_panic() => {
                 let wait = next_wait(&mut restart, UNREACHABLE_WAIT);
                 shared.update(|s| {
@@ -87,6 +88,15 @@ pub(crate) async fn watch_supervised(
             // Ended (stopped, or the log has no live signal), or cancelled.
             _ => return,
         }
+    }
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

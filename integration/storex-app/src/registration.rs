@@ -2,13 +2,37 @@
 //! log could not be reached then (the app's first start was offline), before its first sync.
 //! Until then the storage works locally, its writes logged under the device's id.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use storex_core::{BatchStep, Operation, Storage};
 use storex_sync::{DeviceId, SharedLogError, SharedSyncLog};
 
 use crate::error::{Error, Result};
 use crate::synced::{setting_step, CREDENTIALS_KEY, SETTINGS_COLLECTION, UNREGISTERED_KEY};
+
+/// How long the first open waits for the shared log to register the device before it opens
+/// without (a network that drops packets would otherwise hold the app's start for minutes of
+/// retries); the first sync that reaches the log registers it then.
+pub const FIRST_REGISTRATION_WAIT: Duration = Duration::from_secs(5);
+
+/// Registers `device` of `user`, as [`SharedSyncLog::register_device`]; after
+/// [`FIRST_REGISTRATION_WAIT`] without an answer, the error of a log that cannot be reached
+/// (the request may still have reached it: registering again later is idempotent).
+pub(crate) async fn register_within_wait(
+    log: &dyn SharedSyncLog,
+    user: &str,
+    device: DeviceId,
+) -> Result<(), SharedLogError> {
+    match tokio::time::timeout(FIRST_REGISTRATION_WAIT, log.register_device(user, device)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(SharedLogError::Unavailable {
+            log: log.name(),
+            source: format!("no answer within {FIRST_REGISTRATION_WAIT:?}").into(),
+        }),
+    }
+}
 
 /// Whether `error` says the shared log could not be reached (offline, a server down), as
 /// opposed to an answer that refused the request.
@@ -20,6 +44,8 @@ pub(crate) fn unreachable(error: &SharedLogError) -> bool {
 pub(crate) struct Registration {
     log: Arc<dyn SharedSyncLog>,
     pending: tokio::sync::Mutex<Option<Pending>>,
+    /// Set once the device is registered: read without waiting for a registration under way.
+    registered: AtomicBool,
 }
 
 /// What a registration still to be made needs.
@@ -35,6 +61,7 @@ impl Registration {
         Registration {
             log,
             pending: tokio::sync::Mutex::new(None),
+            registered: AtomicBool::new(true),
         }
     }
 
@@ -53,17 +80,21 @@ impl Registration {
                 user,
                 device,
             })),
+            registered: AtomicBool::new(false),
         }
     }
 
-    /// Whether the device still waits to be registered.
-    pub(crate) async fn is_pending(&self) -> bool {
-        self.pending.lock().await.is_some()
+    /// Whether the device is registered (at once, also while a registration is under way).
+    pub(crate) fn is_registered(&self) -> bool {
+        self.registered.load(Ordering::Acquire)
     }
 
     /// Registers the device if it still waits (one caller at a time); the error of a log that
     /// cannot be reached, or refuses, is returned and the next call tries again.
     pub(crate) async fn ensure(&self) -> Result<()> {
+        if self.is_registered() {
+            return Ok(());
+        }
         let mut pending = self.pending.lock().await;
         if let Some(waiting) = pending.as_ref() {
             complete(
@@ -74,6 +105,7 @@ impl Registration {
             )
             .await?;
             *pending = None;
+            self.registered.store(true, Ordering::Release);
         }
         Ok(())
     }

@@ -101,10 +101,14 @@ impl SyncedStorageBuilder {
     /// The first open registers this database's device for `user`; later opens keep that
     /// device, and so its account, whatever `user` they are given: a database syncs with one
     /// account. An app that lets a person switch accounts keeps one database per account.
-    /// When the first open cannot reach the shared log (the app's first start is offline), the
-    /// storage opens all the same and works locally; the device is registered by the first
-    /// sync that reaches the log ([`SyncedStorage::is_registered`]). A log that answers and
-    /// refuses (a wrong user token, say) fails the open.
+    /// When the first open cannot reach the shared log within
+    /// [`crate::FIRST_REGISTRATION_WAIT`] (the app's first start is offline), the storage opens
+    /// all the same and works locally; the device is registered, for the `user` of the open
+    /// that is running then, by the first sync that reaches the log
+    /// ([`SyncedStorage::is_registered`]). A log that answers and refuses (a wrong user token,
+    /// say) fails the first open. Should the log refuse the device later (revoked meanwhile,
+    /// or another account's), its syncs fail with that error: its changes are logged under
+    /// its id, which cannot change; move the data to a fresh database (`storex migrate`).
     pub fn shared_log(mut self, log: Arc<dyn SharedSyncLog>, user: impl Into<String>) -> Self {
         self.shared_log = Some((log, user.into()));
         self
@@ -160,17 +164,11 @@ impl SyncedStorageBuilder {
                     log.restore_device_credentials(id, &credentials);
                 }
                 let registration = if read_setting(&settings, UNREGISTERED_KEY).await?.is_some() {
-                    // Opened offline before, and in use since: registered now if the log
-                    // takes it, else by the first sync that reaches the log, whose error says
-                    // why not. (Its id does not change any more: its writes are logged under
-                    // it. The app keeps working meanwhile.)
-                    match registration::complete(log.as_ref(), &settings, &user, id).await {
-                        Ok(()) => Registration::done(log.clone()),
-                        Err(Error::SharedLog(_)) => {
-                            Registration::pending(log.clone(), settings.clone(), user, id)
-                        }
-                        Err(e) => return Err(e),
-                    }
+                    // Opened offline before, and in use since: registered by the first sync
+                    // that reaches the log, whose error says why not (not here: an open never
+                    // waits for the network once the device has an id). Its id does not change
+                    // any more: its writes are logged under it.
+                    Registration::pending(log.clone(), settings.clone(), user, id)
                 } else {
                     Registration::done(log.clone())
                 };
@@ -190,19 +188,21 @@ impl SyncedStorageBuilder {
                     None => None,
                 };
                 let (id, registered) = match pending {
-                    Some(id) => match log.register_device(&user, id).await {
-                        Ok(()) => (id, true),
-                        // The id kept from an earlier start that stopped before storing it
-                        // (never used: a device opened offline keeps its id under
-                        // `DEVICE_KEY`) was revoked meanwhile (an orphan someone cleaned up)
-                        // or is another user's: start over with a new one. (Any other
-                        // refusal, a wrong user token say, keeps it.)
-                        Err(SharedLogError::DeviceRefused { .. }) => {
-                            register_new_id(&settings, log.as_ref(), &user).await?
+                    Some(id) => {
+                        match registration::register_within_wait(log.as_ref(), &user, id).await {
+                            Ok(()) => (id, true),
+                            // The id kept from an earlier start that stopped before storing it
+                            // (never used: a device opened offline keeps its id under
+                            // `DEVICE_KEY`) was revoked meanwhile (an orphan someone cleaned up)
+                            // or is another user's: start over with a new one. (Any other
+                            // refusal, a wrong user token say, keeps it.)
+                            Err(SharedLogError::DeviceRefused { .. }) => {
+                                register_new_id(&settings, log.as_ref(), &user).await?
+                            }
+                            Err(e) if registration::unreachable(&e) => (id, false),
+                            Err(e) => return Err(e.into()),
                         }
-                        Err(e) if registration::unreachable(&e) => (id, false),
-                        Err(e) => return Err(e.into()),
-                    },
+                    }
                     None => register_new_id(&settings, log.as_ref(), &user).await?,
                 };
                 // The id with its credentials, or with the mark of a registration still to
@@ -364,7 +364,7 @@ async fn register_new_id(
 ) -> Result<(DeviceId, bool)> {
     let id = DeviceId::random();
     write_setting(settings, PENDING_DEVICE_KEY, &id.0.to_string()).await?;
-    match log.register_device(user, id).await {
+    match registration::register_within_wait(log, user, id).await {
         Ok(()) => Ok((id, true)),
         Err(e) if registration::unreachable(&e) => Ok((id, false)),
         Err(e) => Err(e.into()),
@@ -452,8 +452,8 @@ impl SyncedStorage {
     /// could not reach the log (the app's first start was offline): the storage works, and
     /// the device is registered by the next [`SyncedStorage::sync_once`] or background sync
     /// that reaches the log.
-    pub async fn is_registered(&self) -> bool {
-        !self.registration.is_pending().await
+    pub fn is_registered(&self) -> bool {
+        self.registration.is_registered()
     }
 
     /// The continuous sync, to share with other tasks. (A device not registered yet, see

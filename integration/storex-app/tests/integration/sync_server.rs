@@ -80,6 +80,69 @@ async fn the_device_token_survives_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_first_opened_while_the_server_was_down_keeps_the_token_its_first_sync_got() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (server, token) = server(dir.path()).await;
+    let (addr, url) = (server.local_addr(), server.url());
+    server.shutdown().await.expect("stop");
+    // The app's first start, with the server down: it opens, and works.
+    let path = dir.path().join("a.db");
+    let first = open(app_db(&path).await, &url, &token).await;
+    assert!(!first.is_registered());
+    let id = first.device_id();
+    first
+        .storage()
+        .create("note", object! { "title" => "while down" })
+        .await
+        .expect("write");
+    assert!(first.sync_once().await.is_err(), "the server is down");
+    // The server is back, on the same address.
+    let config = ServerConfig::new(format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("server.db").display()
+    ))
+    .listen(addr)
+    .admin_token(ADMIN);
+    let server = SyncServer::start(config).await.expect("server again");
+    assert_eq!(
+        first
+            .sync_once()
+            .await
+            .expect("registers, then syncs")
+            .pushed,
+        1
+    );
+    assert!(first.is_registered());
+    drop(first);
+    // Restarted: a fresh client that knows the device token only from the settings.
+    let again = open(app_db(&path).await, &url, &token).await;
+    assert_eq!(again.device_id(), id);
+    assert!(again.is_registered());
+    again
+        .storage()
+        .create("note", object! { "title" => "after restart" })
+        .await
+        .expect("write");
+    assert_eq!(
+        again
+            .sync_once()
+            .await
+            .expect("sync with the kept token")
+            .pushed,
+        1
+    );
+    let other = open(
+        app_db(&dir.path().join("b.db")).await,
+        &server.url(),
+        &token,
+    )
+    .await;
+    other.sync_once().await.expect("sync");
+    assert_eq!(notes(&other).await, 2);
+    server.shutdown().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_reaches_the_other_device_through_live_updates() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let (server, token) = server(dir.path()).await;

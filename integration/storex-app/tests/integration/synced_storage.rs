@@ -175,7 +175,7 @@ impl LostAnswer {
         // The app opens all the same (as offline), its device to be registered later.
         let first = lost.open_as("ann").await.expect("opens without the answer");
         assert!(flaky.fired());
-        assert!(!first.is_registered().await);
+        assert!(!first.is_registered());
         lost.first_id = Some(first.device_id());
         lost
     }
@@ -193,7 +193,9 @@ impl LostAnswer {
 async fn a_registration_whose_answer_was_lost_is_completed_on_the_next_start() {
     let lost = LostAnswer::new().await;
     let app = lost.open_as("ann").await.expect("open");
-    assert!(app.is_registered().await);
+    assert!(!app.is_registered(), "an open does not wait for the log");
+    app.sync_once().await.expect("the sync registers it");
+    assert!(app.is_registered());
     assert_eq!(Some(app.device_id()), lost.first_id);
     let devices = lost
         .memory
@@ -214,7 +216,7 @@ async fn a_device_in_use_that_the_log_refuses_keeps_its_id_and_its_sync_says_why
     // already, so its writes may be logged under that id: it keeps it, and works locally.
     let app = lost.open_as("bob").await.expect("opens");
     assert_eq!(Some(app.device_id()), lost.first_id);
-    assert!(!app.is_registered().await);
+    assert!(!app.is_registered());
     let err = app
         .sync_once()
         .await
@@ -249,7 +251,7 @@ async fn a_kept_id_never_used_that_the_log_refuses_is_replaced_by_a_new_one() {
         .await
         .expect("a new id for bob");
     assert_ne!(app.device_id(), kept);
-    assert!(app.is_registered().await);
+    assert!(app.is_registered());
     let devices = log.devices(app.device_id()).await.expect("registered");
     assert_eq!(devices.len(), 1, "bob's one device");
 }
@@ -273,7 +275,7 @@ impl OfflinePhone {
         flaky.set_offline(true);
         let db = app_db(&dir.path().join("phone.db")).await;
         let app = open(db.clone(), &log).await;
-        assert!(!app.is_registered().await);
+        assert!(!app.is_registered());
         app.storage()
             .create("note", object! { "title" => "offline", "pinned" => false })
             .await
@@ -305,16 +307,16 @@ async fn a_first_start_offline_works_locally_and_the_first_sync_online_registers
     // Restarted, still offline: the same device, still to be registered.
     phone.app = open(phone.db.clone(), &phone.log).await;
     assert_eq!(phone.app.device_id(), id);
-    assert!(!phone.app.is_registered().await);
+    assert!(!phone.app.is_registered());
 
     phone.flaky.set_offline(false);
     let report = phone.app.sync_once().await.expect("online");
     assert_eq!(report.pushed, 1);
-    assert!(phone.app.is_registered().await);
+    assert!(phone.app.is_registered());
     assert_eq!(phone.memory.devices(id).await.expect("registered").len(), 1);
     phone.app = open(phone.db.clone(), &phone.log).await;
     assert_eq!(phone.app.device_id(), id, "kept once registered");
-    assert!(phone.app.is_registered().await);
+    assert!(phone.app.is_registered());
     phone.laptop_gets_the_note().await;
 }
 
@@ -328,7 +330,7 @@ async fn the_background_sync_registers_a_device_opened_offline() {
             .with_backoff(Duration::from_millis(10), Duration::from_millis(50)),
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!phone.app.is_registered().await);
+    assert!(!phone.app.is_registered());
     assert!(background.status().last_error.is_some(), "offline, said so");
     phone.flaky.set_offline(false);
     for _ in 0..500 {
@@ -338,7 +340,7 @@ async fn the_background_sync_registers_a_device_opened_offline() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     background.stop().await;
-    assert!(phone.app.is_registered().await);
+    assert!(phone.app.is_registered());
     phone.laptop_gets_the_note().await;
 }
 
