@@ -25,14 +25,27 @@ fn registry(version: u32) -> Registry {
 }
 
 async fn open(version: u32, backend: Arc<dyn StorageBackend>) -> SyncDevice {
+    open_with(registry(version), backend).await
+}
+
+/// A new device with `registry` on `backend`.
+async fn open_with(registry: Registry, backend: Arc<dyn StorageBackend>) -> SyncDevice {
     SyncDevice::open(
-        registry(version),
+        registry,
         backend,
         Clock::new(DeviceId::random()),
         SyncOptions::default(),
     )
     .await
     .expect("device")
+}
+
+/// Labels keyed by their note and text (a compound key).
+fn label() -> CollectionDef {
+    CollectionDef::new("label")
+        .field("note", FieldType::Int)
+        .field("text", FieldType::Text)
+        .primary_key(["note", "text"])
 }
 
 /// A device of schema `version` on `backend` with `clock`, syncing through `shared`.
@@ -588,12 +601,7 @@ async fn existing_rows_are_logged_page_by_page_once_each_whatever_their_key() {
                 .field("title", FieldType::Text)
                 .primary_key(["id"]),
         )
-        .collection(
-            CollectionDef::new("label")
-                .field("note", FieldType::Int)
-                .field("text", FieldType::Text)
-                .primary_key(["note", "text"]),
-        )
+        .collection(label())
         .build()
         .expect("registry");
     let backend: Arc<dyn StorageBackend> = Arc::new(MemoryBackend::new());
@@ -619,14 +627,7 @@ async fn existing_rows_are_logged_page_by_page_once_each_whatever_their_key() {
             .collect();
         plain.batch(steps).await.expect("rows");
     }
-    let device = SyncDevice::open(
-        registry,
-        backend,
-        Clock::new(DeviceId::random()),
-        SyncOptions::default(),
-    )
-    .await
-    .expect("device");
+    let device = open_with(registry, backend).await;
     assert_eq!(
         device.log_existing_rows().await.expect("existing"),
         12_000,
@@ -668,22 +669,10 @@ async fn existing_rows_after_a_full_page_of_null_keys_are_logged_too() {
             .expect("the app's rows");
     }
     let registry = Registry::builder()
-        .collection(
-            CollectionDef::new("label")
-                .field("note", FieldType::Int)
-                .field("text", FieldType::Text)
-                .primary_key(["note", "text"]),
-        )
+        .collection(label())
         .build()
         .expect("registry");
-    let device = SyncDevice::open(
-        registry,
-        Arc::new(backend),
-        Clock::new(DeviceId::random()),
-        SyncOptions::default(),
-    )
-    .await
-    .expect("device");
+    let device = open_with(registry, Arc::new(backend)).await;
     assert_eq!(
         device.log_existing_rows().await.expect("existing"),
         3,
