@@ -17,27 +17,20 @@ use crate::synced::{setting_step, CREDENTIALS_KEY, SETTINGS_COLLECTION, UNREGIST
 /// retries); the first sync that reaches the log registers it then.
 pub const FIRST_REGISTRATION_WAIT: Duration = Duration::from_secs(5);
 
-/// Registers `device` of `user`, as [`SharedSyncLog::register_device`]; after
-/// [`FIRST_REGISTRATION_WAIT`] without an answer, the error of a log that cannot be reached
-/// (the request may still have reached it: registering again later is idempotent).
+/// Registers `device` of `user`, as [`SharedSyncLog::register_device`]: `true` once it is,
+/// `false` when the log cannot be reached (offline, a server down) or does not answer within
+/// [`FIRST_REGISTRATION_WAIT`] (the request may still have reached it: registering again
+/// later is idempotent); the error of a log that answered and refused.
 pub(crate) async fn register_within_wait(
     log: &dyn SharedSyncLog,
     user: &str,
     device: DeviceId,
-) -> Result<(), SharedLogError> {
+) -> Result<bool, SharedLogError> {
     match tokio::time::timeout(FIRST_REGISTRATION_WAIT, log.register_device(user, device)).await {
-        Ok(answer) => answer,
-        Err(_) => Err(SharedLogError::Unavailable {
-            log: log.name(),
-            source: format!("no answer within {FIRST_REGISTRATION_WAIT:?}").into(),
-        }),
+        Ok(Ok(())) => Ok(true),
+        Ok(Err(SharedLogError::Unavailable { .. })) | Err(_) => Ok(false),
+        Ok(Err(refused)) => Err(refused),
     }
-}
-
-/// Whether `error` says the shared log could not be reached (offline, a server down), as
-/// opposed to an answer that refused the request.
-pub(crate) fn unreachable(error: &SharedLogError) -> bool {
-    matches!(error, SharedLogError::Unavailable { .. })
 }
 
 /// A device's registration: done, or waiting for the shared log to answer.

@@ -190,7 +190,7 @@ impl SyncedStorageBuilder {
                 let (id, registered) = match pending {
                     Some(id) => {
                         match registration::register_within_wait(log.as_ref(), &user, id).await {
-                            Ok(()) => (id, true),
+                            Ok(registered) => (id, registered),
                             // The id kept from an earlier start that stopped before storing it
                             // (never used: a device opened offline keeps its id under
                             // `DEVICE_KEY`) was revoked meanwhile (an orphan someone cleaned up)
@@ -199,7 +199,6 @@ impl SyncedStorageBuilder {
                             Err(SharedLogError::DeviceRefused { .. }) => {
                                 register_new_id(&settings, log.as_ref(), &user).await?
                             }
-                            Err(e) if registration::unreachable(&e) => (id, false),
                             Err(e) => return Err(e.into()),
                         }
                     }
@@ -364,11 +363,8 @@ async fn register_new_id(
 ) -> Result<(DeviceId, bool)> {
     let id = DeviceId::random();
     write_setting(settings, PENDING_DEVICE_KEY, &id.0.to_string()).await?;
-    match registration::register_within_wait(log, user, id).await {
-        Ok(()) => Ok((id, true)),
-        Err(e) if registration::unreachable(&e) => Ok((id, false)),
-        Err(e) => Err(e.into()),
-    }
+    let registered = registration::register_within_wait(log, user, id).await?;
+    Ok((id, registered))
 }
 
 async fn read_setting(settings: &Storage, key: &str) -> Result<Option<String>> {
