@@ -9,7 +9,7 @@ use std::time::Duration;
 use storex_core::{BatchStep, Operation, Storage};
 use storex_sync::{DeviceId, SharedLogError, SharedSyncLog};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::synced::{setting_step, CREDENTIALS_KEY, SETTINGS_COLLECTION, UNREGISTERED_KEY};
 
 /// How long the first open waits for the shared log to register the device before it opens
@@ -117,15 +117,13 @@ impl std::fmt::Debug for Registration {
 /// stores the credentials the log issued and removes the mark of a registration to make, in
 /// one batch. (Registration is idempotent: if this batch is lost, the next try registers
 /// again and gets the same device.)
-pub(crate) async fn complete(
+async fn complete(
     log: &dyn SharedSyncLog,
     settings: &Storage,
     user: &str,
     device: DeviceId,
 ) -> Result<()> {
-    log.register_device(user, device)
-        .await
-        .map_err(Error::SharedLog)?;
+    log.register_device(user, device).await?;
     let mut steps = Vec::with_capacity(2);
     if let Some(credentials) = log.device_credentials(device) {
         steps.push(setting_step(settings, CREDENTIALS_KEY, &credentials).await?);
