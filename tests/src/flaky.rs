@@ -1,7 +1,8 @@
 //! A shared log that fails on purpose, at one chosen step, once armed: for fault-injection tests.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use storex_core::BoxFuture;
 use storex_sync::{
@@ -55,6 +56,8 @@ pub struct FlakySharedLog {
     live_waits: AtomicUsize,
     live_panic: AtomicBool,
     offline: AtomicBool,
+    /// How long every pull waits before it is asked of the wrapped log, in milliseconds.
+    pull_delay_ms: AtomicU64,
 }
 
 fn lost() -> SharedLogError {
@@ -78,6 +81,7 @@ impl FlakySharedLog {
             live_waits: AtomicUsize::new(0),
             live_panic: AtomicBool::new(false),
             offline: AtomicBool::new(false),
+            pull_delay_ms: AtomicU64::new(0),
         }
     }
 
@@ -132,6 +136,13 @@ impl FlakySharedLog {
     /// answer again.
     pub fn set_hanging(&self, hanging: bool) {
         self.hanging.store(hanging, Ordering::SeqCst);
+    }
+
+    /// Makes every pull started from now on wait `delay` before it is asked of the wrapped
+    /// log (a slow network; zero: no wait).
+    pub fn set_pull_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.pull_delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Makes every pull answer, while `stuck`, that more entries follow without moving past
@@ -216,6 +227,10 @@ impl SharedSyncLog for FlakySharedLog {
         Box::pin(async move {
             if self.hanging.load(Ordering::SeqCst) {
                 return std::future::pending().await;
+            }
+            let delay = self.pull_delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
             }
             if self.stuck.load(Ordering::SeqCst) {
                 return Ok(Pull {

@@ -40,6 +40,11 @@ pub struct BackgroundOptions {
     /// task, and [`BackgroundSync::stop`], for ever. Abandoning is safe: a sync resumes where
     /// the last one left off, like after a crash.
     pub sync_timeout: Duration,
+    /// How long [`BackgroundSync::stop`] (or dropping the handle) lets a sync under way go
+    /// on before abandoning it (default 5 s): an app that quits, or a phone's app sent to
+    /// the background, has seconds, not `sync_timeout`. A sync that ends within it is kept;
+    /// one abandoned resumes where it left off at the next start, like after a crash.
+    pub stop_grace: Duration,
 }
 
 /// The shortest interval and retry delay the task keeps, whatever the options say (a zero
@@ -64,6 +69,7 @@ impl Default for BackgroundOptions {
             max_backoff: Duration::from_secs(5 * 60),
             live_updates: true,
             sync_timeout: Duration::from_secs(10 * 60),
+            stop_grace: Duration::from_secs(5),
         }
     }
 }
@@ -90,6 +96,13 @@ impl BackgroundOptions {
     /// Sets the longest one sync may take (kept within [`MIN_WAIT`] and [`MAX_WAIT`]).
     pub fn with_sync_timeout(mut self, timeout: Duration) -> Self {
         self.sync_timeout = timeout;
+        self
+    }
+
+    /// Sets how long a stop lets a sync under way go on (kept within zero and
+    /// [`MAX_WAIT`]).
+    pub fn with_stop_grace(mut self, grace: Duration) -> Self {
+        self.stop_grace = grace;
         self
     }
 
@@ -278,8 +291,9 @@ impl BackgroundSync {
         self.paused.send_replace(false);
     }
 
-    /// Stops the task and waits until it has ended (a sync under way finishes first, or is
-    /// abandoned after [`BackgroundOptions::sync_timeout`]).
+    /// Stops the task and waits until it has ended: a sync under way may finish within
+    /// [`BackgroundOptions::stop_grace`], and is abandoned after it (nothing is lost: what
+    /// it had not committed is done by the next sync).
     pub async fn stop(&self) {
         self.stop.send_replace(true);
         if let Some(live) = &self.live {
@@ -310,8 +324,9 @@ impl BackgroundSync {
     }
 }
 
-/// Dropping the handle stops the background sync (a sync under way finishes on its own);
-/// keep the handle for as long as the app should sync.
+/// Dropping the handle stops the background sync (a sync under way is given
+/// [`BackgroundOptions::stop_grace`] to finish, as by [`BackgroundSync::stop`]); keep the
+/// handle for as long as the app should sync.
 impl Drop for BackgroundSync {
     fn drop(&mut self) {
         self.stop.send_replace(true);
@@ -411,6 +426,12 @@ impl Syncing {
     }
 }
 
+/// Ends `grace` after the task was told to stop (or its handle dropped); never before.
+async fn stop_after_grace(stop: &mut watch::Receiver<bool>, grace: Duration) {
+    until_true(stop).await;
+    tokio::time::sleep(grace).await;
+}
+
 async fn run(
     syncing: Syncing,
     shared: Arc<Shared>,
@@ -421,6 +442,7 @@ async fn run(
 ) {
     let interval = bounded(options.interval);
     let sync_timeout = bounded(options.sync_timeout);
+    let stop_grace = options.stop_grace.min(MAX_WAIT);
     // A debounce of `MAX_WAIT` or more is "never": local writes do not trigger syncs.
     let debounce = (options.debounce < MAX_WAIT).then_some(options.debounce);
     let max_backoff = bounded(options.max_backoff);
@@ -497,11 +519,21 @@ async fn run(
         write_due = None;
         shared.update(|s| s.state = SyncState::Syncing);
         shared.emit(SyncEvent::Started);
-        let result = match tokio::time::timeout(sync_timeout, syncing.once()).await {
-            Ok(result) => result,
-            Err(_) => Err(format!(
-                "the sync took longer than {sync_timeout:?} and was abandoned (the next one \
-                 resumes where it left off)"
+        let result = tokio::select! {
+            // A sync that is done wins over a grace that ran out at the same time.
+            biased;
+            outcome = tokio::time::timeout(sync_timeout, syncing.once()) => match outcome {
+                Ok(result) => result,
+                Err(_) => Err(format!(
+                    "the sync took longer than {sync_timeout:?} and was abandoned (the next \
+                     one resumes where it left off)"
+                )),
+            },
+            // Dropping the sync's future is what the timeout does too: its transaction
+            // rolls back, and what it pushed without marking is pushed again (same ids).
+            () = stop_after_grace(&mut stop, stop_grace) => Err(format!(
+                "stopped: the sync under way was abandoned after {stop_grace:?} (the next \
+                 one resumes where it left off)"
             )),
         };
         // If the count cannot be read, the last one stands (not a made-up 0).

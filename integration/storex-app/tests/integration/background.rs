@@ -357,6 +357,80 @@ async fn a_sync_that_never_ends_is_abandoned_and_stop_does_not_wait_for_it() {
 }
 
 #[tokio::test]
+async fn stop_abandons_a_sync_that_outlasts_the_grace_and_nothing_is_lost() {
+    let shared: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let flaky = Arc::new(FlakySharedLog::new(shared.clone()));
+    let log: Arc<dyn SharedSyncLog> = flaky.clone();
+    // The other device reaches the log on a network of its own.
+    let b = app(shared, fast()).await;
+    // The default sync timeout (10 minutes): only the grace bounds the stop.
+    let a = app(log, fast().with_stop_grace(Duration::from_millis(100))).await;
+    eventually("the first sync", || async {
+        a.background.status().last_success.is_some()
+    })
+    .await;
+    a.write("pushed by the abandoned sync").await;
+    flaky.set_hanging(true);
+    a.background.sync_now();
+    eventually("a sync under way", || async {
+        a.background.status().state == SyncState::Syncing
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(5), a.background.stop())
+        .await
+        .expect("stop waits no longer than its grace");
+    let status = a.background.status();
+    assert_eq!(status.state, SyncState::Stopped);
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("abandoned after"),
+        "{status:?}"
+    );
+    // The push went out before the pull hung; the next start syncs as if nothing happened.
+    flaky.set_hanging(false);
+    a.sync.sync_once().await.expect("a sync after the stop");
+    eventually("the write on the other device", || async {
+        b.notes().await == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_sync_that_ends_within_the_stop_grace_is_kept() {
+    let flaky = Arc::new(FlakySharedLog::new(Arc::new(MemorySharedLog::new())));
+    let log: Arc<dyn SharedSyncLog> = flaky.clone();
+    let a = app(log, fast().with_interval(Duration::from_secs(60))).await;
+    eventually("the first sync", || async {
+        a.background.status().last_success.is_some()
+    })
+    .await;
+    let synced_before = a.background.status().last_success;
+    // A slow network: the sync under way when the app stops takes 300 ms.
+    flaky.set_pull_delay(Duration::from_millis(300));
+    a.write("saved just before quitting").await;
+    a.background.sync_now();
+    eventually("a sync under way", || async {
+        a.background.status().state == SyncState::Syncing
+    })
+    .await;
+    a.background.stop().await;
+    let status = a.background.status();
+    assert_eq!(status.state, SyncState::Stopped);
+    assert!(
+        status.last_success > synced_before && status.last_error.is_none(),
+        "the sync under way finished: {status:?}"
+    );
+    assert_eq!(
+        a.sync.device().log().unshared_count().await.expect("count"),
+        0,
+        "the write was pushed before the stop returned"
+    );
+}
+
+#[tokio::test]
 async fn a_pause_shows_at_once_without_waiting_for_the_next_sync() {
     let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
     // Nothing would wake the task for an hour after its first sync.
