@@ -129,11 +129,13 @@ pub(crate) fn select_fields<'f>(
     for pk in def.pk_fields() {
         stmt.order_by(ident(pk), SqlOrder::Asc);
     }
-    // Validation keeps both counts within an i64, as both databases take them. SQLite takes
-    // no OFFSET without a LIMIT.
+    // Both databases take counts up to i64::MAX: `Storage`'s validation refuses more, and
+    // a query handed to the backend directly is kept within (no table holds that many rows,
+    // so the answer is the same). SQLite takes no OFFSET without a LIMIT.
+    let within = |count: u64| Ord::min(count, i64::MAX as u64);
     let (limit, skip) = match (query.limit, query.skip) {
         (None, 0) => (None, 0),
-        (limit, skip) => (Some(limit.unwrap_or(i64::MAX as u64)), skip),
+        (limit, skip) => (Some(within(limit.unwrap_or(u64::MAX))), within(skip)),
     };
     if dialect == Dialect::Postgres {
         if let Some(limit) = limit {

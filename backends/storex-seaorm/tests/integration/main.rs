@@ -9,6 +9,7 @@ mod conformance;
 mod crash;
 mod existing_entities;
 mod indexes;
+mod query_bounds;
 mod refused_writes;
 mod snapshot;
 mod where_keys;
