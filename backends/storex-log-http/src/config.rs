@@ -41,6 +41,13 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Longest a graceful shutdown waits for requests in flight (default 10 s).
     pub shutdown_grace: Duration,
+    /// Longest a connection may take to send a request's head once the server waits for one,
+    /// idle keep-alive included (default 30 s): a client that opens connections and sends
+    /// nothing, or a byte now and then, cannot hold them.
+    pub header_timeout: Duration,
+    /// Most connections open at once (default 10,000); more wait in the listen queue until
+    /// one closes. Keep it below the process's open-file limit.
+    pub max_connections: usize,
     /// How often every user's log is compacted (default every 10 minutes); none: never. It is
     /// checked on the server's minute tick, so anything under a minute means every minute.
     pub compact_every: Option<Duration>,
@@ -73,6 +80,8 @@ impl ServerConfig {
             }),
             request_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
             compact_every: Some(Duration::from_secs(600)),
             notify_instances: true,
             stats_max_age: Duration::from_secs(15),
@@ -131,6 +140,9 @@ impl ServerConfig {
                 "request_timeout ({:?}) must be longer than max_wait ({:?})",
                 self.request_timeout, self.max_wait
             ));
+        }
+        if self.header_timeout.is_zero() || self.max_connections == 0 {
+            return Err("header_timeout and max_connections must be above zero".into());
         }
         if self.compact_every == Some(Duration::ZERO) {
             return Err("compact_every must be longer than zero".into());

@@ -43,6 +43,7 @@ pub mod api;
 mod auth;
 mod client;
 mod config;
+mod connections;
 mod error;
 mod live;
 mod metrics;

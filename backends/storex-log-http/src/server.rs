@@ -28,8 +28,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::future::IntoFuture;
-
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use storex_log_sql::SqlSharedLog;
@@ -41,6 +39,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::auth::AuthStore;
 use crate::config::ServerConfig;
+use crate::connections::{self, ConnectionLimits};
 use crate::error::Error;
 use crate::live::LiveUpdates;
 use crate::metrics::Metrics;
@@ -113,16 +112,17 @@ impl SyncServer {
             .layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 routes::count_requests,
-            ))
-            .into_make_service_with_connect_info::<SocketAddr>();
+            ));
+        let limits = ConnectionLimits {
+            header_timeout: state.config.header_timeout,
+            max_connections: state.config.max_connections,
+        };
         let maintenance = tokio::spawn(maintain(state.clone()));
         let stop = shutdown.clone();
         let shutdown_for_grace = shutdown.clone();
         let grace = state.config.shutdown_grace;
         let serve = tokio::spawn(async move {
-            let serving = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .into_future();
+            let serving = connections::serve(listener, app, limits, stop);
             tokio::pin!(serving);
             let result = tokio::select! {
                 result = &mut serving => result,

@@ -36,6 +36,11 @@ pub(crate) struct ServeArgs {
     /// Seconds between scheduled compactions (0: never).
     #[arg(long, env = "STOREX_COMPACT_EVERY", default_value_t = 600)]
     compact_every: u64,
+    /// Most connections open at once; more wait until one closes. Keep it below the
+    /// process's open-file limit.
+    #[arg(long, env = "STOREX_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
 }
 
 /// Serves until Ctrl-C or SIGTERM, then shuts down gracefully.
@@ -54,6 +59,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
     });
     config.compact_every =
         (args.compact_every > 0).then(|| Duration::from_secs(args.compact_every));
+    config.max_connections = usize::try_from(args.max_connections).unwrap_or(usize::MAX);
     let server = SyncServer::start(config)
         .await
         .context("cannot start the sync server")?;

@@ -856,3 +856,84 @@ async fn debug_output_shows_no_device_token() {
     assert!(!shown.contains(&ann.device_token), "{shown}");
     assert!(shown.contains(&ann.device.0.to_string()), "{shown}");
 }
+
+/// Reads from `stream` until the server closes it (`true`) or `within` passes (`false`).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 1024];
+    let reading = async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                // A 408 or similar answer may come first; the close follows.
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, reading).await.is_ok()
+}
+
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_request_head_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let store = Store::sqlite();
+    let mut config = config(&store);
+    config.header_timeout = std::time::Duration::from_millis(500);
+    let server = SyncServer::start(config).await.unwrap();
+    // Half a request line, then nothing (slowloris); and a connection that sends nothing.
+    let mut slow = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    slow.write_all(b"POST /v1/push HTTP/1.1\r\n").await.unwrap();
+    let mut silent = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    let wait = std::time::Duration::from_secs(10);
+    assert!(closed_within(&mut slow, wait).await, "a slow head is cut");
+    assert!(
+        closed_within(&mut silent, wait).await,
+        "an idle connection is cut"
+    );
+    // Requests that come whole are served as before, also on a kept-alive connection.
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        let health = http
+            .get(format!("{}/health", server.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_wait_until_one_closes() {
+    use tokio::io::AsyncWriteExt;
+    let store = Store::sqlite();
+    let mut config = config(&store);
+    config.max_connections = 2;
+    let server = SyncServer::start(config).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let stream = tokio::net::TcpStream::connect(server.local_addr())
+            .await
+            .unwrap();
+        held.push(stream);
+    }
+    let health = format!("{}/health", server.url());
+    let waiting = tokio::spawn(async move { reqwest::get(health).await.map(|r| r.status()) });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "a third connection is not served");
+    let mut first = held.remove(0);
+    first.shutdown().await.unwrap();
+    drop(first);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("served once a connection closed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    drop(held);
+    server.shutdown().await.unwrap();
+}
