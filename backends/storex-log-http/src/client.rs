@@ -16,6 +16,11 @@
 //! request that cannot be made at all (a token that is not a valid header value) fails at
 //! once, as [`SharedLogError::Invalid`].
 //!
+//! Replies: no more of a reply is read than the call can get (twice the largest reply it
+//! expects, and at least 16 MiB; 64 KiB of a refusal). A longer one (a captive portal or a
+//! broken proxy streaming on) fails the call as [`SharedLogError::Unavailable`] without a
+//! retry, so a phone does not download it again and again; the next sync asks again.
+//!
 //! Several instances: [`HttpSharedLog::with_servers`] takes the URLs of several instances of a
 //! scaled-out server. Calls go to one of them; after a connection failure, a timeout or a 5xx
 //! the next attempt goes to the next one, so a device whose instance died carries on against
@@ -567,7 +572,7 @@ impl HttpSharedLog {
                     path,
                     token,
                     body.as_deref(),
-                    wait,
+                    (wait, reply_bytes),
                     caller,
                 )
                 .await;
@@ -607,7 +612,7 @@ impl HttpSharedLog {
         path: &str,
         token: &str,
         body: Option<&[u8]>,
-        wait: Duration,
+        (wait, reply_bytes): (Duration, usize),
         caller: Caller,
     ) -> Result<Vec<u8>, Attempt> {
         let base = &self.bases[instance % self.bases.len()];
@@ -647,19 +652,81 @@ impl HttpSharedLog {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.trim().parse::<u64>().ok())
             .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER));
-        let bytes = response.bytes().await.map_err(|e| Attempt {
-            retry: true,
-            error: unavailable(e),
-            retry_after: None,
-        })?;
+        // A refusal's explanation is short: whatever follows the first bytes is not read.
+        let limit = match status.is_success() {
+            true => reply_limit(reply_bytes),
+            false => ERROR_REPLY_BYTES,
+        };
+        let bytes = match read_reply(response, limit).await {
+            Ok(bytes) => bytes,
+            Err(ReplyError::Transport(e)) => {
+                return Err(Attempt {
+                    retry: true,
+                    error: unavailable(e),
+                    retry_after: None,
+                })
+            }
+            Err(ReplyError::TooLarge(_)) if !status.is_success() => Vec::new(),
+            // Not a server of this protocol (a captive portal, a broken proxy): asking again
+            // at once would only download as much again; the next sync asks again.
+            Err(ReplyError::TooLarge(read)) => {
+                return Err(Attempt {
+                    retry: false,
+                    error: bad_reply(&format!(
+                        "the reply is larger than the {limit} bytes this call can get \
+                         ({read} read, the rest left unread)"
+                    )),
+                    retry_after: None,
+                })
+            }
+        };
         if status.is_success() {
-            return Ok(bytes.to_vec());
+            return Ok(bytes);
         }
         Err(Attempt {
             retry_after,
             ..refusal(status, &bytes, caller)
         })
     }
+}
+
+/// The most bytes of a refusal's body that are read.
+const ERROR_REPLY_BYTES: usize = 64 * 1024;
+
+/// The most bytes of any successful reply that are read, whatever the call expects.
+const MIN_REPLY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// The most bytes a successful reply may have when the call expects up to `expected`: twice
+/// that, and never under [`MIN_REPLY_LIMIT`]. A reply beyond is not of a sync server (or not
+/// of one this client understands), and reading on would hold memory without bound.
+fn reply_limit(expected: usize) -> usize {
+    expected.saturating_mul(2).max(MIN_REPLY_LIMIT)
+}
+
+/// Why a reply's body was not read whole.
+enum ReplyError {
+    /// The connection failed.
+    Transport(reqwest::Error),
+    /// The body is longer than allowed; this many bytes were read (or announced).
+    TooLarge(u64),
+}
+
+/// Reads `response`'s body, stopping as soon as it is known to pass `limit` bytes (announced
+/// by its `Content-Length`, or read).
+async fn read_reply(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, ReplyError> {
+    let limit_u64 = u64::try_from(limit).unwrap_or(u64::MAX);
+    if let Some(announced) = response.content_length().filter(|&n| n > limit_u64) {
+        return Err(ReplyError::TooLarge(announced));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(ReplyError::Transport)? {
+        if body.len().saturating_add(chunk.len()) > limit {
+            let read = body.len().saturating_add(chunk.len());
+            return Err(ReplyError::TooLarge(read.try_into().unwrap_or(u64::MAX)));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// How long `bytes` take at `bytes_per_second` (at most a day: a longer wait is no bound).

@@ -5,6 +5,7 @@
 
 mod common;
 mod conformance;
+mod hostile_server;
 mod load;
 mod lost_reply;
 mod scale_out;
