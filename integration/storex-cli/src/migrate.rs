@@ -381,12 +381,35 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
     closed.context("closing the received database")?;
     for (from, to) in partial.iter().zip(sqlite_files(db)) {
         if from.exists() {
-            std::fs::rename(from, &to)
-                .with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+            move_without_replacing(from, &to)?;
         }
     }
     summary(&report, "received");
     Ok(())
+}
+
+/// Moves the received file `from` to `to`, unless a file appeared at `to` during the transfer
+/// (an app or a second `receive` made it): that one is left as it is, and the received
+/// database stays where it is, named in the error. A hard link makes the move and the check
+/// one step where the file system has them; elsewhere (FAT, say) the check comes just before
+/// the rename.
+fn move_without_replacing(from: &Path, to: &Path) -> Result<()> {
+    let appeared = || {
+        anyhow::anyhow!(
+            "{} appeared during the transfer and was left as it is; the received database is \
+             in {}: move it there yourself once the other is out of the way",
+            to.display(),
+            from.display()
+        )
+    };
+    match std::fs::hard_link(from, to) {
+        Ok(()) => std::fs::remove_file(from)
+            .with_context(|| format!("removing {} once linked", from.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(appeared()),
+        Err(_) if to.exists() => Err(appeared()),
+        Err(_) => std::fs::rename(from, to)
+            .with_context(|| format!("moving {} to {}", from.display(), to.display())),
+    }
 }
 
 /// Opens the database the transfer writes into, at `partial[0]`: the one an earlier
@@ -526,5 +549,32 @@ fn remove_files(files: &[PathBuf]) {
     for file in files {
         // Missing is fine: there is nothing to remove.
         let _ = std::fs::remove_file(file);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::move_without_replacing;
+
+    #[test]
+    fn the_received_file_moves_to_a_free_name() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (from, to) = (dir.path().join("new.db.partial"), dir.path().join("new.db"));
+        std::fs::write(&from, b"received").expect("write");
+        move_without_replacing(&from, &to).expect("moved");
+        assert!(!from.exists());
+        assert_eq!(std::fs::read(&to).expect("read"), b"received");
+    }
+
+    #[test]
+    fn a_file_that_appeared_at_the_target_is_left_as_it_is() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (from, to) = (dir.path().join("new.db.partial"), dir.path().join("new.db"));
+        std::fs::write(&from, b"received").expect("write");
+        std::fs::write(&to, b"the app's own").expect("write");
+        let error = move_without_replacing(&from, &to).expect_err("replaced");
+        assert!(error.to_string().contains("new.db.partial"), "{error}");
+        assert_eq!(std::fs::read(&to).expect("read"), b"the app's own");
+        assert_eq!(std::fs::read(&from).expect("read"), b"received");
     }
 }
