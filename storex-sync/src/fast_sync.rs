@@ -344,6 +344,12 @@ pub struct TransferReport {
     /// not pull them either: the changes they carry reach it only through a copy from a
     /// device that opened them. (0 on the receiver.)
     pub quarantine_left: u64,
+    /// On a receiver that merged (it had data of its own): the sender's changes it kept
+    /// without applying, and why (a value outside a range its registry sets, a newer schema,
+    /// an unknown collection). Like held entries pulled from a shared log, they are tried
+    /// again at the next start of continuous sync, or once the app upgrades; until then this
+    /// device does not hold the sender's state for those objects. (Empty on the sender.)
+    pub held: Vec<(storex_core::uuid::Uuid, crate::HoldReason)>,
     /// How long it took.
     pub duration: Duration,
 }

@@ -27,6 +27,7 @@ use crate::fast_sync::{
     Progress, TransferReport,
 };
 use crate::journal::index_journal;
+use crate::reconcile::HoldReason;
 use crate::reconcile::ObjectKey;
 use crate::versions::{self, object_of, pk_from_text, Versions, VERSIONS_COLLECTION};
 
@@ -356,13 +357,16 @@ async fn receive_offered(
                 let done = received.objects;
                 honour_pause(channel, options, "receiving", &mut kept).await?;
                 let first = !row_stored;
-                if collection == VERSIONS_COLLECTION {
-                    apply_versions_batch(device, session, objects, &next, first).await?;
+                // Merged changes this device holds (kept, not applied) are told, not lost.
+                let held = if collection == VERSIONS_COLLECTION {
+                    apply_versions_batch(device, session, objects, &next, first).await?
                 } else if next.merge && collection == LOG_COLLECTION {
-                    merge_log_batch(device, session, objects, &next, first).await?;
+                    merge_log_batch(device, session, objects, &next, first).await?
                 } else {
                     apply_batch(device, session, &collection, objects, &next, first).await?;
-                }
+                    Vec::new()
+                };
+                report.held.extend(held);
                 state = next;
                 row_stored = true;
                 send_package(channel, options, Package::Ack { seq }).await?;
@@ -661,17 +665,20 @@ async fn has_data(device: &SyncDevice, collections: &[CollectionInfo]) -> Result
     Ok(false)
 }
 
+/// A change of the sender's that this device keeps without applying, and why.
+type Held = (Uuid, HoldReason);
+
 /// Takes in a batch of the sender's versions (what it knows of the changes it applied to
 /// each object): on a device that had no data, stored as they are, without the values its
 /// rows (the sender's) hold; on one with data of its own, reconciled as the changes that
-/// leave them. The session's progress lands with them.
+/// leave them (returning those it holds). The session's progress lands with them.
 async fn apply_versions_batch(
     device: &SyncDevice,
     session: Uuid,
     objects: Vec<Object>,
     state: &SessionState,
     first: bool,
-) -> Result<()> {
+) -> Result<Vec<Held>> {
     let registry = device.storage().registry();
     let bad = |problem: String| {
         FastSyncError::Protocol(format!("versions that do not read back: {problem}"))
@@ -734,10 +741,10 @@ async fn apply_versions_batch(
             let pk = pk_from_text(&key.1).map_err(|e| bad(e.to_string()))?;
             entries.extend(versions.synthesize(key, &pk, None, def));
         }
-        device
+        let integrated = device
             .integrate_with(entries, vec![progress_step(session, state, first)])
             .await?;
-        return Ok(());
+        return Ok(integrated.held);
     }
     // Stored as they came (they read back), as the sender pruned them for its rows, which
     // are this device's now: values only for objects that do not exist. A row's `object` is
@@ -765,19 +772,19 @@ async fn apply_versions_batch(
         Ok::<(), crate::Error>(())
     };
     device.log().write_order().hold(storing).await??;
-    Ok(())
+    Ok(Vec::new())
 }
 
 /// Merges a batch of the sender's log entries into a device that has data of its own:
 /// reconciled like entries pulled from a shared log, with the session's progress in the
-/// same transaction.
+/// same transaction. Returns the entries it holds.
 async fn merge_log_batch(
     device: &SyncDevice,
     session: Uuid,
     objects: Vec<Object>,
     state: &SessionState,
     first: bool,
-) -> Result<()> {
+) -> Result<Vec<Held>> {
     let entries = objects
         .iter()
         .map(|row| StoredEntry::from_object(row).map(|stored| stored.entry))
@@ -785,10 +792,10 @@ async fn merge_log_batch(
     for entry in &entries {
         not_sync_own(entry)?;
     }
-    device
+    let integrated = device
         .integrate_with(entries, vec![progress_step(session, state, first)])
         .await?;
-    Ok(())
+    Ok(integrated.held)
 }
 
 /// Refuses a log entry of the sender's that changes sync's own collections: no device's

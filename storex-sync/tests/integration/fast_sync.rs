@@ -2875,36 +2875,38 @@ async fn a_sender_whose_database_fails_tells_the_receiver_why() {
     }
 }
 
+/// A device on `dir/name.db` with one collection, `counter`, whose `n` the app keeps within
+/// 0..=10 when `ranged`.
+async fn counter_device(dir: &std::path::Path, name: &str, ranged: bool) -> SyncDevice {
+    let mut counter = CollectionDef::new("counter")
+        .field("id", FieldType::Uuid)
+        .field("n", FieldType::Int)
+        .primary_key(["id"]);
+    if ranged {
+        counter = counter.int_range("n", 0, 10);
+    }
+    let registry = Registry::builder()
+        .collection(counter)
+        .build()
+        .expect("registry");
+    let path = dir.join(format!("{name}.db"));
+    let backend = SeaOrmBackend::open_sqlite_file(path).await.expect("open");
+    SyncDevice::open(
+        registry,
+        Arc::new(backend),
+        Clock::new(DeviceId::random()),
+        SyncOptions::default(),
+    )
+    .await
+    .expect("device")
+}
+
 #[tokio::test]
 async fn an_int_outside_the_receivers_range_ends_the_copy_naming_it() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let device = |name: &str, ranged: bool| {
-        let path = dir.path().join(format!("{name}.db"));
-        async move {
-            let mut counter = CollectionDef::new("counter")
-                .field("id", FieldType::Uuid)
-                .field("n", FieldType::Int)
-                .primary_key(["id"]);
-            if ranged {
-                counter = counter.int_range("n", 0, 10);
-            }
-            let registry = Registry::builder()
-                .collection(counter)
-                .build()
-                .expect("registry");
-            let backend = SeaOrmBackend::open_sqlite_file(path).await.expect("open");
-            SyncDevice::open(
-                registry,
-                Arc::new(backend),
-                Clock::new(DeviceId::random()),
-                SyncOptions::default(),
-            )
-            .await
-            .expect("device")
-        }
-    };
     // The old device's app had no range yet when it wrote the value.
-    let (old, new) = (device("old", false).await, device("new", true).await);
+    let old = counter_device(dir.path(), "old", false).await;
+    let new = counter_device(dir.path(), "new", true).await;
     for n in [3, 1_i64 << 40] {
         let row = storex_core::object! { "n" => n };
         old.storage().create("counter", row).await.expect("write");
@@ -2929,6 +2931,45 @@ async fn an_int_outside_the_receivers_range_ends_the_copy_naming_it() {
     );
     let rows = new.storage().count("counter", Filter::all()).await;
     assert_eq!(rows.expect("count"), 0, "nothing of the refused batch");
+}
+
+#[tokio::test]
+async fn a_merge_tells_the_changes_the_receiver_holds_instead_of_applying() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let old = counter_device(dir.path(), "old", false).await;
+    let new = counter_device(dir.path(), "new", true).await;
+    let id = old
+        .storage()
+        .create("counter", storex_core::object! { "n" => 3 })
+        .await
+        .expect("write");
+    let options = FastSyncOptions::default();
+    let (sent, received) = transfer(&old, &new, &options, &options).await;
+    sent.expect("the first copy is sent");
+    assert!(received.expect("and received").held.is_empty());
+    // Then a value the new device's app does not take; the new device has data now: merged.
+    let changes = storex_core::object! { "n" => 1_i64 << 40 };
+    old.storage()
+        .update_by_pk("counter", id.clone(), changes)
+        .await
+        .expect("update");
+    let (sent, received) = transfer(&old, &new, &options, &options).await;
+    sent.expect("the second copy is sent");
+    let received = received.expect("and merged");
+    assert!(
+        received
+            .held
+            .iter()
+            .any(|(_, reason)| reason.to_string().contains("outside 0..=10")),
+        "the held change is told: {:?}",
+        received.held
+    );
+    let row = new.storage().find_by_pk("counter", id).await.expect("find");
+    assert_eq!(
+        row.expect("the row")["n"],
+        3_i64.into(),
+        "kept, not applied"
+    );
 }
 
 /// A receiver's channel whose `Done` never leaves: the connection drops as the copy ends.
