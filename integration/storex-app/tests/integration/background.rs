@@ -68,6 +68,22 @@ impl App {
             .expect("write");
     }
 
+    /// Waits until the task's first sync succeeded.
+    async fn first_sync(&self) {
+        eventually("the first sync", || async {
+            self.background.status().last_success.is_some()
+        })
+        .await;
+    }
+
+    /// Waits until the task is running a sync.
+    async fn sync_under_way(&self) {
+        eventually("a sync under way", || async {
+            self.background.status().state == SyncState::Syncing
+        })
+        .await;
+    }
+
     async fn notes(&self) -> u64 {
         self.sync
             .device()
@@ -133,10 +149,7 @@ async fn a_sync_asked_for_during_a_long_debounce_runs_at_once() {
         .with_interval(Duration::from_secs(3600))
         .with_debounce(Duration::from_secs(3600));
     let a = app(log, options).await;
-    eventually("the first sync", || async {
-        a.background.status().last_success.is_some()
-    })
-    .await;
+    a.first_sync().await;
     a.write("waits for the debounce").await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
@@ -200,10 +213,7 @@ async fn an_outage_is_retried_with_backoff_and_caught_up() {
 async fn pause_holds_syncs_back_until_resume() {
     let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
     let a = app(log.clone(), fast()).await;
-    eventually("the first sync", || async {
-        a.background.status().last_success.is_some()
-    })
-    .await;
+    a.first_sync().await;
     a.background.pause();
     a.write("while paused").await;
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -247,10 +257,7 @@ async fn stop_ends_the_task_cleanly() {
 async fn dropping_the_handle_stops_the_sync_even_when_paused() {
     let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
     let a = app(log, fast()).await;
-    eventually("the first sync", || async {
-        a.background.status().last_success.is_some()
-    })
-    .await;
+    a.first_sync().await;
     a.background.pause();
     let App { sync, background } = a;
     drop(background);
@@ -365,17 +372,11 @@ async fn stop_abandons_a_sync_that_outlasts_the_grace_and_nothing_is_lost() {
     let b = app(shared, fast()).await;
     // The default sync timeout (10 minutes): only the grace bounds the stop.
     let a = app(log, fast().with_stop_grace(Duration::from_millis(100))).await;
-    eventually("the first sync", || async {
-        a.background.status().last_success.is_some()
-    })
-    .await;
+    a.first_sync().await;
     a.write("pushed by the abandoned sync").await;
     flaky.set_hanging(true);
     a.background.sync_now();
-    eventually("a sync under way", || async {
-        a.background.status().state == SyncState::Syncing
-    })
-    .await;
+    a.sync_under_way().await;
     tokio::time::timeout(Duration::from_secs(5), a.background.stop())
         .await
         .expect("stop waits no longer than its grace");
@@ -403,19 +404,13 @@ async fn a_sync_that_ends_within_the_stop_grace_is_kept() {
     let flaky = Arc::new(FlakySharedLog::new(Arc::new(MemorySharedLog::new())));
     let log: Arc<dyn SharedSyncLog> = flaky.clone();
     let a = app(log, fast().with_interval(Duration::from_secs(60))).await;
-    eventually("the first sync", || async {
-        a.background.status().last_success.is_some()
-    })
-    .await;
+    a.first_sync().await;
     let synced_before = a.background.status().last_success;
     // A slow network: the sync under way when the app stops takes 300 ms.
     flaky.set_pull_delay(Duration::from_millis(300));
     a.write("saved just before quitting").await;
     a.background.sync_now();
-    eventually("a sync under way", || async {
-        a.background.status().state == SyncState::Syncing
-    })
-    .await;
+    a.sync_under_way().await;
     a.background.stop().await;
     let status = a.background.status();
     assert_eq!(status.state, SyncState::Stopped);
@@ -435,10 +430,7 @@ async fn a_pause_shows_at_once_without_waiting_for_the_next_sync() {
     let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
     // Nothing would wake the task for an hour after its first sync.
     let a = app(log, fast().with_interval(Duration::from_secs(3_600))).await;
-    eventually("the first sync", || async {
-        a.background.status().last_success.is_some()
-    })
-    .await;
+    a.first_sync().await;
     let mut events = a.background.subscribe();
     a.background.pause();
     eventually("the paused state", || async {
@@ -464,10 +456,7 @@ async fn a_pause_shows_at_once_without_waiting_for_the_next_sync() {
 async fn resuming_often_does_not_hold_back_the_timer() {
     let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
     let a = app(log, fast().with_interval(Duration::from_millis(300))).await;
-    eventually("the first sync", || async {
-        a.background.status().last_success.is_some()
-    })
-    .await;
+    a.first_sync().await;
     let mut events = a.background.subscribe();
     // An app that resumes on every network event, more often than the interval.
     let mut started = false;
@@ -620,10 +609,7 @@ async fn waits_too_long_for_the_clock_are_kept_within_a_year() {
         .with_backoff(Duration::MAX, Duration::MAX)
         .with_sync_timeout(Duration::MAX);
     let a = app(log, options).await;
-    eventually("the first sync", || async {
-        a.background.status().last_success.is_some()
-    })
-    .await;
+    a.first_sync().await;
     // Still alive: a sync asked for runs.
     a.write("asked for").await;
     a.background.sync_now();
