@@ -17,8 +17,15 @@
 //! SQLite builds from the rows of other tables, and, with [`sqlite_tables`], tables without a
 //! primary key, whose rows cannot be told apart, and tables whose name or a column's name is
 //! not an identifier storex takes: each is named with why.
+//!
+//! A table's indexes over plain columns (made by `CREATE INDEX` or a `UNIQUE` constraint) are
+//! read into its definition, so a database created from the registry has them too. What a
+//! registry cannot hold (partial indexes and indexes on expressions, foreign keys, defaults,
+//! `CHECK` constraints, generated columns, `AUTOINCREMENT`, collations, triggers, views and
+//! `user_version`) is listed by [`sqlite_tables`] in [`SqliteTables::not_carried`], for a tool
+//! that copies the database to tell its user.
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 use storex_core::{CollectionDef, FieldType, Registry};
 
 use crate::error::{Error, Result};
@@ -61,13 +68,17 @@ pub struct SqliteTables {
     pub registry: Registry,
     /// The tables left out (but storex's own), each with why.
     pub left_out: Vec<(String, String)>,
+    /// What the schema of the tables taken has that the registry does not hold, so a
+    /// database created from it lacks (a foreign key, a trigger, a partial index, say): one
+    /// description each, naming the table and what it is.
+    pub not_carried: Vec<String>,
 }
 
 /// The registry of every table of a SQLite database (but storex's own, `storex_…`, and virtual
 /// tables with their shadow tables); a table without a primary key is an error (see
 /// [`sqlite_tables`] to leave such tables out instead).
 pub async fn registry_of_sqlite(db: &DatabaseConnection) -> Result<Registry> {
-    let tables = read_tables(db).await?;
+    let (tables, _) = read_tables(db).await?;
     if let Some(Table::Unkeyed(table)) = tables.iter().find(|t| matches!(t, Table::Unkeyed(_))) {
         return Err(unsupported(table, UNKEYED));
     }
@@ -79,7 +90,7 @@ pub async fn registry_of_sqlite(db: &DatabaseConnection) -> Result<Registry> {
 /// tables whose name or a column's name storex does not take as an identifier), for a tool to
 /// tell its user.
 pub async fn sqlite_tables(db: &DatabaseConnection) -> Result<SqliteTables> {
-    let tables = read_tables(db).await?;
+    let (tables, mut not_carried) = read_tables(db).await?;
     let mut left_out = Vec::new();
     let mut taken = Vec::with_capacity(tables.len());
     for table in tables {
@@ -97,10 +108,31 @@ pub async fn sqlite_tables(db: &DatabaseConnection) -> Result<SqliteTables> {
             },
         }
     }
+    // What belongs to a table left out is not worth a line of its own.
+    not_carried.retain(|note| match &note.table {
+        Some(table) => !left_out.iter().any(|(name, _)| name == table),
+        None => true,
+    });
     Ok(SqliteTables {
         registry: build(taken)?,
         left_out,
+        not_carried: not_carried.into_iter().map(|note| note.text).collect(),
     })
+}
+
+/// Something of the schema a registry does not hold, and the table it belongs to, if one.
+struct NotCarried {
+    table: Option<String>,
+    text: String,
+}
+
+impl NotCarried {
+    fn of(table: &str, text: String) -> Self {
+        NotCarried {
+            table: Some(table.to_owned()),
+            text,
+        }
+    }
 }
 
 const UNKEYED: &str = "it has no primary key, so its rows cannot be told apart";
@@ -125,7 +157,7 @@ fn build(tables: Vec<Table>) -> Result<Registry> {
     Ok(builder.build()?)
 }
 
-async fn read_tables(db: &DatabaseConnection) -> Result<Vec<Table>> {
+async fn read_tables(db: &DatabaseConnection) -> Result<(Vec<Table>, Vec<NotCarried>)> {
     if db.get_database_backend() != DbBackend::Sqlite {
         return Err(Error::UnsupportedDatabase {
             backend: format!("{:?}", db.get_database_backend()),
@@ -143,6 +175,7 @@ async fn read_tables(db: &DatabaseConnection) -> Result<Vec<Table>> {
         .await
         .map_err(backend_err)?;
     let mut read = Vec::with_capacity(tables.len());
+    let mut not_carried = Vec::new();
     for row in tables {
         let table: String = row.try_get("", "name").map_err(backend_err)?;
         let kind: String = row.try_get("", "type").map_err(backend_err)?;
@@ -180,9 +213,281 @@ async fn read_tables(db: &DatabaseConnection) -> Result<Vec<Table>> {
             continue;
         }
         pk.sort();
-        read.push(Table::Keyed(
-            def.primary_key(pk.into_iter().map(|(_, name)| name)),
+        let mut def = def.primary_key(pk.into_iter().map(|(_, name)| name));
+        for index in sqlite_indexes(db, &table).await.map_err(backend_err)? {
+            def = carry_index(def, index, &mut not_carried);
+        }
+        not_carried.extend(
+            table_extras(db, &table)
+                .await
+                .map_err(backend_err)?
+                .into_iter()
+                .map(|text| NotCarried::of(&table, text)),
+        );
+        read.push(Table::Keyed(def));
+    }
+    not_carried.extend(
+        database_extras(db)
+            .await
+            .map_err(backend_err)?
+            .into_iter()
+            .map(|text| NotCarried { table: None, text }),
+    );
+    Ok((read, not_carried))
+}
+
+/// One index of a SQLite table, as `pragma_index_list` and `pragma_index_xinfo` tell it.
+#[derive(Debug)]
+pub(crate) struct SqliteIndex {
+    /// Its name.
+    pub(crate) name: String,
+    /// Whether it is unique.
+    pub(crate) unique: bool,
+    /// Where it comes from: `c` (`CREATE INDEX`), `u` (a `UNIQUE` constraint) or `pk`.
+    pub(crate) origin: String,
+    /// Whether it has a `WHERE` clause.
+    pub(crate) partial: bool,
+    /// Its key columns in order; `None` for an expression (or the rowid).
+    pub(crate) columns: Vec<Option<String>>,
+    /// Whether a key column is in descending order or compared with a collation other than
+    /// `BINARY`.
+    pub(crate) ordered_or_collated: bool,
+}
+
+impl SqliteIndex {
+    /// Its key columns, if every one is a plain column.
+    pub(crate) fn plain_columns(&self) -> Option<Vec<String>> {
+        self.columns.iter().cloned().collect()
+    }
+}
+
+/// The indexes of SQLite table `table`.
+pub(crate) async fn sqlite_indexes<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+) -> std::result::Result<Vec<SqliteIndex>, DbErr> {
+    let list = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            "SELECT name, \"unique\", origin, partial FROM pragma_index_list(?) ORDER BY name",
+            [table.into()],
+        ))
+        .await?;
+    let mut indexes = Vec::with_capacity(list.len());
+    for row in list {
+        let name: String = row.try_get("", "name")?;
+        let unique: i64 = row.try_get("", "unique")?;
+        let origin: String = row.try_get("", "origin")?;
+        let partial: i64 = row.try_get("", "partial")?;
+        let keys = db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                "SELECT cid, name, \"desc\", coll FROM pragma_index_xinfo(?) WHERE key = 1 \
+                 ORDER BY seqno",
+                [name.clone().into()],
+            ))
+            .await?;
+        let mut columns = Vec::with_capacity(keys.len());
+        let mut ordered_or_collated = false;
+        for key in keys {
+            let cid: i64 = key.try_get("", "cid")?;
+            let column: Option<String> = key.try_get("", "name")?;
+            let desc: i64 = key.try_get("", "desc")?;
+            let collation: Option<String> = key.try_get("", "coll")?;
+            columns.push(column.filter(|_| cid >= 0));
+            ordered_or_collated |=
+                desc != 0 || collation.is_some_and(|c| !c.eq_ignore_ascii_case("BINARY"));
+        }
+        indexes.push(SqliteIndex {
+            name,
+            unique: unique != 0,
+            origin,
+            partial: partial != 0,
+            columns,
+            ordered_or_collated,
+        });
+    }
+    Ok(indexes)
+}
+
+/// `def` with `index` added if a registry can hold it (plain columns, no `WHERE`), once;
+/// otherwise (or for what of it is lost) a note in `not_carried`. The primary key's own index
+/// is the key already.
+fn carry_index(
+    def: CollectionDef,
+    index: SqliteIndex,
+    not_carried: &mut Vec<NotCarried>,
+) -> CollectionDef {
+    let table = def.name().to_owned();
+    if index.origin == "pk" {
+        return def;
+    }
+    let columns = match index.plain_columns() {
+        Some(columns) if !index.partial => columns,
+        _ => {
+            let what = if index.partial {
+                "a partial index (with WHERE)"
+            } else {
+                "an index on an expression"
+            };
+            let text = format!("index `{}` of `{table}`: {what}", index.name);
+            not_carried.push(NotCarried::of(&table, text));
+            return def;
+        }
+    };
+    if index.ordered_or_collated {
+        let text = format!(
+            "the descending order or collation of index `{}` of `{table}` (the index is \
+             carried without it)",
+            index.name
+        );
+        not_carried.push(NotCarried::of(&table, text));
+    }
+    let known = def
+        .indices()
+        .iter()
+        .any(|i| i.unique == index.unique && i.fields == columns);
+    match (known, index.unique) {
+        (true, _) => def,
+        (false, true) => def.unique_index(columns),
+        (false, false) => def.index(columns),
+    }
+}
+
+/// What table `table` declares beyond its columns, keys and indexes: foreign keys, defaults,
+/// generated columns, and what its `CREATE TABLE` says in words (`CHECK`, `AUTOINCREMENT`,
+/// `COLLATE`).
+async fn table_extras(
+    db: &DatabaseConnection,
+    table: &str,
+) -> std::result::Result<Vec<String>, DbErr> {
+    let mut extras = Vec::new();
+    let names = |rows: Vec<sea_orm::QueryResult>, column: &str| {
+        rows.iter()
+            .map(|row| row.try_get::<String>("", column).map(|n| format!("`{n}`")))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map(|names| names.join(", "))
+    };
+    let query = |sql: &str| {
+        db.query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            sql,
+            [table.into()],
+        ))
+    };
+    let parents =
+        query("SELECT DISTINCT \"table\" FROM pragma_foreign_key_list(?) ORDER BY 1").await?;
+    if !parents.is_empty() {
+        let parents = names(parents, "table")?;
+        extras.push(format!("the foreign keys of `{table}` (to {parents})"));
+    }
+    let defaults =
+        query("SELECT name FROM pragma_table_info(?) WHERE dflt_value IS NOT NULL ORDER BY cid")
+            .await?;
+    if !defaults.is_empty() {
+        let columns = names(defaults, "name")?;
+        extras.push(format!("the defaults of `{table}` ({columns})"));
+    }
+    let generated =
+        query("SELECT name FROM pragma_table_xinfo(?) WHERE hidden IN (2, 3) ORDER BY cid").await?;
+    if !generated.is_empty() {
+        let columns = names(generated, "name")?;
+        extras.push(format!("the generated columns of `{table}` ({columns})"));
+    }
+    let sql = query("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?").await?;
+    let sql: Option<String> = match sql.first() {
+        Some(row) => row.try_get("", "sql")?,
+        None => None,
+    };
+    let words = sql.as_deref().map(sql_words).unwrap_or_default();
+    for (word, what) in [
+        ("CHECK", "the CHECK constraints"),
+        ("AUTOINCREMENT", "AUTOINCREMENT"),
+        ("COLLATE", "the column collations"),
+    ] {
+        if words.iter().any(|w| w == word) {
+            extras.push(format!("{what} of `{table}`"));
+        }
+    }
+    Ok(extras)
+}
+
+/// What the database holds beyond its tables: triggers, views and a `user_version` other
+/// than 0.
+async fn database_extras(db: &DatabaseConnection) -> std::result::Result<Vec<String>, DbErr> {
+    let mut extras = Vec::new();
+    let objects = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT type, name FROM sqlite_schema WHERE type IN ('trigger', 'view') \
+             AND name NOT GLOB 'storex_*' ORDER BY type, name",
+        ))
+        .await?;
+    for row in objects {
+        let kind: String = row.try_get("", "type")?;
+        let name: String = row.try_get("", "name")?;
+        extras.push(format!("{kind} `{name}`"));
+    }
+    let version = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT user_version FROM pragma_user_version",
+        ))
+        .await?;
+    let version: i64 = match version {
+        Some(row) => row.try_get("", "user_version")?,
+        None => 0,
+    };
+    if version != 0 {
+        extras.push(format!(
+            "the schema version (`PRAGMA user_version`), {version} here"
         ));
     }
-    Ok(read)
+    Ok(extras)
+}
+
+/// The bare words of `sql` in upper case, outside quotes, brackets and comments (so a column
+/// named `"check"` is not the keyword).
+fn sql_words(sql: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut chars = sql.chars().peekable();
+    let mut word = String::new();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c.to_ascii_uppercase());
+            continue;
+        }
+        if !word.is_empty() {
+            words.push(std::mem::take(&mut word));
+        }
+        let close = match c {
+            '\'' => '\'',
+            '"' => '"',
+            '`' => '`',
+            '[' => ']',
+            '-' if chars.peek() == Some(&'-') => '\n',
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                while let Some(c) = chars.next() {
+                    if c == '*' && chars.peek() == Some(&'/') {
+                        chars.next();
+                        break;
+                    }
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        // A doubled quote inside a quoted name or string ends it and opens it again: the
+        // same as skipping both.
+        for c in chars.by_ref() {
+            if c == close {
+                break;
+            }
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
 }

@@ -2,7 +2,9 @@
 //!
 //! An existing table, such as one an app's SeaORM entities created, is used as it is; storex
 //! only checks that every field of the registry is a column of it, so a mismatch is reported
-//! by name at start-up instead of failing later on a write.
+//! by name at start-up instead of failing later on a write. On SQLite an index of the
+//! registry that the table has already, under any name (the app's own, over the same columns,
+//! as unique or not), is not created a second time.
 
 use sea_orm::sea_query::{Alias, ColumnDef, Index, Query as SqlQuery, Table};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
@@ -25,7 +27,20 @@ pub(crate) async fn prepare(
         db.execute(&create_table(def, dialect))
             .await
             .map_err(db_err)?;
+        let existing = match dialect {
+            Dialect::Sqlite => crate::introspect::sqlite_indexes(db, def.name())
+                .await
+                .map_err(db_err)?,
+            Dialect::Postgres => Vec::new(),
+        };
         for (position, index) in def.indices().iter().enumerate() {
+            if existing.iter().any(|e| {
+                !e.partial
+                    && e.unique == index.unique
+                    && e.plain_columns().as_ref() == Some(&index.fields)
+            }) {
+                continue;
+            }
             let name = names
                 .get(&(def.name(), position))
                 .cloned()

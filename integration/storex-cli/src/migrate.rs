@@ -28,7 +28,7 @@ use storex_sync::{Clock, DeviceId, SyncDevice, SyncOptions};
 use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpListener;
 
-use crate::tables::tables_of;
+use crate::tables::{tables_of, warn_not_carried};
 
 fn progress_bar() -> ProgressBar {
     let bar = ProgressBar::new(0);
@@ -139,9 +139,10 @@ pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
     let backend = SeaOrmBackend::open_sqlite_file(db)
         .await
         .with_context(|| format!("opening {}", db.display()))?;
-    let registry = tables_of(backend.connection(), db).await?;
+    let tables = tables_of(backend.connection(), db).await?;
+    warn_not_carried(&tables);
     let device = SyncDevice::open(
-        registry,
+        tables.registry,
         Arc::new(backend),
         Clock::new(DeviceId::random()),
         SyncOptions::default(),

@@ -59,7 +59,7 @@ pub(crate) async fn sync(args: SyncArgs) -> Result<()> {
     let db = connect(&sqlite_url(&args.db, false))
         .await
         .with_context(|| format!("opening {}", args.db.display()))?;
-    let registry = tables_of(&db, &args.db).await?;
+    let registry = tables_of(&db, &args.db).await?.registry;
     for def in registry.collections() {
         if integer_keyed(def) {
             eprintln!(

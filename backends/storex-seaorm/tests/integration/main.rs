@@ -9,6 +9,7 @@ mod conformance;
 mod crash;
 mod existing_entities;
 mod indexes;
+mod introspected_schema;
 mod query_bounds;
 mod refused_writes;
 mod snapshot;

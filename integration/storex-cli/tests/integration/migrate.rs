@@ -164,6 +164,67 @@ async fn a_database_of_50k_rows_moves_between_two_processes() {
     assert_same_rows(&old_path, &new_path, &["item", "label"]).await;
 }
 
+#[tokio::test]
+async fn the_new_database_gets_the_indexes_and_the_sender_names_what_it_does_not() {
+    let (_dir, old_path, new_path) = old_database(1).await;
+    {
+        let old = SeaOrmBackend::open_sqlite_file(&old_path)
+            .await
+            .expect("open");
+        old.connection()
+            .execute_unprepared(
+                "CREATE UNIQUE INDEX item_name ON item (name); \
+                 CREATE INDEX item_score ON item (score, name); \
+                 CREATE TRIGGER item_touch AFTER UPDATE ON item BEGIN SELECT 1; END; \
+                 PRAGMA user_version = 3",
+            )
+            .await
+            .expect("the app's indexes, a trigger and a schema version");
+    }
+    let (sender, sender_out, address) = start_sender(&old_path);
+    let received = receive_from(address, &new_path, "0").await;
+    assert!(
+        received.status.success(),
+        "{}",
+        String::from_utf8_lossy(&received.stderr)
+    );
+    let (_, sent) = sender_end(sender, sender_out).await;
+    let warnings = String::from_utf8_lossy(&sent.stderr);
+    assert!(warnings.contains("but not:"), "{warnings}");
+    assert!(warnings.contains("  - trigger `item_touch`"), "{warnings}");
+    assert!(
+        warnings.contains("  - the schema version (`PRAGMA user_version`), 3 here"),
+        "{warnings}"
+    );
+    assert!(
+        !warnings.contains("item_name"),
+        "an index that moves: {warnings}"
+    );
+
+    let new = storage(&new_path).await;
+    let duplicate = object! { "id" => 1_000_000i64, "name" => "item 7" };
+    let refused = new.create("item", duplicate).await;
+    assert!(refused.is_err(), "the unique index came along: {refused:?}");
+    let new_db = SeaOrmBackend::open_sqlite_file(&new_path)
+        .await
+        .expect("open");
+    let indexes = new_db
+        .connection()
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Sqlite,
+            "SELECT group_concat(i.name, ',') AS columns FROM sqlite_schema s, \
+             pragma_index_info(s.name) i WHERE s.type = 'index' AND s.tbl_name = 'item' \
+             AND s.sql IS NOT NULL GROUP BY s.name ORDER BY columns",
+        ))
+        .await
+        .expect("the new database's indexes");
+    let indexes: Vec<String> = indexes
+        .iter()
+        .map(|row| row.try_get("", "columns").expect("columns"))
+        .collect();
+    assert_eq!(indexes, ["name", "score,name"]);
+}
+
 /// The two databases hold the same rows of `collections`.
 async fn assert_same_rows(old: &Path, new: &Path, collections: &[&str]) {
     let (old, new) = (storage(old).await, storage(new).await);
