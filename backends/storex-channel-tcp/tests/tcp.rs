@@ -1,6 +1,6 @@
 //! Fast sync over real TCP sockets on 127.0.0.1: a database moves, oversized, garbage and
-//! cut-off frames from the network end the session with a clear error, and closing towards
-//! a peer that stopped reading ends.
+//! cut-off frames from the network end the session with a clear error, an object too large
+//! for a frame is named on both sides, and closing towards a peer that stopped reading ends.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -307,4 +307,50 @@ async fn closing_towards_a_peer_that_stopped_reading_gives_up_after_a_while() {
         waited >= storex_channel_tcp::CLOSE_WAIT - Duration::from_secs(1),
         "{waited:?}"
     );
+}
+
+#[tokio::test]
+async fn an_object_larger_than_a_frame_is_named_on_both_sides() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (old, new) = (
+        device(dir.path(), "old.db").await,
+        device(dir.path(), "new.db").await,
+    );
+    let id = storex_core::uuid::Uuid::now_v7();
+    let steps = vec![
+        BatchStep::new(Operation::create(
+            "note",
+            object! { "title" => "small", "body" => vec![1u8; 100] },
+        )),
+        BatchStep::new(Operation::create(
+            "note",
+            object! { "id" => id, "title" => "large", "body" => vec![2u8; 2 * 1024 * 1024] },
+        )),
+    ];
+    old.storage().batch(steps).await.expect("write");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let options = FastSyncOptions::default().with_stall_timeout(Duration::from_secs(10));
+    let limit = 1024 * 1024;
+    let receiving = async {
+        let stream = listener.accept().await.expect("accept").0;
+        let mut channel = TcpChannel::with_max_frame(stream, limit);
+        receive_snapshot(&new, &mut channel, &options).await
+    };
+    let sending = async {
+        let stream = TcpStream::connect(address).await.expect("connect");
+        let mut channel = TcpChannel::with_max_frame(stream, limit);
+        send_snapshot(&old, &mut channel, &options).await
+    };
+    let (received, sent) = tokio::join!(receiving, sending);
+    let named = format!("object ({id}) takes ");
+    let sent = storex_core::error_chain(&sent.expect_err("the large object cannot go"));
+    assert!(sent.contains("collection `note`"), "{sent}");
+    assert!(sent.contains(&named), "{sent}");
+    assert!(
+        sent.contains("more than the 1048576 bytes the channel carries in one frame"),
+        "{sent}"
+    );
+    let received = storex_core::error_chain(&received.expect_err("the sender gave up"));
+    assert!(received.contains(&named), "{received}");
 }

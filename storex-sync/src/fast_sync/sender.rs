@@ -20,7 +20,8 @@ use crate::fast_sync::shape;
 use crate::fast_sync::{
     cancel_here, chain_checksum, encode_object, honour_pause, next_kept_or_package, next_package,
     page_limit, quarantine_info, send_package, sign_of_life_interval, state_value, tell_peer,
-    EncodedObjects, FastSyncChannel, FastSyncError, FastSyncOptions, Progress, TransferReport,
+    ChannelError, EncodedObjects, FastSyncChannel, FastSyncError, FastSyncOptions, Progress,
+    TransferReport,
 };
 use crate::journal::JOURNAL_COLLECTION;
 use crate::versions::VERSIONS_COLLECTION;
@@ -370,6 +371,9 @@ impl SnapshotSender {
         for info in streamed {
             let mut collection = CollectionRun::default();
             let mut batch = EncodedObjects::new();
+            // The key of the object of the batch that is larger than a batch may be, which
+            // goes alone: named if the channel refuses it as a frame too large.
+            let mut alone: Option<String> = None;
             let mut after: Option<Object> = None;
             let mut offset = 0u64;
             let mut limit = FIRST_PAGE;
@@ -423,8 +427,23 @@ impl SnapshotSender {
                             || batch.len() == MAX_BATCH_OBJECTS)
                     {
                         let full = std::mem::take(&mut batch);
-                        self.emit(channel, &info, full, &mut collection, &mut run)
-                            .await?;
+                        self.emit(
+                            channel,
+                            &info,
+                            full,
+                            alone.take(),
+                            &mut collection,
+                            &mut run,
+                        )
+                        .await?;
+                    }
+                    if encoded.len() > batch_bytes {
+                        let registry = self.device.storage().registry();
+                        alone = registry
+                            .collection(&info.name)
+                            .ok()
+                            .and_then(|def| def.pk_of(&object))
+                            .map(|pk| pk.to_string());
                     }
                     page_objects += 1;
                     page_bytes += encoded.len() as u64;
@@ -439,7 +458,7 @@ impl SnapshotSender {
                 }
             }
             if !batch.is_empty() {
-                self.emit(channel, &info, batch, &mut collection, &mut run)
+                self.emit(channel, &info, batch, alone, &mut collection, &mut run)
                     .await?;
             }
             let sent = collection.objects;
@@ -486,12 +505,15 @@ impl SnapshotSender {
         Ok(run.report)
     }
 
-    /// Accounts for one batch and sends it, unless the receiver applied it before.
+    /// Accounts for one batch and sends it, unless the receiver applied it before. `alone`
+    /// is the key of the batch's one object if it is larger than a batch may be: a frame the
+    /// channel refuses as too large names it.
     async fn emit(
         &self,
         channel: &mut dyn FastSyncChannel,
         info: &CollectionInfo,
         objects: EncodedObjects,
+        alone: Option<String>,
         collection: &mut CollectionRun,
         run: &mut Run,
     ) -> Result<()> {
@@ -511,7 +533,7 @@ impl SnapshotSender {
                 .await?;
         }
         let (count, bytes) = (objects.len() as u64, objects.bytes() as u64);
-        send_package(
+        let sent = send_package(
             channel,
             &self.options,
             Package::Batch {
@@ -520,7 +542,25 @@ impl SnapshotSender {
                 objects,
             },
         )
-        .await?;
+        .await;
+        if let Err(crate::Error::FastSync(FastSyncError::Channel(ChannelError::TooLarge {
+            limit,
+        }))) = &sent
+        {
+            let what = match &alone {
+                Some(pk) => format!("object {pk} takes {bytes} bytes"),
+                None => format!("a batch of {count} objects takes {bytes} bytes"),
+            };
+            return Err(FastSyncError::Verification {
+                collection: info.name.clone(),
+                problem: format!(
+                    "{what}, more than the {limit} bytes the channel carries in one frame: it \
+                     cannot be sent"
+                ),
+            }
+            .into());
+        }
+        sent?;
         run.unacked.push_back(run.seq);
         run.last_sent = Instant::now();
         run.report.batches += 1;
