@@ -227,6 +227,11 @@ pub struct FastSyncOptions {
     pub cancel: CancelHandle,
     /// Pauses and resumes the transfer.
     pub pause: PauseHandle,
+    /// Named values a sender hands to the receiver with its offer
+    /// ([`receiver::Offer::properties`]), for the app on the other side (`storex migrate`
+    /// sends the schema version SQLite keeps in `PRAGMA user_version`); storex reads none of
+    /// them.
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 impl fmt::Debug for FastSyncOptions {
@@ -240,6 +245,7 @@ impl fmt::Debug for FastSyncOptions {
             .field("progress", &self.progress.is_some())
             .field("cancel", &self.cancel)
             .field("pause", &self.pause)
+            .field("properties", &self.properties)
             .finish()
     }
 }
@@ -255,6 +261,7 @@ impl Default for FastSyncOptions {
             progress: None,
             cancel: CancelHandle::new(),
             pause: PauseHandle::new(),
+            properties: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -291,6 +298,13 @@ impl FastSyncOptions {
     /// Leaves out the objects `keep` returns false for.
     pub fn with_filter(mut self, keep: ObjectFilter) -> Self {
         self.filter = Some(keep);
+        self
+    }
+
+    /// Hands the receiver `value` under `name` with the offer (a sender's option; see
+    /// [`FastSyncOptions::properties`]).
+    pub fn with_property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(name.into(), value.into());
         self
     }
 

@@ -21,9 +21,10 @@
 //! A table's indexes over plain columns (made by `CREATE INDEX` or a `UNIQUE` constraint) are
 //! read into its definition, so a database created from the registry has them too. What a
 //! registry cannot hold (partial indexes and indexes on expressions, foreign keys, defaults,
-//! `CHECK` constraints, generated columns, `AUTOINCREMENT`, collations, triggers, views and
-//! `user_version`) is listed by [`sqlite_tables`] in [`SqliteTables::not_carried`], for a tool
-//! that copies the database to tell its user.
+//! `CHECK` constraints, generated columns, `AUTOINCREMENT`, collations, triggers and views) is
+//! listed by [`sqlite_tables`] in [`SqliteTables::not_carried`], for a tool that copies the
+//! database to tell its user; the schema version an app keeps in `PRAGMA user_version` is
+//! [`SqliteTables::user_version`], for it to carry.
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 use storex_core::{CollectionDef, FieldType, Registry};
@@ -72,6 +73,8 @@ pub struct SqliteTables {
     /// database created from it lacks (a foreign key, a trigger, a partial index, say): one
     /// description each, naming the table and what it is.
     pub not_carried: Vec<String>,
+    /// The schema version the app keeps in `PRAGMA user_version` (0 if it keeps none).
+    pub user_version: i32,
 }
 
 /// The registry of every table of a SQLite database (but storex's own, `storex_…`, and virtual
@@ -91,6 +94,9 @@ pub async fn registry_of_sqlite(db: &DatabaseConnection) -> Result<Registry> {
 /// tell its user.
 pub async fn sqlite_tables(db: &DatabaseConnection) -> Result<SqliteTables> {
     let (tables, mut not_carried) = read_tables(db).await?;
+    let user_version = user_version(db)
+        .await
+        .map_err(|e| Error::Storage(storex_core::Error::backend("seaorm-sqlite", e)))?;
     let mut left_out = Vec::new();
     let mut taken = Vec::with_capacity(tables.len());
     for table in tables {
@@ -117,6 +123,7 @@ pub async fn sqlite_tables(db: &DatabaseConnection) -> Result<SqliteTables> {
         registry: build(taken)?,
         left_out,
         not_carried: not_carried.into_iter().map(|note| note.text).collect(),
+        user_version,
     })
 }
 
@@ -412,8 +419,7 @@ async fn table_extras(
     Ok(extras)
 }
 
-/// What the database holds beyond its tables: triggers, views and a `user_version` other
-/// than 0.
+/// What the database holds beyond its tables: triggers and views.
 async fn database_extras(db: &DatabaseConnection) -> std::result::Result<Vec<String>, DbErr> {
     let mut extras = Vec::new();
     let objects = db
@@ -428,22 +434,21 @@ async fn database_extras(db: &DatabaseConnection) -> std::result::Result<Vec<Str
         let name: String = row.try_get("", "name")?;
         extras.push(format!("{kind} `{name}`"));
     }
-    let version = db
+    Ok(extras)
+}
+
+/// The schema version an app keeps in `PRAGMA user_version`.
+async fn user_version(db: &DatabaseConnection) -> std::result::Result<i32, DbErr> {
+    let row = db
         .query_one_raw(Statement::from_string(
             DbBackend::Sqlite,
             "SELECT user_version FROM pragma_user_version",
         ))
         .await?;
-    let version: i64 = match version {
-        Some(row) => row.try_get("", "user_version")?,
-        None => 0,
-    };
-    if version != 0 {
-        extras.push(format!(
-            "the schema version (`PRAGMA user_version`), {version} here"
-        ));
+    match row {
+        Some(row) => row.try_get("", "user_version"),
+        None => Ok(0),
     }
-    Ok(extras)
 }
 
 /// The bare words of `sql` in upper case, outside quotes, brackets and comments (so a column

@@ -19,6 +19,7 @@ use storex_channel_tcp::TcpChannel;
 use storex_channel_webrtc::{WebRtcChannel, WebRtcOptions};
 use storex_core::uuid::Uuid;
 use storex_core::{error_chain, Registry, StorageBackend};
+use storex_seaorm::sea_orm::ConnectionTrait;
 use storex_seaorm::SeaOrmBackend;
 use storex_sync::fast_sync::{
     read_offer, receive_offer, send_snapshot, ChannelError, FastSyncChannel, FastSyncError,
@@ -38,6 +39,35 @@ fn progress_bar() -> ProgressBar {
         bar.set_style(style.progress_chars("=> "));
     }
     bar
+}
+
+/// The offer's property that carries the schema version the old file's app keeps in
+/// `PRAGMA user_version` (an app that reads it to run its migrations finds it on the new
+/// device as it left it).
+const USER_VERSION: &str = "sqlite.user_version";
+
+/// `options` carrying `user_version` with the offer (nothing for 0, SQLite's default).
+fn with_user_version(options: FastSyncOptions, user_version: i32) -> FastSyncOptions {
+    match user_version {
+        0 => options,
+        version => options.with_property(USER_VERSION, version.to_string()),
+    }
+}
+
+/// The schema version an offer carries, if any; a value that is no 32-bit integer (a peer
+/// that sends garbage) is named in a warning and not used.
+fn user_version_of(offer: &Offer) -> Option<i32> {
+    let value = offer.properties().get(USER_VERSION)?;
+    match value.parse::<i32>() {
+        Ok(version) => Some(version),
+        Err(_) => {
+            eprintln!(
+                "warning: the sender's schema version ({value:?}) is not a number; the new \
+                 database keeps 0"
+            );
+            None
+        }
+    }
 }
 
 /// Options whose progress drives `bar`, one collection at a time.
@@ -141,6 +171,7 @@ pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
         .with_context(|| format!("opening {}", db.display()))?;
     let tables = tables_of(backend.connection(), db).await?;
     warn_not_carried(&tables);
+    let version = tables.user_version;
     let device = SyncDevice::open(
         tables.registry,
         Arc::new(backend),
@@ -149,8 +180,10 @@ pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
     )
     .await?;
     let report = match transport {
-        Transport::Tcp { listen, reconnect } => send_over_tcp(&device, &listen, reconnect).await?,
-        Transport::WebRtc(bind) => send_over_webrtc(&device, bind).await?,
+        Transport::Tcp { listen, reconnect } => {
+            send_over_tcp(&device, &listen, reconnect, version).await?
+        }
+        Transport::WebRtc(bind) => send_over_webrtc(&device, bind, version).await?,
     };
     summary(&report, "sent");
     if report.unpushed > 0 {
@@ -189,6 +222,7 @@ async fn send_over_tcp(
     device: &SyncDevice,
     listen: &str,
     reconnect: Duration,
+    user_version: i32,
 ) -> Result<TransferReport> {
     let listener = TcpListener::bind(listen)
         .await
@@ -196,7 +230,8 @@ async fn send_over_tcp(
     say!("listening on {}", listener.local_addr()?);
     let mut channel = TcpChannel::accept(&listener).await?;
     let bar = progress_bar();
-    let mut sender = SnapshotSender::open_for(device, &mut channel, options(&bar)).await?;
+    let options = with_user_version(options(&bar), user_version);
+    let mut sender = SnapshotSender::open_for(device, &mut channel, options).await?;
     let report = loop {
         let sent = sender.send(&mut channel).await;
         close(&mut channel).await;
@@ -235,7 +270,11 @@ async fn send_over_tcp(
 
 /// Sends `device` over a WebRTC data channel: prints the offer, reads the answer from
 /// standard input. A dropped channel ends the transfer (a new one needs new codes).
-async fn send_over_webrtc(device: &SyncDevice, bind: IpAddr) -> Result<TransferReport> {
+async fn send_over_webrtc(
+    device: &SyncDevice,
+    bind: IpAddr,
+    user_version: i32,
+) -> Result<TransferReport> {
     let (pending, offer) = WebRtcChannel::offer_with(&webrtc_options(bind))
         .await
         .context("preparing the WebRTC offer")?;
@@ -254,7 +293,8 @@ async fn send_over_webrtc(device: &SyncDevice, bind: IpAddr) -> Result<TransferR
         .await
         .context("connecting to the new device")?;
     let bar = progress_bar();
-    let report = send_snapshot(device, &mut channel, &options(&bar)).await;
+    let options = with_user_version(options(&bar), user_version);
+    let report = send_snapshot(device, &mut channel, &options).await;
     // Before the process ends: a WebRTC channel still delivers in the background.
     close(&mut channel).await;
     bar.finish_and_clear();
@@ -307,6 +347,7 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
     let options = options(&bar);
     let mut offer = read_offer(channel.as_mut(), &options).await?;
     let registry = offer.registry().context("the sender's schema")?;
+    let user_version = user_version_of(&offer);
     let session = offer.session();
     // Written beside the target and renamed once complete, so that a failed or killed
     // transfer leaves no half-written database under the target's name. What a transfer cut
@@ -378,6 +419,13 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
         }
     };
     drop(device);
+    if let Some(version) = user_version {
+        backend
+            .connection()
+            .execute_unprepared(&format!("PRAGMA user_version = {version}"))
+            .await
+            .context("setting the schema version of the received database")?;
+    }
     let closed = backend.connection().close_by_ref().await;
     closed.context("closing the received database")?;
     for (from, to) in partial.iter().zip(sqlite_files(db)) {

@@ -7,6 +7,8 @@
 //! applied; after each collection a `CollectionDone` with its count and checksum; then
 //! `Finish`, answered by `Done`. Either side may send `Pause`/`Resume` and `Cancel`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use storex_core::uuid::Uuid;
 use storex_core::{CollectionDef, Object};
@@ -232,6 +234,11 @@ pub enum Package {
         /// when a filter hook leaves objects out or no cursor is handed over.
         #[serde(default)]
         quarantined: u64,
+        /// Named values the sender's app hands to the receiver's app with the offer
+        /// ([`crate::fast_sync::FastSyncOptions::with_property`]); storex reads none of
+        /// them. (Absent from senders from before it, and left out when empty.)
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        properties: BTreeMap<String, String>,
     },
     /// Receiver → sender: ready; `resume_after` is the last batch already applied.
     Ready {
@@ -351,6 +358,27 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_carries_properties_only_when_it_has_some() {
+        let hello = |properties: BTreeMap<String, String>| Package::Hello {
+            session: Uuid::nil(),
+            collections: Vec::new(),
+            definitions: Vec::new(),
+            cursor: 0,
+            latest: None,
+            subscription: None,
+            quarantined: 0,
+            properties,
+        };
+        // None: encoded as before the field existed, so an older receiver reads the same.
+        let frame = hello(BTreeMap::new()).encode();
+        let needle = b"properties";
+        assert!(!frame.windows(needle.len()).any(|w| w == needle));
+        let some = BTreeMap::from([("sqlite.user_version".to_owned(), "3".to_owned())]);
+        let decoded = Package::decode(&hello(some.clone()).encode()).expect("decode");
+        assert_eq!(decoded, hello(some));
+    }
+
+    #[test]
     fn a_hello_carries_the_clustered_hint_only_where_it_is_set() {
         use storex_core::FieldType;
         let plain = CollectionDef::new("note")
@@ -365,6 +393,7 @@ mod tests {
             latest: None,
             subscription: None,
             quarantined: 0,
+            properties: BTreeMap::new(),
         };
         // A definition without the hint is encoded as before it existed (no such key), and
         // decodes with the hint off.

@@ -110,6 +110,7 @@ pub struct Offer {
     latest: Option<crate::hlc::Hlc>,
     subscription: Option<i64>,
     quarantined: u64,
+    properties: BTreeMap<String, String>,
 }
 
 impl Offer {
@@ -129,6 +130,13 @@ impl Offer {
     /// Payloads the sender pulled but could not open, which come after the collections.
     pub fn quarantined(&self) -> u64 {
         self.quarantined
+    }
+
+    /// The named values the sender's app handed over with the offer
+    /// ([`crate::fast_sync::FastSyncOptions::with_property`]); empty from a sender that set
+    /// none. They come from the peer: check them before use.
+    pub fn properties(&self) -> &BTreeMap<String, String> {
+        &self.properties
     }
 
     /// The sender's registry of the app collections offered, for a device that has no schema
@@ -165,6 +173,7 @@ async fn read_hello(channel: &mut dyn FastSyncChannel, options: &FastSyncOptions
             latest,
             subscription,
             quarantined,
+            properties,
         } => Ok(Offer {
             session,
             collections,
@@ -173,6 +182,7 @@ async fn read_hello(channel: &mut dyn FastSyncChannel, options: &FastSyncOptions
             latest,
             subscription,
             quarantined,
+            properties,
         }),
         other => Err(FastSyncError::Protocol(format!("expected Hello, got {other:?}")).into()),
     }

@@ -320,6 +320,7 @@ impl SnapshotSender {
                 latest: Some(self.device.clock().now()),
                 subscription: self.subscription,
                 quarantined: self.quarantine_offered(),
+                properties: self.options.properties.clone(),
             },
         )
         .await?;

@@ -1154,6 +1154,7 @@ async fn begin_copy(
             latest: None,
             subscription: None,
             quarantined: 0,
+            properties: Default::default(),
         })
         .await
         .expect("hello");
@@ -1188,6 +1189,7 @@ async fn the_receivers_clock_moves_past_the_senders_before_anything_is_sent() {
             latest: Some(ahead),
             subscription: None,
             quarantined: 0,
+            properties: Default::default(),
         })
         .await
         .expect("hello");
@@ -1874,6 +1876,7 @@ async fn scripted_sender(
             latest: None,
             subscription: None,
             quarantined: 0,
+            properties: Default::default(),
         })
         .await
         .expect("hello");

@@ -182,6 +182,7 @@ async fn a_bad_frame_ends_the_session_and_leaves_applied_batches_as_they_were() 
             latest: None,
             subscription: None,
             quarantined: 0,
+            properties: Default::default(),
         })
         .await
         .expect("hello");
