@@ -123,20 +123,25 @@ impl SyncedStorage {
     /// On the device that has the data: connects with the new device's answer and sends a
     /// snapshot of every synced collection, with the shared-log cursor for the handoff.
     ///
-    /// It first syncs once (for at most [`SYNC_BEFORE_PAIRING`]), so that changes this device
-    /// has not pushed yet reach the shared log: the new device receives them as already
-    /// shared, and the other devices must not depend on this one staying around (it is often
-    /// wiped next). When that sync fails (offline, say), the transfer goes ahead and the
-    /// report's `unpushed` counts the changes that reach the other devices only when this
-    /// device next syncs: tell the user to sync it before wiping it.
+    /// Once connected, it syncs once (for at most [`SYNC_BEFORE_PAIRING`], or half the
+    /// options' stall timeout if that is shorter), so that changes this device has not pushed
+    /// yet reach the shared log: the new device receives them as already shared, and the
+    /// other devices must not depend on this one staying around (it is often wiped next).
+    /// When that sync fails (offline, say), the transfer goes ahead and the report's
+    /// `unpushed` counts the changes that reach the other devices only when this device next
+    /// syncs: tell the user to sync it before wiping it. (The sync comes after the channel
+    /// opens: the new device waits for the channel only its connect timeout, and then for
+    /// the offer the stall timeout, which the sync fits in. A mistyped answer code fails at
+    /// once.)
     pub async fn send_to_paired(
         &self,
         offer: PairingOffer,
         answer_code: &str,
         options: &FastSyncOptions,
     ) -> Result<TransferReport> {
-        let _ = tokio::time::timeout(SYNC_BEFORE_PAIRING, self.sync_once()).await;
         let mut channel = offer.pending.connect(answer_code.trim()).await?;
+        let before = SYNC_BEFORE_PAIRING.min(options.stall_timeout / 2);
+        let _ = tokio::time::timeout(before, self.sync_once()).await;
         let report =
             send_snapshot(self.device(), &mut channel, &self.pairing_options(options)).await?;
         channel.close().await;

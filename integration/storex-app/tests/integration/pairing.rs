@@ -3,11 +3,13 @@
 //! handoff, converging with the old device.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use storex_app::{Error, SyncedStorage};
+use storex_app::{Error, SyncedStorage, WebRtcOptions};
 use storex_core::{object, Filter};
 use storex_sync::fast_sync::{FastSyncOptions, TransferReport};
 use storex_sync::{MemorySharedLog, SharedSyncLog};
+use storex_test::flaky::FlakySharedLog;
 
 use crate::common;
 
@@ -121,6 +123,42 @@ async fn changes_not_pushed_yet_reach_the_other_devices_although_the_old_device_
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_sync_before_the_transfer_does_not_outlast_the_new_devices_wait_to_connect() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let memory: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let slow = Arc::new(FlakySharedLog::new(memory.clone()));
+    let old = open(
+        &dir.path().join("old.db"),
+        &(slow.clone() as Arc<dyn SharedSyncLog>),
+    )
+    .await;
+    for n in 0..3 {
+        old.storage()
+            .create("note", object! { "title" => format!("note {n}") })
+            .await
+            .expect("write");
+    }
+    let new = open(&dir.path().join("new.db"), &memory).await;
+    // The old device's sync before the transfer takes 3 s (a slow network); the new device
+    // waits 1 s for the channel to open.
+    slow.set_pull_delay(Duration::from_secs(3));
+    let offer = old.offer_pairing().await.expect("offer");
+    let wait = WebRtcOptions::default().with_connect_timeout(Duration::from_secs(1));
+    let answer = SyncedStorage::accept_pairing_with(offer.code(), &wait)
+        .await
+        .expect("accept");
+    let answer_code = answer.code().to_owned();
+    let options = FastSyncOptions::default();
+    let (sent, received) = tokio::join!(
+        old.send_to_paired(offer, &answer_code, &options),
+        new.receive_from_paired(answer, &options),
+    );
+    received.expect("the channel opened before the sync");
+    assert_eq!(sent.expect("send").unpushed, 0, "the sync still pushed");
+    assert_eq!(count(&new).await, 3);
+}
+
 #[tokio::test]
 async fn a_bad_offer_code_is_reported() {
     let err = SyncedStorage::accept_pairing("not an offer")
@@ -147,7 +185,6 @@ fn sdp_of(code: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_device_offers_the_address_it_is_given() {
-    use storex_app::WebRtcOptions;
     let dir = tempfile::tempdir().expect("temporary directory");
     let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
     let old = open(&dir.path().join("old.db"), &log).await;
