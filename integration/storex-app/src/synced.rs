@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Statement};
 use storex_core::{
-    object, BatchStep, CollectionDef, FieldType, Middleware, Operation, Registry, Storage,
+    object, BatchStep, CollectionDef, FieldType, Middleware, Operation, Query, Registry, Storage,
     StorageBackend, Value,
 };
 use storex_seaorm::{collection_from_entity, SeaOrmBackend};
@@ -254,8 +254,33 @@ impl SyncedStorageBuilder {
 /// per collection: a table that had rows before it was synced gets them logged whenever it
 /// joins. (The first versions kept one note for the whole database, which names no
 /// collection: the collections are checked once more then, and rows with entries are left
-/// alone.)
+/// alone.) The note of a collection not synced now (this version of the app excludes it, or
+/// has it no more) is dropped: rows written while it was out have no log entries, and are
+/// logged if it joins again.
 async fn log_existing_rows(device: &SyncDevice, settings: &Storage) -> Result<u64> {
+    let synced = device.synced_collections();
+    let prefix = existing_rows_key("");
+    let mut gone = Vec::new();
+    for row in settings
+        .find_many(SETTINGS_COLLECTION, Query::default())
+        .await?
+    {
+        let Some(key) = row.get("key").and_then(Value::as_text) else {
+            continue;
+        };
+        if key
+            .strip_prefix(&prefix)
+            .is_some_and(|collection| !synced.contains(&collection))
+        {
+            gone.push(BatchStep::new(Operation::delete_by_pk(
+                SETTINGS_COLLECTION,
+                key,
+            )));
+        }
+    }
+    if !gone.is_empty() {
+        settings.batch(gone).await?;
+    }
     let mut pending: Vec<&str> = Vec::new();
     for name in device.synced_collections() {
         if read_setting(settings, &existing_rows_key(name))

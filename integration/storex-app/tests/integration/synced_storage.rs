@@ -377,6 +377,25 @@ async fn a_table_that_joins_sync_later_gets_its_existing_rows_logged() {
     assert_eq!(phone.sync_once().await.expect("sync").pushed, 2);
     drop(phone);
     assert_eq!(reopen().await.existing_rows_logged(), 0, "once");
+    // A release that leaves tags out of sync; a tag written meanwhile has no log entry.
+    let without_tags = SyncedStorage::builder(db.clone())
+        .entity(note::Entity)
+        .collection(tag.clone())
+        .exclude("tag")
+        .shared_log(log.clone(), "ann")
+        .open()
+        .await
+        .expect("open without syncing tags");
+    without_tags
+        .storage()
+        .create("tag", object! { "name" => "garden" })
+        .await
+        .expect("a tag, not logged");
+    drop(without_tags);
+    // Synced again: that tag is logged then.
+    let phone = reopen().await;
+    assert_eq!(phone.existing_rows_logged(), 1, "the tag written while out");
+    assert_eq!(phone.sync_once().await.expect("sync").pushed, 1);
 }
 
 /// The `note` table of a later app release: one more column.
