@@ -5,7 +5,7 @@
 //! It ends by itself when the shared log cannot tell (memory, SQL and Firestore logs), and on
 //! stop; while the background sync is paused it does not watch. When the sync it triggered
 //! failed, it waits out the sync task's backoff before watching again, so live signals never
-//! cut a backoff short. When that sync pulled nothing although the log said there was
+//! cut a backoff short, unless a sync succeeds meanwhile (one the app asked for). When that sync pulled nothing although the log said there was
 //! something (a fast-sync copy into the device has not finished, so nothing is pulled; or a
 //! log whose signal does not settle), it waits before watching again (1 s doubling to
 //! [`LIVE_WAIT`]), so the signal cannot make it sync in a loop; so it does when the log says
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use storex_sync::ContinuousSync;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::watch;
 
 use crate::background::{until_true, Shared};
@@ -120,6 +120,9 @@ async fn watch(
             _ = until_true(&mut stop) => return,
             waited = sync.wait_for_remote_changes(LIVE_WAIT) => waited,
         };
+        // Set when the pause is the sync task's backoff after a failure: a sync that succeeds
+        // meanwhile (one the app asked for, say) ends it.
+        let mut backoff = None;
         let pause = match waited {
             None => return, // this shared log has no live signal
             // Nothing new after a wait the log held: watch again at once (a healthy log).
@@ -165,7 +168,10 @@ async fn watch(
                         Duration::ZERO
                     }
                     Triggered::Nothing => next_wait(&mut quiet, LIVE_WAIT),
-                    Triggered::Failed(retry_in) => retry_in,
+                    Triggered::Failed(retry_in) => {
+                        backoff = Some(shared.events.subscribe());
+                        retry_in
+                    }
                 }
             }
             Some(Err(_)) => next_wait(&mut unreachable, UNREACHABLE_WAIT),
@@ -174,7 +180,22 @@ async fn watch(
             tokio::select! {
                 _ = until_true(&mut stop) => return,
                 _ = tokio::time::sleep(pause) => {}
+                _ = succeeded(backoff.as_mut()) => {}
             }
+        }
+    }
+}
+
+/// Waits for a sync to succeed on `events`; never, without them (or once they end).
+async fn succeeded(events: Option<&mut broadcast::Receiver<SyncEvent>>) {
+    let Some(events) = events else {
+        return std::future::pending().await;
+    };
+    loop {
+        match events.recv().await {
+            Ok(SyncEvent::Finished(_)) => return,
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return std::future::pending().await,
         }
     }
 }

@@ -544,6 +544,41 @@ async fn a_live_signal_that_brings_nothing_does_not_make_the_task_sync_in_a_loop
 }
 
 #[tokio::test]
+async fn a_sync_that_succeeds_during_a_backoff_brings_the_live_signal_back() {
+    let flaky = Arc::new(FlakySharedLog::new(Arc::new(MemorySharedLog::new())));
+    // The log says other devices pushed, but its pushes and pulls fail: the triggered sync
+    // fails, and the task backs off for at least 30 s.
+    flaky.set_live_signal(Some(true));
+    flaky.set_down(true);
+    let options = BackgroundOptions::default()
+        .with_interval(Duration::from_secs(3600))
+        .with_debounce(Duration::from_millis(10))
+        .with_backoff(Duration::from_secs(30), Duration::from_secs(60));
+    let a = app(flaky.clone(), options).await;
+    eventually("a failed sync", || async {
+        a.background.status().last_error.is_some() && flaky.live_waits() >= 1
+    })
+    .await;
+    // Let the watcher take the failure and back off too.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = flaky.live_waits();
+    // The log is back, and the user asks for a sync, which succeeds.
+    flaky.set_down(false);
+    flaky.set_live_signal(Some(false));
+    a.background.sync_now();
+    eventually("a sync that succeeds", || async {
+        a.background.status().last_success.is_some()
+    })
+    .await;
+    eventually(
+        "the live signal watched again, not after the backoff",
+        || async { flaky.live_waits() > before },
+    )
+    .await;
+    a.background.stop().await;
+}
+
+#[tokio::test]
 async fn a_paused_background_sync_does_not_ask_the_live_signal() {
     let flaky = Arc::new(FlakySharedLog::new(Arc::new(MemorySharedLog::new())));
     // A log with a live signal and nothing new, said after 10 ms: the watcher asks again
