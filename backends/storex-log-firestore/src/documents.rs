@@ -139,6 +139,15 @@ pub(crate) fn user_key(user: &str) -> SharedResult<String> {
 
 /// Checks a collection prefix: letters, digits, `_` and `-`, at most 100 bytes.
 pub(crate) fn check_prefix(prefix: &str) -> SharedResult<()> {
+    if prefix.is_empty() {
+        // `users` and `devices` at the top of the database: Firebase apps often have both,
+        // keyed by the same user ids, and the log would read and write the app's documents.
+        return Err(SharedLogError::Invalid {
+            problem: "the collection prefix cannot be empty: the log's `users` and `devices` \
+                      collections would mix with the app's own (use `storex_`, say)"
+                .into(),
+        });
+    }
     let valid = prefix.len() <= 100
         && prefix
             .bytes()
@@ -188,7 +197,7 @@ mod tests {
 
     #[test]
     fn prefixes_are_plain_names() {
-        assert!(check_prefix("").is_ok());
+        assert!(check_prefix("").is_err(), "the app's own `users`");
         assert!(check_prefix("storex_").is_ok());
         assert!(check_prefix("a/b").is_err());
         assert!(check_prefix("..").is_err());

@@ -73,4 +73,4 @@ mod documents;
 mod log;
 
 pub use firestore;
-pub use log::FirestoreSharedLog;
+pub use log::{FirestoreSharedLog, REQUEST_TIMEOUT};

@@ -48,6 +48,16 @@ const DELETES_PER_COMMIT: u32 = 500;
 const MAX_ATTEMPTS: u32 = 12;
 /// Attempts of one conditional commit that keeps losing races to other writers.
 const MAX_CONFLICT_ATTEMPTS: u32 = 60;
+/// How long one call keeps retrying on a client whose request timeout storex did not set
+/// ([`FirestoreSharedLog::new`]); otherwise twice that timeout. No new attempt starts after
+/// it, so a log that answers nothing fails a call within about this plus one attempt.
+const RETRY_WINDOW: Duration = Duration::from_secs(60);
+
+/// How long one request to Firestore may take (a streamed read: between two of its
+/// documents) on a client [`FirestoreSharedLog::connect`] makes: a connection that stays open
+/// but answers nothing (a stuck proxy) fails the request then, instead of holding the sync
+/// for ever.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why one attempt of an operation failed.
 #[derive(Debug)]
@@ -131,6 +141,8 @@ async fn finish<T>(
 #[derive(Clone, Debug)]
 pub struct FirestoreSharedLog {
     db: FirestoreDb,
+    /// How long one call keeps retrying.
+    retry_window: Duration,
     prefix: String,
     users: String,
     devices: String,
@@ -147,7 +159,8 @@ impl FirestoreSharedLog {
     pub const MAX_TOPIC_BYTES: usize = MAX_TOPIC_BYTES;
 
     /// Connects to the Firestore database of `project_id` and keeps the log in collections
-    /// whose names start with `collection_prefix` (letters, digits, `_`, `-`; may be empty).
+    /// whose names start with `collection_prefix` (letters, digits, `_`, `-`; not empty, so that the
+    /// log's `users` and `devices` collections never mix with the app's own).
     ///
     /// Talks to the emulator at `FIRESTORE_EMULATOR_HOST` when that variable is set, and to
     /// Google with the Application Default Credentials otherwise.
@@ -164,15 +177,28 @@ impl FirestoreSharedLog {
                 log: "firestore",
                 source: Box::new(e),
             })?;
-        Self::new(db, collection_prefix)
+        Ok(Self::new(db, collection_prefix)?.with_request_timeout(REQUEST_TIMEOUT))
+    }
+
+    /// This log with requests limited to `timeout` each (a streamed read: between two of its
+    /// documents) instead of [`REQUEST_TIMEOUT`] (or, for a client given to
+    /// [`FirestoreSharedLog::new`], instead of its own limit).
+    /// A call then keeps retrying for twice `timeout`.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.db = self.db.clone_with_request_timeout(Some(timeout));
+        self.retry_window = timeout.saturating_mul(2);
+        self
     }
 
     /// Uses an open client, keeping the log in collections whose names start with
-    /// `collection_prefix`.
+    /// `collection_prefix`. Its requests keep the client's own timeout
+    /// (`FirestoreDbOptions::request_timeout`, none by default): see
+    /// [`FirestoreSharedLog::with_request_timeout`].
     pub fn new(db: FirestoreDb, collection_prefix: &str) -> SharedResult<Self> {
         check_prefix(collection_prefix)?;
         Ok(FirestoreSharedLog {
             db,
+            retry_window: RETRY_WINDOW,
             prefix: collection_prefix.to_owned(),
             users: format!("{collection_prefix}users"),
             devices: format!("{collection_prefix}devices"),
@@ -222,22 +248,26 @@ impl FirestoreSharedLog {
         }
     }
 
-    /// Runs `attempt` until it succeeds, fails for good, or Firestore stays busy.
+    /// Runs `attempt` until it succeeds, fails for good, or Firestore stays busy (for
+    /// [`MAX_ATTEMPTS`] attempts, or the retry window).
     async fn retrying<T, F, Fut>(&self, mut attempt: F) -> SharedResult<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
         let mut attempts = 0;
+        let started = tokio::time::Instant::now();
         loop {
             attempts += 1;
-            match attempt().await {
+            let result = attempt().await;
+            let in_window = started.elapsed() < self.retry_window;
+            match result {
                 Ok(value) => return Ok(value),
                 Err(Failure::Log(e)) => return Err(e),
-                Err(Failure::Store(e)) if retryable(&e) && attempts < MAX_ATTEMPTS => {
+                Err(Failure::Store(e)) if retryable(&e) && attempts < MAX_ATTEMPTS && in_window => {
                     tokio::time::sleep(backoff(attempts)).await;
                 }
-                Err(Failure::Conflict(_)) if attempts < MAX_CONFLICT_ATTEMPTS => {
+                Err(Failure::Conflict(_)) if attempts < MAX_CONFLICT_ATTEMPTS && in_window => {
                     tokio::time::sleep(backoff(attempts.min(5))).await;
                 }
                 Err(Failure::Store(e)) => return Err(self.refusal_or_unavailable(e)),
