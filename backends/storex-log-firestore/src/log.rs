@@ -159,8 +159,8 @@ impl FirestoreSharedLog {
     pub const MAX_TOPIC_BYTES: usize = MAX_TOPIC_BYTES;
 
     /// Connects to the Firestore database of `project_id` and keeps the log in collections
-    /// whose names start with `collection_prefix` (letters, digits, `_`, `-`; not empty, so that the
-    /// log's `users` and `devices` collections never mix with the app's own).
+    /// whose names start with `collection_prefix` (letters, digits, `_`, `-`; not empty, so
+    /// that the log's `users` and `devices` collections never mix with the app's own).
     ///
     /// Talks to the emulator at `FIRESTORE_EMULATOR_HOST` when that variable is set, and to
     /// Google with the Application Default Credentials otherwise.

@@ -5,11 +5,12 @@
 //! It ends by itself when the shared log cannot tell (memory, SQL and Firestore logs), and on
 //! stop; while the background sync is paused it does not watch. When the sync it triggered
 //! failed, it waits out the sync task's backoff before watching again, so live signals never
-//! cut a backoff short, unless a sync succeeds meanwhile (one the app asked for). When that sync pulled nothing although the log said there was
-//! something (a fast-sync copy into the device has not finished, so nothing is pulled; or a
-//! log whose signal does not settle), it waits before watching again (1 s doubling to
-//! [`LIVE_WAIT`]), so the signal cannot make it sync in a loop; so it does when the log says
-//! at once that nothing is new, instead of holding the wait. While the log is unreachable
+//! cut a backoff short, unless a sync succeeds meanwhile (one the app asked for). When that
+//! sync pulled nothing although the log said there was something (a fast-sync copy into the
+//! device has not finished, so nothing is pulled; or a log whose signal does not settle), it
+//! waits before watching again (1 s doubling to [`LIVE_WAIT`]), so the signal cannot make it
+//! sync in a loop; so it does when the log says at once that nothing is new, instead of
+//! holding the wait. While the log is unreachable
 //! it backs off (1 s doubling to 30 s); the sync task's own backoff reports the failure, so the
 //! watcher stays quiet about it. A panic of the watcher is reported in the status and the
 //! watcher starts again ([`watch_supervised`]).

@@ -1,8 +1,8 @@
 //! Reading a SQLite database's schema back (`sqlite_tables`): its indexes over plain columns
 //! come into the registry, and a storage opened on it with that registry makes no second copy
 //! of them; what a registry cannot hold (foreign keys, defaults, CHECKs, triggers, views,
-//! partial indexes…) is named, `user_version` is read, and a table created from the registry has the
-//! indexes it was given.
+//! partial indexes…) is named, `user_version` is read, and a table created from the
+//! registry has the indexes it was given.
 
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
 use storex_core::{object, IndexDef, Storage};
