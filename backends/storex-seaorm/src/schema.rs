@@ -27,11 +27,14 @@ pub(crate) async fn prepare(
         db.execute(&create_table(def, dialect))
             .await
             .map_err(db_err)?;
+        // Read only for a collection that has indexes to create (every open runs this).
         let existing = match dialect {
-            Dialect::Sqlite => crate::introspect::sqlite_indexes(db, def.name())
-                .await
-                .map_err(db_err)?,
-            Dialect::Postgres => Vec::new(),
+            Dialect::Sqlite if !def.indices().is_empty() => {
+                crate::introspect::sqlite_indexes(db, def.name())
+                    .await
+                    .map_err(db_err)?
+            }
+            _ => Vec::new(),
         };
         for (position, index) in def.indices().iter().enumerate() {
             if existing.iter().any(|e| {
