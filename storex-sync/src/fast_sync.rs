@@ -69,7 +69,7 @@ pub use channel::{memory_channel_pair, ChannelError, FastSyncChannel, MemoryChan
 pub use package::{
     encode_object, CollectionInfo, EncodedObjects, Package, MAX_BATCH_OBJECTS, PROTOCOL_VERSION,
 };
-pub use receiver::{read_offer, receive_offer, receive_snapshot, Offer};
+pub use receiver::{decline_offer, read_offer, receive_offer, receive_snapshot, Offer};
 pub use sender::{send_snapshot, SnapshotSender};
 
 /// What a fast-sync session can fail with.
@@ -491,7 +491,16 @@ async fn cancel_here(
     options: &FastSyncOptions,
     side: &str,
 ) -> crate::Error {
-    let reason = format!("cancelled on the {side} device");
+    end_session(channel, options, format!("cancelled on the {side} device")).await
+}
+
+/// Ends the session from this side for `reason`, which the peer reports: tells the peer (if
+/// it still listens) and returns the error to report here.
+async fn end_session(
+    channel: &mut dyn FastSyncChannel,
+    options: &FastSyncOptions,
+    reason: String,
+) -> crate::Error {
     let cancel = Package::Cancel {
         reason: reason.clone(),
         resumable: false,

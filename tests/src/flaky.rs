@@ -125,8 +125,8 @@ impl FlakySharedLog {
         self.down.store(down, Ordering::SeqCst);
     }
 
-    /// Makes every registration fail too while `offline`, besides every push, pull and ack
-    /// (no network at all), or work again.
+    /// Makes every registration and device listing fail too while `offline`, besides every
+    /// push, pull and ack (no network at all), or work again.
     pub fn set_offline(&self, offline: bool) {
         self.offline.store(offline, Ordering::SeqCst);
         self.set_down(offline);
@@ -197,7 +197,12 @@ impl SharedSyncLog for FlakySharedLog {
     }
 
     fn devices(&self, device: DeviceId) -> BoxFuture<'_, SharedResult<Vec<DeviceInfo>>> {
-        self.inner.devices(device)
+        Box::pin(async move {
+            if self.offline.load(Ordering::SeqCst) {
+                return Err(lost());
+            }
+            self.inner.devices(device).await
+        })
     }
 
     fn push(

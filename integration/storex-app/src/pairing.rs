@@ -36,11 +36,31 @@
 
 use std::fmt;
 
+use std::time::Duration;
+
 use storex_channel_webrtc::{PendingAnswer, PendingOffer, WebRtcChannel, WebRtcOptions};
-use storex_sync::fast_sync::{receive_snapshot, send_snapshot, FastSyncOptions, TransferReport};
+use storex_core::uuid::Uuid;
+use storex_sync::fast_sync::{
+    decline_offer, read_offer, receive_offer, send_snapshot, FastSyncChannel, FastSyncOptions,
+    Offer, TransferReport,
+};
+use storex_sync::DeviceId;
 
 use crate::error::Result;
 use crate::synced::{SyncedStorage, SETTINGS_COLLECTION};
+
+/// The offer's property naming the sending device, which the new device looks for among its
+/// account's devices on its shared log.
+const SENDER_PROPERTY: &str = "storex.pairing.device";
+
+/// How long the new device waits for its shared log to list its account's devices (at most
+/// half the options' stall timeout, which the sender waits for an answer within).
+const ACCOUNT_CHECK_WAIT: Duration = Duration::from_secs(10);
+
+/// Why the new device declines a sender that is not one of its account's devices.
+const ANOTHER_ACCOUNT: &str = "the sending device is not a device of the receiving device's \
+    account on its shared log (another account, another shared log, or a device removed from \
+    it): pair two devices that sync with the same account";
 
 /// The offer of the device that sends its data: show [`PairingOffer::code`] to the new
 /// device, then pass the answer to [`SyncedStorage::send_to_paired`].
@@ -164,7 +184,9 @@ impl SyncedStorage {
                     .is_none_or(|wanted| wanted.contains(name))
             })
             .collect();
-        let mut options = options.clone();
+        let mut options = options
+            .clone()
+            .with_property(SENDER_PROPERTY, self.device_id().to_string());
         options.collections = Some(shareable);
         options
     }
@@ -178,15 +200,62 @@ impl SyncedStorage {
     /// has the data (that copy completes and the device pulls again), or give the copy up
     /// with `self.device().abandon_transfers()`. `self.device().unfinished_copy()` tells
     /// whether one is pending, say when the app starts.
+    ///
+    /// The sender must sync with this device's account and shared log: one this device's log
+    /// does not list among the account's devices, although it has synced (it hands over a
+    /// cursor), is declined before anything is copied, and both sides fail with the reason.
+    /// When the log cannot tell (this device is offline or not registered yet, or the sender
+    /// is of a version that does not say which device it is), the copy goes ahead without the
+    /// sender's cursor: this device then pulls the shared log from the start, and recognises
+    /// what the copy brought.
     pub async fn receive_from_paired(
         &self,
         answer: PairingAnswer,
         options: &FastSyncOptions,
     ) -> Result<TransferReport> {
         let mut channel = answer.pending.open().await?;
-        let report = receive_snapshot(self.device(), &mut channel, options).await;
+        let report = self.receive_checked(&mut channel, options).await;
         // The last acknowledgement must reach the sender even if the app exits next.
         channel.close().await;
-        Ok(report?)
+        report
+    }
+
+    /// Reads the sender's offer on `channel`, checks the sender's account and receives.
+    async fn receive_checked(
+        &self,
+        channel: &mut dyn FastSyncChannel,
+        options: &FastSyncOptions,
+    ) -> Result<TransferReport> {
+        let offer = read_offer(channel, options).await?;
+        let offer = match self.sender_of_this_account(&offer, options).await {
+            Some(true) => offer,
+            Some(false) if offer.cursor() > 0 => {
+                return Err(decline_offer(channel, options, ANOTHER_ACCOUNT)
+                    .await
+                    .into());
+            }
+            // A sender that never synced hands over nothing, and may not be registered yet.
+            Some(false) | None => offer.without_cursor(),
+        };
+        Ok(receive_offer(self.device(), channel, offer, options).await?)
+    }
+
+    /// Whether the sender of `offer` is one of this device's account's devices on its
+    /// shared log; `None` when that cannot be told: the offer does not name the sender, this
+    /// device is not registered yet, or the log does not list the devices in time.
+    async fn sender_of_this_account(
+        &self,
+        offer: &Offer,
+        options: &FastSyncOptions,
+    ) -> Option<bool> {
+        let sender = offer.properties().get(SENDER_PROPERTY)?;
+        let sender = DeviceId(Uuid::parse_str(sender).ok()?);
+        if !self.is_registered() {
+            return None;
+        }
+        let wait = ACCOUNT_CHECK_WAIT.min(options.stall_timeout / 2);
+        let listing = self.continuous().shared_log().devices(self.device_id());
+        let devices = tokio::time::timeout(wait, listing).await.ok()?.ok()?;
+        Some(devices.iter().any(|info| info.device == sender))
     }
 }

@@ -22,9 +22,9 @@ use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package};
 use crate::fast_sync::shape;
 use crate::fast_sync::{
-    cancel_here, chain_checksum, honour_pause, next_kept_or_package, next_package, quarantine_info,
-    send_package, state_value, tell_peer, FastSyncChannel, FastSyncError, FastSyncOptions,
-    Progress, TransferReport,
+    cancel_here, chain_checksum, drain_until_quiet, end_session, honour_pause,
+    next_kept_or_package, next_package, quarantine_info, send_package, state_value, tell_peer,
+    FastSyncChannel, FastSyncError, FastSyncOptions, Progress, TransferReport,
 };
 use crate::journal::index_journal;
 use crate::reconcile::HoldReason;
@@ -139,6 +139,25 @@ impl Offer {
         &self.properties
     }
 
+    /// The sender's shared-log cursor, which the receiver goes on from once the copy is
+    /// complete (when it is further along than its own; 0: none handed over).
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// This offer with no shared-log cursor handed over: the receiver keeps its own (a
+    /// device that has none pulls from the start, and recognises the changes the copy
+    /// brought), and does not ask for the sender's quarantine, which lies behind that cursor
+    /// and which it pulls itself. For a receiver that cannot tell whether the sender syncs
+    /// with its own account and shared log: a cursor of another log, or of another account's
+    /// changes, would make it skip changes of its own.
+    pub fn without_cursor(mut self) -> Offer {
+        self.cursor = 0;
+        self.subscription = None;
+        self.quarantined = 0;
+        self
+    }
+
     /// The sender's registry of the app collections offered, for a device that has no schema
     /// of its own yet (a fresh migration target).
     pub fn registry(&self) -> storex_core::Result<Registry> {
@@ -160,6 +179,19 @@ pub async fn read_offer(
         Ok(offer) => Ok(offer),
         Err(error) => Err(tell_peer(channel, options, "receiving", error).await),
     }
+}
+
+/// Declines an offer read with [`read_offer`], before anything is copied: tells the sender
+/// `reason` (its side ends with [`FastSyncError::Cancelled`], `by_peer`, and that reason)
+/// and returns the error for this side.
+pub async fn decline_offer(
+    channel: &mut dyn FastSyncChannel,
+    options: &FastSyncOptions,
+    reason: impl Into<String>,
+) -> crate::Error {
+    let error = end_session(channel, options, reason.into()).await;
+    drain_until_quiet(channel).await;
+    error
 }
 
 /// [`read_offer`] without telling the sender of a failure.

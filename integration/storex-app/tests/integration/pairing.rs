@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use storex_app::{Error, SyncedStorage, WebRtcOptions};
-use storex_core::{object, Filter};
+use storex_core::{error_chain, object, Filter};
 use storex_sync::fast_sync::{FastSyncOptions, TransferReport};
 use storex_sync::{MemorySharedLog, SharedSyncLog};
 use storex_test::flaky::FlakySharedLog;
@@ -16,12 +16,30 @@ use crate::common;
 use common::{app_db, note};
 
 async fn open(path: &std::path::Path, log: &Arc<dyn SharedSyncLog>) -> SyncedStorage {
+    open_as(path, log, "ann").await
+}
+
+async fn open_as(
+    path: &std::path::Path,
+    log: &Arc<dyn SharedSyncLog>,
+    user: &str,
+) -> SyncedStorage {
     SyncedStorage::builder(app_db(path).await)
         .entity(note::Entity)
-        .shared_log(log.clone(), "ann")
+        .shared_log(log.clone(), user)
         .open()
         .await
         .expect("open synced storage")
+}
+
+/// Writes `n` notes on `app`.
+async fn write_notes(app: &SyncedStorage, n: usize) {
+    for i in 0..n {
+        app.storage()
+            .create("note", object! { "title" => format!("note {i}") })
+            .await
+            .expect("write");
+    }
 }
 
 async fn count(app: &SyncedStorage) -> u64 {
@@ -79,7 +97,7 @@ async fn a_paired_device_receives_everything_and_continues_with_continuous_sync(
         .expect("write");
     old.sync_once().await.expect("push");
     let report = new.sync_once().await.expect("sync the new device");
-    assert_eq!(report.applied, 1, "{report:?}");
+    assert_eq!((report.pulled, report.applied), (1, 1), "{report:?}");
     assert_eq!(count(&new).await, 501);
     assert_eq!(
         old.device().digest("note").await.expect("digest"),
@@ -157,6 +175,68 @@ async fn a_slow_sync_before_the_transfer_does_not_outlast_the_new_devices_wait_t
     received.expect("the channel opened before the sync");
     assert_eq!(sent.expect("send").unpushed, 0, "the sync still pushed");
     assert_eq!(count(&new).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_of_another_account_is_declined_before_anything_is_copied() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let bobs_laptop = open_as(&dir.path().join("laptop.db"), &log, "bob").await;
+    write_notes(&bobs_laptop, 2).await;
+    bobs_laptop.sync_once().await.expect("bob's laptop pushes");
+    let anns = open_as(&dir.path().join("old.db"), &log, "ann").await;
+    write_notes(&anns, 3).await;
+    anns.sync_once().await.expect("ann's device pushes");
+    let bobs_new = open_as(&dir.path().join("new.db"), &log, "bob").await;
+
+    let (sent, received) = pair(&anns, &bobs_new).await;
+    let received = error_chain(&received.expect_err("declined"));
+    let sent = error_chain(&sent.expect_err("declined by the peer"));
+    for message in [&received, &sent] {
+        assert!(
+            message.contains("not a device of the receiving device's account"),
+            "{message}"
+        );
+    }
+    assert_eq!(count(&bobs_new).await, 0, "nothing of ann's was copied");
+    // Bob's new device still gets his changes, from the start of his own.
+    let report = bobs_new.sync_once().await.expect("sync");
+    assert_eq!(report.applied, 2, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_that_cannot_reach_its_log_pulls_from_the_start_instead_of_taking_the_cursor()
+{
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let memory: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let old = open(&dir.path().join("old.db"), &memory).await;
+    write_notes(&old, 4).await;
+    old.sync_once().await.expect("push");
+    let flaky = Arc::new(FlakySharedLog::new(memory.clone()));
+    let new = open(
+        &dir.path().join("new.db"),
+        &(flaky.clone() as Arc<dyn SharedSyncLog>),
+    )
+    .await;
+    assert!(new.is_registered());
+
+    flaky.set_offline(true);
+    let (sent, received) = pair(&old, &new).await;
+    sent.expect("send");
+    assert_eq!(
+        received.expect("receive").cursor,
+        0,
+        "no cursor handed over"
+    );
+    assert_eq!(count(&new).await, 4);
+
+    flaky.set_offline(false);
+    let report = new.sync_once().await.expect("sync");
+    assert_eq!((report.pulled, report.applied), (4, 0), "{report:?}");
+    assert_eq!(
+        old.device().digest("note").await.expect("digest"),
+        new.device().digest("note").await.expect("digest")
+    );
 }
 
 #[tokio::test]
