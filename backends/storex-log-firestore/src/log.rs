@@ -215,6 +215,33 @@ impl FirestoreSharedLog {
         &self.prefix
     }
 
+    /// Removes a device (a revoked or lost one): its later calls get
+    /// [`SharedLogError::UnknownDevice`] and its position no longer holds back compaction.
+    /// Its entries stay. Returns false when the device was not registered.
+    pub async fn remove_device(&self, device: DeviceId) -> SharedResult<bool> {
+        self.retrying(|| self.remove_device_once(device)).await
+    }
+
+    async fn remove_device_once(&self, device: DeviceId) -> Result<bool, Failure> {
+        let mut tx = self.db.begin_transaction().await?;
+        let outcome = async {
+            match self.device_doc(&self.reading_in(&tx), device).await {
+                Ok(_) => {}
+                Err(Failure::Log(SharedLogError::UnknownDevice { .. })) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            self.db
+                .fluent()
+                .delete()
+                .from(self.devices.as_str())
+                .document_id(device.0.to_string())
+                .add_to_transaction(&mut tx)?;
+            Ok(true)
+        }
+        .await;
+        finish(tx, outcome).await
+    }
+
     fn unavailable(&self, e: FirestoreError) -> SharedLogError {
         SharedLogError::Unavailable {
             log: self.name(),
