@@ -24,6 +24,7 @@
 //! [`ContinuousOptions::compact_per_sync`] of them into the versions index, so the client log
 //! of a device that syncs in the background does not grow with every write it ever made.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -122,6 +123,30 @@ impl ContinuousOptions {
         self.codec = EntryCodec::encrypted(key);
         self
     }
+}
+
+/// The start of the keys of the state rows naming, one each, the topics the stored
+/// subscription fingerprint was taken of (no other key starts so).
+const SUBSCRIBED_PREFIX: &str = "subscribed\u{1f}";
+
+/// The fingerprint of a subscription to `topics` (`None`: all topics, 0).
+fn fingerprint(topics: Option<&[String]>) -> i64 {
+    use sha2::{Digest as _, Sha256};
+    let Some(topics) = topics else {
+        return 0;
+    };
+    let mut topics = topics.to_vec();
+    topics.sort();
+    let digest = Sha256::digest(topics.join("\n").as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_le_bytes(first)
+}
+
+/// The fingerprint of a subscription to the topics of `set`.
+fn fingerprint_of_set(set: &BTreeSet<String>) -> i64 {
+    let topics: Vec<String> = set.iter().cloned().collect();
+    fingerprint(Some(&topics))
 }
 
 /// The write storing `cursor` as this device's position in the shared log.
@@ -292,49 +317,74 @@ impl ContinuousSync {
 
     /// A fingerprint of the topics this device pulls (0 for all of them).
     fn subscription(&self) -> i64 {
-        use sha2::{Digest as _, Sha256};
-        let Some(mut topics) = self.topics() else {
-            return 0;
-        };
-        topics.sort();
-        let digest = Sha256::digest(topics.join("\n").as_bytes());
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&digest[..8]);
-        i64::from_le_bytes(first)
+        fingerprint(self.topics().as_deref())
     }
 
     /// When the subscription changed since the cursor last moved, pulls again from the
     /// start, so collections added to it bring their history (entries already here are
-    /// recognised by id); not when it was all topics before. The first time, only records
-    /// it. (A fast-sync copy hands over the sender's, with its cursor.)
+    /// recognised by id); not when it was all topics before, nor when it only lost topics
+    /// (a device whose log was compacted since would otherwise have to copy everything
+    /// again). The first time, only records it. (A fast-sync copy hands over the sender's
+    /// fingerprint, with its cursor.)
+    ///
+    /// Beside the fingerprint, one state row per topic names the topics it was taken of,
+    /// to tell a narrower subscription from another one; rows that do not make up the
+    /// stored fingerprint (a copy replaced it, or an earlier version stored none) count as
+    /// unknown, and the change then pulls again.
     async fn follow_subscription(&self) -> Result<()> {
         let storage = self.device.storage();
-        let now = self.subscription();
-        let stored = storage
-            .find_by_pk(STATE_COLLECTION, SUBSCRIPTION_KEY)
-            .await?
-            .and_then(|row| row.get("value").and_then(Value::as_int));
-        let steps = match stored {
-            Some(before) if before == now => return Ok(()),
-            // From all topics to some: everything before the cursor is here already.
-            Some(0) => vec![BatchStep::new(Operation::update_by_pk(
-                STATE_COLLECTION,
-                SUBSCRIPTION_KEY,
-                object! { "value" => now },
-            ))],
-            Some(_) => vec![
-                BatchStep::new(Operation::update_by_pk(
-                    STATE_COLLECTION,
-                    SUBSCRIPTION_KEY,
-                    object! { "value" => now },
-                )),
-                BatchStep::new(cursor_update(0)),
-            ],
-            None => vec![BatchStep::new(Operation::create(
-                STATE_COLLECTION,
-                object! { "key" => SUBSCRIPTION_KEY, "value" => now },
-            ))],
+        let topics = self.topics();
+        let now = fingerprint(topics.as_deref());
+        let rows = storage
+            .find_many(STATE_COLLECTION, Query::new(Filter::all()))
+            .await?;
+        let mut stored = None;
+        let mut recorded = BTreeSet::new();
+        for row in &rows {
+            let (Some(key), Some(value)) = (
+                row.get("key").and_then(Value::as_text),
+                row.get("value").and_then(Value::as_int),
+            ) else {
+                continue;
+            };
+            if key == SUBSCRIPTION_KEY {
+                stored = Some(value);
+            } else if let Some(topic) = key.strip_prefix(SUBSCRIBED_PREFIX) {
+                recorded.insert(topic.to_owned());
+            }
+        }
+        let wanted: BTreeSet<String> = topics.into_iter().flatten().collect();
+        if stored == Some(now) && recorded == wanted {
+            return Ok(());
+        }
+        let recorded_holds = Some(fingerprint_of_set(&recorded)) == stored;
+        let rewind = match stored {
+            None | Some(0) => false,
+            Some(before) if before == now => false,
+            // Only topics dropped: everything before the cursor of the others is here.
+            Some(_) => now == 0 || !(recorded_holds && wanted.is_subset(&recorded)),
         };
+        let mut steps = vec![BatchStep::new(Operation::put(
+            STATE_COLLECTION,
+            object! { "key" => SUBSCRIPTION_KEY, "value" => now },
+        ))];
+        for gone in recorded.difference(&wanted) {
+            let key = format!("{SUBSCRIBED_PREFIX}{gone}");
+            steps.push(BatchStep::new(Operation::delete_by_pk(
+                STATE_COLLECTION,
+                key,
+            )));
+        }
+        for added in wanted.difference(&recorded) {
+            let key = format!("{SUBSCRIBED_PREFIX}{added}");
+            steps.push(BatchStep::new(Operation::put(
+                STATE_COLLECTION,
+                object! { "key" => key, "value" => 1i64 },
+            )));
+        }
+        if rewind {
+            steps.push(BatchStep::new(cursor_update(0)));
+        }
         storage
             .execute_as(Operation::Batch { steps }, Origin::Sync)
             .await?;

@@ -1011,3 +1011,41 @@ async fn a_push_batch_of_zero_pushes_one_at_a_time() {
     let report = devices.sync(a).await;
     assert_eq!(report.pushed, 2, "{report:?}");
 }
+
+#[tokio::test]
+async fn a_narrower_subscription_keeps_the_cursor_and_a_wider_one_pulls_again() {
+    use storex_sync::{ContinuousOptions, Error, SharedLogError};
+    let log = memory().await;
+    let mut devices = storex_test::devices::Devices::new(log.clone()).await;
+    let a = devices.add().await;
+    let both = ContinuousOptions::default().with_collections(["note", "photo"]);
+    let b = devices.add_with(both.clone()).await;
+    devices.note(a, "n1", "a note").await;
+    devices.photo(a, "p1").await;
+    devices.sync(a).await;
+    devices.sync(b).await;
+    devices.sync(a).await;
+    assert_eq!(
+        log.compact("ann").await.expect("compact"),
+        2,
+        "all acknowledged"
+    );
+
+    // Photos no longer wanted: the cursor holds for notes still, nothing is pulled again.
+    devices.resubscribe(b, ContinuousOptions::default().with_collections(["note"]));
+    let report = devices.sync(b).await;
+    assert_eq!(report.pulled, 0, "{report:?}");
+    devices.note(a, "n2", "another").await;
+    devices.photo(a, "p2").await;
+    devices.sync(a).await;
+    let report = devices.sync(b).await;
+    assert_eq!(report.pulled, 1, "the new note only: {report:?}");
+
+    // Photos wanted again: their history since is needed, so pulling starts over, and the
+    // compacted log tells the device to copy everything again.
+    devices.resubscribe(b, both);
+    match devices.try_sync(b).await {
+        Err(Error::SharedLog(SharedLogError::CursorCompacted { cursor: 0, .. })) => {}
+        other => panic!("expected CursorCompacted from cursor 0, got {other:?}"),
+    }
+}
