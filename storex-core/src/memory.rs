@@ -233,6 +233,7 @@ fn apply(
             Ok(Outcome::DeletedPks { pks })
         }
         Operation::DeleteByPk { collection, pk } => {
+            registry.collection(&collection)?;
             let count = delete(state, &collection, vec![PkKey(pk)], undo);
             Ok(Outcome::Deleted { count })
         }

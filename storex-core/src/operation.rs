@@ -492,10 +492,13 @@ impl Outcome {
     }
 
     /// The object of a [`Outcome::Found`].
-    pub fn into_found(self) -> Option<Object> {
+    pub fn into_found(self) -> crate::Result<Option<Object>> {
         match self {
-            Outcome::Found(o) => o,
-            _ => None,
+            Outcome::Found(o) => Ok(o),
+            other => Err(crate::Error::UnexpectedOutcome {
+                operation: "find_one",
+                outcome: format!("{other:?}"),
+            }),
         }
     }
 
@@ -519,12 +522,16 @@ impl Outcome {
         }
     }
 
-    /// The objects of a [`Outcome::FoundMany`] (or the one of a `Found`).
-    pub fn into_objects(self) -> Vec<Object> {
+    /// The objects of a [`Outcome::FoundMany`] (or the one of a `Found`); any other
+    /// outcome is [`crate::Error::UnexpectedOutcome`] (not read as nothing found).
+    pub fn into_objects(self) -> crate::Result<Vec<Object>> {
         match self {
-            Outcome::FoundMany(v) => v,
-            Outcome::Found(o) => o.into_iter().collect(),
-            _ => Vec::new(),
+            Outcome::FoundMany(v) => Ok(v),
+            Outcome::Found(o) => Ok(o.into_iter().collect()),
+            other => Err(crate::Error::UnexpectedOutcome {
+                operation: "find_many",
+                outcome: format!("{other:?}"),
+            }),
         }
     }
 

@@ -220,18 +220,16 @@ impl Storage {
 
     /// The first object `query` finds.
     pub async fn find_one(&self, collection: &str, query: Query) -> Result<Option<Object>> {
-        Ok(self
-            .execute(Operation::find_one(collection, query))
+        self.execute(Operation::find_one(collection, query))
             .await?
-            .into_found())
+            .into_found()
     }
 
     /// Every object `query` finds.
     pub async fn find_many(&self, collection: &str, query: Query) -> Result<Vec<Object>> {
-        Ok(self
-            .execute(Operation::find_many(collection, query))
+        self.execute(Operation::find_many(collection, query))
             .await?
-            .into_objects())
+            .into_objects()
     }
 
     /// The values of `fields` of every object `query` finds: per object, one value per field,

@@ -57,10 +57,9 @@ impl Exec<'_> {
         collection: &str,
         query: Query,
     ) -> storex_core::Result<Vec<Object>> {
-        Ok(self
-            .run(Operation::find_many(collection, query))
+        self.run(Operation::find_many(collection, query))
             .await?
-            .into_objects())
+            .into_objects()
     }
 
     /// The values of `fields` of every object `query` finds (see

@@ -702,7 +702,7 @@ async fn state_value(
     Ok(tx
         .execute_as(op, Origin::Sync)
         .await?
-        .into_found()
+        .into_found()?
         .and_then(|row| row.get("value").and_then(Value::as_int)))
 }
 

@@ -325,7 +325,7 @@ impl SyncLoggingMiddleware {
         let matched = next
             .run(Operation::find_many(collection.clone(), Query::new(filter)))
             .await?
-            .into_objects();
+            .into_objects()?;
         let pks: Vec<Pk> = matched.iter().filter_map(|o| def.pk_of(o)).collect();
         if pks.is_empty() {
             return Ok(pks);

@@ -525,7 +525,7 @@ pub(crate) async fn any_of(exec: Exec<'_>, collection: &str) -> Result<bool> {
     let found = exec
         .run(Operation::find_one(VERSIONS_COLLECTION, Query::new(filter)))
         .await?
-        .into_found();
+        .into_found()?;
     Ok(found.is_some())
 }
 

@@ -483,3 +483,42 @@ async fn unsupported_operations_are_refused_before_anything_is_done() {
         1
     );
 }
+
+/// Answers every read with a count, as a faulty middleware might.
+#[derive(Debug)]
+struct CountsForReads;
+
+impl Middleware for CountsForReads {
+    fn process<'a>(&'a self, op: Operation, next: Next<'a>) -> BoxFuture<'a, Result<Outcome>> {
+        match op {
+            Operation::FindOne { .. } | Operation::FindMany { .. } => {
+                Box::pin(async { Ok(Outcome::Counted(3)) })
+            }
+            op => next.run(op),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_read_answered_with_another_outcome_is_an_error_not_nothing_found() {
+    let storage = Storage::builder(registry(), MemoryBackend::new())
+        .with(UuidPkMiddleware::new())
+        .with(CountsForReads)
+        .build()
+        .await
+        .expect("build");
+    storage
+        .create("note", object! { "title" => "x" })
+        .await
+        .expect("create");
+    let many = storage.find_many("note", Query::new(Filter::all())).await;
+    assert!(
+        matches!(many, Err(Error::UnexpectedOutcome { .. })),
+        "{many:?}"
+    );
+    let one = storage.find_one("note", Query::new(Filter::all())).await;
+    assert!(
+        matches!(one, Err(Error::UnexpectedOutcome { .. })),
+        "{one:?}"
+    );
+}

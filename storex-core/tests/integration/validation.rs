@@ -415,3 +415,20 @@ fn an_int_range_on_a_field_that_is_no_int_or_is_empty_is_refused() {
     assert!(refused(note().int_range("id", 2, 1)).contains("is empty (2..=1)"));
     build(note().int_range("id", 1, 1)).expect("a range of one value");
 }
+
+#[tokio::test]
+async fn the_memory_backend_asked_directly_refuses_every_write_to_an_unknown_collection() {
+    use storex_core::{Error, StorageBackend};
+    let backend = MemoryBackend::new();
+    for op in [
+        Operation::delete_by_pk("nope", 1i64),
+        Operation::delete_where("nope", Filter::all()),
+        Operation::update_by_pk("nope", 1i64, object! { "title" => "x" }),
+    ] {
+        let result = backend.execute(op.clone()).await;
+        assert!(
+            matches!(result, Err(Error::UnknownCollection { .. })),
+            "{op:?}: {result:?}"
+        );
+    }
+}

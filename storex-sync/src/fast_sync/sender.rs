@@ -113,7 +113,7 @@ async fn snapshot_with_indexed_journal(device: &SyncDevice) -> Result<StorageTra
                     Origin::Sync,
                 )
                 .await?
-                .into_objects();
+                .into_objects()?;
             if only_passed_over(&waiting, &left) {
                 return Ok(Some(tx));
             }
@@ -292,7 +292,7 @@ impl SnapshotSender {
             .tx
             .execute_as(Operation::find_many(collection, query), Origin::Sync)
             .await?
-            .into_objects())
+            .into_objects()?)
     }
 
     /// Streams the snapshot over `channel`. If the channel fails, call again with a new
