@@ -290,6 +290,9 @@ fn validate_object(
     stage: Stage,
     filled: &HashSet<String>,
 ) -> Result<()> {
+    for field in filled {
+        field_type(def, field)?;
+    }
     let mut required_present = 0;
     // A one-field UUID key may be left out of an entering create, or null: the UUID key
     // middleware fills it.

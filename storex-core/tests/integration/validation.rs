@@ -432,3 +432,55 @@ async fn the_memory_backend_asked_directly_refuses_every_write_to_an_unknown_col
         );
     }
 }
+
+/// Counts the operations that pass it.
+#[derive(Debug, Default)]
+struct Passed(std::sync::atomic::AtomicUsize);
+
+impl storex_core::Middleware for Passed {
+    fn process<'a>(
+        &'a self,
+        op: Operation,
+        next: storex_core::Next<'a>,
+    ) -> storex_core::BoxFuture<'a, storex_core::Result<storex_core::Outcome>> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        next.run(op)
+    }
+}
+
+#[tokio::test]
+async fn a_placeholder_filling_an_unknown_field_of_a_create_is_refused_before_anything_runs() {
+    let passed = std::sync::Arc::new(Passed::default());
+    let storage = Storage::builder(
+        storage().await.registry().as_ref().clone(),
+        MemoryBackend::new(),
+    )
+    .with_arc(passed.clone())
+    .build()
+    .await
+    .expect("build");
+    let err = storage
+        .batch(vec![
+            BatchStep::new(Operation::create(
+                "note",
+                object! { "id" => uuid(), "title" => "n" },
+            ))
+            .placeholder("n"),
+            BatchStep::new(Operation::create(
+                "tag",
+                object! { "note_id" => uuid(), "name" => "x" },
+            ))
+            .replace(Replacement::field("typo", "n")),
+        ])
+        .await
+        .expect_err("accepted");
+    assert_eq!(
+        storex_core::error_chain(&err),
+        "batch step 1 failed, nothing of the batch was applied: collection `tag` has no field `typo`"
+    );
+    assert_eq!(
+        passed.0.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "it reached the chain"
+    );
+}
