@@ -7,8 +7,10 @@
 //! hash of the collection, so the shared log sees only routing fields: entry id, device, an
 //! opaque topic and the cursor it assigns. The routing fields are bound to the ciphertext as
 //! associated data, so a payload moved to another id or device fails to open. The nonce is
-//! derived from the entry's unique id: an entry is always sealed the same way, and no two
-//! entries share a nonce.
+//! the entry's unique id followed by 8 bytes of a keyed hash of the encoded entry, which
+//! lead the payload: an entry is always sealed the same way, and two different plaintexts
+//! never share a nonce, even under one id (an entry pushed again by a version that encodes
+//! it otherwise). Payloads of earlier versions, sealed under the id alone, still open.
 
 use std::fmt;
 
@@ -19,6 +21,10 @@ use storex_core::serde_json;
 
 use crate::entry::LogEntry;
 use crate::shared_log::SharedEntry;
+
+/// How many bytes of an encrypted payload's nonce come from its plaintext (the other 16 are
+/// the entry id); they lead the payload.
+const NONCE_TAIL: usize = 8;
 
 /// The first byte of a payload in the current format (MessagePack). A payload of format 1
 /// (JSON, written by earlier versions) starts with `{`.
@@ -124,10 +130,25 @@ impl EntryCodec {
         aad
     }
 
-    fn nonce(entry: &SharedEntry) -> XNonce {
+    /// The nonce of `entry`'s payload: its id, then `tail` (all zeros in payloads of earlier
+    /// versions).
+    fn nonce(entry: &SharedEntry, tail: &[u8; NONCE_TAIL]) -> XNonce {
         let mut nonce = [0u8; 24];
         nonce[..16].copy_from_slice(entry.id.as_bytes());
+        nonce[16..].copy_from_slice(tail);
         XNonce::from(nonce)
+    }
+
+    /// The part of the nonce taken from the plaintext: a hash of it keyed with `key`, so
+    /// that it tells nothing of the plaintext without the key.
+    fn nonce_tail(key: &[u8; 32], encoded: &[u8]) -> [u8; NONCE_TAIL] {
+        let mut hash = Sha256::new();
+        hash.update(b"storex-nonce\0");
+        hash.update(key);
+        hash.update(encoded);
+        let mut tail = [0u8; NONCE_TAIL];
+        tail.copy_from_slice(&hash.finalize()[..NONCE_TAIL]);
+        tail
     }
 
     /// The shared-log form of `entry`.
@@ -144,15 +165,20 @@ impl EntryCodec {
             Some(key) => {
                 let cipher = XChaCha20Poly1305::new(key.into());
                 let aad = Self::aad(&shared);
-                cipher
+                let tail = Self::nonce_tail(key, &encoded);
+                let sealed = cipher
                     .encrypt(
-                        &Self::nonce(&shared),
+                        &Self::nonce(&shared, &tail),
                         Payload {
                             msg: &encoded,
                             aad: &aad,
                         },
                     )
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                let mut payload = Vec::with_capacity(NONCE_TAIL + sealed.len());
+                payload.extend_from_slice(&tail);
+                payload.extend_from_slice(&sealed);
+                payload
             }
         };
         shared
@@ -166,15 +192,21 @@ impl EntryCodec {
             Some(key) => {
                 let cipher = XChaCha20Poly1305::new(key.into());
                 let aad = Self::aad(shared);
-                opened = cipher
-                    .decrypt(
-                        &Self::nonce(shared),
-                        Payload {
-                            msg: &shared.payload,
-                            aad: &aad,
-                        },
-                    )
-                    .map_err(|_| DecodeError::Decrypt)?;
+                let open = |tail: &[u8; NONCE_TAIL], msg: &[u8]| {
+                    cipher.decrypt(&Self::nonce(shared, tail), Payload { msg, aad: &aad })
+                };
+                // This version's form (the nonce's tail first), else an earlier version's
+                // (the id alone): only the right one passes the authentication tag.
+                let current = shared
+                    .payload
+                    .split_first_chunk::<NONCE_TAIL>()
+                    .and_then(|(tail, sealed)| open(tail, sealed).ok());
+                opened = match current {
+                    Some(opened) => opened,
+                    None => {
+                        open(&[0; NONCE_TAIL], &shared.payload).map_err(|_| DecodeError::Decrypt)?
+                    }
+                };
                 &opened
             }
         };
@@ -299,6 +331,47 @@ mod tests {
             "topics are stable for subscriptions"
         );
         assert_eq!(codec.decode(&shared), Ok(e));
+    }
+
+    #[test]
+    fn two_plaintexts_under_one_id_never_share_a_nonce_and_one_entry_seals_alike() {
+        let codec = EntryCodec::encrypted([7; 32]);
+        let e = entry();
+        let shared = codec.encode(&e);
+        assert_eq!(codec.encode(&e), shared, "sealed the same way every time");
+        // The same id, another plaintext (as a version that encodes the entry otherwise
+        // would push it again).
+        let mut other = e.clone();
+        other.fields = object! { "id" => 7, "text" => "another secret" };
+        let again = codec.encode(&other);
+        assert_eq!(again.id, shared.id);
+        assert_ne!(
+            again.payload[..NONCE_TAIL],
+            shared.payload[..NONCE_TAIL],
+            "the nonces differ"
+        );
+        assert_eq!(codec.decode(&again), Ok(other));
+    }
+
+    #[test]
+    fn payloads_sealed_under_the_id_alone_still_open() {
+        let key = [7; 32];
+        let e = entry();
+        let mut earlier = EntryCodec::plain().encode(&e);
+        earlier.topic = EntryCodec::encrypted(key).topic(&e.collection);
+        let plaintext = std::mem::take(&mut earlier.payload);
+        let cipher = XChaCha20Poly1305::new((&key).into());
+        let aad = EntryCodec::aad(&earlier);
+        earlier.payload = cipher
+            .encrypt(
+                &EntryCodec::nonce(&earlier, &[0; NONCE_TAIL]),
+                Payload {
+                    msg: &plaintext,
+                    aad: &aad,
+                },
+            )
+            .expect("seal");
+        assert_eq!(EntryCodec::encrypted(key).decode(&earlier), Ok(e));
     }
 
     #[test]
