@@ -35,7 +35,6 @@
 //! ```
 
 use std::fmt;
-
 use std::time::Duration;
 
 use storex_channel_webrtc::{PendingAnswer, PendingOffer, WebRtcChannel, WebRtcOptions};
