@@ -174,10 +174,7 @@ impl<'a> Next<'a> {
 /// does not read itself.
 fn values_of(found: Outcome, fields: &[String]) -> Result<Outcome> {
     let Outcome::FoundMany(objects) = found else {
-        return Err(Error::UnexpectedOutcome {
-            operation: "find_many",
-            outcome: format!("{found:?}"),
-        });
+        return Err(found.unexpected("find_many"));
     };
     let rows = objects
         .iter()

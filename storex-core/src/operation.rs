@@ -495,10 +495,7 @@ impl Outcome {
     pub fn into_found(self) -> crate::Result<Option<Object>> {
         match self {
             Outcome::Found(o) => Ok(o),
-            other => Err(crate::Error::UnexpectedOutcome {
-                operation: "find_one",
-                outcome: format!("{other:?}"),
-            }),
+            other => Err(other.unexpected("find_one")),
         }
     }
 
@@ -515,10 +512,15 @@ impl Outcome {
     pub fn into_values(self) -> crate::Result<Vec<Vec<Value>>> {
         match self {
             Outcome::FoundValues(rows) => Ok(rows),
-            other => Err(crate::Error::UnexpectedOutcome {
-                operation: "find_values",
-                outcome: format!("{other:?}"),
-            }),
+            other => Err(other.unexpected("find_values")),
+        }
+    }
+
+    /// The error for this outcome given to an `operation` it does not answer.
+    pub(crate) fn unexpected(&self, operation: &'static str) -> crate::Error {
+        crate::Error::UnexpectedOutcome {
+            operation,
+            outcome: format!("{self:?}"),
         }
     }
 
@@ -528,10 +530,7 @@ impl Outcome {
         match self {
             Outcome::FoundMany(v) => Ok(v),
             Outcome::Found(o) => Ok(o.into_iter().collect()),
-            other => Err(crate::Error::UnexpectedOutcome {
-                operation: "find_many",
-                outcome: format!("{other:?}"),
-            }),
+            other => Err(other.unexpected("find_many")),
         }
     }
 

@@ -208,7 +208,7 @@ impl Storage {
     pub async fn put(&self, collection: &str, object: Object) -> Result<Pk> {
         match self.execute(Operation::put(collection, object)).await? {
             Outcome::Put { pk } => Ok(pk),
-            other => Err(unexpected("put", &other)),
+            other => Err(other.unexpected("put")),
         }
     }
 
@@ -324,7 +324,7 @@ impl Storage {
     pub async fn batch(&self, steps: Vec<BatchStep>) -> Result<Vec<Outcome>> {
         match self.execute(Operation::Batch { steps }).await? {
             Outcome::Batch(outcomes) => Ok(outcomes),
-            other => Err(unexpected("batch", &other)),
+            other => Err(other.unexpected("batch")),
         }
     }
 }
@@ -351,28 +351,21 @@ pub fn pk_filter(registry: &Registry, collection: &str, pk: Pk) -> Result<Filter
         }))
 }
 
-fn unexpected(operation: &'static str, outcome: &Outcome) -> Error {
-    Error::UnexpectedOutcome {
-        operation,
-        outcome: format!("{outcome:?}"),
-    }
-}
-
 fn created_pk(outcome: Outcome) -> Result<Pk> {
     match outcome {
         Outcome::Created { pk } => Ok(pk),
-        other => Err(unexpected("create", &other)),
+        other => Err(other.unexpected("create")),
     }
 }
 
 fn count_of(outcome: Outcome) -> Result<u64> {
-    outcome.count().ok_or_else(|| unexpected("count", &outcome))
+    outcome.count().ok_or_else(|| outcome.unexpected("count"))
 }
 
 fn pks_of(operation: &'static str, outcome: Outcome) -> Result<Vec<Pk>> {
     match outcome {
         Outcome::UpdatedPks { pks } | Outcome::DeletedPks { pks } => Ok(pks),
-        other => Err(unexpected(operation, &other)),
+        other => Err(other.unexpected(operation)),
     }
 }
 
