@@ -295,7 +295,10 @@ impl FastSyncOptions {
         self
     }
 
-    /// Leaves out the objects `keep` returns false for.
+    /// Leaves out the objects `keep` returns false for. A copy with a filter hands over no
+    /// shared-log cursor (as one that leaves out a collection): the receiver's continuous
+    /// sync pulls from its own cursor, or from the start, and so gets the changes to what was
+    /// left out.
     pub fn with_filter(mut self, keep: ObjectFilter) -> Self {
         self.filter = Some(keep);
         self
@@ -353,10 +356,11 @@ pub struct TransferReport {
     /// (Empty on the receiver.)
     pub damaged: Vec<String>,
     /// On the sender: payloads it pulled but could not open (its quarantine) that did not
-    /// travel, because the receiver did not ask for them (a version from before) or a filter
-    /// hook left objects out. They lie behind the cursor handed over, so the receiver does
-    /// not pull them either: the changes they carry reach it only through a copy from a
-    /// device that opened them. (0 on the receiver.)
+    /// travel, because the receiver did not ask for them (a version from before). They lie
+    /// behind the cursor handed over, so the receiver does not pull them either: the changes
+    /// they carry reach it only through a copy from a device that opened them. (0 on the
+    /// receiver. A copy that hands over no cursor, as one that leaves collections or objects
+    /// out, leaves nothing behind: the receiver pulls those payloads itself.)
     pub quarantine_left: u64,
     /// On a receiver that merged (it had data of its own): the sender's changes it kept
     /// without applying, and why (a value outside a range its registry sets, a newer schema,

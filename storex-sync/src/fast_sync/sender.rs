@@ -173,10 +173,12 @@ impl SnapshotSender {
             .filter(|n| wanted(n))
             .collect();
         // The cursor says the receiver has every change before it: only when the copy
-        // carries every synced collection. Otherwise nothing is handed over (0): a receiver
-        // without a cursor of its own pulls from the start (the changes of the collections
-        // left out included), one with a cursor goes on from it.
-        let whole = device.synced_collections().into_iter().all(&wanted);
+        // carries every synced collection and no filter hook leaves objects out. Otherwise
+        // nothing is handed over (0): a receiver without a cursor of its own pulls from the
+        // start (the changes of what was left out included), one with a cursor goes on from
+        // it.
+        let whole =
+            options.filter.is_none() && device.synced_collections().into_iter().all(&wanted);
         // Then what the sender knows of the objects: their versions, its log's applied
         // entries folded in, and the entries it holds back.
         names.push(VERSIONS_COLLECTION);
@@ -199,7 +201,7 @@ impl SnapshotSender {
             });
         }
         // The payloads it pulled but could not open (another key, a newer format) lie behind
-        // the cursor it hands over, so they go with it (see `quarantine_offered`).
+        // the cursor it hands over, so they go with it.
         let quarantine_rows = if whole {
             count(&tx, QUARANTINE_COLLECTION, Filter::all()).await?
         } else {
@@ -227,16 +229,6 @@ impl SnapshotSender {
             unpushed,
             options,
         })
-    }
-
-    /// The rows of the quarantine offered to a receiver that asks: not when the pre-send hook
-    /// leaves objects out (which object a payload changes is not known).
-    fn quarantine_offered(&self) -> u64 {
-        if self.options.filter.is_none() {
-            self.quarantine_rows
-        } else {
-            0
-        }
     }
 
     /// The definitions of the app collections sent (sync's own are known to every device).
@@ -319,7 +311,7 @@ impl SnapshotSender {
                 cursor: self.cursor,
                 latest: Some(self.device.clock().now()),
                 subscription: self.subscription,
-                quarantined: self.quarantine_offered(),
+                quarantined: self.quarantine_rows,
                 properties: self.options.properties.clone(),
             },
         )
@@ -363,9 +355,8 @@ impl SnapshotSender {
         let mut versions = VersionsPager::new(app_collections, merge);
         let mut unread_held = Vec::new();
         let mut streamed = self.collections.clone();
-        let offered = self.quarantine_offered();
-        if quarantine && offered > 0 {
-            streamed.push(quarantine_info(&self.device, offered)?);
+        if quarantine && self.quarantine_rows > 0 {
+            streamed.push(quarantine_info(&self.device, self.quarantine_rows)?);
         } else {
             run.report.quarantine_left = self.quarantine_rows;
         }
