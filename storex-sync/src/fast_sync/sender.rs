@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use foldhash::{HashSet, HashSetExt};
 use storex_core::uuid::Uuid;
-use storex_core::{Filter, Object, Operation, Origin, Query, StorageTransaction, Value};
+use storex_core::{Filter, Object, Operation, Origin, Query, Registry, StorageTransaction, Value};
 
 use crate::client_log::Exec;
 use crate::device::SyncDevice;
@@ -44,6 +44,10 @@ pub struct SnapshotSender {
     collections: Vec<CollectionInfo>,
     /// The shared-log cursor handed over (0 when the copy leaves out a synced collection).
     cursor: u64,
+    /// Whether the copy carries everything behind the cursor: then the entries it holds for
+    /// collections its registry does not know (an app of a later version wrote them) go
+    /// too, since the receiver will not pull them again.
+    whole: bool,
     /// The fingerprint of the topics the cursor holds for (see `Package::Hello`).
     subscription: Option<i64>,
     /// Rows of the quarantine behind the cursor handed over (sent or not).
@@ -194,6 +198,9 @@ impl SnapshotSender {
             for (counted, filter) in counted_for(name, &app_collections) {
                 objects += count(&tx, counted, filter).await?;
             }
+            if name == LOG_COLLECTION && whole {
+                objects += held_of_unknown_collections(&tx, storage.registry()).await?;
+            }
             collections.push(CollectionInfo {
                 name: name.to_owned(),
                 schema_version: def.schema_version(),
@@ -224,6 +231,7 @@ impl SnapshotSender {
             session: Uuid::now_v7(),
             collections,
             cursor,
+            whole,
             subscription,
             quarantine_rows,
             unpushed,
@@ -345,6 +353,8 @@ impl SnapshotSender {
         // What the log may carry: entries of the collections sent, but not of objects the
         // pre-send hook left out (their values would travel in the entries).
         let sent: HashSet<String> = self.collections.iter().map(|c| c.name.clone()).collect();
+        let registry = self.device.storage().registry().clone();
+        let unknown_too = |collection: &str| self.whole && registry.collection(collection).is_err();
         let mut left_out: HashSet<(String, String)> = HashSet::new();
         let app_collections = self
             .collections
@@ -384,7 +394,7 @@ impl SnapshotSender {
                 let (mut page_objects, mut page_bytes) = (0u64, 0u64);
                 for object in page {
                     if info.name == LOG_COLLECTION {
-                        if !entry_is_sent(&object, &sent, &left_out) {
+                        if !entry_is_sent(&object, &sent, &left_out, unknown_too) {
                             continue;
                         }
                         // A held entry that does not read would end the session on the
@@ -624,11 +634,13 @@ fn pk_text_of(device: &SyncDevice, collection: &str, object: &Object) -> Option<
 }
 
 /// Whether a row of the sender's log goes with the snapshot: its collection is sent and its
-/// object was not left out.
+/// object was not left out, or `unknown_too` takes its collection (one the sender's
+/// registry does not know).
 fn entry_is_sent(
     row: &Object,
     sent: &HashSet<String>,
     left_out: &HashSet<(String, String)>,
+    unknown_too: impl Fn(&str) -> bool,
 ) -> bool {
     let (Some(collection), Some(pk)) = (
         row.get("collection").and_then(Value::as_text),
@@ -636,7 +648,25 @@ fn entry_is_sent(
     ) else {
         return false;
     };
-    sent.contains(collection) && !left_out.contains(&(collection.to_owned(), pk.to_owned()))
+    if sent.contains(collection) {
+        !left_out.contains(&(collection.to_owned(), pk.to_owned()))
+    } else {
+        unknown_too(collection)
+    }
+}
+
+/// How many entries the log holds (not applied) for collections `registry` does not know:
+/// all held ones, less those of the collections it knows.
+async fn held_of_unknown_collections(tx: &StorageTransaction, registry: &Registry) -> Result<u64> {
+    let known: Vec<&str> = registry
+        .collections()
+        .map(|c| c.name())
+        .filter(|n| !INTERNAL_COLLECTIONS.contains(n))
+        .collect();
+    let held = Filter::all().eq("integrated", false);
+    let all = count(tx, LOG_COLLECTION, held.clone()).await?;
+    let of_known = count(tx, LOG_COLLECTION, held.is_in("collection", known)).await?;
+    Ok(all.saturating_sub(of_known))
 }
 
 /// The state of one run of [`SnapshotSender::send`].

@@ -65,13 +65,18 @@ impl Fixture {
     }
 
     async fn device(&self, name: &str, id: DeviceId) -> SyncDevice {
+        self.device_of(name, id, registry()).await
+    }
+
+    /// A device of an app whose collections are `registry`'s.
+    async fn device_of(&self, name: &str, id: DeviceId, registry: Registry) -> SyncDevice {
         let backend: Arc<dyn StorageBackend> = Arc::new(
             SeaOrmBackend::open_sqlite_file(self.dir.path().join(format!("{name}.db")))
                 .await
                 .expect("open"),
         );
         SyncDevice::open(
-            registry(),
+            registry,
             backend,
             Clock::new(id),
             SyncOptions::default().exclude("draft"),
@@ -522,6 +527,58 @@ async fn a_copy_that_leaves_out_objects_hands_over_no_cursor() {
     assert_eq!((sent.cursor, received.cursor), (0, 0));
     merging.sync_once().await.expect("sync");
     assert_agree(&merging, &writer, "note").await;
+}
+
+#[tokio::test]
+async fn the_changes_an_older_app_holds_for_a_collection_it_does_not_know_go_with_its_cursor() {
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    // A later version of the app has a collection `label`; the old device's does not.
+    let later = || {
+        let label = CollectionDef::new("label")
+            .field("id", FieldType::Uuid)
+            .field("name", FieldType::Text)
+            .primary_key(["id"]);
+        let mut builder = Registry::builder().collection(label);
+        for def in registry().collections() {
+            builder = builder.collection(def.clone());
+        }
+        builder.build().expect("registry")
+    };
+    let open = |name: &'static str, registry: Registry| {
+        let (fx, log) = (&fx, log.clone());
+        async move {
+            let id = log.create_device("ann").await.expect("device");
+            let device = fx.device_of(name, id, registry).await;
+            ContinuousSync::new(device, log, ContinuousOptions::default())
+        }
+    };
+    let writer = open("writer", later()).await;
+    let old = open("old", registry()).await;
+    for i in 0..5 {
+        let label = object! { "name" => format!("label {i}") };
+        writer
+            .device()
+            .storage()
+            .create("label", label)
+            .await
+            .expect("label");
+    }
+    push_note(&writer, "a note").await;
+    let pulled = old.sync_once().await.expect("pull");
+    assert_eq!((pulled.held, pulled.integrated), (5, 1), "{pulled:?}");
+
+    // The new device runs the later version: the labels old holds come with its cursor,
+    // which lies past them.
+    let new = open("new", later()).await;
+    let (_, received) = copy_with(&old, &new, &small_batches()).await;
+    assert!(received.cursor > 0);
+    new.sync_once().await.expect("sync");
+    for collection in ["label", "note"] {
+        assert_agree(&new, &writer, collection).await;
+    }
+    let labels = new.device().storage().count("label", Filter::all()).await;
+    assert_eq!(labels.expect("count"), 5);
 }
 
 #[tokio::test]
