@@ -728,6 +728,8 @@ async fn apply_versions_batch(
     // Merging reconciles them (kept here); otherwise they are stored as they came, once they
     // are known to read back.
     let mut merged = Vec::new();
+    // The objects of the rows stored as they came, in order.
+    let mut keys = Vec::new();
     let mut seen = HashSet::with_capacity(objects.len());
     let mut newest = None;
     // The versions come in blobs of the peer's: walked before they are decoded (or stored
@@ -754,7 +756,9 @@ async fn apply_versions_batch(
             (key, latest)
         } else {
             let (id, latest) = Versions::latest_of_row(row).map_err(|e| bad(e.to_string()))?;
-            (checked(id)?, latest)
+            let key = checked(id)?;
+            keys.push(key.clone());
+            (key, latest)
         };
         if registry.collection(&key.0).is_err() {
             return Err(bad(format!("an object of unknown collection `{}`", key.0)).into());
@@ -804,9 +808,27 @@ async fn apply_versions_batch(
         // Isolated, as integration is: versions are read, then replaced.
         let tx = storage.begin_isolated().await?;
         let clock_before = versions::latest_applied(Exec::Transaction(&tx)).await?;
-        // Any of them may have versions here already (integration may have run meanwhile):
-        // puts replace them.
-        let mut steps: Vec<BatchStep> = rows.into_iter().map(versions::put_step).collect();
+        // Any of them may have versions here already: the device's own writes during the
+        // copy, which its sync folds in as it pushes them. Those are later than the sender's
+        // (the clock moved past the sender's first), so they are merged in, not replaced:
+        // otherwise a write of the sender's pulled later would pass over them here, and
+        // lose to them everywhere else.
+        let mut own = versions::load(Exec::Transaction(&tx), &keys)
+            .await?
+            .versions;
+        let mut steps = Vec::with_capacity(rows.len() + 2);
+        for (row, key) in rows.into_iter().zip(&keys) {
+            let row = match own.remove(key) {
+                Some(own) => {
+                    let (id, mut theirs) =
+                        Versions::from_row(&row).map_err(|e| bad(e.to_string()))?;
+                    theirs.merge(own);
+                    theirs.to_row(id)?
+                }
+                None => row,
+            };
+            steps.push(versions::put_step(row));
+        }
         steps.extend(versions::store_steps(Vec::new(), newest, clock_before)?);
         steps.push(progress_step(session, state, first));
         run(&tx, Operation::Batch { steps }).await?;

@@ -1077,6 +1077,92 @@ async fn copy_beside_writes_and_syncs(receiver_has_data: bool) {
     }
 }
 
+/// A fresh receiver edits a note it received while the copy goes on, and pushes the edit
+/// (which its sync folds into its versions at once); another device's edit of the same field
+/// came between the snapshot and it. The copy's versions, which arrive later, must not take
+/// the receiver's edit back to the snapshot's timestamp: then the other edit, pulled next,
+/// would win there and lose everywhere else.
+#[tokio::test]
+async fn a_receivers_own_edit_during_the_copy_keeps_its_timestamp() {
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let old = engine(&fx, &log, "old", ContinuousOptions::default()).await;
+    let other = engine(&fx, &log, "other", ContinuousOptions::default()).await;
+    let new = engine(&fx, &log, "new", ContinuousOptions::default()).await;
+    fill(old.device(), 200).await;
+    old.sync_once().await.expect("push");
+    other.sync_once().await.expect("pull");
+    // The first note by key, which travels in the copy's first batch.
+    let query = storex_core::Query::default().order_asc("id").limit(1);
+    let first = old.device().storage().find_one("note", query).await;
+    let id = first.expect("find").expect("a note")["id"].clone();
+
+    let (round_tx, mut round_rx) = tokio::sync::mpsc::channel(1);
+    let (done_tx, done_rx) = tokio::sync::mpsc::channel(1);
+    let (mut sending, receiving) = memory_channel_pair(4);
+    let mut receiving = Interleaved {
+        inner: receiving,
+        round: round_tx,
+        done: done_rx,
+    };
+    let options = small_batches();
+    let copy = async {
+        let (sent, received) = tokio::join!(
+            send_snapshot(old.device(), &mut sending, &options),
+            receive_snapshot(new.device(), &mut receiving, &options)
+        );
+        drop(receiving);
+        sent.expect("send");
+        received.expect("receive");
+    };
+    let edit = |device: &ContinuousSync, title: &'static str| {
+        let (storage, id) = (device.device().storage().clone(), id.clone());
+        async move {
+            let changes = object! { "title" => title };
+            storage
+                .update_by_pk("note", id, changes)
+                .await
+                .expect("edit");
+        }
+    };
+    let rounds = async {
+        let mut edited = false;
+        while round_rx.recv().await.is_some() {
+            let received = new.device().storage().find_by_pk("note", id.clone()).await;
+            if !edited && received.expect("find").is_some() {
+                edit(&other, "other's edit").await;
+                other.sync_once().await.expect("push");
+                edit(&new, "new's edit").await;
+                let report = new.sync_once().await.expect("push");
+                assert_eq!(report.pushed, 1, "{report:?}");
+                edited = true;
+            }
+            let _ = done_tx.send(()).await;
+        }
+        edited
+    };
+    let (_, edited) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(copy, rounds)
+    })
+    .await
+    .expect("the copy ends");
+    assert!(edited, "the edit fell within the copy");
+
+    for _ in 0..2 {
+        for device in [&old, &other, &new] {
+            device.sync_once().await.expect("sync");
+        }
+    }
+    for device in [&old, &other] {
+        assert_agree(device, &new, "note").await;
+    }
+    let note = new.device().storage().find_by_pk("note", id).await;
+    assert_eq!(
+        note.expect("find").expect("the note")["title"],
+        Value::from("new's edit")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_device_writing_and_syncing_while_it_receives_a_copy_converges_with_all() {
     copy_beside_writes_and_syncs(false).await;
