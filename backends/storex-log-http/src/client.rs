@@ -522,7 +522,7 @@ impl HttpSharedLog {
         let bytes = self
             .send(method, path, token, body, (wait, reply_bytes), caller)
             .await?;
-        serde_json::from_slice(&bytes).map_err(|e| bad_reply(&e.to_string()))
+        decode_reply(&bytes)
     }
 
     /// An idempotent call whose success has no body.
@@ -548,6 +548,24 @@ impl HttpSharedLog {
         body: Option<&B>,
         (wait, reply_bytes): (Duration, usize),
         caller: Caller,
+    ) -> SharedResult<Vec<u8>> {
+        self.send_retrying(method, path, token, body, (wait, reply_bytes), caller, true)
+            .await
+    }
+
+    /// [`HttpSharedLog::send`], retrying a request that timed out (or was answered 408) only
+    /// if `retry_timeouts`: a caller that can make the request smaller gets the timeout at
+    /// once instead of the same request, as slow, up to [`ClientOptions::retries`] times.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_retrying<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<&B>,
+        (wait, reply_bytes): (Duration, usize),
+        caller: Caller,
+        retry_timeouts: bool,
     ) -> SharedResult<Vec<u8>> {
         let body = match body {
             Some(body) => Some(
@@ -594,7 +612,7 @@ impl HttpSharedLog {
             .with_jitter();
         attempt
             .retry(backoff)
-            .when(|a: &Attempt| a.retry)
+            .when(|a: &Attempt| a.retry && (retry_timeouts || !timed_out(&a.error)))
             // Not sooner than the server asked (a 429 says when its rate limit lets it in).
             .adjust(|a: &Attempt, next| {
                 next.map(|next| next.max(a.retry_after.unwrap_or_default()))
@@ -740,6 +758,11 @@ fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> SharedL
         log: LOG_NAME,
         source: Box::new(error),
     }
+}
+
+/// A successful reply's body as `R`.
+fn decode_reply<R: DeserializeOwned>(body: &[u8]) -> SharedResult<R> {
+    serde_json::from_slice(body).map_err(|e| bad_reply(&e.to_string()))
 }
 
 fn bad_reply(problem: &str) -> SharedLogError {
@@ -927,7 +950,8 @@ impl SharedSyncLog for HttpSharedLog {
             }
             // Requests bounded by count and bytes; one the server refuses as too large, or
             // that times out, is split in halves and sent again (a proxy may allow less than
-            // we were told, a link may be slower than the slowest we were told of).
+            // we were told, a link may be slower than the slowest we were told of); one of
+            // several entries that times out is not retried as it is first.
             let mut pending: Vec<Vec<SharedEntry>> = self.chunks(entries);
             pending.reverse();
             let mut last = 0;
@@ -936,15 +960,17 @@ impl SharedSyncLog for HttpSharedLog {
                     entries: chunk.iter().map(WireEntry::from_entry).collect(),
                 };
                 let sent = self
-                    .call::<_, PushResponse>(
+                    .send_retrying(
                         Method::POST,
                         routes::PUSH,
                         &token,
                         Some(&body),
-                        Duration::ZERO,
+                        (Duration::ZERO, 0),
                         Caller::Device(device),
+                        chunk.len() == 1,
                     )
-                    .await;
+                    .await
+                    .and_then(|reply| decode_reply::<PushResponse>(&reply));
                 match sent {
                     Ok(response) => last = last.max(response.cursor),
                     // Too large for a proxy, or too slow for the link: in halves.
