@@ -577,8 +577,11 @@ async fn apply_batch_in_order(
                     collection: LOG_COLLECTION.to_owned(),
                     problem: format!("the sender's log: {e}"),
                 })?;
-            // Shared already, from this device's point of view.
+            // Shared already, from this device's point of view; and not applied (the sender
+            // sends only the entries it holds back), whatever the row says: one taken for
+            // applied would never be, and compaction would fold it in as if it were.
             object.insert("shared".into(), Value::Bool(true));
+            object.insert("integrated".into(), Value::Bool(false));
         }
         let pk = def.pk_of(&object).ok_or_else(|| {
             FastSyncError::Protocol(format!("an object of `{collection}` without its key"))

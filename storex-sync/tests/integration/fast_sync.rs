@@ -2229,6 +2229,43 @@ async fn log_entries_that_do_not_read_back_or_come_from_far_ahead_end_the_sessio
 }
 
 #[tokio::test]
+async fn a_log_row_sent_as_applied_is_stored_as_held() {
+    let fx = Fixture::new();
+    let mut row = a_log_row(&fx).await;
+    row.insert("integrated".into(), Value::Bool(true));
+    let new = fx.device("new", DeviceId::random()).await;
+    let (mut a, mut b) = memory_channel_pair(8);
+    let script = vec![Package::Batch {
+        seq: 1,
+        collection: storex_sync::LOG_COLLECTION.into(),
+        objects: EncodedObjects::encode(&[row]),
+    }];
+    let options = FastSyncOptions::default();
+    let (replies, received) = tokio::join!(
+        async {
+            let collections = vec![info(storex_sync::LOG_COLLECTION, 1)];
+            let replies = scripted_sender(&mut a, collections, script).await;
+            drop(a); // the sender goes away after its batch
+            replies
+        },
+        receive_snapshot(&new, &mut b, &options)
+    );
+    assert!(
+        replies.iter().any(|p| matches!(p, Package::Ack { seq: 1 })),
+        "{replies:?}"
+    );
+    assert!(received.is_err(), "unfinished");
+    let stored = new
+        .storage()
+        .find_many(storex_sync::LOG_COLLECTION, storex_core::Query::default())
+        .await
+        .expect("log rows");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["integrated"], Value::Bool(false), "{stored:?}");
+    assert_eq!(new.log().held().await.expect("held").entries.len(), 1);
+}
+
+#[tokio::test]
 async fn a_peer_that_sends_without_end_during_a_pause_ends_the_session() {
     let fx = Fixture::new();
     let new = fx.device("new", DeviceId::random()).await;
