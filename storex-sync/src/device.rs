@@ -378,8 +378,8 @@ impl SyncDevice {
 
     /// Whether a fast-sync copy into this device (one that had no data of its own) has begun
     /// and not finished. While it has not, continuous sync pushes but pulls nothing
-    /// ([`crate::SyncReport::waiting_for_copy`]): changes applied before the copy's batches
-    /// could keep values whose timestamps the copy's versions then replace. The copy is
+    /// ([`crate::SyncReport::waiting_for_copy`]): a change applied to an object before the
+    /// copy's batch of it would be passed over by the sender's row. The copy is
     /// finished by resuming it from the same sender (or by a later copy that completes), or
     /// given up with [`SyncDevice::abandon_transfers`].
     pub async fn unfinished_copy(&self) -> Result<bool> {

@@ -81,8 +81,8 @@ fn state_of(row: &Object) -> Option<SessionState> {
 }
 
 /// Whether a copy into `device` (a fast sync into a device that had no data of its own) has
-/// begun and not finished: applying other changes meanwhile could leave the device with a
-/// value whose timestamp the copy's versions then replace (see `ContinuousSync::sync_once`).
+/// begun and not finished: a change applied meanwhile to an object whose row the copy brings
+/// later would be passed over by that row (see `ContinuousSync::sync_once`).
 pub(crate) async fn unfinished_copy(device: &SyncDevice) -> Result<bool> {
     let rows = device
         .storage()
@@ -341,8 +341,8 @@ async fn receive_offered(
     }
     if !row_stored && !state.merge {
         // A copy into a fresh device has begun: from now until it is done (or given up), its
-        // continuous sync pulls nothing (`unfinished_copy`), as changes applied before the
-        // copy's batches could keep values whose timestamps the copy's versions replace.
+        // continuous sync pulls nothing (`unfinished_copy`), as a change applied to an object
+        // before the copy's batch of it would be passed over by the sender's row.
         let step = progress_step(session, &state, true);
         run_alone(device, step.operation).await?;
         row_stored = true;
