@@ -713,8 +713,8 @@ impl ContinuousSync {
 
     /// Whether a fast-sync copy into this device has begun and not finished (then it is
     /// said in `report`). A change applied meanwhile to an object whose row the copy brings
-    /// later would be passed over by that row: the device would disagree with the others. It pulls
-    /// once the copy finished (or was abandoned: `SyncDevice::abandon_transfers`).
+    /// later would be passed over by that row: the device would disagree with the others.
+    /// It pulls once the copy finished (or was abandoned: `SyncDevice::abandon_transfers`).
     async fn copy_unfinished(&self, report: &mut SyncReport) -> Result<bool> {
         let unfinished = self.device.unfinished_copy().await?;
         if unfinished {

@@ -42,7 +42,8 @@ pub struct SnapshotSender {
     tx: StorageTransaction,
     session: Uuid,
     collections: Vec<CollectionInfo>,
-    /// The shared-log cursor handed over (0 when the copy leaves out a synced collection).
+    /// The shared-log cursor handed over (0 when the copy leaves out a synced collection or
+    /// runs a filter hook).
     cursor: u64,
     /// Whether the copy carries everything behind the cursor: then the entries it holds for
     /// collections its registry does not know (an app of a later version wrote them) go

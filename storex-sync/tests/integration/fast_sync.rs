@@ -950,6 +950,42 @@ impl FastSyncChannel for Interleaved {
     }
 }
 
+/// A copy from `old` into `new` in small batches, whose receiver lets a round run after each
+/// batch it receives (see [`Interleaved`]): the copy, ending with its (sent, received)
+/// reports, the rounds it asks for, and the answer that a round ran.
+fn interleaved_copy<'a>(
+    old: &'a ContinuousSync,
+    new: &'a ContinuousSync,
+) -> (
+    impl std::future::Future<
+            Output = (
+                storex_sync::fast_sync::TransferReport,
+                storex_sync::fast_sync::TransferReport,
+            ),
+        > + 'a,
+    tokio::sync::mpsc::Receiver<()>,
+    tokio::sync::mpsc::Sender<()>,
+) {
+    let (round_tx, round_rx) = tokio::sync::mpsc::channel(1);
+    let (done_tx, done_rx) = tokio::sync::mpsc::channel(1);
+    let copy = async move {
+        let (mut sending, receiving) = memory_channel_pair(4);
+        let mut receiving = Interleaved {
+            inner: receiving,
+            round: round_tx,
+            done: done_rx,
+        };
+        let options = small_batches();
+        let (sent, received) = tokio::join!(
+            send_snapshot(old.device(), &mut sending, &options),
+            receive_snapshot(new.device(), &mut receiving, &options)
+        );
+        drop(receiving); // no more rounds
+        (sent.expect("send"), received.expect("receive"))
+    };
+    (copy, round_rx, done_tx)
+}
+
 /// Every device, the receiver included, writes and syncs between the batches of a copy; two
 /// of them edit the same notes. A fresh receiver pushes its own writes and pulls nothing
 /// while the copy is unfinished; one with data of its own merges, and pulls meanwhile. Then
@@ -976,23 +1012,7 @@ async fn copy_beside_writes_and_syncs(receiver_has_data: bool) {
         .map(|note| note["id"].clone())
         .collect();
 
-    let (round_tx, mut round_rx) = tokio::sync::mpsc::channel(1);
-    let (done_tx, done_rx) = tokio::sync::mpsc::channel(1);
-    let (mut sending, receiving) = memory_channel_pair(4);
-    let mut receiving = Interleaved {
-        inner: receiving,
-        round: round_tx,
-        done: done_rx,
-    };
-    let options = small_batches();
-    let copy = async {
-        let (sent, received) = tokio::join!(
-            send_snapshot(old.device(), &mut sending, &options),
-            receive_snapshot(new.device(), &mut receiving, &options)
-        );
-        drop(receiving); // no more rounds
-        (sent.expect("send"), received.expect("receive"))
-    };
+    let (copy, mut round_rx, done_tx) = interleaved_copy(&old, &new);
     let rounds = async {
         let mut rounds = 0;
         while round_rx.recv().await.is_some() {
@@ -1097,24 +1117,7 @@ async fn a_receivers_own_edit_during_the_copy_keeps_its_timestamp() {
     let first = old.device().storage().find_one("note", query).await;
     let id = first.expect("find").expect("a note")["id"].clone();
 
-    let (round_tx, mut round_rx) = tokio::sync::mpsc::channel(1);
-    let (done_tx, done_rx) = tokio::sync::mpsc::channel(1);
-    let (mut sending, receiving) = memory_channel_pair(4);
-    let mut receiving = Interleaved {
-        inner: receiving,
-        round: round_tx,
-        done: done_rx,
-    };
-    let options = small_batches();
-    let copy = async {
-        let (sent, received) = tokio::join!(
-            send_snapshot(old.device(), &mut sending, &options),
-            receive_snapshot(new.device(), &mut receiving, &options)
-        );
-        drop(receiving);
-        sent.expect("send");
-        received.expect("receive");
-    };
+    let (copy, mut round_rx, done_tx) = interleaved_copy(&old, &new);
     let edit = |device: &ContinuousSync, title: &'static str| {
         let (storage, id) = (device.device().storage().clone(), id.clone());
         async move {
