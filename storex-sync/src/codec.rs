@@ -110,16 +110,10 @@ impl EntryCodec {
     pub fn topic(&self, collection: &str) -> String {
         match &self.key {
             None => collection.to_owned(),
-            Some(key) => {
-                let mut hash = Sha256::new();
-                hash.update(b"storex-topic\0");
-                hash.update(key);
-                hash.update(collection.as_bytes());
-                hash.finalize()[..16]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect()
-            }
+            Some(key) => keyed_hash(b"storex-topic\0", key, collection.as_bytes())[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
         }
     }
 
@@ -142,12 +136,8 @@ impl EntryCodec {
     /// The part of the nonce taken from the plaintext: a hash of it keyed with `key`, so
     /// that it tells nothing of the plaintext without the key.
     fn nonce_tail(key: &[u8; 32], encoded: &[u8]) -> [u8; NONCE_TAIL] {
-        let mut hash = Sha256::new();
-        hash.update(b"storex-nonce\0");
-        hash.update(key);
-        hash.update(encoded);
         let mut tail = [0u8; NONCE_TAIL];
-        tail.copy_from_slice(&hash.finalize()[..NONCE_TAIL]);
+        tail.copy_from_slice(&keyed_hash(b"storex-nonce\0", key, encoded)[..NONCE_TAIL]);
         tail
     }
 
@@ -222,6 +212,16 @@ impl EntryCodec {
         }
         Ok(entry)
     }
+}
+
+/// SHA-256 of `data` keyed with `key`, under `label` (one label a use, so that no two uses
+/// hash alike).
+fn keyed_hash(label: &[u8], key: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(label);
+    hash.update(key);
+    hash.update(data);
+    hash.finalize().into()
 }
 
 #[cfg(test)]

@@ -354,7 +354,7 @@ impl SnapshotSender {
         // What the log may carry: entries of the collections sent, but not of objects the
         // pre-send hook left out (their values would travel in the entries).
         let sent: HashSet<String> = self.collections.iter().map(|c| c.name.clone()).collect();
-        let registry = self.device.storage().registry().clone();
+        let registry = self.device.storage().registry();
         let unknown_too = |collection: &str| self.whole && registry.collection(collection).is_err();
         let mut left_out: HashSet<(String, String)> = HashSet::new();
         let app_collections = self
@@ -382,7 +382,6 @@ impl SnapshotSender {
             let mut limit = FIRST_PAGE;
             loop {
                 let (page, last_page) = if info.name == VERSIONS_COLLECTION {
-                    let registry = self.device.storage().registry();
                     let exec = Exec::Transaction(&self.tx);
                     versions.next(exec, registry, limit, &left_out).await?
                 } else {
@@ -441,7 +440,6 @@ impl SnapshotSender {
                         .await?;
                     }
                     if encoded.len() > batch_bytes {
-                        let registry = self.device.storage().registry();
                         alone = registry
                             .collection(&info.name)
                             .ok()
