@@ -262,6 +262,18 @@ pub(crate) struct SqliteIndex {
 }
 
 impl SqliteIndex {
+    /// Whether it is the registry's `index`: not partial, as unique, over exactly its fields
+    /// as plain columns (then it need not be created again, nor carried twice).
+    pub(crate) fn is(&self, index: &storex_core::IndexDef) -> bool {
+        !self.partial
+            && self.unique == index.unique
+            && self
+                .columns
+                .iter()
+                .map(Option::as_ref)
+                .eq(index.fields.iter().map(Some))
+    }
+
     /// Its key columns, if every one is a plain column.
     pub(crate) fn plain_columns(&self) -> Option<Vec<String>> {
         self.columns.iter().cloned().collect()
@@ -350,10 +362,7 @@ fn carry_index(
         );
         not_carried.push(NotCarried::of(&table, text));
     }
-    let known = def
-        .indices()
-        .iter()
-        .any(|i| i.unique == index.unique && i.fields == columns);
+    let known = def.indices().iter().any(|i| index.is(i));
     match (known, index.unique) {
         (true, _) => def,
         (false, true) => def.unique_index(columns),

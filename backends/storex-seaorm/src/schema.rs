@@ -37,11 +37,7 @@ pub(crate) async fn prepare(
             _ => Vec::new(),
         };
         for (position, index) in def.indices().iter().enumerate() {
-            if existing.iter().any(|e| {
-                !e.partial
-                    && e.unique == index.unique
-                    && e.plain_columns().as_ref() == Some(&index.fields)
-            }) {
+            if existing.iter().any(|e| e.is(index)) {
                 continue;
             }
             let name = names
