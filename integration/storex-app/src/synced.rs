@@ -261,6 +261,9 @@ async fn log_existing_rows(device: &SyncDevice, settings: &Storage) -> Result<u6
     let synced = device.synced_collections();
     let prefix = existing_rows_key("");
     let mut gone = Vec::new();
+    // The synced collections noted as done (a note whose value reads, as `read_setting`
+    // takes one).
+    let mut noted: Vec<String> = Vec::new();
     for row in settings
         .find_many(SETTINGS_COLLECTION, Query::default())
         .await?
@@ -268,28 +271,26 @@ async fn log_existing_rows(device: &SyncDevice, settings: &Storage) -> Result<u6
         let Some(key) = row.get("key").and_then(Value::as_text) else {
             continue;
         };
-        if key
-            .strip_prefix(&prefix)
-            .is_some_and(|collection| !synced.contains(&collection))
-        {
+        let Some(collection) = key.strip_prefix(&prefix) else {
+            continue;
+        };
+        if !synced.contains(&collection) {
             gone.push(BatchStep::new(Operation::delete_by_pk(
                 SETTINGS_COLLECTION,
                 key,
             )));
+        } else if row.get("value").and_then(Value::as_text).is_some() {
+            noted.push(collection.to_owned());
         }
     }
     if !gone.is_empty() {
         settings.batch(gone).await?;
     }
-    let mut pending: Vec<&str> = Vec::new();
-    for name in device.synced_collections() {
-        if read_setting(settings, &existing_rows_key(name))
-            .await?
-            .is_none()
-        {
-            pending.push(name);
-        }
-    }
+    let pending: Vec<&str> = synced
+        .iter()
+        .copied()
+        .filter(|name| !noted.iter().any(|n| n == name))
+        .collect();
     if pending.is_empty() {
         return Ok(0);
     }
