@@ -34,6 +34,13 @@ pub enum Origin {
 pub trait Middleware: Send + Sync + fmt::Debug + 'static {
     /// Handles `op`, usually by passing it (or a rewritten form) to `next.run`.
     fn process<'a>(&'a self, op: Operation, next: Next<'a>) -> BoxFuture<'a, Result<Outcome>>;
+
+    /// Called after a transaction opened with [`crate::Storage::begin`] (or its snapshot or
+    /// isolated form) commits, when a write of the app's ([`Origin::App`]) succeeded in it:
+    /// the writes it passed to [`Middleware::process`] are visible to others now. Not
+    /// called for transactions a middleware opens itself ([`Next::begin`]), nor after a
+    /// rollback. Does nothing unless a middleware overrides it.
+    fn app_transaction_committed(&self) {}
 }
 
 #[derive(Clone, Copy)]

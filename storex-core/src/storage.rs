@@ -24,6 +24,7 @@
 //! ```
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::backend::{StorageBackend, Transaction};
@@ -158,10 +159,7 @@ impl Storage {
     pub async fn begin(&self) -> Result<StorageTransaction> {
         self.supports_transactions()?;
         let tx = self.inner.backend.begin().await?;
-        Ok(StorageTransaction {
-            storage: self.clone(),
-            tx,
-        })
+        Ok(StorageTransaction::new(self.clone(), tx))
     }
 
     /// Opens a transaction whose reads all see one snapshot of the data (see
@@ -169,10 +167,7 @@ impl Storage {
     pub async fn begin_snapshot(&self) -> Result<StorageTransaction> {
         self.supports_transactions()?;
         let tx = self.inner.backend.begin_snapshot().await?;
-        Ok(StorageTransaction {
-            storage: self.clone(),
-            tx,
-        })
+        Ok(StorageTransaction::new(self.clone(), tx))
     }
 
     /// Opens a transaction for applying other devices' changes while the app's own
@@ -180,10 +175,7 @@ impl Storage {
     pub async fn begin_isolated(&self) -> Result<StorageTransaction> {
         self.supports_transactions()?;
         let tx = self.inner.backend.begin_isolated().await?;
-        Ok(StorageTransaction {
-            storage: self.clone(),
-            tx,
-        })
+        Ok(StorageTransaction::new(self.clone(), tx))
     }
 
     fn supports_transactions(&self) -> Result<()> {
@@ -373,6 +365,8 @@ fn pks_of(operation: &'static str, outcome: Outcome) -> Result<Vec<Pk>> {
 pub struct StorageTransaction {
     storage: Storage,
     tx: Box<dyn Transaction>,
+    /// Whether a write of the app's ([`Origin::App`]) succeeded in it.
+    app_wrote: AtomicBool,
 }
 
 impl fmt::Debug for StorageTransaction {
@@ -384,6 +378,14 @@ impl fmt::Debug for StorageTransaction {
 }
 
 impl StorageTransaction {
+    fn new(storage: Storage, tx: Box<dyn Transaction>) -> Self {
+        StorageTransaction {
+            storage,
+            tx,
+            app_wrote: AtomicBool::new(false),
+        }
+    }
+
     /// Runs `op` through the chain inside this transaction, as the app's own operation.
     pub async fn execute(&self, op: Operation) -> Result<Outcome> {
         self.execute_as(op, Origin::App).await
@@ -391,12 +393,29 @@ impl StorageTransaction {
 
     /// Runs `op` through the chain inside this transaction on behalf of `origin`.
     pub async fn execute_as(&self, op: Operation, origin: Origin) -> Result<Outcome> {
-        self.storage.run(op, origin, Some(&*self.tx)).await
+        let app_write = origin == Origin::App && op.is_write();
+        let outcome = self.storage.run(op, origin, Some(&*self.tx)).await?;
+        if app_write {
+            self.app_wrote.store(true, Ordering::Relaxed);
+        }
+        Ok(outcome)
     }
 
-    /// Makes every write durable and visible.
+    /// Makes every write durable and visible. If the app wrote in this transaction, each
+    /// middleware of the chain is then told ([`Middleware::app_transaction_committed`]).
     pub async fn commit(self) -> Result<()> {
-        self.tx.commit().await
+        let StorageTransaction {
+            storage,
+            tx,
+            app_wrote,
+        } = self;
+        tx.commit().await?;
+        if app_wrote.into_inner() {
+            for middleware in &storage.inner.chain {
+                middleware.app_transaction_committed();
+            }
+        }
+        Ok(())
     }
 
     /// Undoes every write.

@@ -1,4 +1,5 @@
-//! [`ChangeNotifier`]: a middleware that signals every successful local write.
+//! [`ChangeNotifier`]: a middleware that signals every successful local write, and the
+//! commit of an app transaction that wrote.
 
 use std::sync::Arc;
 
@@ -6,7 +7,10 @@ use storex_core::{BoxFuture, Middleware, Next, Operation, Origin, Outcome, Resul
 use tokio::sync::Notify;
 
 /// Signals after each write the app makes (not those applied by sync), so a
-/// [`crate::BackgroundSync`] can push soon after. Add it with
+/// [`crate::BackgroundSync`] can push soon after. A write in a transaction of the app's
+/// ([`storex_core::Storage::begin`]) signals again when that transaction commits: a sync
+/// woken by the write itself does not see it yet, and without the second signal the write
+/// would wait for the next interval. Add it with
 /// `SyncOptions::default().with_middleware(Arc::new(notifier.clone()))`.
 #[derive(Clone, Debug, Default)]
 pub struct ChangeNotifier {
@@ -36,5 +40,9 @@ impl Middleware for ChangeNotifier {
             }
             Ok(outcome)
         })
+    }
+
+    fn app_transaction_committed(&self) {
+        self.signal.notify_one();
     }
 }

@@ -522,3 +522,64 @@ async fn a_read_answered_with_another_outcome_is_an_error_not_nothing_found() {
         "{one:?}"
     );
 }
+
+/// Counts the commits of app transactions it is told of.
+#[derive(Debug, Default)]
+struct CommitWatcher {
+    commits: std::sync::atomic::AtomicUsize,
+}
+
+impl Middleware for CommitWatcher {
+    fn process<'a>(&'a self, op: Operation, next: Next<'a>) -> BoxFuture<'a, Result<Outcome>> {
+        next.run(op)
+    }
+
+    fn app_transaction_committed(&self) {
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn middleware_is_told_of_the_commit_of_an_app_transaction_that_wrote() {
+    let watcher = Arc::new(CommitWatcher::default());
+    let storage = Storage::builder(registry(), MemoryBackend::new())
+        .with(UuidPkMiddleware::new())
+        .with_arc(watcher.clone())
+        .build()
+        .await
+        .expect("build");
+    let commits = || watcher.commits.load(std::sync::atomic::Ordering::SeqCst);
+    let create = || Operation::create("note", object! { "title" => "a" });
+
+    let tx = storage.begin().await.expect("begin");
+    tx.execute(create()).await.expect("create");
+    assert_eq!(commits(), 0, "not before the commit");
+    tx.commit().await.expect("commit");
+    assert_eq!(commits(), 1, "an app write, committed");
+
+    let tx = storage.begin().await.expect("begin");
+    tx.execute(create()).await.expect("create");
+    tx.rollback().await.expect("rollback");
+    let tx = storage.begin().await.expect("begin");
+    tx.execute(Operation::count("note", Filter::all()))
+        .await
+        .expect("count");
+    tx.commit().await.expect("commit");
+    let tx = storage.begin().await.expect("begin");
+    tx.execute_as(create(), Origin::Sync).await.expect("create");
+    tx.commit().await.expect("commit");
+    let tx = storage.begin().await.expect("begin");
+    let refused = Operation::create("note", object! { "title" => 1 });
+    assert!(tx.execute(refused).await.is_err(), "a title must be text");
+    tx.commit().await.expect("commit");
+    storage
+        .create("note", object! { "title" => "b" })
+        .await
+        .expect("create");
+    assert_eq!(
+        commits(),
+        1,
+        "not after a rollback, reads only, sync's writes, a refused write or a write alone"
+    );
+}

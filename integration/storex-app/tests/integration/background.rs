@@ -5,14 +5,19 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use storex_app::{BackgroundOptions, BackgroundSync, ChangeNotifier, SyncEvent, SyncState};
-use storex_core::{object, CollectionDef, FieldType, Filter, MemoryBackend, Registry};
+use sea_orm::ConnectionTrait;
+use storex_app::{
+    BackgroundOptions, BackgroundSync, ChangeNotifier, SyncEvent, SyncState, SyncedStorage,
+};
+use storex_core::{object, CollectionDef, FieldType, Filter, MemoryBackend, Operation, Registry};
 use storex_sync::{
     Clock, ContinuousOptions, ContinuousSync, MemorySharedLog, SharedSyncLog, SyncDevice,
     SyncOptions,
 };
 use storex_test::flaky::FlakySharedLog;
 use tokio::sync::broadcast::error::RecvError;
+
+use crate::common::note;
 
 fn registry() -> Registry {
     Registry::builder()
@@ -140,6 +145,55 @@ async fn a_local_write_triggers_a_push_long_before_the_interval() {
     .await;
     b.background.sync_now(); // what a live-update signal does
     eventually("the note on b", || async { b.notes().await == 1 }).await;
+}
+
+/// On PostgreSQL the sync a write in an app transaction wakes runs beside the open
+/// transaction and finds nothing to push; the commit wakes another, long before the interval.
+/// (On SQLite the woken sync waits for the transaction's write lock, so it sees the write.)
+#[tokio::test]
+async fn a_write_in_a_transaction_is_pushed_soon_after_its_commit() {
+    let Some(server) = storex_test::postgres_url() else {
+        return;
+    };
+    let url = storex_test::fresh_postgres_database(&server).await;
+    let db = sea_orm::Database::connect(url).await.expect("connect");
+    let mut create =
+        sea_orm::Schema::new(db.get_database_backend()).create_table_from_entity(note::Entity);
+    db.execute(create.if_not_exists())
+        .await
+        .expect("create table");
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let phone = SyncedStorage::builder(db)
+        .entity(note::Entity)
+        .shared_log(log, "ann")
+        .open()
+        .await
+        .expect("open synced storage");
+    let background = phone.start_background(fast().with_interval(Duration::from_secs(3600)));
+    eventually("the first sync", || async {
+        background.status().last_success.is_some()
+    })
+    .await;
+    let before = background.status().last_success;
+    let tx = phone.storage().begin().await.expect("begin");
+    tx.execute(Operation::create(
+        "note",
+        object! { "title" => "in a transaction" },
+    ))
+    .await
+    .expect("write");
+    eventually("the sync the write woke", || async {
+        background.status().last_success != before
+    })
+    .await;
+    let woken = background.status().last_report.expect("a report");
+    assert_eq!(woken.pushed, 0, "the woken sync cannot see the write");
+    tx.commit().await.expect("commit");
+    eventually("the push after the commit", || async {
+        phone.device().log().unshared_count().await.expect("count") == 0
+    })
+    .await;
+    background.stop().await;
 }
 
 #[tokio::test]
