@@ -129,24 +129,27 @@ impl ContinuousOptions {
 /// subscription fingerprint was taken of (no other key starts so).
 const SUBSCRIBED_PREFIX: &str = "subscribed\u{1f}";
 
-/// The fingerprint of a subscription to `topics` (`None`: all topics, 0).
+/// The fingerprint of a subscription to `topics` (`None`: all topics, 0). A topic named
+/// twice counts once: the subscription is a set.
 fn fingerprint(topics: Option<&[String]>) -> i64 {
-    use sha2::{Digest as _, Sha256};
-    let Some(topics) = topics else {
-        return 0;
-    };
-    let mut topics = topics.to_vec();
-    topics.sort();
-    let digest = Sha256::digest(topics.join("\n").as_bytes());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    i64::from_le_bytes(first)
+    match topics {
+        Some(topics) => fingerprint_of_set(&topics.iter().cloned().collect()),
+        None => 0,
+    }
 }
 
 /// The fingerprint of a subscription to the topics of `set`.
 fn fingerprint_of_set(set: &BTreeSet<String>) -> i64 {
-    let topics: Vec<String> = set.iter().cloned().collect();
-    fingerprint(Some(&topics))
+    use sha2::{Digest as _, Sha256};
+    let joined = set
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let digest = Sha256::digest(joined.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_le_bytes(first)
 }
 
 /// The write storing `cursor` as this device's position in the shared log.

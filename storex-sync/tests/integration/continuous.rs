@@ -1012,6 +1012,30 @@ async fn a_push_batch_of_zero_pushes_one_at_a_time() {
     assert_eq!(report.pushed, 2, "{report:?}");
 }
 
+/// A collection named twice counts once: the subscription is the same set of topics.
+#[tokio::test]
+async fn a_collection_named_twice_does_not_keep_a_narrower_subscription_from_its_cursor() {
+    use storex_sync::ContinuousOptions;
+    let log = memory().await;
+    let mut devices = storex_test::devices::Devices::new(log.clone()).await;
+    let a = devices.add().await;
+    let twice = ContinuousOptions::default().with_collections(["photo", "note", "photo"]);
+    let b = devices.add_with(twice).await;
+    devices.note(a, "n1", "a note").await;
+    devices.photo(a, "p1").await;
+    devices.sync(a).await;
+    devices.sync(b).await;
+    devices.sync(a).await;
+    assert_eq!(log.compact("ann").await.expect("compact"), 2);
+
+    devices.resubscribe(b, ContinuousOptions::default().with_collections(["note"]));
+    let report = devices
+        .try_sync(b)
+        .await
+        .expect("no pulling from the start");
+    assert_eq!(report.pulled, 0, "{report:?}");
+}
+
 #[tokio::test]
 async fn a_narrower_subscription_keeps_the_cursor_and_a_wider_one_pulls_again() {
     use storex_sync::{ContinuousOptions, Error, SharedLogError};
