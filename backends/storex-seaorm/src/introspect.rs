@@ -82,8 +82,14 @@ pub struct SqliteTables {
 /// [`sqlite_tables`] to leave such tables out instead).
 pub async fn registry_of_sqlite(db: &DatabaseConnection) -> Result<Registry> {
     let (tables, _) = read_tables(db).await?;
-    if let Some(Table::Unkeyed(table)) = tables.iter().find(|t| matches!(t, Table::Unkeyed(_))) {
-        return Err(unsupported(table, UNKEYED));
+    for table in &tables {
+        match table {
+            Table::Unkeyed(name) => return Err(unsupported(name, UNKEYED)),
+            Table::KeyUnordered(name, column) => {
+                return Err(unsupported(name, &key_unordered(column)))
+            }
+            Table::Keyed(_) | Table::Derived(..) => {}
+        }
     }
     build(tables)
 }
@@ -102,6 +108,7 @@ pub async fn sqlite_tables(db: &DatabaseConnection) -> Result<SqliteTables> {
     for table in tables {
         match table {
             Table::Unkeyed(name) => left_out.push((name, UNKEYED.to_owned())),
+            Table::KeyUnordered(name, column) => left_out.push((name, key_unordered(&column))),
             Table::Derived(name, kind) => left_out.push((
                 name,
                 format!("it is a {kind} table, which SQLite builds from other tables"),
@@ -144,12 +151,26 @@ impl NotCarried {
 
 const UNKEYED: &str = "it has no primary key, so its rows cannot be told apart";
 
+/// Why a table whose key column `column` has no type, and holds values other than text, is
+/// not taken.
+fn key_unordered(column: &str) -> String {
+    format!(
+        "its key column `{column}` has no declared type and holds values other than text: \
+         storex reads such a column as text, and SQLite orders the values as they are stored \
+         (numbers before text), so reading the table in key order would miss rows; give the \
+         column a type (INTEGER or TEXT, say) to take it"
+    )
+}
+
 /// One table as read.
 enum Table {
     /// A table with a primary key.
     Keyed(CollectionDef),
     /// A table without one.
     Unkeyed(String),
+    /// A table whose key column (named second) has no type (no affinity: it is read as
+    /// text) and holds values other than text, which SQLite orders apart from text.
+    KeyUnordered(String, String),
     /// A virtual table or a shadow table of one, and which.
     Derived(String, String),
 }
@@ -175,7 +196,7 @@ async fn read_tables(db: &DatabaseConnection) -> Result<(Vec<Table>, Vec<NotCarr
     let tables = db
         .query_all_raw(Statement::from_string(
             DbBackend::Sqlite,
-            "SELECT name, type FROM pragma_table_list WHERE schema = 'main' \
+            "SELECT name, type, strict FROM pragma_table_list WHERE schema = 'main' \
              AND type IN ('table', 'virtual', 'shadow') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
              AND name NOT GLOB 'storex_*' ORDER BY name",
         ))
@@ -186,6 +207,7 @@ async fn read_tables(db: &DatabaseConnection) -> Result<(Vec<Table>, Vec<NotCarr
     for row in tables {
         let table: String = row.try_get("", "name").map_err(backend_err)?;
         let kind: String = row.try_get("", "type").map_err(backend_err)?;
+        let strict: i64 = row.try_get("", "strict").map_err(backend_err)?;
         if kind != "table" {
             read.push(Table::Derived(table, kind));
             continue;
@@ -200,6 +222,7 @@ async fn read_tables(db: &DatabaseConnection) -> Result<(Vec<Table>, Vec<NotCarr
             .map_err(backend_err)?;
         let mut def = CollectionDef::new(table.clone());
         let mut pk: Vec<(i64, String)> = Vec::new();
+        let mut untyped_keys = Vec::new();
         for column in columns {
             let name: String = column.try_get("", "name").map_err(backend_err)?;
             let declared: String = column.try_get("", "type").map_err(backend_err)?;
@@ -212,11 +235,21 @@ async fn read_tables(db: &DatabaseConnection) -> Result<(Vec<Table>, Vec<NotCarr
                 def.optional_field(name.clone(), ty)
             };
             if pk_position > 0 {
+                if no_affinity(&declared, strict != 0) {
+                    untyped_keys.push(name.clone());
+                }
                 pk.push((pk_position, name));
             }
         }
         if pk.is_empty() {
             read.push(Table::Unkeyed(table));
+            continue;
+        }
+        if let Some(column) = first_not_all_text(db, &table, &untyped_keys)
+            .await
+            .map_err(backend_err)?
+        {
+            read.push(Table::KeyUnordered(table, column));
             continue;
         }
         pk.sort();
@@ -241,6 +274,37 @@ async fn read_tables(db: &DatabaseConnection) -> Result<(Vec<Table>, Vec<NotCarr
             .map(|text| NotCarried { table: None, text }),
     );
     Ok((read, not_carried))
+}
+
+/// Whether a column declared `declared` has no type affinity: SQLite stores its values as
+/// they come and compares them without converting (a column declared without a type, or
+/// `ANY` in a `STRICT` table).
+fn no_affinity(declared: &str, strict: bool) -> bool {
+    let declared = declared.trim();
+    declared.is_empty() || (strict && declared.eq_ignore_ascii_case("any"))
+}
+
+/// The first of `columns` of `table` holding a value other than text (or null), if one does.
+async fn first_not_all_text(
+    db: &DatabaseConnection,
+    table: &str,
+    columns: &[String],
+) -> std::result::Result<Option<String>, DbErr> {
+    let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    for column in columns {
+        let sql = format!(
+            "SELECT 1 AS found FROM {} WHERE typeof({}) NOT IN ('text', 'null') LIMIT 1",
+            quoted(table),
+            quoted(column)
+        );
+        let found = db
+            .query_one_raw(Statement::from_string(DbBackend::Sqlite, sql))
+            .await?;
+        if found.is_some() {
+            return Ok(Some(column.clone()));
+        }
+    }
+    Ok(None)
 }
 
 /// One index of a SQLite table, as `pragma_index_list` and `pragma_index_xinfo` tell it.

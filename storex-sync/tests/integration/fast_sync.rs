@@ -148,6 +148,67 @@ async fn assert_same(a: &SyncDevice, b: &SyncDevice) {
     }
 }
 
+/// A table made by another program whose key column has no type, holding numbers, read
+/// through a registry that calls the key text: SQLite sorts the numbers before any text but
+/// compares them with the text of the last key as they are, so the second page is empty.
+/// The sender counts what it read against its snapshot's count and fails, by name, instead
+/// of ending the copy short.
+#[tokio::test]
+async fn a_collection_read_short_in_key_order_fails_the_copy_by_name() {
+    let fixture = Fixture::new();
+    let cache = || {
+        Registry::builder()
+            .collection(
+                CollectionDef::new("cache")
+                    .field("id", FieldType::Text)
+                    .field("v", FieldType::Text)
+                    .primary_key(["id"]),
+            )
+            .build()
+            .expect("registry")
+    };
+    let open = |name: &'static str| {
+        let path = fixture.dir.path().join(format!("{name}.db"));
+        async move {
+            let backend = SeaOrmBackend::open_sqlite_file(path).await.expect("open");
+            if name == "old" {
+                use storex_seaorm::sea_orm::ConnectionTrait;
+                backend
+                    .connection()
+                    .execute_unprepared(
+                        "CREATE TABLE cache (id PRIMARY KEY, v TEXT NOT NULL); \
+                         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+                         WHERE i < 1000) INSERT INTO cache SELECT i, 'value ' || i FROM n",
+                    )
+                    .await
+                    .expect("another program's table");
+            }
+            let backend: Arc<dyn StorageBackend> = Arc::new(backend);
+            SyncDevice::open(
+                cache(),
+                backend,
+                Clock::new(DeviceId::random()),
+                SyncOptions::default().exclude("cache"),
+            )
+            .await
+            .expect("device")
+        }
+    };
+    let (old, new) = (open("old").await, open("new").await);
+    let (sent, received) = transfer(&old, &new, &small_batches(), &small_batches()).await;
+    match sent {
+        Err(Error::FastSync(FastSyncError::Verification {
+            collection,
+            problem,
+        })) => {
+            assert_eq!(collection, "cache");
+            assert!(problem.contains("of its 1000 rows"), "{problem}");
+        }
+        other => panic!("expected the sender to fail verification, got {other:?}"),
+    }
+    assert!(received.is_err(), "the receiver is told: {received:?}");
+}
+
 #[tokio::test]
 async fn the_sender_reports_its_changes_not_pushed_yet() {
     let fx = Fixture::new();

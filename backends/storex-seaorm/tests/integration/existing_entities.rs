@@ -462,3 +462,29 @@ async fn numbers_in_columns_without_text_affinity_read_as_their_text() {
     let kinds: String = kinds.try_get("", "kinds").expect("kinds");
     assert_eq!(kinds, "integer real");
 }
+
+#[tokio::test]
+async fn a_key_column_without_affinity_holding_numbers_leaves_its_table_out() {
+    let db = Database::connect("sqlite::memory:").await.expect("connect");
+    db.execute_unprepared(
+        "CREATE TABLE loose (id PRIMARY KEY, v TEXT); INSERT INTO loose VALUES (1, 'a'); \
+         CREATE TABLE strict_any (id ANY PRIMARY KEY, v TEXT) STRICT; \
+         INSERT INTO strict_any VALUES (2.5, 'b'); \
+         CREATE TABLE numeric_any (id ANY PRIMARY KEY, v TEXT); \
+         INSERT INTO numeric_any VALUES (3, 'c'); \
+         CREATE TABLE texts (id PRIMARY KEY, v TEXT); INSERT INTO texts VALUES ('t', 'd')",
+    )
+    .await
+    .expect("another program's tables");
+    let tables = storex_seaorm::sqlite_tables(&db).await.expect("introspect");
+    let left_out: Vec<&str> = tables.left_out.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(left_out, ["loose", "strict_any"], "{:?}", tables.left_out);
+    assert!(tables.left_out[0].1.contains("`id` has no declared type"));
+    // `ANY` outside a STRICT table has numeric affinity: text compares as a number there.
+    assert!(tables.registry.collection("numeric_any").is_ok());
+    assert!(tables.registry.collection("texts").is_ok());
+    let err = storex_seaorm::registry_of_sqlite(&db)
+        .await
+        .expect_err("the strict reading refuses it");
+    assert!(format!("{err:?}").contains("loose"), "{err:?}");
+}
