@@ -206,6 +206,23 @@ impl Shared {
     }
 }
 
+/// The URL [`connect`] opens the SQLite file at `path` by, in `mode` (`ro`, `rw`, or `rwc` to
+/// create it if missing). The SQLite driver percent-decodes a URL's file name and ends it at
+/// the first `?`, so `%`, `?` and `#` in the path are escaped: `budget%2024.db` opens that
+/// file, not `budget 24.db`.
+pub fn sqlite_file_url(path: &std::path::Path, mode: &str) -> String {
+    let mut file = String::new();
+    for c in path.display().to_string().chars() {
+        match c {
+            '%' => file.push_str("%25"),
+            '?' => file.push_str("%3F"),
+            '#' => file.push_str("%23"),
+            c => file.push(c),
+        }
+    }
+    format!("sqlite://{file}?mode={mode}")
+}
+
 /// A storex backend on SQLite or PostgreSQL through SeaORM. Clones share one pool.
 ///
 /// ```
@@ -238,7 +255,7 @@ impl SeaOrmBackend {
 
     /// Opens (creating it if needed) the SQLite database file at `path`.
     pub async fn open_sqlite_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
-        Self::connect(&format!("sqlite://{}?mode=rwc", path.as_ref().display())).await
+        Self::connect(&sqlite_file_url(path.as_ref(), "rwc")).await
     }
 
     /// Wraps a connection the app already has (for instance its SeaORM data layer's).

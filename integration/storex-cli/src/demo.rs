@@ -83,7 +83,7 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
 
 async fn run_in(dir: PathBuf) -> Result<()> {
     say!("devices and shared log in {}", dir.display());
-    let url = format!("sqlite://{}?mode=rwc", dir.join("shared-log.db").display());
+    let url = storex_seaorm::sqlite_file_url(&dir.join("shared-log.db"), "rwc");
     let log: Arc<dyn SharedSyncLog> = Arc::new(
         SqlSharedLog::connect(&url)
             .await

@@ -38,8 +38,7 @@ pub(crate) struct SyncArgs {
 }
 
 fn sqlite_url(path: &Path, create: bool) -> String {
-    let mode = if create { "rwc" } else { "rw" };
-    format!("sqlite://{}?mode={mode}", path.display())
+    storex_seaorm::sqlite_file_url(path, if create { "rwc" } else { "rw" })
 }
 
 /// Syncs the database once and prints what happened.

@@ -488,3 +488,23 @@ async fn a_key_column_without_affinity_holding_numbers_leaves_its_table_out() {
         .expect_err("the strict reading refuses it");
     assert!(format!("{err:?}").contains("loose"), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_sqlite_file_whose_name_holds_url_characters_opens_by_that_name() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let name = "budget%2024 (v?2) #1.db";
+    let backend = SeaOrmBackend::open_sqlite_file(dir.path().join(name))
+        .await
+        .expect("open");
+    backend
+        .connection()
+        .execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        .await
+        .expect("write");
+    let files: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|f| f.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|f| f.ends_with(".db"))
+        .collect();
+    assert_eq!(files, [name]);
+}
