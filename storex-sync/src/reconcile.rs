@@ -178,6 +178,22 @@ pub(crate) fn admit(registry: &Registry, entry: &LogEntry) -> Result<(), HoldRea
             check_value(def, field, value, true)?;
         }
     }
+    if entry.op == EntryOp::Update {
+        // A key cannot change (local updates are refused that); applied, such an update
+        // would move the object on a device that has not made it yet, and not on the others.
+        for (field, value) in def.pk_fields().iter().zip(entry.pk.values()) {
+            if entry
+                .fields
+                .get(field)
+                .is_some_and(|written| written != value)
+            {
+                return Err(HoldReason::InvalidValue {
+                    field: field.clone(),
+                    problem: "an update that would change the object's key".into(),
+                });
+            }
+        }
+    }
     if entry.op == EntryOp::Create {
         // A create defines the whole object: a required field it lacks would be null.
         if let Some(field) = def

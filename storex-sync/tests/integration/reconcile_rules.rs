@@ -523,6 +523,38 @@ fn key_fields_are_never_part_of_an_update() {
 }
 
 #[test]
+fn an_update_that_would_change_the_key_is_held_whatever_the_order() {
+    // Only a faulty or hostile device writes one (local updates cannot change a key). Were it
+    // applied, a device receiving it before the create would make the object under key 2,
+    // one receiving it after would keep it under key 1.
+    let rekey = || update(hlc(2, 0, 9), 1, object! { "id" => 2, "title" => "moved" });
+    let same_key = || update(hlc(3, 0, 9), 1, object! { "id" => 1, "stars" => 4 });
+    for update_first in [true, false] {
+        let mut r = Replica::default();
+        let mut held = Vec::new();
+        let mut receive = |entries| held.extend(r.receive(entries).held);
+        if update_first {
+            receive(vec![rekey(), same_key()]);
+            receive(vec![create(hlc(1, 0, 1), 1, "a")]);
+        } else {
+            receive(vec![create(hlc(1, 0, 1), 1, "a")]);
+            receive(vec![rekey(), same_key()]);
+        }
+        assert_eq!(held.len(), 1, "update first: {update_first}");
+        assert_eq!(
+            held[0].reason,
+            HoldReason::InvalidValue {
+                field: "id".into(),
+                problem: "an update that would change the object's key".into()
+            }
+        );
+        let row = r.row(1).expect("still under its key");
+        assert_eq!((title(&row), &row["stars"]), ("a", &Value::Int(4)));
+        assert!(r.row(2).is_none());
+    }
+}
+
+#[test]
 fn compound_keys_reconcile_like_single_ones() {
     let registry = registry();
     let e = LogEntry {
