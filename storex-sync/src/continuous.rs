@@ -232,10 +232,13 @@ pub struct ContinuousSync {
     shared: Arc<dyn SharedSyncLog>,
     options: ContinuousOptions,
     running: Mutex<()>,
-    /// Set once this instance's first sync went through: the held entries and the
-    /// quarantine were retried (entries held for clock drift are also retried once the clock
-    /// caught up with them, and the quarantine once a fast-sync copy brought one).
-    started: AtomicBool,
+    /// Set once this instance tried the held entries again without failing (entries held
+    /// for clock drift are also retried once the clock caught up with them). Until then
+    /// every sync tries: a failure that passes (a busy database) must not leave entries held
+    /// for a newer schema until the next start.
+    held_retried: AtomicBool,
+    /// The same for the quarantine (also retried once a fast-sync copy brought one).
+    quarantine_retried: AtomicBool,
 }
 
 impl ContinuousSync {
@@ -250,7 +253,8 @@ impl ContinuousSync {
             shared,
             options,
             running: Mutex::new(()),
-            started: AtomicBool::new(false),
+            held_retried: AtomicBool::new(false),
+            quarantine_retried: AtomicBool::new(false),
         }
     }
 
@@ -408,7 +412,6 @@ impl ContinuousSync {
         let start = Instant::now();
         let mut report = SyncReport::default();
         self.ensure_cursor_row().await?;
-        let first = !self.started.load(Ordering::SeqCst);
         // Every sync: a fast-sync copy may have handed over a cursor for other topics since.
         self.follow_subscription().await?;
         self.push(&mut report).await?;
@@ -421,9 +424,10 @@ impl ContinuousSync {
         // after an app upgrade), and when the clock has caught up with one it refused as too
         // far ahead (without a restart: a desktop app may run for weeks).
         let drift_due = self.device.clock().take_refusal_due();
-        if first || drift_due {
+        if !self.held_retried.load(Ordering::SeqCst) || drift_due {
             match self.device.retry_held().await {
                 Ok(retried) => {
+                    self.held_retried.store(true, Ordering::SeqCst);
                     report.integrated += retried.integrated;
                     report.applied += retried.operations;
                     let unread = retried.damaged.into_iter();
@@ -441,17 +445,19 @@ impl ContinuousSync {
                 }
             }
         }
-        if first {
-            self.started.store(true, Ordering::SeqCst);
-        }
         // Payloads set aside because they did not decode, with this engine's codec: once per
         // start, and after a fast-sync copy brought the sender's.
         let copied = self.device.take_quarantine_received();
-        if first || copied {
-            if let Err(e) = self.retry_quarantined(&mut report).await {
-                report
-                    .problems
-                    .push(format!("retrying quarantined payloads: {e}"));
+        if !self.quarantine_retried.load(Ordering::SeqCst) || copied {
+            match self.retry_quarantined(&mut report).await {
+                Ok(()) => self.quarantine_retried.store(true, Ordering::SeqCst),
+                Err(e) => {
+                    // Tried again by the next sync (a copy's quarantine included).
+                    self.quarantine_retried.store(false, Ordering::SeqCst);
+                    report
+                        .problems
+                        .push(format!("retrying quarantined payloads: {e}"));
+                }
             }
         }
         if self.options.compact_per_sync > 0 {

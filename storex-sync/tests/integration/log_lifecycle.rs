@@ -338,6 +338,82 @@ async fn continuous_sync_applies_entries_held_for_a_newer_schema_after_the_upgra
     assert_eq!(held_count(b.device()).await, 0);
 }
 
+/// Once armed, fails the next read of the held entries (a busy database, say).
+#[derive(Debug, Default)]
+struct HeldReadFailsOnce {
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl storex_core::Middleware for HeldReadFailsOnce {
+    fn process<'a>(
+        &'a self,
+        op: storex_core::Operation,
+        next: storex_core::Next<'a>,
+    ) -> storex_core::BoxFuture<'a, storex_core::Result<storex_core::Outcome>> {
+        // The read of a page of held entries: the log's rows not integrated, by timestamp.
+        let held_read = matches!(
+            &op,
+            storex_core::Operation::FindValues { collection, query, .. }
+                if collection == storex_sync::LOG_COLLECTION
+                    && format!("{query:?}").contains(
+                        "field: \"integrated\", predicate: Eq(Bool(false))"
+                    )
+        );
+        Box::pin(async move {
+            if held_read && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                return Err(storex_core::Error::backend("test", "the database is busy"));
+            }
+            next.run(op).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn held_entries_are_tried_again_by_the_next_sync_when_the_first_try_failed() {
+    use storex_sync::{MemorySharedLog, SharedSyncLog};
+    let shared: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let a_id = shared.create_device("ann").await.expect("device a");
+    let b_id = shared.create_device("ann").await.expect("device b");
+    let a = engine_on(&shared, 2, Arc::new(MemoryBackend::new()), Clock::new(a_id)).await;
+    a.device()
+        .storage()
+        .create(
+            "note",
+            object! { "id" => 1, "title" => "t", "colour" => "red" },
+        )
+        .await
+        .expect("create");
+    a.sync_once().await.expect("a syncs");
+    let b_backend: Arc<dyn StorageBackend> = Arc::new(MemoryBackend::new());
+    let b = engine_on(&shared, 1, b_backend.clone(), Clock::new(b_id)).await;
+    assert_eq!(b.sync_once().await.expect("b syncs").held, 1);
+    drop(b);
+
+    // Upgraded, and the first try of the held entries meets a busy database.
+    let fails = Arc::new(HeldReadFailsOnce::default());
+    let device = SyncDevice::open(
+        registry(2),
+        b_backend,
+        Clock::new(b_id),
+        SyncOptions::default().with_middleware(fails.clone()),
+    )
+    .await
+    .expect("device");
+    fails.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let b = storex_sync::ContinuousSync::new(device, shared, Default::default());
+    let first = b.sync_once().await.expect("the sync goes on");
+    assert!(
+        first
+            .problems
+            .iter()
+            .any(|p| p.contains("retrying held entries")),
+        "{first:?}"
+    );
+    let second = b.sync_once().await.expect("b syncs again");
+    assert_eq!(second.integrated, 1, "{second:?}");
+    assert_eq!(held_count(b.device()).await, 0);
+}
+
 #[tokio::test]
 async fn rows_known_from_received_or_compacted_changes_are_not_logged_again() {
     let a = open(1, Arc::new(MemoryBackend::new())).await;
