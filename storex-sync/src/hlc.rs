@@ -72,6 +72,10 @@ impl Hlc {
     }
 }
 
+/// The largest physical time with the 15 digits of [`Hlc::clock_text`] (about the year
+/// 33,658), which sorts like the timestamps only up to there.
+pub(crate) const MAX_MILLIS: u64 = 999_999_999_999_999;
+
 impl Hlc {
     /// The physical and logical parts as text that sorts like them, without the device:
     /// what the client log stores beside the entry's device column.
@@ -235,7 +239,7 @@ impl Clock {
         *last = if wall > millis {
             (wall, 0)
         } else if counter == u32::MAX {
-            (millis + 1, 0)
+            (millis.saturating_add(1), 0)
         } else {
             (millis, counter + 1)
         };
@@ -257,7 +261,7 @@ impl Clock {
         let (millis, first) = if wall > millis {
             (wall, 0)
         } else if counter.checked_add(n).is_none() {
-            (millis + 1, 0)
+            (millis.saturating_add(1), 0)
         } else {
             (millis, counter + 1)
         };
@@ -274,15 +278,19 @@ impl Clock {
     /// allowed drift.
     pub fn observe(&self, remote: Hlc) -> Result<()> {
         let wall = self.wall.now_millis();
-        if remote.millis > wall.saturating_add(self.max_drift_ms) {
+        // Whatever the drift allowed (even none, `Duration::MAX`): from `MAX_MILLIS` on, the
+        // clock's next timestamps would lose the text form's order, and a clock near
+        // `u64::MAX` would wrap around.
+        let limit = wall.saturating_add(self.max_drift_ms).min(MAX_MILLIS - 1);
+        if remote.millis > limit {
             self.refused_due
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(remote.millis - self.max_drift_ms);
+                .insert(remote.millis.saturating_sub(self.max_drift_ms));
             return Err(Error::ClockDrift {
                 remote,
-                ahead_ms: remote.millis - wall,
-                max_drift_ms: self.max_drift_ms,
+                ahead_ms: remote.millis.saturating_sub(wall),
+                max_drift_ms: limit.saturating_sub(wall),
             });
         }
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
@@ -461,6 +469,27 @@ mod tests {
             (after.millis, after.counter),
             (before.millis, before.counter + 1)
         );
+    }
+
+    #[test]
+    fn a_timestamp_whose_successor_needs_sixteen_digits_is_refused_even_with_no_drift_limit() {
+        let clock = Clock::with_wall_clock(device(1), ManualClock::new(1_000))
+            .with_max_drift(Duration::MAX);
+        let at = |millis, counter| Hlc {
+            millis,
+            counter,
+            device: device(2),
+        };
+        for far in [MAX_MILLIS, u64::MAX] {
+            assert!(clock.observe(at(far, u32::MAX)).is_err(), "{far}");
+        }
+        let last = at(MAX_MILLIS - 1, u32::MAX);
+        clock
+            .observe(last)
+            .expect("its successor still has 15 digits");
+        let next = clock.now();
+        assert_eq!((next.millis, next.counter), (MAX_MILLIS, 0));
+        assert!(next.clock_text() > last.clock_text());
     }
 
     #[test]
