@@ -83,7 +83,14 @@ impl From<SharedLogError> for Failure {
 }
 
 fn retryable(e: &FirestoreError) -> bool {
-    matches!(e, FirestoreError::DatabaseError(db) if db.retry_possible)
+    matches!(e, FirestoreError::DatabaseError(db) if db.retry_possible || transaction_expired(db))
+}
+
+/// Firestore dropped the transaction a commit names (it was idle too long, about 60 s, or
+/// the server let it go): `INVALID_ARGUMENT`, though nothing was written and a new
+/// transaction goes through, as Google's own clients retry it.
+fn transaction_expired(db: &firestore::errors::FirestoreDatabaseError) -> bool {
+    db.public.code == "InvalidArgument" && db.details.contains("transaction has expired")
 }
 
 /// A precondition failed: the document changed, or an entry exists already.
@@ -982,6 +989,28 @@ struct DeviceListed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn database_error(code: &str, details: &str) -> FirestoreError {
+        FirestoreError::DatabaseError(firestore::errors::FirestoreDatabaseError::new(
+            firestore::errors::FirestoreErrorPublicGenericDetails::new(code.into()),
+            details.into(),
+            false,
+        ))
+    }
+
+    #[test]
+    fn an_expired_transaction_is_retried_and_other_invalid_arguments_are_not() {
+        let expired = database_error(
+            "InvalidArgument",
+            "status: InvalidArgument, message: \"The referenced transaction has expired or is \
+             no longer valid.\"",
+        );
+        assert!(retryable(&expired));
+        let invalid = database_error("InvalidArgument", "status: InvalidArgument, message: \"x\"");
+        assert!(!retryable(&invalid));
+        let other = database_error("FailedPrecondition", "transaction has expired");
+        assert!(!retryable(&other));
+    }
 
     fn entry(payload: usize) -> SharedEntry {
         SharedEntry {
