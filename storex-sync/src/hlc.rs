@@ -283,10 +283,13 @@ impl Clock {
         // `u64::MAX` would wrap around.
         let limit = wall.saturating_add(self.max_drift_ms).min(MAX_MILLIS - 1);
         if remote.millis > limit {
-            self.refused_due
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(remote.millis.saturating_sub(self.max_drift_ms));
+            // Remembered to be tried again once the wall clock is near, unless it never is.
+            if remote.millis < MAX_MILLIS {
+                self.refused_due
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(remote.millis.saturating_sub(self.max_drift_ms));
+            }
             return Err(Error::ClockDrift {
                 remote,
                 ahead_ms: remote.millis.saturating_sub(wall),
@@ -483,6 +486,7 @@ mod tests {
         for far in [MAX_MILLIS, u64::MAX] {
             assert!(clock.observe(at(far, u32::MAX)).is_err(), "{far}");
         }
+        assert!(!clock.take_refusal_due(), "never to be tried again");
         let last = at(MAX_MILLIS - 1, u32::MAX);
         clock
             .observe(last)
