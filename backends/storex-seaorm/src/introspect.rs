@@ -30,6 +30,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 use storex_core::{CollectionDef, FieldType, Registry};
 
 use crate::error::{Error, Result};
+use crate::sql::quoted;
 
 fn field_type(declared: &str) -> FieldType {
     let t = declared.to_ascii_lowercase();
@@ -290,7 +291,6 @@ async fn first_not_all_text(
     table: &str,
     columns: &[String],
 ) -> std::result::Result<Option<String>, DbErr> {
-    let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
     for column in columns {
         let sql = format!(
             "SELECT 1 AS found FROM {} WHERE typeof({}) NOT IN ('text', 'null') LIMIT 1",

@@ -203,7 +203,7 @@ pub(crate) fn count(def: &CollectionDef, filter: &Filter) -> Result<SelectStatem
 
 /// Quotes an identifier for both dialects (a double quote inside is doubled), as sea-query
 /// does.
-fn quoted(name: &str) -> String {
+pub(crate) fn quoted(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

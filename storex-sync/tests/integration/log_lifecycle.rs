@@ -297,16 +297,18 @@ async fn continuous_sync_applies_an_entry_held_for_clock_drift_once_the_clock_ca
     );
 }
 
-#[tokio::test]
-async fn continuous_sync_applies_entries_held_for_a_newer_schema_after_the_upgrade() {
+/// Device A on schema 2 writes a note with a colour and syncs; device B on schema 1 pulls it
+/// and holds it (a newer schema). Returns the shared log, B's database and B's id.
+async fn held_by_an_older_app() -> (
+    Arc<dyn storex_sync::SharedSyncLog>,
+    Arc<dyn StorageBackend>,
+    DeviceId,
+) {
     use storex_sync::{MemorySharedLog, SharedSyncLog};
     let shared: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
-    let open_on = |version: u32, backend: Arc<dyn StorageBackend>, id: DeviceId| {
-        engine_on(&shared, version, backend, Clock::new(id))
-    };
     let a_id = shared.create_device("ann").await.expect("device a");
     let b_id = shared.create_device("ann").await.expect("device b");
-    let a = open_on(2, Arc::new(MemoryBackend::new()), a_id).await;
+    let a = engine_on(&shared, 2, Arc::new(MemoryBackend::new()), Clock::new(a_id)).await;
     a.device()
         .storage()
         .create(
@@ -316,15 +318,18 @@ async fn continuous_sync_applies_entries_held_for_a_newer_schema_after_the_upgra
         .await
         .expect("create");
     a.sync_once().await.expect("a syncs");
-
     let b_backend: Arc<dyn StorageBackend> = Arc::new(MemoryBackend::new());
-    let b = open_on(1, b_backend.clone(), b_id).await;
+    let b = engine_on(&shared, 1, b_backend.clone(), Clock::new(b_id)).await;
     let report = b.sync_once().await.expect("b syncs");
     assert_eq!(report.held, 1, "{report:?}");
-    drop(b);
+    (shared, b_backend, b_id)
+}
 
+#[tokio::test]
+async fn continuous_sync_applies_entries_held_for_a_newer_schema_after_the_upgrade() {
+    let (shared, b_backend, b_id) = held_by_an_older_app().await;
     // The app is upgraded: the same database, schema version 2, a new sync engine.
-    let b = open_on(2, b_backend, b_id).await;
+    let b = engine_on(&shared, 2, b_backend, Clock::new(b_id)).await;
     let report = b.sync_once().await.expect("b syncs after the upgrade");
     assert_eq!(report.integrated, 1, "{report:?}");
     let note = b
@@ -370,25 +375,7 @@ impl storex_core::Middleware for HeldReadFailsOnce {
 
 #[tokio::test]
 async fn held_entries_are_tried_again_by_the_next_sync_when_the_first_try_failed() {
-    use storex_sync::{MemorySharedLog, SharedSyncLog};
-    let shared: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
-    let a_id = shared.create_device("ann").await.expect("device a");
-    let b_id = shared.create_device("ann").await.expect("device b");
-    let a = engine_on(&shared, 2, Arc::new(MemoryBackend::new()), Clock::new(a_id)).await;
-    a.device()
-        .storage()
-        .create(
-            "note",
-            object! { "id" => 1, "title" => "t", "colour" => "red" },
-        )
-        .await
-        .expect("create");
-    a.sync_once().await.expect("a syncs");
-    let b_backend: Arc<dyn StorageBackend> = Arc::new(MemoryBackend::new());
-    let b = engine_on(&shared, 1, b_backend.clone(), Clock::new(b_id)).await;
-    assert_eq!(b.sync_once().await.expect("b syncs").held, 1);
-    drop(b);
-
+    let (shared, b_backend, b_id) = held_by_an_older_app().await;
     // Upgraded, and the first try of the held entries meets a busy database.
     let fails = Arc::new(HeldReadFailsOnce::default());
     let device = SyncDevice::open(
