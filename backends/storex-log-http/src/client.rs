@@ -520,7 +520,7 @@ impl HttpSharedLog {
         caller: Caller,
     ) -> SharedResult<R> {
         let bytes = self
-            .send(method, path, token, body, (wait, reply_bytes), caller)
+            .send(method, path, token, body, (wait, reply_bytes), caller, true)
             .await?;
         decode_reply(&bytes)
     }
@@ -534,30 +534,18 @@ impl HttpSharedLog {
         body: Option<&B>,
         caller: Caller,
     ) -> SharedResult<()> {
-        self.send(method, path, token, body, (Duration::ZERO, 0), caller)
+        self.send(method, path, token, body, (Duration::ZERO, 0), caller, true)
             .await
             .map(|_| ())
     }
 
+    /// Sends a request and returns the reply's body, retrying with backoff (and moving to the
+    /// next instance) on failures that may pass. A request that timed out (or was answered
+    /// 408) is retried only if `retry_timeouts`: a caller that can make the request smaller
+    /// gets the timeout at once instead of the same request, as slow, up to
+    /// [`ClientOptions::retries`] times.
     #[allow(clippy::too_many_arguments)]
     async fn send<B: Serialize>(
-        &self,
-        method: Method,
-        path: &str,
-        token: &str,
-        body: Option<&B>,
-        (wait, reply_bytes): (Duration, usize),
-        caller: Caller,
-    ) -> SharedResult<Vec<u8>> {
-        self.send_retrying(method, path, token, body, (wait, reply_bytes), caller, true)
-            .await
-    }
-
-    /// [`HttpSharedLog::send`], retrying a request that timed out (or was answered 408) only
-    /// if `retry_timeouts`: a caller that can make the request smaller gets the timeout at
-    /// once instead of the same request, as slow, up to [`ClientOptions::retries`] times.
-    #[allow(clippy::too_many_arguments)]
-    async fn send_retrying<B: Serialize>(
         &self,
         method: Method,
         path: &str,
@@ -960,7 +948,7 @@ impl SharedSyncLog for HttpSharedLog {
                     entries: chunk.iter().map(WireEntry::from_entry).collect(),
                 };
                 let sent = self
-                    .send_retrying(
+                    .send(
                         Method::POST,
                         routes::PUSH,
                         &token,
