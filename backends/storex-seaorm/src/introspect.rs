@@ -82,7 +82,7 @@ pub struct SqliteTables {
 /// tables with their shadow tables); a table without a primary key is an error (see
 /// [`sqlite_tables`] to leave such tables out instead).
 pub async fn registry_of_sqlite(db: &DatabaseConnection) -> Result<Registry> {
-    let (tables, _) = read_tables(db).await?;
+    let (tables, _) = read_tables(db, false).await?;
     for table in &tables {
         match table {
             Table::Unkeyed(name) => return Err(unsupported(name, UNKEYED)),
@@ -100,7 +100,7 @@ pub async fn registry_of_sqlite(db: &DatabaseConnection) -> Result<Registry> {
 /// tables whose name or a column's name storex does not take as an identifier), for a tool to
 /// tell its user.
 pub async fn sqlite_tables(db: &DatabaseConnection) -> Result<SqliteTables> {
-    let (tables, mut not_carried) = read_tables(db).await?;
+    let (tables, mut not_carried) = read_tables(db, true).await?;
     let user_version = user_version(db)
         .await
         .map_err(|e| Error::Storage(storex_core::Error::backend("seaorm-sqlite", e)))?;
@@ -186,7 +186,13 @@ fn build(tables: Vec<Table>) -> Result<Registry> {
     Ok(builder.build()?)
 }
 
-async fn read_tables(db: &DatabaseConnection) -> Result<(Vec<Table>, Vec<NotCarried>)> {
+/// The tables of `db`, and what of their schema a registry does not hold. Only with `extras`
+/// is the schema asked for what no registry holds (foreign keys, defaults, triggers and the
+/// like: a few queries a table); without, the notes name indexes not carried only.
+async fn read_tables(
+    db: &DatabaseConnection,
+    extras: bool,
+) -> Result<(Vec<Table>, Vec<NotCarried>)> {
     if db.get_database_backend() != DbBackend::Sqlite {
         return Err(Error::UnsupportedDatabase {
             backend: format!("{:?}", db.get_database_backend()),
@@ -258,22 +264,26 @@ async fn read_tables(db: &DatabaseConnection) -> Result<(Vec<Table>, Vec<NotCarr
         for index in sqlite_indexes(db, &table).await.map_err(backend_err)? {
             def = carry_index(def, index, &mut not_carried);
         }
+        if extras {
+            not_carried.extend(
+                table_extras(db, &table)
+                    .await
+                    .map_err(backend_err)?
+                    .into_iter()
+                    .map(|text| NotCarried::of(&table, text)),
+            );
+        }
+        read.push(Table::Keyed(def));
+    }
+    if extras {
         not_carried.extend(
-            table_extras(db, &table)
+            database_extras(db)
                 .await
                 .map_err(backend_err)?
                 .into_iter()
-                .map(|text| NotCarried::of(&table, text)),
+                .map(|text| NotCarried { table: None, text }),
         );
-        read.push(Table::Keyed(def));
     }
-    not_carried.extend(
-        database_extras(db)
-            .await
-            .map_err(backend_err)?
-            .into_iter()
-            .map(|text| NotCarried { table: None, text }),
-    );
     Ok((read, not_carried))
 }
 
