@@ -820,19 +820,19 @@ async fn apply_versions_batch(
             .await?
             .versions;
         let mut steps = Vec::with_capacity(rows.len() + 2);
+        let mut with_own = Vec::new();
         for (row, key) in rows.into_iter().zip(&keys) {
-            let row = match own.remove(key) {
+            match own.remove(key) {
                 Some(own) => {
-                    let (id, mut theirs) =
+                    let (_, mut theirs) =
                         Versions::from_row(&row).map_err(|e| bad(e.to_string()))?;
                     theirs.merge(own);
-                    theirs.to_row(id)?
+                    with_own.push((key.clone(), theirs));
                 }
-                None => row,
-            };
-            steps.push(versions::put_step(row));
+                None => steps.push(versions::put_step(row)),
+            }
         }
-        steps.extend(versions::store_steps(Vec::new(), newest, clock_before)?);
+        versions::push_store_steps(with_own, newest, clock_before, &mut steps)?;
         steps.push(progress_step(session, state, first));
         run(&tx, Operation::Batch { steps }).await?;
         tx.commit().await?;
