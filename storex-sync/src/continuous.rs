@@ -341,7 +341,9 @@ impl ContinuousSync {
     async fn follow_subscription(&self) -> Result<()> {
         let storage = self.device.storage();
         let topics = self.topics();
-        let now = fingerprint(topics.as_deref());
+        let all = topics.is_none();
+        let wanted: BTreeSet<String> = topics.into_iter().flatten().collect();
+        let now = if all { 0 } else { fingerprint_of_set(&wanted) };
         let rows = storage
             .find_many(STATE_COLLECTION, Query::new(Filter::all()))
             .await?;
@@ -360,7 +362,6 @@ impl ContinuousSync {
                 recorded.insert(topic.to_owned());
             }
         }
-        let wanted: BTreeSet<String> = topics.into_iter().flatten().collect();
         if stored == Some(now) && recorded == wanted {
             return Ok(());
         }
@@ -420,9 +421,10 @@ impl ContinuousSync {
             report.duration = start.elapsed();
             return Ok(report);
         }
-        // Held entries are tried again once per start (entries held for a newer schema apply
-        // after an app upgrade), and when the clock has caught up with one it refused as too
-        // far ahead (without a restart: a desktop app may run for weeks).
+        // Held entries are tried again once per start, by every sync until a try goes through
+        // (entries held for a newer schema apply after an app upgrade), and when the clock
+        // has caught up with one it refused as too far ahead (without a restart: a desktop
+        // app may run for weeks).
         let drift_due = self.device.clock().take_refusal_due();
         if !self.held_retried.load(Ordering::SeqCst) || drift_due {
             match self.device.retry_held().await {
@@ -446,7 +448,8 @@ impl ContinuousSync {
             }
         }
         // Payloads set aside because they did not decode, with this engine's codec: once per
-        // start, and after a fast-sync copy brought the sender's.
+        // start (by every sync until a try goes through), and after a fast-sync copy brought
+        // the sender's.
         let copied = self.device.take_quarantine_received();
         if !self.quarantine_retried.load(Ordering::SeqCst) || copied {
             match self.retry_quarantined(&mut report).await {
