@@ -34,11 +34,12 @@ pub enum Operation {
     Create {
         /// The collection.
         collection: String,
-        /// The object's fields; optional fields may be left out.
+        /// The object's fields; optional fields and fields with a default
+        /// ([`crate::CollectionDef::default_value`]) may be left out.
         object: Object,
     },
     /// Create one object, or replace the object with its key: every field but the key takes
-    /// the given value (an optional field left out becomes `Null`). The key must be given.
+    /// the given value (a field left out takes its default, or becomes `Null`). The key must be given.
     /// The sync logger records a put as a create, which replaces an object that exists
     /// wherever its timestamp wins (on a device with a newer schema, the fields only that
     /// schema has too). On a SQL backend the table's primary key (or a unique constraint)

@@ -67,7 +67,7 @@ pub struct RelationDef {
 }
 
 /// The definition of one collection, built with chained calls and checked by [`RegistryBuilder::build`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CollectionDef {
     name: String,
     version: u32,
@@ -81,6 +81,10 @@ pub struct CollectionDef {
     /// See [`CollectionDef::int_range`]: field name to its smallest and largest value.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     int_ranges: BTreeMap<String, (i64, i64)>,
+    /// See [`CollectionDef::default_value`]: field name to the value a create that leaves
+    /// the field out gives it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    defaults: BTreeMap<String, Value>,
 }
 
 impl CollectionDef {
@@ -95,6 +99,7 @@ impl CollectionDef {
             relations: Vec::new(),
             clustered: false,
             int_ranges: BTreeMap::new(),
+            defaults: BTreeMap::new(),
         }
     }
 
@@ -199,6 +204,43 @@ impl CollectionDef {
         let Value::Int(n) = value else { return None };
         let (min, max) = self.int_range_of(field)?;
         (!(min..=max).contains(n)).then(|| format!("holds {n}, outside {min}..={max}"))
+    }
+
+    /// Gives field `field` a default: the value of the field in an object whose create (or
+    /// put) leaves it out, instead of null. Storage fills it in before the write, and sync
+    /// reads a logged create that lacks the field the same way, so declare the default your
+    /// schema migration gives existing rows when it adds the column (`ALTER TABLE note ADD
+    /// COLUMN pinned BOOLEAN NOT NULL DEFAULT false` goes with
+    /// `.default_value("pinned", false)`): creates logged before the column existed then give
+    /// every device, old or new, the row the migration gave. A field with a default may be
+    /// required, since no create lacks it any more. An explicit null stays null.
+    pub fn default_value(mut self, field: impl Into<String>, value: impl Into<Value>) -> Self {
+        let mut value = value.into();
+        value.normalize();
+        self.defaults.insert(field.into(), value);
+        self
+    }
+
+    /// The default [`CollectionDef::default_value`] set for `field`.
+    pub fn default_of(&self, field: &str) -> Option<&Value> {
+        self.defaults.get(field)
+    }
+
+    /// The value of field `field` in an object whose create leaves it out: its default, or
+    /// null.
+    pub fn value_left_out(&self, field: &str) -> &Value {
+        static NULL: Value = Value::Null;
+        self.defaults.get(field).unwrap_or(&NULL)
+    }
+
+    /// Fills the fields of `object`, a whole object to create or put, that it leaves out
+    /// and that have a default.
+    pub fn fill_defaults(&self, object: &mut Object) {
+        for (field, value) in &self.defaults {
+            if !object.contains_key(field) {
+                object.insert(field.clone(), value.clone());
+            }
+        }
     }
 
     /// The collection's name.
@@ -332,6 +374,26 @@ impl CollectionDef {
                 ));
             }
         }
+        for (name, value) in &self.defaults {
+            let Some(field) = self.field_def(name) else {
+                return fail(format!("a default for unknown field `{name}`"));
+            };
+            if self.primary_key.contains(name) {
+                return fail(format!(
+                    "a default for primary-key field `{name}` (a create names its key)"
+                ));
+            }
+            let problem = match value.field_type() {
+                None => Some("null, which a field left out is without a default".to_owned()),
+                Some(ty) if ty != field.ty => Some(format!("{ty}, not {}", field.ty)),
+                Some(_) => {
+                    crate::validate::value_problem(value).or_else(|| self.out_of_range(name, value))
+                }
+            };
+            if let Some(problem) = problem {
+                return fail(format!("the default of field `{name}`: {problem}"));
+            }
+        }
         for index in &self.indices {
             if index.fields.is_empty() {
                 return fail("an index has no fields".into());
@@ -381,7 +443,7 @@ fn is_identifier(name: &str) -> bool {
 }
 
 /// The validated set of collections an app stores.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Registry {
     collections: BTreeMap<String, CollectionDef>,
 }

@@ -149,11 +149,13 @@ fn validate_single(
     match op {
         Operation::Create { collection, object } => {
             let def = registry.collection(collection)?;
+            def.fill_defaults(object);
             validate_object(def, object, stage, filled)
         }
         // A put names its object: its key is never filled in by a middleware.
         Operation::Put { collection, object } => {
             let def = registry.collection(collection)?;
+            def.fill_defaults(object);
             validate_object(def, object, Stage::Backend, filled)
         }
         Operation::UpdateByPk {
@@ -255,19 +257,7 @@ fn check_range(def: &CollectionDef, field: &str, value: &Value) -> Result<()> {
 
 fn check_value(def: &CollectionDef, field: &str, ty: FieldType, value: &mut Value) -> Result<()> {
     value.normalize();
-    let problem = match value {
-        Value::Float(f) if !f.is_finite() => Some(format!("must hold a finite float, got {f}")),
-        // PostgreSQL stores no NUL character in text or JSON; refused everywhere, so that
-        // data written on one backend can be synced to any other.
-        Value::Text(text) if text.contains('\0') => Some(NUL_REFUSED.to_owned()),
-        Value::Json(json) if json_has_nul(json) => Some(NUL_REFUSED.to_owned()),
-        // Stored as RFC 3339 text on SQLite, which sorts in time order only for 4-digit years.
-        Value::DateTime(at) if !(0..=9999).contains(&chrono::Datelike::year(at)) => {
-            Some(format!("holds {at}, outside the years 0000 to 9999"))
-        }
-        _ => None,
-    };
-    if let Some(problem) = problem {
+    if let Some(problem) = value_problem(value) {
         return Err(Error::invalid_operation(
             def.name(),
             format!("field `{field}` {problem}"),
@@ -281,6 +271,22 @@ fn check_value(def: &CollectionDef, field: &str, ty: FieldType, value: &mut Valu
             found: value.describe(),
         }),
         _ => Ok(()),
+    }
+}
+
+/// Why `value` cannot be stored whatever its field (completing "field `x` …").
+pub(crate) fn value_problem(value: &Value) -> Option<String> {
+    match value {
+        Value::Float(f) if !f.is_finite() => Some(format!("must hold a finite float, got {f}")),
+        // PostgreSQL stores no NUL character in text or JSON; refused everywhere, so that
+        // data written on one backend can be synced to any other.
+        Value::Text(text) if text.contains('\0') => Some(NUL_REFUSED.to_owned()),
+        Value::Json(json) if json_has_nul(json) => Some(NUL_REFUSED.to_owned()),
+        // Stored as RFC 3339 text on SQLite, which sorts in time order only for 4-digit years.
+        Value::DateTime(at) if !(0..=9999).contains(&chrono::Datelike::year(at)) => {
+            Some(format!("holds {at}, outside the years 0000 to 9999"))
+        }
+        _ => None,
     }
 }
 

@@ -134,7 +134,7 @@ impl SyncLoggingMiddleware {
     fn change_of<'a>(&self, next: &Next<'_>, op: &'a Operation) -> Option<Change<'a>> {
         match op {
             // A put is logged as a create: a create of an object that exists replaces every
-            // field (one it leaves out is null) wherever its timestamp wins, as a put does.
+            // field (one it leaves out takes its default) wherever its timestamp wins, as a put does.
             Operation::Create { collection, object } | Operation::Put { collection, object }
                 if self.logged(collection) =>
             {

@@ -5,7 +5,7 @@
 //! they came in ([`object_state`]): let `D` be the greatest timestamp of its deletes. The
 //! object exists when some create is later than `D`; each field then holds the value of the
 //! latest create or update later than `D` that wrote it (last writer wins per field; a create
-//! writes every field, those it leaves out as null). So a
+//! writes every field, those it leaves out as their default, null without one). So a
 //! delete wins over every update older than it, a create newer than a delete recreates the
 //! object, and updates older than a recreation do not leak into it. Timestamps never tie:
 //! they contain the device id.
@@ -195,12 +195,11 @@ pub(crate) fn admit(registry: &Registry, entry: &LogEntry) -> Result<(), HoldRea
         }
     }
     if entry.op == EntryOp::Create {
-        // A create defines the whole object: a required field it lacks would be null.
-        if let Some(field) = def
-            .fields()
-            .iter()
-            .find(|f| !f.optional && !entry.fields.contains_key(&f.name))
-        {
+        // A create defines the whole object: a required field it lacks would be null, unless
+        // the field has a default.
+        if let Some(field) = def.fields().iter().find(|f| {
+            !f.optional && !entry.fields.contains_key(&f.name) && def.default_of(&f.name).is_none()
+        }) {
             return Err(HoldReason::InvalidValue {
                 field: field.name.clone(),
                 problem: "a create without this required field".into(),
@@ -249,9 +248,11 @@ fn check_value(
 }
 
 /// The state of one object of collection `def` given all `entries` for it: `None` when it
-/// does not exist. Fields the collection lacks are ignored; fields no entry wrote are null.
+/// does not exist. Fields the collection lacks are ignored; a create writes every field, one
+/// it leaves out as the field's default ([`CollectionDef::value_left_out`]: null, unless the
+/// schema gave one, for a field added after the create was written, say).
 pub fn object_state<'e>(
-    def: &CollectionDef,
+    def: &'e CollectionDef,
     entries: impl IntoIterator<Item = &'e LogEntry> + Clone,
 ) -> Option<Object> {
     let deleted = entries
@@ -270,7 +271,6 @@ pub fn object_state<'e>(
         return None;
     }
     // The newest value of each field of `def`, by field position.
-    static NULL: Value = Value::Null;
     let mut best: Vec<Option<(Hlc, &Value)>> = vec![None; def.fields().len()];
     let mut offer = |index: usize, hlc: Hlc, value: &'e Value| {
         if best[index].is_none_or(|(newest, _)| hlc > newest) {
@@ -279,13 +279,14 @@ pub fn object_state<'e>(
     };
     for entry in entries.into_iter().filter(live) {
         match entry.op {
-            // A create defines the whole object: a field it leaves out is null.
+            // A create defines the whole object: a field it leaves out takes its default.
             EntryOp::Create => {
                 for (index, field) in def.fields().iter().enumerate() {
+                    let value = entry.fields.get(&field.name);
                     offer(
                         index,
                         entry.hlc,
-                        entry.fields.get(&field.name).unwrap_or(&NULL),
+                        value.unwrap_or_else(|| def.value_left_out(&field.name)),
                     );
                 }
             }
@@ -311,6 +312,16 @@ pub fn object_state<'e>(
             })
             .collect(),
     )
+}
+
+/// Whether a stored field holding `stored` holds `value` already. Floats compare by their
+/// bits: `-0.0` equals `0.0`, but the update that reconciling from the versions alone writes
+/// without comparing must be written here too, or backends that keep the sign would differ.
+fn holds(stored: Option<&Value>, value: &Value) -> bool {
+    match (stored, value) {
+        (Some(Value::Float(stored)), Value::Float(value)) => stored.to_bits() == value.to_bits(),
+        (stored, value) => stored == Some(value),
+    }
 }
 
 /// Did `entry` lose (some of) its values in the state computed from `all`?
@@ -512,7 +523,7 @@ pub(crate) fn reconcile_keyed<S: BuildHasher, T: BuildHasher>(
             (Some(target), Some(current)) => {
                 let changes: Object = target
                     .into_iter()
-                    .filter(|(f, v)| !def.pk_fields().contains(f) && current.get(f) != Some(v))
+                    .filter(|(f, v)| !def.pk_fields().contains(f) && !holds(current.get(f), v))
                     .collect();
                 let update = (!changes.is_empty())
                     .then(|| Operation::update_by_pk(collection.clone(), pk, changes));

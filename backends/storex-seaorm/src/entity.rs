@@ -16,9 +16,15 @@
 //!
 //! Anything else (naive datetimes, decimals, enums, arrays, `u64`) is refused with a hint, and
 //! so is an entity whose table is in a schema of its own (`schema_name`).
+//!
+//! A column's literal `default_value` (`#[sea_orm(default_value = false)]`) becomes the
+//! field's default ([`CollectionDef::default_value`]), which sync gives the field in changes
+//! logged before the column existed; a default that is an SQL expression (`default_expr`) is
+//! computed by the database per row and is not one.
 
+use sea_orm::sea_query::{Expr, Value as SqlValue};
 use sea_orm::{ColumnTrait, ColumnType, EntityTrait, IdenStatic, Iterable, PrimaryKeyToColumn};
-use storex_core::{CollectionDef, FieldType};
+use storex_core::{CollectionDef, FieldType, Value};
 
 use crate::error::{Error, Result};
 
@@ -44,6 +50,12 @@ pub fn collection_from_entity<E: EntityTrait>(entity: E) -> Result<CollectionDef
         } else {
             def.field(name.clone(), ty)
         };
+        if let Some(default) = column_def
+            .get_column_default()
+            .and_then(|expr| literal_default(ty, expr))
+        {
+            def = def.default_value(name.clone(), default);
+        }
         if let Some((min, max)) = range {
             def = def.int_range(name, min, max);
         }
@@ -67,6 +79,34 @@ fn int_range(ty: &ColumnType) -> Option<(i64, i64)> {
         ColumnType::Unsigned => (0, u32::MAX.into()),
         _ => return None,
     })
+}
+
+/// The value of a column default that is a literal of the field's type (`default_value =
+/// false`, `0`, `1.5`, `"draft"`), as a field of type `ty` holds it.
+fn literal_default(ty: FieldType, expr: &Expr) -> Option<Value> {
+    let Expr::Value(value) = expr else {
+        return None;
+    };
+    let int = match value {
+        SqlValue::TinyInt(v) => v.map(i64::from),
+        SqlValue::SmallInt(v) => v.map(i64::from),
+        SqlValue::Int(v) => v.map(i64::from),
+        SqlValue::BigInt(v) => *v,
+        SqlValue::TinyUnsigned(v) => v.map(i64::from),
+        SqlValue::SmallUnsigned(v) => v.map(i64::from),
+        SqlValue::Unsigned(v) => v.map(i64::from),
+        _ => None,
+    };
+    match (ty, value) {
+        (FieldType::Int, _) => int.map(Value::Int),
+        (FieldType::Float, SqlValue::Double(Some(v))) => Some(Value::Float(*v)),
+        (FieldType::Float, SqlValue::Float(Some(v))) => Some(Value::Float(f64::from(*v))),
+        // SQL stores an integer default of a REAL column as a float.
+        (FieldType::Float, _) => int.map(|n| Value::Float(n as f64)),
+        (FieldType::Bool, SqlValue::Bool(Some(v))) => Some(Value::Bool(*v)),
+        (FieldType::Text, SqlValue::String(Some(v))) => Some(Value::Text(v.clone())),
+        _ => None,
+    }
 }
 
 fn field_type(table: &str, column: &str, ty: &ColumnType) -> Result<FieldType> {

@@ -24,7 +24,7 @@ pub(crate) async fn prepare(
     let db_err = |e: DbErr| Error::backend(backend, e);
     let names = index_names(registry);
     for def in registry.collections() {
-        db.execute(&create_table(def, dialect))
+        db.execute(&create_table(def, dialect)?)
             .await
             .map_err(db_err)?;
         // Read only for a collection that has indexes to create (every open runs this).
@@ -61,7 +61,10 @@ pub(crate) async fn prepare(
     Ok(())
 }
 
-fn create_table(def: &CollectionDef, dialect: Dialect) -> sea_orm::sea_query::TableCreateStatement {
+fn create_table(
+    def: &CollectionDef,
+    dialect: Dialect,
+) -> Result<sea_orm::sea_query::TableCreateStatement, Error> {
     let mut table = Table::create();
     table.table(Alias::new(def.name())).if_not_exists();
     for field in def.fields() {
@@ -81,6 +84,15 @@ fn create_table(def: &CollectionDef, dialect: Dialect) -> sea_orm::sea_query::Ta
         } else {
             column.not_null();
         }
+        // Storex writes every field; the default is for the app's own inserts.
+        if let Some(default) = def.default_of(&field.name) {
+            column.default(crate::values::to_sql(
+                def.name(),
+                &field.name,
+                field.ty,
+                default.clone(),
+            )?);
+        }
         if field.ty == FieldType::Text && dialect == Dialect::Postgres {
             // Byte order, as storex compares text everywhere, whatever the database's locale.
             column.extra("COLLATE \"C\"");
@@ -95,7 +107,7 @@ fn create_table(def: &CollectionDef, dialect: Dialect) -> sea_orm::sea_query::Ta
     if def.is_clustered() && dialect == Dialect::Sqlite {
         table.extra("WITHOUT ROWID");
     }
-    table
+    Ok(table)
 }
 
 /// An index's usual name: `<table>_<fields>_idx` (or `_key` for unique), within

@@ -484,3 +484,98 @@ async fn a_placeholder_filling_an_unknown_field_of_a_create_is_refused_before_an
         "it reached the chain"
     );
 }
+
+fn with_defaults() -> CollectionDef {
+    CollectionDef::new("task")
+        .field("id", FieldType::Int)
+        .field("title", FieldType::Text)
+        .field("done", FieldType::Bool)
+        .default_value("done", false)
+        .optional_field("stars", FieldType::Int)
+        .int_range("stars", 0, 5)
+        .default_value("stars", 3)
+        .primary_key(["id"])
+}
+
+#[tokio::test]
+async fn a_create_or_put_that_leaves_out_a_field_with_a_default_writes_the_default() {
+    let registry = Registry::builder()
+        .collection(with_defaults())
+        .build()
+        .expect("valid registry");
+    let storage = Storage::builder(registry, MemoryBackend::new())
+        .build()
+        .await
+        .expect("build");
+    // A required field with a default may be left out.
+    storage
+        .create("task", object! { "id" => 1, "title" => "a" })
+        .await
+        .expect("create");
+    // An explicit null stays null; a given value is kept.
+    storage
+        .create(
+            "task",
+            object! { "id" => 2, "title" => "b", "done" => true, "stars" => Value::Null },
+        )
+        .await
+        .expect("create");
+    storage
+        .execute(Operation::put(
+            "task",
+            object! { "id" => 2, "title" => "c" },
+        ))
+        .await
+        .expect("put");
+    let row = |id: i64| {
+        let storage = storage.clone();
+        async move {
+            storage
+                .find_by_pk("task", id)
+                .await
+                .expect("find")
+                .expect("row")
+        }
+    };
+    let first = row(1).await;
+    assert_eq!(first["done"], Value::Bool(false));
+    assert_eq!(first["stars"], Value::Int(3));
+    let second = row(2).await;
+    assert_eq!(
+        second["done"],
+        Value::Bool(false),
+        "a put replaces every field"
+    );
+    assert_eq!(second["stars"], Value::Int(3));
+    // An explicit null in a required field is still refused.
+    let err = storage
+        .create(
+            "task",
+            object! { "id" => 3, "title" => "d", "done" => Value::Null },
+        )
+        .await
+        .expect_err("null in a required field");
+    assert!(err.to_string().contains("done"), "{err}");
+}
+
+#[test]
+fn a_default_that_does_not_fit_its_field_is_refused() {
+    let refused = |def: CollectionDef| {
+        Registry::builder()
+            .collection(def)
+            .build()
+            .expect_err("refused")
+            .to_string()
+    };
+    let task = with_defaults;
+    assert!(refused(task().default_value("missing", 1)).contains("unknown field `missing`"));
+    assert!(refused(task().default_value("id", 1)).contains("primary-key field `id`"));
+    assert!(refused(task().default_value("title", Value::Null)).contains("null"));
+    assert!(refused(task().default_value("title", 1)).contains("int, not text"));
+    assert!(refused(task().default_value("stars", 9)).contains("outside 0..=5"));
+    assert!(refused(task().default_value("title", "a\0b")).contains("a NUL character"));
+    Registry::builder()
+        .collection(task().default_value("title", "untitled"))
+        .build()
+        .expect("a text default");
+}

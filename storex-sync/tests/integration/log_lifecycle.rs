@@ -742,3 +742,119 @@ async fn existing_rows_after_a_full_page_of_null_keys_are_logged_too() {
         "the rows with whole keys"
     );
 }
+
+/// `note` before and after release 2, whose migration adds `pinned` with a default.
+fn registry_pinned(version: u32) -> Registry {
+    let mut note = CollectionDef::new("note")
+        .field("id", FieldType::Int)
+        .field("title", FieldType::Text)
+        .primary_key(["id"])
+        .version(version);
+    if version >= 2 {
+        note = note
+            .optional_field("pinned", FieldType::Bool)
+            .default_value("pinned", false);
+    }
+    Registry::builder()
+        .collection(note)
+        .build()
+        .expect("registry")
+}
+
+/// Device `id` on the SQLite file `path`, with `registry`; it keeps its pushed entries in
+/// its log unless `compacts`.
+async fn sqlite_engine(
+    shared: &Arc<dyn storex_sync::SharedSyncLog>,
+    registry: Registry,
+    path: &std::path::Path,
+    (id, compacts): (DeviceId, bool),
+) -> storex_sync::ContinuousSync {
+    let backend = storex_seaorm::SeaOrmBackend::open_sqlite_file(path)
+        .await
+        .expect("open the file");
+    let device = SyncDevice::open(
+        registry,
+        Arc::new(backend),
+        Clock::new(id),
+        SyncOptions::default(),
+    )
+    .await
+    .expect("device");
+    let mut options = storex_sync::ContinuousOptions::default();
+    if !compacts {
+        options.compact_per_sync = 0;
+    }
+    storex_sync::ContinuousSync::new(device, shared.clone(), options)
+}
+
+#[tokio::test]
+async fn a_field_added_with_a_default_holds_it_on_every_device_whatever_its_history() {
+    use storex_seaorm::sea_orm::ConnectionTrait;
+    use storex_sync::{MemorySharedLog, SharedSyncLog};
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let shared: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let (a_id, b_id, c_id) = (
+        shared.create_device("ann").await.expect("device a"),
+        shared.create_device("ann").await.expect("device b"),
+        shared.create_device("ann").await.expect("device c"),
+    );
+    let (a_path, b_path) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    // A keeps every change in its log, so it works a note's state out from all its changes,
+    // the first of which predates `pinned`; B and C compact (B reconciles its updates from
+    // the versions it keeps).
+    let (a_id, b_id, c_id) = ((a_id, false), (b_id, true), (c_id, true));
+    // Release 1: a note made on A reaches B.
+    let a = sqlite_engine(&shared, registry_pinned(1), &a_path, a_id).await;
+    a.device()
+        .storage()
+        .create("note", object! { "id" => 1, "title" => "t" })
+        .await
+        .expect("create");
+    a.sync_once().await.expect("a syncs");
+    drop(a);
+    let b = sqlite_engine(&shared, registry_pinned(1), &b_path, b_id).await;
+    b.sync_once().await.expect("b syncs");
+    drop(b);
+    // Release 2's migration adds the column, giving the rows it finds its default.
+    for path in [&a_path, &b_path] {
+        let backend = storex_seaorm::SeaOrmBackend::open_sqlite_file(path)
+            .await
+            .expect("open");
+        backend
+            .connection()
+            .execute_unprepared("ALTER TABLE note ADD COLUMN pinned BOOLEAN DEFAULT 0")
+            .await
+            .expect("migrate");
+    }
+    let a = sqlite_engine(&shared, registry_pinned(2), &a_path, a_id).await;
+    let b = sqlite_engine(&shared, registry_pinned(2), &b_path, b_id).await;
+    // Both edit the title.
+    for (engine, title) in [(&a, "from a"), (&b, "from b")] {
+        engine
+            .device()
+            .storage()
+            .update_by_pk("note", 1, object! { "title" => title })
+            .await
+            .expect("update");
+    }
+    b.sync_once().await.expect("b pushes");
+    a.sync_once().await.expect("a syncs");
+    b.sync_once().await.expect("b pulls");
+    // A device of release 2 that starts now builds the note from the log alone.
+    let c = sqlite_engine(&shared, registry_pinned(2), &dir.path().join("c.db"), c_id).await;
+    c.sync_once().await.expect("c syncs");
+    let mut rows = Vec::new();
+    for engine in [&a, &b, &c] {
+        let row = engine
+            .device()
+            .storage()
+            .find_by_pk("note", 1)
+            .await
+            .expect("find")
+            .expect("the note");
+        rows.push(row);
+    }
+    assert_eq!(rows[0]["pinned"], Value::Bool(false), "{rows:?}");
+    assert_eq!(rows[0], rows[1], "A and B differ");
+    assert_eq!(rows[0], rows[2], "a new device differs");
+}

@@ -572,3 +572,88 @@ fn compound_keys_reconcile_like_single_ones() {
         matches!(&out.operations[..], [Operation::Create { collection, .. }] if collection == "tag")
     );
 }
+
+/// `note` at version 2, which added `pinned` with the default its migration gave the rows
+/// it found, and a `weight`.
+fn registry_with_default() -> Registry {
+    Registry::builder()
+        .collection(
+            CollectionDef::new("note")
+                .field("id", FieldType::Int)
+                .field("title", FieldType::Text)
+                .field("pinned", FieldType::Bool)
+                .default_value("pinned", false)
+                .optional_field("weight", FieldType::Float)
+                .primary_key(["id"])
+                .version(2),
+        )
+        .build()
+        .expect("valid registry")
+}
+
+fn known_row(entries: Vec<LogEntry>, row: Object) -> HashMap<ObjectKey, KnownObject> {
+    let key = object_key(&entries[0]);
+    let known = KnownObject {
+        current: Some(row),
+        entries,
+    };
+    HashMap::from([(key, known)])
+}
+
+#[test]
+fn a_field_a_create_leaves_out_takes_its_default() {
+    let registry = registry_with_default();
+    let mut old = create(hlc(1, 0, 1), 1, "a");
+    old.schema_version = 1;
+    let out = reconcile(&registry, &HashMap::new(), vec![old]);
+    assert!(out.held.is_empty(), "{:?}", out.held);
+    let [Operation::Create { object, .. }] = &out.operations[..] else {
+        panic!("one create expected: {:?}", out.operations);
+    };
+    assert_eq!(object["pinned"], Value::Bool(false));
+    assert_eq!(object["weight"], Value::Null);
+}
+
+#[test]
+fn a_row_created_before_a_field_was_added_keeps_its_default_when_updated() {
+    let registry = registry_with_default();
+    let mut old = create(hlc(1, 0, 1), 1, "a");
+    old.schema_version = 1;
+    let migrated =
+        object! { "id" => 1, "title" => "a", "pinned" => false, "weight" => Value::Null };
+    let known = known_row(vec![old], migrated);
+    let out = reconcile(
+        &registry,
+        &known,
+        vec![update(hlc(2, 0, 2), 1, object! { "title" => "b" })],
+    );
+    let [Operation::UpdateByPk { changes, .. }] = &out.operations[..] else {
+        panic!("one update expected: {:?}", out.operations);
+    };
+    assert_eq!(changes, &object! { "title" => "b" }, "the default is kept");
+}
+
+#[test]
+fn a_negative_zero_that_wins_is_written_over_a_zero() {
+    let registry = registry_with_default();
+    let made = entry(
+        hlc(1, 0, 1),
+        1,
+        EntryOp::Create,
+        object! { "id" => 1, "title" => "a", "pinned" => true, "weight" => 0.0 },
+    );
+    let row = made.fields.clone();
+    let known = known_row(vec![made], row);
+    let out = reconcile(
+        &registry,
+        &known,
+        vec![update(hlc(2, 0, 2), 1, object! { "weight" => -0.0 })],
+    );
+    let [Operation::UpdateByPk { changes, .. }] = &out.operations[..] else {
+        panic!("one update expected: {:?}", out.operations);
+    };
+    let Value::Float(weight) = changes["weight"] else {
+        panic!("a float: {changes:?}");
+    };
+    assert!(weight == 0.0 && weight.is_sign_negative(), "{weight}");
+}

@@ -508,3 +508,74 @@ async fn a_sqlite_file_whose_name_holds_url_characters_opens_by_that_name() {
         .collect();
     assert_eq!(files, [name]);
 }
+
+mod task {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "task")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: i64,
+        pub title: String,
+        #[sea_orm(default_value = false)]
+        pub done: bool,
+        #[sea_orm(default_value = 3)]
+        pub stars: i32,
+        #[sea_orm(default_value = 2)]
+        pub weight: f64,
+        #[sea_orm(default_value = "draft")]
+        pub status: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+#[tokio::test]
+async fn literal_column_defaults_of_an_entity_are_field_defaults_and_table_defaults() {
+    let def = collection_from_entity(task::Entity).expect("entity");
+    assert_eq!(def.default_of("title"), None);
+    assert_eq!(def.default_of("done"), Some(&Value::Bool(false)));
+    assert_eq!(def.default_of("stars"), Some(&Value::Int(3)));
+    assert_eq!(def.default_of("weight"), Some(&Value::Float(2.0)));
+    assert_eq!(def.default_of("status"), Some(&Value::from("draft")));
+    let registry = Registry::builder()
+        .collection(def)
+        .build()
+        .expect("registry");
+    let backend = SeaOrmBackend::connect("sqlite::memory:")
+        .await
+        .expect("connect");
+    let db = backend.connection().clone();
+    let storage = Storage::builder(registry, backend)
+        .build()
+        .await
+        .expect("storage creates the table");
+    // A create through storex that leaves them out, and an insert of the app's own that
+    // does, give the same row.
+    storage
+        .create("task", object! { "id" => 1, "title" => "a" })
+        .await
+        .expect("create");
+    db.execute_unprepared("INSERT INTO task (id, title) VALUES (2, 'a')")
+        .await
+        .expect("an insert without the defaulted columns");
+    let mut rows = Vec::new();
+    for id in [1, 2] {
+        let mut row = storage
+            .find_by_pk("task", id)
+            .await
+            .expect("find")
+            .expect("row");
+        row.remove("id");
+        rows.push(row);
+    }
+    assert_eq!(
+        rows[0],
+        object! { "title" => "a", "done" => false, "stars" => 3, "weight" => 2.0, "status" => "draft" }
+    );
+    assert_eq!(rows[0], rows[1]);
+}
