@@ -21,13 +21,10 @@ pub(crate) struct SyncArgs {
     /// The device's SQLite database.
     #[arg(long)]
     db: PathBuf,
-    /// A sync server's URL (`storex serve`).
-    #[arg(
-        long,
-        env = "STOREX_SERVER",
-        conflicts_with = "shared_log",
-        required_unless_present = "shared_log"
-    )]
+    /// A sync server's URL (`storex serve`). Without it or `--shared-log`, the environment
+    /// variable STOREX_SERVER's (read here, not by clap: a server in the environment must
+    /// not conflict with a `--shared-log` given on the command line).
+    #[arg(long, conflicts_with = "shared_log")]
     server: Option<String>,
     /// A shared log in a SQLite file, for devices on one machine.
     #[arg(long)]
@@ -46,14 +43,18 @@ pub(crate) async fn sync(args: SyncArgs) -> Result<()> {
     if !args.db.is_file() {
         bail!("no database at {}", args.db.display());
     }
-    let log: Arc<dyn SharedSyncLog> = match (&args.server, &args.shared_log) {
+    let server = match (&args.server, &args.shared_log) {
+        (None, None) => std::env::var("STOREX_SERVER").ok(),
+        (server, _) => server.clone(),
+    };
+    let log: Arc<dyn SharedSyncLog> = match (&server, &args.shared_log) {
         (Some(server), _) => Arc::new(HttpSharedLog::new(server)?),
         (None, Some(file)) => Arc::new(
             SqlSharedLog::connect(&sqlite_url(file, true))
                 .await
                 .with_context(|| format!("opening the shared log {}", file.display()))?,
         ),
-        (None, None) => bail!("give --server URL or --shared-log FILE"),
+        (None, None) => bail!("give --server URL (or set STOREX_SERVER) or --shared-log FILE"),
     };
     let db = connect(&sqlite_url(&args.db, false))
         .await

@@ -201,12 +201,14 @@ fn sync_warns_of_tables_keyed_by_integers_and_of_those_it_leaves_out() {
          CREATE TABLE audit (message TEXT); \
          CREATE VIRTUAL TABLE item_search USING fts5(name)",
     );
+    // A server in the environment does not stand in the way of a shared log given as a flag.
     let output = storex()
         .args(["sync", "--db"])
         .arg(&db)
         .arg("--shared-log")
         .arg(dir.path().join("shared.db"))
         .args(["--user", "ann"])
+        .env("STOREX_SERVER", "http://127.0.0.1:9")
         .output()
         .expect("run storex");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -223,6 +225,31 @@ fn sync_warns_of_tables_keyed_by_integers_and_of_those_it_leaves_out() {
     assert!(
         stderr.contains("warning: table `item_search` is left out: it is a virtual table"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn sync_takes_one_shared_log_and_says_how_to_name_one() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db = dir.path().join("device.db");
+    run_sql(&db, "CREATE TABLE item (id TEXT PRIMARY KEY)");
+    let run = |args: &[&str]| {
+        let output = storex()
+            .args(["sync", "--user", "ann", "--db"])
+            .arg(&db)
+            .args(args)
+            .env_remove("STOREX_SERVER")
+            .output()
+            .expect("run storex");
+        assert!(!output.status.success(), "{args:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let both = run(&["--server", "http://127.0.0.1:9", "--shared-log", "x.db"]);
+    assert!(both.contains("cannot be used with"), "{both}");
+    let neither = run(&[]);
+    assert!(
+        neither.contains("give --server URL (or set STOREX_SERVER) or --shared-log FILE"),
+        "{neither}"
     );
 }
 
