@@ -314,16 +314,6 @@ pub fn object_state<'e>(
     )
 }
 
-/// Whether a stored field holding `stored` holds `value` already. Floats compare by their
-/// bits: `-0.0` equals `0.0`, but the update that reconciling from the versions alone writes
-/// without comparing must be written here too, or backends that keep the sign would differ.
-fn holds(stored: Option<&Value>, value: &Value) -> bool {
-    match (stored, value) {
-        (Some(Value::Float(stored)), Value::Float(value)) => stored.to_bits() == value.to_bits(),
-        (stored, value) => stored == Some(value),
-    }
-}
-
 /// Did `entry` lose (some of) its values in the state computed from `all`?
 fn lost<'a>(entry: &LogEntry, all: impl IntoIterator<Item = &'a LogEntry>) -> bool {
     all.into_iter().any(|other| {
@@ -523,7 +513,7 @@ pub(crate) fn reconcile_keyed<S: BuildHasher, T: BuildHasher>(
             (Some(target), Some(current)) => {
                 let changes: Object = target
                     .into_iter()
-                    .filter(|(f, v)| !def.pk_fields().contains(f) && !holds(current.get(f), v))
+                    .filter(|(f, v)| !def.pk_fields().contains(f) && current.get(f) != Some(v))
                     .collect();
                 let update = (!changes.is_empty())
                     .then(|| Operation::update_by_pk(collection.clone(), pk, changes));

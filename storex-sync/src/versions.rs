@@ -279,11 +279,14 @@ impl Versions {
         // field's latest value: a later write of a field says the same with its own
         // timestamp, which wins, and a create that names all its fields passes any check.
         // Without a row to give a required field's value (a later local delete, in the log,
-        // removed it), it is left out too: that delete decides.
+        // removed it), it is left out too: that delete decides. A required field with a
+        // default and no version (added after the create) needs no value: the create's
+        // default is its value.
         let complete = |fields: &BTreeMap<Hlc, Object>| {
             row.is_some()
                 || def.fields().iter().filter(|f| !f.optional).all(|f| {
                     def.pk_fields().contains(&f.name)
+                        || (def.default_of(&f.name).is_some() && !self.fields.contains_key(&f.name))
                         || fields.values().any(|values| values.contains_key(&f.name))
                 })
         };
@@ -1012,6 +1015,42 @@ mod tests {
         assert!(
             without.iter().all(|e| e.op != EntryOp::Create),
             "{without:?}"
+        );
+    }
+
+    /// Versions sent without a row (a fast-sync merge) of an object created before a
+    /// required field with a default was added still give its create, with the default.
+    #[test]
+    fn a_create_from_before_a_required_field_with_a_default_is_synthesized_with_it() {
+        let before = note();
+        let after = note()
+            .field("pinned", FieldType::Bool)
+            .default_value("pinned", false);
+        let key: ObjectKey = ("note".into(), "[1]".into());
+        let created = Hlc {
+            millis: 1,
+            counter: 0,
+            device: DeviceId::random(),
+        };
+        let mut versions = Versions::default();
+        let create = at(
+            created,
+            EntryOp::Create,
+            object! { "id" => 1, "title" => "t" },
+        );
+        versions.fold(&before, &create, true);
+        let synthesized = versions.synthesize(&key, &Pk::from(1), None, &after);
+        assert_eq!(
+            object_state(&after, synthesized.iter()),
+            Some(object! { "id" => 1, "title" => "t", "body" => Value::Null, "pinned" => false })
+        );
+        // A required field with a version but no value kept is still not made up.
+        let mut pinned = Versions::default();
+        pinned.fold(&after, &create, false);
+        let synthesized = pinned.synthesize(&key, &Pk::from(1), None, &after);
+        assert!(
+            synthesized.iter().all(|e| e.op != EntryOp::Create),
+            "{synthesized:?}"
         );
     }
 

@@ -17,10 +17,11 @@
 //! Anything else (naive datetimes, decimals, enums, arrays, `u64`) is refused with a hint, and
 //! so is an entity whose table is in a schema of its own (`schema_name`).
 //!
-//! A column's literal `default_value` (`#[sea_orm(default_value = false)]`) becomes the
-//! field's default ([`CollectionDef::default_value`]), which sync gives the field in changes
-//! logged before the column existed; a default that is an SQL expression (`default_expr`) is
-//! computed by the database per row and is not one.
+//! A column's literal `default_value` (`#[sea_orm(default_value = false)]`) on a text,
+//! integer, float or bool column that is not part of the key becomes the field's default
+//! ([`CollectionDef::default_value`]), which sync gives the field in changes logged before
+//! the column existed; a default that is an SQL expression (`default_expr`) is computed by
+//! the database per row and is not one.
 
 use sea_orm::sea_query::{Expr, Value as SqlValue};
 use sea_orm::{ColumnTrait, ColumnType, EntityTrait, IdenStatic, Iterable, PrimaryKeyToColumn};
@@ -50,8 +51,10 @@ pub fn collection_from_entity<E: EntityTrait>(entity: E) -> Result<CollectionDef
         } else {
             def.field(name.clone(), ty)
         };
+        let is_key = E::PrimaryKey::iter().any(|key| key.into_column().as_str() == name);
         if let Some(default) = column_def
             .get_column_default()
+            .filter(|_| !is_key)
             .and_then(|expr| literal_default(ty, expr))
         {
             def = def.default_value(name.clone(), default);
@@ -82,7 +85,9 @@ fn int_range(ty: &ColumnType) -> Option<(i64, i64)> {
 }
 
 /// The value of a column default that is a literal of the field's type (`default_value =
-/// false`, `0`, `1.5`, `"draft"`), as a field of type `ty` holds it.
+/// false`, `0`, `1.5`, `"draft"`), as a field of type `ty` holds it. Other defaults (of a
+/// UUID, datetime, JSON or blob column, or a literal of another type) are not carried: such a
+/// field has no default in the registry.
 fn literal_default(ty: FieldType, expr: &Expr) -> Option<Value> {
     let Expr::Value(value) = expr else {
         return None;
@@ -100,10 +105,19 @@ fn literal_default(ty: FieldType, expr: &Expr) -> Option<Value> {
     match (ty, value) {
         (FieldType::Int, _) => int.map(Value::Int),
         (FieldType::Float, SqlValue::Double(Some(v))) => Some(Value::Float(*v)),
-        (FieldType::Float, SqlValue::Float(Some(v))) => Some(Value::Float(f64::from(*v))),
+        // As the migration's `DEFAULT 0.1` stores it: the literal's digits, not the f32.
+        (FieldType::Float, SqlValue::Float(Some(v))) => {
+            v.to_string().parse().ok().map(Value::Float)
+        }
         // SQL stores an integer default of a REAL column as a float.
         (FieldType::Float, _) => int.map(|n| Value::Float(n as f64)),
         (FieldType::Bool, SqlValue::Bool(Some(v))) => Some(Value::Bool(*v)),
+        // SQLite's booleans are 0 and 1.
+        (FieldType::Bool, _) => match int {
+            Some(0) => Some(Value::Bool(false)),
+            Some(1) => Some(Value::Bool(true)),
+            _ => None,
+        },
         (FieldType::Text, SqlValue::String(Some(v))) => Some(Value::Text(v.clone())),
         _ => None,
     }

@@ -84,8 +84,12 @@ fn create_table(
         } else {
             column.not_null();
         }
-        // Storex writes every field; the default is for the app's own inserts.
-        if let Some(default) = def.default_of(&field.name) {
+        // Storex writes every field; the default is for the app's own inserts. Not on SQLite
+        // for a UUID or datetime: the DDL's literal would be text, where storex stores a
+        // 16-byte blob and RFC 3339 text.
+        let literal_fits = dialect == Dialect::Postgres
+            || !matches!(field.ty, FieldType::Uuid | FieldType::DateTime);
+        if let Some(default) = def.default_of(&field.name).filter(|_| literal_fits) {
             column.default(crate::values::to_sql(
                 def.name(),
                 &field.name,

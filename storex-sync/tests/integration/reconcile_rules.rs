@@ -574,7 +574,7 @@ fn compound_keys_reconcile_like_single_ones() {
 }
 
 /// `note` at version 2, which added `pinned` with the default its migration gave the rows
-/// it found, and a `weight`.
+/// it found.
 fn registry_with_default() -> Registry {
     Registry::builder()
         .collection(
@@ -583,7 +583,6 @@ fn registry_with_default() -> Registry {
                 .field("title", FieldType::Text)
                 .field("pinned", FieldType::Bool)
                 .default_value("pinned", false)
-                .optional_field("weight", FieldType::Float)
                 .primary_key(["id"])
                 .version(2),
         )
@@ -611,7 +610,6 @@ fn a_field_a_create_leaves_out_takes_its_default() {
         panic!("one create expected: {:?}", out.operations);
     };
     assert_eq!(object["pinned"], Value::Bool(false));
-    assert_eq!(object["weight"], Value::Null);
 }
 
 #[test]
@@ -631,29 +629,4 @@ fn a_row_created_before_a_field_was_added_keeps_its_default_when_updated() {
         panic!("one update expected: {:?}", out.operations);
     };
     assert_eq!(changes, &object! { "title" => "b" }, "the default is kept");
-}
-
-#[test]
-fn a_negative_zero_that_wins_is_written_over_a_zero() {
-    let registry = registry_with_default();
-    let made = entry(
-        hlc(1, 0, 1),
-        1,
-        EntryOp::Create,
-        object! { "id" => 1, "title" => "a", "pinned" => true, "weight" => 0.0 },
-    );
-    let row = made.fields.clone();
-    let known = known_row(vec![made], row);
-    let out = reconcile(
-        &registry,
-        &known,
-        vec![update(hlc(2, 0, 2), 1, object! { "weight" => -0.0 })],
-    );
-    let [Operation::UpdateByPk { changes, .. }] = &out.operations[..] else {
-        panic!("one update expected: {:?}", out.operations);
-    };
-    let Value::Float(weight) = changes["weight"] else {
-        panic!("a float: {changes:?}");
-    };
-    assert!(weight == 0.0 && weight.is_sign_negative(), "{weight}");
 }

@@ -526,6 +526,12 @@ mod task {
         pub weight: f64,
         #[sea_orm(default_value = "draft")]
         pub status: Option<String>,
+        #[sea_orm(default_value = 0.1)]
+        pub ratio: f32,
+        #[sea_orm(default_value = 1)]
+        pub visible: bool,
+        #[sea_orm(default_value = "2000-01-01T00:00:00Z")]
+        pub since: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -542,6 +548,9 @@ async fn literal_column_defaults_of_an_entity_are_field_defaults_and_table_defau
     assert_eq!(def.default_of("stars"), Some(&Value::Int(3)));
     assert_eq!(def.default_of("weight"), Some(&Value::Float(2.0)));
     assert_eq!(def.default_of("status"), Some(&Value::from("draft")));
+    assert_eq!(def.default_of("ratio"), Some(&Value::Float(0.1)));
+    assert_eq!(def.default_of("visible"), Some(&Value::Bool(true)));
+    assert_eq!(def.default_of("since"), None, "not a literal of its type");
     let registry = Registry::builder()
         .collection(def)
         .build()
@@ -575,7 +584,10 @@ async fn literal_column_defaults_of_an_entity_are_field_defaults_and_table_defau
     }
     assert_eq!(
         rows[0],
-        object! { "title" => "a", "done" => false, "stars" => 3, "weight" => 2.0, "status" => "draft" }
+        object! {
+            "title" => "a", "done" => false, "stars" => 3, "weight" => 2.0, "status" => "draft",
+            "ratio" => 0.1, "visible" => true, "since" => Value::Null,
+        }
     );
     assert_eq!(rows[0], rows[1]);
 }
