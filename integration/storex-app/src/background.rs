@@ -519,25 +519,34 @@ async fn run(
         write_due = None;
         shared.update(|s| s.state = SyncState::Syncing);
         shared.emit(SyncEvent::Started);
-        let result = tokio::select! {
+        let (result, abandoned) = tokio::select! {
             // A sync that is done wins over a grace that ran out at the same time.
             biased;
             outcome = tokio::time::timeout(sync_timeout, syncing.once()) => match outcome {
-                Ok(result) => result,
-                Err(_) => Err(format!(
+                Ok(result) => (result, false),
+                Err(_) => (Err(format!(
                     "the sync took longer than {sync_timeout:?} and was abandoned (the next \
                      one resumes where it left off)"
-                )),
+                )), true),
             },
             // Dropping the sync's future is what the timeout does too: its transaction
             // rolls back, and what it pushed without marking is pushed again (same ids).
-            () = stop_after_grace(&mut stop, stop_grace) => Err(format!(
+            () = stop_after_grace(&mut stop, stop_grace) => (Err(format!(
                 "stopped: the sync under way was abandoned after {stop_grace:?} (the next \
                  one resumes where it left off)"
-            )),
+            )), true),
         };
-        // If the count cannot be read, the last one stands (not a made-up 0).
-        let pending = syncing.sync.device().log().unshared_count().await.ok();
+        // If the count cannot be read, the last one stands (not a made-up 0). Not read after
+        // an abandoned sync (the database may be what held it up: the count writes, it
+        // indexes the journal first), nor past a stop's grace.
+        let pending = match abandoned {
+            true => None,
+            false => tokio::select! {
+                biased;
+                count = syncing.sync.device().log().unshared_count() => count.ok(),
+                () = stop_after_grace(&mut stop, stop_grace) => None,
+            },
+        };
         match result {
             Ok(report) => {
                 backoff = backoff_builder.build();

@@ -203,10 +203,13 @@ impl SyncedStorage {
     /// The sender must sync with this device's account and shared log: one this device's log
     /// does not list among the account's devices, although it has synced (it hands over a
     /// cursor), is declined before anything is copied, and both sides fail with the reason.
-    /// When the log cannot tell (this device is offline or not registered yet, or the sender
-    /// is of a version that does not say which device it is), the copy goes ahead without the
-    /// sender's cursor: this device then pulls the shared log from the start, and recognises
-    /// what the copy brought.
+    /// A device not registered yet (its first start was offline) is registered first. When
+    /// the log still cannot tell (this device is offline, or the sender is of a version that
+    /// does not say which device it is), the copy goes ahead without the sender's cursor:
+    /// this device then pulls the shared log from the start, and recognises what the copy
+    /// brought. If the log was compacted since the account's first changes, that pull fails
+    /// with `CursorCompacted` and the device needs a new copy, made while it can reach the
+    /// log.
     pub async fn receive_from_paired(
         &self,
         answer: PairingAnswer,
@@ -240,8 +243,9 @@ impl SyncedStorage {
     }
 
     /// Whether the sender of `offer` is one of this device's account's devices on its
-    /// shared log; `None` when that cannot be told: the offer does not name the sender, this
-    /// device is not registered yet, or the log does not list the devices in time.
+    /// shared log; `None` when that cannot be told: the offer does not name the sender, or
+    /// the log cannot register this device (its first start was offline) or list the
+    /// account's devices in time.
     async fn sender_of_this_account(
         &self,
         offer: &Offer,
@@ -249,12 +253,18 @@ impl SyncedStorage {
     ) -> Option<bool> {
         let sender = offer.properties().get(SENDER_PROPERTY)?;
         let sender = DeviceId(Uuid::parse_str(sender).ok()?);
-        if !self.is_registered() {
-            return None;
-        }
         let wait = ACCOUNT_CHECK_WAIT.min(options.stall_timeout / 2);
-        let listing = self.continuous().shared_log().devices(self.device_id());
-        let devices = tokio::time::timeout(wait, listing).await.ok()?.ok()?;
+        // A device not registered yet is registered now, as its next sync would: without it
+        // the log lists nothing, and the copy would go without the sender's cursor.
+        let listing = async {
+            self.registration.ensure().await.ok()?;
+            self.continuous()
+                .shared_log()
+                .devices(self.device_id())
+                .await
+                .ok()
+        };
+        let devices = tokio::time::timeout(wait, listing).await.ok()??;
         Some(devices.iter().any(|info| info.device == sender))
     }
 }

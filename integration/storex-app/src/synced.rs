@@ -223,12 +223,12 @@ impl SyncedStorageBuilder {
             }
         };
 
-        let notifier = ChangeNotifier::new();
+        let mut excluded = self.sync_options.excluded;
+        excluded.push(SETTINGS_COLLECTION.to_owned());
+        let notifier = ChangeNotifier::new().ignoring(excluded.iter().cloned());
         // The notifier first, so the app's own middleware sees writes after it.
-        let mut options = SyncOptions::default()
-            .exclude(SETTINGS_COLLECTION)
-            .with_middleware(Arc::new(notifier.clone()));
-        options.excluded.extend(self.sync_options.excluded);
+        let mut options = SyncOptions::default().with_middleware(Arc::new(notifier.clone()));
+        options.excluded = excluded;
         options.middleware.extend(self.sync_options.middleware);
         let device = SyncDevice::open(registry, backend, Clock::new(device_id), options).await?;
         let mut steps = Vec::with_capacity(schemas.len());
@@ -427,7 +427,7 @@ pub struct SyncedStorage {
     sync: Arc<ContinuousSync>,
     notifier: ChangeNotifier,
     existing_rows_logged: u64,
-    registration: Arc<Registration>,
+    pub(crate) registration: Arc<Registration>,
 }
 
 impl SyncedStorage {

@@ -239,6 +239,36 @@ async fn a_new_device_that_cannot_reach_its_log_pulls_from_the_start_instead_of_
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_first_started_offline_registers_and_takes_the_cursor() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let memory: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let old = open(&dir.path().join("old.db"), &memory).await;
+    write_notes(&old, 4).await;
+    old.sync_once().await.expect("push");
+    // The log is compacted: a device pulling from the start would be told to copy again.
+    old.sync_once().await.expect("ack");
+    assert_eq!(memory.compact("ann").await.expect("compact"), 4);
+    let flaky = Arc::new(FlakySharedLog::new(memory.clone()));
+    flaky.set_offline(true);
+    let new = open(
+        &dir.path().join("new.db"),
+        &(flaky.clone() as Arc<dyn SharedSyncLog>),
+    )
+    .await;
+    assert!(!new.is_registered(), "its first start was offline");
+    flaky.set_offline(false);
+
+    let (sent, received) = pair(&old, &new).await;
+    sent.expect("send");
+    let received = received.expect("receive");
+    assert!(new.is_registered());
+    assert!(received.cursor > 0, "the sender's cursor: {received:?}");
+    let report = new.sync_once().await.expect("sync after the copy");
+    assert_eq!(report.pulled, 0, "{report:?}");
+    assert_eq!(count(&new).await, 4);
+}
+
 #[tokio::test]
 async fn a_bad_offer_code_is_reported() {
     let err = SyncedStorage::accept_pairing("not an offer")
