@@ -34,6 +34,17 @@ pub enum Error {
         /// Its schema version, the same as before.
         version: u32,
     },
+    /// A field that existed at the last open has another default now (one given, changed or
+    /// taken away). Sync gives a field's default to the logged creates that leave the field
+    /// out: those made before it had one would read differently on the devices that rebuild
+    /// them from the log than on those that stored them.
+    #[error("the default of field `{field}` of `{collection}` changed since this database was last opened: a field's default is given with the field, in the release that adds it, and kept from then on (the creates logged before without the field would otherwise read differently on devices that rebuild them from the log)")]
+    DefaultOfExistingField {
+        /// The collection.
+        collection: String,
+        /// The field.
+        field: String,
+    },
     /// A stored setting does not hold what it should.
     #[error("the stored setting `{key}` is corrupt")]
     CorruptSetting {

@@ -1,5 +1,6 @@
 //! [`SyncedStorage`]: an app's SeaORM connection and entities, made to sync.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Statement};
@@ -28,6 +29,8 @@ const EXISTING_ROWS_KEY: &str = "existing_rows_logged";
 /// The prefix of the settings that keep each synced collection's schema version and fields
 /// as of the last open (see [`check_schemas`]).
 const SCHEMA_KEY: &str = "schema";
+/// The setting of a synced collection's field defaults at the last open, as JSON.
+const DEFAULTS_KEY: &str = "schema_defaults";
 /// Credentials the shared log issued to this device (a sync server's device token). Kept in the
 /// settings collection, which is never synced.
 pub(crate) const CREDENTIALS_KEY: &str = "device_credentials";
@@ -357,6 +360,9 @@ async fn check_schemas(
         fields.sort();
         let now = format!("{} {}", def.schema_version(), fields.join(","));
         let before = read_setting(settings, &key).await?;
+        if let Some(setting) = check_defaults(def, before.as_deref(), settings).await? {
+            changed.push(setting);
+        }
         if before.as_deref() == Some(now.as_str()) {
             continue;
         }
@@ -373,6 +379,53 @@ async fn check_schemas(
         changed.push((key, now));
     }
     Ok(changed)
+}
+
+/// Compares `def`'s field defaults with those of the last open (kept in the settings; none
+/// kept before this check existed): a field of `fields_before` (the last open's schema
+/// setting) whose default changed is refused ([`Error::DefaultOfExistingField`]); a new field
+/// may come with one. Returns the setting to store when the defaults changed.
+async fn check_defaults(
+    def: &storex_core::CollectionDef,
+    fields_before: Option<&str>,
+    settings: &Storage,
+) -> Result<Option<(String, String)>> {
+    let key = format!("{DEFAULTS_KEY}:{}", def.name());
+    let now: BTreeMap<&str, &Value> = def
+        .fields()
+        .iter()
+        .filter_map(|f| def.default_of(&f.name).map(|v| (f.name.as_str(), v)))
+        .collect();
+    let now_text = storex_core::serde_json::to_string(&now)
+        .map_err(|_| Error::CorruptSetting { key: DEFAULTS_KEY })?;
+    let before_text = read_setting(settings, &key).await?;
+    if before_text.as_deref() == Some(now_text.as_str()) {
+        return Ok(None);
+    }
+    // "<version> <name> <type>[?],…", as check_schemas writes it.
+    let existed: Vec<&str> = fields_before
+        .and_then(|text| text.split_once(' '))
+        .map(|(_, fields)| {
+            fields
+                .split(',')
+                .filter_map(|f| f.split(' ').next())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(text) = &before_text {
+        let before: BTreeMap<String, Value> = storex_core::serde_json::from_str(text)
+            .map_err(|_| Error::CorruptSetting { key: DEFAULTS_KEY })?;
+        let names = before.keys().map(String::as_str).chain(now.keys().copied());
+        for field in names {
+            if existed.contains(&field) && before.get(field) != now.get(field).copied() {
+                return Err(Error::DefaultOfExistingField {
+                    collection: def.name().to_owned(),
+                    field: field.to_owned(),
+                });
+            }
+        }
+    }
+    Ok(Some((key, now_text)))
 }
 
 /// The setting noting that `collection`'s existing rows were logged.

@@ -487,3 +487,107 @@ async fn an_app_database_with_a_rollback_journal_is_switched_to_write_ahead_logg
     assert_eq!(mode(db).await, "wal");
     drop(synced);
 }
+
+/// `note` entities of later releases, with column defaults.
+mod note_defaults {
+    /// The title, which existed, gets a default.
+    pub mod titled {
+        use sea_orm::entity::prelude::*;
+
+        #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+        #[sea_orm(table_name = "note")]
+        pub struct Model {
+            #[sea_orm(primary_key, auto_increment = false)]
+            pub id: Uuid,
+            #[sea_orm(default_value = "untitled")]
+            pub title: String,
+        }
+
+        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+        pub enum Relation {}
+
+        impl ActiveModelBehavior for ActiveModel {}
+    }
+
+    /// A new column, with a default.
+    pub mod coloured {
+        use sea_orm::entity::prelude::*;
+
+        #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+        #[sea_orm(table_name = "note")]
+        pub struct Model {
+            #[sea_orm(primary_key, auto_increment = false)]
+            pub id: Uuid,
+            pub title: String,
+            #[sea_orm(default_value = "red")]
+            pub colour: Option<String>,
+        }
+
+        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+        pub enum Relation {}
+
+        impl ActiveModelBehavior for ActiveModel {}
+    }
+
+    /// The new column's default taken away.
+    pub mod plain {
+        use sea_orm::entity::prelude::*;
+
+        #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+        #[sea_orm(table_name = "note")]
+        pub struct Model {
+            #[sea_orm(primary_key, auto_increment = false)]
+            pub id: Uuid,
+            pub title: String,
+            pub colour: Option<String>,
+        }
+
+        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+        pub enum Relation {}
+
+        impl ActiveModelBehavior for ActiveModel {}
+    }
+}
+
+#[tokio::test]
+async fn a_default_comes_with_its_field_and_is_kept() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("app.db");
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    drop(open(app_db(&path).await, &log).await);
+    let db = app_db(&path).await;
+    let refused = |result: Result<SyncedStorage, Error>, field: &str| match result {
+        Err(Error::DefaultOfExistingField {
+            collection,
+            field: named,
+        }) => assert_eq!((collection.as_str(), named.as_str()), ("note", field)),
+        other => panic!("refused for `{field}` expected: {:?}", other.map(|_| ())),
+    };
+    // A default for a field notes were created without, even under a new version.
+    let titled = SyncedStorage::builder(db.clone())
+        .entity_version(note_defaults::titled::Entity, 2)
+        .shared_log(log.clone(), "ann")
+        .open()
+        .await;
+    refused(titled, "title");
+    // A new field may come with one, and keep it.
+    db.execute_unprepared("ALTER TABLE note ADD COLUMN colour TEXT DEFAULT 'red'")
+        .await
+        .expect("add the column");
+    for _ in 0..2 {
+        let coloured = SyncedStorage::builder(db.clone())
+            .entity_version(note_defaults::coloured::Entity, 2)
+            .shared_log(log.clone(), "ann")
+            .open()
+            .await
+            .expect("a new field with a default");
+        drop(coloured);
+    }
+    // Taking it away later is refused too.
+    let plain = SyncedStorage::builder(db)
+        .entity_version(note_defaults::plain::Entity, 3)
+        .shared_log(log, "ann")
+        .open()
+        .await;
+    refused(plain, "colour");
+}
