@@ -538,8 +538,8 @@ async fn run(
         };
         // If the count cannot be read, the last one stands (not a made-up 0). Not read after
         // an abandoned sync (the database may be what held it up: the count writes, it
-        // indexes the journal first), nor past a stop's grace.
-        let pending = match abandoned {
+        // indexes the journal first), nor once a stop was asked for, nor past a stop's grace.
+        let pending = match abandoned || stopped(&stop) {
             true => None,
             false => tokio::select! {
                 biased;

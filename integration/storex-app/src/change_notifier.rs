@@ -1,5 +1,5 @@
-//! [`ChangeNotifier`]: a middleware that signals every successful local write, and the
-//! commit of an app transaction that wrote.
+//! [`ChangeNotifier`]: a middleware that signals every successful local write to a synced
+//! collection, and the commit of an app transaction that wrote.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -7,7 +7,8 @@ use std::sync::Arc;
 use storex_core::{BoxFuture, Middleware, Next, Operation, Origin, Outcome, Result};
 use tokio::sync::Notify;
 
-/// Signals after each write the app makes (not those applied by sync), so a
+/// Signals after each write the app makes (not those applied by sync, nor those to the
+/// collections it [ignores](ChangeNotifier::ignoring)), so a
 /// [`crate::BackgroundSync`] can push soon after. A write in a transaction of the app's
 /// ([`storex_core::Storage::begin`]) signals again when that transaction commits: a sync
 /// woken by the write itself does not see it yet, and without the second signal the write

@@ -383,8 +383,8 @@ async fn check_schemas(
 
 /// Compares `def`'s field defaults with those of the last open (kept in the settings; none
 /// kept before this check existed): a field of `fields_before` (the last open's schema
-/// setting) whose default changed is refused ([`Error::DefaultOfExistingField`]); a new field
-/// may come with one. Returns the setting to store when the defaults changed.
+/// setting) that still exists, of the same type, and whose default changed is refused
+/// ([`Error::DefaultOfExistingField`]); a new field may come with one. Returns the setting to store when the defaults changed.
 async fn check_defaults(
     def: &storex_core::CollectionDef,
     fields_before: Option<&str>,
@@ -402,13 +402,20 @@ async fn check_defaults(
     if before_text.as_deref() == Some(now_text.as_str()) {
         return Ok(None);
     }
-    // "<version> <name> <type>[?],…", as check_schemas writes it.
+    // The fields that exist now with the type they had at the last open: "<version>
+    // <name> <type>[?],…", as check_schemas writes it (a name may hold a space, a type
+    // not). A field removed, or retyped under its new version, keeps no default to compare.
     let existed: Vec<&str> = fields_before
         .and_then(|text| text.split_once(' '))
         .map(|(_, fields)| {
             fields
                 .split(',')
-                .filter_map(|f| f.split(' ').next())
+                .filter_map(|f| f.rsplit_once(' '))
+                .filter(|(name, ty)| {
+                    def.field_def(name)
+                        .is_some_and(|now| now.ty.to_string() == ty.trim_end_matches('?'))
+                })
+                .map(|(name, _)| name)
                 .collect()
         })
         .unwrap_or_default();

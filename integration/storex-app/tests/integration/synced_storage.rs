@@ -584,10 +584,17 @@ async fn a_default_comes_with_its_field_and_is_kept() {
         drop(coloured);
     }
     // Taking it away later is refused too.
-    let plain = SyncedStorage::builder(db)
+    let plain = SyncedStorage::builder(db.clone())
         .entity_version(note_defaults::plain::Entity, 3)
-        .shared_log(log, "ann")
+        .shared_log(log.clone(), "ann")
         .open()
         .await;
     refused(plain, "colour");
+    // Removing the field, default and all, is not.
+    SyncedStorage::builder(db)
+        .entity_version(note::Entity, 3)
+        .shared_log(log, "ann")
+        .open()
+        .await
+        .expect("a release without the field");
 }
