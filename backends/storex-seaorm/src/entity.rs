@@ -39,6 +39,9 @@ pub fn collection_from_entity<E: EntityTrait>(entity: E) -> Result<CollectionDef
             schema: schema.to_owned(),
         });
     }
+    let pk: Vec<String> = E::PrimaryKey::iter()
+        .map(|key| key.into_column().as_str().to_owned())
+        .collect();
     let mut def = CollectionDef::new(table.clone());
     for column in E::Column::iter() {
         let column_def = column.def();
@@ -51,10 +54,9 @@ pub fn collection_from_entity<E: EntityTrait>(entity: E) -> Result<CollectionDef
         } else {
             def.field(name.clone(), ty)
         };
-        let is_key = E::PrimaryKey::iter().any(|key| key.into_column().as_str() == name);
         if let Some(default) = column_def
             .get_column_default()
-            .filter(|_| !is_key)
+            .filter(|_| !pk.contains(&name))
             .and_then(|expr| literal_default(ty, expr))
         {
             def = def.default_value(name.clone(), default);
@@ -63,9 +65,6 @@ pub fn collection_from_entity<E: EntityTrait>(entity: E) -> Result<CollectionDef
             def = def.int_range(name, min, max);
         }
     }
-    let pk: Vec<String> = E::PrimaryKey::iter()
-        .map(|key| key.into_column().as_str().to_owned())
-        .collect();
     Ok(def.primary_key(pk))
 }
 
