@@ -65,7 +65,8 @@ pub use reconcile::{
     Reconciliation,
 };
 pub use shared_log::{
-    check_user_name, device_of_another_user, split_into_pushes, DeviceInfo, MemorySharedLog, Pull,
-    PulledEntry, SharedEntry, SharedLogError, SharedResult, SharedSyncLog, UnreadableEntry,
+    check_topics, check_user_name, device_of_another_user, split_into_pushes, DeviceInfo,
+    MemorySharedLog, Pull, PulledEntry, SharedEntry, SharedLogError, SharedResult, SharedSyncLog,
+    UnreadableEntry,
 };
 pub use versions::VERSIONS_COLLECTION;

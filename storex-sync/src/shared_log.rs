@@ -284,7 +284,10 @@ pub trait SharedSyncLog: Send + Sync + fmt::Debug + 'static {
     fn devices(&self, device: DeviceId) -> BoxFuture<'_, SharedResult<Vec<DeviceInfo>>>;
 
     /// Stores `entries` of `device` (all must name it), ignoring ids already stored, and
-    /// returns the greatest cursor assigned (0 when nothing was new).
+    /// returns the greatest cursor assigned (0 when nothing was new). Ids are remembered
+    /// while their entries are kept: an entry pushed again after a compaction dropped it is
+    /// stored again. (Continuous sync does not: a compaction needs the pushing device's ack
+    /// too, and it acks only what it pulled past, after a push that succeeded.)
     fn push(&self, device: DeviceId, entries: Vec<SharedEntry>)
         -> BoxFuture<'_, SharedResult<u64>>;
 
@@ -342,14 +345,31 @@ impl MemorySharedLog {
     }
 }
 
-/// Refuses an empty user name.
+/// Refuses an empty user name, or one holding a NUL character (PostgreSQL cannot store one
+/// as text, so every log refuses it alike, as bad input rather than an outage).
 pub fn check_user_name(user: &str) -> SharedResult<()> {
     if user.is_empty() {
         return Err(SharedLogError::Invalid {
             problem: "a user name cannot be empty".into(),
         });
     }
+    if user.contains('\0') {
+        return Err(SharedLogError::Invalid {
+            problem: format!("the user name {user:?} holds a NUL character"),
+        });
+    }
     Ok(())
+}
+
+/// Refuses a topic holding a NUL character, of an entry pushed or a pull's topics, as
+/// [`check_user_name`] does a user name.
+pub fn check_topics<'t>(topics: impl IntoIterator<Item = &'t str>) -> SharedResult<()> {
+    match topics.into_iter().find(|topic| topic.contains('\0')) {
+        Some(topic) => Err(SharedLogError::Invalid {
+            problem: format!("the topic {topic:?} holds a NUL character"),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The error for registering `device`, which another user registered first.
@@ -429,6 +449,7 @@ impl SharedSyncLog for MemorySharedLog {
                         other: other.device,
                     });
                 }
+                check_topics(entries.iter().map(|e| e.topic.as_str()))?;
                 let log = state.users.entry(user).or_default();
                 let mut last = 0;
                 for entry in entries {
@@ -453,6 +474,7 @@ impl SharedSyncLog for MemorySharedLog {
         Box::pin(async move {
             self.with(|state| {
                 let user = user_of(state, device)?;
+                check_topics(topics.into_iter().flatten().map(String::as_str))?;
                 let log = state.users.entry(user).or_default();
                 if after < log.compacted_through {
                     return Err(SharedLogError::CursorCompacted {

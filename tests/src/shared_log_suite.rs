@@ -71,6 +71,7 @@ fn all_checks() -> Vec<(&'static str, Check)> {
         a_cursor_past_the_end_is_told_where_the_log_ends,
         an_unknown_device_is_refused,
         a_device_cannot_push_as_another,
+        a_nul_in_a_user_name_or_topic_is_refused_as_invalid,
         concurrent_pushers_are_seen_exactly_once_by_every_reader,
     ]
 }
@@ -89,23 +90,31 @@ async fn device(log: &Arc<dyn SharedSyncLog>, user: &str) -> DeviceId {
 }
 
 /// Pulls everything after `after`, page by page; returns the entries and the final cursor.
+/// A page that says there is more must move the cursor (a log that does not would keep a
+/// device pulling the same page for ever), and the suite's logs hold few pages.
 async fn pull_all(
     log: &Arc<dyn SharedSyncLog>,
     device: DeviceId,
     after: u64,
     page: usize,
 ) -> (Vec<SharedEntry>, u64) {
+    const MAX_PAGES: usize = 1_000;
     let mut cursor = after;
     let mut all = Vec::new();
-    loop {
+    for _ in 0..MAX_PAGES {
         let pull = log.pull(device, cursor, page, None).await.expect("pull");
         assert!(pull.next_cursor >= cursor, "the cursor went backwards");
+        assert!(
+            !pull.more || pull.next_cursor > cursor,
+            "a page said there was more but left the cursor at {cursor}"
+        );
         all.extend(pull.entries.into_iter().map(|p| p.entry));
         cursor = pull.next_cursor;
         if !pull.more {
             return (all, cursor);
         }
     }
+    panic!("still more after {MAX_PAGES} pages of {page}")
 }
 
 async fn devices_get_distinct_ids(log: Arc<dyn SharedSyncLog>) {
@@ -195,23 +204,32 @@ async fn cursors_increase_strictly(log: Arc<dyn SharedSyncLog>) {
 async fn push_is_idempotent_by_entry_id(log: Arc<dyn SharedSyncLog>) {
     let (a, b) = (device(&log, "ann").await, device(&log, "ann").await);
     let e = entry(a, "note", b"once");
-    log.push(a, vec![e.clone()]).await.expect("push");
-    log.push(a, vec![e.clone(), e.clone()])
+    let first = log.push(a, vec![e.clone()]).await.expect("push");
+    assert!(first > 0, "a push of a new entry returns its cursor");
+    let again = log
+        .push(a, vec![e.clone(), e.clone()])
         .await
         .expect("push again");
-    let (got, _) = pull_all(&log, b, 0, 100).await;
+    assert_eq!(again, 0, "a push of nothing new returns 0");
+    let (got, cursor) = pull_all(&log, b, 0, 100).await;
     assert_eq!(got, vec![e]);
+    assert_eq!(cursor, first, "the returned cursor is the entry's");
 }
 
 async fn a_retried_push_after_a_lost_reply_stores_nothing_twice(log: Arc<dyn SharedSyncLog>) {
     let (a, b) = (device(&log, "ann").await, device(&log, "ann").await);
     let first: Vec<SharedEntry> = (0..3).map(|i| entry(a, "note", &[i])).collect();
-    log.push(a, first.clone()).await.expect("push"); // the reply is "lost"
+    let lost = log.push(a, first.clone()).await.expect("push"); // the reply is "lost"
     let mut retry = first.clone();
     retry.push(entry(a, "note", b"new"));
-    log.push(a, retry.clone()).await.expect("retry");
-    let (got, _) = pull_all(&log, b, 0, 100).await;
+    let retried = log.push(a, retry.clone()).await.expect("retry");
+    assert!(
+        retried > lost,
+        "the retry's one new entry comes after the first push ({retried} after {lost})"
+    );
+    let (got, cursor) = pull_all(&log, b, 0, 100).await;
     assert_eq!(got, retry);
+    assert_eq!(cursor, retried, "the greatest cursor assigned is returned");
 }
 
 async fn pages_cover_every_entry_exactly_once(log: Arc<dyn SharedSyncLog>) {
@@ -252,8 +270,11 @@ async fn a_limit_of_zero_takes_nothing_and_the_largest_takes_everything(
         none.next_cursor, 0,
         "a limit of 0 keeps the cursor, with no topics too"
     );
-    let (got, _) = pull_all(&log, b, 0, usize::MAX).await;
+    // One page, all of it.
+    let all = log.pull(b, 0, usize::MAX, None).await.expect("pull of all");
+    let got: Vec<SharedEntry> = all.entries.into_iter().map(|p| p.entry).collect();
     assert_eq!(got, sent);
+    assert!(!all.more, "the largest limit left more");
 }
 
 async fn payload_bytes_round_trip_exactly(log: Arc<dyn SharedSyncLog>) {
@@ -278,6 +299,7 @@ async fn topics_filter_a_pull(log: Arc<dyn SharedSyncLog>) {
     )
     .await
     .expect("push");
+    let (_, end) = pull_all(&log, b, 0, 100).await;
     let topics = vec!["note".to_owned(), "tag".to_owned()];
     let pull = log.pull(b, 0, 100, Some(&topics)).await.expect("pull");
     let got: Vec<&str> = pull
@@ -286,6 +308,24 @@ async fn topics_filter_a_pull(log: Arc<dyn SharedSyncLog>) {
         .map(|p| p.entry.topic.as_str())
         .collect();
     assert_eq!(got, vec!["note", "tag"]);
+    assert_eq!(pull.next_cursor, end, "the cursor goes to the log's end");
+    // Entries of other topics after the last one taken are passed over too.
+    let photos = vec!["photo".to_owned()];
+    let pull = log.pull(b, 0, 100, Some(&photos)).await.expect("pull");
+    assert_eq!(
+        pull.entries
+            .iter()
+            .map(|p| p.entry.topic.as_str())
+            .collect::<Vec<_>>(),
+        vec!["photo"]
+    );
+    assert!(!pull.more, "{pull:?}");
+    assert_eq!(pull.next_cursor, end, "past the entries of other topics");
+    let rest = log
+        .pull(b, pull.next_cursor, 100, Some(&photos))
+        .await
+        .expect("pull the rest");
+    assert!(rest.entries.is_empty() && !rest.more, "{rest:?}");
 }
 
 async fn users_never_see_each_others_entries(log: Arc<dyn SharedSyncLog>) {
@@ -465,6 +505,40 @@ async fn an_unknown_device_is_refused(log: Arc<dyn SharedSyncLog>) {
         .await
         .expect_err("unknown device pushed");
     assert!(matches!(err, SharedLogError::UnknownDevice { .. }), "{err}");
+    let err = log
+        .ack(stranger, 1)
+        .await
+        .expect_err("unknown device acked");
+    assert!(matches!(err, SharedLogError::UnknownDevice { .. }), "{err}");
+    let err = log
+        .devices(stranger)
+        .await
+        .expect_err("unknown device listed");
+    assert!(matches!(err, SharedLogError::UnknownDevice { .. }), "{err}");
+}
+
+/// PostgreSQL cannot store a NUL character as text: every log refuses one as bad input
+/// (not as an outage, which a caller would retry for ever).
+async fn a_nul_in_a_user_name_or_topic_is_refused_as_invalid(log: Arc<dyn SharedSyncLog>) {
+    let err = log
+        .create_device("ann\0")
+        .await
+        .expect_err("a user name with a NUL");
+    assert!(matches!(err, SharedLogError::Invalid { .. }), "{err}");
+    let (a, b) = (device(&log, "ann").await, device(&log, "ann").await);
+    let err = log
+        .push(a, vec![entry(a, "note", b"1"), entry(a, "no\0te", b"2")])
+        .await
+        .expect_err("a topic with a NUL");
+    assert!(matches!(err, SharedLogError::Invalid { .. }), "{err}");
+    let topics = vec!["no\0te".to_owned()];
+    let err = log
+        .pull(b, 0, 10, Some(&topics))
+        .await
+        .expect_err("a pull of a topic with a NUL");
+    assert!(matches!(err, SharedLogError::Invalid { .. }), "{err}");
+    let (got, _) = pull_all(&log, b, 0, 10).await;
+    assert!(got.is_empty(), "nothing of the refused push was stored");
 }
 
 async fn a_device_cannot_push_as_another(log: Arc<dyn SharedSyncLog>) {

@@ -113,11 +113,7 @@ impl<'de> Deserialize<'de> for Payload {
 /// `%XX`, so that no name can contain a `/`, be `.` or `..`, or look like a reserved
 /// `__id__`, and two names never share an id.
 pub(crate) fn user_key(user: &str) -> SharedResult<String> {
-    if user.is_empty() {
-        return Err(SharedLogError::Invalid {
-            problem: "a user name cannot be empty".into(),
-        });
-    }
+    storex_sync::check_user_name(user)?;
     let mut key = String::with_capacity(user.len());
     for byte in user.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'@' | b'+' | b'-') {

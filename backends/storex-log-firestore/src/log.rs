@@ -926,6 +926,7 @@ impl SharedSyncLog for FirestoreSharedLog {
                 });
             }
             entries.iter().try_for_each(check_entry)?;
+            storex_sync::check_topics(entries.iter().map(|e| e.topic.as_str()))?;
             let key = user_key(&user)?;
             let mut seen = HashSet::with_capacity(entries.len());
             let entries: Vec<SharedEntry> =
@@ -947,6 +948,7 @@ impl SharedSyncLog for FirestoreSharedLog {
         topics: Option<&'a [String]>,
     ) -> BoxFuture<'a, SharedResult<Pull>> {
         Box::pin(async move {
+            storex_sync::check_topics(topics.into_iter().flatten().map(String::as_str))?;
             self.retrying(|| self.pull_once(device, after, limit, topics))
                 .await
         })

@@ -13,8 +13,8 @@ use storex_core::uuid::Uuid;
 use storex_core::BoxFuture;
 use storex_seaorm::{begin_write, connect, dialect_of, Dialect};
 use storex_sync::{
-    check_user_name, device_of_another_user, DeviceId, DeviceInfo, Pull, PulledEntry, SharedEntry,
-    SharedLogError, SharedResult, SharedSyncLog, UnreadableEntry,
+    check_topics, check_user_name, device_of_another_user, DeviceId, DeviceInfo, Pull, PulledEntry,
+    SharedEntry, SharedLogError, SharedResult, SharedSyncLog, UnreadableEntry,
 };
 
 const USERS: &str = "storex_shared_users";
@@ -510,6 +510,7 @@ impl SharedSyncLog for SqlSharedLog {
                     other: other.device,
                 });
             }
+            check_topics(entries.iter().map(|e| e.topic.as_str()))?;
             self.push_in(device, entries).await
         })
     }
@@ -524,6 +525,7 @@ impl SharedSyncLog for SqlSharedLog {
         Box::pin(async move {
             let limit = limit.min(MAX_PULL_ENTRIES);
             let user = self.user_of(&self.db, device).await?;
+            check_topics(topics.into_iter().flatten().map(String::as_str))?;
             // Read the committed counter first: entries committing later get cursors above it.
             let (high, compacted) = self.counters(&self.db, &user).await?;
             if after < compacted {
@@ -673,10 +675,16 @@ impl SharedSyncLog for SqlSharedLog {
                 .and_where(col("device").eq(device.0))
                 .and_where(col("acked").lt(cursor_value(cursor)))
                 .to_owned();
-            self.db
+            let done = self
+                .db
                 .execute(&update)
                 .await
                 .map_err(|e| self.unavailable(e))?;
+            if done.rows_affected() == 0 {
+                // Already there, or the device was removed since it was looked up: that is
+                // told, not taken for an ack.
+                self.user_of(&self.db, device).await?;
+            }
             Ok(())
         })
     }

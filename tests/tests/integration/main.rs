@@ -5,4 +5,5 @@
 
 mod memory_conformance;
 mod postgres_devices;
+mod shared_log_suite_catches_faults;
 mod suite_catches_faults;
