@@ -30,6 +30,8 @@ pub mod transfer;
 
 pub use backend_suite::{backend_suite, run_backend_suite};
 pub use fixtures::fixture_registry;
-pub use services::{firestore_emulator, fresh_postgres_database, postgres_url};
+pub use services::{
+    firestore_emulator, fresh_postgres_database, postgres_url, role_without_ddl_rights,
+};
 pub use shared_log_suite::{run_shared_log_suite, shared_log_suite};
 pub use suite::SuiteReport;

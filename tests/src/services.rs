@@ -84,3 +84,30 @@ pub async fn fresh_postgres_database(server_url: &str) -> String {
         .expect("a PostgreSQL URL ends in /database");
     format!("{base}/{name}")
 }
+
+/// A URL of the database at `url` (a test server's, where every role logs in without a
+/// password) for a new role that may read and write the rows of the tables there now, and
+/// do nothing else: not create, alter or index a table. A server is often run so.
+pub async fn role_without_ddl_rights(url: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let role = format!(
+        "storex_rw_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let admin = Database::connect(url).await.expect("connect as the owner");
+    for statement in [
+        format!("DROP ROLE IF EXISTS {role}"),
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"),
+    ] {
+        admin
+            .execute_unprepared(&statement)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    admin.close().await.expect("close the owner's connection");
+    let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{role}@{host}")
+}

@@ -74,6 +74,9 @@ pub(crate) struct AuthStore {
 impl AuthStore {
     /// Uses `db`, creating the tables if they are missing.
     pub(crate) async fn new(db: DatabaseConnection) -> Result<Self, DbErr> {
+        if storex_log_sql::set_up_already(&db, &[USERS, DEVICES], &[]).await? {
+            return Ok(AuthStore { db });
+        }
         let users = Table::create()
             .table(id(USERS))
             .if_not_exists()

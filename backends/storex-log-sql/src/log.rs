@@ -63,6 +63,45 @@ const MAX_PULL_ENTRIES: usize = 100_000;
 /// still has: dropped when the log opens (ids are unique per user now).
 const OLD_ENTRY_IDS_INDEX: &str = "storex_shared_entries_id_key";
 
+/// Whether the tables and indexes named in `present` are all there and none of `absent` is,
+/// on PostgreSQL (elsewhere: `false`, so the caller runs its `IF NOT EXISTS` DDL). A log or
+/// server opening a database so set up runs no DDL: a role that may only read and write rows
+/// (a sync server run with least privilege) is refused DDL even with `IF NOT EXISTS`, and
+/// DDL would make a starting server wait for the pushes under way.
+pub async fn set_up_already(
+    db: &impl ConnectionTrait,
+    present: &[&str],
+    absent: &[&str],
+) -> Result<bool, DbErr> {
+    if db.get_database_backend() != sea_orm::DbBackend::Postgres {
+        return Ok(false);
+    }
+    // The names are the callers' constants, never input.
+    let test = |name: &&str, is: &str| format!("to_regclass('{name}') IS {is} NULL");
+    let tests: Vec<String> = present
+        .iter()
+        .map(|name| test(name, "NOT"))
+        .chain(absent.iter().map(|name| test(name, "")))
+        .collect();
+    let sql = format!("SELECT ({}) AS ready", tests.join(" AND "));
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            sql,
+        ))
+        .await?;
+    match row {
+        Some(row) => row.try_get::<bool>("", "ready"),
+        None => Ok(false),
+    }
+}
+
+/// The unique index of entry ids, per user.
+const ENTRY_IDS_INDEX: &str = "storex_shared_entries_user_id_key";
+
+/// The index of devices by user.
+const DEVICE_USERS_INDEX: &str = "storex_shared_devices_user_idx";
+
 /// Totals over every user of a [`SqlSharedLog`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogStats {
@@ -215,6 +254,10 @@ impl SqlSharedLog {
     }
 
     async fn create_tables(&self) -> Result<(), DbErr> {
+        let tables = [USERS, DEVICES, ENTRIES, ENTRY_IDS_INDEX, DEVICE_USERS_INDEX];
+        if set_up_already(&self.db, &tables, &[OLD_ENTRY_IDS_INDEX]).await? {
+            return Ok(());
+        }
         let users = Table::create()
             .table(id(USERS))
             .if_not_exists()
@@ -252,7 +295,7 @@ impl SqlSharedLog {
         // Entry ids are unique per user: one user's ids say nothing about another's.
         let entry_ids = Index::create()
             .if_not_exists()
-            .name("storex_shared_entries_user_id_key")
+            .name(ENTRY_IDS_INDEX)
             .table(id(ENTRIES))
             .col(id("user_name"))
             .col(id("id"))
@@ -260,7 +303,7 @@ impl SqlSharedLog {
             .to_owned();
         let device_users = Index::create()
             .if_not_exists()
-            .name("storex_shared_devices_user_idx")
+            .name(DEVICE_USERS_INDEX)
             .table(id(DEVICES))
             .col(id("user_name"))
             .to_owned();

@@ -106,7 +106,11 @@ impl SharedSyncLog for CursorsBeforeCommit {
                 Ok(cursors)
             })?;
             // Every other push takes a while to "commit": later pushes show first.
-            if self.pushes.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
+            if self
+                .pushes
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(2)
+            {
                 for _ in 0..20 {
                     tokio::task::yield_now().await;
                 }

@@ -54,6 +54,41 @@ async fn postgres_server_passes_every_sync_scenario() {
     }
 }
 
+/// A server run under a role that may read and write rows but not create tables (least
+/// privilege) starts on a database set up already, and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_role_cannot_create_tables_starts_on_a_database_set_up_already() {
+    use storex_sync::{SharedEntry, SharedSyncLog};
+    let Some(store) = Store::postgres().await else {
+        return;
+    };
+    start(&store)
+        .await
+        .shutdown()
+        .await
+        .expect("clean shutdown");
+    let role = store
+        .as_role_without_ddl_rights()
+        .await
+        .expect("a PostgreSQL store");
+    let server = start(&role).await;
+    let client = Provisioned::new(&server.url());
+    let (a, b) = (
+        client.create_device("ann").await.expect("device"),
+        client.create_device("ann").await.expect("device"),
+    );
+    let entry = SharedEntry {
+        id: storex_core::uuid::Uuid::now_v7(),
+        device: a,
+        topic: "note".into(),
+        payload: b"1".to_vec(),
+    };
+    client.push(a, vec![entry]).await.expect("push");
+    let pulled = client.pull(b, 0, 10, None).await.expect("pull");
+    assert_eq!(pulled.entries.len(), 1);
+    server.shutdown().await.expect("clean shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_the_servers_log_cannot_read_is_passed_over_and_named_to_the_client() {
     use sea_orm::ConnectionTrait;

@@ -88,6 +88,35 @@ mod postgres {
         .await;
     }
 
+    /// A server run under a role that may read and write the log's rows, but not create or
+    /// alter tables (the usual least-privilege setup), opens a log that is set up already.
+    #[tokio::test]
+    async fn a_role_without_ddl_rights_opens_a_log_set_up_already() {
+        let Some(server) = storex_test::postgres_url() else {
+            return;
+        };
+        let url = storex_test::fresh_postgres_database(&server).await;
+        let owner = SqlSharedLog::connect(&url).await.expect("set up as owner");
+        let a = owner.create_device("ann").await.expect("device");
+        let role_url = storex_test::role_without_ddl_rights(&url).await;
+        let log = SqlSharedLog::connect(&role_url)
+            .await
+            .expect("open as a role without DDL rights");
+        let b = log
+            .create_device("ann")
+            .await
+            .expect("register as the role");
+        let entry = storex_sync::SharedEntry {
+            id: storex_core::uuid::Uuid::now_v7(),
+            device: a,
+            topic: "note".into(),
+            payload: b"1".to_vec(),
+        };
+        owner.push(a, vec![entry]).await.expect("push");
+        let pulled = log.pull(b, 0, 10, None).await.expect("pull as the role");
+        assert_eq!(pulled.entries.len(), 1);
+    }
+
     #[tokio::test]
     async fn postgres_passes_every_sync_scenario() {
         let Some(server) = storex_test::postgres_url() else {

@@ -37,6 +37,16 @@ impl Store {
         }
     }
 
+    /// The same database, reached as a new role that may only read and write the rows of
+    /// the tables there now (`None` for SQLite, which has no roles).
+    pub async fn as_role_without_ddl_rights(&self) -> Option<Self> {
+        self.url.starts_with("postgres").then_some(())?;
+        Some(Store {
+            url: storex_test::role_without_ddl_rights(&self.url).await,
+            _dir: None,
+        })
+    }
+
     /// A fresh PostgreSQL database, or `None` outside CI without PostgreSQL.
     pub async fn postgres() -> Option<Self> {
         let server = storex_test::postgres_url()?;
