@@ -65,7 +65,7 @@ use std::time::Duration;
 use storex_core::Object;
 use tokio::sync::watch;
 
-pub use channel::{memory_channel_pair, ChannelError, FastSyncChannel, MemoryChannel};
+pub use channel::{memory_channel_pair, Activity, ChannelError, FastSyncChannel, MemoryChannel};
 pub use package::{
     encode_object, CollectionInfo, EncodedObjects, Package, MAX_BATCH_OBJECTS, PROTOCOL_VERSION,
 };
@@ -215,7 +215,10 @@ pub struct FastSyncOptions {
     /// Batches sent before waiting for acknowledgements.
     pub window: usize,
     /// How long to wait for the peer (to send, or to take what this side sends) before giving
-    /// up.
+    /// up. On a channel that tells its [`Activity`] (TCP, WebRTC), a package under way is
+    /// waited for as long as its bytes move: a large object on a slow link is not a stall.
+    /// The wait for the peer's answer after the last byte left still counts whole (what the
+    /// transport buffers drains meanwhile, then the peer applies the batch).
     pub stall_timeout: Duration,
     /// The collections to send (all when `None`).
     pub collections: Option<Vec<String>>,
@@ -430,14 +433,15 @@ async fn next_package(
             // Only the outcome matters (the guard it returns must not live across an await).
             let _ = cancelled.wait_for(|c| *c).await;
         };
+        let activity = channel.activity();
         let received = tokio::select! {
-            received = tokio::time::timeout(timeout, channel.recv()) => Some(received),
+            received = unless_stalled(channel.recv(), activity, timeout) => Some(received),
             () = cancel => None,
         };
         let Some(received) = received else {
             return Err(cancel_here(channel, options, side).await);
         };
-        let received = received.map_err(|_| FastSyncError::Stalled(timeout))?;
+        let received = received.ok_or(FastSyncError::Stalled(timeout))?;
         if let Some(package) = from_peer(received)? {
             return Ok(package);
         }
@@ -482,9 +486,42 @@ async fn send_package(
     options: &FastSyncOptions,
     package: Package,
 ) -> crate::Result<()> {
-    match tokio::time::timeout(options.stall_timeout, channel.send(package)).await {
-        Ok(sent) => sent.map_err(|e| FastSyncError::Channel(e).into()),
-        Err(_) => Err(FastSyncError::Stalled(options.stall_timeout).into()),
+    let activity = channel.activity();
+    match unless_stalled(channel.send(package), activity, options.stall_timeout).await {
+        Some(sent) => sent.map_err(|e| FastSyncError::Channel(e).into()),
+        None => Err(FastSyncError::Stalled(options.stall_timeout).into()),
+    }
+}
+
+/// Runs `work` (a package on its way in or out) to its end, or gives up (`None`) once the
+/// channel moved no byte for `timeout`; with no `activity` to tell, once `timeout` passed.
+/// The first look comes `timeout` after the start, so time spent before (applying a batch)
+/// does not count.
+async fn unless_stalled<T>(
+    work: impl std::future::Future<Output = T>,
+    activity: Option<Activity>,
+    timeout: Duration,
+) -> Option<T> {
+    let Some(activity) = activity else {
+        return tokio::time::timeout(timeout, work).await.ok();
+    };
+    tokio::pin!(work);
+    let mut wait = timeout;
+    loop {
+        // A timeout too long for the clock is none.
+        let Some(look_at) = tokio::time::Instant::now().checked_add(wait) else {
+            return Some(work.await);
+        };
+        tokio::select! {
+            done = &mut work => return Some(done),
+            () = tokio::time::sleep_until(look_at) => {
+                let idle = activity.idle();
+                if idle >= timeout {
+                    return None;
+                }
+                wait = timeout - idle;
+            }
+        }
     }
 }
 

@@ -19,10 +19,14 @@
 //! ```
 
 use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use futures::{SinkExt, StreamExt};
 use storex_core::BoxFuture;
-use storex_sync::fast_sync::{ChannelError, FastSyncChannel, FastSyncError, Package};
+use storex_sync::fast_sync::{Activity, ChannelError, FastSyncChannel, FastSyncError, Package};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
@@ -34,14 +38,69 @@ pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A fast-sync channel over one TCP connection.
 pub struct TcpChannel {
-    framed: Framed<TcpStream, LengthDelimitedCodec>,
+    framed: Framed<Watched, LengthDelimitedCodec>,
     max_frame: usize,
+    activity: Activity,
+}
+
+/// The connection, marking the channel's [`Activity`] whenever bytes are read or written:
+/// a frame of many megabytes on a slow link is under way as long as its bytes move.
+struct Watched {
+    stream: TcpStream,
+    activity: Activity,
+}
+
+impl Watched {
+    fn moved<T>(
+        &self,
+        polled: Poll<io::Result<T>>,
+        bytes: impl Fn(&T) -> bool,
+    ) -> Poll<io::Result<T>> {
+        if let Poll::Ready(Ok(done)) = &polled {
+            if bytes(done) {
+                self.activity.mark();
+            }
+        }
+        polled
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let read = buf.filled().len() > before;
+        self.moved(polled, |_| read)
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.moved(polled, |written| *written > 0)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 impl fmt::Debug for TcpChannel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpChannel")
-            .field("peer", &self.framed.get_ref().peer_addr().ok())
+            .field("peer", &self.framed.get_ref().stream.peer_addr().ok())
             .field("max_frame", &self.max_frame)
             .finish()
     }
@@ -65,9 +124,15 @@ impl TcpChannel {
             .length_field_length(4)
             .max_frame_length(max_frame)
             .new_codec();
+        let activity = Activity::new();
+        let watched = Watched {
+            stream,
+            activity: activity.clone(),
+        };
         TcpChannel {
-            framed: Framed::new(stream, codec),
+            framed: Framed::new(watched, codec),
             max_frame,
+            activity,
         }
     }
 
@@ -117,6 +182,10 @@ impl FastSyncChannel for TcpChannel {
                 Some(Err(e)) => Err(ChannelError::Transport(Box::new(e))),
             }
         })
+    }
+
+    fn activity(&self) -> Option<Activity> {
+        Some(self.activity.clone())
     }
 
     fn close(&mut self) -> BoxFuture<'_, ()> {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use storex_core::BoxFuture;
-use storex_sync::fast_sync::{ChannelError, FastSyncChannel, Package};
+use storex_sync::fast_sync::{Activity, ChannelError, FastSyncChannel, Package};
 use tokio::sync::watch;
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelMessage};
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
@@ -43,6 +43,8 @@ pub struct WebRtcChannel {
     reassembler: Reassembler,
     max_frame: usize,
     closed: bool,
+    /// Marked as each message of a frame arrives or is taken by the data channel.
+    activity: Activity,
 }
 
 impl fmt::Debug for WebRtcChannel {
@@ -86,6 +88,7 @@ impl WebRtcChannel {
             reassembler: Reassembler::new(max_frame),
             max_frame,
             closed: false,
+            activity: Activity::new(),
         }
     }
 
@@ -171,6 +174,7 @@ impl FastSyncChannel for WebRtcChannel {
             }
             for message in split(&frame, MESSAGE_LIMIT) {
                 self.dc.send(message).await.map_err(send_error)?;
+                self.activity.mark();
             }
             Ok(())
         })
@@ -187,6 +191,7 @@ impl FastSyncChannel for WebRtcChannel {
                     // The connection failed: the peer did not end the conversation.
                     Next::Closed | Next::Failed => return Err(ChannelError::Closed),
                 };
+                self.activity.mark();
                 if message.is_string {
                     return Err(ChannelError::Malformed {
                         problem: "a text message where binary frames were expected".into(),
@@ -201,5 +206,9 @@ impl FastSyncChannel for WebRtcChannel {
 
     fn close(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(self.shut_down_once())
+    }
+
+    fn activity(&self) -> Option<Activity> {
+        Some(self.activity.clone())
     }
 }

@@ -47,14 +47,21 @@ impl From<webrtc::error::Error> for Error {
     }
 }
 
+/// A pasted offer or answer that is not one cannot be set up however often it is tried
+/// ([`ChannelError::Setup`]); the rest is a failure of the transport, which may pass.
 impl From<Error> for ChannelError {
     fn from(e: Error) -> Self {
-        ChannelError::Transport(Box::new(e))
+        match e {
+            Error::InvalidOffer { .. } | Error::InvalidAnswer { .. } => {
+                ChannelError::Setup(Box::new(e))
+            }
+            other => ChannelError::Transport(Box::new(other)),
+        }
     }
 }
 
-/// Lets pairing failures travel as `storex_sync` errors (a transport failure of the channel),
-/// so `?` works in code that runs a fast-sync session.
+/// Lets pairing failures travel as `storex_sync` errors (a failure of the channel: see
+/// `From<Error> for ChannelError`), so `?` works in code that runs a fast-sync session.
 impl From<Error> for storex_sync::Error {
     fn from(e: Error) -> Self {
         FastSyncError::Channel(e.into()).into()
@@ -63,3 +70,22 @@ impl From<Error> for storex_sync::Error {
 
 /// The result type of this crate's pairing calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_code_that_is_not_one_is_not_worth_retrying_a_timeout_is() {
+        let invalid: storex_sync::Error = Error::InvalidAnswer {
+            problem: "truncated".into(),
+        }
+        .into();
+        assert!(!invalid.is_transient(), "{invalid:?}");
+        let timeout: storex_sync::Error = Error::Timeout {
+            waited: Duration::from_secs(1),
+        }
+        .into();
+        assert!(timeout.is_transient(), "{timeout:?}");
+    }
+}

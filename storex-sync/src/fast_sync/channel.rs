@@ -7,9 +7,13 @@
 //! panicking. The memory pair goes through the same encoding, so tests exercise it.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use storex_core::{BoxError, BoxFuture};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::fast_sync::package::Package;
 
@@ -43,6 +47,49 @@ pub enum ChannelError {
     /// The transport failed.
     #[error("the transport failed")]
     Transport(#[source] BoxError),
+    /// The channel cannot be set up as asked (a pasted pairing code that is not one, say):
+    /// trying again the same way fails again.
+    #[error("the channel cannot be set up")]
+    Setup(#[source] BoxError),
+}
+
+/// When a channel last moved bytes, either way. A byte transport marks it as the pieces of a
+/// frame arrive or leave; the session reads it while a package is under way, so that a large
+/// package on a slow link is not taken for a stall as long as its bytes move. Clones share
+/// one mark.
+#[derive(Clone, Debug)]
+pub struct Activity {
+    start: Instant,
+    /// Milliseconds from `start` to the last mark.
+    last: Arc<AtomicU64>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity::new()
+    }
+}
+
+impl Activity {
+    /// Marked now.
+    pub fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Notes that bytes moved now.
+    pub fn mark(&self) {
+        let since = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.fetch_max(since, Ordering::Relaxed);
+    }
+
+    /// How long since bytes last moved.
+    pub fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
 }
 
 /// Moves fast-sync packages between two peers, in order and reliably; knows nothing about
@@ -63,6 +110,13 @@ pub trait FastSyncChannel: Send + fmt::Debug {
     /// nothing, for channels that deliver as they send.
     fn close(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
+    }
+
+    /// The channel's [`Activity`], if it marks one: the session then takes a package under
+    /// way for stalled only once no byte moved for its stall timeout. `None` (the default,
+    /// for channels that move whole frames at once): each package must travel within it.
+    fn activity(&self) -> Option<Activity> {
+        None
     }
 }
 
@@ -111,6 +165,12 @@ impl FastSyncChannel for MemoryChannel {
     fn send(&mut self, package: Package) -> BoxFuture<'_, Result<(), ChannelError>> {
         Box::pin(async move {
             let frame = package.encode();
+            // Refused here, as byte transports do, so the sender names what is too large.
+            if frame.len() > self.max_frame {
+                return Err(ChannelError::TooLarge {
+                    limit: self.max_frame,
+                });
+            }
             self.tx.send(frame).await.map_err(|_| ChannelError::Closed)
         })
     }
