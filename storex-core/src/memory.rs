@@ -72,7 +72,17 @@ impl StorageBackend for MemoryBackend {
         Box::pin(async move {
             let mut state = self.state.lock().await;
             for def in registry.collections() {
-                state.tables.entry(def.name().to_owned()).or_default();
+                let table = state.tables.entry(def.name().to_owned()).or_default();
+                // Objects stored before a field was added get it, as the rows of a table get
+                // a new column: its default, or null.
+                for object in table.values_mut() {
+                    for field in def.fields() {
+                        if !object.contains_key(&field.name) {
+                            let value = def.value_left_out(&field.name).clone();
+                            object.insert(field.name.clone(), value);
+                        }
+                    }
+                }
             }
             *self
                 .registry
@@ -494,4 +504,52 @@ fn check_unique(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{object, FieldType, Storage};
+
+    #[tokio::test]
+    async fn objects_stored_before_a_field_was_added_hold_its_default_or_null() {
+        let note = || {
+            CollectionDef::new("note")
+                .field("id", FieldType::Int)
+                .primary_key(["id"])
+        };
+        let backend = MemoryBackend::new();
+        let before = Registry::builder()
+            .collection(note())
+            .build()
+            .expect("registry");
+        let storage = Storage::builder(before, backend.clone())
+            .build()
+            .await
+            .expect("storage");
+        storage
+            .create("note", object! { "id" => 1 })
+            .await
+            .expect("create");
+        let after = Registry::builder()
+            .collection(
+                note()
+                    .optional_field("pinned", FieldType::Bool)
+                    .default_value("pinned", false)
+                    .optional_field("body", FieldType::Text),
+            )
+            .build()
+            .expect("registry");
+        let storage = Storage::builder(after, backend)
+            .build()
+            .await
+            .expect("storage");
+        let found = storage
+            .find_by_pk("note", 1)
+            .await
+            .expect("find")
+            .expect("the note");
+        assert_eq!(found.get("pinned"), Some(&Value::Bool(false)), "{found:?}");
+        assert_eq!(found.get("body"), Some(&Value::Null), "{found:?}");
+    }
 }
