@@ -454,7 +454,7 @@ async fn next_kept_or_package(
     channel: &mut dyn FastSyncChannel,
     options: &FastSyncOptions,
     side: &str,
-    kept: &mut std::collections::VecDeque<Package>,
+    kept: &mut Kept,
 ) -> crate::Result<Package> {
     match kept.pop_front() {
         Some(package) => Ok(package),
@@ -625,7 +625,7 @@ async fn honour_pause(
     channel: &mut dyn FastSyncChannel,
     options: &FastSyncOptions,
     side: &str,
-    kept: &mut std::collections::VecDeque<Package>,
+    kept: &mut Kept,
 ) -> crate::Result<()> {
     if !options.pause.is_paused() {
         return Ok(());
@@ -656,8 +656,9 @@ async fn honour_pause(
                 Woken::Cancelled => return Err(cancel_here(channel, options, side).await),
                 Woken::Heartbeat => break,
                 Woken::Received(received) => {
-                    kept.extend(from_peer(received)?);
-                    check_kept(kept)?;
+                    if let Some(package) = from_peer(received)? {
+                        kept.push(package)?;
+                    }
                 }
             }
         }
@@ -668,28 +669,66 @@ async fn honour_pause(
 /// its window of unacknowledged batches, and a receiver's acknowledgements stop with them.
 const MAX_KEPT_PACKAGES: usize = 1_024;
 
-/// Bytes of batches a paused side keeps, at most.
+/// Bytes a paused side keeps, at most (every package counted by its encoding).
 const MAX_KEPT_BYTES: usize = 256 * 1024 * 1024;
 
-/// Ends the session when the peer sent more during a pause than a peer that honours the
-/// protocol can (so that a broken or hostile one cannot fill this side's memory).
-fn check_kept(kept: &std::collections::VecDeque<Package>) -> crate::Result<()> {
-    let bytes: usize = kept
-        .iter()
-        .map(|package| match package {
-            Package::Batch { objects, .. } => objects.bytes(),
-            _ => 0,
-        })
-        .sum();
-    if kept.len() > MAX_KEPT_PACKAGES || bytes > MAX_KEPT_BYTES {
-        return Err(FastSyncError::Protocol(format!(
-            "the peer sent {} packages ({bytes} bytes of batches) during a pause, more than \
-             its window allows",
-            kept.len()
-        ))
-        .into());
+/// What the peer sent during a pause, kept in order for after it, and how many bytes that is.
+#[derive(Debug)]
+pub(crate) struct Kept {
+    packages: std::collections::VecDeque<Package>,
+    bytes: usize,
+    /// The most packages and bytes kept.
+    limits: (usize, usize),
+}
+
+impl Default for Kept {
+    fn default() -> Self {
+        Kept::with_limits(MAX_KEPT_PACKAGES, MAX_KEPT_BYTES)
     }
-    Ok(())
+}
+
+impl Kept {
+    fn with_limits(packages: usize, bytes: usize) -> Self {
+        Kept {
+            packages: std::collections::VecDeque::new(),
+            bytes: 0,
+            limits: (packages, bytes),
+        }
+    }
+
+    /// The size of `package` as it travelled, about: a batch's objects (already encoded), the
+    /// encoding of anything else (small, unless a broken or hostile peer made it large).
+    fn size_of(package: &Package) -> usize {
+        match package {
+            Package::Batch { objects, .. } => objects.bytes(),
+            other => other.encode().len(),
+        }
+    }
+
+    /// Keeps `package`; ends the session when the peer sent more during a pause than a peer
+    /// that honours the protocol can (so that a broken or hostile one cannot fill this
+    /// side's memory).
+    fn push(&mut self, package: Package) -> crate::Result<()> {
+        self.bytes += Self::size_of(&package);
+        self.packages.push_back(package);
+        if self.packages.len() > self.limits.0 || self.bytes > self.limits.1 {
+            return Err(FastSyncError::Protocol(format!(
+                "the peer sent {} packages ({} bytes) during a pause, more than its window \
+                 allows",
+                self.packages.len(),
+                self.bytes
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The first package kept, if any.
+    pub(crate) fn pop_front(&mut self) -> Option<Package> {
+        let package = self.packages.pop_front()?;
+        self.bytes = self.bytes.saturating_sub(Self::size_of(&package));
+        Some(package)
+    }
 }
 
 /// How many rows the next page reads: about `budget` bytes of rows of `average` bytes, at
@@ -749,7 +788,32 @@ async fn state_value(
 
 #[cfg(test)]
 mod tests {
-    use super::page_limit;
+    use super::{page_limit, Kept, Package};
+
+    #[test]
+    fn every_package_kept_during_a_pause_counts_by_its_size() {
+        let done = |collection: String| Package::CollectionDone {
+            collection,
+            objects: 0,
+            checksum: String::new(),
+        };
+        let mut kept = Kept::with_limits(10, 10_000);
+        kept.push(done("note".into())).expect("a small package");
+        // Not a batch, but large: counted all the same (it once counted as nothing).
+        let err = kept
+            .push(done("x".repeat(20_000)))
+            .expect_err("a package past the byte limit");
+        let err = storex_core::error_chain(&err);
+        assert!(err.contains("during a pause"), "{err}");
+        // What is taken out no longer counts.
+        let mut kept = Kept::with_limits(10, 10_000);
+        for _ in 0..3 {
+            kept.push(done("y".repeat(4_000)))
+                .expect("within the limit");
+            assert!(kept.pop_front().is_some());
+        }
+        assert_eq!(kept.bytes, 0);
+    }
 
     #[test]
     fn page_limits_are_powers_of_two_below_the_most() {

@@ -1,7 +1,7 @@
 //! The receiving side: every batch validated and applied in one transaction with the
 //! session's progress, then acknowledged.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use foldhash::{HashSet, HashSetExt};
@@ -24,7 +24,7 @@ use crate::fast_sync::shape;
 use crate::fast_sync::{
     cancel_here, chain_checksum, drain_until_quiet, end_session, honour_pause,
     next_kept_or_package, next_package, quarantine_info, send_package, state_value, tell_peer,
-    FastSyncChannel, FastSyncError, FastSyncOptions, Progress, TransferReport,
+    FastSyncChannel, FastSyncError, FastSyncOptions, Kept, Progress, TransferReport,
 };
 use crate::journal::index_journal;
 use crate::reconcile::HoldReason;
@@ -357,7 +357,7 @@ async fn receive_offered(
     // collection so, also those it skipped on resume.
     let mut verified: HashSet<String> = HashSet::new();
     // What the sender sent while this side paused, in order.
-    let mut kept = VecDeque::new();
+    let mut kept = Kept::default();
     loop {
         match next_kept_or_package(channel, options, "receiving", &mut kept).await? {
             Package::Batch {

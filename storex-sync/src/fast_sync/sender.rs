@@ -20,7 +20,7 @@ use crate::fast_sync::shape;
 use crate::fast_sync::{
     cancel_here, chain_checksum, encode_object, honour_pause, next_kept_or_package, next_package,
     page_limit, quarantine_info, send_package, sign_of_life_interval, state_value, tell_peer,
-    ChannelError, EncodedObjects, FastSyncChannel, FastSyncError, FastSyncOptions, Progress,
+    ChannelError, EncodedObjects, FastSyncChannel, FastSyncError, FastSyncOptions, Kept, Progress,
     TransferReport,
 };
 use crate::journal::JOURNAL_COLLECTION;
@@ -342,7 +342,7 @@ impl SnapshotSender {
             seq: 0,
             skip_until: resume_after.unwrap_or(0),
             unacked: VecDeque::new(),
-            kept: VecDeque::new(),
+            kept: Kept::default(),
             last_sent: Instant::now(),
             report: TransferReport {
                 resumed_after: resume_after,
@@ -610,7 +610,7 @@ impl SnapshotSender {
         &self,
         channel: &mut dyn FastSyncChannel,
         unacked: &mut VecDeque<u64>,
-        kept: &mut VecDeque<Package>,
+        kept: &mut Kept,
     ) -> Result<()> {
         match next_kept_or_package(channel, &self.options, "sending", kept).await? {
             Package::Ack { seq } if unacked.front() == Some(&seq) => {
@@ -690,7 +690,7 @@ struct Run {
     skip_until: u64,
     unacked: VecDeque<u64>,
     /// What the receiver sent while this side paused, in order.
-    kept: VecDeque<Package>,
+    kept: Kept,
     /// When this side last sent a batch or a sign of life.
     last_sent: Instant,
     report: TransferReport,
