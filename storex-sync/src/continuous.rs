@@ -225,6 +225,21 @@ impl SyncReport {
     }
 }
 
+/// The turn of one sync of a device ([`ContinuousSync::turn`]): no other sync of it runs
+/// while this is held.
+#[derive(Debug)]
+pub struct SyncTurn<'a> {
+    sync: &'a ContinuousSync,
+    _running: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl SyncTurn<'_> {
+    /// [`ContinuousSync::sync_once`], in this turn.
+    pub async fn sync_once(self) -> Result<SyncReport> {
+        self.sync.sync_once_in_turn().await
+    }
+}
+
 /// Keeps one device in sync with the others through a shared log.
 #[derive(Debug)]
 pub struct ContinuousSync {
@@ -409,7 +424,20 @@ impl ContinuousSync {
     /// passed over, they would be lost for good, so the sync fails with
     /// [`SharedLogError::Unavailable`] and the page is pulled again by the next one.
     pub async fn sync_once(&self) -> Result<SyncReport> {
-        let _running = self.running.lock().await;
+        self.turn().await.sync_once().await
+    }
+
+    /// Waits until no other sync of this device runs (the app's own call of
+    /// [`ContinuousSync::sync_once`], say), and holds that until the [`SyncTurn`] is used or
+    /// dropped: a caller that bounds how long a sync takes can leave the wait out.
+    pub async fn turn(&self) -> SyncTurn<'_> {
+        SyncTurn {
+            sync: self,
+            _running: self.running.lock().await,
+        }
+    }
+
+    async fn sync_once_in_turn(&self) -> Result<SyncReport> {
         let start = Instant::now();
         let mut report = SyncReport::default();
         self.ensure_cursor_row().await?;

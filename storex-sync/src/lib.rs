@@ -49,7 +49,7 @@ mod write_order;
 
 pub use client_log::{ClientSyncLog, LogRows};
 pub use codec::{DecodeError, EntryCodec};
-pub use continuous::{ContinuousOptions, ContinuousSync, SyncReport};
+pub use continuous::{ContinuousOptions, ContinuousSync, SyncReport, SyncTurn};
 pub use device::{IntegrationReport, SyncDevice, SyncOptions};
 pub use digest::collection_digest;
 pub use entry::{

@@ -35,7 +35,8 @@ pub struct BackgroundOptions {
     /// like the sync server's long poll; see `SharedSyncLog::live_wait`). Default on.
     pub live_updates: bool,
     /// Longest one sync may take (default 10 minutes): a sync still running then is
-    /// abandoned and counts as failed (retried with backoff). A shared log that never
+    /// abandoned and counts as failed (retried with backoff). The wait for another sync of
+    /// the device to end first (one the app runs itself) does not count. A shared log that never
     /// answers (a connection left half-open when a laptop slept) would otherwise hold the
     /// task, and [`BackgroundSync::stop`], for ever. Abandoning is safe: a sync resumes where
     /// the last one left off, like after a crash.
@@ -411,16 +412,24 @@ struct Syncing {
 }
 
 impl Syncing {
-    /// Registers the device if it still waits, then syncs once; a failure as its message.
-    async fn once(&self) -> Result<SyncReport, String> {
+    /// Waits for the device's turn (another sync of it may run: the app's own), then, within
+    /// `limit` (`None` once it passed), registers the device if it still waits and syncs
+    /// once; a failure as its message. The wait does not count towards the limit.
+    async fn once_within(&self, limit: Duration) -> Option<Result<SyncReport, String>> {
+        let turn = self.sync.turn().await;
+        tokio::time::timeout(limit, self.once(turn)).await.ok()
+    }
+
+    /// Registers the device if it still waits, then syncs once in `turn`; a failure as its
+    /// message.
+    async fn once(&self, turn: storex_sync::SyncTurn<'_>) -> Result<SyncReport, String> {
         if let Some(registration) = &self.registration {
             registration
                 .ensure()
                 .await
                 .map_err(|e| storex_core::error_chain(&e))?;
         }
-        self.sync
-            .sync_once()
+        turn.sync_once()
             .await
             .map_err(|e| storex_core::error_chain(&e))
     }
@@ -522,9 +531,9 @@ async fn run(
         let (result, abandoned) = tokio::select! {
             // A sync that is done wins over a grace that ran out at the same time.
             biased;
-            outcome = tokio::time::timeout(sync_timeout, syncing.once()) => match outcome {
-                Ok(result) => (result, false),
-                Err(_) => (Err(format!(
+            outcome = syncing.once_within(sync_timeout) => match outcome {
+                Some(result) => (result, false),
+                None => (Err(format!(
                     "the sync took longer than {sync_timeout:?} and was abandoned (the next \
                      one resumes where it left off)"
                 )), true),

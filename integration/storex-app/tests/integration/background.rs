@@ -417,6 +417,36 @@ async fn a_sync_that_never_ends_is_abandoned_and_stop_does_not_wait_for_it() {
     a.sync.sync_once().await.expect("a sync after the hang");
 }
 
+/// The app runs a sync of its own (a long first pull, say) while the background sync comes
+/// due: the background one waits for it, and that wait is not counted as its own time (it
+/// was, so it ended as "took longer than" and backed off).
+#[tokio::test]
+async fn waiting_for_the_apps_own_sync_does_not_count_towards_the_sync_timeout() {
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let a = app(log, fast().with_sync_timeout(Duration::from_millis(200))).await;
+    a.first_sync().await;
+    let apps_own = a.sync.turn().await;
+    a.write("written while the app syncs").await;
+    a.background.sync_now();
+    a.sync_under_way().await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let waiting = a.background.status();
+    assert_eq!(waiting.consecutive_failures, 0, "{waiting:?}");
+    assert_eq!(waiting.state, SyncState::Syncing, "{waiting:?}");
+    drop(apps_own);
+    eventually("the background sync after the app's", || async {
+        a.background.status().state == SyncState::Idle
+    })
+    .await;
+    let status = a.background.status();
+    assert_eq!(status.consecutive_failures, 0, "{status:?}");
+    assert!(status.last_error.is_none(), "{status:?}");
+    assert_eq!(
+        a.sync.device().log().unshared_count().await.expect("count"),
+        0
+    );
+}
+
 #[tokio::test]
 async fn stop_abandons_a_sync_that_outlasts_the_grace_and_nothing_is_lost() {
     let shared: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
