@@ -217,8 +217,10 @@ pub struct FastSyncOptions {
     /// How long to wait for the peer (to send, or to take what this side sends) before giving
     /// up. On a channel that tells its [`Activity`] (TCP, WebRTC), a package under way is
     /// waited for as long as its bytes move: a large object on a slow link is not a stall.
-    /// The wait for the peer's answer after the last byte left still counts whole (what the
-    /// transport buffers drains meanwhile, then the peer applies the batch).
+    /// The wait for the peer's answer after the last byte was handed to the transport still
+    /// counts whole: what the transport buffers drains meanwhile (a TCP socket's send buffer,
+    /// a WebRTC data channel's, 4 MiB by default), then the peer applies the batch. Keep the
+    /// timeout above that buffer's size over the link's rate.
     pub stall_timeout: Duration,
     /// The collections to send (all when `None`).
     pub collections: Option<Vec<String>>,
@@ -417,7 +419,8 @@ pub async fn exchange(
     })
 }
 
-/// Waits for the next package, or fails after `options.stall_timeout` without one. A peer
+/// Waits for the next package, or fails once nothing arrived for `options.stall_timeout` (see
+/// [`FastSyncOptions::stall_timeout`] for what counts as arriving). A peer
 /// that pauses repeats its `Pause` while paused (see [`honour_pause`]), so a pause is not a
 /// stall but a peer that vanished during one is. Cancelling `options.cancel` ends the wait
 /// (and tells the peer); the peer's `Cancel` ends the session.
@@ -513,6 +516,8 @@ async fn unless_stalled<T>(
             return Some(work.await);
         };
         tokio::select! {
+            // Work done by the deadline is done.
+            biased;
             done = &mut work => return Some(done),
             () = tokio::time::sleep_until(look_at) => {
                 let idle = activity.idle();
@@ -700,7 +705,11 @@ impl Kept {
     /// encoding of anything else (small, unless a broken or hostile peer made it large).
     fn size_of(package: &Package) -> usize {
         match package {
-            Package::Batch { objects, .. } => objects.bytes(),
+            Package::Batch {
+                collection,
+                objects,
+                ..
+            } => collection.len() + objects.bytes(),
             other => other.encode().len(),
         }
     }
@@ -805,6 +814,17 @@ mod tests {
             .expect_err("a package past the byte limit");
         let err = storex_core::error_chain(&err);
         assert!(err.contains("during a pause"), "{err}");
+        // A batch of nothing under a long collection name.
+        let mut kept = Kept::with_limits(10, 10_000);
+        let batch = Package::Batch {
+            seq: 1,
+            collection: "z".repeat(20_000),
+            objects: crate::fast_sync::EncodedObjects::encode(&[]),
+        };
+        assert!(
+            kept.push(batch).is_err(),
+            "a batch's collection name counts"
+        );
         // What is taken out no longer counts.
         let mut kept = Kept::with_limits(10, 10_000);
         for _ in 0..3 {

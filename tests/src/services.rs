@@ -89,15 +89,10 @@ pub async fn fresh_postgres_database(server_url: &str) -> String {
 /// password) for a new role that may read and write the rows of the tables there now, and
 /// do nothing else: not create, alter or index a table. A server is often run so.
 pub async fn role_without_ddl_rights(url: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let role = format!(
-        "storex_rw_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
+    // Unique on a server that outlives the test run (a role keeps grants in other databases).
+    let role = format!("storex_rw_{}", storex_core::uuid::Uuid::now_v7().simple());
     let admin = Database::connect(url).await.expect("connect as the owner");
     for statement in [
-        format!("DROP ROLE IF EXISTS {role}"),
         format!("CREATE ROLE {role} LOGIN"),
         format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"),
     ] {

@@ -76,18 +76,21 @@ pub async fn set_up_already(
     if db.get_database_backend() != sea_orm::DbBackend::Postgres {
         return Ok(false);
     }
-    // The names are the callers' constants, never input.
-    let test = |name: &&str, is: &str| format!("to_regclass('{name}') IS {is} NULL");
-    let tests: Vec<String> = present
-        .iter()
-        .map(|name| test(name, "NOT"))
-        .chain(absent.iter().map(|name| test(name, "")))
+    // Each name a parameter: `to_regclass($n) IS [NOT] NULL`, all of them together.
+    let tests: Vec<String> = (1..=present.len() + absent.len())
+        .map(|n| {
+            let is = if n <= present.len() { "NOT " } else { "" };
+            format!("to_regclass(${n}::text) IS {is}NULL")
+        })
+        .chain(std::iter::once("TRUE".to_owned()))
         .collect();
     let sql = format!("SELECT ({}) AS ready", tests.join(" AND "));
+    let names = present.iter().chain(absent).map(|name| (*name).into());
     let row = db
-        .query_one_raw(sea_orm::Statement::from_string(
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
             sea_orm::DbBackend::Postgres,
             sql,
+            names,
         ))
         .await?;
     match row {
@@ -402,6 +405,7 @@ impl SqlSharedLog {
             .await
             .map_err(|e| self.unavailable(e))?;
         let user = self.user_of(&txn, device).await?;
+        check_topics(entries.iter().map(|e| e.topic.as_str()))?;
         // Lock the user's counter first: pushes of one user now run one after the other.
         let lock = Query::update()
             .table(id(USERS))
@@ -553,7 +557,6 @@ impl SharedSyncLog for SqlSharedLog {
                     other: other.device,
                 });
             }
-            check_topics(entries.iter().map(|e| e.topic.as_str()))?;
             self.push_in(device, entries).await
         })
     }

@@ -36,7 +36,8 @@ pub struct BackgroundOptions {
     pub live_updates: bool,
     /// Longest one sync may take (default 10 minutes): a sync still running then is
     /// abandoned and counts as failed (retried with backoff). The wait for another sync of
-    /// the device to end first (one the app runs itself) does not count. A shared log that never
+    /// the device to end first (one the app runs itself) does not count: it is bounded by
+    /// this timeout of its own, and a sync that never started counts as failed too. A shared log that never
     /// answers (a connection left half-open when a laptop slept) would otherwise hold the
     /// task, and [`BackgroundSync::stop`], for ever. Abandoning is safe: a sync resumes where
     /// the last one left off, like after a crash.
@@ -414,9 +415,15 @@ struct Syncing {
 impl Syncing {
     /// Waits for the device's turn (another sync of it may run: the app's own), then, within
     /// `limit` (`None` once it passed), registers the device if it still waits and syncs
-    /// once; a failure as its message. The wait does not count towards the limit.
+    /// once; a failure as its message. The wait has a `limit` of its own: another sync that
+    /// hangs is reported as such, not waited for silently.
     async fn once_within(&self, limit: Duration) -> Option<Result<SyncReport, String>> {
-        let turn = self.sync.turn().await;
+        let Ok(turn) = tokio::time::timeout(limit, self.sync.turn()).await else {
+            return Some(Err(format!(
+                "another sync of this device (one the app ran itself) did not end within \
+                 {limit:?}; this one did not start"
+            )));
+        };
         tokio::time::timeout(limit, self.once(turn)).await.ok()
     }
 

@@ -422,29 +422,36 @@ async fn a_sync_that_never_ends_is_abandoned_and_stop_does_not_wait_for_it() {
 /// was, so it ended as "took longer than" and backed off).
 #[tokio::test]
 async fn waiting_for_the_apps_own_sync_does_not_count_towards_the_sync_timeout() {
-    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
-    let a = app(log, fast().with_sync_timeout(Duration::from_millis(200))).await;
+    let flaky = Arc::new(FlakySharedLog::new(Arc::new(MemorySharedLog::new())));
+    let log: Arc<dyn SharedSyncLog> = flaky.clone();
+    let a = app(log, fast().with_sync_timeout(Duration::from_millis(600))).await;
     a.first_sync().await;
+    // Each pull now takes 100 ms (a sync pulls twice or more), and the background sync waits
+    // 450 ms for the app's: together more than the timeout, each alone less.
+    flaky.set_pull_delay(Duration::from_millis(100));
     let apps_own = a.sync.turn().await;
+    // No sync of the device ends while the app holds its turn.
+    let mut events = a.background.subscribe();
     a.write("written while the app syncs").await;
     a.background.sync_now();
     a.sync_under_way().await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let waiting = a.background.status();
-    assert_eq!(waiting.consecutive_failures, 0, "{waiting:?}");
-    assert_eq!(waiting.state, SyncState::Syncing, "{waiting:?}");
+    tokio::time::sleep(Duration::from_millis(450)).await;
     drop(apps_own);
-    eventually("the background sync after the app's", || async {
-        a.background.status().state == SyncState::Idle
+    // The first sync to end after the app's, succeeded or failed.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await.expect("events") {
+                SyncEvent::Finished(report) => return Ok(report),
+                SyncEvent::Failed { error, .. } => return Err(error),
+                _ => {}
+            }
+        }
     })
-    .await;
-    let status = a.background.status();
-    assert_eq!(status.consecutive_failures, 0, "{status:?}");
-    assert!(status.last_error.is_none(), "{status:?}");
-    assert_eq!(
-        a.sync.device().log().unshared_count().await.expect("count"),
-        0
-    );
+    .await
+    .expect("a sync ended");
+    flaky.set_pull_delay(Duration::ZERO);
+    let report = ended.expect("the background sync after the app's succeeded");
+    assert_eq!(report.pushed, 1, "{report:?}");
 }
 
 #[tokio::test]
