@@ -35,12 +35,12 @@ pub struct BackgroundOptions {
     /// like the sync server's long poll; see `SharedSyncLog::live_wait`). Default on.
     pub live_updates: bool,
     /// Longest one sync may take (default 10 minutes): a sync still running then is
-    /// abandoned and counts as failed (retried with backoff). The wait for another sync of
-    /// the device to end first (one the app runs itself) does not count: it is bounded by
-    /// this timeout of its own, and a sync that never started counts as failed too. A shared log that never
+    /// abandoned and counts as failed (retried with backoff). A shared log that never
     /// answers (a connection left half-open when a laptop slept) would otherwise hold the
     /// task, and [`BackgroundSync::stop`], for ever. Abandoning is safe: a sync resumes where
-    /// the last one left off, like after a crash.
+    /// the last one left off, like after a crash. The wait for another sync of the device to
+    /// end first (one the app runs itself) does not count: it has this timeout of its own, and
+    /// a sync that never started counts as failed too.
     pub sync_timeout: Duration,
     /// How long [`BackgroundSync::stop`] (or dropping the handle) lets a sync under way go
     /// on before abandoning it (default 5 s): an app that quits, or a phone's app sent to
