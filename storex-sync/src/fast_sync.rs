@@ -680,7 +680,8 @@ const MAX_KEPT_BYTES: usize = 256 * 1024 * 1024;
 /// What the peer sent during a pause, kept in order for after it, and how many bytes that is.
 #[derive(Debug)]
 pub(crate) struct Kept {
-    packages: std::collections::VecDeque<Package>,
+    /// The packages, each with its size as counted when it was kept.
+    packages: std::collections::VecDeque<(Package, usize)>,
     bytes: usize,
     /// The most packages and bytes kept.
     limits: (usize, usize),
@@ -718,8 +719,9 @@ impl Kept {
     /// that honours the protocol can (so that a broken or hostile one cannot fill this
     /// side's memory).
     fn push(&mut self, package: Package) -> crate::Result<()> {
-        self.bytes += Self::size_of(&package);
-        self.packages.push_back(package);
+        let size = Self::size_of(&package);
+        self.bytes += size;
+        self.packages.push_back((package, size));
         if self.packages.len() > self.limits.0 || self.bytes > self.limits.1 {
             return Err(FastSyncError::Protocol(format!(
                 "the peer sent {} packages ({} bytes) during a pause, more than its window \
@@ -734,8 +736,8 @@ impl Kept {
 
     /// The first package kept, if any.
     pub(crate) fn pop_front(&mut self) -> Option<Package> {
-        let package = self.packages.pop_front()?;
-        self.bytes = self.bytes.saturating_sub(Self::size_of(&package));
+        let (package, size) = self.packages.pop_front()?;
+        self.bytes -= size;
         Some(package)
     }
 }
