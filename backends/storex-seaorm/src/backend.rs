@@ -209,10 +209,15 @@ impl Shared {
 /// The URL [`connect`] opens the SQLite file at `path` by, in `mode` (`ro`, `rw`, or `rwc` to
 /// create it if missing). The SQLite driver percent-decodes a URL's file name and ends it at
 /// the first `?`, so `%`, `?` and `#` in the path are escaped: `budget%2024.db` opens that
-/// file, not `budget 24.db`.
-pub fn sqlite_file_url(path: &std::path::Path, mode: &str) -> String {
+/// file, not `budget 24.db`. A path that is not valid Unicode is refused
+/// ([`Error::PathNotUnicode`]): the driver takes the file name as text, and would open
+/// another file than the one named.
+pub fn sqlite_file_url(path: &std::path::Path, mode: &str) -> Result<String> {
+    let text = path.to_str().ok_or_else(|| Error::PathNotUnicode {
+        path: path.display().to_string(),
+    })?;
     let mut file = String::new();
-    for c in path.display().to_string().chars() {
+    for c in text.chars() {
         match c {
             '%' => file.push_str("%25"),
             '?' => file.push_str("%3F"),
@@ -220,7 +225,7 @@ pub fn sqlite_file_url(path: &std::path::Path, mode: &str) -> String {
             c => file.push(c),
         }
     }
-    format!("sqlite://{file}?mode={mode}")
+    Ok(format!("sqlite://{file}?mode={mode}"))
 }
 
 /// A storex backend on SQLite or PostgreSQL through SeaORM. Clones share one pool.
@@ -255,7 +260,7 @@ impl SeaOrmBackend {
 
     /// Opens (creating it if needed) the SQLite database file at `path`.
     pub async fn open_sqlite_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
-        Self::connect(&sqlite_file_url(path.as_ref(), "rwc")).await
+        Self::connect(&sqlite_file_url(path.as_ref(), "rwc")?).await
     }
 
     /// Wraps a connection the app already has (for instance its SeaORM data layer's).

@@ -20,6 +20,13 @@ pub enum Error {
         #[source]
         source: DbErr,
     },
+    /// A SQLite file's path that is not valid Unicode: the driver takes a file name as text,
+    /// so it would open another file than the one named.
+    #[error("the path {path} is not valid Unicode; SQLite files are opened by a path that is (rename the file or a folder on its way)")]
+    PathNotUnicode {
+        /// The path, with what is not Unicode shown as U+FFFD.
+        path: String,
+    },
     /// The URL names neither SQLite nor PostgreSQL.
     #[error("`{url}` is not a SQLite (`sqlite:`) or PostgreSQL (`postgres:`) URL")]
     UnsupportedUrl {

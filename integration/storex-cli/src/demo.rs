@@ -71,11 +71,15 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
             run_in(dir).await
         }
         None => {
-            let dir = std::env::temp_dir().join(format!("storex-demo-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).context("creating a temporary folder")?;
-            let result = run_in(dir.clone()).await;
+            // A new folder of its own: never one an earlier demo (killed before it cleaned
+            // up) or another user left under a name that could be guessed.
+            let dir = tempfile::Builder::new()
+                .prefix("storex-demo-")
+                .tempdir()
+                .context("creating a temporary folder")?;
+            let result = run_in(dir.path().to_path_buf()).await;
             // The files were only for the demo; a leftover in the temp folder is harmless.
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = dir.close();
             result
         }
     }
@@ -83,7 +87,7 @@ pub(crate) async fn run(dir: Option<PathBuf>) -> Result<()> {
 
 async fn run_in(dir: PathBuf) -> Result<()> {
     say!("devices and shared log in {}", dir.display());
-    let url = storex_seaorm::sqlite_file_url(&dir.join("shared-log.db"), "rwc");
+    let url = storex_seaorm::sqlite_file_url(&dir.join("shared-log.db"), "rwc")?;
     let log: Arc<dyn SharedSyncLog> = Arc::new(
         SqlSharedLog::connect(&url)
             .await

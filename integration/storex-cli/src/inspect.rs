@@ -20,7 +20,7 @@ async fn open(db: &Path) -> Result<Storage> {
     }
     // Looking changes nothing: a file without a sync log is told so, read only, before it
     // is opened as a device's (which would give it storex's tables and a write-ahead log).
-    let reading = connect(&storex_seaorm::sqlite_file_url(db, "ro"))
+    let reading = connect(&storex_seaorm::sqlite_file_url(db, "ro")?)
         .await
         .with_context(|| format!("opening {}", db.display()))?;
     let found = reading

@@ -107,9 +107,10 @@ enum Migrate {
         /// the two devices share, e.g. 192.168.1.20; the default works on one machine only).
         #[arg(long, default_value = "127.0.0.1", requires = "webrtc")]
         webrtc_bind: std::net::IpAddr,
-        /// Over TCP: how long to wait, in seconds, for the receiver to come back after the
-        /// connection drops; the transfer then resumes after the last batch it applied (0:
-        /// no second connection; give both sides the same).
+        /// Over TCP: how long the receiver tries, in seconds, to come back after the
+        /// connection drops (give both sides the same); the transfer then resumes after the
+        /// last batch it applied. The sender waits twice as long, so that a receiver that gave
+        /// up can run its command again (0: no second connection).
         #[arg(long, default_value_t = 120, conflicts_with = "webrtc")]
         reconnect_secs: u64,
     },

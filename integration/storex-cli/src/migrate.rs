@@ -227,7 +227,17 @@ async fn send_over_tcp(
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
-    say!("listening on {}", listener.local_addr()?);
+    let address = listener.local_addr()?;
+    if address.ip().is_unspecified() {
+        // Not an address to connect to: the receiver needs one of this machine's own.
+        say!(
+            "listening on {address}: on every address of this machine; the receiver connects \
+             to this machine's address on its network, port {}",
+            address.port()
+        );
+    } else {
+        say!("listening on {address}");
+    }
     let mut channel = TcpChannel::accept(&listener).await?;
     let bar = progress_bar();
     let options = with_user_version(options(&bar), user_version);
@@ -237,22 +247,25 @@ async fn send_over_tcp(
         close(&mut channel).await;
         match sent {
             Err(dropped) if connection_lost(&dropped) && !reconnect.is_zero() => {
+                // Twice the receiver's time to reconnect: once it gives up, the same command
+                // run again on its side still finds this one waiting, and resumes.
+                let wait = reconnect.saturating_mul(2);
                 bar.suspend(|| {
                     say!(
                         "the connection dropped ({}); waiting up to {} s for the receiver to \
                          reconnect",
                         error_chain(&dropped),
-                        reconnect.as_secs()
+                        wait.as_secs()
                     )
                 });
-                match tokio::time::timeout(reconnect, TcpChannel::accept(&listener)).await {
+                match tokio::time::timeout(wait, TcpChannel::accept(&listener)).await {
                     Ok(accepted) => channel = accepted?,
                     Err(_) => {
                         break Err(anyhow::Error::from(dropped).context(format!(
                             "the receiver did not reconnect within {} s (if it printed \
                              `received …`, the transfer is complete: only the last \
                              acknowledgement was lost)",
-                            reconnect.as_secs()
+                            wait.as_secs()
                         )))
                     }
                 }
@@ -318,8 +331,8 @@ pub(crate) enum Source {
 
 /// Receives from a sender and writes what it sends into a new database at `db`.
 pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
-    // Its write-ahead log too: SQLite would replay an earlier database's log left beside
-    // the target into the new file.
+    // Its write-ahead log and rollback journal too: SQLite would replay an earlier database's
+    // log or journal left beside the target into the new file.
     if let Some(found) = sqlite_files(db).into_iter().find(|file| file.exists()) {
         bail!(
             "{} already exists; the migration writes a new database (remove the old one's \
@@ -428,6 +441,13 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
     }
     let closed = backend.connection().close_by_ref().await;
     closed.context("closing the received database")?;
+    if !partial[0].is_file() {
+        bail!(
+            "the received database {} is gone; {} was not written",
+            partial[0].display(),
+            db.display()
+        );
+    }
     for (from, to) in partial.iter().zip(sqlite_files(db)) {
         if from.exists() {
             move_without_replacing(from, &to)?;
@@ -465,7 +485,7 @@ fn move_without_replacing(from: &Path, to: &Path) -> Result<()> {
 /// transfer of `session` left there, to resume, or else a new one (anything else found there
 /// is removed).
 async fn open_partial(
-    partial: &[PathBuf; 3],
+    partial: &[PathBuf; 4],
     registry: &Registry,
     session: Uuid,
 ) -> Result<(Arc<SeaOrmBackend>, SyncDevice)> {
@@ -585,12 +605,14 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// A SQLite database's files: the database, its write-ahead log and its shared memory.
-fn sqlite_files(db: &Path) -> [PathBuf; 3] {
+/// A SQLite database's files: the database, its write-ahead log, its shared memory and its
+/// rollback journal.
+fn sqlite_files(db: &Path) -> [PathBuf; 4] {
     [
         db.to_path_buf(),
         with_suffix(db, "-wal"),
         with_suffix(db, "-shm"),
+        with_suffix(db, "-journal"),
     ]
 }
 

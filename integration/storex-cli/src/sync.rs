@@ -34,8 +34,11 @@ pub(crate) struct SyncArgs {
     user: String,
 }
 
-fn sqlite_url(path: &Path, create: bool) -> String {
-    storex_seaorm::sqlite_file_url(path, if create { "rwc" } else { "rw" })
+fn sqlite_url(path: &Path, create: bool) -> Result<String> {
+    Ok(storex_seaorm::sqlite_file_url(
+        path,
+        if create { "rwc" } else { "rw" },
+    )?)
 }
 
 /// Syncs the database once and prints what happened.
@@ -50,13 +53,13 @@ pub(crate) async fn sync(args: SyncArgs) -> Result<()> {
     let log: Arc<dyn SharedSyncLog> = match (&server, &args.shared_log) {
         (Some(server), _) => Arc::new(HttpSharedLog::new(server)?),
         (None, Some(file)) => Arc::new(
-            SqlSharedLog::connect(&sqlite_url(file, true))
+            SqlSharedLog::connect(&sqlite_url(file, true)?)
                 .await
                 .with_context(|| format!("opening the shared log {}", file.display()))?,
         ),
         (None, None) => bail!("give --server URL (or set STOREX_SERVER) or --shared-log FILE"),
     };
-    let db = connect(&sqlite_url(&args.db, false))
+    let db = connect(&sqlite_url(&args.db, false)?)
         .await
         .with_context(|| format!("opening {}", args.db.display()))?;
     let registry = tables_of(&db, &args.db).await?.registry;

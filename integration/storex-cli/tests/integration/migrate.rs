@@ -454,7 +454,7 @@ async fn a_dropped_connection_resumes_where_it_broke_off() {
     assert_eq!(connections.load(Ordering::SeqCst), 2, "{stdout}");
     assert!(stdout.contains("the connection dropped"), "{stdout}");
     assert!(stdout.contains("resumed after batch"), "{stdout}");
-    assert!(sent.0.contains("waiting up to 30 s"), "{}", sent.0);
+    assert!(sent.0.contains("waiting up to 60 s"), "{}", sent.0);
     assert!(sent.0.contains("resumed after batch"), "{}", sent.0);
     assert!(!dir.path().join("new.db.partial").exists());
     assert_same_rows(&old_path, &new_path, &["item"]).await;
@@ -613,11 +613,34 @@ fn sending_a_missing_file_says_so() {
     );
 }
 
+/// A file name that is not Unicode would reach SQLite changed (the driver takes text): the
+/// sender would open, and send, a new empty database beside the one named.
+#[cfg(unix)]
+#[test]
+fn a_database_path_that_is_not_unicode_is_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let name = std::ffi::OsStr::from_bytes(b"old-\xff.db");
+    let db = dir.path().join(name);
+    std::fs::write(&db, b"").expect("write");
+    let output = storex()
+        .args(["migrate", "send", "--db"])
+        .arg(&db)
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is not valid Unicode"), "{stderr}");
+    // Nothing was made beside it.
+    let files = std::fs::read_dir(dir.path()).expect("read").count();
+    assert_eq!(files, 1, "{stderr}");
+}
+
 #[test]
 fn receiving_into_an_existing_file_is_refused() {
-    // The database itself, or the write-ahead log an earlier database left beside it (SQLite
-    // would replay it into the new file).
-    for left in ["taken.db", "taken.db-wal"] {
+    // The database itself, or the write-ahead log or rollback journal an earlier database
+    // left beside it (SQLite would replay either into the new file).
+    for left in ["taken.db", "taken.db-wal", "taken.db-journal"] {
         let dir = tempfile::tempdir().expect("temporary directory");
         std::fs::write(dir.path().join(left), b"").expect("write");
         let output = storex()
