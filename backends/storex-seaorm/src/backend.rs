@@ -5,8 +5,10 @@
 //! busy timeout. Snapshot transactions (reads only) are deferred: on a file in WAL mode they
 //! hold no lock writers wait for. On PostgreSQL every write inside a transaction runs in a
 //! savepoint, so a failed write leaves the transaction usable, as storex-core's contract
-//! says.
+//! says. Operations on one transaction take turns. A transaction SQLite ended by itself
+//! after an error refuses the rest of its operations and its commit (`savepoint.rs`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -23,6 +25,7 @@ use storex_core::{
 
 use crate::error::{redact, Error, Result};
 use crate::exec::{run, run_batch, Ctx};
+use crate::savepoint::Savepoint;
 use crate::schema;
 
 /// How long a SQLite writer waits for another one to finish.
@@ -143,6 +146,7 @@ impl Shared {
             backend: self.name(),
             dialect: self.dialect,
             registry,
+            lost: AtomicBool::new(false),
         }
     }
 
@@ -336,7 +340,12 @@ impl StorageBackend for SeaOrmBackend {
                     Ok(outcome)
                 }
                 Err(e) => {
-                    txn.rollback().await.map_err(|e| self.shared.db_err(e))?;
+                    // If SQLite ended the transaction itself, an empty one takes its place
+                    // for the rollback to end (else the connection would stay counted as in
+                    // a transaction). The operation's own error tells more than a failed
+                    // rollback's: nothing of it was written either way.
+                    ctx.transaction_lost(&txn).await;
+                    let _ = txn.rollback().await;
                     Err(e)
                 }
             }
@@ -371,6 +380,8 @@ impl SeaOrmBackend {
             txn,
             registry: self.shared.registry(),
             shared: self.shared.clone(),
+            turn: tokio::sync::Mutex::new(()),
+            lost: AtomicBool::new(false),
         })
     }
 }
@@ -381,32 +392,43 @@ struct SeaOrmTransaction {
     txn: DatabaseTransaction,
     registry: Arc<Registry>,
     shared: Arc<Shared>,
+    /// Taken by each operation for its whole run: operations run concurrently on one
+    /// transaction would otherwise interleave their statements, and one's savepoint undone
+    /// would undo the other's writes made since.
+    turn: tokio::sync::Mutex<()>,
+    /// Set once the database ended the transaction by itself, or a savepoint could not be
+    /// undone: the rest of it is refused, and its commit fails.
+    lost: AtomicBool,
 }
+
+/// Why the operations of a lost transaction, and its commit, are refused.
+const LOST: &str = "the database ended this transaction after an earlier error in it (or \
+                    an undo in it failed): nothing of it is written; run it again from its start";
 
 impl SeaOrmTransaction {
     /// Runs `op` in a savepoint: a failure undoes it and leaves the transaction usable.
-    async fn in_savepoint(&self, op: Operation) -> CoreResult<Outcome> {
-        let ctx = self.shared.ctx(&self.registry);
-        let savepoint = self.txn.begin().await.map_err(|e| self.shared.db_err(e))?;
+    async fn in_savepoint(&self, ctx: &Ctx<'_>, op: Operation) -> CoreResult<Outcome> {
+        let savepoint = Savepoint::set(&self.txn, "storex_operation")
+            .await
+            .map_err(|e| self.shared.db_err(e))?;
         let result = match op {
             Operation::Batch { steps } => {
-                run_batch(&savepoint, &ctx, steps).await.map(Outcome::Batch)
+                run_batch(&self.txn, ctx, steps).await.map(Outcome::Batch)
             }
-            op => run(&savepoint, &ctx, op).await,
+            op => run(&self.txn, ctx, op).await,
         };
         match result {
             Ok(outcome) => {
                 savepoint
-                    .commit()
+                    .release()
                     .await
                     .map_err(|e| self.shared.db_err(e))?;
                 Ok(outcome)
             }
             Err(e) => {
-                savepoint
-                    .rollback()
-                    .await
-                    .map_err(|e| self.shared.db_err(e))?;
+                if savepoint.undo().await.is_err() {
+                    ctx.note_lost(&self.txn).await;
+                }
                 Err(e)
             }
         }
@@ -416,21 +438,40 @@ impl SeaOrmTransaction {
 impl Transaction for SeaOrmTransaction {
     fn execute(&self, op: Operation) -> BoxFuture<'_, CoreResult<Outcome>> {
         Box::pin(async move {
+            let _turn = self.turn.lock().await;
+            if self.lost.load(Ordering::Acquire) {
+                return Err(storex_core::Error::Transaction {
+                    problem: LOST.into(),
+                });
+            }
+            let ctx = self.shared.ctx(&self.registry);
             // SQLite undoes just the failing statement by itself; PostgreSQL would abort the
             // whole transaction, so writes there get a savepoint of their own.
             let own_savepoint = matches!(op, Operation::Batch { .. })
                 || (op.is_write() && self.shared.dialect == Dialect::Postgres);
-            if own_savepoint {
-                self.in_savepoint(op).await
+            let result = if own_savepoint {
+                self.in_savepoint(&ctx, op).await
             } else {
-                run(&self.txn, &self.shared.ctx(&self.registry), op).await
+                run(&self.txn, &ctx, op).await
+            };
+            // After an error SQLite may have ended the whole transaction (see savepoint.rs).
+            if (result.is_err() && ctx.transaction_lost(&self.txn).await) || ctx.lost() {
+                self.lost.store(true, Ordering::Release);
             }
+            result
         })
     }
 
     fn commit(self: Box<Self>) -> BoxFuture<'static, CoreResult<()>> {
         Box::pin(async move {
             let (shared, registry) = (self.shared.clone(), self.registry.clone());
+            if self.lost.load(Ordering::Acquire) {
+                // Ends the empty transaction that stands in for the lost one.
+                let _ = self.txn.rollback().await;
+                return Err(storex_core::Error::Transaction {
+                    problem: LOST.into(),
+                });
+            }
             // A deferred constraint (a foreign key or check an adopted table declares
             // DEFERRABLE) fails here: a refusal like any other, not a database failure.
             self.txn
@@ -443,7 +484,12 @@ impl Transaction for SeaOrmTransaction {
     fn rollback(self: Box<Self>) -> BoxFuture<'static, CoreResult<()>> {
         Box::pin(async move {
             let shared = self.shared.clone();
-            self.txn.rollback().await.map_err(|e| shared.db_err(e))
+            let lost = self.lost.load(Ordering::Acquire);
+            match self.txn.rollback().await {
+                // Nothing of a lost transaction is left to undo.
+                Err(_) if lost => Ok(()),
+                ended => ended.map_err(|e| shared.db_err(e)),
+            }
         })
     }
 }

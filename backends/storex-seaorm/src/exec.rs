@@ -13,10 +13,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use sea_orm::sea_query::SelectStatement;
-use sea_orm::{
-    ConnectionTrait, DatabaseTransaction, DbErr, QueryResult, SqlErr, StatementBuilder,
-    TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, QueryResult, SqlErr, StatementBuilder};
 use storex_core::uuid::Uuid;
 use storex_core::{
     BatchResolver, BatchStep, CollectionDef, Error, Object, Operation, Outcome, Pk, PkKey, Query,
@@ -24,6 +21,7 @@ use storex_core::{
 };
 
 use crate::backend::Dialect;
+use crate::savepoint::Savepoint;
 use crate::sql::{self, OnExisting};
 use crate::values::{read_object, read_pk, read_values, uuid_keys};
 
@@ -36,6 +34,9 @@ pub(crate) struct Ctx<'a> {
     pub(crate) backend: &'static str,
     pub(crate) dialect: Dialect,
     pub(crate) registry: &'a Registry,
+    /// Set once the transaction the operation runs in was found ended by the database, or
+    /// in a state no longer known ([`Ctx::transaction_lost`]).
+    pub(crate) lost: std::sync::atomic::AtomicBool,
 }
 
 impl Ctx<'_> {
@@ -310,7 +311,8 @@ async fn keys_then_update<C: ConnectionTrait, S: StatementBuilder>(
     err: impl Fn(DbErr) -> Error,
 ) -> Result<Option<Vec<Pk>>, Error> {
     let row = conn.query_one(keys).await.map_err(&err)?;
-    let Some(pks) = uuid_keys(row.as_ref()).map_err(&err)? else {
+    // A key that does not read as a UUID is the data's fault, as for a row read back.
+    let Some(pks) = uuid_keys(row.as_ref()).map_err(|e| unreadable(collection, e))? else {
         return Ok(None);
     };
     let count = conn.execute(update).await.map_err(&err)?.rows_affected();
@@ -520,14 +522,16 @@ async fn update_group_rows(
     first_index: usize,
 ) -> Result<Vec<Outcome>, Error> {
     let def = ctx.registry.collection(collection)?;
-    let savepoint = txn.begin().await.map_err(|e| ctx.db_err(collection, e))?;
+    let savepoint = Savepoint::set(txn, "storex_group")
+        .await
+        .map_err(|e| ctx.db_err(collection, e))?;
     let per_statement = ctx.max_rows_per_statement(def.pk_fields().len() + fields.len());
     let mut changed = 0;
     let mut failed = None;
     for (chunk_index, chunk) in updates.chunks(per_statement).enumerate() {
         let statement = sql::update_rows(def, ctx.dialect, fields, chunk)
             .map_err(step_error(first_index + chunk_index * per_statement))?;
-        match savepoint.execute_raw(statement).await {
+        match txn.execute_raw(statement).await {
             Ok(done) => changed += done.rows_affected(),
             Err(e) => {
                 failed = Some((chunk_index * per_statement, e));
@@ -537,12 +541,16 @@ async fn update_group_rows(
     }
     if failed.is_none() && changed == updates.len() as u64 {
         savepoint
-            .commit()
+            .release()
             .await
             .map_err(|e| ctx.db_err(collection, e))?;
         return Ok(vec![Outcome::Updated { count: 1 }; updates.len()]);
     }
-    let undone = savepoint.rollback().await;
+    let undone = savepoint.undo().await;
+    if undone.is_err() {
+        // Not replayed: what the transaction holds is not known (SQLite may have ended it).
+        ctx.note_lost(txn).await;
+    }
     if let Some((failed_from, group_error)) = failed {
         if !worth_replaying(ctx, &group_error) || undone.is_err() {
             return Err(step_error(first_index + failed_from)(
@@ -597,14 +605,17 @@ async fn insert_group(
         .map(|(offset, o)| pk_of(def, o).map_err(step_error(first_index + offset)))
         .collect::<Result<Vec<_>, _>>()?;
     let savepoint = match ctx.dialect {
-        Dialect::Postgres => Some(txn.begin().await.map_err(|e| ctx.db_err(collection, e))?),
+        Dialect::Postgres => Some(
+            Savepoint::set(txn, "storex_group")
+                .await
+                .map_err(|e| ctx.db_err(collection, e))?,
+        ),
         Dialect::Sqlite => None,
     };
-    let conn = savepoint.as_ref().unwrap_or(txn);
     let per_statement = ctx.max_rows_per_statement(def.fields().len());
     let mut failed = None;
     for (chunk_index, chunk) in objects.chunks(per_statement).enumerate() {
-        if let Err(e) = conn
+        if let Err(e) = txn
             .execute_raw(sql::insert(def, ctx.dialect, chunk, existing)?)
             .await
         {
@@ -615,16 +626,24 @@ async fn insert_group(
     let Some((replay_from, group_error)) = failed else {
         if let Some(savepoint) = savepoint {
             savepoint
-                .commit()
+                .release()
                 .await
                 .map_err(|e| ctx.db_err(collection, e))?;
         }
         return Ok(pks);
     };
     let undone = match savepoint {
-        Some(savepoint) => savepoint.rollback().await,
+        Some(savepoint) => savepoint.undo().await,
+        // SQLite undid the statement, unless it ended the whole transaction: then the rows
+        // replayed would each be committed alone.
+        None if ctx.transaction_lost(txn).await => {
+            Err(DbErr::Custom("the database ended the transaction".into()))
+        }
         None => Ok(()),
     };
+    if undone.is_err() {
+        ctx.note_lost(txn).await;
+    }
     // A refused row is found by replaying the rows one at a time, once the savepoint is
     // undone; otherwise the group's own error is the one to report.
     if !worth_replaying(ctx, &group_error) || undone.is_err() {

@@ -16,6 +16,7 @@ mod entity;
 mod error;
 mod exec;
 mod introspect;
+mod savepoint;
 mod schema;
 mod sql;
 mod values;

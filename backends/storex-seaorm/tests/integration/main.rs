@@ -10,6 +10,7 @@ mod crash;
 mod existing_entities;
 mod indexes;
 mod introspected_schema;
+mod lost_transactions;
 mod query_bounds;
 mod refused_writes;
 mod snapshot;

@@ -65,3 +65,42 @@ fn sorted(mut pks: Vec<storex_core::Pk>) -> Vec<storex_core::Pk> {
     pks.sort_by_key(|pk| format!("{pk}"));
     pks
 }
+
+/// A key another program stored as text in a UUID-keyed table does not read as a UUID: the
+/// update by filter fails as the data's fault (not transient: sync sets the change aside
+/// rather than retrying it for ever), as a row read by `RETURNING` would.
+#[tokio::test]
+async fn a_key_stored_as_text_fails_the_update_as_unreadable_data() {
+    let registry = Registry::builder()
+        .collection(
+            CollectionDef::new("doc")
+                .field("id", FieldType::Uuid)
+                .field("state", FieldType::Text)
+                .primary_key(["id"]),
+        )
+        .build()
+        .expect("registry");
+    let backend = SeaOrmBackend::connect("sqlite::memory:")
+        .await
+        .expect("open");
+    for sql in [
+        "CREATE TABLE doc (id BLOB PRIMARY KEY NOT NULL, state TEXT NOT NULL)",
+        "INSERT INTO doc VALUES ('0190a0d2-7b3c-7def-8123-456789abcdef', 'open')",
+    ] {
+        backend
+            .connection()
+            .execute_unprepared(sql)
+            .await
+            .expect("the app's schema");
+    }
+    let storage = Storage::builder(registry, backend)
+        .build()
+        .await
+        .expect("prepare");
+    let err = storage
+        .update_where_returning_pks("doc", Filter::all(), object! { "state" => "seen" })
+        .await
+        .expect_err("the key does not read as a UUID");
+    assert!(!err.is_transient(), "{err}");
+    assert!(err.to_string().contains("doc"), "{err}");
+}

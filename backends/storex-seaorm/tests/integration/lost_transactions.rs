@@ -1,0 +1,239 @@
+//! Transactions the database ends by itself, and operations run at once on one transaction.
+//!
+//! SQLite ends the whole transaction, not only the statement, when a trigger raises
+//! `RAISE(ROLLBACK, …)` (and for a constraint declared `ON CONFLICT ROLLBACK`, at times for a
+//! full disk). The write's own error is reported, the rest of the transaction is refused and
+//! its commit fails, nothing of it is written (no write after it is committed alone), and the
+//! connection serves later transactions as before. Operations run concurrently on one
+//! transaction take turns: a failing one undoes only itself.
+
+use sea_orm::ConnectionTrait;
+use storex_core::{
+    object, BatchStep, CollectionDef, Error, FieldType, Filter, Operation, Registry, Storage,
+};
+use storex_seaorm::SeaOrmBackend;
+
+fn registry() -> Registry {
+    Registry::builder()
+        .collection(
+            CollectionDef::new("note")
+                .field("id", FieldType::Int)
+                .field("title", FieldType::Text)
+                .primary_key(["id"]),
+        )
+        .build()
+        .expect("registry")
+}
+
+/// Storage over an app's `note` table whose trigger ends the transaction of any insert of a
+/// note titled `bad`.
+async fn storage_with_a_rollback_trigger(dir: &std::path::Path) -> Storage {
+    let backend = SeaOrmBackend::open_sqlite_file(dir.join("notes.db"))
+        .await
+        .expect("open");
+    for sql in [
+        "CREATE TABLE note (id BIGINT PRIMARY KEY NOT NULL, title TEXT NOT NULL)",
+        "CREATE TRIGGER no_bad_notes BEFORE INSERT ON note WHEN NEW.title = 'bad' \
+         BEGIN SELECT RAISE(ROLLBACK, 'no bad notes'); END",
+    ] {
+        backend
+            .connection()
+            .execute_unprepared(sql)
+            .await
+            .expect("the app's table");
+    }
+    Storage::builder(registry(), backend)
+        .build()
+        .await
+        .expect("prepare")
+}
+
+fn create(id: i64, title: &str) -> Operation {
+    Operation::create("note", object! { "id" => id, "title" => title })
+}
+
+async fn count(storage: &Storage) -> u64 {
+    storage.count("note", Filter::all()).await.expect("count")
+}
+
+/// After the transaction was lost, its later writes are refused and its commit fails: none of
+/// its writes is in the table.
+async fn the_rest_is_refused(storage: &Storage, tx: storex_core::StorageTransaction, next: i64) {
+    let err = tx
+        .execute(create(next, "after"))
+        .await
+        .expect_err("a write after the lost transaction must be refused");
+    assert!(matches!(err, Error::Transaction { .. }), "{err}");
+    let err = tx.commit().await.expect_err("its commit must fail");
+    assert!(matches!(err, Error::Transaction { .. }), "{err}");
+    assert!(
+        err.is_transient(),
+        "the whole transaction may run again: {err}"
+    );
+    assert_eq!(
+        count(storage).await,
+        0,
+        "nothing of the transaction is written"
+    );
+}
+
+#[tokio::test]
+async fn a_transaction_sqlite_ended_is_refused_to_its_end_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let storage = storage_with_a_rollback_trigger(dir.path()).await;
+
+    // A single write ends it.
+    let tx = storage.begin().await.expect("begin");
+    tx.execute(create(1, "good")).await.expect("a good note");
+    let err = tx
+        .execute(create(2, "bad"))
+        .await
+        .expect_err("the trigger refuses it");
+    assert!(
+        !matches!(err, Error::Transaction { .. }),
+        "the write's own error: {err}"
+    );
+    the_rest_is_refused(&storage, tx, 3).await;
+
+    // A batch ends it (its savepoint cannot be undone any more).
+    let tx = storage.begin().await.expect("begin");
+    tx.execute(create(4, "good")).await.expect("a good note");
+    let err = tx
+        .execute(Operation::Batch {
+            steps: vec![
+                BatchStep::new(create(5, "fine")),
+                BatchStep::new(create(6, "also fine")),
+                BatchStep::new(create(7, "bad")),
+            ],
+        })
+        .await
+        .expect_err("the trigger refuses it");
+    assert!(matches!(err, Error::BatchStep { .. }), "{err}");
+    the_rest_is_refused(&storage, tx, 8).await;
+
+    // So does a batch of its own transaction: its error is the step's, and its rows, one
+    // group replayed row by row after the failure, are not committed one by one.
+    let err = storage
+        .batch(vec![
+            BatchStep::new(create(9, "fine")),
+            BatchStep::new(create(10, "bad")),
+            BatchStep::new(create(11, "fine too")),
+        ])
+        .await
+        .expect_err("the trigger refuses it");
+    match &err {
+        Error::BatchStep { source, .. } => assert!(
+            !matches!(**source, Error::Backend { .. } | Error::Transaction { .. }),
+            "the refusal, not a failure of the rollback: {err}"
+        ),
+        other => panic!("wrong error: {other}"),
+    }
+    assert_eq!(count(&storage).await, 0, "nothing of the batch is written");
+    // A lost transaction rolled back: nothing to undo, no error.
+    let tx = storage.begin().await.expect("begin");
+    tx.execute(create(12, "bad")).await.expect_err("refused");
+    tx.rollback().await.expect("rolled back");
+
+    // The connections serve the next transactions as before (more than the pool holds).
+    for id in 100..120 {
+        let tx = storage.begin().await.expect("begin");
+        tx.execute(create(id, "later")).await.expect("a later note");
+        tx.commit().await.expect("commit");
+        storage
+            .batch(vec![
+                BatchStep::new(create(id + 100, "later")),
+                BatchStep::new(create(id + 200, "later")),
+            ])
+            .await
+            .expect("a later batch");
+    }
+    assert_eq!(count(&storage).await, 60);
+}
+
+/// Batches run at once on one transaction, from tasks of their own, half of them failing:
+/// each failure undoes only its own writes.
+async fn concurrent_operations_undo_only_their_own(storage: Storage) {
+    storage
+        .batch(
+            (0..200)
+                .map(|id| BatchStep::new(create(id, "old")))
+                .collect(),
+        )
+        .await
+        .expect("notes");
+    let tx = std::sync::Arc::new(storage.begin().await.expect("begin"));
+    let mut updates = Vec::new();
+    let mut refusals = Vec::new();
+    for id in 0..100 {
+        let update = Operation::Batch {
+            steps: vec![
+                BatchStep::new(Operation::update_by_pk(
+                    "note",
+                    id,
+                    object! { "title" => "new" },
+                )),
+                BatchStep::new(Operation::update_by_pk(
+                    "note",
+                    id + 100,
+                    object! { "title" => "new" },
+                )),
+            ],
+        };
+        let refused = Operation::Batch {
+            steps: vec![
+                BatchStep::new(create(1_000 + id, "extra")),
+                BatchStep::new(create(id, "a duplicate")),
+            ],
+        };
+        let (a, b) = (tx.clone(), tx.clone());
+        updates.push(tokio::spawn(async move { a.execute(update).await }));
+        refusals.push(tokio::spawn(async move { b.execute(refused).await }));
+    }
+    for update in updates {
+        update.await.expect("task").expect("an update");
+    }
+    for refused in refusals {
+        refused.await.expect("task").expect_err("a duplicate");
+    }
+    // Each batch's savepoint was its own: no update was undone by another batch's failure,
+    // and nothing of a failed batch stayed.
+    let counted = |filter| tx.execute(Operation::count("note", filter));
+    let new = counted(Filter::all().eq("title", "new")).await;
+    let extra = counted(Filter::all().eq("title", "extra")).await;
+    assert_eq!(
+        (new.expect("count"), extra.expect("count")),
+        (
+            storex_core::Outcome::Counted(200),
+            storex_core::Outcome::Counted(0)
+        ),
+        "every update stays in the transaction, no extra note does"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_operations_run_at_once_on_a_transaction_undo_only_their_own() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let backend = SeaOrmBackend::open_sqlite_file(dir.path().join("notes.db"))
+        .await
+        .expect("open");
+    let storage = Storage::builder(registry(), backend)
+        .build()
+        .await
+        .expect("prepare");
+    concurrent_operations_undo_only_their_own(storage).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_operations_run_at_once_on_a_transaction_undo_only_their_own() {
+    let Some(server) = storex_test::postgres_url() else {
+        return;
+    };
+    let url = storex_test::fresh_postgres_database(&server).await;
+    let backend = SeaOrmBackend::connect(&url).await.expect("connect");
+    let storage = Storage::builder(registry(), backend)
+        .build()
+        .await
+        .expect("prepare");
+    concurrent_operations_undo_only_their_own(storage).await;
+}
