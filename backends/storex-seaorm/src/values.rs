@@ -64,9 +64,7 @@ fn read_field(row: &QueryResult, index: usize, field: &FieldDef) -> Result<Value
         FieldType::DateTime => row
             .try_get_by_index::<Option<DateTime<Utc>>>(index)?
             .map(Value::DateTime),
-        FieldType::Json => row
-            .try_get_by_index::<Option<serde_json::Value>>(index)?
-            .map(Value::Json),
+        FieldType::Json => read_json(row, index)?.map(Value::Json),
         FieldType::Blob => row
             .try_get_by_index::<Option<Vec<u8>>>(index)?
             .map(Value::Blob),
@@ -101,6 +99,25 @@ fn read_text(row: &QueryResult, index: usize) -> Result<Option<String>, DbErr> {
             Ok(v) => Ok(v.map(|i| i.to_string())),
             Err(_) => match row.try_get_by_index::<Option<f64>>(index) {
                 Ok(v) => Ok(v.map(|f| f.to_string())),
+                Err(_) => Err(first),
+            },
+        },
+    }
+}
+
+/// A JSON field; on SQLite a document that is a number, in a column declared plainly `JSON`
+/// (numeric affinity: SQLite stores the text `42` written there as the number 42), reads
+/// as that number.
+fn read_json(row: &QueryResult, index: usize) -> Result<Option<serde_json::Value>, DbErr> {
+    match row.try_get_by_index::<Option<serde_json::Value>>(index) {
+        Ok(v) => Ok(v),
+        Err(first) => match row.try_get_by_index::<Option<i64>>(index) {
+            Ok(v) => Ok(v.map(serde_json::Value::from)),
+            Err(_) => match row.try_get_by_index::<Option<f64>>(index) {
+                Ok(Some(f)) => serde_json::Number::from_f64(f)
+                    .map(|n| Some(serde_json::Value::Number(n)))
+                    .ok_or(first),
+                Ok(None) => Ok(None),
                 Err(_) => Err(first),
             },
         },

@@ -173,3 +173,45 @@ async fn a_database_made_from_the_registry_read_has_its_unique_indexes() {
         .await
         .expect_err("the ISBN is unique");
 }
+
+/// A column another program declared plainly `JSON` has numeric affinity: SQLite stores a
+/// document that is a number as that number, and it reads back as the document it was.
+#[tokio::test]
+async fn numbers_in_a_column_declared_json_read_back_as_documents() {
+    let db = Database::connect("sqlite::memory:").await.expect("open");
+    db.execute_unprepared("CREATE TABLE doc (id TEXT NOT NULL PRIMARY KEY, body JSON)")
+        .await
+        .expect("the app's table");
+    let registry = storex_seaorm::registry_of_sqlite(&db)
+        .await
+        .expect("the schema read");
+    let storage = Storage::builder(registry, SeaOrmBackend::new(db).expect("backend"))
+        .build()
+        .await
+        .expect("prepare");
+    let documents = [
+        storex_core::serde_json::json!(42),
+        storex_core::serde_json::json!(-7),
+        storex_core::serde_json::json!(1.5),
+        storex_core::serde_json::json!("text"),
+        storex_core::serde_json::json!({ "a": [1, 2] }),
+        storex_core::serde_json::json!(null),
+    ];
+    for (i, body) in documents.iter().enumerate() {
+        storage
+            .create(
+                "doc",
+                object! { "id" => i.to_string(), "body" => body.clone() },
+            )
+            .await
+            .expect("create");
+    }
+    for (i, body) in documents.iter().enumerate() {
+        let found = storage
+            .find_by_pk("doc", i.to_string())
+            .await
+            .expect("the document reads")
+            .expect("found");
+        assert_eq!(found["body"], storex_core::Value::Json(body.clone()), "{i}");
+    }
+}
