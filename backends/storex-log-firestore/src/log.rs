@@ -93,6 +93,36 @@ fn transaction_expired(db: &firestore::errors::FirestoreDatabaseError) -> bool {
     db.public.code == "InvalidArgument" && db.details.contains("transaction has expired")
 }
 
+/// A failure that retrying cannot fix (bad credentials, a missing index, a request Firestore
+/// refuses); `None` for one that may pass, among them every failure [`retryable`] says is
+/// worth retrying (an expired transaction is `INVALID_ARGUMENT` too: retried until the window
+/// closed, it is still not the request's fault).
+fn refusal_of(e: &FirestoreError) -> Option<SharedLogError> {
+    if retryable(e) {
+        return None;
+    }
+    let code = match e {
+        FirestoreError::DatabaseError(db) => db.public.code.as_str(),
+        FirestoreError::InvalidParametersError(_) | FirestoreError::SerializeError(_) => {
+            "InvalidArgument"
+        }
+        _ => "",
+    };
+    match code {
+        "Unauthenticated" | "PermissionDenied" => Some(SharedLogError::Unauthorized {
+            problem: format!("Firestore refused the credentials: {e}"),
+        }),
+        // FailedPrecondition outside a commit: typically a composite index that the
+        // project lacks (see docs/firestore.md).
+        "InvalidArgument" | "FailedPrecondition" | "OutOfRange" | "Unimplemented" => {
+            Some(SharedLogError::Invalid {
+                problem: format!("Firestore refused the request: {e}"),
+            })
+        }
+        _ => None,
+    }
+}
+
 /// A precondition failed: the document changed, or an entry exists already.
 fn is_conflict(e: &FirestoreError) -> bool {
     match e {
@@ -256,29 +286,12 @@ impl FirestoreSharedLog {
         }
     }
 
-    /// A failure that retrying cannot fix (bad credentials, a missing index, a request
-    /// Firestore refuses) as such, so it is reported instead of retried forever; anything else
-    /// as unavailable.
+    /// A failure that retrying cannot fix ([`refusal_of`]) as such, so it is reported instead
+    /// of retried forever; anything else as unavailable.
     fn refusal_or_unavailable(&self, e: FirestoreError) -> SharedLogError {
-        let code = match &e {
-            FirestoreError::DatabaseError(db) => db.public.code.as_str(),
-            FirestoreError::InvalidParametersError(_) | FirestoreError::SerializeError(_) => {
-                "InvalidArgument"
-            }
-            _ => "",
-        };
-        match code {
-            "Unauthenticated" | "PermissionDenied" => SharedLogError::Unauthorized {
-                problem: format!("Firestore refused the credentials: {e}"),
-            },
-            // FailedPrecondition outside a commit: typically a composite index that the
-            // project lacks (see docs/firestore.md).
-            "InvalidArgument" | "FailedPrecondition" | "OutOfRange" | "Unimplemented" => {
-                SharedLogError::Invalid {
-                    problem: format!("Firestore refused the request: {e}"),
-                }
-            }
-            _ => self.unavailable(e),
+        match refusal_of(&e) {
+            Some(refused) => refused,
+            None => self.unavailable(e),
         }
     }
 
@@ -1012,6 +1025,18 @@ mod tests {
         assert!(!retryable(&invalid));
         let other = database_error("FailedPrecondition", "transaction has expired");
         assert!(!retryable(&other));
+        // Still expired when the retries ran out: unavailable, not the request's fault.
+        assert!(refusal_of(&expired).is_none());
+        assert!(matches!(
+            refusal_of(&invalid),
+            Some(SharedLogError::Invalid { .. })
+        ));
+        let denied = database_error("PermissionDenied", "status: PermissionDenied");
+        assert!(matches!(
+            refusal_of(&denied),
+            Some(SharedLogError::Unauthorized { .. })
+        ));
+        assert!(refusal_of(&database_error("Unavailable", "status: Unavailable")).is_none());
     }
 
     fn entry(payload: usize) -> SharedEntry {
