@@ -145,7 +145,10 @@ pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
 /// An open transaction. Dropping it without [`Transaction::commit`] rolls it back.
 ///
 /// A batch executed inside a transaction is atomic on its own: if a step fails, the batch's
-/// earlier steps are undone and the transaction stays usable.
+/// earlier steps are undone and the transaction stays usable. Unless the database itself
+/// ended or aborted the whole transaction after the error (a SQLite trigger's
+/// `RAISE(ROLLBACK)`, a failed read on PostgreSQL): then its later operations and its commit
+/// fail with [`crate::Error::Transaction`], and nothing of it is written.
 pub trait Transaction: Send + Sync + fmt::Debug {
     /// Executes an operation inside the transaction; it sees the transaction's own writes.
     fn execute(&self, op: Operation) -> BoxFuture<'_, Result<Outcome>>;

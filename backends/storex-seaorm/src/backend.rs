@@ -5,8 +5,8 @@
 //! busy timeout. Snapshot transactions (reads only) are deferred: on a file in WAL mode they
 //! hold no lock writers wait for. On PostgreSQL every write inside a transaction runs in a
 //! savepoint, so a failed write leaves the transaction usable, as storex-core's contract
-//! says. Operations on one transaction take turns. A transaction SQLite ended by itself
-//! after an error refuses the rest of its operations and its commit (`savepoint.rs`).
+//! says. Operations on one transaction take turns. A transaction the database ended or
+//! aborted after an error refuses the rest of its operations and its commit (`savepoint.rs`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -382,6 +382,7 @@ impl SeaOrmBackend {
             shared: self.shared.clone(),
             turn: tokio::sync::Mutex::new(()),
             lost: AtomicBool::new(false),
+            running: AtomicBool::new(false),
         })
     }
 }
@@ -399,13 +400,29 @@ struct SeaOrmTransaction {
     /// Set once the database ended the transaction by itself, or a savepoint could not be
     /// undone: the rest of it is refused, and its commit fails.
     lost: AtomicBool,
+    /// Set while an operation runs. Still set when the next one comes (or the commit), the
+    /// one before was cancelled midway (its future dropped, by a timeout say): what it did
+    /// is not known, its savepoint still open, so the transaction is lost.
+    running: AtomicBool,
 }
 
 /// Why the operations of a lost transaction, and its commit, are refused.
 const LOST: &str = "the database ended this transaction after an earlier error in it (or \
-                    an undo in it failed): nothing of it is written; run it again from its start";
+                    an undo in it failed, or an operation in it was cancelled midway): nothing \
+                    of it is written; run it again from its start";
 
 impl SeaOrmTransaction {
+    /// Whether the transaction is lost; first, if an operation was cancelled midway, it
+    /// becomes so (and on SQLite, if the database ended it meanwhile, an empty one stands in
+    /// for the driver's end of it).
+    async fn is_lost(&self) -> bool {
+        if self.running.swap(false, Ordering::AcqRel) {
+            self.shared.ctx(&self.registry).note_lost(&self.txn).await;
+            self.lost.store(true, Ordering::Release);
+        }
+        self.lost.load(Ordering::Acquire)
+    }
+
     /// Runs `op` in a savepoint: a failure undoes it and leaves the transaction usable.
     async fn in_savepoint(&self, ctx: &Ctx<'_>, op: Operation) -> CoreResult<Outcome> {
         let savepoint = Savepoint::set(&self.txn, "storex_operation")
@@ -439,11 +456,12 @@ impl Transaction for SeaOrmTransaction {
     fn execute(&self, op: Operation) -> BoxFuture<'_, CoreResult<Outcome>> {
         Box::pin(async move {
             let _turn = self.turn.lock().await;
-            if self.lost.load(Ordering::Acquire) {
+            if self.is_lost().await {
                 return Err(storex_core::Error::Transaction {
                     problem: LOST.into(),
                 });
             }
+            self.running.store(true, Ordering::Release);
             let ctx = self.shared.ctx(&self.registry);
             // SQLite undoes just the failing statement by itself; PostgreSQL would abort the
             // whole transaction, so writes there get a savepoint of their own.
@@ -454,10 +472,12 @@ impl Transaction for SeaOrmTransaction {
             } else {
                 run(&self.txn, &ctx, op).await
             };
-            // After an error SQLite may have ended the whole transaction (see savepoint.rs).
+            // After an error SQLite may have ended the whole transaction, PostgreSQL aborted
+            // it (see savepoint.rs).
             if (result.is_err() && ctx.transaction_lost(&self.txn).await) || ctx.lost() {
                 self.lost.store(true, Ordering::Release);
             }
+            self.running.store(false, Ordering::Release);
             result
         })
     }
@@ -465,7 +485,7 @@ impl Transaction for SeaOrmTransaction {
     fn commit(self: Box<Self>) -> BoxFuture<'static, CoreResult<()>> {
         Box::pin(async move {
             let (shared, registry) = (self.shared.clone(), self.registry.clone());
-            if self.lost.load(Ordering::Acquire) {
+            if self.is_lost().await {
                 // Ends the empty transaction that stands in for the lost one.
                 let _ = self.txn.rollback().await;
                 return Err(storex_core::Error::Transaction {
@@ -484,7 +504,7 @@ impl Transaction for SeaOrmTransaction {
     fn rollback(self: Box<Self>) -> BoxFuture<'static, CoreResult<()>> {
         Box::pin(async move {
             let shared = self.shared.clone();
-            let lost = self.lost.load(Ordering::Acquire);
+            let lost = self.is_lost().await;
             match self.txn.rollback().await {
                 // Nothing of a lost transaction is left to undo.
                 Err(_) if lost => Ok(()),

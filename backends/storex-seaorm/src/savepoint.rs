@@ -9,9 +9,11 @@
 //! SQLite ends the whole transaction, not only the statement, after some errors: a
 //! trigger's `RAISE(ROLLBACK, …)`, a constraint declared `ON CONFLICT ROLLBACK`, and at
 //! times a full disk or an I/O error. What came next would run outside any transaction,
-//! each statement committed alone. [`Ctx::transaction_lost`] tells it (and starts an empty
-//! transaction in its place, which the end of the driver's transaction ends); the caller then
-//! refuses the rest of the transaction.
+//! each statement committed alone. PostgreSQL aborts the transaction on an error outside a
+//! savepoint (writes have one; a read does not), and then answers its `COMMIT` as a rollback
+//! without an error. [`Ctx::transaction_lost`] tells either (on SQLite it starts an empty
+//! transaction in place of the lost one, which the end of the driver's transaction ends); the
+//! caller then refuses the rest of the transaction, and its commit.
 
 use std::sync::atomic::Ordering;
 
@@ -61,19 +63,21 @@ impl<'t> Savepoint<'t> {
 }
 
 impl Ctx<'_> {
-    /// Whether the transaction `txn` was ended by the database after an error (on SQLite;
-    /// PostgreSQL keeps an aborted transaction until it is ended). Asked by starting one:
-    /// refused inside a transaction, and where there is none it starts a new, empty one, so
-    /// that the driver's `COMMIT` or `ROLLBACK` at the end of `txn` still has one to end.
-    /// Once known, remembered (a second start would be refused: the first one made it).
+    /// Whether the transaction `txn` is lost after an error: asked after an operation in it
+    /// failed. On SQLite, ended by the database: asked by starting one, which is refused
+    /// inside a transaction, and where there is none starts a new, empty one, so that the
+    /// driver's `COMMIT` or `ROLLBACK` at the end of `txn` still has one to end. On
+    /// PostgreSQL, aborted (an error outside a savepoint, in a read): it refuses every
+    /// statement until it ends, and its `COMMIT` would answer as a rollback, without an
+    /// error. Once known, remembered (a second start would be refused: the first made it).
     pub(crate) async fn transaction_lost(&self, txn: &DatabaseTransaction) -> bool {
         if self.lost.load(Ordering::Acquire) {
             return true;
         }
-        if self.dialect != Dialect::Sqlite {
-            return false;
-        }
-        let lost = txn.execute_unprepared("BEGIN").await.is_ok();
+        let lost = match self.dialect {
+            Dialect::Sqlite => txn.execute_unprepared("BEGIN").await.is_ok(),
+            Dialect::Postgres => txn.execute_unprepared("SELECT 1").await.is_err(),
+        };
         if lost {
             self.lost.store(true, Ordering::Release);
         }

@@ -107,7 +107,8 @@ fn read_text(row: &QueryResult, index: usize) -> Result<Option<String>, DbErr> {
 
 /// A JSON field; on SQLite a document that is a number, in a column declared plainly `JSON`
 /// (numeric affinity: SQLite stores the text `42` written there as the number 42), reads
-/// as that number.
+/// as that number. As SQLite stored it: `1.0` reads as `1`, and an integer beyond 64 bits as
+/// a float.
 fn read_json(row: &QueryResult, index: usize) -> Result<Option<serde_json::Value>, DbErr> {
     match row.try_get_by_index::<Option<serde_json::Value>>(index) {
         Ok(v) => Ok(v),

@@ -4,7 +4,9 @@
 //! `RAISE(ROLLBACK, …)` (and for a constraint declared `ON CONFLICT ROLLBACK`, at times for a
 //! full disk). The write's own error is reported, the rest of the transaction is refused and
 //! its commit fails, nothing of it is written (no write after it is committed alone), and the
-//! connection serves later transactions as before. Operations run concurrently on one
+//! connection serves later transactions as before. PostgreSQL aborts a transaction on a
+//! failed read (reads have no savepoint): the same holds there, where its commit would
+//! otherwise answer the rollback as a success. Operations run concurrently on one
 //! transaction take turns: a failing one undoes only itself.
 
 use sea_orm::ConnectionTrait;
@@ -236,4 +238,113 @@ async fn postgres_operations_run_at_once_on_a_transaction_undo_only_their_own() 
         .await
         .expect("prepare");
     concurrent_operations_undo_only_their_own(storage).await;
+}
+
+/// On PostgreSQL a read that fails aborts the transaction (reads run without a savepoint):
+/// its later writes are refused, and its commit fails instead of answering a rollback as
+/// success, which would lose the writes made before without a word.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_a_transaction_aborted_by_a_failed_read_does_not_commit_as_if_written() {
+    let Some(server) = storex_test::postgres_url() else {
+        return;
+    };
+    let url = storex_test::fresh_postgres_database(&server).await;
+    let backend = SeaOrmBackend::connect(&url).await.expect("connect");
+    let registry = Registry::builder()
+        .collection(
+            CollectionDef::new("note")
+                .field("id", FieldType::Int)
+                .field("title", FieldType::Text)
+                .primary_key(["id"]),
+        )
+        .collection(
+            CollectionDef::new("gone")
+                .field("id", FieldType::Int)
+                .primary_key(["id"]),
+        )
+        .build()
+        .expect("registry");
+    let storage = Storage::builder(registry, backend.clone())
+        .build()
+        .await
+        .expect("prepare");
+    // A table dropped behind storex's back: reading it is an error of the database.
+    backend
+        .connection()
+        .execute_unprepared("DROP TABLE gone")
+        .await
+        .expect("drop");
+    let tx = storage.begin().await.expect("begin");
+    tx.execute(create(1, "first")).await.expect("a note");
+    tx.execute(Operation::count("gone", Filter::all()))
+        .await
+        .expect_err("the table is gone");
+    let err = tx
+        .execute(create(2, "second"))
+        .await
+        .expect_err("the transaction is aborted");
+    assert!(matches!(err, Error::Transaction { .. }), "{err}");
+    let err = tx
+        .commit()
+        .await
+        .expect_err("nothing of it can be committed");
+    assert!(matches!(err, Error::Transaction { .. }), "{err}");
+    assert_eq!(count(&storage).await, 0);
+}
+
+/// An operation cancelled midway (its future dropped by a timeout) leaves the transaction
+/// with what it did so far in a savepoint still open: the transaction is refused from then
+/// on, and its commit writes nothing of it, not half a batch.
+#[tokio::test]
+async fn a_transaction_whose_operation_was_cancelled_midway_writes_nothing() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let backend = SeaOrmBackend::open_sqlite_file(dir.path().join("notes.db"))
+        .await
+        .expect("open");
+    let storage = Storage::builder(registry(), backend)
+        .build()
+        .await
+        .expect("prepare");
+    let tx = storage.begin().await.expect("begin");
+    tx.execute(create(1, "first")).await.expect("a note");
+    // Creates and updates in turn: a statement each, far more than run in the time given.
+    let steps = (0..25_000)
+        .flat_map(|i| {
+            [
+                BatchStep::new(create(1_000 + i, "new")),
+                BatchStep::new(Operation::update_by_pk(
+                    "note",
+                    1,
+                    object! { "title" => format!("edit {i}") },
+                )),
+            ]
+        })
+        .collect();
+    let cut = tokio::time::timeout(
+        std::time::Duration::from_millis(50),
+        tx.execute(Operation::Batch { steps }),
+    )
+    .await;
+    assert!(
+        cut.is_err(),
+        "the batch must still run when it is cancelled"
+    );
+    let err = tx
+        .execute(create(2, "after"))
+        .await
+        .expect_err("refused after a cancelled operation");
+    assert!(matches!(err, Error::Transaction { .. }), "{err}");
+    let err = tx.commit().await.expect_err("its commit must fail");
+    assert!(matches!(err, Error::Transaction { .. }), "{err}");
+    assert_eq!(
+        count(&storage).await,
+        0,
+        "nothing of the transaction is written"
+    );
+    // The connection serves the next transactions.
+    let tx = storage.begin().await.expect("begin");
+    tx.execute(create(3, "later")).await.expect("a later note");
+    tx.commit().await.expect("commit");
+    assert_eq!(count(&storage).await, 1);
 }
