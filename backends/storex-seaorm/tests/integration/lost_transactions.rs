@@ -50,6 +50,14 @@ async fn storage_with_a_rollback_trigger(dir: &std::path::Path) -> Storage {
         .expect("prepare")
 }
 
+/// A storage of [`registry`] on the backend opened.
+async fn storage_on(backend: storex_seaorm::Result<SeaOrmBackend>) -> Storage {
+    Storage::builder(registry(), backend.expect("open"))
+        .build()
+        .await
+        .expect("prepare")
+}
+
 fn create(id: i64, title: &str) -> Operation {
     Operation::create("note", object! { "id" => id, "title" => title })
 }
@@ -215,13 +223,8 @@ async fn concurrent_operations_undo_only_their_own(storage: Storage) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_operations_run_at_once_on_a_transaction_undo_only_their_own() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let backend = SeaOrmBackend::open_sqlite_file(dir.path().join("notes.db"))
-        .await
-        .expect("open");
-    let storage = Storage::builder(registry(), backend)
-        .build()
-        .await
-        .expect("prepare");
+    let storage =
+        storage_on(SeaOrmBackend::open_sqlite_file(dir.path().join("notes.db")).await).await;
     concurrent_operations_undo_only_their_own(storage).await;
 }
 
@@ -232,11 +235,7 @@ async fn postgres_operations_run_at_once_on_a_transaction_undo_only_their_own() 
         return;
     };
     let url = storex_test::fresh_postgres_database(&server).await;
-    let backend = SeaOrmBackend::connect(&url).await.expect("connect");
-    let storage = Storage::builder(registry(), backend)
-        .build()
-        .await
-        .expect("prepare");
+    let storage = storage_on(SeaOrmBackend::connect(&url).await).await;
     concurrent_operations_undo_only_their_own(storage).await;
 }
 
@@ -299,13 +298,8 @@ async fn postgres_a_transaction_aborted_by_a_failed_read_does_not_commit_as_if_w
 #[tokio::test]
 async fn a_transaction_whose_operation_was_cancelled_midway_writes_nothing() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let backend = SeaOrmBackend::open_sqlite_file(dir.path().join("notes.db"))
-        .await
-        .expect("open");
-    let storage = Storage::builder(registry(), backend)
-        .build()
-        .await
-        .expect("prepare");
+    let storage =
+        storage_on(SeaOrmBackend::open_sqlite_file(dir.path().join("notes.db")).await).await;
     let tx = storage.begin().await.expect("begin");
     tx.execute(create(1, "first")).await.expect("a note");
     // Creates and updates in turn: a statement each, far more than run in the time given.

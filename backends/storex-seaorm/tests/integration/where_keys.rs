@@ -7,8 +7,9 @@ use sea_orm::ConnectionTrait;
 use storex_core::{object, CollectionDef, FieldType, Filter, Registry, Storage};
 use storex_seaorm::SeaOrmBackend;
 
-#[tokio::test]
-async fn keys_that_a_trigger_keeps_from_the_update_are_not_answered() {
+/// A storage of documents keyed by a UUID, on an in-memory SQLite database the app's `sql`
+/// made first.
+async fn docs_after(sql: &[&str]) -> Storage {
     let registry = Registry::builder()
         .collection(
             CollectionDef::new("doc")
@@ -21,21 +22,27 @@ async fn keys_that_a_trigger_keeps_from_the_update_are_not_answered() {
     let backend = SeaOrmBackend::connect("sqlite::memory:")
         .await
         .expect("open");
-    for sql in [
-        "CREATE TABLE doc (id BLOB PRIMARY KEY NOT NULL, state TEXT NOT NULL)",
-        "CREATE TRIGGER keep_locked BEFORE UPDATE ON doc WHEN OLD.state = 'locked' \
-         BEGIN SELECT RAISE(IGNORE); END",
-    ] {
+    for statement in sql {
         backend
             .connection()
-            .execute_unprepared(sql)
+            .execute_unprepared(statement)
             .await
             .expect("the app's schema");
     }
-    let storage = Storage::builder(registry, backend)
+    Storage::builder(registry, backend)
         .build()
         .await
-        .expect("prepare");
+        .expect("prepare")
+}
+
+#[tokio::test]
+async fn keys_that_a_trigger_keeps_from_the_update_are_not_answered() {
+    let storage = docs_after(&[
+        "CREATE TABLE doc (id BLOB PRIMARY KEY NOT NULL, state TEXT NOT NULL)",
+        "CREATE TRIGGER keep_locked BEFORE UPDATE ON doc WHEN OLD.state = 'locked' \
+         BEGIN SELECT RAISE(IGNORE); END",
+    ])
+    .await;
     for state in ["open", "locked", "open"] {
         let doc = object! { "id" => storex_core::uuid::Uuid::now_v7(), "state" => state };
         storage.create("doc", doc).await.expect("create");
@@ -71,32 +78,11 @@ fn sorted(mut pks: Vec<storex_core::Pk>) -> Vec<storex_core::Pk> {
 /// rather than retrying it for ever), as a row read by `RETURNING` would.
 #[tokio::test]
 async fn a_key_stored_as_text_fails_the_update_as_unreadable_data() {
-    let registry = Registry::builder()
-        .collection(
-            CollectionDef::new("doc")
-                .field("id", FieldType::Uuid)
-                .field("state", FieldType::Text)
-                .primary_key(["id"]),
-        )
-        .build()
-        .expect("registry");
-    let backend = SeaOrmBackend::connect("sqlite::memory:")
-        .await
-        .expect("open");
-    for sql in [
+    let storage = docs_after(&[
         "CREATE TABLE doc (id BLOB PRIMARY KEY NOT NULL, state TEXT NOT NULL)",
         "INSERT INTO doc VALUES ('0190a0d2-7b3c-7def-8123-456789abcdef', 'open')",
-    ] {
-        backend
-            .connection()
-            .execute_unprepared(sql)
-            .await
-            .expect("the app's schema");
-    }
-    let storage = Storage::builder(registry, backend)
-        .build()
-        .await
-        .expect("prepare");
+    ])
+    .await;
     let err = storage
         .update_where_returning_pks("doc", Filter::all(), object! { "state" => "seen" })
         .await
