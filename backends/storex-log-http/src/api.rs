@@ -34,7 +34,7 @@ pub mod routes {
 }
 
 /// `POST /v1/users`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// The user's name, unique on the server.
@@ -48,7 +48,7 @@ pub struct NewUser {
 }
 
 /// A created user and its token (shown once; the server keeps only a hash).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct UserCredentials {
     /// The user's name.
     pub user: String,
@@ -82,17 +82,48 @@ pub const MAX_TOPIC_BYTES: usize = 1_024;
 /// Most topics one pull may name (a device subscribes to a few collections' topics).
 pub const MAX_PULL_TOPICS: usize = 1_024;
 
+/// What `Debug` shows of a token: that there is one, not the secret (an app may log these
+/// values).
+const REDACTED: &str = "<redacted>";
+
 impl std::fmt::Debug for NewDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NewDevice")
             .field("device", &self.device)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token", &self.token.as_ref().map(|_| REDACTED))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUser")
+            .field("name", &self.name)
+            .field("token", &self.token.as_ref().map(|_| REDACTED))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for UserCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserCredentials")
+            .field("user", &self.user)
+            .field("token", &REDACTED)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for DeviceCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceCredentials")
+            .field("device", &self.device)
+            .field("token", &REDACTED)
             .finish()
     }
 }
 
 /// A registered device and its token (shown once; the server keeps only a hash).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct DeviceCredentials {
     /// The device id.
     pub device: Uuid,

@@ -67,9 +67,10 @@ pub const SLOW_PUSH: Duration = Duration::from_secs(30);
 fn timed_out(error: &SharedLogError) -> bool {
     match error {
         SharedLogError::Unavailable { source, .. } => {
-            source
-                .downcast_ref::<reqwest::Error>()
-                .is_some_and(|e| e.is_timeout() && !e.is_connect())
+            matches!(source.downcast_ref::<Error>(), Some(Error::TimedOut { .. }))
+                || source
+                    .downcast_ref::<reqwest::Error>()
+                    .is_some_and(|e| e.is_timeout() && !e.is_connect())
                 || source.to_string().starts_with("HTTP 408")
         }
         _ => false,
@@ -84,8 +85,9 @@ fn too_large(error: &SharedLogError) -> bool {
 /// Timeouts, retries and batch sizes of an [`HttpSharedLog`].
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
-    /// Longest one request may take (a long poll gets its wait on top, and a large body
-    /// or reply the time it takes at `min_bytes_per_second`). Default 15 s.
+    /// Longest wait for the answer to a request (a long poll gets its wait on top, and a
+    /// large body the time it takes at `min_bytes_per_second`), and then for the rest of the
+    /// reply (with the time its announced size takes at that rate on top). Default 15 s.
     pub timeout: Duration,
     /// Retries after the first attempt of a retryable call. Default 6.
     pub retries: usize,
@@ -102,11 +104,12 @@ pub struct ClientOptions {
     /// limit; set it to the smallest body limit on the way (e.g. a proxy's 1 MiB). A push the
     /// server still refuses as too large is split in halves and sent again.
     pub max_request_bytes: usize,
-    /// The slowest link the client must work over, in bytes per second: a request's timeout
-    /// grows by the time its body, and the largest reply it may get, take at this rate, so
-    /// that a large push or pull on a slow link is not cut off (and retried) for ever; and a
-    /// push carries at most what takes [`SLOW_PUSH`] at this rate (an entry larger still
-    /// goes alone), well within the minute after which servers answer 408. Default 64 KiB/s.
+    /// The slowest link the client must work over, in bytes per second: the wait for an
+    /// answer grows by the time the request's body takes at this rate, and the wait for the
+    /// rest of the reply by the time the reply takes, so that a large push or pull on a slow
+    /// link is not cut off (and retried) for ever; and a push carries at most what takes
+    /// [`SLOW_PUSH`] at this rate (an entry larger still goes alone), well within the minute
+    /// after which servers answer 408. Default 64 KiB/s.
     pub min_bytes_per_second: u64,
     /// Payload bytes one pull asks the server for at most (the first entry comes whatever
     /// its size). Default 1 MiB: at `min_bytes_per_second`, about 20 s of reply.
@@ -247,6 +250,10 @@ impl HttpSharedLog {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            // A redirect is answered as a wrong URL: followed, one to another scheme or host
+            // would drop the token (and answer 401, read as an unknown device), and one that
+            // turns a POST into a GET would be refused as a bad request.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(Error::Client)?;
         Ok(HttpSharedLog {
@@ -563,12 +570,6 @@ impl HttpSharedLog {
             ),
             None => None,
         };
-        // The body and the reply, at the slowest rate the link may have, on top of the wait.
-        let bytes = body
-            .as_ref()
-            .map_or(0, Vec::len)
-            .saturating_add(reply_bytes);
-        let wait = wait.saturating_add(transfer_time(bytes, self.options.min_bytes_per_second));
         let attempt = || async {
             let instance = self.current.load(Ordering::Relaxed);
             let result = self
@@ -623,10 +624,18 @@ impl HttpSharedLog {
     ) -> Result<Vec<u8>, Attempt> {
         let base = &self.bases[instance % self.bases.len()];
         let url = format!("{base}{path}");
-        let mut request = self
-            .http
-            .request(method.clone(), &url)
-            .timeout(self.options.timeout.saturating_add(wait));
+        // The answer's head comes within the timeout, the wait the server may hold the
+        // request, and the time the body takes at the slowest rate the link may have; the
+        // reply then within the timeout and the time it takes at that rate. (Not one deadline
+        // for the largest reply the call may get: a server that never answers would hold even
+        // a small pull for minutes.)
+        let min_rate = self.options.min_bytes_per_second;
+        let head_within = self
+            .options
+            .timeout
+            .saturating_add(wait)
+            .saturating_add(transfer_time(body.map_or(0, <[u8]>::len), min_rate));
+        let mut request = self.http.request(method.clone(), &url);
         if !token.is_empty() {
             request = request.bearer_auth(token);
         }
@@ -635,7 +644,17 @@ impl HttpSharedLog {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.to_vec());
         }
-        let response = request.send().await.map_err(|e| match e.is_builder() {
+        let sent = tokio::time::timeout(head_within, request.send())
+            .await
+            .map_err(|_| Attempt {
+                retry: true,
+                error: unavailable(Error::TimedOut {
+                    waiting_for: "an answer",
+                    after: head_within,
+                }),
+                retry_after: None,
+            })?;
+        let response = sent.map_err(|e| match e.is_builder() {
             // The request cannot be made at all (a token that is no header value, say):
             // retrying, now or later, makes the same one.
             true => Attempt {
@@ -652,6 +671,27 @@ impl HttpSharedLog {
             },
         })?;
         let status = response.status();
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("nowhere said")
+                .chars()
+                .take(200)
+                .collect::<String>();
+            return Err(Attempt {
+                retry: false,
+                error: SharedLogError::Invalid {
+                    problem: format!(
+                        "HTTP {status}: the server at `{base}` redirects `{path}` to \
+                         `{location}`; give the client the URL it redirects to (it does not \
+                         follow redirects, which could drop its token)"
+                    ),
+                },
+                retry_after: None,
+            });
+        }
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
@@ -663,7 +703,23 @@ impl HttpSharedLog {
             true => reply_limit(reply_bytes),
             false => ERROR_REPLY_BYTES,
         };
-        let bytes = match read_reply(response, limit).await {
+        let reply_within = self.options.timeout.saturating_add(transfer_time(
+            response.content_length().map_or(reply_bytes, |announced| {
+                usize::try_from(announced).unwrap_or(usize::MAX).min(limit)
+            }),
+            min_rate,
+        ));
+        let read = tokio::time::timeout(reply_within, read_reply(response, limit))
+            .await
+            .map_err(|_| Attempt {
+                retry: true,
+                error: unavailable(Error::TimedOut {
+                    waiting_for: "the rest of the reply",
+                    after: reply_within,
+                }),
+                retry_after: None,
+            })?;
+        let bytes = match read {
             Ok(bytes) => bytes,
             Err(ReplyError::Transport(e)) => {
                 return Err(Attempt {

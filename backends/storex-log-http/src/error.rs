@@ -36,6 +36,15 @@ pub enum Error {
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
+    /// A request to the server got no answer, or not all of it, in time (the source of a
+    /// `SharedLogError::Unavailable`).
+    #[error("{waiting_for} did not come from the server within {after:?}")]
+    TimedOut {
+        /// What did not come: an answer, or the rest of the reply.
+        waiting_for: &'static str,
+        /// How long the client waited.
+        after: std::time::Duration,
+    },
     /// A shared-log call failed.
     #[error(transparent)]
     SharedLog(#[from] SharedLogError),

@@ -1,5 +1,6 @@
-//! Replies that are not a sync server's (a captive portal, a broken proxy, a hostile host):
-//! the client reads no more of a reply than the call can get, and fails the call.
+//! Replies that are not a sync server's (a captive portal, a broken proxy, a hostile host, a
+//! frozen server): the client reads no more of a reply than the call can get, waits no longer
+//! than the reply it gets takes, does not follow redirects, and fails the call.
 
 #![allow(clippy::unwrap_used)] // helpers of tests: a failed unwrap is a failed test
 
@@ -38,11 +39,52 @@ async fn endless_server(head: &'static str, stream: bool) -> (String, Arc<Atomic
     (url, sent)
 }
 
+/// A server on 127.0.0.1 that reads each request, answers it with `head` (nothing when empty)
+/// and then keeps the connection open without sending more; returns its URL.
+async fn silent_server(head: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                // Held open, silent, until the client goes away.
+                while socket.read(&mut request).await.is_ok_and(|n| n > 0) {}
+            });
+        }
+    });
+    url
+}
+
+/// A pull that fails because the server's answer, or its reply, never came.
+fn assert_timed_out(result: Result<storex_sync::Pull, SharedLogError>, waiting_for: &str) {
+    match result {
+        Err(SharedLogError::Unavailable { source, .. }) => {
+            let message = source.to_string();
+            assert!(
+                message.contains(waiting_for) && message.contains("did not come"),
+                "{message}"
+            );
+        }
+        other => panic!("a silent server does not fail the pull: {other:?}"),
+    }
+}
+
 fn client(url: &str) -> (HttpSharedLog, DeviceId) {
-    let options = ClientOptions {
-        retries: 0,
-        ..ClientOptions::default()
-    };
+    client_with(
+        url,
+        ClientOptions {
+            retries: 0,
+            ..ClientOptions::default()
+        },
+    )
+}
+
+fn client_with(url: &str, options: ClientOptions) -> (HttpSharedLog, DeviceId) {
     let log = HttpSharedLog::with_options(url, options).unwrap();
     let device = DeviceId::random();
     log.add_device(device, "stx_a-token-of-this-device");
@@ -83,5 +125,71 @@ async fn a_reply_announced_too_large_is_not_read() {
     assert!(
         sent.load(Ordering::Relaxed) < 16 * 1024 * 1024,
         "the body was read"
+    );
+}
+
+/// The client's options for the silent servers: a timeout of a second and no retry.
+fn impatient() -> ClientOptions {
+    ClientOptions {
+        retries: 0,
+        timeout: Duration::from_secs(1),
+        ..ClientOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_fails_a_pull_after_the_timeout_not_after_the_largest_reply() {
+    let url = silent_server("").await;
+    let (log, device) = client_with(&url, impatient());
+    // Before, the pull waited as long as the largest reply it might get takes at the slowest
+    // rate (over two minutes with these options) before giving up on the answer.
+    let pull = tokio::time::timeout(Duration::from_secs(30), log.pull(device, 0, 100, None))
+        .await
+        .expect("the pull gives up well within the time the largest reply would take");
+    assert_timed_out(pull, "an answer");
+}
+
+#[tokio::test]
+async fn a_reply_that_stops_coming_fails_the_pull_within_the_time_its_size_takes() {
+    let url = silent_server("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n{\"entries\"").await;
+    let (log, device) = client_with(&url, impatient());
+    let pull = tokio::time::timeout(Duration::from_secs(30), log.pull(device, 0, 100, None))
+        .await
+        .expect("the pull gives up on the rest of the reply");
+    assert_timed_out(pull, "the rest of the reply");
+}
+
+#[tokio::test]
+async fn a_redirect_is_reported_as_a_wrong_url_and_not_followed() {
+    // Where the redirect points: it counts the connections it gets.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("http://{}", listener.local_addr().unwrap());
+    let reached = Arc::new(AtomicU64::new(0));
+    let counter = reached.clone();
+    tokio::spawn(async move {
+        while let Ok((_socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let head: &'static str = Box::leak(
+        format!(
+            "HTTP/1.1 308 Permanent Redirect\r\nlocation: {target}/v1/pull\r\n\
+             content-length: 0\r\n\r\n"
+        )
+        .into_boxed_str(),
+    );
+    let (url, _) = endless_server(head, false).await;
+    let (log, device) = client(&url);
+    match log.pull(device, 0, 100, None).await {
+        Err(SharedLogError::Invalid { problem }) => {
+            assert!(problem.contains("redirects"), "{problem}");
+            assert!(problem.contains(&target), "{problem}");
+        }
+        other => panic!("a redirect is not reported as such: {other:?}"),
+    }
+    assert_eq!(
+        reached.load(Ordering::Relaxed),
+        0,
+        "the redirect was followed"
     );
 }

@@ -857,6 +857,47 @@ async fn debug_output_shows_no_device_token() {
     assert!(shown.contains(&ann.device.0.to_string()), "{shown}");
 }
 
+#[test]
+fn debug_output_of_the_wire_types_shows_no_token() {
+    use storex_log_http::api::{DeviceCredentials, NewDevice, NewUser, UserCredentials};
+    let secret = "stx_a-secret-no-log-may-show".to_owned();
+    let device = Uuid::now_v7();
+    let shown = [
+        format!(
+            "{:?}",
+            NewUser {
+                name: "ann".into(),
+                token: Some(secret.clone()),
+            }
+        ),
+        format!(
+            "{:?}",
+            UserCredentials {
+                user: "ann".into(),
+                token: secret.clone(),
+            }
+        ),
+        format!(
+            "{:?}",
+            NewDevice {
+                device,
+                token: Some(secret.clone()),
+            }
+        ),
+        format!(
+            "{:?}",
+            DeviceCredentials {
+                device,
+                token: secret.clone(),
+            }
+        ),
+    ];
+    for shown in shown {
+        assert!(!shown.contains(&secret), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+}
+
 /// Reads from `stream` until the server closes it (`true`) or `within` passes (`false`).
 async fn closed_within(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
     use tokio::io::AsyncReadExt;
