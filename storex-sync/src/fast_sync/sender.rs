@@ -394,6 +394,15 @@ impl SnapshotSender {
                 let (mut page_objects, mut page_bytes) = (0u64, 0u64);
                 for object in page {
                     if info.name == LOG_COLLECTION {
+                        if let Some(own) = names_sync_own(&object) {
+                            // Held here for ever (no device logs sync's own collections),
+                            // and the receiver would refuse it, ending every copy: passed
+                            // over, and reported.
+                            unread_held.push(format!(
+                                "an entry held back for sync's own collection `{own}`, not sent"
+                            ));
+                            continue;
+                        }
                         if !entry_is_sent(&object, &sent, &left_out, unknown_too) {
                             continue;
                         }
@@ -667,6 +676,14 @@ fn entry_is_sent(
     } else {
         unknown_too(collection)
     }
+}
+
+/// The collection a row of the log names, when it is one of sync's own (an entry a device
+/// wrote by mistake or malice, held back since it arrived).
+fn names_sync_own(row: &Object) -> Option<&str> {
+    row.get("collection")
+        .and_then(Value::as_text)
+        .filter(|collection| INTERNAL_COLLECTIONS.contains(collection))
 }
 
 /// How many entries the log holds (not applied) for collections `registry` does not know:
