@@ -43,10 +43,14 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
-    /// The sync journal holds writes to a collection the storage reading it does not define,
-    /// so the values of its creates cannot be read back; nothing was indexed.
-    #[error("the sync journal holds writes to `{collection}`, which this storage's registry does not define: index it through the app's own storage (nothing was indexed)")]
+    /// A sync journal record holds a create in a collection the storage reading it does not
+    /// define, so the create's values cannot be read back. The record is passed over and
+    /// stays in the journal (reported among a sync's problems) until a storage that defines
+    /// the collection indexes it.
+    #[error("sync journal record {record} holds a create in `{collection}`, which this storage's registry does not define, so its values cannot be read")]
     JournalCollectionUnknown {
+        /// The record's id.
+        record: storex_core::uuid::Uuid,
         /// The collection.
         collection: String,
     },

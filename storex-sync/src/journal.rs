@@ -27,7 +27,8 @@
 //! name may not exist here. This assumes storex is the row's only writer: a plain SQL write,
 //! a trigger or a cascade that changes the row before indexing rides along with the create.
 //! A registry that does not define a create's collection cannot tell a deleted row from an
-//! unknown table, so indexing through it fails and changes nothing.
+//! unknown table, so its record is passed over and stays, as one that does not read (below):
+//! a storage that defines the collection indexes it.
 //!
 //! Push reads records before it indexes them ([`read_journal_part`], the records and their
 //! creates' rows in one snapshot): it sends their entries, then settles them
@@ -732,7 +733,24 @@ async fn read_round(
         // A row without its id is not passed over: the next round could not start after it.
         let id = record_id(row)?;
         last = Some(id);
-        match read_record(row).and_then(|(id, record)| entries_of(id, record)) {
+        // A create's values are read from its row: a storage that does not define the
+        // collection (a tool opened on the sync tables only, or an app that dropped the
+        // collection) must not take the missing row for a deleted one, nor stop every sync
+        // on it. The record stays for a storage that defines the collection.
+        let readable = read_record(row)
+            .and_then(|(id, record)| entries_of(id, record))
+            .and_then(|made| {
+                match made.iter().find(|e| {
+                    e.op == EntryOp::Create && registry.collection(&e.collection).is_err()
+                }) {
+                    Some(unknown) => Err(Error::JournalCollectionUnknown {
+                        record: id,
+                        collection: unknown.collection.clone(),
+                    }),
+                    None => Ok(made),
+                }
+            });
+        match readable {
             Ok(made) => {
                 ids.push(id);
                 entries.extend(made.into_iter().map(|entry| (id, entry)));
@@ -749,14 +767,6 @@ async fn read_round(
             .map(|(_, e)| e)
             .filter(|e| e.op == EntryOp::Create)
     };
-    // A create's values are read from its row: a storage that does not know the
-    // collection (a tool opened on the sync tables only) must not take the missing row
-    // for a deleted one.
-    if let Some(unknown) = creates().find(|e| registry.collection(&e.collection).is_err()) {
-        return Err(Error::JournalCollectionUnknown {
-            collection: unknown.collection.clone(),
-        });
-    }
     let stored = current_rows(exec, registry, creates().map(entry_object)).await?;
     Ok(Some(Round {
         ids,

@@ -11,8 +11,9 @@ use storex_core::{
 };
 use storex_seaorm::SeaOrmBackend;
 use storex_sync::{
-    with_sync_log, ClientSyncLog, Clock, DeviceId, EntryOp, LogEntry, ManualClock, StoredEntry,
-    SyncDevice, SyncLoggingMiddleware, SyncOptions, JOURNAL_COLLECTION,
+    with_sync_log, ClientSyncLog, Clock, ContinuousOptions, ContinuousSync, DeviceId, EntryOp,
+    LogEntry, ManualClock, MemorySharedLog, SharedSyncLog, StoredEntry, SyncDevice,
+    SyncLoggingMiddleware, SyncOptions, JOURNAL_COLLECTION,
 };
 
 fn registry() -> Registry {
@@ -509,17 +510,13 @@ async fn a_tool_without_the_apps_collections_neither_indexes_nor_loses_pending_c
     .build()
     .await
     .expect("tool storage");
-    let err = ClientSyncLog::new(tool.clone())
+    let read = ClientSyncLog::new(tool.clone())
         .all()
         .await
-        .expect_err("indexed without knowing the notebooks");
-    assert!(
-        matches!(&err, storex_sync::Error::JournalCollectionUnknown { collection } if collection == "notebook"),
-        "{err}"
-    );
+        .expect("the record is passed over");
+    assert!(read.entries.is_empty(), "{read:?}");
     let view = ClientSyncLog::inspect(tool);
-    assert!(view.all().await.expect("read").entries.is_empty());
-    assert_eq!(view.journal_records().await.expect("count"), 1);
+    assert_eq!(view.journal_records().await.expect("count"), 1, "kept");
     // The app's own storage indexes it, values and all.
     let log = ClientSyncLog::new(app).all().await.expect("log").entries;
     assert_eq!(log.len(), 1);
@@ -527,41 +524,86 @@ async fn a_tool_without_the_apps_collections_neither_indexes_nor_loses_pending_c
     assert_eq!(view.journal_records().await.expect("count"), 0);
 }
 
+/// An app whose new version dropped a collection it had creates in, not pushed yet: the
+/// device still syncs the rest, each sync says why those creates wait, and they stay in the
+/// journal (a version that defines the collection again syncs them).
 #[tokio::test]
-async fn an_app_that_dropped_a_collection_with_unsynced_creates_still_opens_and_sync_says_why() {
+async fn an_app_that_dropped_a_collection_with_unsynced_creates_still_syncs_the_rest() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("device.db");
-    let old_app = sqlite_storage(&path, None).await;
+    let without_notebooks = || {
+        Registry::builder()
+            .collection(
+                CollectionDef::new("draft")
+                    .field("id", FieldType::Uuid)
+                    .field("text", FieldType::Text)
+                    .primary_key(["id"]),
+            )
+            .build()
+            .expect("registry")
+    };
+    let shared: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let open = |registry: Registry, path: std::path::PathBuf, id: DeviceId| {
+        let shared = shared.clone();
+        async move {
+            let device = SyncDevice::open(
+                registry,
+                Arc::new(SeaOrmBackend::open_sqlite_file(&path).await.expect("open")),
+                Clock::new(id),
+                SyncOptions::default(),
+            )
+            .await
+            .expect("opening reads the journal's timestamps, it does not index");
+            ContinuousSync::new(device, shared, ContinuousOptions::default())
+        }
+    };
+    let id = shared.create_device("ann").await.expect("device");
+    let old_app = open(registry(), path.clone(), id).await;
     old_app
+        .device()
+        .storage()
         .create("notebook", object! { "name" => "home" })
         .await
         .expect("create");
-    let without_notebooks = Registry::builder()
-        .collection(
-            CollectionDef::new("tag")
-                .field("id", FieldType::Uuid)
-                .primary_key(["id"]),
-        )
-        .build()
-        .expect("registry");
-    let device = SyncDevice::open(
-        without_notebooks,
-        Arc::new(SeaOrmBackend::open_sqlite_file(&path).await.expect("open")),
-        Clock::new(DeviceId::random()),
-        SyncOptions::default(),
-    )
-    .await
-    .expect("opening reads the journal's timestamps, it does not index");
-    let err = device.log().unshared(10).await.expect_err("indexed");
+    drop(old_app);
+    let moved = open(without_notebooks(), path.clone(), id).await;
+    moved
+        .device()
+        .storage()
+        .create("draft", object! { "text" => "after the update" })
+        .await
+        .expect("draft");
+    let report = moved.sync_once().await.expect("sync");
+    assert_eq!(report.pushed, 1, "{report:?}");
     assert!(
-        matches!(&err, storex_sync::Error::JournalCollectionUnknown { collection } if collection == "notebook"),
-        "{err}"
+        report.problems.iter().any(|p| p.contains("`notebook`")),
+        "{report:?}"
     );
     assert_eq!(
-        device.log().journal_records().await.expect("count"),
+        moved.device().log().journal_records().await.expect("count"),
         1,
         "kept"
     );
+    // Another device sees the draft, and later the notebook from a version that has it.
+    let other_id = shared.create_device("ann").await.expect("device");
+    let other = open(registry(), dir.path().join("other.db"), other_id).await;
+    other.sync_once().await.expect("sync");
+    let drafts = other
+        .device()
+        .storage()
+        .find_many("draft", Query::default());
+    assert_eq!(drafts.await.expect("drafts").len(), 1);
+    drop(moved);
+    let back = open(registry(), path, id).await;
+    let report = back.sync_once().await.expect("sync");
+    assert_eq!(report.pushed, 1, "{report:?}");
+    assert!(report.problems.is_empty(), "{report:?}");
+    other.sync_once().await.expect("sync");
+    let notebooks = other
+        .device()
+        .storage()
+        .find_many("notebook", Query::default());
+    assert_eq!(notebooks.await.expect("notebooks").len(), 1);
 }
 
 #[tokio::test]
