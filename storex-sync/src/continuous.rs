@@ -129,6 +129,12 @@ impl ContinuousOptions {
 /// subscription fingerprint was taken of (no other key starts so).
 const SUBSCRIBED_PREFIX: &str = "subscribed\u{1f}";
 
+/// The state row of the cursor a change of subscription pulled again from the start over,
+/// and the row of the fingerprint it held for: going back to that subscription goes on from
+/// it (the start may have been compacted away meanwhile).
+const REWOUND_CURSOR_KEY: &str = "rewound\u{1f}cursor";
+const REWOUND_SUBSCRIPTION_KEY: &str = "rewound\u{1f}subscription";
+
 /// The fingerprint of a subscription to `topics` (`None`: all topics, 0). A topic named
 /// twice counts once: the subscription is a set.
 fn fingerprint(topics: Option<&[String]>) -> i64 {
@@ -353,6 +359,11 @@ impl ContinuousSync {
     /// to tell a narrower subscription from another one; rows that do not make up the
     /// stored fingerprint (a copy replaced it, or an earlier version stored none) count as
     /// unknown, and the change then pulls again.
+    ///
+    /// Pulling again from the start keeps the cursor it leaves, and the fingerprint that
+    /// cursor held for: when the subscription goes back to that one (the start was compacted
+    /// away, say, so the wider one cannot be pulled), the device goes on from that cursor
+    /// (or its own, if further) instead of failing every sync.
     async fn follow_subscription(&self) -> Result<()> {
         let storage = self.device.storage();
         let topics = self.topics();
@@ -364,6 +375,7 @@ impl ContinuousSync {
             .await?;
         let mut stored = None;
         let mut recorded = BTreeSet::new();
+        let (mut cursor, mut rewound_cursor, mut rewound_subscription) = (0, 0, None);
         for row in &rows {
             let (Some(key), Some(value)) = (
                 row.get("key").and_then(Value::as_text),
@@ -371,10 +383,16 @@ impl ContinuousSync {
             ) else {
                 continue;
             };
-            if key == SUBSCRIPTION_KEY {
-                stored = Some(value);
-            } else if let Some(topic) = key.strip_prefix(SUBSCRIBED_PREFIX) {
-                recorded.insert(topic.to_owned());
+            match key {
+                SUBSCRIPTION_KEY => stored = Some(value),
+                CURSOR_KEY => cursor = value,
+                REWOUND_CURSOR_KEY => rewound_cursor = value,
+                REWOUND_SUBSCRIPTION_KEY => rewound_subscription = Some(value),
+                _ => {
+                    if let Some(topic) = key.strip_prefix(SUBSCRIBED_PREFIX) {
+                        recorded.insert(topic.to_owned());
+                    }
+                }
             }
         }
         if stored == Some(now) && recorded == wanted {
@@ -407,6 +425,24 @@ impl ContinuousSync {
         }
         if rewind {
             steps.push(BatchStep::new(cursor_update(0)));
+            if let (true, Some(before)) = (cursor > 0, stored) {
+                steps.push(BatchStep::new(Operation::put(
+                    STATE_COLLECTION,
+                    object! { "key" => REWOUND_CURSOR_KEY, "value" => cursor },
+                )));
+                steps.push(BatchStep::new(Operation::put(
+                    STATE_COLLECTION,
+                    object! { "key" => REWOUND_SUBSCRIPTION_KEY, "value" => before },
+                )));
+            }
+        } else if rewound_subscription == Some(now) && rewound_cursor > cursor {
+            // Back to the subscription the cursor was left for: everything of it up to that
+            // cursor is here.
+            steps.push(BatchStep::new(Operation::update_by_pk(
+                STATE_COLLECTION,
+                CURSOR_KEY,
+                object! { "value" => rewound_cursor },
+            )));
         }
         storage
             .execute_as(Operation::Batch { steps }, Origin::Sync)

@@ -1067,6 +1067,24 @@ async fn a_narrower_subscription_keeps_the_cursor_and_a_wider_one_pulls_again() 
 
     // Photos wanted again: their history since is needed, so pulling starts over, and the
     // compacted log tells the device to copy everything again.
+    devices.resubscribe(b, both.clone());
+    match devices.try_sync(b).await {
+        Err(Error::SharedLog(SharedLogError::CursorCompacted { cursor: 0, .. })) => {}
+        other => panic!("expected CursorCompacted from cursor 0, got {other:?}"),
+    }
+
+    // Notes alone again (no copy to be had): the device goes on from the cursor it had for
+    // them, instead of failing every sync from the start that is gone.
+    devices.note(a, "n3", "one more").await;
+    devices.sync(a).await;
+    devices.resubscribe(b, ContinuousOptions::default().with_collections(["note"]));
+    let report = devices
+        .try_sync(b)
+        .await
+        .expect("syncs from the cursor it had");
+    assert_eq!(report.pulled, 1, "the new note only: {report:?}");
+
+    // And a wider subscription after that pulls from the start again, which is still gone.
     devices.resubscribe(b, both);
     match devices.try_sync(b).await {
         Err(Error::SharedLog(SharedLogError::CursorCompacted { cursor: 0, .. })) => {}
