@@ -275,6 +275,7 @@ async fn receive_offered(
     let Offer {
         session,
         mut collections,
+        definitions,
         cursor,
         latest,
         subscription,
@@ -305,7 +306,31 @@ async fn receive_offered(
             {
                 Some(format!("`{}` is this device's own sync state", info.name))
             }
-            Ok(def) if info.schema_version <= def.schema_version() => None,
+            // An older app's objects lack the fields added since: each needs a default
+            // here, or its objects cannot be created (checked when the sender tells its
+            // definitions; the fields it has that this version dropped are left out below).
+            Ok(def) if info.schema_version < def.schema_version() => definitions
+                .iter()
+                .find(|theirs| theirs.name() == info.name)
+                .and_then(|theirs| {
+                    def.fields().iter().find(|f| {
+                        !f.optional
+                            && def.default_of(&f.name).is_none()
+                            && theirs.field_def(&f.name).is_none()
+                    })
+                })
+                .map(|field| {
+                    format!(
+                        "collection `{}` comes from schema version {}, whose objects lack \
+                         field `{}`, required here (version {}) without a default: give it a \
+                         default, or copy from a device of this version",
+                        info.name,
+                        info.schema_version,
+                        field.name,
+                        def.schema_version()
+                    )
+                }),
+            Ok(def) if info.schema_version == def.schema_version() => None,
             Ok(def) => Some(format!(
                 "collection `{}` comes from schema version {}, this device knows {}",
                 info.name,
@@ -391,10 +416,11 @@ async fn receive_offered(
                 received.checksum = chain_checksum(&received.checksum, &objects);
                 let decoded = objects.decode();
                 drop(objects); // the encodings: not kept beside the objects
-                let objects = match decoded {
+                let mut objects = match decoded {
                     Ok(objects) => objects,
                     Err(e) => return Err(refused(&collection, e.to_string())),
                 };
+                leave_out_dropped_fields(&registry, info, &mut objects);
                 received.objects += count;
                 let done = received.objects;
                 honour_pause(channel, options, "receiving", &mut kept).await?;
@@ -499,6 +525,22 @@ fn refused(collection: &str, problem: String) -> crate::Error {
         problem,
     }
     .into()
+}
+
+/// Leaves out of the objects of an app collection from an older schema version the fields
+/// this version dropped, as continuous sync does with entries: the app no longer has them.
+fn leave_out_dropped_fields(registry: &Registry, info: &CollectionInfo, objects: &mut [Object]) {
+    if INTERNAL_COLLECTIONS.contains(&info.name.as_str()) {
+        return;
+    }
+    let Ok(def) = registry.collection(&info.name) else {
+        return;
+    };
+    if info.schema_version < def.schema_version() {
+        for object in objects {
+            object.retain(|field, _| def.field_def(field).is_some());
+        }
+    }
 }
 
 /// Writes one batch and the session's progress in one transaction: objects the device has

@@ -2349,6 +2349,87 @@ async fn entries_held_for_clock_drift_or_naming_sync_own_do_not_end_a_copy() {
     assert_eq!(retried.held.len(), 1, "still too far ahead: {retried:?}");
 }
 
+/// `note` as an app of schema version `version` defines it, with `fields` beside its key
+/// and title: (name, required, default); and the `draft` the fixture keeps local.
+fn notes_of_version(version: u32, fields: &[(&str, bool, Option<i64>)]) -> Registry {
+    let mut note = CollectionDef::new("note")
+        .field("id", FieldType::Uuid)
+        .field("title", FieldType::Text);
+    for (name, required, default) in fields {
+        note = match required {
+            true => note.field(*name, FieldType::Int),
+            false => note.optional_field(*name, FieldType::Int),
+        };
+        if let Some(default) = default {
+            note = note.default_value(*name, *default);
+        }
+    }
+    Registry::builder()
+        .collection(note.primary_key(["id"]).version(version))
+        .collection(
+            CollectionDef::new("draft")
+                .field("id", FieldType::Int)
+                .primary_key(["id"]),
+        )
+        .build()
+        .expect("registry")
+}
+
+/// A copy from an app one schema version behind: the fields the newer one dropped are left
+/// out, those it added take their defaults; one it added as required without a default
+/// refuses the offer by name, before anything moves.
+#[tokio::test]
+async fn a_copy_from_an_older_schema_leaves_out_dropped_fields_and_needs_defaults_for_added_ones() {
+    let fx = Fixture::new();
+    let old = fx
+        .device_of(
+            "old",
+            DeviceId::random(),
+            notes_of_version(1, &[("color", true, None)]),
+        )
+        .await;
+    for i in 0..3 {
+        old.storage()
+            .create("note", object! { "title" => format!("n{i}"), "color" => i })
+            .await
+            .expect("note");
+    }
+    let newer = notes_of_version(2, &[("stars", true, Some(5))]);
+    let new = fx.device_of("new", DeviceId::random(), newer).await;
+    let (sent, received) = transfer(&old, &new, &small_batches(), &small_batches()).await;
+    sent.expect("sent");
+    received.expect("received");
+    let notes = new
+        .storage()
+        .find_many("note", storex_core::Query::default())
+        .await
+        .expect("notes");
+    assert_eq!(notes.len(), 3);
+    for note in &notes {
+        assert!(!note.contains_key("color"), "{note:?}");
+        assert_eq!(note["stars"], Value::from(5), "{note:?}");
+    }
+
+    let without_default = notes_of_version(2, &[("stars", true, None)]);
+    let refusing = fx
+        .device_of("refusing", DeviceId::random(), without_default)
+        .await;
+    let (_, received) = transfer(&old, &refusing, &small_batches(), &small_batches()).await;
+    let err = received.expect_err("refused");
+    let chain = storex_core::error_chain(&err);
+    assert!(
+        chain.contains("`stars`") && chain.contains("without a default"),
+        "{chain}"
+    );
+    assert!(!err.is_transient(), "{err}");
+    let none = refusing
+        .storage()
+        .find_many("note", storex_core::Query::default())
+        .await
+        .expect("notes");
+    assert!(none.is_empty(), "{none:?}");
+}
+
 #[tokio::test]
 async fn a_log_row_sent_as_applied_is_stored_as_held() {
     let fx = Fixture::new();
