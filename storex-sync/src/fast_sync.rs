@@ -118,7 +118,8 @@ pub struct Progress {
     /// some out; the sender's log entries are folded into its objects' versions): then the
     /// collection's last event gives the number that did as both done and total.
     pub objects_total: u64,
-    /// Bytes transferred so far in the whole session.
+    /// Bytes transferred so far by this run of the session: after a resume it counts from
+    /// zero again (the objects count on from where the session was).
     pub bytes_done: u64,
 }
 
