@@ -644,16 +644,7 @@ impl HttpSharedLog {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.to_vec());
         }
-        let sent = tokio::time::timeout(head_within, request.send())
-            .await
-            .map_err(|_| Attempt {
-                retry: true,
-                error: unavailable(Error::TimedOut {
-                    waiting_for: "an answer",
-                    after: head_within,
-                }),
-                retry_after: None,
-            })?;
+        let sent = within(head_within, "an answer", request.send()).await?;
         let response = sent.map_err(|e| match e.is_builder() {
             // The request cannot be made at all (a token that is no header value, say):
             // retrying, now or later, makes the same one.
@@ -709,16 +700,12 @@ impl HttpSharedLog {
             }),
             min_rate,
         ));
-        let read = tokio::time::timeout(reply_within, read_reply(response, limit))
-            .await
-            .map_err(|_| Attempt {
-                retry: true,
-                error: unavailable(Error::TimedOut {
-                    waiting_for: "the rest of the reply",
-                    after: reply_within,
-                }),
-                retry_after: None,
-            })?;
+        let read = within(
+            reply_within,
+            "the rest of the reply",
+            read_reply(response, limit),
+        )
+        .await?;
         let bytes = match read {
             Ok(bytes) => bytes,
             Err(ReplyError::Transport(e)) => {
@@ -750,6 +737,25 @@ impl HttpSharedLog {
             ..refusal(status, &bytes, caller)
         })
     }
+}
+
+/// `step`'s output if it ends within `limit`; otherwise a retryable attempt that timed out
+/// waiting for `waiting_for`.
+async fn within<T>(
+    limit: Duration,
+    waiting_for: &'static str,
+    step: impl std::future::Future<Output = T>,
+) -> Result<T, Attempt> {
+    tokio::time::timeout(limit, step)
+        .await
+        .map_err(|_| Attempt {
+            retry: true,
+            error: unavailable(Error::TimedOut {
+                waiting_for,
+                after: limit,
+            }),
+            retry_after: None,
+        })
 }
 
 /// The most bytes of a refusal's body that are read.

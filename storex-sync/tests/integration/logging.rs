@@ -531,14 +531,12 @@ async fn a_tool_without_the_apps_collections_neither_indexes_nor_loses_pending_c
 async fn an_app_that_dropped_a_collection_with_unsynced_creates_still_syncs_the_rest() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("device.db");
+    // The same app but for its notebooks (and the notes in them).
     let without_notebooks = || {
+        let all = registry();
+        let draft = all.collection("draft").expect("draft").clone();
         Registry::builder()
-            .collection(
-                CollectionDef::new("draft")
-                    .field("id", FieldType::Uuid)
-                    .field("text", FieldType::Text)
-                    .primary_key(["id"]),
-            )
+            .collection(draft)
             .build()
             .expect("registry")
     };
