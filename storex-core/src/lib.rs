@@ -35,7 +35,7 @@ pub use query::{Condition, Direction, Filter, Order, Predicate, Query};
 pub use registry::{CollectionDef, FieldDef, IndexDef, Registry, RegistryBuilder, RelationDef};
 pub use storage::{pk_filter, Storage, StorageBuilder, StorageTransaction};
 pub use uuid_pk::UuidPkMiddleware;
-pub use validate::MAX_IN_VALUES;
+pub use validate::{value_problem, MAX_IN_VALUES};
 pub use value::{FieldType, Object, Pk, PkKey, Value};
 
 /// Re-exported so apps and backends name the same versions.

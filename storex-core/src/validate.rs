@@ -274,8 +274,11 @@ fn check_value(def: &CollectionDef, field: &str, ty: FieldType, value: &mut Valu
     }
 }
 
-/// Why `value` cannot be stored whatever its field (completing "field `x` …").
-pub(crate) fn value_problem(value: &Value) -> Option<String> {
+/// Why `value` cannot be stored whatever its field (completing "field `x` …"): a float that
+/// is not finite, a NUL character in text or JSON, a datetime outside the years 0000 to 9999.
+/// Every write is refused such a value; sync holds a received change that carries one, so
+/// that devices agree whatever order they receive changes in.
+pub fn value_problem(value: &Value) -> Option<String> {
     match value {
         Value::Float(f) if !f.is_finite() => Some(format!("must hold a finite float, got {f}")),
         // PostgreSQL stores no NUL character in text or JSON; refused everywhere, so that

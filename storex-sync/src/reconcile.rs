@@ -226,6 +226,15 @@ fn check_value(
     let Some(field_def) = def.field_def(field) else {
         return Ok(());
     };
+    // What no write may store (a NUL in text, say, from an older version): held on arrival,
+    // as every device holds it whatever it received before, rather than refused later by
+    // the write that would apply it, which not every order of arrival makes.
+    if let Some(problem) = storex_core::value_problem(value) {
+        return Err(HoldReason::InvalidValue {
+            field: field.to_owned(),
+            problem,
+        });
+    }
     let problem = match value.field_type() {
         Some(FieldType::Int) if field_def.ty == FieldType::Int => {
             match def.out_of_range(field, value) {

@@ -218,6 +218,37 @@ async fn entries_with_a_bad_key_or_without_a_required_field_are_held() {
     );
 }
 
+/// A change carrying a value no write may store (a NUL in text, written by an older
+/// version) is held on arrival, so devices that got it before or after its object's create
+/// agree: before, the one that got it first kept it in the object's versions, its create then
+/// failed, and the object existed on one device and not on the other.
+#[tokio::test]
+async fn a_value_no_write_may_store_is_held_whatever_came_before() {
+    let create = note(1);
+    let mut update = remote("note", Pk::from(1i64), object! { "title" => "x\0y" });
+    update.op = EntryOp::Update;
+    update.hlc.millis = 2_000;
+    let (first, second) = (device().await, device().await);
+    let a = first.integrate(vec![create.clone()]).await.expect("create");
+    assert_eq!(a.integrated, 1, "{a:?}");
+    first.integrate(vec![update.clone()]).await.expect("update");
+    second
+        .integrate(vec![update.clone()])
+        .await
+        .expect("update");
+    second.integrate(vec![create]).await.expect("create");
+    for here in [&first, &second] {
+        let row = here.storage().find_by_pk("note", 1i64).await.expect("read");
+        assert_eq!(
+            row.map(|r| r["title"].clone()),
+            Some(storex_core::Value::from("n1"))
+        );
+        let held = here.log().held().await.expect("held").entries;
+        assert_eq!(held.len(), 1, "{held:?}");
+        assert_eq!(held[0].id, update.id);
+    }
+}
+
 #[tokio::test]
 async fn an_entry_for_syncs_own_collections_is_held_and_changes_nothing() {
     let here = device().await;
