@@ -244,9 +244,6 @@ fn check_value(
         }
         None if null_ok && field_def.optional => return Ok(()),
         None => "null in a required field".to_owned(),
-        Some(FieldType::Float) if matches!(value, Value::Float(f) if !f.is_finite()) => {
-            "a float that is not finite".to_owned()
-        }
         Some(ty) if ty == field_def.ty => return Ok(()),
         Some(ty) => format!("{ty} in a {} field", field_def.ty),
     };

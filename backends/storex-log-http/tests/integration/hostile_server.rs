@@ -128,35 +128,33 @@ async fn a_reply_announced_too_large_is_not_read() {
     );
 }
 
-/// The client's options for the silent servers: a timeout of a second and no retry.
-fn impatient() -> ClientOptions {
-    ClientOptions {
+/// A pull, with a timeout of a second and no retry, from a server that answers `head` and
+/// then falls silent: it must fail, waiting for `waiting_for`, well within 30 s.
+async fn assert_pull_from_silent_server_times_out(head: &'static str, waiting_for: &str) {
+    let url = silent_server(head).await;
+    let options = ClientOptions {
         retries: 0,
         timeout: Duration::from_secs(1),
         ..ClientOptions::default()
-    }
+    };
+    let (log, device) = client_with(&url, options);
+    let pull = tokio::time::timeout(Duration::from_secs(30), log.pull(device, 0, 100, None))
+        .await
+        .expect("the pull gives up well within the time the largest reply would take");
+    assert_timed_out(pull, waiting_for);
 }
 
 #[tokio::test]
 async fn a_server_that_never_answers_fails_a_pull_after_the_timeout_not_after_the_largest_reply() {
-    let url = silent_server("").await;
-    let (log, device) = client_with(&url, impatient());
     // Before, the pull waited as long as the largest reply it might get takes at the slowest
     // rate (over two minutes with these options) before giving up on the answer.
-    let pull = tokio::time::timeout(Duration::from_secs(30), log.pull(device, 0, 100, None))
-        .await
-        .expect("the pull gives up well within the time the largest reply would take");
-    assert_timed_out(pull, "an answer");
+    assert_pull_from_silent_server_times_out("", "an answer").await;
 }
 
 #[tokio::test]
 async fn a_reply_that_stops_coming_fails_the_pull_within_the_time_its_size_takes() {
-    let url = silent_server("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n{\"entries\"").await;
-    let (log, device) = client_with(&url, impatient());
-    let pull = tokio::time::timeout(Duration::from_secs(30), log.pull(device, 0, 100, None))
-        .await
-        .expect("the pull gives up on the rest of the reply");
-    assert_timed_out(pull, "the rest of the reply");
+    let head = "HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n{\"entries\"";
+    assert_pull_from_silent_server_times_out(head, "the rest of the reply").await;
 }
 
 #[tokio::test]
