@@ -1,18 +1,23 @@
 //! [`SyncLoggingMiddleware`]: every write is executed together with its log entries.
 //!
-//! A write without where-clauses is rewritten into one batch: the data steps, then one
-//! [journal](crate::journal) record holding an entry per changed object, so the write and its
-//! entries land atomically or not at all. A where-clause write runs in a transaction and logs
-//! exactly the objects it changed. In a transaction the logger opens (the app's where-write
-//! or batch), the write runs as [`Operation::UpdateWhereReturningPks`] (or the delete), one
-//! statement that changes the objects and reports their keys, and their record follows; any
-//! failure rolls the whole transaction back. In the caller's own transaction, which the
-//! caller may commit after a failed write, the logger first resolves the keys the filter
-//! matches, then writes exactly those objects (one statement per 1,000 keys when the key is
-//! a single field) and their record as one batch, which the backend undoes whole if either
-//! fails. A write is stamped and run under the device's write-order lock, which the
-//! application of received changes also takes, so the device's timestamps follow the order
-//! in which its own writes and the changes it receives land.
+//! A write runs in a transaction of its own, which the logger opens, with one
+//! [journal](crate::journal) record holding an entry per changed object; any failure rolls
+//! the whole transaction back, so the write and its entries land together or not at all. The
+//! entries are stamped after the data steps have run: by then those hold the locks on what
+//! they wrote (SQLite's database lock from the transaction's start, PostgreSQL's row locks),
+//! so a write that commits before this one was stamped before it too, and the row keeps the
+//! value of the entry that wins everywhere else. A where-clause write runs as
+//! [`Operation::UpdateWhereReturningPks`] (or the delete), one statement that changes the
+//! objects and reports their keys, and their record follows. In the caller's own transaction,
+//! which the caller may commit after a failed write, the entries are stamped first and the
+//! write runs with its record as one batch, which the backend undoes whole if either fails
+//! (a where-write first resolves the keys its filter matches, then writes exactly those
+//! objects, one statement per 1,000 keys when the key is a single field); the caller's
+//! transaction holds SQLite's lock from its start. A backend without transactions runs a
+//! write that names its objects the same way. A write is stamped and run under the
+//! device's write-order lock, which the application of received changes also takes, so the
+//! device's timestamps follow the order in which its own writes and the changes it receives
+//! land.
 //!
 //! Placeholders of a batch are resolved here, before the batch runs: the UUID key middleware
 //! (which must come first in the chain) has filled every key, so each entry records the keys
@@ -115,6 +120,75 @@ fn resolve_placeholders(next: &Next<'_>, steps: &mut [BatchStep]) {
 /// One logged change, borrowed from the operation that makes it.
 type Change<'a> = (&'a str, Cow<'a, Pk>, EntryOp, &'a Object);
 
+/// A logged change kept while its operation runs (which takes the operation): an update's
+/// values are copied, a create's are read from its row when the journal is indexed.
+struct OwnedChange {
+    collection: String,
+    pk: Pk,
+    op: EntryOp,
+    values: Object,
+}
+
+impl From<Change<'_>> for OwnedChange {
+    fn from((collection, pk, op, values): Change<'_>) -> Self {
+        OwnedChange {
+            collection: collection.to_owned(),
+            pk: pk.into_owned(),
+            op,
+            values: if op == EntryOp::Update {
+                values.clone()
+            } else {
+                Object::new()
+            },
+        }
+    }
+}
+
+impl OwnedChange {
+    fn borrowed(&self) -> Change<'_> {
+        (
+            &self.collection,
+            Cow::Borrowed(&self.pk),
+            self.op,
+            &self.values,
+        )
+    }
+}
+
+/// The error of a write whose sync log record failed to land (which undid the write).
+fn log_write_failed(source: CoreError) -> CoreError {
+    CoreError::Transaction {
+        problem: format!("writing the sync log failed, nothing was written: {source}"),
+    }
+}
+
+/// Runs the data `steps` of a write in the current transaction: one step as the operation
+/// it is, several as a batch. A failing step is named as a step of the batch either way.
+async fn run_steps(next: Next<'_>, mut steps: Vec<BatchStep>) -> CoreResult<Vec<Outcome>> {
+    if steps.len() == 1 && steps[0].replace.is_empty() {
+        if let Some(step) = steps.pop() {
+            let outcome =
+                next.run(step.operation)
+                    .await
+                    .map_err(|source| CoreError::BatchStep {
+                        step: 0,
+                        source: Box::new(source),
+                    })?;
+            return Ok(vec![outcome]);
+        }
+    }
+    if steps.is_empty() {
+        return Ok(Vec::new());
+    }
+    match next.run(Operation::Batch { steps }).await? {
+        Outcome::Batch(outcomes) => Ok(outcomes),
+        other => Err(CoreError::UnexpectedOutcome {
+            operation: "batch",
+            outcome: format!("{other:?}"),
+        }),
+    }
+}
+
 impl SyncLoggingMiddleware {
     /// The journal record of `changes`, stamped now (none if there are none).
     fn record(&self, next: &Next<'_>, changes: Vec<Change<'_>>) -> CoreResult<Option<BatchStep>> {
@@ -155,19 +229,39 @@ impl SyncLoggingMiddleware {
         }
     }
 
-    /// Runs `steps` (no where-writes) with the journal record of their entries as one
-    /// batch; returns the outcomes of `steps` only.
+    /// Runs `steps` (no where-writes) and the journal record of their entries; returns the
+    /// outcomes of `steps` only. In a transaction this logger opened (`own_transaction`),
+    /// which any error rolls back, the steps run first and their entries are stamped after
+    /// them: by then the steps hold the locks on what they wrote (on SQLite the database's,
+    /// from the transaction's start; on PostgreSQL the rows'), so no write that commits
+    /// earlier can have been stamped later. Otherwise (the caller's transaction, or a backend
+    /// without transactions) they are stamped first and run with the record as one batch,
+    /// which the backend undoes whole if either fails.
     async fn run_logged_batch(
         &self,
         next: Next<'_>,
         steps: Vec<BatchStep>,
+        own_transaction: bool,
     ) -> CoreResult<Vec<Outcome>> {
-        let changes: Vec<Change<'_>> = steps
+        if !own_transaction {
+            let changes: Vec<Change<'_>> = steps
+                .iter()
+                .filter_map(|s| self.change_of(&next, &s.operation))
+                .collect();
+            let record = self.record(&next, changes)?;
+            return self.run_with_record(next, steps, record).await;
+        }
+        let changes: Vec<OwnedChange> = steps
             .iter()
             .filter_map(|s| self.change_of(&next, &s.operation))
+            .map(OwnedChange::from)
             .collect();
-        let record = self.record(&next, changes)?;
-        self.run_with_record(next, steps, record).await
+        let outcomes = run_steps(next, steps).await?;
+        let record = self.record(&next, changes.iter().map(OwnedChange::borrowed).collect())?;
+        if let Some(record) = record {
+            next.run(record.operation).await.map_err(log_write_failed)?;
+        }
+        Ok(outcomes)
     }
 
     /// Runs the data `steps` and then the journal `record` of their entries as one batch;
@@ -194,9 +288,7 @@ impl SyncLoggingMiddleware {
                 outcome: format!("{other:?}"),
             }),
             Err(CoreError::BatchStep { step, source }) if step >= data_steps => {
-                Err(CoreError::Transaction {
-                    problem: format!("writing the sync log failed, nothing was written: {source}"),
-                })
+                Err(log_write_failed(*source))
             }
             Err(e) => Err(e),
         }
@@ -302,11 +394,7 @@ impl SyncLoggingMiddleware {
             }
         };
         if let Some(record) = self.where_record(&next, write, &pks)? {
-            next.run(record.operation)
-                .await
-                .map_err(|source| CoreError::Transaction {
-                    problem: format!("writing the sync log failed, nothing was written: {source}"),
-                })?;
+            next.run(record.operation).await.map_err(log_write_failed)?;
         }
         Ok(pks)
     }
@@ -382,12 +470,14 @@ impl SyncLoggingMiddleware {
             }
         };
         for step in steps {
-            if step.operation.is_where_write()
-                && self.logged(step.operation.collection().unwrap_or_default())
-            {
+            if self.logged_where_write(&step.operation) {
                 let first = outcomes.len();
                 let part = std::mem::take(&mut pending);
-                outcomes.extend(self.run_logged_batch(next, part).await.map_err(at(first))?);
+                outcomes.extend(
+                    self.run_logged_batch(next, part, own_transaction)
+                        .await
+                        .map_err(at(first))?,
+                );
                 // (A step of the where-write's own, a part of its keys or its record, is
                 // named as the where-write.)
                 let first = outcomes.len();
@@ -405,33 +495,51 @@ impl SyncLoggingMiddleware {
         }
         let first = outcomes.len();
         outcomes.extend(
-            self.run_logged_batch(next, pending)
+            self.run_logged_batch(next, pending, own_transaction)
                 .await
                 .map_err(at(first))?,
         );
         Ok(outcomes)
     }
 
-    async fn in_transaction(
+    /// Runs `steps` in the caller's transaction, stamped before they run (see
+    /// [`Self::run_logged_batch`]).
+    async fn in_callers_transaction(
         &self,
         next: Next<'_>,
         steps: Vec<BatchStep>,
     ) -> CoreResult<Vec<Outcome>> {
-        if next.in_transaction() {
-            // Its parts would run one after another in the caller's transaction, which a
-            // failing part leaves open with the parts before it applied: a batch is undone
-            // whole, so such a batch is refused rather than applied in part.
-            if steps.len() > 1 {
-                return Err(CoreError::invalid_operation(
-                    "",
-                    "a batch with a where-clause write of a synced collection cannot run in \
-                     the app's own transaction: run the where-write as an operation of its \
-                     own in the transaction, or the batch outside it",
-                ));
-            }
-            return self.run_with_where_writes(next, steps, false).await;
+        // Its parts would run one after another in the caller's transaction, which a failing
+        // part leaves open with the parts before it applied: a batch is undone whole, so such
+        // a batch is refused rather than applied in part.
+        if steps.len() > 1 && steps.iter().any(|s| self.logged_where_write(&s.operation)) {
+            return Err(CoreError::invalid_operation(
+                "",
+                "a batch with a where-clause write of a synced collection cannot run in the \
+                 app's own transaction: run the where-write as an operation of its own in the \
+                 transaction, or the batch outside it",
+            ));
         }
-        let tx = next.begin().await?;
+        self.run_with_where_writes(next, steps, false).await
+    }
+
+    /// Runs `steps` in a transaction of their own, their entries stamped after the steps
+    /// that make them. A backend without transactions runs writes that name their objects
+    /// as one batch, stamped first.
+    async fn in_own_transaction(
+        &self,
+        next: Next<'_>,
+        steps: Vec<BatchStep>,
+    ) -> CoreResult<Vec<Outcome>> {
+        let tx = match next.begin().await {
+            Ok(tx) => tx,
+            Err(CoreError::Unsupported { .. })
+                if !steps.iter().any(|s| self.logged_where_write(&s.operation)) =>
+            {
+                return self.run_logged_batch(next, steps, false).await;
+            }
+            Err(e) => return Err(e),
+        };
         match self
             .run_with_where_writes(next.within(&*tx), steps, true)
             .await
@@ -441,10 +549,15 @@ impl SyncLoggingMiddleware {
                 Ok(outcomes)
             }
             Err(e) => {
-                tx.rollback().await?;
+                // Nothing of the write is committed either way; its own error says why.
+                let _ = tx.rollback().await;
                 Err(e)
             }
         }
+    }
+
+    fn logged_where_write(&self, op: &Operation) -> bool {
+        op.is_where_write() && self.logged(op.collection().unwrap_or_default())
     }
 
     async fn process_write(&self, op: Operation, next: Next<'_>) -> CoreResult<Outcome> {
@@ -456,22 +569,12 @@ impl SyncLoggingMiddleware {
         // Stamped and run under the write-order lock (inside a caller's transaction, that
         // transaction orders it already): received changes are applied either before, and the
         // stamps are later than what they moved the clock to, or after this write.
-        let has_where = steps.iter().any(|s| {
-            s.operation.is_where_write()
-                && self.logged(s.operation.collection().unwrap_or_default())
-        });
-        let in_transaction = next.in_transaction();
-        let run = async {
-            if has_where {
-                self.in_transaction(next, steps).await
-            } else {
-                self.run_logged_batch(next, steps).await
-            }
-        };
-        let mut outcomes = if in_transaction {
-            run.await?
+        let mut outcomes = if next.in_transaction() {
+            self.in_callers_transaction(next, steps).await?
         } else {
-            self.order.hold(run).await??
+            self.order
+                .hold(self.in_own_transaction(next, steps))
+                .await??
         };
         if single {
             outcomes.pop().ok_or_else(|| CoreError::UnexpectedOutcome {

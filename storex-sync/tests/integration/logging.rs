@@ -1150,3 +1150,61 @@ async fn a_batch_with_a_where_write_is_whole_or_nothing_and_names_its_failing_st
     );
     assert_eq!(entries(&d).await.len(), logged, "nothing logged");
 }
+
+#[tokio::test]
+async fn a_write_that_waits_for_an_app_transaction_is_stamped_after_its_writes() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let backend = SeaOrmBackend::open_sqlite_file(dir.path().join("device.db"))
+        .await
+        .expect("open");
+    let d = SyncDevice::open(
+        registry(),
+        Arc::new(backend) as Arc<dyn StorageBackend>,
+        Clock::new(DeviceId::random()),
+        SyncOptions::default(),
+    )
+    .await
+    .expect("device");
+    let book = notebook(&d).await;
+    // The app's transaction holds SQLite's write lock from its start.
+    let tx = d.storage().begin().await.expect("begin");
+    let storage = d.storage().clone();
+    let key = book.clone();
+    let plain = tokio::spawn(async move {
+        let changes = object! { "name" => "plain write" };
+        storage.update_by_pk("notebook", key, changes).await
+    });
+    // The plain write is on its way (waiting for the lock) when the transaction writes the
+    // same field, and commits first.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!plain.is_finished(), "the plain write waits for the lock");
+    tx.execute(Operation::update_by_pk(
+        "notebook",
+        book.clone(),
+        object! { "name" => "app transaction" },
+    ))
+    .await
+    .expect("update in the transaction");
+    tx.commit().await.expect("commit");
+    plain.await.expect("task").expect("plain write");
+    // The row keeps the value written last; its entry must be the one that wins on every
+    // other device, the latest stamped.
+    let row = d
+        .storage()
+        .find_by_pk("notebook", book.clone())
+        .await
+        .expect("find")
+        .expect("row");
+    assert_eq!(row["name"], Value::from("plain write"));
+    let winner = entries(&d)
+        .await
+        .into_iter()
+        .filter(|e| e.op == EntryOp::Update && e.pk == Pk(vec![book.clone()]))
+        .max_by_key(|e| e.hlc)
+        .expect("the updates are logged");
+    assert_eq!(
+        winner.fields["name"],
+        Value::from("plain write"),
+        "{winner:?}"
+    );
+}

@@ -300,3 +300,40 @@ async fn a_received_create_that_meets_the_apps_insert_of_the_same_key_is_reconci
     assert_eq!(title(&b, &pk).await, expected, "on b");
     same(&a, &b).await;
 }
+
+#[tokio::test]
+async fn a_write_that_waits_for_a_row_an_app_transaction_holds_is_stamped_after_it() {
+    let Some(server) = storex_test::postgres_url() else {
+        return;
+    };
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let a = device(&server, &log).await;
+    let b = device(&server, &log).await;
+    let pk = create_items(&a, "shared", 1).await.remove(0);
+    // The app's transaction holds the item's row from its first write on.
+    let tx = a.device().storage().begin().await.expect("begin");
+    let stars = Operation::update_by_pk("item", pk.clone(), object! { "stars" => 1 });
+    tx.execute(stars).await.expect("first write");
+    // A plain write of the title is on its way, waiting for the row, when the transaction
+    // writes the title too, and commits first.
+    let storage = a.device().storage().clone();
+    let key = pk.clone();
+    let plain = tokio::spawn(async move {
+        let changes = object! { "title" => "plain write" };
+        storage.update_by_pk("item", key, changes).await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!plain.is_finished(), "the plain write waits for the row");
+    let title_in_tx = object! { "title" => "app transaction" };
+    let rename = Operation::update_by_pk("item", pk.clone(), title_in_tx);
+    tx.execute(rename).await.expect("second write");
+    tx.commit().await.expect("commit");
+    plain.await.expect("task").expect("plain write");
+    // A keeps the value written last; B, which gets both changes, must keep it too.
+    a.sync_once().await.expect("a syncs");
+    b.sync_once().await.expect("b syncs");
+    let expected = Some("plain write".into());
+    assert_eq!(title(&a, &pk).await, expected, "on a");
+    assert_eq!(title(&b, &pk).await, expected, "on b");
+    same(&a, &b).await;
+}
