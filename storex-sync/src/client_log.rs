@@ -227,9 +227,12 @@ impl ClientSyncLog {
     }
 
     /// The id of the journal's latest record (`None` when the journal is empty): the end of
-    /// the writes made until now, for [`ClientSyncLog::read_journal_part`].
+    /// the writes made until now, for [`ClientSyncLog::read_journal_part`]. Read under the
+    /// write-order lock, so a write of this process under way, which holds it until its
+    /// transaction commits, is among them: a sync its signal woke (a change watcher after the
+    /// logger sees the write before the commit) pushes it rather than leave it for the next.
     pub(crate) async fn journal_end(&self) -> Result<Option<Uuid>> {
-        latest_record(self.exec()).await
+        self.order.hold(latest_record(self.exec())).await?
     }
 
     /// Reads the journal's records after `after` and up to `until` until at least `enough`

@@ -108,9 +108,12 @@ impl SyncOptions {
     }
 
     /// Adds a middleware after the sync logger. It sees the writes as the logger passes them
-    /// on: an app's `UpdateWhere` or `DeleteWhere` outside a transaction arrives as its
-    /// `…ReturningPks` form ([`Operation::is_where_write`] tells all four), and a write with
-    /// its journal record as one batch.
+    /// on. Outside the app's transactions, a write arrives in a transaction the logger
+    /// opened (not committed yet when the middleware sees it): first its data steps (the
+    /// operation itself, or a batch of several), then its journal record's create; an
+    /// `UpdateWhere` or `DeleteWhere` arrives as its `…ReturningPks` form
+    /// ([`Operation::is_where_write`] tells all four). In the app's transaction, a write
+    /// arrives with its journal record as one batch.
     pub fn with_middleware(mut self, middleware: Arc<dyn Middleware>) -> Self {
         self.middleware.push(middleware);
         self

@@ -955,7 +955,8 @@ async fn a_where_write_on_a_two_field_key_logs_each_object() {
     assert_eq!(left[0]["color"], Value::from("red"));
 }
 
-/// Holds the app's next logged write (after the logger stamped it) until released.
+/// Holds the app's next logged write (as the logger passes it on, holding the write-order
+/// lock, in the write's transaction) until released.
 #[derive(Debug, Default)]
 struct Gate {
     armed: std::sync::atomic::AtomicBool,
@@ -1207,4 +1208,48 @@ async fn a_write_that_waits_for_an_app_transaction_is_stamped_after_its_writes()
         Value::from("plain write"),
         "{winner:?}"
     );
+}
+
+#[tokio::test]
+async fn a_sync_that_starts_while_a_write_is_under_way_pushes_it() {
+    let gate = Arc::new(Gate::default());
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let backend = SeaOrmBackend::open_sqlite_file(dir.path().join("device.db"))
+        .await
+        .expect("open");
+    let shared: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let id = shared.create_device("ann").await.expect("device id");
+    let d = SyncDevice::open(
+        registry(),
+        Arc::new(backend) as Arc<dyn StorageBackend>,
+        Clock::new(id),
+        SyncOptions::default().with_middleware(gate.clone()),
+    )
+    .await
+    .expect("device");
+    let sync = Arc::new(ContinuousSync::new(
+        d.clone(),
+        shared,
+        ContinuousOptions::default(),
+    ));
+    // A first sync writes its state rows: the next one only reads until it pushes.
+    sync.sync_once().await.expect("first sync");
+    gate.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let writer = d.clone();
+    let write = tokio::spawn(async move {
+        let book = object! { "name" => "home" };
+        writer.storage().create("notebook", book).await
+    });
+    // A change watcher after the logger signals here, before the write commits; the sync it
+    // wakes starts at once.
+    gate.reached.notified().await;
+    let syncing = tokio::spawn({
+        let sync = sync.clone();
+        async move { sync.sync_once().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    gate.release.notify_one();
+    write.await.expect("task").expect("write");
+    let report = syncing.await.expect("task").expect("sync");
+    assert_eq!(report.pushed, 1, "{report:?}");
 }
