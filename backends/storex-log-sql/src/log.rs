@@ -1,6 +1,7 @@
 //! [`SqlSharedLog`]: the shared-log operations as SQL statements built with sea-query.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use sea_orm::sea_query::{
     Alias, ColumnDef, Condition, Expr, ExprTrait, Func, Index, JoinType, OnConflict, Order, Query,
@@ -11,7 +12,7 @@ use sea_orm::{
 };
 use storex_core::uuid::Uuid;
 use storex_core::BoxFuture;
-use storex_seaorm::{begin_write, connect, dialect_of, Dialect};
+use storex_seaorm::{begin_write, connect_durable, dialect_of, Dialect};
 use storex_sync::{
     check_topics, check_user_name, device_of_another_user, DeviceId, DeviceInfo, Pull, PulledEntry,
     SharedEntry, SharedLogError, SharedResult, SharedSyncLog, UnreadableEntry,
@@ -26,6 +27,10 @@ const MIGRATION_LOCK: i64 = 0x73_74_6f_72_65_78;
 const MAX_PULL_BYTES: usize = 8 * 1024 * 1024;
 /// Largest number of ids in one `IN (…)` lookup.
 const LOOKUP_CHUNK: usize = 500;
+/// How long a push or a compaction on PostgreSQL waits for a lock (the user's counter).
+const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a push or a compaction on PostgreSQL may idle between its statements.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Rows per multi-row INSERT (6 parameters each, within SQLite's 32,766).
 const INSERT_CHUNK: usize = 1_000;
 
@@ -124,13 +129,17 @@ pub struct SqlSharedLog {
 }
 
 impl SqlSharedLog {
-    /// Connects to `url` (see [`storex_seaorm::connect`]) and creates the log's tables if they
-    /// are missing.
+    /// Connects to `url` (see [`storex_seaorm::connect_durable`]: a SQLite file syncs every
+    /// commit to disk, so a push the log confirmed survives a power cut) and creates the log's
+    /// tables if they are missing.
     pub async fn connect(url: &str) -> Result<Self, storex_seaorm::Error> {
-        Self::new(connect(url).await?).await
+        Self::new(connect_durable(url).await?).await
     }
 
-    /// Uses an open connection, creating the log's tables if they are missing.
+    /// Uses an open connection, creating the log's tables if they are missing. On a SQLite
+    /// file, open it with `synchronous=FULL` (as [`storex_seaorm::connect_durable`] does): a
+    /// device lets go of the entries the log confirmed, and with less a power cut can undo
+    /// the last confirmed pushes.
     pub async fn new(db: DatabaseConnection) -> Result<Self, storex_seaorm::Error> {
         let dialect = dialect_of(&db)?;
         let log = SqlSharedLog { db, dialect };
@@ -339,6 +348,30 @@ impl SqlSharedLog {
         }
     }
 
+    /// Opens a write transaction that takes the user's counter lock. On PostgreSQL its waits
+    /// for a lock are bounded ([`LOCK_TIMEOUT`]: the call fails as `Unavailable`, and is
+    /// tried again), and so is its idling between statements ([`IDLE_TIMEOUT`]: the server
+    /// ends the session, which releases its locks): a device whose process stopped in the
+    /// middle of a push (suspended, say) does not hold every other device of its user back
+    /// until the connection times out, hours later. (SQLite's writers wait their busy
+    /// timeout.)
+    async fn begin_counting(&self) -> SharedResult<DatabaseTransaction> {
+        let txn = begin_write(&self.db)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        if self.dialect == Dialect::Postgres {
+            let bounds = format!(
+                "SET LOCAL lock_timeout = {}; SET LOCAL idle_in_transaction_session_timeout = {}",
+                LOCK_TIMEOUT.as_millis(),
+                IDLE_TIMEOUT.as_millis()
+            );
+            txn.execute_unprepared(&bounds)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+        }
+        Ok(txn)
+    }
+
     /// A cursor, position or count as stored: never negative unless the tables were damaged.
     fn as_cursor(&self, value: i64, what: &str) -> SharedResult<u64> {
         u64::try_from(value).map_err(|_| self.corrupt(what))
@@ -401,9 +434,7 @@ impl SqlSharedLog {
     }
 
     async fn push_in(&self, device: DeviceId, entries: Vec<SharedEntry>) -> SharedResult<u64> {
-        let txn = begin_write(&self.db)
-            .await
-            .map_err(|e| self.unavailable(e))?;
+        let txn = self.begin_counting().await?;
         let user = self.user_of(&txn, device).await?;
         check_topics(entries.iter().map(|e| e.topic.as_str()))?;
         // Lock the user's counter first: pushes of one user now run one after the other.
@@ -737,9 +768,8 @@ impl SharedSyncLog for SqlSharedLog {
 
     fn compact<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<u64>> {
         Box::pin(async move {
-            let txn = begin_write(&self.db)
-                .await
-                .map_err(|e| self.unavailable(e))?;
+            check_user_name(user)?;
+            let txn = self.begin_counting().await?;
             let min_acked = Query::select()
                 .expr_as(Func::min(col("acked")), id("through"))
                 .from(id(DEVICES))

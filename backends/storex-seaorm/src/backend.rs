@@ -45,6 +45,21 @@ const SQLITE_ROW_CHANNEL: usize = 2_048;
 /// `synchronous=NORMAL`, a busy timeout so writers wait for each other), or
 /// `postgres://user@host:port/db`. Shared by every storex crate that talks SQL.
 pub async fn connect(url: &str) -> Result<DatabaseConnection> {
+    connect_syncing(url, SqliteSynchronous::Normal).await
+}
+
+/// [`connect`] for a database whose commits others rely on once they are confirmed (a shared
+/// sync log: a device that pushed lets go of its entries): a SQLite file syncs every commit
+/// to disk before it returns (`synchronous=FULL`), so an OS crash or a power cut cannot take
+/// back a confirmed push. (With `NORMAL`, a commit in WAL mode reaches the disk at the next
+/// checkpoint, and a power cut before it undoes the commit.) PostgreSQL's commits are
+/// durable already (its default `synchronous_commit=on`).
+pub async fn connect_durable(url: &str) -> Result<DatabaseConnection> {
+    connect_syncing(url, SqliteSynchronous::Full).await
+}
+
+/// [`connect`] with SQLite files syncing as `synchronous` says.
+async fn connect_syncing(url: &str, synchronous: SqliteSynchronous) -> Result<DatabaseConnection> {
     let dialect = if url.starts_with("sqlite:") {
         Dialect::Sqlite
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -66,9 +81,9 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection> {
                 .map_sqlx_sqlite_opts(|o| o.row_buffer_size(SQLITE_ROW_CHANNEL));
         }
         Dialect::Sqlite => {
-            options.max_connections(4).map_sqlx_sqlite_opts(|o| {
+            options.max_connections(4).map_sqlx_sqlite_opts(move |o| {
                 o.journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
+                    .synchronous(synchronous)
                     .busy_timeout(SQLITE_BUSY_TIMEOUT)
                     .row_buffer_size(SQLITE_ROW_CHANNEL)
             });

@@ -21,7 +21,9 @@ mod schema;
 mod sql;
 mod values;
 
-pub use backend::{begin_write, connect, dialect_of, sqlite_file_url, Dialect, SeaOrmBackend};
+pub use backend::{
+    begin_write, connect, connect_durable, dialect_of, sqlite_file_url, Dialect, SeaOrmBackend,
+};
 pub use entity::collection_from_entity;
 pub use error::{Error, Result};
 pub use introspect::{registry_of_sqlite, sqlite_tables, SqliteTables};

@@ -117,6 +117,42 @@ mod postgres {
         assert_eq!(pulled.entries.len(), 1);
     }
 
+    /// A device whose process stopped in the middle of a push (it holds the user's counter
+    /// lock) holds the others' pushes back for a bounded time, not until its connection
+    /// times out: they fail as transient, and are tried again.
+    #[tokio::test]
+    async fn a_push_waits_a_bounded_time_for_a_stalled_one() {
+        use sea_orm::{ConnectionTrait, TransactionTrait};
+        let Some(server) = storex_test::postgres_url() else {
+            return;
+        };
+        let url = storex_test::fresh_postgres_database(&server).await;
+        let log = SqlSharedLog::connect(&url).await.expect("connect");
+        let (a, b) = (
+            log.create_device("ann").await.expect("device"),
+            log.create_device("ann").await.expect("device"),
+        );
+        // The stalled push: it took the counter's lock, and its process stopped.
+        let other = SqlSharedLog::connect(&url).await.expect("connect");
+        let stalled = other.connection().begin().await.expect("begin");
+        stalled
+            .execute_unprepared(
+                "SELECT * FROM storex_shared_users WHERE user_name = 'ann' FOR UPDATE",
+            )
+            .await
+            .expect("lock");
+        let push = log.push(b, vec![small_entry(b)]);
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(40), push)
+            .await
+            .expect("the push must give up before the test's bound");
+        let error = waited.expect_err("the counter is locked");
+        assert!(error.is_transient(), "{error}");
+        drop(stalled);
+        log.push(a, vec![small_entry(a)])
+            .await
+            .expect("pushes go on once the lock is free");
+    }
+
     #[tokio::test]
     async fn postgres_passes_every_sync_scenario() {
         let Some(server) = storex_test::postgres_url() else {
@@ -313,4 +349,25 @@ async fn a_page_mostly_unreadable_fails_the_sync_instead_of_being_passed_over() 
     assert!(failed.is_transient(), "{failed}");
     assert!(format!("{failed:?}").contains("too many"), "{failed:?}");
     assert_eq!(devices.count(b).await, 0, "nothing of the page applied");
+}
+
+#[tokio::test]
+async fn a_sqlite_file_log_syncs_every_commit_to_disk() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let log = SqlSharedLog::connect(&sqlite_file(dir.path()))
+        .await
+        .expect("connect");
+    // Each pooled connection: as many reads at once as the pool holds.
+    let db = log.connection();
+    let read = || async {
+        let statement = Statement::from_string(db.get_database_backend(), "PRAGMA synchronous");
+        let row = db.query_one_raw(statement).await.expect("pragma");
+        row.expect("a row")
+            .try_get_by_index::<i32>(0)
+            .expect("a number")
+    };
+    let levels = futures::future::join_all((0..4).map(|_| read())).await;
+    // 2 is FULL: with NORMAL (1), a power cut before a checkpoint undoes confirmed pushes.
+    assert!(levels.iter().all(|level| *level == 2), "{levels:?}");
 }
