@@ -55,6 +55,7 @@ pub struct FlakySharedLog {
     live_signal: AtomicU8,
     live_waits: AtomicUsize,
     live_panic: AtomicBool,
+    pull_panic: AtomicBool,
     offline: AtomicBool,
     /// How long every pull waits before it is asked of the wrapped log, in milliseconds.
     pull_delay_ms: AtomicU64,
@@ -80,6 +81,7 @@ impl FlakySharedLog {
             live_signal: AtomicU8::new(0),
             live_waits: AtomicUsize::new(0),
             live_panic: AtomicBool::new(false),
+            pull_panic: AtomicBool::new(false),
             offline: AtomicBool::new(false),
             pull_delay_ms: AtomicU64::new(0),
         }
@@ -102,6 +104,11 @@ impl FlakySharedLog {
     /// before.
     pub fn panic_on_next_live_wait(&self) {
         self.live_panic.store(true, Ordering::SeqCst);
+    }
+
+    /// Makes the next pull panic (a bug in a log), then answer as before.
+    pub fn panic_on_next_pull(&self) {
+        self.pull_panic.store(true, Ordering::SeqCst);
     }
 
     /// How many times the live signal was asked for.
@@ -232,6 +239,9 @@ impl SharedSyncLog for FlakySharedLog {
         Box::pin(async move {
             if self.hanging.load(Ordering::SeqCst) {
                 return std::future::pending().await;
+            }
+            if self.pull_panic.swap(false, Ordering::SeqCst) {
+                panic!("injected: a bug in the shared log's pull");
             }
             let delay = self.pull_delay_ms.load(Ordering::SeqCst);
             if delay > 0 {

@@ -8,11 +8,13 @@
 //! runs; a trigger that came meanwhile runs on resume. Dropping the handle stops the task.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::registration::Registration;
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::FutureExt;
 use storex_sync::{ContinuousSync, SyncReport};
 use tokio::sync::{broadcast, watch, Notify};
 use tokio::task::JoinHandle;
@@ -24,7 +26,8 @@ pub struct BackgroundOptions {
     /// Sync at least this often (kept within [`MIN_WAIT`] and [`MAX_WAIT`]).
     pub interval: Duration,
     /// After a local write, wait this long for more before syncing (from the first write not
-    /// yet synced). [`MAX_WAIT`] or more: local writes do not trigger syncs.
+    /// yet synced; at least [`MIN_WAIT`]). [`MAX_WAIT`] or more: local writes do not trigger
+    /// syncs.
     pub debounce: Duration,
     /// First retry delay after a failure (kept within [`MIN_WAIT`] and [`MAX_WAIT`]).
     pub min_backoff: Duration,
@@ -222,6 +225,14 @@ impl BackgroundSync {
     /// `start_background`, which also registers a device whose first open was offline; `sync`
     /// given here must be registered.) `local_writes` is the signal of a
     /// [`crate::ChangeNotifier`] installed on the device's storage (or any signal of changes).
+    /// The task must be its only listener: a [`Notify`] wakes one waiter per signal, so
+    /// another task waiting on it (to refresh a view, say) would take some of the writes'
+    /// wake-ups, and those writes would wait for the interval.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime (it spawns the task there): call it from inside one, as from
+    /// `Handle::enter` in a GUI framework's setup hook.
     pub fn start(
         sync: Arc<ContinuousSync>,
         local_writes: Arc<Notify>,
@@ -327,8 +338,10 @@ impl BackgroundSync {
 }
 
 /// Dropping the handle stops the background sync (a sync under way is given
-/// [`BackgroundOptions::stop_grace`] to finish, as by [`BackgroundSync::stop`]); keep the
-/// handle for as long as the app should sync.
+/// [`BackgroundOptions::stop_grace`] to finish, as by [`BackgroundSync::stop`], while the
+/// runtime keeps running: one that shuts down, as when `main` returns, ends the task at
+/// once; call [`BackgroundSync::stop`] before). Keep the handle for as long as the app should
+/// sync. (A sync ended midway loses nothing: the next one resumes where it left off.)
 impl Drop for BackgroundSync {
     fn drop(&mut self) {
         self.stop.send_replace(true);
@@ -417,6 +430,11 @@ impl Syncing {
     /// `limit` (`None` once it passed), registers the device if it still waits and syncs
     /// once; a failure as its message. The wait has a `limit` of its own: another sync that
     /// hangs is reported as such, not waited for silently.
+    ///
+    /// A sync that panics (a bug: in storex, a shared-log client, a database driver) fails
+    /// like any other and is tried again after a backoff, rather than end the background
+    /// sync for good: what it left undone is rolled back or done again, as after a sync
+    /// abandoned for its timeout.
     async fn once_within(&self, limit: Duration) -> Option<Result<SyncReport, String>> {
         let Ok(turn) = tokio::time::timeout(limit, self.sync.turn()).await else {
             return Some(Err(format!(
@@ -424,7 +442,14 @@ impl Syncing {
                  {limit:?}; this one did not start"
             )));
         };
-        tokio::time::timeout(limit, self.once(turn)).await.ok()
+        let once = AssertUnwindSafe(self.once(turn)).catch_unwind();
+        match tokio::time::timeout(limit, once).await.ok()? {
+            Ok(result) => Some(result),
+            Err(panic) => Some(Err(format!(
+                "the sync stopped on a bug (a panic: {}); it is tried again",
+                panic_message(panic.as_ref())
+            ))),
+        }
     }
 
     /// Registers the device if it still waits, then syncs once in `turn`; a failure as its
@@ -439,6 +464,16 @@ impl Syncing {
         turn.sync_once()
             .await
             .map_err(|e| storex_core::error_chain(&e))
+    }
+}
+
+/// The message a panic carried, if it is text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    match panic.downcast_ref::<&str>() {
+        Some(text) => text,
+        None => panic
+            .downcast_ref::<String>()
+            .map_or("no message", String::as_str),
     }
 }
 
@@ -460,7 +495,7 @@ async fn run(
     let sync_timeout = bounded(options.sync_timeout);
     let stop_grace = options.stop_grace.min(MAX_WAIT);
     // A debounce of `MAX_WAIT` or more is "never": local writes do not trigger syncs.
-    let debounce = (options.debounce < MAX_WAIT).then_some(options.debounce);
+    let debounce = (options.debounce < MAX_WAIT).then_some(options.debounce.max(MIN_WAIT));
     let max_backoff = bounded(options.max_backoff);
     let backoff_builder = ExponentialBuilder::default()
         .with_min_delay(bounded(options.min_backoff))

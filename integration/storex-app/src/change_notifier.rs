@@ -48,7 +48,7 @@ impl ChangeNotifier {
     }
 
     /// The signal: `notified()` completes after the next local write (or at once if one
-    /// happened since the last wait).
+    /// happened since the last wait). For one listener: each signal wakes one waiter.
     pub fn signal(&self) -> Arc<Notify> {
         self.signal.clone()
     }

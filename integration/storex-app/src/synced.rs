@@ -546,7 +546,9 @@ impl SyncedStorage {
     }
 
     /// Starts syncing in the background, woken by local writes too (it registers the device
-    /// first if it is not yet, see [`SyncedStorage::is_registered`]).
+    /// first if it is not yet, see [`SyncedStorage::is_registered`]). Start one per storage:
+    /// two would share the writes' signal, each woken by some of them (see
+    /// [`BackgroundSync::start`], also for where it may be called).
     pub fn start_background(&self, options: BackgroundOptions) -> BackgroundSync {
         BackgroundSync::start_registering(
             self.sync.clone(),

@@ -748,3 +748,30 @@ async fn waits_too_long_for_the_clock_are_kept_within_a_year() {
     a.background.stop().await;
     assert_eq!(a.background.status().state, SyncState::Stopped);
 }
+
+#[tokio::test]
+async fn a_sync_that_panics_fails_and_is_tried_again() {
+    let flaky = Arc::new(FlakySharedLog::new(Arc::new(MemorySharedLog::new())));
+    let log: Arc<dyn SharedSyncLog> = flaky.clone();
+    let a = app(log.clone(), fast()).await;
+    let b = app(log, fast()).await;
+    a.first_sync().await;
+    flaky.panic_on_next_pull();
+    a.write("written before the panic").await;
+    eventually("the panicking sync reported", || async {
+        let status = a.background.status();
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("a bug in the shared log's pull"))
+    })
+    .await;
+    // Not stopped for good: the next sync carries the note over.
+    eventually("the note reaching b", || async { b.notes().await == 1 }).await;
+    eventually("a recovered", || async {
+        let s = a.background.status();
+        s.state != SyncState::Stopped && s.last_error.is_none() && s.pending_entries == 0
+    })
+    .await;
+    a.background.stop().await;
+}
