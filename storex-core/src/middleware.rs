@@ -146,6 +146,16 @@ impl<'a> Next<'a> {
     /// Opens a transaction on the backend. Run operations in it through [`Next::within`],
     /// then commit or roll it back. Refused inside a transaction: use the current one.
     pub fn begin(&self) -> BoxFuture<'a, Result<Box<dyn Transaction>>> {
+        self.open(false)
+    }
+
+    /// [`Next::begin`] for a caller that rolls the transaction back whole on any error (see
+    /// [`StorageBackend::begin_all_or_nothing`]).
+    pub fn begin_all_or_nothing(&self) -> BoxFuture<'a, Result<Box<dyn Transaction>>> {
+        self.open(true)
+    }
+
+    fn open(&self, all_or_nothing: bool) -> BoxFuture<'a, Result<Box<dyn Transaction>>> {
         let backend = self.backend;
         let nested = self.in_transaction();
         Box::pin(async move {
@@ -161,7 +171,11 @@ impl<'a> Next<'a> {
                     what: "transactions".into(),
                 });
             }
-            backend.begin().await
+            if all_or_nothing {
+                backend.begin_all_or_nothing().await
+            } else {
+                backend.begin().await
+            }
         })
     }
 

@@ -306,12 +306,13 @@ impl<'a> RecordBuilder<'a> {
         self.changes
     }
 
-    /// The step writing the record, its changes stamped from `first` on (none if it is
-    /// empty).
-    pub(crate) fn into_step(self, first: Hlc) -> storex_core::Result<Option<BatchStep>> {
-        if self.runs.is_empty() {
-            return Ok(None);
-        }
+    /// Whether it holds no change.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    /// Refuses a record of more changes than one write may log.
+    pub(crate) fn check_size(&self) -> storex_core::Result<()> {
         if self.changes > MAX_CHANGES {
             return Err(storex_core::Error::InvalidOperation {
                 collection: String::new(),
@@ -322,6 +323,45 @@ impl<'a> RecordBuilder<'a> {
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// The same changes, owning what they borrowed (from the operations of a write that is
+    /// about to run): a run's collection and values are copied once, keys not held as
+    /// UUID bytes one by one.
+    pub(crate) fn into_owned(self) -> RecordBuilder<'static> {
+        let runs = self
+            .runs
+            .into_iter()
+            .map(|run| Run {
+                collection: Cow::Owned(run.collection.into_owned()),
+                op: run.op,
+                schema_version: run.schema_version,
+                values: Cow::Owned(run.values.into_owned()),
+                keys: match run.keys {
+                    Keys::Uuids(bytes) => Keys::Uuids(bytes),
+                    Keys::Consecutive(first, count) => Keys::Consecutive(first, count),
+                    Keys::Any(all) => Keys::Any(
+                        all.into_iter()
+                            .map(|pk| Cow::Owned(pk.into_owned()))
+                            .collect(),
+                    ),
+                },
+            })
+            .collect();
+        RecordBuilder {
+            runs,
+            changes: self.changes,
+        }
+    }
+
+    /// The step writing the record, its changes stamped from `first` on (none if it is
+    /// empty).
+    pub(crate) fn into_step(self, first: Hlc) -> storex_core::Result<Option<BatchStep>> {
+        if self.runs.is_empty() {
+            return Ok(None);
+        }
+        self.check_size()?;
         // The first format while no run needs the second: an older version reads it.
         let format = if self
             .runs

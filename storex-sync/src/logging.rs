@@ -1,8 +1,9 @@
 //! [`SyncLoggingMiddleware`]: every write is executed together with its log entries.
 //!
-//! A write runs in a transaction of its own, which the logger opens, with one
-//! [journal](crate::journal) record holding an entry per changed object; any failure rolls
-//! the whole transaction back, so the write and its entries land together or not at all. The
+//! A write runs in a transaction of its own, which the logger opens (all-or-nothing: no
+//! savepoint around each operation), with one [journal](crate::journal) record holding an
+//! entry per changed object; any failure rolls the whole transaction back, so the write and
+//! its entries land together or not at all. The
 //! entries are stamped after the data steps have run: by then those hold the locks on what
 //! they wrote (SQLite's database lock from the transaction's start, PostgreSQL's row locks),
 //! so a write that commits before this one was stamped before it too, and the row keeps the
@@ -120,41 +121,6 @@ fn resolve_placeholders(next: &Next<'_>, steps: &mut [BatchStep]) {
 /// One logged change, borrowed from the operation that makes it.
 type Change<'a> = (&'a str, Cow<'a, Pk>, EntryOp, &'a Object);
 
-/// A logged change kept while its operation runs (which takes the operation): an update's
-/// values are copied, a create's are read from its row when the journal is indexed.
-struct OwnedChange {
-    collection: String,
-    pk: Pk,
-    op: EntryOp,
-    values: Object,
-}
-
-impl From<Change<'_>> for OwnedChange {
-    fn from((collection, pk, op, values): Change<'_>) -> Self {
-        OwnedChange {
-            collection: collection.to_owned(),
-            pk: pk.into_owned(),
-            op,
-            values: if op == EntryOp::Update {
-                values.clone()
-            } else {
-                Object::new()
-            },
-        }
-    }
-}
-
-impl OwnedChange {
-    fn borrowed(&self) -> Change<'_> {
-        (
-            &self.collection,
-            Cow::Borrowed(&self.pk),
-            self.op,
-            &self.values,
-        )
-    }
-}
-
 /// The error of a write whose sync log record failed to land (which undid the write).
 fn log_write_failed(source: CoreError) -> CoreError {
     CoreError::Transaction {
@@ -190,8 +156,12 @@ async fn run_steps(next: Next<'_>, mut steps: Vec<BatchStep>) -> CoreResult<Vec<
 }
 
 impl SyncLoggingMiddleware {
-    /// The journal record of `changes`, stamped now (none if there are none).
-    fn record(&self, next: &Next<'_>, changes: Vec<Change<'_>>) -> CoreResult<Option<BatchStep>> {
+    /// The journal record of `changes`, not stamped yet.
+    fn builder<'a>(
+        &self,
+        next: &Next<'_>,
+        changes: impl IntoIterator<Item = Change<'a>>,
+    ) -> RecordBuilder<'a> {
         let mut record = RecordBuilder::default();
         for (collection, pk, op, values) in changes {
             let schema_version = next
@@ -200,8 +170,22 @@ impl SyncLoggingMiddleware {
                 .map_or(1, |def| def.schema_version());
             record.push(collection, schema_version, op, pk, values);
         }
+        record
+    }
+
+    /// The step writing `record`, stamped now (none if it is empty: no timestamp is taken).
+    fn stamped(&self, record: RecordBuilder<'_>) -> CoreResult<Option<BatchStep>> {
+        if record.is_empty() {
+            return Ok(None);
+        }
+        record.check_size()?;
         let first = self.clock.now_many(record.len());
         record.into_step(first)
+    }
+
+    /// The journal record of `changes`, stamped now (none if there are none).
+    fn record(&self, next: &Next<'_>, changes: Vec<Change<'_>>) -> CoreResult<Option<BatchStep>> {
+        self.stamped(self.builder(next, changes))
     }
 
     /// The change a write that names its object makes, if it is logged.
@@ -251,14 +235,15 @@ impl SyncLoggingMiddleware {
             let record = self.record(&next, changes)?;
             return self.run_with_record(next, steps, record).await;
         }
-        let changes: Vec<OwnedChange> = steps
+        let changes = steps
             .iter()
-            .filter_map(|s| self.change_of(&next, &s.operation))
-            .map(OwnedChange::from)
-            .collect();
+            .filter_map(|s| self.change_of(&next, &s.operation));
+        let record = self.builder(&next, changes);
+        // Refused before anything runs, as a write stamped first is.
+        record.check_size()?;
+        let record = record.into_owned();
         let outcomes = run_steps(next, steps).await?;
-        let record = self.record(&next, changes.iter().map(OwnedChange::borrowed).collect())?;
-        if let Some(record) = record {
+        if let Some(record) = self.stamped(record)? {
             next.run(record.operation).await.map_err(log_write_failed)?;
         }
         Ok(outcomes)
@@ -531,7 +516,7 @@ impl SyncLoggingMiddleware {
         next: Next<'_>,
         steps: Vec<BatchStep>,
     ) -> CoreResult<Vec<Outcome>> {
-        let tx = match next.begin().await {
+        let tx = match next.begin_all_or_nothing().await {
             Ok(tx) => tx,
             Err(CoreError::Unsupported { .. })
                 if !steps.iter().any(|s| self.logged_where_write(&s.operation)) =>

@@ -5,7 +5,8 @@
 //! busy timeout. Snapshot transactions (reads only) are deferred: on a file in WAL mode they
 //! hold no lock writers wait for. On PostgreSQL every write inside a transaction runs in a
 //! savepoint, so a failed write leaves the transaction usable, as storex-core's contract
-//! says. Operations on one transaction take turns. A transaction the database ended or
+//! says; not in one begun all-or-nothing (sync's logger's), whose caller rolls it back whole,
+//! and which a failed operation leaves lost. Operations on one transaction take turns. A transaction the database ended or
 //! aborted after an error refuses the rest of its operations and its commit (`savepoint.rs`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -387,11 +388,32 @@ impl StorageBackend for SeaOrmBackend {
             Ok(self.transaction(txn))
         })
     }
+
+    /// A write transaction without a savepoint around each operation: a failed one leaves
+    /// the transaction lost (its later operations and its commit are refused), for the
+    /// caller rolls it back whole.
+    fn begin_all_or_nothing(&self) -> BoxFuture<'_, CoreResult<Box<dyn Transaction>>> {
+        Box::pin(async move {
+            let txn = self.shared.begin().await?;
+            Ok(self.transaction_with(txn, false))
+        })
+    }
 }
 
 impl SeaOrmBackend {
     fn transaction(&self, txn: DatabaseTransaction) -> Box<dyn Transaction> {
+        self.transaction_with(txn, true)
+    }
+
+    /// A transaction; `undoes_failed` says whether a failed operation is undone alone (in a
+    /// savepoint) and leaves it usable.
+    fn transaction_with(
+        &self,
+        txn: DatabaseTransaction,
+        undoes_failed: bool,
+    ) -> Box<dyn Transaction> {
         Box::new(SeaOrmTransaction {
+            undoes_failed,
             txn,
             registry: self.shared.registry(),
             shared: self.shared.clone(),
@@ -405,6 +427,9 @@ impl SeaOrmBackend {
 /// An open database transaction.
 #[derive(Debug)]
 struct SeaOrmTransaction {
+    /// Whether a failed operation is undone on its own and leaves the transaction usable
+    /// (see [`StorageBackend::begin_all_or_nothing`] for one whose caller rolls it back).
+    undoes_failed: bool,
     txn: DatabaseTransaction,
     registry: Arc<Registry>,
     shared: Arc<Shared>,
@@ -480,16 +505,22 @@ impl Transaction for SeaOrmTransaction {
             let ctx = self.shared.ctx(&self.registry);
             // SQLite undoes just the failing statement by itself; PostgreSQL would abort the
             // whole transaction, so writes there get a savepoint of their own.
-            let own_savepoint = matches!(op, Operation::Batch { .. })
-                || (op.is_write() && self.shared.dialect == Dialect::Postgres);
-            let result = if own_savepoint {
-                self.in_savepoint(&ctx, op).await
-            } else {
-                run(&self.txn, &ctx, op).await
+            let own_savepoint = self.undoes_failed
+                && (matches!(op, Operation::Batch { .. })
+                    || (op.is_write() && self.shared.dialect == Dialect::Postgres));
+            let result = match op {
+                op if own_savepoint => self.in_savepoint(&ctx, op).await,
+                Operation::Batch { steps } => {
+                    run_batch(&self.txn, &ctx, steps).await.map(Outcome::Batch)
+                }
+                op => run(&self.txn, &ctx, op).await,
             };
             // After an error SQLite may have ended the whole transaction, PostgreSQL aborted
             // it (see savepoint.rs).
-            if (result.is_err() && ctx.transaction_lost(&self.txn).await) || ctx.lost() {
+            // Without savepoints, a failed operation may have left part of its writes.
+            if (result.is_err() && (ctx.transaction_lost(&self.txn).await || !self.undoes_failed))
+                || ctx.lost()
+            {
                 self.lost.store(true, Ordering::Release);
             }
             self.running.store(false, Ordering::Release);

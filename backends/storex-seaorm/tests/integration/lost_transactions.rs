@@ -239,6 +239,51 @@ async fn postgres_operations_run_at_once_on_a_transaction_undo_only_their_own() 
     concurrent_operations_undo_only_their_own(storage).await;
 }
 
+/// A transaction begun all-or-nothing runs its operations without a savepoint each: after
+/// one failed, the rest of it and its commit are refused, so nothing of it is written (on
+/// SQLite, which undoes only the failing statement, the batch's first step would otherwise
+/// be committed).
+async fn all_or_nothing_refuses_the_commit_after_a_failed_operation(backend: SeaOrmBackend) {
+    use storex_core::StorageBackend;
+    let storage = storage_on(Ok(backend.clone())).await;
+    let tx = backend.begin_all_or_nothing().await.expect("begin");
+    let create = |id: i64| Operation::create("note", object! { "id" => id, "title" => "t" });
+    tx.execute(create(1)).await.expect("first write");
+    let batch = vec![BatchStep::new(create(2)), BatchStep::new(create(1))];
+    let failed = tx.execute(Operation::Batch { steps: batch }).await;
+    assert!(failed.is_err(), "a duplicate key");
+    assert!(
+        tx.execute(create(3)).await.is_err(),
+        "refused after the failure"
+    );
+    assert!(tx.commit().await.is_err(), "the commit is refused");
+    assert_eq!(count(&storage).await, 0, "nothing of it is written");
+    storage
+        .create("note", object! { "id" => 4, "title" => "later" })
+        .await
+        .expect("the connection serves later writes");
+}
+
+#[tokio::test]
+async fn sqlite_all_or_nothing_refuses_the_commit_after_a_failed_operation() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let backend = SeaOrmBackend::open_sqlite_file(dir.path().join("notes.db"))
+        .await
+        .expect("open");
+    all_or_nothing_refuses_the_commit_after_a_failed_operation(backend).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_all_or_nothing_refuses_the_commit_after_a_failed_operation() {
+    let Some(server) = storex_test::postgres_url() else {
+        return;
+    };
+    let url = storex_test::fresh_postgres_database(&server).await;
+    let backend = SeaOrmBackend::connect(&url).await.expect("connect");
+    all_or_nothing_refuses_the_commit_after_a_failed_operation(backend).await;
+}
+
 /// On PostgreSQL a read that fails aborts the transaction (reads run without a savepoint):
 /// its later writes are refused, and its commit fails instead of answering a rollback as
 /// success, which would lose the writes made before without a word.
