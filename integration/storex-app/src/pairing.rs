@@ -45,7 +45,7 @@ use storex_sync::fast_sync::{
 };
 use storex_sync::DeviceId;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::synced::{SyncedStorage, SETTINGS_COLLECTION};
 
 /// The offer's property naming the sending device, which the new device looks for among its
@@ -229,7 +229,20 @@ impl SyncedStorage {
         options: &FastSyncOptions,
     ) -> Result<TransferReport> {
         let offer = read_offer(channel, options).await?;
-        let offer = match self.sender_of_this_account(&offer, options).await {
+        let account = match self.sender_of_this_account(&offer, options).await {
+            Ok(account) => account,
+            // The copy would go ahead, but no sync after it could: say so now, and to the
+            // sender too.
+            Err(refusal) => {
+                let reason = format!(
+                    "the receiving device's shared log refused it: {}",
+                    storex_core::error_chain(&refusal)
+                );
+                let _ = decline_offer(channel, options, reason).await;
+                return Err(refusal);
+            }
+        };
+        let offer = match account {
             Some(true) => offer,
             Some(false) if offer.cursor() > 0 => {
                 return Err(decline_offer(channel, options, ANOTHER_ACCOUNT)
@@ -244,27 +257,44 @@ impl SyncedStorage {
 
     /// Whether the sender of `offer` is one of this device's account's devices on its
     /// shared log; `None` when that cannot be told: the offer does not name the sender, or
-    /// the log cannot register this device (its first start was offline) or list the
-    /// account's devices in time.
+    /// the log cannot be reached in time to register this device (its first start was
+    /// offline) or list the account's devices. The log's refusal (of this device, of its
+    /// credentials) is an error.
     async fn sender_of_this_account(
         &self,
         offer: &Offer,
         options: &FastSyncOptions,
-    ) -> Option<bool> {
-        let sender = offer.properties().get(SENDER_PROPERTY)?;
-        let sender = DeviceId(Uuid::parse_str(sender).ok()?);
+    ) -> Result<Option<bool>> {
+        let Some(sender) = offer
+            .properties()
+            .get(SENDER_PROPERTY)
+            .and_then(|sender| Uuid::parse_str(sender).ok())
+        else {
+            return Ok(None);
+        };
         let wait = ACCOUNT_CHECK_WAIT.min(options.stall_timeout / 2);
         // A device not registered yet is registered now, as its next sync would: without it
         // the log lists nothing, and the copy would go without the sender's cursor.
         let listing = async {
-            self.registration.ensure().await.ok()?;
-            self.continuous()
+            match self.registration.ensure().await {
+                Ok(()) => {}
+                Err(Error::SharedLog(e)) if !e.is_transient() => return Err(Error::SharedLog(e)),
+                Err(_) => return Ok(None),
+            }
+            match self
+                .continuous()
                 .shared_log()
                 .devices(self.device_id())
                 .await
-                .ok()
+            {
+                Ok(devices) => Ok(Some(devices)),
+                Err(e) if !e.is_transient() => Err(Error::SharedLog(e)),
+                Err(_) => Ok(None),
+            }
         };
-        let devices = tokio::time::timeout(wait, listing).await.ok()??;
-        Some(devices.iter().any(|info| info.device == sender))
+        let Ok(listed) = tokio::time::timeout(wait, listing).await else {
+            return Ok(None);
+        };
+        Ok(listed?.map(|devices| devices.iter().any(|info| info.device == DeviceId(sender))))
     }
 }

@@ -269,6 +269,36 @@ async fn a_new_device_first_started_offline_registers_and_takes_the_cursor() {
     assert_eq!(count(&new).await, 4);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_its_log_refuses_declines_the_copy_instead_of_taking_it_without_the_cursor() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let memory: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let old = open(&dir.path().join("old.db"), &memory).await;
+    write_notes(&old, 2).await;
+    old.sync_once().await.expect("push");
+    let flaky = Arc::new(FlakySharedLog::new(memory.clone()));
+    flaky.set_offline(true);
+    let new = open(
+        &dir.path().join("new.db"),
+        &(flaky.clone() as Arc<dyn SharedSyncLog>),
+    )
+    .await;
+    assert!(!new.is_registered(), "its first start was offline");
+    flaky.set_offline(false);
+    // Meanwhile its id was taken by another account: the log refuses this device.
+    memory
+        .register_device("bob", new.device_id())
+        .await
+        .expect("bob takes the id");
+
+    let (sent, received) = pair(&old, &new).await;
+    let received = error_chain(&received.expect_err("refused"));
+    assert!(received.contains("another user registered it"), "{received}");
+    let sent = error_chain(&sent.expect_err("declined by the peer"));
+    assert!(sent.contains("shared log refused it"), "{sent}");
+    assert_eq!(count(&new).await, 0, "nothing was copied");
+}
+
 #[tokio::test]
 async fn a_bad_offer_code_is_reported() {
     let err = SyncedStorage::accept_pairing("not an offer")
