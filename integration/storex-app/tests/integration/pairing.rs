@@ -293,7 +293,10 @@ async fn a_new_device_its_log_refuses_declines_the_copy_instead_of_taking_it_wit
 
     let (sent, received) = pair(&old, &new).await;
     let received = error_chain(&received.expect_err("refused"));
-    assert!(received.contains("another user registered it"), "{received}");
+    assert!(
+        received.contains("another user registered it"),
+        "{received}"
+    );
     let sent = error_chain(&sent.expect_err("declined by the peer"));
     assert!(sent.contains("shared log refused it"), "{sent}");
     assert_eq!(count(&new).await, 0, "nothing was copied");
