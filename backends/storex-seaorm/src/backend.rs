@@ -5,9 +5,10 @@
 //! busy timeout. Snapshot transactions (reads only) are deferred: on a file in WAL mode they
 //! hold no lock writers wait for. On PostgreSQL every write inside a transaction runs in a
 //! savepoint, so a failed write leaves the transaction usable, as storex-core's contract
-//! says; not in one begun all-or-nothing (sync's logger's), whose caller rolls it back whole,
-//! and which a failed operation leaves lost. Operations on one transaction take turns. A transaction the database ended or
-//! aborted after an error refuses the rest of its operations and its commit (`savepoint.rs`).
+//! says; not in one begun all-or-nothing (sync's logger's), whose caller rolls it back
+//! whole, and which a failed operation leaves lost. Operations on one transaction take turns.
+//! A transaction the database ended or aborted after an error refuses the rest of its
+//! operations and its commit (`savepoint.rs`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -390,7 +391,7 @@ impl StorageBackend for SeaOrmBackend {
     }
 
     /// A write transaction without a savepoint around each operation: a failed one leaves
-    /// the transaction lost (its later operations and its commit are refused), for the
+    /// the transaction lost (its later operations and its commit are refused), since the
     /// caller rolls it back whole.
     fn begin_all_or_nothing(&self) -> BoxFuture<'_, CoreResult<Box<dyn Transaction>>> {
         Box::pin(async move {

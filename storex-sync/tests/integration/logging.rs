@@ -55,6 +55,21 @@ async fn device() -> SyncDevice {
     .expect("open")
 }
 
+/// A device on the SQLite file `device.db` in `dir`, as `id`, with `options`.
+async fn sqlite_device(dir: &std::path::Path, id: DeviceId, options: SyncOptions) -> SyncDevice {
+    let backend = SeaOrmBackend::open_sqlite_file(dir.join("device.db"))
+        .await
+        .expect("open");
+    SyncDevice::open(
+        registry(),
+        Arc::new(backend) as Arc<dyn StorageBackend>,
+        Clock::new(id),
+        options,
+    )
+    .await
+    .expect("device")
+}
+
 async fn entries(d: &SyncDevice) -> Vec<LogEntry> {
     d.log()
         .all()
@@ -808,17 +823,7 @@ async fn the_clock_continues_after_a_restart_even_if_the_wall_clock_went_back() 
 #[tokio::test]
 async fn a_where_write_on_more_than_a_thousand_objects_changes_and_logs_exactly_those() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let backend = SeaOrmBackend::open_sqlite_file(dir.path().join("device.db"))
-        .await
-        .expect("open");
-    let d = SyncDevice::open(
-        registry(),
-        Arc::new(backend) as Arc<dyn StorageBackend>,
-        Clock::new(DeviceId::random()),
-        SyncOptions::default(),
-    )
-    .await
-    .expect("device");
+    let d = sqlite_device(dir.path(), DeviceId::random(), SyncOptions::default()).await;
     let book = notebook(&d).await;
     let steps: Vec<BatchStep> = (0..2_500)
         .map(|i| {
@@ -1155,17 +1160,7 @@ async fn a_batch_with_a_where_write_is_whole_or_nothing_and_names_its_failing_st
 #[tokio::test]
 async fn a_write_that_waits_for_an_app_transaction_is_stamped_after_its_writes() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let backend = SeaOrmBackend::open_sqlite_file(dir.path().join("device.db"))
-        .await
-        .expect("open");
-    let d = SyncDevice::open(
-        registry(),
-        Arc::new(backend) as Arc<dyn StorageBackend>,
-        Clock::new(DeviceId::random()),
-        SyncOptions::default(),
-    )
-    .await
-    .expect("device");
+    let d = sqlite_device(dir.path(), DeviceId::random(), SyncOptions::default()).await;
     let book = notebook(&d).await;
     // The app's transaction holds SQLite's write lock from its start.
     let tx = d.storage().begin().await.expect("begin");
@@ -1214,19 +1209,10 @@ async fn a_write_that_waits_for_an_app_transaction_is_stamped_after_its_writes()
 async fn a_sync_that_starts_while_a_write_is_under_way_pushes_it() {
     let gate = Arc::new(Gate::default());
     let dir = tempfile::tempdir().expect("temporary directory");
-    let backend = SeaOrmBackend::open_sqlite_file(dir.path().join("device.db"))
-        .await
-        .expect("open");
     let shared: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
     let id = shared.create_device("ann").await.expect("device id");
-    let d = SyncDevice::open(
-        registry(),
-        Arc::new(backend) as Arc<dyn StorageBackend>,
-        Clock::new(id),
-        SyncOptions::default().with_middleware(gate.clone()),
-    )
-    .await
-    .expect("device");
+    let options = SyncOptions::default().with_middleware(gate.clone());
+    let d = sqlite_device(dir.path(), id, options).await;
     let sync = Arc::new(ContinuousSync::new(
         d.clone(),
         shared,

@@ -32,6 +32,16 @@ async fn open_as(
         .expect("open synced storage")
 }
 
+/// A new device on `log` whose first start was offline: not registered yet.
+async fn open_first_offline(path: &std::path::Path, log: &Arc<dyn SharedSyncLog>) -> SyncedStorage {
+    let flaky = Arc::new(FlakySharedLog::new(log.clone()));
+    flaky.set_offline(true);
+    let new = open(path, &(flaky.clone() as Arc<dyn SharedSyncLog>)).await;
+    assert!(!new.is_registered(), "its first start was offline");
+    flaky.set_offline(false);
+    new
+}
+
 /// Writes `n` notes on `app`.
 async fn write_notes(app: &SyncedStorage, n: usize) {
     for i in 0..n {
@@ -249,15 +259,7 @@ async fn a_new_device_first_started_offline_registers_and_takes_the_cursor() {
     // The log is compacted: a device pulling from the start would be told to copy again.
     old.sync_once().await.expect("ack");
     assert_eq!(memory.compact("ann").await.expect("compact"), 4);
-    let flaky = Arc::new(FlakySharedLog::new(memory.clone()));
-    flaky.set_offline(true);
-    let new = open(
-        &dir.path().join("new.db"),
-        &(flaky.clone() as Arc<dyn SharedSyncLog>),
-    )
-    .await;
-    assert!(!new.is_registered(), "its first start was offline");
-    flaky.set_offline(false);
+    let new = open_first_offline(&dir.path().join("new.db"), &memory).await;
 
     let (sent, received) = pair(&old, &new).await;
     sent.expect("send");
@@ -276,15 +278,7 @@ async fn a_new_device_its_log_refuses_declines_the_copy_instead_of_taking_it_wit
     let old = open(&dir.path().join("old.db"), &memory).await;
     write_notes(&old, 2).await;
     old.sync_once().await.expect("push");
-    let flaky = Arc::new(FlakySharedLog::new(memory.clone()));
-    flaky.set_offline(true);
-    let new = open(
-        &dir.path().join("new.db"),
-        &(flaky.clone() as Arc<dyn SharedSyncLog>),
-    )
-    .await;
-    assert!(!new.is_registered(), "its first start was offline");
-    flaky.set_offline(false);
+    let new = open_first_offline(&dir.path().join("new.db"), &memory).await;
     // Meanwhile its id was taken by another account: the log refuses this device.
     memory
         .register_device("bob", new.device_id())
