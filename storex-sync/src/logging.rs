@@ -174,11 +174,11 @@ impl SyncLoggingMiddleware {
     }
 
     /// The step writing `record`, stamped now (none if it is empty: no timestamp is taken).
+    /// `into_step` refuses an oversized record.
     fn stamped(&self, record: RecordBuilder<'_>) -> CoreResult<Option<BatchStep>> {
         if record.is_empty() {
             return Ok(None);
         }
-        record.check_size()?;
         let first = self.clock.now_many(record.len());
         record.into_step(first)
     }
