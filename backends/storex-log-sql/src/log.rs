@@ -662,6 +662,11 @@ impl SharedSyncLog for SqlSharedLog {
                     Expr::cust(r#"SUM("size") OVER (ORDER BY "cursor") - "size""#),
                     id("before"),
                 )
+                .expr_as(
+                    Expr::cust(r#"ROW_NUMBER() OVER (ORDER BY "cursor")"#),
+                    id("place"),
+                )
+                .expr_as(Expr::cust("COUNT(*) OVER ()"), id("found"))
                 .from_subquery(sizes, id("sizes"))
                 .to_owned();
             let budget = i64::try_from(MAX_PULL_BYTES).unwrap_or(i64::MAX);
@@ -674,7 +679,7 @@ impl SharedSyncLog for SqlSharedLog {
                     entry("topic"),
                     entry("payload"),
                 ])
-                .column((id("page"), id("running")))
+                .columns([(id("page"), id("running")), (id("page"), id("found"))])
                 .from_subquery(page, id("page"))
                 .join_as(
                     JoinType::InnerJoin,
@@ -686,6 +691,9 @@ impl SharedSyncLog for SqlSharedLog {
                 )
                 // A constant of ours, not input: written into the SQL text.
                 .and_where(Expr::cust(format!(r#""page"."before" < {budget}"#)))
+                // The one row past the limit only tells that more follow (`found`): its
+                // payload is not read.
+                .and_where(Expr::cust(format!(r#""page"."place" <= {limit}"#)))
                 .order_by((id("page"), id("cursor")), Order::Asc)
                 .to_owned();
             let rows = self
@@ -693,6 +701,7 @@ impl SharedSyncLog for SqlSharedLog {
                 .query_all(&query)
                 .await
                 .map_err(|e| self.unavailable(e))?;
+            // The rows past the limit were left out by the query; this only guards the slice.
             let taken = &rows[..rows.len().min(limit)];
             // A row that does not read is passed over and named, so that it does not stop
             // every pull of the user's devices; one whose cursor does not read cannot be.
@@ -710,14 +719,17 @@ impl SharedSyncLog for SqlSharedLog {
                     Err(problem) => unreadable.push(UnreadableEntry::new(cursor, problem)),
                 }
             }
-            let last_running: i64 = match taken.last() {
-                Some(row) => row
-                    .try_get("", "running")
-                    .map_err(|_| self.corrupt("entry size"))?,
-                None => 0,
+            let (last_running, found): (i64, i64) = match taken.last() {
+                Some(row) => (
+                    row.try_get("", "running")
+                        .map_err(|_| self.corrupt("entry size"))?,
+                    row.try_get("", "found")
+                        .map_err(|_| self.corrupt("page size"))?,
+                ),
+                None => (0, 0),
             };
             // More may follow when the page was cut by count, or by bytes.
-            let more = rows.len() > limit || last_running >= budget;
+            let more = found > i64::try_from(limit).unwrap_or(i64::MAX) || last_running >= budget;
             let next_cursor = match (more, last_cursor) {
                 (true, Some(last)) => last,
                 _ => Ord::max(high, after),
