@@ -217,7 +217,8 @@ pub struct BackgroundSync {
     paused: watch::Sender<bool>,
     stop: watch::Sender<bool>,
     task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
-    live: Option<JoinHandle<()>>,
+    /// The live watcher; taken by `stop`, which waits for it to end.
+    live: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl BackgroundSync {
@@ -282,7 +283,7 @@ impl BackgroundSync {
             paused,
             stop,
             task: tokio::sync::Mutex::new(Some(task)),
-            live,
+            live: std::sync::Mutex::new(live),
         }
     }
 
@@ -309,9 +310,16 @@ impl BackgroundSync {
     /// it had not committed is done by the next sync).
     pub async fn stop(&self) {
         self.stop.send_replace(true);
-        if let Some(live) = &self.live {
+        let live = self
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(live) = live {
             // The watcher holds nothing that needs finishing: a pending long poll just ends.
+            // Waited for, so that it no longer uses the shared log once `stop` returns.
             live.abort();
+            let _ = live.await;
         }
         let mut task = self.task.lock().await;
         if let Some(running) = task.as_mut() {
@@ -345,7 +353,12 @@ impl BackgroundSync {
 impl Drop for BackgroundSync {
     fn drop(&mut self) {
         self.stop.send_replace(true);
-        if let Some(live) = &self.live {
+        if let Some(live) = self
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
             live.abort();
         }
     }

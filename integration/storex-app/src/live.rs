@@ -56,7 +56,8 @@ fn next_wait(backoff: &mut Duration, longest: Duration) -> Duration {
 
 /// Runs the watcher; if it panics (a bug, in storex or in a shared log), says so in the
 /// status's `last_error` and starts it again after a wait (1 s doubling to
-/// [`UNREACHABLE_WAIT`]), so live updates do not end silently while timer syncs go on.
+/// [`UNREACHABLE_WAIT`] for panics in a row, back to 1 s after a watcher that ran longer than
+/// that), so live updates do not end silently while timer syncs go on.
 pub(crate) async fn watch_supervised(
     sync: Arc<ContinuousSync>,
     shared: Arc<Shared>,
@@ -65,6 +66,7 @@ pub(crate) async fn watch_supervised(
 ) {
     let mut restart = FIRST_WAIT;
     loop {
+        let started = tokio::time::Instant::now();
         // Aborted with this task (the handle's stop), not left to end on the stop flag.
         let mut running = AbortOnDrop(tokio::spawn(watch(
             sync.clone(),
@@ -74,6 +76,11 @@ pub(crate) async fn watch_supervised(
         )));
         match (&mut running.0).await {
             Err(failure) if failure.is_panic() => {
+                // A watcher that ran well for longer than the longest wait starts over from
+                // the first wait: only panics in a row wait longer.
+                if started.elapsed() > UNREACHABLE_WAIT {
+                    restart = FIRST_WAIT;
+                }
                 let wait = next_wait(&mut restart, UNREACHABLE_WAIT);
                 shared.update(|s| {
                     s.last_error = Some(format!(

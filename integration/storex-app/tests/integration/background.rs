@@ -725,6 +725,42 @@ async fn live_updates_start_again_after_the_watcher_panicked() {
     a.background.stop().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_watcher_that_ran_well_for_a_while_restarts_after_the_first_wait_again() {
+    let flaky = Arc::new(FlakySharedLog::new(Arc::new(MemorySharedLog::new())));
+    flaky.set_live_signal(Some(false));
+    flaky.panic_on_next_live_wait();
+    let a = app(
+        flaky.clone(),
+        fast().with_interval(Duration::from_secs(3600)),
+    )
+    .await;
+    eventually("the live signal watched again after the panic", || async {
+        flaky.live_waits() >= 2
+    })
+    .await;
+    // Ten minutes of a watcher that works, then another panic: not a panic in a row, so the
+    // wait is the first one again, not twice the last.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let waits = flaky.live_waits();
+    flaky.panic_on_next_live_wait();
+    // The panicking call counts, and so does the first one after the restart, which comes
+    // once the wait the status names is over.
+    eventually("the watcher restarted after the second panic", || async {
+        flaky.live_waits() > waits + 1
+    })
+    .await;
+    let status = a.background.status();
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("start again in 1 s")),
+        "{status:?}"
+    );
+    a.background.stop().await;
+}
+
 #[tokio::test]
 async fn waits_too_long_for_the_clock_are_kept_within_a_year() {
     let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
