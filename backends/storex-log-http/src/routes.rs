@@ -484,14 +484,20 @@ async fn push(
         .map(|wire| wire.into_entry().map_err(ApiError::invalid))
         .collect::<Result<Vec<SharedEntry>, ApiError>>()?;
     let count = entries.len();
-    let cursor = state.log.push(caller.device, entries).await?;
-    state.metrics.pushed(count, cursor > 0);
-    if cursor > 0 {
-        state
-            .notifier
-            .pushed(&state.live, &caller.user, cursor)
-            .await;
-    }
+    // Its own task: a request cancelled midway (its client gone, or its timeout) still
+    // finishes a push that may have committed, and tells the waiting pulls about it, instead
+    // of leaving them to wake at their timeout.
+    let task = state.clone();
+    let cursor = tokio::spawn(async move {
+        let cursor = task.log.push(caller.device, entries).await?;
+        task.metrics.pushed(count, cursor > 0);
+        if cursor > 0 {
+            task.notifier.pushed(&task.live, &caller.user, cursor).await;
+        }
+        Ok::<u64, SharedLogError>(cursor)
+    })
+    .await
+    .map_err(|failure| ApiError::unavailable("the push failed on a bug", &failure))??;
     Ok(Json(PushResponse { cursor }))
 }
 
