@@ -67,7 +67,8 @@ use tokio::sync::watch;
 
 pub use channel::{memory_channel_pair, Activity, ChannelError, FastSyncChannel, MemoryChannel};
 pub use package::{
-    encode_object, CollectionInfo, EncodedObjects, Package, MAX_BATCH_OBJECTS, PROTOCOL_VERSION,
+    encode_object, CollectionInfo, EncodedObjects, Package, MAX_BATCH_OBJECTS,
+    MAX_CANCEL_REASON_BYTES, PROTOCOL_VERSION,
 };
 pub use receiver::{decline_offer, read_offer, receive_offer, receive_snapshot, Offer};
 pub use sender::{send_snapshot, SnapshotSender};
@@ -474,7 +475,7 @@ fn from_peer(received: Result<Option<Package>, ChannelError>) -> crate::Result<O
         Ok(None) => Err(FastSyncError::Channel(ChannelError::Closed).into()),
         Ok(Some(Package::Cancel { reason, resumable })) => Err(FastSyncError::Cancelled {
             by_peer: true,
-            reason,
+            reason: package::bounded(reason, MAX_CANCEL_REASON_BYTES),
             resumable,
         }
         .into()),
@@ -548,6 +549,7 @@ async fn end_session(
     options: &FastSyncOptions,
     reason: String,
 ) -> crate::Error {
+    let reason = package::bounded(reason, MAX_CANCEL_REASON_BYTES);
     let cancel = Package::Cancel {
         reason: reason.clone(),
         resumable: false,
@@ -589,7 +591,10 @@ async fn tell_peer(
     };
     // A failure that may pass here (a busy database) leaves a session the peer may resume.
     let resumable = error.is_transient();
-    let cancel = Package::Cancel { reason, resumable };
+    let cancel = Package::Cancel {
+        reason: package::bounded(reason, MAX_CANCEL_REASON_BYTES),
+        resumable,
+    };
     if send_package(channel, options, cancel).await.is_ok() {
         drain_until_quiet(channel).await;
     }

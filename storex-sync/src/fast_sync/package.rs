@@ -31,10 +31,38 @@ pub const MAX_BATCH_OBJECTS: usize = 100_000;
 /// The receiver checks the checksum over the bytes it received and reads the objects back
 /// with [`EncodedObjects::decode`]. On the wire, a list of byte strings; decoding refuses
 /// more than [`MAX_BATCH_OBJECTS`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct EncodedObjects {
     objects: Vec<Vec<u8>>,
     bytes: usize,
+}
+
+/// The count and size only: the bytes of a batch of many megabytes, printed as numbers,
+/// would make an error message of hundreds.
+impl std::fmt::Debug for EncodedObjects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodedObjects")
+            .field("objects", &self.objects.len())
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+/// The longest reason a `Cancel` carries, in bytes; a longer one is cut (on both sides: a
+/// peer's reason is not trusted to be short).
+pub const MAX_CANCEL_REASON_BYTES: usize = 4096;
+
+/// `text` cut to at most `max` bytes, at a character boundary, marked when cut.
+pub(crate) fn bounded(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max.saturating_sub(3);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
 }
 
 impl EncodedObjects {
@@ -295,6 +323,34 @@ pub enum Package {
 }
 
 impl Package {
+    /// A short description for messages: its kind and numbers, never its objects, and names
+    /// from the peer cut to a few dozen bytes.
+    pub fn summary(&self) -> String {
+        let name = |text: &str| bounded(text.to_owned(), 64);
+        match self {
+            Package::Hello { session, .. } => format!("Hello of session {session}"),
+            Package::Ready { resume_after, .. } => format!("Ready after batch {resume_after:?}"),
+            Package::Batch {
+                seq,
+                collection,
+                objects,
+            } => format!(
+                "Batch {seq} of {} ({} objects)",
+                name(collection),
+                objects.len()
+            ),
+            Package::Ack { seq } => format!("Ack of batch {seq}"),
+            Package::CollectionDone { collection, .. } => {
+                format!("CollectionDone of {}", name(collection))
+            }
+            Package::Finish => "Finish".to_owned(),
+            Package::Done => "Done".to_owned(),
+            Package::Pause => "Pause".to_owned(),
+            Package::Resume => "Resume".to_owned(),
+            Package::Cancel { reason, .. } => format!("Cancel ({})", bounded(reason.clone(), 256)),
+        }
+    }
+
     /// The frame for this package: the protocol version, then MessagePack.
     pub fn encode(&self) -> Vec<u8> {
         let capacity = match self {

@@ -216,7 +216,9 @@ async fn read_hello(channel: &mut dyn FastSyncChannel, options: &FastSyncOptions
             quarantined,
             properties,
         }),
-        other => Err(FastSyncError::Protocol(format!("expected Hello, got {other:?}")).into()),
+        other => {
+            Err(FastSyncError::Protocol(format!("expected Hello, got {}", other.summary())).into())
+        }
     }
 }
 
@@ -510,7 +512,11 @@ async fn receive_offered(
                 let _ = send_package(channel, options, Package::Done).await;
                 break;
             }
-            other => return Err(FastSyncError::Protocol(format!("unexpected {other:?}")).into()),
+            other => {
+                return Err(
+                    FastSyncError::Protocol(format!("unexpected {}", other.summary())).into(),
+                )
+            }
         }
     }
     report.duration = start.elapsed();

@@ -333,9 +333,11 @@ impl SnapshotSender {
                 quarantine,
             } => (resume_after, merge, quarantine),
             other => {
-                return Err(
-                    FastSyncError::Protocol(format!("expected Ready, got {other:?}")).into(),
-                )
+                return Err(FastSyncError::Protocol(format!(
+                    "expected Ready, got {}",
+                    other.summary()
+                ))
+                .into())
             }
         };
         let mut run = Run {
@@ -521,7 +523,11 @@ impl SnapshotSender {
         match next_package(channel, &self.options, "sending").await? {
             Package::Done => {}
             other => {
-                return Err(FastSyncError::Protocol(format!("expected Done, got {other:?}")).into())
+                return Err(FastSyncError::Protocol(format!(
+                    "expected Done, got {}",
+                    other.summary()
+                ))
+                .into())
             }
         }
         run.report.damaged = unread_held;
@@ -627,8 +633,9 @@ impl SnapshotSender {
                 Ok(())
             }
             other => Err(FastSyncError::Protocol(format!(
-                "expected the acknowledgement of batch {:?}, got {other:?}",
-                unacked.front()
+                "expected the acknowledgement of batch {:?}, got {}",
+                unacked.front(),
+                other.summary()
             ))
             .into()),
         }

@@ -1510,6 +1510,77 @@ async fn receive_bad(bad: Vec<u8>) -> (Error, u64) {
 }
 
 #[tokio::test]
+async fn a_batch_where_the_hello_belongs_is_named_in_a_short_message() {
+    let fx = Fixture::new();
+    let new = fx.device("new", DeviceId::random()).await;
+    let (mut a, mut b) = memory_channel_pair(4);
+    // About 4 MB of objects, where the receiver waits for the sender's hello.
+    let text = "x".repeat(4096);
+    let objects: Vec<_> = (0..1000)
+        .map(|i| object! { "id" => i, "text" => text.as_str() })
+        .collect();
+    let batch = Package::Batch {
+        seq: 1,
+        collection: "draft".into(),
+        objects: EncodedObjects::encode(&objects),
+    };
+    a.send(batch).await.expect("batch");
+    let options = FastSyncOptions::default();
+    let (answer, received) = tokio::join!(
+        async { tokio::time::timeout(Duration::from_secs(5), a.recv()).await },
+        receive_snapshot(&new, &mut b, &options)
+    );
+    let message = storex_core::error_chain(&received.expect_err("not a hello"));
+    assert!(
+        message.contains("Batch 1 of draft (1000 objects)"),
+        "{message:.300}"
+    );
+    assert!(
+        message.len() < 1000,
+        "{} bytes: {message:.300}",
+        message.len()
+    );
+    // The peer is told as briefly.
+    match answer {
+        Ok(Ok(Some(Package::Cancel { reason, .. }))) => {
+            assert!(reason.len() < 1000, "{} bytes", reason.len())
+        }
+        other => panic!("no cancel: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_peer_its_long_cancel_reason_is_cut() {
+    let fx = Fixture::new();
+    let new = fx.device("new", DeviceId::random()).await;
+    let (mut a, mut b) = memory_channel_pair(4);
+    let reason = "é".repeat(1 << 20);
+    a.send(Package::Cancel {
+        reason,
+        resumable: false,
+    })
+    .await
+    .expect("cancel");
+    let options = FastSyncOptions::default();
+    let received = receive_snapshot(&new, &mut b, &options).await;
+    match received {
+        Err(Error::FastSync(FastSyncError::Cancelled {
+            by_peer: true,
+            reason,
+            ..
+        })) => {
+            assert!(
+                reason.len() <= storex_sync::fast_sync::MAX_CANCEL_REASON_BYTES,
+                "{} bytes",
+                reason.len()
+            );
+            assert!(reason.starts_with("éé") && reason.ends_with("..."));
+        }
+        other => panic!("not cancelled by the peer: {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
 async fn garbage_truncated_and_wrong_version_frames_end_the_session_cleanly() {
     let good = Package::Batch {
         seq: 2,
