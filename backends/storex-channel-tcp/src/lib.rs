@@ -4,8 +4,8 @@
 //! versioned encoding. A frame longer than the limit (64 MiB unless set otherwise) is
 //! refused on both sides: the sender does not send it, the receiver ends the session with
 //! `ChannelError::TooLarge` before reading it. Garbage and truncated frames end the session
-//! with `ChannelError::Malformed`; a peer that goes away mid-session with
-//! `ChannelError::Closed` or a transport error. Nothing from the network is trusted.
+//! with `ChannelError::Malformed`; a peer that goes away mid-session, also in the middle of
+//! a frame, with `ChannelError::Closed` or a transport error. Nothing from the network is trusted.
 //! Closing waits at most [`CLOSE_WAIT`] for what is still buffered to reach the peer.
 //!
 //! ```no_run
@@ -28,7 +28,8 @@ use storex_core::BoxFuture;
 use storex_sync::fast_sync::{Activity, ChannelError, FastSyncChannel, FastSyncError, Package};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::bytes::{Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
 
 /// The default largest frame: 64 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024 * 1024;
@@ -36,9 +37,41 @@ pub const DEFAULT_MAX_FRAME: usize = 64 * 1024 * 1024;
 /// How long [`FastSyncChannel::close`] waits for what is still buffered to reach the peer.
 pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Length-prefixed frames; a connection that ends inside a frame reads as
+/// `UnexpectedEof` (the peer went away), not as the codec's generic error.
+struct Frames(LengthDelimitedCodec);
+
+impl Decoder for Frames {
+    type Item = BytesMut;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+        self.0.decode(src)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+        match self.0.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the connection ended inside a frame",
+            )),
+        }
+    }
+}
+
+impl Encoder<Bytes> for Frames {
+    type Error = io::Error;
+
+    fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> io::Result<()> {
+        self.0.encode(frame, dst)
+    }
+}
+
 /// A fast-sync channel over one TCP connection.
 pub struct TcpChannel {
-    framed: Framed<Watched, LengthDelimitedCodec>,
+    framed: Framed<Watched, Frames>,
     max_frame: usize,
     activity: Activity,
 }
@@ -116,8 +149,10 @@ impl TcpChannel {
         Self::with_max_frame(stream, DEFAULT_MAX_FRAME)
     }
 
-    /// Wraps a connected stream, with frames of at most `max_frame` bytes.
+    /// Wraps a connected stream, with frames of at most `max_frame` bytes (at most 4 GiB − 1,
+    /// what the 4-byte length can say).
     pub fn with_max_frame(stream: TcpStream, max_frame: usize) -> Self {
+        let max_frame = max_frame.min(u32::MAX as usize);
         // Small packages (acknowledgements) must not wait for more data.
         let _ = stream.set_nodelay(true);
         let codec = LengthDelimitedCodec::builder()
@@ -130,7 +165,7 @@ impl TcpChannel {
             activity: activity.clone(),
         };
         TcpChannel {
-            framed: Framed::new(watched, codec),
+            framed: Framed::new(watched, Frames(codec)),
             max_frame,
             activity,
         }
@@ -159,7 +194,7 @@ impl FastSyncChannel for TcpChannel {
                 });
             }
             self.framed
-                .send(tokio_util::bytes::Bytes::from(frame))
+                .send(Bytes::from(frame))
                 .await
                 .map_err(|e| ChannelError::Transport(Box::new(e)))
         })
@@ -192,7 +227,7 @@ impl FastSyncChannel for TcpChannel {
         Box::pin(async move {
             // Flushes what is buffered and shuts the write half down; the peer reads the end.
             // A peer that stopped reading would hold the flush for ever: it gets a while.
-            let closing = SinkExt::<tokio_util::bytes::Bytes>::close(&mut self.framed);
+            let closing = SinkExt::<Bytes>::close(&mut self.framed);
             let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
         })
     }

@@ -163,11 +163,10 @@ async fn a_frame_cut_off_by_a_closed_connection_is_reported() {
     let mut bytes = frame(&hello);
     bytes.truncate(bytes.len() - 1);
     let err = receive_from_raw_peer(bytes, true).await;
+    // The peer went away: the same as a connection closed between frames, which a
+    // migration resumes from, not a transport failure.
     assert!(
-        matches!(
-            channel_error(&err),
-            ChannelError::Closed | ChannelError::Transport(_)
-        ),
+        matches!(channel_error(&err), ChannelError::Closed),
         "{err:?}"
     );
 }

@@ -30,6 +30,13 @@ pub enum Error {
         /// How long this side waited.
         waited: Duration,
     },
+    /// This device's own network candidates were not gathered within the connect timeout,
+    /// before any peer is involved.
+    #[error("gathering this device's WebRTC candidates did not finish within {waited:?} (is the bind address one of this machine's?)")]
+    GatheringTimeout {
+        /// How long this side waited.
+        waited: Duration,
+    },
     /// The connection failed or closed before the data channel opened.
     #[error("the WebRTC connection {state} before the data channel opened")]
     ConnectionFailed {

@@ -118,7 +118,7 @@ impl Peer {
         let waited = self.options.connect_timeout;
         tokio::time::timeout(waited, self.gathered.wait_for(|done| *done))
             .await
-            .map_err(|_| Error::Timeout { waited })?
+            .map_err(|_| Error::GatheringTimeout { waited })?
             .map_err(|_| Error::ConnectionFailed {
                 state: "closed".into(),
             })?;
@@ -372,6 +372,13 @@ impl WebRtcChannel {
 }
 
 impl PendingOffer {
+    /// Whether `answer` reads as an answer string ([`Error::InvalidAnswer`] if not), without
+    /// taking this offer: a mistyped answer can be asked for again, where
+    /// [`PendingOffer::connect`] would have ended the offer with it.
+    pub fn check_answer(&self, answer: &str) -> Result<()> {
+        decode(answer, Kind::Answer).map(|_| ())
+    }
+
     /// Takes the other peer's answer string and waits for the data channel to open
     /// (at most the connect timeout, then [`Error::Timeout`]).
     ///

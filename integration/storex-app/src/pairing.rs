@@ -81,6 +81,13 @@ impl PairingOffer {
     pub fn code(&self) -> &str {
         &self.code
     }
+
+    /// Whether `answer_code` reads as an answer code, without taking the offer: check it
+    /// before [`SyncedStorage::send_to_paired`], which ends the offer also when the code is
+    /// mistyped, so that the person can type it again instead of pairing from the start.
+    pub fn check_answer(&self, answer_code: &str) -> Result<()> {
+        Ok(self.pending.check_answer(answer_code.trim())?)
+    }
 }
 
 /// The answer of the new device: show [`PairingAnswer::code`] to the sending device, then

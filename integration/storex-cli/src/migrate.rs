@@ -293,14 +293,22 @@ async fn send_over_webrtc(
         .context("preparing the WebRTC offer")?;
     say!("offer: {offer}");
     say!("run `storex migrate receive --db NEW.db --offer <the offer>` on the new device, then paste its answer here:");
-    let mut answer = String::new();
-    tokio::io::BufReader::new(tokio::io::stdin())
-        .read_line(&mut answer)
-        .await
-        .context("reading the answer")?;
-    if answer.trim().is_empty() {
-        bail!("no answer was given");
-    }
+    let mut input = tokio::io::BufReader::new(tokio::io::stdin());
+    let answer = loop {
+        let mut answer = String::new();
+        input
+            .read_line(&mut answer)
+            .await
+            .context("reading the answer")?;
+        if answer.trim().is_empty() {
+            bail!("no answer was given");
+        }
+        // A mistyped answer is asked for again: the offer stays good.
+        match pending.check_answer(answer.trim()) {
+            Ok(()) => break answer,
+            Err(e) => say!("{e}; paste the new device's answer again:"),
+        }
+    };
     let mut channel = pending
         .connect(answer.trim())
         .await

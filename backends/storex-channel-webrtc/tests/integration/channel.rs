@@ -200,6 +200,22 @@ async fn bad_answer_strings_are_refused_with_a_clear_error() {
 }
 
 #[tokio::test]
+async fn a_mistyped_answer_checked_first_leaves_the_offer_good() {
+    let (pending, offer) = WebRtcChannel::offer().await.expect("offer");
+    let (waiting, answer) = WebRtcChannel::accept(&offer).await.expect("accept");
+    let err = pending
+        .check_answer(&answer[..answer.len() / 2])
+        .expect_err("half an answer");
+    assert!(matches!(err, Error::InvalidAnswer { .. }), "{err:?}");
+    // Typed again, right this time: the same offer connects.
+    pending.check_answer(&answer).expect("the whole answer");
+    let (a, b) = tokio::join!(pending.connect(&answer), waiting.open());
+    let (mut a, mut b) = (a.expect("connect"), b.expect("open"));
+    a.send(Package::Finish).await.expect("send");
+    assert!(matches!(b.recv().await, Ok(Some(Package::Finish))));
+}
+
+#[tokio::test]
 async fn an_answer_nobody_connects_to_times_out_clearly() {
     let options = WebRtcOptions::default().with_connect_timeout(Duration::from_secs(2));
     let (pending, offer) = WebRtcChannel::offer_with(&options).await.expect("offer");
