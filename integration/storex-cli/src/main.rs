@@ -19,6 +19,7 @@ macro_rules! say {
 mod demo;
 mod inspect;
 mod migrate;
+mod migrate_code;
 mod serve;
 mod sync;
 mod tables;
@@ -113,6 +114,11 @@ enum Migrate {
         /// up can run its command again (0: no second connection).
         #[arg(long, default_value_t = 120, conflicts_with = "webrtc")]
         reconnect_secs: u64,
+        /// Over TCP: the code the receiver must give (at least 8 letters and digits); by
+        /// default a new random one, printed. Only a receiver that gives it gets the data.
+        /// (Not used over WebRTC, whose codes do the same.)
+        #[arg(long, env = migrate_code::CODE_ENV, hide_env_values = true)]
+        code: Option<String>,
     },
     /// On the new device: reach the sender and write the database to a new file.
     Receive {
@@ -136,6 +142,14 @@ enum Migrate {
         /// second connection; give both sides the same).
         #[arg(long, default_value_t = 120, conflicts_with = "offer")]
         reconnect_secs: u64,
+        /// Over TCP: the code the sender printed (not used over WebRTC).
+        #[arg(
+            long,
+            env = migrate_code::CODE_ENV,
+            hide_env_values = true,
+            required_unless_present = "offer"
+        )]
+        code: Option<String>,
     },
 }
 
@@ -176,6 +190,7 @@ fn main() -> ExitCode {
             webrtc,
             webrtc_bind,
             reconnect_secs,
+            code,
         }) => {
             let transport = if webrtc {
                 migrate::Transport::WebRtc(webrtc_bind)
@@ -183,6 +198,7 @@ fn main() -> ExitCode {
                 migrate::Transport::Tcp {
                     listen,
                     reconnect: Duration::from_secs(reconnect_secs),
+                    code,
                 }
             };
             runtime.block_on(migrate::send(&db, transport))
@@ -193,6 +209,7 @@ fn main() -> ExitCode {
             offer,
             webrtc_bind,
             reconnect_secs,
+            code,
         }) => match (connect, offer) {
             (_, Some(offer)) => runtime.block_on(migrate::receive(
                 &db,
@@ -203,6 +220,7 @@ fn main() -> ExitCode {
                 migrate::Source::Tcp {
                     connect,
                     reconnect: Duration::from_secs(reconnect_secs),
+                    code: code.unwrap_or_default(),
                 },
             )),
             (None, None) => Err(anyhow::anyhow!("give --connect ADDR or --offer CODE")),

@@ -2,7 +2,8 @@
 //! data channel, with a progress bar; the fast-sync protocol does the work (verified,
 //! resumable batches). Over TCP the receiver connects to the address the sender prints; over
 //! WebRTC the sender prints an offer code, the receiver (given it) prints an answer code, and
-//! the sender reads that answer from its standard input. Over TCP a dropped connection is
+//! the sender reads that answer from its standard input. Over TCP the receiver gives the
+//! one-time code the sender printed ([`crate::migrate_code`]). A dropped TCP connection is
 //! survived: the sender keeps its snapshot and waits for the receiver, which reconnects and
 //! resumes after the last batch it applied; a receiver killed or given up meanwhile keeps
 //! what it applied, and run again resumes it.
@@ -22,13 +23,14 @@ use storex_core::{error_chain, Registry, StorageBackend};
 use storex_seaorm::sea_orm::ConnectionTrait;
 use storex_seaorm::SeaOrmBackend;
 use storex_sync::fast_sync::{
-    read_offer, receive_offer, send_snapshot, ChannelError, FastSyncChannel, FastSyncError,
-    FastSyncOptions, Offer, Progress, SnapshotSender, TransferReport,
+    read_offer, receive_offer, send_snapshot, FastSyncChannel, FastSyncOptions, Offer, Progress,
+    SnapshotSender, TransferReport,
 };
 use storex_sync::{Clock, DeviceId, SyncDevice, SyncOptions};
 use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpListener;
 
+use crate::migrate_code::{self, CodeRefused};
 use crate::tables::{tables_of, warn_not_carried};
 
 fn progress_bar() -> ProgressBar {
@@ -112,17 +114,12 @@ fn summary(report: &TransferReport, verb: &str) {
     )
 }
 
-/// Whether `error` is the connection lost (closed, failed, or silent for the stall
-/// timeout): the transfer resumes on a new one. Other failures (a database, a refusal, a
-/// cancel) would only happen again.
-fn connection_lost(error: &storex_sync::Error) -> bool {
-    matches!(
-        error,
-        storex_sync::Error::FastSync(
-            FastSyncError::Channel(ChannelError::Closed | ChannelError::Transport(_))
-                | FastSyncError::Stalled(_)
-        )
-    )
+/// Whether the transfer can resume on a new connection after `error`: the connection lost
+/// (closed, failed, or silent for the stall timeout), or a failure that may pass on either
+/// side (a database busy for a moment; the peer says so in its cancel). Other failures (a
+/// refusal, a cancel for good) would only happen again.
+fn resumable(error: &storex_sync::Error) -> bool {
+    error.is_transient()
 }
 
 /// How long closing a channel may take: a peer that vanished leaves a frame unsent, which
@@ -144,6 +141,8 @@ pub(crate) enum Transport {
         listen: String,
         /// How long to wait for the receiver after the connection drops.
         reconnect: Duration,
+        /// The code the receiver must give; `None`: a new random one.
+        code: Option<String>,
     },
     /// Offer and answer codes, exchanged by the person running both commands; the local
     /// address offered.
@@ -166,6 +165,12 @@ pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
     if !db.is_file() {
         bail!("no database at {}", db.display());
     }
+    if let Transport::Tcp {
+        code: Some(code), ..
+    } = &transport
+    {
+        migrate_code::checked(code)?;
+    }
     let backend = SeaOrmBackend::open_sqlite_file(db)
         .await
         .with_context(|| format!("opening {}", db.display()))?;
@@ -180,8 +185,16 @@ pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
     )
     .await?;
     let report = match transport {
-        Transport::Tcp { listen, reconnect } => {
-            send_over_tcp(&device, &listen, reconnect, version).await?
+        Transport::Tcp {
+            listen,
+            reconnect,
+            code,
+        } => {
+            let code = match code {
+                Some(code) => migrate_code::checked(&code)?,
+                None => migrate_code::new_code(),
+            };
+            send_over_tcp(&device, &listen, reconnect, &code, version).await?
         }
         Transport::WebRtc(bind) => send_over_webrtc(&device, bind, version).await?,
     };
@@ -215,19 +228,30 @@ pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
     Ok(())
 }
 
-/// Sends `device` to the first receiver that connects on `listen`. The snapshot stays open
-/// while the connection is down: a receiver that reconnects within `reconnect` resumes after
-/// the last batch it applied.
+/// Sends `device` to the first receiver that connects on `listen` and gives `code`. The
+/// snapshot is taken first, so that a receiver that connects gets the offer at once; it stays
+/// open while the connection is down: a receiver that reconnects within `reconnect` resumes
+/// after the last batch it applied.
 async fn send_over_tcp(
     device: &SyncDevice,
     listen: &str,
     reconnect: Duration,
+    code: &str,
     user_version: i32,
 ) -> Result<TransferReport> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
-    let address = listener.local_addr()?;
+    let bar = progress_bar();
+    let options = with_user_version(options(&bar), user_version);
+    let mut sender = SnapshotSender::open(device, options).await?;
+    let address = match listener.local_addr() {
+        Ok(address) => address,
+        Err(e) => {
+            let _ = sender.close().await;
+            return Err(e.into());
+        }
+    };
     if address.ip().is_unspecified() {
         // Not an address to connect to: the receiver needs one of this machine's own.
         say!(
@@ -238,15 +262,18 @@ async fn send_over_tcp(
     } else {
         say!("listening on {address}");
     }
-    let mut channel = TcpChannel::accept(&listener).await?;
-    let bar = progress_bar();
-    let options = with_user_version(options(&bar), user_version);
-    let mut sender = SnapshotSender::open_for(device, &mut channel, options).await?;
+    say!("code: {code} (on the new device: storex migrate receive --db NEW.db --connect ADDRESS --code {code})");
+    if !address.ip().is_loopback() {
+        eprintln!(
+            "warning: the data crosses the network unencrypted: use a network you trust (the              code keeps others from receiving it, not from reading it on the way)"
+        );
+    }
+    let mut channel = migrate_code::accept(&listener, code).await;
     let report = loop {
         let sent = sender.send(&mut channel).await;
         close(&mut channel).await;
         match sent {
-            Err(dropped) if connection_lost(&dropped) && !reconnect.is_zero() => {
+            Err(dropped) if resumable(&dropped) && !reconnect.is_zero() => {
                 // Twice the receiver's time to reconnect: once it gives up, the same command
                 // run again on its side still finds this one waiting, and resumes.
                 let wait = reconnect.saturating_mul(2);
@@ -258,8 +285,8 @@ async fn send_over_tcp(
                         wait.as_secs()
                     )
                 });
-                match tokio::time::timeout(wait, TcpChannel::accept(&listener)).await {
-                    Ok(accepted) => channel = accepted?,
+                match tokio::time::timeout(wait, migrate_code::accept(&listener, code)).await {
+                    Ok(accepted) => channel = accepted,
                     Err(_) => {
                         break Err(anyhow::Error::from(dropped).context(format!(
                             "the receiver did not reconnect within {} s (if it printed \
@@ -332,6 +359,8 @@ pub(crate) enum Source {
         connect: String,
         /// How long to try to reach the sender again after the connection drops.
         reconnect: Duration,
+        /// The code the sender printed.
+        code: String,
     },
     /// The offer code the sender printed, and the local address to answer with.
     WebRtc(String, IpAddr),
@@ -349,11 +378,7 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
         );
     }
     let mut channel: Box<dyn FastSyncChannel> = match &source {
-        Source::Tcp { connect, .. } => Box::new(
-            TcpChannel::connect(connect)
-                .await
-                .with_context(|| format!("connecting to {connect}"))?,
-        ),
+        Source::Tcp { connect, code, .. } => Box::new(migrate_code::connect(connect, code).await?),
         Source::WebRtc(offer, bind) => {
             let (pending, answer) =
                 WebRtcChannel::accept_with(offer.trim(), &webrtc_options(*bind))
@@ -380,9 +405,14 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
         // The last acknowledgement must reach the sender before this process ends.
         close(channel.as_mut()).await;
         match (received, &source) {
-            (Err(dropped), Source::Tcp { connect, reconnect })
-                if connection_lost(&dropped) && !reconnect.is_zero() =>
-            {
+            (
+                Err(dropped),
+                Source::Tcp {
+                    connect,
+                    reconnect,
+                    code,
+                },
+            ) if resumable(&dropped) && !reconnect.is_zero() => {
                 bar.suspend(|| {
                     say!(
                         "the connection dropped ({}); reaching {connect} again for up to {} s",
@@ -390,10 +420,11 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
                         reconnect.as_secs()
                     )
                 });
-                match reconnect_to(connect, *reconnect, session, &options).await {
+                match reconnect_to(connect, code, *reconnect, session, &options).await {
                     Ok((again, resumed)) => (channel, offer) = (Box::new(again), resumed),
                     Err(e) => {
-                        let resumable = e.downcast_ref::<NewSnapshot>().is_none();
+                        let resumable = e.downcast_ref::<NewSnapshot>().is_none()
+                            && e.downcast_ref::<CodeRefused>().is_none();
                         let e = e.context(format!(
                             "the connection dropped ({})",
                             error_chain(&dropped)
@@ -405,7 +436,7 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
             (received, source) => {
                 break received.map_err(|e| {
                     // Over WebRTC the sender ends with its channel: nothing to resume from.
-                    let resumable = matches!(source, Source::Tcp { .. }) && connection_lost(&e);
+                    let resumable = matches!(source, Source::Tcp { .. }) && resumable(&e);
                     (anyhow::Error::from(e), resumable)
                 });
             }
@@ -575,12 +606,13 @@ impl std::error::Error for NewSnapshot {}
 /// snapshot: the transfer has to start over).
 async fn reconnect_to(
     address: &str,
+    code: &str,
     window: Duration,
     session: Uuid,
     options: &FastSyncOptions,
 ) -> Result<(TcpChannel, Offer)> {
     let attempt = || async {
-        let mut channel = TcpChannel::connect(address).await?;
+        let mut channel = migrate_code::connect(address, code).await?;
         let offer = read_offer(&mut channel, options).await?;
         Ok::<_, anyhow::Error>((channel, offer))
     };
@@ -589,7 +621,11 @@ async fn reconnect_to(
         .with_max_delay(Duration::from_secs(5))
         .without_max_times();
     // The window bounds the attempts too: a host that is gone never answers them.
-    let retrying = attempt.retry(backoff).sleep(tokio::time::sleep);
+    // A refused code is refused again: not retried.
+    let retrying = attempt
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(|e: &anyhow::Error| e.downcast_ref::<CodeRefused>().is_none());
     let unreachable = || {
         format!(
             "the sender at {address} could not be reached again within {} s",

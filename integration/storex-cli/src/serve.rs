@@ -14,7 +14,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "STOREX_LISTEN", default_value = "127.0.0.1:8787")]
     listen: SocketAddr,
     /// The shared log's database: postgres://… or sqlite://path?mode=rwc.
-    #[arg(long, env = "STOREX_DATABASE_URL")]
+    #[arg(long, env = "STOREX_DATABASE_URL", hide_env_values = true)]
     database_url: String,
     /// The token that may create users (at least 16 characters); without it users cannot be
     /// created over HTTP.

@@ -17,8 +17,14 @@ use storex_core::{
 };
 use storex_seaorm::SeaOrmBackend;
 
+/// The code the senders and receivers of these tests share (through the environment), unless
+/// a test says otherwise.
+const TEST_CODE: &str = "test-code-0001";
+
 fn storex() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_storex"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_storex"));
+    command.env("STOREX_MIGRATE_CODE", TEST_CODE);
+    command
 }
 
 /// The next line a child printed, which must start with `prefix`, without it.
@@ -162,6 +168,73 @@ async fn a_database_of_50k_rows_moves_between_two_processes() {
     );
     assert!(String::from_utf8_lossy(&receiver.stdout).contains("received 50000 objects"));
     assert_same_rows(&old_path, &new_path, &["item", "label"]).await;
+}
+
+#[tokio::test]
+async fn only_a_receiver_that_gives_the_printed_code_gets_the_database() {
+    let (_dir, old_path, new_path) = old_database(1).await;
+    let mut sender = storex()
+        .env_remove("STOREX_MIGRATE_CODE")
+        .args(["migrate", "send", "--db"])
+        .arg(&old_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the sender");
+    let mut out = BufReader::new(sender.stdout.take().expect("stdout"));
+    let address = next_line_after(&mut out, "listening on ");
+    let printed = next_line_after(&mut out, "code: ");
+    let code = printed
+        .split_whitespace()
+        .next()
+        .expect("a code")
+        .to_owned();
+    assert_ne!(code, TEST_CODE);
+
+    // Something else connects first (a browser, a port scan): it gets nothing.
+    let mut stray = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    stray
+        .write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = stray.read_to_end(&mut answer).await;
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+
+    // A receiver with another code is refused, and the sender waits on.
+    let wrong = receive_from(address.clone(), &new_path, "0").await;
+    assert_eq!(wrong.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("refused the code"), "{stderr}");
+    assert!(!new_path.exists());
+
+    let db = new_path.clone();
+    let right = tokio::task::spawn_blocking(move || {
+        storex()
+            .env("STOREX_MIGRATE_CODE", code.to_uppercase())
+            .args(["migrate", "receive", "--db"])
+            .arg(&db)
+            .args(["--connect", &address])
+            .output()
+            .expect("run the receiver")
+    })
+    .await
+    .expect("the receiver's thread");
+    assert!(
+        right.status.success(),
+        "{}",
+        String::from_utf8_lossy(&right.stderr)
+    );
+    let (rest, sent) = sender_end(sender, out).await;
+    assert!(sent.status.success(), "{rest}");
+    assert_eq!(
+        rest.matches("turned away a connection").count(),
+        2,
+        "{rest}"
+    );
+    assert_same_rows(&old_path, &new_path, &["item"]).await;
 }
 
 #[tokio::test]

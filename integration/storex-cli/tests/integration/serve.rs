@@ -267,3 +267,19 @@ async fn sync_moves_an_apps_rows_between_two_databases_through_the_server() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn the_help_does_not_print_the_database_password_from_the_environment() {
+    let output = storex()
+        .args(["serve", "--help"])
+        .env(
+            "STOREX_DATABASE_URL",
+            "postgres://storex:hunter2-secret@db/storex",
+        )
+        .output()
+        .expect("run");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("STOREX_DATABASE_URL"), "{help}");
+    assert!(!help.contains("hunter2"), "{help}");
+}
