@@ -72,7 +72,8 @@ enum Command {
         #[arg(long)]
         db: PathBuf,
     },
-    /// Syncs a device's SQLite database once with a sync server or a shared-log file.
+    /// Syncs a device's SQLite database once with a sync server or a shared-log file. Exits
+    /// with 1 also when the sync went through but left problems (named on standard error).
     Sync(sync::SyncArgs),
     /// Runs the sync server: the shared log over HTTP, in PostgreSQL or SQLite.
     Serve(serve::ServeArgs),

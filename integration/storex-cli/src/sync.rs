@@ -103,8 +103,27 @@ pub(crate) async fn sync(args: SyncArgs) -> Result<()> {
         report.conflicts,
         report.duration.as_secs_f64() * 1e3
     );
+    if report.held > 0 || report.quarantined > 0 {
+        say!(
+            "held back {} pulled entries and quarantined {} payloads that did not open; they \
+             are tried again at later syncs",
+            report.held,
+            report.quarantined
+        );
+    }
+    // Problems fail the command, so that a job that runs it sees them.
     for problem in &report.problems {
-        say!("problem: {problem}");
+        eprintln!("problem: {problem}");
+    }
+    if report.waiting_for_copy {
+        eprintln!(
+            "problem: a copy into this database (`storex migrate receive`, or pairing) began \
+             and did not finish; nothing is pulled until it finishes or is given up"
+        );
+    }
+    let problems = report.problems.len() + usize::from(report.waiting_for_copy);
+    if problems > 0 {
+        bail!("the sync left {problems} problems (above); what it could do is done");
     }
     Ok(())
 }

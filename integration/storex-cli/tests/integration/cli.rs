@@ -229,6 +229,50 @@ fn sync_warns_of_tables_keyed_by_integers_and_of_those_it_leaves_out() {
 }
 
 #[test]
+fn a_sync_that_leaves_problems_fails_and_names_them() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let shared = dir.path().join("shared.db");
+    let sync = |db: &std::path::Path| {
+        storex()
+            .args(["sync", "--user", "ann", "--db"])
+            .arg(db)
+            .arg("--shared-log")
+            .arg(&shared)
+            .env_remove("STOREX_SERVER")
+            .output()
+            .expect("run storex")
+    };
+    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    run_sql(
+        &a,
+        "CREATE TABLE item (id TEXT PRIMARY KEY, name TEXT); \
+         INSERT INTO item VALUES ('x', 'one')",
+    );
+    run_sql(&b, "CREATE TABLE item (id TEXT PRIMARY KEY, name TEXT)");
+    let pushed = sync(&a);
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    // What `a` pushed no longer opens: `b`'s sync goes through, but says so and fails.
+    run_sql(
+        &shared,
+        "UPDATE storex_shared_entries SET payload = x'0badbeef'",
+    );
+    let pulled = sync(&b);
+    let stderr = String::from_utf8_lossy(&pulled.stderr);
+    assert_eq!(pulled.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("problem: "), "{stderr}");
+    assert!(
+        stderr.contains("error: the sync left 1 problems"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&pulled.stdout);
+    assert!(stdout.contains("quarantined 1 payloads"), "{stdout}");
+}
+
+#[test]
 fn sync_takes_one_shared_log_and_says_how_to_name_one() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let db = dir.path().join("device.db");
