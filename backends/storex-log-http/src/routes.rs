@@ -497,7 +497,14 @@ async fn push(
         Ok::<u64, SharedLogError>(cursor)
     })
     .await
-    .map_err(|failure| ApiError::unavailable("the push failed on a bug", &failure))??;
+    .map_err(|failure| {
+        tracing::error!(error = %failure, "a push failed on a bug");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the push failed on a bug in the server",
+        )
+    })??;
     Ok(Json(PushResponse { cursor }))
 }
 

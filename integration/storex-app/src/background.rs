@@ -317,7 +317,7 @@ impl BackgroundSync {
             .take();
         if let Some(live) = live {
             // The watcher holds nothing that needs finishing: a pending long poll just ends.
-            // Waited for, so that it no longer uses the shared log once `stop` returns.
+            // Its supervisor is waited for; the watcher it runs is aborted as it ends.
             live.abort();
             let _ = live.await;
         }

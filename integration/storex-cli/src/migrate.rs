@@ -265,7 +265,8 @@ async fn send_over_tcp(
     say!("code: {code} (on the new device: storex migrate receive --db NEW.db --connect ADDRESS --code {code})");
     if !address.ip().is_loopback() {
         eprintln!(
-            "warning: the data crosses the network unencrypted: use a network you trust (the              code keeps others from receiving it, not from reading it on the way)"
+            "warning: the data crosses the network unencrypted: use a network you trust (the \
+             code keeps others from receiving it, not from reading it on the way)"
         );
     }
     let mut channel = migrate_code::accept(&listener, code).await;
@@ -368,6 +369,9 @@ pub(crate) enum Source {
 
 /// Receives from a sender and writes what it sends into a new database at `db`.
 pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
+    if let Source::Tcp { code, .. } = &source {
+        migrate_code::checked(code)?;
+    }
     // Its write-ahead log and rollback journal too: SQLite would replay an earlier database's
     // log or journal left beside the target into the new file.
     if let Some(found) = sqlite_files(db).into_iter().find(|file| file.exists()) {
@@ -633,6 +637,8 @@ async fn reconnect_to(
         )
     };
     let (channel, offer) = match tokio::time::timeout(window, retrying).await {
+        // The sender answered, and refused the code: said as it is.
+        Ok(Err(e)) if e.downcast_ref::<CodeRefused>().is_some() => return Err(e),
         Ok(reached) => reached.with_context(unreachable)?,
         Err(_) => bail!(unreachable()),
     };

@@ -134,21 +134,39 @@ pub(crate) async fn connect(address: &str, code: &str) -> Result<TcpChannel> {
     }
 }
 
+/// How many connections' codes the sender reads at once; more wait in the listen queue.
+const CHECKS_AT_ONCE: usize = 16;
+
 /// Waits on `listener` for a connection that gives `code`; turns the others away (and says
-/// so), and keeps waiting through failed accepts.
+/// so), and keeps waiting through failed accepts. Connections are checked side by side, so
+/// that a few that send nothing do not keep the receiver waiting behind them.
 pub(crate) async fn accept(listener: &TcpListener, code: &str) -> TcpChannel {
+    let mut checking = tokio::task::JoinSet::new();
     loop {
-        let (mut stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                say!("accepting a connection failed ({e}); still waiting");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        match admit(&mut stream, peer, code).await {
-            Ok(()) => return TcpChannel::new(stream),
-            Err(why) => say!("turned away a connection from {peer} ({why:#}); still waiting"),
+        tokio::select! {
+            accepted = listener.accept(), if checking.len() < CHECKS_AT_ONCE => match accepted {
+                Ok((mut stream, peer)) => {
+                    let code = code.to_owned();
+                    checking.spawn(async move {
+                        match admit(&mut stream, peer, &code).await {
+                            Ok(()) => Ok(stream),
+                            Err(why) => Err((peer, why)),
+                        }
+                    });
+                }
+                Err(e) => {
+                    say!("accepting a connection failed ({e}); still waiting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            },
+            Some(checked) = checking.join_next(), if !checking.is_empty() => match checked {
+                // The other checks end with the set.
+                Ok(Ok(stream)) => return TcpChannel::new(stream),
+                Ok(Err((peer, why))) => {
+                    say!("turned away a connection from {peer} ({why:#}); still waiting")
+                }
+                Err(failed) => say!("checking a connection failed ({failed}); still waiting"),
+            },
         }
     }
 }

@@ -111,17 +111,12 @@ pub(crate) async fn sync(args: SyncArgs) -> Result<()> {
             report.quarantined
         );
     }
-    // Problems fail the command, so that a job that runs it sees them.
+    // Problems fail the command, so that a job that runs it sees them (an unfinished copy
+    // into this database, which keeps the sync from pulling, is one of them).
     for problem in &report.problems {
         eprintln!("problem: {problem}");
     }
-    if report.waiting_for_copy {
-        eprintln!(
-            "problem: a copy into this database (`storex migrate receive`, or pairing) began \
-             and did not finish; nothing is pulled until it finishes or is given up"
-        );
-    }
-    let problems = report.problems.len() + usize::from(report.waiting_for_copy);
+    let problems = report.problems.len();
     if problems > 0 {
         bail!("the sync left {problems} problems (above); what it could do is done");
     }
