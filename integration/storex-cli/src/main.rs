@@ -193,16 +193,17 @@ fn main() -> ExitCode {
             reconnect_secs,
             code,
         }) => {
+            // A chosen code is checked before the database is opened.
             let transport = if webrtc {
-                migrate::Transport::WebRtc(webrtc_bind)
+                Ok(migrate::Transport::WebRtc(webrtc_bind))
             } else {
-                migrate::Transport::Tcp {
+                migrate_code::sender_code(code).map(|code| migrate::Transport::Tcp {
                     listen,
                     reconnect: Duration::from_secs(reconnect_secs),
                     code,
-                }
+                })
             };
-            runtime.block_on(migrate::send(&db, transport))
+            transport.and_then(|transport| runtime.block_on(migrate::send(&db, transport)))
         }
         Command::Migrate(Migrate::Receive {
             db,

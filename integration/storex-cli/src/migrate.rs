@@ -141,8 +141,8 @@ pub(crate) enum Transport {
         listen: String,
         /// How long to wait for the receiver after the connection drops.
         reconnect: Duration,
-        /// The code the receiver must give; `None`: a new random one.
-        code: Option<String>,
+        /// The code the receiver must give ([`migrate_code::sender_code`]).
+        code: String,
     },
     /// Offer and answer codes, exchanged by the person running both commands; the local
     /// address offered.
@@ -165,12 +165,6 @@ pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
     if !db.is_file() {
         bail!("no database at {}", db.display());
     }
-    if let Transport::Tcp {
-        code: Some(code), ..
-    } = &transport
-    {
-        migrate_code::checked(code)?;
-    }
     let backend = SeaOrmBackend::open_sqlite_file(db)
         .await
         .with_context(|| format!("opening {}", db.display()))?;
@@ -189,13 +183,7 @@ pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
             listen,
             reconnect,
             code,
-        } => {
-            let code = match code {
-                Some(code) => migrate_code::checked(&code)?,
-                None => migrate_code::new_code(),
-            };
-            send_over_tcp(&device, &listen, reconnect, &code, version).await?
-        }
+        } => send_over_tcp(&device, &listen, reconnect, &code, version).await?,
         Transport::WebRtc(bind) => send_over_webrtc(&device, bind, version).await?,
     };
     summary(&report, "sent");

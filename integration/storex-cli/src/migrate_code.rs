@@ -85,6 +85,11 @@ pub(crate) fn checked(code: &str) -> Result<String> {
     Ok(code)
 }
 
+/// The sender's code: `chosen` once checked, or else a new random one.
+pub(crate) fn sender_code(chosen: Option<String>) -> Result<String> {
+    chosen.map_or_else(|| Ok(new_code()), |code| checked(&code))
+}
+
 /// Whether `given` is `code`, compared in a time that does not tell how much of it matched.
 fn same(given: &str, code: &str) -> bool {
     let (given, code) = (normalized(given), normalized(code));
