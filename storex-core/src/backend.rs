@@ -150,6 +150,18 @@ pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
     fn begin_all_or_nothing(&self) -> BoxFuture<'_, Result<Box<dyn Transaction>>> {
         self.begin()
     }
+
+    /// Makes every write committed so far survive an operating-system crash or a power cut,
+    /// if the backend's commits do not already (a SQLite file in WAL mode with
+    /// `synchronous=NORMAL` writes its commits to disk only at the next checkpoint). A sync
+    /// engine calls it before it lets others rely on this device's writes: before it pushes
+    /// them (once the others have a write, a power cut that undid it here would leave this
+    /// device without it for good: a device never pulls its own writes back), and before it
+    /// tells the shared log how far it applied. The default does nothing: right for backends
+    /// whose commits are durable (PostgreSQL) or that keep nothing across a restart.
+    fn make_durable(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// An open transaction. Dropping it without [`Transaction::commit`] rolls it back.

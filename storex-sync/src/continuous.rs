@@ -25,7 +25,7 @@
 //! of a device that syncs in the background does not grow with every write it ever made.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -260,6 +260,9 @@ pub struct ContinuousSync {
     held_retried: AtomicBool,
     /// The same for the quarantine (also retried once a fast-sync copy brought one).
     quarantine_retried: AtomicBool,
+    /// The cursor this instance last acknowledged, after making it durable on this device
+    /// (0: none yet); a sync that acknowledges it again need not make it durable again.
+    acked_durable: AtomicU64,
 }
 
 impl ContinuousSync {
@@ -276,6 +279,7 @@ impl ContinuousSync {
             running: Mutex::new(()),
             held_retried: AtomicBool::new(false),
             quarantine_retried: AtomicBool::new(false),
+            acked_durable: AtomicU64::new(0),
         }
     }
 
@@ -639,6 +643,9 @@ impl ContinuousSync {
             // Before this push moves the log's end past a cursor it is behind (see
             // `rewind_if_ahead`).
             self.rewind_if_ahead(report).await?;
+            // Once others have these writes, a power cut that undid them here would leave
+            // this device without them for good: it never pulls its own writes back.
+            self.device.storage().backend().make_durable().await?;
         }
         loop {
             report.problems.append(&mut page.problems);
@@ -870,7 +877,13 @@ impl ContinuousSync {
         // Held back, the page in hand was not applied: its cursor may even be one the log
         // told this device to leave (past its end), which the log would take as everything.
         if cursor > 0 && !held_back {
+            // The log may drop what every device acknowledged: a power cut that undid this
+            // device's applying would leave it a cursor behind a compaction.
+            if self.acked_durable.load(Ordering::SeqCst) != cursor {
+                self.device.storage().backend().make_durable().await?;
+            }
             self.shared.ack(me, cursor).await?;
+            self.acked_durable.store(cursor, Ordering::SeqCst);
         }
         report.cursor = cursor;
         Ok(!held_back)

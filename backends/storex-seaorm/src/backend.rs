@@ -328,6 +328,14 @@ impl StorageBackend for SeaOrmBackend {
         })
     }
 
+    fn make_durable(&self) -> BoxFuture<'_, CoreResult<()>> {
+        Box::pin(async move {
+            crate::durable::make_durable(&self.shared.db)
+                .await
+                .map_err(|e| storex_core::Error::backend(self.name(), e))
+        })
+    }
+
     fn execute(&self, op: Operation) -> BoxFuture<'_, CoreResult<Outcome>> {
         Box::pin(async move {
             let registry = self.shared.registry();

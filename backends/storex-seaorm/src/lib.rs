@@ -12,6 +12,7 @@
 //! Features: `sqlite` and `postgres` (both on by default) select the drivers compiled in.
 
 mod backend;
+mod durable;
 mod entity;
 mod error;
 mod exec;

@@ -7,6 +7,7 @@ mod bad_entries;
 mod continuous;
 mod convergence;
 mod convergence_through_sync;
+mod durability;
 mod fast_sync;
 mod key_runs;
 mod log_lifecycle;

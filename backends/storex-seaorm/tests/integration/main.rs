@@ -7,6 +7,7 @@ mod batches;
 mod clustered;
 mod conformance;
 mod crash;
+mod durable;
 mod existing_entities;
 mod indexes;
 mod introspected_schema;

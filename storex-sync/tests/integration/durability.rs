@@ -1,0 +1,284 @@
+//! A sync makes this device's database durable before others rely on it: before a push
+//! carries its writes away, and before an acknowledgement lets the shared log drop what it
+//! applied (`StorageBackend::make_durable`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::FutureExt;
+use storex_core::{
+    object, BackendFeatures, BoxFuture, CollectionDef, FieldType, MemoryBackend, Operation,
+    Outcome, Registry, Result as CoreResult, StorageBackend, Transaction,
+};
+use storex_sync::{
+    Clock, ContinuousOptions, ContinuousSync, DeviceId, DeviceInfo, MemorySharedLog, Pull,
+    SharedEntry, SharedResult, SharedSyncLog, SyncDevice, SyncOptions,
+};
+
+/// What happened, in order, to one device's database and to the shared log on its behalf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Event {
+    /// A write committed to the device's database.
+    Commit,
+    /// The device's database was made durable.
+    Durable,
+    /// The device pushed.
+    Push,
+    /// The device acknowledged a cursor.
+    Ack,
+}
+
+type Ledger = Arc<Mutex<Vec<Event>>>;
+
+fn record(ledger: &Ledger, event: Event) {
+    ledger.lock().expect("ledger").push(event);
+}
+
+/// A memory backend that records its committed writes and when it was made durable.
+#[derive(Debug)]
+struct LedgerBackend {
+    inner: MemoryBackend,
+    ledger: Ledger,
+}
+
+/// A transaction of [`LedgerBackend`]: its commit is recorded if it wrote.
+#[derive(Debug)]
+struct LedgerTransaction {
+    inner: Box<dyn Transaction>,
+    wrote: AtomicBool,
+    ledger: Ledger,
+}
+
+impl LedgerBackend {
+    fn wrap(
+        &self,
+        begun: BoxFuture<'static, CoreResult<Box<dyn Transaction>>>,
+    ) -> BoxFuture<'static, CoreResult<Box<dyn Transaction>>> {
+        let ledger = self.ledger.clone();
+        async move {
+            Ok(Box::new(LedgerTransaction {
+                inner: begun.await?,
+                wrote: AtomicBool::new(false),
+                ledger,
+            }) as Box<dyn Transaction>)
+        }
+        .boxed()
+    }
+}
+
+impl StorageBackend for LedgerBackend {
+    fn name(&self) -> &'static str {
+        "ledger"
+    }
+
+    fn features(&self) -> BackendFeatures {
+        self.inner.features()
+    }
+
+    fn prepare<'a>(&'a self, registry: &'a Arc<Registry>) -> BoxFuture<'a, CoreResult<()>> {
+        self.inner.prepare(registry)
+    }
+
+    fn execute(&self, op: Operation) -> BoxFuture<'_, CoreResult<Outcome>> {
+        async move {
+            let write = op.is_write();
+            let outcome = self.inner.execute(op).await?;
+            if write {
+                record(&self.ledger, Event::Commit);
+            }
+            Ok(outcome)
+        }
+        .boxed()
+    }
+
+    fn begin(&self) -> BoxFuture<'_, CoreResult<Box<dyn Transaction>>> {
+        let inner = self.inner.clone();
+        self.wrap(async move { inner.begin().await }.boxed())
+    }
+
+    fn make_durable(&self) -> BoxFuture<'_, CoreResult<()>> {
+        record(&self.ledger, Event::Durable);
+        async { Ok(()) }.boxed()
+    }
+}
+
+impl Transaction for LedgerTransaction {
+    fn execute(&self, op: Operation) -> BoxFuture<'_, CoreResult<Outcome>> {
+        if op.is_write() {
+            self.wrote.store(true, Ordering::SeqCst);
+        }
+        self.inner.execute(op)
+    }
+
+    fn commit(self: Box<Self>) -> BoxFuture<'static, CoreResult<()>> {
+        async move {
+            let wrote = self.wrote.load(Ordering::SeqCst);
+            self.inner.commit().await?;
+            if wrote {
+                record(&self.ledger, Event::Commit);
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn rollback(self: Box<Self>) -> BoxFuture<'static, CoreResult<()>> {
+        self.inner.rollback()
+    }
+}
+
+/// A memory shared log that records the pushes and acknowledgements of one device.
+#[derive(Debug)]
+struct LedgerLog {
+    inner: Arc<MemorySharedLog>,
+    device: DeviceId,
+    ledger: Ledger,
+}
+
+impl SharedSyncLog for LedgerLog {
+    fn name(&self) -> &'static str {
+        "ledger-log"
+    }
+
+    fn register_device<'a>(
+        &'a self,
+        user: &'a str,
+        device: DeviceId,
+    ) -> BoxFuture<'a, SharedResult<()>> {
+        self.inner.register_device(user, device)
+    }
+
+    fn devices(&self, device: DeviceId) -> BoxFuture<'_, SharedResult<Vec<DeviceInfo>>> {
+        self.inner.devices(device)
+    }
+
+    fn push(
+        &self,
+        device: DeviceId,
+        entries: Vec<SharedEntry>,
+    ) -> BoxFuture<'_, SharedResult<u64>> {
+        if device == self.device {
+            record(&self.ledger, Event::Push);
+        }
+        self.inner.push(device, entries)
+    }
+
+    fn pull<'a>(
+        &'a self,
+        device: DeviceId,
+        cursor: u64,
+        limit: usize,
+        topics: Option<&'a [String]>,
+    ) -> BoxFuture<'a, SharedResult<Pull>> {
+        self.inner.pull(device, cursor, limit, topics)
+    }
+
+    fn ack(&self, device: DeviceId, cursor: u64) -> BoxFuture<'_, SharedResult<()>> {
+        if device == self.device {
+            record(&self.ledger, Event::Ack);
+        }
+        self.inner.ack(device, cursor)
+    }
+
+    fn compact<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<u64>> {
+        self.inner.compact(user)
+    }
+}
+
+fn registry() -> Registry {
+    Registry::builder()
+        .collection(
+            CollectionDef::new("note")
+                .field("id", FieldType::Text)
+                .field("title", FieldType::Text)
+                .primary_key(["id"]),
+        )
+        .build()
+        .expect("registry")
+}
+
+/// A device on `backend`, registered with `shared`, syncing through `log`.
+async fn device(
+    backend: Arc<dyn StorageBackend>,
+    shared: &MemorySharedLog,
+    log: Arc<dyn SharedSyncLog>,
+) -> ContinuousSync {
+    let id = shared.create_device("ann").await.expect("register");
+    let device = SyncDevice::open(registry(), backend, Clock::new(id), SyncOptions::default())
+        .await
+        .expect("device");
+    ContinuousSync::new(device, log, ContinuousOptions::default())
+}
+
+/// The event just before each `event` in `ledger` (none for one at the start).
+fn preceded_by(ledger: &[Event], event: Event) -> Vec<Option<Event>> {
+    let mut found = Vec::new();
+    for (at, seen) in ledger.iter().enumerate() {
+        if *seen == event {
+            found.push(at.checked_sub(1).map(|before| ledger[before]));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_sync_makes_the_database_durable_before_a_push_and_before_an_acknowledgement() {
+    let shared = Arc::new(MemorySharedLog::new());
+    let ledger = Ledger::default();
+    let backend = Arc::new(LedgerBackend {
+        inner: MemoryBackend::new(),
+        ledger: ledger.clone(),
+    });
+    let other = device(Arc::new(MemoryBackend::new()), &shared, shared.clone()).await;
+    let here_id = shared.create_device("ann").await.expect("register");
+    let here = {
+        let log = Arc::new(LedgerLog {
+            inner: shared.clone(),
+            device: here_id,
+            ledger: ledger.clone(),
+        });
+        let device = SyncDevice::open(
+            registry(),
+            backend,
+            Clock::new(here_id),
+            SyncOptions::default(),
+        )
+        .await
+        .expect("device");
+        ContinuousSync::new(device, log, ContinuousOptions::default())
+    };
+    let note = |id: &str| object! { "id" => id, "title" => "written offline" };
+    here.device()
+        .storage()
+        .create("note", note("here"))
+        .await
+        .expect("write here");
+    other
+        .device()
+        .storage()
+        .create("note", note("there"))
+        .await
+        .expect("write there");
+    other.sync_once().await.expect("the other pushes");
+    ledger.lock().expect("ledger").clear();
+
+    let report = here.sync_once().await.expect("sync");
+    assert_eq!((report.pushed, report.applied), (1, 1), "{report:?}");
+    let events = ledger.lock().expect("ledger").clone();
+    assert_eq!(
+        preceded_by(&events, Event::Push),
+        [Some(Event::Durable)],
+        "{events:?}"
+    );
+    assert_eq!(
+        preceded_by(&events, Event::Ack),
+        [Some(Event::Durable)],
+        "{events:?}"
+    );
+
+    // Nothing new: the cursor acknowledged again is durable already, nothing is pushed.
+    ledger.lock().expect("ledger").clear();
+    here.sync_once().await.expect("an idle sync");
+    let events = ledger.lock().expect("ledger").clone();
+    assert!(!events.contains(&Event::Durable), "{events:?}");
+}
