@@ -108,6 +108,11 @@ async fn snapshot_with_indexed_journal(device: &SyncDevice) -> Result<StorageTra
         let attempt = async {
             let indexed = log.index_journal_holding_order().await?;
             let left: HashSet<Uuid> = indexed.damaged.iter().map(|d| d.id).collect();
+            // The copy carries this device's writes to another, which will not send them
+            // back: a power cut that undid them here afterwards would lose them here for
+            // good. (A write that lands before the snapshot is seen below, and this is done
+            // again.)
+            device.storage().backend().make_durable().await?;
             let tx = device.storage().begin_snapshot().await?;
             // The first read fixes the snapshot: the journal must hold only the records
             // indexing passed over (one more row read is enough to tell a write landed).

@@ -1,6 +1,7 @@
 //! A sync makes this device's database durable before others rely on it: before a push
 //! carries its writes away, and before an acknowledgement lets the shared log drop what it
-//! applied (`StorageBackend::make_durable`).
+//! applied (`StorageBackend::make_durable`), and a fast-sync sender before it takes the
+//! snapshot it sends.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,8 @@ enum Event {
     Push,
     /// The device acknowledged a cursor.
     Ack,
+    /// A snapshot transaction began.
+    Snapshot,
 }
 
 type Ledger = Arc<Mutex<Vec<Event>>>;
@@ -94,6 +97,11 @@ impl StorageBackend for LedgerBackend {
     fn begin(&self) -> BoxFuture<'_, CoreResult<Box<dyn Transaction>>> {
         let inner = self.inner.clone();
         self.wrap(async move { inner.begin().await }.boxed())
+    }
+
+    fn begin_snapshot(&self) -> BoxFuture<'_, CoreResult<Box<dyn Transaction>>> {
+        record(&self.ledger, Event::Snapshot);
+        self.begin()
     }
 
     fn make_durable(&self) -> BoxFuture<'_, CoreResult<()>> {
@@ -264,7 +272,9 @@ async fn a_sync_makes_the_database_durable_before_a_push_and_before_an_acknowled
 
     let report = here.sync_once().await.expect("sync");
     assert_eq!((report.pushed, report.applied), (1, 1), "{report:?}");
-    let events = ledger.lock().expect("ledger").clone();
+    // The snapshots a sync reads the log in do not matter here.
+    let mut events = ledger.lock().expect("ledger").clone();
+    events.retain(|event| *event != Event::Snapshot);
     assert_eq!(
         preceded_by(&events, Event::Push),
         [Some(Event::Durable)],
@@ -281,4 +291,48 @@ async fn a_sync_makes_the_database_durable_before_a_push_and_before_an_acknowled
     here.sync_once().await.expect("an idle sync");
     let events = ledger.lock().expect("ledger").clone();
     assert!(!events.contains(&Event::Durable), "{events:?}");
+}
+
+#[tokio::test]
+async fn a_fast_sync_sender_makes_the_database_durable_before_its_snapshot() {
+    use storex_sync::fast_sync::{
+        memory_channel_pair, receive_snapshot, send_snapshot, FastSyncOptions,
+    };
+    let ledger = Ledger::default();
+    let open = |backend: Arc<dyn StorageBackend>| {
+        SyncDevice::open(
+            registry(),
+            backend,
+            Clock::new(DeviceId::random()),
+            SyncOptions::default(),
+        )
+    };
+    let old = open(Arc::new(LedgerBackend {
+        inner: MemoryBackend::new(),
+        ledger: ledger.clone(),
+    }))
+    .await
+    .expect("old device");
+    let new = open(Arc::new(MemoryBackend::new()))
+        .await
+        .expect("new device");
+    old.storage()
+        .create("note", object! { "id" => "n", "title" => "moving house" })
+        .await
+        .expect("write");
+    ledger.lock().expect("ledger").clear();
+    let (mut a, mut b) = memory_channel_pair(8);
+    let options = FastSyncOptions::default();
+    let (sent, received) = tokio::join!(
+        send_snapshot(&old, &mut a, &options),
+        receive_snapshot(&new, &mut b, &options)
+    );
+    sent.expect("sent");
+    received.expect("received");
+    let events = ledger.lock().expect("ledger").clone();
+    assert_eq!(
+        preceded_by(&events, Event::Snapshot),
+        [Some(Event::Durable)],
+        "{events:?}"
+    );
 }
