@@ -609,10 +609,23 @@ const DRAIN_MAX: Duration = Duration::from_secs(5);
 /// Reads and drops what the peer still sends, until it closes the channel or sends nothing
 /// for [`DRAIN_QUIET`] (at most [`DRAIN_MAX`]): a peer blocked sending into a full channel
 /// (this side stopped reading when it failed) gets to read the cancel just sent, instead of
-/// taking this side for stalled.
+/// taking this side for stalled. On a channel that marks its [`Activity`], a package whose
+/// bytes still arrive (a large batch on a slow link) is not quiet.
 async fn drain_until_quiet(channel: &mut dyn FastSyncChannel) {
+    let activity = channel.activity();
     let draining = async {
-        while let Ok(Ok(Some(_))) = tokio::time::timeout(DRAIN_QUIET, channel.recv()).await {}
+        loop {
+            match tokio::time::timeout(DRAIN_QUIET, channel.recv()).await {
+                Ok(Ok(Some(_))) => {}
+                // Closed, or failed: nothing more to read.
+                Ok(Ok(None) | Err(_)) => return,
+                Err(_waited) => {
+                    if activity.as_ref().is_none_or(|a| a.idle() >= DRAIN_QUIET) {
+                        return;
+                    }
+                }
+            }
+        }
     };
     let _ = tokio::time::timeout(DRAIN_MAX, draining).await;
 }
@@ -805,7 +818,62 @@ async fn state_value(
 
 #[cfg(test)]
 mod tests {
-    use super::{page_limit, Kept, Package};
+    use std::time::Duration;
+
+    use futures::future::BoxFuture;
+    use tokio::time::Instant;
+
+    use super::{drain_until_quiet, page_limit, Activity, ChannelError, FastSyncChannel, Kept};
+    use super::{Package, DRAIN_QUIET};
+
+    /// A channel whose one package arrives slowly: its bytes move (its activity is marked)
+    /// the whole time, the package is whole at `whole_at`; then the peer closes.
+    #[derive(Debug)]
+    struct SlowPackage {
+        whole_at: Instant,
+        activity: Activity,
+        received: usize,
+    }
+
+    impl FastSyncChannel for SlowPackage {
+        fn send(&mut self, _: Package) -> BoxFuture<'_, Result<(), ChannelError>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn recv(&mut self) -> BoxFuture<'_, Result<Option<Package>, ChannelError>> {
+            Box::pin(async move {
+                if self.received > 0 {
+                    return Ok(None);
+                }
+                tokio::time::sleep_until(self.whole_at).await;
+                self.received += 1;
+                Ok(Some(Package::Pause))
+            })
+        }
+
+        fn activity(&self) -> Option<Activity> {
+            Some(self.activity.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn draining_waits_for_a_package_whose_bytes_still_arrive() {
+        let activity = Activity::new();
+        let mut channel = SlowPackage {
+            whole_at: Instant::now() + DRAIN_QUIET * 3,
+            activity: activity.clone(),
+            received: 0,
+        };
+        let marking = tokio::spawn(async move {
+            loop {
+                activity.mark();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        drain_until_quiet(&mut channel).await;
+        marking.abort();
+        assert_eq!(channel.received, 1, "the slow package was read to its end");
+    }
 
     #[test]
     fn every_package_kept_during_a_pause_counts_by_its_size() {
