@@ -20,6 +20,7 @@ mod demo;
 mod inspect;
 mod migrate;
 mod migrate_code;
+mod schema_notes;
 mod serve;
 mod sync;
 mod tables;

@@ -31,6 +31,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpListener;
 
 use crate::migrate_code::{self, CodeRefused};
+use crate::schema_notes::{received_notes, SchemaNotes};
 use crate::tables::{tables_of, warn_not_carried};
 
 fn progress_bar() -> ProgressBar {
@@ -41,35 +42,6 @@ fn progress_bar() -> ProgressBar {
         bar.set_style(style.progress_chars("=> "));
     }
     bar
-}
-
-/// The offer's property that carries the schema version the old file's app keeps in
-/// `PRAGMA user_version` (an app that reads it to run its migrations finds it on the new
-/// device as it left it).
-const USER_VERSION: &str = "sqlite.user_version";
-
-/// `options` carrying `user_version` with the offer (nothing for 0, SQLite's default).
-fn with_user_version(options: FastSyncOptions, user_version: i32) -> FastSyncOptions {
-    match user_version {
-        0 => options,
-        version => options.with_property(USER_VERSION, version.to_string()),
-    }
-}
-
-/// The schema version an offer carries, if any; a value that is no 32-bit integer (a peer
-/// that sends garbage) is named in a warning and not used.
-fn user_version_of(offer: &Offer) -> Option<i32> {
-    let value = offer.properties().get(USER_VERSION)?;
-    match value.parse::<i32>() {
-        Ok(version) => Some(version),
-        Err(_) => {
-            eprintln!(
-                "warning: the sender's schema version ({value:?}) is not a number; the new \
-                 database keeps 0"
-            );
-            None
-        }
-    }
 }
 
 /// Options whose progress drives `bar`, one collection at a time.
@@ -170,7 +142,7 @@ pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
         .with_context(|| format!("opening {}", db.display()))?;
     let tables = tables_of(backend.connection(), db).await?;
     warn_not_carried(&tables);
-    let version = tables.user_version;
+    let notes = SchemaNotes::of(&tables);
     let device = SyncDevice::open(
         tables.registry,
         Arc::new(backend),
@@ -183,8 +155,8 @@ pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
             listen,
             reconnect,
             code,
-        } => send_over_tcp(&device, &listen, reconnect, &code, version).await?,
-        Transport::WebRtc(bind) => send_over_webrtc(&device, bind, version).await?,
+        } => send_over_tcp(&device, &listen, reconnect, &code, &notes).await?,
+        Transport::WebRtc(bind) => send_over_webrtc(&device, bind, &notes).await?,
     };
     summary(&report, "sent");
     if report.unpushed > 0 {
@@ -225,13 +197,13 @@ async fn send_over_tcp(
     listen: &str,
     reconnect: Duration,
     code: &str,
-    user_version: i32,
+    notes: &SchemaNotes,
 ) -> Result<TransferReport> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let bar = progress_bar();
-    let options = with_user_version(options(&bar), user_version);
+    let options = notes.with_offer(options(&bar));
     let mut sender = SnapshotSender::open(device, options).await?;
     let address = match listener.local_addr() {
         Ok(address) => address,
@@ -302,7 +274,7 @@ async fn send_over_tcp(
 async fn send_over_webrtc(
     device: &SyncDevice,
     bind: IpAddr,
-    user_version: i32,
+    notes: &SchemaNotes,
 ) -> Result<TransferReport> {
     let (pending, offer) = WebRtcChannel::offer_with(&webrtc_options(bind))
         .await
@@ -330,7 +302,7 @@ async fn send_over_webrtc(
         .await
         .context("connecting to the new device")?;
     let bar = progress_bar();
-    let options = with_user_version(options(&bar), user_version);
+    let options = notes.with_offer(options(&bar));
     let report = send_snapshot(device, &mut channel, &options).await;
     // Before the process ends: a WebRTC channel still delivers in the background.
     close(&mut channel).await;
@@ -385,7 +357,7 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
     let options = options(&bar);
     let mut offer = read_offer(channel.as_mut(), &options).await?;
     let registry = offer.registry().context("the sender's schema")?;
-    let user_version = user_version_of(&offer);
+    let notes = received_notes(offer.properties());
     let session = offer.session();
     // Written beside the target and renamed once complete, so that a failed or killed
     // transfer leaves no half-written database under the target's name. What a transfer cut
@@ -463,7 +435,7 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
         }
     };
     drop(device);
-    if let Some(version) = user_version {
+    if let Some(version) = notes.user_version {
         backend
             .connection()
             .execute_unprepared(&format!("PRAGMA user_version = {version}"))
@@ -485,6 +457,9 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
         }
     }
     summary(&report, "received");
+    for warning in &notes.warnings {
+        eprintln!("warning: {warning}");
+    }
     Ok(())
 }
 

@@ -286,6 +286,10 @@ async fn the_new_database_gets_the_indexes_and_schema_version_and_the_sender_nam
     assert!(warnings.contains("but not:"), "{warnings}");
     assert!(warnings.contains("  - trigger `item_touch`"), "{warnings}");
     assert!(!warnings.contains("user_version"), "it moves: {warnings}");
+    // The receiver, where the person moving house looks, is told too.
+    let told = String::from_utf8_lossy(&received.stderr);
+    assert!(told.contains("but not (an app"), "{told}");
+    assert!(told.contains("  - trigger `item_touch`"), "{told}");
     assert!(
         !warnings.contains("item_name"),
         "an index that moves: {warnings}"
@@ -376,6 +380,11 @@ async fn a_key_column_without_a_type_moves_when_it_holds_text_and_is_named_when_
     assert!(
         warnings.contains("table `cache` is left out: its key column `id` has no declared type"),
         "{warnings}"
+    );
+    let told = String::from_utf8_lossy(&received.stderr);
+    assert!(
+        told.contains("the new database does not have them:\n  - `cache`: its key column `id`"),
+        "{told}"
     );
     assert_eq!(rows_in(&new_path, "word").await, 1_000);
 }
