@@ -435,15 +435,30 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
         }
     };
     drop(device);
+    // The transfer committed: a failure from here on leaves the whole database in the
+    // partial file, which the error names (running the command again would start over).
+    let arrived = |what: String| {
+        format!(
+            "{what}; the whole database arrived and is kept in {}: move it to {} yourself \
+             (with its `-wal` file, if one is beside it)",
+            partial[0].display(),
+            db.display()
+        )
+    };
     if let Some(version) = notes.user_version {
         backend
             .connection()
             .execute_unprepared(&format!("PRAGMA user_version = {version}"))
             .await
-            .context("setting the schema version of the received database")?;
+            .with_context(|| {
+                arrived(format!(
+                    "setting the schema version of the received database (to {version}, which \
+                     it does not have yet)"
+                ))
+            })?;
     }
     let closed = backend.connection().close_by_ref().await;
-    closed.context("closing the received database")?;
+    closed.with_context(|| arrived("closing the received database".to_owned()))?;
     if !partial[0].is_file() {
         bail!(
             "the received database {} is gone; {} was not written",
