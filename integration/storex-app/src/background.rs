@@ -217,8 +217,9 @@ pub struct BackgroundSync {
     paused: watch::Sender<bool>,
     stop: watch::Sender<bool>,
     task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
-    /// The live watcher; taken by `stop`, which waits for it to end.
-    live: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The live watcher's supervisor; `stop` aborts it and waits for it to end (kept until
+    /// it has, like `task`).
+    live: tokio::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl BackgroundSync {
@@ -283,7 +284,7 @@ impl BackgroundSync {
             paused,
             stop,
             task: tokio::sync::Mutex::new(Some(task)),
-            live: std::sync::Mutex::new(live),
+            live: tokio::sync::Mutex::new(live),
         }
     }
 
@@ -310,17 +311,15 @@ impl BackgroundSync {
     /// it had not committed is done by the next sync).
     pub async fn stop(&self) {
         self.stop.send_replace(true);
-        let live = self
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(live) = live {
+        let mut live = self.live.lock().await;
+        if let Some(supervisor) = live.as_mut() {
             // The watcher holds nothing that needs finishing: a pending long poll just ends.
             // Its supervisor is waited for; the watcher it runs is aborted as it ends.
-            live.abort();
-            let _ = live.await;
+            supervisor.abort();
+            let _ = supervisor.await;
+            *live = None;
         }
+        drop(live);
         let mut task = self.task.lock().await;
         if let Some(running) = task.as_mut() {
             // It ends by itself (a panic of the sync is caught and reported in it). Kept
@@ -353,13 +352,8 @@ impl BackgroundSync {
 impl Drop for BackgroundSync {
     fn drop(&mut self) {
         self.stop.send_replace(true);
-        if let Some(live) = self
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
-            live.abort();
+        if let Some(supervisor) = self.live.get_mut() {
+            supervisor.abort();
         }
     }
 }
