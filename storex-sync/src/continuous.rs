@@ -643,12 +643,12 @@ impl ContinuousSync {
             // Before this push moves the log's end past a cursor it is behind (see
             // `rewind_if_ahead`).
             self.rewind_if_ahead(report).await?;
-            // Once others have these writes, a power cut that undid them here would leave
-            // this device without them for good: it never pulls its own writes back.
-            self.device.storage().backend().make_durable().await?;
         }
         loop {
             report.problems.append(&mut page.problems);
+            if !page.entries.is_empty() {
+                self.make_durable().await?;
+            }
             let pushing = self.push_entries(me, &page.entries, report);
             let Some(after) = page.next_after.as_deref() else {
                 pushing.await?;
@@ -677,6 +677,9 @@ impl ContinuousSync {
             report
                 .problems
                 .extend(part.damaged().iter().map(ToString::to_string));
+            if part.entries().next().is_some() {
+                self.make_durable().await?;
+            }
             // While this part travels, the next is read and the one before is settled (a
             // crash in between leaves both in the journal, pushed again under the same ids).
             let settling = async {
@@ -707,6 +710,17 @@ impl ContinuousSync {
             Some((part, pushed)) => log.settle_pushed(part, &pushed, fold).await,
             None => Ok(()),
         }
+    }
+
+    /// Makes every write committed to this device's database so far durable
+    /// ([`storex_core::StorageBackend::make_durable`]), before a page read from it is pushed:
+    /// once others have its writes, a power cut that undid them here would leave this device
+    /// without them for good (it never pulls its own writes back). Per page, not once per
+    /// sync: a later page may hold writes committed after the first was read (indexed
+    /// meanwhile by another reader of the log, or made in an app's transaction that was
+    /// still open).
+    async fn make_durable(&self) -> Result<()> {
+        Ok(self.device.storage().backend().make_durable().await?)
     }
 
     /// Pushes `entries` in pushes of bounded size, marking each shared once stored.
@@ -880,7 +894,7 @@ impl ContinuousSync {
             // The log may drop what every device acknowledged: a power cut that undid this
             // device's applying would leave it a cursor behind a compaction.
             if self.acked_durable.load(Ordering::SeqCst) != cursor {
-                self.device.storage().backend().make_durable().await?;
+                self.make_durable().await?;
             }
             self.shared.ack(me, cursor).await?;
             self.acked_durable.store(cursor, Ordering::SeqCst);

@@ -5,7 +5,10 @@
 //! takes the commit back. That is right for the app's own writes, but not for writes others
 //! are about to rely on (a push). A commit on a connection set to `synchronous=FULL` syncs
 //! the whole log file, every connection's earlier commits with it; [`make_durable`] makes
-//! such a commit, which rewrites `user_version` with the value it has.
+//! such a commit, which rewrites `user_version` with the value it has. (Other connections
+//! see `PRAGMA data_version` change, as after any commit.) It runs in a task of its own, so
+//! that a caller that gives up waiting (a sync's timeout) cannot leave the connection it
+//! set to `FULL` in the pool that way.
 
 use sea_orm::sqlx::{self, Connection, SqlitePool};
 use sea_orm::{DatabaseConnection, DbBackend};
@@ -14,9 +17,10 @@ use sea_orm::{DatabaseConnection, DbBackend};
 const FULL: i64 = 2;
 
 /// Makes every write committed to `db` so far survive a power cut. Nothing to do for
-/// PostgreSQL (its commits are durable), SQLite in memory, SQLite files not in WAL mode (their
-/// commits are synced as `synchronous` says: `NORMAL` syncs at each commit there), or files
-/// at `synchronous=FULL` already.
+/// PostgreSQL (its commits are durable), SQLite in memory, or SQLite files not in WAL mode
+/// (their commits are synced as `synchronous` says: `NORMAL` syncs at each commit there).
+/// (A file at `synchronous=FULL` gets the commit all the same: the setting is each
+/// connection's own, and one connection's says nothing of the others'.)
 pub(crate) async fn make_durable(db: &DatabaseConnection) -> Result<(), sqlx::Error> {
     if db.get_database_backend() != DbBackend::Sqlite {
         return Ok(());
@@ -25,7 +29,11 @@ pub(crate) async fn make_durable(db: &DatabaseConnection) -> Result<(), sqlx::Er
         // A connection storex did not open (a mock, say): nothing on disk to sync.
         return Ok(());
     };
-    sync_wal(db.get_sqlite_connection_pool()).await
+    let pool = db.get_sqlite_connection_pool().clone();
+    match tokio::spawn(async move { sync_wal(&pool).await }).await {
+        Ok(synced) => synced,
+        Err(failed) => Err(sqlx::Error::Io(std::io::Error::other(failed))),
+    }
 }
 
 /// [`make_durable`] for a SQLite pool: a commit with `synchronous=FULL` on one of its
@@ -39,7 +47,7 @@ async fn sync_wal(pool: &SqlitePool) -> Result<(), sqlx::Error> {
     let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
         .fetch_one(&mut *conn)
         .await?;
-    if !journal.eq_ignore_ascii_case("wal") || synchronous >= FULL {
+    if !journal.eq_ignore_ascii_case("wal") {
         return Ok(());
     }
     sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA synchronous = {FULL}")))
@@ -60,7 +68,7 @@ async fn sync_wal(pool: &SqlitePool) -> Result<(), sqlx::Error> {
 }
 
 /// Commits `user_version` rewritten with its own value: a write SQLite cannot leave out (the
-/// header page is written), which nothing reading the file can tell from no write.
+/// header page is written) that changes no value anybody reads.
 async fn rewrite_user_version(conn: &mut sqlx::SqliteConnection) -> Result<(), sqlx::Error> {
     let mut txn = conn.begin_with("BEGIN IMMEDIATE").await?;
     let version: i64 = sqlx::query_scalar("PRAGMA user_version")

@@ -230,7 +230,7 @@ fn preceded_by(ledger: &[Event], event: Event) -> Vec<Option<Event>> {
 }
 
 #[tokio::test]
-async fn a_sync_makes_the_database_durable_before_a_push_and_before_an_acknowledgement() {
+async fn a_sync_makes_the_database_durable_before_each_push_and_before_an_acknowledgement() {
     let shared = Arc::new(MemorySharedLog::new());
     let ledger = Ledger::default();
     let backend = Arc::new(LedgerBackend {
@@ -253,14 +253,18 @@ async fn a_sync_makes_the_database_durable_before_a_push_and_before_an_acknowled
         )
         .await
         .expect("device");
-        ContinuousSync::new(device, log, ContinuousOptions::default())
+        // Pushes of two: a later page may hold writes committed after the first was read.
+        let options = ContinuousOptions::default().with_batch_size(2);
+        ContinuousSync::new(device, log, options)
     };
     let note = |id: &str| object! { "id" => id, "title" => "written offline" };
-    here.device()
-        .storage()
-        .create("note", note("here"))
-        .await
-        .expect("write here");
+    for n in 0..5 {
+        here.device()
+            .storage()
+            .create("note", note(&format!("here-{n}")))
+            .await
+            .expect("write here");
+    }
     other
         .device()
         .storage()
@@ -271,13 +275,13 @@ async fn a_sync_makes_the_database_durable_before_a_push_and_before_an_acknowled
     ledger.lock().expect("ledger").clear();
 
     let report = here.sync_once().await.expect("sync");
-    assert_eq!((report.pushed, report.applied), (1, 1), "{report:?}");
+    assert_eq!((report.pushed, report.applied), (5, 1), "{report:?}");
     // The snapshots a sync reads the log in do not matter here.
     let mut events = ledger.lock().expect("ledger").clone();
     events.retain(|event| *event != Event::Snapshot);
     assert_eq!(
         preceded_by(&events, Event::Push),
-        [Some(Event::Durable)],
+        [Some(Event::Durable); 3],
         "{events:?}"
     );
     assert_eq!(

@@ -1,5 +1,5 @@
-//! `make_durable` on SQLite: a commit synced to disk that changes nothing a reader sees, with
-//! the connection's own `synchronous` setting kept.
+//! `make_durable` on SQLite: a commit synced to disk that changes no value a reader sees, with
+//! the connection's own `synchronous` setting kept, also when its caller gives up waiting.
 
 use sea_orm::sqlx::{self, Connection, SqliteConnection};
 use sea_orm::ConnectionTrait;
@@ -15,7 +15,7 @@ async fn pragma(conn: &mut SqliteConnection, name: &str) -> i64 {
 }
 
 #[tokio::test]
-async fn making_a_sqlite_file_durable_commits_and_changes_nothing_a_reader_sees() {
+async fn making_a_sqlite_file_durable_commits_and_changes_no_value_a_reader_sees() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("app.db");
     let backend = SeaOrmBackend::open_sqlite_file(&path).await.expect("open");
@@ -36,7 +36,12 @@ async fn making_a_sqlite_file_durable_commits_and_changes_nothing_a_reader_sees(
         "a commit (whose sync takes every earlier commit to disk) was made"
     );
     assert_eq!(pragma(&mut reader, "user_version").await, 7);
-    // Every pooled connection is back at the setting storex opened it with.
+    assert_pool_normal(&backend).await;
+}
+
+/// Every pooled connection of `backend` is at the setting storex opened it with (waiting for
+/// each to come back to the pool).
+async fn assert_pool_normal(backend: &SeaOrmBackend) {
     let pool = backend.connection().get_sqlite_connection_pool();
     let mut held = Vec::new();
     for _ in 0..pool.options().get_max_connections() {
@@ -47,19 +52,37 @@ async fn making_a_sqlite_file_durable_commits_and_changes_nothing_a_reader_sees(
 }
 
 #[tokio::test]
+async fn a_caller_that_gives_up_waiting_leaves_no_connection_set_otherwise() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("app.db");
+    let backend = SeaOrmBackend::open_sqlite_file(&path).await.expect("open");
+    let url = storex_seaorm::sqlite_file_url(&path, "rw").expect("url");
+    // Another writer holds the write lock: making durable waits for it.
+    let mut writer = SqliteConnection::connect(&url).await.expect("a writer");
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut writer)
+        .await
+        .expect("the write lock");
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        backend.make_durable(),
+    )
+    .await;
+    assert!(waited.is_err(), "it waits for the writer: {waited:?}");
+    sqlx::query("COMMIT")
+        .execute(&mut writer)
+        .await
+        .expect("the lock let go");
+    assert_pool_normal(&backend).await;
+}
+
+#[tokio::test]
 async fn making_a_database_in_memory_durable_does_nothing() {
     let backend = SeaOrmBackend::connect("sqlite::memory:")
         .await
         .expect("open");
+    // Its one connection is taken and given back at once (a second taken meanwhile would
+    // wait for ever).
     backend.make_durable().await.expect("nothing to do");
-    let version = backend
-        .connection()
-        .query_one_raw(sea_orm::Statement::from_string(
-            sea_orm::DbBackend::Sqlite,
-            "PRAGMA user_version",
-        ))
-        .await
-        .expect("read")
-        .expect("a row");
-    assert_eq!(version.try_get_by_index::<i64>(0).expect("a number"), 0);
+    backend.make_durable().await.expect("nothing to do, again");
 }
