@@ -435,6 +435,10 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
         }
     };
     drop(device);
+    // Said before anything can fail: they hold for the partial file too.
+    for warning in &notes.warnings {
+        eprintln!("warning: {warning}");
+    }
     // The transfer committed: a failure from here on leaves the whole database in the
     // partial file, which the error names (running the command again would start over).
     let arrived = |what: String| {
@@ -472,9 +476,6 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
         }
     }
     summary(&report, "received");
-    for warning in &notes.warnings {
-        eprintln!("warning: {warning}");
-    }
     Ok(())
 }
 

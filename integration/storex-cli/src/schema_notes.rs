@@ -116,17 +116,40 @@ fn indented(note: &str) -> String {
 }
 
 /// `text` on one line of at most [`MAX_LINE_CHARS`] characters, control characters (a
-/// terminal's escape sequences) shown as `?`.
+/// terminal's escape sequences) and invisible formatting ones (a right-to-left override
+/// that shows a name reversed, a zero-width space) shown as `?`.
 fn clean(text: &str) -> String {
     let mut cleaned: String = text
         .chars()
         .take(MAX_LINE_CHARS)
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| {
+            if c.is_control() || is_format(c) {
+                '?'
+            } else {
+                c
+            }
+        })
         .collect();
     if text.chars().nth(MAX_LINE_CHARS).is_some() {
         cleaned.push('…');
     }
     cleaned
+}
+
+/// Whether `c` is one of the invisible formatting characters that change how text around
+/// them shows: bidirectional controls, zero-width characters, the byte order mark.
+fn is_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
 }
 
 #[cfg(test)]
@@ -183,7 +206,9 @@ mod tests {
     #[test]
     fn a_peers_notes_are_bounded_and_cleaned_before_they_are_printed() {
         let mut properties = BTreeMap::new();
-        let many: Vec<String> = (0..500).map(|n| format!("t{n}\u{1b}[2J")).collect();
+        let many: Vec<String> = (0..500)
+            .map(|n| format!("t{n}\u{1b}[2J\u{202e}txt.exe"))
+            .collect();
         properties.insert(LEFT_OUT.to_owned(), many.join("\n"));
         properties.insert(NOT_CARRIED.to_owned(), "x".repeat(10_000));
         properties.insert(USER_VERSION.to_owned(), "twelve".to_owned());
@@ -195,6 +220,10 @@ mod tests {
         assert!(
             !left_out.contains('\u{1b}'),
             "escape sequences are not printed"
+        );
+        assert!(
+            !left_out.contains('\u{202e}'),
+            "nor a right-to-left override"
         );
         assert_eq!(left_out.lines().count(), 1 + MAX_LINES + 1, "{left_out}");
         assert!(left_out.ends_with("… and 450 more"), "{left_out}");
