@@ -638,7 +638,7 @@ impl ContinuousSync {
         let batch = self.options.push_batch.max(1);
         let log = self.device.log();
         let journal_end = log.journal_end().await?;
-        let mut page = self.unshared_after(None, batch).await?;
+        let mut page = self.durable_unshared_after(None, batch).await?;
         if !page.entries.is_empty() || journal_end.is_some() {
             // Before this push moves the log's end past a cursor it is behind (see
             // `rewind_if_ahead`).
@@ -646,9 +646,6 @@ impl ContinuousSync {
         }
         loop {
             report.problems.append(&mut page.problems);
-            if !page.entries.is_empty() {
-                self.make_durable().await?;
-            }
             let pushing = self.push_entries(me, &page.entries, report);
             let Some(after) = page.next_after.as_deref() else {
                 pushing.await?;
@@ -657,7 +654,8 @@ impl ContinuousSync {
             // The next page is read (from the device's database) while this one travels to
             // the shared log: it follows by timestamp, not by the `shared` flag, so it does
             // not wait for this page to be marked.
-            let (pushed, next) = tokio::join!(pushing, self.unshared_after(Some(after), batch));
+            let (pushed, next) =
+                tokio::join!(pushing, self.durable_unshared_after(Some(after), batch));
             pushed?;
             page = next?;
         }
@@ -666,7 +664,7 @@ impl ContinuousSync {
         }
         // The writes since: read from the journal, pushed, and only then settled (folded
         // into the versions, or log rows already marked shared: one write, not two).
-        let mut part = log.read_journal_part(None, journal_end, batch).await?;
+        let mut part = self.durable_journal_part(None, journal_end, batch).await?;
         // Compacting devices fold what they pushed into the versions at once, instead of
         // writing log rows that compaction would read, fold and delete later.
         let fold = self.options.compact_per_sync > 0;
@@ -677,9 +675,6 @@ impl ContinuousSync {
             report
                 .problems
                 .extend(part.damaged().iter().map(ToString::to_string));
-            if part.entries().next().is_some() {
-                self.make_durable().await?;
-            }
             // While this part travels, the next is read and the one before is settled (a
             // crash in between leaves both in the journal, pushed again under the same ids).
             let settling = async {
@@ -690,7 +685,7 @@ impl ContinuousSync {
             };
             let ((pushed, outcome), next, settled) = tokio::join!(
                 self.push_unindexed(me, part.entries(), report),
-                log.read_journal_part(part.last_record(), journal_end, batch),
+                self.durable_journal_part(part.last_record(), journal_end, batch),
                 settling,
             );
             if let (Ok(()), Ok(()), Ok(_)) = (&outcome, &settled, &next) {
@@ -713,14 +708,47 @@ impl ContinuousSync {
     }
 
     /// Makes every write committed to this device's database so far durable
-    /// ([`storex_core::StorageBackend::make_durable`]), before a page read from it is pushed:
-    /// once others have its writes, a power cut that undid them here would leave this device
-    /// without them for good (it never pulls its own writes back). Per page, not once per
-    /// sync: a later page may hold writes committed after the first was read (indexed
-    /// meanwhile by another reader of the log, or made in an app's transaction that was
-    /// still open).
+    /// ([`storex_core::StorageBackend::make_durable`]).
     async fn make_durable(&self) -> Result<()> {
         Ok(self.device.storage().backend().make_durable().await?)
+    }
+
+    /// [`ContinuousSync::unshared_after`], made durable (if it holds entries) before it is
+    /// pushed: once others have its writes, a power cut that undid them here would leave
+    /// this device without them for good (it never pulls its own writes back). Per page, not
+    /// once per sync: a later page may hold writes committed after the first was read
+    /// (indexed meanwhile by another reader of the log). It is read, and made durable, while
+    /// the page before travels.
+    async fn durable_unshared_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<UnsharedPage> {
+        let page = self.unshared_after(after, limit).await?;
+        if !page.entries.is_empty() {
+            self.make_durable().await?;
+        }
+        Ok(page)
+    }
+
+    /// A part of the journal, made durable as [`ContinuousSync::durable_unshared_after`]
+    /// says (a later part may hold a write of an app's transaction that committed after the
+    /// first was read).
+    async fn durable_journal_part(
+        &self,
+        after: Option<Uuid>,
+        until: Option<Uuid>,
+        limit: usize,
+    ) -> Result<JournalPart> {
+        let part = self
+            .device
+            .log()
+            .read_journal_part(after, until, limit)
+            .await?;
+        if part.entries().next().is_some() {
+            self.make_durable().await?;
+        }
+        Ok(part)
     }
 
     /// Pushes `entries` in pushes of bounded size, marking each shared once stored.

@@ -19,7 +19,8 @@ use storex_sync::{
 /// What happened, in order, to one device's database and to the shared log on its behalf.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Event {
-    /// A write committed to the device's database.
+    /// A write to the app's data committed to the device's database (not sync's own
+    /// bookkeeping: marking entries pushed needs no durability).
     Commit,
     /// The device's database was made durable.
     Durable,
@@ -37,7 +38,15 @@ fn record(ledger: &Ledger, event: Event) {
     ledger.lock().expect("ledger").push(event);
 }
 
-/// A memory backend that records its committed writes and when it was made durable.
+/// Whether `op` writes the app's data (the `note` collection).
+fn writes_notes(op: &Operation) -> bool {
+    match op {
+        Operation::Batch { steps } => steps.iter().any(|step| writes_notes(&step.operation)),
+        op => op.is_write() && op.collection() == Some("note"),
+    }
+}
+
+/// A memory backend that records its committed writes of notes and when it was made durable.
 #[derive(Debug)]
 struct LedgerBackend {
     inner: MemoryBackend,
@@ -84,7 +93,7 @@ impl StorageBackend for LedgerBackend {
 
     fn execute(&self, op: Operation) -> BoxFuture<'_, CoreResult<Outcome>> {
         async move {
-            let write = op.is_write();
+            let write = writes_notes(&op);
             let outcome = self.inner.execute(op).await?;
             if write {
                 record(&self.ledger, Event::Commit);
@@ -112,7 +121,7 @@ impl StorageBackend for LedgerBackend {
 
 impl Transaction for LedgerTransaction {
     fn execute(&self, op: Operation) -> BoxFuture<'_, CoreResult<Outcome>> {
-        if op.is_write() {
+        if writes_notes(&op) {
             self.wrote.store(true, Ordering::SeqCst);
         }
         self.inner.execute(op)
