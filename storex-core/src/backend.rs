@@ -158,8 +158,8 @@ pub trait StorageBackend: Send + Sync + fmt::Debug + 'static {
     /// them (once the others have a write, a power cut that undid it here would leave this
     /// device without it for good: a device never pulls its own writes back), before it
     /// sends a copy of the database to another device, and before it tells the shared log
-    /// how far it applied. The default does nothing: right for backends
-    /// whose commits are durable (PostgreSQL) or that keep nothing across a restart.
+    /// how far it applied. The default does nothing: right for backends whose commits are
+    /// durable (PostgreSQL) or that keep nothing across a restart.
     fn make_durable(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async { Ok(()) })
     }

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
 use storex_core::{
-    object, BackendFeatures, BoxFuture, CollectionDef, FieldType, MemoryBackend, Operation,
-    Outcome, Registry, Result as CoreResult, StorageBackend, Transaction,
+    object, BackendFeatures, BoxFuture, MemoryBackend, Operation, Outcome, Registry,
+    Result as CoreResult, StorageBackend, Transaction,
 };
 use storex_sync::{
     Clock, ContinuousOptions, ContinuousSync, DeviceId, DeviceInfo, MemorySharedLog, Pull,
@@ -202,18 +202,6 @@ impl SharedSyncLog for LedgerLog {
     }
 }
 
-fn registry() -> Registry {
-    Registry::builder()
-        .collection(
-            CollectionDef::new("note")
-                .field("id", FieldType::Text)
-                .field("title", FieldType::Text)
-                .primary_key(["id"]),
-        )
-        .build()
-        .expect("registry")
-}
-
 /// A device on `backend`, registered with `shared`, syncing through `log`.
 async fn device(
     backend: Arc<dyn StorageBackend>,
@@ -225,6 +213,11 @@ async fn device(
         .await
         .expect("device");
     ContinuousSync::new(device, log, ContinuousOptions::default())
+}
+
+/// The scenarios' registry (`note`, `photo`).
+fn registry() -> Registry {
+    storex_test::devices::registry()
 }
 
 /// The event just before each `event` in `ledger` (none for one at the start).
