@@ -11,7 +11,7 @@
 //! set to `FULL` in the pool that way.
 
 use sea_orm::sqlx::{self, Connection, SqlitePool};
-use sea_orm::{DatabaseConnection, DbBackend};
+use sea_orm::DatabaseConnection;
 
 /// `PRAGMA synchronous` at `FULL`: every commit is synced to disk before it returns.
 const FULL: i64 = 2;
@@ -22,11 +22,8 @@ const FULL: i64 = 2;
 /// (A file at `synchronous=FULL` gets the commit all the same: the setting is each
 /// connection's own, and one connection's says nothing of the others'.)
 pub(crate) async fn make_durable(db: &DatabaseConnection) -> Result<(), sqlx::Error> {
-    if db.get_database_backend() != DbBackend::Sqlite {
-        return Ok(());
-    }
     let sea_orm::DatabaseConnectionType::SqlxSqlitePoolConnection(_) = &db.inner else {
-        // A connection storex did not open (a mock, say): nothing on disk to sync.
+        // PostgreSQL, or a connection storex did not open (a mock, say).
         return Ok(());
     };
     let pool = db.get_sqlite_connection_pool().clone();
@@ -44,12 +41,12 @@ async fn sync_wal(pool: &SqlitePool) -> Result<(), sqlx::Error> {
     let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&mut *conn)
         .await?;
-    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
-        .fetch_one(&mut *conn)
-        .await?;
     if !journal.eq_ignore_ascii_case("wal") {
         return Ok(());
     }
+    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&mut *conn)
+        .await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA synchronous = {FULL}")))
         .execute(&mut *conn)
         .await?;
