@@ -44,6 +44,7 @@ mod key_runs;
 mod logging;
 mod reconcile;
 mod shared_log;
+mod text;
 mod versions;
 mod write_order;
 

@@ -100,16 +100,10 @@ impl UnreadableEntry {
 
     /// The entry at `cursor`, with `problem` cut to [`UnreadableEntry::MAX_PROBLEM_BYTES`].
     pub fn new(cursor: u64, problem: impl Into<String>) -> Self {
-        let mut problem = problem.into();
-        if problem.len() > Self::MAX_PROBLEM_BYTES {
-            let mut end = Self::MAX_PROBLEM_BYTES - '…'.len_utf8();
-            while !problem.is_char_boundary(end) {
-                end -= 1;
-            }
-            problem.truncate(end);
-            problem.push('…');
+        UnreadableEntry {
+            cursor,
+            problem: crate::text::cut(problem.into(), Self::MAX_PROBLEM_BYTES, "…"),
         }
-        UnreadableEntry { cursor, problem }
     }
 }
 

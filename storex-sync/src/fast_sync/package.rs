@@ -53,16 +53,8 @@ impl std::fmt::Debug for EncodedObjects {
 pub const MAX_CANCEL_REASON_BYTES: usize = 4096;
 
 /// `text` cut to at most `max` bytes, at a character boundary, marked when cut.
-pub(crate) fn bounded(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max.saturating_sub(3);
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push_str("...");
-    }
-    text
+pub(crate) fn bounded(text: String, max: usize) -> String {
+    crate::text::cut(text, max, "...")
 }
 
 impl EncodedObjects {
