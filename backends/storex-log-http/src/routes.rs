@@ -28,6 +28,7 @@ use storex_sync::{
     device_of_another_user, DeviceId, Pull, PulledEntry, SharedEntry, SharedLogError, SharedSyncLog,
 };
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::{
     routes, AckRequest, CompactResponse, DeviceCredentials, DevicesResponse, Health, NewDevice,
@@ -58,6 +59,8 @@ pub(crate) struct AppState {
     pub(crate) limiter: Limiter,
     pub(crate) metrics: Metrics,
     pub(crate) shutdown: CancellationToken,
+    /// Pushes running in tasks of their own, which the server waits for when it stops.
+    pub(crate) pushes: TaskTracker,
     pub(crate) config: ServerConfig,
     /// Whether the database answered `/health`'s last ping.
     pub(crate) health: Recent<Result<(), String>>,
@@ -486,25 +489,27 @@ async fn push(
     let count = entries.len();
     // Its own task: a request cancelled midway (its client gone, or its timeout) still
     // finishes a push that may have committed, and tells the waiting pulls about it, instead
-    // of leaving them to wake at their timeout.
+    // of leaving them to wake at their timeout. A stopping server waits for it.
     let task = state.clone();
-    let cursor = tokio::spawn(async move {
-        let cursor = task.log.push(caller.device, entries).await?;
-        task.metrics.pushed(count, cursor > 0);
-        if cursor > 0 {
-            task.notifier.pushed(&task.live, &caller.user, cursor).await;
-        }
-        Ok::<u64, SharedLogError>(cursor)
-    })
-    .await
-    .map_err(|failure| {
-        tracing::error!(error = %failure, "a push failed on a bug");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the push failed on a bug in the server",
-        )
-    })??;
+    let cursor = state
+        .pushes
+        .spawn(async move {
+            let cursor = task.log.push(caller.device, entries).await?;
+            task.metrics.pushed(count, cursor > 0);
+            if cursor > 0 {
+                task.notifier.pushed(&task.live, &caller.user, cursor).await;
+            }
+            Ok::<u64, SharedLogError>(cursor)
+        })
+        .await
+        .map_err(|failure| {
+            tracing::error!(error = %failure, "a push failed on a bug");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the push failed on a bug in the server",
+            )
+        })??;
     Ok(Json(PushResponse { cursor }))
 }
 

@@ -35,6 +35,7 @@ use storex_sync::SharedSyncLog;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::auth::AuthStore;
@@ -99,6 +100,7 @@ impl SyncServer {
             limiter: Limiter::new(config.rate_limit, config.ip_rate_limit),
             metrics: Metrics::default(),
             shutdown: shutdown.clone(),
+            pushes: TaskTracker::new(),
             config,
             health: Default::default(),
             stats: Default::default(),
@@ -121,6 +123,7 @@ impl SyncServer {
         let stop = shutdown.clone();
         let shutdown_for_grace = shutdown.clone();
         let grace = state.config.shutdown_grace;
+        let pushes = state.pushes.clone();
         let serve = tokio::spawn(async move {
             let serving = connections::serve(listener, app, limits, stop);
             tokio::pin!(serving);
@@ -133,6 +136,16 @@ impl SyncServer {
                 } => Ok(()),
             };
             maintenance.abort();
+            // A push outlives its request when the request is cancelled (its client gone,
+            // or cut off by the grace): the server is down once such pushes committed or
+            // failed, not while one still writes.
+            pushes.close();
+            if tokio::time::timeout(grace, pushes.wait()).await.is_err() {
+                tracing::warn!(
+                    running = pushes.len(),
+                    "stopping: pushes still running after the grace period are left to end on their own"
+                );
+            }
             result
         });
         Ok(RunningServer {
@@ -167,8 +180,8 @@ impl RunningServer {
         self.shutdown.clone()
     }
 
-    /// Stops accepting, ends waiting pulls at once, lets running requests finish, and
-    /// returns when the server is down.
+    /// Stops accepting, ends waiting pulls at once, lets running requests and pushes finish
+    /// (each within the configured grace), and returns when the server is down.
     pub async fn shutdown(self) -> Result<(), Error> {
         self.shutdown.cancel();
         self.wait().await

@@ -10,4 +10,5 @@ mod load;
 mod lost_reply;
 mod scale_out;
 mod security;
+mod shutdown;
 mod slow_link;

@@ -1,0 +1,65 @@
+//! Stopping a server: a push outlives its request when the request is cancelled, and the
+//! server is down only once that push has committed or failed.
+
+#![allow(clippy::unwrap_used)] // helpers of tests: a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use storex_core::uuid::Uuid;
+use storex_log_http::{ClientOptions, HttpSharedLog};
+use storex_log_sql::SqlSharedLog;
+use storex_sync::{SharedEntry, SharedSyncLog};
+
+use crate::common::{config, Store, ADMIN};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_whose_request_timed_out_commits_before_the_server_is_down() {
+    let store = Store::sqlite();
+    let mut settings = config(&store);
+    settings.max_wait = Duration::from_millis(100);
+    settings.request_timeout = Duration::from_millis(300);
+    settings.shutdown_grace = Duration::from_secs(5);
+    let server = storex_log_http::SyncServer::start(settings).await.unwrap();
+    let options = ClientOptions {
+        retries: 0,
+        ..ClientOptions::default()
+    };
+    let client = HttpSharedLog::with_options(&server.url(), options).unwrap();
+    let user = client.create_user(ADMIN, "ann").await.unwrap();
+    let writer = client.create_device(&user.token).await.unwrap();
+    let reader = client.create_device(&user.token).await.unwrap();
+
+    // Another connection holds the database's write lock, so the push waits for it until its
+    // request times out.
+    let direct = SqlSharedLog::connect(&store.url).await.unwrap();
+    let lock = direct.begin().await.unwrap();
+    let entry = SharedEntry {
+        id: Uuid::now_v7(),
+        device: writer,
+        topic: "notes".into(),
+        payload: b"kept".to_vec(),
+    };
+    client
+        .push(writer, vec![entry.clone()])
+        .await
+        .expect_err("the request timed out while its push waited for the lock");
+
+    // The server stops while that push still waits: it is not down yet.
+    let stopping = tokio::spawn(server.shutdown());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the server was down while a push still ran"
+    );
+    lock.rollback().await.unwrap();
+    stopping.await.unwrap().unwrap();
+
+    // Down: the push committed before.
+    let pulled = direct.pull(reader, 0, 10, None).await.unwrap();
+    let ids: Vec<Uuid> = pulled.entries.iter().map(|p| p.entry.id).collect();
+    assert_eq!(
+        ids,
+        [entry.id],
+        "the push committed before the server was down"
+    );
+}
