@@ -503,7 +503,9 @@ async fn run(
     let stop_grace = options.stop_grace.min(MAX_WAIT);
     // A debounce of `MAX_WAIT` or more is "never": local writes do not trigger syncs.
     let debounce = (options.debounce < MAX_WAIT).then_some(options.debounce.max(MIN_WAIT));
-    let max_backoff = bounded(options.max_backoff);
+    // As `with_backoff` keeps them: the fields are public, and backon would clamp every
+    // delay after the first down to a maximum below the minimum.
+    let max_backoff = bounded(options.max_backoff.max(options.min_backoff));
     let backoff_builder = ExponentialBuilder::default()
         .with_min_delay(bounded(options.min_backoff))
         .with_max_delay(max_backoff)

@@ -517,8 +517,9 @@ impl SyncedStorage {
         self.sync.device().device()
     }
 
-    /// How many rows that existed before sync were logged when this storage was opened
-    /// (only the first open logs any).
+    /// How many rows that existed before sync were logged when this storage was opened: on
+    /// the first open, those of every synced collection; on a later one, those of the
+    /// collections that joined sync since (an app update that syncs one more), usually none.
     pub fn existing_rows_logged(&self) -> u64 {
         self.existing_rows_logged
     }

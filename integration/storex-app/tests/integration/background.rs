@@ -229,6 +229,34 @@ async fn a_sync_asked_for_during_a_long_debounce_runs_at_once() {
 }
 
 #[tokio::test]
+async fn a_minimum_backoff_set_above_the_maximum_is_kept_for_every_retry() {
+    let flaky = Arc::new(FlakySharedLog::new(Arc::new(MemorySharedLog::new())));
+    // The fields set directly, past `with_backoff`'s ordering of them.
+    let mut options = fast();
+    options.min_backoff = Duration::from_millis(60);
+    options.max_backoff = Duration::from_millis(20);
+    let a = app(flaky.clone(), options).await;
+    let mut events = a.background.subscribe();
+    flaky.set_down(true);
+    a.write("written during the outage").await;
+    let mut delays = Vec::new();
+    while delays.len() < 3 {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("a failure within 10 s")
+            .expect("events");
+        if let SyncEvent::Failed { retry_in, .. } = event {
+            delays.push(retry_in);
+        }
+    }
+    assert!(
+        delays.iter().all(|d| *d >= Duration::from_millis(60)),
+        "a retry came sooner than the minimum backoff: {delays:?}"
+    );
+    a.background.stop().await;
+}
+
+#[tokio::test]
 async fn an_outage_is_retried_with_backoff_and_caught_up() {
     let flaky = Arc::new(FlakySharedLog::new(Arc::new(MemorySharedLog::new())));
     let log: Arc<dyn SharedSyncLog> = flaky.clone();
