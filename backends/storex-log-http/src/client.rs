@@ -316,17 +316,26 @@ impl HttpSharedLog {
             .remove(&device);
     }
 
-    /// `entries` cut into requests within the entry and byte limits.
-    fn chunks(&self, entries: Vec<SharedEntry>) -> Vec<Vec<SharedEntry>> {
+    /// The most bytes a push request carries: the request limit, or less if that would take
+    /// longer than [`SLOW_PUSH`] at the slowest rate the link may have.
+    fn push_budget(&self) -> usize {
         let in_time = self
             .options
             .min_bytes_per_second
             .saturating_mul(SLOW_PUSH.as_secs());
-        let max_bytes = self
-            .options
+        self.options
             .max_request_bytes
-            .min(usize::try_from(in_time).unwrap_or(usize::MAX));
-        split_into_pushes(entries, self.options.max_push_entries, max_bytes, wire_size)
+            .min(usize::try_from(in_time).unwrap_or(usize::MAX))
+    }
+
+    /// `entries` cut into requests within the entry and byte limits.
+    fn chunks(&self, entries: Vec<SharedEntry>) -> Vec<Vec<SharedEntry>> {
+        split_into_pushes(
+            entries,
+            self.options.max_push_entries,
+            self.push_budget(),
+            wire_size,
+        )
     }
 
     fn token_of(&self, device: DeviceId) -> SharedResult<String> {
@@ -1001,7 +1010,10 @@ impl SharedSyncLog for HttpSharedLog {
             // Requests bounded by count and bytes; one the server refuses as too large, or
             // that times out, is split in halves and sent again (a proxy may allow less than
             // we were told, a link may be slower than the slowest we were told of); one of
-            // several entries that times out is not retried as it is first.
+            // several entries that times out is not retried as it is first. One entry alone is
+            // retried after a timeout, unless it is beyond what the slowest link carries in
+            // time: sent again as slowly, it would only time out again (the next sync tries).
+            let budget = self.push_budget();
             let mut pending: Vec<Vec<SharedEntry>> = self.chunks(entries);
             pending.reverse();
             let mut last = 0;
@@ -1017,7 +1029,7 @@ impl SharedSyncLog for HttpSharedLog {
                         Some(&body),
                         (Duration::ZERO, 0),
                         Caller::Device(device),
-                        chunk.len() == 1,
+                        matches!(chunk.as_slice(), [alone] if wire_size(alone) <= budget),
                     )
                     .await
                     .and_then(|reply| decode_reply::<PushResponse>(&reply));

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use storex_core::uuid::Uuid;
-use storex_log_http::{ClientOptions, HttpSharedLog, RunningServer};
+use storex_log_http::{ClientOptions, HttpSharedLog, RunningServer, SyncServer};
 use storex_sync::{DeviceId, SharedEntry, SharedSyncLog};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::common::{proxy, start, Store, ADMIN};
+use crate::common::{config, proxy, start, Store, ADMIN};
 
 /// A TCP proxy on 127.0.0.1 to `target` that forwards at most `rate` bytes a second each way,
 /// counting in `sent` the bytes it forwards from the client.
@@ -79,6 +79,11 @@ impl SlowLink {
     async fn new(options: ClientOptions) -> Self {
         let store = Store::sqlite();
         let server = start(&store).await;
+        Self::on(server, store, options).await
+    }
+
+    /// The same, on a server of `store` already started.
+    async fn on(server: RunningServer, store: Store, options: ClientOptions) -> Self {
         let sent = Arc::new(AtomicUsize::new(0));
         let proxy = throttled_proxy(server.local_addr(), 200_000, sent.clone()).await;
         let client = HttpSharedLog::with_options(&format!("http://{proxy}"), options).unwrap();
@@ -180,6 +185,43 @@ async fn a_push_that_times_out_on_a_link_slower_than_told_goes_in_halves() {
     direct.add_device(b, slow.device_token(b).unwrap());
     let pulled = direct.pull(b, 0, 100, None).await.unwrap();
     assert_eq!(pulled.entries.len(), 12, "each once");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_entry_beyond_what_the_slowest_link_carries_in_time_is_not_sent_again_after_a_timeout()
+{
+    // The server answers 408 after 0.4 s; the entry takes 1 s at the link's speed, and more
+    // than the client's budget (30 s at 1 kB/s: 30 kB) at the slowest it was told of.
+    let store = Store::sqlite();
+    let mut settings = config(&store);
+    settings.max_wait = Duration::from_millis(100);
+    settings.request_timeout = Duration::from_millis(400);
+    let server = SyncServer::start(settings).await.unwrap();
+    let SlowLink {
+        server,
+        client: slow,
+        a,
+        sent,
+        _store,
+        ..
+    } = SlowLink::on(
+        server,
+        store,
+        ClientOptions {
+            min_bytes_per_second: 1_000,
+            ..ClientOptions::default()
+        },
+    )
+    .await;
+    let before = sent.load(Ordering::Relaxed);
+    slow.push(a, vec![entry(a, 150_000)])
+        .await
+        .expect_err("the server times the request out");
+    // One try is about 0.4 s of the link (80 kB and what the buffers took); sent again 6 times
+    // (the default retries) it took about 560 kB.
+    let pushed = sent.load(Ordering::Relaxed) - before;
+    assert!(pushed < 250_000, "{pushed} bytes sent for one try");
     server.shutdown().await.unwrap();
 }
 
