@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub rate_limit: Option<RateLimit>,
     /// Requests per client IP address, counted before authentication, so a flood of made-up
     /// tokens cannot reach the database (default 2,000/s, bursts of 4,000); none: unlimited.
+    /// An IPv6 client counts by its /64 network, the least one host is given, so that it
+    /// cannot get a fresh budget from each of its addresses.
     /// Behind a reverse proxy every client has the proxy's address: raise it or turn it off.
     pub ip_rate_limit: Option<RateLimit>,
     /// Longest a request may take before the server answers 408 (default 60 s; a long poll
@@ -107,7 +109,7 @@ impl ServerConfig {
         self
     }
 
-    /// Sets the request rate limit per client IP address (none: unlimited).
+    /// Sets the request rate limit per client IP address, IPv6 per /64 (none: unlimited).
     pub fn ip_rate_limit(mut self, limit: Option<RateLimit>) -> Self {
         self.ip_rate_limit = limit;
         self

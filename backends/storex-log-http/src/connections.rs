@@ -35,8 +35,9 @@ pub(crate) struct ConnectionLimits {
 }
 
 /// Accepts connections on `listener` and serves `app` on each until `shutdown` is
-/// cancelled; then stops accepting, asks every connection to close after its request in
-/// flight, and returns once all have closed.
+/// cancelled; then closes the listener (new clients are refused at once, and fail over to
+/// another instance), asks every connection to close after its request in flight, and
+/// returns once all have closed.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
@@ -76,6 +77,8 @@ pub(crate) async fn serve(
         // Ended connections leave the set as they end, not only at shutdown.
         while connections.try_join_next().is_some() {}
     }
+    // Open, the listener would go on completing handshakes of clients nobody answers.
+    drop(listener);
     while connections.join_next().await.is_some() {}
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! revoked tokens get 401.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,7 +130,7 @@ impl Limiter {
     /// Counts one request from `ip`, before authentication.
     fn check_ip(&self, ip: Option<IpAddr>) -> Result<(), ApiError> {
         match (&self.per_ip, ip) {
-            (Some(limiter), Some(ip)) => limiter.check_key(&ip).map_err(refused),
+            (Some(limiter), Some(ip)) => limiter.check_key(&client_network(ip)).map_err(refused),
             _ => Ok(()),
         }
     }
@@ -153,6 +153,18 @@ impl Limiter {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
+    }
+}
+
+/// What the per-IP limit counts a client by: an IPv4 address (mapped into IPv6 or not) as
+/// it is, an IPv6 address by its /64 network, since one host may use any address of it.
+fn client_network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        },
     }
 }
 
@@ -657,5 +669,29 @@ async fn metrics(_: WithinIpLimit, State(state): State<Shared>) -> Response {
         )
             .into_response(),
         Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ip_limit_counts_an_ipv6_client_by_its_64_network() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            client_network(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            client_network(ip("2001:db8:1:2::1")),
+            client_network(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            client_network(ip("2001:db8:1:2::1")),
+            client_network(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(client_network(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(client_network(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
     }
 }

@@ -125,8 +125,7 @@ impl SyncServer {
         let grace = state.config.shutdown_grace;
         let pushes = state.pushes.clone();
         let serve = tokio::spawn(async move {
-            let serving = connections::serve(listener, app, limits, stop);
-            tokio::pin!(serving);
+            let mut serving = Box::pin(connections::serve(listener, app, limits, stop));
             let result = tokio::select! {
                 result = &mut serving => result,
                 // Once asked to stop, requests in flight get `grace` to finish.
@@ -135,6 +134,8 @@ impl SyncServer {
                     tokio::time::sleep(grace).await;
                 } => Ok(()),
             };
+            // Connections still open after the grace are cut (and the listener closed).
+            drop(serving);
             maintenance.abort();
             // A push outlives its request when the request is cancelled (its client gone,
             // or cut off by the grace): the server is down once such pushes committed or

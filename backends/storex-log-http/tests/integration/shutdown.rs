@@ -1,5 +1,6 @@
-//! Stopping a server: a push outlives its request when the request is cancelled, and the
-//! server is down only once that push has committed or failed.
+//! Stopping a server: new connections are refused at once while requests in flight finish;
+//! a push outlives its request when the request is cancelled, and the server is down only
+//! once that push has committed or failed.
 
 #![allow(clippy::unwrap_used)] // helpers of tests: a failed unwrap is a failed test
 
@@ -62,4 +63,39 @@ async fn a_push_whose_request_timed_out_commits_before_the_server_is_down() {
         [entry.id],
         "the push committed before the server was down"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_server_refuses_new_connections_while_a_request_finishes() {
+    let store = Store::sqlite();
+    let server = crate::common::start(&store).await;
+    let address = server.local_addr();
+    let client = HttpSharedLog::new(&server.url()).unwrap();
+    let user = client.create_user(ADMIN, "ann").await.unwrap();
+    let writer = client.create_device(&user.token).await.unwrap();
+
+    // A push in flight, waiting for the write lock another connection holds.
+    let direct = SqlSharedLog::connect(&store.url).await.unwrap();
+    let lock = direct.begin().await.unwrap();
+    let entry = SharedEntry {
+        id: Uuid::now_v7(),
+        device: writer,
+        topic: "notes".into(),
+        payload: b"in flight".to_vec(),
+    };
+    let pushing = tokio::spawn(async move { client.push(writer, vec![entry]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = tokio::spawn(server.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stopping.is_finished(), "the push in flight is waited for");
+    tokio::net::TcpStream::connect(address)
+        .await
+        .expect_err("a new connection to a stopping server is refused");
+
+    lock.rollback().await.unwrap();
+    pushing
+        .await
+        .unwrap()
+        .expect("the push in flight is answered");
+    stopping.await.unwrap().unwrap();
 }
