@@ -978,3 +978,72 @@ async fn connections_past_the_limit_wait_until_one_closes() {
     drop(held);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waits_for_its_share_of_the_body_bytes_in_flight() {
+    let store = Store::sqlite();
+    let mut settings = config(&store);
+    settings.max_body_bytes = 1024 * 1024;
+    settings.max_body_bytes_in_flight = 1024 * 1024;
+    let server = SyncServer::start(settings).await.unwrap();
+    let log = HttpSharedLog::new(&server.url()).unwrap();
+    let user = log.create_user(ADMIN, "ann").await.unwrap();
+    let (writer, reader) = (
+        log.create_device(&user.token).await.unwrap(),
+        log.create_device(&user.token).await.unwrap(),
+    );
+    let reader_token = log.device_token(reader).unwrap();
+
+    // A push of about 930 kB holds its share while it waits for the write lock that another
+    // connection holds.
+    let direct = storex_log_sql::SqlSharedLog::connect(&store.url)
+        .await
+        .unwrap();
+    let lock = direct.begin().await.unwrap();
+    let entry = SharedEntry {
+        id: Uuid::now_v7(),
+        device: writer,
+        topic: "notes".into(),
+        payload: vec![7; 700_000],
+    };
+    let pushing = tokio::spawn(async move { log.push(writer, vec![entry]).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    // A pull whose body (padded with JSON whitespace) announces 600 kB more waits for it.
+    let body = format!("{{\"after\":0,\"limit\":10}}{}", " ".repeat(600_000));
+    let pull = reqwest::Client::new()
+        .post(format!("{}/v1/pull", server.url()))
+        .bearer_auth(&reader_token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send();
+    tokio::pin!(pull);
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), &mut pull)
+            .await
+            .is_err(),
+        "the pull went in beside the push"
+    );
+    lock.rollback().await.unwrap();
+    let pulled = pull.await.unwrap();
+    assert_eq!(pulled.status(), StatusCode::OK);
+    pushing.await.unwrap().unwrap();
+    server.shutdown().await.unwrap();
+}
+
+#[test]
+fn a_body_budget_below_the_largest_body_is_refused() {
+    let store = Store::sqlite();
+    let mut settings = config(&store);
+    settings.max_body_bytes_in_flight = settings.max_body_bytes - 1;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    match runtime.block_on(SyncServer::start(settings)) {
+        Err(storex_log_http::Error::Config { problem }) => {
+            assert!(problem.contains("max_body_bytes_in_flight"), "{problem}")
+        }
+        other => panic!("started with a budget below the largest body: {other:?}"),
+    }
+}
