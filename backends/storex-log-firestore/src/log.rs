@@ -112,6 +112,8 @@ fn refusal_of(e: &FirestoreError) -> Option<SharedLogError> {
         "Unauthenticated" | "PermissionDenied" => Some(SharedLogError::Unauthorized {
             problem: format!("Firestore refused the credentials: {e}"),
         }),
+        // An index deployed and still being built: it will serve the query in a while.
+        "FailedPrecondition" if index_building(e) => None,
         // FailedPrecondition outside a commit: typically a composite index that the
         // project lacks (see docs/firestore.md).
         "InvalidArgument" | "FailedPrecondition" | "OutOfRange" | "Unimplemented" => {
@@ -121,6 +123,12 @@ fn refusal_of(e: &FirestoreError) -> Option<SharedLogError> {
         }
         _ => None,
     }
+}
+
+/// Whether Firestore refused a query because the index it needs is still being built (as it
+/// is for minutes or hours after being deployed).
+fn index_building(e: &FirestoreError) -> bool {
+    matches!(e, FirestoreError::DatabaseError(db) if db.details.contains("index is currently building"))
 }
 
 /// A precondition failed: the document changed, or an entry exists already.
@@ -438,7 +446,19 @@ impl FirestoreSharedLog {
             Err(Failure::Log(SharedLogError::UnknownDevice { .. })) => false,
             Err(e) => return Err(e),
         };
-        let known = self.user_doc(&self.db, key).await?.is_some();
+        let mut known = self.user_doc(&self.db, key).await?.is_some();
+        if !known && (registered || self.user_has_data(user, key).await?) {
+            // The first registration of the user, committed since the read above, or a user
+            // document lost (deleted by hand, a partial restore) while its devices or entries
+            // remain: made again at cursor 0, it would hand out the cursors those entries hold.
+            known = self.user_doc(&self.db, key).await?.is_some();
+            if !known {
+                return Err(Failure::Log(corrupt(format!(
+                    "user document {key} is missing while the user has devices or entries \
+                     (restore it from a backup)"
+                ))));
+            }
+        }
         if known && registered {
             return Ok(()); // registered before: it keeps its position
         }
@@ -479,6 +499,36 @@ impl FirestoreSharedLog {
             Ok(())
         })
         .await
+    }
+
+    /// Whether `user` has a device or an entry stored.
+    async fn user_has_data(&self, user: &str, key: &str) -> Result<bool, Failure> {
+        let devices: Vec<DeviceDoc> = self
+            .db
+            .fluent()
+            .select()
+            .from(self.devices.as_str())
+            .filter(|q| q.field(field::USER).eq(user))
+            .limit(1)
+            .obj::<DeviceDoc>()
+            .query()
+            .await?;
+        if !devices.is_empty() {
+            return Ok(true);
+        }
+        let parent = self.entries_parent(key)?;
+        let entries: Vec<ProjectedEntry> = self
+            .db
+            .fluent()
+            .select()
+            .fields([field::CURSOR])
+            .from(ENTRIES)
+            .parent(&parent)
+            .limit(1)
+            .obj::<ProjectedEntry>()
+            .query()
+            .await?;
+        Ok(!entries.is_empty())
     }
 
     /// Stores the entries of `chunk` not stored yet in one commit with the counter update;
@@ -1037,6 +1087,25 @@ mod tests {
             Some(SharedLogError::Unauthorized { .. })
         ));
         assert!(refusal_of(&database_error("Unavailable", "status: Unavailable")).is_none());
+    }
+
+    #[test]
+    fn an_index_still_building_may_pass_and_a_missing_one_is_refused() {
+        let building = database_error(
+            "FailedPrecondition",
+            "status: FailedPrecondition, message: \"The query requires an index. That index is \
+             currently building and cannot be used yet. See its status here: …\"",
+        );
+        assert!(refusal_of(&building).is_none());
+        let missing = database_error(
+            "FailedPrecondition",
+            "status: FailedPrecondition, message: \"The query requires an index. You can create \
+             it here: …\"",
+        );
+        assert!(matches!(
+            refusal_of(&missing),
+            Some(SharedLogError::Invalid { .. })
+        ));
     }
 
     fn entry(payload: usize) -> SharedEntry {

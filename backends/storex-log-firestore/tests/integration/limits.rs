@@ -402,3 +402,33 @@ async fn a_document_that_does_not_read_is_passed_over_and_named() {
     let own = log.pull(a, 0, 10, None).await.expect("pull");
     assert_eq!(cursors(&own), (vec![], vec![2]));
 }
+
+#[tokio::test]
+async fn a_lost_user_document_is_named_not_made_again_at_cursor_zero() {
+    let Some(project) = common::emulator_project() else {
+        return;
+    };
+    let (log, a, _b) = log_with_two_devices(&project).await;
+    log.push(a, vec![entry(a, "note", vec![1])])
+        .await
+        .expect("push");
+    log.db()
+        .fluent()
+        .delete()
+        .from(format!("{}users", log.collection_prefix()).as_str())
+        .document_id("ann")
+        .execute()
+        .await
+        .expect("delete the user document");
+
+    // Registering again (as after a lost reply) or a new device does not hand out cursor 1
+    // again: the damage is named.
+    for device in [a, DeviceId::random()] {
+        match log.register_device("ann", device).await {
+            Err(SharedLogError::Unavailable { source, .. }) => {
+                assert!(source.to_string().contains("missing"), "{source}")
+            }
+            other => panic!("a user document lost under its entries was not named: {other:?}"),
+        }
+    }
+}
