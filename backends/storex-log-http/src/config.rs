@@ -23,12 +23,6 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// Largest request body (default 8 MiB).
     pub max_body_bytes: usize,
-    /// Most request-body bytes all requests together may hold at once (default 256 MiB, at
-    /// least `max_body_bytes`): a request whose announced body would go beyond waits, within
-    /// its `request_timeout`, for others to end. A body announced without a length counts as
-    /// `max_body_bytes`. Bounds what callers with valid tokens (devices of any user) can make
-    /// the server hold by sending many large pushes at once.
-    pub max_body_bytes_in_flight: usize,
     /// Most entries one push may carry (default 1,000).
     pub max_push_entries: usize,
     /// Most entries one pull returns (default 1,000).
@@ -75,7 +69,6 @@ impl ServerConfig {
             database_url: database_url.into(),
             admin_token: None,
             max_body_bytes: 8 * 1024 * 1024,
-            max_body_bytes_in_flight: 256 * 1024 * 1024,
             max_push_entries: 1_000,
             max_pull_entries: 1_000,
             max_wait: Duration::from_secs(30),
@@ -134,13 +127,6 @@ impl ServerConfig {
             return Err(format!(
                 "max_body_bytes is {}, below the 1 KiB a push needs",
                 self.max_body_bytes
-            ));
-        }
-        if self.max_body_bytes_in_flight < self.max_body_bytes {
-            return Err(format!(
-                "max_body_bytes_in_flight ({}) is below max_body_bytes ({}): a request of the \
-                 largest size could never be taken",
-                self.max_body_bytes_in_flight, self.max_body_bytes
             ));
         }
         if self.max_push_entries == 0 || self.max_pull_entries == 0 {

@@ -13,7 +13,6 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::HttpBody;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -28,7 +27,6 @@ use storex_log_sql::{LogStats, SqlSharedLog};
 use storex_sync::{
     device_of_another_user, DeviceId, Pull, PulledEntry, SharedEntry, SharedLogError, SharedSyncLog,
 };
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -63,8 +61,6 @@ pub(crate) struct AppState {
     pub(crate) shutdown: CancellationToken,
     /// Pushes running in tasks of their own, which the server waits for when it stops.
     pub(crate) pushes: TaskTracker,
-    /// `config.max_body_bytes_in_flight`, in KiB, shared out to requests by their bodies.
-    pub(crate) body_budget: Semaphore,
     pub(crate) config: ServerConfig,
     /// Whether the database answered `/health`'s last ping.
     pub(crate) health: Recent<Result<(), String>>,
@@ -187,33 +183,6 @@ pub(crate) fn router(state: Shared) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-}
-
-/// The share of the body budget that `bytes` of body take, in KiB (rounded up).
-pub(crate) fn kib(bytes: usize) -> u32 {
-    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
-}
-
-/// Holds a request's share of `max_body_bytes_in_flight` (its announced body, or the largest
-/// body when it announces none) while it runs; a request waits for its share (within its
-/// timeout) when others hold the rest.
-pub(crate) async fn within_body_budget(
-    State(state): State<Shared>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let largest = state.config.max_body_bytes;
-    let announced = HttpBody::size_hint(request.body())
-        .upper()
-        .map_or(largest, |n| {
-            usize::try_from(n).unwrap_or(usize::MAX).min(largest)
-        });
-    let _share = match kib(announced) {
-        0 => None,
-        // The semaphore is never closed: acquiring fails only if it were.
-        share => state.body_budget.acquire_many(share).await.ok(),
-    };
-    next.run(request).await
 }
 
 /// Counts every answer by status (outside the request timeout, so 408s count too).

@@ -33,7 +33,6 @@ use axum::http::StatusCode;
 use storex_log_sql::SqlSharedLog;
 use storex_sync::SharedSyncLog;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -102,16 +101,11 @@ impl SyncServer {
             metrics: Metrics::default(),
             shutdown: shutdown.clone(),
             pushes: TaskTracker::new(),
-            body_budget: Semaphore::new(routes::kib(config.max_body_bytes_in_flight) as usize),
             config,
             health: Default::default(),
             stats: Default::default(),
         });
         let app = routes::router(state.clone())
-            .layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                routes::within_body_budget,
-            ))
             .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,

@@ -23,10 +23,6 @@ pub(crate) struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "STOREX_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     max_body_bytes: usize,
-    /// Most request-body bytes all requests may hold at once (at least --max-body-bytes);
-    /// a request beyond waits for others to end.
-    #[arg(long, env = "STOREX_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 256 * 1024 * 1024)]
-    max_body_bytes_in_flight: usize,
     /// Most entries one push may carry.
     #[arg(long, env = "STOREX_MAX_PUSH_ENTRIES", default_value_t = 1000)]
     max_push_entries: usize,
@@ -52,7 +48,6 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
     let mut config = ServerConfig::new(&args.database_url).listen(args.listen);
     config.admin_token = args.admin_token;
     config.max_body_bytes = args.max_body_bytes;
-    config.max_body_bytes_in_flight = args.max_body_bytes_in_flight;
     config.max_push_entries = args.max_push_entries;
     config.rate_limit = (args.rate_limit > 0).then(|| RateLimit {
         per_second: args.rate_limit,
