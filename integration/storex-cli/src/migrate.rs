@@ -189,9 +189,9 @@ pub(crate) async fn send(db: &Path, transport: Transport) -> Result<()> {
 }
 
 /// Sends `device` to the first receiver that connects on `listen` and gives `code`. The
-/// snapshot is taken once that receiver is connected, so it carries what was written while
-/// the sender waited; it stays open while the connection is down: a receiver that reconnects
-/// within `reconnect` resumes after the last batch it applied.
+/// snapshot is taken first, so that a receiver that connects gets the offer at once; it stays
+/// open while the connection is down: a receiver that reconnects within `reconnect` resumes
+/// after the last batch it applied.
 async fn send_over_tcp(
     device: &SyncDevice,
     listen: &str,
@@ -204,7 +204,14 @@ async fn send_over_tcp(
         .with_context(|| format!("listening on {listen}"))?;
     let bar = progress_bar();
     let options = notes.with_offer(options(&bar));
-    let address = listener.local_addr()?;
+    let mut sender = SnapshotSender::open(device, options).await?;
+    let address = match listener.local_addr() {
+        Ok(address) => address,
+        Err(e) => {
+            let _ = sender.close().await;
+            return Err(e.into());
+        }
+    };
     if address.ip().is_unspecified() {
         // Not an address to connect to: the receiver needs one of this machine's own.
         say!(
@@ -223,13 +230,6 @@ async fn send_over_tcp(
         );
     }
     let mut channel = migrate_code::accept(&listener, code).await;
-    let mut sender = match SnapshotSender::open_for(device, &mut channel, options).await {
-        Ok(sender) => sender,
-        Err(e) => {
-            close(&mut channel).await;
-            return Err(e.into());
-        }
-    };
     let report = loop {
         let sent = sender.send(&mut channel).await;
         close(&mut channel).await;

@@ -179,32 +179,6 @@ async fn a_database_of_50k_rows_moves_between_two_processes() {
 }
 
 #[tokio::test]
-async fn a_write_made_while_the_sender_waits_moves_too() {
-    let (_dir, old_path, new_path) = old_database(1).await;
-    let (sender, sender_out, address) = start_sender(&old_path);
-    // The old device's app goes on writing after `send` started, before the receiver came.
-    storage(&old_path)
-        .await
-        .execute(Operation::create(
-            "item",
-            object! { "id" => 1_000_000i64, "name" => "written while waiting" },
-        ))
-        .await
-        .expect("a write while the sender waits");
-
-    let receiver = receive_from(address, &new_path, "0").await;
-    let (rest, sent) = sender_end(sender, sender_out).await;
-    assert!(
-        receiver.status.success() && sent.status.success(),
-        "receiver: {}\nsender: {}",
-        String::from_utf8_lossy(&receiver.stderr),
-        String::from_utf8_lossy(&sent.stderr)
-    );
-    assert!(rest.contains("sent 1001 objects"), "{rest}");
-    assert_same_rows(&old_path, &new_path, &["item"]).await;
-}
-
-#[tokio::test]
 async fn only_a_receiver_that_gives_the_printed_code_gets_the_database() {
     let (_dir, old_path, new_path) = old_database(1).await;
     let (sender, mut out, address) = spawn_sender(
