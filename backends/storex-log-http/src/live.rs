@@ -1,6 +1,6 @@
 //! [`LiveUpdates`]: wakes long-polling pulls of a user when one of its devices pushed.
 //!
-//! One `watch` channel per user carries the last cursor this instance has heard of. A
+//! One `watch` channel per user carries the greatest cursor this instance has heard of. A
 //! waiting pull subscribes before it reads the log, so a push landing between its read and its
 //! wait still wakes it. A channel is only a hint to look again: the pull re-reads the log,
 //! which stays the single source of truth. Losing this state (a restart) loses nothing.
@@ -70,14 +70,13 @@ impl LiveUpdates {
         self.with_sender(user, watch::Sender::subscribe)
     }
 
-    /// `user`'s log now reaches `cursor`: wakes its waiting pulls, unless that cursor was the
-    /// last heard of (the same push told twice). A lower one wakes them too: notifications of
-    /// two instances may cross, and a log restored from a backup hands out lower cursors
-    /// again; an extra look at the log costs less than pulls left to wait out their time.
+    /// `user`'s log now reaches `cursor`: wakes its waiting pulls, unless a cursor as great
+    /// was heard of already (an instance hears its own notifications back from PostgreSQL,
+    /// and a lower cursor arriving late reveals nothing the greater one did not).
     pub(crate) fn notify(&self, user: &str, cursor: u64) {
         self.with_sender(user, |sender| {
             sender.send_if_modified(|seen| {
-                if cursor != *seen {
+                if cursor > *seen {
                     *seen = cursor;
                     true
                 } else {
@@ -120,11 +119,11 @@ mod tests {
             .unwrap();
         assert_eq!(*ann.borrow(), 3);
         assert!(!bob.has_changed().unwrap());
-        // The same cursor again wakes nobody; a lower one (a log restored from a backup) does.
+        // The same cursor again, or an older one, wakes nobody.
         live.notify("ann", 3);
         assert!(!ann.has_changed().unwrap());
         live.notify("ann", 2);
-        assert!(ann.has_changed().unwrap());
+        assert!(!ann.has_changed().unwrap());
         drop((ann, bob));
         live.forget_idle();
         assert!(live.users.lock().unwrap().is_empty());

@@ -18,17 +18,22 @@ async fn a_push_whose_request_timed_out_commits_before_the_server_is_down() {
     let store = Store::sqlite();
     let mut settings = config(&store);
     settings.max_wait = Duration::from_millis(100);
-    settings.request_timeout = Duration::from_millis(300);
+    // Time enough for the request to reach its handler on a loaded machine.
+    settings.request_timeout = Duration::from_secs(1);
     settings.shutdown_grace = Duration::from_secs(5);
     let server = storex_log_http::SyncServer::start(settings).await.unwrap();
     let options = ClientOptions {
         retries: 0,
         ..ClientOptions::default()
     };
+    // Set up through a client that retries (a slow commit on a loaded machine may meet the
+    // short request timeout); the push goes through one that does not.
+    let setup = HttpSharedLog::new(&server.url()).unwrap();
+    let user = setup.create_user(ADMIN, "ann").await.unwrap();
+    let writer = setup.create_device(&user.token).await.unwrap();
+    let reader = setup.create_device(&user.token).await.unwrap();
     let client = HttpSharedLog::with_options(&server.url(), options).unwrap();
-    let user = client.create_user(ADMIN, "ann").await.unwrap();
-    let writer = client.create_device(&user.token).await.unwrap();
-    let reader = client.create_device(&user.token).await.unwrap();
+    client.add_device(writer, &setup.device_token(writer).unwrap());
 
     // Another connection holds the database's write lock, so the push waits for it until its
     // request times out.
@@ -84,9 +89,11 @@ async fn a_stopping_server_refuses_new_connections_while_a_request_finishes() {
         payload: b"in flight".to_vec(),
     };
     let pushing = tokio::spawn(async move { client.push(writer, vec![entry]).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Time enough for the push to reach the server on a loaded machine (the lock is held
+    // well within the server's 10 s busy timeout).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let stopping = tokio::spawn(server.shutdown());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!stopping.is_finished(), "the push in flight is waited for");
     tokio::net::TcpStream::connect(address)
         .await
