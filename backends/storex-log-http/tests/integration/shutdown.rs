@@ -33,7 +33,7 @@ async fn a_push_whose_request_timed_out_commits_before_the_server_is_down() {
     let writer = setup.create_device(&user.token).await.unwrap();
     let reader = setup.create_device(&user.token).await.unwrap();
     let client = HttpSharedLog::with_options(&server.url(), options).unwrap();
-    client.add_device(writer, &setup.device_token(writer).unwrap());
+    client.add_device(writer, setup.device_token(writer).unwrap());
 
     // Another connection holds the database's write lock, so the push waits for it until its
     // request times out.
