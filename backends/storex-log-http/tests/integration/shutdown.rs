@@ -6,12 +6,31 @@
 
 use std::time::Duration;
 
+use sea_orm::DatabaseTransaction;
 use storex_core::uuid::Uuid;
 use storex_log_http::{ClientOptions, HttpSharedLog};
 use storex_log_sql::SqlSharedLog;
-use storex_sync::{SharedEntry, SharedSyncLog};
+use storex_sync::{DeviceId, SharedEntry, SharedSyncLog};
 
 use crate::common::{config, Store, ADMIN};
+
+/// The server's database opened beside it, with its write lock held (a push waits for it
+/// until the transaction ends, well within the server's 10 s busy timeout), and an entry of
+/// `device` to push.
+async fn locked(
+    store: &Store,
+    device: DeviceId,
+) -> (SqlSharedLog, DatabaseTransaction, SharedEntry) {
+    let direct = SqlSharedLog::connect(&store.url).await.unwrap();
+    let lock = direct.begin().await.unwrap();
+    let entry = SharedEntry {
+        id: Uuid::now_v7(),
+        device,
+        topic: "notes".into(),
+        payload: b"pushed while the lock is held".to_vec(),
+    };
+    (direct, lock, entry)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_whose_request_timed_out_commits_before_the_server_is_down() {
@@ -35,16 +54,8 @@ async fn a_push_whose_request_timed_out_commits_before_the_server_is_down() {
     let client = HttpSharedLog::with_options(&server.url(), options).unwrap();
     client.add_device(writer, setup.device_token(writer).unwrap());
 
-    // Another connection holds the database's write lock, so the push waits for it until its
-    // request times out.
-    let direct = SqlSharedLog::connect(&store.url).await.unwrap();
-    let lock = direct.begin().await.unwrap();
-    let entry = SharedEntry {
-        id: Uuid::now_v7(),
-        device: writer,
-        topic: "notes".into(),
-        payload: b"kept".to_vec(),
-    };
+    // The push waits for the write lock until its request times out.
+    let (direct, lock, entry) = locked(&store, writer).await;
     client
         .push(writer, vec![entry.clone()])
         .await
@@ -79,15 +90,8 @@ async fn a_stopping_server_refuses_new_connections_while_a_request_finishes() {
     let user = client.create_user(ADMIN, "ann").await.unwrap();
     let writer = client.create_device(&user.token).await.unwrap();
 
-    // A push in flight, waiting for the write lock another connection holds.
-    let direct = SqlSharedLog::connect(&store.url).await.unwrap();
-    let lock = direct.begin().await.unwrap();
-    let entry = SharedEntry {
-        id: Uuid::now_v7(),
-        device: writer,
-        topic: "notes".into(),
-        payload: b"in flight".to_vec(),
-    };
+    // A push in flight, waiting for the write lock.
+    let (_direct, lock, entry) = locked(&store, writer).await;
     let pushing = tokio::spawn(async move { client.push(writer, vec![entry]).await });
     // Time enough for the push to reach the server on a loaded machine (the lock is held
     // well within the server's 10 s busy timeout).
