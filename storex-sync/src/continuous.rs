@@ -6,9 +6,10 @@
 //! Whatever fails in between, nothing is lost or applied twice: a push whose reply is lost
 //! is sent again and the shared log ignores the ids it has; a page whose transaction did not
 //! commit is pulled again from the stored cursor, and entries already integrated are
-//! recognised by id. An entry too large for a push, or a pulled payload that does not decode
-//! (wrong key, tampering), is reported and does not block the others; the undecodable ones
-//! are kept in a quarantine collection.
+//! recognised by id. An entry too large for a push, one the shared log refuses alone
+//! ([`SharedLogError::EntryRefused`]), or a pulled payload that does not decode (wrong key,
+//! tampering), is reported and does not block the others; the first two stay unshared for the
+//! next sync, the undecodable ones are kept in a quarantine collection.
 //!
 //! A device that changes its subscription (the collections it pulls) pulls again from the
 //! start of the shared log at its next sync, so added collections bring their history (if
@@ -820,20 +821,58 @@ impl ContinuousSync {
         })
     }
 
-    /// Pushes one chunk; returns the ids stored remotely.
+    /// Pushes one chunk; returns the ids stored remotely. An entry the log refuses alone
+    /// ([`SharedLogError::EntryRefused`]) is reported and stays unshared, for the next sync
+    /// to try again; the entries the log gave back unsent are pushed on.
     async fn push_chunk(
         &self,
         me: crate::hlc::DeviceId,
-        chunk: Vec<SharedEntry>,
+        mut chunk: Vec<SharedEntry>,
         report: &mut SyncReport,
     ) -> Result<Vec<Uuid>> {
-        if chunk.is_empty() {
-            return Ok(Vec::new());
+        let mut stored = Vec::new();
+        while !chunk.is_empty() {
+            let ids: Vec<_> = chunk.iter().map(|e| e.id).collect();
+            match self.shared.push(me, chunk).await {
+                Ok(_) => {
+                    stored.extend(ids);
+                    break;
+                }
+                Err(SharedLogError::EntryRefused {
+                    id,
+                    problem,
+                    unsent,
+                }) => {
+                    let unsent_ids: HashSet<Uuid> = unsent.iter().map(|e| e.id).collect();
+                    // Each round gives back less than it was given, or it is not a refusal
+                    // of one entry of those: then it fails the push, as any other error.
+                    if !ids.contains(&id) || unsent_ids.contains(&id) || unsent.len() >= ids.len() {
+                        return Err(SharedLogError::Invalid {
+                            problem: format!(
+                                "the shared log refused entry {id}, which is not one of the \
+                                 push's {} (or gave back {} of them unsent): {problem}",
+                                ids.len(),
+                                unsent.len()
+                            ),
+                        }
+                        .into());
+                    }
+                    stored.extend(
+                        ids.into_iter()
+                            .filter(|i| *i != id && !unsent_ids.contains(i)),
+                    );
+                    report.problems.push(format!(
+                        "entry {id} was not pushed, and the next sync tries it again: {problem}"
+                    ));
+                    chunk = unsent;
+                }
+                // Entries stored by a round before are pushed again by the next sync (the
+                // log recognises their ids).
+                Err(e) => return Err(e.into()),
+            }
         }
-        let ids: Vec<_> = chunk.iter().map(|e| e.id).collect();
-        self.shared.push(me, chunk).await?;
-        report.pushed += ids.len() as u64;
-        Ok(ids)
+        report.pushed += stored.len() as u64;
+        Ok(stored)
     }
 
     /// Whether a fast-sync copy into this device has begun and not finished (then it is

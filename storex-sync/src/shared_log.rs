@@ -190,6 +190,20 @@ pub enum SharedLogError {
         /// What is wrong.
         problem: String,
     },
+    /// The log refused one entry of a push, and only that one: too large for a proxy on the
+    /// way, say, or for what the link carries in time. The entries of the push not in
+    /// `unsent`, other than `id`, were stored. The sync engine reports it, leaves the entry
+    /// unshared (the next sync tries it again) and goes on with the others, so one entry
+    /// does not hold back the rest of a device's changes, or its pulls.
+    #[error("the shared log refused entry {id}: {problem}")]
+    EntryRefused {
+        /// The refused entry.
+        id: Uuid,
+        /// Why.
+        problem: String,
+        /// The entries of the push that were not sent (after the refused one), given back.
+        unsent: Vec<SharedEntry>,
+    },
     /// The shared log could not be reached or failed; retrying later may work.
     #[error("shared log `{log}` is unavailable")]
     Unavailable {
@@ -281,7 +295,9 @@ pub trait SharedSyncLog: Send + Sync + fmt::Debug + 'static {
     /// returns the greatest cursor assigned (0 when nothing was new). Ids are remembered
     /// while their entries are kept: an entry pushed again after a compaction dropped it is
     /// stored again. (Continuous sync does not: a compaction needs the pushing device's ack
-    /// too, and it acks only what it pulled past, after a push that succeeded.)
+    /// too, and it acks only what it pulled past, after a push that succeeded.) A log that
+    /// cannot store one entry but can store the others may answer
+    /// [`SharedLogError::EntryRefused`], giving back what it did not send.
     fn push(&self, device: DeviceId, entries: Vec<SharedEntry>)
         -> BoxFuture<'_, SharedResult<u64>>;
 

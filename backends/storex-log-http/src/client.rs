@@ -82,6 +82,16 @@ fn too_large(error: &SharedLogError) -> bool {
     matches!(error, SharedLogError::Invalid { problem } if problem.starts_with("HTTP 413"))
 }
 
+/// The refusal of `entry`, sent alone, with `pending` (the requests not sent yet, the next
+/// last) given back.
+fn refused(entry: &SharedEntry, pending: Vec<Vec<SharedEntry>>, problem: String) -> SharedLogError {
+    SharedLogError::EntryRefused {
+        id: entry.id,
+        problem,
+        unsent: pending.into_iter().rev().flatten().collect(),
+    }
+}
+
 /// Timeouts, retries and batch sizes of an [`HttpSharedLog`].
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -1012,7 +1022,10 @@ impl SharedSyncLog for HttpSharedLog {
             // we were told, a link may be slower than the slowest we were told of); one of
             // several entries that times out is not retried as it is first. One entry alone is
             // retried after a timeout, unless it is beyond what the slowest link carries in
-            // time: sent again as slowly, it would only time out again (the next sync tries).
+            // time: sent again as slowly, it would only time out again. One entry alone that is
+            // too large, or beyond that budget and timed out, is refused alone
+            // (`EntryRefused`, with the entries after it given back): the sync engine pushes
+            // the others and the next sync tries it again.
             let budget = self.push_budget();
             let mut pending: Vec<Vec<SharedEntry>> = self.chunks(entries);
             pending.reverse();
@@ -1042,7 +1055,31 @@ impl SharedSyncLog for HttpSharedLog {
                         pending.push(second);
                         pending.push(first);
                     }
-                    Err(error) => return Err(error),
+                    Err(error) => match chunk.as_slice() {
+                        [alone] if too_large(&error) => {
+                            return Err(refused(
+                                alone,
+                                pending,
+                                format!(
+                                    "{error}: a proxy on the way may allow less than the server \
+                                 (see `ClientOptions::max_request_bytes`)"
+                                ),
+                            ))
+                        }
+                        [alone] if timed_out(&error) && wire_size(alone) > budget => {
+                            return Err(refused(
+                                alone,
+                                pending,
+                                format!(
+                                "it timed out ({error}); at the slowest rate the link may have \
+                                 ({} bytes a second) it takes longer than {} s",
+                                self.options.min_bytes_per_second,
+                                SLOW_PUSH.as_secs()
+                            ),
+                            ))
+                        }
+                        _ => return Err(error),
+                    },
                 }
             }
             Ok(last)

@@ -100,12 +100,18 @@ async fn a_log_restored_from_a_backup_is_pulled_again_not_skipped() {
 
 /// A memory shared log that, when a push arrives, first has the pushing device's log indexed
 /// (another reader of the log getting there while the push travels), or, once told to, fails
-/// every push after the first.
+/// every push after the first, or refuses entries larger than a limit one by one (storing
+/// those before, giving back those after), as a proxy with a body limit does to an HTTP
+/// client.
 #[derive(Debug, Default)]
 struct IndexingOnPush {
     inner: MemorySharedLog,
     pusher: std::sync::OnceLock<storex_sync::ClientSyncLog>,
     fail_after_one: std::sync::atomic::AtomicBool,
+    /// Payloads larger than this are refused (0: none is).
+    refuse_larger_than: std::sync::atomic::AtomicUsize,
+    /// Set: every push is answered with the refusal of an entry it does not hold.
+    refuse_a_stranger: std::sync::atomic::AtomicBool,
     pushes: std::sync::atomic::AtomicUsize,
     /// The most entries one push carried.
     largest_push: std::sync::atomic::AtomicUsize,
@@ -151,6 +157,28 @@ impl SharedSyncLog for IndexingOnPush {
             }
             if let Some(log) = self.pusher.get() {
                 log.index_journal().await.expect("indexed meanwhile");
+            }
+            if self.refuse_a_stranger.load(Ordering::SeqCst) {
+                return Err(storex_sync::SharedLogError::EntryRefused {
+                    id: storex_core::uuid::Uuid::now_v7(),
+                    problem: "a confused log".into(),
+                    unsent: entries,
+                });
+            }
+            let limit = self.refuse_larger_than.load(Ordering::SeqCst);
+            let mut entries = entries;
+            if let Some(at) = (limit > 0)
+                .then(|| entries.iter().position(|e| e.payload.len() > limit))
+                .flatten()
+            {
+                let unsent = entries.split_off(at + 1);
+                let refused = entries.pop().expect("the entry at `at`");
+                self.inner.push(device, entries).await?;
+                return Err(storex_sync::SharedLogError::EntryRefused {
+                    id: refused.id,
+                    problem: format!("HTTP 413: larger than {limit} bytes"),
+                    unsent,
+                });
             }
             self.inner.push(device, entries).await
         }
@@ -275,6 +303,65 @@ async fn what_a_push_stored_before_a_later_one_failed_is_settled_and_the_rest_wa
     devices.sync(b).await;
     assert_eq!(devices.count(b).await, 20);
     devices.assert_converged(&[a, b]).await;
+}
+
+#[tokio::test]
+async fn an_entry_the_log_refuses_alone_waits_unshared_while_the_others_push_and_pull() {
+    use std::sync::atomic::Ordering;
+    let shared = Arc::new(IndexingOnPush::default());
+    let mut devices = storex_test::devices::Devices::new(shared.clone()).await;
+    let a = devices.add().await;
+    let b = devices.add().await;
+    devices.note(b, "from-b", "v").await;
+    devices.sync(b).await;
+    // One refused entry among log rows a reader indexed, one among the journal's records.
+    let big = "x".repeat(5_000);
+    devices.note(a, "small-1", "v").await;
+    devices.note(a, "big-1", &big).await;
+    let log = devices.device(a).log().clone();
+    assert_eq!(log.unshared_count().await.expect("count"), 2);
+    devices.note(a, "big-2", &big).await;
+    devices.note(a, "small-2", "v").await;
+    shared.refuse_larger_than.store(1_000, Ordering::SeqCst);
+    let report = devices.sync(a).await;
+    assert_eq!(report.pushed, 2, "{report:?}");
+    let refused: Vec<_> = report
+        .problems
+        .iter()
+        .filter(|p| p.contains("was not pushed") && p.contains("HTTP 413"))
+        .collect();
+    assert_eq!(refused.len(), 2, "{report:?}");
+    // The sync went on to pull.
+    assert_eq!(devices.count(a).await, 5);
+    assert_eq!(log.unshared_count().await.expect("count"), 2);
+    devices.sync(b).await;
+    assert_eq!(devices.count(b).await, 3);
+    // Once the log takes them, the next sync pushes them.
+    shared.refuse_larger_than.store(0, Ordering::SeqCst);
+    let report = devices.sync(a).await;
+    assert_eq!(report.pushed, 2, "{report:?}");
+    assert!(report.problems.is_empty(), "{report:?}");
+    devices.sync(b).await;
+    assert_eq!(devices.count(b).await, 5);
+    devices.assert_converged(&[a, b]).await;
+}
+
+#[tokio::test]
+async fn a_refusal_of_an_entry_the_push_did_not_hold_fails_the_push_instead_of_looping() {
+    use std::sync::atomic::Ordering;
+    let shared = Arc::new(IndexingOnPush::default());
+    let mut devices = storex_test::devices::Devices::new(shared.clone()).await;
+    let a = devices.add().await;
+    devices.note(a, "note", "v").await;
+    shared.refuse_a_stranger.store(true, Ordering::SeqCst);
+    let failed = devices.try_sync(a).await.expect_err("a confused log");
+    assert!(
+        format!("{failed:?}").contains("not one of the push's 1"),
+        "{failed:?}"
+    );
+    assert_eq!(shared.pushes.load(Ordering::SeqCst), 1);
+    shared.refuse_a_stranger.store(false, Ordering::SeqCst);
+    assert_eq!(devices.sync(a).await.pushed, 1);
 }
 
 #[tokio::test]

@@ -788,10 +788,9 @@ async fn made_up_tokens_are_limited_per_address_before_the_database() {
 }
 
 #[tokio::test]
-async fn a_push_too_big_for_the_server_is_split_and_an_entry_too_big_for_the_client_is_reported() {
+async fn a_push_too_big_for_the_server_is_split_and_an_entry_too_big_for_it_is_reported_alone() {
     use std::sync::Arc;
     use storex_log_http::ClientOptions;
-    use storex_sync::{ContinuousOptions, ContinuousSync, SyncDevice, SyncOptions};
 
     let store = Store::sqlite();
     let mut config = config(&store);
@@ -820,8 +819,32 @@ async fn a_push_too_big_for_the_server_is_split_and_an_entry_too_big_for_the_cli
         )
         .unwrap(),
     );
-    let bob = small.create_user(ADMIN, "bob").await.unwrap();
-    let id = small.create_device(&bob.token).await.unwrap();
+    let report = sync_three_notes_of_a_new_user(small, "bob").await;
+    assert_eq!(report.pushed, 2, "{report:?}");
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    assert!(report.problems[0].contains("bytes"), "{report:?}");
+    // A client not told: the server refuses that entry alone (413), and the others go.
+    let report = sync_three_notes_of_a_new_user(Arc::new(log), "cid").await;
+    assert_eq!(report.pushed, 2, "{report:?}");
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    assert!(
+        report.problems[0].contains("was not pushed") && report.problems[0].contains("HTTP 413"),
+        "{report:?}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// A device of a new user `name` through `log`, with notes of 100 B, 100 kB and 100 B; what
+/// its first sync did.
+async fn sync_three_notes_of_a_new_user(
+    log: std::sync::Arc<HttpSharedLog>,
+    name: &str,
+) -> storex_sync::SyncReport {
+    use std::sync::Arc;
+    use storex_sync::{ContinuousOptions, ContinuousSync, SyncDevice, SyncOptions};
+
+    let user = log.create_user(ADMIN, name).await.unwrap();
+    let id = log.create_device(&user.token).await.unwrap();
     let device = SyncDevice::open(
         storex_test::devices::registry(),
         Arc::new(storex_core::MemoryBackend::new()),
@@ -840,12 +863,8 @@ async fn a_push_too_big_for_the_server_is_split_and_an_entry_too_big_for_the_cli
             .await
             .unwrap();
     }
-    let sync = ContinuousSync::new(device, small, ContinuousOptions::default());
-    let report = sync.sync_once().await.expect("sync");
-    assert_eq!(report.pushed, 2, "{report:?}");
-    assert_eq!(report.problems.len(), 1, "{report:?}");
-    assert!(report.problems[0].contains("bytes"), "{report:?}");
-    server.shutdown().await.unwrap();
+    let sync = ContinuousSync::new(device, log, ContinuousOptions::default());
+    sync.sync_once().await.expect("sync")
 }
 
 #[tokio::test]

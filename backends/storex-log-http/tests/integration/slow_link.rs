@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use storex_core::uuid::Uuid;
 use storex_log_http::{ClientOptions, HttpSharedLog, RunningServer, SyncServer};
-use storex_sync::{DeviceId, SharedEntry, SharedSyncLog};
+use storex_sync::{DeviceId, SharedEntry, SharedLogError, SharedSyncLog};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -189,8 +189,7 @@ async fn a_push_that_times_out_on_a_link_slower_than_told_goes_in_halves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_entry_beyond_what_the_slowest_link_carries_in_time_is_not_sent_again_after_a_timeout()
-{
+async fn one_entry_beyond_what_the_slowest_link_carries_in_time_is_refused_alone_after_a_timeout() {
     // The server answers 408 after 0.4 s; the entry takes 1 s at the link's speed, and more
     // than the client's budget (30 s at 1 kB/s: 30 kB) at the slowest it was told of.
     let store = Store::sqlite();
@@ -202,9 +201,9 @@ async fn one_entry_beyond_what_the_slowest_link_carries_in_time_is_not_sent_agai
         server,
         client: slow,
         a,
+        b,
         sent,
         _store,
-        ..
     } = SlowLink::on(
         server,
         store,
@@ -215,13 +214,31 @@ async fn one_entry_beyond_what_the_slowest_link_carries_in_time_is_not_sent_agai
     )
     .await;
     let before = sent.load(Ordering::Relaxed);
-    slow.push(a, vec![entry(a, 150_000)])
+    let (first, large, last) = (entry(a, 100), entry(a, 150_000), entry(a, 100));
+    let (large_id, last_id) = (large.id, last.id);
+    let refused = slow
+        .push(a, vec![first, large, last])
         .await
         .expect_err("the server times the request out");
     // One try is about 0.4 s of the link (80 kB and what the buffers took); sent again 6 times
     // (the default retries) it took 620 kB when measured.
     let pushed = sent.load(Ordering::Relaxed) - before;
     assert!(pushed < 250_000, "{pushed} bytes sent for one try");
+    // Refused alone: the entry before it was stored, the one after it given back unsent.
+    match refused {
+        SharedLogError::EntryRefused {
+            id,
+            problem,
+            unsent,
+        } => {
+            assert_eq!(id, large_id, "{problem}");
+            assert!(problem.contains("1000 bytes a second"), "{problem}");
+            assert_eq!(unsent.iter().map(|e| e.id).collect::<Vec<_>>(), [last_id]);
+        }
+        other => panic!("not refused alone: {other}"),
+    }
+    let pulled = slow.pull(b, 0, 100, None).await.unwrap();
+    assert_eq!(pulled.entries.len(), 1, "the entry before");
     server.shutdown().await.unwrap();
 }
 
