@@ -29,7 +29,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use reqwest::{Method, StatusCode};
@@ -61,6 +61,12 @@ fn wire_size(entry: &SharedEntry) -> usize {
 
 /// How long a push may take at [`ClientOptions::min_bytes_per_second`].
 pub const SLOW_PUSH: Duration = Duration::from_secs(30);
+
+/// After an entry larger than a push carries in [`SLOW_PUSH`] at the slowest rate timed out,
+/// other such entries are refused without being sent for this long: the link was too slow
+/// for them a moment ago, and each try costs a request timeout of upload while the device's
+/// other entries, and its pulls, wait.
+pub const SLOW_LINK_PAUSE: Duration = Duration::from_secs(120);
 
 /// True when a request timed out on the way, here or at the server (408): smaller ones may
 /// not. (Not a connection that timed out: a smaller request meets the same.)
@@ -178,6 +184,8 @@ pub struct HttpSharedLog {
     registering: Mutex<HashMap<DeviceId, String>>,
     /// The server refused a pull's `max_bytes` (a server from before it): pulls go without.
     no_max_bytes: AtomicBool,
+    /// When an entry beyond the push budget last timed out (see [`SLOW_LINK_PAUSE`]).
+    large_entry_timed_out: Mutex<Option<Instant>>,
 }
 
 /// Device tokens are secrets: only their devices are shown.
@@ -274,6 +282,7 @@ impl HttpSharedLog {
             tokens: Mutex::new(HashMap::new()),
             registering: Mutex::new(HashMap::new()),
             no_max_bytes: AtomicBool::new(false),
+            large_entry_timed_out: Mutex::new(None),
         })
     }
 
@@ -336,6 +345,19 @@ impl HttpSharedLog {
         self.options
             .max_request_bytes
             .min(usize::try_from(in_time).unwrap_or(usize::MAX))
+    }
+
+    /// How long ago an entry beyond the push budget timed out, if `entry` is beyond it too and
+    /// that was less than [`SLOW_LINK_PAUSE`] ago.
+    fn large_entry_timed_out_ago(&self, entry: &SharedEntry, budget: usize) -> Option<Duration> {
+        if wire_size(entry) <= budget {
+            return None;
+        }
+        let at = (*self
+            .large_entry_timed_out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))?;
+        Some(at.elapsed()).filter(|ago| *ago < SLOW_LINK_PAUSE)
     }
 
     /// `entries` cut into requests within the entry and byte limits.
@@ -1031,6 +1053,20 @@ impl SharedSyncLog for HttpSharedLog {
             pending.reverse();
             let mut last = 0;
             while let Some(chunk) = pending.pop() {
+                if let [alone] = chunk.as_slice() {
+                    if let Some(ago) = self.large_entry_timed_out_ago(alone, budget) {
+                        return Err(refused(
+                            alone,
+                            pending,
+                            format!(
+                                "an entry larger than {budget} bytes timed out on this link {} s \
+                             ago: such entries are sent again once {} s have passed",
+                                ago.as_secs(),
+                                SLOW_LINK_PAUSE.as_secs()
+                            ),
+                        ));
+                    }
+                }
                 let body = PushRequest {
                     entries: chunk.iter().map(WireEntry::from_entry).collect(),
                 };
@@ -1067,6 +1103,10 @@ impl SharedSyncLog for HttpSharedLog {
                             ))
                         }
                         [alone] if timed_out(&error) && wire_size(alone) > budget => {
+                            *self
+                                .large_entry_timed_out
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
                             return Err(refused(
                                 alone,
                                 pending,
@@ -1076,7 +1116,7 @@ impl SharedSyncLog for HttpSharedLog {
                                 self.options.min_bytes_per_second,
                                 SLOW_PUSH.as_secs()
                             ),
-                            ))
+                            ));
                         }
                         _ => return Err(error),
                     },

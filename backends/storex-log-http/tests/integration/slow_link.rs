@@ -239,6 +239,26 @@ async fn one_entry_beyond_what_the_slowest_link_carries_in_time_is_refused_alone
     }
     let pulled = slow.pull(b, 0, 100, None).await.unwrap();
     assert_eq!(pulled.entries.len(), 1, "the entry before");
+    // Another such entry, for a while, is refused without being sent; a small one goes.
+    let before = sent.load(Ordering::Relaxed);
+    let (another, small) = (entry(a, 150_000), entry(a, 100));
+    let another_id = another.id;
+    match slow.push(a, vec![another, small]).await {
+        Err(SharedLogError::EntryRefused {
+            id,
+            problem,
+            unsent,
+        }) => {
+            assert_eq!(id, another_id, "{problem}");
+            assert!(problem.contains("timed out on this link"), "{problem}");
+            slow.push(a, unsent).await.expect("the small one goes");
+        }
+        other => panic!("not refused alone: {other:?}"),
+    }
+    let pushed = sent.load(Ordering::Relaxed) - before;
+    assert!(pushed < 5_000, "{pushed} bytes sent for the small entry");
+    let pulled = slow.pull(b, 0, 100, None).await.unwrap();
+    assert_eq!(pulled.entries.len(), 2);
     server.shutdown().await.unwrap();
 }
 
