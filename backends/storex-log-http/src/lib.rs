@@ -53,7 +53,7 @@ mod routes;
 mod server;
 mod token;
 
-pub use client::{ClientOptions, HttpSharedLog, SLOW_PUSH};
+pub use client::{ClientOptions, HttpSharedLog, SLOW_LINK_PAUSE, SLOW_PUSH};
 pub use config::{RateLimit, ServerConfig};
 pub use error::Error;
 pub use server::{RunningServer, SyncServer};
