@@ -206,8 +206,8 @@ pub struct SyncReport {
     /// Entries of this device's client log compacted into its versions index at the end of
     /// the sync (see [`ContinuousOptions::compact_per_sync`]).
     pub compacted: u64,
-    /// Problems that did not stop the sync (an entry too large, a payload that did not
-    /// decode, an entry the shared log could not read back, a journal record, an unshared
+    /// Problems that did not stop the sync (an entry too large, one the shared log refused,
+    /// a payload that did not decode, an entry the shared log could not read back, a journal record, an unshared
     /// log row or a held one that does not read).
     pub problems: Vec<String>,
     /// The shared-log cursor after the sync.
@@ -843,14 +843,21 @@ impl ContinuousSync {
                     problem,
                     unsent,
                 }) => {
+                    let given: HashSet<Uuid> = ids.iter().copied().collect();
                     let unsent_ids: HashSet<Uuid> = unsent.iter().map(|e| e.id).collect();
-                    // Each round gives back less than it was given, or it is not a refusal
-                    // of one entry of those: then it fails the push, as any other error.
-                    if !ids.contains(&id) || unsent_ids.contains(&id) || unsent.len() >= ids.len() {
+                    // The refused entry is one of the push, and what came back unsent is
+                    // others of it, each once (so each round gives back less than it was
+                    // given); else it fails the push, as any other error.
+                    if !given.contains(&id)
+                        || unsent_ids.contains(&id)
+                        || unsent_ids.len() != unsent.len()
+                        || !unsent_ids.is_subset(&given)
+                    {
                         return Err(SharedLogError::Invalid {
                             problem: format!(
                                 "the shared log refused entry {id}, which is not one of the \
-                                 push's {} (or gave back {} of them unsent): {problem}",
+                                 push's {} (or gave back {} entries unsent that are not the \
+                                 others of it): {problem}",
                                 ids.len(),
                                 unsent.len()
                             ),
@@ -862,7 +869,8 @@ impl ContinuousSync {
                             .filter(|i| *i != id && !unsent_ids.contains(i)),
                     );
                     report.problems.push(format!(
-                        "entry {id} was not pushed, and the next sync tries it again: {problem}"
+                        "entry {id} was refused by the shared log; it stays unshared, and a \
+                         later sync tries it again: {problem}"
                     ));
                     chunk = unsent;
                 }

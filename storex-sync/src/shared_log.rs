@@ -30,7 +30,7 @@ use storex_core::{BoxError, BoxFuture};
 use crate::hlc::DeviceId;
 
 /// An entry as the shared log stores it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SharedEntry {
     /// The entry's id; pushing the same id again stores nothing.
     pub id: Uuid,
@@ -40,6 +40,19 @@ pub struct SharedEntry {
     pub topic: String,
     /// The serialized (possibly encrypted) entry.
     pub payload: Vec<u8>,
+}
+
+/// Shows the payload's size, not its bytes: they may be megabytes of the user's data, and
+/// errors that carry entries ([`SharedLogError::EntryRefused`]) end up in logs.
+impl fmt::Debug for SharedEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedEntry")
+            .field("id", &self.id)
+            .field("device", &self.device)
+            .field("topic", &self.topic)
+            .field("payload_bytes", &self.payload.len())
+            .finish()
+    }
 }
 
 /// Cuts `items` into pushes, in order, each of at most `max_items` items and at most
@@ -192,9 +205,11 @@ pub enum SharedLogError {
     },
     /// The log refused one entry of a push, and only that one: too large for a proxy on the
     /// way, say, or for what the link carries in time. The entries of the push not in
-    /// `unsent`, other than `id`, were stored. The sync engine reports it, leaves the entry
-    /// unshared (the next sync tries it again) and goes on with the others, so one entry
-    /// does not hold back the rest of a device's changes, or its pulls.
+    /// `unsent`, other than `id`, were stored. The refused entry may have been stored all
+    /// the same (a request that timed out); pushed again, it is recognised by its id while
+    /// the log keeps it. The sync engine reports it, leaves the entry unshared (a later sync
+    /// tries it again) and goes on with the others, so one entry does not hold back the rest
+    /// of a device's changes, or its pulls.
     #[error("the shared log refused entry {id}: {problem}")]
     EntryRefused {
         /// The refused entry.
@@ -294,9 +309,11 @@ pub trait SharedSyncLog: Send + Sync + fmt::Debug + 'static {
     /// Stores `entries` of `device` (all must name it), ignoring ids already stored, and
     /// returns the greatest cursor assigned (0 when nothing was new). Ids are remembered
     /// while their entries are kept: an entry pushed again after a compaction dropped it is
-    /// stored again. (Continuous sync does not: a compaction needs the pushing device's ack
-    /// too, and it acks only what it pulled past, after a push that succeeded.) A log that
-    /// cannot store one entry but can store the others may answer
+    /// stored again. (Continuous sync does so only for an entry refused after a timeout that
+    /// the log stored all the same: a compaction needs the pushing device's ack too, and it
+    /// acks only what it pulled past, after a push that succeeded or refused single entries.
+    /// Stored twice, the entry is downloaded twice, and recognised by the devices.) A log
+    /// that cannot store one entry but can store the others may answer
     /// [`SharedLogError::EntryRefused`], giving back what it did not send.
     fn push(&self, device: DeviceId, entries: Vec<SharedEntry>)
         -> BoxFuture<'_, SharedResult<u64>>;

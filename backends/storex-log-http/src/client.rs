@@ -59,6 +59,9 @@ fn wire_size(entry: &SharedEntry) -> usize {
     entry.payload.len().div_ceil(3) * 4 + entry.topic.len() + ENTRY_OVERHEAD
 }
 
+/// What a reply's body that did not come in time is called.
+const REST_OF_REPLY: &str = "the rest of the reply";
+
 /// How long a push may take at [`ClientOptions::min_bytes_per_second`].
 pub const SLOW_PUSH: Duration = Duration::from_secs(30);
 
@@ -83,9 +86,74 @@ fn timed_out(error: &SharedLogError) -> bool {
     }
 }
 
+/// True when a request timed out before an answer came, here or at the server (408): the
+/// server may have stored a push all the same, but did not say so. (Not one whose answer
+/// came and whose rest of the reply did not: that push was stored.)
+fn timed_out_before_an_answer(error: &SharedLogError) -> bool {
+    let rest_of_reply = match error {
+        SharedLogError::Unavailable { source, .. } => matches!(
+            source.downcast_ref::<Error>(),
+            Some(Error::TimedOut { waiting_for, .. }) if *waiting_for == REST_OF_REPLY
+        ),
+        _ => false,
+    };
+    timed_out(error) && !rest_of_reply
+}
+
 /// True when the server refused a request as too large (413).
 fn too_large(error: &SharedLogError) -> bool {
     matches!(error, SharedLogError::Invalid { problem } if problem.starts_with("HTTP 413"))
+}
+
+/// How long entries at least as large as one a server or proxy refused alone as too large
+/// (413) are refused without being sent: such limits change rarely, and each try may upload
+/// the whole entry again.
+const TOO_LARGE_PAUSE: Duration = Duration::from_secs(30 * 60);
+
+/// Single entries a push was refused for lately: the smallest refused as too large, and when;
+/// when one beyond the slow-link budget last timed out.
+#[derive(Debug, Default)]
+struct RecentRefusals {
+    too_large: Option<(usize, Instant)>,
+    slow_link: Option<Instant>,
+}
+
+impl RecentRefusals {
+    /// An entry of `size` bytes on the wire was refused alone as too large, `now`.
+    fn too_large(&mut self, size: usize, now: Instant) {
+        let smallest = match self.too_large_ago(now) {
+            Some((smallest, _)) => smallest.min(size),
+            None => size,
+        };
+        self.too_large = Some((smallest, now));
+    }
+
+    /// An entry beyond the slow-link budget timed out, `now`.
+    fn slow_link(&mut self, now: Instant) {
+        self.slow_link = Some(now);
+    }
+
+    /// The smallest size refused as too large within [`TOO_LARGE_PAUSE`] before `now`, and
+    /// how long before.
+    fn too_large_ago(&self, now: Instant) -> Option<(usize, Duration)> {
+        let (size, at) = self.too_large?;
+        let ago = now.saturating_duration_since(at);
+        (ago < TOO_LARGE_PAUSE).then_some((size, ago))
+    }
+
+    /// How long before `now` an entry beyond the slow-link budget timed out, within
+    /// [`SLOW_LINK_PAUSE`]. (Time the device spent suspended may not count.)
+    fn slow_link_ago(&self, now: Instant) -> Option<Duration> {
+        let ago = now.saturating_duration_since(self.slow_link?);
+        (ago < SLOW_LINK_PAUSE).then_some(ago)
+    }
+}
+
+/// Puts `chunk` back on `pending` (the next request last) as two halves, the first next.
+fn halve(mut chunk: Vec<SharedEntry>, pending: &mut Vec<Vec<SharedEntry>>) {
+    let second = chunk.split_off(chunk.len() / 2);
+    pending.push(second);
+    pending.push(chunk);
 }
 
 /// The refusal of `entry`, sent alone, with `pending` (the requests not sent yet, the next
@@ -184,8 +252,8 @@ pub struct HttpSharedLog {
     registering: Mutex<HashMap<DeviceId, String>>,
     /// The server refused a pull's `max_bytes` (a server from before it): pulls go without.
     no_max_bytes: AtomicBool,
-    /// When an entry beyond the push budget last timed out (see [`SLOW_LINK_PAUSE`]).
-    large_entry_timed_out: Mutex<Option<Instant>>,
+    /// Pushes of single entries refused lately, to refuse entries like them unsent.
+    refusals: Mutex<RecentRefusals>,
 }
 
 /// Device tokens are secrets: only their devices are shown.
@@ -282,7 +350,7 @@ impl HttpSharedLog {
             tokens: Mutex::new(HashMap::new()),
             registering: Mutex::new(HashMap::new()),
             no_max_bytes: AtomicBool::new(false),
-            large_entry_timed_out: Mutex::new(None),
+            refusals: Mutex::default(),
         })
     }
 
@@ -347,17 +415,32 @@ impl HttpSharedLog {
             .min(usize::try_from(in_time).unwrap_or(usize::MAX))
     }
 
-    /// How long ago an entry beyond the push budget timed out, if `entry` is beyond it too and
-    /// that was less than [`SLOW_LINK_PAUSE`] ago.
-    fn large_entry_timed_out_ago(&self, entry: &SharedEntry, budget: usize) -> Option<Duration> {
-        if wire_size(entry) <= budget {
-            return None;
+    /// Why `entry` would be refused, if an entry like it was refused lately (see
+    /// [`RecentRefusals`]).
+    fn known_refusal(&self, entry: &SharedEntry, budget: usize) -> Option<String> {
+        let size = wire_size(entry);
+        let refusals = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if let Some((smallest, ago)) = refusals.too_large_ago(now) {
+            if size >= smallest {
+                return Some(format!(
+                    "an entry of {smallest} bytes in a request was refused as too large (HTTP \
+                     413) {} s ago, and this one has {size}: such entries are sent again once \
+                     {} s have passed (see `ClientOptions::max_request_bytes`)",
+                    ago.as_secs(),
+                    TOO_LARGE_PAUSE.as_secs()
+                ));
+            }
         }
-        let at = (*self
-            .large_entry_timed_out
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner))?;
-        Some(at.elapsed()).filter(|ago| *ago < SLOW_LINK_PAUSE)
+        match refusals.slow_link_ago(now) {
+            Some(ago) if size > budget => Some(format!(
+                "an entry larger than {budget} bytes timed out on this link {} s ago: such \
+                 entries are sent again once {} s have passed",
+                ago.as_secs(),
+                SLOW_LINK_PAUSE.as_secs()
+            )),
+            _ => None,
+        }
     }
 
     /// `entries` cut into requests within the entry and byte limits.
@@ -741,12 +824,7 @@ impl HttpSharedLog {
             }),
             min_rate,
         ));
-        let read = within(
-            reply_within,
-            "the rest of the reply",
-            read_reply(response, limit),
-        )
-        .await?;
+        let read = within(reply_within, REST_OF_REPLY, read_reply(response, limit)).await?;
         let bytes = match read {
             Ok(bytes) => bytes,
             Err(ReplyError::Transport(e)) => {
@@ -1045,26 +1123,23 @@ impl SharedSyncLog for HttpSharedLog {
             // several entries that times out is not retried as it is first. One entry alone is
             // retried after a timeout, unless it is beyond what the slowest link carries in
             // time: sent again as slowly, it would only time out again. One entry alone that is
-            // too large, or beyond that budget and timed out, is refused alone
-            // (`EntryRefused`, with the entries after it given back): the sync engine pushes
-            // the others and the next sync tries it again.
+            // too large, or beyond that budget and timed out before an answer, is refused
+            // alone (`EntryRefused`, with the entries after it given back): the sync engine
+            // pushes the others and a later sync tries it again. For a while after such a
+            // refusal, entries like it are refused (or split off) without being sent.
             let budget = self.push_budget();
             let mut pending: Vec<Vec<SharedEntry>> = self.chunks(entries);
             pending.reverse();
             let mut last = 0;
             while let Some(chunk) = pending.pop() {
-                if let [alone] = chunk.as_slice() {
-                    if let Some(ago) = self.large_entry_timed_out_ago(alone, budget) {
-                        return Err(refused(
-                            alone,
-                            pending,
-                            format!(
-                                "an entry larger than {budget} bytes timed out on this link {} s \
-                             ago: such entries are sent again once {} s have passed",
-                                ago.as_secs(),
-                                SLOW_LINK_PAUSE.as_secs()
-                            ),
-                        ));
+                let known = chunk.iter().find_map(|e| self.known_refusal(e, budget));
+                if let Some(problem) = known {
+                    match chunk.as_slice() {
+                        [alone] => return Err(refused(alone, pending, problem)),
+                        _ => {
+                            halve(chunk, &mut pending);
+                            continue;
+                        }
                     }
                 }
                 let body = PushRequest {
@@ -1086,37 +1161,35 @@ impl SharedSyncLog for HttpSharedLog {
                     Ok(response) => last = last.max(response.cursor),
                     // Too large for a proxy, or too slow for the link: in halves.
                     Err(error) if (too_large(&error) || timed_out(&error)) && chunk.len() > 1 => {
-                        let mut first = chunk;
-                        let second = first.split_off(first.len() / 2);
-                        pending.push(second);
-                        pending.push(first);
+                        halve(chunk, &mut pending);
                     }
                     Err(error) => match chunk.as_slice() {
                         [alone] if too_large(&error) => {
-                            return Err(refused(
-                                alone,
-                                pending,
-                                format!(
-                                    "{error}: a proxy on the way may allow less than the server \
-                                 (see `ClientOptions::max_request_bytes`)"
-                                ),
-                            ))
-                        }
-                        [alone] if timed_out(&error) && wire_size(alone) > budget => {
-                            *self
-                                .large_entry_timed_out
+                            self.refusals
                                 .lock()
-                                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-                            return Err(refused(
-                                alone,
-                                pending,
-                                format!(
-                                "it timed out ({error}); at the slowest rate the link may have \
-                                 ({} bytes a second) it takes longer than {} s",
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .too_large(wire_size(alone), Instant::now());
+                            let problem = format!(
+                                "{error}: a proxy on the way may allow less than the server \
+                                 (see `ClientOptions::max_request_bytes`)"
+                            );
+                            return Err(refused(alone, pending, problem));
+                        }
+                        [alone]
+                            if timed_out_before_an_answer(&error) && wire_size(alone) > budget =>
+                        {
+                            self.refusals
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .slow_link(Instant::now());
+                            let problem = format!(
+                                "it timed out ({error}), and may have been stored all the same; \
+                                 at the slowest rate the link may have ({} bytes a second) it \
+                                 takes longer than {} s",
                                 self.options.min_bytes_per_second,
                                 SLOW_PUSH.as_secs()
-                            ),
-                            ));
+                            );
+                            return Err(refused(alone, pending, problem));
                         }
                         _ => return Err(error),
                     },
@@ -1165,5 +1238,47 @@ impl SharedSyncLog for HttpSharedLog {
                 .await?;
             Ok(response.dropped)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout(waiting_for: &'static str) -> SharedLogError {
+        unavailable(Error::TimedOut {
+            waiting_for,
+            after: Duration::from_secs(1),
+        })
+    }
+
+    #[test]
+    fn a_push_whose_answer_came_late_in_part_is_not_taken_for_one_unanswered() {
+        assert!(timed_out_before_an_answer(&timeout("an answer")));
+        assert!(timed_out(&timeout(REST_OF_REPLY)));
+        assert!(!timed_out_before_an_answer(&timeout(REST_OF_REPLY)));
+    }
+
+    #[test]
+    fn the_smallest_entry_refused_as_too_large_is_remembered_for_a_while() {
+        let start = Instant::now();
+        let later = |secs| start + Duration::from_secs(secs);
+        let mut refusals = RecentRefusals::default();
+        assert!(refusals.too_large_ago(start).is_none());
+        refusals.too_large(5_000, start);
+        refusals.too_large(9_000, later(10));
+        let remembered = refusals.too_large_ago(later(20));
+        assert_eq!(remembered, Some((5_000, Duration::from_secs(10))));
+        let forgotten = later(10) + TOO_LARGE_PAUSE;
+        assert!(refusals.too_large_ago(forgotten).is_none());
+        refusals.too_large(9_000, forgotten);
+        let remembered = refusals.too_large_ago(forgotten);
+        assert_eq!(remembered.map(|(size, _)| size), Some(9_000));
+        refusals.slow_link(start);
+        assert_eq!(
+            refusals.slow_link_ago(later(100)),
+            Some(Duration::from_secs(100))
+        );
+        assert!(refusals.slow_link_ago(start + SLOW_LINK_PAUSE).is_none());
     }
 }

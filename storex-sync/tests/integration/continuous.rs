@@ -328,7 +328,7 @@ async fn an_entry_the_log_refuses_alone_waits_unshared_while_the_others_push_and
     let refused: Vec<_> = report
         .problems
         .iter()
-        .filter(|p| p.contains("was not pushed") && p.contains("HTTP 413"))
+        .filter(|p| p.contains("was refused") && p.contains("HTTP 413"))
         .collect();
     assert_eq!(refused.len(), 2, "{report:?}");
     // The sync went on to pull.

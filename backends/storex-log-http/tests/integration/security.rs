@@ -819,27 +819,35 @@ async fn a_push_too_big_for_the_server_is_split_and_an_entry_too_big_for_it_is_r
         )
         .unwrap(),
     );
-    let report = sync_three_notes_of_a_new_user(small, "bob").await;
+    let (report, _) = sync_three_notes_of_a_new_user(small, "bob").await;
     assert_eq!(report.pushed, 2, "{report:?}");
     assert_eq!(report.problems.len(), 1, "{report:?}");
     assert!(report.problems[0].contains("bytes"), "{report:?}");
     // A client not told: the server refuses that entry alone (413), and the others go.
-    let report = sync_three_notes_of_a_new_user(Arc::new(log), "cid").await;
+    let (report, sync) = sync_three_notes_of_a_new_user(Arc::new(log), "cid").await;
     assert_eq!(report.pushed, 2, "{report:?}");
     assert_eq!(report.problems.len(), 1, "{report:?}");
     assert!(
-        report.problems[0].contains("was not pushed") && report.problems[0].contains("HTTP 413"),
+        report.problems[0].contains("was refused") && report.problems[0].contains("HTTP 413"),
+        "{report:?}"
+    );
+    // The next sync does not send it again for a while.
+    let report = sync.sync_once().await.expect("sync");
+    assert_eq!(report.pushed, 0, "{report:?}");
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    assert!(
+        report.problems[0].contains("s ago, and this one has"),
         "{report:?}"
     );
     server.shutdown().await.unwrap();
 }
 
 /// A device of a new user `name` through `log`, with notes of 100 B, 100 kB and 100 B; what
-/// its first sync did.
+/// its first sync did, and its sync.
 async fn sync_three_notes_of_a_new_user(
     log: std::sync::Arc<HttpSharedLog>,
     name: &str,
-) -> storex_sync::SyncReport {
+) -> (storex_sync::SyncReport, storex_sync::ContinuousSync) {
     use std::sync::Arc;
     use storex_sync::{ContinuousOptions, ContinuousSync, SyncDevice, SyncOptions};
 
@@ -864,7 +872,7 @@ async fn sync_three_notes_of_a_new_user(
             .unwrap();
     }
     let sync = ContinuousSync::new(device, log, ContinuousOptions::default());
-    sync.sync_once().await.expect("sync")
+    (sync.sync_once().await.expect("sync"), sync)
 }
 
 #[tokio::test]
