@@ -186,7 +186,9 @@ pub struct ClientOptions {
     /// split, and an entry that cannot fit alone is reported by the sync engine instead of
     /// pushed (see `SharedSyncLog::max_entry_bytes`). Default 8 MiB, the server's default
     /// limit; set it to the smallest body limit on the way (e.g. a proxy's 1 MiB). A push the
-    /// server still refuses as too large is split in halves and sent again.
+    /// server still refuses as too large is split in halves and sent again; an entry refused
+    /// alone is refused to the sync engine (`SharedLogError::EntryRefused`), and for 30
+    /// minutes entries at least as large are refused without being sent.
     pub max_request_bytes: usize,
     /// The slowest link the client must work over, in bytes per second: the wait for an
     /// answer grows by the time the request's body takes at this rate, and the wait for the
