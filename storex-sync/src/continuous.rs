@@ -207,8 +207,8 @@ pub struct SyncReport {
     /// the sync (see [`ContinuousOptions::compact_per_sync`]).
     pub compacted: u64,
     /// Problems that did not stop the sync (an entry too large, one the shared log refused,
-    /// a payload that did not decode, an entry the shared log could not read back, a journal record, an unshared
-    /// log row or a held one that does not read).
+    /// a payload that did not decode, an entry the shared log could not read back, a journal
+    /// record, an unshared log row or a held one that does not read).
     pub problems: Vec<String>,
     /// The shared-log cursor after the sync.
     pub cursor: u64,
@@ -760,10 +760,11 @@ impl ContinuousSync {
         report: &mut SyncReport,
     ) -> Result<()> {
         for chunk in self.push_chunks(entries, report) {
-            let ids = self.push_chunk(me, chunk, report).await?;
-            // Stored remotely: a crash before this line only means the next push sends them
-            // again.
+            let (ids, pushed) = self.push_chunk(me, chunk, report).await;
+            // Stored remotely (even if a part of the chunk then failed): a crash before this
+            // line only means the next push sends them again.
             self.device.log().mark_shared(&ids).await?;
+            pushed?;
         }
         Ok(())
     }
@@ -779,9 +780,10 @@ impl ContinuousSync {
     ) -> (HashSet<Uuid>, Result<()>) {
         let mut pushed = HashSet::new();
         for chunk in self.push_chunks(entries, report) {
-            match self.push_chunk(me, chunk, report).await {
-                Ok(ids) => pushed.extend(ids),
-                Err(e) => return (pushed, Err(e)),
+            let (ids, outcome) = self.push_chunk(me, chunk, report).await;
+            pushed.extend(ids);
+            if outcome.is_err() {
+                return (pushed, outcome);
             }
         }
         (pushed, Ok(()))
@@ -821,16 +823,17 @@ impl ContinuousSync {
         })
     }
 
-    /// Pushes one chunk; returns the ids stored remotely. An entry the log refuses alone
-    /// ([`SharedLogError::EntryRefused`]) is reported and stays unshared, for the next sync
-    /// to try again; the entries the log gave back unsent are pushed on.
+    /// Pushes one chunk; returns the ids stored remotely, and how the push ended. An entry the
+    /// log refuses alone ([`SharedLogError::EntryRefused`]) is reported and stays unshared,
+    /// for a later sync to try again; the entries the log gave back unsent are pushed on.
     async fn push_chunk(
         &self,
         me: crate::hlc::DeviceId,
         mut chunk: Vec<SharedEntry>,
         report: &mut SyncReport,
-    ) -> Result<Vec<Uuid>> {
+    ) -> (Vec<Uuid>, Result<()>) {
         let mut stored = Vec::new();
+        let mut outcome = Ok(());
         while !chunk.is_empty() {
             let ids: Vec<_> = chunk.iter().map(|e| e.id).collect();
             match self.shared.push(me, chunk).await {
@@ -853,7 +856,7 @@ impl ContinuousSync {
                         || unsent_ids.len() != unsent.len()
                         || !unsent_ids.is_subset(&given)
                     {
-                        return Err(SharedLogError::Invalid {
+                        outcome = Err(SharedLogError::Invalid {
                             problem: format!(
                                 "the shared log refused entry {id}, which is not one of the \
                                  push's {} (or gave back {} entries unsent that are not the \
@@ -863,6 +866,7 @@ impl ContinuousSync {
                             ),
                         }
                         .into());
+                        break;
                     }
                     stored.extend(
                         ids.into_iter()
@@ -874,13 +878,15 @@ impl ContinuousSync {
                     ));
                     chunk = unsent;
                 }
-                // Entries stored by a round before are pushed again by the next sync (the
-                // log recognises their ids).
-                Err(e) => return Err(e.into()),
+                // What rounds before stored is returned all the same.
+                Err(e) => {
+                    outcome = Err(e.into());
+                    break;
+                }
             }
         }
         report.pushed += stored.len() as u64;
-        Ok(stored)
+        (stored, outcome)
     }
 
     /// Whether a fast-sync copy into this device has begun and not finished (then it is

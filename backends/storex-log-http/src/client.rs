@@ -21,6 +21,15 @@
 //! broken proxy streaming on) fails the call as [`SharedLogError::Unavailable`] without a
 //! retry, so a phone does not download it again and again; the next sync asks again.
 //!
+//! Pushes: a push too large for the server (or a proxy), or too slow for the link, is split
+//! and sent again in parts. A single entry refused as too large (413), or larger than what
+//! [`SLOW_PUSH`] carries at the slowest rate and timed out before an answer, is refused alone
+//! ([`SharedLogError::EntryRefused`], with the entries after it given back), so the sync
+//! engine pushes the others. For a while after that (30 minutes for a 413,
+//! [`SLOW_LINK_PAUSE`] for a timeout), entries at least as large, or as far beyond that
+//! budget, are refused without being sent. That memory is the client's, whichever instance
+//! refused, and its clock may stand still while the device sleeps.
+//!
 //! Several instances: [`HttpSharedLog::with_servers`] takes the URLs of several instances of a
 //! scaled-out server. Calls go to one of them; after a connection failure, a timeout or a 5xx
 //! the next attempt goes to the next one, so a device whose instance died carries on against
@@ -149,9 +158,10 @@ impl RecentRefusals {
     }
 }
 
-/// Puts `chunk` back on `pending` (the next request last) as two halves, the first next.
-fn halve(mut chunk: Vec<SharedEntry>, pending: &mut Vec<Vec<SharedEntry>>) {
-    let second = chunk.split_off(chunk.len() / 2);
+/// Puts `chunk` back on `pending` (the next request last) in two parts cut at `at`, the first
+/// next.
+fn cut_back(mut chunk: Vec<SharedEntry>, at: usize, pending: &mut Vec<Vec<SharedEntry>>) {
+    let second = chunk.split_off(at);
     pending.push(second);
     pending.push(chunk);
 }
@@ -1134,15 +1144,21 @@ impl SharedSyncLog for HttpSharedLog {
             pending.reverse();
             let mut last = 0;
             while let Some(chunk) = pending.pop() {
-                let known = chunk.iter().find_map(|e| self.known_refusal(e, budget));
-                if let Some(problem) = known {
-                    match chunk.as_slice() {
-                        [alone] => return Err(refused(alone, pending, problem)),
-                        _ => {
-                            halve(chunk, &mut pending);
-                            continue;
-                        }
+                // An entry like one refused lately: the entries before it go on their own,
+                // then it is refused unsent.
+                let known = chunk
+                    .iter()
+                    .enumerate()
+                    .find_map(|(at, e)| Some((at, self.known_refusal(e, budget)?)));
+                if let Some((at, problem)) = known {
+                    let mut chunk = chunk;
+                    if at == 0 {
+                        let first = chunk.remove(0);
+                        pending.push(chunk);
+                        return Err(refused(&first, pending, problem));
                     }
+                    cut_back(chunk, at, &mut pending);
+                    continue;
                 }
                 let body = PushRequest {
                     entries: chunk.iter().map(WireEntry::from_entry).collect(),
@@ -1163,7 +1179,8 @@ impl SharedSyncLog for HttpSharedLog {
                     Ok(response) => last = last.max(response.cursor),
                     // Too large for a proxy, or too slow for the link: in halves.
                     Err(error) if (too_large(&error) || timed_out(&error)) && chunk.len() > 1 => {
-                        halve(chunk, &mut pending);
+                        let half = chunk.len() / 2;
+                        cut_back(chunk, half, &mut pending);
                     }
                     Err(error) => match chunk.as_slice() {
                         [alone] if too_large(&error) => {
@@ -1172,8 +1189,8 @@ impl SharedSyncLog for HttpSharedLog {
                                 .unwrap_or_else(PoisonError::into_inner)
                                 .too_large(wire_size(alone), Instant::now());
                             let problem = format!(
-                                "{error}: a proxy on the way may allow less than the server \
-                                 (see `ClientOptions::max_request_bytes`)"
+                                "{error}: the server, or a proxy on the way, allows less than \
+                                 this entry alone (see `ClientOptions::max_request_bytes`)"
                             );
                             return Err(refused(alone, pending, problem));
                         }

@@ -112,6 +112,9 @@ struct IndexingOnPush {
     refuse_larger_than: std::sync::atomic::AtomicUsize,
     /// Set: every push is answered with the refusal of an entry it does not hold.
     refuse_a_stranger: std::sync::atomic::AtomicBool,
+    /// Set: every push after a refusal fails.
+    fail_after_refusal: std::sync::atomic::AtomicBool,
+    refusals: std::sync::atomic::AtomicUsize,
     pushes: std::sync::atomic::AtomicUsize,
     /// The most entries one push carried.
     largest_push: std::sync::atomic::AtomicUsize,
@@ -158,6 +161,14 @@ impl SharedSyncLog for IndexingOnPush {
             if let Some(log) = self.pusher.get() {
                 log.index_journal().await.expect("indexed meanwhile");
             }
+            if self.fail_after_refusal.load(Ordering::SeqCst)
+                && self.refusals.load(Ordering::SeqCst) > 0
+            {
+                return Err(storex_sync::SharedLogError::Unavailable {
+                    log: "indexing-on-push",
+                    source: "a push after a refusal fails".into(),
+                });
+            }
             if self.refuse_a_stranger.load(Ordering::SeqCst) {
                 return Err(storex_sync::SharedLogError::EntryRefused {
                     id: storex_core::uuid::Uuid::now_v7(),
@@ -174,6 +185,7 @@ impl SharedSyncLog for IndexingOnPush {
                 let unsent = entries.split_off(at + 1);
                 let refused = entries.pop().expect("the entry at `at`");
                 self.inner.push(device, entries).await?;
+                self.refusals.fetch_add(1, Ordering::SeqCst);
                 return Err(storex_sync::SharedLogError::EntryRefused {
                     id: refused.id,
                     problem: format!("HTTP 413: larger than {limit} bytes"),
@@ -343,6 +355,34 @@ async fn an_entry_the_log_refuses_alone_waits_unshared_while_the_others_push_and
     assert!(report.problems.is_empty(), "{report:?}");
     devices.sync(b).await;
     assert_eq!(devices.count(b).await, 5);
+    devices.assert_converged(&[a, b]).await;
+}
+
+#[tokio::test]
+async fn what_a_push_stored_before_a_refusal_is_settled_when_the_rest_then_fails() {
+    use std::sync::atomic::Ordering;
+    let shared = Arc::new(IndexingOnPush::default());
+    let mut devices = storex_test::devices::Devices::new(shared.clone()).await;
+    let a = devices.add().await;
+    let b = devices.add().await;
+    devices.note(a, "small-1", "v").await;
+    devices.note(a, "big", &"x".repeat(5_000)).await;
+    devices.note(a, "small-2", "v").await;
+    shared.refuse_larger_than.store(1_000, Ordering::SeqCst);
+    shared.fail_after_refusal.store(true, Ordering::SeqCst);
+    devices
+        .try_sync(a)
+        .await
+        .expect_err("the push after the refusal fails");
+    // The first note was stored: settled as shared, not sent again.
+    let log = devices.device(a).log().clone();
+    assert_eq!(log.journal_records().await.expect("records"), 0);
+    assert_eq!(log.unshared_count().await.expect("count"), 2);
+    shared.refuse_larger_than.store(0, Ordering::SeqCst);
+    shared.fail_after_refusal.store(false, Ordering::SeqCst);
+    assert_eq!(devices.sync(a).await.pushed, 2);
+    devices.sync(b).await;
+    assert_eq!(devices.count(b).await, 3);
     devices.assert_converged(&[a, b]).await;
 }
 

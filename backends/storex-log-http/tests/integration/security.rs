@@ -79,6 +79,11 @@ impl Fixture {
 
 /// `storex_entries` from the server's /metrics.
 async fn entries_in_metrics(http: &reqwest::Client, url: &str) -> u64 {
+    metric(http, url, "storex_entries").await
+}
+
+/// The value of `name` in the server's /metrics.
+async fn metric(http: &reqwest::Client, url: &str, name: &str) -> u64 {
     let text = http
         .get(format!("{url}/metrics"))
         .send()
@@ -88,9 +93,9 @@ async fn entries_in_metrics(http: &reqwest::Client, url: &str) -> u64 {
         .await
         .unwrap();
     text.lines()
-        .find_map(|l| l.strip_prefix("storex_entries "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|n| n.parse().ok())
-        .expect("storex_entries in /metrics")
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
 }
 
 fn entry(device: DeviceId, payload: &[u8]) -> SharedEntry {
@@ -838,6 +843,39 @@ async fn a_push_too_big_for_the_server_is_split_and_an_entry_too_big_for_it_is_r
     assert!(
         report.problems[0].contains("s ago, and this one has"),
         "{report:?}"
+    );
+    // Directly: the entry before such an entry goes, the one after it comes back unsent.
+    let device = sync.device().device();
+    let http = reqwest::Client::new();
+    let stored = entries_in_metrics(&http, &server.url()).await;
+    let refusals = metric(&http, &server.url(), "storex_http_client_errors_total").await;
+    let (first, huge, last) = (
+        entry(device, &[1; 100]),
+        entry(device, &[2; 200_000]), // larger than the note refused
+        entry(device, &[3; 100]),
+    );
+    let (huge_id, last_id) = (huge.id, last.id);
+    match sync
+        .shared_log()
+        .push(device, vec![first, huge, last])
+        .await
+    {
+        Err(SharedLogError::EntryRefused {
+            id,
+            problem,
+            unsent,
+        }) => {
+            assert_eq!(id, huge_id, "{problem}");
+            assert!(problem.contains("s ago, and this one has"), "{problem}");
+            assert_eq!(unsent.iter().map(|e| e.id).collect::<Vec<_>>(), [last_id]);
+        }
+        other => panic!("not refused alone: {other:?}"),
+    }
+    assert_eq!(entries_in_metrics(&http, &server.url()).await, stored + 1);
+    let refused_since = metric(&http, &server.url(), "storex_http_client_errors_total").await;
+    assert_eq!(
+        refused_since, refusals,
+        "the large entry was not sent again"
     );
     server.shutdown().await.unwrap();
 }

@@ -239,8 +239,9 @@ async fn one_entry_beyond_what_the_slowest_link_carries_in_time_is_refused_alone
     }
     let pulled = slow.pull(b, 0, 100, None).await.unwrap();
     assert_eq!(pulled.entries.len(), 1, "the entry before");
-    // Another such entry, for a while, is refused without being sent; a small one goes.
-    let before = sent.load(Ordering::Relaxed);
+    // Another such entry, for a while, is refused without being sent; a small one goes. (What
+    // the link still held of the first try is let through first.)
+    let before = settled(&sent).await;
     let (another, small) = (entry(a, 150_000), entry(a, 100));
     let another_id = another.id;
     match slow.push(a, vec![another, small]).await {
@@ -255,11 +256,26 @@ async fn one_entry_beyond_what_the_slowest_link_carries_in_time_is_refused_alone
         }
         other => panic!("not refused alone: {other:?}"),
     }
+    // A try of the large entry would cost at least the 80 kB the link carries in 0.4 s.
     let pushed = sent.load(Ordering::Relaxed) - before;
-    assert!(pushed < 5_000, "{pushed} bytes sent for the small entry");
+    assert!(pushed < 40_000, "{pushed} bytes sent for the small entry");
     let pulled = slow.pull(b, 0, 100, None).await.unwrap();
     assert_eq!(pulled.entries.len(), 2);
     server.shutdown().await.unwrap();
+}
+
+/// The count of `sent` once it has not moved for 200 ms (within 10 s).
+async fn settled(sent: &AtomicUsize) -> usize {
+    let mut last = sent.load(Ordering::Relaxed);
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = sent.load(Ordering::Relaxed);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the link still carries bytes after 10 s");
 }
 
 /// A server from before pulls could name `max_bytes`: it refuses unknown fields, as the
