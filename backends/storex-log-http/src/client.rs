@@ -156,6 +156,32 @@ impl RecentRefusals {
         let ago = now.saturating_duration_since(self.slow_link?);
         (ago < SLOW_LINK_PAUSE).then_some(ago)
     }
+
+    /// Why `entry` is refused `now` without being sent, if an entry like it was refused
+    /// lately (`budget`: the push budget, see [`SLOW_PUSH`]).
+    fn refusal_of(&self, entry: &SharedEntry, budget: usize, now: Instant) -> Option<String> {
+        let size = wire_size(entry);
+        if let Some((smallest, ago)) = self.too_large_ago(now) {
+            if size >= smallest {
+                return Some(format!(
+                    "an entry of {smallest} bytes in a request was refused as too large (HTTP \
+                     413) {} s ago, and this one has {size}: such entries are sent again once \
+                     {} s have passed (see `ClientOptions::max_request_bytes`)",
+                    ago.as_secs(),
+                    TOO_LARGE_PAUSE.as_secs()
+                ));
+            }
+        }
+        match self.slow_link_ago(now) {
+            Some(ago) if size > budget => Some(format!(
+                "an entry larger than {budget} bytes timed out on this link {} s ago: such \
+                 entries are sent again once {} s have passed",
+                ago.as_secs(),
+                SLOW_LINK_PAUSE.as_secs()
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Puts `chunk` back on `pending` (the next request last) in two parts cut at `at`, the first
@@ -425,34 +451,6 @@ impl HttpSharedLog {
         self.options
             .max_request_bytes
             .min(usize::try_from(in_time).unwrap_or(usize::MAX))
-    }
-
-    /// Why `entry` would be refused, if an entry like it was refused lately (see
-    /// [`RecentRefusals`]).
-    fn known_refusal(&self, entry: &SharedEntry, budget: usize) -> Option<String> {
-        let size = wire_size(entry);
-        let refusals = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        if let Some((smallest, ago)) = refusals.too_large_ago(now) {
-            if size >= smallest {
-                return Some(format!(
-                    "an entry of {smallest} bytes in a request was refused as too large (HTTP \
-                     413) {} s ago, and this one has {size}: such entries are sent again once \
-                     {} s have passed (see `ClientOptions::max_request_bytes`)",
-                    ago.as_secs(),
-                    TOO_LARGE_PAUSE.as_secs()
-                ));
-            }
-        }
-        match refusals.slow_link_ago(now) {
-            Some(ago) if size > budget => Some(format!(
-                "an entry larger than {budget} bytes timed out on this link {} s ago: such \
-                 entries are sent again once {} s have passed",
-                ago.as_secs(),
-                SLOW_LINK_PAUSE.as_secs()
-            )),
-            _ => None,
-        }
     }
 
     /// `entries` cut into requests within the entry and byte limits.
@@ -1146,10 +1144,15 @@ impl SharedSyncLog for HttpSharedLog {
             while let Some(chunk) = pending.pop() {
                 // An entry like one refused lately: the entries before it go on their own,
                 // then it is refused unsent.
-                let known = chunk
-                    .iter()
-                    .enumerate()
-                    .find_map(|(at, e)| Some((at, self.known_refusal(e, budget)?)));
+                let known = {
+                    let refusals = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+                    let now = Instant::now();
+                    let refusal = |e| refusals.refusal_of(e, budget, now);
+                    chunk
+                        .iter()
+                        .enumerate()
+                        .find_map(|(at, e)| Some((at, refusal(e)?)))
+                };
                 if let Some((at, problem)) = known {
                     let mut chunk = chunk;
                     if at == 0 {
