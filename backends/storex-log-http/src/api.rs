@@ -323,7 +323,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable code: `unauthorized`, `unknown_device`, `wrong_device`, `cursor_compacted`,
     /// `cursor_ahead`, `invalid_request`, `payload_too_large`, `too_many_entries`,
-    /// `not_found`, `method_not_allowed`, `user_exists`, `rate_limited`, `unavailable`.
+    /// `not_found`, `method_not_allowed`, `user_exists`, `rate_limited`, `busy`, `unavailable`.
     pub code: String,
     /// What happened, for people.
     pub message: String,

@@ -23,6 +23,18 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// Largest request body (default 8 MiB).
     pub max_body_bytes: usize,
+    /// Most request-body bytes the instance holds at once, over all requests (default
+    /// 256 MiB, at least `max_body_bytes`). A request that would go past it waits up to 2 s
+    /// for others to end, then is answered 503 `busy` with `Retry-After` (clients try again),
+    /// so that many large pushes at once slow the server down instead of running it out of
+    /// memory. A request counts with its `Content-Length` (the body limit when it gives none)
+    /// from its authentication until it is done; at the peak the server uses about twice
+    /// this for bodies, while they are decoded.
+    pub max_buffered_bytes: usize,
+    /// Most request-body bytes one user's requests (its devices', and its own) hold at once
+    /// (default 32 MiB, at least `max_body_bytes`): past it, 429 `busy` at once, so that one
+    /// user cannot take the whole of `max_buffered_bytes`.
+    pub max_buffered_bytes_per_user: usize,
     /// Most entries one push may carry (default 1,000).
     pub max_push_entries: usize,
     /// Most entries one pull returns (default 1,000).
@@ -69,6 +81,8 @@ impl ServerConfig {
             database_url: database_url.into(),
             admin_token: None,
             max_body_bytes: 8 * 1024 * 1024,
+            max_buffered_bytes: 256 * 1024 * 1024,
+            max_buffered_bytes_per_user: 32 * 1024 * 1024,
             max_push_entries: 1_000,
             max_pull_entries: 1_000,
             max_wait: Duration::from_secs(30),
@@ -127,6 +141,15 @@ impl ServerConfig {
             return Err(format!(
                 "max_body_bytes is {}, below the 1 KiB a push needs",
                 self.max_body_bytes
+            ));
+        }
+        if self.max_buffered_bytes < self.max_body_bytes
+            || self.max_buffered_bytes_per_user < self.max_body_bytes
+        {
+            return Err(format!(
+                "max_buffered_bytes ({}) and max_buffered_bytes_per_user ({}) must be at least \
+                 max_body_bytes ({}): a request as large as the body limit must fit",
+                self.max_buffered_bytes, self.max_buffered_bytes_per_user, self.max_body_bytes
             ));
         }
         if self.max_push_entries == 0 || self.max_pull_entries == 0 {

@@ -17,8 +17,8 @@
 //!
 //! Tokens are random and stored as hashes only. A device token speaks only for its device: it
 //! cannot push another device's entries nor read another user's. Errors are JSON with a stable
-//! code (see [`api::ErrorDetail`]). Request bodies, entries per push and requests per token
-//! are limited; compaction runs on a schedule; `/health` and `/metrics` report totals.
+//! code (see [`api::ErrorDetail`]). Request bodies (each, and the bytes held at once, per
+//! instance and per user), entries per push and requests per token are limited; compaction runs on a schedule; `/health` and `/metrics` report totals.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -41,6 +41,7 @@
 
 pub mod api;
 mod auth;
+mod body_budget;
 mod client;
 mod config;
 mod connections;

@@ -17,6 +17,8 @@ pub(crate) struct Metrics {
     entries_pulled: AtomicU64,
     compacted: AtomicU64,
     compaction_failures: AtomicU64,
+    /// Requests refused because the request-body budget was used up.
+    busy: AtomicU64,
     /// Milliseconds since the epoch of the last push that stored something; 0: none.
     last_push_ms: AtomicI64,
 }
@@ -49,6 +51,10 @@ impl Metrics {
         self.compacted.fetch_add(dropped, Ordering::Relaxed);
     }
 
+    pub(crate) fn refused_busy(&self) {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn compaction_failed(&self) {
         self.compaction_failures.fetch_add(1, Ordering::Relaxed);
     }
@@ -61,8 +67,9 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of the counters and `stats`.
-    pub(crate) fn render(&self, stats: LogStats) -> String {
+    /// The Prometheus text exposition of the counters, `stats`, and the request-body bytes
+    /// held now.
+    pub(crate) fn render(&self, stats: LogStats, buffered_bytes: usize) -> String {
         let mut out = String::new();
         let mut line = |name: &str, kind: &str, help: &str, value: u64| {
             let _ = writeln!(
@@ -125,6 +132,19 @@ impl Metrics {
             "counter",
             "Scheduled compactions that failed.",
             load(&self.compaction_failures),
+        );
+        line(
+            "storex_http_busy_total",
+            "counter",
+            "Requests refused (503 or 429 `busy`) because the request bodies held at once \
+             reached the server's or the user's budget.",
+            load(&self.busy),
+        );
+        line(
+            "storex_http_buffered_bytes",
+            "gauge",
+            "Request-body bytes the requests in flight hold now.",
+            buffered_bytes as u64,
         );
         let last = self.last_push_ms.load(Ordering::Relaxed).max(0) as u64 / 1000;
         line(

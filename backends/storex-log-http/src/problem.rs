@@ -60,6 +60,14 @@ impl ApiError {
         error
     }
 
+    /// A request refused because the server holds as many request bodies as it takes (503)
+    /// or its user does (429); retried after `retry_after_secs`.
+    pub(crate) fn busy(status: StatusCode, message: String, retry_after_secs: u64) -> Self {
+        let mut error = ApiError::new(status, "busy", message);
+        error.retry_after_secs = Some(retry_after_secs);
+        error
+    }
+
     /// A database or other internal failure: logged in full, answered briefly.
     pub(crate) fn unavailable(what: &str, error: &dyn std::error::Error) -> Self {
         tracing::error!(error = %error, "{what}");

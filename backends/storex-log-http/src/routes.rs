@@ -36,6 +36,7 @@ use crate::api::{
     MAX_PULL_TOPICS, MAX_TOPIC_BYTES, MIN_CLIENT_TOKEN_CHARS,
 };
 use crate::auth::{AuthStore, DeviceToken, UserCreation};
+use crate::body_budget::{BodyBudget, BudgetKey, Budgeted};
 use crate::config::{RateLimit, ServerConfig};
 use crate::live::LiveUpdates;
 use crate::metrics::Metrics;
@@ -57,6 +58,8 @@ pub(crate) struct AppState {
     pub(crate) live: Arc<LiveUpdates>,
     pub(crate) notifier: Notifier,
     pub(crate) limiter: Limiter,
+    /// The request-body bytes held at once.
+    pub(crate) budget: BodyBudget,
     pub(crate) metrics: Metrics,
     pub(crate) shutdown: CancellationToken,
     /// Pushes running in tasks of their own, which the server waits for when it stops.
@@ -268,6 +271,7 @@ impl FromRequestParts<Shared> for Admin {
         // Compare digests: equal length, no early exit on the secret's bytes.
         if Sha256::digest(token.as_bytes()) == Sha256::digest(admin.as_bytes()) {
             state.limiter.check_caller("admin".into())?;
+            parts.extensions.insert(BudgetKey("admin".into()));
             Ok(Admin)
         } else {
             Err(ApiError::unauthorized("wrong admin token"))
@@ -286,6 +290,7 @@ impl FromRequestParts<Shared> for User {
         match state.auth.user_by_token(&token).await {
             Ok(Some(user)) => {
                 state.limiter.check_caller(format!("user:{user}"))?;
+                parts.extensions.insert(BudgetKey(format!("user:{user}")));
                 Ok(User(user))
             }
             Ok(None) => Err(ApiError::unauthorized("unknown user token")),
@@ -314,6 +319,10 @@ impl FromRequestParts<Shared> for Device {
                 state
                     .limiter
                     .check_caller(format!("device:{}", record.device))?;
+                // A user's devices share its budget: registering more does not widen it.
+                parts
+                    .extensions
+                    .insert(BudgetKey(format!("user:{}", record.user)));
                 Ok(Device {
                     device: record.device,
                     user: record.user,
@@ -328,7 +337,7 @@ impl FromRequestParts<Shared> for Device {
 async fn create_user(
     State(state): State<Shared>,
     _: Admin,
-    JsonBody(body): JsonBody<NewUser>,
+    Budgeted(JsonBody(body), _held): Budgeted<JsonBody<NewUser>>,
 ) -> Result<(StatusCode, Json<UserCredentials>), ApiError> {
     let name = body.name.trim();
     if name.is_empty() || name.len() > MAX_USER_NAME || name.chars().any(char::is_control) {
@@ -382,7 +391,7 @@ fn client_token(token: String) -> Result<String, ApiError> {
 async fn create_device(
     State(state): State<Shared>,
     User(user): User,
-    OptionalJsonBody(chosen): OptionalJsonBody<NewDevice>,
+    Budgeted(OptionalJsonBody(chosen), _held): Budgeted<OptionalJsonBody<NewDevice>>,
 ) -> Result<(StatusCode, Json<DeviceCredentials>), ApiError> {
     let (device, token) = match chosen {
         Some(new) => (DeviceId(new.device), new.token),
@@ -469,7 +478,7 @@ async fn list_devices(
 async fn push(
     State(state): State<Shared>,
     caller: Device,
-    JsonBody(body): JsonBody<PushRequest>,
+    Budgeted(JsonBody(body), held): Budgeted<JsonBody<PushRequest>>,
 ) -> Result<Json<PushResponse>, ApiError> {
     let limit = state.config.max_push_entries;
     if body.entries.len() > limit {
@@ -506,6 +515,8 @@ async fn push(
     let cursor = state
         .pushes
         .spawn(async move {
+            // The decoded entries count against the budget until they are stored.
+            let _held = held;
             let cursor = task.log.push(caller.device, entries).await?;
             task.metrics.pushed(count, cursor > 0);
             if cursor > 0 {
@@ -528,7 +539,7 @@ async fn push(
 async fn pull(
     State(state): State<Shared>,
     caller: Device,
-    JsonBody(body): JsonBody<PullRequest>,
+    Budgeted(JsonBody(body), held): Budgeted<JsonBody<PullRequest>>,
 ) -> Result<Json<PullResponse>, ApiError> {
     if let Some(topics) = &body.topics {
         if topics.len() > MAX_PULL_TOPICS {
@@ -544,6 +555,9 @@ async fn pull(
             )));
         }
     }
+    // What the request carried is small and read: a long poll waits without holding any of
+    // the budget.
+    drop(held);
     let limit = body.limit.min(state.config.max_pull_entries);
     // A device may hold a few waiting pulls at once (one per sync, and one left over from a
     // connection that broke); more are answered at once, as if their wait had run out.
@@ -620,7 +634,7 @@ fn within_bytes(pull: &Pull, max_bytes: Option<u64>) -> (&[PulledEntry], u64, bo
 async fn ack(
     State(state): State<Shared>,
     caller: Device,
-    JsonBody(body): JsonBody<AckRequest>,
+    Budgeted(JsonBody(body), _held): Budgeted<JsonBody<AckRequest>>,
 ) -> Result<StatusCode, ApiError> {
     state.log.ack(caller.device, body.cursor).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -665,7 +679,7 @@ async fn metrics(_: WithinIpLimit, State(state): State<Shared>) -> Response {
     match counted {
         Ok(stats) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            state.metrics.render(stats),
+            state.metrics.render(stats, state.budget.held_bytes()),
         )
             .into_response(),
         Err(e) => ApiError::from(e).into_response(),

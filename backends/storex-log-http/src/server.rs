@@ -39,6 +39,7 @@ use tokio_util::task::TaskTracker;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::auth::AuthStore;
+use crate::body_budget::BodyBudget;
 use crate::config::ServerConfig;
 use crate::connections::{self, ConnectionLimits};
 use crate::error::Error;
@@ -98,6 +99,10 @@ impl SyncServer {
             live,
             notifier,
             limiter: Limiter::new(config.rate_limit, config.ip_rate_limit),
+            budget: BodyBudget::new(
+                config.max_buffered_bytes,
+                config.max_buffered_bytes_per_user,
+            ),
             metrics: Metrics::default(),
             shutdown: shutdown.clone(),
             pushes: TaskTracker::new(),

@@ -23,6 +23,14 @@ pub(crate) struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "STOREX_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Most request-body bytes held at once over all requests; past it, requests wait up to
+    /// 2 s and are then answered 503 `busy` (clients try again). At least --max-body-bytes.
+    #[arg(long, env = "STOREX_MAX_BUFFERED_BYTES", default_value_t = 256 * 1024 * 1024)]
+    max_buffered_bytes: usize,
+    /// Most request-body bytes one user's requests hold at once; past it, 429 `busy`. At
+    /// least --max-body-bytes.
+    #[arg(long, env = "STOREX_MAX_BUFFERED_BYTES_PER_USER", default_value_t = 32 * 1024 * 1024)]
+    max_buffered_bytes_per_user: usize,
     /// Most entries one push may carry.
     #[arg(long, env = "STOREX_MAX_PUSH_ENTRIES", default_value_t = 1000)]
     max_push_entries: usize,
@@ -48,6 +56,8 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
     let mut config = ServerConfig::new(&args.database_url).listen(args.listen);
     config.admin_token = args.admin_token;
     config.max_body_bytes = args.max_body_bytes;
+    config.max_buffered_bytes = args.max_buffered_bytes;
+    config.max_buffered_bytes_per_user = args.max_buffered_bytes_per_user;
     config.max_push_entries = args.max_push_entries;
     config.rate_limit = (args.rate_limit > 0).then(|| RateLimit {
         per_second: args.rate_limit,

@@ -3,6 +3,7 @@
 //! One test binary for the crate (linking one per file cost disk and build time); each
 //! module is one subject.
 
+mod body_budget;
 mod common;
 mod conformance;
 mod hostile_server;

@@ -6,7 +6,7 @@
 
 use crate::common;
 
-use common::{config, start, Store, ADMIN};
+use common::{config, metric, start, Store, ADMIN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use storex_core::uuid::Uuid;
@@ -80,22 +80,6 @@ impl Fixture {
 /// `storex_entries` from the server's /metrics.
 async fn entries_in_metrics(http: &reqwest::Client, url: &str) -> u64 {
     metric(http, url, "storex_entries").await
-}
-
-/// The value of `name` in the server's /metrics.
-async fn metric(http: &reqwest::Client, url: &str, name: &str) -> u64 {
-    let text = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{name} in /metrics"))
 }
 
 fn entry(device: DeviceId, payload: &[u8]) -> SharedEntry {

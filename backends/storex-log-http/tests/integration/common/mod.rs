@@ -211,3 +211,19 @@ where
     });
     address
 }
+
+/// The value of `name` in the /metrics of the server at `url`.
+pub async fn metric(http: &reqwest::Client, url: &str, name: &str) -> u64 {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+}

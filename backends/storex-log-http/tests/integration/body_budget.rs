@@ -1,0 +1,204 @@
+//! The request-body budget of the sync server: requests whose bodies the server or their
+//! user cannot hold at once are answered `busy` (503 for the server, 429 for a user) with
+//! `Retry-After`, clients try again and get through once the bodies in flight are done, and a
+//! request gives its share back however it ends. Bodies are held open with raw connections
+//! that announce a length and send only its start.
+
+#![allow(clippy::unwrap_used)] // helpers of tests: a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use storex_core::uuid::Uuid;
+use storex_log_http::{HttpSharedLog, RunningServer, SyncServer};
+use storex_sync::{DeviceId, SharedEntry, SharedSyncLog};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::common::{config, metric, Store, ADMIN};
+
+const KIB: usize = 1024;
+
+/// A server whose bodies are at most 64 KiB, holding at most `total` bytes of them at once
+/// and `per_user` for each user.
+async fn server(store: &Store, total: usize, per_user: usize) -> RunningServer {
+    let mut config = config(store);
+    config.max_body_bytes = 64 * KIB;
+    config.max_buffered_bytes = total;
+    config.max_buffered_bytes_per_user = per_user;
+    SyncServer::start(config).await.unwrap()
+}
+
+/// A new user with one device: its user token, device and device token.
+async fn account(log: &HttpSharedLog, name: &str) -> (String, DeviceId, String) {
+    let user = log.create_user(ADMIN, name).await.unwrap();
+    let device = log.create_device(&user.token).await.unwrap();
+    (user.token, device, log.device_token(device).unwrap())
+}
+
+/// A push whose body announces `announced` bytes and sends only its first few, so that the
+/// server holds its share until the connection closes.
+async fn hold_a_push(addr: SocketAddr, token: &str, announced: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/push HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: {announced}\r\n\r\n{{\"entries\":["
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// An entry of `device` whose payload has `bytes` bytes.
+fn entry(device: DeviceId, bytes: usize) -> SharedEntry {
+    SharedEntry {
+        id: Uuid::now_v7(),
+        device,
+        topic: "note".into(),
+        payload: vec![7; bytes],
+    }
+}
+
+/// The JSON body of a push of one entry of `device` with a payload of `bytes` bytes.
+fn push_body(device: DeviceId, bytes: usize) -> String {
+    let payload = "QUFB".repeat(bytes / 3);
+    json!({"entries": [{"id": Uuid::now_v7(), "device": device.0, "topic": "note", "payload": payload}]})
+        .to_string()
+}
+
+/// Posts a push of `body` with `token`: the status, the JSON error code if any, and the
+/// `Retry-After` header.
+async fn post_push(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: String,
+) -> (StatusCode, String, Option<String>) {
+    let response = http
+        .post(format!("{url}/v1/push"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let reply: Value = response.json().await.unwrap_or(Value::Null);
+    let code = reply["error"]["code"].as_str().unwrap_or("").to_owned();
+    (status, code, retry_after)
+}
+
+/// Waits until `/metrics` shows `name` at `value`.
+async fn until_metric(http: &reqwest::Client, url: &str, name: &str, value: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = metric(http, url, name).await;
+        if now == value {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} stayed at {now}, not {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_server_holding_all_the_bodies_it_takes_answers_busy_until_they_are_done() {
+    let store = Store::sqlite();
+    let server = server(&store, 100 * KIB, 32 * 1024 * KIB).await;
+    let url = server.url();
+    let http = reqwest::Client::new();
+    let log = HttpSharedLog::new(&url).unwrap();
+    let (_, _, ann) = account(&log, "ann").await;
+    let (_, bob_device, bob) = account(&log, "bob").await;
+
+    let held = hold_a_push(server.local_addr(), &ann, 60_000).await;
+    until_metric(&http, &url, "storex_http_buffered_bytes", 60_000).await;
+    // 50 kB more would pass the 100 KiB: refused after the wait, to be tried again.
+    let (status, code, retry_after) =
+        post_push(&http, &url, &bob, push_body(bob_device, 36_000)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(code, "busy");
+    assert_eq!(retry_after.as_deref(), Some("2"));
+    assert_eq!(metric(&http, &url, "storex_http_busy_total").await, 1);
+    // What fits beside the held body goes through.
+    let (status, _, _) = post_push(&http, &url, &bob, push_body(bob_device, 300)).await;
+    assert_eq!(status, StatusCode::OK);
+    // A made-up token takes no share: it is refused as unauthorized, not as busy.
+    let (status, _, _) = post_push(&http, &url, "made-up", push_body(bob_device, 36_000)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // The client tries again after the `Retry-After`, and gets through once the held body's
+    // connection is gone and its share given back.
+    let pushing = {
+        let log = HttpSharedLog::new(&url).unwrap();
+        log.add_device(bob_device, &bob);
+        tokio::spawn(async move { log.push(bob_device, vec![entry(bob_device, 36_000)]).await })
+    };
+    until_metric(&http, &url, "storex_http_busy_total", 2).await;
+    drop(held);
+    until_metric(&http, &url, "storex_http_buffered_bytes", 0).await;
+    let cursor = pushing
+        .await
+        .unwrap()
+        .expect("pushed once the server had room");
+    assert!(cursor > 0);
+    assert_eq!(metric(&http, &url, "storex_entries").await, 2);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_user_holding_its_share_is_answered_busy_at_once_and_other_users_go_on() {
+    let store = Store::sqlite();
+    let server = server(&store, 1024 * KIB, 100 * KIB).await;
+    let url = server.url();
+    let http = reqwest::Client::new();
+    let log = HttpSharedLog::new(&url).unwrap();
+    let (ann_user, _, ann) = account(&log, "ann").await;
+    let ann_laptop = log.create_device(&ann_user).await.unwrap();
+    let ann_laptop_token = log.device_token(ann_laptop).unwrap();
+    let (_, bob_device, bob) = account(&log, "bob").await;
+
+    let held = hold_a_push(server.local_addr(), &ann, 60_000).await;
+    until_metric(&http, &url, "storex_http_buffered_bytes", 60_000).await;
+    // Ann's other device shares her budget: another device does not widen it.
+    let body = push_body(ann_laptop, 36_000);
+    let (status, code, retry_after) = post_push(&http, &url, &ann_laptop_token, body).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(code, "busy");
+    assert_eq!(retry_after.as_deref(), Some("2"));
+    // Bob has a share of his own.
+    let (status, _, _) = post_push(&http, &url, &bob, push_body(bob_device, 36_000)).await;
+    assert_eq!(status, StatusCode::OK);
+
+    drop(held);
+    until_metric(&http, &url, "storex_http_buffered_bytes", 0).await;
+    let body = push_body(ann_laptop, 36_000);
+    let (status, _, _) = post_push(&http, &url, &ann_laptop_token, body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(metric(&http, &url, "storex_http_busy_total").await, 1);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_budget_smaller_than_one_body_is_refused_at_start() {
+    let store = Store::sqlite();
+    let mut config = config(&store);
+    config.max_body_bytes = 64 * KIB;
+    config.max_buffered_bytes_per_user = 32 * KIB;
+    let refused = SyncServer::start(config)
+        .await
+        .expect_err("cannot hold one body");
+    assert!(
+        refused.to_string().contains("max_buffered_bytes_per_user")
+            || format!("{refused:?}").contains("max_buffered_bytes_per_user"),
+        "{refused:?}"
+    );
+}
