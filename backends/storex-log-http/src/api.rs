@@ -7,7 +7,10 @@
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use serde::de::{self, Error as _, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use storex_core::uuid::Uuid;
 use storex_sync::{DeviceId, PulledEntry, SharedEntry, UnreadableEntry};
 
@@ -193,17 +196,81 @@ pub struct PullRequest {
     pub after: u64,
     /// At most this many (the server caps it).
     pub limit: usize,
-    /// Only these topics, when set.
-    #[serde(default)]
+    /// Only these topics, when set (at most [`MAX_PULL_TOPICS`], each at most
+    /// [`MAX_TOPIC_BYTES`] long: more, or a longer one, is refused as it is read).
+    #[serde(default, deserialize_with = "bounded_topics")]
     pub topics: Option<Vec<String>>,
     /// When nothing is there yet, wait up to this long for new entries (the server caps it).
     #[serde(default)]
     pub wait_ms: u64,
-    /// At most about this many payload bytes, when set (the first entry comes whatever its
-    /// size): a client on a slow link asks for what it can fetch within its timeout. Left
-    /// out when not set, so that servers from before it take the request.
+    /// At most this many payload bytes, when set (the first entry comes whatever its size):
+    /// a client on a slow link asks for what it can fetch within its timeout. Left out when
+    /// not set, so that servers from before it take the request; a server then takes 1 MiB.
+    /// A server takes at most three quarters of its body limit (what that carries in base64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<u64>,
+}
+
+/// Reads a pull's topics, refusing more than [`MAX_PULL_TOPICS`], or one longer than
+/// [`MAX_TOPIC_BYTES`], as soon as it is met: a body of many tiny topics (`"",` is three
+/// bytes, a `String` twenty-four) would otherwise make the server hold many times its size
+/// before the count is checked.
+fn bounded_topics<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    struct Topics;
+
+    impl<'de> Visitor<'de> for Topics {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a list of at most {MAX_PULL_TOPICS} topics")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut topics = Vec::new();
+            while let Some(topic) = seq.next_element::<String>()? {
+                if topics.len() == MAX_PULL_TOPICS {
+                    return Err(A::Error::custom(format!(
+                        "more than {MAX_PULL_TOPICS} topics asked for, at most \
+                         {MAX_PULL_TOPICS} are taken"
+                    )));
+                }
+                if topic.len() > MAX_TOPIC_BYTES {
+                    return Err(A::Error::custom(format!(
+                        "a topic of {} bytes asked for, at most {MAX_TOPIC_BYTES} are taken",
+                        topic.len()
+                    )));
+                }
+                topics.push(topic);
+            }
+            Ok(topics)
+        }
+    }
+
+    struct MaybeTopics;
+
+    impl<'de> Visitor<'de> for MaybeTopics {
+        type Value = Option<Vec<String>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "null or a list of at most {MAX_PULL_TOPICS} topics")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_seq(Topics).map(Some)
+        }
+    }
+
+    deserializer.deserialize_option(MaybeTopics)
 }
 
 /// One pulled entry.

@@ -1,30 +1,41 @@
-//! [`BodyBudget`]: how many bytes of request bodies the server holds at once, in all and per
-//! user, and [`Budgeted`], the extractor that takes a request's share before its body is read.
+//! [`BodyBudget`]: how many bytes of request and reply bodies an instance holds at once, in
+//! all and per user; [`Budgeted`], the extractor that takes a request's share before its
+//! body is read; and [`held_json`], a reply that holds its share until it is sent.
 //!
 //! Without it, the body limit bounds one request, not the server: every device of a region
-//! reconnecting after an outage, each with a full push, or one user's devices opening
-//! hundreds of connections, would make an instance buffer (and decode) that many bodies at
-//! once, and run out of memory, taking every other user's syncs down with it. With it, a
-//! request that would take the server past [`ServerConfig::max_buffered_bytes`] waits up to
-//! [`BUSY_WAIT`] for others to finish, then is answered 503 `busy` with a `Retry-After`; a
-//! user past [`ServerConfig::max_buffered_bytes_per_user`] is answered 429 `busy` at once, so
-//! that one user cannot take every other user's share. Clients retry both after the wait.
+//! reconnecting after an outage, each with a full push or a page of large entries to pull,
+//! or one user's devices opening hundreds of connections, would make an instance hold (and
+//! decode) that many bodies at once, and run out of memory, taking every other user's syncs
+//! down with it. With it, a request that would take the instance past
+//! [`ServerConfig::max_buffered_bytes`] waits up to [`BUSY_WAIT`] for room (any request
+//! that fits goes, so small ones do not wait behind a large one), then is answered 503
+//! `busy` with a `Retry-After`; a user past [`ServerConfig::max_buffered_bytes_per_user`]
+//! (on this instance) is answered 429 `busy` at once, so that one user cannot take every
+//! other user's share. Clients try both again after the wait. A refused body is read and
+//! dropped, so that a client still sending it gets the answer instead of a reset connection.
 //!
-//! A request's share is its announced `Content-Length`, or the body limit when it announces
-//! none. It is taken after authentication, so a caller without a valid token takes nothing,
-//! and held until the request's handler is done with what it decoded (a push: until its
-//! entries are stored).
+//! A request's share is its body's length when known (the body limit when not), taken after
+//! authentication (a caller without a valid token takes nothing) and held until the handler
+//! is done with what it decoded: a push until its entries are stored, a pull's topics for
+//! as long as it waits. A pull also takes a share for each page it reads, estimated from the
+//! page's byte budget before the read and set to the encoded reply after it, held until the
+//! reply is handed over to the connection. Nothing is counted for a request until its share
+//! is granted, so one cancelled while it waits leaves nothing behind.
 //!
 //! [`ServerConfig::max_buffered_bytes`]: crate::ServerConfig::max_buffered_bytes
 //! [`ServerConfig::max_buffered_bytes_per_user`]: crate::ServerConfig::max_buffered_bytes_per_user
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{FromRequest, Request};
-use axum::http::{header, StatusCode};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use futures::StreamExt;
+use tokio::sync::Notify;
 
 use crate::problem::ApiError;
 use crate::routes::AppState;
@@ -35,53 +46,87 @@ pub(crate) const BUSY_WAIT: Duration = Duration::from_secs(2);
 /// The `Retry-After` of a request refused for the budget, in seconds.
 const RETRY_AFTER_SECS: u64 = 2;
 
-/// The budget counts in units of this many bytes (a semaphore's permits are counted in
-/// `u32` per acquisition).
-const UNIT: usize = 1024;
+/// Longest the server reads (and drops) the body of a request it refused for the budget,
+/// so that the client, still sending it, gets the answer rather than a reset connection.
+const DRAIN_FOR: Duration = Duration::from_secs(10);
+
+/// What is held, under one lock.
+#[derive(Debug)]
+struct Accounts {
+    /// Bytes the server can still grant.
+    free: usize,
+    /// Bytes granted to each user now; users holding none are not kept.
+    by_user: HashMap<String, usize>,
+}
+
+/// The accounts and the signal that bytes were given back, shared with the reservations.
+#[derive(Debug)]
+struct Ledger {
+    accounts: Mutex<Accounts>,
+    freed: Notify,
+}
+
+impl Ledger {
+    fn lock(&self) -> MutexGuard<'_, Accounts> {
+        // A panic elsewhere while the lock was held leaves plain counts: still usable.
+        self.accounts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Gives back `bytes` of `user`'s, and wakes the requests waiting for room.
+    fn give_back(&self, user: &str, bytes: usize) {
+        {
+            let mut accounts = self.lock();
+            accounts.free = accounts.free.saturating_add(bytes);
+            if let Some(count) = accounts.by_user.get_mut(user) {
+                *count = count.saturating_sub(bytes);
+                if *count == 0 {
+                    accounts.by_user.remove(user);
+                }
+            }
+        }
+        self.freed.notify_waiters();
+    }
+}
 
 /// The request-body bytes the server holds at once: in all, and per user.
 #[derive(Debug)]
 pub(crate) struct BodyBudget {
-    /// Units free for the whole server.
-    total: Arc<Semaphore>,
-    /// The server's budget, in bytes (for messages).
-    total_bytes: usize,
+    /// The server's budget, in bytes.
+    total: usize,
     /// Most bytes one user's requests hold at once.
     per_user: usize,
-    /// Bytes each user's requests hold now; users holding none are not kept.
-    held: Arc<Mutex<HashMap<String, usize>>>,
+    ledger: Arc<Ledger>,
 }
 
-/// A request's share of the budget, given back when dropped.
+/// A request's share of the budget, given back when dropped. Nothing is counted for a
+/// request until its share is granted, so a request cancelled while it waits (its client
+/// gone, or its timeout) leaves nothing behind.
 #[derive(Debug)]
 pub(crate) struct Reservation {
-    _units: OwnedSemaphorePermit,
     user: String,
     bytes: usize,
-    held: Arc<Mutex<HashMap<String, usize>>>,
+    ledger: Arc<Ledger>,
 }
 
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        release(&self.held, &self.user, self.bytes);
+impl Reservation {
+    /// The bytes it holds.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
     }
-}
 
-/// Takes `bytes` off what `user` holds.
-fn release(held: &Mutex<HashMap<String, usize>>, user: &str, bytes: usize) {
-    // A panic elsewhere while the lock was held leaves plain counts: still usable.
-    let mut held = held.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(count) = held.get_mut(user) {
-        *count = count.saturating_sub(bytes);
-        if *count == 0 {
-            held.remove(user);
+    /// Gives back what it holds beyond `bytes`.
+    pub(crate) fn shrink_to(&mut self, bytes: usize) {
+        if bytes < self.bytes {
+            self.ledger.give_back(&self.user, self.bytes - bytes);
+            self.bytes = bytes;
         }
     }
 }
 
-/// How many units `bytes` take (at least one).
-fn units(bytes: usize) -> usize {
-    bytes.div_ceil(UNIT).max(1)
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.ledger.give_back(&self.user, self.bytes);
+    }
 }
 
 impl BodyBudget {
@@ -89,66 +134,76 @@ impl BodyBudget {
     /// the body limit: [`crate::ServerConfig`] checks it).
     pub(crate) fn new(total: usize, per_user: usize) -> Self {
         BodyBudget {
-            total: Arc::new(Semaphore::new(units(total).min(Semaphore::MAX_PERMITS))),
-            total_bytes: total,
+            total,
             per_user,
-            held: Arc::default(),
+            ledger: Arc::new(Ledger {
+                accounts: Mutex::new(Accounts {
+                    free: total,
+                    by_user: HashMap::new(),
+                }),
+                freed: Notify::new(),
+            }),
         }
     }
 
-    /// Bytes the requests in flight hold now.
+    /// Bytes granted to requests in flight now (not counting those that wait).
     pub(crate) fn held_bytes(&self) -> usize {
-        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        held.values().sum()
+        self.total.saturating_sub(self.ledger.lock().free)
     }
 
     /// Takes `bytes` for a request of `user`: at once, or within `wait` once other requests
-    /// have given theirs back. Refused with 429 when the user holds too much already, with
-    /// 503 when the server stays full for `wait`.
+    /// have given back enough (any request that fits goes, so small ones are not held
+    /// behind a large one; a large one that finds no room in time is answered busy, and its
+    /// client tries again). Refused with 429 when the user holds too much already, unless it
+    /// holds nothing (a request alone always gets its turn), and with 503 when the server
+    /// has no room for `wait`. A request larger than the whole budget waits for all of it.
     pub(crate) async fn reserve(
         &self,
         user: &str,
         bytes: usize,
         wait: Duration,
     ) -> Result<Reservation, ApiError> {
-        {
-            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-            let now = held.get(user).copied().unwrap_or(0);
-            if now.saturating_add(bytes) > self.per_user {
-                return Err(ApiError::busy(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!(
-                        "this user's requests in flight hold {now} bytes, and this one may carry \
-                         {bytes}: at most {} are taken at once",
-                        self.per_user
-                    ),
-                    RETRY_AFTER_SECS,
-                ));
+        let bytes = bytes.min(self.total);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before looking, so that bytes given back meanwhile wake it.
+            let freed = self.ledger.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut accounts = self.ledger.lock();
+                let now = accounts.by_user.get(user).copied().unwrap_or(0);
+                if now > 0 && now.saturating_add(bytes) > self.per_user {
+                    return Err(ApiError::busy(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "this user's requests in flight on this server hold {now} bytes, \
+                             and this one may take {bytes}: at most {} are taken at once",
+                            self.per_user
+                        ),
+                        RETRY_AFTER_SECS,
+                    ));
+                }
+                if accounts.free >= bytes {
+                    accounts.free -= bytes;
+                    *accounts.by_user.entry(user.to_owned()).or_insert(0) += bytes;
+                    return Ok(Reservation {
+                        user: user.to_owned(),
+                        bytes,
+                        ledger: self.ledger.clone(),
+                    });
+                }
             }
-            *held.entry(user.to_owned()).or_insert(0) += bytes;
-        }
-        let wanted = u32::try_from(units(bytes)).unwrap_or(u32::MAX);
-        let acquired =
-            tokio::time::timeout(wait, self.total.clone().acquire_many_owned(wanted)).await;
-        match acquired {
-            Ok(Ok(units)) => Ok(Reservation {
-                _units: units,
-                user: user.to_owned(),
-                bytes,
-                held: self.held.clone(),
-            }),
-            // Timed out (or the semaphore closed, which it never is).
-            Ok(Err(_)) | Err(_) => {
-                release(&self.held, user, bytes);
-                Err(ApiError::busy(
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(ApiError::busy(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(
                         "the server holds as many request bytes as it takes at once ({}); try \
                          again in {RETRY_AFTER_SECS} s",
-                        self.total_bytes
+                        self.total
                     ),
                     RETRY_AFTER_SECS,
-                ))
+                ));
             }
         }
     }
@@ -158,6 +213,38 @@ impl BodyBudget {
 /// extractor that authenticated it.
 #[derive(Clone, Debug)]
 pub(crate) struct BudgetKey(pub(crate) String);
+
+impl BudgetKey {
+    /// The key of `user`'s requests, its devices' included.
+    pub(crate) fn of_user(user: &str) -> Self {
+        BudgetKey(format!("user:{user}"))
+    }
+}
+
+/// A JSON response of `json` that holds `held` until its body has been handed over to the
+/// connection (or dropped, the client gone): a reply counts against the budget while the
+/// server holds it. The body goes out in slices of the one buffer, so the last of the
+/// reservation is given back about when the last slice is written.
+pub(crate) fn held_json(json: Vec<u8>, held: Vec<Reservation>) -> Response {
+    const SLICE: usize = 64 * 1024;
+    let json = Bytes::from(json);
+    let length = json.len();
+    let slices = (0..length)
+        .step_by(SLICE)
+        .map(move |start| Ok::<Bytes, Infallible>(json.slice(start..(start + SLICE).min(length))));
+    let body = Body::from_stream(futures::stream::iter(slices).map(move |slice| {
+        let _holding = &held;
+        slice
+    }));
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    response
+}
 
 /// An extractor `E` of the request body, run once the request holds its share of the
 /// [`BodyBudget`]; the share is held as long as this value lives.
@@ -172,27 +259,46 @@ where
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
         let limit = state.config.max_body_bytes;
-        // A length the server would refuse anyway is left to the body limit (413), and a
-        // body without one may be as long as the limit.
-        let bytes = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok())
-            .map_or(limit, |announced| announced.min(limit));
+        // The body's length when it is known (announced, or none at all); a body of unknown
+        // length may be as long as the limit. A length past the limit is left to it (413).
+        let bytes = req.body().size_hint().upper().map_or(limit, |upper| {
+            usize::try_from(upper).unwrap_or(limit).min(limit)
+        });
         let user = req
             .extensions()
             .get::<BudgetKey>()
             .map_or("", |key| key.0.as_str())
             .to_owned();
-        let reservation = state
-            .budget
-            .reserve(&user, bytes, BUSY_WAIT)
-            .await
-            .inspect_err(|_| state.metrics.refused_busy())?;
-        let value = E::from_request(req, state).await?;
-        Ok(Budgeted(value, reservation))
+        match state.budget.reserve(&user, bytes, BUSY_WAIT).await {
+            Ok(reservation) => {
+                let value = E::from_request(req, state).await?;
+                Ok(Budgeted(value, reservation))
+            }
+            Err(refused) => {
+                state.metrics.refused_busy();
+                drain(req.into_body(), limit).await;
+                Err(refused)
+            }
+        }
     }
+}
+
+/// Reads and drops what is left of a refused request's body (at most `limit` bytes, for at
+/// most [`DRAIN_FOR`]), holding none of it: a client still sending would otherwise have its
+/// connection reset by the server's close, and see a broken connection instead of the
+/// answer that tells it when to try again.
+async fn drain(body: Body, limit: usize) {
+    let mut chunks = body.into_data_stream();
+    let mut read = 0usize;
+    let _ = tokio::time::timeout(DRAIN_FOR, async {
+        while let Some(Ok(chunk)) = chunks.next().await {
+            read = read.saturating_add(chunk.len());
+            if read > limit {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -253,5 +359,57 @@ mod tests {
             .expect("taken once ann's ended");
         assert_eq!(got, 4 * KIB);
         assert_eq!(budget.held_bytes(), 0, "given back when dropped");
+    }
+
+    #[tokio::test]
+    async fn a_request_cancelled_while_it_waits_leaves_nothing_behind() {
+        let budget = BodyBudget::new(10 * KIB, 10 * KIB);
+        let held = budget.reserve("ann", 8 * KIB, Duration::ZERO).await;
+        let held = held.expect("within the budget");
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(50),
+            budget.reserve("bob", 4 * KIB, Duration::from_secs(60)),
+        )
+        .await;
+        assert!(cancelled.is_err(), "bob waited, and was cancelled");
+        assert_eq!(budget.held_bytes(), 8 * KIB);
+        assert_eq!(budget.ledger.lock().by_user.get("bob"), None);
+        drop(held);
+        assert_eq!(budget.held_bytes(), 0);
+        assert!(budget.ledger.lock().by_user.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_small_request_goes_while_a_large_one_waits_for_room() {
+        let budget = Arc::new(BodyBudget::new(10 * KIB, 10 * KIB));
+        let _ann = budget.reserve("ann", 6 * KIB, Duration::ZERO).await;
+        let large = {
+            let budget = budget.clone();
+            tokio::spawn(async move {
+                let _ = budget
+                    .reserve("bob", 8 * KIB, Duration::from_secs(60))
+                    .await;
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!large.is_finished(), "bob's large request waits");
+        let small = budget.reserve("carol", 2 * KIB, Duration::ZERO).await;
+        assert!(small.is_ok(), "carol's fits beside ann's: {small:?}");
+        large.abort();
+    }
+
+    #[tokio::test]
+    async fn a_request_alone_larger_than_its_share_or_the_budget_waits_for_all_of_it() {
+        let budget = BodyBudget::new(10 * KIB, 4 * KIB);
+        let huge = budget.reserve("ann", 20 * KIB, Duration::ZERO).await;
+        let huge = huge.expect("alone, it goes");
+        assert_eq!(huge.bytes(), 10 * KIB);
+        let more = budget.reserve("ann", KIB, Duration::ZERO).await;
+        assert!(format!("{more:?}").contains("429"), "{more:?}");
+        let mut huge = huge;
+        huge.shrink_to(3 * KIB);
+        assert_eq!(budget.held_bytes(), 3 * KIB);
+        let more = budget.reserve("ann", KIB, Duration::ZERO).await;
+        assert!(more.is_ok(), "within the share once shrunk: {more:?}");
     }
 }

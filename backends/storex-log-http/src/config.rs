@@ -23,17 +23,20 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// Largest request body (default 8 MiB).
     pub max_body_bytes: usize,
-    /// Most request-body bytes the instance holds at once, over all requests (default
-    /// 256 MiB, at least `max_body_bytes`). A request that would go past it waits up to 2 s
-    /// for others to end, then is answered 503 `busy` with `Retry-After` (clients try again),
-    /// so that many large pushes at once slow the server down instead of running it out of
-    /// memory. A request counts with its `Content-Length` (the body limit when it gives none)
-    /// from its authentication until it is done; at the peak the server uses about twice
-    /// this for bodies, while they are decoded.
+    /// Most body bytes the instance holds at once, over all requests and pull replies
+    /// (default 256 MiB, at least `max_body_bytes`). A request that would go past it waits up
+    /// to 2 s for room, then is answered 503 `busy` with `Retry-After` (clients try again),
+    /// so that many large pushes or pulls at once slow the server down instead of running it
+    /// out of memory. A request counts with its body's length (the body limit when it gives
+    /// none) from its authentication until it is done; a pull's page with its encoded reply
+    /// until it is sent. At the peak the server uses about twice this for bodies, while they
+    /// are decoded or encoded.
     pub max_buffered_bytes: usize,
-    /// Most request-body bytes one user's requests (its devices', and its own) hold at once
-    /// (default 32 MiB, at least `max_body_bytes`): past it, 429 `busy` at once, so that one
-    /// user cannot take the whole of `max_buffered_bytes`.
+    /// Most body bytes one user's requests (its devices', and its own) hold at once on this
+    /// instance (default 32 MiB, at least `max_body_bytes`): past it, 429 `busy` at once, so
+    /// that one user cannot take the whole of `max_buffered_bytes`. A request of a user that
+    /// holds nothing else always gets its turn. Each instance counts its own: a client that
+    /// knows several moves to the next after a 429, where the user has another share.
     pub max_buffered_bytes_per_user: usize,
     /// Most entries one push may carry (default 1,000).
     pub max_push_entries: usize,

@@ -143,7 +143,7 @@ impl Metrics {
         line(
             "storex_http_buffered_bytes",
             "gauge",
-            "Request-body bytes the requests in flight hold now.",
+            "Request and reply body bytes held now (requests waiting for room not counted).",
             buffered_bytes as u64,
         );
         let last = self.last_push_ms.load(Ordering::Relaxed).max(0) as u64 / 1000;

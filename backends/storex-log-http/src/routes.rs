@@ -24,19 +24,17 @@ use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 use storex_log_sql::{LogStats, SqlSharedLog};
-use storex_sync::{
-    device_of_another_user, DeviceId, Pull, PulledEntry, SharedEntry, SharedLogError, SharedSyncLog,
-};
+use storex_sync::{device_of_another_user, DeviceId, SharedEntry, SharedLogError, SharedSyncLog};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{
     routes, AckRequest, CompactResponse, DeviceCredentials, DevicesResponse, Health, NewDevice,
     NewUser, PullRequest, PullResponse, PushRequest, PushResponse, UserCredentials, WireDevice,
-    MAX_PULL_TOPICS, MAX_TOPIC_BYTES, MIN_CLIENT_TOKEN_CHARS,
+    MAX_TOPIC_BYTES, MIN_CLIENT_TOKEN_CHARS,
 };
 use crate::auth::{AuthStore, DeviceToken, UserCreation};
-use crate::body_budget::{BodyBudget, BudgetKey, Budgeted};
+use crate::body_budget::{held_json, BodyBudget, BudgetKey, Budgeted, BUSY_WAIT};
 use crate::config::{RateLimit, ServerConfig};
 use crate::live::LiveUpdates;
 use crate::metrics::Metrics;
@@ -290,7 +288,7 @@ impl FromRequestParts<Shared> for User {
         match state.auth.user_by_token(&token).await {
             Ok(Some(user)) => {
                 state.limiter.check_caller(format!("user:{user}"))?;
-                parts.extensions.insert(BudgetKey(format!("user:{user}")));
+                parts.extensions.insert(BudgetKey::of_user(&user));
                 Ok(User(user))
             }
             Ok(None) => Err(ApiError::unauthorized("unknown user token")),
@@ -320,9 +318,7 @@ impl FromRequestParts<Shared> for Device {
                     .limiter
                     .check_caller(format!("device:{}", record.device))?;
                 // A user's devices share its budget: registering more does not widen it.
-                parts
-                    .extensions
-                    .insert(BudgetKey(format!("user:{}", record.user)));
+                parts.extensions.insert(BudgetKey::of_user(&record.user));
                 Ok(Device {
                     device: record.device,
                     user: record.user,
@@ -539,25 +535,12 @@ async fn push(
 async fn pull(
     State(state): State<Shared>,
     caller: Device,
-    Budgeted(JsonBody(body), held): Budgeted<JsonBody<PullRequest>>,
-) -> Result<Json<PullResponse>, ApiError> {
-    if let Some(topics) = &body.topics {
-        if topics.len() > MAX_PULL_TOPICS {
-            return Err(ApiError::invalid(format!(
-                "{} topics asked for, at most {MAX_PULL_TOPICS} are taken",
-                topics.len()
-            )));
-        }
-        if let Some(topic) = topics.iter().find(|t| t.len() > MAX_TOPIC_BYTES) {
-            return Err(ApiError::invalid(format!(
-                "a topic of {} bytes asked for, at most {MAX_TOPIC_BYTES} are taken",
-                topic.len()
-            )));
-        }
-    }
-    // What the request carried is small and read: a long poll waits without holding any of
-    // the budget.
-    drop(held);
+    Budgeted(JsonBody(body), mut request_share): Budgeted<JsonBody<PullRequest>>,
+) -> Result<Response, ApiError> {
+    // The topics' count and lengths were checked as they were read.
+    // What the request carried is read: only its topics stay, and hold their share for as
+    // long as the pull (a long poll included) keeps them.
+    request_share.shrink_to(topics_bytes(body.topics.as_deref()));
     let limit = body.limit.min(state.config.max_pull_entries);
     // A device may hold a few waiting pulls at once (one per sync, and one left over from a
     // connection that broke); more are answered at once, as if their wait had run out.
@@ -573,25 +556,60 @@ async fn pull(
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribe before reading, so a push between the read and the wait still wakes us.
     let mut woken = state.live.subscribe(&caller.user);
+    let page_bytes = page_bytes(body.max_bytes, state.config.max_body_bytes);
+    let budget_key = BudgetKey::of_user(&caller.user);
     loop {
+        // The page read and its reply count against the budget like a request body: many
+        // devices pulling large pages at once wait, or are told to come back, instead of
+        // running the server out of memory.
+        let mut share = state
+            .budget
+            .reserve(&budget_key.0, reply_estimate(page_bytes, limit), BUSY_WAIT)
+            .await
+            .inspect_err(|_| state.metrics.refused_busy())?;
         let pull = state
             .log
-            .pull(caller.device, body.after, limit, body.topics.as_deref())
+            .pull_within(
+                caller.device,
+                body.after,
+                limit,
+                page_bytes,
+                body.topics.as_deref(),
+            )
             .await?;
         let waited_out = tokio::time::Instant::now() >= deadline;
         let found = !pull.entries.is_empty() || !pull.unreadable.is_empty();
         if found || pull.more || waited_out || state.shutdown.is_cancelled() {
-            let (entries, next_cursor, more) = within_bytes(&pull, body.max_bytes);
-            // Those passed over within the part of the page sent.
-            let unreadable = pull.unreadable.partition_point(|u| u.cursor <= next_cursor);
-            state.metrics.pulled(entries.len());
-            return Ok(Json(PullResponse::from_pulled(
-                entries,
-                &pull.unreadable[..unreadable],
-                next_cursor,
-                more,
-            )));
+            state.metrics.pulled(pull.entries.len());
+            let reply = PullResponse::from_pulled(
+                &pull.entries,
+                &pull.unreadable,
+                pull.next_cursor,
+                pull.more,
+            );
+            drop(pull);
+            let json = serde_json::to_vec(&reply)
+                .map_err(|e| ApiError::unavailable("cannot encode a pull reply", &e))?;
+            drop(reply);
+            // The estimate is adjusted to the reply: a first entry larger than the page's
+            // budget comes alone, and takes what it needs beyond the estimate.
+            let mut held = Vec::with_capacity(2);
+            if json.len() > share.bytes() {
+                let extra = json.len() - share.bytes();
+                held.push(
+                    state
+                        .budget
+                        .reserve(&budget_key.0, extra, BUSY_WAIT)
+                        .await
+                        .inspect_err(|_| state.metrics.refused_busy())?,
+                );
+            } else {
+                share.shrink_to(json.len());
+            }
+            held.push(share);
+            return Ok(held_json(json, held));
         }
+        drop((pull, share));
         tokio::select! {
             changed = woken.changed() => {
                 if changed.is_err() {
@@ -605,30 +623,40 @@ async fn pull(
     }
 }
 
-/// The entries of `pull` whose payloads come to at most `max_bytes` (at least the first),
-/// with the cursor to go on from and whether more follow.
-fn within_bytes(pull: &Pull, max_bytes: Option<u64>) -> (&[PulledEntry], u64, bool) {
-    let Some(max_bytes) = max_bytes else {
-        return (&pull.entries, pull.next_cursor, pull.more);
-    };
-    let mut bytes = 0u64;
-    let kept = pull
-        .entries
-        .iter()
-        .take_while(|pulled| {
-            bytes = bytes.saturating_add(pulled.entry.payload.len() as u64);
-            bytes <= max_bytes
+/// The payload bytes of a page when the client does not say (a client from before
+/// `max_bytes`): what clients ask by default.
+const DEFAULT_PAGE_BYTES: usize = 1024 * 1024;
+
+/// The payload bytes one page of a pull carries at most (a larger first entry still comes,
+/// alone): what the client asked, and no more than a request body carries once encoded
+/// (base64 adds a third), so that a reply's share of the budget is no larger than a push's.
+fn page_bytes(asked: Option<u64>, max_body_bytes: usize) -> usize {
+    let most = max_body_bytes / 4 * 3;
+    asked
+        .map_or(DEFAULT_PAGE_BYTES, |asked| {
+            usize::try_from(asked).unwrap_or(usize::MAX)
         })
-        .count()
+        .min(most)
         .max(1)
-        .min(pull.entries.len());
-    match pull.entries.get(..kept) {
-        Some(entries) if kept < pull.entries.len() => {
-            let next = entries.last().map_or(pull.next_cursor, |last| last.cursor);
-            (entries, next, true)
-        }
-        _ => (&pull.entries, pull.next_cursor, pull.more),
-    }
+}
+
+/// About how many bytes a pull's topics take in memory.
+fn topics_bytes(topics: Option<&[String]>) -> usize {
+    topics.map_or(0, |topics| {
+        topics
+            .iter()
+            .map(|t| t.len().saturating_add(std::mem::size_of::<String>()))
+            .sum()
+    })
+}
+
+/// About how many bytes the JSON reply of a page of at most `page_bytes` of payload in at
+/// most `limit` entries takes: the payload in base64, and the rest of each entry.
+fn reply_estimate(page_bytes: usize, limit: usize) -> usize {
+    page_bytes
+        .div_ceil(3)
+        .saturating_mul(4)
+        .saturating_add(limit.saturating_mul(160))
 }
 
 async fn ack(

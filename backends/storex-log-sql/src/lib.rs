@@ -21,9 +21,9 @@
 //! from the log alone, never from device clocks.
 //!
 //! ## Bounds
-//! A pull page holds at most the entries asked for (and at most 100,000) and about 8 MiB of
-//! payload (entries that start below the budget; a bigger single entry still comes alone),
-//! with `more` set when it was cut. A stored counter, position or cursor that is negative
+//! A pull page holds at most the entries asked for (and at most 100,000) and at most 8 MiB of
+//! payload, or less with `SqlSharedLog::pull_within` (a bigger single entry still comes
+//! alone), with `more` set when it was cut. A stored counter, position or cursor that is negative
 //! (damaged tables) is reported as an error, never taken for 0. An ack beyond the user's
 //! counter is kept at the counter, and compaction never goes past it, so a confused or
 //! hostile device cannot make later entries vanish. A pull re-reads the compaction mark

@@ -237,6 +237,164 @@ impl SqlSharedLog {
             .collect()
     }
 
+    /// [`SharedSyncLog::pull`] with a page of at most `max_bytes` bytes of payload (and at
+    /// most 8 MiB, what `pull` takes): the entries whose payloads add up to at most that, and
+    /// at least the first, whatever its size, so that a page always moves on. A server that
+    /// answers for its devices bounds with it what a pull makes it hold.
+    pub async fn pull_within(
+        &self,
+        device: DeviceId,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+        topics: Option<&[String]>,
+    ) -> SharedResult<Pull> {
+        let limit = limit.min(MAX_PULL_ENTRIES);
+        let user = self.user_of(&self.db, device).await?;
+        check_topics(topics.into_iter().flatten().map(String::as_str))?;
+        // Read the committed counter first: entries committing later get cursors above it.
+        let (high, compacted) = self.counters(&self.db, &user).await?;
+        if after < compacted {
+            return Err(SharedLogError::CursorCompacted {
+                cursor: after,
+                compacted_through: compacted,
+            });
+        }
+        if after > high {
+            return Err(SharedLogError::CursorAhead {
+                cursor: after,
+                log_end: high,
+                compacted_through: compacted,
+            });
+        }
+        if limit == 0 {
+            // Nothing taken: the cursor stays.
+            return Ok(Pull {
+                next_cursor: after,
+                more: after < high,
+                ..Pull::default()
+            });
+        }
+        if matches!(topics, Some(t) if t.is_empty()) {
+            return Ok(Pull {
+                next_cursor: Ord::max(high, after),
+                ..Pull::default()
+            });
+        }
+        // The page: entries in cursor order with the running total of their payload sizes,
+        // and only those within the byte budget, so a page of big entries stays bounded in
+        // memory (the first entry always comes, whatever its size). The sizes are read first,
+        // alone: SQLite takes a blob's `LENGTH` from its row's header when it is selected
+        // as it is (not inside a window function, which would copy every payload). Only the
+        // entries within the budget are then read whole.
+        let mut sizes = Query::select();
+        sizes
+            .column(id("cursor"))
+            .expr_as(Expr::cust(r#"LENGTH("payload")"#), id("size"))
+            .from(id(ENTRIES))
+            .and_where(col("user_name").eq(user.as_str()))
+            .and_where(col("cursor").gt(cursor_value(after)))
+            .and_where(col("cursor").lte(cursor_value(high)))
+            .and_where(col("device").ne(device.0))
+            .order_by(id("cursor"), Order::Asc)
+            .limit(limit as u64 + 1);
+        if let Some(topics) = topics {
+            sizes.and_where(col("topic").is_in(topics.iter().map(String::as_str)));
+        }
+        let page = Query::select()
+            .column(id("cursor"))
+            .expr_as(
+                Expr::cust(r#"SUM("size") OVER (ORDER BY "cursor")"#),
+                id("running"),
+            )
+            .expr_as(
+                Expr::cust(r#"ROW_NUMBER() OVER (ORDER BY "cursor")"#),
+                id("place"),
+            )
+            .expr_as(Expr::cust("COUNT(*) OVER ()"), id("found"))
+            .from_subquery(sizes, id("sizes"))
+            .to_owned();
+        let budget = i64::try_from(max_bytes.clamp(1, MAX_PULL_BYTES)).unwrap_or(i64::MAX);
+        let entry = |name: &str| (id("entry"), id(name));
+        let query = Query::select()
+            .columns([
+                entry("cursor"),
+                entry("id"),
+                entry("device"),
+                entry("topic"),
+                entry("payload"),
+            ])
+            .column((id("page"), id("found")))
+            .from_subquery(page, id("page"))
+            .join_as(
+                JoinType::InnerJoin,
+                id(ENTRIES),
+                id("entry"),
+                Condition::all()
+                    .add(Expr::col(entry("user_name")).eq(user.as_str()))
+                    .add(Expr::col(entry("cursor")).equals((id("page"), id("cursor")))),
+            )
+            // Numbers of ours (a caller's bytes clamped), not text: written into the SQL.
+            .and_where(Expr::cust(format!(
+                r#"("page"."running" <= {budget} OR "page"."place" = 1)"#
+            )))
+            // The one row past the limit only tells that more follow (`found`): its
+            // payload is not read.
+            .and_where(Expr::cust(format!(r#""page"."place" <= {limit}"#)))
+            .order_by((id("page"), id("cursor")), Order::Asc)
+            .to_owned();
+        let rows = self
+            .db
+            .query_all(&query)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        // The rows past the limit were left out by the query; this only guards the slice.
+        let taken = &rows[..rows.len().min(limit)];
+        // A row that does not read is passed over and named, so that it does not stop
+        // every pull of the user's devices; one whose cursor does not read cannot be.
+        let mut entries = Vec::with_capacity(taken.len());
+        let mut unreadable = Vec::new();
+        let mut last_cursor = None;
+        for row in taken {
+            let cursor: i64 = row
+                .try_get("", "cursor")
+                .map_err(|_| self.corrupt("entry cursor"))?;
+            let cursor = self.as_cursor(cursor, "entry cursor")?;
+            last_cursor = Some(cursor);
+            match read_entry(row) {
+                Ok(entry) => entries.push(PulledEntry { cursor, entry }),
+                Err(problem) => unreadable.push(UnreadableEntry::new(cursor, problem)),
+            }
+        }
+        let found: i64 = match taken.last() {
+            Some(row) => row
+                .try_get("", "found")
+                .map_err(|_| self.corrupt("page size"))?,
+            None => 0,
+        };
+        // More may follow when the page was cut by count, or by bytes: the query found more
+        // than it gave.
+        let more = found > i64::try_from(taken.len()).unwrap_or(i64::MAX);
+        let next_cursor = match (more, last_cursor) {
+            (true, Some(last)) => last,
+            _ => Ord::max(high, after),
+        };
+        // A compaction that committed meanwhile may have removed part of this page.
+        let (_, compacted) = self.counters(&self.db, &user).await?;
+        if after < compacted {
+            return Err(SharedLogError::CursorCompacted {
+                cursor: after,
+                compacted_through: compacted,
+            });
+        }
+        Ok(Pull {
+            entries,
+            unreadable,
+            next_cursor,
+            more,
+        })
+    }
+
     /// How much the log holds, over all users.
     pub async fn stats(&self) -> SharedResult<LogStats> {
         let count = |table: &str| {
@@ -599,156 +757,7 @@ impl SharedSyncLog for SqlSharedLog {
         limit: usize,
         topics: Option<&'a [String]>,
     ) -> BoxFuture<'a, SharedResult<Pull>> {
-        Box::pin(async move {
-            let limit = limit.min(MAX_PULL_ENTRIES);
-            let user = self.user_of(&self.db, device).await?;
-            check_topics(topics.into_iter().flatten().map(String::as_str))?;
-            // Read the committed counter first: entries committing later get cursors above it.
-            let (high, compacted) = self.counters(&self.db, &user).await?;
-            if after < compacted {
-                return Err(SharedLogError::CursorCompacted {
-                    cursor: after,
-                    compacted_through: compacted,
-                });
-            }
-            if after > high {
-                return Err(SharedLogError::CursorAhead {
-                    cursor: after,
-                    log_end: high,
-                    compacted_through: compacted,
-                });
-            }
-            if limit == 0 {
-                // Nothing taken: the cursor stays.
-                return Ok(Pull {
-                    next_cursor: after,
-                    more: after < high,
-                    ..Pull::default()
-                });
-            }
-            if matches!(topics, Some(t) if t.is_empty()) {
-                return Ok(Pull {
-                    next_cursor: Ord::max(high, after),
-                    ..Pull::default()
-                });
-            }
-            // The page: entries in cursor order with the running total of their payload sizes,
-            // and only those that start below the byte budget, so a page of big entries stays
-            // bounded in memory (at least one entry always comes). The sizes are read first,
-            // alone: SQLite takes a blob's `LENGTH` from its row's header when it is selected
-            // as it is (not inside a window function, which would copy every payload). Only the
-            // entries within the budget are then read whole.
-            let mut sizes = Query::select();
-            sizes
-                .column(id("cursor"))
-                .expr_as(Expr::cust(r#"LENGTH("payload")"#), id("size"))
-                .from(id(ENTRIES))
-                .and_where(col("user_name").eq(user.as_str()))
-                .and_where(col("cursor").gt(cursor_value(after)))
-                .and_where(col("cursor").lte(cursor_value(high)))
-                .and_where(col("device").ne(device.0))
-                .order_by(id("cursor"), Order::Asc)
-                .limit(limit as u64 + 1);
-            if let Some(topics) = topics {
-                sizes.and_where(col("topic").is_in(topics.iter().map(String::as_str)));
-            }
-            let page = Query::select()
-                .column(id("cursor"))
-                .expr_as(
-                    Expr::cust(r#"SUM("size") OVER (ORDER BY "cursor")"#),
-                    id("running"),
-                )
-                .expr_as(
-                    Expr::cust(r#"SUM("size") OVER (ORDER BY "cursor") - "size""#),
-                    id("before"),
-                )
-                .expr_as(
-                    Expr::cust(r#"ROW_NUMBER() OVER (ORDER BY "cursor")"#),
-                    id("place"),
-                )
-                .expr_as(Expr::cust("COUNT(*) OVER ()"), id("found"))
-                .from_subquery(sizes, id("sizes"))
-                .to_owned();
-            let budget = i64::try_from(MAX_PULL_BYTES).unwrap_or(i64::MAX);
-            let entry = |name: &str| (id("entry"), id(name));
-            let query = Query::select()
-                .columns([
-                    entry("cursor"),
-                    entry("id"),
-                    entry("device"),
-                    entry("topic"),
-                    entry("payload"),
-                ])
-                .columns([(id("page"), id("running")), (id("page"), id("found"))])
-                .from_subquery(page, id("page"))
-                .join_as(
-                    JoinType::InnerJoin,
-                    id(ENTRIES),
-                    id("entry"),
-                    Condition::all()
-                        .add(Expr::col(entry("user_name")).eq(user.as_str()))
-                        .add(Expr::col(entry("cursor")).equals((id("page"), id("cursor")))),
-                )
-                // A constant of ours, not input: written into the SQL text.
-                .and_where(Expr::cust(format!(r#""page"."before" < {budget}"#)))
-                // The one row past the limit only tells that more follow (`found`): its
-                // payload is not read.
-                .and_where(Expr::cust(format!(r#""page"."place" <= {limit}"#)))
-                .order_by((id("page"), id("cursor")), Order::Asc)
-                .to_owned();
-            let rows = self
-                .db
-                .query_all(&query)
-                .await
-                .map_err(|e| self.unavailable(e))?;
-            // The rows past the limit were left out by the query; this only guards the slice.
-            let taken = &rows[..rows.len().min(limit)];
-            // A row that does not read is passed over and named, so that it does not stop
-            // every pull of the user's devices; one whose cursor does not read cannot be.
-            let mut entries = Vec::with_capacity(taken.len());
-            let mut unreadable = Vec::new();
-            let mut last_cursor = None;
-            for row in taken {
-                let cursor: i64 = row
-                    .try_get("", "cursor")
-                    .map_err(|_| self.corrupt("entry cursor"))?;
-                let cursor = self.as_cursor(cursor, "entry cursor")?;
-                last_cursor = Some(cursor);
-                match read_entry(row) {
-                    Ok(entry) => entries.push(PulledEntry { cursor, entry }),
-                    Err(problem) => unreadable.push(UnreadableEntry::new(cursor, problem)),
-                }
-            }
-            let (last_running, found): (i64, i64) = match taken.last() {
-                Some(row) => (
-                    row.try_get("", "running")
-                        .map_err(|_| self.corrupt("entry size"))?,
-                    row.try_get("", "found")
-                        .map_err(|_| self.corrupt("page size"))?,
-                ),
-                None => (0, 0),
-            };
-            // More may follow when the page was cut by count, or by bytes.
-            let more = found > i64::try_from(limit).unwrap_or(i64::MAX) || last_running >= budget;
-            let next_cursor = match (more, last_cursor) {
-                (true, Some(last)) => last,
-                _ => Ord::max(high, after),
-            };
-            // A compaction that committed meanwhile may have removed part of this page.
-            let (_, compacted) = self.counters(&self.db, &user).await?;
-            if after < compacted {
-                return Err(SharedLogError::CursorCompacted {
-                    cursor: after,
-                    compacted_through: compacted,
-                });
-            }
-            Ok(Pull {
-                entries,
-                unreadable,
-                next_cursor,
-                more,
-            })
-        })
+        Box::pin(self.pull_within(device, after, limit, MAX_PULL_BYTES, topics))
     }
 
     fn ack(&self, device: DeviceId, cursor: u64) -> BoxFuture<'_, SharedResult<()>> {

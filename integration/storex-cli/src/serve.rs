@@ -23,12 +23,12 @@ pub(crate) struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "STOREX_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     max_body_bytes: usize,
-    /// Most request-body bytes held at once over all requests; past it, requests wait up to
-    /// 2 s and are then answered 503 `busy` (clients try again). At least --max-body-bytes.
+    /// Most request and pull-reply body bytes held at once; past it, requests wait up to 2 s
+    /// and are then answered 503 `busy` (clients try again). At least --max-body-bytes.
     #[arg(long, env = "STOREX_MAX_BUFFERED_BYTES", default_value_t = 256 * 1024 * 1024)]
     max_buffered_bytes: usize,
-    /// Most request-body bytes one user's requests hold at once; past it, 429 `busy`. At
-    /// least --max-body-bytes.
+    /// Most body bytes one user's requests hold at once on this instance; past it, 429
+    /// `busy`. At least --max-body-bytes.
     #[arg(long, env = "STOREX_MAX_BUFFERED_BYTES_PER_USER", default_value_t = 32 * 1024 * 1024)]
     max_buffered_bytes_per_user: usize,
     /// Most entries one push may carry.

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use storex_core::uuid::Uuid;
 use storex_log_http::{HttpSharedLog, RunningServer, SyncServer};
 use storex_sync::{DeviceId, SharedEntry, SharedSyncLog};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::common::{config, metric, Store, ADMIN};
@@ -93,6 +93,37 @@ async fn post_push(
     (status, code, retry_after)
 }
 
+/// Pulls from the start with `token`, asking for at most `max_bytes` of payload: the status
+/// and the reply.
+async fn pull_reply(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    max_bytes: u64,
+) -> (StatusCode, Value) {
+    let response = http
+        .post(format!("{url}/v1/pull"))
+        .bearer_auth(token)
+        .json(&json!({"after": 0, "limit": 100, "max_bytes": max_bytes}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// [`pull_reply`]'s status and JSON error code, if any.
+async fn post_pull(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    max_bytes: u64,
+) -> (StatusCode, String) {
+    let (status, reply) = pull_reply(http, url, token, max_bytes).await;
+    let code = reply["error"]["code"].as_str().unwrap_or("").to_owned();
+    (status, code)
+}
+
 /// Waits until `/metrics` shows `name` at `value`.
 async fn until_metric(http: &reqwest::Client, url: &str, name: &str, value: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -117,7 +148,7 @@ async fn a_server_holding_all_the_bodies_it_takes_answers_busy_until_they_are_do
     let http = reqwest::Client::new();
     let log = HttpSharedLog::new(&url).unwrap();
     let (_, _, ann) = account(&log, "ann").await;
-    let (_, bob_device, bob) = account(&log, "bob").await;
+    let (bob_user, bob_device, bob) = account(&log, "bob").await;
 
     let held = hold_a_push(server.local_addr(), &ann, 60_000).await;
     until_metric(&http, &url, "storex_http_buffered_bytes", 60_000).await;
@@ -134,6 +165,20 @@ async fn a_server_holding_all_the_bodies_it_takes_answers_busy_until_they_are_do
     // A made-up token takes no share: it is refused as unauthorized, not as busy.
     let (status, _, _) = post_push(&http, &url, "made-up", push_body(bob_device, 36_000)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(metric(&http, &url, "storex_http_busy_total").await, 1);
+    assert_eq!(
+        metric(&http, &url, "storex_http_buffered_bytes").await,
+        60_000
+    );
+    // A pull's page counts too: one that may bring 48 kB waits, then is told to come back;
+    // a small one goes.
+    let (status, code) = post_pull(&http, &url, &bob, 48_000).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "busy")
+    );
+    let (status, _) = post_pull(&http, &url, &bob, 1_000).await;
+    assert_eq!(status, StatusCode::OK);
 
     // The client tries again after the `Retry-After`, and gets through once the held body's
     // connection is gone and its share given back.
@@ -151,6 +196,17 @@ async fn a_server_holding_all_the_bodies_it_takes_answers_busy_until_they_are_do
         .expect("pushed once the server had room");
     assert!(cursor > 0);
     assert_eq!(metric(&http, &url, "storex_entries").await, 2);
+    // An entry larger than the page asked for comes alone, with the share it needs.
+    let bob_laptop = log.create_device(&bob_user).await.unwrap();
+    let laptop_token = log.device_token(bob_laptop).unwrap();
+    let (status, reply) = pull_reply(&http, &url, &laptop_token, 1).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        reply["entries"].as_array().map(Vec::len),
+        Some(1),
+        "{reply}"
+    );
+    until_metric(&http, &url, "storex_http_buffered_bytes", 0).await;
     server.shutdown().await.unwrap();
 }
 
@@ -184,6 +240,57 @@ async fn a_user_holding_its_share_is_answered_busy_at_once_and_other_users_go_on
     let (status, _, _) = post_push(&http, &url, &ann_laptop_token, body).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(metric(&http, &url, "storex_http_busy_total").await, 1);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_large_body_refused_as_busy_is_read_so_that_its_client_gets_the_answer() {
+    let store = Store::sqlite();
+    let mut config = config(&store);
+    config.max_buffered_bytes = config.max_body_bytes;
+    let server = SyncServer::start(config).await.unwrap();
+    let url = server.url();
+    let http = reqwest::Client::new();
+    let log = HttpSharedLog::new(&url).unwrap();
+    let (_, _, ann) = account(&log, "ann").await;
+    let (_, bob_device, bob) = account(&log, "bob").await;
+    let held = hold_a_push(server.local_addr(), &ann, 2 * 1024 * KIB).await;
+    until_metric(&http, &url, "storex_http_buffered_bytes", 2 * 1024 * 1024).await;
+    // 7 MB, more than the loopback's socket buffers take, sent by hand: the server reads it
+    // all (and drops it) after refusing it, so the client can send the whole of it and read
+    // the answer; unread, the server's close would cut the client's sending short with a
+    // reset, which on a real network can also discard the answer.
+    let body = push_body(bob_device, 5 * 1024 * KIB);
+    assert!(body.len() > 6 * 1024 * KIB);
+    let addr = server.local_addr();
+    let head = format!(
+        "POST /v1/push HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {bob}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let (mut reader, mut writer) = TcpStream::connect(addr).await.unwrap().into_split();
+    let sending = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        writer.write_all(body.as_bytes()).await?;
+        writer.flush().await?;
+        Ok::<_, std::io::Error>(writer)
+    });
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let read = reader.read(&mut buffer).await.unwrap();
+        assert!(read > 0, "the server closed before answering");
+        answer.extend_from_slice(&buffer[..read]);
+    }
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 2"), "{answer}");
+    let sent = tokio::time::timeout(Duration::from_secs(20), sending)
+        .await
+        .expect("the body was taken in time")
+        .unwrap();
+    assert!(sent.is_ok(), "the whole body was taken: {sent:?}");
+    drop(held);
     server.shutdown().await.unwrap();
 }
 

@@ -182,27 +182,62 @@ async fn log_with_two_devices() -> (SqlSharedLog, storex_sync::DeviceId, storex_
 async fn a_page_of_big_entries_is_cut_by_bytes() {
     use storex_core::uuid::Uuid;
     use storex_sync::SharedEntry;
+    const MIB: usize = 1024 * 1024;
     let (log, a, b) = log_with_two_devices().await;
     let big: Vec<SharedEntry> = (0..5u8)
         .map(|i| SharedEntry {
             id: Uuid::now_v7(),
             device: a,
             topic: "photo".into(),
-            payload: vec![i; 3 * 1024 * 1024],
+            payload: vec![i; 3 * MIB],
         })
         .collect();
     log.push(a, big).await.expect("push");
+    let sizes = |page: &storex_sync::Pull| -> Vec<u8> {
+        page.entries.iter().map(|e| e.entry.payload[0]).collect()
+    };
     let page = log.pull(b, 0, 100, None).await.expect("pull");
-    // 8 MiB per page: entries starting at 0, 3 and 6 MiB come, the others wait.
-    assert_eq!(page.entries.len(), 3);
+    // At most 8 MiB per page: two entries of 3 MiB come, the third would pass it.
+    assert_eq!(sizes(&page), [0, 1]);
     assert!(page.more);
-    assert_eq!(page.next_cursor, page.entries[2].cursor);
+    assert_eq!(page.next_cursor, page.entries[1].cursor);
     let rest = log
         .pull(b, page.next_cursor, 100, None)
         .await
         .expect("pull");
-    assert_eq!(rest.entries.len(), 2);
-    assert!(!rest.more);
+    assert_eq!(sizes(&rest), [2, 3]);
+    assert!(rest.more);
+    let end = log
+        .pull(b, rest.next_cursor, 100, None)
+        .await
+        .expect("pull");
+    assert_eq!(sizes(&end), [4]);
+    assert!(!end.more);
+
+    // A caller's smaller budget: what fits in it, and always the first entry, alone if it is
+    // larger than the budget.
+    let within = |bytes: usize| log.pull_within(b, 0, 100, bytes, None);
+    let page = within(7 * MIB).await.expect("pull");
+    assert_eq!(sizes(&page), [0, 1]);
+    let page = within(6 * MIB).await.expect("pull");
+    assert_eq!(
+        sizes(&page),
+        [0, 1],
+        "a budget met exactly takes the entry that meets it"
+    );
+    let page = within(MIB).await.expect("pull");
+    assert_eq!(sizes(&page), [0]);
+    assert!(page.more);
+    assert_eq!(page.next_cursor, page.entries[0].cursor);
+    let page = within(0).await.expect("pull");
+    assert_eq!(sizes(&page), [0], "a page always moves on");
+    // No more than `pull` takes, whatever is asked.
+    let page = within(usize::MAX).await.expect("pull");
+    assert_eq!(sizes(&page), [0, 1]);
+    // The entry count still bounds the page.
+    let page = log.pull_within(b, 0, 1, 7 * MIB, None).await.expect("pull");
+    assert_eq!(sizes(&page), [0]);
+    assert!(page.more);
 }
 
 fn small_entry(device: storex_sync::DeviceId) -> storex_sync::SharedEntry {
