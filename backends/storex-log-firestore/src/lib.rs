@@ -51,8 +51,8 @@
 //! sync engine reads that limit from `SharedSyncLog::max_entry_bytes`, so it reports such an
 //! entry and pushes the others. Pulls filter by topic in the query (Firestore's `in`, up to
 //! 30 topics; beyond that the topics are filtered after reading). A pull returns at most
-//! 1,000 entries and about 8 MiB of payload (the SQL log's byte bound too; a bigger entry comes
-//! alone): it reads the query as a stream and stops when the page is full, so a page of big
+//! 1,000 entries and about 8 MiB of payload (the entry that crosses 8 MiB is kept; a bigger
+//! entry comes alone): it reads the query as a stream and stops when the page is full, so a page of big
 //! entries stays bounded in memory. Compaction with no registered device (their documents deleted by hand) drops
 //! nothing more.
 //!

@@ -74,6 +74,9 @@ impl Ledger {
 
     /// Gives back `bytes` of `user`'s, and wakes the requests waiting for room.
     fn give_back(&self, user: &str, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
         {
             let mut accounts = self.lock();
             accounts.free = accounts.free.saturating_add(bytes);
@@ -223,9 +226,9 @@ impl BudgetKey {
 
 /// A JSON response of `json` that holds `held` until its body has been handed over to the
 /// connection (or dropped, the client gone): a reply counts against the budget while the
-/// server holds it. The body goes out in slices of the one buffer, so the last of the
-/// reservation is given back about when the last slice is written.
-pub(crate) fn held_json(json: Vec<u8>, held: Vec<Reservation>) -> Response {
+/// server holds it. The body goes out in slices of the one buffer, so the reservation is
+/// given back about when the last slice is written.
+pub(crate) fn held_json(json: Vec<u8>, held: Reservation) -> Response {
     const SLICE: usize = 64 * 1024;
     let json = Bytes::from(json);
     let length = json.len();

@@ -558,13 +558,15 @@ async fn pull(
     let mut woken = state.live.subscribe(&caller.user);
     let page_bytes = page_bytes(body.max_bytes, state.config.max_body_bytes);
     let budget_key = BudgetKey::of_user(&caller.user);
+    // No more than a request body may take, so that it fits wherever one does.
+    let estimate = reply_estimate(page_bytes, limit).min(state.config.max_body_bytes);
     loop {
         // The page read and its reply count against the budget like a request body: many
         // devices pulling large pages at once wait, or are told to come back, instead of
         // running the server out of memory.
         let mut share = state
             .budget
-            .reserve(&budget_key.0, reply_estimate(page_bytes, limit), BUSY_WAIT)
+            .reserve(&budget_key.0, estimate, BUSY_WAIT)
             .await
             .inspect_err(|_| state.metrics.refused_busy())?;
         let pull = state
@@ -580,7 +582,7 @@ async fn pull(
         let waited_out = tokio::time::Instant::now() >= deadline;
         let found = !pull.entries.is_empty() || !pull.unreadable.is_empty();
         if found || pull.more || waited_out || state.shutdown.is_cancelled() {
-            state.metrics.pulled(pull.entries.len());
+            let pulled = pull.entries.len();
             let reply = PullResponse::from_pulled(
                 &pull.entries,
                 &pull.unreadable,
@@ -591,22 +593,22 @@ async fn pull(
             let json = serde_json::to_vec(&reply)
                 .map_err(|e| ApiError::unavailable("cannot encode a pull reply", &e))?;
             drop(reply);
-            // The estimate is adjusted to the reply: a first entry larger than the page's
-            // budget comes alone, and takes what it needs beyond the estimate.
-            let mut held = Vec::with_capacity(2);
-            if json.len() > share.bytes() {
-                let extra = json.len() - share.bytes();
-                held.push(
-                    state
-                        .budget
-                        .reserve(&budget_key.0, extra, BUSY_WAIT)
-                        .await
-                        .inspect_err(|_| state.metrics.refused_busy())?,
-                );
+            let held = if json.len() > share.bytes() {
+                // A first entry larger than the page's budget comes alone: its reply takes
+                // what it needs as a request of its own, once the page's share and the
+                // topics' are given back, so that a user holding nothing else always gets
+                // it, whatever its size (a share held meanwhile could never make room).
+                drop((share, request_share));
+                state
+                    .budget
+                    .reserve(&budget_key.0, json.len(), BUSY_WAIT)
+                    .await
+                    .inspect_err(|_| state.metrics.refused_busy())?
             } else {
                 share.shrink_to(json.len());
-            }
-            held.push(share);
+                share
+            };
+            state.metrics.pulled(pulled);
             return Ok(held_json(json, held));
         }
         drop((pull, share));
@@ -631,7 +633,7 @@ const DEFAULT_PAGE_BYTES: usize = 1024 * 1024;
 /// alone): what the client asked, and no more than a request body carries once encoded
 /// (base64 adds a third), so that a reply's share of the budget is no larger than a push's.
 fn page_bytes(asked: Option<u64>, max_body_bytes: usize) -> usize {
-    let most = max_body_bytes / 4 * 3;
+    let most = (max_body_bytes / 4 * 3).min(storex_log_sql::MAX_PULL_BYTES);
     asked
         .map_or(DEFAULT_PAGE_BYTES, |asked| {
             usize::try_from(asked).unwrap_or(usize::MAX)

@@ -32,4 +32,4 @@
 
 mod log;
 
-pub use log::{set_up_already, LogStats, SqlSharedLog};
+pub use log::{set_up_already, LogStats, SqlSharedLog, MAX_PULL_BYTES};

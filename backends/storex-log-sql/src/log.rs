@@ -24,7 +24,7 @@ const ENTRIES: &str = "storex_shared_entries";
 /// PostgreSQL advisory lock key held while the tables are created ("storex" in ASCII).
 const MIGRATION_LOCK: i64 = 0x73_74_6f_72_65_78;
 /// Most payload bytes one pull returns (one larger entry still comes alone).
-const MAX_PULL_BYTES: usize = 8 * 1024 * 1024;
+pub const MAX_PULL_BYTES: usize = 8 * 1024 * 1024;
 /// Largest number of ids in one `IN (…)` lookup.
 const LOOKUP_CHUNK: usize = 500;
 /// How long a push or a compaction on PostgreSQL waits for a lock (the user's counter).
