@@ -56,7 +56,7 @@ pub(crate) struct AppState {
     pub(crate) live: Arc<LiveUpdates>,
     pub(crate) notifier: Notifier,
     pub(crate) limiter: Limiter,
-    /// The request-body bytes held at once.
+    /// The body bytes held at once (requests, and pull replies).
     pub(crate) budget: BodyBudget,
     pub(crate) metrics: Metrics,
     pub(crate) shutdown: CancellationToken,
@@ -537,9 +537,9 @@ async fn pull(
     caller: Device,
     Budgeted(JsonBody(body), mut request_share): Budgeted<JsonBody<PullRequest>>,
 ) -> Result<Response, ApiError> {
-    // The topics' count and lengths were checked as they were read.
-    // What the request carried is read: only its topics stay, and hold their share for as
-    // long as the pull (a long poll included) keeps them.
+    // The topics' count and lengths were checked as they were read. Of what the request
+    // carried only the topics stay, and hold their share for as long as the pull (a long
+    // poll included) keeps them.
     request_share.shrink_to(topics_bytes(body.topics.as_deref()));
     let limit = body.limit.min(state.config.max_pull_entries);
     // A device may hold a few waiting pulls at once (one per sync, and one left over from a
