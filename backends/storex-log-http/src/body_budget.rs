@@ -27,6 +27,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -99,6 +100,8 @@ pub(crate) struct BodyBudget {
     /// Most bytes one user's requests hold at once.
     per_user: usize,
     ledger: Arc<Ledger>,
+    /// Requests refused so far, for `/metrics`.
+    refused: AtomicU64,
 }
 
 /// A request's share of the budget, given back when dropped. Nothing is counted for a
@@ -146,6 +149,7 @@ impl BodyBudget {
                 }),
                 freed: Notify::new(),
             }),
+            refused: AtomicU64::new(0),
         }
     }
 
@@ -154,13 +158,32 @@ impl BodyBudget {
         self.total.saturating_sub(self.ledger.lock().free)
     }
 
+    /// Requests refused `busy` so far.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// [`BodyBudget::grant`], counting refusals.
+    pub(crate) async fn reserve(
+        &self,
+        user: &str,
+        bytes: usize,
+        wait: Duration,
+    ) -> Result<Reservation, ApiError> {
+        let granted = self.grant(user, bytes, wait).await;
+        if granted.is_err() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        granted
+    }
+
     /// Takes `bytes` for a request of `user`: at once, or within `wait` once other requests
     /// have given back enough (any request that fits goes, so small ones are not held
     /// behind a large one; a large one that finds no room in time is answered busy, and its
     /// client tries again). Refused with 429 when the user holds too much already, unless it
     /// holds nothing (a request alone always gets its turn), and with 503 when the server
     /// has no room for `wait`. A request larger than the whole budget waits for all of it.
-    pub(crate) async fn reserve(
+    async fn grant(
         &self,
         user: &str,
         bytes: usize,
@@ -278,7 +301,6 @@ where
                 Ok(Budgeted(value, reservation))
             }
             Err(refused) => {
-                state.metrics.refused_busy();
                 drain(req.into_body(), limit).await;
                 Err(refused)
             }

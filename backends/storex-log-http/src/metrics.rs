@@ -17,8 +17,6 @@ pub(crate) struct Metrics {
     entries_pulled: AtomicU64,
     compacted: AtomicU64,
     compaction_failures: AtomicU64,
-    /// Requests refused because the request-body budget was used up.
-    busy: AtomicU64,
     /// Milliseconds since the epoch of the last push that stored something; 0: none.
     last_push_ms: AtomicI64,
 }
@@ -51,10 +49,6 @@ impl Metrics {
         self.compacted.fetch_add(dropped, Ordering::Relaxed);
     }
 
-    pub(crate) fn refused_busy(&self) {
-        self.busy.fetch_add(1, Ordering::Relaxed);
-    }
-
     pub(crate) fn compaction_failed(&self) {
         self.compaction_failures.fetch_add(1, Ordering::Relaxed);
     }
@@ -67,9 +61,9 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of the counters, `stats`, and the request-body bytes
-    /// held now.
-    pub(crate) fn render(&self, stats: LogStats, buffered_bytes: usize) -> String {
+    /// The Prometheus text exposition of the counters, `stats`, and the body budget's
+    /// figures: bytes held now, and requests refused `busy` so far.
+    pub(crate) fn render(&self, stats: LogStats, buffered_bytes: usize, busy: u64) -> String {
         let mut out = String::new();
         let mut line = |name: &str, kind: &str, help: &str, value: u64| {
             let _ = writeln!(
@@ -138,7 +132,7 @@ impl Metrics {
             "counter",
             "Requests refused (503 or 429 `busy`) because the request bodies held at once \
              reached the server's or the user's budget.",
-            load(&self.busy),
+            busy,
         );
         line(
             "storex_http_buffered_bytes",

@@ -567,8 +567,7 @@ async fn pull(
         let mut share = state
             .budget
             .reserve(&budget_key.0, estimate, BUSY_WAIT)
-            .await
-            .inspect_err(|_| state.metrics.refused_busy())?;
+            .await?;
         let pull = state
             .log
             .pull_within(
@@ -602,8 +601,7 @@ async fn pull(
                 state
                     .budget
                     .reserve(&budget_key.0, json.len(), BUSY_WAIT)
-                    .await
-                    .inspect_err(|_| state.metrics.refused_busy())?
+                    .await?
             } else {
                 share.shrink_to(json.len());
                 share
@@ -709,7 +707,9 @@ async fn metrics(_: WithinIpLimit, State(state): State<Shared>) -> Response {
     match counted {
         Ok(stats) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            state.metrics.render(stats, state.budget.held_bytes()),
+            state
+                .metrics
+                .render(stats, state.budget.held_bytes(), state.budget.refused()),
         )
             .into_response(),
         Err(e) => ApiError::from(e).into_response(),
