@@ -62,6 +62,12 @@ pub struct ServerConfig {
     /// idle keep-alive included (default 30 s): a client that opens connections and sends
     /// nothing, or a byte now and then, cannot hold them.
     pub header_timeout: Duration,
+    /// Longest a reply may wait for its client to take any of it (default 30 s); then the
+    /// connection is closed. A client that stops reading (a phone gone mid-reply) would
+    /// otherwise hold its connection, and the reply's share of `max_buffered_bytes`, until
+    /// the kernel gives up on it, about fifteen minutes later. A slow client that goes on
+    /// reading is never cut off.
+    pub write_timeout: Duration,
     /// Most connections open at once (default 10,000); more wait in the listen queue until
     /// one closes. Keep it below the process's open-file limit.
     pub max_connections: usize,
@@ -100,6 +106,7 @@ impl ServerConfig {
             request_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             header_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             compact_every: Some(Duration::from_secs(600)),
             notify_instances: true,
@@ -169,8 +176,13 @@ impl ServerConfig {
                 self.request_timeout, self.max_wait
             ));
         }
-        if self.header_timeout.is_zero() || self.max_connections == 0 {
-            return Err("header_timeout and max_connections must be above zero".into());
+        if self.header_timeout.is_zero()
+            || self.write_timeout.is_zero()
+            || self.max_connections == 0
+        {
+            return Err(
+                "header_timeout, write_timeout and max_connections must be above zero".into(),
+            );
         }
         if self.compact_every == Some(Duration::ZERO) {
             return Err("compact_every must be longer than zero".into());

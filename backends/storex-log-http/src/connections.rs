@@ -5,10 +5,12 @@
 //! them, and their file descriptors, for ever. Here each connection must send a complete
 //! request head within [`ServerConfig::header_timeout`] of waiting for one (idle keep-alive
 //! included), and at most [`ServerConfig::max_connections`] are open at once: past that, new
-//! connections wait in the listen queue until one closes.
+//! connections wait in the listen queue until one closes. A connection whose client takes
+//! nothing of a reply for [`ServerConfig::write_timeout`] is closed (see [`WriteTimeout`]).
 //!
 //! [`ServerConfig::header_timeout`]: crate::ServerConfig::header_timeout
 //! [`ServerConfig::max_connections`]: crate::ServerConfig::max_connections
+//! [`ServerConfig::write_timeout`]: crate::ServerConfig::write_timeout
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,11 +27,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::write_timeout::WriteTimeout;
+
 /// How a served connection behaves.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ConnectionLimits {
     /// Longest wait for a complete request head.
     pub(crate) header_timeout: Duration,
+    /// Longest a reply may wait for its client to take any of it.
+    pub(crate) write_timeout: Duration,
     /// Most connections open at once.
     pub(crate) max_connections: usize,
 }
@@ -71,7 +77,7 @@ pub(crate) async fn serve(
         let app = app.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
-            serve_connection(stream, remote, app, limits.header_timeout, shutdown).await;
+            serve_connection(stream, remote, app, limits, shutdown).await;
             drop(permit);
         });
         // Ended connections leave the set as they end, not only at shutdown.
@@ -88,7 +94,7 @@ async fn serve_connection(
     stream: TcpStream,
     remote: SocketAddr,
     app: Router,
-    header_timeout: Duration,
+    limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) {
     // Small replies (acknowledgements) must not wait for more data.
@@ -100,7 +106,8 @@ async fn serve_connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(limits.header_timeout);
+    let stream = WriteTimeout::new(stream, limits.write_timeout);
     let connection =
         builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
     tokio::pin!(connection);

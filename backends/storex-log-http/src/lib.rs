@@ -53,6 +53,7 @@ mod problem;
 mod routes;
 mod server;
 mod token;
+mod write_timeout;
 
 pub use client::{ClientOptions, HttpSharedLog, SLOW_LINK_PAUSE, SLOW_PUSH};
 pub use config::{RateLimit, ServerConfig};

@@ -122,6 +122,7 @@ impl SyncServer {
             ));
         let limits = ConnectionLimits {
             header_timeout: state.config.header_timeout,
+            write_timeout: state.config.write_timeout,
             max_connections: state.config.max_connections,
         };
         let maintenance = tokio::spawn(maintain(state.clone()));

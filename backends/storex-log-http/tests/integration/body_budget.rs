@@ -300,6 +300,57 @@ async fn a_large_body_refused_as_busy_is_read_so_that_its_client_gets_the_answer
 }
 
 #[tokio::test]
+async fn a_reply_its_client_does_not_read_gives_its_share_back_after_the_write_timeout() {
+    let store = Store::sqlite();
+    let mut config = config(&store);
+    config.write_timeout = Duration::from_secs(1);
+    let server = SyncServer::start(config).await.unwrap();
+    let url = server.url();
+    let http = reqwest::Client::new();
+    let log = HttpSharedLog::new(&url).unwrap();
+    let (user, phone, _) = account(&log, "ann").await;
+    let laptop = log.create_device(&user).await.unwrap();
+    let laptop_token = log.device_token(laptop).unwrap();
+    let entries = (0..6).map(|_| entry(phone, 1024 * KIB)).collect();
+    log.push(phone, entries).await.unwrap();
+
+    // A pull of about 8 MB of reply, more than the loopback's socket buffers hold with a
+    // receive buffer this small, by a client that then reads nothing.
+    let addr = server.local_addr();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4 * KIB as u32).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let body = json!({"after": 0, "limit": 100, "max_bytes": 6 * 1024 * KIB}).to_string();
+    let head = format!(
+        "POST /v1/pull HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {laptop_token}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while metric(&http, &url, "storex_http_buffered_bytes").await < 1024 * 1024 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reply was never held"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The reply stalls with most of it unsent; a second after its client last took any of
+    // it, the connection is closed and the reply's share given back.
+    until_metric(&http, &url, "storex_http_buffered_bytes", 0).await;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut received))
+        .await
+        .expect("the connection was closed");
+    assert!(
+        read.is_err() || received.len() < 8 * 1024 * KIB,
+        "the reply was cut short: {} bytes",
+        received.len()
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_budget_smaller_than_one_body_is_refused_at_start() {
     let store = Store::sqlite();
     let mut config = config(&store);
