@@ -19,7 +19,9 @@
 //! is done with what it decoded: a push until its entries are stored, a pull's topics for
 //! as long as it waits. A pull also takes a share for each page it reads, estimated from the
 //! page's byte budget before the read and set to the encoded reply after it, held until the
-//! reply is handed over to the connection. Nothing is counted for a request until its share
+//! reply is handed over to the connection. A first entry too large for that share is not
+//! read with the page: its size is read first, and it takes a share of its own before it is
+//! read. Nothing is counted for a request until its share
 //! is granted, so one cancelled while it waits leaves nothing behind.
 //!
 //! [`ServerConfig::max_buffered_bytes`]: crate::ServerConfig::max_buffered_bytes

@@ -23,8 +23,10 @@ use axum::{Json, Router};
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
-use storex_log_sql::{LogStats, SqlSharedLog};
-use storex_sync::{device_of_another_user, DeviceId, SharedEntry, SharedLogError, SharedSyncLog};
+use storex_log_sql::{LogStats, PageBounds, PagePull, SqlSharedLog};
+use storex_sync::{
+    device_of_another_user, DeviceId, Pull, SharedEntry, SharedLogError, SharedSyncLog,
+};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,7 +36,7 @@ use crate::api::{
     MAX_TOPIC_BYTES, MIN_CLIENT_TOKEN_CHARS,
 };
 use crate::auth::{AuthStore, DeviceToken, UserCreation};
-use crate::body_budget::{held_json, BodyBudget, BudgetKey, Budgeted, BUSY_WAIT};
+use crate::body_budget::{held_json, BodyBudget, BudgetKey, Budgeted, Reservation, BUSY_WAIT};
 use crate::config::{RateLimit, ServerConfig};
 use crate::live::LiveUpdates;
 use crate::metrics::Metrics;
@@ -560,54 +562,49 @@ async fn pull(
     let budget_key = BudgetKey::of_user(&caller.user);
     // No more than a request body may take, so that it fits wherever one does.
     let estimate = reply_estimate(page_bytes, limit).min(state.config.max_body_bytes);
+    let bounds = PageBounds {
+        entries: limit,
+        bytes: page_bytes,
+        // A first entry larger than the page but within its share is read with the page.
+        first_entry_bytes: payload_within(estimate),
+    };
+    let topics = body.topics.as_deref();
     loop {
         // The page read and its reply count against the budget like a request body: many
         // devices pulling large pages at once wait, or are told to come back, instead of
         // running the server out of memory.
-        let mut share = state
+        let share = state
             .budget
             .reserve(&budget_key.0, estimate, BUSY_WAIT)
             .await?;
-        let pull = state
+        let pull = match state
             .log
-            .pull_within(
-                caller.device,
-                body.after,
-                limit,
-                page_bytes,
-                body.topics.as_deref(),
-            )
-            .await?;
+            .pull_page(caller.device, body.after, bounds, topics)
+            .await?
+        {
+            PagePull::Page(pull) => pull,
+            PagePull::FirstEntryTooLarge { payload_bytes } => {
+                // A first entry larger than the page comes alone, with a share of its own
+                // taken before it is read, once the page's share and the topics' are given
+                // back, so that a user holding nothing else always gets it, whatever its
+                // size (a share held meanwhile could never make room).
+                drop((share, request_share));
+                let share = state
+                    .budget
+                    .reserve(&budget_key.0, reply_estimate(payload_bytes, 1), BUSY_WAIT)
+                    .await?;
+                let pull = state
+                    .log
+                    .pull_within(caller.device, body.after, limit, page_bytes, topics)
+                    .await?;
+                return page_reply(&state, &budget_key, pull, share).await;
+            }
+        };
         let waited_out = tokio::time::Instant::now() >= deadline;
         let found = !pull.entries.is_empty() || !pull.unreadable.is_empty();
         if found || pull.more || waited_out || state.shutdown.is_cancelled() {
-            let pulled = pull.entries.len();
-            let reply = PullResponse::from_pulled(
-                &pull.entries,
-                &pull.unreadable,
-                pull.next_cursor,
-                pull.more,
-            );
-            drop(pull);
-            let json = serde_json::to_vec(&reply)
-                .map_err(|e| ApiError::unavailable("cannot encode a pull reply", &e))?;
-            drop(reply);
-            let held = if json.len() > share.bytes() {
-                // A first entry larger than the page's budget comes alone: its reply takes
-                // what it needs as a request of its own, once the page's share and the
-                // topics' are given back, so that a user holding nothing else always gets
-                // it, whatever its size (a share held meanwhile could never make room).
-                drop((share, request_share));
-                state
-                    .budget
-                    .reserve(&budget_key.0, json.len(), BUSY_WAIT)
-                    .await?
-            } else {
-                share.shrink_to(json.len());
-                share
-            };
-            state.metrics.pulled(pulled);
-            return Ok(held_json(json, held));
+            drop(request_share);
+            return page_reply(&state, &budget_key, pull, share).await;
         }
         drop((pull, share));
         tokio::select! {
@@ -621,6 +618,38 @@ async fn pull(
             _ = state.shutdown.cancelled() => {}
         }
     }
+}
+
+/// The JSON reply of a pulled page, holding `share` of the budget until it is handed to the
+/// connection.
+async fn page_reply(
+    state: &AppState,
+    budget_key: &BudgetKey,
+    pull: Pull,
+    mut share: Reservation,
+) -> Result<Response, ApiError> {
+    let pulled = pull.entries.len();
+    let reply =
+        PullResponse::from_pulled(&pull.entries, &pull.unreadable, pull.next_cursor, pull.more);
+    drop(pull);
+    let json = serde_json::to_vec(&reply)
+        .map_err(|e| ApiError::unavailable("cannot encode a pull reply", &e))?;
+    drop(reply);
+    let held = if json.len() > share.bytes() {
+        // Larger than its estimate (long topics or ids): the reply takes what it needs as a
+        // request of its own, once its share is given back (a share held meanwhile could
+        // never make room when the budget is at its least).
+        drop(share);
+        state
+            .budget
+            .reserve(&budget_key.0, json.len(), BUSY_WAIT)
+            .await?
+    } else {
+        share.shrink_to(json.len());
+        share
+    };
+    state.metrics.pulled(pulled);
+    Ok(held_json(json, held))
 }
 
 /// The payload bytes of a page when the client does not say (a client from before
@@ -650,13 +679,23 @@ fn topics_bytes(topics: Option<&[String]>) -> usize {
     })
 }
 
+/// About how many bytes an entry's reply takes besides its payload: cursor, ids, topic and
+/// the JSON around them.
+const ENTRY_OVERHEAD: usize = 160;
+
 /// About how many bytes the JSON reply of a page of at most `page_bytes` of payload in at
 /// most `limit` entries takes: the payload in base64, and the rest of each entry.
 fn reply_estimate(page_bytes: usize, limit: usize) -> usize {
     page_bytes
         .div_ceil(3)
         .saturating_mul(4)
-        .saturating_add(limit.saturating_mul(160))
+        .saturating_add(limit.saturating_mul(ENTRY_OVERHEAD))
+}
+
+/// The most payload one entry may carry for its reply to fit in `reply_bytes`, as
+/// [`reply_estimate`] counts.
+fn payload_within(reply_bytes: usize) -> usize {
+    reply_bytes.saturating_sub(ENTRY_OVERHEAD) / 4 * 3
 }
 
 async fn ack(
@@ -719,6 +758,22 @@ async fn metrics(_: WithinIpLimit, State(state): State<Shared>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_payload_within_a_reply_size_has_a_reply_of_at_most_that_size() {
+        for reply in [
+            0, 1, 159, 160, 161, 163, 164, 165, 1_000, 1_048_576, 8_388_608,
+        ] {
+            let payload = payload_within(reply);
+            assert!(
+                reply_estimate(payload, 1) <= reply.max(ENTRY_OVERHEAD),
+                "{reply}"
+            );
+            if reply >= ENTRY_OVERHEAD + 4 {
+                assert!(reply_estimate(payload + 3, 1) > reply, "{reply}: the most");
+            }
+        }
+    }
 
     #[test]
     fn the_ip_limit_counts_an_ipv6_client_by_its_64_network() {

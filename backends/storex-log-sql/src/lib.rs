@@ -23,7 +23,7 @@
 //! ## Bounds
 //! A pull page holds at most the entries asked for (and at most 100,000) and at most 8 MiB of
 //! payload, or less with `SqlSharedLog::pull_within` (a bigger single entry still comes
-//! alone), with `more` set when it was cut. A stored counter, position or cursor that is negative
+//! alone; `SqlSharedLog::pull_page` answers its size instead of reading it past a bound), with `more` set when it was cut. A stored counter, position or cursor that is negative
 //! (damaged tables) is reported as an error, never taken for 0. An ack beyond the user's
 //! counter is kept at the counter, and compaction never goes past it, so a confused or
 //! hostile device cannot make later entries vanish. A pull re-reads the compaction mark
@@ -32,4 +32,4 @@
 
 mod log;
 
-pub use log::{set_up_already, LogStats, SqlSharedLog, MAX_PULL_BYTES};
+pub use log::{set_up_already, LogStats, PageBounds, PagePull, SqlSharedLog, MAX_PULL_BYTES};

@@ -25,6 +25,34 @@ const ENTRIES: &str = "storex_shared_entries";
 const MIGRATION_LOCK: i64 = 0x73_74_6f_72_65_78;
 /// Most payload bytes one pull returns (one larger entry still comes alone).
 pub const MAX_PULL_BYTES: usize = 8 * 1024 * 1024;
+/// How much one page of [`SqlSharedLog::pull_page`] may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageBounds {
+    /// Most entries (at most 100,000).
+    pub entries: usize,
+    /// Most payload bytes, over the page's entries (at most [`MAX_PULL_BYTES`]). The first
+    /// entry comes whatever its size, up to `first_entry_bytes`, so that a page always moves
+    /// on.
+    pub bytes: usize,
+    /// Largest first entry that is read (taken as at least `bytes`): a larger one is not
+    /// read, and its size is answered instead ([`PagePull::FirstEntryTooLarge`]), so that
+    /// the caller can make room for it first.
+    pub first_entry_bytes: usize,
+}
+
+/// What [`SqlSharedLog::pull_page`] read.
+#[derive(Debug)]
+pub enum PagePull {
+    /// A page, as [`SharedSyncLog::pull`] answers it.
+    Page(Pull),
+    /// Nothing was read: the first entry after the cursor carries more payload than
+    /// [`PageBounds::first_entry_bytes`].
+    FirstEntryTooLarge {
+        /// The bytes of that entry's payload.
+        payload_bytes: usize,
+    },
+}
+
 /// Largest number of ids in one `IN (…)` lookup.
 const LOOKUP_CHUNK: usize = 500;
 /// How long a push or a compaction on PostgreSQL waits for a lock (the user's counter).
@@ -249,7 +277,30 @@ impl SqlSharedLog {
         max_bytes: usize,
         topics: Option<&[String]>,
     ) -> SharedResult<Pull> {
-        let limit = limit.min(MAX_PULL_ENTRIES);
+        let bounds = PageBounds {
+            entries: limit,
+            bytes: max_bytes,
+            first_entry_bytes: usize::MAX,
+        };
+        match self.pull_page(device, after, bounds, topics).await? {
+            PagePull::Page(pull) => Ok(pull),
+            // Only a payload larger than the largest number SQL holds could be.
+            PagePull::FirstEntryTooLarge { .. } => Err(self.corrupt("payload size")),
+        }
+    }
+
+    /// [`SqlSharedLog::pull_within`] that reads the first entry only when its payload is at
+    /// most [`PageBounds::first_entry_bytes`], and otherwise answers its size: a server
+    /// that counts the memory its pulls take makes room for such an entry before it reads
+    /// it, instead of finding out after.
+    pub async fn pull_page(
+        &self,
+        device: DeviceId,
+        after: u64,
+        bounds: PageBounds,
+        topics: Option<&[String]>,
+    ) -> SharedResult<PagePull> {
+        let limit = bounds.entries.min(MAX_PULL_ENTRIES);
         let user = self.user_of(&self.db, device).await?;
         check_topics(topics.into_iter().flatten().map(String::as_str))?;
         // Read the committed counter first: entries committing later get cursors above it.
@@ -269,17 +320,17 @@ impl SqlSharedLog {
         }
         if limit == 0 {
             // Nothing taken: the cursor stays.
-            return Ok(Pull {
+            return Ok(PagePull::Page(Pull {
                 next_cursor: after,
                 more: after < high,
                 ..Pull::default()
-            });
+            }));
         }
         if matches!(topics, Some(t) if t.is_empty()) {
-            return Ok(Pull {
+            return Ok(PagePull::Page(Pull {
                 next_cursor: Ord::max(high, after),
                 ..Pull::default()
-            });
+            }));
         }
         // The page: entries in cursor order with the running total of their payload sizes,
         // and only those within the byte budget, so a page of big entries stays bounded in
@@ -314,7 +365,9 @@ impl SqlSharedLog {
             .expr_as(Expr::cust("COUNT(*) OVER ()"), id("found"))
             .from_subquery(sizes, id("sizes"))
             .to_owned();
-        let budget = i64::try_from(max_bytes.clamp(1, MAX_PULL_BYTES)).unwrap_or(i64::MAX);
+        let budget = bounds.bytes.clamp(1, MAX_PULL_BYTES);
+        let first_most = i64::try_from(bounds.first_entry_bytes.max(budget)).unwrap_or(i64::MAX);
+        let budget = i64::try_from(budget).unwrap_or(i64::MAX);
         let entry = |name: &str| (id("entry"), id(name));
         let query = Query::select()
             .columns([
@@ -325,14 +378,20 @@ impl SqlSharedLog {
                 entry("payload"),
             ])
             .column((id("page"), id("found")))
+            .column((id("page"), id("running")))
             .from_subquery(page, id("page"))
+            // A first entry larger than `first_most` is joined to nothing: its row comes
+            // with its size and no column of the entry, whose payload is not read.
             .join_as(
-                JoinType::InnerJoin,
+                JoinType::LeftJoin,
                 id(ENTRIES),
                 id("entry"),
                 Condition::all()
                     .add(Expr::col(entry("user_name")).eq(user.as_str()))
-                    .add(Expr::col(entry("cursor")).equals((id("page"), id("cursor")))),
+                    .add(Expr::col(entry("cursor")).equals((id("page"), id("cursor"))))
+                    .add(Expr::cust(format!(
+                        r#"("page"."place" > 1 OR "page"."running" <= {first_most})"#
+                    ))),
             )
             // Numbers of ours (a caller's bytes clamped), not text: written into the SQL.
             .and_where(Expr::cust(format!(
@@ -348,6 +407,20 @@ impl SqlSharedLog {
             .query_all(&query)
             .await
             .map_err(|e| self.unavailable(e))?;
+        if let Some(first) = rows.first() {
+            let read: Option<i64> = first
+                .try_get("", "cursor")
+                .map_err(|_| self.corrupt("entry cursor"))?;
+            if read.is_none() {
+                let size: i64 = first
+                    .try_get("", "running")
+                    .map_err(|_| self.corrupt("payload size"))?;
+                let payload_bytes = self.as_cursor(size, "payload size")?;
+                return Ok(PagePull::FirstEntryTooLarge {
+                    payload_bytes: usize::try_from(payload_bytes).unwrap_or(usize::MAX),
+                });
+            }
+        }
         // The rows past the limit were left out by the query; this only guards the slice.
         let taken = &rows[..rows.len().min(limit)];
         // A row that does not read is passed over and named, so that it does not stop
@@ -387,12 +460,12 @@ impl SqlSharedLog {
                 compacted_through: compacted,
             });
         }
-        Ok(Pull {
+        Ok(PagePull::Page(Pull {
             entries,
             unreadable,
             next_cursor,
             more,
-        })
+        }))
     }
 
     /// How much the log holds, over all users.

@@ -74,6 +74,15 @@ mod postgres {
     }
 
     #[tokio::test]
+    async fn a_postgres_page_of_big_entries_is_cut_by_bytes() {
+        let Some(server) = storex_test::postgres_url() else {
+            return;
+        };
+        let url = storex_test::fresh_postgres_database(&server).await;
+        pages_are_cut_by_bytes(SqlSharedLog::connect(&url).await.expect("connect")).await;
+    }
+
+    #[tokio::test]
     async fn postgres_passes_the_shared_log_suite() {
         let Some(server) = storex_test::postgres_url() else {
             return;
@@ -180,10 +189,19 @@ async fn log_with_two_devices() -> (SqlSharedLog, storex_sync::DeviceId, storex_
 
 #[tokio::test]
 async fn a_page_of_big_entries_is_cut_by_bytes() {
+    let (log, _, _) = log_with_two_devices().await;
+    pages_are_cut_by_bytes(log).await;
+}
+
+/// Pages of 3 MiB entries, cut by the log's 8 MiB and by a caller's bounds, and a first
+/// entry past its bound answered by its size, unread.
+async fn pages_are_cut_by_bytes(log: SqlSharedLog) {
     use storex_core::uuid::Uuid;
+    use storex_log_sql::{PageBounds, PagePull};
     use storex_sync::SharedEntry;
     const MIB: usize = 1024 * 1024;
-    let (log, a, b) = log_with_two_devices().await;
+    let a = log.create_device("pages").await.expect("device");
+    let b = log.create_device("pages").await.expect("device");
     let big: Vec<SharedEntry> = (0..5u8)
         .map(|i| SharedEntry {
             id: Uuid::now_v7(),
@@ -238,6 +256,49 @@ async fn a_page_of_big_entries_is_cut_by_bytes() {
     let page = log.pull_within(b, 0, 1, 7 * MIB, None).await.expect("pull");
     assert_eq!(sizes(&page), [0]);
     assert!(page.more);
+
+    // A first entry past its bound is not read: its size comes instead, and the page once
+    // the bound lets it through.
+    let bounds = |bytes: usize, first_entry_bytes: usize| PageBounds {
+        entries: 100,
+        bytes,
+        first_entry_bytes,
+    };
+    let page = log
+        .pull_page(b, 0, bounds(MIB, 3 * MIB - 1), None)
+        .await
+        .expect("pull");
+    assert!(
+        matches!(page, PagePull::FirstEntryTooLarge { payload_bytes } if payload_bytes == 3 * MIB),
+        "{page:?}"
+    );
+    let page = log
+        .pull_page(b, 0, bounds(MIB, 3 * MIB), None)
+        .await
+        .expect("pull");
+    let PagePull::Page(page) = page else {
+        panic!("a first entry within its bound is read: {page:?}");
+    };
+    assert_eq!(sizes(&page), [0]);
+    assert!(page.more);
+    // Only the first entry is held to it; the others to the page's bytes.
+    let page = log
+        .pull_page(b, 0, bounds(7 * MIB, MIB), None)
+        .await
+        .expect("pull");
+    let PagePull::Page(page) = page else {
+        panic!("a first entry within the page's bytes is read: {page:?}");
+    };
+    assert_eq!(sizes(&page), [0, 1]);
+    // Past the first, after a cursor, and on the last page.
+    let last = log
+        .pull_page(b, rest.next_cursor, bounds(MIB, MIB), None)
+        .await
+        .expect("pull");
+    assert!(
+        matches!(last, PagePull::FirstEntryTooLarge { payload_bytes } if payload_bytes == 3 * MIB),
+        "{last:?}"
+    );
 }
 
 fn small_entry(device: storex_sync::DeviceId) -> storex_sync::SharedEntry {
