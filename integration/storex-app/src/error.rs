@@ -45,6 +45,21 @@ pub enum Error {
         /// The field.
         field: String,
     },
+    /// The database is open for sync elsewhere: in another process, or in another
+    /// [`crate::SyncedStorage`] of this one.
+    #[error("the database {} is open for sync elsewhere (another process, or another SyncedStorage of this one): one device's database syncs from one place at a time, or two clocks could give two changes the same timestamp and devices could disagree on which wins; close the other first", database.display())]
+    DatabaseInUse {
+        /// The database's file.
+        database: std::path::PathBuf,
+    },
+    /// The file that keeps a database's device to one opener could not be opened or locked.
+    #[error("cannot lock {}, which keeps the database's device to one opener", path.display())]
+    DeviceLock {
+        /// The lock file.
+        path: std::path::PathBuf,
+        /// Why not.
+        source: std::io::Error,
+    },
     /// A stored setting does not hold what it should.
     #[error("the stored setting `{key}` is corrupt")]
     CorruptSetting {

@@ -17,6 +17,7 @@
 
 mod background;
 mod change_notifier;
+mod device_lock;
 mod error;
 mod live;
 mod pairing;

@@ -16,6 +16,7 @@ use storex_sync::{
 
 use crate::background::{BackgroundOptions, BackgroundSync};
 use crate::change_notifier::ChangeNotifier;
+use crate::device_lock::DeviceLock;
 use crate::error::{Error, Result};
 use crate::registration::{self, Registration};
 
@@ -137,8 +138,16 @@ impl SyncedStorageBuilder {
 
     /// Opens the storage: adopts the app's tables, registers the device with the shared log
     /// the first time (and remembers it), and logs the rows that existed before sync once.
+    ///
+    /// A SQLite database is synced from one place at a time: while a storage opened on it
+    /// (or a clone of it, or a background sync) is alive, another open of the same file, in
+    /// this process or another, fails with [`Error::DatabaseInUse`]; the lock goes with its
+    /// process, however that ends. Two openers would keep two clocks for one device, which
+    /// can give two changes the same timestamp. On PostgreSQL nothing checks it: open each
+    /// database as a device from one process only.
     pub async fn open(self) -> Result<SyncedStorage> {
         let (log, user) = self.shared_log.ok_or(Error::NoSharedLog)?;
+        let lock = DeviceLock::take(&self.db).await?;
         let mut registry = Registry::builder().collection(settings_collection());
         for collection in self.collections {
             registry = registry.collection(collection?);
@@ -231,6 +240,10 @@ impl SyncedStorageBuilder {
         let notifier = ChangeNotifier::new().ignoring(excluded.iter().cloned());
         // The notifier first, so the app's own middleware sees writes after it.
         let mut options = SyncOptions::default().with_middleware(Arc::new(notifier.clone()));
+        if let Some(lock) = lock {
+            // Held for as long as the storage's chain is.
+            options = options.with_middleware(Arc::new(lock));
+        }
         options.excluded = excluded;
         options.middleware.extend(self.sync_options.middleware);
         let device = SyncDevice::open(registry, backend, Clock::new(device_id), options).await?;

@@ -290,6 +290,29 @@ impl OfflinePhone {
         }
     }
 
+    /// Closes the app, then starts it again on the same database (a second open while the
+    /// first is alive is refused).
+    async fn restart(self) -> Self {
+        let OfflinePhone {
+            dir,
+            memory,
+            flaky,
+            log,
+            db,
+            app,
+        } = self;
+        drop(app);
+        let app = open(db.clone(), &log).await;
+        OfflinePhone {
+            dir,
+            memory,
+            flaky,
+            log,
+            db,
+            app,
+        }
+    }
+
     /// Asserts that a laptop joining now gets the phone's note.
     async fn laptop_gets_the_note(&self) {
         let laptop_db = app_db(&self.dir.path().join("laptop.db")).await;
@@ -301,11 +324,11 @@ impl OfflinePhone {
 
 #[tokio::test]
 async fn a_first_start_offline_works_locally_and_the_first_sync_online_registers() {
-    let mut phone = OfflinePhone::new().await;
+    let phone = OfflinePhone::new().await;
     let id = phone.app.device_id();
     assert!(phone.app.sync_once().await.is_err(), "still offline");
     // Restarted, still offline: the same device, still to be registered.
-    phone.app = open(phone.db.clone(), &phone.log).await;
+    let phone = phone.restart().await;
     assert_eq!(phone.app.device_id(), id);
     assert!(!phone.app.is_registered());
 
@@ -314,7 +337,7 @@ async fn a_first_start_offline_works_locally_and_the_first_sync_online_registers
     assert_eq!(report.pushed, 1);
     assert!(phone.app.is_registered());
     assert_eq!(phone.memory.devices(id).await.expect("registered").len(), 1);
-    phone.app = open(phone.db.clone(), &phone.log).await;
+    let phone = phone.restart().await;
     assert_eq!(phone.app.device_id(), id, "kept once registered");
     assert!(phone.app.is_registered());
     phone.laptop_gets_the_note().await;
@@ -597,4 +620,50 @@ async fn a_default_comes_with_its_field_and_is_kept() {
         .open()
         .await
         .expect("a release without the field");
+}
+
+/// Opens `path` as the app's database once more, beside whatever holds it.
+async fn open_again(
+    path: &std::path::Path,
+    log: &Arc<dyn SharedSyncLog>,
+) -> Result<SyncedStorage, Error> {
+    SyncedStorage::builder(app_db(path).await)
+        .entity(note::Entity)
+        .shared_log(log.clone(), "ann")
+        .open()
+        .await
+}
+
+#[tokio::test]
+async fn a_database_open_for_sync_is_refused_another_open_until_all_of_the_first_is_gone() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let path = dir.path().join("phone.db");
+    let phone = open(app_db(&path).await, &log).await;
+    let in_use = |opened: Result<SyncedStorage, Error>| match opened {
+        Err(error @ Error::DatabaseInUse { .. }) => {
+            assert!(
+                error
+                    .to_string()
+                    .contains("phone.db is open for sync elsewhere"),
+                "{error}"
+            );
+        }
+        other => panic!("a second open of a database in use: {other:?}"),
+    };
+    // Two openers would keep two clocks for one device.
+    in_use(open_again(&path, &log).await);
+    // What can still write to the device keeps it: a background sync, a storage's clone.
+    let background = phone.start_background(storex_app::BackgroundOptions::default());
+    let storage = phone.storage().clone();
+    drop(phone);
+    in_use(open_again(&path, &log).await);
+    background.stop().await;
+    in_use(open_again(&path, &log).await);
+    drop(storage);
+    open_again(&path, &log)
+        .await
+        .expect("open once the first is gone");
+    // Another database is another device.
+    open(app_db(&dir.path().join("laptop.db")).await, &log).await;
 }
