@@ -66,7 +66,9 @@ pub struct ServerConfig {
     /// connection is closed. A client that stops reading (a phone gone mid-reply) would
     /// otherwise hold its connection, and the reply's share of `max_buffered_bytes`, until
     /// the kernel gives up on it, about fifteen minutes later. A slow client that goes on
-    /// reading is never cut off.
+    /// reading is not cut off: on Linux the server keeps at most 128 KiB of a reply queued
+    /// unsent, so each bit the client takes lets the reply go on. (Elsewhere, a client must
+    /// take a third of the connection's send buffer within the timeout.)
     pub write_timeout: Duration,
     /// Most connections open at once (default 10,000); more wait in the listen queue until
     /// one closes. Keep it below the process's open-file limit.

@@ -29,6 +29,10 @@ use tower::ServiceExt;
 
 use crate::write_timeout::WriteTimeout;
 
+/// Most bytes of a reply the kernel keeps queued and not yet sent (`TCP_NOTSENT_LOWAT`).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const UNSENT_LOW_WATER: u32 = 128 * 1024;
+
 /// How a served connection behaves.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ConnectionLimits {
@@ -99,6 +103,11 @@ async fn serve_connection(
 ) {
     // Small replies (acknowledgements) must not wait for more data.
     let _ = stream.set_nodelay(true);
+    // The kernel queues at most this much of a reply unsent, so that a client reading
+    // slowly frees room in small steps, each a sign of progress to the write timeout (with
+    // a send buffer grown to megabytes, a third of it must drain before a write goes on).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(UNSENT_LOW_WATER);
     let service = app.map_request(move |mut request: axum::http::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(remote));
         request.map(axum::body::Body::new)

@@ -351,6 +351,67 @@ async fn a_reply_its_client_does_not_read_gives_its_share_back_after_the_write_t
 }
 
 #[tokio::test]
+async fn a_slow_client_that_goes_on_reading_gets_its_whole_reply_past_the_write_timeout() {
+    let store = Store::sqlite();
+    let mut config = config(&store);
+    config.write_timeout = Duration::from_secs(1);
+    let server = SyncServer::start(config).await.unwrap();
+    let url = server.url();
+    let log = HttpSharedLog::new(&url).unwrap();
+    let (user, phone, _) = account(&log, "ann").await;
+    let laptop = log.create_device(&user).await.unwrap();
+    let laptop_token = log.device_token(laptop).unwrap();
+    log.push(phone, vec![entry(phone, 3 * 1024 * KIB)])
+        .await
+        .unwrap();
+
+    // About 4 MB of reply, read 16 KiB every 50 ms: some 13 s in all, far past the write
+    // timeout, but never a second without taking some of it.
+    let addr = server.local_addr();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let body = json!({"after": 0, "limit": 100, "max_bytes": 6 * 1024 * KIB}).to_string();
+    let head = format!(
+        "POST /v1/pull HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {laptop_token}\r\n\
+         content-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut buffer = vec![0u8; 16 * KIB];
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        match stream.read(&mut buffer).await {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+            Err(e) => panic!("cut off after {} bytes: {e}", received.len()),
+        }
+    }
+    let text = String::from_utf8_lossy(&received).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a reply head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_lowercase()
+                .strip_prefix("content-length: ")?
+                .parse()
+                .ok()
+        })
+        .expect("a content length");
+    assert!(
+        length > 4 * 1024 * KIB,
+        "the 3 MiB entry in base64: {length}"
+    );
+    assert_eq!(body.len(), length, "the whole reply came");
+    assert!(
+        body.ends_with("\"more\":false}"),
+        "{}",
+        &body[body.len() - 40..]
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_budget_smaller_than_one_body_is_refused_at_start() {
     let store = Store::sqlite();
     let mut config = config(&store);
