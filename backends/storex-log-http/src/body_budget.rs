@@ -179,6 +179,24 @@ impl BodyBudget {
         granted
     }
 
+    /// Grows `share` to `bytes` if the room is there now, without waiting (nothing is
+    /// counted as refused otherwise, and `share` stays as it is): for a reply a little larger
+    /// than its estimate, which must not let go of what it holds to wait for all of it.
+    pub(crate) async fn top_up(&self, share: &mut Reservation, bytes: usize) -> bool {
+        let Some(more) = bytes.checked_sub(share.bytes).filter(|more| *more > 0) else {
+            return true;
+        };
+        match self.grant(&share.user, more, Duration::ZERO).await {
+            Ok(mut extra) => {
+                share.bytes += extra.bytes;
+                // Moved into `share`: nothing left to give back.
+                extra.bytes = 0;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Takes `bytes` for a request of `user`: at once, or within `wait` once other requests
     /// have given back enough (any request that fits goes, so small ones are not held
     /// behind a large one; a large one that finds no room in time is answered busy, and its
@@ -333,6 +351,29 @@ mod tests {
     use super::*;
 
     const KIB: usize = 1024;
+
+    #[tokio::test]
+    async fn a_share_is_topped_up_when_the_room_is_there_and_left_as_it_is_otherwise() {
+        let budget = BodyBudget::new(10 * KIB, 10 * KIB);
+        let mut share = budget
+            .reserve("ann", 4 * KIB, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(budget.top_up(&mut share, 6 * KIB).await);
+        assert_eq!((share.bytes(), budget.held_bytes()), (6 * KIB, 6 * KIB));
+        let bob = budget
+            .reserve("bob", 3 * KIB, Duration::ZERO)
+            .await
+            .unwrap();
+        // 2 KiB more would pass the budget: refused at once, not counted, nothing changed.
+        let started = tokio::time::Instant::now();
+        assert!(!budget.top_up(&mut share, 8 * KIB).await);
+        assert!(started.elapsed() < Duration::from_secs(1), "no wait");
+        assert_eq!((share.bytes(), budget.held_bytes()), (6 * KIB, 9 * KIB));
+        assert_eq!(budget.refused(), 0);
+        drop((share, bob));
+        assert_eq!(budget.held_bytes(), 0, "all given back, the top-up too");
+    }
 
     #[tokio::test]
     async fn a_user_past_its_share_is_refused_at_once_and_others_go_on() {

@@ -591,7 +591,7 @@ async fn pull(
                 drop((share, request_share));
                 let share = state
                     .budget
-                    .reserve(&budget_key.0, reply_estimate(payload_bytes, 1), BUSY_WAIT)
+                    .reserve(&budget_key.0, lone_entry_estimate(payload_bytes), BUSY_WAIT)
                     .await?;
                 let pull = state
                     .log
@@ -635,18 +635,21 @@ async fn page_reply(
     let json = serde_json::to_vec(&reply)
         .map_err(|e| ApiError::unavailable("cannot encode a pull reply", &e))?;
     drop(reply);
-    let held = if json.len() > share.bytes() {
-        // Larger than its estimate (long topics or ids): the reply takes what it needs as a
-        // request of its own, once its share is given back (a share held meanwhile could
-        // never make room when the budget is at its least).
+    let held = if json.len() <= share.bytes() {
+        share.shrink_to(json.len());
+        share
+    } else if state.budget.top_up(&mut share, json.len()).await {
+        // A little larger than its estimate (long topics), with the room there.
+        share
+    } else {
+        // Otherwise the reply takes what it needs as a request of its own, once its share is
+        // given back (a share held meanwhile could never make room when the budget is at
+        // its least).
         drop(share);
         state
             .budget
             .reserve(&budget_key.0, json.len(), BUSY_WAIT)
             .await?
-    } else {
-        share.shrink_to(json.len());
-        share
     };
     state.metrics.pulled(pulled);
     Ok(held_json(json, held))
@@ -681,7 +684,11 @@ fn topics_bytes(topics: Option<&[String]>) -> usize {
 
 /// About how many bytes an entry's reply takes besides its payload: cursor, ids, topic and
 /// the JSON around them.
-const ENTRY_OVERHEAD: usize = 160;
+const ENTRY_OVERHEAD: usize = 224;
+
+/// About how many bytes a page's reply takes besides its entries: `next_cursor`, `more` and
+/// the JSON around them.
+const REPLY_ENVELOPE: usize = 128;
 
 /// About how many bytes the JSON reply of a page of at most `page_bytes` of payload in at
 /// most `limit` entries takes: the payload in base64, and the rest of each entry.
@@ -690,12 +697,19 @@ fn reply_estimate(page_bytes: usize, limit: usize) -> usize {
         .div_ceil(3)
         .saturating_mul(4)
         .saturating_add(limit.saturating_mul(ENTRY_OVERHEAD))
+        .saturating_add(REPLY_ENVELOPE)
 }
 
 /// The most payload one entry may carry for its reply to fit in `reply_bytes`, as
 /// [`reply_estimate`] counts.
 fn payload_within(reply_bytes: usize) -> usize {
-    reply_bytes.saturating_sub(ENTRY_OVERHEAD) / 4 * 3
+    reply_bytes.saturating_sub(ENTRY_OVERHEAD + REPLY_ENVELOPE) / 4 * 3
+}
+
+/// What the reply of one entry with `payload_bytes` of payload takes at most, whatever its
+/// topic (one of control characters, escaped six bytes for one).
+fn lone_entry_estimate(payload_bytes: usize) -> usize {
+    reply_estimate(payload_bytes, 1).saturating_add(6 * MAX_TOPIC_BYTES)
 }
 
 async fn ack(
@@ -761,17 +775,52 @@ mod tests {
 
     #[test]
     fn a_payload_within_a_reply_size_has_a_reply_of_at_most_that_size() {
+        let least = ENTRY_OVERHEAD + REPLY_ENVELOPE;
         for reply in [
-            0, 1, 159, 160, 161, 163, 164, 165, 1_000, 1_048_576, 8_388_608,
+            0, 1, 351, 352, 353, 355, 356, 357, 1_000, 1_048_576, 8_388_608,
         ] {
             let payload = payload_within(reply);
-            assert!(
-                reply_estimate(payload, 1) <= reply.max(ENTRY_OVERHEAD),
-                "{reply}"
-            );
-            if reply >= ENTRY_OVERHEAD + 4 {
+            assert!(reply_estimate(payload, 1) <= reply.max(least), "{reply}");
+            if reply >= least + 4 {
                 assert!(reply_estimate(payload + 3, 1) > reply, "{reply}: the most");
             }
+        }
+    }
+
+    /// The JSON reply of `entries` entries with `payload` bytes of payload each and `topic`,
+    /// with the longest cursors.
+    fn encoded_reply(entries: usize, payload: usize, topic: &str) -> usize {
+        let pulled: Vec<storex_sync::PulledEntry> = (0..entries)
+            .map(|_| storex_sync::PulledEntry {
+                cursor: u64::MAX,
+                entry: SharedEntry {
+                    id: storex_core::uuid::Uuid::now_v7(),
+                    device: DeviceId::random(),
+                    topic: topic.to_owned(),
+                    payload: vec![0xff; payload],
+                },
+            })
+            .collect();
+        let reply = PullResponse::from_pulled(&pulled, &[], u64::MAX, true);
+        serde_json::to_vec(&reply)
+            .map(|json| json.len())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_reply_is_no_larger_than_its_estimate() {
+        let topic = "a_collection_name_of_forty_bytes_or_so__";
+        for payload in [0, 1, 2, 3, 1_000, 1_048_576] {
+            assert!(encoded_reply(1, payload, topic) <= reply_estimate(payload, 1));
+            assert!(
+                encoded_reply(100, payload / 100, topic) <= reply_estimate(payload, 100),
+                "{payload} in 100 entries"
+            );
+        }
+        // An entry read alone, whatever its topic.
+        let worst = "\u{1}".repeat(MAX_TOPIC_BYTES);
+        for payload in [0, 1, 1_048_576] {
+            assert!(encoded_reply(1, payload, &worst) <= lone_entry_estimate(payload));
         }
     }
 
