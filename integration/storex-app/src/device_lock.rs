@@ -6,23 +6,39 @@
 //! same timestamp; other devices could then disagree on which of them wins, for good. So
 //! [`SyncedStorageBuilder::open`] takes an exclusive lock on a file beside the database
 //! (`<database>.storex-lock`), and a second open is refused with
-//! [`Error::DatabaseInUse`] until the first is gone. The operating system lets the lock go
-//! when its process ends, however it ends, so a crash leaves nothing to clean up.
+//! [`Error::DatabaseInUse`] if the first is not gone within [`DEVICE_LOCK_WAIT`]. The
+//! operating system lets the lock go when its process ends, however it ends, so a crash
+//! leaves nothing to clean up (Windows may take a moment to).
 //!
 //! The lock is held by a middleware in the storage's chain: as long as anything that can
 //! write to the device (its storage, a clone of it, a background sync) is alive.
 //!
+//! It guards what file locks reach: not a database on a network file system whose locks are
+//! per process (NFS), nor a shared in-memory one; an app on iOS whose database is in an App
+//! Group container must not hold a lock while suspended, and opens without it
+//! ([`SyncedStorageBuilder::without_device_lock`]).
+//!
 //! [`SyncedStorage`]: crate::SyncedStorage
 //! [`SyncedStorageBuilder::open`]: crate::SyncedStorageBuilder::open
+//! [`SyncedStorageBuilder::without_device_lock`]: crate::SyncedStorageBuilder::without_device_lock
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::ErrorKind;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use storex_core::{BoxFuture, Middleware, Next, Operation, Outcome, Result as CoreResult};
 
 use crate::error::{Error, Result};
+
+/// How long [`crate::SyncedStorageBuilder::open`] waits for a database's device to be let go
+/// by whatever holds it (a background sync of a storage the app dropped finishes its sync
+/// first, within its `stop_grace`) before it answers [`Error::DatabaseInUse`].
+pub const DEVICE_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// How often a held lock is tried again meanwhile.
+const RETRY_EVERY: Duration = Duration::from_millis(50);
 
 /// The lock on a database's device, held while this middleware is in a storage's chain. It
 /// passes every operation on unchanged.
@@ -36,28 +52,34 @@ impl DeviceLock {
     /// Locks the device of the SQLite database `db` has open as its main database; none for
     /// PostgreSQL (see [`crate::SyncedStorageBuilder::open`]), an in-memory database, or a
     /// file system without locks.
-    pub(crate) async fn take(db: &DatabaseConnection) -> Result<Option<DeviceLock>> {
+    pub(crate) async fn take(
+        db: &DatabaseConnection,
+        wait: Duration,
+    ) -> Result<Option<DeviceLock>> {
         let Some(database) = sqlite_main_file(db).await? else {
             return Ok(None);
         };
         let mut path = database.clone().into_os_string();
         path.push(".storex-lock");
         let path = PathBuf::from(path);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| Error::DeviceLock {
-                path: path.clone(),
-                source,
-            })?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(DeviceLock { _file: file })),
-            Err(TryLockError::WouldBlock) => Err(Error::DatabaseInUse { database }),
-            // Nothing to take the lock with: sync works as it did without it.
-            Err(TryLockError::Error(e)) if e.kind() == ErrorKind::Unsupported => Ok(None),
-            Err(TryLockError::Error(source)) => Err(Error::DeviceLock { path, source }),
+        let file = open_lock_file(&path).map_err(|source| Error::DeviceLock {
+            path: path.clone(),
+            source,
+        })?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Some(DeviceLock { _file: file })),
+                Err(TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(RETRY_EVERY).await;
+                }
+                Err(TryLockError::WouldBlock) => return Err(Error::DatabaseInUse { database }),
+                // Nothing to take the lock with: sync works as it did without it.
+                Err(TryLockError::Error(e)) if e.kind() == ErrorKind::Unsupported => {
+                    return Ok(None)
+                }
+                Err(TryLockError::Error(source)) => return Err(Error::DeviceLock { path, source }),
+            }
         }
     }
 }
@@ -65,6 +87,23 @@ impl DeviceLock {
 impl Middleware for DeviceLock {
     fn process<'a>(&'a self, op: Operation, next: Next<'a>) -> BoxFuture<'a, CoreResult<Outcome>> {
         next.run(op)
+    }
+}
+
+/// The lock file at `path`, made if missing. A lock needs no write access: one made by
+/// another account (a `storex sync` run with `sudo`) is opened for reading.
+fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    let writable = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path);
+    match writable {
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+            OpenOptions::new().read(true).open(path)
+        }
+        opened => opened,
     }
 }
 
@@ -101,9 +140,11 @@ mod tests {
     #[tokio::test]
     async fn a_database_locked_for_its_device_is_refused_until_the_lock_is_gone() {
         let dir = tempfile::tempdir().unwrap();
-        let first = DeviceLock::take(&sqlite(dir.path()).await).await.unwrap();
+        let first = DeviceLock::take(&sqlite(dir.path()).await, Duration::ZERO)
+            .await
+            .unwrap();
         assert!(first.is_some(), "a file database is locked");
-        let second = DeviceLock::take(&sqlite(dir.path()).await).await;
+        let second = DeviceLock::take(&sqlite(dir.path()).await, Duration::from_millis(200)).await;
         match second {
             Err(Error::DatabaseInUse { database }) => {
                 assert_eq!(database.file_name().unwrap(), "app.db");
@@ -111,13 +152,52 @@ mod tests {
             other => panic!("a second lock of the same database: {other:?}"),
         }
         drop(first);
-        let again = DeviceLock::take(&sqlite(dir.path()).await).await.unwrap();
+        let again = DeviceLock::take(&sqlite(dir.path()).await, Duration::ZERO)
+            .await
+            .unwrap();
         assert!(again.is_some(), "taken again once the first is gone");
+    }
+
+    #[tokio::test]
+    async fn an_open_waits_for_a_lock_let_go_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DeviceLock::take(&sqlite(dir.path()).await, Duration::ZERO)
+            .await
+            .unwrap();
+        let letting_go = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(first);
+        });
+        let second = DeviceLock::take(&sqlite(dir.path()).await, Duration::from_secs(20)).await;
+        assert!(second.unwrap().is_some(), "taken once let go");
+        letting_go.await.unwrap();
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_lock_file_this_account_may_not_write_still_locks() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite(dir.path()).await;
+        let path = dir.path().join("app.db.storex-lock");
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        // (Root may write it anyway: then the read-only path is not taken, and that is all.)
+        let first = DeviceLock::take(&db, Duration::ZERO).await.unwrap();
+        assert!(first.is_some());
+        let second = DeviceLock::take(&db, Duration::ZERO).await;
+        assert!(
+            matches!(second, Err(Error::DatabaseInUse { .. })),
+            "{second:?}"
+        );
     }
 
     #[tokio::test]
     async fn an_in_memory_database_takes_no_lock() {
         let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
-        assert!(DeviceLock::take(&db).await.unwrap().is_none());
+        assert!(DeviceLock::take(&db, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none());
     }
 }

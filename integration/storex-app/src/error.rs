@@ -13,7 +13,7 @@ pub enum Error {
     /// An entity could not be turned into a collection, or the database is not supported.
     #[error("the app's schema cannot be synced")]
     Schema(#[from] storex_seaorm::Error),
-    /// The app's database failed while it was set up for sync (its journal mode).
+    /// The app's database failed while it was set up for sync (its journal mode, its file).
     #[error("the app's database failed")]
     Database(#[from] sea_orm::DbErr),
     /// Registering the device with the shared log failed.

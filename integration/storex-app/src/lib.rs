@@ -28,6 +28,7 @@ pub use background::{
     BackgroundOptions, BackgroundSync, SyncEvent, SyncState, SyncStatus, MAX_WAIT, MIN_WAIT,
 };
 pub use change_notifier::ChangeNotifier;
+pub use device_lock::DEVICE_LOCK_WAIT;
 pub use error::{Error, Result};
 pub use pairing::{PairingAnswer, PairingOffer, SYNC_BEFORE_PAIRING};
 pub use registration::FIRST_REGISTRATION_WAIT;

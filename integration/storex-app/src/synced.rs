@@ -16,7 +16,7 @@ use storex_sync::{
 
 use crate::background::{BackgroundOptions, BackgroundSync};
 use crate::change_notifier::ChangeNotifier;
-use crate::device_lock::DeviceLock;
+use crate::device_lock::{DeviceLock, DEVICE_LOCK_WAIT};
 use crate::error::{Error, Result};
 use crate::registration::{self, Registration};
 
@@ -53,6 +53,9 @@ pub struct SyncedStorageBuilder {
     shared_log: Option<(Arc<dyn SharedSyncLog>, String)>,
     options: ContinuousOptions,
     sync_options: SyncOptions,
+    /// How long `open` waits for a SQLite database's device lock; none: no lock (see
+    /// `without_device_lock`).
+    device_lock: Option<std::time::Duration>,
 }
 
 /// The user (for the sync server, a user token) is a secret: not shown.
@@ -130,6 +133,22 @@ impl SyncedStorageBuilder {
         self
     }
 
+    /// Opens without the lock that keeps a SQLite database to one opener (see
+    /// [`SyncedStorageBuilder::open`]). Only for an app that must hold no file lock while it
+    /// is suspended (iOS, a database in an App Group container) and makes sure itself that
+    /// one process at a time opens the database.
+    pub fn without_device_lock(mut self) -> Self {
+        self.device_lock = None;
+        self
+    }
+
+    /// Sets how long [`SyncedStorageBuilder::open`] waits for a SQLite database whose device
+    /// is held elsewhere to be let go (default [`crate::DEVICE_LOCK_WAIT`]; zero: not at all).
+    pub fn device_lock_wait(mut self, wait: std::time::Duration) -> Self {
+        self.device_lock = Some(wait);
+        self
+    }
+
     /// Adds a middleware of the app's after the sync logger.
     pub fn with_middleware(mut self, middleware: Arc<dyn Middleware>) -> Self {
         self.sync_options = self.sync_options.with_middleware(middleware);
@@ -141,13 +160,18 @@ impl SyncedStorageBuilder {
     ///
     /// A SQLite database is synced from one place at a time: while a storage opened on it
     /// (or a clone of it, or a background sync) is alive, another open of the same file, in
-    /// this process or another, fails with [`Error::DatabaseInUse`]; the lock goes with its
-    /// process, however that ends. Two openers would keep two clocks for one device, which
-    /// can give two changes the same timestamp. On PostgreSQL nothing checks it: open each
-    /// database as a device from one process only.
+    /// this process or another, waits up to [`crate::DEVICE_LOCK_WAIT`] for it to be let go,
+    /// then fails with [`Error::DatabaseInUse`]; the lock goes with its process, however that
+    /// ends. To open a database again in the same process, `stop().await` its background
+    /// sync and drop the storage first. Two openers would keep two clocks for one device,
+    /// which can give two changes the same timestamp. On PostgreSQL nothing checks it: open
+    /// each database as a device from one process only.
     pub async fn open(self) -> Result<SyncedStorage> {
         let (log, user) = self.shared_log.ok_or(Error::NoSharedLog)?;
-        let lock = DeviceLock::take(&self.db).await?;
+        let lock = match self.device_lock {
+            Some(wait) => DeviceLock::take(&self.db, wait).await?,
+            None => None,
+        };
         let mut registry = Registry::builder().collection(settings_collection());
         for collection in self.collections {
             registry = registry.collection(collection?);
@@ -512,6 +536,7 @@ impl SyncedStorage {
             shared_log: None,
             options: ContinuousOptions::default(),
             sync_options: SyncOptions::default(),
+            device_lock: Some(DEVICE_LOCK_WAIT),
         }
     }
 

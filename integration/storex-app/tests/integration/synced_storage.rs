@@ -630,6 +630,7 @@ async fn open_again(
     SyncedStorage::builder(app_db(path).await)
         .entity(note::Entity)
         .shared_log(log.clone(), "ann")
+        .device_lock_wait(std::time::Duration::from_millis(100))
         .open()
         .await
 }
@@ -653,6 +654,15 @@ async fn a_database_open_for_sync_is_refused_another_open_until_all_of_the_first
     };
     // Two openers would keep two clocks for one device.
     in_use(open_again(&path, &log).await);
+    // An app that keeps to one opener itself may open without the lock.
+    let unlocked = SyncedStorage::builder(app_db(&path).await)
+        .entity(note::Entity)
+        .shared_log(log.clone(), "ann")
+        .without_device_lock()
+        .open()
+        .await
+        .expect("opened without the lock");
+    drop(unlocked);
     // What can still write to the device keeps it: a background sync, a storage's clone.
     let background = phone.start_background(storex_app::BackgroundOptions::default());
     let storage = phone.storage().clone();
