@@ -299,20 +299,38 @@ async fn a_large_body_refused_as_busy_is_read_so_that_its_client_gets_the_answer
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_reply_its_client_does_not_read_gives_its_share_back_after_the_write_timeout() {
-    let store = Store::sqlite();
-    let mut config = config(&store);
+/// A server with a write timeout of 1 s, where a device of ann's pushed entries of `sizes`
+/// bytes: the server and the token of another device of ann's.
+async fn write_timeout_server(store: &Store, sizes: &[usize]) -> (RunningServer, String) {
+    let mut config = config(store);
     config.write_timeout = Duration::from_secs(1);
     let server = SyncServer::start(config).await.unwrap();
-    let url = server.url();
-    let http = reqwest::Client::new();
-    let log = HttpSharedLog::new(&url).unwrap();
+    let log = HttpSharedLog::new(&server.url()).unwrap();
     let (user, phone, _) = account(&log, "ann").await;
     let laptop = log.create_device(&user).await.unwrap();
     let laptop_token = log.device_token(laptop).unwrap();
-    let entries = (0..6).map(|_| entry(phone, 1024 * KIB)).collect();
+    let entries = sizes.iter().map(|size| entry(phone, *size)).collect();
     log.push(phone, entries).await.unwrap();
+    (server, laptop_token)
+}
+
+/// Sends by hand on `stream` a pull from the start of up to 6 MiB of payload.
+async fn send_pull(stream: &mut TcpStream, addr: SocketAddr, token: &str) {
+    let body = json!({"after": 0, "limit": 100, "max_bytes": 6 * 1024 * KIB}).to_string();
+    let head = format!(
+        "POST /v1/pull HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reply_its_client_does_not_read_gives_its_share_back_after_the_write_timeout() {
+    let store = Store::sqlite();
+    let (server, laptop_token) = write_timeout_server(&store, &[1024 * KIB; 6]).await;
+    let url = server.url();
+    let http = reqwest::Client::new();
 
     // A pull of about 8 MB of reply, more than the loopback's socket buffers hold with a
     // receive buffer this small, by a client that then reads nothing.
@@ -320,13 +338,7 @@ async fn a_reply_its_client_does_not_read_gives_its_share_back_after_the_write_t
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4 * KIB as u32).unwrap();
     let mut stream = socket.connect(addr).await.unwrap();
-    let body = json!({"after": 0, "limit": 100, "max_bytes": 6 * 1024 * KIB}).to_string();
-    let head = format!(
-        "POST /v1/pull HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {laptop_token}\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
+    send_pull(&mut stream, addr, &laptop_token).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while metric(&http, &url, "storex_http_buffered_bytes").await < 1024 * 1024 {
         assert!(
@@ -353,29 +365,13 @@ async fn a_reply_its_client_does_not_read_gives_its_share_back_after_the_write_t
 #[tokio::test]
 async fn a_slow_client_that_goes_on_reading_gets_its_whole_reply_past_the_write_timeout() {
     let store = Store::sqlite();
-    let mut config = config(&store);
-    config.write_timeout = Duration::from_secs(1);
-    let server = SyncServer::start(config).await.unwrap();
-    let url = server.url();
-    let log = HttpSharedLog::new(&url).unwrap();
-    let (user, phone, _) = account(&log, "ann").await;
-    let laptop = log.create_device(&user).await.unwrap();
-    let laptop_token = log.device_token(laptop).unwrap();
-    log.push(phone, vec![entry(phone, 3 * 1024 * KIB)])
-        .await
-        .unwrap();
+    let (server, laptop_token) = write_timeout_server(&store, &[3 * 1024 * KIB]).await;
 
     // About 4 MB of reply, read 16 KiB every 50 ms: some 13 s in all, far past the write
     // timeout, but never a second without taking some of it.
     let addr = server.local_addr();
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let body = json!({"after": 0, "limit": 100, "max_bytes": 6 * 1024 * KIB}).to_string();
-    let head = format!(
-        "POST /v1/pull HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {laptop_token}\r\n\
-         content-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
+    send_pull(&mut stream, addr, &laptop_token).await;
     let mut received = Vec::new();
     let mut buffer = vec![0u8; 16 * KIB];
     loop {
