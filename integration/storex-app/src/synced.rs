@@ -160,9 +160,9 @@ impl SyncedStorageBuilder {
     ///
     /// A SQLite database is synced from one place at a time: while a storage opened on it
     /// (or a clone of it, or a background sync) is alive, another open of the same file, in
-    /// this process or another, waits up to [`crate::DEVICE_LOCK_WAIT`] for it to be let go,
-    /// then fails with [`Error::DatabaseInUse`]; the lock goes with its process, however that
-    /// ends. To open a database again in the same process, `stop().await` its background
+    /// this process or another, waits up to [`crate::DEVICE_LOCK_WAIT`] (or what
+    /// [`SyncedStorageBuilder::device_lock_wait`] sets) for it to be let go, then fails with
+    /// [`Error::DatabaseInUse`]; the lock goes with its process, however that ends. To open a database again in the same process, `stop().await` its background
     /// sync and drop the storage first. Two openers would keep two clocks for one device,
     /// which can give two changes the same timestamp. On PostgreSQL nothing checks it: open
     /// each database as a device from one process only.
