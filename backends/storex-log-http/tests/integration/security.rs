@@ -737,15 +737,7 @@ async fn health_and_metrics_report_totals() {
     let health = f.log.health().await.unwrap();
     assert_eq!(health.status, "ok");
     assert!(health.last_push.is_some());
-    let metrics = f
-        .http
-        .get(f.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&f.http, &f.server.url()).await;
     assert!(metrics.contains("\nstorex_entries 2\n"), "{metrics}");
     assert!(
         metrics.contains("\nstorex_entries_pushed_total 2\n"),

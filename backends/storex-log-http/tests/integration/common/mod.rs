@@ -212,17 +212,22 @@ where
     address
 }
 
-/// The value of `name` in the /metrics of the server at `url`.
-pub async fn metric(http: &reqwest::Client, url: &str, name: &str) -> u64 {
-    let text = http
-        .get(format!("{url}/metrics"))
+/// The /metrics text of the server at `url`.
+pub async fn metrics_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(format!("{url}/metrics"))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    text.lines()
+        .unwrap()
+}
+
+/// The value of `name` in the /metrics of the server at `url`.
+pub async fn metric(http: &reqwest::Client, url: &str, name: &str) -> u64 {
+    metrics_text(http, url)
+        .await
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{name} in /metrics"))
