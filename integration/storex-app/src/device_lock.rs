@@ -18,6 +18,12 @@
 //! Group container must not hold a lock while suspended, and opens without it
 //! ([`SyncedStorageBuilder::without_device_lock`]).
 //!
+//! On PostgreSQL (with the crate's `postgres` feature) the device is the schema the storage's
+//! tables are in, and the lock is a session advisory lock on it, held by a connection of its
+//! own (made with the pool's options, not taken from the pool, so a pool of one connection
+//! still has it). The server lets the lock go when that connection ends: with its process, or
+//! when the server restarts (the lock is not taken again then).
+//!
 //! [`SyncedStorage`]: crate::SyncedStorage
 //! [`SyncedStorageBuilder::open`]: crate::SyncedStorageBuilder::open
 //! [`SyncedStorageBuilder::without_device_lock`]: crate::SyncedStorageBuilder::without_device_lock
@@ -44,18 +50,31 @@ const RETRY_EVERY: Duration = Duration::from_millis(50);
 /// passes every operation on unchanged.
 #[derive(Debug)]
 pub(crate) struct DeviceLock {
-    /// The locked file; closing it lets the lock go.
-    _file: File,
+    /// What holds the lock; dropping it lets the lock go.
+    _held: Held,
+}
+
+/// What holds a device's lock.
+#[derive(Debug)]
+enum Held {
+    /// The locked file, beside a SQLite database.
+    File(#[allow(dead_code)] File),
+    /// The connection holding a PostgreSQL advisory lock.
+    #[cfg(feature = "postgres")]
+    Postgres(#[allow(dead_code)] std::sync::Mutex<sea_orm::sqlx::postgres::PgConnection>),
 }
 
 impl DeviceLock {
-    /// Locks the device of the SQLite database `db` has open as its main database; none for
-    /// PostgreSQL (see [`crate::SyncedStorageBuilder::open`]), an in-memory database, or a
-    /// file system without locks.
+    /// Locks the device of `db`: of the SQLite database it has open as its main database, or
+    /// of the PostgreSQL schema its tables are in. None for an in-memory database, a file
+    /// system without locks, or a connection that is not a pool of sea-orm's drivers.
     pub(crate) async fn take(
         db: &DatabaseConnection,
         wait: Duration,
     ) -> Result<Option<DeviceLock>> {
+        if db.get_database_backend() == DbBackend::Postgres {
+            return take_postgres(db, wait).await;
+        }
         let Some(database) = sqlite_main_file(db).await? else {
             return Ok(None);
         };
@@ -69,11 +88,19 @@ impl DeviceLock {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             match file.try_lock() {
-                Ok(()) => return Ok(Some(DeviceLock { _file: file })),
+                Ok(()) => {
+                    return Ok(Some(DeviceLock {
+                        _held: Held::File(file),
+                    }))
+                }
                 Err(TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(RETRY_EVERY).await;
                 }
-                Err(TryLockError::WouldBlock) => return Err(Error::DatabaseInUse { database }),
+                Err(TryLockError::WouldBlock) => {
+                    return Err(Error::DatabaseInUse {
+                        database: database.display().to_string(),
+                    })
+                }
                 // Nothing to take the lock with: sync works as it did without it.
                 Err(TryLockError::Error(e)) if e.kind() == ErrorKind::Unsupported => {
                     return Ok(None)
@@ -88,6 +115,73 @@ impl Middleware for DeviceLock {
     fn process<'a>(&'a self, op: Operation, next: Next<'a>) -> BoxFuture<'a, CoreResult<Outcome>> {
         next.run(op)
     }
+}
+
+/// The first of the two keys of the advisory locks storex takes ("STRX"); the second is the
+/// hash of the schema's name.
+#[cfg(feature = "postgres")]
+const ADVISORY_LOCK_CLASS: i32 = 0x5354_5258;
+
+/// Locks the device of the PostgreSQL schema `db`'s tables are in, on a connection of its
+/// own.
+#[cfg(feature = "postgres")]
+async fn take_postgres(db: &DatabaseConnection, wait: Duration) -> Result<Option<DeviceLock>> {
+    use sea_orm::sqlx::{self, Connection};
+    use sea_orm::{DatabaseConnectionType, DbErr, RuntimeErr};
+
+    // A mock or proxy connection has no pool to make a connection like its own with.
+    if !matches!(
+        db.inner,
+        DatabaseConnectionType::SqlxPostgresPoolConnection(_)
+    ) {
+        return Ok(None);
+    }
+    let connection_failed = |e: sqlx::Error| DbErr::Conn(RuntimeErr::SqlxError(e.into()));
+    // Asked of the pool: its connections may set a search path a new connection does not.
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT current_database()::text AS database, \
+             coalesce(current_schema(), '')::text AS schema",
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("the current database and schema".into()))?;
+    let database: String = row.try_get("", "database")?;
+    let schema: String = row.try_get("", "schema")?;
+    let options = db.get_postgres_connection_pool().connect_options();
+    let mut connection = sqlx::postgres::PgConnection::connect_with(&options)
+        .await
+        .map_err(connection_failed)?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+            .bind(ADVISORY_LOCK_CLASS)
+            .bind(&schema)
+            .fetch_one(&mut connection)
+            .await
+            .map_err(connection_failed)?;
+        if taken {
+            return Ok(Some(DeviceLock {
+                _held: Held::Postgres(std::sync::Mutex::new(connection)),
+            }));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = connection.close().await;
+            return Err(Error::DatabaseInUse {
+                database: format!("schema `{schema}` of the PostgreSQL database `{database}`"),
+            });
+        }
+        tokio::time::sleep(RETRY_EVERY).await;
+    }
+}
+
+/// Without the `postgres` feature a PostgreSQL device cannot be locked.
+#[cfg(not(feature = "postgres"))]
+async fn take_postgres(_: &DatabaseConnection, _: Duration) -> Result<Option<DeviceLock>> {
+    Err(Error::DeviceLockUnsupported {
+        database: "PostgreSQL",
+        feature: "postgres",
+    })
 }
 
 /// The lock file at `path`, made if missing. A lock needs no write access: one made by
@@ -147,7 +241,7 @@ mod tests {
         let second = DeviceLock::take(&sqlite(dir.path()).await, Duration::from_millis(200)).await;
         match second {
             Err(Error::DatabaseInUse { database }) => {
-                assert_eq!(database.file_name().unwrap(), "app.db");
+                assert!(database.ends_with("app.db"), "{database}");
             }
             other => panic!("a second lock of the same database: {other:?}"),
         }
@@ -190,6 +284,52 @@ mod tests {
             matches!(second, Err(Error::DatabaseInUse { .. })),
             "{second:?}"
         );
+    }
+
+    /// A pool of at most one connection to `url`, whose connections use `schema`.
+    async fn postgres(url: &str, schema: &str) -> DatabaseConnection {
+        let mut options = sea_orm::ConnectOptions::new(url);
+        options.max_connections(1).set_schema_search_path(schema);
+        sea_orm::Database::connect(options).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_postgres_schema_locked_for_its_device_is_refused_until_the_lock_is_gone() {
+        let Some(server) = storex_test::postgres_url() else {
+            return;
+        };
+        let url = storex_test::fresh_postgres_database(&server).await;
+        let db = postgres(&url, "public").await;
+        let first = DeviceLock::take(&db, Duration::ZERO).await.unwrap();
+        assert!(first.is_some(), "a PostgreSQL schema is locked");
+        // The lock has a connection of its own: the pool's one is still the app's.
+        tokio::time::timeout(Duration::from_secs(10), db.execute_unprepared("SELECT 1"))
+            .await
+            .expect("the pool's one connection is free")
+            .unwrap();
+        let second =
+            DeviceLock::take(&postgres(&url, "public").await, Duration::from_millis(200)).await;
+        match second {
+            Err(Error::DatabaseInUse { database }) => {
+                assert!(
+                    database.starts_with("schema `public` of the PostgreSQL database"),
+                    "{database}"
+                );
+            }
+            other => panic!("a second lock of the same schema: {other:?}"),
+        }
+        // Another schema of the same database is another device.
+        db.execute_unprepared("CREATE SCHEMA laptop").await.unwrap();
+        let laptop = DeviceLock::take(&postgres(&url, "laptop").await, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(laptop.is_some(), "another schema");
+        drop(first);
+        // The server lets go once it sees the connection closed.
+        let again = DeviceLock::take(&postgres(&url, "public").await, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(again.is_some(), "taken again once the first is gone");
     }
 
     #[tokio::test]

@@ -47,10 +47,18 @@ pub enum Error {
     },
     /// The database is open for sync elsewhere: in another process, or in another
     /// [`crate::SyncedStorage`] of this one.
-    #[error("the database {} is open for sync elsewhere (another process, or another SyncedStorage of this one): one device's database syncs from one place at a time, or two clocks could give two changes the same timestamp and devices could disagree on which wins; close the other first", database.display())]
+    #[error("the database {database} is open for sync elsewhere (another process, or another SyncedStorage of this one): one device's database syncs from one place at a time, or two clocks could give two changes the same timestamp and devices could disagree on which wins; close the other first")]
     DatabaseInUse {
-        /// The database's file.
-        database: std::path::PathBuf,
+        /// The database: a SQLite file's path, or a PostgreSQL database and schema.
+        database: String,
+    },
+    /// This build cannot keep a device of this kind of database to one opener.
+    #[error("storex-app was built without its `{feature}` feature, which keeps a {database} device to one opener: enable the feature, or open with `without_device_lock()` if the app opens the database as a device from one place only")]
+    DeviceLockUnsupported {
+        /// The kind of database.
+        database: &'static str,
+        /// The crate feature that adds the lock.
+        feature: &'static str,
     },
     /// The file that keeps a database's device to one opener could not be opened or locked.
     #[error("cannot lock {}, which keeps the database's device to one opener", path.display())]

@@ -53,7 +53,7 @@ pub struct SyncedStorageBuilder {
     shared_log: Option<(Arc<dyn SharedSyncLog>, String)>,
     options: ContinuousOptions,
     sync_options: SyncOptions,
-    /// How long `open` waits for a SQLite database's device lock; none: no lock (see
+    /// How long `open` waits for a database's device lock; none: no lock (see
     /// `without_device_lock`).
     device_lock: Option<std::time::Duration>,
 }
@@ -133,10 +133,11 @@ impl SyncedStorageBuilder {
         self
     }
 
-    /// Opens without the lock that keeps a SQLite database to one opener (see
-    /// [`SyncedStorageBuilder::open`]). Only for an app that must hold no file lock while it
-    /// is suspended (iOS, a database in an App Group container) and makes sure itself that
-    /// one process at a time opens the database.
+    /// Opens without the lock that keeps a database's device to one opener (see
+    /// [`SyncedStorageBuilder::open`]). Only for an app that makes sure itself that one
+    /// process at a time opens the database, and must hold no file lock while it is suspended
+    /// (iOS, a database in an App Group container) or uses PostgreSQL without the crate's
+    /// `postgres` feature.
     pub fn without_device_lock(mut self) -> Self {
         self.device_lock = None;
         self
@@ -158,14 +159,17 @@ impl SyncedStorageBuilder {
     /// Opens the storage: adopts the app's tables, registers the device with the shared log
     /// the first time (and remembers it), and logs the rows that existed before sync once.
     ///
-    /// A SQLite database is synced from one place at a time: while a storage opened on it
-    /// (or a clone of it, or a background sync) is alive, another open of the same file, in
-    /// this process or another, waits up to [`crate::DEVICE_LOCK_WAIT`] (or what
-    /// [`SyncedStorageBuilder::device_lock_wait`] sets) for it to be let go, then fails with
-    /// [`Error::DatabaseInUse`]; the lock goes with its process, however that ends. To open a database again in the same process, `stop().await` its background
-    /// sync and drop the storage first. Two openers would keep two clocks for one device,
-    /// which can give two changes the same timestamp. On PostgreSQL nothing checks it: open
-    /// each database as a device from one process only.
+    /// A database is synced from one place at a time: while a storage opened on it (or a
+    /// clone of it, or a background sync) is alive, another open of the same SQLite file, or
+    /// of the same PostgreSQL schema, in this process or another, waits up to
+    /// [`crate::DEVICE_LOCK_WAIT`] (or what [`SyncedStorageBuilder::device_lock_wait`] sets)
+    /// for it to be let go, then fails with [`Error::DatabaseInUse`]; the lock goes with its
+    /// process, however that ends. To open a database again in the same process,
+    /// `stop().await` its background sync and drop the storage first. Two openers would keep
+    /// two clocks for one device, which can give two changes the same timestamp. A
+    /// PostgreSQL device needs the crate's `postgres` feature for its lock (without it, its
+    /// open fails with [`Error::DeviceLockUnsupported`]); the lock is held on a connection of
+    /// its own, beside the pool.
     pub async fn open(self) -> Result<SyncedStorage> {
         let (log, user) = self.shared_log.ok_or(Error::NoSharedLog)?;
         let lock = match self.device_lock {

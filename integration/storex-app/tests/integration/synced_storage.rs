@@ -677,3 +677,63 @@ async fn a_database_open_for_sync_is_refused_another_open_until_all_of_the_first
     // Another database is another device.
     open(app_db(&dir.path().join("laptop.db")).await, &log).await;
 }
+
+/// The app's PostgreSQL database at `url`, on a pool of one connection.
+async fn app_db_on_one_connection(url: &str) -> DatabaseConnection {
+    let mut options = sea_orm::ConnectOptions::new(url);
+    options.max_connections(1);
+    let db = Database::connect(options).await.expect("connect");
+    let mut create = Schema::new(db.get_database_backend()).create_table_from_entity(note::Entity);
+    db.execute(create.if_not_exists())
+        .await
+        .expect("create table");
+    db
+}
+
+/// On PostgreSQL the device is the schema the tables are in; its lock is held on a connection
+/// of its own, so an app whose pool has one connection still writes.
+#[tokio::test]
+async fn a_postgres_database_open_for_sync_is_refused_another_open_until_the_first_is_gone() {
+    let Some(server) = storex_test::postgres_url() else {
+        return;
+    };
+    let url = storex_test::fresh_postgres_database(&server).await;
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let phone = open(app_db_on_one_connection(&url).await, &log).await;
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        phone.storage().execute(storex_core::Operation::create(
+            "note",
+            object! { "title" => "on one connection", "pinned" => false },
+        )),
+    )
+    .await
+    .expect("the pool's one connection is the app's")
+    .expect("write");
+    let opened = SyncedStorage::builder(app_db_on_one_connection(&url).await)
+        .entity(note::Entity)
+        .shared_log(log.clone(), "ann")
+        .device_lock_wait(std::time::Duration::from_millis(100))
+        .open()
+        .await;
+    match opened {
+        Err(error @ Error::DatabaseInUse { .. }) => {
+            assert!(
+                error
+                    .to_string()
+                    .contains("schema `public` of the PostgreSQL database"),
+                "{error}"
+            );
+        }
+        other => panic!("a second open of a schema in use: {other:?}"),
+    }
+    drop(phone);
+    // The server lets go once it sees the lock's connection closed.
+    SyncedStorage::builder(app_db_on_one_connection(&url).await)
+        .entity(note::Entity)
+        .shared_log(log, "ann")
+        .device_lock_wait(std::time::Duration::from_secs(10))
+        .open()
+        .await
+        .expect("open once the first is gone");
+}
