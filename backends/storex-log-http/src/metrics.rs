@@ -19,6 +19,17 @@ pub(crate) struct Metrics {
     compaction_failures: AtomicU64,
     /// Milliseconds since the epoch of the last push that stored something; 0: none.
     last_push_ms: AtomicI64,
+    /// Pulls waiting now for new entries (long polls between two reads).
+    waiting_pulls: AtomicU64,
+}
+
+/// A pull counted as waiting while this lives.
+pub(crate) struct WaitingPull<'a>(&'a AtomicU64);
+
+impl Drop for WaitingPull<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Metrics {
@@ -43,6 +54,12 @@ impl Metrics {
     pub(crate) fn pulled(&self, entries: usize) {
         self.entries_pulled
             .fetch_add(entries as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a pull as waiting for new entries until the guard is dropped.
+    pub(crate) fn waiting_pull(&self) -> WaitingPull<'_> {
+        self.waiting_pulls.fetch_add(1, Ordering::Relaxed);
+        WaitingPull(&self.waiting_pulls)
     }
 
     pub(crate) fn compacted(&self, dropped: u64) {
@@ -139,6 +156,12 @@ impl Metrics {
             "gauge",
             "Request and reply body bytes held now (requests waiting for room not counted).",
             buffered_bytes as u64,
+        );
+        line(
+            "storex_http_waiting_pulls",
+            "gauge",
+            "Pulls waiting now for new entries of their user (long polls).",
+            load(&self.waiting_pulls),
         );
         let last = self.last_push_ms.load(Ordering::Relaxed).max(0) as u64 / 1000;
         line(

@@ -557,19 +557,22 @@ async fn pull(
     };
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribe before reading, so a push between the read and the wait still wakes us.
-    let mut woken = state.live.subscribe(&caller.user);
+    let mut new_entries = state.live.subscribe(&caller.user);
     let page_bytes = page_bytes(body.max_bytes, state.config.max_body_bytes);
     let budget_key = BudgetKey::of_user(&caller.user);
-    // No more than a request body may take, so that it fits wherever one does.
-    let estimate = reply_estimate(page_bytes, limit).min(state.config.max_body_bytes);
-    let bounds = PageBounds {
-        entries: limit,
-        bytes: page_bytes,
-        // A first entry larger than the page but within its share is read with the page.
-        first_entry_bytes: payload_within(estimate),
-    };
     let topics = body.topics.as_deref();
+    let mut woken = false;
     loop {
+        // The first read takes the page asked for; a read after a wait, the smaller page
+        // of a wake-up.
+        let (estimate, bounds) = match woken {
+            false => page_plan(page_bytes, limit, state.config.max_body_bytes),
+            true => page_plan(
+                page_bytes.min(WAKE_UP_PAGE_BYTES),
+                limit.min(WAKE_UP_ENTRIES),
+                state.config.max_body_bytes,
+            ),
+        };
         // The page read and its reply count against the budget like a request body: many
         // devices pulling large pages at once wait, or are told to come back, instead of
         // running the server out of memory.
@@ -595,7 +598,13 @@ async fn pull(
                     .await?;
                 let pull = state
                     .log
-                    .pull_within(caller.device, body.after, limit, page_bytes, topics)
+                    .pull_within(
+                        caller.device,
+                        body.after,
+                        bounds.entries,
+                        bounds.bytes,
+                        topics,
+                    )
                     .await?;
                 return page_reply(&state, &budget_key, pull, share).await;
             }
@@ -607,8 +616,9 @@ async fn pull(
             return page_reply(&state, &budget_key, pull, share).await;
         }
         drop((pull, share));
+        let waiting = state.metrics.waiting_pull();
         tokio::select! {
-            changed = woken.changed() => {
+            changed = new_entries.changed() => {
                 if changed.is_err() {
                     // The channel was dropped; fall back to the deadline.
                     tokio::time::sleep_until(deadline).await;
@@ -617,7 +627,33 @@ async fn pull(
             _ = tokio::time::sleep_until(deadline) => {}
             _ = state.shutdown.cancelled() => {}
         }
+        drop(waiting);
+        woken = true;
     }
+}
+
+/// The payload a pull woken after a wait reads at most: a push wakes every waiting device of
+/// its user at once, and each would otherwise reserve a whole page's share of the budget
+/// together (beyond about twenty devices, some were answered `busy`). What a wake-up finds
+/// is most often one sync's changes; a device woken to more (`more` in the reply) pulls the
+/// rest at once, with the page it asks for.
+const WAKE_UP_PAGE_BYTES: usize = 32 * 1024;
+
+/// The entries a pull woken after a wait reads at most (see [`WAKE_UP_PAGE_BYTES`]).
+const WAKE_UP_ENTRIES: usize = 64;
+
+/// The share of the budget a page of at most `page_bytes` of payload in at most `limit`
+/// entries reserves, and the bounds of its read.
+fn page_plan(page_bytes: usize, limit: usize, max_body_bytes: usize) -> (usize, PageBounds) {
+    // No more than a request body may take, so that it fits wherever one does.
+    let estimate = reply_estimate(page_bytes, limit).min(max_body_bytes);
+    let bounds = PageBounds {
+        entries: limit,
+        bytes: page_bytes,
+        // A first entry larger than the page but within its share is read with the page.
+        first_entry_bytes: payload_within(estimate),
+    };
+    (estimate, bounds)
 }
 
 /// The JSON reply of a pulled page, holding `share` of the budget until it is handed to the

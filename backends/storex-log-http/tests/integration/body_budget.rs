@@ -248,6 +248,99 @@ async fn a_user_holding_its_share_is_answered_busy_at_once_and_other_users_go_on
     server.shutdown().await.unwrap();
 }
 
+/// Starts a long poll of `token` after `after`, asking for pages of up to 192 KiB.
+fn long_poll(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    after: u64,
+) -> tokio::task::JoinHandle<(StatusCode, Value)> {
+    let request = http
+        .post(format!("{url}/v1/pull"))
+        .bearer_auth(token)
+        .json(&json!({"after": after, "limit": 100, "max_bytes": 192 * KIB, "wait_ms": 20_000}));
+    tokio::spawn(async move {
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    })
+}
+
+/// The JSON body of a push of entries of `device` with payloads of `sizes` bytes.
+fn push_of(device: DeviceId, sizes: &[usize]) -> String {
+    let entries: Vec<Value> = sizes
+        .iter()
+        .map(|size| {
+            json!({"id": Uuid::now_v7(), "device": device.0, "topic": "note",
+                   "payload": "QUFB".repeat(size / 3)})
+        })
+        .collect();
+    json!({ "entries": entries }).to_string()
+}
+
+/// A push wakes all of its user's waiting devices at once: each reads a small page, with a
+/// share to match, so that many of them fit in the user's budget together; a device woken to
+/// more than that page is told there is more.
+#[tokio::test]
+async fn waiting_devices_woken_together_fit_in_their_users_budget() {
+    let store = Store::sqlite();
+    let mut config = config(&store);
+    // A page asked of up to 192 KiB reserves 256 KiB; a wake-up, about 57 KiB.
+    config.max_body_bytes = 256 * KIB;
+    config.max_buffered_bytes = 4096 * KIB;
+    config.max_buffered_bytes_per_user = 450_000;
+    let server = SyncServer::start(config).await.unwrap();
+    let url = server.url();
+    let http = reqwest::Client::new();
+    let log = HttpSharedLog::new(&url).unwrap();
+    let (ann_user, ann_phone, ann) = account(&log, "ann").await;
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        let device = log.create_device(&ann_user).await.unwrap();
+        waiting.push(log.device_token(device).unwrap());
+    }
+    // One after the other: their first reads take a whole page's share each.
+    let mut polls = Vec::new();
+    for token in &waiting {
+        polls.push(long_poll(&http, &url, token, 0));
+        until_metric(&http, &url, "storex_http_waiting_pulls", polls.len() as u64).await;
+    }
+    // Ann holds 250,000 bytes of her budget: 200,000 are left, too few for one page's share,
+    // enough for three wake-ups'.
+    let held = hold_a_push(server.local_addr(), &ann, 250_000).await;
+    until_metric(&http, &url, "storex_http_buffered_bytes", 250_000).await;
+    let (status, _, _) = post_push(&http, &url, &ann, push_of(ann_phone, &[300])).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut after = 0;
+    for poll in polls {
+        let (status, reply) = poll.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        assert_eq!(reply["entries"].as_array().unwrap().len(), 1, "{reply}");
+        assert_eq!(reply["more"], false, "{reply}");
+        after = reply["next_cursor"].as_u64().unwrap();
+    }
+    assert_eq!(metric(&http, &url, "storex_http_busy_total").await, 0);
+    drop(held);
+    until_metric(&http, &url, "storex_http_buffered_bytes", 0).await;
+
+    // Woken to more than a wake-up's page: the first entries, and `more`.
+    let poll = long_poll(&http, &url, &waiting[0], after);
+    until_metric(&http, &url, "storex_http_waiting_pulls", 1).await;
+    let body = push_of(ann_phone, &[20_000, 20_000, 20_000]);
+    let (status, _, _) = post_push(&http, &url, &ann, body).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, reply) = poll.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["entries"].as_array().unwrap().len(), 1, "{reply}");
+    assert_eq!(reply["more"], true, "{reply}");
+    let next = reply["next_cursor"].as_u64().unwrap();
+    let (status, reply) = pull_reply(&http, &url, &waiting[0], next, 192 * 1024).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["entries"].as_array().unwrap().len(), 2, "{reply}");
+    assert_eq!(metric(&http, &url, "storex_http_waiting_pulls").await, 0);
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_large_body_refused_as_busy_is_read_so_that_its_client_gets_the_answer() {
     let store = Store::sqlite();
