@@ -30,7 +30,9 @@
 //! `(after, H]`: each of them committed together with a counter at or below `H`, so all are
 //! visible to the strongly consistent query, while an entry committing later gets a cursor
 //! above `H` and is found by the next pull. Compaction raises the user's `compacted_through`
-//! mark (conditionally too) *before* deleting entries, and a pull re-reads the mark after its
+//! mark (with a `maximum` transform: acknowledgements and the counter only grow, so a mark
+//! worked out from an older read is never too high) *before* deleting entries, and a pull
+//! re-reads the mark after its
 //! query, so a page that a concurrent compaction thinned out is answered with
 //! [`storex_sync::SharedLogError::CursorCompacted`], never returned with a gap.
 //!

@@ -400,8 +400,7 @@ impl FirestoreSharedLog {
     }
 
     /// Adds to `tx` the update of `field` of the user document `key`, on condition that the
-    /// document is still at `version` (the optimistic check both the cursor counter and the
-    /// compaction mark rely on).
+    /// document is still at `version` (the optimistic check the cursor counter relies on).
     fn update_user_unchanged_since(
         &self,
         tx: &mut FirestoreTransaction<'_>,
@@ -742,10 +741,10 @@ impl FirestoreSharedLog {
     }
 
     /// Raises the user's compaction mark to the smallest acknowledged cursor (never past the
-    /// counter) and returns the mark, or `None` when the user has no log. Optimistic like a
-    /// push; acknowledgements only grow, so one landing meanwhile cannot make the mark too high.
+    /// counter) and returns the mark, or `None` when the user has no log. Acknowledgements and
+    /// the counter only grow, so one landing meanwhile cannot make the mark too high.
     async fn mark_compaction_once(&self, key: &str) -> Result<Option<u64>, Failure> {
-        let Some((mut user, version)) = self.user_doc_versioned(key).await? else {
+        let Some(user) = self.user_doc(&self.db, key).await? else {
             return Ok(None);
         };
         let devices: Vec<DeviceDoc> = self
@@ -768,9 +767,25 @@ impl FirestoreSharedLog {
         }
         let compacted = as_cursor(user.compacted_through)?;
         if through > compacted {
-            user.compacted_through = as_stored(through);
+            // Raised with `maximum`, not on condition that the document is unchanged: every
+            // push moves its counter, and a user pushing steadily kept such a mark failing
+            // until its retries ran out. `maximum` keeps a higher mark another compaction set
+            // meanwhile; the document must still exist (a transform would make it again).
             self.commit_writes(|tx| {
-                self.update_user_unchanged_since(tx, key, &user, version, field::COMPACTED_THROUGH)
+                self.db
+                    .fluent()
+                    .update()
+                    .in_col(&self.users)
+                    .precondition(FirestoreWritePrecondition::Exists(true))
+                    .document_id(key)
+                    .transforms(|t| {
+                        t.fields([t
+                            .field(field::COMPACTED_THROUGH)
+                            .maximum(as_stored(through))])
+                    })
+                    .only_transform()
+                    .add_to_transaction(tx)?;
+                Ok(())
             })
             .await?;
         }
