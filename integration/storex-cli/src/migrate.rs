@@ -240,7 +240,7 @@ async fn send_over_tcp(
                 let wait = reconnect.saturating_mul(2);
                 bar.suspend(|| {
                     say!(
-                        "the connection dropped ({}); waiting up to {} s for the receiver to \
+                        "the transfer broke off ({}); waiting up to {} s for the receiver to \
                          reconnect",
                         error_chain(&dropped),
                         wait.as_secs()
@@ -379,7 +379,7 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
             ) if resumable(&dropped) && !reconnect.is_zero() => {
                 bar.suspend(|| {
                     say!(
-                        "the connection dropped ({}); reaching {connect} again for up to {} s",
+                        "the transfer broke off ({}); reaching {connect} again for up to {} s",
                         error_chain(&dropped),
                         reconnect.as_secs()
                     )
@@ -389,10 +389,7 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
                     Err(e) => {
                         let resumable = e.downcast_ref::<NewSnapshot>().is_none()
                             && e.downcast_ref::<CodeRefused>().is_none();
-                        let e = e.context(format!(
-                            "the connection dropped ({})",
-                            error_chain(&dropped)
-                        ));
+                        let e = e.context(format!("it broke off ({})", error_chain(&dropped)));
                         break Err((e, resumable));
                     }
                 }

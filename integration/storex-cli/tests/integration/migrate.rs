@@ -554,7 +554,7 @@ async fn a_dropped_connection_resumes_where_it_broke_off() {
     assert!(received.status.success(), "receiver: {stdout}{stderr}");
     assert!(sent.1.status.success(), "sender: {}", sent.0);
     assert_eq!(connections.load(Ordering::SeqCst), 2, "{stdout}");
-    assert!(stdout.contains("the connection dropped"), "{stdout}");
+    assert!(stdout.contains("the transfer broke off"), "{stdout}");
     assert!(stdout.contains("resumed after batch"), "{stdout}");
     assert!(sent.0.contains("waiting up to 60 s"), "{}", sent.0);
     assert!(sent.0.contains("resumed after batch"), "{}", sent.0);
@@ -574,7 +574,7 @@ async fn a_receiver_told_not_to_reconnect_stops_at_the_first_drop_and_resumes_wh
     );
     assert!(!received.status.success(), "{stdout}");
     assert_eq!(connections.load(Ordering::SeqCst), 1, "{stdout}");
-    assert!(!stdout.contains("the connection dropped"), "{stdout}");
+    assert!(!stdout.contains("the transfer broke off"), "{stdout}");
     assert!(stderr.contains("was not written"), "{stderr}");
     assert!(stderr.contains("is kept in"), "{stderr}");
     assert!(!new_path.exists());
