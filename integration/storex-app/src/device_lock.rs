@@ -19,10 +19,7 @@
 //! ([`SyncedStorageBuilder::without_device_lock`]).
 //!
 //! On PostgreSQL (with the crate's `postgres` feature) the device is the schema the storage's
-//! tables are in, and the lock is a session advisory lock on it, held by a connection of its
-//! own (made with the pool's options, not taken from the pool, so a pool of one connection
-//! still has it). The server lets the lock go when that connection ends: with its process, or
-//! when the server restarts (the lock is not taken again then).
+//! tables are in, and the lock is a session advisory lock on it ([`postgres`]).
 //!
 //! [`SyncedStorage`]: crate::SyncedStorage
 //! [`SyncedStorageBuilder::open`]: crate::SyncedStorageBuilder::open
@@ -37,6 +34,8 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use storex_core::{BoxFuture, Middleware, Next, Operation, Outcome, Result as CoreResult};
 
 use crate::error::{Error, Result};
+
+mod postgres;
 
 /// How long [`crate::SyncedStorageBuilder::open`] waits for a database's device to be let go
 /// by whatever holds it (a background sync of a storage the app dropped finishes its sync
@@ -65,6 +64,16 @@ enum Held {
 }
 
 impl DeviceLock {
+    /// The lock held by `connection`, a PostgreSQL session holding the device's advisory lock.
+    #[cfg(feature = "postgres")]
+    fn postgres(connection: sea_orm::sqlx::postgres::PgConnection) -> DeviceLock {
+        DeviceLock {
+            _held: Held::Postgres(std::sync::Mutex::new(connection)),
+        }
+    }
+}
+
+impl DeviceLock {
     /// Locks the device of `db`: of the SQLite database it has open as its main database, or
     /// of the PostgreSQL schema its tables are in. None for an in-memory database, a file
     /// system without locks, or a connection that is not a pool of sea-orm's drivers.
@@ -73,7 +82,7 @@ impl DeviceLock {
         wait: Duration,
     ) -> Result<Option<DeviceLock>> {
         if db.get_database_backend() == DbBackend::Postgres {
-            return take_postgres(db, wait).await;
+            return postgres::take(db, wait).await;
         }
         let Some(database) = sqlite_main_file(db).await? else {
             return Ok(None);
@@ -115,73 +124,6 @@ impl Middleware for DeviceLock {
     fn process<'a>(&'a self, op: Operation, next: Next<'a>) -> BoxFuture<'a, CoreResult<Outcome>> {
         next.run(op)
     }
-}
-
-/// The first of the two keys of the advisory locks storex takes ("STRX"); the second is the
-/// hash of the schema's name.
-#[cfg(feature = "postgres")]
-const ADVISORY_LOCK_CLASS: i32 = 0x5354_5258;
-
-/// Locks the device of the PostgreSQL schema `db`'s tables are in, on a connection of its
-/// own.
-#[cfg(feature = "postgres")]
-async fn take_postgres(db: &DatabaseConnection, wait: Duration) -> Result<Option<DeviceLock>> {
-    use sea_orm::sqlx::{self, Connection};
-    use sea_orm::{DatabaseConnectionType, DbErr, RuntimeErr};
-
-    // A mock or proxy connection has no pool to make a connection like its own with.
-    if !matches!(
-        db.inner,
-        DatabaseConnectionType::SqlxPostgresPoolConnection(_)
-    ) {
-        return Ok(None);
-    }
-    let connection_failed = |e: sqlx::Error| DbErr::Conn(RuntimeErr::SqlxError(e.into()));
-    // Asked of the pool: its connections may set a search path a new connection does not.
-    let row = db
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT current_database()::text AS database, \
-             coalesce(current_schema(), '')::text AS schema",
-        ))
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound("the current database and schema".into()))?;
-    let database: String = row.try_get("", "database")?;
-    let schema: String = row.try_get("", "schema")?;
-    let options = db.get_postgres_connection_pool().connect_options();
-    let mut connection = sqlx::postgres::PgConnection::connect_with(&options)
-        .await
-        .map_err(connection_failed)?;
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
-            .bind(ADVISORY_LOCK_CLASS)
-            .bind(&schema)
-            .fetch_one(&mut connection)
-            .await
-            .map_err(connection_failed)?;
-        if taken {
-            return Ok(Some(DeviceLock {
-                _held: Held::Postgres(std::sync::Mutex::new(connection)),
-            }));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let _ = connection.close().await;
-            return Err(Error::DatabaseInUse {
-                database: format!("schema `{schema}` of the PostgreSQL database `{database}`"),
-            });
-        }
-        tokio::time::sleep(RETRY_EVERY).await;
-    }
-}
-
-/// Without the `postgres` feature a PostgreSQL device cannot be locked.
-#[cfg(not(feature = "postgres"))]
-async fn take_postgres(_: &DatabaseConnection, _: Duration) -> Result<Option<DeviceLock>> {
-    Err(Error::DeviceLockUnsupported {
-        database: "PostgreSQL",
-        feature: "postgres",
-    })
 }
 
 /// The lock file at `path`, made if missing. A lock needs no write access: one made by
@@ -315,6 +257,12 @@ mod tests {
                     database.starts_with("schema `public` of the PostgreSQL database"),
                     "{database}"
                 );
+                // The holder is named, so that an operator can end a session left behind.
+                assert!(
+                    database.contains(", locked by server process "),
+                    "{database}"
+                );
+                assert!(database.contains("pg_terminate_backend("), "{database}");
             }
             other => panic!("a second lock of the same schema: {other:?}"),
         }
@@ -324,7 +272,23 @@ mod tests {
             .await
             .unwrap();
         assert!(laptop.is_some(), "another schema");
-        drop(first);
+        // The lock's session has the server's keepalives and no idle timeout.
+        let Some(DeviceLock {
+            _held: Held::Postgres(connection),
+        }) = first
+        else {
+            panic!("a PostgreSQL lock is held by a connection");
+        };
+        let mut connection = connection.into_inner().unwrap();
+        let shown: (String, String) = sea_orm::sqlx::query_as(
+            "SELECT current_setting('tcp_keepalives_idle'), \
+                    current_setting('idle_session_timeout')",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+        assert_eq!(shown, ("30".to_owned(), "0".to_owned()));
+        drop(connection);
         // The server lets go once it sees the connection closed.
         let again = DeviceLock::take(&postgres(&url, "public").await, Duration::from_secs(10))
             .await
