@@ -71,9 +71,7 @@ impl DeviceLock {
             _held: Held::Postgres(std::sync::Mutex::new(connection)),
         }
     }
-}
 
-impl DeviceLock {
     /// Locks the device of `db`: of the SQLite database it has open as its main database, or
     /// of the PostgreSQL schema its tables are in. None for an in-memory database, a file
     /// system without locks, or a connection that is not a pool of sea-orm's drivers.
