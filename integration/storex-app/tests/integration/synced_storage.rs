@@ -622,17 +622,45 @@ async fn a_default_comes_with_its_field_and_is_kept() {
         .expect("a release without the field");
 }
 
+/// Opens `db` as the app's database, waiting up to `wait` for its device to be let go.
+async fn open_waiting(
+    db: DatabaseConnection,
+    log: &Arc<dyn SharedSyncLog>,
+    wait: std::time::Duration,
+) -> Result<SyncedStorage, Error> {
+    SyncedStorage::builder(db)
+        .entity(note::Entity)
+        .shared_log(log.clone(), "ann")
+        .device_lock_wait(wait)
+        .open()
+        .await
+}
+
 /// Opens `path` as the app's database once more, beside whatever holds it.
 async fn open_again(
     path: &std::path::Path,
     log: &Arc<dyn SharedSyncLog>,
 ) -> Result<SyncedStorage, Error> {
-    SyncedStorage::builder(app_db(path).await)
-        .entity(note::Entity)
-        .shared_log(log.clone(), "ann")
-        .device_lock_wait(std::time::Duration::from_millis(100))
-        .open()
-        .await
+    open_waiting(
+        app_db(path).await,
+        log,
+        std::time::Duration::from_millis(100),
+    )
+    .await
+}
+
+/// Fails unless `opened` was refused as a database in use, its message naming `database`.
+fn assert_in_use(opened: Result<SyncedStorage, Error>, database: &str) {
+    match opened {
+        Err(error @ Error::DatabaseInUse { .. }) => {
+            let message = error.to_string();
+            assert!(
+                message.contains(&format!("{database} is open for sync elsewhere")),
+                "{message}"
+            );
+        }
+        other => panic!("a second open of a database in use: {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -641,17 +669,7 @@ async fn a_database_open_for_sync_is_refused_another_open_until_all_of_the_first
     let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
     let path = dir.path().join("phone.db");
     let phone = open(app_db(&path).await, &log).await;
-    let in_use = |opened: Result<SyncedStorage, Error>| match opened {
-        Err(error @ Error::DatabaseInUse { .. }) => {
-            assert!(
-                error
-                    .to_string()
-                    .contains("phone.db is open for sync elsewhere"),
-                "{error}"
-            );
-        }
-        other => panic!("a second open of a database in use: {other:?}"),
-    };
+    let in_use = |opened| assert_in_use(opened, "phone.db");
     // Two openers would keep two clocks for one device.
     in_use(open_again(&path, &log).await);
     // An app that keeps to one opener itself may open without the lock.
@@ -710,30 +728,19 @@ async fn a_postgres_database_open_for_sync_is_refused_another_open_until_the_fir
     .await
     .expect("the pool's one connection is the app's")
     .expect("write");
-    let opened = SyncedStorage::builder(app_db_on_one_connection(&url).await)
-        .entity(note::Entity)
-        .shared_log(log.clone(), "ann")
-        .device_lock_wait(std::time::Duration::from_millis(100))
-        .open()
-        .await;
-    match opened {
-        Err(error @ Error::DatabaseInUse { .. }) => {
-            assert!(
-                error
-                    .to_string()
-                    .contains("schema `public` of the PostgreSQL database"),
-                "{error}"
-            );
-        }
-        other => panic!("a second open of a schema in use: {other:?}"),
-    }
+    let wait = std::time::Duration::from_millis(100);
+    let opened = open_waiting(app_db_on_one_connection(&url).await, &log, wait).await;
+    // The name is followed by who holds the lock, then by the rest of the message.
+    assert!(
+        matches!(&opened, Err(Error::DatabaseInUse { database })
+            if database.starts_with("schema `public` of the PostgreSQL database")),
+        "a second open of a schema in use: {:?}",
+        opened.as_ref().err()
+    );
     drop(phone);
     // The server lets go once it sees the lock's connection closed.
-    SyncedStorage::builder(app_db_on_one_connection(&url).await)
-        .entity(note::Entity)
-        .shared_log(log, "ann")
-        .device_lock_wait(std::time::Duration::from_secs(10))
-        .open()
+    let wait = std::time::Duration::from_secs(10);
+    open_waiting(app_db_on_one_connection(&url).await, &log, wait)
         .await
         .expect("open once the first is gone");
 }
