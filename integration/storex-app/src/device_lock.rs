@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
-use storex_core::{BoxFuture, Middleware, Next, Operation, Outcome, Result as CoreResult};
+use storex_core::{BoxFuture, Middleware, Next, Operation, Origin, Outcome, Result as CoreResult};
 
 use crate::error::{Error, Result};
 
@@ -46,11 +46,12 @@ pub const DEVICE_LOCK_WAIT: Duration = Duration::from_secs(5);
 const RETRY_EVERY: Duration = Duration::from_millis(50);
 
 /// The lock on a database's device, held while this middleware is in a storage's chain. It
-/// passes every operation on unchanged.
+/// passes every operation on unchanged, but the app's writes while a PostgreSQL lock's
+/// session is gone (see [`postgres`]).
 #[derive(Debug)]
 pub(crate) struct DeviceLock {
     /// What holds the lock; dropping it lets the lock go.
-    _held: Held,
+    held: Held,
 }
 
 /// What holds a device's lock.
@@ -58,17 +59,17 @@ pub(crate) struct DeviceLock {
 enum Held {
     /// The locked file, beside a SQLite database.
     File(#[allow(dead_code)] File),
-    /// The connection holding a PostgreSQL advisory lock.
+    /// A PostgreSQL advisory lock, held by a session of its own.
     #[cfg(feature = "postgres")]
-    Postgres(#[allow(dead_code)] std::sync::Mutex<sea_orm::sqlx::postgres::PgConnection>),
+    Postgres(postgres::PostgresLock),
 }
 
 impl DeviceLock {
-    /// The lock held by `connection`, a PostgreSQL session holding the device's advisory lock.
+    /// The device lock `lock` is.
     #[cfg(feature = "postgres")]
-    fn postgres(connection: sea_orm::sqlx::postgres::PgConnection) -> DeviceLock {
+    fn postgres(lock: postgres::PostgresLock) -> DeviceLock {
         DeviceLock {
-            _held: Held::Postgres(std::sync::Mutex::new(connection)),
+            held: Held::Postgres(lock),
         }
     }
 
@@ -97,7 +98,7 @@ impl DeviceLock {
             match file.try_lock() {
                 Ok(()) => {
                     return Ok(Some(DeviceLock {
-                        _held: Held::File(file),
+                        held: Held::File(file),
                     }))
                 }
                 Err(TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
@@ -120,7 +121,26 @@ impl DeviceLock {
 
 impl Middleware for DeviceLock {
     fn process<'a>(&'a self, op: Operation, next: Next<'a>) -> BoxFuture<'a, CoreResult<Outcome>> {
+        // Only the app's writes stamp the device's clock; what sync applies was stamped
+        // elsewhere.
+        if next.origin() == Origin::App && op.is_write() {
+            if let Some(refusal) = self.refusal(&op) {
+                return Box::pin(std::future::ready(Err(refusal)));
+            }
+        }
         next.run(op)
+    }
+}
+
+impl DeviceLock {
+    /// Why the app's write `op` may not run now, if it may not.
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    fn refusal(&self, op: &Operation) -> Option<storex_core::Error> {
+        match &self.held {
+            Held::File(_) => None,
+            #[cfg(feature = "postgres")]
+            Held::Postgres(lock) => lock.refusal(op),
+        }
     }
 }
 
@@ -270,28 +290,305 @@ mod tests {
             .await
             .unwrap();
         assert!(laptop.is_some(), "another schema");
-        // The lock's session has the server's keepalives and no idle timeout.
-        let Some(DeviceLock {
-            _held: Held::Postgres(connection),
-        }) = first
-        else {
-            panic!("a PostgreSQL lock is held by a connection");
-        };
-        let mut connection = connection.into_inner().unwrap();
+        // A lock's session has the server's keepalives and no idle timeout.
+        let mut session = postgres::connect(&postgres::lock_options(&db))
+            .await
+            .unwrap();
         let shown: (String, String) = sea_orm::sqlx::query_as(
             "SELECT current_setting('tcp_keepalives_idle'), \
                     current_setting('idle_session_timeout')",
         )
-        .fetch_one(&mut connection)
+        .fetch_one(&mut session)
         .await
         .unwrap();
         assert_eq!(shown, ("30".to_owned(), "0".to_owned()));
-        drop(connection);
+        drop(first);
         // The server lets go once it sees the connection closed.
         let again = DeviceLock::take(&postgres(&url, "public").await, Duration::from_secs(10))
             .await
             .unwrap();
         assert!(again.is_some(), "taken again once the first is gone");
+    }
+
+    /// A watch that notices a session gone within a fraction of a second.
+    const QUICK: postgres::Watch = postgres::Watch {
+        every: Duration::from_millis(100),
+        ping_timeout: Duration::from_millis(500),
+        retake_every: Duration::from_millis(100),
+    };
+
+    /// Where `lock`, a PostgreSQL lock, stands.
+    fn standing_of(lock: &DeviceLock) -> tokio::sync::watch::Receiver<postgres::Standing> {
+        match &lock.held {
+            Held::Postgres(lock) => lock.standing.clone(),
+            Held::File(_) => panic!("a PostgreSQL lock"),
+        }
+    }
+
+    /// Waits until the lock stands as `wanted` says.
+    async fn until(
+        standing: &mut tokio::sync::watch::Receiver<postgres::Standing>,
+        wanted: impl FnMut(&postgres::Standing) -> bool,
+    ) -> postgres::Standing {
+        let seen = tokio::time::timeout(Duration::from_secs(20), standing.wait_for(wanted))
+            .await
+            .expect("the lock's watcher got there within 20 s")
+            .unwrap();
+        *seen
+    }
+
+    /// The server process holding a lock that stands as `standing`.
+    fn holding(standing: postgres::Standing) -> i32 {
+        match standing {
+            postgres::Standing::Held { process } => process,
+            other => panic!("a held lock: {other:?}"),
+        }
+    }
+
+    /// A storage of notes whose chain holds `lock`.
+    async fn storage_holding(lock: DeviceLock) -> storex_core::Storage {
+        use storex_core::{CollectionDef, FieldType, MemoryBackend, Registry, Storage};
+        let registry = Registry::builder()
+            .collection(
+                CollectionDef::new("note")
+                    .field("id", FieldType::Int)
+                    .primary_key(["id"]),
+            )
+            .build()
+            .unwrap();
+        Storage::builder(registry, MemoryBackend::new())
+            .with(lock)
+            .build()
+            .await
+            .unwrap()
+    }
+
+    fn note(id: i64) -> storex_core::Object {
+        storex_core::object! { "id" => id }
+    }
+
+    #[tokio::test]
+    async fn a_postgres_lock_whose_session_ended_is_taken_again() {
+        let Some(server) = storex_test::postgres_url() else {
+            return;
+        };
+        let url = storex_test::fresh_postgres_database(&server).await;
+        let db = postgres(&url, "public").await;
+        let lock = postgres::take_watched(&db, Duration::ZERO, QUICK)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut standing = standing_of(&lock);
+        let first = holding(*standing.borrow());
+        let storage = storage_holding(lock).await;
+        storage.create("note", note(1)).await.unwrap();
+        // What a server restart or an administrator does to the session.
+        db.execute_unprepared(&format!("SELECT pg_terminate_backend({first})"))
+            .await
+            .unwrap();
+        let again = holding(
+            until(
+                &mut standing,
+                |s| matches!(s, postgres::Standing::Held { process } if *process != first),
+            )
+            .await,
+        );
+        // The server agrees: the new session holds the lock.
+        let mut other = postgres::connect(&postgres::lock_options(&db))
+            .await
+            .unwrap();
+        let holder = postgres::holder(&mut other, "public").await.unwrap();
+        assert_eq!(holder.process, again);
+        storage.create("note", note(2)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_postgres_lock_another_opener_took_while_its_session_was_gone_refuses_the_apps_writes(
+    ) {
+        let Some(server) = storex_test::postgres_url() else {
+            return;
+        };
+        let url = storex_test::fresh_postgres_database(&server).await;
+        let db = postgres(&url, "public").await;
+        // Watched slowly, so that the other opener, trying every 50 ms, gets there first.
+        let slow = postgres::Watch {
+            every: Duration::from_secs(1),
+            ..QUICK
+        };
+        let lock = postgres::take_watched(&db, Duration::ZERO, slow)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut standing = standing_of(&lock);
+        let first = holding(*standing.borrow());
+        let storage = storage_holding(lock).await;
+        db.execute_unprepared(&format!("SELECT pg_terminate_backend({first})"))
+            .await
+            .unwrap();
+        let second = DeviceLock::take(&postgres(&url, "public").await, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(second.is_some(), "the other opener takes the lock");
+        until(&mut standing, |s| *s == postgres::Standing::Lost).await;
+        match storage.create("note", note(1)).await {
+            Err(storex_core::Error::Refused { collection, detail }) => {
+                assert_eq!(collection, "note");
+                assert!(
+                    detail.contains("lost the device lock of schema `public`"),
+                    "{detail}"
+                );
+            }
+            other => panic!("an app's write with the lock lost: {other:?}"),
+        }
+        let batch = vec![storex_core::BatchStep::new(storex_core::Operation::create(
+            "note",
+            note(2),
+        ))];
+        assert!(
+            matches!(
+                storage.batch(batch).await,
+                Err(storex_core::Error::Refused { collection, .. }) if collection == "note"
+            ),
+            "a batch is refused too"
+        );
+        // Reads go on, and so do the writes sync applies, stamped elsewhere.
+        assert_eq!(
+            storage
+                .count("note", storex_core::Filter::all())
+                .await
+                .unwrap(),
+            0
+        );
+        storage
+            .execute_as(
+                storex_core::Operation::create("note", note(3)),
+                storex_core::Origin::Sync,
+            )
+            .await
+            .unwrap();
+        // Not taken back once the other lets go: this storage's clock may be behind.
+        drop(second);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(*standing.borrow(), postgres::Standing::Lost);
+        assert!(storage.create("note", note(4)).await.is_err());
+    }
+
+    /// A TCP proxy to `server` on 127.0.0.1 whose connections can be made to stop passing
+    /// anything on, as a broken network leaves them: neither side hears from the other, and
+    /// neither sees the connection closed.
+    struct FreezingProxy {
+        address: std::net::SocketAddr,
+        /// Connections numbered below it pass nothing on.
+        frozen_below: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl FreezingProxy {
+        async fn start(server: String) -> FreezingProxy {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            use std::sync::Arc;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let frozen_below = Arc::new(AtomicUsize::new(0));
+            let next = Arc::new(AtomicUsize::new(0));
+            let (frozen, numbers) = (frozen_below.clone(), next.clone());
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let number = numbers.fetch_add(1, Ordering::SeqCst);
+                    let upstream = tokio::net::TcpStream::connect(&server).await.unwrap();
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = upstream.into_split();
+                    for (from, to) in [(client_read, server_write), (server_read, client_write)] {
+                        let frozen = frozen.clone();
+                        tokio::spawn(async move {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let (mut from, mut to) = (from, to);
+                            let mut buffer = vec![0; 16 * 1024];
+                            loop {
+                                let Ok(read) = from.read(&mut buffer).await else {
+                                    return;
+                                };
+                                if read == 0 {
+                                    return;
+                                }
+                                if number < frozen.load(Ordering::SeqCst) {
+                                    // Held open, passing nothing on.
+                                    std::future::pending::<()>().await;
+                                }
+                                if to.write_all(&buffer[..read]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        });
+                    }
+                }
+            });
+            FreezingProxy {
+                address,
+                frozen_below,
+                next,
+            }
+        }
+
+        /// Freezes every connection made so far.
+        fn freeze(&self) {
+            use std::sync::atomic::Ordering;
+            self.frozen_below
+                .store(self.next.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_postgres_lock_whose_session_no_longer_answers_ends_it_and_is_taken_again() {
+        let Some(server) = storex_test::postgres_url() else {
+            return;
+        };
+        let url = storex_test::fresh_postgres_database(&server).await;
+        // postgres://user@host:port/database, through the proxy.
+        let (user, rest) = url.split_once('@').unwrap();
+        let (host, database) = rest.split_once('/').unwrap();
+        let proxy = FreezingProxy::start(host.to_owned()).await;
+        let through_proxy = format!("{user}@{}/{database}", proxy.address);
+        let db = postgres(&through_proxy, "public").await;
+        // Taken again slowly, so that the app can be seen waiting meanwhile.
+        let patient = postgres::Watch {
+            retake_every: Duration::from_secs(2),
+            ..QUICK
+        };
+        let lock = postgres::take_watched(&db, Duration::ZERO, patient)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut standing = standing_of(&lock);
+        let first = holding(*standing.borrow());
+        // The network breaks: the lock's ping is not answered, and the server, which has not
+        // seen the connection close, keeps its session and the lock.
+        proxy.freeze();
+        until(&mut standing, |s| *s == postgres::Standing::Retaking).await;
+        let storage = storage_holding(lock).await;
+        assert!(
+            matches!(
+                storage.create("note", note(1)).await,
+                Err(e @ storex_core::Error::Backend { .. }) if e.is_transient()
+            ),
+            "an app's write meanwhile fails as transient"
+        );
+        // The new session, through a new connection, ends the old one and takes the lock.
+        let again = holding(until(&mut standing, |s| *s != postgres::Standing::Retaking).await);
+        assert_ne!(again, first);
+        let mut direct =
+            postgres::connect(&postgres::lock_options(&postgres(&url, "public").await))
+                .await
+                .unwrap();
+        let gone: bool = sea_orm::sqlx::query_scalar(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
+        )
+        .bind(first)
+        .fetch_one(&mut direct)
+        .await
+        .unwrap();
+        assert!(gone, "the old session was ended");
+        storage.create("note", note(2)).await.unwrap();
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
 //! The device lock of a PostgreSQL database: a session advisory lock on the schema the
-//! storage's tables are in, held by a connection of its own.
+//! storage's tables are in, held by a connection of its own, and watched while it is held.
 //!
 //! The connection is made with the pool's options (not taken from the pool, so a pool of one
 //! connection is still the app's). The server lets the lock go when the session ends: when
@@ -7,10 +7,18 @@
 //! the network, when the server's TCP keepalives (asked for here: after 30 s idle, 3 probes
 //! 10 s apart) find it gone, about a minute later. The keepalives also keep an idle
 //! connection alive through NAT and load balancers, and the session turns off
-//! `idle_session_timeout`. A server restart, or an administrator ending the session, lets the
-//! lock go for good: it is not taken again until the next open. A pooler in transaction or
-//! statement mode (PgBouncer) cannot hold a session lock: connect directly, or in session
-//! mode.
+//! `idle_session_timeout`.
+//!
+//! A session can also end while the storage lives: the server restarts, an administrator
+//! ends it, the network breaks. A task pings the session every [`WATCH`]`.every`; when the
+//! session is gone it takes the lock again on a new one, and meanwhile the app's writes fail
+//! as transient. A session the server still keeps but this side no longer reaches (its ping
+//! timed out) is ended by the new one. If another opener took the lock in between, the lock
+//! is lost: the app's writes are refused from then on, until the storage is opened again,
+//! since the two openers' clocks could have stamped two changes alike.
+//!
+//! A pooler in transaction or statement mode (PgBouncer) cannot hold a session lock: connect
+//! directly, or in session mode.
 
 use std::time::Duration;
 
@@ -19,68 +27,13 @@ use sea_orm::DatabaseConnection;
 use super::DeviceLock;
 use crate::error::Result;
 
+#[cfg(feature = "postgres")]
+pub(super) use locked::*;
+
 /// Locks the device of the PostgreSQL schema `db`'s tables are in.
 #[cfg(feature = "postgres")]
 pub(super) async fn take(db: &DatabaseConnection, wait: Duration) -> Result<Option<DeviceLock>> {
-    use sea_orm::sqlx::{self, Connection};
-    use sea_orm::{
-        ConnectionTrait, DatabaseConnectionType, DbBackend, DbErr, RuntimeErr, Statement,
-    };
-
-    use super::RETRY_EVERY;
-    use crate::error::Error;
-
-    // A mock or proxy connection has no pool to make a connection like its own with.
-    if !matches!(
-        db.inner,
-        DatabaseConnectionType::SqlxPostgresPoolConnection(_)
-    ) {
-        return Ok(None);
-    }
-    let failed = |e: sqlx::Error| DbErr::Conn(RuntimeErr::SqlxError(e.into()));
-    // Asked of the pool: its connections may set a search path a new connection does not.
-    let row = db
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT current_database()::text AS database, \
-             coalesce(current_schema(), '')::text AS schema",
-        ))
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound("the current database and schema".into()))?;
-    let database: String = row.try_get("", "database")?;
-    let schema: String = row.try_get("", "schema")?;
-    let options = (*db.get_postgres_connection_pool().connect_options())
-        .clone()
-        .options(KEEPALIVES);
-    let mut connection = sqlx::postgres::PgConnection::connect_with(&options)
-        .await
-        .map_err(failed)?;
-    // PostgreSQL 14 and later may end idle sessions; older ones do not know the setting.
-    let _ = sqlx::query("SET idle_session_timeout = 0")
-        .execute(&mut connection)
-        .await;
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
-            .bind(ADVISORY_LOCK_CLASS)
-            .bind(&schema)
-            .fetch_one(&mut connection)
-            .await
-            .map_err(failed)?;
-        if taken {
-            return Ok(Some(DeviceLock::postgres(connection)));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let holder = holder(&mut connection, &schema).await;
-            let _ = connection.close().await;
-            return Err(Error::DatabaseInUse {
-                database: format!(
-                    "schema `{schema}` of the PostgreSQL database `{database}`{holder}"
-                ),
-            });
-        }
-        tokio::time::sleep(RETRY_EVERY).await;
-    }
+    take_watched(db, wait, WATCH).await
 }
 
 /// Without the `postgres` feature a PostgreSQL device cannot be locked.
@@ -92,48 +45,363 @@ pub(super) async fn take(_: &DatabaseConnection, _: Duration) -> Result<Option<D
     })
 }
 
-/// The first of the two keys of the advisory locks storex takes ("STRX"); the second is the
-/// hash of the schema's name.
+/// The lock, its session and its watcher; only with the `postgres` feature.
 #[cfg(feature = "postgres")]
-const ADVISORY_LOCK_CLASS: i32 = 0x5354_5258;
+mod locked {
+    use std::time::Duration;
 
-/// The server's TCP keepalives on the lock's session, so that the lock of a client machine
-/// that died goes within about a minute, not the system's two hours.
-#[cfg(feature = "postgres")]
-const KEEPALIVES: [(&str, &str); 3] = [
-    ("tcp_keepalives_idle", "30"),
-    ("tcp_keepalives_interval", "10"),
-    ("tcp_keepalives_count", "3"),
-];
+    use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
+    use sea_orm::sqlx::{self, Connection};
+    use sea_orm::{
+        ConnectionTrait, DatabaseConnection, DatabaseConnectionType, DbBackend, DbErr, RuntimeErr,
+        Statement,
+    };
+    use storex_core::Operation;
+    use tokio::sync::watch;
 
-/// Who holds the lock of `schema`, as the server tells it (", held by …"), or nothing when
-/// it does not say.
-#[cfg(feature = "postgres")]
-async fn holder(connection: &mut sea_orm::sqlx::postgres::PgConnection, schema: &str) -> String {
-    use sea_orm::sqlx;
+    use super::super::{DeviceLock, RETRY_EVERY};
+    use crate::error::{Error, Result};
 
-    let row: std::result::Result<(i32, Option<String>, Option<String>), _> = sqlx::query_as(
-        "SELECT l.pid, host(a.client_addr), \
-                to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') \
-         FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
-         WHERE l.locktype = 'advisory' AND l.granted \
-           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-           AND l.classid = $1::oid AND l.objid = hashtext($2)::oid AND l.objsubid = 2 \
-         LIMIT 1",
-    )
-    .bind(i64::from(ADVISORY_LOCK_CLASS))
-    .bind(schema)
-    .fetch_one(connection)
-    .await;
-    match row {
-        Ok((pid, client, since)) => {
-            let client = client.map_or(String::new(), |c| format!(" for a client at {c}"));
-            let since = since.map_or(String::new(), |s| format!(" since {s} UTC"));
+    /// How a held lock is watched.
+    #[derive(Clone, Copy, Debug)]
+    pub(in crate::device_lock) struct Watch {
+        /// How often the lock's session is pinged.
+        pub every: Duration,
+        /// How long a ping may take before the session counts as gone.
+        pub ping_timeout: Duration,
+        /// How often a lock whose session is gone is tried again.
+        pub retake_every: Duration,
+    }
+
+    /// How a storage's lock is watched.
+    pub(in crate::device_lock) const WATCH: Watch = Watch {
+        every: Duration::from_secs(10),
+        ping_timeout: Duration::from_secs(10),
+        retake_every: Duration::from_secs(1),
+    };
+
+    /// Where a lock stands, as its watcher last saw it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(in crate::device_lock) enum Standing {
+        /// Held by the session of this server process.
+        Held {
+            /// The session's server process.
+            process: i32,
+        },
+        /// Its session is gone; being taken again.
+        Retaking,
+        /// Another opener took it while its session was gone.
+        Lost,
+    }
+
+    /// A PostgreSQL device's lock. Dropping it ends its watcher, and with it the session.
+    #[derive(Debug)]
+    pub(in crate::device_lock) struct PostgresLock {
+        /// Where the lock stands.
+        pub(in crate::device_lock) standing: watch::Receiver<Standing>,
+        /// The device, as messages name it.
+        device: String,
+        /// The task that holds the session and watches it.
+        watcher: tokio::task::AbortHandle,
+    }
+
+    impl Drop for PostgresLock {
+        fn drop(&mut self) {
+            self.watcher.abort();
+        }
+    }
+
+    impl PostgresLock {
+        /// Why an app's write (`op`) may not run now, if it may not.
+        pub(in crate::device_lock) fn refusal(&self, op: &Operation) -> Option<storex_core::Error> {
+            let device = &self.device;
+            match *self.standing.borrow() {
+                Standing::Held { .. } => None,
+                Standing::Retaking => Some(storex_core::Error::backend(
+                    "storex-app",
+                    format!(
+                        "the device lock of {device} is being taken again (its session ended: \
+                         the server restarted, or the connection broke); try the write again \
+                         in a moment"
+                    ),
+                )),
+                Standing::Lost => Some(storex_core::Error::Refused {
+                    collection: collection_of(op).to_owned(),
+                    detail: format!(
+                        "this storage lost the device lock of {device}: its session ended and \
+                         another opener took the lock meanwhile; two openers of one device \
+                         would keep two clocks, so this storage writes no more: close the \
+                         other, then open the storage again"
+                    ),
+                }),
+            }
+        }
+    }
+
+    /// The collection `op` writes to (a batch's first step's).
+    fn collection_of(op: &Operation) -> &str {
+        match op {
+            Operation::Batch { steps } => steps
+                .first()
+                .and_then(|step| step.operation.collection())
+                .unwrap_or_default(),
+            op => op.collection().unwrap_or_default(),
+        }
+    }
+
+    /// [`super::take`], watched as `watch` says.
+    pub(in crate::device_lock) async fn take_watched(
+        db: &DatabaseConnection,
+        wait: Duration,
+        watch: Watch,
+    ) -> Result<Option<DeviceLock>> {
+        // A mock or proxy connection has no pool to make a connection like its own with.
+        if !matches!(
+            db.inner,
+            DatabaseConnectionType::SqlxPostgresPoolConnection(_)
+        ) {
+            return Ok(None);
+        }
+        // Asked of the pool: its connections may set a search path a new connection does not.
+        let row = db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT current_database()::text AS database, \
+                 coalesce(current_schema(), '')::text AS schema",
+            ))
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound("the current database and schema".into()))?;
+        let database: String = row.try_get("", "database")?;
+        let schema: String = row.try_get("", "schema")?;
+        let device = format!("schema `{schema}` of the PostgreSQL database `{database}`");
+        let options = lock_options(db);
+        let mut connection = connect(&options).await.map_err(failed)?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let session = loop {
+            if let Some(session) = try_lock(&mut connection, &schema).await.map_err(failed)? {
+                break session;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let holder = match holder(&mut connection, &schema).await {
+                    Some(holder) => holder.described(),
+                    None => String::new(),
+                };
+                let _ = connection.close().await;
+                return Err(Error::DatabaseInUse {
+                    database: format!("{device}{holder}"),
+                });
+            }
+            tokio::time::sleep(RETRY_EVERY).await;
+        };
+        let (standing, watching) = watch::channel(Standing::Held {
+            process: session.process,
+        });
+        let watcher = tokio::spawn(watch_lock(
+            connection, session, options, schema, watch, standing,
+        ))
+        .abort_handle();
+        Ok(Some(DeviceLock::postgres(PostgresLock {
+            standing: watching,
+            device,
+            watcher,
+        })))
+    }
+
+    /// A server session, told apart from a later one with the same process id.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub(in crate::device_lock) struct Session {
+        /// Its server process.
+        pub process: i32,
+        /// When it started, if the server tells it.
+        started: Option<String>,
+        /// Its client's address, if it came over TCP.
+        client: Option<String>,
+    }
+
+    impl Session {
+        /// ", locked by server process …", for a refusal's message.
+        fn described(&self) -> String {
+            let process = self.process;
+            let client = match &self.client {
+                Some(c) => format!(" for a client at {c}"),
+                None => String::new(),
+            };
+            let since = match &self.started {
+                Some(s) => format!(" since {s}"),
+                None => String::new(),
+            };
             format!(
-                ", locked by server process {pid}{client}{since} (if that client is gone, \
-                 `SELECT pg_terminate_backend({pid})` lets the lock go)"
+                ", locked by server process {process}{client}{since} (if that client is \
+                 gone, `SELECT pg_terminate_backend({process})` lets the lock go)"
             )
         }
-        Err(_) => String::new(),
     }
+
+    /// Pings the lock's session every `watch.every`. Once the session is gone, takes the lock
+    /// again on a new one (ending the old session first if the server still keeps it), or
+    /// says it is lost if another session holds it.
+    async fn watch_lock(
+        mut connection: PgConnection,
+        mut session: Session,
+        options: PgConnectOptions,
+        schema: String,
+        watch: Watch,
+        standing: watch::Sender<Standing>,
+    ) {
+        loop {
+            tokio::time::sleep(watch.every).await;
+            if let Ok(Ok(())) = tokio::time::timeout(watch.ping_timeout, connection.ping()).await {
+                continue;
+            }
+            standing.send_replace(Standing::Retaking);
+            // Dropped, not closed: a connection that does not answer may not answer a close.
+            drop(connection);
+            let (retaken, held) = loop {
+                match retake(&options, &schema, &session).await {
+                    Ok(Retaken::Held(connection, session)) => break (connection, session),
+                    Ok(Retaken::ByAnother) => {
+                        standing.send_replace(Standing::Lost);
+                        return;
+                    }
+                    // The server is not reachable yet, or the old session is ending.
+                    Ok(Retaken::NotYet) | Err(_) => tokio::time::sleep(watch.retake_every).await,
+                }
+            };
+            connection = retaken;
+            session = held;
+            standing.send_replace(Standing::Held {
+                process: session.process,
+            });
+        }
+    }
+
+    /// What one attempt to take a lock again found.
+    enum Retaken {
+        /// Taken, by this connection's session.
+        Held(PgConnection, Session),
+        /// Held by another opener's session.
+        ByAnother,
+        /// Held still by the old session, which was asked to end.
+        NotYet,
+    }
+
+    /// Tries once to take `schema`'s lock again, whose session was `old`.
+    async fn retake(
+        options: &PgConnectOptions,
+        schema: &str,
+        old: &Session,
+    ) -> sqlx::Result<Retaken> {
+        let mut connection = connect(options).await?;
+        if let Some(session) = try_lock(&mut connection, schema).await? {
+            return Ok(Retaken::Held(connection, session));
+        }
+        let retaken = match holder(&mut connection, schema).await {
+            Some(holder) if holder == *old => {
+                // The old session, which the server keeps though this side cannot reach it:
+                // sessions of one role may end each other's.
+                sqlx::query("SELECT pg_terminate_backend($1)")
+                    .bind(old.process)
+                    .execute(&mut connection)
+                    .await?;
+                Retaken::NotYet
+            }
+            Some(_) => Retaken::ByAnother,
+            // Let go between the two questions.
+            None => Retaken::NotYet,
+        };
+        let _ = connection.close().await;
+        Ok(retaken)
+    }
+
+    /// The options of a lock's session: the pool's, with the server's keepalives.
+    pub(in crate::device_lock) fn lock_options(db: &DatabaseConnection) -> PgConnectOptions {
+        (*db.get_postgres_connection_pool().connect_options())
+            .clone()
+            .options(KEEPALIVES)
+    }
+
+    /// A new session with `options`, which never ends for being idle.
+    pub(in crate::device_lock) async fn connect(
+        options: &PgConnectOptions,
+    ) -> sqlx::Result<PgConnection> {
+        let mut connection = PgConnection::connect_with(options).await?;
+        // PostgreSQL 14 and later may end idle sessions; older ones do not know the setting.
+        let _ = sqlx::query("SET idle_session_timeout = 0")
+            .execute(&mut connection)
+            .await;
+        Ok(connection)
+    }
+
+    /// Takes `schema`'s lock on `connection` if it is free: its session then.
+    pub(in crate::device_lock) async fn try_lock(
+        connection: &mut PgConnection,
+        schema: &str,
+    ) -> sqlx::Result<Option<Session>> {
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+            .bind(ADVISORY_LOCK_CLASS)
+            .bind(schema)
+            .fetch_one(&mut *connection)
+            .await?;
+        if !taken {
+            return Ok(None);
+        }
+        let (process, started, client) = sqlx::query_as(SESSION).fetch_one(connection).await?;
+        Ok(Some(Session {
+            process,
+            started,
+            client,
+        }))
+    }
+
+    /// The session this connection runs on.
+    const SESSION: &str = "SELECT pid, \
+            to_char(backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US \"UTC\"'), \
+            host(client_addr) \
+         FROM pg_stat_activity WHERE pid = pg_backend_pid()";
+
+    /// The session that holds `schema`'s lock, as the server tells it; none when it does not
+    /// say.
+    pub(in crate::device_lock) async fn holder(
+        connection: &mut PgConnection,
+        schema: &str,
+    ) -> Option<Session> {
+        let row: (i32, Option<String>, Option<String>) = sqlx::query_as(
+            "SELECT l.pid, \
+                to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US \"UTC\"'), \
+                host(a.client_addr) \
+             FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND l.classid = $1::oid AND l.objid = hashtext($2)::oid AND l.objsubid = 2 \
+             LIMIT 1",
+        )
+        .bind(i64::from(ADVISORY_LOCK_CLASS))
+        .bind(schema)
+        .fetch_one(connection)
+        .await
+        .ok()?;
+        let (process, started, client) = row;
+        Some(Session {
+            process,
+            started,
+            client,
+        })
+    }
+
+    /// A driver error as the database error it is.
+    fn failed(e: sqlx::Error) -> DbErr {
+        DbErr::Conn(RuntimeErr::SqlxError(e.into()))
+    }
+
+    /// The first of the two keys of the advisory locks storex takes ("STRX"); the second is
+    /// the hash of the schema's name.
+    const ADVISORY_LOCK_CLASS: i32 = 0x5354_5258;
+
+    /// The server's TCP keepalives on the lock's session, so that the lock of a client machine
+    /// that died goes within about a minute, not the system's two hours.
+    const KEEPALIVES: [(&str, &str); 3] = [
+        ("tcp_keepalives_idle", "30"),
+        ("tcp_keepalives_interval", "10"),
+        ("tcp_keepalives_count", "3"),
+    ];
 }
