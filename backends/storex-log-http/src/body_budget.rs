@@ -165,6 +165,16 @@ impl BodyBudget {
         self.refused.load(Ordering::Relaxed)
     }
 
+    /// The bytes `user` may still take before a request of theirs is refused 429; none when
+    /// they hold nothing (a request alone always gets its turn).
+    pub(crate) fn user_room(&self, user: &str) -> Option<usize> {
+        let accounts = self.ledger.lock();
+        match accounts.by_user.get(user).copied().unwrap_or(0) {
+            0 => None,
+            now => Some(self.per_user.saturating_sub(now)),
+        }
+    }
+
     /// [`BodyBudget::grant`], counting refusals.
     pub(crate) async fn reserve(
         &self,

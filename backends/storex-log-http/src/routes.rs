@@ -563,15 +563,24 @@ async fn pull(
     let topics = body.topics.as_deref();
     let mut woken = false;
     loop {
-        // The first read takes the page asked for; a read after a wait, the smaller page
-        // of a wake-up.
-        let (estimate, bounds) = match woken {
-            false => page_plan(page_bytes, limit, state.config.max_body_bytes),
-            true => page_plan(
+        // The first read takes the page asked for, unless the user's other requests leave
+        // too little room for its share; a read after a wait, the smaller page of a wake-up.
+        let asked_page = page_plan(page_bytes, limit, state.config.max_body_bytes);
+        let small_page = || {
+            page_plan(
                 page_bytes.min(WAKE_UP_PAGE_BYTES),
                 limit.min(WAKE_UP_ENTRIES),
                 state.config.max_body_bytes,
-            ),
+            )
+        };
+        let (estimate, bounds) = match woken {
+            false => match state.budget.user_room(&budget_key.0) {
+                // Many devices of one user pulling at once (their long polls starting together
+                // after a restart, say) each get a page, with `more`, instead of `busy`.
+                Some(room) if room < asked_page.0 => small_page(),
+                _ => asked_page,
+            },
+            true => small_page(),
         };
         // The page read and its reply count against the budget like a request body: many
         // devices pulling large pages at once wait, or are told to come back, instead of
@@ -636,7 +645,8 @@ async fn pull(
 /// its user at once, and each would otherwise reserve a whole page's share of the budget
 /// together (beyond about twenty devices, some were answered `busy`). What a wake-up finds
 /// is most often one sync's changes; a device woken to more (`more` in the reply) pulls the
-/// rest at once, with the page it asks for.
+/// rest at once, with the page it asks for. A first read whose page's share the user has no
+/// room for reads this page too.
 const WAKE_UP_PAGE_BYTES: usize = 32 * 1024;
 
 /// The entries a pull woken after a wait reads at most (see [`WAKE_UP_PAGE_BYTES`]).

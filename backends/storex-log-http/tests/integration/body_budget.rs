@@ -280,7 +280,8 @@ fn push_of(device: DeviceId, sizes: &[usize]) -> String {
 
 /// A push wakes all of its user's waiting devices at once: each reads a small page, with a
 /// share to match, so that many of them fit in the user's budget together; a device woken to
-/// more than that page is told there is more.
+/// more than that page is told there is more. A first read the user has no room for reads
+/// such a page too.
 #[tokio::test]
 async fn waiting_devices_woken_together_fit_in_their_users_budget() {
     let store = Store::sqlite();
@@ -299,12 +300,13 @@ async fn waiting_devices_woken_together_fit_in_their_users_budget() {
         let device = log.create_device(&ann_user).await.unwrap();
         waiting.push(log.device_token(device).unwrap());
     }
-    // One after the other: their first reads take a whole page's share each.
-    let mut polls = Vec::new();
-    for token in &waiting {
-        polls.push(long_poll(&http, &url, token, 0));
-        until_metric(&http, &url, "storex_http_waiting_pulls", polls.len() as u64).await;
-    }
+    // Started together: a first read that finds too little of ann's budget left for a
+    // page's share (two take 512 KiB) reads a wake-up's page instead.
+    let polls: Vec<_> = waiting
+        .iter()
+        .map(|token| long_poll(&http, &url, token, 0))
+        .collect();
+    until_metric(&http, &url, "storex_http_waiting_pulls", 3).await;
     // Ann holds 250,000 bytes of her budget: 200,000 are left, too few for one page's share,
     // enough for three wake-ups'.
     let held = hold_a_push(server.local_addr(), &ann, 250_000).await;
@@ -319,6 +321,10 @@ async fn waiting_devices_woken_together_fit_in_their_users_budget() {
         assert_eq!(reply["more"], false, "{reply}");
         after = reply["next_cursor"].as_u64().unwrap();
     }
+    // So does a plain pull while she holds them.
+    let (status, reply) = pull_reply(&http, &url, &waiting[0], 0, 192 * 1024).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["entries"].as_array().unwrap().len(), 1, "{reply}");
     assert_eq!(metric(&http, &url, "storex_http_busy_total").await, 0);
     drop(held);
     until_metric(&http, &url, "storex_http_buffered_bytes", 0).await;
