@@ -41,16 +41,21 @@ impl ChangeNotifier {
 
     /// Whether `op` writes to a collection that is not ignored.
     fn writes_synced(&self, op: &Operation) -> bool {
-        match op {
-            Operation::Batch { steps } => steps.iter().any(|s| self.writes_synced(&s.operation)),
-            op => op.is_write() && op.collection().is_none_or(|c| !self.ignored.contains(c)),
-        }
+        writes_outside(op, &self.ignored)
     }
 
     /// The signal: `notified()` completes after the next local write (or at once if one
     /// happened since the last wait). For one listener: each signal wakes one waiter.
     pub fn signal(&self) -> Arc<Notify> {
         self.signal.clone()
+    }
+}
+
+/// Whether `op` writes to a collection not in `left_out` (the collections left out of sync).
+pub(crate) fn writes_outside(op: &Operation, left_out: &HashSet<String>) -> bool {
+    match op {
+        Operation::Batch { steps } => steps.iter().any(|s| writes_outside(&s.operation, left_out)),
+        op => op.is_write() && op.collection().is_none_or(|c| !left_out.contains(c)),
     }
 }
 

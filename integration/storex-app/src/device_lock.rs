@@ -25,6 +25,7 @@
 //! [`SyncedStorageBuilder::open`]: crate::SyncedStorageBuilder::open
 //! [`SyncedStorageBuilder::without_device_lock`]: crate::SyncedStorageBuilder::without_device_lock
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,7 @@ use std::time::Duration;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use storex_core::{BoxFuture, Middleware, Next, Operation, Origin, Outcome, Result as CoreResult};
 
+use crate::change_notifier::writes_outside;
 use crate::error::{Error, Result};
 
 mod postgres;
@@ -52,6 +54,8 @@ const RETRY_EVERY: Duration = Duration::from_millis(50);
 pub(crate) struct DeviceLock {
     /// What holds the lock; dropping it lets the lock go.
     held: Held,
+    /// The collections left out of sync, whose writes stamp nothing and are never refused.
+    left_out: HashSet<String>,
 }
 
 /// What holds a device's lock.
@@ -70,7 +74,14 @@ impl DeviceLock {
     fn postgres(lock: postgres::PostgresLock) -> DeviceLock {
         DeviceLock {
             held: Held::Postgres(lock),
+            left_out: HashSet::new(),
         }
+    }
+
+    /// The lock, never refusing writes to `collections` (those left out of sync).
+    pub(crate) fn leaving_out(mut self, collections: impl IntoIterator<Item = String>) -> Self {
+        self.left_out = collections.into_iter().collect();
+        self
     }
 
     /// Locks the device of `db`: of the SQLite database it has open as its main database, or
@@ -99,6 +110,7 @@ impl DeviceLock {
                 Ok(()) => {
                     return Ok(Some(DeviceLock {
                         held: Held::File(file),
+                        left_out: HashSet::new(),
                     }))
                 }
                 Err(TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
@@ -121,9 +133,9 @@ impl DeviceLock {
 
 impl Middleware for DeviceLock {
     fn process<'a>(&'a self, op: Operation, next: Next<'a>) -> BoxFuture<'a, CoreResult<Outcome>> {
-        // Only the app's writes stamp the device's clock; what sync applies was stamped
-        // elsewhere.
-        if next.origin() == Origin::App && op.is_write() {
+        // Only the app's writes to synced collections stamp the device's clock; what sync
+        // applies was stamped elsewhere.
+        if next.origin() == Origin::App && writes_outside(&op, &self.left_out) {
             if let Some(refusal) = self.refusal(&op) {
                 return Box::pin(std::future::ready(Err(refusal)));
             }
@@ -315,6 +327,7 @@ mod tests {
         every: Duration::from_millis(100),
         ping_timeout: Duration::from_millis(500),
         retake_every: Duration::from_millis(100),
+        attempt_timeout: Duration::from_secs(5),
     };
 
     /// Where `lock`, a PostgreSQL lock, stands.
@@ -334,35 +347,40 @@ mod tests {
             .await
             .expect("the lock's watcher got there within 20 s")
             .unwrap();
-        *seen
+        seen.clone()
     }
 
     /// The server process holding a lock that stands as `standing`.
     fn holding(standing: postgres::Standing) -> i32 {
         match standing {
-            postgres::Standing::Held { process } => process,
+            postgres::Standing::Held {
+                process: Some(process),
+            } => process,
             other => panic!("a held lock: {other:?}"),
         }
     }
 
-    /// A storage of notes whose chain holds `lock`.
+    /// A storage of notes and drafts (left out of sync) whose chain holds `lock`.
     async fn storage_holding(lock: DeviceLock) -> storex_core::Storage {
         use storex_core::{CollectionDef, FieldType, MemoryBackend, Registry, Storage};
+        let collection = |name| {
+            CollectionDef::new(name)
+                .field("id", FieldType::Int)
+                .primary_key(["id"])
+        };
         let registry = Registry::builder()
-            .collection(
-                CollectionDef::new("note")
-                    .field("id", FieldType::Int)
-                    .primary_key(["id"]),
-            )
+            .collection(collection("note"))
+            .collection(collection("draft"))
             .build()
             .unwrap();
         Storage::builder(registry, MemoryBackend::new())
-            .with(lock)
+            .with(lock.leaving_out(["draft".to_owned()]))
             .build()
             .await
             .unwrap()
     }
 
+    /// A note, or a draft, with this key.
     fn note(id: i64) -> storex_core::Object {
         storex_core::object! { "id" => id }
     }
@@ -379,7 +397,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let mut standing = standing_of(&lock);
-        let first = holding(*standing.borrow());
+        let first = holding(standing.borrow().clone());
         let storage = storage_holding(lock).await;
         storage.create("note", note(1)).await.unwrap();
         // What a server restart or an administrator does to the session.
@@ -389,7 +407,7 @@ mod tests {
         let again = holding(
             until(
                 &mut standing,
-                |s| matches!(s, postgres::Standing::Held { process } if *process != first),
+                |s| matches!(s, postgres::Standing::Held { process: Some(p) } if *p != first),
             )
             .await,
         );
@@ -398,7 +416,7 @@ mod tests {
             .await
             .unwrap();
         let holder = postgres::holder(&mut other, "public").await.unwrap();
-        assert_eq!(holder.process, again);
+        assert_eq!(holder.session.process, again);
         storage.create("note", note(2)).await.unwrap();
     }
 
@@ -412,7 +430,7 @@ mod tests {
         let db = postgres(&url, "public").await;
         // Watched slowly, so that the other opener, trying every 50 ms, gets there first.
         let slow = postgres::Watch {
-            every: Duration::from_secs(1),
+            every: Duration::from_secs(5),
             ..QUICK
         };
         let lock = postgres::take_watched(&db, Duration::ZERO, slow)
@@ -420,7 +438,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let mut standing = standing_of(&lock);
-        let first = holding(*standing.borrow());
+        let first = holding(standing.borrow().clone());
         let storage = storage_holding(lock).await;
         db.execute_unprepared(&format!("SELECT pg_terminate_backend({first})"))
             .await
@@ -451,7 +469,9 @@ mod tests {
             ),
             "a batch is refused too"
         );
-        // Reads go on, and so do the writes sync applies, stamped elsewhere.
+        // Reads go on, and so do the writes sync applies, stamped elsewhere, and those to
+        // collections left out of sync, which stamp nothing.
+        storage.create("draft", note(1)).await.unwrap();
         assert_eq!(
             storage
                 .count("note", storex_core::Filter::all())
@@ -473,6 +493,41 @@ mod tests {
         assert!(storage.create("note", note(4)).await.is_err());
     }
 
+    #[test]
+    fn a_postgres_lock_whose_watcher_stopped_with_its_runtime_refuses_the_apps_writes() {
+        let Some(server) = storex_test::postgres_url() else {
+            return;
+        };
+        // Opened on a runtime that is gone by the time the app writes: its tasks, the lock's
+        // watcher among them, and with it the lock's session, went with it.
+        let opening = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let lock = opening.block_on(async {
+            let url = storex_test::fresh_postgres_database(&server).await;
+            let db = postgres(&url, "public").await;
+            postgres::take_watched(&db, Duration::ZERO, QUICK)
+                .await
+                .unwrap()
+                .unwrap()
+        });
+        drop(opening);
+        let app = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        app.block_on(async {
+            let storage = storage_holding(lock).await;
+            match storage.create("note", note(1)).await {
+                Err(storex_core::Error::Refused { detail, .. }) => {
+                    assert!(detail.contains("stopped"), "{detail}");
+                }
+                other => panic!("an app's write with the watcher gone: {other:?}"),
+            }
+        });
+    }
+
     /// A TCP proxy to `server` on 127.0.0.1 whose connections can be made to stop passing
     /// anything on, as a broken network leaves them: neither side hears from the other, and
     /// neither sees the connection closed.
@@ -480,10 +535,12 @@ mod tests {
         address: std::net::SocketAddr,
         /// Connections numbered below it pass nothing on.
         frozen_below: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        /// The number of the next connection.
         next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     }
 
     impl FreezingProxy {
+        /// A proxy to `server` (host:port), passing everything on until frozen.
         async fn start(server: String) -> FreezingProxy {
             use std::sync::atomic::{AtomicUsize, Ordering};
             use std::sync::Arc;
@@ -545,7 +602,7 @@ mod tests {
         };
         let url = storex_test::fresh_postgres_database(&server).await;
         // postgres://user@host:port/database, through the proxy.
-        let (user, rest) = url.split_once('@').unwrap();
+        let (user, rest) = url.rsplit_once('@').expect("a URL with a user");
         let (host, database) = rest.split_once('/').unwrap();
         let proxy = FreezingProxy::start(host.to_owned()).await;
         let through_proxy = format!("{user}@{}/{database}", proxy.address);
@@ -560,11 +617,14 @@ mod tests {
             .unwrap()
             .unwrap();
         let mut standing = standing_of(&lock);
-        let first = holding(*standing.borrow());
+        let first = holding(standing.borrow().clone());
         // The network breaks: the lock's ping is not answered, and the server, which has not
         // seen the connection close, keeps its session and the lock.
         proxy.freeze();
-        until(&mut standing, |s| *s == postgres::Standing::Retaking).await;
+        until(&mut standing, |s| {
+            matches!(s, postgres::Standing::Retaking { .. })
+        })
+        .await;
         let storage = storage_holding(lock).await;
         assert!(
             matches!(
@@ -574,7 +634,12 @@ mod tests {
             "an app's write meanwhile fails as transient"
         );
         // The new session, through a new connection, ends the old one and takes the lock.
-        let again = holding(until(&mut standing, |s| *s != postgres::Standing::Retaking).await);
+        let again = holding(
+            until(&mut standing, |s| {
+                !matches!(s, postgres::Standing::Retaking { .. })
+            })
+            .await,
+        );
         assert_ne!(again, first);
         let mut direct =
             postgres::connect(&postgres::lock_options(&postgres(&url, "public").await))

@@ -169,7 +169,10 @@ impl SyncedStorageBuilder {
     /// two clocks for one device, which can give two changes the same timestamp. A
     /// PostgreSQL device needs the crate's `postgres` feature for its lock (without it, its
     /// open fails with [`Error::DeviceLockUnsupported`]); the lock is held on a connection of
-    /// its own, beside the pool.
+    /// its own, beside the pool, pinged every 10 s and taken again on a new one when its
+    /// session ends. Meanwhile the app's writes to synced collections fail with a transient
+    /// [`storex_core::Error::Backend`]; if another opener took the lock in between, they fail
+    /// with [`storex_core::Error::Refused`] until the storage is opened again.
     pub async fn open(self) -> Result<SyncedStorage> {
         let (log, user) = self.shared_log.ok_or(Error::NoSharedLog)?;
         let lock = match self.device_lock {
@@ -270,7 +273,7 @@ impl SyncedStorageBuilder {
         let mut options = SyncOptions::default().with_middleware(Arc::new(notifier.clone()));
         if let Some(lock) = lock {
             // Held for as long as the storage's chain is.
-            options = options.with_middleware(Arc::new(lock));
+            options = options.with_middleware(Arc::new(lock.leaving_out(excluded.iter().cloned())));
         }
         options.excluded = excluded;
         options.middleware.extend(self.sync_options.middleware);

@@ -10,12 +10,18 @@
 //! `idle_session_timeout`.
 //!
 //! A session can also end while the storage lives: the server restarts, an administrator
-//! ends it, the network breaks. A task pings the session every [`WATCH`]`.every`; when the
-//! session is gone it takes the lock again on a new one, and meanwhile the app's writes fail
-//! as transient. A session the server still keeps but this side no longer reaches (its ping
-//! timed out) is ended by the new one. If another opener took the lock in between, the lock
-//! is lost: the app's writes are refused from then on, until the storage is opened again,
-//! since the two openers' clocks could have stamped two changes alike.
+//! ends it, the network breaks. A task pings the session every 10 s (an answer may take
+//! 10 s); when the session is gone it takes the lock again on a new one, and meanwhile the
+//! app's writes to synced collections fail as transient. A session of its own the server
+//! still keeps but this side no longer reaches (its ping, or a try to take the lock again,
+//! went unanswered) is ended by the new one. If another opener holds the lock by then, it is
+//! lost: the app's writes are refused from then on, until the storage is opened again, since
+//! the two openers' clocks could stamp two changes alike. So they are if the task stops (the
+//! runtime that opened the storage shut down), since the session goes with it.
+//!
+//! Not seen: another opener that took the lock and let it go again between two pings (it
+//! may have stamped changes with a clock ahead of this storage's), and a write made in the
+//! up to 20 s before a lost session is noticed.
 //!
 //! A pooler in transaction or statement mode (PgBouncer) cannot hold a session lock: connect
 //! directly, or in session mode.
@@ -50,7 +56,7 @@ pub(super) async fn take(_: &DatabaseConnection, _: Duration) -> Result<Option<D
 mod locked {
     use std::time::Duration;
 
-    use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
+    use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
     use sea_orm::sqlx::{self, Connection};
     use sea_orm::{
         ConnectionTrait, DatabaseConnection, DatabaseConnectionType, DbBackend, DbErr, RuntimeErr,
@@ -71,6 +77,8 @@ mod locked {
         pub ping_timeout: Duration,
         /// How often a lock whose session is gone is tried again.
         pub retake_every: Duration,
+        /// How long one try may take (connecting included) before it counts as failed.
+        pub attempt_timeout: Duration,
     }
 
     /// How a storage's lock is watched.
@@ -78,18 +86,22 @@ mod locked {
         every: Duration::from_secs(10),
         ping_timeout: Duration::from_secs(10),
         retake_every: Duration::from_secs(1),
+        attempt_timeout: Duration::from_secs(30),
     };
 
     /// Where a lock stands, as its watcher last saw it.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[derive(Clone, Debug, PartialEq, Eq)]
     pub(in crate::device_lock) enum Standing {
-        /// Held by the session of this server process.
+        /// Held by the session of this server process (when the server says which).
         Held {
             /// The session's server process.
-            process: i32,
+            process: Option<i32>,
         },
         /// Its session is gone; being taken again.
-        Retaking,
+        Retaking {
+            /// Why the last try failed, if it did.
+            failed: Option<String>,
+        },
         /// Another opener took it while its session was gone.
         Lost,
     }
@@ -115,25 +127,41 @@ mod locked {
         /// Why an app's write (`op`) may not run now, if it may not.
         pub(in crate::device_lock) fn refusal(&self, op: &Operation) -> Option<storex_core::Error> {
             let device = &self.device;
-            match *self.standing.borrow() {
+            // A watcher that stopped (the runtime that opened the storage shut down) took the
+            // session with it; one that found the lock lost stops too.
+            let stopped = self.standing.has_changed().is_err();
+            let refused = |why: String| storex_core::Error::Refused {
+                collection: collection_of(op).to_owned(),
+                detail: format!(
+                    "storex-app refused it, not the database: {why}; two openers of one device \
+                     would keep two clocks, so this storage writes no more: open it again \
+                     (once the other opener is closed)"
+                ),
+            };
+            match &*self.standing.borrow() {
+                Standing::Lost => Some(refused(format!(
+                    "this storage lost the device lock of {device}: its session ended and \
+                     another opener took the lock meanwhile"
+                ))),
+                _ if stopped => Some(refused(format!(
+                    "the task that held the device lock of {device} stopped (the runtime that \
+                     opened the storage shut down), and the lock with it"
+                ))),
                 Standing::Held { .. } => None,
-                Standing::Retaking => Some(storex_core::Error::backend(
-                    "storex-app",
-                    format!(
-                        "the device lock of {device} is being taken again (its session ended: \
-                         the server restarted, or the connection broke); try the write again \
-                         in a moment"
-                    ),
-                )),
-                Standing::Lost => Some(storex_core::Error::Refused {
-                    collection: collection_of(op).to_owned(),
-                    detail: format!(
-                        "this storage lost the device lock of {device}: its session ended and \
-                         another opener took the lock meanwhile; two openers of one device \
-                         would keep two clocks, so this storage writes no more: close the \
-                         other, then open the storage again"
-                    ),
-                }),
+                Standing::Retaking { failed } => {
+                    let failed = match failed {
+                        Some(why) => format!("; the last try failed: {why}"),
+                        None => String::new(),
+                    };
+                    Some(storex_core::Error::backend(
+                        "storex-app",
+                        format!(
+                            "the device lock of {device} is being taken again (its session \
+                             ended: the server restarted, or the connection broke){failed}; \
+                             try the write again in a moment"
+                        ),
+                    ))
+                }
             }
         }
     }
@@ -174,16 +202,14 @@ mod locked {
         let database: String = row.try_get("", "database")?;
         let schema: String = row.try_get("", "schema")?;
         let device = format!("schema `{schema}` of the PostgreSQL database `{database}`");
-        let options = lock_options(db);
-        let mut connection = connect(&options).await.map_err(failed)?;
+        let pool = db.get_postgres_connection_pool().clone();
+        let mut connection = connect(&lock_options_of(&pool)).await.map_err(failed)?;
+        let session = session_of(&mut connection).await;
         let deadline = tokio::time::Instant::now() + wait;
-        let session = loop {
-            if let Some(session) = try_lock(&mut connection, &schema).await.map_err(failed)? {
-                break session;
-            }
+        while !try_lock(&mut connection, &schema).await.map_err(failed)? {
             if tokio::time::Instant::now() >= deadline {
                 let holder = match holder(&mut connection, &schema).await {
-                    Some(holder) => holder.described(),
+                    Some(holder) => holder.session.described(),
                     None => String::new(),
                 };
                 let _ = connection.close().await;
@@ -192,12 +218,12 @@ mod locked {
                 });
             }
             tokio::time::sleep(RETRY_EVERY).await;
-        };
+        }
         let (standing, watching) = watch::channel(Standing::Held {
-            process: session.process,
+            process: session.as_ref().map(|s| s.process),
         });
         let watcher = tokio::spawn(watch_lock(
-            connection, session, options, schema, watch, standing,
+            connection, session, pool, schema, watch, standing,
         ))
         .abort_handle();
         Ok(Some(DeviceLock::postgres(PostgresLock {
@@ -214,7 +240,7 @@ mod locked {
         pub process: i32,
         /// When it started, if the server tells it.
         started: Option<String>,
-        /// Its client's address, if it came over TCP.
+        /// Its client's address, if it came over TCP and the server tells it.
         client: Option<String>,
     }
 
@@ -237,74 +263,100 @@ mod locked {
         }
     }
 
+    /// The most sessions a watcher remembers as its own while it takes its lock again.
+    const SESSIONS_REMEMBERED: usize = 16;
+
     /// Pings the lock's session every `watch.every`. Once the session is gone, takes the lock
-    /// again on a new one (ending the old session first if the server still keeps it), or
-    /// says it is lost if another session holds it.
+    /// again on a new one (ending first a session of its own the server still keeps), or
+    /// says it is lost if another opener's session holds it.
     async fn watch_lock(
         mut connection: PgConnection,
-        mut session: Session,
-        options: PgConnectOptions,
+        session: Option<Session>,
+        pool: PgPool,
         schema: String,
         watch: Watch,
         standing: watch::Sender<Standing>,
     ) {
+        // The sessions of this watcher's that may hold the lock: the one that took it, and
+        // any whose try was cut short (its answer lost, or out of time).
+        let mut ours: Vec<Session> = session.into_iter().collect();
         loop {
             tokio::time::sleep(watch.every).await;
             if let Ok(Ok(())) = tokio::time::timeout(watch.ping_timeout, connection.ping()).await {
                 continue;
             }
-            standing.send_replace(Standing::Retaking);
+            standing.send_replace(Standing::Retaking { failed: None });
             // Dropped, not closed: a connection that does not answer may not answer a close.
             drop(connection);
-            let (retaken, held) = loop {
-                match retake(&options, &schema, &session).await {
-                    Ok(Retaken::Held(connection, session)) => break (connection, session),
-                    Ok(Retaken::ByAnother) => {
+            connection = loop {
+                let options = lock_options_of(&pool);
+                let attempt = retake(&options, &schema, &mut ours);
+                let failed = match tokio::time::timeout(watch.attempt_timeout, attempt).await {
+                    Ok(Ok(Retaken::Held(connection))) => break connection,
+                    Ok(Ok(Retaken::ByAnother)) => {
                         standing.send_replace(Standing::Lost);
                         return;
                     }
-                    // The server is not reachable yet, or the old session is ending.
-                    Ok(Retaken::NotYet) | Err(_) => tokio::time::sleep(watch.retake_every).await,
+                    // Ours still holds it, and was asked to end.
+                    Ok(Ok(Retaken::NotYet)) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some(format!(
+                        "no answer within {} s",
+                        watch.attempt_timeout.as_secs_f32()
+                    )),
+                };
+                standing.send_replace(Standing::Retaking { failed });
+                if ours.len() > SESSIONS_REMEMBERED {
+                    ours.remove(0);
                 }
+                tokio::time::sleep(watch.retake_every).await;
             };
-            connection = retaken;
-            session = held;
             standing.send_replace(Standing::Held {
-                process: session.process,
+                process: ours.last().map(|s| s.process),
             });
         }
     }
 
-    /// What one attempt to take a lock again found.
+    /// What one try to take a lock again found.
     enum Retaken {
-        /// Taken, by this connection's session.
-        Held(PgConnection, Session),
+        /// Taken, by this connection's session (then the only one in `ours`).
+        Held(PgConnection),
         /// Held by another opener's session.
         ByAnother,
-        /// Held still by the old session, which was asked to end.
+        /// Held by a session of ours, which was asked to end, or by one ending.
         NotYet,
     }
 
-    /// Tries once to take `schema`'s lock again, whose session was `old`.
+    /// Tries once to take `schema`'s lock on a new session, which is added to `ours` (the
+    /// sessions of this watcher's that may hold it) before it asks.
     async fn retake(
         options: &PgConnectOptions,
         schema: &str,
-        old: &Session,
+        ours: &mut Vec<Session>,
     ) -> sqlx::Result<Retaken> {
         let mut connection = connect(options).await?;
-        if let Some(session) = try_lock(&mut connection, schema).await? {
-            return Ok(Retaken::Held(connection, session));
+        let session = session_of(&mut connection).await;
+        ours.extend(session.clone());
+        if try_lock(&mut connection, schema).await? {
+            ours.clear();
+            ours.extend(session);
+            return Ok(Retaken::Held(connection));
+        }
+        if let Some(session) = &session {
+            ours.retain(|s| s != session);
         }
         let retaken = match holder(&mut connection, schema).await {
-            Some(holder) if holder == *old => {
-                // The old session, which the server keeps though this side cannot reach it:
+            Some(holder) if ours.contains(&holder.session) => {
+                // One of ours, which the server keeps though this side cannot reach it:
                 // sessions of one role may end each other's.
                 sqlx::query("SELECT pg_terminate_backend($1)")
-                    .bind(old.process)
+                    .bind(holder.session.process)
                     .execute(&mut connection)
                     .await?;
                 Retaken::NotYet
             }
+            // A session listed no more: ending, its lock about to go.
+            Some(holder) if !holder.listed => Retaken::NotYet,
             Some(_) => Retaken::ByAnother,
             // Let go between the two questions.
             None => Retaken::NotYet,
@@ -313,11 +365,16 @@ mod locked {
         Ok(retaken)
     }
 
-    /// The options of a lock's session: the pool's, with the server's keepalives.
+    /// The options of a lock's session for `db`: its pool's, with the server's keepalives.
+    #[cfg(test)]
     pub(in crate::device_lock) fn lock_options(db: &DatabaseConnection) -> PgConnectOptions {
-        (*db.get_postgres_connection_pool().connect_options())
-            .clone()
-            .options(KEEPALIVES)
+        lock_options_of(db.get_postgres_connection_pool())
+    }
+
+    /// The options of a lock's session: `pool`'s as they are now (an app may change them, to
+    /// give new credentials), with the server's keepalives.
+    fn lock_options_of(pool: &PgPool) -> PgConnectOptions {
+        (*pool.connect_options()).clone().options(KEEPALIVES)
     }
 
     /// A new session with `options`, which never ends for being idle.
@@ -332,41 +389,52 @@ mod locked {
         Ok(connection)
     }
 
-    /// Takes `schema`'s lock on `connection` if it is free: its session then.
-    pub(in crate::device_lock) async fn try_lock(
-        connection: &mut PgConnection,
-        schema: &str,
-    ) -> sqlx::Result<Option<Session>> {
-        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+    /// Takes `schema`'s lock on `connection` if it is free.
+    async fn try_lock(connection: &mut PgConnection, schema: &str) -> sqlx::Result<bool> {
+        sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
             .bind(ADVISORY_LOCK_CLASS)
             .bind(schema)
-            .fetch_one(&mut *connection)
-            .await?;
-        if !taken {
-            return Ok(None);
-        }
-        let (process, started, client) = sqlx::query_as(SESSION).fetch_one(connection).await?;
-        Ok(Some(Session {
+            .fetch_one(connection)
+            .await
+    }
+
+    /// The session `connection` runs on, as the server tells it; none when it does not (a
+    /// server like PostgreSQL without `pg_stat_activity`).
+    async fn session_of(connection: &mut PgConnection) -> Option<Session> {
+        let row: (i32, Option<String>, Option<String>) = sqlx::query_as(
+            "SELECT pid, \
+                to_char(backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US \"UTC\"'), \
+                host(client_addr) \
+             FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+        )
+        .fetch_optional(connection)
+        .await
+        .ok()??;
+        let (process, started, client) = row;
+        Some(Session {
             process,
             started,
             client,
-        }))
+        })
     }
 
-    /// The session this connection runs on.
-    const SESSION: &str = "SELECT pid, \
-            to_char(backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US \"UTC\"'), \
-            host(client_addr) \
-         FROM pg_stat_activity WHERE pid = pg_backend_pid()";
+    /// The session holding a lock.
+    pub(in crate::device_lock) struct Holder {
+        /// The session.
+        pub session: Session,
+        /// Whether `pg_stat_activity` still lists it (a session ending may hold its locks a
+        /// moment after it is listed no more).
+        listed: bool,
+    }
 
     /// The session that holds `schema`'s lock, as the server tells it; none when it does not
     /// say.
     pub(in crate::device_lock) async fn holder(
         connection: &mut PgConnection,
         schema: &str,
-    ) -> Option<Session> {
-        let row: (i32, Option<String>, Option<String>) = sqlx::query_as(
-            "SELECT l.pid, \
+    ) -> Option<Holder> {
+        let row: (i32, bool, Option<String>, Option<String>) = sqlx::query_as(
+            "SELECT l.pid, a.pid IS NOT NULL, \
                 to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US \"UTC\"'), \
                 host(a.client_addr) \
              FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
@@ -380,11 +448,14 @@ mod locked {
         .fetch_one(connection)
         .await
         .ok()?;
-        let (process, started, client) = row;
-        Some(Session {
-            process,
-            started,
-            client,
+        let (process, listed, started, client) = row;
+        Some(Holder {
+            session: Session {
+                process,
+                started,
+                client,
+            },
+            listed,
         })
     }
 
