@@ -165,14 +165,21 @@ impl BodyBudget {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// The bytes `user` may still take before a request of theirs is refused 429; none when
-    /// they hold nothing (a request alone always gets its turn).
-    pub(crate) fn user_room(&self, user: &str) -> Option<usize> {
-        let accounts = self.ledger.lock();
-        match accounts.by_user.get(user).copied().unwrap_or(0) {
-            0 => None,
-            now => Some(self.per_user.saturating_sub(now)),
+    /// [`BodyBudget::reserve`] of `bytes`, or of `smaller` when `user` holds too much to take
+    /// `bytes` but not to take `smaller` (decided at once, as the room is counted): the share,
+    /// and whether it is the smaller one.
+    pub(crate) async fn reserve_either(
+        &self,
+        user: &str,
+        bytes: usize,
+        smaller: usize,
+        wait: Duration,
+    ) -> Result<(Reservation, bool), ApiError> {
+        let granted = self.grant_either(user, bytes, smaller, wait).await;
+        if granted.is_err() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
         }
+        granted
     }
 
     /// [`BodyBudget::grant`], counting refusals.
@@ -182,11 +189,9 @@ impl BodyBudget {
         bytes: usize,
         wait: Duration,
     ) -> Result<Reservation, ApiError> {
-        let granted = self.grant(user, bytes, wait).await;
-        if granted.is_err() {
-            self.refused.fetch_add(1, Ordering::Relaxed);
-        }
-        granted
+        self.reserve_either(user, bytes, bytes, wait)
+            .await
+            .map(|(share, _)| share)
     }
 
     /// Grows `share` to `bytes` if the room is there now, without waiting (nothing is
@@ -196,8 +201,11 @@ impl BodyBudget {
         let Some(more) = bytes.checked_sub(share.bytes).filter(|more| *more > 0) else {
             return true;
         };
-        match self.grant(&share.user, more, Duration::ZERO).await {
-            Ok(mut extra) => {
+        match self
+            .grant_either(&share.user, more, more, Duration::ZERO)
+            .await
+        {
+            Ok((mut extra, _)) => {
                 share.bytes += extra.bytes;
                 // Moved into `share`: nothing left to give back.
                 extra.bytes = 0;
@@ -213,13 +221,16 @@ impl BodyBudget {
     /// client tries again). Refused with 429 when the user holds too much already, unless it
     /// holds nothing (a request alone always gets its turn), and with 503 when the server
     /// has no room for `wait`. A request larger than the whole budget waits for all of it.
-    async fn grant(
+    /// When the user holds too much to take `bytes` but not `smaller`, it takes `smaller`
+    /// (and says so).
+    async fn grant_either(
         &self,
         user: &str,
         bytes: usize,
+        smaller: usize,
         wait: Duration,
-    ) -> Result<Reservation, ApiError> {
-        let bytes = bytes.min(self.total);
+    ) -> Result<(Reservation, bool), ApiError> {
+        let (asked, smaller) = (bytes.min(self.total), smaller.min(bytes).min(self.total));
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Registered before looking, so that bytes given back meanwhile wake it.
@@ -229,7 +240,12 @@ impl BodyBudget {
             {
                 let mut accounts = self.ledger.lock();
                 let now = accounts.by_user.get(user).copied().unwrap_or(0);
-                if now > 0 && now.saturating_add(bytes) > self.per_user {
+                let too_much = |bytes: usize| now > 0 && now.saturating_add(bytes) > self.per_user;
+                let (bytes, is_smaller) = match too_much(asked) {
+                    true => (smaller, smaller < asked),
+                    false => (asked, false),
+                };
+                if too_much(bytes) {
                     return Err(ApiError::busy(
                         StatusCode::TOO_MANY_REQUESTS,
                         format!(
@@ -243,11 +259,12 @@ impl BodyBudget {
                 if accounts.free >= bytes {
                     accounts.free -= bytes;
                     *accounts.by_user.entry(user.to_owned()).or_insert(0) += bytes;
-                    return Ok(Reservation {
+                    let share = Reservation {
                         user: user.to_owned(),
                         bytes,
                         ledger: self.ledger.clone(),
-                    });
+                    };
+                    return Ok((share, is_smaller));
                 }
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
@@ -402,6 +419,28 @@ mod tests {
         assert_eq!(budget.held_bytes(), 10 * KIB);
         let again = budget.reserve("ann", 6 * KIB, Duration::ZERO).await;
         assert!(again.is_ok(), "ann's share is back");
+    }
+
+    #[tokio::test]
+    async fn a_user_without_room_for_a_share_takes_the_smaller_one_when_it_fits() {
+        let budget = BodyBudget::new(100 * KIB, 10 * KIB);
+        let (alone, smaller) = budget
+            .reserve_either("ann", 8 * KIB, KIB, Duration::ZERO)
+            .await
+            .expect("a request alone gets its turn");
+        assert_eq!((alone.bytes(), smaller), (8 * KIB, false));
+        let (second, smaller) = budget
+            .reserve_either("ann", 8 * KIB, KIB, Duration::ZERO)
+            .await
+            .expect("the smaller share fits");
+        assert_eq!((second.bytes(), smaller), (KIB, true));
+        let refused = budget
+            .reserve_either("ann", 8 * KIB, 2 * KIB, Duration::ZERO)
+            .await
+            .expect_err("not even the smaller share fits");
+        assert!(format!("{refused:?}").contains("429"), "{refused:?}");
+        assert_eq!(budget.refused(), 1);
+        assert_eq!(budget.held_bytes(), 9 * KIB);
     }
 
     #[tokio::test]

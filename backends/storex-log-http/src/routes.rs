@@ -564,31 +564,29 @@ async fn pull(
     let mut woken = false;
     loop {
         // The first read takes the page asked for, unless the user's other requests leave
-        // too little room for its share; a read after a wait, the smaller page of a wake-up.
-        let asked_page = page_plan(page_bytes, limit, state.config.max_body_bytes);
-        let small_page = || {
-            page_plan(
-                page_bytes.min(WAKE_UP_PAGE_BYTES),
-                limit.min(WAKE_UP_ENTRIES),
-                state.config.max_body_bytes,
-            )
-        };
-        let (estimate, bounds) = match woken {
-            false => match state.budget.user_room(&budget_key.0) {
-                // Many devices of one user pulling at once (their long polls starting together
-                // after a restart, say) each get a page, with `more`, instead of `busy`.
-                Some(room) if room < asked_page.0 => small_page(),
-                _ => asked_page,
-            },
-            true => small_page(),
+        // too little room for its share (many devices of one user pulling at once: their
+        // long polls starting together after a restart, say), then the smaller page of a
+        // wake-up, with `more`, instead of `busy`; a read after a wait, the smaller page.
+        let small_page = page_plan(
+            page_bytes.min(WAKE_UP_PAGE_BYTES),
+            limit.min(WAKE_UP_ENTRIES),
+            state.config.max_body_bytes,
+        );
+        let asked_page = match woken {
+            false => page_plan(page_bytes, limit, state.config.max_body_bytes),
+            true => small_page,
         };
         // The page read and its reply count against the budget like a request body: many
         // devices pulling large pages at once wait, or are told to come back, instead of
         // running the server out of memory.
-        let share = state
+        let (share, smaller) = state
             .budget
-            .reserve(&budget_key.0, estimate, BUSY_WAIT)
+            .reserve_either(&budget_key.0, asked_page.0, small_page.0, BUSY_WAIT)
             .await?;
+        let bounds = match smaller {
+            true => small_page.1,
+            false => asked_page.1,
+        };
         let pull = match state
             .log
             .pull_page(caller.device, body.after, bounds, topics)

@@ -151,7 +151,20 @@ impl DeviceLock {
         match &self.held {
             Held::File(_) => None,
             #[cfg(feature = "postgres")]
-            Held::Postgres(lock) => lock.refusal(op),
+            Held::Postgres(lock) => lock.refusal(self.synced_collection(op)),
+        }
+    }
+
+    /// The synced collection `op` writes to (a batch's first such step's).
+    #[cfg(feature = "postgres")]
+    fn synced_collection<'o>(&self, op: &'o Operation) -> &'o str {
+        match op {
+            Operation::Batch { steps } => steps
+                .iter()
+                .find(|step| writes_outside(&step.operation, &self.left_out))
+                .and_then(|step| step.operation.collection())
+                .unwrap_or_default(),
+            op => op.collection().unwrap_or_default(),
         }
     }
 }
@@ -415,7 +428,10 @@ mod tests {
         let mut other = postgres::connect(&postgres::lock_options(&db))
             .await
             .unwrap();
-        let holder = postgres::holder(&mut other, "public").await.unwrap();
+        let holder = postgres::holder(&mut other, "public")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(holder.session.process, again);
         storage.create("note", note(2)).await.unwrap();
     }
@@ -458,17 +474,16 @@ mod tests {
             }
             other => panic!("an app's write with the lock lost: {other:?}"),
         }
-        let batch = vec![storex_core::BatchStep::new(storex_core::Operation::create(
-            "note",
-            note(2),
-        ))];
-        assert!(
-            matches!(
-                storage.batch(batch).await,
-                Err(storex_core::Error::Refused { collection, .. }) if collection == "note"
-            ),
-            "a batch is refused too"
-        );
+        // A batch is refused too, naming the synced collection it writes to.
+        let batch = ["draft", "note"]
+            .map(|collection| {
+                storex_core::BatchStep::new(storex_core::Operation::create(collection, note(2)))
+            })
+            .to_vec();
+        match storage.batch(batch).await {
+            Err(storex_core::Error::Refused { collection, .. }) => assert_eq!(collection, "note"),
+            other => panic!("a batch with the lock lost: {other:?}"),
+        }
         // Reads go on, and so do the writes sync applies, stamped elsewhere, and those to
         // collections left out of sync, which stamp nothing.
         storage.create("draft", note(1)).await.unwrap();
@@ -609,7 +624,7 @@ mod tests {
         let db = postgres(&through_proxy, "public").await;
         // Taken again slowly, so that the app can be seen waiting meanwhile.
         let patient = postgres::Watch {
-            retake_every: Duration::from_secs(2),
+            retake_every: Duration::from_secs(10),
             ..QUICK
         };
         let lock = postgres::take_watched(&db, Duration::ZERO, patient)

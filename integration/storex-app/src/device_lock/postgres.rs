@@ -14,14 +14,18 @@
 //! 10 s); when the session is gone it takes the lock again on a new one, and meanwhile the
 //! app's writes to synced collections fail as transient. A session of its own the server
 //! still keeps but this side no longer reaches (its ping, or a try to take the lock again,
-//! went unanswered) is ended by the new one. If another opener holds the lock by then, it is
-//! lost: the app's writes are refused from then on, until the storage is opened again, since
-//! the two openers' clocks could stamp two changes alike. So they are if the task stops (the
-//! runtime that opened the storage shut down), since the session goes with it.
+//! went unanswered) is ended by the new one (or, if the pool's options now name another
+//! role, which may not end it, left to the server's keepalives). If another opener holds the
+//! lock by then, it is lost: the app's writes are refused from then on, until the storage is
+//! opened again, since the two openers' clocks could stamp two changes alike. So they are if
+//! the task stops (the runtime that opened the storage shut down), since the session goes
+//! with it. Who holds a session is read from `pg_stat_activity`, which the lock's role must
+//! be able to read (as every role can by default).
 //!
 //! Not seen: another opener that took the lock and let it go again between two pings (it
-//! may have stamped changes with a clock ahead of this storage's), and a write made in the
-//! up to 20 s before a lost session is noticed.
+//! may have stamped changes with a clock ahead of this storage's), a write made in the up to
+//! 20 s before a lost session is noticed, and a task that does not run (its runtime alive
+//! but idle) and so pings nothing.
 //!
 //! A pooler in transaction or statement mode (PgBouncer) cannot hold a session lock: connect
 //! directly, or in session mode.
@@ -62,7 +66,6 @@ mod locked {
         ConnectionTrait, DatabaseConnection, DatabaseConnectionType, DbBackend, DbErr, RuntimeErr,
         Statement,
     };
-    use storex_core::Operation;
     use tokio::sync::watch;
 
     use super::super::{DeviceLock, RETRY_EVERY};
@@ -124,14 +127,17 @@ mod locked {
     }
 
     impl PostgresLock {
-        /// Why an app's write (`op`) may not run now, if it may not.
-        pub(in crate::device_lock) fn refusal(&self, op: &Operation) -> Option<storex_core::Error> {
+        /// Why an app's write to `collection` may not run now, if it may not.
+        pub(in crate::device_lock) fn refusal(
+            &self,
+            collection: &str,
+        ) -> Option<storex_core::Error> {
             let device = &self.device;
             // A watcher that stopped (the runtime that opened the storage shut down) took the
             // session with it; one that found the lock lost stops too.
             let stopped = self.standing.has_changed().is_err();
             let refused = |why: String| storex_core::Error::Refused {
-                collection: collection_of(op).to_owned(),
+                collection: collection.to_owned(),
                 detail: format!(
                     "storex-app refused it, not the database: {why}; two openers of one device \
                      would keep two clocks, so this storage writes no more: open it again \
@@ -166,17 +172,6 @@ mod locked {
         }
     }
 
-    /// The collection `op` writes to (a batch's first step's).
-    fn collection_of(op: &Operation) -> &str {
-        match op {
-            Operation::Batch { steps } => steps
-                .first()
-                .and_then(|step| step.operation.collection())
-                .unwrap_or_default(),
-            op => op.collection().unwrap_or_default(),
-        }
-    }
-
     /// [`super::take`], watched as `watch` says.
     pub(in crate::device_lock) async fn take_watched(
         db: &DatabaseConnection,
@@ -204,13 +199,13 @@ mod locked {
         let device = format!("schema `{schema}` of the PostgreSQL database `{database}`");
         let pool = db.get_postgres_connection_pool().clone();
         let mut connection = connect(&lock_options_of(&pool)).await.map_err(failed)?;
-        let session = session_of(&mut connection).await;
+        let session = session_of(&mut connection).await.map_err(failed)?;
         let deadline = tokio::time::Instant::now() + wait;
         while !try_lock(&mut connection, &schema).await.map_err(failed)? {
             if tokio::time::Instant::now() >= deadline {
                 let holder = match holder(&mut connection, &schema).await {
-                    Some(holder) => holder.session.described(),
-                    None => String::new(),
+                    Ok(Some(holder)) => holder.session.described(),
+                    _ => String::new(),
                 };
                 let _ = connection.close().await;
                 return Err(Error::DatabaseInUse {
@@ -307,7 +302,8 @@ mod locked {
                 };
                 standing.send_replace(Standing::Retaking { failed });
                 if ours.len() > SESSIONS_REMEMBERED {
-                    ours.remove(0);
+                    // The first is the one that held the lock before: kept.
+                    ours.remove(1);
                 }
                 tokio::time::sleep(watch.retake_every).await;
             };
@@ -335,7 +331,8 @@ mod locked {
         ours: &mut Vec<Session>,
     ) -> sqlx::Result<Retaken> {
         let mut connection = connect(options).await?;
-        let session = session_of(&mut connection).await;
+        // Known before it asks, so that a session whose answer is lost is known as ours.
+        let session = session_of(&mut connection).await?;
         ours.extend(session.clone());
         if try_lock(&mut connection, schema).await? {
             ours.clear();
@@ -345,7 +342,7 @@ mod locked {
         if let Some(session) = &session {
             ours.retain(|s| s != session);
         }
-        let retaken = match holder(&mut connection, schema).await {
+        let retaken = match holder(&mut connection, schema).await? {
             Some(holder) if ours.contains(&holder.session) => {
                 // One of ours, which the server keeps though this side cannot reach it:
                 // sessions of one role may end each other's.
@@ -355,8 +352,14 @@ mod locked {
                     .await?;
                 Retaken::NotYet
             }
-            // A session listed no more: ending, its lock about to go.
-            Some(holder) if !holder.listed => Retaken::NotYet,
+            // The process of one of ours, ending (listed no more), or one this session may
+            // not see the start of (the pool's options now name another role): left to end.
+            Some(holder)
+                if ours.iter().any(|s| s.process == holder.session.process)
+                    && (!holder.listed || holder.session.started.is_none()) =>
+            {
+                Retaken::NotYet
+            }
             Some(_) => Retaken::ByAnother,
             // Let go between the two questions.
             None => Retaken::NotYet,
@@ -398,24 +401,22 @@ mod locked {
             .await
     }
 
-    /// The session `connection` runs on, as the server tells it; none when it does not (a
-    /// server like PostgreSQL without `pg_stat_activity`).
-    async fn session_of(connection: &mut PgConnection) -> Option<Session> {
-        let row: (i32, Option<String>, Option<String>) = sqlx::query_as(
+    /// The session `connection` runs on, as `pg_stat_activity` tells it; none when it does
+    /// not list it.
+    async fn session_of(connection: &mut PgConnection) -> sqlx::Result<Option<Session>> {
+        let row: Option<(i32, Option<String>, Option<String>)> = sqlx::query_as(
             "SELECT pid, \
                 to_char(backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US \"UTC\"'), \
                 host(client_addr) \
              FROM pg_stat_activity WHERE pid = pg_backend_pid()",
         )
         .fetch_optional(connection)
-        .await
-        .ok()??;
-        let (process, started, client) = row;
-        Some(Session {
+        .await?;
+        Ok(row.map(|(process, started, client)| Session {
             process,
             started,
             client,
-        })
+        }))
     }
 
     /// The session holding a lock.
@@ -427,13 +428,12 @@ mod locked {
         listed: bool,
     }
 
-    /// The session that holds `schema`'s lock, as the server tells it; none when it does not
-    /// say.
+    /// The session that holds `schema`'s lock; none when nothing holds it.
     pub(in crate::device_lock) async fn holder(
         connection: &mut PgConnection,
         schema: &str,
-    ) -> Option<Holder> {
-        let row: (i32, bool, Option<String>, Option<String>) = sqlx::query_as(
+    ) -> sqlx::Result<Option<Holder>> {
+        let row: Option<(i32, bool, Option<String>, Option<String>)> = sqlx::query_as(
             "SELECT l.pid, a.pid IS NOT NULL, \
                 to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US \"UTC\"'), \
                 host(a.client_addr) \
@@ -445,18 +445,16 @@ mod locked {
         )
         .bind(i64::from(ADVISORY_LOCK_CLASS))
         .bind(schema)
-        .fetch_one(connection)
-        .await
-        .ok()?;
-        let (process, listed, started, client) = row;
-        Some(Holder {
+        .fetch_optional(connection)
+        .await?;
+        Ok(row.map(|(process, listed, started, client)| Holder {
             session: Session {
                 process,
                 started,
                 client,
             },
             listed,
-        })
+        }))
     }
 
     /// A driver error as the database error it is.
