@@ -393,6 +393,25 @@ mod tests {
             .unwrap()
     }
 
+    /// A storage of notes and drafts holding `db`'s lock, watched as `watch` says; where the
+    /// lock stands, and the server process holding it.
+    async fn locked_storage(
+        db: &DatabaseConnection,
+        watch: postgres::Watch,
+    ) -> (
+        storex_core::Storage,
+        tokio::sync::watch::Receiver<postgres::Standing>,
+        i32,
+    ) {
+        let lock = postgres::take_watched(db, Duration::ZERO, watch)
+            .await
+            .unwrap()
+            .unwrap();
+        let standing = standing_of(&lock);
+        let process = holding(standing.borrow().clone());
+        (storage_holding(lock).await, standing, process)
+    }
+
     /// A note, or a draft, with this key.
     fn note(id: i64) -> storex_core::Object {
         storex_core::object! { "id" => id }
@@ -405,13 +424,7 @@ mod tests {
         };
         let url = storex_test::fresh_postgres_database(&server).await;
         let db = postgres(&url, "public").await;
-        let lock = postgres::take_watched(&db, Duration::ZERO, QUICK)
-            .await
-            .unwrap()
-            .unwrap();
-        let mut standing = standing_of(&lock);
-        let first = holding(standing.borrow().clone());
-        let storage = storage_holding(lock).await;
+        let (storage, mut standing, first) = locked_storage(&db, QUICK).await;
         storage.create("note", note(1)).await.unwrap();
         // What a server restart or an administrator does to the session.
         db.execute_unprepared(&format!("SELECT pg_terminate_backend({first})"))
@@ -449,13 +462,7 @@ mod tests {
             every: Duration::from_secs(5),
             ..QUICK
         };
-        let lock = postgres::take_watched(&db, Duration::ZERO, slow)
-            .await
-            .unwrap()
-            .unwrap();
-        let mut standing = standing_of(&lock);
-        let first = holding(standing.borrow().clone());
-        let storage = storage_holding(lock).await;
+        let (storage, mut standing, first) = locked_storage(&db, slow).await;
         db.execute_unprepared(&format!("SELECT pg_terminate_backend({first})"))
             .await
             .unwrap();
@@ -627,12 +634,7 @@ mod tests {
             retake_every: Duration::from_secs(10),
             ..QUICK
         };
-        let lock = postgres::take_watched(&db, Duration::ZERO, patient)
-            .await
-            .unwrap()
-            .unwrap();
-        let mut standing = standing_of(&lock);
-        let first = holding(standing.borrow().clone());
+        let (storage, mut standing, first) = locked_storage(&db, patient).await;
         // The network breaks: the lock's ping is not answered, and the server, which has not
         // seen the connection close, keeps its session and the lock.
         proxy.freeze();
@@ -640,7 +642,6 @@ mod tests {
             matches!(s, postgres::Standing::Retaking { .. })
         })
         .await;
-        let storage = storage_holding(lock).await;
         assert!(
             matches!(
                 storage.create("note", note(1)).await,
