@@ -165,9 +165,9 @@ impl BodyBudget {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// [`BodyBudget::reserve`] of `bytes`, or of `smaller` when `user` holds too much to take
-    /// `bytes` but not to take `smaller` (decided at once, as the room is counted): the share,
-    /// and whether it is the smaller one.
+    /// [`BodyBudget::grant_either`], counting refusals: a share of `bytes`, or of `smaller`
+    /// when `user` holds too much to take `bytes` but not to take `smaller` (decided as the
+    /// share is granted), and whether it is the smaller one.
     pub(crate) async fn reserve_either(
         &self,
         user: &str,
@@ -182,7 +182,7 @@ impl BodyBudget {
         granted
     }
 
-    /// [`BodyBudget::grant`], counting refusals.
+    /// [`BodyBudget::grant_either`] of `bytes` alone, counting refusals.
     pub(crate) async fn reserve(
         &self,
         user: &str,

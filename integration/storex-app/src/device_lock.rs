@@ -48,8 +48,8 @@ pub const DEVICE_LOCK_WAIT: Duration = Duration::from_secs(5);
 const RETRY_EVERY: Duration = Duration::from_millis(50);
 
 /// The lock on a database's device, held while this middleware is in a storage's chain. It
-/// passes every operation on unchanged, but the app's writes while a PostgreSQL lock's
-/// session is gone (see [`postgres`]).
+/// passes every operation on unchanged, but the app's writes to synced collections while a
+/// PostgreSQL lock is not held (see [`postgres`]).
 #[derive(Debug)]
 pub(crate) struct DeviceLock {
     /// What holds the lock; dropping it lets the lock go.
@@ -129,22 +129,7 @@ impl DeviceLock {
             }
         }
     }
-}
 
-impl Middleware for DeviceLock {
-    fn process<'a>(&'a self, op: Operation, next: Next<'a>) -> BoxFuture<'a, CoreResult<Outcome>> {
-        // Only the app's writes to synced collections stamp the device's clock; what sync
-        // applies was stamped elsewhere.
-        if next.origin() == Origin::App && writes_outside(&op, &self.left_out) {
-            if let Some(refusal) = self.refusal(&op) {
-                return Box::pin(std::future::ready(Err(refusal)));
-            }
-        }
-        next.run(op)
-    }
-}
-
-impl DeviceLock {
     /// Why the app's write `op` may not run now, if it may not.
     #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
     fn refusal(&self, op: &Operation) -> Option<storex_core::Error> {
@@ -166,6 +151,19 @@ impl DeviceLock {
                 .unwrap_or_default(),
             op => op.collection().unwrap_or_default(),
         }
+    }
+}
+
+impl Middleware for DeviceLock {
+    fn process<'a>(&'a self, op: Operation, next: Next<'a>) -> BoxFuture<'a, CoreResult<Outcome>> {
+        // Only the app's writes to synced collections stamp the device's clock; what sync
+        // applies was stamped elsewhere.
+        if next.origin() == Origin::App && writes_outside(&op, &self.left_out) {
+            if let Some(refusal) = self.refusal(&op) {
+                return Box::pin(std::future::ready(Err(refusal)));
+            }
+        }
+        next.run(op)
     }
 }
 

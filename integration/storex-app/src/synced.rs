@@ -171,8 +171,9 @@ impl SyncedStorageBuilder {
     /// open fails with [`Error::DeviceLockUnsupported`]); the lock is held on a connection of
     /// its own, beside the pool, pinged every 10 s and taken again on a new one when its
     /// session ends. Meanwhile the app's writes to synced collections fail with a transient
-    /// [`storex_core::Error::Backend`]; if another opener took the lock in between, they fail
-    /// with [`storex_core::Error::Refused`] until the storage is opened again.
+    /// [`storex_core::Error::Backend`]; if another opener took the lock in between (or the
+    /// runtime that opened the storage shut down, ending the task that held the lock), they
+    /// fail with [`storex_core::Error::Refused`] until the storage is opened again.
     pub async fn open(self) -> Result<SyncedStorage> {
         let (log, user) = self.shared_log.ok_or(Error::NoSharedLog)?;
         let lock = match self.device_lock {
