@@ -293,24 +293,9 @@ impl OfflinePhone {
     /// Closes the app, then starts it again on the same database (a second open while the
     /// first is alive is refused).
     async fn restart(self) -> Self {
-        let OfflinePhone {
-            dir,
-            memory,
-            flaky,
-            log,
-            db,
-            app,
-        } = self;
-        drop(app);
-        let app = open(db.clone(), &log).await;
-        OfflinePhone {
-            dir,
-            memory,
-            flaky,
-            log,
-            db,
-            app,
-        }
+        drop(self.app);
+        let app = open(self.db.clone(), &self.log).await;
+        OfflinePhone { app, ..self }
     }
 
     /// Asserts that a laptop joining now gets the phone's note.
