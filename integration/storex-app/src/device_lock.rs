@@ -333,6 +333,21 @@ mod tests {
         assert!(again.is_some(), "taken again once the first is gone");
     }
 
+    #[tokio::test]
+    async fn a_postgres_search_path_without_a_schema_is_refused() {
+        let Some(server) = storex_test::postgres_url() else {
+            return;
+        };
+        let url = storex_test::fresh_postgres_database(&server).await;
+        let db = postgres(&url, "nowhere").await;
+        match DeviceLock::take(&db, Duration::ZERO).await {
+            Err(Error::Database(e)) => {
+                assert!(e.to_string().contains("no schema"), "{e}");
+            }
+            other => panic!("a lock of no schema: {other:?}"),
+        }
+    }
+
     /// A watch that notices a session gone within a fraction of a second.
     const QUICK: postgres::Watch = postgres::Watch {
         every: Duration::from_millis(100),
@@ -511,6 +526,71 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(*standing.borrow(), postgres::Standing::Lost);
         assert!(storage.create("note", note(4)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_postgres_lock_another_opener_held_and_let_go_while_its_session_was_gone_is_lost() {
+        let Some(server) = storex_test::postgres_url() else {
+            return;
+        };
+        let url = storex_test::fresh_postgres_database(&server).await;
+        let db = postgres(&url, "public").await;
+        // Watched slowly, so that the other opener comes and goes before the next ping.
+        let slow = postgres::Watch {
+            every: Duration::from_secs(5),
+            ..QUICK
+        };
+        let (storage, mut standing, first) = locked_storage(&db, slow).await;
+        db.execute_unprepared(&format!("SELECT pg_terminate_backend({first})"))
+            .await
+            .unwrap();
+        let second = DeviceLock::take(&postgres(&url, "public").await, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(second.is_some(), "the other opener takes the lock");
+        drop(second);
+        let mut direct = postgres::connect(&postgres::lock_options(&db))
+            .await
+            .unwrap();
+        until_free(&mut direct, "public")
+            .await
+            .expect("the other opener lets the lock go");
+        // The watcher has not looked yet: when it does, the lock is free to take.
+        assert_eq!(
+            *standing.borrow(),
+            postgres::Standing::Held {
+                process: Some(first)
+            }
+        );
+        until(&mut standing, |s| *s == postgres::Standing::Lost).await;
+        assert!(
+            matches!(
+                storage.create("note", note(1)).await,
+                Err(storex_core::Error::Refused { .. })
+            ),
+            "an app's write once the lock is lost"
+        );
+        // The watcher let go of what it took to look.
+        until_free(&mut direct, "public")
+            .await
+            .expect("the watcher lets the lock go");
+    }
+
+    /// Waits, up to 5 s, until nothing holds `schema`'s lock.
+    async fn until_free(
+        connection: &mut sea_orm::sqlx::PgConnection,
+        schema: &str,
+    ) -> std::result::Result<(), tokio::time::error::Elapsed> {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while postgres::holder(connection, schema)
+                .await
+                .unwrap()
+                .is_some()
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
     }
 
     #[test]

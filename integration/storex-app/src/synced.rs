@@ -171,9 +171,11 @@ impl SyncedStorageBuilder {
     /// open fails with [`Error::DeviceLockUnsupported`]); the lock is held on a connection of
     /// its own, beside the pool, pinged every 10 s and taken again on a new one when its
     /// session ends. Meanwhile the app's writes to synced collections fail with a transient
-    /// [`storex_core::Error::Backend`]; if another opener took the lock in between (or the
-    /// runtime that opened the storage shut down, ending the task that held the lock), they
-    /// fail with [`storex_core::Error::Refused`] until the storage is opened again.
+    /// [`storex_core::Error::Backend`]; if another opener took the lock in between, even if it
+    /// let it go since (or the runtime that opened the storage shut down, ending the task that
+    /// held the lock), they fail with [`storex_core::Error::Refused`] until the storage is
+    /// opened again. The open makes a sequence in the schema, `storex_device_lock_generation`,
+    /// which each opener draws a number from, and fails if no schema is on the search path.
     pub async fn open(self) -> Result<SyncedStorage> {
         let (log, user) = self.shared_log.ok_or(Error::NoSharedLog)?;
         let lock = match self.device_lock {

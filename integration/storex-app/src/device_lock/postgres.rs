@@ -22,10 +22,16 @@
 //! with it. Who holds a session is read from `pg_stat_activity`, which the lock's role must
 //! be able to read (as every role can by default).
 //!
-//! Not seen: another opener that took the lock and let it go again between two pings (it
-//! may have stamped changes with a clock ahead of this storage's), a write made in the up to
-//! 20 s before a lost session is noticed, and a task that does not run (its runtime alive
-//! but idle) and so pings nothing.
+//! Each opener draws a number from a sequence in the schema
+//! (`storex_device_lock_generation`, made by the first) once it holds the lock, and a watcher
+//! that takes the lock again reads the sequence's last number: another one than its own says
+//! another opener held the lock meanwhile, even one that has let it go again (it may have
+//! stamped changes with a clock ahead of this storage's), and the lock is lost. The lock's
+//! role must be able to draw from the sequence (the role that made it can, as it can use the
+//! tables storex makes there).
+//!
+//! Not seen: a write made in the up to 20 s before a lost session is noticed, and a task that
+//! does not run (its runtime alive but idle) and so pings nothing.
 //!
 //! A pooler in transaction or statement mode (PgBouncer) cannot hold a session lock: connect
 //! directly, or in session mode.
@@ -105,7 +111,7 @@ mod locked {
             /// Why the last try failed, if it did.
             failed: Option<String>,
         },
-        /// Another opener took it while its session was gone.
+        /// Another opener took it while its session was gone (and may have let it go since).
         Lost,
     }
 
@@ -147,7 +153,7 @@ mod locked {
             match &*self.standing.borrow() {
                 Standing::Lost => Some(refused(format!(
                     "this storage lost the device lock of {device}: its session ended and \
-                     another opener took the lock meanwhile"
+                     another opener took the lock meanwhile (and may have let it go since)"
                 ))),
                 _ if stopped => Some(refused(format!(
                     "the task that held the device lock of {device} stopped (the runtime that \
@@ -201,6 +207,15 @@ mod locked {
         let mut connection = connect(&lock_options_of(&pool)).await.map_err(failed)?;
         let session = session_of(&mut connection).await.map_err(failed)?;
         let deadline = tokio::time::Instant::now() + wait;
+        if schema.is_empty() {
+            let _ = connection.close().await;
+            return Err(DbErr::Custom(format!(
+                "no schema of the PostgreSQL database `{database}` is on the search path: \
+                 there is nowhere to keep the device's tables (create the schema, or set the \
+                 search path to one that exists)"
+            ))
+            .into());
+        }
         while !try_lock(&mut connection, &schema).await.map_err(failed)? {
             if tokio::time::Instant::now() >= deadline {
                 let holder = match holder(&mut connection, &schema).await {
@@ -214,13 +229,19 @@ mod locked {
             }
             tokio::time::sleep(RETRY_EVERY).await;
         }
+        let generation = match draw_generation(&mut connection, &schema).await {
+            Ok(generation) => generation,
+            Err(e) => {
+                let _ = connection.close().await;
+                return Err(failed(e).into());
+            }
+        };
         let (standing, watching) = watch::channel(Standing::Held {
             process: session.as_ref().map(|s| s.process),
         });
-        let watcher = tokio::spawn(watch_lock(
-            connection, session, pool, schema, watch, standing,
-        ))
-        .abort_handle();
+        let held = Hold { schema, generation };
+        let watcher = tokio::spawn(watch_lock(connection, session, pool, held, watch, standing))
+            .abort_handle();
         Ok(Some(DeviceLock::postgres(PostgresLock {
             standing: watching,
             device,
@@ -258,17 +279,26 @@ mod locked {
         }
     }
 
+    /// What a watcher holds: the lock of `schema`, taken as the opener that drew `generation`.
+    struct Hold {
+        /// The schema whose lock it is.
+        schema: String,
+        /// The number this storage drew from the schema's generation sequence as it took the
+        /// lock.
+        generation: i64,
+    }
+
     /// The most sessions a watcher remembers as its own while it takes its lock again.
     const SESSIONS_REMEMBERED: usize = 16;
 
     /// Pings the lock's session every `watch.every`. Once the session is gone, takes the lock
     /// again on a new one (ending first a session of its own the server still keeps), or
-    /// says it is lost if another opener's session holds it.
+    /// says it is lost if another opener's session holds it or held it meanwhile.
     async fn watch_lock(
         mut connection: PgConnection,
         session: Option<Session>,
         pool: PgPool,
-        schema: String,
+        held: Hold,
         watch: Watch,
         standing: watch::Sender<Standing>,
     ) {
@@ -285,7 +315,7 @@ mod locked {
             drop(connection);
             connection = loop {
                 let options = lock_options_of(&pool);
-                let attempt = retake(&options, &schema, &mut ours);
+                let attempt = retake(&options, &held, &mut ours);
                 let failed = match tokio::time::timeout(watch.attempt_timeout, attempt).await {
                     Ok(Ok(Retaken::Held(connection))) => break connection,
                     Ok(Ok(Retaken::ByAnother)) => {
@@ -317,19 +347,20 @@ mod locked {
     enum Retaken {
         /// Taken, by this connection's session (then the only one in `ours`).
         Held(PgConnection),
-        /// Held by another opener's session.
+        /// Held by another opener's session, or held by one meanwhile.
         ByAnother,
         /// Held by a session of ours, which was asked to end, or by one ending.
         NotYet,
     }
 
-    /// Tries once to take `schema`'s lock on a new session, which is added to `ours` (the
+    /// Tries once to take `held`'s lock on a new session, which is added to `ours` (the
     /// sessions of this watcher's that may hold it) before it asks.
     async fn retake(
         options: &PgConnectOptions,
-        schema: &str,
+        held: &Hold,
         ours: &mut Vec<Session>,
     ) -> sqlx::Result<Retaken> {
+        let schema = held.schema.as_str();
         let mut connection = connect(options).await?;
         // Known before it asks, so that a session whose answer is lost is known as ours.
         let session = session_of(&mut connection).await?;
@@ -337,6 +368,11 @@ mod locked {
         if try_lock(&mut connection, schema).await? {
             ours.clear();
             ours.extend(session);
+            // Another opener that held the lock meanwhile drew a number since.
+            if last_generation(&mut connection, schema).await? != held.generation {
+                let _ = connection.close().await;
+                return Ok(Retaken::ByAnother);
+            }
             return Ok(Retaken::Held(connection));
         }
         if let Some(session) = &session {
@@ -399,6 +435,48 @@ mod locked {
             .bind(schema)
             .fetch_one(connection)
             .await
+    }
+
+    /// The generation sequence of `schema`, quoted for SQL.
+    fn generation_sequence(schema: &str) -> String {
+        format!(
+            "\"{}\".storex_device_lock_generation",
+            schema.replace('"', "\"\"")
+        )
+    }
+
+    /// Draws the next number from `schema`'s generation sequence (made if missing) on
+    /// `connection`, which holds the schema's lock.
+    async fn draw_generation(connection: &mut PgConnection, schema: &str) -> sqlx::Result<i64> {
+        let sequence = generation_sequence(schema);
+        // Made only by a lock's holder, so never by two sessions at once.
+        let missing: bool = sqlx::query_scalar(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_class c \
+                JOIN pg_namespace n ON n.oid = c.relnamespace \
+                WHERE n.nspname = $1 AND c.relname = 'storex_device_lock_generation')",
+        )
+        .bind(schema)
+        .fetch_one(&mut *connection)
+        .await?;
+        if missing {
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SEQUENCE {sequence}")))
+                .execute(&mut *connection)
+                .await?;
+        }
+        sqlx::query_scalar("SELECT nextval($1::regclass)")
+            .bind(&sequence)
+            .fetch_one(connection)
+            .await
+    }
+
+    /// The last number drawn from `schema`'s generation sequence.
+    async fn last_generation(connection: &mut PgConnection, schema: &str) -> sqlx::Result<i64> {
+        let sequence = generation_sequence(schema);
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT last_value FROM {sequence}"
+        )))
+        .fetch_one(connection)
+        .await
     }
 
     /// The session `connection` runs on, as `pg_stat_activity` tells it; none when it does
