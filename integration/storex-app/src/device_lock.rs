@@ -462,27 +462,44 @@ mod tests {
         storage.create("note", note(2)).await.unwrap();
     }
 
+    /// A storage of notes and drafts holding the lock of a new database's `public` schema,
+    /// pinged every 5 s, whose session was ended and whose lock another opener then took
+    /// (trying every 50 ms, it gets there before the next ping). The app's connection to the
+    /// database, the storage, where its lock stands, its first server process, and the other
+    /// opener's lock.
+    async fn taken_by_another_meanwhile(
+        server: &str,
+    ) -> (
+        DatabaseConnection,
+        storex_core::Storage,
+        tokio::sync::watch::Receiver<postgres::Standing>,
+        i32,
+        DeviceLock,
+    ) {
+        let url = storex_test::fresh_postgres_database(server).await;
+        let db = postgres(&url, "public").await;
+        let slow = postgres::Watch {
+            every: Duration::from_secs(5),
+            ..QUICK
+        };
+        let (storage, standing, first) = locked_storage(&db, slow).await;
+        db.execute_unprepared(&format!("SELECT pg_terminate_backend({first})"))
+            .await
+            .unwrap();
+        let second = DeviceLock::take(&postgres(&url, "public").await, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .expect("the other opener takes the lock");
+        (db, storage, standing, first, second)
+    }
+
     #[tokio::test]
     async fn a_postgres_lock_another_opener_took_while_its_session_was_gone_refuses_the_apps_writes(
     ) {
         let Some(server) = storex_test::postgres_url() else {
             return;
         };
-        let url = storex_test::fresh_postgres_database(&server).await;
-        let db = postgres(&url, "public").await;
-        // Watched slowly, so that the other opener, trying every 50 ms, gets there first.
-        let slow = postgres::Watch {
-            every: Duration::from_secs(5),
-            ..QUICK
-        };
-        let (storage, mut standing, first) = locked_storage(&db, slow).await;
-        db.execute_unprepared(&format!("SELECT pg_terminate_backend({first})"))
-            .await
-            .unwrap();
-        let second = DeviceLock::take(&postgres(&url, "public").await, Duration::from_secs(10))
-            .await
-            .unwrap();
-        assert!(second.is_some(), "the other opener takes the lock");
+        let (_db, storage, mut standing, _, second) = taken_by_another_meanwhile(&server).await;
         until(&mut standing, |s| *s == postgres::Standing::Lost).await;
         match storage.create("note", note(1)).await {
             Err(storex_core::Error::Refused { collection, detail }) => {
@@ -533,21 +550,7 @@ mod tests {
         let Some(server) = storex_test::postgres_url() else {
             return;
         };
-        let url = storex_test::fresh_postgres_database(&server).await;
-        let db = postgres(&url, "public").await;
-        // Watched slowly, so that the other opener comes and goes before the next ping.
-        let slow = postgres::Watch {
-            every: Duration::from_secs(5),
-            ..QUICK
-        };
-        let (storage, mut standing, first) = locked_storage(&db, slow).await;
-        db.execute_unprepared(&format!("SELECT pg_terminate_backend({first})"))
-            .await
-            .unwrap();
-        let second = DeviceLock::take(&postgres(&url, "public").await, Duration::from_secs(10))
-            .await
-            .unwrap();
-        assert!(second.is_some(), "the other opener takes the lock");
+        let (db, storage, mut standing, first, second) = taken_by_another_meanwhile(&server).await;
         drop(second);
         let mut direct = postgres::connect(&postgres::lock_options(&db))
             .await
