@@ -436,7 +436,14 @@ mod tests {
             return;
         };
         let url = storex_test::fresh_postgres_database(&server).await;
-        let db = postgres(&url, "public").await;
+        // A schema whose name must be quoted, and quoted again inside.
+        let odd = r#"Phone "A".1"#;
+        postgres(&url, "public")
+            .await
+            .execute_unprepared(r#"CREATE SCHEMA "Phone ""A"".1""#)
+            .await
+            .unwrap();
+        let db = postgres(&url, r#""Phone ""A"".1""#).await;
         let (storage, mut standing, first) = locked_storage(&db, QUICK).await;
         storage.create("note", note(1)).await.unwrap();
         // What a server restart or an administrator does to the session.
@@ -454,10 +461,7 @@ mod tests {
         let mut other = postgres::connect(&postgres::lock_options(&db))
             .await
             .unwrap();
-        let holder = postgres::holder(&mut other, "public")
-            .await
-            .unwrap()
-            .unwrap();
+        let holder = postgres::holder(&mut other, odd).await.unwrap().unwrap();
         assert_eq!(holder.session.process, again);
         storage.create("note", note(2)).await.unwrap();
     }
@@ -500,12 +504,17 @@ mod tests {
             return;
         };
         let (_db, storage, mut standing, _, second) = taken_by_another_meanwhile(&server).await;
-        until(&mut standing, |s| *s == postgres::Standing::Lost).await;
+        until(&mut standing, |s| {
+            matches!(s, postgres::Standing::Lost { .. })
+        })
+        .await;
         match storage.create("note", note(1)).await {
             Err(storex_core::Error::Refused { collection, detail }) => {
                 assert_eq!(collection, "note");
                 assert!(
-                    detail.contains("lost the device lock of schema `public`"),
+                    detail.contains(
+                        "lost the device lock of schema `public` of the PostgreSQL database"
+                    ) && detail.contains("another opener took the lock meanwhile"),
                     "{detail}"
                 );
             }
@@ -541,7 +550,10 @@ mod tests {
         // Not taken back once the other lets go: this storage's clock may be behind.
         drop(second);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(*standing.borrow(), postgres::Standing::Lost);
+        assert!(matches!(
+            *standing.borrow(),
+            postgres::Standing::Lost { .. }
+        ));
         assert!(storage.create("note", note(4)).await.is_err());
     }
 
@@ -565,14 +577,19 @@ mod tests {
                 process: Some(first)
             }
         );
-        until(&mut standing, |s| *s == postgres::Standing::Lost).await;
-        assert!(
-            matches!(
-                storage.create("note", note(1)).await,
-                Err(storex_core::Error::Refused { .. })
-            ),
-            "an app's write once the lock is lost"
-        );
+        until(&mut standing, |s| {
+            matches!(s, postgres::Standing::Lost { .. })
+        })
+        .await;
+        match storage.create("note", note(1)).await {
+            Err(storex_core::Error::Refused { detail, .. }) => {
+                assert!(
+                    detail.contains("mark is no more this storage's"),
+                    "{detail}"
+                );
+            }
+            other => panic!("an app's write once the lock is lost: {other:?}"),
+        }
         // The watcher let go of what it took to look.
         until_free(&mut direct, "public")
             .await
@@ -594,6 +611,38 @@ mod tests {
             }
         })
         .await
+    }
+
+    #[tokio::test]
+    async fn a_postgres_lock_whose_mark_was_dropped_while_its_session_was_gone_is_lost() {
+        let Some(server) = storex_test::postgres_url() else {
+            return;
+        };
+        let url = storex_test::fresh_postgres_database(&server).await;
+        let db = postgres(&url, "public").await;
+        let (storage, mut standing, first) = locked_storage(&db, QUICK).await;
+        // A schema tool that drops what it does not know: whoever held the lock meanwhile
+        // can no longer be told apart.
+        db.execute_unprepared("DROP TABLE storex_device_lock")
+            .await
+            .unwrap();
+        db.execute_unprepared(&format!("SELECT pg_terminate_backend({first})"))
+            .await
+            .unwrap();
+        let seen = until(&mut standing, |s| {
+            !matches!(
+                s,
+                postgres::Standing::Held { .. } | postgres::Standing::Retaking { failed: None }
+            )
+        })
+        .await;
+        match seen {
+            postgres::Standing::Lost { why } => {
+                assert!(why.contains("mark does not read"), "{why}");
+            }
+            other => panic!("a lock whose mark is gone: {other:?}"),
+        }
+        assert!(storage.create("note", note(1)).await.is_err());
     }
 
     #[test]

@@ -174,8 +174,9 @@ impl SyncedStorageBuilder {
     /// [`storex_core::Error::Backend`]; if another opener took the lock in between, even if it
     /// let it go since (or the runtime that opened the storage shut down, ending the task that
     /// held the lock), they fail with [`storex_core::Error::Refused`] until the storage is
-    /// opened again. The open makes a sequence in the schema, `storex_device_lock_generation`,
-    /// which each opener draws a number from, and fails if no schema is on the search path.
+    /// opened again. Each open marks the lock with a random token in a one-row table of the
+    /// schema, `storex_device_lock` (made by the first), and fails if no schema is on the
+    /// search path.
     pub async fn open(self) -> Result<SyncedStorage> {
         let (log, user) = self.shared_log.ok_or(Error::NoSharedLog)?;
         let lock = match self.device_lock {

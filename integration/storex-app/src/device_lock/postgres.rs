@@ -22,13 +22,16 @@
 //! with it. Who holds a session is read from `pg_stat_activity`, which the lock's role must
 //! be able to read (as every role can by default).
 //!
-//! Each opener draws a number from a sequence in the schema
-//! (`storex_device_lock_generation`, made by the first) once it holds the lock, and a watcher
-//! that takes the lock again reads the sequence's last number: another one than its own says
-//! another opener held the lock meanwhile, even one that has let it go again (it may have
-//! stamped changes with a clock ahead of this storage's), and the lock is lost. The lock's
-//! role must be able to draw from the sequence (the role that made it can, as it can use the
-//! tables storex makes there).
+//! Each opener, once it holds the lock, marks it as its own: it writes a random token into a
+//! one-row table of the schema, `storex_device_lock` (made by the first), and reads it back.
+//! A watcher that takes the lock again reads the token: another one says another opener held
+//! the lock meanwhile, even one that has let it go again (it may have stamped changes with a
+//! clock ahead of this storage's), and the lock is lost. So it is when the token no longer
+//! reads (the table was dropped, or the role may no longer read it), and when the database
+//! was restored from a backup taken before this open. The token is committed data, so a
+//! server's crash recovery, or a failover to a replica that has the write, keeps it. The
+//! first opener needs `CREATE` on the schema, as for storex's other tables; the role of a
+//! later open, if another, needs `SELECT, INSERT, UPDATE` on the table.
 //!
 //! Not seen: a write made in the up to 20 s before a lost session is noticed, and a task that
 //! does not run (its runtime alive but idle) and so pings nothing.
@@ -111,8 +114,12 @@ mod locked {
             /// Why the last try failed, if it did.
             failed: Option<String>,
         },
-        /// Another opener took it while its session was gone (and may have let it go since).
-        Lost,
+        /// Another opener took it while its session was gone (and may have let it go since),
+        /// or the lock's mark says no more that this storage holds it.
+        Lost {
+            /// What was found, completing "its session ended and …".
+            why: String,
+        },
     }
 
     /// A PostgreSQL device's lock. Dropping it ends its watcher, and with it the session.
@@ -151,9 +158,8 @@ mod locked {
                 ),
             };
             match &*self.standing.borrow() {
-                Standing::Lost => Some(refused(format!(
-                    "this storage lost the device lock of {device}: its session ended and \
-                     another opener took the lock meanwhile (and may have let it go since)"
+                Standing::Lost { why } => Some(refused(format!(
+                    "this storage lost the device lock of {device}: its session ended and {why}"
                 ))),
                 _ if stopped => Some(refused(format!(
                     "the task that held the device lock of {device} stopped (the runtime that \
@@ -203,12 +209,7 @@ mod locked {
         let database: String = row.try_get("", "database")?;
         let schema: String = row.try_get("", "schema")?;
         let device = format!("schema `{schema}` of the PostgreSQL database `{database}`");
-        let pool = db.get_postgres_connection_pool().clone();
-        let mut connection = connect(&lock_options_of(&pool)).await.map_err(failed)?;
-        let session = session_of(&mut connection).await.map_err(failed)?;
-        let deadline = tokio::time::Instant::now() + wait;
         if schema.is_empty() {
-            let _ = connection.close().await;
             return Err(DbErr::Custom(format!(
                 "no schema of the PostgreSQL database `{database}` is on the search path: \
                  there is nowhere to keep the device's tables (create the schema, or set the \
@@ -216,6 +217,10 @@ mod locked {
             ))
             .into());
         }
+        let pool = db.get_postgres_connection_pool().clone();
+        let mut connection = connect(&lock_options_of(&pool)).await.map_err(failed)?;
+        let session = session_of(&mut connection).await.map_err(failed)?;
+        let deadline = tokio::time::Instant::now() + wait;
         while !try_lock(&mut connection, &schema).await.map_err(failed)? {
             if tokio::time::Instant::now() >= deadline {
                 let holder = match holder(&mut connection, &schema).await {
@@ -229,8 +234,8 @@ mod locked {
             }
             tokio::time::sleep(RETRY_EVERY).await;
         }
-        let generation = match draw_generation(&mut connection, &schema).await {
-            Ok(generation) => generation,
+        let token = match mark_held(&mut connection, &schema).await {
+            Ok(token) => token,
             Err(e) => {
                 let _ = connection.close().await;
                 return Err(failed(e).into());
@@ -239,7 +244,7 @@ mod locked {
         let (standing, watching) = watch::channel(Standing::Held {
             process: session.as_ref().map(|s| s.process),
         });
-        let held = Hold { schema, generation };
+        let held = Hold { schema, token };
         let watcher = tokio::spawn(watch_lock(connection, session, pool, held, watch, standing))
             .abort_handle();
         Ok(Some(DeviceLock::postgres(PostgresLock {
@@ -279,13 +284,12 @@ mod locked {
         }
     }
 
-    /// What a watcher holds: the lock of `schema`, taken as the opener that drew `generation`.
+    /// What a watcher holds: the lock of `schema`, marked with `token`.
     struct Hold {
         /// The schema whose lock it is.
         schema: String,
-        /// The number this storage drew from the schema's generation sequence as it took the
-        /// lock.
-        generation: i64,
+        /// The token this storage wrote into the schema's lock table as it took the lock.
+        token: String,
     }
 
     /// The most sessions a watcher remembers as its own while it takes its lock again.
@@ -318,8 +322,8 @@ mod locked {
                 let attempt = retake(&options, &held, &mut ours);
                 let failed = match tokio::time::timeout(watch.attempt_timeout, attempt).await {
                     Ok(Ok(Retaken::Held(connection))) => break connection,
-                    Ok(Ok(Retaken::ByAnother)) => {
-                        standing.send_replace(Standing::Lost);
+                    Ok(Ok(Retaken::Lost(why))) => {
+                        standing.send_replace(Standing::Lost { why });
                         return;
                     }
                     // Ours still holds it, and was asked to end.
@@ -347,8 +351,9 @@ mod locked {
     enum Retaken {
         /// Taken, by this connection's session (then the only one in `ours`).
         Held(PgConnection),
-        /// Held by another opener's session, or held by one meanwhile.
-        ByAnother,
+        /// Held by another opener's session, or held by one meanwhile (the lock's mark is
+        /// not this storage's): why, completing "its session ended and …".
+        Lost(String),
         /// Held by a session of ours, which was asked to end, or by one ending.
         NotYet,
     }
@@ -368,12 +373,19 @@ mod locked {
         if try_lock(&mut connection, schema).await? {
             ours.clear();
             ours.extend(session);
-            // Another opener that held the lock meanwhile drew a number since.
-            if last_generation(&mut connection, schema).await? != held.generation {
-                let _ = connection.close().await;
-                return Ok(Retaken::ByAnother);
-            }
-            return Ok(Retaken::Held(connection));
+            let lost = match marked_token(&mut connection, schema).await {
+                Ok(Some(token)) if token == held.token => return Ok(Retaken::Held(connection)),
+                Ok(_) => "the lock's mark is no more this storage's: another opener held the \
+                          lock meanwhile (or the database was restored from an older backup)"
+                    .to_owned(),
+                Err(e) if lasting(&e) => format!("the lock's mark does not read ({e})"),
+                Err(e) => {
+                    let _ = connection.close().await;
+                    return Err(e);
+                }
+            };
+            let _ = connection.close().await;
+            return Ok(Retaken::Lost(lost));
         }
         if let Some(session) = &session {
             ours.retain(|s| s != session);
@@ -396,7 +408,7 @@ mod locked {
             {
                 Retaken::NotYet
             }
-            Some(_) => Retaken::ByAnother,
+            Some(_) => Retaken::Lost("another opener took the lock meanwhile".to_owned()),
             // Let go between the two questions.
             None => Retaken::NotYet,
         };
@@ -437,46 +449,67 @@ mod locked {
             .await
     }
 
-    /// The generation sequence of `schema`, quoted for SQL.
-    fn generation_sequence(schema: &str) -> String {
-        format!(
-            "\"{}\".storex_device_lock_generation",
-            schema.replace('"', "\"\"")
-        )
+    /// The lock table of `schema`, quoted for SQL.
+    fn lock_table(schema: &str) -> String {
+        format!("\"{}\".storex_device_lock", schema.replace('"', "\"\""))
     }
 
-    /// Draws the next number from `schema`'s generation sequence (made if missing) on
-    /// `connection`, which holds the schema's lock.
-    async fn draw_generation(connection: &mut PgConnection, schema: &str) -> sqlx::Result<i64> {
-        let sequence = generation_sequence(schema);
-        // Made only by a lock's holder, so never by two sessions at once.
+    /// Marks `schema`'s lock, held by `connection`, as this opener's: writes a new random
+    /// token into the schema's lock table (made if missing) and reads it back, as a watcher
+    /// will. Returns the token.
+    async fn mark_held(connection: &mut PgConnection, schema: &str) -> sqlx::Result<String> {
+        let table = lock_table(schema);
+        // Made only by a lock's holder, so never by two sessions at once (and without the
+        // notice `IF NOT EXISTS` would log on every open).
         let missing: bool = sqlx::query_scalar(
             "SELECT NOT EXISTS (SELECT 1 FROM pg_class c \
                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                WHERE n.nspname = $1 AND c.relname = 'storex_device_lock_generation')",
+                WHERE n.nspname = $1 AND c.relname = 'storex_device_lock')",
         )
         .bind(schema)
         .fetch_one(&mut *connection)
         .await?;
         if missing {
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SEQUENCE {sequence}")))
-                .execute(&mut *connection)
-                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE TABLE {table} (id smallint PRIMARY KEY CHECK (id = 1), token text NOT NULL)"
+            )))
+            .execute(&mut *connection)
+            .await?;
         }
-        sqlx::query_scalar("SELECT nextval($1::regclass)")
-            .bind(&sequence)
-            .fetch_one(connection)
-            .await
+        let token = storex_core::uuid::Uuid::new_v4().to_string();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {table} (id, token) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET token = excluded.token"
+        )))
+        .bind(&token)
+        .execute(&mut *connection)
+        .await?;
+        match marked_token(connection, schema).await? {
+            Some(read) if read == token => Ok(token),
+            read => Err(sqlx::Error::Protocol(format!(
+                "the device lock's token read back as {read:?}, not as written"
+            ))),
+        }
     }
 
-    /// The last number drawn from `schema`'s generation sequence.
-    async fn last_generation(connection: &mut PgConnection, schema: &str) -> sqlx::Result<i64> {
-        let sequence = generation_sequence(schema);
+    /// The token `schema`'s lock is marked with, if any.
+    async fn marked_token(
+        connection: &mut PgConnection,
+        schema: &str,
+    ) -> sqlx::Result<Option<String>> {
+        let table = lock_table(schema);
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT last_value FROM {sequence}"
+            "SELECT token FROM {table} WHERE id = 1"
         )))
-        .fetch_one(connection)
+        .fetch_optional(connection)
         .await
+    }
+
+    /// Whether `e` would come again on every try: the lock table is gone (`42P01`), or the
+    /// role may not read it (`42501`).
+    fn lasting(e: &sqlx::Error) -> bool {
+        let code = e.as_database_error().and_then(|d| d.code());
+        matches!(code.as_deref(), Some("42P01" | "42501"))
     }
 
     /// The session `connection` runs on, as `pg_stat_activity` tells it; none when it does
