@@ -61,7 +61,12 @@ pub enum Error {
         feature: &'static str,
     },
     /// The file that keeps a database's device to one opener could not be opened or locked.
-    #[error("cannot lock {}, which keeps the database's device to one opener", path.display())]
+    #[error(
+        "cannot lock {}, which keeps the database's device to one opener (where files cannot \
+         be locked, as on a network file system mounted without locks, open the database \
+         `.without_device_lock()` and keep to one opener yourself)",
+        path.display()
+    )]
     DeviceLock {
         /// The lock file.
         path: std::path::PathBuf,
