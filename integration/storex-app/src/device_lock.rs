@@ -614,35 +614,72 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_postgres_lock_whose_mark_was_dropped_while_its_session_was_gone_is_lost() {
+    async fn a_postgres_lock_whose_mark_was_dropped_or_emptied_while_its_session_was_gone_is_lost()
+    {
+        let Some(server) = storex_test::postgres_url() else {
+            return;
+        };
+        // A schema tool that drops what it does not know, or empties it: whoever held the
+        // lock meanwhile can no longer be told apart.
+        for (damage, found) in [
+            ("DROP TABLE storex_device_lock", "mark does not read"),
+            (
+                "DELETE FROM storex_device_lock",
+                "mark is no more this storage's",
+            ),
+        ] {
+            let url = storex_test::fresh_postgres_database(&server).await;
+            let db = postgres(&url, "public").await;
+            let (storage, mut standing, first) = locked_storage(&db, QUICK).await;
+            db.execute_unprepared(damage).await.unwrap();
+            db.execute_unprepared(&format!("SELECT pg_terminate_backend({first})"))
+                .await
+                .unwrap();
+            let seen = until(&mut standing, |s| {
+                !matches!(
+                    s,
+                    postgres::Standing::Held { .. } | postgres::Standing::Retaking { failed: None }
+                )
+            })
+            .await;
+            match seen {
+                postgres::Standing::Lost { why } => {
+                    assert!(why.contains(found), "{damage}: {why}");
+                }
+                other => panic!("{damage}: {other:?}"),
+            }
+            assert!(storage.create("note", note(1)).await.is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_postgres_schema_with_another_kind_of_object_named_as_the_lock_table_is_refused() {
         let Some(server) = storex_test::postgres_url() else {
             return;
         };
         let url = storex_test::fresh_postgres_database(&server).await;
         let db = postgres(&url, "public").await;
-        let (storage, mut standing, first) = locked_storage(&db, QUICK).await;
-        // A schema tool that drops what it does not know: whoever held the lock meanwhile
-        // can no longer be told apart.
-        db.execute_unprepared("DROP TABLE storex_device_lock")
+        db.execute_unprepared("CREATE VIEW storex_device_lock AS SELECT 1 AS id")
             .await
             .unwrap();
-        db.execute_unprepared(&format!("SELECT pg_terminate_backend({first})"))
-            .await
-            .unwrap();
-        let seen = until(&mut standing, |s| {
-            !matches!(
-                s,
-                postgres::Standing::Held { .. } | postgres::Standing::Retaking { failed: None }
-            )
-        })
-        .await;
-        match seen {
-            postgres::Standing::Lost { why } => {
-                assert!(why.contains("mark does not read"), "{why}");
+        match DeviceLock::take(&db, Duration::ZERO).await {
+            Err(Error::Database(e)) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("cannot mark the device lock of schema `public`")
+                        && e.contains("something else than a table"),
+                    "{e}"
+                );
             }
-            other => panic!("a lock whose mark is gone: {other:?}"),
+            other => panic!("a lock table that is a view: {other:?}"),
         }
-        assert!(storage.create("note", note(1)).await.is_err());
+        // The lock was let go with the failed open.
+        let mut direct = postgres::connect(&postgres::lock_options(&db))
+            .await
+            .unwrap();
+        until_free(&mut direct, "public")
+            .await
+            .expect("the failed open lets the lock go");
     }
 
     #[test]

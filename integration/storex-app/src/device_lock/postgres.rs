@@ -28,10 +28,12 @@
 //! the lock meanwhile, even one that has let it go again (it may have stamped changes with a
 //! clock ahead of this storage's), and the lock is lost. So it is when the token no longer
 //! reads (the table was dropped, or the role may no longer read it), and when the database
-//! was restored from a backup taken before this open. The token is committed data, so a
-//! server's crash recovery, or a failover to a replica that has the write, keeps it. The
-//! first opener needs `CREATE` on the schema, as for storex's other tables; the role of a
-//! later open, if another, needs `SELECT, INSERT, UPDATE` on the table.
+//! was restored from a backup taken before this open, or failed over to an asynchronous
+//! replica the token had not reached. The token is committed with `synchronous_commit` on,
+//! so a server's crash recovery keeps it. The first opener needs `CREATE` on the schema, as
+//! for storex's other tables; the role of a later open, if another, needs `SELECT, INSERT,
+//! UPDATE` on the table. A retake on a standby (the pool's host now names one) waits: a
+//! standby's locks are its own.
 //!
 //! Not seen: a write made in the up to 20 s before a lost session is noticed, and a task that
 //! does not run (its runtime alive but idle) and so pings nothing.
@@ -234,11 +236,26 @@ mod locked {
             }
             tokio::time::sleep(RETRY_EVERY).await;
         }
-        let token = match mark_held(&mut connection, &schema).await {
+        // Bounded: a schema tool's transaction that holds the table would hold the open, and
+        // the lock with it, for as long as it lasts.
+        let marked =
+            tokio::time::timeout(watch.attempt_timeout, mark_held(&mut connection, &schema))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "no answer within {} s",
+                        watch.attempt_timeout.as_secs_f32()
+                    ))
+                });
+        let token = match marked {
             Ok(token) => token,
-            Err(e) => {
+            Err(why) => {
                 let _ = connection.close().await;
-                return Err(failed(e).into());
+                return Err(DbErr::Custom(format!(
+                    "cannot mark the device lock of {device} as this storage's, in {}: {why}",
+                    lock_table(&schema)
+                ))
+                .into());
             }
         };
         let (standing, watching) = watch::channel(Standing::Held {
@@ -328,6 +345,7 @@ mod locked {
                     }
                     // Ours still holds it, and was asked to end.
                     Ok(Ok(Retaken::NotYet)) => None,
+                    Ok(Ok(Retaken::Unusable(why))) => Some(why),
                     Ok(Err(e)) => Some(e.to_string()),
                     Err(_) => Some(format!(
                         "no answer within {} s",
@@ -356,6 +374,8 @@ mod locked {
         Lost(String),
         /// Held by a session of ours, which was asked to end, or by one ending.
         NotYet,
+        /// The session cannot hold the device's lock, for now: why.
+        Unusable(String),
     }
 
     /// Tries once to take `held`'s lock on a new session, which is added to `ours` (the
@@ -373,10 +393,22 @@ mod locked {
         if try_lock(&mut connection, schema).await? {
             ours.clear();
             ours.extend(session);
+            // A standby's locks are its own: the primary's lock would still be free.
+            let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+                .fetch_one(&mut connection)
+                .await?;
+            if standby {
+                let _ = connection.close().await;
+                return Ok(Retaken::Unusable(
+                    "the server is a standby (in recovery), whose locks other servers do not see"
+                        .to_owned(),
+                ));
+            }
             let lost = match marked_token(&mut connection, schema).await {
                 Ok(Some(token)) if token == held.token => return Ok(Retaken::Held(connection)),
                 Ok(_) => "the lock's mark is no more this storage's: another opener held the \
-                          lock meanwhile (or the database was restored from an older backup)"
+                          lock meanwhile (or the database was restored from an older backup, or \
+                          the server failed over to a replica that lacks the mark)"
                     .to_owned(),
                 Err(e) if lasting(&e) => format!("the lock's mark does not read ({e})"),
                 Err(e) => {
@@ -455,40 +487,63 @@ mod locked {
     }
 
     /// Marks `schema`'s lock, held by `connection`, as this opener's: writes a new random
-    /// token into the schema's lock table (made if missing) and reads it back, as a watcher
-    /// will. Returns the token.
-    async fn mark_held(connection: &mut PgConnection, schema: &str) -> sqlx::Result<String> {
+    /// token into the schema's lock table (made if missing), committed durably, and reads it
+    /// back, as a watcher will. Returns the token, or why it could not.
+    async fn mark_held(
+        connection: &mut PgConnection,
+        schema: &str,
+    ) -> std::result::Result<String, String> {
         let table = lock_table(schema);
+        let text = |e: sqlx::Error| e.to_string();
         // Made only by a lock's holder, so never by two sessions at once (and without the
         // notice `IF NOT EXISTS` would log on every open).
-        let missing: bool = sqlx::query_scalar(
-            "SELECT NOT EXISTS (SELECT 1 FROM pg_class c \
-                JOIN pg_namespace n ON n.oid = c.relnamespace \
-                WHERE n.nspname = $1 AND c.relname = 'storex_device_lock')",
+        let kind: Option<String> = sqlx::query_scalar(
+            "SELECT c.relkind::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = 'storex_device_lock'",
         )
         .bind(schema)
-        .fetch_one(&mut *connection)
-        .await?;
-        if missing {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "CREATE TABLE {table} (id smallint PRIMARY KEY CHECK (id = 1), token text NOT NULL)"
-            )))
-            .execute(&mut *connection)
-            .await?;
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(text)?;
+        match kind.as_deref() {
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "CREATE TABLE {table} \
+                     (id smallint PRIMARY KEY CHECK (id = 1), token text NOT NULL)"
+                )))
+                .execute(&mut *connection)
+                .await
+                .map_err(text)?;
+            }
+            Some("r" | "p") => {}
+            Some(other) => {
+                return Err(format!(
+                    "something else than a table has that name (relkind `{other}`): rename it"
+                ))
+            }
         }
         let token = storex_core::uuid::Uuid::new_v4().to_string();
+        // On disk before the open returns, whatever the server's or the session's setting:
+        // a crash that lost it would read as another opener's mark.
+        let mut transaction = connection.begin().await.map_err(text)?;
+        sqlx::query("SET LOCAL synchronous_commit = on")
+            .execute(&mut *transaction)
+            .await
+            .map_err(text)?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO {table} (id, token) VALUES (1, $1) \
              ON CONFLICT (id) DO UPDATE SET token = excluded.token"
         )))
         .bind(&token)
-        .execute(&mut *connection)
-        .await?;
-        match marked_token(connection, schema).await? {
+        .execute(&mut *transaction)
+        .await
+        .map_err(text)?;
+        transaction.commit().await.map_err(text)?;
+        match marked_token(connection, schema).await.map_err(text)? {
             Some(read) if read == token => Ok(token),
-            read => Err(sqlx::Error::Protocol(format!(
-                "the device lock's token read back as {read:?}, not as written"
-            ))),
+            // A row-level security policy, say.
+            read => Err(format!("the token reads back as {read:?}, not as written")),
         }
     }
 
@@ -505,11 +560,19 @@ mod locked {
         .await
     }
 
-    /// Whether `e` would come again on every try: the lock table is gone (`42P01`), or the
-    /// role may not read it (`42501`).
+    /// Whether `e` would come again on every try: the statement no longer fits the lock
+    /// table (SQLSTATE class 42: the table or a column gone, another kind of object in its
+    /// place, a privilege taken away), or its token no longer reads as text.
     fn lasting(e: &sqlx::Error) -> bool {
-        let code = e.as_database_error().and_then(|d| d.code());
-        matches!(code.as_deref(), Some("42P01" | "42501"))
+        match e {
+            sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::TypeNotFound { .. } => true,
+            e => e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|code| code.starts_with("42")),
+        }
     }
 
     /// The session `connection` runs on, as `pg_stat_activity` tells it; none when it does
