@@ -623,10 +623,7 @@ mod tests {
         // lock meanwhile can no longer be told apart.
         for (damage, found) in [
             ("DROP TABLE storex_device_lock", "mark does not read"),
-            (
-                "DELETE FROM storex_device_lock",
-                "mark is no more this storage's",
-            ),
+            ("DELETE FROM storex_device_lock", "mark is gone"),
         ] {
             let url = storex_test::fresh_postgres_database(&server).await;
             let db = postgres(&url, "public").await;

@@ -29,11 +29,13 @@
 //! clock ahead of this storage's), and the lock is lost. So it is when the token no longer
 //! reads (the table was dropped, or the role may no longer read it), and when the database
 //! was restored from a backup taken before this open, or failed over to an asynchronous
-//! replica the token had not reached. The token is committed with `synchronous_commit` on,
-//! so a server's crash recovery keeps it. The first opener needs `CREATE` on the schema, as
+//! replica the token had not reached. The token is flushed to disk as it is committed (a
+//! `synchronous_commit` of `off` is raised to `local` for it), so a server's crash recovery
+//! keeps it; a synchronous standby has it if the server's settings wait for one. The first opener needs `CREATE` on the schema, as
 //! for storex's other tables; the role of a later open, if another, needs `SELECT, INSERT,
-//! UPDATE` on the table. A retake on a standby (the pool's host now names one) waits: a
-//! standby's locks are its own.
+//! UPDATE` on the table. An open fails if the mark is not written within 30 s, or if
+//! something else than a table has the table's name. A retake on a standby (the pool's host
+//! now names one) waits, as transient: a standby's locks are its own.
 //!
 //! Not seen: a write made in the up to 20 s before a lost session is noticed, and a task that
 //! does not run (its runtime alive but idle) and so pings nothing.
@@ -243,7 +245,8 @@ mod locked {
                 .await
                 .unwrap_or_else(|_| {
                     Err(format!(
-                        "no answer within {} s",
+                        "no answer within {} s (a transaction that holds the table, or a \
+                         synchronous standby that does not answer?)",
                         watch.attempt_timeout.as_secs_f32()
                     ))
                 });
@@ -389,26 +392,32 @@ mod locked {
         let mut connection = connect(options).await?;
         // Known before it asks, so that a session whose answer is lost is known as ours.
         let session = session_of(&mut connection).await?;
+        // A standby's locks are its own (the primary's would still be free), and what it says
+        // of holders is of its own: asked nothing, and the sessions of ours stay remembered.
+        let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+            .fetch_one(&mut connection)
+            .await?;
+        if standby {
+            let _ = connection.close().await;
+            return Ok(Retaken::Unusable(
+                "the server reached is a standby (in recovery), whose locks the primary does \
+                 not see: point the pool's options at the primary"
+                    .to_owned(),
+            ));
+        }
         ours.extend(session.clone());
         if try_lock(&mut connection, schema).await? {
             ours.clear();
             ours.extend(session);
-            // A standby's locks are its own: the primary's lock would still be free.
-            let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-                .fetch_one(&mut connection)
-                .await?;
-            if standby {
-                let _ = connection.close().await;
-                return Ok(Retaken::Unusable(
-                    "the server is a standby (in recovery), whose locks other servers do not see"
-                        .to_owned(),
-                ));
-            }
             let lost = match marked_token(&mut connection, schema).await {
                 Ok(Some(token)) if token == held.token => return Ok(Retaken::Held(connection)),
-                Ok(_) => "the lock's mark is no more this storage's: another opener held the \
-                          lock meanwhile (or the database was restored from an older backup, or \
-                          the server failed over to a replica that lacks the mark)"
+                Ok(Some(_)) => "the lock's mark is no more this storage's: another opener held \
+                                the lock meanwhile (or the database was restored from an older \
+                                backup, or failed over to a replica that lacks the mark)"
+                    .to_owned(),
+                Ok(None) => "the lock's mark is gone: its row was deleted (or the database was \
+                             restored, or failed over, without it), so another opener may have \
+                             held the lock meanwhile"
                     .to_owned(),
                 Err(e) if lasting(&e) => format!("the lock's mark does not read ({e})"),
                 Err(e) => {
@@ -524,13 +533,18 @@ mod locked {
             }
         }
         let token = storex_core::uuid::Uuid::new_v4().to_string();
-        // On disk before the open returns, whatever the server's or the session's setting:
-        // a crash that lost it would read as another opener's mark.
+        // On disk before the open returns, even where the server or the role turned
+        // synchronous commits off: a crash that lost it would read as another opener's mark.
+        // (Only raised to a local flush: waiting for a synchronous standby that does not
+        // answer would hold the lock in a backend that outlives this session.)
         let mut transaction = connection.begin().await.map_err(text)?;
-        sqlx::query("SET LOCAL synchronous_commit = on")
-            .execute(&mut *transaction)
-            .await
-            .map_err(text)?;
+        sqlx::query(
+            "SELECT set_config('synchronous_commit', 'local', true) \
+             WHERE current_setting('synchronous_commit') = 'off'",
+        )
+        .execute(&mut *transaction)
+        .await
+        .map_err(text)?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO {table} (id, token) VALUES (1, $1) \
              ON CONFLICT (id) DO UPDATE SET token = excluded.token"
