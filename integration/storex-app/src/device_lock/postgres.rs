@@ -245,9 +245,9 @@ mod locked {
                 .await
                 .unwrap_or_else(|_| {
                     Err(format!(
-                        "no answer within {} s (a transaction that holds the table, or a \
-                         synchronous standby that does not answer?)",
-                        watch.attempt_timeout.as_secs_f32()
+                        "{} (a transaction that holds the table, or a synchronous standby \
+                         that does not answer?)",
+                        no_answer(watch.attempt_timeout)
                     ))
                 });
         let token = match marked {
@@ -350,10 +350,7 @@ mod locked {
                     Ok(Ok(Retaken::NotYet)) => None,
                     Ok(Ok(Retaken::Unusable(why))) => Some(why),
                     Ok(Err(e)) => Some(e.to_string()),
-                    Err(_) => Some(format!(
-                        "no answer within {} s",
-                        watch.attempt_timeout.as_secs_f32()
-                    )),
+                    Err(_) => Some(no_answer(watch.attempt_timeout)),
                 };
                 standing.send_replace(Standing::Retaking { failed });
                 if ours.len() > SESSIONS_REMEMBERED {
@@ -366,6 +363,11 @@ mod locked {
                 process: ours.last().map(|s| s.process),
             });
         }
+    }
+
+    /// What a try cut short by `timeout` failed with.
+    fn no_answer(timeout: Duration) -> String {
+        format!("no answer within {} s", timeout.as_secs_f32())
     }
 
     /// What one try to take a lock again found.
@@ -409,8 +411,12 @@ mod locked {
         if try_lock(&mut connection, schema).await? {
             ours.clear();
             ours.extend(session);
-            let lost = match marked_token(&mut connection, schema).await {
-                Ok(Some(token)) if token == held.token => return Ok(Retaken::Held(connection)),
+            let found = marked_token(&mut connection, schema).await;
+            if matches!(&found, Ok(Some(token)) if *token == held.token) {
+                return Ok(Retaken::Held(connection));
+            }
+            let _ = connection.close().await;
+            let lost = match found {
                 Ok(Some(_)) => "the lock's mark is no more this storage's: another opener held \
                                 the lock meanwhile (or the database was restored from an older \
                                 backup, or failed over to a replica that lacks the mark)"
@@ -420,12 +426,8 @@ mod locked {
                              held the lock meanwhile"
                     .to_owned(),
                 Err(e) if lasting(&e) => format!("the lock's mark does not read ({e})"),
-                Err(e) => {
-                    let _ = connection.close().await;
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             };
-            let _ = connection.close().await;
             return Ok(Retaken::Lost(lost));
         }
         if let Some(session) = &session {
