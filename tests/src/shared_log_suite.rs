@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::{join_all, BoxFuture};
 use futures::FutureExt;
@@ -73,6 +75,7 @@ fn all_checks() -> Vec<(&'static str, Check)> {
         a_device_cannot_push_as_another,
         a_nul_in_a_user_name_or_topic_is_refused_as_invalid,
         concurrent_pushers_are_seen_exactly_once_by_every_reader,
+        compaction_while_pushes_land_drops_each_entry_once_after_every_ack,
     ]
 }
 
@@ -595,4 +598,100 @@ async fn concurrent_pushers_are_seen_exactly_once_by_every_reader(log: Arc<dyn S
     let unique: BTreeSet<Uuid> = seen.iter().copied().collect();
     assert_eq!(unique.len(), seen.len(), "an entry was delivered twice");
     assert_eq!(unique, sent, "an entry was skipped");
+}
+
+/// Compaction runs again and again while devices push and a reader pulls: each call
+/// succeeds, and one drops entries before half the pushes have landed (a mark that pushes
+/// keep from landing would hold a user's log back for good); the reader, which acknowledges
+/// as it goes, is never told it fell behind and sees every entry once; and the entries
+/// dropped, counted over every call, are each entry once.
+async fn compaction_while_pushes_land_drops_each_entry_once_after_every_ack(
+    log: Arc<dyn SharedSyncLog>,
+) {
+    const ROUNDS: u8 = 8;
+    let mut writers = Vec::new();
+    for _ in 0..3 {
+        writers.push(device(&log, "ann").await);
+    }
+    let reader = device(&log, "ann").await;
+    let writing = AtomicUsize::new(writers.len());
+    let dropped = AtomicU64::new(0);
+    let pushes = writers.iter().map(|&w| {
+        let (log, writing, dropped) = (&log, &writing, &dropped);
+        async move {
+            let mut sent = Vec::new();
+            for round in 0..ROUNDS {
+                if round == ROUNDS / 2 {
+                    let went_through = async {
+                        while dropped.load(Ordering::SeqCst) == 0 {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    };
+                    tokio::time::timeout(Duration::from_secs(10), went_through)
+                        .await
+                        .expect("no compaction dropped anything while pushes landed");
+                }
+                let batch: Vec<SharedEntry> =
+                    (0..3u8).map(|i| entry(w, "note", &[round, i])).collect();
+                let last = log.push(w, batch.clone()).await.expect("push");
+                // The writer has seen what it pushed: only the reader holds compaction back.
+                log.ack(w, last).await.expect("writer's ack");
+                sent.extend(batch.into_iter().map(|e| e.id));
+                tokio::task::yield_now().await;
+            }
+            writing.fetch_sub(1, Ordering::SeqCst);
+            sent
+        }
+    });
+    let reading = async {
+        let (mut seen, mut cursor) = (Vec::new(), 0);
+        loop {
+            let finished = writing.load(Ordering::SeqCst) == 0;
+            let pull = log
+                .pull(reader, cursor, 5, None)
+                .await
+                .expect("a pull after the reader's own ack");
+            seen.extend(pull.entries.iter().map(|p| p.entry.id));
+            cursor = pull.next_cursor;
+            log.ack(reader, cursor).await.expect("reader's ack");
+            if finished && !pull.more {
+                return (seen, cursor);
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let compacting = async {
+        while writing.load(Ordering::SeqCst) > 0 {
+            let now = log
+                .compact("ann")
+                .await
+                .expect("a compaction while pushes land");
+            dropped.fetch_add(now, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+        }
+    };
+    let (sent, (seen, end), ()) = futures::join!(join_all(pushes), reading, compacting);
+    let sent: BTreeSet<Uuid> = sent.into_iter().flatten().collect();
+    let unique: BTreeSet<Uuid> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), seen.len(), "an entry was delivered twice");
+    assert_eq!(unique, sent, "an entry was lost or never delivered");
+    // Everyone has seen everything now: the last compaction drops the rest.
+    for &w in &writers {
+        log.ack(w, end).await.expect("writer's last ack");
+    }
+    let dropped = dropped.into_inner() + log.compact("ann").await.expect("the last compaction");
+    assert_eq!(
+        dropped,
+        sent.len() as u64,
+        "the compactions together dropped {dropped} of {} entries",
+        sent.len()
+    );
+    let late = device(&log, "ann").await;
+    assert!(
+        matches!(
+            log.pull(late, 0, 10, None).await,
+            Err(SharedLogError::CursorCompacted { compacted_through, .. }) if compacted_through == end
+        ),
+        "the compaction mark did not reach the end of the log ({end})"
+    );
 }

@@ -1,8 +1,10 @@
-//! The shared-log suite is only worth something if it fails broken logs: the faulty log here
+//! The shared-log suite is only worth something if it fails broken logs. One faulty log here
 //! gives out cursors when a push starts and shows the push's entries only when it ends, as a
 //! log that takes cursors from a sequence before its transaction commits. A reader pulling
 //! meanwhile moves past a push still under way and never sees it. The suite's check of
-//! concurrent pushers must name that.
+//! concurrent pushers must name that. Another gives up a compaction whenever a push is under
+//! way, as a log whose compaction mark keeps losing a race with pushes would: the suite's
+//! check of compaction while pushes land must name that.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -179,12 +181,80 @@ impl SharedSyncLog for CursorsBeforeCommit {
     }
 }
 
+/// The faulty log: the memory log, but a compaction fails while a push is under way (and a
+/// push takes a few turns of the runtime).
+#[derive(Debug, Default)]
+struct CompactionGivesWayToPushes {
+    log: MemorySharedLog,
+    pushing: AtomicU64,
+}
+
+impl SharedSyncLog for CompactionGivesWayToPushes {
+    fn name(&self) -> &'static str {
+        "compaction-gives-way-to-pushes"
+    }
+
+    fn register_device<'a>(
+        &'a self,
+        user: &'a str,
+        device: DeviceId,
+    ) -> BoxFuture<'a, SharedResult<()>> {
+        self.log.register_device(user, device)
+    }
+
+    fn devices(&self, device: DeviceId) -> BoxFuture<'_, SharedResult<Vec<DeviceInfo>>> {
+        self.log.devices(device)
+    }
+
+    fn push(
+        &self,
+        device: DeviceId,
+        entries: Vec<SharedEntry>,
+    ) -> BoxFuture<'_, SharedResult<u64>> {
+        Box::pin(async move {
+            self.pushing.fetch_add(1, Ordering::SeqCst);
+            for _ in 0..5 {
+                tokio::task::yield_now().await;
+            }
+            let pushed = self.log.push(device, entries).await;
+            self.pushing.fetch_sub(1, Ordering::SeqCst);
+            pushed
+        })
+    }
+
+    fn pull<'a>(
+        &'a self,
+        device: DeviceId,
+        after: u64,
+        limit: usize,
+        topics: Option<&'a [String]>,
+    ) -> BoxFuture<'a, SharedResult<Pull>> {
+        self.log.pull(device, after, limit, topics)
+    }
+
+    fn ack(&self, device: DeviceId, cursor: u64) -> BoxFuture<'_, SharedResult<()>> {
+        self.log.ack(device, cursor)
+    }
+
+    fn compact<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<u64>> {
+        if self.pushing.load(Ordering::SeqCst) > 0 {
+            return Box::pin(async {
+                Err(SharedLogError::Unavailable {
+                    log: "compaction-gives-way-to-pushes",
+                    source: "a push is under way".into(),
+                })
+            });
+        }
+        self.log.compact(user)
+    }
+}
+
 #[tokio::test]
 async fn the_memory_log_passes_every_check() {
     let report = run_shared_log_suite(|| async { MemorySharedLog::new() }).await;
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert!(
-        report.passed.len() >= 24,
+        report.passed.len() >= 25,
         "only {} checks ran",
         report.passed.len()
     );
@@ -196,6 +266,18 @@ async fn a_log_showing_pushes_out_of_cursor_order_fails_the_concurrency_check() 
     let failed: Vec<&str> = report.failed.iter().map(|(name, _)| *name).collect();
     assert!(
         failed.contains(&"concurrent_pushers_are_seen_exactly_once_by_every_reader"),
+        "{:?}",
+        report.failed
+    );
+}
+
+#[tokio::test]
+async fn a_log_whose_compaction_gives_way_to_pushes_fails_the_compaction_check() {
+    let report = run_shared_log_suite(|| async { CompactionGivesWayToPushes::default() }).await;
+    let failed: Vec<&str> = report.failed.iter().map(|(name, _)| *name).collect();
+    assert_eq!(
+        failed,
+        ["compaction_while_pushes_land_drops_each_entry_once_after_every_ack"],
         "{:?}",
         report.failed
     );
