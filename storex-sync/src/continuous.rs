@@ -493,9 +493,13 @@ impl ContinuousSync {
         // Held entries are tried again once per start, by every sync until a try goes through
         // (entries held for a newer schema apply after an app upgrade), and when the clock
         // has caught up with one it refused as too far ahead (without a restart: a desktop
-        // app may run for weeks).
-        let drift_due = self.device.clock().take_refusal_due();
-        if !self.held_retried.load(Ordering::SeqCst) || drift_due {
+        // app may run for weeks). A refusal come due is first turned into a retry still to
+        // go, which only a retry that went through settles: one that fails, or a sync
+        // dropped midway (stopped, timed out), leaves it for the next sync.
+        if self.device.clock().take_refusal_due() {
+            self.held_retried.store(false, Ordering::SeqCst);
+        }
+        if !self.held_retried.load(Ordering::SeqCst) {
             match self.device.retry_held().await {
                 Ok(retried) => {
                     self.held_retried.store(true, Ordering::SeqCst);
@@ -508,28 +512,22 @@ impl ContinuousSync {
                         )
                     }));
                 }
-                Err(e) => {
-                    if drift_due {
-                        self.device.clock().refusal_due_again();
-                    }
-                    report.problems.push(format!("retrying held entries: {e}"));
-                }
+                Err(e) => report.problems.push(format!("retrying held entries: {e}")),
             }
         }
         // Payloads set aside because they did not decode, with this engine's codec: once per
         // start (by every sync until a try goes through), and after a fast-sync copy brought
-        // the sender's.
-        let copied = self.device.take_quarantine_received();
-        if !self.quarantine_retried.load(Ordering::SeqCst) || copied {
+        // the sender's (turned into a retry still to go first, as above).
+        if self.device.take_quarantine_received() {
+            self.quarantine_retried.store(false, Ordering::SeqCst);
+        }
+        if !self.quarantine_retried.load(Ordering::SeqCst) {
             match self.retry_quarantined(&mut report).await {
                 Ok(()) => self.quarantine_retried.store(true, Ordering::SeqCst),
-                Err(e) => {
-                    // Tried again by the next sync (a copy's quarantine included).
-                    self.quarantine_retried.store(false, Ordering::SeqCst);
-                    report
-                        .problems
-                        .push(format!("retrying quarantined payloads: {e}"));
-                }
+                // Tried again by the next sync (a copy's quarantine included).
+                Err(e) => report
+                    .problems
+                    .push(format!("retrying quarantined payloads: {e}")),
             }
         }
         if self.options.compact_per_sync > 0 {

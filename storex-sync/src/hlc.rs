@@ -321,15 +321,6 @@ impl Clock {
         due
     }
 
-    /// Says a refusal is due again at once ([`Clock::take_refusal_due`] said so, but the
-    /// retry it called for failed).
-    pub(crate) fn refusal_due_again(&self) {
-        self.refused_due
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(0);
-    }
-
     /// Restores the clock after a restart from the largest timestamp the device stored,
     /// without the drift check (the device wrote it itself).
     pub fn restore(&self, stored: Hlc) {
@@ -518,8 +509,7 @@ mod tests {
         // The later one is kept until it is due in its turn.
         wall.advance(Duration::from_millis(20_000));
         assert!(clock.take_refusal_due());
-        clock.refusal_due_again();
-        assert!(clock.take_refusal_due(), "due again after a failed retry");
+        assert!(!clock.take_refusal_due(), "nothing else refused");
     }
 
     #[test]

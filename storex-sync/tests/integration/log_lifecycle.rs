@@ -297,6 +297,82 @@ async fn continuous_sync_applies_an_entry_held_for_clock_drift_once_the_clock_ca
     );
 }
 
+/// Once armed, stalls every write to `note`: an apply that never ends, until the caller
+/// gives up on it.
+#[derive(Debug, Default)]
+struct StallNotes {
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl storex_core::Middleware for StallNotes {
+    fn process<'a>(
+        &'a self,
+        op: storex_core::Operation,
+        next: storex_core::Next<'a>,
+    ) -> storex_core::BoxFuture<'a, storex_core::Result<storex_core::Outcome>> {
+        let writes_notes = match &op {
+            storex_core::Operation::Batch { steps } => steps
+                .iter()
+                .any(|step| step.operation.collection() == Some("note")),
+            op => op.is_write() && op.collection() == Some("note"),
+        };
+        if writes_notes && self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(std::future::pending());
+        }
+        next.run(op)
+    }
+}
+
+#[tokio::test]
+async fn an_entry_held_for_clock_drift_is_applied_by_the_sync_after_one_stopped_while_retrying_it()
+{
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    use storex_sync::{ContinuousOptions, ContinuousSync, ManualClock, MemorySharedLog};
+    let shared: Arc<dyn storex_sync::SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let hour = Duration::from_secs(3_600);
+    let base = 1_700_000_000_000u64;
+    let a_id = shared.create_device("ann").await.expect("device a");
+    let b_id = shared.create_device("ann").await.expect("device b");
+    let a_clock = Clock::with_wall_clock(a_id, ManualClock::new(base + 2 * 3_600_000));
+    let a = engine_on(&shared, 1, Arc::new(MemoryBackend::new()), a_clock).await;
+    let b_wall = ManualClock::new(base);
+    let stall = Arc::new(StallNotes::default());
+    let b_device = SyncDevice::open(
+        registry(1),
+        Arc::new(MemoryBackend::new()),
+        Clock::with_wall_clock(b_id, b_wall.clone()).with_max_drift(hour),
+        SyncOptions::default().with_middleware(stall.clone()),
+    )
+    .await
+    .expect("device b");
+    let b = ContinuousSync::new(b_device, shared.clone(), ContinuousOptions::default());
+    a.device()
+        .storage()
+        .create("note", object! { "id" => 1, "title" => "from ahead" })
+        .await
+        .expect("create");
+    a.sync_once().await.expect("a syncs");
+    let report = b.sync_once().await.expect("b syncs");
+    assert_eq!(report.held, 1, "{report:?}");
+    // The clock catches up; the sync that retries the entry is stopped midway (a background
+    // sync's timeout, say).
+    b_wall.advance(hour + Duration::from_secs(60));
+    stall.armed.store(true, Ordering::SeqCst);
+    let stopped = tokio::time::timeout(Duration::from_millis(300), b.sync_once()).await;
+    assert!(stopped.is_err(), "the retry did not stall: {stopped:?}");
+    assert_eq!(held_count(b.device()).await, 1);
+    // The next sync of the same engine, never restarted, applies it.
+    stall.armed.store(false, Ordering::SeqCst);
+    let report = b.sync_once().await.expect("b syncs");
+    assert_eq!(report.integrated, 1, "{report:?}");
+    assert_eq!(held_count(b.device()).await, 0);
+    assert_eq!(
+        a.device().digest("note").await.expect("digest"),
+        b.device().digest("note").await.expect("digest")
+    );
+}
+
 /// Device A on schema 2 writes a note with a colour and syncs; device B on schema 1 pulls it
 /// and holds it (a newer schema). Returns the shared log, B's database and B's id.
 async fn held_by_an_older_app() -> (
