@@ -262,7 +262,10 @@ pub struct ContinuousSync {
     /// The same for the quarantine (also retried once a fast-sync copy brought one).
     quarantine_retried: AtomicBool,
     /// The cursor this instance last acknowledged, after making it durable on this device
-    /// (0: none yet); a sync that acknowledges it again need not make it durable again.
+    /// (0: none yet); a sync that acknowledges it again need not make it durable again. Set
+    /// back to 0 before anything else moves the cursor or the subscription: after a rewind
+    /// (a log restored from a backup, a wider subscription), the same cursor may come to
+    /// stand for other entries, applied since and not yet durable.
     acked_durable: AtomicU64,
 }
 
@@ -449,10 +452,17 @@ impl ContinuousSync {
                 object! { "value" => rewound_cursor },
             )));
         }
+        self.cursor_moves();
         storage
             .execute_as(Operation::Batch { steps }, Origin::Sync)
             .await?;
         Ok(())
+    }
+
+    /// Says the cursor (or the subscription it holds for) is about to move: the cursor last
+    /// acknowledged is no longer known to be durable (see `acked_durable`).
+    fn cursor_moves(&self) {
+        self.acked_durable.store(0, Ordering::SeqCst);
     }
 
     /// Pushes, pulls and applies until caught up, then compacts the client log (up to
@@ -928,6 +938,7 @@ impl ContinuousSync {
             report.problems.append(&mut page.problems);
             let mut extra = std::mem::take(&mut page.quarantined);
             if page.next_cursor != cursor {
+                self.cursor_moves();
                 extra.push(BatchStep::new(cursor_update(page.next_cursor)));
                 // With the topics it holds for: a copy that handed over another cursor while
                 // this sync pulled is overwritten by both, or overwrites both.
@@ -1002,6 +1013,7 @@ impl ContinuousSync {
                 report
                     .problems
                     .push(rewind_problem(log_end, cursor, compacted_through));
+                self.cursor_moves();
                 self.device
                     .storage()
                     .execute_as(cursor_update(compacted_through), Origin::Sync)

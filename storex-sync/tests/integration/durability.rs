@@ -13,7 +13,7 @@ use storex_core::{
 };
 use storex_sync::{
     Clock, ContinuousOptions, ContinuousSync, DeviceId, DeviceInfo, MemorySharedLog, Pull,
-    SharedEntry, SharedResult, SharedSyncLog, SyncDevice, SyncOptions,
+    SharedEntry, SharedLogError, SharedResult, SharedSyncLog, SyncDevice, SyncOptions,
 };
 
 /// What happened, in order, to one device's database and to the shared log on its behalf.
@@ -144,12 +144,38 @@ impl Transaction for LedgerTransaction {
     }
 }
 
-/// A memory shared log that records the pushes and acknowledgements of one device.
+/// A memory shared log that records the pushes and acknowledgements of one device. It can
+/// be replaced by another, as a log's database restored from a backup is, and then stores
+/// `late` entries of another device right after it told this device its cursor is past the
+/// log's end (they land while this device pulls again).
 #[derive(Debug)]
 struct LedgerLog {
-    inner: Arc<MemorySharedLog>,
+    inner: Mutex<Arc<MemorySharedLog>>,
     device: DeviceId,
     ledger: Ledger,
+    late: Mutex<Option<(DeviceId, Vec<SharedEntry>)>>,
+}
+
+impl LedgerLog {
+    fn new(inner: Arc<MemorySharedLog>, device: DeviceId, ledger: Ledger) -> Self {
+        LedgerLog {
+            inner: Mutex::new(inner),
+            device,
+            ledger,
+            late: Mutex::new(None),
+        }
+    }
+
+    fn inner(&self) -> Arc<MemorySharedLog> {
+        self.inner.lock().expect("log").clone()
+    }
+
+    /// From now on the log is `restored`, which stores `late` (of `device`) once it told this
+    /// log's device that its cursor is past the end.
+    fn restore(&self, restored: Arc<MemorySharedLog>, device: DeviceId, late: Vec<SharedEntry>) {
+        *self.inner.lock().expect("log") = restored;
+        *self.late.lock().expect("late") = Some((device, late));
+    }
 }
 
 impl SharedSyncLog for LedgerLog {
@@ -162,11 +188,11 @@ impl SharedSyncLog for LedgerLog {
         user: &'a str,
         device: DeviceId,
     ) -> BoxFuture<'a, SharedResult<()>> {
-        self.inner.register_device(user, device)
+        Box::pin(async move { self.inner().register_device(user, device).await })
     }
 
     fn devices(&self, device: DeviceId) -> BoxFuture<'_, SharedResult<Vec<DeviceInfo>>> {
-        self.inner.devices(device)
+        Box::pin(async move { self.inner().devices(device).await })
     }
 
     fn push(
@@ -177,7 +203,7 @@ impl SharedSyncLog for LedgerLog {
         if device == self.device {
             record(&self.ledger, Event::Push);
         }
-        self.inner.push(device, entries)
+        Box::pin(async move { self.inner().push(device, entries).await })
     }
 
     fn pull<'a>(
@@ -187,18 +213,28 @@ impl SharedSyncLog for LedgerLog {
         limit: usize,
         topics: Option<&'a [String]>,
     ) -> BoxFuture<'a, SharedResult<Pull>> {
-        self.inner.pull(device, cursor, limit, topics)
+        Box::pin(async move {
+            let log = self.inner();
+            let pulled = log.pull(device, cursor, limit, topics).await;
+            if let Err(SharedLogError::CursorAhead { .. }) = &pulled {
+                let late = self.late.lock().expect("late").take();
+                if let Some((other, entries)) = late {
+                    log.push(other, entries).await?;
+                }
+            }
+            pulled
+        })
     }
 
     fn ack(&self, device: DeviceId, cursor: u64) -> BoxFuture<'_, SharedResult<()>> {
         if device == self.device {
             record(&self.ledger, Event::Ack);
         }
-        self.inner.ack(device, cursor)
+        Box::pin(async move { self.inner().ack(device, cursor).await })
     }
 
     fn compact<'a>(&'a self, user: &'a str) -> BoxFuture<'a, SharedResult<u64>> {
-        self.inner.compact(user)
+        Box::pin(async move { self.inner().compact(user).await })
     }
 }
 
@@ -242,11 +278,7 @@ async fn a_sync_makes_the_database_durable_before_each_push_and_before_an_acknow
     let other = device(Arc::new(MemoryBackend::new()), &shared, shared.clone()).await;
     let here_id = shared.create_device("ann").await.expect("register");
     let here = {
-        let log = Arc::new(LedgerLog {
-            inner: shared.clone(),
-            device: here_id,
-            ledger: ledger.clone(),
-        });
+        let log = Arc::new(LedgerLog::new(shared.clone(), here_id, ledger.clone()));
         let device = SyncDevice::open(
             registry(),
             backend,
@@ -297,6 +329,90 @@ async fn a_sync_makes_the_database_durable_before_each_push_and_before_an_acknow
     here.sync_once().await.expect("an idle sync");
     let events = ledger.lock().expect("ledger").clone();
     assert!(!events.contains(&Event::Durable), "{events:?}");
+}
+
+#[tokio::test]
+async fn a_sync_that_pulled_again_from_a_restored_log_makes_the_database_durable_before_its_acknowledgement(
+) {
+    let note = |id: &str| object! { "id" => id, "title" => "written there" };
+    let pull_as = |log: Arc<MemorySharedLog>, device: DeviceId| async move {
+        let pull = log.pull(device, 0, 100, None).await.expect("pull");
+        pull.entries
+            .into_iter()
+            .map(|p| p.entry)
+            .collect::<Vec<_>>()
+    };
+    let shared = Arc::new(MemorySharedLog::new());
+    let ledger = Ledger::default();
+    let other = device(Arc::new(MemoryBackend::new()), &shared, shared.clone()).await;
+    let other_id = other.device().device();
+    let here_id = shared.create_device("ann").await.expect("register");
+    let log = Arc::new(LedgerLog::new(shared.clone(), here_id, ledger.clone()));
+    let here = ContinuousSync::new(
+        SyncDevice::open(
+            registry(),
+            Arc::new(LedgerBackend {
+                inner: MemoryBackend::new(),
+                ledger: ledger.clone(),
+            }),
+            Clock::new(here_id),
+            SyncOptions::default(),
+        )
+        .await
+        .expect("device"),
+        log.clone(),
+        ContinuousOptions::default(),
+    );
+    // Two notes from the other device: this one pulls them and acknowledges cursor 2.
+    for id in ["one", "two"] {
+        let storage = other.device().storage();
+        storage.create("note", note(id)).await.expect("write");
+    }
+    other.sync_once().await.expect("the other pushes");
+    assert_eq!(here.sync_once().await.expect("sync").cursor, 2);
+    // The other device writes two more notes; the log's database is then restored from a
+    // backup that has only the first of them (end 1, behind this device's cursor), and the
+    // second lands while this device pulls again: both take the cursors it had acknowledged.
+    let staging = Arc::new(MemorySharedLog::new());
+    let onlooker = staging.create_device("ann").await.expect("onlooker");
+    staging
+        .register_device("ann", other_id)
+        .await
+        .expect("other");
+    let other_staged = ContinuousSync::new(
+        other.device().clone(),
+        staging.clone(),
+        ContinuousOptions::default(),
+    );
+    for id in ["three", "four"] {
+        let storage = other.device().storage();
+        storage.create("note", note(id)).await.expect("write");
+    }
+    other_staged.sync_once().await.expect("the other pushes");
+    let mut written = pull_as(staging, onlooker).await;
+    assert_eq!(written.len(), 2);
+    let late = written.split_off(1);
+    let restored = Arc::new(MemorySharedLog::new());
+    for device in [other_id, here_id] {
+        restored
+            .register_device("ann", device)
+            .await
+            .expect("register");
+    }
+    restored.push(other_id, written).await.expect("backup");
+    log.restore(restored, other_id, late);
+    ledger.lock().expect("ledger").clear();
+
+    let report = here.sync_once().await.expect("sync");
+    assert_eq!((report.cursor, report.applied), (2, 2), "{report:?}");
+    let mut events = ledger.lock().expect("ledger").clone();
+    events.retain(|event| *event != Event::Snapshot);
+    assert_eq!(
+        preceded_by(&events, Event::Ack),
+        [Some(Event::Durable)],
+        "the notes applied since were not made durable before cursor 2 was acknowledged \
+         again: {events:?}"
+    );
 }
 
 #[tokio::test]
