@@ -263,9 +263,10 @@ pub struct ContinuousSync {
     quarantine_retried: AtomicBool,
     /// The cursor this instance last acknowledged, after making it durable on this device
     /// (0: none yet); a sync that acknowledges it again need not make it durable again. Set
-    /// back to 0 before anything else moves the cursor or the subscription: after a rewind
+    /// back to 0 before this instance moves the cursor or the subscription: after a rewind
     /// (a log restored from a backup, a wider subscription), the same cursor may come to
-    /// stand for other entries, applied since and not yet durable.
+    /// stand for other entries, applied since and not yet durable. (A fast-sync copy into
+    /// the device moves the cursor only forward, past any this instance acknowledged.)
     acked_durable: AtomicU64,
 }
 

@@ -2,9 +2,9 @@
 //! gives out cursors when a push starts and shows the push's entries only when it ends, as a
 //! log that takes cursors from a sequence before its transaction commits. A reader pulling
 //! meanwhile moves past a push still under way and never sees it. The suite's check of
-//! concurrent pushers must name that. Another gives up a compaction whenever a push is under
-//! way, as a log whose compaction mark keeps losing a race with pushes would: the suite's
-//! check of compaction while pushes land must name that.
+//! concurrent pushers must name that. Another fails a compaction whenever a push is under
+//! way, as a log whose compaction mark keeps losing its race with pushes, and gives up, would:
+//! the suite's check of compaction while pushes land must name that.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
