@@ -39,7 +39,7 @@ fn record(ledger: &Ledger, event: Event) {
 }
 
 /// Whether `op` writes the app's data (the `note` collection).
-fn writes_notes(op: &Operation) -> bool {
+pub(crate) fn writes_notes(op: &Operation) -> bool {
     match op {
         Operation::Batch { steps } => steps.iter().any(|step| writes_notes(&step.operation)),
         op => op.is_write() && op.collection() == Some("note"),

@@ -311,13 +311,9 @@ impl storex_core::Middleware for StallNotes {
         op: storex_core::Operation,
         next: storex_core::Next<'a>,
     ) -> storex_core::BoxFuture<'a, storex_core::Result<storex_core::Outcome>> {
-        let writes_notes = match &op {
-            storex_core::Operation::Batch { steps } => steps
-                .iter()
-                .any(|step| step.operation.collection() == Some("note")),
-            op => op.is_write() && op.collection() == Some("note"),
-        };
-        if writes_notes && self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+        if crate::durability::writes_notes(&op)
+            && self.armed.load(std::sync::atomic::Ordering::SeqCst)
+        {
             self.stalled.notify_one();
             return Box::pin(std::future::pending());
         }
