@@ -46,6 +46,30 @@ pub(crate) fn writes_notes(op: &Operation) -> bool {
     }
 }
 
+/// Once armed, stalls every write to `note`: an apply that never ends, until the caller
+/// gives up on it; `stalled` is told when one does.
+#[derive(Debug, Default)]
+pub(crate) struct StallNotes {
+    /// Whether writes to `note` stall.
+    pub(crate) armed: std::sync::atomic::AtomicBool,
+    /// Told when a write stalls.
+    pub(crate) stalled: tokio::sync::Notify,
+}
+
+impl storex_core::Middleware for StallNotes {
+    fn process<'a>(
+        &'a self,
+        op: storex_core::Operation,
+        next: storex_core::Next<'a>,
+    ) -> storex_core::BoxFuture<'a, storex_core::Result<storex_core::Outcome>> {
+        if writes_notes(&op) && self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            self.stalled.notify_one();
+            return Box::pin(std::future::pending());
+        }
+        next.run(op)
+    }
+}
+
 /// A memory backend that records its committed writes of notes and when it was made durable.
 #[derive(Debug)]
 struct LedgerBackend {

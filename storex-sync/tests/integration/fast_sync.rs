@@ -764,6 +764,49 @@ async fn payloads_the_sender_could_not_open_go_with_its_cursor() {
     assert_eq!(quarantined, 0, "what opened left the quarantine");
 }
 
+#[tokio::test]
+async fn payloads_a_copy_brought_are_opened_by_the_sync_after_one_stopped_while_opening_them() {
+    use std::sync::atomic::Ordering;
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let key = [7u8; 32];
+    let sealed = ContinuousOptions::default().with_encryption_key(key);
+    let writer = engine(&fx, &log, "writer", sealed.clone()).await;
+    let old = engine(&fx, &log, "old", ContinuousOptions::default()).await;
+    // The new device has the key, and its sync has run once already: what it had set aside
+    // at its start has been tried.
+    let stall = Arc::new(crate::durability::StallNotes::default());
+    let new_id = log.create_device("ann").await.expect("device");
+    let backend: Arc<dyn StorageBackend> = Arc::new(
+        SeaOrmBackend::open_sqlite_file(fx.dir.path().join("new.db"))
+            .await
+            .expect("open"),
+    );
+    let options = SyncOptions::default()
+        .exclude("draft")
+        .with_middleware(stall.clone());
+    let new_device = SyncDevice::open(registry(), backend, Clock::new(new_id), options)
+        .await
+        .expect("device");
+    let new = ContinuousSync::new(new_device, log.clone(), sealed);
+    new.sync_once().await.expect("first sync");
+    push_note(&writer, "sealed").await;
+    assert_eq!(old.sync_once().await.expect("pull").quarantined, 1);
+    copy_with(&old, &new, &small_batches()).await;
+    // The sync that opens the payload the copy brought is stopped midway (a background
+    // sync's timeout, say).
+    stall.armed.store(true, Ordering::SeqCst);
+    tokio::select! {
+        () = stall.stalled.notified() => {}
+        finished = new.sync_once() => panic!("opening the payload did not stall: {finished:?}"),
+    }
+    // The next sync of the same engine, never restarted, opens it.
+    stall.armed.store(false, Ordering::SeqCst);
+    let report = new.sync_once().await.expect("sync");
+    assert_eq!((report.released, report.integrated), (1, 1), "{report:?}");
+    assert_agree(&new, &writer, "note").await;
+}
+
 /// A copy from `old` into `new` that breaks off after some packages; returns its sender,
 /// which resumes it on a new channel.
 async fn cut_copy(old: &SyncDevice, new: &SyncDevice, options: &FastSyncOptions) -> SnapshotSender {

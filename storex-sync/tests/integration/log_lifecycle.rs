@@ -297,30 +297,6 @@ async fn continuous_sync_applies_an_entry_held_for_clock_drift_once_the_clock_ca
     );
 }
 
-/// Once armed, stalls every write to `note`: an apply that never ends, until the caller
-/// gives up on it; `stalled` is told when one does.
-#[derive(Debug, Default)]
-struct StallNotes {
-    armed: std::sync::atomic::AtomicBool,
-    stalled: tokio::sync::Notify,
-}
-
-impl storex_core::Middleware for StallNotes {
-    fn process<'a>(
-        &'a self,
-        op: storex_core::Operation,
-        next: storex_core::Next<'a>,
-    ) -> storex_core::BoxFuture<'a, storex_core::Result<storex_core::Outcome>> {
-        if crate::durability::writes_notes(&op)
-            && self.armed.load(std::sync::atomic::Ordering::SeqCst)
-        {
-            self.stalled.notify_one();
-            return Box::pin(std::future::pending());
-        }
-        next.run(op)
-    }
-}
-
 #[tokio::test]
 async fn an_entry_held_for_clock_drift_is_applied_by_the_sync_after_one_stopped_while_retrying_it()
 {
@@ -335,7 +311,7 @@ async fn an_entry_held_for_clock_drift_is_applied_by_the_sync_after_one_stopped_
     let a_clock = Clock::with_wall_clock(a_id, ManualClock::new(base + 2 * 3_600_000));
     let a = engine_on(&shared, 1, Arc::new(MemoryBackend::new()), a_clock).await;
     let b_wall = ManualClock::new(base);
-    let stall = Arc::new(StallNotes::default());
+    let stall = Arc::new(crate::durability::StallNotes::default());
     let b_device = SyncDevice::open(
         registry(1),
         Arc::new(MemoryBackend::new()),
