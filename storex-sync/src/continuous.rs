@@ -169,6 +169,33 @@ fn cursor_update(cursor: u64) -> Operation {
 }
 
 /// The problem a sync reports when the shared log ends before the device's cursor.
+/// Says in `report` that a fast-sync copy into this device has not finished.
+fn waiting_for_copy(report: &mut SyncReport) {
+    report.waiting_for_copy = true;
+    report.problems.push(
+        "a fast-sync copy into this device has not finished: nothing is pulled until it has \
+         (or `SyncDevice::abandon_transfers` gives it up)"
+            .to_owned(),
+    );
+}
+
+/// Takes what applying a pulled page did into `report`; true if it gave way to a fast-sync
+/// copy into this device that began meanwhile (the page's cursor is not stored: it is
+/// pulled again once the copy is done).
+fn gave_way(integrated: Result<crate::IntegrationReport>, report: &mut SyncReport) -> Result<bool> {
+    match integrated {
+        Ok(done) => {
+            report.absorb_integration(&done);
+            Ok(false)
+        }
+        Err(Error::CopyUnfinished) => {
+            waiting_for_copy(report);
+            Ok(true)
+        }
+        Err(error) => Err(error),
+    }
+}
+
 fn rewind_problem(log_end: u64, cursor: u64, compacted_through: u64) -> String {
     format!(
         "the shared log ends at cursor {log_end}, before this device's cursor {cursor} (was it \
@@ -599,7 +626,7 @@ impl ContinuousSync {
             }
             if !entries.is_empty() {
                 let leave = delete_ids_steps(QUARANTINE_COLLECTION, &released);
-                let integrated = self.device.integrate_with(entries, leave).await?;
+                let integrated = self.device.integrate_after_copies(entries, leave).await?;
                 report.absorb_integration(&integrated);
                 report.released += released.len() as u64;
             }
@@ -905,12 +932,7 @@ impl ContinuousSync {
     async fn copy_unfinished(&self, report: &mut SyncReport) -> Result<bool> {
         let unfinished = self.device.unfinished_copy().await?;
         if unfinished {
-            report.waiting_for_copy = true;
-            report.problems.push(
-                "a fast-sync copy into this device has not finished: nothing is pulled until \
-                 it has (or `SyncDevice::abandon_transfers` gives it up)"
-                    .to_owned(),
-            );
+            waiting_for_copy(report);
         }
         Ok(unfinished)
     }
@@ -950,7 +972,9 @@ impl ContinuousSync {
                 )));
             }
             let entries = std::mem::take(&mut page.entries);
-            let integrating = self.device.integrate_with(entries, extra);
+            // Refused if a copy began since the check above (asked again under the lock the
+            // copy begins by): the page waits too.
+            let integrating = self.device.integrate_after_copies(entries, extra);
             // The next page is pulled (and decoded) while this one is applied: pulling only
             // reads, so a page applied or not, the next starts at this one's end. If applying
             // fails, the sync ends at once and the read is dropped.
@@ -964,13 +988,19 @@ impl ContinuousSync {
                         next = &mut pulling, if pulled.is_none() => pulled = Some(next),
                     }
                 };
-                report.absorb_integration(&integrated?);
+                if gave_way(integrated, report)? {
+                    held_back = true;
+                    break;
+                }
                 Some(match pulled {
                     Some(next) => next,
                     None => pulling.await,
                 })
             } else {
-                report.absorb_integration(&integrating.await?);
+                if gave_way(integrating.await, report)? {
+                    held_back = true;
+                    break;
+                }
                 None
             };
             cursor = page.next_cursor;

@@ -79,6 +79,18 @@ struct Planned {
 }
 
 /// How one attempt to apply entries in one transaction ended.
+/// How a part of received entries is applied.
+#[derive(Clone, Copy, Debug, Default)]
+struct Manner {
+    /// The entries are held ones, already in the log: marked integrated, not inserted.
+    stored: bool,
+    /// They are a part of a batch that failed (so their attempt read after that batch's).
+    halved: bool,
+    /// They give way to a fast-sync copy into this device that began and has not finished:
+    /// refused with [`crate::Error::CopyUnfinished`], as continuous sync's are.
+    after_copies: bool,
+}
+
 enum Attempt {
     Applied(IntegrationReport),
     /// The database refused the batch; the transaction was rolled back.
@@ -376,7 +388,24 @@ impl SyncDevice {
         entries: Vec<LogEntry>,
         extra: Vec<BatchStep>,
     ) -> Result<IntegrationReport> {
-        self.integrate_parts(entries, extra, false, false).await
+        self.integrate_parts(entries, extra, Manner::default())
+            .await
+    }
+
+    /// [`SyncDevice::integrate_with`] for continuous sync: refused with
+    /// [`crate::Error::CopyUnfinished`] (nothing of the part refused applied) while a
+    /// fast-sync copy into this device is unfinished, which is asked inside the transaction
+    /// that applies, under the write-order lock a copy takes to begin.
+    pub(crate) async fn integrate_after_copies(
+        &self,
+        entries: Vec<LogEntry>,
+        extra: Vec<BatchStep>,
+    ) -> Result<IntegrationReport> {
+        let manner = Manner {
+            after_copies: true,
+            ..Manner::default()
+        };
+        self.integrate_parts(entries, extra, manner).await
     }
 
     /// Whether a fast-sync copy into this device (one that had no data of its own) has begun
@@ -422,6 +451,9 @@ impl SyncDevice {
     /// They are read and applied a page at a time in timestamp order (which follows
     /// causality), so that a device holding many (an app left on an old version while the
     /// others wrote with a newer schema) does not read them all at once.
+    ///
+    /// While a fast-sync copy into this device is unfinished it fails with
+    /// [`crate::Error::CopyUnfinished`]: the copy would pass over the objects they touch.
     pub async fn retry_held(&self) -> Result<IntegrationReport> {
         self.retry_held_in_pages(RETRY_PAGE).await
     }
@@ -432,8 +464,13 @@ impl SyncDevice {
         let mut after: Option<String> = None;
         loop {
             let (held, next) = self.log.held_page(after.as_deref(), page).await?;
+            let manner = Manner {
+                stored: true,
+                after_copies: true,
+                halved: false,
+            };
             let done = self
-                .integrate_parts(held.entries, Vec::new(), true, false)
+                .integrate_parts(held.entries, Vec::new(), manner)
                 .await?;
             report.absorb(done);
             report.damaged.extend(held.damaged);
@@ -444,19 +481,17 @@ impl SyncDevice {
         }
     }
 
-    /// Applies `entries` (with `extra`) in one transaction, or, if applying fails, in halves.
-    /// `stored` says the entries are held ones already in the log; `halved`, that they are a
-    /// part of a batch that failed (so their attempt read after that batch's).
+    /// Applies `entries` (with `extra`) in one transaction, or, if applying fails, in halves
+    /// (each applied in the same `manner`, but halved).
     fn integrate_parts(
         &self,
         entries: Vec<LogEntry>,
         extra: Vec<BatchStep>,
-        stored: bool,
-        halved: bool,
+        manner: Manner,
     ) -> BoxFuture<'_, Result<IntegrationReport>> {
         Box::pin(async move {
             let (mut entries, duplicates, error) =
-                match self.attempt(entries, extra.clone(), stored).await? {
+                match self.attempt(entries, extra.clone(), manner).await? {
                     Attempt::Applied(report) => return Ok(report),
                     Attempt::ApplyFailed {
                         entries,
@@ -472,6 +507,10 @@ impl SyncDevice {
                 duplicates,
                 ..IntegrationReport::default()
             };
+            let halves = Manner {
+                halved: true,
+                ..manner
+            };
             match entries.len() {
                 0 => return Err(error),
                 // One entry that came alone: its attempt may have read before a transaction
@@ -479,35 +518,36 @@ impl SyncDevice {
                 // same key, which the attempt's snapshot did not show, so it was not
                 // reconciled with). Once more, as the halves of a larger batch are tried: a
                 // fresh attempt sees it.
-                1 if !halved => {
-                    report.absorb(self.integrate_parts(entries, extra, stored, true).await?);
+                1 if !manner.halved => {
+                    report.absorb(self.integrate_parts(entries, extra, halves).await?);
                 }
                 1 => {
                     let entry = entries.remove(0);
+                    let stored = manner.stored;
                     report.absorb(self.hold_failed(entry, &error, extra, stored).await?);
                 }
                 n => {
                     let second = entries.split_off(n / 2);
-                    let first = self.integrate_parts(entries, Vec::new(), stored, true);
+                    let first = self.integrate_parts(entries, Vec::new(), halves);
                     report.absorb(first.await?);
-                    report.absorb(self.integrate_parts(second, extra, stored, true).await?);
+                    report.absorb(self.integrate_parts(second, extra, halves).await?);
                 }
             }
             Ok(report)
         })
     }
 
-    /// One transaction: leaves out the entries the log has (unless `stored`), reconciles the
-    /// rest and applies the result with `extra`.
+    /// One transaction: leaves out the entries the log has (unless they are `stored`),
+    /// reconciles the rest and applies the result with `extra`.
     async fn attempt(
         &self,
         entries: Vec<LogEntry>,
         extra: Vec<BatchStep>,
-        stored: bool,
+        manner: Manner,
     ) -> Result<Attempt> {
         // Before the transaction: an app write holds this lock while it waits for its own.
         self.write_order
-            .hold(self.attempt_holding_order(entries, extra, stored))
+            .hold(self.attempt_holding_order(entries, extra, manner))
             .await?
     }
 
@@ -515,13 +555,20 @@ impl SyncDevice {
         &self,
         entries: Vec<LogEntry>,
         extra: Vec<BatchStep>,
-        stored: bool,
+        manner: Manner,
     ) -> Result<Attempt> {
+        let stored = manner.stored;
         // Isolated from the app's transactions still open: a write of one that this
         // transaction cannot see is not overwritten (on PostgreSQL this attempt fails instead,
         // and the entries are tried again on the next sync).
         let tx = self.storage.begin_isolated().await?;
         let exec = Exec::Transaction(&tx);
+        // A copy into this device decides, under this lock, whether the device has data of
+        // its own; one that decided it had none passes over the rows applied here after.
+        if manner.after_copies && crate::fast_sync::receiver::unfinished_copy_in(exec).await? {
+            tx.rollback().await?;
+            return Err(crate::Error::CopyUnfinished);
+        }
         // Reconciling compares with this device's own entries: all of them.
         index_journal(exec, self.storage.registry()).await?;
         let received = entries.len() as u64;

@@ -61,6 +61,12 @@ pub enum Error {
         /// The name excluded.
         collection: String,
     },
+    /// A fast-sync copy into this device began and has not finished: received changes are
+    /// not applied beside it (the copy would pass over the objects they touch). Continuous
+    /// sync waits for it ([`crate::SyncReport::waiting_for_copy`]); the copy finishes when
+    /// resumed, or is given up with [`crate::SyncDevice::abandon_transfers`].
+    #[error("a fast-sync copy into this device has not finished: received changes wait for it (resume it, or give it up with `SyncDevice::abandon_transfers`)")]
+    CopyUnfinished,
     /// A timestamp's text form cannot be parsed.
     #[error("`{text}` is not a hybrid logical clock timestamp")]
     BadTimestamp {

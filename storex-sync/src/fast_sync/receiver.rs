@@ -84,10 +84,12 @@ fn state_of(row: &Object) -> Option<SessionState> {
 /// begun and not finished: a change applied meanwhile to an object whose row the copy brings
 /// later would be passed over by that row (see `ContinuousSync::sync_once`).
 pub(crate) async fn unfinished_copy(device: &SyncDevice) -> Result<bool> {
-    let rows = device
-        .storage()
-        .find_many(TRANSFER_COLLECTION, Query::default())
-        .await?;
+    unfinished_copy_in(Exec::Storage(device.storage())).await
+}
+
+/// [`unfinished_copy`], read through `exec` (inside a transaction, say).
+pub(crate) async fn unfinished_copy_in(exec: Exec<'_>) -> Result<bool> {
+    let rows = exec.find(TRANSFER_COLLECTION, Query::default()).await?;
     Ok(rows
         .iter()
         .any(|row| state_of(row).is_some_and(|state| !state.merge)))
@@ -224,6 +226,12 @@ async fn read_hello(channel: &mut dyn FastSyncChannel, options: &FastSyncOptions
 
 /// Receives a snapshot over `channel` into `device`; resumes a session the same sender
 /// started before.
+///
+/// A copy into a device with no data of its own stores its progress as it begins, and
+/// continuous sync applies nothing beside it until it is done. One that fails before its
+/// first batch forgets it; one dropped midway (a timeout around it, its task aborted) cannot,
+/// so the device waits for the copy until the same sender resumes it or
+/// [`SyncDevice::abandon_transfers`] gives it up.
 pub async fn receive_snapshot(
     device: &SyncDevice,
     channel: &mut dyn FastSyncChannel,
@@ -352,10 +360,12 @@ async fn receive_offered(
     let resume_after = stored.as_ref().and_then(SessionState::resumes_after);
     let mut state = match stored {
         Some(state) => state,
-        None => SessionState {
-            merge: has_data(device, &collections).await?,
-            ..SessionState::default()
-        },
+        None => {
+            let beginning = begin_session(device, session, &collections);
+            let (state, started) = device.log().write_order().hold(beginning).await??;
+            row_stored = started;
+            state
+        }
     };
     let mut report = TransferReport {
         resumed_after: resume_after,
@@ -365,14 +375,6 @@ async fn receive_offered(
     // The sender's quarantine, asked for: it comes last.
     if quarantined > 0 {
         collections.push(quarantine_info(device, quarantined)?);
-    }
-    if !row_stored && !state.merge {
-        // A copy into a fresh device has begun: from now until it is done (or given up), its
-        // continuous sync pulls nothing (`unfinished_copy`), as a change applied to an object
-        // before the copy's batch of it would be passed over by the sender's row.
-        let step = progress_step(session, &state, true);
-        run_alone(device, step.operation).await?;
-        row_stored = true;
     }
     let ready = Package::Ready {
         resume_after,
@@ -734,10 +736,40 @@ fn progress_step(session: Uuid, state: &SessionState, first: bool) -> BatchStep 
     })
 }
 
+/// The state of a session new on this device, for a caller holding its write-order lock;
+/// and whether it stored it. It merges with what the device has, if it has data of its own.
+/// If not, a copy into a fresh device begins: its progress is stored at once, and from then
+/// until the copy is done (or given up) continuous sync applies nothing (`unfinished_copy`),
+/// as a change applied to an object before the copy's batch of it would be passed over by
+/// the sender's row. Under the lock continuous sync applies by: either what it applied is
+/// seen here (and merged with), or the progress stored here is seen there.
+async fn begin_session(
+    device: &SyncDevice,
+    session: Uuid,
+    collections: &[CollectionInfo],
+) -> Result<(SessionState, bool)> {
+    let state = SessionState {
+        merge: has_data(device, collections).await?,
+        ..SessionState::default()
+    };
+    if state.merge {
+        return Ok((state, false));
+    }
+    let step = progress_step(session, &state, true);
+    run_alone(device, step.operation).await?;
+    Ok((state, true))
+}
+
 /// Whether the device holds any object of the offered app collections, or any log entry
-/// (a device whose objects were all deleted still knows those deletes).
+/// (a device whose objects were all deleted still knows those deletes), for a caller
+/// holding its write-order lock.
 async fn has_data(device: &SyncDevice, collections: &[CollectionInfo]) -> Result<bool> {
-    if !device.log().is_empty().await?
+    device.log().index_journal_holding_order().await?;
+    if device
+        .storage()
+        .count(LOG_COLLECTION, Filter::all())
+        .await?
+        > 0
         || device
             .storage()
             .count(VERSIONS_COLLECTION, Filter::all())

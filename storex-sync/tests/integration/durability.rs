@@ -46,27 +46,84 @@ pub(crate) fn writes_notes(op: &Operation) -> bool {
     }
 }
 
-/// Once armed, stalls every write to `note`: an apply that never ends, until the caller
-/// gives up on it; `stalled` is told when one does.
-#[derive(Debug, Default)]
-pub(crate) struct StallNotes {
-    /// Whether writes to `note` stall.
+/// Once armed, stalls every operation `what` picks (writes to `note`, for
+/// [`Stall::notes`]), before it runs or once it has ([`Stall::after_running`]), until
+/// `release` is told (never, for one the caller gives up on); `stalled` is told when one
+/// stalls. The first `passing` of them go through.
+#[derive(Debug)]
+pub(crate) struct Stall {
+    /// Whether the operations stall.
     pub(crate) armed: std::sync::atomic::AtomicBool,
-    /// Told when a write stalls.
+    /// Told when one stalls.
     pub(crate) stalled: tokio::sync::Notify,
+    /// Lets the stalled one go on, once told.
+    pub(crate) release: tokio::sync::Notify,
+    /// How many of them go through before they stall.
+    pub(crate) passing: std::sync::atomic::AtomicUsize,
+    what: fn(&Operation) -> bool,
+    after: bool,
 }
 
-impl storex_core::Middleware for StallNotes {
+impl Stall {
+    /// Stalls the operations `what` picks, once armed.
+    pub(crate) fn new(what: fn(&Operation) -> bool) -> Self {
+        Stall {
+            armed: std::sync::atomic::AtomicBool::new(false),
+            stalled: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+            passing: std::sync::atomic::AtomicUsize::new(0),
+            what,
+            after: false,
+        }
+    }
+
+    /// Stalls the operations `what` picks once they have run (what they read is read
+    /// before the stall), once armed.
+    pub(crate) fn after_running(what: fn(&Operation) -> bool) -> Self {
+        Stall {
+            after: true,
+            ..Stall::new(what)
+        }
+    }
+
+    /// Whether `op` stalls (counting it among those that go through, if it does not).
+    fn stalls(&self, op: &Operation) -> bool {
+        use std::sync::atomic::Ordering;
+        if !(self.what)(op) || !self.armed.load(Ordering::SeqCst) {
+            return false;
+        }
+        let passed = self
+            .passing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        passed.is_err()
+    }
+
+    /// Stalls writes to `note`, once armed: an apply that waits.
+    pub(crate) fn notes() -> Self {
+        Stall::new(writes_notes)
+    }
+}
+
+impl storex_core::Middleware for Stall {
     fn process<'a>(
         &'a self,
         op: storex_core::Operation,
         next: storex_core::Next<'a>,
     ) -> storex_core::BoxFuture<'a, storex_core::Result<storex_core::Outcome>> {
-        if writes_notes(&op) && self.armed.load(std::sync::atomic::Ordering::SeqCst) {
-            self.stalled.notify_one();
-            return Box::pin(std::future::pending());
+        if !self.stalls(&op) {
+            return next.run(op);
         }
-        next.run(op)
+        Box::pin(async move {
+            if self.after {
+                let outcome = next.run(op).await;
+                self.stalled.notify_one();
+                self.release.notified().await;
+                return outcome;
+            }
+            self.stalled.notify_one();
+            self.release.notified().await;
+            next.run(op).await
+        })
     }
 }
 

@@ -419,6 +419,30 @@ async fn engine(
     ContinuousSync::new(fx.device(name, id).await, log.clone(), options)
 }
 
+/// [`engine`] on a device whose operations `stalls` can hold up.
+async fn engine_stalling(
+    fx: &Fixture,
+    log: &Arc<dyn SharedSyncLog>,
+    name: &str,
+    options: ContinuousOptions,
+    stalls: &[&Arc<crate::durability::Stall>],
+) -> ContinuousSync {
+    let id = log.create_device("ann").await.expect("device");
+    let backend: Arc<dyn StorageBackend> = Arc::new(
+        SeaOrmBackend::open_sqlite_file(fx.dir.path().join(format!("{name}.db")))
+            .await
+            .expect("open"),
+    );
+    let mut device_options = SyncOptions::default().exclude("draft");
+    for stall in stalls {
+        device_options = device_options.with_middleware(Arc::clone(*stall) as _);
+    }
+    let device = SyncDevice::open(registry(), backend, Clock::new(id), device_options)
+        .await
+        .expect("device");
+    ContinuousSync::new(device, log.clone(), options)
+}
+
 /// A copy from `from` into `to` with `options` on both sides, which both must finish:
 /// (sent, received).
 async fn copy_with(
@@ -775,20 +799,8 @@ async fn payloads_a_copy_brought_are_opened_by_the_sync_after_one_stopped_while_
     let old = engine(&fx, &log, "old", ContinuousOptions::default()).await;
     // The new device has the key, and its sync has run once already: what it had set aside
     // at its start has been tried.
-    let stall = Arc::new(crate::durability::StallNotes::default());
-    let new_id = log.create_device("ann").await.expect("device");
-    let backend: Arc<dyn StorageBackend> = Arc::new(
-        SeaOrmBackend::open_sqlite_file(fx.dir.path().join("new.db"))
-            .await
-            .expect("open"),
-    );
-    let options = SyncOptions::default()
-        .exclude("draft")
-        .with_middleware(stall.clone());
-    let new_device = SyncDevice::open(registry(), backend, Clock::new(new_id), options)
-        .await
-        .expect("device");
-    let new = ContinuousSync::new(new_device, log.clone(), sealed);
+    let stall = Arc::new(crate::durability::Stall::notes());
+    let new = engine_stalling(&fx, &log, "new", sealed, &[&stall]).await;
     new.sync_once().await.expect("first sync");
     push_note(&writer, "sealed").await;
     assert_eq!(old.sync_once().await.expect("pull").quarantined, 1);
@@ -805,6 +817,185 @@ async fn payloads_a_copy_brought_are_opened_by_the_sync_after_one_stopped_while_
     let report = new.sync_once().await.expect("sync");
     assert_eq!((report.released, report.integrated), (1, 1), "{report:?}");
     assert_agree(&new, &writer, "note").await;
+}
+
+#[tokio::test]
+async fn a_copy_that_begins_while_the_first_pull_applies_does_not_pass_over_what_it_applied() {
+    use crate::durability::Stall;
+    use std::sync::atomic::Ordering;
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let old = engine(&fx, &log, "old", ContinuousOptions::default()).await;
+    // A note, pushed, then a change of it, not pushed yet.
+    let storage = old.device().storage();
+    let id = storage
+        .create("note", object! { "title" => "first" })
+        .await
+        .expect("create");
+    old.sync_once().await.expect("push");
+    storage
+        .update_by_pk("note", id.clone(), object! { "title" => "second" })
+        .await
+        .expect("update");
+    // The new device, empty, starts a copy from the old one and its sync together, as an
+    // app's first launch may. The copy, asking whether the device has data of its own, is
+    // held up once it has read the (empty) log, and the sync pulls the note as created and
+    // applies it meanwhile (held up until the copy has decided).
+    let counts_versions = |op: &Operation| matches!(op, Operation::Count { collection, .. } if collection == storex_sync::VERSIONS_COLLECTION);
+    let asking = Arc::new(Stall::new(counts_versions));
+    let applying = Arc::new(Stall::notes());
+    let plain = ContinuousOptions::default();
+    let new = engine_stalling(&fx, &log, "new", plain, &[&asking, &applying]).await;
+    asking.armed.store(true, Ordering::SeqCst);
+    applying.armed.store(true, Ordering::SeqCst);
+    let options = small_batches();
+    let (began_tx, began_rx) = tokio::sync::oneshot::channel();
+    let releasing = async {
+        asking.stalled.notified().await;
+        began_tx.send(()).expect("the sync waits");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        asking.armed.store(false, Ordering::SeqCst);
+        asking.release.notify_one();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        applying.armed.store(false, Ordering::SeqCst);
+        applying.release.notify_one();
+    };
+    let syncing = async {
+        began_rx.await.expect("the copy began");
+        new.sync_once().await
+    };
+    let copying = transfer(old.device(), new.device(), &options, &options);
+    let ((), synced, (sent, received)) = tokio::join!(releasing, syncing, copying);
+    synced.expect("sync");
+    sent.expect("send");
+    received.expect("receive");
+    // The change comes through the shared log too.
+    old.sync_once().await.expect("push");
+    new.sync_once().await.expect("sync again");
+    let note = new
+        .device()
+        .storage()
+        .find_by_pk("note", id)
+        .await
+        .expect("find")
+        .expect("the note");
+    assert_eq!(note["title"], Value::from("second"));
+    assert_agree(&new, &old, "note").await;
+}
+
+#[tokio::test]
+async fn a_copy_that_begins_after_the_sync_checked_for_one_holds_back_the_page_it_pulled() {
+    use crate::durability::Stall;
+    use std::sync::atomic::Ordering;
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let old = engine(&fx, &log, "old", ContinuousOptions::default()).await;
+    // A note, pushed, then a change of it, not pushed yet.
+    let storage = old.device().storage();
+    let id = storage
+        .create("note", object! { "title" => "first" })
+        .await
+        .expect("create");
+    old.sync_once().await.expect("push");
+    storage
+        .update_by_pk("note", id.clone(), object! { "title" => "second" })
+        .await
+        .expect("update");
+    // The new device's sync pulls the note as created, and checks that no copy into the
+    // device has begun (the second check of a sync, after the page came): none has. Held up
+    // there, it applies the page only once a copy from the old device has begun (and
+    // stopped before its first batch).
+    let reads_transfers = |op: &Operation| {
+        matches!(op, Operation::FindMany { collection, .. }
+            if collection == storex_sync::TRANSFER_COLLECTION)
+    };
+    let checking = Arc::new(Stall::after_running(reads_transfers));
+    checking.passing.store(1, Ordering::SeqCst);
+    checking.armed.store(true, Ordering::SeqCst);
+    let plain = ContinuousOptions::default();
+    let new = engine_stalling(&fx, &log, "new", plain, &[&checking]).await;
+    let gate = Arc::new(BatchGate::default());
+    let options = small_batches();
+    let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
+    let syncing = async {
+        let synced = new.sync_once().await;
+        synced_tx.send(()).expect("told");
+        synced
+    };
+    let copying = async {
+        checking.stalled.notified().await;
+        let mut sender = SnapshotSender::open(old.device(), options.clone())
+            .await
+            .expect("snapshot");
+        let (a, mut b) = memory_channel_pair(4);
+        let mut a = Gated {
+            inner: a,
+            gate: gate.clone(),
+        };
+        let conducting = async {
+            gate.reached.notified().await;
+            checking.armed.store(false, Ordering::SeqCst);
+            checking.release.notify_one();
+            synced_rx.await.expect("the sync ended");
+            gate.open.notify_one();
+        };
+        let (sent, received, ()) = tokio::join!(
+            sender.send(&mut a),
+            receive_snapshot(new.device(), &mut b, &options),
+            conducting
+        );
+        sender.close().await.expect("close");
+        (sent, received)
+    };
+    let (synced, (sent, received)) = tokio::join!(syncing, copying);
+    let synced = synced.expect("sync");
+    assert!(synced.waiting_for_copy, "{synced:?}");
+    sent.expect("send");
+    received.expect("receive");
+    // The change comes through the shared log too.
+    old.sync_once().await.expect("push");
+    new.sync_once().await.expect("sync again");
+    let note = new
+        .device()
+        .storage()
+        .find_by_pk("note", id)
+        .await
+        .expect("find")
+        .expect("the note");
+    assert_eq!(note["title"], Value::from("second"));
+    assert_agree(&new, &old, "note").await;
+}
+
+/// Where [`Gated`] holds the sender's first batch: `reached` is told when it does, and
+/// `open` lets it go.
+#[derive(Debug, Default)]
+struct BatchGate {
+    reached: tokio::sync::Notify,
+    open: tokio::sync::Notify,
+}
+
+/// A sender's channel that holds its first batch at `gate` (the receiver has begun the
+/// copy, and applied nothing of it).
+#[derive(Debug)]
+struct Gated {
+    inner: MemoryChannel,
+    gate: Arc<BatchGate>,
+}
+
+impl FastSyncChannel for Gated {
+    fn send(&mut self, package: Package) -> BoxFuture<'_, Result<(), ChannelError>> {
+        Box::pin(async move {
+            if matches!(package, Package::Batch { seq: 1, .. }) {
+                self.gate.reached.notify_one();
+                self.gate.open.notified().await;
+            }
+            self.inner.send(package).await
+        })
+    }
+
+    fn recv(&mut self) -> BoxFuture<'_, Result<Option<Package>, ChannelError>> {
+        self.inner.recv()
+    }
 }
 
 /// A copy from `old` into `new` that breaks off after some packages; returns its sender,

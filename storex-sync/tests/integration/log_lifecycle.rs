@@ -311,7 +311,7 @@ async fn an_entry_held_for_clock_drift_is_applied_by_the_sync_after_one_stopped_
     let a_clock = Clock::with_wall_clock(a_id, ManualClock::new(base + 2 * 3_600_000));
     let a = engine_on(&shared, 1, Arc::new(MemoryBackend::new()), a_clock).await;
     let b_wall = ManualClock::new(base);
-    let stall = Arc::new(crate::durability::StallNotes::default());
+    let stall = Arc::new(crate::durability::Stall::notes());
     let b_device = SyncDevice::open(
         registry(1),
         Arc::new(MemoryBackend::new()),
