@@ -554,12 +554,19 @@ impl SyncLoggingMiddleware {
         // Stamped and run under the write-order lock (inside a caller's transaction, that
         // transaction orders it already): received changes are applied either before, and the
         // stamps are later than what they moved the clock to, or after this write.
-        let mut outcomes = if next.in_transaction() {
-            self.in_callers_transaction(next, steps).await?
+        let written = if next.in_transaction() {
+            self.in_callers_transaction(next, steps).await
         } else {
             self.order
                 .hold(self.in_own_transaction(next, steps))
-                .await??
+                .await?
+        };
+        let mut outcomes = match written {
+            Ok(outcomes) => outcomes,
+            // A single write fails as it would without sync (`DuplicateKey`, `Refused`, ...),
+            // not as the first step of the batch it ran in.
+            Err(CoreError::BatchStep { step: 0, source }) if single => return Err(*source),
+            Err(error) => return Err(error),
         };
         if single {
             outcomes.pop().ok_or_else(|| CoreError::UnexpectedOutcome {

@@ -1239,3 +1239,35 @@ async fn a_sync_that_starts_while_a_write_is_under_way_pushes_it() {
     let report = syncing.await.expect("task").expect("sync");
     assert_eq!(report.pushed, 1, "{report:?}");
 }
+
+#[tokio::test]
+async fn a_single_write_fails_with_the_error_it_has_without_sync() {
+    let dir = tempfile::tempdir().expect("dir");
+    let d = sqlite_device(dir.path(), DeviceId::random(), SyncOptions::default()).await;
+    let storage = d.storage();
+    let id = Uuid::now_v7();
+    let notebook = object! { "id" => id, "name" => "home" };
+    storage
+        .create("notebook", notebook.clone())
+        .await
+        .expect("create");
+    let is_duplicate =
+        |e: &storex_core::Error| matches!(e, storex_core::Error::DuplicateKey { .. });
+    // In the logger's own transaction, and in the app's.
+    let again = storage.create("notebook", notebook.clone()).await;
+    assert!(again.as_ref().is_err_and(is_duplicate), "{again:?}");
+    let tx = storage.begin().await.expect("begin");
+    let again = tx
+        .execute(Operation::create("notebook", notebook.clone()))
+        .await;
+    assert!(again.as_ref().is_err_and(is_duplicate), "{again:?}");
+    tx.rollback().await.expect("rollback");
+    // A batch names the step that failed.
+    let steps = vec![BatchStep::new(Operation::create("notebook", notebook))];
+    let batch = storage.execute(Operation::Batch { steps }).await;
+    assert!(
+        matches!(&batch, Err(storex_core::Error::BatchStep { step: 0, source }) if is_duplicate(source)),
+        "{batch:?}"
+    );
+    assert_eq!(d.log().len().await.expect("log"), 1);
+}
