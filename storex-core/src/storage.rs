@@ -163,11 +163,16 @@ impl Storage {
     }
 
     /// Opens a transaction whose reads all see one snapshot of the data (see
-    /// [`StorageBackend::begin_snapshot`]), for reading everything consistently.
+    /// [`StorageBackend::begin_snapshot`]), for reading everything consistently. It only
+    /// reads: a write in it fails with [`Error::InvalidOperation`] on every backend (on
+    /// SQLite such a transaction takes no lock until it writes, so a write there could not
+    /// be ordered with the others).
     pub async fn begin_snapshot(&self) -> Result<StorageTransaction> {
         self.supports_transactions()?;
         let tx = self.inner.backend.begin_snapshot().await?;
-        Ok(StorageTransaction::new(self.clone(), tx))
+        let mut tx = StorageTransaction::new(self.clone(), tx);
+        tx.reads_only = true;
+        Ok(tx)
     }
 
     /// Opens a transaction for applying other devices' changes while the app's own
@@ -367,6 +372,8 @@ pub struct StorageTransaction {
     tx: Box<dyn Transaction>,
     /// Whether a write of the app's ([`Origin::App`]) succeeded in it.
     app_wrote: AtomicBool,
+    /// Whether it is a snapshot, for reads only ([`Storage::begin_snapshot`]).
+    reads_only: bool,
 }
 
 impl fmt::Debug for StorageTransaction {
@@ -383,6 +390,7 @@ impl StorageTransaction {
             storage,
             tx,
             app_wrote: AtomicBool::new(false),
+            reads_only: false,
         }
     }
 
@@ -393,6 +401,13 @@ impl StorageTransaction {
 
     /// Runs `op` through the chain inside this transaction on behalf of `origin`.
     pub async fn execute_as(&self, op: Operation, origin: Origin) -> Result<Outcome> {
+        if self.reads_only && op.is_write() {
+            return Err(Error::invalid_operation(
+                op.collection().unwrap_or_default(),
+                "a snapshot transaction (`Storage::begin_snapshot`) only reads: write in one \
+                 from `Storage::begin`",
+            ));
+        }
         let app_write = origin == Origin::App && op.is_write();
         let outcome = self.storage.run(op, origin, Some(&*self.tx)).await?;
         if app_write {
@@ -408,6 +423,7 @@ impl StorageTransaction {
             storage,
             tx,
             app_wrote,
+            ..
         } = self;
         tx.commit().await?;
         if app_wrote.into_inner() {

@@ -1,5 +1,6 @@
 //! A snapshot transaction (what a fast-sync sender reads in) sees the data as it was when it
-//! began, whatever commits meanwhile, on SQLite and PostgreSQL, and does not hold writers up.
+//! began, whatever commits meanwhile, on SQLite and PostgreSQL, does not hold writers up, and
+//! refuses writes.
 
 use std::time::Duration;
 
@@ -40,6 +41,14 @@ async fn a_snapshot_does_not_see_later_commits(backend: SeaOrmBackend) {
         count(&snapshot).await,
         Some(3),
         "the snapshot saw a later commit"
+    );
+    // It only reads: on SQLite it holds no lock, so a write in it could not be ordered
+    // with the others.
+    let create = storex_core::Operation::create("item", object! { "id" => 5, "name" => "x" });
+    let write = snapshot.execute(create).await;
+    assert!(
+        matches!(write, Err(storex_core::Error::InvalidOperation { .. })),
+        "{write:?}"
     );
     snapshot.rollback().await.expect("end");
     assert_eq!(
