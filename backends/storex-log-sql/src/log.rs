@@ -7,9 +7,7 @@ use sea_orm::sea_query::{
     Alias, ColumnDef, Condition, Expr, ExprTrait, Func, Index, JoinType, OnConflict, Order, Query,
     SimpleExpr, Table, Value as SqlValue,
 };
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, QueryResult, TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, QueryResult};
 use storex_core::uuid::Uuid;
 use storex_core::BoxFuture;
 use storex_seaorm::{begin_write, connect_durable, dialect_of, Dialect};
@@ -553,7 +551,10 @@ impl SqlSharedLog {
         // One transaction, and on PostgreSQL one instance at a time: servers starting together
         // on one database would otherwise race on the catalog (`CREATE … IF NOT EXISTS` is not
         // safe against a concurrent creation of the same table).
-        let txn = self.db.begin().await?;
+        // A write transaction from its start: on SQLite, one that first reads and then writes
+        // (an index built, an old one dropped) fails at once, without waiting, if another
+        // connection wrote meanwhile.
+        let txn = begin_write(&self.db).await?;
         if matches!(self.dialect, Dialect::Postgres) {
             txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
                 .await?;
@@ -591,8 +592,11 @@ impl SqlSharedLog {
             .await
             .map_err(|e| self.unavailable(e))?;
         if self.dialect == Dialect::Postgres {
+            // A push is answered once durable, whatever the server's default: a reader may
+            // pull and acknowledge it at once, and its pusher let its entries go.
             let bounds = format!(
-                "SET LOCAL lock_timeout = {}; SET LOCAL idle_in_transaction_session_timeout = {}",
+                "SET LOCAL lock_timeout = {}; SET LOCAL idle_in_transaction_session_timeout = {}; \
+                 SET LOCAL synchronous_commit = on",
                 LOCK_TIMEOUT.as_millis(),
                 IDLE_TIMEOUT.as_millis()
             );
@@ -674,7 +678,19 @@ impl SqlSharedLog {
             .value(id("next_cursor"), col("next_cursor"))
             .and_where(col("user_name").eq(user.as_str()))
             .to_owned();
-        txn.execute(&lock).await.map_err(|e| self.unavailable(e))?;
+        let locked = txn.execute(&lock).await.map_err(|e| self.unavailable(e))?;
+        if locked.rows_affected() == 0 {
+            // Registering makes the row, and nothing deletes it: damaged tables. Counted from
+            // nothing, the entries would land where no pull looks.
+            return Err(SharedLogError::Unavailable {
+                log: self.name(),
+                source: format!(
+                    "the shared log's tables are damaged: user `{user}` of device {device} \
+                     has no row of counters"
+                )
+                .into(),
+            });
+        }
         let mut stored = HashSet::with_capacity(entries.len());
         let ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
         for chunk in ids.chunks(LOOKUP_CHUNK) {

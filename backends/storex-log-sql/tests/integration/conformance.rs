@@ -354,6 +354,25 @@ async fn damaged_counters_are_reported_not_wrapped() {
     assert!(pulled.is_err(), "{pulled:?}");
 }
 
+#[tokio::test]
+async fn a_push_of_a_device_whose_user_row_is_gone_is_refused_not_lost() {
+    use sea_orm::ConnectionTrait;
+    let (log, a, b) = log_with_two_devices().await;
+    log.connection()
+        .execute_unprepared(r#"DELETE FROM "storex_shared_users""#)
+        .await
+        .expect("damage");
+    // Neither one entry (which would be stored at cursor 0, where no pull looks, and
+    // answered as nothing new) nor more is taken.
+    for entries in [vec![small_entry(a)], vec![small_entry(a), small_entry(a)]] {
+        let pushed = log.push(a, entries).await;
+        let problem = format!("{:?}", pushed.expect_err("refused"));
+        assert!(problem.contains("has no row"), "{problem}");
+    }
+    let pulled = log.pull(b, 0, 10, None).await.expect("pull");
+    assert!(pulled.entries.is_empty(), "{pulled:?}");
+}
+
 fn cursors(pull: &storex_sync::Pull) -> (Vec<u64>, Vec<u64>) {
     (
         pull.entries.iter().map(|p| p.cursor).collect(),
