@@ -304,7 +304,13 @@ async fn receive_offered(
             })?;
     }
     let registry = device.storage().registry().clone();
+    // Each once: a hello naming one many times would otherwise be checked (and its data
+    // counted) as many times.
+    let mut offered = HashSet::with_capacity(collections.len().min(1_024));
     for info in &collections {
+        if !offered.insert(info.name.as_str()) {
+            return Err(refused(&info.name, "the sender offers it twice".to_owned()));
+        }
         let known = match registry.collection(&info.name) {
             // Sync's own state (cursor, sessions, quarantine) is never the sender's to write;
             // its log and versions are what the receiver learns from. (Its quarantine comes
@@ -836,6 +842,9 @@ async fn apply_versions_batch(
         } else {
             let (id, latest) = Versions::latest_of_row(row).map_err(|e| bad(e.to_string()))?;
             let key = checked(id)?;
+            // Stored as it came, the key must read back: a copy from this device would
+            // otherwise fail on it.
+            pk_from_text(&key.1).map_err(|e| bad(e.to_string()))?;
             keys.push(key.clone());
             (key, latest)
         };

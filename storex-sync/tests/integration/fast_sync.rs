@@ -1659,6 +1659,37 @@ async fn begin_copy(
 }
 
 #[tokio::test]
+async fn a_hello_that_offers_a_collection_twice_is_refused_before_anything_moves() {
+    let fx = Fixture::new();
+    let new = fx.device("new", DeviceId::random()).await;
+    let (mut a, mut b) = memory_channel_pair(8);
+    let options = FastSyncOptions::default();
+    let sender = async {
+        a.send(Package::Hello {
+            session: storex_core::uuid::Uuid::now_v7(),
+            collections: vec![info("note", 1), info("tag", 1), info("note", 1)],
+            definitions: Vec::new(),
+            cursor: 0,
+            latest: None,
+            subscription: None,
+            quarantined: 0,
+            properties: Default::default(),
+        })
+        .await
+        .expect("hello");
+        a.recv().await
+    };
+    let (answer, received) = tokio::join!(sender, receive_snapshot(&new, &mut b, &options));
+    assert!(
+        !matches!(answer, Ok(Some(Package::Ready { .. }))),
+        "{answer:?}"
+    );
+    let problem = format!("{:?}", received.expect_err("refused"));
+    assert!(problem.contains("offers it twice"), "{problem}");
+    assert!(!new.unfinished_copy().await.expect("asked"));
+}
+
+#[tokio::test]
 async fn the_receivers_clock_moves_past_the_senders_before_anything_is_sent() {
     let fx = Fixture::new();
     let new = fx.device("new", DeviceId::random()).await;
@@ -3236,9 +3267,14 @@ async fn the_same_object_twice_in_a_batch_of_versions_ends_the_session() {
         .unwrap_or_default();
     let renamed = id.replacen("note", storex_sync::STATE_COLLECTION, 1);
     sync_own.insert("object".into(), Value::from(renamed));
+    // And under a key that does not read.
+    let mut bad_key = row.clone();
+    let unreadable = format!("note{}not a key", '\u{1f}');
+    bad_key.insert("object".into(), Value::from(unreadable));
     let cases = [
         ("twice", vec![row.clone(), row]),
         ("sync's own", vec![sync_own]),
+        ("does not read back", vec![bad_key]),
     ];
     for (problem, rows) in cases {
         let new = fx.device(problem, DeviceId::random()).await;
