@@ -599,13 +599,23 @@ async fn run(
         // If the count cannot be read, the last one stands (not a made-up 0). Not read after
         // an abandoned sync (the database may be what held it up: the count writes, it
         // indexes the journal first), nor once a stop was asked for, nor past a stop's grace.
+        // Like the sync, it is caught if it panics and given up after the sync's timeout: it
+        // does not end or hold the task.
         let pending = match abandoned || stopped(&stop) {
             true => None,
-            false => tokio::select! {
-                biased;
-                count = syncing.sync.device().log().unshared_count() => count.ok(),
-                () = stop_after_grace(&mut stop, stop_grace) => None,
-            },
+            false => {
+                let count = syncing.sync.device().log().unshared_count();
+                let counting =
+                    tokio::time::timeout(sync_timeout, AssertUnwindSafe(count).catch_unwind());
+                tokio::select! {
+                    biased;
+                    counted = counting => match counted {
+                        Ok(Ok(Ok(count))) => Some(count),
+                        _ => None,
+                    },
+                    () = stop_after_grace(&mut stop, stop_grace) => None,
+                }
+            }
         };
         match result {
             Ok(report) => {

@@ -37,13 +37,22 @@ struct App {
 }
 
 async fn app(log: Arc<dyn SharedSyncLog>, options: BackgroundOptions) -> App {
+    app_with(log, options, SyncOptions::default()).await
+}
+
+/// [`app`] on a device opened with `device_options`.
+async fn app_with(
+    log: Arc<dyn SharedSyncLog>,
+    options: BackgroundOptions,
+    device_options: SyncOptions,
+) -> App {
     let id = log.create_device("ann").await.expect("register");
     let notifier = ChangeNotifier::new();
     let device = SyncDevice::open(
         registry(),
         Arc::new(MemoryBackend::new()),
         Clock::new(id),
-        SyncOptions::default().with_middleware(Arc::new(notifier.clone())),
+        device_options.with_middleware(Arc::new(notifier.clone())),
     )
     .await
     .expect("device");
@@ -845,4 +854,53 @@ async fn a_sync_that_panics_fails_and_is_tried_again() {
     })
     .await;
     a.background.stop().await;
+}
+
+/// Once armed, panics on every count of the client log's rows (what the background sync
+/// reads after each sync: the entries still to push).
+#[derive(Debug, Default)]
+struct PanicOnLogCount {
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl storex_core::Middleware for PanicOnLogCount {
+    fn process<'a>(
+        &'a self,
+        op: Operation,
+        next: storex_core::Next<'a>,
+    ) -> storex_core::BoxFuture<'a, storex_core::Result<storex_core::Outcome>> {
+        let counts_log = matches!(&op, Operation::Count { collection, .. }
+            if collection == storex_sync::LOG_COLLECTION);
+        if counts_log && self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            panic!("a bug in counting the log");
+        }
+        next.run(op)
+    }
+}
+
+#[tokio::test]
+async fn a_count_of_what_waits_that_panics_does_not_stop_the_background_sync() {
+    use std::sync::atomic::Ordering;
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let counting = Arc::new(PanicOnLogCount::default());
+    let device_options = SyncOptions::default().with_middleware(counting.clone());
+    let a = app_with(log.clone(), fast(), device_options).await;
+    let b = app(log, fast()).await;
+    a.first_sync().await;
+    counting.armed.store(true, Ordering::SeqCst);
+    a.write("written while counting panics").await;
+    eventually("the first note reaching b", || async {
+        b.notes().await == 1
+    })
+    .await;
+    // The sync goes on after the count panicked.
+    a.write("written after").await;
+    eventually("the second note reaching b", || async {
+        b.notes().await == 2
+    })
+    .await;
+    assert_ne!(a.background.status().state, SyncState::Stopped);
+    counting.armed.store(false, Ordering::SeqCst);
+    a.background.stop().await;
+    b.background.stop().await;
 }
