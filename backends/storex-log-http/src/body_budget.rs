@@ -122,6 +122,13 @@ impl Reservation {
         self.bytes
     }
 
+    /// Takes over what `other` holds (of the same user).
+    fn absorb(&mut self, mut other: Reservation) {
+        self.bytes += other.bytes;
+        // Moved here: nothing left for `other` to give back.
+        other.bytes = 0;
+    }
+
     /// Gives back what it holds beyond `bytes`.
     pub(crate) fn shrink_to(&mut self, bytes: usize) {
         if bytes < self.bytes {
@@ -194,6 +201,19 @@ impl BodyBudget {
             .map(|(share, _)| share)
     }
 
+    /// Grows `share` to `bytes` if the room is there now, without waiting; otherwise the
+    /// answer that says so (counted as refused), and `share` stays as it is.
+    pub(crate) async fn grow(&self, share: &mut Reservation, bytes: usize) -> Result<(), ApiError> {
+        let Some(more) = bytes.checked_sub(share.bytes).filter(|more| *more > 0) else {
+            return Ok(());
+        };
+        let (extra, _) = self
+            .reserve_either(&share.user, more, more, Duration::ZERO)
+            .await?;
+        share.absorb(extra);
+        Ok(())
+    }
+
     /// Grows `share` to `bytes` if the room is there now, without waiting (nothing is
     /// counted as refused otherwise, and `share` stays as it is): for a reply a little larger
     /// than its estimate, which must not let go of what it holds to wait for all of it.
@@ -205,10 +225,8 @@ impl BodyBudget {
             .grant_either(&share.user, more, more, Duration::ZERO)
             .await
         {
-            Ok((mut extra, _)) => {
-                share.bytes += extra.bytes;
-                // Moved into `share`: nothing left to give back.
-                extra.bytes = 0;
+            Ok((extra, _)) => {
+                share.absorb(extra);
                 true
             }
             Err(_) => false,

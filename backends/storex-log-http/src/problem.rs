@@ -195,8 +195,22 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     body_rejection(rejection.status(), rejection.body_text())
 }
 
-/// The error for a request body axum refused with `status`, saying `text`.
-fn body_rejection(status: StatusCode, text: String) -> ApiError {
+/// How much of a refused body's description an answer carries: a decoding error quotes
+/// what it refused (a string where a number belongs, say), which a hostile body makes
+/// several times larger than itself.
+const MAX_REJECTION_TEXT: usize = 512;
+
+/// The error for a request body axum refused with `status`, saying `text` (its first
+/// [`MAX_REJECTION_TEXT`] bytes).
+fn body_rejection(status: StatusCode, mut text: String) -> ApiError {
+    if text.len() > MAX_REJECTION_TEXT {
+        let mut end = MAX_REJECTION_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("… (cut)");
+    }
     let code = match status {
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",

@@ -2,8 +2,8 @@
 //! limit.
 //!
 //! Every call carries `Authorization: Bearer <token>`: the admin token to create users, a
-//! user token to register, list or revoke devices and to compact, a device token to push,
-//! pull and ack. A device token speaks only for its own device and user: pushes naming
+//! user token to register or revoke devices and to compact, a device token to push, pull,
+//! ack and list its user's devices. A device token speaks only for its own device and user: pushes naming
 //! another device are refused, pulls and acks act on the token's device. Unknown, missing and
 //! revoked tokens get 401.
 
@@ -449,7 +449,11 @@ async fn revoke_device(
         // database may hold one from elsewhere): removing it is all revocation means.
         Ok(false) => match state.log.user_of_device(device).await {
             Ok(owner) if owner == user => {}
-            _ => return Err(ApiError::not_found(format!("user has no device {device}"))),
+            Ok(_) | Err(SharedLogError::UnknownDevice { .. }) => {
+                return Err(ApiError::not_found(format!("user has no device {device}")))
+            }
+            // The log did not answer: not a "no", which the client would not try again.
+            Err(e) => return Err(e.into()),
         },
         Err(e) => return Err(ApiError::unavailable("cannot revoke the device", &e)),
     }
@@ -541,8 +545,11 @@ async fn pull(
 ) -> Result<Response, ApiError> {
     // The topics' count and lengths were checked as they were read. Of what the request
     // carried only the topics stay, and hold their share for as long as the pull (a long
-    // poll included) keeps them.
-    request_share.shrink_to(topics_bytes(body.topics.as_deref()));
+    // poll included) keeps them: what they take, which may be more than the body they came
+    // in (a `String` each, an empty one too).
+    let topics_share = topics_bytes(body.topics.as_deref());
+    request_share.shrink_to(topics_share);
+    state.budget.grow(&mut request_share, topics_share).await?;
     let limit = body.limit.min(state.config.max_pull_entries);
     // A device may hold a few waiting pulls at once (one per sync, and one left over from a
     // connection that broke); more are answered at once, as if their wait had run out.

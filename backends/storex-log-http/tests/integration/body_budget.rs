@@ -521,3 +521,32 @@ async fn a_budget_smaller_than_one_body_is_refused_at_start() {
         "{refused:?}"
     );
 }
+
+#[tokio::test]
+async fn a_waiting_pulls_topics_hold_what_they_take_not_the_body_they_came_in() {
+    let store = Store::sqlite();
+    let server = SyncServer::start(config(&store)).await.unwrap();
+    let url = server.url();
+    let http = reqwest::Client::new();
+    let log = HttpSharedLog::new(&url).unwrap();
+    let (_, _, ann) = account(&log, "ann").await;
+    // Short topics: each takes a `String` on the server, more than its few bytes of JSON.
+    let topics: Vec<String> = (0..storex_log_http::api::MAX_PULL_TOPICS)
+        .map(|n| n.to_string())
+        .collect();
+    let takes: usize = topics
+        .iter()
+        .map(|t| t.len() + std::mem::size_of::<String>())
+        .sum();
+    let body = json!({"after": 0, "limit": 10, "topics": topics, "wait_ms": 20_000});
+    assert!(body.to_string().len() < takes / 2);
+    let request = http
+        .post(format!("{url}/v1/pull"))
+        .bearer_auth(&ann)
+        .json(&body);
+    let poll = tokio::spawn(async move { request.send().await.map(|r| r.status()) });
+    until_metric(&http, &url, "storex_http_waiting_pulls", 1).await;
+    let held = metric(&http, &url, "storex_http_buffered_bytes").await;
+    assert_eq!(held, takes as u64);
+    poll.abort();
+}

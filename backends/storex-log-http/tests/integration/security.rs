@@ -531,6 +531,21 @@ async fn malformed_requests_get_a_clear_4xx_and_change_nothing() {
         );
         assert!(!reply["error"]["message"].as_str().unwrap().is_empty());
     }
+    // A decoding error quotes what it refused (each DEL written as `\u{7f}`, then escaped
+    // again): the answer carries only the start of it.
+    let hostile = json!({"after": "\u{7f}".repeat(256 * 1024), "limit": 1}).to_string();
+    let response = f
+        .http
+        .post(f.url("/v1/pull"))
+        .bearer_auth(&ann.device_token)
+        .header("content-type", "application/json")
+        .body(hostile)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let reply = response.bytes().await.unwrap();
+    assert!(reply.len() < 2_048, "an answer of {} bytes", reply.len());
     // Wrong content type.
     let response = f
         .http
