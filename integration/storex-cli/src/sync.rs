@@ -1,7 +1,9 @@
 //! `storex sync`: one sync of a device's SQLite database with a shared log: a sync server
 //! (`--server URL --user TOKEN`) or a shared log in a SQLite file (`--shared-log FILE --user
-//! NAME`). The database's tables are read from the file; the device id (and the server's
-//! device token) are kept in the database's settings, so the next sync is the same device.
+//! NAME`). The database's tables are read from the file, at the schema version the program
+//! that owns it keeps in `PRAGMA user_version` (1 if it keeps none); the device id (and the
+//! server's device token) are kept in the database's settings, so the next sync is the same
+//! device.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -62,7 +64,11 @@ pub(crate) async fn sync(args: SyncArgs) -> Result<()> {
     let db = connect(&sqlite_url(&args.db, false)?)
         .await
         .with_context(|| format!("opening {}", args.db.display()))?;
-    let registry = tables_of(&db, &args.db).await?.registry;
+    let tables = tables_of(&db, &args.db).await?;
+    // The owner's migrations raise it as they change the tables: a table whose columns
+    // changed under the same version is refused, as in an app.
+    let version = u32::try_from(tables.user_version).unwrap_or(0).max(1);
+    let registry = tables.registry;
     for def in registry.collections() {
         if integer_keyed(def) {
             eprintln!(
@@ -75,12 +81,19 @@ pub(crate) async fn sync(args: SyncArgs) -> Result<()> {
     }
     let mut builder = SyncedStorage::builder(db).shared_log(log, args.user);
     for collection in registry.collections() {
-        builder = builder.collection(collection.clone());
+        builder = builder.collection(collection.clone().version(version));
     }
-    let app = builder
-        .open()
-        .await
-        .context("preparing the database for sync")?;
+    let app = builder.open().await.map_err(|e| match e {
+        storex_app::Error::SchemaChangedWithoutVersion { .. } => {
+            anyhow::Error::new(e).context(format!(
+                "preparing the database for sync: the database's `PRAGMA user_version` is \
+                 still {version}; the program that changed the table should raise it with the \
+                 change (devices whose program has not changed yet then keep the new rows \
+                 until it has)"
+            ))
+        }
+        e => anyhow::Error::new(e).context("preparing the database for sync"),
+    })?;
     // The database is another program's: rows it wrote since the last run (with plain SQL,
     // unseen by storex) are logged now. (Changes to rows already logged, and deletes, made
     // outside storex are not seen.)

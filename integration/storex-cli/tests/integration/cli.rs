@@ -229,6 +229,44 @@ fn sync_warns_of_tables_keyed_by_integers_and_of_those_it_leaves_out() {
 }
 
 #[test]
+fn a_table_changed_with_a_new_user_version_syncs_and_one_changed_without_is_named() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db = dir.path().join("device.db");
+    let sync = || {
+        storex()
+            .args(["sync", "--db"])
+            .arg(&db)
+            .arg("--shared-log")
+            .arg(dir.path().join("shared.db"))
+            .args(["--user", "ann"])
+            .output()
+            .expect("run storex")
+    };
+    run_sql(
+        &db,
+        "CREATE TABLE tag (name TEXT PRIMARY KEY); PRAGMA user_version = 1",
+    );
+    let first = sync();
+    assert!(first.status.success(), "{first:?}");
+    // The program's migration adds a column and raises its version: the sync goes on.
+    run_sql(
+        &db,
+        "ALTER TABLE tag ADD COLUMN colour TEXT; PRAGMA user_version = 2",
+    );
+    let migrated = sync();
+    assert!(migrated.status.success(), "{migrated:?}");
+    // One that does not raise it is named.
+    run_sql(&db, "ALTER TABLE tag ADD COLUMN size TEXT");
+    let unversioned = sync();
+    assert_eq!(unversioned.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&unversioned.stderr);
+    assert!(
+        stderr.contains("`PRAGMA user_version` is still 2"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_sync_that_leaves_problems_fails_and_names_them() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let shared = dir.path().join("shared.db");
