@@ -168,7 +168,6 @@ fn cursor_update(cursor: u64) -> Operation {
     )
 }
 
-/// The problem a sync reports when the shared log ends before the device's cursor.
 /// Says in `report` that a fast-sync copy into this device has not finished.
 fn waiting_for_copy(report: &mut SyncReport) {
     report.waiting_for_copy = true;
@@ -196,6 +195,7 @@ fn gave_way(integrated: Result<crate::IntegrationReport>, report: &mut SyncRepor
     }
 }
 
+/// The problem a sync reports when the shared log ends before the device's cursor.
 fn rewind_problem(log_end: u64, cursor: u64, compacted_through: u64) -> String {
     format!(
         "the shared log ends at cursor {log_end}, before this device's cursor {cursor} (was it \

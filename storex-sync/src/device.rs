@@ -78,7 +78,6 @@ struct Planned {
     entries: Vec<LogEntry>,
 }
 
-/// How one attempt to apply entries in one transaction ended.
 /// How a part of received entries is applied.
 #[derive(Clone, Copy, Debug, Default)]
 struct Manner {
@@ -91,6 +90,7 @@ struct Manner {
     after_copies: bool,
 }
 
+/// How one attempt to apply entries in one transaction ended.
 enum Attempt {
     Applied(IntegrationReport),
     /// The database refused the batch; the transaction was rolled back.

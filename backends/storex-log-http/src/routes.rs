@@ -3,9 +3,9 @@
 //!
 //! Every call carries `Authorization: Bearer <token>`: the admin token to create users, a
 //! user token to register or revoke devices and to compact, a device token to push, pull,
-//! ack and list its user's devices. A device token speaks only for its own device and user: pushes naming
-//! another device are refused, pulls and acks act on the token's device. Unknown, missing and
-//! revoked tokens get 401.
+//! ack and list its user's devices. A device token speaks only for its own device and user:
+//! pushes naming another device are refused, pulls and acks act on the token's device.
+//! Unknown, missing and revoked tokens get 401.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};

@@ -819,14 +819,13 @@ async fn payloads_a_copy_brought_are_opened_by_the_sync_after_one_stopped_while_
     assert_agree(&new, &writer, "note").await;
 }
 
-#[tokio::test]
-async fn a_copy_that_begins_while_the_first_pull_applies_does_not_pass_over_what_it_applied() {
-    use crate::durability::Stall;
-    use std::sync::atomic::Ordering;
-    let fx = Fixture::new();
-    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
-    let old = engine(&fx, &log, "old", ContinuousOptions::default()).await;
-    // A note, pushed, then a change of it, not pushed yet.
+/// A device `old` with a note, pushed, then changed (titled "second"), not pushed yet; and the
+/// note's key.
+async fn note_pushed_then_changed(
+    fx: &Fixture,
+    log: &Arc<dyn SharedSyncLog>,
+) -> (ContinuousSync, storex_core::Pk) {
+    let old = engine(fx, log, "old", ContinuousOptions::default()).await;
     let storage = old.device().storage();
     let id = storage
         .create("note", object! { "title" => "first" })
@@ -837,6 +836,32 @@ async fn a_copy_that_begins_while_the_first_pull_applies_does_not_pass_over_what
         .update_by_pk("note", id.clone(), object! { "title" => "second" })
         .await
         .expect("update");
+    (old, id)
+}
+
+/// Once the change of [`note_pushed_then_changed`] came through the shared log too, `new`
+/// holds it, and agrees with `old`.
+async fn assert_holds_the_change(old: &ContinuousSync, new: &ContinuousSync, id: storex_core::Pk) {
+    old.sync_once().await.expect("push");
+    new.sync_once().await.expect("sync again");
+    let note = new
+        .device()
+        .storage()
+        .find_by_pk("note", id)
+        .await
+        .expect("find")
+        .expect("the note");
+    assert_eq!(note["title"], Value::from("second"));
+    assert_agree(new, old, "note").await;
+}
+
+#[tokio::test]
+async fn a_copy_that_begins_while_the_first_pull_applies_does_not_pass_over_what_it_applied() {
+    use crate::durability::Stall;
+    use std::sync::atomic::Ordering;
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let (old, id) = note_pushed_then_changed(&fx, &log).await;
     // The new device, empty, starts a copy from the old one and its sync together, as an
     // app's first launch may. The copy, asking whether the device has data of its own, is
     // held up once it has read the (empty) log, and the sync pulls the note as created and
@@ -869,18 +894,7 @@ async fn a_copy_that_begins_while_the_first_pull_applies_does_not_pass_over_what
     synced.expect("sync");
     sent.expect("send");
     received.expect("receive");
-    // The change comes through the shared log too.
-    old.sync_once().await.expect("push");
-    new.sync_once().await.expect("sync again");
-    let note = new
-        .device()
-        .storage()
-        .find_by_pk("note", id)
-        .await
-        .expect("find")
-        .expect("the note");
-    assert_eq!(note["title"], Value::from("second"));
-    assert_agree(&new, &old, "note").await;
+    assert_holds_the_change(&old, &new, id).await;
 }
 
 #[tokio::test]
@@ -889,18 +903,7 @@ async fn a_copy_that_begins_after_the_sync_checked_for_one_holds_back_the_page_i
     use std::sync::atomic::Ordering;
     let fx = Fixture::new();
     let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
-    let old = engine(&fx, &log, "old", ContinuousOptions::default()).await;
-    // A note, pushed, then a change of it, not pushed yet.
-    let storage = old.device().storage();
-    let id = storage
-        .create("note", object! { "title" => "first" })
-        .await
-        .expect("create");
-    old.sync_once().await.expect("push");
-    storage
-        .update_by_pk("note", id.clone(), object! { "title" => "second" })
-        .await
-        .expect("update");
+    let (old, id) = note_pushed_then_changed(&fx, &log).await;
     // The new device's sync pulls the note as created, and checks that no copy into the
     // device has begun (the second check of a sync, after the page came): none has. Held up
     // there, it applies the page only once a copy from the old device has begun (and
@@ -952,18 +955,7 @@ async fn a_copy_that_begins_after_the_sync_checked_for_one_holds_back_the_page_i
     assert!(synced.waiting_for_copy, "{synced:?}");
     sent.expect("send");
     received.expect("receive");
-    // The change comes through the shared log too.
-    old.sync_once().await.expect("push");
-    new.sync_once().await.expect("sync again");
-    let note = new
-        .device()
-        .storage()
-        .find_by_pk("note", id)
-        .await
-        .expect("find")
-        .expect("the note");
-    assert_eq!(note["title"], Value::from("second"));
-    assert_agree(&new, &old, "note").await;
+    assert_holds_the_change(&old, &new, id).await;
 }
 
 /// Where [`Gated`] holds the sender's first batch: `reached` is told when it does, and
