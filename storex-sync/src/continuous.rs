@@ -178,12 +178,20 @@ fn waiting_for_copy(report: &mut SyncReport) {
     );
 }
 
-/// Takes what applying a pulled page did into `report`; true if it gave way to a fast-sync
-/// copy into this device that began meanwhile (the page's cursor is not stored: it is
-/// pulled again once the copy is done).
-fn gave_way(integrated: Result<crate::IntegrationReport>, report: &mut SyncReport) -> Result<bool> {
+/// Takes what applying a pulled page did, and the page's own counts, into `report`; true if
+/// it gave way to a fast-sync copy into this device that began meanwhile (the page's cursor
+/// is not stored, nor is it counted: it is pulled again once the copy is done).
+fn gave_way(
+    integrated: Result<crate::IntegrationReport>,
+    page: PageCounts,
+    report: &mut SyncReport,
+) -> Result<bool> {
     match integrated {
         Ok(done) => {
+            report.pulled += page.pulled;
+            report.quarantined += page.set_aside;
+            report.unreadable += page.unreadable;
+            report.problems.extend(page.problems);
             report.absorb_integration(&done);
             Ok(false)
         }
@@ -955,10 +963,8 @@ impl ContinuousSync {
                 held_back = true;
                 break;
             }
-            report.pulled += page.pulled;
-            report.quarantined += page.set_aside;
-            report.unreadable += page.unreadable;
-            report.problems.append(&mut page.problems);
+            // Counted once applied: a page held back is pulled again.
+            let counts = page.take_counts();
             let mut extra = std::mem::take(&mut page.quarantined);
             if page.next_cursor != cursor {
                 self.cursor_moves();
@@ -988,7 +994,7 @@ impl ContinuousSync {
                         next = &mut pulling, if pulled.is_none() => pulled = Some(next),
                     }
                 };
-                if gave_way(integrated, report)? {
+                if gave_way(integrated, counts, report)? {
                     held_back = true;
                     break;
                 }
@@ -997,7 +1003,7 @@ impl ContinuousSync {
                     None => pulling.await,
                 })
             } else {
-                if gave_way(integrating.await, report)? {
+                if gave_way(integrating.await, counts, report)? {
                     held_back = true;
                     break;
                 }
@@ -1213,4 +1219,25 @@ struct PulledPage {
     next_cursor: u64,
     /// Whether more may follow right away.
     more: bool,
+}
+
+impl PulledPage {
+    /// What the page adds to a sync's report once it is applied.
+    fn take_counts(&mut self) -> PageCounts {
+        PageCounts {
+            pulled: self.pulled,
+            set_aside: self.set_aside,
+            unreadable: self.unreadable,
+            problems: std::mem::take(&mut self.problems),
+        }
+    }
+}
+
+/// What a pulled page adds to a sync's report once it is applied ([`PulledPage`]'s fields of
+/// the same names).
+struct PageCounts {
+    pulled: u64,
+    set_aside: u64,
+    unreadable: u64,
+    problems: Vec<String>,
 }

@@ -592,11 +592,14 @@ impl SqlSharedLog {
             .await
             .map_err(|e| self.unavailable(e))?;
         if self.dialect == Dialect::Postgres {
-            // A push is answered once durable, whatever the server's default: a reader may
-            // pull and acknowledge it at once, and its pusher let its entries go.
+            // A push is answered once durable: a reader may pull and acknowledge it at once,
+            // and its pusher let its entries go. A server whose commits do not wait for the
+            // disk has it raised to `local` (on this server's disk); any stronger setting (a
+            // synchronous standby's) is kept.
             let bounds = format!(
                 "SET LOCAL lock_timeout = {}; SET LOCAL idle_in_transaction_session_timeout = {}; \
-                 SET LOCAL synchronous_commit = on",
+                 SELECT set_config('synchronous_commit', 'local', true) \
+                 WHERE current_setting('synchronous_commit') = 'off'",
                 LOCK_TIMEOUT.as_millis(),
                 IDLE_TIMEOUT.as_millis()
             );

@@ -143,13 +143,14 @@ pub struct SyncStatus {
     pub state: SyncState,
     /// When the last sync succeeded.
     pub last_success: Option<chrono::DateTime<chrono::Utc>>,
-    /// What the last successful sync did.
+    /// What the last successful sync did (its problems include a failed count of
+    /// `pending_entries`).
     pub last_report: Option<SyncReport>,
     /// The last failure's message (cleared by a success).
     pub last_error: Option<String>,
     /// Failures since the last success.
     pub consecutive_failures: u32,
-    /// This device's changes not yet pushed, as of the last sync.
+    /// This device's changes not yet pushed, as of the last sync whose count read.
     pub pending_entries: u64,
 }
 
@@ -600,7 +601,7 @@ async fn run(
         // an abandoned sync (the database may be what held it up: the count writes, it
         // indexes the journal first), nor once a stop was asked for, nor past a stop's grace.
         // Like the sync, it is caught if it panics and given up after the sync's timeout: it
-        // does not end or hold the task.
+        // does not end or hold the task. Why it failed is a problem of the sync's report.
         let pending = match abandoned || stopped(&stop) {
             true => None,
             false => {
@@ -609,16 +610,34 @@ async fn run(
                     tokio::time::timeout(sync_timeout, AssertUnwindSafe(count).catch_unwind());
                 tokio::select! {
                     biased;
-                    counted = counting => match counted {
-                        Ok(Ok(Ok(count))) => Some(count),
-                        _ => None,
-                    },
+                    counted = counting => Some(match counted {
+                        Ok(Ok(Ok(count))) => Ok(count),
+                        Ok(Ok(Err(e))) => Err(format!(
+                            "the entries still to push were not counted: {}",
+                            storex_core::error_chain(&e)
+                        )),
+                        Ok(Err(_)) => Err(
+                            "counting the entries still to push panicked (a bug); the count \
+                             shown is the last one read"
+                                .to_owned(),
+                        ),
+                        Err(_) => Err(format!(
+                            "counting the entries still to push took longer than \
+                             {sync_timeout:?}; the count shown is the last one read"
+                        )),
+                    }),
                     () = stop_after_grace(&mut stop, stop_grace) => None,
                 }
             }
         };
+        let (pending, uncounted) = match pending {
+            Some(Ok(count)) => (Some(count), None),
+            Some(Err(why)) => (None, Some(why)),
+            None => (None, None),
+        };
         match result {
-            Ok(report) => {
+            Ok(mut report) => {
+                report.problems.extend(uncounted);
                 backoff = backoff_builder.build();
                 next_at = tokio::time::Instant::now() + interval;
                 not_before = None;

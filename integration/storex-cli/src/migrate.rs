@@ -408,24 +408,31 @@ pub(crate) async fn receive(db: &Path, source: Source) -> Result<()> {
         Ok(report) => report,
         Err((e, resumable)) => {
             // Kept when the sender may still wait for it: the same command run again resumes.
-            let kept = if resumable {
-                device.transfer_resumes_after(session).await.ok().flatten()
-            } else {
-                None
+            // A progress that does not read keeps it too: the next run looks again, and
+            // starts over only if it still does not.
+            let kept = match resumable {
+                true => device.transfer_resumes_after(session).await.transpose(),
+                false => None,
             };
             drop(device);
             let _ = backend.connection().close_by_ref().await;
-            let Some(batch) = kept else {
-                remove_files(&partial);
-                return Err(e.context(format!(
-                    "the transfer failed; {} was not written",
-                    db.display()
-                )));
+            let resumes = match kept {
+                None => {
+                    remove_files(&partial);
+                    return Err(e.context(format!(
+                        "the transfer failed; {} was not written",
+                        db.display()
+                    )));
+                }
+                Some(Ok(batch)) => format!("after batch {batch}"),
+                Some(Err(unread)) => {
+                    format!("(how far it came does not read: {})", error_chain(&unread))
+                }
             };
             return Err(e.context(format!(
-                "the transfer broke off after batch {batch}; {} was not written, what arrived \
-                 is kept in {}: run the same command again while the sender still waits, and \
-                 it resumes (from a new sender it starts over)",
+                "the transfer broke off {resumes}; {} was not written, what arrived is kept in \
+                 {}: run the same command again while the sender still waits, and it resumes \
+                 (from a new sender it starts over)",
                 db.display(),
                 partial[0].display()
             )));

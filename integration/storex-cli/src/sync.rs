@@ -67,7 +67,8 @@ pub(crate) async fn sync(args: SyncArgs) -> Result<()> {
     let tables = tables_of(&db, &args.db).await?;
     // The owner's migrations raise it as they change the tables: a table whose columns
     // changed under the same version is refused, as in an app.
-    let version = u32::try_from(tables.user_version).unwrap_or(0).max(1);
+    let user_version = tables.user_version;
+    let version = schema_version(user_version);
     let registry = tables.registry;
     for def in registry.collections() {
         if integer_keyed(def) {
@@ -87,7 +88,7 @@ pub(crate) async fn sync(args: SyncArgs) -> Result<()> {
         storex_app::Error::SchemaChangedWithoutVersion { .. } => {
             anyhow::Error::new(e).context(format!(
                 "preparing the database for sync: the database's `PRAGMA user_version` is \
-                 still {version}; the program that changed the table should raise it with the \
+                 still {user_version}; the program that changed the table should raise it with the \
                  change (devices whose program has not changed yet then keep the new rows \
                  until it has)"
             ))
@@ -134,6 +135,13 @@ pub(crate) async fn sync(args: SyncArgs) -> Result<()> {
         bail!("the sync left {problems} problems (above); what it could do is done");
     }
     Ok(())
+}
+
+/// The schema version the tables of a database whose `PRAGMA user_version` is `user_version`
+/// sync at: one more, so that a first migration (from 0, never set, to 1) raises it too; 1
+/// for a negative one.
+fn schema_version(user_version: i32) -> u32 {
+    u32::try_from(user_version).map_or(1, |v| v + 1)
 }
 
 /// Whether `def`'s key has an integer field: an auto-incremented one gives rows made on two

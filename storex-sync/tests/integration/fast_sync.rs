@@ -891,7 +891,11 @@ async fn a_copy_that_begins_while_the_first_pull_applies_does_not_pass_over_what
     };
     let copying = transfer(old.device(), new.device(), &options, &options);
     let ((), synced, (sent, received)) = tokio::join!(releasing, syncing, copying);
-    synced.expect("sync");
+    // However the steps fell, the page waits for the copy (the copy holds the write-order
+    // lock from its question until its start is stored), and is not counted as pulled.
+    let synced = synced.expect("sync");
+    assert!(synced.waiting_for_copy, "{synced:?}");
+    assert_eq!((synced.pulled, synced.applied), (0, 0), "{synced:?}");
     sent.expect("send");
     received.expect("receive");
     assert_holds_the_change(&old, &new, id).await;
@@ -953,6 +957,8 @@ async fn a_copy_that_begins_after_the_sync_checked_for_one_holds_back_the_page_i
     let (synced, (sent, received)) = tokio::join!(syncing, copying);
     let synced = synced.expect("sync");
     assert!(synced.waiting_for_copy, "{synced:?}");
+    // The page held back is pulled again once the copy is done: not counted now.
+    assert_eq!((synced.pulled, synced.applied), (0, 0), "{synced:?}");
     sent.expect("send");
     received.expect("receive");
     assert_holds_the_change(&old, &new, id).await;

@@ -900,6 +900,12 @@ async fn a_count_of_what_waits_that_panics_does_not_stop_the_background_sync() {
     })
     .await;
     assert_ne!(a.background.status().state, SyncState::Stopped);
+    // And says so in its report.
+    eventually("the panic in the report", || async {
+        let report = a.background.status().last_report;
+        report.is_some_and(|r| r.problems.iter().any(|p| p.contains("panicked")))
+    })
+    .await;
     counting.armed.store(false, Ordering::SeqCst);
     a.background.stop().await;
     b.background.stop().await;

@@ -242,13 +242,18 @@ fn a_table_changed_with_a_new_user_version_syncs_and_one_changed_without_is_name
             .output()
             .expect("run storex")
     };
-    run_sql(
-        &db,
-        "CREATE TABLE tag (name TEXT PRIMARY KEY); PRAGMA user_version = 1",
-    );
+    // The program never set a version (0).
+    run_sql(&db, "CREATE TABLE tag (name TEXT PRIMARY KEY)");
     let first = sync();
     assert!(first.status.success(), "{first:?}");
-    // The program's migration adds a column and raises its version: the sync goes on.
+    // Its first migration adds a column and sets the version to 1: the sync goes on.
+    run_sql(
+        &db,
+        "ALTER TABLE tag ADD COLUMN shade TEXT; PRAGMA user_version = 1",
+    );
+    let first_migration = sync();
+    assert!(first_migration.status.success(), "{first_migration:?}");
+    // The next one raises it again.
     run_sql(
         &db,
         "ALTER TABLE tag ADD COLUMN colour TEXT; PRAGMA user_version = 2",
