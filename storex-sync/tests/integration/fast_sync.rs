@@ -891,8 +891,8 @@ async fn a_copy_that_begins_while_the_first_pull_applies_does_not_pass_over_what
     };
     let copying = transfer(old.device(), new.device(), &options, &options);
     let ((), synced, (sent, received)) = tokio::join!(releasing, syncing, copying);
-    // However the steps fell, the page waits for the copy (the copy holds the write-order
-    // lock from its question until its start is stored), and is not counted as pulled.
+    // However the steps fell, the sync waits for the copy (which holds the write-order lock
+    // from its question until its start is stored): nothing is counted as pulled or applied.
     let synced = synced.expect("sync");
     assert!(synced.waiting_for_copy, "{synced:?}");
     assert_eq!((synced.pulled, synced.applied), (0, 0), "{synced:?}");
