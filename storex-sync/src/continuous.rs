@@ -40,7 +40,7 @@ use crate::codec::EntryCodec;
 use crate::device::SyncDevice;
 use crate::entry::{
     next_page_after, LogEntry, CURSOR_KEY, LOG_COLLECTION, LOG_FIELDS, QUARANTINE_COLLECTION,
-    STATE_COLLECTION, SUBSCRIPTION_KEY,
+    REACHED_KEY, RESTORED_BEHIND_KEY, STATE_COLLECTION, SUBSCRIPTION_KEY,
 };
 use crate::error::{Error, Result};
 use crate::journal::JournalPart;
@@ -254,6 +254,13 @@ pub struct SyncReport {
     /// pulls again once the copy finishes, or once it is given up with
     /// [`SyncDevice::abandon_transfers`]; until then other devices' changes do not arrive.
     pub waiting_for_copy: bool,
+    /// True when this device's database was restored from a backup older than what the
+    /// shared log knows of the device (it acknowledged entries further along than this
+    /// database ever pulled): the changes this device made after the backup are on the
+    /// other devices, not here, as a shared log never hands a device its own entries. A
+    /// fast-sync copy from another device brings them (and ends this); until then, or
+    /// until [`ContinuousSync::forget_restore`], every sync says so in `problems`.
+    pub restored_from_backup: bool,
 }
 
 impl SyncReport {
@@ -303,6 +310,10 @@ pub struct ContinuousSync {
     /// stand for other entries, applied since and not yet durable. (A fast-sync copy into
     /// the device moves the cursor only forward, past any this instance acknowledged.)
     acked_durable: AtomicU64,
+    /// Set once this instance compared the device's position in the shared log with the
+    /// furthest cursor its database stored (a restore from a backup happens while the app
+    /// is not running: once per start is enough).
+    restore_checked: AtomicBool,
 }
 
 impl ContinuousSync {
@@ -320,6 +331,7 @@ impl ContinuousSync {
             held_retried: AtomicBool::new(false),
             quarantine_retried: AtomicBool::new(false),
             acked_durable: AtomicU64::new(0),
+            restore_checked: AtomicBool::new(false),
         }
     }
 
@@ -335,12 +347,72 @@ impl ContinuousSync {
 
     /// The stored shared-log cursor (0 before the first pull).
     pub async fn cursor(&self) -> Result<u64> {
+        let value = self.state_value(CURSOR_KEY).await?;
+        Ok(value.and_then(|v| u64::try_from(v).ok()).unwrap_or(0))
+    }
+
+    /// The value of sync's state row `key`, if it exists and reads.
+    async fn state_value(&self, key: &str) -> Result<Option<i64>> {
         let storage = self.device.storage();
-        let row = storage.find_by_pk(STATE_COLLECTION, CURSOR_KEY).await?;
-        Ok(row
-            .and_then(|r| r.get("value").and_then(Value::as_int))
-            .and_then(|v| u64::try_from(v).ok())
-            .unwrap_or(0))
+        let row = storage.find_by_pk(STATE_COLLECTION, key).await?;
+        Ok(row.and_then(|r| r.get("value").and_then(Value::as_int)))
+    }
+
+    /// Stops reporting that this device was restored from a backup
+    /// ([`SyncReport::restored_from_backup`]): for an app whose user chose to go on without
+    /// the changes made after the backup (no other device has them, say).
+    pub async fn forget_restore(&self) -> Result<()> {
+        let op = Operation::delete_by_pk(STATE_COLLECTION, RESTORED_BEHIND_KEY);
+        self.device.storage().execute_as(op, Origin::Sync).await?;
+        Ok(())
+    }
+
+    /// Says in `report` whether this device's database was restored from a backup (see
+    /// [`SyncReport::restored_from_backup`]). Once per start it asks the shared log for the
+    /// cursor the device acknowledged last: further than the furthest this database stored,
+    /// the database is older than the device. Before the first pull of the sync: pulling
+    /// moves the furthest cursor on. A database of an earlier version, which stored none,
+    /// starts from its cursor (or the one a wider subscription left, if further).
+    async fn check_restored(&self, report: &mut SyncReport) -> Result<()> {
+        let mut behind = self.state_value(RESTORED_BEHIND_KEY).await?;
+        if behind.is_none() && !self.restore_checked.load(Ordering::SeqCst) {
+            match self.state_value(REACHED_KEY).await? {
+                Some(reached) => {
+                    let me = self.device.device();
+                    let devices = self.shared.devices(me).await?;
+                    let acked = devices
+                        .iter()
+                        .find(|d| d.device == me)
+                        .map_or(0, |d| d.acked);
+                    let acked = i64::try_from(acked).unwrap_or(i64::MAX);
+                    if acked > reached {
+                        let row = object! { "key" => RESTORED_BEHIND_KEY, "value" => acked };
+                        let op = Operation::put(STATE_COLLECTION, row);
+                        self.device.storage().execute_as(op, Origin::Sync).await?;
+                        behind = Some(acked);
+                    }
+                }
+                None => {
+                    let cursor = self.state_value(CURSOR_KEY).await?.unwrap_or(0);
+                    let rewound = self.state_value(REWOUND_CURSOR_KEY).await?.unwrap_or(0);
+                    let row = object! { "key" => REACHED_KEY, "value" => cursor.max(rewound) };
+                    let op = Operation::put(STATE_COLLECTION, row);
+                    self.device.storage().execute_as(op, Origin::Sync).await?;
+                }
+            }
+            self.restore_checked.store(true, Ordering::SeqCst);
+        }
+        if let Some(acked) = behind {
+            report.restored_from_backup = true;
+            report.problems.push(format!(
+                "this device's database was restored from a backup: the shared log has it at \
+                 cursor {acked}, further than this database ever pulled. What the device changed \
+                 after the backup is on the other devices, not here (a shared log does not hand \
+                 a device its own changes back): a fast-sync copy from another device brings \
+                 it (or `ContinuousSync::forget_restore` goes on without it)"
+            ));
+        }
+        Ok(())
     }
 
     /// The topics this device pulls: its subscribed collections, or all (`None`).
@@ -530,6 +602,7 @@ impl ContinuousSync {
         self.ensure_cursor_row().await?;
         // Every sync: a fast-sync copy may have handed over a cursor for other topics since.
         self.follow_subscription().await?;
+        self.check_restored(&mut report).await?;
         self.push(&mut report).await?;
         if !self.pull(&mut report).await? {
             // A fast-sync copy into this device is unfinished: nothing is applied beside it.
@@ -955,6 +1028,8 @@ impl ContinuousSync {
         let topics = self.topics();
         let subscription = self.subscription();
         let mut cursor = self.cursor().await?;
+        // Stored with every page, never lowered (see `REACHED_KEY`).
+        let mut reached = self.state_value(REACHED_KEY).await?.unwrap_or(0);
         let mut page = self.pull_page(me, cursor, topics.as_deref()).await?;
         let mut held_back = false;
         loop {
@@ -969,6 +1044,11 @@ impl ContinuousSync {
             if page.next_cursor != cursor {
                 self.cursor_moves();
                 extra.push(BatchStep::new(cursor_update(page.next_cursor)));
+                reached = reached.max(i64::try_from(page.next_cursor).unwrap_or(i64::MAX));
+                extra.push(BatchStep::new(Operation::put(
+                    STATE_COLLECTION,
+                    object! { "key" => REACHED_KEY, "value" => reached },
+                )));
                 // With the topics it holds for: a copy that handed over another cursor while
                 // this sync pulled is overwritten by both, or overwrites both.
                 extra.push(BatchStep::new(Operation::update_by_pk(

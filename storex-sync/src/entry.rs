@@ -104,6 +104,19 @@ pub(crate) const CURSOR_KEY: &str = "shared_log_cursor";
 /// The state row holding a fingerprint of the topics the cursor was advanced for (0: all).
 pub(crate) const SUBSCRIPTION_KEY: &str = "subscription";
 
+/// The state row holding the furthest cursor this device stored. The cursor goes back when
+/// the subscription widens or the shared log was restored from a backup; this one does not,
+/// so every cursor the device acknowledged is at most it, unless the device's own database
+/// was restored from a backup (see `RESTORED_BEHIND_KEY`).
+pub(crate) const REACHED_KEY: &str = "shared_log_reached";
+
+/// The state row a sync stores when the shared log has this device further along than
+/// `REACHED_KEY` (the database was restored from a backup): the acknowledged cursor it
+/// found. Reported by every sync until a fast-sync copy from another device finishes here
+/// (it brings this device's own changes made after the backup, which the shared log does
+/// not hand back) or the app forgets it (`ContinuousSync::forget_restore`).
+pub(crate) const RESTORED_BEHIND_KEY: &str = "restored_behind";
+
 /// The name of the collection keeping pulled payloads that could not be decoded.
 pub const QUARANTINE_COLLECTION: &str = "storex_sync_quarantine";
 

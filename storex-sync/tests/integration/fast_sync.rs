@@ -3784,3 +3784,107 @@ async fn a_copy_whose_last_acknowledgement_is_lost_is_complete_on_the_receiver()
     assert_same(&old, &new).await;
     assert!(!new.unfinished_copy().await.expect("read"));
 }
+
+/// Copies the SQLite database `name` of `fx` to `backup` (a consistent copy while it is
+/// open, as a backup tool takes it).
+async fn back_up(fx: &Fixture, name: &str, backup: &str) {
+    use storex_seaorm::sea_orm::ConnectionTrait;
+    let reader = SeaOrmBackend::open_sqlite_file(fx.dir.path().join(format!("{name}.db")))
+        .await
+        .expect("open");
+    let into = fx.dir.path().join(format!("{backup}.db"));
+    let sql = format!("VACUUM INTO '{}'", into.display());
+    reader
+        .connection()
+        .execute_unprepared(&sql)
+        .await
+        .expect("backup");
+}
+
+/// The number of notes titled `title` on `device`.
+async fn notes_titled(device: &ContinuousSync, title: &str) -> u64 {
+    let filter = Filter::all().eq("title", title);
+    let storage = device.device().storage();
+    storage.count("note", filter).await.expect("count")
+}
+
+#[tokio::test]
+async fn a_device_restored_from_a_backup_says_so_until_a_copy_brings_its_later_changes() {
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let phone = engine(&fx, &log, "phone", ContinuousOptions::default()).await;
+    let laptop = engine(&fx, &log, "laptop", ContinuousOptions::default()).await;
+    push_note(&laptop, "from the laptop").await;
+    push_note(&phone, "before the backup").await;
+    let first = phone.sync_once().await.expect("sync");
+    assert!(!first.restored_from_backup, "{first:?}");
+    back_up(&fx, "phone", "phone-backup").await;
+    push_note(&phone, "after the backup").await;
+    // The phone pulls past its own change (so its acknowledgement moves on).
+    push_note(&laptop, "later from the laptop").await;
+    phone.sync_once().await.expect("sync");
+    laptop.sync_once().await.expect("sync");
+    // The phone's database is restored from the backup: the same device, an older database.
+    let id = phone.device().device();
+    drop(phone);
+    let restored = ContinuousSync::new(
+        fx.device("phone-backup", id).await,
+        log.clone(),
+        ContinuousOptions::default(),
+    );
+    let report = restored.sync_once().await.expect("sync");
+    assert!(report.restored_from_backup, "{report:?}");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("restored from a backup")),
+        "{report:?}"
+    );
+    // It has the laptop's later note, not its own change made after the backup.
+    assert_eq!(notes_titled(&restored, "later from the laptop").await, 1);
+    assert_eq!(notes_titled(&restored, "after the backup").await, 0);
+    // Said by every sync, after a restart too, although pulling has moved it on since.
+    let again = restored.sync_once().await.expect("sync");
+    assert!(again.restored_from_backup, "{again:?}");
+    drop(restored);
+    let restarted = ContinuousSync::new(
+        fx.device("phone-backup", id).await,
+        log.clone(),
+        ContinuousOptions::default(),
+    );
+    let after_restart = restarted.sync_once().await.expect("sync");
+    assert!(after_restart.restored_from_backup, "{after_restart:?}");
+    // A copy from the laptop brings the change, and ends it.
+    copy_with(&laptop, &restarted, &small_batches()).await;
+    assert_eq!(notes_titled(&restarted, "after the backup").await, 1);
+    let mended = restarted.sync_once().await.expect("sync");
+    assert!(!mended.restored_from_backup, "{mended:?}");
+    laptop.sync_once().await.expect("sync");
+    assert_agree(&restarted, &laptop, "note").await;
+}
+
+#[tokio::test]
+async fn a_device_whose_subscription_widened_is_not_taken_for_one_restored_from_a_backup() {
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let laptop = engine(&fx, &log, "laptop", ContinuousOptions::default()).await;
+    let tags_only = ContinuousOptions::default().with_collections(["tag"]);
+    let phone = engine(&fx, &log, "phone", tags_only).await;
+    push_note(&laptop, "one").await;
+    push_note(&laptop, "two").await;
+    phone.sync_once().await.expect("sync");
+    phone.sync_once().await.expect("sync");
+    // Subscribed to everything now: it pulls again from the start, so its cursor is behind
+    // what it acknowledged when the sync asks the shared log.
+    let id = phone.device().device();
+    drop(phone);
+    let widened = ContinuousSync::new(
+        fx.device("phone", id).await,
+        log.clone(),
+        ContinuousOptions::default(),
+    );
+    let report = widened.sync_once().await.expect("sync");
+    assert!(!report.restored_from_backup, "{report:?}");
+    assert_eq!(notes_titled(&widened, "two").await, 1);
+}
