@@ -34,6 +34,11 @@ pub(crate) struct SyncArgs {
     /// The user: its token for a sync server, its name for a shared-log file.
     #[arg(long, env = "STOREX_USER", hide_env_values = true)]
     user: String,
+    /// Go on without the changes this device made after the backup its database was restored
+    /// from, which every sync names as a problem (they are on the other devices only:
+    /// `storex migrate` from one of them into a new database brings everything).
+    #[arg(long)]
+    forget_restore: bool,
 }
 
 fn sqlite_url(path: &Path, create: bool) -> Result<String> {
@@ -106,6 +111,10 @@ pub(crate) async fn sync(args: SyncArgs) -> Result<()> {
     let logged = app.existing_rows_logged() + since;
     if logged > 0 {
         say!("{logged} rows written outside storex logged for the other devices");
+    }
+    if args.forget_restore {
+        let forgetting = app.continuous().forget_restore().await;
+        forgetting.context("forgetting the restore from a backup")?;
     }
     let report = app.sync_once().await.context("syncing")?;
     say!(

@@ -272,6 +272,64 @@ fn a_table_changed_with_a_new_user_version_syncs_and_one_changed_without_is_name
 }
 
 #[test]
+fn a_database_restored_from_a_backup_is_named_until_told_to_go_on() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let shared = dir.path().join("shared.db");
+    let sync = |db: &std::path::Path, more: &[&str]| {
+        storex()
+            .args(["sync", "--user", "ann", "--db"])
+            .arg(db)
+            .arg("--shared-log")
+            .arg(&shared)
+            .args(more)
+            .env_remove("STOREX_SERVER")
+            .output()
+            .expect("run storex")
+    };
+    let succeeds = |db: &std::path::Path, more: &[&str]| {
+        let output = sync(db, more);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+    };
+    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let backup = dir.path().join("a-backup.db");
+    let table = "CREATE TABLE item (id TEXT PRIMARY KEY, name TEXT)";
+    run_sql(
+        &a,
+        &format!("{table}; INSERT INTO item VALUES ('x', 'one')"),
+    );
+    run_sql(&b, table);
+    succeeds(&a, &[]);
+    succeeds(&b, &[]);
+    run_sql(&a, &format!("VACUUM INTO '{}'", backup.display()));
+    // After the backup: a new row on `a`, then one on `b` that `a` pulls.
+    run_sql(&a, "INSERT INTO item VALUES ('y', 'two')");
+    succeeds(&a, &[]);
+    run_sql(&b, "INSERT INTO item VALUES ('z', 'three')");
+    succeeds(&b, &[]);
+    succeeds(&a, &[]);
+    // `a`'s database is restored from the backup.
+    for suffix in ["", "-wal", "-shm"] {
+        let file = dir.path().join(format!("a.db{suffix}"));
+        if file.exists() {
+            std::fs::remove_file(&file).expect("remove");
+        }
+    }
+    std::fs::copy(&backup, &a).expect("restore");
+    let restored = sync(&a, &[]);
+    let stderr = String::from_utf8_lossy(&restored.stderr);
+    assert_eq!(restored.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("restored from a backup"), "{stderr}");
+    // Said again, until told to go on without the row made after the backup.
+    assert_eq!(sync(&a, &[]).status.code(), Some(1));
+    succeeds(&a, &["--forget-restore"]);
+    succeeds(&a, &[]);
+    let count = "SELECT COUNT(*) FROM item WHERE id = 'y'";
+    assert_eq!(run_sql_count(&a, count), 0);
+    assert_eq!(run_sql_count(&b, count), 1);
+}
+
+#[test]
 fn a_sync_that_leaves_problems_fails_and_names_them() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let shared = dir.path().join("shared.db");
