@@ -39,8 +39,8 @@ use crate::client_log::{delete_ids_steps, ids_in, Exec, LogRows, COMPACT_ROUND};
 use crate::codec::EntryCodec;
 use crate::device::SyncDevice;
 use crate::entry::{
-    next_page_after, LogEntry, CURSOR_KEY, LOG_COLLECTION, LOG_FIELDS, QUARANTINE_COLLECTION,
-    REACHED_KEY, RESTORED_BEHIND_KEY, STATE_COLLECTION, SUBSCRIPTION_KEY,
+    next_page_after, raise_reached, LogEntry, CURSOR_KEY, LOG_COLLECTION, LOG_FIELDS,
+    QUARANTINE_COLLECTION, REACHED_KEY, RESTORED_BEHIND_KEY, STATE_COLLECTION, SUBSCRIPTION_KEY,
 };
 use crate::error::{Error, Result};
 use crate::journal::JournalPart;
@@ -258,8 +258,9 @@ pub struct SyncReport {
     /// shared log knows of the device (it acknowledged entries further along than this
     /// database ever pulled): the changes this device made after the backup are on the
     /// other devices, not here, as a shared log never hands a device its own entries. A
-    /// fast-sync copy from another device brings them (and ends this); until then, or
-    /// until [`ContinuousSync::forget_restore`], every sync says so in `problems`.
+    /// fast-sync copy of every collection from a device that pulled at least as far brings
+    /// them (and ends this); until then, or until [`ContinuousSync::forget_restore`], every
+    /// sync says so in `problems`. Found by the first sync of each engine, before it pushes.
     pub restored_from_backup: bool,
 }
 
@@ -360,49 +361,40 @@ impl ContinuousSync {
 
     /// Stops reporting that this device was restored from a backup
     /// ([`SyncReport::restored_from_backup`]): for an app whose user chose to go on without
-    /// the changes made after the backup (no other device has them, say).
+    /// the changes made after the backup (no other device has them, say). The device is not
+    /// found restored again for the cursor it was found behind.
     pub async fn forget_restore(&self) -> Result<()> {
-        let op = Operation::delete_by_pk(STATE_COLLECTION, RESTORED_BEHIND_KEY);
-        self.device.storage().execute_as(op, Origin::Sync).await?;
+        let mut steps = Vec::new();
+        if let Some(acked) = self.state_value(RESTORED_BEHIND_KEY).await? {
+            steps.push(BatchStep::new(raise_reached(acked)));
+        }
+        steps.push(BatchStep::new(Operation::delete_by_pk(
+            STATE_COLLECTION,
+            RESTORED_BEHIND_KEY,
+        )));
+        let storage = self.device.storage();
+        storage
+            .execute_as(Operation::Batch { steps }, Origin::Sync)
+            .await?;
+        self.restore_checked.store(true, Ordering::SeqCst);
         Ok(())
     }
 
     /// Says in `report` whether this device's database was restored from a backup (see
-    /// [`SyncReport::restored_from_backup`]). Once per start it asks the shared log for the
-    /// cursor the device acknowledged last: further than the furthest this database stored,
-    /// the database is older than the device. Before the first pull of the sync: pulling
-    /// moves the furthest cursor on. A database of an earlier version, which stored none,
-    /// starts from its cursor (or the one a wider subscription left, if further).
+    /// [`SyncReport::restored_from_backup`]), looking once per start (`find_restore`); if
+    /// the shared log cannot be asked, that is a problem of the report, and the next sync
+    /// asks again.
     async fn check_restored(&self, report: &mut SyncReport) -> Result<()> {
-        let mut behind = self.state_value(RESTORED_BEHIND_KEY).await?;
-        if behind.is_none() && !self.restore_checked.load(Ordering::SeqCst) {
-            match self.state_value(REACHED_KEY).await? {
-                Some(reached) => {
-                    let me = self.device.device();
-                    let devices = self.shared.devices(me).await?;
-                    let acked = devices
-                        .iter()
-                        .find(|d| d.device == me)
-                        .map_or(0, |d| d.acked);
-                    let acked = i64::try_from(acked).unwrap_or(i64::MAX);
-                    if acked > reached {
-                        let row = object! { "key" => RESTORED_BEHIND_KEY, "value" => acked };
-                        let op = Operation::put(STATE_COLLECTION, row);
-                        self.device.storage().execute_as(op, Origin::Sync).await?;
-                        behind = Some(acked);
-                    }
-                }
-                None => {
-                    let cursor = self.state_value(CURSOR_KEY).await?.unwrap_or(0);
-                    let rewound = self.state_value(REWOUND_CURSOR_KEY).await?.unwrap_or(0);
-                    let row = object! { "key" => REACHED_KEY, "value" => cursor.max(rewound) };
-                    let op = Operation::put(STATE_COLLECTION, row);
-                    self.device.storage().execute_as(op, Origin::Sync).await?;
-                }
+        if !self.restore_checked.load(Ordering::SeqCst) {
+            match self.find_restore().await {
+                Ok(()) => self.restore_checked.store(true, Ordering::SeqCst),
+                Err(e) => report.problems.push(format!(
+                    "checking whether this device's database was restored from a backup (the \
+                     next sync checks again): {e}"
+                )),
             }
-            self.restore_checked.store(true, Ordering::SeqCst);
         }
-        if let Some(acked) = behind {
+        if let Some(acked) = self.state_value(RESTORED_BEHIND_KEY).await? {
             report.restored_from_backup = true;
             report.problems.push(format!(
                 "this device's database was restored from a backup: the shared log has it at \
@@ -412,6 +404,42 @@ impl ContinuousSync {
                  it (or `ContinuousSync::forget_restore` goes on without it)"
             ));
         }
+        Ok(())
+    }
+
+    /// Stores `RESTORED_BEHIND_KEY` if the shared log has this device further along than the
+    /// furthest cursor its database stored (`REACHED_KEY`): the database is older than the
+    /// device. A database of an earlier version, which stored none, starts it from its
+    /// cursor (or the one a wider subscription left, if further), unchecked.
+    async fn find_restore(&self) -> Result<()> {
+        let storage = self.device.storage();
+        if self.state_value(REACHED_KEY).await?.is_none() {
+            let cursor = self.state_value(CURSOR_KEY).await?.unwrap_or(0);
+            let rewound = self.state_value(REWOUND_CURSOR_KEY).await?.unwrap_or(0);
+            let row = object! { "key" => REACHED_KEY, "value" => cursor.max(rewound) };
+            let op = Operation::put(STATE_COLLECTION, row);
+            storage.execute_as(op, Origin::Sync).await?;
+            return Ok(());
+        }
+        // Asked before `REACHED_KEY` is read: every acknowledgement follows the commit of
+        // the cursor it acknowledges.
+        let me = self.device.device();
+        let devices = self.shared.devices(me).await?;
+        let acked = devices
+            .iter()
+            .find(|d| d.device == me)
+            .map_or(0, |d| d.acked);
+        let acked = i64::try_from(acked).unwrap_or(i64::MAX);
+        // Read and marked in one transaction: a copy that finishes (raising the row, and
+        // clearing the mark) commits before or after both.
+        let tx = storage.begin().await?;
+        let reached = crate::fast_sync::state_value(&tx, REACHED_KEY).await?;
+        if acked > reached.unwrap_or(0) {
+            let row = object! { "key" => RESTORED_BEHIND_KEY, "value" => acked };
+            let op = Operation::put(STATE_COLLECTION, row);
+            tx.execute_as(op, Origin::Sync).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1028,8 +1056,6 @@ impl ContinuousSync {
         let topics = self.topics();
         let subscription = self.subscription();
         let mut cursor = self.cursor().await?;
-        // Stored with every page, never lowered (see `REACHED_KEY`).
-        let mut reached = self.state_value(REACHED_KEY).await?.unwrap_or(0);
         let mut page = self.pull_page(me, cursor, topics.as_deref()).await?;
         let mut held_back = false;
         loop {
@@ -1044,11 +1070,8 @@ impl ContinuousSync {
             if page.next_cursor != cursor {
                 self.cursor_moves();
                 extra.push(BatchStep::new(cursor_update(page.next_cursor)));
-                reached = reached.max(i64::try_from(page.next_cursor).unwrap_or(i64::MAX));
-                extra.push(BatchStep::new(Operation::put(
-                    STATE_COLLECTION,
-                    object! { "key" => REACHED_KEY, "value" => reached },
-                )));
+                let next = i64::try_from(page.next_cursor).unwrap_or(i64::MAX);
+                extra.push(BatchStep::new(raise_reached(next)));
                 // With the topics it holds for: a copy that handed over another cursor while
                 // this sync pulled is overwritten by both, or overwrites both.
                 extra.push(BatchStep::new(Operation::update_by_pk(

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use storex_core::uuid::Uuid;
 use storex_core::{
-    object, serde_json, BatchStep, CollectionDef, FieldType, Object, Operation, Pk, Value,
+    object, serde_json, BatchStep, CollectionDef, FieldType, Filter, Object, Operation, Pk, Value,
 };
 
 use crate::error::{Error, Result};
@@ -112,10 +112,22 @@ pub(crate) const REACHED_KEY: &str = "shared_log_reached";
 
 /// The state row a sync stores when the shared log has this device further along than
 /// `REACHED_KEY` (the database was restored from a backup): the acknowledged cursor it
-/// found. Reported by every sync until a fast-sync copy from another device finishes here
-/// (it brings this device's own changes made after the backup, which the shared log does
-/// not hand back) or the app forgets it (`ContinuousSync::forget_restore`).
+/// found. Reported by every sync until a whole fast-sync copy from a device that pulled at
+/// least as far finishes here (it brings this device's own changes made after the backup,
+/// which the shared log does not hand back) or the app forgets it
+/// (`ContinuousSync::forget_restore`).
 pub(crate) const RESTORED_BEHIND_KEY: &str = "restored_behind";
+
+/// The write raising the state row `REACHED_KEY` to `cursor`, if it is lower: in the
+/// statement itself, so that writers that read it at different times never lower it. (No
+/// row, no write: the first sync of a device stores it.)
+pub(crate) fn raise_reached(cursor: i64) -> Operation {
+    Operation::update_where(
+        STATE_COLLECTION,
+        Filter::all().eq("key", REACHED_KEY).lt("value", cursor),
+        object! { "value" => cursor },
+    )
+}
 
 /// The name of the collection keeping pulled payloads that could not be decoded.
 pub const QUARANTINE_COLLECTION: &str = "storex_sync_quarantine";

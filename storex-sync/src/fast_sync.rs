@@ -802,7 +802,7 @@ fn quarantine_info(device: &crate::SyncDevice, objects: u64) -> crate::Result<Co
 
 /// The value of sync's state row `key` (the shared-log cursor, the subscription's
 /// fingerprint) as `tx` sees it, if there is one.
-async fn state_value(
+pub(crate) async fn state_value(
     tx: &storex_core::StorageTransaction,
     key: &str,
 ) -> crate::Result<Option<i64>> {

@@ -175,6 +175,8 @@ pub async fn a_wider_subscription_brings_the_history_of_the_added_collections(
     assert_eq!(devices.count(b).await, 0);
     devices.resubscribe(b, ContinuousOptions::default());
     let report = devices.sync(b).await;
+    // Its cursor went back: that is not a database restored from a backup.
+    assert!(!report.restored_from_backup, "{report:?}");
     assert_eq!(devices.count(b).await, 1, "the note written before arrived");
     assert_eq!(
         report.integrated, 1,

@@ -15,8 +15,8 @@ use storex_core::{
 use crate::client_log::{known_objects, Exec};
 use crate::device::SyncDevice;
 use crate::entry::{
-    pk_text, LogEntry, StoredEntry, CURSOR_KEY, INTERNAL_COLLECTIONS, LOG_COLLECTION, REACHED_KEY,
-    RESTORED_BEHIND_KEY, STATE_COLLECTION, SUBSCRIPTION_KEY, TRANSFER_COLLECTION,
+    pk_text, raise_reached, LogEntry, StoredEntry, CURSOR_KEY, INTERNAL_COLLECTIONS,
+    LOG_COLLECTION, RESTORED_BEHIND_KEY, STATE_COLLECTION, SUBSCRIPTION_KEY, TRANSFER_COLLECTION,
 };
 use crate::error::Result;
 use crate::fast_sync::package::{CollectionInfo, Package};
@@ -966,14 +966,15 @@ fn not_sync_own(entry: &LogEntry) -> std::result::Result<(), FastSyncError> {
 }
 
 /// Hands over the shared-log cursor (with the fingerprint of the topics it holds for, when
-/// the sender told it), forgets the session (and any abandoned before it) and that the
-/// database was restored from a backup (`RESTORED_BEHIND_KEY`), in one transaction.
+/// the sender told it), forgets the session (and any abandoned before it) and, when the
+/// sender pulled as far, that the database was restored from a backup
+/// (`RESTORED_BEHIND_KEY`), in one transaction.
 async fn finish(device: &SyncDevice, cursor: u64, subscription: Option<i64>) -> Result<()> {
     let storage = device.storage();
     let tx = storage.begin().await?;
     let own_cursor = state_value(&tx, CURSOR_KEY).await?;
     let own_subscription = state_value(&tx, SUBSCRIPTION_KEY).await?;
-    let own_reached = state_value(&tx, REACHED_KEY).await?;
+    let restored_behind = state_value(&tx, RESTORED_BEHIND_KEY).await?;
     let handed = i64::try_from(cursor).unwrap_or(i64::MAX);
     // The sender's cursor (with the topics it holds for) replaces this device's own only
     // when it is further along and holds for what this device's cursor held for: for every
@@ -987,10 +988,7 @@ async fn finish(device: &SyncDevice, cursor: u64, subscription: Option<i64>) -> 
     let mut steps = Vec::new();
     if handed > own_cursor.unwrap_or(0) && holds {
         steps.push(state_step(CURSOR_KEY, handed));
-        // Never lowered; a device that stored none yet starts it at its next sync.
-        if let Some(reached) = own_reached {
-            steps.push(state_step(REACHED_KEY, reached.max(handed)));
-        }
+        steps.push(BatchStep::new(raise_reached(handed)));
         if let Some(subscription) = subscription {
             // The receiver's continuous sync compares it with its own and, if they differ,
             // pulls again from the start.
@@ -999,12 +997,15 @@ async fn finish(device: &SyncDevice, cursor: u64, subscription: Option<i64>) -> 
     } else if own_cursor.is_none() {
         steps.push(state_step(CURSOR_KEY, 0));
     }
-    // A database restored from a backup has what the device changed after it now: the
-    // sender had it.
-    steps.push(BatchStep::new(Operation::delete_by_pk(
-        STATE_COLLECTION,
-        RESTORED_BEHIND_KEY,
-    )));
+    // A database restored from a backup has what the device changed after it now, if the
+    // sender pulled as far as the device had (a copy that leaves a collection out, or
+    // filters, hands over cursor 0).
+    if restored_behind.is_some_and(|behind| handed >= behind) {
+        steps.push(BatchStep::new(Operation::delete_by_pk(
+            STATE_COLLECTION,
+            RESTORED_BEHIND_KEY,
+        )));
+    }
     // This session's progress, and that of any abandoned before it: moot now.
     steps.push(BatchStep::new(Operation::delete_where(
         TRANSFER_COLLECTION,

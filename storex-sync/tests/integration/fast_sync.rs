@@ -3808,60 +3808,102 @@ async fn notes_titled(device: &ContinuousSync, title: &str) -> u64 {
     storage.count("note", filter).await.expect("count")
 }
 
-#[tokio::test]
-async fn a_device_restored_from_a_backup_says_so_until_a_copy_brings_its_later_changes() {
-    let fx = Fixture::new();
-    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
-    let phone = engine(&fx, &log, "phone", ContinuousOptions::default()).await;
-    let laptop = engine(&fx, &log, "laptop", ContinuousOptions::default()).await;
+/// The engine of device `id` on the database `name` of `fx`, as an app starts it.
+async fn start(
+    fx: &Fixture,
+    log: &Arc<dyn SharedSyncLog>,
+    name: &str,
+    id: DeviceId,
+) -> ContinuousSync {
+    ContinuousSync::new(
+        fx.device(name, id).await,
+        log.clone(),
+        ContinuousOptions::default(),
+    )
+}
+
+/// Says of `report` whether it is of a sync that found its database restored from a backup,
+/// checking that its problems agree.
+fn found_restored(report: &storex_sync::SyncReport) -> bool {
+    let said = report
+        .problems
+        .iter()
+        .any(|p| p.contains("this device's database was restored from a backup"));
+    assert_eq!(said, report.restored_from_backup, "{report:?}");
+    report.restored_from_backup
+}
+
+/// A laptop, and a phone whose database is restored from a backup taken before its note
+/// "after the backup" (which the laptop has) and before it pulled the laptop's later note:
+/// the laptop, and the engine of the restored phone, not synced yet.
+async fn phone_restored_from_a_backup(
+    fx: &Fixture,
+    log: &Arc<dyn SharedSyncLog>,
+) -> (ContinuousSync, ContinuousSync) {
+    let phone = engine(fx, log, "phone", ContinuousOptions::default()).await;
+    let laptop = engine(fx, log, "laptop", ContinuousOptions::default()).await;
     push_note(&laptop, "from the laptop").await;
     push_note(&phone, "before the backup").await;
-    let first = phone.sync_once().await.expect("sync");
-    assert!(!first.restored_from_backup, "{first:?}");
-    back_up(&fx, "phone", "phone-backup").await;
+    // A healthy restart is not taken for a restore.
+    let id = phone.device().device();
+    drop(phone);
+    let phone = start(fx, log, "phone", id).await;
+    assert!(!found_restored(&phone.sync_once().await.expect("sync")));
+    back_up(fx, "phone", "phone-backup").await;
     push_note(&phone, "after the backup").await;
     // The phone pulls past its own change (so its acknowledgement moves on).
     push_note(&laptop, "later from the laptop").await;
     phone.sync_once().await.expect("sync");
     laptop.sync_once().await.expect("sync");
-    // The phone's database is restored from the backup: the same device, an older database.
-    let id = phone.device().device();
     drop(phone);
-    let restored = ContinuousSync::new(
-        fx.device("phone-backup", id).await,
-        log.clone(),
-        ContinuousOptions::default(),
-    );
-    let report = restored.sync_once().await.expect("sync");
-    assert!(report.restored_from_backup, "{report:?}");
-    assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.contains("restored from a backup")),
-        "{report:?}"
-    );
+    // The same device, an older database.
+    (laptop, start(fx, log, "phone-backup", id).await)
+}
+
+#[tokio::test]
+async fn a_device_restored_from_a_backup_says_so_until_a_copy_brings_its_later_changes() {
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let (laptop, restored) = phone_restored_from_a_backup(&fx, &log).await;
+    let id = restored.device().device();
+    assert!(found_restored(&restored.sync_once().await.expect("sync")));
     // It has the laptop's later note, not its own change made after the backup.
     assert_eq!(notes_titled(&restored, "later from the laptop").await, 1);
     assert_eq!(notes_titled(&restored, "after the backup").await, 0);
     // Said by every sync, after a restart too, although pulling has moved it on since.
-    let again = restored.sync_once().await.expect("sync");
-    assert!(again.restored_from_backup, "{again:?}");
+    assert!(found_restored(&restored.sync_once().await.expect("sync")));
     drop(restored);
-    let restarted = ContinuousSync::new(
-        fx.device("phone-backup", id).await,
-        log.clone(),
-        ContinuousOptions::default(),
-    );
-    let after_restart = restarted.sync_once().await.expect("sync");
-    assert!(after_restart.restored_from_backup, "{after_restart:?}");
-    // A copy from the laptop brings the change, and ends it.
+    let restarted = start(&fx, &log, "phone-backup", id).await;
+    assert!(found_restored(&restarted.sync_once().await.expect("sync")));
+    // A copy of only some notes does not end it.
+    let some = small_batches().with_filter(Arc::new(|_: &str, _: &storex_core::Object| false));
+    copy_with(&laptop, &restarted, &some).await;
+    assert!(found_restored(&restarted.sync_once().await.expect("sync")));
+    // A whole copy from the laptop brings the change, and ends it.
     copy_with(&laptop, &restarted, &small_batches()).await;
     assert_eq!(notes_titled(&restarted, "after the backup").await, 1);
-    let mended = restarted.sync_once().await.expect("sync");
-    assert!(!mended.restored_from_backup, "{mended:?}");
+    assert!(!found_restored(&restarted.sync_once().await.expect("sync")));
     laptop.sync_once().await.expect("sync");
     assert_agree(&restarted, &laptop, "note").await;
+    drop(restarted);
+    let again = start(&fx, &log, "phone-backup", id).await;
+    assert!(!found_restored(&again.sync_once().await.expect("sync")));
+}
+
+#[tokio::test]
+async fn a_device_restored_from_a_backup_that_forgets_it_is_not_told_again() {
+    let fx = Fixture::new();
+    let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
+    let (_laptop, restored) = phone_restored_from_a_backup(&fx, &log).await;
+    let id = restored.device().device();
+    assert!(found_restored(&restored.sync_once().await.expect("sync")));
+    restored.forget_restore().await.expect("forget");
+    assert!(!found_restored(&restored.sync_once().await.expect("sync")));
+    // Nor after a restart.
+    drop(restored);
+    let restarted = start(&fx, &log, "phone-backup", id).await;
+    assert!(!found_restored(&restarted.sync_once().await.expect("sync")));
+    assert_eq!(notes_titled(&restarted, "after the backup").await, 0);
 }
 
 #[tokio::test]
@@ -3885,6 +3927,6 @@ async fn a_device_whose_subscription_widened_is_not_taken_for_one_restored_from_
         ContinuousOptions::default(),
     );
     let report = widened.sync_once().await.expect("sync");
-    assert!(!report.restored_from_backup, "{report:?}");
+    assert!(!found_restored(&report));
     assert_eq!(notes_titled(&widened, "two").await, 1);
 }
