@@ -258,9 +258,10 @@ pub struct SyncReport {
     /// shared log knows of the device (it acknowledged entries further along than this
     /// database ever pulled): the changes this device made after the backup are on the
     /// other devices, not here, as a shared log never hands a device its own entries. A
-    /// fast-sync copy of every collection from a device that pulled at least as far brings
-    /// them (and ends this); until then, or until [`ContinuousSync::forget_restore`], every
-    /// sync says so in `problems`. Found by the first sync of each engine, before it pushes.
+    /// fast-sync copy of every collection from a device that pulls every collection and
+    /// pulled at least as far brings them (and ends this); until then, or until
+    /// [`ContinuousSync::forget_restore`], every sync says so in `problems`. Found by the
+    /// first sync of each engine, before it pushes.
     pub restored_from_backup: bool,
 }
 
@@ -364,35 +365,31 @@ impl ContinuousSync {
     /// the changes made after the backup (no other device has them, say). The device is not
     /// found restored again for the cursor it was found behind.
     pub async fn forget_restore(&self) -> Result<()> {
-        let mut steps = Vec::new();
-        if let Some(acked) = self.state_value(RESTORED_BEHIND_KEY).await? {
-            steps.push(BatchStep::new(raise_reached(acked)));
-        }
-        steps.push(BatchStep::new(Operation::delete_by_pk(
-            STATE_COLLECTION,
-            RESTORED_BEHIND_KEY,
-        )));
+        let Some(acked) = self.state_value(RESTORED_BEHIND_KEY).await? else {
+            return Ok(());
+        };
+        let steps = vec![
+            BatchStep::new(raise_reached(acked)),
+            BatchStep::new(Operation::delete_by_pk(
+                STATE_COLLECTION,
+                RESTORED_BEHIND_KEY,
+            )),
+        ];
         let storage = self.device.storage();
         storage
             .execute_as(Operation::Batch { steps }, Origin::Sync)
             .await?;
-        self.restore_checked.store(true, Ordering::SeqCst);
         Ok(())
     }
 
     /// Says in `report` whether this device's database was restored from a backup (see
-    /// [`SyncReport::restored_from_backup`]), looking once per start (`find_restore`); if
-    /// the shared log cannot be asked, that is a problem of the report, and the next sync
-    /// asks again.
+    /// [`SyncReport::restored_from_backup`]), looking once per start (`find_restore`). If
+    /// the shared log cannot be asked, the sync fails: a pull would move the furthest cursor
+    /// past what the log could have told, and the restore would never be found.
     async fn check_restored(&self, report: &mut SyncReport) -> Result<()> {
         if !self.restore_checked.load(Ordering::SeqCst) {
-            match self.find_restore().await {
-                Ok(()) => self.restore_checked.store(true, Ordering::SeqCst),
-                Err(e) => report.problems.push(format!(
-                    "checking whether this device's database was restored from a backup (the \
-                     next sync checks again): {e}"
-                )),
-            }
+            self.find_restore().await?;
+            self.restore_checked.store(true, Ordering::SeqCst);
         }
         if let Some(acked) = self.state_value(RESTORED_BEHIND_KEY).await? {
             report.restored_from_backup = true;

@@ -112,9 +112,9 @@ pub(crate) const REACHED_KEY: &str = "shared_log_reached";
 
 /// The state row a sync stores when the shared log has this device further along than
 /// `REACHED_KEY` (the database was restored from a backup): the acknowledged cursor it
-/// found. Reported by every sync until a whole fast-sync copy from a device that pulled at
-/// least as far finishes here (it brings this device's own changes made after the backup,
-/// which the shared log does not hand back) or the app forgets it
+/// found. Reported by every sync until a whole fast-sync copy from a device that pulls every
+/// collection and pulled at least as far finishes here (it brings this device's own changes
+/// made after the backup, which the shared log does not hand back) or the app forgets it
 /// (`ContinuousSync::forget_restore`).
 pub(crate) const RESTORED_BEHIND_KEY: &str = "restored_behind";
 

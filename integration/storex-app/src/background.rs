@@ -168,8 +168,8 @@ impl SyncStatus {
     /// True when the last sync found this device's database restored from a backup older
     /// than what the shared log knows of the device ([`SyncReport::restored_from_backup`]):
     /// the changes it made after the backup are on the other devices only, until a copy from
-    /// one of them that pulled at least as far ([`crate::SyncedStorage::receive_from_paired`])
-    /// brings them.
+    /// one of them that pulls everything and pulled at least as far
+    /// ([`crate::SyncedStorage::receive_from_paired`]) brings them.
     pub fn restored_from_backup(&self) -> bool {
         self.last_report
             .as_ref()

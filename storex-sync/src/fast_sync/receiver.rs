@@ -967,7 +967,7 @@ fn not_sync_own(entry: &LogEntry) -> std::result::Result<(), FastSyncError> {
 
 /// Hands over the shared-log cursor (with the fingerprint of the topics it holds for, when
 /// the sender told it), forgets the session (and any abandoned before it) and, when the
-/// sender pulled as far, that the database was restored from a backup
+/// sender pulls everything and pulled as far, that the database was restored from a backup
 /// (`RESTORED_BEHIND_KEY`), in one transaction.
 async fn finish(device: &SyncDevice, cursor: u64, subscription: Option<i64>) -> Result<()> {
     let storage = device.storage();
@@ -998,9 +998,10 @@ async fn finish(device: &SyncDevice, cursor: u64, subscription: Option<i64>) -> 
         steps.push(state_step(CURSOR_KEY, 0));
     }
     // A database restored from a backup has what the device changed after it now, if the
-    // sender pulled as far as the device had (a copy that leaves a collection out, or
-    // filters, hands over cursor 0).
-    if restored_behind.is_some_and(|behind| handed >= behind) {
+    // sender pulls every collection and pulled as far as the device had (a copy that leaves
+    // a collection out, or filters, hands over cursor 0).
+    let pulls_all = subscription == Some(0);
+    if pulls_all && restored_behind.is_some_and(|behind| handed >= behind) {
         steps.push(BatchStep::new(Operation::delete_by_pk(
             STATE_COLLECTION,
             RESTORED_BEHIND_KEY,

@@ -1096,13 +1096,27 @@ async fn a_device_receiving_a_copy_pulls_nothing_until_the_copy_is_done_or_given
 }
 
 /// A memory shared log whose pulls, once `gated`, tell `pulling` and wait for a permit of
-/// `gate` (which starts with none).
+/// `gate` (which starts with none), and whose list of devices, while `devices_fail`, is
+/// unavailable.
 #[derive(Debug)]
 struct GatedPulls {
     inner: MemorySharedLog,
     gated: std::sync::atomic::AtomicBool,
     pulling: tokio::sync::Notify,
     gate: tokio::sync::Semaphore,
+    devices_fail: std::sync::atomic::AtomicBool,
+}
+
+impl GatedPulls {
+    fn new() -> Self {
+        GatedPulls {
+            inner: MemorySharedLog::new(),
+            gated: std::sync::atomic::AtomicBool::new(false),
+            pulling: tokio::sync::Notify::new(),
+            gate: tokio::sync::Semaphore::new(0),
+            devices_fail: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 impl SharedSyncLog for GatedPulls {
@@ -1122,6 +1136,14 @@ impl SharedSyncLog for GatedPulls {
         &self,
         device: DeviceId,
     ) -> BoxFuture<'_, storex_sync::SharedResult<Vec<storex_sync::DeviceInfo>>> {
+        if self.devices_fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(async {
+                Err(storex_sync::SharedLogError::Unavailable {
+                    log: "gated-pulls",
+                    source: "the list of devices is unavailable".into(),
+                })
+            });
+        }
         self.inner.devices(device)
     }
 
@@ -1163,12 +1185,7 @@ impl SharedSyncLog for GatedPulls {
 #[tokio::test]
 async fn a_page_pulled_as_a_copy_begins_waits_for_the_copy() {
     let fx = Fixture::new();
-    let gated = Arc::new(GatedPulls {
-        inner: MemorySharedLog::new(),
-        gated: std::sync::atomic::AtomicBool::new(false),
-        pulling: tokio::sync::Notify::new(),
-        gate: tokio::sync::Semaphore::new(0),
-    });
+    let gated = Arc::new(GatedPulls::new());
     let log: Arc<dyn SharedSyncLog> = gated.clone();
     let old = engine(&fx, &log, "old", ContinuousOptions::default()).await;
     let new = engine(&fx, &log, "new", ContinuousOptions::default()).await;
@@ -3875,9 +3892,15 @@ async fn a_device_restored_from_a_backup_says_so_until_a_copy_brings_its_later_c
     drop(restored);
     let restarted = start(&fx, &log, "phone-backup", id).await;
     assert!(found_restored(&restarted.sync_once().await.expect("sync")));
-    // A copy of only some notes does not end it.
+    // A copy of only some notes does not end it, nor one from a device that pulls only tags
+    // (however far).
     let some = small_batches().with_filter(Arc::new(|_: &str, _: &storex_core::Object| false));
     copy_with(&laptop, &restarted, &some).await;
+    assert!(found_restored(&restarted.sync_once().await.expect("sync")));
+    let tags_only = ContinuousOptions::default().with_collections(["tag"]);
+    let tablet = engine(&fx, &log, "tablet", tags_only).await;
+    tablet.sync_once().await.expect("sync");
+    copy_with(&tablet, &restarted, &small_batches()).await;
     assert!(found_restored(&restarted.sync_once().await.expect("sync")));
     // A whole copy from the laptop brings the change, and ends it.
     copy_with(&laptop, &restarted, &small_batches()).await;
@@ -3888,6 +3911,22 @@ async fn a_device_restored_from_a_backup_says_so_until_a_copy_brings_its_later_c
     drop(restarted);
     let again = start(&fx, &log, "phone-backup", id).await;
     assert!(!found_restored(&again.sync_once().await.expect("sync")));
+}
+
+#[tokio::test]
+async fn a_restored_device_whose_log_cannot_list_devices_fails_its_sync_until_it_can() {
+    use std::sync::atomic::Ordering;
+    let fx = Fixture::new();
+    let gated = Arc::new(GatedPulls::new());
+    let log: Arc<dyn SharedSyncLog> = gated.clone();
+    let (_laptop, restored) = phone_restored_from_a_backup(&fx, &log).await;
+    gated.devices_fail.store(true, Ordering::SeqCst);
+    let failed = restored.sync_once().await;
+    assert!(failed.is_err(), "{failed:?}");
+    // It pulled nothing meanwhile (which would have hidden the restore): found once the log
+    // answers.
+    gated.devices_fail.store(false, Ordering::SeqCst);
+    assert!(found_restored(&restored.sync_once().await.expect("sync")));
 }
 
 #[tokio::test]
