@@ -750,20 +750,33 @@ async fn a_copy_into_a_running_device_does_not_mislabel_what_it_pulls_next() {
     assert_eq!(tags(&new).await, tags(&writer).await);
 }
 
+/// Options that seal payloads with one key.
+fn sealed() -> ContinuousOptions {
+    ContinuousOptions::default().with_encryption_key([7u8; 32])
+}
+
+/// A writer's note, [`sealed`], that a device `old` without the key pulled into its
+/// quarantine, after `new` (which has the key) ran its first sync with nothing to pull:
+/// (writer, old).
+async fn note_quarantined_on_old(
+    fx: &Fixture,
+    log: &Arc<dyn SharedSyncLog>,
+    new: &ContinuousSync,
+) -> (ContinuousSync, ContinuousSync) {
+    let writer = engine(fx, log, "writer", sealed()).await;
+    let old = engine(fx, log, "old", ContinuousOptions::default()).await;
+    new.sync_once().await.expect("first sync");
+    push_note(&writer, "sealed").await;
+    assert_eq!(old.sync_once().await.expect("pull").quarantined, 1);
+    (writer, old)
+}
+
 #[tokio::test]
 async fn payloads_the_sender_could_not_open_go_with_its_cursor() {
     let fx = Fixture::new();
     let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
-    let key = [7u8; 32];
-    let sealed = ContinuousOptions::default().with_encryption_key(key);
-    let writer = engine(&fx, &log, "writer", sealed.clone()).await;
-    // The old device has not got the key: it keeps what it pulls in its quarantine.
-    let old = engine(&fx, &log, "old", ContinuousOptions::default()).await;
-    // The new device has the key, and its sync runs already (nothing to pull yet).
-    let new = engine(&fx, &log, "new", sealed).await;
-    new.sync_once().await.expect("first sync");
-    push_note(&writer, "sealed").await;
-    assert_eq!(old.sync_once().await.expect("pull").quarantined, 1);
+    let new = engine(&fx, &log, "new", sealed()).await;
+    let (writer, old) = note_quarantined_on_old(&fx, &log, &new).await;
 
     // A copy that may leave objects out hands over no cursor, so nothing is left behind it.
     let other = engine(&fx, &log, "other", ContinuousOptions::default()).await;
@@ -793,17 +806,11 @@ async fn payloads_a_copy_brought_are_opened_by_the_sync_after_one_stopped_while_
     use std::sync::atomic::Ordering;
     let fx = Fixture::new();
     let log: Arc<dyn SharedSyncLog> = Arc::new(MemorySharedLog::new());
-    let key = [7u8; 32];
-    let sealed = ContinuousOptions::default().with_encryption_key(key);
-    let writer = engine(&fx, &log, "writer", sealed.clone()).await;
-    let old = engine(&fx, &log, "old", ContinuousOptions::default()).await;
-    // The new device has the key, and its sync has run once already: what it had set aside
-    // at its start has been tried.
+    // The new device's sync has run once already: what it had set aside at its start has
+    // been tried.
     let stall = Arc::new(crate::durability::Stall::notes());
-    let new = engine_stalling(&fx, &log, "new", sealed, &[&stall]).await;
-    new.sync_once().await.expect("first sync");
-    push_note(&writer, "sealed").await;
-    assert_eq!(old.sync_once().await.expect("pull").quarantined, 1);
+    let new = engine_stalling(&fx, &log, "new", sealed(), &[&stall]).await;
+    let (writer, old) = note_quarantined_on_old(&fx, &log, &new).await;
     copy_with(&old, &new, &small_batches()).await;
     // The sync that opens the payload the copy brought is stopped midway (a background
     // sync's timeout, say).
