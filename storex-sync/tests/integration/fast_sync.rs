@@ -1651,25 +1651,33 @@ async fn a_resumed_sender_reading_long_before_it_sends_again_is_not_taken_for_st
     assert_same(&old, &new).await;
 }
 
+/// A hand-made sender's `Hello` of a new session: offering `collections`, with the shared-log
+/// `cursor` and the `latest` timestamp it tells, nothing else.
+fn hello(
+    collections: Vec<storex_sync::fast_sync::CollectionInfo>,
+    cursor: u64,
+    latest: Option<Hlc>,
+) -> Package {
+    Package::Hello {
+        session: storex_core::uuid::Uuid::now_v7(),
+        collections,
+        definitions: Vec::new(),
+        cursor,
+        latest,
+        subscription: None,
+        quarantined: 0,
+        properties: Default::default(),
+    }
+}
+
 /// Plays the sender's opening by hand: a hello offering `collections`, and the receiver's
 /// `Ready` to copy them from the start.
 async fn begin_copy(
     channel: &mut MemoryChannel,
     collections: Vec<storex_sync::fast_sync::CollectionInfo>,
 ) {
-    channel
-        .send(Package::Hello {
-            session: storex_core::uuid::Uuid::now_v7(),
-            collections,
-            definitions: Vec::new(),
-            cursor: 0,
-            latest: None,
-            subscription: None,
-            quarantined: 0,
-            properties: Default::default(),
-        })
-        .await
-        .expect("hello");
+    let opening = hello(collections, 0, None);
+    channel.send(opening).await.expect("hello");
     assert!(matches!(
         channel.recv().await,
         Ok(Some(Package::Ready {
@@ -1687,18 +1695,8 @@ async fn a_hello_that_offers_a_collection_twice_is_refused_before_anything_moves
     let (mut a, mut b) = memory_channel_pair(8);
     let options = FastSyncOptions::default();
     let sender = async {
-        a.send(Package::Hello {
-            session: storex_core::uuid::Uuid::now_v7(),
-            collections: vec![info("note", 1), info("tag", 1), info("note", 1)],
-            definitions: Vec::new(),
-            cursor: 0,
-            latest: None,
-            subscription: None,
-            quarantined: 0,
-            properties: Default::default(),
-        })
-        .await
-        .expect("hello");
+        let twice = vec![info("note", 1), info("tag", 1), info("note", 1)];
+        a.send(hello(twice, 0, None)).await.expect("hello");
         a.recv().await
     };
     let (answer, received) = tokio::join!(sender, receive_snapshot(&new, &mut b, &options));
@@ -1724,18 +1722,8 @@ async fn the_receivers_clock_moves_past_the_senders_before_anything_is_sent() {
     let (mut a, mut b) = memory_channel_pair(8);
     let options = FastSyncOptions::default();
     let sender = async {
-        a.send(Package::Hello {
-            session: storex_core::uuid::Uuid::now_v7(),
-            collections: vec![info("draft", 1)],
-            definitions: Vec::new(),
-            cursor: 0,
-            latest: Some(ahead),
-            subscription: None,
-            quarantined: 0,
-            properties: Default::default(),
-        })
-        .await
-        .expect("hello");
+        let opening = hello(vec![info("draft", 1)], 0, Some(ahead));
+        a.send(opening).await.expect("hello");
         let ready = a.recv().await;
         assert!(
             matches!(ready, Ok(Some(Package::Ready { .. }))),
@@ -2481,19 +2469,8 @@ async fn scripted_sender(
     collections: Vec<storex_sync::fast_sync::CollectionInfo>,
     packages: Vec<Package>,
 ) -> Vec<Package> {
-    channel
-        .send(Package::Hello {
-            session: storex_core::uuid::Uuid::now_v7(),
-            collections,
-            definitions: Vec::new(),
-            cursor: 7,
-            latest: None,
-            subscription: None,
-            quarantined: 0,
-            properties: Default::default(),
-        })
-        .await
-        .expect("hello");
+    let opening = hello(collections, 7, None);
+    channel.send(opening).await.expect("hello");
     let mut replies = Vec::new();
     for package in packages {
         if channel.send(package).await.is_err() {
